@@ -1,0 +1,81 @@
+//! Events of the patient aggregate. The Rust names may change; the `event_type` strings and
+//! versions are part of the stored history and never do. A new shape gets a new version and an
+//! upcaster, never a rewrite of stored events.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+use super::values::{AdministrativeGender, BirthDate, Mrn, PatientId, PersonName, Reason};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PatientEvent {
+    PatientRegistered(PatientRegistered),
+    DemographicsCorrected(DemographicsCorrected),
+    PatientArchived(PatientArchived),
+    PatientRestored(PatientRestored),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatientRegistered {
+    pub patient_id: PatientId,
+    pub mrn: Mrn,
+    pub name: PersonName,
+    pub birth_date: BirthDate,
+    pub gender: AdministrativeGender,
+    pub registered_at: DateTime<Utc>,
+}
+
+/// The demographics after the correction, in full, so a consumer needs no earlier event to
+/// know the current values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DemographicsCorrected {
+    pub name: PersonName,
+    pub birth_date: BirthDate,
+    pub gender: AdministrativeGender,
+    pub reason: Reason,
+    pub corrected_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatientArchived {
+    pub reason: Reason,
+    pub archived_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatientRestored {
+    pub reason: Reason,
+    pub restored_at: DateTime<Utc>,
+}
+
+impl PatientEvent {
+    pub const REGISTERED: &'static str = "PatientRegistered";
+    pub const DEMOGRAPHICS_CORRECTED: &'static str = "DemographicsCorrected";
+    pub const ARCHIVED: &'static str = "PatientArchived";
+    pub const RESTORED: &'static str = "PatientRestored";
+
+    /// Every event type this aggregate has ever written.
+    pub const TYPES: [&'static str; 4] = [
+        Self::REGISTERED,
+        Self::DEMOGRAPHICS_CORRECTED,
+        Self::ARCHIVED,
+        Self::RESTORED,
+    ];
+}
+
+impl DomainEvent for PatientEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::PatientRegistered(_) => Self::REGISTERED,
+            Self::DemographicsCorrected(_) => Self::DEMOGRAPHICS_CORRECTED,
+            Self::PatientArchived(_) => Self::ARCHIVED,
+            Self::PatientRestored(_) => Self::RESTORED,
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
