@@ -1,1 +1,24 @@
-fn _x(){}
+//! The published contract of the patient service: what downstream consumers may rely on.
+//!
+//! # Layout
+//!
+//! - [`topics`]: the Kafka topic of each aggregate type.
+//! - [`envelope`]: the CloudEvents attributes carried as Kafka headers, and [`PublishedEvent`],
+//!   one event as a consumer receives it.
+//! - [`patient`]: the wire types of the patient topic, one module per major version.
+//! - [`json_schemas`]: the JSON Schema of every wire type; the checked-in files under `json/`
+//!   are generated from it and a test fails when they drift.
+//!
+//! Nothing here does IO: this crate is what an outside consumer would depend on.
+
+pub mod envelope;
+pub mod patient;
+pub mod topics;
+
+pub use envelope::{DecodeError, PublishedEvent};
+
+/// Every published wire type with the path of its checked-in JSON Schema, relative to this
+/// crate's `json/` folder.
+pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
+    patient::v1::json_schemas()
+}

@@ -1,0 +1,222 @@
+//! The envelope of a published event, in the CloudEvents 1.0 Kafka protocol binding (binary
+//! mode): the record value is the event's JSON data, the attributes are headers prefixed `ce_`.
+//!
+//! | header            | meaning                                                             |
+//! |-------------------|---------------------------------------------------------------------|
+//! | `ce_specversion`  | `1.0`                                                               |
+//! | `ce_id`           | UUID v5 of aggregate type, id and sequence: stable across re-sends  |
+//! | `ce_source`       | [`SOURCE`]                                                          |
+//! | `ce_type`         | [`ce_type`] of the event type and version                           |
+//! | `ce_time`         | when the event was recorded (RFC 3339)                              |
+//! | `ce_subject`      | the aggregate id (also the record key)                              |
+//! | `ce_sequence`     | the event's sequence within its aggregate, from 1, without gaps     |
+//! | `ce_position`     | the event's position in the store's global order                    |
+//! | `ce_requestid`    | the id of the HTTP request that caused it, when there was one       |
+//! | `content-type`    | `application/json`                                                  |
+//! | `traceparent`     | W3C trace context of the request that caused it                     |
+//!
+//! A consumer drops duplicates by `ce_id`, or by keeping the last `ce_sequence` per subject.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub const SPEC_VERSION: &str = "1.0";
+pub const SOURCE: &str = "urn:nextgen-medtech:patient-service";
+pub const CONTENT_TYPE: &str = "application/json";
+
+pub const H_SPEC_VERSION: &str = "ce_specversion";
+pub const H_ID: &str = "ce_id";
+pub const H_SOURCE: &str = "ce_source";
+pub const H_TYPE: &str = "ce_type";
+pub const H_TIME: &str = "ce_time";
+pub const H_SUBJECT: &str = "ce_subject";
+pub const H_SEQUENCE: &str = "ce_sequence";
+pub const H_POSITION: &str = "ce_position";
+pub const H_REQUEST_ID: &str = "ce_requestid";
+pub const H_CONTENT_TYPE: &str = "content-type";
+pub const H_TRACEPARENT: &str = "traceparent";
+
+const CE_TYPE_PREFIX: &str = "org.nextgen-medtech.patients";
+
+/// Namespace of the UUID v5 event ids.
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f0c_5d0e_8a5b_4c55_9f3e_2b1e_7c9a_4d21);
+
+/// The `ce_type` of an event type at a major version:
+/// `org.nextgen-medtech.patients.PatientRegistered.v1`.
+pub fn ce_type(event_type: &str, major: u32) -> String {
+    format!("{CE_TYPE_PREFIX}.{event_type}.v{major}")
+}
+
+/// Splits a `ce_type` into event type and major version.
+pub fn parse_ce_type(ce_type: &str) -> Option<(&str, u32)> {
+    let rest = ce_type.strip_prefix(CE_TYPE_PREFIX)?.strip_prefix('.')?;
+    let (event_type, version) = rest.rsplit_once(".v")?;
+    Some((event_type, version.parse().ok()?))
+}
+
+/// The `ce_id` of an event: the same for every publication of the same stored event.
+pub fn event_id(aggregate_type: &str, aggregate_id: &str, sequence: u64) -> Uuid {
+    Uuid::new_v5(
+        &EVENT_ID_NAMESPACE,
+        format!("{aggregate_type}/{aggregate_id}/{sequence}").as_bytes(),
+    )
+}
+
+/// One event as a consumer receives it: the CloudEvents attributes and the JSON data.
+#[derive(Clone, PartialEq)]
+pub struct PublishedEvent {
+    pub id: Uuid,
+    pub event_type: String,
+    pub major_version: u32,
+    pub time: DateTime<Utc>,
+    pub subject: String,
+    pub sequence: u64,
+    pub position: i64,
+    pub request_id: Option<String>,
+    pub traceparent: Option<String>,
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for PublishedEvent {
+    // The data holds patient data: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishedEvent")
+            .field("id", &self.id)
+            .field("event_type", &self.event_type)
+            .field("subject", &self.subject)
+            .field("sequence", &self.sequence)
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a received record is not a usable event. Messages name headers, never data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    #[error("header {0} is malformed")]
+    MalformedHeader(&'static str),
+    #[error("unsupported event type {0}")]
+    UnknownType(String),
+    #[error("the data of a {0} event does not match its schema")]
+    MalformedData(String),
+}
+
+impl PublishedEvent {
+    /// The headers of this event, in the order they are sent.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
+            (H_SPEC_VERSION, SPEC_VERSION.to_owned()),
+            (H_ID, self.id.to_string()),
+            (H_SOURCE, SOURCE.to_owned()),
+            (H_TYPE, ce_type(&self.event_type, self.major_version)),
+            (
+                H_TIME,
+                self.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            ),
+            (H_SUBJECT, self.subject.clone()),
+            (H_SEQUENCE, self.sequence.to_string()),
+            (H_POSITION, self.position.to_string()),
+            (H_CONTENT_TYPE, CONTENT_TYPE.to_owned()),
+        ];
+        if let Some(id) = &self.request_id {
+            headers.push((H_REQUEST_ID, id.clone()));
+        }
+        if let Some(tp) = &self.traceparent {
+            headers.push((H_TRACEPARENT, tp.clone()));
+        }
+        headers
+    }
+
+    /// Rebuilds an event from received headers and the record value.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`] when a required header is missing or malformed.
+    pub fn from_headers<'a>(
+        headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        data: &[u8],
+    ) -> Result<Self, DecodeError> {
+        let mut found: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+        for (key, value) in headers {
+            if let Ok(value) = std::str::from_utf8(value) {
+                found.insert(key, value);
+            }
+        }
+        let get = |name: &'static str| found.get(name).copied().ok_or(DecodeError::MissingHeader(name));
+        let (event_type, major_version) =
+            parse_ce_type(get(H_TYPE)?).ok_or(DecodeError::MalformedHeader(H_TYPE))?;
+        Ok(Self {
+            id: get(H_ID)?
+                .parse()
+                .map_err(|_| DecodeError::MalformedHeader(H_ID))?,
+            event_type: event_type.to_owned(),
+            major_version,
+            time: DateTime::parse_from_rfc3339(get(H_TIME)?)
+                .map_err(|_| DecodeError::MalformedHeader(H_TIME))?
+                .with_timezone(&Utc),
+            subject: get(H_SUBJECT)?.to_owned(),
+            sequence: get(H_SEQUENCE)?
+                .parse()
+                .map_err(|_| DecodeError::MalformedHeader(H_SEQUENCE))?,
+            position: get(H_POSITION)?
+                .parse()
+                .map_err(|_| DecodeError::MalformedHeader(H_POSITION))?,
+            request_id: found.get(H_REQUEST_ID).map(|s| (*s).to_owned()),
+            traceparent: found.get(H_TRACEPARENT).map(|s| (*s).to_owned()),
+            data: data.to_vec(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ce_type_round_trips() {
+        let t = ce_type("PatientRegistered", 1);
+        assert_eq!(t, "org.nextgen-medtech.patients.PatientRegistered.v1");
+        assert_eq!(parse_ce_type(&t), Some(("PatientRegistered", 1)));
+        assert_eq!(parse_ce_type("com.other.PatientRegistered.v1"), None);
+    }
+
+    #[test]
+    fn event_id_is_stable_and_distinct_per_sequence() {
+        let a = event_id("Patient", "p1", 1);
+        assert_eq!(a, event_id("Patient", "p1", 1));
+        assert_ne!(a, event_id("Patient", "p1", 2));
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        let event = PublishedEvent {
+            id: event_id("Patient", "p1", 3),
+            event_type: "PatientArchived".into(),
+            major_version: 1,
+            time: DateTime::parse_from_rfc3339("2026-11-27T10:00:00.123456Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            subject: "p1".into(),
+            sequence: 3,
+            position: 99,
+            request_id: Some("r-1".into()),
+            traceparent: None,
+            data: b"{}".to_vec(),
+        };
+        let headers = event.headers();
+        let back = PublishedEvent::from_headers(
+            headers.iter().map(|(k, v)| (*k, v.as_bytes())),
+            b"{}",
+        )
+        .unwrap();
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn a_record_without_ce_type_is_rejected() {
+        let err = PublishedEvent::from_headers([(H_ID, b"x".as_slice())], b"{}").unwrap_err();
+        assert_eq!(err, DecodeError::MissingHeader(H_TYPE));
+    }
+}

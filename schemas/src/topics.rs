@@ -1,0 +1,13 @@
+//! Topic names. One topic per aggregate type; the trailing `v1` is the contract's major
+//! version, bumped only by a change a consumer cannot absorb.
+
+/// Every event of the `Patient` aggregate, keyed by patient id.
+pub const PATIENT: &str = "patients.patient.v1";
+
+/// The topic of an aggregate type, if it has one.
+pub fn for_aggregate_type(aggregate_type: &str) -> Option<&'static str> {
+    match aggregate_type {
+        "Patient" => Some(PATIENT),
+        _ => None,
+    }
+}

@@ -1,0 +1,59 @@
+//! The checked-in JSON Schema files are the contract consumers read; this test fails when they
+//! drift from the Rust wire types. Regenerate with
+//! `BLESS_SCHEMAS=1 cargo test -p schemas --test json_schemas`.
+
+use std::path::PathBuf;
+
+fn json_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("json")
+}
+
+fn render(schema: &schemars::Schema) -> String {
+    let mut text = serde_json::to_string_pretty(schema).expect("a schema is plain JSON");
+    text.push('\n');
+    text
+}
+
+#[test]
+fn checked_in_schemas_match_the_wire_types() {
+    let bless = std::env::var_os("BLESS_SCHEMAS").is_some();
+    let mut drifted = Vec::new();
+    for (path, schema) in schemas::json_schemas() {
+        let file = json_dir().join(path);
+        let expected = render(&schema);
+        if bless {
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, &expected).unwrap();
+            continue;
+        }
+        let actual = std::fs::read_to_string(&file).unwrap_or_default();
+        if actual != expected {
+            drifted.push(path);
+        }
+    }
+    assert!(
+        drifted.is_empty(),
+        "JSON Schemas out of date: {drifted:?}; run BLESS_SCHEMAS=1 cargo test -p schemas --test json_schemas"
+    );
+}
+
+#[test]
+fn no_schema_file_is_left_without_a_wire_type() {
+    let known: Vec<PathBuf> = schemas::json_schemas()
+        .into_iter()
+        .map(|(path, _)| json_dir().join(path))
+        .collect();
+    let mut stale = Vec::new();
+    let mut stack = vec![json_dir()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !known.contains(&path) {
+                stale.push(path);
+            }
+        }
+    }
+    assert!(stale.is_empty(), "schema files with no wire type: {stale:?}");
+}
