@@ -1,1 +1,39 @@
-fn _x(){}
+//! The write side's storage: the PostgreSQL event store behind cqrs-es, and everything that reads
+//! it in commit order.
+//!
+//! # Layout
+//!
+//! - [`MIGRATOR`]: this crate's tables (`events`, `snapshots`, relay checkpoints, MRN serials,
+//!   idempotency keys). Run it before anything else touches the database.
+//! - [`store`]: executes patient commands through cqrs-es with optimistic concurrency and
+//!   loads aggregates.
+//! - [`stream`]: reads committed events in a gap-free global order; the relay and every replay
+//!   use it.
+//! - [`wire`]: maps stored domain events to the published contract in `schemas`.
+//! - [`relay`]: publishes the stream to Kafka, at least once, in order per aggregate.
+//! - [`idempotency`]: remembers the first answer to a POST with an `Idempotency-Key`.
+
+pub mod idempotency;
+pub mod relay;
+pub mod store;
+pub mod stream;
+pub mod wire;
+
+/// The migrations of this crate's tables.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Whether an error means the database could not be reached (as opposed to a bad query).
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    ) || matches!(error, sqlx::Error::Database(e) if e.code().is_some_and(|c| {
+        // 57P01..57P03: admin shutdown, crash shutdown, cannot connect now; 53300: too many
+        // connections. All of them pass when the server is back.
+        c.starts_with("57P") || c == "53300"
+    }))
+}

@@ -1,0 +1,200 @@
+//! Executes patient commands through cqrs-es and loads patients from their event streams.
+//!
+//! This is cqrs-es's `CqrsFramework::execute_with_metadata` without the query hooks (nothing
+//! that must not be lost may hang off them: they run after the commit and are never retried),
+//! plus the two things the API needs from it: the expected version of an `If-Match` and the new
+//! version for the `ETag`.
+
+use std::collections::HashMap;
+
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+use domain::patient::{Patient, PatientCommand, PatientError, PatientId};
+use postgres_es::PostgresEventRepository;
+use sqlx::PgPool;
+
+/// How many times a command that lost a race for the same aggregate is retried.
+const CONFLICT_RETRIES: usize = 3;
+
+/// Who issued a command and in answer to what: stored as the events' metadata.
+#[derive(Debug, Clone, Default)]
+pub struct CommandMetadata {
+    pub user_id: String,
+    pub request_id: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+impl CommandMetadata {
+    fn into_map(self) -> HashMap<String, String> {
+        let mut map = HashMap::from([("user_id".to_owned(), self.user_id)]);
+        if let Some(id) = self.request_id {
+            map.insert("request_id".to_owned(), id);
+        }
+        if let Some(tp) = self.traceparent {
+            map.insert("traceparent".to_owned(), tp);
+        }
+        map
+    }
+}
+
+/// Why a command was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Rule(#[from] PatientError),
+    #[error("the record is at version {current}, not the expected {expected}")]
+    VersionMismatch { expected: u64, current: u64 },
+    #[error("the command lost {CONFLICT_RETRIES} races for the same record")]
+    Conflict,
+    #[error("the event store is unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the event store failed")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The patient event store.
+#[derive(Clone)]
+pub struct PatientStore {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for PatientStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatientStore").finish_non_exhaustive()
+    }
+}
+
+impl PatientStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    fn event_store(&self) -> PersistedEventStore<PostgresEventRepository, Patient> {
+        PersistedEventStore::new_event_store(PostgresEventRepository::new(self.pool.clone()))
+    }
+
+    /// Executes `command` against patient `id`, refusing it unless the patient is at
+    /// `expected_version` (when given). Returns the version after the command.
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError`]: the broken rule, a stale version, a lost race after retries, or the
+    /// store being unreachable or failing.
+    #[tracing::instrument(skip_all, fields(patient_id = %id))]
+    pub async fn execute(
+        &self,
+        id: PatientId,
+        expected_version: Option<u64>,
+        command: PatientCommand,
+        metadata: CommandMetadata,
+    ) -> Result<u64, CommandError> {
+        let store = self.event_store();
+        let aggregate_id = id.to_string();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut context = store
+                .load_aggregate(&aggregate_id)
+                .await
+                .map_err(classify)?;
+            let current = context.current_sequence as u64;
+            if let Some(expected) = expected_version {
+                if expected != current {
+                    return Err(CommandError::VersionMismatch { expected, current });
+                }
+            }
+            let events = context.aggregate().decide(command.clone())?;
+            let count = events.len() as u64;
+            match store
+                .commit(events, context, metadata.clone().into_map())
+                .await
+            {
+                Ok(_) => return Ok(current + count),
+                Err(AggregateError::AggregateConflict) if attempt <= CONFLICT_RETRIES => {
+                    tracing::debug!(attempt, "lost a race for the aggregate, retrying");
+                }
+                Err(AggregateError::AggregateConflict) => return Err(CommandError::Conflict),
+                Err(other) => return Err(classify(other)),
+            }
+        }
+    }
+
+    /// The patient and their version, or `None` if nobody is registered under `id`.
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError::Unavailable`] or [`CommandError::Internal`] when the store fails.
+    #[tracing::instrument(skip_all, fields(patient_id = %id))]
+    pub async fn load(&self, id: PatientId) -> Result<Option<(Patient, u64)>, CommandError> {
+        let context = self
+            .event_store()
+            .load_aggregate(&id.to_string())
+            .await
+            .map_err(classify)?;
+        if context.current_sequence == 0 {
+            return Ok(None);
+        }
+        Ok(Some((context.aggregate, context.current_sequence as u64)))
+    }
+
+    /// The patient as they were at `version` (the first `version` events).
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError::Unavailable`] or [`CommandError::Internal`] when the store fails.
+    pub async fn load_version(
+        &self,
+        id: PatientId,
+        version: u64,
+    ) -> Result<Option<Patient>, CommandError> {
+        let events = self
+            .event_store()
+            .load_events(&id.to_string())
+            .await
+            .map_err(classify)?;
+        if (events.len() as u64) < version || version == 0 {
+            return Ok(None);
+        }
+        let mut patient = Patient::default();
+        for envelope in events.into_iter().take(version as usize) {
+            patient.apply(envelope.payload);
+        }
+        Ok(Some(patient))
+    }
+
+    /// Reserves the next medical record number.
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError`] when the database fails or the MRN serials are exhausted.
+    pub async fn next_mrn(&self) -> Result<domain::patient::Mrn, CommandError> {
+        let serial: i64 = sqlx::query_scalar("SELECT nextval('patient_mrn_serial')")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(sqlx_error)?;
+        domain::patient::Mrn::from_serial(serial as u64)
+            .map_err(|e| CommandError::Internal(e.to_string().into()))
+    }
+}
+
+/// Maps a sqlx error to unavailable (the database could not be reached) or internal.
+pub fn sqlx_error(error: sqlx::Error) -> CommandError {
+    if crate::is_unavailable(&error) {
+        CommandError::Unavailable(Box::new(error))
+    } else {
+        CommandError::Internal(Box::new(error))
+    }
+}
+
+fn classify(error: AggregateError<PatientError>) -> CommandError {
+    match error {
+        AggregateError::UserError(rule) => CommandError::Rule(rule),
+        AggregateError::AggregateConflict => CommandError::Conflict,
+        AggregateError::DatabaseConnectionError(e) => CommandError::Unavailable(e),
+        AggregateError::DeserializationError(e) => CommandError::Internal(e),
+        AggregateError::UnexpectedError(e) => match e.downcast::<sqlx::Error>() {
+            Ok(sqlx) => sqlx_error(*sqlx),
+            Err(e) => CommandError::Internal(e),
+        },
+    }
+}
