@@ -1,1 +1,62 @@
-fn _x(){}
+//! Read models and the runtime that keeps them current.
+//!
+//! Events arrive only in their published form ([`schemas::PublishedEvent`]), exactly as an
+//! outside consumer receives them: from a Kafka consumer group ([`kafka`]) or, when the service
+//! runs without Kafka or rebuilds a read model, from the event store's ordered stream, fed in by
+//! the caller ([`Projector::apply_from_stream`]).
+//!
+//! # Layout
+//!
+//! - [`migrate`]: this crate's migrations, in the `projections` schema.
+//! - [`runtime`]: [`Projector`], which applies each event at most once per aggregate and in
+//!   sequence order, in one transaction with its bookkeeping.
+//! - [`kafka`]: the consumer-group loop (offsets stored only after the transaction commits).
+//! - [`patient_search`]: the search read model and its queries.
+
+pub mod kafka;
+pub mod patient_search;
+pub mod runtime;
+
+pub use runtime::{Applied, ProjectionError, Projector, ReadModel, StreamPosition};
+
+/// The migrations of the read-model tables.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Runs this crate's migrations inside the `projections` schema, with their own
+/// `_sqlx_migrations` table there, so they never collide with the event store's.
+///
+/// # Errors
+///
+/// The database or migration error.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS projections")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SET search_path TO projections")
+        .execute(&mut *conn)
+        .await?;
+    let result = MIGRATOR.run(&mut *conn).await;
+    // The connection goes back to the pool: leave it as we found it.
+    sqlx::query("RESET search_path").execute(&mut *conn).await?;
+    result
+}
+
+/// Whether every migration of this crate has been applied.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn is_migrated(pool: &sqlx::PgPool) -> Result<bool, sqlx::Error> {
+    let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> = sqlx::query_scalar(
+        "SELECT max(version) FROM projections._sqlx_migrations WHERE success",
+    )
+    .fetch_one(pool)
+    .await
+    .or_else(|e| match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("42P01") => Ok(None),
+        _ => Err(e),
+    })?;
+    Ok(applied == Some(latest))
+}

@@ -1,0 +1,125 @@
+//! Feeds a projector from a Kafka consumer group, at least once.
+//!
+//! Offsets are stored only after the read-model transaction committed
+//! (`enable.auto.offset.store=false`); librdkafka commits stored offsets in the background. A
+//! crash after the commit and before the offset store re-reads the event, which the projector
+//! then skips as a repeat.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::ClientConfig;
+use schemas::PublishedEvent;
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::{ProjectionError, Projector, ReadModel};
+
+/// Runs `projector` as a member of the consumer group `group_id` until `shutdown`.
+///
+/// # Errors
+///
+/// The librdkafka error when the consumer cannot be created or subscribe.
+pub async fn run<M: ReadModel>(
+    projector: Projector<M>,
+    kafka: &ClientConfig,
+    group_id: &str,
+    topic_prefix: &str,
+    shutdown: CancellationToken,
+) -> Result<(), KafkaError> {
+    let consumer: StreamConsumer = kafka
+        .clone()
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let topics: Vec<String> = projector
+        .model()
+        .topics()
+        .iter()
+        .map(|t| format!("{topic_prefix}{t}"))
+        .collect();
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    tracing::info!(projector = projector.model().name(), group_id, "projector consuming");
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            received = consumer.recv() => received,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error.message = %e, "consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if !handle(&projector, &message, &shutdown).await {
+            break;
+        }
+        if let Err(e) = consumer.store_offset_from_message(&message) {
+            tracing::warn!(error.message = %e, "could not store offset; the event will be re-read");
+        }
+    }
+    // Commit what was stored so a restart resumes exactly here.
+    if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        tracing::debug!(error.message = %e, "final offset commit");
+    }
+    tracing::info!(projector = projector.model().name(), "projector stopped");
+    Ok(())
+}
+
+/// Applies one record, retrying database failures until they pass or `shutdown`. Returns false
+/// when interrupted by shutdown before the record was handled.
+async fn handle<M: ReadModel>(
+    projector: &Projector<M>,
+    message: &BorrowedMessage<'_>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let headers = message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .filter_map(|h| h.value.map(|v| (h.key, v)))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let result = match PublishedEvent::from_headers(headers.iter().copied(), message.payload().unwrap_or_default()) {
+            Ok(event) => projector.apply(&event).await.map(|_| ()),
+            Err(e) => Err(ProjectionError::Undecodable(e)),
+        };
+        match result {
+            Ok(()) => return true,
+            Err(ProjectionError::Undecodable(e)) => {
+                tracing::error!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    error.message = %e,
+                    "unusable record parked"
+                );
+                match projector
+                    .park(message.topic(), message.partition(), message.offset(), &e.to_string())
+                    .await
+                {
+                    Ok(()) => return true,
+                    Err(db) => tracing::warn!(error.message = %db, "could not park record; retrying"),
+                }
+            }
+            Err(ProjectionError::Database(e)) => {
+                tracing::warn!(error.message = %e, "read model store failed; retrying");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

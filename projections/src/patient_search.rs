@@ -1,0 +1,256 @@
+//! The `patient_search` read model: current demographics and status of every patient, found
+//! by family name (prefix), given name (prefix), birth date and MRN.
+//!
+//! Names are matched in a folded form, lowercase with accents removed, so `muller` finds
+//! Müller and `ZOE` finds Zoë. The fold is [`fold`], used both when storing and when querying.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use schemas::patient::v1;
+use schemas::{DecodeError, PublishedEvent};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, QueryBuilder, Row};
+use unicode_normalization::char::is_combining_mark;
+use unicode_normalization::UnicodeNormalization;
+use uuid::Uuid;
+
+use crate::runtime::{ProjectionError, ReadModel};
+
+/// Lowercase, accents removed, inner whitespace collapsed: the form names are matched in.
+pub fn fold(text: &str) -> String {
+    let stripped: String = text.nfkd().filter(|c| !is_combining_mark(*c)).collect();
+    stripped
+        .to_lowercase()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PatientSearch;
+
+impl ReadModel for PatientSearch {
+    fn name(&self) -> &'static str {
+        "patient_search"
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[schemas::topics::PATIENT]
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, event: &PublishedEvent) -> Result<(), ProjectionError> {
+        if event.major_version != v1::MAJOR {
+            return Err(DecodeError::UnknownType(format!("{} v{}", event.event_type, event.major_version)).into());
+        }
+        let version = event.sequence as i64;
+        match v1::PatientEvent::decode(&event.event_type, &event.data)? {
+            v1::PatientEvent::Registered(e) => {
+                sqlx::query(
+                    "INSERT INTO projections.patient_search
+                        (patient_id, mrn, given, family, given_search, family_search, birth_date,
+                         gender, status, version, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $10)
+                     ON CONFLICT (patient_id) DO NOTHING",
+                )
+                .bind(e.patient_id)
+                .bind(&e.mrn)
+                .bind(&e.name.given)
+                .bind(&e.name.family)
+                .bind(e.name.given.iter().map(|g| fold(g)).collect::<Vec<_>>())
+                .bind(fold(&e.name.family))
+                .bind(e.birth_date)
+                .bind(gender_code(e.gender))
+                .bind(version)
+                .bind(e.registered_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            v1::PatientEvent::DemographicsCorrected(e) => {
+                sqlx::query(
+                    "UPDATE projections.patient_search
+                        SET given = $2, family = $3, given_search = $4, family_search = $5,
+                            birth_date = $6, gender = $7, version = $8, updated_at = $9
+                      WHERE patient_id = $1",
+                )
+                .bind(e.patient_id)
+                .bind(&e.name.given)
+                .bind(&e.name.family)
+                .bind(e.name.given.iter().map(|g| fold(g)).collect::<Vec<_>>())
+                .bind(fold(&e.name.family))
+                .bind(e.birth_date)
+                .bind(gender_code(e.gender))
+                .bind(version)
+                .bind(e.corrected_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            v1::PatientEvent::Archived(e) => {
+                set_status(tx, e.patient_id, "archived", version, e.archived_at).await?;
+            }
+            v1::PatientEvent::Restored(e) => {
+                set_status(tx, e.patient_id, "active", version, e.restored_at).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn clear(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM projections.patient_search")
+            .execute(&mut *tx)
+            .await
+            .map(|_| ())
+    }
+}
+
+async fn set_status(
+    tx: &mut PgConnection,
+    patient_id: Uuid,
+    status: &str,
+    version: i64,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projections.patient_search SET status = $2, version = $3, updated_at = $4
+          WHERE patient_id = $1",
+    )
+    .bind(patient_id)
+    .bind(status)
+    .bind(version)
+    .bind(at)
+    .execute(&mut *tx)
+    .await
+    .map(|_| ())
+}
+
+fn gender_code(gender: v1::AdministrativeGender) -> &'static str {
+    match gender {
+        v1::AdministrativeGender::Male => "male",
+        v1::AdministrativeGender::Female => "female",
+        v1::AdministrativeGender::Other => "other",
+        v1::AdministrativeGender::Unknown => "unknown",
+    }
+}
+
+/// What to search for; every given criterion must match.
+#[derive(Debug, Clone, Default)]
+pub struct Criteria {
+    /// Prefix of the family name, matched case- and accent-insensitively.
+    pub family: Option<String>,
+    /// Prefix of any given name, matched case- and accent-insensitively.
+    pub given: Option<String>,
+    pub birth_date: Option<NaiveDate>,
+    pub mrn: Option<String>,
+    pub include_archived: bool,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// One search hit.
+#[derive(Clone, Serialize)]
+pub struct PatientSummary {
+    pub id: Uuid,
+    pub mrn: String,
+    pub name: v1::HumanName,
+    pub birth_date: NaiveDate,
+    pub gender: String,
+    pub status: String,
+    pub version: i64,
+}
+
+impl std::fmt::Debug for PatientSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatientSummary").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// One page of hits, and whether there are more after it.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<PatientSummary>,
+    pub has_more: bool,
+}
+
+fn like_prefix(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len() + 1);
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped.push('%');
+    escaped
+}
+
+/// Searches the read model, ordered by family name, given names and id.
+///
+/// # Errors
+///
+/// The database error.
+#[tracing::instrument(skip_all)]
+pub async fn search(pool: &PgPool, criteria: &Criteria) -> Result<Page, sqlx::Error> {
+    let mut query = QueryBuilder::new(
+        "SELECT patient_id, mrn, given, family, birth_date, gender, status, version
+           FROM projections.patient_search WHERE true",
+    );
+    if let Some(family) = &criteria.family {
+        query.push(" AND family_search LIKE ").push_bind(like_prefix(&fold(family)));
+    }
+    if let Some(given) = &criteria.given {
+        query
+            .push(" AND EXISTS (SELECT 1 FROM unnest(given_search) g WHERE g LIKE ")
+            .push_bind(like_prefix(&fold(given)))
+            .push(")");
+    }
+    if let Some(date) = criteria.birth_date {
+        query.push(" AND birth_date = ").push_bind(date);
+    }
+    if let Some(mrn) = &criteria.mrn {
+        query.push(" AND mrn = ").push_bind(mrn.clone());
+    }
+    if !criteria.include_archived {
+        query.push(" AND status = 'active'");
+    }
+    query
+        .push(" ORDER BY family_search, given_search, patient_id LIMIT ")
+        .push_bind(i64::from(criteria.limit) + 1)
+        .push(" OFFSET ")
+        .push_bind(i64::from(criteria.offset));
+    let rows = query.build().fetch_all(pool).await?;
+    let mut items = rows
+        .iter()
+        .map(|row| {
+            Ok(PatientSummary {
+                id: row.try_get("patient_id")?,
+                mrn: row.try_get("mrn")?,
+                name: v1::HumanName {
+                    given: row.try_get("given")?,
+                    family: row.try_get("family")?,
+                },
+                birth_date: row.try_get("birth_date")?,
+                gender: row.try_get("gender")?,
+                status: row.try_get("status")?,
+                version: row.try_get("version")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let has_more = items.len() > criteria.limit as usize;
+    items.truncate(criteria.limit as usize);
+    Ok(Page { items, has_more })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fold_removes_case_and_accents() {
+        assert_eq!(fold("Müller"), "muller");
+        assert_eq!(fold("ZOË  de la Cruz"), "zoe de la cruz");
+        assert_eq!(fold("Ångström"), "angstrom");
+    }
+
+    #[test]
+    fn like_prefix_escapes_wildcards() {
+        assert_eq!(like_prefix("a%b_c\\"), "a\\%b\\_c\\\\%");
+    }
+}

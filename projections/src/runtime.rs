@@ -1,0 +1,234 @@
+//! The projector runtime: applies published events to a read model exactly once per aggregate
+//! sequence, whatever the source delivers.
+//!
+//! Sources deliver at least once (a relay restart re-sends, a consumer restart re-reads), and a
+//! re-send can interleave with the original. So every change to a read model happens in one
+//! transaction with its bookkeeping, the last sequence applied per aggregate, and an event is
+//! applied only when it is the next one for its aggregate:
+//!
+//! - `sequence <= last`: a repeat, already applied; skipped.
+//! - `sequence == last + 1`: applied.
+//! - `sequence > last + 1`: an earlier event has not arrived yet (a re-send overtook it); skipped
+//!   now and applied when the relay's re-send reaches it, because the relay re-sends from its
+//!   checkpoint, which stands before every event not acknowledged.
+
+use std::future::Future;
+
+use schemas::{DecodeError, PublishedEvent};
+use sqlx::{PgConnection, PgPool};
+
+/// A read model: its name, the topics it reads, and how it applies one event.
+pub trait ReadModel: Send + Sync + 'static {
+    /// Unique name of this read model, the key of its bookkeeping and its consumer group.
+    fn name(&self) -> &'static str;
+
+    /// The topics (without prefix) this read model consumes.
+    fn topics(&self) -> &'static [&'static str];
+
+    /// Applies one event inside the projector's transaction.
+    fn apply(
+        &self,
+        tx: &mut PgConnection,
+        event: &PublishedEvent,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+
+    /// Empties the read model (before a rebuild).
+    fn clear(&self, tx: &mut PgConnection) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+/// Where a stream-fed projector stands in the event store's stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub transaction_id: u64,
+    pub position: i64,
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    Duplicate,
+    /// Arrived before an earlier event of its aggregate; skipped until that one comes.
+    Early { expected: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("read model store: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The event cannot be used; retrying will not help.
+    #[error(transparent)]
+    Undecodable(#[from] DecodeError),
+}
+
+/// Applies events to one read model.
+#[derive(Debug, Clone)]
+pub struct Projector<M> {
+    pool: PgPool,
+    model: M,
+}
+
+impl<M: ReadModel> Projector<M> {
+    pub fn new(pool: PgPool, model: M) -> Self {
+        Self { pool, model }
+    }
+
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies `event` unless it is a repeat or early (see the module docs).
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Undecodable`] for an event the read model cannot use (nothing is
+    /// changed); [`ProjectionError::Database`] when the transaction fails (nothing is changed;
+    /// retry).
+    #[tracing::instrument(skip_all, fields(projector = self.model.name(), aggregate_id = %event.subject, sequence = event.sequence))]
+    pub async fn apply(&self, event: &PublishedEvent) -> Result<Applied, ProjectionError> {
+        let mut tx = self.pool.begin().await?;
+        let applied = self.apply_in(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Applies `event` read from the event store's stream and moves this projector's stream
+    /// checkpoint to `at`, in one transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Projector::apply`].
+    pub async fn apply_from_stream(
+        &self,
+        event: &PublishedEvent,
+        at: StreamPosition,
+    ) -> Result<Applied, ProjectionError> {
+        let mut tx = self.pool.begin().await?;
+        let applied = self.apply_in(&mut tx, event).await?;
+        sqlx::query(
+            "INSERT INTO projections.stream_checkpoints (projector, transaction_id, position, updated_at)
+             VALUES ($1, $2, $3, now())
+             ON CONFLICT (projector) DO UPDATE
+                SET transaction_id = EXCLUDED.transaction_id, position = EXCLUDED.position,
+                    updated_at = now()",
+        )
+        .bind(self.model.name())
+        .bind(at.transaction_id as i64)
+        .bind(at.position)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Where this projector stands in the event store's stream (the start if it never read it).
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    pub async fn stream_position(&self) -> Result<StreamPosition, sqlx::Error> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT transaction_id, position FROM projections.stream_checkpoints WHERE projector = $1",
+        )
+        .bind(self.model.name())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|(transaction_id, position)| StreamPosition {
+                transaction_id: transaction_id as u64,
+                position,
+            })
+            .unwrap_or_default())
+    }
+
+    /// Empties the read model and its bookkeeping, so it can be rebuilt from the stream.
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    pub async fn reset(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        self.model.clear(&mut tx).await?;
+        for table in ["applied_sequences", "stream_checkpoints"] {
+            sqlx::query(&format!("DELETE FROM projections.{table} WHERE projector = $1"))
+                .bind(self.model.name())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Keeps a record the read model cannot use, with the reason, so it is not silently lost.
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    pub async fn park(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        error: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO projections.parked_messages (projector, topic, partition, \"offset\", error)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(self.model.name())
+        .bind(topic)
+        .bind(partition)
+        .bind(offset)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn apply_in(
+        &self,
+        tx: &mut PgConnection,
+        event: &PublishedEvent,
+    ) -> Result<Applied, ProjectionError> {
+        // Lock the aggregate's bookkeeping row (creating it at 0) so two consumers of the same
+        // aggregate cannot both apply the same sequence.
+        sqlx::query(
+            "INSERT INTO projections.applied_sequences (projector, aggregate_id, last_sequence)
+             VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(self.model.name())
+        .bind(&event.subject)
+        .execute(&mut *tx)
+        .await?;
+        let last: i64 = sqlx::query_scalar(
+            "SELECT last_sequence FROM projections.applied_sequences
+              WHERE projector = $1 AND aggregate_id = $2 FOR UPDATE",
+        )
+        .bind(self.model.name())
+        .bind(&event.subject)
+        .fetch_one(&mut *tx)
+        .await?;
+        let last = last as u64;
+        if event.sequence <= last {
+            return Ok(Applied::Duplicate);
+        }
+        if event.sequence > last + 1 {
+            tracing::warn!(expected = last + 1, "event arrived before an earlier one; skipped");
+            return Ok(Applied::Early { expected: last + 1 });
+        }
+        self.model.apply(tx, event).await?;
+        sqlx::query(
+            "UPDATE projections.applied_sequences SET last_sequence = $3
+              WHERE projector = $1 AND aggregate_id = $2",
+        )
+        .bind(self.model.name())
+        .bind(&event.subject)
+        .bind(event.sequence as i64)
+        .execute(&mut *tx)
+        .await?;
+        Ok(Applied::Applied)
+    }
+}
