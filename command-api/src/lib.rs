@@ -1,1 +1,22 @@
-fn _x(){}
+//! The patient service's outer layer: the HTTP API, authentication and authorization,
+//! configuration, telemetry, the embedded PostgreSQL default, and the `patient-service`
+//! binary's subcommands that run each role.
+//!
+//! # Layout
+//!
+//! - [`cli`]: subcommands (`serve`, `api`, `relay`, `project`, `migrate`, `rebuild`, `token`,
+//!   `bench`).
+//! - [`startup`]: wires a [`startup::Service`] from [`configuration::Settings`] and roles.
+//! - [`http`]: routes, extractors, problem+json errors.
+//! - [`auth`]: bearer JWT and the policy table.
+//! - [`embedded_postgres`]: the private cluster `serve` runs with no database configured.
+//! - [`bench`]: the benchmark behind `patient-service bench`.
+
+pub mod auth;
+pub mod bench;
+pub mod cli;
+pub mod configuration;
+pub mod embedded_postgres;
+pub mod http;
+pub mod startup;
+pub mod telemetry;

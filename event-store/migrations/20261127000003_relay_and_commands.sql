@@ -21,6 +21,7 @@ CREATE TABLE idempotency_keys
     aggregate_type text        NOT NULL,
     aggregate_id   text        NOT NULL,
     version        bigint      NOT NULL,
+    response_status integer    NOT NULL,
     created_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (user_id, key)
 );

@@ -12,6 +12,8 @@ pub struct Recorded {
     pub aggregate_type: String,
     pub aggregate_id: String,
     pub version: u64,
+    /// The HTTP status of the first answer.
+    pub response_status: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -30,19 +32,20 @@ impl IdempotencyKeys {
     ///
     /// The database error.
     pub async fn find(&self, user_id: &str, key: &str) -> Result<Option<Recorded>, sqlx::Error> {
-        let row: Option<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT request_hash, aggregate_type, aggregate_id, version
+        let row: Option<(String, String, String, i64, i32)> = sqlx::query_as(
+            "SELECT request_hash, aggregate_type, aggregate_id, version, response_status
                FROM idempotency_keys WHERE user_id = $1 AND key = $2",
         )
         .bind(user_id)
         .bind(key)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(request_hash, aggregate_type, aggregate_id, version)| Recorded {
+        Ok(row.map(|(request_hash, aggregate_type, aggregate_id, version, status)| Recorded {
             request_hash,
             aggregate_type,
             aggregate_id,
             version: version as u64,
+            response_status: u16::try_from(status).unwrap_or(200),
         }))
     }
 
@@ -53,8 +56,8 @@ impl IdempotencyKeys {
     /// The database error.
     pub async fn record(&self, user_id: &str, key: &str, recorded: &Recorded) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO idempotency_keys (user_id, key, request_hash, aggregate_type, aggregate_id, version)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, aggregate_type, aggregate_id, version, response_status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (user_id, key) DO NOTHING",
         )
         .bind(user_id)
@@ -63,6 +66,7 @@ impl IdempotencyKeys {
         .bind(&recorded.aggregate_type)
         .bind(&recorded.aggregate_id)
         .bind(recorded.version as i64)
+        .bind(i32::from(recorded.response_status))
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -1,0 +1,175 @@
+//! Authentication (bearer JWT) and authorization (one policy table).
+//!
+//! Every request but the health checks carries `Authorization: Bearer <jwt>`. The token's `sub`
+//! is the user's unique identity, recorded with every command; `roles` decide what the user may
+//! do, through [`policy::allows`] only.
+
+pub mod policy;
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use crate::configuration::AuthSettings;
+use crate::http::{ApiError, AppState};
+pub use policy::{Action, Role};
+
+/// The claims of a token this service accepts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub exp: i64,
+    pub iat: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// Verifies tokens and, for development, mints them.
+pub struct Authenticator {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
+    issuer: Option<String>,
+    audience: Option<String>,
+    ttl_secs: i64,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").finish_non_exhaustive()
+    }
+}
+
+/// Why a token was refused. Shown to the caller only as "invalid token".
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("the token is invalid or expired")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+    #[error("the token has no usable subject")]
+    BadSubject,
+}
+
+impl Authenticator {
+    pub fn new(settings: &AuthSettings) -> Self {
+        let secret = settings.jwt_secret.expose_secret().as_bytes();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 30;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &settings.issuer {
+            Some(issuer) => validation.set_issuer(&[issuer]),
+            None => validation.iss = None,
+        }
+        match &settings.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        Self {
+            decoding: DecodingKey::from_secret(secret),
+            encoding: EncodingKey::from_secret(secret),
+            validation,
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+            ttl_secs: i64::try_from(settings.token_ttl_secs).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The user a bearer token stands for.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError`] when the token is malformed, badly signed, expired, for another issuer or
+    /// audience, or has no subject.
+    pub fn verify(&self, token: &str) -> Result<AuthUser, TokenError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?;
+        let sub = data.claims.sub.trim();
+        if sub.is_empty() || sub.len() > 200 || sub.chars().any(char::is_control) {
+            return Err(TokenError::BadSubject);
+        }
+        Ok(AuthUser {
+            id: sub.to_owned(),
+            roles: data.claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+        })
+    }
+
+    /// Mints a token for `user` with `roles`, issued at `now`.
+    ///
+    /// # Errors
+    ///
+    /// The encoding error (not expected with an HMAC key).
+    pub fn mint(
+        &self,
+        user: &str,
+        roles: &[Role],
+        now: DateTime<Utc>,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let claims = Claims {
+            sub: user.to_owned(),
+            roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            iat: now.timestamp(),
+            exp: now.timestamp().saturating_add(self.ttl_secs),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+    }
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthUser {
+    pub id: String,
+    pub roles: Vec<Role>,
+}
+
+impl AuthUser {
+    /// Allows the request to go on only if one of the user's roles may do `action`.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::Forbidden`] otherwise.
+    pub fn require(&self, action: Action) -> Result<(), ApiError> {
+        if self.roles.iter().any(|role| policy::allows(*role, action)) {
+            Ok(())
+        } else {
+            tracing::info!(user_id = %self.id, ?action, "forbidden");
+            Err(ApiError::Forbidden)
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+            });
+        let result = match token {
+            Some(token) => state.auth.verify(token),
+            None => Err(TokenError::Missing),
+        };
+        result.map_err(|e| {
+            tracing::info!(error.message = %e, "unauthenticated request");
+            ApiError::Unauthenticated
+        })
+    }
+}
+
+/// Shared authenticator.
+pub type SharedAuthenticator = Arc<Authenticator>;

@@ -1,0 +1,121 @@
+//! Who may do what: the one policy table every endpoint consults.
+//!
+//! | action               | admin | registrar | clinician | scheduler | auditor |
+//! |----------------------|:-----:|:---------:|:---------:|:---------:|:-------:|
+//! | register patient     |   x   |     x     |           |           |         |
+//! | correct demographics |   x   |     x     |           |           |         |
+//! | archive patient      |   x   |     x     |           |           |         |
+//! | restore patient      |   x   |     x     |           |           |         |
+//! | read patient         |   x   |     x     |     x     |     x     |    x    |
+//! | search patients      |   x   |     x     |     x     |     x     |         |
+//!
+//! The `patient` and `service` roles are recognised but, until per-patient data permissions
+//! arrive, may do none of these.
+
+/// A role from the token's `roles` claim. Unknown role names are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Admin,
+    Registrar,
+    Clinician,
+    Scheduler,
+    Auditor,
+    Patient,
+    Service,
+}
+
+impl Role {
+    pub const ALL: [Role; 7] = [
+        Role::Admin,
+        Role::Registrar,
+        Role::Clinician,
+        Role::Scheduler,
+        Role::Auditor,
+        Role::Patient,
+        Role::Service,
+    ];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|role| role.as_str() == name)
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Registrar => "registrar",
+            Self::Clinician => "clinician",
+            Self::Scheduler => "scheduler",
+            Self::Auditor => "auditor",
+            Self::Patient => "patient",
+            Self::Service => "service",
+        }
+    }
+}
+
+/// Something a caller asks to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    RegisterPatient,
+    CorrectDemographics,
+    ArchivePatient,
+    RestorePatient,
+    ReadPatient,
+    SearchPatients,
+}
+
+impl Action {
+    pub const ALL: [Action; 6] = [
+        Action::RegisterPatient,
+        Action::CorrectDemographics,
+        Action::ArchivePatient,
+        Action::RestorePatient,
+        Action::ReadPatient,
+        Action::SearchPatients,
+    ];
+}
+
+use Role::{Admin, Auditor, Clinician, Registrar, Scheduler};
+
+const POLICY: &[(Action, &[Role])] = &[
+    (Action::RegisterPatient, &[Admin, Registrar]),
+    (Action::CorrectDemographics, &[Admin, Registrar]),
+    (Action::ArchivePatient, &[Admin, Registrar]),
+    (Action::RestorePatient, &[Admin, Registrar]),
+    (Action::ReadPatient, &[Admin, Registrar, Clinician, Scheduler, Auditor]),
+    (Action::SearchPatients, &[Admin, Registrar, Clinician, Scheduler]),
+];
+
+/// Whether `role` may do `action`.
+pub fn allows(role: Role, action: Action) -> bool {
+    POLICY
+        .iter()
+        .any(|(a, roles)| *a == action && roles.contains(&role))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_has_a_policy_row() {
+        for action in Action::ALL {
+            assert!(POLICY.iter().any(|(a, _)| *a == action), "{action:?}");
+        }
+    }
+
+    #[test]
+    fn patient_and_service_roles_may_do_nothing_yet() {
+        for action in Action::ALL {
+            assert!(!allows(Role::Patient, action));
+            assert!(!allows(Role::Service, action));
+        }
+    }
+
+    #[test]
+    fn role_names_round_trip() {
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+}

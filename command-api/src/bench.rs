@@ -1,0 +1,198 @@
+//! `patient-service bench`: in one run, on one database,
+//!
+//! - registrations per second over real HTTP at each concurrency (default 1 and 16);
+//! - raw single-row insert transactions per second into a table shaped like `events`, at the
+//!   same concurrencies (the ceiling the database sets, the baseline to compare with);
+//! - projection lag: from the moment a registration's 201 arrives (after its commit) to the
+//!   moment the patient is visible in the search read model, p50 and p99.
+//!
+//! Runs against the configured database (or the embedded one) and Kafka if configured. The
+//! machine is noisy: compare figures only within one run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::auth::{Authenticator, Role};
+use crate::configuration::Settings;
+use crate::http::system_clock;
+use crate::startup::{Roles, Service};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Registrations (and raw inserts) per concurrency level.
+    #[arg(long, default_value_t = 2000)]
+    pub requests: usize,
+    /// Concurrency levels, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub concurrency: Vec<usize>,
+    /// Registrations timed for projection lag, one at a time.
+    #[arg(long, default_value_t = 200)]
+    pub lag_samples: usize,
+}
+
+/// Runs the benchmark and prints its figures on stdout.
+///
+/// # Errors
+///
+/// When the service cannot start or a request fails.
+pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
+    let mut settings = settings.clone();
+    settings.http.port = 0;
+    let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1) as u32;
+    settings.database.max_connections = settings.database.max_connections.max(max_concurrency + 8);
+    let service = Service::start(&settings, Roles::ALL, system_clock()).await?;
+    let result = measure(&settings, &service, &args).await;
+    service.stop().await?;
+    result
+}
+
+async fn measure(settings: &Settings, service: &Service, args: &BenchArgs) -> anyhow::Result<()> {
+    let port = service.port.context("the API did not start")?;
+    let base = format!("http://127.0.0.1:{port}");
+    let token = Authenticator::new(&settings.auth).mint("bench", &[Role::Registrar], chrono::Utc::now())?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let source = if settings.kafka.client_config().is_some() { "Kafka" } else { "event-store stream" };
+    println!("patient-service bench: {} requests per level, projectors fed by {source}", args.requests);
+    println!("{:<44} {:>12} {:>12} {:>10}", "", "HTTP reg/s", "raw tx/s", "HTTP/raw");
+    for &concurrency in &args.concurrency {
+        let http = registrations_per_second(&client, &base, &token, args.requests, concurrency).await?;
+        let raw = raw_inserts_per_second(&service.pool, args.requests, concurrency).await?;
+        println!(
+            "{:<44} {:>12.0} {:>12.0} {:>10.3}",
+            format!("concurrency {concurrency}"),
+            http,
+            raw,
+            http / raw
+        );
+    }
+    let mut lags = projection_lags(&client, &base, &token, &service.pool, args.lag_samples).await?;
+    lags.sort();
+    let pct = |p: f64| lags[((lags.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "projection lag, 201 -> visible in search ({} samples): p50 {:.1} ms, p99 {:.1} ms",
+        lags.len(),
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+fn registration(i: usize) -> serde_json::Value {
+    json!({
+        "name": { "given": [format!("Bench{i}")], "family": "Benchmark" },
+        "birth_date": "1980-01-01",
+        "gender": "unknown"
+    })
+}
+
+async fn register(client: &reqwest::Client, base: &str, token: &str, i: usize) -> anyhow::Result<String> {
+    let response = client
+        .post(format!("{base}/v1/patients"))
+        .bearer_auth(token)
+        .json(&registration(i))
+        .send()
+        .await?;
+    anyhow::ensure!(response.status() == 201, "registration answered {}", response.status());
+    let body: serde_json::Value = response.json().await?;
+    Ok(body["id"].as_str().unwrap_or_default().to_owned())
+}
+
+async fn registrations_per_second(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    requests: usize,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, base, token, next) = (client.clone(), base.to_owned(), token.to_owned(), next.clone());
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= requests {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                register(&client, &base, &token, i).await?;
+            }
+        });
+    }
+    while let Some(result) = workers.join_next().await {
+        result??;
+    }
+    Ok(requests as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn raw_inserts_per_second(pool: &PgPool, requests: usize, concurrency: usize) -> anyhow::Result<f64> {
+    sqlx::query("DROP TABLE IF EXISTS bench_raw_events").execute(pool).await?;
+    sqlx::query("CREATE TABLE bench_raw_events (LIKE events INCLUDING ALL)").execute(pool).await?;
+    let payload = serde_json::to_value(registration(0))?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (pool, payload, next) = (pool.clone(), payload.clone(), next.clone());
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= requests {
+                    return Ok::<_, sqlx::Error>(());
+                }
+                let mut tx = pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO bench_raw_events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                     VALUES ('Bench', $1, 1, 'BenchEvent', '1.0', $2, '{}')",
+                )
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(&payload)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
+        });
+    }
+    while let Some(result) = workers.join_next().await {
+        result??;
+    }
+    let rate = requests as f64 / started.elapsed().as_secs_f64();
+    sqlx::query("DROP TABLE bench_raw_events").execute(pool).await?;
+    Ok(rate)
+}
+
+async fn projection_lags(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    pool: &PgPool,
+    samples: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut lags = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let id = register(client, base, token, 1_000_000 + i).await?;
+        let id = uuid::Uuid::parse_str(&id)?;
+        let committed = Instant::now();
+        let deadline = committed + Duration::from_secs(30);
+        loop {
+            let visible: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM projections.patient_search WHERE patient_id = $1)",
+            )
+            .bind(id)
+            .fetch_one(pool)
+            .await?;
+            if visible {
+                lags.push(committed.elapsed());
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "patient {id} not projected within 30 s");
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+    Ok(lags)
+}

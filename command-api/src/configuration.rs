@@ -1,0 +1,189 @@
+//! Layered configuration: the compiled-in `configuration/base.yaml`, then
+//! `configuration/<APP_ENVIRONMENT>.yaml` if present, then `APP_<SECTION>__<KEY>` environment
+//! variables, then the conventional `DATABASE_URL` and `KAFKA_BROKERS`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sqlx::postgres::PgConnectOptions;
+
+const BASE: &str = include_str!("../../configuration/base.yaml");
+
+/// The secret `base.yaml` ships with; the service warns while it is in use.
+pub const DEVELOPMENT_SECRET: &str = "development-only-secret-do-not-use-in-production";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub kafka: KafkaSettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub host: String,
+    pub port: u16,
+    pub request_timeout_secs: u64,
+    pub body_limit_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: Option<SecretString>,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+    pub data_dir: PathBuf,
+    pub auto_migrate: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct KafkaSettings {
+    pub brokers: Option<String>,
+    pub topic_prefix: String,
+    pub partitions: i32,
+    pub replication: i32,
+    pub consumer_group_prefix: String,
+    pub message_timeout_ms: u64,
+    pub security_protocol: Option<String>,
+    pub ssl_ca_location: Option<String>,
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub jwt_secret: SecretString,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub token_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Settings {
+    /// The compiled-in defaults alone, ignoring files and environment (tests start here).
+    ///
+    /// # Errors
+    ///
+    /// Only if the compiled-in file is broken, which a unit test rules out.
+    pub fn base() -> Result<Self, config::ConfigError> {
+        config::Config::builder()
+            .add_source(config::File::from_str(BASE, config::FileFormat::Yaml))
+            .build()?
+            .try_deserialize()
+    }
+
+    /// Loads every layer, reading environment files from `dir` (default `configuration`).
+    ///
+    /// # Errors
+    ///
+    /// A [`config::ConfigError`] naming the bad key.
+    pub fn load(dir: Option<&Path>) -> Result<Self, config::ConfigError> {
+        let dir = dir.unwrap_or_else(|| Path::new("configuration"));
+        let environment = std::env::var("APP_ENVIRONMENT").unwrap_or_else(|_| "local".into());
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(BASE, config::FileFormat::Yaml))
+            .add_source(config::File::from(dir.join(format!("{environment}.yaml"))).required(false))
+            .add_source(
+                config::Environment::with_prefix("APP")
+                    .prefix_separator("_")
+                    .separator("__"),
+            );
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            builder = builder.set_override("database.url", url)?;
+        }
+        if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
+            builder = builder.set_override("kafka.brokers", brokers)?;
+        }
+        builder.build()?.try_deserialize()
+    }
+}
+
+impl DatabaseSettings {
+    /// Connection options from the configured URL, if any.
+    ///
+    /// # Errors
+    ///
+    /// The parse error of a malformed URL.
+    pub fn connect_options(&self) -> Result<Option<PgConnectOptions>, sqlx::Error> {
+        self.url
+            .as_ref()
+            .map(|url| url.expose_secret().parse::<PgConnectOptions>())
+            .transpose()
+    }
+
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+}
+
+impl KafkaSettings {
+    /// The librdkafka client settings (brokers and security), if brokers are configured.
+    pub fn client_config(&self) -> Option<ClientConfig> {
+        let brokers = self.brokers.as_deref().filter(|b| !b.trim().is_empty())?;
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", brokers);
+        let optional = [
+            ("security.protocol", self.security_protocol.as_deref()),
+            ("ssl.ca.location", self.ssl_ca_location.as_deref()),
+            ("sasl.mechanism", self.sasl_mechanism.as_deref()),
+            ("sasl.username", self.sasl_username.as_deref()),
+            (
+                "sasl.password",
+                self.sasl_password.as_ref().map(ExposeSecret::expose_secret),
+            ),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                config.set(key, value);
+            }
+        }
+        Some(config)
+    }
+
+    pub fn message_timeout(&self) -> Duration {
+        Duration::from_millis(self.message_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compiled_in_defaults_parse() {
+        let settings = Settings::base().unwrap();
+        assert_eq!(settings.http.port, 8080);
+        assert!(settings.database.url.is_none());
+        assert!(settings.kafka.client_config().is_none());
+        assert_eq!(settings.auth.jwt_secret.expose_secret(), DEVELOPMENT_SECRET);
+    }
+
+    #[test]
+    fn kafka_client_config_carries_brokers_and_security() {
+        let mut settings = Settings::base().unwrap().kafka;
+        settings.brokers = Some("127.0.0.1:9092".into());
+        settings.security_protocol = Some("ssl".into());
+        let config = settings.client_config().unwrap();
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        assert_eq!(config.get("security.protocol"), Some("ssl"));
+        assert_eq!(config.get("sasl.password"), None);
+    }
+}

@@ -1,0 +1,245 @@
+//! The HTTP API: routes, shared state, and the middleware every request passes through
+//! (request id, trace context, timeout, body limit, problem+json for every error).
+
+mod health;
+mod json;
+mod patients;
+mod problem;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use event_store::idempotency::IdempotencyKeys;
+use event_store::store::PatientStore;
+use sqlx::PgPool;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Authenticator;
+pub use problem::{ApiError, Problem, PROBLEM_JSON};
+
+/// Where the current time comes from: the system clock in production, a fixed one in tests.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(Utc::now)
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub store: PatientStore,
+    pub idempotency: IdempotencyKeys,
+    pub auth: Arc<Authenticator>,
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, auth: Authenticator, clock: Clock) -> Self {
+        Self {
+            store: PatientStore::new(pool.clone()),
+            idempotency: IdempotencyKeys::new(pool.clone()),
+            pool,
+            auth: Arc::new(auth),
+            clock,
+        }
+    }
+}
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The router with every route and layer.
+pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> Router {
+    Router::new()
+        .merge(patients::router())
+        .merge(health::router())
+        .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(problem_for_plain_errors))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let request_id = req
+                .extensions()
+                .get::<RequestContext>()
+                .map(|c| c.request_id.as_str())
+                .unwrap_or_default();
+            // The path may hold a patient id (an id, not patient data); never the query,
+            // which holds search terms.
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
+        }))
+        .layer(axum::middleware::from_fn(request_context))
+}
+
+/// The request id and W3C trace context of a request, as recorded with its events.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub traceparent: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestContext>()
+            .cloned()
+            .unwrap_or_else(|| RequestContext::new(None, None)))
+    }
+}
+
+impl RequestContext {
+    fn new(request_id: Option<&str>, traceparent: Option<&str>) -> Self {
+        // A caller's id is kept only if it is short and plain, since it goes into logs,
+        // events and Kafka headers.
+        let request_id = request_id
+            .filter(|id| {
+                !id.is_empty()
+                    && id.len() <= 64
+                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            })
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        let traceparent = traceparent
+            .filter(|tp| is_traceparent(tp))
+            .map_or_else(
+                || {
+                    let trace = uuid::Uuid::new_v4().simple().to_string();
+                    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+                    format!("00-{trace}-{span}-01")
+                },
+                str::to_owned,
+            );
+        Self {
+            request_id,
+            traceparent,
+        }
+    }
+}
+
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1] != "0".repeat(32)
+        && parts[2] != "0".repeat(16)
+}
+
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let context = RequestContext::new(
+        headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()),
+        headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()),
+    );
+    let request_id = HeaderValue::from_str(&context.request_id).ok();
+    req.extensions_mut().insert(context);
+    let mut response = next.run(req).await;
+    if let Some(id) = request_id {
+        response.headers_mut().insert(REQUEST_ID, id);
+    }
+    response
+}
+
+/// Rewrites error answers produced outside our handlers (unknown route, wrong method, a
+/// timeout) as problem+json, so every error a client sees has one shape.
+async fn problem_for_plain_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    // Our own errors are problem+json already; health answers are plain JSON on purpose.
+    let is_problem = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes() == PROBLEM_JSON.as_bytes() || v.as_bytes() == b"application/json"
+    });
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let title = status.canonical_reason().unwrap_or("Error");
+    let slug = title.to_ascii_lowercase().replace(' ', "-");
+    let mut extra = Vec::new();
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(value) = response.headers().get(&name) {
+            extra.push((name, value.clone()));
+        }
+    }
+    Problem::new(status, &slug, title).into_response_with(&extra)
+}
+
+/// The strong ETag of an aggregate version.
+pub fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+/// The version an `If-Match` header names: `"3"` or `W/"3"`.
+///
+/// # Errors
+///
+/// [`ApiError::PreconditionRequired`] when absent, [`ApiError::InvalidParameters`] when it is
+/// not one of our ETags.
+pub fn if_match(headers: &axum::http::HeaderMap) -> Result<u64, ApiError> {
+    let value = headers
+        .get(header::IF_MATCH)
+        .ok_or(ApiError::PreconditionRequired)?
+        .to_str()
+        .map_err(|_| ApiError::invalid_parameter("If-Match", "must be an ETag"))?
+        .trim();
+    value
+        .strip_prefix("W/")
+        .unwrap_or(value)
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ApiError::invalid_parameter("If-Match", "must be an ETag such as \"3\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_accepts_strong_and_weak_etags() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert!(matches!(if_match(&headers), Err(ApiError::PreconditionRequired)));
+        headers.insert(header::IF_MATCH, HeaderValue::from_static("\"3\""));
+        assert_eq!(if_match(&headers).unwrap(), 3);
+        headers.insert(header::IF_MATCH, HeaderValue::from_static("W/\"4\""));
+        assert_eq!(if_match(&headers).unwrap(), 4);
+        headers.insert(header::IF_MATCH, HeaderValue::from_static("3"));
+        assert!(matches!(if_match(&headers), Err(ApiError::InvalidParameters(_))));
+    }
+
+    #[test]
+    fn request_ids_from_callers_are_kept_only_when_plain() {
+        assert_eq!(RequestContext::new(Some("abc-123"), None).request_id, "abc-123");
+        let replaced = RequestContext::new(Some("has space\n"), None).request_id;
+        assert_ne!(replaced, "has space\n");
+        assert_eq!(replaced.len(), 36);
+    }
+
+    #[test]
+    fn traceparent_is_kept_when_valid_and_generated_otherwise() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(RequestContext::new(None, Some(tp)).traceparent, tp);
+        let generated = RequestContext::new(None, Some("garbage")).traceparent;
+        assert!(is_traceparent(&generated), "{generated}");
+    }
+}

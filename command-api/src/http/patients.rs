@@ -1,0 +1,490 @@
+//! `/v1/patients`: register, read, correct, archive, restore and search.
+//!
+//! Writes go to the event store (so a read by id is current at once); search reads the
+//! `patient_search` read model, which follows the events within moments.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cqrs_es::Aggregate;
+use domain::patient::{
+    AdministrativeGender, ArchivePatient, BirthDate, CorrectDemographics, Patient, PatientCommand,
+    PatientError, PatientId, PersonName, Reason, RegisterPatient, RestorePatient,
+};
+use domain::FieldErrors;
+use event_store::idempotency::Recorded;
+use event_store::store::{CommandError, CommandMetadata};
+use projections::patient_search::{self, Criteria};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+use crate::auth::{Action, AuthUser};
+use crate::http::json::{Fields, JsonObject};
+use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/patients", post(register).get(search))
+        .route("/v1/patients/{id}", get(read))
+        .route("/v1/patients/{id}/correct-demographics", post(correct_demographics))
+        .route("/v1/patients/{id}/archive", post(archive))
+        .route("/v1/patients/{id}/restore", post(restore))
+}
+
+/// A patient as the API shows them.
+#[derive(Serialize)]
+struct PatientResource {
+    id: uuid::Uuid,
+    mrn: String,
+    name: NameResource,
+    birth_date: chrono::NaiveDate,
+    gender: &'static str,
+    status: &'static str,
+    version: u64,
+}
+
+#[derive(Serialize)]
+struct NameResource {
+    given: Vec<String>,
+    family: String,
+}
+
+fn resource(patient: &Patient, version: u64) -> Result<PatientResource, ApiError> {
+    let record = patient.record().ok_or(ApiError::NotFound)?;
+    Ok(PatientResource {
+        id: record.patient_id.as_uuid(),
+        mrn: record.mrn.as_str().to_owned(),
+        name: NameResource {
+            given: record.name.given().to_vec(),
+            family: record.name.family().to_owned(),
+        },
+        birth_date: record.birth_date.date(),
+        gender: record.gender.code(),
+        status: record.status.code(),
+        version,
+    })
+}
+
+fn respond(status: StatusCode, patient: &Patient, version: u64, replayed: bool) -> Result<Response, ApiError> {
+    let body = resource(patient, version)?;
+    let mut response = (status, Json(&body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&etag(version)) {
+        headers.insert(header::ETAG, value);
+    }
+    if status == StatusCode::CREATED {
+        if let Ok(value) = HeaderValue::from_str(&format!("/v1/patients/{}", body.id)) {
+            headers.insert(header::LOCATION, value);
+        }
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn patient_id(raw: &str) -> Result<PatientId, ApiError> {
+    PatientId::parse("id", raw).map_err(|e| ApiError::InvalidParameters(e.into()))
+}
+
+fn metadata(user: &AuthUser, ctx: &RequestContext) -> CommandMetadata {
+    CommandMetadata {
+        user_id: user.id.clone(),
+        request_id: Some(ctx.request_id.clone()),
+        traceparent: Some(ctx.traceparent.clone()),
+    }
+}
+
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::invalid_parameter("Idempotency-Key", "must be 1 to 255 visible ASCII characters")
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+fn request_hash(method: &str, path: &str, body: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_bytes());
+    hasher.update(b" ");
+    hasher.update(path.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(body);
+    hex::encode(hasher.finalize())
+}
+
+/// The first answer for a repeated key: the aggregate as it was at the recorded version.
+async fn replay(state: &AppState, recorded: &Recorded, hash: &str) -> Result<Response, ApiError> {
+    if recorded.request_hash != hash || recorded.aggregate_type != Patient::TYPE {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    let id = patient_id(&recorded.aggregate_id)?;
+    let patient = state
+        .store
+        .load_version(id, recorded.version)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let status = StatusCode::from_u16(recorded.response_status).unwrap_or(StatusCode::OK);
+    respond(status, &patient, recorded.version, true)
+}
+
+/// Runs a POST under its `Idempotency-Key` (if any): a repeat gets the first answer, a
+/// different request under the same key gets 422.
+async fn idempotent<F, Fut>(
+    state: &AppState,
+    user: &AuthUser,
+    headers: &HeaderMap,
+    path: &str,
+    body: &[u8],
+    run: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(StatusCode, PatientId, u64), ApiError>>,
+{
+    let key = idempotency_key(headers)?;
+    let hash = request_hash("POST", path, body);
+    if let Some(key) = &key {
+        if let Some(recorded) = state.idempotency.find(&user.id, key).await? {
+            return replay(state, &recorded, &hash).await;
+        }
+    }
+    let (status, id, version) = run(key.clone()).await?;
+    if let Some(key) = &key {
+        let recorded = Recorded {
+            request_hash: hash.clone(),
+            aggregate_type: Patient::TYPE.to_owned(),
+            aggregate_id: id.to_string(),
+            version,
+            response_status: status.as_u16(),
+        };
+        state.idempotency.record(&user.id, key, &recorded).await?;
+        // A concurrent first request may have recorded its answer before us: answer as it did.
+        if let Some(first) = state.idempotency.find(&user.id, key).await? {
+            return replay(state, &first, &hash).await;
+        }
+    }
+    let patient = state
+        .store
+        .load_version(id, version)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    respond(status, &patient, version, false)
+}
+
+const NAME_FIELDS: &[&str] = &["given", "family"];
+
+fn parse_name(fields: &mut Fields<'_>, required: bool) -> Option<PersonName> {
+    let path = fields.path("name");
+    let object = if required { fields.object("name") } else { fields.optional_object("name") }?;
+    let mut name = Fields::new(object, &path, NAME_FIELDS);
+    let given = name.optional_string_array("given");
+    if given.is_none() && !name.present("given") {
+        name.errors.push(domain::FieldError::new(format!("{path}.given"), "is required"));
+    }
+    let family = name.string("family");
+    let parsed = match (given, family) {
+        (Some(given), Some(family)) => match PersonName::parse(&path, &given, family) {
+            Ok(n) => Some(n),
+            Err(errors) => {
+                name.absorb(errors);
+                None
+            }
+        },
+        _ => None,
+    };
+    let errors = std::mem::take(&mut name.errors);
+    fields.absorb(errors);
+    parsed
+}
+
+/// `POST /v1/patients`: registers a patient; 201 with `Location` and `ETag`.
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn register(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    user.require(Action::RegisterPatient)?;
+    let now = (state.clock)();
+    let mut fields = Fields::new(&body.object, "", &["name", "birth_date", "gender"]);
+    let name = parse_name(&mut fields, true);
+    let birth_date = fields
+        .string("birth_date")
+        .and_then(|v| fields.check(BirthDate::parse("birth_date", v, now.date_naive())));
+    let gender = fields
+        .string("gender")
+        .and_then(|v| fields.check(AdministrativeGender::parse("gender", v)));
+    let (state_ref, user_ref, ctx_ref) = (&state, &user, &ctx);
+    idempotent(&state, &user, &headers, "/v1/patients", &body.raw, |key| async move {
+        let (state, user, ctx) = (state_ref, user_ref, ctx_ref);
+        fields.finish()?;
+        let (Some(name), Some(birth_date), Some(gender)) = (name, birth_date, gender) else {
+            unreachable!("finish() returned early unless every field parsed");
+        };
+        // With a key, the id is derived from it, so even a retry racing the first request, or
+        // one after a crash between commit and answer, cannot register the patient twice.
+        let id = PatientId::new(match &key {
+            Some(key) => uuid::Uuid::new_v5(&IDEMPOTENT_ID_NAMESPACE, format!("{}\n{key}", user.id).as_bytes()),
+            None => uuid::Uuid::new_v4(),
+        });
+        let mrn = state.store.next_mrn().await?;
+        let command = PatientCommand::Register(RegisterPatient {
+            patient_id: id,
+            mrn,
+            name,
+            birth_date,
+            gender,
+            at: now,
+        });
+        let version = match state.store.execute(id, None, command, metadata(&user, &ctx)).await {
+            Ok(version) => version,
+            Err(CommandError::Rule(PatientError::AlreadyRegistered)) if key.is_some() => 1,
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(patient_id = %id, "patient registered");
+        Ok((StatusCode::CREATED, id, version))
+    })
+    .await
+}
+
+const IDEMPOTENT_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x3d5e_1b7a_92c4_4f0e_8d61_5a0b_c2e9_7f14);
+
+/// `GET /v1/patients/{id}`: the current record, from the event store, with its `ETag`.
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id = %raw_id))]
+async fn read(State(state): State<AppState>, user: AuthUser, Path(raw_id): Path<String>) -> Result<Response, ApiError> {
+    user.require(Action::ReadPatient)?;
+    let id = patient_id(&raw_id)?;
+    let (patient, version) = state.store.load(id).await?.ok_or(ApiError::NotFound)?;
+    respond(StatusCode::OK, &patient, version, false)
+}
+
+/// Shared shape of the commands on an existing patient: If-Match, idempotency, execute.
+async fn change(
+    state: &AppState,
+    user: &AuthUser,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    raw_id: &str,
+    path_suffix: &str,
+    body: &JsonObject,
+    command: Result<PatientCommand, ApiError>,
+) -> Result<Response, ApiError> {
+    let id = patient_id(raw_id)?;
+    let path = format!("/v1/patients/{id}/{path_suffix}");
+    idempotent(state, user, headers, &path, &body.raw, |_key| async {
+        let expected = if_match(headers)?;
+        let command = command?;
+        let version = state.store.execute(id, Some(expected), command, metadata(user, ctx)).await?;
+        tracing::info!(patient_id = %id, version, "patient changed");
+        Ok((StatusCode::OK, id, version))
+    })
+    .await
+}
+
+fn reason_only(body: &JsonObject) -> Result<Reason, ApiError> {
+    let mut fields = Fields::new(&body.object, "", &["reason"]);
+    let reason = fields.string("reason").and_then(|v| fields.check(Reason::parse("reason", v)));
+    fields.finish()?;
+    reason.ok_or_else(|| ApiError::Validation(FieldErrors::new()))
+}
+
+/// `POST /v1/patients/{id}/correct-demographics` with `If-Match`: corrects name, birth date or
+/// gender, with a reason.
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id = %raw_id))]
+async fn correct_demographics(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    Path(raw_id): Path<String>,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    user.require(Action::CorrectDemographics)?;
+    let now = (state.clock)();
+    let command = (|| {
+        let mut fields = Fields::new(&body.object, "", &["name", "birth_date", "gender", "reason"]);
+        let name = parse_name(&mut fields, false);
+        let birth_date = fields
+            .optional_string("birth_date")
+            .and_then(|v| fields.check(BirthDate::parse("birth_date", v, now.date_naive())));
+        let gender = fields
+            .optional_string("gender")
+            .and_then(|v| fields.check(AdministrativeGender::parse("gender", v)));
+        let reason = fields.string("reason").and_then(|v| fields.check(Reason::parse("reason", v)));
+        if !fields.present("name") && !fields.present("birth_date") && !fields.present("gender") {
+            fields.errors.push(domain::FieldError::new(
+                "",
+                "give at least one of name, birth_date, gender",
+            ));
+        }
+        fields.finish()?;
+        Ok(PatientCommand::CorrectDemographics(CorrectDemographics {
+            name,
+            birth_date,
+            gender,
+            reason: reason.ok_or_else(|| ApiError::Validation(FieldErrors::new()))?,
+            at: now,
+        }))
+    })();
+    change(&state, &user, &ctx, &headers, &raw_id, "correct-demographics", &body, command).await
+}
+
+/// `POST /v1/patients/{id}/archive` with `If-Match` and a reason.
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id = %raw_id))]
+async fn archive(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    Path(raw_id): Path<String>,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    user.require(Action::ArchivePatient)?;
+    let at = (state.clock)();
+    let command = reason_only(&body).map(|reason| PatientCommand::Archive(ArchivePatient { reason, at }));
+    change(&state, &user, &ctx, &headers, &raw_id, "archive", &body, command).await
+}
+
+/// `POST /v1/patients/{id}/restore` with `If-Match` and a reason.
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id = %raw_id))]
+async fn restore(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    Path(raw_id): Path<String>,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    user.require(Action::RestorePatient)?;
+    let at = (state.clock)();
+    let command = reason_only(&body).map(|reason| PatientCommand::Restore(RestorePatient { reason, at }));
+    change(&state, &user, &ctx, &headers, &raw_id, "restore", &body, command).await
+}
+
+const SEARCH_PARAMS: &[&str] = &["family", "given", "birth_date", "mrn", "include_archived", "limit", "offset"];
+const MAX_LIMIT: u32 = 100;
+
+#[derive(Serialize)]
+struct SearchPage {
+    items: Vec<patient_search::PatientSummary>,
+    next: Option<String>,
+}
+
+/// `GET /v1/patients?family=&given=&birth_date=&mrn=&include_archived=&limit=&offset=`.
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn search(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    user.require(Action::SearchPatients)?;
+    let criteria = parse_criteria(&params, (state.clock)().date_naive())?;
+    let page = patient_search::search(&state.pool, &criteria).await?;
+    let next = page.has_more.then(|| {
+        let mut query: Vec<(String, String)> = params
+            .iter()
+            .filter(|(k, _)| k.as_str() != "offset" && k.as_str() != "limit")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        query.sort();
+        query.push(("limit".into(), criteria.limit.to_string()));
+        query.push(("offset".into(), (criteria.offset + criteria.limit).to_string()));
+        let encoded: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", url_encode(v)))
+            .collect();
+        format!("/v1/patients?{}", encoded.join("&"))
+    });
+    tracing::info!(results = page.items.len(), "patient search");
+    Ok(Json(SearchPage { items: page.items, next }).into_response())
+}
+
+fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn parse_criteria(params: &HashMap<String, String>, today: chrono::NaiveDate) -> Result<Criteria, ApiError> {
+    let mut errors = FieldErrors::new();
+    for key in params.keys() {
+        if !SEARCH_PARAMS.contains(&key.as_str()) {
+            errors.push(domain::FieldError::new(key.clone(), "unknown parameter"));
+        }
+    }
+    let text = |key: &str, errors: &mut FieldErrors| -> Option<String> {
+        let value = params.get(key)?.trim();
+        if value.is_empty() || value.chars().count() > 100 || value.chars().any(char::is_control) {
+            errors.push(domain::FieldError::new(key, "must be 1 to 100 characters"));
+            return None;
+        }
+        Some(value.to_owned())
+    };
+    let number = |key: &str, default: u32, max: u32, min: u32, errors: &mut FieldErrors| -> u32 {
+        match params.get(key).map(|v| v.parse::<u32>()) {
+            None => default,
+            Some(Ok(n)) if (min..=max).contains(&n) => n,
+            Some(_) => {
+                errors.push(domain::FieldError::new(key, format!("must be a whole number from {min} to {max}")));
+                default
+            }
+        }
+    };
+    let family = text("family", &mut errors);
+    let given = text("given", &mut errors);
+    let birth_date = params
+        .get("birth_date")
+        .and_then(|v| errors.check(BirthDate::parse("birth_date", v, today)))
+        .map(|d| d.date());
+    let mrn = params
+        .get("mrn")
+        .and_then(|v| errors.check(domain::patient::Mrn::parse("mrn", v)))
+        .map(|m| m.as_str().to_owned());
+    let include_archived = match params.get("include_archived").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            errors.push(domain::FieldError::new("include_archived", "must be true or false"));
+            false
+        }
+    };
+    let limit = number("limit", 20, MAX_LIMIT, 1, &mut errors);
+    let offset = number("offset", 0, 10_000, 0, &mut errors);
+    if family.is_none() && given.is_none() && birth_date.is_none() && mrn.is_none()
+        && !params.keys().any(|k| ["family", "given", "birth_date", "mrn"].contains(&k.as_str()))
+    {
+        errors.push(domain::FieldError::new(
+            "",
+            "give at least one of family, given, birth_date, mrn",
+        ));
+    }
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    Ok(Criteria {
+        family,
+        given,
+        birth_date,
+        mrn,
+        include_archived,
+        limit,
+        offset,
+    })
+}
+

@@ -1,0 +1,202 @@
+//! Every error answer is an RFC 9457 problem (`application/problem+json`). [`ApiError`] is the
+//! one error type handlers return; internal detail is logged here, once, and never sent.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use domain::patient::PatientError;
+use domain::{FieldError, FieldErrors};
+use event_store::store::CommandError;
+use serde::Serialize;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("malformed JSON body")]
+    MalformedJson(String),
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("body too large")]
+    PayloadTooLarge,
+    /// Bad path, query or header parameters.
+    #[error("invalid parameters")]
+    InvalidParameters(FieldErrors),
+    /// A well-formed body whose fields break the rules.
+    #[error("invalid fields")]
+    Validation(FieldErrors),
+    #[error("If-Match required")]
+    PreconditionRequired,
+    #[error("stale version")]
+    PreconditionFailed { current: u64 },
+    #[error(transparent)]
+    Rule(PatientError),
+    #[error("conflict")]
+    Conflict,
+    #[error("idempotency key reused")]
+    IdempotencyKeyReused,
+    #[error("service unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn invalid_parameter(field: &str, message: &str) -> Self {
+        Self::InvalidParameters(FieldError::new(field, message).into())
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> Self {
+        match error {
+            CommandError::Rule(PatientError::NotRegistered) => Self::NotFound,
+            CommandError::Rule(rule) => Self::Rule(rule),
+            CommandError::VersionMismatch { current, .. } => Self::PreconditionFailed { current },
+            CommandError::Conflict => Self::Conflict,
+            CommandError::Unavailable(e) => Self::Unavailable(e),
+            CommandError::Internal(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        if event_store::is_unavailable(&error) {
+            Self::Unavailable(Box::new(error))
+        } else {
+            Self::Internal(Box::new(error))
+        }
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: &'static str,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &str, title: &'static str) -> Self {
+        Self {
+            problem_type: format!("/problems/{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: None,
+            errors: Vec::new(),
+            code: None,
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn into_response_with(self, extra: &[(header::HeaderName, HeaderValue)]) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        for (name, value) in extra {
+            headers.insert(name.clone(), value.clone());
+        }
+        response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        use StatusCode as S;
+        let mut extra = Vec::new();
+        let problem = match self {
+            Self::Unauthenticated => {
+                extra.push((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+                Problem::new(S::UNAUTHORIZED, "unauthenticated", "Authentication required")
+                    .detail("a valid bearer token is required")
+            }
+            Self::Forbidden => Problem::new(S::FORBIDDEN, "forbidden", "Forbidden")
+                .detail("your roles do not allow this action"),
+            Self::NotFound => Problem::new(S::NOT_FOUND, "not-found", "Not found"),
+            Self::MalformedJson(detail) => {
+                Problem::new(S::BAD_REQUEST, "malformed-json", "Malformed JSON").detail(detail)
+            }
+            Self::UnsupportedMediaType => Problem::new(
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            )
+            .detail("send the body as application/json"),
+            Self::PayloadTooLarge => {
+                Problem::new(S::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
+            }
+            Self::InvalidParameters(errors) => Problem {
+                errors: errors.into_vec(),
+                ..Problem::new(S::BAD_REQUEST, "invalid-parameters", "Invalid parameters")
+            },
+            Self::Validation(errors) => Problem {
+                errors: errors.into_vec(),
+                ..Problem::new(S::UNPROCESSABLE_ENTITY, "validation-error", "Invalid fields")
+            },
+            Self::PreconditionRequired => Problem::new(
+                S::PRECONDITION_REQUIRED,
+                "precondition-required",
+                "If-Match required",
+            )
+            .detail("send If-Match with the ETag of the version you are changing"),
+            Self::PreconditionFailed { current } => {
+                if let Ok(etag) = HeaderValue::from_str(&crate::http::etag(current)) {
+                    extra.push((header::ETAG, etag));
+                }
+                Problem::new(S::PRECONDITION_FAILED, "stale-version", "Stale version")
+                    .detail(format!("the record is now at version {current}; read it again"))
+            }
+            Self::Rule(rule) => {
+                let status = match rule {
+                    PatientError::CorrectionChangesNothing => S::UNPROCESSABLE_ENTITY,
+                    PatientError::NotRegistered => S::NOT_FOUND,
+                    _ => S::CONFLICT,
+                };
+                Problem {
+                    code: Some(rule.code()),
+                    ..Problem::new(status, "business-rule", "Business rule violated")
+                        .detail(rule.to_string())
+                }
+            }
+            Self::Conflict => Problem::new(S::CONFLICT, "conflict", "Concurrent change")
+                .detail("the record kept changing; try again"),
+            Self::IdempotencyKeyReused => Problem::new(
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency key reused",
+            )
+            .detail("this Idempotency-Key was used for a different request"),
+            Self::Unavailable(source) => {
+                tracing::warn!(error.message = %source, "dependency unavailable");
+                extra.push((header::RETRY_AFTER, HeaderValue::from_static("5")));
+                Problem::new(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
+                    .detail("a dependency is unavailable; retry later")
+            }
+            Self::Internal(source) => {
+                tracing::error!(error.message = %source, error.cause_chain = ?source, "internal error");
+                Problem::new(S::INTERNAL_SERVER_ERROR, "internal", "Internal error")
+            }
+        };
+        problem.into_response_with(&extra)
+    }
+}

@@ -1,0 +1,356 @@
+//! Wires the roles of the service together: database (configured or embedded), migrations,
+//! the HTTP API, the relay and the projectors, and their orderly shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use event_store::relay::{Relay, RelaySettings};
+use event_store::stream::{self, Cursor, COMMIT_CHANNEL};
+use projections::patient_search::PatientSearch;
+use projections::{Projector, ReadModel, StreamPosition};
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::configuration::{Settings, DEVELOPMENT_SECRET};
+use crate::embedded_postgres::EmbeddedPostgres;
+use crate::http::{self, AppState, Clock};
+
+/// Which parts of the service run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub relay: bool,
+    pub projectors: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        api: true,
+        relay: true,
+        projectors: true,
+    };
+}
+
+/// A running service.
+#[derive(Debug)]
+pub struct Service {
+    /// The port the API listens on, when it runs.
+    pub port: Option<u16>,
+    pub pool: PgPool,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+/// Opens the database pool: the configured database, or (when `allow_embedded`) the embedded
+/// cluster in the data folder.
+///
+/// # Errors
+///
+/// When the database cannot be reached or the embedded cluster cannot start.
+pub async fn connect(
+    settings: &Settings,
+    allow_embedded: bool,
+) -> anyhow::Result<(PgPool, Option<EmbeddedPostgres>)> {
+    let (options, embedded) = match settings.database.connect_options()? {
+        Some(options) => (options, None),
+        None if allow_embedded => {
+            let cluster = EmbeddedPostgres::start(&settings.database.data_dir).await?;
+            (cluster.connect_options(), Some(cluster))
+        }
+        None => anyhow::bail!("no database configured: set DATABASE_URL (or APP_DATABASE__URL)"),
+    };
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.database.max_connections)
+        .acquire_timeout(settings.database.acquire_timeout())
+        // Pinging every connection before use halves throughput; a dead connection fails
+        // its query instead (answered 503) and is dropped.
+        .test_before_acquire(false)
+        .connect_with(options)
+        .await
+        .context("connecting to PostgreSQL")?;
+    Ok((pool, embedded))
+}
+
+/// Applies the event store's and the read models' migrations.
+///
+/// # Errors
+///
+/// The migration error.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    event_store::MIGRATOR.run(pool).await.context("event store migrations")?;
+    projections::migrate(pool).await.context("read model migrations")?;
+    Ok(())
+}
+
+/// Whether every migration of both sets is applied.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let latest = event_store::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM public._sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .or_else(|e| match &e {
+                sqlx::Error::Database(d) if d.code().as_deref() == Some("42P01") => Ok(None),
+                _ => Err(e),
+            })?;
+    Ok(applied == Some(latest) && projections::is_migrated(pool).await?)
+}
+
+impl Service {
+    /// Starts `roles` against the configured (or embedded) database.
+    ///
+    /// # Errors
+    ///
+    /// When the database, the listener or the Kafka clients cannot be set up.
+    pub async fn start(settings: &Settings, roles: Roles, clock: Clock) -> anyhow::Result<Self> {
+        let (pool, embedded) = connect(settings, roles == Roles::ALL).await?;
+        let result = Self::start_with_pool(settings, roles, clock, pool.clone()).await;
+        match result {
+            Ok(mut service) => {
+                service.embedded = embedded;
+                Ok(service)
+            }
+            Err(e) => {
+                if let Some(cluster) = embedded {
+                    pool.close().await;
+                    cluster.stop()?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts `roles` on an existing pool.
+    ///
+    /// # Errors
+    ///
+    /// When the listener or the Kafka clients cannot be set up, or migrations fail.
+    pub async fn start_with_pool(
+        settings: &Settings,
+        roles: Roles,
+        clock: Clock,
+        pool: PgPool,
+    ) -> anyhow::Result<Self> {
+        if settings.database.auto_migrate {
+            migrate(&pool).await?;
+        }
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let kafka = settings.kafka.client_config();
+        if let Some(kafka) = &kafka {
+            if roles.relay || roles.projectors {
+                event_store::relay::ensure_topics(
+                    kafka,
+                    &settings.kafka.topic_prefix,
+                    settings.kafka.partitions,
+                    settings.kafka.replication,
+                )
+                .await
+                .context("creating topics")?;
+            }
+        }
+        if roles.relay {
+            match &kafka {
+                Some(kafka) => {
+                    let relay = Relay::new(
+                        pool.clone(),
+                        kafka,
+                        RelaySettings {
+                            topic_prefix: settings.kafka.topic_prefix.clone(),
+                            message_timeout: settings.kafka.message_timeout(),
+                            ..RelaySettings::default()
+                        },
+                    )?;
+                    tasks.spawn(relay.run(shutdown.clone()));
+                }
+                None if roles == Roles::ALL => {
+                    tracing::info!("no Kafka brokers configured: relay off, projectors read the event store");
+                }
+                None => anyhow::bail!("the relay needs Kafka: set KAFKA_BROKERS (or APP_KAFKA__BROKERS)"),
+            }
+        }
+        if roles.projectors {
+            let projector = Projector::new(pool.clone(), PatientSearch);
+            match &kafka {
+                Some(kafka) => {
+                    let kafka = kafka.clone();
+                    let group = format!(
+                        "{}{}.{}",
+                        settings.kafka.topic_prefix,
+                        settings.kafka.consumer_group_prefix,
+                        projector.model().name()
+                    );
+                    let prefix = settings.kafka.topic_prefix.clone();
+                    let token = shutdown.clone();
+                    tasks.spawn(async move {
+                        if let Err(e) = projections::kafka::run(projector, &kafka, &group, &prefix, token).await {
+                            tracing::error!(error.message = %e, "projector could not start");
+                        }
+                    });
+                }
+                None => {
+                    tasks.spawn(run_stream_projector(projector, shutdown.clone()));
+                }
+            }
+        }
+        let mut port = None;
+        if roles.api {
+            if settings.auth.jwt_secret.expose_secret() == DEVELOPMENT_SECRET {
+                tracing::warn!("the development JWT secret is in use: set APP_AUTH__JWT_SECRET outside development");
+            }
+            let state = AppState::new(pool.clone(), Authenticator::new(&settings.auth), clock);
+            let router = http::router(
+                state,
+                Duration::from_secs(settings.http.request_timeout_secs),
+                settings.http.body_limit_bytes,
+            );
+            let address: SocketAddr = format!("{}:{}", settings.http.host, settings.http.port)
+                .parse()
+                .context("http.host and http.port must form a socket address")?;
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding {address}"))?;
+            let bound = listener.local_addr()?;
+            port = Some(bound.port());
+            tracing::info!(address = %bound, "API listening");
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                let server = axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned());
+                if let Err(e) = server.await {
+                    tracing::error!(error.message = %e, "HTTP server failed");
+                }
+            });
+        }
+        Ok(Self {
+            port,
+            pool,
+            shutdown,
+            tasks,
+            embedded: None,
+        })
+    }
+
+    /// A token that stops the service when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops every role, waits for them, closes the pool and stops the embedded cluster.
+    ///
+    /// # Errors
+    ///
+    /// When the embedded cluster does not stop cleanly.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.pool.close().await;
+        if let Some(cluster) = self.embedded.take() {
+            cluster.stop()?;
+        }
+        Ok(())
+    }
+
+    /// Runs until SIGINT or SIGTERM (or a role ends), then stops.
+    ///
+    /// # Errors
+    ///
+    /// As [`Service::stop`].
+    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+            _ = terminate.recv() => tracing::info!("terminated; shutting down"),
+            Some(_) = self.tasks.join_next() => tracing::warn!("a role stopped; shutting down"),
+        }
+        self.stop().await
+    }
+}
+
+/// Feeds a projector from the event store's ordered stream (no Kafka): the embedded default,
+/// and the way read models are rebuilt.
+pub async fn run_stream_projector<M: ReadModel>(projector: Projector<M>, shutdown: CancellationToken) {
+    let mut listener = None;
+    let mut delay = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        if listener.is_none() {
+            match PgListener::connect_with(projector.pool()).await {
+                Ok(mut l) => {
+                    if l.listen(COMMIT_CHANNEL).await.is_ok() {
+                        listener = Some(l);
+                    }
+                }
+                Err(e) => tracing::warn!(error.message = %e, "cannot listen for commits; polling"),
+            }
+        }
+        match project_available(&projector).await {
+            Ok(n) if n > 0 => {
+                delay = Duration::from_millis(100);
+                continue;
+            }
+            Ok(_) => {
+                delay = Duration::from_millis(100);
+                let wait = async {
+                    match listener.as_mut() {
+                        Some(l) => {
+                            if l.recv().await.is_err() {
+                                listener = None;
+                            }
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                };
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    _ = tokio::time::timeout(Duration::from_millis(500), wait) => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error.message = %e, "stream projection failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Applies every event committed after the projector's stream position; returns how many.
+///
+/// # Errors
+///
+/// The first failure; events before it are applied and checkpointed.
+pub async fn project_available<M: ReadModel>(projector: &Projector<M>) -> anyhow::Result<usize> {
+    let at = projector.stream_position().await?;
+    let cursor = Cursor {
+        transaction_id: at.transaction_id,
+        position: at.position,
+    };
+    let events = stream::read_after(projector.pool(), cursor, 500).await?;
+    for event in &events {
+        let (topic, published) = event_store::wire::to_published(event)?;
+        if projector.model().topics().contains(&topic) {
+            projector
+                .apply_from_stream(
+                    &published,
+                    StreamPosition {
+                        transaction_id: event.transaction_id,
+                        position: event.position,
+                    },
+                )
+                .await?;
+        }
+    }
+    Ok(events.len())
+}
