@@ -49,6 +49,7 @@ pub struct KafkaSettings {
     pub replication: i32,
     pub consumer_group_prefix: String,
     pub message_timeout_ms: u64,
+    pub relay_batch_size: i64,
     pub security_protocol: Option<String>,
     pub ssl_ca_location: Option<String>,
     pub sasl_mechanism: Option<String>,

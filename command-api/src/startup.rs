@@ -168,6 +168,7 @@ impl Service {
                         RelaySettings {
                             topic_prefix: settings.kafka.topic_prefix.clone(),
                             message_timeout: settings.kafka.message_timeout(),
+                            batch_size: settings.kafka.relay_batch_size.max(1),
                             ..RelaySettings::default()
                         },
                     )?;

@@ -194,15 +194,18 @@ fn parse_name(fields: &mut Fields<'_>, required: bool) -> Option<PersonName> {
         name.errors.push(domain::FieldError::new(format!("{path}.given"), "is required"));
     }
     let family = name.string("family");
-    let parsed = match (given, family) {
-        (Some(given), Some(family)) => match PersonName::parse(&path, &given, family) {
-            Ok(n) => Some(n),
-            Err(errors) => {
-                name.absorb(errors);
-                None
+    // Parse whatever arrived, so a bad given name is reported even when the family name is
+    // missing; errors on a field already reported are not repeated.
+    let parsed = match PersonName::parse(&path, given.as_deref().unwrap_or(&[]), family.unwrap_or("")) {
+        Ok(n) => Some(n),
+        Err(errors) => {
+            for error in errors.into_vec() {
+                if !name.errors.iter().any(|e| e.field == error.field) {
+                    name.errors.push(error);
+                }
             }
-        },
-        _ => None,
+            None
+        }
     };
     let errors = std::mem::take(&mut name.errors);
     fields.absorb(errors);

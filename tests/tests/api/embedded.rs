@@ -1,0 +1,117 @@
+//! The embedded default: a private PostgreSQL cluster in a data folder, and `serve` with no
+//! configuration at all.
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use command_api::embedded_postgres::EmbeddedPostgres;
+use serde_json::Value;
+use sqlx::{ConnectOptions, Connection};
+
+use crate::helpers::*;
+
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("patient-service-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _removed = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn the_embedded_cluster_initialises_keeps_its_data_and_stops_cleanly() {
+    // Arrange
+    let dir = TempDir::new();
+    let cluster = EmbeddedPostgres::start(&dir.0).await.unwrap();
+    let mut conn = cluster.connect_options().connect().await.unwrap();
+    sqlx::query("CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    // Act
+    cluster.stop().unwrap();
+    let stopped = !dir.0.join("pgdata/postmaster.pid").exists();
+    let again = EmbeddedPostgres::start(&dir.0).await.unwrap();
+    let mut conn = again.connect_options().connect().await.unwrap();
+    let n: i32 = sqlx::query_scalar("SELECT n FROM kept").fetch_one(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    again.stop().unwrap();
+
+    // Assert
+    assert!(stopped, "postmaster.pid removed by a clean stop");
+    assert_eq!(n, 42);
+}
+
+#[tokio::test]
+async fn serve_with_no_configuration_serves_the_api_and_stops_its_database_on_sigterm() {
+    // Arrange: an empty folder, no configuration files, no database or broker variables.
+    let dir = TempDir::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+        .arg("serve")
+        .current_dir(&dir.0)
+        .env_remove("DATABASE_URL")
+        .env_remove("KAFKA_BROKERS")
+        .env("APP_HTTP__PORT", port.to_string())
+        .env("APP_LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let ready = client.get(format!("{base}/health/ready")).send().await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "serve did not become ready");
+        assert!(serve.try_wait().unwrap().is_none(), "serve exited early");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The development secret is the compiled-in default.
+    let settings = command_api::configuration::Settings::base().unwrap();
+    let token = command_api::auth::Authenticator::new(&settings.auth)
+        .mint("dev", &[command_api::auth::Role::Registrar], chrono::Utc::now())
+        .unwrap();
+
+    // Act
+    let created = client
+        .post(format!("{base}/v1/patients"))
+        .bearer_auth(&token)
+        .json(&patient("Embedded", "Default", "1990-01-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    eventually("the patient in search", || async {
+        let found: Value = client
+            .get(format!("{base}/v1/patients?family=default"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        found["items"].as_array().is_some_and(|items| items.len() == 1)
+    })
+    .await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(serve.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = serve.wait().unwrap();
+
+    // Assert
+    assert!(status.success(), "serve exited with {status}");
+    assert!(dir.0.join(".patient-service/pgdata/PG_VERSION").exists(), "data kept in the data folder");
+    assert!(!dir.0.join(".patient-service/pgdata/postmaster.pid").exists(), "PostgreSQL stopped");
+}

@@ -1,0 +1,328 @@
+//! The test harness: a fresh database per test, the real service on port 0, typed request
+//! helpers, and an independent Kafka consumer. Time is fixed through the service's clock; waits
+//! poll with a deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use command_api::auth::{Authenticator, Role};
+use command_api::configuration::Settings;
+use command_api::startup::{Roles, Service};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::ClientConfig;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgPool};
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The instant the service believes it is, in every test.
+pub fn fixed_now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
+}
+
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .expect("TEST_DATABASE_URL is not set: run the end-to-end tests with scripts/test")
+}
+
+pub fn brokers() -> String {
+    std::env::var("TEST_KAFKA_BROKERS")
+        .expect("TEST_KAFKA_BROKERS is not set: run the end-to-end tests with scripts/test")
+}
+
+fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let settings = Settings::base().unwrap().log;
+            command_api::telemetry::init_subscriber(command_api::telemetry::get_subscriber(
+                &settings,
+                std::io::stdout,
+            ));
+        }
+    });
+}
+
+/// Creates an empty database and returns its connection options and URL.
+pub async fn create_database() -> (PgConnectOptions, String) {
+    let admin: PgConnectOptions = admin_url().parse().unwrap();
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = admin.connect().await.expect("connect to the test cluster");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", admin_url().rsplit_once('/').unwrap().0);
+    (admin.database(&name), url)
+}
+
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub kafka: bool,
+    pub brokers: Option<String>,
+    pub roles: Roles,
+    pub relay_batch_size: i64,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            kafka: true,
+            brokers: None,
+            roles: Roles::ALL,
+            relay_batch_size: 500,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub settings: Settings,
+    pub database_url: String,
+    service: Option<Service>,
+    pub client: reqwest::Client,
+    auth: Authenticator,
+}
+
+pub const SECRET: &str = "end-to-end-test-secret";
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(AppOptions::default()).await
+    }
+
+    pub async fn spawn_with(options: AppOptions) -> Self {
+        init_logging();
+        let (_, database_url) = create_database().await;
+        let mut settings = Settings::base().unwrap();
+        settings.http.port = 0;
+        settings.database.url = Some(SecretString::from(database_url.clone()));
+        settings.database.max_connections = 20;
+        settings.kafka.brokers = options
+            .kafka
+            .then(|| options.brokers.clone().unwrap_or_else(brokers));
+        settings.kafka.topic_prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+        settings.kafka.relay_batch_size = options.relay_batch_size;
+        settings.kafka.message_timeout_ms = 3000;
+        settings.auth.jwt_secret = SecretString::from(SECRET);
+        Self::start(settings, options.roles).await
+    }
+
+    /// Starts the service with these settings (e.g. the settings of an app stopped earlier).
+    pub async fn start(settings: Settings, roles: Roles) -> Self {
+        let service = Service::start(&settings, roles, Arc::new(fixed_now))
+            .await
+            .expect("the service starts");
+        let address = format!("http://127.0.0.1:{}", service.port.unwrap_or(0));
+        let auth = Authenticator::new(&settings.auth);
+        Self {
+            address,
+            pool: service.pool.clone(),
+            database_url: settings
+                .database
+                .url
+                .as_ref()
+                .map(|u| secrecy::ExposeSecret::expose_secret(u).to_owned())
+                .unwrap_or_default(),
+            settings,
+            service: Some(service),
+            client: reqwest::Client::new(),
+            auth,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(service) = self.service.take() {
+            service.stop().await.unwrap();
+        }
+    }
+
+    pub fn topic(&self) -> String {
+        format!("{}{}", self.settings.kafka.topic_prefix, schemas::topics::PATIENT)
+    }
+
+    /// A token for `user` with `roles`. Tokens expire by the real clock (the JWT library reads
+    /// it), so they are minted at the real now.
+    pub fn token(&self, user: &str, roles: &[&str]) -> String {
+        let roles: Vec<Role> = roles.iter().map(|r| Role::parse(r).unwrap()).collect();
+        self.auth.mint(user, &roles, Utc::now()).unwrap()
+    }
+
+    pub fn registrar(&self) -> String {
+        self.token("registrar-1", &["registrar"])
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn register(&self, body: &Value) -> reqwest::Response {
+        self.post("/v1/patients", &self.registrar(), body, &[]).await
+    }
+
+    /// Registers a patient and returns the answer's body (asserting 201).
+    pub async fn register_ok(&self, given: &str, family: &str, birth_date: &str) -> Value {
+        let response = self.register(&patient(given, family, birth_date)).await;
+        assert_eq!(response.status(), 201, "{:?}", response.text().await);
+        response.json().await.unwrap()
+    }
+
+    /// Posts a command with the If-Match of `version`, as a registrar.
+    pub async fn command(&self, id: &str, action: &str, version: u64, body: &Value) -> reqwest::Response {
+        let etag = format!("\"{version}\"");
+        self.post(
+            &format!("/v1/patients/{id}/{action}"),
+            &self.registrar(),
+            body,
+            &[("if-match", &etag)],
+        )
+        .await
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Ids found by a search as a clinician, waiting until `expected` many are found.
+    pub async fn search_until(&self, query: &str, expected: usize) -> Vec<Value> {
+        let token = self.token("clinician-1", &["clinician"]);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let response = self.get(&format!("/v1/patients?{query}"), &token).await;
+            assert_eq!(response.status(), 200);
+            let body: Value = response.json().await.unwrap();
+            let items = body["items"].as_array().unwrap().clone();
+            if items.len() == expected {
+                return items;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "search {query} found {} patients, expected {expected}",
+                items.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// An independent consumer of the patient topic, from the beginning.
+    pub fn consumer(&self) -> StreamConsumer {
+        consumer_for(
+            self.settings.kafka.brokers.as_deref().unwrap(),
+            &self.topic(),
+        )
+    }
+}
+
+pub fn consumer_for(brokers: &str, topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-{}", uuid::Uuid::new_v4().simple()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
+
+/// Receives until `expected` records arrived (or panics at the deadline).
+pub async fn consume(consumer: &StreamConsumer, expected: usize) -> Vec<OwnedMessage> {
+    consume_until(consumer, |records| records.len() >= expected).await
+}
+
+/// Receives until `done` holds for what arrived so far (or panics at the deadline).
+pub async fn consume_until(
+    consumer: &StreamConsumer,
+    done: impl Fn(&[OwnedMessage]) -> bool,
+) -> Vec<OwnedMessage> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut records = Vec::new();
+    while !done(&records) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        assert!(!remaining.is_zero(), "only {} records arrived before the deadline", records.len());
+        if let Ok(Ok(message)) = tokio::time::timeout(remaining.min(Duration::from_secs(1)), consumer.recv()).await {
+            records.push(message.detach());
+        }
+    }
+    records
+}
+
+pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8(v.to_vec()).unwrap())
+}
+
+pub fn key(message: &OwnedMessage) -> String {
+    String::from_utf8(message.key().unwrap().to_vec()).unwrap()
+}
+
+pub fn patient(given: &str, family: &str, birth_date: &str) -> Value {
+    json!({
+        "name": { "given": [given], "family": family },
+        "birth_date": birth_date,
+        "gender": "female"
+    })
+}
+
+/// Validates an event's data against the checked-in JSON Schema of its type.
+pub fn assert_matches_schema(event_type: &str, data: &[u8]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../schemas/json/patient/v1")
+        .join(format!("{event_type}.schema.json"));
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let instance: Value = serde_json::from_slice(data).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&instance).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{event_type} does not match its schema: {errors:?}");
+}
+
+/// Polls `check` until it returns true, or panics with `what` at the deadline.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: the real service over real HTTP, a real PostgreSQL, a real Kafka-protocol
+//! broker. Run with `scripts/test`.
+
+mod auth;
+mod changes;
+mod embedded;
+mod health;
+mod helpers;
+mod idempotency;
+mod pipeline;
+mod registration;
+mod search;
+mod validation;
