@@ -32,10 +32,9 @@ async fn the_embedded_cluster_initialises_keeps_its_data_and_stops_cleanly() {
     let dir = TempDir::new();
     let cluster = EmbeddedPostgres::start(&dir.0).await.unwrap();
     let mut conn = cluster.connect_options().connect().await.unwrap();
-    sqlx::query("CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    for statement in ["CREATE TABLE kept (n int)", "INSERT INTO kept VALUES (42)"] {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
     conn.close().await.unwrap();
 
     // Act
