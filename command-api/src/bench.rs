@@ -54,13 +54,27 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
 async fn measure(settings: &Settings, service: &Service, args: &BenchArgs) -> anyhow::Result<()> {
     let port = service.port.context("the API did not start")?;
     let base = format!("http://127.0.0.1:{port}");
-    let token = Authenticator::new(&settings.auth).mint("bench", &[Role::Registrar], chrono::Utc::now())?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-    let source = if settings.kafka.client_config().is_some() { "Kafka" } else { "event-store stream" };
-    println!("patient-service bench: {} requests per level, projectors fed by {source}", args.requests);
-    println!("{:<44} {:>12} {:>12} {:>10}", "", "HTTP reg/s", "raw tx/s", "HTTP/raw");
+    let token =
+        Authenticator::new(&settings.auth).mint("bench", &[Role::Registrar], chrono::Utc::now())?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let source = if settings.kafka.client_config().is_some() {
+        "Kafka"
+    } else {
+        "event-store stream"
+    };
+    println!(
+        "patient-service bench: {} requests per level, projectors fed by {source}",
+        args.requests
+    );
+    println!(
+        "{:<44} {:>12} {:>12} {:>10}",
+        "", "HTTP reg/s", "raw tx/s", "HTTP/raw"
+    );
     for &concurrency in &args.concurrency {
-        let http = registrations_per_second(&client, &base, &token, args.requests, concurrency).await?;
+        let http =
+            registrations_per_second(&client, &base, &token, args.requests, concurrency).await?;
         let raw = raw_inserts_per_second(&service.pool, args.requests, concurrency).await?;
         println!(
             "{:<44} {:>12.0} {:>12.0} {:>10.3}",
@@ -90,14 +104,23 @@ fn registration(i: usize) -> serde_json::Value {
     })
 }
 
-async fn register(client: &reqwest::Client, base: &str, token: &str, i: usize) -> anyhow::Result<String> {
+async fn register(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    i: usize,
+) -> anyhow::Result<String> {
     let response = client
         .post(format!("{base}/v1/patients"))
         .bearer_auth(token)
         .json(&registration(i))
         .send()
         .await?;
-    anyhow::ensure!(response.status() == 201, "registration answered {}", response.status());
+    anyhow::ensure!(
+        response.status() == 201,
+        "registration answered {}",
+        response.status()
+    );
     let body: serde_json::Value = response.json().await?;
     Ok(body["id"].as_str().unwrap_or_default().to_owned())
 }
@@ -113,7 +136,12 @@ async fn registrations_per_second(
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (client, base, token, next) = (client.clone(), base.to_owned(), token.to_owned(), next.clone());
+        let (client, base, token, next) = (
+            client.clone(),
+            base.to_owned(),
+            token.to_owned(),
+            next.clone(),
+        );
         workers.spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -130,9 +158,17 @@ async fn registrations_per_second(
     Ok(requests as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn raw_inserts_per_second(pool: &PgPool, requests: usize, concurrency: usize) -> anyhow::Result<f64> {
-    sqlx::query("DROP TABLE IF EXISTS bench_raw_events").execute(pool).await?;
-    sqlx::query("CREATE TABLE bench_raw_events (LIKE events INCLUDING ALL)").execute(pool).await?;
+async fn raw_inserts_per_second(
+    pool: &PgPool,
+    requests: usize,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    sqlx::query("DROP TABLE IF EXISTS bench_raw_events")
+        .execute(pool)
+        .await?;
+    sqlx::query("CREATE TABLE bench_raw_events (LIKE events INCLUDING ALL)")
+        .execute(pool)
+        .await?;
     let payload = serde_json::to_value(registration(0))?;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
@@ -162,7 +198,9 @@ async fn raw_inserts_per_second(pool: &PgPool, requests: usize, concurrency: usi
         result??;
     }
     let rate = requests as f64 / started.elapsed().as_secs_f64();
-    sqlx::query("DROP TABLE bench_raw_events").execute(pool).await?;
+    sqlx::query("DROP TABLE bench_raw_events")
+        .execute(pool)
+        .await?;
     Ok(rate)
 }
 
@@ -190,7 +228,10 @@ async fn projection_lags(
                 lags.push(committed.elapsed());
                 break;
             }
-            anyhow::ensure!(Instant::now() < deadline, "patient {id} not projected within 30 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "patient {id} not projected within 30 s"
+            );
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
     }

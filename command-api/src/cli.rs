@@ -11,7 +11,11 @@ use crate::startup::{self, Roles, Service};
 use crate::telemetry;
 
 #[derive(Debug, Parser)]
-#[command(name = "patient-service", version, about = "Event-sourced patient service")]
+#[command(
+    name = "patient-service",
+    version,
+    about = "Event-sourced patient service"
+)]
 pub struct Cli {
     /// Folder of the <APP_ENVIRONMENT>.yaml configuration files.
     #[arg(long, global = true, env = "APP_CONFIG_DIR")]
@@ -65,10 +69,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         projectors,
     };
     match cli.command {
-        Command::Serve => Service::start(&settings, Roles::ALL, system_clock()).await?.run_until_stopped().await,
-        Command::Api => Service::start(&settings, roles(true, false, false), system_clock()).await?.run_until_stopped().await,
-        Command::Relay => Service::start(&settings, roles(false, true, false), system_clock()).await?.run_until_stopped().await,
-        Command::Project => Service::start(&settings, roles(false, false, true), system_clock()).await?.run_until_stopped().await,
+        Command::Serve => {
+            Service::start(&settings, Roles::ALL, system_clock())
+                .await?
+                .run_until_stopped()
+                .await
+        }
+        Command::Api => {
+            Service::start(&settings, roles(true, false, false), system_clock())
+                .await?
+                .run_until_stopped()
+                .await
+        }
+        Command::Relay => {
+            Service::start(&settings, roles(false, true, false), system_clock())
+                .await?
+                .run_until_stopped()
+                .await
+        }
+        Command::Project => {
+            Service::start(&settings, roles(false, false, true), system_clock())
+                .await?
+                .run_until_stopped()
+                .await
+        }
         Command::Migrate => {
             let (pool, embedded) = startup::connect(&settings, true).await?;
             startup::migrate(&pool).await?;
@@ -82,7 +106,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rebuild => {
             let (pool, embedded) = startup::connect(&settings, true).await?;
             startup::migrate(&pool).await?;
-            let projector = projections::Projector::new(pool.clone(), projections::patient_search::PatientSearch);
+            let projector = projections::Projector::new(
+                pool.clone(),
+                projections::patient_search::PatientSearch,
+            );
             projector.reset().await?;
             let mut total = 0;
             loop {
@@ -104,7 +131,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .map(|r| Role::parse(r).ok_or_else(|| anyhow::anyhow!("unknown role {r}")))
                 .collect::<anyhow::Result<_>>()?;
-            let token = Authenticator::new(&settings.auth).mint(&user, &parsed, chrono::Utc::now())?;
+            let token =
+                Authenticator::new(&settings.auth).mint(&user, &parsed, chrono::Utc::now())?;
             println!("{token}");
             Ok(())
         }

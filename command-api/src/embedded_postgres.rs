@@ -143,7 +143,15 @@ impl EmbeddedPostgres {
             .command("initdb")
             .arg("-D")
             .arg(&self.pgdata)
-            .args(["-U", SUPERUSER, "-A", "scram-sha-256", "-E", "UTF8", "--no-locale"])
+            .args([
+                "-U",
+                SUPERUSER,
+                "-A",
+                "scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .output();
         let _removed = std::fs::remove_file(&pwfile);
@@ -263,7 +271,11 @@ fn read_or_create_password(path: &Path) -> anyhow::Result<String> {
     if let Ok(password) = std::fs::read_to_string(path) {
         return Ok(password.trim().to_owned());
     }
-    let password = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let password = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

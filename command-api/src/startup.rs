@@ -83,8 +83,13 @@ pub async fn connect(
 ///
 /// The migration error.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    event_store::MIGRATOR.run(pool).await.context("event store migrations")?;
-    projections::migrate(pool).await.context("read model migrations")?;
+    event_store::MIGRATOR
+        .run(pool)
+        .await
+        .context("event store migrations")?;
+    projections::migrate(pool)
+        .await
+        .context("read model migrations")?;
     Ok(())
 }
 
@@ -94,7 +99,11 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 ///
 /// The database error.
 pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    let latest = event_store::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let latest = event_store::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
     let applied: Option<i64> =
         sqlx::query_scalar("SELECT max(version) FROM public._sqlx_migrations WHERE success")
             .fetch_one(pool)
@@ -175,9 +184,13 @@ impl Service {
                     tasks.spawn(relay.run(shutdown.clone()));
                 }
                 None if roles == Roles::ALL => {
-                    tracing::info!("no Kafka brokers configured: relay off, projectors read the event store");
+                    tracing::info!(
+                        "no Kafka brokers configured: relay off, projectors read the event store"
+                    );
                 }
-                None => anyhow::bail!("the relay needs Kafka: set KAFKA_BROKERS (or APP_KAFKA__BROKERS)"),
+                None => anyhow::bail!(
+                    "the relay needs Kafka: set KAFKA_BROKERS (or APP_KAFKA__BROKERS)"
+                ),
             }
         }
         if roles.projectors {
@@ -194,7 +207,9 @@ impl Service {
                     let prefix = settings.kafka.topic_prefix.clone();
                     let token = shutdown.clone();
                     tasks.spawn(async move {
-                        if let Err(e) = projections::kafka::run(projector, &kafka, &group, &prefix, token).await {
+                        if let Err(e) =
+                            projections::kafka::run(projector, &kafka, &group, &prefix, token).await
+                        {
                             tracing::error!(error.message = %e, "projector could not start");
                         }
                     });
@@ -226,7 +241,8 @@ impl Service {
             tracing::info!(address = %bound, "API listening");
             let token = shutdown.clone();
             tasks.spawn(async move {
-                let server = axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned());
+                let server =
+                    axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned());
                 if let Err(e) = server.await {
                     tracing::error!(error.message = %e, "HTTP server failed");
                 }
@@ -267,7 +283,8 @@ impl Service {
     ///
     /// As [`Service::stop`].
     pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
             _ = terminate.recv() => tracing::info!("terminated; shutting down"),
@@ -279,7 +296,10 @@ impl Service {
 
 /// Feeds a projector from the event store's ordered stream (no Kafka): the embedded default,
 /// and the way read models are rebuilt.
-pub async fn run_stream_projector<M: ReadModel>(projector: Projector<M>, shutdown: CancellationToken) {
+pub async fn run_stream_projector<M: ReadModel>(
+    projector: Projector<M>,
+    shutdown: CancellationToken,
+) {
     let mut listener = None;
     let mut delay = Duration::from_millis(100);
     while !shutdown.is_cancelled() {

@@ -40,13 +40,15 @@ impl IdempotencyKeys {
         .bind(key)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(request_hash, aggregate_type, aggregate_id, version, status)| Recorded {
-            request_hash,
-            aggregate_type,
-            aggregate_id,
-            version: version as u64,
-            response_status: u16::try_from(status).unwrap_or(200),
-        }))
+        Ok(row.map(
+            |(request_hash, aggregate_type, aggregate_id, version, status)| Recorded {
+                request_hash,
+                aggregate_type,
+                aggregate_id,
+                version: version as u64,
+                response_status: u16::try_from(status).unwrap_or(200),
+            },
+        ))
     }
 
     /// Records the first answer; a concurrent first answer for the same key wins and is kept.
@@ -54,7 +56,12 @@ impl IdempotencyKeys {
     /// # Errors
     ///
     /// The database error.
-    pub async fn record(&self, user_id: &str, key: &str, recorded: &Recorded) -> Result<(), sqlx::Error> {
+    pub async fn record(
+        &self,
+        user_id: &str,
+        key: &str,
+        recorded: &Recorded,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO idempotency_keys (user_id, key, request_hash, aggregate_type, aggregate_id, version, response_status)
              VALUES ($1, $2, $3, $4, $5, $6, $7)

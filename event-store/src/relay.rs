@@ -73,7 +73,9 @@ pub struct Relay {
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("Relay")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,13 +97,20 @@ impl Relay {
     /// # Errors
     ///
     /// The librdkafka error when the producer cannot be created.
-    pub fn new(pool: PgPool, kafka: &ClientConfig, settings: RelaySettings) -> Result<Self, KafkaError> {
+    pub fn new(
+        pool: PgPool,
+        kafka: &ClientConfig,
+        settings: RelaySettings,
+    ) -> Result<Self, KafkaError> {
         let producer: FutureProducer = kafka
             .clone()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("message.timeout.ms", settings.message_timeout.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                settings.message_timeout.as_millis().to_string(),
+            )
             .create()?;
         Ok(Self {
             pool,
@@ -226,7 +235,8 @@ impl Relay {
             }
         }
         if acknowledged > 0 {
-            self.save_checkpoint(conn, events[acknowledged - 1].cursor()).await?;
+            self.save_checkpoint(conn, events[acknowledged - 1].cursor())
+                .await?;
         }
         tracing::debug!(acknowledged, "published");
         match failure {
@@ -253,7 +263,11 @@ impl Relay {
         })
     }
 
-    async fn save_checkpoint(&self, conn: &mut PgConnection, at: Cursor) -> Result<(), sqlx::Error> {
+    async fn save_checkpoint(
+        &self,
+        conn: &mut PgConnection,
+        at: Cursor,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO relay_checkpoints (relay, transaction_id, position, updated_at)
              VALUES ($1, $2::text::xid8, $3, now())
@@ -323,7 +337,8 @@ impl Backoff {
     }
 
     async fn wait(&mut self, shutdown: &CancellationToken) {
-        let delay = Duration::from_millis(100 * 2u64.pow(self.failures.min(6))).min(Duration::from_secs(5));
+        let delay =
+            Duration::from_millis(100 * 2u64.pow(self.failures.min(6))).min(Duration::from_secs(5));
         self.failures += 1;
         sleep_or_cancel(delay, shutdown).await;
     }

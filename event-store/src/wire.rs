@@ -39,7 +39,8 @@ pub fn to_published(event: &StoredEvent) -> Result<(&'static str, PublishedEvent
         Patient::TYPE => {
             let domain_event: patient::PatientEvent =
                 serde_json::from_value(event.payload.clone()).map_err(|_| undecodable())?;
-            let patient_id = uuid::Uuid::parse_str(&event.aggregate_id).map_err(|_| undecodable())?;
+            let patient_id =
+                uuid::Uuid::parse_str(&event.aggregate_id).map_err(|_| undecodable())?;
             let wire = patient_to_v1(patient_id, domain_event);
             (wire.event_type(), wire.to_json())
         }
@@ -48,7 +49,11 @@ pub fn to_published(event: &StoredEvent) -> Result<(&'static str, PublishedEvent
     Ok((
         topic,
         PublishedEvent {
-            id: schemas::envelope::event_id(&event.aggregate_type, &event.aggregate_id, event.sequence),
+            id: schemas::envelope::event_id(
+                &event.aggregate_type,
+                &event.aggregate_id,
+                event.sequence,
+            ),
             event_type: event_type.to_owned(),
             major_version: v1::MAJOR,
             time: event.recorded_at,
@@ -81,14 +86,16 @@ fn gender_to_v1(gender: patient::AdministrativeGender) -> v1::AdministrativeGend
 /// The v1 wire form of a domain patient event.
 pub fn patient_to_v1(patient_id: uuid::Uuid, event: patient::PatientEvent) -> v1::PatientEvent {
     match event {
-        patient::PatientEvent::PatientRegistered(e) => v1::PatientEvent::Registered(v1::PatientRegistered {
-            patient_id,
-            mrn: e.mrn.as_str().to_owned(),
-            name: name_to_v1(&e.name),
-            birth_date: e.birth_date.date(),
-            gender: gender_to_v1(e.gender),
-            registered_at: e.registered_at,
-        }),
+        patient::PatientEvent::PatientRegistered(e) => {
+            v1::PatientEvent::Registered(v1::PatientRegistered {
+                patient_id,
+                mrn: e.mrn.as_str().to_owned(),
+                name: name_to_v1(&e.name),
+                birth_date: e.birth_date.date(),
+                gender: gender_to_v1(e.gender),
+                registered_at: e.registered_at,
+            })
+        }
         patient::PatientEvent::DemographicsCorrected(e) => {
             v1::PatientEvent::DemographicsCorrected(v1::DemographicsCorrected {
                 patient_id,
@@ -99,15 +106,19 @@ pub fn patient_to_v1(patient_id: uuid::Uuid, event: patient::PatientEvent) -> v1
                 corrected_at: e.corrected_at,
             })
         }
-        patient::PatientEvent::PatientArchived(e) => v1::PatientEvent::Archived(v1::PatientArchived {
-            patient_id,
-            reason: e.reason.as_str().to_owned(),
-            archived_at: e.archived_at,
-        }),
-        patient::PatientEvent::PatientRestored(e) => v1::PatientEvent::Restored(v1::PatientRestored {
-            patient_id,
-            reason: e.reason.as_str().to_owned(),
-            restored_at: e.restored_at,
-        }),
+        patient::PatientEvent::PatientArchived(e) => {
+            v1::PatientEvent::Archived(v1::PatientArchived {
+                patient_id,
+                reason: e.reason.as_str().to_owned(),
+                archived_at: e.archived_at,
+            })
+        }
+        patient::PatientEvent::PatientRestored(e) => {
+            v1::PatientEvent::Restored(v1::PatientRestored {
+                patient_id,
+                reason: e.reason.as_str().to_owned(),
+                restored_at: e.restored_at,
+            })
+        }
     }
 }

@@ -44,7 +44,11 @@ pub async fn run<M: ReadModel>(
         .collect();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
-    tracing::info!(projector = projector.model().name(), group_id, "projector consuming");
+    tracing::info!(
+        projector = projector.model().name(),
+        group_id,
+        "projector consuming"
+    );
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -90,7 +94,10 @@ async fn handle<M: ReadModel>(
         .unwrap_or_default();
     let mut delay = Duration::from_millis(100);
     loop {
-        let result = match PublishedEvent::from_headers(headers.iter().copied(), message.payload().unwrap_or_default()) {
+        let result = match PublishedEvent::from_headers(
+            headers.iter().copied(),
+            message.payload().unwrap_or_default(),
+        ) {
             Ok(event) => projector.apply(&event).await.map(|_| ()),
             Err(e) => Err(ProjectionError::Undecodable(e)),
         };
@@ -105,11 +112,18 @@ async fn handle<M: ReadModel>(
                     "unusable record parked"
                 );
                 match projector
-                    .park(message.topic(), message.partition(), message.offset(), &e.to_string())
+                    .park(
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                        &e.to_string(),
+                    )
                     .await
                 {
                     Ok(()) => return true,
-                    Err(db) => tracing::warn!(error.message = %db, "could not park record; retrying"),
+                    Err(db) => {
+                        tracing::warn!(error.message = %db, "could not park record; retrying")
+                    }
                 }
             }
             Err(ProjectionError::Database(e)) => {

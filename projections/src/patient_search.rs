@@ -37,9 +37,17 @@ impl ReadModel for PatientSearch {
         &[schemas::topics::PATIENT]
     }
 
-    async fn apply(&self, tx: &mut PgConnection, event: &PublishedEvent) -> Result<(), ProjectionError> {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        event: &PublishedEvent,
+    ) -> Result<(), ProjectionError> {
         if event.major_version != v1::MAJOR {
-            return Err(DecodeError::UnknownType(format!("{} v{}", event.event_type, event.major_version)).into());
+            return Err(DecodeError::UnknownType(format!(
+                "{} v{}",
+                event.event_type, event.major_version
+            ))
+            .into());
         }
         let version = event.sequence as i64;
         match v1::PatientEvent::decode(&event.event_type, &event.data)? {
@@ -158,7 +166,9 @@ pub struct PatientSummary {
 
 impl std::fmt::Debug for PatientSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PatientSummary").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("PatientSummary")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -193,7 +203,9 @@ pub async fn search(pool: &PgPool, criteria: &Criteria) -> Result<Page, sqlx::Er
            FROM projections.patient_search WHERE true",
     );
     if let Some(family) = &criteria.family {
-        query.push(" AND family_search LIKE ").push_bind(like_prefix(&fold(family)));
+        query
+            .push(" AND family_search LIKE ")
+            .push_bind(like_prefix(&fold(family)));
     }
     if let Some(given) = &criteria.given {
         query

@@ -49,7 +49,9 @@ pub enum Applied {
     Applied,
     Duplicate,
     /// Arrived before an earlier event of its aggregate; skipped until that one comes.
-    Early { expected: u64 },
+    Early {
+        expected: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,10 +156,12 @@ impl<M: ReadModel> Projector<M> {
         let mut tx = self.pool.begin().await?;
         self.model.clear(&mut tx).await?;
         for table in ["applied_sequences", "stream_checkpoints"] {
-            sqlx::query(&format!("DELETE FROM projections.{table} WHERE projector = $1"))
-                .bind(self.model.name())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(&format!(
+                "DELETE FROM projections.{table} WHERE projector = $1"
+            ))
+            .bind(self.model.name())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await
     }
@@ -216,7 +220,10 @@ impl<M: ReadModel> Projector<M> {
             return Ok(Applied::Duplicate);
         }
         if event.sequence > last + 1 {
-            tracing::warn!(expected = last + 1, "event arrived before an earlier one; skipped");
+            tracing::warn!(
+                expected = last + 1,
+                "event arrived before an earlier one; skipped"
+            );
             return Ok(Applied::Early { expected: last + 1 });
         }
         self.model.apply(tx, event).await?;

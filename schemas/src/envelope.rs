@@ -113,7 +113,8 @@ impl PublishedEvent {
             (H_TYPE, ce_type(&self.event_type, self.major_version)),
             (
                 H_TIME,
-                self.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                self.time
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             ),
             (H_SUBJECT, self.subject.clone()),
             (H_SEQUENCE, self.sequence.to_string()),
@@ -144,7 +145,12 @@ impl PublishedEvent {
                 found.insert(key, value);
             }
         }
-        let get = |name: &'static str| found.get(name).copied().ok_or(DecodeError::MissingHeader(name));
+        let get = |name: &'static str| {
+            found
+                .get(name)
+                .copied()
+                .ok_or(DecodeError::MissingHeader(name))
+        };
         let (event_type, major_version) =
             parse_ce_type(get(H_TYPE)?).ok_or(DecodeError::MalformedHeader(H_TYPE))?;
         Ok(Self {
@@ -206,11 +212,9 @@ mod tests {
             data: b"{}".to_vec(),
         };
         let headers = event.headers();
-        let back = PublishedEvent::from_headers(
-            headers.iter().map(|(k, v)| (*k, v.as_bytes())),
-            b"{}",
-        )
-        .unwrap();
+        let back =
+            PublishedEvent::from_headers(headers.iter().map(|(k, v)| (*k, v.as_bytes())), b"{}")
+                .unwrap();
         assert_eq!(back, event);
     }
 

@@ -55,5 +55,8 @@ fn no_schema_file_is_left_without_a_wire_type() {
             }
         }
     }
-    assert!(stale.is_empty(), "schema files with no wire type: {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "schema files with no wire type: {stale:?}"
+    );
 }

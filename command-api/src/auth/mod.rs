@@ -98,7 +98,12 @@ impl Authenticator {
         }
         Ok(AuthUser {
             id: sub.to_owned(),
-            roles: data.claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+            roles: data
+                .claims
+                .roles
+                .iter()
+                .filter_map(|r| Role::parse(r))
+                .collect(),
         })
     }
 
@@ -151,14 +156,19 @@ impl AuthUser {
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| {
                 let (scheme, token) = value.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then_some(token.trim())
             });
         let result = match token {
             Some(token) => state.auth.verify(token),

@@ -81,8 +81,14 @@ const POLICY: &[(Action, &[Role])] = &[
     (Action::CorrectDemographics, &[Admin, Registrar]),
     (Action::ArchivePatient, &[Admin, Registrar]),
     (Action::RestorePatient, &[Admin, Registrar]),
-    (Action::ReadPatient, &[Admin, Registrar, Clinician, Scheduler, Auditor]),
-    (Action::SearchPatients, &[Admin, Registrar, Clinician, Scheduler]),
+    (
+        Action::ReadPatient,
+        &[Admin, Registrar, Clinician, Scheduler, Auditor],
+    ),
+    (
+        Action::SearchPatients,
+        &[Admin, Registrar, Clinician, Scheduler],
+    ),
 ];
 
 /// Whether `role` may do `action`.

@@ -27,7 +27,8 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             .and_then(|v| v.split(';').next())
             .map(|mime| {
                 let mime = mime.trim().to_ascii_lowercase();
-                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+                mime == "application/json"
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
             })
             .unwrap_or(false);
         if !is_json {
@@ -42,7 +43,11 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         })?;
         let value: Value = serde_json::from_slice(&raw).map_err(|e| {
             // serde_json's message quotes no input, only the position and the kind of error.
-            ApiError::MalformedJson(format!("invalid JSON at line {} column {}", e.line(), e.column()))
+            ApiError::MalformedJson(format!(
+                "invalid JSON at line {} column {}",
+                e.line(),
+                e.column()
+            ))
         })?;
         match value {
             Value::Object(object) => Ok(Self { raw, object }),
@@ -63,7 +68,11 @@ pub struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    pub fn new(object: &'a Map<String, Value>, prefix: &str, known: &'static [&'static str]) -> Self {
+    pub fn new(
+        object: &'a Map<String, Value>,
+        prefix: &str,
+        known: &'static [&'static str],
+    ) -> Self {
         let mut fields = Self {
             object,
             prefix: prefix.to_owned(),
@@ -100,7 +109,8 @@ impl<'a> Fields<'a> {
     pub fn string(&mut self, key: &str) -> Option<&'a str> {
         match self.get(key) {
             None => {
-                self.errors.push(FieldError::new(self.path(key), "is required"));
+                self.errors
+                    .push(FieldError::new(self.path(key), "is required"));
                 None
             }
             Some(_) => self.optional_string(key),
@@ -111,7 +121,8 @@ impl<'a> Fields<'a> {
         match self.get(key)? {
             Value::String(s) => Some(s),
             _ => {
-                self.errors.push(FieldError::new(self.path(key), "must be a string"));
+                self.errors
+                    .push(FieldError::new(self.path(key), "must be a string"));
                 None
             }
         }
@@ -119,16 +130,20 @@ impl<'a> Fields<'a> {
 
     pub fn optional_string_array(&mut self, key: &str) -> Option<Vec<String>> {
         let Value::Array(items) = self.get(key)? else {
-            self.errors.push(FieldError::new(self.path(key), "must be an array of strings"));
+            self.errors.push(FieldError::new(
+                self.path(key),
+                "must be an array of strings",
+            ));
             return None;
         };
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             match item {
                 Value::String(s) => out.push(s.clone()),
-                _ => self
-                    .errors
-                    .push(FieldError::new(format!("{}[{i}]", self.path(key)), "must be a string")),
+                _ => self.errors.push(FieldError::new(
+                    format!("{}[{i}]", self.path(key)),
+                    "must be a string",
+                )),
             }
         }
         Some(out)
@@ -138,7 +153,8 @@ impl<'a> Fields<'a> {
         match self.get(key)? {
             Value::Object(o) => Some(o),
             _ => {
-                self.errors.push(FieldError::new(self.path(key), "must be an object"));
+                self.errors
+                    .push(FieldError::new(self.path(key), "must be an object"));
                 None
             }
         }
@@ -146,7 +162,8 @@ impl<'a> Fields<'a> {
 
     pub fn object(&mut self, key: &str) -> Option<&'a Map<String, Value>> {
         if self.get(key).is_none() {
-            self.errors.push(FieldError::new(self.path(key), "is required"));
+            self.errors
+                .push(FieldError::new(self.path(key), "is required"));
             return None;
         }
         self.optional_object(key)

@@ -114,19 +114,19 @@ impl RequestContext {
             .filter(|id| {
                 !id.is_empty()
                     && id.len() <= 64
-                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
             })
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-        let traceparent = traceparent
-            .filter(|tp| is_traceparent(tp))
-            .map_or_else(
-                || {
-                    let trace = uuid::Uuid::new_v4().simple().to_string();
-                    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-                    format!("00-{trace}-{span}-01")
-                },
-                str::to_owned,
-            );
+        let traceparent = traceparent.filter(|tp| is_traceparent(tp)).map_or_else(
+            || {
+                let trace = uuid::Uuid::new_v4().simple().to_string();
+                let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+                format!("00-{trace}-{span}-01")
+            },
+            str::to_owned,
+        );
         Self {
             request_id,
             traceparent,
@@ -136,7 +136,11 @@ impl RequestContext {
 
 fn is_traceparent(value: &str) -> bool {
     let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
     parts.len() == 4
         && hex(parts[0], 2)
         && hex(parts[1], 32)
@@ -167,9 +171,12 @@ async fn problem_for_plain_errors(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status();
     // Our own errors are problem+json already; health answers are plain JSON on purpose.
-    let is_problem = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
-        v.as_bytes() == PROBLEM_JSON.as_bytes() || v.as_bytes() == b"application/json"
-    });
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| {
+            v.as_bytes() == PROBLEM_JSON.as_bytes() || v.as_bytes() == b"application/json"
+        });
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
         return response;
     }
@@ -218,18 +225,27 @@ mod tests {
     #[test]
     fn if_match_accepts_strong_and_weak_etags() {
         let mut headers = axum::http::HeaderMap::new();
-        assert!(matches!(if_match(&headers), Err(ApiError::PreconditionRequired)));
+        assert!(matches!(
+            if_match(&headers),
+            Err(ApiError::PreconditionRequired)
+        ));
         headers.insert(header::IF_MATCH, HeaderValue::from_static("\"3\""));
         assert_eq!(if_match(&headers).unwrap(), 3);
         headers.insert(header::IF_MATCH, HeaderValue::from_static("W/\"4\""));
         assert_eq!(if_match(&headers).unwrap(), 4);
         headers.insert(header::IF_MATCH, HeaderValue::from_static("3"));
-        assert!(matches!(if_match(&headers), Err(ApiError::InvalidParameters(_))));
+        assert!(matches!(
+            if_match(&headers),
+            Err(ApiError::InvalidParameters(_))
+        ));
     }
 
     #[test]
     fn request_ids_from_callers_are_kept_only_when_plain() {
-        assert_eq!(RequestContext::new(Some("abc-123"), None).request_id, "abc-123");
+        assert_eq!(
+            RequestContext::new(Some("abc-123"), None).request_id,
+            "abc-123"
+        );
         let replaced = RequestContext::new(Some("has space\n"), None).request_id;
         assert_ne!(replaced, "has space\n");
         assert_eq!(replaced.len(), 36);

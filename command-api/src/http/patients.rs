@@ -29,7 +29,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/patients", post(register).get(search))
         .route("/v1/patients/{id}", get(read))
-        .route("/v1/patients/{id}/correct-demographics", post(correct_demographics))
+        .route(
+            "/v1/patients/{id}/correct-demographics",
+            post(correct_demographics),
+        )
         .route("/v1/patients/{id}/archive", post(archive))
         .route("/v1/patients/{id}/restore", post(restore))
 }
@@ -68,7 +71,12 @@ fn resource(patient: &Patient, version: u64) -> Result<PatientResource, ApiError
     })
 }
 
-fn respond(status: StatusCode, patient: &Patient, version: u64, replayed: bool) -> Result<Response, ApiError> {
+fn respond(
+    status: StatusCode,
+    patient: &Patient,
+    version: u64,
+    replayed: bool,
+) -> Result<Response, ApiError> {
     let body = resource(patient, version)?;
     let mut response = (status, Json(&body)).into_response();
     let headers = response.headers_mut();
@@ -109,7 +117,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .map(str::trim)
         .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or_else(|| {
-            ApiError::invalid_parameter("Idempotency-Key", "must be 1 to 255 visible ASCII characters")
+            ApiError::invalid_parameter(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
         })?;
     Ok(Some(key.to_owned()))
 }
@@ -187,26 +198,34 @@ const NAME_FIELDS: &[&str] = &["given", "family"];
 
 fn parse_name(fields: &mut Fields<'_>, required: bool) -> Option<PersonName> {
     let path = fields.path("name");
-    let object = if required { fields.object("name") } else { fields.optional_object("name") }?;
+    let object = if required {
+        fields.object("name")
+    } else {
+        fields.optional_object("name")
+    }?;
     let mut name = Fields::new(object, &path, NAME_FIELDS);
     let given = name.optional_string_array("given");
     if given.is_none() && !name.present("given") {
-        name.errors.push(domain::FieldError::new(format!("{path}.given"), "is required"));
+        name.errors.push(domain::FieldError::new(
+            format!("{path}.given"),
+            "is required",
+        ));
     }
     let family = name.string("family");
     // Parse whatever arrived, so a bad given name is reported even when the family name is
     // missing; errors on a field already reported are not repeated.
-    let parsed = match PersonName::parse(&path, given.as_deref().unwrap_or(&[]), family.unwrap_or("")) {
-        Ok(n) => Some(n),
-        Err(errors) => {
-            for error in errors.into_vec() {
-                if !name.errors.iter().any(|e| e.field == error.field) {
-                    name.errors.push(error);
+    let parsed =
+        match PersonName::parse(&path, given.as_deref().unwrap_or(&[]), family.unwrap_or("")) {
+            Ok(n) => Some(n),
+            Err(errors) => {
+                for error in errors.into_vec() {
+                    if !name.errors.iter().any(|e| e.field == error.field) {
+                        name.errors.push(error);
+                    }
                 }
+                None
             }
-            None
-        }
-    };
+        };
     let errors = std::mem::take(&mut name.errors);
     fields.absorb(errors);
     parsed
@@ -232,47 +251,72 @@ async fn register(
         .string("gender")
         .and_then(|v| fields.check(AdministrativeGender::parse("gender", v)));
     let (state_ref, user_ref, ctx_ref) = (&state, &user, &ctx);
-    idempotent(&state, &user, &headers, "/v1/patients", &body.raw, |key| async move {
-        let (state, user, ctx) = (state_ref, user_ref, ctx_ref);
-        fields.finish()?;
-        let (Some(name), Some(birth_date), Some(gender)) = (name, birth_date, gender) else {
-            unreachable!("finish() returned early unless every field parsed");
-        };
-        // With a key, the id is derived from it, so even a retry racing the first request, or
-        // one after a crash between commit and answer, cannot register the patient twice.
-        let id = PatientId::new(match &key {
-            Some(key) => uuid::Uuid::new_v5(&IDEMPOTENT_ID_NAMESPACE, format!("{}\n{key}", user.id).as_bytes()),
-            None => uuid::Uuid::new_v4(),
-        });
-        let mrn = state.store.next_mrn().await?;
-        let command = PatientCommand::Register(RegisterPatient {
-            patient_id: id,
-            mrn,
-            name,
-            birth_date,
-            gender,
-            at: now,
-        });
-        let version = match state.store.execute(id, None, command, metadata(&user, &ctx)).await {
-            Ok(version) => version,
-            Err(CommandError::Rule(PatientError::AlreadyRegistered)) if key.is_some() => 1,
-            Err(e) => return Err(e.into()),
-        };
-        tracing::info!(patient_id = %id, "patient registered");
-        Ok((StatusCode::CREATED, id, version))
-    })
+    idempotent(
+        &state,
+        &user,
+        &headers,
+        "/v1/patients",
+        &body.raw,
+        |key| async move {
+            let (state, user, ctx) = (state_ref, user_ref, ctx_ref);
+            fields.finish()?;
+            let (Some(name), Some(birth_date), Some(gender)) = (name, birth_date, gender) else {
+                unreachable!("finish() returned early unless every field parsed");
+            };
+            // With a key, the id is derived from it, so even a retry racing the first request, or
+            // one after a crash between commit and answer, cannot register the patient twice.
+            let id = PatientId::new(match &key {
+                Some(key) => uuid::Uuid::new_v5(
+                    &IDEMPOTENT_ID_NAMESPACE,
+                    format!("{}\n{key}", user.id).as_bytes(),
+                ),
+                None => uuid::Uuid::new_v4(),
+            });
+            let mrn = state.store.next_mrn().await?;
+            let command = PatientCommand::Register(RegisterPatient {
+                patient_id: id,
+                mrn,
+                name,
+                birth_date,
+                gender,
+                at: now,
+            });
+            let version = match state
+                .store
+                .execute(id, None, command, metadata(user, ctx))
+                .await
+            {
+                Ok(version) => version,
+                Err(CommandError::Rule(PatientError::AlreadyRegistered)) if key.is_some() => 1,
+                Err(e) => return Err(e.into()),
+            };
+            tracing::info!(patient_id = %id, "patient registered");
+            Ok((StatusCode::CREATED, id, version))
+        },
+    )
     .await
 }
 
-const IDEMPOTENT_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x3d5e_1b7a_92c4_4f0e_8d61_5a0b_c2e9_7f14);
+const IDEMPOTENT_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x3d5e_1b7a_92c4_4f0e_8d61_5a0b_c2e9_7f14);
 
 /// `GET /v1/patients/{id}`: the current record, from the event store, with its `ETag`.
 #[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id = %raw_id))]
-async fn read(State(state): State<AppState>, user: AuthUser, Path(raw_id): Path<String>) -> Result<Response, ApiError> {
+async fn read(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(raw_id): Path<String>,
+) -> Result<Response, ApiError> {
     user.require(Action::ReadPatient)?;
     let id = patient_id(&raw_id)?;
     let (patient, version) = state.store.load(id).await?.ok_or(ApiError::NotFound)?;
     respond(StatusCode::OK, &patient, version, false)
+}
+
+/// What a caller sent with a command on an existing patient.
+struct Sent<'a> {
+    headers: &'a HeaderMap,
+    body: &'a JsonObject,
 }
 
 /// Shared shape of the commands on an existing patient: If-Match, idempotency, execute.
@@ -280,18 +324,21 @@ async fn change(
     state: &AppState,
     user: &AuthUser,
     ctx: &RequestContext,
-    headers: &HeaderMap,
+    sent: Sent<'_>,
     raw_id: &str,
     path_suffix: &str,
-    body: &JsonObject,
     command: Result<PatientCommand, ApiError>,
 ) -> Result<Response, ApiError> {
+    let Sent { headers, body } = sent;
     let id = patient_id(raw_id)?;
     let path = format!("/v1/patients/{id}/{path_suffix}");
     idempotent(state, user, headers, &path, &body.raw, |_key| async {
         let expected = if_match(headers)?;
         let command = command?;
-        let version = state.store.execute(id, Some(expected), command, metadata(user, ctx)).await?;
+        let version = state
+            .store
+            .execute(id, Some(expected), command, metadata(user, ctx))
+            .await?;
         tracing::info!(patient_id = %id, version, "patient changed");
         Ok((StatusCode::OK, id, version))
     })
@@ -300,7 +347,9 @@ async fn change(
 
 fn reason_only(body: &JsonObject) -> Result<Reason, ApiError> {
     let mut fields = Fields::new(&body.object, "", &["reason"]);
-    let reason = fields.string("reason").and_then(|v| fields.check(Reason::parse("reason", v)));
+    let reason = fields
+        .string("reason")
+        .and_then(|v| fields.check(Reason::parse("reason", v)));
     fields.finish()?;
     reason.ok_or_else(|| ApiError::Validation(FieldErrors::new()))
 }
@@ -319,7 +368,11 @@ async fn correct_demographics(
     user.require(Action::CorrectDemographics)?;
     let now = (state.clock)();
     let command = (|| {
-        let mut fields = Fields::new(&body.object, "", &["name", "birth_date", "gender", "reason"]);
+        let mut fields = Fields::new(
+            &body.object,
+            "",
+            &["name", "birth_date", "gender", "reason"],
+        );
         let name = parse_name(&mut fields, false);
         let birth_date = fields
             .optional_string("birth_date")
@@ -327,7 +380,9 @@ async fn correct_demographics(
         let gender = fields
             .optional_string("gender")
             .and_then(|v| fields.check(AdministrativeGender::parse("gender", v)));
-        let reason = fields.string("reason").and_then(|v| fields.check(Reason::parse("reason", v)));
+        let reason = fields
+            .string("reason")
+            .and_then(|v| fields.check(Reason::parse("reason", v)));
         if !fields.present("name") && !fields.present("birth_date") && !fields.present("gender") {
             fields.errors.push(domain::FieldError::new(
                 "",
@@ -343,7 +398,19 @@ async fn correct_demographics(
             at: now,
         }))
     })();
-    change(&state, &user, &ctx, &headers, &raw_id, "correct-demographics", &body, command).await
+    change(
+        &state,
+        &user,
+        &ctx,
+        Sent {
+            headers: &headers,
+            body: &body,
+        },
+        &raw_id,
+        "correct-demographics",
+        command,
+    )
+    .await
 }
 
 /// `POST /v1/patients/{id}/archive` with `If-Match` and a reason.
@@ -358,8 +425,21 @@ async fn archive(
 ) -> Result<Response, ApiError> {
     user.require(Action::ArchivePatient)?;
     let at = (state.clock)();
-    let command = reason_only(&body).map(|reason| PatientCommand::Archive(ArchivePatient { reason, at }));
-    change(&state, &user, &ctx, &headers, &raw_id, "archive", &body, command).await
+    let command =
+        reason_only(&body).map(|reason| PatientCommand::Archive(ArchivePatient { reason, at }));
+    change(
+        &state,
+        &user,
+        &ctx,
+        Sent {
+            headers: &headers,
+            body: &body,
+        },
+        &raw_id,
+        "archive",
+        command,
+    )
+    .await
 }
 
 /// `POST /v1/patients/{id}/restore` with `If-Match` and a reason.
@@ -374,11 +454,32 @@ async fn restore(
 ) -> Result<Response, ApiError> {
     user.require(Action::RestorePatient)?;
     let at = (state.clock)();
-    let command = reason_only(&body).map(|reason| PatientCommand::Restore(RestorePatient { reason, at }));
-    change(&state, &user, &ctx, &headers, &raw_id, "restore", &body, command).await
+    let command =
+        reason_only(&body).map(|reason| PatientCommand::Restore(RestorePatient { reason, at }));
+    change(
+        &state,
+        &user,
+        &ctx,
+        Sent {
+            headers: &headers,
+            body: &body,
+        },
+        &raw_id,
+        "restore",
+        command,
+    )
+    .await
 }
 
-const SEARCH_PARAMS: &[&str] = &["family", "given", "birth_date", "mrn", "include_archived", "limit", "offset"];
+const SEARCH_PARAMS: &[&str] = &[
+    "family",
+    "given",
+    "birth_date",
+    "mrn",
+    "include_archived",
+    "limit",
+    "offset",
+];
 const MAX_LIMIT: u32 = 100;
 
 #[derive(Serialize)]
@@ -405,7 +506,10 @@ async fn search(
             .collect();
         query.sort();
         query.push(("limit".into(), criteria.limit.to_string()));
-        query.push(("offset".into(), (criteria.offset + criteria.limit).to_string()));
+        query.push((
+            "offset".into(),
+            (criteria.offset + criteria.limit).to_string(),
+        ));
         let encoded: Vec<String> = query
             .iter()
             .map(|(k, v)| format!("{k}={}", url_encode(v)))
@@ -413,20 +517,29 @@ async fn search(
         format!("/v1/patients?{}", encoded.join("&"))
     });
     tracing::info!(results = page.items.len(), "patient search");
-    Ok(Json(SearchPage { items: page.items, next }).into_response())
+    Ok(Json(SearchPage {
+        items: page.items,
+        next,
+    })
+    .into_response())
 }
 
 fn url_encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
 }
 
-fn parse_criteria(params: &HashMap<String, String>, today: chrono::NaiveDate) -> Result<Criteria, ApiError> {
+fn parse_criteria(
+    params: &HashMap<String, String>,
+    today: chrono::NaiveDate,
+) -> Result<Criteria, ApiError> {
     let mut errors = FieldErrors::new();
     for key in params.keys() {
         if !SEARCH_PARAMS.contains(&key.as_str()) {
@@ -446,7 +559,10 @@ fn parse_criteria(params: &HashMap<String, String>, today: chrono::NaiveDate) ->
             None => default,
             Some(Ok(n)) if (min..=max).contains(&n) => n,
             Some(_) => {
-                errors.push(domain::FieldError::new(key, format!("must be a whole number from {min} to {max}")));
+                errors.push(domain::FieldError::new(
+                    key,
+                    format!("must be a whole number from {min} to {max}"),
+                ));
                 default
             }
         }
@@ -465,14 +581,22 @@ fn parse_criteria(params: &HashMap<String, String>, today: chrono::NaiveDate) ->
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => {
-            errors.push(domain::FieldError::new("include_archived", "must be true or false"));
+            errors.push(domain::FieldError::new(
+                "include_archived",
+                "must be true or false",
+            ));
             false
         }
     };
     let limit = number("limit", 20, MAX_LIMIT, 1, &mut errors);
     let offset = number("offset", 0, 10_000, 0, &mut errors);
-    if family.is_none() && given.is_none() && birth_date.is_none() && mrn.is_none()
-        && !params.keys().any(|k| ["family", "given", "birth_date", "mrn"].contains(&k.as_str()))
+    if family.is_none()
+        && given.is_none()
+        && birth_date.is_none()
+        && mrn.is_none()
+        && !params
+            .keys()
+            .any(|k| ["family", "given", "birth_date", "mrn"].contains(&k.as_str()))
     {
         errors.push(domain::FieldError::new(
             "",
@@ -490,4 +614,3 @@ fn parse_criteria(params: &HashMap<String, String>, today: chrono::NaiveDate) ->
         offset,
     })
 }
-

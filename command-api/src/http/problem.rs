@@ -127,8 +127,12 @@ impl IntoResponse for ApiError {
         let problem = match self {
             Self::Unauthenticated => {
                 extra.push((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
-                Problem::new(S::UNAUTHORIZED, "unauthenticated", "Authentication required")
-                    .detail("a valid bearer token is required")
+                Problem::new(
+                    S::UNAUTHORIZED,
+                    "unauthenticated",
+                    "Authentication required",
+                )
+                .detail("a valid bearer token is required")
             }
             Self::Forbidden => Problem::new(S::FORBIDDEN, "forbidden", "Forbidden")
                 .detail("your roles do not allow this action"),
@@ -142,16 +146,22 @@ impl IntoResponse for ApiError {
                 "Unsupported media type",
             )
             .detail("send the body as application/json"),
-            Self::PayloadTooLarge => {
-                Problem::new(S::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
-            }
+            Self::PayloadTooLarge => Problem::new(
+                S::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
             Self::InvalidParameters(errors) => Problem {
                 errors: errors.into_vec(),
                 ..Problem::new(S::BAD_REQUEST, "invalid-parameters", "Invalid parameters")
             },
             Self::Validation(errors) => Problem {
                 errors: errors.into_vec(),
-                ..Problem::new(S::UNPROCESSABLE_ENTITY, "validation-error", "Invalid fields")
+                ..Problem::new(
+                    S::UNPROCESSABLE_ENTITY,
+                    "validation-error",
+                    "Invalid fields",
+                )
             },
             Self::PreconditionRequired => Problem::new(
                 S::PRECONDITION_REQUIRED,
@@ -163,8 +173,9 @@ impl IntoResponse for ApiError {
                 if let Ok(etag) = HeaderValue::from_str(&crate::http::etag(current)) {
                     extra.push((header::ETAG, etag));
                 }
-                Problem::new(S::PRECONDITION_FAILED, "stale-version", "Stale version")
-                    .detail(format!("the record is now at version {current}; read it again"))
+                Problem::new(S::PRECONDITION_FAILED, "stale-version", "Stale version").detail(
+                    format!("the record is now at version {current}; read it again"),
+                )
             }
             Self::Rule(rule) => {
                 let status = match rule {

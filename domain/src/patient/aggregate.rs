@@ -277,13 +277,19 @@ mod tests {
 
     #[test]
     fn registering_twice_is_refused() {
-        let err = given(vec![registered()]).decide(register_cmd()).unwrap_err();
+        let err = given(vec![registered()])
+            .decide(register_cmd())
+            .unwrap_err();
         assert_eq!(err, PatientError::AlreadyRegistered);
     }
 
     #[test]
     fn any_command_before_registration_is_refused() {
-        for cmd in [correct_cmd(Some(name("Ada", "Byron"))), archive_cmd(), restore_cmd()] {
+        for cmd in [
+            correct_cmd(Some(name("Ada", "Byron"))),
+            archive_cmd(),
+            restore_cmd(),
+        ] {
             assert_eq!(
                 given(vec![]).decide(cmd).unwrap_err(),
                 PatientError::NotRegistered
@@ -344,7 +350,10 @@ mod tests {
     fn restoring_an_archived_patient_makes_them_active_again() {
         let mut patient = given(vec![registered(), archived()]);
         let events = patient.decide(restore_cmd()).unwrap();
-        assert!(matches!(events.as_slice(), [PatientEvent::PatientRestored(_)]));
+        assert!(matches!(
+            events.as_slice(),
+            [PatientEvent::PatientRestored(_)]
+        ));
         for event in events {
             patient.apply(event);
         }

@@ -77,9 +77,7 @@ impl PersonName {
         let given: Vec<String> = given
             .iter()
             .enumerate()
-            .filter_map(|(i, part)| {
-                errors.check(name_part(&format!("{field}.given[{i}]"), part))
-            })
+            .filter_map(|(i, part)| errors.check(name_part(&format!("{field}.given[{i}]"), part)))
             .collect();
         let family = errors.check(name_part(&format!("{field}.family"), family));
         errors.into_result()?;
@@ -118,7 +116,10 @@ fn name_part(field: &str, raw: &str) -> Result<String, FieldError> {
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     if !value.chars().any(char::is_alphabetic) {
         return Err(FieldError::new(field, "must contain at least one letter"));
@@ -306,7 +307,10 @@ impl Reason {
             ));
         }
         if value.chars().any(|c| c.is_control() && c != '\n') {
-            return Err(FieldError::new(field, "must not contain control characters"));
+            return Err(FieldError::new(
+                field,
+                "must not contain control characters",
+            ));
         }
         Ok(Self(value.to_owned()))
     }
@@ -352,14 +356,20 @@ mod tests {
     #[test]
     fn malformed_birth_dates_are_rejected() {
         for bad in ["", "1990-02-30", "12/01/1990", "1990-1-1x"] {
-            assert!(BirthDate::parse("birth_date", bad, today()).is_err(), "{bad}");
+            assert!(
+                BirthDate::parse("birth_date", bad, today()).is_err(),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn gender_accepts_the_fhir_codes_only() {
         for code in ["male", "female", "other", "unknown"] {
-            assert_eq!(AdministrativeGender::parse("gender", code).unwrap().code(), code);
+            assert_eq!(
+                AdministrativeGender::parse("gender", code).unwrap().code(),
+                code
+            );
         }
         assert!(AdministrativeGender::parse("gender", "Male").is_err());
         assert!(AdministrativeGender::parse("gender", "m").is_err());
@@ -383,7 +393,8 @@ mod tests {
 
     #[test]
     fn person_name_is_trimmed_and_nfc_normalised() {
-        let name = PersonName::parse("name", &[" Zoe\u{301} ".to_owned()], "Mu\u{308}ller").unwrap();
+        let name =
+            PersonName::parse("name", &[" Zoe\u{301} ".to_owned()], "Mu\u{308}ller").unwrap();
         assert_eq!(name.given(), ["Zoé"]);
         assert_eq!(name.family(), "Müller");
     }

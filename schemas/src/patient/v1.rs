@@ -91,7 +91,12 @@ macro_rules! debug_ids_only {
         }
     )*};
 }
-debug_ids_only!(PatientRegistered, DemographicsCorrected, PatientArchived, PatientRestored);
+debug_ids_only!(
+    PatientRegistered,
+    DemographicsCorrected,
+    PatientArchived,
+    PatientRestored
+);
 
 impl std::fmt::Debug for HumanName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

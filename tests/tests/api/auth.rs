@@ -5,12 +5,17 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 async fn no_kafka() -> TestApp {
-    TestApp::spawn_with(AppOptions { kafka: false, ..AppOptions::default() }).await
+    TestApp::spawn_with(AppOptions {
+        kafka: false,
+        ..AppOptions::default()
+    })
+    .await
 }
 
 fn token_signed_with(secret: &str, exp_offset_secs: i64) -> String {
     let now = chrono::Utc::now().timestamp();
-    let claims = json!({ "sub": "mallory", "roles": ["admin"], "iat": now, "exp": now + exp_offset_secs });
+    let claims =
+        json!({ "sub": "mallory", "roles": ["admin"], "iat": now, "exp": now + exp_offset_secs });
     jsonwebtoken_encode(secret, &claims)
 }
 
@@ -22,7 +27,8 @@ fn jsonwebtoken_encode(secret: &str, claims: &Value) -> String {
     let auth = command_api::auth::Authenticator::new(&settings);
     let exp = claims["exp"].as_i64().unwrap();
     let issued = chrono::DateTime::from_timestamp(exp, 0).unwrap();
-    auth.mint("mallory", &[command_api::auth::Role::Admin], issued).unwrap()
+    auth.mint("mallory", &[command_api::auth::Role::Admin], issued)
+        .unwrap()
 }
 
 #[tokio::test]
@@ -34,7 +40,10 @@ async fn requests_without_a_valid_token_get_401_and_write_nothing() {
     let cases = [
         ("no token", None),
         ("not a JWT", Some("garbage".to_owned())),
-        ("wrong signature", Some(token_signed_with("another-secret", 3600))),
+        (
+            "wrong signature",
+            Some(token_signed_with("another-secret", 3600)),
+        ),
         ("expired", Some(token_signed_with(SECRET, -3600))),
     ];
 
@@ -49,7 +58,10 @@ async fn requests_without_a_valid_token_get_401_and_write_nothing() {
         // Assert
         assert_eq!(response.status(), 401, "{case}");
         assert_eq!(response.headers()["www-authenticate"], "Bearer", "{case}");
-        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
     }
     assert_eq!(app.event_count().await, 0);
     app.stop().await;
@@ -59,14 +71,42 @@ async fn requests_without_a_valid_token_get_401_and_write_nothing() {
 async fn roles_get_exactly_what_the_policy_table_allows() {
     // Arrange
     let app = no_kafka().await;
-    let id = app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"].as_str().unwrap().to_owned();
+    let id = app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let endpoints: Vec<(&str, &str, String, Value)> = vec![
-        ("register", "POST", "/v1/patients".into(), patient("New", "Patient", "1990-01-01")),
+        (
+            "register",
+            "POST",
+            "/v1/patients".into(),
+            patient("New", "Patient", "1990-01-01"),
+        ),
         ("read", "GET", format!("/v1/patients/{id}"), Value::Null),
-        ("search", "GET", "/v1/patients?family=love".into(), Value::Null),
-        ("correct", "POST", format!("/v1/patients/{id}/correct-demographics"), json!({ "gender": "other", "reason": "r" })),
-        ("archive", "POST", format!("/v1/patients/{id}/archive"), json!({ "reason": "r" })),
-        ("restore", "POST", format!("/v1/patients/{id}/restore"), json!({ "reason": "r" })),
+        (
+            "search",
+            "GET",
+            "/v1/patients?family=love".into(),
+            Value::Null,
+        ),
+        (
+            "correct",
+            "POST",
+            format!("/v1/patients/{id}/correct-demographics"),
+            json!({ "gender": "other", "reason": "r" }),
+        ),
+        (
+            "archive",
+            "POST",
+            format!("/v1/patients/{id}/archive"),
+            json!({ "reason": "r" }),
+        ),
+        (
+            "restore",
+            "POST",
+            format!("/v1/patients/{id}/restore"),
+            json!({ "reason": "r" }),
+        ),
     ];
     // Every role against every endpoint: allowed (not 401/403) or 403.
     let allowed = |role: &str, endpoint: &str| match endpoint {
@@ -83,7 +123,11 @@ async fn roles_get_exactly_what_the_policy_table_allows() {
             // Act
             let request = match *method {
                 "GET" => app.client.get(format!("{}{path}", app.address)),
-                _ => app.client.post(format!("{}{path}", app.address)).json(body).header("if-match", "\"1\""),
+                _ => app
+                    .client
+                    .post(format!("{}{path}", app.address))
+                    .json(body)
+                    .header("if-match", "\"1\""),
             };
             let status = request.bearer_auth(&token).send().await.unwrap().status();
 
@@ -105,7 +149,14 @@ async fn a_token_with_no_known_role_is_forbidden_everywhere() {
     let app = no_kafka().await;
     let token = app.token("nobody", &[]);
 
-    let register = app.post("/v1/patients", &token, &patient("A", "B", "1990-01-01"), &[]).await;
+    let register = app
+        .post(
+            "/v1/patients",
+            &token,
+            &patient("A", "B", "1990-01-01"),
+            &[],
+        )
+        .await;
     let search = app.get("/v1/patients?family=b", &token).await;
 
     assert_eq!(register.status(), 403);

@@ -5,11 +5,18 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 async fn no_kafka() -> TestApp {
-    TestApp::spawn_with(AppOptions { kafka: false, ..AppOptions::default() }).await
+    TestApp::spawn_with(AppOptions {
+        kafka: false,
+        ..AppOptions::default()
+    })
+    .await
 }
 
 async fn registered(app: &TestApp) -> String {
-    app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"].as_str().unwrap().to_owned()
+    app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -21,11 +28,16 @@ async fn a_correction_with_the_current_etag_changes_the_record_and_the_search() 
 
     // Act
     let response = app
-        .command(&id, "correct-demographics", 1, &json!({
-            "name": { "given": ["Augusta", "Ada"], "family": "King" },
-            "birth_date": "1990-12-11",
-            "reason": "registration typo"
-        }))
+        .command(
+            &id,
+            "correct-demographics",
+            1,
+            &json!({
+                "name": { "given": ["Augusta", "Ada"], "family": "King" },
+                "birth_date": "1990-12-11",
+                "reason": "registration typo"
+            }),
+        )
         .await;
 
     // Assert
@@ -34,7 +46,10 @@ async fn a_correction_with_the_current_etag_changes_the_record_and_the_search() 
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["name"]["family"], "King");
     assert_eq!(body["birth_date"], "1990-12-11");
-    assert_eq!(body["gender"], "female", "fields not given keep their value");
+    assert_eq!(
+        body["gender"], "female",
+        "fields not given keep their value"
+    );
     let found = app.search_until("family=king&given=aug", 1).await;
     assert_eq!(found[0]["id"], id.as_str());
     app.search_until("family=lovelace", 0).await;
@@ -53,9 +68,22 @@ async fn a_correction_with_the_current_etag_changes_the_record_and_the_search() 
 async fn a_stale_if_match_gets_412_with_the_current_etag_and_changes_nothing() {
     let app = no_kafka().await;
     let id = registered(&app).await;
-    app.command(&id, "correct-demographics", 1, &json!({ "gender": "other", "reason": "r" })).await;
+    app.command(
+        &id,
+        "correct-demographics",
+        1,
+        &json!({ "gender": "other", "reason": "r" }),
+    )
+    .await;
 
-    let stale = app.command(&id, "correct-demographics", 1, &json!({ "gender": "male", "reason": "r" })).await;
+    let stale = app
+        .command(
+            &id,
+            "correct-demographics",
+            1,
+            &json!({ "gender": "male", "reason": "r" }),
+        )
+        .await;
 
     assert_eq!(stale.status(), 412);
     assert_eq!(stale.headers()["etag"], "\"2\"");
@@ -69,7 +97,12 @@ async fn a_change_without_if_match_gets_428() {
     let id = registered(&app).await;
 
     let response = app
-        .post(&format!("/v1/patients/{id}/archive"), &app.registrar(), &json!({ "reason": "r" }), &[])
+        .post(
+            &format!("/v1/patients/{id}/archive"),
+            &app.registrar(),
+            &json!({ "reason": "r" }),
+            &[],
+        )
         .await;
 
     assert_eq!(response.status(), 428);
@@ -87,16 +120,27 @@ async fn archiving_hides_the_patient_from_default_search_and_restoring_brings_th
     app.search_until("family=lovelace", 1).await;
 
     // Act and assert: archive
-    let archived = app.command(&id, "archive", 1, &json!({ "reason": "deceased record merged elsewhere" })).await;
+    let archived = app
+        .command(
+            &id,
+            "archive",
+            1,
+            &json!({ "reason": "deceased record merged elsewhere" }),
+        )
+        .await;
     assert_eq!(archived.status(), 200);
     let body: Value = archived.json().await.unwrap();
     assert_eq!(body["status"], "archived");
     app.search_until("family=lovelace", 0).await;
-    let with_archived = app.search_until("family=lovelace&include_archived=true", 1).await;
+    let with_archived = app
+        .search_until("family=lovelace&include_archived=true", 1)
+        .await;
     assert_eq!(with_archived[0]["status"], "archived");
 
     // Act and assert: restore
-    let restored = app.command(&id, "restore", 2, &json!({ "reason": "archived in error" })).await;
+    let restored = app
+        .command(&id, "restore", 2, &json!({ "reason": "archived in error" }))
+        .await;
     assert_eq!(restored.status(), 200);
     let found = app.search_until("family=lovelace", 1).await;
     assert_eq!(found[0]["status"], "active");
@@ -107,22 +151,57 @@ async fn archiving_hides_the_patient_from_default_search_and_restoring_brings_th
 async fn business_rules_answer_with_their_code_and_change_nothing() {
     let app = no_kafka().await;
     let id = registered(&app).await;
-    let nothing = app.command(&id, "correct-demographics", 1, &json!({ "gender": "female", "reason": "r" })).await;
-    let restore_active = app.command(&id, "restore", 1, &json!({ "reason": "r" })).await;
-    app.command(&id, "archive", 1, &json!({ "reason": "r" })).await;
-    let archive_twice = app.command(&id, "archive", 2, &json!({ "reason": "r" })).await;
-    let correct_archived = app.command(&id, "correct-demographics", 2, &json!({ "gender": "male", "reason": "r" })).await;
-    let unknown = app.command(&uuid::Uuid::new_v4().to_string(), "archive", 0, &json!({ "reason": "r" })).await;
+    let nothing = app
+        .command(
+            &id,
+            "correct-demographics",
+            1,
+            &json!({ "gender": "female", "reason": "r" }),
+        )
+        .await;
+    let restore_active = app
+        .command(&id, "restore", 1, &json!({ "reason": "r" }))
+        .await;
+    app.command(&id, "archive", 1, &json!({ "reason": "r" }))
+        .await;
+    let archive_twice = app
+        .command(&id, "archive", 2, &json!({ "reason": "r" }))
+        .await;
+    let correct_archived = app
+        .command(
+            &id,
+            "correct-demographics",
+            2,
+            &json!({ "gender": "male", "reason": "r" }),
+        )
+        .await;
+    let unknown = app
+        .command(
+            &uuid::Uuid::new_v4().to_string(),
+            "archive",
+            0,
+            &json!({ "reason": "r" }),
+        )
+        .await;
 
     let code = |body: Value| body["code"].as_str().unwrap_or_default().to_owned();
     assert_eq!(nothing.status(), 422);
-    assert_eq!(code(nothing.json().await.unwrap()), "correction-changes-nothing");
+    assert_eq!(
+        code(nothing.json().await.unwrap()),
+        "correction-changes-nothing"
+    );
     assert_eq!(restore_active.status(), 409);
     assert_eq!(code(restore_active.json().await.unwrap()), "not-archived");
     assert_eq!(archive_twice.status(), 409);
-    assert_eq!(code(archive_twice.json().await.unwrap()), "already-archived");
+    assert_eq!(
+        code(archive_twice.json().await.unwrap()),
+        "already-archived"
+    );
     assert_eq!(correct_archived.status(), 409);
-    assert_eq!(code(correct_archived.json().await.unwrap()), "archived-patient-cannot-be-corrected");
+    assert_eq!(
+        code(correct_archived.json().await.unwrap()),
+        "archived-patient-cannot-be-corrected"
+    );
     assert_eq!(unknown.status(), 404);
     assert_eq!(app.event_count().await, 2);
     app.stop().await;
@@ -133,11 +212,18 @@ async fn a_correction_needs_a_reason_and_something_to_correct() {
     let app = no_kafka().await;
     let id = registered(&app).await;
 
-    let response = app.command(&id, "correct-demographics", 1, &json!({})).await;
+    let response = app
+        .command(&id, "correct-demographics", 1, &json!({}))
+        .await;
 
     assert_eq!(response.status(), 422);
     let problem: Value = response.json().await.unwrap();
-    let fields: Vec<&str> = problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
     assert_eq!(fields, ["reason", ""]);
     assert_eq!(app.event_count().await, 1);
     app.stop().await;

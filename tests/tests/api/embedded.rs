@@ -14,7 +14,8 @@ struct TempDir(std::path::PathBuf);
 
 impl TempDir {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("patient-service-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("patient-service-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }
@@ -42,7 +43,10 @@ async fn the_embedded_cluster_initialises_keeps_its_data_and_stops_cleanly() {
     let stopped = !dir.0.join("pgdata/postmaster.pid").exists();
     let again = EmbeddedPostgres::start(&dir.0).await.unwrap();
     let mut conn = again.connect_options().connect().await.unwrap();
-    let n: i32 = sqlx::query_scalar("SELECT n FROM kept").fetch_one(&mut conn).await.unwrap();
+    let n: i32 = sqlx::query_scalar("SELECT n FROM kept")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     conn.close().await.unwrap();
     again.stop().unwrap();
 
@@ -55,7 +59,11 @@ async fn the_embedded_cluster_initialises_keeps_its_data_and_stops_cleanly() {
 async fn serve_with_no_configuration_serves_the_api_and_stops_its_database_on_sigterm() {
     // Arrange: an empty folder, no configuration files, no database or broker variables.
     let dir = TempDir::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut serve = Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
         .arg("serve")
         .current_dir(&dir.0)
@@ -81,7 +89,11 @@ async fn serve_with_no_configuration_serves_the_api_and_stops_its_database_on_si
     // The development secret is the compiled-in default.
     let settings = command_api::configuration::Settings::base().unwrap();
     let token = command_api::auth::Authenticator::new(&settings.auth)
-        .mint("dev", &[command_api::auth::Role::Registrar], chrono::Utc::now())
+        .mint(
+            "dev",
+            &[command_api::auth::Role::Registrar],
+            chrono::Utc::now(),
+        )
         .unwrap();
 
     // Act
@@ -103,14 +115,28 @@ async fn serve_with_no_configuration_serves_the_api_and_stops_its_database_on_si
             .json()
             .await
             .unwrap();
-        found["items"].as_array().is_some_and(|items| items.len() == 1)
+        found["items"]
+            .as_array()
+            .is_some_and(|items| items.len() == 1)
     })
     .await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(serve.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = serve.wait().unwrap();
 
     // Assert
     assert!(status.success(), "serve exited with {status}");
-    assert!(dir.0.join(".patient-service/pgdata/PG_VERSION").exists(), "data kept in the data folder");
-    assert!(!dir.0.join(".patient-service/pgdata/postmaster.pid").exists(), "PostgreSQL stopped");
+    assert!(
+        dir.0.join(".patient-service/pgdata/PG_VERSION").exists(),
+        "data kept in the data folder"
+    );
+    assert!(
+        !dir.0
+            .join(".patient-service/pgdata/postmaster.pid")
+            .exists(),
+        "PostgreSQL stopped"
+    );
 }

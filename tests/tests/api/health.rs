@@ -4,10 +4,24 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn live_and_ready_answer_without_a_token() {
-    let app = TestApp::spawn_with(AppOptions { kafka: false, ..AppOptions::default() }).await;
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        ..AppOptions::default()
+    })
+    .await;
 
-    let live = app.client.get(format!("{}/health/live", app.address)).send().await.unwrap();
-    let ready = app.client.get(format!("{}/health/ready", app.address)).send().await.unwrap();
+    let live = app
+        .client
+        .get(format!("{}/health/live", app.address))
+        .send()
+        .await
+        .unwrap();
+    let ready = app
+        .client
+        .get(format!("{}/health/ready", app.address))
+        .send()
+        .await
+        .unwrap();
 
     assert_eq!(live.status(), 200);
     assert_eq!(ready.status(), 200);
@@ -18,13 +32,24 @@ async fn live_and_ready_answer_without_a_token() {
 
 #[tokio::test]
 async fn ready_is_503_while_migrations_are_missing() {
-    let app = TestApp::spawn_with(AppOptions { kafka: false, ..AppOptions::default() }).await;
-    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)")
-        .execute(&app.pool)
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        ..AppOptions::default()
+    })
+    .await;
+    sqlx::query(
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let ready = app
+        .client
+        .get(format!("{}/health/ready", app.address))
+        .send()
         .await
         .unwrap();
-
-    let ready = app.client.get(format!("{}/health/ready", app.address)).send().await.unwrap();
 
     assert_eq!(ready.status(), 503);
     app.stop().await;
@@ -32,10 +57,25 @@ async fn ready_is_503_while_migrations_are_missing() {
 
 #[tokio::test]
 async fn every_response_carries_a_request_id_and_a_plain_one_is_echoed() {
-    let app = TestApp::spawn_with(AppOptions { kafka: false, ..AppOptions::default() }).await;
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        ..AppOptions::default()
+    })
+    .await;
 
-    let echoed = app.client.get(format!("{}/health/live", app.address)).header("x-request-id", "req-42").send().await.unwrap();
-    let generated = app.client.get(format!("{}/health/live", app.address)).send().await.unwrap();
+    let echoed = app
+        .client
+        .get(format!("{}/health/live", app.address))
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .unwrap();
+    let generated = app
+        .client
+        .get(format!("{}/health/live", app.address))
+        .send()
+        .await
+        .unwrap();
 
     assert_eq!(echoed.headers()["x-request-id"], "req-42");
     assert_eq!(generated.headers()["x-request-id"].len(), 36);

@@ -143,7 +143,11 @@ impl TestApp {
     }
 
     pub fn topic(&self) -> String {
-        format!("{}{}", self.settings.kafka.topic_prefix, schemas::topics::PATIENT)
+        format!(
+            "{}{}",
+            self.settings.kafka.topic_prefix,
+            schemas::topics::PATIENT
+        )
     }
 
     /// A token for `user` with `roles`. Tokens expire by the real clock (the JWT library reads
@@ -185,7 +189,8 @@ impl TestApp {
     }
 
     pub async fn register(&self, body: &Value) -> reqwest::Response {
-        self.post("/v1/patients", &self.registrar(), body, &[]).await
+        self.post("/v1/patients", &self.registrar(), body, &[])
+            .await
     }
 
     /// Registers a patient and returns the answer's body (asserting 201).
@@ -196,7 +201,13 @@ impl TestApp {
     }
 
     /// Posts a command with the If-Match of `version`, as a registrar.
-    pub async fn command(&self, id: &str, action: &str, version: u64, body: &Value) -> reqwest::Response {
+    pub async fn command(
+        &self,
+        id: &str,
+        action: &str,
+        version: u64,
+        body: &Value,
+    ) -> reqwest::Response {
         let etag = format!("\"{version}\"");
         self.post(
             &format!("/v1/patients/{id}/{action}"),
@@ -247,7 +258,10 @@ impl TestApp {
 pub fn consumer_for(brokers: &str, topic: &str) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("test-{}", uuid::Uuid::new_v4().simple()))
+        .set(
+            "group.id",
+            format!("test-{}", uuid::Uuid::new_v4().simple()),
+        )
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
@@ -270,8 +284,14 @@ pub async fn consume_until(
     let mut records = Vec::new();
     while !done(&records) {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        assert!(!remaining.is_zero(), "only {} records arrived before the deadline", records.len());
-        if let Ok(Ok(message)) = tokio::time::timeout(remaining.min(Duration::from_secs(1)), consumer.recv()).await {
+        assert!(
+            !remaining.is_zero(),
+            "only {} records arrived before the deadline",
+            records.len()
+        );
+        if let Ok(Ok(message)) =
+            tokio::time::timeout(remaining.min(Duration::from_secs(1)), consumer.recv()).await
+        {
             records.push(message.detach());
         }
     }
@@ -310,8 +330,14 @@ pub fn assert_matches_schema(event_type: &str, data: &[u8]) {
         .build(&schema)
         .unwrap();
     let instance: Value = serde_json::from_slice(data).unwrap();
-    let errors: Vec<String> = validator.iter_errors(&instance).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{event_type} does not match its schema: {errors:?}");
+    let errors: Vec<String> = validator
+        .iter_errors(&instance)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{event_type} does not match its schema: {errors:?}"
+    );
 }
 
 /// Polls `check` until it returns true, or panics with `what` at the deadline.

@@ -5,7 +5,11 @@ use serde_json::Value;
 use crate::helpers::*;
 
 async fn no_kafka() -> TestApp {
-    TestApp::spawn_with(AppOptions { kafka: false, ..AppOptions::default() }).await
+    TestApp::spawn_with(AppOptions {
+        kafka: false,
+        ..AppOptions::default()
+    })
+    .await
 }
 
 #[tokio::test]
@@ -16,10 +20,14 @@ async fn a_repeated_registration_with_the_same_key_returns_the_first_answer() {
     let token = app.registrar();
 
     // Act
-    let first = app.post("/v1/patients", &token, &body, &[("idempotency-key", "k-1")]).await;
+    let first = app
+        .post("/v1/patients", &token, &body, &[("idempotency-key", "k-1")])
+        .await;
     let first_location = first.headers()["location"].clone();
     let first_body: Value = first.json().await.unwrap();
-    let again = app.post("/v1/patients", &token, &body, &[("idempotency-key", "k-1")]).await;
+    let again = app
+        .post("/v1/patients", &token, &body, &[("idempotency-key", "k-1")])
+        .await;
 
     // Assert
     assert_eq!(again.status(), 201);
@@ -37,9 +45,14 @@ async fn concurrent_repeats_of_one_key_register_one_patient() {
     let body = patient("Ada", "Lovelace", "1990-12-10");
     let token = app.registrar();
 
-    let responses = futures::future::join_all(
-        (0..10).map(|_| app.post("/v1/patients", &token, &body, &[("idempotency-key", "same")])),
-    )
+    let responses = futures::future::join_all((0..10).map(|_| {
+        app.post(
+            "/v1/patients",
+            &token,
+            &body,
+            &[("idempotency-key", "same")],
+        )
+    }))
     .await;
 
     let mut ids = Vec::new();
@@ -58,9 +71,22 @@ async fn concurrent_repeats_of_one_key_register_one_patient() {
 async fn a_key_reused_for_a_different_request_is_refused() {
     let app = no_kafka().await;
     let token = app.registrar();
-    app.post("/v1/patients", &token, &patient("Ada", "Lovelace", "1990-12-10"), &[("idempotency-key", "k")]).await;
+    app.post(
+        "/v1/patients",
+        &token,
+        &patient("Ada", "Lovelace", "1990-12-10"),
+        &[("idempotency-key", "k")],
+    )
+    .await;
 
-    let other = app.post("/v1/patients", &token, &patient("Grace", "Hopper", "1906-12-09"), &[("idempotency-key", "k")]).await;
+    let other = app
+        .post(
+            "/v1/patients",
+            &token,
+            &patient("Grace", "Hopper", "1906-12-09"),
+            &[("idempotency-key", "k")],
+        )
+        .await;
 
     assert_eq!(other.status(), 422);
     let problem: Value = other.json().await.unwrap();
@@ -74,8 +100,22 @@ async fn keys_are_per_user() {
     let app = no_kafka().await;
     let body = patient("Ada", "Lovelace", "1990-12-10");
 
-    let a = app.post("/v1/patients", &app.token("a", &["registrar"]), &body, &[("idempotency-key", "k")]).await;
-    let b = app.post("/v1/patients", &app.token("b", &["registrar"]), &body, &[("idempotency-key", "k")]).await;
+    let a = app
+        .post(
+            "/v1/patients",
+            &app.token("a", &["registrar"]),
+            &body,
+            &[("idempotency-key", "k")],
+        )
+        .await;
+    let b = app
+        .post(
+            "/v1/patients",
+            &app.token("b", &["registrar"]),
+            &body,
+            &[("idempotency-key", "k")],
+        )
+        .await;
 
     assert_eq!((a.status().as_u16(), b.status().as_u16()), (201, 201));
     assert_ne!(a.headers()["location"], b.headers()["location"]);
@@ -86,7 +126,10 @@ async fn keys_are_per_user() {
 #[tokio::test]
 async fn a_repeated_archive_with_the_same_key_returns_the_first_answer() {
     let app = no_kafka().await;
-    let id = app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"].as_str().unwrap().to_owned();
+    let id = app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let path = format!("/v1/patients/{id}/archive");
     let body = serde_json::json!({ "reason": "duplicate" });
     let headers = [("if-match", "\"1\""), ("idempotency-key", "archive-1")];
@@ -94,7 +137,10 @@ async fn a_repeated_archive_with_the_same_key_returns_the_first_answer() {
     let first = app.post(&path, &app.registrar(), &body, &headers).await;
     let again = app.post(&path, &app.registrar(), &body, &headers).await;
 
-    assert_eq!((first.status().as_u16(), again.status().as_u16()), (200, 200));
+    assert_eq!(
+        (first.status().as_u16(), again.status().as_u16()),
+        (200, 200)
+    );
     assert_eq!(again.headers()["etag"], "\"2\"");
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(app.event_count().await, 2);

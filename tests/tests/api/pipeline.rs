@@ -21,7 +21,12 @@ fn assert_in_order_per_aggregate(records: &[OwnedMessage]) -> HashSet<String> {
         let previous = last.entry(key(record)).or_insert(0);
         // A re-send may repeat earlier events, but a first delivery never skips one.
         if ids.insert(header(record, "ce_id").unwrap()) {
-            assert_eq!(sequence, *previous + 1, "aggregate {} skipped a sequence", key(record));
+            assert_eq!(
+                sequence,
+                *previous + 1,
+                "aggregate {} skipped a sequence",
+                key(record)
+            );
         }
         *previous = (*previous).max(sequence);
     }
@@ -73,10 +78,17 @@ async fn concurrent_writers_and_a_transaction_held_open_lose_nothing_and_repeat_
         let app = &app;
         async move {
             for i in 0..5 {
-                let body = app.register_ok(&format!("W{w}"), &format!("Writer{i}"), "1970-01-01").await;
+                let body = app
+                    .register_ok(&format!("W{w}"), &format!("Writer{i}"), "1970-01-01")
+                    .await;
                 let id = body["id"].as_str().unwrap();
                 let response = app
-                    .command(id, "correct-demographics", 1, &json!({ "gender": "other", "reason": "r" }))
+                    .command(
+                        id,
+                        "correct-demographics",
+                        1,
+                        &json!({ "gender": "other", "reason": "r" }),
+                    )
                     .await;
                 assert_eq!(response.status(), 200);
             }
@@ -92,7 +104,11 @@ async fn concurrent_writers_and_a_transaction_held_open_lose_nothing_and_repeat_
     let ids = assert_in_order_per_aggregate(&records);
     assert_eq!(ids.len(), total, "every event published");
     assert!(records.iter().any(|r| key(r) == held_id.to_string()));
-    assert_eq!(records_on_topic(&app), total as i64, "no event published twice");
+    assert_eq!(
+        records_on_topic(&app),
+        total as i64,
+        "no event published twice"
+    );
     app.search_until("family=open", 1).await;
     app.search_until("family=writer&limit=100", 40).await;
     app.stop().await;
@@ -108,8 +124,16 @@ struct Broker {
 impl Broker {
     async fn start() -> Self {
         let (_, storage) = create_database().await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut broker = Self { port, storage, child: None };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut broker = Self {
+            port,
+            storage,
+            child: None,
+        };
         broker.resume();
         broker
     }
@@ -119,11 +143,24 @@ impl Broker {
     }
 
     fn resume(&mut self) {
-        let nisshi = std::env::var("NISSHI_BIN").expect("NISSHI_BIN is not set: run the tests with scripts/test");
+        let nisshi = std::env::var("NISSHI_BIN")
+            .expect("NISSHI_BIN is not set: run the tests with scripts/test");
         let listener = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(nisshi)
-            .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
-            .args(["--group-initial-rebalance-delay", "0s", "--storage-engine", &self.storage, "--silent"])
+            .args([
+                "broker",
+                "--listener-url",
+                &listener,
+                "--advertised-listener-url",
+                &listener,
+            ])
+            .args([
+                "--group-initial-rebalance-delay",
+                "0s",
+                "--storage-engine",
+                &self.storage,
+                "--silent",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -154,17 +191,23 @@ impl Drop for Broker {
 async fn registrations_succeed_while_the_broker_is_down_and_are_published_when_it_returns() {
     // Arrange
     let mut broker = Broker::start().await;
-    let app = TestApp::spawn_with(AppOptions { brokers: Some(broker.address()), ..AppOptions::default() }).await;
+    let app = TestApp::spawn_with(AppOptions {
+        brokers: Some(broker.address()),
+        ..AppOptions::default()
+    })
+    .await;
     let consumer = consumer_for(&broker.address(), &app.topic());
     for i in 0..3 {
-        app.register_ok("Before", &format!("Outage{i}"), "1970-01-01").await;
+        app.register_ok("Before", &format!("Outage{i}"), "1970-01-01")
+            .await;
     }
     let before = consume(&consumer, 3).await;
 
     // Act: the broker goes away; registrations go on.
     broker.kill();
     for i in 3..8 {
-        app.register_ok("During", &format!("Outage{i}"), "1970-01-01").await;
+        app.register_ok("During", &format!("Outage{i}"), "1970-01-01")
+            .await;
     }
     broker.resume();
 
@@ -172,11 +215,20 @@ async fn registrations_succeed_while_the_broker_is_down_and_are_published_when_i
     let mut records = before;
     records.extend(
         consume_until(&consumer, |after| {
-            after.iter().filter_map(|r| header(r, "ce_id")).collect::<HashSet<_>>().len() >= 5
+            after
+                .iter()
+                .filter_map(|r| header(r, "ce_id"))
+                .collect::<HashSet<_>>()
+                .len()
+                >= 5
         })
         .await,
     );
-    assert_eq!(assert_in_order_per_aggregate(&records).len(), 8, "every registration published");
+    assert_eq!(
+        assert_in_order_per_aggregate(&records).len(),
+        8,
+        "every registration published"
+    );
     app.search_until("family=outage", 8).await;
     app.stop().await;
 }
@@ -185,17 +237,31 @@ async fn registrations_succeed_while_the_broker_is_down_and_are_published_when_i
 async fn a_relay_killed_mid_stream_and_restarted_loses_nothing_and_repeats_are_absorbed() {
     // Arrange: events written with no relay running; projectors consume Kafka.
     let app = TestApp::spawn_with(AppOptions {
-        roles: Roles { api: true, relay: false, projectors: true },
+        roles: Roles {
+            api: true,
+            relay: false,
+            projectors: true,
+        },
         ..AppOptions::default()
     })
     .await;
     let consumer = app.consumer();
     let mut ids = Vec::new();
     for i in 0..30 {
-        let id = app.register_ok("Relay", &format!("A{i:02}"), "1970-01-01").await["id"].as_str().unwrap().to_owned();
+        let id = app
+            .register_ok("Relay", &format!("A{i:02}"), "1970-01-01")
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         for (version, family) in [(1, "B"), (2, "C")] {
             let body = json!({ "name": { "given": ["Relay"], "family": format!("{family}{i:02}") }, "reason": "r" });
-            assert_eq!(app.command(&id, "correct-demographics", version, &body).await.status(), 200);
+            assert_eq!(
+                app.command(&id, "correct-demographics", version, &body)
+                    .await
+                    .status(),
+                200
+            );
         }
         ids.push(id);
     }
@@ -233,7 +299,11 @@ async fn a_relay_killed_mid_stream_and_restarted_loses_nothing_and_repeats_are_a
     let mut records = before_kill;
     records.extend(
         consume_until(&consumer, |more| {
-            more.iter().filter_map(|r| header(r, "ce_id")).collect::<HashSet<_>>().len() >= total - 5
+            more.iter()
+                .filter_map(|r| header(r, "ce_id"))
+                .collect::<HashSet<_>>()
+                .len()
+                >= total - 5
         })
         .await,
     );
@@ -241,9 +311,15 @@ async fn a_relay_killed_mid_stream_and_restarted_loses_nothing_and_repeats_are_a
     second.wait().unwrap();
     let distinct = assert_in_order_per_aggregate(&records);
     assert_eq!(distinct.len(), total, "nothing lost");
-    assert!(records.len() > total, "the rewound checkpoint re-sent events");
+    assert!(
+        records.len() > total,
+        "the rewound checkpoint re-sent events"
+    );
     let found = app.search_until("family=c&limit=100", 30).await;
-    assert!(found.iter().all(|p| p["version"] == 3), "duplicates were absorbed");
+    assert!(
+        found.iter().all(|p| p["version"] == 3),
+        "duplicates were absorbed"
+    );
     assert_eq!(app.search_until("family=b", 0).await.len(), 0);
     let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM projections.parked_messages")
         .fetch_one(&app.pool)

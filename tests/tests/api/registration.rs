@@ -16,13 +16,19 @@ async fn registering_a_patient_stores_the_event_publishes_it_and_makes_it_search
 
     // Assert: the answer
     assert_eq!(response.status(), 201);
-    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     assert_eq!(response.headers()["etag"], "\"1\"");
     let body: Value = response.json().await.unwrap();
     let id = body["id"].as_str().unwrap().to_owned();
     assert_eq!(location, format!("/v1/patients/{id}"));
-    assert_eq!(body["name"], json!({ "given": ["Zoë"], "family": "Müller" }));
+    assert_eq!(
+        body["name"],
+        json!({ "given": ["Zoë"], "family": "Müller" })
+    );
     assert_eq!(body["status"], "active");
     assert_eq!(body["mrn"].as_str().unwrap().len(), 10);
 
@@ -51,13 +57,28 @@ async fn registering_a_patient_stores_the_event_publishes_it_and_makes_it_search
         header(record, "ce_id").unwrap(),
         schemas::envelope::event_id("Patient", &id, 1).to_string()
     );
-    assert_eq!(header(record, "ce_source").as_deref(), Some(schemas::envelope::SOURCE));
+    assert_eq!(
+        header(record, "ce_source").as_deref(),
+        Some(schemas::envelope::SOURCE)
+    );
     assert_eq!(header(record, "ce_subject").as_deref(), Some(id.as_str()));
     assert_eq!(header(record, "ce_sequence").as_deref(), Some("1"));
-    assert!(header(record, "ce_position").unwrap().parse::<i64>().unwrap() > 0);
+    assert!(
+        header(record, "ce_position")
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            > 0
+    );
     assert!(chrono::DateTime::parse_from_rfc3339(&header(record, "ce_time").unwrap()).is_ok());
-    assert_eq!(header(record, "content-type").as_deref(), Some("application/json"));
-    assert_eq!(header(record, "ce_requestid").as_deref(), Some(request_id.as_str()));
+    assert_eq!(
+        header(record, "content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        header(record, "ce_requestid").as_deref(),
+        Some(request_id.as_str())
+    );
     assert!(header(record, "traceparent").unwrap().starts_with("00-"));
     let data = record.payload().unwrap();
     assert_matches_schema("PatientRegistered", data);
@@ -83,13 +104,34 @@ async fn every_patient_event_type_is_published_valid_against_its_schema() {
 
     // Act
     let corrected = app
-        .command(&id, "correct-demographics", 1, &json!({ "name": { "given": ["Ada"], "family": "King" }, "reason": "married name" }))
+        .command(
+            &id,
+            "correct-demographics",
+            1,
+            &json!({ "name": { "given": ["Ada"], "family": "King" }, "reason": "married name" }),
+        )
         .await;
-    let archived = app.command(&id, "archive", 2, &json!({ "reason": "duplicate record" })).await;
-    let restored = app.command(&id, "restore", 3, &json!({ "reason": "archived by mistake" })).await;
+    let archived = app
+        .command(&id, "archive", 2, &json!({ "reason": "duplicate record" }))
+        .await;
+    let restored = app
+        .command(
+            &id,
+            "restore",
+            3,
+            &json!({ "reason": "archived by mistake" }),
+        )
+        .await;
 
     // Assert
-    assert_eq!([corrected.status().as_u16(), archived.status().as_u16(), restored.status().as_u16()], [200, 200, 200]);
+    assert_eq!(
+        [
+            corrected.status().as_u16(),
+            archived.status().as_u16(),
+            restored.status().as_u16()
+        ],
+        [200, 200, 200]
+    );
     let records = consume(&consumer, 4).await;
     let mut types = Vec::new();
     for record in &records {
@@ -101,7 +143,12 @@ async fn every_patient_event_type_is_published_valid_against_its_schema() {
     }
     assert_eq!(
         types,
-        ["PatientRegistered", "DemographicsCorrected", "PatientArchived", "PatientRestored"]
+        [
+            "PatientRegistered",
+            "DemographicsCorrected",
+            "PatientArchived",
+            "PatientRestored"
+        ]
     );
     app.stop().await;
 }
@@ -109,13 +156,30 @@ async fn every_patient_event_type_is_published_valid_against_its_schema() {
 #[tokio::test]
 async fn get_returns_the_current_record_with_its_etag() {
     // Arrange
-    let app = TestApp::spawn_with(AppOptions { kafka: false, ..AppOptions::default() }).await;
-    let id = app.register_ok("Grace", "Hopper", "1906-12-09").await["id"].as_str().unwrap().to_owned();
-    app.command(&id, "correct-demographics", 1, &json!({ "gender": "other", "reason": "patient request" }))
-        .await;
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let id = app.register_ok("Grace", "Hopper", "1906-12-09").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.command(
+        &id,
+        "correct-demographics",
+        1,
+        &json!({ "gender": "other", "reason": "patient request" }),
+    )
+    .await;
 
     // Act
-    let response = app.get(&format!("/v1/patients/{id}"), &app.token("c", &["clinician"])).await;
+    let response = app
+        .get(
+            &format!("/v1/patients/{id}"),
+            &app.token("c", &["clinician"]),
+        )
+        .await;
 
     // Assert
     assert_eq!(response.status(), 200);
@@ -128,14 +192,23 @@ async fn get_returns_the_current_record_with_its_etag() {
 
 #[tokio::test]
 async fn get_of_an_unknown_patient_is_404_and_of_a_malformed_id_is_400() {
-    let app = TestApp::spawn_with(AppOptions { kafka: false, ..AppOptions::default() }).await;
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        ..AppOptions::default()
+    })
+    .await;
     let token = app.token("c", &["clinician"]);
 
-    let unknown = app.get(&format!("/v1/patients/{}", uuid::Uuid::new_v4()), &token).await;
+    let unknown = app
+        .get(&format!("/v1/patients/{}", uuid::Uuid::new_v4()), &token)
+        .await;
     let malformed = app.get("/v1/patients/not-a-uuid", &token).await;
 
     assert_eq!(unknown.status(), 404);
-    assert_eq!(unknown.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        unknown.headers()["content-type"],
+        "application/problem+json"
+    );
     assert_eq!(malformed.status(), 400);
     let problem: Value = malformed.json().await.unwrap();
     assert_eq!(problem["errors"][0]["field"], "id");
@@ -144,10 +217,16 @@ async fn get_of_an_unknown_patient_is_404_and_of_a_malformed_id_is_400() {
 
 #[tokio::test]
 async fn medical_record_numbers_are_unique_and_carry_a_check_digit() {
-    let app = TestApp::spawn_with(AppOptions { kafka: false, ..AppOptions::default() }).await;
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        ..AppOptions::default()
+    })
+    .await;
     let mut seen = HashMap::new();
     for i in 0..5 {
-        let body = app.register_ok("Pat", &format!("Number{i}"), "1970-01-01").await;
+        let body = app
+            .register_ok("Pat", &format!("Number{i}"), "1970-01-01")
+            .await;
         let mrn = body["mrn"].as_str().unwrap().to_owned();
         assert!(domain::patient::Mrn::parse("mrn", &mrn).is_ok(), "{mrn}");
         assert!(seen.insert(mrn, i).is_none());

@@ -5,7 +5,11 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 async fn no_kafka() -> TestApp {
-    TestApp::spawn_with(AppOptions { kafka: false, ..AppOptions::default() }).await
+    TestApp::spawn_with(AppOptions {
+        kafka: false,
+        ..AppOptions::default()
+    })
+    .await
 }
 
 #[tokio::test]
@@ -19,19 +23,88 @@ async fn each_kind_of_bad_registration_is_refused_naming_the_field_and_writes_no
         body
     };
     let cases: Vec<(&str, Value, &str, &str)> = vec![
-        ("missing name", json!({ "birth_date": "1990-12-10", "gender": "female" }), "name", "is required"),
-        ("empty family name", with("/name/family", json!("  ")), "name.family", "must not be empty"),
-        ("family name not a string", with("/name/family", json!(5)), "name.family", "must be a string"),
-        ("no given name", with("/name/given", json!([])), "name.given", "at least one given name is required"),
-        ("given name not a string", with("/name/given", json!([1])), "name.given[0]", "must be a string"),
-        ("control character", with("/name/given", json!(["A\u{7}"])), "name.given[0]", "must not contain control characters"),
-        ("birth date in the future", with("/birth_date", json!("2026-11-28")), "birth_date", "must not be in the future"),
-        ("birth date before 1900", with("/birth_date", json!("1899-12-31")), "birth_date", "must not be before 1900-01-01"),
-        ("malformed birth date", with("/birth_date", json!("10/12/1990")), "birth_date", "must be a date in the form YYYY-MM-DD"),
-        ("impossible birth date", with("/birth_date", json!("1990-02-30")), "birth_date", "must be a date in the form YYYY-MM-DD"),
-        ("unknown gender", with("/gender", json!("F")), "gender", "must be one of male, female, other, unknown"),
-        ("unknown field", { let mut b = good.clone(); b["ssn"] = json!("123"); b }, "ssn", "unknown field"),
-        ("not an object", json!(["Ada"]), "", "the body must be a JSON object"),
+        (
+            "missing name",
+            json!({ "birth_date": "1990-12-10", "gender": "female" }),
+            "name",
+            "is required",
+        ),
+        (
+            "empty family name",
+            with("/name/family", json!("  ")),
+            "name.family",
+            "must not be empty",
+        ),
+        (
+            "family name not a string",
+            with("/name/family", json!(5)),
+            "name.family",
+            "must be a string",
+        ),
+        (
+            "no given name",
+            with("/name/given", json!([])),
+            "name.given",
+            "at least one given name is required",
+        ),
+        (
+            "given name not a string",
+            with("/name/given", json!([1])),
+            "name.given[0]",
+            "must be a string",
+        ),
+        (
+            "control character",
+            with("/name/given", json!(["A\u{7}"])),
+            "name.given[0]",
+            "must not contain control characters",
+        ),
+        (
+            "birth date in the future",
+            with("/birth_date", json!("2026-11-28")),
+            "birth_date",
+            "must not be in the future",
+        ),
+        (
+            "birth date before 1900",
+            with("/birth_date", json!("1899-12-31")),
+            "birth_date",
+            "must not be before 1900-01-01",
+        ),
+        (
+            "malformed birth date",
+            with("/birth_date", json!("10/12/1990")),
+            "birth_date",
+            "must be a date in the form YYYY-MM-DD",
+        ),
+        (
+            "impossible birth date",
+            with("/birth_date", json!("1990-02-30")),
+            "birth_date",
+            "must be a date in the form YYYY-MM-DD",
+        ),
+        (
+            "unknown gender",
+            with("/gender", json!("F")),
+            "gender",
+            "must be one of male, female, other, unknown",
+        ),
+        (
+            "unknown field",
+            {
+                let mut b = good.clone();
+                b["ssn"] = json!("123");
+                b
+            },
+            "ssn",
+            "unknown field",
+        ),
+        (
+            "not an object",
+            json!(["Ada"]),
+            "",
+            "the body must be a JSON object",
+        ),
     ];
 
     for (case, body, field, message) in cases {
@@ -40,13 +113,19 @@ async fn each_kind_of_bad_registration_is_refused_naming_the_field_and_writes_no
 
         // Assert
         assert_eq!(response.status(), 422, "{case}");
-        assert_eq!(response.headers()["content-type"], "application/problem+json", "{case}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{case}"
+        );
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["status"], 422, "{case}");
         assert_eq!(problem["type"], "/problems/validation-error", "{case}");
         let errors = problem["errors"].as_array().unwrap();
         assert!(
-            errors.iter().any(|e| e["field"] == field && e["message"] == message),
+            errors
+                .iter()
+                .any(|e| e["field"] == field && e["message"] == message),
             "{case}: {errors:?}"
         );
     }
@@ -63,8 +142,16 @@ async fn every_bad_field_is_reported_at_once() {
         .await;
 
     let problem: Value = response.json().await.unwrap();
-    let fields: Vec<&str> = problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
-    assert_eq!(fields, ["name.given[0]", "name.family", "birth_date", "gender"]);
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["name.given[0]", "name.family", "birth_date", "gender"]
+    );
     app.stop().await;
 }
 
@@ -74,8 +161,24 @@ async fn malformed_json_wrong_media_type_and_oversized_bodies_are_refused() {
     let url = format!("{}/v1/patients", app.address);
     let token = app.registrar();
 
-    let malformed = app.client.post(&url).bearer_auth(&token).header("content-type", "application/json").body("{\"name\":").send().await.unwrap();
-    let wrong_type = app.client.post(&url).bearer_auth(&token).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    let malformed = app
+        .client
+        .post(&url)
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{\"name\":")
+        .send()
+        .await
+        .unwrap();
+    let wrong_type = app
+        .client
+        .post(&url)
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     let oversized = app
         .client
         .post(&url)
@@ -87,12 +190,18 @@ async fn malformed_json_wrong_media_type_and_oversized_bodies_are_refused() {
         .unwrap();
 
     assert_eq!(malformed.status(), 400);
-    assert_eq!(malformed.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        malformed.headers()["content-type"],
+        "application/problem+json"
+    );
     let problem: Value = malformed.json().await.unwrap();
     assert_eq!(problem["type"], "/problems/malformed-json");
     assert_eq!(wrong_type.status(), 415);
     assert_eq!(oversized.status(), 413);
-    assert_eq!(oversized.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        oversized.headers()["content-type"],
+        "application/problem+json"
+    );
     assert_eq!(app.event_count().await, 0);
     app.stop().await;
 }
@@ -116,7 +225,11 @@ async fn bad_search_parameters_are_refused_naming_the_parameter() {
         assert_eq!(response.status(), 400, "{query}");
         let problem: Value = response.json().await.unwrap();
         assert!(
-            problem["errors"].as_array().unwrap().iter().any(|e| e["field"] == field),
+            problem["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["field"] == field),
             "{query}: {problem}"
         );
     }
@@ -128,10 +241,18 @@ async fn unknown_routes_and_methods_answer_problem_json() {
     let app = no_kafka().await;
 
     let missing = app.get("/v1/nothing-here", &app.registrar()).await;
-    let method = app.client.delete(format!("{}/v1/patients", app.address)).send().await.unwrap();
+    let method = app
+        .client
+        .delete(format!("{}/v1/patients", app.address))
+        .send()
+        .await
+        .unwrap();
 
     assert_eq!(missing.status(), 404);
-    assert_eq!(missing.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        missing.headers()["content-type"],
+        "application/problem+json"
+    );
     assert_eq!(method.status(), 405);
     assert_eq!(method.headers()["content-type"], "application/problem+json");
     app.stop().await;
