@@ -156,18 +156,6 @@ impl Service {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let kafka = settings.kafka.client_config();
-        if let Some(kafka) = &kafka {
-            if roles.relay || roles.projectors {
-                event_store::relay::ensure_topics(
-                    kafka,
-                    &settings.kafka.topic_prefix,
-                    settings.kafka.partitions,
-                    settings.kafka.replication,
-                )
-                .await
-                .context("creating topics")?;
-            }
-        }
         if roles.relay {
             match &kafka {
                 Some(kafka) => {
@@ -181,7 +169,13 @@ impl Service {
                             ..RelaySettings::default()
                         },
                     )?;
-                    tasks.spawn(relay.run(shutdown.clone()));
+                    let (kafka, kafka_settings, token) =
+                        (kafka.clone(), settings.kafka.clone(), shutdown.clone());
+                    tasks.spawn(async move {
+                        if topics_ready(&kafka, &kafka_settings, &token).await {
+                            relay.run(token).await;
+                        }
+                    });
                 }
                 None if roles == Roles::ALL => {
                     tracing::info!(
@@ -294,6 +288,35 @@ impl Service {
     }
 }
 
+/// Creates the topics, retrying while the brokers are unreachable (Kafka being down must not
+/// stop the service from starting: commands go on and the relay catches up later). Returns
+/// false if shut down first.
+async fn topics_ready(
+    kafka: &rdkafka::ClientConfig,
+    settings: &crate::configuration::KafkaSettings,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match event_store::relay::ensure_topics(
+            kafka,
+            &settings.topic_prefix,
+            settings.partitions,
+            settings.replication,
+        )
+        .await
+        {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(error.message = %e, "cannot create topics yet; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
 /// Feeds a projector from the event store's ordered stream (no Kafka): the embedded default,
 /// and the way read models are rebuilt.
 pub async fn run_stream_projector<M: ReadModel>(
@@ -320,6 +343,23 @@ pub async fn run_stream_projector<M: ReadModel>(
             }
             Ok(_) => {
                 delay = Duration::from_millis(100);
+                let held_back = match projector.stream_position().await {
+                    Ok(at) => stream::is_held_back(
+                        projector.pool(),
+                        Cursor {
+                            transaction_id: at.transaction_id,
+                            position: at.position,
+                        },
+                    )
+                    .await
+                    .unwrap_or(false),
+                    Err(_) => false,
+                };
+                let timeout = if held_back {
+                    stream::HELD_BACK_POLL
+                } else {
+                    Duration::from_millis(500)
+                };
                 let wait = async {
                     match listener.as_mut() {
                         Some(l) => {
@@ -332,7 +372,7 @@ pub async fn run_stream_projector<M: ReadModel>(
                 };
                 tokio::select! {
                     () = shutdown.cancelled() => {}
-                    _ = tokio::time::timeout(Duration::from_millis(500), wait) => {}
+                    _ = tokio::time::timeout(timeout, wait) => {}
                 }
             }
             Err(e) => {
@@ -361,16 +401,14 @@ pub async fn project_available<M: ReadModel>(projector: &Projector<M>) -> anyhow
     let events = stream::read_after(projector.pool(), cursor, 500).await?;
     for event in &events {
         let (topic, published) = event_store::wire::to_published(event)?;
+        let at = StreamPosition {
+            transaction_id: event.transaction_id,
+            position: event.position,
+        };
         if projector.model().topics().contains(&topic) {
-            projector
-                .apply_from_stream(
-                    &published,
-                    StreamPosition {
-                        transaction_id: event.transaction_id,
-                        position: event.position,
-                    },
-                )
-                .await?;
+            projector.apply_from_stream(&published, at).await?;
+        } else {
+            projector.skip_in_stream(at).await?;
         }
     }
     Ok(events.len())

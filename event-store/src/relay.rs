@@ -164,9 +164,15 @@ impl Relay {
                 }
                 Ok(_) => {
                     backoff.reset();
+                    let checkpoint = self.checkpoint(&mut conn).await?;
+                    let wait = if stream::is_held_back(&mut conn, checkpoint).await? {
+                        stream::HELD_BACK_POLL
+                    } else {
+                        self.settings.idle_poll
+                    };
                     tokio::select! {
                         () = shutdown.cancelled() => {}
-                        _ = tokio::time::timeout(self.settings.idle_poll, listener.recv()) => {}
+                        _ = tokio::time::timeout(wait, listener.recv()) => {}
                     }
                 }
                 Err(RelayError::Database(e)) => return Err(RelayError::Database(e)),

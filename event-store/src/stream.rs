@@ -86,6 +86,26 @@ pub async fn read_after<'e>(
     rows.iter().map(decode_row).collect()
 }
 
+/// Whether events are committed after `after` that [`read_after`] cannot return yet, because
+/// an older transaction (anywhere in the cluster) is still running. A reader seeing this should
+/// look again shortly: no commit notification will tell it when that transaction ends.
+///
+/// # Errors
+///
+/// The database error, when the query fails.
+pub async fn is_held_back<'e>(
+    executor: impl PgExecutor<'e>,
+    after: Cursor,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM events WHERE (transaction_id, position) > ($1::text::xid8, $2))",
+    )
+    .bind(after.transaction_id.to_string())
+    .bind(after.position)
+    .fetch_one(executor)
+    .await
+}
+
 fn decode_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, sqlx::Error> {
     let transaction_id: String = row.try_get("transaction_id")?;
     let sequence: i64 = row.try_get("sequence")?;
@@ -107,3 +127,6 @@ fn decode_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, sqlx::Error> {
 
 /// The channel the `events` table notifies at every commit that inserted events.
 pub const COMMIT_CHANNEL: &str = "events_committed";
+
+/// How soon a reader held back by an older transaction looks again.
+pub const HELD_BACK_POLL: std::time::Duration = std::time::Duration::from_millis(5);

@@ -90,7 +90,12 @@ impl<M: ReadModel> Projector<M> {
     /// [`ProjectionError::Undecodable`] for an event the read model cannot use (nothing is
     /// changed); [`ProjectionError::Database`] when the transaction fails (nothing is changed;
     /// retry).
-    #[tracing::instrument(skip_all, fields(projector = self.model.name(), aggregate_id = %event.subject, sequence = event.sequence))]
+    #[tracing::instrument(skip_all, fields(
+        projector = self.model.name(),
+        aggregate_id = %event.subject,
+        sequence = event.sequence,
+        request_id = event.request_id.as_deref().unwrap_or_default(),
+    ))]
     pub async fn apply(&self, event: &PublishedEvent) -> Result<Applied, ProjectionError> {
         let mut tx = self.pool.begin().await?;
         let applied = self.apply_in(&mut tx, event).await?;
@@ -111,20 +116,21 @@ impl<M: ReadModel> Projector<M> {
     ) -> Result<Applied, ProjectionError> {
         let mut tx = self.pool.begin().await?;
         let applied = self.apply_in(&mut tx, event).await?;
-        sqlx::query(
-            "INSERT INTO projections.stream_checkpoints (projector, transaction_id, position, updated_at)
-             VALUES ($1, $2, $3, now())
-             ON CONFLICT (projector) DO UPDATE
-                SET transaction_id = EXCLUDED.transaction_id, position = EXCLUDED.position,
-                    updated_at = now()",
-        )
-        .bind(self.model.name())
-        .bind(at.transaction_id as i64)
-        .bind(at.position)
-        .execute(&mut *tx)
-        .await?;
+        save_stream_position(&mut tx, self.model.name(), at).await?;
         tx.commit().await?;
         Ok(applied)
+    }
+
+    /// Moves the stream checkpoint past `at` without applying anything (the event there is
+    /// for other read models).
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    pub async fn skip_in_stream(&self, at: StreamPosition) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        save_stream_position(&mut tx, self.model.name(), at).await?;
+        tx.commit().await
     }
 
     /// Where this projector stands in the event store's stream (the start if it never read it).
@@ -238,4 +244,24 @@ impl<M: ReadModel> Projector<M> {
         .await?;
         Ok(Applied::Applied)
     }
+}
+
+async fn save_stream_position(
+    tx: &mut PgConnection,
+    projector: &str,
+    at: StreamPosition,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projections.stream_checkpoints (projector, transaction_id, position, updated_at)
+         VALUES ($1, $2, $3, now())
+         ON CONFLICT (projector) DO UPDATE
+            SET transaction_id = EXCLUDED.transaction_id, position = EXCLUDED.position,
+                updated_at = now()",
+    )
+    .bind(projector)
+    .bind(at.transaction_id as i64)
+    .bind(at.position)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

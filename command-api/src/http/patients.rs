@@ -261,7 +261,8 @@ async fn register(
             let (state, user, ctx) = (state_ref, user_ref, ctx_ref);
             fields.finish()?;
             let (Some(name), Some(birth_date), Some(gender)) = (name, birth_date, gender) else {
-                unreachable!("finish() returned early unless every field parsed");
+                // finish() returned early unless every field parsed; kept total all the same.
+                return Err(ApiError::Validation(FieldErrors::new()));
             };
             // With a key, the id is derived from it, so even a retry racing the first request, or
             // one after a crash between commit and answer, cannot register the patient twice.
