@@ -50,6 +50,7 @@ pub struct KafkaSettings {
     pub consumer_group_prefix: String,
     pub message_timeout_ms: u64,
     pub relay_batch_size: i64,
+    pub fetch_wait_max_ms: u64,
     pub security_protocol: Option<String>,
     pub ssl_ca_location: Option<String>,
     pub sasl_mechanism: Option<String>,

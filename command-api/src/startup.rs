@@ -191,7 +191,13 @@ impl Service {
             let projector = Projector::new(pool.clone(), PatientSearch);
             match &kafka {
                 Some(kafka) => {
-                    let kafka = kafka.clone();
+                    let mut kafka = kafka.clone();
+                    // How long the broker may hold an empty fetch: an upper bound on projection
+                    // lag with brokers that do not answer a waiting fetch as data arrives.
+                    kafka.set(
+                        "fetch.wait.max.ms",
+                        settings.kafka.fetch_wait_max_ms.to_string(),
+                    );
                     let group = format!(
                         "{}{}.{}",
                         settings.kafka.topic_prefix,
