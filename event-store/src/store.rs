@@ -74,7 +74,8 @@ impl PatientStore {
     }
 
     /// Executes `command` against patient `id`, refusing it unless the patient is at
-    /// `expected_version` (when given). Returns the version after the command.
+    /// `expected_version` (when given). Returns the patient and their version after the
+    /// command.
     ///
     /// # Errors
     ///
@@ -87,7 +88,7 @@ impl PatientStore {
         expected_version: Option<u64>,
         command: PatientCommand,
         metadata: CommandMetadata,
-    ) -> Result<u64, CommandError> {
+    ) -> Result<(Patient, u64), CommandError> {
         let store = self.event_store();
         let aggregate_id = id.to_string();
         let mut attempt = 0;
@@ -105,11 +106,15 @@ impl PatientStore {
             }
             let events = context.aggregate().decide(command.clone())?;
             let count = events.len() as u64;
+            let mut after = context.aggregate.clone();
+            for event in &events {
+                after.apply(event.clone());
+            }
             match store
                 .commit(events, context, metadata.clone().into_map())
                 .await
             {
-                Ok(_) => return Ok(current + count),
+                Ok(_) => return Ok((after, current + count)),
                 Err(AggregateError::AggregateConflict) if attempt <= CONFLICT_RETRIES => {
                     tracing::debug!(attempt, "lost a race for the aggregate, retrying");
                 }

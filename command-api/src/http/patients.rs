@@ -162,7 +162,7 @@ async fn idempotent<F, Fut>(
 ) -> Result<Response, ApiError>
 where
     F: FnOnce(Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<(StatusCode, PatientId, u64), ApiError>>,
+    Fut: std::future::Future<Output = Result<Outcome, ApiError>>,
 {
     let key = idempotency_key(headers)?;
     let hash = request_hash("POST", path, body);
@@ -171,7 +171,12 @@ where
             return replay(state, &recorded, &hash).await;
         }
     }
-    let (status, id, version) = run(key.clone()).await?;
+    let Outcome {
+        status,
+        id,
+        version,
+        patient,
+    } = run(key.clone()).await?;
     if let Some(key) = &key {
         let recorded = Recorded {
             request_hash: hash.clone(),
@@ -186,12 +191,24 @@ where
             return replay(state, &first, &hash).await;
         }
     }
-    let patient = state
-        .store
-        .load_version(id, version)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let patient = match patient {
+        Some(patient) => patient,
+        None => state
+            .store
+            .load_version(id, version)
+            .await?
+            .ok_or(ApiError::NotFound)?,
+    };
     respond(status, &patient, version, false)
+}
+
+/// What a command produced: the answer's status, and the patient at the version it left.
+struct Outcome {
+    status: StatusCode,
+    id: PatientId,
+    version: u64,
+    /// `None` when the answer must be rebuilt from the store.
+    patient: Option<Patient>,
 }
 
 const NAME_FIELDS: &[&str] = &["given", "family"];
@@ -282,17 +299,25 @@ async fn register(
                 gender,
                 at: now,
             });
-            let version = match state
+            let (patient, version) = match state
                 .store
                 .execute(id, None, command, metadata(user, ctx))
                 .await
             {
-                Ok(version) => version,
-                Err(CommandError::Rule(PatientError::AlreadyRegistered)) if key.is_some() => 1,
+                Ok((patient, version)) => (Some(patient), version),
+                // A repeat of this key that raced the first request: answer as the first.
+                Err(CommandError::Rule(PatientError::AlreadyRegistered)) if key.is_some() => {
+                    (None, 1)
+                }
                 Err(e) => return Err(e.into()),
             };
             tracing::info!(patient_id = %id, "patient registered");
-            Ok((StatusCode::CREATED, id, version))
+            Ok(Outcome {
+                status: StatusCode::CREATED,
+                id,
+                version,
+                patient,
+            })
         },
     )
     .await
@@ -336,12 +361,17 @@ async fn change(
     idempotent(state, user, headers, &path, &body.raw, |_key| async {
         let expected = if_match(headers)?;
         let command = command?;
-        let version = state
+        let (patient, version) = state
             .store
             .execute(id, Some(expected), command, metadata(user, ctx))
             .await?;
         tracing::info!(patient_id = %id, version, "patient changed");
-        Ok((StatusCode::OK, id, version))
+        Ok(Outcome {
+            status: StatusCode::OK,
+            id,
+            version,
+            patient: Some(patient),
+        })
     })
     .await
 }
