@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use command_api::startup::Roles;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Message, OwnedMessage};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -21,12 +21,18 @@ fn assert_in_order_per_aggregate(records: &[OwnedMessage]) -> HashSet<String> {
         let previous = last.entry(key(record)).or_insert(0);
         // A re-send may repeat earlier events, but a first delivery never skips one.
         if ids.insert(header(record, "ce_id").unwrap()) {
-            assert_eq!(
-                sequence,
-                *previous + 1,
-                "aggregate {} skipped a sequence",
-                key(record)
-            );
+            if sequence != *previous + 1 {
+                let seen: Vec<(i32, i64, String)> = records
+                    .iter()
+                    .filter(|r| key(r) == key(record))
+                    .map(|r| (r.partition(), r.offset(), header(r, "ce_sequence").unwrap()))
+                    .collect();
+                panic!(
+                    "aggregate {} skipped from {} to {sequence}; its records as (partition, offset, sequence) in order of receipt: {seen:?}",
+                    key(record),
+                    *previous
+                );
+            }
         }
         *previous = (*previous).max(sequence);
     }
