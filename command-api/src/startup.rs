@@ -156,6 +156,13 @@ impl Service {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let kafka = settings.kafka.client_config();
+        if let (Some(kafka), true) = (&kafka, roles.relay || roles.projectors) {
+            // Create the topics before anyone subscribes when the brokers are up; when they are
+            // not, the relay and projector tasks keep trying (Kafka down must not stop a start).
+            if let Err(e) = ensure_topics(kafka, &settings.kafka).await {
+                tracing::warn!(error.message = %e, "cannot create topics now; will retry");
+            }
+        }
         if roles.relay {
             match &kafka {
                 Some(kafka) => {
@@ -304,14 +311,7 @@ async fn topics_ready(
 ) -> bool {
     let mut delay = Duration::from_millis(200);
     loop {
-        match event_store::relay::ensure_topics(
-            kafka,
-            &settings.topic_prefix,
-            settings.partitions,
-            settings.replication,
-        )
-        .await
-        {
+        match ensure_topics(kafka, settings).await {
             Ok(()) => return true,
             Err(e) => tracing::warn!(error.message = %e, "cannot create topics yet; retrying"),
         }
@@ -321,6 +321,19 @@ async fn topics_ready(
         }
         delay = (delay * 2).min(Duration::from_secs(10));
     }
+}
+
+async fn ensure_topics(
+    kafka: &rdkafka::ClientConfig,
+    settings: &crate::configuration::KafkaSettings,
+) -> Result<(), rdkafka::error::KafkaError> {
+    event_store::relay::ensure_topics(
+        kafka,
+        &settings.topic_prefix,
+        settings.partitions,
+        settings.replication,
+    )
+    .await
 }
 
 /// Feeds a projector from the event store's ordered stream (no Kafka): the embedded default,
