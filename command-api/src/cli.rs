@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use projections::patient_search::PatientSearch;
+use sqlx::PgPool;
+
 use crate::auth::{Authenticator, Role};
 use crate::configuration::Settings;
 use crate::http::system_clock;
@@ -94,36 +97,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
         }
         Command::Migrate => {
-            let (pool, embedded) = startup::connect(&settings, true).await?;
-            startup::migrate(&pool).await?;
-            pool.close().await;
-            if let Some(cluster) = embedded {
-                cluster.stop()?;
-            }
+            with_database(&settings, |_| async { Ok(()) }).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
         Command::Rebuild => {
-            let (pool, embedded) = startup::connect(&settings, true).await?;
-            startup::migrate(&pool).await?;
-            let projector = projections::Projector::new(
-                pool.clone(),
-                projections::patient_search::PatientSearch,
-            );
-            projector.reset().await?;
-            let mut total = 0;
-            loop {
-                let n = startup::project_available(&projector).await?;
-                if n == 0 {
-                    break;
+            let events = with_database(&settings, |pool| async move {
+                let projector = projections::Projector::new(pool, PatientSearch);
+                projector.reset().await?;
+                let mut total = 0;
+                loop {
+                    match startup::project_available(&projector).await? {
+                        0 => return Ok(total),
+                        n => total += n,
+                    }
                 }
-                total += n;
-            }
-            tracing::info!(events = total, "read models rebuilt");
-            pool.close().await;
-            if let Some(cluster) = embedded {
-                cluster.stop()?;
-            }
+            })
+            .await?;
+            tracing::info!(events, "read models rebuilt");
             Ok(())
         }
         Command::Token { user, roles } => {
@@ -138,4 +129,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => crate::bench::run(&settings, args).await,
     }
+}
+
+/// Connects (starting the embedded cluster if no database is configured), migrates, runs
+/// `work`, then closes the pool and stops the cluster whatever `work` returned.
+async fn with_database<T, F, Fut>(settings: &Settings, work: F) -> anyhow::Result<T>
+where
+    F: FnOnce(PgPool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let (pool, embedded) = startup::connect(settings, true).await?;
+    let result = match startup::migrate(&pool).await {
+        Ok(()) => work(pool.clone()).await,
+        Err(e) => Err(e),
+    };
+    pool.close().await;
+    if let Some(cluster) = embedded {
+        cluster.stop()?;
+    }
+    result
 }

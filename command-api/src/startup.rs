@@ -99,20 +99,30 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 ///
 /// The database error.
 pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    let latest = event_store::MIGRATOR
-        .iter()
-        .map(|m| m.version)
-        .max()
-        .unwrap_or(0);
-    let applied: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM public._sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await
-            .or_else(|e| match &e {
-                sqlx::Error::Database(d) if d.code().as_deref() == Some("42P01") => Ok(None),
-                _ => Err(e),
-            })?;
-    Ok(applied == Some(latest) && projections::is_migrated(pool).await?)
+    Ok(
+        latest_applied(pool, "public", &event_store::MIGRATOR).await?
+            && latest_applied(pool, "projections", &projections::MIGRATOR).await?,
+    )
+}
+
+/// Whether the newest migration of `migrator` is recorded in `schema`'s `_sqlx_migrations`.
+async fn latest_applied(
+    pool: &PgPool,
+    schema: &str,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<bool, sqlx::Error> {
+    let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT max(version) FROM {schema}._sqlx_migrations WHERE success"
+    ))
+    .fetch_one(pool)
+    .await
+    .or_else(|e| match &e {
+        // undefined_table: nothing migrated yet
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("42P01") => Ok(None),
+        _ => Err(e),
+    })?;
+    Ok(applied == Some(latest))
 }
 
 impl Service {

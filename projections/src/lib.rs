@@ -41,21 +41,3 @@ pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateEr
     sqlx::query("RESET search_path").execute(&mut *conn).await?;
     result
 }
-
-/// Whether every migration of this crate has been applied.
-///
-/// # Errors
-///
-/// The database error.
-pub async fn is_migrated(pool: &sqlx::PgPool) -> Result<bool, sqlx::Error> {
-    let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let applied: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM projections._sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await
-            .or_else(|e| match &e {
-                sqlx::Error::Database(d) if d.code().as_deref() == Some("42P01") => Ok(None),
-                _ => Err(e),
-            })?;
-    Ok(applied == Some(latest))
-}

@@ -3,11 +3,12 @@
 //! Writes go to the event store (so a read by id is current at once); search reads the
 //! `patient_search` read model, which follows the events within moments.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::patient::{
     AdministrativeGender, ArchivePatient, BirthDate, CorrectDemographics, Patient, PatientCommand,
@@ -339,40 +340,70 @@ async fn read(
     respond(StatusCode::OK, &patient, version, false)
 }
 
-/// What a caller sent with a command on an existing patient.
-struct Sent<'a> {
-    headers: &'a HeaderMap,
-    body: &'a JsonObject,
+/// Everything a command on an existing patient arrives with. Extracted in the order that
+/// decides which error a caller sees first: authentication, then the path, then the body.
+struct CommandRequest {
+    user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    raw_id: String,
+    body: JsonObject,
+}
+
+impl FromRequest<AppState> for CommandRequest {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let user = AuthUser::from_request_parts(&mut parts, state).await?;
+        let Ok(ctx) = RequestContext::from_request_parts(&mut parts, state).await;
+        let Path(raw_id) = Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|_| ApiError::invalid_parameter("id", "must be a UUID"))?;
+        let headers = parts.headers.clone();
+        let body = JsonObject::from_request(Request::from_parts(parts, body), state).await?;
+        Ok(Self {
+            user,
+            ctx,
+            headers,
+            raw_id,
+            body,
+        })
+    }
 }
 
 /// Shared shape of the commands on an existing patient: If-Match, idempotency, execute.
 async fn change(
     state: &AppState,
-    user: &AuthUser,
-    ctx: &RequestContext,
-    sent: Sent<'_>,
-    raw_id: &str,
+    req: &CommandRequest,
     path_suffix: &str,
     command: Result<PatientCommand, ApiError>,
 ) -> Result<Response, ApiError> {
-    let Sent { headers, body } = sent;
-    let id = patient_id(raw_id)?;
+    let id = patient_id(&req.raw_id)?;
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
     let path = format!("/v1/patients/{id}/{path_suffix}");
-    idempotent(state, user, headers, &path, &body.raw, |_key| async {
-        let expected = if_match(headers)?;
-        let command = command?;
-        let (patient, version) = state
-            .store
-            .execute(id, Some(expected), command, metadata(user, ctx))
-            .await?;
-        tracing::info!(patient_id = %id, version, "patient changed");
-        Ok(Outcome {
-            status: StatusCode::OK,
-            id,
-            version,
-            patient: Some(patient),
-        })
-    })
+    idempotent(
+        state,
+        &req.user,
+        &req.headers,
+        &path,
+        &req.body.raw,
+        |_key| async {
+            let expected = if_match(&req.headers)?;
+            let command = command?;
+            let (patient, version) = state
+                .store
+                .execute(id, Some(expected), command, metadata(&req.user, &req.ctx))
+                .await?;
+            tracing::info!(version, "patient changed");
+            Ok(Outcome {
+                status: StatusCode::OK,
+                id,
+                version,
+                patient: Some(patient),
+            })
+        },
+    )
     .await
 }
 
@@ -385,121 +416,68 @@ fn reason_only(body: &JsonObject) -> Result<Reason, ApiError> {
     reason.ok_or_else(|| ApiError::Validation(FieldErrors::new()))
 }
 
+fn correction(body: &JsonObject, now: DateTime<Utc>) -> Result<PatientCommand, ApiError> {
+    let mut fields = Fields::new(
+        &body.object,
+        "",
+        &["name", "birth_date", "gender", "reason"],
+    );
+    let name = parse_name(&mut fields, false);
+    let birth_date = fields
+        .optional_string("birth_date")
+        .and_then(|v| fields.check(BirthDate::parse("birth_date", v, now.date_naive())));
+    let gender = fields
+        .optional_string("gender")
+        .and_then(|v| fields.check(AdministrativeGender::parse("gender", v)));
+    let reason = fields
+        .string("reason")
+        .and_then(|v| fields.check(Reason::parse("reason", v)));
+    if !fields.present("name") && !fields.present("birth_date") && !fields.present("gender") {
+        fields.errors.push(domain::FieldError::new(
+            "",
+            "give at least one of name, birth_date, gender",
+        ));
+    }
+    fields.finish()?;
+    Ok(PatientCommand::CorrectDemographics(CorrectDemographics {
+        name,
+        birth_date,
+        gender,
+        reason: reason.ok_or_else(|| ApiError::Validation(FieldErrors::new()))?,
+        at: now,
+    }))
+}
+
 /// `POST /v1/patients/{id}/correct-demographics` with `If-Match`: corrects name, birth date or
 /// gender, with a reason.
-#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id = %raw_id))]
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
 async fn correct_demographics(
     State(state): State<AppState>,
-    user: AuthUser,
-    ctx: RequestContext,
-    headers: HeaderMap,
-    Path(raw_id): Path<String>,
-    body: JsonObject,
+    req: CommandRequest,
 ) -> Result<Response, ApiError> {
-    user.require(Action::CorrectDemographics)?;
-    let now = (state.clock)();
-    let command = (|| {
-        let mut fields = Fields::new(
-            &body.object,
-            "",
-            &["name", "birth_date", "gender", "reason"],
-        );
-        let name = parse_name(&mut fields, false);
-        let birth_date = fields
-            .optional_string("birth_date")
-            .and_then(|v| fields.check(BirthDate::parse("birth_date", v, now.date_naive())));
-        let gender = fields
-            .optional_string("gender")
-            .and_then(|v| fields.check(AdministrativeGender::parse("gender", v)));
-        let reason = fields
-            .string("reason")
-            .and_then(|v| fields.check(Reason::parse("reason", v)));
-        if !fields.present("name") && !fields.present("birth_date") && !fields.present("gender") {
-            fields.errors.push(domain::FieldError::new(
-                "",
-                "give at least one of name, birth_date, gender",
-            ));
-        }
-        fields.finish()?;
-        Ok(PatientCommand::CorrectDemographics(CorrectDemographics {
-            name,
-            birth_date,
-            gender,
-            reason: reason.ok_or_else(|| ApiError::Validation(FieldErrors::new()))?,
-            at: now,
-        }))
-    })();
-    change(
-        &state,
-        &user,
-        &ctx,
-        Sent {
-            headers: &headers,
-            body: &body,
-        },
-        &raw_id,
-        "correct-demographics",
-        command,
-    )
-    .await
+    req.user.require(Action::CorrectDemographics)?;
+    let command = correction(&req.body, (state.clock)());
+    change(&state, &req, "correct-demographics", command).await
 }
 
 /// `POST /v1/patients/{id}/archive` with `If-Match` and a reason.
-#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id = %raw_id))]
-async fn archive(
-    State(state): State<AppState>,
-    user: AuthUser,
-    ctx: RequestContext,
-    headers: HeaderMap,
-    Path(raw_id): Path<String>,
-    body: JsonObject,
-) -> Result<Response, ApiError> {
-    user.require(Action::ArchivePatient)?;
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn archive(State(state): State<AppState>, req: CommandRequest) -> Result<Response, ApiError> {
+    req.user.require(Action::ArchivePatient)?;
     let at = (state.clock)();
     let command =
-        reason_only(&body).map(|reason| PatientCommand::Archive(ArchivePatient { reason, at }));
-    change(
-        &state,
-        &user,
-        &ctx,
-        Sent {
-            headers: &headers,
-            body: &body,
-        },
-        &raw_id,
-        "archive",
-        command,
-    )
-    .await
+        reason_only(&req.body).map(|reason| PatientCommand::Archive(ArchivePatient { reason, at }));
+    change(&state, &req, "archive", command).await
 }
 
 /// `POST /v1/patients/{id}/restore` with `If-Match` and a reason.
-#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id = %raw_id))]
-async fn restore(
-    State(state): State<AppState>,
-    user: AuthUser,
-    ctx: RequestContext,
-    headers: HeaderMap,
-    Path(raw_id): Path<String>,
-    body: JsonObject,
-) -> Result<Response, ApiError> {
-    user.require(Action::RestorePatient)?;
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn restore(State(state): State<AppState>, req: CommandRequest) -> Result<Response, ApiError> {
+    req.user.require(Action::RestorePatient)?;
     let at = (state.clock)();
     let command =
-        reason_only(&body).map(|reason| PatientCommand::Restore(RestorePatient { reason, at }));
-    change(
-        &state,
-        &user,
-        &ctx,
-        Sent {
-            headers: &headers,
-            body: &body,
-        },
-        &raw_id,
-        "restore",
-        command,
-    )
-    .await
+        reason_only(&req.body).map(|reason| PatientCommand::Restore(RestorePatient { reason, at }));
+    change(&state, &req, "restore", command).await
 }
 
 const SEARCH_PARAMS: &[&str] = &[

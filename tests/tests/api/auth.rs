@@ -4,14 +4,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-async fn no_kafka() -> TestApp {
-    TestApp::spawn_with(AppOptions {
-        kafka: false,
-        ..AppOptions::default()
-    })
-    .await
-}
-
 fn token_signed_with(secret: &str, exp_offset_secs: i64) -> String {
     let now = chrono::Utc::now().timestamp();
     let claims =
@@ -34,7 +26,7 @@ fn jsonwebtoken_encode(secret: &str, claims: &Value) -> String {
 #[tokio::test]
 async fn requests_without_a_valid_token_get_401_and_write_nothing() {
     // Arrange
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let url = format!("{}/v1/patients", app.address);
     let body = patient("Ada", "Lovelace", "1990-12-10");
     let cases = [
@@ -70,7 +62,7 @@ async fn requests_without_a_valid_token_get_401_and_write_nothing() {
 #[tokio::test]
 async fn roles_get_exactly_what_the_policy_table_allows() {
     // Arrange
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let id = app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
         .as_str()
         .unwrap()
@@ -146,7 +138,7 @@ async fn roles_get_exactly_what_the_policy_table_allows() {
 
 #[tokio::test]
 async fn a_token_with_no_known_role_is_forbidden_everywhere() {
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let token = app.token("nobody", &[]);
 
     let register = app

@@ -4,14 +4,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-async fn no_kafka() -> TestApp {
-    TestApp::spawn_with(AppOptions {
-        kafka: false,
-        ..AppOptions::default()
-    })
-    .await
-}
-
 async fn registered(app: &TestApp) -> String {
     app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
         .as_str()
@@ -22,7 +14,7 @@ async fn registered(app: &TestApp) -> String {
 #[tokio::test]
 async fn a_correction_with_the_current_etag_changes_the_record_and_the_search() {
     // Arrange
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let id = registered(&app).await;
     app.search_until("family=lovelace", 1).await;
 
@@ -66,7 +58,7 @@ async fn a_correction_with_the_current_etag_changes_the_record_and_the_search() 
 
 #[tokio::test]
 async fn a_stale_if_match_gets_412_with_the_current_etag_and_changes_nothing() {
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let id = registered(&app).await;
     app.command(
         &id,
@@ -93,7 +85,7 @@ async fn a_stale_if_match_gets_412_with_the_current_etag_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_change_without_if_match_gets_428() {
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let id = registered(&app).await;
 
     let response = app
@@ -115,7 +107,7 @@ async fn a_change_without_if_match_gets_428() {
 #[tokio::test]
 async fn archiving_hides_the_patient_from_default_search_and_restoring_brings_them_back() {
     // Arrange
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let id = registered(&app).await;
     app.search_until("family=lovelace", 1).await;
 
@@ -149,7 +141,7 @@ async fn archiving_hides_the_patient_from_default_search_and_restoring_brings_th
 
 #[tokio::test]
 async fn business_rules_answer_with_their_code_and_change_nothing() {
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let id = registered(&app).await;
     let nothing = app
         .command(
@@ -209,7 +201,7 @@ async fn business_rules_answer_with_their_code_and_change_nothing() {
 
 #[tokio::test]
 async fn a_correction_needs_a_reason_and_something_to_correct() {
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let id = registered(&app).await;
 
     let response = app

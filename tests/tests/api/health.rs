@@ -4,11 +4,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn live_and_ready_answer_without_a_token() {
-    let app = TestApp::spawn_with(AppOptions {
-        kafka: false,
-        ..AppOptions::default()
-    })
-    .await;
+    let app = TestApp::without_kafka().await;
 
     let live = app
         .client
@@ -32,11 +28,7 @@ async fn live_and_ready_answer_without_a_token() {
 
 #[tokio::test]
 async fn ready_is_503_while_migrations_are_missing() {
-    let app = TestApp::spawn_with(AppOptions {
-        kafka: false,
-        ..AppOptions::default()
-    })
-    .await;
+    let app = TestApp::without_kafka().await;
     sqlx::query(
         "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
     )
@@ -57,11 +49,7 @@ async fn ready_is_503_while_migrations_are_missing() {
 
 #[tokio::test]
 async fn every_response_carries_a_request_id_and_a_plain_one_is_echoed() {
-    let app = TestApp::spawn_with(AppOptions {
-        kafka: false,
-        ..AppOptions::default()
-    })
-    .await;
+    let app = TestApp::without_kafka().await;
 
     let echoed = app
         .client

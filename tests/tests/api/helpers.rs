@@ -96,6 +96,15 @@ impl TestApp {
         Self::spawn_with(AppOptions::default()).await
     }
 
+    /// The service with projectors reading the event store (no broker involved).
+    pub async fn without_kafka() -> Self {
+        Self::spawn_with(AppOptions {
+            kafka: false,
+            ..AppOptions::default()
+        })
+        .await
+    }
+
     pub async fn spawn_with(options: AppOptions) -> Self {
         init_logging();
         let (_, database_url) = create_database().await;
@@ -284,11 +293,28 @@ pub async fn consume_until(
     let mut records = Vec::new();
     while !done(&records) {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !remaining.is_zero(),
-            "only {} records arrived before the deadline",
-            records.len()
-        );
+        if remaining.is_zero() {
+            let mut furthest: std::collections::BTreeMap<i32, i64> = Default::default();
+            for r in &records {
+                let at = furthest.entry(r.partition()).or_insert(-1);
+                *at = (*at).max(r.offset());
+            }
+            let watermarks: Vec<(i32, (i64, i64))> = furthest
+                .keys()
+                .map(|p| {
+                    (
+                        *p,
+                        consumer
+                            .fetch_watermarks(r_topic(&records), *p, Duration::from_secs(5))
+                            .unwrap_or((-1, -1)),
+                    )
+                })
+                .collect();
+            panic!(
+                "only {} records arrived before the deadline; furthest offset per partition {furthest:?}, watermarks {watermarks:?}",
+                records.len()
+            );
+        }
         if let Ok(Ok(message)) =
             tokio::time::timeout(remaining.min(Duration::from_secs(1)), consumer.recv()).await
         {
@@ -296,6 +322,10 @@ pub async fn consume_until(
         }
     }
     records
+}
+
+fn r_topic(records: &[OwnedMessage]) -> &str {
+    records.first().map_or("", |r| r.topic())
 }
 
 pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {

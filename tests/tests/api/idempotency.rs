@@ -4,18 +4,10 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-async fn no_kafka() -> TestApp {
-    TestApp::spawn_with(AppOptions {
-        kafka: false,
-        ..AppOptions::default()
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_repeated_registration_with_the_same_key_returns_the_first_answer() {
     // Arrange
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let body = patient("Ada", "Lovelace", "1990-12-10");
     let token = app.registrar();
 
@@ -41,7 +33,7 @@ async fn a_repeated_registration_with_the_same_key_returns_the_first_answer() {
 
 #[tokio::test]
 async fn concurrent_repeats_of_one_key_register_one_patient() {
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let body = patient("Ada", "Lovelace", "1990-12-10");
     let token = app.registrar();
 
@@ -69,7 +61,7 @@ async fn concurrent_repeats_of_one_key_register_one_patient() {
 
 #[tokio::test]
 async fn a_key_reused_for_a_different_request_is_refused() {
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let token = app.registrar();
     app.post(
         "/v1/patients",
@@ -97,7 +89,7 @@ async fn a_key_reused_for_a_different_request_is_refused() {
 
 #[tokio::test]
 async fn keys_are_per_user() {
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let body = patient("Ada", "Lovelace", "1990-12-10");
 
     let a = app
@@ -125,7 +117,7 @@ async fn keys_are_per_user() {
 
 #[tokio::test]
 async fn a_repeated_archive_with_the_same_key_returns_the_first_answer() {
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let id = app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
         .as_str()
         .unwrap()

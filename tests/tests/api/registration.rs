@@ -156,11 +156,7 @@ async fn every_patient_event_type_is_published_valid_against_its_schema() {
 #[tokio::test]
 async fn get_returns_the_current_record_with_its_etag() {
     // Arrange
-    let app = TestApp::spawn_with(AppOptions {
-        kafka: false,
-        ..AppOptions::default()
-    })
-    .await;
+    let app = TestApp::without_kafka().await;
     let id = app.register_ok("Grace", "Hopper", "1906-12-09").await["id"]
         .as_str()
         .unwrap()
@@ -192,11 +188,7 @@ async fn get_returns_the_current_record_with_its_etag() {
 
 #[tokio::test]
 async fn get_of_an_unknown_patient_is_404_and_of_a_malformed_id_is_400() {
-    let app = TestApp::spawn_with(AppOptions {
-        kafka: false,
-        ..AppOptions::default()
-    })
-    .await;
+    let app = TestApp::without_kafka().await;
     let token = app.token("c", &["clinician"]);
 
     let unknown = app
@@ -217,11 +209,7 @@ async fn get_of_an_unknown_patient_is_404_and_of_a_malformed_id_is_400() {
 
 #[tokio::test]
 async fn medical_record_numbers_are_unique_and_carry_a_check_digit() {
-    let app = TestApp::spawn_with(AppOptions {
-        kafka: false,
-        ..AppOptions::default()
-    })
-    .await;
+    let app = TestApp::without_kafka().await;
     let mut seen = HashMap::new();
     for i in 0..5 {
         let body = app

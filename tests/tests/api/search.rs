@@ -7,11 +7,7 @@ use crate::helpers::*;
 #[tokio::test]
 async fn search_matches_prefixes_ignoring_case_and_accents_and_combines_criteria() {
     // Arrange
-    let app = TestApp::spawn_with(AppOptions {
-        kafka: false,
-        ..AppOptions::default()
-    })
-    .await;
+    let app = TestApp::without_kafka().await;
     let zoe = app.register_ok("Zoë", "Müller", "1990-12-10").await;
     app.register_ok("Hans", "Mueller", "1985-01-01").await;
     app.register_ok("Zora", "Miller", "1990-12-10").await;
@@ -41,11 +37,7 @@ async fn search_matches_prefixes_ignoring_case_and_accents_and_combines_criteria
 
 #[tokio::test]
 async fn search_pages_with_a_next_link() {
-    let app = TestApp::spawn_with(AppOptions {
-        kafka: false,
-        ..AppOptions::default()
-    })
-    .await;
+    let app = TestApp::without_kafka().await;
     for i in 0..5 {
         app.register_ok(&format!("P{i}"), "Page", "1970-01-01")
             .await;

@@ -4,18 +4,10 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-async fn no_kafka() -> TestApp {
-    TestApp::spawn_with(AppOptions {
-        kafka: false,
-        ..AppOptions::default()
-    })
-    .await
-}
-
 #[tokio::test]
 async fn each_kind_of_bad_registration_is_refused_naming_the_field_and_writes_nothing() {
     // Arrange
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let good = patient("Ada", "Lovelace", "1990-12-10");
     let with = |pointer: &str, value: Value| {
         let mut body = good.clone();
@@ -135,7 +127,7 @@ async fn each_kind_of_bad_registration_is_refused_naming_the_field_and_writes_no
 
 #[tokio::test]
 async fn every_bad_field_is_reported_at_once() {
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
 
     let response = app
         .register(&json!({ "name": { "given": [""], "family": "" }, "birth_date": "3000-01-01", "gender": "x" }))
@@ -157,7 +149,7 @@ async fn every_bad_field_is_reported_at_once() {
 
 #[tokio::test]
 async fn malformed_json_wrong_media_type_and_oversized_bodies_are_refused() {
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let url = format!("{}/v1/patients", app.address);
     let token = app.registrar();
 
@@ -208,7 +200,7 @@ async fn malformed_json_wrong_media_type_and_oversized_bodies_are_refused() {
 
 #[tokio::test]
 async fn bad_search_parameters_are_refused_naming_the_parameter() {
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
     let token = app.token("c", &["clinician"]);
     let cases = [
         ("family=a&limit=0", "limit"),
@@ -238,7 +230,7 @@ async fn bad_search_parameters_are_refused_naming_the_parameter() {
 
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_problem_json() {
-    let app = no_kafka().await;
+    let app = TestApp::without_kafka().await;
 
     let missing = app.get("/v1/nothing-here", &app.registrar()).await;
     let method = app
