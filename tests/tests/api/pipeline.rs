@@ -239,13 +239,17 @@ async fn registrations_succeed_while_the_broker_is_down_and_are_published_when_i
 
 #[tokio::test]
 async fn a_relay_killed_mid_stream_and_restarted_loses_nothing_and_repeats_are_absorbed() {
-    // Arrange: events written with no relay running; projectors consume Kafka.
+    // Arrange: events written with no relay running; projectors consume Kafka. A broker of its
+    // own, on durable storage: killing a producer mid-request is hard on a broker, and this
+    // test is about our relay, not about the shared broker's in-memory storage.
+    let broker = Broker::start().await;
     let app = TestApp::spawn_with(AppOptions {
         roles: Roles {
             api: true,
             relay: false,
             projectors: true,
         },
+        brokers: Some(broker.address()),
         ..AppOptions::default()
     })
     .await;
@@ -276,7 +280,7 @@ async fn a_relay_killed_mid_stream_and_restarted_loses_nothing_and_repeats_are_a
         Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
             .arg("relay")
             .env("DATABASE_URL", &app.database_url)
-            .env("KAFKA_BROKERS", brokers())
+            .env("KAFKA_BROKERS", broker.address())
             .env("APP_KAFKA__TOPIC_PREFIX", &app.settings.kafka.topic_prefix)
             .env("APP_KAFKA__RELAY_BATCH_SIZE", "5")
             .env("APP_LOG__LEVEL", "warn")
