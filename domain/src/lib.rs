@@ -5,10 +5,12 @@
 //! # Layout
 //!
 //! - [`patient`]: patient data management (registration, demographics, archive).
+//! - [`matching`]: duplicate detection (blocking and Fellegi-Sunter scoring).
 //! - [`validation`]: the field-level error type shared by every value type's parser.
 //!
 //! The brief's medical records and scheduling areas get their own modules as they arrive.
 
+pub mod matching;
 pub mod patient;
 pub mod validation;
 

@@ -6,6 +6,7 @@
 
 mod aggregate;
 mod commands;
+pub mod contact;
 mod events;
 mod values;
 
