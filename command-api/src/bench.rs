@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use serde_json::json;
 use sqlx::PgPool;
 
 use crate::auth::{Authenticator, Role};
@@ -97,11 +96,7 @@ async fn measure(settings: &Settings, service: &Service, args: &BenchArgs) -> an
 }
 
 fn registration(i: usize) -> serde_json::Value {
-    json!({
-        "name": { "given": [format!("Bench{i}")], "family": "Benchmark" },
-        "birth_date": "1980-01-01",
-        "gender": "unknown"
-    })
+    crate::synthetic::registration(i as u64, None)
 }
 
 async fn register(

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use projections::patient_match::PatientMatch;
 use projections::patient_search::PatientSearch;
+use projections::{Projector, ReadModel};
 use sqlx::PgPool;
 
 use crate::auth::{Authenticator, Role};
@@ -103,15 +105,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rebuild => {
             let events = with_database(&settings, |pool| async move {
-                let projector = projections::Projector::new(pool, PatientSearch);
-                projector.reset().await?;
-                let mut total = 0;
-                loop {
-                    match startup::project_available(&projector).await? {
-                        0 => return Ok(total),
-                        n => total += n,
-                    }
-                }
+                Ok(rebuild(Projector::new(pool.clone(), PatientSearch)).await?
+                    + rebuild(Projector::new(pool, PatientMatch)).await?)
             })
             .await?;
             tracing::info!(events, "read models rebuilt");
@@ -148,4 +143,16 @@ where
         cluster.stop()?;
     }
     result
+}
+
+/// Empties one read model and replays the whole event store into it; returns the events read.
+async fn rebuild<M: ReadModel>(projector: Projector<M>) -> anyhow::Result<usize> {
+    projector.reset().await?;
+    let mut total = 0;
+    loop {
+        match startup::project_available(&projector).await? {
+            0 => return Ok(total),
+            n => total += n,
+        }
+    }
 }

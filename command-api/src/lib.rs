@@ -10,6 +10,7 @@
 //! - [`http`]: routes, extractors, problem+json errors.
 //! - [`auth`]: bearer JWT and the policy table.
 //! - [`embedded_postgres`]: the private cluster `serve` runs with no database configured.
+//! - [`matching`]: duplicate detection against the `patient_match` read model.
 //! - [`bench`]: the benchmark behind `patient-service bench`.
 
 pub mod auth;
@@ -18,5 +19,7 @@ pub mod cli;
 pub mod configuration;
 pub mod embedded_postgres;
 pub mod http;
+pub mod matching;
 pub mod startup;
+pub mod synthetic;
 pub mod telemetry;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use event_store::relay::{Relay, RelaySettings};
 use event_store::stream::{self, Cursor, COMMIT_CHANNEL};
+use projections::patient_match::PatientMatch;
 use projections::patient_search::PatientSearch;
 use projections::{Projector, ReadModel, StreamPosition};
 use secrecy::ExposeSecret;
@@ -205,36 +206,18 @@ impl Service {
             }
         }
         if roles.projectors {
-            let projector = Projector::new(pool.clone(), PatientSearch);
-            match &kafka {
-                Some(kafka) => {
-                    let mut kafka = kafka.clone();
-                    // How long the broker may hold an empty fetch: an upper bound on projection
-                    // lag with brokers that do not answer a waiting fetch as data arrives.
-                    kafka.set(
-                        "fetch.wait.max.ms",
-                        settings.kafka.fetch_wait_max_ms.to_string(),
-                    );
-                    let group = format!(
-                        "{}{}.{}",
-                        settings.kafka.topic_prefix,
-                        settings.kafka.consumer_group_prefix,
-                        projector.model().name()
-                    );
-                    let prefix = settings.kafka.topic_prefix.clone();
-                    let token = shutdown.clone();
-                    tasks.spawn(async move {
-                        if let Err(e) =
-                            projections::kafka::run(projector, &kafka, &group, &prefix, token).await
-                        {
-                            tracing::error!(error.message = %e, "projector could not start");
-                        }
-                    });
-                }
-                None => {
-                    tasks.spawn(run_stream_projector(projector, shutdown.clone()));
-                }
-            }
+            spawn_projector(
+                &mut tasks,
+                Projector::new(pool.clone(), PatientSearch),
+                settings,
+                &shutdown,
+            );
+            spawn_projector(
+                &mut tasks,
+                Projector::new(pool.clone(), PatientMatch),
+                settings,
+                &shutdown,
+            );
         }
         let mut port = None;
         if roles.api {
@@ -309,6 +292,43 @@ impl Service {
         }
         self.stop().await
     }
+}
+
+/// Runs a projector as a member of its Kafka consumer group when brokers are configured, or
+/// on the event store's stream when not.
+fn spawn_projector<M: ReadModel>(
+    tasks: &mut JoinSet<()>,
+    projector: Projector<M>,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) {
+    let token = shutdown.clone();
+    let Some(mut kafka) = settings.kafka.client_config() else {
+        tasks.spawn(run_stream_projector(projector, token));
+        return;
+    };
+    // How long the broker may hold an empty fetch: an upper bound on projection lag with
+    // brokers that do not answer a waiting fetch as data arrives.
+    kafka.set(
+        "fetch.wait.max.ms",
+        settings.kafka.fetch_wait_max_ms.to_string(),
+    );
+    let group = format!(
+        "{}{}.{}",
+        settings.kafka.topic_prefix,
+        settings.kafka.consumer_group_prefix,
+        projector.model().name()
+    );
+    let kafka_settings = settings.kafka.clone();
+    tasks.spawn(async move {
+        if !topics_ready(&kafka, &kafka_settings, &token).await {
+            return;
+        }
+        let prefix = &kafka_settings.topic_prefix;
+        if let Err(e) = projections::kafka::run(projector, &kafka, &group, prefix, token).await {
+            tracing::error!(error.message = %e, "projector could not start");
+        }
+    });
 }
 
 /// Creates the topics, retrying while the brokers are unreachable (Kafka being down must not

@@ -131,6 +131,67 @@ fn soundex(word: &str) -> String {
 }
 
 impl MatchRecord {
+    /// A record of a name and birth date; add the rest with the `with_` methods.
+    pub fn new(given: &[String], family: &str, birth_date: Option<NaiveDate>) -> Self {
+        Self {
+            given: given.first().map(|g| fold(g)).unwrap_or_default(),
+            family: fold(family),
+            birth_date,
+            ..Self::default()
+        }
+    }
+
+    /// Adds an identifier; national ones are compared as letters and digits only.
+    pub fn with_identifier(mut self, system: &str, value: &str, national: bool) -> Self {
+        if national {
+            let id: String = value
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .flat_map(char::to_lowercase)
+                .collect();
+            if !id.is_empty() {
+                self.national_ids.push(id);
+            }
+        } else {
+            self.identifiers
+                .push(format!("{system}|{}", value.trim().to_lowercase()));
+        }
+        self
+    }
+
+    pub fn with_phone(mut self, e164: &str) -> Self {
+        self.phones.push(e164.to_owned());
+        self
+    }
+
+    pub fn with_email(mut self, address: &str) -> Self {
+        self.emails.push(address.trim().to_lowercase());
+        self
+    }
+
+    /// Sets the address compared: the house number is the first word of the first line when
+    /// it starts with a digit, the street the rest of that line.
+    pub fn with_address(
+        mut self,
+        lines: &[String],
+        city: &str,
+        postal_code: &str,
+        state: &str,
+    ) -> Self {
+        let first = fold(lines.first().map(String::as_str).unwrap_or_default());
+        match first.split_once(' ') {
+            Some((number, street)) if number.starts_with(|c: char| c.is_ascii_digit()) => {
+                self.street_number = number.to_owned();
+                self.street = street.to_owned();
+            }
+            _ => self.street = first,
+        }
+        self.city = fold(city);
+        self.postal_code = postal_code.trim().to_uppercase();
+        self.state = fold(state);
+        self
+    }
+
     /// The blocks this record belongs to. Two records are compared only if they share one;
     /// the keys are chosen so a true duplicate shares at least one despite a typo in any one
     /// field.

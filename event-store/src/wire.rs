@@ -83,6 +83,49 @@ fn gender_to_v1(gender: patient::AdministrativeGender) -> v1::AdministrativeGend
     }
 }
 
+fn identifier_to_v1(id: &patient::contact::Identifier) -> v1::Identifier {
+    v1::Identifier {
+        system: id.system.clone(),
+        value: id.value.clone(),
+        national: id.national,
+    }
+}
+
+fn contact_to_v1(contact: &patient::contact::ContactInformation) -> v1::ContactInformation {
+    v1::ContactInformation {
+        phones: contact
+            .phones
+            .iter()
+            .map(|p| v1::Phone {
+                number: p.number.as_str().to_owned(),
+                phone_use: p.phone_use.code().to_owned(),
+                preferred: p.preferred,
+            })
+            .collect(),
+        emails: contact
+            .emails
+            .iter()
+            .map(|e| v1::Email {
+                address: e.address.as_str().to_owned(),
+                preferred: e.preferred,
+            })
+            .collect(),
+        addresses: contact
+            .addresses
+            .iter()
+            .map(|a| v1::Address {
+                address_use: a.address_use.code().to_owned(),
+                lines: a.lines.clone(),
+                city: a.city.clone(),
+                state: a.state.clone(),
+                postal_code: a.postal_code.clone(),
+                country: a.country.as_ref().map(|c| c.as_str().to_owned()),
+                preferred: a.preferred,
+            })
+            .collect(),
+    }
+}
+
 /// The v1 wire form of a domain patient event.
 pub fn patient_to_v1(patient_id: uuid::Uuid, event: patient::PatientEvent) -> v1::PatientEvent {
     match event {
@@ -91,8 +134,14 @@ pub fn patient_to_v1(patient_id: uuid::Uuid, event: patient::PatientEvent) -> v1
                 patient_id,
                 mrn: e.mrn.as_str().to_owned(),
                 name: name_to_v1(&e.name),
-                birth_date: e.birth_date.date(),
+                birth_date: e.birth_date.map(|d| d.date()),
                 gender: gender_to_v1(e.gender),
+                identifiers: e.identifiers.iter().map(identifier_to_v1).collect(),
+                contact: contact_to_v1(&e.contact),
+                duplicate_override: e.duplicate_override.map(|o| v1::DuplicateOverride {
+                    reason: o.reason.as_str().to_owned(),
+                    candidates: o.candidates.iter().map(|c| c.as_uuid()).collect(),
+                }),
                 registered_at: e.registered_at,
             })
         }
@@ -100,7 +149,7 @@ pub fn patient_to_v1(patient_id: uuid::Uuid, event: patient::PatientEvent) -> v1
             v1::PatientEvent::DemographicsCorrected(v1::DemographicsCorrected {
                 patient_id,
                 name: name_to_v1(&e.name),
-                birth_date: e.birth_date.date(),
+                birth_date: e.birth_date.map(|d| d.date()),
                 gender: gender_to_v1(e.gender),
                 reason: e.reason.as_str().to_owned(),
                 corrected_at: e.corrected_at,

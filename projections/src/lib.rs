@@ -12,8 +12,10 @@
 //!   sequence order, in one transaction with its bookkeeping.
 //! - [`kafka`]: the consumer-group loop (offsets stored only after the transaction commits).
 //! - [`patient_search`]: the search read model and its queries.
+//! - [`patient_match`]: the matcher's view of every patient, for duplicate detection.
 
 pub mod kafka;
+pub mod patient_match;
 pub mod patient_search;
 pub mod runtime;
 

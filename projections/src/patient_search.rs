@@ -9,21 +9,11 @@ use schemas::patient::v1;
 use schemas::{DecodeError, PublishedEvent};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, QueryBuilder, Row};
-use unicode_normalization::char::is_combining_mark;
-use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 
 use crate::runtime::{ProjectionError, ReadModel};
 
-/// Lowercase, accents removed, inner whitespace collapsed: the form names are matched in.
-pub fn fold(text: &str) -> String {
-    let stripped: String = text.nfkd().filter(|c| !is_combining_mark(*c)).collect();
-    stripped
-        .to_lowercase()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+pub use domain::matching::fold;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PatientSearch;
@@ -158,7 +148,7 @@ pub struct PatientSummary {
     pub id: Uuid,
     pub mrn: String,
     pub name: v1::HumanName,
-    pub birth_date: NaiveDate,
+    pub birth_date: Option<NaiveDate>,
     pub gender: String,
     pub status: String,
     pub version: i64,
@@ -189,6 +179,37 @@ fn like_prefix(text: &str) -> String {
     }
     escaped.push('%');
     escaped
+}
+
+/// The summaries of the patients `ids` (those the read model has).
+///
+/// # Errors
+///
+/// The database error.
+pub async fn by_ids(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<PatientSummary>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT patient_id, mrn, given, family, birth_date, gender, status, version
+           FROM projections.patient_search WHERE patient_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(summary).collect()
+}
+
+fn summary(row: &sqlx::postgres::PgRow) -> Result<PatientSummary, sqlx::Error> {
+    Ok(PatientSummary {
+        id: row.try_get("patient_id")?,
+        mrn: row.try_get("mrn")?,
+        name: v1::HumanName {
+            given: row.try_get("given")?,
+            family: row.try_get("family")?,
+        },
+        birth_date: row.try_get("birth_date")?,
+        gender: row.try_get("gender")?,
+        status: row.try_get("status")?,
+        version: row.try_get("version")?,
+    })
 }
 
 /// Searches the read model, ordered by family name, given names and id.
@@ -230,20 +251,7 @@ pub async fn search(pool: &PgPool, criteria: &Criteria) -> Result<Page, sqlx::Er
     let rows = query.build().fetch_all(pool).await?;
     let mut items = rows
         .iter()
-        .map(|row| {
-            Ok(PatientSummary {
-                id: row.try_get("patient_id")?,
-                mrn: row.try_get("mrn")?,
-                name: v1::HumanName {
-                    given: row.try_get("given")?,
-                    family: row.try_get("family")?,
-                },
-                birth_date: row.try_get("birth_date")?,
-                gender: row.try_get("gender")?,
-                status: row.try_get("status")?,
-                version: row.try_get("version")?,
-            })
-        })
+        .map(summary)
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let has_more = items.len() > criteria.limit as usize;
     items.truncate(criteria.limit as usize);

@@ -8,6 +8,7 @@
 //! | restore patient      |   x   |     x     |           |           |         |
 //! | read patient         |   x   |     x     |     x     |     x     |    x    |
 //! | search patients      |   x   |     x     |     x     |     x     |         |
+//! | match patients       |   x   |     x     |           |           |         |
 //!
 //! The `patient` and `service` roles are recognised but, until per-patient data permissions
 //! arrive, may do none of these.
@@ -61,16 +62,18 @@ pub enum Action {
     RestorePatient,
     ReadPatient,
     SearchPatients,
+    MatchPatients,
 }
 
 impl Action {
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 7] = [
         Action::RegisterPatient,
         Action::CorrectDemographics,
         Action::ArchivePatient,
         Action::RestorePatient,
         Action::ReadPatient,
         Action::SearchPatients,
+        Action::MatchPatients,
     ];
 }
 
@@ -89,6 +92,7 @@ const POLICY: &[(Action, &[Role])] = &[
         Action::SearchPatients,
         &[Admin, Registrar, Clinician, Scheduler],
     ),
+    (Action::MatchPatients, &[Admin, Registrar]),
 ];
 
 /// Whether `role` may do `action`.

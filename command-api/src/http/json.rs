@@ -149,6 +149,28 @@ impl<'a> Fields<'a> {
         Some(out)
     }
 
+    pub fn optional_array(&mut self, key: &str) -> Option<&'a Vec<Value>> {
+        match self.get(key)? {
+            Value::Array(items) => Some(items),
+            _ => {
+                self.errors
+                    .push(FieldError::new(self.path(key), "must be an array"));
+                None
+            }
+        }
+    }
+
+    pub fn optional_bool(&mut self, key: &str) -> Option<bool> {
+        match self.get(key)? {
+            Value::Bool(b) => Some(*b),
+            _ => {
+                self.errors
+                    .push(FieldError::new(self.path(key), "must be true or false"));
+                None
+            }
+        }
+    }
+
     pub fn optional_object(&mut self, key: &str) -> Option<&'a Map<String, Value>> {
         match self.get(key)? {
             Value::Object(o) => Some(o),

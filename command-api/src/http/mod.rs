@@ -2,7 +2,8 @@
 //! (request id, trace context, timeout, body limit, problem+json for every error).
 
 mod health;
-mod json;
+pub mod json;
+pub mod patient_input;
 mod patients;
 mod problem;
 

@@ -11,12 +11,12 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::patient::{
-    AdministrativeGender, ArchivePatient, BirthDate, CorrectDemographics, Patient, PatientCommand,
-    PatientError, PatientId, PersonName, Reason, RegisterPatient, RestorePatient,
+    AdministrativeGender, ArchivePatient, BirthDate, CorrectDemographics, DuplicateOverride,
+    Patient, PatientCommand, PatientError, PatientId, Reason, RegisterPatient, RestorePatient,
 };
 use domain::FieldErrors;
 use event_store::idempotency::Recorded;
-use event_store::store::{CommandError, CommandMetadata};
+use event_store::store::CommandMetadata;
 use projections::patient_search::{self, Criteria};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -24,11 +24,14 @@ use std::collections::HashMap;
 
 use crate::auth::{Action, AuthUser};
 use crate::http::json::{Fields, JsonObject};
+use crate::http::patient_input;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
+use crate::matching;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/patients", post(register).get(search))
+        .route("/v1/patients/$match", post(match_candidates))
         .route("/v1/patients/{id}", get(read))
         .route(
             "/v1/patients/{id}/correct-demographics",
@@ -44,10 +47,21 @@ struct PatientResource {
     id: uuid::Uuid,
     mrn: String,
     name: NameResource,
-    birth_date: chrono::NaiveDate,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    birth_date: Option<chrono::NaiveDate>,
     gender: &'static str,
+    identifiers: Vec<IdentifierResource>,
+    contact: domain::patient::contact::ContactInformation,
     status: &'static str,
     version: u64,
+}
+
+/// An identifier as shown: national identifiers masked but for their last four characters.
+#[derive(Serialize)]
+struct IdentifierResource {
+    system: String,
+    value: String,
+    national: bool,
 }
 
 #[derive(Serialize)]
@@ -65,8 +79,18 @@ fn resource(patient: &Patient, version: u64) -> Result<PatientResource, ApiError
             given: record.name.given().to_vec(),
             family: record.name.family().to_owned(),
         },
-        birth_date: record.birth_date.date(),
+        birth_date: record.birth_date.map(|d| d.date()),
         gender: record.gender.code(),
+        identifiers: record
+            .identifiers
+            .iter()
+            .map(|id| IdentifierResource {
+                system: id.system.clone(),
+                value: id.display_value(),
+                national: id.national,
+            })
+            .collect(),
+        contact: record.contact.clone(),
         status: record.status.code(),
         version,
     })
@@ -212,44 +236,8 @@ struct Outcome {
     patient: Option<Patient>,
 }
 
-const NAME_FIELDS: &[&str] = &["given", "family"];
-
-fn parse_name(fields: &mut Fields<'_>, required: bool) -> Option<PersonName> {
-    let path = fields.path("name");
-    let object = if required {
-        fields.object("name")
-    } else {
-        fields.optional_object("name")
-    }?;
-    let mut name = Fields::new(object, &path, NAME_FIELDS);
-    let given = name.optional_string_array("given");
-    if given.is_none() && !name.present("given") {
-        name.errors.push(domain::FieldError::new(
-            format!("{path}.given"),
-            "is required",
-        ));
-    }
-    let family = name.string("family");
-    // Parse whatever arrived, so a bad given name is reported even when the family name is
-    // missing; errors on a field already reported are not repeated.
-    let parsed =
-        match PersonName::parse(&path, given.as_deref().unwrap_or(&[]), family.unwrap_or("")) {
-            Ok(n) => Some(n),
-            Err(errors) => {
-                for error in errors.into_vec() {
-                    if !name.errors.iter().any(|e| e.field == error.field) {
-                        name.errors.push(error);
-                    }
-                }
-                None
-            }
-        };
-    let errors = std::mem::take(&mut name.errors);
-    fields.absorb(errors);
-    parsed
-}
-
-/// `POST /v1/patients`: registers a patient; 201 with `Location` and `ETag`.
+/// `POST /v1/patients`: registers a patient; 201 with `Location` and `ETag`; 409 with the
+/// candidates when the matcher finds a likely duplicate and no override reason was given.
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
 async fn register(
     State(state): State<AppState>,
@@ -260,14 +248,7 @@ async fn register(
 ) -> Result<Response, ApiError> {
     user.require(Action::RegisterPatient)?;
     let now = (state.clock)();
-    let mut fields = Fields::new(&body.object, "", &["name", "birth_date", "gender"]);
-    let name = parse_name(&mut fields, true);
-    let birth_date = fields
-        .string("birth_date")
-        .and_then(|v| fields.check(BirthDate::parse("birth_date", v, now.date_naive())));
-    let gender = fields
-        .string("gender")
-        .and_then(|v| fields.check(AdministrativeGender::parse("gender", v)));
+    let input = patient_input::registration(&body.object, now.date_naive());
     let (state_ref, user_ref, ctx_ref) = (&state, &user, &ctx);
     idempotent(
         &state,
@@ -277,11 +258,7 @@ async fn register(
         &body.raw,
         |key| async move {
             let (state, user, ctx) = (state_ref, user_ref, ctx_ref);
-            fields.finish()?;
-            let (Some(name), Some(birth_date), Some(gender)) = (name, birth_date, gender) else {
-                // finish() returned early unless every field parsed; kept total all the same.
-                return Err(ApiError::Validation(FieldErrors::new()));
-            };
+            let input = input?;
             // With a key, the id is derived from it, so even a retry racing the first request, or
             // one after a crash between commit and answer, cannot register the patient twice.
             let id = PatientId::new(match &key {
@@ -291,28 +268,25 @@ async fn register(
                 ),
                 None => uuid::Uuid::new_v4(),
             });
-            let mrn = state.store.next_mrn().await?;
-            let command = PatientCommand::Register(RegisterPatient {
-                patient_id: id,
-                mrn,
-                name,
-                birth_date,
-                gender,
-                at: now,
-            });
-            let (patient, version) = match state
-                .store
-                .execute(id, None, command, metadata(user, ctx))
-                .await
-            {
-                Ok((patient, version)) => (Some(patient), version),
-                // A repeat of this key that raced the first request: answer as the first.
-                Err(CommandError::Rule(PatientError::AlreadyRegistered)) if key.is_some() => {
-                    (None, 1)
-                }
-                Err(e) => return Err(e.into()),
-            };
-            tracing::info!(patient_id = %id, "patient registered");
+            // A repeat of this key that raced the first request: answer as the first, before
+            // the matcher finds the first request's patient a duplicate.
+            if key.is_some() && state.store.load(id).await?.is_some() {
+                return Ok(Outcome {
+                    status: StatusCode::CREATED,
+                    id,
+                    version: 1,
+                    patient: None,
+                });
+            }
+            let (patient, version) =
+                match register_patient(state, id, input, metadata(user, ctx), now).await {
+                    Ok((patient, version)) => (Some(patient), version),
+                    // A repeat of this key that raced the first request: answer as the first.
+                    Err(ApiError::Rule(PatientError::AlreadyRegistered)) if key.is_some() => {
+                        (None, 1)
+                    }
+                    Err(e) => return Err(e),
+                };
             Ok(Outcome {
                 status: StatusCode::CREATED,
                 id,
@@ -322,6 +296,80 @@ async fn register(
         },
     )
     .await
+}
+
+/// Registers `input` as patient `id`, unless the matcher finds them `certain`ly or
+/// `probable` registered already and the caller gave no override reason. The HTTP API and
+/// `patient-service match-eval` both register through here.
+///
+/// # Errors
+///
+/// [`ApiError::PossibleDuplicate`] with the candidates, or the command's error.
+pub async fn register_patient(
+    state: &AppState,
+    id: PatientId,
+    input: patient_input::Registration,
+    metadata: CommandMetadata,
+    now: DateTime<Utc>,
+) -> Result<(Patient, u64), ApiError> {
+    let matches = matching::find_matches(&state.pool, &input.match_record()).await?;
+    let likely: Vec<_> = matches
+        .into_iter()
+        .filter(|m| m.grade.blocks_registration())
+        .collect();
+    let duplicate_override = match (likely.is_empty(), input.duplicate_override) {
+        (true, _) => None,
+        (false, Some(reason)) => Some(DuplicateOverride {
+            reason,
+            candidates: likely.iter().map(|m| PatientId::new(m.id)).collect(),
+        }),
+        (false, None) => return Err(ApiError::PossibleDuplicate(likely)),
+    };
+    let overridden = duplicate_override.is_some();
+    let mrn = state.store.next_mrn().await?;
+    let command = PatientCommand::Register(RegisterPatient {
+        patient_id: id,
+        mrn,
+        name: input.name,
+        birth_date: input.birth_date,
+        gender: input.gender,
+        identifiers: input.identifiers,
+        contact: input.contact,
+        duplicate_override,
+        at: now,
+    });
+    let registered = state.store.execute(id, None, command, metadata).await?;
+    tracing::info!(patient_id = %id, overridden, "patient registered");
+    Ok(registered)
+}
+
+/// `POST /v1/patients/$match`: the registered patients a candidate may be, graded `certain`,
+/// `probable` or `possible`, best first.
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn match_candidates(
+    State(state): State<AppState>,
+    user: AuthUser,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    user.require(Action::MatchPatients)?;
+    let record = patient_input::candidate(&body.object, (state.clock)().date_naive())?;
+    let matches = matching::find_matches(&state.pool, &record).await?;
+    let ids: Vec<uuid::Uuid> = matches.iter().map(|m| m.id).collect();
+    let summaries = patient_search::by_ids(&state.pool, &ids).await?;
+    let candidates: Vec<serde_json::Value> = matches
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "grade": m.grade.code(),
+                "score": m.score,
+                "status": m.status,
+                "patient": summaries.iter().find(|s| s.id == m.id),
+                "href": format!("/v1/patients/{}", m.id),
+            })
+        })
+        .collect();
+    tracing::info!(results = candidates.len(), "patient match");
+    Ok(Json(serde_json::json!({ "candidates": candidates })).into_response())
 }
 
 const IDEMPOTENT_ID_NAMESPACE: uuid::Uuid =
@@ -422,7 +470,7 @@ fn correction(body: &JsonObject, now: DateTime<Utc>) -> Result<PatientCommand, A
         "",
         &["name", "birth_date", "gender", "reason"],
     );
-    let name = parse_name(&mut fields, false);
+    let name = patient_input::name(&mut fields, false);
     let birth_date = fields
         .optional_string("birth_date")
         .and_then(|v| fields.check(BirthDate::parse("birth_date", v, now.date_naive())));

@@ -40,6 +40,9 @@ pub enum ApiError {
     Conflict,
     #[error("idempotency key reused")]
     IdempotencyKeyReused,
+    /// Registration refused: the patient is likely registered already.
+    #[error("possible duplicate")]
+    PossibleDuplicate(Vec<crate::matching::Match>),
     #[error("service unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]
@@ -88,6 +91,9 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<&'static str>,
+    /// Extension members of a problem type (RFC 9457 section 3.2).
+    #[serde(flatten)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Problem {
@@ -99,6 +105,7 @@ impl Problem {
             detail: None,
             errors: Vec::new(),
             code: None,
+            extensions: serde_json::Map::new(),
         }
     }
 
@@ -197,6 +204,28 @@ impl IntoResponse for ApiError {
                 "Idempotency key reused",
             )
             .detail("this Idempotency-Key was used for a different request"),
+            Self::PossibleDuplicate(matches) => {
+                let candidates = matches
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "id": m.id,
+                            "grade": m.grade.code(),
+                            "score": m.score,
+                            "href": format!("/v1/patients/{}", m.id),
+                        })
+                    })
+                    .collect();
+                let mut problem =
+                    Problem::new(S::CONFLICT, "possible-duplicate", "Possible duplicate").detail(
+                        "the patient may be registered already; check the candidates, or register \
+                         anyway with duplicate_override.reason",
+                    );
+                problem
+                    .extensions
+                    .insert("candidates".into(), serde_json::Value::Array(candidates));
+                problem
+            }
             Self::Unavailable(source) => {
                 tracing::warn!(error.message = %source, "dependency unavailable");
                 extra.push((header::RETRY_AFTER, HeaderValue::from_static("5")));

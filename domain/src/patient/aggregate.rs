@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::commands::{
     ArchivePatient, CorrectDemographics, PatientCommand, RegisterPatient, RestorePatient,
 };
+use super::contact::{ContactInformation, Identifier};
 use super::events::{
     DemographicsCorrected, PatientArchived, PatientEvent, PatientRegistered, PatientRestored,
 };
@@ -25,8 +26,10 @@ pub struct PatientRecord {
     pub patient_id: PatientId,
     pub mrn: Mrn,
     pub name: PersonName,
-    pub birth_date: BirthDate,
+    pub birth_date: Option<BirthDate>,
     pub gender: AdministrativeGender,
+    pub identifiers: Vec<Identifier>,
+    pub contact: ContactInformation,
     pub status: PatientStatus,
 }
 
@@ -76,6 +79,9 @@ fn register(cmd: RegisterPatient) -> PatientEvent {
         name: cmd.name,
         birth_date: cmd.birth_date,
         gender: cmd.gender,
+        identifiers: cmd.identifiers,
+        contact: cmd.contact,
+        duplicate_override: cmd.duplicate_override,
         registered_at: cmd.at,
     })
 }
@@ -88,7 +94,7 @@ fn correct(
         return Err(PatientError::ArchivedPatientCannotBeCorrected);
     }
     let name = cmd.name.unwrap_or_else(|| record.name.clone());
-    let birth_date = cmd.birth_date.unwrap_or(record.birth_date);
+    let birth_date = cmd.birth_date.or(record.birth_date);
     let gender = cmd.gender.unwrap_or(record.gender);
     if name == record.name && birth_date == record.birth_date && gender == record.gender {
         return Err(PatientError::CorrectionChangesNothing);
@@ -152,6 +158,8 @@ impl Aggregate for Patient {
                     name: e.name,
                     birth_date: e.birth_date,
                     gender: e.gender,
+                    identifiers: e.identifiers,
+                    contact: e.contact,
                     status: PatientStatus::Active,
                 });
             }
@@ -210,8 +218,11 @@ mod tests {
             patient_id: PatientId::new(Uuid::from_u128(1)),
             mrn: Mrn::from_serial(1).unwrap(),
             name: name("Ada", "Lovelace"),
-            birth_date: BirthDate::parse("birth_date", "1990-12-10", today()).unwrap(),
+            birth_date: Some(BirthDate::parse("birth_date", "1990-12-10", today()).unwrap()),
             gender: AdministrativeGender::Female,
+            identifiers: vec![],
+            contact: ContactInformation::default(),
+            duplicate_override: None,
             registered_at: at(),
         })
     }
@@ -241,6 +252,9 @@ mod tests {
             name: e.name,
             birth_date: e.birth_date,
             gender: e.gender,
+            identifiers: e.identifiers,
+            contact: e.contact,
+            duplicate_override: e.duplicate_override,
             at: e.registered_at,
         })
     }

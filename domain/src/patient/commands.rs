@@ -3,6 +3,8 @@
 
 use chrono::{DateTime, Utc};
 
+use super::contact::{ContactInformation, Identifier};
+use super::events::DuplicateOverride;
 use super::values::{AdministrativeGender, BirthDate, Mrn, PatientId, PersonName, Reason};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -19,8 +21,13 @@ pub struct RegisterPatient {
     pub patient_id: PatientId,
     pub mrn: Mrn,
     pub name: PersonName,
-    pub birth_date: BirthDate,
+    /// `None` when unknown (an unidentified emergency patient, a record without one).
+    pub birth_date: Option<BirthDate>,
     pub gender: AdministrativeGender,
+    pub identifiers: Vec<Identifier>,
+    pub contact: ContactInformation,
+    /// Set when the caller registers despite a `certain` or `probable` duplicate.
+    pub duplicate_override: Option<DuplicateOverride>,
     pub at: DateTime<Utc>,
 }
 

@@ -220,12 +220,14 @@ pub struct Address {
     #[serde(rename = "use")]
     pub address_use: AddressUse,
     pub lines: Vec<String>,
-    pub city: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postal_code: Option<String>,
-    pub country: CountryCode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<CountryCode>,
     pub preferred: bool,
 }
 

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
+use super::contact::{ContactInformation, Identifier};
 use super::values::{AdministrativeGender, BirthDate, Mrn, PatientId, PersonName, Reason};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,9 +22,24 @@ pub struct PatientRegistered {
     pub patient_id: PatientId,
     pub mrn: Mrn,
     pub name: PersonName,
-    pub birth_date: BirthDate,
+    #[serde(default)]
+    pub birth_date: Option<BirthDate>,
     pub gender: AdministrativeGender,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identifiers: Vec<Identifier>,
+    #[serde(default, skip_serializing_if = "ContactInformation::is_empty")]
+    pub contact: ContactInformation,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_override: Option<DuplicateOverride>,
     pub registered_at: DateTime<Utc>,
+}
+
+/// Why a patient was registered although the matcher found them a likely duplicate, and of
+/// whom.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DuplicateOverride {
+    pub reason: Reason,
+    pub candidates: Vec<PatientId>,
 }
 
 /// The demographics after the correction, in full, so a consumer needs no earlier event to
@@ -31,7 +47,8 @@ pub struct PatientRegistered {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DemographicsCorrected {
     pub name: PersonName,
-    pub birth_date: BirthDate,
+    #[serde(default)]
+    pub birth_date: Option<BirthDate>,
     pub gender: AdministrativeGender,
     pub reason: Reason,
     pub corrected_at: DateTime<Utc>,

@@ -15,7 +15,8 @@ pub use commands::{
     ArchivePatient, CorrectDemographics, PatientCommand, RegisterPatient, RestorePatient,
 };
 pub use events::{
-    DemographicsCorrected, PatientArchived, PatientEvent, PatientRegistered, PatientRestored,
+    DemographicsCorrected, DuplicateOverride, PatientArchived, PatientEvent, PatientRegistered,
+    PatientRestored,
 };
 pub use values::{AdministrativeGender, BirthDate, Mrn, PatientId, PersonName, Reason};
 

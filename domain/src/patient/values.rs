@@ -46,7 +46,8 @@ impl fmt::Display for PatientId {
 const MAX_NAME_PART: usize = 100;
 const MAX_GIVEN_NAMES: usize = 5;
 
-/// A person's name: one to five given names and a family name.
+/// A person's name: a family name and up to five given names. A person known by one name
+/// only (a mononym) has it as the family name and no given name.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersonName {
     given: Vec<String>,
@@ -59,15 +60,9 @@ impl PersonName {
     /// # Errors
     ///
     /// Every rejected part, when a part is empty, too long, holds control characters or no
-    /// letter, or when there are no or too many given names.
+    /// letter, or when there are too many given names.
     pub fn parse(field: &str, given: &[String], family: &str) -> Result<Self, FieldErrors> {
         let mut errors = FieldErrors::new();
-        if given.is_empty() {
-            errors.push(FieldError::new(
-                format!("{field}.given"),
-                "at least one given name is required",
-            ));
-        }
         if given.len() > MAX_GIVEN_NAMES {
             errors.push(FieldError::new(
                 format!("{field}.given"),
@@ -384,11 +379,12 @@ mod tests {
     }
 
     #[test]
-    fn person_name_needs_a_given_name_and_at_most_five() {
-        let none = PersonName::parse("name", &[], "Lovelace").unwrap_err();
-        assert_eq!(none.iter().next().unwrap().field, "name.given");
+    fn person_name_takes_up_to_five_given_names_or_none_for_a_mononym() {
+        let mononym = PersonName::parse("name", &[], "Suharto").unwrap();
+        assert!(mononym.given().is_empty());
         let six = vec!["A".to_owned(); 6];
-        assert!(PersonName::parse("name", &six, "Lovelace").is_err());
+        let err = PersonName::parse("name", &six, "Lovelace").unwrap_err();
+        assert_eq!(err.iter().next().unwrap().field, "name.given");
     }
 
     #[test]

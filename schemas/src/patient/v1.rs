@@ -15,9 +15,74 @@ pub const MAJOR: u32 = 1;
 /// A person's name: given names in order, then the family name.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HumanName {
-    /// Given names in order, at least one.
+    /// Given names in order; empty for a person known by one name (then the family name).
     pub given: Vec<String>,
     pub family: String,
+}
+
+/// An identifier issued by another system.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Identifier {
+    /// URI or OID URN of the issuing system.
+    pub system: String,
+    pub value: String,
+    /// A national identifier (e.g. a social security number).
+    #[serde(default)]
+    pub national: bool,
+}
+
+/// A phone number in E.164 form.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Phone {
+    pub number: String,
+    /// `home`, `work` or `mobile`.
+    #[serde(rename = "use")]
+    pub phone_use: String,
+    pub preferred: bool,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Email {
+    pub address: String,
+    pub preferred: bool,
+}
+
+/// A postal address.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Address {
+    /// `home`, `work`, `temp` or `billing`.
+    #[serde(rename = "use")]
+    pub address_use: String,
+    pub lines: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postal_code: Option<String>,
+    /// ISO 3166-1 alpha-2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    pub preferred: bool,
+}
+
+/// Phones, e-mail addresses and postal addresses; each list has exactly one preferred entry
+/// when it is not empty.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ContactInformation {
+    #[serde(default)]
+    pub phones: Vec<Phone>,
+    #[serde(default)]
+    pub emails: Vec<Email>,
+    #[serde(default)]
+    pub addresses: Vec<Address>,
+}
+
+/// Why a likely duplicate was registered anyway, and of whom.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DuplicateOverride {
+    pub reason: String,
+    pub candidates: Vec<Uuid>,
 }
 
 /// FHIR administrative gender.
@@ -37,8 +102,17 @@ pub struct PatientRegistered {
     /// Medical record number: ten digits, the last a Luhn check digit.
     pub mrn: String,
     pub name: HumanName,
-    pub birth_date: NaiveDate,
+    /// Absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birth_date: Option<NaiveDate>,
     pub gender: AdministrativeGender,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identifiers: Vec<Identifier>,
+    #[serde(default)]
+    pub contact: ContactInformation,
+    /// Present when the patient was registered despite a likely duplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_override: Option<DuplicateOverride>,
     pub registered_at: DateTime<Utc>,
 }
 
@@ -48,7 +122,9 @@ pub struct PatientRegistered {
 pub struct DemographicsCorrected {
     pub patient_id: Uuid,
     pub name: HumanName,
-    pub birth_date: NaiveDate,
+    /// Absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birth_date: Option<NaiveDate>,
     pub gender: AdministrativeGender,
     /// Why the correction was made.
     pub reason: String,
@@ -96,6 +172,24 @@ debug_ids_only!(
     DemographicsCorrected,
     PatientArchived,
     PatientRestored
+);
+
+macro_rules! redacted {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($t), "(<redacted>)"))
+            }
+        }
+    )*};
+}
+redacted!(
+    Identifier,
+    Phone,
+    Email,
+    Address,
+    ContactInformation,
+    DuplicateOverride
 );
 
 impl std::fmt::Debug for HumanName {

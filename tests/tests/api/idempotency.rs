@@ -90,13 +90,12 @@ async fn a_key_reused_for_a_different_request_is_refused() {
 #[tokio::test]
 async fn keys_are_per_user() {
     let app = TestApp::without_kafka().await;
-    let body = patient("Ada", "Lovelace", "1990-12-10");
 
     let a = app
         .post(
             "/v1/patients",
             &app.token("a", &["registrar"]),
-            &body,
+            &patient("Ada", "Lovelace", "1990-12-10"),
             &[("idempotency-key", "k")],
         )
         .await;
@@ -104,7 +103,7 @@ async fn keys_are_per_user() {
         .post(
             "/v1/patients",
             &app.token("b", &["registrar"]),
-            &body,
+            &patient("Grace", "Hopper", "1906-12-09"),
             &[("idempotency-key", "k")],
         )
         .await;

@@ -82,9 +82,7 @@ async fn concurrent_writers_and_a_transaction_held_open_lose_nothing_and_repeat_
         let app = &app;
         async move {
             for i in 0..5 {
-                let body = app
-                    .register_ok(&format!("W{w}"), &format!("Writer{i}"), "1970-01-01")
-                    .await;
+                let body = app.register_person(w * 5 + i, Some("Writer")).await;
                 let id = body["id"].as_str().unwrap();
                 let response = app
                     .command(
@@ -202,16 +200,14 @@ async fn registrations_succeed_while_the_broker_is_down_and_are_published_when_i
     .await;
     let consumer = consumer_for(&broker.address(), &app.topic());
     for i in 0..3 {
-        app.register_ok("Before", &format!("Outage{i}"), "1970-01-01")
-            .await;
+        app.register_person(i, Some("Outage")).await;
     }
     let before = consume(&consumer, 3).await;
 
     // Act: the broker goes away; registrations go on.
     broker.kill();
     for i in 3..8 {
-        app.register_ok("During", &format!("Outage{i}"), "1970-01-01")
-            .await;
+        app.register_person(i, Some("Outage")).await;
     }
     broker.resume();
 
@@ -256,9 +252,7 @@ async fn a_relay_killed_mid_stream_and_restarted_loses_nothing_and_repeats_are_a
     let consumer = app.consumer();
     let mut ids = Vec::new();
     for i in 0..30 {
-        let id = app
-            .register_ok("Relay", &format!("A{i:02}"), "1970-01-01")
-            .await["id"]
+        let id = app.register_person(i, Some(&format!("A{i:02}"))).await["id"]
             .as_str()
             .unwrap()
             .to_owned();

@@ -10,7 +10,7 @@ async fn search_matches_prefixes_ignoring_case_and_accents_and_combines_criteria
     let app = TestApp::without_kafka().await;
     let zoe = app.register_ok("Zoë", "Müller", "1990-12-10").await;
     app.register_ok("Hans", "Mueller", "1985-01-01").await;
-    app.register_ok("Zora", "Miller", "1990-12-10").await;
+    app.register_ok("Zora", "Miller", "1972-04-21").await;
     app.search_until("family=m", 3).await;
 
     // Act and assert
@@ -21,7 +21,7 @@ async fn search_matches_prefixes_ignoring_case_and_accents_and_combines_criteria
         app.search_until("given=zoe&birth_date=1990-12-10", 1).await[0]["id"],
         zoe["id"]
     );
-    assert_eq!(app.search_until("birth_date=1990-12-10", 2).await.len(), 2);
+    assert_eq!(app.search_until("birth_date=1990-12-10", 1).await.len(), 1);
     let mrn = zoe["mrn"].as_str().unwrap();
     assert_eq!(
         app.search_until(&format!("mrn={mrn}"), 1).await[0]["id"],
@@ -39,8 +39,7 @@ async fn search_matches_prefixes_ignoring_case_and_accents_and_combines_criteria
 async fn search_pages_with_a_next_link() {
     let app = TestApp::without_kafka().await;
     for i in 0..5 {
-        app.register_ok(&format!("P{i}"), "Page", "1970-01-01")
-            .await;
+        app.register_person(i, Some("Page")).await;
     }
     app.search_until("family=page", 5).await;
     let token = app.token("c", &["clinician"]);

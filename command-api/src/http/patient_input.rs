@@ -1,0 +1,380 @@
+//! Parsing patient JSON (registrations and `$match` candidates) into domain values, naming
+//! every bad field.
+
+use chrono::NaiveDate;
+use domain::matching::MatchRecord;
+use domain::patient::contact::{
+    self, Address, AddressUse, ContactInformation, CountryCode, Email, EmailAddress, Identifier,
+    Phone, PhoneNumber, PhoneUse,
+};
+use domain::patient::{AdministrativeGender, BirthDate, PersonName, Reason};
+use domain::FieldError;
+use serde_json::{Map, Value};
+
+use crate::http::json::Fields;
+use crate::http::ApiError;
+
+const NAME_FIELDS: &[&str] = &["given", "family"];
+const REGISTRATION_FIELDS: &[&str] = &[
+    "name",
+    "birth_date",
+    "gender",
+    "identifiers",
+    "contact",
+    "duplicate_override",
+];
+
+/// A registration as the caller sent it, parsed.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub name: PersonName,
+    pub birth_date: Option<BirthDate>,
+    pub gender: AdministrativeGender,
+    pub identifiers: Vec<Identifier>,
+    pub contact: ContactInformation,
+    /// The reason to register despite likely duplicates, if the caller gave one.
+    pub duplicate_override: Option<Reason>,
+}
+
+impl Registration {
+    /// What the matcher compares of this registration.
+    pub fn match_record(&self) -> MatchRecord {
+        match_record(
+            Some(&self.name),
+            self.birth_date.map(|d| d.date()),
+            &self.identifiers,
+            &self.contact,
+        )
+    }
+}
+
+fn match_record(
+    name: Option<&PersonName>,
+    birth_date: Option<NaiveDate>,
+    identifiers: &[Identifier],
+    contact: &ContactInformation,
+) -> MatchRecord {
+    let (given, family) = name.map_or((&[][..], ""), |n| (n.given(), n.family()));
+    let mut record = MatchRecord::new(given, family, birth_date);
+    for id in identifiers {
+        record = record.with_identifier(&id.system, &id.value, id.national);
+    }
+    for phone in &contact.phones {
+        record = record.with_phone(phone.number.as_str());
+    }
+    for email in &contact.emails {
+        record = record.with_email(email.address.as_str());
+    }
+    if let Some(address) = contact.addresses.iter().find(|a| a.preferred) {
+        record = record.with_address(
+            &address.lines,
+            address.city.as_deref().unwrap_or_default(),
+            address.postal_code.as_deref().unwrap_or_default(),
+            address.state.as_deref().unwrap_or_default(),
+        );
+    }
+    record
+}
+
+/// Parses a registration body.
+///
+/// # Errors
+///
+/// [`ApiError::Validation`] naming every bad field.
+pub fn registration(
+    object: &Map<String, Value>,
+    today: NaiveDate,
+) -> Result<Registration, ApiError> {
+    let mut fields = Fields::new(object, "", REGISTRATION_FIELDS);
+    let name = name(&mut fields, true);
+    let birth_date = fields
+        .optional_string("birth_date")
+        .and_then(|v| fields.check(BirthDate::parse("birth_date", v, today)));
+    let gender = fields
+        .string("gender")
+        .and_then(|v| fields.check(AdministrativeGender::parse("gender", v)));
+    let identifiers = identifiers(&mut fields);
+    let contact = contact(&mut fields);
+    let duplicate_override = fields.optional_object("duplicate_override").and_then(|o| {
+        let mut f = Fields::new(o, "duplicate_override", &["reason"]);
+        let reason = f
+            .string("reason")
+            .and_then(|v| f.check(Reason::parse("duplicate_override.reason", v)));
+        let errors = std::mem::take(&mut f.errors);
+        fields.absorb(errors);
+        reason
+    });
+    fields.finish()?;
+    match (name, gender) {
+        (Some(name), Some(gender)) => Ok(Registration {
+            name,
+            birth_date,
+            gender,
+            identifiers,
+            contact,
+            duplicate_override,
+        }),
+        // finish() returned early unless every required field parsed; kept total all the same.
+        _ => Err(ApiError::Validation(domain::FieldErrors::new())),
+    }
+}
+
+/// Parses a `$match` candidate: the registration fields, none required, at least one given.
+///
+/// # Errors
+///
+/// [`ApiError::Validation`] naming every bad field.
+pub fn candidate(object: &Map<String, Value>, today: NaiveDate) -> Result<MatchRecord, ApiError> {
+    let mut fields = Fields::new(
+        object,
+        "",
+        &["name", "birth_date", "gender", "identifiers", "contact"],
+    );
+    let name = name(&mut fields, false);
+    let birth_date = fields
+        .optional_string("birth_date")
+        .and_then(|v| fields.check(BirthDate::parse("birth_date", v, today)));
+    if let Some(v) = fields.optional_string("gender") {
+        fields.check(AdministrativeGender::parse("gender", v));
+    }
+    let identifiers = identifiers(&mut fields);
+    let contact = contact(&mut fields);
+    if object.values().all(Value::is_null) {
+        fields.errors.push(FieldError::new(
+            "",
+            "give at least one field of the candidate patient",
+        ));
+    }
+    fields.finish()?;
+    Ok(match_record(
+        name.as_ref(),
+        birth_date.map(|d| d.date()),
+        &identifiers,
+        &contact,
+    ))
+}
+
+/// The `name` object: `given` (an array, may be empty) and `family`.
+pub fn name(fields: &mut Fields<'_>, required: bool) -> Option<PersonName> {
+    let path = fields.path("name");
+    let object = if required {
+        fields.object("name")
+    } else {
+        fields.optional_object("name")
+    }?;
+    let mut name = Fields::new(object, &path, NAME_FIELDS);
+    let given = name.optional_string_array("given");
+    let family = name.string("family");
+    // Parse whatever arrived, so a bad given name is reported even when the family name is
+    // missing; errors on a field already reported are not repeated.
+    let parsed =
+        match PersonName::parse(&path, given.as_deref().unwrap_or(&[]), family.unwrap_or("")) {
+            Ok(n) => Some(n),
+            Err(errors) => {
+                for error in errors.into_vec() {
+                    if !name.errors.iter().any(|e| e.field == error.field) {
+                        name.errors.push(error);
+                    }
+                }
+                None
+            }
+        };
+    let errors = std::mem::take(&mut name.errors);
+    fields.absorb(errors);
+    parsed
+}
+
+/// Each element of the array `key` that is an object, with its path.
+fn objects<'a>(fields: &mut Fields<'a>, key: &str) -> Vec<(String, &'a Map<String, Value>)> {
+    let path = fields.path(key);
+    let Some(items) = fields.optional_array(key) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            Value::Object(o) => out.push((format!("{path}[{i}]"), o)),
+            _ => fields
+                .errors
+                .push(FieldError::new(format!("{path}[{i}]"), "must be an object")),
+        }
+    }
+    out
+}
+
+fn identifiers(fields: &mut Fields<'_>) -> Vec<Identifier> {
+    let mut out = Vec::new();
+    for (path, object) in objects(fields, "identifiers") {
+        let mut f = Fields::new(object, &path, &["system", "value", "national"]);
+        let system = f.string("system");
+        let value = f.string("value");
+        let national = f.optional_bool("national").unwrap_or(false);
+        if let (Some(system), Some(value)) = (system, value) {
+            match Identifier::parse(&path, system, value, national) {
+                Ok(id) => out.push(id),
+                Err(errors) => f.absorb(errors),
+            }
+        }
+        let errors = std::mem::take(&mut f.errors);
+        fields.absorb(errors);
+    }
+    if out.len() > 20 {
+        fields
+            .errors
+            .push(FieldError::new("identifiers", "at most 20 identifiers"));
+    }
+    for (i, id) in out.iter().enumerate() {
+        if out[..i].iter().any(|other| other.same_as(id)) {
+            fields.errors.push(FieldError::new(
+                format!("identifiers[{i}]"),
+                "the same identifier is given twice",
+            ));
+        }
+    }
+    out
+}
+
+/// Marks the only entry of a list preferred when the caller did not say.
+fn prefer_single<T>(items: &mut [T], said: bool, set: impl Fn(&mut T)) {
+    if items.len() == 1 && !said {
+        set(&mut items[0]);
+    }
+}
+
+fn contact(fields: &mut Fields<'_>) -> ContactInformation {
+    let Some(object) = fields.optional_object("contact") else {
+        return ContactInformation::default();
+    };
+    let mut c = Fields::new(object, "contact", &["phones", "emails", "addresses"]);
+    let mut said = [false; 3];
+
+    let mut phones = Vec::new();
+    for (path, o) in objects(&mut c, "phones") {
+        let mut f = Fields::new(o, &path, &["number", "use", "preferred"]);
+        let number = f
+            .string("number")
+            .and_then(|v| f.check(PhoneNumber::parse(&format!("{path}.number"), v)));
+        let phone_use = match f.optional_string("use") {
+            Some(v) => f.check(PhoneUse::parse(&format!("{path}.use"), v)),
+            None => Some(PhoneUse::Mobile),
+        };
+        said[0] |= f.present("preferred");
+        let preferred = f.optional_bool("preferred").unwrap_or(false);
+        if let (Some(number), Some(phone_use)) = (number, phone_use) {
+            phones.push(Phone {
+                number,
+                phone_use,
+                preferred,
+            });
+        }
+        let errors = std::mem::take(&mut f.errors);
+        c.absorb(errors);
+    }
+
+    let mut emails = Vec::new();
+    for (path, o) in objects(&mut c, "emails") {
+        let mut f = Fields::new(o, &path, &["address", "preferred"]);
+        let address = f
+            .string("address")
+            .and_then(|v| f.check(EmailAddress::parse(&format!("{path}.address"), v)));
+        said[1] |= f.present("preferred");
+        let preferred = f.optional_bool("preferred").unwrap_or(false);
+        if let Some(address) = address {
+            emails.push(Email { address, preferred });
+        }
+        let errors = std::mem::take(&mut f.errors);
+        c.absorb(errors);
+    }
+
+    let mut addresses = Vec::new();
+    for (path, o) in objects(&mut c, "addresses") {
+        if let Some(address) = address(&mut c, &path, o, &mut said[2]) {
+            addresses.push(address);
+        }
+    }
+
+    prefer_single(&mut phones, said[0], |p| p.preferred = true);
+    prefer_single(&mut emails, said[1], |e| e.preferred = true);
+    prefer_single(&mut addresses, said[2], |a| a.preferred = true);
+    let parsed = match ContactInformation::new(phones, emails, addresses) {
+        Ok(contact) => contact,
+        Err(errors) => {
+            for e in errors.into_vec() {
+                c.errors
+                    .push(FieldError::new(format!("contact.{}", e.field), e.message));
+            }
+            ContactInformation::default()
+        }
+    };
+    let errors = std::mem::take(&mut c.errors);
+    fields.absorb(errors);
+    parsed
+}
+
+fn address(
+    c: &mut Fields<'_>,
+    path: &str,
+    o: &Map<String, Value>,
+    said: &mut bool,
+) -> Option<Address> {
+    let mut f = Fields::new(
+        o,
+        path,
+        &[
+            "use",
+            "lines",
+            "city",
+            "state",
+            "postal_code",
+            "country",
+            "preferred",
+        ],
+    );
+    let address_use = match f.optional_string("use") {
+        Some(v) => f.check(AddressUse::parse(&format!("{path}.use"), v)),
+        None => Some(AddressUse::Home),
+    };
+    let lines: Vec<String> = f
+        .optional_string_array("lines")
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, line)| f.check(contact::text(&format!("{path}.lines[{i}]"), line, 100)))
+        .collect();
+    if lines.len() > 4 {
+        f.errors
+            .push(FieldError::new(format!("{path}.lines"), "at most 4 lines"));
+    }
+    let city = f
+        .optional_string("city")
+        .and_then(|v| f.check(contact::text(&format!("{path}.city"), v, 100)));
+    let state = f
+        .optional_string("state")
+        .and_then(|v| f.check(contact::text(&format!("{path}.state"), v, 100)));
+    let postal_code = f
+        .optional_string("postal_code")
+        .and_then(|v| f.check(contact::postal_code(&format!("{path}.postal_code"), v)));
+    let country = f
+        .optional_string("country")
+        .and_then(|v| f.check(CountryCode::parse(&format!("{path}.country"), v)));
+    *said |= f.present("preferred");
+    let preferred = f.optional_bool("preferred").unwrap_or(false);
+    if lines.is_empty() && city.is_none() && postal_code.is_none() && f.errors.is_empty() {
+        f.errors.push(FieldError::new(
+            path,
+            "give at least lines, a city or a postal code",
+        ));
+    }
+    let ok = f.errors.is_empty();
+    let errors = std::mem::take(&mut f.errors);
+    c.absorb(errors);
+    (ok).then_some(Address {
+        address_use: address_use?,
+        lines,
+        city,
+        state,
+        postal_code,
+        country,
+        preferred,
+    })
+}

@@ -1,0 +1,188 @@
+//! The `patient_match` read model: the matcher's view of every patient and their blocking
+//! keys, kept current from the patient topic like any other read model, so duplicate
+//! detection sees corrections as soon as search does.
+
+use chrono::{DateTime, Utc};
+use domain::matching::MatchRecord;
+use schemas::patient::v1;
+use schemas::{DecodeError, PublishedEvent};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::runtime::{ProjectionError, ReadModel};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PatientMatch;
+
+/// The matcher's record of a registration, as published.
+pub fn record_of(e: &v1::PatientRegistered) -> MatchRecord {
+    let mut record = MatchRecord::new(&e.name.given, &e.name.family, e.birth_date);
+    for id in &e.identifiers {
+        record = record.with_identifier(&id.system, &id.value, id.national);
+    }
+    for phone in &e.contact.phones {
+        record = record.with_phone(&phone.number);
+    }
+    for email in &e.contact.emails {
+        record = record.with_email(&email.address);
+    }
+    if let Some(address) = e.contact.addresses.iter().find(|a| a.preferred) {
+        record = record.with_address(
+            &address.lines,
+            address.city.as_deref().unwrap_or_default(),
+            address.postal_code.as_deref().unwrap_or_default(),
+            address.state.as_deref().unwrap_or_default(),
+        );
+    }
+    record
+}
+
+async fn store(
+    tx: &mut PgConnection,
+    patient_id: Uuid,
+    record: &MatchRecord,
+    status: &str,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let json = serde_json::to_value(record).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO projections.patient_match (patient_id, record, status, updated_at)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (patient_id) DO UPDATE
+            SET record = EXCLUDED.record, status = EXCLUDED.status, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(patient_id)
+    .bind(json)
+    .bind(status)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM projections.patient_match_keys WHERE patient_id = $1")
+        .bind(patient_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO projections.patient_match_keys (key, patient_id)
+         SELECT key, $2 FROM unnest($1::text[]) AS key ON CONFLICT DO NOTHING",
+    )
+    .bind(record.blocking_keys())
+    .bind(patient_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn load(
+    tx: &mut PgConnection,
+    patient_id: Uuid,
+) -> Result<Option<(MatchRecord, String)>, sqlx::Error> {
+    let row: Option<(serde_json::Value, String)> = sqlx::query_as(
+        "SELECT record, status FROM projections.patient_match WHERE patient_id = $1",
+    )
+    .bind(patient_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    row.map(|(json, status)| {
+        serde_json::from_value(json)
+            .map(|record| (record, status))
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    })
+    .transpose()
+}
+
+impl ReadModel for PatientMatch {
+    fn name(&self) -> &'static str {
+        "patient_match"
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[schemas::topics::PATIENT]
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        event: &PublishedEvent,
+    ) -> Result<(), ProjectionError> {
+        if event.major_version != v1::MAJOR {
+            return Err(DecodeError::UnknownType(format!(
+                "{} v{}",
+                event.event_type, event.major_version
+            ))
+            .into());
+        }
+        match v1::PatientEvent::decode(&event.event_type, &event.data)? {
+            v1::PatientEvent::Registered(e) => {
+                store(tx, e.patient_id, &record_of(&e), "active", e.registered_at).await?;
+            }
+            v1::PatientEvent::DemographicsCorrected(e) => {
+                if let Some((old, status)) = load(tx, e.patient_id).await? {
+                    let renamed = MatchRecord::new(&e.name.given, &e.name.family, e.birth_date);
+                    let record = MatchRecord {
+                        given: renamed.given,
+                        family: renamed.family,
+                        birth_date: renamed.birth_date,
+                        ..old
+                    };
+                    store(tx, e.patient_id, &record, &status, e.corrected_at).await?;
+                }
+            }
+            v1::PatientEvent::Archived(e) => {
+                set_status(tx, e.patient_id, "archived").await?;
+            }
+            v1::PatientEvent::Restored(e) => {
+                set_status(tx, e.patient_id, "active").await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn clear(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM projections.patient_match_keys")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM projections.patient_match")
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn set_status(
+    tx: &mut PgConnection,
+    patient_id: Uuid,
+    status: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE projections.patient_match SET status = $2 WHERE patient_id = $1")
+        .bind(patient_id)
+        .bind(status)
+        .execute(&mut *tx)
+        .await
+        .map(|_| ())
+}
+
+/// Every patient sharing a blocking key with `record`, with their match record and status.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn candidates(
+    pool: &PgPool,
+    record: &MatchRecord,
+) -> Result<Vec<(Uuid, MatchRecord, String)>, sqlx::Error> {
+    let rows: Vec<(Uuid, serde_json::Value, String)> = sqlx::query_as(
+        "SELECT m.patient_id, m.record, m.status
+           FROM projections.patient_match m
+          WHERE m.patient_id IN (SELECT patient_id FROM projections.patient_match_keys WHERE key = ANY($1))",
+    )
+    .bind(record.blocking_keys())
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(id, json, status)| {
+            serde_json::from_value(json)
+                .map(|record| (id, record, status))
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+        })
+        .collect()
+}
