@@ -56,6 +56,9 @@ pub enum Command {
     /// Measures registrations per second, raw insert transactions per second and projection
     /// lag on one database, and prints the figures.
     Bench(crate::bench::BenchArgs),
+    /// Evaluates duplicate detection on a FEBRL-format CSV: precision, recall, F1 and match
+    /// latency.
+    MatchEval(crate::match_eval::MatchEvalArgs),
 }
 
 /// Runs the command line.
@@ -123,6 +126,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => crate::bench::run(&settings, args).await,
+        Command::MatchEval(args) => crate::match_eval::run(&settings, args).await,
     }
 }
 

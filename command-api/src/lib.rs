@@ -12,6 +12,7 @@
 //! - [`embedded_postgres`]: the private cluster `serve` runs with no database configured.
 //! - [`matching`]: duplicate detection against the `patient_match` read model.
 //! - [`bench`]: the benchmark behind `patient-service bench`.
+//! - [`match_eval`]: `patient-service match-eval`, duplicate detection on a FEBRL data set.
 
 pub mod auth;
 pub mod bench;
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod configuration;
 pub mod embedded_postgres;
 pub mod http;
+pub mod match_eval;
 pub mod matching;
 pub mod startup;
 pub mod synthetic;

@@ -23,6 +23,7 @@ use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Authenticator;
+pub use patients::register_patient;
 pub use problem::{ApiError, Problem, PROBLEM_JSON};
 
 /// Where the current time comes from: the system clock in production, a fixed one in tests.
