@@ -76,6 +76,12 @@ async fn roles_get_exactly_what_the_policy_table_allows() {
         ),
         ("read", "GET", format!("/v1/patients/{id}"), Value::Null),
         (
+            "match",
+            "POST",
+            "/v1/patients/$match".into(),
+            json!({ "name": { "given": [], "family": "Lovelace" } }),
+        ),
+        (
             "search",
             "GET",
             "/v1/patients?family=love".into(),
@@ -105,6 +111,7 @@ async fn roles_get_exactly_what_the_policy_table_allows() {
         "register" | "correct" | "archive" | "restore" => ["admin", "registrar"].contains(&role),
         "read" => ["admin", "registrar", "clinician", "scheduler", "auditor"].contains(&role),
         "search" => ["admin", "registrar", "clinician", "scheduler"].contains(&role),
+        "match" => ["admin", "registrar"].contains(&role),
         _ => unreachable!(),
     };
     let events_before = app.event_count().await;

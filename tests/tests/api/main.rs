@@ -7,6 +7,7 @@ mod embedded;
 mod health;
 mod helpers;
 mod idempotency;
+mod matching;
 mod pipeline;
 mod registration;
 mod search;

@@ -219,3 +219,68 @@ async fn medical_record_numbers_are_unique_and_carry_a_check_digit() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn contact_information_and_identifiers_are_kept_and_national_ids_shown_masked() {
+    // Arrange
+    let app = TestApp::without_kafka().await;
+    let mut body = patient("Ada", "Lovelace", "1990-12-10");
+    body["identifiers"] = json!([
+        { "system": "urn:oid:2.16.840.1.113883.4.1", "value": "123-45-6789", "national": true },
+        { "system": "https://hospital.example/ids", "value": "H-42" }
+    ]);
+    body["contact"] = json!({
+        "phones": [{ "number": "+41 44 668 18 00", "use": "work", "preferred": true }, { "number": "+41791234567" }],
+        "emails": [{ "address": "Ada@Example.ORG" }],
+        "addresses": [{ "use": "home", "lines": ["12 Church Street"], "city": "Bondi", "postal_code": "2026", "country": "au" }]
+    });
+
+    // Act
+    let created = app.register(&body).await;
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let read: Value = app
+        .get(
+            &format!("/v1/patients/{id}"),
+            &app.token("c", &["clinician"]),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(read["identifiers"][0]["value"], "*******6789");
+    assert_eq!(read["identifiers"][1]["value"], "H-42");
+    assert!(
+        !read.to_string().contains("123-45"),
+        "the national id is never shown in full"
+    );
+    assert_eq!(read["contact"]["phones"][0]["number"], "+41446681800");
+    assert_eq!(read["contact"]["phones"][1]["preferred"], false);
+    assert_eq!(read["contact"]["emails"][0]["address"], "Ada@example.org");
+    assert_eq!(
+        read["contact"]["emails"][0]["preferred"], true,
+        "a single entry is preferred"
+    );
+    assert_eq!(read["contact"]["addresses"][0]["country"], "AU");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_patient_known_by_one_name_and_without_a_known_birth_date_can_be_registered() {
+    let app = TestApp::without_kafka().await;
+
+    let response = app
+        .register(&json!({ "name": { "given": [], "family": "Suharto" }, "gender": "male" }))
+        .await;
+
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["name"]["given"], json!([]));
+    assert!(body.get("birth_date").is_none());
+    app.stop().await;
+}

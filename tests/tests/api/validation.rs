@@ -11,7 +11,12 @@ async fn each_kind_of_bad_registration_is_refused_naming_the_field_and_writes_no
     let good = patient("Ada", "Lovelace", "1990-12-10");
     let with = |pointer: &str, value: Value| {
         let mut body = good.clone();
-        *body.pointer_mut(pointer).unwrap() = value;
+        match body.pointer_mut(pointer) {
+            Some(slot) => *slot = value,
+            None => {
+                body[pointer.trim_start_matches('/')] = value;
+            }
+        }
         body
     };
     let cases: Vec<(&str, Value, &str, &str)> = vec![
@@ -90,6 +95,96 @@ async fn each_kind_of_bad_registration_is_refused_naming_the_field_and_writes_no
             json!(["Ada"]),
             "",
             "the body must be a JSON object",
+        ),
+        (
+            "phone not E.164",
+            with(
+                "/contact",
+                json!({ "phones": [{ "number": "044 668 18 00" }] }),
+            ),
+            "contact.phones[0].number",
+            "must be an international number in E.164 form, e.g. +41446681800",
+        ),
+        (
+            "unknown phone use",
+            with(
+                "/contact",
+                json!({ "phones": [{ "number": "+41446681800", "use": "pager" }] }),
+            ),
+            "contact.phones[0].use",
+            "must be one of home, work, mobile",
+        ),
+        (
+            "malformed e-mail",
+            with(
+                "/contact",
+                json!({ "emails": [{ "address": "ada.example.org" }] }),
+            ),
+            "contact.emails[0].address",
+            "must be an e-mail address such as name@example.org",
+        ),
+        (
+            "two preferred phones",
+            with(
+                "/contact",
+                json!({ "phones": [
+                { "number": "+41446681800", "preferred": true },
+                { "number": "+41446681801", "preferred": true }
+            ] }),
+            ),
+            "contact.phones",
+            "exactly one entry must be preferred",
+        ),
+        (
+            "unknown country",
+            with(
+                "/contact",
+                json!({ "addresses": [{ "city": "Bondi", "country": "XX" }] }),
+            ),
+            "contact.addresses[0].country",
+            "must be an ISO 3166-1 alpha-2 country code, e.g. CH",
+        ),
+        (
+            "bad postal code",
+            with(
+                "/contact",
+                json!({ "addresses": [{ "postal_code": "20_26" }] }),
+            ),
+            "contact.addresses[0].postal_code",
+            "must be 1 to 16 letters, digits, spaces or dashes",
+        ),
+        (
+            "empty address",
+            with("/contact", json!({ "addresses": [{ "use": "home" }] })),
+            "contact.addresses[0]",
+            "give at least lines, a city or a postal code",
+        ),
+        (
+            "unknown contact field",
+            with("/contact", json!({ "fax": [] })),
+            "contact.fax",
+            "unknown field",
+        ),
+        (
+            "identifier without system",
+            with("/identifiers", json!([{ "system": "", "value": "A-1" }])),
+            "identifiers[0].system",
+            "must be a URI or OID of 1 to 200 characters without spaces",
+        ),
+        (
+            "identifier twice",
+            with(
+                "/identifiers",
+                json!([{ "system": "s", "value": "A-1" }, { "system": "s", "value": "a1" }]),
+            ),
+            "identifiers[1]",
+            "the same identifier is given twice",
+        ),
+        (
+            "override without reason",
+            with("/duplicate_override", json!({})),
+            "duplicate_override.reason",
+            "is required",
         ),
     ];
 
