@@ -93,15 +93,7 @@ fn identifier_to_v1(id: &patient::contact::Identifier) -> v1::Identifier {
 
 fn contact_to_v1(contact: &patient::contact::ContactInformation) -> v1::ContactInformation {
     v1::ContactInformation {
-        phones: contact
-            .phones
-            .iter()
-            .map(|p| v1::Phone {
-                number: p.number.as_str().to_owned(),
-                phone_use: p.phone_use.code().to_owned(),
-                preferred: p.preferred,
-            })
-            .collect(),
+        phones: contact.phones.iter().map(phone_to_v1).collect(),
         emails: contact
             .emails
             .iter()
@@ -123,6 +115,38 @@ fn contact_to_v1(contact: &patient::contact::ContactInformation) -> v1::ContactI
                 preferred: a.preferred,
             })
             .collect(),
+    }
+}
+
+fn phone_to_v1(p: &patient::contact::Phone) -> v1::Phone {
+    v1::Phone {
+        number: p.number.as_str().to_owned(),
+        phone_use: p.phone_use.code().to_owned(),
+        preferred: p.preferred,
+    }
+}
+
+fn emergency_contact_to_v1(c: &patient::record::EmergencyContact) -> v1::EmergencyContact {
+    v1::EmergencyContact {
+        contact_id: c.contact_id,
+        name: name_to_v1(&c.name),
+        relationship: c.relationship.code().to_owned(),
+        phones: c.phones.iter().map(phone_to_v1).collect(),
+    }
+}
+
+fn coverage_to_v1(c: &patient::record::Coverage) -> v1::Coverage {
+    v1::Coverage {
+        coverage_id: c.coverage_id,
+        payer: c.payer.clone(),
+        plan: c.plan.clone(),
+        member_id: c.member_id.clone(),
+        group: c.group.clone(),
+        subscriber_name: c.subscriber_name.as_ref().map(name_to_v1),
+        relationship: c.relationship.code().to_owned(),
+        start: c.start,
+        end: c.end,
+        priority: c.priority.code().to_owned(),
     }
 }
 
@@ -167,6 +191,89 @@ pub fn patient_to_v1(patient_id: uuid::Uuid, event: patient::PatientEvent) -> v1
                 patient_id,
                 reason: e.reason.as_str().to_owned(),
                 restored_at: e.restored_at,
+            })
+        }
+        patient::PatientEvent::ContactInformationChanged(e) => {
+            v1::PatientEvent::ContactInformationChanged(v1::ContactInformationChanged {
+                patient_id,
+                contact: contact_to_v1(&e.contact),
+                changed_at: e.changed_at,
+            })
+        }
+        patient::PatientEvent::IdentifierAdded(e) => {
+            v1::PatientEvent::IdentifierAdded(v1::IdentifierAdded {
+                patient_id,
+                identifier: identifier_to_v1(&e.identifier),
+                added_at: e.added_at,
+            })
+        }
+        patient::PatientEvent::IdentifierRemoved(e) => {
+            v1::PatientEvent::IdentifierRemoved(v1::IdentifierRemoved {
+                patient_id,
+                identifier: identifier_to_v1(&e.identifier),
+                reason: e.reason.as_str().to_owned(),
+                removed_at: e.removed_at,
+            })
+        }
+        patient::PatientEvent::PreferencesUpdated(e) => {
+            let p = e.preferences;
+            v1::PatientEvent::PreferencesUpdated(v1::PreferencesUpdated {
+                patient_id,
+                preferences: v1::Preferences {
+                    communication_language: p.communication_language.map(|l| l.as_str().to_owned()),
+                    preferred_channel: p.preferred_channel.map(|c| c.code().to_owned()),
+                    reminder_opt_in: p.reminder_opt_in,
+                    quiet_hours: p.quiet_hours.map(|q| v1::QuietHours {
+                        start: q.start.format("%H:%M").to_string(),
+                        end: q.end.format("%H:%M").to_string(),
+                    }),
+                    interpreter_needed: p.interpreter_needed,
+                },
+                updated_at: e.updated_at,
+            })
+        }
+        patient::PatientEvent::EmergencyContactAdded(e) => {
+            v1::PatientEvent::EmergencyContactAdded(v1::EmergencyContactAdded {
+                patient_id,
+                contact: emergency_contact_to_v1(&e.contact),
+                added_at: e.added_at,
+            })
+        }
+        patient::PatientEvent::EmergencyContactChanged(e) => {
+            v1::PatientEvent::EmergencyContactChanged(v1::EmergencyContactChanged {
+                patient_id,
+                contact: emergency_contact_to_v1(&e.contact),
+                changed_at: e.changed_at,
+            })
+        }
+        patient::PatientEvent::EmergencyContactRemoved(e) => {
+            v1::PatientEvent::EmergencyContactRemoved(v1::EmergencyContactRemoved {
+                patient_id,
+                contact_id: e.contact_id,
+                removed_at: e.removed_at,
+            })
+        }
+        patient::PatientEvent::CoverageAdded(e) => {
+            v1::PatientEvent::CoverageAdded(v1::CoverageAdded {
+                patient_id,
+                coverage: coverage_to_v1(&e.coverage),
+                added_at: e.added_at,
+            })
+        }
+        patient::PatientEvent::CoverageChanged(e) => {
+            v1::PatientEvent::CoverageChanged(v1::CoverageChanged {
+                patient_id,
+                coverage: coverage_to_v1(&e.coverage),
+                changed_at: e.changed_at,
+            })
+        }
+        patient::PatientEvent::CoverageEnded(e) => {
+            v1::PatientEvent::CoverageEnded(v1::CoverageEnded {
+                patient_id,
+                coverage_id: e.coverage_id,
+                end: e.end,
+                reason: e.reason.as_str().to_owned(),
+                ended_at: e.ended_at,
             })
         }
     }

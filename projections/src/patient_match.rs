@@ -20,13 +20,19 @@ pub fn record_of(e: &v1::PatientRegistered) -> MatchRecord {
     for id in &e.identifiers {
         record = record.with_identifier(&id.system, &id.value, id.national);
     }
-    for phone in &e.contact.phones {
+    with_contact(record, &e.contact)
+}
+
+/// `record` with the phones, e-mail addresses and preferred address of `contact`.
+fn with_contact(old: MatchRecord, contact: &v1::ContactInformation) -> MatchRecord {
+    let mut record = MatchRecord::default();
+    for phone in &contact.phones {
         record = record.with_phone(&phone.number);
     }
-    for email in &e.contact.emails {
+    for email in &contact.emails {
         record = record.with_email(&email.address);
     }
-    if let Some(address) = e.contact.addresses.iter().find(|a| a.preferred) {
+    if let Some(address) = contact.addresses.iter().find(|a| a.preferred) {
         record = record.with_address(
             &address.lines,
             address.city.as_deref().unwrap_or_default(),
@@ -34,7 +40,14 @@ pub fn record_of(e: &v1::PatientRegistered) -> MatchRecord {
             address.state.as_deref().unwrap_or_default(),
         );
     }
-    record
+    MatchRecord {
+        given: old.given,
+        family: old.family,
+        birth_date: old.birth_date,
+        national_ids: old.national_ids,
+        identifiers: old.identifiers,
+        ..record
+    }
 }
 
 async fn store(
@@ -133,6 +146,45 @@ impl ReadModel for PatientMatch {
             v1::PatientEvent::Restored(e) => {
                 set_status(tx, e.patient_id, "active").await?;
             }
+            v1::PatientEvent::ContactInformationChanged(e) => {
+                if let Some((old, status)) = load(tx, e.patient_id).await? {
+                    store(
+                        tx,
+                        e.patient_id,
+                        &with_contact(old, &e.contact),
+                        &status,
+                        e.changed_at,
+                    )
+                    .await?;
+                }
+            }
+            v1::PatientEvent::IdentifierAdded(e) => {
+                if let Some((old, status)) = load(tx, e.patient_id).await? {
+                    let id = &e.identifier;
+                    let record = old.with_identifier(&id.system, &id.value, id.national);
+                    store(tx, e.patient_id, &record, &status, e.added_at).await?;
+                }
+            }
+            v1::PatientEvent::IdentifierRemoved(e) => {
+                if let Some((mut record, status)) = load(tx, e.patient_id).await? {
+                    let id = &e.identifier;
+                    let gone =
+                        MatchRecord::default().with_identifier(&id.system, &id.value, id.national);
+                    record
+                        .national_ids
+                        .retain(|n| !gone.national_ids.contains(n));
+                    record.identifiers.retain(|i| !gone.identifiers.contains(i));
+                    store(tx, e.patient_id, &record, &status, e.removed_at).await?;
+                }
+            }
+            // Preferences, emergency contacts and coverages say nothing about who someone is.
+            v1::PatientEvent::PreferencesUpdated(_)
+            | v1::PatientEvent::EmergencyContactAdded(_)
+            | v1::PatientEvent::EmergencyContactChanged(_)
+            | v1::PatientEvent::EmergencyContactRemoved(_)
+            | v1::PatientEvent::CoverageAdded(_)
+            | v1::PatientEvent::CoverageChanged(_)
+            | v1::PatientEvent::CoverageEnded(_) => {}
         }
         Ok(())
     }

@@ -45,8 +45,8 @@ impl ReadModel for PatientSearch {
                 sqlx::query(
                     "INSERT INTO projections.patient_search
                         (patient_id, mrn, given, family, given_search, family_search, birth_date,
-                         gender, status, version, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $10)
+                         gender, status, version, updated_at, identifiers)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $10, $11)
                      ON CONFLICT (patient_id) DO NOTHING",
                 )
                 .bind(e.patient_id)
@@ -59,8 +59,15 @@ impl ReadModel for PatientSearch {
                 .bind(gender_code(e.gender))
                 .bind(version)
                 .bind(e.registered_at)
+                .bind(
+                    e.identifiers
+                        .iter()
+                        .map(|i| identifier_key(&i.system, &i.value))
+                        .collect::<Vec<_>>(),
+                )
                 .execute(&mut *tx)
                 .await?;
+                set_contact(tx, e.patient_id, &e.contact).await?;
             }
             v1::PatientEvent::DemographicsCorrected(e) => {
                 sqlx::query(
@@ -87,6 +94,53 @@ impl ReadModel for PatientSearch {
             v1::PatientEvent::Restored(e) => {
                 set_status(tx, e.patient_id, "active", version, e.restored_at).await?;
             }
+            v1::PatientEvent::ContactInformationChanged(e) => {
+                set_contact(tx, e.patient_id, &e.contact).await?;
+                touch(tx, e.patient_id, version, e.changed_at).await?;
+            }
+            v1::PatientEvent::IdentifierAdded(e) => {
+                sqlx::query(
+                    "UPDATE projections.patient_search SET identifiers = array_append(identifiers, $2)
+                      WHERE patient_id = $1",
+                )
+                .bind(e.patient_id)
+                .bind(identifier_key(&e.identifier.system, &e.identifier.value))
+                .execute(&mut *tx)
+                .await?;
+                touch(tx, e.patient_id, version, e.added_at).await?;
+            }
+            v1::PatientEvent::IdentifierRemoved(e) => {
+                sqlx::query(
+                    "UPDATE projections.patient_search SET identifiers = array_remove(identifiers, $2)
+                      WHERE patient_id = $1",
+                )
+                .bind(e.patient_id)
+                .bind(identifier_key(&e.identifier.system, &e.identifier.value))
+                .execute(&mut *tx)
+                .await?;
+                touch(tx, e.patient_id, version, e.removed_at).await?;
+            }
+            v1::PatientEvent::PreferencesUpdated(e) => {
+                touch(tx, e.patient_id, version, e.updated_at).await?
+            }
+            v1::PatientEvent::EmergencyContactAdded(e) => {
+                touch(tx, e.patient_id, version, e.added_at).await?
+            }
+            v1::PatientEvent::EmergencyContactChanged(e) => {
+                touch(tx, e.patient_id, version, e.changed_at).await?
+            }
+            v1::PatientEvent::EmergencyContactRemoved(e) => {
+                touch(tx, e.patient_id, version, e.removed_at).await?
+            }
+            v1::PatientEvent::CoverageAdded(e) => {
+                touch(tx, e.patient_id, version, e.added_at).await?
+            }
+            v1::PatientEvent::CoverageChanged(e) => {
+                touch(tx, e.patient_id, version, e.changed_at).await?
+            }
+            v1::PatientEvent::CoverageEnded(e) => {
+                touch(tx, e.patient_id, version, e.ended_at).await?
+            }
         }
         Ok(())
     }
@@ -97,6 +151,71 @@ impl ReadModel for PatientSearch {
             .await
             .map(|_| ())
     }
+}
+
+/// The searchable form of an identifier: `system|value`, the value in lowercase letters and
+/// digits only, so `123-45-6789` and `123456789` find the same patient.
+pub fn identifier_key(system: &str, value: &str) -> String {
+    let value: String = value
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .flat_map(char::to_lowercase)
+        .collect();
+    format!("{}|{value}", system.trim())
+}
+
+async fn set_contact(
+    tx: &mut PgConnection,
+    patient_id: Uuid,
+    contact: &v1::ContactInformation,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projections.patient_search SET phones = $2, emails = $3, postal_codes = $4
+          WHERE patient_id = $1",
+    )
+    .bind(patient_id)
+    .bind(
+        contact
+            .phones
+            .iter()
+            .map(|p| p.number.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        contact
+            .emails
+            .iter()
+            .map(|e| e.address.to_lowercase())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        contact
+            .addresses
+            .iter()
+            .filter_map(|a| a.postal_code.clone())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *tx)
+    .await
+    .map(|_| ())
+}
+
+/// Records the version an event brought, for events that change nothing searchable.
+async fn touch(
+    tx: &mut PgConnection,
+    patient_id: Uuid,
+    version: i64,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projections.patient_search SET version = $2, updated_at = $3 WHERE patient_id = $1",
+    )
+    .bind(patient_id)
+    .bind(version)
+    .bind(at)
+    .execute(&mut *tx)
+    .await
+    .map(|_| ())
 }
 
 async fn set_status(
@@ -137,6 +256,15 @@ pub struct Criteria {
     pub given: Option<String>,
     pub birth_date: Option<NaiveDate>,
     pub mrn: Option<String>,
+    /// Words of a name, matched fuzzily (typos, transpositions) against family and given
+    /// names; results are ranked by similarity.
+    pub name: Option<String>,
+    /// E.164.
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    /// `system|value`.
+    pub identifier: Option<(String, String)>,
+    pub postal_code: Option<String>,
     pub include_archived: bool,
     pub limit: u32,
     pub offset: u32,
@@ -220,9 +348,40 @@ fn summary(row: &sqlx::postgres::PgRow) -> Result<PatientSummary, sqlx::Error> {
 #[tracing::instrument(skip_all)]
 pub async fn search(pool: &PgPool, criteria: &Criteria) -> Result<Page, sqlx::Error> {
     let mut query = QueryBuilder::new(
-        "SELECT patient_id, mrn, given, family, birth_date, gender, status, version
-           FROM projections.patient_search WHERE true",
+        "SELECT patient_id, mrn, given, family, birth_date, gender, status, version",
     );
+    let words: Vec<String> = criteria
+        .name
+        .as_deref()
+        .map(|n| {
+            fold(n)
+                .split(' ')
+                .filter(|w| !w.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if !words.is_empty() {
+        // Each word scores its best similarity to the family name or any given name.
+        query
+            .push(
+                ", (SELECT sum(GREATEST(public.similarity(w, family_search),
+                      COALESCE((SELECT max(public.similarity(w, g)) FROM unnest(given_search) g), 0)))
+                    FROM unnest(",
+            )
+            .push_bind(words.clone())
+            .push("::text[]) w) AS score");
+    }
+    query.push(" FROM projections.patient_search WHERE true");
+    if !words.is_empty() {
+        query
+            .push(" AND EXISTS (SELECT 1 FROM unnest(")
+            .push_bind(words.clone())
+            .push(
+                "::text[]) w WHERE family_search OPERATOR(public.%) w
+                    OR EXISTS (SELECT 1 FROM unnest(given_search) g WHERE g OPERATOR(public.%) w))",
+            );
+    }
     if let Some(family) = &criteria.family {
         query
             .push(" AND family_search LIKE ")
@@ -240,11 +399,35 @@ pub async fn search(pool: &PgPool, criteria: &Criteria) -> Result<Page, sqlx::Er
     if let Some(mrn) = &criteria.mrn {
         query.push(" AND mrn = ").push_bind(mrn.clone());
     }
+    for (column, value) in [
+        ("phones", criteria.phone.clone()),
+        ("emails", criteria.email.as_deref().map(str::to_lowercase)),
+        ("postal_codes", criteria.postal_code.clone()),
+        (
+            "identifiers",
+            criteria
+                .identifier
+                .as_ref()
+                .map(|(s, v)| identifier_key(s, v)),
+        ),
+    ] {
+        if let Some(value) = value {
+            query
+                .push(format_args!(" AND {column} @> ARRAY["))
+                .push_bind(value)
+                .push("]::text[]");
+        }
+    }
     if !criteria.include_archived {
         query.push(" AND status = 'active'");
     }
+    let order = if words.is_empty() {
+        " ORDER BY family_search, given_search, patient_id LIMIT "
+    } else {
+        " ORDER BY score DESC, family_search, given_search, patient_id LIMIT "
+    };
     query
-        .push(" ORDER BY family_search, given_search, patient_id LIMIT ")
+        .push(order)
         .push_bind(i64::from(criteria.limit) + 1)
         .push(" OFFSET ")
         .push_bind(i64::from(criteria.offset));

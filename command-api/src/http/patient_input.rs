@@ -7,6 +7,10 @@ use domain::patient::contact::{
     self, Address, AddressUse, ContactInformation, CountryCode, Email, EmailAddress, Identifier,
     Phone, PhoneNumber, PhoneUse,
 };
+use domain::patient::record::{
+    Channel, Coverage, CoveragePriority, EmergencyContact, LanguageTag, Preferences, QuietHours,
+    Relationship, SubscriberRelationship,
+};
 use domain::patient::{AdministrativeGender, BirthDate, PersonName, Reason};
 use domain::FieldError;
 use serde_json::{Map, Value};
@@ -156,12 +160,16 @@ pub fn candidate(object: &Map<String, Value>, today: NaiveDate) -> Result<MatchR
 
 /// The `name` object: `given` (an array, may be empty) and `family`.
 pub fn name(fields: &mut Fields<'_>, required: bool) -> Option<PersonName> {
-    let path = fields.path("name");
-    let object = if required {
-        fields.object("name")
-    } else {
-        fields.optional_object("name")
-    }?;
+    if !required && !fields.present("name") {
+        return None;
+    }
+    name_at(fields, "name")
+}
+
+/// The name object under `key`, required.
+fn name_at(fields: &mut Fields<'_>, key: &str) -> Option<PersonName> {
+    let path = fields.path(key);
+    let object = fields.object(key)?;
     let mut name = Fields::new(object, &path, NAME_FIELDS);
     let given = name.optional_string_array("given");
     let family = name.string("family");
@@ -245,11 +253,25 @@ fn contact(fields: &mut Fields<'_>) -> ContactInformation {
     let Some(object) = fields.optional_object("contact") else {
         return ContactInformation::default();
     };
-    let mut c = Fields::new(object, "contact", &["phones", "emails", "addresses"]);
-    let mut said = [false; 3];
+    let (contact, errors) = contact_object(object, "contact");
+    fields.absorb(errors);
+    contact
+}
 
+/// A body that is contact information: `phones`, `emails`, `addresses`.
+///
+/// # Errors
+///
+/// [`ApiError::Validation`] naming every bad field.
+pub fn contact_body(object: &Map<String, Value>) -> Result<ContactInformation, ApiError> {
+    let (contact, errors) = contact_object(object, "");
+    errors.into_result().map_err(ApiError::Validation)?;
+    Ok(contact)
+}
+
+fn phones(c: &mut Fields<'_>, key: &str, said: &mut bool) -> Vec<Phone> {
     let mut phones = Vec::new();
-    for (path, o) in objects(&mut c, "phones") {
+    for (path, o) in objects(c, key) {
         let mut f = Fields::new(o, &path, &["number", "use", "preferred"]);
         let number = f
             .string("number")
@@ -258,7 +280,7 @@ fn contact(fields: &mut Fields<'_>) -> ContactInformation {
             Some(v) => f.check(PhoneUse::parse(&format!("{path}.use"), v)),
             None => Some(PhoneUse::Mobile),
         };
-        said[0] |= f.present("preferred");
+        *said |= f.present("preferred");
         let preferred = f.optional_bool("preferred").unwrap_or(false);
         if let (Some(number), Some(phone_use)) = (number, phone_use) {
             phones.push(Phone {
@@ -270,6 +292,16 @@ fn contact(fields: &mut Fields<'_>) -> ContactInformation {
         let errors = std::mem::take(&mut f.errors);
         c.absorb(errors);
     }
+    phones
+}
+
+fn contact_object(
+    object: &Map<String, Value>,
+    prefix: &str,
+) -> (ContactInformation, domain::FieldErrors) {
+    let mut c = Fields::new(object, prefix, &["phones", "emails", "addresses"]);
+    let mut said = [false; 3];
+    let mut phones = phones(&mut c, "phones", &mut said[0]);
 
     let mut emails = Vec::new();
     for (path, o) in objects(&mut c, "emails") {
@@ -300,15 +332,13 @@ fn contact(fields: &mut Fields<'_>) -> ContactInformation {
         Ok(contact) => contact,
         Err(errors) => {
             for e in errors.into_vec() {
-                c.errors
-                    .push(FieldError::new(format!("contact.{}", e.field), e.message));
+                let field = c.path(&e.field);
+                c.errors.push(FieldError::new(field, e.message));
             }
             ContactInformation::default()
         }
     };
-    let errors = std::mem::take(&mut c.errors);
-    fields.absorb(errors);
-    parsed
+    (parsed, c.errors)
 }
 
 fn address(
@@ -377,4 +407,244 @@ fn address(
         country,
         preferred,
     })
+}
+
+/// `{system, value, national?}`.
+///
+/// # Errors
+///
+/// [`ApiError::Validation`] naming every bad field.
+pub fn identifier_body(object: &Map<String, Value>) -> Result<Identifier, ApiError> {
+    let mut f = Fields::new(object, "", &["system", "value", "national"]);
+    let system = f.string("system");
+    let value = f.string("value");
+    let national = f.optional_bool("national").unwrap_or(false);
+    let parsed = match (system, value) {
+        (Some(system), Some(value)) => match Identifier::parse("", system, value, national) {
+            Ok(id) => Some(id),
+            Err(errors) => {
+                for e in errors.into_vec() {
+                    f.errors
+                        .push(FieldError::new(e.field.trim_start_matches('.'), e.message));
+                }
+                None
+            }
+        },
+        _ => None,
+    };
+    f.finish()?;
+    parsed.ok_or_else(|| ApiError::Validation(domain::FieldErrors::new()))
+}
+
+/// `{system, value, reason}`: which identifier to remove, and why.
+///
+/// # Errors
+///
+/// [`ApiError::Validation`] naming every bad field.
+pub fn identifier_removal(
+    object: &Map<String, Value>,
+) -> Result<(String, String, Reason), ApiError> {
+    let mut f = Fields::new(object, "", &["system", "value", "reason"]);
+    let system = f.string("system").map(str::to_owned);
+    let value = f.string("value").map(str::to_owned);
+    let reason = f
+        .string("reason")
+        .and_then(|v| f.check(Reason::parse("reason", v)));
+    f.finish()?;
+    match (system, value, reason) {
+        (Some(system), Some(value), Some(reason)) => Ok((system, value, reason)),
+        _ => Err(ApiError::Validation(domain::FieldErrors::new())),
+    }
+}
+
+/// The preferences body.
+///
+/// # Errors
+///
+/// [`ApiError::Validation`] naming every bad field.
+pub fn preferences_body(object: &Map<String, Value>) -> Result<Preferences, ApiError> {
+    let mut f = Fields::new(
+        object,
+        "",
+        &[
+            "communication_language",
+            "preferred_channel",
+            "reminder_opt_in",
+            "quiet_hours",
+            "interpreter_needed",
+        ],
+    );
+    let communication_language = f
+        .optional_string("communication_language")
+        .and_then(|v| f.check(LanguageTag::parse("communication_language", v)));
+    let preferred_channel = f
+        .optional_string("preferred_channel")
+        .and_then(|v| f.check(Channel::parse("preferred_channel", v)));
+    let reminder_opt_in = f.optional_bool("reminder_opt_in").unwrap_or(false);
+    let interpreter_needed = f.optional_bool("interpreter_needed").unwrap_or(false);
+    let quiet_hours = f.optional_object("quiet_hours").and_then(|o| {
+        let mut q = Fields::new(o, "quiet_hours", &["start", "end"]);
+        let start = q.string("start");
+        let end = q.string("end");
+        let parsed = match (start, end) {
+            (Some(start), Some(end)) => match QuietHours::parse("quiet_hours", start, end) {
+                Ok(hours) => Some(hours),
+                Err(errors) => {
+                    q.absorb(errors);
+                    None
+                }
+            },
+            _ => None,
+        };
+        let errors = std::mem::take(&mut q.errors);
+        f.absorb(errors);
+        parsed
+    });
+    f.finish()?;
+    Ok(Preferences {
+        communication_language,
+        preferred_channel,
+        reminder_opt_in,
+        quiet_hours,
+        interpreter_needed,
+    })
+}
+
+/// The emergency contact body: `name`, `relationship`, `phones` (at least one).
+///
+/// # Errors
+///
+/// [`ApiError::Validation`] naming every bad field.
+pub fn emergency_contact_body(
+    object: &Map<String, Value>,
+    contact_id: uuid::Uuid,
+) -> Result<EmergencyContact, ApiError> {
+    let mut f = Fields::new(object, "", &["name", "relationship", "phones"]);
+    let name = name(&mut f, true);
+    let relationship = f
+        .string("relationship")
+        .and_then(|v| f.check(Relationship::parse("relationship", v)));
+    let mut said = false;
+    let mut phones = phones(&mut f, "phones", &mut said);
+    prefer_single(&mut phones, said, |p| p.preferred = true);
+    if phones.is_empty() && f.errors.iter().all(|e| !e.field.starts_with("phones")) {
+        f.errors
+            .push(FieldError::new("phones", "at least one phone is required"));
+    }
+    f.finish()?;
+    match (name, relationship) {
+        (Some(name), Some(relationship)) => Ok(EmergencyContact {
+            contact_id,
+            name,
+            relationship,
+            phones,
+        }),
+        _ => Err(ApiError::Validation(domain::FieldErrors::new())),
+    }
+}
+
+fn date(f: &mut Fields<'_>, key: &str, required: bool) -> Option<NaiveDate> {
+    let value = if required {
+        f.string(key)
+    } else {
+        f.optional_string(key)
+    }?;
+    let parsed = NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        .map_err(|_| FieldError::new(f.path(key), "must be a date in the form YYYY-MM-DD"));
+    f.check(parsed)
+}
+
+/// The coverage body.
+///
+/// # Errors
+///
+/// [`ApiError::Validation`] naming every bad field.
+pub fn coverage_body(
+    object: &Map<String, Value>,
+    coverage_id: uuid::Uuid,
+) -> Result<Coverage, ApiError> {
+    let mut f = Fields::new(
+        object,
+        "",
+        &[
+            "payer",
+            "plan",
+            "member_id",
+            "group",
+            "subscriber_name",
+            "relationship",
+            "start",
+            "end",
+            "priority",
+        ],
+    );
+    let payer = f
+        .string("payer")
+        .and_then(|v| f.check(contact::text("payer", v, 200)));
+    let plan = f
+        .optional_string("plan")
+        .and_then(|v| f.check(contact::text("plan", v, 200)));
+    let member_id = f
+        .string("member_id")
+        .and_then(|v| f.check(contact::text("member_id", v, 100)));
+    let group = f
+        .optional_string("group")
+        .and_then(|v| f.check(contact::text("group", v, 100)));
+    let subscriber_name = if f.present("subscriber_name") {
+        name_at(&mut f, "subscriber_name")
+    } else {
+        None
+    };
+    let relationship = match f.optional_string("relationship") {
+        Some(v) => f.check(SubscriberRelationship::parse("relationship", v)),
+        None => Some(SubscriberRelationship::Myself),
+    };
+    let start = date(&mut f, "start", true);
+    let end = date(&mut f, "end", false);
+    let priority = f
+        .string("priority")
+        .and_then(|v| f.check(CoveragePriority::parse("priority", v)));
+    if let (Some(s), Some(e)) = (start, end) {
+        if e < s {
+            f.errors
+                .push(FieldError::new("end", "must not be before the start"));
+        }
+    }
+    f.finish()?;
+    match (payer, member_id, relationship, start, priority) {
+        (Some(payer), Some(member_id), Some(relationship), Some(start), Some(priority)) => {
+            Ok(Coverage {
+                coverage_id,
+                payer,
+                plan,
+                member_id,
+                group,
+                subscriber_name,
+                relationship,
+                start,
+                end,
+                priority,
+                ended: false,
+            })
+        }
+        _ => Err(ApiError::Validation(domain::FieldErrors::new())),
+    }
+}
+
+/// `{end, reason}`: when a coverage ends, and why.
+///
+/// # Errors
+///
+/// [`ApiError::Validation`] naming every bad field.
+pub fn coverage_end_body(object: &Map<String, Value>) -> Result<(NaiveDate, Reason), ApiError> {
+    let mut f = Fields::new(object, "", &["end", "reason"]);
+    let end = date(&mut f, "end", true);
+    let reason = f
+        .string("reason")
+        .and_then(|v| f.check(Reason::parse("reason", v)));
+    f.finish()?;
+    match (end, reason) {
+        (Some(end), Some(reason)) => Ok((end, reason)),
+        _ => Err(ApiError::Validation(domain::FieldErrors::new())),
+    }
 }

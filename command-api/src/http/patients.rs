@@ -528,7 +528,25 @@ async fn restore(State(state): State<AppState>, req: CommandRequest) -> Result<R
     change(&state, &req, "restore", command).await
 }
 
+/// The search parameters that narrow a search; at least one is required.
+const CRITERIA: &[&str] = &[
+    "family",
+    "given",
+    "birth_date",
+    "mrn",
+    "name",
+    "phone",
+    "email",
+    "identifier",
+    "postal_code",
+];
+
 const SEARCH_PARAMS: &[&str] = &[
+    "name",
+    "phone",
+    "email",
+    "identifier",
+    "postal_code",
     "family",
     "given",
     "birth_date",
@@ -634,6 +652,34 @@ fn parse_criteria(
         .get("mrn")
         .and_then(|v| errors.check(domain::patient::Mrn::parse("mrn", v)))
         .map(|m| m.as_str().to_owned());
+    let name = text("name", &mut errors);
+    let phone = params.get("phone").and_then(|v| {
+        errors
+            .check(domain::patient::contact::PhoneNumber::parse("phone", v))
+            .map(|p| p.as_str().to_owned())
+    });
+    let email = params.get("email").and_then(|v| {
+        errors
+            .check(domain::patient::contact::EmailAddress::parse("email", v))
+            .map(|e| e.as_str().to_owned())
+    });
+    let postal_code = params
+        .get("postal_code")
+        .and_then(|v| errors.check(domain::patient::contact::postal_code("postal_code", v)));
+    let identifier = params
+        .get("identifier")
+        .and_then(|v| match v.split_once('|') {
+            Some((system, value)) if !system.trim().is_empty() && !value.trim().is_empty() => {
+                Some((system.trim().to_owned(), value.trim().to_owned()))
+            }
+            _ => {
+                errors.push(domain::FieldError::new(
+                    "identifier",
+                    "must be system|value",
+                ));
+                None
+            }
+        });
     let include_archived = match params.get("include_archived").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
@@ -647,17 +693,10 @@ fn parse_criteria(
     };
     let limit = number("limit", 20, MAX_LIMIT, 1, &mut errors);
     let offset = number("offset", 0, 10_000, 0, &mut errors);
-    if family.is_none()
-        && given.is_none()
-        && birth_date.is_none()
-        && mrn.is_none()
-        && !params
-            .keys()
-            .any(|k| ["family", "given", "birth_date", "mrn"].contains(&k.as_str()))
-    {
+    if !params.keys().any(|k| CRITERIA.contains(&k.as_str())) {
         errors.push(domain::FieldError::new(
             "",
-            "give at least one of family, given, birth_date, mrn",
+            format!("give at least one of {}", CRITERIA.join(", ")),
         ));
     }
     errors.into_result().map_err(ApiError::InvalidParameters)?;
@@ -666,6 +705,11 @@ fn parse_criteria(
         given,
         birth_date,
         mrn,
+        name,
+        phone,
+        email,
+        identifier,
+        postal_code,
         include_archived,
         limit,
         offset,

@@ -5,12 +5,17 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
 use super::commands::{
-    ArchivePatient, CorrectDemographics, PatientCommand, RegisterPatient, RestorePatient,
+    ArchivePatient, CorrectDemographics, PatientCommand, RecordChange, RegisterPatient,
+    RestorePatient,
 };
 use super::contact::{ContactInformation, Identifier};
 use super::events::{
-    DemographicsCorrected, PatientArchived, PatientEvent, PatientRegistered, PatientRestored,
+    ContactInformationChanged, CoverageAdded, CoverageChanged, CoverageEnded,
+    DemographicsCorrected, EmergencyContactAdded, EmergencyContactChanged, EmergencyContactRemoved,
+    IdentifierAdded, IdentifierRemoved, PatientArchived, PatientEvent, PatientRegistered,
+    PatientRestored, PreferencesUpdated,
 };
+use super::record::{Coverage, EmergencyContact, Preferences, MAX_EMERGENCY_CONTACTS};
 use super::values::{AdministrativeGender, BirthDate, Mrn, PatientId, PersonName};
 use super::PatientError;
 
@@ -30,6 +35,13 @@ pub struct PatientRecord {
     pub gender: AdministrativeGender,
     pub identifiers: Vec<Identifier>,
     pub contact: ContactInformation,
+    #[serde(default)]
+    pub preferences: Preferences,
+    #[serde(default)]
+    pub emergency_contacts: Vec<EmergencyContact>,
+    /// Every coverage ever recorded, ended ones included.
+    #[serde(default)]
+    pub coverages: Vec<Coverage>,
     pub status: PatientStatus,
 }
 
@@ -68,7 +80,167 @@ impl Patient {
             (PatientCommand::CorrectDemographics(cmd), Some(record)) => correct(record, cmd),
             (PatientCommand::Archive(cmd), Some(record)) => archive(record, cmd),
             (PatientCommand::Restore(cmd), Some(record)) => restore(record, cmd),
+            (_, Some(record)) if record.status == PatientStatus::Archived => {
+                Err(PatientError::ArchivedPatientCannotBeCorrected)
+            }
+            (PatientCommand::Change(change), Some(record)) => {
+                change_record(record, change).map(|event| vec![event])
+            }
         }
+    }
+}
+
+/// The changes to an active patient's record other than demographics.
+fn change_record(
+    record: &PatientRecord,
+    change: RecordChange,
+) -> Result<PatientEvent, PatientError> {
+    use PatientEvent as E;
+    use RecordChange as C;
+    Ok(match change {
+        C::ChangeContactInformation { contact, at } => {
+            if contact == record.contact {
+                return Err(PatientError::CorrectionChangesNothing);
+            }
+            E::ContactInformationChanged(ContactInformationChanged {
+                contact,
+                changed_at: at,
+            })
+        }
+        C::AddIdentifier { identifier, at } => {
+            if record.identifiers.iter().any(|id| id.same_as(&identifier)) {
+                return Err(PatientError::IdentifierAlreadyRecorded);
+            }
+            E::IdentifierAdded(IdentifierAdded {
+                identifier,
+                added_at: at,
+            })
+        }
+        C::RemoveIdentifier(cmd) => {
+            let wanted = Identifier {
+                system: cmd.system,
+                value: cmd.value,
+                national: false,
+            };
+            let identifier = record
+                .identifiers
+                .iter()
+                .find(|id| id.same_as(&wanted))
+                .cloned()
+                .ok_or(PatientError::IdentifierNotFound)?;
+            E::IdentifierRemoved(IdentifierRemoved {
+                identifier,
+                reason: cmd.reason,
+                removed_at: cmd.at,
+            })
+        }
+        C::UpdatePreferences { preferences, at } => {
+            if preferences == record.preferences {
+                return Err(PatientError::CorrectionChangesNothing);
+            }
+            E::PreferencesUpdated(PreferencesUpdated {
+                preferences,
+                updated_at: at,
+            })
+        }
+        C::AddEmergencyContact { contact, at } => {
+            if record.emergency_contacts.len() >= MAX_EMERGENCY_CONTACTS {
+                return Err(PatientError::TooManyEmergencyContacts);
+            }
+            E::EmergencyContactAdded(EmergencyContactAdded {
+                contact,
+                added_at: at,
+            })
+        }
+        C::ChangeEmergencyContact { contact, at } => {
+            let current = record
+                .emergency_contacts
+                .iter()
+                .find(|c| c.contact_id == contact.contact_id)
+                .ok_or(PatientError::EmergencyContactNotFound)?;
+            if *current == contact {
+                return Err(PatientError::CorrectionChangesNothing);
+            }
+            E::EmergencyContactChanged(EmergencyContactChanged {
+                contact,
+                changed_at: at,
+            })
+        }
+        C::RemoveEmergencyContact { contact_id, at } => {
+            if !record
+                .emergency_contacts
+                .iter()
+                .any(|c| c.contact_id == contact_id)
+            {
+                return Err(PatientError::EmergencyContactNotFound);
+            }
+            E::EmergencyContactRemoved(EmergencyContactRemoved {
+                contact_id,
+                removed_at: at,
+            })
+        }
+        C::AddCoverage { coverage, at } => {
+            check_coverage(record, &coverage)?;
+            E::CoverageAdded(CoverageAdded {
+                coverage,
+                added_at: at,
+            })
+        }
+        C::ChangeCoverage { coverage, at } => {
+            let current = record
+                .coverages
+                .iter()
+                .find(|c| c.coverage_id == coverage.coverage_id)
+                .ok_or(PatientError::CoverageNotFound)?;
+            if current.ended {
+                return Err(PatientError::CoverageAlreadyEnded);
+            }
+            if *current == coverage {
+                return Err(PatientError::CorrectionChangesNothing);
+            }
+            check_coverage(record, &coverage)?;
+            E::CoverageChanged(CoverageChanged {
+                coverage,
+                changed_at: at,
+            })
+        }
+        C::EndCoverage(cmd) => {
+            let current = record
+                .coverages
+                .iter()
+                .find(|c| c.coverage_id == cmd.coverage_id)
+                .ok_or(PatientError::CoverageNotFound)?;
+            if current.ended {
+                return Err(PatientError::CoverageAlreadyEnded);
+            }
+            if cmd.end < current.start {
+                return Err(PatientError::CoverageEndsBeforeItStarts);
+            }
+            E::CoverageEnded(CoverageEnded {
+                coverage_id: cmd.coverage_id,
+                end: cmd.end,
+                reason: cmd.reason,
+                ended_at: cmd.at,
+            })
+        }
+    })
+}
+
+/// No two active coverages of the same priority may overlap in time.
+fn check_coverage(record: &PatientRecord, coverage: &Coverage) -> Result<(), PatientError> {
+    if coverage.end.is_some_and(|end| end < coverage.start) {
+        return Err(PatientError::CoverageEndsBeforeItStarts);
+    }
+    let clash = record.coverages.iter().any(|other| {
+        other.coverage_id != coverage.coverage_id
+            && !other.ended
+            && other.priority == coverage.priority
+            && other.overlaps(coverage)
+    });
+    if clash {
+        Err(PatientError::CoverageOverlaps)
+    } else {
+        Ok(())
     }
 }
 
@@ -160,6 +332,9 @@ impl Aggregate for Patient {
                     gender: e.gender,
                     identifiers: e.identifiers,
                     contact: e.contact,
+                    preferences: Preferences::default(),
+                    emergency_contacts: Vec::new(),
+                    coverages: Vec::new(),
                     status: PatientStatus::Active,
                 });
             }
@@ -183,7 +358,56 @@ impl Aggregate for Patient {
                     record.status = PatientStatus::Active;
                 }
             }
+            other => {
+                if let Some(record) = &mut self.record {
+                    apply_record_change(record, other);
+                }
+            }
         }
+    }
+}
+
+fn apply_record_change(record: &mut PatientRecord, event: PatientEvent) {
+    match event {
+        PatientEvent::ContactInformationChanged(e) => record.contact = e.contact,
+        PatientEvent::IdentifierAdded(e) => record.identifiers.push(e.identifier),
+        PatientEvent::IdentifierRemoved(e) => {
+            record.identifiers.retain(|id| !id.same_as(&e.identifier))
+        }
+        PatientEvent::PreferencesUpdated(e) => record.preferences = e.preferences,
+        PatientEvent::EmergencyContactAdded(e) => record.emergency_contacts.push(e.contact),
+        PatientEvent::EmergencyContactChanged(e) => {
+            for c in &mut record.emergency_contacts {
+                if c.contact_id == e.contact.contact_id {
+                    *c = e.contact.clone();
+                }
+            }
+        }
+        PatientEvent::EmergencyContactRemoved(e) => {
+            record
+                .emergency_contacts
+                .retain(|c| c.contact_id != e.contact_id);
+        }
+        PatientEvent::CoverageAdded(e) => record.coverages.push(e.coverage),
+        PatientEvent::CoverageChanged(e) => {
+            for c in &mut record.coverages {
+                if c.coverage_id == e.coverage.coverage_id {
+                    *c = e.coverage.clone();
+                }
+            }
+        }
+        PatientEvent::CoverageEnded(e) => {
+            for c in &mut record.coverages {
+                if c.coverage_id == e.coverage_id {
+                    c.end = Some(e.end);
+                    c.ended = true;
+                }
+            }
+        }
+        PatientEvent::PatientRegistered(_)
+        | PatientEvent::DemographicsCorrected(_)
+        | PatientEvent::PatientArchived(_)
+        | PatientEvent::PatientRestored(_) => {}
     }
 }
 
@@ -195,6 +419,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::patient::record::{CoveragePriority, Relationship, SubscriberRelationship};
     use crate::patient::values::Reason;
 
     fn at() -> DateTime<Utc> {
@@ -378,6 +603,206 @@ mod tests {
     fn restoring_an_active_patient_is_refused() {
         let err = given(vec![registered()]).decide(restore_cmd()).unwrap_err();
         assert_eq!(err, PatientError::NotArchived);
+    }
+
+    fn record_change(change: RecordChange) -> PatientCommand {
+        PatientCommand::Change(change)
+    }
+
+    fn identifier(value: &str) -> Identifier {
+        Identifier::parse("i", "urn:example", value, false).unwrap()
+    }
+
+    fn coverage(id: u128, priority: CoveragePriority, start: &str, end: Option<&str>) -> Coverage {
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        Coverage {
+            coverage_id: Uuid::from_u128(id),
+            payer: "Helsana".into(),
+            plan: None,
+            member_id: "M-1".into(),
+            group: None,
+            subscriber_name: None,
+            relationship: SubscriberRelationship::Myself,
+            start: d(start),
+            end: end.map(d),
+            priority,
+            ended: false,
+        }
+    }
+
+    fn coverage_added(c: Coverage) -> PatientEvent {
+        PatientEvent::CoverageAdded(CoverageAdded {
+            coverage: c,
+            added_at: at(),
+        })
+    }
+
+    #[test]
+    fn an_identifier_already_recorded_is_refused_and_an_unknown_one_cannot_be_removed() {
+        let with_id = given(vec![
+            registered(),
+            PatientEvent::IdentifierAdded(IdentifierAdded {
+                identifier: identifier("A-1"),
+                added_at: at(),
+            }),
+        ]);
+        let again = record_change(RecordChange::AddIdentifier {
+            identifier: identifier("a1"),
+            at: at(),
+        });
+        assert_eq!(
+            with_id.decide(again).unwrap_err(),
+            PatientError::IdentifierAlreadyRecorded
+        );
+        let remove = record_change(RecordChange::RemoveIdentifier(
+            crate::patient::RemoveIdentifier {
+                system: "urn:example".into(),
+                value: "B-2".into(),
+                reason: reason(),
+                at: at(),
+            },
+        ));
+        assert_eq!(
+            with_id.decide(remove).unwrap_err(),
+            PatientError::IdentifierNotFound
+        );
+    }
+
+    #[test]
+    fn two_active_coverages_of_one_priority_may_not_overlap() {
+        let patient = given(vec![
+            registered(),
+            coverage_added(coverage(1, CoveragePriority::Primary, "2026-01-01", None)),
+        ]);
+        let clash = coverage(
+            2,
+            CoveragePriority::Primary,
+            "2026-06-01",
+            Some("2026-12-31"),
+        );
+        let add = |c| {
+            record_change(RecordChange::AddCoverage {
+                coverage: c,
+                at: at(),
+            })
+        };
+        assert_eq!(
+            patient.decide(add(clash)).unwrap_err(),
+            PatientError::CoverageOverlaps
+        );
+        let secondary = coverage(3, CoveragePriority::Secondary, "2026-06-01", None);
+        assert!(patient.decide(add(secondary)).is_ok());
+        let before = coverage(
+            4,
+            CoveragePriority::Primary,
+            "2025-01-01",
+            Some("2025-12-31"),
+        );
+        assert!(patient.decide(add(before)).is_ok());
+    }
+
+    #[test]
+    fn an_ended_coverage_stays_on_record_and_frees_its_priority() {
+        let mut patient = given(vec![
+            registered(),
+            coverage_added(coverage(1, CoveragePriority::Primary, "2026-01-01", None)),
+        ]);
+        let end = |day: &str| {
+            record_change(RecordChange::EndCoverage(crate::patient::EndCoverage {
+                coverage_id: Uuid::from_u128(1),
+                end: NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap(),
+                reason: reason(),
+                at: at(),
+            }))
+        };
+        assert_eq!(
+            patient.decide(end("2025-12-31")).unwrap_err(),
+            PatientError::CoverageEndsBeforeItStarts
+        );
+        for event in patient.decide(end("2026-06-30")).unwrap() {
+            patient.apply(event);
+        }
+        let record = patient.record().unwrap();
+        assert!(record.coverages[0].ended);
+        assert_eq!(
+            patient.decide(end("2026-07-01")).unwrap_err(),
+            PatientError::CoverageAlreadyEnded
+        );
+        let next = coverage(2, CoveragePriority::Primary, "2026-07-01", None);
+        assert!(patient
+            .decide(record_change(RecordChange::AddCoverage {
+                coverage: next,
+                at: at()
+            }))
+            .is_ok());
+    }
+
+    #[test]
+    fn emergency_contacts_must_exist_to_change_and_are_limited_in_number() {
+        let contact = |id: u128| EmergencyContact {
+            contact_id: Uuid::from_u128(id),
+            name: name("Charles", "Babbage"),
+            relationship: Relationship::Friend,
+            phones: vec![],
+        };
+        let mut events = vec![registered()];
+        for id in 0..MAX_EMERGENCY_CONTACTS as u128 {
+            events.push(PatientEvent::EmergencyContactAdded(EmergencyContactAdded {
+                contact: contact(id),
+                added_at: at(),
+            }));
+        }
+        let patient = given(events);
+        let add = record_change(RecordChange::AddEmergencyContact {
+            contact: contact(99),
+            at: at(),
+        });
+        assert_eq!(
+            patient.decide(add).unwrap_err(),
+            PatientError::TooManyEmergencyContacts
+        );
+        let change = record_change(RecordChange::ChangeEmergencyContact {
+            contact: contact(99),
+            at: at(),
+        });
+        assert_eq!(
+            patient.decide(change).unwrap_err(),
+            PatientError::EmergencyContactNotFound
+        );
+        let remove = record_change(RecordChange::RemoveEmergencyContact {
+            contact_id: Uuid::from_u128(3),
+            at: at(),
+        });
+        assert!(patient.decide(remove).is_ok());
+    }
+
+    #[test]
+    fn an_archived_patients_record_cannot_be_changed() {
+        let patient = given(vec![registered(), archived()]);
+        let change = record_change(RecordChange::UpdatePreferences {
+            preferences: Preferences {
+                reminder_opt_in: true,
+                ..Preferences::default()
+            },
+            at: at(),
+        });
+        assert_eq!(
+            patient.decide(change).unwrap_err(),
+            PatientError::ArchivedPatientCannotBeCorrected
+        );
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_is_refused() {
+        let patient = given(vec![registered()]);
+        let same = record_change(RecordChange::UpdatePreferences {
+            preferences: Preferences::default(),
+            at: at(),
+        });
+        assert_eq!(
+            patient.decide(same).unwrap_err(),
+            PatientError::CorrectionChangesNothing
+        );
     }
 
     #[test]

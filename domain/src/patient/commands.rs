@@ -1,10 +1,12 @@
 //! Commands of the patient aggregate, built only from validated value types. Each carries the
 //! instant it was issued, so deciding never reads a clock.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use uuid::Uuid;
 
 use super::contact::{ContactInformation, Identifier};
 use super::events::DuplicateOverride;
+use super::record::{Coverage, EmergencyContact, Preferences};
 use super::values::{AdministrativeGender, BirthDate, Mrn, PatientId, PersonName, Reason};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +15,66 @@ pub enum PatientCommand {
     CorrectDemographics(CorrectDemographics),
     Archive(ArchivePatient),
     Restore(RestorePatient),
+    /// A change to an active patient's record other than demographics.
+    Change(RecordChange),
+}
+
+/// The changes to a record besides demographics and its lifecycle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordChange {
+    /// Replaces phones, e-mail addresses and postal addresses.
+    ChangeContactInformation {
+        contact: ContactInformation,
+        at: DateTime<Utc>,
+    },
+    AddIdentifier {
+        identifier: Identifier,
+        at: DateTime<Utc>,
+    },
+    RemoveIdentifier(RemoveIdentifier),
+    UpdatePreferences {
+        preferences: Preferences,
+        at: DateTime<Utc>,
+    },
+    AddEmergencyContact {
+        contact: EmergencyContact,
+        at: DateTime<Utc>,
+    },
+    /// Replaces the emergency contact with the same `contact_id`.
+    ChangeEmergencyContact {
+        contact: EmergencyContact,
+        at: DateTime<Utc>,
+    },
+    RemoveEmergencyContact {
+        contact_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    AddCoverage {
+        coverage: Coverage,
+        at: DateTime<Utc>,
+    },
+    /// Replaces the coverage with the same `coverage_id`.
+    ChangeCoverage {
+        coverage: Coverage,
+        at: DateTime<Utc>,
+    },
+    EndCoverage(EndCoverage),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoveIdentifier {
+    pub system: String,
+    pub value: String,
+    pub reason: Reason,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndCoverage {
+    pub coverage_id: Uuid,
+    pub end: NaiveDate,
+    pub reason: Reason,
+    pub at: DateTime<Utc>,
 }
 
 /// Registers a new patient under an id and an MRN the service has already chosen.

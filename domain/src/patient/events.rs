@@ -2,11 +2,13 @@
 //! versions are part of the stored history and never do. A new shape gets a new version and an
 //! upcaster, never a rewrite of stored events.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use super::contact::{ContactInformation, Identifier};
+use super::record::{Coverage, EmergencyContact, Preferences};
 use super::values::{AdministrativeGender, BirthDate, Mrn, PatientId, PersonName, Reason};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -15,6 +17,84 @@ pub enum PatientEvent {
     DemographicsCorrected(DemographicsCorrected),
     PatientArchived(PatientArchived),
     PatientRestored(PatientRestored),
+    ContactInformationChanged(ContactInformationChanged),
+    IdentifierAdded(IdentifierAdded),
+    IdentifierRemoved(IdentifierRemoved),
+    PreferencesUpdated(PreferencesUpdated),
+    EmergencyContactAdded(EmergencyContactAdded),
+    EmergencyContactChanged(EmergencyContactChanged),
+    EmergencyContactRemoved(EmergencyContactRemoved),
+    CoverageAdded(CoverageAdded),
+    CoverageChanged(CoverageChanged),
+    CoverageEnded(CoverageEnded),
+}
+
+/// The contact information after the change, in full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactInformationChanged {
+    pub contact: ContactInformation,
+    pub changed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdentifierAdded {
+    pub identifier: Identifier,
+    pub added_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdentifierRemoved {
+    pub identifier: Identifier,
+    pub reason: Reason,
+    pub removed_at: DateTime<Utc>,
+}
+
+/// The preferences after the update, in full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreferencesUpdated {
+    pub preferences: Preferences,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmergencyContactAdded {
+    pub contact: EmergencyContact,
+    pub added_at: DateTime<Utc>,
+}
+
+/// The emergency contact after the change, in full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmergencyContactChanged {
+    pub contact: EmergencyContact,
+    pub changed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmergencyContactRemoved {
+    pub contact_id: Uuid,
+    pub removed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoverageAdded {
+    pub coverage: Coverage,
+    pub added_at: DateTime<Utc>,
+}
+
+/// The coverage after the change, in full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoverageChanged {
+    pub coverage: Coverage,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// The coverage ends on `end`; it stays on record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoverageEnded {
+    pub coverage_id: Uuid,
+    pub end: NaiveDate,
+    pub reason: Reason,
+    pub ended_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,14 +151,6 @@ impl PatientEvent {
     pub const DEMOGRAPHICS_CORRECTED: &'static str = "DemographicsCorrected";
     pub const ARCHIVED: &'static str = "PatientArchived";
     pub const RESTORED: &'static str = "PatientRestored";
-
-    /// Every event type this aggregate has ever written.
-    pub const TYPES: [&'static str; 4] = [
-        Self::REGISTERED,
-        Self::DEMOGRAPHICS_CORRECTED,
-        Self::ARCHIVED,
-        Self::RESTORED,
-    ];
 }
 
 impl DomainEvent for PatientEvent {
@@ -88,6 +160,16 @@ impl DomainEvent for PatientEvent {
             Self::DemographicsCorrected(_) => Self::DEMOGRAPHICS_CORRECTED,
             Self::PatientArchived(_) => Self::ARCHIVED,
             Self::PatientRestored(_) => Self::RESTORED,
+            Self::ContactInformationChanged(_) => "ContactInformationChanged",
+            Self::IdentifierAdded(_) => "IdentifierAdded",
+            Self::IdentifierRemoved(_) => "IdentifierRemoved",
+            Self::PreferencesUpdated(_) => "PreferencesUpdated",
+            Self::EmergencyContactAdded(_) => "EmergencyContactAdded",
+            Self::EmergencyContactChanged(_) => "EmergencyContactChanged",
+            Self::EmergencyContactRemoved(_) => "EmergencyContactRemoved",
+            Self::CoverageAdded(_) => "CoverageAdded",
+            Self::CoverageChanged(_) => "CoverageChanged",
+            Self::CoverageEnded(_) => "CoverageEnded",
         }
         .to_owned()
     }

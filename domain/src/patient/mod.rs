@@ -8,15 +8,19 @@ mod aggregate;
 mod commands;
 pub mod contact;
 mod events;
+pub mod record;
 mod values;
 
 pub use aggregate::{Patient, PatientRecord, PatientStatus};
 pub use commands::{
-    ArchivePatient, CorrectDemographics, PatientCommand, RegisterPatient, RestorePatient,
+    ArchivePatient, CorrectDemographics, EndCoverage, PatientCommand, RecordChange,
+    RegisterPatient, RemoveIdentifier, RestorePatient,
 };
 pub use events::{
-    DemographicsCorrected, DuplicateOverride, PatientArchived, PatientEvent, PatientRegistered,
-    PatientRestored,
+    ContactInformationChanged, CoverageAdded, CoverageChanged, CoverageEnded,
+    DemographicsCorrected, DuplicateOverride, EmergencyContactAdded, EmergencyContactChanged,
+    EmergencyContactRemoved, IdentifierAdded, IdentifierRemoved, PatientArchived, PatientEvent,
+    PatientRegistered, PatientRestored, PreferencesUpdated,
 };
 pub use values::{AdministrativeGender, BirthDate, Mrn, PatientId, PersonName, Reason};
 
@@ -27,7 +31,7 @@ pub enum PatientError {
     AlreadyRegistered,
     #[error("no patient is registered with this id")]
     NotRegistered,
-    #[error("the patient is archived; restore them before correcting demographics")]
+    #[error("the patient is archived; restore them before changing their record")]
     ArchivedPatientCannotBeCorrected,
     #[error("the patient is already archived")]
     AlreadyArchived,
@@ -35,6 +39,22 @@ pub enum PatientError {
     NotArchived,
     #[error("the correction changes nothing")]
     CorrectionChangesNothing,
+    #[error("the patient already has this identifier")]
+    IdentifierAlreadyRecorded,
+    #[error("the patient has no such identifier")]
+    IdentifierNotFound,
+    #[error("another active coverage of the same priority overlaps this period")]
+    CoverageOverlaps,
+    #[error("the patient has no such coverage")]
+    CoverageNotFound,
+    #[error("the coverage is already ended")]
+    CoverageAlreadyEnded,
+    #[error("a coverage cannot end before it starts")]
+    CoverageEndsBeforeItStarts,
+    #[error("the patient has no such emergency contact")]
+    EmergencyContactNotFound,
+    #[error("the patient has the most emergency contacts allowed")]
+    TooManyEmergencyContacts,
 }
 
 impl PatientError {
@@ -47,6 +67,14 @@ impl PatientError {
             Self::AlreadyArchived => "already-archived",
             Self::NotArchived => "not-archived",
             Self::CorrectionChangesNothing => "correction-changes-nothing",
+            Self::IdentifierAlreadyRecorded => "identifier-already-recorded",
+            Self::IdentifierNotFound => "identifier-not-found",
+            Self::CoverageOverlaps => "coverage-overlaps",
+            Self::CoverageNotFound => "coverage-not-found",
+            Self::CoverageAlreadyEnded => "coverage-already-ended",
+            Self::CoverageEndsBeforeItStarts => "coverage-ends-before-it-starts",
+            Self::EmergencyContactNotFound => "emergency-contact-not-found",
+            Self::TooManyEmergencyContacts => "too-many-emergency-contacts",
         }
     }
 }

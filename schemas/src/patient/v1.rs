@@ -147,13 +147,210 @@ pub struct PatientRestored {
     pub restored_at: DateTime<Utc>,
 }
 
-/// Any v1 patient event, tagged by its event type (the `ce_type` header, not the JSON).
-#[derive(Clone, PartialEq)]
-pub enum PatientEvent {
-    Registered(PatientRegistered),
-    DemographicsCorrected(DemographicsCorrected),
-    Archived(PatientArchived),
-    Restored(PatientRestored),
+/// `ContactInformationChanged`: phones, e-mail addresses and postal addresses, in full after
+/// the change.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ContactInformationChanged {
+    pub patient_id: Uuid,
+    pub contact: ContactInformation,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// `IdentifierAdded`: an identifier issued by another system was recorded.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IdentifierAdded {
+    pub patient_id: Uuid,
+    pub identifier: Identifier,
+    pub added_at: DateTime<Utc>,
+}
+
+/// `IdentifierRemoved`: an identifier was removed, with the reason.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IdentifierRemoved {
+    pub patient_id: Uuid,
+    pub identifier: Identifier,
+    pub reason: String,
+    pub removed_at: DateTime<Utc>,
+}
+
+/// When not to contact the patient, local time `HH:MM`; may wrap midnight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct QuietHours {
+    pub start: String,
+    pub end: String,
+}
+
+/// How the patient wants to be communicated with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Preferences {
+    /// BCP 47 language tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub communication_language: Option<String>,
+    /// `sms`, `email`, `phone` or `post`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_channel: Option<String>,
+    pub reminder_opt_in: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietHours>,
+    pub interpreter_needed: bool,
+}
+
+/// `PreferencesUpdated`: the preferences in full after the update.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PreferencesUpdated {
+    pub patient_id: Uuid,
+    pub preferences: Preferences,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Someone to call in an emergency.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EmergencyContact {
+    pub contact_id: Uuid,
+    pub name: HumanName,
+    /// `spouse`, `partner`, `parent`, `child`, `sibling`, `relative`, `friend`, `guardian`,
+    /// `caregiver` or `other`.
+    pub relationship: String,
+    pub phones: Vec<Phone>,
+}
+
+/// `EmergencyContactAdded`.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EmergencyContactAdded {
+    pub patient_id: Uuid,
+    pub contact: EmergencyContact,
+    pub added_at: DateTime<Utc>,
+}
+
+/// `EmergencyContactChanged`: the contact in full after the change.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EmergencyContactChanged {
+    pub patient_id: Uuid,
+    pub contact: EmergencyContact,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// `EmergencyContactRemoved`.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EmergencyContactRemoved {
+    pub patient_id: Uuid,
+    pub contact_id: Uuid,
+    pub removed_at: DateTime<Utc>,
+}
+
+/// An insurance coverage.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Coverage {
+    pub coverage_id: Uuid,
+    pub payer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    pub member_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The subscriber, when not the patient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriber_name: Option<HumanName>,
+    /// The patient to the subscriber: `self`, `spouse`, `child` or `other`.
+    pub relationship: String,
+    pub start: NaiveDate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<NaiveDate>,
+    /// `primary`, `secondary` or `tertiary`.
+    pub priority: String,
+}
+
+/// `CoverageAdded`.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CoverageAdded {
+    pub patient_id: Uuid,
+    pub coverage: Coverage,
+    pub added_at: DateTime<Utc>,
+}
+
+/// `CoverageChanged`: the coverage in full after the change.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CoverageChanged {
+    pub patient_id: Uuid,
+    pub coverage: Coverage,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// `CoverageEnded`: the coverage ends on `end`; it stays on record.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CoverageEnded {
+    pub patient_id: Uuid,
+    pub coverage_id: Uuid,
+    pub end: NaiveDate,
+    pub reason: String,
+    pub ended_at: DateTime<Utc>,
+}
+
+macro_rules! patient_events {
+    ($($variant:ident($t:ident)),+ $(,)?) => {
+        /// Any v1 patient event, tagged by its event type (the `ce_type` header, not the JSON).
+        #[derive(Clone, PartialEq)]
+        pub enum PatientEvent {
+            $($variant($t)),+
+        }
+
+        debug_ids_only!($($t),+);
+
+        impl PatientEvent {
+            /// The stable event type string, as in `ce_type`.
+            pub fn event_type(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => stringify!($t)),+
+                }
+            }
+
+            pub fn patient_id(&self) -> Uuid {
+                match self {
+                    $(Self::$variant(e) => e.patient_id),+
+                }
+            }
+
+            /// The JSON data of this event, as published.
+            pub fn to_json(&self) -> Vec<u8> {
+                // Serializing these plain structs cannot fail: no maps with non-string keys,
+                // no fallible Serialize impls.
+                let result = match self {
+                    $(Self::$variant(e) => serde_json::to_vec(e)),+
+                };
+                result.unwrap_or_default()
+            }
+
+            /// Decodes the data of an event of `event_type`.
+            ///
+            /// # Errors
+            ///
+            /// [`DecodeError::UnknownType`] for a type this version does not know,
+            /// [`DecodeError::MalformedData`] when the data does not match the type's schema.
+            pub fn decode(event_type: &str, data: &[u8]) -> Result<Self, DecodeError> {
+                match event_type {
+                    $(stringify!($t) => serde_json::from_slice(data)
+                        .map(Self::$variant)
+                        .map_err(|_| DecodeError::MalformedData(event_type.to_owned())),)+
+                    other => Err(DecodeError::UnknownType(other.to_owned())),
+                }
+            }
+        }
+
+        impl std::fmt::Debug for PatientEvent {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self {
+                    $(Self::$variant(e) => e.fmt(f)),+
+                }
+            }
+        }
+
+        /// The JSON Schema of each v1 event type, with its path under `json/`.
+        pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
+            vec![
+                $((concat!("patient/v1/", stringify!($t), ".schema.json"), schemars::schema_for!($t))),+
+            ]
+        }
+    };
 }
 
 macro_rules! debug_ids_only {
@@ -167,11 +364,22 @@ macro_rules! debug_ids_only {
         }
     )*};
 }
-debug_ids_only!(
-    PatientRegistered,
-    DemographicsCorrected,
-    PatientArchived,
-    PatientRestored
+
+patient_events!(
+    Registered(PatientRegistered),
+    DemographicsCorrected(DemographicsCorrected),
+    Archived(PatientArchived),
+    Restored(PatientRestored),
+    ContactInformationChanged(ContactInformationChanged),
+    IdentifierAdded(IdentifierAdded),
+    IdentifierRemoved(IdentifierRemoved),
+    PreferencesUpdated(PreferencesUpdated),
+    EmergencyContactAdded(EmergencyContactAdded),
+    EmergencyContactChanged(EmergencyContactChanged),
+    EmergencyContactRemoved(EmergencyContactRemoved),
+    CoverageAdded(CoverageAdded),
+    CoverageChanged(CoverageChanged),
+    CoverageEnded(CoverageEnded),
 );
 
 macro_rules! redacted {
@@ -184,102 +392,13 @@ macro_rules! redacted {
     )*};
 }
 redacted!(
+    HumanName,
     Identifier,
     Phone,
     Email,
     Address,
     ContactInformation,
-    DuplicateOverride
+    DuplicateOverride,
+    EmergencyContact,
+    Coverage
 );
-
-impl std::fmt::Debug for HumanName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HumanName(<redacted>)")
-    }
-}
-
-impl std::fmt::Debug for PatientEvent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Registered(e) => e.fmt(f),
-            Self::DemographicsCorrected(e) => e.fmt(f),
-            Self::Archived(e) => e.fmt(f),
-            Self::Restored(e) => e.fmt(f),
-        }
-    }
-}
-
-impl PatientEvent {
-    /// The stable event type string, as in `ce_type`.
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            Self::Registered(_) => "PatientRegistered",
-            Self::DemographicsCorrected(_) => "DemographicsCorrected",
-            Self::Archived(_) => "PatientArchived",
-            Self::Restored(_) => "PatientRestored",
-        }
-    }
-
-    pub fn patient_id(&self) -> Uuid {
-        match self {
-            Self::Registered(e) => e.patient_id,
-            Self::DemographicsCorrected(e) => e.patient_id,
-            Self::Archived(e) => e.patient_id,
-            Self::Restored(e) => e.patient_id,
-        }
-    }
-
-    /// The JSON data of this event, as published.
-    pub fn to_json(&self) -> Vec<u8> {
-        // Serializing these plain structs cannot fail: no maps with non-string keys, no
-        // fallible Serialize impls.
-        let result = match self {
-            Self::Registered(e) => serde_json::to_vec(e),
-            Self::DemographicsCorrected(e) => serde_json::to_vec(e),
-            Self::Archived(e) => serde_json::to_vec(e),
-            Self::Restored(e) => serde_json::to_vec(e),
-        };
-        result.unwrap_or_default()
-    }
-
-    /// Decodes the data of an event of `event_type`.
-    ///
-    /// # Errors
-    ///
-    /// [`DecodeError::UnknownType`] for a type this version does not know,
-    /// [`DecodeError::MalformedData`] when the data does not match the type's schema.
-    pub fn decode(event_type: &str, data: &[u8]) -> Result<Self, DecodeError> {
-        fn parse<T: serde::de::DeserializeOwned>(t: &str, data: &[u8]) -> Result<T, DecodeError> {
-            serde_json::from_slice(data).map_err(|_| DecodeError::MalformedData(t.to_owned()))
-        }
-        Ok(match event_type {
-            "PatientRegistered" => Self::Registered(parse(event_type, data)?),
-            "DemographicsCorrected" => Self::DemographicsCorrected(parse(event_type, data)?),
-            "PatientArchived" => Self::Archived(parse(event_type, data)?),
-            "PatientRestored" => Self::Restored(parse(event_type, data)?),
-            other => return Err(DecodeError::UnknownType(other.to_owned())),
-        })
-    }
-}
-
-/// The JSON Schema of each v1 event type, with its path under `json/`.
-pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
-    vec![
-        (
-            "patient/v1/PatientRegistered.schema.json",
-            schemars::schema_for!(PatientRegistered),
-        ),
-        (
-            "patient/v1/DemographicsCorrected.schema.json",
-            schemars::schema_for!(DemographicsCorrected),
-        ),
-        (
-            "patient/v1/PatientArchived.schema.json",
-            schemars::schema_for!(PatientArchived),
-        ),
-        (
-            "patient/v1/PatientRestored.schema.json",
-            schemars::schema_for!(PatientRestored),
-        ),
-    ]
-}
