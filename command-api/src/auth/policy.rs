@@ -9,6 +9,7 @@
 //! | read patient         |   x   |     x     |     x     |     x     |    x    |
 //! | search patients      |   x   |     x     |     x     |     x     |         |
 //! | match patients       |   x   |     x     |           |           |         |
+//! | change contact, identifiers, emergency contacts, coverages, preferences | x | x | | | |
 //!
 //! The `patient` and `service` roles are recognised but, until per-patient data permissions
 //! arrive, may do none of these.
@@ -63,10 +64,15 @@ pub enum Action {
     ReadPatient,
     SearchPatients,
     MatchPatients,
+    ChangeContactInformation,
+    ChangeIdentifiers,
+    ChangePreferences,
+    ChangeEmergencyContacts,
+    ChangeCoverages,
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 12] = [
         Action::RegisterPatient,
         Action::CorrectDemographics,
         Action::ArchivePatient,
@@ -74,6 +80,11 @@ impl Action {
         Action::ReadPatient,
         Action::SearchPatients,
         Action::MatchPatients,
+        Action::ChangeContactInformation,
+        Action::ChangeIdentifiers,
+        Action::ChangePreferences,
+        Action::ChangeEmergencyContacts,
+        Action::ChangeCoverages,
     ];
 }
 
@@ -93,6 +104,11 @@ const POLICY: &[(Action, &[Role])] = &[
         &[Admin, Registrar, Clinician, Scheduler],
     ),
     (Action::MatchPatients, &[Admin, Registrar]),
+    (Action::ChangeContactInformation, &[Admin, Registrar]),
+    (Action::ChangeIdentifiers, &[Admin, Registrar]),
+    (Action::ChangePreferences, &[Admin, Registrar]),
+    (Action::ChangeEmergencyContacts, &[Admin, Registrar]),
+    (Action::ChangeCoverages, &[Admin, Registrar]),
 ];
 
 /// Whether `role` may do `action`.

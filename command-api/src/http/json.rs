@@ -16,6 +16,16 @@ pub struct JsonObject {
     pub object: Map<String, Value>,
 }
 
+impl JsonObject {
+    /// The empty object, for commands without a body.
+    pub fn empty() -> Self {
+        Self {
+            raw: Bytes::new(),
+            object: Map::new(),
+        }
+    }
+}
+
 impl<S: Send + Sync> FromRequest<S> for JsonObject {
     type Rejection = ApiError;
 

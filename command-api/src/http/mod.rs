@@ -6,6 +6,7 @@ pub mod json;
 pub mod patient_input;
 mod patients;
 mod problem;
+mod record;
 
 use std::sync::Arc;
 use std::time::Duration;

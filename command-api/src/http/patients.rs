@@ -39,6 +39,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/v1/patients/{id}/archive", post(archive))
         .route("/v1/patients/{id}/restore", post(restore))
+        .merge(super::record::router())
 }
 
 /// A patient as the API shows them.
@@ -52,6 +53,9 @@ struct PatientResource {
     gender: &'static str,
     identifiers: Vec<IdentifierResource>,
     contact: domain::patient::contact::ContactInformation,
+    preferences: domain::patient::record::Preferences,
+    emergency_contacts: Vec<domain::patient::record::EmergencyContact>,
+    coverages: Vec<domain::patient::record::Coverage>,
     status: &'static str,
     version: u64,
 }
@@ -91,6 +95,9 @@ fn resource(patient: &Patient, version: u64) -> Result<PatientResource, ApiError
             })
             .collect(),
         contact: record.contact.clone(),
+        preferences: record.preferences.clone(),
+        emergency_contacts: record.emergency_contacts.clone(),
+        coverages: record.coverages.clone(),
         status: record.status.code(),
         version,
     })
@@ -181,7 +188,7 @@ async fn idempotent<F, Fut>(
     state: &AppState,
     user: &AuthUser,
     headers: &HeaderMap,
-    path: &str,
+    (method, path): (&str, &str),
     body: &[u8],
     run: F,
 ) -> Result<Response, ApiError>
@@ -190,7 +197,7 @@ where
     Fut: std::future::Future<Output = Result<Outcome, ApiError>>,
 {
     let key = idempotency_key(headers)?;
-    let hash = request_hash("POST", path, body);
+    let hash = request_hash(method, path, body);
     if let Some(key) = &key {
         if let Some(recorded) = state.idempotency.find(&user.id, key).await? {
             return replay(state, &recorded, &hash).await;
@@ -254,7 +261,7 @@ async fn register(
         &state,
         &user,
         &headers,
-        "/v1/patients",
+        ("POST", "/v1/patients"),
         &body.raw,
         |key| async move {
             let (state, user, ctx) = (state_ref, user_ref, ctx_ref);
@@ -390,12 +397,15 @@ async fn read(
 
 /// Everything a command on an existing patient arrives with. Extracted in the order that
 /// decides which error a caller sees first: authentication, then the path, then the body.
-struct CommandRequest {
-    user: AuthUser,
+pub(super) struct CommandRequest {
+    pub(super) user: AuthUser,
     ctx: RequestContext,
     headers: HeaderMap,
+    method: axum::http::Method,
     raw_id: String,
-    body: JsonObject,
+    /// The second path parameter (`{item}`), on routes that have one.
+    pub(super) item: Option<String>,
+    pub(super) body: JsonObject,
 }
 
 impl FromRequest<AppState> for CommandRequest {
@@ -405,23 +415,34 @@ impl FromRequest<AppState> for CommandRequest {
         let (mut parts, body) = req.into_parts();
         let user = AuthUser::from_request_parts(&mut parts, state).await?;
         let Ok(ctx) = RequestContext::from_request_parts(&mut parts, state).await;
-        let Path(raw_id) = Path::<String>::from_request_parts(&mut parts, state)
-            .await
-            .map_err(|_| ApiError::invalid_parameter("id", "must be a UUID"))?;
+        let Path(mut params) =
+            Path::<HashMap<String, String>>::from_request_parts(&mut parts, state)
+                .await
+                .map_err(|_| ApiError::invalid_parameter("id", "must be a UUID"))?;
+        let raw_id = params.remove("id").unwrap_or_default();
+        let item = params.remove("item");
         let headers = parts.headers.clone();
-        let body = JsonObject::from_request(Request::from_parts(parts, body), state).await?;
+        let method = parts.method.clone();
+        // A DELETE carries no body; every other command a JSON object.
+        let body = if method == axum::http::Method::DELETE {
+            JsonObject::empty()
+        } else {
+            JsonObject::from_request(Request::from_parts(parts, body), state).await?
+        };
         Ok(Self {
             user,
             ctx,
             headers,
+            method,
             raw_id,
+            item,
             body,
         })
     }
 }
 
 /// Shared shape of the commands on an existing patient: If-Match, idempotency, execute.
-async fn change(
+pub(super) async fn change(
     state: &AppState,
     req: &CommandRequest,
     path_suffix: &str,
@@ -434,7 +455,7 @@ async fn change(
         state,
         &req.user,
         &req.headers,
-        &path,
+        (req.method.as_str(), &path),
         &req.body.raw,
         |_key| async {
             let expected = if_match(&req.headers)?;

@@ -9,6 +9,7 @@ mod helpers;
 mod idempotency;
 mod matching;
 mod pipeline;
+mod record;
 mod registration;
 mod search;
 mod validation;

@@ -1,0 +1,236 @@
+//! `/v1/patients/{id}/...`: the parts of a record besides demographics. Every change needs
+//! `If-Match`, takes an `Idempotency-Key`, and answers the patient with the new `ETag`.
+//!
+//! | method and path                                   | change                         |
+//! |---------------------------------------------------|--------------------------------|
+//! | `PUT contact`                                     | phones, e-mails, addresses     |
+//! | `POST identifiers`, `POST identifiers/remove`     | add or remove an identifier    |
+//! | `PUT preferences`                                 | communication preferences      |
+//! | `POST emergency-contacts`                         | add an emergency contact       |
+//! | `PUT`, `DELETE emergency-contacts/{item}`         | change or remove one           |
+//! | `POST coverages`, `PUT coverages/{item}`          | add or change a coverage       |
+//! | `POST coverages/{item}/end`                       | end a coverage (kept on record)|
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::{post, put};
+use axum::Router;
+use domain::patient::{EndCoverage, PatientCommand, RecordChange, RemoveIdentifier};
+use uuid::Uuid;
+
+use crate::auth::Action;
+use crate::http::patient_input;
+use crate::http::patients::{change, CommandRequest};
+use crate::http::{ApiError, AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/patients/{id}/contact", put(contact))
+        .route("/v1/patients/{id}/identifiers", post(add_identifier))
+        .route(
+            "/v1/patients/{id}/identifiers/remove",
+            post(remove_identifier),
+        )
+        .route("/v1/patients/{id}/preferences", put(preferences))
+        .route(
+            "/v1/patients/{id}/emergency-contacts",
+            post(add_emergency_contact),
+        )
+        .route(
+            "/v1/patients/{id}/emergency-contacts/{item}",
+            put(change_emergency_contact).delete(remove_emergency_contact),
+        )
+        .route("/v1/patients/{id}/coverages", post(add_coverage))
+        .route("/v1/patients/{id}/coverages/{item}", put(change_coverage))
+        .route("/v1/patients/{id}/coverages/{item}/end", post(end_coverage))
+}
+
+/// The `{item}` of the path as a UUID.
+fn item(req: &CommandRequest) -> Result<Uuid, ApiError> {
+    req.item
+        .as_deref()
+        .and_then(|raw| Uuid::parse_str(raw).ok())
+        .ok_or_else(|| ApiError::invalid_parameter("item", "must be a UUID"))
+}
+
+/// Runs `build` into a record change and executes it, as `action`, at `path`.
+async fn record_change(
+    state: &AppState,
+    req: &CommandRequest,
+    action: Action,
+    path: &str,
+    build: impl FnOnce(chrono::DateTime<chrono::Utc>) -> Result<RecordChange, ApiError>,
+) -> Result<Response, ApiError> {
+    req.user.require(action)?;
+    let command = build((state.clock)()).map(PatientCommand::Change);
+    change(state, req, path, command).await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn contact(State(state): State<AppState>, req: CommandRequest) -> Result<Response, ApiError> {
+    record_change(
+        &state,
+        &req,
+        Action::ChangeContactInformation,
+        "contact",
+        |at| {
+            let contact = patient_input::contact_body(&req.body.object)?;
+            Ok(RecordChange::ChangeContactInformation { contact, at })
+        },
+    )
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn add_identifier(
+    State(state): State<AppState>,
+    req: CommandRequest,
+) -> Result<Response, ApiError> {
+    record_change(
+        &state,
+        &req,
+        Action::ChangeIdentifiers,
+        "identifiers",
+        |at| {
+            let identifier = patient_input::identifier_body(&req.body.object)?;
+            Ok(RecordChange::AddIdentifier { identifier, at })
+        },
+    )
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn remove_identifier(
+    State(state): State<AppState>,
+    req: CommandRequest,
+) -> Result<Response, ApiError> {
+    record_change(
+        &state,
+        &req,
+        Action::ChangeIdentifiers,
+        "identifiers/remove",
+        |at| {
+            let (system, value, reason) = patient_input::identifier_removal(&req.body.object)?;
+            Ok(RecordChange::RemoveIdentifier(RemoveIdentifier {
+                system,
+                value,
+                reason,
+                at,
+            }))
+        },
+    )
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn preferences(
+    State(state): State<AppState>,
+    req: CommandRequest,
+) -> Result<Response, ApiError> {
+    record_change(
+        &state,
+        &req,
+        Action::ChangePreferences,
+        "preferences",
+        |at| {
+            let preferences = patient_input::preferences_body(&req.body.object)?;
+            Ok(RecordChange::UpdatePreferences { preferences, at })
+        },
+    )
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn add_emergency_contact(
+    State(state): State<AppState>,
+    req: CommandRequest,
+) -> Result<Response, ApiError> {
+    record_change(
+        &state,
+        &req,
+        Action::ChangeEmergencyContacts,
+        "emergency-contacts",
+        |at| {
+            let contact = patient_input::emergency_contact_body(&req.body.object, Uuid::new_v4())?;
+            Ok(RecordChange::AddEmergencyContact { contact, at })
+        },
+    )
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn change_emergency_contact(
+    State(state): State<AppState>,
+    req: CommandRequest,
+) -> Result<Response, ApiError> {
+    let path = format!(
+        "emergency-contacts/{}",
+        req.item.as_deref().unwrap_or_default()
+    );
+    record_change(&state, &req, Action::ChangeEmergencyContacts, &path, |at| {
+        let contact = patient_input::emergency_contact_body(&req.body.object, item(&req)?)?;
+        Ok(RecordChange::ChangeEmergencyContact { contact, at })
+    })
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn remove_emergency_contact(
+    State(state): State<AppState>,
+    req: CommandRequest,
+) -> Result<Response, ApiError> {
+    let path = format!(
+        "emergency-contacts/{}",
+        req.item.as_deref().unwrap_or_default()
+    );
+    record_change(&state, &req, Action::ChangeEmergencyContacts, &path, |at| {
+        Ok(RecordChange::RemoveEmergencyContact {
+            contact_id: item(&req)?,
+            at,
+        })
+    })
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn add_coverage(
+    State(state): State<AppState>,
+    req: CommandRequest,
+) -> Result<Response, ApiError> {
+    record_change(&state, &req, Action::ChangeCoverages, "coverages", |at| {
+        let coverage = patient_input::coverage_body(&req.body.object, Uuid::new_v4())?;
+        Ok(RecordChange::AddCoverage { coverage, at })
+    })
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn change_coverage(
+    State(state): State<AppState>,
+    req: CommandRequest,
+) -> Result<Response, ApiError> {
+    let path = format!("coverages/{}", req.item.as_deref().unwrap_or_default());
+    record_change(&state, &req, Action::ChangeCoverages, &path, |at| {
+        let coverage = patient_input::coverage_body(&req.body.object, item(&req)?)?;
+        Ok(RecordChange::ChangeCoverage { coverage, at })
+    })
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn end_coverage(
+    State(state): State<AppState>,
+    req: CommandRequest,
+) -> Result<Response, ApiError> {
+    let path = format!("coverages/{}/end", req.item.as_deref().unwrap_or_default());
+    record_change(&state, &req, Action::ChangeCoverages, &path, |at| {
+        let (end, reason) = patient_input::coverage_end_body(&req.body.object)?;
+        Ok(RecordChange::EndCoverage(EndCoverage {
+            coverage_id: item(&req)?,
+            end,
+            reason,
+            at,
+        }))
+    })
+    .await
+}
