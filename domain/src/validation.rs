@@ -51,6 +51,17 @@ impl FieldErrors {
         }
     }
 
+    /// Keeps the value of a successful parse, records every error of a failed one.
+    pub fn check_all<T>(&mut self, result: Result<T, FieldErrors>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(errors) => {
+                self.0.extend(errors.0);
+                None
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -71,6 +71,9 @@ fn name_to_v1(name: &patient::PersonName) -> v1::HumanName {
     v1::HumanName {
         given: name.given().to_vec(),
         family: name.family().to_owned(),
+        prefix: name.prefix().to_vec(),
+        suffix: name.suffix().to_vec(),
+        preferred: name.preferred().map(str::to_owned),
     }
 }
 
@@ -160,6 +163,8 @@ pub fn patient_to_v1(patient_id: uuid::Uuid, event: patient::PatientEvent) -> v1
                 name: name_to_v1(&e.name),
                 birth_date: e.birth_date.map(|d| d.date()),
                 gender: gender_to_v1(e.gender),
+                marital_status: e.marital_status.map(|m| m.code().to_owned()),
+                languages: e.languages.iter().map(|l| l.as_str().to_owned()).collect(),
                 identifiers: e.identifiers.iter().map(identifier_to_v1).collect(),
                 contact: contact_to_v1(&e.contact),
                 duplicate_override: e.duplicate_override.map(|o| v1::DuplicateOverride {
@@ -175,6 +180,8 @@ pub fn patient_to_v1(patient_id: uuid::Uuid, event: patient::PatientEvent) -> v1
                 name: name_to_v1(&e.name),
                 birth_date: e.birth_date.map(|d| d.date()),
                 gender: gender_to_v1(e.gender),
+                marital_status: e.marital_status.map(|m| m.code().to_owned()),
+                languages: e.languages.iter().map(|l| l.as_str().to_owned()).collect(),
                 reason: e.reason.as_str().to_owned(),
                 corrected_at: e.corrected_at,
             })

@@ -332,6 +332,9 @@ fn summary(row: &sqlx::postgres::PgRow) -> Result<PatientSummary, sqlx::Error> {
         name: v1::HumanName {
             given: row.try_get("given")?,
             family: row.try_get("family")?,
+            prefix: Vec::new(),
+            suffix: Vec::new(),
+            preferred: None,
         },
         birth_date: row.try_get("birth_date")?,
         gender: row.try_get("gender")?,

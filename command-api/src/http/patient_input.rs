@@ -11,18 +11,22 @@ use domain::patient::record::{
     Channel, Coverage, CoveragePriority, EmergencyContact, LanguageTag, Preferences, QuietHours,
     Relationship, SubscriberRelationship,
 };
-use domain::patient::{AdministrativeGender, BirthDate, PersonName, Reason};
+use domain::patient::{
+    AdministrativeGender, BirthDate, MaritalStatus, NameExtras, PersonName, Reason,
+};
 use domain::FieldError;
 use serde_json::{Map, Value};
 
 use crate::http::json::Fields;
 use crate::http::ApiError;
 
-const NAME_FIELDS: &[&str] = &["given", "family"];
+const NAME_FIELDS: &[&str] = &["given", "family", "prefix", "suffix", "preferred"];
 const REGISTRATION_FIELDS: &[&str] = &[
     "name",
     "birth_date",
     "gender",
+    "marital_status",
+    "languages",
     "identifiers",
     "contact",
     "duplicate_override",
@@ -34,6 +38,8 @@ pub struct Registration {
     pub name: PersonName,
     pub birth_date: Option<BirthDate>,
     pub gender: AdministrativeGender,
+    pub marital_status: Option<MaritalStatus>,
+    pub languages: Vec<LanguageTag>,
     pub identifiers: Vec<Identifier>,
     pub contact: ContactInformation,
     /// The reason to register despite likely duplicates, if the caller gave one.
@@ -97,6 +103,8 @@ pub fn registration(
     let gender = fields
         .string("gender")
         .and_then(|v| fields.check(AdministrativeGender::parse("gender", v)));
+    let marital_status = marital_status(&mut fields);
+    let languages = languages(&mut fields).unwrap_or_default();
     let identifiers = identifiers(&mut fields);
     let contact = contact(&mut fields);
     let duplicate_override = fields.optional_object("duplicate_override").and_then(|o| {
@@ -114,6 +122,8 @@ pub fn registration(
             name,
             birth_date,
             gender,
+            marital_status,
+            languages,
             identifiers,
             contact,
             duplicate_override,
@@ -175,21 +185,65 @@ fn name_at(fields: &mut Fields<'_>, key: &str) -> Option<PersonName> {
     let family = name.string("family");
     // Parse whatever arrived, so a bad given name is reported even when the family name is
     // missing; errors on a field already reported are not repeated.
-    let parsed =
-        match PersonName::parse(&path, given.as_deref().unwrap_or(&[]), family.unwrap_or("")) {
-            Ok(n) => Some(n),
-            Err(errors) => {
-                for error in errors.into_vec() {
-                    if !name.errors.iter().any(|e| e.field == error.field) {
-                        name.errors.push(error);
-                    }
+    let prefix = name.optional_string_array("prefix").unwrap_or_default();
+    let suffix = name.optional_string_array("suffix").unwrap_or_default();
+    let preferred = name.optional_string("preferred");
+    let extras = NameExtras {
+        prefix: &prefix,
+        suffix: &suffix,
+        preferred,
+    };
+    let parsed = match PersonName::parse_full(
+        &path,
+        given.as_deref().unwrap_or(&[]),
+        family.unwrap_or(""),
+        extras,
+    ) {
+        Ok(n) => Some(n),
+        Err(errors) => {
+            for error in errors.into_vec() {
+                if !name.errors.iter().any(|e| e.field == error.field) {
+                    name.errors.push(error);
                 }
-                None
             }
-        };
+            None
+        }
+    };
     let errors = std::mem::take(&mut name.errors);
     fields.absorb(errors);
     parsed
+}
+
+/// The optional `marital_status` code.
+pub fn marital_status(fields: &mut Fields<'_>) -> Option<MaritalStatus> {
+    fields
+        .optional_string("marital_status")
+        .and_then(|v| fields.check(MaritalStatus::parse("marital_status", v)))
+}
+
+/// The optional `languages` array of BCP 47 tags (at most 10, no tag twice).
+pub fn languages(fields: &mut Fields<'_>) -> Option<Vec<LanguageTag>> {
+    let raw = fields.optional_string_array("languages")?;
+    let mut out: Vec<LanguageTag> = Vec::new();
+    for (i, tag) in raw.iter().enumerate() {
+        let field = format!("languages[{i}]");
+        if let Some(tag) = fields.check(LanguageTag::parse(&field, tag)) {
+            if out
+                .iter()
+                .any(|t| t.as_str().eq_ignore_ascii_case(tag.as_str()))
+            {
+                fields.errors.push(FieldError::new(field, "is given twice"));
+            } else {
+                out.push(tag);
+            }
+        }
+    }
+    if out.len() > 10 {
+        fields
+            .errors
+            .push(FieldError::new("languages", "at most 10 languages"));
+    }
+    Some(out)
 }
 
 /// Each element of the array `key` that is an object, with its path.

@@ -51,6 +51,9 @@ struct PatientResource {
     #[serde(skip_serializing_if = "Option::is_none")]
     birth_date: Option<chrono::NaiveDate>,
     gender: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    marital_status: Option<&'static str>,
+    languages: Vec<String>,
     identifiers: Vec<IdentifierResource>,
     contact: domain::patient::contact::ContactInformation,
     preferences: domain::patient::record::Preferences,
@@ -72,6 +75,12 @@ struct IdentifierResource {
 struct NameResource {
     given: Vec<String>,
     family: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    prefix: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    suffix: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preferred: Option<String>,
 }
 
 fn resource(patient: &Patient, version: u64) -> Result<PatientResource, ApiError> {
@@ -82,7 +91,16 @@ fn resource(patient: &Patient, version: u64) -> Result<PatientResource, ApiError
         name: NameResource {
             given: record.name.given().to_vec(),
             family: record.name.family().to_owned(),
+            prefix: record.name.prefix().to_vec(),
+            suffix: record.name.suffix().to_vec(),
+            preferred: record.name.preferred().map(str::to_owned),
         },
+        marital_status: record.marital_status.map(|m| m.code()),
+        languages: record
+            .languages
+            .iter()
+            .map(|l| l.as_str().to_owned())
+            .collect(),
         birth_date: record.birth_date.map(|d| d.date()),
         gender: record.gender.code(),
         identifiers: record
@@ -340,6 +358,8 @@ pub async fn register_patient(
         name: input.name,
         birth_date: input.birth_date,
         gender: input.gender,
+        marital_status: input.marital_status,
+        languages: input.languages,
         identifiers: input.identifiers,
         contact: input.contact,
         duplicate_override,
@@ -489,7 +509,14 @@ fn correction(body: &JsonObject, now: DateTime<Utc>) -> Result<PatientCommand, A
     let mut fields = Fields::new(
         &body.object,
         "",
-        &["name", "birth_date", "gender", "reason"],
+        &[
+            "name",
+            "birth_date",
+            "gender",
+            "marital_status",
+            "languages",
+            "reason",
+        ],
     );
     let name = patient_input::name(&mut fields, false);
     let birth_date = fields
@@ -498,13 +525,22 @@ fn correction(body: &JsonObject, now: DateTime<Utc>) -> Result<PatientCommand, A
     let gender = fields
         .optional_string("gender")
         .and_then(|v| fields.check(AdministrativeGender::parse("gender", v)));
+    let marital_status = patient_input::marital_status(&mut fields);
+    let languages = patient_input::languages(&mut fields);
     let reason = fields
         .string("reason")
         .and_then(|v| fields.check(Reason::parse("reason", v)));
-    if !fields.present("name") && !fields.present("birth_date") && !fields.present("gender") {
+    let correctable = [
+        "name",
+        "birth_date",
+        "gender",
+        "marital_status",
+        "languages",
+    ];
+    if !correctable.iter().any(|f| fields.present(f)) {
         fields.errors.push(domain::FieldError::new(
             "",
-            "give at least one of name, birth_date, gender",
+            "give at least one of name, birth_date, gender, marital_status, languages",
         ));
     }
     fields.finish()?;
@@ -512,6 +548,8 @@ fn correction(body: &JsonObject, now: DateTime<Utc>) -> Result<PatientCommand, A
         name,
         birth_date,
         gender,
+        marital_status,
+        languages,
         reason: reason.ok_or_else(|| ApiError::Validation(FieldErrors::new()))?,
         at: now,
     }))

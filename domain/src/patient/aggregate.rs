@@ -15,8 +15,9 @@ use super::events::{
     IdentifierAdded, IdentifierRemoved, PatientArchived, PatientEvent, PatientRegistered,
     PatientRestored, PreferencesUpdated,
 };
+use super::record::LanguageTag;
 use super::record::{Coverage, EmergencyContact, Preferences, MAX_EMERGENCY_CONTACTS};
-use super::values::{AdministrativeGender, BirthDate, Mrn, PatientId, PersonName};
+use super::values::{AdministrativeGender, BirthDate, MaritalStatus, Mrn, PatientId, PersonName};
 use super::PatientError;
 
 /// A patient aggregate. `None` until registered: no command but registration is accepted
@@ -33,6 +34,10 @@ pub struct PatientRecord {
     pub name: PersonName,
     pub birth_date: Option<BirthDate>,
     pub gender: AdministrativeGender,
+    #[serde(default)]
+    pub marital_status: Option<MaritalStatus>,
+    #[serde(default)]
+    pub languages: Vec<LanguageTag>,
     pub identifiers: Vec<Identifier>,
     pub contact: ContactInformation,
     #[serde(default)]
@@ -251,6 +256,8 @@ fn register(cmd: RegisterPatient) -> PatientEvent {
         name: cmd.name,
         birth_date: cmd.birth_date,
         gender: cmd.gender,
+        marital_status: cmd.marital_status,
+        languages: cmd.languages,
         identifiers: cmd.identifiers,
         contact: cmd.contact,
         duplicate_override: cmd.duplicate_override,
@@ -268,7 +275,14 @@ fn correct(
     let name = cmd.name.unwrap_or_else(|| record.name.clone());
     let birth_date = cmd.birth_date.or(record.birth_date);
     let gender = cmd.gender.unwrap_or(record.gender);
-    if name == record.name && birth_date == record.birth_date && gender == record.gender {
+    let marital_status = cmd.marital_status.or(record.marital_status);
+    let languages = cmd.languages.unwrap_or_else(|| record.languages.clone());
+    if name == record.name
+        && birth_date == record.birth_date
+        && gender == record.gender
+        && marital_status == record.marital_status
+        && languages == record.languages
+    {
         return Err(PatientError::CorrectionChangesNothing);
     }
     Ok(vec![PatientEvent::DemographicsCorrected(
@@ -276,6 +290,8 @@ fn correct(
             name,
             birth_date,
             gender,
+            marital_status,
+            languages,
             reason: cmd.reason,
             corrected_at: cmd.at,
         },
@@ -330,6 +346,8 @@ impl Aggregate for Patient {
                     name: e.name,
                     birth_date: e.birth_date,
                     gender: e.gender,
+                    marital_status: e.marital_status,
+                    languages: e.languages,
                     identifiers: e.identifiers,
                     contact: e.contact,
                     preferences: Preferences::default(),
@@ -346,6 +364,8 @@ impl Aggregate for Patient {
                     record.name = e.name;
                     record.birth_date = e.birth_date;
                     record.gender = e.gender;
+                    record.marital_status = e.marital_status;
+                    record.languages = e.languages;
                 }
             }
             PatientEvent::PatientArchived(_) => {
@@ -445,6 +465,8 @@ mod tests {
             name: name("Ada", "Lovelace"),
             birth_date: Some(BirthDate::parse("birth_date", "1990-12-10", today()).unwrap()),
             gender: AdministrativeGender::Female,
+            marital_status: None,
+            languages: vec![],
             identifiers: vec![],
             contact: ContactInformation::default(),
             duplicate_override: None,
@@ -477,6 +499,8 @@ mod tests {
             name: e.name,
             birth_date: e.birth_date,
             gender: e.gender,
+            marital_status: e.marital_status,
+            languages: e.languages,
             identifiers: e.identifiers,
             contact: e.contact,
             duplicate_override: e.duplicate_override,
@@ -489,6 +513,8 @@ mod tests {
             name: new_name,
             birth_date: None,
             gender: None,
+            marital_status: None,
+            languages: None,
             reason: reason(),
             at: at(),
         })

@@ -6,8 +6,11 @@ use uuid::Uuid;
 
 use super::contact::{ContactInformation, Identifier};
 use super::events::DuplicateOverride;
+use super::record::LanguageTag;
 use super::record::{Coverage, EmergencyContact, Preferences};
-use super::values::{AdministrativeGender, BirthDate, Mrn, PatientId, PersonName, Reason};
+use super::values::{
+    AdministrativeGender, BirthDate, MaritalStatus, Mrn, PatientId, PersonName, Reason,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PatientCommand {
@@ -86,6 +89,8 @@ pub struct RegisterPatient {
     /// `None` when unknown (an unidentified emergency patient, a record without one).
     pub birth_date: Option<BirthDate>,
     pub gender: AdministrativeGender,
+    pub marital_status: Option<MaritalStatus>,
+    pub languages: Vec<LanguageTag>,
     pub identifiers: Vec<Identifier>,
     pub contact: ContactInformation,
     /// Set when the caller registers despite a `certain` or `probable` duplicate.
@@ -99,6 +104,8 @@ pub struct CorrectDemographics {
     pub name: Option<PersonName>,
     pub birth_date: Option<BirthDate>,
     pub gender: Option<AdministrativeGender>,
+    pub marital_status: Option<MaritalStatus>,
+    pub languages: Option<Vec<LanguageTag>>,
     pub reason: Reason,
     pub at: DateTime<Utc>,
 }

@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::contact::{ContactInformation, Identifier};
+use super::record::LanguageTag;
 use super::record::{Coverage, EmergencyContact, Preferences};
-use super::values::{AdministrativeGender, BirthDate, Mrn, PatientId, PersonName, Reason};
+use super::values::{
+    AdministrativeGender, BirthDate, MaritalStatus, Mrn, PatientId, PersonName, Reason,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PatientEvent {
@@ -105,6 +108,10 @@ pub struct PatientRegistered {
     #[serde(default)]
     pub birth_date: Option<BirthDate>,
     pub gender: AdministrativeGender,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marital_status: Option<MaritalStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub languages: Vec<LanguageTag>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identifiers: Vec<Identifier>,
     #[serde(default, skip_serializing_if = "ContactInformation::is_empty")]
@@ -130,6 +137,10 @@ pub struct DemographicsCorrected {
     #[serde(default)]
     pub birth_date: Option<BirthDate>,
     pub gender: AdministrativeGender,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marital_status: Option<MaritalStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub languages: Vec<LanguageTag>,
     pub reason: Reason,
     pub corrected_at: DateTime<Utc>,
 }

@@ -22,7 +22,9 @@ pub use events::{
     EmergencyContactRemoved, IdentifierAdded, IdentifierRemoved, PatientArchived, PatientEvent,
     PatientRegistered, PatientRestored, PreferencesUpdated,
 };
-pub use values::{AdministrativeGender, BirthDate, Mrn, PatientId, PersonName, Reason};
+pub use values::{
+    AdministrativeGender, BirthDate, MaritalStatus, Mrn, NameExtras, PatientId, PersonName, Reason,
+};
 
 /// Errors of the patient aggregate: one variant per business rule, each message safe to show.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

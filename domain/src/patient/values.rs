@@ -52,6 +52,23 @@ const MAX_GIVEN_NAMES: usize = 5;
 pub struct PersonName {
     given: Vec<String>,
     family: String,
+    /// Titles before the name (`Dr.`, `Prof.`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    prefix: Vec<String>,
+    /// Parts after the name (`Jr.`, `PhD`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    suffix: Vec<String>,
+    /// The name the patient wants to be called by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    preferred: Option<String>,
+}
+
+/// The optional parts of a name, as typed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NameExtras<'a> {
+    pub prefix: &'a [String],
+    pub suffix: &'a [String],
+    pub preferred: Option<&'a str>,
 }
 
 impl PersonName {
@@ -80,7 +97,61 @@ impl PersonName {
             given,
             // `into_result` returned early if the family name was rejected.
             family: family.unwrap_or_default(),
+            prefix: Vec::new(),
+            suffix: Vec::new(),
+            preferred: None,
         })
+    }
+
+    /// Parses a name with its optional parts: up to three prefixes and suffixes of up to 20
+    /// characters each, and a preferred name.
+    ///
+    /// # Errors
+    ///
+    /// Every rejected part, as [`PersonName::parse`] does.
+    pub fn parse_full(
+        field: &str,
+        given: &[String],
+        family: &str,
+        extras: NameExtras<'_>,
+    ) -> Result<Self, FieldErrors> {
+        let mut errors = FieldErrors::new();
+        let name = errors.check_all(Self::parse(field, given, family));
+        let mut parts = |key: &str, values: &[String]| -> Vec<String> {
+            if values.len() > 3 {
+                errors.push(FieldError::new(format!("{field}.{key}"), "at most 3 parts"));
+            }
+            values
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| errors.check(short_part(&format!("{field}.{key}[{i}]"), v)))
+                .collect()
+        };
+        let prefix = parts("prefix", extras.prefix);
+        let suffix = parts("suffix", extras.suffix);
+        let preferred = extras
+            .preferred
+            .and_then(|p| errors.check(name_part(&format!("{field}.preferred"), p)));
+        errors.into_result()?;
+        let name = name.ok_or_else(FieldErrors::new)?;
+        Ok(Self {
+            prefix,
+            suffix,
+            preferred,
+            ..name
+        })
+    }
+
+    pub fn prefix(&self) -> &[String] {
+        &self.prefix
+    }
+
+    pub fn suffix(&self) -> &[String] {
+        &self.suffix
+    }
+
+    pub fn preferred(&self) -> Option<&str> {
+        self.preferred.as_deref()
     }
 
     pub fn given(&self) -> &[String] {
@@ -120,6 +191,80 @@ fn name_part(field: &str, raw: &str) -> Result<String, FieldError> {
         return Err(FieldError::new(field, "must contain at least one letter"));
     }
     Ok(value)
+}
+
+fn short_part(field: &str, raw: &str) -> Result<String, FieldError> {
+    let value = raw.trim();
+    if value.is_empty() || value.chars().count() > 20 || value.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "must be 1 to 20 characters"));
+    }
+    Ok(value.to_owned())
+}
+
+/// Marital status, with the FHIR (HL7 v3) codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MaritalStatus {
+    #[serde(rename = "A")]
+    Annulled,
+    #[serde(rename = "D")]
+    Divorced,
+    #[serde(rename = "I")]
+    Interlocutory,
+    #[serde(rename = "L")]
+    LegallySeparated,
+    #[serde(rename = "M")]
+    Married,
+    #[serde(rename = "C")]
+    CommonLaw,
+    #[serde(rename = "P")]
+    Polygamous,
+    #[serde(rename = "T")]
+    DomesticPartner,
+    #[serde(rename = "U")]
+    Unmarried,
+    #[serde(rename = "S")]
+    NeverMarried,
+    #[serde(rename = "W")]
+    Widowed,
+    #[serde(rename = "UNK")]
+    Unknown,
+}
+
+impl MaritalStatus {
+    const ALL: [(Self, &'static str); 12] = [
+        (Self::Annulled, "A"),
+        (Self::Divorced, "D"),
+        (Self::Interlocutory, "I"),
+        (Self::LegallySeparated, "L"),
+        (Self::Married, "M"),
+        (Self::CommonLaw, "C"),
+        (Self::Polygamous, "P"),
+        (Self::DomesticPartner, "T"),
+        (Self::Unmarried, "U"),
+        (Self::NeverMarried, "S"),
+        (Self::Widowed, "W"),
+        (Self::Unknown, "UNK"),
+    ];
+
+    /// # Errors
+    ///
+    /// A [`FieldError`] on `field` unless `value` is an HL7 v3 MaritalStatus code.
+    pub fn parse(field: &str, value: &str) -> Result<Self, FieldError> {
+        Self::ALL
+            .iter()
+            .find(|(_, code)| *code == value)
+            .map(|(status, _)| *status)
+            .ok_or_else(|| {
+                FieldError::new(field, "must be one of A, D, I, L, M, C, P, T, U, S, W, UNK")
+            })
+    }
+
+    pub fn code(&self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(status, _)| status == self)
+            .map_or("UNK", |(_, code)| code)
+    }
 }
 
 /// A birth date: not in the future, not before 1900.

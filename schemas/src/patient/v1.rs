@@ -18,6 +18,15 @@ pub struct HumanName {
     /// Given names in order; empty for a person known by one name (then the family name).
     pub given: Vec<String>,
     pub family: String,
+    /// Titles before the name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix: Vec<String>,
+    /// Parts after the name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suffix: Vec<String>,
+    /// The name the patient wants to be called by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred: Option<String>,
 }
 
 /// An identifier issued by another system.
@@ -106,6 +115,12 @@ pub struct PatientRegistered {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub birth_date: Option<NaiveDate>,
     pub gender: AdministrativeGender,
+    /// HL7 v3 MaritalStatus code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marital_status: Option<String>,
+    /// BCP 47 language tags, most preferred first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub languages: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identifiers: Vec<Identifier>,
     #[serde(default)]
@@ -126,6 +141,12 @@ pub struct DemographicsCorrected {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub birth_date: Option<NaiveDate>,
     pub gender: AdministrativeGender,
+    /// HL7 v3 MaritalStatus code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marital_status: Option<String>,
+    /// BCP 47 language tags, most preferred first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub languages: Vec<String>,
     /// Why the correction was made.
     pub reason: String,
     pub corrected_at: DateTime<Utc>,

@@ -284,3 +284,64 @@ async fn a_patient_known_by_one_name_and_without_a_known_birth_date_can_be_regis
     assert!(body.get("birth_date").is_none());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_full_demographics_are_kept_corrected_and_validated() {
+    // Arrange
+    let app = TestApp::without_kafka().await;
+    let mut body = patient("Augusta", "King", "1990-12-10");
+    body["name"]["prefix"] = json!(["Dr."]);
+    body["name"]["suffix"] = json!(["PhD"]);
+    body["name"]["preferred"] = json!("Ada");
+    body["marital_status"] = json!("M");
+    body["languages"] = json!(["en-GB", "fr"]);
+
+    // Act
+    let created = app.register(&body).await;
+    let created: Value = created.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let corrected = app
+        .command(
+            &id,
+            "correct-demographics",
+            1,
+            &json!({ "marital_status": "W", "reason": "husband died" }),
+        )
+        .await;
+    let mut bad = patient("Grace", "Hopper", "1906-12-09");
+    bad["marital_status"] = json!("married");
+    bad["languages"] = json!(["english", "fr", "fr"]);
+    bad["name"]["prefix"] = json!(["a very long academic title indeed"]);
+    let refused = app.register(&bad).await;
+
+    // Assert
+    assert_eq!(created["name"]["prefix"], json!(["Dr."]));
+    assert_eq!(created["name"]["preferred"], "Ada");
+    assert_eq!(created["languages"], json!(["en-GB", "fr"]));
+    assert_eq!(corrected.status(), 200);
+    let corrected: Value = corrected.json().await.unwrap();
+    assert_eq!(corrected["marital_status"], "W");
+    assert_eq!(
+        corrected["languages"],
+        json!(["en-GB", "fr"]),
+        "fields not given keep their value"
+    );
+    assert_eq!(refused.status(), 422);
+    let problem: Value = refused.json().await.unwrap();
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "name.prefix[0]",
+            "marital_status",
+            "languages[0]",
+            "languages[2]"
+        ]
+    );
+    app.stop().await;
+}
