@@ -274,6 +274,41 @@ pub fn patient_to_v1(patient_id: uuid::Uuid, event: patient::PatientEvent) -> v1
                 changed_at: e.changed_at,
             })
         }
+        patient::PatientEvent::PatientMerged(e) => v1::PatientEvent::Merged(v1::PatientMerged {
+            patient_id,
+            target_id: e.target_id.as_uuid(),
+            reason: e.reason.as_str().to_owned(),
+            merged_at: e.merged_at,
+        }),
+        patient::PatientEvent::PatientAbsorbed(e) => {
+            v1::PatientEvent::Absorbed(v1::PatientAbsorbed {
+                patient_id,
+                source_id: e.source_id.as_uuid(),
+                gained_identifiers: e.gained_identifiers.iter().map(identifier_to_v1).collect(),
+                gained_contact: contact_to_v1(&e.gained_contact),
+                reason: e.reason.as_str().to_owned(),
+                absorbed_at: e.absorbed_at,
+            })
+        }
+        patient::PatientEvent::PatientUnmerged(e) => {
+            v1::PatientEvent::Unmerged(v1::PatientUnmerged {
+                patient_id,
+                target_id: e.target_id.as_uuid(),
+                status: e.restored_status.code().to_owned(),
+                reason: e.reason.as_str().to_owned(),
+                unmerged_at: e.unmerged_at,
+            })
+        }
+        patient::PatientEvent::AbsorptionReverted(e) => {
+            v1::PatientEvent::AbsorptionReverted(v1::AbsorptionReverted {
+                patient_id,
+                source_id: e.source_id.as_uuid(),
+                removed_identifiers: e.removed_identifiers.iter().map(identifier_to_v1).collect(),
+                removed_contact: contact_to_v1(&e.removed_contact),
+                reason: e.reason.as_str().to_owned(),
+                reverted_at: e.reverted_at,
+            })
+        }
         patient::PatientEvent::CoverageEnded(e) => {
             v1::PatientEvent::CoverageEnded(v1::CoverageEnded {
                 patient_id,

@@ -177,6 +177,43 @@ impl ReadModel for PatientMatch {
                     store(tx, e.patient_id, &record, &status, e.removed_at).await?;
                 }
             }
+            v1::PatientEvent::Merged(e) => set_status(tx, e.patient_id, "merged").await?,
+            v1::PatientEvent::Unmerged(e) => set_status(tx, e.patient_id, &e.status).await?,
+            v1::PatientEvent::Absorbed(e) => {
+                if let Some((mut record, status)) = load(tx, e.patient_id).await? {
+                    for id in &e.gained_identifiers {
+                        record = record.with_identifier(&id.system, &id.value, id.national);
+                    }
+                    for phone in &e.gained_contact.phones {
+                        record = record.with_phone(&phone.number);
+                    }
+                    for email in &e.gained_contact.emails {
+                        record = record.with_email(&email.address);
+                    }
+                    store(tx, e.patient_id, &record, &status, e.absorbed_at).await?;
+                }
+            }
+            v1::PatientEvent::AbsorptionReverted(e) => {
+                if let Some((mut record, status)) = load(tx, e.patient_id).await? {
+                    let mut gone = MatchRecord::default();
+                    for id in &e.removed_identifiers {
+                        gone = gone.with_identifier(&id.system, &id.value, id.national);
+                    }
+                    for phone in &e.removed_contact.phones {
+                        gone = gone.with_phone(&phone.number);
+                    }
+                    for email in &e.removed_contact.emails {
+                        gone = gone.with_email(&email.address);
+                    }
+                    record
+                        .national_ids
+                        .retain(|x| !gone.national_ids.contains(x));
+                    record.identifiers.retain(|x| !gone.identifiers.contains(x));
+                    record.phones.retain(|x| !gone.phones.contains(x));
+                    record.emails.retain(|x| !gone.emails.contains(x));
+                    store(tx, e.patient_id, &record, &status, e.reverted_at).await?;
+                }
+            }
             // Preferences, emergency contacts and coverages say nothing about who someone is.
             v1::PatientEvent::PreferencesUpdated(_)
             | v1::PatientEvent::EmergencyContactAdded(_)
@@ -225,7 +262,8 @@ pub async fn candidates(
     let rows: Vec<(Uuid, serde_json::Value, String)> = sqlx::query_as(
         "SELECT m.patient_id, m.record, m.status
            FROM projections.patient_match m
-          WHERE m.patient_id IN (SELECT patient_id FROM projections.patient_match_keys WHERE key = ANY($1))",
+          WHERE m.patient_id IN (SELECT patient_id FROM projections.patient_match_keys WHERE key = ANY($1))
+            AND m.status <> 'merged'",
     )
     .bind(record.blocking_keys())
     .fetch_all(pool)

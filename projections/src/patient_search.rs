@@ -141,6 +141,50 @@ impl ReadModel for PatientSearch {
             v1::PatientEvent::CoverageEnded(e) => {
                 touch(tx, e.patient_id, version, e.ended_at).await?
             }
+            v1::PatientEvent::Merged(e) => {
+                set_status(tx, e.patient_id, "merged", version, e.merged_at).await?;
+            }
+            v1::PatientEvent::Unmerged(e) => {
+                set_status(tx, e.patient_id, &e.status, version, e.unmerged_at).await?;
+            }
+            v1::PatientEvent::Absorbed(e) => {
+                let (phones, emails, postal_codes, identifiers) =
+                    contact_arrays(&e.gained_contact, &e.gained_identifiers);
+                sqlx::query(
+                    "UPDATE projections.patient_search
+                        SET phones = phones || $2, emails = emails || $3,
+                            postal_codes = postal_codes || $4, identifiers = identifiers || $5
+                      WHERE patient_id = $1",
+                )
+                .bind(e.patient_id)
+                .bind(phones)
+                .bind(emails)
+                .bind(postal_codes)
+                .bind(identifiers)
+                .execute(&mut *tx)
+                .await?;
+                touch(tx, e.patient_id, version, e.absorbed_at).await?;
+            }
+            v1::PatientEvent::AbsorptionReverted(e) => {
+                let (phones, emails, postal_codes, identifiers) =
+                    contact_arrays(&e.removed_contact, &e.removed_identifiers);
+                sqlx::query(
+                    "UPDATE projections.patient_search
+                        SET phones = ARRAY(SELECT unnest(phones) EXCEPT SELECT unnest($2::text[])),
+                            emails = ARRAY(SELECT unnest(emails) EXCEPT SELECT unnest($3::text[])),
+                            postal_codes = ARRAY(SELECT unnest(postal_codes) EXCEPT SELECT unnest($4::text[])),
+                            identifiers = ARRAY(SELECT unnest(identifiers) EXCEPT SELECT unnest($5::text[]))
+                      WHERE patient_id = $1",
+                )
+                .bind(e.patient_id)
+                .bind(phones)
+                .bind(emails)
+                .bind(postal_codes)
+                .bind(identifiers)
+                .execute(&mut *tx)
+                .await?;
+                touch(tx, e.patient_id, version, e.reverted_at).await?;
+            }
         }
         Ok(())
     }
@@ -162,6 +206,30 @@ pub fn identifier_key(system: &str, value: &str) -> String {
         .flat_map(char::to_lowercase)
         .collect();
     format!("{}|{value}", system.trim())
+}
+
+/// The searchable forms of contact points and identifiers.
+fn contact_arrays(
+    contact: &v1::ContactInformation,
+    identifiers: &[v1::Identifier],
+) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
+    (
+        contact.phones.iter().map(|p| p.number.clone()).collect(),
+        contact
+            .emails
+            .iter()
+            .map(|e| e.address.to_lowercase())
+            .collect(),
+        contact
+            .addresses
+            .iter()
+            .filter_map(|a| a.postal_code.clone())
+            .collect(),
+        identifiers
+            .iter()
+            .map(|i| identifier_key(&i.system, &i.value))
+            .collect(),
+    )
 }
 
 async fn set_contact(
@@ -421,7 +489,10 @@ pub async fn search(pool: &PgPool, criteria: &Criteria) -> Result<Page, sqlx::Er
                 .push("]::text[]");
         }
     }
-    if !criteria.include_archived {
+    // Merged-away patients never show: their survivor stands for them.
+    if criteria.include_archived {
+        query.push(" AND status IN ('active', 'archived')");
+    } else {
         query.push(" AND status = 'active'");
     }
     let order = if words.is_empty() {

@@ -10,6 +10,7 @@
 //! | search patients      |   x   |     x     |     x     |     x     |         |
 //! | match patients       |   x   |     x     |           |           |         |
 //! | change contact, identifiers, emergency contacts, coverages, preferences | x | x | | | |
+//! | merge, unmerge       |   x   |     x     |           |           |         |
 //!
 //! The `patient` and `service` roles are recognised but, until per-patient data permissions
 //! arrive, may do none of these.
@@ -69,10 +70,11 @@ pub enum Action {
     ChangePreferences,
     ChangeEmergencyContacts,
     ChangeCoverages,
+    MergePatients,
 }
 
 impl Action {
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 13] = [
         Action::RegisterPatient,
         Action::CorrectDemographics,
         Action::ArchivePatient,
@@ -85,6 +87,7 @@ impl Action {
         Action::ChangePreferences,
         Action::ChangeEmergencyContacts,
         Action::ChangeCoverages,
+        Action::MergePatients,
     ];
 }
 
@@ -109,6 +112,7 @@ const POLICY: &[(Action, &[Role])] = &[
     (Action::ChangePreferences, &[Admin, Registrar]),
     (Action::ChangeEmergencyContacts, &[Admin, Registrar]),
     (Action::ChangeCoverages, &[Admin, Registrar]),
+    (Action::MergePatients, &[Admin, Registrar]),
 ];
 
 /// Whether `role` may do `action`.

@@ -39,6 +39,8 @@ pub fn router() -> Router<AppState> {
         )
         .route("/v1/patients/{id}/archive", post(archive))
         .route("/v1/patients/{id}/restore", post(restore))
+        .route("/v1/patients/{id}/merge", post(merge))
+        .route("/v1/patients/{id}/unmerge", post(unmerge))
         .merge(super::record::router())
 }
 
@@ -56,11 +58,33 @@ struct PatientResource {
     languages: Vec<String>,
     identifiers: Vec<IdentifierResource>,
     contact: domain::patient::contact::ContactInformation,
+    /// The survivor this patient was merged into.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    merged_into: Option<Link>,
+    /// The duplicates merged into this patient.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    replaces: Vec<Link>,
     preferences: domain::patient::record::Preferences,
     emergency_contacts: Vec<domain::patient::record::EmergencyContact>,
     coverages: Vec<domain::patient::record::Coverage>,
     status: &'static str,
     version: u64,
+}
+
+/// A link to another patient.
+#[derive(Serialize)]
+struct Link {
+    id: uuid::Uuid,
+    href: String,
+}
+
+impl Link {
+    fn to(id: PatientId) -> Self {
+        Self {
+            id: id.as_uuid(),
+            href: format!("/v1/patients/{id}"),
+        }
+    }
 }
 
 /// An identifier as shown: national identifiers masked but for their last four characters.
@@ -113,6 +137,12 @@ fn resource(patient: &Patient, version: u64) -> Result<PatientResource, ApiError
             })
             .collect(),
         contact: record.contact.clone(),
+        merged_into: record.merged_into.map(Link::to),
+        replaces: record
+            .absorptions
+            .iter()
+            .map(|a| Link::to(a.source_id))
+            .collect(),
         preferences: record.preferences.clone(),
         emergency_contacts: record.emergency_contacts.clone(),
         coverages: record.coverages.clone(),
@@ -773,4 +803,127 @@ fn parse_criteria(
         limit,
         offset,
     })
+}
+
+/// `POST /v1/patients/{id}/merge` with `If-Match` and `{target_id, reason}`: this patient is a
+/// duplicate of `target_id`, which survives and gains the identifiers and contact points it
+/// lacks. Both records keep the fact; `unmerge` undoes it.
+///
+/// The two aggregates change one after the other: the source first (its `If-Match` is
+/// checked), then the survivor; if the survivor refuses, the source is unmerged again.
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn merge(State(state): State<AppState>, req: CommandRequest) -> Result<Response, ApiError> {
+    req.user.require(Action::MergePatients)?;
+    let source = patient_id(&req.raw_id)?;
+    tracing::Span::current().record("patient_id", tracing::field::display(source));
+    let now = (state.clock)();
+    let mut fields = Fields::new(&req.body.object, "", &["target_id", "reason"]);
+    let target = fields
+        .string("target_id")
+        .and_then(|v| fields.check(PatientId::parse("target_id", v)));
+    let reason = fields
+        .string("reason")
+        .and_then(|v| fields.check(Reason::parse("reason", v)));
+    let input = fields.finish().map(|()| (target, reason));
+    let path = format!("/v1/patients/{source}/merge");
+    idempotent(
+        &state,
+        &req.user,
+        &req.headers,
+        ("POST", &path),
+        &req.body.raw,
+        |_key| async {
+            let expected = if_match(&req.headers)?;
+            let (Some(target), Some(reason)) = input? else {
+                return Err(ApiError::Validation(FieldErrors::new()));
+            };
+            let meta = metadata(&req.user, &req.ctx);
+            let (source_patient, _) = state.store.load(source).await?.ok_or(ApiError::NotFound)?;
+            let Some((target_patient, _)) = state.store.load(target).await? else {
+                return Err(ApiError::Validation(
+                    domain::FieldError::new("target_id", "no patient has this id").into(),
+                ));
+            };
+            // Refuse before changing anything when the survivor cannot take the merge.
+            let absorb = PatientCommand::Absorb {
+                source,
+                identifiers: source_patient.record().map(|r| r.identifiers.clone()).unwrap_or_default(),
+                contact: source_patient.record().map(|r| r.contact.clone()).unwrap_or_default(),
+                reason: reason.clone(),
+                at: now,
+            };
+            target_patient.decide(absorb.clone()).map_err(ApiError::Rule)?;
+            let merge = PatientCommand::MergeInto {
+                target,
+                reason: reason.clone(),
+                at: now,
+            };
+            let (merged, version) = state.store.execute(source, Some(expected), merge, meta.clone()).await?;
+            if let Err(error) = state.store.execute(target, None, absorb, meta.clone()).await {
+                tracing::warn!(%source, %target, error.message = %error, "survivor refused the merge; unmerging");
+                let undo = PatientCommand::Unmerge { reason, at: now };
+                state.store.execute(source, None, undo, meta).await?;
+                return Err(error.into());
+            }
+            tracing::info!(%target, "patient merged");
+            Ok(Outcome {
+                status: StatusCode::OK,
+                id: source,
+                version,
+                patient: Some(merged),
+            })
+        },
+    )
+    .await
+}
+
+/// `POST /v1/patients/{id}/unmerge` with `If-Match` and `{reason}`: undoes this patient's
+/// merge; the survivor gives back what it gained from it.
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn unmerge(State(state): State<AppState>, req: CommandRequest) -> Result<Response, ApiError> {
+    req.user.require(Action::MergePatients)?;
+    let source = patient_id(&req.raw_id)?;
+    tracing::Span::current().record("patient_id", tracing::field::display(source));
+    let now = (state.clock)();
+    let reason = reason_only(&req.body);
+    let path = format!("/v1/patients/{source}/unmerge");
+    idempotent(
+        &state,
+        &req.user,
+        &req.headers,
+        ("POST", &path),
+        &req.body.raw,
+        |_key| async {
+            let expected = if_match(&req.headers)?;
+            let reason = reason?;
+            let meta = metadata(&req.user, &req.ctx);
+            let (before, _) = state.store.load(source).await?.ok_or(ApiError::NotFound)?;
+            let target = before
+                .record()
+                .and_then(|r| r.merged_into)
+                .ok_or(ApiError::Rule(PatientError::NotMerged))?;
+            let undo = PatientCommand::Unmerge {
+                reason: reason.clone(),
+                at: now,
+            };
+            let (unmerged, version) = state
+                .store
+                .execute(source, Some(expected), undo, meta.clone())
+                .await?;
+            let revert = PatientCommand::RevertAbsorption {
+                source,
+                reason,
+                at: now,
+            };
+            state.store.execute(target, None, revert, meta).await?;
+            tracing::info!(%target, "patient unmerged");
+            Ok(Outcome {
+                status: StatusCode::OK,
+                id: source,
+                version,
+                patient: Some(unmerged),
+            })
+        },
+    )
+    .await
 }

@@ -15,6 +15,7 @@ use super::events::{
     IdentifierAdded, IdentifierRemoved, PatientArchived, PatientEvent, PatientRegistered,
     PatientRestored, PreferencesUpdated,
 };
+use super::merge::{self, Absorption};
 use super::record::LanguageTag;
 use super::record::{Coverage, EmergencyContact, Preferences, MAX_EMERGENCY_CONTACTS};
 use super::values::{AdministrativeGender, BirthDate, MaritalStatus, Mrn, PatientId, PersonName};
@@ -48,6 +49,14 @@ pub struct PatientRecord {
     #[serde(default)]
     pub coverages: Vec<Coverage>,
     pub status: PatientStatus,
+    /// The survivor this patient was merged into.
+    #[serde(default)]
+    pub merged_into: Option<PatientId>,
+    #[serde(default)]
+    pub status_before_merge: Option<PatientStatus>,
+    /// The duplicates merged into this patient, with what each brought.
+    #[serde(default)]
+    pub absorptions: Vec<Absorption>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +64,8 @@ pub struct PatientRecord {
 pub enum PatientStatus {
     Active,
     Archived,
+    /// Merged into another patient, the survivor.
+    Merged,
 }
 
 impl PatientStatus {
@@ -62,6 +73,7 @@ impl PatientStatus {
         match self {
             Self::Active => "active",
             Self::Archived => "archived",
+            Self::Merged => "merged",
         }
     }
 }
@@ -82,6 +94,28 @@ impl Patient {
             (PatientCommand::Register(cmd), None) => Ok(vec![register(cmd)]),
             (PatientCommand::Register(_), Some(_)) => Err(PatientError::AlreadyRegistered),
             (_, None) => Err(PatientError::NotRegistered),
+            (PatientCommand::Unmerge { reason, at }, Some(record)) => {
+                merge::unmerge(record, reason, at).map(|e| vec![e])
+            }
+            (
+                PatientCommand::Absorb {
+                    source,
+                    identifiers,
+                    contact,
+                    reason,
+                    at,
+                },
+                Some(record),
+            ) => merge::absorb(record, source, identifiers, contact, reason, at).map(|e| vec![e]),
+            (_, Some(record)) if record.status == PatientStatus::Merged => {
+                Err(PatientError::MergedPatientCannotBeChanged)
+            }
+            (PatientCommand::MergeInto { target, reason, at }, Some(record)) => {
+                merge::merge_into(record, target, reason, at).map(|e| vec![e])
+            }
+            (PatientCommand::RevertAbsorption { source, reason, at }, Some(record)) => {
+                merge::revert_absorption(record, source, reason, at).map(|e| vec![e])
+            }
             (PatientCommand::CorrectDemographics(cmd), Some(record)) => correct(record, cmd),
             (PatientCommand::Archive(cmd), Some(record)) => archive(record, cmd),
             (PatientCommand::Restore(cmd), Some(record)) => restore(record, cmd),
@@ -301,6 +335,7 @@ fn correct(
 fn archive(record: &PatientRecord, cmd: ArchivePatient) -> Result<Vec<PatientEvent>, PatientError> {
     match record.status {
         PatientStatus::Archived => Err(PatientError::AlreadyArchived),
+        PatientStatus::Merged => Err(PatientError::MergedPatientCannotBeChanged),
         PatientStatus::Active => Ok(vec![PatientEvent::PatientArchived(PatientArchived {
             reason: cmd.reason,
             archived_at: cmd.at,
@@ -311,6 +346,7 @@ fn archive(record: &PatientRecord, cmd: ArchivePatient) -> Result<Vec<PatientEve
 fn restore(record: &PatientRecord, cmd: RestorePatient) -> Result<Vec<PatientEvent>, PatientError> {
     match record.status {
         PatientStatus::Active => Err(PatientError::NotArchived),
+        PatientStatus::Merged => Err(PatientError::MergedPatientCannotBeChanged),
         PatientStatus::Archived => Ok(vec![PatientEvent::PatientRestored(PatientRestored {
             reason: cmd.reason,
             restored_at: cmd.at,
@@ -354,6 +390,9 @@ impl Aggregate for Patient {
                     emergency_contacts: Vec::new(),
                     coverages: Vec::new(),
                     status: PatientStatus::Active,
+                    merged_into: None,
+                    status_before_merge: None,
+                    absorptions: Vec::new(),
                 });
             }
             // Events after registration are only ever stored behind a registration (decide
@@ -424,6 +463,10 @@ fn apply_record_change(record: &mut PatientRecord, event: PatientEvent) {
                 }
             }
         }
+        merge @ (PatientEvent::PatientMerged(_)
+        | PatientEvent::PatientAbsorbed(_)
+        | PatientEvent::PatientUnmerged(_)
+        | PatientEvent::AbsorptionReverted(_)) => merge::apply(record, merge),
         PatientEvent::PatientRegistered(_)
         | PatientEvent::DemographicsCorrected(_)
         | PatientEvent::PatientArchived(_)
@@ -439,6 +482,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::patient::events::PatientMerged;
     use crate::patient::record::{CoveragePriority, Relationship, SubscriberRelationship};
     use crate::patient::values::Reason;
 
@@ -829,6 +873,138 @@ mod tests {
             patient.decide(same).unwrap_err(),
             PatientError::CorrectionChangesNothing
         );
+    }
+
+    fn merged_into(target: u128) -> PatientEvent {
+        PatientEvent::PatientMerged(PatientMerged {
+            target_id: PatientId::new(Uuid::from_u128(target)),
+            previous_status: PatientStatus::Active,
+            reason: reason(),
+            merged_at: at(),
+        })
+    }
+
+    #[test]
+    fn a_patient_cannot_be_merged_into_themselves_or_twice() {
+        let own_id = PatientId::new(Uuid::from_u128(1));
+        let merge = |target| PatientCommand::MergeInto {
+            target,
+            reason: reason(),
+            at: at(),
+        };
+        assert_eq!(
+            given(vec![registered()]).decide(merge(own_id)).unwrap_err(),
+            PatientError::MergeIntoSelf
+        );
+        let merged = given(vec![registered(), merged_into(2)]);
+        let other = PatientId::new(Uuid::from_u128(3));
+        assert_eq!(
+            merged.decide(merge(other)).unwrap_err(),
+            PatientError::MergedPatientCannotBeChanged
+        );
+        let correct = correct_cmd(Some(name("Ada", "Byron")));
+        assert_eq!(
+            merged.decide(correct).unwrap_err(),
+            PatientError::MergedPatientCannotBeChanged
+        );
+    }
+
+    #[test]
+    fn an_archived_or_merged_survivor_refuses_to_absorb() {
+        let absorb = PatientCommand::Absorb {
+            source: PatientId::new(Uuid::from_u128(9)),
+            identifiers: vec![],
+            contact: ContactInformation::default(),
+            reason: reason(),
+            at: at(),
+        };
+        assert_eq!(
+            given(vec![registered(), archived()])
+                .decide(absorb.clone())
+                .unwrap_err(),
+            PatientError::TargetArchived
+        );
+        assert_eq!(
+            given(vec![registered(), merged_into(2)])
+                .decide(absorb)
+                .unwrap_err(),
+            PatientError::TargetMergedAway
+        );
+    }
+
+    #[test]
+    fn a_survivor_gains_only_what_it_lacks_and_gives_it_back_on_unmerge() {
+        let mut survivor = given(vec![
+            registered(),
+            PatientEvent::IdentifierAdded(IdentifierAdded {
+                identifier: identifier("A-1"),
+                added_at: at(),
+            }),
+        ]);
+        let source = PatientId::new(Uuid::from_u128(9));
+        let absorb = PatientCommand::Absorb {
+            source,
+            identifiers: vec![identifier("a1"), identifier("B-2")],
+            contact: ContactInformation::default(),
+            reason: reason(),
+            at: at(),
+        };
+        for event in survivor.decide(absorb).unwrap() {
+            survivor.apply(event);
+        }
+        let ids: Vec<_> = survivor
+            .record()
+            .unwrap()
+            .identifiers
+            .iter()
+            .map(|i| i.value.clone())
+            .collect();
+        assert_eq!(ids, ["A-1", "B-2"]);
+        let revert = PatientCommand::RevertAbsorption {
+            source,
+            reason: reason(),
+            at: at(),
+        };
+        for event in survivor.decide(revert).unwrap() {
+            survivor.apply(event);
+        }
+        let ids: Vec<_> = survivor
+            .record()
+            .unwrap()
+            .identifiers
+            .iter()
+            .map(|i| i.value.clone())
+            .collect();
+        assert_eq!(ids, ["A-1"]);
+    }
+
+    #[test]
+    fn unmerge_restores_the_status_before_the_merge() {
+        let mut source = given(vec![registered(), archived()]);
+        let merge = PatientCommand::MergeInto {
+            target: PatientId::new(Uuid::from_u128(2)),
+            reason: reason(),
+            at: at(),
+        };
+        for event in source.decide(merge).unwrap() {
+            source.apply(event);
+        }
+        assert_eq!(source.record().unwrap().status, PatientStatus::Merged);
+        for event in source
+            .decide(PatientCommand::Unmerge {
+                reason: reason(),
+                at: at(),
+            })
+            .unwrap()
+        {
+            source.apply(event);
+        }
+        assert_eq!(source.record().unwrap().status, PatientStatus::Archived);
+        let again = source.decide(PatientCommand::Unmerge {
+            reason: reason(),
+            at: at(),
+        });
+        assert_eq!(again.unwrap_err(), PatientError::NotMerged);
     }
 
     #[test]

@@ -20,6 +20,32 @@ pub enum PatientCommand {
     Restore(RestorePatient),
     /// A change to an active patient's record other than demographics.
     Change(RecordChange),
+    /// This patient is a duplicate of `target`, which survives.
+    MergeInto {
+        target: PatientId,
+        reason: Reason,
+        at: DateTime<Utc>,
+    },
+    /// This patient survives a merge of `source`, gaining the identifiers and contact
+    /// points it lacks.
+    Absorb {
+        source: PatientId,
+        identifiers: Vec<Identifier>,
+        contact: ContactInformation,
+        reason: Reason,
+        at: DateTime<Utc>,
+    },
+    /// Undoes this patient's merge into another.
+    Unmerge {
+        reason: Reason,
+        at: DateTime<Utc>,
+    },
+    /// Gives back what was gained from `source`.
+    RevertAbsorption {
+        source: PatientId,
+        reason: Reason,
+        at: DateTime<Utc>,
+    },
 }
 
 /// The changes to a record besides demographics and its lifecycle.

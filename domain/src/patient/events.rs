@@ -7,6 +7,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::aggregate::PatientStatus;
 use super::contact::{ContactInformation, Identifier};
 use super::record::LanguageTag;
 use super::record::{Coverage, EmergencyContact, Preferences};
@@ -30,6 +31,49 @@ pub enum PatientEvent {
     CoverageAdded(CoverageAdded),
     CoverageChanged(CoverageChanged),
     CoverageEnded(CoverageEnded),
+    PatientMerged(PatientMerged),
+    PatientAbsorbed(PatientAbsorbed),
+    PatientUnmerged(PatientUnmerged),
+    AbsorptionReverted(AbsorptionReverted),
+}
+
+/// This patient was a duplicate and now points to `target_id`, the survivor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatientMerged {
+    pub target_id: PatientId,
+    /// The status to return to on unmerge.
+    pub previous_status: PatientStatus,
+    pub reason: Reason,
+    pub merged_at: DateTime<Utc>,
+}
+
+/// This patient survived a merge of `source_id` and gained what it lacked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatientAbsorbed {
+    pub source_id: PatientId,
+    pub gained_identifiers: Vec<Identifier>,
+    pub gained_contact: ContactInformation,
+    pub reason: Reason,
+    pub absorbed_at: DateTime<Utc>,
+}
+
+/// This patient's merge was undone; it stands on its own again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatientUnmerged {
+    pub target_id: PatientId,
+    pub restored_status: PatientStatus,
+    pub reason: Reason,
+    pub unmerged_at: DateTime<Utc>,
+}
+
+/// What this patient gained from `source_id` was given back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AbsorptionReverted {
+    pub source_id: PatientId,
+    pub removed_identifiers: Vec<Identifier>,
+    pub removed_contact: ContactInformation,
+    pub reason: Reason,
+    pub reverted_at: DateTime<Utc>,
 }
 
 /// The contact information after the change, in full.
@@ -181,6 +225,10 @@ impl DomainEvent for PatientEvent {
             Self::CoverageAdded(_) => "CoverageAdded",
             Self::CoverageChanged(_) => "CoverageChanged",
             Self::CoverageEnded(_) => "CoverageEnded",
+            Self::PatientMerged(_) => "PatientMerged",
+            Self::PatientAbsorbed(_) => "PatientAbsorbed",
+            Self::PatientUnmerged(_) => "PatientUnmerged",
+            Self::AbsorptionReverted(_) => "AbsorptionReverted",
         }
         .to_owned()
     }

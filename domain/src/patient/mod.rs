@@ -8,6 +8,7 @@ mod aggregate;
 mod commands;
 pub mod contact;
 mod events;
+mod merge;
 pub mod record;
 mod values;
 
@@ -17,11 +18,13 @@ pub use commands::{
     RegisterPatient, RemoveIdentifier, RestorePatient,
 };
 pub use events::{
-    ContactInformationChanged, CoverageAdded, CoverageChanged, CoverageEnded,
+    AbsorptionReverted, ContactInformationChanged, CoverageAdded, CoverageChanged, CoverageEnded,
     DemographicsCorrected, DuplicateOverride, EmergencyContactAdded, EmergencyContactChanged,
-    EmergencyContactRemoved, IdentifierAdded, IdentifierRemoved, PatientArchived, PatientEvent,
-    PatientRegistered, PatientRestored, PreferencesUpdated,
+    EmergencyContactRemoved, IdentifierAdded, IdentifierRemoved, PatientAbsorbed, PatientArchived,
+    PatientEvent, PatientMerged, PatientRegistered, PatientRestored, PatientUnmerged,
+    PreferencesUpdated,
 };
+pub use merge::Absorption;
 pub use values::{
     AdministrativeGender, BirthDate, MaritalStatus, Mrn, NameExtras, PatientId, PersonName, Reason,
 };
@@ -57,6 +60,18 @@ pub enum PatientError {
     EmergencyContactNotFound,
     #[error("the patient has the most emergency contacts allowed")]
     TooManyEmergencyContacts,
+    #[error("a patient cannot be merged into themselves")]
+    MergeIntoSelf,
+    #[error("the surviving patient is archived")]
+    TargetArchived,
+    #[error("the surviving patient is itself merged into another")]
+    TargetMergedAway,
+    #[error("the patient is already merged into another")]
+    AlreadyMerged,
+    #[error("the patient is not merged")]
+    NotMerged,
+    #[error("the patient is merged into another; change the survivor instead")]
+    MergedPatientCannotBeChanged,
 }
 
 impl PatientError {
@@ -77,6 +92,12 @@ impl PatientError {
             Self::CoverageEndsBeforeItStarts => "coverage-ends-before-it-starts",
             Self::EmergencyContactNotFound => "emergency-contact-not-found",
             Self::TooManyEmergencyContacts => "too-many-emergency-contacts",
+            Self::MergeIntoSelf => "merge-into-self",
+            Self::TargetArchived => "target-archived",
+            Self::TargetMergedAway => "target-merged-away",
+            Self::AlreadyMerged => "already-merged",
+            Self::NotMerged => "not-merged",
+            Self::MergedPatientCannotBeChanged => "merged-patient-cannot-be-changed",
         }
     }
 }

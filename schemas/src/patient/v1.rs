@@ -307,6 +307,50 @@ pub struct CoverageEnded {
     pub ended_at: DateTime<Utc>,
 }
 
+/// `PatientMerged`: this patient was a duplicate of `target_id`, the survivor; it is inactive
+/// and points there.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PatientMerged {
+    pub patient_id: Uuid,
+    pub target_id: Uuid,
+    pub reason: String,
+    pub merged_at: DateTime<Utc>,
+}
+
+/// `PatientAbsorbed`: this patient survived a merge of `source_id` and gained the
+/// identifiers and contact points it lacked.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PatientAbsorbed {
+    pub patient_id: Uuid,
+    pub source_id: Uuid,
+    pub gained_identifiers: Vec<Identifier>,
+    pub gained_contact: ContactInformation,
+    pub reason: String,
+    pub absorbed_at: DateTime<Utc>,
+}
+
+/// `PatientUnmerged`: the merge of this patient was undone.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PatientUnmerged {
+    pub patient_id: Uuid,
+    pub target_id: Uuid,
+    /// `active` or `archived`: the status before the merge.
+    pub status: String,
+    pub reason: String,
+    pub unmerged_at: DateTime<Utc>,
+}
+
+/// `AbsorptionReverted`: what this patient gained from `source_id` was given back.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AbsorptionReverted {
+    pub patient_id: Uuid,
+    pub source_id: Uuid,
+    pub removed_identifiers: Vec<Identifier>,
+    pub removed_contact: ContactInformation,
+    pub reason: String,
+    pub reverted_at: DateTime<Utc>,
+}
+
 macro_rules! patient_events {
     ($($variant:ident($t:ident)),+ $(,)?) => {
         /// Any v1 patient event, tagged by its event type (the `ce_type` header, not the JSON).
@@ -401,6 +445,10 @@ patient_events!(
     CoverageAdded(CoverageAdded),
     CoverageChanged(CoverageChanged),
     CoverageEnded(CoverageEnded),
+    Merged(PatientMerged),
+    Absorbed(PatientAbsorbed),
+    Unmerged(PatientUnmerged),
+    AbsorptionReverted(AbsorptionReverted),
 );
 
 macro_rules! redacted {

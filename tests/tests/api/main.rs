@@ -8,6 +8,7 @@ mod health;
 mod helpers;
 mod idempotency;
 mod matching;
+mod merge;
 mod pipeline;
 mod record;
 mod registration;
