@@ -15,13 +15,24 @@ const BASE: &str = include_str!("../../configuration/base.yaml");
 /// The secret `base.yaml` ships with; the service warns while it is in use.
 pub const DEVELOPMENT_SECRET: &str = "development-only-secret-do-not-use-in-production";
 
+/// Ten years, unless configured otherwise.
+pub const DEFAULT_RETENTION_DAYS: u32 = 3650;
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     pub http: HttpSettings,
     pub database: DatabaseSettings,
     pub kafka: KafkaSettings,
     pub auth: AuthSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
+}
+
+/// Data retention rules.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    /// Days after archiving when a patient becomes eligible for purge.
+    pub archived_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

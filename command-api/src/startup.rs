@@ -224,7 +224,8 @@ impl Service {
             if settings.auth.jwt_secret.expose_secret() == DEVELOPMENT_SECRET {
                 tracing::warn!("the development JWT secret is in use: set APP_AUTH__JWT_SECRET outside development");
             }
-            let state = AppState::new(pool.clone(), Authenticator::new(&settings.auth), clock);
+            let state = AppState::new(pool.clone(), Authenticator::new(&settings.auth), clock)
+                .with_retention_days(settings.retention.archived_days);
             let router = http::router(
                 state,
                 Duration::from_secs(settings.http.request_timeout_secs),

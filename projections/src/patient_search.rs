@@ -294,7 +294,9 @@ async fn set_status(
     at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE projections.patient_search SET status = $2, version = $3, updated_at = $4
+        "UPDATE projections.patient_search
+            SET status = $2, version = $3, updated_at = $4,
+                archived_at = CASE WHEN $2 = 'archived' THEN $4 END
           WHERE patient_id = $1",
     )
     .bind(patient_id)
@@ -409,6 +411,46 @@ fn summary(row: &sqlx::postgres::PgRow) -> Result<PatientSummary, sqlx::Error> {
         status: row.try_get("status")?,
         version: row.try_get("version")?,
     })
+}
+
+/// An archived patient the retention policy allows to purge.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetentionCandidate {
+    pub id: Uuid,
+    pub mrn: String,
+    pub archived_at: DateTime<Utc>,
+}
+
+/// Archived patients archived at or before `cutoff`, oldest first; one more than `limit` tells
+/// whether there is a next page.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn archived_before(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    limit: u32,
+    offset: u32,
+) -> Result<Vec<RetentionCandidate>, sqlx::Error> {
+    let rows: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT patient_id, mrn, archived_at FROM projections.patient_search
+          WHERE status = 'archived' AND archived_at <= $1
+          ORDER BY archived_at, patient_id LIMIT $2 OFFSET $3",
+    )
+    .bind(cutoff)
+    .bind(i64::from(limit) + 1)
+    .bind(i64::from(offset))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, mrn, archived_at)| RetentionCandidate {
+            id,
+            mrn,
+            archived_at,
+        })
+        .collect())
 }
 
 /// Searches the read model, ordered by family name, given names and id.

@@ -11,6 +11,7 @@
 //! | match patients       |   x   |     x     |           |           |         |
 //! | change contact, identifiers, emergency contacts, coverages, preferences | x | x | | | |
 //! | merge, unmerge       |   x   |     x     |           |           |         |
+//! | retention candidates |   x   |           |           |           |         |
 //!
 //! The `patient` and `service` roles are recognised but, until per-patient data permissions
 //! arrive, may do none of these.
@@ -71,10 +72,11 @@ pub enum Action {
     ChangeEmergencyContacts,
     ChangeCoverages,
     MergePatients,
+    ReviewRetention,
 }
 
 impl Action {
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Action::RegisterPatient,
         Action::CorrectDemographics,
         Action::ArchivePatient,
@@ -88,6 +90,7 @@ impl Action {
         Action::ChangeEmergencyContacts,
         Action::ChangeCoverages,
         Action::MergePatients,
+        Action::ReviewRetention,
     ];
 }
 
@@ -113,6 +116,7 @@ const POLICY: &[(Action, &[Role])] = &[
     (Action::ChangeEmergencyContacts, &[Admin, Registrar]),
     (Action::ChangeCoverages, &[Admin, Registrar]),
     (Action::MergePatients, &[Admin, Registrar]),
+    (Action::ReviewRetention, &[Admin]),
 ];
 
 /// Whether `role` may do `action`.

@@ -42,6 +42,8 @@ pub struct AppState {
     pub idempotency: IdempotencyKeys,
     pub auth: Arc<Authenticator>,
     pub clock: Clock,
+    /// Days an archived patient is kept before the retention policy lists them for purge.
+    pub retention_days: u32,
 }
 
 impl std::fmt::Debug for AppState {
@@ -58,7 +60,13 @@ impl AppState {
             pool,
             auth: Arc::new(auth),
             clock,
+            retention_days: crate::configuration::DEFAULT_RETENTION_DAYS,
         }
+    }
+
+    pub fn with_retention_days(mut self, days: u32) -> Self {
+        self.retention_days = days;
+        self
     }
 }
 

@@ -32,6 +32,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/patients", post(register).get(search))
         .route("/v1/patients/$match", post(match_candidates))
+        .route(
+            "/v1/patients/retention-candidates",
+            get(retention_candidates),
+        )
         .route("/v1/patients/{id}", get(read))
         .route(
             "/v1/patients/{id}/correct-demographics",
@@ -368,9 +372,11 @@ pub async fn register_patient(
     now: DateTime<Utc>,
 ) -> Result<(Patient, u64), ApiError> {
     let matches = matching::find_matches(&state.pool, &input.match_record()).await?;
+    // A keyed retry racing its first request finds that request's patient, under this very
+    // id: not a duplicate, the same registration (the store then answers AlreadyRegistered).
     let likely: Vec<_> = matches
         .into_iter()
-        .filter(|m| m.grade.blocks_registration())
+        .filter(|m| m.grade.blocks_registration() && m.id != id.as_uuid())
         .collect();
     let duplicate_override = match (likely.is_empty(), input.duplicate_override) {
         (true, _) => None,
@@ -926,4 +932,55 @@ async fn unmerge(State(state): State<AppState>, req: CommandRequest) -> Result<R
         },
     )
     .await
+}
+
+/// `GET /v1/patients/retention-candidates?limit=&offset=`: archived patients whose retention
+/// period (`retention.archived_days` after archiving) has passed, oldest first. Listing only:
+/// purging comes with erasure.
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn retention_candidates(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    user.require(Action::ReviewRetention)?;
+    let mut errors = FieldErrors::new();
+    let mut number = |key: &str, default: u32, min: u32, max: u32| match params
+        .get(key)
+        .map(|v| v.parse::<u32>())
+    {
+        None => default,
+        Some(Ok(n)) if (min..=max).contains(&n) => n,
+        Some(_) => {
+            errors.push(domain::FieldError::new(
+                key,
+                format!("must be a whole number from {min} to {max}"),
+            ));
+            default
+        }
+    };
+    let limit = number("limit", 100, 1, 1000);
+    let offset = number("offset", 0, 0, 1_000_000);
+    for key in params
+        .keys()
+        .filter(|k| !["limit", "offset"].contains(&k.as_str()))
+    {
+        errors.push(domain::FieldError::new(key.clone(), "unknown parameter"));
+    }
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    let cutoff = (state.clock)() - chrono::Duration::days(i64::from(state.retention_days));
+    let mut items = patient_search::archived_before(&state.pool, cutoff, limit, offset).await?;
+    let next = (items.len() > limit as usize).then(|| {
+        format!(
+            "/v1/patients/retention-candidates?limit={limit}&offset={}",
+            offset + limit
+        )
+    });
+    items.truncate(limit as usize);
+    Ok(Json(serde_json::json!({
+        "policy": { "archived_days": state.retention_days, "cutoff": cutoff },
+        "items": items,
+        "next": next,
+    }))
+    .into_response())
 }

@@ -220,3 +220,94 @@ async fn a_correction_needs_a_reason_and_something_to_correct() {
     assert_eq!(app.event_count().await, 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_retention_policy_lists_archived_patients_past_their_retention_period() {
+    // Arrange: a policy of zero days, so a patient archived now is eligible now.
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        retention_days: 0,
+        ..AppOptions::default()
+    })
+    .await;
+    let archived = registered(&app).await;
+    let kept = app.register_person(5, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let response = app
+        .command(
+            &archived,
+            "archive",
+            1,
+            &json!({ "reason": "moved abroad" }),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    archived_in_search(&app).await;
+    let admin = app.token("admin-1", &["admin"]);
+
+    // Act
+    let eligible: Value = app
+        .get("/v1/patients/retention-candidates", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let as_registrar = app
+        .get("/v1/patients/retention-candidates", &app.registrar())
+        .await;
+
+    // Assert
+    let ids: Vec<&str> = eligible["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [archived.as_str()]);
+    assert!(!ids.contains(&kept.as_str()));
+    assert_eq!(eligible["policy"]["archived_days"], 0);
+    assert_eq!(as_registrar.status(), 403);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_patient_archived_within_the_retention_period_is_not_listed() {
+    let app = TestApp::without_kafka().await;
+    let id = registered(&app).await;
+    let response = app
+        .command(&id, "archive", 1, &json!({ "reason": "moved abroad" }))
+        .await;
+    assert_eq!(response.status(), 200);
+    archived_in_search(&app).await;
+
+    let listed: Value = app
+        .get(
+            "/v1/patients/retention-candidates",
+            &app.token("admin-1", &["admin"]),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    assert_eq!(listed["items"], json!([]));
+    app.stop().await;
+}
+
+/// Waits until search shows the Lovelace patient archived.
+async fn archived_in_search(app: &TestApp) {
+    let found = app
+        .search_until("family=lovelace&include_archived=true", 1)
+        .await;
+    if found[0]["status"] != "archived" {
+        eventually("the archive in the search read model", || async {
+            let found = app
+                .search_until("family=lovelace&include_archived=true", 1)
+                .await;
+            found[0]["status"] == "archived"
+        })
+        .await;
+    }
+}

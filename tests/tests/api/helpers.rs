@@ -66,6 +66,7 @@ pub struct AppOptions {
     pub brokers: Option<String>,
     pub roles: Roles,
     pub relay_batch_size: i64,
+    pub retention_days: u32,
 }
 
 impl Default for AppOptions {
@@ -75,6 +76,7 @@ impl Default for AppOptions {
             brokers: None,
             roles: Roles::ALL,
             relay_batch_size: 500,
+            retention_days: 3650,
         }
     }
 }
@@ -117,6 +119,7 @@ impl TestApp {
             .then(|| options.brokers.clone().unwrap_or_else(brokers));
         settings.kafka.topic_prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
         settings.kafka.relay_batch_size = options.relay_batch_size;
+        settings.retention.archived_days = options.retention_days;
         settings.kafka.message_timeout_ms = 3000;
         settings.auth.jwt_secret = SecretString::from(SECRET);
         Self::start(settings, options.roles).await
