@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use domain::matching::MatchRecord;
 use schemas::patient::v1;
-use schemas::{DecodeError, PublishedEvent};
+use schemas::PublishedEvent;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -117,14 +117,7 @@ impl ReadModel for PatientMatch {
         tx: &mut PgConnection,
         event: &PublishedEvent,
     ) -> Result<(), ProjectionError> {
-        if event.major_version != v1::MAJOR {
-            return Err(DecodeError::UnknownType(format!(
-                "{} v{}",
-                event.event_type, event.major_version
-            ))
-            .into());
-        }
-        match v1::PatientEvent::decode(&event.event_type, &event.data)? {
+        match v1::PatientEvent::from_published(event)? {
             v1::PatientEvent::Registered(e) => {
                 store(tx, e.patient_id, &record_of(&e), "active", e.registered_at).await?;
             }

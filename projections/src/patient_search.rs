@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use schemas::patient::v1;
-use schemas::{DecodeError, PublishedEvent};
+use schemas::PublishedEvent;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, QueryBuilder, Row};
 use uuid::Uuid;
@@ -32,15 +32,8 @@ impl ReadModel for PatientSearch {
         tx: &mut PgConnection,
         event: &PublishedEvent,
     ) -> Result<(), ProjectionError> {
-        if event.major_version != v1::MAJOR {
-            return Err(DecodeError::UnknownType(format!(
-                "{} v{}",
-                event.event_type, event.major_version
-            ))
-            .into());
-        }
         let version = event.sequence as i64;
-        match v1::PatientEvent::decode(&event.event_type, &event.data)? {
+        match v1::PatientEvent::from_published(event)? {
             v1::PatientEvent::Registered(e) => {
                 sqlx::query(
                     "INSERT INTO projections.patient_search

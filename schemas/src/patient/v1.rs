@@ -385,6 +385,22 @@ macro_rules! patient_events {
                 result.unwrap_or_default()
             }
 
+            /// Decodes a received event of this major version.
+            ///
+            /// # Errors
+            ///
+            /// [`DecodeError::UnknownType`] for another major version or an unknown type,
+            /// [`DecodeError::MalformedData`] when the data does not match the type's schema.
+            pub fn from_published(event: &crate::PublishedEvent) -> Result<Self, DecodeError> {
+                if event.major_version != MAJOR {
+                    return Err(DecodeError::UnknownType(format!(
+                        "{} v{}",
+                        event.event_type, event.major_version
+                    )));
+                }
+                Self::decode(&event.event_type, &event.data)
+            }
+
             /// Decodes the data of an event of `event_type`.
             ///
             /// # Errors

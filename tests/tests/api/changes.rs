@@ -210,12 +210,7 @@ async fn a_correction_needs_a_reason_and_something_to_correct() {
 
     assert_eq!(response.status(), 422);
     let problem: Value = response.json().await.unwrap();
-    let fields: Vec<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&problem);
     assert_eq!(fields, ["reason", ""]);
     assert_eq!(app.event_count().await, 1);
     app.stop().await;

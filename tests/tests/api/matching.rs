@@ -190,12 +190,7 @@ async fn a_match_candidate_needs_at_least_one_field_and_valid_ones() {
     assert_eq!(empty.status(), 422);
     assert_eq!(bad.status(), 422);
     let problem: Value = bad.json().await.unwrap();
-    let fields: Vec<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&problem);
     assert_eq!(fields, ["birth_date", "contact.phones[0].number"]);
     assert_eq!(clinician.status(), 403);
     app.stop().await;

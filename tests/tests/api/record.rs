@@ -128,12 +128,7 @@ async fn preferences_are_validated_field_by_field_and_kept() {
     .await;
 
     assert_eq!(bad, 422);
-    let fields: Vec<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&problem);
     assert_eq!(
         fields,
         [
@@ -290,12 +285,7 @@ async fn coverages_of_one_priority_do_not_overlap_and_ended_ones_stay_on_record(
     )
     .await;
     assert_eq!(invalid, 422);
-    let fields: Vec<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&problem);
     assert_eq!(fields, ["payer", "member_id", "start", "priority"]);
     app.stop().await;
 }

@@ -328,12 +328,7 @@ async fn the_full_demographics_are_kept_corrected_and_validated() {
     );
     assert_eq!(refused.status(), 422);
     let problem: Value = refused.json().await.unwrap();
-    let fields: Vec<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&problem);
     assert_eq!(
         fields,
         [

@@ -223,12 +223,7 @@ async fn every_bad_field_is_reported_at_once() {
         .await;
 
     let problem: Value = response.json().await.unwrap();
-    let fields: Vec<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&problem);
     assert_eq!(
         fields,
         ["name.given[0]", "name.family", "birth_date", "gender"]
