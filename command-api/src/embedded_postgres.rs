@@ -8,7 +8,7 @@
 //! `postgres` system user, which must be able to reach the data folder.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -285,8 +285,6 @@ fn read_or_create_password(path: &Path) -> anyhow::Result<String> {
     file.write_all(password.as_bytes())?;
     Ok(password)
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 /// As root the server runs as `postgres`, which must be able to walk down to the data folder.
 fn check_reachable(pgdata: &Path) -> anyhow::Result<()> {

@@ -230,32 +230,15 @@ async fn set_contact(
     patient_id: Uuid,
     contact: &v1::ContactInformation,
 ) -> Result<(), sqlx::Error> {
+    let (phones, emails, postal_codes, _) = contact_arrays(contact, &[]);
     sqlx::query(
         "UPDATE projections.patient_search SET phones = $2, emails = $3, postal_codes = $4
           WHERE patient_id = $1",
     )
     .bind(patient_id)
-    .bind(
-        contact
-            .phones
-            .iter()
-            .map(|p| p.number.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        contact
-            .emails
-            .iter()
-            .map(|e| e.address.to_lowercase())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        contact
-            .addresses
-            .iter()
-            .filter_map(|a| a.postal_code.clone())
-            .collect::<Vec<_>>(),
-    )
+    .bind(phones)
+    .bind(emails)
+    .bind(postal_codes)
     .execute(&mut *tx)
     .await
     .map(|_| ())
