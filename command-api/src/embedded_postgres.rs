@@ -21,13 +21,22 @@ use sqlx::{ConnectOptions, Connection};
 const SUPERUSER: &str = "patient_service";
 const DATABASE: &str = "patient_service";
 
-#[derive(Debug)]
 pub struct EmbeddedPostgres {
     bindir: PathBuf,
     pgdata: PathBuf,
     port: u16,
     password: String,
     run_as: Option<(u32, u32)>,
+}
+
+impl std::fmt::Debug for EmbeddedPostgres {
+    // Never print the superuser password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedPostgres")
+            .field("pgdata", &self.pgdata)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EmbeddedPostgres {
@@ -42,6 +51,7 @@ impl EmbeddedPostgres {
         let bindir = find_bindir()?;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data folder {}", data_dir.display()))?;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o755))?;
         let data_dir = data_dir.canonicalize()?;
         let pgdata = data_dir.join("pgdata");
         let run_as = if nix::unistd::geteuid().is_root() {
@@ -122,7 +132,11 @@ impl EmbeddedPostgres {
         if let Some((uid, gid)) = self.run_as {
             command.uid(uid).gid(gid);
         }
-        command.env_remove("PGDATA").env("LC_ALL", "C.UTF-8");
+        // The server inherits nothing of the service's environment (its secrets among it).
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("LC_ALL", "C.UTF-8");
         command
     }
 
@@ -132,8 +146,14 @@ impl EmbeddedPostgres {
         std::fs::set_permissions(&self.pgdata, std::fs::Permissions::from_mode(0o700))?;
         // initdb reads the password from a file; it must be readable by the user it runs as.
         let pwfile = data_dir.join(".initdb-password");
-        std::fs::write(&pwfile, &self.password)?;
-        std::fs::set_permissions(&pwfile, std::fs::Permissions::from_mode(0o600))?;
+        let _stale = std::fs::remove_file(&pwfile);
+        // Created new and private: never through a planted link, never readable by others.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&pwfile)?
+            .write_all(self.password.as_bytes())?;
         if let Some((uid, gid)) = self.run_as {
             check_reachable(&self.pgdata)?;
             nix::unistd::chown(&self.pgdata, Some(uid.into()), Some(gid.into()))?;

@@ -375,6 +375,7 @@ pub async fn run_stream_projector<M: ReadModel>(
 ) {
     let mut listener = None;
     let mut delay = Duration::from_millis(100);
+    let mut held_back_wait = stream::HELD_BACK_POLL;
     while !shutdown.is_cancelled() {
         if listener.is_none() {
             match PgListener::connect_with(projector.pool()).await {
@@ -405,9 +406,13 @@ pub async fn run_stream_projector<M: ReadModel>(
                     .unwrap_or(false),
                     Err(_) => false,
                 };
+                // Held back by an older transaction: look again soon, then less often the
+                // longer it stays open.
                 let timeout = if held_back {
-                    stream::HELD_BACK_POLL
+                    held_back_wait = (held_back_wait * 2).min(Duration::from_millis(500));
+                    held_back_wait
                 } else {
+                    held_back_wait = stream::HELD_BACK_POLL;
                     Duration::from_millis(500)
                 };
                 let wait = async {
@@ -450,12 +455,16 @@ pub async fn project_available<M: ReadModel>(projector: &Projector<M>) -> anyhow
     };
     let events = stream::read_after(projector.pool(), cursor, 500).await?;
     for event in &events {
-        let (topic, published) = event_store::wire::to_published(event)?;
         let at = StreamPosition {
             transaction_id: event.transaction_id,
             position: event.position,
         };
-        if projector.model().topics().contains(&topic) {
+        // Events of aggregate types this read model does not read are passed over before
+        // mapping, so a new aggregate type never stalls it.
+        let wanted = schemas::topics::for_aggregate_type(&event.aggregate_type)
+            .is_some_and(|topic| projector.model().topics().contains(&topic));
+        if wanted {
+            let (_, published) = event_store::wire::to_published(event)?;
             projector.apply_from_stream(&published, at).await?;
         } else {
             projector.skip_in_stream(at).await?;

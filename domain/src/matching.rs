@@ -29,15 +29,17 @@ pub fn fold(text: &str) -> String {
         .join(" ")
 }
 
-/// What the matcher knows of a patient, in comparable (folded) form.
+/// What the matcher knows of a patient, in comparable (folded) form. Stored as JSON in the
+/// match read model: fields added later must default.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MatchRecord {
     pub given: String,
     pub family: String,
     pub birth_date: Option<NaiveDate>,
-    /// National identifiers, letters and digits only.
+    /// National identifiers as `system|value`, the value in lowercase letters and digits.
     pub national_ids: Vec<String>,
-    /// Other identifiers as `system|value`.
+    /// Other identifiers, in the same form.
     pub identifiers: Vec<String>,
     /// E.164 numbers.
     pub phones: Vec<String>,
@@ -141,20 +143,22 @@ impl MatchRecord {
         }
     }
 
-    /// Adds an identifier; national ones are compared as letters and digits only.
+    /// Adds an identifier, as `system|value` with the value in lowercase letters and digits
+    /// (so `123-45-6789` and `123456789` agree, as they do on the record).
     pub fn with_identifier(mut self, system: &str, value: &str, national: bool) -> Self {
+        let value: String = value
+            .chars()
+            .filter(|c| c.is_alphanumeric())
+            .flat_map(char::to_lowercase)
+            .collect();
+        if value.is_empty() {
+            return self;
+        }
+        let id = format!("{}|{value}", system.trim());
         if national {
-            let id: String = value
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .flat_map(char::to_lowercase)
-                .collect();
-            if !id.is_empty() {
-                self.national_ids.push(id);
-            }
+            self.national_ids.push(id);
         } else {
-            self.identifiers
-                .push(format!("{system}|{}", value.trim().to_lowercase()));
+            self.identifiers.push(id);
         }
         self
     }
@@ -220,17 +224,21 @@ impl MatchRecord {
         keys.extend(self.national_ids.iter().map(|id| format!("national:{id}")));
         // Halves of a national identifier, so one typo still leaves a shared key.
         for id in &self.national_ids {
-            let chars: Vec<char> = id.chars().collect();
+            let (system, value) = id.rsplit_once('|').unwrap_or(("", id));
+            let chars: Vec<char> = value.chars().collect();
             if chars.len() >= 6 {
                 let half = chars.len() / 2;
-                keys.push(format!(
-                    "national-head:{}",
-                    chars[..half].iter().collect::<String>()
-                ));
-                keys.push(format!(
-                    "national-tail:{}",
-                    chars[half..].iter().collect::<String>()
-                ));
+                let head: String = chars[..half].iter().collect();
+                let tail: String = chars[half..].iter().collect();
+                keys.push(format!("national-head:{system}|{head}"));
+                keys.push(format!("national-tail:{system}|{tail}"));
+            }
+        }
+        // The folded family name and the first letter of the given name: a key for names in
+        // scripts the sound code does not cover.
+        if let Some(initial) = self.given.chars().next() {
+            if !self.family.is_empty() {
+                keys.push(format!("family-initial:{}:{initial}", self.family));
             }
         }
         if !self.postal_code.is_empty() && !self.street.is_empty() {
@@ -282,16 +290,17 @@ fn birth_date_weight(a: Option<NaiveDate>, b: Option<NaiveDate>) -> f64 {
         a.format("%Y%m%d").to_string(),
         b.format("%Y%m%d").to_string(),
     );
-    let differing = sa.bytes().zip(sb.bytes()).filter(|(x, y)| x != y).count();
+    let (ba, bb) = (sa.as_bytes(), sb.as_bytes());
+    let diffs: Vec<usize> = (0..ba.len().min(bb.len()))
+        .filter(|&i| ba[i] != bb[i])
+        .collect();
+    let differing = diffs.len() + ba.len().abs_diff(bb.len());
     let day_month_swapped = a.year() == b.year() && a.month() == b.day() && a.day() == b.month();
-    let transposed = differing == 2 && {
-        let diffs: Vec<usize> = (0..8)
-            .filter(|&i| sa.as_bytes()[i] != sb.as_bytes()[i])
-            .collect();
-        diffs[1] == diffs[0] + 1
-            && sa.as_bytes()[diffs[0]] == sb.as_bytes()[diffs[1]]
-            && sa.as_bytes()[diffs[1]] == sb.as_bytes()[diffs[0]]
-    };
+    let transposed = differing == 2
+        && diffs.len() == 2
+        && diffs[1] == diffs[0] + 1
+        && ba[diffs[0]] == bb[diffs[1]]
+        && ba[diffs[1]] == bb[diffs[0]];
     if differing == 1 || day_month_swapped || transposed {
         4.0
     } else if a.year() == b.year() && a.month() == b.month() {
@@ -301,23 +310,30 @@ fn birth_date_weight(a: Option<NaiveDate>, b: Option<NaiveDate>) -> f64 {
     }
 }
 
-/// Identifiers agree exactly, nearly (one edit or one transposition) or not at all.
+/// Identifiers of the same system agree exactly, nearly (one edit or one transposition) or
+/// not at all; identifiers of different systems say nothing about each other.
 fn identifier_weight(a: &[String], b: &[String], agree: f64, near: f64, disagree: f64) -> f64 {
-    if a.is_empty() || b.is_empty() {
-        return 0.0;
-    }
-    let mut best = disagree;
-    for x in a {
-        for y in b {
-            if x == y {
-                return agree;
+    let split = |id: &String| -> (String, String) {
+        let (system, value) = id.rsplit_once('|').unwrap_or(("", id));
+        (system.to_owned(), value.to_owned())
+    };
+    let mut best: Option<f64> = None;
+    for (sx, x) in a.iter().map(split) {
+        for (sy, y) in b.iter().map(split) {
+            if sx != sy {
+                continue;
             }
-            if strsim::damerau_levenshtein(x, y) == 1 {
-                best = best.max(near);
-            }
+            let weight = if x == y {
+                agree
+            } else if strsim::damerau_levenshtein(&x, &y) == 1 {
+                near
+            } else {
+                disagree
+            };
+            best = Some(best.map_or(weight, |b| b.max(weight)));
         }
     }
-    best
+    best.unwrap_or(0.0)
 }
 
 fn exact_weight(a: &str, b: &str, agree: f64, disagree: f64) -> f64 {
@@ -379,7 +395,7 @@ mod tests {
             national_ids: if ssn.is_empty() {
                 vec![]
             } else {
-                vec![ssn.to_owned()]
+                vec![format!("urn:ssn|{ssn}")]
             },
             street_number: "12".into(),
             street: "church street".into(),
@@ -458,6 +474,32 @@ mod tests {
                 .any(|k| b.blocking_keys().contains(k));
             assert!(shared);
         }
+    }
+
+    #[test]
+    fn identifiers_of_different_systems_neither_agree_nor_disagree() {
+        let a = MatchRecord::new(&[], "x", None).with_identifier("urn:ssn", "123-45-6789", true);
+        let same = MatchRecord::new(&[], "x", None).with_identifier("urn:ssn", "123456789", true);
+        let passport =
+            MatchRecord::new(&[], "x", None).with_identifier("urn:passport", "999", true);
+        assert_eq!(
+            identifier_weight(&a.national_ids, &same.national_ids, 12.0, 6.0, -6.0),
+            12.0
+        );
+        assert_eq!(
+            identifier_weight(&a.national_ids, &passport.national_ids, 12.0, 6.0, -6.0),
+            0.0
+        );
+    }
+
+    #[test]
+    fn names_in_other_scripts_still_share_a_blocking_key() {
+        let a = MatchRecord::new(&["Иван".to_owned()], "Петров", None);
+        let b = MatchRecord::new(&["Иван".to_owned()], "Петров", None);
+        assert!(a
+            .blocking_keys()
+            .iter()
+            .any(|k| b.blocking_keys().contains(k)));
     }
 
     #[test]

@@ -5,6 +5,14 @@
 
 use std::fmt;
 
+/// Characters that must not appear in text fields: control characters and the invisible
+/// formatting characters (zero-width spaces and joiners, bidirectional overrides, byte-order
+/// marks) that make two equal-looking values differ or reorder what a reader sees.
+pub fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
 /// One rejected field: a JSON-pointer-like path (`name.family`, `name.given[1]`) and a message.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FieldError {

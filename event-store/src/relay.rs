@@ -15,7 +15,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
@@ -67,6 +67,8 @@ pub enum RelayError {
 
 pub struct Relay {
     pool: PgPool,
+    /// The client settings new producers are made from.
+    kafka: ClientConfig,
     producer: FutureProducer,
     settings: RelaySettings,
 }
@@ -102,34 +104,52 @@ impl Relay {
         kafka: &ClientConfig,
         settings: RelaySettings,
     ) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = kafka
-            .clone()
+        let mut kafka = kafka.clone();
+        kafka
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set(
                 "message.timeout.ms",
                 settings.message_timeout.as_millis().to_string(),
-            )
-            .create()?;
+            );
+        let producer = kafka.create()?;
         Ok(Self {
             pool,
+            kafka,
             producer,
             settings,
         })
+    }
+
+    /// A fatal producer error (the idempotent producer lost its identity, say) fails every
+    /// later send: the relay then steps down, releasing its lock, and starts a new producer.
+    fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code:?}: {reason}"))
     }
 
     /// Runs until `shutdown` is cancelled: waits to become the active relay, then publishes
     /// every event committed since the checkpoint and keeps up with new commits. Every failure
     /// is logged and retried with backoff; nothing is skipped.
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut relay = self;
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
-            match self.run_while_active(&shutdown).await {
+            match relay.run_while_active(&shutdown).await {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
                     tracing::warn!(error.message = %e, "relay interrupted, retrying");
                     backoff.wait(&shutdown).await;
+                }
+            }
+            if let Some(fatal) = relay.fatal_error() {
+                tracing::error!(error.message = %fatal, "producer failed for good; starting a new one");
+                match relay.kafka.create() {
+                    Ok(producer) => relay.producer = producer,
+                    Err(e) => tracing::error!(error.message = %e, "cannot create a producer"),
                 }
             }
         }
@@ -156,7 +176,12 @@ impl Relay {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(COMMIT_CHANNEL).await?;
         let mut backoff = Backoff::default();
+        let mut held_back = stream::HELD_BACK_POLL;
         while !shutdown.is_cancelled() {
+            if self.fatal_error().is_some() {
+                // Step down: the caller replaces the producer.
+                return Ok(());
+            }
             match self.publish_batch(&mut conn).await {
                 Ok(sent) if sent as i64 >= self.settings.batch_size => {
                     backoff.reset();
@@ -165,9 +190,13 @@ impl Relay {
                 Ok(_) => {
                     backoff.reset();
                     let checkpoint = self.checkpoint(&mut conn).await?;
+                    // Held back by an older transaction: look again soon, then less often
+                    // the longer it stays open.
                     let wait = if stream::is_held_back(&mut conn, checkpoint).await? {
-                        stream::HELD_BACK_POLL
+                        held_back = (held_back * 2).min(self.settings.idle_poll);
+                        held_back
                     } else {
+                        held_back = stream::HELD_BACK_POLL;
                         self.settings.idle_poll
                     };
                     tokio::select! {
@@ -227,15 +256,20 @@ impl Relay {
                 }
             }
         }
+        // The checkpoint may pass the acknowledged prefix of what was sent, even when sending
+        // stopped early (a queue-full or unmappable event): those deliveries are real.
         let mut acknowledged = 0;
+        let mut broken = false;
         for result in join_all(deliveries).await {
             match result {
-                Ok(Ok(_)) if failure.is_none() => acknowledged += 1,
+                Ok(Ok(_)) if !broken => acknowledged += 1,
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => {
+                    broken = true;
                     failure.get_or_insert(e.into());
                 }
                 Err(_canceled) => {
+                    broken = true;
                     failure.get_or_insert(KafkaError::Canceled.into());
                 }
             }
@@ -307,9 +341,13 @@ pub async fn ensure_topics(
         .iter()
         .map(|t| format!("{prefix}{t}"))
         .collect();
+    // Kept forever: a new consumer group or read model reads every event from the start.
     let topics: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication)))
+        .map(|name| {
+            NewTopic::new(name, partitions, TopicReplication::Fixed(replication))
+                .set("retention.ms", "-1")
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {

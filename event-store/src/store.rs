@@ -99,6 +99,10 @@ impl PatientStore {
                 .await
                 .map_err(classify)?;
             let current = context.current_sequence as u64;
+            // Nobody here: say so, rather than that the version is stale.
+            if current == 0 && !matches!(command, PatientCommand::Register(_)) {
+                return Err(CommandError::Rule(PatientError::NotRegistered));
+            }
             if let Some(expected) = expected_version {
                 if expected != current {
                     return Err(CommandError::VersionMismatch { expected, current });
@@ -196,7 +200,10 @@ fn classify(error: AggregateError<PatientError>) -> CommandError {
         AggregateError::UserError(rule) => CommandError::Rule(rule),
         AggregateError::AggregateConflict => CommandError::Conflict,
         AggregateError::DatabaseConnectionError(e) => CommandError::Unavailable(e),
-        AggregateError::DeserializationError(e) => CommandError::Internal(e),
+        // serde's message would quote the stored value, which is patient data.
+        AggregateError::DeserializationError(_) => {
+            CommandError::Internal("a stored event does not deserialize".into())
+        }
         AggregateError::UnexpectedError(e) => match e.downcast::<sqlx::Error>() {
             Ok(sqlx) => sqlx_error(*sqlx),
             Err(e) => CommandError::Internal(e),

@@ -50,6 +50,12 @@ fn with_contact(old: MatchRecord, contact: &v1::ContactInformation) -> MatchReco
     }
 }
 
+/// A record that no longer decodes. serde's own message would quote the offending value,
+/// which is patient data; this one says only what failed.
+fn undecodable() -> sqlx::Error {
+    sqlx::Error::Decode("a match record does not decode".into())
+}
+
 async fn store(
     tx: &mut PgConnection,
     patient_id: Uuid,
@@ -57,7 +63,8 @@ async fn store(
     status: &str,
     at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let json = serde_json::to_value(record).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let json = serde_json::to_value(record)
+        .map_err(|_| sqlx::Error::Encode("a match record does not encode".into()))?;
     sqlx::query(
         "INSERT INTO projections.patient_match (patient_id, record, status, updated_at)
          VALUES ($1, $2, $3, $4)
@@ -98,7 +105,7 @@ async fn load(
     row.map(|(json, status)| {
         serde_json::from_value(json)
             .map(|record| (record, status))
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+            .map_err(|_| undecodable())
     })
     .transpose()
 }
@@ -256,7 +263,8 @@ pub async fn candidates(
         "SELECT m.patient_id, m.record, m.status
            FROM projections.patient_match m
           WHERE m.patient_id IN (SELECT patient_id FROM projections.patient_match_keys WHERE key = ANY($1))
-            AND m.status <> 'merged'",
+            AND m.status <> 'merged'
+          LIMIT 2000",
     )
     .bind(record.blocking_keys())
     .fetch_all(pool)
@@ -265,7 +273,7 @@ pub async fn candidates(
         .map(|(id, json, status)| {
             serde_json::from_value(json)
                 .map(|record| (id, record, status))
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+                .map_err(|_| undecodable())
         })
         .collect()
 }

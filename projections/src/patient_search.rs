@@ -195,7 +195,7 @@ impl ReadModel for PatientSearch {
 pub fn identifier_key(system: &str, value: &str) -> String {
     let value: String = value
         .chars()
-        .filter(char::is_ascii_alphanumeric)
+        .filter(|c| c.is_alphanumeric())
         .flat_map(char::to_lowercase)
         .collect();
     format!("{}|{value}", system.trim())
@@ -272,7 +272,10 @@ async fn set_status(
     sqlx::query(
         "UPDATE projections.patient_search
             SET status = $2, version = $3, updated_at = $4,
-                archived_at = CASE WHEN $2 = 'archived' THEN $4 END
+                archived_at = CASE $2
+                    WHEN 'archived' THEN COALESCE(archived_at, $4)
+                    WHEN 'merged' THEN archived_at
+                END
           WHERE patient_id = $1",
     )
     .bind(patient_id)

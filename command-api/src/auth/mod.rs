@@ -65,7 +65,17 @@ impl Authenticator {
         let secret = settings.jwt_secret.expose_secret().as_bytes();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 30;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        // A configured issuer or audience must be present in the token, not only right when
+        // present: a token minted for another service sharing the key would pass otherwise.
+        let mut required = vec!["exp", "sub"];
+        if settings.issuer.is_some() {
+            required.push("iss");
+        }
+        if settings.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         match &settings.issuer {
             Some(issuer) => validation.set_issuer(&[issuer]),
             None => validation.iss = None,

@@ -10,10 +10,18 @@ use serde_json::{Map, Value};
 use crate::http::ApiError;
 
 /// A JSON object body, with its raw bytes (for idempotency hashes).
-#[derive(Debug)]
 pub struct JsonObject {
     pub raw: Bytes,
     pub object: Map<String, Value>,
+}
+
+impl std::fmt::Debug for JsonObject {
+    // The body holds patient data: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonObject")
+            .field("bytes", &self.raw.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl JsonObject {
@@ -69,12 +77,20 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
 }
 
 /// Walks an object's fields, collecting errors.
-#[derive(Debug)]
 pub struct Fields<'a> {
     object: &'a Map<String, Value>,
     prefix: String,
     known: &'static [&'static str],
     pub errors: FieldErrors,
+}
+
+impl std::fmt::Debug for Fields<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fields")
+            .field("prefix", &self.prefix)
+            .field("errors", &self.errors)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> Fields<'a> {
@@ -168,6 +184,11 @@ impl<'a> Fields<'a> {
                 None
             }
         }
+    }
+
+    /// The length of the array under `key`, if it is one.
+    pub fn object_array_len(&self, key: &str) -> Option<usize> {
+        self.get(key).and_then(Value::as_array).map(Vec::len)
     }
 
     pub fn optional_bool(&mut self, key: &str) -> Option<bool> {

@@ -80,20 +80,37 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .merge(health::router())
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(problem_for_plain_errors))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
         ))
+        // A panic answers a plain 500 problem: its message may hold anything, so it is not sent.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                tracing::error!("a request handler panicked");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                )
+                .into_response_with(&[])
+            },
+        ))
+        // Outside the timeout, so a timed-out request answers problem+json too.
+        .layer(axum::middleware::from_fn(problem_for_plain_errors))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let request_id = req
                 .extensions()
                 .get::<RequestContext>()
                 .map(|c| c.request_id.as_str())
                 .unwrap_or_default();
-            // The path may hold a patient id (an id, not patient data); never the query,
-            // which holds search terms.
-            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
+            // The route template, not the path: a path may carry anything a caller typed in
+            // place of an id. Never the query either, which holds search terms.
+            let route = req
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or("unmatched", |p| p.as_str());
+            tracing::info_span!("http", method = %req.method(), route, request_id)
         }))
         .layer(axum::middleware::from_fn(request_context))
 }
@@ -207,7 +224,8 @@ pub fn etag(version: u64) -> String {
     format!("\"{version}\"")
 }
 
-/// The version an `If-Match` header names: `"3"` or `W/"3"`.
+/// The version an `If-Match` header names: `"3"`. Weak tags (`W/"3"`) are refused: If-Match
+/// compares strongly (RFC 9110, section 13.1.1).
 ///
 /// # Errors
 ///
@@ -221,8 +239,6 @@ pub fn if_match(headers: &axum::http::HeaderMap) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::invalid_parameter("If-Match", "must be an ETag"))?
         .trim();
     value
-        .strip_prefix("W/")
-        .unwrap_or(value)
         .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
         .and_then(|v| v.parse().ok())
@@ -234,7 +250,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn if_match_accepts_strong_and_weak_etags() {
+    fn if_match_accepts_strong_etags_only() {
         let mut headers = axum::http::HeaderMap::new();
         assert!(matches!(
             if_match(&headers),
@@ -243,7 +259,10 @@ mod tests {
         headers.insert(header::IF_MATCH, HeaderValue::from_static("\"3\""));
         assert_eq!(if_match(&headers).unwrap(), 3);
         headers.insert(header::IF_MATCH, HeaderValue::from_static("W/\"4\""));
-        assert_eq!(if_match(&headers).unwrap(), 4);
+        assert!(matches!(
+            if_match(&headers),
+            Err(ApiError::InvalidParameters(_))
+        ));
         headers.insert(header::IF_MATCH, HeaderValue::from_static("3"));
         assert!(matches!(
             if_match(&headers),

@@ -5,7 +5,7 @@ use chrono::NaiveDate;
 use domain::matching::MatchRecord;
 use domain::patient::contact::{
     self, Address, AddressUse, ContactInformation, CountryCode, Email, EmailAddress, Identifier,
-    Phone, PhoneNumber, PhoneUse,
+    Phone, PhoneNumber, PhoneUse, MAX_CONTACT_POINTS,
 };
 use domain::patient::record::{
     Channel, Coverage, CoveragePriority, EmergencyContact, LanguageTag, Preferences, QuietHours,
@@ -19,6 +19,9 @@ use serde_json::{Map, Value};
 
 use crate::http::json::Fields;
 use crate::http::ApiError;
+
+const MAX_IDENTIFIERS: usize = 20;
+const MAX_LANGUAGES: usize = 10;
 
 const NAME_FIELDS: &[&str] = &["given", "family", "prefix", "suffix", "preferred"];
 const REGISTRATION_FIELDS: &[&str] = &[
@@ -223,6 +226,17 @@ pub fn marital_status(fields: &mut Fields<'_>) -> Option<MaritalStatus> {
 
 /// The optional `languages` array of BCP 47 tags (at most 10, no tag twice).
 pub fn languages(fields: &mut Fields<'_>) -> Option<Vec<LanguageTag>> {
+    if fields.present("languages")
+        && fields
+            .object_array_len("languages")
+            .is_some_and(|n| n > MAX_LANGUAGES)
+    {
+        fields.errors.push(FieldError::new(
+            "languages",
+            format!("at most {MAX_LANGUAGES} languages"),
+        ));
+        return None;
+    }
     let raw = fields.optional_string_array("languages")?;
     let mut out: Vec<LanguageTag> = Vec::new();
     for (i, tag) in raw.iter().enumerate() {
@@ -247,11 +261,22 @@ pub fn languages(fields: &mut Fields<'_>) -> Option<Vec<LanguageTag>> {
 }
 
 /// Each element of the array `key` that is an object, with its path.
-fn objects<'a>(fields: &mut Fields<'a>, key: &str) -> Vec<(String, &'a Map<String, Value>)> {
+/// Refused unread beyond `max` items, so a huge array costs nothing.
+fn objects<'a>(
+    fields: &mut Fields<'a>,
+    key: &str,
+    max: usize,
+) -> Vec<(String, &'a Map<String, Value>)> {
     let path = fields.path(key);
     let Some(items) = fields.optional_array(key) else {
         return Vec::new();
     };
+    if items.len() > max {
+        fields
+            .errors
+            .push(FieldError::new(path, format!("at most {max} entries")));
+        return Vec::new();
+    }
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         match item {
@@ -266,7 +291,7 @@ fn objects<'a>(fields: &mut Fields<'a>, key: &str) -> Vec<(String, &'a Map<Strin
 
 fn identifiers(fields: &mut Fields<'_>) -> Vec<Identifier> {
     let mut out = Vec::new();
-    for (path, object) in objects(fields, "identifiers") {
+    for (path, object) in objects(fields, "identifiers", MAX_IDENTIFIERS) {
         let mut f = Fields::new(object, &path, &["system", "value", "national"]);
         let system = f.string("system");
         let value = f.string("value");
@@ -325,7 +350,7 @@ pub fn contact_body(object: &Map<String, Value>) -> Result<ContactInformation, A
 
 fn phones(c: &mut Fields<'_>, key: &str, said: &mut bool) -> Vec<Phone> {
     let mut phones = Vec::new();
-    for (path, o) in objects(c, key) {
+    for (path, o) in objects(c, key, MAX_CONTACT_POINTS) {
         let mut f = Fields::new(o, &path, &["number", "use", "preferred"]);
         let number = f
             .string("number")
@@ -358,7 +383,7 @@ fn contact_object(
     let mut phones = phones(&mut c, "phones", &mut said[0]);
 
     let mut emails = Vec::new();
-    for (path, o) in objects(&mut c, "emails") {
+    for (path, o) in objects(&mut c, "emails", MAX_CONTACT_POINTS) {
         let mut f = Fields::new(o, &path, &["address", "preferred"]);
         let address = f
             .string("address")
@@ -373,7 +398,7 @@ fn contact_object(
     }
 
     let mut addresses = Vec::new();
-    for (path, o) in objects(&mut c, "addresses") {
+    for (path, o) in objects(&mut c, "addresses", MAX_CONTACT_POINTS) {
         if let Some(address) = address(&mut c, &path, o, &mut said[2]) {
             addresses.push(address);
         }
@@ -584,6 +609,10 @@ pub fn emergency_contact_body(
     if phones.is_empty() && f.errors.iter().all(|e| !e.field.starts_with("phones")) {
         f.errors
             .push(FieldError::new("phones", "at least one phone is required"));
+    }
+    // The same rules as the patient's own phones: no number twice, one preferred.
+    if let Err(errors) = ContactInformation::new(phones.clone(), vec![], vec![]) {
+        f.absorb(errors);
     }
     f.finish()?;
     match (name, relationship) {

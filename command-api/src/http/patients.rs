@@ -439,7 +439,7 @@ const IDEMPOTENT_ID_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x3d5e_1b7a_92c4_4f0e_8d61_5a0b_c2e9_7f14);
 
 /// `GET /v1/patients/{id}`: the current record, from the event store, with its `ETag`.
-#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id = %raw_id))]
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
 async fn read(
     State(state): State<AppState>,
     user: AuthUser,
@@ -447,6 +447,7 @@ async fn read(
 ) -> Result<Response, ApiError> {
     user.require(Action::ReadPatient)?;
     let id = patient_id(&raw_id)?;
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
     let (patient, version) = state.store.load(id).await?.ok_or(ApiError::NotFound)?;
     respond(StatusCode::OK, &patient, version, false)
 }
@@ -763,17 +764,17 @@ fn parse_criteria(
         .and_then(|v| errors.check(domain::patient::contact::postal_code("postal_code", v)));
     let identifier = params
         .get("identifier")
-        .and_then(|v| match v.split_once('|') {
-            Some((system, value)) if !system.trim().is_empty() && !value.trim().is_empty() => {
-                Some((system.trim().to_owned(), value.trim().to_owned()))
-            }
-            _ => {
+        .and_then(|v| {
+            let parsed = v.split_once('|').and_then(|(system, value)| {
+                domain::patient::contact::Identifier::parse("identifier", system, value, false).ok()
+            });
+            if parsed.is_none() {
                 errors.push(domain::FieldError::new(
                     "identifier",
-                    "must be system|value",
+                    "must be system|value: a URI or OID without spaces, then 1 to 100 visible characters",
                 ));
-                None
             }
+            parsed.map(|id| (id.system, id.value))
         });
     let include_archived = match params.get("include_archived").map(String::as_str) {
         None | Some("false") => false,
@@ -864,13 +865,22 @@ async fn merge(State(state): State<AppState>, req: CommandRequest) -> Result<Res
                 reason: reason.clone(),
                 at: now,
             };
-            let (merged, version) = state.store.execute(source, Some(expected), merge, meta.clone()).await?;
-            if let Err(error) = state.store.execute(target, None, absorb, meta.clone()).await {
-                tracing::warn!(%source, %target, error.message = %error, "survivor refused the merge; unmerging");
-                let undo = PatientCommand::Unmerge { reason, at: now };
-                state.store.execute(source, None, undo, meta).await?;
-                return Err(error.into());
-            }
+            let store = state.store.clone();
+            // Both writes run in a task of their own: a client that disconnects or a timeout
+            // cannot stop the request between them.
+            let (merged, version) = run_to_completion(async move {
+                let merged = store.execute(source, Some(expected), merge, meta.clone()).await?;
+                if let Err(error) = store.execute(target, None, absorb, meta.clone()).await {
+                    tracing::warn!(%source, %target, error.message = %error, "survivor refused the merge; unmerging");
+                    let undo = PatientCommand::Unmerge { reason, at: now };
+                    if let Err(undo_error) = store.execute(source, None, undo, meta).await {
+                        tracing::error!(%source, %target, error.message = %undo_error, "could not unmerge after a refused merge");
+                    }
+                    return Err(error);
+                }
+                Ok(merged)
+            })
+            .await?;
             tracing::info!(%target, "patient merged");
             Ok(Outcome {
                 status: StatusCode::OK,
@@ -912,16 +922,24 @@ async fn unmerge(State(state): State<AppState>, req: CommandRequest) -> Result<R
                 reason: reason.clone(),
                 at: now,
             };
-            let (unmerged, version) = state
-                .store
-                .execute(source, Some(expected), undo, meta.clone())
-                .await?;
             let revert = PatientCommand::RevertAbsorption {
                 source,
                 reason,
                 at: now,
             };
-            state.store.execute(target, None, revert, meta).await?;
+            // Refuse before changing anything when the survivor cannot give back.
+            let (survivor, _) = state.store.load(target).await?.ok_or(ApiError::NotFound)?;
+            survivor.decide(revert.clone()).map_err(ApiError::Rule)?;
+            let store = state.store.clone();
+            let (unmerged, version) = run_to_completion(async move {
+                let unmerged = store.execute(source, Some(expected), undo, meta.clone()).await?;
+                if let Err(error) = store.execute(target, None, revert, meta).await {
+                    tracing::error!(%source, %target, error.message = %error, "source unmerged but the survivor kept what it gained");
+                    return Err(error);
+                }
+                Ok(unmerged)
+            })
+            .await?;
             tracing::info!(%target, "patient unmerged");
             Ok(Outcome {
                 status: StatusCode::OK,
@@ -983,4 +1001,17 @@ async fn retention_candidates(
         "next": next,
     }))
     .into_response())
+}
+
+/// Runs a multi-step change in a task of its own, so dropping the request (a disconnect, the
+/// request timeout) cannot stop it halfway.
+async fn run_to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, event_store::store::CommandError>>
+        + Send
+        + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(work).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(join) => Err(ApiError::Internal(Box::new(join))),
+    }
 }

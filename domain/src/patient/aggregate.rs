@@ -186,12 +186,25 @@ fn change_record(
             if record.emergency_contacts.len() >= MAX_EMERGENCY_CONTACTS {
                 return Err(PatientError::TooManyEmergencyContacts);
             }
+            if contact.phones.is_empty() {
+                return Err(PatientError::EmergencyContactWithoutPhone);
+            }
+            if record
+                .emergency_contacts
+                .iter()
+                .any(|c| c.contact_id == contact.contact_id)
+            {
+                return Err(PatientError::ItemIdInUse);
+            }
             E::EmergencyContactAdded(EmergencyContactAdded {
                 contact,
                 added_at: at,
             })
         }
         C::ChangeEmergencyContact { contact, at } => {
+            if contact.phones.is_empty() {
+                return Err(PatientError::EmergencyContactWithoutPhone);
+            }
             let current = record
                 .emergency_contacts
                 .iter()
@@ -218,14 +231,24 @@ fn change_record(
                 removed_at: at,
             })
         }
-        C::AddCoverage { coverage, at } => {
+        C::AddCoverage { mut coverage, at } => {
+            if record
+                .coverages
+                .iter()
+                .any(|c| c.coverage_id == coverage.coverage_id)
+            {
+                return Err(PatientError::ItemIdInUse);
+            }
+            // Only EndCoverage ends a coverage, with its reason.
+            coverage.ended = false;
             check_coverage(record, &coverage)?;
             E::CoverageAdded(CoverageAdded {
                 coverage,
                 added_at: at,
             })
         }
-        C::ChangeCoverage { coverage, at } => {
+        C::ChangeCoverage { mut coverage, at } => {
+            coverage.ended = false;
             let current = record
                 .coverages
                 .iter()
@@ -265,14 +288,15 @@ fn change_record(
     })
 }
 
-/// No two active coverages of the same priority may overlap in time.
+/// No two coverages of the same priority may overlap in time.
 fn check_coverage(record: &PatientRecord, coverage: &Coverage) -> Result<(), PatientError> {
     if coverage.end.is_some_and(|end| end < coverage.start) {
         return Err(PatientError::CoverageEndsBeforeItStarts);
     }
     let clash = record.coverages.iter().any(|other| {
+        // Ended coverages count with their fixed period: one ended as of next month still
+        // covers until then.
         other.coverage_id != coverage.coverage_id
-            && !other.ended
             && other.priority == coverage.priority
             && other.overlaps(coverage)
     });
@@ -482,6 +506,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::patient::contact::{Phone, PhoneNumber, PhoneUse};
     use crate::patient::events::PatientMerged;
     use crate::patient::record::{CoveragePriority, Relationship, SubscriberRelationship};
     use crate::patient::values::Reason;
@@ -813,7 +838,11 @@ mod tests {
             contact_id: Uuid::from_u128(id),
             name: name("Charles", "Babbage"),
             relationship: Relationship::Friend,
-            phones: vec![],
+            phones: vec![Phone {
+                number: PhoneNumber::parse("p", "+441632960000").unwrap(),
+                phone_use: PhoneUse::Mobile,
+                preferred: true,
+            }],
         };
         let mut events = vec![registered()];
         for id in 0..MAX_EMERGENCY_CONTACTS as u128 {
@@ -1005,6 +1034,53 @@ mod tests {
             at: at(),
         });
         assert_eq!(again.unwrap_err(), PatientError::NotMerged);
+    }
+
+    #[test]
+    fn a_survivor_of_earlier_merges_is_not_merged_away() {
+        let absorbed = PatientEvent::PatientAbsorbed(crate::patient::PatientAbsorbed {
+            source_id: PatientId::new(Uuid::from_u128(9)),
+            gained_identifiers: vec![],
+            gained_contact: ContactInformation::default(),
+            reason: reason(),
+            absorbed_at: at(),
+        });
+        let survivor = given(vec![registered(), absorbed]);
+        let merge = PatientCommand::MergeInto {
+            target: PatientId::new(Uuid::from_u128(3)),
+            reason: reason(),
+            at: at(),
+        };
+        assert_eq!(
+            survivor.decide(merge).unwrap_err(),
+            PatientError::HasMergedDuplicates
+        );
+    }
+
+    #[test]
+    fn a_coverage_ended_in_the_future_still_holds_its_priority_until_then() {
+        let mut patient = given(vec![
+            registered(),
+            coverage_added(coverage(1, CoveragePriority::Primary, "2026-01-01", None)),
+        ]);
+        let end = record_change(RecordChange::EndCoverage(crate::patient::EndCoverage {
+            coverage_id: Uuid::from_u128(1),
+            end: NaiveDate::parse_from_str("2026-12-31", "%Y-%m-%d").unwrap(),
+            reason: reason(),
+            at: at(),
+        }));
+        for event in patient.decide(end).unwrap() {
+            patient.apply(event);
+        }
+        let during = coverage(2, CoveragePriority::Primary, "2026-12-01", None);
+        let add = record_change(RecordChange::AddCoverage {
+            coverage: during,
+            at: at(),
+        });
+        assert_eq!(
+            patient.decide(add).unwrap_err(),
+            PatientError::CoverageOverlaps
+        );
     }
 
     #[test]

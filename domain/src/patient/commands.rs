@@ -90,12 +90,21 @@ pub enum RecordChange {
     EndCoverage(EndCoverage),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct RemoveIdentifier {
     pub system: String,
     pub value: String,
     pub reason: Reason,
     pub at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for RemoveIdentifier {
+    // The value may be a national identifier.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoveIdentifier")
+            .field("system", &self.system)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

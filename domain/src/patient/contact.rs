@@ -121,7 +121,9 @@ impl EmailAddress {
             && local.len() <= 64
             && value.len() <= 254
             && !local.contains('@')
-            && !local.chars().any(|c| c.is_whitespace() || c.is_control())
+            && !local
+                .chars()
+                .any(|c| c.is_whitespace() || crate::validation::is_hidden(c))
             && domain.contains('.')
             && domain.split('.').all(label_ok);
         if valid {
@@ -249,7 +251,7 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<String, FieldError> 
             format!("must be at most {max} characters"),
         ));
     }
-    if value.chars().any(char::is_control) {
+    if value.chars().any(crate::validation::is_hidden) {
         return Err(FieldError::new(
             field,
             "must not contain control characters",
@@ -288,7 +290,8 @@ pub struct ContactInformation {
     pub addresses: Vec<Address>,
 }
 
-const MAX_CONTACT_POINTS: usize = 10;
+/// At most this many phones, e-mail addresses or postal addresses.
+pub const MAX_CONTACT_POINTS: usize = 10;
 
 impl ContactInformation {
     /// Checks the rules across entries: at most ten of each, no number or address twice,
@@ -389,7 +392,9 @@ impl Identifier {
         let system = system.trim();
         if system.is_empty()
             || system.len() > 200
-            || system.chars().any(|c| c.is_whitespace() || c.is_control())
+            || system
+                .chars()
+                .any(|c| c.is_whitespace() || crate::validation::is_hidden(c))
         {
             errors.push(FieldError::new(
                 format!("{field}.system"),
@@ -397,10 +402,14 @@ impl Identifier {
             ));
         }
         let value = value.trim();
-        if value.is_empty() || value.chars().count() > 100 || value.chars().any(char::is_control) {
+        if value.is_empty()
+            || value.chars().count() > 100
+            || value.chars().any(crate::validation::is_hidden)
+            || !value.chars().any(char::is_alphanumeric)
+        {
             errors.push(FieldError::new(
                 format!("{field}.value"),
-                "must be 1 to 100 visible characters",
+                "must be 1 to 100 visible characters, at least one a letter or digit",
             ));
         }
         errors.into_result()?;
@@ -417,9 +426,11 @@ impl Identifier {
         if !self.national {
             return self.value.clone();
         }
+        // The last four characters at most, and never more than half of them.
         let chars: Vec<char> = self.value.chars().collect();
-        let shown: String = chars[chars.len().saturating_sub(4)..].iter().collect();
-        format!("{}{shown}", "*".repeat(chars.len().saturating_sub(4)))
+        let shown = 4.min(chars.len() / 2);
+        let tail: String = chars[chars.len() - shown..].iter().collect();
+        format!("{}{tail}", "*".repeat(chars.len() - shown))
     }
 
     /// Whether two identifiers name the same thing (same system, same value ignoring case and
@@ -427,7 +438,7 @@ impl Identifier {
     pub fn same_as(&self, other: &Identifier) -> bool {
         let norm = |v: &str| -> String {
             v.chars()
-                .filter(char::is_ascii_alphanumeric)
+                .filter(|c| c.is_alphanumeric())
                 .flat_map(char::to_lowercase)
                 .collect()
         };
@@ -519,6 +530,8 @@ mod tests {
         let ssn =
             Identifier::parse("i", "urn:oid:2.16.840.1.113883.4.1", "123-45-6789", true).unwrap();
         assert_eq!(ssn.display_value(), "*******6789");
+        let short = Identifier::parse("i", "urn:x", "1234", true).unwrap();
+        assert_eq!(short.display_value(), "**34", "never more than half shown");
         let other = Identifier::parse("i", "https://hospital.example/ids", "A-1", false).unwrap();
         assert_eq!(other.display_value(), "A-1");
         assert!(format!("{ssn:?}").contains("redacted"));

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::{PatientRecord, PatientStatus};
-use super::contact::{ContactInformation, Identifier};
+use super::contact::{Address, ContactInformation, Identifier, MAX_CONTACT_POINTS};
 use super::events::{
     AbsorptionReverted, PatientAbsorbed, PatientEvent, PatientMerged, PatientUnmerged,
 };
@@ -32,6 +32,12 @@ pub(super) fn merge_into(
     }
     if record.status == PatientStatus::Merged {
         return Err(PatientError::AlreadyMerged);
+    }
+    // A survivor of earlier merges is merged away only once those are undone: otherwise an
+    // unmerge of one of them would find its survivor gone, and their data spread over two
+    // active records.
+    if !record.absorptions.is_empty() {
+        return Err(PatientError::HasMergedDuplicates);
     }
     Ok(PatientEvent::PatientMerged(PatientMerged {
         target_id: target,
@@ -77,18 +83,18 @@ pub(super) fn absorb(
         .filter(|e| {
             !own.emails
                 .iter()
-                .any(|o| o.address.as_str().eq_ignore_ascii_case(e.address.as_str()))
+                .any(|o| o.address.as_str().to_lowercase() == e.address.as_str().to_lowercase())
         })
         .collect();
     let mut addresses: Vec<_> = contact
         .addresses
         .into_iter()
-        .filter(|a| {
-            !own.addresses
-                .iter()
-                .any(|o| o.lines == a.lines && o.postal_code == a.postal_code)
-        })
+        .filter(|a| !own.addresses.iter().any(|o| same_address(o, a)))
         .collect();
+    // Stay within the limits of a contact list: what does not fit is not gained.
+    phones.truncate(MAX_CONTACT_POINTS.saturating_sub(own.phones.len()));
+    emails.truncate(MAX_CONTACT_POINTS.saturating_sub(own.emails.len()));
+    addresses.truncate(MAX_CONTACT_POINTS.saturating_sub(own.addresses.len()));
     for (i, p) in phones.iter_mut().enumerate() {
         p.preferred = own.phones.is_empty() && i == 0;
     }
@@ -149,6 +155,19 @@ pub(super) fn revert_absorption(
     }))
 }
 
+/// Two addresses are the same place when their lines and postal code agree.
+fn same_address(a: &Address, b: &Address) -> bool {
+    a.lines == b.lines && a.postal_code == b.postal_code
+}
+
+fn prefer_first_if_none<T>(items: &mut [T], preferred: impl Fn(&mut T) -> &mut bool) {
+    if items.iter_mut().all(|item| !*preferred(item)) {
+        if let Some(first) = items.first_mut() {
+            *preferred(first) = true;
+        }
+    }
+}
+
 pub(super) fn apply(record: &mut PatientRecord, event: PatientEvent) {
     match event {
         PatientEvent::PatientMerged(e) => {
@@ -199,8 +218,12 @@ pub(super) fn apply(record: &mut PatientRecord, event: PatientEvent) {
             record
                 .contact
                 .addresses
-                .retain(|a| !gone.addresses.contains(a));
+                .retain(|a| !gone.addresses.iter().any(|g| same_address(g, a)));
             record.absorptions.retain(|a| a.source_id != e.source_id);
+            // If the preferred entry went back, the first remaining one is preferred.
+            prefer_first_if_none(&mut record.contact.phones, |p| &mut p.preferred);
+            prefer_first_if_none(&mut record.contact.emails, |e| &mut e.preferred);
+            prefer_first_if_none(&mut record.contact.addresses, |a| &mut a.preferred);
         }
         _ => {}
     }

@@ -72,6 +72,12 @@ pub enum PatientError {
     NotMerged,
     #[error("the patient is merged into another; change the survivor instead")]
     MergedPatientCannotBeChanged,
+    #[error("duplicates were merged into this patient; unmerge them before merging it away")]
+    HasMergedDuplicates,
+    #[error("the emergency contact needs at least one phone")]
+    EmergencyContactWithoutPhone,
+    #[error("an item with this id is already on the record")]
+    ItemIdInUse,
 }
 
 impl PatientError {
@@ -98,6 +104,9 @@ impl PatientError {
             Self::AlreadyMerged => "already-merged",
             Self::NotMerged => "not-merged",
             Self::MergedPatientCannotBeChanged => "merged-patient-cannot-be-changed",
+            Self::HasMergedDuplicates => "has-merged-duplicates",
+            Self::EmergencyContactWithoutPhone => "emergency-contact-without-phone",
+            Self::ItemIdInUse => "item-id-in-use",
         }
     }
 }

@@ -181,7 +181,7 @@ fn name_part(field: &str, raw: &str) -> Result<String, FieldError> {
             format!("must be at most {MAX_NAME_PART} characters"),
         ));
     }
-    if value.chars().any(char::is_control) {
+    if value.chars().any(crate::validation::is_hidden) {
         return Err(FieldError::new(
             field,
             "must not contain control characters",
@@ -195,7 +195,10 @@ fn name_part(field: &str, raw: &str) -> Result<String, FieldError> {
 
 fn short_part(field: &str, raw: &str) -> Result<String, FieldError> {
     let value = raw.trim();
-    if value.is_empty() || value.chars().count() > 20 || value.chars().any(char::is_control) {
+    if value.is_empty()
+        || value.chars().count() > 20
+        || value.chars().any(crate::validation::is_hidden)
+    {
         return Err(FieldError::new(field, "must be 1 to 20 characters"));
     }
     Ok(value.to_owned())
@@ -446,7 +449,10 @@ impl Reason {
                 format!("must be at most {MAX_REASON} characters"),
             ));
         }
-        if value.chars().any(|c| c.is_control() && c != '\n') {
+        if value
+            .chars()
+            .any(|c| c != '\n' && crate::validation::is_hidden(c))
+        {
             return Err(FieldError::new(
                 field,
                 "must not contain control characters",

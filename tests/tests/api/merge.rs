@@ -205,3 +205,33 @@ async fn merging_into_oneself_an_archived_a_merged_away_or_an_unknown_patient_is
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_survivor_of_a_merge_is_not_merged_away_until_that_merge_is_undone() {
+    let app = TestApp::without_kafka().await;
+    let (survivor, duplicate) = survivor_and_duplicate(&app).await;
+    let third = app.register_person(79, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let merged = post(
+        &app,
+        &format!("/v1/patients/{duplicate}/merge"),
+        1,
+        json!({ "target_id": survivor, "reason": "duplicate" }),
+    )
+    .await;
+    assert_eq!(merged.0, 200);
+
+    let chained = post(
+        &app,
+        &format!("/v1/patients/{survivor}/merge"),
+        2,
+        json!({ "target_id": third, "reason": "duplicate" }),
+    )
+    .await;
+
+    assert_eq!(chained.0, 409);
+    assert_eq!(chained.1["code"], "has-merged-duplicates");
+    app.stop().await;
+}

@@ -333,3 +333,35 @@ async fn unknown_routes_and_methods_answer_problem_json() {
     assert_eq!(method.headers()["content-type"], "application/problem+json");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_search_identifier_with_a_control_character_is_a_400_not_a_500() {
+    let app = TestApp::without_kafka().await;
+    let token = app.token("c", &["clinician"]);
+
+    let nul = app.get("/v1/patients?identifier=%00%7C1", &token).await;
+    let no_value = app.get("/v1/patients?identifier=urn:x%7C---", &token).await;
+
+    assert_eq!(nul.status(), 400);
+    assert_eq!(no_value.status(), 400);
+    let problem: Value = nul.json().await.unwrap();
+    assert_eq!(error_fields(&problem), ["identifier"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_to_an_unknown_patient_is_404_whatever_the_if_match() {
+    let app = TestApp::without_kafka().await;
+
+    let response = app
+        .command(
+            &uuid::Uuid::new_v4().to_string(),
+            "archive",
+            3,
+            &json!({ "reason": "r" }),
+        )
+        .await;
+
+    assert_eq!(response.status(), 404);
+    app.stop().await;
+}
