@@ -272,7 +272,9 @@ where
         state.idempotency.record(&user.id, key, &recorded).await?;
         // A concurrent first request may have recorded its answer before us: answer as it did.
         if let Some(first) = state.idempotency.find(&user.id, key).await? {
-            return replay(state, &first, &hash).await;
+            if first != recorded {
+                return replay(state, &first, &hash).await;
+            }
         }
     }
     let patient = match patient {

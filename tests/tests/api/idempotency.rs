@@ -16,6 +16,10 @@ async fn a_repeated_registration_with_the_same_key_returns_the_first_answer() {
         .post("/v1/patients", &token, &body, &[("idempotency-key", "k-1")])
         .await;
     let first_location = first.headers()["location"].clone();
+    assert!(
+        first.headers().get("idempotent-replayed").is_none(),
+        "the first answer is not a replay"
+    );
     let first_body: Value = first.json().await.unwrap();
     let again = app
         .post("/v1/patients", &token, &body, &[("idempotency-key", "k-1")])
