@@ -22,7 +22,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
-use crate::auth::{Action, AuthUser};
+use crate::auth::{permission, AuthUser, Authorized, Permission};
 use crate::http::json::{Fields, JsonObject};
 use crate::http::patient_input;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
@@ -302,12 +302,11 @@ struct Outcome {
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
 async fn register(
     State(state): State<AppState>,
-    user: AuthUser,
+    Authorized(user, _): Authorized<permission::RegisterPatient>,
     ctx: RequestContext,
     headers: HeaderMap,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
-    user.require(Action::RegisterPatient)?;
     let now = (state.clock)();
     let input = patient_input::registration(&body.object, now.date_naive());
     let (state_ref, user_ref, ctx_ref) = (&state, &user, &ctx);
@@ -413,10 +412,9 @@ pub async fn register_patient(
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
 async fn match_candidates(
     State(state): State<AppState>,
-    user: AuthUser,
+    Authorized(user, _): Authorized<permission::MatchPatients>,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
-    user.require(Action::MatchPatients)?;
     let record = patient_input::candidate(&body.object, (state.clock)().date_naive())?;
     let matches = matching::find_matches(&state.pool, &record).await?;
     let ids: Vec<uuid::Uuid> = matches.iter().map(|m| m.id).collect();
@@ -444,10 +442,9 @@ const IDEMPOTENT_ID_NAMESPACE: uuid::Uuid =
 #[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
 async fn read(
     State(state): State<AppState>,
-    user: AuthUser,
+    Authorized(user, _): Authorized<permission::ReadPatient>,
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    user.require(Action::ReadPatient)?;
     let id = patient_id(&raw_id)?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let (patient, version) = state.store.load(id).await?.ok_or(ApiError::NotFound)?;
@@ -456,7 +453,7 @@ async fn read(
 
 /// Everything a command on an existing patient arrives with. Extracted in the order that
 /// decides which error a caller sees first: authentication, then the path, then the body.
-pub(super) struct CommandRequest {
+pub(super) struct CommandRequest<P> {
     pub(super) user: AuthUser,
     ctx: RequestContext,
     headers: HeaderMap,
@@ -465,14 +462,15 @@ pub(super) struct CommandRequest {
     /// The second path parameter (`{item}`), on routes that have one.
     pub(super) item: Option<String>,
     pub(super) body: JsonObject,
+    permission: std::marker::PhantomData<P>,
 }
 
-impl FromRequest<AppState> for CommandRequest {
+impl<P: Permission> FromRequest<AppState> for CommandRequest<P> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
-        let user = AuthUser::from_request_parts(&mut parts, state).await?;
+        let Authorized(user, _) = Authorized::<P>::from_request_parts(&mut parts, state).await?;
         let Ok(ctx) = RequestContext::from_request_parts(&mut parts, state).await;
         let Path(mut params) =
             Path::<HashMap<String, String>>::from_request_parts(&mut parts, state)
@@ -496,14 +494,15 @@ impl FromRequest<AppState> for CommandRequest {
             raw_id,
             item,
             body,
+            permission: std::marker::PhantomData,
         })
     }
 }
 
 /// Shared shape of the commands on an existing patient: If-Match, idempotency, execute.
-pub(super) async fn change(
+pub(super) async fn change<P>(
     state: &AppState,
-    req: &CommandRequest,
+    req: &CommandRequest<P>,
     path_suffix: &str,
     command: Result<PatientCommand, ApiError>,
 ) -> Result<Response, ApiError> {
@@ -599,17 +598,18 @@ fn correction(body: &JsonObject, now: DateTime<Utc>) -> Result<PatientCommand, A
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
 async fn correct_demographics(
     State(state): State<AppState>,
-    req: CommandRequest,
+    req: CommandRequest<permission::CorrectDemographics>,
 ) -> Result<Response, ApiError> {
-    req.user.require(Action::CorrectDemographics)?;
     let command = correction(&req.body, (state.clock)());
     change(&state, &req, "correct-demographics", command).await
 }
 
 /// `POST /v1/patients/{id}/archive` with `If-Match` and a reason.
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
-async fn archive(State(state): State<AppState>, req: CommandRequest) -> Result<Response, ApiError> {
-    req.user.require(Action::ArchivePatient)?;
+async fn archive(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::ArchivePatient>,
+) -> Result<Response, ApiError> {
     let at = (state.clock)();
     let command =
         reason_only(&req.body).map(|reason| PatientCommand::Archive(ArchivePatient { reason, at }));
@@ -618,8 +618,10 @@ async fn archive(State(state): State<AppState>, req: CommandRequest) -> Result<R
 
 /// `POST /v1/patients/{id}/restore` with `If-Match` and a reason.
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
-async fn restore(State(state): State<AppState>, req: CommandRequest) -> Result<Response, ApiError> {
-    req.user.require(Action::RestorePatient)?;
+async fn restore(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::RestorePatient>,
+) -> Result<Response, ApiError> {
     let at = (state.clock)();
     let command =
         reason_only(&req.body).map(|reason| PatientCommand::Restore(RestorePatient { reason, at }));
@@ -665,10 +667,9 @@ struct SearchPage {
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
 async fn search(
     State(state): State<AppState>,
-    user: AuthUser,
+    Authorized(user, _): Authorized<permission::SearchPatients>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    user.require(Action::SearchPatients)?;
     let criteria = parse_criteria(&params, (state.clock)().date_naive())?;
     let page = patient_search::search(&state.pool, &criteria).await?;
     let next = page.has_more.then(|| {
@@ -821,8 +822,10 @@ fn parse_criteria(
 /// The two aggregates change one after the other: the source first (its `If-Match` is
 /// checked), then the survivor; if the survivor refuses, the source is unmerged again.
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
-async fn merge(State(state): State<AppState>, req: CommandRequest) -> Result<Response, ApiError> {
-    req.user.require(Action::MergePatients)?;
+async fn merge(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::MergePatients>,
+) -> Result<Response, ApiError> {
     let source = patient_id(&req.raw_id)?;
     tracing::Span::current().record("patient_id", tracing::field::display(source));
     let now = (state.clock)();
@@ -898,8 +901,10 @@ async fn merge(State(state): State<AppState>, req: CommandRequest) -> Result<Res
 /// `POST /v1/patients/{id}/unmerge` with `If-Match` and `{reason}`: undoes this patient's
 /// merge; the survivor gives back what it gained from it.
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
-async fn unmerge(State(state): State<AppState>, req: CommandRequest) -> Result<Response, ApiError> {
-    req.user.require(Action::MergePatients)?;
+async fn unmerge(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::MergePatients>,
+) -> Result<Response, ApiError> {
     let source = patient_id(&req.raw_id)?;
     tracing::Span::current().record("patient_id", tracing::field::display(source));
     let now = (state.clock)();
@@ -960,10 +965,9 @@ async fn unmerge(State(state): State<AppState>, req: CommandRequest) -> Result<R
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
 async fn retention_candidates(
     State(state): State<AppState>,
-    user: AuthUser,
+    Authorized(user, _): Authorized<permission::ReviewRetention>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    user.require(Action::ReviewRetention)?;
     let mut errors = FieldErrors::new();
     let mut number = |key: &str, default: u32, min: u32, max: u32| match params
         .get(key)

@@ -18,7 +18,7 @@ use axum::Router;
 use domain::patient::{EndCoverage, PatientCommand, RecordChange, RemoveIdentifier};
 use uuid::Uuid;
 
-use crate::auth::Action;
+use crate::auth::permission;
 use crate::http::patient_input;
 use crate::http::patients::{change, CommandRequest};
 use crate::http::{ApiError, AppState};
@@ -46,128 +46,100 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The `{item}` of the path as a UUID.
-fn item(req: &CommandRequest) -> Result<Uuid, ApiError> {
+fn item<P>(req: &CommandRequest<P>) -> Result<Uuid, ApiError> {
     req.item
         .as_deref()
         .and_then(|raw| Uuid::parse_str(raw).ok())
         .ok_or_else(|| ApiError::invalid_parameter("item", "must be a UUID"))
 }
 
-/// Runs `build` into a record change and executes it, as `action`, at `path`.
-async fn record_change(
+/// Runs `build` into a record change and executes it at `path`. The caller's permission was
+/// checked by the extractor.
+async fn record_change<P>(
     state: &AppState,
-    req: &CommandRequest,
-    action: Action,
+    req: &CommandRequest<P>,
     path: &str,
     build: impl FnOnce(chrono::DateTime<chrono::Utc>) -> Result<RecordChange, ApiError>,
 ) -> Result<Response, ApiError> {
-    req.user.require(action)?;
     let command = build((state.clock)()).map(PatientCommand::Change);
     change(state, req, path, command).await
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
-async fn contact(State(state): State<AppState>, req: CommandRequest) -> Result<Response, ApiError> {
-    record_change(
-        &state,
-        &req,
-        Action::ChangeContactInformation,
-        "contact",
-        |at| {
-            let contact = patient_input::contact_body(&req.body.object)?;
-            Ok(RecordChange::ChangeContactInformation { contact, at })
-        },
-    )
+async fn contact(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::ChangeContactInformation>,
+) -> Result<Response, ApiError> {
+    record_change(&state, &req, "contact", |at| {
+        let contact = patient_input::contact_body(&req.body.object)?;
+        Ok(RecordChange::ChangeContactInformation { contact, at })
+    })
     .await
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
 async fn add_identifier(
     State(state): State<AppState>,
-    req: CommandRequest,
+    req: CommandRequest<permission::ChangeIdentifiers>,
 ) -> Result<Response, ApiError> {
-    record_change(
-        &state,
-        &req,
-        Action::ChangeIdentifiers,
-        "identifiers",
-        |at| {
-            let identifier = patient_input::identifier_body(&req.body.object)?;
-            Ok(RecordChange::AddIdentifier { identifier, at })
-        },
-    )
+    record_change(&state, &req, "identifiers", |at| {
+        let identifier = patient_input::identifier_body(&req.body.object)?;
+        Ok(RecordChange::AddIdentifier { identifier, at })
+    })
     .await
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
 async fn remove_identifier(
     State(state): State<AppState>,
-    req: CommandRequest,
+    req: CommandRequest<permission::ChangeIdentifiers>,
 ) -> Result<Response, ApiError> {
-    record_change(
-        &state,
-        &req,
-        Action::ChangeIdentifiers,
-        "identifiers/remove",
-        |at| {
-            let (system, value, reason) = patient_input::identifier_removal(&req.body.object)?;
-            Ok(RecordChange::RemoveIdentifier(RemoveIdentifier {
-                system,
-                value,
-                reason,
-                at,
-            }))
-        },
-    )
+    record_change(&state, &req, "identifiers/remove", |at| {
+        let (system, value, reason) = patient_input::identifier_removal(&req.body.object)?;
+        Ok(RecordChange::RemoveIdentifier(RemoveIdentifier {
+            system,
+            value,
+            reason,
+            at,
+        }))
+    })
     .await
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
 async fn preferences(
     State(state): State<AppState>,
-    req: CommandRequest,
+    req: CommandRequest<permission::ChangePreferences>,
 ) -> Result<Response, ApiError> {
-    record_change(
-        &state,
-        &req,
-        Action::ChangePreferences,
-        "preferences",
-        |at| {
-            let preferences = patient_input::preferences_body(&req.body.object)?;
-            Ok(RecordChange::UpdatePreferences { preferences, at })
-        },
-    )
+    record_change(&state, &req, "preferences", |at| {
+        let preferences = patient_input::preferences_body(&req.body.object)?;
+        Ok(RecordChange::UpdatePreferences { preferences, at })
+    })
     .await
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
 async fn add_emergency_contact(
     State(state): State<AppState>,
-    req: CommandRequest,
+    req: CommandRequest<permission::ChangeEmergencyContacts>,
 ) -> Result<Response, ApiError> {
-    record_change(
-        &state,
-        &req,
-        Action::ChangeEmergencyContacts,
-        "emergency-contacts",
-        |at| {
-            let contact = patient_input::emergency_contact_body(&req.body.object, Uuid::new_v4())?;
-            Ok(RecordChange::AddEmergencyContact { contact, at })
-        },
-    )
+    record_change(&state, &req, "emergency-contacts", |at| {
+        let contact = patient_input::emergency_contact_body(&req.body.object, Uuid::new_v4())?;
+        Ok(RecordChange::AddEmergencyContact { contact, at })
+    })
     .await
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
 async fn change_emergency_contact(
     State(state): State<AppState>,
-    req: CommandRequest,
+    req: CommandRequest<permission::ChangeEmergencyContacts>,
 ) -> Result<Response, ApiError> {
     let path = format!(
         "emergency-contacts/{}",
         req.item.as_deref().unwrap_or_default()
     );
-    record_change(&state, &req, Action::ChangeEmergencyContacts, &path, |at| {
+    record_change(&state, &req, &path, |at| {
         let contact = patient_input::emergency_contact_body(&req.body.object, item(&req)?)?;
         Ok(RecordChange::ChangeEmergencyContact { contact, at })
     })
@@ -177,13 +149,13 @@ async fn change_emergency_contact(
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
 async fn remove_emergency_contact(
     State(state): State<AppState>,
-    req: CommandRequest,
+    req: CommandRequest<permission::ChangeEmergencyContacts>,
 ) -> Result<Response, ApiError> {
     let path = format!(
         "emergency-contacts/{}",
         req.item.as_deref().unwrap_or_default()
     );
-    record_change(&state, &req, Action::ChangeEmergencyContacts, &path, |at| {
+    record_change(&state, &req, &path, |at| {
         Ok(RecordChange::RemoveEmergencyContact {
             contact_id: item(&req)?,
             at,
@@ -195,9 +167,9 @@ async fn remove_emergency_contact(
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
 async fn add_coverage(
     State(state): State<AppState>,
-    req: CommandRequest,
+    req: CommandRequest<permission::ChangeCoverages>,
 ) -> Result<Response, ApiError> {
-    record_change(&state, &req, Action::ChangeCoverages, "coverages", |at| {
+    record_change(&state, &req, "coverages", |at| {
         let coverage = patient_input::coverage_body(&req.body.object, Uuid::new_v4())?;
         Ok(RecordChange::AddCoverage { coverage, at })
     })
@@ -207,10 +179,10 @@ async fn add_coverage(
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
 async fn change_coverage(
     State(state): State<AppState>,
-    req: CommandRequest,
+    req: CommandRequest<permission::ChangeCoverages>,
 ) -> Result<Response, ApiError> {
     let path = format!("coverages/{}", req.item.as_deref().unwrap_or_default());
-    record_change(&state, &req, Action::ChangeCoverages, &path, |at| {
+    record_change(&state, &req, &path, |at| {
         let coverage = patient_input::coverage_body(&req.body.object, item(&req)?)?;
         Ok(RecordChange::ChangeCoverage { coverage, at })
     })
@@ -220,10 +192,10 @@ async fn change_coverage(
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
 async fn end_coverage(
     State(state): State<AppState>,
-    req: CommandRequest,
+    req: CommandRequest<permission::ChangeCoverages>,
 ) -> Result<Response, ApiError> {
     let path = format!("coverages/{}/end", req.item.as_deref().unwrap_or_default());
-    record_change(&state, &req, Action::ChangeCoverages, &path, |at| {
+    record_change(&state, &req, &path, |at| {
         let (end, reason) = patient_input::coverage_end_body(&req.body.object)?;
         Ok(RecordChange::EndCoverage(EndCoverage {
             coverage_id: item(&req)?,

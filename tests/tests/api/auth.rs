@@ -162,3 +162,30 @@ async fn a_token_with_no_known_role_is_forbidden_everywhere() {
     assert_eq!(search.status(), 403);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_caller_without_the_role_gets_403_before_the_body_is_looked_at() {
+    let app = TestApp::without_kafka().await;
+    let id = app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = app.token("c", &["clinician"]);
+
+    let not_json = app
+        .client
+        .post(format!("{}/v1/patients/{id}/archive", app.address))
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body("nonsense")
+        .send()
+        .await
+        .unwrap();
+    let invalid = app
+        .post("/v1/patients", &token, &json!({ "name": 5 }), &[])
+        .await;
+
+    assert_eq!(not_json.status(), 403);
+    assert_eq!(invalid.status(), 403);
+    app.stop().await;
+}
