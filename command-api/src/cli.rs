@@ -151,6 +151,12 @@ where
 
 /// Empties one read model and replays the whole event store into it; returns the events read.
 async fn rebuild<M: ReadModel>(projector: Projector<M>) -> anyhow::Result<usize> {
+    let _lock = projector.try_lock_stream().await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "a projector is feeding {} from the event store; stop serve/project first",
+            projector.model().name()
+        )
+    })?;
     projector.reset().await?;
     let mut total = 0;
     loop {

@@ -66,6 +66,13 @@ pub async fn connect(
         }
         None => anyhow::bail!("no database configured: set DATABASE_URL (or APP_DATABASE__URL)"),
     };
+    // The server notices a vanished client within about 90 s rather than hours, so the
+    // advisory locks of a relay or projector cut off by the network pass to a standby.
+    let options = options.options([
+        ("tcp_keepalives_idle", "60"),
+        ("tcp_keepalives_interval", "10"),
+        ("tcp_keepalives_count", "3"),
+    ]);
     let pool = PgPoolOptions::new()
         .max_connections(settings.database.max_connections)
         .acquire_timeout(settings.database.acquire_timeout())
@@ -373,6 +380,23 @@ pub async fn run_stream_projector<M: ReadModel>(
     projector: Projector<M>,
     shutdown: CancellationToken,
 ) {
+    // One feeder per read model: a second process (or a rebuild) stands by.
+    let _lock = loop {
+        match projector.try_lock_stream().await {
+            Ok(Some(lock)) => break lock,
+            Ok(None) => tracing::debug!(
+                projector = projector.model().name(),
+                "another process feeds this read model; standing by"
+            ),
+            Err(e) => {
+                tracing::warn!(error.message = %e, "cannot take the projector lock; retrying")
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    };
     let mut listener = None;
     let mut delay = Duration::from_millis(100);
     let mut held_back_wait = stream::HELD_BACK_POLL;

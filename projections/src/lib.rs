@@ -19,7 +19,7 @@ pub mod patient_match;
 pub mod patient_search;
 pub mod runtime;
 
-pub use runtime::{Applied, ProjectionError, Projector, ReadModel, StreamPosition};
+pub use runtime::{Applied, ProjectionError, Projector, ReadModel, StreamLock, StreamPosition};
 
 /// The migrations of the read-model tables.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -36,6 +36,23 @@ pub trait ReadModel: Send + Sync + 'static {
     fn clear(&self, tx: &mut PgConnection) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
+/// Held by the one process feeding a read model from the event store's stream.
+#[derive(Debug)]
+pub struct StreamLock {
+    _conn: PgConnection,
+}
+
+/// The advisory lock key of a read model's stream feed.
+fn advisory_key(model: &str) -> i64 {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in "patient-service projector ".bytes().chain(model.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}
+
 /// Where a stream-fed projector stands in the event store's stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamPosition {
@@ -119,6 +136,23 @@ impl<M: ReadModel> Projector<M> {
         save_stream_position(&mut tx, self.model.name(), at).await?;
         tx.commit().await?;
         Ok(applied)
+    }
+
+    /// Makes this process the one feeding the read model from the event store's stream, or
+    /// returns `None` if another process (a running projector, a rebuild) already is. The
+    /// returned guard holds a PostgreSQL advisory lock on a connection of its own; dropping it
+    /// closes the connection and releases the lock.
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    pub async fn try_lock_stream(&self) -> Result<Option<StreamLock>, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(advisory_key(self.model.name()))
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(locked.then_some(StreamLock { _conn: conn }))
     }
 
     /// Moves the stream checkpoint past `at` without applying anything (the event there is

@@ -140,3 +140,76 @@ async fn serve_with_no_configuration_serves_the_api_and_stops_its_database_on_si
         "PostgreSQL stopped"
     );
 }
+
+#[tokio::test]
+async fn rebuild_is_refused_while_projectors_run_and_then_rebuilds_the_same_read_models() {
+    // Arrange
+    let app = TestApp::without_kafka().await;
+    for n in 0..3 {
+        let id = app.register_person(n, Some("Rebuilt")).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if n == 0 {
+            app.command(&id, "archive", 1, &serde_json::json!({ "reason": "moved" }))
+                .await;
+        }
+    }
+    app.search_until("family=rebuilt", 2).await;
+    let snapshot = |pool: sqlx::PgPool| async move {
+        let rows: Vec<(uuid::Uuid, String, String, i64)> = sqlx::query_as(
+            "SELECT patient_id, family, status, version FROM projections.patient_search ORDER BY patient_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM projections.patient_match_keys")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (rows, keys)
+    };
+    eventually("the archive projected", || async {
+        snapshot(app.pool.clone())
+            .await
+            .0
+            .iter()
+            .any(|r| r.2 == "archived")
+    })
+    .await;
+    let before = snapshot(app.pool.clone()).await;
+    let rebuild = || {
+        Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+            .arg("rebuild")
+            .env("DATABASE_URL", &app.database_url)
+            .env("APP_LOG__LEVEL", "warn")
+            .output()
+            .unwrap()
+    };
+
+    // Act
+    let while_running = rebuild();
+    let database_url = app.database_url.clone();
+    app.stop().await;
+    let stopped = Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+        .arg("rebuild")
+        .env("DATABASE_URL", &database_url)
+        .env("APP_LOG__LEVEL", "warn")
+        .output()
+        .unwrap();
+
+    // Assert
+    assert!(!while_running.status.success());
+    assert!(String::from_utf8_lossy(&while_running.stderr).contains("stop serve/project first"));
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    assert_eq!(
+        snapshot(pool).await,
+        before,
+        "a rebuilt read model equals the one it replaced"
+    );
+}

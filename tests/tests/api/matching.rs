@@ -51,6 +51,8 @@ async fn match_grades_the_same_person_certain_a_near_miss_probable_and_a_strange
     assert_eq!(registered.status(), 201);
     let id = registered.json::<Value>().await.unwrap()["id"].clone();
     matcher_knows(&app, 1).await;
+    // The candidates' summaries come from the search read model, its own projector.
+    app.search_until("family=lovelace", 1).await;
 
     // Act
     let same = match_candidates(&app, &ada()).await;
