@@ -22,6 +22,9 @@ pub struct CommandMetadata {
     pub user_id: String,
     pub request_id: Option<String>,
     pub traceparent: Option<String>,
+    /// The `Idempotency-Key` the command came with, so a retry after a crash between the
+    /// commit and the key's record still finds what its first attempt wrote.
+    pub idempotency_key: Option<String>,
 }
 
 impl CommandMetadata {
@@ -32,6 +35,9 @@ impl CommandMetadata {
         }
         if let Some(tp) = self.traceparent {
             map.insert("traceparent".to_owned(), tp);
+        }
+        if let Some(key) = self.idempotency_key {
+            map.insert("idempotency_key".to_owned(), key);
         }
         map
     }
@@ -169,6 +175,33 @@ impl PatientStore {
             patient.apply(envelope.payload);
         }
         Ok(Some(patient))
+    }
+
+    /// The version that `user_id`'s request with `idempotency_key` left patient `id` at, if
+    /// such a request was committed.
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError`] when the database fails.
+    pub async fn version_written_by(
+        &self,
+        id: PatientId,
+        user_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<u64>, CommandError> {
+        let version: Option<i64> = sqlx::query_scalar(
+            "SELECT max(sequence) FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2
+                AND metadata->>'user_id' = $3 AND metadata->>'idempotency_key' = $4",
+        )
+        .bind(Patient::TYPE)
+        .bind(id.to_string())
+        .bind(user_id)
+        .bind(idempotency_key)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(sqlx_error)?;
+        Ok(version.map(|v| v as u64))
     }
 
     /// Reserves the next medical record number.

@@ -182,11 +182,12 @@ fn patient_id(raw: &str) -> Result<PatientId, ApiError> {
     PatientId::parse("id", raw).map_err(|e| ApiError::InvalidParameters(e.into()))
 }
 
-fn metadata(user: &AuthUser, ctx: &RequestContext) -> CommandMetadata {
+fn metadata(user: &AuthUser, ctx: &RequestContext, key: Option<String>) -> CommandMetadata {
     CommandMetadata {
         user_id: user.id.clone(),
         request_id: Some(ctx.request_id.clone()),
         traceparent: Some(ctx.traceparent.clone()),
+        idempotency_key: key,
     }
 }
 
@@ -242,6 +243,7 @@ async fn idempotent<F, Fut>(
     headers: &HeaderMap,
     (method, path): (&str, &str),
     body: &[u8],
+    target: Option<PatientId>,
     run: F,
 ) -> Result<Response, ApiError>
 where
@@ -253,6 +255,21 @@ where
     if let Some(key) = &key {
         if let Some(recorded) = state.idempotency.find(&user.id, key).await? {
             return replay(state, &recorded, &hash).await;
+        }
+        // The first attempt may have committed and then died before recording its answer:
+        // its events carry the key.
+        if let Some(id) = target {
+            if let Some(version) = state.store.version_written_by(id, &user.id, key).await? {
+                let recorded = Recorded {
+                    request_hash: hash.clone(),
+                    aggregate_type: Patient::TYPE.to_owned(),
+                    aggregate_id: id.to_string(),
+                    version,
+                    response_status: StatusCode::OK.as_u16(),
+                };
+                state.idempotency.record(&user.id, key, &recorded).await?;
+                return replay(state, &recorded, &hash).await;
+            }
         }
     }
     let Outcome {
@@ -316,6 +333,7 @@ async fn register(
         &headers,
         ("POST", "/v1/patients"),
         &body.raw,
+        None,
         |key| async move {
             let (state, user, ctx) = (state_ref, user_ref, ctx_ref);
             let input = input?;
@@ -339,7 +357,9 @@ async fn register(
                 });
             }
             let (patient, version) =
-                match register_patient(state, id, input, metadata(user, ctx), now).await {
+                match register_patient(state, id, input, metadata(user, ctx, key.clone()), now)
+                    .await
+                {
                     Ok((patient, version)) => (Some(patient), version),
                     // A repeat of this key that raced the first request: answer as the first.
                     Err(ApiError::Rule(PatientError::AlreadyRegistered)) if key.is_some() => {
@@ -515,12 +535,18 @@ pub(super) async fn change<P>(
         &req.headers,
         (req.method.as_str(), &path),
         &req.body.raw,
-        |_key| async {
+        Some(id),
+        |key| async {
             let expected = if_match(&req.headers)?;
             let command = command?;
             let (patient, version) = state
                 .store
-                .execute(id, Some(expected), command, metadata(&req.user, &req.ctx))
+                .execute(
+                    id,
+                    Some(expected),
+                    command,
+                    metadata(&req.user, &req.ctx, key),
+                )
                 .await?;
             tracing::info!(version, "patient changed");
             Ok(Outcome {
@@ -844,12 +870,13 @@ async fn merge(
         &req.headers,
         ("POST", &path),
         &req.body.raw,
-        |_key| async {
+        Some(source),
+        |key| async {
             let expected = if_match(&req.headers)?;
             let (Some(target), Some(reason)) = input? else {
                 return Err(ApiError::Validation(FieldErrors::new()));
             };
-            let meta = metadata(&req.user, &req.ctx);
+            let meta = metadata(&req.user, &req.ctx, key);
             let (source_patient, _) = state.store.load(source).await?.ok_or(ApiError::NotFound)?;
             let Some((target_patient, _)) = state.store.load(target).await? else {
                 return Err(ApiError::Validation(
@@ -916,10 +943,11 @@ async fn unmerge(
         &req.headers,
         ("POST", &path),
         &req.body.raw,
-        |_key| async {
+        Some(source),
+        |key| async {
             let expected = if_match(&req.headers)?;
             let reason = reason?;
-            let meta = metadata(&req.user, &req.ctx);
+            let meta = metadata(&req.user, &req.ctx, key);
             let (before, _) = state.store.load(source).await?.ok_or(ApiError::NotFound)?;
             let target = before
                 .record()

@@ -141,3 +141,36 @@ async fn a_repeated_archive_with_the_same_key_returns_the_first_answer() {
     assert_eq!(app.event_count().await, 2);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_retry_after_a_crash_between_commit_and_answer_still_gets_the_first_answer() {
+    // Arrange: the archive committed, but its answer was never recorded (as after a crash).
+    let app = TestApp::without_kafka().await;
+    let id = app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/patients/{id}/archive");
+    let body = serde_json::json!({ "reason": "duplicate" });
+    let headers = [("if-match", "\"1\""), ("idempotency-key", "archive-crash")];
+    let first = app.post(&path, &app.registrar(), &body, &headers).await;
+    assert_eq!(first.status(), 200);
+    sqlx::query("DELETE FROM idempotency_keys")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // Act
+    let retry = app.post(&path, &app.registrar(), &body, &headers).await;
+
+    // Assert
+    assert_eq!(
+        retry.status(),
+        200,
+        "not 412: the first attempt is found by its key"
+    );
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(retry.headers()["etag"], "\"2\"");
+    assert_eq!(app.event_count().await, 2);
+    app.stop().await;
+}
