@@ -169,12 +169,13 @@ async fn rebuild_is_refused_while_projectors_run_and_then_rebuilds_the_same_read
             .unwrap();
         (rows, keys)
     };
-    eventually("the archive projected", || async {
-        snapshot(app.pool.clone())
+    eventually("both read models current", || async {
+        let (rows, _) = snapshot(app.pool.clone()).await;
+        let matched: i64 = sqlx::query_scalar("SELECT count(*) FROM projections.patient_match")
+            .fetch_one(&app.pool)
             .await
-            .0
-            .iter()
-            .any(|r| r.2 == "archived")
+            .unwrap();
+        rows.iter().any(|r| r.2 == "archived") && matched == 3
     })
     .await;
     let before = snapshot(app.pool.clone()).await;
