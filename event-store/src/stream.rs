@@ -106,6 +106,32 @@ pub async fn is_held_back<'e>(
     .await
 }
 
+/// Every committed event of one aggregate, in sequence order: its history, for auditors and
+/// for reading a record as it was.
+///
+/// # Errors
+///
+/// The database error, when the query fails.
+#[tracing::instrument(skip_all, fields(aggregate_id))]
+pub async fn history<'e>(
+    executor: impl PgExecutor<'e>,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                metadata, position, transaction_id::text AS transaction_id, recorded_at
+           FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2
+          ORDER BY sequence",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .fetch_all(executor)
+    .await?;
+    rows.iter().map(decode_row).collect()
+}
+
 fn decode_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, sqlx::Error> {
     let transaction_id: String = row.try_get("transaction_id")?;
     let sequence: i64 = row.try_get("sequence")?;

@@ -226,6 +226,7 @@ pub mod permission {
         ChangeCoverages,
         MergePatients,
         ReviewRetention,
+        ReadAuditTrail,
     );
 }
 

@@ -12,6 +12,7 @@
 //! | change contact, identifiers, emergency contacts, coverages, preferences | x | x | | | |
 //! | merge, unmerge       |   x   |     x     |           |           |         |
 //! | retention candidates |   x   |           |           |           |         |
+//! | audit streams        |   x   |           |           |           |    x    |
 //!
 //! The `patient` and `service` roles are recognised but, until per-patient data permissions
 //! arrive, may do none of these.
@@ -73,10 +74,11 @@ pub enum Action {
     ChangeCoverages,
     MergePatients,
     ReviewRetention,
+    ReadAuditTrail,
 }
 
 impl Action {
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 15] = [
         Action::RegisterPatient,
         Action::CorrectDemographics,
         Action::ArchivePatient,
@@ -91,6 +93,7 @@ impl Action {
         Action::ChangeCoverages,
         Action::MergePatients,
         Action::ReviewRetention,
+        Action::ReadAuditTrail,
     ];
 }
 
@@ -117,6 +120,7 @@ const POLICY: &[(Action, &[Role])] = &[
     (Action::ChangeCoverages, &[Admin, Registrar]),
     (Action::MergePatients, &[Admin, Registrar]),
     (Action::ReviewRetention, &[Admin]),
+    (Action::ReadAuditTrail, &[Admin, Auditor]),
 ];
 
 /// Whether `role` may do `action`.

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state, and the middleware every request passes through
 //! (request id, trace context, timeout, body limit, problem+json for every error).
 
+mod audit;
 mod health;
 pub mod json;
 pub mod patient_input;
@@ -77,6 +78,7 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> Router {
     Router::new()
         .merge(patients::router())
+        .merge(audit::router())
         .merge(health::router())
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

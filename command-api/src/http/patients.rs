@@ -459,15 +459,47 @@ const IDEMPOTENT_ID_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x3d5e_1b7a_92c4_4f0e_8d61_5a0b_c2e9_7f14);
 
 /// `GET /v1/patients/{id}`: the current record, from the event store, with its `ETag`.
+/// `?as_of=2026-11-27T12:00:00Z` answers the record as it was at that instant, rebuilt from
+/// the events recorded until then.
 #[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
 async fn read(
     State(state): State<AppState>,
     Authorized(user, _): Authorized<permission::ReadPatient>,
     Path(raw_id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let id = patient_id(&raw_id)?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    let (patient, version) = state.store.load(id).await?.ok_or(ApiError::NotFound)?;
+    let mut errors = FieldErrors::new();
+    for key in params.keys().filter(|k| k.as_str() != "as_of") {
+        errors.push(domain::FieldError::new(key.clone(), "unknown parameter"));
+    }
+    let as_of = params.get("as_of").and_then(|v| {
+        let parsed = DateTime::parse_from_rfc3339(v).map(|t| t.with_timezone(&Utc));
+        errors.check(parsed.map_err(|_| {
+            domain::FieldError::new(
+                "as_of",
+                "must be an RFC 3339 instant such as 2026-11-27T12:00:00Z",
+            )
+        }))
+    });
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    let Some(as_of) = as_of else {
+        let (patient, version) = state.store.load(id).await?.ok_or(ApiError::NotFound)?;
+        return respond(StatusCode::OK, &patient, version, false);
+    };
+    let history = event_store::stream::history(&state.pool, Patient::TYPE, &id.to_string()).await?;
+    let mut patient = Patient::default();
+    let mut version = 0;
+    for event in history.into_iter().take_while(|e| e.recorded_at <= as_of) {
+        let event: domain::patient::PatientEvent = serde_json::from_value(event.payload)
+            .map_err(|_| ApiError::Internal("a stored event does not deserialize".into()))?;
+        patient.apply(event);
+        version += 1;
+    }
+    if version == 0 {
+        return Err(ApiError::NotFound);
+    }
     respond(StatusCode::OK, &patient, version, false)
 }
 

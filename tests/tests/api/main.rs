@@ -1,6 +1,7 @@
 //! End-to-end tests: the real service over real HTTP, a real PostgreSQL, a real Kafka-protocol
 //! broker. Run with `scripts/test`.
 
+mod audit;
 mod auth;
 mod changes;
 mod embedded;
