@@ -59,6 +59,8 @@ pub enum Command {
     /// Evaluates duplicate detection on a FEBRL-format CSV: precision, recall, F1 and match
     /// latency.
     MatchEval(crate::match_eval::MatchEvalArgs),
+    /// Streams the event history as NDJSON on stdout (progress on stderr), in commit order.
+    Replay(crate::replay::ReplayArgs),
 }
 
 /// Runs the command line.
@@ -127,6 +129,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => crate::bench::run(&settings, args).await,
         Command::MatchEval(args) => crate::match_eval::run(&settings, args).await,
+        Command::Replay(args) => crate::replay::run(&settings, args).await,
     }
 }
 

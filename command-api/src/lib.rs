@@ -12,6 +12,7 @@
 //! - [`embedded_postgres`]: the private cluster `serve` runs with no database configured.
 //! - [`matching`]: duplicate detection against the `patient_match` read model.
 //! - [`bench`]: the benchmark behind `patient-service bench`.
+//! - [`replay`]: `patient-service replay`, the event history as NDJSON for auditors.
 //! - [`match_eval`]: `patient-service match-eval`, duplicate detection on a FEBRL data set.
 
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod embedded_postgres;
 pub mod http;
 pub mod match_eval;
 pub mod matching;
+pub mod replay;
 pub mod startup;
 pub mod synthetic;
 pub mod telemetry;

@@ -25,6 +25,7 @@ use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Authenticator;
+pub use audit::mask_national_identifiers;
 pub use patients::register_patient;
 pub use problem::{ApiError, Problem, PROBLEM_JSON};
 
