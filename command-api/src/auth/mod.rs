@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::configuration::AuthSettings;
 use crate::http::{ApiError, AppState};
-pub use policy::{Action, Role};
+pub use policy::{permission, Action, Role};
 
 /// The claims of a token this service accepts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -195,39 +195,6 @@ impl FromRequestParts<AppState> for AuthUser {
 /// request body is read: a caller without the role learns nothing about the body's rules.
 pub trait Permission: Send + Sync + 'static {
     const ACTION: Action;
-}
-
-/// One type per action of the policy table, for [`Authorized`].
-pub mod permission {
-    use super::{Action, Permission};
-
-    macro_rules! permissions {
-        ($($name:ident),+ $(,)?) => {$(
-            #[derive(Debug)]
-            pub struct $name;
-            impl Permission for $name {
-                const ACTION: Action = Action::$name;
-            }
-        )+};
-    }
-
-    permissions!(
-        RegisterPatient,
-        CorrectDemographics,
-        ArchivePatient,
-        RestorePatient,
-        ReadPatient,
-        SearchPatients,
-        MatchPatients,
-        ChangeContactInformation,
-        ChangeIdentifiers,
-        ChangePreferences,
-        ChangeEmergencyContacts,
-        ChangeCoverages,
-        MergePatients,
-        ReviewRetention,
-        ReadAuditTrail,
-    );
 }
 
 /// The authenticated caller, allowed `P`: 401 without a valid token, 403 without the role.

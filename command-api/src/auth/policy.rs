@@ -57,9 +57,34 @@ impl Role {
     }
 }
 
-/// Something a caller asks to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
+/// The actions of the policy table: the `Action` enum, `Action::ALL`, and one type per action
+/// in [`permission`] (for the `Authorized` extractor), from one list.
+macro_rules! actions {
+    ($($name:ident),+ $(,)?) => {
+        /// Something a caller asks to do.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Action {
+            $($name),+
+        }
+
+        impl Action {
+            pub const ALL: &'static [Action] = &[$(Action::$name),+];
+        }
+
+        /// One type per action, naming the permission a route needs.
+        pub mod permission {
+            $(
+                #[derive(Debug)]
+                pub struct $name;
+                impl crate::auth::Permission for $name {
+                    const ACTION: super::Action = super::Action::$name;
+                }
+            )+
+        }
+    };
+}
+
+actions!(
     RegisterPatient,
     CorrectDemographics,
     ArchivePatient,
@@ -75,27 +100,7 @@ pub enum Action {
     MergePatients,
     ReviewRetention,
     ReadAuditTrail,
-}
-
-impl Action {
-    pub const ALL: [Action; 15] = [
-        Action::RegisterPatient,
-        Action::CorrectDemographics,
-        Action::ArchivePatient,
-        Action::RestorePatient,
-        Action::ReadPatient,
-        Action::SearchPatients,
-        Action::MatchPatients,
-        Action::ChangeContactInformation,
-        Action::ChangeIdentifiers,
-        Action::ChangePreferences,
-        Action::ChangeEmergencyContacts,
-        Action::ChangeCoverages,
-        Action::MergePatients,
-        Action::ReviewRetention,
-        Action::ReadAuditTrail,
-    ];
-}
+);
 
 use Role::{Admin, Auditor, Clinician, Registrar, Scheduler};
 
@@ -136,14 +141,14 @@ mod tests {
 
     #[test]
     fn every_action_has_a_policy_row() {
-        for action in Action::ALL {
+        for &action in Action::ALL {
             assert!(POLICY.iter().any(|(a, _)| *a == action), "{action:?}");
         }
     }
 
     #[test]
     fn patient_and_service_roles_may_do_nothing_yet() {
-        for action in Action::ALL {
+        for &action in Action::ALL {
             assert!(!allows(Role::Patient, action));
             assert!(!allows(Role::Service, action));
         }
