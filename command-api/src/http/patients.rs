@@ -686,6 +686,32 @@ async fn restore(
     change(&state, &req, "restore", command).await
 }
 
+/// The whole-number query parameter `key` within `range`, or `default` when absent; an
+/// error on `key` otherwise.
+fn whole_number(
+    params: &HashMap<String, String>,
+    key: &str,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+    errors: &mut FieldErrors,
+) -> u32 {
+    match params.get(key).map(|v| v.parse::<u32>()) {
+        None => default,
+        Some(Ok(n)) if range.contains(&n) => n,
+        Some(_) => {
+            errors.push(domain::FieldError::new(
+                key,
+                format!(
+                    "must be a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            ));
+            default
+        }
+    }
+}
+
 /// The search parameters that narrow a search; at least one is required.
 const CRITERIA: &[&str] = &[
     "family",
@@ -786,19 +812,6 @@ fn parse_criteria(
         }
         Some(value.to_owned())
     };
-    let number = |key: &str, default: u32, max: u32, min: u32, errors: &mut FieldErrors| -> u32 {
-        match params.get(key).map(|v| v.parse::<u32>()) {
-            None => default,
-            Some(Ok(n)) if (min..=max).contains(&n) => n,
-            Some(_) => {
-                errors.push(domain::FieldError::new(
-                    key,
-                    format!("must be a whole number from {min} to {max}"),
-                ));
-                default
-            }
-        }
-    };
     let family = text("family", &mut errors);
     let given = text("given", &mut errors);
     let birth_date = params
@@ -848,8 +861,8 @@ fn parse_criteria(
             false
         }
     };
-    let limit = number("limit", 20, MAX_LIMIT, 1, &mut errors);
-    let offset = number("offset", 0, 10_000, 0, &mut errors);
+    let limit = whole_number(params, "limit", 20, 1..=MAX_LIMIT, &mut errors);
+    let offset = whole_number(params, "offset", 0, 0..=10_000, &mut errors);
     if !params.keys().any(|k| CRITERIA.contains(&k.as_str())) {
         errors.push(domain::FieldError::new(
             "",
@@ -1029,22 +1042,8 @@ async fn retention_candidates(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::new();
-    let mut number = |key: &str, default: u32, min: u32, max: u32| match params
-        .get(key)
-        .map(|v| v.parse::<u32>())
-    {
-        None => default,
-        Some(Ok(n)) if (min..=max).contains(&n) => n,
-        Some(_) => {
-            errors.push(domain::FieldError::new(
-                key,
-                format!("must be a whole number from {min} to {max}"),
-            ));
-            default
-        }
-    };
-    let limit = number("limit", 100, 1, 1000);
-    let offset = number("offset", 0, 0, 1_000_000);
+    let limit = whole_number(&params, "limit", 100, 1..=1000, &mut errors);
+    let offset = whole_number(&params, "offset", 0, 0..=1_000_000, &mut errors);
     for key in params
         .keys()
         .filter(|k| !["limit", "offset"].contains(&k.as_str()))
