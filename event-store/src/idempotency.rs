@@ -52,6 +52,7 @@ impl IdempotencyKeys {
     }
 
     /// Records the first answer; a concurrent first answer for the same key wins and is kept.
+    /// Returns whether this one was recorded (false: another answer came first).
     ///
     /// # Errors
     ///
@@ -61,8 +62,8 @@ impl IdempotencyKeys {
         user_id: &str,
         key: &str,
         recorded: &Recorded,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+    ) -> Result<bool, sqlx::Error> {
+        let result = sqlx::query(
             "INSERT INTO idempotency_keys (user_id, key, request_hash, aggregate_type, aggregate_id, version, response_status)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (user_id, key) DO NOTHING",
@@ -76,6 +77,6 @@ impl IdempotencyKeys {
         .bind(i32::from(recorded.response_status))
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(result.rows_affected() == 1)
     }
 }

@@ -286,10 +286,9 @@ where
             version,
             response_status: status.as_u16(),
         };
-        state.idempotency.record(&user.id, key, &recorded).await?;
         // A concurrent first request may have recorded its answer before us: answer as it did.
-        if let Some(first) = state.idempotency.find(&user.id, key).await? {
-            if first != recorded {
+        if !state.idempotency.record(&user.id, key, &recorded).await? {
+            if let Some(first) = state.idempotency.find(&user.id, key).await? {
                 return replay(state, &first, &hash).await;
             }
         }
@@ -346,16 +345,6 @@ async fn register(
                 ),
                 None => uuid::Uuid::new_v4(),
             });
-            // A repeat of this key that raced the first request: answer as the first, before
-            // the matcher finds the first request's patient a duplicate.
-            if key.is_some() && state.store.load(id).await?.is_some() {
-                return Ok(Outcome {
-                    status: StatusCode::CREATED,
-                    id,
-                    version: 1,
-                    patient: None,
-                });
-            }
             let (patient, version) =
                 match register_patient(state, id, input, metadata(user, ctx, key.clone()), now)
                     .await
