@@ -109,9 +109,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rebuild => {
+            let keys = settings.secrets()?.keys;
             let events = with_database(&settings, |pool| async move {
-                Ok(rebuild(Projector::new(pool.clone(), PatientSearch)).await?
-                    + rebuild(Projector::new(pool, PatientMatch)).await?)
+                Ok(
+                    rebuild(Projector::new(pool.clone(), keys.clone(), PatientSearch)).await?
+                        + rebuild(Projector::new(pool, keys, PatientMatch)).await?,
+                )
             })
             .await?;
             tracing::info!(events, "read models rebuilt");

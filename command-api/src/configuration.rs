@@ -10,6 +10,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
 
+use event_store::chain::ChainKey;
+use event_store::keys::{KeyStore, MasterKey, MasterKeys};
+
 const BASE: &str = include_str!("../../configuration/base.yaml");
 
 /// The secret `base.yaml` ships with; the service warns while it is in use.
@@ -24,8 +27,102 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub kafka: KafkaSettings,
     pub auth: AuthSettings,
+    pub security: SecuritySettings,
     pub retention: RetentionSettings,
     pub log: LogSettings,
+}
+
+/// The keys of encryption at rest and of the hash chains.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecuritySettings {
+    pub master_key: Option<SecretString>,
+    #[serde(default)]
+    pub previous_master_keys: Vec<SecretString>,
+    pub audit_key: Option<SecretString>,
+}
+
+/// The keys the service runs with.
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    pub keys: KeyStore,
+    pub chain: ChainKey,
+}
+
+impl Settings {
+    /// The configured keys; with the embedded database, unset keys are read from (or created
+    /// in) `<data_dir>/keys`.
+    ///
+    /// # Errors
+    ///
+    /// When a key is malformed, or unset with a configured database.
+    pub fn secrets(&self) -> anyhow::Result<Secrets> {
+        let security = &self.security;
+        let key_dir = self
+            .database
+            .url
+            .is_none()
+            .then(|| self.database.data_dir.join("keys"));
+        let resolve = |name: &str, value: Option<&SecretString>| -> anyhow::Result<[u8; 32]> {
+            match (value, &key_dir) {
+                (Some(value), _) => decode_key(name, value.expose_secret()),
+                (None, Some(dir)) => key_file(dir, name),
+                (None, None) => anyhow::bail!(
+                    "security.{name} is not set: with a configured database set APP_SECURITY__{}",
+                    name.to_uppercase()
+                ),
+            }
+        };
+        let master = MasterKey::new(resolve("master_key", security.master_key.as_ref())?);
+        let previous = security
+            .previous_master_keys
+            .iter()
+            .map(|k| decode_key("previous_master_keys", k.expose_secret()).map(MasterKey::new))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Secrets {
+            keys: KeyStore::new(MasterKeys::new(master, previous)),
+            chain: ChainKey::new(resolve("audit_key", security.audit_key.as_ref())?),
+        })
+    }
+}
+
+fn decode_key(name: &str, base64: &str) -> anyhow::Result<[u8; 32]> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(base64.trim())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| anyhow::anyhow!("security.{name} must be base64 of exactly 32 bytes"))
+}
+
+/// Reads the key in `dir/<name>`, creating it (owner-only) on first use.
+fn key_file(dir: &Path, name: &str) -> anyhow::Result<[u8; 32]> {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => return decode_key(name, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let key = schemas::sealed::random_key();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| anyhow::Error::new(e).context(format!("creating {}", path.display())))?;
+    file.write_all(
+        base64::engine::general_purpose::STANDARD
+            .encode(key)
+            .as_bytes(),
+    )?;
+    tracing::info!(path = %path.display(), "generated a new {name}");
+    Ok(key)
 }
 
 /// Data retention rules.

@@ -227,12 +227,14 @@ async fn evaluate(
     today: NaiveDate,
 ) -> anyhow::Result<()> {
     startup::migrate(pool).await?;
+    let secrets = settings.secrets()?;
+    let projector = Projector::new(pool.clone(), secrets.keys.clone(), PatientMatch);
     let state = AppState::new(
         pool.clone(),
         Authenticator::new(&settings.auth),
         system_clock(),
+        secrets,
     );
-    let projector = Projector::new(pool.clone(), PatientMatch);
     let reason = Reason::parse("reason", "match-eval registers every record")
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let metadata = CommandMetadata {

@@ -7,6 +7,7 @@ use std::io::Write;
 
 use chrono::{DateTime, Utc};
 use clap::Args;
+use event_store::keys::KeyStore;
 use event_store::stream::{self, Cursor};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
@@ -48,8 +49,9 @@ impl ReplayArgs {
 ///
 /// When the database fails or stdout is closed.
 pub async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result<()> {
+    let keys = settings.secrets()?.keys;
     let (pool, embedded) = startup::connect(settings, true).await?;
-    let result = replay(&pool, &args).await;
+    let result = replay(&pool, &keys, &args).await;
     pool.close().await;
     if let Some(cluster) = embedded {
         cluster.stop()?;
@@ -57,7 +59,7 @@ pub async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn replay(pool: &PgPool, args: &ReplayArgs) -> anyhow::Result<()> {
+async fn replay(pool: &PgPool, keys: &KeyStore, args: &ReplayArgs) -> anyhow::Result<()> {
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
         .await?;
@@ -72,7 +74,8 @@ async fn replay(pool: &PgPool, args: &ReplayArgs) -> anyhow::Result<()> {
     let mut written = 0u64;
     let mut held_back_since: Option<std::time::Instant> = None;
     loop {
-        let events = stream::read_after(pool, cursor, 1000).await?;
+        let mut events = stream::read_after(pool, cursor, 1000).await?;
+        stream::open(keys, pool, &mut events).await?;
         let Some(last) = events.last() else {
             // Committed events may wait behind a transaction still open elsewhere: wait for
             // it (briefly), so the replay ends with everything committed, in order.
@@ -89,9 +92,15 @@ async fn replay(pool: &PgPool, args: &ReplayArgs) -> anyhow::Result<()> {
         held_back_since = None;
         cursor = last.cursor();
         for event in events.iter().filter(|e| args.matches(e)) {
-            let (_, published) = event_store::wire::to_published(event)?;
-            let mut data: Value = serde_json::from_slice(&published.data)?;
-            crate::http::mask_national_identifiers(&mut data);
+            // Opened and not sealed again: an auditor's copy. Still sealed: forgotten.
+            let (_, published) = event_store::wire::to_published(event, None)?;
+            let data = if published.sealed {
+                Value::Null
+            } else {
+                let mut data: Value = serde_json::from_slice(&published.data)?;
+                crate::http::mask_national_identifiers(&mut data);
+                data
+            };
             let line = json!({
                 "position": event.position,
                 "aggregate_type": event.aggregate_type,
@@ -102,6 +111,7 @@ async fn replay(pool: &PgPool, args: &ReplayArgs) -> anyhow::Result<()> {
                 "recorded_at": event.recorded_at,
                 "user_id": event.metadata("user_id"),
                 "request_id": event.metadata("request_id"),
+                "erased": published.sealed,
                 "data": data,
             });
             serde_json::to_writer(&mut out, &line)?;

@@ -171,6 +171,7 @@ impl Service {
         if settings.database.auto_migrate {
             migrate(&pool).await?;
         }
+        let secrets = settings.secrets()?;
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let kafka = settings.kafka.client_config();
@@ -186,6 +187,7 @@ impl Service {
                 Some(kafka) => {
                     let relay = Relay::new(
                         pool.clone(),
+                        secrets.keys.clone(),
                         kafka,
                         RelaySettings {
                             topic_prefix: settings.kafka.topic_prefix.clone(),
@@ -215,13 +217,13 @@ impl Service {
         if roles.projectors {
             spawn_projector(
                 &mut tasks,
-                Projector::new(pool.clone(), PatientSearch),
+                Projector::new(pool.clone(), secrets.keys.clone(), PatientSearch),
                 settings,
                 &shutdown,
             );
             spawn_projector(
                 &mut tasks,
-                Projector::new(pool.clone(), PatientMatch),
+                Projector::new(pool.clone(), secrets.keys.clone(), PatientMatch),
                 settings,
                 &shutdown,
             );
@@ -231,8 +233,13 @@ impl Service {
             if settings.auth.jwt_secret.expose_secret() == DEVELOPMENT_SECRET {
                 tracing::warn!("the development JWT secret is in use: set APP_AUTH__JWT_SECRET outside development");
             }
-            let state = AppState::new(pool.clone(), Authenticator::new(&settings.auth), clock)
-                .with_retention_days(settings.retention.archived_days);
+            let state = AppState::new(
+                pool.clone(),
+                Authenticator::new(&settings.auth),
+                clock,
+                secrets,
+            )
+            .with_retention_days(settings.retention.archived_days);
             let router = http::router(
                 state,
                 Duration::from_secs(settings.http.request_timeout_secs),
@@ -477,7 +484,8 @@ pub async fn project_available<M: ReadModel>(projector: &Projector<M>) -> anyhow
         transaction_id: at.transaction_id,
         position: at.position,
     };
-    let events = stream::read_after(projector.pool(), cursor, 500).await?;
+    let mut events = stream::read_after(projector.pool(), cursor, 500).await?;
+    let keys = stream::open(projector.keys(), projector.pool(), &mut events).await?;
     for event in &events {
         let at = StreamPosition {
             transaction_id: event.transaction_id,
@@ -488,7 +496,8 @@ pub async fn project_available<M: ReadModel>(projector: &Projector<M>) -> anyhow
         let wanted = schemas::topics::for_aggregate_type(&event.aggregate_type)
             .is_some_and(|topic| projector.model().topics().contains(&topic));
         if wanted {
-            let (_, published) = event_store::wire::to_published(event)?;
+            let (_, published) =
+                event_store::wire::to_published(event, keys.get(&event.aggregate_id))?;
             projector.apply_from_stream(&published, at).await?;
         } else {
             projector.skip_in_stream(at).await?;

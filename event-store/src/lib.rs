@@ -5,6 +5,11 @@
 //!
 //! - [`MIGRATOR`]: this crate's tables (`events`, `snapshots`, relay checkpoints, MRN serials,
 //!   idempotency keys). Run it before anything else touches the database.
+//! - [`keys`]: one data key per patient, wrapped by the master key; rotation and destruction.
+//! - [`repository`]: the cqrs-es repository that seals payloads and hash-chains rows on the
+//!   way in and opens them on the way out.
+//! - [`chain`]: the hash chains that make tampering with stored events evident, and their
+//!   verification.
 //! - [`store`]: executes patient commands through cqrs-es with optimistic concurrency and
 //!   loads aggregates.
 //! - [`stream`]: reads committed events in a gap-free global order; the relay and every replay
@@ -13,8 +18,11 @@
 //! - [`relay`]: publishes the stream to Kafka, at least once, in order per aggregate.
 //! - [`idempotency`]: remembers the first answer to a POST with an `Idempotency-Key`.
 
+pub mod chain;
 pub mod idempotency;
+pub mod keys;
 pub mod relay;
+pub mod repository;
 pub mod store;
 pub mod stream;
 pub mod wire;

@@ -21,6 +21,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use crate::keys::KeyStore;
 use crate::stream::{self, Cursor, COMMIT_CHANNEL};
 use crate::wire;
 
@@ -63,10 +64,13 @@ pub enum RelayError {
     Broker(#[from] KafkaError),
     #[error(transparent)]
     Mapping(#[from] wire::MappingError),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
 }
 
 pub struct Relay {
     pool: PgPool,
+    keys: KeyStore,
     /// The client settings new producers are made from.
     kafka: ClientConfig,
     producer: FutureProducer,
@@ -101,6 +105,7 @@ impl Relay {
     /// The librdkafka error when the producer cannot be created.
     pub fn new(
         pool: PgPool,
+        keys: KeyStore,
         kafka: &ClientConfig,
         settings: RelaySettings,
     ) -> Result<Self, KafkaError> {
@@ -116,6 +121,7 @@ impl Relay {
         let producer = kafka.create()?;
         Ok(Self {
             pool,
+            keys,
             kafka,
             producer,
             settings,
@@ -222,14 +228,17 @@ impl Relay {
     /// The first failure; the checkpoint then stands before the failed event.
     pub async fn publish_batch(&self, conn: &mut PgConnection) -> Result<usize, RelayError> {
         let checkpoint = self.checkpoint(conn).await?;
-        let events = stream::read_after(&mut *conn, checkpoint, self.settings.batch_size).await?;
+        let mut events =
+            stream::read_after(&mut *conn, checkpoint, self.settings.batch_size).await?;
         if events.is_empty() {
             return Ok(0);
         }
+        let keys = stream::open(&self.keys, &mut *conn, &mut events).await?;
         let mut deliveries = Vec::with_capacity(events.len());
         let mut failure: Option<RelayError> = None;
         for event in &events {
-            let (topic, published) = match wire::to_published(event) {
+            let (topic, published) = match wire::to_published(event, keys.get(&event.aggregate_id))
+            {
                 Ok(mapped) => mapped,
                 Err(e) => {
                     failure = Some(e.into());

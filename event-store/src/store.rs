@@ -10,8 +10,11 @@ use std::collections::HashMap;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use domain::patient::{Patient, PatientCommand, PatientError, PatientId};
-use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
+
+use crate::chain::ChainKey;
+use crate::keys::KeyStore;
+use crate::repository::SealedRepository;
 
 /// How many times a command that lost a race for the same aggregate is retried.
 const CONFLICT_RETRIES: usize = 3;
@@ -62,6 +65,8 @@ pub enum CommandError {
 #[derive(Clone)]
 pub struct PatientStore {
     pool: PgPool,
+    keys: KeyStore,
+    chain: ChainKey,
 }
 
 impl std::fmt::Debug for PatientStore {
@@ -71,12 +76,21 @@ impl std::fmt::Debug for PatientStore {
 }
 
 impl PatientStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, keys: KeyStore, chain: ChainKey) -> Self {
+        Self { pool, keys, chain }
     }
 
-    fn event_store(&self) -> PersistedEventStore<PostgresEventRepository, Patient> {
-        PersistedEventStore::new_event_store(PostgresEventRepository::new(self.pool.clone()))
+    /// The key store the events are sealed with.
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    fn event_store(&self) -> PersistedEventStore<SealedRepository, Patient> {
+        PersistedEventStore::new_event_store(SealedRepository::new(
+            self.pool.clone(),
+            self.keys.clone(),
+            self.chain.clone(),
+        ))
     }
 
     /// Executes `command` against patient `id`, refusing it unless the patient is at

@@ -6,8 +6,13 @@
 //! (`pg_snapshot_xmin(pg_current_snapshot())`): those have all ended, nothing can join them, and
 //! ordering them by (transaction id, position) gives an order that only ever grows at the end.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
+use schemas::sealed::DataKey;
 use sqlx::{PgExecutor, Row};
+
+use crate::keys::{KeyError, KeyStore};
 
 /// A place in the stream: everything at or before it has been read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -29,6 +34,8 @@ pub struct StoredEvent {
     pub position: i64,
     pub transaction_id: u64,
     pub recorded_at: DateTime<Utc>,
+    /// The row's link in its stream's hash chain ([`crate::chain`]).
+    pub hash: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for StoredEvent {
@@ -52,6 +59,12 @@ impl StoredEvent {
         }
     }
 
+    /// Whether the payload is still sealed: after [`open`], that means its key was destroyed
+    /// (the patient was forgotten) and it can never be read.
+    pub fn is_sealed(&self) -> bool {
+        crate::repository::is_sealed(&self.payload)
+    }
+
     /// A metadata entry written with the command (`user_id`, `request_id`, `traceparent`).
     pub fn metadata(&self, key: &str) -> Option<&str> {
         self.metadata.get(key).and_then(serde_json::Value::as_str)
@@ -71,7 +84,7 @@ pub async fn read_after<'e>(
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                metadata, position, transaction_id::text AS transaction_id, recorded_at
+                metadata, position, transaction_id::text AS transaction_id, recorded_at, hash
            FROM events
           WHERE (transaction_id, position) > ($1::text::xid8, $2)
             AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -120,7 +133,7 @@ pub async fn history<'e>(
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                metadata, position, transaction_id::text AS transaction_id, recorded_at
+                metadata, position, transaction_id::text AS transaction_id, recorded_at, hash
            FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2
           ORDER BY sequence",
@@ -148,7 +161,49 @@ fn decode_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, sqlx::Error> {
             .parse()
             .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         recorded_at: row.try_get("recorded_at")?,
+        hash: row.try_get("hash")?,
     })
+}
+
+/// Opens the sealed payloads of `events` in place with their aggregates' data keys, and
+/// returns those keys. Events of forgotten aggregates stay sealed.
+///
+/// # Errors
+///
+/// [`KeyError`] when the key store fails; [`KeyError::Unwrap`] also when a payload does not
+/// open with its key (it was altered).
+pub async fn open<'e>(
+    keys: &KeyStore,
+    executor: impl PgExecutor<'e>,
+    events: &mut [StoredEvent],
+) -> Result<HashMap<String, DataKey>, KeyError> {
+    let mut ids: Vec<String> = events
+        .iter()
+        .filter(|e| e.is_sealed())
+        .map(|e| e.aggregate_id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let found = keys.data_keys(executor, &ids).await?;
+    for event in events.iter_mut().filter(|e| e.is_sealed()) {
+        if let Some(key) = found.get(&event.aggregate_id) {
+            let opened = crate::repository::open_payload(
+                Some(key),
+                &event.aggregate_type,
+                &event.aggregate_id,
+                event.sequence,
+                &event.payload,
+            )
+            .map_err(|_| KeyError::Unwrap(event.aggregate_id.clone()))?;
+            if let Some(payload) = opened {
+                event.payload = payload;
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The channel the `events` table notifies at every commit that inserted events.

@@ -5,7 +5,10 @@
 use cqrs_es::Aggregate;
 use domain::patient::{self, Patient};
 use schemas::patient::v1;
+use schemas::sealed::DataKey;
 use schemas::PublishedEvent;
+
+use crate::repository::CLEAR_EVENT_TYPES;
 
 use crate::stream::StoredEvent;
 
@@ -22,14 +25,36 @@ pub enum MappingError {
     },
 }
 
-/// The topic (without prefix) and the published form of a stored event.
+/// The topic (without prefix) and the published form of a stored event, opened by
+/// [`crate::stream::open`]. The data is sealed with `key` unless the event type is published in
+/// the clear; an event still sealed (its aggregate was forgotten) is published as stored,
+/// readable by nobody.
 ///
 /// # Errors
 ///
 /// [`MappingError`] for an aggregate type without a topic or a payload that does not decode.
-pub fn to_published(event: &StoredEvent) -> Result<(&'static str, PublishedEvent), MappingError> {
+pub fn to_published(
+    event: &StoredEvent,
+    key: Option<&DataKey>,
+) -> Result<(&'static str, PublishedEvent), MappingError> {
     let topic = schemas::topics::for_aggregate_type(&event.aggregate_type)
         .ok_or_else(|| MappingError::NoTopic(event.aggregate_type.clone()))?;
+    let envelope = |event_type: &str, sealed: bool, data: Vec<u8>| PublishedEvent {
+        id: schemas::envelope::event_id(&event.aggregate_type, &event.aggregate_id, event.sequence),
+        event_type: event_type.to_owned(),
+        major_version: v1::MAJOR,
+        time: event.recorded_at,
+        subject: event.aggregate_id.clone(),
+        sequence: event.sequence,
+        position: event.position,
+        request_id: event.metadata("request_id").map(str::to_owned),
+        traceparent: event.metadata("traceparent").map(str::to_owned),
+        sealed,
+        data,
+    };
+    if let Some(sealed) = crate::repository::sealed_of(&event.payload) {
+        return Ok((topic, envelope(&event.event_type, true, sealed.to_json())));
+    }
     let undecodable = || MappingError::Undecodable {
         event_type: event.event_type.clone(),
         aggregate_id: event.aggregate_id.clone(),
@@ -46,23 +71,12 @@ pub fn to_published(event: &StoredEvent) -> Result<(&'static str, PublishedEvent
         }
         other => return Err(MappingError::NoTopic(other.to_owned())),
     };
+    let published = envelope(event_type, false, data);
     Ok((
         topic,
-        PublishedEvent {
-            id: schemas::envelope::event_id(
-                &event.aggregate_type,
-                &event.aggregate_id,
-                event.sequence,
-            ),
-            event_type: event_type.to_owned(),
-            major_version: v1::MAJOR,
-            time: event.recorded_at,
-            subject: event.aggregate_id.clone(),
-            sequence: event.sequence,
-            position: event.position,
-            request_id: event.metadata("request_id").map(str::to_owned),
-            traceparent: event.metadata("traceparent").map(str::to_owned),
-            data,
+        match key {
+            Some(key) if !CLEAR_EVENT_TYPES.contains(&event_type) => published.sealed_with(key),
+            _ => published,
         },
     ))
 }

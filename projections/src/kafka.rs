@@ -103,7 +103,7 @@ async fn handle<M: ReadModel>(
         };
         match result {
             Ok(()) => return true,
-            Err(ProjectionError::Undecodable(e)) => {
+            Err(e @ (ProjectionError::Undecodable(_) | ProjectionError::Unopenable(_))) => {
                 tracing::error!(
                     topic = message.topic(),
                     partition = message.partition(),
@@ -126,7 +126,7 @@ async fn handle<M: ReadModel>(
                     }
                 }
             }
-            Err(ProjectionError::Database(e)) => {
+            Err(e @ (ProjectionError::Database(_) | ProjectionError::Keys(_))) => {
                 tracing::warn!(error.message = %e, "read model store failed; retrying");
             }
         }

@@ -14,6 +14,8 @@
 
 use std::future::Future;
 
+use event_store::keys::{KeyError, KeyState, KeyStore};
+use schemas::sealed::OpenError;
 use schemas::{DecodeError, PublishedEvent};
 use sqlx::{PgConnection, PgPool};
 
@@ -78,18 +80,25 @@ pub enum ProjectionError {
     /// The event cannot be used; retrying will not help.
     #[error(transparent)]
     Undecodable(#[from] DecodeError),
+    /// Sealed data that does not open with its key: altered, or sealed for another event.
+    #[error("sealed data of the event does not open: {0}")]
+    Unopenable(#[from] OpenError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
 }
 
 /// Applies events to one read model.
 #[derive(Debug, Clone)]
 pub struct Projector<M> {
     pool: PgPool,
+    keys: KeyStore,
     model: M,
 }
 
 impl<M: ReadModel> Projector<M> {
-    pub fn new(pool: PgPool, model: M) -> Self {
-        Self { pool, model }
+    /// A projector opening sealed events with the data keys of `keys`.
+    pub fn new(pool: PgPool, keys: KeyStore, model: M) -> Self {
+        Self { pool, keys, model }
     }
 
     pub fn model(&self) -> &M {
@@ -98,6 +107,10 @@ impl<M: ReadModel> Projector<M> {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
     }
 
     /// Applies `event` unless it is a repeat or early (see the module docs).
@@ -266,7 +279,19 @@ impl<M: ReadModel> Projector<M> {
             );
             return Ok(Applied::Early { expected: last + 1 });
         }
-        self.model.apply(tx, event).await?;
+        if event.sealed {
+            match self.keys.data_key(&mut *tx, &event.subject).await? {
+                KeyState::Active(key) => {
+                    self.model
+                        .apply(tx, &event.clone().opened_with(&key)?)
+                        .await?;
+                }
+                // Forgotten: the event can never be read; its `PatientForgotten` purges.
+                KeyState::Destroyed | KeyState::Absent => {}
+            }
+        } else {
+            self.model.apply(tx, event).await?;
+        }
         sqlx::query(
             "UPDATE projections.applied_sequences SET last_sequence = $3
               WHERE projector = $1 AND aggregate_id = $2",

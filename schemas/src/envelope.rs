@@ -12,13 +12,15 @@
 //! | `ce_sequence`     | the event's sequence within its aggregate, from 1, without gaps     |
 //! | `ce_position`     | the event's position in the store's global order                    |
 //! | `ce_requestid`    | the id of the HTTP request that caused it, when there was one       |
-//! | `content-type`    | `application/json`                                                  |
+//! | `content-type`    | `application/json`, or [`SEALED_CONTENT_TYPE`] for sealed data      |
 //! | `traceparent`     | W3C trace context of the request that caused it                     |
 //!
 //! A consumer drops duplicates by `ce_id`, or by keeping the last `ce_sequence` per subject.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
+
+use crate::sealed::{self, DataKey, OpenError, Sealed, SEALED_CONTENT_TYPE};
 
 pub const SPEC_VERSION: &str = "1.0";
 pub const SOURCE: &str = "urn:nextgen-medtech:patient-service";
@@ -74,6 +76,8 @@ pub struct PublishedEvent {
     pub position: i64,
     pub request_id: Option<String>,
     pub traceparent: Option<String>,
+    /// Whether `data` is a [`Sealed`] value rather than the event's JSON.
+    pub sealed: bool,
     pub data: Vec<u8>,
 }
 
@@ -119,7 +123,15 @@ impl PublishedEvent {
             (H_SUBJECT, self.subject.clone()),
             (H_SEQUENCE, self.sequence.to_string()),
             (H_POSITION, self.position.to_string()),
-            (H_CONTENT_TYPE, CONTENT_TYPE.to_owned()),
+            (
+                H_CONTENT_TYPE,
+                if self.sealed {
+                    SEALED_CONTENT_TYPE
+                } else {
+                    CONTENT_TYPE
+                }
+                .to_owned(),
+            ),
         ];
         if let Some(id) = &self.request_id {
             headers.push((H_REQUEST_ID, id.clone()));
@@ -171,8 +183,40 @@ impl PublishedEvent {
                 .map_err(|_| DecodeError::MalformedHeader(H_POSITION))?,
             request_id: found.get(H_REQUEST_ID).map(|s| (*s).to_owned()),
             traceparent: found.get(H_TRACEPARENT).map(|s| (*s).to_owned()),
+            sealed: found.get(H_CONTENT_TYPE).copied() == Some(SEALED_CONTENT_TYPE),
             data: data.to_vec(),
         })
+    }
+
+    /// This event with its data sealed by `key` (bound to the event id).
+    #[must_use]
+    pub fn sealed_with(mut self, key: &DataKey) -> Self {
+        if !self.sealed {
+            self.data = sealed::seal(key, self.id.as_bytes(), &self.data).to_json();
+            self.sealed = true;
+        }
+        self
+    }
+
+    /// The id of the key that sealed this event's data, if it is sealed.
+    pub fn key_id(&self) -> Option<String> {
+        self.sealed
+            .then(|| Sealed::from_json(&self.data).ok().map(|s| s.kid))
+            .flatten()
+    }
+
+    /// This event with its data opened by `key`; an event that is not sealed comes back as is.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError`] when the data is not sealed by `key` for this event, or was altered.
+    pub fn opened_with(mut self, key: &DataKey) -> Result<Self, OpenError> {
+        if self.sealed {
+            let sealed = Sealed::from_json(&self.data)?;
+            self.data = sealed::open(key, self.id.as_bytes(), &sealed)?;
+            self.sealed = false;
+        }
+        Ok(self)
     }
 }
 
@@ -209,6 +253,7 @@ mod tests {
             position: 99,
             request_id: Some("r-1".into()),
             traceparent: None,
+            sealed: false,
             data: b"{}".to_vec(),
         };
         let headers = event.headers();
@@ -216,6 +261,35 @@ mod tests {
             PublishedEvent::from_headers(headers.iter().map(|(k, v)| (*k, v.as_bytes())), b"{}")
                 .unwrap();
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn sealed_events_say_so_in_their_headers_and_open_with_their_key() {
+        let key = DataKey::generate("p1");
+        let event = PublishedEvent {
+            id: event_id("Patient", "p1", 1),
+            event_type: "PatientRegistered".into(),
+            major_version: 1,
+            time: Utc::now(),
+            subject: "p1".into(),
+            sequence: 1,
+            position: 1,
+            request_id: None,
+            traceparent: None,
+            sealed: false,
+            data: br#"{"family":"Doe"}"#.to_vec(),
+        };
+        let sealed = event.clone().sealed_with(&key);
+        assert!(!String::from_utf8_lossy(&sealed.data).contains("Doe"));
+        assert_eq!(sealed.key_id().as_deref(), Some("p1"));
+        let headers = sealed.headers();
+        let received = PublishedEvent::from_headers(
+            headers.iter().map(|(k, v)| (*k, v.as_bytes())),
+            &sealed.data,
+        )
+        .unwrap();
+        assert!(received.sealed);
+        assert_eq!(received.opened_with(&key).unwrap().data, event.data);
     }
 
     #[test]

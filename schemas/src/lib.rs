@@ -5,6 +5,7 @@
 //! - [`topics`]: the Kafka topic of each aggregate type.
 //! - [`envelope`]: the CloudEvents attributes carried as Kafka headers, and [`PublishedEvent`],
 //!   one event as a consumer receives it.
+//! - [`sealed`]: the format of sealed (encrypted) event data and the function that opens it.
 //! - [`patient`]: the wire types of the patient topic, one module per major version.
 //! - [`json_schemas`]: the JSON Schema of every wire type; the checked-in files under `json/`
 //!   are generated from it and a test fails when they drift.
@@ -13,6 +14,7 @@
 
 pub mod envelope;
 pub mod patient;
+pub mod sealed;
 pub mod topics;
 
 pub use envelope::{DecodeError, PublishedEvent};
@@ -20,5 +22,7 @@ pub use envelope::{DecodeError, PublishedEvent};
 /// Every published wire type with the path of its checked-in JSON Schema, relative to this
 /// crate's `json/` folder.
 pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
-    patient::v1::json_schemas()
+    let mut schemas = patient::v1::json_schemas();
+    schemas.push(("sealed.schema.json", schemars::schema_for!(sealed::Sealed)));
+    schemas
 }

@@ -14,8 +14,8 @@
 //! | retention candidates |   x   |           |           |           |         |
 //! | audit streams        |   x   |           |           |           |    x    |
 //!
-//! The `patient` and `service` roles are recognised but, until per-patient data permissions
-//! arrive, may do none of these.
+//! The `service` role (downstream services) may only fetch patients' data keys, to open the
+//! sealed events they consume. The `patient` role may do none of these yet.
 
 /// A role from the token's `roles` claim. Unknown role names are ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,9 +100,10 @@ actions!(
     MergePatients,
     ReviewRetention,
     ReadAuditTrail,
+    ReadDataKey,
 );
 
-use Role::{Admin, Auditor, Clinician, Registrar, Scheduler};
+use Role::{Admin, Auditor, Clinician, Registrar, Scheduler, Service};
 
 const POLICY: &[(Action, &[Role])] = &[
     (Action::RegisterPatient, &[Admin, Registrar]),
@@ -126,6 +127,7 @@ const POLICY: &[(Action, &[Role])] = &[
     (Action::MergePatients, &[Admin, Registrar]),
     (Action::ReviewRetention, &[Admin]),
     (Action::ReadAuditTrail, &[Admin, Auditor]),
+    (Action::ReadDataKey, &[Service]),
 ];
 
 /// Whether `role` may do `action`.
@@ -147,10 +149,13 @@ mod tests {
     }
 
     #[test]
-    fn patient_and_service_roles_may_do_nothing_yet() {
+    fn the_service_role_may_only_fetch_data_keys_and_nobody_else_may() {
         for &action in Action::ALL {
             assert!(!allows(Role::Patient, action));
-            assert!(!allows(Role::Service, action));
+            assert_eq!(allows(Role::Service, action), action == Action::ReadDataKey);
+        }
+        for role in Role::ALL {
+            assert_eq!(allows(role, Action::ReadDataKey), role == Role::Service);
         }
     }
 

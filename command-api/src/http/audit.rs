@@ -52,17 +52,25 @@ async fn stream(
     }
     let id = PatientId::parse("id", &raw_id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    let events = event_store::stream::history(&state.pool, Patient::TYPE, &id.to_string()).await?;
+    let mut events =
+        event_store::stream::history(&state.pool, Patient::TYPE, &id.to_string()).await?;
+    event_store::stream::open(state.store.keys(), &state.pool, &mut events).await?;
     if events.is_empty() {
         return Err(ApiError::NotFound);
     }
     let mut items = Vec::with_capacity(events.len());
     for event in &events {
-        let (_, published) =
-            event_store::wire::to_published(event).map_err(|e| ApiError::Internal(Box::new(e)))?;
-        let mut data: Value = serde_json::from_slice(&published.data)
-            .map_err(|_| ApiError::Internal("a published event is not JSON".into()))?;
-        mask_national_identifiers(&mut data);
+        let (_, published) = event_store::wire::to_published(event, None)
+            .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        // Still sealed after opening: the patient was forgotten and this event is gone.
+        let data = if published.sealed {
+            Value::Null
+        } else {
+            let mut data: Value = serde_json::from_slice(&published.data)
+                .map_err(|_| ApiError::Internal("a published event is not JSON".into()))?;
+            mask_national_identifiers(&mut data);
+            data
+        };
         items.push(json!({
             "sequence": event.sequence,
             "position": event.position,
@@ -71,6 +79,7 @@ async fn stream(
             "recorded_at": event.recorded_at,
             "user_id": event.metadata("user_id"),
             "request_id": event.metadata("request_id"),
+            "erased": published.sealed,
             "reason": data.get("reason").cloned(),
             "data": data,
         }));

@@ -2,6 +2,7 @@
 //! (request id, trace context, timeout, body limit, problem+json for every error).
 
 mod audit;
+mod data_keys;
 mod health;
 pub mod json;
 pub mod patient_input;
@@ -25,6 +26,7 @@ use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Authenticator;
+use crate::configuration::Secrets;
 pub use audit::mask_national_identifiers;
 pub use patients::register_patient;
 pub use problem::{ApiError, Problem, PROBLEM_JSON};
@@ -55,9 +57,9 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, auth: Authenticator, clock: Clock) -> Self {
+    pub fn new(pool: PgPool, auth: Authenticator, clock: Clock, secrets: Secrets) -> Self {
         Self {
-            store: PatientStore::new(pool.clone()),
+            store: PatientStore::new(pool.clone(), secrets.keys, secrets.chain),
             idempotency: IdempotencyKeys::new(pool.clone()),
             pool,
             auth: Arc::new(auth),
@@ -80,6 +82,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
     Router::new()
         .merge(patients::router())
         .merge(audit::router())
+        .merge(data_keys::router())
         .merge(health::router())
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

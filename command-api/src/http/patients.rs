@@ -477,7 +477,9 @@ async fn read(
         let (patient, version) = state.store.load(id).await?.ok_or(ApiError::NotFound)?;
         return respond(StatusCode::OK, &patient, version, false);
     };
-    let history = event_store::stream::history(&state.pool, Patient::TYPE, &id.to_string()).await?;
+    let mut history =
+        event_store::stream::history(&state.pool, Patient::TYPE, &id.to_string()).await?;
+    event_store::stream::open(state.store.keys(), &state.pool, &mut history).await?;
     let mut patient = Patient::default();
     let mut version = 0;
     for event in history.into_iter().take_while(|e| e.recorded_at <= as_of) {

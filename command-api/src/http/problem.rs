@@ -18,6 +18,9 @@ pub enum ApiError {
     Forbidden,
     #[error("not found")]
     NotFound,
+    /// The patient was forgotten (erased): their data is gone for good.
+    #[error("gone")]
+    Gone,
     #[error("malformed JSON body")]
     MalformedJson(String),
     #[error("unsupported media type")]
@@ -64,6 +67,15 @@ impl From<CommandError> for ApiError {
             CommandError::Conflict => Self::Conflict,
             CommandError::Unavailable(e) => Self::Unavailable(e),
             CommandError::Internal(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl From<event_store::keys::KeyError> for ApiError {
+    fn from(error: event_store::keys::KeyError) -> Self {
+        match error {
+            event_store::keys::KeyError::Database(e) => e.into(),
+            other => Self::Internal(Box::new(other)),
         }
     }
 }
@@ -144,6 +156,8 @@ impl IntoResponse for ApiError {
             Self::Forbidden => Problem::new(S::FORBIDDEN, "forbidden", "Forbidden")
                 .detail("your roles do not allow this action"),
             Self::NotFound => Problem::new(S::NOT_FOUND, "not-found", "Not found"),
+            Self::Gone => Problem::new(S::GONE, "erased", "Erased")
+                .detail("this patient's data was erased; only the fact of erasure is kept"),
             Self::MalformedJson(detail) => {
                 Problem::new(S::BAD_REQUEST, "malformed-json", "Malformed JSON").detail(detail)
             }

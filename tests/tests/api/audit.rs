@@ -163,6 +163,7 @@ async fn replay_streams_the_history_as_ndjson_in_commit_order_with_filters() {
             .arg("replay")
             .args(args)
             .env("DATABASE_URL", &app.database_url)
+            .envs(SECURITY_ENV)
             .env("APP_LOG__LEVEL", "warn")
             .output()
             .unwrap();

@@ -45,14 +45,17 @@ async fn a_correction_with_the_current_etag_changes_the_record_and_the_search() 
     let found = app.search_until("family=king&given=aug", 1).await;
     assert_eq!(found[0]["id"], id.as_str());
     app.search_until("family=lovelace", 0).await;
-    let reason: String = sqlx::query_scalar(
-        "SELECT payload->'DemographicsCorrected'->>'reason' FROM events WHERE aggregate_id = $1 AND sequence = 2",
-    )
-    .bind(&id)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(reason, "registration typo");
+    let history: Value = app
+        .client
+        .get(format!("{}/v1/audit/streams/patient/{id}", app.address))
+        .bearer_auth(app.token("auditor-1", &["auditor"]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["events"][1]["reason"], "registration typo");
     app.stop().await;
 }
 

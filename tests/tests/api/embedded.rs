@@ -183,6 +183,7 @@ async fn rebuild_is_refused_while_projectors_run_and_then_rebuilds_the_same_read
         Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
             .arg("rebuild")
             .env("DATABASE_URL", &app.database_url)
+            .envs(SECURITY_ENV)
             .env("APP_LOG__LEVEL", "warn")
             .output()
             .unwrap()
@@ -195,6 +196,7 @@ async fn rebuild_is_refused_while_projectors_run_and_then_rebuilds_the_same_read
     let stopped = Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
         .arg("rebuild")
         .env("DATABASE_URL", &database_url)
+        .envs(SECURITY_ENV)
         .env("APP_LOG__LEVEL", "warn")
         .output()
         .unwrap();

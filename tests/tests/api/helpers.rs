@@ -93,6 +93,16 @@ pub struct TestApp {
 
 pub const SECRET: &str = "end-to-end-test-secret";
 
+/// The master key and the audit key of every test service (base64 of 32 bytes).
+pub const MASTER_KEY: &str = "dGVzdCBtYXN0ZXIga2V5IG9mIDMyIGJ5dGVzIGxvbmc=";
+pub const AUDIT_KEY: &str = "dGVzdCBhdWRpdCBrZXkgb2YgMzIgYnl0ZXMgbG9uZyE=";
+
+/// The environment that gives a service process the test keys.
+pub const SECURITY_ENV: [(&str, &str); 2] = [
+    ("APP_SECURITY__MASTER_KEY", MASTER_KEY),
+    ("APP_SECURITY__AUDIT_KEY", AUDIT_KEY),
+];
+
 impl TestApp {
     pub async fn spawn() -> Self {
         Self::spawn_with(AppOptions::default()).await
@@ -122,6 +132,8 @@ impl TestApp {
         settings.retention.archived_days = options.retention_days;
         settings.kafka.message_timeout_ms = 3000;
         settings.auth.jwt_secret = SecretString::from(SECRET);
+        settings.security.master_key = Some(SecretString::from(MASTER_KEY));
+        settings.security.audit_key = Some(SecretString::from(AUDIT_KEY));
         Self::start(settings, options.roles).await
     }
 
@@ -164,6 +176,43 @@ impl TestApp {
 
     /// A token for `user` with `roles`. Tokens expire by the real clock (the JWT library reads
     /// it), so they are minted at the real now.
+    /// The data of a consumed record, opened the way a downstream service opens it: with the
+    /// patient's data key fetched from the API under the `service` role.
+    pub async fn open(&self, record: &OwnedMessage) -> Vec<u8> {
+        let headers: Vec<(&str, &[u8])> = record
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|h| h.value.map(|v| (h.key, v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let event =
+            schemas::PublishedEvent::from_headers(headers, record.payload().unwrap_or_default())
+                .unwrap();
+        if !event.sealed {
+            return event.data;
+        }
+        let response = self
+            .client
+            .get(format!(
+                "{}/v1/patients/{}/data-key",
+                self.address, event.subject
+            ))
+            .bearer_auth(self.token("downstream", &["service"]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "data key of {}", event.subject);
+        let body: Value = response.json().await.unwrap();
+        let key = schemas::sealed::DataKey::from_base64(
+            body["kid"].as_str().unwrap(),
+            body["key"].as_str().unwrap(),
+        )
+        .unwrap();
+        event.opened_with(&key).unwrap().data
+    }
+
     pub fn token(&self, user: &str, roles: &[&str]) -> String {
         let roles: Vec<Role> = roles.iter().map(|r| Role::parse(r).unwrap()).collect();
         self.auth.mint(user, &roles, Utc::now()).unwrap()

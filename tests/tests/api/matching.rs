@@ -3,7 +3,6 @@
 
 use std::process::Command;
 
-use rdkafka::message::Message;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -120,9 +119,9 @@ async fn an_override_reason_registers_the_duplicate_and_the_event_records_reason
         .iter()
         .find(|r| key(r) != first["id"].as_str().unwrap())
         .unwrap();
-    let data = second.payload().unwrap();
-    assert_matches_schema("PatientRegistered", data);
-    let event: Value = serde_json::from_slice(data).unwrap();
+    let data = app.open(second).await;
+    assert_matches_schema("PatientRegistered", &data);
+    let event: Value = serde_json::from_slice(&data).unwrap();
     assert_eq!(
         event["duplicate_override"]["reason"],
         "twin sister, same details at the desk"
@@ -220,6 +219,7 @@ async fn match_eval_prints_pair_counts_precision_recall_f1_and_latency() {
         .args(["match-eval", "--dataset"])
         .arg(&file)
         .env("DATABASE_URL", admin_url())
+        .envs(SECURITY_ENV)
         .env("APP_LOG__LEVEL", "warn")
         .output()
         .unwrap();

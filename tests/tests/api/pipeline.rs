@@ -274,6 +274,7 @@ async fn a_relay_killed_mid_stream_and_restarted_loses_nothing_and_repeats_are_a
         Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
             .arg("relay")
             .env("DATABASE_URL", &app.database_url)
+            .envs(SECURITY_ENV)
             .env("KAFKA_BROKERS", broker.address())
             .env("APP_KAFKA__TOPIC_PREFIX", &app.settings.kafka.topic_prefix)
             .env("APP_KAFKA__RELAY_BATCH_SIZE", "5")
