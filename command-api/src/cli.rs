@@ -4,12 +4,13 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use projections::audit_log::AuditLog;
 use projections::patient_match::PatientMatch;
 use projections::patient_search::PatientSearch;
 use projections::{Projector, ReadModel};
 use sqlx::PgPool;
 
-use crate::auth::{Authenticator, Role};
+use crate::auth::{Authenticator, Role, TokenExtras};
 use crate::configuration::Settings;
 use crate::http::system_clock;
 use crate::startup::{self, Roles, Service};
@@ -52,6 +53,15 @@ pub enum Command {
         /// A role: admin, registrar, clinician, scheduler, auditor, patient, service. Repeatable.
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
+        /// For the patient role: the patient the user is.
+        #[arg(long)]
+        patient_id: Option<uuid::Uuid>,
+        /// The user's organization (the `org` claim).
+        #[arg(long)]
+        org: Option<String>,
+        /// The session id (the `sid` claim), for revocation and idle timeout.
+        #[arg(long)]
+        session: Option<String>,
     },
     /// Measures registrations per second, raw insert transactions per second and projection
     /// lag on one database, and prints the figures.
@@ -61,6 +71,32 @@ pub enum Command {
     MatchEval(crate::match_eval::MatchEvalArgs),
     /// Streams the event history as NDJSON on stdout (progress on stderr), in commit order.
     Replay(crate::replay::ReplayArgs),
+    /// Audit tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Key management.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recomputes the hash chains of the event store and of the audit log and checks every
+    /// audited event against the store; names each altered, deleted or inserted row. Exits
+    /// non-zero if anything does not verify.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Rewraps every patient data key with the active master key (`security.master_key`);
+    /// keys wrapped by a previous one must have it in `security.previous_master_keys`. Events
+    /// are not touched.
+    Rotate,
 }
 
 /// Runs the command line.
@@ -109,30 +145,72 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rebuild => {
-            let keys = settings.secrets()?.keys;
+            let secrets = settings.secrets()?;
             let events = with_database(&settings, |pool| async move {
+                let keys = secrets.keys;
                 Ok(
                     rebuild(Projector::new(pool.clone(), keys.clone(), PatientSearch)).await?
-                        + rebuild(Projector::new(pool, keys, PatientMatch)).await?,
+                        + rebuild(Projector::new(pool.clone(), keys.clone(), PatientMatch)).await?
+                        + rebuild(Projector::new(pool, keys, AuditLog::new(secrets.chain))).await?,
                 )
             })
             .await?;
             tracing::info!(events, "read models rebuilt");
             Ok(())
         }
-        Command::Token { user, roles } => {
+        Command::Token {
+            user,
+            roles,
+            patient_id,
+            org,
+            session,
+        } => {
             let parsed: Vec<Role> = roles
                 .iter()
                 .map(|r| Role::parse(r).ok_or_else(|| anyhow::anyhow!("unknown role {r}")))
                 .collect::<anyhow::Result<_>>()?;
-            let token =
-                Authenticator::new(&settings.auth).mint(&user, &parsed, chrono::Utc::now())?;
+            let extras = TokenExtras {
+                patient_id,
+                organization: org,
+                session_id: session,
+            };
+            let token = Authenticator::new(&settings.auth).mint_with(
+                &user,
+                &parsed,
+                chrono::Utc::now(),
+                &extras,
+            )?;
             println!("{token}");
             Ok(())
         }
         Command::Bench(args) => crate::bench::run(&settings, args).await,
         Command::MatchEval(args) => crate::match_eval::run(&settings, args).await,
         Command::Replay(args) => crate::replay::run(&settings, args).await,
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let chain = settings.secrets()?.chain;
+            let clean =
+                with_database(&settings, |pool| async move { verify(&pool, &chain).await }).await?;
+            if clean {
+                Ok(())
+            } else {
+                anyhow::bail!("the audit trail does not verify")
+            }
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => {
+            let keys = settings.secrets()?.keys;
+            let rotated = with_database(
+                &settings,
+                |pool| async move { Ok(keys.rotate(&pool).await?) },
+            )
+            .await?;
+            tracing::info!(rotated, "data keys rewrapped with the active master key");
+            println!("{rotated} data keys rewrapped");
+            Ok(())
+        }
     }
 }
 
@@ -153,6 +231,32 @@ where
         cluster.stop()?;
     }
     result
+}
+
+/// Verifies the event store's and the audit log's chains, printing every finding and a summary
+/// on stdout. Returns whether everything verified.
+async fn verify(pool: &PgPool, chain: &event_store::chain::ChainKey) -> anyhow::Result<bool> {
+    let events = event_store::chain::verify_events(pool, chain).await?;
+    let audit = projections::audit_log::verify(pool, chain).await?;
+    for finding in &events.findings {
+        println!("{finding}");
+    }
+    for finding in &audit.findings {
+        println!("{finding}");
+    }
+    let problems = events.findings.len() + audit.findings.len();
+    println!(
+        "verified {} events in {} streams and {} audit log entries: {}",
+        events.rows,
+        events.streams,
+        audit.entries,
+        if problems == 0 {
+            "no tampering found".to_owned()
+        } else {
+            format!("{problems} problems")
+        }
+    );
+    Ok(problems == 0)
 }
 
 /// Empties one read model and replays the whole event store into it; returns the events read.

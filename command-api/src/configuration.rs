@@ -172,6 +172,9 @@ pub struct AuthSettings {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub token_ttl_secs: u64,
+    /// This service's organization. Tokens whose `org` claim names another one reach only
+    /// patients whose consent shares their record with it.
+    pub organization: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

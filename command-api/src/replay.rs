@@ -18,6 +18,9 @@ use crate::startup;
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
+    /// Only events of this aggregate type: `Patient`, or `Access` (access entries).
+    #[arg(long)]
+    pub aggregate_type: Option<String>,
     /// Only the events of this aggregate (a patient id).
     #[arg(long)]
     pub aggregate_id: Option<String>,
@@ -34,9 +37,13 @@ pub struct ReplayArgs {
 
 impl ReplayArgs {
     fn matches(&self, event: &stream::StoredEvent) -> bool {
-        self.aggregate_id
+        self.aggregate_type
             .as_deref()
-            .is_none_or(|id| id == event.aggregate_id)
+            .is_none_or(|t| t == event.aggregate_type)
+            && self
+                .aggregate_id
+                .as_deref()
+                .is_none_or(|id| id == event.aggregate_id)
             && (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
             && self.from.is_none_or(|from| event.recorded_at >= from)
             && self.to.is_none_or(|to| event.recorded_at < to)

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use event_store::relay::{Relay, RelaySettings};
 use event_store::stream::{self, Cursor, COMMIT_CHANNEL};
+use projections::audit_log::AuditLog;
 use projections::patient_match::PatientMatch;
 use projections::patient_search::PatientSearch;
 use projections::{Projector, ReadModel, StreamPosition};
@@ -224,6 +225,16 @@ impl Service {
             spawn_projector(
                 &mut tasks,
                 Projector::new(pool.clone(), secrets.keys.clone(), PatientMatch),
+                settings,
+                &shutdown,
+            );
+            spawn_projector(
+                &mut tasks,
+                Projector::new(
+                    pool.clone(),
+                    secrets.keys.clone(),
+                    AuditLog::new(secrets.chain.clone()),
+                ),
                 settings,
                 &shutdown,
             );

@@ -5,6 +5,7 @@
 //!
 //! - [`MIGRATOR`]: this crate's tables (`events`, `snapshots`, relay checkpoints, MRN serials,
 //!   idempotency keys). Run it before anything else touches the database.
+//! - [`access`]: appends access entries (who read which patient's data) to the store.
 //! - [`keys`]: one data key per patient, wrapped by the master key; rotation and destruction.
 //! - [`repository`]: the cqrs-es repository that seals payloads and hash-chains rows on the
 //!   way in and opens them on the way out.
@@ -18,6 +19,7 @@
 //! - [`relay`]: publishes the stream to Kafka, at least once, in order per aggregate.
 //! - [`idempotency`]: remembers the first answer to a POST with an `Idempotency-Key`.
 
+pub mod access;
 pub mod chain;
 pub mod idempotency;
 pub mod keys;

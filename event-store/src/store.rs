@@ -181,11 +181,15 @@ impl PatientStore {
             .load_events(&id.to_string())
             .await
             .map_err(classify)?;
-        if (events.len() as u64) < version || version == 0 {
+        // By sequence, not count: a forgotten patient's sealed events are gone from the list.
+        if !events.iter().any(|e| e.sequence as u64 >= version) || version == 0 {
             return Ok(None);
         }
         let mut patient = Patient::default();
-        for envelope in events.into_iter().take(version as usize) {
+        for envelope in events
+            .into_iter()
+            .take_while(|e| e.sequence as u64 <= version)
+        {
             patient.apply(envelope.payload);
         }
         Ok(Some(patient))

@@ -49,6 +49,8 @@ pub fn to_published(
         position: event.position,
         request_id: event.metadata("request_id").map(str::to_owned),
         traceparent: event.metadata("traceparent").map(str::to_owned),
+        user_id: event.metadata("user_id").map(str::to_owned),
+        event_hash: event.hash.as_deref().map(hex),
         sealed,
         data,
     };
@@ -61,6 +63,15 @@ pub fn to_published(
         sequence: event.sequence,
     };
     let (event_type, data) = match event.aggregate_type.as_str() {
+        crate::access::ACCESS_TYPE => {
+            // Access entries are stored in their published form: ids and codes, no patient data.
+            let entry: schemas::access::v1::AccessEntry =
+                serde_json::from_value(event.payload.clone()).map_err(|_| undecodable())?;
+            (
+                entry.event_type(),
+                serde_json::to_vec(&entry).unwrap_or_default(),
+            )
+        }
         Patient::TYPE => {
             let domain_event: patient::PatientEvent =
                 serde_json::from_value(event.payload.clone()).map_err(|_| undecodable())?;
@@ -79,6 +90,10 @@ pub fn to_published(
             _ => published,
         },
     ))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn name_to_v1(name: &patient::PersonName) -> v1::HumanName {
@@ -332,5 +347,70 @@ pub fn patient_to_v1(patient_id: uuid::Uuid, event: patient::PatientEvent) -> v1
                 ended_at: e.ended_at,
             })
         }
+        patient::PatientEvent::CareRelationshipStarted(e) => {
+            v1::PatientEvent::CareRelationshipStarted(v1::CareRelationshipStarted {
+                patient_id,
+                practitioner: e.practitioner.as_str().to_owned(),
+                role: e.role.code().to_owned(),
+                started_at: e.started_at,
+            })
+        }
+        patient::PatientEvent::CareRelationshipEnded(e) => {
+            v1::PatientEvent::CareRelationshipEnded(v1::CareRelationshipEnded {
+                patient_id,
+                practitioner: e.practitioner.as_str().to_owned(),
+                reason: e.reason.as_str().to_owned(),
+                ended_at: e.ended_at,
+            })
+        }
+        patient::PatientEvent::ConsentGranted(e) => {
+            v1::PatientEvent::ConsentGranted(v1::ConsentGranted {
+                patient_id,
+                consent_id: e.consent_id,
+                directive: directive_to_v1(&e.directive),
+                granted_at: e.granted_at,
+            })
+        }
+        patient::PatientEvent::ConsentWithdrawn(e) => {
+            v1::PatientEvent::ConsentWithdrawn(v1::ConsentWithdrawn {
+                patient_id,
+                consent_id: e.consent_id,
+                reason: e.reason.as_str().to_owned(),
+                withdrawn_at: e.withdrawn_at,
+            })
+        }
+        patient::PatientEvent::LegalHoldPlaced(e) => {
+            v1::PatientEvent::LegalHoldPlaced(v1::LegalHoldPlaced {
+                patient_id,
+                reason: e.reason.as_str().to_owned(),
+                placed_at: e.placed_at,
+            })
+        }
+        patient::PatientEvent::LegalHoldReleased(e) => {
+            v1::PatientEvent::LegalHoldReleased(v1::LegalHoldReleased {
+                patient_id,
+                reason: e.reason.as_str().to_owned(),
+                released_at: e.released_at,
+            })
+        }
+        patient::PatientEvent::PatientForgotten(e) => {
+            v1::PatientEvent::Forgotten(v1::PatientForgotten {
+                patient_id,
+                reason: e.reason.code().to_owned(),
+                reference: e.reference.map(|r| r.as_str().to_owned()),
+                forgotten_at: e.forgotten_at,
+            })
+        }
+    }
+}
+
+fn directive_to_v1(directive: &patient::governance::ConsentDirective) -> v1::ConsentDirective {
+    use patient::governance::ConsentDirective as D;
+    match directive {
+        D::ShareWithOrganization { organization } => v1::ConsentDirective::ShareWithOrganization {
+            organization: organization.as_str().to_owned(),
+        },
+        D::ShareWithRole { role } => v1::ConsentDirective::ShareWithRole { role: role.clone() },
+        D::ResearchOptOut => v1::ConsentDirective::ResearchOptOut,
     }
 }

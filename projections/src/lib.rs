@@ -13,7 +13,9 @@
 //! - [`kafka`]: the consumer-group loop (offsets stored only after the transaction commits).
 //! - [`patient_search`]: the search read model and its queries.
 //! - [`patient_match`]: the matcher's view of every patient, for duplicate detection.
+//! - [`audit_log`]: every event and access entry, hash-chained, with its verification.
 
+pub mod audit_log;
 pub mod kafka;
 pub mod patient_match;
 pub mod patient_search;

@@ -221,7 +221,24 @@ impl ReadModel for PatientMatch {
             | v1::PatientEvent::EmergencyContactRemoved(_)
             | v1::PatientEvent::CoverageAdded(_)
             | v1::PatientEvent::CoverageChanged(_)
-            | v1::PatientEvent::CoverageEnded(_) => {}
+            | v1::PatientEvent::CoverageEnded(_)
+            | v1::PatientEvent::CareRelationshipStarted(_)
+            | v1::PatientEvent::CareRelationshipEnded(_)
+            | v1::PatientEvent::ConsentGranted(_)
+            | v1::PatientEvent::ConsentWithdrawn(_)
+            | v1::PatientEvent::LegalHoldPlaced(_)
+            | v1::PatientEvent::LegalHoldReleased(_) => {}
+            // Erased: the patient can no longer be anyone's duplicate.
+            v1::PatientEvent::Forgotten(e) => {
+                for table in ["patient_match_keys", "patient_match"] {
+                    sqlx::query(&format!(
+                        "DELETE FROM projections.{table} WHERE patient_id = $1"
+                    ))
+                    .bind(e.patient_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
         }
         Ok(())
     }

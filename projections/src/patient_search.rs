@@ -134,6 +134,49 @@ impl ReadModel for PatientSearch {
             v1::PatientEvent::CoverageEnded(e) => {
                 touch(tx, e.patient_id, version, e.ended_at).await?
             }
+            v1::PatientEvent::CareRelationshipStarted(e) => {
+                touch(tx, e.patient_id, version, e.started_at).await?
+            }
+            v1::PatientEvent::CareRelationshipEnded(e) => {
+                touch(tx, e.patient_id, version, e.ended_at).await?
+            }
+            v1::PatientEvent::ConsentGranted(e) => {
+                if e.directive == v1::ConsentDirective::ResearchOptOut {
+                    sqlx::query(
+                        "UPDATE projections.patient_search SET research_opt_out = $2
+                          WHERE patient_id = $1",
+                    )
+                    .bind(e.patient_id)
+                    .bind(e.consent_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                touch(tx, e.patient_id, version, e.granted_at).await?
+            }
+            v1::PatientEvent::ConsentWithdrawn(e) => {
+                sqlx::query(
+                    "UPDATE projections.patient_search SET research_opt_out = NULL
+                      WHERE patient_id = $1 AND research_opt_out = $2",
+                )
+                .bind(e.patient_id)
+                .bind(e.consent_id)
+                .execute(&mut *tx)
+                .await?;
+                touch(tx, e.patient_id, version, e.withdrawn_at).await?
+            }
+            v1::PatientEvent::LegalHoldPlaced(e) => {
+                touch(tx, e.patient_id, version, e.placed_at).await?
+            }
+            v1::PatientEvent::LegalHoldReleased(e) => {
+                touch(tx, e.patient_id, version, e.released_at).await?
+            }
+            // Erased: nothing of the patient stays searchable.
+            v1::PatientEvent::Forgotten(e) => {
+                sqlx::query("DELETE FROM projections.patient_search WHERE patient_id = $1")
+                    .bind(e.patient_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             v1::PatientEvent::Merged(e) => {
                 set_status(tx, e.patient_id, "merged", version, e.merged_at).await?;
             }
@@ -315,6 +358,8 @@ pub struct Criteria {
     pub identifier: Option<(String, String)>,
     pub postal_code: Option<String>,
     pub include_archived: bool,
+    /// Leave out patients who opted out of research (a search for research).
+    pub exclude_research_opt_outs: bool,
     pub limit: u32,
     pub offset: u32,
 }
@@ -509,6 +554,9 @@ pub async fn search(pool: &PgPool, criteria: &Criteria) -> Result<Page, sqlx::Er
                 .push_bind(value)
                 .push("]::text[]");
         }
+    }
+    if criteria.exclude_research_opt_outs {
+        query.push(" AND research_opt_out IS NULL");
     }
     // Merged-away patients never show: their survivor stands for them.
     if criteria.include_archived {

@@ -34,6 +34,19 @@ pub trait ReadModel: Send + Sync + 'static {
         event: &PublishedEvent,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 
+    /// Whether sealed events are opened before [`ReadModel::apply`] (and events of forgotten
+    /// patients, which no longer open, passed over). A model that only records that events
+    /// happened says no.
+    fn opens_sealed_data(&self) -> bool {
+        true
+    }
+
+    /// Whether events are applied once each, in sequence order per aggregate, with the
+    /// runtime's bookkeeping. A model that is idempotent by event id on its own says no.
+    fn ordered_per_aggregate(&self) -> bool {
+        true
+    }
+
     /// Empties the read model (before a rebuild).
     fn clear(&self, tx: &mut PgConnection) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
@@ -250,6 +263,10 @@ impl<M: ReadModel> Projector<M> {
         tx: &mut PgConnection,
         event: &PublishedEvent,
     ) -> Result<Applied, ProjectionError> {
+        if !self.model.ordered_per_aggregate() {
+            self.model.apply(tx, event).await?;
+            return Ok(Applied::Applied);
+        }
         // Lock the aggregate's bookkeeping row (creating it at 0) so two consumers of the same
         // aggregate cannot both apply the same sequence.
         sqlx::query(
@@ -279,7 +296,7 @@ impl<M: ReadModel> Projector<M> {
             );
             return Ok(Applied::Early { expected: last + 1 });
         }
-        if event.sealed {
+        if event.sealed && self.model.opens_sealed_data() {
             match self.keys.data_key(&mut *tx, &event.subject).await? {
                 KeyState::Active(key) => {
                     self.model

@@ -13,6 +13,8 @@
 //! | `ce_position`     | the event's position in the store's global order                    |
 //! | `ce_requestid`    | the id of the HTTP request that caused it, when there was one       |
 //! | `content-type`    | `application/json`, or [`SEALED_CONTENT_TYPE`] for sealed data      |
+//! | `ce_userid`       | the user whose command or read caused it                            |
+//! | `ce_eventhash`    | hex of the stored row's hash-chain link (tamper evidence)           |
 //! | `traceparent`     | W3C trace context of the request that caused it                     |
 //!
 //! A consumer drops duplicates by `ce_id`, or by keeping the last `ce_sequence` per subject.
@@ -37,6 +39,8 @@ pub const H_POSITION: &str = "ce_position";
 pub const H_REQUEST_ID: &str = "ce_requestid";
 pub const H_CONTENT_TYPE: &str = "content-type";
 pub const H_TRACEPARENT: &str = "traceparent";
+pub const H_USER_ID: &str = "ce_userid";
+pub const H_EVENT_HASH: &str = "ce_eventhash";
 
 const CE_TYPE_PREFIX: &str = "org.nextgen-medtech.patients";
 
@@ -76,6 +80,10 @@ pub struct PublishedEvent {
     pub position: i64,
     pub request_id: Option<String>,
     pub traceparent: Option<String>,
+    /// The user whose request caused the event.
+    pub user_id: Option<String>,
+    /// Hex of the stored row's link in its stream's hash chain.
+    pub event_hash: Option<String>,
     /// Whether `data` is a [`Sealed`] value rather than the event's JSON.
     pub sealed: bool,
     pub data: Vec<u8>,
@@ -139,6 +147,12 @@ impl PublishedEvent {
         if let Some(tp) = &self.traceparent {
             headers.push((H_TRACEPARENT, tp.clone()));
         }
+        if let Some(user) = &self.user_id {
+            headers.push((H_USER_ID, user.clone()));
+        }
+        if let Some(hash) = &self.event_hash {
+            headers.push((H_EVENT_HASH, hash.clone()));
+        }
         headers
     }
 
@@ -183,6 +197,8 @@ impl PublishedEvent {
                 .map_err(|_| DecodeError::MalformedHeader(H_POSITION))?,
             request_id: found.get(H_REQUEST_ID).map(|s| (*s).to_owned()),
             traceparent: found.get(H_TRACEPARENT).map(|s| (*s).to_owned()),
+            user_id: found.get(H_USER_ID).map(|s| (*s).to_owned()),
+            event_hash: found.get(H_EVENT_HASH).map(|s| (*s).to_owned()),
             sealed: found.get(H_CONTENT_TYPE).copied() == Some(SEALED_CONTENT_TYPE),
             data: data.to_vec(),
         })
@@ -253,6 +269,8 @@ mod tests {
             position: 99,
             request_id: Some("r-1".into()),
             traceparent: None,
+            user_id: Some("u-1".into()),
+            event_hash: Some("00ff".into()),
             sealed: false,
             data: b"{}".to_vec(),
         };
@@ -276,6 +294,8 @@ mod tests {
             position: 1,
             request_id: None,
             traceparent: None,
+            user_id: Some("u-1".into()),
+            event_hash: Some("00ff".into()),
             sealed: false,
             data: br#"{"family":"Doe"}"#.to_vec(),
         };

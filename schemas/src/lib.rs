@@ -6,12 +6,14 @@
 //! - [`envelope`]: the CloudEvents attributes carried as Kafka headers, and [`PublishedEvent`],
 //!   one event as a consumer receives it.
 //! - [`sealed`]: the format of sealed (encrypted) event data and the function that opens it.
+//! - [`access`]: the wire types of the access topic (who read which patient's data).
 //! - [`patient`]: the wire types of the patient topic, one module per major version.
 //! - [`json_schemas`]: the JSON Schema of every wire type; the checked-in files under `json/`
 //!   are generated from it and a test fails when they drift.
 //!
 //! Nothing here does IO: this crate is what an outside consumer would depend on.
 
+pub mod access;
 pub mod envelope;
 pub mod patient;
 pub mod sealed;
@@ -23,6 +25,7 @@ pub use envelope::{DecodeError, PublishedEvent};
 /// crate's `json/` folder.
 pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
     let mut schemas = patient::v1::json_schemas();
+    schemas.extend(access::v1::json_schemas());
     schemas.push(("sealed.schema.json", schemars::schema_for!(sealed::Sealed)));
     schemas
 }

@@ -4,10 +4,14 @@
 /// Every event of the `Patient` aggregate, keyed by patient id.
 pub const PATIENT: &str = "patients.patient.v1";
 
+/// Every access to patient data, keyed by patient id.
+pub const ACCESS: &str = "patients.access.v1";
+
 /// The topic of an aggregate type, if it has one.
 pub fn for_aggregate_type(aggregate_type: &str) -> Option<&'static str> {
     match aggregate_type {
         "Patient" => Some(PATIENT),
+        "Access" => Some(ACCESS),
         _ => None,
     }
 }

@@ -4,6 +4,7 @@
 //! is the user's unique identity, recorded with every command; `roles` decide what the user may
 //! do, through [`policy::allows`] only.
 
+pub mod access;
 pub mod policy;
 
 use std::sync::Arc;
@@ -31,6 +32,26 @@ pub struct Claims {
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// For the `patient` role: the patient the user is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_id: Option<uuid::Uuid>,
+    /// The user's organization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    /// The session the token belongs to (revocation and idle timeout apply to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// Optional claims of a minted token.
+#[derive(Debug, Clone, Default)]
+pub struct TokenExtras {
+    /// For the `patient` role: the patient the user is.
+    pub patient_id: Option<uuid::Uuid>,
+    pub organization: Option<String>,
+    pub session_id: Option<String>,
 }
 
 /// Verifies tokens and, for development, mints them.
@@ -40,6 +61,7 @@ pub struct Authenticator {
     validation: Validation,
     issuer: Option<String>,
     audience: Option<String>,
+    organization: Option<String>,
     ttl_secs: i64,
 }
 
@@ -90,8 +112,14 @@ impl Authenticator {
             validation,
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
+            organization: settings.organization.clone(),
             ttl_secs: i64::try_from(settings.token_ttl_secs).unwrap_or(i64::MAX),
         }
+    }
+
+    /// This service's organization, if configured.
+    pub fn organization(&self) -> Option<&str> {
+        self.organization.as_deref()
     }
 
     /// The user a bearer token stands for.
@@ -101,19 +129,21 @@ impl Authenticator {
     /// [`TokenError`] when the token is malformed, badly signed, expired, for another issuer or
     /// audience, or has no subject.
     pub fn verify(&self, token: &str) -> Result<AuthUser, TokenError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?;
-        let sub = data.claims.sub.trim();
+        let claims =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
+        let sub = claims.sub.trim().to_owned();
         if sub.is_empty() || sub.len() > 200 || sub.chars().any(char::is_control) {
             return Err(TokenError::BadSubject);
         }
         Ok(AuthUser {
-            id: sub.to_owned(),
-            roles: data
-                .claims
-                .roles
-                .iter()
-                .filter_map(|r| Role::parse(r))
-                .collect(),
+            id: sub,
+            roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+            patient_id: claims.patient_id,
+            organization: claims.org,
+            session_id: claims.sid.or(claims.jti),
+            purpose: access::Purpose::Treatment,
+            break_glass: None,
+            request_id: None,
         })
     }
 
@@ -128,6 +158,21 @@ impl Authenticator {
         roles: &[Role],
         now: DateTime<Utc>,
     ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.mint_with(user, roles, now, &TokenExtras::default())
+    }
+
+    /// Mints a token for `user` with `roles` and the optional claims in `extras`.
+    ///
+    /// # Errors
+    ///
+    /// The encoding error (not expected with an HMAC key).
+    pub fn mint_with(
+        &self,
+        user: &str,
+        roles: &[Role],
+        now: DateTime<Utc>,
+        extras: &TokenExtras,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = Claims {
             sub: user.to_owned(),
             roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
@@ -135,16 +180,30 @@ impl Authenticator {
             exp: now.timestamp().saturating_add(self.ttl_secs),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
+            patient_id: extras.patient_id,
+            org: extras.organization.clone(),
+            sid: extras.session_id.clone(),
+            jti: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
 }
 
-/// The authenticated caller.
+/// The authenticated caller, and what their request says about why it is made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthUser {
     pub id: String,
     pub roles: Vec<Role>,
+    /// For the `patient` role: the patient the user is.
+    pub patient_id: Option<uuid::Uuid>,
+    pub organization: Option<String>,
+    pub session_id: Option<String>,
+    /// `X-Purpose-Of-Use`, treatment when absent.
+    pub purpose: access::Purpose,
+    /// `X-Break-Glass-Reason`: emergency access asked for.
+    pub break_glass: Option<access::BreakGlassReason>,
+    /// The request id, for access entries.
+    pub request_id: Option<String>,
 }
 
 impl AuthUser {
@@ -184,10 +243,34 @@ impl FromRequestParts<AppState> for AuthUser {
             Some(token) => state.auth.verify(token),
             None => Err(TokenError::Missing),
         };
-        result.map_err(|e| {
+        let mut user = result.map_err(|e| {
             tracing::info!(error.message = %e, "unauthenticated request");
             ApiError::Unauthenticated
-        })
+        })?;
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned())
+        };
+        let mut errors = domain::FieldErrors::new();
+        if let Some(purpose) = header("x-purpose-of-use") {
+            if let Some(p) = errors.check(access::Purpose::parse("X-Purpose-Of-Use", &purpose)) {
+                user.purpose = p;
+            }
+        }
+        if let Some(reason) = header("x-break-glass-reason") {
+            user.break_glass = errors.check(access::BreakGlassReason::parse(
+                "X-Break-Glass-Reason",
+                &reason,
+            ));
+        }
+        errors.into_result().map_err(ApiError::InvalidParameters)?;
+        user.request_id = parts
+            .extensions
+            .get::<crate::http::RequestContext>()
+            .map(|c| c.request_id.clone());
+        Ok(user)
     }
 }
 
@@ -209,9 +292,29 @@ impl<P: Permission> FromRequestParts<AppState> for Authorized<P> {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
-        user.require(P::ACTION)?;
+        if let Err(forbidden) = user.require(P::ACTION) {
+            // A refused attempt at one patient's data is an access entry too.
+            if let Some(id) = patient_in_path(parts.uri.path()) {
+                let at = (state.clock)();
+                let action = format!("{:?}", P::ACTION);
+                if let Err(e) = state
+                    .access
+                    .record(&user, &action, &[id], access::Decision::Denied, at)
+                    .await
+                {
+                    tracing::warn!(error.message = %e, "could not record a refused access");
+                }
+            }
+            return Err(forbidden);
+        }
         Ok(Self(user, std::marker::PhantomData))
     }
+}
+
+/// The patient id of a `/v1/patients/{id}...` path.
+fn patient_in_path(path: &str) -> Option<uuid::Uuid> {
+    let rest = path.strip_prefix("/v1/patients/")?;
+    uuid::Uuid::parse_str(rest.split('/').next()?).ok()
 }
 
 /// Shared authenticator.

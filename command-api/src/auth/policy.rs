@@ -12,10 +12,16 @@
 //! | change contact, identifiers, emergency contacts, coverages, preferences | x | x | | | |
 //! | merge, unmerge       |   x   |     x     |           |           |         |
 //! | retention candidates |   x   |           |           |           |         |
-//! | audit streams        |   x   |           |           |           |    x    |
+//! | audit streams, audit log |   x   |           |           |           |    x    |
+//! | care relationships   |   x   |     x     |           |           |         |
+//! | consents             |   x   |     x     |           |           |         |
+//! | legal hold, forget   |   x   |           |           |           |         |
+//! | disclosures          |   x   |           |           |           |         |
 //!
-//! The `service` role (downstream services) may only fetch patients' data keys, to open the
-//! sealed events they consume. The `patient` role may do none of these yet.
+//! The `patient` role may read their own record, change their own preferences, manage their
+//! own consents and list their own disclosures; nothing else, and nobody else's. The `service`
+//! role (downstream services) may only fetch patients' data keys, to open the sealed events
+//! they consume. Which patients a role reaches is decided in [`super::access`].
 
 /// A role from the token's `roles` claim. Unknown role names are ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,9 +107,14 @@ actions!(
     ReviewRetention,
     ReadAuditTrail,
     ReadDataKey,
+    ManageCareRelationships,
+    ManageConsents,
+    ManageLegalHold,
+    ForgetPatient,
+    ReadDisclosures,
 );
 
-use Role::{Admin, Auditor, Clinician, Registrar, Scheduler, Service};
+use Role::{Admin, Auditor, Clinician, Patient, Registrar, Scheduler, Service};
 
 const POLICY: &[(Action, &[Role])] = &[
     (Action::RegisterPatient, &[Admin, Registrar]),
@@ -112,7 +123,7 @@ const POLICY: &[(Action, &[Role])] = &[
     (Action::RestorePatient, &[Admin, Registrar]),
     (
         Action::ReadPatient,
-        &[Admin, Registrar, Clinician, Scheduler, Auditor],
+        &[Admin, Registrar, Clinician, Scheduler, Auditor, Patient],
     ),
     (
         Action::SearchPatients,
@@ -121,13 +132,18 @@ const POLICY: &[(Action, &[Role])] = &[
     (Action::MatchPatients, &[Admin, Registrar]),
     (Action::ChangeContactInformation, &[Admin, Registrar]),
     (Action::ChangeIdentifiers, &[Admin, Registrar]),
-    (Action::ChangePreferences, &[Admin, Registrar]),
+    (Action::ChangePreferences, &[Admin, Registrar, Patient]),
     (Action::ChangeEmergencyContacts, &[Admin, Registrar]),
     (Action::ChangeCoverages, &[Admin, Registrar]),
     (Action::MergePatients, &[Admin, Registrar]),
     (Action::ReviewRetention, &[Admin]),
     (Action::ReadAuditTrail, &[Admin, Auditor]),
     (Action::ReadDataKey, &[Service]),
+    (Action::ManageCareRelationships, &[Admin, Registrar]),
+    (Action::ManageConsents, &[Admin, Registrar, Patient]),
+    (Action::ManageLegalHold, &[Admin]),
+    (Action::ForgetPatient, &[Admin]),
+    (Action::ReadDisclosures, &[Admin, Patient]),
 ];
 
 /// Whether `role` may do `action`.
@@ -151,7 +167,6 @@ mod tests {
     #[test]
     fn the_service_role_may_only_fetch_data_keys_and_nobody_else_may() {
         for &action in Action::ALL {
-            assert!(!allows(Role::Patient, action));
             assert_eq!(allows(Role::Service, action), action == Action::ReadDataKey);
         }
         for role in Role::ALL {

@@ -4,7 +4,9 @@
 //! `GET /v1/audit/streams/patient/{id}` answers every event of the patient in order, each in
 //! its published (v1) form, national identifiers masked as everywhere in the API.
 
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -12,11 +14,94 @@ use cqrs_es::Aggregate;
 use domain::patient::{Patient, PatientId};
 use serde_json::{json, Value};
 
+use chrono::{DateTime, Utc};
+use domain::{FieldError, FieldErrors};
+use projections::audit_log;
+
+use crate::auth::access::Decision;
 use crate::auth::{permission, Authorized};
+use crate::http::governance::page;
+use crate::http::patients::{url_encode, whole_number};
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/audit/streams/{aggregate_type}/{id}", get(stream))
+    Router::new()
+        .route("/v1/audit/streams/{aggregate_type}/{id}", get(stream))
+        .route("/v1/audit/entries", get(entries))
+}
+
+/// `GET /v1/audit/entries?patient=&user=&action=&kind=&from=&to=&after=&limit=`: the audit log
+/// (every event and access entry), oldest first, each narrowing parameter optional. Entries
+/// hold ids and codes only.
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn entries(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadAuditTrail>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let mut errors = FieldErrors::new();
+    let known = [
+        "patient", "user", "action", "kind", "from", "to", "after", "limit",
+    ];
+    for key in params.keys().filter(|k| !known.contains(&k.as_str())) {
+        errors.push(FieldError::new(key.clone(), "unknown parameter"));
+    }
+    let limit: u64 = whole_number(&params, "limit", 100, 1..=1000, &mut errors);
+    let after: i64 = whole_number(&params, "after", 0, 0..=i64::MAX, &mut errors);
+    let patient_id = params
+        .get("patient")
+        .and_then(|v| errors.check(PatientId::parse("patient", v)))
+        .map(|p| p.as_uuid());
+    let instant = |key: &str, errors: &mut FieldErrors| {
+        params.get(key).and_then(|v| {
+            errors.check(
+                DateTime::parse_from_rfc3339(v)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| FieldError::new(key, "must be an RFC 3339 instant")),
+            )
+        })
+    };
+    let from = instant("from", &mut errors);
+    let to = instant("to", &mut errors);
+    let kind = params.get("kind").and_then(|k| {
+        errors.check(
+            ["event", "access"]
+                .contains(&k.as_str())
+                .then(|| k.clone())
+                .ok_or_else(|| FieldError::new("kind", "must be event or access")),
+        )
+    });
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    let found = audit_log::query(
+        &state.pool,
+        &audit_log::Criteria {
+            patient_id,
+            user_id: params.get("user").cloned(),
+            action: params.get("action").cloned(),
+            kind,
+            from,
+            to,
+            after: Some(after),
+            limit: limit as i64 + 1,
+        },
+    )
+    .await?;
+    let mut query: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !["after", "limit"].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    query.sort();
+    Ok(Json(page(found, limit, |seq| {
+        let mut parts: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", url_encode(v)))
+            .collect();
+        parts.push(format!("limit={limit}"));
+        parts.push(format!("after={seq}"));
+        format!("/v1/audit/entries?{}", parts.join("&"))
+    }))
+    .into_response())
 }
 
 /// Replaces the value of every national identifier in `data` by its masked form.
@@ -52,6 +137,16 @@ async fn stream(
     }
     let id = PatientId::parse("id", &raw_id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
+    state
+        .access
+        .record(
+            &user,
+            "history",
+            &[id.as_uuid()],
+            Decision::Granted,
+            (state.clock)(),
+        )
+        .await?;
     let mut events =
         event_store::stream::history(&state.pool, Patient::TYPE, &id.to_string()).await?;
     event_store::stream::open(state.store.keys(), &state.pool, &mut events).await?;

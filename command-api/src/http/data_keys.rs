@@ -13,6 +13,7 @@ use domain::patient::PatientId;
 use event_store::keys::KeyState;
 use serde_json::json;
 
+use crate::auth::access::Decision;
 use crate::auth::{permission, Authorized};
 use crate::http::{ApiError, AppState};
 
@@ -38,6 +39,16 @@ async fn data_key(
         KeyState::Destroyed => return Err(ApiError::Gone),
         KeyState::Absent => return Err(ApiError::NotFound),
     };
+    state
+        .access
+        .record(
+            &user,
+            "data-key",
+            &[id.as_uuid()],
+            Decision::Granted,
+            (state.clock)(),
+        )
+        .await?;
     tracing::info!("data key handed out");
     Ok((
         [(header::CACHE_CONTROL, "no-store")],

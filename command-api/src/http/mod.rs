@@ -3,6 +3,7 @@
 
 mod audit;
 mod data_keys;
+mod governance;
 mod health;
 pub mod json;
 pub mod patient_input;
@@ -25,6 +26,7 @@ use event_store::store::PatientStore;
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::access::AccessLog;
 use crate::auth::Authenticator;
 use crate::configuration::Secrets;
 pub use audit::mask_national_identifiers;
@@ -45,6 +47,10 @@ pub struct AppState {
     pub store: PatientStore,
     pub idempotency: IdempotencyKeys,
     pub auth: Arc<Authenticator>,
+    /// Where access entries go.
+    pub access: AccessLog,
+    /// This service's organization: users of others reach only patients who consented.
+    pub home_organization: Option<String>,
     pub clock: Clock,
     /// Days an archived patient is kept before the retention policy lists them for purge.
     pub retention_days: u32,
@@ -59,6 +65,8 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     pub fn new(pool: PgPool, auth: Authenticator, clock: Clock, secrets: Secrets) -> Self {
         Self {
+            home_organization: auth.organization().map(str::to_owned),
+            access: AccessLog::new(pool.clone(), secrets.chain.clone()),
             store: PatientStore::new(pool.clone(), secrets.keys, secrets.chain),
             idempotency: IdempotencyKeys::new(pool.clone()),
             pool,
@@ -83,6 +91,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .merge(patients::router())
         .merge(audit::router())
         .merge(data_keys::router())
+        .merge(governance::router())
         .merge(health::router())
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

@@ -22,7 +22,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
-use crate::auth::{permission, AuthUser, Authorized, Permission};
+use crate::auth::{access, permission, Action, AuthUser, Authorized, Permission};
 use crate::http::json::{Fields, JsonObject};
 use crate::http::patient_input;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
@@ -69,6 +69,11 @@ struct PatientResource {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     replaces: Vec<Link>,
     preferences: domain::patient::record::Preferences,
+    care_team: Vec<domain::patient::governance::CareRelationship>,
+    consents: Vec<domain::patient::governance::Consent>,
+    /// Present while the record is on legal hold (it cannot be erased).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    legal_hold: Option<serde_json::Value>,
     emergency_contacts: Vec<domain::patient::record::EmergencyContact>,
     coverages: Vec<domain::patient::record::Coverage>,
     status: &'static str,
@@ -148,6 +153,13 @@ fn resource(patient: &Patient, version: u64) -> Result<PatientResource, ApiError
             .map(|a| Link::to(a.source_id))
             .collect(),
         preferences: record.preferences.clone(),
+        care_team: record.governance.care_team.clone(),
+        consents: record.governance.consents.clone(),
+        legal_hold: record
+            .governance
+            .legal_hold
+            .as_ref()
+            .map(|reason| serde_json::json!({ "reason": reason.as_str() })),
         emergency_contacts: record.emergency_contacts.clone(),
         coverages: record.coverages.clone(),
         status: record.status.code(),
@@ -161,6 +173,20 @@ fn respond(
     version: u64,
     replayed: bool,
 ) -> Result<Response, ApiError> {
+    if let Some(forgotten) = patient.forgotten() {
+        // What is left of an erased patient: the fact, without any of their data.
+        return Ok((
+            status,
+            Json(serde_json::json!({
+                "status": "forgotten",
+                "reason": forgotten.reason.code(),
+                "reference": forgotten.reference.as_ref().map(|r| r.as_str()),
+                "forgotten_at": forgotten.forgotten_at,
+                "version": version,
+            })),
+        )
+            .into_response());
+    }
     let body = resource(patient, version)?;
     let mut response = (status, Json(&body)).into_response();
     let headers = response.headers_mut();
@@ -428,6 +454,17 @@ async fn match_candidates(
     let matches = matching::find_matches(&state.pool, &record).await?;
     let ids: Vec<uuid::Uuid> = matches.iter().map(|m| m.id).collect();
     let summaries = patient_search::by_ids(&state.pool, &ids).await?;
+    let shown: Vec<uuid::Uuid> = summaries.iter().map(|s| s.id).collect();
+    state
+        .access
+        .record(
+            &user,
+            "match-result",
+            &shown,
+            access::Decision::Granted,
+            (state.clock)(),
+        )
+        .await?;
     let candidates: Vec<serde_json::Value> = matches
         .iter()
         .map(|m| {
@@ -473,8 +510,23 @@ async fn read(
         }))
     });
     errors.into_result().map_err(ApiError::InvalidParameters)?;
+    let loaded = state.store.load(id).await?;
+    let what = if as_of.is_some() {
+        "read-as-of"
+    } else {
+        "read"
+    };
+    checked_access(
+        &state,
+        &user,
+        Action::ReadPatient,
+        what,
+        id,
+        loaded.as_ref().map(|(p, _)| p),
+    )
+    .await?;
     let Some(as_of) = as_of else {
-        let (patient, version) = state.store.load(id).await?.ok_or(ApiError::NotFound)?;
+        let (patient, version) = loaded.ok_or(ApiError::NotFound)?;
         return respond(StatusCode::OK, &patient, version, false);
     };
     let mut history =
@@ -492,6 +544,40 @@ async fn read(
         return Err(ApiError::NotFound);
     }
     respond(StatusCode::OK, &patient, version, false)
+}
+
+/// Decides whether `user` may do `action` on patient `id` (as loaded) and records the access
+/// as `what`, granted or denied. Unknown and erased patients leave no entry.
+///
+/// # Errors
+///
+/// 403, 404 or 410 as [`access::decide`] says; 503 when the entry cannot be recorded (the
+/// data is then not answered).
+pub(super) async fn checked_access(
+    state: &AppState,
+    user: &AuthUser,
+    action: Action,
+    what: &str,
+    id: PatientId,
+    patient: Option<&Patient>,
+) -> Result<Option<access::BreakGlassReason>, ApiError> {
+    let decision = access::decide(
+        user,
+        action,
+        id,
+        patient,
+        state.home_organization.as_deref(),
+    );
+    if matches!(
+        decision,
+        access::Decision::Granted | access::Decision::Emergency(_) | access::Decision::Denied
+    ) {
+        state
+            .access
+            .record(user, what, &[id.as_uuid()], decision, (state.clock)())
+            .await?;
+    }
+    decision.into_result()
 }
 
 /// Everything a command on an existing patient arrives with. Extracted in the order that
@@ -543,7 +629,7 @@ impl<P: Permission> FromRequest<AppState> for CommandRequest<P> {
 }
 
 /// Shared shape of the commands on an existing patient: If-Match, idempotency, execute.
-pub(super) async fn change<P>(
+pub(super) async fn change<P: Permission>(
     state: &AppState,
     req: &CommandRequest<P>,
     path_suffix: &str,
@@ -551,6 +637,20 @@ pub(super) async fn change<P>(
 ) -> Result<Response, ApiError> {
     let id = patient_id(&req.raw_id)?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
+    if !access::may_change(&req.user, P::ACTION, id, state.home_organization.as_deref()) {
+        let action = format!("{:?}", P::ACTION);
+        state
+            .access
+            .record(
+                &req.user,
+                &action,
+                &[id.as_uuid()],
+                access::Decision::Denied,
+                (state.clock)(),
+            )
+            .await?;
+        return Err(ApiError::Forbidden);
+    }
     let path = format!("/v1/patients/{id}/{path_suffix}");
     idempotent(
         state,
@@ -679,14 +779,17 @@ async fn restore(
 
 /// The whole-number query parameter `key` within `range`, or `default` when absent; an
 /// error on `key` otherwise.
-fn whole_number(
+pub(super) fn whole_number<T>(
     params: &HashMap<String, String>,
     key: &str,
-    default: u32,
-    range: std::ops::RangeInclusive<u32>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
     errors: &mut FieldErrors,
-) -> u32 {
-    match params.get(key).map(|v| v.parse::<u32>()) {
+) -> T
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    match params.get(key).map(|v| v.parse::<T>()) {
         None => default,
         Some(Ok(n)) if range.contains(&n) => n,
         Some(_) => {
@@ -745,8 +848,24 @@ async fn search(
     Authorized(user, _): Authorized<permission::SearchPatients>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let criteria = parse_criteria(&params, (state.clock)().date_naive())?;
+    if access::is_external(&user, state.home_organization.as_deref()) {
+        // Other organizations reach patients one by one, through their consent.
+        return Err(ApiError::Forbidden);
+    }
+    let mut criteria = parse_criteria(&params, (state.clock)().date_naive())?;
+    criteria.exclude_research_opt_outs = user.purpose == access::Purpose::Research;
     let page = patient_search::search(&state.pool, &criteria).await?;
+    let ids: Vec<uuid::Uuid> = page.items.iter().map(|p| p.id).collect();
+    state
+        .access
+        .record(
+            &user,
+            "search-result",
+            &ids,
+            access::Decision::Granted,
+            (state.clock)(),
+        )
+        .await?;
     let next = page.has_more.then(|| {
         let mut query: Vec<(String, String)> = params
             .iter()
@@ -773,7 +892,7 @@ async fn search(
     .into_response())
 }
 
-fn url_encode(value: &str) -> String {
+pub(super) fn url_encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
@@ -872,6 +991,7 @@ fn parse_criteria(
         identifier,
         postal_code,
         include_archived,
+        exclude_research_opt_outs: false,
         limit,
         offset,
     })
@@ -1051,6 +1171,17 @@ async fn retention_candidates(
         )
     });
     items.truncate(limit as usize);
+    let ids: Vec<uuid::Uuid> = items.iter().map(|c| c.id).collect();
+    state
+        .access
+        .record(
+            &user,
+            "retention-candidate",
+            &ids,
+            access::Decision::Granted,
+            (state.clock)(),
+        )
+        .await?;
     Ok(Json(serde_json::json!({
         "policy": { "archived_days": state.retention_days, "cutoff": cutoff },
         "items": items,

@@ -62,6 +62,7 @@ impl From<CommandError> for ApiError {
     fn from(error: CommandError) -> Self {
         match error {
             CommandError::Rule(PatientError::NotRegistered) => Self::NotFound,
+            CommandError::Rule(PatientError::Forgotten) => Self::Gone,
             CommandError::Rule(rule) => Self::Rule(rule),
             CommandError::VersionMismatch { current, .. } => Self::PreconditionFailed { current },
             CommandError::Conflict => Self::Conflict,

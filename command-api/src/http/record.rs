@@ -55,7 +55,7 @@ fn item<P>(req: &CommandRequest<P>) -> Result<Uuid, ApiError> {
 
 /// Runs `build` into a record change and executes it at `path`. The caller's permission was
 /// checked by the extractor.
-async fn record_change<P>(
+async fn record_change<P: crate::auth::Permission>(
     state: &AppState,
     req: &CommandRequest<P>,
     path: &str,

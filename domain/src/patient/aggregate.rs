@@ -15,6 +15,7 @@ use super::events::{
     IdentifierAdded, IdentifierRemoved, PatientArchived, PatientEvent, PatientRegistered,
     PatientRestored, PreferencesUpdated,
 };
+use super::governance::{self, Governance, PatientForgotten};
 use super::merge::{self, Absorption};
 use super::record::LanguageTag;
 use super::record::{Coverage, EmergencyContact, Preferences, MAX_EMERGENCY_CONTACTS};
@@ -26,6 +27,9 @@ use super::PatientError;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Patient {
     record: Option<PatientRecord>,
+    /// Set once the patient is forgotten: all that is left of them.
+    #[serde(default)]
+    forgotten: Option<PatientForgotten>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +61,8 @@ pub struct PatientRecord {
     /// The duplicates merged into this patient, with what each brought.
     #[serde(default)]
     pub absorptions: Vec<Absorption>,
+    #[serde(default)]
+    pub governance: Governance,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,12 +90,20 @@ impl Patient {
         self.record.as_ref()
     }
 
+    /// The fact of erasure, if the patient was forgotten.
+    pub fn forgotten(&self) -> Option<&PatientForgotten> {
+        self.forgotten.as_ref()
+    }
+
     /// Decides which events a command produces, or which rule it breaks. Pure and synchronous.
     ///
     /// # Errors
     ///
     /// The [`PatientError`] naming the broken rule.
     pub fn decide(&self, command: PatientCommand) -> Result<Vec<PatientEvent>, PatientError> {
+        if self.forgotten.is_some() {
+            return Err(PatientError::Forgotten);
+        }
         match (command, &self.record) {
             (PatientCommand::Register(cmd), None) => Ok(vec![register(cmd)]),
             (PatientCommand::Register(_), Some(_)) => Err(PatientError::AlreadyRegistered),
@@ -107,6 +121,9 @@ impl Patient {
                 },
                 Some(record),
             ) => merge::absorb(record, source, identifiers, contact, reason, at).map(|e| vec![e]),
+            (PatientCommand::Govern(change), Some(record)) => {
+                governance::decide(record, change).map(|e| vec![e])
+            }
             (_, Some(record)) if record.status == PatientStatus::Merged => {
                 Err(PatientError::MergedPatientCannotBeChanged)
             }
@@ -417,6 +434,7 @@ impl Aggregate for Patient {
                     merged_into: None,
                     status_before_merge: None,
                     absorptions: Vec::new(),
+                    governance: Governance::default(),
                 });
             }
             // Events after registration are only ever stored behind a registration (decide
@@ -440,6 +458,11 @@ impl Aggregate for Patient {
                 if let Some(record) = &mut self.record {
                     record.status = PatientStatus::Active;
                 }
+            }
+            // After erasure only this event can be read: it stands alone.
+            PatientEvent::PatientForgotten(e) => {
+                self.record = None;
+                self.forgotten = Some(e);
             }
             other => {
                 if let Some(record) = &mut self.record {
@@ -491,10 +514,17 @@ fn apply_record_change(record: &mut PatientRecord, event: PatientEvent) {
         | PatientEvent::PatientAbsorbed(_)
         | PatientEvent::PatientUnmerged(_)
         | PatientEvent::AbsorptionReverted(_)) => merge::apply(record, merge),
+        governance @ (PatientEvent::CareRelationshipStarted(_)
+        | PatientEvent::CareRelationshipEnded(_)
+        | PatientEvent::ConsentGranted(_)
+        | PatientEvent::ConsentWithdrawn(_)
+        | PatientEvent::LegalHoldPlaced(_)
+        | PatientEvent::LegalHoldReleased(_)) => governance::apply(record, governance),
         PatientEvent::PatientRegistered(_)
         | PatientEvent::DemographicsCorrected(_)
         | PatientEvent::PatientArchived(_)
-        | PatientEvent::PatientRestored(_) => {}
+        | PatientEvent::PatientRestored(_)
+        | PatientEvent::PatientForgotten(_) => {}
     }
 }
 

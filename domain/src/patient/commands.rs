@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::contact::{ContactInformation, Identifier};
 use super::events::DuplicateOverride;
+use super::governance::GovernanceChange;
 use super::record::LanguageTag;
 use super::record::{Coverage, EmergencyContact, Preferences};
 use super::values::{
@@ -20,6 +21,8 @@ pub enum PatientCommand {
     Restore(RestorePatient),
     /// A change to an active patient's record other than demographics.
     Change(RecordChange),
+    /// Care relationships, consent, legal holds and erasure.
+    Govern(GovernanceChange),
     /// This patient is a duplicate of `target`, which survives.
     MergeInto {
         target: PatientId,

@@ -9,6 +9,10 @@ use uuid::Uuid;
 
 use super::aggregate::PatientStatus;
 use super::contact::{ContactInformation, Identifier};
+pub use super::governance::{
+    CareRelationshipEnded, CareRelationshipStarted, ConsentGranted, ConsentWithdrawn,
+    LegalHoldPlaced, LegalHoldReleased, PatientForgotten,
+};
 use super::record::LanguageTag;
 use super::record::{Coverage, EmergencyContact, Preferences};
 use super::values::{
@@ -35,6 +39,13 @@ pub enum PatientEvent {
     PatientAbsorbed(PatientAbsorbed),
     PatientUnmerged(PatientUnmerged),
     AbsorptionReverted(AbsorptionReverted),
+    CareRelationshipStarted(CareRelationshipStarted),
+    CareRelationshipEnded(CareRelationshipEnded),
+    ConsentGranted(ConsentGranted),
+    ConsentWithdrawn(ConsentWithdrawn),
+    LegalHoldPlaced(LegalHoldPlaced),
+    LegalHoldReleased(LegalHoldReleased),
+    PatientForgotten(PatientForgotten),
 }
 
 /// This patient was a duplicate and now points to `target_id`, the survivor.
@@ -229,6 +240,13 @@ impl DomainEvent for PatientEvent {
             Self::PatientAbsorbed(_) => "PatientAbsorbed",
             Self::PatientUnmerged(_) => "PatientUnmerged",
             Self::AbsorptionReverted(_) => "AbsorptionReverted",
+            Self::CareRelationshipStarted(_) => "CareRelationshipStarted",
+            Self::CareRelationshipEnded(_) => "CareRelationshipEnded",
+            Self::ConsentGranted(_) => "ConsentGranted",
+            Self::ConsentWithdrawn(_) => "ConsentWithdrawn",
+            Self::LegalHoldPlaced(_) => "LegalHoldPlaced",
+            Self::LegalHoldReleased(_) => "LegalHoldReleased",
+            Self::PatientForgotten(_) => "PatientForgotten",
         }
         .to_owned()
     }

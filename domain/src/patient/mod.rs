@@ -8,6 +8,7 @@ mod aggregate;
 mod commands;
 pub mod contact;
 mod events;
+pub mod governance;
 mod merge;
 pub mod record;
 mod values;
@@ -78,6 +79,22 @@ pub enum PatientError {
     EmergencyContactWithoutPhone,
     #[error("an item with this id is already on the record")]
     ItemIdInUse,
+    #[error("the patient's data was erased")]
+    Forgotten,
+    #[error("the record is already on legal hold")]
+    AlreadyOnLegalHold,
+    #[error("the record is not on legal hold")]
+    NotOnLegalHold,
+    #[error("the record is on legal hold and cannot be erased; release the hold first")]
+    LegalHoldPreventsErasure,
+    #[error("the practitioner already cares for this patient")]
+    CareRelationshipExists,
+    #[error("the practitioner does not care for this patient")]
+    CareRelationshipNotFound,
+    #[error("an identical consent directive is already in force")]
+    ConsentAlreadyInForce,
+    #[error("no consent directive with this id is in force")]
+    ConsentNotFound,
 }
 
 impl PatientError {
@@ -107,6 +124,14 @@ impl PatientError {
             Self::HasMergedDuplicates => "has-merged-duplicates",
             Self::EmergencyContactWithoutPhone => "emergency-contact-without-phone",
             Self::ItemIdInUse => "item-id-in-use",
+            Self::Forgotten => "forgotten",
+            Self::AlreadyOnLegalHold => "already-on-legal-hold",
+            Self::NotOnLegalHold => "not-on-legal-hold",
+            Self::LegalHoldPreventsErasure => "legal-hold-prevents-erasure",
+            Self::CareRelationshipExists => "care-relationship-exists",
+            Self::CareRelationshipNotFound => "care-relationship-not-found",
+            Self::ConsentAlreadyInForce => "consent-already-in-force",
+            Self::ConsentNotFound => "consent-not-found",
         }
     }
 }

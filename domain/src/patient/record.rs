@@ -10,10 +10,13 @@ use super::contact::Phone;
 use super::values::PersonName;
 use crate::validation::{FieldError, FieldErrors};
 
+/// A closed set of codes: the enum, its `CODES`, `parse` (naming the accepted codes in the
+/// error) and `code`.
+#[macro_export]
 macro_rules! code_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $code:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize)]
         pub enum $name {
             $(#[serde(rename = $code)] $variant),+
         }
@@ -24,10 +27,10 @@ macro_rules! code_enum {
             /// # Errors
             ///
             /// A [`FieldError`] on `field` naming the accepted codes.
-            pub fn parse(field: &str, value: &str) -> Result<Self, FieldError> {
+            pub fn parse(field: &str, value: &str) -> Result<Self, $crate::FieldError> {
                 match value {
                     $($code => Ok(Self::$variant),)+
-                    _ => Err(FieldError::new(field, format!("must be one of {}", Self::CODES.join(", ")))),
+                    _ => Err($crate::FieldError::new(field, format!("must be one of {}", Self::CODES.join(", ")))),
                 }
             }
 
@@ -40,12 +43,12 @@ macro_rules! code_enum {
     };
 }
 
-code_enum!(
+crate::code_enum!(
     /// How a patient prefers to be reached.
     Channel { Sms = "sms", Email = "email", Phone = "phone", Post = "post" }
 );
 
-code_enum!(
+crate::code_enum!(
     /// Who an emergency contact is to the patient.
     Relationship {
         Spouse = "spouse",
@@ -61,12 +64,12 @@ code_enum!(
     }
 );
 
-code_enum!(
+crate::code_enum!(
     /// Order in which coverages pay.
     CoveragePriority { Primary = "primary", Secondary = "secondary", Tertiary = "tertiary" }
 );
 
-code_enum!(
+crate::code_enum!(
     /// Who the patient is to the coverage's subscriber.
     SubscriberRelationship { Myself = "self", Spouse = "spouse", Child = "child", Other = "other" }
 );

@@ -351,6 +351,86 @@ pub struct AbsorptionReverted {
     pub reverted_at: DateTime<Utc>,
 }
 
+/// `CareRelationshipStarted`: a practitioner (a user id) now cares for the patient and may read
+/// their record.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CareRelationshipStarted {
+    pub patient_id: Uuid,
+    pub practitioner: String,
+    /// `attending`, `primary-care`, `consulting` or `nursing`.
+    pub role: String,
+    pub started_at: DateTime<Utc>,
+}
+
+/// `CareRelationshipEnded`: the practitioner no longer cares for the patient.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CareRelationshipEnded {
+    pub patient_id: Uuid,
+    pub practitioner: String,
+    pub reason: String,
+    pub ended_at: DateTime<Utc>,
+}
+
+/// What a consent directive allows beyond the default policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ConsentDirective {
+    /// Users of this organization may read the record.
+    ShareWithOrganization { organization: String },
+    /// Every user with this role may read the record without a care relationship.
+    ShareWithRole { role: String },
+    /// The record must not be used for research.
+    ResearchOptOut,
+}
+
+/// `ConsentGranted`: the patient gave a consent directive.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConsentGranted {
+    pub patient_id: Uuid,
+    pub consent_id: Uuid,
+    pub directive: ConsentDirective,
+    pub granted_at: DateTime<Utc>,
+}
+
+/// `ConsentWithdrawn`: a consent directive no longer applies.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConsentWithdrawn {
+    pub patient_id: Uuid,
+    pub consent_id: Uuid,
+    pub reason: String,
+    pub withdrawn_at: DateTime<Utc>,
+}
+
+/// `LegalHoldPlaced`: the record may not be erased until the hold is released.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LegalHoldPlaced {
+    pub patient_id: Uuid,
+    pub reason: String,
+    pub placed_at: DateTime<Utc>,
+}
+
+/// `LegalHoldReleased`: the legal hold ended.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LegalHoldReleased {
+    pub patient_id: Uuid,
+    pub reason: String,
+    pub released_at: DateTime<Utc>,
+}
+
+/// `PatientForgotten`: the patient's data was erased. Their data key is destroyed, so every
+/// earlier event of theirs, on this topic and in the store, can no longer be opened. Published
+/// in the clear; consumers delete what they hold of the patient.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PatientForgotten {
+    pub patient_id: Uuid,
+    /// `patient-request`, `retention-expired`, `legal-order` or `registered-in-error`.
+    pub reason: String,
+    /// A ticket or case number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    pub forgotten_at: DateTime<Utc>,
+}
+
 macro_rules! patient_events {
     ($($variant:ident($t:ident)),+ $(,)?) => {
         /// Any v1 patient event, tagged by its event type (the `ce_type` header, not the JSON).
@@ -465,6 +545,13 @@ patient_events!(
     Absorbed(PatientAbsorbed),
     Unmerged(PatientUnmerged),
     AbsorptionReverted(AbsorptionReverted),
+    CareRelationshipStarted(CareRelationshipStarted),
+    CareRelationshipEnded(CareRelationshipEnded),
+    ConsentGranted(ConsentGranted),
+    ConsentWithdrawn(ConsentWithdrawn),
+    LegalHoldPlaced(LegalHoldPlaced),
+    LegalHoldReleased(LegalHoldReleased),
+    Forgotten(PatientForgotten),
 );
 
 macro_rules! redacted {

@@ -103,7 +103,7 @@ async fn a_record_is_read_as_it_was_at_an_instant() {
         &json!({ "name": { "given": ["Ada"], "family": "King" }, "reason": "married" }),
     )
     .await;
-    let token = app.token("c", &["clinician"]);
+    let token = app.token("r", &["registrar"]);
     let at = |t: chrono::DateTime<chrono::Utc>| {
         t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
             .replace('+', "%2B")
@@ -195,7 +195,7 @@ async fn replay_streams_the_history_as_ndjson_in_commit_order_with_filters() {
     .await;
 
     // Act
-    let everything = replay(&[]);
+    let everything = replay(&["--aggregate-type", "Patient"]);
     let registrations = replay(&["--event-type", "PatientRegistered"]);
     let one_patient = replay(&["--aggregate-id", &first]);
     let nothing_yet = replay(&["--to", "2000-01-01T00:00:00Z"]);

@@ -218,6 +218,31 @@ impl TestApp {
         self.auth.mint(user, &roles, Utc::now()).unwrap()
     }
 
+    /// A token with the optional claims of `extras` (patient id, organization, session).
+    pub fn token_with(
+        &self,
+        user: &str,
+        roles: &[&str],
+        extras: &command_api::auth::TokenExtras,
+    ) -> String {
+        let roles: Vec<Role> = roles.iter().map(|r| Role::parse(r).unwrap()).collect();
+        self.auth
+            .mint_with(user, &roles, Utc::now(), extras)
+            .unwrap()
+    }
+
+    /// A token of the `patient` role for the patient `patient_id`.
+    pub fn patient_token(&self, patient_id: &str) -> String {
+        self.token_with(
+            &format!("portal-{patient_id}"),
+            &["patient"],
+            &command_api::auth::TokenExtras {
+                patient_id: Some(patient_id.parse().unwrap()),
+                ..Default::default()
+            },
+        )
+    }
+
     pub fn registrar(&self) -> String {
         self.token("registrar-1", &["registrar"])
     }
@@ -289,8 +314,9 @@ impl TestApp {
         .await
     }
 
+    /// How many patient events are stored (access entries not counted).
     pub async fn event_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM events")
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'Patient'")
             .fetch_one(&self.pool)
             .await
             .unwrap()

@@ -173,7 +173,7 @@ async fn get_returns_the_current_record_with_its_etag() {
     let response = app
         .get(
             &format!("/v1/patients/{id}"),
-            &app.token("c", &["clinician"]),
+            &app.token("r", &["registrar"]),
         )
         .await;
 
@@ -189,7 +189,7 @@ async fn get_returns_the_current_record_with_its_etag() {
 #[tokio::test]
 async fn get_of_an_unknown_patient_is_404_and_of_a_malformed_id_is_400() {
     let app = TestApp::without_kafka().await;
-    let token = app.token("c", &["clinician"]);
+    let token = app.token("r", &["registrar"]);
 
     let unknown = app
         .get(&format!("/v1/patients/{}", uuid::Uuid::new_v4()), &token)
@@ -245,7 +245,7 @@ async fn contact_information_and_identifiers_are_kept_and_national_ids_shown_mas
     let read: Value = app
         .get(
             &format!("/v1/patients/{id}"),
-            &app.token("c", &["clinician"]),
+            &app.token("r", &["registrar"]),
         )
         .await
         .json()

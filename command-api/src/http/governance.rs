@@ -1,0 +1,359 @@
+//! `/v1/patients/{id}/...`: who may see the record and how long it is kept. Every change needs
+//! `If-Match`, takes an `Idempotency-Key`, and is an event in the record's history.
+//!
+//! | method and path                                     | change                           | roles                      |
+//! |-----------------------------------------------------|----------------------------------|----------------------------|
+//! | `POST care-relationships`                           | a practitioner starts caring     | admin, registrar           |
+//! | `POST care-relationships/{practitioner}/end`        | the relationship ends            | admin, registrar           |
+//! | `POST consents`                                     | a consent directive              | admin, registrar, patient  |
+//! | `POST consents/{consent_id}/withdraw`               | withdraws it                     | admin, registrar, patient  |
+//! | `POST legal-hold`, `POST legal-hold/release`        | place or release a legal hold    | admin                      |
+//! | `POST forget`                                       | erase the patient (crypto-shred) | admin                      |
+//! | `GET disclosures`                                   | accounting of disclosures        | admin, patient             |
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use domain::patient::governance::{
+    CareRole, ConsentDirective, ErasureReason, GovernanceChange, Principal,
+};
+use domain::patient::{PatientCommand, PatientId, Reason};
+use domain::FieldErrors;
+use projections::audit_log;
+use uuid::Uuid;
+
+use crate::auth::{permission, Action, Authorized, Role};
+use crate::http::json::Fields;
+use crate::http::patients::{change, checked_access, whole_number, CommandRequest};
+use crate::http::{ApiError, AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/patients/{id}/care-relationships",
+            post(start_care_relationship),
+        )
+        .route(
+            "/v1/patients/{id}/care-relationships/{item}/end",
+            post(end_care_relationship),
+        )
+        .route("/v1/patients/{id}/consents", post(grant_consent))
+        .route(
+            "/v1/patients/{id}/consents/{item}/withdraw",
+            post(withdraw_consent),
+        )
+        .route("/v1/patients/{id}/legal-hold", post(place_legal_hold))
+        .route(
+            "/v1/patients/{id}/legal-hold/release",
+            post(release_legal_hold),
+        )
+        .route("/v1/patients/{id}/forget", post(forget))
+        .route("/v1/patients/{id}/disclosures", get(disclosures))
+}
+
+async fn govern<P: crate::auth::Permission>(
+    state: &AppState,
+    req: &CommandRequest<P>,
+    path: &str,
+    build: impl FnOnce(chrono::DateTime<chrono::Utc>) -> Result<GovernanceChange, ApiError>,
+) -> Result<Response, ApiError> {
+    let command = build((state.clock)()).map(PatientCommand::Govern);
+    change(state, req, path, command).await
+}
+
+fn reason(fields: &mut Fields<'_>) -> Option<Reason> {
+    fields
+        .string("reason")
+        .and_then(|v| fields.check(Reason::parse("reason", v)))
+}
+
+fn missing() -> ApiError {
+    ApiError::Validation(FieldErrors::new())
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn start_care_relationship(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::ManageCareRelationships>,
+) -> Result<Response, ApiError> {
+    govern(&state, &req, "care-relationships", |at| {
+        let mut fields = Fields::new(&req.body.object, "", &["practitioner", "role"]);
+        let practitioner = fields
+            .string("practitioner")
+            .and_then(|v| fields.check(Principal::parse("practitioner", v)));
+        let role = fields
+            .string("role")
+            .and_then(|v| fields.check(CareRole::parse("role", v)));
+        fields.finish()?;
+        Ok(GovernanceChange::StartCareRelationship {
+            practitioner: practitioner.ok_or_else(missing)?,
+            role: role.ok_or_else(missing)?,
+            at,
+        })
+    })
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn end_care_relationship(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::ManageCareRelationships>,
+) -> Result<Response, ApiError> {
+    let practitioner = Principal::parse("practitioner", req.item.as_deref().unwrap_or_default())
+        .map_err(|e| ApiError::InvalidParameters(e.into()))?;
+    let path = format!("care-relationships/{}/end", practitioner.as_str());
+    govern(&state, &req, &path, |at| {
+        let mut fields = Fields::new(&req.body.object, "", &["reason"]);
+        let reason = reason(&mut fields);
+        fields.finish()?;
+        Ok(GovernanceChange::EndCareRelationship {
+            practitioner,
+            reason: reason.ok_or_else(missing)?,
+            at,
+        })
+    })
+    .await
+}
+
+/// `{"kind": "share-with-organization", "organization": "..."}`,
+/// `{"kind": "share-with-role", "role": "clinician"}` or `{"kind": "research-opt-out"}`.
+fn directive(fields: &mut Fields<'_>) -> Option<ConsentDirective> {
+    let object = fields.object("directive")?;
+    let mut inner = Fields::new(object, "directive", &["kind", "organization", "role"]);
+    let kinds = [
+        "share-with-organization",
+        "share-with-role",
+        "research-opt-out",
+    ];
+    let kind = inner.string("kind");
+    let directive = match kind {
+        Some("share-with-organization") => inner
+            .string("organization")
+            .and_then(|v| inner.check(Principal::parse("directive.organization", v)))
+            .map(|organization| ConsentDirective::ShareWithOrganization { organization }),
+        Some("share-with-role") => {
+            let role = inner.string("role");
+            let parsed = role.and_then(|r| {
+                inner.check(
+                    Role::parse(r)
+                        .filter(|r| *r == Role::Clinician)
+                        .map(|r| r.as_str().to_owned())
+                        .ok_or_else(|| {
+                            domain::FieldError::new(
+                                "directive.role",
+                                "must be clinician: the only role that needs consent to read",
+                            )
+                        }),
+                )
+            });
+            parsed.map(|role| ConsentDirective::ShareWithRole { role })
+        }
+        Some("research-opt-out") => Some(ConsentDirective::ResearchOptOut),
+        Some(_) => {
+            inner.errors.push(domain::FieldError::new(
+                "directive.kind",
+                format!("must be one of {}", kinds.join(", ")),
+            ));
+            None
+        }
+        None => None,
+    };
+    let errors = std::mem::take(&mut inner.errors);
+    fields.absorb(errors);
+    directive
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn grant_consent(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::ManageConsents>,
+) -> Result<Response, ApiError> {
+    govern(&state, &req, "consents", |at| {
+        let mut fields = Fields::new(&req.body.object, "", &["directive"]);
+        let directive = directive(&mut fields);
+        fields.finish()?;
+        Ok(GovernanceChange::GrantConsent {
+            consent_id: Uuid::new_v4(),
+            directive: directive.ok_or_else(missing)?,
+            at,
+        })
+    })
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn withdraw_consent(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::ManageConsents>,
+) -> Result<Response, ApiError> {
+    let consent_id = req
+        .item
+        .as_deref()
+        .and_then(|raw| Uuid::parse_str(raw).ok())
+        .ok_or_else(|| ApiError::invalid_parameter("consent_id", "must be a UUID"))?;
+    let path = format!("consents/{consent_id}/withdraw");
+    govern(&state, &req, &path, |at| {
+        let mut fields = Fields::new(&req.body.object, "", &["reason"]);
+        let reason = reason(&mut fields);
+        fields.finish()?;
+        Ok(GovernanceChange::WithdrawConsent {
+            consent_id,
+            reason: reason.ok_or_else(missing)?,
+            at,
+        })
+    })
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn place_legal_hold(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::ManageLegalHold>,
+) -> Result<Response, ApiError> {
+    govern(&state, &req, "legal-hold", |at| {
+        let mut fields = Fields::new(&req.body.object, "", &["reason"]);
+        let reason = reason(&mut fields);
+        fields.finish()?;
+        Ok(GovernanceChange::PlaceLegalHold {
+            reason: reason.ok_or_else(missing)?,
+            at,
+        })
+    })
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn release_legal_hold(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::ManageLegalHold>,
+) -> Result<Response, ApiError> {
+    govern(&state, &req, "legal-hold/release", |at| {
+        let mut fields = Fields::new(&req.body.object, "", &["reason"]);
+        let reason = reason(&mut fields);
+        fields.finish()?;
+        Ok(GovernanceChange::ReleaseLegalHold {
+            reason: reason.ok_or_else(missing)?,
+            at,
+        })
+    })
+    .await
+}
+
+/// `POST /v1/patients/{id}/forget` with `{reason, reference?}`: erases the patient. The reason
+/// is a code and the reference a ticket number, so the fact of erasure holds no patient data.
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn forget(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::ForgetPatient>,
+) -> Result<Response, ApiError> {
+    govern(&state, &req, "forget", |at| {
+        let mut fields = Fields::new(&req.body.object, "", &["reason", "reference"]);
+        let reason = fields
+            .string("reason")
+            .and_then(|v| fields.check(ErasureReason::parse("reason", v)));
+        let reference = fields
+            .optional_string("reference")
+            .and_then(|v| fields.check(Principal::parse("reference", v)));
+        fields.finish()?;
+        Ok(GovernanceChange::Forget {
+            reason: reason.ok_or_else(missing)?,
+            reference,
+            at,
+        })
+    })
+    .await
+}
+
+/// `GET /v1/patients/{id}/disclosures?limit=&after=`: who accessed the patient's record, when,
+/// why and with what outcome, oldest first. For the patient themself, or an admin on their
+/// behalf. Reading it is itself recorded.
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
+async fn disclosures(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadDisclosures>,
+    Path(raw_id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let id = PatientId::parse("id", &raw_id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
+    let mut errors = FieldErrors::new();
+    let limit: u64 = whole_number(&params, "limit", 100, 1..=1000, &mut errors);
+    let after: i64 = whole_number(&params, "after", 0, 0..=i64::MAX, &mut errors);
+    for key in params
+        .keys()
+        .filter(|k| !["limit", "after"].contains(&k.as_str()))
+    {
+        errors.push(domain::FieldError::new(key.clone(), "unknown parameter"));
+    }
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    let loaded = state.store.load(id).await?;
+    checked_access(
+        &state,
+        &user,
+        Action::ReadDisclosures,
+        "disclosures",
+        id,
+        loaded.as_ref().map(|(p, _)| p),
+    )
+    .await?;
+    let entries = audit_log::query(
+        &state.pool,
+        &audit_log::Criteria {
+            patient_id: Some(id.as_uuid()),
+            kind: Some("access".into()),
+            after: Some(after),
+            limit: limit as i64 + 1,
+            ..audit_log::Criteria::default()
+        },
+    )
+    .await?;
+    Ok(Json(page(entries, limit, |seq| {
+        format!("/v1/patients/{id}/disclosures?limit={limit}&after={seq}")
+    }))
+    .into_response())
+}
+
+/// A page of audit entries (`limit` + 1 were asked for) with the link to the next one.
+pub(super) fn page(
+    mut entries: Vec<audit_log::AuditEntry>,
+    limit: u64,
+    next: impl Fn(i64) -> String,
+) -> serde_json::Value {
+    let more = entries.len() > limit as usize;
+    entries.truncate(limit as usize);
+    let next = more.then(|| entries.last().map(|e| next(e.seq))).flatten();
+    let items: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            let mut item = serde_json::json!({
+                "seq": e.seq,
+                "kind": e.kind,
+                "recorded_at": e.recorded_at,
+                "patient_id": e.patient_id,
+                "user_id": e.user_id,
+                "action": e.action,
+            });
+            if e.kind == "access" {
+                for key in [
+                    "roles",
+                    "organization",
+                    "purpose",
+                    "outcome",
+                    "emergency_reason",
+                    "request_id",
+                ] {
+                    if let Some(v) = e.detail.get(key) {
+                        item[key] = v.clone();
+                    }
+                }
+            } else {
+                item["detail"] = e.detail.clone();
+            }
+            item
+        })
+        .collect();
+    serde_json::json!({ "items": items, "next": next })
+}

@@ -1,0 +1,74 @@
+//! Access tracking: every read of patient data, granted or denied, is appended to the event
+//! store as an `Access` event before the data is answered.
+//!
+//! Access entries live in the `events` table like every other fact: append-only, hash-chained
+//! with the audit key (each entry is a stream of one), published by the relay to
+//! [`schemas::topics::ACCESS`] in commit order and folded into the audit log by its projector.
+//! They hold ids and codes only.
+
+use schemas::access::v1::AccessEntry;
+use sqlx::{PgPool, QueryBuilder};
+
+use crate::chain::{ChainKey, EventFields};
+
+/// The aggregate type of access entries.
+pub const ACCESS_TYPE: &str = "Access";
+
+/// The event version of access entries.
+const VERSION: &str = "1.0";
+
+/// Appends `entries` in one statement.
+///
+/// # Errors
+///
+/// The database error; the caller must then not answer the data.
+pub async fn record(
+    pool: &PgPool,
+    chain: &ChainKey,
+    entries: &[AccessEntry],
+) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut rows = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let payload = serde_json::to_value(entry).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let mut metadata = serde_json::json!({ "user_id": entry.user_id });
+        if let Some(request_id) = &entry.request_id {
+            metadata["request_id"] = request_id.clone().into();
+        }
+        let aggregate_id = entry.entry_id.to_string();
+        let hash = chain.event_hash(
+            &[],
+            EventFields {
+                aggregate_type: ACCESS_TYPE,
+                aggregate_id: &aggregate_id,
+                sequence: 1,
+                event_type: entry.event_type(),
+                event_version: VERSION,
+                payload: &payload,
+                metadata: &metadata,
+            },
+        );
+        rows.push((aggregate_id, entry.event_type(), payload, metadata, hash));
+    }
+    let mut insert = QueryBuilder::new(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata, hash) ",
+    );
+    insert.push_values(
+        rows,
+        |mut row, (id, event_type, payload, metadata, hash)| {
+            row.push_bind(ACCESS_TYPE)
+                .push_bind(id)
+                .push_bind(1_i64)
+                .push_bind(event_type)
+                .push_bind(VERSION)
+                .push_bind(payload)
+                .push_bind(metadata)
+                .push_bind(hash);
+        },
+    );
+    insert.build().execute(pool).await?;
+    Ok(())
+}

@@ -1,0 +1,401 @@
+//! The audit log read model: every patient event and every access entry, hash-chained, and
+//! queryable by patient, user, time range and action.
+//!
+//! Each entry's hash is an HMAC (the audit key from configuration) over the previous entry's
+//! hash and this entry's columns, so an entry cannot be changed, removed or slipped in without
+//! [`verify`] naming it. Event entries also keep the stored row's own hash, which lets `verify`
+//! cross-check the event store: a stored event that was deleted or rewritten after it was
+//! audited no longer matches.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use event_store::chain::{canonical_json, ChainKey};
+use futures::TryStreamExt;
+use schemas::access::v1::AccessEntry;
+use schemas::PublishedEvent;
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, QueryBuilder, Row};
+use uuid::Uuid;
+
+use crate::runtime::{ProjectionError, ReadModel};
+
+/// The audit log. Needs the audit key to extend the chain.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    chain: ChainKey,
+}
+
+impl AuditLog {
+    pub fn new(chain: ChainKey) -> Self {
+        Self { chain }
+    }
+}
+
+/// One audit log entry as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub entry_id: Uuid,
+    /// `event` or `access`.
+    pub kind: String,
+    pub recorded_at: DateTime<Utc>,
+    pub patient_id: Option<Uuid>,
+    pub user_id: Option<String>,
+    pub action: String,
+    pub detail: serde_json::Value,
+    #[serde(skip)]
+    pub event_hash: Option<Vec<u8>>,
+    #[serde(skip)]
+    pub hash: Vec<u8>,
+}
+
+impl AuditEntry {
+    /// The link after `previous` committing to this entry.
+    fn link(&self, chain: &ChainKey, previous: &[u8]) -> Vec<u8> {
+        chain.link(
+            previous,
+            &[
+                self.seq.to_string().as_bytes(),
+                self.entry_id.as_bytes(),
+                self.kind.as_bytes(),
+                self.recorded_at
+                    .to_rfc3339_opts(SecondsFormat::Micros, true)
+                    .as_bytes(),
+                self.patient_id
+                    .map(|p| p.to_string())
+                    .unwrap_or_default()
+                    .as_bytes(),
+                self.user_id.as_deref().unwrap_or_default().as_bytes(),
+                self.action.as_bytes(),
+                &canonical_json(&self.detail),
+                self.event_hash.as_deref().unwrap_or_default(),
+            ],
+        )
+    }
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (text.len() % 2 == 0)
+        .then(|| {
+            (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten()
+}
+
+impl ReadModel for AuditLog {
+    fn name(&self) -> &'static str {
+        "audit_log"
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[schemas::topics::PATIENT, schemas::topics::ACCESS]
+    }
+
+    /// The log records that an event happened, not what it says: sealed data stays sealed,
+    /// and events of forgotten patients are recorded all the same.
+    fn opens_sealed_data(&self) -> bool {
+        false
+    }
+
+    /// Entries are unique by event id; their order across aggregates is the log's own.
+    fn ordered_per_aggregate(&self) -> bool {
+        false
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        event: &PublishedEvent,
+    ) -> Result<(), ProjectionError> {
+        let (kind, patient_id, user_id, action, detail, entry_id) = if event.event_type
+            == schemas::access::v1::ACCESS_RECORDED
+            || event.event_type == schemas::access::v1::EMERGENCY_ACCESS_GRANTED
+        {
+            let entry = AccessEntry::from_published(event)?;
+            (
+                "access",
+                Some(entry.patient_id),
+                Some(entry.user_id.clone()),
+                entry.action.clone(),
+                serde_json::to_value(&entry).unwrap_or_default(),
+                event.id,
+            )
+        } else {
+            (
+                "event",
+                Uuid::parse_str(&event.subject).ok(),
+                event.user_id.clone(),
+                event.event_type.clone(),
+                serde_json::json!({
+                    "aggregate_id": event.subject,
+                    "sequence": event.sequence,
+                    "position": event.position,
+                    "request_id": event.request_id,
+                }),
+                event.id,
+            )
+        };
+        let (head_seq, head_hash): (i64, Vec<u8>) = sqlx::query_as(
+            "SELECT seq, hash FROM projections.audit_chain_head WHERE only_row FOR UPDATE",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let seen: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM projections.audit_log WHERE entry_id = $1)",
+        )
+        .bind(entry_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if seen {
+            return Ok(());
+        }
+        let mut entry = AuditEntry {
+            seq: head_seq + 1,
+            entry_id,
+            kind: kind.to_owned(),
+            // Microseconds, as PostgreSQL keeps them, so the hash recomputes from the row.
+            recorded_at: DateTime::from_timestamp_micros(event.time.timestamp_micros())
+                .unwrap_or(event.time),
+            patient_id,
+            user_id,
+            action,
+            detail,
+            event_hash: event.event_hash.as_deref().and_then(unhex),
+            hash: Vec::new(),
+        };
+        entry.hash = entry.link(&self.chain, &head_hash);
+        sqlx::query(
+            "INSERT INTO projections.audit_log (seq, entry_id, kind, recorded_at, patient_id,
+                                                user_id, action, detail, event_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(entry.seq)
+        .bind(entry.entry_id)
+        .bind(&entry.kind)
+        .bind(entry.recorded_at)
+        .bind(entry.patient_id)
+        .bind(&entry.user_id)
+        .bind(&entry.action)
+        .bind(&entry.detail)
+        .bind(&entry.event_hash)
+        .bind(&entry.hash)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE projections.audit_chain_head SET seq = $1, hash = $2")
+            .bind(entry.seq)
+            .bind(&entry.hash)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn clear(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM projections.audit_log")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE projections.audit_chain_head SET seq = 0, hash = ''::bytea")
+            .execute(&mut *tx)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// What to look for in the audit log. Every field narrows.
+#[derive(Debug, Clone, Default)]
+pub struct Criteria {
+    pub patient_id: Option<Uuid>,
+    pub user_id: Option<String>,
+    pub action: Option<String>,
+    /// `event` or `access`.
+    pub kind: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Only entries after this `seq` (for paging).
+    pub after: Option<i64>,
+    pub limit: i64,
+}
+
+/// The entries matching `criteria`, oldest first.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn query(pool: &PgPool, criteria: &Criteria) -> Result<Vec<AuditEntry>, sqlx::Error> {
+    let mut q = QueryBuilder::new(
+        "SELECT seq, entry_id, kind, recorded_at, patient_id, user_id, action, detail,
+                event_hash, hash
+           FROM projections.audit_log WHERE true",
+    );
+    if let Some(patient) = criteria.patient_id {
+        q.push(" AND patient_id = ").push_bind(patient);
+    }
+    if let Some(user) = &criteria.user_id {
+        q.push(" AND user_id = ").push_bind(user.clone());
+    }
+    if let Some(action) = &criteria.action {
+        q.push(" AND action = ").push_bind(action.clone());
+    }
+    if let Some(kind) = &criteria.kind {
+        q.push(" AND kind = ").push_bind(kind.clone());
+    }
+    if let Some(from) = criteria.from {
+        q.push(" AND recorded_at >= ").push_bind(from);
+    }
+    if let Some(to) = criteria.to {
+        q.push(" AND recorded_at < ").push_bind(to);
+    }
+    if let Some(after) = criteria.after {
+        q.push(" AND seq > ").push_bind(after);
+    }
+    q.push(" ORDER BY seq LIMIT ").push_bind(criteria.limit);
+    q.build()
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
+}
+
+fn decode(row: &sqlx::postgres::PgRow) -> Result<AuditEntry, sqlx::Error> {
+    Ok(AuditEntry {
+        seq: row.try_get("seq")?,
+        entry_id: row.try_get("entry_id")?,
+        kind: row.try_get("kind")?,
+        recorded_at: row.try_get("recorded_at")?,
+        patient_id: row.try_get("patient_id")?,
+        user_id: row.try_get("user_id")?,
+        action: row.try_get("action")?,
+        detail: row.try_get("detail")?,
+        event_hash: row.try_get("event_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+/// What is wrong with the audit log, or with the event store as the audit log saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// The entry does not match its hash: altered, or inserted by someone without the key.
+    AlteredOrInserted { seq: i64 },
+    /// Entries `from..=to` are missing.
+    Deleted { from: i64, to: i64 },
+    /// The chain head does not match the last entry: the last entries were removed.
+    HeadMismatch { head_seq: i64, last_seq: i64 },
+    /// An audited event is no longer in the event store, or is there with another hash.
+    StoreRowChanged {
+        seq: i64,
+        aggregate: String,
+        sequence: i64,
+        missing: bool,
+    },
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AlteredOrInserted { seq } => {
+                write!(f, "audit_log seq {seq}: altered or inserted")
+            }
+            Self::Deleted { from, to } if from == to => write!(f, "audit_log seq {from}: deleted"),
+            Self::Deleted { from, to } => write!(f, "audit_log seq {from}-{to}: deleted"),
+            Self::HeadMismatch { head_seq, last_seq } => write!(
+                f,
+                "audit_log: chain head says seq {head_seq} but the last entry is {last_seq}: entries after it deleted, or the head altered"
+            ),
+            Self::StoreRowChanged {
+                seq,
+                aggregate,
+                sequence,
+                missing,
+            } => write!(
+                f,
+                "events {aggregate} sequence {sequence}: {} (audited as audit_log seq {seq})",
+                if *missing { "deleted" } else { "altered" }
+            ),
+        }
+    }
+}
+
+/// What [`verify`] looked at and found.
+#[derive(Debug, Clone, Default)]
+pub struct Verification {
+    pub entries: u64,
+    pub findings: Vec<Finding>,
+}
+
+/// Recomputes the audit log's chain, and checks every audited event against the event store.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn verify(pool: &PgPool, chain: &ChainKey) -> Result<Verification, sqlx::Error> {
+    let mut result = Verification::default();
+    let mut previous: Vec<u8> = Vec::new();
+    let mut expected = 1_i64;
+    {
+        let mut rows = sqlx::query(
+            "SELECT a.seq, a.entry_id, a.kind, a.recorded_at, a.patient_id, a.user_id, a.action,
+                    a.detail, a.event_hash, a.hash,
+                    e.aggregate_type AS store_type, e.hash AS store_hash,
+                    (e.aggregate_id IS NOT NULL) AS in_store
+               FROM projections.audit_log a
+               LEFT JOIN events e
+                 ON e.aggregate_type = CASE a.kind WHEN 'access' THEN 'Access' ELSE 'Patient' END
+                AND e.aggregate_id = CASE a.kind WHEN 'access' THEN a.detail->>'entry_id'
+                                                 ELSE a.detail->>'aggregate_id' END
+                AND e.sequence = CASE a.kind WHEN 'access' THEN 1
+                                             ELSE (a.detail->>'sequence')::bigint END
+              ORDER BY a.seq",
+        )
+        .fetch(pool);
+        while let Some(row) = rows.try_next().await? {
+            let entry = decode(&row)?;
+            result.entries += 1;
+            if entry.seq != expected {
+                result.findings.push(Finding::Deleted {
+                    from: expected,
+                    to: entry.seq - 1,
+                });
+            } else if entry.link(chain, &previous) != entry.hash {
+                result
+                    .findings
+                    .push(Finding::AlteredOrInserted { seq: entry.seq });
+            }
+            let in_store: bool = row.try_get("in_store")?;
+            let store_hash: Option<Vec<u8>> = row.try_get("store_hash")?;
+            if entry.event_hash.is_some() && (!in_store || store_hash != entry.event_hash) {
+                let (aggregate, sequence) = if entry.kind == "access" {
+                    (format!("Access/{}", entry.entry_id), 1)
+                } else {
+                    (
+                        format!(
+                            "Patient/{}",
+                            entry.detail["aggregate_id"].as_str().unwrap_or_default()
+                        ),
+                        entry.detail["sequence"].as_i64().unwrap_or_default(),
+                    )
+                };
+                result.findings.push(Finding::StoreRowChanged {
+                    seq: entry.seq,
+                    aggregate,
+                    sequence,
+                    missing: !in_store,
+                });
+            }
+            previous = entry.hash;
+            expected = entry.seq + 1;
+        }
+    }
+    let (head_seq, head_hash): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT seq, hash FROM projections.audit_chain_head")
+            .fetch_one(pool)
+            .await?;
+    if head_seq != expected - 1 || head_hash != previous {
+        result.findings.push(Finding::HeadMismatch {
+            head_seq,
+            last_seq: expected - 1,
+        });
+    }
+    Ok(result)
+}
