@@ -219,6 +219,16 @@ impl Settings {
                     .prefix_separator("_")
                     .separator("__"),
             );
+        // A list from the environment: comma-separated (base64 has no commas).
+        if let Ok(keys) = std::env::var("APP_SECURITY__PREVIOUS_MASTER_KEYS") {
+            let keys: Vec<String> = keys
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect();
+            builder = builder.set_override("security.previous_master_keys", keys)?;
+        }
         if let Ok(url) = std::env::var("DATABASE_URL") {
             builder = builder.set_override("database.url", url)?;
         }

@@ -253,8 +253,9 @@ impl Relay {
                     value: Some(value.as_str()),
                 });
             }
+            let key = wire::record_key(event);
             let record = FutureRecord::to(&topic)
-                .key(published.subject.as_str())
+                .key(key.as_str())
                 .payload(published.data.as_slice())
                 .headers(headers);
             match self.producer.send_result(record) {
@@ -346,7 +347,7 @@ pub async fn ensure_topics(
     replication: i32,
 ) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = kafka.create()?;
-    let names: Vec<String> = [schemas::topics::PATIENT]
+    let names: Vec<String> = schemas::topics::ALL
         .iter()
         .map(|t| format!("{prefix}{t}"))
         .collect();

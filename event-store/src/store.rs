@@ -123,6 +123,10 @@ impl PatientStore {
             if current == 0 && !matches!(command, PatientCommand::Register(_)) {
                 return Err(CommandError::Rule(PatientError::NotRegistered));
             }
+            // Erased: say so, whatever version the caller expected.
+            if context.aggregate().forgotten().is_some() {
+                return Err(CommandError::Rule(PatientError::Forgotten));
+            }
             if let Some(expected) = expected_version {
                 if expected != current {
                     return Err(CommandError::VersionMismatch { expected, current });

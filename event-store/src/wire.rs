@@ -92,6 +92,20 @@ pub fn to_published(
     ))
 }
 
+/// The Kafka record key of a stored event: the patient it is about, so each patient's events
+/// (and accesses) keep their order within a partition.
+pub fn record_key(event: &StoredEvent) -> String {
+    match event.aggregate_type.as_str() {
+        crate::access::ACCESS_TYPE => event
+            .payload
+            .get("patient_id")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(&event.aggregate_id)
+            .to_owned(),
+        _ => event.aggregate_id.clone(),
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -7,6 +7,9 @@ pub const PATIENT: &str = "patients.patient.v1";
 /// Every access to patient data, keyed by patient id.
 pub const ACCESS: &str = "patients.access.v1";
 
+/// Every topic the service publishes to.
+pub const ALL: [&str; 2] = [PATIENT, ACCESS];
+
 /// The topic of an aggregate type, if it has one.
 pub fn for_aggregate_type(aggregate_type: &str) -> Option<&'static str> {
     match aggregate_type {

@@ -67,6 +67,8 @@ pub struct AppOptions {
     pub roles: Roles,
     pub relay_batch_size: i64,
     pub retention_days: u32,
+    /// `auth.organization`: users of other organizations need the patient's consent.
+    pub organization: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -77,6 +79,7 @@ impl Default for AppOptions {
             roles: Roles::ALL,
             relay_batch_size: 500,
             retention_days: 3650,
+            organization: None,
         }
     }
 }
@@ -132,6 +135,7 @@ impl TestApp {
         settings.retention.archived_days = options.retention_days;
         settings.kafka.message_timeout_ms = 3000;
         settings.auth.jwt_secret = SecretString::from(SECRET);
+        settings.auth.organization = options.organization.clone();
         settings.security.master_key = Some(SecretString::from(MASTER_KEY));
         settings.security.audit_key = Some(SecretString::from(AUDIT_KEY));
         Self::start(settings, options.roles).await

@@ -14,4 +14,5 @@ mod pipeline;
 mod record;
 mod registration;
 mod search;
+mod security;
 mod validation;
