@@ -175,6 +175,14 @@ pub struct AuthSettings {
     /// This service's organization. Tokens whose `org` claim names another one reach only
     /// patients whose consent shares their record with it.
     pub organization: Option<String>,
+    /// The identity provider's JSON Web Key Set, as a file or a URL: RS256 and ES256 tokens
+    /// signed by its keys are accepted (and HS256 development tokens no longer are).
+    pub jwks_path: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    /// The soonest `jwks_url` is fetched again when a token names a key not in the set.
+    pub jwks_refetch_interval_secs: u64,
+    /// A session unused this long ends (automatic logoff).
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -241,16 +241,15 @@ impl Service {
         }
         let mut port = None;
         if roles.api {
-            if settings.auth.jwt_secret.expose_secret() == DEVELOPMENT_SECRET {
+            let jwks_configured =
+                settings.auth.jwks_path.is_some() || settings.auth.jwks_url.is_some();
+            if !jwks_configured && settings.auth.jwt_secret.expose_secret() == DEVELOPMENT_SECRET {
                 tracing::warn!("the development JWT secret is in use: set APP_AUTH__JWT_SECRET outside development");
             }
-            let state = AppState::new(
-                pool.clone(),
-                Authenticator::new(&settings.auth),
-                clock,
-                secrets,
-            )
-            .with_retention_days(settings.retention.archived_days);
+            let authenticator = Authenticator::new(&settings.auth)
+                .with_jwks(crate::auth::jwks::Jwks::load(&settings.auth).await?);
+            let state = AppState::new(pool.clone(), authenticator, clock, secrets)
+                .with_retention_days(settings.retention.archived_days);
             let router = http::router(
                 state,
                 Duration::from_secs(settings.http.request_timeout_secs),

@@ -5,7 +5,9 @@
 //! do, through [`policy::allows`] only.
 
 pub mod access;
+pub mod jwks;
 pub mod policy;
+pub mod sessions;
 
 use std::sync::Arc;
 
@@ -63,6 +65,9 @@ pub struct Authenticator {
     audience: Option<String>,
     organization: Option<String>,
     ttl_secs: i64,
+    /// The identity provider's keys; when set, only its tokens are accepted.
+    jwks: Option<jwks::Jwks>,
+    idle_timeout: chrono::Duration,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -80,6 +85,10 @@ pub enum TokenError {
     Invalid(#[from] jsonwebtoken::errors::Error),
     #[error("the token has no usable subject")]
     BadSubject,
+    #[error("the token is signed with an algorithm this service does not accept")]
+    Algorithm,
+    #[error("the token names a key the identity provider does not publish")]
+    UnknownKey,
 }
 
 impl Authenticator {
@@ -113,8 +122,24 @@ impl Authenticator {
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
             organization: settings.organization.clone(),
+            jwks: None,
+            idle_timeout: chrono::Duration::seconds(
+                i64::try_from(settings.idle_timeout_secs).unwrap_or(i64::MAX / 1000),
+            ),
             ttl_secs: i64::try_from(settings.token_ttl_secs).unwrap_or(i64::MAX),
         }
+    }
+
+    /// Accepts only tokens signed by the identity provider's keys, when given.
+    #[must_use]
+    pub fn with_jwks(mut self, jwks: Option<jwks::Jwks>) -> Self {
+        self.jwks = jwks;
+        self
+    }
+
+    /// How long a session may stay unused before it ends.
+    pub fn idle_timeout(&self) -> chrono::Duration {
+        self.idle_timeout
     }
 
     /// This service's organization, if configured.
@@ -128,9 +153,11 @@ impl Authenticator {
     ///
     /// [`TokenError`] when the token is malformed, badly signed, expired, for another issuer or
     /// audience, or has no subject.
-    pub fn verify(&self, token: &str) -> Result<AuthUser, TokenError> {
-        let claims =
-            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
+    pub async fn verify(&self, token: &str) -> Result<AuthUser, TokenError> {
+        let claims = match &self.jwks {
+            Some(jwks) => jwks.decode(token).await?,
+            None => jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?.claims,
+        };
         let sub = claims.sub.trim().to_owned();
         if sub.is_empty() || sub.len() > 200 || sub.chars().any(char::is_control) {
             return Err(TokenError::BadSubject);
@@ -140,7 +167,7 @@ impl Authenticator {
             roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
             patient_id: claims.patient_id,
             organization: claims.org,
-            session_id: claims.sid.or(claims.jti),
+            session_id: sessions::session_of(claims.sid.or(claims.jti).as_deref(), token),
             purpose: access::Purpose::Treatment,
             break_glass: None,
             request_id: None,
@@ -197,7 +224,8 @@ pub struct AuthUser {
     /// For the `patient` role: the patient the user is.
     pub patient_id: Option<uuid::Uuid>,
     pub organization: Option<String>,
-    pub session_id: Option<String>,
+    /// The token's session ([`sessions::session_of`]).
+    pub session_id: String,
     /// `X-Purpose-Of-Use`, treatment when absent.
     pub purpose: access::Purpose,
     /// `X-Break-Glass-Reason`: emergency access asked for.
@@ -240,13 +268,25 @@ impl FromRequestParts<AppState> for AuthUser {
                     .then_some(token.trim())
             });
         let result = match token {
-            Some(token) => state.auth.verify(token),
+            Some(token) => state.auth.verify(token).await,
             None => Err(TokenError::Missing),
         };
         let mut user = result.map_err(|e| {
             tracing::info!(error.message = %e, "unauthenticated request");
             ApiError::Unauthenticated
         })?;
+        let alive = sessions::touch(
+            &state.pool,
+            &user.session_id,
+            &user.id,
+            (state.clock)(),
+            state.auth.idle_timeout(),
+        )
+        .await?;
+        if !alive {
+            tracing::info!(user_id = %user.id, "session revoked or idle too long");
+            return Err(ApiError::Unauthenticated);
+        }
         let header = |name: &str| {
             parts
                 .headers

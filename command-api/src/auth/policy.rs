@@ -17,6 +17,9 @@
 //! | consents             |   x   |     x     |           |           |         |
 //! | legal hold, forget   |   x   |           |           |           |         |
 //! | disclosures          |   x   |           |           |           |         |
+//! | revoke any session   |   x   |           |           |           |         |
+//!
+//! Every authenticated caller may end their own session (logout).
 //!
 //! The `patient` role may read their own record, change their own preferences, manage their
 //! own consents and list their own disclosures; nothing else, and nobody else's. The `service`
@@ -112,6 +115,7 @@ actions!(
     ManageLegalHold,
     ForgetPatient,
     ReadDisclosures,
+    RevokeSessions,
 );
 
 use Role::{Admin, Auditor, Clinician, Patient, Registrar, Scheduler, Service};
@@ -144,6 +148,7 @@ const POLICY: &[(Action, &[Role])] = &[
     (Action::ManageLegalHold, &[Admin]),
     (Action::ForgetPatient, &[Admin]),
     (Action::ReadDisclosures, &[Admin, Patient]),
+    (Action::RevokeSessions, &[Admin]),
 ];
 
 /// Whether `role` may do `action`.

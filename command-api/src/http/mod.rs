@@ -10,6 +10,7 @@ pub mod patient_input;
 mod patients;
 mod problem;
 mod record;
+mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +93,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .merge(audit::router())
         .merge(data_keys::router())
         .merge(governance::router())
+        .merge(sessions::router())
         .merge(health::router())
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

@@ -250,6 +250,12 @@ fn every_endpoint() -> Vec<Endpoint> {
             Value::Null,
         ),
         endpoint("audit-entries", "GET", "/v1/audit/entries", Value::Null),
+        endpoint(
+            "revoke-session",
+            "POST",
+            "/v1/sessions/somebody-else/revoke",
+            json!({}),
+        ),
     ]
 }
 
@@ -437,5 +443,314 @@ async fn a_caller_without_the_role_gets_403_before_the_body_is_looked_at() {
 
     assert_eq!(not_json.status(), 403);
     assert_eq!(invalid.status(), 403);
+    app.stop().await;
+}
+
+/// A key pair made with the machine's `openssl`: the private key (PKCS#8 PEM) and its JWK.
+struct KeyPair {
+    private_pem: Vec<u8>,
+    jwk: Value,
+}
+
+fn openssl(args: &[&str], dir: &std::path::Path) -> Vec<u8> {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn rsa_key(dir: &std::path::Path, kid: &str) -> KeyPair {
+    let file = format!("{kid}.pem");
+    openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            &file,
+        ],
+        dir,
+    );
+    let modulus =
+        String::from_utf8(openssl(&["rsa", "-in", &file, "-noout", "-modulus"], dir)).unwrap();
+    let hex = modulus.trim().trim_start_matches("Modulus=");
+    let n: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    KeyPair {
+        private_pem: std::fs::read(dir.join(&file)).unwrap(),
+        jwk: json!({ "kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": b64url(&n), "e": "AQAB" }),
+    }
+}
+
+fn ec_key(dir: &std::path::Path, kid: &str) -> KeyPair {
+    let file = format!("{kid}.pem");
+    openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &file,
+        ],
+        dir,
+    );
+    // The public key's DER ends with the uncompressed point: 0x04, x, y.
+    let der = openssl(&["pkey", "-in", &file, "-pubout", "-outform", "DER"], dir);
+    let point = &der[der.len() - 64..];
+    KeyPair {
+        private_pem: std::fs::read(dir.join(&file)).unwrap(),
+        jwk: json!({ "kty": "EC", "kid": kid, "use": "sig", "alg": "ES256", "crv": "P-256", "x": b64url(&point[..32]), "y": b64url(&point[32..]) }),
+    }
+}
+
+const ISSUER: &str = "https://idp.test";
+const AUDIENCE: &str = "patient-service";
+
+/// A token signed by `key`, with claims `overrides` merged over valid ones.
+fn idp_token(key: &KeyPair, overrides: Value) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = json!({
+        "sub": "idp-user", "roles": ["registrar"], "iss": ISSUER, "aud": AUDIENCE,
+        "iat": now, "exp": now + 600, "sid": uuid::Uuid::new_v4().to_string(),
+    });
+    for (k, v) in overrides.as_object().unwrap() {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(k);
+        } else {
+            claims[k] = v.clone();
+        }
+    }
+    let kid = key.jwk["kid"].as_str().unwrap().to_owned();
+    let (algorithm, encoding) = if key.jwk["kty"] == "RSA" {
+        (
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&key.private_pem).unwrap(),
+        )
+    } else {
+        (
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&key.private_pem).unwrap(),
+        )
+    };
+    let mut header = Header::new(algorithm);
+    header.kid = Some(kid);
+    jsonwebtoken::encode(&header, &claims, &encoding).unwrap()
+}
+
+async fn status_with(app: &TestApp, token: &str) -> u16 {
+    app.get("/v1/patients?family=love", token)
+        .await
+        .status()
+        .as_u16()
+}
+
+fn jwks_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("jwks-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_of_a_jwks_file_are_checked_for_issuer_audience_and_expiry() {
+    // Arrange
+    let dir = jwks_dir();
+    let rsa = rsa_key(&dir, "rsa-1");
+    let ec = ec_key(&dir, "ec-1");
+    let impostor = rsa_key(&dir, "impostor");
+    let forged = rsa_key(&dir, "rsa-forged");
+    let set = json!({ "keys": [rsa.jwk, ec.jwk] });
+    std::fs::write(dir.join("jwks.json"), set.to_string()).unwrap();
+    let path = dir.join("jwks.json");
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        configure: Some(std::sync::Arc::new(move |settings| {
+            settings.auth.jwks_path = Some(path.clone());
+            settings.auth.issuer = Some(ISSUER.into());
+            settings.auth.audience = Some(AUDIENCE.into());
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    let hour_ago = chrono::Utc::now().timestamp() - 3600;
+    let forged_token = {
+        let mut key = forged;
+        key.jwk["kid"] = json!("rsa-1");
+        idp_token(&key, json!({}))
+    };
+
+    // Act and assert
+    assert_eq!(
+        status_with(&app, &idp_token(&rsa, json!({}))).await,
+        200,
+        "RS256"
+    );
+    assert_eq!(
+        status_with(&app, &idp_token(&ec, json!({}))).await,
+        200,
+        "ES256"
+    );
+    for (case, token) in [
+        (
+            "other issuer",
+            idp_token(&rsa, json!({ "iss": "https://evil.test" })),
+        ),
+        (
+            "other audience",
+            idp_token(&rsa, json!({ "aud": "another-service" })),
+        ),
+        ("no audience", idp_token(&rsa, json!({ "aud": null }))),
+        (
+            "expired",
+            idp_token(&rsa, json!({ "iat": hour_ago, "exp": hour_ago + 60 })),
+        ),
+        ("unknown key", idp_token(&impostor, json!({}))),
+        ("forged with a known kid", forged_token.clone()),
+        ("development HS256", app.registrar()),
+    ] {
+        assert_eq!(status_with(&app, &token).await, 401, "{case}");
+    }
+    app.stop().await;
+    let _removed = std::fs::remove_dir_all(&dir);
+}
+
+/// Serves `body()` as JSON on every request, until the test ends.
+async fn serve_json(body: std::sync::Arc<std::sync::Mutex<String>>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let mut request = [0_u8; 4096];
+                let _read = socket.read(&mut request).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _written = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{address}/.well-known/jwks.json")
+}
+
+#[tokio::test]
+async fn a_jwks_url_is_fetched_again_when_a_token_names_a_new_key() {
+    // Arrange: the provider publishes one key, then rotates in a second.
+    let dir = jwks_dir();
+    let first = rsa_key(&dir, "rsa-2026-11");
+    let second = ec_key(&dir, "ec-2026-12");
+    let published = std::sync::Arc::new(std::sync::Mutex::new(
+        json!({ "keys": [first.jwk] }).to_string(),
+    ));
+    let url = serve_json(published.clone()).await;
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        configure: Some(std::sync::Arc::new(move |settings| {
+            settings.auth.jwks_url = Some(url.clone());
+            settings.auth.jwks_refetch_interval_secs = 0;
+            settings.auth.issuer = Some(ISSUER.into());
+            settings.auth.audience = Some(AUDIENCE.into());
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+
+    // Act and assert
+    assert_eq!(status_with(&app, &idp_token(&first, json!({}))).await, 200);
+    assert_eq!(
+        status_with(&app, &idp_token(&second, json!({}))).await,
+        401,
+        "not published yet"
+    );
+    *published.lock().unwrap() = json!({ "keys": [first.jwk, second.jwk] }).to_string();
+    assert_eq!(
+        status_with(&app, &idp_token(&second, json!({}))).await,
+        200,
+        "fetched again"
+    );
+    app.stop().await;
+    let _removed = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn sessions_end_on_logout_on_revocation_and_after_the_idle_timeout() {
+    // Arrange: a clock the test moves.
+    let offset = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let moved = offset.clone();
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        clock: Some(std::sync::Arc::new(move || {
+            fixed_now() + chrono::Duration::seconds(moved.load(std::sync::atomic::Ordering::SeqCst))
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    let session = |sid: &str| {
+        app.token_with(
+            "registrar-7",
+            &["registrar"],
+            &command_api::auth::TokenExtras {
+                session_id: Some(sid.to_owned()),
+                ..Default::default()
+            },
+        )
+    };
+    let admin = app.token("admin-1", &["admin"]);
+    let (laptop, phone, desk) = (session("s-laptop"), session("s-phone"), session("s-desk"));
+    let advance = |secs: i64| offset.fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+    for token in [&laptop, &phone, &desk] {
+        assert_eq!(status_with(&app, token).await, 200);
+    }
+
+    // Act and assert: logout ends only that session.
+    let logout = app
+        .post("/v1/sessions/current/revoke", &laptop, &json!({}), &[])
+        .await;
+    assert_eq!(logout.status(), 204);
+    assert_eq!(status_with(&app, &laptop).await, 401);
+    assert_eq!(status_with(&app, &phone).await, 200);
+    // An admin cuts a session off; nobody else may.
+    let by_registrar = app
+        .post("/v1/sessions/s-phone/revoke", &desk, &json!({}), &[])
+        .await;
+    assert_eq!(by_registrar.status(), 403);
+    let by_admin = app
+        .post("/v1/sessions/s-phone/revoke", &admin, &json!({}), &[])
+        .await;
+    assert_eq!(by_admin.status(), 204);
+    assert_eq!(status_with(&app, &phone).await, 401);
+    // Idle: 14 minutes between requests keep the session; 16 end it.
+    advance(14 * 60);
+    assert_eq!(status_with(&app, &desk).await, 200);
+    advance(14 * 60);
+    assert_eq!(status_with(&app, &desk).await, 200);
+    advance(16 * 60);
+    assert_eq!(status_with(&app, &desk).await, 401, "idle too long");
+    assert_eq!(
+        status_with(&app, &session("s-new")).await,
+        200,
+        "a new login works"
+    );
     app.stop().await;
 }

@@ -60,7 +60,10 @@ pub async fn create_database() -> (PgConnectOptions, String) {
     (admin.database(&name), url)
 }
 
-#[derive(Debug, Clone)]
+/// Changes settings before a test service starts.
+pub type Configure = Arc<dyn Fn(&mut Settings) + Send + Sync>;
+
+#[derive(Clone)]
 pub struct AppOptions {
     pub kafka: bool,
     pub brokers: Option<String>,
@@ -69,6 +72,19 @@ pub struct AppOptions {
     pub retention_days: u32,
     /// `auth.organization`: users of other organizations need the patient's consent.
     pub organization: Option<String>,
+    /// The service's clock; [`fixed_now`] when not given.
+    pub clock: Option<command_api::http::Clock>,
+    /// Changes to the settings before the service starts.
+    pub configure: Option<Configure>,
+}
+
+impl std::fmt::Debug for AppOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppOptions")
+            .field("kafka", &self.kafka)
+            .field("organization", &self.organization)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for AppOptions {
@@ -80,6 +96,8 @@ impl Default for AppOptions {
             relay_batch_size: 500,
             retention_days: 3650,
             organization: None,
+            clock: None,
+            configure: None,
         }
     }
 }
@@ -138,12 +156,24 @@ impl TestApp {
         settings.auth.organization = options.organization.clone();
         settings.security.master_key = Some(SecretString::from(MASTER_KEY));
         settings.security.audit_key = Some(SecretString::from(AUDIT_KEY));
-        Self::start(settings, options.roles).await
+        if let Some(configure) = options.configure {
+            configure(&mut settings);
+        }
+        let clock = options.clock.unwrap_or_else(|| Arc::new(fixed_now));
+        Self::start_with_clock(settings, options.roles, clock).await
     }
 
     /// Starts the service with these settings (e.g. the settings of an app stopped earlier).
     pub async fn start(settings: Settings, roles: Roles) -> Self {
-        let service = Service::start(&settings, roles, Arc::new(fixed_now))
+        Self::start_with_clock(settings, roles, Arc::new(fixed_now)).await
+    }
+
+    async fn start_with_clock(
+        settings: Settings,
+        roles: Roles,
+        clock: command_api::http::Clock,
+    ) -> Self {
+        let service = Service::start(&settings, roles, clock)
             .await
             .expect("the service starts");
         let address = format!("http://127.0.0.1:{}", service.port.unwrap_or(0));

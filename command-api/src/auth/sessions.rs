@@ -1,0 +1,75 @@
+//! Sessions: a token's session can be revoked (logout, or an admin cutting it off), and a
+//! session unused for `auth.idle_timeout_secs` ends (HIPAA automatic logoff). Tokens name their
+//! session with `sid` (or `jti`); a token without either is a session of its own.
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+/// The session of a token: its `sid`, else its `jti`, else a digest of the token itself.
+pub fn session_of(claimed: Option<&str>, token: &str) -> String {
+    match claimed {
+        Some(id) => id.to_owned(),
+        None => {
+            let digest = Sha256::digest(token.as_bytes());
+            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            format!("token:{hex}")
+        }
+    }
+}
+
+/// Marks `session_id` used at `now`, unless it was revoked or left idle longer than
+/// `idle_timeout`: then it stays ended and this returns false.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn touch(
+    pool: &PgPool,
+    session_id: &str,
+    user_id: &str,
+    now: DateTime<Utc>,
+    idle_timeout: chrono::Duration,
+) -> Result<bool, sqlx::Error> {
+    let alive: Option<bool> = sqlx::query_scalar(
+        "INSERT INTO auth_sessions (session_id, user_id, last_seen_at) VALUES ($1, $2, $3)
+         ON CONFLICT (session_id) DO UPDATE SET last_seen_at = EXCLUDED.last_seen_at
+          WHERE auth_sessions.revoked_at IS NULL
+            AND auth_sessions.user_id = EXCLUDED.user_id
+            AND auth_sessions.last_seen_at >= EXCLUDED.last_seen_at - $4::interval
+         RETURNING true",
+    )
+    .bind(session_id)
+    .bind(user_id)
+    .bind(now)
+    .bind(idle_timeout)
+    .fetch_optional(pool)
+    .await?;
+    Ok(alive.unwrap_or(false))
+}
+
+/// Revokes `session_id` (recording it if it was never seen): no token of it is accepted again.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn revoke(
+    pool: &PgPool,
+    session_id: &str,
+    revoked_by: &str,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO auth_sessions (session_id, user_id, last_seen_at, revoked_at, revoked_by)
+         VALUES ($1, '', $2, $2, $3)
+         ON CONFLICT (session_id) DO UPDATE
+            SET revoked_at = coalesce(auth_sessions.revoked_at, EXCLUDED.revoked_at),
+                revoked_by = coalesce(auth_sessions.revoked_by, EXCLUDED.revoked_by)",
+    )
+    .bind(session_id)
+    .bind(now)
+    .bind(revoked_by)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
