@@ -138,6 +138,9 @@ pub struct HttpSettings {
     pub port: u16,
     pub request_timeout_secs: u64,
     pub body_limit_bytes: usize,
+    /// PEM certificate chain and private key: with both, the API is served over HTTPS only.
+    pub tls_cert_path: Option<PathBuf>,
+    pub tls_key_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +150,11 @@ pub struct DatabaseSettings {
     pub acquire_timeout_ms: u64,
     pub data_dir: PathBuf,
     pub auto_migrate: bool,
+    /// `disable`, `prefer`, `require`, `verify-ca` or `verify-full`; overrides the URL's
+    /// `sslmode`.
+    pub ssl_mode: Option<String>,
+    /// PEM file of the certificate authorities trusted for the server's certificate.
+    pub ssl_root_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +172,9 @@ pub struct KafkaSettings {
     pub sasl_mechanism: Option<String>,
     pub sasl_username: Option<String>,
     pub sasl_password: Option<SecretString>,
+    /// Client certificate and key (PEM) for brokers that require mutual TLS.
+    pub ssl_certificate_location: Option<String>,
+    pub ssl_key_location: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,10 +265,17 @@ impl DatabaseSettings {
     ///
     /// The parse error of a malformed URL.
     pub fn connect_options(&self) -> Result<Option<PgConnectOptions>, sqlx::Error> {
-        self.url
-            .as_ref()
-            .map(|url| url.expose_secret().parse::<PgConnectOptions>())
-            .transpose()
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let mut options = url.expose_secret().parse::<PgConnectOptions>()?;
+        if let Some(mode) = &self.ssl_mode {
+            options = options.ssl_mode(mode.parse()?);
+        }
+        if let Some(root) = &self.ssl_root_cert {
+            options = options.ssl_root_cert(root);
+        }
+        Ok(Some(options))
     }
 
     pub fn acquire_timeout(&self) -> Duration {
@@ -274,6 +292,11 @@ impl KafkaSettings {
         let optional = [
             ("security.protocol", self.security_protocol.as_deref()),
             ("ssl.ca.location", self.ssl_ca_location.as_deref()),
+            (
+                "ssl.certificate.location",
+                self.ssl_certificate_location.as_deref(),
+            ),
+            ("ssl.key.location", self.ssl_key_location.as_deref()),
             ("sasl.mechanism", self.sasl_mechanism.as_deref()),
             ("sasl.username", self.sasl_username.as_deref()),
             (

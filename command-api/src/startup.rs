@@ -255,6 +255,11 @@ impl Service {
                 Duration::from_secs(settings.http.request_timeout_secs),
                 settings.http.body_limit_bytes,
             );
+            let tls = match (&settings.http.tls_cert_path, &settings.http.tls_key_path) {
+                (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
+                (None, None) => None,
+                _ => anyhow::bail!("set both http.tls_cert_path and http.tls_key_path, or neither"),
+            };
             let address: SocketAddr = format!("{}:{}", settings.http.host, settings.http.port)
                 .parse()
                 .context("http.host and http.port must form a socket address")?;
@@ -263,15 +268,22 @@ impl Service {
                 .with_context(|| format!("binding {address}"))?;
             let bound = listener.local_addr()?;
             port = Some(bound.port());
-            tracing::info!(address = %bound, "API listening");
+            tracing::info!(address = %bound, https = tls.is_some(), "API listening");
             let token = shutdown.clone();
-            tasks.spawn(async move {
-                let server =
-                    axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned());
-                if let Err(e) = server.await {
-                    tracing::error!(error.message = %e, "HTTP server failed");
+            match tls {
+                Some(config) => {
+                    tasks.spawn(http::tls::serve(listener, router, config, token));
                 }
-            });
+                None => {
+                    tasks.spawn(async move {
+                        let server = axum::serve(listener, router)
+                            .with_graceful_shutdown(token.cancelled_owned());
+                        if let Err(e) = server.await {
+                            tracing::error!(error.message = %e, "HTTP server failed");
+                        }
+                    });
+                }
+            }
         }
         Ok(Self {
             port,

@@ -84,7 +84,7 @@ pub async fn read_after<'e>(
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                metadata, position, transaction_id::text AS transaction_id, recorded_at, hash
+                metadata, position, transaction_id::text AS xid, recorded_at, hash
            FROM events
           WHERE (transaction_id, position) > ($1::text::xid8, $2)
             AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -133,7 +133,7 @@ pub async fn history<'e>(
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                metadata, position, transaction_id::text AS transaction_id, recorded_at, hash
+                metadata, position, transaction_id::text AS xid, recorded_at, hash
            FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2
           ORDER BY sequence",
@@ -146,7 +146,9 @@ pub async fn history<'e>(
 }
 
 fn decode_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, sqlx::Error> {
-    let transaction_id: String = row.try_get("transaction_id")?;
+    // Read as text under another name: `ORDER BY transaction_id` must mean the xid8 column, not
+    // its text (where "1000" sorts before "999").
+    let transaction_id: String = row.try_get("xid")?;
     let sequence: i64 = row.try_get("sequence")?;
     Ok(StoredEvent {
         aggregate_type: row.try_get("aggregate_type")?,

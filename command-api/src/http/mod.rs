@@ -11,6 +11,7 @@ mod patients;
 mod problem;
 mod record;
 mod sessions;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -72,6 +72,9 @@ pub struct AppOptions {
     pub retention_days: u32,
     /// `auth.organization`: users of other organizations need the patient's consent.
     pub organization: Option<String>,
+    /// `kafka.message_timeout_ms`: short only where a test waits for a broker outage, so a
+    /// busy machine's slow acknowledgements do not make librdkafka resend.
+    pub message_timeout_ms: u64,
     /// The service's clock; [`fixed_now`] when not given.
     pub clock: Option<command_api::http::Clock>,
     /// Changes to the settings before the service starts.
@@ -96,6 +99,7 @@ impl Default for AppOptions {
             relay_batch_size: 500,
             retention_days: 3650,
             organization: None,
+            message_timeout_ms: 10_000,
             clock: None,
             configure: None,
         }
@@ -151,7 +155,7 @@ impl TestApp {
         settings.kafka.topic_prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
         settings.kafka.relay_batch_size = options.relay_batch_size;
         settings.retention.archived_days = options.retention_days;
-        settings.kafka.message_timeout_ms = 3000;
+        settings.kafka.message_timeout_ms = options.message_timeout_ms;
         settings.auth.jwt_secret = SecretString::from(SECRET);
         settings.auth.organization = options.organization.clone();
         settings.security.master_key = Some(SecretString::from(MASTER_KEY));

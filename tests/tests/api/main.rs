@@ -15,4 +15,5 @@ mod record;
 mod registration;
 mod search;
 mod security;
+mod tls;
 mod validation;

@@ -126,6 +126,8 @@ struct Broker {
 impl Broker {
     async fn start() -> Self {
         let (_, storage) = create_database().await;
+        // The broker's own PostgreSQL client does not know the test CA: no TLS for it.
+        let storage = format!("{storage}?sslmode=disable");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -195,6 +197,7 @@ async fn registrations_succeed_while_the_broker_is_down_and_are_published_when_i
     let mut broker = Broker::start().await;
     let app = TestApp::spawn_with(AppOptions {
         brokers: Some(broker.address()),
+        message_timeout_ms: 3000,
         ..AppOptions::default()
     })
     .await;
@@ -331,5 +334,43 @@ async fn a_relay_killed_mid_stream_and_restarted_loses_nothing_and_repeats_are_a
         .await
         .unwrap();
     assert_eq!(parked, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_stream_orders_by_transaction_id_as_a_number_across_a_digit_boundary() {
+    // Arrange: rows of transactions 99, 100 and 101 (long ended), inserted out of order. As
+    // text, "100" and "101" would sort before "99".
+    let app = TestApp::without_kafka().await;
+    for (xid, id) in [(101, "c"), (99, "a"), (100, "b")] {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                                 payload, metadata, transaction_id)
+             VALUES ('Probe', $1, 1, 'Probed', '1.0', '{}', '{}', $2::text::xid8)",
+        )
+        .bind(id)
+        .bind(xid.to_string())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+
+    // Act
+    let read =
+        event_store::stream::read_after(&app.pool, event_store::stream::Cursor::default(), 10)
+            .await
+            .unwrap();
+    let after_first = event_store::stream::read_after(&app.pool, read[0].cursor(), 10)
+        .await
+        .unwrap();
+
+    // Assert
+    let ids: Vec<&str> = read.iter().map(|e| e.aggregate_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    let rest: Vec<&str> = after_first
+        .iter()
+        .map(|e| e.aggregate_id.as_str())
+        .collect();
+    assert_eq!(rest, ["b", "c"]);
     app.stop().await;
 }
