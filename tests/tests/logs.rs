@@ -128,6 +128,64 @@ async fn recognisable_patient_data_never_reaches_the_logs() {
         &[("if-match", "\"2\"")],
     )
     .await;
+    // Security paths: break-the-glass, the audit trail, data keys, consent, legal hold, erasure.
+    let emergency = app
+        .client
+        .get(format!("{}/v1/patients/{id}", app.address))
+        .bearer_auth(&clinician)
+        .header("x-break-glass-reason", "emergency-treatment")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(emergency.status(), 200);
+    let auditor = app.token("auditor-1", &["auditor"]);
+    app.get(&format!("/v1/audit/streams/patient/{id}"), &auditor)
+        .await;
+    app.get(&format!("/v1/audit/entries?patient={id}"), &auditor)
+        .await;
+    app.get(
+        &format!("/v1/patients/{id}/data-key"),
+        &app.token("downstream", &["service"]),
+    )
+    .await;
+    let admin = app.token("admin-1", &["admin"]);
+    let steps = [
+        (
+            "legal-hold",
+            admin.clone(),
+            json!({ "reason": "Xylophonia v. Quenby" }),
+        ),
+        (
+            "legal-hold/release",
+            admin.clone(),
+            json!({ "reason": "settled with Quenby" }),
+        ),
+        (
+            "consents",
+            app.patient_token(&id),
+            json!({ "directive": { "kind": "research-opt-out" } }),
+        ),
+        (
+            "forget",
+            admin.clone(),
+            json!({ "reason": "patient-request", "reference": "DSR-1" }),
+        ),
+    ];
+    for (action, token, body) in steps {
+        let current = app.get(&format!("/v1/patients/{id}"), &registrar).await;
+        let etag = current.headers()["etag"].to_str().unwrap().to_owned();
+        let response = app
+            .post(
+                &format!("/v1/patients/{id}/{action}"),
+                &token,
+                &body,
+                &[("if-match", &etag)],
+            )
+            .await;
+        assert_eq!(response.status(), 200, "{action}");
+    }
+    app.get(&format!("/v1/patients/{id}/disclosures"), &admin)
+        .await;
     consume(&consumer, 3).await;
     app.stop().await;
 
