@@ -76,6 +76,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Data retention.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
     /// Key management.
     Keys {
         #[command(subcommand)]
@@ -89,6 +94,13 @@ pub enum AuditCommand {
     /// audited event against the store; names each altered, deleted or inserted row. Exits
     /// non-zero if anything does not verify.
     Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Erases (forgets, reason retention-expired) every archived patient past
+    /// `retention.archived_days`; patients on legal hold are kept.
+    Purge(crate::retention::PurgeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,6 +210,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("the audit trail does not verify")
             }
         }
+        Command::Retention {
+            command: RetentionCommand::Purge(args),
+        } => crate::retention::run(&settings, args).await,
         Command::Keys {
             command: KeysCommand::Rotate,
         } => {

@@ -13,6 +13,7 @@
 //! - [`matching`]: duplicate detection against the `patient_match` read model.
 //! - [`bench`]: the benchmark behind `patient-service bench`.
 //! - [`replay`]: `patient-service replay`, the event history as NDJSON for auditors.
+//! - [`retention`]: `patient-service retention purge`, erasure of patients past retention.
 //! - [`match_eval`]: `patient-service match-eval`, duplicate detection on a FEBRL data set.
 
 pub mod auth;
@@ -24,6 +25,7 @@ pub mod http;
 pub mod match_eval;
 pub mod matching;
 pub mod replay;
+pub mod retention;
 pub mod startup;
 pub mod synthetic;
 pub mod telemetry;

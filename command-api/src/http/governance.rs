@@ -20,14 +20,14 @@ use axum::{Json, Router};
 use domain::patient::governance::{
     CareRole, ConsentDirective, ErasureReason, GovernanceChange, Principal,
 };
-use domain::patient::{PatientCommand, PatientId, Reason};
+use domain::patient::{PatientCommand, PatientId};
 use domain::FieldErrors;
 use projections::audit_log;
 use uuid::Uuid;
 
 use crate::auth::{permission, Action, Authorized, Role};
 use crate::http::json::Fields;
-use crate::http::patients::{change, checked_access, whole_number, CommandRequest};
+use crate::http::patients::{change, checked_access, reason_only, whole_number, CommandRequest};
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
@@ -62,12 +62,6 @@ async fn govern<P: crate::auth::Permission>(
 ) -> Result<Response, ApiError> {
     let command = build((state.clock)()).map(PatientCommand::Govern);
     change(state, req, path, command).await
-}
-
-fn reason(fields: &mut Fields<'_>) -> Option<Reason> {
-    fields
-        .string("reason")
-        .and_then(|v| fields.check(Reason::parse("reason", v)))
 }
 
 fn missing() -> ApiError {
@@ -106,12 +100,10 @@ async fn end_care_relationship(
         .map_err(|e| ApiError::InvalidParameters(e.into()))?;
     let path = format!("care-relationships/{}/end", practitioner.as_str());
     govern(&state, &req, &path, |at| {
-        let mut fields = Fields::new(&req.body.object, "", &["reason"]);
-        let reason = reason(&mut fields);
-        fields.finish()?;
+        let reason = reason_only(&req.body)?;
         Ok(GovernanceChange::EndCareRelationship {
             practitioner,
-            reason: reason.ok_or_else(missing)?,
+            reason,
             at,
         })
     })
@@ -196,12 +188,10 @@ async fn withdraw_consent(
         .ok_or_else(|| ApiError::invalid_parameter("consent_id", "must be a UUID"))?;
     let path = format!("consents/{consent_id}/withdraw");
     govern(&state, &req, &path, |at| {
-        let mut fields = Fields::new(&req.body.object, "", &["reason"]);
-        let reason = reason(&mut fields);
-        fields.finish()?;
+        let reason = reason_only(&req.body)?;
         Ok(GovernanceChange::WithdrawConsent {
             consent_id,
-            reason: reason.ok_or_else(missing)?,
+            reason,
             at,
         })
     })
@@ -214,13 +204,8 @@ async fn place_legal_hold(
     req: CommandRequest<permission::ManageLegalHold>,
 ) -> Result<Response, ApiError> {
     govern(&state, &req, "legal-hold", |at| {
-        let mut fields = Fields::new(&req.body.object, "", &["reason"]);
-        let reason = reason(&mut fields);
-        fields.finish()?;
-        Ok(GovernanceChange::PlaceLegalHold {
-            reason: reason.ok_or_else(missing)?,
-            at,
-        })
+        let reason = reason_only(&req.body)?;
+        Ok(GovernanceChange::PlaceLegalHold { reason, at })
     })
     .await
 }
@@ -231,13 +216,8 @@ async fn release_legal_hold(
     req: CommandRequest<permission::ManageLegalHold>,
 ) -> Result<Response, ApiError> {
     govern(&state, &req, "legal-hold/release", |at| {
-        let mut fields = Fields::new(&req.body.object, "", &["reason"]);
-        let reason = reason(&mut fields);
-        fields.finish()?;
-        Ok(GovernanceChange::ReleaseLegalHold {
-            reason: reason.ok_or_else(missing)?,
-            at,
-        })
+        let reason = reason_only(&req.body)?;
+        Ok(GovernanceChange::ReleaseLegalHold { reason, at })
     })
     .await
 }

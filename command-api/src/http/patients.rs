@@ -683,7 +683,7 @@ pub(super) async fn change<P: Permission>(
     .await
 }
 
-fn reason_only(body: &JsonObject) -> Result<Reason, ApiError> {
+pub(super) fn reason_only(body: &JsonObject) -> Result<Reason, ApiError> {
     let mut fields = Fields::new(&body.object, "", &["reason"]);
     let reason = fields
         .string("reason")

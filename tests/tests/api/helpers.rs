@@ -391,8 +391,15 @@ impl TestApp {
 }
 
 pub fn consumer_for(brokers: &str, topic: &str) -> StreamConsumer {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    consumer_with(config, topic)
+}
+
+/// A consumer of `topic` from its start, in a group of its own, with the client settings of
+/// `config` (brokers, security).
+pub fn consumer_with(mut config: ClientConfig, topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = config
         .set(
             "group.id",
             format!("test-{}", uuid::Uuid::new_v4().simple()),

@@ -154,9 +154,26 @@ async fn audit_verify_names_every_altered_deleted_or_inserted_row() {
     let (clean, report) = audit_verify(&app);
     assert!(clean, "{report}");
     assert!(report.contains("no tampering found"), "{report}");
+    let refused = sqlx::query("DELETE FROM events WHERE aggregate_id = $1")
+        .bind(&a)
+        .execute(&app.pool)
+        .await;
+    assert!(
+        refused.is_err(),
+        "the event store refuses to change what it holds"
+    );
     let exec = |sql: String| {
         let pool = app.pool.clone();
-        async move { sqlx::query(&sql).execute(&pool).await.unwrap() }
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            // A superuser can switch the triggers off: the chains must catch what follows.
+            sqlx::query("SET LOCAL session_replication_role = replica")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            sqlx::query(&sql).execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
     };
 
     // Act: tamper directly in PostgreSQL.
@@ -727,5 +744,98 @@ async fn rotating_the_master_key_rewraps_data_keys_without_touching_events() {
             .await
             .unwrap();
     assert_ne!(wrapped_after, wrapped_before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_retention_purge_forgets_patients_past_retention_except_those_on_legal_hold() {
+    // Arrange: three archived patients (archived at the fixed clock's noon), one on legal hold,
+    // and one active patient.
+    let app = TestApp::without_kafka().await;
+    let admin = app.token("admin-1", &["admin"]);
+    let mut archived = Vec::new();
+    for n in 0..3 {
+        let id = id_of(&app.register_person(n, Some("Retired")).await);
+        let response = app
+            .command(&id, "archive", 1, &json!({ "reason": "left the practice" }))
+            .await;
+        assert_eq!(response.status(), 200);
+        archived.push(id);
+    }
+    let held = app
+        .post(
+            &format!("/v1/patients/{}/legal-hold", archived[2]),
+            &admin,
+            &json!({ "reason": "records requested by a court" }),
+            &[("if-match", "\"2\"")],
+        )
+        .await;
+    assert_eq!(held.status(), 200);
+    let active = id_of(&app.register_person(9, Some("Current")).await);
+    eventually("the three archivals projected", || async {
+        let archived: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM projections.patient_search WHERE status = 'archived'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        archived == 3
+    })
+    .await;
+    let purge = |dry_run: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"));
+        command
+            .args(["retention", "purge"])
+            .env("DATABASE_URL", &app.database_url)
+            .envs(SECURITY_ENV)
+            .env("APP_RETENTION__ARCHIVED_DAYS", "0")
+            .env("APP_LOG__LEVEL", "warn");
+        if dry_run {
+            command.arg("--dry-run");
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+
+    // Act
+    let dry = purge(true);
+    let after_dry = app
+        .get(&format!("/v1/patients/{}", archived[0]), &admin)
+        .await;
+    let done = purge(false);
+
+    // Assert
+    assert_eq!(
+        dry,
+        "3 past retention; 0 forgotten; 0 on legal hold (dry run)\n"
+    );
+    assert_eq!(after_dry.status(), 200, "a dry run erases nobody");
+    assert_eq!(done, "3 past retention; 2 forgotten; 1 on legal hold\n");
+    for (id, expected) in [
+        (&archived[0], 410),
+        (&archived[1], 410),
+        (&archived[2], 200),
+        (&active, 200),
+    ] {
+        let status = app
+            .get(&format!("/v1/patients/{id}"), &admin)
+            .await
+            .status();
+        assert_eq!(status, expected, "{id}");
+    }
+    let reason: String = sqlx::query_scalar(
+        "SELECT payload->'PatientForgotten'->>'reason' FROM events
+          WHERE aggregate_id = $1 AND event_type = 'PatientForgotten'",
+    )
+    .bind(&archived[0])
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(reason, "retention-expired");
     app.stop().await;
 }

@@ -7,7 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::ClientConfig;
 use serde_json::Value;
 
@@ -160,19 +159,12 @@ async fn events_travel_to_and_from_kafka_over_tls() {
         ..AppOptions::default()
     })
     .await;
-    let consumer: StreamConsumer = ClientConfig::new()
+    let mut tls_client = ClientConfig::new();
+    tls_client
         .set("bootstrap.servers", &brokers)
         .set("security.protocol", "ssl")
-        .set("ssl.ca.location", ca.display().to_string())
-        .set(
-            "group.id",
-            format!("test-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&app.topic()]).unwrap();
+        .set("ssl.ca.location", ca.display().to_string());
+    let consumer = consumer_with(tls_client, &app.topic());
 
     // Act
     let registered = app.register_ok("Ada", "Lovelace", "1990-12-10").await;
