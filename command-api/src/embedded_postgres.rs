@@ -119,6 +119,8 @@ impl EmbeddedPostgres {
             .arg("-D")
             .arg(&self.pgdata)
             .args(["-m", "fast", "-w", "-t", "60"])
+            // Its progress lines must not reach stdout, which carries `replay`'s NDJSON.
+            .stdout(std::process::Stdio::null())
             .status()?;
         if !status.success() {
             bail!("pg_ctl stop failed ({status})");

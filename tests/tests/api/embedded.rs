@@ -139,6 +139,35 @@ async fn serve_with_no_configuration_serves_the_api_and_stops_its_database_on_si
             .exists(),
         "PostgreSQL stopped"
     );
+    assert!(
+        dir.0.join(".patient-service/keys/master_key").exists(),
+        "keys generated beside the embedded database"
+    );
+    // The embedded cluster starts again for a command, whose stdout stays its own: the
+    // replay's NDJSON and nothing else, and the chains verify.
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+            .args(args)
+            .current_dir(&dir.0)
+            .env_remove("DATABASE_URL")
+            .env("APP_LOG__LEVEL", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let replayed = run(&["replay", "--aggregate-type", "Patient"]);
+    let lines: Vec<Value> = replayed
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("only NDJSON on stdout"))
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["data"]["name"]["family"], "Default");
+    assert!(run(&["audit", "verify"]).contains("no tampering found"));
 }
 
 #[tokio::test]
