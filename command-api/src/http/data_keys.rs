@@ -13,8 +13,8 @@ use domain::patient::PatientId;
 use event_store::keys::KeyState;
 use serde_json::json;
 
-use crate::auth::access::Decision;
-use crate::auth::{permission, Authorized};
+use crate::auth::{permission, Action, Authorized};
+use crate::http::patients::checked_access;
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
@@ -29,6 +29,18 @@ async fn data_key(
 ) -> Result<Response, ApiError> {
     let id = PatientId::parse("id", &raw_id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
+    // The same reach as any read: another organization's service needs the patient's consent,
+    // a research purpose the patient's not having opted out; the access is recorded.
+    let loaded = state.store.load(id).await?;
+    checked_access(
+        &state,
+        &user,
+        Action::ReadDataKey,
+        "data-key",
+        id,
+        loaded.as_ref().map(|(p, _)| p),
+    )
+    .await?;
     let key = match state
         .store
         .keys()
@@ -39,16 +51,6 @@ async fn data_key(
         KeyState::Destroyed => return Err(ApiError::Gone),
         KeyState::Absent => return Err(ApiError::NotFound),
     };
-    state
-        .access
-        .record(
-            &user,
-            "data-key",
-            &[id.as_uuid()],
-            Decision::Granted,
-            (state.clock)(),
-        )
-        .await?;
     tracing::info!("data key handed out");
     Ok((
         [(header::CACHE_CONTROL, "no-store")],

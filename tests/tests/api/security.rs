@@ -545,6 +545,23 @@ async fn consent_directives_decide_what_partners_clinicians_and_researchers_may_
         },
     );
     let clinician = app.token("dr-no-relationship", &["clinician"]);
+    let partner_service = app.token_with(
+        "partner-feed",
+        &["service"],
+        &command_api::auth::TokenExtras {
+            organization: Some("partner-clinic".into()),
+            ..Default::default()
+        },
+    );
+    let data_key = |token: &str| {
+        let (app, id, token) = (&app, &id, token.to_owned());
+        async move {
+            app.get(&format!("/v1/patients/{id}/data-key"), &token)
+                .await
+                .status()
+                .as_u16()
+        }
+    };
     let registrar = app.registrar();
     let read = |token: &str, purpose: Option<&str>| {
         let (app, id, token) = (&app, &id, token.to_owned());
@@ -583,6 +600,11 @@ async fn consent_directives_decide_what_partners_clinicians_and_researchers_may_
 
     // Act and assert: before any consent
     assert_eq!(read(&partner, None).await, 403);
+    assert_eq!(
+        data_key(&partner_service).await,
+        403,
+        "nor its services' data keys"
+    );
     assert_eq!(read(&clinician, None).await, 403);
     assert_eq!(read(&registrar, Some("research")).await, 200);
     let searched = app
@@ -602,6 +624,7 @@ async fn consent_directives_decide_what_partners_clinicians_and_researchers_may_
     .await;
     version += 1;
     assert_eq!(read(&partner, None).await, 200);
+    assert_eq!(data_key(&partner_service).await, 200);
     grant(
         json!({ "kind": "share-with-role", "role": "clinician" }),
         version,
