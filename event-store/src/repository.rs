@@ -71,7 +71,13 @@ impl SealedRepository {
             .map_err(key_error)?
         {
             KeyState::Active(key) => Some(key),
-            KeyState::Absent | KeyState::Destroyed => None,
+            KeyState::Destroyed => None,
+            // Sealed events without any key record: the key store was tampered with.
+            KeyState::Absent => {
+                return Err(PersistenceError::UnknownError(
+                    format!("sealed events of {aggregate_id} have no data key").into(),
+                ))
+            }
         };
         let mut opened = Vec::with_capacity(events.len());
         for mut event in events {

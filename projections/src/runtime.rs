@@ -304,7 +304,13 @@ impl<M: ReadModel> Projector<M> {
                         .await?;
                 }
                 // Forgotten: the event can never be read; its `PatientForgotten` purges.
-                KeyState::Destroyed | KeyState::Absent => {}
+                KeyState::Destroyed => {}
+                // Sealed without any key record: the key store was tampered with; park it.
+                KeyState::Absent => {
+                    return Err(ProjectionError::Unopenable(
+                        schemas::sealed::OpenError::WrongKey,
+                    ))
+                }
             }
         } else {
             self.model.apply(tx, event).await?;

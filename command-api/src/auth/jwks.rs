@@ -172,8 +172,13 @@ fn parse(text: &str) -> anyhow::Result<Keys> {
             }
             _ => continue,
         };
-        let key = DecodingKey::from_jwk(jwk).with_context(|| format!("JWKS key {kid}"))?;
-        keys.insert(kid, (algorithm, key));
+        // One unusable key must not lock out the tokens of the others.
+        match DecodingKey::from_jwk(jwk) {
+            Ok(key) => {
+                keys.insert(kid, (algorithm, key));
+            }
+            Err(e) => tracing::warn!(kid, error.message = %e, "JWKS key skipped"),
+        }
     }
     Ok(keys)
 }

@@ -32,8 +32,9 @@ pub struct Claims {
     pub iat: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// One audience or several (identity providers send either).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     /// For the `patient` role: the patient the user is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient_id: Option<uuid::Uuid>,
@@ -45,6 +46,14 @@ pub struct Claims {
     pub sid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+}
+
+/// A token's `aud`: one audience or a list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// Optional claims of a minted token.
@@ -206,7 +215,7 @@ impl Authenticator {
             iat: now.timestamp(),
             exp: now.timestamp().saturating_add(self.ttl_secs),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().map(Audience::One),
             patient_id: extras.patient_id,
             org: extras.organization.clone(),
             sid: extras.session_id.clone(),

@@ -6,12 +6,15 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-/// The session of a token: its `sid`, else its `jti`, else a digest of the token itself.
+/// The session of a token: its `sid`, else its `jti`, else a digest of what the token signs
+/// (header and claims, not the signature: an ECDSA signature can be altered and still verify,
+/// which must not make a new session of a revoked one).
 pub fn session_of(claimed: Option<&str>, token: &str) -> String {
     match claimed {
         Some(id) => id.to_owned(),
         None => {
-            let digest = Sha256::digest(token.as_bytes());
+            let signed = token.rsplit_once('.').map_or(token, |(signed, _)| signed);
+            let digest = Sha256::digest(signed.as_bytes());
             let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
             format!("token:{hex}")
         }

@@ -608,6 +608,15 @@ async fn rs256_and_es256_tokens_of_a_jwks_file_are_checked_for_issuer_audience_a
         200,
         "ES256"
     );
+    assert_eq!(
+        status_with(
+            &app,
+            &idp_token(&rsa, json!({ "aud": [AUDIENCE, "another-service"] }))
+        )
+        .await,
+        200,
+        "an audience list naming this service"
+    );
     for (case, token) in [
         (
             "other issuer",
