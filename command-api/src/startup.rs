@@ -69,10 +69,15 @@ pub async fn connect(
     };
     // The server notices a vanished client within about 90 s rather than hours, so the
     // advisory locks of a relay or projector cut off by the network pass to a standby.
+    //
+    // No transaction of the service waits on anything but its own statements; one left idle
+    // (its task cancelled mid-way, say) would hold the cluster-wide xmin horizon, and with it
+    // every relay and stream projector. The server ends such a session after 10 s.
     let options = options.options([
         ("tcp_keepalives_idle", "60"),
         ("tcp_keepalives_interval", "10"),
         ("tcp_keepalives_count", "3"),
+        ("idle_in_transaction_session_timeout", "10000"),
     ]);
     let pool = PgPoolOptions::new()
         .max_connections(settings.database.max_connections)

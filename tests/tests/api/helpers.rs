@@ -153,6 +153,9 @@ impl TestApp {
             .kafka
             .then(|| options.brokers.clone().unwrap_or_else(brokers));
         settings.kafka.topic_prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+        // A consumer group of its own too: apps sharing the broker must not rebalance each
+        // other's projectors.
+        settings.kafka.consumer_group_prefix = format!("g{}", uuid::Uuid::new_v4().simple());
         settings.kafka.relay_batch_size = options.relay_batch_size;
         settings.retention.archived_days = options.retention_days;
         settings.kafka.message_timeout_ms = options.message_timeout_ms;
