@@ -152,13 +152,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
         }
         Command::Migrate => {
-            with_database(&settings, |_| async { Ok(()) }).await?;
+            startup::with_database(&settings, |_| async { Ok(()) }).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
         Command::Rebuild => {
             let secrets = settings.secrets()?;
-            let events = with_database(&settings, |pool| async move {
+            let events = startup::with_database(&settings, |pool| async move {
                 let keys = secrets.keys;
                 Ok(
                     rebuild(Projector::new(pool.clone(), keys.clone(), PatientSearch)).await?
@@ -203,7 +203,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let chain = settings.secrets()?.chain;
             let clean =
-                with_database(&settings, |pool| async move { verify(&pool, &chain).await }).await?;
+                startup::with_database(
+                    &settings,
+                    |pool| async move { verify(&pool, &chain).await },
+                )
+                .await?;
             if clean {
                 Ok(())
             } else {
@@ -217,35 +221,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: KeysCommand::Rotate,
         } => {
             let keys = settings.secrets()?.keys;
-            let rotated = with_database(
-                &settings,
-                |pool| async move { Ok(keys.rotate(&pool).await?) },
-            )
-            .await?;
+            let rotated =
+                startup::with_database(
+                    &settings,
+                    |pool| async move { Ok(keys.rotate(&pool).await?) },
+                )
+                .await?;
             tracing::info!(rotated, "data keys rewrapped with the active master key");
             println!("{rotated} data keys rewrapped");
             Ok(())
         }
     }
-}
-
-/// Connects (starting the embedded cluster if no database is configured), migrates, runs
-/// `work`, then closes the pool and stops the cluster whatever `work` returned.
-async fn with_database<T, F, Fut>(settings: &Settings, work: F) -> anyhow::Result<T>
-where
-    F: FnOnce(PgPool) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let (pool, embedded) = startup::connect(settings, true).await?;
-    let result = match startup::migrate(&pool).await {
-        Ok(()) => work(pool.clone()).await,
-        Err(e) => Err(e),
-    };
-    pool.close().await;
-    if let Some(cluster) = embedded {
-        cluster.stop()?;
-    }
-    result
 }
 
 /// Verifies the event store's and the audit log's chains, printing every finding and a summary

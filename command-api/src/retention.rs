@@ -37,9 +37,7 @@ pub struct Purged {
 /// When the database or the event store fails.
 pub async fn run(settings: &Settings, args: PurgeArgs) -> anyhow::Result<()> {
     let secrets = settings.secrets()?;
-    let (pool, embedded) = startup::connect(settings, true).await?;
-    let result = async {
-        startup::migrate(&pool).await?;
+    let purged = startup::with_database(settings, |pool| async move {
         let store = PatientStore::new(pool.clone(), secrets.keys, secrets.chain);
         purge(
             &pool,
@@ -48,13 +46,8 @@ pub async fn run(settings: &Settings, args: PurgeArgs) -> anyhow::Result<()> {
             args.dry_run,
         )
         .await
-    }
-    .await;
-    pool.close().await;
-    if let Some(cluster) = embedded {
-        cluster.stop()?;
-    }
-    let purged = result?;
+    })
+    .await?;
     println!(
         "{} past retention; {} forgotten; {} on legal hold{}",
         purged.candidates,

@@ -91,6 +91,29 @@ pub async fn connect(
     Ok((pool, embedded))
 }
 
+/// Connects (starting the embedded cluster if no database is configured), migrates, runs
+/// `work`, then closes the pool and stops the cluster whatever `work` returned.
+///
+/// # Errors
+///
+/// Whatever connecting, migrating or `work` fails with.
+pub async fn with_database<T, F, Fut>(settings: &Settings, work: F) -> anyhow::Result<T>
+where
+    F: FnOnce(PgPool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let (pool, embedded) = connect(settings, true).await?;
+    let result = match migrate(&pool).await {
+        Ok(()) => work(pool.clone()).await,
+        Err(e) => Err(e),
+    };
+    pool.close().await;
+    if let Some(cluster) = embedded {
+        cluster.stop()?;
+    }
+    result
+}
+
 /// Applies the event store's and the read models' migrations.
 ///
 /// # Errors

@@ -34,7 +34,7 @@ impl MasterKey {
         let digest =
             Sha256::digest([b"patient-service master key id:".as_slice(), &bytes].concat());
         Self {
-            id: hex_prefix(&digest),
+            id: hex::encode(&digest[..8]),
             bytes,
         }
     }
@@ -42,10 +42,6 @@ impl MasterKey {
     pub fn id(&self) -> &str {
         &self.id
     }
-}
-
-fn hex_prefix(digest: &[u8]) -> String {
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The active master key, which wraps every new data key, and earlier ones still able to

@@ -50,7 +50,7 @@ pub fn to_published(
         request_id: event.metadata("request_id").map(str::to_owned),
         traceparent: event.metadata("traceparent").map(str::to_owned),
         user_id: event.metadata("user_id").map(str::to_owned),
-        event_hash: event.hash.as_deref().map(hex),
+        event_hash: event.hash.as_deref().map(hex::encode),
         sealed,
         data,
     };
@@ -104,10 +104,6 @@ pub fn record_key(event: &StoredEvent) -> String {
             .to_owned(),
         _ => event.aggregate_id.clone(),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn name_to_v1(name: &patient::PersonName) -> v1::HumanName {

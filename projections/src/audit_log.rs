@@ -73,17 +73,6 @@ impl AuditEntry {
     }
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    (text.len() % 2 == 0)
-        .then(|| {
-            (0..text.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-                .collect()
-        })
-        .flatten()
-}
-
 impl ReadModel for AuditLog {
     fn name(&self) -> &'static str {
         "audit_log"
@@ -162,7 +151,10 @@ impl ReadModel for AuditLog {
             user_id,
             action,
             detail,
-            event_hash: event.event_hash.as_deref().and_then(unhex),
+            event_hash: event
+                .event_hash
+                .as_deref()
+                .and_then(|h| hex::decode(h).ok()),
             hash: Vec::new(),
         };
         entry.hash = entry.link(&self.chain, &head_hash);

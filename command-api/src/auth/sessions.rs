@@ -15,8 +15,7 @@ pub fn session_of(claimed: Option<&str>, token: &str) -> String {
         None => {
             let signed = token.rsplit_once('.').map_or(token, |(signed, _)| signed);
             let digest = Sha256::digest(signed.as_bytes());
-            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-            format!("token:{hex}")
+            format!("token:{}", hex::encode(&digest[..16]))
         }
     }
 }
