@@ -57,13 +57,11 @@ impl ReplayArgs {
 /// When the database fails or stdout is closed.
 pub async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result<()> {
     let keys = settings.secrets()?.keys;
-    let (pool, embedded) = startup::connect(settings, true).await?;
-    let result = replay(&pool, &keys, &args).await;
-    pool.close().await;
-    if let Some(cluster) = embedded {
-        cluster.stop()?;
-    }
-    result
+    startup::with_database(
+        settings,
+        |pool| async move { replay(&pool, &keys, &args).await },
+    )
+    .await
 }
 
 async fn replay(pool: &PgPool, keys: &KeyStore, args: &ReplayArgs) -> anyhow::Result<()> {
