@@ -5,12 +5,14 @@
 //! # Layout
 //!
 //! - [`patient`]: patient data management (registration, demographics, archive).
+//! - [`medical_record`]: medical records handling (clinical items, safety checks).
 //! - [`matching`]: duplicate detection (blocking and Fellegi-Sunter scoring).
 //! - [`validation`]: the field-level error type shared by every value type's parser.
 //!
-//! The brief's medical records and scheduling areas get their own modules as they arrive.
+//! The brief's scheduling area gets its own module when it arrives.
 
 pub mod matching;
+pub mod medical_record;
 pub mod patient;
 pub mod validation;
 

@@ -1,0 +1,279 @@
+//! The kinds of clinical item a medical record holds, after FHIR R4's AllergyIntolerance,
+//! MedicationStatement, Immunization, Condition, and DocumentReference, simplified to what
+//! the service checks and searches.
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use super::values::{Concept, Frequency, Label, Note, Quantity};
+use crate::patient::governance::Principal;
+
+crate::code_enum!(
+    /// The kind of an item, as named in paths (`/allergies`) and events.
+    ItemKind {
+        Allergy = "allergy",
+        Medication = "medication",
+        Immunization = "immunization",
+        Problem = "problem",
+        History = "history",
+        Document = "document",
+    }
+);
+
+crate::code_enum!(
+    AllergyCategory { Food = "food", Medication = "medication", Environment = "environment", Biologic = "biologic" }
+);
+crate::code_enum!(
+    AllergyCriticality { Low = "low", High = "high", UnableToAssess = "unable-to-assess" }
+);
+crate::code_enum!(
+    AllergyClinicalStatus { Active = "active", Inactive = "inactive", Resolved = "resolved" }
+);
+crate::code_enum!(
+    VerificationStatus {
+        Unconfirmed = "unconfirmed",
+        Presumed = "presumed",
+        Confirmed = "confirmed",
+        Refuted = "refuted",
+    }
+);
+crate::code_enum!(
+    Severity { Mild = "mild", Moderate = "moderate", Severe = "severe" }
+);
+
+/// One reaction to an allergen: what happened and how bad it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    pub manifestation: Concept,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
+}
+
+/// An allergy or intolerance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allergy {
+    pub substance: Concept,
+    pub category: AllergyCategory,
+    pub criticality: AllergyCriticality,
+    #[serde(default)]
+    pub reactions: Vec<Reaction>,
+    pub clinical_status: AllergyClinicalStatus,
+    pub verification_status: VerificationStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onset: Option<NaiveDate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<Note>,
+}
+
+impl Allergy {
+    /// Whether the allergy stands: active and not refuted.
+    pub fn is_active(&self) -> bool {
+        self.clinical_status == AllergyClinicalStatus::Active
+            && self.verification_status != VerificationStatus::Refuted
+    }
+}
+
+crate::code_enum!(
+    MedicationStatus { Active = "active", OnHold = "on-hold", Stopped = "stopped", Completed = "completed" }
+);
+crate::code_enum!(
+    /// Routes of administration (SNOMED CT route concepts, by name).
+    Route {
+        Oral = "oral",
+        Sublingual = "sublingual",
+        Intravenous = "intravenous",
+        Intramuscular = "intramuscular",
+        Subcutaneous = "subcutaneous",
+        Intradermal = "intradermal",
+        Topical = "topical",
+        Transdermal = "transdermal",
+        Inhalation = "inhalation",
+        Intranasal = "intranasal",
+        Rectal = "rectal",
+        Vaginal = "vaginal",
+        Ophthalmic = "ophthalmic",
+        Otic = "otic",
+    }
+);
+
+impl MedicationStatus {
+    /// Whether the patient is (or will again be) taking it.
+    pub fn is_current(&self) -> bool {
+        matches!(self, Self::Active | Self::OnHold)
+    }
+}
+
+/// A medication the patient takes or took, as prescribed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Medication {
+    pub medication: Concept,
+    pub dose: Quantity,
+    pub route: Route,
+    pub frequency: Frequency,
+    pub start: NaiveDate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<NaiveDate>,
+    pub status: MedicationStatus,
+    pub prescriber: Principal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Concept>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<Note>,
+}
+
+crate::code_enum!(
+    ImmunizationStatus { Completed = "completed", NotDone = "not-done" }
+);
+crate::code_enum!(
+    /// Body sites of an injection (HL7 v3 ActSite, by name).
+    BodySite {
+        LeftArm = "left-arm",
+        RightArm = "right-arm",
+        LeftThigh = "left-thigh",
+        RightThigh = "right-thigh",
+        LeftGluteus = "left-gluteus",
+        RightGluteus = "right-gluteus",
+        Nose = "nose",
+        Mouth = "mouth",
+    }
+);
+
+/// A vaccine given (or recorded as not given). The vaccine is coded in CVX.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Immunization {
+    pub vaccine: Concept,
+    pub occurred_on: NaiveDate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lot_number: Option<Label>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<BodySite>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub performer: Option<Principal>,
+    pub status: ImmunizationStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<Note>,
+}
+
+crate::code_enum!(
+    ProblemStatus {
+        Active = "active",
+        Recurrence = "recurrence",
+        Relapse = "relapse",
+        Inactive = "inactive",
+        Remission = "remission",
+        Resolved = "resolved",
+    }
+);
+
+impl ProblemStatus {
+    pub fn is_active(&self) -> bool {
+        matches!(self, Self::Active | Self::Recurrence | Self::Relapse)
+    }
+}
+
+/// An entry of the problem list, coded in ICD-10 or SNOMED CT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    pub condition: Concept,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onset: Option<NaiveDate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abatement: Option<NaiveDate>,
+    pub clinical_status: ProblemStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<Note>,
+}
+
+crate::code_enum!(
+    HistoryCategory {
+        PastMedical = "past-medical",
+        Surgical = "surgical",
+        Family = "family",
+        Social = "social",
+    }
+);
+
+/// An entry of the health history: past illness, operation, family or social history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub category: HistoryCategory,
+    pub description: Concept,
+    /// For family history: who in the family (`mother`, `maternal grandfather`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relationship: Option<Label>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_on: Option<NaiveDate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<Note>,
+}
+
+/// A document on the record. Its content is stored apart, addressed by its SHA-256; so is the
+/// text extracted from it for indexing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Document {
+    pub title: Label,
+    pub document_type: Concept,
+    pub author: Principal,
+    pub date: NaiveDate,
+    pub content: DocumentContent,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<Note>,
+}
+
+/// Where a document's bytes are and what they are. Set at upload, never revised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentContent {
+    pub media_type: String,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the bytes.
+    pub sha256: String,
+    /// SHA-256 of the extracted text (stored beside the bytes), when text was extracted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_sha256: Option<String>,
+    /// Characters of text extracted.
+    #[serde(default)]
+    pub text_length: u64,
+}
+
+/// What one item is, with its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ItemContent {
+    Allergy(Allergy),
+    Medication(Medication),
+    Immunization(Immunization),
+    Problem(Problem),
+    History(HistoryEntry),
+    Document(Document),
+}
+
+impl ItemContent {
+    pub fn kind(&self) -> ItemKind {
+        match self {
+            Self::Allergy(_) => ItemKind::Allergy,
+            Self::Medication(_) => ItemKind::Medication,
+            Self::Immunization(_) => ItemKind::Immunization,
+            Self::Problem(_) => ItemKind::Problem,
+            Self::History(_) => ItemKind::History,
+            Self::Document(_) => ItemKind::Document,
+        }
+    }
+}
+
+impl ItemKind {
+    /// The word an event type starts with: `Allergy` in `AllergyRecorded`.
+    pub fn event_prefix(&self) -> &'static str {
+        match self {
+            Self::Allergy => "Allergy",
+            Self::Medication => "Medication",
+            Self::Immunization => "Immunization",
+            Self::Problem => "Problem",
+            Self::History => "HistoryEntry",
+            Self::Document => "Document",
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Medical records handling: a patient's allergies, medications, immunizations, problems,
+//! health history and documents, each item with its own lifecycle, never deleted (a mistake is
+//! marked entered-in-error, with a reason).
+//!
+//! [`MedicalRecord`] is the aggregate (one per patient); [`MedicalRecordCommand`]s go in,
+//! [`MedicalRecordEvent`]s come out, decided by the pure [`MedicalRecord::decide`], which also
+//! enforces the clinical safety rules:
+//!
+//! - a second active allergy to the same substance is refused;
+//! - a current medication whose substance an active allergy names needs every such warning
+//!   acknowledged; the acknowledgement (who, which allergy) is stored with the medication.
+
+mod aggregate;
+pub mod items;
+pub mod values;
+
+pub use aggregate::{
+    AcknowledgedWarning, Acknowledgement, AllergyWarning, ErrorMark, Item, ItemEnteredInError,
+    ItemRecorded, ItemRevised, MedicalRecord, MedicalRecordCommand, MedicalRecordEvent,
+};
+pub use items::{ItemContent, ItemKind};
+pub use values::ItemId;
+
+/// Errors of the medical record: one variant per rule, each message safe to show.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MedicalRecordError {
+    #[error("an item with this id is already on the record")]
+    ItemIdInUse,
+    #[error("the record has no such item")]
+    ItemNotFound,
+    #[error("the item is at version {current}")]
+    VersionMismatch { current: u32 },
+    #[error("the item was entered in error and cannot change")]
+    EnteredInError,
+    #[error("the revision changes nothing")]
+    ChangesNothing,
+    #[error("the patient already has an active allergy to this substance")]
+    DuplicateAllergy { existing: ItemId },
+    #[error("the medication matches active allergies; acknowledge each warning to proceed")]
+    UnacknowledgedAllergyWarnings(Vec<AllergyWarning>),
+    #[error("an acknowledged allergy warning does not apply to this item")]
+    AcknowledgedWarningDoesNotApply { allergy_id: ItemId },
+    #[error("a stopped or completed medication cannot be made current again; record a new one")]
+    MedicationEnded,
+    #[error("a document's content cannot be replaced; add a new document")]
+    DocumentContentIsFixed,
+}
+
+impl MedicalRecordError {
+    /// A stable machine-readable code for the rule that was broken.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::ItemIdInUse => "item-id-in-use",
+            Self::ItemNotFound => "item-not-found",
+            Self::VersionMismatch { .. } => "version-mismatch",
+            Self::EnteredInError => "entered-in-error",
+            Self::ChangesNothing => "revision-changes-nothing",
+            Self::DuplicateAllergy { .. } => "duplicate-allergy",
+            Self::UnacknowledgedAllergyWarnings(_) => "allergy-warning",
+            Self::AcknowledgedWarningDoesNotApply { .. } => "acknowledged-warning-does-not-apply",
+            Self::MedicationEnded => "medication-ended",
+            Self::DocumentContentIsFixed => "document-content-is-fixed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{NaiveDate, TimeZone, Utc};
+    use cqrs_es::Aggregate;
+    use uuid::Uuid;
+
+    use super::items::*;
+    use super::values::*;
+    use super::*;
+    use crate::patient::governance::Principal;
+    use crate::patient::Reason;
+
+    fn at() -> chrono::DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
+    }
+
+    fn id(n: u128) -> ItemId {
+        ItemId::new(Uuid::from_u128(n))
+    }
+
+    fn concept(text: &str) -> Concept {
+        Concept::parse("c", None, None, Some(text)).unwrap()
+    }
+
+    fn allergy(substance: &str) -> ItemContent {
+        ItemContent::Allergy(Allergy {
+            substance: concept(substance),
+            category: AllergyCategory::Medication,
+            criticality: AllergyCriticality::High,
+            reactions: vec![],
+            clinical_status: AllergyClinicalStatus::Active,
+            verification_status: VerificationStatus::Confirmed,
+            onset: None,
+            note: None,
+        })
+    }
+
+    fn medication(name: &str, status: MedicationStatus) -> ItemContent {
+        ItemContent::Medication(Medication {
+            medication: concept(name),
+            dose: Quantity::parse("d", Some("500"), Some("mg")).unwrap(),
+            route: Route::Oral,
+            frequency: Frequency::new("f", 3, 1, PeriodUnit::Day, false).unwrap(),
+            start: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+            end: None,
+            status,
+            prescriber: Principal::parse("p", "dr-who").unwrap(),
+            reason: None,
+            note: None,
+        })
+    }
+
+    fn ack(ids: &[ItemId]) -> Acknowledgement {
+        Acknowledgement {
+            by: Principal::parse("p", "dr-who").unwrap(),
+            allergies: ids.to_vec(),
+        }
+    }
+
+    fn record(
+        record: &mut MedicalRecord,
+        item: ItemId,
+        content: ItemContent,
+        acks: &[ItemId],
+    ) -> Result<(), MedicalRecordError> {
+        for e in record.decide(MedicalRecordCommand::Record {
+            item_id: item,
+            content,
+            reason: None,
+            acknowledgement: ack(acks),
+            at: at(),
+        })? {
+            record.apply(e);
+        }
+        Ok(())
+    }
+
+    fn reason() -> Reason {
+        Reason::parse("reason", "wrong patient").unwrap()
+    }
+
+    #[test]
+    fn a_second_active_allergy_to_a_substance_is_refused_until_the_first_stands_no_more() {
+        let mut r = MedicalRecord::default();
+        record(&mut r, id(1), allergy("Penicillin"), &[]).unwrap();
+        assert_eq!(
+            record(&mut r, id(2), allergy("penicillin"), &[]),
+            Err(MedicalRecordError::DuplicateAllergy { existing: id(1) })
+        );
+        let events = r
+            .decide(MedicalRecordCommand::EnterInError {
+                item_id: id(1),
+                expected_version: 1,
+                reason: reason(),
+                at: at(),
+            })
+            .unwrap();
+        r.apply(events[0].clone());
+        assert_eq!(r.item(id(1)).unwrap().version, 2);
+        record(&mut r, id(2), allergy("penicillin"), &[]).unwrap();
+    }
+
+    #[test]
+    fn a_medication_matching_an_allergy_needs_the_warning_acknowledged() {
+        let mut r = MedicalRecord::default();
+        record(&mut r, id(1), allergy("Penicillin"), &[]).unwrap();
+        let med = medication("Penicillin V potassium 250 MG", MedicationStatus::Active);
+        match record(&mut r, id(2), med.clone(), &[]) {
+            Err(MedicalRecordError::UnacknowledgedAllergyWarnings(w)) => {
+                assert_eq!(w[0].allergy_id, id(1));
+                assert_eq!(w[0].criticality, AllergyCriticality::High);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            record(&mut r, id(2), med.clone(), &[id(9)]),
+            Err(MedicalRecordError::AcknowledgedWarningDoesNotApply { allergy_id: id(9) })
+        );
+        record(&mut r, id(2), med, &[id(1)]).unwrap();
+        let item = r.item(id(2)).unwrap();
+        assert_eq!(item.acknowledged_warnings[0].allergy_id, id(1));
+        // A later revision does not ask again for what was acknowledged.
+        let events = r
+            .decide(MedicalRecordCommand::Revise {
+                item_id: id(2),
+                expected_version: 1,
+                content: medication("Penicillin V potassium 250 MG", MedicationStatus::OnHold),
+                reason: reason(),
+                acknowledgement: ack(&[]),
+                at: at(),
+            })
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        // A medication no allergy names needs nothing.
+        record(
+            &mut r,
+            id(3),
+            medication("Metformin", MedicationStatus::Active),
+            &[],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn revisions_check_versions_kinds_and_ended_medications() {
+        let mut r = MedicalRecord::default();
+        record(
+            &mut r,
+            id(1),
+            medication("Metformin", MedicationStatus::Active),
+            &[],
+        )
+        .unwrap();
+        let revise = |content: ItemContent, version: u32| MedicalRecordCommand::Revise {
+            item_id: id(1),
+            expected_version: version,
+            content,
+            reason: reason(),
+            acknowledgement: ack(&[]),
+            at: at(),
+        };
+        assert_eq!(
+            r.decide(revise(
+                medication("Metformin", MedicationStatus::Stopped),
+                3
+            )),
+            Err(MedicalRecordError::VersionMismatch { current: 1 })
+        );
+        assert_eq!(
+            r.decide(revise(allergy("x"), 1)),
+            Err(MedicalRecordError::ItemNotFound)
+        );
+        assert_eq!(
+            r.decide(revise(medication("Metformin", MedicationStatus::Active), 1)),
+            Err(MedicalRecordError::ChangesNothing)
+        );
+        let e = r
+            .decide(revise(
+                medication("Metformin", MedicationStatus::Stopped),
+                1,
+            ))
+            .unwrap();
+        r.apply(e[0].clone());
+        assert_eq!(
+            r.decide(revise(medication("Metformin", MedicationStatus::Active), 2)),
+            Err(MedicalRecordError::MedicationEnded)
+        );
+    }
+
+    #[test]
+    fn event_types_name_the_kind() {
+        use cqrs_es::DomainEvent;
+        let e = MedicalRecordEvent::ItemEnteredInError(ItemEnteredInError {
+            item_id: id(1),
+            kind: ItemKind::History,
+            reason: reason(),
+            entered_at: at(),
+        });
+        assert_eq!(e.event_type(), "HistoryEntryEnteredInError");
+    }
+}
