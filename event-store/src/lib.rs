@@ -4,13 +4,15 @@
 //! # Layout
 //!
 //! - [`MIGRATOR`]: this crate's tables (`events`, `snapshots`, relay checkpoints, MRN serials,
-//!   idempotency keys). Run it before anything else touches the database.
+//!   idempotency keys, data keys, document contents). Run it before anything else touches the database.
 //! - [`access`]: appends access entries (who read which patient's data) to the store.
 //! - [`keys`]: one data key per patient, wrapped by the master key; rotation and destruction.
 //! - [`repository`]: the cqrs-es repository that seals payloads and hash-chains rows on the
 //!   way in and opens them on the way out.
 //! - [`chain`]: the hash chains that make tampering with stored events evident, and their
 //!   verification.
+//! - [`records`]: executes medical record commands (one record per patient).
+//! - [`documents`]: document contents, sealed, in PostgreSQL or a directory.
 //! - [`store`]: executes patient commands through cqrs-es with optimistic concurrency and
 //!   loads aggregates.
 //! - [`stream`]: reads committed events in a gap-free global order; the relay and every replay
@@ -21,8 +23,10 @@
 
 pub mod access;
 pub mod chain;
+pub mod documents;
 pub mod idempotency;
 pub mod keys;
+pub mod records;
 pub mod relay;
 pub mod repository;
 pub mod store;

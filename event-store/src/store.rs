@@ -46,11 +46,11 @@ impl CommandMetadata {
     }
 }
 
-/// Why a command was not carried out.
+/// Why a command was not carried out; `E` is the aggregate's rule error.
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
+pub enum CommandError<E = PatientError> {
     #[error(transparent)]
-    Rule(#[from] PatientError),
+    Rule(E),
     #[error("the record is at version {current}, not the expected {expected}")]
     VersionMismatch { expected: u64, current: u64 },
     #[error("the command lost {CONFLICT_RETRIES} races for the same record")]
@@ -75,9 +75,83 @@ impl std::fmt::Debug for PatientStore {
     }
 }
 
+impl From<PatientError> for CommandError {
+    fn from(rule: PatientError) -> Self {
+        Self::Rule(rule)
+    }
+}
+
+/// The cqrs-es event store of aggregate `A` over the sealing repository.
+pub(crate) fn event_store<A: Aggregate>(
+    pool: &PgPool,
+    keys: &KeyStore,
+    chain: &ChainKey,
+) -> PersistedEventStore<SealedRepository, A> {
+    PersistedEventStore::new_event_store(SealedRepository::new(
+        pool.clone(),
+        keys.clone(),
+        chain.clone(),
+    ))
+}
+
+/// Loads aggregate `aggregate_id`, lets `precheck` refuse the command on what it finds (before
+/// the version is compared, so "nobody here" wins over "stale version"), compares the version
+/// with `expected_version`, decides, and commits; a lost race is retried from the load.
+/// Returns the aggregate and its version after the command.
+pub(crate) async fn execute_on<A, D>(
+    store: &PersistedEventStore<SealedRepository, A>,
+    aggregate_id: &str,
+    expected_version: Option<u64>,
+    precheck: impl Fn(&A, u64) -> Result<(), A::Error>,
+    decide: D,
+    metadata: CommandMetadata,
+) -> Result<(A, u64), CommandError<A::Error>>
+where
+    A: Aggregate + Clone,
+    D: Fn(&A) -> Result<Vec<A::Event>, A::Error>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut context = store.load_aggregate(aggregate_id).await.map_err(classify)?;
+        let current = context.current_sequence as u64;
+        precheck(context.aggregate(), current).map_err(CommandError::Rule)?;
+        if let Some(expected) = expected_version {
+            if expected != current {
+                return Err(CommandError::VersionMismatch { expected, current });
+            }
+        }
+        let events = decide(context.aggregate()).map_err(CommandError::Rule)?;
+        let count = events.len() as u64;
+        let mut after = context.aggregate.clone();
+        for event in &events {
+            after.apply(event.clone());
+        }
+        match store
+            .commit(events, context, metadata.clone().into_map())
+            .await
+        {
+            Ok(_) => return Ok((after, current + count)),
+            Err(AggregateError::AggregateConflict) if attempt <= CONFLICT_RETRIES => {
+                tracing::debug!(attempt, "lost a race for the aggregate, retrying");
+            }
+            Err(AggregateError::AggregateConflict) => return Err(CommandError::Conflict),
+            Err(other) => return Err(classify(other)),
+        }
+    }
+}
+
 impl PatientStore {
     pub fn new(pool: PgPool, keys: KeyStore, chain: ChainKey) -> Self {
         Self { pool, keys, chain }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn chain(&self) -> &ChainKey {
+        &self.chain
     }
 
     /// The key store the events are sealed with.
@@ -86,11 +160,7 @@ impl PatientStore {
     }
 
     fn event_store(&self) -> PersistedEventStore<SealedRepository, Patient> {
-        PersistedEventStore::new_event_store(SealedRepository::new(
-            self.pool.clone(),
-            self.keys.clone(),
-            self.chain.clone(),
-        ))
+        event_store(&self.pool, &self.keys, &self.chain)
     }
 
     /// Executes `command` against patient `id`, refusing it unless the patient is at
@@ -109,47 +179,26 @@ impl PatientStore {
         command: PatientCommand,
         metadata: CommandMetadata,
     ) -> Result<(Patient, u64), CommandError> {
-        let store = self.event_store();
-        let aggregate_id = id.to_string();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut context = store
-                .load_aggregate(&aggregate_id)
-                .await
-                .map_err(classify)?;
-            let current = context.current_sequence as u64;
-            // Nobody here: say so, rather than that the version is stale.
-            if current == 0 && !matches!(command, PatientCommand::Register(_)) {
-                return Err(CommandError::Rule(PatientError::NotRegistered));
-            }
-            // Erased: say so, whatever version the caller expected.
-            if context.aggregate().forgotten().is_some() {
-                return Err(CommandError::Rule(PatientError::Forgotten));
-            }
-            if let Some(expected) = expected_version {
-                if expected != current {
-                    return Err(CommandError::VersionMismatch { expected, current });
+        let is_registration = matches!(command, PatientCommand::Register(_));
+        execute_on(
+            &self.event_store(),
+            &id.to_string(),
+            expected_version,
+            |patient: &Patient, current| {
+                if current == 0 && !is_registration {
+                    // Nobody here: say so, rather than that the version is stale.
+                    return Err(PatientError::NotRegistered);
                 }
-            }
-            let events = context.aggregate().decide(command.clone())?;
-            let count = events.len() as u64;
-            let mut after = context.aggregate.clone();
-            for event in &events {
-                after.apply(event.clone());
-            }
-            match store
-                .commit(events, context, metadata.clone().into_map())
-                .await
-            {
-                Ok(_) => return Ok((after, current + count)),
-                Err(AggregateError::AggregateConflict) if attempt <= CONFLICT_RETRIES => {
-                    tracing::debug!(attempt, "lost a race for the aggregate, retrying");
+                if patient.forgotten().is_some() {
+                    // Erased: say so, whatever version the caller expected.
+                    return Err(PatientError::Forgotten);
                 }
-                Err(AggregateError::AggregateConflict) => return Err(CommandError::Conflict),
-                Err(other) => return Err(classify(other)),
-            }
-        }
+                Ok(())
+            },
+            |patient| patient.decide(command.clone()),
+            metadata,
+        )
+        .await
     }
 
     /// The patient and their version, or `None` if nobody is registered under `id`.
@@ -242,7 +291,7 @@ impl PatientStore {
 }
 
 /// Maps a sqlx error to unavailable (the database could not be reached) or internal.
-pub fn sqlx_error(error: sqlx::Error) -> CommandError {
+pub fn sqlx_error<E>(error: sqlx::Error) -> CommandError<E> {
     if crate::is_unavailable(&error) {
         CommandError::Unavailable(Box::new(error))
     } else {
@@ -250,7 +299,7 @@ pub fn sqlx_error(error: sqlx::Error) -> CommandError {
     }
 }
 
-fn classify(error: AggregateError<PatientError>) -> CommandError {
+pub(crate) fn classify<E: std::error::Error>(error: AggregateError<E>) -> CommandError<E> {
     match error {
         AggregateError::UserError(rule) => CommandError::Rule(rule),
         AggregateError::AggregateConflict => CommandError::Conflict,

@@ -3,6 +3,8 @@
 //! consumers and the contract can grow without touching the store.
 
 use cqrs_es::Aggregate;
+use cqrs_es::DomainEvent;
+use domain::medical_record::{MedicalRecord, MedicalRecordEvent};
 use domain::patient::{self, Patient};
 use schemas::patient::v1;
 use schemas::sealed::DataKey;
@@ -80,6 +82,14 @@ pub fn to_published(
             let wire = patient_to_v1(patient_id, domain_event);
             (wire.event_type(), wire.to_json())
         }
+        MedicalRecord::TYPE => {
+            let domain_event: MedicalRecordEvent =
+                serde_json::from_value(event.payload.clone()).map_err(|_| undecodable())?;
+            let patient_id =
+                uuid::Uuid::parse_str(&event.aggregate_id).map_err(|_| undecodable())?;
+            let wire = medical_record_to_v1(patient_id, &domain_event).ok_or_else(undecodable)?;
+            (wire.event_type(), wire.to_json())
+        }
         other => return Err(MappingError::NoTopic(other.to_owned())),
     };
     let published = envelope(event_type, false, data);
@@ -104,6 +114,47 @@ pub fn record_key(event: &StoredEvent) -> String {
             .to_owned(),
         _ => event.aggregate_id.clone(),
     }
+}
+
+/// The published form of a medical record event. The domain's item types serialize field for
+/// field as the contract's (a test holds them to it), so the item goes over as JSON; `None`
+/// only if they ever part.
+pub fn medical_record_to_v1(
+    patient_id: uuid::Uuid,
+    event: &MedicalRecordEvent,
+) -> Option<schemas::medical_record::v1::MedicalRecordEvent> {
+    use serde_json::{json, Value};
+    let item = |content: &domain::medical_record::ItemContent| -> Option<Value> {
+        let mut value = serde_json::to_value(content).ok()?;
+        value.as_object_mut()?.remove("kind");
+        Some(value)
+    };
+    let data = match event {
+        MedicalRecordEvent::ItemRecorded(e) => json!({
+            "patient_id": patient_id,
+            "item_id": e.item_id,
+            "item": item(&e.content)?,
+            "reason": e.reason.as_ref().map(patient::Reason::as_str),
+            "acknowledged_warnings": e.acknowledged_warnings,
+            "recorded_at": e.recorded_at,
+        }),
+        MedicalRecordEvent::ItemRevised(e) => json!({
+            "patient_id": patient_id,
+            "item_id": e.item_id,
+            "item": item(&e.content)?,
+            "reason": e.reason.as_str(),
+            "acknowledged_warnings": e.acknowledged_warnings,
+            "revised_at": e.revised_at,
+        }),
+        MedicalRecordEvent::ItemEnteredInError(e) => json!({
+            "patient_id": patient_id,
+            "item_id": e.item_id,
+            "kind": e.kind.code(),
+            "reason": e.reason.as_str(),
+            "entered_at": e.entered_at,
+        }),
+    };
+    schemas::medical_record::v1::MedicalRecordEvent::from_value(&event.event_type(), data).ok()
 }
 
 fn name_to_v1(name: &patient::PersonName) -> v1::HumanName {
@@ -422,5 +473,83 @@ fn directive_to_v1(directive: &patient::governance::ConsentDirective) -> v1::Con
         },
         D::ShareWithRole { role } => v1::ConsentDirective::ShareWithRole { role: role.clone() },
         D::ResearchOptOut => v1::ConsentDirective::ResearchOptOut,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::medical_record::{ItemContent, ItemEnteredInError, ItemRecorded, ItemRevised};
+    use serde_json::json;
+
+    use super::*;
+
+    /// One item of every kind, in the domain's stored form, with every optional field set.
+    fn items() -> Vec<ItemContent> {
+        let concept =
+            json!({"system": "http://snomed.info/sct", "code": "91936005", "text": "Penicillin"});
+        [
+            json!({"kind": "allergy", "substance": concept, "category": "medication", "criticality": "high",
+                   "reactions": [{"manifestation": {"text": "Hives"}, "severity": "mild"}],
+                   "clinical_status": "active", "verification_status": "confirmed", "onset": "2020-01-02", "note": "n"}),
+            json!({"kind": "medication", "medication": concept, "dose": {"value": "500", "unit": "mg"}, "route": "oral",
+                   "frequency": {"count": 3, "period": 1, "period_unit": "d", "as_needed": true},
+                   "start": "2026-01-01", "end": "2026-02-01", "status": "active", "prescriber": "dr-a",
+                   "reason": {"text": "Infection"}, "note": "n"}),
+            json!({"kind": "immunization", "vaccine": {"system": "http://hl7.org/fhir/sid/cvx", "code": "208", "text": "COVID-19"},
+                   "occurred_on": "2026-01-01", "lot_number": "L1", "site": "left-arm", "route": "intramuscular",
+                   "performer": "nurse-b", "status": "completed", "note": "n"}),
+            json!({"kind": "problem", "condition": {"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9", "text": "Type 2 diabetes"},
+                   "onset": "2019-01-01", "abatement": "2020-01-01", "clinical_status": "resolved", "severity": "moderate", "note": "n"}),
+            json!({"kind": "history", "category": "family", "description": {"text": "Breast cancer"}, "relationship": "mother",
+                   "occurred_on": "2001-01-01", "note": "n"}),
+            json!({"kind": "document", "title": "Discharge", "document_type": {"text": "Discharge summary"}, "author": "dr-a",
+                   "date": "2026-01-01", "content": {"media_type": "text/plain", "size": 3, "sha256": "ab", "text_sha256": "cd", "text_length": 3},
+                   "note": "n"}),
+        ]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn every_medical_record_event_maps_to_its_published_type() {
+        let patient = uuid::Uuid::from_u128(7);
+        let item_id =
+            serde_json::from_value(json!("00000000-0000-0000-0000-000000000001")).unwrap();
+        let reason = serde_json::from_value(json!("typo")).unwrap();
+        let at = chrono::DateTime::UNIX_EPOCH;
+        let mut seen = Vec::new();
+        for content in items() {
+            let kind = content.kind();
+            let events = [
+                MedicalRecordEvent::ItemRecorded(ItemRecorded {
+                    item_id,
+                    content: content.clone(),
+                    reason: Some(Clone::clone(&reason)),
+                    acknowledged_warnings: vec![],
+                    recorded_at: at,
+                }),
+                MedicalRecordEvent::ItemRevised(ItemRevised {
+                    item_id,
+                    content,
+                    reason: Clone::clone(&reason),
+                    acknowledged_warnings: vec![],
+                    revised_at: at,
+                }),
+                MedicalRecordEvent::ItemEnteredInError(ItemEnteredInError {
+                    item_id,
+                    kind,
+                    reason: Clone::clone(&reason),
+                    entered_at: at,
+                }),
+            ];
+            for event in events {
+                let wire = medical_record_to_v1(patient, &event)
+                    .unwrap_or_else(|| panic!("{} does not map", event.event_type()));
+                assert_eq!(wire.event_type(), event.event_type());
+                seen.push(wire.event_type());
+            }
+        }
+        assert_eq!(seen, schemas::medical_record::v1::EVENT_TYPES);
     }
 }

@@ -8,6 +8,7 @@
 //! - [`sealed`]: the format of sealed (encrypted) event data and the function that opens it.
 //! - [`access`]: the wire types of the access topic (who read which patient's data).
 //! - [`patient`]: the wire types of the patient topic, one module per major version.
+//! - [`medical_record`]: the wire types of the medical record topic.
 //! - [`json_schemas`]: the JSON Schema of every wire type; the checked-in files under `json/`
 //!   are generated from it and a test fails when they drift.
 //!
@@ -15,6 +16,7 @@
 
 pub mod access;
 pub mod envelope;
+pub mod medical_record;
 pub mod patient;
 pub mod sealed;
 pub mod topics;
@@ -25,6 +27,7 @@ pub use envelope::{DecodeError, PublishedEvent};
 /// crate's `json/` folder.
 pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
     let mut schemas = patient::v1::json_schemas();
+    schemas.extend(medical_record::v1::json_schemas());
     schemas.extend(access::v1::json_schemas());
     schemas.push(("sealed.schema.json", schemars::schema_for!(sealed::Sealed)));
     schemas

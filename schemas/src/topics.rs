@@ -4,16 +4,20 @@
 /// Every event of the `Patient` aggregate, keyed by patient id.
 pub const PATIENT: &str = "patients.patient.v1";
 
+/// Every event of the `MedicalRecord` aggregate, keyed by patient id.
+pub const MEDICAL_RECORD: &str = "patients.medical-record.v1";
+
 /// Every access to patient data, keyed by patient id.
 pub const ACCESS: &str = "patients.access.v1";
 
 /// Every topic the service publishes to.
-pub const ALL: [&str; 2] = [PATIENT, ACCESS];
+pub const ALL: [&str; 3] = [PATIENT, MEDICAL_RECORD, ACCESS];
 
 /// The topic of an aggregate type, if it has one.
 pub fn for_aggregate_type(aggregate_type: &str) -> Option<&'static str> {
     match aggregate_type {
         "Patient" => Some(PATIENT),
+        "MedicalRecord" => Some(MEDICAL_RECORD),
         "Access" => Some(ACCESS),
         _ => None,
     }

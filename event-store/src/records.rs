@@ -1,0 +1,81 @@
+//! Executes medical record commands and loads records. A patient's medical record is one
+//! aggregate, stored under the patient's id and sealed with the patient's data key, so
+//! forgetting the patient erases it too.
+
+use cqrs_es::persist::PersistedEventStore;
+use domain::medical_record::{MedicalRecord, MedicalRecordCommand, MedicalRecordError};
+use domain::patient::PatientId;
+use sqlx::PgPool;
+
+use crate::chain::ChainKey;
+use crate::keys::KeyStore;
+use crate::repository::SealedRepository;
+use crate::store::{event_store, execute_on, CommandError, CommandMetadata};
+
+/// The medical record event store.
+#[derive(Clone)]
+pub struct MedicalRecordStore {
+    pool: PgPool,
+    keys: KeyStore,
+    chain: ChainKey,
+}
+
+impl std::fmt::Debug for MedicalRecordStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MedicalRecordStore").finish_non_exhaustive()
+    }
+}
+
+impl MedicalRecordStore {
+    pub fn new(pool: PgPool, keys: KeyStore, chain: ChainKey) -> Self {
+        Self { pool, keys, chain }
+    }
+
+    fn event_store(&self) -> PersistedEventStore<SealedRepository, MedicalRecord> {
+        event_store(&self.pool, &self.keys, &self.chain)
+    }
+
+    /// Executes `command` on the medical record of patient `id` (who must be registered: the
+    /// caller checks). Returns the record and its version after the command.
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError`]: the broken rule, a lost race after retries, or the store failing.
+    #[tracing::instrument(skip_all, fields(patient_id = %id))]
+    pub async fn execute(
+        &self,
+        id: PatientId,
+        command: MedicalRecordCommand,
+        metadata: CommandMetadata,
+    ) -> Result<(MedicalRecord, u64), CommandError<MedicalRecordError>> {
+        execute_on(
+            &self.event_store(),
+            &id.to_string(),
+            None,
+            |_, _| Ok(()),
+            |record: &MedicalRecord| record.decide(command.clone()),
+            metadata,
+        )
+        .await
+    }
+
+    /// The medical record of patient `id` and its version (0 and empty when nothing was ever
+    /// recorded, or the patient was forgotten).
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError::Unavailable`] or [`CommandError::Internal`] when the store fails.
+    pub async fn load(
+        &self,
+        id: PatientId,
+    ) -> Result<(MedicalRecord, u64), CommandError<MedicalRecordError>> {
+        use cqrs_es::EventStore;
+        let context = self
+            .event_store()
+            .load_aggregate(&id.to_string())
+            .await
+            .map_err(crate::store::classify)?;
+        let version = context.current_sequence as u64;
+        Ok((context.aggregate, version))
+    }
+}
