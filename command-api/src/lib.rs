@@ -21,6 +21,7 @@ pub mod bench;
 pub mod cli;
 pub mod configuration;
 pub mod embedded_postgres;
+pub mod extraction;
 pub mod http;
 pub mod match_eval;
 pub mod matching;

@@ -1,4 +1,4 @@
-//! The audit log read model: every patient event and every access entry, hash-chained, and
+//! The audit log read model: every patient and medical record event and every access entry, hash-chained, and
 //! queryable by patient, user, time range and action.
 //!
 //! Each entry's hash is an HMAC (the audit key from configuration) over the previous entry's
@@ -73,13 +73,26 @@ impl AuditEntry {
     }
 }
 
+/// The stored aggregate type of an event type's aggregate.
+fn aggregate_type(event_type: &str) -> &'static str {
+    if schemas::topics::for_event_type(event_type) == schemas::topics::MEDICAL_RECORD {
+        "MedicalRecord"
+    } else {
+        "Patient"
+    }
+}
+
 impl ReadModel for AuditLog {
     fn name(&self) -> &'static str {
         "audit_log"
     }
 
     fn topics(&self) -> &'static [&'static str] {
-        &[schemas::topics::PATIENT, schemas::topics::ACCESS]
+        &[
+            schemas::topics::PATIENT,
+            schemas::topics::MEDICAL_RECORD,
+            schemas::topics::ACCESS,
+        ]
     }
 
     /// The log records that an event happened, not what it says: sealed data stays sealed,
@@ -118,6 +131,7 @@ impl ReadModel for AuditLog {
                 event.user_id.clone(),
                 event.event_type.clone(),
                 serde_json::json!({
+                    "aggregate_type": aggregate_type(&event.event_type),
                     "aggregate_id": event.subject,
                     "sequence": event.sequence,
                     "position": event.position,
@@ -333,7 +347,8 @@ pub async fn verify(pool: &PgPool, chain: &ChainKey) -> Result<Verification, sql
                     (e.aggregate_id IS NOT NULL) AS in_store
                FROM projections.audit_log a
                LEFT JOIN events e
-                 ON e.aggregate_type = CASE a.kind WHEN 'access' THEN 'Access' ELSE 'Patient' END
+                 ON e.aggregate_type = CASE a.kind WHEN 'access' THEN 'Access'
+                                       ELSE coalesce(a.detail->>'aggregate_type', 'Patient') END
                 AND e.aggregate_id = CASE a.kind WHEN 'access' THEN a.detail->>'entry_id'
                                                  ELSE a.detail->>'aggregate_id' END
                 AND e.sequence = CASE a.kind WHEN 'access' THEN 1
@@ -362,7 +377,8 @@ pub async fn verify(pool: &PgPool, chain: &ChainKey) -> Result<Verification, sql
                 } else {
                     (
                         format!(
-                            "Patient/{}",
+                            "{}/{}",
+                            entry.detail["aggregate_type"].as_str().unwrap_or("Patient"),
                             entry.detail["aggregate_id"].as_str().unwrap_or_default()
                         ),
                         entry.detail["sequence"].as_i64().unwrap_or_default(),

@@ -126,7 +126,11 @@ async fn handle<M: ReadModel>(
                     }
                 }
             }
-            Err(e @ (ProjectionError::Database(_) | ProjectionError::Keys(_))) => {
+            Err(
+                e @ (ProjectionError::Database(_)
+                | ProjectionError::Keys(_)
+                | ProjectionError::Documents(_)),
+            ) => {
                 tracing::warn!(error.message = %e, "read model store failed; retrying");
             }
         }

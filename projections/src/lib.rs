@@ -13,10 +13,12 @@
 //! - [`kafka`]: the consumer-group loop (offsets stored only after the transaction commits).
 //! - [`patient_search`]: the search read model and its queries.
 //! - [`patient_match`]: the matcher's view of every patient, for duplicate detection.
+//! - [`medical_records`]: every version of every medical record item, and their search.
 //! - [`audit_log`]: every event and access entry, hash-chained, with its verification.
 
 pub mod audit_log;
 pub mod kafka;
+pub mod medical_records;
 pub mod patient_match;
 pub mod patient_search;
 pub mod runtime;

@@ -98,6 +98,9 @@ pub enum ProjectionError {
     Unopenable(#[from] OpenError),
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// Document storage failed (retry).
+    #[error("document storage: {0}")]
+    Documents(String),
 }
 
 /// Applies events to one read model.
@@ -267,6 +270,14 @@ impl<M: ReadModel> Projector<M> {
             self.model.apply(tx, event).await?;
             return Ok(Applied::Applied);
         }
+        // A patient's record and medical record share the patient's id as subject: keep
+        // their sequences apart by topic (patient events keep the bare id they always had).
+        let topic = schemas::topics::for_event_type(&event.event_type);
+        let aggregate = if topic == schemas::topics::PATIENT {
+            event.subject.clone()
+        } else {
+            format!("{topic}/{}", event.subject)
+        };
         // Lock the aggregate's bookkeeping row (creating it at 0) so two consumers of the same
         // aggregate cannot both apply the same sequence.
         sqlx::query(
@@ -274,7 +285,7 @@ impl<M: ReadModel> Projector<M> {
              VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
         )
         .bind(self.model.name())
-        .bind(&event.subject)
+        .bind(&aggregate)
         .execute(&mut *tx)
         .await?;
         let last: i64 = sqlx::query_scalar(
@@ -282,7 +293,7 @@ impl<M: ReadModel> Projector<M> {
               WHERE projector = $1 AND aggregate_id = $2 FOR UPDATE",
         )
         .bind(self.model.name())
-        .bind(&event.subject)
+        .bind(&aggregate)
         .fetch_one(&mut *tx)
         .await?;
         let last = last as u64;
@@ -320,7 +331,7 @@ impl<M: ReadModel> Projector<M> {
               WHERE projector = $1 AND aggregate_id = $2",
         )
         .bind(self.model.name())
-        .bind(&event.subject)
+        .bind(&aggregate)
         .bind(event.sequence as i64)
         .execute(&mut *tx)
         .await?;

@@ -22,3 +22,19 @@ pub fn for_aggregate_type(aggregate_type: &str) -> Option<&'static str> {
         _ => None,
     }
 }
+
+/// The topic an event type is published on. Event types are unique across topics.
+pub fn for_event_type(event_type: &str) -> &'static str {
+    if crate::medical_record::v1::EVENT_TYPES.contains(&event_type) {
+        MEDICAL_RECORD
+    } else if [
+        crate::access::v1::ACCESS_RECORDED,
+        crate::access::v1::EMERGENCY_ACCESS_GRANTED,
+    ]
+    .contains(&event_type)
+    {
+        ACCESS
+    } else {
+        PATIENT
+    }
+}

@@ -191,6 +191,29 @@ impl<'a> Fields<'a> {
         self.get(key).and_then(Value::as_array).map(Vec::len)
     }
 
+    /// A whole number from `range`, if present.
+    pub fn optional_whole(
+        &mut self,
+        key: &str,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Option<u32> {
+        let value = self.get(key)?;
+        match value.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) if range.contains(&n) => Some(n),
+            _ => {
+                self.errors.push(FieldError::new(
+                    self.path(key),
+                    format!(
+                        "must be a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+                None
+            }
+        }
+    }
+
     pub fn optional_bool(&mut self, key: &str) -> Option<bool> {
         match self.get(key)? {
             Value::Bool(b) => Some(*b),

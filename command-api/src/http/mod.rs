@@ -10,6 +10,7 @@ pub mod patient_input;
 mod patients;
 mod problem;
 mod record;
+pub mod record_input;
 mod sessions;
 pub mod tls;
 

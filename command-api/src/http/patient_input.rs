@@ -626,7 +626,7 @@ pub fn emergency_contact_body(
     }
 }
 
-fn date(f: &mut Fields<'_>, key: &str, required: bool) -> Option<NaiveDate> {
+pub(super) fn date(f: &mut Fields<'_>, key: &str, required: bool) -> Option<NaiveDate> {
     let value = if required {
         f.string(key)
     } else {

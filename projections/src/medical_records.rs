@@ -1,0 +1,619 @@
+//! The medical record read model: every version of every item (who, when, why, and the item
+//! as it stood) and each item's current search entry (full text, ranked with highlights; and
+//! coded concepts for structured search across patients).
+//!
+//! Fed by the medical record topic; the patient topic's `PatientForgotten` deletes all of a
+//! patient's rows.
+
+use chrono::{DateTime, Utc};
+use event_store::documents::DocumentStore;
+use schemas::medical_record::v1;
+use schemas::patient::v1 as patient_v1;
+use schemas::{DecodeError, PublishedEvent};
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::{ProjectionError, ReadModel};
+
+/// At most this many characters of a document's text are indexed.
+pub const MAX_INDEXED_TEXT: usize = 100_000;
+
+/// The read model; it reads documents' extracted text from `documents`.
+#[derive(Debug, Clone)]
+pub struct MedicalRecords {
+    documents: DocumentStore,
+}
+
+impl MedicalRecords {
+    pub fn new(documents: DocumentStore) -> Self {
+        Self { documents }
+    }
+}
+
+/// What an event does to its item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Recorded,
+    Revised,
+    EnteredInError,
+}
+
+/// The kind code (`allergy`) and the change of a v1 event type (`AllergyRevised`).
+fn kind_and_change(event_type: &str) -> Option<(&'static str, Change)> {
+    let (prefix, change) = if let Some(p) = event_type.strip_suffix("Recorded") {
+        (p, Change::Recorded)
+    } else if let Some(p) = event_type.strip_suffix("Revised") {
+        (p, Change::Revised)
+    } else {
+        (
+            event_type.strip_suffix("EnteredInError")?,
+            Change::EnteredInError,
+        )
+    };
+    let kind = match prefix {
+        "Allergy" => "allergy",
+        "Medication" => "medication",
+        "Immunization" => "immunization",
+        "Problem" => "problem",
+        "HistoryEntry" => "history",
+        "Document" => "document",
+        _ => return None,
+    };
+    Some((kind, change))
+}
+
+/// The search facts of an item: its concept, status, whether it stands, its title and text.
+struct Facts {
+    system: Option<String>,
+    code: Option<String>,
+    concept_text: String,
+    status: String,
+    active: bool,
+    title: String,
+    body: String,
+}
+
+fn text_of(value: &Value, pointer: &str) -> Option<String> {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// Lowercase, single-spaced: how concept texts are compared.
+pub fn fold(text: &str) -> String {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn facts(kind: &str, item: &Value, document_text: Option<&str>) -> Facts {
+    let concept_field = match kind {
+        "allergy" => "substance",
+        "medication" => "medication",
+        "immunization" => "vaccine",
+        "problem" => "condition",
+        "history" => "description",
+        _ => "document_type",
+    };
+    let concept = &item[concept_field];
+    let concept_text = text_of(concept, "/text").unwrap_or_default();
+    let status_of = |field: &str| text_of(item, field).unwrap_or_default();
+    let (status, active) = match kind {
+        "allergy" => {
+            let s = status_of("/clinical_status");
+            let refuted = status_of("/verification_status") == "refuted";
+            (s.clone(), s == "active" && !refuted)
+        }
+        "medication" => {
+            let s = status_of("/status");
+            (s.clone(), s == "active" || s == "on-hold")
+        }
+        "immunization" => {
+            let s = status_of("/status");
+            (s.clone(), s == "completed")
+        }
+        "problem" => {
+            let s = status_of("/clinical_status");
+            (
+                s.clone(),
+                matches!(s.as_str(), "active" | "recurrence" | "relapse"),
+            )
+        }
+        "history" => (status_of("/category"), true),
+        _ => ("current".to_owned(), true),
+    };
+    let title = if kind == "document" {
+        status_of("/title")
+    } else {
+        concept_text.clone()
+    };
+    let mut parts: Vec<String> = Vec::new();
+    if kind == "document" {
+        parts.push(concept_text.clone());
+    }
+    for pointer in ["/reason/text", "/relationship", "/lot_number"] {
+        parts.extend(text_of(item, pointer));
+    }
+    if let Some(reactions) = item.get("reactions").and_then(Value::as_array) {
+        parts.extend(
+            reactions
+                .iter()
+                .filter_map(|r| text_of(r, "/manifestation/text")),
+        );
+    }
+    parts.extend(text_of(item, "/note"));
+    if let Some(text) = document_text {
+        parts.push(text.chars().take(MAX_INDEXED_TEXT).collect());
+    }
+    Facts {
+        system: text_of(concept, "/system"),
+        code: text_of(concept, "/code"),
+        concept_text: fold(&concept_text),
+        status,
+        active,
+        title,
+        body: parts.join("\n"),
+    }
+}
+
+impl ReadModel for MedicalRecords {
+    fn name(&self) -> &'static str {
+        "medical_records"
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[schemas::topics::MEDICAL_RECORD, schemas::topics::PATIENT]
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        event: &PublishedEvent,
+    ) -> Result<(), ProjectionError> {
+        if patient_v1::PatientEvent::decode(&event.event_type, b"{}").is_ok()
+            || !v1::EVENT_TYPES.contains(&event.event_type.as_str())
+        {
+            // A patient event: only erasure concerns this model.
+            if let Ok(patient_v1::PatientEvent::Forgotten(e)) =
+                patient_v1::PatientEvent::from_published(event)
+            {
+                purge(tx, e.patient_id).await?;
+            }
+            return Ok(());
+        }
+        // Checks the data against the event type's schema.
+        let decoded = v1::MedicalRecordEvent::from_published(event)?;
+        let (kind, change) = kind_and_change(&event.event_type)
+            .ok_or_else(|| DecodeError::UnknownType(event.event_type.clone()))?;
+        let data: Value = serde_json::from_slice(&event.data)
+            .map_err(|_| DecodeError::MalformedData(event.event_type.clone()))?;
+        let patient_id = decoded.patient_id();
+        let item_id = decoded.item_id();
+        let previous: Option<(i32, Value)> = sqlx::query_as(
+            "SELECT version, state FROM projections.medical_record_versions
+              WHERE item_id = $1 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(item_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let version = previous.as_ref().map_or(1, |(v, _)| v + 1);
+        let reason = data.get("reason").and_then(Value::as_str);
+        let (state, at) = match change {
+            Change::Recorded | Change::Revised => {
+                let mut state = data["item"].clone();
+                let mut acknowledged: Vec<Value> = previous
+                    .as_ref()
+                    .and_then(|(_, s)| s.get("acknowledged_warnings"))
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if let Some(new) = data.get("acknowledged_warnings").and_then(Value::as_array) {
+                    acknowledged.extend(new.iter().cloned());
+                }
+                if !acknowledged.is_empty() {
+                    state["acknowledged_warnings"] = Value::Array(acknowledged);
+                }
+                let at = if change == Change::Recorded {
+                    &data["recorded_at"]
+                } else {
+                    &data["revised_at"]
+                };
+                (state, at.clone())
+            }
+            Change::EnteredInError => {
+                let mut state = previous.map(|(_, s)| s).unwrap_or_else(|| json!({}));
+                state["entered_in_error"] =
+                    json!({ "reason": reason, "at": data["entered_at"].clone() });
+                (state, data["entered_at"].clone())
+            }
+        };
+        let at: DateTime<Utc> = serde_json::from_value(at)
+            .map_err(|_| DecodeError::MalformedData(event.event_type.clone()))?;
+        sqlx::query(
+            "INSERT INTO projections.medical_record_versions
+                (item_id, version, patient_id, kind, event_type, state, reason, changed_by, changed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (item_id, version) DO NOTHING",
+        )
+        .bind(item_id)
+        .bind(version)
+        .bind(patient_id)
+        .bind(kind)
+        .bind(&event.event_type)
+        .bind(&state)
+        .bind(reason)
+        .bind(event.user_id.as_deref())
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        if change == Change::EnteredInError {
+            sqlx::query(
+                "UPDATE projections.medical_record_items
+                    SET entered_in_error = true, active = false, version = $2, updated_at = $3
+                  WHERE item_id = $1",
+            )
+            .bind(item_id)
+            .bind(version)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            return Ok(());
+        }
+        let document_text = match state
+            .pointer("/content/text_sha256")
+            .and_then(Value::as_str)
+        {
+            Some(sha) if kind == "document" => self
+                .documents
+                .get(&patient_id.to_string(), sha)
+                .await
+                .map_err(|e| match e {
+                    event_store::documents::DocumentError::Altered(_) => {
+                        ProjectionError::Unopenable(schemas::sealed::OpenError::Tampered)
+                    }
+                    other => ProjectionError::Documents(other.to_string()),
+                })?
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+            _ => None,
+        };
+        let facts = facts(kind, &state, document_text.as_deref());
+        sqlx::query(
+            "INSERT INTO projections.medical_record_items
+                (item_id, patient_id, kind, version, status, active, code_system, code,
+                 concept_text, title, body, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (item_id) DO UPDATE
+                SET version = EXCLUDED.version, status = EXCLUDED.status,
+                    active = EXCLUDED.active, code_system = EXCLUDED.code_system,
+                    code = EXCLUDED.code, concept_text = EXCLUDED.concept_text,
+                    title = EXCLUDED.title, body = EXCLUDED.body,
+                    updated_at = EXCLUDED.updated_at",
+        )
+        .bind(item_id)
+        .bind(patient_id)
+        .bind(kind)
+        .bind(version)
+        .bind(&facts.status)
+        .bind(facts.active)
+        .bind(&facts.system)
+        .bind(&facts.code)
+        .bind(&facts.concept_text)
+        .bind(&facts.title)
+        .bind(&facts.body)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn clear(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "TRUNCATE projections.medical_record_versions, projections.medical_record_items",
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn purge(tx: &mut PgConnection, patient_id: Uuid) -> Result<(), sqlx::Error> {
+    for table in ["medical_record_versions", "medical_record_items"] {
+        sqlx::query(&format!(
+            "DELETE FROM projections.{table} WHERE patient_id = $1"
+        ))
+        .bind(patient_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// One version of an item.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Version {
+    pub version: i32,
+    pub event_type: String,
+    pub changed_at: DateTime<Utc>,
+    pub changed_by: Option<String>,
+    pub reason: Option<String>,
+    /// The item as it stood after this version.
+    pub item: Value,
+}
+
+fn version_of(row: &sqlx::postgres::PgRow) -> Result<Version, sqlx::Error> {
+    Ok(Version {
+        version: row.try_get("version")?,
+        event_type: row.try_get("event_type")?,
+        changed_at: row.try_get("changed_at")?,
+        changed_by: row.try_get("changed_by")?,
+        reason: row.try_get("reason")?,
+        item: row.try_get("state")?,
+    })
+}
+
+const VERSION_COLUMNS: &str = "version, event_type, changed_at, changed_by, reason, state";
+
+/// Every version of item `item_id` of patient `patient_id` of `kind`, oldest first.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn versions(
+    pool: &PgPool,
+    patient_id: Uuid,
+    kind: &str,
+    item_id: Uuid,
+) -> Result<Vec<Version>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {VERSION_COLUMNS} FROM projections.medical_record_versions
+          WHERE item_id = $1 AND patient_id = $2 AND kind = $3 ORDER BY version"
+    ))
+    .bind(item_id)
+    .bind(patient_id)
+    .bind(kind)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(version_of).collect()
+}
+
+/// The version of an item current at `as_of`, if it existed then.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn version_as_of(
+    pool: &PgPool,
+    patient_id: Uuid,
+    kind: &str,
+    item_id: Uuid,
+    as_of: DateTime<Utc>,
+) -> Result<Option<Version>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {VERSION_COLUMNS} FROM projections.medical_record_versions
+          WHERE item_id = $1 AND patient_id = $2 AND kind = $3 AND changed_at <= $4
+          ORDER BY version DESC LIMIT 1"
+    ))
+    .bind(item_id)
+    .bind(patient_id)
+    .bind(kind)
+    .bind(as_of)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(version_of).transpose()
+}
+
+/// One full-text hit.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TextHit {
+    pub patient_id: Uuid,
+    pub item_id: Uuid,
+    pub kind: String,
+    pub title: String,
+    pub rank: f32,
+    /// Fragments of the text around the matched words, each match wrapped in `<mark>`; the
+    /// rest of the text is HTML-escaped.
+    pub highlights: Vec<String>,
+}
+
+// Markers ts_headline puts around matches: characters no stored text holds (validation
+// refuses control characters), replaced by `<mark>` once the text is escaped.
+const START: &str = "\u{1}";
+const STOP: &str = "\u{2}";
+
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn highlights(headline: &str) -> Vec<String> {
+    headline
+        .split(" ... ")
+        .filter(|f| !f.trim().is_empty())
+        .map(|fragment| {
+            escape_html(fragment)
+                .replace(START, "<mark>")
+                .replace(STOP, "</mark>")
+        })
+        .collect()
+}
+
+/// Full-text search over one patient's standing items (documents' text included), best
+/// first. `query` is web-search syntax: words, `"quoted phrases"`, `or`, `-excluded`.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn search_text(
+    pool: &PgPool,
+    patient_id: Uuid,
+    query: &str,
+    kind: Option<&str>,
+    limit: i64,
+) -> Result<Vec<TextHit>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT item_id, patient_id, kind, title, rank,
+                ts_headline('english', title || E'\\n' || body, q,
+                            'MaxFragments=3, MinWords=5, MaxWords=20, StartSel={START}, StopSel={STOP}, FragmentDelimiter=\" ... \"') AS headline
+           FROM (SELECT item_id, patient_id, kind, title, body, q,
+                        ts_rank_cd(search, q) AS rank
+                   FROM projections.medical_record_items,
+                        websearch_to_tsquery('english', $2) AS q
+                  WHERE patient_id = $1 AND NOT entered_in_error AND search @@ q
+                    AND ($3::text IS NULL OR kind = $3)
+                  ORDER BY rank DESC, item_id
+                  LIMIT $4) AS hits
+          ORDER BY rank DESC, item_id"
+    ))
+    .bind(patient_id)
+    .bind(query)
+    .bind(kind)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let headline: String = row.try_get("headline")?;
+            Ok(TextHit {
+                patient_id: row.try_get("patient_id")?,
+                item_id: row.try_get("item_id")?,
+                kind: row.try_get("kind")?,
+                title: row.try_get("title")?,
+                rank: row.try_get("rank")?,
+                highlights: highlights(&headline),
+            })
+        })
+        .collect()
+}
+
+/// What a structured search across patients looks for.
+#[derive(Debug, Clone, Default)]
+pub struct Criteria {
+    pub kind: String,
+    pub system: Option<String>,
+    pub code: Option<String>,
+    /// Matches the concept's text, folded.
+    pub text: Option<String>,
+    /// Only items that stand (active allergies, current medications, active problems).
+    pub active_only: bool,
+    /// A status code of the kind (`resolved`, `on-hold`, ...).
+    pub status: Option<String>,
+    /// Keyset paging: items after this (patient, item).
+    pub after: Option<(Uuid, Uuid)>,
+    pub limit: i64,
+}
+
+/// One structured-search hit.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ItemHit {
+    pub patient_id: Uuid,
+    pub item_id: Uuid,
+    pub kind: String,
+    pub status: String,
+    pub active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub title: String,
+}
+
+/// Items of `criteria.kind` across patients, ordered by (patient, item).
+///
+/// # Errors
+///
+/// The database error.
+pub async fn search_items(pool: &PgPool, criteria: &Criteria) -> Result<Vec<ItemHit>, sqlx::Error> {
+    let (after_patient, after_item) = criteria.after.unzip();
+    let rows = sqlx::query(
+        "SELECT patient_id, item_id, kind, status, active, code_system, code, title
+           FROM projections.medical_record_items
+          WHERE kind = $1 AND NOT entered_in_error
+            AND ($2::text IS NULL OR code_system = $2)
+            AND ($3::text IS NULL OR code = $3)
+            AND ($4::text IS NULL OR concept_text = $4)
+            AND (NOT $5 OR active)
+            AND ($6::text IS NULL OR status = $6)
+            AND ($7::uuid IS NULL OR (patient_id, item_id) > ($7, $8))
+          ORDER BY patient_id, item_id
+          LIMIT $9",
+    )
+    .bind(&criteria.kind)
+    .bind(&criteria.system)
+    .bind(&criteria.code)
+    .bind(criteria.text.as_deref().map(fold))
+    .bind(criteria.active_only)
+    .bind(&criteria.status)
+    .bind(after_patient)
+    .bind(after_item)
+    .bind(criteria.limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ItemHit {
+                patient_id: row.try_get("patient_id")?,
+                item_id: row.try_get("item_id")?,
+                kind: row.try_get("kind")?,
+                status: row.try_get("status")?,
+                active: row.try_get("active")?,
+                system: row.try_get("code_system")?,
+                code: row.try_get("code")?,
+                title: row.try_get("title")?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_name_kind_and_change() {
+        assert_eq!(
+            kind_and_change("HistoryEntryEnteredInError"),
+            Some(("history", Change::EnteredInError))
+        );
+        assert_eq!(
+            kind_and_change("AllergyRevised"),
+            Some(("allergy", Change::Revised))
+        );
+        assert_eq!(kind_and_change("PatientRegistered"), None);
+    }
+
+    #[test]
+    fn highlights_escape_the_text_and_mark_the_matches() {
+        let out = highlights("a <b> \u{1}penicillin\u{2} rash ... second \u{1}hit\u{2}");
+        assert_eq!(
+            out,
+            [
+                "a &lt;b&gt; <mark>penicillin</mark> rash",
+                "second <mark>hit</mark>"
+            ]
+        );
+    }
+
+    #[test]
+    fn facts_say_whether_an_item_stands() {
+        let allergy = json!({"substance": {"text": "Peanut  Oil"}, "clinical_status": "active",
+                             "verification_status": "refuted", "note": "hives"});
+        let f = facts("allergy", &allergy, None);
+        assert!(!f.active);
+        assert_eq!(f.concept_text, "peanut oil");
+        assert_eq!(f.body, "hives");
+    }
+}
