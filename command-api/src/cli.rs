@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use event_store::documents::DocumentStore;
 use projections::audit_log::AuditLog;
+use projections::medical_records::MedicalRecords;
 use projections::patient_match::PatientMatch;
 use projections::patient_search::PatientSearch;
 use projections::{Projector, ReadModel};
@@ -158,11 +160,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rebuild => {
             let secrets = settings.secrets()?;
+            let storage = settings.documents.storage()?;
             let events = startup::with_database(&settings, |pool| async move {
                 let keys = secrets.keys;
+                let documents = DocumentStore::new(pool.clone(), keys.clone(), storage);
                 Ok(
                     rebuild(Projector::new(pool.clone(), keys.clone(), PatientSearch)).await?
                         + rebuild(Projector::new(pool.clone(), keys.clone(), PatientMatch)).await?
+                        + rebuild(Projector::new(
+                            pool.clone(),
+                            keys.clone(),
+                            MedicalRecords::new(documents),
+                        ))
+                        .await?
                         + rebuild(Projector::new(pool, keys, AuditLog::new(secrets.chain))).await?,
                 )
             })

@@ -18,6 +18,9 @@ const BASE: &str = include_str!("../../configuration/base.yaml");
 /// The secret `base.yaml` ships with; the service warns while it is in use.
 pub const DEVELOPMENT_SECRET: &str = "development-only-secret-do-not-use-in-production";
 
+/// The largest document accepted unless configured otherwise: 10 MiB.
+pub const DEFAULT_DOCUMENT_MAX_BYTES: usize = 10 * 1024 * 1024;
+
 /// Ten years, unless configured otherwise.
 pub const DEFAULT_RETENTION_DAYS: u32 = 3650;
 
@@ -29,7 +32,40 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub security: SecuritySettings,
     pub retention: RetentionSettings,
+    pub documents: DocumentSettings,
     pub log: LogSettings,
+}
+
+/// Where document contents are stored, and how large they may be.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DocumentSettings {
+    /// The largest document accepted, in bytes.
+    pub max_bytes: usize,
+    /// `database` (the `document_blobs` table) or `directory`.
+    pub storage: String,
+    /// With `storage: directory`: where (local disk, or a mounted object store).
+    pub directory: Option<PathBuf>,
+}
+
+impl DocumentSettings {
+    /// The configured storage.
+    ///
+    /// # Errors
+    ///
+    /// When the storage is unknown, or `directory` without a directory.
+    pub fn storage(&self) -> anyhow::Result<event_store::documents::DocumentStorage> {
+        use event_store::documents::DocumentStorage;
+        match (self.storage.as_str(), &self.directory) {
+            ("database", _) => Ok(DocumentStorage::Database),
+            ("directory", Some(dir)) => Ok(DocumentStorage::Directory(dir.clone())),
+            ("directory", None) => {
+                anyhow::bail!("documents.storage is directory: set documents.directory")
+            }
+            (other, _) => {
+                anyhow::bail!("documents.storage must be database or directory, not {other}")
+            }
+        }
+    }
 }
 
 /// The keys of encryption at rest and of the hash chains.

@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use event_store::documents::DocumentStore;
 use event_store::relay::{Relay, RelaySettings};
 use event_store::stream::{self, Cursor, COMMIT_CHANNEL};
 use projections::audit_log::AuditLog;
+use projections::medical_records::MedicalRecords;
 use projections::patient_match::PatientMatch;
 use projections::patient_search::PatientSearch;
 use projections::{Projector, ReadModel, StreamPosition};
@@ -266,6 +268,20 @@ impl Service {
                 settings,
                 &shutdown,
             );
+            spawn_projector(
+                &mut tasks,
+                Projector::new(
+                    pool.clone(),
+                    secrets.keys.clone(),
+                    MedicalRecords::new(DocumentStore::new(
+                        pool.clone(),
+                        secrets.keys.clone(),
+                        settings.documents.storage()?,
+                    )),
+                ),
+                settings,
+                &shutdown,
+            );
         }
         let mut port = None;
         if roles.api {
@@ -277,7 +293,8 @@ impl Service {
             let authenticator = Authenticator::new(&settings.auth)
                 .with_jwks(crate::auth::jwks::Jwks::load(&settings.auth).await?);
             let state = AppState::new(pool.clone(), authenticator, clock, secrets)
-                .with_retention_days(settings.retention.archived_days);
+                .with_retention_days(settings.retention.archived_days)
+                .with_documents(settings.documents.storage()?, settings.documents.max_bytes);
             let router = http::router(
                 state,
                 Duration::from_secs(settings.http.request_timeout_secs),

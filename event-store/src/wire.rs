@@ -494,7 +494,7 @@ mod tests {
             json!({"kind": "medication", "medication": concept, "dose": {"value": "500", "unit": "mg"}, "route": "oral",
                    "frequency": {"count": 3, "period": 1, "period_unit": "d", "as_needed": true},
                    "start": "2026-01-01", "end": "2026-02-01", "status": "active", "prescriber": "dr-a",
-                   "reason": {"text": "Infection"}, "note": "n"}),
+                   "reason_for_use": {"text": "Infection"}, "note": "n"}),
             json!({"kind": "immunization", "vaccine": {"system": "http://hl7.org/fhir/sid/cvx", "code": "208", "text": "COVID-19"},
                    "occurred_on": "2026-01-01", "lot_number": "L1", "site": "left-arm", "route": "intramuscular",
                    "performer": "nurse-b", "status": "completed", "note": "n"}),

@@ -135,7 +135,7 @@ fn facts(kind: &str, item: &Value, document_text: Option<&str>) -> Facts {
     if kind == "document" {
         parts.push(concept_text.clone());
     }
-    for pointer in ["/reason/text", "/relationship", "/lot_number"] {
+    for pointer in ["/reason_for_use/text", "/relationship", "/lot_number"] {
         parts.extend(text_of(item, pointer));
     }
     if let Some(reactions) = item.get("reactions").and_then(Value::as_array) {

@@ -4,7 +4,7 @@
 //! The role table ([`super::policy`]) says what a role may do at all. For one patient:
 //!
 //! - `patient`: only the patient named by the token's `patient_id` claim.
-//! - `clinician`: reading a record needs a care relationship with the patient, a consent
+//! - `clinician`: reading a record, and reading or writing its medical record, needs a care relationship with the patient, a consent
 //!   directive sharing the record with all clinicians, or emergency access (break-the-glass:
 //!   the `X-Break-Glass-Reason` header with a reason code). Emergency access is granted,
 //!   flagged and published as `EmergencyAccessGranted`.
@@ -78,7 +78,13 @@ impl Decision {
 
 /// Actions whose data is clinical: clinicians need a relationship, consent or emergency.
 fn clinical(action: Action) -> bool {
-    matches!(action, Action::ReadPatient)
+    matches!(
+        action,
+        Action::ReadPatient
+            | Action::ReadMedicalRecord
+            | Action::WriteMedicalRecord
+            | Action::SearchMedicalRecords
+    )
 }
 
 /// How the caller's roles let them at this patient, before looking at the record.

@@ -18,10 +18,13 @@
 //! | legal hold, forget   |   x   |           |           |           |         |
 //! | disclosures          |   x   |           |           |           |         |
 //! | revoke any session   |   x   |           |           |           |         |
+//! | read medical record  |   x   |           |     x     |           |         |
+//! | write medical record |       |           |     x     |           |         |
+//! | search medical records across patients | x |   |     x     |           |         |
 //!
 //! Every authenticated caller may end their own session (logout).
 //!
-//! The `patient` role may read their own record, change their own preferences, manage their
+//! The `patient` role may read their own record and medical record, change their own preferences, manage their
 //! own consents and list their own disclosures; nothing else, and nobody else's. The `service`
 //! role (downstream services) may only fetch patients' data keys, to open the sealed events
 //! they consume. Which patients a role reaches is decided in [`super::access`].
@@ -116,6 +119,9 @@ actions!(
     ForgetPatient,
     ReadDisclosures,
     RevokeSessions,
+    ReadMedicalRecord,
+    WriteMedicalRecord,
+    SearchMedicalRecords,
 );
 
 use Role::{Admin, Auditor, Clinician, Patient, Registrar, Scheduler, Service};
@@ -149,6 +155,9 @@ const POLICY: &[(Action, &[Role])] = &[
     (Action::ForgetPatient, &[Admin]),
     (Action::ReadDisclosures, &[Admin, Patient]),
     (Action::RevokeSessions, &[Admin]),
+    (Action::ReadMedicalRecord, &[Admin, Clinician, Patient]),
+    (Action::WriteMedicalRecord, &[Clinician]),
+    (Action::SearchMedicalRecords, &[Admin, Clinician]),
 ];
 
 /// Whether `role` may do `action`.

@@ -6,6 +6,7 @@ mod data_keys;
 mod governance;
 mod health;
 pub mod json;
+mod medical_records;
 pub mod patient_input;
 mod patients;
 mod problem;
@@ -24,7 +25,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
 use chrono::{DateTime, Utc};
+use event_store::documents::{DocumentStorage, DocumentStore};
 use event_store::idempotency::IdempotencyKeys;
+use event_store::records::MedicalRecordStore;
 use event_store::store::PatientStore;
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
@@ -57,6 +60,10 @@ pub struct AppState {
     pub clock: Clock,
     /// Days an archived patient is kept before the retention policy lists them for purge.
     pub retention_days: u32,
+    pub records: MedicalRecordStore,
+    pub documents: DocumentStore,
+    /// The largest document accepted, in bytes.
+    pub document_max_bytes: usize,
 }
 
 impl std::fmt::Debug for AppState {
@@ -70,6 +77,17 @@ impl AppState {
         Self {
             home_organization: auth.organization().map(str::to_owned),
             access: AccessLog::new(pool.clone(), secrets.chain.clone()),
+            records: MedicalRecordStore::new(
+                pool.clone(),
+                secrets.keys.clone(),
+                secrets.chain.clone(),
+            ),
+            documents: DocumentStore::new(
+                pool.clone(),
+                secrets.keys.clone(),
+                DocumentStorage::Database,
+            ),
+            document_max_bytes: crate::configuration::DEFAULT_DOCUMENT_MAX_BYTES,
             store: PatientStore::new(pool.clone(), secrets.keys, secrets.chain),
             idempotency: IdempotencyKeys::new(pool.clone()),
             pool,
@@ -83,6 +101,13 @@ impl AppState {
         self.retention_days = days;
         self
     }
+
+    /// Where documents are stored and the largest accepted.
+    pub fn with_documents(mut self, storage: DocumentStorage, max_bytes: usize) -> Self {
+        self.documents = DocumentStore::new(self.pool.clone(), self.store.keys().clone(), storage);
+        self.document_max_bytes = max_bytes;
+        self
+    }
 }
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -90,8 +115,10 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The router with every route and layer.
 pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> Router {
+    let document_limit = state.document_max_bytes;
     Router::new()
         .merge(patients::router())
+        .merge(medical_records::router(document_limit))
         .merge(audit::router())
         .merge(data_keys::router())
         .merge(governance::router())

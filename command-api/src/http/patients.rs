@@ -594,6 +594,20 @@ pub(super) struct CommandRequest<P> {
     permission: std::marker::PhantomData<P>,
 }
 
+impl<P> CommandRequest<P> {
+    pub(super) fn raw_id(&self) -> &str {
+        &self.raw_id
+    }
+
+    pub(super) fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    pub(super) fn ctx(&self) -> &RequestContext {
+        &self.ctx
+    }
+}
+
 impl<P: Permission> FromRequest<AppState> for CommandRequest<P> {
     type Rejection = ApiError;
 

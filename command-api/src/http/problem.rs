@@ -3,6 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use domain::medical_record::{AllergyWarning, MedicalRecordError};
 use domain::patient::PatientError;
 use domain::{FieldError, FieldErrors};
 use event_store::store::CommandError;
@@ -39,6 +40,15 @@ pub enum ApiError {
     PreconditionFailed { current: u64 },
     #[error(transparent)]
     Rule(PatientError),
+    /// A medical record rule.
+    #[error(transparent)]
+    Record(MedicalRecordError),
+    /// A medication matches active allergies: the order, and the warnings to acknowledge.
+    #[error("allergy warning")]
+    AllergyWarning {
+        warnings: Vec<AllergyWarning>,
+        order: serde_json::Value,
+    },
     #[error("conflict")]
     Conflict,
     #[error("idempotency key reused")]
@@ -66,6 +76,23 @@ impl From<CommandError> for ApiError {
             CommandError::Rule(rule) => Self::Rule(rule),
             CommandError::VersionMismatch { current, .. } => Self::PreconditionFailed { current },
             CommandError::Conflict => Self::Conflict,
+            CommandError::Unavailable(e) => Self::Unavailable(e),
+            CommandError::Internal(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl From<CommandError<MedicalRecordError>> for ApiError {
+    fn from(error: CommandError<MedicalRecordError>) -> Self {
+        match error {
+            CommandError::Rule(MedicalRecordError::ItemNotFound) => Self::NotFound,
+            CommandError::Rule(MedicalRecordError::VersionMismatch { current }) => {
+                Self::PreconditionFailed {
+                    current: u64::from(current),
+                }
+            }
+            CommandError::Rule(rule) => Self::Record(rule),
+            CommandError::VersionMismatch { .. } | CommandError::Conflict => Self::Conflict,
             CommandError::Unavailable(e) => Self::Unavailable(e),
             CommandError::Internal(e) => Self::Internal(e),
         }
@@ -210,6 +237,60 @@ impl IntoResponse for ApiError {
                     ..Problem::new(status, "business-rule", "Business rule violated")
                         .detail(rule.to_string())
                 }
+            }
+            Self::Record(rule) => {
+                let status = match rule {
+                    MedicalRecordError::ChangesNothing
+                    | MedicalRecordError::AcknowledgedWarningDoesNotApply { .. } => {
+                        S::UNPROCESSABLE_ENTITY
+                    }
+                    MedicalRecordError::ItemNotFound => S::NOT_FOUND,
+                    _ => S::CONFLICT,
+                };
+                let mut problem = Problem {
+                    code: Some(rule.code()),
+                    ..Problem::new(status, "business-rule", "Business rule violated")
+                        .detail(rule.to_string())
+                };
+                match &rule {
+                    MedicalRecordError::DuplicateAllergy { existing } => {
+                        problem
+                            .extensions
+                            .insert("existing_item_id".into(), existing.to_string().into());
+                    }
+                    MedicalRecordError::AcknowledgedWarningDoesNotApply { allergy_id } => {
+                        problem.errors.push(domain::FieldError::new(
+                            "acknowledge_allergy_warnings",
+                            format!("{allergy_id} is not a warning of this medication"),
+                        ));
+                    }
+                    _ => {}
+                }
+                problem
+            }
+            Self::AllergyWarning { warnings, order } => {
+                let mut problem = Problem {
+                    code: Some("allergy-warning"),
+                    ..Problem::new(S::CONFLICT, "allergy-warning", "Allergy warning").detail(
+                        "the medication matches active allergies of the patient; nothing was \
+                         recorded. Send the order again with acknowledge_allergy_warnings listing \
+                         each allergy_id to record it anyway",
+                    )
+                };
+                let warnings: Vec<serde_json::Value> = warnings
+                    .iter()
+                    .map(|w| {
+                        serde_json::json!({
+                            "allergy_id": w.allergy_id,
+                            "criticality": w.criticality.code(),
+                        })
+                    })
+                    .collect();
+                problem
+                    .extensions
+                    .insert("warnings".into(), serde_json::Value::Array(warnings));
+                problem.extensions.insert("order".into(), order);
+                problem
             }
             Self::Conflict => Problem::new(S::CONFLICT, "conflict", "Concurrent change")
                 .detail("the record kept changing; try again"),

@@ -244,7 +244,7 @@ fn medication(f: &mut Fields<'_>) -> Option<Medication> {
         end,
         status: status?,
         prescriber: prescriber?,
-        reason,
+        reason_for_use: reason,
         note,
     })
 }

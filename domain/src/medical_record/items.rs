@@ -115,8 +115,9 @@ pub struct Medication {
     pub end: Option<NaiveDate>,
     pub status: MedicationStatus,
     pub prescriber: Principal,
+    /// Why it is taken: the condition treated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<Concept>,
+    pub reason_for_use: Option<Concept>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<Note>,
 }

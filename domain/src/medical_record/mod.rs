@@ -111,7 +111,7 @@ mod tests {
             end: None,
             status,
             prescriber: Principal::parse("p", "dr-who").unwrap(),
-            reason: None,
+            reason_for_use: None,
             note: None,
         })
     }

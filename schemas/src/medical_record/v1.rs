@@ -90,8 +90,9 @@ pub struct Medication {
     pub status: String,
     /// The prescriber's user id.
     pub prescriber: String,
+    /// Why it is taken: the condition treated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<Concept>,
+    pub reason_for_use: Option<Concept>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }

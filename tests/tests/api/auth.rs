@@ -251,6 +251,78 @@ fn every_endpoint() -> Vec<Endpoint> {
         ),
         endpoint("audit-entries", "GET", "/v1/audit/entries", Value::Null),
         endpoint(
+            "record-allergy",
+            "POST",
+            "/v1/patients/{id}/allergies",
+            json!({}),
+        ),
+        endpoint(
+            "list-allergies",
+            "GET",
+            "/v1/patients/{id}/allergies",
+            Value::Null,
+        ),
+        endpoint(
+            "read-allergy",
+            "GET",
+            "/v1/patients/{id}/allergies/00000000-0000-4000-8000-000000000001",
+            Value::Null,
+        ),
+        endpoint(
+            "revise-allergy",
+            "PUT",
+            "/v1/patients/{id}/allergies/00000000-0000-4000-8000-000000000001",
+            json!({}),
+        ),
+        endpoint(
+            "allergy-entered-in-error",
+            "POST",
+            "/v1/patients/{id}/allergies/00000000-0000-4000-8000-000000000001/entered-in-error",
+            reason.clone(),
+        ),
+        endpoint(
+            "allergy-versions",
+            "GET",
+            "/v1/patients/{id}/allergies/00000000-0000-4000-8000-000000000001/versions",
+            Value::Null,
+        ),
+        endpoint(
+            "allergy-diff",
+            "GET",
+            "/v1/patients/{id}/allergies/00000000-0000-4000-8000-000000000001/diff?from=1&to=2",
+            Value::Null,
+        ),
+        endpoint(
+            "upload-document",
+            "POST",
+            "/v1/patients/{id}/documents",
+            json!({}),
+        ),
+        endpoint(
+            "document-content",
+            "GET",
+            "/v1/patients/{id}/documents/00000000-0000-4000-8000-000000000001/content",
+            Value::Null,
+        ),
+        endpoint(
+            "medical-record",
+            "GET",
+            "/v1/patients/{id}/medical-record",
+            Value::Null,
+        ),
+        endpoint(
+            "medical-record-search",
+            "GET",
+            "/v1/patients/{id}/medical-record/search?q=penicillin",
+            Value::Null,
+        ),
+        endpoint(
+            "medical-records-search",
+            "GET",
+            "/v1/medical-records/search?kind=allergy&active=true",
+            Value::Null,
+        ),
+        endpoint(
             "revoke-session",
             "POST",
             "/v1/sessions/somebody-else/revoke",
@@ -284,25 +356,47 @@ fn documented(caller: &str, endpoint: &str) -> bool {
         "grant-consent",
         "withdraw-consent",
     ];
+    let record_reads = [
+        "list-allergies",
+        "read-allergy",
+        "allergy-versions",
+        "allergy-diff",
+        "document-content",
+        "medical-record",
+        "medical-record-search",
+    ];
+    let record_writes = [
+        "record-allergy",
+        "revise-allergy",
+        "allergy-entered-in-error",
+        "upload-document",
+    ];
     match caller {
-        "admin" => !["data-key"].contains(&endpoint),
+        "admin" => !["data-key"].contains(&endpoint) && !record_writes.contains(&endpoint),
         "registrar" => {
             admin_registrar.contains(&endpoint)
                 || ["search", "read", "read-as-of"].contains(&endpoint)
         }
-        "clinician-in-care" => ["search", "read", "read-as-of"].contains(&endpoint),
-        "clinician" => endpoint == "search",
+        "clinician-in-care" => {
+            ["search", "read", "read-as-of", "medical-records-search"].contains(&endpoint)
+                || record_reads.contains(&endpoint)
+                || record_writes.contains(&endpoint)
+        }
+        "clinician" => ["search", "medical-records-search"].contains(&endpoint),
         "scheduler" => ["search", "read", "read-as-of"].contains(&endpoint),
         "auditor" => ["read", "read-as-of", "audit-stream", "audit-entries"].contains(&endpoint),
-        "patient-self" => [
-            "read",
-            "read-as-of",
-            "preferences",
-            "grant-consent",
-            "withdraw-consent",
-            "disclosures",
-        ]
-        .contains(&endpoint),
+        "patient-self" => {
+            [
+                "read",
+                "read-as-of",
+                "preferences",
+                "grant-consent",
+                "withdraw-consent",
+                "disclosures",
+            ]
+            .contains(&endpoint)
+                || record_reads.contains(&endpoint)
+        }
         "patient-other" => false,
         "service" => endpoint == "data-key",
         other => unreachable!("{other}"),

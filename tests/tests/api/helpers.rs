@@ -485,12 +485,22 @@ pub fn patient(given: &str, family: &str, birth_date: &str) -> Value {
     })
 }
 
-/// Validates an event's data against the checked-in JSON Schema of its type.
+/// Validates a patient event's data against the checked-in JSON Schema of its type.
 pub fn assert_matches_schema(event_type: &str, data: &[u8]) {
+    assert_matches_schema_in("patient/v1", event_type, data);
+}
+
+/// Validates an event's data against the checked-in JSON Schema of its type under `dir` of
+/// `schemas/json` (`patient/v1`, `medical-record/v1`).
+pub fn assert_matches_schema_in(dir: &str, event_type: &str, data: &[u8]) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../schemas/json/patient/v1")
+        .join("../schemas/json")
+        .join(dir)
         .join(format!("{event_type}.schema.json"));
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap();
     let validator = jsonschema::options()
         .should_validate_formats(true)
         .build(&schema)

@@ -9,6 +9,7 @@ mod health;
 mod helpers;
 mod idempotency;
 mod matching;
+mod medical_records;
 mod merge;
 mod pipeline;
 mod record;

@@ -1,0 +1,1111 @@
+//! `/v1/patients/{id}/{allergies,medications,immunizations,problems,history,documents}` and
+//! the medical record's searches. Every read is permission-checked and recorded as an access
+//! (one entry per search result row); every change is an event with who, when and why.
+//!
+//! | method and path                              | what                                        |
+//! |----------------------------------------------|---------------------------------------------|
+//! | `POST {kind}`                                | records an item (documents: multipart)     |
+//! | `GET {kind}`                                 | the items of that kind                      |
+//! | `GET {kind}/{item}`                          | one item, `ETag` its version; `?as_of=`     |
+//! | `PUT {kind}/{item}`                          | revises it (`If-Match`, `reason`)           |
+//! | `POST {kind}/{item}/entered-in-error`        | marks it a mistake (`If-Match`, `reason`)   |
+//! | `GET {kind}/{item}/versions`, `.../{n}`      | every version: who, when, why               |
+//! | `GET {kind}/{item}/diff?from=&to=`           | RFC 6902 JSON Patch between two versions    |
+//! | `GET documents/{item}/content`               | the document's bytes                        |
+//! | `GET medical-record`                         | every standing item of the patient          |
+//! | `GET medical-record/search?q=`               | full-text search, ranked, with highlights   |
+//! | `GET /v1/medical-records/search?kind=...`    | structured search across patients           |
+//!
+//! Reads: admin, the patient themself, and clinicians with a care relationship, consent or
+//! break-the-glass. Writes: clinicians with a care relationship (or break-the-glass).
+
+use std::collections::HashMap;
+
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use domain::medical_record::items::DocumentContent;
+use domain::medical_record::{
+    Acknowledgement, Item, ItemContent, ItemId, ItemKind, MedicalRecord, MedicalRecordCommand,
+    MedicalRecordError,
+};
+use domain::patient::governance::Principal;
+use domain::patient::{Patient, PatientError, PatientId, PatientStatus};
+use domain::{FieldError, FieldErrors};
+use event_store::store::{CommandError, CommandMetadata};
+use projections::medical_records::{self as read_model, Criteria};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::{access, permission, Action, AuthUser, Authorized};
+use crate::extraction;
+use crate::http::patients::{checked_access, url_encode, whole_number, CommandRequest};
+use crate::http::record_input;
+use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
+
+/// The path segment of each kind.
+const KINDS: [(&str, ItemKind); 6] = [
+    ("allergies", ItemKind::Allergy),
+    ("medications", ItemKind::Medication),
+    ("immunizations", ItemKind::Immunization),
+    ("problems", ItemKind::Problem),
+    ("history", ItemKind::History),
+    ("documents", ItemKind::Document),
+];
+
+fn segment(kind: ItemKind) -> &'static str {
+    KINDS
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map_or("items", |(s, _)| s)
+}
+
+/// Item ids derived from an `Idempotency-Key`, so a retried create finds its first item.
+const IDEMPOTENT_ITEM_NAMESPACE: Uuid = Uuid::from_u128(0x6c0f_52a1_d3b8_4e27_9a40_1f7e_88c3_d915);
+
+pub fn router(document_limit: usize) -> Router<AppState> {
+    let mut router = Router::new();
+    for (segment, kind) in KINDS {
+        let base = format!("/v1/patients/{{id}}/{segment}");
+        let collection = get(move |s, u, p, q| list(s, u, p, q, kind));
+        let collection = if kind == ItemKind::Document {
+            // Multipart, so the body limit is the document limit plus room for the metadata.
+            collection.post(upload).layer(DefaultBodyLimit::max(
+                document_limit.saturating_add(64 * 1024),
+            ))
+        } else {
+            collection.post(move |s, r| create(s, r, kind))
+        };
+        router = router
+            .route(&base, collection)
+            .route(
+                &format!("{base}/{{item}}"),
+                get(move |s, u, p, q| read(s, u, p, q, kind)).put(move |s, r| revise(s, r, kind)),
+            )
+            .route(
+                &format!("{base}/{{item}}/entered-in-error"),
+                post(move |s, r| enter_in_error(s, r, kind)),
+            )
+            .route(
+                &format!("{base}/{{item}}/versions"),
+                get(move |s, u, p| versions(s, u, p, kind)),
+            )
+            .route(
+                &format!("{base}/{{item}}/versions/{{n}}"),
+                get(move |s, u, p| version(s, u, p, kind)),
+            )
+            .route(
+                &format!("{base}/{{item}}/diff"),
+                get(move |s, u, p, q| diff(s, u, p, q, kind)),
+            );
+    }
+    router
+        .route("/v1/patients/{id}/documents/{item}/content", get(content))
+        .route("/v1/patients/{id}/medical-record", get(summary))
+        .route("/v1/patients/{id}/medical-record/search", get(search_text))
+        .route("/v1/medical-records/search", get(search_items))
+}
+
+fn patient_id(raw: &str) -> Result<PatientId, ApiError> {
+    PatientId::parse("id", raw).map_err(|e| ApiError::InvalidParameters(e.into()))
+}
+
+fn item_id(raw: &str) -> Result<ItemId, ApiError> {
+    ItemId::parse("item", raw).map_err(|e| ApiError::InvalidParameters(e.into()))
+}
+
+fn path_param<'a>(params: &'a HashMap<String, String>, key: &str) -> &'a str {
+    params.get(key).map_or("", String::as_str)
+}
+
+/// Loads the patient, decides whether `user` may do `action` on them and records the access
+/// as `what`. Returns the patient.
+async fn reach(
+    state: &AppState,
+    user: &AuthUser,
+    action: Action,
+    what: &str,
+    id: PatientId,
+) -> Result<Patient, ApiError> {
+    let loaded = state.store.load(id).await?;
+    checked_access(
+        state,
+        user,
+        action,
+        what,
+        id,
+        loaded.as_ref().map(|(p, _)| p),
+    )
+    .await?;
+    loaded.map(|(p, _)| p).ok_or(ApiError::NotFound)
+}
+
+/// Refuses changes to the medical record of an archived or merged patient.
+fn changeable(patient: &Patient) -> Result<(), ApiError> {
+    match patient.record().map(|r| r.status) {
+        Some(PatientStatus::Active) => Ok(()),
+        Some(PatientStatus::Merged) => {
+            Err(ApiError::Rule(PatientError::MergedPatientCannotBeChanged))
+        }
+        Some(PatientStatus::Archived) => Err(ApiError::Rule(
+            PatientError::ArchivedPatientCannotBeCorrected,
+        )),
+        None => Err(ApiError::NotFound),
+    }
+}
+
+/// An item as the API answers it: its data, with id, kind, version and marks.
+fn resource(patient: PatientId, item: &Item) -> Value {
+    let mut value = serde_json::to_value(&item.content).unwrap_or_else(|_| json!({}));
+    if let Some(object) = value.as_object_mut() {
+        object.insert("item_id".into(), json!(item.item_id));
+        object.insert("patient_id".into(), json!(patient));
+        object.insert("version".into(), json!(item.version));
+        if !item.acknowledged_warnings.is_empty() {
+            object.insert(
+                "acknowledged_warnings".into(),
+                json!(item.acknowledged_warnings),
+            );
+        }
+        if let Some(mark) = &item.entered_in_error {
+            object.insert(
+                "entered_in_error".into(),
+                json!({ "reason": mark.reason.as_str(), "at": mark.at }),
+            );
+        }
+        object.insert("recorded_at".into(), json!(item.recorded_at));
+        object.insert("updated_at".into(), json!(item.updated_at));
+        object.insert(
+            "href".into(),
+            json!(format!(
+                "/v1/patients/{patient}/{}/{}",
+                segment(item.content.kind()),
+                item.item_id
+            )),
+        );
+    }
+    value
+}
+
+fn item_response(status: StatusCode, patient: PatientId, item: &Item, replayed: bool) -> Response {
+    let mut response = (status, Json(resource(patient, item))).into_response();
+    let headers = response.headers_mut();
+    if let Ok(tag) = HeaderValue::from_str(&etag(u64::from(item.version))) {
+        headers.insert(header::ETAG, tag);
+    }
+    if status == StatusCode::CREATED {
+        if let Ok(location) = HeaderValue::from_str(&format!(
+            "/v1/patients/{patient}/{}/{}",
+            segment(item.content.kind()),
+            item.item_id
+        )) {
+            headers.insert(header::LOCATION, location);
+        }
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn metadata(user: &AuthUser, ctx: &RequestContext, key: Option<String>) -> CommandMetadata {
+    CommandMetadata {
+        user_id: user.id.clone(),
+        request_id: Some(ctx.request_id.clone()),
+        traceparent: Some(ctx.traceparent.clone()),
+        idempotency_key: key,
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .map(|k| Some(k.to_owned()))
+        .ok_or_else(|| {
+            ApiError::invalid_parameter(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+        })
+}
+
+/// The new item's id: random, or derived from the caller and their `Idempotency-Key`.
+fn new_item_id(user: &AuthUser, patient: PatientId, key: Option<&str>) -> ItemId {
+    ItemId::new(match key {
+        Some(key) => Uuid::new_v5(
+            &IDEMPOTENT_ITEM_NAMESPACE,
+            format!("{}\n{patient}\n{key}", user.id).as_bytes(),
+        ),
+        None => Uuid::new_v4(),
+    })
+}
+
+fn principal(user: &AuthUser) -> Result<Principal, ApiError> {
+    Principal::parse("sub", &user.id).map_err(|_| ApiError::Forbidden)
+}
+
+/// Records a new item; a retry under the same `Idempotency-Key` answers the first item.
+#[allow(clippy::too_many_arguments)]
+async fn record_item(
+    state: &AppState,
+    user: &AuthUser,
+    ctx: &RequestContext,
+    id: PatientId,
+    key: Option<String>,
+    content: ItemContent,
+    reason: Option<domain::patient::Reason>,
+    acknowledged: Vec<ItemId>,
+) -> Result<Response, ApiError> {
+    let item_id = new_item_id(user, id, key.as_deref());
+    let command = MedicalRecordCommand::Record {
+        item_id,
+        content: content.clone(),
+        reason,
+        acknowledgement: Acknowledgement {
+            by: principal(user)?,
+            allergies: acknowledged,
+        },
+        at: (state.clock)(),
+    };
+    match state
+        .records
+        .execute(id, command, metadata(user, ctx, key.clone()))
+        .await
+    {
+        Ok((record, _)) => {
+            let item = record.item(item_id).ok_or(ApiError::NotFound)?;
+            tracing::info!(item_id = %item_id, kind = item.content.kind().code(), "medical record item recorded");
+            Ok(item_response(StatusCode::CREATED, id, item, false))
+        }
+        Err(CommandError::Rule(MedicalRecordError::ItemIdInUse)) if key.is_some() => {
+            let (record, _) = state.records.load(id).await?;
+            match record.item(item_id) {
+                Some(item) if item.content == content => {
+                    Ok(item_response(StatusCode::CREATED, id, item, true))
+                }
+                _ => Err(ApiError::IdempotencyKeyReused),
+            }
+        }
+        Err(CommandError::Rule(MedicalRecordError::UnacknowledgedAllergyWarnings(warnings))) => {
+            let order = serde_json::to_value(&content).unwrap_or_default();
+            Err(ApiError::AllergyWarning { warnings, order })
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn create(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::WriteMedicalRecord>,
+    kind: ItemKind,
+) -> Result<Response, ApiError> {
+    let id = patient_id(req.raw_id())?;
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
+    let key = idempotency_key(req.headers())?;
+    let patient = reach(
+        &state,
+        &req.user,
+        Action::WriteMedicalRecord,
+        "medical-record-write",
+        id,
+    )
+    .await?;
+    changeable(&patient)?;
+    let today = (state.clock)().date_naive();
+    let (content, extras) = record_input::item(kind, &req.body.object, false, today)?;
+    record_item(
+        &state,
+        &req.user,
+        req.ctx(),
+        id,
+        key,
+        content,
+        extras.reason,
+        extras.acknowledged,
+    )
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn revise(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::WriteMedicalRecord>,
+    kind: ItemKind,
+) -> Result<Response, ApiError> {
+    let id = patient_id(req.raw_id())?;
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
+    let item_id = item_id(req.item.as_deref().unwrap_or_default())?;
+    let patient = reach(
+        &state,
+        &req.user,
+        Action::WriteMedicalRecord,
+        "medical-record-write",
+        id,
+    )
+    .await?;
+    changeable(&patient)?;
+    let expected = if_match(req.headers())?;
+    let today = (state.clock)().date_naive();
+    let (content, extras) = if kind == ItemKind::Document {
+        // The content stays: only what describes the document is revised.
+        let (record, _) = state.records.load(id).await?;
+        let current = match record.item(item_id).map(|i| &i.content) {
+            Some(ItemContent::Document(d)) => d.content.clone(),
+            _ => return Err(ApiError::NotFound),
+        };
+        let (document, extras) = record_input::document(&req.body.object, "", current, today)?;
+        if extras.reason.is_none() {
+            return Err(ApiError::Validation(
+                FieldError::new("reason", "is required").into(),
+            ));
+        }
+        (ItemContent::Document(document), extras)
+    } else {
+        record_input::item(kind, &req.body.object, true, today)?
+    };
+    let reason = extras
+        .reason
+        .ok_or_else(|| ApiError::Validation(FieldErrors::new()))?;
+    let command = MedicalRecordCommand::Revise {
+        item_id,
+        expected_version: u32::try_from(expected).unwrap_or(u32::MAX),
+        content: content.clone(),
+        reason,
+        acknowledgement: Acknowledgement {
+            by: principal(&req.user)?,
+            allergies: extras.acknowledged,
+        },
+        at: (state.clock)(),
+    };
+    match state
+        .records
+        .execute(id, command, metadata(&req.user, req.ctx(), None))
+        .await
+    {
+        Ok((record, _)) => {
+            let item = record.item(item_id).ok_or(ApiError::NotFound)?;
+            tracing::info!(item_id = %item_id, version = item.version, "medical record item revised");
+            Ok(item_response(StatusCode::OK, id, item, false))
+        }
+        Err(CommandError::Rule(MedicalRecordError::UnacknowledgedAllergyWarnings(warnings))) => {
+            let order = serde_json::to_value(&content).unwrap_or_default();
+            Err(ApiError::AllergyWarning { warnings, order })
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn enter_in_error(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::WriteMedicalRecord>,
+    kind: ItemKind,
+) -> Result<Response, ApiError> {
+    let id = patient_id(req.raw_id())?;
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
+    let item_id = item_id(req.item.as_deref().unwrap_or_default())?;
+    let patient = reach(
+        &state,
+        &req.user,
+        Action::WriteMedicalRecord,
+        "medical-record-write",
+        id,
+    )
+    .await?;
+    changeable(&patient)?;
+    let expected = if_match(req.headers())?;
+    let reason = crate::http::patients::reason_only(&req.body)?;
+    let (record, _) = state.records.load(id).await?;
+    if record.item(item_id).map(|i| i.content.kind()) != Some(kind) {
+        return Err(ApiError::NotFound);
+    }
+    let (record, _) = state
+        .records
+        .execute(
+            id,
+            MedicalRecordCommand::EnterInError {
+                item_id,
+                expected_version: u32::try_from(expected).unwrap_or(u32::MAX),
+                reason,
+                at: (state.clock)(),
+            },
+            metadata(&req.user, req.ctx(), None),
+        )
+        .await?;
+    let item = record.item(item_id).ok_or(ApiError::NotFound)?;
+    tracing::info!(item_id = %item_id, "medical record item entered in error");
+    Ok(item_response(StatusCode::OK, id, item, false))
+}
+
+/// `POST /v1/patients/{id}/documents`: `multipart/form-data` with a `metadata` part (JSON:
+/// `title`, `document_type`, `author`, `date`, optional `note` and `reason`) and a `file` part
+/// whose `Content-Type` is one of [`extraction::MEDIA_TYPES`].
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
+async fn upload(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::WriteMedicalRecord>,
+    ctx: RequestContext,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let id = patient_id(path_param(&params, "id"))?;
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
+    let key = idempotency_key(&headers)?;
+    let patient = reach(
+        &state,
+        &user,
+        Action::WriteMedicalRecord,
+        "medical-record-write",
+        id,
+    )
+    .await?;
+    changeable(&patient)?;
+    let mut multipart = multipart.map_err(|_| ApiError::UnsupportedMediaType)?;
+    let mut metadata_part: Option<serde_json::Map<String, Value>> = None;
+    let mut file: Option<(Option<String>, Vec<u8>)> = None;
+    let mut errors = FieldErrors::new();
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::PayloadTooLarge)
+            }
+            Err(_) => {
+                return Err(ApiError::MalformedJson(
+                    "the multipart body is malformed".into(),
+                ))
+            }
+        };
+        match field.name() {
+            Some("metadata") => {
+                let bytes = field.bytes().await.map_err(|_| ApiError::PayloadTooLarge)?;
+                match serde_json::from_slice::<Value>(&bytes) {
+                    Ok(Value::Object(object)) => metadata_part = Some(object),
+                    _ => errors.push(FieldError::new("metadata", "must be a JSON object")),
+                }
+            }
+            Some("file") => {
+                let media_type = field.content_type().map(str::to_owned);
+                let bytes = field.bytes().await.map_err(|_| ApiError::PayloadTooLarge)?;
+                file = Some((media_type, bytes.to_vec()));
+            }
+            _ => errors.push(FieldError::new(
+                field.name().unwrap_or_default().to_owned(),
+                "unknown part: send metadata and file",
+            )),
+        }
+    }
+    let Some(metadata_part) = metadata_part else {
+        errors.push(FieldError::new("metadata", "is required"));
+        return Err(ApiError::Validation(errors));
+    };
+    let Some((media_type, bytes)) = file else {
+        errors.push(FieldError::new("file", "is required"));
+        return Err(ApiError::Validation(errors));
+    };
+    if bytes.len() > state.document_max_bytes {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let accepted: Vec<&str> = extraction::MEDIA_TYPES.iter().map(|(t, _)| *t).collect();
+    let Some(media_type) = media_type.as_deref().and_then(extraction::accepted) else {
+        errors.push(FieldError::new(
+            "file",
+            format!("must have a Content-Type of {}", accepted.join(", ")),
+        ));
+        return Err(ApiError::Validation(errors));
+    };
+    if bytes.is_empty() {
+        errors.push(FieldError::new("file", "must not be empty"));
+    }
+    errors.into_result().map_err(ApiError::Validation)?;
+    let today = (state.clock)().date_naive();
+    // Check the metadata before the work of extraction and storage.
+    let placeholder = DocumentContent {
+        media_type: media_type.to_owned(),
+        size: bytes.len() as u64,
+        sha256: String::new(),
+        text_sha256: None,
+        text_length: 0,
+    };
+    record_input::document(&metadata_part, "metadata", placeholder, today)?;
+    let text = extraction::extract(media_type, bytes.clone())
+        .await
+        .map_err(|e| ApiError::Validation(FieldError::new("file", e.to_string()).into()))?;
+    let patient_key = id.to_string();
+    let sha256 = state
+        .documents
+        .put(&patient_key, &bytes)
+        .await
+        .map_err(document_error)?;
+    let (text_sha256, text_length) = match &text {
+        Some(text) => (
+            Some(
+                state
+                    .documents
+                    .put(&patient_key, text.as_bytes())
+                    .await
+                    .map_err(document_error)?,
+            ),
+            text.chars().count() as u64,
+        ),
+        None => (None, 0),
+    };
+    let content = DocumentContent {
+        media_type: media_type.to_owned(),
+        size: bytes.len() as u64,
+        sha256,
+        text_sha256,
+        text_length,
+    };
+    let (document, extras) = record_input::document(&metadata_part, "metadata", content, today)?;
+    record_item(
+        &state,
+        &user,
+        &ctx,
+        id,
+        key,
+        ItemContent::Document(document),
+        extras.reason,
+        Vec::new(),
+    )
+    .await
+}
+
+fn document_error(error: event_store::documents::DocumentError) -> ApiError {
+    use event_store::documents::DocumentError as E;
+    match error {
+        E::Database(e) => e.into(),
+        E::KeyDestroyed => ApiError::Gone,
+        other => ApiError::Internal(Box::new(other)),
+    }
+}
+
+/// `GET /v1/patients/{id}/documents/{item}/content`: the bytes, as uploaded.
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
+async fn content(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadMedicalRecord>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let id = patient_id(path_param(&params, "id"))?;
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
+    let item_id = item_id(path_param(&params, "item"))?;
+    reach(
+        &state,
+        &user,
+        Action::ReadMedicalRecord,
+        "document-content",
+        id,
+    )
+    .await?;
+    let (record, _) = state.records.load(id).await?;
+    let Some(ItemContent::Document(document)) = record.item(item_id).map(|i| &i.content) else {
+        return Err(ApiError::NotFound);
+    };
+    let bytes = state
+        .documents
+        .get(&id.to_string(), &document.content.sha256)
+        .await
+        .map_err(document_error)?
+        .ok_or(ApiError::NotFound)?;
+    let mut response = bytes.into_response();
+    let headers = response.headers_mut();
+    if let Ok(media_type) = HeaderValue::from_str(&document.content.media_type) {
+        headers.insert(header::CONTENT_TYPE, media_type);
+    }
+    // An uploaded HTML document must never run in the API's origin.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment"),
+    );
+    if let Ok(tag) = HeaderValue::from_str(&format!("\"{}\"", document.content.sha256)) {
+        headers.insert(header::ETAG, tag);
+    }
+    Ok(response)
+}
+
+fn unknown_params(params: &HashMap<String, String>, known: &[&str], errors: &mut FieldErrors) {
+    for key in params.keys().filter(|k| !known.contains(&k.as_str())) {
+        errors.push(FieldError::new(key.clone(), "unknown parameter"));
+    }
+}
+
+fn instant(
+    params: &HashMap<String, String>,
+    key: &str,
+    errors: &mut FieldErrors,
+) -> Option<DateTime<Utc>> {
+    let value = params.get(key)?;
+    errors.check(
+        DateTime::parse_from_rfc3339(value)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                FieldError::new(
+                    key,
+                    "must be an RFC 3339 instant such as 2026-11-27T12:00:00Z",
+                )
+            }),
+    )
+}
+
+/// `GET {kind}`: the patient's items of one kind, from the event store;
+/// `?include_entered_in_error=true` lists the mistakes too.
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
+async fn list(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadMedicalRecord>,
+    Path(params): Path<HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
+    kind: ItemKind,
+) -> Result<Response, ApiError> {
+    let id = patient_id(path_param(&params, "id"))?;
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
+    let mut errors = FieldErrors::new();
+    unknown_params(&query, &["include_entered_in_error"], &mut errors);
+    let include_errors = match query.get("include_entered_in_error").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            errors.push(FieldError::new(
+                "include_entered_in_error",
+                "must be true or false",
+            ));
+            false
+        }
+    };
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    reach(
+        &state,
+        &user,
+        Action::ReadMedicalRecord,
+        "medical-record-list",
+        id,
+    )
+    .await?;
+    let (record, _) = state.records.load(id).await?;
+    let items: Vec<Value> = record
+        .items()
+        .filter(|i| i.content.kind() == kind && (include_errors || i.entered_in_error.is_none()))
+        .map(|i| resource(id, i))
+        .collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+/// `GET /v1/patients/{id}/medical-record`: every standing item, by kind.
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
+async fn summary(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadMedicalRecord>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let id = patient_id(path_param(&params, "id"))?;
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
+    reach(
+        &state,
+        &user,
+        Action::ReadMedicalRecord,
+        "medical-record-read",
+        id,
+    )
+    .await?;
+    let (record, version): (MedicalRecord, u64) = state.records.load(id).await?;
+    let mut body = serde_json::Map::new();
+    for (segment, kind) in KINDS {
+        let items: Vec<Value> = record
+            .items()
+            .filter(|i| i.content.kind() == kind && i.entered_in_error.is_none())
+            .map(|i| resource(id, i))
+            .collect();
+        body.insert(segment.to_owned(), Value::Array(items));
+    }
+    body.insert("patient_id".into(), json!(id));
+    body.insert("version".into(), json!(version));
+    Ok(Json(Value::Object(body)).into_response())
+}
+
+/// `GET {kind}/{item}`: the item now, from the event store, with its `ETag`; with
+/// `?as_of=INSTANT`, as it stood then, from the versions read model.
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
+async fn read(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadMedicalRecord>,
+    Path(params): Path<HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
+    kind: ItemKind,
+) -> Result<Response, ApiError> {
+    let id = patient_id(path_param(&params, "id"))?;
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
+    let item_id = item_id(path_param(&params, "item"))?;
+    let mut errors = FieldErrors::new();
+    unknown_params(&query, &["as_of"], &mut errors);
+    let as_of = instant(&query, "as_of", &mut errors);
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    let what = if as_of.is_some() {
+        "medical-record-read-as-of"
+    } else {
+        "medical-record-read"
+    };
+    reach(&state, &user, Action::ReadMedicalRecord, what, id).await?;
+    if let Some(as_of) = as_of {
+        let version = read_model::version_as_of(
+            &state.pool,
+            id.as_uuid(),
+            kind.code(),
+            item_id.as_uuid(),
+            as_of,
+        )
+        .await?
+        .ok_or(ApiError::NotFound)?;
+        let mut body = version_body(id, kind, item_id, version);
+        body["as_of"] = json!(as_of);
+        return Ok(Json(body).into_response());
+    }
+    let (record, _) = state.records.load(id).await?;
+    let item = record
+        .item(item_id)
+        .filter(|i| i.content.kind() == kind)
+        .ok_or(ApiError::NotFound)?;
+    Ok(item_response(StatusCode::OK, id, item, false))
+}
+
+fn version_body(
+    id: PatientId,
+    kind: ItemKind,
+    item_id: ItemId,
+    version: read_model::Version,
+) -> Value {
+    json!({
+        "patient_id": id,
+        "item_id": item_id,
+        "kind": kind.code(),
+        "version": version.version,
+        "event_type": version.event_type,
+        "changed_at": version.changed_at,
+        "changed_by": version.changed_by,
+        "reason": version.reason,
+        "item": version.item,
+    })
+}
+
+async fn load_versions(
+    state: &AppState,
+    user: &AuthUser,
+    params: &HashMap<String, String>,
+    kind: ItemKind,
+    what: &str,
+) -> Result<(PatientId, ItemId, Vec<read_model::Version>), ApiError> {
+    let id = patient_id(path_param(params, "id"))?;
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
+    let item_id = item_id(path_param(params, "item"))?;
+    reach(state, user, Action::ReadMedicalRecord, what, id).await?;
+    let versions =
+        read_model::versions(&state.pool, id.as_uuid(), kind.code(), item_id.as_uuid()).await?;
+    if versions.is_empty() {
+        return Err(ApiError::NotFound);
+    }
+    Ok((id, item_id, versions))
+}
+
+/// `GET {kind}/{item}/versions`: every version, oldest first.
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
+async fn versions(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadMedicalRecord>,
+    Path(params): Path<HashMap<String, String>>,
+    kind: ItemKind,
+) -> Result<Response, ApiError> {
+    let (id, item_id, versions) =
+        load_versions(&state, &user, &params, kind, "medical-record-versions").await?;
+    let versions: Vec<Value> = versions
+        .into_iter()
+        .map(|v| version_body(id, kind, item_id, v))
+        .collect();
+    Ok(
+        Json(json!({ "item_id": item_id, "kind": kind.code(), "versions": versions }))
+            .into_response(),
+    )
+}
+
+/// `GET {kind}/{item}/versions/{n}`.
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
+async fn version(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadMedicalRecord>,
+    Path(params): Path<HashMap<String, String>>,
+    kind: ItemKind,
+) -> Result<Response, ApiError> {
+    let n: i32 = path_param(&params, "n")
+        .parse()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| ApiError::invalid_parameter("n", "must be a version number from 1"))?;
+    let (id, item_id, versions) =
+        load_versions(&state, &user, &params, kind, "medical-record-versions").await?;
+    let version = versions
+        .into_iter()
+        .find(|v| v.version == n)
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(version_body(id, kind, item_id, version)).into_response())
+}
+
+/// `GET {kind}/{item}/diff?from=1&to=3`: the RFC 6902 JSON Patch that turns version `from`
+/// of the item into version `to`.
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
+async fn diff(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadMedicalRecord>,
+    Path(params): Path<HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
+    kind: ItemKind,
+) -> Result<Response, ApiError> {
+    let mut errors = FieldErrors::new();
+    unknown_params(&query, &["from", "to"], &mut errors);
+    for key in ["from", "to"] {
+        if !query.contains_key(key) {
+            errors.push(FieldError::new(key, "is required"));
+        }
+    }
+    let from: i32 = whole_number(&query, "from", 1, 1..=i32::MAX, &mut errors);
+    let to: i32 = whole_number(&query, "to", 1, 1..=i32::MAX, &mut errors);
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    let (_, _, versions) =
+        load_versions(&state, &user, &params, kind, "medical-record-diff").await?;
+    let find = |n: i32| {
+        versions
+            .iter()
+            .find(|v| v.version == n)
+            .ok_or(ApiError::NotFound)
+    };
+    let patch = json_patch::diff(&find(from)?.item, &find(to)?.item);
+    let mut response = Json(patch).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json-patch+json"),
+    );
+    Ok(response)
+}
+
+const MAX_LIMIT: i64 = 100;
+
+/// `GET /v1/patients/{id}/medical-record/search?q=...`: full-text search over the patient's
+/// items and documents, best first, with highlighted fragments. `kind` narrows it. Each
+/// result row is recorded as an access.
+#[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
+async fn search_text(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadMedicalRecord>,
+    Path(params): Path<HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let id = patient_id(path_param(&params, "id"))?;
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
+    let mut errors = FieldErrors::new();
+    unknown_params(&query, &["q", "kind", "limit"], &mut errors);
+    let q = query.get("q").map(|q| q.trim()).unwrap_or_default();
+    if q.is_empty() || q.chars().count() > 200 {
+        errors.push(FieldError::new("q", "is required: 1 to 200 characters"));
+    }
+    let kind = query
+        .get("kind")
+        .and_then(|k| errors.check(ItemKind::parse("kind", k)));
+    let limit: i64 = whole_number(&query, "limit", 20, 1..=MAX_LIMIT, &mut errors);
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    reach(
+        &state,
+        &user,
+        Action::ReadMedicalRecord,
+        "medical-record-search",
+        id,
+    )
+    .await?;
+    let hits = read_model::search_text(&state.pool, id.as_uuid(), q, kind.map(|k| k.code()), limit)
+        .await?;
+    let rows: Vec<Uuid> = hits.iter().map(|h| h.patient_id).collect();
+    if !rows.is_empty() {
+        state
+            .access
+            .record(
+                &user,
+                "medical-record-search-result",
+                &rows,
+                access::Decision::Granted,
+                (state.clock)(),
+            )
+            .await?;
+    }
+    tracing::info!(results = hits.len(), "medical record text search");
+    let items: Vec<Value> = hits
+        .into_iter()
+        .map(|h| {
+            let href = format!(
+                "/v1/patients/{}/{}/{}",
+                h.patient_id,
+                ItemKind::parse("kind", &h.kind).map_or("items", segment),
+                h.item_id
+            );
+            json!({
+                "item_id": h.item_id,
+                "kind": h.kind,
+                "title": h.title,
+                "rank": h.rank,
+                "highlights": h.highlights,
+                "href": href,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+/// `GET /v1/medical-records/search?kind=allergy&code=...`: items across patients by coded
+/// concept (`system` and `code`), concept text (`text`), `status` or `active=true`, ordered by
+/// patient. Clinicians see only patients they care for (or who share with clinicians);
+/// `X-Purpose-Of-Use: research` leaves out patients who opted out. Each row is an access.
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn search_items(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::SearchMedicalRecords>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let mut errors = FieldErrors::new();
+    unknown_params(
+        &query,
+        &[
+            "kind", "system", "code", "text", "status", "active", "after", "limit",
+        ],
+        &mut errors,
+    );
+    let kind = match query.get("kind") {
+        Some(k) => errors.check(ItemKind::parse("kind", k)),
+        None => {
+            errors.push(FieldError::new("kind", "is required"));
+            None
+        }
+    };
+    let text_param = |key: &str, errors: &mut FieldErrors| {
+        let value = query.get(key)?.trim();
+        if value.is_empty() || value.len() > 255 {
+            errors.push(FieldError::new(key, "must be 1 to 255 characters"));
+            return None;
+        }
+        Some(value.to_owned())
+    };
+    let system = text_param("system", &mut errors);
+    let code = text_param("code", &mut errors);
+    let text = text_param("text", &mut errors);
+    let status = text_param("status", &mut errors);
+    let active_only = match query.get("active").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            errors.push(FieldError::new("active", "must be true or false"));
+            false
+        }
+    };
+    if code.is_none() && text.is_none() && status.is_none() && !active_only {
+        errors.push(FieldError::new(
+            "code",
+            "give at least one of code, text, status or active=true",
+        ));
+    }
+    if code.is_some() != system.is_some() {
+        errors.push(FieldError::new("system", "system and code go together"));
+    }
+    let after =
+        query.get("after").and_then(|a| {
+            let parsed = a
+                .split_once(',')
+                .and_then(|(p, i)| Some((Uuid::parse_str(p).ok()?, Uuid::parse_str(i).ok()?)));
+            errors.check(parsed.ok_or_else(|| {
+                FieldError::new("after", "must be the next cursor of a previous page")
+            }))
+        });
+    let limit: i64 = whole_number(&query, "limit", 50, 1..=MAX_LIMIT, &mut errors);
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    let criteria = Criteria {
+        kind: kind.map(|k| k.code().to_owned()).unwrap_or_default(),
+        system,
+        code,
+        text,
+        active_only,
+        status,
+        after,
+        limit,
+    };
+    let hits = read_model::search_items(&state.pool, &criteria).await?;
+    let next = (hits.len() as i64 == limit)
+        .then(|| {
+            hits.last()
+                .map(|h| format!("{},{}", h.patient_id, h.item_id))
+        })
+        .flatten();
+    // Only rows of patients this caller may read, decided per patient on their record.
+    let mut allowed: HashMap<Uuid, bool> = HashMap::new();
+    for hit in &hits {
+        if allowed.contains_key(&hit.patient_id) {
+            continue;
+        }
+        let pid = PatientId::new(hit.patient_id);
+        let patient = state.store.load(pid).await?.map(|(p, _)| p);
+        let decision = access::decide(
+            &user,
+            Action::SearchMedicalRecords,
+            pid,
+            patient.as_ref(),
+            state.home_organization.as_deref(),
+        );
+        allowed.insert(hit.patient_id, decision == access::Decision::Granted);
+    }
+    let hits: Vec<_> = hits
+        .into_iter()
+        .filter(|h| allowed.get(&h.patient_id) == Some(&true))
+        .collect();
+    let rows: Vec<Uuid> = hits.iter().map(|h| h.patient_id).collect();
+    if !rows.is_empty() {
+        state
+            .access
+            .record(
+                &user,
+                "medical-record-search-result",
+                &rows,
+                access::Decision::Granted,
+                (state.clock)(),
+            )
+            .await?;
+    }
+    tracing::info!(results = hits.len(), "medical record structured search");
+    let mut body = json!({ "items": hits });
+    if let Some(next) = next {
+        let mut query_string: Vec<String> = query
+            .iter()
+            .filter(|(k, _)| k.as_str() != "after")
+            .map(|(k, v)| format!("{k}={}", url_encode(v)))
+            .collect();
+        query_string.sort();
+        query_string.push(format!("after={}", url_encode(&next)));
+        body["next"] = json!(format!(
+            "/v1/medical-records/search?{}",
+            query_string.join("&")
+        ));
+    }
+    Ok(Json(body).into_response())
+}

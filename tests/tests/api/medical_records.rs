@@ -1,0 +1,1067 @@
+//! Medical records over HTTP: every item type through its lifecycle (create, revise,
+//! entered-in-error, versions, as-of, diff), the clinical safety checks, documents with text
+//! extraction and full-text search, structured search across patients, erasure, and the topic.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use rdkafka::message::{Headers, Message};
+use serde_json::{json, Value};
+
+use crate::helpers::{
+    assert_matches_schema_in, consume_until, consumer_for, error_fields, eventually, fixed_now,
+    header, key, AppOptions, TestApp,
+};
+
+const CARE: &str = "dr-care";
+
+/// Registers a patient whose care team includes [`CARE`]; returns the patient id.
+async fn patient_in_care(app: &TestApp, n: u64) -> String {
+    let id = app.register_person(n, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let care = app
+        .command(
+            &id,
+            "care-relationships",
+            1,
+            &json!({ "practitioner": CARE, "role": "attending" }),
+        )
+        .await;
+    assert_eq!(care.status(), 200, "{:?}", care.text().await);
+    id
+}
+
+fn clinician(app: &TestApp) -> String {
+    app.token(CARE, &["clinician"])
+}
+
+async fn send(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+    if_match: Option<u64>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut request = app
+        .client
+        .request(method, format!("{}{path}", app.address))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    if let Some(version) = if_match {
+        request = request.header("if-match", format!("\"{version}\""));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body, headers)
+}
+
+/// GETs `path` until it answers 200 with a body `done` accepts (or panics at the deadline).
+async fn poll(app: &TestApp, path: &str, token: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+    loop {
+        let (status, body, _) = send(app, reqwest::Method::GET, path, token, None, None).await;
+        if status == 200 && done(&body) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path}: {status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn allergy(substance: &str) -> Value {
+    json!({
+        "substance": { "system": "http://snomed.info/sct", "code": "764146007", "text": substance },
+        "category": "medication",
+        "criticality": "high",
+        "reactions": [{ "manifestation": { "text": "Hives" }, "severity": "moderate" }],
+        "clinical_status": "active",
+        "verification_status": "confirmed",
+        "onset": "2019-05-01",
+        "note": "Rash within hours of the first dose"
+    })
+}
+
+fn medication(text: &str) -> Value {
+    json!({
+        "medication": { "text": text },
+        "dose": { "value": "500", "unit": "mg" },
+        "route": "oral",
+        "frequency": { "count": 3, "period": 1, "period_unit": "d" },
+        "start": "2026-11-20",
+        "status": "active",
+        "prescriber": CARE,
+        "reason_for_use": { "text": "Otitis media" }
+    })
+}
+
+/// A body for each JSON kind, and the change its revision makes.
+fn bodies() -> Vec<(&'static str, Value, (&'static str, Value))> {
+    vec![
+        (
+            "allergies",
+            allergy("Penicillin"),
+            ("/criticality", json!("low")),
+        ),
+        (
+            "medications",
+            medication("Metformin 500 MG Oral Tablet"),
+            ("/status", json!("on-hold")),
+        ),
+        (
+            "immunizations",
+            json!({
+                "vaccine": { "system": "http://hl7.org/fhir/sid/cvx", "code": "208", "text": "COVID-19 mRNA" },
+                "occurred_on": "2026-10-01",
+                "lot_number": "EW0150",
+                "site": "left-arm",
+                "route": "intramuscular",
+                "performer": "nurse-1",
+                "status": "completed"
+            }),
+            ("/lot_number", json!("EW0151")),
+        ),
+        (
+            "problems",
+            json!({
+                "condition": { "system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9", "text": "Type 2 diabetes mellitus" },
+                "onset": "2018-03-01",
+                "clinical_status": "active",
+                "severity": "moderate"
+            }),
+            ("/severity", json!("mild")),
+        ),
+        (
+            "history",
+            json!({
+                "category": "family",
+                "description": { "text": "Breast cancer" },
+                "relationship": "mother",
+                "occurred_on": "2001-06-01"
+            }),
+            ("/relationship", json!("maternal aunt")),
+        ),
+    ]
+}
+
+fn with(body: &Value, pointer: &str, value: Value, reason: &str) -> Value {
+    let mut body = body.clone();
+    *body.pointer_mut(pointer).unwrap() = value;
+    body["reason"] = json!(reason);
+    body
+}
+
+#[tokio::test]
+async fn every_item_type_is_recorded_revised_entered_in_error_versioned_and_diffed() {
+    // Arrange: a clock the test moves a minute at a time, so versions have distinct times.
+    let offset = Arc::new(AtomicI64::new(0));
+    let moved = offset.clone();
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        clock: Some(Arc::new(move || {
+            fixed_now() + chrono::Duration::seconds(moved.load(Ordering::SeqCst))
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = patient_in_care(&app, 1).await;
+    let token = clinician(&app);
+    let minute = || offset.fetch_add(60, Ordering::SeqCst);
+
+    for (segment, body, (pointer, changed)) in bodies() {
+        let collection = format!("/v1/patients/{id}/{segment}");
+
+        // Act: record.
+        let (status, created, headers) = send(
+            &app,
+            reqwest::Method::POST,
+            &collection,
+            &token,
+            Some(&body),
+            None,
+        )
+        .await;
+
+        // Assert
+        assert_eq!(status, 201, "{segment}: {created}");
+        assert_eq!(headers["etag"], "\"1\"");
+        let item = created["item_id"].as_str().unwrap().to_owned();
+        let href = format!("{collection}/{item}");
+        assert_eq!(headers["location"], href.as_str());
+        assert_eq!(created["version"], 1);
+        let (status, read, _) = send(&app, reqwest::Method::GET, &href, &token, None, None).await;
+        assert_eq!((status, &read), (200, &created), "{segment}");
+
+        // Act: revise, with a stale version first.
+        minute();
+        let revision = with(&body, pointer, changed.clone(), "corrected after review");
+        let (status, stale, _) = send(
+            &app,
+            reqwest::Method::PUT,
+            &href,
+            &token,
+            Some(&revision),
+            Some(7),
+        )
+        .await;
+        assert_eq!(status, 412, "{segment}: {stale}");
+        let (status, revised, headers) = send(
+            &app,
+            reqwest::Method::PUT,
+            &href,
+            &token,
+            Some(&revision),
+            Some(1),
+        )
+        .await;
+        assert_eq!(status, 200, "{segment}: {revised}");
+        assert_eq!(headers["etag"], "\"2\"");
+        assert_eq!(revised.pointer(pointer), Some(&changed), "{segment}");
+        let (status, unchanged, _) = send(
+            &app,
+            reqwest::Method::PUT,
+            &href,
+            &token,
+            Some(&revision),
+            Some(2),
+        )
+        .await;
+        assert_eq!(status, 422, "{segment}: {unchanged}");
+        assert_eq!(unchanged["code"], "revision-changes-nothing");
+
+        // Act: entered in error.
+        minute();
+        let (status, marked, _) = send(
+            &app,
+            reqwest::Method::POST,
+            &format!("{href}/entered-in-error"),
+            &token,
+            Some(&json!({ "reason": "recorded on the wrong patient" })),
+            Some(2),
+        )
+        .await;
+        assert_eq!(status, 200, "{segment}: {marked}");
+        assert_eq!(marked["version"], 3);
+        assert_eq!(
+            marked["entered_in_error"]["reason"],
+            "recorded on the wrong patient"
+        );
+        let (status, again, _) = send(
+            &app,
+            reqwest::Method::PUT,
+            &href,
+            &token,
+            Some(&revision),
+            Some(3),
+        )
+        .await;
+        assert_eq!(
+            (status, again["code"].as_str()),
+            (409, Some("entered-in-error"))
+        );
+        let (_, list, _) = send(&app, reqwest::Method::GET, &collection, &token, None, None).await;
+        assert_eq!(
+            list["items"],
+            json!([]),
+            "{segment}: mistakes are not listed"
+        );
+        let (_, all, _) = send(
+            &app,
+            reqwest::Method::GET,
+            &format!("{collection}?include_entered_in_error=true"),
+            &token,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(
+            all["items"][0]["item_id"],
+            item.as_str(),
+            "{segment}: but kept"
+        );
+
+        // Assert: the versions read model.
+        let versions = poll(&app, &format!("{href}/versions"), &token, |body| {
+            body["versions"].as_array().is_some_and(|v| v.len() == 3)
+        })
+        .await;
+        let v = &versions["versions"];
+        assert_eq!(v[0]["changed_by"], CARE);
+        assert_eq!(v[0]["reason"], Value::Null);
+        assert_eq!(v[1]["reason"], "corrected after review");
+        assert_eq!(v[2]["reason"], "recorded on the wrong patient");
+        assert!(v[2]["event_type"]
+            .as_str()
+            .unwrap()
+            .ends_with("EnteredInError"));
+        assert_eq!(v[1]["item"].pointer(pointer), Some(&changed));
+        let (status, second, _) = send(
+            &app,
+            reqwest::Method::GET,
+            &format!("{href}/versions/2"),
+            &token,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!((status, &second), (200, &v[1]));
+        let (status, _, _) = send(
+            &app,
+            reqwest::Method::GET,
+            &format!("{href}/versions/9"),
+            &token,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, 404);
+
+        // Assert: the difference between versions as an RFC 6902 JSON Patch.
+        let response = app.get(&format!("{href}/diff?from=1&to=2"), &token).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json-patch+json"
+        );
+        let patch: Value = response.json().await.unwrap();
+        assert_eq!(
+            patch,
+            json!([{ "op": "replace", "path": pointer, "value": changed }]),
+            "{segment}"
+        );
+        let patch: Value = app
+            .get(&format!("{href}/diff?from=2&to=3"), &token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(patch[0]["op"], "add");
+        assert_eq!(patch[0]["path"], "/entered_in_error");
+        let (status, problem, _) = send(
+            &app,
+            reqwest::Method::GET,
+            &format!("{href}/diff?from=x"),
+            &token,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(error_fields(&problem), ["to", "from"]);
+
+        // Assert: as of a moment between the versions.
+        let first_at = v[0]["changed_at"].as_str().unwrap();
+        let as_of =
+            chrono::DateTime::parse_from_rfc3339(first_at).unwrap() + chrono::Duration::seconds(30);
+        let (status, then, _) = send(
+            &app,
+            reqwest::Method::GET,
+            &format!("{href}?as_of={}", as_of.to_rfc3339().replace('+', "%2B")),
+            &token,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{then}");
+        assert_eq!(then["version"], 1);
+        assert_eq!(then["item"], v[0]["item"]);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_items_are_refused_naming_every_field_and_nothing_is_written() {
+    let app = TestApp::without_kafka().await;
+    let id = patient_in_care(&app, 2).await;
+    let token = clinician(&app);
+    let events = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM events WHERE aggregate_type = 'MedicalRecord'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+
+    let (status, problem, _) = send(
+        &app,
+        reqwest::Method::POST,
+        &format!("/v1/patients/{id}/allergies"),
+        &token,
+        Some(
+            &json!({ "substance": { "code": "1" }, "category": "pets", "criticality": "high",
+                      "clinical_status": "active", "verification_status": "confirmed",
+                      "onset": "2030-01-01", "extra": true }),
+        ),
+        None,
+    )
+    .await;
+
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["type"], "/problems/validation-error");
+    let fields = error_fields(&problem);
+    for field in [
+        "extra",
+        "substance.text",
+        "substance.system",
+        "category",
+        "onset",
+    ] {
+        assert!(fields.contains(&field.to_owned()), "{field} in {fields:?}");
+    }
+    let (status, _, _) = send(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/patients/{id}/allergies/not-a-uuid"),
+        &token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(events().await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_active_allergy_is_refused_and_a_matching_medication_needs_its_warning_acknowledged(
+) {
+    let app = TestApp::without_kafka().await;
+    let id = patient_in_care(&app, 3).await;
+    let token = clinician(&app);
+    let allergies = format!("/v1/patients/{id}/allergies");
+    let medications = format!("/v1/patients/{id}/medications");
+    let (status, first, _) = send(
+        &app,
+        reqwest::Method::POST,
+        &allergies,
+        &token,
+        Some(&allergy("Penicillin")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let allergy_id = first["item_id"].as_str().unwrap().to_owned();
+
+    // Act + assert: the same substance again.
+    let (status, problem, _) = send(
+        &app,
+        reqwest::Method::POST,
+        &allergies,
+        &token,
+        Some(&allergy("penicillin")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["code"], "duplicate-allergy");
+    assert_eq!(problem["existing_item_id"], allergy_id.as_str());
+
+    // Act + assert: a medication the allergy names.
+    let order = medication("Penicillin V Potassium 250 MG Oral Tablet");
+    let (status, warning, _) = send(
+        &app,
+        reqwest::Method::POST,
+        &medications,
+        &token,
+        Some(&order),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{warning}");
+    assert_eq!(warning["type"], "/problems/allergy-warning");
+    assert_eq!(
+        warning["warnings"],
+        json!([{ "allergy_id": allergy_id, "criticality": "high" }])
+    );
+    assert_eq!(
+        warning["order"]["medication"]["text"],
+        "Penicillin V Potassium 250 MG Oral Tablet"
+    );
+    let (_, list, _) = send(&app, reqwest::Method::GET, &medications, &token, None, None).await;
+    assert_eq!(
+        list["items"],
+        json!([]),
+        "nothing recorded without acknowledgement"
+    );
+    let mut wrong = order.clone();
+    wrong["acknowledge_allergy_warnings"] = json!([uuid::Uuid::new_v4()]);
+    let (status, problem, _) = send(
+        &app,
+        reqwest::Method::POST,
+        &medications,
+        &token,
+        Some(&wrong),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("acknowledged-warning-does-not-apply"))
+    );
+
+    let mut acknowledged = order.clone();
+    acknowledged["acknowledge_allergy_warnings"] = json!([allergy_id]);
+    let (status, recorded, _) = send(
+        &app,
+        reqwest::Method::POST,
+        &medications,
+        &token,
+        Some(&acknowledged),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{recorded}");
+    assert_eq!(
+        recorded["acknowledged_warnings"],
+        json!([{ "allergy_id": allergy_id, "acknowledged_by": CARE }])
+    );
+    // The acknowledgement is in the stored history, with who made it.
+    let versions = format!(
+        "{medications}/{}/versions",
+        recorded["item_id"].as_str().unwrap()
+    );
+    eventually("the acknowledged order's version", || async {
+        let (status, body, _) =
+            send(&app, reqwest::Method::GET, &versions, &token, None, None).await;
+        status == 200
+            && body["versions"][0]["item"]["acknowledged_warnings"][0]["acknowledged_by"] == CARE
+    })
+    .await;
+    // A medication no allergy names needs nothing.
+    let (status, _, _) = send(
+        &app,
+        reqwest::Method::POST,
+        &medications,
+        &token,
+        Some(&medication("Metformin")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201);
+    app.stop().await;
+}
+
+/// A `multipart/form-data` body with the metadata part and a file part.
+fn multipart(metadata: &Value, media_type: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = format!("boundary-{}", uuid::Uuid::new_v4().simple());
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n{metadata}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"doc\"\r\nContent-Type: {media_type}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+async fn upload(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    title: &str,
+    media_type: &str,
+    bytes: &[u8],
+) -> (u16, Value) {
+    let metadata = json!({
+        "title": title,
+        "document_type": { "system": "http://loinc.org", "code": "18842-5", "text": "Discharge summary" },
+        "author": CARE,
+        "date": "2026-11-20"
+    });
+    let (content_type, body) = multipart(&metadata, media_type, bytes);
+    let response = app
+        .client
+        .post(format!("{}/v1/patients/{id}/documents", app.address))
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn documents_are_uploaded_extracted_searched_and_downloaded() {
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        configure: Some(Arc::new(|settings| {
+            settings.documents.max_bytes = 64 * 1024
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = patient_in_care(&app, 4).await;
+    let token = clinician(&app);
+    let pdf =
+        command_api::synthetic::pdf(&["Discharge summary", "Severe anaphylaxis after amoxicillin"]);
+    let documents: [(&str, &str, &[u8]); 4] = [
+        ("Clinic letter", "text/plain", b"Seen today for hypertension follow-up. Blood pressure 128/82."),
+        ("Care plan", "text/markdown", b"# Care plan\n\n* **Metformin** titration\n* Retinal screening"),
+        ("Referral", "text/html", b"<html><body><h1>Referral</h1><p>Suspected <b>angina</b> &amp; dyspnoea<script>steal()</script></p></body></html>"),
+        ("Discharge", "application/pdf", &pdf),
+    ];
+    let mut ids = Vec::new();
+    for (title, media_type, bytes) in documents {
+        let (status, body) = upload(&app, &token, &id, title, media_type, bytes).await;
+        assert_eq!(status, 201, "{title}: {body}");
+        assert_eq!(body["content"]["media_type"], media_type);
+        assert_eq!(body["content"]["size"], bytes.len());
+        assert!(
+            body["content"]["text_length"].as_u64().unwrap() > 0,
+            "{title}: {body}"
+        );
+        ids.push(body["item_id"].as_str().unwrap().to_owned());
+    }
+
+    // The bytes come back as uploaded, and never as a page of the API's origin.
+    let response = app
+        .get(
+            &format!("/v1/patients/{id}/documents/{}/content", ids[3]),
+            &token,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/pdf");
+    assert_eq!(
+        response.headers()["content-security-policy"],
+        "sandbox; default-src 'none'"
+    );
+    assert_eq!(response.bytes().await.unwrap().as_ref(), pdf.as_slice());
+
+    // Full-text search over every format, ranked, with highlights.
+    for (query, expected, mark) in [
+        ("anaphylaxis", 3, "<mark>anaphylaxis</mark>"),
+        ("angina", 2, "<mark>angina</mark>"),
+        ("retinal screening", 1, "<mark>Retinal</mark>"),
+        ("hypertension", 0, "<mark>hypertension</mark>"),
+    ] {
+        let path = format!(
+            "/v1/patients/{id}/medical-record/search?q={}",
+            query.replace(' ', "+")
+        );
+        let hits = poll(&app, &path, &token, |body| {
+            body["items"].as_array().is_some_and(|i| !i.is_empty())
+        })
+        .await;
+        let top = &hits["items"][0];
+        assert_eq!(top["item_id"], ids[expected].as_str(), "{query}: {hits}");
+        assert_eq!(top["kind"], "document");
+        let highlights = top["highlights"].to_string();
+        assert!(highlights.contains(mark), "{query}: {highlights}");
+        assert!(
+            !highlights.contains("steal"),
+            "{query}: scripts are not text"
+        );
+    }
+    // Every result row counted as an access.
+    let accesses: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'Access'
+            AND payload->>'action' = 'medical-record-search-result'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(accesses >= 4, "{accesses}");
+
+    // Refusals: too large, a type not accepted, bytes that are not what they claim.
+    let (status, _) = upload(
+        &app,
+        &token,
+        &id,
+        "Scan",
+        "text/plain",
+        &vec![b'a'; 70 * 1024],
+    )
+    .await;
+    assert_eq!(status, 413);
+    let (status, problem) =
+        upload(&app, &token, &id, "Tool", "application/x-msdownload", b"MZ").await;
+    assert_eq!(
+        (status, error_fields(&problem)),
+        (422, vec!["file".to_owned()])
+    );
+    let (status, problem) = upload(
+        &app,
+        &token,
+        &id,
+        "Fake",
+        "application/pdf",
+        b"%PDF-1.4 nothing",
+    )
+    .await;
+    assert_eq!(
+        (status, error_fields(&problem)),
+        (422, vec!["file".to_owned()])
+    );
+    let (status, problem) = upload(&app, &token, &id, "", "text/plain", b"x").await;
+    assert_eq!(
+        (status, error_fields(&problem)),
+        (422, vec!["metadata.title".to_owned()])
+    );
+    let (_, list, _) = send(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/patients/{id}/documents"),
+        &token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 4);
+
+    // A document's description is revised; its content cannot be.
+    let href = format!("/v1/patients/{id}/documents/{}", ids[0]);
+    let (status, revised, _) = send(
+        &app,
+        reqwest::Method::PUT,
+        &href,
+        &token,
+        Some(
+            &json!({ "title": "Hypertension clinic letter", "document_type": { "text": "Letter" },
+                      "author": CARE, "date": "2026-11-20", "reason": "clearer title" }),
+        ),
+        Some(1),
+    )
+    .await;
+    assert_eq!(status, 200, "{revised}");
+    let before = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["item_id"] == ids[0].as_str())
+        .unwrap();
+    assert_eq!(revised["content"], before["content"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn structured_search_finds_patients_by_code_and_text_within_each_callers_reach() {
+    let app = TestApp::without_kafka().await;
+    let token = clinician(&app);
+    let cared = patient_in_care(&app, 5).await;
+    let other = app.register_person(6, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let nurse = app.token("dr-other", &["clinician"]);
+    // `other` is cared for by dr-other.
+    let care = app
+        .command(
+            &other,
+            "care-relationships",
+            1,
+            &json!({ "practitioner": "dr-other", "role": "attending" }),
+        )
+        .await;
+    assert_eq!(care.status(), 200);
+    for (patient, who) in [(&cared, &token), (&other, &nurse)] {
+        let (status, body, _) = send(
+            &app,
+            reqwest::Method::POST,
+            &format!("/v1/patients/{patient}/allergies"),
+            who,
+            Some(&allergy("Penicillin")),
+            None,
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut inactive = allergy("Latex");
+    inactive["clinical_status"] = json!("resolved");
+    let (status, _, _) = send(
+        &app,
+        reqwest::Method::POST,
+        &format!("/v1/patients/{cared}/allergies"),
+        &token,
+        Some(&inactive),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let problem = json!({ "condition": { "system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9", "text": "Type 2 diabetes" },
+                          "clinical_status": "active" });
+    let (status, _, _) = send(
+        &app,
+        reqwest::Method::POST,
+        &format!("/v1/patients/{other}/problems"),
+        &nurse,
+        Some(&problem),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let admin = app.token("admin-1", &["admin"]);
+
+    let search = |token: String, query: &'static str| {
+        let app = &app;
+        async move {
+            let (status, body, _) = send(
+                app,
+                reqwest::Method::GET,
+                &format!("/v1/medical-records/search?{query}"),
+                &token,
+                None,
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            let mut patients: Vec<String> = body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["patient_id"].as_str().unwrap().to_owned())
+                .collect();
+            patients.sort();
+            patients
+        }
+    };
+    let mut both = vec![cared.clone(), other.clone()];
+    both.sort();
+    eventually("both penicillin allergies indexed", || async {
+        search(admin.clone(), "kind=allergy&text=penicillin&active=true").await == both
+    })
+    .await;
+    assert_eq!(
+        search(admin.clone(), "kind=allergy&text=latex&active=true").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        search(admin.clone(), "kind=allergy&text=latex&status=resolved").await,
+        vec![cared.clone()]
+    );
+    eventually("the diabetes problem indexed", || async {
+        search(
+            admin.clone(),
+            "kind=problem&system=http://hl7.org/fhir/sid/icd-10&code=E11.9",
+        )
+        .await
+            == vec![other.clone()]
+    })
+    .await;
+    // A clinician sees only the patients they care for.
+    assert_eq!(
+        search(token.clone(), "kind=allergy&text=penicillin&active=true").await,
+        vec![cared.clone()]
+    );
+    // Bad criteria name their parameter.
+    let (status, problem, _) = send(
+        &app,
+        reqwest::Method::GET,
+        "/v1/medical-records/search?kind=pets",
+        &admin,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(error_fields(&problem), ["kind", "code"]);
+    let (status, _, _) = send(
+        &app,
+        reqwest::Method::GET,
+        "/v1/medical-records/search?kind=allergy&active=true",
+        &app.registrar(),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forgetting_a_patient_erases_their_medical_record_everywhere() {
+    let app = TestApp::without_kafka().await;
+    let id = patient_in_care(&app, 7).await;
+    let token = clinician(&app);
+    let (status, _, _) = send(
+        &app,
+        reqwest::Method::POST,
+        &format!("/v1/patients/{id}/allergies"),
+        &token,
+        Some(&allergy("Penicillin")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = upload(
+        &app,
+        &token,
+        &id,
+        "Letter",
+        "text/plain",
+        b"penicillin rash",
+    )
+    .await;
+    assert_eq!(status, 201);
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT (SELECT count(*) FROM projections.medical_record_versions WHERE patient_id = $1)
+                  + (SELECT count(*) FROM projections.medical_record_items WHERE patient_id = $1)",
+        )
+        .bind(uuid::Uuid::parse_str(&id).unwrap())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    eventually("the read model to hold the items", || async {
+        rows().await == 4
+    })
+    .await;
+    let admin = app.token("admin-1", &["admin"]);
+
+    let (status, body, _) = send(
+        &app,
+        reqwest::Method::POST,
+        &format!("/v1/patients/{id}/forget"),
+        &admin,
+        Some(&json!({ "reason": "patient-request" })),
+        Some(2),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    eventually("the read model to drop the patient", || async {
+        rows().await == 0
+    })
+    .await;
+    let (status, _, _) = send(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/patients/{id}/allergies"),
+        &admin,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 410);
+    let blob: Vec<u8> = sqlx::query_scalar("SELECT sealed FROM document_blobs LIMIT 1")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        !blob.windows(10).any(|w| w == b"penicillin"),
+        "stored documents are sealed"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_medical_record_event_type_is_published_keyed_by_patient_and_matches_its_schema() {
+    let app = TestApp::spawn().await;
+    let id = patient_in_care(&app, 8).await;
+    let token = clinician(&app);
+    let mut kinds = bodies();
+    kinds.push(("documents", Value::Null, ("/title", json!("Revised title"))));
+    for (segment, body, (pointer, changed)) in kinds {
+        let (status, created) = if segment == "documents" {
+            upload(
+                &app,
+                &token,
+                &id,
+                "Letter",
+                "text/plain",
+                b"Follow-up in two weeks",
+            )
+            .await
+        } else {
+            let (s, b, _) = send(
+                &app,
+                reqwest::Method::POST,
+                &format!("/v1/patients/{id}/{segment}"),
+                &token,
+                Some(&body),
+                None,
+            )
+            .await;
+            (s, b)
+        };
+        assert_eq!(status, 201, "{segment}: {created}");
+        let href = format!(
+            "/v1/patients/{id}/{segment}/{}",
+            created["item_id"].as_str().unwrap()
+        );
+        let revision = if segment == "documents" {
+            json!({ "title": changed, "document_type": { "text": "Letter" }, "author": CARE, "date": "2026-11-20", "reason": "typo" })
+        } else {
+            with(&body, pointer, changed, "typo")
+        };
+        let (status, revised, _) = send(
+            &app,
+            reqwest::Method::PUT,
+            &href,
+            &token,
+            Some(&revision),
+            Some(1),
+        )
+        .await;
+        assert_eq!(status, 200, "{segment}: {revised}");
+        let (status, _, _) = send(
+            &app,
+            reqwest::Method::POST,
+            &format!("{href}/entered-in-error"),
+            &token,
+            Some(&json!({ "reason": "wrong chart" })),
+            Some(2),
+        )
+        .await;
+        assert_eq!(status, 200, "{segment}");
+    }
+
+    let topic = format!(
+        "{}{}",
+        app.settings.kafka.topic_prefix,
+        schemas::topics::MEDICAL_RECORD
+    );
+    let consumer = consumer_for(app.settings.kafka.brokers.as_deref().unwrap(), &topic);
+    let records = consume_until(&consumer, |r| r.len() >= 18).await;
+
+    let mut types: Vec<String> = Vec::new();
+    for record in &records {
+        assert_eq!(key(record), id, "keyed by patient");
+        assert_eq!(header(record, "ce_subject").as_deref(), Some(id.as_str()));
+        let headers: Vec<(&str, &[u8])> = record
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|h| h.value.map(|v| (h.key, v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let event_type =
+            schemas::PublishedEvent::from_headers(headers, record.payload().unwrap_or_default())
+                .unwrap()
+                .event_type;
+        let data = app.open(record).await;
+        assert_matches_schema_in("medical-record/v1", &event_type, &data);
+        let data: Value = serde_json::from_slice(&data).unwrap();
+        assert_eq!(data["patient_id"], id.as_str());
+        types.push(event_type);
+    }
+    types.sort();
+    let mut expected: Vec<String> = schemas::medical_record::v1::EVENT_TYPES
+        .iter()
+        .map(|t| (*t).to_owned())
+        .collect();
+    expected.sort();
+    assert_eq!(types, expected);
+    // Sealed on the wire: no clinical text in any record as sent.
+    assert!(records
+        .iter()
+        .all(|r| !String::from_utf8_lossy(r.payload().unwrap()).contains("Penicillin")));
+    app.stop().await;
+}
