@@ -68,6 +68,9 @@ pub enum Command {
     /// Measures registrations per second, raw insert transactions per second and projection
     /// lag on one database, and prints the figures.
     Bench(crate::bench::BenchArgs),
+    /// Measures medical records: clinical items recorded per second, documents uploaded and
+    /// indexed per second, and search latency (p50, p99), and prints the figures.
+    BenchRecords(crate::bench_records::BenchRecordsArgs),
     /// Evaluates duplicate detection on a FEBRL-format CSV: precision, recall, F1 and match
     /// latency.
     MatchEval(crate::match_eval::MatchEvalArgs),
@@ -206,6 +209,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => crate::bench::run(&settings, args).await,
+        Command::BenchRecords(args) => crate::bench_records::run(&settings, args).await,
         Command::MatchEval(args) => crate::match_eval::run(&settings, args).await,
         Command::Replay(args) => crate::replay::run(&settings, args).await,
         Command::Audit {

@@ -12,12 +12,14 @@
 //! - [`embedded_postgres`]: the private cluster `serve` runs with no database configured.
 //! - [`matching`]: duplicate detection against the `patient_match` read model.
 //! - [`bench`]: the benchmark behind `patient-service bench`.
+//! - [`bench_records`]: the medical record benchmark behind `patient-service bench-records`.
 //! - [`replay`]: `patient-service replay`, the event history as NDJSON for auditors.
 //! - [`retention`]: `patient-service retention purge`, erasure of patients past retention.
 //! - [`match_eval`]: `patient-service match-eval`, duplicate detection on a FEBRL data set.
 
 pub mod auth;
 pub mod bench;
+pub mod bench_records;
 pub mod cli;
 pub mod configuration;
 pub mod embedded_postgres;

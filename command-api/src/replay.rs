@@ -18,7 +18,8 @@ use crate::startup;
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
-    /// Only events of this aggregate type: `Patient`, or `Access` (access entries).
+    /// Only events of this aggregate type: `Patient`, `MedicalRecord`, or `Access` (access
+    /// entries).
     #[arg(long)]
     pub aggregate_type: Option<String>,
     /// Only the events of this aggregate (a patient id).

@@ -132,9 +132,11 @@ async fn stream(
     Authorized(user, _): Authorized<permission::ReadAuditTrail>,
     Path((aggregate_type, raw_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    if aggregate_type != "patient" {
-        return Err(ApiError::NotFound);
-    }
+    let stored_type = match aggregate_type.as_str() {
+        "patient" => Patient::TYPE,
+        "medical-record" => domain::medical_record::MedicalRecord::TYPE,
+        _ => return Err(ApiError::NotFound),
+    };
     let id = PatientId::parse("id", &raw_id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     state
@@ -148,7 +150,7 @@ async fn stream(
         )
         .await?;
     let mut events =
-        event_store::stream::history(&state.pool, Patient::TYPE, &id.to_string()).await?;
+        event_store::stream::history(&state.pool, stored_type, &id.to_string()).await?;
     event_store::stream::open(state.store.keys(), &state.pool, &mut events).await?;
     if events.is_empty() {
         return Err(ApiError::NotFound);
@@ -181,7 +183,7 @@ async fn stream(
     }
     tracing::info!(events = items.len(), "audit stream read");
     Ok(Json(json!({
-        "aggregate_type": "patient",
+        "aggregate_type": aggregate_type,
         "id": id,
         "events": items,
     }))
