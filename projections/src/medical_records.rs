@@ -174,9 +174,7 @@ impl ReadModel for MedicalRecords {
         tx: &mut PgConnection,
         event: &PublishedEvent,
     ) -> Result<(), ProjectionError> {
-        if patient_v1::PatientEvent::decode(&event.event_type, b"{}").is_ok()
-            || !v1::EVENT_TYPES.contains(&event.event_type.as_str())
-        {
+        if !v1::EVENT_TYPES.contains(&event.event_type.as_str()) {
             // A patient event: only erasure concerns this model.
             if let Ok(patient_v1::PatientEvent::Forgotten(e)) =
                 patient_v1::PatientEvent::from_published(event)

@@ -50,6 +50,9 @@ const PHI: &[&str] = &[
     "7561234567897",
     "allergic to the registrar",
     "Emergencia",
+    "Quokkafruit",
+    "Xylonote",
+    "Zanzibarine",
 ];
 
 #[tokio::test]
@@ -126,6 +129,107 @@ async fn recognisable_patient_data_never_reaches_the_logs() {
         &registrar,
         &json!({ "name": { "given": [], "family": "Emergencia" }, "relationship": "friend", "phones": [{ "number": "+41791112233" }] }),
         &[("if-match", "\"2\"")],
+    )
+    .await;
+    // The medical record: items, a safety warning, a bad body, a document, searches, versions.
+    let current = app.get(&format!("/v1/patients/{id}"), &registrar).await;
+    let etag = current.headers()["etag"].to_str().unwrap().to_owned();
+    let care = app
+        .post(
+            &format!("/v1/patients/{id}/care-relationships"),
+            &registrar,
+            &json!({ "practitioner": "c", "role": "attending" }),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(care.status(), 200);
+    let allergy = json!({ "substance": { "text": "Quokkafruit" }, "category": "food", "criticality": "high",
+                          "clinical_status": "active", "verification_status": "confirmed", "note": "Xylonote rash" });
+    let recorded: serde_json::Value = app
+        .post(
+            &format!("/v1/patients/{id}/allergies"),
+            &clinician,
+            &allergy,
+            &[],
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let allergy_id = recorded["item_id"].as_str().unwrap().to_owned();
+    let mut order = json!({ "medication": { "text": "Quokkafruit extract" }, "dose": { "value": "1", "unit": "mL" },
+                            "route": "oral", "frequency": { "count": 1, "period": 1, "period_unit": "d" },
+                            "start": "2026-11-01", "status": "active", "prescriber": "c" });
+    let warned = app
+        .post(
+            &format!("/v1/patients/{id}/medications"),
+            &clinician,
+            &order,
+            &[],
+        )
+        .await;
+    assert_eq!(warned.status(), 409);
+    order["acknowledge_allergy_warnings"] = json!([allergy_id]);
+    let prescribed = app
+        .post(
+            &format!("/v1/patients/{id}/medications"),
+            &clinician,
+            &order,
+            &[],
+        )
+        .await;
+    assert_eq!(prescribed.status(), 201);
+    let mut bad_allergy = allergy.clone();
+    bad_allergy["category"] = json!("Quokkafruit");
+    let refused = app
+        .post(
+            &format!("/v1/patients/{id}/allergies"),
+            &clinician,
+            &bad_allergy,
+            &[],
+        )
+        .await;
+    assert_eq!(refused.status(), 422);
+    let boundary = "log-test-boundary";
+    let upload = app
+        .client
+        .post(format!("{}/v1/patients/{id}/documents", app.address))
+        .bearer_auth(&clinician)
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n{}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"Zanzibarine.txt\"\r\nContent-Type: text/plain\r\n\r\nZanzibarine letter about Xylonote\r\n--{boundary}--\r\n",
+            json!({ "title": "Zanzibarine", "document_type": { "text": "Letter" }, "author": "c", "date": "2026-11-01" })
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 201);
+    eventually("the record to be searchable", || async {
+        let hits: serde_json::Value = app
+            .get(
+                &format!("/v1/patients/{id}/medical-record/search?q=Zanzibarine"),
+                &clinician,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        hits["items"].as_array().is_some_and(|i| !i.is_empty())
+    })
+    .await;
+    app.get(
+        "/v1/medical-records/search?kind=allergy&text=Quokkafruit",
+        &clinician,
+    )
+    .await;
+    app.get(
+        &format!("/v1/patients/{id}/allergies/{allergy_id}/versions"),
+        &clinician,
+    )
+    .await;
+    app.get(
+        &format!("/v1/patients/{id}/allergies/{allergy_id}/diff?from=1&to=1"),
+        &clinician,
     )
     .await;
     // Security paths: break-the-glass, the audit trail, data keys, consent, legal hold, erasure.

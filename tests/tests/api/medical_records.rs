@@ -1065,3 +1065,55 @@ async fn every_medical_record_event_type_is_published_keyed_by_patient_and_match
         .all(|r| !String::from_utf8_lossy(r.payload().unwrap()).contains("Penicillin")));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn documents_can_live_in_a_directory_sealed_and_addressed_by_their_hash() {
+    let dir = std::env::temp_dir().join(format!("documents-{}", uuid::Uuid::new_v4().simple()));
+    let configured = dir.clone();
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        configure: Some(Arc::new(move |settings| {
+            settings.documents.storage = "directory".into();
+            settings.documents.directory = Some(configured.clone());
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = patient_in_care(&app, 9).await;
+    let token = clinician(&app);
+    let letter = b"Referral for cataract surgery";
+
+    let (status, created) = upload(&app, &token, &id, "Referral", "text/plain", letter).await;
+
+    assert_eq!(status, 201, "{created}");
+    let sha256 = created["content"]["sha256"].as_str().unwrap();
+    let stored = std::fs::read(dir.join(&id).join(sha256)).unwrap();
+    assert!(
+        !stored.windows(8).any(|w| w == b"cataract"),
+        "sealed at rest"
+    );
+    let blobs: i64 = sqlx::query_scalar("SELECT count(*) FROM document_blobs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(blobs, 0, "nothing in the database");
+    let content = app
+        .get(
+            &format!(
+                "/v1/patients/{id}/documents/{}/content",
+                created["item_id"].as_str().unwrap()
+            ),
+            &token,
+        )
+        .await;
+    assert_eq!(content.bytes().await.unwrap().as_ref(), letter);
+    poll(
+        &app,
+        &format!("/v1/patients/{id}/medical-record/search?q=cataract"),
+        &token,
+        |body| body["items"].as_array().is_some_and(|i| i.len() == 1),
+    )
+    .await;
+    app.stop().await;
+    let _removed = std::fs::remove_dir_all(&dir);
+}
