@@ -1,10 +1,18 @@
 //! Text extraction from uploaded documents, for indexing: plain text, Markdown, HTML and PDF.
 //! Other accepted types (images) are stored without text.
 //!
-//! Extraction runs on a blocking thread with a time limit, and a parser that panics on a
-//! malformed file is contained: the upload is refused as unreadable, the service goes on.
+//! Extraction runs on a blocking thread with a time limit, at most [`CONCURRENT`] at a time
+//! (a document that outlives its limit keeps its slot until it ends, so slow documents cannot
+//! exhaust the blocking pool), and a parser that panics on a malformed file is contained: the
+//! upload is refused as unreadable, the service goes on. PDFs are checked first for what no
+//! panic handler can contain: pdf-extract draws form XObjects recursively without a cycle
+//! check, so a form that draws itself would overflow the stack and abort the process.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use lopdf::{Dictionary, Object, ObjectId};
+use tokio::sync::Semaphore;
 
 /// The media types a document may have, and whether text is extracted from them.
 pub const MEDIA_TYPES: &[(&str, bool)] = &[
@@ -20,13 +28,34 @@ pub const MEDIA_TYPES: &[(&str, bool)] = &[
 /// How long extraction from one document may take.
 const TIME_LIMIT: Duration = Duration::from_secs(20);
 
+/// Extractions running at once.
+pub const CONCURRENT: usize = 2;
+
+/// Deepest nesting of form XObjects accepted in a PDF.
+const MAX_FORM_DEPTH: usize = 32;
+
+/// Most XObject references walked when checking a PDF.
+const MAX_FORM_VISITS: usize = 10_000;
+
 /// Why no text could be had from a document that should have some.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExtractionError {
     #[error("the document is not valid {0}")]
     Unreadable(&'static str),
+    #[error("the PDF's forms draw themselves or nest too deep")]
+    RecursivePdf,
     #[error("text extraction took too long")]
     TooSlow,
+    /// Every extraction slot is taken (retry).
+    #[error("text extraction is busy")]
+    Busy,
+}
+
+fn slots() -> Arc<Semaphore> {
+    static SLOTS: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    SLOTS
+        .get_or_init(|| Arc::new(Semaphore::new(CONCURRENT)))
+        .clone()
 }
 
 /// The media type as accepted (lowercase, without parameters), if it is one of
@@ -49,9 +78,16 @@ pub async fn extract(
     media_type: &'static str,
     bytes: Vec<u8>,
 ) -> Result<Option<String>, ExtractionError> {
+    let permit = tokio::time::timeout(TIME_LIMIT, slots().acquire_owned())
+        .await
+        .map_err(|_| ExtractionError::Busy)?
+        .map_err(|_| ExtractionError::Busy)?;
     let work = tokio::task::spawn_blocking(move || {
-        std::panic::catch_unwind(|| extract_now(media_type, &bytes))
-            .unwrap_or(Err(ExtractionError::Unreadable("a readable file")))
+        let result = std::panic::catch_unwind(|| extract_now(media_type, &bytes))
+            .unwrap_or(Err(ExtractionError::Unreadable("a readable file")));
+        // The slot is freed when the work ends, not when its caller stops waiting.
+        drop(permit);
+        result
     });
     match tokio::time::timeout(TIME_LIMIT, work).await {
         Ok(Ok(result)) => result,
@@ -67,11 +103,75 @@ fn extract_now(media_type: &str, bytes: &[u8]) -> Result<Option<String>, Extract
         "text/html" => {
             html2text::from_read(bytes, 100_000).map_err(|_| ExtractionError::Unreadable("HTML"))?
         }
-        "application/pdf" => pdf_extract::extract_text_from_mem(bytes)
-            .map_err(|_| ExtractionError::Unreadable("PDF"))?,
+        "application/pdf" => {
+            forms_are_acyclic(bytes)?;
+            pdf_extract::extract_text_from_mem(bytes)
+                .map_err(|_| ExtractionError::Unreadable("PDF"))?
+        }
         _ => return Ok(None),
     };
     Ok(Some(tidy(&text)))
+}
+
+/// Walks every page's form XObjects the way pdf-extract draws them (a form without resources
+/// of its own uses its parent's) and refuses a form reachable from itself, or nested deeper
+/// than [`MAX_FORM_DEPTH`].
+fn forms_are_acyclic(bytes: &[u8]) -> Result<(), ExtractionError> {
+    let document =
+        lopdf::Document::load_mem(bytes).map_err(|_| ExtractionError::Unreadable("PDF"))?;
+    let mut budget = MAX_FORM_VISITS;
+    for page in document.get_pages().into_values() {
+        let (inline, inherited) = document
+            .get_page_resources(page)
+            .map_err(|_| ExtractionError::Unreadable("PDF"))?;
+        let mut resources: Vec<&Dictionary> = inline.into_iter().collect();
+        resources.extend(
+            inherited
+                .into_iter()
+                .filter_map(|id| document.get_object(id).and_then(Object::as_dict).ok()),
+        );
+        for dictionary in resources {
+            walk_forms(&document, dictionary, &mut Vec::new(), &mut budget)?;
+        }
+    }
+    Ok(())
+}
+
+fn walk_forms(
+    document: &lopdf::Document,
+    resources: &Dictionary,
+    path: &mut Vec<ObjectId>,
+    budget: &mut usize,
+) -> Result<(), ExtractionError> {
+    let Ok(xobjects) = resources
+        .get(b"XObject")
+        .and_then(|o| document.dereference(o))
+        .and_then(|(_, o)| o.as_dict())
+    else {
+        return Ok(());
+    };
+    for (_, entry) in xobjects.iter() {
+        *budget = budget.checked_sub(1).ok_or(ExtractionError::RecursivePdf)?;
+        let Ok(id) = entry.as_reference() else {
+            continue;
+        };
+        if path.contains(&id) || path.len() >= MAX_FORM_DEPTH {
+            return Err(ExtractionError::RecursivePdf);
+        }
+        let Ok(Object::Stream(stream)) = document.get_object(id) else {
+            continue;
+        };
+        let inner = stream
+            .dict
+            .get(b"Resources")
+            .and_then(|o| document.dereference(o))
+            .and_then(|(_, o)| o.as_dict())
+            .unwrap_or(resources);
+        path.push(id);
+        walk_forms(document, inner, path, budget)?;
+        path.pop();
+    }
+    Ok(())
 }
 
 fn utf8<'a>(bytes: &'a [u8], what: &'static str) -> Result<&'a str, ExtractionError> {
@@ -158,6 +258,49 @@ mod tests {
         let text = extract_now("application/pdf", &pdf).unwrap().unwrap();
         assert!(text.contains("Discharge summary"), "{text}");
         assert!(text.contains("penicillin (rash)"), "{text}");
+    }
+
+    /// A PDF whose page draws form /X1, which draws itself: pdf-extract alone would recurse
+    /// until the stack overflows.
+    fn self_drawing_pdf() -> Vec<u8> {
+        let objects = [
+            "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
+            "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_owned(),
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R \
+             /Resources << /XObject << /X1 5 0 R >> >> >>"
+                .to_owned(),
+            "<< /Length 7 >>\nstream\n/X1 Do\nendstream".to_owned(),
+            "<< /Type /XObject /Subtype /Form /BBox [0 0 10 10] /Length 7 >>\nstream\n/X1 Do\nendstream".to_owned(),
+        ];
+        let mut out = b"%PDF-1.4\n".to_vec();
+        let mut offsets = Vec::new();
+        for (i, object) in objects.iter().enumerate() {
+            offsets.push(out.len());
+            out.extend_from_slice(format!("{} 0 obj\n{object}\nendobj\n", i + 1).as_bytes());
+        }
+        let xref = out.len();
+        out.extend_from_slice(
+            format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+        );
+        for offset in offsets {
+            out.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
+        }
+        out.extend_from_slice(
+            format!(
+                "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+                objects.len() + 1
+            )
+            .as_bytes(),
+        );
+        out
+    }
+
+    #[test]
+    fn a_pdf_whose_forms_draw_themselves_is_refused_before_extraction() {
+        assert_eq!(
+            extract_now("application/pdf", &self_drawing_pdf()),
+            Err(ExtractionError::RecursivePdf)
+        );
     }
 
     #[test]

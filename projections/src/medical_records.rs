@@ -191,6 +191,9 @@ impl ReadModel for MedicalRecords {
             .map_err(|_| DecodeError::MalformedData(event.event_type.clone()))?;
         let patient_id = decoded.patient_id();
         let item_id = decoded.item_id();
+        if forgotten(tx, patient_id).await? {
+            return Ok(());
+        }
         let previous: Option<(i32, Value)> = sqlx::query_as(
             "SELECT version, state FROM projections.medical_record_versions
               WHERE item_id = $1 ORDER BY version DESC LIMIT 1",
@@ -310,7 +313,8 @@ impl ReadModel for MedicalRecords {
 
     async fn clear(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "TRUNCATE projections.medical_record_versions, projections.medical_record_items",
+            "TRUNCATE projections.medical_record_versions, projections.medical_record_items,
+                      projections.medical_record_forgotten",
         )
         .execute(&mut *tx)
         .await?;
@@ -318,7 +322,32 @@ impl ReadModel for MedicalRecords {
     }
 }
 
+/// Takes the patient's lock for this transaction (the purge takes it too, so a purge and an
+/// event of the same patient never interleave) and says whether the patient was forgotten.
+async fn forgotten(tx: &mut PgConnection, patient_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('medical_records ' || $1::text, 0))",
+    )
+    .bind(patient_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM projections.medical_record_forgotten WHERE patient_id = $1)",
+    )
+    .bind(patient_id)
+    .fetch_one(&mut *tx)
+    .await
+}
+
 async fn purge(tx: &mut PgConnection, patient_id: Uuid) -> Result<(), sqlx::Error> {
+    forgotten(tx, patient_id).await?;
+    sqlx::query(
+        "INSERT INTO projections.medical_record_forgotten (patient_id) VALUES ($1)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(patient_id)
+    .execute(&mut *tx)
+    .await?;
     for table in ["medical_record_versions", "medical_record_items"] {
         sqlx::query(&format!(
             "DELETE FROM projections.{table} WHERE patient_id = $1"

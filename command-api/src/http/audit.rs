@@ -162,6 +162,12 @@ async fn stream(
         // Still sealed after opening: the patient was forgotten and this event is gone.
         let data = if published.sealed {
             Value::Null
+        } else if stored_type != Patient::TYPE {
+            // Clinical content is for those who may read the medical record, not auditors:
+            // the trail says which item changed, who, when and why.
+            let data: Value = serde_json::from_slice(&published.data)
+                .map_err(|_| ApiError::Internal("a published event is not JSON".into()))?;
+            json!({ "item_id": data["item_id"], "reason": data["reason"] })
         } else {
             let mut data: Value = serde_json::from_slice(&published.data)
                 .map_err(|_| ApiError::Internal("a published event is not JSON".into()))?;

@@ -211,6 +211,35 @@ fn item_response(status: StatusCode, patient: PatientId, item: &Item, replayed: 
     response
 }
 
+/// An allergy is never refused for the medications the patient takes; instead the answer
+/// names, in `medication_warnings`, the current medications its substance is named in, for
+/// the clinician to review.
+fn with_medication_warnings(
+    response: Response,
+    patient: PatientId,
+    record: &MedicalRecord,
+    item: &Item,
+) -> Response {
+    let ItemContent::Allergy(allergy) = &item.content else {
+        return response;
+    };
+    if !allergy.is_active() {
+        return response;
+    }
+    let named = record.medications_named_by(allergy);
+    if named.is_empty() {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let mut body = resource(patient, item);
+    body["medication_warnings"] = json!(named
+        .iter()
+        .map(|m| json!({ "medication_id": m }))
+        .collect::<Vec<_>>());
+    parts.headers.remove(header::CONTENT_LENGTH);
+    (parts, Json(body)).into_response()
+}
+
 fn metadata(user: &AuthUser, ctx: &RequestContext, key: Option<String>) -> CommandMetadata {
     CommandMetadata {
         user_id: user.id.clone(),
@@ -284,7 +313,12 @@ async fn record_item(
         Ok((record, _)) => {
             let item = record.item(item_id).ok_or(ApiError::NotFound)?;
             tracing::info!(item_id = %item_id, kind = item.content.kind().code(), "medical record item recorded");
-            Ok(item_response(StatusCode::CREATED, id, item, false))
+            Ok(with_medication_warnings(
+                item_response(StatusCode::CREATED, id, item, false),
+                id,
+                &record,
+                item,
+            ))
         }
         Err(CommandError::Rule(MedicalRecordError::ItemIdInUse)) if key.is_some() => {
             let (record, _) = state.records.load(id).await?;
@@ -395,7 +429,12 @@ async fn revise(
         Ok((record, _)) => {
             let item = record.item(item_id).ok_or(ApiError::NotFound)?;
             tracing::info!(item_id = %item_id, version = item.version, "medical record item revised");
-            Ok(item_response(StatusCode::OK, id, item, false))
+            Ok(with_medication_warnings(
+                item_response(StatusCode::OK, id, item, false),
+                id,
+                &record,
+                item,
+            ))
         }
         Err(CommandError::Rule(MedicalRecordError::UnacknowledgedAllergyWarnings(warnings))) => {
             let order = serde_json::to_value(&content).unwrap_or_default();
@@ -471,6 +510,8 @@ async fn upload(
     )
     .await?;
     changeable(&patient)?;
+    // Whatever can refuse the upload is checked before anything is stored.
+    principal(&user)?;
     let mut multipart = multipart.map_err(|_| ApiError::UnsupportedMediaType)?;
     let mut metadata_part: Option<serde_json::Map<String, Value>> = None;
     let mut file: Option<(Option<String>, Vec<u8>)> = None;
@@ -542,7 +583,10 @@ async fn upload(
     record_input::document(&metadata_part, "metadata", placeholder, today)?;
     let text = extraction::extract(media_type, bytes.clone())
         .await
-        .map_err(|e| ApiError::Validation(FieldError::new("file", e.to_string()).into()))?;
+        .map_err(|e| match e {
+            extraction::ExtractionError::Busy => ApiError::Unavailable(Box::new(e)),
+            e => ApiError::Validation(FieldError::new("file", e.to_string()).into()),
+        })?;
     let patient_key = id.to_string();
     let sha256 = state
         .documents
@@ -611,7 +655,10 @@ async fn content(
     )
     .await?;
     let (record, _) = state.records.load(id).await?;
-    let Some(ItemContent::Document(document)) = record.item(item_id).map(|i| &i.content) else {
+    let Some(item) = record.item(item_id) else {
+        return Err(ApiError::NotFound);
+    };
+    let ItemContent::Document(document) = &item.content else {
         return Err(ApiError::NotFound);
     };
     let bytes = state
@@ -640,6 +687,10 @@ async fn content(
     );
     if let Ok(tag) = HeaderValue::from_str(&format!("\"{}\"", document.content.sha256)) {
         headers.insert(header::ETAG, tag);
+    }
+    if item.entered_in_error.is_some() {
+        // Kept for the record, but a mistake (say, the wrong patient's letter): say so.
+        headers.insert("entered-in-error", HeaderValue::from_static("true"));
     }
     Ok(response)
 }
@@ -907,6 +958,24 @@ async fn diff(
 
 const MAX_LIMIT: i64 = 100;
 
+/// The status codes a kind's items have in the search read model.
+fn status_codes(kind: ItemKind) -> &'static [&'static str] {
+    use domain::medical_record::items as i;
+    match kind {
+        ItemKind::Allergy => i::AllergyClinicalStatus::CODES,
+        ItemKind::Medication => i::MedicationStatus::CODES,
+        ItemKind::Immunization => i::ImmunizationStatus::CODES,
+        ItemKind::Problem => i::ProblemStatus::CODES,
+        ItemKind::History => i::HistoryCategory::CODES,
+        ItemKind::Document => &["current"],
+    }
+}
+
+/// Rows read at a time by a structured search, and how many such reads one request may make
+/// looking for rows the caller may see.
+const SCAN_BATCH: i64 = 200;
+const MAX_SCAN_BATCHES: usize = 25;
+
 /// `GET /v1/patients/{id}/medical-record/search?q=...`: full-text search over the patient's
 /// items and documents, best first, with highlighted fragments. `kind` narrows it. Each
 /// result row is recorded as an access.
@@ -1013,6 +1082,15 @@ async fn search_items(
     let code = text_param("code", &mut errors);
     let text = text_param("text", &mut errors);
     let status = text_param("status", &mut errors);
+    if let (Some(kind), Some(status)) = (kind, &status) {
+        let codes = status_codes(kind);
+        if !codes.contains(&status.as_str()) {
+            errors.push(FieldError::new(
+                "status",
+                format!("must be one of {} for {}", codes.join(", "), kind.code()),
+            ));
+        }
+    }
     let active_only = match query.get("active").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
@@ -1051,34 +1129,56 @@ async fn search_items(
         after,
         limit,
     };
-    let hits = read_model::search_items(&state.pool, &criteria).await?;
+    // Only rows of patients this caller may read, decided per patient on their record. A page
+    // is filled from such rows only and its cursor names the last row shown, so neither a
+    // page nor a cursor tells of patients out of the caller's reach.
+    let mut criteria = Criteria {
+        limit: SCAN_BATCH,
+        ..criteria
+    };
+    let mut allowed: HashMap<Uuid, bool> = HashMap::new();
+    let mut hits = Vec::new();
+    let mut incomplete = true;
+    'scan: for _ in 0..MAX_SCAN_BATCHES {
+        let batch = read_model::search_items(&state.pool, &criteria).await?;
+        let exhausted = (batch.len() as i64) < criteria.limit;
+        for hit in batch {
+            criteria.after = Some((hit.patient_id, hit.item_id));
+            let granted = match allowed.get(&hit.patient_id) {
+                Some(&granted) => granted,
+                None => {
+                    let pid = PatientId::new(hit.patient_id);
+                    let patient = state.store.load(pid).await?.map(|(p, _)| p);
+                    let granted = access::decide(
+                        &user,
+                        Action::SearchMedicalRecords,
+                        pid,
+                        patient.as_ref(),
+                        state.home_organization.as_deref(),
+                    ) == access::Decision::Granted;
+                    allowed.insert(hit.patient_id, granted);
+                    granted
+                }
+            };
+            if granted {
+                hits.push(hit);
+                if hits.len() as i64 == limit {
+                    incomplete = false;
+                    break 'scan;
+                }
+            }
+        }
+        if exhausted {
+            incomplete = false;
+            break;
+        }
+    }
     let next = (hits.len() as i64 == limit)
         .then(|| {
             hits.last()
                 .map(|h| format!("{},{}", h.patient_id, h.item_id))
         })
         .flatten();
-    // Only rows of patients this caller may read, decided per patient on their record.
-    let mut allowed: HashMap<Uuid, bool> = HashMap::new();
-    for hit in &hits {
-        if allowed.contains_key(&hit.patient_id) {
-            continue;
-        }
-        let pid = PatientId::new(hit.patient_id);
-        let patient = state.store.load(pid).await?.map(|(p, _)| p);
-        let decision = access::decide(
-            &user,
-            Action::SearchMedicalRecords,
-            pid,
-            patient.as_ref(),
-            state.home_organization.as_deref(),
-        );
-        allowed.insert(hit.patient_id, decision == access::Decision::Granted);
-    }
-    let hits: Vec<_> = hits
-        .into_iter()
-        .filter(|h| allowed.get(&h.patient_id) == Some(&true))
-        .collect();
     let rows: Vec<Uuid> = hits.iter().map(|h| h.patient_id).collect();
     if !rows.is_empty() {
         state
@@ -1094,6 +1194,10 @@ async fn search_items(
     }
     tracing::info!(results = hits.len(), "medical record structured search");
     let mut body = json!({ "items": hits });
+    if incomplete {
+        // Scanned as far as one request may without filling the page: narrow the criteria.
+        body["incomplete"] = json!(true);
+    }
     if let Some(next) = next {
         let mut query_string: Vec<String> = query
             .iter()

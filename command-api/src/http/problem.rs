@@ -282,6 +282,7 @@ impl IntoResponse for ApiError {
                     .map(|w| {
                         serde_json::json!({
                             "allergy_id": w.allergy_id,
+                            "allergy_version": w.allergy_version,
                             "criticality": w.criticality.code(),
                         })
                     })

@@ -40,17 +40,21 @@ pub struct ErrorMark {
     pub at: DateTime<Utc>,
 }
 
-/// An allergy warning the prescriber saw and overrode.
+/// An allergy warning the prescriber saw and overrode, for the allergy as it then stood: once
+/// the allergy is revised (say its criticality rises), the warning is raised again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AcknowledgedWarning {
     pub allergy_id: ItemId,
+    #[serde(default)]
+    pub allergy_version: u32,
     pub acknowledged_by: Principal,
 }
 
-/// A medication's substance matches an active allergy.
+/// A medication's substance matches an active allergy (at its current version).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllergyWarning {
     pub allergy_id: ItemId,
+    pub allergy_version: u32,
     pub criticality: AllergyCriticality,
 }
 
@@ -285,9 +289,9 @@ impl MedicalRecord {
             .filter(move |i| i.item_id != except && i.entered_in_error.is_none())
     }
 
-    fn active_allergies(&self, except: ItemId) -> impl Iterator<Item = (ItemId, &Allergy)> {
+    fn active_allergies(&self, except: ItemId) -> impl Iterator<Item = (&Item, &Allergy)> {
         self.standing(except).filter_map(|i| match &i.content {
-            ItemContent::Allergy(a) if a.is_active() => Some((i.item_id, a)),
+            ItemContent::Allergy(a) if a.is_active() => Some((i, a)),
             _ => None,
         })
     }
@@ -297,9 +301,25 @@ impl MedicalRecord {
     pub fn allergy_warnings(&self, medication: &Medication) -> Vec<AllergyWarning> {
         self.active_allergies(ItemId::new(uuid::Uuid::nil()))
             .filter(|(_, allergy)| allergy.substance.named_in(&medication.medication))
-            .map(|(allergy_id, allergy)| AllergyWarning {
-                allergy_id,
+            .map(|(item, allergy)| AllergyWarning {
+                allergy_id: item.item_id,
+                allergy_version: item.version,
                 criticality: allergy.criticality,
+            })
+            .collect()
+    }
+
+    /// The current medications (standing, active or on hold) an allergy's substance names:
+    /// what the clinician recording the allergy should review.
+    pub fn medications_named_by(&self, allergy: &Allergy) -> Vec<ItemId> {
+        self.standing(ItemId::new(uuid::Uuid::nil()))
+            .filter_map(|i| match &i.content {
+                ItemContent::Medication(m)
+                    if m.status.is_current() && allergy.substance.named_in(&m.medication) =>
+                {
+                    Some(i.item_id)
+                }
+                _ => None,
             })
             .collect()
     }
@@ -319,7 +339,9 @@ impl MedicalRecord {
                     .active_allergies(item_id)
                     .find(|(_, other)| other.substance.same_as(&allergy.substance))
                 {
-                    return Err(MedicalRecordError::DuplicateAllergy { existing });
+                    return Err(MedicalRecordError::DuplicateAllergy {
+                        existing: existing.item_id,
+                    });
                 }
                 Ok(Vec::new())
             }
@@ -334,24 +356,25 @@ impl MedicalRecord {
                         allergy_id: *unknown,
                     });
                 }
-                let pending: Vec<AllergyWarning> = warnings
-                    .into_iter()
-                    .filter(|w| {
-                        !already_acknowledged
-                            .iter()
-                            .any(|a| a.allergy_id == w.allergy_id)
-                            && !acknowledgement.allergies.contains(&w.allergy_id)
+                let covered = |w: &AllergyWarning| {
+                    already_acknowledged.iter().any(|a| {
+                        a.allergy_id == w.allergy_id && a.allergy_version == w.allergy_version
                     })
+                };
+                let pending: Vec<AllergyWarning> = warnings
+                    .iter()
+                    .filter(|w| !covered(w) && !acknowledgement.allergies.contains(&w.allergy_id))
+                    .cloned()
                     .collect();
                 if !pending.is_empty() {
                     return Err(MedicalRecordError::UnacknowledgedAllergyWarnings(pending));
                 }
-                Ok(acknowledgement
-                    .allergies
+                Ok(warnings
                     .iter()
-                    .filter(|id| !already_acknowledged.iter().any(|a| a.allergy_id == **id))
-                    .map(|&allergy_id| AcknowledgedWarning {
-                        allergy_id,
+                    .filter(|w| !covered(w) && acknowledgement.allergies.contains(&w.allergy_id))
+                    .map(|w| AcknowledgedWarning {
+                        allergy_id: w.allergy_id,
+                        allergy_version: w.allergy_version,
                         acknowledged_by: acknowledgement.by.clone(),
                     })
                     .collect())

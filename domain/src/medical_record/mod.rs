@@ -186,17 +186,37 @@ mod tests {
         let item = r.item(id(2)).unwrap();
         assert_eq!(item.acknowledged_warnings[0].allergy_id, id(1));
         // A later revision does not ask again for what was acknowledged.
+        let on_hold = |version| MedicalRecordCommand::Revise {
+            item_id: id(2),
+            expected_version: version,
+            content: medication("Penicillin V potassium 250 MG", MedicationStatus::OnHold),
+            reason: reason(),
+            acknowledgement: ack(&[]),
+            at: at(),
+        };
+        assert_eq!(r.decide(on_hold(1)).unwrap().len(), 1);
+        // Once the allergy is revised (it turned out worse), the warning is raised again.
+        let mut worse = allergy("Penicillin");
+        if let ItemContent::Allergy(a) = &mut worse {
+            a.note = Some(Note::parse("note", "anaphylaxis").unwrap());
+        }
         let events = r
             .decide(MedicalRecordCommand::Revise {
-                item_id: id(2),
+                item_id: id(1),
                 expected_version: 1,
-                content: medication("Penicillin V potassium 250 MG", MedicationStatus::OnHold),
+                content: worse,
                 reason: reason(),
                 acknowledgement: ack(&[]),
                 at: at(),
             })
             .unwrap();
-        assert_eq!(events.len(), 1);
+        r.apply(events[0].clone());
+        match r.decide(on_hold(1)) {
+            Err(MedicalRecordError::UnacknowledgedAllergyWarnings(w)) => {
+                assert_eq!((w[0].allergy_id, w[0].allergy_version), (id(1), 2));
+            }
+            other => panic!("{other:?}"),
+        }
         // A medication no allergy names needs nothing.
         record(
             &mut r,

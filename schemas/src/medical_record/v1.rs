@@ -177,6 +177,9 @@ pub struct Document {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AcknowledgedWarning {
     pub allergy_id: Uuid,
+    /// The allergy's version the warning was for; a later version raises it again.
+    #[serde(default)]
+    pub allergy_version: u32,
     pub acknowledged_by: String,
 }
 

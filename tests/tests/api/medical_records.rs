@@ -482,7 +482,7 @@ async fn a_second_active_allergy_is_refused_and_a_matching_medication_needs_its_
     assert_eq!(warning["type"], "/problems/allergy-warning");
     assert_eq!(
         warning["warnings"],
-        json!([{ "allergy_id": allergy_id, "criticality": "high" }])
+        json!([{ "allergy_id": allergy_id, "allergy_version": 1, "criticality": "high" }])
     );
     assert_eq!(
         warning["order"]["medication"]["text"],
@@ -524,7 +524,7 @@ async fn a_second_active_allergy_is_refused_and_a_matching_medication_needs_its_
     assert_eq!(status, 201, "{recorded}");
     assert_eq!(
         recorded["acknowledged_warnings"],
-        json!([{ "allergy_id": allergy_id, "acknowledged_by": CARE }])
+        json!([{ "allergy_id": allergy_id, "allergy_version": 1, "acknowledged_by": CARE }])
     );
     // The acknowledgement is in the stored history, with who made it.
     let versions = format!(
@@ -549,6 +549,42 @@ async fn a_second_active_allergy_is_refused_and_a_matching_medication_needs_its_
     )
     .await;
     assert_eq!(status, 201);
+    // An allergy is never refused for what the patient takes; its answer names the
+    // medications to review.
+    let (status, late, _) = send(
+        &app,
+        reqwest::Method::POST,
+        &allergies,
+        &token,
+        Some(
+            &json!({ "substance": { "text": "Metformin" }, "category": "medication",
+                      "criticality": "low", "clinical_status": "active",
+                      "verification_status": "unconfirmed" }),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{late}");
+    assert_eq!(
+        late["medication_warnings"].as_array().unwrap().len(),
+        1,
+        "{late}"
+    );
+    // Auditors follow the record's history without its clinical content.
+    let auditor = app.token("auditor-1", &["auditor"]);
+    let (status, trail, _) = send(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/audit/streams/medical-record/{id}"),
+        &auditor,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{trail}");
+    assert_eq!(trail["events"].as_array().unwrap().len(), 4);
+    assert_eq!(trail["events"][0]["data"]["item_id"], allergy_id.as_str());
+    assert!(!trail.to_string().contains("Penicillin"), "{trail}");
     app.stop().await;
 }
 
@@ -853,6 +889,37 @@ async fn structured_search_finds_patients_by_code_and_text_within_each_callers_r
             == vec![other.clone()]
     })
     .await;
+    // Pages and their cursors name only what the caller may see.
+    let (status, page, _) = send(
+        &app,
+        reqwest::Method::GET,
+        "/v1/medical-records/search?kind=allergy&text=penicillin&active=true&limit=1",
+        &token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["items"][0]["patient_id"], cared.as_str());
+    let next = page["next"].as_str().unwrap().to_owned();
+    assert!(!next.contains(&other), "{next}");
+    let (status, rest, _) = send(&app, reqwest::Method::GET, &next, &token, None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(rest["items"], json!([]));
+    assert_eq!(rest.get("next"), None);
+    let (status, problem, _) = send(
+        &app,
+        reqwest::Method::GET,
+        "/v1/medical-records/search?kind=allergy&status=on-hold",
+        &admin,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, error_fields(&problem)),
+        (400, vec!["status".to_owned()])
+    );
     // A clinician sees only the patients they care for.
     assert_eq!(
         search(token.clone(), "kind=allergy&text=penicillin&active=true").await,
