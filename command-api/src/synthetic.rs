@@ -67,7 +67,7 @@ pub fn pdf(lines: &[&str]) -> Vec<u8> {
         stream.push_str(&format!("({escaped}) Tj T*\n"));
     }
     stream.push_str("ET");
-    let objects = [
+    pdf_of(&[
         "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
         "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_owned(),
         "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R \
@@ -79,7 +79,12 @@ pub fn pdf(lines: &[&str]) -> Vec<u8> {
         ),
         "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"
             .to_owned(),
-    ];
+    ])
+}
+
+/// A PDF file of `objects` (object `n` is `objects[n - 1]`; the first is the catalog), with its
+/// cross-reference table.
+pub fn pdf_of(objects: &[String]) -> Vec<u8> {
     let mut out = b"%PDF-1.4\n".to_vec();
     let mut offsets = Vec::new();
     for (i, object) in objects.iter().enumerate() {

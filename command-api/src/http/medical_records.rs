@@ -35,14 +35,16 @@ use domain::medical_record::{
 use domain::patient::governance::Principal;
 use domain::patient::{Patient, PatientError, PatientId, PatientStatus};
 use domain::{FieldError, FieldErrors};
-use event_store::store::{CommandError, CommandMetadata};
+use event_store::store::CommandError;
 use projections::medical_records::{self as read_model, Criteria};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::auth::{access, permission, Action, AuthUser, Authorized};
 use crate::extraction;
-use crate::http::patients::{checked_access, url_encode, whole_number, CommandRequest};
+use crate::http::patients::{
+    checked_access, idempotency_key, metadata, url_encode, whole_number, CommandRequest,
+};
 use crate::http::record_input;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
 
@@ -240,33 +242,6 @@ fn with_medication_warnings(
     (parts, Json(body)).into_response()
 }
 
-fn metadata(user: &AuthUser, ctx: &RequestContext, key: Option<String>) -> CommandMetadata {
-    CommandMetadata {
-        user_id: user.id.clone(),
-        request_id: Some(ctx.request_id.clone()),
-        traceparent: Some(ctx.traceparent.clone()),
-        idempotency_key: key,
-    }
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
-        .map(|k| Some(k.to_owned()))
-        .ok_or_else(|| {
-            ApiError::invalid_parameter(
-                "Idempotency-Key",
-                "must be 1 to 255 visible ASCII characters",
-            )
-        })
-}
-
 /// The new item's id: random, or derived from the caller and their `Idempotency-Key`.
 fn new_item_id(user: &AuthUser, patient: PatientId, key: Option<&str>) -> ItemId {
     ItemId::new(match key {
@@ -370,17 +345,17 @@ async fn create(
     .await
 }
 
-#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
-async fn revise(
-    State(state): State<AppState>,
-    req: CommandRequest<permission::WriteMedicalRecord>,
-    kind: ItemKind,
-) -> Result<Response, ApiError> {
+/// What a change to an existing item starts with: the patient (reachable and changeable),
+/// the item's id and the version named by `If-Match`.
+async fn item_change(
+    state: &AppState,
+    req: &CommandRequest<permission::WriteMedicalRecord>,
+) -> Result<(PatientId, ItemId, u64), ApiError> {
     let id = patient_id(req.raw_id())?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let item_id = item_id(req.item.as_deref().unwrap_or_default())?;
     let patient = reach(
-        &state,
+        state,
         &req.user,
         Action::WriteMedicalRecord,
         "medical-record-write",
@@ -388,7 +363,16 @@ async fn revise(
     )
     .await?;
     changeable(&patient)?;
-    let expected = if_match(req.headers())?;
+    Ok((id, item_id, if_match(req.headers())?))
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
+async fn revise(
+    State(state): State<AppState>,
+    req: CommandRequest<permission::WriteMedicalRecord>,
+    kind: ItemKind,
+) -> Result<Response, ApiError> {
+    let (id, item_id, expected) = item_change(&state, &req).await?;
     let today = (state.clock)().date_naive();
     let (content, extras) = if kind == ItemKind::Document {
         // The content stays: only what describes the document is revised.
@@ -450,19 +434,7 @@ async fn enter_in_error(
     req: CommandRequest<permission::WriteMedicalRecord>,
     kind: ItemKind,
 ) -> Result<Response, ApiError> {
-    let id = patient_id(req.raw_id())?;
-    tracing::Span::current().record("patient_id", tracing::field::display(id));
-    let item_id = item_id(req.item.as_deref().unwrap_or_default())?;
-    let patient = reach(
-        &state,
-        &req.user,
-        Action::WriteMedicalRecord,
-        "medical-record-write",
-        id,
-    )
-    .await?;
-    changeable(&patient)?;
-    let expected = if_match(req.headers())?;
+    let (id, item_id, expected) = item_change(&state, &req).await?;
     let reason = crate::http::patients::reason_only(&req.body)?;
     let (record, _) = state.records.load(id).await?;
     if record.item(item_id).map(|i| i.content.kind()) != Some(kind) {

@@ -208,7 +208,11 @@ fn patient_id(raw: &str) -> Result<PatientId, ApiError> {
     PatientId::parse("id", raw).map_err(|e| ApiError::InvalidParameters(e.into()))
 }
 
-fn metadata(user: &AuthUser, ctx: &RequestContext, key: Option<String>) -> CommandMetadata {
+pub(super) fn metadata(
+    user: &AuthUser,
+    ctx: &RequestContext,
+    key: Option<String>,
+) -> CommandMetadata {
     CommandMetadata {
         user_id: user.id.clone(),
         request_id: Some(ctx.request_id.clone()),
@@ -218,7 +222,7 @@ fn metadata(user: &AuthUser, ctx: &RequestContext, key: Option<String>) -> Comma
 }
 
 /// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };

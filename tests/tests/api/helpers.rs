@@ -220,17 +220,7 @@ impl TestApp {
     /// The data of a consumed record, opened the way a downstream service opens it: with the
     /// patient's data key fetched from the API under the `service` role.
     pub async fn open(&self, record: &OwnedMessage) -> Vec<u8> {
-        let headers: Vec<(&str, &[u8])> = record
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|h| h.value.map(|v| (h.key, v)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let event =
-            schemas::PublishedEvent::from_headers(headers, record.payload().unwrap_or_default())
-                .unwrap();
+        let event = published(record);
         if !event.sealed {
             return event.data;
         }
@@ -391,6 +381,19 @@ impl TestApp {
             &self.topic(),
         )
     }
+}
+
+/// A consumed record as the event it carries (data still sealed).
+pub fn published(record: &OwnedMessage) -> schemas::PublishedEvent {
+    let headers: Vec<(&str, &[u8])> = record
+        .headers()
+        .map(|h| {
+            h.iter()
+                .filter_map(|h| h.value.map(|v| (h.key, v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    schemas::PublishedEvent::from_headers(headers, record.payload().unwrap_or_default()).unwrap()
 }
 
 pub fn consumer_for(brokers: &str, topic: &str) -> StreamConsumer {

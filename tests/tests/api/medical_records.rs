@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use serde_json::{json, Value};
 
 use crate::helpers::{
@@ -1101,18 +1101,7 @@ async fn every_medical_record_event_type_is_published_keyed_by_patient_and_match
     for record in &records {
         assert_eq!(key(record), id, "keyed by patient");
         assert_eq!(header(record, "ce_subject").as_deref(), Some(id.as_str()));
-        let headers: Vec<(&str, &[u8])> = record
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|h| h.value.map(|v| (h.key, v)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let event_type =
-            schemas::PublishedEvent::from_headers(headers, record.payload().unwrap_or_default())
-                .unwrap()
-                .event_type;
+        let event_type = crate::helpers::published(record).event_type;
         let data = app.open(record).await;
         assert_matches_schema_in("medical-record/v1", &event_type, &data);
         let data: Value = serde_json::from_slice(&data).unwrap();
