@@ -6,14 +6,15 @@
 //!
 //! - [`patient`]: patient data management (registration, demographics, archive).
 //! - [`medical_record`]: medical records handling (clinical items, safety checks).
+//! - [`scheduling`]: appointment scheduling (calendars, appointments, assignment).
 //! - [`matching`]: duplicate detection (blocking and Fellegi-Sunter scoring).
 //! - [`validation`]: the field-level error type shared by every value type's parser.
 //!
-//! The brief's scheduling area gets its own module when it arrives.
 
 pub mod matching;
 pub mod medical_record;
 pub mod patient;
+pub mod scheduling;
 pub mod validation;
 
 pub use validation::{FieldError, FieldErrors};
