@@ -12,31 +12,38 @@ crate::code_enum!(
     Strategy { FirstFit = "first-fit", BestFit = "best-fit" }
 );
 
-/// A candidate: the index of a resource and the length of the free gap the request would sit
-/// in (minutes).
+/// A candidate placement: a resource (its index), a start (minutes, or any ordered instant
+/// measure), and the length of the free gap the request would sit in (minutes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
     pub resource: usize,
+    pub start: i64,
     pub gap_minutes: i64,
 }
 
-/// The resource `strategy` picks among `candidates` (given in resource order).
+/// The placement `strategy` picks among `candidates`: first fit the earliest start on the
+/// first resource; best fit the tightest gap (least free time left around it), then the
+/// earliest start.
 pub fn choose(strategy: Strategy, candidates: &[Candidate]) -> Option<Candidate> {
     match strategy {
-        Strategy::FirstFit => candidates.first().copied(),
+        Strategy::FirstFit => candidates
+            .iter()
+            .min_by_key(|c| (c.start, c.resource))
+            .copied(),
         Strategy::BestFit => candidates
             .iter()
-            .min_by_key(|c| (c.gap_minutes, c.resource))
+            .min_by_key(|c| (c.gap_minutes, c.start, c.resource))
             .copied(),
     }
 }
 
-/// One simulated request: a day, a start (minutes into the day), a length, and the resources
-/// that could serve it.
+/// One simulated request: a day, the window its start may fall in (minutes into the day,
+/// inclusive), a length, and the resources that could serve it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub day: usize,
-    pub start: i64,
+    pub earliest: i64,
+    pub latest: i64,
     pub minutes: i64,
     pub allowed: Vec<usize>,
 }
@@ -66,6 +73,9 @@ pub struct Scenario {
     pub requests: Vec<Request>,
 }
 
+/// The slot grid of the simulation, in minutes.
+const GRID: i64 = 15;
+
 fn mix(n: u64) -> u64 {
     let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -94,7 +104,9 @@ impl Scenario {
                 4..=9 => 30,
                 _ => 15,
             };
-            let start = ((bits >> 8) % ((open_minutes - minutes) as u64 / 15 + 1)) as i64 * 15;
+            let earliest = ((bits >> 8) % ((open_minutes - minutes) as u64 / 15 + 1)) as i64 * 15;
+            // The patient can come within two hours of their preferred time.
+            let latest = (earliest + 120).min(open_minutes - minutes);
             let day = ((bits >> 24) % days as u64) as usize;
             let wanted = ((bits >> 32) % 4) as usize;
             let allowed = if (bits >> 40) % 5 == 0 {
@@ -105,7 +117,8 @@ impl Scenario {
             demand += minutes;
             requests.push(Request {
                 day,
-                start,
+                earliest,
+                latest,
                 minutes,
                 allowed,
             });
@@ -128,36 +141,37 @@ pub fn simulate(strategy: Strategy, scenario: &Scenario) -> Outcome {
     let mut served = 0;
     let mut minutes = 0;
     for request in &scenario.requests {
-        let (start, end) = (request.start, request.start + request.minutes);
-        let candidates: Vec<Candidate> = request
-            .allowed
-            .iter()
-            .filter_map(|&r| {
-                let day = &booked[r][request.day];
-                if day.iter().any(|&(s, e)| s < end && start < e) {
-                    return None;
+        let mut candidates = Vec::new();
+        for &r in &request.allowed {
+            let day = &booked[r][request.day];
+            let mut start = request.earliest;
+            while start <= request.latest {
+                let end = start + request.minutes;
+                if !day.iter().any(|&(s, e)| s < end && start < e) {
+                    let before = day
+                        .iter()
+                        .filter(|&&(_, e)| e <= start)
+                        .map(|&(_, e)| e)
+                        .max()
+                        .unwrap_or(0);
+                    let after = day
+                        .iter()
+                        .filter(|&&(s, _)| s >= end)
+                        .map(|&(s, _)| s)
+                        .min()
+                        .unwrap_or(scenario.open_minutes);
+                    candidates.push(Candidate {
+                        resource: r,
+                        start,
+                        gap_minutes: after - before,
+                    });
                 }
-                let before = day
-                    .iter()
-                    .filter(|&&(_, e)| e <= start)
-                    .map(|&(_, e)| e)
-                    .max()
-                    .unwrap_or(0);
-                let after = day
-                    .iter()
-                    .filter(|&&(s, _)| s >= end)
-                    .map(|&(s, _)| s)
-                    .min()
-                    .unwrap_or(scenario.open_minutes);
-                Some(Candidate {
-                    resource: r,
-                    gap_minutes: after - before,
-                })
-            })
-            .collect();
+                start += GRID;
+            }
+        }
         if let Some(choice) = choose(strategy, &candidates) {
             let day = &mut booked[choice.resource][request.day];
-            day.push((start, end));
+            day.push((choice.start, choice.start + request.minutes));
             day.sort_unstable();
             served += 1;
             minutes += request.minutes;
@@ -180,14 +194,17 @@ mod tests {
         let candidates = [
             Candidate {
                 resource: 0,
+                start: 60,
                 gap_minutes: 480,
             },
             Candidate {
                 resource: 1,
+                start: 60,
                 gap_minutes: 45,
             },
             Candidate {
                 resource: 2,
+                start: 60,
                 gap_minutes: 45,
             },
         ];
@@ -207,25 +224,29 @@ mod tests {
             requests: vec![
                 Request {
                     day: 0,
-                    start: 0,
+                    earliest: 0,
+                    latest: 0,
                     minutes: 60,
                     allowed: vec![0],
                 },
                 Request {
                     day: 0,
-                    start: 90,
+                    earliest: 90,
+                    latest: 90,
                     minutes: 150,
                     allowed: vec![0],
                 },
                 Request {
                     day: 0,
-                    start: 60,
+                    earliest: 60,
+                    latest: 60,
                     minutes: 30,
                     allowed: vec![0, 1],
                 },
                 Request {
                     day: 0,
-                    start: 0,
+                    earliest: 0,
+                    latest: 0,
                     minutes: 240,
                     allowed: vec![0, 1],
                 },
@@ -237,27 +258,31 @@ mod tests {
             requests: vec![
                 Request {
                     day: 0,
-                    start: 0,
+                    earliest: 0,
+                    latest: 0,
                     minutes: 60,
-                    allowed: vec![0],
-                },
-                Request {
-                    day: 0,
-                    start: 90,
-                    minutes: 150,
-                    allowed: vec![0],
-                },
-                Request {
-                    day: 0,
-                    start: 60,
-                    minutes: 30,
-                    allowed: vec![1, 0],
-                },
-                Request {
-                    day: 0,
-                    start: 0,
-                    minutes: 240,
                     allowed: vec![1],
+                },
+                Request {
+                    day: 0,
+                    earliest: 90,
+                    latest: 90,
+                    minutes: 150,
+                    allowed: vec![1],
+                },
+                Request {
+                    day: 0,
+                    earliest: 60,
+                    latest: 60,
+                    minutes: 30,
+                    allowed: vec![0, 1],
+                },
+                Request {
+                    day: 0,
+                    earliest: 0,
+                    latest: 0,
+                    minutes: 240,
+                    allowed: vec![0],
                 },
             ],
             ..scenario
