@@ -564,7 +564,7 @@ pub async fn project_available<M: ReadModel>(projector: &Projector<M>) -> anyhow
             .is_some_and(|topic| projector.model().topics().contains(&topic));
         if wanted {
             let (_, published) =
-                event_store::wire::to_published(event, keys.get(&event.aggregate_id))?;
+                event_store::wire::to_published(event, keys.get(event.key_owner()))?;
             projector.apply_from_stream(&published, at).await?;
         } else {
             projector.skip_in_stream(at).await?;

@@ -13,6 +13,7 @@
 //!   verification.
 //! - [`records`]: executes medical record commands (one record per patient).
 //! - [`documents`]: document contents, sealed, in PostgreSQL or a directory.
+//! - [`schedule`]: resources, service types, appointments and the time they claim.
 //! - [`store`]: executes patient commands through cqrs-es with optimistic concurrency and
 //!   loads aggregates.
 //! - [`stream`]: reads committed events in a gap-free global order; the relay and every replay
@@ -29,6 +30,7 @@ pub mod keys;
 pub mod records;
 pub mod relay;
 pub mod repository;
+pub mod schedule;
 pub mod store;
 pub mod stream;
 pub mod wire;

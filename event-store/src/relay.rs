@@ -237,8 +237,7 @@ impl Relay {
         let mut deliveries = Vec::with_capacity(events.len());
         let mut failure: Option<RelayError> = None;
         for event in &events {
-            let (topic, published) = match wire::to_published(event, keys.get(&event.aggregate_id))
-            {
+            let (topic, published) = match wire::to_published(event, keys.get(event.key_owner())) {
                 Ok(mapped) => mapped,
                 Err(e) => {
                     failure = Some(e.into());

@@ -29,6 +29,11 @@ pub const CLEAR_EVENT_TYPES: &[&str] = &["PatientForgotten"];
 /// The event type whose storing destroys the aggregate's data key.
 pub const SHREDDING_EVENT_TYPE: &str = "PatientForgotten";
 
+/// The metadata entry naming whose data key seals an aggregate's events, when the aggregate
+/// is about a patient but is not the patient (an appointment): the patient's id. Absent, the
+/// aggregate's own id names the key. Forgetting the patient then erases these events too.
+pub const DATA_KEY_OWNER: &str = "data_key_owner";
+
 /// The field of a sealed payload.
 const SEALED_FIELD: &str = "sealed";
 
@@ -38,6 +43,8 @@ pub struct SealedRepository {
     inner: PostgresEventRepository,
     keys: KeyStore,
     chain: ChainKey,
+    /// Time an appointment claims or gives back, in the transaction of its events.
+    claims: Option<crate::schedule::ClaimChange>,
 }
 
 impl std::fmt::Debug for SealedRepository {
@@ -53,7 +60,14 @@ impl SealedRepository {
             pool,
             keys,
             chain,
+            claims: None,
         }
+    }
+
+    /// Stores `claims` with the events, in their transaction.
+    pub fn with_claims(mut self, claims: crate::schedule::ClaimChange) -> Self {
+        self.claims = Some(claims);
+        self
     }
 
     async fn open_all<A: Aggregate>(
@@ -64,9 +78,14 @@ impl SealedRepository {
         if !events.iter().any(|e| is_sealed(&e.payload)) {
             return Ok(events);
         }
+        let owner = events
+            .iter()
+            .find_map(|e| e.metadata.get(DATA_KEY_OWNER).and_then(Value::as_str))
+            .unwrap_or(aggregate_id)
+            .to_owned();
         let key = match self
             .keys
-            .data_key(&self.pool, aggregate_id)
+            .data_key(&self.pool, &owner)
             .await
             .map_err(key_error)?
         {
@@ -209,6 +228,11 @@ impl PersistedEventRepository for SealedRepository {
             return Ok(());
         };
         let aggregate_id = first.aggregate_id.as_str();
+        let owner = first
+            .metadata
+            .get(DATA_KEY_OWNER)
+            .and_then(Value::as_str)
+            .unwrap_or(aggregate_id);
         let mut tx = self.pool.begin().await.map_err(sqlx_error)?;
         let mut key = None;
         if events
@@ -217,15 +241,14 @@ impl PersistedEventRepository for SealedRepository {
         {
             match self
                 .keys
-                .data_key_for_writing(&mut tx, aggregate_id)
+                .data_key_for_writing(&mut tx, owner)
                 .await
                 .map_err(key_error)?
             {
                 KeyState::Active(k) => key = Some(k),
                 KeyState::Absent | KeyState::Destroyed => {
                     return Err(PersistenceError::UnknownError(
-                        format!("{aggregate_id} was forgotten: nothing more can be stored for it")
-                            .into(),
+                        format!("{owner} was forgotten: nothing more can be stored for it").into(),
                     ))
                 }
             }
@@ -296,6 +319,17 @@ impl PersistedEventRepository for SealedRepository {
                     .map_err(sqlx_error)?;
             }
             previous = hash;
+        }
+        if let Some(claims) = &self.claims {
+            crate::schedule::apply_claims(&mut tx, claims)
+                .await
+                .map_err(|e| {
+                    if crate::schedule::is_claim_conflict(&e) {
+                        PersistenceError::UnknownError(Box::new(crate::schedule::TimeTaken))
+                    } else {
+                        sqlx_error(e)
+                    }
+                })?;
         }
         tx.commit().await.map_err(sqlx_error)?;
         Ok(())

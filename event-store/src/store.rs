@@ -28,6 +28,9 @@ pub struct CommandMetadata {
     /// The `Idempotency-Key` the command came with, so a retry after a crash between the
     /// commit and the key's record still finds what its first attempt wrote.
     pub idempotency_key: Option<String>,
+    /// Whose data key seals the events, when the aggregate is about a patient but is not the
+    /// patient (see [`crate::repository::DATA_KEY_OWNER`]).
+    pub data_key_owner: Option<String>,
 }
 
 impl CommandMetadata {
@@ -41,6 +44,9 @@ impl CommandMetadata {
         }
         if let Some(key) = self.idempotency_key {
             map.insert("idempotency_key".to_owned(), key);
+        }
+        if let Some(owner) = self.data_key_owner {
+            map.insert(crate::repository::DATA_KEY_OWNER.to_owned(), owner);
         }
         map
     }

@@ -69,6 +69,13 @@ impl StoredEvent {
     pub fn metadata(&self, key: &str) -> Option<&str> {
         self.metadata.get(key).and_then(serde_json::Value::as_str)
     }
+
+    /// The id of the data key this event is sealed with: the patient the aggregate is about
+    /// ([`crate::repository::DATA_KEY_OWNER`] in its metadata), else the aggregate itself.
+    pub fn key_owner(&self) -> &str {
+        self.metadata(crate::repository::DATA_KEY_OWNER)
+            .unwrap_or(&self.aggregate_id)
+    }
 }
 
 /// Reads up to `limit` committed events after `after`, in stream order.
@@ -167,8 +174,8 @@ fn decode_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, sqlx::Error> {
     })
 }
 
-/// Opens the sealed payloads of `events` in place with their aggregates' data keys, and
-/// returns those keys. Events of forgotten aggregates stay sealed.
+/// Opens the sealed payloads of `events` in place with their data keys ([`StoredEvent::key_owner`]),
+/// and returns those keys by owner. Events of forgotten aggregates stay sealed.
 ///
 /// # Errors
 ///
@@ -182,7 +189,7 @@ pub async fn open<'e>(
     let mut ids: Vec<String> = events
         .iter()
         .filter(|e| e.is_sealed())
-        .map(|e| e.aggregate_id.clone())
+        .map(|e| e.key_owner().to_owned())
         .collect();
     if ids.is_empty() {
         return Ok(HashMap::new());
@@ -191,7 +198,7 @@ pub async fn open<'e>(
     ids.dedup();
     let found = keys.data_keys(executor, &ids).await?;
     for event in events.iter_mut().filter(|e| e.is_sealed()) {
-        if let Some(key) = found.get(&event.aggregate_id) {
+        if let Some(key) = found.get(event.key_owner()) {
             let opened = crate::repository::open_payload(
                 Some(key),
                 &event.aggregate_type,

@@ -308,7 +308,9 @@ impl<M: ReadModel> Projector<M> {
             return Ok(Applied::Early { expected: last + 1 });
         }
         if event.sealed && self.model.opens_sealed_data() {
-            match self.keys.data_key(&mut *tx, &event.subject).await? {
+            // The key that sealed it names its owner (the patient), whatever the aggregate.
+            let owner = event.key_id().unwrap_or_else(|| event.subject.clone());
+            match self.keys.data_key(&mut *tx, &owner).await? {
                 KeyState::Active(key) => {
                     self.model
                         .apply(tx, &event.clone().opened_with(&key)?)

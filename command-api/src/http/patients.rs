@@ -218,6 +218,7 @@ pub(super) fn metadata(
         request_id: Some(ctx.request_id.clone()),
         traceparent: Some(ctx.traceparent.clone()),
         idempotency_key: key,
+        data_key_owner: None,
     }
 }
 

@@ -38,6 +38,8 @@ pub enum SchedulingError {
     NoResources,
     #[error("the change changes nothing")]
     ChangesNothing,
+    #[error("another appointment holds some of this time")]
+    TimeTaken,
 }
 
 impl SchedulingError {
@@ -53,6 +55,7 @@ impl SchedulingError {
             Self::EmptyInterval => "empty-interval",
             Self::NoResources => "no-resources",
             Self::ChangesNothing => "changes-nothing",
+            Self::TimeTaken => "time-taken",
         }
     }
 }

@@ -228,13 +228,14 @@ impl TestApp {
             .client
             .get(format!(
                 "{}/v1/patients/{}/data-key",
-                self.address, event.subject
+                self.address,
+                event.key_id().unwrap_or_else(|| event.subject.clone())
             ))
             .bearer_auth(self.token("downstream", &["service"]))
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 200, "data key of {}", event.subject);
+        assert_eq!(response.status(), 200, "data key of {:?}", event.key_id());
         let body: Value = response.json().await.unwrap();
         let key = schemas::sealed::DataKey::from_base64(
             body["kid"].as_str().unwrap(),
