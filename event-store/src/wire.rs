@@ -90,6 +90,16 @@ pub fn to_published(
             let wire = medical_record_to_v1(patient_id, &domain_event).ok_or_else(undecodable)?;
             (wire.event_type(), wire.to_json())
         }
+        domain::scheduling::Appointment::TYPE => {
+            let domain_event: domain::scheduling::AppointmentEvent =
+                serde_json::from_value(event.payload.clone()).map_err(|_| undecodable())?;
+            let appointment_id =
+                uuid::Uuid::parse_str(&event.aggregate_id).map_err(|_| undecodable())?;
+            let patient_id = uuid::Uuid::parse_str(event.key_owner()).map_err(|_| undecodable())?;
+            let wire = appointment_to_v1(appointment_id, patient_id, &domain_event)
+                .ok_or_else(undecodable)?;
+            (wire.event_type(), wire.to_json())
+        }
         other => return Err(MappingError::NoTopic(other.to_owned())),
     };
     let published = envelope(event_type, false, data);
@@ -106,6 +116,7 @@ pub fn to_published(
 /// (and accesses) keep their order within a partition.
 pub fn record_key(event: &StoredEvent) -> String {
     match event.aggregate_type.as_str() {
+        domain::scheduling::Appointment::TYPE => event.key_owner().to_owned(),
         crate::access::ACCESS_TYPE => event
             .payload
             .get("patient_id")
@@ -155,6 +166,22 @@ pub fn medical_record_to_v1(
         }),
     };
     schemas::medical_record::v1::MedicalRecordEvent::from_value(&event.event_type(), data).ok()
+}
+
+/// The published form of an appointment event: the domain's JSON (the contract mirrors it
+/// field for field; a test holds them to it) with the appointment and patient ids.
+pub fn appointment_to_v1(
+    appointment_id: uuid::Uuid,
+    patient_id: uuid::Uuid,
+    event: &domain::scheduling::AppointmentEvent,
+) -> Option<schemas::appointment::v1::AppointmentEvent> {
+    let value = serde_json::to_value(event).ok()?;
+    let (event_type, data) = value.as_object()?.iter().next()?;
+    let mut data = data.as_object()?.clone();
+    data.insert("appointment_id".into(), serde_json::json!(appointment_id));
+    data.insert("patient_id".into(), serde_json::json!(patient_id));
+    let bytes = serde_json::to_vec(&data).ok()?;
+    schemas::appointment::v1::AppointmentEvent::decode(event_type, &bytes).ok()
 }
 
 fn name_to_v1(name: &patient::PersonName) -> v1::HumanName {
@@ -551,5 +578,70 @@ mod tests {
             }
         }
         assert_eq!(seen, schemas::medical_record::v1::EVENT_TYPES);
+    }
+
+    #[test]
+    fn every_appointment_event_maps_to_its_published_type() {
+        use domain::scheduling::appointment::{
+            Booking, Cancellation, CancellationReason, WaitlistWish,
+        };
+        use domain::scheduling::{
+            AppointmentEvent as E, AppointmentStatus as S, Interval, Priority,
+        };
+        let at = chrono::DateTime::UNIX_EPOCH;
+        let interval = Interval::new(at, at + chrono::Duration::minutes(30));
+        let booking = Booking {
+            interval,
+            resources: vec!["dr-a".into(), "room-1".into()],
+        };
+        let reason: patient::Reason = serde_json::from_value(json!("moved")).unwrap();
+        let events = [
+            E::AppointmentCreated {
+                patient_id: patient::PatientId::new(uuid::Uuid::from_u128(7)),
+                service: "consultation".into(),
+                priority: Priority::Urgent,
+                status: S::Waitlist,
+                booking: Some(booking.clone()),
+                hold_expires_at: Some(at),
+                waitlist: Some(WaitlistWish {
+                    window: interval,
+                    practitioner: Some("dr-a".into()),
+                }),
+                at,
+            },
+            E::AppointmentOffered {
+                booking: booking.clone(),
+                expires_at: at,
+                at,
+            },
+            E::AppointmentRescheduled {
+                booking,
+                reason: Clone::clone(&reason),
+                at,
+            },
+            E::AppointmentStatusChanged {
+                from: S::Booked,
+                to: S::Arrived,
+                at,
+            },
+            E::AppointmentCancelled {
+                cancellation: Cancellation {
+                    reason: CancellationReason::PatientSick,
+                    by: serde_json::from_value(json!("front-desk")).unwrap(),
+                    at,
+                    late: true,
+                },
+            },
+            E::AppointmentEnteredInError { reason, at },
+        ];
+        let types: Vec<&str> = events
+            .iter()
+            .map(|e| {
+                appointment_to_v1(uuid::Uuid::from_u128(1), uuid::Uuid::from_u128(7), e)
+                    .unwrap_or_else(|| panic!("{e:?} does not map"))
+                    .event_type()
+            })
+            .collect();
+        assert_eq!(types, schemas::appointment::v1::EVENT_TYPES);
     }
 }

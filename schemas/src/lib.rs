@@ -9,12 +9,14 @@
 //! - [`access`]: the wire types of the access topic (who read which patient's data).
 //! - [`patient`]: the wire types of the patient topic, one module per major version.
 //! - [`medical_record`]: the wire types of the medical record topic.
+//! - [`appointment`]: the wire types of the appointment topic.
 //! - [`json_schemas`]: the JSON Schema of every wire type; the checked-in files under `json/`
 //!   are generated from it and a test fails when they drift.
 //!
 //! Nothing here does IO: this crate is what an outside consumer would depend on.
 
 pub mod access;
+pub mod appointment;
 pub mod envelope;
 pub mod medical_record;
 pub mod patient;
@@ -28,6 +30,7 @@ pub use envelope::{DecodeError, PublishedEvent};
 pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
     let mut schemas = patient::v1::json_schemas();
     schemas.extend(medical_record::v1::json_schemas());
+    schemas.extend(appointment::v1::json_schemas());
     schemas.extend(access::v1::json_schemas());
     schemas.push(("sealed.schema.json", schemars::schema_for!(sealed::Sealed)));
     schemas

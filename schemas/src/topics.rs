@@ -7,17 +7,21 @@ pub const PATIENT: &str = "patients.patient.v1";
 /// Every event of the `MedicalRecord` aggregate, keyed by patient id.
 pub const MEDICAL_RECORD: &str = "patients.medical-record.v1";
 
+/// Every event of the `Appointment` aggregate, keyed by patient id.
+pub const APPOINTMENT: &str = "patients.appointment.v1";
+
 /// Every access to patient data, keyed by patient id.
 pub const ACCESS: &str = "patients.access.v1";
 
 /// Every topic the service publishes to.
-pub const ALL: [&str; 3] = [PATIENT, MEDICAL_RECORD, ACCESS];
+pub const ALL: [&str; 4] = [PATIENT, MEDICAL_RECORD, APPOINTMENT, ACCESS];
 
 /// The topic of an aggregate type, if it has one.
 pub fn for_aggregate_type(aggregate_type: &str) -> Option<&'static str> {
     match aggregate_type {
         "Patient" => Some(PATIENT),
         "MedicalRecord" => Some(MEDICAL_RECORD),
+        "Appointment" => Some(APPOINTMENT),
         "Access" => Some(ACCESS),
         _ => None,
     }
@@ -27,6 +31,8 @@ pub fn for_aggregate_type(aggregate_type: &str) -> Option<&'static str> {
 pub fn for_event_type(event_type: &str) -> &'static str {
     if crate::medical_record::v1::EVENT_TYPES.contains(&event_type) {
         MEDICAL_RECORD
+    } else if crate::appointment::v1::EVENT_TYPES.contains(&event_type) {
+        APPOINTMENT
     } else if [
         crate::access::v1::ACCESS_RECORDED,
         crate::access::v1::EMERGENCY_ACCESS_GRANTED,
