@@ -33,7 +33,33 @@ pub struct Settings {
     pub security: SecuritySettings,
     pub retention: RetentionSettings,
     pub documents: DocumentSettings,
+    pub scheduling: SchedulingSettings,
     pub log: LogSettings,
+}
+
+/// Scheduling policy.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SchedulingSettings {
+    /// How long a hold (two-step booking) or a wait-list offer keeps its time.
+    pub hold_minutes: u32,
+    /// A cancellation this close to the start is flagged late.
+    pub late_cancellation_hours: u32,
+    /// Reserved (urgent) capacity starting within this lead time is released to routine
+    /// requests.
+    pub reserved_release_minutes: u32,
+    /// `best-fit` or `first-fit`: how a resource is chosen among several.
+    pub strategy: String,
+}
+
+impl Default for SchedulingSettings {
+    fn default() -> Self {
+        Self {
+            hold_minutes: 10,
+            late_cancellation_hours: 24,
+            reserved_release_minutes: 120,
+            strategy: "best-fit".to_owned(),
+        }
+    }
 }
 
 /// Where document contents are stored, and how large they may be.

@@ -11,6 +11,7 @@
 //! - [`auth`]: bearer JWT and the policy table.
 //! - [`embedded_postgres`]: the private cluster `serve` runs with no database configured.
 //! - [`matching`]: duplicate detection against the `patient_match` read model.
+//! - [`planner`]: availability and placement of appointments on resources.
 //! - [`bench`]: the benchmark behind `patient-service bench`.
 //! - [`bench_records`]: the medical record benchmark behind `patient-service bench-records`.
 //! - [`replay`]: `patient-service replay`, the event history as NDJSON for auditors.
@@ -27,6 +28,7 @@ pub mod extraction;
 pub mod http;
 pub mod match_eval;
 pub mod matching;
+pub mod planner;
 pub mod replay;
 pub mod retention;
 pub mod startup;

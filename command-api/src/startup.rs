@@ -294,7 +294,8 @@ impl Service {
                 .with_jwks(crate::auth::jwks::Jwks::load(&settings.auth).await?);
             let state = AppState::new(pool.clone(), authenticator, clock, secrets)
                 .with_retention_days(settings.retention.archived_days)
-                .with_documents(settings.documents.storage()?, settings.documents.max_bytes);
+                .with_documents(settings.documents.storage()?, settings.documents.max_bytes)
+                .with_scheduling(settings.scheduling.clone());
             let router = http::router(
                 state,
                 Duration::from_secs(settings.http.request_timeout_secs),

@@ -120,6 +120,38 @@ pub async fn holder(
     .await
 }
 
+/// The claims on `keys` overlapping `within` at `now`: key, interval and appointment.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn claimed_by(
+    pool: &PgPool,
+    keys: &[String],
+    within: &Interval,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, Interval, Uuid)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT resource, lower(during) AS start, upper(during) AS end, appointment_id
+           FROM schedule_claims
+          WHERE resource = ANY($1) AND during && $2 AND (expires_at IS NULL OR expires_at > $3)",
+    )
+    .bind(keys)
+    .bind(range(within))
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("resource")?,
+                Interval::new(r.try_get("start")?, r.try_get("end")?),
+                r.try_get("appointment_id")?,
+            ))
+        })
+        .collect()
+}
+
 /// The intervals claimed on `key` overlapping `within` at `now`.
 ///
 /// # Errors
@@ -239,4 +271,246 @@ impl AppointmentStore {
         }
         Ok(Some((context.aggregate, context.current_sequence as u64)))
     }
+}
+
+/// A practitioner, room or piece of equipment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Resource {
+    pub id: String,
+    /// `practitioner`, `room` or `equipment`.
+    pub kind: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub specialty: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_type: Option<String>,
+    pub capabilities: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<domain::scheduling::WeeklyTemplate>,
+    pub version: i32,
+}
+
+fn resource_of(row: &sqlx::postgres::PgRow) -> Result<Resource, sqlx::Error> {
+    let template: Option<serde_json::Value> = row.try_get("template")?;
+    Ok(Resource {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        name: row.try_get("name")?,
+        specialty: row.try_get("specialty")?,
+        room_type: row.try_get("room_type")?,
+        capabilities: row.try_get("capabilities")?,
+        template: template.and_then(|t| serde_json::from_value(t).ok()),
+        version: row.try_get("version")?,
+    })
+}
+
+const RESOURCE_COLUMNS: &str =
+    "id, kind, name, specialty, room_type, capabilities, template, version";
+
+/// Creates or replaces resource `resource.id`; returns it as stored and whether it is new.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn put_resource(
+    pool: &PgPool,
+    resource: &Resource,
+    user: &str,
+    at: DateTime<Utc>,
+) -> Result<(Resource, bool), sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "INSERT INTO scheduling_resources
+            (id, kind, name, specialty, room_type, capabilities, template, updated_by, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (id) DO UPDATE
+            SET kind = EXCLUDED.kind, name = EXCLUDED.name, specialty = EXCLUDED.specialty,
+                room_type = EXCLUDED.room_type, capabilities = EXCLUDED.capabilities,
+                template = EXCLUDED.template, updated_by = EXCLUDED.updated_by,
+                updated_at = EXCLUDED.updated_at,
+                version = scheduling_resources.version + 1
+         RETURNING {RESOURCE_COLUMNS}"
+    ))
+    .bind(&resource.id)
+    .bind(&resource.kind)
+    .bind(&resource.name)
+    .bind(&resource.specialty)
+    .bind(&resource.room_type)
+    .bind(&resource.capabilities)
+    .bind(
+        resource
+            .template
+            .as_ref()
+            .and_then(|t| serde_json::to_value(t).ok()),
+    )
+    .bind(user)
+    .bind(at)
+    .fetch_one(pool)
+    .await?;
+    let stored = resource_of(&row)?;
+    let created = stored.version == 1;
+    Ok((stored, created))
+}
+
+/// Resources, narrowed by kind, specialty, room type and ids (each when given), by id.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn resources(
+    pool: &PgPool,
+    kind: Option<&str>,
+    specialty: Option<&str>,
+    room_type: Option<&str>,
+    ids: Option<&[String]>,
+) -> Result<Vec<Resource>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {RESOURCE_COLUMNS} FROM scheduling_resources
+          WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR specialty = $2)
+            AND ($3::text IS NULL OR room_type = $3) AND ($4::text[] IS NULL OR id = ANY($4))
+          ORDER BY id"
+    ))
+    .bind(kind)
+    .bind(specialty)
+    .bind(room_type)
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(resource_of).collect()
+}
+
+/// Adds a block (holiday, leave, one-off) to a resource.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn add_block(
+    pool: &PgPool,
+    block_id: Uuid,
+    resource_id: &str,
+    interval: &Interval,
+    reason: &str,
+    user: &str,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO scheduling_blocks (block_id, resource_id, during, reason, created_by, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(block_id)
+    .bind(resource_id)
+    .bind(range(interval))
+    .bind(reason)
+    .bind(user)
+    .bind(at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The blocks of `resource_ids` overlapping `within`.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn blocks(
+    pool: &PgPool,
+    resource_ids: &[String],
+    within: &Interval,
+) -> Result<Vec<(String, Interval)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT resource_id, lower(during) AS start, upper(during) AS end FROM scheduling_blocks
+          WHERE resource_id = ANY($1) AND during && $2",
+    )
+    .bind(resource_ids)
+    .bind(range(within))
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("resource_id")?,
+                Interval::new(r.try_get("start")?, r.try_get("end")?),
+            ))
+        })
+        .collect()
+}
+
+/// A service type: how long it takes and what it needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Service {
+    pub code: String,
+    pub name: String,
+    pub minutes: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub specialty: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_type: Option<String>,
+    pub capabilities: Vec<String>,
+    pub version: i32,
+}
+
+const SERVICE_COLUMNS: &str = "code, name, minutes, specialty, room_type, capabilities, version";
+
+fn service_of(row: &sqlx::postgres::PgRow) -> Result<Service, sqlx::Error> {
+    Ok(Service {
+        code: row.try_get("code")?,
+        name: row.try_get("name")?,
+        minutes: row.try_get("minutes")?,
+        specialty: row.try_get("specialty")?,
+        room_type: row.try_get("room_type")?,
+        capabilities: row.try_get("capabilities")?,
+        version: row.try_get("version")?,
+    })
+}
+
+/// Creates or replaces a service type; returns it and whether it is new.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn put_service(
+    pool: &PgPool,
+    service: &Service,
+    user: &str,
+    at: DateTime<Utc>,
+) -> Result<(Service, bool), sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "INSERT INTO scheduling_services
+            (code, name, minutes, specialty, room_type, capabilities, updated_by, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (code) DO UPDATE
+            SET name = EXCLUDED.name, minutes = EXCLUDED.minutes,
+                specialty = EXCLUDED.specialty, room_type = EXCLUDED.room_type,
+                capabilities = EXCLUDED.capabilities, updated_by = EXCLUDED.updated_by,
+                updated_at = EXCLUDED.updated_at, version = scheduling_services.version + 1
+         RETURNING {SERVICE_COLUMNS}"
+    ))
+    .bind(&service.code)
+    .bind(&service.name)
+    .bind(service.minutes)
+    .bind(&service.specialty)
+    .bind(&service.room_type)
+    .bind(&service.capabilities)
+    .bind(user)
+    .bind(at)
+    .fetch_one(pool)
+    .await?;
+    let stored = service_of(&row)?;
+    let created = stored.version == 1;
+    Ok((stored, created))
+}
+
+/// The service type `code`, if defined.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn service(pool: &PgPool, code: &str) -> Result<Option<Service>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {SERVICE_COLUMNS} FROM scheduling_services WHERE code = $1"
+    ))
+    .bind(code)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(service_of).transpose()
 }

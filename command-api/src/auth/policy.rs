@@ -21,6 +21,11 @@
 //! | read medical record  |   x   |           |     x     |           |         |
 //! | write medical record |       |           |     x     |           |         |
 //! | search medical records across patients | x |   |     x     |           |         |
+//! | manage resources, templates, services |   x   |  |           |           |         |
+//! | block resources' time |   x   |           |           |     x     |         |
+//! | read resources, availability | x  |     x     |     x     |     x     |         |
+//! | book and move appointments |   x   |     x     |           |     x     |         |
+//! | read appointments    |   x   |     x     |     x     |     x     |         |
 //!
 //! Every authenticated caller may end their own session (logout).
 //!
@@ -122,6 +127,11 @@ actions!(
     ReadMedicalRecord,
     WriteMedicalRecord,
     SearchMedicalRecords,
+    ManageResources,
+    BlockResources,
+    ReadSchedule,
+    BookAppointments,
+    ReadAppointments,
 );
 
 use Role::{Admin, Auditor, Clinician, Patient, Registrar, Scheduler, Service};
@@ -158,6 +168,17 @@ const POLICY: &[(Action, &[Role])] = &[
     (Action::ReadMedicalRecord, &[Admin, Clinician, Patient]),
     (Action::WriteMedicalRecord, &[Clinician]),
     (Action::SearchMedicalRecords, &[Admin, Clinician]),
+    (Action::ManageResources, &[Admin]),
+    (Action::BlockResources, &[Admin, Scheduler]),
+    (
+        Action::ReadSchedule,
+        &[Admin, Registrar, Clinician, Scheduler],
+    ),
+    (Action::BookAppointments, &[Admin, Registrar, Scheduler]),
+    (
+        Action::ReadAppointments,
+        &[Admin, Registrar, Clinician, Scheduler, Patient],
+    ),
 ];
 
 /// Whether `role` may do `action`.

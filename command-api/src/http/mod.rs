@@ -12,6 +12,7 @@ mod patients;
 mod problem;
 mod record;
 pub mod record_input;
+mod scheduling;
 mod sessions;
 pub mod tls;
 
@@ -28,6 +29,7 @@ use chrono::{DateTime, Utc};
 use event_store::documents::{DocumentStorage, DocumentStore};
 use event_store::idempotency::IdempotencyKeys;
 use event_store::records::MedicalRecordStore;
+use event_store::schedule::AppointmentStore;
 use event_store::store::PatientStore;
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
@@ -64,6 +66,8 @@ pub struct AppState {
     pub documents: DocumentStore,
     /// The largest document accepted, in bytes.
     pub document_max_bytes: usize,
+    pub appointments: AppointmentStore,
+    pub scheduling: crate::configuration::SchedulingSettings,
 }
 
 impl std::fmt::Debug for AppState {
@@ -88,6 +92,12 @@ impl AppState {
                 DocumentStorage::Database,
             ),
             document_max_bytes: crate::configuration::DEFAULT_DOCUMENT_MAX_BYTES,
+            appointments: AppointmentStore::new(
+                pool.clone(),
+                secrets.keys.clone(),
+                secrets.chain.clone(),
+            ),
+            scheduling: crate::configuration::SchedulingSettings::default(),
             store: PatientStore::new(pool.clone(), secrets.keys, secrets.chain),
             idempotency: IdempotencyKeys::new(pool.clone()),
             pool,
@@ -99,6 +109,12 @@ impl AppState {
 
     pub fn with_retention_days(mut self, days: u32) -> Self {
         self.retention_days = days;
+        self
+    }
+
+    /// The scheduling policy.
+    pub fn with_scheduling(mut self, scheduling: crate::configuration::SchedulingSettings) -> Self {
+        self.scheduling = scheduling;
         self
     }
 
@@ -119,6 +135,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
     Router::new()
         .merge(patients::router())
         .merge(medical_records::router(document_limit))
+        .merge(scheduling::router())
         .merge(audit::router())
         .merge(data_keys::router())
         .merge(governance::router())

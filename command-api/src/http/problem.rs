@@ -5,6 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use domain::medical_record::{AllergyWarning, MedicalRecordError};
 use domain::patient::PatientError;
+use domain::scheduling::SchedulingError;
 use domain::{FieldError, FieldErrors};
 use event_store::store::CommandError;
 use serde::Serialize;
@@ -48,6 +49,16 @@ pub enum ApiError {
     AllergyWarning {
         warnings: Vec<AllergyWarning>,
         order: serde_json::Value,
+    },
+    /// A scheduling rule.
+    #[error(transparent)]
+    Schedule(SchedulingError),
+    /// The time is taken: by which appointment (when the caller may know), and where it could
+    /// go instead.
+    #[error("time taken")]
+    TimeTaken {
+        conflicting: Option<uuid::Uuid>,
+        alternatives: Vec<crate::planner::Placement>,
     },
     #[error("conflict")]
     Conflict,
@@ -93,6 +104,23 @@ impl From<CommandError<MedicalRecordError>> for ApiError {
             }
             CommandError::Rule(rule) => Self::Record(rule),
             CommandError::VersionMismatch { .. } | CommandError::Conflict => Self::Conflict,
+            CommandError::Unavailable(e) => Self::Unavailable(e),
+            CommandError::Internal(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl From<CommandError<SchedulingError>> for ApiError {
+    fn from(error: CommandError<SchedulingError>) -> Self {
+        match error {
+            CommandError::Rule(SchedulingError::AppointmentNotFound) => Self::NotFound,
+            CommandError::Rule(SchedulingError::TimeTaken) => Self::TimeTaken {
+                conflicting: None,
+                alternatives: Vec::new(),
+            },
+            CommandError::Rule(rule) => Self::Schedule(rule),
+            CommandError::VersionMismatch { current, .. } => Self::PreconditionFailed { current },
+            CommandError::Conflict => Self::Conflict,
             CommandError::Unavailable(e) => Self::Unavailable(e),
             CommandError::Internal(e) => Self::Internal(e),
         }
@@ -291,6 +319,41 @@ impl IntoResponse for ApiError {
                     .extensions
                     .insert("warnings".into(), serde_json::Value::Array(warnings));
                 problem.extensions.insert("order".into(), order);
+                problem
+            }
+            Self::Schedule(rule) => {
+                let status = match rule {
+                    SchedulingError::ChangesNothing | SchedulingError::EmptyInterval => {
+                        S::UNPROCESSABLE_ENTITY
+                    }
+                    _ => S::CONFLICT,
+                };
+                Problem {
+                    code: Some(rule.code()),
+                    ..Problem::new(status, "business-rule", "Business rule violated")
+                        .detail(rule.to_string())
+                }
+            }
+            Self::TimeTaken {
+                conflicting,
+                alternatives,
+            } => {
+                let mut problem = Problem {
+                    code: Some("time-taken"),
+                    ..Problem::new(S::CONFLICT, "time-taken", "Time taken").detail(
+                        "another appointment holds some of this time; nothing was booked. \
+                         alternatives lists the nearest free places",
+                    )
+                };
+                if let Some(id) = conflicting {
+                    problem
+                        .extensions
+                        .insert("conflicting_appointment".into(), id.to_string().into());
+                }
+                problem.extensions.insert(
+                    "alternatives".into(),
+                    serde_json::to_value(alternatives).unwrap_or_default(),
+                );
                 problem
             }
             Self::Conflict => Problem::new(S::CONFLICT, "conflict", "Concurrent change")

@@ -14,6 +14,7 @@ mod merge;
 mod pipeline;
 mod record;
 mod registration;
+mod scheduling;
 mod search;
 mod security;
 mod tls;

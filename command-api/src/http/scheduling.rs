@@ -1,0 +1,965 @@
+//! Scheduling over HTTP: resources with their weekly templates and blocks, service types,
+//! availability computed on demand, and appointments through their FHIR statuses. No
+//! practitioner, room, piece of equipment or patient is ever double-booked: the time an
+//! appointment claims is stored with its events under an exclusion constraint.
+//!
+//! | method and path                                   | who                         |
+//! |---------------------------------------------------|-----------------------------|
+//! | `PUT /v1/resources/{id}`                          | admin                       |
+//! | `GET /v1/resources`                               | admin, registrar, clinician, scheduler |
+//! | `POST /v1/resources/{id}/blocks`                  | admin, scheduler            |
+//! | `PUT /v1/services/{code}`                         | admin                       |
+//! | `GET /v1/availability?service=&...`               | admin, registrar, clinician, scheduler |
+//! | `POST /v1/appointments`                           | admin, registrar, scheduler |
+//! | `GET /v1/appointments/{id}`                       | as reading the patient's appointments |
+//! | `POST /v1/appointments/{id}/{action}`             | admin, registrar, scheduler |
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use chrono::{DateTime, Duration, NaiveTime, Utc, Weekday};
+use domain::patient::governance::Principal;
+use domain::patient::{PatientId, Reason};
+use domain::scheduling::appointment::{
+    AppointmentState, Booking, CancellationReason, NewAppointment,
+};
+use domain::scheduling::assignment::Strategy;
+use domain::scheduling::{
+    Appointment, AppointmentCommand, AppointmentStatus, Interval, Priority, WeeklyTemplate, Window,
+};
+use domain::{FieldError, FieldErrors};
+use event_store::schedule::{self, Claim, ClaimChange, Resource, Service};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::auth::{access, permission, Action, AuthUser, Authorized};
+use crate::http::json::{Fields, JsonObject};
+use crate::http::patients::{checked_access, metadata, whole_number};
+use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
+use crate::planner::{self, Ask, Placement};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/resources", get(list_resources))
+        .route("/v1/resources/{id}", put(put_resource))
+        .route("/v1/resources/{id}/blocks", post(add_block))
+        .route("/v1/services/{code}", put(put_service))
+        .route("/v1/availability", get(availability))
+        .route("/v1/appointments", post(book))
+        .route("/v1/appointments/{id}", get(read))
+        .route("/v1/appointments/{id}/{action}", post(act))
+}
+
+/// The longest range availability is computed over.
+const MAX_RANGE_DAYS: i64 = 31;
+
+fn slug(field: &str, value: &str) -> Result<String, FieldError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-');
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(FieldError::new(
+            field,
+            "must be 1 to 64 lowercase letters, digits or hyphens",
+        ))
+    }
+}
+
+fn label(f: &mut Fields<'_>, key: &str, required: bool) -> Option<String> {
+    let value = if required {
+        f.string(key)
+    } else {
+        f.optional_string(key)
+    }?;
+    let path = f.path(key);
+    let trimmed = value.trim();
+    if trimmed.is_empty()
+        || trimmed.chars().count() > 100
+        || trimmed.chars().any(domain::validation::is_hidden)
+    {
+        f.errors.push(FieldError::new(
+            path,
+            "must be 1 to 100 characters without control characters",
+        ));
+        return None;
+    }
+    Some(trimmed.to_owned())
+}
+
+fn slugs(f: &mut Fields<'_>, key: &str) -> Vec<String> {
+    let path = f.path(key);
+    let values = f.optional_string_array(key).unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        if let Some(s) = f.check(slug(&format!("{path}[{i}]"), v)) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn weekday(value: &str) -> Option<Weekday> {
+    Some(match value {
+        "mon" => Weekday::Mon,
+        "tue" => Weekday::Tue,
+        "wed" => Weekday::Wed,
+        "thu" => Weekday::Thu,
+        "fri" => Weekday::Fri,
+        "sat" => Weekday::Sat,
+        "sun" => Weekday::Sun,
+        _ => return None,
+    })
+}
+
+fn windows(f: &mut Fields<'_>, key: &str) -> Vec<Window> {
+    let mut out = Vec::new();
+    let Some(items) = f.optional_array(key) else {
+        return out;
+    };
+    let path = f.path(key);
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        let Some(object) = item.as_object() else {
+            f.errors.push(FieldError::new(at, "must be an object"));
+            continue;
+        };
+        let mut w = Fields::new(object, &at, &["weekday", "start", "end"]);
+        let day = w.string("weekday").and_then(|d| {
+            let parsed = weekday(d).ok_or_else(|| {
+                FieldError::new(
+                    format!("{at}.weekday"),
+                    "must be one of mon, tue, wed, thu, fri, sat, sun",
+                )
+            });
+            w.check(parsed)
+        });
+        let time = |w: &mut Fields<'_>, k: &str| {
+            w.string(k).and_then(|t| {
+                let parsed = NaiveTime::parse_from_str(t, "%H:%M").map_err(|_| {
+                    FieldError::new(format!("{at}.{k}"), "must be a time such as 08:30")
+                });
+                w.check(parsed)
+            })
+        };
+        let start = time(&mut w, "start");
+        let end = time(&mut w, "end");
+        f.absorb(w.errors);
+        if let (Some(weekday), Some(start), Some(end)) = (day, start, end) {
+            out.push(Window {
+                weekday,
+                start,
+                end,
+            });
+        }
+    }
+    out
+}
+
+fn template(f: &mut Fields<'_>) -> Option<WeeklyTemplate> {
+    let object = f.optional_object("template")?;
+    let mut t = Fields::new(
+        object,
+        "template",
+        &["time_zone", "slot_minutes", "hours", "breaks", "reserved"],
+    );
+    let zone = t.string("time_zone").map(str::to_owned);
+    let slot = t.optional_whole("slot_minutes", 1..=1440);
+    if slot.is_none() && !t.present("slot_minutes") {
+        t.errors
+            .push(FieldError::new("template.slot_minutes", "is required"));
+    }
+    let hours = windows(&mut t, "hours");
+    let breaks = windows(&mut t, "breaks");
+    let reserved = windows(&mut t, "reserved");
+    let parsed = match (zone, slot) {
+        (Some(zone), Some(slot)) => WeeklyTemplate::new(&zone, slot, hours, breaks, reserved)
+            .map_err(|errors| {
+                let mut prefixed = FieldErrors::new();
+                for e in errors.into_vec() {
+                    prefixed.push(FieldError::new(format!("template.{}", e.field), e.message));
+                }
+                prefixed
+            }),
+        _ => Err(FieldErrors::new()),
+    };
+    f.absorb(t.errors);
+    f.errors.check_all(parsed)
+}
+
+/// `PUT /v1/resources/{id}`: `{kind, name, specialty?, room_type?, capabilities?, template?}`.
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn put_resource(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ManageResources>,
+    Path(id): Path<String>,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let id = slug("id", &id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
+    let mut f = Fields::new(
+        &body.object,
+        "",
+        &[
+            "kind",
+            "name",
+            "specialty",
+            "room_type",
+            "capabilities",
+            "template",
+        ],
+    );
+    let kind = f.string("kind").and_then(|k| {
+        let ok = ["practitioner", "room", "equipment"].contains(&k);
+        f.check(if ok {
+            Ok(k.to_owned())
+        } else {
+            Err(FieldError::new(
+                "kind",
+                "must be one of practitioner, room, equipment",
+            ))
+        })
+    });
+    let name = label(&mut f, "name", true);
+    let specialty = f
+        .optional_string("specialty")
+        .and_then(|s| f.check(slug("specialty", s)));
+    let room_type = f
+        .optional_string("room_type")
+        .and_then(|s| f.check(slug("room_type", s)));
+    let capabilities = slugs(&mut f, "capabilities");
+    let template = template(&mut f);
+    if kind.as_deref() == Some("practitioner") && template.is_none() && !f.present("template") {
+        f.errors.push(FieldError::new(
+            "template",
+            "is required for a practitioner",
+        ));
+    }
+    f.finish()?;
+    let resource = Resource {
+        id,
+        kind: kind.unwrap_or_default(),
+        name: name.unwrap_or_default(),
+        specialty,
+        room_type,
+        capabilities,
+        template,
+        version: 0,
+    };
+    let (stored, created) =
+        schedule::put_resource(&state.pool, &resource, &user.id, (state.clock)()).await?;
+    tracing::info!(resource_id = %stored.id, version = stored.version, "resource stored");
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(stored)).into_response())
+}
+
+/// `GET /v1/resources?kind=&specialty=&room_type=`.
+async fn list_resources(
+    State(state): State<AppState>,
+    Authorized(_user, _): Authorized<permission::ReadSchedule>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let mut errors = FieldErrors::new();
+    unknown(&query, &["kind", "specialty", "room_type"], &mut errors);
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    let items = schedule::resources(
+        &state.pool,
+        query.get("kind").map(String::as_str),
+        query.get("specialty").map(String::as_str),
+        query.get("room_type").map(String::as_str),
+        None,
+    )
+    .await?;
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+/// `POST /v1/resources/{id}/blocks`: `{from, to, reason}` with reason `holiday`, `leave` or
+/// `one-off`.
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn add_block(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::BlockResources>,
+    Path(id): Path<String>,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let id = slug("id", &id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
+    let mut f = Fields::new(&body.object, "", &["from", "to", "reason"]);
+    let from = instant_field(&mut f, "from");
+    let to = instant_field(&mut f, "to");
+    let reason = f.string("reason").and_then(|r| {
+        let ok = ["holiday", "leave", "one-off"].contains(&r);
+        f.check(if ok {
+            Ok(r.to_owned())
+        } else {
+            Err(FieldError::new(
+                "reason",
+                "must be one of holiday, leave, one-off",
+            ))
+        })
+    });
+    if let (Some(from), Some(to)) = (from, to) {
+        if to <= from {
+            f.errors.push(FieldError::new("to", "must be after from"));
+        }
+    }
+    f.finish()?;
+    let (Some(from), Some(to), Some(reason)) = (from, to, reason) else {
+        return Err(ApiError::Validation(FieldErrors::new()));
+    };
+    if schedule::resources(&state.pool, None, None, None, Some(std::slice::from_ref(&id)))
+        .await?
+        .is_empty()
+    {
+        return Err(ApiError::NotFound);
+    }
+    let block_id = Uuid::new_v4();
+    schedule::add_block(
+        &state.pool,
+        block_id,
+        &id,
+        &Interval::new(from, to),
+        &reason,
+        &user.id,
+        (state.clock)(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "block_id": block_id, "resource_id": id, "from": from, "to": to, "reason": reason }))).into_response())
+}
+
+/// `PUT /v1/services/{code}`: `{name, minutes, specialty?, room_type?, capabilities?}`.
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn put_service(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ManageResources>,
+    Path(code): Path<String>,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let code = slug("code", &code).map_err(|e| ApiError::InvalidParameters(e.into()))?;
+    let mut f = Fields::new(
+        &body.object,
+        "",
+        &["name", "minutes", "specialty", "room_type", "capabilities"],
+    );
+    let name = label(&mut f, "name", true);
+    let minutes = f.optional_whole("minutes", 5..=480);
+    if minutes.is_none() && !f.present("minutes") {
+        f.errors.push(FieldError::new("minutes", "is required"));
+    }
+    let specialty = f
+        .optional_string("specialty")
+        .and_then(|s| f.check(slug("specialty", s)));
+    let room_type = f
+        .optional_string("room_type")
+        .and_then(|s| f.check(slug("room_type", s)));
+    let capabilities = slugs(&mut f, "capabilities");
+    f.finish()?;
+    let service = Service {
+        code,
+        name: name.unwrap_or_default(),
+        minutes: minutes.map_or(0, |m| m as i32),
+        specialty,
+        room_type,
+        capabilities,
+        version: 0,
+    };
+    let (stored, created) =
+        schedule::put_service(&state.pool, &service, &user.id, (state.clock)()).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(stored)).into_response())
+}
+
+fn unknown(params: &HashMap<String, String>, known: &[&str], errors: &mut FieldErrors) {
+    for key in params.keys().filter(|k| !known.contains(&k.as_str())) {
+        errors.push(FieldError::new(key.clone(), "unknown parameter"));
+    }
+}
+
+fn instant(value: &str, field: &str) -> Result<DateTime<Utc>, FieldError> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            FieldError::new(
+                field,
+                "must be an RFC 3339 instant such as 2026-11-30T09:00:00Z",
+            )
+        })
+}
+
+fn instant_field(f: &mut Fields<'_>, key: &str) -> Option<DateTime<Utc>> {
+    let path = f.path(key);
+    f.string(key).and_then(|v| f.check(instant(v, &path)))
+}
+
+fn strategy(state: &AppState) -> Strategy {
+    Strategy::parse("strategy", &state.scheduling.strategy).unwrap_or(Strategy::BestFit)
+}
+
+fn release_lead(state: &AppState) -> Duration {
+    Duration::minutes(i64::from(state.scheduling.reserved_release_minutes))
+}
+
+async fn service_named(state: &AppState, code: &str, field: &str) -> Result<Service, ApiError> {
+    schedule::service(&state.pool, code)
+        .await?
+        .ok_or_else(|| ApiError::invalid_parameter(field, "names no service"))
+}
+
+/// `GET /v1/availability?service=&practitioner=&from=&to=&duration=&priority=&limit=`: free
+/// places from the templates minus blocks and claimed time.
+#[tracing::instrument(skip_all)]
+async fn availability(
+    State(state): State<AppState>,
+    Authorized(_user, _): Authorized<permission::ReadSchedule>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let mut errors = FieldErrors::new();
+    unknown(
+        &query,
+        &[
+            "service",
+            "practitioner",
+            "from",
+            "to",
+            "duration",
+            "priority",
+            "limit",
+        ],
+        &mut errors,
+    );
+    for key in ["service", "from", "to"] {
+        if !query.contains_key(key) {
+            errors.push(FieldError::new(key, "is required"));
+        }
+    }
+    let from = query
+        .get("from")
+        .and_then(|v| errors.check(instant(v, "from")));
+    let to = query.get("to").and_then(|v| errors.check(instant(v, "to")));
+    if let (Some(from), Some(to)) = (from, to) {
+        if to <= from || to - from > Duration::days(MAX_RANGE_DAYS) {
+            errors.push(FieldError::new(
+                "to",
+                format!("must be after from, at most {MAX_RANGE_DAYS} days"),
+            ));
+        }
+    }
+    let priority = query
+        .get("priority")
+        .and_then(|p| errors.check(Priority::parse("priority", p)))
+        .unwrap_or(Priority::Routine);
+    let duration: u32 = whole_number(&query, "duration", 0, 0..=480, &mut errors);
+    let limit: usize = whole_number(&query, "limit", 200, 1..=2000, &mut errors);
+    let practitioner = query
+        .get("practitioner")
+        .and_then(|p| errors.check(slug("practitioner", p)));
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    let service = service_named(
+        &state,
+        query.get("service").map_or("", String::as_str),
+        "service",
+    )
+    .await?;
+    let (Some(from), Some(to)) = (from, to) else {
+        return Err(ApiError::InvalidParameters(FieldErrors::new()));
+    };
+    let minutes = if duration == 0 {
+        service.minutes as u32
+    } else {
+        duration
+    };
+    let ask = Ask {
+        service: &service,
+        practitioner: practitioner.as_deref(),
+        range: Interval::new(from, to),
+        duration: Duration::minutes(i64::from(minutes)),
+        priority,
+        now: (state.clock)(),
+        release_lead: release_lead(&state),
+        strategy: strategy(&state),
+        ignoring: None,
+    };
+    let slots = planner::availability(&state.pool, &ask, limit).await?;
+    Ok(
+        Json(json!({ "service": service.code, "duration_minutes": minutes, "slots": slots }))
+            .into_response(),
+    )
+}
+
+/// The nearest free places around `at` (the same day either side), for a refusal.
+async fn alternatives(state: &AppState, ask: &Ask<'_>, at: DateTime<Utc>) -> Vec<Placement> {
+    let range = Interval::new(at - Duration::hours(12), at + Duration::hours(36));
+    let around = Ask {
+        range,
+        ..ask.clone()
+    };
+    let mut slots = planner::availability(&state.pool, &around, 500)
+        .await
+        .unwrap_or_default();
+    slots.sort_by_key(|p| (p.start - at).num_seconds().abs());
+    slots.truncate(5);
+    slots
+}
+
+fn appointment_body(id: Uuid, version: u64, state: &AppointmentState) -> Value {
+    let mut body = serde_json::to_value(state).unwrap_or_else(|_| json!({}));
+    body["appointment_id"] = json!(id);
+    body["version"] = json!(version);
+    body["href"] = json!(format!("/v1/appointments/{id}"));
+    body
+}
+
+fn appointment_response(
+    status: StatusCode,
+    id: Uuid,
+    appointment: &Appointment,
+    version: u64,
+) -> Result<Response, ApiError> {
+    let state = appointment.state().ok_or(ApiError::NotFound)?;
+    let mut response = (status, Json(appointment_body(id, version, state))).into_response();
+    let headers = response.headers_mut();
+    if let Ok(tag) = HeaderValue::from_str(&etag(version)) {
+        headers.insert(header::ETAG, tag);
+    }
+    if status == StatusCode::CREATED {
+        if let Ok(location) = HeaderValue::from_str(&format!("/v1/appointments/{id}")) {
+            headers.insert(header::LOCATION, location);
+        }
+    }
+    Ok(response)
+}
+
+/// Loads the patient and records the scheduler's access to them.
+async fn patient_reach(
+    state: &AppState,
+    user: &AuthUser,
+    action: Action,
+    what: &str,
+    id: PatientId,
+) -> Result<(), ApiError> {
+    let loaded = state.store.load(id).await?;
+    checked_access(
+        state,
+        user,
+        action,
+        what,
+        id,
+        loaded.as_ref().map(|(p, _)| p),
+    )
+    .await?;
+    match loaded
+        .as_ref()
+        .and_then(|(p, _)| p.record())
+        .map(|r| r.status)
+    {
+        Some(domain::patient::PatientStatus::Active) => Ok(()),
+        Some(_) => Err(ApiError::Rule(
+            domain::patient::PatientError::ArchivedPatientCannotBeCorrected,
+        )),
+        None => Err(ApiError::NotFound),
+    }
+}
+
+/// `POST /v1/appointments`: `{patient_id, service, start, practitioner?, priority?, hold?}`.
+/// Books at `start` on the practitioner asked for, or on the one of the service's specialty
+/// the strategy picks, with a room and equipment; `hold: true` holds it (pending) for
+/// `scheduling.hold_minutes`, to be confirmed.
+#[tracing::instrument(skip_all, fields(user_id = %user.id, appointment_id))]
+async fn book(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::BookAppointments>,
+    ctx: RequestContext,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let mut f = Fields::new(
+        &body.object,
+        "",
+        &[
+            "patient_id",
+            "service",
+            "start",
+            "practitioner",
+            "priority",
+            "hold",
+        ],
+    );
+    let patient = f
+        .string("patient_id")
+        .and_then(|p| f.check(PatientId::parse("patient_id", p)));
+    let service_code = f.string("service").map(str::to_owned);
+    let start = instant_field(&mut f, "start");
+    let practitioner = f
+        .optional_string("practitioner")
+        .and_then(|p| f.check(slug("practitioner", p)));
+    let priority = f
+        .optional_string("priority")
+        .and_then(|p| f.check(Priority::parse("priority", p)))
+        .unwrap_or(Priority::Routine);
+    let hold = f.optional_bool("hold").unwrap_or(false);
+    f.finish()?;
+    let (Some(patient), Some(service_code), Some(start)) = (patient, service_code, start) else {
+        return Err(ApiError::Validation(FieldErrors::new()));
+    };
+    let service = service_named(&state, &service_code, "service").await?;
+    patient_reach(
+        &state,
+        &user,
+        Action::BookAppointments,
+        "appointment-book",
+        patient,
+    )
+    .await?;
+    let now = (state.clock)();
+    let duration = Duration::minutes(i64::from(service.minutes));
+    let ask = Ask {
+        service: &service,
+        practitioner: practitioner.as_deref(),
+        range: Interval::new(start, start + duration),
+        duration,
+        priority,
+        now,
+        release_lead: release_lead(&state),
+        strategy: strategy(&state),
+        ignoring: None,
+    };
+    let Some(placement) = planner::place(&state.pool, &ask).await? else {
+        let keys: Vec<String> = practitioner
+            .iter()
+            .map(|p| schedule::resource_key(p))
+            .collect();
+        let conflicting = schedule::holder(&state.pool, &keys, &ask.range, now).await?;
+        return Err(ApiError::TimeTaken {
+            conflicting,
+            alternatives: alternatives(&state, &ask, start).await,
+        });
+    };
+    let id = Uuid::new_v4();
+    tracing::Span::current().record("appointment_id", tracing::field::display(id));
+    let booking = Booking {
+        interval: placement.interval(),
+        resources: placement.resources(),
+    };
+    let mut keys: Vec<String> = booking
+        .resources
+        .iter()
+        .map(|r| schedule::resource_key(r))
+        .collect();
+    keys.push(schedule::patient_key(patient));
+    let new = NewAppointment {
+        patient_id: patient,
+        service: service.code.clone(),
+        priority,
+        at: now,
+    };
+    let (command, expires_at) = if hold {
+        let expires_at = now + Duration::minutes(i64::from(state.scheduling.hold_minutes));
+        (
+            AppointmentCommand::Hold {
+                new,
+                booking: booking.clone(),
+                expires_at,
+            },
+            Some(expires_at),
+        )
+    } else {
+        (
+            AppointmentCommand::Book {
+                new,
+                booking: booking.clone(),
+            },
+            None,
+        )
+    };
+    let claims = ClaimChange {
+        appointment_id: id,
+        release: false,
+        claim: Some(Claim {
+            keys: keys.clone(),
+            interval: booking.interval,
+            expires_at,
+        }),
+        now,
+    };
+    match state
+        .appointments
+        .execute(
+            id,
+            patient,
+            None,
+            command,
+            Some(claims),
+            metadata(&user, &ctx, None),
+        )
+        .await
+    {
+        Ok((appointment, version)) => {
+            tracing::info!(
+                status = if hold { "pending" } else { "booked" },
+                "appointment created"
+            );
+            appointment_response(StatusCode::CREATED, id, &appointment, version)
+        }
+        Err(event_store::store::CommandError::Rule(
+            domain::scheduling::SchedulingError::TimeTaken,
+        )) => {
+            let conflicting = schedule::holder(&state.pool, &keys, &booking.interval, now).await?;
+            Err(ApiError::TimeTaken {
+                conflicting,
+                alternatives: alternatives(&state, &ask, start).await,
+            })
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+async fn load(
+    state: &AppState,
+    id: Uuid,
+) -> Result<(Appointment, u64, AppointmentState), ApiError> {
+    let (appointment, version) = state
+        .appointments
+        .load(id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let appointment_state = appointment.state().cloned().ok_or(ApiError::NotFound)?;
+    Ok((appointment, version, appointment_state))
+}
+
+fn appointment_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::invalid_parameter("id", "must be a UUID"))
+}
+
+/// `GET /v1/appointments/{id}`.
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn read(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadAppointments>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = appointment_id(&raw)?;
+    let loaded = state.appointments.load(id).await?;
+    let patient = loaded
+        .as_ref()
+        .and_then(|(a, _)| a.state())
+        .map(|s| s.patient_id);
+    let Some(patient) = patient else {
+        // Unknown: only a caller who could read any patient's appointments learns so.
+        return Err(
+            if access::may_change(
+                &user,
+                Action::ReadAppointments,
+                PatientId::new(Uuid::nil()),
+                state.home_organization.as_deref(),
+            ) && !user.roles.contains(&crate::auth::Role::Patient)
+            {
+                ApiError::NotFound
+            } else {
+                ApiError::Forbidden
+            },
+        );
+    };
+    let loaded_patient = state.store.load(patient).await?;
+    checked_access(
+        &state,
+        &user,
+        Action::ReadAppointments,
+        "appointment-read",
+        patient,
+        loaded_patient.as_ref().map(|(p, _)| p),
+    )
+    .await?;
+    let (appointment, version) = loaded.ok_or(ApiError::NotFound)?;
+    appointment_response(StatusCode::OK, id, &appointment, version)
+}
+
+fn reason(body: &Map<String, Value>) -> Result<Reason, ApiError> {
+    let mut f = Fields::new(body, "", &["reason"]);
+    let reason = f
+        .string("reason")
+        .and_then(|v| f.check(Reason::parse("reason", v)));
+    f.finish()?;
+    reason.ok_or_else(|| ApiError::Validation(FieldErrors::new()))
+}
+
+/// `POST /v1/appointments/{id}/{action}` with `If-Match`: `confirm`, `arrive`, `check-in`,
+/// `fulfil`, `no-show`, `cancel` (`{reason}` a cancellation code), `entered-in-error`
+/// (`{reason}`), `reschedule` (`{start, practitioner?, reason}`).
+#[tracing::instrument(skip_all, fields(user_id = %user.id, appointment_id))]
+async fn act(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::BookAppointments>,
+    ctx: RequestContext,
+    Path((raw, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let id = appointment_id(&raw)?;
+    tracing::Span::current().record("appointment_id", tracing::field::display(id));
+    let actions = [
+        "confirm",
+        "arrive",
+        "check-in",
+        "fulfil",
+        "no-show",
+        "cancel",
+        "entered-in-error",
+        "reschedule",
+    ];
+    if !actions.contains(&action.as_str()) {
+        return Err(ApiError::NotFound);
+    }
+    let (_, _, current) = load(&state, id).await?;
+    patient_reach(
+        &state,
+        &user,
+        Action::BookAppointments,
+        "appointment-change",
+        current.patient_id,
+    )
+    .await?;
+    let expected = if_match(&headers)?;
+    let now = (state.clock)();
+    let release = |claim: Option<Claim>| ClaimChange {
+        appointment_id: id,
+        release: true,
+        claim,
+        now,
+    };
+    let (command, claims) = match action.as_str() {
+        "confirm" => {
+            // The hold's claim stays, without its expiry.
+            let booking = current.booking.clone().ok_or(ApiError::Schedule(
+                domain::scheduling::SchedulingError::NoTimeYet,
+            ))?;
+            let mut keys: Vec<String> = booking
+                .resources
+                .iter()
+                .map(|r| schedule::resource_key(r))
+                .collect();
+            keys.push(schedule::patient_key(current.patient_id));
+            (
+                AppointmentCommand::Confirm { at: now },
+                Some(release(Some(Claim {
+                    keys,
+                    interval: booking.interval,
+                    expires_at: None,
+                }))),
+            )
+        }
+        "arrive" => (AppointmentCommand::Arrive { at: now }, None),
+        "check-in" => (AppointmentCommand::CheckIn { at: now }, None),
+        "fulfil" => (AppointmentCommand::Fulfil { at: now }, None),
+        "no-show" => (AppointmentCommand::NoShow { at: now }, Some(release(None))),
+        "cancel" => {
+            let mut f = Fields::new(&body.object, "", &["reason"]);
+            let code = f
+                .string("reason")
+                .and_then(|r| f.check(CancellationReason::parse("reason", r)));
+            f.finish()?;
+            let by = Principal::parse("sub", &user.id).map_err(|_| ApiError::Forbidden)?;
+            (
+                AppointmentCommand::Cancel {
+                    reason: code.ok_or_else(|| ApiError::Validation(FieldErrors::new()))?,
+                    by,
+                    late_within: Duration::hours(i64::from(
+                        state.scheduling.late_cancellation_hours,
+                    )),
+                    at: now,
+                },
+                Some(release(None)),
+            )
+        }
+        "entered-in-error" => (
+            AppointmentCommand::EnterInError {
+                reason: reason(&body.object)?,
+                at: now,
+            },
+            Some(release(None)),
+        ),
+        _ => {
+            let mut f = Fields::new(&body.object, "", &["start", "practitioner", "reason"]);
+            let start = instant_field(&mut f, "start");
+            let practitioner = f
+                .optional_string("practitioner")
+                .and_then(|p| f.check(slug("practitioner", p)));
+            let why = f
+                .string("reason")
+                .and_then(|v| f.check(Reason::parse("reason", v)));
+            f.finish()?;
+            let (Some(start), Some(why)) = (start, why) else {
+                return Err(ApiError::Validation(FieldErrors::new()));
+            };
+            let service = service_named(&state, &current.service, "service").await?;
+            let duration = Duration::minutes(i64::from(service.minutes));
+            let ask = Ask {
+                service: &service,
+                practitioner: practitioner.as_deref(),
+                range: Interval::new(start, start + duration),
+                duration,
+                priority: current.priority,
+                now,
+                release_lead: release_lead(&state),
+                strategy: strategy(&state),
+                ignoring: Some(id),
+            };
+            let Some(placement) = planner::place(&state.pool, &ask).await? else {
+                return Err(ApiError::TimeTaken {
+                    conflicting: None,
+                    alternatives: alternatives(&state, &ask, start).await,
+                });
+            };
+            let booking = Booking {
+                interval: placement.interval(),
+                resources: placement.resources(),
+            };
+            let mut keys: Vec<String> = booking
+                .resources
+                .iter()
+                .map(|r| schedule::resource_key(r))
+                .collect();
+            keys.push(schedule::patient_key(current.patient_id));
+            let expires_at = (current.status == AppointmentStatus::Pending)
+                .then_some(current.hold_expires_at)
+                .flatten();
+            (
+                AppointmentCommand::Reschedule {
+                    booking: booking.clone(),
+                    reason: why,
+                    at: now,
+                },
+                Some(release(Some(Claim {
+                    keys,
+                    interval: booking.interval,
+                    expires_at,
+                }))),
+            )
+        }
+    };
+    let (appointment, version) = state
+        .appointments
+        .execute(
+            id,
+            current.patient_id,
+            Some(expected),
+            command,
+            claims,
+            metadata(&user, &ctx, None),
+        )
+        .await?;
+    tracing::info!(action, version, "appointment changed");
+    appointment_response(StatusCode::OK, id, &appointment, version)
+}

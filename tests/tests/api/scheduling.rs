@@ -1,0 +1,501 @@
+//! Scheduling over HTTP: templates and blocks shape availability; appointments through their
+//! statuses (and refusals of the moves not allowed); no double booking, also under 100
+//! concurrent requests to two API processes; cancellations; the appointment topic.
+
+use std::sync::Arc;
+
+use command_api::startup::Roles;
+use serde_json::{json, Value};
+
+use crate::helpers::{
+    assert_matches_schema_in, consume_until, consumer_for, error_fields, published, AppOptions,
+    TestApp,
+};
+
+/// Monday after the tests' fixed now (Friday 2026-11-27 12:00 UTC); Zurich is UTC+1.
+const MONDAY: &str = "2026-11-30";
+
+fn at(local: &str) -> String {
+    // Local Zurich time on Monday as UTC.
+    let (h, m) = local.split_once(':').unwrap();
+    let h: u32 = h.parse::<u32>().unwrap() - 1;
+    format!("{MONDAY}T{h:02}:{m}:00Z")
+}
+
+fn practitioner_template() -> Value {
+    let days = ["mon", "tue", "wed", "thu", "fri"];
+    json!({
+        "time_zone": "Europe/Zurich",
+        "slot_minutes": 30,
+        "hours": days.iter().map(|d| json!({ "weekday": d, "start": "08:00", "end": "12:00" })).collect::<Vec<_>>(),
+        "breaks": [{ "weekday": "mon", "start": "10:00", "end": "10:30" }],
+        "reserved": [{ "weekday": "mon", "start": "11:00", "end": "12:00" }]
+    })
+}
+
+async fn put(app: &TestApp, path: &str, body: &Value) -> (u16, Value) {
+    let response = app
+        .client
+        .put(format!("{}{path}", app.address))
+        .bearer_auth(app.token("admin-1", &["admin"]))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Two cardiologists, one examination room, and a 30-minute consultation needing both.
+async fn clinic(app: &TestApp) {
+    for id in ["dr-heart", "dr-valve"] {
+        let (status, body) = put(
+            app,
+            &format!("/v1/resources/{id}"),
+            &json!({ "kind": "practitioner", "name": id, "specialty": "cardiology", "template": practitioner_template() }),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = put(
+        app,
+        "/v1/resources/exam-1",
+        &json!({ "kind": "room", "name": "Exam 1", "room_type": "exam" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = put(
+        app,
+        "/v1/services/cardiology-consult",
+        &json!({ "name": "Cardiology consultation", "minutes": 30, "specialty": "cardiology", "room_type": "exam" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+fn scheduler(app: &TestApp) -> String {
+    app.token("scheduler-1", &["scheduler"])
+}
+
+async fn get(app: &TestApp, path: &str) -> (u16, Value) {
+    let response = app.get(path, &scheduler(app)).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn book(app: &TestApp, patient: &str, start: &str, extra: Value) -> (u16, Value) {
+    let mut body =
+        json!({ "patient_id": patient, "service": "cardiology-consult", "start": start });
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        body[k] = v;
+    }
+    let response = app
+        .post("/v1/appointments", &scheduler(app), &body, &[])
+        .await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn act(app: &TestApp, id: &str, action: &str, version: u64, body: Value) -> (u16, Value) {
+    let etag = format!("\"{version}\"");
+    let response = app
+        .post(
+            &format!("/v1/appointments/{id}/{action}"),
+            &scheduler(app),
+            &body,
+            &[("if-match", &etag)],
+        )
+        .await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn local_starts(slots: &Value, practitioner: &str) -> Vec<String> {
+    slots["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["practitioner"] == practitioner)
+        .map(|s| {
+            let t = chrono::DateTime::parse_from_rfc3339(s["start"].as_str().unwrap()).unwrap();
+            (t + chrono::Duration::hours(1)).format("%H:%M").to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn templates_blocks_and_priority_shape_availability() {
+    let app = TestApp::without_kafka().await;
+    clinic(&app).await;
+    let day = format!("from={MONDAY}T00:00:00Z&to={MONDAY}T23:00:00Z");
+
+    let (status, routine) = get(
+        &app,
+        &format!("/v1/availability?service=cardiology-consult&{day}"),
+    )
+    .await;
+
+    assert_eq!(status, 200, "{routine}");
+    // 08:00-12:00 local, 30-minute slots, break 10:00-10:30, 11:00-12:00 kept for urgent.
+    let expected = ["08:00", "08:30", "09:00", "09:30", "10:30"];
+    assert_eq!(local_starts(&routine, "dr-heart"), expected);
+    assert_eq!(local_starts(&routine, "dr-valve"), expected);
+    assert!(routine["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["room"] == "exam-1"));
+    let (_, urgent) = get(
+        &app,
+        &format!("/v1/availability?service=cardiology-consult&priority=urgent&{day}"),
+    )
+    .await;
+    assert_eq!(
+        local_starts(&urgent, "dr-heart"),
+        ["08:00", "08:30", "09:00", "09:30", "10:30", "11:00", "11:30"]
+    );
+
+    // Leave blocks dr-valve's morning until 10:00.
+    let block = app
+        .post(
+            "/v1/resources/dr-valve/blocks",
+            &scheduler(&app),
+            &json!({ "from": at("08:00"), "to": at("10:00"), "reason": "leave" }),
+            &[],
+        )
+        .await;
+    assert_eq!(block.status(), 201);
+    let (_, blocked) = get(
+        &app,
+        &format!("/v1/availability?service=cardiology-consult&practitioner=dr-valve&{day}"),
+    )
+    .await;
+    assert_eq!(local_starts(&blocked, "dr-valve"), ["10:30"]);
+    assert!(
+        local_starts(&blocked, "dr-heart").is_empty(),
+        "asked for dr-valve only"
+    );
+
+    // A 60-minute request needs two free slots in a row.
+    let (_, long) = get(
+        &app,
+        &format!(
+            "/v1/availability?service=cardiology-consult&practitioner=dr-heart&duration=60&{day}"
+        ),
+    )
+    .await;
+    assert_eq!(local_starts(&long, "dr-heart"), ["08:00", "08:30", "09:00"]);
+
+    // Bad templates and parameters are refused, naming the fields.
+    let (status, problem) = put(
+        &app,
+        "/v1/resources/dr-bad",
+        &json!({ "kind": "practitioner", "name": "Bad", "template": { "time_zone": "Mars/Base", "slot_minutes": 30,
+                  "hours": [{ "weekday": "mon", "start": "12:00", "end": "08:00" }] } }),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(
+        error_fields(&problem),
+        ["template.time_zone", "template.hours[0].end"]
+    );
+    let (status, problem) = get(
+        &app,
+        "/v1/availability?service=cardiology-consult&from=monday",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(error_fields(&problem), ["to", "from"]);
+    let (status, _) = get(&app, &format!("/v1/availability?service=nothing&{day}")).await;
+    assert_eq!(status, 400);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn appointments_move_through_their_statuses_and_the_others_are_refused() {
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        configure: Some(Arc::new(|s| s.scheduling.late_cancellation_hours = 100)),
+        ..AppOptions::default()
+    })
+    .await;
+    clinic(&app).await;
+    let ada = app.register_person(1, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bob = app.register_person(2, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Booked, then arrived, checked in, fulfilled; nothing skips a step.
+    let (status, visit) = book(
+        &app,
+        &ada,
+        &at("08:00"),
+        json!({ "practitioner": "dr-heart" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{visit}");
+    assert_eq!(visit["status"], "booked");
+    assert_eq!(visit["booking"]["resources"], json!(["dr-heart", "exam-1"]));
+    let id = visit["appointment_id"].as_str().unwrap().to_owned();
+    let (status, refused) = act(&app, &id, "check-in", 1, json!({})).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (409, Some("transition-not-allowed"))
+    );
+    let (status, refused) = act(&app, &id, "no-show", 1, json!({})).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (409, Some("no-show-before-start"))
+    );
+    for (version, step, expected) in [
+        (1, "arrive", "arrived"),
+        (2, "check-in", "checked-in"),
+        (3, "fulfil", "fulfilled"),
+    ] {
+        let (status, moved) = act(&app, &id, step, version, json!({})).await;
+        assert_eq!(status, 200, "{step}: {moved}");
+        assert_eq!(moved["status"], expected);
+    }
+    let (status, _) = act(&app, &id, "arrive", 3, json!({})).await;
+    assert_eq!(status, 412, "stale version first");
+    let (status, refused) = act(&app, &id, "arrive", 4, json!({})).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (409, Some("transition-not-allowed"))
+    );
+
+    // The same practitioner at the same time: refused, with who holds it and alternatives.
+    let (status, taken) = book(
+        &app,
+        &bob,
+        &at("08:00"),
+        json!({ "practitioner": "dr-heart" }),
+    )
+    .await;
+    assert_eq!(status, 409, "{taken}");
+    assert_eq!(taken["code"], "time-taken");
+    assert_eq!(taken["conflicting_appointment"], id.as_str());
+    assert!(!taken["alternatives"].as_array().unwrap().is_empty());
+    // The same patient twice at once: refused too, whoever the practitioner.
+    let (status, _) = book(&app, &ada, &at("08:00"), json!({})).await;
+    assert_eq!(status, 409);
+
+    // Any cardiologist: the free one is chosen.
+    let (status, any) = book(&app, &bob, &at("08:30"), json!({})).await;
+    assert_eq!(status, 201, "{any}");
+
+    // A hold is confirmed; a cancellation is flagged late by the policy and frees the time.
+    let (status, held) = book(
+        &app,
+        &bob,
+        &at("09:00"),
+        json!({ "practitioner": "dr-valve", "hold": true }),
+    )
+    .await;
+    assert_eq!((status, held["status"].as_str()), (201, Some("pending")));
+    let held_id = held["appointment_id"].as_str().unwrap().to_owned();
+    let (status, confirmed) = act(&app, &held_id, "confirm", 1, json!({})).await;
+    assert_eq!(
+        (status, confirmed["status"].as_str()),
+        (200, Some("booked")),
+        "{confirmed}"
+    );
+    let (status, cancelled) = act(
+        &app,
+        &held_id,
+        "cancel",
+        2,
+        json!({ "reason": "patient-sick" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["cancellation"]["late"], true);
+    assert_eq!(cancelled["cancellation"]["by"], "scheduler-1");
+    let (status, again) = book(
+        &app,
+        &ada,
+        &at("09:00"),
+        json!({ "practitioner": "dr-valve" }),
+    )
+    .await;
+    assert_eq!(status, 201, "the cancelled time is free again: {again}");
+    let (status, bad) = act(&app, &held_id, "cancel", 3, json!({ "reason": "bored" })).await;
+    assert_eq!(
+        (status, error_fields(&bad)),
+        (422, vec!["reason".to_owned()])
+    );
+
+    // A reschedule moves the time and frees the old one.
+    let moved_id = any["appointment_id"].as_str().unwrap();
+    let (status, moved) = act(
+        &app,
+        moved_id,
+        "reschedule",
+        1,
+        json!({ "start": at("10:30"), "reason": "patient asked" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["booking"]["interval"]["start"], at("10:30"));
+    let (status, _) = book(&app, &ada, &at("08:30"), json!({})).await;
+    assert_eq!(status, 201);
+    let (status, marked) = act(
+        &app,
+        moved_id,
+        "entered-in-error",
+        2,
+        json!({ "reason": "wrong patient" }),
+    )
+    .await;
+    assert_eq!(
+        (status, marked["status"].as_str()),
+        (200, Some("entered-in-error"))
+    );
+
+    // Reads are recorded accesses of the patient.
+    let (status, read) = get(&app, &format!("/v1/appointments/{id}")).await;
+    assert_eq!((status, read["status"].as_str()), (200, Some("fulfilled")));
+    let (status, _) = get(&app, &format!("/v1/appointments/{}", uuid::Uuid::new_v4())).await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_bookings_of_one_slot_at_two_api_processes_book_it_once() {
+    // Arrange: two API processes on one database.
+    let first = TestApp::without_kafka().await;
+    let mut settings = first.settings.clone();
+    settings.http.port = 0;
+    let second = TestApp::start(
+        settings,
+        Roles {
+            api: true,
+            relay: false,
+            projectors: false,
+        },
+    )
+    .await;
+    clinic(&first).await;
+    let mut patients = Vec::new();
+    for n in 0..100 {
+        patients.push(
+            first.register_person(100 + n, None).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+
+    // Act
+    let mut requests = tokio::task::JoinSet::new();
+    for (i, patient) in patients.into_iter().enumerate() {
+        let app = if i % 2 == 0 {
+            first.address.clone()
+        } else {
+            second.address.clone()
+        };
+        let client = first.client.clone();
+        let token = scheduler(&first);
+        let start = at("08:00");
+        requests.spawn(async move {
+            let response = client
+                .post(format!("{app}/v1/appointments"))
+                .bearer_auth(token)
+                .json(&json!({ "patient_id": patient, "service": "cardiology-consult", "start": start, "practitioner": "dr-heart" }))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        });
+    }
+    let mut booked = Vec::new();
+    let mut refused = Vec::new();
+    while let Some(result) = requests.join_next().await {
+        let (status, body) = result.unwrap();
+        match status {
+            201 => booked.push(body),
+            409 => refused.push(body),
+            other => panic!("{other}: {body}"),
+        }
+    }
+
+    // Assert
+    assert_eq!(booked.len(), 1, "exactly one booking");
+    assert_eq!(refused.len(), 99);
+    let winner = booked[0]["appointment_id"].as_str().unwrap();
+    for problem in &refused {
+        assert_eq!(problem["code"], "time-taken");
+        assert_eq!(problem["conflicting_appointment"], winner, "{problem}");
+        assert!(!problem["alternatives"].as_array().unwrap().is_empty());
+    }
+    let claims: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM schedule_claims WHERE resource = 'resource:dr-heart'",
+    )
+    .fetch_one(&first.pool)
+    .await
+    .unwrap();
+    assert_eq!(claims, 1);
+    second.stop().await;
+    first.stop().await;
+}
+
+#[tokio::test]
+async fn appointment_events_are_published_sealed_with_the_patients_key_and_match_their_schemas() {
+    let app = TestApp::spawn().await;
+    clinic(&app).await;
+    let ada = app.register_person(3, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, visit) = book(&app, &ada, &at("08:00"), json!({ "hold": true })).await;
+    assert_eq!(status, 201, "{visit}");
+    let id = visit["appointment_id"].as_str().unwrap().to_owned();
+    for (version, action, body) in [
+        (
+            1,
+            "reschedule",
+            json!({ "start": at("09:00"), "reason": "later" }),
+        ),
+        (2, "confirm", json!({})),
+        (3, "cancel", json!({ "reason": "patient" })),
+    ] {
+        let (status, body) = act(&app, &id, action, version, body).await;
+        assert_eq!(status, 200, "{action}: {body}");
+    }
+    let topic = format!(
+        "{}{}",
+        app.settings.kafka.topic_prefix,
+        schemas::topics::APPOINTMENT
+    );
+    let consumer = consumer_for(app.settings.kafka.brokers.as_deref().unwrap(), &topic);
+    let records = consume_until(&consumer, |r| r.len() >= 4).await;
+    let mut types = Vec::new();
+    for record in &records {
+        let event = published(record);
+        assert_eq!(crate::helpers::key(record), ada, "keyed by patient");
+        assert_eq!(event.subject, id);
+        assert_eq!(
+            event.key_id().as_deref(),
+            Some(ada.as_str()),
+            "sealed with the patient's key"
+        );
+        let data = app.open(record).await;
+        assert_matches_schema_in("appointment/v1", &event.event_type, &data);
+        types.push(event.event_type);
+    }
+    assert_eq!(
+        types,
+        [
+            "AppointmentCreated",
+            "AppointmentRescheduled",
+            "AppointmentStatusChanged",
+            "AppointmentCancelled"
+        ]
+    );
+    app.stop().await;
+}
