@@ -317,9 +317,15 @@ async fn add_block(
     let (Some(from), Some(to), Some(reason)) = (from, to, reason) else {
         return Err(ApiError::Validation(FieldErrors::new()));
     };
-    if schedule::resources(&state.pool, None, None, None, Some(std::slice::from_ref(&id)))
-        .await?
-        .is_empty()
+    if schedule::resources(
+        &state.pool,
+        None,
+        None,
+        None,
+        Some(std::slice::from_ref(&id)),
+    )
+    .await?
+    .is_empty()
     {
         return Err(ApiError::NotFound);
     }

@@ -322,6 +322,29 @@ fn every_endpoint() -> Vec<Endpoint> {
             "/v1/medical-records/search?kind=allergy&active=true",
             Value::Null,
         ),
+        endpoint("put-resource", "PUT", "/v1/resources/dr-x", json!({})),
+        endpoint("list-resources", "GET", "/v1/resources", Value::Null),
+        endpoint("block", "POST", "/v1/resources/dr-x/blocks", json!({})),
+        endpoint("put-service", "PUT", "/v1/services/consult", json!({})),
+        endpoint(
+            "availability",
+            "GET",
+            "/v1/availability?service=consult&from=2026-11-30T00:00:00Z&to=2026-12-01T00:00:00Z",
+            Value::Null,
+        ),
+        endpoint("book", "POST", "/v1/appointments", json!({})),
+        endpoint(
+            "read-appointment",
+            "GET",
+            "/v1/appointments/00000000-0000-4000-8000-000000000001",
+            Value::Null,
+        ),
+        endpoint(
+            "appointment-action",
+            "POST",
+            "/v1/appointments/00000000-0000-4000-8000-000000000001/arrive",
+            json!({}),
+        ),
         endpoint(
             "revoke-session",
             "POST",
@@ -371,19 +394,31 @@ fn documented(caller: &str, endpoint: &str) -> bool {
         "allergy-entered-in-error",
         "upload-document",
     ];
+    let scheduling_reads = ["list-resources", "availability", "read-appointment"];
+    let booking = ["book", "appointment-action"];
     match caller {
         "admin" => !["data-key"].contains(&endpoint) && !record_writes.contains(&endpoint),
         "registrar" => {
             admin_registrar.contains(&endpoint)
                 || ["search", "read", "read-as-of"].contains(&endpoint)
+                || scheduling_reads.contains(&endpoint)
+                || booking.contains(&endpoint)
         }
         "clinician-in-care" => {
             ["search", "read", "read-as-of", "medical-records-search"].contains(&endpoint)
                 || record_reads.contains(&endpoint)
                 || record_writes.contains(&endpoint)
+                || scheduling_reads.contains(&endpoint)
         }
-        "clinician" => ["search", "medical-records-search"].contains(&endpoint),
-        "scheduler" => ["search", "read", "read-as-of"].contains(&endpoint),
+        "clinician" => {
+            ["search", "medical-records-search"].contains(&endpoint)
+                || scheduling_reads.contains(&endpoint)
+        }
+        "scheduler" => {
+            ["search", "read", "read-as-of", "block"].contains(&endpoint)
+                || scheduling_reads.contains(&endpoint)
+                || booking.contains(&endpoint)
+        }
         "auditor" => ["read", "read-as-of", "audit-stream", "audit-entries"].contains(&endpoint),
         "patient-self" => {
             [
