@@ -49,6 +49,9 @@ pub struct SchedulingSettings {
     pub reserved_release_minutes: u32,
     /// `best-fit` or `first-fit`: how a resource is chosen among several.
     pub strategy: String,
+    /// Reminders go out this many minutes before each booked appointment.
+    #[serde(default)]
+    pub reminder_offsets_minutes: Vec<u32>,
 }
 
 impl Default for SchedulingSettings {
@@ -58,6 +61,7 @@ impl Default for SchedulingSettings {
             late_cancellation_hours: 24,
             reserved_release_minutes: 120,
             strategy: "best-fit".to_owned(),
+            reminder_offsets_minutes: vec![1440, 120],
         }
     }
 }

@@ -14,6 +14,7 @@
 //! - [`planner`]: availability and placement of appointments on resources.
 //! - [`bench`]: the benchmark behind `patient-service bench`.
 //! - [`bench_records`]: the medical record benchmark behind `patient-service bench-records`.
+//! - [`reminders`]: the reminder dispatcher.
 //! - [`replay`]: `patient-service replay`, the event history as NDJSON for auditors.
 //! - [`retention`]: `patient-service retention purge`, erasure of patients past retention.
 //! - [`match_eval`]: `patient-service match-eval`, duplicate detection on a FEBRL data set.
@@ -29,6 +30,7 @@ pub mod http;
 pub mod match_eval;
 pub mod matching;
 pub mod planner;
+pub mod reminders;
 pub mod replay;
 pub mod retention;
 pub mod startup;

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use event_store::documents::DocumentStore;
 use event_store::relay::{Relay, RelaySettings};
+use event_store::schedule::AppointmentStore;
+use event_store::store::PatientStore;
 use event_store::stream::{self, Cursor, COMMIT_CHANNEL};
 use projections::audit_log::AuditLog;
 use projections::medical_records::MedicalRecords;
@@ -268,6 +270,13 @@ impl Service {
                 settings,
                 &shutdown,
             );
+            // Reminders are dispatched with the projectors: one role that runs in the background.
+            tasks.spawn(crate::reminders::run(
+                PatientStore::new(pool.clone(), secrets.keys.clone(), secrets.chain.clone()),
+                AppointmentStore::new(pool.clone(), secrets.keys.clone(), secrets.chain.clone()),
+                clock.clone(),
+                shutdown.clone(),
+            ));
             spawn_projector(
                 &mut tasks,
                 Projector::new(

@@ -26,7 +26,7 @@ pub struct Claim {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-/// What a command does to an appointment's claims, stored with its events.
+/// What a command does to an appointment's claims (and reminders), stored with its events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimChange {
     pub appointment_id: Uuid,
@@ -35,6 +35,19 @@ pub struct ClaimChange {
     pub claim: Option<Claim>,
     /// The instant of the command: claims that expired by then give way.
     pub now: DateTime<Utc>,
+    /// Replaces the appointment's pending reminders (`Some(vec![])` drops them).
+    pub reminders: Option<Vec<PlannedReminder>>,
+}
+
+/// A reminder to send at `due_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedReminder {
+    pub reminder_id: Uuid,
+    pub patient_id: Uuid,
+    pub starts_at: DateTime<Utc>,
+    pub offset_minutes: u32,
+    pub due_at: DateTime<Utc>,
+    pub time_zone: String,
 }
 
 /// Another appointment holds some of the time.
@@ -89,6 +102,100 @@ pub async fn apply_claims(tx: &mut PgConnection, change: &ClaimChange) -> Result
         .execute(&mut *tx)
         .await?;
     }
+    if let Some(reminders) = &change.reminders {
+        sqlx::query(
+            "DELETE FROM scheduling_reminders WHERE appointment_id = $1 AND status = 'pending'",
+        )
+        .bind(change.appointment_id)
+        .execute(&mut *tx)
+        .await?;
+        for r in reminders {
+            sqlx::query(
+                "INSERT INTO scheduling_reminders
+                    (reminder_id, appointment_id, patient_id, starts_at, offset_minutes, due_at, time_zone)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (reminder_id) DO NOTHING",
+            )
+            .bind(r.reminder_id)
+            .bind(change.appointment_id)
+            .bind(r.patient_id)
+            .bind(r.starts_at)
+            .bind(r.offset_minutes as i32)
+            .bind(r.due_at)
+            .bind(&r.time_zone)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A reminder due to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueReminder {
+    pub reminder_id: Uuid,
+    pub appointment_id: Uuid,
+    pub patient_id: Uuid,
+    pub starts_at: DateTime<Utc>,
+    pub offset_minutes: u32,
+    pub due_at: DateTime<Utc>,
+    pub time_zone: String,
+}
+
+/// Up to `limit` pending reminders due by `now`, earliest first.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn due_reminders(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<DueReminder>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT reminder_id, appointment_id, patient_id, starts_at, offset_minutes, due_at, time_zone
+           FROM scheduling_reminders WHERE status = 'pending' AND due_at <= $1
+          ORDER BY due_at LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let offset: i32 = r.try_get("offset_minutes")?;
+            Ok(DueReminder {
+                reminder_id: r.try_get("reminder_id")?,
+                appointment_id: r.try_get("appointment_id")?,
+                patient_id: r.try_get("patient_id")?,
+                starts_at: r.try_get("starts_at")?,
+                offset_minutes: offset.max(0) as u32,
+                due_at: r.try_get("due_at")?,
+                time_zone: r.try_get("time_zone")?,
+            })
+        })
+        .collect()
+}
+
+/// Marks a pending reminder `sent` or `skipped`, or moves it to `due_at` (quiet hours).
+///
+/// # Errors
+///
+/// The database error.
+pub async fn settle_reminder(
+    pool: &PgPool,
+    reminder_id: Uuid,
+    status: &str,
+    due_at: Option<DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE scheduling_reminders SET status = $2, due_at = coalesce($3, due_at)
+          WHERE reminder_id = $1 AND status = 'pending'",
+    )
+    .bind(reminder_id)
+    .bind(status)
+    .bind(due_at)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -248,6 +355,44 @@ impl AppointmentStore {
                 Err(CommandError::Rule(SchedulingError::TimeTaken))
             }
             other => other,
+        }
+    }
+
+    /// Sends notification `id` about `patient` (once: `Ok(false)` when it went out before).
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError`] when the store fails.
+    pub async fn notify(
+        &self,
+        id: Uuid,
+        patient: PatientId,
+        event: domain::scheduling::notification::NotificationEvent,
+    ) -> Result<bool, CommandError<SchedulingError>> {
+        let store: PersistedEventStore<
+            SealedRepository,
+            domain::scheduling::notification::Notification,
+        > = crate::store::event_store(&self.pool, &self.keys, &self.chain);
+        let metadata = CommandMetadata {
+            user_id: "scheduler".to_owned(),
+            data_key_owner: Some(patient.to_string()),
+            ..CommandMetadata::default()
+        };
+        match execute_on(
+            &store,
+            &id.to_string(),
+            None,
+            |_, _| Ok(()),
+            |n| n.decide(event.clone()),
+            metadata,
+        )
+        .await
+        {
+            Ok(_) => Ok(true),
+            Err(CommandError::Rule(SchedulingError::AlreadySent) | CommandError::Conflict) => {
+                Ok(false)
+            }
+            Err(other) => Err(other),
         }
     }
 

@@ -100,6 +100,21 @@ pub fn to_published(
                 .ok_or_else(undecodable)?;
             (wire.event_type(), wire.to_json())
         }
+        domain::scheduling::notification::Notification::TYPE => {
+            let value = event.payload.as_object().and_then(|o| o.iter().next());
+            let (event_type, data) = value.ok_or_else(undecodable)?;
+            let mut data = data.as_object().cloned().ok_or_else(undecodable)?;
+            data.insert(
+                "notification_id".into(),
+                serde_json::json!(event.aggregate_id),
+            );
+            let wire = schemas::notification::v1::NotificationEvent::decode(
+                event_type,
+                &serde_json::to_vec(&data).unwrap_or_default(),
+            )
+            .map_err(|_| undecodable())?;
+            (wire.event_type(), wire.to_json())
+        }
         other => return Err(MappingError::NoTopic(other.to_owned())),
     };
     let published = envelope(event_type, false, data);
@@ -116,7 +131,8 @@ pub fn to_published(
 /// (and accesses) keep their order within a partition.
 pub fn record_key(event: &StoredEvent) -> String {
     match event.aggregate_type.as_str() {
-        domain::scheduling::Appointment::TYPE => event.key_owner().to_owned(),
+        domain::scheduling::Appointment::TYPE
+        | domain::scheduling::notification::Notification::TYPE => event.key_owner().to_owned(),
         crate::access::ACCESS_TYPE => event
             .payload
             .get("patient_id")

@@ -10,6 +10,7 @@
 //! - [`patient`]: the wire types of the patient topic, one module per major version.
 //! - [`medical_record`]: the wire types of the medical record topic.
 //! - [`appointment`]: the wire types of the appointment topic.
+//! - [`notification`]: the wire types of the notifications topic.
 //! - [`json_schemas`]: the JSON Schema of every wire type; the checked-in files under `json/`
 //!   are generated from it and a test fails when they drift.
 //!
@@ -19,6 +20,7 @@ pub mod access;
 pub mod appointment;
 pub mod envelope;
 pub mod medical_record;
+pub mod notification;
 pub mod patient;
 pub mod sealed;
 pub mod topics;
@@ -31,6 +33,7 @@ pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
     let mut schemas = patient::v1::json_schemas();
     schemas.extend(medical_record::v1::json_schemas());
     schemas.extend(appointment::v1::json_schemas());
+    schemas.extend(notification::v1::json_schemas());
     schemas.extend(access::v1::json_schemas());
     schemas.push(("sealed.schema.json", schemars::schema_for!(sealed::Sealed)));
     schemas

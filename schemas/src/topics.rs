@@ -10,11 +10,14 @@ pub const MEDICAL_RECORD: &str = "patients.medical-record.v1";
 /// Every event of the `Appointment` aggregate, keyed by patient id.
 pub const APPOINTMENT: &str = "patients.appointment.v1";
 
+/// Every notification to a patient (reminders, wait-list offers), keyed by patient id.
+pub const NOTIFICATIONS: &str = "patients.notifications.v1";
+
 /// Every access to patient data, keyed by patient id.
 pub const ACCESS: &str = "patients.access.v1";
 
 /// Every topic the service publishes to.
-pub const ALL: [&str; 4] = [PATIENT, MEDICAL_RECORD, APPOINTMENT, ACCESS];
+pub const ALL: [&str; 5] = [PATIENT, MEDICAL_RECORD, APPOINTMENT, NOTIFICATIONS, ACCESS];
 
 /// The topic of an aggregate type, if it has one.
 pub fn for_aggregate_type(aggregate_type: &str) -> Option<&'static str> {
@@ -22,6 +25,7 @@ pub fn for_aggregate_type(aggregate_type: &str) -> Option<&'static str> {
         "Patient" => Some(PATIENT),
         "MedicalRecord" => Some(MEDICAL_RECORD),
         "Appointment" => Some(APPOINTMENT),
+        "Notification" => Some(NOTIFICATIONS),
         "Access" => Some(ACCESS),
         _ => None,
     }
@@ -33,6 +37,8 @@ pub fn for_event_type(event_type: &str) -> &'static str {
         MEDICAL_RECORD
     } else if crate::appointment::v1::EVENT_TYPES.contains(&event_type) {
         APPOINTMENT
+    } else if crate::notification::v1::EVENT_TYPES.contains(&event_type) {
+        NOTIFICATIONS
     } else if [
         crate::access::v1::ACCESS_RECORDED,
         crate::access::v1::EMERGENCY_ACCESS_GRANTED,

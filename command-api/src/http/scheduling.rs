@@ -32,7 +32,7 @@ use domain::scheduling::{
     Appointment, AppointmentCommand, AppointmentStatus, Interval, Priority, WeeklyTemplate, Window,
 };
 use domain::{FieldError, FieldErrors};
-use event_store::schedule::{self, Claim, ClaimChange, Resource, Service};
+use event_store::schedule::{self, Claim, ClaimChange, PlannedReminder, Resource, Service};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -690,6 +690,11 @@ async fn book(
             None,
         )
     };
+    let reminders = if hold {
+        None
+    } else {
+        Some(plan_reminders(&state, id, patient, &booking).await?)
+    };
     let claims = ClaimChange {
         appointment_id: id,
         release: false,
@@ -699,6 +704,7 @@ async fn book(
             expires_at,
         }),
         now,
+        reminders,
     };
     match state
         .appointments
@@ -730,6 +736,49 @@ async fn book(
         }
         Err(other) => Err(other.into()),
     }
+}
+
+/// The reminders of a booked appointment: one per configured offset still in the future, in
+/// the practitioner's time zone (for quiet hours).
+async fn plan_reminders(
+    state: &AppState,
+    appointment: Uuid,
+    patient: PatientId,
+    booking: &Booking,
+) -> Result<Vec<PlannedReminder>, ApiError> {
+    let practitioner = booking.resources.first().cloned().unwrap_or_default();
+    let time_zone = schedule::resources(
+        &state.pool,
+        None,
+        None,
+        None,
+        Some(std::slice::from_ref(&practitioner)),
+    )
+    .await?
+    .into_iter()
+    .find_map(|r| r.template.map(|t| t.time_zone.name().to_owned()))
+    .unwrap_or_else(|| "UTC".to_owned());
+    let now = (state.clock)();
+    let starts_at = booking.interval.start;
+    Ok(state
+        .scheduling
+        .reminder_offsets_minutes
+        .iter()
+        .map(|&offset| (offset, starts_at - Duration::minutes(i64::from(offset))))
+        .filter(|(_, due_at)| *due_at > now)
+        .map(|(offset, due_at)| PlannedReminder {
+            reminder_id: domain::scheduling::notification::reminder_id(
+                appointment,
+                starts_at,
+                offset,
+            ),
+            patient_id: patient.as_uuid(),
+            starts_at,
+            offset_minutes: offset,
+            due_at,
+            time_zone: time_zone.clone(),
+        })
+        .collect())
 }
 
 async fn load(
@@ -839,15 +888,23 @@ async fn act(
     .await?;
     let expected = if_match(&headers)?;
     let now = (state.clock)();
-    let release = |claim: Option<Claim>| ClaimChange {
+    let release = |claim: Option<Claim>, reminders: Option<Vec<PlannedReminder>>| ClaimChange {
         appointment_id: id,
         release: true,
         claim,
         now,
+        reminders,
+    };
+    let no_more_reminders = ClaimChange {
+        appointment_id: id,
+        release: false,
+        claim: None,
+        now,
+        reminders: Some(Vec::new()),
     };
     let (command, claims) = match action.as_str() {
         "confirm" => {
-            // The hold's claim stays, without its expiry.
+            // The hold's claim stays, without its expiry; the reminders are planned.
             let booking = current.booking.clone().ok_or(ApiError::Schedule(
                 domain::scheduling::SchedulingError::NoTimeYet,
             ))?;
@@ -857,19 +914,27 @@ async fn act(
                 .map(|r| schedule::resource_key(r))
                 .collect();
             keys.push(schedule::patient_key(current.patient_id));
+            let reminders = plan_reminders(&state, id, current.patient_id, &booking).await?;
+            let claim = Claim {
+                keys,
+                interval: booking.interval,
+                expires_at: None,
+            };
             (
                 AppointmentCommand::Confirm { at: now },
-                Some(release(Some(Claim {
-                    keys,
-                    interval: booking.interval,
-                    expires_at: None,
-                }))),
+                Some(release(Some(claim), Some(reminders))),
             )
         }
-        "arrive" => (AppointmentCommand::Arrive { at: now }, None),
+        "arrive" => (
+            AppointmentCommand::Arrive { at: now },
+            Some(no_more_reminders),
+        ),
         "check-in" => (AppointmentCommand::CheckIn { at: now }, None),
         "fulfil" => (AppointmentCommand::Fulfil { at: now }, None),
-        "no-show" => (AppointmentCommand::NoShow { at: now }, Some(release(None))),
+        "no-show" => (
+            AppointmentCommand::NoShow { at: now },
+            Some(release(None, Some(Vec::new()))),
+        ),
         "cancel" => {
             let mut f = Fields::new(&body.object, "", &["reason"]);
             let code = f
@@ -886,7 +951,7 @@ async fn act(
                     )),
                     at: now,
                 },
-                Some(release(None)),
+                Some(release(None, Some(Vec::new()))),
             )
         }
         "entered-in-error" => (
@@ -894,7 +959,7 @@ async fn act(
                 reason: reason(&body.object)?,
                 at: now,
             },
-            Some(release(None)),
+            Some(release(None, Some(Vec::new()))),
         ),
         _ => {
             let mut f = Fields::new(&body.object, "", &["start", "practitioner", "reason"]);
@@ -941,17 +1006,24 @@ async fn act(
             let expires_at = (current.status == AppointmentStatus::Pending)
                 .then_some(current.hold_expires_at)
                 .flatten();
+            // A booked appointment's reminders move with it.
+            let reminders = if current.status == AppointmentStatus::Booked {
+                Some(plan_reminders(&state, id, current.patient_id, &booking).await?)
+            } else {
+                None
+            };
+            let claim = Claim {
+                keys,
+                interval: booking.interval,
+                expires_at,
+            };
             (
                 AppointmentCommand::Reschedule {
                     booking: booking.clone(),
                     reason: why,
                     at: now,
                 },
-                Some(release(Some(Claim {
-                    keys,
-                    interval: booking.interval,
-                    expires_at,
-                }))),
+                Some(release(Some(claim), reminders)),
             )
         }
     };

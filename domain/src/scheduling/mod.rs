@@ -5,11 +5,13 @@
 //!
 //! - [`calendar`]: templates, blocks, free slots, priorities.
 //! - [`appointment`]: the appointment aggregate and its status chart.
+//! - [`notification`]: reminders and wait-list offers, each sent once.
 //! - [`assignment`]: first fit and best fit, and the clinic-week simulation.
 
 pub mod appointment;
 pub mod assignment;
 pub mod calendar;
+pub mod notification;
 
 pub use appointment::{Appointment, AppointmentCommand, AppointmentEvent, AppointmentStatus};
 pub use calendar::{Interval, Priority, Slot, WeeklyTemplate, Window};
@@ -40,6 +42,8 @@ pub enum SchedulingError {
     ChangesNothing,
     #[error("another appointment holds some of this time")]
     TimeTaken,
+    #[error("the notification was sent already")]
+    AlreadySent,
 }
 
 impl SchedulingError {
@@ -56,6 +60,7 @@ impl SchedulingError {
             Self::NoResources => "no-resources",
             Self::ChangesNothing => "changes-nothing",
             Self::TimeTaken => "time-taken",
+            Self::AlreadySent => "already-sent",
         }
     }
 }

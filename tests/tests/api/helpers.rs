@@ -175,7 +175,7 @@ impl TestApp {
         Self::start_with_clock(settings, roles, Arc::new(fixed_now)).await
     }
 
-    async fn start_with_clock(
+    pub async fn start_with_clock(
         settings: Settings,
         roles: Roles,
         clock: command_api::http::Clock,

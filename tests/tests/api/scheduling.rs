@@ -499,3 +499,141 @@ async fn appointment_events_are_published_sealed_with_the_patients_key_and_match
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn reminders_go_out_once_at_their_time_move_with_the_appointment_and_survive_a_restart() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    // Arrange: a clock the test moves; sessions that outlive the jumps.
+    let offset = Arc::new(AtomicI64::new(0));
+    let moved = offset.clone();
+    let clock: command_api::http::Clock = Arc::new(move || {
+        crate::helpers::fixed_now() + chrono::Duration::seconds(moved.load(Ordering::SeqCst))
+    });
+    let app = TestApp::spawn_with(AppOptions {
+        clock: Some(clock.clone()),
+        configure: Some(Arc::new(|s| {
+            s.scheduling.reminder_offsets_minutes = vec![1440, 60];
+            s.auth.idle_timeout_secs = 10_000_000;
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    clinic(&app).await;
+    let ada = app.register_person(4, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let opt_in = app
+        .client
+        .put(format!("{}/v1/patients/{ada}/preferences", app.address))
+        .bearer_auth(app.registrar())
+        .header("if-match", "\"1\"")
+        .json(&json!({ "reminder_opt_in": true, "preferred_channel": "sms" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opt_in.status(), 200, "{:?}", opt_in.text().await);
+    let (status, visit) = book(
+        &app,
+        &ada,
+        &at("09:00"),
+        json!({ "practitioner": "dr-heart" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{visit}");
+    let id = visit["appointment_id"].as_str().unwrap().to_owned();
+    let topic = format!(
+        "{}{}",
+        app.settings.kafka.topic_prefix,
+        schemas::topics::NOTIFICATIONS
+    );
+    let consumer = consumer_for(app.settings.kafka.brokers.as_deref().unwrap(), &topic);
+    let set = |at: &str| {
+        let target = chrono::DateTime::parse_from_rfc3339(at)
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        offset.store(
+            (target - crate::helpers::fixed_now()).num_seconds(),
+            Ordering::SeqCst,
+        );
+    };
+
+    // Act: the day-before reminder falls due.
+    set("2026-11-29T08:01:00Z");
+    let first = consume_until(&consumer, |r| !r.is_empty()).await;
+    // The appointment moves; the service restarts; the new reminders fall due.
+    let (status, moved_visit) = act(
+        &app,
+        &id,
+        "reschedule",
+        1,
+        json!({ "start": at("10:30"), "reason": "patient asked" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{moved_visit}");
+    let settings = app.settings.clone();
+    app.stop().await;
+    let app = TestApp::start_with_clock(settings, Roles::ALL, clock.clone()).await;
+    set("2026-11-30T09:05:00Z");
+    let mut records = first;
+    records.extend(consume_until(&consumer, |r| r.len() >= 2).await);
+
+    // Assert: three reminders: the old day-before one, then both for the new time.
+    let mut seen = std::collections::BTreeMap::new();
+    for record in &records {
+        let event = published(record);
+        assert_eq!(event.event_type, "AppointmentReminder");
+        assert_eq!(crate::helpers::key(record), ada);
+        let data = app.open(record).await;
+        assert_matches_schema_in("notification/v1", &event.event_type, &data);
+        let data: Value = serde_json::from_slice(&data).unwrap();
+        assert_eq!(data["channel"], "sms");
+        seen.insert(
+            event.id,
+            (
+                data["starts_at"].as_str().unwrap().to_owned(),
+                data["offset_minutes"].as_u64().unwrap(),
+            ),
+        );
+    }
+    let expected: Vec<(String, u64)> = vec![
+        ("2026-11-30T08:00:00Z".into(), 1440),
+        ("2026-11-30T09:30:00Z".into(), 60),
+        ("2026-11-30T09:30:00Z".into(), 1440),
+    ];
+    let mut got: Vec<(String, u64)> = seen.into_values().collect();
+    got.sort();
+    assert_eq!(
+        got, expected,
+        "each once; the old 60-minute reminder was dropped"
+    );
+    let sent: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'Notification'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(sent, 3, "stored once each");
+
+    // A cancelled appointment's reminders are dropped.
+    let (status, other) = book(
+        &app,
+        &ada,
+        "2026-12-02T08:00:00Z",
+        json!({ "practitioner": "dr-heart" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{other}");
+    let other_id = other["appointment_id"].as_str().unwrap();
+    let pending = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM scheduling_reminders WHERE appointment_id = $1::uuid AND status = 'pending'")
+            .bind(other_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(pending().await, 2);
+    let (status, _) = act(&app, other_id, "cancel", 1, json!({ "reason": "patient" })).await;
+    assert_eq!(status, 200);
+    assert_eq!(pending().await, 0);
+    app.stop().await;
+}
