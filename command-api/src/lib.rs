@@ -15,6 +15,7 @@
 //! - [`bench`]: the benchmark behind `patient-service bench`.
 //! - [`bench_records`]: the medical record benchmark behind `patient-service bench-records`.
 //! - [`reminders`]: the reminder dispatcher.
+//! - [`waitlist`]: wait-list offers.
 //! - [`replay`]: `patient-service replay`, the event history as NDJSON for auditors.
 //! - [`retention`]: `patient-service retention purge`, erasure of patients past retention.
 //! - [`match_eval`]: `patient-service match-eval`, duplicate detection on a FEBRL data set.
@@ -36,3 +37,4 @@ pub mod retention;
 pub mod startup;
 pub mod synthetic;
 pub mod telemetry;
+pub mod waitlist;

@@ -1,4 +1,5 @@
-//! The reminder dispatcher: sends each planned reminder when it falls due, once, on the
+//! The background scheduling work: the wait list ([`crate::waitlist`]) and the reminder
+//! dispatcher. The dispatcher sends each planned reminder when it falls due, once, on the
 //! patient's preferred channel, if they opted in, outside their quiet hours (read in the
 //! practitioner's time zone). Reminders are rows written with the appointment's events, so
 //! they survive restarts; each goes out as a `Notification` event whose id is the reminder's,
@@ -19,16 +20,20 @@ use crate::http::Clock;
 /// How often due reminders are looked for.
 const POLL: Duration = Duration::from_millis(200);
 
-/// Runs until `shutdown`.
+/// Runs reminders and the wait list until `shutdown`.
 pub async fn run(
     store: PatientStore,
     appointments: AppointmentStore,
+    settings: crate::configuration::SchedulingSettings,
     clock: Clock,
     shutdown: CancellationToken,
 ) {
     loop {
         if let Err(e) = dispatch_due(&store, &appointments, clock()).await {
             tracing::warn!(error.message = %e, "reminders could not be dispatched now; retrying");
+        }
+        if let Err(e) = crate::waitlist::process(&store, &appointments, &settings, clock()).await {
+            tracing::warn!(error.message = %e, "the wait list could not be processed now; retrying");
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -270,10 +270,11 @@ impl Service {
                 settings,
                 &shutdown,
             );
-            // Reminders are dispatched with the projectors: one role that runs in the background.
+            // Reminders and the wait list run with the projectors: the background role.
             tasks.spawn(crate::reminders::run(
                 PatientStore::new(pool.clone(), secrets.keys.clone(), secrets.chain.clone()),
                 AppointmentStore::new(pool.clone(), secrets.keys.clone(), secrets.chain.clone()),
+                settings.scheduling.clone(),
                 clock.clone(),
                 shutdown.clone(),
             ));

@@ -37,6 +37,103 @@ pub struct ClaimChange {
     pub now: DateTime<Utc>,
     /// Replaces the appointment's pending reminders (`Some(vec![])` drops them).
     pub reminders: Option<Vec<PlannedReminder>>,
+    /// What happens to the appointment's wait-list entry.
+    pub waitlist: Option<WaitlistChange>,
+}
+
+/// A change to a wait-list entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitlistChange {
+    Join {
+        patient_id: Uuid,
+        service: String,
+        practitioner: Option<String>,
+        wish: Interval,
+        /// 0 emergency, 1 urgent, 2 routine.
+        priority_rank: i16,
+        joined_at: DateTime<Utc>,
+    },
+    Offered {
+        start: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    },
+    /// Waiting again after letting an offer expire: that start is not offered again.
+    Waiting {
+        declined_start: Option<DateTime<Utc>>,
+    },
+    Booked,
+    Left,
+}
+
+/// A wait-list entry as the offer loop sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitlistEntry {
+    pub appointment_id: Uuid,
+    pub patient_id: Uuid,
+    pub service: String,
+    pub practitioner: Option<String>,
+    pub wish: Interval,
+    pub priority_rank: i16,
+    pub offer_start: Option<DateTime<Utc>>,
+    pub declined_start: Option<DateTime<Utc>>,
+}
+
+fn entry_of(row: &sqlx::postgres::PgRow) -> Result<WaitlistEntry, sqlx::Error> {
+    Ok(WaitlistEntry {
+        appointment_id: row.try_get("appointment_id")?,
+        patient_id: row.try_get("patient_id")?,
+        service: row.try_get("service")?,
+        practitioner: row.try_get("practitioner")?,
+        wish: Interval::new(row.try_get("wish_start")?, row.try_get("wish_end")?),
+        priority_rank: row.try_get("priority_rank")?,
+        offer_start: row.try_get("offer_start")?,
+        declined_start: row.try_get("declined_start")?,
+    })
+}
+
+const ENTRY_COLUMNS: &str = "appointment_id, patient_id, service, practitioner,
+    lower(wish) AS wish_start, upper(wish) AS wish_end, priority_rank, offer_start, declined_start";
+
+/// Entries waiting for a slot still ahead at `now`, best first (priority, then waiting time).
+///
+/// # Errors
+///
+/// The database error.
+pub async fn waiting(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<WaitlistEntry>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM scheduling_waitlist
+          WHERE status = 'waiting' AND upper(wish) > $1
+          ORDER BY priority_rank, joined_at, appointment_id LIMIT $2"
+    ))
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(entry_of).collect()
+}
+
+/// Offers that expired by `now`.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn expired_offers(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+) -> Result<Vec<WaitlistEntry>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM scheduling_waitlist
+          WHERE status = 'offered' AND offer_expires_at <= $1
+          ORDER BY offer_expires_at LIMIT 100"
+    ))
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(entry_of).collect()
 }
 
 /// A reminder to send at `due_at`.
@@ -102,6 +199,9 @@ pub async fn apply_claims(tx: &mut PgConnection, change: &ClaimChange) -> Result
         .execute(&mut *tx)
         .await?;
     }
+    if let Some(waitlist) = &change.waitlist {
+        apply_waitlist(tx, change.appointment_id, waitlist).await?;
+    }
     if let Some(reminders) = &change.reminders {
         sqlx::query(
             "DELETE FROM scheduling_reminders WHERE appointment_id = $1 AND status = 'pending'",
@@ -126,6 +226,50 @@ pub async fn apply_claims(tx: &mut PgConnection, change: &ClaimChange) -> Result
             .await?;
         }
     }
+    Ok(())
+}
+
+async fn apply_waitlist(
+    tx: &mut PgConnection,
+    id: Uuid,
+    change: &WaitlistChange,
+) -> Result<(), sqlx::Error> {
+    let query = match change {
+        WaitlistChange::Join { patient_id, service, practitioner, wish, priority_rank, joined_at } => sqlx::query(
+            "INSERT INTO scheduling_waitlist
+                (appointment_id, patient_id, service, practitioner, wish, priority_rank, joined_at, status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'waiting')",
+        )
+        .bind(id)
+        .bind(patient_id)
+        .bind(service)
+        .bind(practitioner)
+        .bind(range(wish))
+        .bind(priority_rank)
+        .bind(joined_at),
+        WaitlistChange::Offered { start, expires_at } => sqlx::query(
+            "UPDATE scheduling_waitlist SET status = 'offered', offer_start = $2, offer_expires_at = $3
+              WHERE appointment_id = $1",
+        )
+        .bind(id)
+        .bind(start)
+        .bind(expires_at),
+        WaitlistChange::Waiting { declined_start } => sqlx::query(
+            "UPDATE scheduling_waitlist
+                SET status = 'waiting', offer_start = NULL, offer_expires_at = NULL, declined_start = $2
+              WHERE appointment_id = $1",
+        )
+        .bind(id)
+        .bind(declined_start),
+        WaitlistChange::Booked => sqlx::query(
+            "UPDATE scheduling_waitlist SET status = 'booked', offer_expires_at = NULL WHERE appointment_id = $1",
+        )
+        .bind(id),
+        WaitlistChange::Left => {
+            sqlx::query("UPDATE scheduling_waitlist SET status = 'left' WHERE appointment_id = $1").bind(id)
+        }
+    };
+    query.execute(&mut *tx).await?;
     Ok(())
 }
 

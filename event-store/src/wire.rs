@@ -648,6 +648,7 @@ mod tests {
                     late: true,
                 },
             },
+            E::AppointmentOfferExpired { at },
             E::AppointmentEnteredInError { reason, at },
         ];
         let types: Vec<&str> = events

@@ -32,7 +32,9 @@ use domain::scheduling::{
     Appointment, AppointmentCommand, AppointmentStatus, Interval, Priority, WeeklyTemplate, Window,
 };
 use domain::{FieldError, FieldErrors};
-use event_store::schedule::{self, Claim, ClaimChange, PlannedReminder, Resource, Service};
+use event_store::schedule::{
+    self, Claim, ClaimChange, PlannedReminder, Resource, Service, WaitlistChange,
+};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -50,6 +52,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/services/{code}", put(put_service))
         .route("/v1/availability", get(availability))
         .route("/v1/appointments", post(book))
+        .route("/v1/waitlist", post(join_waitlist))
         .route("/v1/appointments/{id}", get(read))
         .route("/v1/appointments/{id}/{action}", post(act))
 }
@@ -705,6 +708,7 @@ async fn book(
         }),
         now,
         reminders,
+        waitlist: None,
     };
     match state
         .appointments
@@ -779,6 +783,110 @@ async fn plan_reminders(
             time_zone: time_zone.clone(),
         })
         .collect())
+}
+
+/// `POST /v1/waitlist`: `{patient_id, service, from, to, practitioner?, priority?}`: the
+/// patient waits for a place in that window; the best entry (priority, then waiting time) is
+/// offered each place that frees, as a hold to confirm (`POST /v1/appointments/{id}/confirm`).
+#[tracing::instrument(skip_all, fields(user_id = %user.id, appointment_id))]
+async fn join_waitlist(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::BookAppointments>,
+    ctx: RequestContext,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let mut f = Fields::new(
+        &body.object,
+        "",
+        &[
+            "patient_id",
+            "service",
+            "from",
+            "to",
+            "practitioner",
+            "priority",
+        ],
+    );
+    let patient = f
+        .string("patient_id")
+        .and_then(|p| f.check(PatientId::parse("patient_id", p)));
+    let service_code = f.string("service").map(str::to_owned);
+    let from = instant_field(&mut f, "from");
+    let to = instant_field(&mut f, "to");
+    let practitioner = f
+        .optional_string("practitioner")
+        .and_then(|p| f.check(slug("practitioner", p)));
+    let priority = f
+        .optional_string("priority")
+        .and_then(|p| f.check(Priority::parse("priority", p)))
+        .unwrap_or(Priority::Routine);
+    let now = (state.clock)();
+    if let (Some(from), Some(to)) = (from, to) {
+        if to <= from || to <= now {
+            f.errors.push(FieldError::new(
+                "to",
+                "must be after from and in the future",
+            ));
+        }
+    }
+    f.finish()?;
+    let (Some(patient), Some(service_code), Some(from), Some(to)) =
+        (patient, service_code, from, to)
+    else {
+        return Err(ApiError::Validation(FieldErrors::new()));
+    };
+    let service = service_named(&state, &service_code, "service").await?;
+    patient_reach(
+        &state,
+        &user,
+        Action::BookAppointments,
+        "waitlist-join",
+        patient,
+    )
+    .await?;
+    let id = Uuid::new_v4();
+    tracing::Span::current().record("appointment_id", tracing::field::display(id));
+    let wish = Interval::new(from, to);
+    let command = AppointmentCommand::JoinWaitlist {
+        new: NewAppointment {
+            patient_id: patient,
+            service: service.code.clone(),
+            priority,
+            at: now,
+        },
+        wish: domain::scheduling::appointment::WaitlistWish {
+            window: wish,
+            practitioner: practitioner.clone(),
+        },
+    };
+    let change = ClaimChange {
+        appointment_id: id,
+        release: false,
+        claim: None,
+        now,
+        reminders: None,
+        waitlist: Some(WaitlistChange::Join {
+            patient_id: patient.as_uuid(),
+            service: service.code.clone(),
+            practitioner,
+            wish,
+            priority_rank: crate::waitlist::rank(priority),
+            joined_at: now,
+        }),
+    };
+    let (appointment, version) = state
+        .appointments
+        .execute(
+            id,
+            patient,
+            None,
+            command,
+            Some(change),
+            metadata(&user, &ctx, None),
+        )
+        .await?;
+    tracing::info!("wait list joined");
+    appointment_response(StatusCode::CREATED, id, &appointment, version)
 }
 
 async fn load(
@@ -894,6 +1002,7 @@ async fn act(
         claim,
         now,
         reminders,
+        waitlist: None,
     };
     let no_more_reminders = ClaimChange {
         appointment_id: id,
@@ -901,6 +1010,18 @@ async fn act(
         claim: None,
         now,
         reminders: Some(Vec::new()),
+        waitlist: None,
+    };
+    // A wait-list entry's row follows the appointment: booked once confirmed, gone once
+    // cancelled.
+    let on_list = current.waitlist.is_some();
+    let with_waitlist = |change: Option<ClaimChange>, status: WaitlistChange| {
+        change.map(|mut c| {
+            if on_list {
+                c.waitlist = Some(status);
+            }
+            c
+        })
     };
     let (command, claims) = match action.as_str() {
         "confirm" => {
@@ -922,7 +1043,10 @@ async fn act(
             };
             (
                 AppointmentCommand::Confirm { at: now },
-                Some(release(Some(claim), Some(reminders))),
+                with_waitlist(
+                    Some(release(Some(claim), Some(reminders))),
+                    WaitlistChange::Booked,
+                ),
             )
         }
         "arrive" => (
@@ -951,7 +1075,7 @@ async fn act(
                     )),
                     at: now,
                 },
-                Some(release(None, Some(Vec::new()))),
+                with_waitlist(Some(release(None, Some(Vec::new()))), WaitlistChange::Left),
             )
         }
         "entered-in-error" => (

@@ -4,7 +4,7 @@
 //! ```text
 //! proposed ─┬─> pending ──> booked ──> arrived ──> checked-in ──> fulfilled
 //!           └──────────────> booked ──> noshow
-//! waitlist ──> pending (an offer: a hold that expires)
+//! waitlist ──> pending (an offer: a hold that expires) ──> waitlist (the offer expired)
 //! proposed, pending, booked, arrived, waitlist ──> cancelled
 //! every status but entered-in-error ──> entered-in-error
 //! ```
@@ -45,7 +45,10 @@ impl AppointmentStatus {
         matches!(
             (self, to),
             (S::Proposed, S::Pending | S::Booked | S::Cancelled)
-                | (S::Pending, S::Booked | S::Pending | S::Cancelled)
+                | (
+                    S::Pending,
+                    S::Booked | S::Pending | S::Cancelled | S::Waitlist
+                )
                 | (S::Booked, S::Booked | S::Arrived | S::Cancelled | S::NoShow)
                 | (S::Arrived, S::CheckedIn | S::Cancelled)
                 | (S::CheckedIn, S::Fulfilled)
@@ -169,6 +172,10 @@ pub enum AppointmentCommand {
     Confirm {
         at: DateTime<Utc>,
     },
+    /// A wait-list offer was not taken in time: back on the wait list.
+    ExpireOffer {
+        at: DateTime<Utc>,
+    },
     /// Moves a pending or booked appointment.
     Reschedule {
         booking: Booking,
@@ -236,6 +243,9 @@ pub enum AppointmentEvent {
     AppointmentCancelled {
         cancellation: Cancellation,
     },
+    AppointmentOfferExpired {
+        at: DateTime<Utc>,
+    },
     AppointmentEnteredInError {
         reason: Reason,
         at: DateTime<Utc>,
@@ -250,6 +260,7 @@ impl DomainEvent for AppointmentEvent {
             Self::AppointmentRescheduled { .. } => "AppointmentRescheduled",
             Self::AppointmentStatusChanged { .. } => "AppointmentStatusChanged",
             Self::AppointmentCancelled { .. } => "AppointmentCancelled",
+            Self::AppointmentOfferExpired { .. } => "AppointmentOfferExpired",
             Self::AppointmentEnteredInError { .. } => "AppointmentEnteredInError",
         }
         .to_owned()
@@ -355,6 +366,18 @@ impl Appointment {
                     to: S::Booked,
                     at,
                 }
+            }
+            (C::ExpireOffer { at }, Some(state)) => {
+                if state.status != S::Pending || state.waitlist.is_none() {
+                    return Err(SchedulingError::TransitionNotAllowed {
+                        from: state.status,
+                        to: S::Waitlist,
+                    });
+                }
+                if state.hold_expires_at.is_some_and(|e| e > at) {
+                    return Err(SchedulingError::OfferStillOpen);
+                }
+                AppointmentEvent::AppointmentOfferExpired { at }
             }
             (
                 C::Reschedule {
@@ -532,6 +555,12 @@ impl Aggregate for Appointment {
                 state.updated_at = cancellation.at;
                 state.cancellation = Some(cancellation);
             }
+            E::AppointmentOfferExpired { at } => {
+                state.status = AppointmentStatus::Waitlist;
+                state.booking = None;
+                state.hold_expires_at = None;
+                state.updated_at = at;
+            }
             E::AppointmentEnteredInError { at, .. } => {
                 state.status = AppointmentStatus::EnteredInError;
                 state.updated_at = at;
@@ -596,8 +625,8 @@ mod tests {
             .iter()
             .map(|f| all.iter().filter(|t| f.allows(**t)).count())
             .sum();
-        // 3 + 3 + 4 + 2 + 1 + 2 moves, plus entered-in-error from nine statuses.
-        assert_eq!(allowed, 15 + 9);
+        // 3 + 4 + 4 + 2 + 1 + 2 moves, plus entered-in-error from nine statuses.
+        assert_eq!(allowed, 16 + 9);
         for terminal in [S::Fulfilled, S::Cancelled, S::NoShow] {
             assert!(all
                 .iter()
@@ -725,6 +754,21 @@ mod tests {
                 booking: booking(10),
                 expires_at: at(9),
                 at: at(7),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            a.decide(AppointmentCommand::ExpireOffer { at: at(8) }),
+            Err(SchedulingError::OfferStillOpen)
+        );
+        run(&mut a, AppointmentCommand::ExpireOffer { at: at(9) }).unwrap();
+        assert_eq!(status(&a), AppointmentStatus::Waitlist);
+        run(
+            &mut a,
+            AppointmentCommand::Offer {
+                booking: booking(11),
+                expires_at: at(9),
+                at: at(8),
             },
         )
         .unwrap();

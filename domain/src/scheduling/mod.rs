@@ -44,6 +44,8 @@ pub enum SchedulingError {
     TimeTaken,
     #[error("the notification was sent already")]
     AlreadySent,
+    #[error("the offer has not expired yet")]
+    OfferStillOpen,
 }
 
 impl SchedulingError {
@@ -61,6 +63,7 @@ impl SchedulingError {
             Self::ChangesNothing => "changes-nothing",
             Self::TimeTaken => "time-taken",
             Self::AlreadySent => "already-sent",
+            Self::OfferStillOpen => "offer-still-open",
         }
     }
 }

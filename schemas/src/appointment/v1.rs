@@ -99,6 +99,14 @@ pub struct AppointmentCancelled {
     pub cancellation: Cancellation,
 }
 
+/// `AppointmentOfferExpired`: a wait-list offer was not taken in time; the entry waits again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppointmentOfferExpired {
+    pub appointment_id: Uuid,
+    pub patient_id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
 /// `AppointmentEnteredInError`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AppointmentEnteredInError {
@@ -191,5 +199,6 @@ appointment_events!(
     AppointmentRescheduled,
     AppointmentStatusChanged,
     AppointmentCancelled,
+    AppointmentOfferExpired,
     AppointmentEnteredInError,
 );

@@ -637,3 +637,132 @@ async fn reminders_go_out_once_at_their_time_move_with_the_appointment_and_survi
     assert_eq!(pending().await, 0);
     app.stop().await;
 }
+
+/// Polls appointment `id` until its status is `status`.
+async fn until_status(app: &TestApp, id: &str, status: &str) -> Value {
+    let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+    loop {
+        let (code, body) = get(app, &format!("/v1/appointments/{id}")).await;
+        if code == 200 && body["status"] == status {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never became {status}: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_freed_slot_is_offered_to_the_best_wait_list_entry_and_an_expired_offer_passes_on() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let offset = Arc::new(AtomicI64::new(0));
+    let moved = offset.clone();
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        clock: Some(Arc::new(move || {
+            crate::helpers::fixed_now() + chrono::Duration::seconds(moved.load(Ordering::SeqCst))
+        })),
+        configure: Some(Arc::new(|s| s.auth.idle_timeout_secs = 10_000_000)),
+        ..AppOptions::default()
+    })
+    .await;
+    clinic(&app).await;
+    // dr-heart's routine Monday is full.
+    let mut booked = Vec::new();
+    for (n, time) in ["08:00", "08:30", "09:00", "09:30", "10:30"]
+        .iter()
+        .enumerate()
+    {
+        let patient = app.register_person(200 + n as u64, None).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, body) = book(
+            &app,
+            &patient,
+            &at(time),
+            json!({ "practitioner": "dr-heart" }),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        booked.push(body["appointment_id"].as_str().unwrap().to_owned());
+    }
+    let routine = app.register_person(210, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let urgent = app.register_person(211, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let join = |patient: String, priority: &'static str| {
+        let app = &app;
+        async move {
+            let response = app
+                .post(
+                    "/v1/waitlist",
+                    &scheduler(app),
+                    &json!({ "patient_id": patient, "service": "cardiology-consult", "practitioner": "dr-heart",
+                             "from": at("08:00"), "to": at("11:00"), "priority": priority }),
+                    &[],
+                )
+                .await;
+            assert_eq!(response.status(), 201);
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["status"], "waitlist");
+            body["appointment_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let first_in_line = join(routine, "routine").await;
+    let urgent_entry = join(urgent, "urgent").await;
+
+    // Act: the 09:00 appointment is cancelled.
+    let (status, _) = act(
+        &app,
+        &booked[2],
+        "cancel",
+        1,
+        json!({ "reason": "patient" }),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Assert: the urgent entry, though it joined later, is offered the freed slot.
+    let offered = until_status(&app, &urgent_entry, "pending").await;
+    assert_eq!(offered["booking"]["interval"]["start"], at("09:00"));
+    let (_, waiting) = get(&app, &format!("/v1/appointments/{first_in_line}")).await;
+    assert_eq!(waiting["status"], "waitlist");
+    let offers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'Notification' AND event_type = 'WaitlistOffer'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(offers, 1);
+
+    // The offer expires unanswered: it passes to the next entry, who accepts.
+    offset.store(11 * 60, Ordering::SeqCst);
+    until_status(&app, &urgent_entry, "waitlist").await;
+    let second = until_status(&app, &first_in_line, "pending").await;
+    assert_eq!(second["booking"]["interval"]["start"], at("09:00"));
+    let version = second["version"].as_u64().unwrap();
+    let (status, accepted) = act(&app, &first_in_line, "confirm", version, json!({})).await;
+    assert_eq!(
+        (status, accepted["status"].as_str()),
+        (200, Some("booked")),
+        "{accepted}"
+    );
+    for (entry, expected) in [(&first_in_line, "booked"), (&urgent_entry, "waiting")] {
+        let status: String = sqlx::query_scalar(
+            "SELECT status FROM scheduling_waitlist WHERE appointment_id = $1::uuid",
+        )
+        .bind(entry)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(status, expected);
+    }
+    app.stop().await;
+}

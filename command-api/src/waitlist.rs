@@ -1,0 +1,193 @@
+//! The wait-list loop: offers expire back to the list, and every waiting entry, best first
+//! (priority, then waiting time), is offered the earliest free place in its window as a hold
+//! that expires (`scheduling.hold_minutes`), announced on `patients.notifications.v1`.
+//! Confirming the appointment accepts the offer. A freed slot (a cancellation, a reschedule,
+//! reserved capacity released) is thus offered to the best entry at the next pass; an entry
+//! that lets an offer expire is not offered that start again, so it passes to the next.
+
+use chrono::{DateTime, Duration, Utc};
+use domain::patient::PatientId;
+use domain::scheduling::appointment::Booking;
+use domain::scheduling::assignment::Strategy;
+use domain::scheduling::notification::{offer_id, NotificationEvent};
+use domain::scheduling::{AppointmentCommand, Interval, Priority, SchedulingError};
+use event_store::schedule::{self, AppointmentStore, Claim, ClaimChange, WaitlistChange};
+use event_store::store::{CommandError, CommandMetadata, PatientStore};
+
+use crate::configuration::SchedulingSettings;
+use crate::planner::{self, Ask};
+
+fn metadata() -> CommandMetadata {
+    CommandMetadata {
+        user_id: "scheduler".to_owned(),
+        ..CommandMetadata::default()
+    }
+}
+
+fn priority(rank: i16) -> Priority {
+    match rank {
+        0 => Priority::Emergency,
+        1 => Priority::Urgent,
+        _ => Priority::Routine,
+    }
+}
+
+/// The rank of a priority on the wait list: lower goes first.
+pub fn rank(priority: Priority) -> i16 {
+    match priority {
+        Priority::Emergency => 0,
+        Priority::Urgent => 1,
+        Priority::Routine => 2,
+    }
+}
+
+/// One pass at `now`; returns how many offers were made.
+///
+/// # Errors
+///
+/// The first store error.
+pub async fn process(
+    patients: &PatientStore,
+    appointments: &AppointmentStore,
+    settings: &SchedulingSettings,
+    now: DateTime<Utc>,
+) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    let pool = appointments.pool();
+    for entry in schedule::expired_offers(pool, now).await? {
+        let change = ClaimChange {
+            appointment_id: entry.appointment_id,
+            release: true,
+            claim: None,
+            now,
+            reminders: None,
+            waitlist: Some(WaitlistChange::Waiting {
+                declined_start: entry.offer_start,
+            }),
+        };
+        let patient = PatientId::new(entry.patient_id);
+        match appointments
+            .execute(
+                entry.appointment_id,
+                patient,
+                None,
+                AppointmentCommand::ExpireOffer { at: now },
+                Some(change),
+                metadata(),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(appointment_id = %entry.appointment_id, "wait-list offer expired")
+            }
+            Err(CommandError::Rule(rule)) => {
+                tracing::debug!(appointment_id = %entry.appointment_id, code = rule.code(), "offer not expired")
+            }
+            Err(other) => return Err(Box::new(other)),
+        }
+    }
+    let strategy = Strategy::parse("strategy", &settings.strategy).unwrap_or(Strategy::BestFit);
+    let mut offers = 0;
+    for entry in schedule::waiting(pool, now, 100).await? {
+        let Some(service) = schedule::service(pool, &entry.service).await? else {
+            continue;
+        };
+        let start = entry.wish.start.max(now);
+        if start >= entry.wish.end {
+            continue;
+        }
+        let ask = Ask {
+            service: &service,
+            practitioner: entry.practitioner.as_deref(),
+            range: Interval::new(start, entry.wish.end),
+            duration: Duration::minutes(i64::from(service.minutes)),
+            priority: priority(entry.priority_rank),
+            now,
+            release_lead: Duration::minutes(i64::from(settings.reserved_release_minutes)),
+            strategy,
+            ignoring: None,
+        };
+        let places = planner::availability(pool, &ask, 20).await?;
+        let Some(place) = places
+            .into_iter()
+            .find(|p| Some(p.start) != entry.declined_start)
+        else {
+            continue;
+        };
+        let patient = PatientId::new(entry.patient_id);
+        let booking = Booking {
+            interval: place.interval(),
+            resources: place.resources(),
+        };
+        let mut keys: Vec<String> = booking
+            .resources
+            .iter()
+            .map(|r| schedule::resource_key(r))
+            .collect();
+        keys.push(schedule::patient_key(patient));
+        let expires_at = now + Duration::minutes(i64::from(settings.hold_minutes));
+        let change = ClaimChange {
+            appointment_id: entry.appointment_id,
+            release: true,
+            claim: Some(Claim {
+                keys,
+                interval: booking.interval,
+                expires_at: Some(expires_at),
+            }),
+            now,
+            reminders: None,
+            waitlist: Some(WaitlistChange::Offered {
+                start: booking.interval.start,
+                expires_at,
+            }),
+        };
+        let command = AppointmentCommand::Offer {
+            booking: booking.clone(),
+            expires_at,
+            at: now,
+        };
+        match appointments
+            .execute(
+                entry.appointment_id,
+                patient,
+                None,
+                command,
+                Some(change),
+                metadata(),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // Someone else took the time (or the entry changed): the next pass looks again.
+            Err(CommandError::Rule(SchedulingError::TimeTaken) | CommandError::Conflict) => {
+                continue
+            }
+            Err(CommandError::Rule(rule)) => {
+                tracing::debug!(appointment_id = %entry.appointment_id, code = rule.code(), "no offer");
+                continue;
+            }
+            Err(other) => return Err(Box::new(other)),
+        }
+        let channel = patients
+            .load(patient)
+            .await?
+            .and_then(|(p, _)| p.record().and_then(|r| r.preferences.preferred_channel));
+        let notification = NotificationEvent::WaitlistOffer {
+            patient_id: patient,
+            appointment_id: entry.appointment_id,
+            channel,
+            slot: booking.interval,
+            expires_at,
+            at: now,
+        };
+        appointments
+            .notify(
+                offer_id(entry.appointment_id, &booking.interval),
+                patient,
+                notification,
+            )
+            .await?;
+        tracing::info!(appointment_id = %entry.appointment_id, "wait-list offer made");
+        offers += 1;
+    }
+    Ok(offers)
+}
