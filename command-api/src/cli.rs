@@ -71,6 +71,9 @@ pub enum Command {
     /// Measures medical records: clinical items recorded per second, documents uploaded and
     /// indexed per second, and search latency (p50, p99), and prints the figures.
     BenchRecords(crate::bench_records::BenchRecordsArgs),
+    /// Measures scheduling: availability latency (p50, p99) over many practitioners and days,
+    /// and bookings per second, and prints the figures.
+    BenchSchedule(crate::bench_schedule::BenchScheduleArgs),
     /// Evaluates duplicate detection on a FEBRL-format CSV: precision, recall, F1 and match
     /// latency.
     MatchEval(crate::match_eval::MatchEvalArgs),
@@ -217,6 +220,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => crate::bench::run(&settings, args).await,
         Command::BenchRecords(args) => crate::bench_records::run(&settings, args).await,
+        Command::BenchSchedule(args) => crate::bench_schedule::run(&settings, args).await,
         Command::MatchEval(args) => crate::match_eval::run(&settings, args).await,
         Command::SimulateWeek { weeks } => {
             simulate_weeks(weeks);

@@ -13,6 +13,7 @@
 //! - [`matching`]: duplicate detection against the `patient_match` read model.
 //! - [`planner`]: availability and placement of appointments on resources.
 //! - [`bench`]: the benchmark behind `patient-service bench`.
+//! - [`bench_schedule`]: the scheduling benchmark behind `patient-service bench-schedule`.
 //! - [`bench_records`]: the medical record benchmark behind `patient-service bench-records`.
 //! - [`reminders`]: the reminder dispatcher.
 //! - [`waitlist`]: wait-list offers.
@@ -23,6 +24,7 @@
 pub mod auth;
 pub mod bench;
 pub mod bench_records;
+pub mod bench_schedule;
 pub mod cli;
 pub mod configuration;
 pub mod embedded_postgres;

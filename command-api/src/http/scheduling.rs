@@ -57,6 +57,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/appointments/{id}/{action}", post(act))
 }
 
+/// How many times a booking is placed again when a concurrent one took a resource it chose.
+const PLACEMENT_ATTEMPTS: usize = 8;
+
 /// The longest range availability is computed over.
 const MAX_RANGE_DAYS: i64 = 31;
 
@@ -645,100 +648,112 @@ async fn book(
         strategy: strategy(&state),
         ignoring: None,
     };
-    let Some(placement) = planner::place(&state.pool, &ask).await? else {
-        let keys: Vec<String> = practitioner
-            .iter()
-            .map(|p| schedule::resource_key(p))
-            .collect();
-        let conflicting = schedule::holder(&state.pool, &keys, &ask.range, now).await?;
-        return Err(ApiError::TimeTaken {
-            conflicting,
-            alternatives: alternatives(&state, &ask, start).await,
-        });
-    };
     let id = Uuid::new_v4();
     tracing::Span::current().record("appointment_id", tracing::field::display(id));
-    let booking = Booking {
-        interval: placement.interval(),
-        resources: placement.resources(),
-    };
-    let mut keys: Vec<String> = booking
-        .resources
-        .iter()
-        .map(|r| schedule::resource_key(r))
-        .collect();
-    keys.push(schedule::patient_key(patient));
-    let new = NewAppointment {
-        patient_id: patient,
-        service: service.code.clone(),
-        priority,
-        at: now,
-    };
-    let (command, expires_at) = if hold {
-        let expires_at = now + Duration::minutes(i64::from(state.scheduling.hold_minutes));
-        (
-            AppointmentCommand::Hold {
-                new,
-                booking: booking.clone(),
-                expires_at,
-            },
-            Some(expires_at),
-        )
-    } else {
-        (
-            AppointmentCommand::Book {
-                new,
-                booking: booking.clone(),
-            },
-            None,
-        )
-    };
-    let reminders = if hold {
-        None
-    } else {
-        Some(plan_reminders(&state, id, patient, &booking).await?)
-    };
-    let claims = ClaimChange {
-        appointment_id: id,
-        release: false,
-        claim: Some(Claim {
-            keys: keys.clone(),
-            interval: booking.interval,
-            expires_at,
-        }),
-        now,
-        reminders,
-        waitlist: None,
-    };
-    match state
-        .appointments
-        .execute(
-            id,
-            patient,
-            None,
-            command,
-            Some(claims),
-            metadata(&user, &ctx, None),
-        )
-        .await
-    {
-        Ok((appointment, version)) => {
-            tracing::info!(
-                status = if hold { "pending" } else { "booked" },
-                "appointment created"
-            );
-            appointment_response(StatusCode::CREATED, id, &appointment, version)
-        }
-        Err(event_store::store::CommandError::Rule(
-            domain::scheduling::SchedulingError::TimeTaken,
-        )) => {
-            let conflicting = schedule::holder(&state.pool, &keys, &booking.interval, now).await?;
-            Err(ApiError::TimeTaken {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(placement) = planner::place(&state.pool, &ask).await? else {
+            let keys: Vec<String> = practitioner
+                .iter()
+                .map(|p| schedule::resource_key(p))
+                .collect();
+            let conflicting = schedule::holder(&state.pool, &keys, &ask.range, now).await?;
+            return Err(ApiError::TimeTaken {
                 conflicting,
                 alternatives: alternatives(&state, &ask, start).await,
-            })
+            });
+        };
+        let booking = Booking {
+            interval: placement.interval(),
+            resources: placement.resources(),
+        };
+        let mut keys: Vec<String> = booking
+            .resources
+            .iter()
+            .map(|r| schedule::resource_key(r))
+            .collect();
+        keys.push(schedule::patient_key(patient));
+        let new = NewAppointment {
+            patient_id: patient,
+            service: service.code.clone(),
+            priority,
+            at: now,
+        };
+        let (command, expires_at) = if hold {
+            let expires_at = now + Duration::minutes(i64::from(state.scheduling.hold_minutes));
+            (
+                AppointmentCommand::Hold {
+                    new,
+                    booking: booking.clone(),
+                    expires_at,
+                },
+                Some(expires_at),
+            )
+        } else {
+            (
+                AppointmentCommand::Book {
+                    new,
+                    booking: booking.clone(),
+                },
+                None,
+            )
+        };
+        let reminders = if hold {
+            None
+        } else {
+            Some(plan_reminders(&state, id, patient, &booking).await?)
+        };
+        let claims = ClaimChange {
+            appointment_id: id,
+            release: false,
+            claim: Some(Claim {
+                keys: keys.clone(),
+                interval: booking.interval,
+                expires_at,
+            }),
+            now,
+            reminders,
+            waitlist: None,
+        };
+        match state
+            .appointments
+            .execute(
+                id,
+                patient,
+                None,
+                command,
+                Some(claims),
+                metadata(&user, &ctx, None),
+            )
+            .await
+        {
+            Ok((appointment, version)) => {
+                tracing::info!(
+                    status = if hold { "pending" } else { "booked" },
+                    "appointment created"
+                );
+                return appointment_response(StatusCode::CREATED, id, &appointment, version);
+            }
+            Err(event_store::store::CommandError::Rule(
+                domain::scheduling::SchedulingError::TimeTaken,
+            )) if attempt < PLACEMENT_ATTEMPTS => {
+                // A concurrent booking took a resource chosen for this one (two requests picking
+                // the same free room): place again on what is left.
+                tracing::debug!(attempt, "placement taken meanwhile; placing again");
+            }
+            Err(event_store::store::CommandError::Rule(
+                domain::scheduling::SchedulingError::TimeTaken,
+            )) => {
+                let conflicting =
+                    schedule::holder(&state.pool, &keys, &booking.interval, now).await?;
+                return Err(ApiError::TimeTaken {
+                    conflicting,
+                    alternatives: alternatives(&state, &ask, start).await,
+                });
+            }
+            Err(other) => return Err(other.into()),
         }
-        Err(other) => Err(other.into()),
     }
 }
 

@@ -1,0 +1,249 @@
+//! `patient-service bench-schedule`: availability for `--practitioners` practitioners over
+//! `--days` days (p50, p99), on an empty calendar and again once `--bookings` are booked, and
+//! bookings per second at each concurrency, all over real HTTP on one database.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{Duration as Span, Utc};
+use clap::Args;
+use serde_json::json;
+
+use crate::auth::{Authenticator, Role};
+use crate::configuration::Settings;
+use crate::http::system_clock;
+use crate::startup::{Roles, Service};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchScheduleArgs {
+    #[arg(long, default_value_t = 50)]
+    pub practitioners: usize,
+    #[arg(long, default_value_t = 30)]
+    pub days: i64,
+    /// Availability requests timed per phase.
+    #[arg(long, default_value_t = 100)]
+    pub samples: usize,
+    /// Bookings per concurrency level.
+    #[arg(long, default_value_t = 2000)]
+    pub bookings: usize,
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub concurrency: Vec<usize>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len().max(1) - 1) as f64 * p).round() as usize)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// Runs the benchmark and prints its figures.
+///
+/// # Errors
+///
+/// When the service cannot start or a request fails.
+pub async fn run(settings: &Settings, args: BenchScheduleArgs) -> anyhow::Result<()> {
+    let mut settings = settings.clone();
+    settings.http.port = 0;
+    settings.database.max_connections = settings.database.max_connections.max(32);
+    let service = Service::start(&settings, Roles::ALL, system_clock()).await?;
+    let result = measure(&settings, &service, &args).await;
+    service.stop().await?;
+    result
+}
+
+async fn measure(
+    settings: &Settings,
+    service: &Service,
+    args: &BenchScheduleArgs,
+) -> anyhow::Result<()> {
+    let base = format!("http://127.0.0.1:{}", service.port.context("no API")?);
+    let auth = Authenticator::new(&settings.auth);
+    let admin = auth.mint("bench-admin", &[Role::Admin], Utc::now())?;
+    let registrar = auth.mint("bench-registrar", &[Role::Registrar], Utc::now())?;
+    let scheduler = auth.mint("bench-scheduler", &[Role::Scheduler], Utc::now())?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let days = ["mon", "tue", "wed", "thu", "fri"];
+    let template = json!({
+        "time_zone": "Europe/Zurich",
+        "slot_minutes": 15,
+        "hours": days.iter().map(|d| json!({ "weekday": d, "start": "08:00", "end": "17:00" })).collect::<Vec<_>>(),
+        "breaks": days.iter().map(|d| json!({ "weekday": d, "start": "12:00", "end": "13:00" })).collect::<Vec<_>>(),
+    });
+    for p in 0..args.practitioners {
+        for (path, body) in [
+            (
+                format!("/v1/resources/bench-dr-{p}"),
+                json!({ "kind": "practitioner", "name": format!("Dr {p}"), "specialty": "general", "template": template }),
+            ),
+            (
+                format!("/v1/resources/bench-room-{p}"),
+                json!({ "kind": "room", "name": format!("Room {p}"), "room_type": "consult" }),
+            ),
+        ] {
+            let response = client
+                .put(format!("{base}{path}"))
+                .bearer_auth(&admin)
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{path}: {}",
+                response.status()
+            );
+        }
+    }
+    let response = client
+        .put(format!("{base}/v1/services/bench-consult"))
+        .bearer_auth(&admin)
+        .json(&json!({ "name": "Consultation", "minutes": 30, "specialty": "general", "room_type": "consult" }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "service: {}",
+        response.status()
+    );
+    // Four patients per practitioner: each patient's bookings are at distinct times.
+    let mut patients = Vec::new();
+    for n in 0..args.practitioners * 4 {
+        let mut body = crate::synthetic::registration(3_000_000 + n as u64, None);
+        body["duplicate_override"] = json!({ "reason": "benchmark population" });
+        let response = client
+            .post(format!("{base}/v1/patients"))
+            .bearer_auth(&registrar)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 201,
+            "registration: {}",
+            response.status()
+        );
+        let id: serde_json::Value = response.json().await?;
+        patients.push(id["id"].as_str().unwrap_or_default().to_owned());
+    }
+    let from = (Utc::now() + Span::days(1))
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap_or_default()
+        .and_utc();
+    let to = from + Span::days(args.days);
+    let availability_url = format!(
+        "{base}/v1/availability?service=bench-consult&from={}&to={}&limit=2000",
+        from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let time_availability = |label: &'static str| {
+        let (client, url, token) = (client.clone(), availability_url.clone(), scheduler.clone());
+        let samples = args.samples;
+        async move {
+            let mut times = Vec::with_capacity(samples);
+            let mut slots = 0;
+            for _ in 0..samples {
+                let one = Instant::now();
+                let response = client.get(&url).bearer_auth(&token).send().await?;
+                anyhow::ensure!(
+                    response.status() == 200,
+                    "availability: {}",
+                    response.status()
+                );
+                let body: serde_json::Value = response.json().await?;
+                times.push(one.elapsed());
+                slots = body["slots"].as_array().map_or(0, Vec::len);
+            }
+            times.sort();
+            println!(
+                "{:<58} p50 {:>7.1} ms  p99 {:>7.1} ms ({slots} slots answered, limit 2000)",
+                label,
+                percentile(&times, 0.5),
+                percentile(&times, 0.99)
+            );
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    println!(
+        "patient-service bench-schedule: {} practitioners (and rooms), {} days",
+        args.practitioners, args.days
+    );
+    time_availability("availability, empty calendars").await?;
+    // Bookings: distinct (practitioner, start) pairs through the month.
+    let starts: Vec<chrono::DateTime<Utc>> = {
+        let mut out = Vec::new();
+        let mut day = from;
+        while day < to && out.len() < 2000 {
+            let weekday = day.date_naive().format("%u").to_string();
+            if weekday.as_str() < "6" {
+                // 08:00-12:00 local in winter (UTC+1): 07:00-11:00 UTC, every 30 minutes.
+                for k in 0..8 {
+                    out.push(day + Span::hours(7) + Span::minutes(30 * k));
+                }
+            }
+            day += Span::days(1);
+        }
+        out
+    };
+    let patients = Arc::new(patients);
+    let mut offset = 0;
+    for &concurrency in &args.concurrency {
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut workers = tokio::task::JoinSet::new();
+        let first = offset;
+        for _ in 0..concurrency {
+            let (client, base, token, patients, next, starts) = (
+                client.clone(),
+                base.clone(),
+                scheduler.clone(),
+                patients.clone(),
+                next.clone(),
+                starts.clone(),
+            );
+            let (bookings, practitioners) = (args.bookings, args.practitioners);
+            workers.spawn(async move {
+                let mut conflicts = 0;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= bookings {
+                        return Ok::<_, anyhow::Error>(conflicts);
+                    }
+                    let n = first + i;
+                    let practitioner = n % practitioners;
+                    let start = starts[(n / practitioners) % starts.len()];
+                    let patient = &patients[practitioner * 4 + (n / practitioners / starts.len()) % 4];
+                    let response = client
+                        .post(format!("{base}/v1/appointments"))
+                        .bearer_auth(&token)
+                        .json(&json!({ "patient_id": patient, "service": "bench-consult",
+                                       "start": start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                                       "practitioner": format!("bench-dr-{practitioner}") }))
+                        .send()
+                        .await?;
+                    match response.status().as_u16() {
+                        201 => {}
+                        409 => conflicts += 1,
+                        other => anyhow::bail!("booking answered {other}"),
+                    }
+                }
+            });
+        }
+        let mut conflicts = 0;
+        while let Some(result) = workers.join_next().await {
+            conflicts += result??;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "{:<58} {:>8.0} bookings/s ({} requests, {conflicts} refused as taken)",
+            format!("bookings, concurrency {concurrency}"),
+            args.bookings as f64 / elapsed,
+            args.bookings
+        );
+        offset += args.bookings;
+    }
+    time_availability("availability, after the bookings").await?;
+    Ok(())
+}
