@@ -55,6 +55,8 @@ pub struct Ask<'a> {
     pub strategy: Strategy,
     /// Claims of this appointment do not count as busy (a reschedule).
     pub ignoring: Option<uuid::Uuid>,
+    /// The patient's own appointments count as busy too.
+    pub patient: Option<domain::patient::PatientId>,
 }
 
 /// The resources a service can use, and what keeps each busy within a range.
@@ -118,13 +120,25 @@ async fn pool_for(db: &PgPool, ask: &Ask<'_>) -> Result<Pool, sqlx::Error> {
     for (id, interval) in schedule::blocks(db, &ids, &wide).await? {
         busy.entry(id).or_default().push(interval);
     }
-    let keys: Vec<String> = ids.iter().map(|id| schedule::resource_key(id)).collect();
+    let mut keys: Vec<String> = ids.iter().map(|id| schedule::resource_key(id)).collect();
+    keys.extend(ask.patient.map(schedule::patient_key));
+    let mut patient_busy = Vec::new();
     for (key, interval, holder) in schedule::claimed_by(db, &keys, &wide, ask.now).await? {
         if Some(holder) == ask.ignoring {
             continue;
         }
         if let Some(id) = key.strip_prefix("resource:") {
             busy.entry(id.to_owned()).or_default().push(interval);
+        } else {
+            patient_busy.push(interval);
+        }
+    }
+    // The patient being elsewhere keeps every resource from them then.
+    if !patient_busy.is_empty() {
+        for id in &ids {
+            busy.entry(id.clone())
+                .or_default()
+                .extend(patient_busy.iter().copied());
         }
     }
     Ok(Pool {

@@ -64,8 +64,14 @@ fn quiet_until(
     if start > end && time >= start {
         day = day.succ_opt()?;
     }
-    tz.from_local_datetime(&day.and_time(end))
+    // An end inside a clock-forward gap falls on the first instant after it.
+    let local_end = day.and_time(end);
+    tz.from_local_datetime(&local_end)
         .earliest()
+        .or_else(|| {
+            tz.from_local_datetime(&(local_end + chrono::Duration::hours(1)))
+                .earliest()
+        })
         .map(|t| t.with_timezone(&Utc))
 }
 
@@ -81,7 +87,13 @@ pub async fn dispatch_due(
 ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
     let mut sent = 0;
     for reminder in schedule::due_reminders(appointments.pool(), now, 100).await? {
-        sent += usize::from(dispatch(store, appointments, &reminder, now).await?);
+        // One reminder failing must not hold up the others.
+        match dispatch(store, appointments, &reminder, now).await {
+            Ok(first_time) => sent += usize::from(first_time),
+            Err(e) => {
+                tracing::warn!(reminder_id = %reminder.reminder_id, error.message = %e, "reminder not sent now");
+            }
+        }
     }
     Ok(sent)
 }
@@ -94,10 +106,26 @@ async fn dispatch(
 ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
     let pool = appointments.pool();
     let patient = PatientId::new(reminder.patient_id);
-    let preferences = store
-        .load(patient)
+    // The appointment must still be booked for this start (a cancel or a move may have
+    // committed since the reminder was read), and not begun.
+    let still_due = appointments
+        .load(reminder.appointment_id)
         .await?
-        .and_then(|(p, _)| p.record().map(|r| r.preferences.clone()));
+        .and_then(|(a, _)| a.state().cloned())
+        .is_some_and(|a| {
+            a.status == domain::scheduling::AppointmentStatus::Booked
+                && a.booking
+                    .is_some_and(|b| b.interval.start == reminder.starts_at)
+        });
+    if !still_due || now >= reminder.starts_at {
+        schedule::settle_reminder(pool, reminder.reminder_id, "skipped", None).await?;
+        return Ok(false);
+    }
+    let preferences = store.load(patient).await?.and_then(|(p, _)| {
+        p.record()
+            .filter(|r| r.status == domain::patient::PatientStatus::Active)
+            .map(|r| r.preferences.clone())
+    });
     let Some(preferences) = preferences.filter(|p| p.reminder_opt_in) else {
         schedule::settle_reminder(pool, reminder.reminder_id, "skipped", None).await?;
         tracing::debug!(reminder_id = %reminder.reminder_id, "reminder skipped: not opted in");

@@ -98,7 +98,14 @@ async fn purge(
             .execute(PatientId::new(id), None, command, metadata)
             .await
         {
-            Ok(_) => purged.forgotten += 1,
+            Ok(_) => {
+                purged.forgotten += 1;
+                if let Err(e) =
+                    event_store::schedule::forget_patient(store.pool(), PatientId::new(id)).await
+                {
+                    tracing::warn!(error.message = %e, "scheduling rows of a forgotten patient remain");
+                }
+            }
             Err(CommandError::Rule(PatientError::LegalHoldPreventsErasure)) => {
                 purged.on_legal_hold += 1;
             }

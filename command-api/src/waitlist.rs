@@ -79,10 +79,16 @@ pub async fn process(
             Ok(_) => {
                 tracing::info!(appointment_id = %entry.appointment_id, "wait-list offer expired")
             }
+            Err(CommandError::Rule(SchedulingError::OfferStillOpen)) => {}
+            // Gone, or moved on (entered in error, erased): it waits for nothing any more.
             Err(CommandError::Rule(rule)) => {
-                tracing::debug!(appointment_id = %entry.appointment_id, code = rule.code(), "offer not expired")
+                tracing::debug!(appointment_id = %entry.appointment_id, code = rule.code(), "entry leaves the list");
+                schedule::leave_waitlist(pool, entry.appointment_id).await?;
             }
-            Err(other) => return Err(Box::new(other)),
+            // One entry failing must not hold up the others.
+            Err(other) => {
+                tracing::warn!(appointment_id = %entry.appointment_id, error.message = %other, "offer could not expire now");
+            }
         }
     }
     let strategy = Strategy::parse("strategy", &settings.strategy).unwrap_or(Strategy::BestFit);
@@ -91,6 +97,16 @@ pub async fn process(
         let Some(service) = schedule::service(pool, &entry.service).await? else {
             continue;
         };
+        // Only patients on record and active are offered anything.
+        let active = patients
+            .load(PatientId::new(entry.patient_id))
+            .await?
+            .and_then(|(p, _)| p.record().map(|r| r.status))
+            == Some(domain::patient::PatientStatus::Active);
+        if !active {
+            schedule::leave_waitlist(pool, entry.appointment_id).await?;
+            continue;
+        }
         let start = entry.wish.start.max(now);
         if start >= entry.wish.end {
             continue;
@@ -105,6 +121,7 @@ pub async fn process(
             release_lead: Duration::minutes(i64::from(settings.reserved_release_minutes)),
             strategy,
             ignoring: None,
+            patient: Some(PatientId::new(entry.patient_id)),
         };
         let places = planner::availability(pool, &ask, 20).await?;
         let Some(place) = places
@@ -162,10 +179,14 @@ pub async fn process(
                 continue
             }
             Err(CommandError::Rule(rule)) => {
-                tracing::debug!(appointment_id = %entry.appointment_id, code = rule.code(), "no offer");
+                tracing::debug!(appointment_id = %entry.appointment_id, code = rule.code(), "entry leaves the list");
+                schedule::leave_waitlist(pool, entry.appointment_id).await?;
                 continue;
             }
-            Err(other) => return Err(Box::new(other)),
+            Err(other) => {
+                tracing::warn!(appointment_id = %entry.appointment_id, error.message = %other, "no offer now");
+                continue;
+            }
         }
         let channel = patients
             .load(patient)
@@ -179,13 +200,16 @@ pub async fn process(
             expires_at,
             at: now,
         };
-        appointments
+        if let Err(e) = appointments
             .notify(
-                offer_id(entry.appointment_id, &booking.interval),
+                offer_id(entry.appointment_id, &booking.interval, expires_at),
                 patient,
                 notification,
             )
-            .await?;
+            .await
+        {
+            tracing::warn!(appointment_id = %entry.appointment_id, error.message = %e, "offer made, notification not sent");
+        }
         tracing::info!(appointment_id = %entry.appointment_id, "wait-list offer made");
         offers += 1;
     }

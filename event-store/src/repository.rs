@@ -174,7 +174,9 @@ fn key_error(error: KeyError) -> PersistenceError {
 
 fn sqlx_error(error: sqlx::Error) -> PersistenceError {
     if let sqlx::Error::Database(db) = &error {
-        if db.is_unique_violation() {
+        // A lost race for a sequence, or two writers waiting on each other (a deadlock while
+        // checking an exclusion constraint): retried from a fresh load.
+        if db.is_unique_violation() || db.code().as_deref() == Some("40P01") {
             return PersistenceError::OptimisticLockError;
         }
     }

@@ -116,6 +116,45 @@ pub async fn waiting(
     rows.iter().map(entry_of).collect()
 }
 
+/// Takes an entry off the wait list (its appointment moved on, or its patient left).
+///
+/// # Errors
+///
+/// The database error.
+pub async fn leave_waitlist(pool: &PgPool, appointment_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE scheduling_waitlist SET status = 'left' WHERE appointment_id = $1")
+        .bind(appointment_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Forgets what scheduling holds of a patient outside their sealed events: their claims are
+/// given back, their pending reminders and wait-list entries removed.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn forget_patient(pool: &PgPool, patient: PatientId) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "DELETE FROM schedule_claims WHERE appointment_id IN
+            (SELECT appointment_id FROM schedule_claims WHERE resource = $1)",
+    )
+    .bind(patient_key(patient))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM scheduling_reminders WHERE patient_id = $1")
+        .bind(patient.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM scheduling_waitlist WHERE patient_id = $1")
+        .bind(patient.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
 /// Offers that expired by `now`.
 ///
 /// # Errors
@@ -179,6 +218,10 @@ pub async fn apply_claims(tx: &mut PgConnection, change: &ClaimChange) -> Result
             .await?;
     }
     if let Some(claim) = &change.claim {
+        // Every writer claims in the same order, so two cannot wait on each other.
+        let mut keys = claim.keys.clone();
+        keys.sort_unstable();
+        keys.dedup();
         sqlx::query(
             "DELETE FROM schedule_claims
               WHERE resource = ANY($1) AND during && $2 AND expires_at <= $3",
@@ -193,7 +236,7 @@ pub async fn apply_claims(tx: &mut PgConnection, change: &ClaimChange) -> Result
              SELECT $1, key, $3, $4 FROM unnest($2::text[]) AS key",
         )
         .bind(change.appointment_id)
-        .bind(&claim.keys)
+        .bind(&keys)
         .bind(range(&claim.interval))
         .bind(claim.expires_at)
         .execute(&mut *tx)

@@ -84,6 +84,7 @@ fn clinical(action: Action) -> bool {
             | Action::ReadMedicalRecord
             | Action::WriteMedicalRecord
             | Action::SearchMedicalRecords
+            | Action::ReadAppointments
     )
 }
 

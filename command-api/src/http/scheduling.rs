@@ -504,6 +504,7 @@ async fn availability(
         release_lead: release_lead(&state),
         strategy: strategy(&state),
         ignoring: None,
+        patient: None,
     };
     let slots = planner::availability(&state.pool, &ask, limit).await?;
     Ok(
@@ -562,6 +563,7 @@ async fn patient_reach(
     action: Action,
     what: &str,
     id: PatientId,
+    must_be_active: bool,
 ) -> Result<(), ApiError> {
     let loaded = state.store.load(id).await?;
     checked_access(
@@ -579,6 +581,8 @@ async fn patient_reach(
         .map(|r| r.status)
     {
         Some(domain::patient::PatientStatus::Active) => Ok(()),
+        // Winding down (cancel, no-show, mark a mistake) stays possible for anyone on record.
+        Some(_) if !must_be_active => Ok(()),
         Some(_) => Err(ApiError::Rule(
             domain::patient::PatientError::ArchivedPatientCannotBeCorrected,
         )),
@@ -633,6 +637,7 @@ async fn book(
         Action::BookAppointments,
         "appointment-book",
         patient,
+        true,
     )
     .await?;
     let now = (state.clock)();
@@ -647,9 +652,13 @@ async fn book(
         release_lead: release_lead(&state),
         strategy: strategy(&state),
         ignoring: None,
+        patient: Some(patient),
     };
     let id = Uuid::new_v4();
     tracing::Span::current().record("appointment_id", tracing::field::display(id));
+    // Which appointment holds the time is told only to callers of this organization: it is
+    // another patient's.
+    let external = access::is_external(&user, state.home_organization.as_deref());
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -658,7 +667,9 @@ async fn book(
                 .iter()
                 .map(|p| schedule::resource_key(p))
                 .collect();
-            let conflicting = schedule::holder(&state.pool, &keys, &ask.range, now).await?;
+            let conflicting = schedule::holder(&state.pool, &keys, &ask.range, now)
+                .await?
+                .filter(|_| !external);
             return Err(ApiError::TimeTaken {
                 conflicting,
                 alternatives: alternatives(&state, &ask, start).await,
@@ -745,8 +756,9 @@ async fn book(
             Err(event_store::store::CommandError::Rule(
                 domain::scheduling::SchedulingError::TimeTaken,
             )) => {
-                let conflicting =
-                    schedule::holder(&state.pool, &keys, &booking.interval, now).await?;
+                let conflicting = schedule::holder(&state.pool, &keys, &booking.interval, now)
+                    .await?
+                    .filter(|_| !external);
                 return Err(ApiError::TimeTaken {
                     conflicting,
                     alternatives: alternatives(&state, &ask, start).await,
@@ -857,6 +869,7 @@ async fn join_waitlist(
         Action::BookAppointments,
         "waitlist-join",
         patient,
+        true,
     )
     .await?;
     let id = Uuid::new_v4();
@@ -1000,16 +1013,34 @@ async fn act(
     if !actions.contains(&action.as_str()) {
         return Err(ApiError::NotFound);
     }
-    let (_, _, current) = load(&state, id).await?;
+    let (_, loaded_version, current) = load(&state, id).await?;
+    let starts_something = matches!(action.as_str(), "confirm" | "reschedule");
     patient_reach(
         &state,
         &user,
         Action::BookAppointments,
         "appointment-change",
         current.patient_id,
+        starts_something,
     )
     .await?;
     let expected = if_match(&headers)?;
+    // The claims below are computed from this version: it must be the one the caller saw, or
+    // a concurrent change would have them written for a booking that no longer stands.
+    if expected != loaded_version {
+        return Err(ApiError::PreconditionFailed {
+            current: loaded_version,
+        });
+    }
+    if action == "reschedule" && current.waitlist.is_some() {
+        // An offer is taken or let go; another place is a new offer.
+        return Err(ApiError::Schedule(
+            domain::scheduling::SchedulingError::TransitionNotAllowed {
+                from: current.status,
+                to: current.status,
+            },
+        ));
+    }
     let now = (state.clock)();
     let release = |claim: Option<Claim>, reminders: Option<Vec<PlannedReminder>>| ClaimChange {
         appointment_id: id,
@@ -1098,7 +1129,7 @@ async fn act(
                 reason: reason(&body.object)?,
                 at: now,
             },
-            Some(release(None, Some(Vec::new()))),
+            with_waitlist(Some(release(None, Some(Vec::new()))), WaitlistChange::Left),
         ),
         _ => {
             let mut f = Fields::new(&body.object, "", &["start", "practitioner", "reason"]);
@@ -1125,6 +1156,7 @@ async fn act(
                 release_lead: release_lead(&state),
                 strategy: strategy(&state),
                 ignoring: Some(id),
+                patient: Some(current.patient_id),
             };
             let Some(placement) = planner::place(&state.pool, &ask).await? else {
                 return Err(ApiError::TimeTaken {

@@ -426,9 +426,16 @@ impl Appointment {
                 Some(state),
             ) => {
                 transition(state.status, S::Cancelled)?;
-                let late = state.booking.as_ref().is_some_and(|b| {
-                    state.status != S::Waitlist && b.interval.start - at < late_within
-                });
+                // Late is the patient's doing, on a booked time, too close to it.
+                let late = state.status == S::Booked
+                    && matches!(
+                        reason,
+                        CancellationReason::Patient | CancellationReason::PatientSick
+                    )
+                    && state
+                        .booking
+                        .as_ref()
+                        .is_some_and(|b| b.interval.start - at < late_within);
                 AppointmentEvent::AppointmentCancelled {
                     cancellation: Cancellation {
                         reason,

@@ -116,11 +116,16 @@ pub fn reminder_id(appointment: Uuid, starts_at: DateTime<Utc>, offset_minutes: 
     )
 }
 
-/// The id of the offer of `slot` to wait-list entry `appointment`.
-pub fn offer_id(appointment: Uuid, slot: &Interval) -> Uuid {
+/// The id of the offer of `slot` to wait-list entry `appointment`, open until `expires_at`.
+pub fn offer_id(appointment: Uuid, slot: &Interval, expires_at: DateTime<Utc>) -> Uuid {
     Uuid::new_v5(
         &NAMESPACE,
-        format!("offer {appointment} {}", slot.start.timestamp()).as_bytes(),
+        format!(
+            "offer {appointment} {} {}",
+            slot.start.timestamp(),
+            expires_at.timestamp()
+        )
+        .as_bytes(),
     )
 }
 

@@ -404,16 +404,21 @@ fn documented(caller: &str, endpoint: &str) -> bool {
                 || scheduling_reads.contains(&endpoint)
                 || booking.contains(&endpoint)
         }
+        // Appointments are clinical: an unknown one is refused to whoever reaches patients
+        // only through their care.
         "clinician-in-care" => {
             ["search", "read", "read-as-of", "medical-records-search"].contains(&endpoint)
                 || record_reads.contains(&endpoint)
                 || record_writes.contains(&endpoint)
-                || scheduling_reads.contains(&endpoint)
+                || ["list-resources", "availability"].contains(&endpoint)
         }
-        "clinician" => {
-            ["search", "medical-records-search"].contains(&endpoint)
-                || scheduling_reads.contains(&endpoint)
-        }
+        "clinician" => [
+            "search",
+            "medical-records-search",
+            "list-resources",
+            "availability",
+        ]
+        .contains(&endpoint),
         "scheduler" => {
             ["search", "read", "read-as-of", "block"].contains(&endpoint)
                 || scheduling_reads.contains(&endpoint)
