@@ -57,6 +57,9 @@ pub struct Ask<'a> {
     pub ignoring: Option<uuid::Uuid>,
     /// The patient's own appointments count as busy too.
     pub patient: Option<domain::patient::PatientId>,
+    /// Breaks ties between equally good rooms and equipment differently per request, so
+    /// concurrent bookings at one time do not all reach for the same room.
+    pub salt: u64,
 }
 
 /// The resources a service can use, and what keeps each busy within a range.
@@ -174,20 +177,31 @@ fn pick(
     candidates: &[Resource],
     interval: Interval,
     strategy: Strategy,
+    salt: u64,
 ) -> Option<String> {
+    let rotation = if candidates.is_empty() {
+        0
+    } else {
+        (salt % candidates.len() as u64) as usize
+    };
     let options: Vec<Candidate> = candidates
         .iter()
         .enumerate()
         .filter_map(|(i, r)| {
             let busy = pool.busy.get(&r.id).map_or(&[][..], Vec::as_slice);
             gap(r.template.as_ref(), busy, interval).map(|gap_minutes| Candidate {
-                resource: i,
+                // Rotated: the order ties are broken in.
+                resource: (i + candidates.len() - rotation) % candidates.len(),
                 start: 0,
                 gap_minutes,
             })
         })
         .collect();
-    choose(strategy, &options).map(|c| candidates[c.resource].id.clone())
+    choose(strategy, &options).map(|c| {
+        candidates[(c.resource + rotation) % candidates.len()]
+            .id
+            .clone()
+    })
 }
 
 fn complete(
@@ -196,15 +210,16 @@ fn complete(
     interval: Interval,
     reserved: bool,
     strategy: Strategy,
+    salt: u64,
 ) -> Option<Placement> {
     let room = if pool.rooms.is_empty() {
         None
     } else {
-        Some(pick(pool, &pool.rooms, interval, strategy)?)
+        Some(pick(pool, &pool.rooms, interval, strategy, salt)?)
     };
     let mut equipment = Vec::new();
     for candidates in &pool.equipment {
-        let chosen = pick(pool, candidates, interval, strategy)?;
+        let chosen = pick(pool, candidates, interval, strategy, salt)?;
         if !equipment.contains(&chosen) {
             equipment.push(chosen);
         }
@@ -254,6 +269,7 @@ pub async fn availability(
                 slot.interval,
                 slot.reserved,
                 ask.strategy,
+                ask.salt,
             ) {
                 out.push(p);
             }
@@ -302,6 +318,7 @@ pub async fn place(db: &PgPool, ask: &Ask<'_>) -> Result<Option<Placement>, sqlx
             interval,
             slot.reserved,
             ask.strategy,
+            ask.salt,
         ) {
             candidates.push(Candidate {
                 resource: placements.len(),

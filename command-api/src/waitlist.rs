@@ -122,6 +122,7 @@ pub async fn process(
             strategy,
             ignoring: None,
             patient: Some(PatientId::new(entry.patient_id)),
+            salt: entry.appointment_id.as_u64_pair().1,
         };
         let places = planner::availability(pool, &ask, 20).await?;
         let Some(place) = places

@@ -57,6 +57,11 @@ pub fn router() -> Router<AppState> {
         .route("/v1/appointments/{id}/{action}", post(act))
 }
 
+/// A per-request tie-break for placement.
+fn rand_salt() -> u64 {
+    Uuid::new_v4().as_u64_pair().0
+}
+
 /// How many times a booking is placed again when a concurrent one took a resource it chose.
 const PLACEMENT_ATTEMPTS: usize = 8;
 
@@ -505,6 +510,7 @@ async fn availability(
         strategy: strategy(&state),
         ignoring: None,
         patient: None,
+        salt: 0,
     };
     let slots = planner::availability(&state.pool, &ask, limit).await?;
     Ok(
@@ -653,6 +659,7 @@ async fn book(
         strategy: strategy(&state),
         ignoring: None,
         patient: Some(patient),
+        salt: rand_salt(),
     };
     let id = Uuid::new_v4();
     tracing::Span::current().record("appointment_id", tracing::field::display(id));
@@ -1157,6 +1164,7 @@ async fn act(
                 strategy: strategy(&state),
                 ignoring: Some(id),
                 patient: Some(current.patient_id),
+                salt: rand_salt(),
             };
             let Some(placement) = planner::place(&state.pool, &ask).await? else {
                 return Err(ApiError::TimeTaken {
