@@ -253,7 +253,9 @@ pub async fn availability(
         now: ask.now,
         release_lead: ask.release_lead,
     };
-    let mut out = Vec::new();
+    // The practitioners' free slots first (cheap), in start order; rooms and equipment are
+    // found only for as many as are answered.
+    let mut slots = Vec::new();
     for practitioner in &pool.practitioners {
         let Some(template) = &practitioner.template else {
             continue;
@@ -263,20 +265,26 @@ pub async fn availability(
             .get(&practitioner.id)
             .map_or(&[][..], Vec::as_slice);
         for slot in free_slots(template, busy, &query) {
-            if let Some(p) = complete(
-                &pool,
-                &practitioner.id,
-                slot.interval,
-                slot.reserved,
-                ask.strategy,
-                ask.salt,
-            ) {
-                out.push(p);
-            }
+            slots.push((slot, practitioner.id.as_str()));
         }
     }
-    out.sort_by(|a, b| (a.start, &a.practitioner).cmp(&(b.start, &b.practitioner)));
-    out.truncate(limit);
+    slots.sort_by(|(a, p), (b, q)| (a.interval.start, p).cmp(&(b.interval.start, q)));
+    let mut out = Vec::new();
+    for (slot, practitioner) in slots {
+        if out.len() == limit {
+            break;
+        }
+        if let Some(p) = complete(
+            &pool,
+            practitioner,
+            slot.interval,
+            slot.reserved,
+            ask.strategy,
+            ask.salt,
+        ) {
+            out.push(p);
+        }
+    }
     Ok(out)
 }
 
