@@ -617,6 +617,7 @@ async fn book(
             "practitioner",
             "priority",
             "hold",
+            "propose",
         ],
     );
     let patient = f
@@ -632,6 +633,13 @@ async fn book(
         .and_then(|p| f.check(Priority::parse("priority", p)))
         .unwrap_or(Priority::Routine);
     let hold = f.optional_bool("hold").unwrap_or(false);
+    let propose = f.optional_bool("propose").unwrap_or(false);
+    if hold && propose {
+        f.errors.push(FieldError::new(
+            "propose",
+            "a proposal holds nothing: send hold or propose, not both",
+        ));
+    }
     f.finish()?;
     let (Some(patient), Some(service_code), Some(start)) = (patient, service_code, start) else {
         return Err(ApiError::Validation(FieldErrors::new()));
@@ -698,7 +706,15 @@ async fn book(
             priority,
             at: now,
         };
-        let (command, expires_at) = if hold {
+        let (command, expires_at) = if propose {
+            (
+                AppointmentCommand::Propose {
+                    new,
+                    booking: Some(booking.clone()),
+                },
+                None,
+            )
+        } else if hold {
             let expires_at = now + Duration::minutes(i64::from(state.scheduling.hold_minutes));
             (
                 AppointmentCommand::Hold {
@@ -717,15 +733,16 @@ async fn book(
                 None,
             )
         };
-        let reminders = if hold {
+        let reminders = if hold || propose {
             None
         } else {
             Some(plan_reminders(&state, id, patient, &booking).await?)
         };
+        // A proposal claims nothing: its time is claimed when it is confirmed, if still free.
         let claims = ClaimChange {
             appointment_id: id,
             release: false,
-            claim: Some(Claim {
+            claim: (!propose).then(|| Claim {
                 keys: keys.clone(),
                 interval: booking.interval,
                 expires_at,
@@ -748,7 +765,13 @@ async fn book(
         {
             Ok((appointment, version)) => {
                 tracing::info!(
-                    status = if hold { "pending" } else { "booked" },
+                    status = if propose {
+                        "proposed"
+                    } else if hold {
+                        "pending"
+                    } else {
+                        "booked"
+                    },
                     "appointment created"
                 );
                 return appointment_response(StatusCode::CREATED, id, &appointment, version);

@@ -2,8 +2,8 @@
 //! the transitions allowed between them.
 //!
 //! ```text
-//! proposed ─┬─> pending ──> booked ──> arrived ──> checked-in ──> fulfilled
-//!           └──────────────> booked ──> noshow
+//! (hold) pending ──> booked ──> arrived ──> checked-in ──> fulfilled
+//! proposed ────────> booked ──> noshow
 //! waitlist ──> pending (an offer: a hold that expires) ──> waitlist (the offer expired)
 //! proposed, pending, booked, arrived, waitlist ──> cancelled
 //! every status but entered-in-error ──> entered-in-error
@@ -44,7 +44,7 @@ impl AppointmentStatus {
         use AppointmentStatus as S;
         matches!(
             (self, to),
-            (S::Proposed, S::Pending | S::Booked | S::Cancelled)
+            (S::Proposed, S::Booked | S::Cancelled)
                 | (
                     S::Pending,
                     S::Booked | S::Pending | S::Cancelled | S::Waitlist
@@ -153,9 +153,10 @@ pub enum AppointmentCommand {
         booking: Booking,
         expires_at: DateTime<Utc>,
     },
-    /// Proposed without a time yet.
+    /// Proposed: a time suggested, not yet held (confirming books it, if still free).
     Propose {
         new: NewAppointment,
+        booking: Option<Booking>,
     },
     /// On the wait list.
     JoinWaitlist {
@@ -319,7 +320,12 @@ impl Appointment {
                 check_booking(&booking)?;
                 created(new, S::Pending, Some(booking), Some(expires_at), None)
             }
-            (C::Propose { new }, None) => created(new, S::Proposed, None, None, None),
+            (C::Propose { new, booking }, None) => {
+                if let Some(booking) = &booking {
+                    check_booking(booking)?;
+                }
+                created(new, S::Proposed, booking, None, None)
+            }
             (C::JoinWaitlist { new, wish }, None) => {
                 if wish.window.end <= wish.window.start {
                     return Err(SchedulingError::EmptyInterval);
@@ -632,8 +638,8 @@ mod tests {
             .iter()
             .map(|f| all.iter().filter(|t| f.allows(**t)).count())
             .sum();
-        // 3 + 4 + 4 + 2 + 1 + 2 moves, plus entered-in-error from nine statuses.
-        assert_eq!(allowed, 16 + 9);
+        // 2 + 4 + 4 + 2 + 1 + 2 moves, plus entered-in-error from nine statuses.
+        assert_eq!(allowed, 15 + 9);
         for terminal in [S::Fulfilled, S::Cancelled, S::NoShow] {
             assert!(all
                 .iter()

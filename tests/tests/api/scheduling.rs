@@ -766,3 +766,158 @@ async fn a_freed_slot_is_offered_to_the_best_wait_list_entry_and_an_expired_offe
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn proposals_holds_no_shows_and_reserved_time_follow_the_chart_and_the_priorities() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let offset = Arc::new(AtomicI64::new(0));
+    let moved = offset.clone();
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        clock: Some(Arc::new(move || {
+            crate::helpers::fixed_now() + chrono::Duration::seconds(moved.load(Ordering::SeqCst))
+        })),
+        configure: Some(Arc::new(|s| s.auth.idle_timeout_secs = 10_000_000)),
+        ..AppOptions::default()
+    })
+    .await;
+    clinic(&app).await;
+    let set = |at: &str| {
+        let target = chrono::DateTime::parse_from_rfc3339(at)
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        offset.store(
+            (target - crate::helpers::fixed_now()).num_seconds(),
+            Ordering::SeqCst,
+        );
+    };
+    let patient = |n: u64| {
+        let app = &app;
+        async move {
+            app.register_person(300 + n, None).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let dr = json!({ "practitioner": "dr-heart" });
+
+    // proposed -> booked (the time is claimed only then) and proposed -> cancelled.
+    let (status, proposal) = book(
+        &app,
+        &patient(1).await,
+        &at("08:00"),
+        json!({ "practitioner": "dr-heart", "propose": true }),
+    )
+    .await;
+    assert_eq!(
+        (status, proposal["status"].as_str()),
+        (201, Some("proposed")),
+        "{proposal}"
+    );
+    let proposal_id = proposal["appointment_id"].as_str().unwrap().to_owned();
+    let (status, refused) = act(&app, &proposal_id, "arrive", 1, json!({})).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (409, Some("transition-not-allowed"))
+    );
+    let (status, confirmed) = act(&app, &proposal_id, "confirm", 1, json!({})).await;
+    assert_eq!(
+        (status, confirmed["status"].as_str()),
+        (200, Some("booked")),
+        "{confirmed}"
+    );
+    let (status, _) = book(&app, &patient(2).await, &at("08:00"), dr.clone()).await;
+    assert_eq!(status, 409, "the confirmed proposal holds its time");
+    let (status, other) = book(
+        &app,
+        &patient(3).await,
+        &at("08:30"),
+        json!({ "practitioner": "dr-heart", "propose": true }),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, dropped) = act(
+        &app,
+        other["appointment_id"].as_str().unwrap(),
+        "cancel",
+        1,
+        json!({ "reason": "patient" }),
+    )
+    .await;
+    assert_eq!(
+        (status, dropped["status"].as_str()),
+        (200, Some("cancelled"))
+    );
+    assert_eq!(
+        dropped["cancellation"]["late"], false,
+        "a proposal is never cancelled late"
+    );
+    let (status, problem) = book(
+        &app,
+        &patient(4).await,
+        &at("09:00"),
+        json!({ "hold": true, "propose": true }),
+    )
+    .await;
+    assert_eq!(
+        (status, error_fields(&problem)),
+        (422, vec!["propose".to_owned()])
+    );
+
+    // pending -> cancelled frees the hold.
+    let (status, held) = book(
+        &app,
+        &patient(5).await,
+        &at("09:00"),
+        json!({ "practitioner": "dr-heart", "hold": true }),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, released) = act(
+        &app,
+        held["appointment_id"].as_str().unwrap(),
+        "cancel",
+        1,
+        json!({ "reason": "patient" }),
+    )
+    .await;
+    assert_eq!(
+        (status, released["status"].as_str()),
+        (200, Some("cancelled"))
+    );
+    let (status, _) = book(&app, &patient(6).await, &at("09:00"), dr.clone()).await;
+    assert_eq!(status, 201, "the cancelled hold's time is free");
+
+    // Reserved time: urgent may book it, routine may not until the release lead time.
+    let (status, _) = book(
+        &app,
+        &patient(7).await,
+        &at("11:00"),
+        json!({ "practitioner": "dr-heart", "priority": "urgent" }),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let late_comer = patient(8).await;
+    let (status, _) = book(&app, &late_comer, &at("11:30"), dr.clone()).await;
+    assert_eq!(status, 409, "reserved for urgent requests");
+    set(&at("09:45"));
+    let (status, routine) = book(&app, &late_comer, &at("11:30"), dr.clone()).await;
+    assert_eq!(status, 201, "released within two hours: {routine}");
+
+    // booked -> noshow once the start has passed; nothing follows a no-show.
+    let booked_id = confirmed["appointment_id"].as_str().unwrap().to_owned();
+    let version = confirmed["version"].as_u64().unwrap();
+    let (status, missed) = act(&app, &booked_id, "no-show", version, json!({})).await;
+    assert_eq!(
+        (status, missed["status"].as_str()),
+        (200, Some("noshow")),
+        "{missed}"
+    );
+    let (status, refused) = act(&app, &booked_id, "arrive", version + 1, json!({})).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (409, Some("transition-not-allowed"))
+    );
+    app.stop().await;
+}
