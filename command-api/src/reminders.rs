@@ -35,11 +35,35 @@ pub async fn run(
         if let Err(e) = crate::waitlist::process(&store, &appointments, &settings, clock()).await {
             tracing::warn!(error.message = %e, "the wait list could not be processed now; retrying");
         }
+        if let Err(e) = drain_outbox(&appointments).await {
+            tracing::warn!(error.message = %e, "notifications could not be sent now; retrying");
+        }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(POLL) => {}
         }
     }
+}
+
+/// Sends what the outbox holds, each once, and empties it.
+///
+/// # Errors
+///
+/// The outbox could not be read.
+pub async fn drain_outbox(appointments: &AppointmentStore) -> Result<usize, sqlx::Error> {
+    let mut sent = 0;
+    for (id, patient, event) in schedule::outbox(appointments.pool(), 100).await? {
+        match appointments.notify(id, patient, event).await {
+            Ok(first_time) => {
+                sent += usize::from(first_time);
+                schedule::sent(appointments.pool(), id).await?;
+            }
+            Err(e) => {
+                tracing::warn!(notification_id = %id, error.message = %e, "notification not sent now")
+            }
+        }
+    }
+    Ok(sent)
 }
 
 /// When the quiet hours around `at` end, if `at` is inside them.
@@ -123,7 +147,8 @@ async fn dispatch(
     }
     let preferences = store.load(patient).await?.and_then(|(p, _)| {
         p.record()
-            .filter(|r| r.status == domain::patient::PatientStatus::Active)
+            // Merged away, the person still comes; archived, their appointments were cancelled.
+            .filter(|r| r.status != domain::patient::PatientStatus::Archived)
             .map(|r| r.preferences.clone())
     });
     let Some(preferences) = preferences.filter(|p| p.reminder_opt_in) else {

@@ -63,6 +63,7 @@ pub async fn process(
             waitlist: Some(WaitlistChange::Waiting {
                 declined_start: entry.offer_start,
             }),
+            notification: None,
         };
         let patient = PatientId::new(entry.patient_id);
         match appointments
@@ -143,6 +144,19 @@ pub async fn process(
             .collect();
         keys.push(schedule::patient_key(patient));
         let expires_at = now + Duration::minutes(i64::from(settings.hold_minutes));
+        let channel = patients
+            .load(patient)
+            .await?
+            .and_then(|(p, _)| p.record().and_then(|r| r.preferences.preferred_channel));
+        // The notice is written with the offer: sent once it commits, never without it.
+        let notification = NotificationEvent::WaitlistOffer {
+            patient_id: patient,
+            appointment_id: entry.appointment_id,
+            channel,
+            slot: booking.interval,
+            expires_at,
+            at: now,
+        };
         let change = ClaimChange {
             appointment_id: entry.appointment_id,
             release: true,
@@ -157,6 +171,11 @@ pub async fn process(
                 start: booking.interval.start,
                 expires_at,
             }),
+            notification: Some((
+                offer_id(entry.appointment_id, &booking.interval, expires_at),
+                patient,
+                notification,
+            )),
         };
         let command = AppointmentCommand::Offer {
             booking: booking.clone(),
@@ -188,28 +207,6 @@ pub async fn process(
                 tracing::warn!(appointment_id = %entry.appointment_id, error.message = %other, "no offer now");
                 continue;
             }
-        }
-        let channel = patients
-            .load(patient)
-            .await?
-            .and_then(|(p, _)| p.record().and_then(|r| r.preferences.preferred_channel));
-        let notification = NotificationEvent::WaitlistOffer {
-            patient_id: patient,
-            appointment_id: entry.appointment_id,
-            channel,
-            slot: booking.interval,
-            expires_at,
-            at: now,
-        };
-        if let Err(e) = appointments
-            .notify(
-                offer_id(entry.appointment_id, &booking.interval, expires_at),
-                patient,
-                notification,
-            )
-            .await
-        {
-            tracing::warn!(appointment_id = %entry.appointment_id, error.message = %e, "offer made, notification not sent");
         }
         tracing::info!(appointment_id = %entry.appointment_id, "wait-list offer made");
         offers += 1;

@@ -39,6 +39,12 @@ pub struct ClaimChange {
     pub reminders: Option<Vec<PlannedReminder>>,
     /// What happens to the appointment's wait-list entry.
     pub waitlist: Option<WaitlistChange>,
+    /// A notification to send once this commits (id, patient, content).
+    pub notification: Option<(
+        Uuid,
+        PatientId,
+        domain::scheduling::notification::NotificationEvent,
+    )>,
 }
 
 /// A change to a wait-list entry.
@@ -152,7 +158,83 @@ pub async fn forget_patient(pool: &PgPool, patient: PatientId) -> Result<(), sql
         .bind(patient.as_uuid())
         .execute(&mut *tx)
         .await?;
+    sqlx::query("DELETE FROM scheduling_outbox WHERE patient_id = $1")
+        .bind(patient.as_uuid())
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await
+}
+
+/// Notifications waiting to be sent: id, patient, content (oldest first).
+///
+/// # Errors
+///
+/// The database error.
+pub async fn outbox(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<
+    Vec<(
+        Uuid,
+        PatientId,
+        domain::scheduling::notification::NotificationEvent,
+    )>,
+    sqlx::Error,
+> {
+    let rows = sqlx::query(
+        "SELECT notification_id, patient_id, event FROM scheduling_outbox ORDER BY created_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let event: serde_json::Value = row.try_get("event")?;
+        let event = serde_json::from_value(event).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        out.push((
+            row.try_get("notification_id")?,
+            PatientId::new(row.try_get("patient_id")?),
+            event,
+        ));
+    }
+    Ok(out)
+}
+
+/// Removes a sent notification from the outbox.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn sent(pool: &PgPool, notification_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM scheduling_outbox WHERE notification_id = $1")
+        .bind(notification_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The appointments of `patient` that claim time ending after `now`, and their wait-list
+/// entries still open.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn ahead_of(
+    pool: &PgPool,
+    patient: PatientId,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT appointment_id FROM schedule_claims WHERE resource = $1 AND upper(during) > $2
+         UNION
+         SELECT appointment_id FROM scheduling_waitlist
+          WHERE patient_id = $3 AND status IN ('waiting', 'offered')",
+    )
+    .bind(patient_key(patient))
+    .bind(now)
+    .bind(patient.as_uuid())
+    .fetch_all(pool)
+    .await
 }
 
 /// Offers that expired by `now`.
@@ -244,6 +326,17 @@ pub async fn apply_claims(tx: &mut PgConnection, change: &ClaimChange) -> Result
     }
     if let Some(waitlist) = &change.waitlist {
         apply_waitlist(tx, change.appointment_id, waitlist).await?;
+    }
+    if let Some((id, patient, event)) = &change.notification {
+        sqlx::query(
+            "INSERT INTO scheduling_outbox (notification_id, patient_id, event)
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(patient.as_uuid())
+        .bind(serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
+        .execute(&mut *tx)
+        .await?;
     }
     if let Some(reminders) = &change.reminders {
         sqlx::query(

@@ -750,6 +750,7 @@ async fn book(
             now,
             reminders,
             waitlist: None,
+            notification: None,
         };
         match state
             .appointments
@@ -931,6 +932,7 @@ async fn join_waitlist(
             priority_rank: crate::waitlist::rank(priority),
             joined_at: now,
         }),
+        notification: None,
     };
     let (appointment, version) = state
         .appointments
@@ -945,6 +947,60 @@ async fn join_waitlist(
         .await?;
     tracing::info!("wait list joined");
     appointment_response(StatusCode::CREATED, id, &appointment, version)
+}
+
+/// Cancels the appointments of `patient` still ahead and takes them off the wait list
+/// (reason `record-archived`), as `user`.
+///
+/// # Errors
+///
+/// The first store error.
+pub(super) async fn wind_down(
+    state: &AppState,
+    user: &AuthUser,
+    patient: PatientId,
+) -> Result<usize, ApiError> {
+    let now = (state.clock)();
+    let ids = schedule::ahead_of(&state.pool, patient, now).await?;
+    let by = Principal::parse("sub", &user.id).map_err(|_| ApiError::Forbidden)?;
+    let mut cancelled = 0;
+    for id in ids {
+        let Some((appointment, version)) = state.appointments.load(id).await? else {
+            continue;
+        };
+        let Some(current) = appointment.state() else {
+            continue;
+        };
+        if !current.status.allows(AppointmentStatus::Cancelled) {
+            continue;
+        }
+        let change = ClaimChange {
+            appointment_id: id,
+            release: true,
+            claim: None,
+            now,
+            reminders: Some(Vec::new()),
+            waitlist: current.waitlist.as_ref().map(|_| WaitlistChange::Left),
+            notification: None,
+        };
+        let command = AppointmentCommand::Cancel {
+            reason: CancellationReason::RecordArchived,
+            by: by.clone(),
+            late_within: Duration::zero(),
+            at: now,
+        };
+        let metadata = event_store::store::CommandMetadata {
+            user_id: user.id.clone(),
+            ..Default::default()
+        };
+        state
+            .appointments
+            .execute(id, patient, Some(version), command, Some(change), metadata)
+            .await?;
+        cancelled += 1;
+    }
+    tracing::info!(cancelled, "appointments of an archived patient cancelled");
+    Ok(cancelled)
 }
 
 async fn load(
@@ -1079,6 +1135,7 @@ async fn act(
         now,
         reminders,
         waitlist: None,
+        notification: None,
     };
     let no_more_reminders = ClaimChange {
         appointment_id: id,
@@ -1087,6 +1144,7 @@ async fn act(
         now,
         reminders: Some(Vec::new()),
         waitlist: None,
+        notification: None,
     };
     // A wait-list entry's row follows the appointment: booked once confirmed, gone once
     // cancelled.

@@ -68,6 +68,7 @@ crate::code_enum!(
     CancellationReason {
         Patient = "patient",
         PatientSick = "patient-sick",
+        RecordArchived = "record-archived",
         Practitioner = "practitioner",
         Facility = "facility",
         Weather = "weather",

@@ -211,26 +211,28 @@ impl WeeklyTemplate {
     }
 }
 
-/// `interval` without the parts `holes` cover.
+/// `interval` without the parts `holes` cover. Holes that miss it cost a comparison, nothing
+/// more: availability calls this for every candidate slot and room.
 pub fn subtract(interval: Interval, holes: &[Interval]) -> Vec<Interval> {
     let mut pieces = vec![interval];
     for hole in holes {
-        pieces = pieces
-            .into_iter()
-            .flat_map(|p| {
-                if !p.overlaps(hole) {
-                    return vec![p];
-                }
-                let mut rest = Vec::new();
-                if p.start < hole.start {
-                    rest.push(Interval::new(p.start, hole.start));
-                }
-                if hole.end < p.end {
-                    rest.push(Interval::new(hole.end, p.end));
-                }
-                rest
-            })
-            .collect();
+        if !pieces.iter().any(|p| p.overlaps(hole)) {
+            continue;
+        }
+        let mut next = Vec::with_capacity(pieces.len() + 1);
+        for piece in pieces {
+            if !piece.overlaps(hole) {
+                next.push(piece);
+                continue;
+            }
+            if piece.start < hole.start {
+                next.push(Interval::new(piece.start, hole.start));
+            }
+            if hole.end < piece.end {
+                next.push(Interval::new(hole.end, piece.end));
+            }
+        }
+        pieces = next;
     }
     pieces
 }

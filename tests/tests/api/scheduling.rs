@@ -734,13 +734,16 @@ async fn a_freed_slot_is_offered_to_the_best_wait_list_entry_and_an_expired_offe
     assert_eq!(offered["booking"]["interval"]["start"], at("09:00"));
     let (_, waiting) = get(&app, &format!("/v1/appointments/{first_in_line}")).await;
     assert_eq!(waiting["status"], "waitlist");
-    let offers: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE aggregate_type = 'Notification' AND event_type = 'WaitlistOffer'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(offers, 1);
+    crate::helpers::eventually("the offer's notification", || async {
+        let offers: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE aggregate_type = 'Notification' AND event_type = 'WaitlistOffer'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        offers == 1
+    })
+    .await;
 
     // The offer expires unanswered: it passes to the next entry, who accepts.
     offset.store(11 * 60, Ordering::SeqCst);
@@ -919,5 +922,62 @@ async fn proposals_holds_no_shows_and_reserved_time_follow_the_chart_and_the_pri
         (status, refused["code"].as_str()),
         (409, Some("transition-not-allowed"))
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn archiving_a_patient_cancels_their_appointments_ahead_and_their_wait_list_places() {
+    let app = TestApp::without_kafka().await;
+    clinic(&app).await;
+    let ada = app.register_person(400, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, visit) = book(
+        &app,
+        &ada,
+        &at("08:00"),
+        json!({ "practitioner": "dr-heart" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{visit}");
+    let waiting = app
+        .post(
+            "/v1/waitlist",
+            &scheduler(&app),
+            &json!({ "patient_id": ada, "service": "cardiology-consult", "practitioner": "dr-valve",
+                     "from": at("08:00"), "to": at("08:30") }),
+            &[],
+        )
+        .await;
+    assert_eq!(waiting.status(), 201);
+    let entry: Value = waiting.json().await.unwrap();
+
+    let archived = app
+        .command(&ada, "archive", 1, &json!({ "reason": "moved abroad" }))
+        .await;
+    assert_eq!(archived.status(), 200);
+
+    let id = visit["appointment_id"].as_str().unwrap();
+    let (_, cancelled) = get(&app, &format!("/v1/appointments/{id}")).await;
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["cancellation"]["reason"], "record-archived");
+    let entry_id = entry["appointment_id"].as_str().unwrap();
+    let (_, left) = get(&app, &format!("/v1/appointments/{entry_id}")).await;
+    assert_ne!(left["status"], "waitlist", "{left}");
+    let other = app.register_person(401, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = book(
+        &app,
+        &other,
+        &at("08:00"),
+        json!({ "practitioner": "dr-heart" }),
+    )
+    .await;
+    assert_eq!(status, 201, "the archived patient's time is free");
+    let (status, _) = book(&app, &ada, &at("09:00"), json!({})).await;
+    assert_eq!(status, 409, "an archived patient books nothing");
     app.stop().await;
 }
