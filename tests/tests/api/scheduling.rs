@@ -981,3 +981,163 @@ async fn archiving_a_patient_cancels_their_appointments_ahead_and_their_wait_lis
     assert_eq!(status, 409, "an archived patient books nothing");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_service_needing_equipment_gets_it_with_the_room() {
+    let app = TestApp::without_kafka().await;
+    clinic(&app).await;
+    for (id, capabilities) in [
+        ("ecg-1", json!(["ecg"])),
+        ("treadmill-1", json!(["ecg", "stress"])),
+    ] {
+        let (status, body) = put(
+            &app,
+            &format!("/v1/resources/{id}"),
+            &json!({ "kind": "equipment", "name": id, "capabilities": capabilities }),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, _) = put(
+        &app,
+        "/v1/services/stress-test",
+        &json!({ "name": "Stress test", "minutes": 60, "specialty": "cardiology", "room_type": "exam", "capabilities": ["stress"] }),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let day = format!("from={MONDAY}T00:00:00Z&to={MONDAY}T23:00:00Z");
+
+    let (status, slots) = get(
+        &app,
+        &format!("/v1/availability?service=stress-test&practitioner=dr-heart&{day}"),
+    )
+    .await;
+
+    assert_eq!(status, 200, "{slots}");
+    assert!(slots["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["equipment"] == json!(["treadmill-1"]) && s["room"] == "exam-1"));
+    let ada = app.register_person(500, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, visit) = book(
+        &app,
+        &ada,
+        &at("08:00"),
+        json!({ "service": "stress-test", "practitioner": "dr-heart" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{visit}");
+    assert_eq!(
+        visit["booking"]["resources"],
+        json!(["dr-heart", "exam-1", "treadmill-1"])
+    );
+    // The treadmill is busy then: another stress test at the same time cannot have it.
+    let bob = app.register_person(501, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = book(
+        &app,
+        &bob,
+        &at("08:00"),
+        json!({ "service": "stress-test", "practitioner": "dr-valve" }),
+    )
+    .await;
+    assert_eq!(status, 409);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn wait_list_events_and_offers_are_published_and_match_their_schemas() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let offset = Arc::new(AtomicI64::new(0));
+    let moved = offset.clone();
+    let app = TestApp::spawn_with(AppOptions {
+        clock: Some(Arc::new(move || {
+            crate::helpers::fixed_now() + chrono::Duration::seconds(moved.load(Ordering::SeqCst))
+        })),
+        configure: Some(Arc::new(|s| s.auth.idle_timeout_secs = 10_000_000)),
+        ..AppOptions::default()
+    })
+    .await;
+    clinic(&app).await;
+    let ada = app.register_person(600, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let joined = app
+        .post(
+            "/v1/waitlist",
+            &scheduler(&app),
+            &json!({ "patient_id": ada, "service": "cardiology-consult", "practitioner": "dr-heart",
+                     "from": at("08:00"), "to": at("08:30"), "priority": "urgent" }),
+            &[],
+        )
+        .await;
+    assert_eq!(joined.status(), 201);
+    let id = joined.json::<Value>().await.unwrap()["appointment_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The time is free: an offer is made at once; it expires (and that place is not offered
+    // to this entry again, the only one in its window); the entry is then a mistake.
+    until_status(&app, &id, "pending").await;
+    offset.store(11 * 60, Ordering::SeqCst);
+    until_status(&app, &id, "waitlist").await;
+    let (_, current) = get(&app, &format!("/v1/appointments/{id}")).await;
+    let version = current["version"].as_u64().unwrap();
+    let (status, body) = act(
+        &app,
+        &id,
+        "entered-in-error",
+        version,
+        json!({ "reason": "duplicate entry" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let prefix = &app.settings.kafka.topic_prefix;
+    let brokers = app.settings.kafka.brokers.clone().unwrap();
+    let appointments = consumer_for(
+        &brokers,
+        &format!("{prefix}{}", schemas::topics::APPOINTMENT),
+    );
+    let notifications = consumer_for(
+        &brokers,
+        &format!("{prefix}{}", schemas::topics::NOTIFICATIONS),
+    );
+    let records = consume_until(&appointments, |r| {
+        r.iter()
+            .any(|m| published(m).event_type == "AppointmentEnteredInError")
+    })
+    .await;
+    let mut types = std::collections::BTreeSet::new();
+    for record in &records {
+        let event = published(record);
+        assert_matches_schema_in("appointment/v1", &event.event_type, &app.open(record).await);
+        types.insert(event.event_type);
+    }
+    // The entry may be offered its next free place after the first offer expired.
+    for expected in [
+        "AppointmentCreated",
+        "AppointmentOffered",
+        "AppointmentOfferExpired",
+        "AppointmentEnteredInError",
+    ] {
+        assert!(types.contains(expected), "{expected} not in {types:?}");
+    }
+    let notices = consume_until(&notifications, |r| !r.is_empty()).await;
+    let offer = published(&notices[0]);
+    assert_eq!(offer.event_type, "WaitlistOffer");
+    assert_eq!(crate::helpers::key(&notices[0]), ada);
+    assert_matches_schema_in(
+        "notification/v1",
+        &offer.event_type,
+        &app.open(&notices[0]).await,
+    );
+    app.stop().await;
+}
