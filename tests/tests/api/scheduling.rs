@@ -908,6 +908,26 @@ async fn proposals_holds_no_shows_and_reserved_time_follow_the_chart_and_the_pri
     let (status, routine) = book(&app, &late_comer, &at("11:30"), dr.clone()).await;
     assert_eq!(status, 201, "released within two hours: {routine}");
 
+    // arrived -> cancelled: the patient left before being seen.
+    let (status, walk_in) = book(&app, &patient(9).await, &at("10:30"), dr.clone()).await;
+    assert_eq!(status, 201, "{walk_in}");
+    let walk_in_id = walk_in["appointment_id"].as_str().unwrap().to_owned();
+    let (status, _) = act(&app, &walk_in_id, "arrive", 1, json!({})).await;
+    assert_eq!(status, 200);
+    let (status, left) = act(
+        &app,
+        &walk_in_id,
+        "cancel",
+        2,
+        json!({ "reason": "patient" }),
+    )
+    .await;
+    assert_eq!(
+        (status, left["status"].as_str()),
+        (200, Some("cancelled")),
+        "{left}"
+    );
+
     // booked -> noshow once the start has passed; nothing follows a no-show.
     let booked_id = confirmed["appointment_id"].as_str().unwrap().to_owned();
     let version = confirmed["version"].as_u64().unwrap();
