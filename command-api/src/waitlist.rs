@@ -137,12 +137,7 @@ pub async fn process(
             interval: place.interval(),
             resources: place.resources(),
         };
-        let mut keys: Vec<String> = booking
-            .resources
-            .iter()
-            .map(|r| schedule::resource_key(r))
-            .collect();
-        keys.push(schedule::patient_key(patient));
+        let keys = schedule::claim_keys(&booking.resources, patient);
         let expires_at = now + Duration::minutes(i64::from(settings.hold_minutes));
         let channel = patients
             .load(patient)

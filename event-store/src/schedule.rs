@@ -278,6 +278,13 @@ pub fn resource_key(id: &str) -> String {
     format!("resource:{id}")
 }
 
+/// The claim keys of a booking: each of its resources, and its patient.
+pub fn claim_keys(resources: &[String], patient: PatientId) -> Vec<String> {
+    let mut keys: Vec<String> = resources.iter().map(|r| resource_key(r)).collect();
+    keys.push(patient_key(patient));
+    keys
+}
+
 /// The claim key of a patient.
 pub fn patient_key(id: PatientId) -> String {
     format!("patient:{id}")

@@ -694,12 +694,7 @@ async fn book(
             interval: placement.interval(),
             resources: placement.resources(),
         };
-        let mut keys: Vec<String> = booking
-            .resources
-            .iter()
-            .map(|r| schedule::resource_key(r))
-            .collect();
-        keys.push(schedule::patient_key(patient));
+        let keys = schedule::claim_keys(&booking.resources, patient);
         let new = NewAppointment {
             patient_id: patient,
             service: service.code.clone(),
@@ -1163,12 +1158,7 @@ async fn act(
             let booking = current.booking.clone().ok_or(ApiError::Schedule(
                 domain::scheduling::SchedulingError::NoTimeYet,
             ))?;
-            let mut keys: Vec<String> = booking
-                .resources
-                .iter()
-                .map(|r| schedule::resource_key(r))
-                .collect();
-            keys.push(schedule::patient_key(current.patient_id));
+            let keys = schedule::claim_keys(&booking.resources, current.patient_id);
             let reminders = plan_reminders(&state, id, current.patient_id, &booking).await?;
             let claim = Claim {
                 keys,
@@ -1257,12 +1247,7 @@ async fn act(
                 interval: placement.interval(),
                 resources: placement.resources(),
             };
-            let mut keys: Vec<String> = booking
-                .resources
-                .iter()
-                .map(|r| schedule::resource_key(r))
-                .collect();
-            keys.push(schedule::patient_key(current.patient_id));
+            let keys = schedule::claim_keys(&booking.resources, current.patient_id);
             let expires_at = (current.status == AppointmentStatus::Pending)
                 .then_some(current.hold_expires_at)
                 .flatten();
