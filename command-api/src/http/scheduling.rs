@@ -960,39 +960,52 @@ pub(super) async fn wind_down(
     let by = Principal::parse("sub", &user.id).map_err(|_| ApiError::Forbidden)?;
     let mut cancelled = 0;
     for id in ids {
-        let Some((appointment, version)) = state.appointments.load(id).await? else {
-            continue;
-        };
-        let Some(current) = appointment.state() else {
-            continue;
-        };
-        if !current.status.allows(AppointmentStatus::Cancelled) {
-            continue;
+        // The wait-list loop may change an entry meanwhile (an offer): read it again then.
+        for _ in 0..3 {
+            let Some((appointment, version)) = state.appointments.load(id).await? else {
+                break;
+            };
+            let Some(current) = appointment.state() else {
+                break;
+            };
+            if !current.status.allows(AppointmentStatus::Cancelled) {
+                break;
+            }
+            let change = ClaimChange {
+                appointment_id: id,
+                release: true,
+                claim: None,
+                now,
+                reminders: Some(Vec::new()),
+                waitlist: current.waitlist.as_ref().map(|_| WaitlistChange::Left),
+                notification: None,
+            };
+            let command = AppointmentCommand::Cancel {
+                reason: CancellationReason::RecordArchived,
+                by: by.clone(),
+                late_within: Duration::zero(),
+                at: now,
+            };
+            let metadata = event_store::store::CommandMetadata {
+                user_id: user.id.clone(),
+                ..Default::default()
+            };
+            match state
+                .appointments
+                .execute(id, patient, Some(version), command, Some(change), metadata)
+                .await
+            {
+                Ok(_) => {
+                    cancelled += 1;
+                    break;
+                }
+                Err(
+                    event_store::store::CommandError::VersionMismatch { .. }
+                    | event_store::store::CommandError::Conflict,
+                ) => {}
+                Err(other) => return Err(other.into()),
+            }
         }
-        let change = ClaimChange {
-            appointment_id: id,
-            release: true,
-            claim: None,
-            now,
-            reminders: Some(Vec::new()),
-            waitlist: current.waitlist.as_ref().map(|_| WaitlistChange::Left),
-            notification: None,
-        };
-        let command = AppointmentCommand::Cancel {
-            reason: CancellationReason::RecordArchived,
-            by: by.clone(),
-            late_within: Duration::zero(),
-            at: now,
-        };
-        let metadata = event_store::store::CommandMetadata {
-            user_id: user.id.clone(),
-            ..Default::default()
-        };
-        state
-            .appointments
-            .execute(id, patient, Some(version), command, Some(change), metadata)
-            .await?;
-        cancelled += 1;
     }
     tracing::info!(cancelled, "appointments of an archived patient cancelled");
     Ok(cancelled)
