@@ -37,6 +37,8 @@ impl Interval {
 /// A weekly window in local time: `weekday` from `start` to `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
+    /// Written as the API takes it: `mon` ... `sun`.
+    #[serde(with = "weekday_code")]
     pub weekday: Weekday,
     pub start: NaiveTime,
     pub end: NaiveTime,
@@ -58,6 +60,21 @@ pub struct WeeklyTemplate {
     /// Windows kept for urgent and emergency requests.
     #[serde(default)]
     pub reserved: Vec<Window>,
+}
+
+mod weekday_code {
+    use chrono::Weekday;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(day: &Weekday, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&day.to_string().to_lowercase())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Weekday, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse()
+            .map_err(|_| serde::de::Error::custom("not a weekday"))
+    }
 }
 
 mod tz_name {
@@ -411,6 +428,22 @@ mod tests {
             })
             .collect();
         assert_eq!(local, ["08:00", "08:30", "09:00", "10:30", "11:00"]);
+    }
+
+    #[test]
+    fn weekdays_are_written_as_the_api_takes_them() {
+        let w = Window {
+            weekday: Weekday::Mon,
+            start: t(8, 0),
+            end: t(9, 0),
+        };
+        let json = serde_json::to_value(w).unwrap();
+        assert_eq!(json["weekday"], "mon");
+        assert_eq!(serde_json::from_value::<Window>(json).unwrap(), w);
+        let old: Window =
+            serde_json::from_str(r#"{"weekday":"Mon","start":"08:00:00","end":"09:00:00"}"#)
+                .unwrap();
+        assert_eq!(old, w);
     }
 
     #[test]
