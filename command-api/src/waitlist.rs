@@ -99,15 +99,15 @@ pub async fn process(
             continue;
         };
         // Only patients on record and active are offered anything.
-        let active = patients
+        let record = patients
             .load(PatientId::new(entry.patient_id))
             .await?
-            .and_then(|(p, _)| p.record().map(|r| r.status))
-            == Some(domain::patient::PatientStatus::Active);
-        if !active {
+            .and_then(|(p, _)| p.record().cloned())
+            .filter(|r| r.status == domain::patient::PatientStatus::Active);
+        let Some(record) = record else {
             schedule::leave_waitlist(pool, entry.appointment_id).await?;
             continue;
-        }
+        };
         let start = entry.wish.start.max(now);
         if start >= entry.wish.end {
             continue;
@@ -139,10 +139,7 @@ pub async fn process(
         };
         let keys = schedule::claim_keys(&booking.resources, patient);
         let expires_at = now + Duration::minutes(i64::from(settings.hold_minutes));
-        let channel = patients
-            .load(patient)
-            .await?
-            .and_then(|(p, _)| p.record().and_then(|r| r.preferences.preferred_channel));
+        let channel = record.preferences.preferred_channel;
         // The notice is written with the offer: sent once it commits, never without it.
         let notification = NotificationEvent::WaitlistOffer {
             patient_id: patient,

@@ -546,36 +546,6 @@ pub async fn claimed_by(
         .collect()
 }
 
-/// The intervals claimed on `key` overlapping `within` at `now`.
-///
-/// # Errors
-///
-/// The database error.
-pub async fn claimed(
-    pool: &PgPool,
-    keys: &[String],
-    within: &Interval,
-    now: DateTime<Utc>,
-) -> Result<Vec<(String, Interval)>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT resource, lower(during) AS start, upper(during) AS end FROM schedule_claims
-          WHERE resource = ANY($1) AND during && $2 AND (expires_at IS NULL OR expires_at > $3)",
-    )
-    .bind(keys)
-    .bind(range(within))
-    .bind(now)
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get("resource")?,
-                Interval::new(r.try_get("start")?, r.try_get("end")?),
-            ))
-        })
-        .collect()
-}
-
 /// The appointment event store.
 #[derive(Clone)]
 pub struct AppointmentStore {

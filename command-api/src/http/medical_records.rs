@@ -33,7 +33,7 @@ use domain::medical_record::{
     MedicalRecordError,
 };
 use domain::patient::governance::Principal;
-use domain::patient::{Patient, PatientError, PatientId, PatientStatus};
+use domain::patient::PatientId;
 use domain::{FieldError, FieldErrors};
 use event_store::store::CommandError;
 use projections::medical_records::{self as read_model, Criteria};
@@ -43,7 +43,7 @@ use uuid::Uuid;
 use crate::auth::{access, permission, Action, AuthUser, Authorized};
 use crate::extraction;
 use crate::http::patients::{
-    checked_access, idempotency_key, metadata, url_encode, whole_number, CommandRequest,
+    changeable, idempotency_key, metadata, reach, url_encode, whole_number, CommandRequest,
 };
 use crate::http::record_input;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
@@ -121,42 +121,6 @@ fn item_id(raw: &str) -> Result<ItemId, ApiError> {
 
 fn path_param<'a>(params: &'a HashMap<String, String>, key: &str) -> &'a str {
     params.get(key).map_or("", String::as_str)
-}
-
-/// Loads the patient, decides whether `user` may do `action` on them and records the access
-/// as `what`. Returns the patient.
-async fn reach(
-    state: &AppState,
-    user: &AuthUser,
-    action: Action,
-    what: &str,
-    id: PatientId,
-) -> Result<Patient, ApiError> {
-    let loaded = state.store.load(id).await?;
-    checked_access(
-        state,
-        user,
-        action,
-        what,
-        id,
-        loaded.as_ref().map(|(p, _)| p),
-    )
-    .await?;
-    loaded.map(|(p, _)| p).ok_or(ApiError::NotFound)
-}
-
-/// Refuses changes to the medical record of an archived or merged patient.
-fn changeable(patient: &Patient) -> Result<(), ApiError> {
-    match patient.record().map(|r| r.status) {
-        Some(PatientStatus::Active) => Ok(()),
-        Some(PatientStatus::Merged) => {
-            Err(ApiError::Rule(PatientError::MergedPatientCannotBeChanged))
-        }
-        Some(PatientStatus::Archived) => Err(ApiError::Rule(
-            PatientError::ArchivedPatientCannotBeCorrected,
-        )),
-        None => Err(ApiError::NotFound),
-    }
 }
 
 /// An item as the API answers it: its data, with id, kind, version and marks.

@@ -585,6 +585,42 @@ pub(super) async fn checked_access(
     decision.into_result()
 }
 
+/// Loads the patient, decides whether `user` may do `action` on them and records the access
+/// as `what`. Returns the patient.
+pub(super) async fn reach(
+    state: &AppState,
+    user: &AuthUser,
+    action: Action,
+    what: &str,
+    id: PatientId,
+) -> Result<Patient, ApiError> {
+    let loaded = state.store.load(id).await?;
+    checked_access(
+        state,
+        user,
+        action,
+        what,
+        id,
+        loaded.as_ref().map(|(p, _)| p),
+    )
+    .await?;
+    loaded.map(|(p, _)| p).ok_or(ApiError::NotFound)
+}
+
+/// Refuses changes to the medical record of an archived or merged patient.
+pub(super) fn changeable(patient: &Patient) -> Result<(), ApiError> {
+    match patient.record().map(|r| r.status) {
+        Some(domain::patient::PatientStatus::Active) => Ok(()),
+        Some(domain::patient::PatientStatus::Merged) => {
+            Err(ApiError::Rule(PatientError::MergedPatientCannotBeChanged))
+        }
+        Some(domain::patient::PatientStatus::Archived) => Err(ApiError::Rule(
+            PatientError::ArchivedPatientCannotBeCorrected,
+        )),
+        None => Err(ApiError::NotFound),
+    }
+}
+
 /// Everything a command on an existing patient arrives with. Extracted in the order that
 /// decides which error a caller sees first: authentication, then the path, then the body.
 pub(super) struct CommandRequest<P> {

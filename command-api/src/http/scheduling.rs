@@ -40,7 +40,7 @@ use uuid::Uuid;
 
 use crate::auth::{access, permission, Action, AuthUser, Authorized};
 use crate::http::json::{Fields, JsonObject};
-use crate::http::patients::{checked_access, metadata, whole_number};
+use crate::http::patients::{changeable, checked_access, metadata, reach, whole_number};
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
 use crate::planner::{self, Ask, Placement};
 
@@ -571,29 +571,12 @@ async fn patient_reach(
     id: PatientId,
     must_be_active: bool,
 ) -> Result<(), ApiError> {
-    let loaded = state.store.load(id).await?;
-    checked_access(
-        state,
-        user,
-        action,
-        what,
-        id,
-        loaded.as_ref().map(|(p, _)| p),
-    )
-    .await?;
-    match loaded
-        .as_ref()
-        .and_then(|(p, _)| p.record())
-        .map(|r| r.status)
-    {
-        Some(domain::patient::PatientStatus::Active) => Ok(()),
-        // Winding down (cancel, no-show, mark a mistake) stays possible for anyone on record.
-        Some(_) if !must_be_active => Ok(()),
-        Some(_) => Err(ApiError::Rule(
-            domain::patient::PatientError::ArchivedPatientCannotBeCorrected,
-        )),
-        None => Err(ApiError::NotFound),
+    let patient = reach(state, user, action, what, id).await?;
+    // Winding down (cancel, no-show, mark a mistake) stays possible for anyone on record.
+    if must_be_active {
+        changeable(&patient)?;
     }
+    Ok(())
 }
 
 /// `POST /v1/appointments`: `{patient_id, service, start, practitioner?, priority?, hold?}`.
