@@ -123,6 +123,20 @@ fn path_param<'a>(params: &'a HashMap<String, String>, key: &str) -> &'a str {
     params.get(key).map_or("", String::as_str)
 }
 
+/// Checks that `user` may write patient `id`'s medical record (recording the attempt) and
+/// that the patient is active.
+async fn writable(state: &AppState, user: &AuthUser, id: PatientId) -> Result<(), ApiError> {
+    let patient = reach(
+        state,
+        user,
+        Action::WriteMedicalRecord,
+        "medical-record-write",
+        id,
+    )
+    .await?;
+    changeable(&patient)
+}
+
 /// An item as the API answers it: its data, with id, kind, version and marks.
 fn resource(patient: PatientId, item: &Item) -> Value {
     let mut value = serde_json::to_value(&item.content).unwrap_or_else(|_| json!({}));
@@ -285,15 +299,7 @@ async fn create(
     let id = patient_id(req.raw_id())?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let key = idempotency_key(req.headers())?;
-    let patient = reach(
-        &state,
-        &req.user,
-        Action::WriteMedicalRecord,
-        "medical-record-write",
-        id,
-    )
-    .await?;
-    changeable(&patient)?;
+    writable(&state, &req.user, id).await?;
     let today = (state.clock)().date_naive();
     let (content, extras) = record_input::item(kind, &req.body.object, false, today)?;
     record_item(
@@ -318,15 +324,7 @@ async fn item_change(
     let id = patient_id(req.raw_id())?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let item_id = item_id(req.item.as_deref().unwrap_or_default())?;
-    let patient = reach(
-        state,
-        &req.user,
-        Action::WriteMedicalRecord,
-        "medical-record-write",
-        id,
-    )
-    .await?;
-    changeable(&patient)?;
+    writable(state, &req.user, id).await?;
     Ok((id, item_id, if_match(req.headers())?))
 }
 
@@ -437,15 +435,7 @@ async fn upload(
     let id = patient_id(path_param(&params, "id"))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let key = idempotency_key(&headers)?;
-    let patient = reach(
-        &state,
-        &user,
-        Action::WriteMedicalRecord,
-        "medical-record-write",
-        id,
-    )
-    .await?;
-    changeable(&patient)?;
+    writable(&state, &user, id).await?;
     // Whatever can refuse the upload is checked before anything is stored.
     principal(&user)?;
     let mut multipart = multipart.map_err(|_| ApiError::UnsupportedMediaType)?;
