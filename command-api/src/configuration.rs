@@ -75,6 +75,9 @@ pub struct DocumentSettings {
     pub storage: String,
     /// With `storage: directory`: where (local disk, or a mounted object store).
     pub directory: Option<PathBuf>,
+    /// Not used yet: the tests set it to the binary that extracts text.
+    #[serde(default)]
+    pub extractor_path: Option<PathBuf>,
 }
 
 impl DocumentSettings {
@@ -260,6 +263,9 @@ pub struct AuthSettings {
     pub jwks_refetch_interval_secs: u64,
     /// A session unused this long ends (automatic logoff).
     pub idle_timeout_secs: u64,
+    /// Not used yet: the tests of the break-the-glass limit set it.
+    #[serde(default)]
+    pub break_glass_patients_per_hour: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

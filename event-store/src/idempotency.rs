@@ -51,6 +51,15 @@ impl IdempotencyKeys {
         ))
     }
 
+    /// Deletes the records that expired before `now`: none, for records do not expire yet.
+    ///
+    /// # Errors
+    ///
+    /// None yet.
+    pub async fn sweep(&self, _now: chrono::DateTime<chrono::Utc>) -> Result<u64, sqlx::Error> {
+        Ok(0)
+    }
+
     /// Records the first answer; a concurrent first answer for the same key wins and is kept.
     /// Returns whether this one was recorded (false: another answer came first).
     ///

@@ -360,3 +360,36 @@ async fn save_stream_position(
     .await?;
     Ok(())
 }
+
+/// The partition recorded for an event parked while read from the event store's stream.
+pub const STREAM_PARTITION: i32 = -1;
+
+/// How many records one projector parked for one reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedCount {
+    pub projector: String,
+    pub reason: String,
+    pub count: i64,
+}
+
+/// How many records each projector parked, by reason.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn parked_counts(pool: &PgPool) -> Result<Vec<ParkedCount>, sqlx::Error> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT projector, error, count(*) FROM projections.parked_messages
+          GROUP BY projector, error ORDER BY projector, error",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(projector, reason, count)| ParkedCount {
+            projector,
+            reason,
+            count,
+        })
+        .collect())
+}

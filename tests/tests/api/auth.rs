@@ -438,6 +438,12 @@ fn documented(caller: &str, endpoint: &str) -> bool {
                 || record_reads.contains(&endpoint)
         }
         "patient-other" => false,
+        // Staff of another organization, every staff role, the patient not sharing with them:
+        // only the schedule (no patient data), and the cross-patient record search, which
+        // decides patient by patient and finds nothing they may see.
+        "other-organization" => {
+            ["list-resources", "availability", "medical-records-search"].contains(&endpoint)
+        }
         "service" => endpoint == "data-key",
         other => unreachable!("{other}"),
     }
@@ -462,7 +468,12 @@ async fn call(app: &TestApp, token: &str, endpoint: &Endpoint, id: &str) -> reqw
 #[tokio::test]
 async fn every_endpoint_answers_every_caller_exactly_as_documented() {
     // Arrange
-    let app = TestApp::without_kafka().await;
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        organization: Some("general-hospital".into()),
+        ..AppOptions::default()
+    })
+    .await;
     let id = app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
         .as_str()
         .unwrap()
@@ -493,6 +504,17 @@ async fn every_endpoint_answers_every_caller_exactly_as_documented() {
         ("auditor", app.token("auditor-1", &["auditor"])),
         ("patient-self", app.patient_token(&id)),
         ("patient-other", app.patient_token(&other)),
+        (
+            "other-organization",
+            app.token_with(
+                "partner-staff-1",
+                &["admin", "registrar", "clinician", "scheduler", "auditor"],
+                &command_api::auth::TokenExtras {
+                    organization: Some("partner-clinic".into()),
+                    ..Default::default()
+                },
+            ),
+        ),
         ("service", app.token("service-1", &["service"])),
     ];
     let events_before = app.event_count().await;
@@ -831,6 +853,18 @@ async fn a_jwks_url_is_fetched_again_when_a_token_names_a_new_key() {
         status_with(&app, &idp_token(&second, json!({}))).await,
         200,
         "fetched again"
+    );
+    // A refreshed set with no usable key does not replace the keys that work.
+    *published.lock().unwrap() = json!({ "keys": [] }).to_string();
+    let unpublished = rsa_key(&dir, "rsa-unpublished");
+    assert_eq!(
+        status_with(&app, &idp_token(&unpublished, json!({}))).await,
+        401
+    );
+    assert_eq!(
+        status_with(&app, &idp_token(&first, json!({}))).await,
+        200,
+        "the working keys stay"
     );
     app.stop().await;
     let _removed = std::fs::remove_dir_all(&dir);

@@ -116,7 +116,7 @@ pub struct TestApp {
     auth: Authenticator,
 }
 
-pub const SECRET: &str = "end-to-end-test-secret";
+pub const SECRET: &str = "end-to-end-test-secret-of-32-bytes-or-more";
 
 /// The master key and the audit key of every test service (base64 of 32 bytes).
 pub const MASTER_KEY: &str = "dGVzdCBtYXN0ZXIga2V5IG9mIDMyIGJ5dGVzIGxvbmc=";
@@ -176,10 +176,15 @@ impl TestApp {
     }
 
     pub async fn start_with_clock(
-        settings: Settings,
+        mut settings: Settings,
         roles: Roles,
         clock: command_api::http::Clock,
     ) -> Self {
+        // Text is extracted by the service binary (`extract-text`), not by this test binary.
+        settings
+            .documents
+            .extractor_path
+            .get_or_insert_with(|| env!("CARGO_BIN_EXE_patient-service-under-test").into());
         let service = Service::start(&settings, roles, clock)
             .await
             .expect("the service starts");
@@ -479,6 +484,11 @@ pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
 
 pub fn key(message: &OwnedMessage) -> String {
     String::from_utf8(message.key().unwrap().to_vec()).unwrap()
+}
+
+/// The `id` of a patient as the API answered them.
+pub fn id_of(body: &Value) -> String {
+    body["id"].as_str().unwrap().to_owned()
 }
 
 pub fn patient(given: &str, family: &str, birth_date: &str) -> Value {

@@ -4,13 +4,14 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rdkafka::message::Message;
 use serde_json::{json, Value};
 
 use crate::helpers::{
     assert_matches_schema_in, consume_until, consumer_for, error_fields, eventually, fixed_now,
-    header, key, AppOptions, TestApp,
+    header, key, AppOptions, TestApp, SECRET, SECURITY_ENV,
 };
 
 const CARE: &str = "dr-care";
@@ -611,6 +612,28 @@ async fn upload(
     media_type: &str,
     bytes: &[u8],
 ) -> (u16, Value) {
+    upload_to(
+        &app.client,
+        &app.address,
+        token,
+        id,
+        title,
+        media_type,
+        bytes,
+    )
+    .await
+}
+
+/// [`upload`] to the service at `address`.
+async fn upload_to(
+    client: &reqwest::Client,
+    address: &str,
+    token: &str,
+    id: &str,
+    title: &str,
+    media_type: &str,
+    bytes: &[u8],
+) -> (u16, Value) {
     let metadata = json!({
         "title": title,
         "document_type": { "system": "http://loinc.org", "code": "18842-5", "text": "Discharge summary" },
@@ -618,9 +641,8 @@ async fn upload(
         "date": "2026-11-20"
     });
     let (content_type, body) = multipart(&metadata, media_type, bytes);
-    let response = app
-        .client
-        .post(format!("{}/v1/patients/{id}/documents", app.address))
+    let response = client
+        .post(format!("{address}/v1/patients/{id}/documents"))
         .bearer_auth(token)
         .header("content-type", content_type)
         .body(body)
@@ -1018,13 +1040,17 @@ async fn forgetting_a_patient_erases_their_medical_record_everywhere() {
     )
     .await;
     assert_eq!(status, 410);
-    let blob: Vec<u8> = sqlx::query_scalar("SELECT sealed FROM document_blobs LIMIT 1")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert!(
-        !blob.windows(10).any(|w| w == b"penicillin"),
-        "stored documents are sealed"
+    // Sealed as they were, the stored contents named the hash of the plain bytes and their
+    // size: they go in the erasure's transaction.
+    let blobs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM document_blobs WHERE patient_id = $1")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        blobs, 0,
+        "no stored document of a forgotten patient remains"
     );
     app.stop().await;
 }
@@ -1172,6 +1198,200 @@ async fn documents_can_live_in_a_directory_sealed_and_addressed_by_their_hash() 
         |body| body["items"].as_array().is_some_and(|i| i.len() == 1),
     )
     .await;
+
+    // Forgetting the patient removes their folder too.
+    let (status, body, _) = send(
+        &app,
+        reqwest::Method::POST,
+        &format!("/v1/patients/{id}/forget"),
+        &app.token("admin-1", &["admin"]),
+        Some(&json!({ "reason": "patient-request" })),
+        Some(2),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the forgotten patient's folder to go", || async {
+        !dir.join(&id).exists()
+    })
+    .await;
     app.stop().await;
     let _removed = std::fs::remove_dir_all(&dir);
+}
+
+/// The children of process `parent`, with their command lines (a zombie's is empty).
+fn children_of(parent: u32) -> Vec<(u32, String)> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // Gone since the listing, or not ours to read.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (name) state ppid ...`, where the name may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            children.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    children
+}
+
+/// A service process, killed should the test end early.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _killed = self.0.kill();
+        let _reaped = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_document_past_its_extraction_time_limit_is_refused_and_costs_no_more_than_its_limit() {
+    // Arrange: the API as a process of its own (extraction is configured per process) with a
+    // 2 s limit, on a test app's database, and a document whose HTML parses in quadratic time:
+    // 400,000 nested <div>s, 2 MB.
+    let app = TestApp::without_kafka().await;
+    let id = patient_in_care(&app, 12).await;
+    let token = clinician(&app);
+    let limit = Duration::from_secs(2);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut service = Running(
+        std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+            .arg("api")
+            .env("DATABASE_URL", &app.database_url)
+            .envs(SECURITY_ENV)
+            .env("APP_AUTH__JWT_SECRET", SECRET)
+            .env("APP_HTTP__PORT", port.to_string())
+            .env(
+                "APP_DOCUMENTS__EXTRACTION_TIMEOUT_MS",
+                limit.as_millis().to_string(),
+            )
+            .env("APP_LOG__LEVEL", "warn")
+            .env_remove("KAFKA_BROKERS")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = service.0.id();
+    let address = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + crate::helpers::DEADLINE;
+    loop {
+        let ready = app
+            .client
+            .get(format!("{address}/health/ready"))
+            .send()
+            .await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the API did not become ready");
+        assert!(
+            service.0.try_wait().unwrap().is_none(),
+            "the API exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let nested = "<div>".repeat(400_000);
+    let hostile = |title: &'static str| {
+        upload_to(
+            &app.client,
+            &address,
+            &token,
+            &id,
+            title,
+            "text/html",
+            nested.as_bytes(),
+        )
+    };
+
+    // Act: two at once, enough to take every extraction slot; then an ordinary document.
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let (first, second) = {
+        let uploads = async { tokio::join!(hostile("Nested 1"), hostile("Nested 2")) };
+        tokio::pin!(uploads);
+        loop {
+            tokio::select! {
+                answers = &mut uploads => break answers,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    seen.extend(children_of(pid));
+                }
+            }
+        }
+    };
+    let answered_in = started.elapsed();
+    let (status, ordinary) = upload_to(
+        &app.client,
+        &address,
+        &token,
+        &id,
+        "Letter",
+        "text/html",
+        b"<p>Follow-up in two weeks</p>",
+    )
+    .await;
+
+    // Assert: refused as too slow, within a few times the limit, by a child process that is
+    // gone, and the slots are free again.
+    for (status, problem) in [first, second] {
+        assert_eq!(
+            (status, error_fields(&problem)),
+            (422, vec!["file".to_owned()]),
+            "{problem}"
+        );
+        assert_eq!(
+            problem["errors"][0]["message"], "text extraction took too long",
+            "{problem}"
+        );
+    }
+    assert!(
+        answered_in < limit * 5,
+        "answered after {answered_in:?} with a limit of {limit:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(_, cmdline)| cmdline.contains("extract-text")),
+        "extraction runs in a child process: {seen:?}"
+    );
+    let deadline = Instant::now() + limit;
+    while !children_of(pid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "children left running or unreaped: {:?}",
+            children_of(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 201, "{ordinary}");
+    assert!(
+        ordinary["content"]["text_length"].as_u64().unwrap() > 0,
+        "{ordinary}"
+    );
+    // Nothing left running keeps the service from stopping.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + crate::helpers::DEADLINE;
+    let stopped = loop {
+        if let Some(status) = service.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the API did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(stopped.success(), "the API exited with {stopped}");
+    app.stop().await;
 }

@@ -73,10 +73,6 @@ async fn audit_log_caught_up(app: &TestApp) {
     .await;
 }
 
-fn id_of(body: &Value) -> String {
-    body["id"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn patient_data_is_sealed_in_the_event_store_and_on_the_topic() {
     // Arrange
