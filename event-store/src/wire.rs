@@ -10,8 +10,6 @@ use schemas::patient::v1;
 use schemas::sealed::DataKey;
 use schemas::PublishedEvent;
 
-use crate::repository::CLEAR_EVENT_TYPES;
-
 use crate::stream::StoredEvent;
 
 /// Why a stored event cannot be published. Messages name ids and types, never data.
@@ -28,9 +26,9 @@ pub enum MappingError {
 }
 
 /// The topic (without prefix) and the published form of a stored event, opened by
-/// [`crate::stream::open`]. The data is sealed with `key` unless the event type is published in
-/// the clear; an event still sealed (its aggregate was forgotten) is published as stored,
-/// readable by nobody.
+/// [`crate::stream::open`]. The data is sealed with `key` unless the contract publishes the event
+/// type in the clear ([`schemas::sealed::is_published_in_clear`]); an event still sealed (its
+/// aggregate was forgotten) is published as stored, readable by nobody.
 ///
 /// # Errors
 ///
@@ -121,7 +119,9 @@ pub fn to_published(
     Ok((
         topic,
         match key {
-            Some(key) if !CLEAR_EVENT_TYPES.contains(&event_type) => published.sealed_with(key),
+            Some(key) if !schemas::sealed::is_published_in_clear(event_type) => {
+                published.sealed_with(key)
+            }
             _ => published,
         },
     ))
@@ -522,7 +522,7 @@ fn directive_to_v1(directive: &patient::governance::ConsentDirective) -> v1::Con
 #[cfg(test)]
 mod tests {
     use domain::medical_record::{ItemContent, ItemEnteredInError, ItemRecorded, ItemRevised};
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
@@ -660,5 +660,112 @@ mod tests {
             })
             .collect();
         assert_eq!(types, schemas::appointment::v1::EVENT_TYPES);
+    }
+
+    fn stored(
+        aggregate_type: &str,
+        aggregate_id: &str,
+        event_type: &str,
+        payload: Value,
+    ) -> StoredEvent {
+        StoredEvent {
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+            sequence: 2,
+            event_type: event_type.to_owned(),
+            event_version: "1.0".to_owned(),
+            payload,
+            metadata: json!({ "user_id": "u-1" }),
+            position: 9,
+            transaction_id: 1,
+            recorded_at: chrono::DateTime::UNIX_EPOCH,
+            hash: Some(vec![1, 2, 3]),
+        }
+    }
+
+    #[test]
+    fn what_the_relay_publishes_verifies_as_a_consumer_checks_it() {
+        // Arrange: a sealed stored event of every aggregate type whose events are sealed (a
+        // forgotten patient's are published as stored, which takes this path), an event sealed
+        // on the way out, and the events published in the clear.
+        let patient = uuid::Uuid::from_u128(7).to_string();
+        let other = uuid::Uuid::from_u128(1).to_string();
+        let key = DataKey::generate(&patient);
+        let sealed_as_stored = |aggregate_type: &str, event_type: &str| {
+            let id = schemas::envelope::event_id(aggregate_type, &other, 2);
+            let sealed = schemas::sealed::seal(&key, id.as_bytes(), b"{}");
+            stored(
+                aggregate_type,
+                &other,
+                event_type,
+                json!({ "sealed": sealed }),
+            )
+        };
+        let mut events = vec![
+            sealed_as_stored("Patient", "PatientRegistered"),
+            sealed_as_stored("MedicalRecord", "AllergyRecorded"),
+            sealed_as_stored("Appointment", "AppointmentCreated"),
+            sealed_as_stored("Notification", "AppointmentReminder"),
+            stored(
+                "Patient",
+                &patient,
+                "PatientArchived",
+                json!({ "PatientArchived": { "reason": "moved", "archived_at": "2026-11-27T12:00:00Z" } }),
+            ),
+            stored(
+                "Patient",
+                &patient,
+                "PatientForgotten",
+                json!({ "PatientForgotten": {
+                    "reason": "patient-request", "reference": null,
+                    "forgotten_at": "2026-11-27T12:00:00Z"
+                } }),
+            ),
+        ];
+        let entry = schemas::access::v1::AccessEntry {
+            entry_id: uuid::Uuid::from_u128(3),
+            patient_id: uuid::Uuid::from_u128(7),
+            user_id: "u-1".into(),
+            roles: vec!["clinician".into()],
+            organization: None,
+            action: "read".into(),
+            purpose: "treatment".into(),
+            outcome: "granted".into(),
+            emergency_reason: None,
+            request_id: None,
+            accessed_at: chrono::DateTime::UNIX_EPOCH,
+        };
+        let mut access = stored(
+            crate::access::ACCESS_TYPE,
+            &entry.entry_id.to_string(),
+            entry.event_type(),
+            serde_json::to_value(&entry).unwrap(),
+        );
+        access.sequence = 1;
+        events.push(access);
+
+        for event in &events {
+            // Act: the relay's mapping, with the key of the patient when it has one.
+            let (_, published) = to_published(event, Some(&key)).unwrap();
+
+            // Assert
+            assert_eq!(published.verify(), Ok(()), "{event:?}");
+            assert_eq!(
+                published.sealed,
+                !schemas::sealed::is_published_in_clear(&published.event_type),
+                "{event:?}"
+            );
+            assert!(published.opened_with(&key).is_ok(), "{event:?}");
+        }
+    }
+
+    #[test]
+    fn the_event_store_stores_in_the_clear_exactly_what_the_contract_publishes_in_the_clear() {
+        use crate::repository::{CLEAR_EVENT_TYPES, SHREDDING_EVENT_TYPE};
+        assert_eq!(CLEAR_EVENT_TYPES, schemas::sealed::CLEAR_EVENT_TYPES);
+        for event_type in CLEAR_EVENT_TYPES {
+            assert!(schemas::sealed::is_published_in_clear(event_type));
+        }
+        assert!(CLEAR_EVENT_TYPES.contains(&SHREDDING_EVENT_TYPE));
     }
 }

@@ -3,9 +3,15 @@
 //!
 //! Each entry's hash is an HMAC (the audit key from configuration) over the previous entry's
 //! hash and this entry's columns, so an entry cannot be changed, removed or slipped in without
-//! [`verify`] naming it. Event entries also keep the stored row's own hash, which lets `verify`
-//! cross-check the event store: a stored event that was deleted or rewritten after it was
-//! audited no longer matches.
+//! [`verify`] naming it. Entries also keep the stored row's own hash (`ce_eventhash`), which
+//! lets `verify` cross-check the event store: a stored event that was deleted or rewritten
+//! after it was audited no longer matches.
+//!
+//! The same cross-check runs before an entry is written: an event without `ce_eventhash`, or
+//! whose hash is not the stored row's at its aggregate and sequence, is refused
+//! ([`ProjectionError::Unverified`], so it is parked). The log neither opens sealed data nor
+//! keeps sequences, so without this a record replayed with a recomputed `ce_id` would take the
+//! genuine event's entry id, and the genuine event would then be dropped as a repeat.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use event_store::chain::{canonical_json, ChainKey};
@@ -73,12 +79,58 @@ impl AuditEntry {
     }
 }
 
-/// The stored aggregate type of an event type's aggregate.
-fn aggregate_type(event_type: &str) -> &'static str {
-    if schemas::topics::for_event_type(event_type) == schemas::topics::MEDICAL_RECORD {
-        "MedicalRecord"
-    } else {
-        "Patient"
+/// A refusal of `event` by the audit log, naming ids only.
+fn unverified(event: &PublishedEvent, what: &str) -> ProjectionError {
+    ProjectionError::Unverified(format!(
+        "{} {} sequence {} (ce_id {}): {what}",
+        event.aggregate_type(),
+        // At most an id's length: the subject is a header, whoever wrote it.
+        event.subject.chars().take(64).collect::<String>(),
+        event.sequence,
+        event.id
+    ))
+}
+
+/// The stored row's hash that `event` carries in `ce_eventhash`.
+///
+/// # Errors
+///
+/// [`ProjectionError::Unverified`] when it carries none, or not in hex: the entry could not be
+/// cross-checked, so it is not written.
+fn carried_event_hash(event: &PublishedEvent) -> Result<Vec<u8>, ProjectionError> {
+    let hash = event
+        .event_hash
+        .as_deref()
+        .ok_or_else(|| unverified(event, "no ce_eventhash to check against the event store"))?;
+    hex::decode(hash).map_err(|_| unverified(event, "ce_eventhash is malformed"))
+}
+
+/// The stored row's hash that `event` carries, checked against the event store.
+///
+/// # Errors
+///
+/// [`ProjectionError::Unverified`] when the event carries none, or not the hash of the stored
+/// row at its aggregate and sequence (or there is no such row); the database error.
+async fn checked_event_hash(
+    tx: &mut PgConnection,
+    event: &PublishedEvent,
+) -> Result<Vec<u8>, ProjectionError> {
+    let hash = carried_event_hash(event)?;
+    let stored: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+        "SELECT hash FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+    )
+    .bind(event.aggregate_type())
+    .bind(&event.subject)
+    .bind(event.sequence as i64)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match stored {
+        None => Err(unverified(event, "not in the event store")),
+        Some(stored) if stored.as_deref() != Some(hash.as_slice()) => Err(unverified(
+            event,
+            "ce_eventhash is not the stored event's hash",
+        )),
+        Some(_) => Ok(hash),
     }
 }
 
@@ -111,6 +163,8 @@ impl ReadModel for AuditLog {
         tx: &mut PgConnection,
         event: &PublishedEvent,
     ) -> Result<(), ProjectionError> {
+        // The runtime has checked that `ce_id` is the identity of type, subject and sequence.
+        let event_hash = checked_event_hash(tx, event).await?;
         let (kind, patient_id, user_id, action, detail, entry_id) = if event.event_type
             == schemas::access::v1::ACCESS_RECORDED
             || event.event_type == schemas::access::v1::EMERGENCY_ACCESS_GRANTED
@@ -131,7 +185,7 @@ impl ReadModel for AuditLog {
                 event.user_id.clone(),
                 event.event_type.clone(),
                 serde_json::json!({
-                    "aggregate_type": aggregate_type(&event.event_type),
+                    "aggregate_type": event.aggregate_type(),
                     "aggregate_id": event.subject,
                     "sequence": event.sequence,
                     "position": event.position,
@@ -165,10 +219,7 @@ impl ReadModel for AuditLog {
             user_id,
             action,
             detail,
-            event_hash: event
-                .event_hash
-                .as_deref()
-                .and_then(|h| hex::decode(h).ok()),
+            event_hash: Some(event_hash),
             hash: Vec::new(),
         };
         entry.hash = entry.link(&self.chain, &head_hash);
@@ -288,6 +339,9 @@ pub enum Finding {
     Deleted { from: i64, to: i64 },
     /// The chain head does not match the last entry: the last entries were removed.
     HeadMismatch { head_seq: i64, last_seq: i64 },
+    /// The entry holds no stored row's hash, so it cannot be checked against the event store.
+    /// The projector refuses such events; an entry like this was written another way.
+    NoEventHash { seq: i64 },
     /// An audited event is no longer in the event store, or is there with another hash.
     StoreRowChanged {
         seq: i64,
@@ -308,6 +362,10 @@ impl std::fmt::Display for Finding {
             Self::HeadMismatch { head_seq, last_seq } => write!(
                 f,
                 "audit_log: chain head says seq {head_seq} but the last entry is {last_seq}: entries after it deleted, or the head altered"
+            ),
+            Self::NoEventHash { seq } => write!(
+                f,
+                "audit_log seq {seq}: no event hash to check against the event store"
             ),
             Self::StoreRowChanged {
                 seq,
@@ -371,7 +429,12 @@ pub async fn verify(pool: &PgPool, chain: &ChainKey) -> Result<Verification, sql
             }
             let in_store: bool = row.try_get("in_store")?;
             let store_hash: Option<Vec<u8>> = row.try_get("store_hash")?;
-            if entry.event_hash.is_some() && (!in_store || store_hash != entry.event_hash) {
+            if entry.event_hash.is_none() {
+                // Not a pass: an entry that cannot be cross-checked is a finding of its own.
+                result
+                    .findings
+                    .push(Finding::NoEventHash { seq: entry.seq });
+            } else if !in_store || store_hash != entry.event_hash {
                 let (aggregate, sequence) = if entry.kind == "access" {
                     (format!("Access/{}", entry.entry_id), 1)
                 } else {
@@ -406,4 +469,59 @@ pub async fn verify(pool: &PgPool, chain: &ChainKey) -> Result<Verification, sql
         });
     }
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use schemas::envelope::event_id;
+
+    use super::*;
+
+    fn access_entry(event_hash: Option<&str>) -> PublishedEvent {
+        PublishedEvent {
+            id: event_id("Access", "e1", 1),
+            event_type: schemas::access::v1::ACCESS_RECORDED.into(),
+            major_version: 1,
+            time: DateTime::UNIX_EPOCH,
+            subject: "e1".into(),
+            sequence: 1,
+            position: 1,
+            request_id: None,
+            traceparent: None,
+            user_id: Some("u-1".into()),
+            event_hash: event_hash.map(str::to_owned),
+            sealed: false,
+            data: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn an_entry_without_ce_eventhash_is_refused_not_written_unchecked() {
+        let err = carried_event_hash(&access_entry(None)).unwrap_err();
+        assert!(err.is_unusable());
+        assert_eq!(err.reason(), "unverified");
+        assert!(err.to_string().contains("no ce_eventhash"), "{err}");
+    }
+
+    #[test]
+    fn an_entry_with_a_malformed_ce_eventhash_is_refused() {
+        let err = carried_event_hash(&access_entry(Some("not hex"))).unwrap_err();
+        assert_eq!(err.reason(), "unverified");
+    }
+
+    #[test]
+    fn the_carried_ce_eventhash_is_decoded_for_the_cross_check() {
+        assert_eq!(
+            carried_event_hash(&access_entry(Some("00ff"))).unwrap(),
+            vec![0x00, 0xff]
+        );
+    }
+
+    #[test]
+    fn an_entry_that_cannot_be_cross_checked_is_a_finding_of_its_own() {
+        assert_eq!(
+            Finding::NoEventHash { seq: 7 }.to_string(),
+            "audit_log seq 7: no event hash to check against the event store"
+        );
+    }
 }

@@ -4,6 +4,10 @@
 //! (`enable.auto.offset.store=false`); librdkafka commits stored offsets in the background. A
 //! crash after the commit and before the offset store re-reads the event, which the projector
 //! then skips as a repeat.
+//!
+//! A record that cannot be used (malformed, sealed data that does not open, or an event that
+//! does not verify: see [`crate::runtime`]) is parked with its topic, partition, offset and
+//! reason, and its offset stored: it is never applied and never blocks the partition.
 
 use std::time::Duration;
 
@@ -103,21 +107,19 @@ async fn handle<M: ReadModel>(
         };
         match result {
             Ok(()) => return true,
-            Err(e @ (ProjectionError::Undecodable(_) | ProjectionError::Unopenable(_))) => {
+            // Malformed, not opening, or not what its headers claim: retrying will not help.
+            Err(e) if e.is_unusable() => {
                 tracing::error!(
+                    projector = projector.model().name(),
                     topic = message.topic(),
                     partition = message.partition(),
                     offset = message.offset(),
+                    reason = e.reason(),
                     error.message = %e,
                     "unusable record parked"
                 );
                 match projector
-                    .park(
-                        message.topic(),
-                        message.partition(),
-                        message.offset(),
-                        &e.to_string(),
-                    )
+                    .park(message.topic(), message.partition(), message.offset(), &e)
                     .await
                 {
                     Ok(()) => return true,
@@ -126,11 +128,7 @@ async fn handle<M: ReadModel>(
                     }
                 }
             }
-            Err(
-                e @ (ProjectionError::Database(_)
-                | ProjectionError::Keys(_)
-                | ProjectionError::Documents(_)),
-            ) => {
+            Err(e) => {
                 tracing::warn!(error.message = %e, "read model store failed; retrying");
             }
         }

@@ -11,10 +11,20 @@
 //! - `sequence > last + 1`: an earlier event has not arrived yet (a re-send overtook it); skipped
 //!   now and applied when the relay's re-send reaches it, because the relay re-sends from its
 //!   checkpoint, which stands before every event not acknowledged.
+//!
+//! Nothing on a topic is taken on trust: anyone allowed to produce to it could have written it.
+//! Before an event is applied (on either path: Kafka or the event store's stream), its `ce_id`
+//! is recomputed from type, subject and sequence, its value must be sealed unless the contract
+//! publishes its type in the clear ([`PublishedEvent::verify`]), a sealed value is opened with
+//! that recomputed identity as associated data, and a `PatientForgotten` (in the clear, so
+//! anyone could write one) counts only if the patient's data key really is destroyed. What
+//! does not verify is parked in `projections.parked_messages` with its reason, never applied
+//! and never retried; [`parked_counts`] counts them.
 
 use std::future::Future;
 
 use event_store::keys::{KeyError, KeyState, KeyStore};
+use event_store::repository::SHREDDING_EVENT_TYPE;
 use schemas::sealed::OpenError;
 use schemas::{DecodeError, PublishedEvent};
 use sqlx::{PgConnection, PgPool};
@@ -84,6 +94,9 @@ pub enum Applied {
     Early {
         expected: u64,
     },
+    /// Unusable ([`ProjectionError::is_unusable`]): recorded in `projections.parked_messages`
+    /// and passed over. Only the stream feed parks on its own; the Kafka loop parks by offset.
+    Parked,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,11 +109,103 @@ pub enum ProjectionError {
     /// Sealed data that does not open with its key: altered, or sealed for another event.
     #[error("sealed data of the event does not open: {0}")]
     Unopenable(#[from] OpenError),
+    /// The event is not what its headers claim: its `ce_id` is not its identity, it is in the
+    /// clear where a sealed value is due, or it does not match the event store. The message
+    /// names ids, types and sequences only.
+    #[error("the event does not verify: {0}")]
+    Unverified(String),
     #[error(transparent)]
     Keys(#[from] KeyError),
     /// Document storage failed (retry).
     #[error("document storage: {0}")]
     Documents(String),
+}
+
+impl ProjectionError {
+    /// Whether the event can never be applied, so it is parked rather than retried.
+    pub fn is_unusable(&self) -> bool {
+        match self {
+            Self::Undecodable(_) | Self::Unopenable(_) | Self::Unverified(_) => true,
+            Self::Database(_) | Self::Keys(_) | Self::Documents(_) => false,
+        }
+    }
+
+    /// A short, stable name of the kind of error, kept with a parked record for counting.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Database(_) => "database",
+            Self::Undecodable(_) => "undecodable",
+            Self::Unopenable(_) => "unopenable",
+            Self::Unverified(_) => "unverified",
+            Self::Keys(_) => "keys",
+            Self::Documents(_) => "documents",
+        }
+    }
+}
+
+impl From<schemas::envelope::VerifyError> for ProjectionError {
+    fn from(error: schemas::envelope::VerifyError) -> Self {
+        Self::Unverified(error.to_string())
+    }
+}
+
+/// The partition recorded for an event parked while read from the event store's stream (no
+/// Kafka partition); its offset is then the event's global position.
+pub const STREAM_PARTITION: i32 = -1;
+
+/// How many records one projector parked for one reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedCount {
+    pub projector: String,
+    /// [`ProjectionError::reason`] of the records.
+    pub reason: String,
+    pub count: i64,
+}
+
+/// How many records each projector parked, by reason (projector, then reason order).
+///
+/// # Errors
+///
+/// The database error.
+pub async fn parked_counts(pool: &PgPool) -> Result<Vec<ParkedCount>, sqlx::Error> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT projector, reason, count(*) FROM projections.parked_messages
+          GROUP BY projector, reason ORDER BY projector, reason",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(projector, reason, count)| ParkedCount {
+            projector,
+            reason,
+            count,
+        })
+        .collect())
+}
+
+async fn park_in(
+    conn: &mut PgConnection,
+    projector: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    error: &ProjectionError,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projections.parked_messages
+                (projector, topic, partition, \"offset\", error, reason)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(projector)
+    .bind(topic)
+    .bind(partition)
+    .bind(offset)
+    .bind(error.to_string())
+    .bind(error.reason())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Applies events to one read model.
@@ -133,9 +238,9 @@ impl<M: ReadModel> Projector<M> {
     ///
     /// # Errors
     ///
-    /// [`ProjectionError::Undecodable`] for an event the read model cannot use (nothing is
-    /// changed); [`ProjectionError::Database`] when the transaction fails (nothing is changed;
-    /// retry).
+    /// An error that [`ProjectionError::is_unusable`] for an event that does not verify or
+    /// that the read model cannot use (nothing is changed; park it);
+    /// [`ProjectionError::Database`] when the transaction fails (nothing is changed; retry).
     #[tracing::instrument(skip_all, fields(
         projector = self.model.name(),
         aggregate_id = %event.subject,
@@ -150,18 +255,50 @@ impl<M: ReadModel> Projector<M> {
     }
 
     /// Applies `event` read from the event store's stream and moves this projector's stream
-    /// checkpoint to `at`, in one transaction.
+    /// checkpoint to `at`, in one transaction. An unusable event is parked as the Kafka loop
+    /// parks one (with [`STREAM_PARTITION`] and its position as offset) and passed over, so
+    /// one bad row cannot stall the read model: [`Applied::Parked`].
     ///
     /// # Errors
     ///
-    /// As [`Projector::apply`].
+    /// [`ProjectionError::Database`] and the other errors that are not
+    /// [`ProjectionError::is_unusable`] (nothing is changed; retry).
     pub async fn apply_from_stream(
         &self,
         event: &PublishedEvent,
         at: StreamPosition,
     ) -> Result<Applied, ProjectionError> {
         let mut tx = self.pool.begin().await?;
-        let applied = self.apply_in(&mut tx, event).await?;
+        let applied = match self.apply_in(&mut tx, event).await {
+            Ok(applied) => applied,
+            Err(e) if e.is_unusable() => {
+                tx.rollback().await?;
+                tracing::error!(
+                    projector = self.model.name(),
+                    event_id = %event.id,
+                    aggregate_id = %event.subject,
+                    sequence = event.sequence,
+                    position = event.position,
+                    reason = e.reason(),
+                    error.message = %e,
+                    "unusable event parked"
+                );
+                let mut tx = self.pool.begin().await?;
+                park_in(
+                    &mut tx,
+                    self.model.name(),
+                    schemas::topics::for_event_type(&event.event_type),
+                    STREAM_PARTITION,
+                    event.position,
+                    &e,
+                )
+                .await?;
+                save_stream_position(&mut tx, self.model.name(), at).await?;
+                tx.commit().await?;
+                return Ok(Applied::Parked);
+            }
+            Err(e) => return Err(e),
+        };
         save_stream_position(&mut tx, self.model.name(), at).await?;
         tx.commit().await?;
         Ok(applied)
@@ -235,7 +372,8 @@ impl<M: ReadModel> Projector<M> {
         tx.commit().await
     }
 
-    /// Keeps a record the read model cannot use, with the reason, so it is not silently lost.
+    /// Keeps a record the read model cannot use, with the error and its
+    /// [`ProjectionError::reason`], so it is not silently lost (no payload is kept).
     ///
     /// # Errors
     ///
@@ -245,19 +383,41 @@ impl<M: ReadModel> Projector<M> {
         topic: &str,
         partition: i32,
         offset: i64,
-        error: &str,
+        error: &ProjectionError,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO projections.parked_messages (projector, topic, partition, \"offset\", error)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        let mut conn = self.pool.acquire().await?;
+        park_in(
+            &mut conn,
+            self.model.name(),
+            topic,
+            partition,
+            offset,
+            error,
         )
-        .bind(self.model.name())
-        .bind(topic)
-        .bind(partition)
-        .bind(offset)
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
+        .await
+    }
+
+    /// Refuses an event that is not what its headers claim (see the module docs).
+    async fn verify(
+        &self,
+        tx: &mut PgConnection,
+        event: &PublishedEvent,
+    ) -> Result<(), ProjectionError> {
+        event.verify()?;
+        if event.event_type == SHREDDING_EVENT_TYPE {
+            // In the clear, so anyone able to produce could write one, and every read model
+            // purges the patient on it: it counts only once the key is really gone, which the
+            // event store does in the transaction that stores it.
+            match self.keys.data_key(&mut *tx, &event.subject).await? {
+                KeyState::Destroyed => {}
+                KeyState::Active(_) | KeyState::Absent => {
+                    return Err(ProjectionError::Unverified(format!(
+                        "{SHREDDING_EVENT_TYPE} of {} sequence {} but the data key is not destroyed",
+                        event.id, event.sequence
+                    )))
+                }
+            }
+        }
         Ok(())
     }
 
@@ -266,6 +426,7 @@ impl<M: ReadModel> Projector<M> {
         tx: &mut PgConnection,
         event: &PublishedEvent,
     ) -> Result<Applied, ProjectionError> {
+        self.verify(tx, event).await?;
         if !self.model.ordered_per_aggregate() {
             self.model.apply(tx, event).await?;
             return Ok(Applied::Applied);
@@ -312,6 +473,8 @@ impl<M: ReadModel> Projector<M> {
             let owner = event.key_id().unwrap_or_else(|| event.subject.clone());
             match self.keys.data_key(&mut *tx, &owner).await? {
                 KeyState::Active(key) => {
+                    // Bound to the identity recomputed from type, subject and sequence, not
+                    // to the `ce_id` header: a sealed value replayed elsewhere does not open.
                     self.model
                         .apply(tx, &event.clone().opened_with(&key)?)
                         .await?;
@@ -361,35 +524,71 @@ async fn save_stream_position(
     Ok(())
 }
 
-/// The partition recorded for an event parked while read from the event store's stream.
-pub const STREAM_PARTITION: i32 = -1;
+#[cfg(test)]
+mod tests {
+    use schemas::envelope::event_id;
+    use schemas::sealed::DataKey;
 
-/// How many records one projector parked for one reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParkedCount {
-    pub projector: String,
-    pub reason: String,
-    pub count: i64,
-}
+    use super::*;
 
-/// How many records each projector parked, by reason.
-///
-/// # Errors
-///
-/// The database error.
-pub async fn parked_counts(pool: &PgPool) -> Result<Vec<ParkedCount>, sqlx::Error> {
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT projector, error, count(*) FROM projections.parked_messages
-          GROUP BY projector, error ORDER BY projector, error",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(projector, reason, count)| ParkedCount {
-            projector,
-            reason,
-            count,
-        })
-        .collect())
+    fn registered(sequence: u64) -> PublishedEvent {
+        PublishedEvent {
+            id: event_id("Patient", "p1", sequence),
+            event_type: "PatientRegistered".into(),
+            major_version: 1,
+            time: chrono::DateTime::UNIX_EPOCH,
+            subject: "p1".into(),
+            sequence,
+            position: 1,
+            request_id: None,
+            traceparent: None,
+            user_id: None,
+            event_hash: Some("00ff".into()),
+            sealed: false,
+            data: br#"{"family":"Doe"}"#.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_plaintext_event_where_a_sealed_one_is_due_is_parked_as_unverified() {
+        // Act
+        let err = ProjectionError::from(registered(1).verify().unwrap_err());
+
+        // Assert
+        assert!(err.is_unusable());
+        assert_eq!(err.reason(), "unverified");
+        assert!(!err.to_string().contains("Doe"), "{err}");
+    }
+
+    #[test]
+    fn a_ce_id_that_is_not_recomputed_from_type_subject_and_sequence_is_parked() {
+        // Arrange: sequence 1's sealed value and ce_id, sent as sequence 3.
+        let key = DataKey::generate("p1");
+        let mut replayed = registered(1).sealed_with(&key);
+        replayed.sequence = 3;
+
+        // Act
+        let err = ProjectionError::from(replayed.verify().unwrap_err());
+
+        // Assert
+        assert!(err.is_unusable());
+        assert!(err.to_string().contains("sequence 3"), "{err}");
+    }
+
+    #[test]
+    fn only_failures_of_the_store_keys_or_documents_are_retried() {
+        for unusable in [
+            ProjectionError::Undecodable(schemas::DecodeError::MissingHeader("ce_id")),
+            ProjectionError::Unopenable(OpenError::Tampered),
+            ProjectionError::Unverified("x".into()),
+        ] {
+            assert!(unusable.is_unusable(), "{unusable}");
+        }
+        for retried in [
+            ProjectionError::Database(sqlx::Error::PoolTimedOut),
+            ProjectionError::Documents("x".into()),
+        ] {
+            assert!(!retried.is_unusable(), "{retried}");
+        }
+    }
 }

@@ -18,6 +18,14 @@
 //! | `traceparent`     | W3C trace context of the request that caused it                     |
 //!
 //! A consumer drops duplicates by `ce_id`, or by keeping the last `ce_sequence` per subject.
+//!
+//! Headers are whatever the producer wrote, so a consumer does not take them on trust:
+//! [`PublishedEvent::verify`] recomputes the `ce_id` from the type, subject and sequence and
+//! checks that the value is sealed exactly when the contract says it is
+//! ([`crate::sealed::is_published_in_clear`]); [`PublishedEvent::opened_with`] binds the sealed
+//! value to that recomputed identity. Without these, anyone able to produce to a topic could
+//! slip a value in the clear past a consumer, or replay an old sealed value at a new sequence
+//! so that the genuine event there is then dropped as a duplicate.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -68,6 +76,40 @@ pub fn event_id(aggregate_type: &str, aggregate_id: &str, sequence: u64) -> Uuid
     )
 }
 
+/// Why a received event is not the event its headers claim. Messages name ids, types and
+/// sequences, never data; strings from headers are cut short.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The `ce_id` is not the id of the type, subject and sequence it came with.
+    #[error("ce_id {found} is not the id of {aggregate_type} {subject} sequence {sequence}")]
+    WrongId {
+        found: Uuid,
+        aggregate_type: &'static str,
+        subject: String,
+        sequence: u64,
+    },
+    /// A value in the clear where the contract publishes a sealed one.
+    #[error("{event_type} {subject} sequence {sequence} is in the clear; it is published sealed")]
+    NotSealed {
+        event_type: String,
+        subject: String,
+        sequence: u64,
+    },
+    /// A sealed value where the contract publishes one in the clear.
+    #[error("{event_type} {subject} sequence {sequence} is sealed; it is published in the clear")]
+    UnexpectedlySealed {
+        event_type: String,
+        subject: String,
+        sequence: u64,
+    },
+}
+
+/// At most 64 characters of a header value, for messages: enough for any id, too little to
+/// carry data someone put where an id belongs.
+fn cut(value: &str) -> String {
+    value.chars().take(64).collect()
+}
+
 /// One event as a consumer receives it: the CloudEvents attributes and the JSON data.
 #[derive(Clone, PartialEq)]
 pub struct PublishedEvent {
@@ -84,7 +126,8 @@ pub struct PublishedEvent {
     pub user_id: Option<String>,
     /// Hex of the stored row's link in its stream's hash chain.
     pub event_hash: Option<String>,
-    /// Whether `data` is a [`Sealed`] value rather than the event's JSON.
+    /// Whether `data` is a [`Sealed`] value rather than the event's JSON, as the
+    /// `content-type` header says; [`PublishedEvent::verify`] holds it to the contract.
     pub sealed: bool,
     pub data: Vec<u8>,
 }
@@ -204,11 +247,55 @@ impl PublishedEvent {
         })
     }
 
-    /// This event with its data sealed by `key` (bound to the event id).
+    /// The aggregate type this event belongs to, by its event type.
+    pub fn aggregate_type(&self) -> &'static str {
+        crate::topics::aggregate_type_of_event_type(&self.event_type)
+    }
+
+    /// The id this event must have: [`event_id`] of its aggregate type, subject and sequence,
+    /// recomputed rather than read from `ce_id`.
+    pub fn expected_id(&self) -> Uuid {
+        event_id(self.aggregate_type(), &self.subject, self.sequence)
+    }
+
+    /// Checks what the headers claim against the contract: the `ce_id` is the id of the type,
+    /// subject and sequence, and the value is sealed unless the event type is published in the
+    /// clear. A consumer calls this before using the event, and opens it with
+    /// [`PublishedEvent::opened_with`], which binds the sealed value to the same identity.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError`] naming what does not hold.
+    pub fn verify(&self) -> Result<(), VerifyError> {
+        if self.id != self.expected_id() {
+            return Err(VerifyError::WrongId {
+                found: self.id,
+                aggregate_type: self.aggregate_type(),
+                subject: cut(&self.subject),
+                sequence: self.sequence,
+            });
+        }
+        match (sealed::is_published_in_clear(&self.event_type), self.sealed) {
+            (false, false) => Err(VerifyError::NotSealed {
+                event_type: cut(&self.event_type),
+                subject: cut(&self.subject),
+                sequence: self.sequence,
+            }),
+            (true, true) => Err(VerifyError::UnexpectedlySealed {
+                event_type: cut(&self.event_type),
+                subject: cut(&self.subject),
+                sequence: self.sequence,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// This event with its data sealed by `key`, bound to its identity
+    /// ([`PublishedEvent::expected_id`], which is its `ce_id`).
     #[must_use]
     pub fn sealed_with(mut self, key: &DataKey) -> Self {
         if !self.sealed {
-            self.data = sealed::seal(key, self.id.as_bytes(), &self.data).to_json();
+            self.data = sealed::seal(key, self.expected_id().as_bytes(), &self.data).to_json();
             self.sealed = true;
         }
         self
@@ -222,6 +309,9 @@ impl PublishedEvent {
     }
 
     /// This event with its data opened by `key`; an event that is not sealed comes back as is.
+    /// The associated data is the identity recomputed from type, subject and sequence
+    /// ([`PublishedEvent::expected_id`]), never the `ce_id` header: a sealed value moved to
+    /// another sequence or aggregate does not open, whatever `ce_id` it is sent with.
     ///
     /// # Errors
     ///
@@ -229,7 +319,7 @@ impl PublishedEvent {
     pub fn opened_with(mut self, key: &DataKey) -> Result<Self, OpenError> {
         if self.sealed {
             let sealed = Sealed::from_json(&self.data)?;
-            self.data = sealed::open(key, self.id.as_bytes(), &sealed)?;
+            self.data = sealed::open(key, self.expected_id().as_bytes(), &sealed)?;
             self.sealed = false;
         }
         Ok(self)
@@ -310,6 +400,114 @@ mod tests {
         .unwrap();
         assert!(received.sealed);
         assert_eq!(received.opened_with(&key).unwrap().data, event.data);
+    }
+
+    fn registered(sequence: u64) -> PublishedEvent {
+        PublishedEvent {
+            id: event_id("Patient", "p1", sequence),
+            event_type: "PatientRegistered".into(),
+            major_version: 1,
+            time: Utc::now(),
+            subject: "p1".into(),
+            sequence,
+            position: 1,
+            request_id: None,
+            traceparent: None,
+            user_id: None,
+            event_hash: Some("00ff".into()),
+            sealed: false,
+            data: br#"{"family":"Doe"}"#.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_sealed_event_with_its_own_identity_verifies() {
+        let key = DataKey::generate("p1");
+        let event = registered(1).sealed_with(&key);
+        assert_eq!(event.verify(), Ok(()));
+        assert_eq!(event.opened_with(&key).unwrap().data, registered(1).data);
+    }
+
+    #[test]
+    fn a_ce_id_that_is_not_the_id_of_type_subject_and_sequence_does_not_verify() {
+        let key = DataKey::generate("p1");
+        let mut event = registered(1).sealed_with(&key);
+        event.sequence = 2;
+        let err = event.verify().unwrap_err();
+        assert!(
+            matches!(err, VerifyError::WrongId { sequence: 2, .. }),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("Doe"));
+    }
+
+    #[test]
+    fn an_old_sealed_value_replayed_at_a_new_sequence_with_a_recomputed_ce_id_does_not_open() {
+        // Arrange: the attacker copies sequence 1's sealed value and gives it the ce_id of 2.
+        let key = DataKey::generate("p1");
+        let old = registered(1).sealed_with(&key);
+        let mut replayed = old.clone();
+        replayed.sequence = 2;
+        replayed.id = event_id("Patient", "p1", 2);
+
+        // Act
+        let verified = replayed.verify();
+        let opened = replayed.opened_with(&key);
+
+        // Assert: the headers agree with each other, but the value is bound to sequence 1.
+        assert_eq!(verified, Ok(()));
+        assert_eq!(opened.unwrap_err(), OpenError::Tampered);
+    }
+
+    #[test]
+    fn opening_binds_to_the_recomputed_identity_not_the_ce_id_header() {
+        // Arrange: sealed for sequence 2, then sent as sequence 1 with 2's ce_id kept.
+        let key = DataKey::generate("p1");
+        let mut moved = registered(2).sealed_with(&key);
+        moved.sequence = 1;
+
+        // Act
+        let opened = moved.opened_with(&key);
+
+        // Assert
+        assert_eq!(opened.unwrap_err(), OpenError::Tampered);
+    }
+
+    #[test]
+    fn a_value_in_the_clear_where_a_sealed_one_is_due_does_not_verify() {
+        let err = registered(1).verify().unwrap_err();
+        assert!(matches!(err, VerifyError::NotSealed { .. }), "{err}");
+        assert!(!err.to_string().contains("Doe"));
+    }
+
+    #[test]
+    fn erasure_and_access_entries_verify_in_the_clear_and_not_sealed() {
+        let key = DataKey::generate("p1");
+        for (aggregate_type, event_type) in [
+            ("Patient", "PatientForgotten"),
+            ("Access", crate::access::v1::ACCESS_RECORDED),
+        ] {
+            let event = PublishedEvent {
+                id: event_id(aggregate_type, "p1", 1),
+                event_type: event_type.into(),
+                data: b"{}".to_vec(),
+                ..registered(1)
+            };
+            assert_eq!(event.verify(), Ok(()), "{event_type}");
+            let err = event.sealed_with(&key).verify().unwrap_err();
+            assert!(
+                matches!(err, VerifyError::UnexpectedlySealed { .. }),
+                "{event_type}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_values_in_verify_errors_are_cut_short() {
+        let mut event = registered(1);
+        event.subject = "x".repeat(1000);
+        let err = event.verify().unwrap_err();
+        assert!(err.to_string().len() < 200, "{err}");
     }
 
     #[test]

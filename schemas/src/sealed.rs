@@ -1,17 +1,21 @@
 //! Sealed data: patient data encrypted with that patient's data key.
 //!
-//! Every patient event except `PatientForgotten` is published sealed: the record value is a
+//! Every event is published sealed except those [`is_published_in_clear`] names (the event
+//! types of [`CLEAR_EVENT_TYPES`] and every event of [`CLEAR_TOPICS`]): the record value is a
 //! [`Sealed`] JSON object instead of the event's JSON, and the `content-type` header is
 //! [`SEALED_CONTENT_TYPE`]. Opening it gives exactly the bytes the event's JSON Schema
-//! describes.
+//! describes. Whether a value is sealed is the contract's to say, not the header's: a consumer
+//! refuses a value in the clear where a sealed one is due, whatever its `content-type`.
 //!
 //! - Algorithm: AES-256-GCM ([`ALGORITHM`]), a fresh random 96-bit nonce per seal.
 //! - Key: the patient's 256-bit data key; `kid` names it (the patient id). Downstream services
 //!   with the `service` role fetch it from `GET /v1/patients/{id}/data-key` (an audited read).
 //!   After the patient is forgotten the key no longer exists anywhere and the data stays
 //!   unreadable for good (crypto-shredding).
-//! - Associated data: the 16 bytes of the event's `ce_id`, so a sealed value cannot be moved to
-//!   another event undetected.
+//! - Associated data: the 16 bytes of the event's id, [`crate::envelope::event_id`] of its
+//!   aggregate type, subject and sequence (which the `ce_id` of a genuine event equals), so a
+//!   sealed value cannot be moved to another event undetected. A consumer recomputes that id
+//!   rather than reading it from `ce_id` ([`crate::PublishedEvent::opened_with`]).
 //! - `nonce` and `ciphertext` (which ends with the 16-byte tag) are standard base64, padded.
 //!
 //! ```
@@ -28,12 +32,28 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 /// The only algorithm: AES-256-GCM.
 pub const ALGORITHM: &str = "A256GCM";
 
 /// The `content-type` header of a record whose value is [`Sealed`].
 pub const SEALED_CONTENT_TYPE: &str = "application/vnd.nextgen-medtech.sealed+json";
+
+/// Event types published (and stored) in the clear on topics whose other events are sealed:
+/// they carry ids and codes only, and must stay readable after the patient's key is destroyed.
+pub const CLEAR_EVENT_TYPES: &[&str] = &["PatientForgotten"];
+
+/// Topics every event of which is published in the clear: access entries hold ids and codes
+/// only, and are not about one aggregate whose key could seal them.
+pub const CLEAR_TOPICS: &[&str] = &[crate::topics::ACCESS];
+
+/// Whether the contract publishes events of `event_type` in the clear; every other event type
+/// is published sealed.
+pub fn is_published_in_clear(event_type: &str) -> bool {
+    CLEAR_EVENT_TYPES.contains(&event_type)
+        || CLEAR_TOPICS.contains(&crate::topics::for_event_type(event_type))
+}
 
 /// Encrypted data and what it takes to open it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -69,7 +89,8 @@ impl Sealed {
 #[derive(Clone, PartialEq, Eq)]
 pub struct DataKey {
     id: String,
-    bytes: [u8; 32],
+    /// Wiped from memory when the key is dropped.
+    bytes: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for DataKey {
@@ -84,7 +105,7 @@ impl DataKey {
     pub fn new(id: impl Into<String>, bytes: [u8; 32]) -> Self {
         Self {
             id: id.into(),
-            bytes,
+            bytes: Zeroizing::new(bytes),
         }
     }
 
@@ -115,7 +136,7 @@ impl DataKey {
 
     /// The key in base64.
     pub fn to_base64(&self) -> String {
-        STANDARD.encode(self.bytes)
+        STANDARD.encode(*self.bytes)
     }
 }
 
@@ -243,6 +264,31 @@ mod tests {
         let mut altered = sealed.clone();
         altered.ciphertext = STANDARD.encode(b"0123456789abcdef0123");
         assert_eq!(open(&key, b"event-1", &altered), Err(OpenError::Tampered));
+    }
+
+    #[test]
+    fn only_erasure_and_access_entries_are_published_in_the_clear() {
+        for clear in [
+            "PatientForgotten",
+            "AccessRecorded",
+            "EmergencyAccessGranted",
+        ] {
+            assert!(is_published_in_clear(clear), "{clear}");
+        }
+        for sealed in [
+            "PatientRegistered",
+            "DemographicsCorrected",
+            "PatientArchived",
+            "AllergyRecorded",
+            "DocumentRevised",
+            "AppointmentCreated",
+            "AppointmentReminder",
+            "WaitlistOffer",
+            // An unknown type is published on the patient topic, where values are sealed.
+            "SomethingNew",
+        ] {
+            assert!(!is_published_in_clear(sealed), "{sealed}");
+        }
     }
 
     #[test]

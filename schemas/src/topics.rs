@@ -31,6 +31,30 @@ pub fn for_aggregate_type(aggregate_type: &str) -> Option<&'static str> {
     }
 }
 
+/// The aggregate type whose events a topic carries: the inverse of [`for_aggregate_type`].
+pub fn aggregate_type(topic: &str) -> Option<&'static str> {
+    match topic {
+        PATIENT => Some("Patient"),
+        MEDICAL_RECORD => Some("MedicalRecord"),
+        APPOINTMENT => Some("Appointment"),
+        NOTIFICATIONS => Some("Notification"),
+        ACCESS => Some("Access"),
+        _ => None,
+    }
+}
+
+/// The aggregate type of an event type: the first part of the event's identity (its `ce_id`,
+/// [`crate::envelope::event_id`]), which a consumer recomputes rather than trusts.
+pub fn aggregate_type_of_event_type(event_type: &str) -> &'static str {
+    match for_event_type(event_type) {
+        MEDICAL_RECORD => "MedicalRecord",
+        APPOINTMENT => "Appointment",
+        NOTIFICATIONS => "Notification",
+        ACCESS => "Access",
+        _ => "Patient",
+    }
+}
+
 /// The topic an event type is published on. Event types are unique across topics.
 pub fn for_event_type(event_type: &str) -> &'static str {
     if crate::medical_record::v1::EVENT_TYPES.contains(&event_type) {
@@ -48,5 +72,43 @@ pub fn for_event_type(event_type: &str) -> &'static str {
         ACCESS
     } else {
         PATIENT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_topic_names_the_aggregate_type_that_names_it() {
+        for topic in ALL {
+            let aggregate_type = aggregate_type(topic).unwrap();
+            assert_eq!(for_aggregate_type(aggregate_type), Some(topic));
+        }
+        assert_eq!(aggregate_type("patients.other.v1"), None);
+    }
+
+    #[test]
+    fn an_event_type_has_the_aggregate_type_of_its_topic() {
+        for (event_type, aggregate) in [
+            ("PatientRegistered", "Patient"),
+            ("PatientForgotten", "Patient"),
+            ("AllergyRecorded", "MedicalRecord"),
+            ("AppointmentCreated", "Appointment"),
+            ("AppointmentReminder", "Notification"),
+            (crate::access::v1::ACCESS_RECORDED, "Access"),
+            (crate::access::v1::EMERGENCY_ACCESS_GRANTED, "Access"),
+        ] {
+            assert_eq!(
+                aggregate_type_of_event_type(event_type),
+                aggregate,
+                "{event_type}"
+            );
+            assert_eq!(
+                aggregate_type(for_event_type(event_type)),
+                Some(aggregate),
+                "{event_type}"
+            );
+        }
     }
 }
