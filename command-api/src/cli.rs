@@ -101,6 +101,10 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Extracts the text of one document on stdin, within CPU and memory limits, onto stdout:
+    /// the process the service runs for each upload.
+    #[command(hide = true)]
+    ExtractText(crate::extraction::ExtractTextArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +136,11 @@ pub enum KeysCommand {
 ///
 /// Whatever the chosen command fails with.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::ExtractText(args) = &cli.command {
+        // Before any setting is read or log written: the child needs neither, and its stdout
+        // is its answer alone.
+        return crate::extraction::extract_text(args);
+    }
     let settings = Settings::load(cli.config_dir.as_deref())?;
     if !matches!(cli.command, Command::Token { .. }) {
         telemetry::init_subscriber(telemetry::get_subscriber(&settings.log, std::io::stderr));
@@ -215,6 +224,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 chrono::Utc::now(),
                 &extras,
             )?;
+            // Which secret: a token of the public development secret is accepted only by a
+            // service on the embedded default, and none is by a service checking a JWKS.
+            if settings.auth.uses_development_secret() {
+                eprintln!("signed (HS256) with the public development secret of configuration/base.yaml: only the embedded development service accepts it");
+            } else {
+                eprintln!("signed (HS256) with the configured secret auth.jwt_secret (APP_AUTH__JWT_SECRET)");
+            }
+            if settings.auth.uses_jwks() {
+                eprintln!("note: this configuration checks tokens against a JWKS, so the service refuses HS256 tokens");
+            }
             println!("{token}");
             Ok(())
         }
@@ -246,6 +265,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Retention {
             command: RetentionCommand::Purge(args),
         } => crate::retention::run(&settings, args).await,
+        Command::ExtractText(args) => crate::extraction::extract_text(&args),
         Command::Keys {
             command: KeysCommand::Rotate,
         } => {

@@ -75,12 +75,20 @@ pub struct DocumentSettings {
     pub storage: String,
     /// With `storage: directory`: where (local disk, or a mounted object store).
     pub directory: Option<PathBuf>,
-    /// Not used yet: the tests set it to the binary that extracts text.
-    #[serde(default)]
+    /// How long text extraction from one document may take, in milliseconds. Past it the
+    /// extracting process is killed and the upload refused.
+    pub extraction_timeout_ms: u64,
+    /// The program run as `<program> extract-text` to extract text in a process of its own;
+    /// this binary when unset.
     pub extractor_path: Option<PathBuf>,
 }
 
 impl DocumentSettings {
+    /// How long text extraction from one document may take.
+    pub fn extraction_timeout(&self) -> Duration {
+        Duration::from_millis(self.extraction_timeout_ms)
+    }
+
     /// The configured storage.
     ///
     /// # Errors
@@ -263,9 +271,48 @@ pub struct AuthSettings {
     pub jwks_refetch_interval_secs: u64,
     /// A session unused this long ends (automatic logoff).
     pub idle_timeout_secs: u64,
-    /// Not used yet: the tests of the break-the-glass limit set it.
-    #[serde(default)]
+    /// How many patients one user may open under break-the-glass in an hour; past it, 429.
     pub break_glass_patients_per_hour: u32,
+}
+
+/// The shortest HS256 secret accepted outside the embedded development default.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+impl AuthSettings {
+    /// Whether tokens are checked against an identity provider's keys (not the HS256 secret).
+    pub fn uses_jwks(&self) -> bool {
+        self.jwks_path.is_some() || self.jwks_url.is_some()
+    }
+
+    /// Whether the HS256 secret is the public one `base.yaml` ships with.
+    pub fn uses_development_secret(&self) -> bool {
+        self.jwt_secret.expose_secret() == DEVELOPMENT_SECRET
+    }
+
+    /// Refuses an HS256 secret anyone could know or guess, unless `development` (the embedded
+    /// default, on one machine): the development secret is public, and a short one can be
+    /// found by trying.
+    ///
+    /// # Errors
+    ///
+    /// Saying which setting to change.
+    pub fn check_secret(&self, development: bool) -> anyhow::Result<()> {
+        if self.uses_jwks() || development {
+            return Ok(());
+        }
+        if self.uses_development_secret() {
+            anyhow::bail!(
+                "refusing to start: auth.jwt_secret is the public development secret; set \
+                 APP_AUTH__JWT_SECRET (at least {MIN_SECRET_BYTES} random bytes) or a JWKS"
+            );
+        }
+        if self.jwt_secret.expose_secret().len() < MIN_SECRET_BYTES {
+            anyhow::bail!(
+                "refusing to start: auth.jwt_secret is shorter than {MIN_SECRET_BYTES} bytes"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -327,6 +374,51 @@ impl Settings {
             builder = builder.set_override("kafka.brokers", brokers)?;
         }
         builder.build()?.try_deserialize()
+    }
+}
+
+impl Settings {
+    /// What in this configuration sends data or trusts keys over connections nobody checks:
+    /// the service starts, and logs each at start.
+    pub fn transport_warnings(&self) -> Vec<&'static str> {
+        let mut warnings = Vec::new();
+        let database_tls_set = self.database.ssl_mode.is_some()
+            || self
+                .database
+                .url
+                .as_ref()
+                .is_some_and(|url| url.expose_secret().contains("sslmode="));
+        if self.database.url.is_some() && !database_tls_set {
+            warnings.push(
+                "database TLS is left at the driver default (prefer: unverified, and plaintext \
+                 when the server offers no TLS); set database.ssl_mode to verify-full",
+            );
+        }
+        let kafka_plaintext = matches!(
+            self.kafka
+                .security_protocol
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
+            None | Some("plaintext" | "sasl_plaintext")
+        );
+        if self.kafka.brokers.is_some() && kafka_plaintext {
+            warnings.push(
+                "Kafka is reached in plaintext: set kafka.security_protocol to ssl or sasl_ssl",
+            );
+        }
+        if self
+            .auth
+            .jwks_url
+            .as_deref()
+            .is_some_and(|url| url.to_ascii_lowercase().starts_with("http://"))
+        {
+            warnings.push(
+                "the JWKS is fetched over http://: anyone on the path could swap the keys tokens \
+                 are checked with; use https://",
+            );
+        }
+        warnings
     }
 }
 
@@ -400,6 +492,10 @@ mod tests {
         assert!(settings.database.url.is_none());
         assert!(settings.kafka.client_config().is_none());
         assert_eq!(settings.auth.jwt_secret.expose_secret(), DEVELOPMENT_SECRET);
+        assert!(
+            settings.transport_warnings().is_empty(),
+            "the embedded default talks to nothing"
+        );
     }
 
     #[test]
@@ -411,5 +507,31 @@ mod tests {
         assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9092"));
         assert_eq!(config.get("security.protocol"), Some("ssl"));
         assert_eq!(config.get("sasl.password"), None);
+    }
+
+    #[test]
+    fn unchecked_transports_and_guessable_secrets_are_named() {
+        let mut settings = Settings::base().unwrap();
+        settings.database.url = Some(SecretString::from("postgres://db.internal/ps"));
+        settings.kafka.brokers = Some("kafka.internal:9092".into());
+        settings.auth.jwks_url = Some("http://idp.internal/jwks.json".into());
+        let warnings = settings.transport_warnings();
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+
+        settings.database.ssl_mode = Some("verify-full".into());
+        settings.kafka.security_protocol = Some("SASL_SSL".into());
+        settings.auth.jwks_url = Some("https://idp.internal/jwks.json".into());
+        assert!(settings.transport_warnings().is_empty());
+
+        let mut auth = Settings::base().unwrap().auth;
+        assert!(
+            auth.check_secret(true).is_ok(),
+            "the embedded default may use it"
+        );
+        assert!(auth.check_secret(false).is_err(), "a deployment may not");
+        auth.jwt_secret = SecretString::from("x".repeat(MIN_SECRET_BYTES - 1));
+        assert!(auth.check_secret(false).is_err());
+        auth.jwt_secret = SecretString::from("x".repeat(MIN_SECRET_BYTES));
+        assert!(auth.check_secret(false).is_ok());
     }
 }

@@ -1,18 +1,26 @@
 //! Text extraction from uploaded documents, for indexing: plain text, Markdown, HTML and PDF.
 //! Other accepted types (images) are stored without text.
 //!
-//! Extraction runs on a blocking thread with a time limit, at most [`CONCURRENT`] at a time
-//! (a document that outlives its limit keeps its slot until it ends, so slow documents cannot
-//! exhaust the blocking pool), and a parser that panics on a malformed file is contained: the
-//! upload is refused as unreadable, the service goes on. PDFs are checked first for what no
-//! panic handler can contain: pdf-extract draws form XObjects recursively without a cycle
-//! check, so a form that draws itself would overflow the stack and abort the process.
+//! The parsers run in a child process (this binary's hidden `extract-text` subcommand, see
+//! `process.rs`) limited in CPU time and memory, at most [`CONCURRENT`] at a time. A document
+//! past its time limit is refused and its process killed and reaped before the answer, so a
+//! hostile document costs at most its limit and frees its slot: a thread cannot be stopped,
+//! a process can. A parser that panics or crashes on a malformed file takes only its process
+//! down: the upload is refused as unreadable, the service goes on. PDFs are still checked
+//! first: pdf-extract draws form XObjects recursively without a cycle check, and a form that
+//! draws itself is better refused by name than as a crash.
+//!
+//! The functions that extract (`extract_now` and below) are pure and tested in-process.
+
+mod process;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lopdf::{Dictionary, Object, ObjectId};
 use tokio::sync::Semaphore;
+
+pub use process::{extract_text, ExtractTextArgs, Extractor};
 
 /// The media types a document may have, and whether text is extracted from them.
 pub const MEDIA_TYPES: &[(&str, bool)] = &[
@@ -25,8 +33,16 @@ pub const MEDIA_TYPES: &[(&str, bool)] = &[
     ("image/tiff", false),
 ];
 
-/// How long extraction from one document may take.
-const TIME_LIMIT: Duration = Duration::from_secs(20);
+/// How long extraction from one document may take unless configured
+/// (`documents.extraction_timeout_ms`).
+pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(20);
+
+/// The address space an extracting process may use.
+pub const MEMORY_LIMIT: u64 = 1 << 30;
+
+/// What [`ExtractionError::Unreadable`] names when a parser fails on a file beyond what its
+/// type says (it panicked, or crashed its process).
+const ANY_FILE: &str = "a readable file";
 
 /// Extractions running at once.
 pub const CONCURRENT: usize = 2;
@@ -46,7 +62,7 @@ pub enum ExtractionError {
     RecursivePdf,
     #[error("text extraction took too long")]
     TooSlow,
-    /// Every extraction slot is taken (retry).
+    /// Every extraction slot is taken, or no extracting process could be run (retry).
     #[error("text extraction is busy")]
     Busy,
 }
@@ -68,45 +84,38 @@ pub fn accepted(media_type: &str) -> Option<&'static str> {
         .map(|(t, _)| *t)
 }
 
-/// The text of `bytes` of `media_type` (one of [`MEDIA_TYPES`]); `None` for types without
-/// text.
-///
-/// # Errors
-///
-/// [`ExtractionError`] when the bytes are not what the type says, or take too long.
-pub async fn extract(
-    media_type: &'static str,
-    bytes: Vec<u8>,
-) -> Result<Option<String>, ExtractionError> {
-    let permit = tokio::time::timeout(TIME_LIMIT, slots().acquire_owned())
-        .await
-        .map_err(|_| ExtractionError::Busy)?
-        .map_err(|_| ExtractionError::Busy)?;
-    let work = tokio::task::spawn_blocking(move || {
-        let result = std::panic::catch_unwind(|| extract_now(media_type, &bytes))
-            .unwrap_or(Err(ExtractionError::Unreadable("a readable file")));
-        // The slot is freed when the work ends, not when its caller stops waiting.
-        drop(permit);
-        result
-    });
-    match tokio::time::timeout(TIME_LIMIT, work).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(ExtractionError::Unreadable("a readable file")),
-        Err(_) => Err(ExtractionError::TooSlow),
+/// Whether text is extracted from `media_type`.
+fn has_text(media_type: &str) -> bool {
+    MEDIA_TYPES
+        .iter()
+        .any(|(t, text)| *t == media_type && *text)
+}
+
+/// What a document of `media_type` was expected to be, as `extract_now` names it when the
+/// bytes are not that.
+fn expected(media_type: &str) -> &'static str {
+    match media_type {
+        "text/plain" => "UTF-8 text",
+        "text/markdown" => "UTF-8 Markdown",
+        "text/html" => "HTML",
+        "application/pdf" => "PDF",
+        _ => ANY_FILE,
     }
 }
 
+/// The text of `bytes` of `media_type`, here and now: what the child process runs.
 fn extract_now(media_type: &str, bytes: &[u8]) -> Result<Option<String>, ExtractionError> {
+    let what = expected(media_type);
     let text = match media_type {
-        "text/plain" => utf8(bytes, "UTF-8 text")?.to_owned(),
-        "text/markdown" => markdown(utf8(bytes, "UTF-8 Markdown")?),
+        "text/plain" => utf8(bytes, what)?.to_owned(),
+        "text/markdown" => markdown(utf8(bytes, what)?),
         "text/html" => {
-            html2text::from_read(bytes, 100_000).map_err(|_| ExtractionError::Unreadable("HTML"))?
+            html2text::from_read(bytes, 100_000).map_err(|_| ExtractionError::Unreadable(what))?
         }
         "application/pdf" => {
             forms_are_acyclic(bytes)?;
             pdf_extract::extract_text_from_mem(bytes)
-                .map_err(|_| ExtractionError::Unreadable("PDF"))?
+                .map_err(|_| ExtractionError::Unreadable(what))?
         }
         _ => return Ok(None),
     };

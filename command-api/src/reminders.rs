@@ -20,7 +20,10 @@ use crate::http::Clock;
 /// How often due reminders are looked for.
 const POLL: Duration = Duration::from_millis(200);
 
-/// Runs reminders and the wait list until `shutdown`.
+/// How often expired idempotency records are deleted.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs reminders and the wait list (and sweeps expired idempotency records) until `shutdown`.
 pub async fn run(
     store: PatientStore,
     appointments: AppointmentStore,
@@ -28,7 +31,18 @@ pub async fn run(
     clock: Clock,
     shutdown: CancellationToken,
 ) {
+    let idempotency = event_store::idempotency::IdempotencyKeys::new(store.pool().clone());
+    let mut swept_at: Option<std::time::Instant> = None;
     loop {
+        // Expired idempotency records go, about once a minute.
+        if swept_at.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            match idempotency.sweep(clock()).await {
+                Ok(_) => swept_at = Some(std::time::Instant::now()),
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "expired idempotency records stay for now")
+                }
+            }
+        }
         if let Err(e) = dispatch_due(&store, &appointments, clock()).await {
             tracing::warn!(error.message = %e, "reminders could not be dispatched now; retrying");
         }

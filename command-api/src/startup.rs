@@ -15,14 +15,13 @@ use projections::medical_records::MedicalRecords;
 use projections::patient_match::PatientMatch;
 use projections::patient_search::PatientSearch;
 use projections::{Projector, ReadModel, StreamPosition};
-use secrecy::ExposeSecret;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
-use crate::configuration::{Settings, DEVELOPMENT_SECRET};
+use crate::configuration::Settings;
 use crate::embedded_postgres::EmbeddedPostgres;
 use crate::http::{self, AppState, Clock};
 
@@ -205,6 +204,9 @@ impl Service {
             migrate(&pool).await?;
         }
         let secrets = settings.secrets()?;
+        for warning in settings.transport_warnings() {
+            tracing::warn!("{warning}");
+        }
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let kafka = settings.kafka.client_config();
@@ -295,16 +297,24 @@ impl Service {
         }
         let mut port = None;
         if roles.api {
-            let jwks_configured =
-                settings.auth.jwks_path.is_some() || settings.auth.jwks_url.is_some();
-            if !jwks_configured && settings.auth.jwt_secret.expose_secret() == DEVELOPMENT_SECRET {
-                tracing::warn!("the development JWT secret is in use: set APP_AUTH__JWT_SECRET outside development");
+            // The embedded default runs on one machine for development; anything with a
+            // database of its own is a deployment.
+            let development = settings.database.url.is_none();
+            settings.auth.check_secret(development)?;
+            if !settings.auth.uses_jwks() {
+                if settings.auth.uses_development_secret() {
+                    tracing::warn!("the development JWT secret is in use: set APP_AUTH__JWT_SECRET outside development");
+                }
+                if settings.auth.issuer.is_none() || settings.auth.audience.is_none() {
+                    tracing::warn!("HS256 tokens are accepted without an issuer and audience: set auth.issuer and auth.audience");
+                }
             }
             let authenticator = Authenticator::new(&settings.auth)
                 .with_jwks(crate::auth::jwks::Jwks::load(&settings.auth).await?);
             let state = AppState::new(pool.clone(), authenticator, clock, secrets)
                 .with_retention_days(settings.retention.archived_days)
-                .with_documents(settings.documents.storage()?, settings.documents.max_bytes)
+                .with_emergency_limit(settings.auth.break_glass_patients_per_hour)
+                .with_documents(&settings.documents)?
                 .with_scheduling(settings.scheduling.clone());
             let router = http::router(
                 state,

@@ -10,10 +10,11 @@ use futures::TryStreamExt;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use sqlx::{PgPool, Row};
+use zeroize::Zeroizing;
 
 /// The secret key of the hash chains.
 #[derive(Clone)]
-pub struct ChainKey([u8; 32]);
+pub struct ChainKey(Zeroizing<[u8; 32]>);
 
 impl std::fmt::Debug for ChainKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -23,13 +24,13 @@ impl std::fmt::Debug for ChainKey {
 
 impl ChainKey {
     pub fn new(bytes: [u8; 32]) -> Self {
-        Self(bytes)
+        Self(Zeroizing::new(bytes))
     }
 
     /// The link after `previous` (empty for the first) committing to `fields`, each
     /// length-prefixed so no two different field lists hash alike.
     pub fn link(&self, previous: &[u8], fields: &[&[u8]]) -> Vec<u8> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_slice())
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         for part in std::iter::once(previous).chain(fields.iter().copied()) {
             mac.update(&(part.len() as u64).to_be_bytes());
@@ -115,6 +116,8 @@ pub enum Tampering {
     AlteredOrInserted,
     /// Rows are missing before this one: sequences `from..=to` were deleted.
     Deleted { from: u64, to: u64 },
+    /// The payload is in the clear where the service only ever stores sealed payloads.
+    Unsealed,
 }
 
 /// One row that does not verify.
@@ -146,6 +149,10 @@ impl std::fmt::Display for Finding {
             Tampering::Deleted { from, to } => write!(
                 f,
                 "events {aggregate_type}/{aggregate_id} sequences {from}-{to}: deleted"
+            ),
+            Tampering::Unsealed => write!(
+                f,
+                "events {aggregate_type}/{aggregate_id} sequence {sequence}: unsealed payload"
             ),
         }
     }

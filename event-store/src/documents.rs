@@ -164,6 +164,47 @@ impl DocumentStore {
     }
 }
 
+/// Deletes the patient's document contents stored in PostgreSQL, inside `tx` (the erasure's):
+/// sealed as they are, their rows still named the SHA-256 of each file and of its text, and
+/// its size, which would let whoever guesses a document confirm the patient had it.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn forget_stored(
+    tx: &mut sqlx::PgConnection,
+    patient_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM document_blobs WHERE patient_id = $1")
+        .bind(patient_id)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+impl DocumentStore {
+    /// Deletes everything stored for a forgotten patient: their rows, and with directory
+    /// storage their folder (files cannot join the erasure's transaction, so the medical
+    /// record projector calls this when it applies `PatientForgotten`, retrying until done).
+    /// Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// The database or file system error.
+    pub async fn forget(&self, patient_id: &str) -> Result<(), DocumentError> {
+        let mut conn = self.pool.acquire().await?;
+        forget_stored(&mut conn, patient_id).await?;
+        if let DocumentStorage::Directory(root) = &self.storage {
+            match tokio::fs::remove_dir_all(root.join(patient_dir(patient_id))).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A directory name for a patient id: the id if it is a plain UUID-like token, else its hash,
 /// so no id can climb out of the root.
 fn patient_dir(patient_id: &str) -> String {

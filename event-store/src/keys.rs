@@ -13,12 +13,14 @@ use std::sync::Arc;
 use schemas::sealed::{self, DataKey};
 use sha2::{Digest, Sha256};
 use sqlx::{PgExecutor, PgPool, Row};
+use zeroize::Zeroizing;
 
 /// A 256-bit master key. Its id is derived from it, so configuration holds keys only.
 #[derive(Clone)]
 pub struct MasterKey {
     id: String,
-    bytes: [u8; 32],
+    /// Wiped from memory when the key is dropped.
+    bytes: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -35,7 +37,7 @@ impl MasterKey {
             Sha256::digest([b"patient-service master key id:".as_slice(), &bytes].concat());
         Self {
             id: hex::encode(&digest[..8]),
-            bytes,
+            bytes: Zeroizing::new(bytes),
         }
     }
 

@@ -10,21 +10,31 @@
 //!   sequence fail, so the chain never forks.
 //! - **Erasure.** [`SHREDDING_EVENT_TYPE`] destroys the aggregate's data key in the transaction
 //!   that stores it. Reading an aggregate whose key is destroyed yields only its clear events.
+//! - **Verification.** Loading an aggregate checks its whole stream before anything is decided
+//!   on it ([`check_stream`]): a row without a hash that fits (inserted or altered
+//!   by someone without the audit key), a gap, or a plaintext payload where a sealed one is due
+//!   fails the load with [`crate::store::Unverified`] and an operator alert. This is why the
+//!   repository reads rows itself rather than through postgres-es, whose reads leave out the
+//!   `hash` column; the table layout and the optimistic-concurrency rule are postgres-es's.
 
 use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
 use cqrs_es::Aggregate;
-use postgres_es::PostgresEventRepository;
 use schemas::sealed::{self, DataKey, Sealed};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::chain::{ChainKey, EventFields};
+use crate::chain::{ChainKey, EventFields, Finding, Tampering};
 use crate::keys::{KeyError, KeyState, KeyStore};
 
-/// Event types stored and published in the clear.
-pub const CLEAR_EVENT_TYPES: &[&str] = &["PatientForgotten"];
+/// Event types stored and published in the clear: the contract's list, so what is stored in
+/// the clear and what consumers accept in the clear cannot drift apart.
+pub const CLEAR_EVENT_TYPES: &[&str] = schemas::sealed::CLEAR_EVENT_TYPES;
+
+/// An `events` row as a load reads it: sequence, event type and version, payload, metadata,
+/// hash.
+type StoredRow = (i64, String, String, Value, Value, Option<Vec<u8>>);
 
 /// The event type whose storing destroys the aggregate's data key.
 pub const SHREDDING_EVENT_TYPE: &str = "PatientForgotten";
@@ -40,7 +50,6 @@ const SEALED_FIELD: &str = "sealed";
 /// Sealing, chaining event repository.
 pub struct SealedRepository {
     pool: PgPool,
-    inner: PostgresEventRepository,
     keys: KeyStore,
     chain: ChainKey,
     /// Time an appointment claims or gives back, in the transaction of its events.
@@ -56,7 +65,6 @@ impl std::fmt::Debug for SealedRepository {
 impl SealedRepository {
     pub fn new(pool: PgPool, keys: KeyStore, chain: ChainKey) -> Self {
         Self {
-            inner: PostgresEventRepository::new(pool.clone()),
             pool,
             keys,
             chain,
@@ -116,6 +124,51 @@ impl SealedRepository {
         Ok(opened)
     }
 }
+
+/// Checks one aggregate's rows, given in sequence order from its first, as they are loaded to
+/// act on: each must follow the one before without a gap, carry the hash that commits to it and
+/// to its predecessor, and be sealed unless its type is stored in the clear
+/// ([`CLEAR_EVENT_TYPES`]). Returns the first row that fails.
+///
+/// # Errors
+///
+/// The [`Finding`] naming that row.
+pub fn check_stream<'a>(
+    key: &ChainKey,
+    rows: impl IntoIterator<Item = (EventFields<'a>, Option<&'a [u8]>)>,
+) -> Result<(), Finding> {
+    let mut previous: &[u8] = &[];
+    for (expected, (fields, hash)) in (1_u64..).zip(rows) {
+        let finding = |tampering| Finding {
+            aggregate_type: fields.aggregate_type.to_owned(),
+            aggregate_id: fields.aggregate_id.to_owned(),
+            sequence: fields.sequence,
+            tampering,
+        };
+        if fields.sequence != expected {
+            return Err(finding(Tampering::Deleted {
+                from: expected,
+                to: fields.sequence.saturating_sub(1),
+            }));
+        }
+        if !CLEAR_EVENT_TYPES.contains(&fields.event_type) && !is_sealed(fields.payload) {
+            return Err(finding(Tampering::Unsealed));
+        }
+        let recomputed = key.event_hash(previous, fields);
+        let Some(hash) = hash.filter(|h| *h == recomputed.as_slice()) else {
+            return Err(finding(Tampering::AlteredOrInserted));
+        };
+        previous = hash;
+    }
+    Ok(())
+}
+
+/// A stored stream that does not verify ([`check_stream`]): someone wrote to the event store
+/// without the audit key. Nothing is decided on such a stream; the operator is alerted and
+/// `audit verify` names every such row.
+#[derive(Debug, thiserror::Error)]
+#[error("the event store holds a row the service did not write: {0}")]
+pub struct Unverified(pub Finding);
 
 /// Whether a stored payload is sealed.
 pub fn is_sealed(payload: &Value) -> bool {
@@ -187,12 +240,80 @@ fn sqlx_error(error: sqlx::Error) -> PersistenceError {
     }
 }
 
+impl SealedRepository {
+    /// The aggregate's events as stored, after checking that the whole stream verifies
+    /// ([`check_stream`]): nothing is acted on that the service did not write.
+    async fn verified_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let rows: Vec<StoredRow> = sqlx::query_as(
+            "SELECT sequence, event_type, event_version, payload, metadata, hash
+               FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2
+              ORDER BY sequence",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sqlx_error)?;
+        let checked = check_stream(
+            &self.chain,
+            rows.iter().map(
+                |(sequence, event_type, event_version, payload, metadata, hash)| {
+                    (
+                        EventFields {
+                            aggregate_type: A::TYPE,
+                            aggregate_id,
+                            sequence: u64::try_from(*sequence).unwrap_or_default(),
+                            event_type,
+                            event_version,
+                            payload,
+                            metadata,
+                        },
+                        hash.as_deref(),
+                    )
+                },
+            ),
+        );
+        if let Err(finding) = checked {
+            // Ids and the kind of tampering only: the row's content is not to be trusted or shown.
+            tracing::error!(
+                alert = "event-store-tampering",
+                aggregate_type = A::TYPE,
+                aggregate_id,
+                sequence = finding.sequence,
+                finding = %finding,
+                "a stored event does not verify; refusing to act on it"
+            );
+            return Err(PersistenceError::UnknownError(Box::new(Unverified(
+                finding,
+            ))));
+        }
+        Ok(rows
+            .into_iter()
+            .map(
+                |(sequence, event_type, event_version, payload, metadata, _)| SerializedEvent {
+                    aggregate_id: aggregate_id.to_owned(),
+                    sequence: usize::try_from(sequence).unwrap_or_default(),
+                    aggregate_type: A::TYPE.to_owned(),
+                    event_type,
+                    event_version,
+                    payload,
+                    metadata,
+                },
+            )
+            .collect())
+    }
+}
+
 impl PersistedEventRepository for SealedRepository {
     async fn get_events<A: Aggregate>(
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        let events = self.inner.get_events::<A>(aggregate_id).await?;
+        let events = self.verified_events::<A>(aggregate_id).await?;
         self.open_all::<A>(aggregate_id, events).await
     }
 
@@ -201,10 +322,9 @@ impl PersistedEventRepository for SealedRepository {
         aggregate_id: &str,
         last_sequence: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        let events = self
-            .inner
-            .get_last_events::<A>(aggregate_id, last_sequence)
-            .await?;
+        // The chain is checked from the stream's first row, so the whole stream is read.
+        let mut events = self.verified_events::<A>(aggregate_id).await?;
+        events.retain(|e| e.sequence > last_sequence);
         self.open_all::<A>(aggregate_id, events).await
     }
 
@@ -319,6 +439,15 @@ impl PersistedEventRepository for SealedRepository {
                     .destroy(&mut tx, aggregate_id)
                     .await
                     .map_err(sqlx_error)?;
+                // What the service keeps beside the events about the patient goes in the same
+                // transaction: idempotency records (keyed hashes of their requests) and stored
+                // document contents (sealed, but named by the hash of the plain bytes).
+                crate::idempotency::forget(&mut tx, aggregate_id)
+                    .await
+                    .map_err(sqlx_error)?;
+                crate::documents::forget_stored(&mut tx, aggregate_id)
+                    .await
+                    .map_err(sqlx_error)?;
             }
             previous = hash;
         }
@@ -352,5 +481,70 @@ impl PersistedEventRepository for SealedRepository {
         Err(PersistenceError::UnknownError(
             "stream events through event_store::stream".into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row<'a>(
+        sequence: u64,
+        event_type: &'a str,
+        payload: &'a serde_json::Value,
+    ) -> EventFields<'a> {
+        EventFields {
+            aggregate_type: "Patient",
+            aggregate_id: "p",
+            sequence,
+            event_type,
+            event_version: "1.0",
+            payload,
+            metadata: &serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn a_loaded_stream_must_be_whole_chained_and_sealed() {
+        let key = ChainKey::new([7; 32]);
+        let sealed =
+            serde_json::json!({ "sealed": { "kid": "k", "nonce": "n", "ciphertext": "c" } });
+        let clear = serde_json::json!({ "patient_id": "p" });
+        let first = key.event_hash(&[], row(1, "PatientRegistered", &sealed));
+        let second = key.event_hash(&first, row(2, "PatientForgotten", &clear));
+        let good = [
+            (row(1, "PatientRegistered", &sealed), Some(first.as_slice())),
+            (row(2, "PatientForgotten", &clear), Some(second.as_slice())),
+        ];
+        assert_eq!(check_stream(&key, good), Ok(()));
+
+        // A row put there without the key: no hash, or one made with another key.
+        let forged = ChainKey::new([8; 32]).event_hash(&second, row(3, "ContactChanged", &sealed));
+        for hash in [None, Some(forged.as_slice())] {
+            let inserted = good
+                .into_iter()
+                .chain([(row(3, "ContactChanged", &sealed), hash)]);
+            let finding = check_stream(&key, inserted).unwrap_err();
+            assert_eq!(
+                (finding.sequence, finding.tampering),
+                (3, Tampering::AlteredOrInserted)
+            );
+        }
+        // A plaintext payload where a sealed one is due, even with a hash that fits.
+        let plain_hash = key.event_hash(&second, row(3, "CareRelationshipStarted", &clear));
+        let plain = good.into_iter().chain([(
+            row(3, "CareRelationshipStarted", &clear),
+            Some(plain_hash.as_slice()),
+        )]);
+        assert_eq!(
+            check_stream(&key, plain).unwrap_err().tampering,
+            Tampering::Unsealed
+        );
+        // A gap.
+        let gap = [(row(2, "PatientForgotten", &clear), Some(second.as_slice()))];
+        assert_eq!(
+            check_stream(&key, gap).unwrap_err().tampering,
+            Tampering::Deleted { from: 1, to: 1 }
+        );
     }
 }

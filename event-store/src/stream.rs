@@ -152,6 +152,34 @@ pub async fn history<'e>(
     rows.iter().map(decode_row).collect()
 }
 
+/// Checks one aggregate's [`history`] as a load does ([`crate::repository::check_stream`]).
+///
+/// # Errors
+///
+/// The first row that does not verify.
+pub fn check_history(
+    chain: &crate::chain::ChainKey,
+    events: &[StoredEvent],
+) -> Result<(), crate::chain::Finding> {
+    crate::repository::check_stream(
+        chain,
+        events.iter().map(|e| {
+            (
+                crate::chain::EventFields {
+                    aggregate_type: &e.aggregate_type,
+                    aggregate_id: &e.aggregate_id,
+                    sequence: e.sequence,
+                    event_type: &e.event_type,
+                    event_version: &e.event_version,
+                    payload: &e.payload,
+                    metadata: &e.metadata,
+                },
+                e.hash.as_deref(),
+            )
+        }),
+    )
+}
+
 fn decode_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, sqlx::Error> {
     // Read as text under another name: `ORDER BY transaction_id` must mean the xid8 column, not
     // its text (where "1000" sorts before "999").

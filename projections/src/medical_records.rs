@@ -180,6 +180,12 @@ impl ReadModel for MedicalRecords {
                 patient_v1::PatientEvent::from_published(event)
             {
                 purge(tx, e.patient_id).await?;
+                // Their stored documents go too (a folder cannot join the erasure's
+                // transaction); a failure is retried with the event.
+                self.documents
+                    .forget(&e.patient_id.to_string())
+                    .await
+                    .map_err(|e| ProjectionError::Documents(e.to_string()))?;
             }
             return Ok(());
         }

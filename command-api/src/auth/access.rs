@@ -10,11 +10,17 @@
 //!   flagged and published as `EmergencyAccessGranted`.
 //! - every other role the table allows: any patient.
 //! - A user of another organization (token `org` claim differing from `auth.organization`)
-//!   reaches only patients whose consent shares their record with that organization.
+//!   only reads ([`external_may`]), and only patients whose consent shares their record with
+//!   that organization. With `auth.organization` set, a token must name its organization.
+//! - Consent (sharing with a role or an organization) grants reading only: writing a
+//!   medical record needs the care team or break-the-glass.
 //! - Purpose of use `research` (`X-Purpose-Of-Use`) is refused for patients who opted out.
 //!
 //! A caller refused for a patient who exists gets the same 403 as for one who does not; only
 //! a caller who could read any patient learns that an id is unknown (404) or erased (410).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use domain::patient::{Patient, PatientId};
@@ -88,6 +94,43 @@ fn clinical(action: Action) -> bool {
     )
 }
 
+/// Actions that change data. Consent never grants them, and users of other organizations never
+/// do them.
+pub fn writes(action: Action) -> bool {
+    !matches!(
+        action,
+        Action::ReadPatient
+            | Action::SearchPatients
+            | Action::MatchPatients
+            | Action::ReviewRetention
+            | Action::ReadAuditTrail
+            | Action::ReadDataKey
+            | Action::ReadDisclosures
+            | Action::ReadMedicalRecord
+            | Action::SearchMedicalRecords
+            | Action::ReadSchedule
+            | Action::ReadAppointments
+    )
+}
+
+/// What a user of another organization may ask for at all: reads that are decided patient by
+/// patient (through that patient's consent), and the schedule, which holds no patient data.
+/// Searching, matching and listing across patients, and every change, are for this
+/// organization's users.
+pub fn external_may(action: Action) -> bool {
+    matches!(
+        action,
+        Action::ReadPatient
+            | Action::ReadAuditTrail
+            | Action::ReadDataKey
+            | Action::ReadDisclosures
+            | Action::ReadMedicalRecord
+            | Action::SearchMedicalRecords
+            | Action::ReadSchedule
+            | Action::ReadAppointments
+    )
+}
+
 /// How the caller's roles let them at this patient, before looking at the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reach {
@@ -120,9 +163,11 @@ fn reach(user: &AuthUser, action: Action, id: PatientId) -> Reach {
     reach
 }
 
-/// Whether the caller belongs to another organization than this service's.
+/// Whether the caller belongs to another organization than this service's. With an
+/// organization configured, a caller naming none is not of it (tokens without the claim are
+/// refused before this, see [`super::Authenticator::verify`]).
 pub fn is_external(user: &AuthUser, home: Option<&str>) -> bool {
-    matches!((home, user.organization.as_deref()), (Some(home), Some(org)) if home != org)
+    home.is_some_and(|home| user.organization.as_deref() != Some(home))
 }
 
 /// Decides whether `user` may do `action` on patient `id`, loaded as `patient` (`None` when
@@ -162,6 +207,9 @@ pub fn decide(
         };
     };
     let governance = &record.governance;
+    if external && writes(action) {
+        return Decision::Denied;
+    }
     if external
         && !user
             .organization
@@ -175,9 +223,9 @@ pub fn decide(
     }
     match reach {
         Reach::Any => Decision::Granted,
-        Reach::IfRecordAllows
-            if governance.cares_for(&user.id) || governance.shared_with_role("clinician") =>
-        {
+        Reach::IfRecordAllows if governance.cares_for(&user.id) => Decision::Granted,
+        // Consent shares the record for reading; writing needs the care team or emergency.
+        Reach::IfRecordAllows if !writes(action) && governance.shared_with_role("clinician") => {
             Decision::Granted
         }
         Reach::IfRecordAllows => match user.break_glass {
@@ -214,16 +262,85 @@ pub fn may_change(
     reach(user, action, id) == Reach::Any && !is_external(user, home_organization)
 }
 
-/// Appends access entries to the event store.
+/// Counts of access decisions since the process started, for the `/metrics` endpoint.
+#[derive(Debug, Default)]
+pub struct AccessCounters {
+    /// Break-the-glass grants (each also an `EmergencyAccessGranted` event).
+    pub emergency_granted: AtomicU64,
+    /// Break-the-glass requests refused by the per-user limit.
+    pub emergency_refused: AtomicU64,
+    /// Refused accesses to a patient's data.
+    pub denied: AtomicU64,
+}
+
+/// The default of `auth.break_glass_patients_per_hour`.
+pub const DEFAULT_EMERGENCY_LIMIT: u32 = 5;
+
+/// Appends access entries to the event store, and keeps break-the-glass within its limit.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
     pool: PgPool,
     chain: ChainKey,
+    /// Patients one user may open under break-the-glass per hour.
+    emergency_limit: u32,
+    counters: Arc<AccessCounters>,
 }
 
 impl AccessLog {
     pub fn new(pool: PgPool, chain: ChainKey) -> Self {
-        Self { pool, chain }
+        Self {
+            pool,
+            chain,
+            emergency_limit: DEFAULT_EMERGENCY_LIMIT,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Lets one user open at most `limit` patients an hour under break-the-glass.
+    #[must_use]
+    pub fn with_emergency_limit(mut self, limit: u32) -> Self {
+        self.emergency_limit = limit;
+        self
+    }
+
+    pub fn counters(&self) -> &AccessCounters {
+        &self.counters
+    }
+
+    /// Whether `user`'s break-the-glass access to patient `id` at `at` stays within the
+    /// per-user limit (a patient already opened in the last hour counts once); a refusal is
+    /// counted and alerted.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::Unavailable`] or [`ApiError::Internal`] when the database fails.
+    pub async fn allow_emergency(
+        &self,
+        user: &AuthUser,
+        id: PatientId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, ApiError> {
+        let allowed = event_store::access::allow_emergency(
+            &self.pool,
+            &user.id,
+            id.as_uuid(),
+            at,
+            self.emergency_limit,
+        )
+        .await?;
+        if !allowed {
+            self.counters
+                .emergency_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                alert = "break-the-glass-limit",
+                user_id = %user.id,
+                patient_id = %id,
+                limit = self.emergency_limit,
+                "emergency access refused: the user reached the hourly limit"
+            );
+        }
+        Ok(allowed)
     }
 
     /// Records that `user` did `what` with each of `patients`, granted or not, at `at`.
@@ -246,7 +363,15 @@ impl AccessLog {
             _ => None,
         };
         if let Some(reason) = &emergency {
-            tracing::warn!(user_id = %user.id, patients = patients.len(), reason, "emergency access granted");
+            self.counters
+                .emergency_granted
+                .fetch_add(patients.len() as u64, Ordering::Relaxed);
+            tracing::warn!(alert = "break-the-glass", user_id = %user.id, patients = patients.len(), reason, "emergency access granted");
+        }
+        if !granted {
+            self.counters
+                .denied
+                .fetch_add(patients.len() as u64, Ordering::Relaxed);
         }
         let entries: Vec<AccessEntry> = patients
             .iter()

@@ -125,6 +125,12 @@ impl Jwks {
         let mut found = self.key(&kid);
         if found.is_none() && matches!(self.source, Source::Url(_)) && self.may_refetch() {
             match self.fetch().await {
+                // A set with no usable key (a broken or hostile answer) must not replace the
+                // keys that work: every user would be locked out.
+                Ok(keys) if keys.is_empty() => tracing::warn!(
+                    alert = "jwks-refresh-refused",
+                    "the refreshed JWKS holds no usable key; keeping the current keys"
+                ),
                 Ok(keys) => {
                     self.store(keys);
                     found = self.key(&kid);

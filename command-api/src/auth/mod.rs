@@ -98,6 +98,10 @@ pub enum TokenError {
     Algorithm,
     #[error("the token names a key the identity provider does not publish")]
     UnknownKey,
+    /// This service has an organization (`auth.organization`) and the token names none: it
+    /// must not count as one of ours by default.
+    #[error("the token has no organization claim")]
+    NoOrganization,
 }
 
 impl Authenticator {
@@ -171,6 +175,9 @@ impl Authenticator {
         if sub.is_empty() || sub.len() > 200 || sub.chars().any(char::is_control) {
             return Err(TokenError::BadSubject);
         }
+        if self.organization.is_some() && claims.org.is_none() {
+            return Err(TokenError::NoOrganization);
+        }
         Ok(AuthUser {
             id: sub,
             roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
@@ -217,7 +224,11 @@ impl Authenticator {
             iss: self.issuer.clone(),
             aud: self.audience.clone().map(Audience::One),
             patient_id: extras.patient_id,
-            org: extras.organization.clone(),
+            // Minted by this service: of its organization unless told otherwise.
+            org: extras
+                .organization
+                .clone()
+                .or_else(|| self.organization.clone()),
             sid: extras.session_id.clone(),
             jti: None,
         };
@@ -341,7 +352,15 @@ impl<P: Permission> FromRequestParts<AppState> for Authorized<P> {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
-        if let Err(forbidden) = user.require(P::ACTION) {
+        let mut allowed = user.require(P::ACTION);
+        if allowed.is_ok()
+            && access::is_external(&user, state.home_organization.as_deref())
+            && !access::external_may(P::ACTION)
+        {
+            tracing::info!(user_id = %user.id, action = ?P::ACTION, "forbidden to another organization");
+            allowed = Err(ApiError::Forbidden);
+        }
+        if let Err(forbidden) = allowed {
             // A refused attempt at one patient's data is an access entry too.
             if let Some(id) = patient_in_path(parts.uri.path()) {
                 let at = (state.clock)();

@@ -18,10 +18,10 @@ use chrono::{DateTime, Utc};
 use domain::{FieldError, FieldErrors};
 use projections::audit_log;
 
-use crate::auth::access::Decision;
-use crate::auth::{permission, Authorized};
+use crate::auth::access::{self, Decision};
+use crate::auth::{permission, Action, AuthUser, Authorized};
 use crate::http::governance::page;
-use crate::http::patients::{url_encode, whole_number};
+use crate::http::patients::{checked_access, url_encode, verified_history, whole_number};
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
@@ -72,6 +72,15 @@ async fn entries(
         )
     });
     errors.into_result().map_err(ApiError::InvalidParameters)?;
+    match patient_id {
+        // One patient's trail: the same per-patient decision as any read of their data.
+        Some(id) => audit_reach(&state, &user, "audit-entries", PatientId::new(id)).await?,
+        // Across patients: for this organization's auditors only.
+        None if access::is_external(&user, state.home_organization.as_deref()) => {
+            return Err(ApiError::Forbidden)
+        }
+        None => {}
+    }
     let found = audit_log::query(
         &state.pool,
         &audit_log::Criteria {
@@ -102,6 +111,33 @@ async fn entries(
         format!("/v1/audit/entries?{}", parts.join("&"))
     }))
     .into_response())
+}
+
+/// Decides whether `user` may read patient `id`'s audit trail, as any read of their data
+/// ([`checked_access`]: another organization needs the patient's consent), and records it.
+/// The trail of a forgotten patient (the fact of the erasure, and who did what before it)
+/// stays open to this organization's auditors.
+async fn audit_reach(
+    state: &AppState,
+    user: &AuthUser,
+    what: &str,
+    id: PatientId,
+) -> Result<(), ApiError> {
+    let loaded = state.store.load(id).await?;
+    let patient = loaded.as_ref().map(|(p, _)| p);
+    let home = state.home_organization.as_deref();
+    if patient.is_some_and(|p| p.forgotten().is_some())
+        && access::may_change(user, Action::ReadAuditTrail, id, home)
+    {
+        let at = (state.clock)();
+        return state
+            .access
+            .record(user, what, &[id.as_uuid()], Decision::Granted, at)
+            .await;
+    }
+    checked_access(state, user, Action::ReadAuditTrail, what, id, patient)
+        .await
+        .map(|_| ())
 }
 
 /// Replaces the value of every national identifier in `data` by its masked form.
@@ -139,19 +175,8 @@ async fn stream(
     };
     let id = PatientId::parse("id", &raw_id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    state
-        .access
-        .record(
-            &user,
-            "history",
-            &[id.as_uuid()],
-            Decision::Granted,
-            (state.clock)(),
-        )
-        .await?;
-    let mut events =
-        event_store::stream::history(&state.pool, stored_type, &id.to_string()).await?;
-    event_store::stream::open(state.store.keys(), &state.pool, &mut events).await?;
+    audit_reach(&state, &user, "history", id).await?;
+    let events = verified_history(&state, stored_type, id).await?;
     if events.is_empty() {
         return Err(ApiError::NotFound);
     }

@@ -507,7 +507,9 @@ async fn upload(
         text_length: 0,
     };
     record_input::document(&metadata_part, "metadata", placeholder, today)?;
-    let text = extraction::extract(media_type, bytes.clone())
+    let text = state
+        .extractor
+        .extract(media_type, bytes.clone())
         .await
         .map_err(|e| match e {
             extraction::ExtractionError::Busy => ApiError::Unavailable(Box::new(e)),

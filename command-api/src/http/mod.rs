@@ -7,6 +7,7 @@ mod governance;
 mod health;
 pub mod json;
 mod medical_records;
+mod metrics;
 pub mod patient_input;
 mod patients;
 mod problem;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub document_max_bytes: usize,
     pub appointments: AppointmentStore,
     pub scheduling: crate::configuration::SchedulingSettings,
+    /// Extracts documents' text in child processes.
+    pub extractor: Arc<crate::extraction::Extractor>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -98,6 +101,7 @@ impl AppState {
                 secrets.chain.clone(),
             ),
             scheduling: crate::configuration::SchedulingSettings::default(),
+            extractor: Arc::default(),
             store: PatientStore::new(pool.clone(), secrets.keys, secrets.chain),
             idempotency: IdempotencyKeys::new(pool.clone()),
             pool,
@@ -105,6 +109,13 @@ impl AppState {
             clock,
             retention_days: crate::configuration::DEFAULT_RETENTION_DAYS,
         }
+    }
+
+    /// Lets one user open at most `limit` patients an hour under break-the-glass.
+    #[must_use]
+    pub fn with_emergency_limit(mut self, limit: u32) -> Self {
+        self.access = self.access.with_emergency_limit(limit);
+        self
     }
 
     pub fn with_retention_days(mut self, days: u32) -> Self {
@@ -119,10 +130,18 @@ impl AppState {
     }
 
     /// Where documents are stored and the largest accepted.
-    pub fn with_documents(mut self, storage: DocumentStorage, max_bytes: usize) -> Self {
-        self.documents = DocumentStore::new(self.pool.clone(), self.store.keys().clone(), storage);
-        self.document_max_bytes = max_bytes;
-        self
+    pub fn with_documents(
+        mut self,
+        settings: &crate::configuration::DocumentSettings,
+    ) -> anyhow::Result<Self> {
+        self.documents = DocumentStore::new(
+            self.pool.clone(),
+            self.store.keys().clone(),
+            settings.storage()?,
+        );
+        self.document_max_bytes = settings.max_bytes;
+        self.extractor = Arc::new(crate::extraction::Extractor::new(settings));
+        Ok(self)
     }
 }
 
@@ -141,6 +160,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .merge(governance::router())
         .merge(sessions::router())
         .merge(health::router())
+        .merge(metrics::router())
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

@@ -19,7 +19,6 @@ use event_store::idempotency::Recorded;
 use event_store::store::CommandMetadata;
 use projections::patient_search::{self, Criteria};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
 use crate::auth::{access, permission, Action, AuthUser, Authorized, Permission};
@@ -241,16 +240,6 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     Ok(Some(key.to_owned()))
 }
 
-fn request_hash(method: &str, path: &str, body: &[u8]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(method.as_bytes());
-    hasher.update(b" ");
-    hasher.update(path.as_bytes());
-    hasher.update(b"\n");
-    hasher.update(body);
-    hex::encode(hasher.finalize())
-}
-
 /// The first answer for a repeated key: the aggregate as it was at the recorded version.
 async fn replay(state: &AppState, recorded: &Recorded, hash: &str) -> Result<Response, ApiError> {
     if recorded.request_hash != hash || recorded.aggregate_type != Patient::TYPE {
@@ -282,9 +271,10 @@ where
     Fut: std::future::Future<Output = Result<Outcome, ApiError>>,
 {
     let key = idempotency_key(headers)?;
-    let hash = request_hash(method, path, body);
+    let hash = event_store::idempotency::request_hash(state.store.chain(), method, path, body);
+    let now = (state.clock)();
     if let Some(key) = &key {
-        if let Some(recorded) = state.idempotency.find(&user.id, key).await? {
+        if let Some(recorded) = state.idempotency.find(&user.id, key, now).await? {
             return replay(state, &recorded, &hash).await;
         }
         // The first attempt may have committed and then died before recording its answer:
@@ -298,7 +288,10 @@ where
                     version,
                     response_status: StatusCode::OK.as_u16(),
                 };
-                state.idempotency.record(&user.id, key, &recorded).await?;
+                state
+                    .idempotency
+                    .record(&user.id, key, &recorded, now)
+                    .await?;
                 return replay(state, &recorded, &hash).await;
             }
         }
@@ -318,8 +311,12 @@ where
             response_status: status.as_u16(),
         };
         // A concurrent first request may have recorded its answer before us: answer as it did.
-        if !state.idempotency.record(&user.id, key, &recorded).await? {
-            if let Some(first) = state.idempotency.find(&user.id, key).await? {
+        if !state
+            .idempotency
+            .record(&user.id, key, &recorded, now)
+            .await?
+        {
+            if let Some(first) = state.idempotency.find(&user.id, key, now).await? {
                 return replay(state, &first, &hash).await;
             }
         }
@@ -534,9 +531,7 @@ async fn read(
         let (patient, version) = loaded.ok_or(ApiError::NotFound)?;
         return respond(StatusCode::OK, &patient, version, false);
     };
-    let mut history =
-        event_store::stream::history(&state.pool, Patient::TYPE, &id.to_string()).await?;
-    event_store::stream::open(state.store.keys(), &state.pool, &mut history).await?;
+    let history = verified_history(&state, Patient::TYPE, id).await?;
     let mut patient = Patient::default();
     let mut version = 0;
     for event in history.into_iter().take_while(|e| e.recorded_at <= as_of) {
@@ -549,6 +544,36 @@ async fn read(
         return Err(ApiError::NotFound);
     }
     respond(StatusCode::OK, &patient, version, false)
+}
+
+/// Every event of aggregate `aggregate_type`/`id` in sequence order, opened, after checking the
+/// stream as a load does: a row the service did not write is never shown as history.
+///
+/// # Errors
+///
+/// 500 with an operator alert when a row does not verify; 503 or 500 when the store fails.
+pub(super) async fn verified_history(
+    state: &AppState,
+    aggregate_type: &str,
+    id: PatientId,
+) -> Result<Vec<event_store::stream::StoredEvent>, ApiError> {
+    let mut history =
+        event_store::stream::history(&state.pool, aggregate_type, &id.to_string()).await?;
+    if let Err(finding) = event_store::stream::check_history(state.store.chain(), &history) {
+        tracing::error!(
+            alert = "event-store-tampering",
+            aggregate_type,
+            aggregate_id = %id,
+            sequence = finding.sequence,
+            finding = %finding,
+            "a stored event does not verify; refusing to show it"
+        );
+        return Err(ApiError::Internal(Box::new(
+            event_store::repository::Unverified(finding),
+        )));
+    }
+    event_store::stream::open(state.store.keys(), &state.pool, &mut history).await?;
+    Ok(history)
 }
 
 /// Decides whether `user` may do `action` on patient `id` (as loaded) and records the access
@@ -566,21 +591,30 @@ pub(super) async fn checked_access(
     id: PatientId,
     patient: Option<&Patient>,
 ) -> Result<Option<access::BreakGlassReason>, ApiError> {
-    let decision = access::decide(
+    let mut decision = access::decide(
         user,
         action,
         id,
         patient,
         state.home_organization.as_deref(),
     );
+    let at = (state.clock)();
+    let over_limit = matches!(decision, access::Decision::Emergency(_))
+        && !state.access.allow_emergency(user, id, at).await?;
+    if over_limit {
+        decision = access::Decision::Denied;
+    }
     if matches!(
         decision,
         access::Decision::Granted | access::Decision::Emergency(_) | access::Decision::Denied
     ) {
         state
             .access
-            .record(user, what, &[id.as_uuid()], decision, (state.clock)())
+            .record(user, what, &[id.as_uuid()], decision, at)
             .await?;
+    }
+    if over_limit {
+        return Err(ApiError::EmergencyAccessLimit);
     }
     decision.into_result()
 }
@@ -683,6 +717,34 @@ impl<P: Permission> FromRequest<AppState> for CommandRequest<P> {
     }
 }
 
+/// Allows `user` to change patient `id` with `action` only if [`access::may_change`] says so;
+/// a refusal is recorded as an access entry.
+///
+/// # Errors
+///
+/// 403 when refused (whether or not the patient exists); 503 when the entry cannot be stored.
+pub(super) async fn changeable_by(
+    state: &AppState,
+    user: &AuthUser,
+    action: Action,
+    id: PatientId,
+) -> Result<(), ApiError> {
+    if access::may_change(user, action, id, state.home_organization.as_deref()) {
+        return Ok(());
+    }
+    state
+        .access
+        .record(
+            user,
+            &format!("{action:?}"),
+            &[id.as_uuid()],
+            access::Decision::Denied,
+            (state.clock)(),
+        )
+        .await?;
+    Err(ApiError::Forbidden)
+}
+
 /// Shared shape of the commands on an existing patient: If-Match, idempotency, execute.
 pub(super) async fn change<P: Permission>(
     state: &AppState,
@@ -692,20 +754,7 @@ pub(super) async fn change<P: Permission>(
 ) -> Result<Response, ApiError> {
     let id = patient_id(&req.raw_id)?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    if !access::may_change(&req.user, P::ACTION, id, state.home_organization.as_deref()) {
-        let action = format!("{:?}", P::ACTION);
-        state
-            .access
-            .record(
-                &req.user,
-                &action,
-                &[id.as_uuid()],
-                access::Decision::Denied,
-                (state.clock)(),
-            )
-            .await?;
-        return Err(ApiError::Forbidden);
-    }
+    changeable_by(state, &req.user, P::ACTION, id).await?;
     let path = format!("/v1/patients/{id}/{path_suffix}");
     idempotent(
         state,
@@ -1074,6 +1123,7 @@ async fn merge(
 ) -> Result<Response, ApiError> {
     let source = patient_id(&req.raw_id)?;
     tracing::Span::current().record("patient_id", tracing::field::display(source));
+    changeable_by(&state, &req.user, Action::MergePatients, source).await?;
     let now = (state.clock)();
     let mut fields = Fields::new(&req.body.object, "", &["target_id", "reason"]);
     let target = fields
@@ -1096,6 +1146,8 @@ async fn merge(
             let (Some(target), Some(reason)) = input? else {
                 return Err(ApiError::Validation(FieldErrors::new()));
             };
+            // The survivor changes too: the same check for it.
+            changeable_by(&state, &req.user, Action::MergePatients, target).await?;
             let meta = metadata(&req.user, &req.ctx, key);
             let (source_patient, _) = state.store.load(source).await?.ok_or(ApiError::NotFound)?;
             let Some((target_patient, _)) = state.store.load(target).await? else {
@@ -1154,6 +1206,7 @@ async fn unmerge(
 ) -> Result<Response, ApiError> {
     let source = patient_id(&req.raw_id)?;
     tracing::Span::current().record("patient_id", tracing::field::display(source));
+    changeable_by(&state, &req.user, Action::MergePatients, source).await?;
     let now = (state.clock)();
     let reason = reason_only(&req.body);
     let path = format!("/v1/patients/{source}/unmerge");
@@ -1173,6 +1226,7 @@ async fn unmerge(
                 .record()
                 .and_then(|r| r.merged_into)
                 .ok_or(ApiError::Rule(PatientError::NotMerged))?;
+            changeable_by(&state, &req.user, Action::MergePatients, target).await?;
             let undo = PatientCommand::Unmerge {
                 reason: reason.clone(),
                 at: now,

@@ -62,6 +62,9 @@ pub enum ApiError {
     },
     #[error("conflict")]
     Conflict,
+    /// Break-the-glass asked for more patients than `auth.break_glass_patients_per_hour`.
+    #[error("emergency access limit reached")]
+    EmergencyAccessLimit,
     #[error("idempotency key reused")]
     IdempotencyKeyReused,
     /// Registration refused: the patient is likely registered already.
@@ -385,6 +388,18 @@ impl IntoResponse for ApiError {
                     .extensions
                     .insert("candidates".into(), serde_json::Value::Array(candidates));
                 problem
+            }
+            Self::EmergencyAccessLimit => {
+                extra.push((header::RETRY_AFTER, HeaderValue::from_static("3600")));
+                Problem::new(
+                    S::TOO_MANY_REQUESTS,
+                    "emergency-access-limit",
+                    "Emergency access limit reached",
+                )
+                .detail(
+                    "you opened as many patients under break-the-glass in the last hour as the \
+                     policy allows; ask to join the care team, or an administrator",
+                )
             }
             Self::Unavailable(source) => {
                 tracing::warn!(error.message = %source, "dependency unavailable");

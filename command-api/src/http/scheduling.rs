@@ -1007,6 +1007,23 @@ async fn load(
     Ok((appointment, version, appointment_state))
 }
 
+/// The answer for an appointment nobody booked: as for an unknown patient, only a caller who
+/// reaches any patient learns that it does not exist (404); everyone else gets the 403 they
+/// would get for one that does.
+fn unknown_appointment(state: &AppState, user: &AuthUser, action: Action) -> ApiError {
+    let nobody = PatientId::new(Uuid::nil());
+    match access::decide(
+        user,
+        action,
+        nobody,
+        None,
+        state.home_organization.as_deref(),
+    ) {
+        access::Decision::NotFound => ApiError::NotFound,
+        _ => ApiError::Forbidden,
+    }
+}
+
 fn appointment_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::invalid_parameter("id", "must be a UUID"))
 }
@@ -1025,20 +1042,7 @@ async fn read(
         .and_then(|(a, _)| a.state())
         .map(|s| s.patient_id);
     let Some(patient) = patient else {
-        // Unknown: only a caller who could read any patient's appointments learns so.
-        return Err(
-            if access::may_change(
-                &user,
-                Action::ReadAppointments,
-                PatientId::new(Uuid::nil()),
-                state.home_organization.as_deref(),
-            ) && !user.roles.contains(&crate::auth::Role::Patient)
-            {
-                ApiError::NotFound
-            } else {
-                ApiError::Forbidden
-            },
-        );
+        return Err(unknown_appointment(&state, &user, Action::ReadAppointments));
     };
     let loaded_patient = state.store.load(patient).await?;
     checked_access(
@@ -1090,7 +1094,12 @@ async fn act(
     if !actions.contains(&action.as_str()) {
         return Err(ApiError::NotFound);
     }
-    let (_, loaded_version, current) = load(&state, id).await?;
+    let (_, loaded_version, current) = match load(&state, id).await {
+        Err(ApiError::NotFound) => {
+            return Err(unknown_appointment(&state, &user, Action::BookAppointments))
+        }
+        other => other?,
+    };
     let starts_something = matches!(action.as_str(), "confirm" | "reschedule");
     patient_reach(
         &state,
