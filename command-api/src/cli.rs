@@ -17,6 +17,7 @@ use crate::configuration::Settings;
 use crate::http::system_clock;
 use crate::startup::{self, Roles, Service};
 use crate::telemetry;
+use event_store::chain::ChainKey;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -130,17 +131,31 @@ pub enum KeysCommand {
     Rotate,
 }
 
+/// The binary's entry: parses the command line and runs it on a multi-threaded tokio runtime,
+/// except `extract-text`, which runs before any runtime, setting or log exists: its memory
+/// limit must count only its own work (a runtime reserves stacks and allocator arenas per
+/// core), and its stdout is its answer alone.
+///
+/// # Errors
+///
+/// Whatever the chosen command fails with.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::ExtractText(args) = &cli.command {
+        return crate::extraction::extract_text(args);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
 /// Runs the command line.
 ///
 /// # Errors
 ///
 /// Whatever the chosen command fails with.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::ExtractText(args) = &cli.command {
-        // Before any setting is read or log written: the child needs neither, and its stdout
-        // is its answer alone.
-        return crate::extraction::extract_text(args);
-    }
     let settings = Settings::load(cli.config_dir.as_deref())?;
     if !matches!(cli.command, Command::Token { .. }) {
         telemetry::init_subscriber(telemetry::get_subscriber(&settings.log, std::io::stderr));
@@ -184,19 +199,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let secrets = settings.secrets()?;
             let storage = settings.documents.storage()?;
             let events = startup::with_database(&settings, |pool| async move {
-                let keys = secrets.keys;
+                let (keys, chain) = (secrets.keys, secrets.chain);
                 let documents = DocumentStore::new(pool.clone(), keys.clone(), storage);
-                Ok(
-                    rebuild(Projector::new(pool.clone(), keys.clone(), PatientSearch)).await?
-                        + rebuild(Projector::new(pool.clone(), keys.clone(), PatientMatch)).await?
-                        + rebuild(Projector::new(
-                            pool.clone(),
-                            keys.clone(),
-                            MedicalRecords::new(documents),
-                        ))
-                        .await?
-                        + rebuild(Projector::new(pool, keys, AuditLog::new(secrets.chain))).await?,
+                Ok(rebuild(
+                    Projector::new(pool.clone(), keys.clone(), PatientSearch),
+                    &chain,
                 )
+                .await?
+                    + rebuild(
+                        Projector::new(pool.clone(), keys.clone(), PatientMatch),
+                        &chain,
+                    )
+                    .await?
+                    + rebuild(
+                        Projector::new(pool.clone(), keys.clone(), MedicalRecords::new(documents)),
+                        &chain,
+                    )
+                    .await?
+                    + rebuild(
+                        Projector::new(pool, keys, AuditLog::new(chain.clone())),
+                        &chain,
+                    )
+                    .await?)
             })
             .await?;
             tracing::info!(events, "read models rebuilt");
@@ -348,7 +372,7 @@ fn simulate_weeks(weeks: u64) {
     }
 }
 
-async fn rebuild<M: ReadModel>(projector: Projector<M>) -> anyhow::Result<usize> {
+async fn rebuild<M: ReadModel>(projector: Projector<M>, chain: &ChainKey) -> anyhow::Result<usize> {
     let _lock = projector.try_lock_stream().await?.ok_or_else(|| {
         anyhow::anyhow!(
             "a projector is feeding {} from the event store; stop serve/project first",
@@ -358,7 +382,7 @@ async fn rebuild<M: ReadModel>(projector: Projector<M>) -> anyhow::Result<usize>
     projector.reset().await?;
     let mut total = 0;
     loop {
-        match startup::project_available(&projector).await? {
+        match startup::project_available(&projector, chain).await? {
             0 => return Ok(total),
             n => total += n,
         }

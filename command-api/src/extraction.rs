@@ -62,6 +62,9 @@ pub enum ExtractionError {
     RecursivePdf,
     #[error("text extraction took too long")]
     TooSlow,
+    /// More text than is indexed from one document.
+    #[error("the document holds more than 64 MiB of text")]
+    TooMuchText,
     /// Every extraction slot is taken, or no extracting process could be run (retry).
     #[error("text extraction is busy")]
     Busy,

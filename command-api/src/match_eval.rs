@@ -261,11 +261,11 @@ async fn evaluate(
         )
         .await?;
         if n % 1000 == 999 {
-            while startup::project_available(&projector).await? > 0 {}
+            while startup::project_available(&projector, state.store.chain()).await? > 0 {}
             eprintln!("population: {} registered", n + 1);
         }
     }
-    while startup::project_available(&projector).await? > 0 {}
+    while startup::project_available(&projector, state.store.chain()).await? > 0 {}
     if population > 0 {
         eprintln!(
             "population of {population} registered in {:.0?}",
@@ -302,7 +302,7 @@ async fn evaluate(
             Utc::now(),
         )
         .await?;
-        while startup::project_available(&projector).await? > 0 {}
+        while startup::project_available(&projector, state.store.chain()).await? > 0 {}
         person_of.insert(id, index);
         persons.push(&row.person);
     }

@@ -98,14 +98,7 @@ async fn purge(
             .execute(PatientId::new(id), None, command, metadata)
             .await
         {
-            Ok(_) => {
-                purged.forgotten += 1;
-                if let Err(e) =
-                    event_store::schedule::forget_patient(store.pool(), PatientId::new(id)).await
-                {
-                    tracing::warn!(error.message = %e, "scheduling rows of a forgotten patient remain");
-                }
-            }
+            Ok(_) => purged.forgotten += 1,
             Err(CommandError::Rule(PatientError::LegalHoldPreventsErasure)) => {
                 purged.on_legal_hold += 1;
             }

@@ -1,27 +1,29 @@
 //! Wires the roles of the service together: database (configured or embedded), migrations,
 //! the HTTP API, the relay and the projectors, and their orderly shutdown.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use event_store::chain::{ChainKey, Finding};
 use event_store::documents::DocumentStore;
 use event_store::relay::{Relay, RelaySettings};
 use event_store::schedule::AppointmentStore;
 use event_store::store::PatientStore;
-use event_store::stream::{self, Cursor, COMMIT_CHANNEL};
+use event_store::stream::{self, Cursor, StoredEvent, COMMIT_CHANNEL};
 use projections::audit_log::AuditLog;
 use projections::medical_records::MedicalRecords;
 use projections::patient_match::PatientMatch;
 use projections::patient_search::PatientSearch;
-use projections::{Projector, ReadModel, StreamPosition};
+use projections::{ProjectionError, Projector, ReadModel, StreamPosition};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
-use crate::configuration::Settings;
+use crate::configuration::{Secrets, Settings};
 use crate::embedded_postgres::EmbeddedPostgres;
 use crate::http::{self, AppState, Clock};
 
@@ -223,6 +225,7 @@ impl Service {
                     let relay = Relay::new(
                         pool.clone(),
                         secrets.keys.clone(),
+                        secrets.chain.clone(),
                         kafka,
                         RelaySettings {
                             topic_prefix: settings.kafka.topic_prefix.clone(),
@@ -253,12 +256,14 @@ impl Service {
             spawn_projector(
                 &mut tasks,
                 Projector::new(pool.clone(), secrets.keys.clone(), PatientSearch),
+                &secrets,
                 settings,
                 &shutdown,
             );
             spawn_projector(
                 &mut tasks,
                 Projector::new(pool.clone(), secrets.keys.clone(), PatientMatch),
+                &secrets,
                 settings,
                 &shutdown,
             );
@@ -269,6 +274,7 @@ impl Service {
                     secrets.keys.clone(),
                     AuditLog::new(secrets.chain.clone()),
                 ),
+                &secrets,
                 settings,
                 &shutdown,
             );
@@ -291,15 +297,22 @@ impl Service {
                         settings.documents.storage()?,
                     )),
                 ),
+                &secrets,
                 settings,
                 &shutdown,
             );
         }
         let mut port = None;
         if roles.api {
-            // The embedded default runs on one machine for development; anything with a
-            // database of its own is a deployment.
-            let development = settings.database.url.is_none();
+            // The embedded default, answering only this machine, is for development; anything
+            // with a database of its own, or listening beyond loopback, is a deployment.
+            let loopback = settings.http.host == "localhost"
+                || settings
+                    .http
+                    .host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            let development = settings.database.url.is_none() && loopback;
             settings.auth.check_secret(development)?;
             if !settings.auth.uses_jwks() {
                 if settings.auth.uses_development_secret() {
@@ -402,12 +415,17 @@ impl Service {
 fn spawn_projector<M: ReadModel>(
     tasks: &mut JoinSet<()>,
     projector: Projector<M>,
+    secrets: &Secrets,
     settings: &Settings,
     shutdown: &CancellationToken,
 ) {
     let token = shutdown.clone();
     let Some(mut kafka) = settings.kafka.client_config() else {
-        tasks.spawn(run_stream_projector(projector, token));
+        tasks.spawn(run_stream_projector(
+            projector,
+            secrets.chain.clone(),
+            token,
+        ));
         return;
     };
     // How long the broker may hold an empty fetch: an upper bound on projection lag with
@@ -473,6 +491,7 @@ async fn ensure_topics(
 /// and the way read models are rebuilt.
 pub async fn run_stream_projector<M: ReadModel>(
     projector: Projector<M>,
+    chain: ChainKey,
     shutdown: CancellationToken,
 ) {
     // One feeder per read model: a second process (or a rebuild) stands by.
@@ -506,7 +525,7 @@ pub async fn run_stream_projector<M: ReadModel>(
                 Err(e) => tracing::warn!(error.message = %e, "cannot listen for commits; polling"),
             }
         }
-        match project_available(&projector).await {
+        match project_available(&projector, &chain).await {
             Ok(n) if n > 0 => {
                 delay = Duration::from_millis(100);
                 continue;
@@ -562,27 +581,65 @@ pub async fn run_stream_projector<M: ReadModel>(
 }
 
 /// Applies every event committed after the projector's stream position; returns how many.
+/// An event the service did not write ([`stream::unverified`] under `chain`) is parked, never
+/// opened or applied.
 ///
 /// # Errors
 ///
 /// The first failure; events before it are applied and checkpointed.
-pub async fn project_available<M: ReadModel>(projector: &Projector<M>) -> anyhow::Result<usize> {
+pub async fn project_available<M: ReadModel>(
+    projector: &Projector<M>,
+    chain: &ChainKey,
+) -> anyhow::Result<usize> {
     let at = projector.stream_position().await?;
     let cursor = Cursor {
         transaction_id: at.transaction_id,
         position: at.position,
     };
-    let mut events = stream::read_after(projector.pool(), cursor, 500).await?;
-    let keys = stream::open(projector.keys(), projector.pool(), &mut events).await?;
-    for event in &events {
+    let events = stream::read_after(projector.pool(), cursor, 500).await?;
+    let mut rejected: HashMap<usize, Finding> =
+        stream::unverified(projector.pool(), chain, &events)
+            .await?
+            .into_iter()
+            .collect();
+    let mut verified: Vec<StoredEvent> = events
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| !rejected.contains_key(index))
+        .map(|(_, event)| event.clone())
+        .collect();
+    let keys = stream::open(projector.keys(), projector.pool(), &mut verified).await?;
+    let mut verified = verified.iter();
+    for (index, stored) in events.iter().enumerate() {
         let at = StreamPosition {
-            transaction_id: event.transaction_id,
-            position: event.position,
+            transaction_id: stored.transaction_id,
+            position: stored.position,
         };
         // Events of aggregate types this read model does not read are passed over before
         // mapping, so a new aggregate type never stalls it.
-        let wanted = schemas::topics::for_aggregate_type(&event.aggregate_type)
+        let wanted = schemas::topics::for_aggregate_type(&stored.aggregate_type)
             .is_some_and(|topic| projector.model().topics().contains(&topic));
+        if let Some(finding) = rejected.remove(&index) {
+            tracing::error!(
+                alert = "event-store-tampering",
+                projector = projector.model().name(),
+                position = stored.position,
+                finding = %finding,
+                "a stored event does not verify; parked"
+            );
+            if wanted {
+                let error = ProjectionError::Unverified(finding.to_string());
+                projector
+                    .park_in_stream(&stored.event_type, at, &error)
+                    .await?;
+            } else {
+                projector.skip_in_stream(at).await?;
+            }
+            continue;
+        }
+        let Some(event) = verified.next() else {
+            break;
+        };
         if wanted {
             let (_, published) =
                 event_store::wire::to_published(event, keys.get(event.key_owner()))?;

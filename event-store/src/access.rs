@@ -76,10 +76,12 @@ pub async fn record(
 /// How far back the break-the-glass limit looks.
 pub const EMERGENCY_WINDOW: chrono::Duration = chrono::Duration::hours(1);
 
-/// Allows `user_id` emergency (break-the-glass) access to `patient_id` at `at` unless that
-/// would make more than `limit` patients opened so in the last [`EMERGENCY_WINDOW`]: a patient
-/// already opened within it counts once. Serialized per user, so concurrent requests of one
-/// user cannot each take the last place. Returns whether it is allowed (and then records it).
+/// Whether `user_id` may open `patient_id` under break-the-glass at `at` without going past
+/// `limit` patients in the last [`EMERGENCY_WINDOW`] (a patient opened so within it counts
+/// once); when `grant`, and it may, the opening is recorded. Asked without `grant` (the request
+/// carried break-the-glass but the patient is unknown or refused anyway), it answers the same
+/// for a patient who exists and one who does not. Serialized per user, so concurrent requests
+/// of one user cannot each take the last place.
 ///
 /// # Errors
 ///
@@ -90,32 +92,41 @@ pub async fn allow_emergency(
     patient_id: uuid::Uuid,
     at: chrono::DateTime<chrono::Utc>,
     limit: u32,
+    grant: bool,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('emergency access ' || $1, 0))")
         .bind(user_id)
         .execute(&mut *tx)
         .await?;
+    sqlx::query("DELETE FROM emergency_access WHERE user_id = $1 AND granted_at <= $2")
+        .bind(user_id)
+        .bind(at - EMERGENCY_WINDOW)
+        .execute(&mut *tx)
+        .await?;
     let (opened, this_one): (i64, bool) = sqlx::query_as(
-        "SELECT count(DISTINCT patient_id), coalesce(bool_or(patient_id = $2), false)
-           FROM emergency_access WHERE user_id = $1 AND granted_at > $3",
+        "SELECT count(*), coalesce(bool_or(patient_id = $2), false)
+           FROM emergency_access WHERE user_id = $1",
     )
     .bind(user_id)
     .bind(patient_id)
-    .bind(at - EMERGENCY_WINDOW)
     .fetch_one(&mut *tx)
     .await?;
     if !this_one && opened >= i64::from(limit) {
+        tx.commit().await?;
         return Ok(false);
     }
-    sqlx::query(
-        "INSERT INTO emergency_access (user_id, patient_id, granted_at) VALUES ($1, $2, $3)",
-    )
-    .bind(user_id)
-    .bind(patient_id)
-    .bind(at)
-    .execute(&mut *tx)
-    .await?;
+    if grant {
+        sqlx::query(
+            "INSERT INTO emergency_access (user_id, patient_id, granted_at) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id, patient_id) DO UPDATE SET granted_at = EXCLUDED.granted_at",
+        )
+        .bind(user_id)
+        .bind(patient_id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(true)
 }

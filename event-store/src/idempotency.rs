@@ -2,8 +2,9 @@
 //!
 //! Only a keyed hash of the request and the resulting aggregate version are kept, never patient
 //! data: a replay rebuilds the answer from the aggregate as it was at that version. The hash is
-//! an HMAC under the service's audit key ([`request_hash`]), so a copy of the table does not let
-//! anyone confirm a guessed request (an identifier, say) by hashing it. Records expire after
+//! an HMAC under a key derived from the master key ([`request_hash`],
+//! [`crate::keys::KeyStore::request_hash_key`]), so a copy of the table does not let anyone
+//! confirm a guessed request (an identifier, say) by hashing it. Records expire after
 //! [`KEY_LIFETIME`], and erasing a patient deletes theirs in the erasure's transaction
 //! ([`forget`]).
 
@@ -15,10 +16,11 @@ use crate::chain::ChainKey;
 /// How long a key's first answer is kept: long past any client's retries.
 pub const KEY_LIFETIME: chrono::Duration = chrono::Duration::hours(24);
 
-/// The keyed hash (hex) of a request: its method, path and body, under `key`.
+/// The keyed hash (hex) of a request: its method, path and body, under `key`
+/// ([`crate::keys::KeyStore::request_hash_key`]).
 pub fn request_hash(key: &ChainKey, method: &str, path: &str, body: &[u8]) -> String {
     hex::encode(key.link(
-        b"idempotency request v2",
+        b"idempotency request",
         &[method.as_bytes(), path.as_bytes(), body],
     ))
 }

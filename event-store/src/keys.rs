@@ -108,6 +108,21 @@ impl KeyStore {
         }
     }
 
+    /// The key of the idempotency records' request hashes
+    /// ([`crate::idempotency::request_hash`]), derived from the active master key: whoever
+    /// holds it can read every live record anyway, whereas the audit key is held by those who
+    /// only verify. Rotating the master key changes it, so a key sent just before a rotation
+    /// and repeated after it is refused as reused (422) rather than answered twice.
+    pub fn request_hash_key(&self) -> crate::chain::ChainKey {
+        let derived = crate::chain::ChainKey::new(*self.master.active.bytes).link(
+            b"patient-service key derivation",
+            &[b"idempotency request hash v2"],
+        );
+        let mut bytes = Zeroizing::new([0_u8; 32]);
+        bytes.copy_from_slice(&derived);
+        crate::chain::ChainKey::new(*bytes)
+    }
+
     /// The data key of `patient_id`.
     ///
     /// # Errors

@@ -21,8 +21,9 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use crate::chain::ChainKey;
 use crate::keys::KeyStore;
-use crate::stream::{self, Cursor, COMMIT_CHANNEL};
+use crate::stream::{self, Cursor, StoredEvent, COMMIT_CHANNEL};
 use crate::wire;
 
 /// Settings of a relay.
@@ -71,6 +72,8 @@ pub enum RelayError {
 pub struct Relay {
     pool: PgPool,
     keys: KeyStore,
+    /// Checks that each event was written by the service before it is published.
+    chain: ChainKey,
     /// The client settings new producers are made from.
     kafka: ClientConfig,
     producer: FutureProducer,
@@ -106,6 +109,7 @@ impl Relay {
     pub fn new(
         pool: PgPool,
         keys: KeyStore,
+        chain: ChainKey,
         kafka: &ClientConfig,
         settings: RelaySettings,
     ) -> Result<Self, KafkaError> {
@@ -122,6 +126,7 @@ impl Relay {
         Ok(Self {
             pool,
             keys,
+            chain,
             kafka,
             producer,
             settings,
@@ -228,15 +233,41 @@ impl Relay {
     /// The first failure; the checkpoint then stands before the failed event.
     pub async fn publish_batch(&self, conn: &mut PgConnection) -> Result<usize, RelayError> {
         let checkpoint = self.checkpoint(conn).await?;
-        let mut events =
-            stream::read_after(&mut *conn, checkpoint, self.settings.batch_size).await?;
+        let events = stream::read_after(&mut *conn, checkpoint, self.settings.batch_size).await?;
         if events.is_empty() {
             return Ok(0);
         }
-        let keys = stream::open(&self.keys, &mut *conn, &mut events).await?;
-        let mut deliveries = Vec::with_capacity(events.len());
+        // A row the service did not write is never published (nor opened): the checkpoint
+        // passes it, the operator is alerted, and `audit verify` names it.
+        let mut rejected = vec![false; events.len()];
+        for (index, finding) in stream::unverified(&mut *conn, &self.chain, &events).await? {
+            tracing::error!(
+                alert = "event-store-tampering",
+                position = events[index].position,
+                finding = %finding,
+                "a stored event does not verify; not published"
+            );
+            rejected[index] = true;
+        }
+        let mut verified: Vec<StoredEvent> = events
+            .iter()
+            .zip(&rejected)
+            .filter(|(_, rejected)| !**rejected)
+            .map(|(event, _)| event.clone())
+            .collect();
+        let keys = stream::open(&self.keys, &mut *conn, &mut verified).await?;
+        // In stream order: `None` for a rejected event, else its delivery.
+        let mut sent = Vec::with_capacity(events.len());
         let mut failure: Option<RelayError> = None;
-        for event in &events {
+        let mut verified = verified.iter();
+        for is_rejected in &rejected {
+            if *is_rejected {
+                sent.push(None);
+                continue;
+            }
+            let Some(event) = verified.next() else {
+                break;
+            };
             let (topic, published) = match wire::to_published(event, keys.get(event.key_owner())) {
                 Ok(mapped) => mapped,
                 Err(e) => {
@@ -258,33 +289,43 @@ impl Relay {
                 .payload(published.data.as_slice())
                 .headers(headers);
             match self.producer.send_result(record) {
-                Ok(delivery) => deliveries.push(delivery),
+                Ok(delivery) => sent.push(Some(delivery)),
                 Err((e, _)) => {
                     failure = Some(e.into());
                     break;
                 }
             }
         }
-        // The checkpoint may pass the acknowledged prefix of what was sent, even when sending
-        // stopped early (a queue-full or unmappable event): those deliveries are real.
+        // The checkpoint may pass the acknowledged (or rejected) prefix of what was sent, even
+        // when sending stopped early (a queue-full or unmappable event): those are done.
+        let results = join_all(sent.into_iter().map(|delivery| async move {
+            match delivery {
+                Some(delivery) => Some(delivery.await),
+                None => None,
+            }
+        }))
+        .await;
+        let mut done = 0;
         let mut acknowledged = 0;
-        let mut broken = false;
-        for result in join_all(deliveries).await {
+        for result in results {
             match result {
-                Ok(Ok(_)) if !broken => acknowledged += 1,
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    broken = true;
-                    failure.get_or_insert(e.into());
+                None => done += 1,
+                Some(Ok(Ok(_))) => {
+                    done += 1;
+                    acknowledged += 1;
                 }
-                Err(_canceled) => {
-                    broken = true;
+                Some(Ok(Err((e, _)))) => {
+                    failure.get_or_insert(e.into());
+                    break;
+                }
+                Some(Err(_canceled)) => {
                     failure.get_or_insert(KafkaError::Canceled.into());
+                    break;
                 }
             }
         }
-        if acknowledged > 0 {
-            self.save_checkpoint(conn, events[acknowledged - 1].cursor())
+        if done > 0 {
+            self.save_checkpoint(conn, events[done - 1].cursor())
                 .await?;
         }
         tracing::debug!(acknowledged, "published");

@@ -125,10 +125,32 @@ impl SealedRepository {
     }
 }
 
+/// Checks one row as written by this service: sealed unless the contract publishes its type in
+/// the clear, and carrying the hash that commits to it and to `previous` (the stored hash of
+/// the row before it in its stream; empty for the first).
+///
+/// # Errors
+///
+/// What is wrong with it.
+pub fn check_link(
+    key: &ChainKey,
+    previous: &[u8],
+    fields: EventFields<'_>,
+    hash: Option<&[u8]>,
+) -> Result<(), Tampering> {
+    if !schemas::sealed::is_published_in_clear(fields.event_type) && !is_sealed(fields.payload) {
+        return Err(Tampering::Unsealed);
+    }
+    let recomputed = key.event_hash(previous, fields);
+    if hash != Some(recomputed.as_slice()) {
+        return Err(Tampering::AlteredOrInserted);
+    }
+    Ok(())
+}
+
 /// Checks one aggregate's rows, given in sequence order from its first, as they are loaded to
-/// act on: each must follow the one before without a gap, carry the hash that commits to it and
-/// to its predecessor, and be sealed unless its type is stored in the clear
-/// ([`CLEAR_EVENT_TYPES`]). Returns the first row that fails.
+/// act on: each must follow the one before without a gap and pass [`check_link`]. Returns the
+/// first row that fails.
 ///
 /// # Errors
 ///
@@ -151,14 +173,8 @@ pub fn check_stream<'a>(
                 to: fields.sequence.saturating_sub(1),
             }));
         }
-        if !CLEAR_EVENT_TYPES.contains(&fields.event_type) && !is_sealed(fields.payload) {
-            return Err(finding(Tampering::Unsealed));
-        }
-        let recomputed = key.event_hash(previous, fields);
-        let Some(hash) = hash.filter(|h| *h == recomputed.as_slice()) else {
-            return Err(finding(Tampering::AlteredOrInserted));
-        };
-        previous = hash;
+        check_link(key, previous, fields, hash).map_err(finding)?;
+        previous = hash.unwrap_or_default();
     }
     Ok(())
 }
@@ -448,6 +464,12 @@ impl PersistedEventRepository for SealedRepository {
                 crate::documents::forget_stored(&mut tx, aggregate_id)
                     .await
                     .map_err(sqlx_error)?;
+                // Claimed times, reminders, wait-list entries and unsent notifications.
+                if let Ok(patient) = domain::patient::PatientId::parse("id", aggregate_id) {
+                    crate::schedule::forget_patient(&mut tx, patient)
+                        .await
+                        .map_err(sqlx_error)?;
+                }
             }
             previous = hash;
         }

@@ -135,14 +135,17 @@ pub async fn leave_waitlist(pool: &PgPool, appointment_id: Uuid) -> Result<(), s
     Ok(())
 }
 
-/// Forgets what scheduling holds of a patient outside their sealed events: their claims are
-/// given back, their pending reminders and wait-list entries removed.
+/// Forgets what scheduling holds of a patient outside their sealed events, inside `tx` (the
+/// erasure's): their claims are given back, their pending reminders, wait-list entries and
+/// unsent notifications removed.
 ///
 /// # Errors
 ///
 /// The database error.
-pub async fn forget_patient(pool: &PgPool, patient: PatientId) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+pub async fn forget_patient(
+    tx: &mut sqlx::PgConnection,
+    patient: PatientId,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "DELETE FROM schedule_claims WHERE appointment_id IN
             (SELECT appointment_id FROM schedule_claims WHERE resource = $1)",
@@ -162,7 +165,7 @@ pub async fn forget_patient(pool: &PgPool, patient: PatientId) -> Result<(), sql
         .bind(patient.as_uuid())
         .execute(&mut *tx)
         .await?;
-    tx.commit().await
+    Ok(())
 }
 
 /// Notifications waiting to be sent: id, patient, content (oldest first).

@@ -180,6 +180,116 @@ pub fn check_history(
     )
 }
 
+/// The events of a batch read by [`read_after`] that the service did not write, by index, with
+/// what is wrong: each must pass [`crate::repository::check_link`] against the stored hash of
+/// the event before it in its aggregate (in the batch, or read from the table in one query).
+/// The relay never publishes such an event and stream-fed projectors park it, so a row
+/// inserted without the audit key reaches no topic and no read model.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn unverified<'e>(
+    executor: impl PgExecutor<'e>,
+    chain: &crate::chain::ChainKey,
+    events: &[StoredEvent],
+) -> Result<Vec<(usize, crate::chain::Finding)>, sqlx::Error> {
+    type Link = (String, String, u64);
+    let mut hashes: HashMap<Link, Option<Vec<u8>>> = events
+        .iter()
+        .map(|e| {
+            let link = (e.aggregate_type.clone(), e.aggregate_id.clone(), e.sequence);
+            (link, e.hash.clone())
+        })
+        .collect();
+    let missing: Vec<&StoredEvent> = events
+        .iter()
+        .filter(|e| {
+            e.sequence > 1
+                && !hashes.contains_key(&(
+                    e.aggregate_type.clone(),
+                    e.aggregate_id.clone(),
+                    e.sequence - 1,
+                ))
+        })
+        .collect();
+    if !missing.is_empty() {
+        let rows: Vec<(String, String, i64, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.hash
+               FROM events e
+               JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS k(t, i, s)
+                 ON e.aggregate_type = k.t AND e.aggregate_id = k.i AND e.sequence = k.s",
+        )
+        .bind(
+            missing
+                .iter()
+                .map(|e| e.aggregate_type.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            missing
+                .iter()
+                .map(|e| e.aggregate_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            missing
+                .iter()
+                .map(|e| e.sequence as i64 - 1)
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(executor)
+        .await?;
+        for (aggregate_type, aggregate_id, sequence, hash) in rows {
+            hashes.insert((aggregate_type, aggregate_id, sequence.max(0) as u64), hash);
+        }
+    }
+    let mut findings = Vec::new();
+    for (index, event) in events.iter().enumerate() {
+        let finding = |tampering| crate::chain::Finding {
+            aggregate_type: event.aggregate_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            sequence: event.sequence,
+            tampering,
+        };
+        let previous = if event.sequence <= 1 {
+            Some(Vec::new())
+        } else {
+            let link = (
+                event.aggregate_type.clone(),
+                event.aggregate_id.clone(),
+                event.sequence - 1,
+            );
+            hashes.get(&link).map(|h| h.clone().unwrap_or_default())
+        };
+        let Some(previous) = previous else {
+            findings.push((
+                index,
+                finding(crate::chain::Tampering::Deleted {
+                    from: event.sequence - 1,
+                    to: event.sequence - 1,
+                }),
+            ));
+            continue;
+        };
+        let fields = crate::chain::EventFields {
+            aggregate_type: &event.aggregate_type,
+            aggregate_id: &event.aggregate_id,
+            sequence: event.sequence,
+            event_type: &event.event_type,
+            event_version: &event.event_version,
+            payload: &event.payload,
+            metadata: &event.metadata,
+        };
+        if let Err(tampering) =
+            crate::repository::check_link(chain, &previous, fields, event.hash.as_deref())
+        {
+            findings.push((index, finding(tampering)));
+        }
+    }
+    Ok(findings)
+}
+
 fn decode_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, sqlx::Error> {
     // Read as text under another name: `ORDER BY transaction_id` must mean the xid8 column, not
     // its text (where "1000" sorts before "999").

@@ -304,6 +304,32 @@ impl<M: ReadModel> Projector<M> {
         Ok(applied)
     }
 
+    /// Parks an event of the event store's stream that must not be applied (it does not
+    /// verify), with `error`, and moves the stream checkpoint past it, in one transaction.
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    pub async fn park_in_stream(
+        &self,
+        event_type: &str,
+        at: StreamPosition,
+        error: &ProjectionError,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        park_in(
+            &mut tx,
+            self.model.name(),
+            schemas::topics::for_event_type(event_type),
+            STREAM_PARTITION,
+            at.position,
+            error,
+        )
+        .await?;
+        save_stream_position(&mut tx, self.model.name(), at).await?;
+        tx.commit().await
+    }
+
     /// Makes this process the one feeding the read model from the event store's stream, or
     /// returns `None` if another process (a running projector, a rebuild) already is. The
     /// returned guard holds a PostgreSQL advisory lock on a connection of its own; dropping it

@@ -125,7 +125,6 @@ pub fn external_may(action: Action) -> bool {
             | Action::ReadDataKey
             | Action::ReadDisclosures
             | Action::ReadMedicalRecord
-            | Action::SearchMedicalRecords
             | Action::ReadSchedule
             | Action::ReadAppointments
     )
@@ -308,8 +307,8 @@ impl AccessLog {
     }
 
     /// Whether `user`'s break-the-glass access to patient `id` at `at` stays within the
-    /// per-user limit (a patient already opened in the last hour counts once); a refusal is
-    /// counted and alerted.
+    /// per-user limit (a patient already opened in the last hour counts once), recording it
+    /// when `grant`; a refusal is counted and alerted.
     ///
     /// # Errors
     ///
@@ -319,6 +318,7 @@ impl AccessLog {
         user: &AuthUser,
         id: PatientId,
         at: DateTime<Utc>,
+        grant: bool,
     ) -> Result<bool, ApiError> {
         let allowed = event_store::access::allow_emergency(
             &self.pool,
@@ -326,6 +326,7 @@ impl AccessLog {
             id.as_uuid(),
             at,
             self.emergency_limit,
+            grant,
         )
         .await?;
         if !allowed {

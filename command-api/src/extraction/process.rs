@@ -25,6 +25,11 @@ use super::{
 };
 use crate::configuration::DocumentSettings;
 
+/// The most a child may answer (status line and text): a small compressed PDF can hold far
+/// more text than any document worth indexing, and the answer is read into the service's
+/// memory.
+const MAX_ANSWER_BYTES: u64 = 64 << 20;
+
 /// The hidden subcommand the child runs (clap's name for [`crate::cli::Command::ExtractText`]).
 const SUBCOMMAND: &str = "extract-text";
 
@@ -166,8 +171,12 @@ async fn converse(
     };
     let answer = async move {
         let mut answer = Vec::new();
-        if let Some(mut stdout) = stdout {
-            stdout.read_to_end(&mut answer).await?;
+        if let Some(stdout) = stdout {
+            // One byte past the cap tells that the text was longer.
+            stdout
+                .take(MAX_ANSWER_BYTES + 1)
+                .read_to_end(&mut answer)
+                .await?;
         }
         Ok(answer)
     };
@@ -201,6 +210,9 @@ fn read_answer(
         tracing::error!(error.message = %e, "a text extractor's answer cannot be read");
         ExtractionError::Busy
     })?;
+    if answer.len() as u64 > MAX_ANSWER_BYTES {
+        return Err(ExtractionError::TooMuchText);
+    }
     read_report(&answer).unwrap_or_else(|| {
         tracing::error!("a text extractor answered out of protocol");
         Err(ExtractionError::Busy)
@@ -222,6 +234,7 @@ fn report(
         Err(ExtractionError::RecursivePdf) => out.write_all(b"recursive-pdf\n"),
         Err(ExtractionError::TooSlow) => out.write_all(b"too-slow\n"),
         Err(ExtractionError::Busy) => out.write_all(b"busy\n"),
+        Err(ExtractionError::TooMuchText) => out.write_all(b"too-much-text\n"),
     }
 }
 
@@ -238,6 +251,7 @@ fn read_report(answer: &[u8]) -> Option<Result<Option<String>, ExtractionError>>
         "recursive-pdf" => Err(ExtractionError::RecursivePdf),
         "too-slow" => Err(ExtractionError::TooSlow),
         "busy" => Err(ExtractionError::Busy),
+        "too-much-text" => Err(ExtractionError::TooMuchText),
         _ => {
             let what = status.strip_prefix("unreadable ")?;
             // Back to the name `extract_now` used, one of a known few.

@@ -229,7 +229,9 @@ async fn forget(
     State(state): State<AppState>,
     req: CommandRequest<permission::ForgetPatient>,
 ) -> Result<Response, ApiError> {
-    let response = govern(&state, &req, "forget", |at| {
+    // Everything kept beside the events (scheduling rows, idempotency records, document
+    // contents) goes in the erasure's transaction: see `event_store::repository`.
+    govern(&state, &req, "forget", |at| {
         let mut fields = Fields::new(&req.body.object, "", &["reason", "reference"]);
         let reason = fields
             .string("reason")
@@ -244,17 +246,7 @@ async fn forget(
             at,
         })
     })
-    .await?;
-    // What scheduling keeps outside the sealed events (claimed times, reminders, wait-list
-    // entries) goes too.
-    if response.status().is_success() {
-        if let Ok(id) = PatientId::parse("id", req.raw_id()) {
-            if let Err(e) = event_store::schedule::forget_patient(&state.pool, id).await {
-                tracing::warn!(error.message = %e, "scheduling rows of a forgotten patient remain");
-            }
-        }
-    }
-    Ok(response)
+    .await
 }
 
 /// `GET /v1/patients/{id}/disclosures?limit=&after=`: who accessed the patient's record, when,

@@ -271,7 +271,12 @@ where
     Fut: std::future::Future<Output = Result<Outcome, ApiError>>,
 {
     let key = idempotency_key(headers)?;
-    let hash = event_store::idempotency::request_hash(state.store.chain(), method, path, body);
+    let hash = event_store::idempotency::request_hash(
+        &state.store.keys().request_hash_key(),
+        method,
+        path,
+        body,
+    );
     let now = (state.clock)();
     if let Some(key) = &key {
         if let Some(recorded) = state.idempotency.find(&user.id, key, now).await? {
@@ -599,8 +604,20 @@ pub(super) async fn checked_access(
         state.home_organization.as_deref(),
     );
     let at = (state.clock)();
-    let over_limit = matches!(decision, access::Decision::Emergency(_))
-        && !state.access.allow_emergency(user, id, at).await?;
+    // Past the break-the-glass limit every such request is refused alike, whether the patient
+    // exists or not (a 429 only for those who exist would tell which ids do).
+    let asks_emergency = user.break_glass.is_some()
+        && !matches!(decision, access::Decision::Granted | access::Decision::Gone);
+    let over_limit = asks_emergency
+        && !state
+            .access
+            .allow_emergency(
+                user,
+                id,
+                at,
+                matches!(decision, access::Decision::Emergency(_)),
+            )
+            .await?;
     if over_limit {
         decision = access::Decision::Denied;
     }

@@ -439,11 +439,8 @@ fn documented(caller: &str, endpoint: &str) -> bool {
         }
         "patient-other" => false,
         // Staff of another organization, every staff role, the patient not sharing with them:
-        // only the schedule (no patient data), and the cross-patient record search, which
-        // decides patient by patient and finds nothing they may see.
-        "other-organization" => {
-            ["list-resources", "availability", "medical-records-search"].contains(&endpoint)
-        }
+        // only the schedule, which holds no patient data.
+        "other-organization" => ["list-resources", "availability"].contains(&endpoint),
         "service" => endpoint == "data-key",
         other => unreachable!("{other}"),
     }

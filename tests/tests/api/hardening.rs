@@ -573,6 +573,12 @@ async fn break_the_glass_is_limited_per_user_counted_and_alerted() {
     // Assert
     assert_eq!((first, second, first_again), (200, 200, 200));
     assert_eq!(third.status(), 429);
+    let unknown = emergency_read(uuid::Uuid::new_v4().to_string()).await;
+    assert_eq!(
+        unknown.status(),
+        429,
+        "the same answer for an id nobody has: the limit tells no existence"
+    );
     let problem: Value = third.json().await.unwrap();
     assert_eq!(problem["type"], "/problems/emergency-access-limit");
     assert_eq!(
@@ -594,8 +600,72 @@ async fn break_the_glass_is_limited_per_user_counted_and_alerted() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("patient_service_emergency_access_refused_total 1"),
+        metrics.contains("patient_service_emergency_access_refused_total 2"),
         "{metrics}"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rows_written_without_the_key_never_reach_the_topics_or_the_audit_log() {
+    // Arrange: a patient, then two rows written straight into PostgreSQL by someone without
+    // the audit key: a care relationship in the clear, and an access entry (those are stored
+    // in the clear) with a made-up hash.
+    let app = TestApp::spawn().await;
+    let patients = app.consumer();
+    let forged = id_of(&app.register_ok("Ada", "Lovelace", "1990-12-10").await);
+    let forged_entry = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata, hash)
+         VALUES ('Patient', $1, 2, 'CareRelationshipStarted', '1.0', $2, '{\"user_id\": \"x\"}', NULL),
+                ('Access', $3, 1, 'AccessRecorded', '1.0', $4, '{\"user_id\": \"x\"}', '\\x00')",
+    )
+    .bind(&forged)
+    .bind(json!({ "CareRelationshipStarted": {
+        "practitioner": "dr-mallory", "role": "attending", "started_at": "2026-11-27T12:00:00Z"
+    }}))
+    .bind(forged_entry.to_string())
+    .bind(json!({
+        "entry_id": forged_entry, "patient_id": forged, "user_id": "mallory",
+        "roles": ["clinician"], "action": "read", "purpose": "treatment",
+        "outcome": "granted", "accessed_at": "2026-11-27T12:00:00Z"
+    }))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    // Act: a genuine event after them, so the relay has passed them once it is published.
+    let later = id_of(&app.register_ok("Grace", "Hopper", "1906-12-09").await);
+    let records = consume_until(&patients, |records| records.iter().any(|r| key(r) == later)).await;
+
+    // Assert: the forged row was not published; the relay went on past it.
+    let of_forged: Vec<u64> = records
+        .iter()
+        .filter(|r| key(r) == forged)
+        .map(|r| published(r).sequence)
+        .collect();
+    assert_eq!(of_forged, [1], "only the genuine registration");
+    let auditor = app.token("auditor-1", &["auditor"]);
+    eventually("the genuine registration in the audit log", || async {
+        let body: Value = app
+            .get(
+                &format!("/v1/audit/entries?patient={later}&kind=event"),
+                &auditor,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        !body["items"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let entries: Value = app
+        .get("/v1/audit/entries?user=mallory", &auditor)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(entries["items"], json!([]), "no forged access entry");
     app.stop().await;
 }
