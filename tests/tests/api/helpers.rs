@@ -486,6 +486,24 @@ pub fn key(message: &OwnedMessage) -> String {
     String::from_utf8(message.key().unwrap().to_vec()).unwrap()
 }
 
+/// How many records the app's patient topic holds (the sum of its partitions' watermarks).
+pub fn records_on_topic(app: &TestApp) -> i64 {
+    let consumer = app.consumer();
+    let metadata = consumer
+        .fetch_metadata(Some(&app.topic()), Duration::from_secs(10))
+        .unwrap();
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(&app.topic(), p.id(), Duration::from_secs(10))
+                .unwrap();
+            high - low
+        })
+        .sum()
+}
+
 /// The `id` of a patient as the API answered them.
 pub fn id_of(body: &Value) -> String {
     body["id"].as_str().unwrap().to_owned()

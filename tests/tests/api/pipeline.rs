@@ -37,23 +37,6 @@ fn assert_in_order_per_aggregate(records: &[OwnedMessage]) -> HashSet<String> {
     ids
 }
 
-fn records_on_topic(app: &TestApp) -> i64 {
-    let consumer = app.consumer();
-    let metadata = consumer
-        .fetch_metadata(Some(&app.topic()), Duration::from_secs(10))
-        .unwrap();
-    metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| {
-            let (low, high) = consumer
-                .fetch_watermarks(&app.topic(), p.id(), Duration::from_secs(10))
-                .unwrap();
-            high - low
-        })
-        .sum()
-}
-
 #[tokio::test]
 async fn concurrent_writers_and_a_transaction_held_open_lose_nothing_and_repeat_nothing() {
     // Arrange: a transaction takes its id and position first and commits last.
