@@ -23,8 +23,8 @@ use domain::medical_record::values::{Concept, Frequency, PeriodUnit, Quantity};
 use domain::medical_record::{Acknowledgement, ItemContent, ItemId, MedicalRecordCommand};
 use domain::patient::governance::Principal;
 use domain::patient::PatientId;
+use event_store::command::CommandMetadata;
 use event_store::records::MedicalRecordStore;
-use event_store::store::CommandMetadata;
 use serde_json::json;
 
 use crate::auth::{Authenticator, Role};

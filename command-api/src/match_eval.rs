@@ -20,7 +20,7 @@ use anyhow::Context;
 use chrono::{NaiveDate, Utc};
 use clap::Args;
 use domain::patient::{PatientId, Reason};
-use event_store::store::CommandMetadata;
+use event_store::command::CommandMetadata;
 use projections::patient_match::PatientMatch;
 use projections::Projector;
 use serde_json::{json, Map, Value};

@@ -6,7 +6,8 @@ use chrono::Utc;
 use clap::Args;
 use domain::patient::governance::{ErasureReason, GovernanceChange};
 use domain::patient::{PatientCommand, PatientError, PatientId};
-use event_store::store::{CommandError, CommandMetadata, PatientStore};
+use event_store::command::{CommandError, CommandMetadata};
+use event_store::store::PatientStore;
 use projections::patient_search;
 
 use crate::configuration::Settings;

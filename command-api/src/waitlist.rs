@@ -11,8 +11,9 @@ use domain::scheduling::appointment::Booking;
 use domain::scheduling::assignment::Strategy;
 use domain::scheduling::notification::{offer_id, NotificationEvent};
 use domain::scheduling::{AppointmentCommand, Interval, Priority, SchedulingError};
+use event_store::command::{CommandError, CommandMetadata};
 use event_store::schedule::{self, AppointmentStore, Claim, ClaimChange, WaitlistChange};
-use event_store::store::{CommandError, CommandMetadata, PatientStore};
+use event_store::store::PatientStore;
 
 use crate::configuration::SchedulingSettings;
 use crate::planner::{self, Ask};

@@ -14,8 +14,9 @@
 //! - [`records`]: executes medical record commands (one record per patient).
 //! - [`documents`]: document contents, sealed, in PostgreSQL or a directory.
 //! - [`schedule`]: resources, service types, appointments and the time they claim.
-//! - [`store`]: executes patient commands through cqrs-es with optimistic concurrency and
-//!   loads aggregates.
+//! - [`command`]: executes commands on any aggregate through cqrs-es with optimistic
+//!   concurrency (bounded retries of lost races), and the errors and metadata of a command.
+//! - [`store`]: the patient store: executes patient commands and loads patients.
 //! - [`stream`]: reads committed events in a gap-free global order; the relay and every replay
 //!   use it.
 //! - [`wire`]: maps stored domain events to the published contract in `schemas`.
@@ -24,6 +25,7 @@
 
 pub mod access;
 pub mod chain;
+pub mod command;
 pub mod documents;
 pub mod idempotency;
 pub mod keys;

@@ -8,9 +8,9 @@ use domain::patient::PatientId;
 use sqlx::PgPool;
 
 use crate::chain::ChainKey;
+use crate::command::{event_store, execute_on, CommandError, CommandMetadata};
 use crate::keys::KeyStore;
 use crate::repository::SealedRepository;
-use crate::store::{event_store, execute_on, CommandError, CommandMetadata};
 
 /// The medical record event store.
 #[derive(Clone)]
@@ -74,7 +74,7 @@ impl MedicalRecordStore {
             .event_store()
             .load_aggregate(&id.to_string())
             .await
-            .map_err(crate::store::classify)?;
+            .map_err(crate::command::classify)?;
         let version = context.current_sequence as u64;
         Ok((context.aggregate, version))
     }

@@ -13,7 +13,7 @@
 //! - **Verification.** Loading an aggregate checks its whole stream before anything is decided
 //!   on it ([`check_stream`]): a row without a hash that fits (inserted or altered
 //!   by someone without the audit key), a gap, or a plaintext payload where a sealed one is due
-//!   fails the load with [`crate::store::Unverified`] and an operator alert. This is why the
+//!   fails the load with [`Unverified`] and an operator alert. This is why the
 //!   repository reads rows itself rather than through postgres-es, whose reads leave out the
 //!   `hash` column; the table layout and the optimistic-concurrency rule are postgres-es's.
 
@@ -21,6 +21,7 @@ use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
 use cqrs_es::Aggregate;
+use futures::future::BoxFuture;
 use schemas::sealed::{self, DataKey, Sealed};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -47,13 +48,30 @@ pub const DATA_KEY_OWNER: &str = "data_key_owner";
 /// The field of a sealed payload.
 const SEALED_FIELD: &str = "sealed";
 
+/// Work that must commit with an aggregate's new events, and only with them: it runs inside
+/// their transaction, after they are inserted. Scheduling's claims on time are one
+/// ([`crate::schedule::ClaimChange`]), erasing what is kept beside a forgotten patient's events
+/// another ([`crate::store::Erasure`]); the repository knows nothing of what an effect does.
+pub trait TransactionEffect: Send + Sync {
+    /// Does the work in `tx`, for `events` (as the command produced them, not yet sealed).
+    ///
+    /// # Errors
+    ///
+    /// A [`PersistenceError`]; the events are then not stored either.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut sqlx::PgConnection,
+        events: &'a [SerializedEvent],
+    ) -> BoxFuture<'a, Result<(), PersistenceError>>;
+}
+
 /// Sealing, chaining event repository.
 pub struct SealedRepository {
     pool: PgPool,
     keys: KeyStore,
     chain: ChainKey,
-    /// Time an appointment claims or gives back, in the transaction of its events.
-    claims: Option<crate::schedule::ClaimChange>,
+    /// Work that commits in the transaction of the events.
+    effect: Option<Box<dyn TransactionEffect>>,
 }
 
 impl std::fmt::Debug for SealedRepository {
@@ -68,13 +86,14 @@ impl SealedRepository {
             pool,
             keys,
             chain,
-            claims: None,
+            effect: None,
         }
     }
 
-    /// Stores `claims` with the events, in their transaction.
-    pub fn with_claims(mut self, claims: crate::schedule::ClaimChange) -> Self {
-        self.claims = Some(claims);
+    /// Runs `effect` in the transaction of the events this repository stores.
+    #[must_use]
+    pub fn with_effect(mut self, effect: impl TransactionEffect + 'static) -> Self {
+        self.effect = Some(Box::new(effect));
         self
     }
 
@@ -241,7 +260,9 @@ fn key_error(error: KeyError) -> PersistenceError {
     }
 }
 
-fn sqlx_error(error: sqlx::Error) -> PersistenceError {
+/// The persistence error of a database error: a lost race (a unique violation or a deadlock)
+/// is an optimistic-lock error, retried from a fresh load.
+pub(crate) fn sqlx_error(error: sqlx::Error) -> PersistenceError {
     if let sqlx::Error::Database(db) = &error {
         // A lost race for a sequence, or two writers waiting on each other (a deadlock while
         // checking an exclusion constraint): retried from a fresh load.
@@ -455,34 +476,11 @@ impl PersistedEventRepository for SealedRepository {
                     .destroy(&mut tx, aggregate_id)
                     .await
                     .map_err(sqlx_error)?;
-                // What the service keeps beside the events about the patient goes in the same
-                // transaction: idempotency records (keyed hashes of their requests) and stored
-                // document contents (sealed, but named by the hash of the plain bytes).
-                crate::idempotency::forget(&mut tx, aggregate_id)
-                    .await
-                    .map_err(sqlx_error)?;
-                crate::documents::forget_stored(&mut tx, aggregate_id)
-                    .await
-                    .map_err(sqlx_error)?;
-                // Claimed times, reminders, wait-list entries and unsent notifications.
-                if let Ok(patient) = domain::patient::PatientId::parse("id", aggregate_id) {
-                    crate::schedule::forget_patient(&mut tx, patient)
-                        .await
-                        .map_err(sqlx_error)?;
-                }
             }
             previous = hash;
         }
-        if let Some(claims) = &self.claims {
-            crate::schedule::apply_claims(&mut tx, claims)
-                .await
-                .map_err(|e| {
-                    if crate::schedule::is_claim_conflict(&e) {
-                        PersistenceError::UnknownError(Box::new(crate::schedule::TimeTaken))
-                    } else {
-                        sqlx_error(e)
-                    }
-                })?;
+        if let Some(effect) = &self.effect {
+            effect.apply(&mut tx, events).await?;
         }
         tx.commit().await.map_err(sqlx_error)?;
         Ok(())

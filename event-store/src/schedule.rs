@@ -12,9 +12,9 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::chain::ChainKey;
+use crate::command::{execute_on, CommandError, CommandMetadata};
 use crate::keys::KeyStore;
 use crate::repository::SealedRepository;
-use crate::store::{execute_on, CommandError, CommandMetadata};
 
 /// The time one appointment claims on its resources (and its patient).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,24 @@ pub struct ClaimChange {
         PatientId,
         domain::scheduling::notification::NotificationEvent,
     )>,
+}
+
+impl crate::repository::TransactionEffect for ClaimChange {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        _events: &'a [cqrs_es::persist::SerializedEvent],
+    ) -> futures::future::BoxFuture<'a, Result<(), cqrs_es::persist::PersistenceError>> {
+        Box::pin(async move {
+            apply_claims(tx, self).await.map_err(|e| {
+                if is_claim_conflict(&e) {
+                    cqrs_es::persist::PersistenceError::UnknownError(Box::new(TimeTaken))
+                } else {
+                    crate::repository::sqlx_error(e)
+                }
+            })
+        })
+    }
 }
 
 /// A change to a wait-list entry.
@@ -579,7 +597,7 @@ impl AppointmentStore {
         let repository =
             SealedRepository::new(self.pool.clone(), self.keys.clone(), self.chain.clone());
         PersistedEventStore::new_event_store(match claims {
-            Some(claims) => repository.with_claims(claims),
+            Some(claims) => repository.with_effect(claims),
             None => repository,
         })
     }
@@ -632,7 +650,7 @@ impl AppointmentStore {
         let store: PersistedEventStore<
             SealedRepository,
             domain::scheduling::notification::Notification,
-        > = crate::store::event_store(&self.pool, &self.keys, &self.chain);
+        > = crate::command::event_store(&self.pool, &self.keys, &self.chain);
         let metadata = CommandMetadata {
             user_id: "scheduler".to_owned(),
             data_key_owner: Some(patient.to_string()),
@@ -670,7 +688,7 @@ impl AppointmentStore {
             .event_store(None)
             .load_aggregate(&id.to_string())
             .await
-            .map_err(crate::store::classify)?;
+            .map_err(crate::command::classify)?;
         if context.current_sequence == 0 {
             return Ok(None);
         }

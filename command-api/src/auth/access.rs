@@ -30,8 +30,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::policy::{self, Action, Role};
-use super::AuthUser;
-use crate::http::ApiError;
+use super::{AuthUser, Refused};
 
 domain::code_enum!(
     /// Why of a request: HL7 purpose-of-use, simplified.
@@ -71,13 +70,13 @@ impl Decision {
     /// # Errors
     ///
     /// 403, 404 or 410.
-    pub fn into_result(self) -> Result<Option<BreakGlassReason>, ApiError> {
+    pub fn into_result(self) -> Result<Option<BreakGlassReason>, Refused> {
         match self {
             Self::Granted => Ok(None),
             Self::Emergency(reason) => Ok(Some(reason)),
-            Self::Denied => Err(ApiError::Forbidden),
-            Self::NotFound => Err(ApiError::NotFound),
-            Self::Gone => Err(ApiError::Gone),
+            Self::Denied => Err(Refused::Forbidden),
+            Self::NotFound => Err(Refused::NotFound),
+            Self::Gone => Err(Refused::Gone),
         }
     }
 }
@@ -312,14 +311,14 @@ impl AccessLog {
     ///
     /// # Errors
     ///
-    /// [`ApiError::Unavailable`] or [`ApiError::Internal`] when the database fails.
+    /// The database error.
     pub async fn allow_emergency(
         &self,
         user: &AuthUser,
         id: PatientId,
         at: DateTime<Utc>,
         grant: bool,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, sqlx::Error> {
         let allowed = event_store::access::allow_emergency(
             &self.pool,
             &user.id,
@@ -348,7 +347,7 @@ impl AccessLog {
     ///
     /// # Errors
     ///
-    /// [`ApiError::Unavailable`] or [`ApiError::Internal`] when the entry cannot be stored:
+    /// The database error when the entry cannot be stored:
     /// the caller must then not answer the data.
     pub async fn record(
         &self,
@@ -357,7 +356,7 @@ impl AccessLog {
         patients: &[Uuid],
         decision: Decision,
         at: DateTime<Utc>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), sqlx::Error> {
         let granted = matches!(decision, Decision::Granted | Decision::Emergency(_));
         let emergency = match decision {
             Decision::Emergency(reason) => Some(reason.code().to_owned()),
@@ -394,8 +393,6 @@ impl AccessLog {
                 accessed_at: at,
             })
             .collect();
-        event_store::access::record(&self.pool, &self.chain, &entries)
-            .await
-            .map_err(ApiError::from)
+        event_store::access::record(&self.pool, &self.chain, &entries).await
     }
 }

@@ -21,7 +21,8 @@ use projections::audit_log;
 use crate::auth::access::{self, Decision};
 use crate::auth::{permission, Action, AuthUser, Authorized};
 use crate::http::governance::page;
-use crate::http::patients::{checked_access, url_encode, verified_history, whole_number};
+use crate::http::params::{url_encode, whole_number};
+use crate::http::reach::{checked_access, verified_history};
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
@@ -130,10 +131,10 @@ async fn audit_reach(
         && access::may_change(user, Action::ReadAuditTrail, id, home)
     {
         let at = (state.clock)();
-        return state
+        return Ok(state
             .access
             .record(user, what, &[id.as_uuid()], Decision::Granted, at)
-            .await;
+            .await?);
     }
     checked_access(state, user, Action::ReadAuditTrail, what, id, patient)
         .await

@@ -14,7 +14,7 @@ use event_store::keys::KeyState;
 use serde_json::json;
 
 use crate::auth::{permission, Action, Authorized};
-use crate::http::patients::checked_access;
+use crate::http::reach::checked_access;
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {

@@ -27,7 +27,9 @@ use uuid::Uuid;
 
 use crate::auth::{permission, Action, Authorized, Role};
 use crate::http::json::Fields;
-use crate::http::patients::{change, checked_access, reason_only, whole_number, CommandRequest};
+use crate::http::params::whole_number;
+use crate::http::patient_commands::{change, reason_only, CommandRequest};
+use crate::http::reach::checked_access;
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {

@@ -35,16 +35,16 @@ use domain::medical_record::{
 use domain::patient::governance::Principal;
 use domain::patient::PatientId;
 use domain::{FieldError, FieldErrors};
-use event_store::store::CommandError;
+use event_store::command::CommandError;
 use projections::medical_records::{self as read_model, Criteria};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::auth::{access, permission, Action, AuthUser, Authorized};
 use crate::extraction;
-use crate::http::patients::{
-    changeable, idempotency_key, metadata, reach, url_encode, whole_number, CommandRequest,
-};
+use crate::http::params::{url_encode, whole_number};
+use crate::http::patient_commands::{idempotency_key, metadata, CommandRequest};
+use crate::http::reach::{changeable, reach};
 use crate::http::record_input;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
 
@@ -397,7 +397,7 @@ async fn enter_in_error(
     kind: ItemKind,
 ) -> Result<Response, ApiError> {
     let (id, item_id, expected) = item_change(&state, &req).await?;
-    let reason = crate::http::patients::reason_only(&req.body)?;
+    let reason = crate::http::patient_commands::reason_only(&req.body)?;
     let (record, _) = state.records.load(id).await?;
     if record.item(item_id).map(|i| i.content.kind()) != Some(kind) {
         return Err(ApiError::NotFound);

@@ -2,15 +2,19 @@
 //! (request id, trace context, timeout, body limit, problem+json for every error).
 
 mod audit;
+mod caller;
 mod data_keys;
 mod governance;
 mod health;
 pub mod json;
 mod medical_records;
 mod metrics;
+mod params;
+mod patient_commands;
 pub mod patient_input;
 mod patients;
 mod problem;
+mod reach;
 mod record;
 pub mod record_input;
 mod scheduling;
@@ -153,6 +157,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
     let document_limit = state.document_max_bytes;
     Router::new()
         .merge(patients::router())
+        .merge(record::router())
         .merge(medical_records::router(document_limit))
         .merge(scheduling::router())
         .merge(audit::router())

@@ -3,8 +3,8 @@
 //! Writes go to the event store (so a read by id is current at once); search reads the
 //! `patient_search` read model, which follows the events within moments.
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -15,16 +15,20 @@ use domain::patient::{
     Patient, PatientCommand, PatientError, PatientId, Reason, RegisterPatient, RestorePatient,
 };
 use domain::FieldErrors;
-use event_store::idempotency::Recorded;
-use event_store::store::CommandMetadata;
+use event_store::command::CommandMetadata;
 use projections::patient_search::{self, Criteria};
 use serde::Serialize;
 use std::collections::HashMap;
 
-use crate::auth::{access, permission, Action, AuthUser, Authorized, Permission};
+use crate::auth::{access, permission, Action, Authorized};
 use crate::http::json::{Fields, JsonObject};
+use crate::http::params::{url_encode, whole_number};
+use crate::http::patient_commands::{
+    change, idempotent, metadata, patient_id, reason_only, respond, CommandRequest, Outcome,
+};
 use crate::http::patient_input;
-use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
+use crate::http::reach::{changeable_by, checked_access, verified_history};
+use crate::http::{if_match, ApiError, AppState, RequestContext};
 use crate::matching;
 
 pub fn router() -> Router<AppState> {
@@ -44,306 +48,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/patients/{id}/restore", post(restore))
         .route("/v1/patients/{id}/merge", post(merge))
         .route("/v1/patients/{id}/unmerge", post(unmerge))
-        .merge(super::record::router())
-}
-
-/// A patient as the API shows them.
-#[derive(Serialize)]
-struct PatientResource {
-    id: uuid::Uuid,
-    mrn: String,
-    name: NameResource,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    birth_date: Option<chrono::NaiveDate>,
-    gender: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    marital_status: Option<&'static str>,
-    languages: Vec<String>,
-    identifiers: Vec<IdentifierResource>,
-    contact: domain::patient::contact::ContactInformation,
-    /// The survivor this patient was merged into.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    merged_into: Option<Link>,
-    /// The duplicates merged into this patient.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    replaces: Vec<Link>,
-    preferences: domain::patient::record::Preferences,
-    care_team: Vec<domain::patient::governance::CareRelationship>,
-    consents: Vec<domain::patient::governance::Consent>,
-    /// Present while the record is on legal hold (it cannot be erased).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    legal_hold: Option<serde_json::Value>,
-    emergency_contacts: Vec<domain::patient::record::EmergencyContact>,
-    coverages: Vec<domain::patient::record::Coverage>,
-    status: &'static str,
-    version: u64,
-}
-
-/// A link to another patient.
-#[derive(Serialize)]
-struct Link {
-    id: uuid::Uuid,
-    href: String,
-}
-
-impl Link {
-    fn to(id: PatientId) -> Self {
-        Self {
-            id: id.as_uuid(),
-            href: format!("/v1/patients/{id}"),
-        }
-    }
-}
-
-/// An identifier as shown: national identifiers masked but for their last four characters.
-#[derive(Serialize)]
-struct IdentifierResource {
-    system: String,
-    value: String,
-    national: bool,
-}
-
-#[derive(Serialize)]
-struct NameResource {
-    given: Vec<String>,
-    family: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    prefix: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    suffix: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    preferred: Option<String>,
-}
-
-fn resource(patient: &Patient, version: u64) -> Result<PatientResource, ApiError> {
-    let record = patient.record().ok_or(ApiError::NotFound)?;
-    Ok(PatientResource {
-        id: record.patient_id.as_uuid(),
-        mrn: record.mrn.as_str().to_owned(),
-        name: NameResource {
-            given: record.name.given().to_vec(),
-            family: record.name.family().to_owned(),
-            prefix: record.name.prefix().to_vec(),
-            suffix: record.name.suffix().to_vec(),
-            preferred: record.name.preferred().map(str::to_owned),
-        },
-        marital_status: record.marital_status.map(|m| m.code()),
-        languages: record
-            .languages
-            .iter()
-            .map(|l| l.as_str().to_owned())
-            .collect(),
-        birth_date: record.birth_date.map(|d| d.date()),
-        gender: record.gender.code(),
-        identifiers: record
-            .identifiers
-            .iter()
-            .map(|id| IdentifierResource {
-                system: id.system.clone(),
-                value: id.display_value(),
-                national: id.national,
-            })
-            .collect(),
-        contact: record.contact.clone(),
-        merged_into: record.merged_into.map(Link::to),
-        replaces: record
-            .absorptions
-            .iter()
-            .map(|a| Link::to(a.source_id))
-            .collect(),
-        preferences: record.preferences.clone(),
-        care_team: record.governance.care_team.clone(),
-        consents: record.governance.consents.clone(),
-        legal_hold: record
-            .governance
-            .legal_hold
-            .as_ref()
-            .map(|reason| serde_json::json!({ "reason": reason.as_str() })),
-        emergency_contacts: record.emergency_contacts.clone(),
-        coverages: record.coverages.clone(),
-        status: record.status.code(),
-        version,
-    })
-}
-
-fn respond(
-    status: StatusCode,
-    patient: &Patient,
-    version: u64,
-    replayed: bool,
-) -> Result<Response, ApiError> {
-    if let Some(forgotten) = patient.forgotten() {
-        // What is left of an erased patient: the fact, without any of their data.
-        return Ok((
-            status,
-            Json(serde_json::json!({
-                "status": "forgotten",
-                "reason": forgotten.reason.code(),
-                "reference": forgotten.reference.as_ref().map(|r| r.as_str()),
-                "forgotten_at": forgotten.forgotten_at,
-                "version": version,
-            })),
-        )
-            .into_response());
-    }
-    let body = resource(patient, version)?;
-    let mut response = (status, Json(&body)).into_response();
-    let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&etag(version)) {
-        headers.insert(header::ETAG, value);
-    }
-    if status == StatusCode::CREATED {
-        if let Ok(value) = HeaderValue::from_str(&format!("/v1/patients/{}", body.id)) {
-            headers.insert(header::LOCATION, value);
-        }
-    }
-    if replayed {
-        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(response)
-}
-
-fn patient_id(raw: &str) -> Result<PatientId, ApiError> {
-    PatientId::parse("id", raw).map_err(|e| ApiError::InvalidParameters(e.into()))
-}
-
-pub(super) fn metadata(
-    user: &AuthUser,
-    ctx: &RequestContext,
-    key: Option<String>,
-) -> CommandMetadata {
-    CommandMetadata {
-        user_id: user.id.clone(),
-        request_id: Some(ctx.request_id.clone()),
-        traceparent: Some(ctx.traceparent.clone()),
-        idempotency_key: key,
-        data_key_owner: None,
-    }
-}
-
-/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
-pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| {
-            ApiError::invalid_parameter(
-                "Idempotency-Key",
-                "must be 1 to 255 visible ASCII characters",
-            )
-        })?;
-    Ok(Some(key.to_owned()))
-}
-
-/// The first answer for a repeated key: the aggregate as it was at the recorded version.
-async fn replay(state: &AppState, recorded: &Recorded, hash: &str) -> Result<Response, ApiError> {
-    if recorded.request_hash != hash || recorded.aggregate_type != Patient::TYPE {
-        return Err(ApiError::IdempotencyKeyReused);
-    }
-    let id = patient_id(&recorded.aggregate_id)?;
-    let patient = state
-        .store
-        .load_version(id, recorded.version)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let status = StatusCode::from_u16(recorded.response_status).unwrap_or(StatusCode::OK);
-    respond(status, &patient, recorded.version, true)
-}
-
-/// Runs a POST under its `Idempotency-Key` (if any): a repeat gets the first answer, a
-/// different request under the same key gets 422.
-async fn idempotent<F, Fut>(
-    state: &AppState,
-    user: &AuthUser,
-    headers: &HeaderMap,
-    (method, path): (&str, &str),
-    body: &[u8],
-    target: Option<PatientId>,
-    run: F,
-) -> Result<Response, ApiError>
-where
-    F: FnOnce(Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<Outcome, ApiError>>,
-{
-    let key = idempotency_key(headers)?;
-    let hash = event_store::idempotency::request_hash(
-        &state.store.keys().request_hash_key(),
-        method,
-        path,
-        body,
-    );
-    let now = (state.clock)();
-    if let Some(key) = &key {
-        if let Some(recorded) = state.idempotency.find(&user.id, key, now).await? {
-            return replay(state, &recorded, &hash).await;
-        }
-        // The first attempt may have committed and then died before recording its answer:
-        // its events carry the key.
-        if let Some(id) = target {
-            if let Some(version) = state.store.version_written_by(id, &user.id, key).await? {
-                let recorded = Recorded {
-                    request_hash: hash.clone(),
-                    aggregate_type: Patient::TYPE.to_owned(),
-                    aggregate_id: id.to_string(),
-                    version,
-                    response_status: StatusCode::OK.as_u16(),
-                };
-                state
-                    .idempotency
-                    .record(&user.id, key, &recorded, now)
-                    .await?;
-                return replay(state, &recorded, &hash).await;
-            }
-        }
-    }
-    let Outcome {
-        status,
-        id,
-        version,
-        patient,
-    } = run(key.clone()).await?;
-    if let Some(key) = &key {
-        let recorded = Recorded {
-            request_hash: hash.clone(),
-            aggregate_type: Patient::TYPE.to_owned(),
-            aggregate_id: id.to_string(),
-            version,
-            response_status: status.as_u16(),
-        };
-        // A concurrent first request may have recorded its answer before us: answer as it did.
-        if !state
-            .idempotency
-            .record(&user.id, key, &recorded, now)
-            .await?
-        {
-            if let Some(first) = state.idempotency.find(&user.id, key, now).await? {
-                return replay(state, &first, &hash).await;
-            }
-        }
-    }
-    let patient = match patient {
-        Some(patient) => patient,
-        None => state
-            .store
-            .load_version(id, version)
-            .await?
-            .ok_or(ApiError::NotFound)?,
-    };
-    respond(status, &patient, version, false)
-}
-
-/// What a command produced: the answer's status, and the patient at the version it left.
-struct Outcome {
-    status: StatusCode,
-    id: PatientId,
-    version: u64,
-    /// `None` when the answer must be rebuilt from the store.
-    patient: Option<Patient>,
 }
 
 /// `POST /v1/patients`: registers a patient; 201 with `Location` and `ETag`; 409 with the
@@ -551,268 +255,6 @@ async fn read(
     respond(StatusCode::OK, &patient, version, false)
 }
 
-/// Every event of aggregate `aggregate_type`/`id` in sequence order, opened, after checking the
-/// stream as a load does: a row the service did not write is never shown as history.
-///
-/// # Errors
-///
-/// 500 with an operator alert when a row does not verify; 503 or 500 when the store fails.
-pub(super) async fn verified_history(
-    state: &AppState,
-    aggregate_type: &str,
-    id: PatientId,
-) -> Result<Vec<event_store::stream::StoredEvent>, ApiError> {
-    let mut history =
-        event_store::stream::history(&state.pool, aggregate_type, &id.to_string()).await?;
-    if let Err(finding) = event_store::stream::check_history(state.store.chain(), &history) {
-        tracing::error!(
-            alert = "event-store-tampering",
-            aggregate_type,
-            aggregate_id = %id,
-            sequence = finding.sequence,
-            finding = %finding,
-            "a stored event does not verify; refusing to show it"
-        );
-        return Err(ApiError::Internal(Box::new(
-            event_store::repository::Unverified(finding),
-        )));
-    }
-    event_store::stream::open(state.store.keys(), &state.pool, &mut history).await?;
-    Ok(history)
-}
-
-/// Decides whether `user` may do `action` on patient `id` (as loaded) and records the access
-/// as `what`, granted or denied. Unknown and erased patients leave no entry.
-///
-/// # Errors
-///
-/// 403, 404 or 410 as [`access::decide`] says; 503 when the entry cannot be recorded (the
-/// data is then not answered).
-pub(super) async fn checked_access(
-    state: &AppState,
-    user: &AuthUser,
-    action: Action,
-    what: &str,
-    id: PatientId,
-    patient: Option<&Patient>,
-) -> Result<Option<access::BreakGlassReason>, ApiError> {
-    let mut decision = access::decide(
-        user,
-        action,
-        id,
-        patient,
-        state.home_organization.as_deref(),
-    );
-    let at = (state.clock)();
-    // Past the break-the-glass limit every such request is refused alike, whether the patient
-    // exists or not (a 429 only for those who exist would tell which ids do).
-    let asks_emergency = user.break_glass.is_some()
-        && !matches!(decision, access::Decision::Granted | access::Decision::Gone);
-    let over_limit = asks_emergency
-        && !state
-            .access
-            .allow_emergency(
-                user,
-                id,
-                at,
-                matches!(decision, access::Decision::Emergency(_)),
-            )
-            .await?;
-    if over_limit {
-        decision = access::Decision::Denied;
-    }
-    if matches!(
-        decision,
-        access::Decision::Granted | access::Decision::Emergency(_) | access::Decision::Denied
-    ) {
-        state
-            .access
-            .record(user, what, &[id.as_uuid()], decision, at)
-            .await?;
-    }
-    if over_limit {
-        return Err(ApiError::EmergencyAccessLimit);
-    }
-    decision.into_result()
-}
-
-/// Loads the patient, decides whether `user` may do `action` on them and records the access
-/// as `what`. Returns the patient.
-pub(super) async fn reach(
-    state: &AppState,
-    user: &AuthUser,
-    action: Action,
-    what: &str,
-    id: PatientId,
-) -> Result<Patient, ApiError> {
-    let loaded = state.store.load(id).await?;
-    checked_access(
-        state,
-        user,
-        action,
-        what,
-        id,
-        loaded.as_ref().map(|(p, _)| p),
-    )
-    .await?;
-    loaded.map(|(p, _)| p).ok_or(ApiError::NotFound)
-}
-
-/// Refuses changes to the medical record of an archived or merged patient.
-pub(super) fn changeable(patient: &Patient) -> Result<(), ApiError> {
-    match patient.record().map(|r| r.status) {
-        Some(domain::patient::PatientStatus::Active) => Ok(()),
-        Some(domain::patient::PatientStatus::Merged) => {
-            Err(ApiError::Rule(PatientError::MergedPatientCannotBeChanged))
-        }
-        Some(domain::patient::PatientStatus::Archived) => Err(ApiError::Rule(
-            PatientError::ArchivedPatientCannotBeCorrected,
-        )),
-        None => Err(ApiError::NotFound),
-    }
-}
-
-/// Everything a command on an existing patient arrives with. Extracted in the order that
-/// decides which error a caller sees first: authentication, then the path, then the body.
-pub(super) struct CommandRequest<P> {
-    pub(super) user: AuthUser,
-    ctx: RequestContext,
-    headers: HeaderMap,
-    method: axum::http::Method,
-    raw_id: String,
-    /// The second path parameter (`{item}`), on routes that have one.
-    pub(super) item: Option<String>,
-    pub(super) body: JsonObject,
-    permission: std::marker::PhantomData<P>,
-}
-
-impl<P> CommandRequest<P> {
-    pub(super) fn raw_id(&self) -> &str {
-        &self.raw_id
-    }
-
-    pub(super) fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
-    pub(super) fn ctx(&self) -> &RequestContext {
-        &self.ctx
-    }
-}
-
-impl<P: Permission> FromRequest<AppState> for CommandRequest<P> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (mut parts, body) = req.into_parts();
-        let Authorized(user, _) = Authorized::<P>::from_request_parts(&mut parts, state).await?;
-        let Ok(ctx) = RequestContext::from_request_parts(&mut parts, state).await;
-        let Path(mut params) =
-            Path::<HashMap<String, String>>::from_request_parts(&mut parts, state)
-                .await
-                .map_err(|_| ApiError::invalid_parameter("id", "must be a UUID"))?;
-        let raw_id = params.remove("id").unwrap_or_default();
-        let item = params.remove("item");
-        let headers = parts.headers.clone();
-        let method = parts.method.clone();
-        // A DELETE carries no body; every other command a JSON object.
-        let body = if method == axum::http::Method::DELETE {
-            JsonObject::empty()
-        } else {
-            JsonObject::from_request(Request::from_parts(parts, body), state).await?
-        };
-        Ok(Self {
-            user,
-            ctx,
-            headers,
-            method,
-            raw_id,
-            item,
-            body,
-            permission: std::marker::PhantomData,
-        })
-    }
-}
-
-/// Allows `user` to change patient `id` with `action` only if [`access::may_change`] says so;
-/// a refusal is recorded as an access entry.
-///
-/// # Errors
-///
-/// 403 when refused (whether or not the patient exists); 503 when the entry cannot be stored.
-pub(super) async fn changeable_by(
-    state: &AppState,
-    user: &AuthUser,
-    action: Action,
-    id: PatientId,
-) -> Result<(), ApiError> {
-    if access::may_change(user, action, id, state.home_organization.as_deref()) {
-        return Ok(());
-    }
-    state
-        .access
-        .record(
-            user,
-            &format!("{action:?}"),
-            &[id.as_uuid()],
-            access::Decision::Denied,
-            (state.clock)(),
-        )
-        .await?;
-    Err(ApiError::Forbidden)
-}
-
-/// Shared shape of the commands on an existing patient: If-Match, idempotency, execute.
-pub(super) async fn change<P: Permission>(
-    state: &AppState,
-    req: &CommandRequest<P>,
-    path_suffix: &str,
-    command: Result<PatientCommand, ApiError>,
-) -> Result<Response, ApiError> {
-    let id = patient_id(&req.raw_id)?;
-    tracing::Span::current().record("patient_id", tracing::field::display(id));
-    changeable_by(state, &req.user, P::ACTION, id).await?;
-    let path = format!("/v1/patients/{id}/{path_suffix}");
-    idempotent(
-        state,
-        &req.user,
-        &req.headers,
-        (req.method.as_str(), &path),
-        &req.body.raw,
-        Some(id),
-        |key| async {
-            let expected = if_match(&req.headers)?;
-            let command = command?;
-            let (patient, version) = state
-                .store
-                .execute(
-                    id,
-                    Some(expected),
-                    command,
-                    metadata(&req.user, &req.ctx, key),
-                )
-                .await?;
-            tracing::info!(version, "patient changed");
-            Ok(Outcome {
-                status: StatusCode::OK,
-                id,
-                version,
-                patient: Some(patient),
-            })
-        },
-    )
-    .await
-}
-
-pub(super) fn reason_only(body: &JsonObject) -> Result<Reason, ApiError> {
-    let mut fields = Fields::new(&body.object, "", &["reason"]);
-    let reason = fields
-        .string("reason")
-        .and_then(|v| fields.check(Reason::parse("reason", v)));
-    fields.finish()?;
-    reason.ok_or_else(|| ApiError::Validation(FieldErrors::new()))
-}
-
 fn correction(body: &JsonObject, now: DateTime<Utc>) -> Result<PatientCommand, ApiError> {
     let mut fields = Fields::new(
         &body.object,
@@ -886,7 +328,7 @@ async fn archive(
     let response = change(&state, &req, "archive", command).await?;
     // An archived patient keeps no appointments ahead, nor a place on the wait list.
     if response.status().is_success() {
-        if let Ok(id) = patient_id(&req.raw_id) {
+        if let Ok(id) = patient_id(req.raw_id()) {
             if let Err(e) = super::scheduling::wind_down(&state, &req.user, id).await {
                 tracing::warn!(error.message = %e.to_string(), "appointments of an archived patient remain");
             }
@@ -905,35 +347,6 @@ async fn restore(
     let command =
         reason_only(&req.body).map(|reason| PatientCommand::Restore(RestorePatient { reason, at }));
     change(&state, &req, "restore", command).await
-}
-
-/// The whole-number query parameter `key` within `range`, or `default` when absent; an
-/// error on `key` otherwise.
-pub(super) fn whole_number<T>(
-    params: &HashMap<String, String>,
-    key: &str,
-    default: T,
-    range: std::ops::RangeInclusive<T>,
-    errors: &mut FieldErrors,
-) -> T
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display,
-{
-    match params.get(key).map(|v| v.parse::<T>()) {
-        None => default,
-        Some(Ok(n)) if range.contains(&n) => n,
-        Some(_) => {
-            errors.push(domain::FieldError::new(
-                key,
-                format!(
-                    "must be a whole number from {} to {}",
-                    range.start(),
-                    range.end()
-                ),
-            ));
-            default
-        }
-    }
 }
 
 /// The search parameters that narrow a search; at least one is required.
@@ -1020,18 +433,6 @@ async fn search(
         next,
     })
     .into_response())
-}
-
-pub(super) fn url_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn parse_criteria(
@@ -1138,7 +539,7 @@ async fn merge(
     State(state): State<AppState>,
     req: CommandRequest<permission::MergePatients>,
 ) -> Result<Response, ApiError> {
-    let source = patient_id(&req.raw_id)?;
+    let source = patient_id(req.raw_id())?;
     tracing::Span::current().record("patient_id", tracing::field::display(source));
     changeable_by(&state, &req.user, Action::MergePatients, source).await?;
     let now = (state.clock)();
@@ -1154,18 +555,18 @@ async fn merge(
     idempotent(
         &state,
         &req.user,
-        &req.headers,
+        req.headers(),
         ("POST", &path),
         &req.body.raw,
         Some(source),
         |key| async {
-            let expected = if_match(&req.headers)?;
+            let expected = if_match(req.headers())?;
             let (Some(target), Some(reason)) = input? else {
                 return Err(ApiError::Validation(FieldErrors::new()));
             };
             // The survivor changes too: the same check for it.
             changeable_by(&state, &req.user, Action::MergePatients, target).await?;
-            let meta = metadata(&req.user, &req.ctx, key);
+            let meta = metadata(&req.user, req.ctx(), key);
             let (source_patient, _) = state.store.load(source).await?.ok_or(ApiError::NotFound)?;
             let Some((target_patient, _)) = state.store.load(target).await? else {
                 return Err(ApiError::Validation(
@@ -1221,7 +622,7 @@ async fn unmerge(
     State(state): State<AppState>,
     req: CommandRequest<permission::MergePatients>,
 ) -> Result<Response, ApiError> {
-    let source = patient_id(&req.raw_id)?;
+    let source = patient_id(req.raw_id())?;
     tracing::Span::current().record("patient_id", tracing::field::display(source));
     changeable_by(&state, &req.user, Action::MergePatients, source).await?;
     let now = (state.clock)();
@@ -1230,14 +631,14 @@ async fn unmerge(
     idempotent(
         &state,
         &req.user,
-        &req.headers,
+        req.headers(),
         ("POST", &path),
         &req.body.raw,
         Some(source),
         |key| async {
-            let expected = if_match(&req.headers)?;
+            let expected = if_match(req.headers())?;
             let reason = reason?;
-            let meta = metadata(&req.user, &req.ctx, key);
+            let meta = metadata(&req.user, req.ctx(), key);
             let (before, _) = state.store.load(source).await?.ok_or(ApiError::NotFound)?;
             let target = before
                 .record()
@@ -1328,7 +729,7 @@ async fn retention_candidates(
 /// Runs a multi-step change in a task of its own, so dropping the request (a disconnect, the
 /// request timeout) cannot stop it halfway.
 async fn run_to_completion<T: Send + 'static>(
-    work: impl std::future::Future<Output = Result<T, event_store::store::CommandError>>
+    work: impl std::future::Future<Output = Result<T, event_store::command::CommandError>>
         + Send
         + 'static,
 ) -> Result<T, ApiError> {

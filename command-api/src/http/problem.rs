@@ -7,7 +7,7 @@ use domain::medical_record::{AllergyWarning, MedicalRecordError};
 use domain::patient::PatientError;
 use domain::scheduling::SchedulingError;
 use domain::{FieldError, FieldErrors};
-use event_store::store::CommandError;
+use event_store::command::CommandError;
 use serde::Serialize;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -135,6 +135,16 @@ impl From<event_store::keys::KeyError> for ApiError {
         match error {
             event_store::keys::KeyError::Database(e) => e.into(),
             other => Self::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<crate::auth::Refused> for ApiError {
+    fn from(refused: crate::auth::Refused) -> Self {
+        match refused {
+            crate::auth::Refused::Forbidden => Self::Forbidden,
+            crate::auth::Refused::NotFound => Self::NotFound,
+            crate::auth::Refused::Gone => Self::Gone,
         }
     }
 }

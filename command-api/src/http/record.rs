@@ -19,8 +19,8 @@ use domain::patient::{EndCoverage, PatientCommand, RecordChange, RemoveIdentifie
 use uuid::Uuid;
 
 use crate::auth::permission;
+use crate::http::patient_commands::{change, CommandRequest};
 use crate::http::patient_input;
-use crate::http::patients::{change, CommandRequest};
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {

@@ -40,7 +40,9 @@ use uuid::Uuid;
 
 use crate::auth::{access, permission, Action, AuthUser, Authorized};
 use crate::http::json::{Fields, JsonObject};
-use crate::http::patients::{changeable, checked_access, metadata, reach, whole_number};
+use crate::http::params::whole_number;
+use crate::http::patient_commands::metadata;
+use crate::http::reach::{changeable, checked_access, reach};
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
 use crate::planner::{self, Ask, Placement};
 
@@ -755,14 +757,14 @@ async fn book(
                 );
                 return appointment_response(StatusCode::CREATED, id, &appointment, version);
             }
-            Err(event_store::store::CommandError::Rule(
+            Err(event_store::command::CommandError::Rule(
                 domain::scheduling::SchedulingError::TimeTaken,
             )) if attempt < PLACEMENT_ATTEMPTS => {
                 // A concurrent booking took a resource chosen for this one (two requests picking
                 // the same free room): place again on what is left.
                 tracing::debug!(attempt, "placement taken meanwhile; placing again");
             }
-            Err(event_store::store::CommandError::Rule(
+            Err(event_store::command::CommandError::Rule(
                 domain::scheduling::SchedulingError::TimeTaken,
             )) => {
                 let conflicting = schedule::holder(&state.pool, &keys, &booking.interval, now)
@@ -969,7 +971,7 @@ pub(super) async fn wind_down(
                 late_within: Duration::zero(),
                 at: now,
             };
-            let metadata = event_store::store::CommandMetadata {
+            let metadata = event_store::command::CommandMetadata {
                 user_id: user.id.clone(),
                 ..Default::default()
             };
@@ -983,8 +985,8 @@ pub(super) async fn wind_down(
                     break;
                 }
                 Err(
-                    event_store::store::CommandError::VersionMismatch { .. }
-                    | event_store::store::CommandError::Conflict,
+                    event_store::command::CommandError::VersionMismatch { .. }
+                    | event_store::command::CommandError::Conflict,
                 ) => {}
                 Err(other) => return Err(other.into()),
             }

@@ -8,7 +8,7 @@ use super::commands::{
     ArchivePatient, CorrectDemographics, PatientCommand, RecordChange, RegisterPatient,
     RestorePatient,
 };
-use super::contact::{ContactInformation, Identifier};
+use super::contact::Identifier;
 use super::events::{
     ContactInformationChanged, CoverageAdded, CoverageChanged, CoverageEnded,
     DemographicsCorrected, EmergencyContactAdded, EmergencyContactChanged, EmergencyContactRemoved,
@@ -16,10 +16,9 @@ use super::events::{
     PatientRestored, PreferencesUpdated,
 };
 use super::governance::{self, Governance, PatientForgotten};
-use super::merge::{self, Absorption};
-use super::record::LanguageTag;
-use super::record::{Coverage, EmergencyContact, Preferences, MAX_EMERGENCY_CONTACTS};
-use super::values::{AdministrativeGender, BirthDate, MaritalStatus, Mrn, PatientId, PersonName};
+use super::merge;
+use super::record::{Coverage, Preferences, MAX_EMERGENCY_CONTACTS};
+use super::state::{PatientRecord, PatientStatus};
 use super::PatientError;
 
 /// A patient aggregate. `None` until registered: no command but registration is accepted
@@ -30,58 +29,6 @@ pub struct Patient {
     /// Set once the patient is forgotten: all that is left of them.
     #[serde(default)]
     forgotten: Option<PatientForgotten>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PatientRecord {
-    pub patient_id: PatientId,
-    pub mrn: Mrn,
-    pub name: PersonName,
-    pub birth_date: Option<BirthDate>,
-    pub gender: AdministrativeGender,
-    #[serde(default)]
-    pub marital_status: Option<MaritalStatus>,
-    #[serde(default)]
-    pub languages: Vec<LanguageTag>,
-    pub identifiers: Vec<Identifier>,
-    pub contact: ContactInformation,
-    #[serde(default)]
-    pub preferences: Preferences,
-    #[serde(default)]
-    pub emergency_contacts: Vec<EmergencyContact>,
-    /// Every coverage ever recorded, ended ones included.
-    #[serde(default)]
-    pub coverages: Vec<Coverage>,
-    pub status: PatientStatus,
-    /// The survivor this patient was merged into.
-    #[serde(default)]
-    pub merged_into: Option<PatientId>,
-    #[serde(default)]
-    pub status_before_merge: Option<PatientStatus>,
-    /// The duplicates merged into this patient, with what each brought.
-    #[serde(default)]
-    pub absorptions: Vec<Absorption>,
-    #[serde(default)]
-    pub governance: Governance,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PatientStatus {
-    Active,
-    Archived,
-    /// Merged into another patient, the survivor.
-    Merged,
-}
-
-impl PatientStatus {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Archived => "archived",
-            Self::Merged => "merged",
-        }
-    }
 }
 
 impl Patient {
@@ -122,7 +69,7 @@ impl Patient {
                 Some(record),
             ) => merge::absorb(record, source, identifiers, contact, reason, at).map(|e| vec![e]),
             (PatientCommand::Govern(change), Some(record)) => {
-                governance::decide(record, change).map(|e| vec![e])
+                governance::rules::decide(record, change).map(|e| vec![e])
             }
             (_, Some(record)) if record.status == PatientStatus::Merged => {
                 Err(PatientError::MergedPatientCannotBeChanged)
@@ -519,7 +466,7 @@ fn apply_record_change(record: &mut PatientRecord, event: PatientEvent) {
         | PatientEvent::ConsentGranted(_)
         | PatientEvent::ConsentWithdrawn(_)
         | PatientEvent::LegalHoldPlaced(_)
-        | PatientEvent::LegalHoldReleased(_)) => governance::apply(record, governance),
+        | PatientEvent::LegalHoldReleased(_)) => governance::rules::apply(record, governance),
         PatientEvent::PatientRegistered(_)
         | PatientEvent::DemographicsCorrected(_)
         | PatientEvent::PatientArchived(_)
@@ -536,10 +483,12 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::patient::contact::{Phone, PhoneNumber, PhoneUse};
+    use crate::patient::contact::{ContactInformation, Phone, PhoneNumber, PhoneUse};
     use crate::patient::events::PatientMerged;
+    use crate::patient::record::EmergencyContact;
     use crate::patient::record::{CoveragePriority, Relationship, SubscriberRelationship};
     use crate::patient::values::Reason;
+    use crate::patient::values::{AdministrativeGender, BirthDate, Mrn, PatientId, PersonName};
 
     fn at() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 27, 9, 0, 0).unwrap()

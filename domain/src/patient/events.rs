@@ -7,7 +7,6 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::aggregate::PatientStatus;
 use super::contact::{ContactInformation, Identifier};
 pub use super::governance::{
     CareRelationshipEnded, CareRelationshipStarted, ConsentGranted, ConsentWithdrawn,
@@ -15,6 +14,7 @@ pub use super::governance::{
 };
 use super::record::LanguageTag;
 use super::record::{Coverage, EmergencyContact, Preferences};
+use super::state::PatientStatus;
 use super::values::{
     AdministrativeGender, BirthDate, MaritalStatus, Mrn, PatientId, PersonName, Reason,
 };

@@ -3,23 +3,14 @@
 //! contact points it lacked, remembered per source so an unmerge gives back exactly those.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
-use super::aggregate::{PatientRecord, PatientStatus};
 use super::contact::{Address, ContactInformation, Identifier, MAX_CONTACT_POINTS};
 use super::events::{
     AbsorptionReverted, PatientAbsorbed, PatientEvent, PatientMerged, PatientUnmerged,
 };
+use super::state::{Absorption, PatientRecord, PatientStatus};
 use super::values::{PatientId, Reason};
 use super::PatientError;
-
-/// What a survivor gained from one merged duplicate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Absorption {
-    pub source_id: PatientId,
-    pub identifiers: Vec<Identifier>,
-    pub contact: ContactInformation,
-}
 
 pub(super) fn merge_into(
     record: &PatientRecord,

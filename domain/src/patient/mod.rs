@@ -11,9 +11,10 @@ mod events;
 pub mod governance;
 mod merge;
 pub mod record;
+mod state;
 mod values;
 
-pub use aggregate::{Patient, PatientRecord, PatientStatus};
+pub use aggregate::Patient;
 pub use commands::{
     ArchivePatient, CorrectDemographics, EndCoverage, PatientCommand, RecordChange,
     RegisterPatient, RemoveIdentifier, RestorePatient,
@@ -25,7 +26,7 @@ pub use events::{
     PatientEvent, PatientMerged, PatientRegistered, PatientRestored, PatientUnmerged,
     PreferencesUpdated,
 };
-pub use merge::Absorption;
+pub use state::{Absorption, PatientRecord, PatientStatus};
 pub use values::{
     AdministrativeGender, BirthDate, MaritalStatus, Mrn, NameExtras, PatientId, PersonName, Reason,
 };

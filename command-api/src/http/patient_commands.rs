@@ -1,0 +1,437 @@
+//! The shape shared by commands on a patient: the request (`CommandRequest`: authorization,
+//! path, body, in the order that decides which error a caller sees first), `If-Match`,
+//! `Idempotency-Key` (a repeat answers as the first request), execution, and the patient as
+//! the API shows them.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cqrs_es::Aggregate;
+use domain::patient::{Patient, PatientCommand, PatientId, Reason};
+use domain::FieldErrors;
+use event_store::command::CommandMetadata;
+use event_store::idempotency::Recorded;
+use serde::Serialize;
+use std::collections::HashMap;
+
+use crate::auth::{AuthUser, Authorized, Permission};
+use crate::http::json::{Fields, JsonObject};
+use crate::http::reach::changeable_by;
+use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
+
+/// A patient as the API shows them.
+#[derive(Serialize)]
+pub(super) struct PatientResource {
+    id: uuid::Uuid,
+    mrn: String,
+    name: NameResource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    birth_date: Option<chrono::NaiveDate>,
+    gender: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    marital_status: Option<&'static str>,
+    languages: Vec<String>,
+    identifiers: Vec<IdentifierResource>,
+    contact: domain::patient::contact::ContactInformation,
+    /// The survivor this patient was merged into.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    merged_into: Option<Link>,
+    /// The duplicates merged into this patient.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    replaces: Vec<Link>,
+    preferences: domain::patient::record::Preferences,
+    care_team: Vec<domain::patient::governance::CareRelationship>,
+    consents: Vec<domain::patient::governance::Consent>,
+    /// Present while the record is on legal hold (it cannot be erased).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    legal_hold: Option<serde_json::Value>,
+    emergency_contacts: Vec<domain::patient::record::EmergencyContact>,
+    coverages: Vec<domain::patient::record::Coverage>,
+    status: &'static str,
+    version: u64,
+}
+
+/// A link to another patient.
+#[derive(Serialize)]
+pub(super) struct Link {
+    id: uuid::Uuid,
+    href: String,
+}
+
+impl Link {
+    fn to(id: PatientId) -> Self {
+        Self {
+            id: id.as_uuid(),
+            href: format!("/v1/patients/{id}"),
+        }
+    }
+}
+
+/// An identifier as shown: national identifiers masked but for their last four characters.
+#[derive(Serialize)]
+pub(super) struct IdentifierResource {
+    system: String,
+    value: String,
+    national: bool,
+}
+
+#[derive(Serialize)]
+pub(super) struct NameResource {
+    given: Vec<String>,
+    family: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    prefix: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    suffix: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preferred: Option<String>,
+}
+
+pub(super) fn resource(patient: &Patient, version: u64) -> Result<PatientResource, ApiError> {
+    let record = patient.record().ok_or(ApiError::NotFound)?;
+    Ok(PatientResource {
+        id: record.patient_id.as_uuid(),
+        mrn: record.mrn.as_str().to_owned(),
+        name: NameResource {
+            given: record.name.given().to_vec(),
+            family: record.name.family().to_owned(),
+            prefix: record.name.prefix().to_vec(),
+            suffix: record.name.suffix().to_vec(),
+            preferred: record.name.preferred().map(str::to_owned),
+        },
+        marital_status: record.marital_status.map(|m| m.code()),
+        languages: record
+            .languages
+            .iter()
+            .map(|l| l.as_str().to_owned())
+            .collect(),
+        birth_date: record.birth_date.map(|d| d.date()),
+        gender: record.gender.code(),
+        identifiers: record
+            .identifiers
+            .iter()
+            .map(|id| IdentifierResource {
+                system: id.system.clone(),
+                value: id.display_value(),
+                national: id.national,
+            })
+            .collect(),
+        contact: record.contact.clone(),
+        merged_into: record.merged_into.map(Link::to),
+        replaces: record
+            .absorptions
+            .iter()
+            .map(|a| Link::to(a.source_id))
+            .collect(),
+        preferences: record.preferences.clone(),
+        care_team: record.governance.care_team.clone(),
+        consents: record.governance.consents.clone(),
+        legal_hold: record
+            .governance
+            .legal_hold
+            .as_ref()
+            .map(|reason| serde_json::json!({ "reason": reason.as_str() })),
+        emergency_contacts: record.emergency_contacts.clone(),
+        coverages: record.coverages.clone(),
+        status: record.status.code(),
+        version,
+    })
+}
+
+pub(super) fn respond(
+    status: StatusCode,
+    patient: &Patient,
+    version: u64,
+    replayed: bool,
+) -> Result<Response, ApiError> {
+    if let Some(forgotten) = patient.forgotten() {
+        // What is left of an erased patient: the fact, without any of their data.
+        return Ok((
+            status,
+            Json(serde_json::json!({
+                "status": "forgotten",
+                "reason": forgotten.reason.code(),
+                "reference": forgotten.reference.as_ref().map(|r| r.as_str()),
+                "forgotten_at": forgotten.forgotten_at,
+                "version": version,
+            })),
+        )
+            .into_response());
+    }
+    let body = resource(patient, version)?;
+    let mut response = (status, Json(&body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&etag(version)) {
+        headers.insert(header::ETAG, value);
+    }
+    if status == StatusCode::CREATED {
+        if let Ok(value) = HeaderValue::from_str(&format!("/v1/patients/{}", body.id)) {
+            headers.insert(header::LOCATION, value);
+        }
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+pub(super) fn patient_id(raw: &str) -> Result<PatientId, ApiError> {
+    PatientId::parse("id", raw).map_err(|e| ApiError::InvalidParameters(e.into()))
+}
+
+pub(super) fn metadata(
+    user: &AuthUser,
+    ctx: &RequestContext,
+    key: Option<String>,
+) -> CommandMetadata {
+    CommandMetadata {
+        user_id: user.id.clone(),
+        request_id: Some(ctx.request_id.clone()),
+        traceparent: Some(ctx.traceparent.clone()),
+        idempotency_key: key,
+        data_key_owner: None,
+    }
+}
+
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::invalid_parameter(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// The first answer for a repeated key: the aggregate as it was at the recorded version.
+pub(super) async fn replay(
+    state: &AppState,
+    recorded: &Recorded,
+    hash: &str,
+) -> Result<Response, ApiError> {
+    if recorded.request_hash != hash || recorded.aggregate_type != Patient::TYPE {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    let id = patient_id(&recorded.aggregate_id)?;
+    let patient = state
+        .store
+        .load_version(id, recorded.version)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let status = StatusCode::from_u16(recorded.response_status).unwrap_or(StatusCode::OK);
+    respond(status, &patient, recorded.version, true)
+}
+
+/// Runs a POST under its `Idempotency-Key` (if any): a repeat gets the first answer, a
+/// different request under the same key gets 422.
+pub(super) async fn idempotent<F, Fut>(
+    state: &AppState,
+    user: &AuthUser,
+    headers: &HeaderMap,
+    (method, path): (&str, &str),
+    body: &[u8],
+    target: Option<PatientId>,
+    run: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Outcome, ApiError>>,
+{
+    let key = idempotency_key(headers)?;
+    let hash = event_store::idempotency::request_hash(
+        &state.store.keys().request_hash_key(),
+        method,
+        path,
+        body,
+    );
+    let now = (state.clock)();
+    if let Some(key) = &key {
+        if let Some(recorded) = state.idempotency.find(&user.id, key, now).await? {
+            return replay(state, &recorded, &hash).await;
+        }
+        // The first attempt may have committed and then died before recording its answer:
+        // its events carry the key.
+        if let Some(id) = target {
+            if let Some(version) = state.store.version_written_by(id, &user.id, key).await? {
+                let recorded = Recorded {
+                    request_hash: hash.clone(),
+                    aggregate_type: Patient::TYPE.to_owned(),
+                    aggregate_id: id.to_string(),
+                    version,
+                    response_status: StatusCode::OK.as_u16(),
+                };
+                state
+                    .idempotency
+                    .record(&user.id, key, &recorded, now)
+                    .await?;
+                return replay(state, &recorded, &hash).await;
+            }
+        }
+    }
+    let Outcome {
+        status,
+        id,
+        version,
+        patient,
+    } = run(key.clone()).await?;
+    if let Some(key) = &key {
+        let recorded = Recorded {
+            request_hash: hash.clone(),
+            aggregate_type: Patient::TYPE.to_owned(),
+            aggregate_id: id.to_string(),
+            version,
+            response_status: status.as_u16(),
+        };
+        // A concurrent first request may have recorded its answer before us: answer as it did.
+        if !state
+            .idempotency
+            .record(&user.id, key, &recorded, now)
+            .await?
+        {
+            if let Some(first) = state.idempotency.find(&user.id, key, now).await? {
+                return replay(state, &first, &hash).await;
+            }
+        }
+    }
+    let patient = match patient {
+        Some(patient) => patient,
+        None => state
+            .store
+            .load_version(id, version)
+            .await?
+            .ok_or(ApiError::NotFound)?,
+    };
+    respond(status, &patient, version, false)
+}
+
+/// What a command produced: the answer's status, and the patient at the version it left.
+pub(super) struct Outcome {
+    pub(super) status: StatusCode,
+    pub(super) id: PatientId,
+    pub(super) version: u64,
+    /// `None` when the answer must be rebuilt from the store.
+    pub(super) patient: Option<Patient>,
+}
+
+/// Everything a command on an existing patient arrives with. Extracted in the order that
+/// decides which error a caller sees first: authentication, then the path, then the body.
+pub(super) struct CommandRequest<P> {
+    pub(super) user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    method: axum::http::Method,
+    raw_id: String,
+    /// The second path parameter (`{item}`), on routes that have one.
+    pub(super) item: Option<String>,
+    pub(super) body: JsonObject,
+    permission: std::marker::PhantomData<P>,
+}
+
+impl<P> CommandRequest<P> {
+    pub(super) fn raw_id(&self) -> &str {
+        &self.raw_id
+    }
+
+    pub(super) fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    pub(super) fn ctx(&self) -> &RequestContext {
+        &self.ctx
+    }
+}
+
+impl<P: Permission> FromRequest<AppState> for CommandRequest<P> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let Authorized(user, _) = Authorized::<P>::from_request_parts(&mut parts, state).await?;
+        let Ok(ctx) = RequestContext::from_request_parts(&mut parts, state).await;
+        let Path(mut params) =
+            Path::<HashMap<String, String>>::from_request_parts(&mut parts, state)
+                .await
+                .map_err(|_| ApiError::invalid_parameter("id", "must be a UUID"))?;
+        let raw_id = params.remove("id").unwrap_or_default();
+        let item = params.remove("item");
+        let headers = parts.headers.clone();
+        let method = parts.method.clone();
+        // A DELETE carries no body; every other command a JSON object.
+        let body = if method == axum::http::Method::DELETE {
+            JsonObject::empty()
+        } else {
+            JsonObject::from_request(Request::from_parts(parts, body), state).await?
+        };
+        Ok(Self {
+            user,
+            ctx,
+            headers,
+            method,
+            raw_id,
+            item,
+            body,
+            permission: std::marker::PhantomData,
+        })
+    }
+}
+
+/// Shared shape of the commands on an existing patient: If-Match, idempotency, execute.
+pub(super) async fn change<P: Permission>(
+    state: &AppState,
+    req: &CommandRequest<P>,
+    path_suffix: &str,
+    command: Result<PatientCommand, ApiError>,
+) -> Result<Response, ApiError> {
+    let id = patient_id(&req.raw_id)?;
+    tracing::Span::current().record("patient_id", tracing::field::display(id));
+    changeable_by(state, &req.user, P::ACTION, id).await?;
+    let path = format!("/v1/patients/{id}/{path_suffix}");
+    idempotent(
+        state,
+        &req.user,
+        &req.headers,
+        (req.method.as_str(), &path),
+        &req.body.raw,
+        Some(id),
+        |key| async {
+            let expected = if_match(&req.headers)?;
+            let command = command?;
+            let (patient, version) = state
+                .store
+                .execute(
+                    id,
+                    Some(expected),
+                    command,
+                    metadata(&req.user, &req.ctx, key),
+                )
+                .await?;
+            tracing::info!(version, "patient changed");
+            Ok(Outcome {
+                status: StatusCode::OK,
+                id,
+                version,
+                patient: Some(patient),
+            })
+        },
+    )
+    .await
+}
+
+pub(super) fn reason_only(body: &JsonObject) -> Result<Reason, ApiError> {
+    let mut fields = Fields::new(&body.object, "", &["reason"]);
+    let reason = fields
+        .string("reason")
+        .and_then(|v| fields.check(Reason::parse("reason", v)));
+    fields.finish()?;
+    reason.ok_or_else(|| ApiError::Validation(FieldErrors::new()))
+}
