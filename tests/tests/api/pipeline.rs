@@ -6,7 +6,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use command_api::startup::Roles;
-use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
 use serde_json::json;
 
