@@ -66,25 +66,6 @@ pub enum Command {
         #[arg(long)]
         session: Option<String>,
     },
-    /// Measures registrations per second, raw insert transactions per second and projection
-    /// lag on one database, and prints the figures.
-    Bench(crate::bench::BenchArgs),
-    /// Measures medical records: clinical items recorded per second, documents uploaded and
-    /// indexed per second, and search latency (p50, p99), and prints the figures.
-    BenchRecords(crate::bench_records::BenchRecordsArgs),
-    /// Measures scheduling: availability latency (p50, p99) over many practitioners and days,
-    /// and bookings per second, and prints the figures.
-    BenchSchedule(crate::bench_schedule::BenchScheduleArgs),
-    /// Evaluates duplicate detection on a FEBRL-format CSV: precision, recall, F1 and match
-    /// latency.
-    MatchEval(crate::match_eval::MatchEvalArgs),
-    /// Books generated clinic weeks with best-fit and with first-fit assignment and prints
-    /// the share of requests served and the utilization of each, in one run.
-    SimulateWeek {
-        /// Weeks simulated (each from its own seed).
-        #[arg(long, default_value_t = 20)]
-        weeks: u64,
-    },
     /// Streams the event history as NDJSON on stdout (progress on stderr), in commit order.
     Replay(crate::replay::ReplayArgs),
     /// Audit tools.
@@ -261,14 +242,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Bench(args) => crate::bench::run(&settings, args).await,
-        Command::BenchRecords(args) => crate::bench_records::run(&settings, args).await,
-        Command::BenchSchedule(args) => crate::bench_schedule::run(&settings, args).await,
-        Command::MatchEval(args) => crate::match_eval::run(&settings, args).await,
-        Command::SimulateWeek { weeks } => {
-            simulate_weeks(weeks);
-            Ok(())
-        }
         Command::Replay(args) => crate::replay::run(&settings, args).await,
         Command::Audit {
             command: AuditCommand::Verify,
@@ -336,42 +309,6 @@ async fn verify(pool: &PgPool, chain: &event_store::chain::ChainKey) -> anyhow::
 /// Empties one read model and replays the whole event store into it; returns the events read.
 /// Prints, for best fit and first fit, the share of requests served and the utilization over
 /// `weeks` generated clinic weeks.
-fn simulate_weeks(weeks: u64) {
-    use domain::scheduling::assignment::{simulate, Scenario, Strategy};
-    println!(
-        "clinic weeks: {weeks} (12 practitioners in 4 specialties, 5 days of 8 h, ~110% demand)"
-    );
-    println!(
-        "{:<12} {:>10} {:>10} {:>12}",
-        "strategy", "requests", "served", "utilization"
-    );
-    let mut totals = Vec::new();
-    for strategy in [Strategy::BestFit, Strategy::FirstFit] {
-        let (mut requests, mut served, mut utilization) = (0, 0, 0.0);
-        for seed in 0..weeks {
-            let outcome = simulate(strategy, &Scenario::clinic_week(seed));
-            requests += outcome.requests;
-            served += outcome.served;
-            utilization += outcome.utilization;
-        }
-        let utilization = utilization / weeks.max(1) as f64;
-        println!(
-            "{:<12} {:>10} {:>9.1}% {:>11.1}%",
-            strategy.code(),
-            requests,
-            100.0 * served as f64 / requests.max(1) as f64,
-            100.0 * utilization
-        );
-        totals.push(utilization);
-    }
-    if let [best, first] = totals[..] {
-        println!(
-            "best fit / first fit utilization: {:.3}",
-            best / first.max(f64::EPSILON)
-        );
-    }
-}
-
 async fn rebuild<M: ReadModel>(projector: Projector<M>, chain: &ChainKey) -> anyhow::Result<usize> {
     let _lock = projector.try_lock_stream().await?.ok_or_else(|| {
         anyhow::anyhow!(

@@ -266,7 +266,7 @@ mod tests {
 
     #[test]
     fn pdf_text_is_extracted() {
-        let pdf = crate::synthetic::pdf(&["Discharge summary", "Allergy to penicillin (rash)"]);
+        let pdf = synthetic::pdf(&["Discharge summary", "Allergy to penicillin (rash)"]);
         let text = extract_now("application/pdf", &pdf).unwrap().unwrap();
         assert!(text.contains("Discharge summary"), "{text}");
         assert!(text.contains("penicillin (rash)"), "{text}");
@@ -284,7 +284,7 @@ mod tests {
             "<< /Length 7 >>\nstream\n/X1 Do\nendstream".to_owned(),
             "<< /Type /XObject /Subtype /Form /BBox [0 0 10 10] /Length 7 >>\nstream\n/X1 Do\nendstream".to_owned(),
         ];
-        crate::synthetic::pdf_of(&objects)
+        synthetic::pdf_of(&objects)
     }
 
     #[test]

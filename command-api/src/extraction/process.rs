@@ -312,7 +312,7 @@ mod tests {
 
     #[test]
     fn every_outcome_of_extraction_reads_back_as_it_was() {
-        let pdf = crate::synthetic::pdf(&["Discharge summary"]);
+        let pdf = synthetic::pdf(&["Discharge summary"]);
         let samples: [(&str, &[u8]); 7] = [
             ("text/html", b"<p>Chest pain</p>"),
             ("text/plain", &[0xff, 0xfe]),

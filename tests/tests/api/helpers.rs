@@ -326,9 +326,7 @@ impl TestApp {
     /// Registers synthetic person `n` (distinct from every other `n`, so never a likely
     /// duplicate), with `family` as family name if given; returns the answer's body.
     pub async fn register_person(&self, n: u64, family: Option<&str>) -> Value {
-        let response = self
-            .register(&command_api::synthetic::registration(n, family))
-            .await;
+        let response = self.register(&synthetic::registration(n, family)).await;
         assert_eq!(response.status(), 201, "{:?}", response.text().await);
         response.json().await.unwrap()
     }

@@ -215,7 +215,7 @@ async fn match_eval_prints_pair_counts_precision_recall_f1_and_latency() {
     .unwrap();
 
     // Act
-    let output = Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+    let output = Command::new(env!("CARGO_BIN_EXE_patient-service-tools-under-test"))
         .args(["match-eval", "--dataset"])
         .arg(&file)
         .env("DATABASE_URL", admin_url())

@@ -665,8 +665,7 @@ async fn documents_are_uploaded_extracted_searched_and_downloaded() {
     .await;
     let id = patient_in_care(&app, 4).await;
     let token = clinician(&app);
-    let pdf =
-        command_api::synthetic::pdf(&["Discharge summary", "Severe anaphylaxis after amoxicillin"]);
+    let pdf = synthetic::pdf(&["Discharge summary", "Severe anaphylaxis after amoxicillin"]);
     let documents: [(&str, &str, &[u8]); 4] = [
         ("Clinic letter", "text/plain", b"Seen today for hypertension follow-up. Blood pressure 128/82."),
         ("Care plan", "text/markdown", b"# Care plan\n\n* **Metformin** titration\n* Retinal screening"),

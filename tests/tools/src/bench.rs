@@ -16,10 +16,10 @@ use anyhow::Context;
 use clap::Args;
 use sqlx::PgPool;
 
-use crate::auth::{Authenticator, Role};
-use crate::configuration::Settings;
-use crate::http::system_clock;
-use crate::startup::{Roles, Service};
+use command_api::auth::{Authenticator, Role};
+use command_api::configuration::Settings;
+use command_api::http::system_clock;
+use command_api::startup::{Roles, Service};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -102,7 +102,7 @@ async fn measure(settings: &Settings, service: &Service, args: &BenchArgs) -> an
 /// alike enough for the matcher (same birth date, similar names), so the override is sent:
 /// the matcher still runs on every registration, and none is refused.
 fn registration(i: usize) -> serde_json::Value {
-    let mut body = crate::synthetic::registration(i as u64, None);
+    let mut body = synthetic::registration(i as u64, None);
     body["duplicate_override"] = serde_json::json!({ "reason": "benchmark population" });
     body
 }

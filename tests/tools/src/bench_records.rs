@@ -27,10 +27,10 @@ use event_store::command::CommandMetadata;
 use event_store::records::MedicalRecordStore;
 use serde_json::json;
 
-use crate::auth::{Authenticator, Role};
-use crate::configuration::Settings;
-use crate::http::system_clock;
-use crate::startup::{Roles, Service};
+use command_api::auth::{Authenticator, Role};
+use command_api::configuration::Settings;
+use command_api::http::system_clock;
+use command_api::startup::{Roles, Service};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchRecordsArgs {
@@ -107,16 +107,9 @@ const WORDS: &[&str] = &[
     "referral",
 ];
 
-fn mix(n: u64) -> u64 {
-    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 fn text_of(n: u64, words: usize) -> String {
     (0..words)
-        .map(|i| WORDS[(mix(n * 1000 + i as u64) % WORDS.len() as u64) as usize])
+        .map(|i| WORDS[(synthetic::mix(n * 1000 + i as u64) % WORDS.len() as u64) as usize])
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -133,7 +126,7 @@ fn concept(text: &str) -> Concept {
 /// immunizations, problems and history.
 fn item(i: usize, patient: usize) -> ItemContent {
     let day = NaiveDate::from_ymd_opt(2020, 1, 1).unwrap_or_default()
-        + chrono::Duration::days((mix((patient * 1000 + i) as u64) % 2000) as i64);
+        + chrono::Duration::days((synthetic::mix((patient * 1000 + i) as u64) % 2000) as i64);
     let prescriber = Principal::parse("p", CLINICIAN).unwrap_or_else(|_| unreachable!());
     match i % 10 {
         0 => ItemContent::Allergy(Allergy {
@@ -195,13 +188,6 @@ fn item(i: usize, patient: usize) -> ItemContent {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
-}
-
 /// Runs the benchmark and prints its figures on stdout.
 ///
 /// # Errors
@@ -243,7 +229,7 @@ async fn measure(
     // Patients, each in the bench clinician's care.
     let mut patients = Vec::with_capacity(args.patients);
     for n in 0..args.patients {
-        let mut body = crate::synthetic::registration(2_000_000 + n as u64, None);
+        let mut body = synthetic::registration(2_000_000 + n as u64, None);
         body["duplicate_override"] = json!({ "reason": "benchmark population" });
         let response = client
             .post(format!("{base}/v1/patients"))
@@ -354,8 +340,8 @@ async fn measure(
                     quarter * per_patient / 4,
                     (quarter + 1) * per_patient / 4
                 ),
-                percentile(&sorted, 0.5),
-                percentile(&sorted, 0.99)
+                crate::measure::percentile_ms(&sorted, 0.5),
+                crate::measure::percentile_ms(&sorted, 0.99)
             );
         }
     }
@@ -392,7 +378,7 @@ async fn measure(
                 let (media_type, bytes) = match d % 10 {
                     0 => {
                         let lines: Vec<&str> = pdf_lines.iter().map(String::as_str).chain([text.as_str()]).collect();
-                        ("application/pdf", crate::synthetic::pdf(&lines))
+                        ("application/pdf", synthetic::pdf(&lines))
                     }
                     1 => ("text/html", format!("<html><body><h1>Letter</h1><p>{text}</p></body></html>").into_bytes()),
                     2 => ("text/markdown", format!("# Letter\n\n{text}").into_bytes()),
@@ -441,8 +427,8 @@ async fn measure(
     let mut text_latencies = Vec::with_capacity(args.searches);
     let mut text_hits = 0;
     for s in 0..args.searches {
-        let patient = &patients[(mix(s as u64) % patients.len() as u64) as usize];
-        let word = WORDS[(mix(s as u64 + 99) % WORDS.len() as u64) as usize];
+        let patient = &patients[(synthetic::mix(s as u64) % patients.len() as u64) as usize];
+        let word = WORDS[(synthetic::mix(s as u64 + 99) % WORDS.len() as u64) as usize];
         let one = Instant::now();
         let response = client
             .get(format!(
@@ -464,8 +450,8 @@ async fn measure(
     println!(
         "{:<52} p50 {:>6.2} ms  p99 {:>6.2} ms ({:.1} hits per search)",
         "full-text search of one patient's record (HTTP)",
-        percentile(&text_latencies, 0.5),
-        percentile(&text_latencies, 0.99),
+        crate::measure::percentile_ms(&text_latencies, 0.5),
+        crate::measure::percentile_ms(&text_latencies, 0.99),
         text_hits as f64 / args.searches.max(1) as f64
     );
     let mut coded_latencies = Vec::with_capacity(args.searches);
@@ -499,8 +485,8 @@ async fn measure(
     println!(
         "{:<52} p50 {:>6.2} ms  p99 {:>6.2} ms (50 rows a page)",
         "structured search across patients (HTTP)",
-        percentile(&coded_latencies, 0.5),
-        percentile(&coded_latencies, 0.99)
+        crate::measure::percentile_ms(&coded_latencies, 0.5),
+        crate::measure::percentile_ms(&coded_latencies, 0.99)
     );
     Ok(())
 }

@@ -10,8 +10,9 @@ const SYLLABLES: [&str; 24] = [
     "hul", "is", "jo", "kur", "lin", "mor", "nes", "ol", "pra", "quin",
 ];
 
-/// A 64-bit mix of `n` (splitmix64), so neighbouring numbers share nothing.
-fn mix(n: u64) -> u64 {
+/// A 64-bit mix of `n` (splitmix64), so neighbouring numbers share nothing: a deterministic
+/// source of variety for synthetic data.
+pub fn mix(n: u64) -> u64 {
     let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -27,11 +27,11 @@ use serde_json::{json, Map, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use crate::auth::Authenticator;
-use crate::configuration::Settings;
-use crate::http::patient_input::{self, Registration};
-use crate::http::{register_patient, system_clock, AppState};
-use crate::{matching, startup};
+use command_api::auth::Authenticator;
+use command_api::configuration::Settings;
+use command_api::http::patient_input::{self, Registration};
+use command_api::http::{register_patient, system_clock, AppState};
+use command_api::{matching, startup};
 
 #[derive(Debug, Clone, Args)]
 pub struct MatchEvalArgs {
@@ -171,7 +171,7 @@ fn registration(mut body: Map<String, Value>, today: NaiveDate) -> Option<Regist
     loop {
         match patient_input::registration(&body, today) {
             Ok(registration) => return Some(registration),
-            Err(crate::http::ApiError::Validation(errors)) => {
+            Err(command_api::http::ApiError::Validation(errors)) => {
                 let field = errors.iter().next()?.field.clone();
                 let top = field
                     .split(['.', '['])
@@ -244,7 +244,7 @@ async fn evaluate(
 
     let started = Instant::now();
     for n in 0..population {
-        let body = crate::synthetic::registration(1_000_000_000 + n, None);
+        let body = synthetic::registration(1_000_000_000 + n, None);
         let Some(Value::Object(body)) = Some(body) else {
             continue;
         };

@@ -4,17 +4,17 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use chrono::{Duration as Span, Utc};
 use clap::Args;
 use serde_json::json;
 
-use crate::auth::{Authenticator, Role};
-use crate::configuration::Settings;
-use crate::http::system_clock;
-use crate::startup::{Roles, Service};
+use command_api::auth::{Authenticator, Role};
+use command_api::configuration::Settings;
+use command_api::http::system_clock;
+use command_api::startup::{Roles, Service};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchScheduleArgs {
@@ -30,12 +30,6 @@ pub struct BenchScheduleArgs {
     pub bookings: usize,
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub concurrency: Vec<usize>,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    sorted
-        .get(((sorted.len().max(1) - 1) as f64 * p).round() as usize)
-        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 /// Runs the benchmark and prints its figures.
@@ -111,7 +105,7 @@ async fn measure(
     // Four patients per practitioner: each patient's bookings are at distinct times.
     let mut patients = Vec::new();
     for n in 0..args.practitioners * 4 {
-        let mut body = crate::synthetic::registration(3_000_000 + n as u64, None);
+        let mut body = synthetic::registration(3_000_000 + n as u64, None);
         body["duplicate_override"] = json!({ "reason": "benchmark population" });
         let response = client
             .post(format!("{base}/v1/patients"))
@@ -160,8 +154,8 @@ async fn measure(
             println!(
                 "{:<58} p50 {:>7.1} ms  p99 {:>7.1} ms ({slots} slots answered, limit 2000)",
                 label,
-                percentile(&times, 0.5),
-                percentile(&times, 0.99)
+                crate::measure::percentile_ms(&times, 0.5),
+                crate::measure::percentile_ms(&times, 0.99)
             );
             Ok::<_, anyhow::Error>(())
         }

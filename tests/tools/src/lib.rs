@@ -1,0 +1,20 @@
+//! The patient service's benchmarks and evaluations, out of the product binary: each measures
+//! the real service (its library, a real PostgreSQL) and prints its figures.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the `patient-service-tools` subcommands.
+//! - [`bench`]: registrations per second against PostgreSQL's own insert rate, and projection lag.
+//! - [`bench_records`]: medical records: items and documents per second, search latency.
+//! - [`bench_schedule`]: availability latency and bookings per second.
+//! - [`match_eval`]: duplicate detection on a FEBRL data set: precision, recall, F1.
+//! - [`simulate_week`]: best-fit against first-fit assignment on generated clinic weeks.
+//! - [`measure`]: what every benchmark reports the same way (percentiles).
+
+pub mod bench;
+pub mod bench_records;
+pub mod bench_schedule;
+pub mod cli;
+pub mod match_eval;
+pub mod measure;
+pub mod simulate_week;
