@@ -5,16 +5,13 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use event_store::documents::DocumentStore;
-use projections::audit_log::AuditLog;
-use projections::medical_records::MedicalRecords;
-use projections::patient_match::PatientMatch;
-use projections::patient_search::PatientSearch;
 use projections::{Projector, ReadModel};
 use sqlx::PgPool;
 
 use crate::auth::{Authenticator, Role, TokenExtras};
 use crate::configuration::Settings;
 use crate::http::system_clock;
+use crate::read_models::{ReadModelVisitor, ReadModels};
 use crate::startup::{self, Roles, Service};
 use crate::telemetry;
 use event_store::chain::ChainKey;
@@ -180,28 +177,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let secrets = settings.secrets()?;
             let storage = settings.documents.storage()?;
             let events = startup::with_database(&settings, |pool| async move {
-                let (keys, chain) = (secrets.keys, secrets.chain);
-                let documents = DocumentStore::new(pool.clone(), keys.clone(), storage);
-                Ok(rebuild(
-                    Projector::new(pool.clone(), keys.clone(), PatientSearch),
-                    &chain,
-                )
-                .await?
-                    + rebuild(
-                        Projector::new(pool.clone(), keys.clone(), PatientMatch),
-                        &chain,
-                    )
-                    .await?
-                    + rebuild(
-                        Projector::new(pool.clone(), keys.clone(), MedicalRecords::new(documents)),
-                        &chain,
-                    )
-                    .await?
-                    + rebuild(
-                        Projector::new(pool, keys, AuditLog::new(chain.clone())),
-                        &chain,
-                    )
-                    .await?)
+                let read_models = ReadModels::new(
+                    pool.clone(),
+                    secrets.keys.clone(),
+                    secrets.chain.clone(),
+                    DocumentStore::new(pool, secrets.keys, storage),
+                );
+                let mut rebuilder = Rebuilder {
+                    chain: secrets.chain,
+                    events: 0,
+                };
+                read_models.visit_each(&mut rebuilder).await?;
+                Ok(rebuilder.events)
             })
             .await?;
             tracing::info!(events, "read models rebuilt");
@@ -309,6 +296,19 @@ async fn verify(pool: &PgPool, chain: &event_store::chain::ChainKey) -> anyhow::
 /// Empties one read model and replays the whole event store into it; returns the events read.
 /// Prints, for best fit and first fit, the share of requests served and the utilization over
 /// `weeks` generated clinic weeks.
+/// Rebuilds every read model it visits, counting the events applied.
+struct Rebuilder {
+    chain: ChainKey,
+    events: usize,
+}
+
+impl ReadModelVisitor for Rebuilder {
+    async fn visit<M: ReadModel>(&mut self, projector: Projector<M>) -> anyhow::Result<()> {
+        self.events += rebuild(projector, &self.chain).await?;
+        Ok(())
+    }
+}
+
 async fn rebuild<M: ReadModel>(projector: Projector<M>, chain: &ChainKey) -> anyhow::Result<usize> {
     let _lock = projector.try_lock_stream().await?.ok_or_else(|| {
         anyhow::anyhow!(

@@ -13,6 +13,7 @@
 //! - [`embedded_postgres`]: the private cluster `serve` runs with no database configured.
 //! - [`matching`]: duplicate detection against the `patient_match` read model.
 //! - [`planner`]: availability and placement of appointments on resources.
+//! - [`read_models`]: every read model, named once for `serve`, `project` and `rebuild`.
 //! - [`reminders`]: the reminder dispatcher.
 //! - [`waitlist`]: wait-list offers.
 //! - [`replay`]: `patient-service replay`, the event history as NDJSON for auditors.
@@ -26,6 +27,7 @@ pub mod extraction;
 pub mod http;
 pub mod matching;
 pub mod planner;
+pub mod read_models;
 pub mod reminders;
 pub mod replay;
 pub mod retention;

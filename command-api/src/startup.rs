@@ -12,10 +12,6 @@ use event_store::relay::{Relay, RelaySettings};
 use event_store::schedule::AppointmentStore;
 use event_store::store::PatientStore;
 use event_store::stream::{self, Cursor, StoredEvent, COMMIT_CHANNEL};
-use projections::audit_log::AuditLog;
-use projections::medical_records::MedicalRecords;
-use projections::patient_match::PatientMatch;
-use projections::patient_search::PatientSearch;
 use projections::{ProjectionError, Projector, ReadModel, StreamPosition};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
@@ -26,6 +22,7 @@ use crate::auth::Authenticator;
 use crate::configuration::{Secrets, Settings};
 use crate::embedded_postgres::EmbeddedPostgres;
 use crate::http::{self, AppState, Clock};
+use crate::read_models::{ReadModelVisitor, ReadModels};
 
 /// Which parts of the service run in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,31 +250,24 @@ impl Service {
             }
         }
         if roles.projectors {
-            spawn_projector(
-                &mut tasks,
-                Projector::new(pool.clone(), secrets.keys.clone(), PatientSearch),
-                &secrets,
-                settings,
-                &shutdown,
-            );
-            spawn_projector(
-                &mut tasks,
-                Projector::new(pool.clone(), secrets.keys.clone(), PatientMatch),
-                &secrets,
-                settings,
-                &shutdown,
-            );
-            spawn_projector(
-                &mut tasks,
-                Projector::new(
+            let read_models = ReadModels::new(
+                pool.clone(),
+                secrets.keys.clone(),
+                secrets.chain.clone(),
+                DocumentStore::new(
                     pool.clone(),
                     secrets.keys.clone(),
-                    AuditLog::new(secrets.chain.clone()),
+                    settings.documents.storage()?,
                 ),
-                &secrets,
-                settings,
-                &shutdown,
             );
+            read_models
+                .visit_each(&mut Spawner {
+                    tasks: &mut tasks,
+                    secrets: &secrets,
+                    settings,
+                    shutdown: &shutdown,
+                })
+                .await?;
             // Reminders and the wait list run with the projectors: the background role.
             tasks.spawn(crate::reminders::run(
                 PatientStore::new(pool.clone(), secrets.keys.clone(), secrets.chain.clone()),
@@ -286,21 +276,6 @@ impl Service {
                 clock.clone(),
                 shutdown.clone(),
             ));
-            spawn_projector(
-                &mut tasks,
-                Projector::new(
-                    pool.clone(),
-                    secrets.keys.clone(),
-                    MedicalRecords::new(DocumentStore::new(
-                        pool.clone(),
-                        secrets.keys.clone(),
-                        settings.documents.storage()?,
-                    )),
-                ),
-                &secrets,
-                settings,
-                &shutdown,
-            );
         }
         let mut port = None;
         if roles.api {
@@ -407,6 +382,27 @@ impl Service {
             Some(_) = self.tasks.join_next() => tracing::warn!("a role stopped; shutting down"),
         }
         self.stop().await
+    }
+}
+
+/// Starts every read model's projector (see [`spawn_projector`]).
+struct Spawner<'a> {
+    tasks: &'a mut JoinSet<()>,
+    secrets: &'a Secrets,
+    settings: &'a Settings,
+    shutdown: &'a CancellationToken,
+}
+
+impl ReadModelVisitor for Spawner<'_> {
+    async fn visit<M: ReadModel>(&mut self, projector: Projector<M>) -> anyhow::Result<()> {
+        spawn_projector(
+            self.tasks,
+            projector,
+            self.secrets,
+            self.settings,
+            self.shutdown,
+        );
+        Ok(())
     }
 }
 
