@@ -1,6 +1,7 @@
-//! The patient service's outer layer: the HTTP API, authentication and authorization,
-//! configuration, telemetry, the embedded PostgreSQL default, and the `patient-service`
-//! binary's subcommands that run each role.
+//! The patient service's outer layer: the HTTP API, token authentication, configuration,
+//! telemetry, the embedded PostgreSQL default, and the `patient-service` binary's subcommands
+//! that run each role. What a caller may do and the work the service does on its own are the
+//! application layer's (`application`, in `command-api/application`).
 //!
 //! # Layout
 //!
@@ -11,11 +12,7 @@
 //! - [`http`]: routes, extractors, problem+json errors.
 //! - [`auth`]: bearer JWT and the policy table.
 //! - [`embedded_postgres`]: the private cluster `serve` runs with no database configured.
-//! - [`matching`]: duplicate detection against the `patient_match` read model.
-//! - [`planner`]: availability and placement of appointments on resources.
 //! - [`read_models`]: every read model, named once for `serve`, `project` and `rebuild`.
-//! - [`reminders`]: the reminder dispatcher.
-//! - [`waitlist`]: wait-list offers.
 //! - [`replay`]: `patient-service replay`, the event history as NDJSON for auditors.
 //! - [`retention`]: `patient-service retention purge`, erasure of patients past retention.
 
@@ -25,12 +22,8 @@ pub mod configuration;
 pub mod embedded_postgres;
 pub mod extraction;
 pub mod http;
-pub mod matching;
-pub mod planner;
 pub mod read_models;
-pub mod reminders;
 pub mod replay;
 pub mod retention;
 pub mod startup;
 pub mod telemetry;
-pub mod waitlist;

@@ -269,7 +269,7 @@ impl Service {
                 })
                 .await?;
             // Reminders and the wait list run with the projectors: the background role.
-            tasks.spawn(crate::reminders::run(
+            tasks.spawn(application::background::run(
                 PatientStore::new(pool.clone(), secrets.keys.clone(), secrets.chain.clone()),
                 AppointmentStore::new(pool.clone(), secrets.keys.clone(), secrets.chain.clone()),
                 settings.scheduling.clone(),

@@ -4,10 +4,12 @@
 //! is the user's unique identity, recorded with every command; `roles` decide what the user may
 //! do, through [`policy::allows`] only.
 
-pub mod access;
 pub mod jwks;
-pub mod policy;
 pub mod sessions;
+
+pub use application::access;
+pub use application::caller::{AuthUser, Refused};
+pub use application::policy::{self, permission, Action, Permission, Role};
 
 use std::sync::Arc;
 
@@ -17,7 +19,6 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use crate::configuration::AuthSettings;
-pub use policy::{permission, Action, Role};
 
 /// The claims of a token this service accepts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -233,64 +234,9 @@ impl Authenticator {
     }
 }
 
-/// The authenticated caller, and what their request says about why it is made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthUser {
-    pub id: String,
-    pub roles: Vec<Role>,
-    /// For the `patient` role: the patient the user is.
-    pub patient_id: Option<uuid::Uuid>,
-    pub organization: Option<String>,
-    /// The token's session ([`sessions::session_of`]).
-    pub session_id: String,
-    /// `X-Purpose-Of-Use`, treatment when absent.
-    pub purpose: access::Purpose,
-    /// `X-Break-Glass-Reason`: emergency access asked for.
-    pub break_glass: Option<access::BreakGlassReason>,
-    /// The request id, for access entries.
-    pub request_id: Option<String>,
-}
-
-impl AuthUser {
-    /// Allows the request to go on only if one of the user's roles may do `action`.
-    ///
-    /// # Errors
-    ///
-    /// [`Refused::Forbidden`] otherwise.
-    pub fn require(&self, action: Action) -> Result<(), Refused> {
-        if self.roles.iter().any(|role| policy::allows(*role, action)) {
-            Ok(())
-        } else {
-            tracing::info!(user_id = %self.id, ?action, "forbidden");
-            Err(Refused::Forbidden)
-        }
-    }
-}
-
-/// What a route needs of its caller, named by a type so the extractors check it before the
-/// request body is read: a caller without the role learns nothing about the body's rules.
-pub trait Permission: Send + Sync + 'static {
-    const ACTION: Action;
-}
-
 /// The authenticated caller, allowed `P`: 401 without a valid token, 403 without the role.
 #[derive(Debug)]
 pub struct Authorized<P>(pub AuthUser, pub std::marker::PhantomData<P>);
-
-/// Why a caller does not get what they asked for, as the access rules say it; the transport
-/// turns it into its answer (403, 404, 410).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    /// Not allowed: the same answer whether the patient exists or not.
-    #[error("forbidden")]
-    Forbidden,
-    /// Nobody there (told only to callers who could reach anyone).
-    #[error("not found")]
-    NotFound,
-    /// Erased (told only to callers who could reach anyone).
-    #[error("gone")]
-    Gone,
-}
 
 /// Shared authenticator.
 pub type SharedAuthenticator = Arc<Authenticator>;

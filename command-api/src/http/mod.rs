@@ -30,7 +30,6 @@ use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
-use chrono::{DateTime, Utc};
 use event_store::documents::{DocumentStorage, DocumentStore};
 use event_store::idempotency::IdempotencyKeys;
 use event_store::records::MedicalRecordStore;
@@ -46,12 +45,7 @@ pub use audit::mask_national_identifiers;
 pub use patients::register_patient;
 pub use problem::{ApiError, Problem, PROBLEM_JSON};
 
-/// Where the current time comes from: the system clock in production, a fixed one in tests.
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
-
-pub fn system_clock() -> Clock {
-    Arc::new(Utc::now)
-}
+pub use application::clock::{system_clock, Clock};
 
 /// What every handler can reach.
 #[derive(Clone)]

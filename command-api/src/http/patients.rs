@@ -29,7 +29,7 @@ use crate::http::patient_commands::{
 use crate::http::patient_input;
 use crate::http::reach::{changeable_by, checked_access, verified_history};
 use crate::http::{if_match, ApiError, AppState, RequestContext};
-use crate::matching;
+use application::matching;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -58,7 +58,7 @@ pub enum ApiError {
     #[error("time taken")]
     TimeTaken {
         conflicting: Option<uuid::Uuid>,
-        alternatives: Vec<crate::planner::Placement>,
+        alternatives: Vec<application::planner::Placement>,
     },
     #[error("conflict")]
     Conflict,
@@ -69,7 +69,7 @@ pub enum ApiError {
     IdempotencyKeyReused,
     /// Registration refused: the patient is likely registered already.
     #[error("possible duplicate")]
-    PossibleDuplicate(Vec<crate::matching::Match>),
+    PossibleDuplicate(Vec<application::matching::Match>),
     #[error("service unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]

@@ -44,7 +44,7 @@ use crate::http::params::whole_number;
 use crate::http::patient_commands::metadata;
 use crate::http::reach::{changeable, checked_access, reach};
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
-use crate::planner::{self, Ask, Placement};
+use application::planner::{self, Ask, Placement};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -909,7 +909,7 @@ async fn join_waitlist(
             service: service.code.clone(),
             practitioner,
             wish,
-            priority_rank: crate::waitlist::rank(priority),
+            priority_rank: application::background::waitlist::rank(priority),
             joined_at: now,
         }),
         notification: None,

@@ -27,11 +27,12 @@ use serde_json::{json, Map, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
+use application::matching;
 use command_api::auth::Authenticator;
 use command_api::configuration::Settings;
 use command_api::http::patient_input::{self, Registration};
 use command_api::http::{register_patient, system_clock, AppState};
-use command_api::{matching, startup};
+use command_api::startup;
 
 #[derive(Debug, Clone, Args)]
 pub struct MatchEvalArgs {

@@ -34,6 +34,12 @@
 //! role (downstream services) may only fetch patients' data keys, to open the sealed events
 //! they consume. Which patients a role reaches is decided in [`super::access`].
 
+/// What a route needs of its caller, named by a type so the extractors check it before the
+/// request body is read: a caller without the role learns nothing about the body's rules.
+pub trait Permission: Send + Sync + 'static {
+    const ACTION: Action;
+}
+
 /// A role from the token's `roles` claim. Unknown role names are ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -93,7 +99,7 @@ macro_rules! actions {
             $(
                 #[derive(Debug)]
                 pub struct $name;
-                impl crate::auth::Permission for $name {
+                impl super::Permission for $name {
                     const ACTION: super::Action = super::Action::$name;
                 }
             )+

@@ -15,8 +15,8 @@ use event_store::command::{CommandError, CommandMetadata};
 use event_store::schedule::{self, AppointmentStore, Claim, ClaimChange, WaitlistChange};
 use event_store::store::PatientStore;
 
-use crate::configuration::SchedulingSettings;
 use crate::planner::{self, Ask};
+use crate::settings::SchedulingSettings;
 
 fn metadata() -> CommandMetadata {
     CommandMetadata {

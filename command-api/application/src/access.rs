@@ -1,7 +1,7 @@
 //! Data permissions: which patient's data a caller may touch, on top of what their roles allow,
 //! and the access entry every read (or refused attempt) leaves behind.
 //!
-//! The role table ([`super::policy`]) says what a role may do at all. For one patient:
+//! The role table ([`crate::policy`]) says what a role may do at all. For one patient:
 //!
 //! - `patient`: only the patient named by the token's `patient_id` claim.
 //! - `clinician`: reading a record, and reading or writing its medical record, needs a care relationship with the patient, a consent
@@ -29,29 +29,10 @@ use schemas::access::v1::AccessEntry;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::policy::{self, Action, Role};
-use super::{AuthUser, Refused};
+use crate::caller::{AuthUser, Refused};
+use crate::policy::{self, Action, Role};
 
-domain::code_enum!(
-    /// Why of a request: HL7 purpose-of-use, simplified.
-    Purpose {
-        Treatment = "treatment",
-        Payment = "payment",
-        Operations = "operations",
-        Research = "research",
-    }
-);
-
-domain::code_enum!(
-    /// The reason codes accepted for break-the-glass. Codes, never free text, so the audit
-    /// log stays free of patient data.
-    BreakGlassReason {
-        EmergencyTreatment = "emergency-treatment",
-        PatientUnableToConsent = "patient-unable-to-consent",
-        UrgentClinicalNeed = "urgent-clinical-need",
-        ImminentThreat = "imminent-threat",
-    }
-);
+pub use crate::caller::{BreakGlassReason, Purpose};
 
 /// What a caller may do with one patient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +144,7 @@ fn reach(user: &AuthUser, action: Action, id: PatientId) -> Reach {
 
 /// Whether the caller belongs to another organization than this service's. With an
 /// organization configured, a caller naming none is not of it (tokens without the claim are
-/// refused before this, see [`super::Authenticator::verify`]).
+/// refused before this, see the service's token check).
 pub fn is_external(user: &AuthUser, home: Option<&str>) -> bool {
     home.is_some_and(|home| user.organization.as_deref() != Some(home))
 }

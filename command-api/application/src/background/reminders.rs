@@ -1,11 +1,8 @@
-//! The background scheduling work: the wait list ([`crate::waitlist`]) and the reminder
-//! dispatcher. The dispatcher sends each planned reminder when it falls due, once, on the
+//! The reminder dispatcher: sends each planned reminder when it falls due, once, on the
 //! patient's preferred channel, if they opted in, outside their quiet hours (read in the
 //! practitioner's time zone). Reminders are rows written with the appointment's events, so
 //! they survive restarts; each goes out as a `Notification` event whose id is the reminder's,
 //! so a dispatcher that dies between sending and marking sends nothing twice.
-
-use std::time::Duration;
 
 use chrono::{DateTime, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -13,72 +10,6 @@ use domain::patient::PatientId;
 use domain::scheduling::notification::NotificationEvent;
 use event_store::schedule::{self, AppointmentStore, DueReminder};
 use event_store::store::PatientStore;
-use tokio_util::sync::CancellationToken;
-
-use crate::http::Clock;
-
-/// How often due reminders are looked for.
-const POLL: Duration = Duration::from_millis(200);
-
-/// How often expired idempotency records are deleted.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
-
-/// Runs reminders and the wait list (and sweeps expired idempotency records) until `shutdown`.
-pub async fn run(
-    store: PatientStore,
-    appointments: AppointmentStore,
-    settings: crate::configuration::SchedulingSettings,
-    clock: Clock,
-    shutdown: CancellationToken,
-) {
-    let idempotency = event_store::idempotency::IdempotencyKeys::new(store.pool().clone());
-    let mut swept_at: Option<std::time::Instant> = None;
-    loop {
-        // Expired idempotency records go, about once a minute.
-        if swept_at.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
-            match idempotency.sweep(clock()).await {
-                Ok(_) => swept_at = Some(std::time::Instant::now()),
-                Err(e) => {
-                    tracing::warn!(error.message = %e, "expired idempotency records stay for now")
-                }
-            }
-        }
-        if let Err(e) = dispatch_due(&store, &appointments, clock()).await {
-            tracing::warn!(error.message = %e, "reminders could not be dispatched now; retrying");
-        }
-        if let Err(e) = crate::waitlist::process(&store, &appointments, &settings, clock()).await {
-            tracing::warn!(error.message = %e, "the wait list could not be processed now; retrying");
-        }
-        if let Err(e) = drain_outbox(&appointments).await {
-            tracing::warn!(error.message = %e, "notifications could not be sent now; retrying");
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(POLL) => {}
-        }
-    }
-}
-
-/// Sends what the outbox holds, each once, and empties it.
-///
-/// # Errors
-///
-/// The outbox could not be read.
-pub async fn drain_outbox(appointments: &AppointmentStore) -> Result<usize, sqlx::Error> {
-    let mut sent = 0;
-    for (id, patient, event) in schedule::outbox(appointments.pool(), 100).await? {
-        match appointments.notify(id, patient, event).await {
-            Ok(first_time) => {
-                sent += usize::from(first_time);
-                schedule::sent(appointments.pool(), id).await?;
-            }
-            Err(e) => {
-                tracing::warn!(notification_id = %id, error.message = %e, "notification not sent now")
-            }
-        }
-    }
-    Ok(sent)
-}
 
 /// When the quiet hours around `at` end, if `at` is inside them.
 fn quiet_until(

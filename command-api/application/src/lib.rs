@@ -1,0 +1,25 @@
+//! The application layer of the patient service: what a caller may do, the decisions about
+//! each patient's data, and the work the service does on its own. No HTTP type reaches here
+//! (`cargo tree -e normal -i axum` does not list this crate): the HTTP API, the CLI and the
+//! tools all call in.
+//!
+//! # Layout
+//!
+//! - [`caller`]: the authenticated caller ([`caller::AuthUser`]) and why a request is refused.
+//! - [`policy`]: the one table of which role may do which action.
+//! - [`access`]: per-patient decisions (care team, consent, organization, purpose,
+//!   break-the-glass) and the access log every read leaves behind.
+//! - [`matching`]: duplicate detection against the `patient_match` read model.
+//! - [`planner`]: availability and placement of appointments on resources.
+//! - [`background`]: reminders, wait-list offers, the notification outbox, under one runner.
+//! - [`settings`]: the policies configuration gives the use cases.
+//! - [`clock`]: where the current time comes from.
+
+pub mod access;
+pub mod background;
+pub mod caller;
+pub mod clock;
+pub mod matching;
+pub mod planner;
+pub mod policy;
+pub mod settings;
