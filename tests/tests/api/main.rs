@@ -19,5 +19,6 @@ mod scheduling;
 mod search;
 mod security;
 mod tls;
+mod tools;
 mod untrusted_records;
 mod validation;

@@ -1,0 +1,90 @@
+//! `patient-service-tools`: every benchmark runs end to end on small figures and prints its
+//! summary (`match-eval` is in `matching`).
+
+use std::process::Command;
+
+use crate::helpers::*;
+
+/// Runs the tools binary with `args` on a fresh database; returns its stdout.
+async fn tools(args: &[&str]) -> String {
+    let (_, database_url) = create_database().await;
+    let output = Command::new(env!("CARGO_BIN_EXE_patient-service-tools-under-test"))
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("APP_AUTH__JWT_SECRET", SECRET)
+        .envs(SECURITY_ENV)
+        .env("APP_LOG__LEVEL", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn the_registration_benchmark_prints_its_ratios() {
+    let out = tools(&[
+        "bench",
+        "--requests",
+        "20",
+        "--concurrency",
+        "1,4",
+        "--lag-samples",
+        "3",
+    ])
+    .await;
+    assert!(out.contains("HTTP/raw"), "{out}");
+    assert!(out.contains("projection lag"), "{out}");
+}
+
+#[tokio::test]
+async fn the_medical_record_benchmark_extracts_documents_in_its_own_binary() {
+    let out = tools(&[
+        "bench-records",
+        "--patients",
+        "2",
+        "--items",
+        "20",
+        "--documents",
+        "10",
+        "--searches",
+        "2",
+        "--concurrency",
+        "2",
+    ])
+    .await;
+    assert!(
+        out.contains("documents uploaded, extracted and indexed"),
+        "{out}"
+    );
+    assert!(out.contains("structured search across patients"), "{out}");
+}
+
+#[tokio::test]
+async fn the_scheduling_benchmark_prints_latency_and_bookings() {
+    let out = tools(&[
+        "bench-schedule",
+        "--practitioners",
+        "2",
+        "--days",
+        "2",
+        "--samples",
+        "3",
+        "--bookings",
+        "10",
+        "--concurrency",
+        "1,2",
+    ])
+    .await;
+    assert!(out.contains("p99"), "{out}");
+}
+
+#[tokio::test]
+async fn the_week_simulation_compares_best_and_first_fit() {
+    let out = tools(&["simulate-week", "--weeks", "1"]).await;
+    assert!(out.contains("best fit / first fit utilization"), "{out}");
+}
