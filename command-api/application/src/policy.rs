@@ -32,7 +32,7 @@
 //! The `patient` role may read their own record and medical record, change their own preferences, manage their
 //! own consents and list their own disclosures; nothing else, and nobody else's. The `service`
 //! role (downstream services) may only fetch patients' data keys, to open the sealed events
-//! they consume. Which patients a role reaches is decided in [`super::access`].
+//! they consume. Which patients a role reaches is decided in [`crate::access`].
 
 /// What a route needs of its caller, named by a type so the extractors check it before the
 /// request body is read: a caller without the role learns nothing about the body's rules.

@@ -1,4 +1,4 @@
-//! `patient-service bench`: in one run, on one database,
+//! `patient-service-tools bench`: in one run, on one database,
 //!
 //! - registrations per second over real HTTP at each concurrency (default 1 and 16);
 //! - raw single-row insert transactions per second into a table shaped like `events`, at the

@@ -1,4 +1,4 @@
-//! `patient-service bench-records`: the medical record benchmark, in one run on one database:
+//! `patient-service-tools bench-records`: the medical record benchmark, in one run on one database:
 //!
 //! - seeds `--items` clinical items over `--patients` patients through the medical record
 //!   store (the write path without HTTP: cqrs-es, sealing, the hash chain), and reports the

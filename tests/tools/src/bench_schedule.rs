@@ -1,4 +1,4 @@
-//! `patient-service bench-schedule`: availability for `--practitioners` practitioners over
+//! `patient-service-tools bench-schedule`: availability for `--practitioners` practitioners over
 //! `--days` days (p50, p99), on an empty calendar and again once `--bookings` are booked, and
 //! bookings per second at each concurrency, all over real HTTP on one database.
 

@@ -1,4 +1,4 @@
-//! `patient-service match-eval --dataset FILE.csv`: how well duplicate detection does on a
+//! `patient-service-tools match-eval --dataset FILE.csv`: how well duplicate detection does on a
 //! FEBRL data set, registering every record as the API would.
 //!
 //! FEBRL records are `rec-N-org` and `rec-N-dup-K`; records with the same N are one person.
