@@ -80,10 +80,6 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Extracts the text of one document on stdin, within CPU and memory limits, onto stdout:
-    /// the process the service runs for each upload.
-    #[command(hide = true)]
-    ExtractText(crate::extraction::ExtractTextArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,18 +106,17 @@ pub enum KeysCommand {
 }
 
 /// The binary's entry: parses the command line and runs it on a multi-threaded tokio runtime,
-/// except `extract-text`, which runs before any runtime, setting or log exists: its memory
-/// limit must count only its own work (a runtime reserves stacks and allocator arenas per
-/// core), and its stdout is its answer alone.
+/// unless this process is the text-extraction child the service runs
+/// ([`crate::extraction::run_child_if_asked`]), which must run before any runtime exists.
 ///
 /// # Errors
 ///
 /// Whatever the chosen command fails with.
 pub fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    if let Command::ExtractText(args) = &cli.command {
-        return crate::extraction::extract_text(args);
+    if let Some(child) = crate::extraction::run_child_if_asked() {
+        return child;
     }
+    let cli = Cli::parse();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -249,7 +244,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Retention {
             command: RetentionCommand::Purge(args),
         } => crate::retention::run(&settings, args).await,
-        Command::ExtractText(args) => crate::extraction::extract_text(&args),
         Command::Keys {
             command: KeysCommand::Rotate,
         } => {
@@ -293,9 +287,6 @@ async fn verify(pool: &PgPool, chain: &event_store::chain::ChainKey) -> anyhow::
     Ok(problems == 0)
 }
 
-/// Empties one read model and replays the whole event store into it; returns the events read.
-/// Prints, for best fit and first fit, the share of requests served and the utilization over
-/// `weeks` generated clinic weeks.
 /// Rebuilds every read model it visits, counting the events applied.
 struct Rebuilder {
     chain: ChainKey,
@@ -309,6 +300,7 @@ impl ReadModelVisitor for Rebuilder {
     }
 }
 
+/// Empties one read model and replays the whole event store into it; returns the events read.
 async fn rebuild<M: ReadModel>(projector: Projector<M>, chain: &ChainKey) -> anyhow::Result<usize> {
     let _lock = projector.try_lock_stream().await?.ok_or_else(|| {
         anyhow::anyhow!(

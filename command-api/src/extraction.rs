@@ -1,7 +1,8 @@
 //! Text extraction from uploaded documents, for indexing: plain text, Markdown, HTML and PDF.
 //! Other accepted types (images) are stored without text.
 //!
-//! The parsers run in a child process (this binary's hidden `extract-text` subcommand, see
+//! The parsers run in a child process (the running binary again, as `<binary> extract-text`:
+//! every binary that starts the service calls [`run_child_if_asked`] first thing in `main`; see
 //! `process.rs`) limited in CPU time and memory, at most [`CONCURRENT`] at a time. A document
 //! past its time limit is refused and its process killed and reaped before the answer, so a
 //! hostile document costs at most its limit and frees its slot: a thread cannot be stopped,
@@ -20,7 +21,7 @@ use std::time::Duration;
 use lopdf::{Dictionary, Object, ObjectId};
 use tokio::sync::Semaphore;
 
-pub use process::{extract_text, ExtractTextArgs, Extractor};
+pub use process::{run_child_if_asked, Extractor};
 
 /// The media types a document may have, and whether text is extracted from them.
 pub const MEDIA_TYPES: &[(&str, bool)] = &[

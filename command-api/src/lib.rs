@@ -10,7 +10,7 @@
 //!   are `patient-service-tools` (`tests/tools`).
 //! - [`startup`]: wires a [`startup::Service`] from [`configuration::Settings`] and roles.
 //! - [`http`]: routes, extractors, problem+json errors.
-//! - [`auth`]: bearer JWT and the policy table.
+//! - [`auth`]: bearer JWT checks and sessions (the policy table is the application crate's).
 //! - [`embedded_postgres`]: the private cluster `serve` runs with no database configured.
 //! - [`read_models`]: every read model, named once for `serve`, `project` and `rebuild`.
 //! - [`replay`]: `patient-service replay`, the event history as NDJSON for auditors.

@@ -74,7 +74,9 @@ impl From<PatientError> for CommandError {
     }
 }
 
-/// The cqrs-es event store of aggregate `A` over the sealing repository.
+/// The cqrs-es event store of aggregate `A` over the sealing repository, with no transaction
+/// effect. The patient store adds [`crate::store::Erasure`] to its own: patient events go
+/// through it, never through this.
 pub(crate) fn event_store<A: Aggregate>(
     pool: &PgPool,
     keys: &KeyStore,

@@ -71,7 +71,7 @@ pub struct SealedRepository {
     keys: KeyStore,
     chain: ChainKey,
     /// Work that commits in the transaction of the events.
-    effect: Option<Box<dyn TransactionEffect>>,
+    effects: Vec<Box<dyn TransactionEffect>>,
 }
 
 impl std::fmt::Debug for SealedRepository {
@@ -86,14 +86,15 @@ impl SealedRepository {
             pool,
             keys,
             chain,
-            effect: None,
+            effects: Vec::new(),
         }
     }
 
-    /// Runs `effect` in the transaction of the events this repository stores.
+    /// Runs `effect` in the transaction of the events this repository stores, after the effects
+    /// added before it.
     #[must_use]
     pub fn with_effect(mut self, effect: impl TransactionEffect + 'static) -> Self {
-        self.effect = Some(Box::new(effect));
+        self.effects.push(Box::new(effect));
         self
     }
 
@@ -255,14 +256,14 @@ pub fn open_payload(
 
 fn key_error(error: KeyError) -> PersistenceError {
     match error {
-        KeyError::Database(e) => sqlx_error(e),
+        KeyError::Database(e) => persistence_error(e),
         other => PersistenceError::UnknownError(Box::new(other)),
     }
 }
 
 /// The persistence error of a database error: a lost race (a unique violation or a deadlock)
 /// is an optimistic-lock error, retried from a fresh load.
-pub(crate) fn sqlx_error(error: sqlx::Error) -> PersistenceError {
+pub(crate) fn persistence_error(error: sqlx::Error) -> PersistenceError {
     if let sqlx::Error::Database(db) = &error {
         // A lost race for a sequence, or two writers waiting on each other (a deadlock while
         // checking an exclusion constraint): retried from a fresh load.
@@ -294,7 +295,7 @@ impl SealedRepository {
         .bind(aggregate_id)
         .fetch_all(&self.pool)
         .await
-        .map_err(sqlx_error)?;
+        .map_err(persistence_error)?;
         let checked = check_stream(
             &self.chain,
             rows.iter().map(
@@ -392,7 +393,7 @@ impl PersistedEventRepository for SealedRepository {
             .get(DATA_KEY_OWNER)
             .and_then(Value::as_str)
             .unwrap_or(aggregate_id);
-        let mut tx = self.pool.begin().await.map_err(sqlx_error)?;
+        let mut tx = self.pool.begin().await.map_err(persistence_error)?;
         let mut key = None;
         if events
             .iter()
@@ -422,7 +423,7 @@ impl PersistedEventRepository for SealedRepository {
             .bind(first.sequence as i64 - 1)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(sqlx_error)?
+            .map_err(persistence_error)?
             .flatten()
             .unwrap_or_default()
         } else {
@@ -470,19 +471,19 @@ impl PersistedEventRepository for SealedRepository {
             .bind(&hash)
             .execute(&mut *tx)
             .await
-            .map_err(sqlx_error)?;
+            .map_err(persistence_error)?;
             if event.event_type == SHREDDING_EVENT_TYPE {
                 self.keys
                     .destroy(&mut tx, aggregate_id)
                     .await
-                    .map_err(sqlx_error)?;
+                    .map_err(persistence_error)?;
             }
             previous = hash;
         }
-        if let Some(effect) = &self.effect {
+        for effect in &self.effects {
             effect.apply(&mut tx, events).await?;
         }
-        tx.commit().await.map_err(sqlx_error)?;
+        tx.commit().await.map_err(persistence_error)?;
         Ok(())
     }
 

@@ -58,7 +58,7 @@ impl crate::repository::TransactionEffect for ClaimChange {
                 if is_claim_conflict(&e) {
                     cqrs_es::persist::PersistenceError::UnknownError(Box::new(TimeTaken))
                 } else {
-                    crate::repository::sqlx_error(e)
+                    crate::repository::persistence_error(e)
                 }
             })
         })

@@ -54,7 +54,7 @@ impl TransactionEffect for Erasure {
                 }
                 Ok::<_, sqlx::Error>(())
             };
-            erased.await.map_err(crate::repository::sqlx_error)
+            erased.await.map_err(crate::repository::persistence_error)
         })
     }
 }

@@ -32,7 +32,7 @@ pub struct AuthUser {
     /// For the `patient` role: the patient the user is.
     pub patient_id: Option<uuid::Uuid>,
     pub organization: Option<String>,
-    /// The token's session ([`sessions::session_of`]).
+    /// The token's session (its `sid`, else its `jti`, else the token itself).
     pub session_id: String,
     /// `X-Purpose-Of-Use`, treatment when absent.
     pub purpose: Purpose,

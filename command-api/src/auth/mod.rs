@@ -8,6 +8,8 @@ pub mod jwks;
 pub mod sessions;
 
 pub use application::access;
+// The caller, the policy table and the access decisions are the application layer's; the
+// transport names them here, beside the token checks that produce the caller.
 pub use application::caller::{AuthUser, Refused};
 pub use application::policy::{self, permission, Action, Permission, Role};
 

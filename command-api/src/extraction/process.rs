@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use clap::Parser;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -265,6 +266,30 @@ fn read_report(answer: &[u8]) -> Option<Result<Option<String>, ExtractionError>>
     })
 }
 
+/// The entry of the extracting child, for every binary that starts the service: the service
+/// runs its own binary as `<binary> extract-text ...` for each document, so each such binary
+/// calls this first thing in `main`, before any runtime exists (the child's memory limit must
+/// count only its own work). Returns `None` when this process was not started as the child.
+pub fn run_child_if_asked() -> Option<anyhow::Result<()>> {
+    let mut args = std::env::args_os();
+    let program = args.next()?;
+    if args.next()? != SUBCOMMAND {
+        return None;
+    }
+    Some(
+        ChildCommandLine::try_parse_from(std::iter::once(program).chain(args))
+            .map_err(anyhow::Error::from)
+            .and_then(|child| extract_text(&child.args)),
+    )
+}
+
+/// `<binary> extract-text ...` as the child reads it (the subcommand already taken off).
+#[derive(Debug, clap::Parser)]
+struct ChildCommandLine {
+    #[command(flatten)]
+    args: ExtractTextArgs,
+}
+
 /// `patient-service extract-text`: lowers this process's limits, reads one document on stdin
 /// and answers on stdout. The service runs it; see the module documentation.
 ///
@@ -300,7 +325,6 @@ fn lower(resource: Resource, soft: u64, hard: u64) -> nix::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
 
     use super::*;
 
@@ -371,12 +395,10 @@ mod tests {
             time_limit: Duration::from_millis(1500),
             memory_limit: MEMORY_LIMIT,
         };
-        let argv =
-            std::iter::once("patient-service".to_owned()).chain(extractor.arguments("text/html"));
-        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
-        let crate::cli::Command::ExtractText(args) = cli.command else {
-            panic!("not extract-text: {:?}", cli.command);
-        };
+        let mut arguments = extractor.arguments("text/html");
+        assert_eq!(arguments.remove(0), SUBCOMMAND);
+        let argv = std::iter::once("patient-service".to_owned()).chain(arguments);
+        let args = ChildCommandLine::try_parse_from(argv).unwrap().args;
         assert_eq!(args.media_type, "text/html");
         assert_eq!(args.cpu_seconds, 2, "rounded up");
         assert_eq!(args.memory_bytes, MEMORY_LIMIT);

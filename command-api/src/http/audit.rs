@@ -21,8 +21,9 @@ use projections::audit_log;
 use crate::auth::access::{self, Decision};
 use crate::auth::{permission, Action, AuthUser, Authorized};
 use crate::http::governance::page;
+use crate::http::history::verified_history;
 use crate::http::params::{url_encode, whole_number};
-use crate::http::reach::{checked_access, verified_history};
+use crate::http::reach::checked_access;
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {

@@ -2,10 +2,11 @@
 //! (request id, trace context, timeout, body limit, problem+json for every error).
 
 mod audit;
-mod caller;
 mod data_keys;
+mod extractors;
 mod governance;
 mod health;
+mod history;
 pub mod json;
 mod medical_records;
 mod metrics;

@@ -21,13 +21,14 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 use crate::auth::{access, permission, Action, Authorized};
+use crate::http::history::verified_history;
 use crate::http::json::{Fields, JsonObject};
 use crate::http::params::{url_encode, whole_number};
 use crate::http::patient_commands::{
     change, idempotent, metadata, patient_id, reason_only, respond, CommandRequest, Outcome,
 };
 use crate::http::patient_input;
-use crate::http::reach::{changeable_by, checked_access, verified_history};
+use crate::http::reach::{changeable_by, checked_access};
 use crate::http::{if_match, ApiError, AppState, RequestContext};
 use application::matching;
 
@@ -106,7 +107,7 @@ async fn register(
 
 /// Registers `input` as patient `id`, unless the matcher finds them `certain`ly or
 /// `probable` registered already and the caller gave no override reason. The HTTP API and
-/// `patient-service match-eval` both register through here.
+/// `patient-service-tools match-eval` both register through here.
 ///
 /// # Errors
 ///

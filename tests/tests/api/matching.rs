@@ -1,5 +1,5 @@
 //! Duplicate detection over HTTP: `$match`, the 409 on registration, the recorded override,
-//! and `patient-service match-eval`.
+//! and `patient-service-tools match-eval`.
 
 use std::process::Command;
 

@@ -64,7 +64,7 @@ async fn measure(settings: &Settings, service: &Service, args: &BenchArgs) -> an
         "event-store stream"
     };
     println!(
-        "patient-service bench: {} requests per level, projectors fed by {source}",
+        "patient-service-tools bench: {} requests per level, projectors fed by {source}",
         args.requests
     );
     println!(
@@ -88,12 +88,11 @@ async fn measure(settings: &Settings, service: &Service, args: &BenchArgs) -> an
     }
     let mut lags = projection_lags(&client, &base, &token, &service.pool, args.lag_samples).await?;
     lags.sort();
-    let pct = |p: f64| lags[((lags.len() as f64 - 1.0) * p).round() as usize];
     println!(
         "projection lag, 201 -> visible in search ({} samples): p50 {:.1} ms, p99 {:.1} ms",
         lags.len(),
-        pct(0.50).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3
+        crate::measure::percentile_ms(&lags, 0.50),
+        crate::measure::percentile_ms(&lags, 0.99)
     );
     Ok(())
 }

@@ -222,7 +222,7 @@ async fn measure(
         .build()?;
     let pool = service.pool.clone();
     println!(
-        "patient-service bench-records: {} patients, {} clinical items, {} documents",
+        "patient-service-tools bench-records: {} patients, {} clinical items, {} documents",
         args.patients, args.items, args.documents
     );
 

@@ -161,7 +161,7 @@ async fn measure(
         }
     };
     println!(
-        "patient-service bench-schedule: {} practitioners (and rooms), {} days",
+        "patient-service-tools bench-schedule: {} practitioners (and rooms), {} days",
         args.practitioners, args.days
     );
     time_availability("availability, empty calendars").await?;

@@ -42,24 +42,20 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         weeks: u64,
     },
-    /// The service's text extraction, which it runs in a process of its own: the benchmarks
-    /// start the service inside this binary, so this binary must answer it too.
-    #[command(hide = true)]
-    ExtractText(command_api::extraction::ExtractTextArgs),
 }
 
-/// Parses the command line and runs it on a multi-threaded tokio runtime (`extract-text`
-/// before any).
+/// Parses the command line and runs it on a multi-threaded tokio runtime.
 ///
 /// # Errors
 ///
 /// Whatever the chosen command fails with.
 pub fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    // Before any runtime exists, as the service binary does (see `command_api::cli::main`).
-    if let Command::ExtractText(args) = &cli.command {
-        return command_api::extraction::extract_text(args);
+    // The benchmarks start the service inside this binary, and the service extracts text by
+    // running its own binary again.
+    if let Some(child) = command_api::extraction::run_child_if_asked() {
+        return child;
     }
+    let cli = Cli::parse();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -83,6 +79,5 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::simulate_week::run(weeks);
             Ok(())
         }
-        Command::ExtractText(args) => command_api::extraction::extract_text(&args),
     }
 }

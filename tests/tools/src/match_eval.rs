@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use chrono::{NaiveDate, Utc};
@@ -337,14 +337,7 @@ async fn evaluate(
         2.0 * precision * recall / (precision + recall)
     };
     latencies.sort();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len().max(1) - 1) as f64 * p).round() as usize)
-            .copied()
-            .unwrap_or(Duration::ZERO)
-            .as_secs_f64()
-            * 1e3
-    };
+    let pct = |p: f64| crate::measure::percentile_ms(&latencies, p);
     println!(
         "records={} refused={refused} population={population}",
         rows.len()
