@@ -97,36 +97,6 @@ async fn measure(settings: &Settings, service: &Service, args: &BenchArgs) -> an
     Ok(())
 }
 
-/// A registration of synthetic person `i`. Among thousands of synthetic people a few look
-/// alike enough for the matcher (same birth date, similar names), so the override is sent:
-/// the matcher still runs on every registration, and none is refused.
-fn registration(i: usize) -> serde_json::Value {
-    let mut body = synthetic::registration(i as u64, None);
-    body["duplicate_override"] = serde_json::json!({ "reason": "benchmark population" });
-    body
-}
-
-async fn register(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-    i: usize,
-) -> anyhow::Result<String> {
-    let response = client
-        .post(format!("{base}/v1/patients"))
-        .bearer_auth(token)
-        .json(&registration(i))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        response.status() == 201,
-        "registration answered {}",
-        response.status()
-    );
-    let body: serde_json::Value = response.json().await?;
-    Ok(body["id"].as_str().unwrap_or_default().to_owned())
-}
-
 async fn registrations_per_second(
     client: &reqwest::Client,
     base: &str,
@@ -151,7 +121,7 @@ async fn registrations_per_second(
                 if i >= requests {
                     return Ok::<_, anyhow::Error>(());
                 }
-                register(&client, &base, &token, first + i).await?;
+                crate::population::register(&client, &base, &token, first + i).await?;
             }
         });
     }
@@ -172,7 +142,7 @@ async fn raw_inserts_per_second(
     sqlx::query("CREATE TABLE bench_raw_events (LIKE events INCLUDING ALL)")
         .execute(pool)
         .await?;
-    let payload = serde_json::to_value(registration(0))?;
+    let payload = serde_json::to_value(crate::population::registration(0))?;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
@@ -216,7 +186,7 @@ async fn projection_lags(
 ) -> anyhow::Result<Vec<Duration>> {
     let mut lags = Vec::with_capacity(samples);
     for i in 0..samples {
-        let id = register(client, base, token, 1_000_000 + i).await?;
+        let id = crate::population::register(client, base, token, 1_000_000 + i).await?;
         let id = uuid::Uuid::parse_str(&id)?;
         let committed = Instant::now();
         let deadline = committed + Duration::from_secs(30);

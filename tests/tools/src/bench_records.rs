@@ -229,23 +229,7 @@ async fn measure(
     // Patients, each in the bench clinician's care.
     let mut patients = Vec::with_capacity(args.patients);
     for n in 0..args.patients {
-        let mut body = synthetic::registration(2_000_000 + n as u64, None);
-        body["duplicate_override"] = json!({ "reason": "benchmark population" });
-        let response = client
-            .post(format!("{base}/v1/patients"))
-            .bearer_auth(&registrar)
-            .json(&body)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status() == 201,
-            "registration answered {}",
-            response.status()
-        );
-        let id = response.json::<serde_json::Value>().await?["id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let id = crate::population::register(&client, &base, &registrar, 2_000_000 + n).await?;
         let response = client
             .post(format!("{base}/v1/patients/{id}/care-relationships"))
             .bearer_auth(&registrar)

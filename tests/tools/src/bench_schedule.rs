@@ -105,21 +105,8 @@ async fn measure(
     // Four patients per practitioner: each patient's bookings are at distinct times.
     let mut patients = Vec::new();
     for n in 0..args.practitioners * 4 {
-        let mut body = synthetic::registration(3_000_000 + n as u64, None);
-        body["duplicate_override"] = json!({ "reason": "benchmark population" });
-        let response = client
-            .post(format!("{base}/v1/patients"))
-            .bearer_auth(&registrar)
-            .json(&body)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status() == 201,
-            "registration: {}",
-            response.status()
-        );
-        let id: serde_json::Value = response.json().await?;
-        patients.push(id["id"].as_str().unwrap_or_default().to_owned());
+        patients
+            .push(crate::population::register(&client, &base, &registrar, 3_000_000 + n).await?);
     }
     let from = (Utc::now() + Span::days(1))
         .date_naive()

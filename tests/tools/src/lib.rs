@@ -10,6 +10,7 @@
 //! - [`match_eval`]: duplicate detection on a FEBRL data set: precision, recall, F1.
 //! - [`simulate_week`]: best-fit against first-fit assignment on generated clinic weeks.
 //! - [`measure`]: what every benchmark reports the same way (percentiles).
+//! - [`population`]: the synthetic patients a benchmark registers through the API.
 
 pub mod bench;
 pub mod bench_records;
@@ -17,4 +18,5 @@ pub mod bench_schedule;
 pub mod cli;
 pub mod match_eval;
 pub mod measure;
+pub mod population;
 pub mod simulate_week;
