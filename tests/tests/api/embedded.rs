@@ -55,10 +55,9 @@ async fn the_embedded_cluster_initialises_keeps_its_data_and_stops_cleanly() {
     assert_eq!(n, 42);
 }
 
-#[tokio::test]
-async fn serve_with_no_configuration_serves_the_api_and_stops_its_database_on_sigterm() {
-    // Arrange: an empty folder, no configuration files, no database or broker variables.
-    let dir = TempDir::new();
+/// Starts `serve` with no configuration in `dir` and waits until it is ready; returns the
+/// process and the API's base URL.
+async fn start_serve(dir: &TempDir) -> (std::process::Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -86,6 +85,32 @@ async fn serve_with_no_configuration_serves_the_api_and_stops_its_database_on_si
         assert!(serve.try_wait().unwrap().is_none(), "serve exited early");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    (serve, base)
+}
+
+/// Runs a one-shot `patient-service` command in `dir` on its embedded default; returns stdout.
+fn run_in(dir: &TempDir, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+        .args(args)
+        .current_dir(&dir.0)
+        .env_remove("DATABASE_URL")
+        .env("APP_LOG__LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn serve_with_no_configuration_serves_the_api_and_stops_its_database_on_sigterm() {
+    // Arrange: an empty folder, no configuration files, no database or broker variables.
+    let dir = TempDir::new();
+    let (mut serve, base) = start_serve(&dir).await;
+    let client = reqwest::Client::new();
     // The development secret is the compiled-in default.
     let settings = command_api::configuration::Settings::base().unwrap();
     let token = command_api::auth::Authenticator::new(&settings.auth)
@@ -145,29 +170,14 @@ async fn serve_with_no_configuration_serves_the_api_and_stops_its_database_on_si
     );
     // The embedded cluster starts again for a command, whose stdout stays its own: the
     // replay's NDJSON and nothing else, and the chains verify.
-    let run = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
-            .args(args)
-            .current_dir(&dir.0)
-            .env_remove("DATABASE_URL")
-            .env("APP_LOG__LEVEL", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
-    let replayed = run(&["replay", "--aggregate-type", "Patient"]);
+    let replayed = run_in(&dir, &["replay", "--aggregate-type", "Patient"]);
     let lines: Vec<Value> = replayed
         .lines()
         .map(|line| serde_json::from_str(line).expect("only NDJSON on stdout"))
         .collect();
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["data"]["name"]["family"], "Default");
-    assert!(run(&["audit", "verify"]).contains("no tampering found"));
+    assert!(run_in(&dir, &["audit", "verify"]).contains("no tampering found"));
 }
 
 #[tokio::test]
@@ -243,5 +253,38 @@ async fn rebuild_is_refused_while_projectors_run_and_then_rebuilds_the_same_read
         snapshot(pool).await,
         before,
         "a rebuilt read model equals the one it replaced"
+    );
+}
+
+#[tokio::test]
+async fn a_one_shot_command_beside_serve_leaves_the_embedded_database_running() {
+    // Arrange: serve on the embedded default.
+    let dir = TempDir::new();
+    let (mut serve, base) = start_serve(&dir).await;
+    let client = reqwest::Client::new();
+
+    // Act: a one-shot command on the same data folder, while serve runs.
+    run_in(&dir, &["replay"]);
+    let ready = client
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = serve.wait().unwrap();
+
+    // Assert: serve kept its database; the last user, serve, stopped it.
+    assert_eq!(ready, 200, "the command stopped the database under serve");
+    assert!(status.success(), "serve exited with {status}");
+    assert!(
+        !dir.0
+            .join(".patient-service/pgdata/postmaster.pid")
+            .exists(),
+        "PostgreSQL stopped by its last user"
     );
 }
