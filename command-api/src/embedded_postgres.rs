@@ -3,7 +3,10 @@
 //!
 //! First start runs `initdb` (password authentication, a random superuser password kept in the
 //! data folder, readable by its owner only); every start picks a free loopback port, or reuses
-//! the server if one is already running on that folder; `stop` shuts it down cleanly. Data is
+//! the server if one is already running on that folder; `stop` shuts it down cleanly, unless
+//! another process of the service still uses it (a one-shot command beside `serve`, or `serve`
+//! beside a long `replay`): the last user stops it, nobody stops it under another. Each
+//! process names its connections `patient-service/<pid>` so the others can be told apart. Data is
 //! kept between runs. PostgreSQL refuses to run as root, so as root the cluster runs as the
 //! `postgres` system user, which must be able to reach the data folder.
 
@@ -19,6 +22,9 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 
 const SUPERUSER: &str = "patient_service";
+
+/// What this service's connections are named before the process id.
+const APPLICATION_NAME_PREFIX: &str = "patient-service/";
 const DATABASE: &str = "patient_service";
 
 pub struct EmbeddedPostgres {
@@ -27,6 +33,8 @@ pub struct EmbeddedPostgres {
     port: u16,
     password: String,
     run_as: Option<(u32, u32)>,
+    /// `patient-service/<pid>`: this process's connections, as `pg_stat_activity` shows them.
+    application_name: String,
 }
 
 impl std::fmt::Debug for EmbeddedPostgres {
@@ -68,6 +76,7 @@ impl EmbeddedPostgres {
             port: 0,
             password,
             run_as,
+            application_name: format!("{APPLICATION_NAME_PREFIX}{}", std::process::id()),
         };
         if !cluster.pgdata.join("PG_VERSION").exists() {
             cluster.initdb(&data_dir)?;
@@ -105,14 +114,53 @@ impl EmbeddedPostgres {
             .username(SUPERUSER)
             .password(&self.password)
             .database("postgres")
+            .application_name(&self.application_name)
     }
 
-    /// Stops the server (fast shutdown: open transactions roll back, data is kept).
+    /// How many connections other processes of the service hold to the server.
+    fn connections_of_others(&self) -> anyhow::Result<u64> {
+        let output = self
+            .command("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", SUPERUSER, "-d", "postgres", "-X", "-A", "-t", "-c"])
+            .arg(format!(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE application_name LIKE '{APPLICATION_NAME_PREFIX}%'
+                    AND application_name <> '{}'",
+                self.application_name
+            ))
+            .env("PGPASSWORD", &self.password)
+            .stderr(std::process::Stdio::null())
+            .output()?;
+        if !output.status.success() {
+            bail!("psql failed ({})", output.status);
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().parse()?)
+    }
+
+    /// Stops the server (fast shutdown: open transactions roll back, data is kept), unless
+    /// another process of the service is still connected: then it is left to that process.
+    /// Close this process's pools first.
     ///
     /// # Errors
     ///
     /// When `pg_ctl stop` fails.
     pub fn stop(&self) -> anyhow::Result<()> {
+        match self.connections_of_others() {
+            Ok(0) => {}
+            Ok(others) => {
+                tracing::info!(
+                    others,
+                    "embedded PostgreSQL left running for the other processes using it"
+                );
+                return Ok(());
+            }
+            // Unknown: stopping could pull the database from under another process.
+            Err(e) => {
+                tracing::warn!(error.message = %e, "cannot tell who else uses the embedded PostgreSQL; leaving it running");
+                return Ok(());
+            }
+        }
         let status = self
             .command("pg_ctl")
             .arg("stop")
