@@ -30,13 +30,18 @@ impl ChainKey {
     /// The link after `previous` (empty for the first) committing to `fields`, each
     /// length-prefixed so no two different field lists hash alike.
     pub fn link(&self, previous: &[u8], fields: &[&[u8]]) -> Vec<u8> {
+        self.mac(previous, fields).finalize().into_bytes().to_vec()
+    }
+
+    /// The MAC state after `previous` and `fields`, each length-prefixed.
+    fn mac(&self, previous: &[u8], fields: &[&[u8]]) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_slice())
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         for part in std::iter::once(previous).chain(fields.iter().copied()) {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
-        mac.finalize().into_bytes().to_vec()
+        mac
     }
 }
 
@@ -93,7 +98,20 @@ pub struct EventFields<'a> {
 impl ChainKey {
     /// The hash of an event row following the row hashed `previous` (empty for sequence 1).
     pub fn event_hash(&self, previous: &[u8], event: EventFields<'_>) -> Vec<u8> {
-        self.link(
+        self.event_mac(previous, event)
+            .finalize()
+            .into_bytes()
+            .to_vec()
+    }
+
+    /// Whether `hash` is the hash of the row `event` after `previous`, compared in constant
+    /// time.
+    pub fn verifies(&self, previous: &[u8], event: EventFields<'_>, hash: &[u8]) -> bool {
+        self.event_mac(previous, event).verify_slice(hash).is_ok()
+    }
+
+    fn event_mac(&self, previous: &[u8], event: EventFields<'_>) -> Hmac<Sha256> {
+        self.mac(
             previous,
             &[
                 event.aggregate_type.as_bytes(),

@@ -161,8 +161,7 @@ pub fn check_link(
     if !schemas::sealed::is_published_in_clear(fields.event_type) && !is_sealed(fields.payload) {
         return Err(Tampering::Unsealed);
     }
-    let recomputed = key.event_hash(previous, fields);
-    if hash != Some(recomputed.as_slice()) {
+    if !hash.is_some_and(|hash| key.verifies(previous, fields, hash)) {
         return Err(Tampering::AlteredOrInserted);
     }
     Ok(())
