@@ -8,8 +8,8 @@ use command_api::startup::Roles;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_matches_schema_in, consume_until, consumer_for, error_fields, published, AppOptions,
-    TestApp,
+    assert_matches_schema_in, consume_until, consumer_for, error_fields, eventually, published,
+    AppOptions, TestApp,
 };
 
 /// Monday after the tests' fixed now (Friday 2026-11-27 12:00 UTC); Zurich is UTC+1.
@@ -1159,5 +1159,54 @@ async fn wait_list_events_and_offers_are_published_and_match_their_schemas() {
         &offer.event_type,
         &app.open(&notices[0]).await,
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_appointment_and_notification_event_is_in_the_audit_log() {
+    // Arrange
+    let app = TestApp::spawn().await;
+    clinic(&app).await;
+    let ada = app.register_person(3, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, visit) = book(&app, &ada, &at("08:00"), json!({})).await;
+    assert_eq!(status, 201, "{visit}");
+    let id = visit["appointment_id"].as_str().unwrap().to_owned();
+    let (status, body) = act(&app, &id, "cancel", 1, json!({ "reason": "patient" })).await;
+    assert_eq!(status, 200, "{body}");
+    let auditor = app.token("auditor-1", &["auditor"]);
+
+    // Act and assert: the appointment's events, under the patient they are about.
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_type = 'Appointment' AND aggregate_id = $1
+          ORDER BY sequence",
+    )
+    .bind(&id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(stored.len() >= 2, "{stored:?}");
+    eventually("the appointment's events in the audit log", || async {
+        let body: Value = app
+            .get(
+                &format!("/v1/audit/entries?patient={ada}&kind=event&limit=100"),
+                &auditor,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let audited: Vec<String> = body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["detail"]["aggregate_id"] == id.as_str())
+            .map(|e| e["action"].as_str().unwrap().to_owned())
+            .collect();
+        audited == stored
+    })
+    .await;
     app.stop().await;
 }

@@ -46,9 +46,14 @@ fn leaked(haystack: &str) -> Vec<&'static str> {
 
 /// Runs `patient-service audit verify` against the app's database: (success, stdout).
 fn audit_verify(app: &TestApp) -> (bool, String) {
+    audit_verify_at(&app.database_url)
+}
+
+/// Runs `patient-service audit verify` against `database_url`: (success, stdout).
+fn audit_verify_at(database_url: &str) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
         .args(["audit", "verify"])
-        .env("DATABASE_URL", &app.database_url)
+        .env("DATABASE_URL", database_url)
         .envs(SECURITY_ENV)
         .env("APP_LOG__LEVEL", "warn")
         .output()
@@ -857,4 +862,61 @@ async fn the_retention_purge_forgets_patients_past_retention_except_those_on_leg
     .unwrap();
     assert_eq!(reason, "retention-expired");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn audit_verify_fails_when_an_event_has_no_audit_entry() {
+    // Arrange: two patients, both audited.
+    let app = TestApp::without_kafka().await;
+    app.register_person(1, None).await;
+    let later = id_of(&app.register_person(2, None).await);
+    audit_log_caught_up(&app).await;
+    let (clean, report) = audit_verify(&app);
+    assert!(clean, "{report}");
+    let database_url = app.database_url.clone();
+    app.stop().await;
+
+    // Act: the newest entry removed and the chain head rolled back to the one before, so the
+    // log's own chain still verifies: only the store shows the event unaudited.
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let newest: (i64, String) = sqlx::query_as(
+        "SELECT seq, detail->>'aggregate_id' FROM projections.audit_log ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(
+        newest.1, later,
+        "the newest entry is the later registration"
+    );
+    sqlx::query("DELETE FROM projections.audit_log WHERE seq = $1")
+        .bind(newest.0)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE projections.audit_chain_head SET (seq, hash) =
+           (SELECT seq, hash FROM projections.audit_log ORDER BY seq DESC LIMIT 1)",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let (clean, report) = audit_verify_at(&database_url);
+
+    // Assert
+    assert!(
+        !clean,
+        "an unaudited event must fail the verification: {report}"
+    );
+    let expected = format!("events Patient/{later} sequence 1: not in the audit log");
+    assert!(
+        report.lines().any(|l| l == expected),
+        "missing `{expected}` in:\n{report}"
+    );
 }
