@@ -85,8 +85,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Recomputes the hash chains of the event store and of the audit log and checks every
-    /// audited event against the store; names each altered, deleted or inserted row. Exits
-    /// non-zero if anything does not verify.
+    /// audited event against the store; names each altered, deleted or inserted row, and each
+    /// stored event the audit log passed without an entry. Exits non-zero if anything does not
+    /// verify.
     Verify,
 }
 
