@@ -1394,3 +1394,67 @@ async fn a_document_past_its_extraction_time_limit_is_refused_and_costs_no_more_
     assert!(stopped.success(), "the API exited with {stopped}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_writers_to_one_medical_record_all_succeed() {
+    // Arrange: one patient, ten different allergies and fifty documents, all sent at once and
+    // without If-Match.
+    let app = TestApp::without_kafka().await;
+    let id = patient_in_care(&app, 11).await;
+    let token = clinician(&app);
+    let substances: Vec<String> = (0..10).map(|n| format!("Substance {n}")).collect();
+
+    // Act
+    let allergies = futures::future::join_all(substances.iter().map(|substance| {
+        let mut body = allergy(substance);
+        body["substance"] = json!({ "text": substance });
+        let (app, id, token) = (&app, &id, &token);
+        async move {
+            send(
+                app,
+                reqwest::Method::POST,
+                &format!("/v1/patients/{id}/allergies"),
+                token,
+                Some(&body),
+                None,
+            )
+            .await
+        }
+    }))
+    .await;
+    let documents = futures::future::join_all((0..50).map(|n| {
+        let (app, id, token) = (&app, &id, &token);
+        async move {
+            upload(
+                app,
+                token,
+                id,
+                &format!("Letter {n}"),
+                "text/plain",
+                format!("Follow-up letter number {n}").as_bytes(),
+            )
+            .await
+        }
+    }))
+    .await;
+
+    // Assert
+    for (status, body, _) in &allergies {
+        assert_eq!(*status, 201, "{body}");
+    }
+    for (status, body) in &documents {
+        assert_eq!(*status, 201, "{body}");
+    }
+    let (status, record, _) = send(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/patients/{id}/medical-record"),
+        &token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(record["version"], 60, "{record}");
+    app.stop().await;
+}
