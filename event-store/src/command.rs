@@ -17,8 +17,44 @@ use crate::chain::ChainKey;
 use crate::keys::KeyStore;
 use crate::repository::SealedRepository;
 
-/// How many times a command that lost a race for the same aggregate is retried.
-const CONFLICT_RETRIES: usize = 3;
+/// How many times a command that lost a race for the same aggregate to another process is
+/// retried (writers in this process wait their turn instead, see [`turn`]).
+const CONFLICT_RETRIES: usize = 5;
+
+/// The longest a writer waits for its turn at one aggregate before giving up with
+/// [`CommandError::Conflict`].
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// One writer at a time per aggregate in this process: concurrent commands on one aggregate
+/// (ten allergies recorded at once on one chart) take turns instead of racing for its next
+/// sequence, so none fails for another's sake. Entries go once nobody holds or waits for them.
+static WRITERS: std::sync::LazyLock<
+    std::sync::Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Waits (at most [`TURN_WAIT`]) for this process's turn to write aggregate `key`.
+async fn turn(key: String) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    let lock = {
+        // The map holds no invariant a panic elsewhere could break: recover it.
+        let mut writers = WRITERS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if writers.len() > 1024 {
+            writers.retain(|_, lock| lock.strong_count() > 0);
+        }
+        match writers.get(&key).and_then(std::sync::Weak::upgrade) {
+            Some(lock) => lock,
+            None => {
+                let lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+                writers.insert(key, std::sync::Arc::downgrade(&lock));
+                lock
+            }
+        }
+    };
+    tokio::time::timeout(TURN_WAIT, lock.lock_owned())
+        .await
+        .ok()
+}
 
 /// Who issued a command and in answer to what: stored as the events' metadata.
 #[derive(Debug, Clone, Default)]
@@ -91,7 +127,8 @@ pub(crate) fn event_store<A: Aggregate>(
 
 /// Loads aggregate `aggregate_id`, lets `precheck` refuse the command on what it finds (before
 /// the version is compared, so "nobody here" wins over "stale version"), compares the version
-/// with `expected_version`, decides, and commits; a lost race is retried from the load.
+/// with `expected_version`, decides, and commits. Writers of one aggregate in this process
+/// take turns; a race lost to another process is retried from the load.
 /// Returns the aggregate and its version after the command.
 pub(crate) async fn execute_on<A, D>(
     store: &PersistedEventStore<SealedRepository, A>,
@@ -105,6 +142,9 @@ where
     A: Aggregate + Clone,
     D: Fn(&A) -> Result<Vec<A::Event>, A::Error>,
 {
+    let Some(_turn) = turn(format!("{}/{aggregate_id}", A::TYPE)).await else {
+        return Err(CommandError::Conflict);
+    };
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -129,6 +169,8 @@ where
             Ok(_) => return Ok((after, current + count)),
             Err(AggregateError::AggregateConflict) if attempt <= CONFLICT_RETRIES => {
                 tracing::debug!(attempt, "lost a race for the aggregate, retrying");
+                // Another process wrote it: give it a moment, more each time.
+                tokio::time::sleep(std::time::Duration::from_millis(5 << attempt)).await;
             }
             Err(AggregateError::AggregateConflict) => return Err(CommandError::Conflict),
             Err(other) => return Err(classify(other)),

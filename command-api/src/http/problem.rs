@@ -369,8 +369,11 @@ impl IntoResponse for ApiError {
                 );
                 problem
             }
-            Self::Conflict => Problem::new(S::CONFLICT, "conflict", "Concurrent change")
-                .detail("the record kept changing; try again"),
+            Self::Conflict => Problem {
+                code: Some("concurrent-change"),
+                ..Problem::new(S::CONFLICT, "conflict", "Concurrent change")
+                    .detail("the record kept changing for longer than a writer waits; try again")
+            },
             Self::IdempotencyKeyReused => Problem::new(
                 S::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",
