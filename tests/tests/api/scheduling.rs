@@ -1210,3 +1210,43 @@ async fn every_appointment_and_notification_event_is_in_the_audit_log() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_archive_however_written_cancels_the_patients_appointments_ahead() {
+    // Arrange: a booked appointment; the patient archived straight through the event store, as
+    // an import or a crash right after the commit would leave it, with no API handler after it.
+    let app = TestApp::without_kafka().await;
+    clinic(&app).await;
+    let ada = app.register_person(402, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, visit) = book(&app, &ada, &at("08:00"), json!({})).await;
+    assert_eq!(status, 201, "{visit}");
+    let secrets = app.settings.secrets().unwrap();
+    let store =
+        event_store::store::PatientStore::new(app.pool.clone(), secrets.keys, secrets.chain);
+
+    // Act
+    store
+        .execute(
+            domain::patient::PatientId::parse("id", &ada).unwrap(),
+            Some(1),
+            domain::patient::PatientCommand::Archive(domain::patient::ArchivePatient {
+                reason: domain::patient::Reason::parse("reason", "moved abroad").unwrap(),
+                at: crate::helpers::fixed_now(),
+            }),
+            event_store::command::CommandMetadata {
+                user_id: "importer".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    // Assert
+    let id = visit["appointment_id"].as_str().unwrap();
+    let cancelled = until_status(&app, id, "cancelled").await;
+    assert_eq!(cancelled["cancellation"]["reason"], "record-archived");
+    app.stop().await;
+}
