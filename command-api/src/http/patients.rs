@@ -326,16 +326,10 @@ async fn archive(
     let at = (state.clock)();
     let command =
         reason_only(&req.body).map(|reason| PatientCommand::Archive(ArchivePatient { reason, at }));
-    let response = change(&state, &req, "archive", command).await?;
-    // An archived patient keeps no appointments ahead, nor a place on the wait list.
-    if response.status().is_success() {
-        if let Ok(id) = patient_id(req.raw_id()) {
-            if let Err(e) = super::scheduling::wind_down(&state, &req.user, id).await {
-                tracing::warn!(error.message = %e.to_string(), "appointments of an archived patient remain");
-            }
-        }
-    }
-    Ok(response)
+    // An archived patient keeps no appointments ahead, nor a place on the wait list: the
+    // process manager `application::background::archived` reacts to the event, so a crash
+    // right after the commit cannot lose that.
+    change(&state, &req, "archive", command).await
 }
 
 /// `POST /v1/patients/{id}/restore` with `If-Match` and a reason.

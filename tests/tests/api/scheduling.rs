@@ -978,12 +978,12 @@ async fn archiving_a_patient_cancels_their_appointments_ahead_and_their_wait_lis
         .await;
     assert_eq!(archived.status(), 200);
 
+    // The process manager reacts to the archive, shortly after its commit.
     let id = visit["appointment_id"].as_str().unwrap();
-    let (_, cancelled) = get(&app, &format!("/v1/appointments/{id}")).await;
-    assert_eq!(cancelled["status"], "cancelled");
+    let cancelled = until_status(&app, id, "cancelled").await;
     assert_eq!(cancelled["cancellation"]["reason"], "record-archived");
     let entry_id = entry["appointment_id"].as_str().unwrap();
-    let (_, left) = get(&app, &format!("/v1/appointments/{entry_id}")).await;
+    let left = until_status(&app, entry_id, "cancelled").await;
     assert_ne!(left["status"], "waitlist", "{left}");
     let other = app.register_person(401, None).await["id"]
         .as_str()

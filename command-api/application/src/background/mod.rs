@@ -1,10 +1,14 @@
 //! The background work of the service, in one place, under one runner: the reminder
 //! dispatcher ([`reminders`]), wait-list offers ([`waitlist`]), the notification outbox
-//! ([`outbox`]), and the sweep of expired idempotency records. `serve` and `project` run it;
+//! ([`outbox`]), the process managers that follow the event stream ([`follower`]: an
+//! archived patient's appointments cancelled, [`archived`]), and the sweep of expired
+//! idempotency records. `serve` and `project` run it;
 //! each step is retried on the next round when it fails, and every step is safe to repeat
 //! (reminders and notifications have derived ids, offers are claims under the exclusion
 //! constraint).
 
+pub mod archived;
+pub mod follower;
 pub mod outbox;
 pub mod reminders;
 pub mod waitlist;
@@ -23,7 +27,8 @@ const POLL: Duration = Duration::from_millis(200);
 /// How often expired idempotency records are deleted.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// Runs reminders and the wait list (and sweeps expired idempotency records) until `shutdown`.
+/// Runs the process managers, reminders, the wait list and the outbox (and sweeps expired
+/// idempotency records) until `shutdown`.
 pub async fn run(
     store: PatientStore,
     appointments: AppointmentStore,
@@ -32,6 +37,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let idempotency = event_store::idempotency::IdempotencyKeys::new(store.pool().clone());
+    let archived = follower::Follower::new(
+        store.pool().clone(),
+        store.keys().clone(),
+        store.chain().clone(),
+        archived::CancelAppointmentsOfArchived {
+            patients: store.clone(),
+            appointments: appointments.clone(),
+        },
+    );
     let mut swept_at: Option<std::time::Instant> = None;
     loop {
         // Expired idempotency records go, about once a minute.
@@ -42,6 +56,9 @@ pub async fn run(
                     tracing::warn!(error.message = %e, "expired idempotency records stay for now")
                 }
             }
+        }
+        if let Err(e) = archived.step(clock()).await {
+            tracing::warn!(error.message = %e, "process managers could not run now; retrying");
         }
         if let Err(e) = reminders::dispatch_due(&store, &appointments, clock()).await {
             tracing::warn!(error.message = %e, "reminders could not be dispatched now; retrying");
