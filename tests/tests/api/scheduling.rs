@@ -1250,3 +1250,75 @@ async fn an_archive_however_written_cancels_the_patients_appointments_ahead() {
     assert_eq!(cancelled["cancellation"]["reason"], "record-archived");
     app.stop().await;
 }
+
+/// Starts `patient-service project` (projectors and background work) on `app`'s database.
+fn start_background(app: &TestApp) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+        .arg("project")
+        .env("DATABASE_URL", &app.database_url)
+        .envs(crate::helpers::SECURITY_ENV)
+        .env_remove("KAFKA_BROKERS")
+        .env("APP_LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn appointments_of_a_patient_archived_while_the_background_was_killed_are_cancelled_after_restart(
+) {
+    // Arrange: the API alone in this process; the background work in another, which has
+    // started following the stream.
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        roles: Roles {
+            api: true,
+            relay: false,
+            projectors: false,
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    clinic(&app).await;
+    let ada = app.register_person(403, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, visit) = book(&app, &ada, &at("08:00"), json!({})).await;
+    assert_eq!(status, 201, "{visit}");
+    let mut background = start_background(&app);
+    eventually(
+        "the process manager to take its place in the stream",
+        || async {
+            let started: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM process_manager_checkpoints")
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap_or(0);
+            started == 1
+        },
+    )
+    .await;
+
+    // Act: the background dies with SIGKILL; the patient is archived meanwhile; it restarts.
+    background.kill().unwrap();
+    background.wait().unwrap();
+    let archived = app
+        .command(&ada, "archive", 1, &json!({ "reason": "moved abroad" }))
+        .await;
+    assert_eq!(archived.status(), 200);
+    let id = visit["appointment_id"].as_str().unwrap();
+    let (_, still) = get(&app, &format!("/v1/appointments/{id}")).await;
+    assert_eq!(
+        still["status"], "booked",
+        "nothing reacted while it was down"
+    );
+    let mut restarted = start_background(&app);
+
+    // Assert
+    let cancelled = until_status(&app, id, "cancelled").await;
+    assert_eq!(cancelled["cancellation"]["reason"], "record-archived");
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
+    app.stop().await;
+}
