@@ -99,14 +99,19 @@ pub async fn process(
         let Some(service) = schedule::service(pool, &entry.service).await? else {
             continue;
         };
-        // Only patients on record and active are offered anything.
+        // Only patients on record and active are offered anything. An archived patient's
+        // entries are cancelled by the process manager that reacts to the archive
+        // (`super::archived`): they stay on the list until it does, offered nothing.
         let record = patients
             .load(PatientId::new(entry.patient_id))
             .await?
-            .and_then(|(p, _)| p.record().cloned())
-            .filter(|r| r.status == domain::patient::PatientStatus::Active);
-        let Some(record) = record else {
-            schedule::leave_waitlist(pool, entry.appointment_id).await?;
+            .and_then(|(p, _)| p.record().cloned());
+        let status = record.as_ref().map(|r| r.status);
+        let Some(record) = record.filter(|r| r.status == domain::patient::PatientStatus::Active)
+        else {
+            if status != Some(domain::patient::PatientStatus::Archived) {
+                schedule::leave_waitlist(pool, entry.appointment_id).await?;
+            }
             continue;
         };
         let start = entry.wish.start.max(now);
