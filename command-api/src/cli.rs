@@ -310,11 +310,5 @@ async fn rebuild<M: ReadModel>(projector: Projector<M>, chain: &ChainKey) -> any
         )
     })?;
     projector.reset().await?;
-    let mut total = 0;
-    loop {
-        match startup::project_available(&projector, chain).await? {
-            0 => return Ok(total),
-            n => total += n,
-        }
-    }
+    startup::project_all(&projector, chain).await
 }

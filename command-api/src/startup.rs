@@ -576,6 +576,36 @@ pub async fn run_stream_projector<M: ReadModel>(
     }
 }
 
+/// Applies every event committed so far, waiting out transactions still running that hold the
+/// stream back (one in any database of the cluster can, for a moment); returns how many were
+/// applied. What `rebuild` and the tools use to be sure a read model holds everything.
+///
+/// # Errors
+///
+/// As [`project_available`].
+pub async fn project_all<M: ReadModel>(
+    projector: &Projector<M>,
+    chain: &ChainKey,
+) -> anyhow::Result<usize> {
+    let mut total = 0;
+    loop {
+        let applied = project_available(projector, chain).await?;
+        total += applied;
+        if applied > 0 {
+            continue;
+        }
+        let at = projector.stream_position().await?;
+        let cursor = Cursor {
+            transaction_id: at.transaction_id,
+            position: at.position,
+        };
+        if !stream::is_held_back(projector.pool(), cursor).await? {
+            return Ok(total);
+        }
+        tokio::time::sleep(stream::HELD_BACK_POLL).await;
+    }
+}
+
 /// Applies every event committed after the projector's stream position; returns how many.
 /// An event the service did not write ([`stream::unverified`] under `chain`) is parked, never
 /// opened or applied.

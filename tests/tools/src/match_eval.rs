@@ -262,11 +262,11 @@ async fn evaluate(
         )
         .await?;
         if n % 1000 == 999 {
-            while startup::project_available(&projector, state.store.chain()).await? > 0 {}
+            startup::project_all(&projector, state.store.chain()).await?;
             eprintln!("population: {} registered", n + 1);
         }
     }
-    while startup::project_available(&projector, state.store.chain()).await? > 0 {}
+    startup::project_all(&projector, state.store.chain()).await?;
     if population > 0 {
         eprintln!(
             "population of {population} registered in {:.0?}",
@@ -303,7 +303,7 @@ async fn evaluate(
             Utc::now(),
         )
         .await?;
-        while startup::project_available(&projector, state.store.chain()).await? > 0 {}
+        startup::project_all(&projector, state.store.chain()).await?;
         person_of.insert(id, index);
         persons.push(&row.person);
     }
