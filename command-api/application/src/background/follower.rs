@@ -18,8 +18,11 @@ use event_store::keys::KeyStore;
 use event_store::stream::{self, Cursor, StoredEvent};
 use sqlx::PgPool;
 
-/// Events read per round.
-const BATCH: i64 = 100;
+/// Events read per batch.
+const BATCH: i64 = 500;
+
+/// Batches read per round at most, so a long backlog does not starve the other work.
+const BATCHES_PER_ROUND: usize = 20;
 
 /// Why a reaction did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -67,19 +70,39 @@ impl<M: ProcessManager> Follower<M> {
         }
     }
 
-    /// Reacts to the events committed after the checkpoint (a batch of them); returns how many
-    /// were passed.
+    /// Reacts to the events committed after the checkpoint, a batch after another while the
+    /// batches come full (up to [`BATCHES_PER_ROUND`]), so it keeps up with the writers;
+    /// returns how many events were passed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Follower::step_batch`].
+    pub async fn step(&self, now: DateTime<Utc>) -> Result<usize, sqlx::Error> {
+        let mut total = 0;
+        for _ in 0..BATCHES_PER_ROUND {
+            let (passed, full) = self.step_batch(now).await?;
+            total += passed;
+            if !full || passed == 0 {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Reacts to one batch of events after the checkpoint; returns how many were passed and
+    /// whether the batch came full.
     ///
     /// # Errors
     ///
     /// The database error, when the stream or the checkpoint cannot be read or written; a
     /// reaction that must be retried stops the round without an error (it is logged).
-    pub async fn step(&self, now: DateTime<Utc>) -> Result<usize, sqlx::Error> {
+    async fn step_batch(&self, now: DateTime<Utc>) -> Result<(usize, bool), sqlx::Error> {
         let start = self.checkpoint().await?;
         let events = stream::read_after(&self.pool, start, BATCH).await?;
         if events.is_empty() {
-            return Ok(0);
+            return Ok((0, false));
         }
+        let full = events.len() as i64 == BATCH;
         let rejected: std::collections::HashSet<usize> =
             stream::unverified(&self.pool, &self.chain, &events)
                 .await?
@@ -97,7 +120,7 @@ impl<M: ProcessManager> Follower<M> {
             .collect();
         if let Err(e) = stream::open(&self.keys, &self.pool, &mut wanted).await {
             tracing::warn!(process_manager = self.manager.name(), error.message = %e, "cannot open events now; retrying");
-            return Ok(0);
+            return Ok((0, false));
         }
         let mut wanted = wanted.into_iter();
         let mut passed = start;
@@ -120,7 +143,7 @@ impl<M: ProcessManager> Follower<M> {
         if passed != start {
             self.save(passed).await?;
         }
-        Ok(count)
+        Ok((count, full && count == events.len()))
     }
 
     /// Where the manager stands; on its first start, the end of the stream as it stands.
