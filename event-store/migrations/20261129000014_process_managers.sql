@@ -18,3 +18,12 @@ CREATE TABLE process_manager_refusals (
     refused_at     timestamptz NOT NULL,
     PRIMARY KEY (name, position)
 );
+
+-- Reacting to archives moves from the request to a process manager with this migration: it
+-- starts where the requests stopped doing it, the newest event now stored (archives before
+-- it were wound down by the request that made them), fixed here, at the upgrade, not at
+-- whenever a background process first runs.
+INSERT INTO process_manager_checkpoints (name, transaction_id, position)
+SELECT 'archived-patient-appointments',
+       coalesce((SELECT transaction_id FROM events ORDER BY transaction_id DESC, position DESC LIMIT 1), '0'::xid8),
+       coalesce((SELECT position FROM events ORDER BY transaction_id DESC, position DESC LIMIT 1), 0);

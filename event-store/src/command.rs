@@ -22,7 +22,7 @@ use crate::repository::SealedRepository;
 const CONFLICT_RETRIES: usize = 5;
 
 /// The longest a writer waits for its turn at one aggregate before giving up with
-/// [`CommandError::Conflict`].
+/// [`CommandError::Busy`].
 const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// One writer at a time per aggregate in this process: concurrent commands on one aggregate
@@ -98,6 +98,9 @@ pub enum CommandError<E = PatientError> {
     VersionMismatch { expected: u64, current: u64 },
     #[error("the command lost {CONFLICT_RETRIES} races for the same record")]
     Conflict,
+    /// Other writers of the record in this process kept it longer than a writer waits.
+    #[error("the record was busy with other writers for longer than a writer waits")]
+    Busy,
     #[error("the event store is unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the event store failed")]
@@ -143,7 +146,7 @@ where
     D: Fn(&A) -> Result<Vec<A::Event>, A::Error>,
 {
     let Some(_turn) = turn(format!("{}/{aggregate_id}", A::TYPE)).await else {
-        return Err(CommandError::Conflict);
+        return Err(CommandError::Busy);
     };
     let mut attempt = 0;
     loop {

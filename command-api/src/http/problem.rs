@@ -89,7 +89,7 @@ impl From<CommandError> for ApiError {
             CommandError::Rule(PatientError::Forgotten) => Self::Gone,
             CommandError::Rule(rule) => Self::Rule(rule),
             CommandError::VersionMismatch { current, .. } => Self::PreconditionFailed { current },
-            CommandError::Conflict => Self::Conflict,
+            CommandError::Conflict | CommandError::Busy => Self::Conflict,
             CommandError::Unavailable(e) => Self::Unavailable(e),
             CommandError::Internal(e) => Self::Internal(e),
         }
@@ -106,7 +106,9 @@ impl From<CommandError<MedicalRecordError>> for ApiError {
                 }
             }
             CommandError::Rule(rule) => Self::Record(rule),
-            CommandError::VersionMismatch { .. } | CommandError::Conflict => Self::Conflict,
+            CommandError::VersionMismatch { .. } | CommandError::Conflict | CommandError::Busy => {
+                Self::Conflict
+            }
             CommandError::Unavailable(e) => Self::Unavailable(e),
             CommandError::Internal(e) => Self::Internal(e),
         }
@@ -123,7 +125,7 @@ impl From<CommandError<SchedulingError>> for ApiError {
             },
             CommandError::Rule(rule) => Self::Schedule(rule),
             CommandError::VersionMismatch { current, .. } => Self::PreconditionFailed { current },
-            CommandError::Conflict => Self::Conflict,
+            CommandError::Conflict | CommandError::Busy => Self::Conflict,
             CommandError::Unavailable(e) => Self::Unavailable(e),
             CommandError::Internal(e) => Self::Internal(e),
         }

@@ -26,8 +26,16 @@ pub struct CancelAppointmentsOfArchived {
     pub appointments: AppointmentStore,
 }
 
-fn retry(error: impl std::error::Error + Send + Sync + 'static) -> Reaction {
-    Reaction::Retry(Box::new(error))
+/// What a store error means for the reaction: the database out of reach, or a lost race, is
+/// tried again; anything else (a stream that does not verify, an event that does not read)
+/// would fail the same way for ever, so it is recorded as a refusal instead.
+fn reaction<E: std::fmt::Display>(error: CommandError<E>) -> Reaction {
+    match error {
+        CommandError::Unavailable(_) | CommandError::Conflict | CommandError::Busy => {
+            Reaction::Retry(error.to_string().into())
+        }
+        other => Reaction::Refused(other.to_string()),
+    }
 }
 
 impl ProcessManager for CancelAppointmentsOfArchived {
@@ -49,7 +57,7 @@ impl ProcessManager for CancelAppointmentsOfArchived {
             .patients
             .load(patient)
             .await
-            .map_err(retry)?
+            .map_err(reaction)?
             .and_then(|(p, _)| p.record().map(|r| r.status))
             == Some(PatientStatus::Archived);
         if !still_archived {
@@ -61,20 +69,25 @@ impl ProcessManager for CancelAppointmentsOfArchived {
             .map_err(|_| Reaction::Refused("no principal to cancel as".into()))?;
         let ids = schedule::ahead_of(self.appointments.pool(), patient, now)
             .await
-            .map_err(retry)?;
+            .map_err(|e| Reaction::Retry(Box::new(e)))?;
         let mut cancelled = 0;
+        let mut refusals = Vec::new();
         for id in ids {
             // The wait-list loop may change an entry meanwhile (an offer): read it again then.
+            let mut done = false;
             for _ in 0..3 {
                 let Some((appointment, version)) =
-                    self.appointments.load(id).await.map_err(retry)?
+                    self.appointments.load(id).await.map_err(reaction)?
                 else {
+                    done = true;
                     break;
                 };
                 let Some(current) = appointment.state() else {
+                    done = true;
                     break;
                 };
                 if !current.status.allows(AppointmentStatus::Cancelled) {
+                    done = true;
                     break;
                 }
                 let change = ClaimChange {
@@ -103,19 +116,33 @@ impl ProcessManager for CancelAppointmentsOfArchived {
                 {
                     Ok(_) => {
                         cancelled += 1;
+                        done = true;
                         break;
                     }
-                    Err(CommandError::VersionMismatch { .. } | CommandError::Conflict) => {}
+                    // Changed meanwhile: read it again.
+                    Err(CommandError::VersionMismatch { .. }) => {}
+                    // One refused appointment does not keep the others booked.
                     Err(CommandError::Rule(rule)) => {
-                        return Err(Reaction::Refused(format!(
-                            "appointment {id} not cancelled: {rule}"
-                        )))
+                        refusals.push(format!("appointment {id}: {rule}"));
+                        done = true;
+                        break;
                     }
-                    Err(other) => return Err(retry(other)),
+                    Err(other) => return Err(reaction(other)),
                 }
+            }
+            if !done {
+                // It kept changing: the whole reaction is tried again on the next round, and
+                // what it cancelled already is passed by then.
+                return Err(Reaction::Retry(
+                    format!("appointment {id} kept changing").into(),
+                ));
             }
         }
         tracing::info!(patient_id = %patient, cancelled, "appointments of an archived patient cancelled");
-        Ok(())
+        if refusals.is_empty() {
+            Ok(())
+        } else {
+            Err(Reaction::Refused(refusals.join("; ")))
+        }
     }
 }
