@@ -118,10 +118,18 @@ pub fn main() -> anyhow::Result<()> {
         return child;
     }
     let cli = Cli::parse();
+    runtime()?.block_on(run(cli))
+}
+
+/// The multi-threaded tokio runtime every command of the service's binaries runs on.
+///
+/// # Errors
+///
+/// When the runtime cannot be built.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run(cli))
+        .build()
 }
 
 /// Runs the command line.

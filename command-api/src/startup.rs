@@ -589,18 +589,8 @@ pub async fn project_all<M: ReadModel>(
 ) -> anyhow::Result<usize> {
     // Everything stored when this starts, and no more: writers that go on meanwhile must not
     // keep it from finishing.
-    let end: Option<(String, i64)> = sqlx::query_as(
-        "SELECT transaction_id::text, position FROM events
-          ORDER BY transaction_id DESC, position DESC LIMIT 1",
-    )
-    .fetch_optional(projector.pool())
-    .await?;
-    let end = match end {
-        Some((transaction_id, position)) => Cursor {
-            transaction_id: transaction_id.parse()?,
-            position,
-        },
-        None => return Ok(0),
+    let Some(end) = stream::newest(projector.pool()).await? else {
+        return Ok(0);
     };
     let mut total = 0;
     loop {

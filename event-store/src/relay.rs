@@ -342,14 +342,8 @@ impl Relay {
         .bind(&self.settings.name)
         .fetch_optional(&mut *conn)
         .await?;
-        Ok(match row {
-            Some((transaction_id, position)) => Cursor {
-                transaction_id: transaction_id
-                    .parse()
-                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-                position,
-            },
-            None => Cursor::default(),
+        row.map_or(Ok(Cursor::default()), |(transaction_id, position)| {
+            Cursor::parse(&transaction_id, position)
         })
     }
 

@@ -51,6 +51,41 @@ impl std::fmt::Debug for StoredEvent {
     }
 }
 
+impl Cursor {
+    /// A cursor from a transaction id read as text (as `transaction_id::text` gives it: an
+    /// `xid8` does not decode as a number) and a position.
+    ///
+    /// # Errors
+    ///
+    /// [`sqlx::Error::Decode`] when the text is not a transaction id.
+    pub fn parse(transaction_id: &str, position: i64) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            transaction_id: transaction_id
+                .parse()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            position,
+        })
+    }
+}
+
+/// The place of the newest event stored (committed and visible now), or `None` when there is
+/// none: where a reader that must not react to the past starts, or up to where one that must
+/// take in everything stored reads.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn newest<'e>(executor: impl PgExecutor<'e>) -> Result<Option<Cursor>, sqlx::Error> {
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "SELECT transaction_id::text, position FROM events
+          ORDER BY transaction_id DESC, position DESC LIMIT 1",
+    )
+    .fetch_optional(executor)
+    .await?;
+    row.map(|(transaction_id, position)| Cursor::parse(&transaction_id, position))
+        .transpose()
+}
+
 impl StoredEvent {
     pub fn cursor(&self) -> Cursor {
         Cursor {

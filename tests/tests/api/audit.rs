@@ -85,10 +85,7 @@ async fn an_auditor_reads_a_records_history_with_who_when_why_and_which_request(
 async fn a_record_is_read_as_it_was_at_an_instant() {
     // Arrange
     let app = TestApp::without_kafka().await;
-    let id = app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&app.register_ok("Ada", "Lovelace", "1990-12-10").await);
     let registered_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
         "SELECT recorded_at FROM events WHERE aggregate_id = $1 AND sequence = 1",
     )
@@ -151,10 +148,7 @@ async fn a_record_is_read_as_it_was_at_an_instant() {
 async fn replay_streams_the_history_as_ndjson_in_commit_order_with_filters() {
     // Arrange
     let app = TestApp::without_kafka().await;
-    let first = app.register_person(1, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = id_of(&app.register_person(1, None).await);
     app.register_person(2, None).await;
     app.command(&first, "archive", 1, &json!({ "reason": "moved" }))
         .await;

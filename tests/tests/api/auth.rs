@@ -471,14 +471,8 @@ async fn every_endpoint_answers_every_caller_exactly_as_documented() {
         ..AppOptions::default()
     })
     .await;
-    let id = app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let other = app.register_ok("Grace", "Hopper", "1906-12-09").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&app.register_ok("Ada", "Lovelace", "1990-12-10").await);
+    let other = id_of(&app.register_ok("Grace", "Hopper", "1906-12-09").await);
     let care = app
         .command(
             &id,
@@ -575,10 +569,7 @@ async fn a_token_with_no_known_role_is_forbidden_everywhere() {
 #[tokio::test]
 async fn a_caller_without_the_role_gets_403_before_the_body_is_looked_at() {
     let app = TestApp::without_kafka().await;
-    let id = app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&app.register_ok("Ada", "Lovelace", "1990-12-10").await);
     let token = app.token("c", &["clinician"]);
 
     let not_json = app

@@ -5,10 +5,7 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 async fn registered(app: &TestApp) -> String {
-    app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    id_of(&app.register_ok("Ada", "Lovelace", "1990-12-10").await)
 }
 
 #[tokio::test]
@@ -229,10 +226,7 @@ async fn the_retention_policy_lists_archived_patients_past_their_retention_perio
     })
     .await;
     let archived = registered(&app).await;
-    let kept = app.register_person(5, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let kept = id_of(&app.register_person(5, None).await);
     let response = app
         .command(
             &archived,

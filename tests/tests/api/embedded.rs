@@ -185,10 +185,7 @@ async fn rebuild_is_refused_while_projectors_run_and_then_rebuilds_the_same_read
     // Arrange
     let app = TestApp::without_kafka().await;
     for n in 0..3 {
-        let id = app.register_person(n, Some("Rebuilt")).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = id_of(&app.register_person(n, Some("Rebuilt")).await);
         if n == 0 {
             app.command(&id, "archive", 1, &serde_json::json!({ "reason": "moved" }))
                 .await;

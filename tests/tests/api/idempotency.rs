@@ -121,10 +121,7 @@ async fn keys_are_per_user() {
 #[tokio::test]
 async fn a_repeated_archive_with_the_same_key_returns_the_first_answer() {
     let app = TestApp::without_kafka().await;
-    let id = app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&app.register_ok("Ada", "Lovelace", "1990-12-10").await);
     let path = format!("/v1/patients/{id}/archive");
     let body = serde_json::json!({ "reason": "duplicate" });
     let headers = [("if-match", "\"1\""), ("idempotency-key", "archive-1")];
@@ -146,10 +143,7 @@ async fn a_repeated_archive_with_the_same_key_returns_the_first_answer() {
 async fn a_retry_after_a_crash_between_commit_and_answer_still_gets_the_first_answer() {
     // Arrange: the archive committed, but its answer was never recorded (as after a crash).
     let app = TestApp::without_kafka().await;
-    let id = app.register_ok("Ada", "Lovelace", "1990-12-10").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&app.register_ok("Ada", "Lovelace", "1990-12-10").await);
     let path = format!("/v1/patients/{id}/archive");
     let body = serde_json::json!({ "reason": "duplicate" });
     let headers = [("if-match", "\"1\""), ("idempotency-key", "archive-crash")];

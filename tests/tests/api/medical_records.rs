@@ -11,17 +11,14 @@ use serde_json::{json, Value};
 
 use crate::helpers::{
     assert_matches_schema_in, consume_until, consumer_for, error_fields, eventually, fixed_now,
-    header, key, AppOptions, TestApp, SECRET, SECURITY_ENV,
+    header, id_of, key, AppOptions, TestApp, SECRET, SECURITY_ENV,
 };
 
 const CARE: &str = "dr-care";
 
 /// Registers a patient whose care team includes [`CARE`]; returns the patient id.
 async fn patient_in_care(app: &TestApp, n: u64) -> String {
-    let id = app.register_person(n, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&app.register_person(n, None).await);
     let care = app
         .command(
             &id,
@@ -811,10 +808,7 @@ async fn structured_search_finds_patients_by_code_and_text_within_each_callers_r
     let app = TestApp::without_kafka().await;
     let token = clinician(&app);
     let cared = patient_in_care(&app, 5).await;
-    let other = app.register_person(6, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let other = id_of(&app.register_person(6, None).await);
     let nurse = app.token("dr-other", &["clinician"]);
     // `other` is cared for by dr-other.
     let care = app

@@ -147,14 +147,8 @@ async fn merging_into_oneself_an_archived_a_merged_away_or_an_unknown_patient_is
     // Arrange
     let app = TestApp::without_kafka().await;
     let (survivor, duplicate) = survivor_and_duplicate(&app).await;
-    let third = app.register_person(77, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let archived = app.register_person(78, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let third = id_of(&app.register_person(77, None).await);
+    let archived = id_of(&app.register_person(78, None).await);
     post(
         &app,
         &format!("/v1/patients/{archived}/archive"),
@@ -209,10 +203,7 @@ async fn merging_into_oneself_an_archived_a_merged_away_or_an_unknown_patient_is
 async fn a_survivor_of_a_merge_is_not_merged_away_until_that_merge_is_undone() {
     let app = TestApp::without_kafka().await;
     let (survivor, duplicate) = survivor_and_duplicate(&app).await;
-    let third = app.register_person(79, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let third = id_of(&app.register_person(79, None).await);
     let merged = post(
         &app,
         &format!("/v1/patients/{duplicate}/merge"),

@@ -97,10 +97,7 @@ async fn every_patient_event_type_is_published_valid_against_its_schema() {
     // Arrange
     let app = TestApp::spawn().await;
     let consumer = app.consumer();
-    let id = app.register_ok("Ada", "Lovelace", "1915-12-10").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&app.register_ok("Ada", "Lovelace", "1915-12-10").await);
 
     // Act
     let corrected = app
@@ -157,10 +154,7 @@ async fn every_patient_event_type_is_published_valid_against_its_schema() {
 async fn get_returns_the_current_record_with_its_etag() {
     // Arrange
     let app = TestApp::without_kafka().await;
-    let id = app.register_ok("Grace", "Hopper", "1906-12-09").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&app.register_ok("Grace", "Hopper", "1906-12-09").await);
     app.command(
         &id,
         "correct-demographics",

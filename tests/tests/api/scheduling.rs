@@ -8,8 +8,8 @@ use command_api::startup::Roles;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_matches_schema_in, consume_until, consumer_for, error_fields, eventually, published,
-    AppOptions, TestApp,
+    assert_matches_schema_in, consume_until, consumer_for, error_fields, eventually, id_of,
+    published, AppOptions, TestApp,
 };
 
 /// Monday after the tests' fixed now (Friday 2026-11-27 12:00 UTC); Zurich is UTC+1.
@@ -220,14 +220,8 @@ async fn appointments_move_through_their_statuses_and_the_others_are_refused() {
     })
     .await;
     clinic(&app).await;
-    let ada = app.register_person(1, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let bob = app.register_person(2, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ada = id_of(&app.register_person(1, None).await);
+    let bob = id_of(&app.register_person(2, None).await);
 
     // Booked, then arrived, checked in, fulfilled; nothing skips a step.
     let (status, visit) = book(
@@ -448,10 +442,7 @@ async fn a_hundred_concurrent_bookings_of_one_slot_at_two_api_processes_book_it_
 async fn appointment_events_are_published_sealed_with_the_patients_key_and_match_their_schemas() {
     let app = TestApp::spawn().await;
     clinic(&app).await;
-    let ada = app.register_person(3, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ada = id_of(&app.register_person(3, None).await);
     let (status, visit) = book(&app, &ada, &at("08:00"), json!({ "hold": true })).await;
     assert_eq!(status, 201, "{visit}");
     let id = visit["appointment_id"].as_str().unwrap().to_owned();
@@ -519,10 +510,7 @@ async fn reminders_go_out_once_at_their_time_move_with_the_appointment_and_survi
     })
     .await;
     clinic(&app).await;
-    let ada = app.register_person(4, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ada = id_of(&app.register_person(4, None).await);
     let opt_in = app
         .client
         .put(format!("{}/v1/patients/{ada}/preferences", app.address))
@@ -675,10 +663,7 @@ async fn a_freed_slot_is_offered_to_the_best_wait_list_entry_and_an_expired_offe
         .iter()
         .enumerate()
     {
-        let patient = app.register_person(200 + n as u64, None).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let patient = id_of(&app.register_person(200 + n as u64, None).await);
         let (status, body) = book(
             &app,
             &patient,
@@ -689,14 +674,8 @@ async fn a_freed_slot_is_offered_to_the_best_wait_list_entry_and_an_expired_offe
         assert_eq!(status, 201, "{body}");
         booked.push(body["appointment_id"].as_str().unwrap().to_owned());
     }
-    let routine = app.register_person(210, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let urgent = app.register_person(211, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let routine = id_of(&app.register_person(210, None).await);
+    let urgent = id_of(&app.register_person(211, None).await);
     let join = |patient: String, priority: &'static str| {
         let app = &app;
         async move {
@@ -796,12 +775,7 @@ async fn proposals_holds_no_shows_and_reserved_time_follow_the_chart_and_the_pri
     };
     let patient = |n: u64| {
         let app = &app;
-        async move {
-            app.register_person(300 + n, None).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
+        async move { id_of(&app.register_person(300 + n, None).await) }
     };
     let dr = json!({ "practitioner": "dr-heart" });
 
@@ -949,10 +923,7 @@ async fn proposals_holds_no_shows_and_reserved_time_follow_the_chart_and_the_pri
 async fn archiving_a_patient_cancels_their_appointments_ahead_and_their_wait_list_places() {
     let app = TestApp::without_kafka().await;
     clinic(&app).await;
-    let ada = app.register_person(400, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ada = id_of(&app.register_person(400, None).await);
     let (status, visit) = book(
         &app,
         &ada,
@@ -985,10 +956,7 @@ async fn archiving_a_patient_cancels_their_appointments_ahead_and_their_wait_lis
     let entry_id = entry["appointment_id"].as_str().unwrap();
     let left = until_status(&app, entry_id, "cancelled").await;
     assert_ne!(left["status"], "waitlist", "{left}");
-    let other = app.register_person(401, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let other = id_of(&app.register_person(401, None).await);
     let (status, _) = book(
         &app,
         &other,
@@ -1039,10 +1007,7 @@ async fn a_service_needing_equipment_gets_it_with_the_room() {
         .unwrap()
         .iter()
         .all(|s| s["equipment"] == json!(["treadmill-1"]) && s["room"] == "exam-1"));
-    let ada = app.register_person(500, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ada = id_of(&app.register_person(500, None).await);
     let (status, visit) = book(
         &app,
         &ada,
@@ -1056,10 +1021,7 @@ async fn a_service_needing_equipment_gets_it_with_the_room() {
         json!(["dr-heart", "exam-1", "treadmill-1"])
     );
     // The treadmill is busy then: another stress test at the same time cannot have it.
-    let bob = app.register_person(501, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let bob = id_of(&app.register_person(501, None).await);
     let (status, _) = book(
         &app,
         &bob,
@@ -1085,10 +1047,7 @@ async fn wait_list_events_and_offers_are_published_and_match_their_schemas() {
     })
     .await;
     clinic(&app).await;
-    let ada = app.register_person(600, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ada = id_of(&app.register_person(600, None).await);
     let joined = app
         .post(
             "/v1/waitlist",
@@ -1167,10 +1126,7 @@ async fn every_appointment_and_notification_event_is_in_the_audit_log() {
     // Arrange
     let app = TestApp::spawn().await;
     clinic(&app).await;
-    let ada = app.register_person(3, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ada = id_of(&app.register_person(3, None).await);
     let (status, visit) = book(&app, &ada, &at("08:00"), json!({})).await;
     assert_eq!(status, 201, "{visit}");
     let id = visit["appointment_id"].as_str().unwrap().to_owned();
@@ -1217,10 +1173,7 @@ async fn an_archive_however_written_cancels_the_patients_appointments_ahead() {
     // an import or a crash right after the commit would leave it, with no API handler after it.
     let app = TestApp::without_kafka().await;
     clinic(&app).await;
-    let ada = app.register_person(402, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ada = id_of(&app.register_person(402, None).await);
     let (status, visit) = book(&app, &ada, &at("08:00"), json!({})).await;
     assert_eq!(status, 201, "{visit}");
     let secrets = app.settings.secrets().unwrap();
@@ -1280,10 +1233,7 @@ async fn appointments_of_a_patient_archived_while_the_background_was_killed_are_
     })
     .await;
     clinic(&app).await;
-    let ada = app.register_person(403, None).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ada = id_of(&app.register_person(403, None).await);
     let (status, visit) = book(&app, &ada, &at("08:00"), json!({})).await;
     assert_eq!(status, 201, "{visit}");
     let mut background = start_background(&app);

@@ -56,10 +56,7 @@ pub fn main() -> anyhow::Result<()> {
         return child;
     }
     let cli = Cli::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(cli))
+    command_api::cli::runtime()?.block_on(run(cli))
 }
 
 /// Runs the command line.

@@ -6,9 +6,10 @@
 //! Reactions are safe to repeat: each checks the state it acts on (a command that already
 //! happened finds nothing left to do).
 //!
-//! On its first start a process manager begins at the end of the stream as it stands: the
-//! reactions to earlier events were made by the service before it (in the request that wrote
-//! them), and replaying them now could undo what happened since.
+//! A process manager starts where the migration that introduced it puts it, the newest event
+//! stored at the upgrade: the reactions to earlier events were made by the service before it
+//! (in the request that wrote them), and replaying them now could undo what happened since.
+//! One no migration placed starts at the newest event stored when it first runs.
 
 use std::future::Future;
 
@@ -146,7 +147,7 @@ impl<M: ProcessManager> Follower<M> {
         Ok((count, full && count == events.len()))
     }
 
-    /// Where the manager stands; on its first start, the end of the stream as it stands.
+    /// Where the manager stands; for a manager no migration placed, the newest event stored.
     async fn checkpoint(&self) -> Result<Cursor, sqlx::Error> {
         let found: Option<(String, i64)> = sqlx::query_as(
             "SELECT transaction_id::text, position FROM process_manager_checkpoints WHERE name = $1",
@@ -155,29 +156,9 @@ impl<M: ProcessManager> Follower<M> {
         .fetch_optional(&self.pool)
         .await?;
         if let Some((transaction_id, position)) = found {
-            return Ok(Cursor {
-                transaction_id: transaction_id
-                    .parse()
-                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-                position,
-            });
+            return Cursor::parse(&transaction_id, position);
         }
-        let end: Option<(String, i64)> = sqlx::query_as(
-            "SELECT transaction_id::text, position FROM events
-              WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-              ORDER BY transaction_id DESC, position DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        let end = match end {
-            Some((transaction_id, position)) => Cursor {
-                transaction_id: transaction_id
-                    .parse()
-                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-                position,
-            },
-            None => Cursor::default(),
-        };
+        let end = stream::newest(&self.pool).await?.unwrap_or_default();
         self.save(end).await?;
         tracing::info!(
             process_manager = self.manager.name(),
