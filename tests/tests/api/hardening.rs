@@ -303,17 +303,23 @@ async fn idempotency_records_hold_keyed_hashes_expire_and_go_with_the_patient() 
     let id = id_of(&app.register_ok("Ada", "Lovelace", "1990-12-10").await);
     let body = r#"{"system":"urn:oid:2.16.840.1.113883.4.1","value":"123-45-6789"}"#;
     let path = format!("/v1/patients/{id}/identifiers");
-    let added = app
-        .client
-        .post(format!("{}{path}", app.address))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .header("if-match", "\"1\"")
-        .header("idempotency-key", "ssn-1")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    // The body sent as these very bytes, so the test knows what was hashed.
+    let add_identifier = |token: String| {
+        let (app, path) = (&app, &path);
+        async move {
+            app.client
+                .post(format!("{}{path}", app.address))
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .header("if-match", "\"1\"")
+                .header("idempotency-key", "ssn-1")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let added = add_identifier(token.clone()).await;
     assert_eq!(added.status(), 200, "{:?}", added.text().await);
 
     // Assert: the stored hash is not the plain SHA-256 anyone could recompute from a guess.
@@ -352,24 +358,15 @@ async fn idempotency_records_hold_keyed_hashes_expire_and_go_with_the_patient() 
             .unwrap()
             >= 1
     );
-    let added_again = app
-        .client
-        .post(format!("{}{path}", app.address))
-        .bearer_auth(app.token_with(
-            "registrar-1",
-            &["registrar"],
-            &TokenExtras {
-                session_id: Some("a-day-later".into()),
-                ..Default::default()
-            },
-        ))
-        .header("content-type", "application/json")
-        .header("if-match", "\"1\"")
-        .header("idempotency-key", "ssn-1")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let added_again = add_identifier(app.token_with(
+        "registrar-1",
+        &["registrar"],
+        &TokenExtras {
+            session_id: Some("a-day-later".into()),
+            ..Default::default()
+        },
+    ))
+    .await;
     assert_eq!(
         added_again.status(),
         200,
