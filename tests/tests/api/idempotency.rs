@@ -140,31 +140,63 @@ async fn a_repeated_archive_with_the_same_key_returns_the_first_answer() {
 }
 
 #[tokio::test]
-async fn a_retry_after_a_crash_between_commit_and_answer_still_gets_the_first_answer() {
-    // Arrange: the archive committed, but its answer was never recorded (as after a crash).
+async fn twenty_concurrent_repeats_of_a_change_under_one_key_all_answer_the_first_change() {
+    // Arrange
     let app = TestApp::without_kafka().await;
     let id = id_of(&app.register_ok("Ada", "Lovelace", "1990-12-10").await);
     let path = format!("/v1/patients/{id}/archive");
     let body = serde_json::json!({ "reason": "duplicate" });
-    let headers = [("if-match", "\"1\""), ("idempotency-key", "archive-crash")];
-    let first = app.post(&path, &app.registrar(), &body, &headers).await;
-    assert_eq!(first.status(), 200);
-    sqlx::query("DELETE FROM idempotency_keys")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    let headers = [("if-match", "\"1\""), ("idempotency-key", "archive-20")];
+    let token = app.registrar();
 
     // Act
-    let retry = app.post(&path, &app.registrar(), &body, &headers).await;
+    let answers =
+        futures::future::join_all((0..20).map(|_| app.post(&path, &token, &body, &headers))).await;
+    let other = app
+        .post(
+            &path,
+            &token,
+            &serde_json::json!({ "reason": "moved abroad" }),
+            &headers,
+        )
+        .await;
 
     // Assert
-    assert_eq!(
-        retry.status(),
-        200,
-        "not 412: the first attempt is found by its key"
-    );
-    assert_eq!(retry.headers()["idempotent-replayed"], "true");
-    assert_eq!(retry.headers()["etag"], "\"2\"");
+    let mut replays = 0;
+    for answer in answers {
+        assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+        assert_eq!(answer.headers()["etag"], "\"2\"");
+        replays += usize::from(answer.headers().contains_key("idempotent-replayed"));
+    }
+    assert_eq!(replays, 19, "the first answer, then nineteen replays of it");
     assert_eq!(app.event_count().await, 2);
+    assert_eq!(other.status(), 422);
+    let problem: Value = other.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/idempotency-key-reused");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_keys_record_commits_with_the_commands_events() {
+    let app = TestApp::without_kafka().await;
+    let id = id_of(&app.register_ok("Ada", "Lovelace", "1990-12-10").await);
+    let path = format!("/v1/patients/{id}/archive");
+    let body = serde_json::json!({ "reason": "duplicate" });
+    let headers = [("if-match", "\"1\""), ("idempotency-key", "archive-tx")];
+
+    let first = app.post(&path, &app.registrar(), &body, &headers).await;
+    assert_eq!(first.status(), 200);
+
+    // The record names the version the command's events left the patient at, and was written
+    // in their transaction: same transaction id as the event's row.
+    let (version, same_transaction): (i64, bool) = sqlx::query_as(
+        "SELECT k.version, k.xmin = e.xmin FROM idempotency_keys k
+           JOIN events e ON e.aggregate_id = k.aggregate_id AND e.sequence = k.version
+          WHERE k.key = 'archive-tx'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((version, same_transaction), (2, true));
     app.stop().await;
 }

@@ -239,3 +239,46 @@ async fn match_eval_prints_pair_counts_precision_recall_f1_and_latency() {
     );
     assert!(stdout.contains("match_latency_ms p50="), "{stdout}");
 }
+
+#[tokio::test]
+async fn twenty_identical_registrations_at_once_create_one_patient_and_the_others_name_it() {
+    // Arrange: no key, so nothing but the matcher can tell the twenty apart.
+    let app = TestApp::without_kafka().await;
+    let body = ada();
+
+    // Act
+    let answers = futures::future::join_all((0..20).map(|_| app.register(&body))).await;
+
+    // Assert
+    let mut created = Vec::new();
+    let mut named = Vec::new();
+    for answer in answers {
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().await.unwrap();
+        match status {
+            201 => created.push(body["id"].as_str().unwrap().to_owned()),
+            409 => {
+                assert_eq!(body["type"], "/problems/possible-duplicate", "{body}");
+                named.push(
+                    body["candidates"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|c| c["id"].as_str().unwrap().to_owned())
+                        .collect::<Vec<_>>(),
+                );
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(created.len(), 1, "one patient registered: {created:?}");
+    assert_eq!(named.len(), 19);
+    assert!(
+        named
+            .iter()
+            .all(|candidates| candidates.contains(&created[0])),
+        "every refusal names the registered patient: {named:?}"
+    );
+    assert_eq!(app.event_count().await, 1);
+    app.stop().await;
+}

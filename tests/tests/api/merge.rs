@@ -225,3 +225,98 @@ async fn a_survivor_of_a_merge_is_not_merged_away_until_that_merge_is_undone() {
     assert_eq!(chained.1["code"], "has-merged-duplicates");
     app.stop().await;
 }
+
+/// Starts `patient-service api` (the API role alone) in a process of its own on `app`'s database;
+/// returns it and its base URL once it is ready.
+async fn start_api_process(app: &TestApp) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+        .arg("api")
+        .env("DATABASE_URL", &app.database_url)
+        .envs(SECURITY_ENV)
+        .env("APP_AUTH__JWT_SECRET", SECRET)
+        .env_remove("KAFKA_BROKERS")
+        .env("APP_HTTP__PORT", port.to_string())
+        .env("APP_LOG__LEVEL", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ready = app.client.get(format!("{base}/health/ready")).send().await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            return (child, base);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not become ready"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "serve exited early");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn merges_killed_midway_are_whole_or_absent_never_half_done() {
+    // Arrange: pairs of a survivor and its duplicate, and an API process of its own to kill.
+    let app = TestApp::without_kafka().await;
+    let mut pairs = Vec::new();
+    for n in 0..40u64 {
+        let survivor = id_of(&app.register_person(7000 + 2 * n, None).await);
+        let duplicate = id_of(&app.register_person(7001 + 2 * n, None).await);
+        pairs.push((duplicate, survivor));
+    }
+    // A user of its own: the other process's clock is the system's, and the registrar's
+    // session was last seen at the tests' fixed time.
+    let token = app.token("merger-1", &["registrar"]);
+    for round in pairs.chunks(20) {
+        let (mut serve, base) = start_api_process(&app).await;
+
+        // Act: twenty merges at once; the process dies with SIGKILL once some have committed.
+        let merges = round.iter().map(|(duplicate, survivor)| {
+            app.client
+                .post(format!("{base}/v1/patients/{duplicate}/merge"))
+                .bearer_auth(&token)
+                .header("if-match", "\"1\"")
+                .json(&serde_json::json!({ "target_id": survivor, "reason": "same person" }))
+                .send()
+        });
+        let requests = tokio::spawn(futures::future::join_all(merges));
+        eventually("some merges to commit", || async {
+            let merged: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM events WHERE event_type = 'PatientMerged'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            merged > 0
+        })
+        .await;
+        serve.kill().unwrap();
+        serve.wait().unwrap();
+        requests.await.unwrap();
+    }
+
+    // Assert: each duplicate is merged exactly when its survivor absorbed it.
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT aggregate_id, event_type FROM events
+          WHERE event_type IN ('PatientMerged', 'PatientAbsorbed')",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let has = |id: &str, event_type: &str| rows.iter().any(|(a, t)| a == id && t == event_type);
+    let halves: Vec<_> = pairs
+        .iter()
+        .filter(|(duplicate, survivor)| {
+            has(duplicate, "PatientMerged") != has(survivor, "PatientAbsorbed")
+        })
+        .collect();
+    assert!(halves.is_empty(), "half-done merges: {halves:?}");
+    app.stop().await;
+}

@@ -1272,3 +1272,140 @@ async fn appointments_of_a_patient_archived_while_the_background_was_killed_are_
     restarted.wait().unwrap();
     app.stop().await;
 }
+
+/// Books as the scheduler with `key` as `Idempotency-Key`; returns the status, the body and
+/// whether the answer was a replay.
+async fn book_with_key(app: &TestApp, body: &Value, key: &str) -> (u16, Value, bool) {
+    let response = app
+        .post(
+            "/v1/appointments",
+            &scheduler(app),
+            body,
+            &[("idempotency-key", key)],
+        )
+        .await;
+    let status = response.status().as_u16();
+    let replayed = response.headers().contains_key("idempotent-replayed");
+    (
+        status,
+        response.json().await.unwrap_or(Value::Null),
+        replayed,
+    )
+}
+
+async fn appointments_stored(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(DISTINCT aggregate_id) FROM events WHERE aggregate_type = 'Appointment'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn twenty_bookings_at_once_under_one_key_book_once_and_all_answer_the_same_appointment() {
+    // Arrange
+    let app = TestApp::without_kafka().await;
+    clinic(&app).await;
+    let ada = id_of(&app.register_person(501, None).await);
+    let body = json!({ "patient_id": ada, "service": "cardiology-consult", "start": at("08:00") });
+
+    // Act
+    let answers =
+        futures::future::join_all((0..20).map(|_| book_with_key(&app, &body, "visit-1"))).await;
+    let (status, again, replayed) = book_with_key(&app, &body, "visit-1").await;
+    let mut elsewhere = body.clone();
+    elsewhere["start"] = json!(at("09:00"));
+    let (other_status, other, _) = book_with_key(&app, &elsewhere, "visit-1").await;
+
+    // Assert
+    let ids: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|(status, body, _)| {
+            assert_eq!(*status, 201, "{body}");
+            body["appointment_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one appointment answered: {ids:?}");
+    assert_eq!(
+        answers.iter().filter(|(_, _, replayed)| !replayed).count(),
+        1,
+        "the others are replays of the first answer"
+    );
+    assert_eq!((status, replayed), (201, true), "{again}");
+    assert_eq!(
+        again["appointment_id"].as_str(),
+        ids.first().map(String::as_str)
+    );
+    assert_eq!(appointments_stored(&app).await, 1);
+    assert_eq!(other_status, 422, "{other}");
+    assert_eq!(other["type"], "/problems/idempotency-key-reused");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_booking_refused_under_a_key_is_refused_again_when_repeated_and_a_new_key_tries_afresh() {
+    // Arrange: both cardiologists busy at 08:00.
+    let app = TestApp::without_kafka().await;
+    clinic(&app).await;
+    let ada = id_of(&app.register_person(502, None).await);
+    let grace = id_of(&app.register_person(503, None).await);
+    let alan = id_of(&app.register_person(504, None).await);
+    let (status, first) = book(&app, &ada, &at("08:00"), json!({})).await;
+    assert_eq!(status, 201, "{first}");
+    let body =
+        json!({ "patient_id": grace, "service": "cardiology-consult", "start": at("08:00") });
+    let (refused, problem, _) = book_with_key(&app, &body, "grace-1").await;
+    assert_eq!(refused, 409, "{problem}");
+    let (status, _) = book(&app, &alan, &at("08:00"), json!({})).await;
+    assert_eq!(status, 409, "the room is taken by then as well");
+    let id = first["appointment_id"].as_str().unwrap();
+    let (status, cancelled) = act(&app, id, "cancel", 1, json!({ "reason": "patient-sick" })).await;
+    assert_eq!(status, 200, "{cancelled}");
+
+    // Act
+    let (again, again_problem, replayed) = book_with_key(&app, &body, "grace-1").await;
+    let (fresh, booked, _) = book_with_key(&app, &body, "grace-2").await;
+
+    // Assert
+    assert_eq!((again, replayed), (409, true), "{again_problem}");
+    assert_eq!(again_problem["type"], problem["type"]);
+    assert_eq!(fresh, 201, "{booked}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn joining_the_wait_list_twice_under_one_key_joins_once() {
+    let app = TestApp::without_kafka().await;
+    clinic(&app).await;
+    let ada = id_of(&app.register_person(505, None).await);
+    let body = json!({
+        "patient_id": ada, "service": "cardiology-consult",
+        "from": at("08:00"), "to": at("12:00"),
+    });
+    let join = || async {
+        let response = app
+            .post(
+                "/v1/waitlist",
+                &scheduler(&app),
+                &body,
+                &[("idempotency-key", "wait-1")],
+            )
+            .await;
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+
+    let answers = futures::future::join_all((0..5).map(|_| join())).await;
+
+    let ids: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 201, "{body}");
+            body["appointment_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(appointments_stored(&app).await, 1);
+    app.stop().await;
+}
