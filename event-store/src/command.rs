@@ -68,6 +68,9 @@ pub struct CommandMetadata {
     /// Whose data key seals the events, when the aggregate is about a patient but is not the
     /// patient (see [`crate::repository::DATA_KEY_OWNER`]).
     pub data_key_owner: Option<String>,
+    /// The key to reserve in the command's transaction, with its answer (not stored in the
+    /// events' metadata: the table keeps it).
+    pub reservation: Option<crate::idempotency::Reservation>,
 }
 
 impl CommandMetadata {
@@ -98,6 +101,13 @@ pub enum CommandError<E = PatientError> {
     VersionMismatch { expected: u64, current: u64 },
     #[error("the command lost {CONFLICT_RETRIES} races for the same record")]
     Conflict,
+    /// The command's `Idempotency-Key` is taken by an earlier request: answer as it did.
+    #[error("the idempotency key is taken by an earlier request")]
+    KeyTaken,
+    /// Registered patients the matcher grades `certain` or `probable` against a registration
+    /// that came without an override: id, grade and score, best first.
+    #[error("the patient may be registered already")]
+    LikelyDuplicates(Vec<(uuid::Uuid, domain::matching::Grade, f64)>),
     /// Other writers of the record in this process kept it longer than a writer waits.
     #[error("the record was busy with other writers for longer than a writer waits")]
     Busy,
@@ -121,11 +131,12 @@ pub(crate) fn event_store<A: Aggregate>(
     keys: &KeyStore,
     chain: &ChainKey,
 ) -> PersistedEventStore<SealedRepository, A> {
-    PersistedEventStore::new_event_store(SealedRepository::new(
-        pool.clone(),
-        keys.clone(),
-        chain.clone(),
-    ))
+    PersistedEventStore::new_event_store(repository(pool, keys, chain))
+}
+
+/// The sealing repository, with no transaction effect.
+pub(crate) fn repository(pool: &PgPool, keys: &KeyStore, chain: &ChainKey) -> SealedRepository {
+    SealedRepository::new(pool.clone(), keys.clone(), chain.clone())
 }
 
 /// Loads aggregate `aggregate_id`, lets `precheck` refuse the command on what it finds (before
@@ -134,7 +145,7 @@ pub(crate) fn event_store<A: Aggregate>(
 /// take turns; a race lost to another process is retried from the load.
 /// Returns the aggregate and its version after the command.
 pub(crate) async fn execute_on<A, D>(
-    store: &PersistedEventStore<SealedRepository, A>,
+    repository: SealedRepository,
     aggregate_id: &str,
     expected_version: Option<u64>,
     precheck: impl Fn(&A, u64) -> Result<(), A::Error>,
@@ -148,6 +159,8 @@ where
     let Some(_turn) = turn(format!("{}/{aggregate_id}", A::TYPE)).await else {
         return Err(CommandError::Busy);
     };
+    let store: PersistedEventStore<SealedRepository, A> =
+        PersistedEventStore::new_event_store(repository.reserving(metadata.reservation.clone()));
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -181,6 +194,129 @@ where
     }
 }
 
+/// One aggregate's part in a unit of work ([`execute_together`]): which aggregate, the version
+/// the caller expects it at (if any), what refuses the command on what is found before the
+/// version is compared (as in [`execute_on`]), and what it decides.
+pub(crate) struct Part<'a, A: Aggregate> {
+    pub aggregate_id: String,
+    pub expected_version: Option<u64>,
+    #[allow(clippy::type_complexity)]
+    pub precheck: Box<dyn Fn(&A, u64) -> Result<(), A::Error> + Send + Sync + 'a>,
+    #[allow(clippy::type_complexity)]
+    pub decide: Box<dyn Fn(&A) -> Result<Vec<A::Event>, A::Error> + Send + Sync + 'a>,
+}
+
+/// Executes commands on several aggregates of type `A` as one unit of work: each is loaded,
+/// its version compared with the expected one and its command decided, and all their events
+/// are stored in one transaction ([`SealedRepository::persist_together`]), each aggregate
+/// under its own optimistic-concurrency check. Either every aggregate changes or none does;
+/// a race lost to another process is retried from the loads. Writers take their turns at the
+/// aggregates in one order, so two units of work on the same aggregates cannot wait on each
+/// other. Returns each aggregate and its version after the commands, in the order of `parts`.
+pub(crate) async fn execute_together<A>(
+    repository: SealedRepository,
+    parts: Vec<Part<'_, A>>,
+    metadata: CommandMetadata,
+) -> Result<Vec<(A, u64)>, CommandError<A::Error>>
+where
+    A: Aggregate + Clone,
+{
+    use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
+    use cqrs_es::DomainEvent;
+    let mut keys: Vec<String> = parts
+        .iter()
+        .map(|p| format!("{}/{}", A::TYPE, p.aggregate_id))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut turns = Vec::with_capacity(keys.len());
+    for key in keys {
+        turns.push(turn(key).await.ok_or(CommandError::Busy)?);
+    }
+    let repository = repository.reserving(metadata.reservation.clone());
+    let stored_metadata = serde_json::to_value(metadata.into_map())
+        .map_err(|e| CommandError::Internal(Box::new(e)))?;
+    let unreadable = || CommandError::Internal("a stored event does not deserialize".into());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut after = Vec::with_capacity(parts.len());
+        let mut streams = Vec::with_capacity(parts.len());
+        for part in &parts {
+            let stored = repository
+                .get_events::<A>(&part.aggregate_id)
+                .await
+                .map_err(|e| classify(AggregateError::from(e)))?;
+            let mut aggregate = A::default();
+            let mut current = 0;
+            for event in stored {
+                current = event.sequence as u64;
+                let event: A::Event =
+                    serde_json::from_value(event.payload).map_err(|_| unreadable())?;
+                aggregate.apply(event);
+            }
+            (part.precheck)(&aggregate, current).map_err(CommandError::Rule)?;
+            if let Some(expected) = part.expected_version {
+                if expected != current {
+                    return Err(CommandError::VersionMismatch { expected, current });
+                }
+            }
+            let events = (part.decide)(&aggregate).map_err(CommandError::Rule)?;
+            let mut serialized = Vec::with_capacity(events.len());
+            for (event, sequence) in events.into_iter().zip(current + 1..) {
+                serialized.push(SerializedEvent::new(
+                    part.aggregate_id.clone(),
+                    sequence as usize,
+                    A::TYPE.to_owned(),
+                    event.event_type(),
+                    event.event_version(),
+                    serde_json::to_value(&event)
+                        .map_err(|e| CommandError::Internal(Box::new(e)))?,
+                    stored_metadata.clone(),
+                ));
+                aggregate.apply(event);
+            }
+            after.push((aggregate, current + serialized.len() as u64));
+            streams.push(serialized);
+        }
+        let streams: Vec<&[SerializedEvent]> = streams.iter().map(Vec::as_slice).collect();
+        match repository.persist_together::<A>(&streams).await {
+            Ok(()) => return Ok(after),
+            Err(cqrs_es::persist::PersistenceError::OptimisticLockError)
+                if attempt <= CONFLICT_RETRIES =>
+            {
+                tracing::debug!(attempt, "lost a race for an aggregate, retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(5 << attempt)).await;
+            }
+            Err(other) => return Err(classify(AggregateError::from(other))),
+        }
+    }
+}
+
+/// Aggregate `aggregate_id` as its first `version` events left it, or `None` when it never
+/// reached that version (or its events at that version are gone with a forgotten patient).
+pub(crate) async fn load_version<A: Aggregate>(
+    repository: SealedRepository,
+    aggregate_id: &str,
+    version: u64,
+) -> Result<Option<A>, CommandError<A::Error>> {
+    let store: PersistedEventStore<SealedRepository, A> =
+        PersistedEventStore::new_event_store(repository);
+    let events = store.load_events(aggregate_id).await.map_err(classify)?;
+    // By sequence, not count: a forgotten patient's sealed events are gone from the list.
+    if version == 0 || !events.iter().any(|e| e.sequence as u64 >= version) {
+        return Ok(None);
+    }
+    let mut aggregate = A::default();
+    for envelope in events
+        .into_iter()
+        .take_while(|e| e.sequence as u64 <= version)
+    {
+        aggregate.apply(envelope.payload);
+    }
+    Ok(Some(aggregate))
+}
+
 /// Maps a sqlx error to unavailable (the database could not be reached) or internal.
 pub fn sqlx_error<E>(error: sqlx::Error) -> CommandError<E> {
     if crate::is_unavailable(&error) {
@@ -198,6 +334,17 @@ pub(crate) fn classify<E: std::error::Error>(error: AggregateError<E>) -> Comman
         // serde's message would quote the stored value, which is patient data.
         AggregateError::DeserializationError(_) => {
             CommandError::Internal("a stored event does not deserialize".into())
+        }
+        AggregateError::UnexpectedError(e) if e.is::<crate::idempotency::KeyTaken>() => {
+            CommandError::KeyTaken
+        }
+        AggregateError::UnexpectedError(e)
+            if e.is::<crate::registration_guard::LikelyDuplicates>() =>
+        {
+            match e.downcast::<crate::registration_guard::LikelyDuplicates>() {
+                Ok(likely) => CommandError::LikelyDuplicates(likely.0),
+                Err(e) => CommandError::Internal(e),
+            }
         }
         AggregateError::UnexpectedError(e) => match e.downcast::<sqlx::Error>() {
             Ok(sqlx) => sqlx_error(*sqlx),

@@ -114,10 +114,13 @@ impl KeyStore {
     /// only verify. Rotating the master key changes it, so a key sent just before a rotation
     /// and repeated after it is refused as reused (422) rather than answered twice.
     pub fn request_hash_key(&self) -> crate::chain::ChainKey {
-        let derived = crate::chain::ChainKey::new(*self.master.active.bytes).link(
-            b"patient-service key derivation",
-            &[b"idempotency request hash v2"],
-        );
+        self.derived_key(b"idempotency request hash v2")
+    }
+
+    /// A key for `purpose`, derived from the active master key.
+    pub fn derived_key(&self, purpose: &[u8]) -> crate::chain::ChainKey {
+        let derived = crate::chain::ChainKey::new(*self.master.active.bytes)
+            .link(b"patient-service key derivation", &[purpose]);
         let mut bytes = Zeroizing::new([0_u8; 32]);
         bytes.copy_from_slice(&derived);
         crate::chain::ChainKey::new(*bytes)

@@ -21,7 +21,9 @@
 //!   use it.
 //! - [`wire`]: maps stored domain events to the published contract in `schemas`.
 //! - [`relay`]: publishes the stream to Kafka, at least once, in order per aggregate.
-//! - [`idempotency`]: remembers the first answer to a POST with an `Idempotency-Key`.
+//! - [`idempotency`]: remembers the first answer to a request with an `Idempotency-Key`,
+//!   reserved in the command's transaction.
+//! - [`registration_guard`]: likely duplicates registered at once do not both pass.
 
 pub mod access;
 pub mod chain;
@@ -30,6 +32,7 @@ pub mod documents;
 pub mod idempotency;
 pub mod keys;
 pub mod records;
+pub mod registration_guard;
 pub mod relay;
 pub mod repository;
 pub mod schedule;

@@ -49,12 +49,30 @@ impl MedicalRecordStore {
         metadata: CommandMetadata,
     ) -> Result<(MedicalRecord, u64), CommandError<MedicalRecordError>> {
         execute_on(
-            &self.event_store(),
+            crate::command::repository(&self.pool, &self.keys, &self.chain),
             &id.to_string(),
             None,
             |_, _| Ok(()),
             |record: &MedicalRecord| record.decide(command.clone()),
             metadata,
+        )
+        .await
+    }
+
+    /// The medical record of patient `id` as its first `version` events left it.
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError::Unavailable`] or [`CommandError::Internal`] when the store fails.
+    pub async fn load_version(
+        &self,
+        id: PatientId,
+        version: u64,
+    ) -> Result<Option<MedicalRecord>, CommandError<MedicalRecordError>> {
+        crate::command::load_version(
+            crate::command::repository(&self.pool, &self.keys, &self.chain),
+            &id.to_string(),
+            version,
         )
         .await
     }

@@ -72,6 +72,8 @@ pub struct SealedRepository {
     chain: ChainKey,
     /// Work that commits in the transaction of the events.
     effects: Vec<Box<dyn TransactionEffect>>,
+    /// The `Idempotency-Key` the events are stored under, reserved before them.
+    reservation: Option<crate::idempotency::Reservation>,
 }
 
 impl std::fmt::Debug for SealedRepository {
@@ -87,7 +89,17 @@ impl SealedRepository {
             keys,
             chain,
             effects: Vec::new(),
+            reservation: None,
         }
+    }
+
+    /// Reserves `reservation`'s key in the transaction of the events, before inserting them
+    /// ([`crate::idempotency::reserve`]): a concurrent repeat waits for this transaction and
+    /// then fails with [`crate::idempotency::KeyTaken`].
+    #[must_use]
+    pub fn reserving(mut self, reservation: Option<crate::idempotency::Reservation>) -> Self {
+        self.reservation = reservation;
+        self
     }
 
     /// Runs `effect` in the transaction of the events this repository stores, after the effects
@@ -383,6 +395,73 @@ impl PersistedEventRepository for SealedRepository {
                 "snapshots are not supported: they would hold patient data in the clear".into(),
             ));
         }
+        self.persist_together::<A>(&[events]).await
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        _aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        // Replays go through `crate::stream`, which opens sealed payloads; postgres-es's stream
+        // would hand them out sealed.
+        Err(PersistenceError::UnknownError(
+            "stream events through event_store::stream".into(),
+        ))
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        Err(PersistenceError::UnknownError(
+            "stream events through event_store::stream".into(),
+        ))
+    }
+}
+
+impl SealedRepository {
+    /// Stores the new events of several aggregates of type `A` in one transaction (a unit of
+    /// work): each stream under its own optimistic-concurrency check (its next sequences must
+    /// be free), sealed and chained as when stored alone, with this repository's effects and
+    /// its reservation (for the first stream's answer). All of them commit, or none.
+    ///
+    /// # Errors
+    ///
+    /// [`PersistenceError::OptimisticLockError`] when another writer took a sequence first;
+    /// what an effect or the database refuses.
+    pub async fn persist_together<A: Aggregate>(
+        &self,
+        streams: &[&[SerializedEvent]],
+    ) -> Result<(), PersistenceError> {
+        let Some(answered) = streams.iter().find(|s| !s.is_empty()) else {
+            return Ok(());
+        };
+        let mut tx = self.pool.begin().await.map_err(persistence_error)?;
+        if let Some(reservation) = &self.reservation {
+            let version = answered.last().map_or(0, |e| e.sequence as u64);
+            let aggregate_id = answered[0].aggregate_id.as_str();
+            crate::idempotency::reserve(&mut tx, reservation, (A::TYPE, aggregate_id, version))
+                .await
+                .map_err(|e| match e.downcast::<sqlx::Error>() {
+                    Ok(sqlx) => persistence_error(*sqlx),
+                    Err(other) => PersistenceError::UnknownError(other),
+                })?;
+        }
+        for events in streams {
+            self.insert_events::<A>(&mut tx, events).await?;
+        }
+        for &events in streams {
+            for effect in &self.effects {
+                effect.apply(&mut tx, events).await?;
+            }
+        }
+        tx.commit().await.map_err(persistence_error)?;
+        Ok(())
+    }
+
+    /// Seals, chains and inserts the events of one aggregate in `tx`.
+    async fn insert_events<A: Aggregate>(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        events: &[SerializedEvent],
+    ) -> Result<(), PersistenceError> {
         let Some(first) = events.first() else {
             return Ok(());
         };
@@ -392,7 +471,6 @@ impl PersistedEventRepository for SealedRepository {
             .get(DATA_KEY_OWNER)
             .and_then(Value::as_str)
             .unwrap_or(aggregate_id);
-        let mut tx = self.pool.begin().await.map_err(persistence_error)?;
         let mut key = None;
         if events
             .iter()
@@ -400,7 +478,7 @@ impl PersistedEventRepository for SealedRepository {
         {
             match self
                 .keys
-                .data_key_for_writing(&mut tx, owner)
+                .data_key_for_writing(&mut *tx, owner)
                 .await
                 .map_err(key_error)?
             {
@@ -473,34 +551,13 @@ impl PersistedEventRepository for SealedRepository {
             .map_err(persistence_error)?;
             if event.event_type == SHREDDING_EVENT_TYPE {
                 self.keys
-                    .destroy(&mut tx, aggregate_id)
+                    .destroy(&mut *tx, aggregate_id)
                     .await
                     .map_err(persistence_error)?;
             }
             previous = hash;
         }
-        for effect in &self.effects {
-            effect.apply(&mut tx, events).await?;
-        }
-        tx.commit().await.map_err(persistence_error)?;
         Ok(())
-    }
-
-    async fn stream_events<A: Aggregate>(
-        &self,
-        _aggregate_id: &str,
-    ) -> Result<ReplayStream, PersistenceError> {
-        // Replays go through `crate::stream`, which opens sealed payloads; postgres-es's stream
-        // would hand them out sealed.
-        Err(PersistenceError::UnknownError(
-            "stream events through event_store::stream".into(),
-        ))
-    }
-
-    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
-        Err(PersistenceError::UnknownError(
-            "stream events through event_store::stream".into(),
-        ))
     }
 }
 

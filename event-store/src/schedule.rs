@@ -590,16 +590,12 @@ impl AppointmentStore {
         &self.pool
     }
 
-    fn event_store(
-        &self,
-        claims: Option<ClaimChange>,
-    ) -> PersistedEventStore<SealedRepository, Appointment> {
-        let repository =
-            SealedRepository::new(self.pool.clone(), self.keys.clone(), self.chain.clone());
-        PersistedEventStore::new_event_store(match claims {
+    fn repository(&self, claims: Option<ClaimChange>) -> SealedRepository {
+        let repository = crate::command::repository(&self.pool, &self.keys, &self.chain);
+        match claims {
             Some(claims) => repository.with_effect(claims),
             None => repository,
-        })
+        }
     }
 
     /// Executes `command` on appointment `id` of `patient`, storing `claims` with its events;
@@ -620,7 +616,7 @@ impl AppointmentStore {
     ) -> Result<(Appointment, u64), CommandError<SchedulingError>> {
         metadata.data_key_owner = Some(patient.to_string());
         let result = execute_on(
-            &self.event_store(claims),
+            self.repository(claims),
             &id.to_string(),
             expected_version,
             |_, _| Ok(()),
@@ -647,21 +643,17 @@ impl AppointmentStore {
         patient: PatientId,
         event: domain::scheduling::notification::NotificationEvent,
     ) -> Result<bool, CommandError<SchedulingError>> {
-        let store: PersistedEventStore<
-            SealedRepository,
-            domain::scheduling::notification::Notification,
-        > = crate::command::event_store(&self.pool, &self.keys, &self.chain);
         let metadata = CommandMetadata {
             user_id: "scheduler".to_owned(),
             data_key_owner: Some(patient.to_string()),
             ..CommandMetadata::default()
         };
         match execute_on(
-            &store,
+            self.repository(None),
             &id.to_string(),
             None,
             |_, _| Ok(()),
-            |n| n.decide(event.clone()),
+            |n: &domain::scheduling::notification::Notification| n.decide(event.clone()),
             metadata,
         )
         .await
@@ -674,6 +666,19 @@ impl AppointmentStore {
         }
     }
 
+    /// The appointment as its first `version` events left it.
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError`] when the store fails.
+    pub async fn load_version(
+        &self,
+        id: Uuid,
+        version: u64,
+    ) -> Result<Option<Appointment>, CommandError<SchedulingError>> {
+        crate::command::load_version(self.repository(None), &id.to_string(), version).await
+    }
+
     /// The appointment and its version (`None` if there is none with this id).
     ///
     /// # Errors
@@ -684,8 +689,7 @@ impl AppointmentStore {
         id: Uuid,
     ) -> Result<Option<(Appointment, u64)>, CommandError<SchedulingError>> {
         use cqrs_es::EventStore;
-        let context = self
-            .event_store(None)
+        let context = PersistedEventStore::<_, Appointment>::new_event_store(self.repository(None))
             .load_aggregate(&id.to_string())
             .await
             .map_err(crate::command::classify)?;

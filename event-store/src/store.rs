@@ -2,7 +2,7 @@
 //! their event streams.
 
 use cqrs_es::persist::{PersistedEventStore, PersistenceError, SerializedEvent};
-use cqrs_es::{Aggregate, EventStore};
+use cqrs_es::EventStore;
 use domain::patient::{Patient, PatientCommand, PatientError, PatientId};
 use futures::future::BoxFuture;
 use sqlx::PgPool;
@@ -49,6 +49,7 @@ impl TransactionEffect for Erasure {
             let erased = async {
                 crate::idempotency::forget(&mut *tx, id).await?;
                 crate::documents::forget_stored(&mut *tx, id).await?;
+                crate::registration_guard::forget(&mut *tx, id).await?;
                 if let Ok(patient) = PatientId::parse("id", id) {
                     crate::schedule::forget_patient(&mut *tx, patient).await?;
                 }
@@ -77,11 +78,13 @@ impl PatientStore {
         &self.keys
     }
 
+    fn repository(&self) -> SealedRepository {
+        SealedRepository::new(self.pool.clone(), self.keys.clone(), self.chain.clone())
+            .with_effect(Erasure)
+    }
+
     fn event_store(&self) -> PersistedEventStore<SealedRepository, Patient> {
-        PersistedEventStore::new_event_store(
-            SealedRepository::new(self.pool.clone(), self.keys.clone(), self.chain.clone())
-                .with_effect(Erasure),
-        )
+        PersistedEventStore::new_event_store(self.repository())
     }
 
     /// Executes `command` against patient `id`, refusing it unless the patient is at
@@ -102,7 +105,7 @@ impl PatientStore {
     ) -> Result<(Patient, u64), CommandError> {
         let is_registration = matches!(command, PatientCommand::Register(_));
         execute_on(
-            &self.event_store(),
+            self.repository(),
             &id.to_string(),
             expected_version,
             |patient: &Patient, current| {
@@ -120,6 +123,75 @@ impl PatientStore {
             metadata,
         )
         .await
+    }
+
+    /// Registers a patient (`command` is their registration) unless a registration the
+    /// matcher grades `certain` or `probable` against `record` was stored meanwhile, one the
+    /// match read model may not know yet ([`crate::registration_guard`]); `overridden` lets it
+    /// pass anyway (the caller gave a reason).
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError::LikelyDuplicates`], or as [`Self::execute`].
+    #[tracing::instrument(skip_all, fields(patient_id = %id))]
+    pub async fn register(
+        &self,
+        id: PatientId,
+        command: PatientCommand,
+        (record, overridden): (domain::matching::MatchRecord, bool),
+        metadata: CommandMetadata,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(Patient, u64), CommandError> {
+        let guard = crate::registration_guard::RegistrationGuard {
+            patient_id: id,
+            record,
+            overridden,
+            keys: self.keys.clone(),
+            at,
+        };
+        execute_on(
+            self.repository().with_effect(guard),
+            &id.to_string(),
+            None,
+            |_, _| Ok(()),
+            |patient: &Patient| patient.decide(command.clone()),
+            metadata,
+        )
+        .await
+    }
+
+    /// Executes commands on several patients as one unit of work (a merge: the duplicate and
+    /// the survivor), each refused unless the patient is at its expected version (when given):
+    /// every patient changes, or none does. Returns the patients and their versions after the
+    /// commands, in the order given.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::execute`], for whichever patient refuses first.
+    #[tracing::instrument(skip_all)]
+    pub async fn execute_together(
+        &self,
+        commands: Vec<(PatientId, Option<u64>, PatientCommand)>,
+        metadata: CommandMetadata,
+    ) -> Result<Vec<(Patient, u64)>, CommandError> {
+        let parts = commands
+            .into_iter()
+            .map(|(id, expected_version, command)| crate::command::Part {
+                aggregate_id: id.to_string(),
+                expected_version,
+                precheck: Box::new(|patient: &Patient, current| {
+                    if current == 0 {
+                        return Err(PatientError::NotRegistered);
+                    }
+                    if patient.forgotten().is_some() {
+                        return Err(PatientError::Forgotten);
+                    }
+                    Ok(())
+                }),
+                decide: Box::new(move |patient: &Patient| patient.decide(command.clone())),
+            })
+            .collect();
+        crate::command::execute_together(self.repository(), parts, metadata).await
     }
 
     /// The patient and their version, or `None` if nobody is registered under `id`.
@@ -150,50 +222,7 @@ impl PatientStore {
         id: PatientId,
         version: u64,
     ) -> Result<Option<Patient>, CommandError> {
-        let events = self
-            .event_store()
-            .load_events(&id.to_string())
-            .await
-            .map_err(classify)?;
-        // By sequence, not count: a forgotten patient's sealed events are gone from the list.
-        if !events.iter().any(|e| e.sequence as u64 >= version) || version == 0 {
-            return Ok(None);
-        }
-        let mut patient = Patient::default();
-        for envelope in events
-            .into_iter()
-            .take_while(|e| e.sequence as u64 <= version)
-        {
-            patient.apply(envelope.payload);
-        }
-        Ok(Some(patient))
-    }
-
-    /// The version that `user_id`'s request with `idempotency_key` left patient `id` at, if
-    /// such a request was committed.
-    ///
-    /// # Errors
-    ///
-    /// [`CommandError`] when the database fails.
-    pub async fn version_written_by(
-        &self,
-        id: PatientId,
-        user_id: &str,
-        idempotency_key: &str,
-    ) -> Result<Option<u64>, CommandError> {
-        let version: Option<i64> = sqlx::query_scalar(
-            "SELECT max(sequence) FROM events
-              WHERE aggregate_type = $1 AND aggregate_id = $2
-                AND metadata->>'user_id' = $3 AND metadata->>'idempotency_key' = $4",
-        )
-        .bind(Patient::TYPE)
-        .bind(id.to_string())
-        .bind(user_id)
-        .bind(idempotency_key)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(sqlx_error)?;
-        Ok(version.map(|v| v as u64))
+        crate::command::load_version(self.repository(), &id.to_string(), version).await
     }
 
     /// Reserves the next medical record number.

@@ -36,14 +36,16 @@ use domain::patient::governance::Principal;
 use domain::patient::PatientId;
 use domain::{FieldError, FieldErrors};
 use event_store::command::CommandError;
+use futures::future::BoxFuture;
 use projections::medical_records::{self as read_model, Criteria};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::auth::{access, permission, Action, AuthUser, Authorized};
 use crate::extraction;
+use crate::http::idempotency::{idempotency_key, idempotent, Keyed, Stored};
 use crate::http::params::{url_encode, whole_number};
-use crate::http::patient_commands::{idempotency_key, metadata, CommandRequest};
+use crate::http::patient_commands::{metadata, CommandRequest};
 use crate::http::reach::{changeable, reach};
 use crate::http::record_input;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
@@ -64,9 +66,6 @@ fn segment(kind: ItemKind) -> &'static str {
         .find(|(_, k)| *k == kind)
         .map_or("items", |(s, _)| s)
 }
-
-/// Item ids derived from an `Idempotency-Key`, so a retried create finds its first item.
-const IDEMPOTENT_ITEM_NAMESPACE: Uuid = Uuid::from_u128(0x6c0f_52a1_d3b8_4e27_9a40_1f7e_88c3_d915);
 
 pub fn router(document_limit: usize) -> Router<AppState> {
     let mut router = Router::new();
@@ -170,7 +169,7 @@ fn resource(patient: PatientId, item: &Item) -> Value {
     value
 }
 
-fn item_response(status: StatusCode, patient: PatientId, item: &Item, replayed: bool) -> Response {
+fn item_response(status: StatusCode, patient: PatientId, item: &Item) -> Response {
     let mut response = (status, Json(resource(patient, item))).into_response();
     let headers = response.headers_mut();
     if let Ok(tag) = HeaderValue::from_str(&etag(u64::from(item.version))) {
@@ -185,10 +184,31 @@ fn item_response(status: StatusCode, patient: PatientId, item: &Item, replayed: 
             headers.insert(header::LOCATION, location);
         }
     }
-    if replayed {
-        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
     response
+}
+
+/// The first answer of a keyed command on a medical record item, rebuilt: the item as the
+/// record's version after the command had it.
+fn replay<'a>(
+    state: &'a AppState,
+    stored: Stored<'a>,
+) -> BoxFuture<'a, Result<Response, ApiError>> {
+    Box::pin(async move {
+        let id = patient_id(stored.aggregate_id)?;
+        let record = state
+            .records
+            .load_version(id, stored.version)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        let item_id = item_id(stored.item_id.unwrap_or_default())?;
+        let item = record.item(item_id).ok_or(ApiError::NotFound)?;
+        Ok(with_medication_warnings(
+            item_response(stored.status, id, item),
+            id,
+            &record,
+            item,
+        ))
+    })
 }
 
 /// An allergy is never refused for the medications the patient takes; instead the answer
@@ -220,34 +240,24 @@ fn with_medication_warnings(
     (parts, Json(body)).into_response()
 }
 
-/// The new item's id: random, or derived from the caller and their `Idempotency-Key`.
-fn new_item_id(user: &AuthUser, patient: PatientId, key: Option<&str>) -> ItemId {
-    ItemId::new(match key {
-        Some(key) => Uuid::new_v5(
-            &IDEMPOTENT_ITEM_NAMESPACE,
-            format!("{}\n{patient}\n{key}", user.id).as_bytes(),
-        ),
-        None => Uuid::new_v4(),
-    })
-}
-
 fn principal(user: &AuthUser) -> Result<Principal, ApiError> {
     Principal::parse("sub", &user.id).map_err(|_| ApiError::Forbidden)
 }
 
-/// Records a new item; a retry under the same `Idempotency-Key` answers the first item.
+/// Records a new item, reserving the request's `Idempotency-Key` (if any) with it.
 #[allow(clippy::too_many_arguments)]
 async fn record_item(
     state: &AppState,
     user: &AuthUser,
     ctx: &RequestContext,
     id: PatientId,
-    key: Option<String>,
+    key: Option<Keyed>,
     content: ItemContent,
     reason: Option<domain::patient::Reason>,
     acknowledged: Vec<ItemId>,
 ) -> Result<Response, ApiError> {
-    let item_id = new_item_id(user, id, key.as_deref());
+    let item_id = ItemId::new(Uuid::new_v4());
+    let reservation = key.map(|k| k.answering_item(StatusCode::CREATED, item_id));
     let command = MedicalRecordCommand::Record {
         item_id,
         content: content.clone(),
@@ -260,27 +270,18 @@ async fn record_item(
     };
     match state
         .records
-        .execute(id, command, metadata(user, ctx, key.clone()))
+        .execute(id, command, metadata(user, ctx, reservation))
         .await
     {
         Ok((record, _)) => {
             let item = record.item(item_id).ok_or(ApiError::NotFound)?;
             tracing::info!(item_id = %item_id, kind = item.content.kind().code(), "medical record item recorded");
             Ok(with_medication_warnings(
-                item_response(StatusCode::CREATED, id, item, false),
+                item_response(StatusCode::CREATED, id, item),
                 id,
                 &record,
                 item,
             ))
-        }
-        Err(CommandError::Rule(MedicalRecordError::ItemIdInUse)) if key.is_some() => {
-            let (record, _) = state.records.load(id).await?;
-            match record.item(item_id) {
-                Some(item) if item.content == content => {
-                    Ok(item_response(StatusCode::CREATED, id, item, true))
-                }
-                _ => Err(ApiError::IdempotencyKeyReused),
-            }
         }
         Err(CommandError::Rule(MedicalRecordError::UnacknowledgedAllergyWarnings(warnings))) => {
             let order = serde_json::to_value(&content).unwrap_or_default();
@@ -298,19 +299,29 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let id = patient_id(req.raw_id())?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    let key = idempotency_key(req.headers())?;
     writable(&state, &req.user, id).await?;
     let today = (state.clock)().date_naive();
-    let (content, extras) = record_input::item(kind, &req.body.object, false, today)?;
-    record_item(
+    let path = format!("/v1/patients/{id}/{}", segment(kind));
+    idempotent(
         &state,
         &req.user,
-        req.ctx(),
-        id,
-        key,
-        content,
-        extras.reason,
-        extras.acknowledged,
+        req.headers(),
+        ("POST", &path, &req.body.raw),
+        replay,
+        |key| async {
+            let (content, extras) = record_input::item(kind, &req.body.object, false, today)?;
+            record_item(
+                &state,
+                &req.user,
+                req.ctx(),
+                id,
+                key,
+                content,
+                extras.reason,
+                extras.acknowledged,
+            )
+            .await
+        },
     )
     .await
 }
@@ -335,6 +346,25 @@ async fn revise(
     kind: ItemKind,
 ) -> Result<Response, ApiError> {
     let (id, item_id, expected) = item_change(&state, &req).await?;
+    let path = format!("/v1/patients/{id}/{}/{item_id}", segment(kind));
+    idempotent(
+        &state,
+        &req.user,
+        req.headers(),
+        (req.method(), &path, &req.body.raw),
+        replay,
+        |key| revise_item(&state, &req, kind, (id, item_id, expected), key),
+    )
+    .await
+}
+
+async fn revise_item(
+    state: &AppState,
+    req: &CommandRequest<permission::WriteMedicalRecord>,
+    kind: ItemKind,
+    (id, item_id, expected): (PatientId, ItemId, u64),
+    key: Option<Keyed>,
+) -> Result<Response, ApiError> {
     let today = (state.clock)().date_naive();
     let (content, extras) = if kind == ItemKind::Document {
         // The content stays: only what describes the document is revised.
@@ -369,14 +399,22 @@ async fn revise(
     };
     match state
         .records
-        .execute(id, command, metadata(&req.user, req.ctx(), None))
+        .execute(
+            id,
+            command,
+            metadata(
+                &req.user,
+                req.ctx(),
+                key.map(|k| k.answering_item(StatusCode::OK, item_id)),
+            ),
+        )
         .await
     {
         Ok((record, _)) => {
             let item = record.item(item_id).ok_or(ApiError::NotFound)?;
             tracing::info!(item_id = %item_id, version = item.version, "medical record item revised");
             Ok(with_medication_warnings(
-                item_response(StatusCode::OK, id, item, false),
+                item_response(StatusCode::OK, id, item),
                 id,
                 &record,
                 item,
@@ -397,6 +435,28 @@ async fn enter_in_error(
     kind: ItemKind,
 ) -> Result<Response, ApiError> {
     let (id, item_id, expected) = item_change(&state, &req).await?;
+    let path = format!(
+        "/v1/patients/{id}/{}/{item_id}/entered-in-error",
+        segment(kind)
+    );
+    idempotent(
+        &state,
+        &req.user,
+        req.headers(),
+        (req.method(), &path, &req.body.raw),
+        replay,
+        |key| enter_item_in_error(&state, &req, kind, (id, item_id, expected), key),
+    )
+    .await
+}
+
+async fn enter_item_in_error(
+    state: &AppState,
+    req: &CommandRequest<permission::WriteMedicalRecord>,
+    kind: ItemKind,
+    (id, item_id, expected): (PatientId, ItemId, u64),
+    key: Option<Keyed>,
+) -> Result<Response, ApiError> {
     let reason = crate::http::patient_commands::reason_only(&req.body)?;
     let (record, _) = state.records.load(id).await?;
     if record.item(item_id).map(|i| i.content.kind()) != Some(kind) {
@@ -412,12 +472,16 @@ async fn enter_in_error(
                 reason,
                 at: (state.clock)(),
             },
-            metadata(&req.user, req.ctx(), None),
+            metadata(
+                &req.user,
+                req.ctx(),
+                key.map(|k| k.answering_item(StatusCode::OK, item_id)),
+            ),
         )
         .await?;
     let item = record.item(item_id).ok_or(ApiError::NotFound)?;
     tracing::info!(item_id = %item_id, "medical record item entered in error");
-    Ok(item_response(StatusCode::OK, id, item, false))
+    Ok(item_response(StatusCode::OK, id, item))
 }
 
 /// `POST /v1/patients/{id}/documents`: `multipart/form-data` with a `metadata` part (JSON:
@@ -434,12 +498,14 @@ async fn upload(
 ) -> Result<Response, ApiError> {
     let id = patient_id(path_param(&params, "id"))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    let key = idempotency_key(&headers)?;
+    idempotency_key(&headers)?;
     writable(&state, &user, id).await?;
     // Whatever can refuse the upload is checked before anything is stored.
     principal(&user)?;
     let mut multipart = multipart.map_err(|_| ApiError::UnsupportedMediaType)?;
     let mut metadata_part: Option<serde_json::Map<String, Value>> = None;
+    // What a repeat under the same `Idempotency-Key` must send again: both parts.
+    let mut request = Vec::new();
     let mut file: Option<(Option<String>, Vec<u8>)> = None;
     let mut errors = FieldErrors::new();
     loop {
@@ -458,6 +524,8 @@ async fn upload(
         match field.name() {
             Some("metadata") => {
                 let bytes = field.bytes().await.map_err(|_| ApiError::PayloadTooLarge)?;
+                request.extend_from_slice(&bytes);
+                request.push(0);
                 match serde_json::from_slice::<Value>(&bytes) {
                     Ok(Value::Object(object)) => metadata_part = Some(object),
                     _ => errors.push(FieldError::new("metadata", "must be a JSON object")),
@@ -507,6 +575,41 @@ async fn upload(
         text_length: 0,
     };
     record_input::document(&metadata_part, "metadata", placeholder, today)?;
+    request.extend_from_slice(media_type.as_bytes());
+    request.push(0);
+    request.extend_from_slice(&bytes);
+    let path = format!("/v1/patients/{id}/documents");
+    idempotent(
+        &state,
+        &user,
+        &headers,
+        ("POST", &path, &request),
+        replay,
+        |key| async {
+            store_document(
+                &state,
+                (&user, &ctx),
+                id,
+                key,
+                &metadata_part,
+                (media_type, bytes),
+            )
+            .await
+        },
+    )
+    .await
+}
+
+/// Extracts the text of an uploaded document, stores both, and records the document.
+async fn store_document(
+    state: &AppState,
+    (user, ctx): (&AuthUser, &RequestContext),
+    id: PatientId,
+    key: Option<Keyed>,
+    metadata_part: &serde_json::Map<String, Value>,
+    (media_type, bytes): (&'static str, Vec<u8>),
+) -> Result<Response, ApiError> {
+    let today = (state.clock)().date_naive();
     let text = state
         .extractor
         .extract(media_type, bytes.clone())
@@ -541,11 +644,11 @@ async fn upload(
         text_sha256,
         text_length,
     };
-    let (document, extras) = record_input::document(&metadata_part, "metadata", content, today)?;
+    let (document, extras) = record_input::document(metadata_part, "metadata", content, today)?;
     record_item(
-        &state,
-        &user,
-        &ctx,
+        state,
+        user,
+        ctx,
         id,
         key,
         ItemContent::Document(document),
@@ -764,7 +867,7 @@ async fn read(
         .item(item_id)
         .filter(|i| i.content.kind() == kind)
         .ok_or(ApiError::NotFound)?;
-    Ok(item_response(StatusCode::OK, id, item, false))
+    Ok(item_response(StatusCode::OK, id, item))
 }
 
 fn version_body(

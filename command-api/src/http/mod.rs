@@ -7,6 +7,7 @@ mod extractors;
 mod governance;
 mod health;
 mod history;
+mod idempotency;
 pub mod json;
 mod medical_records;
 mod metrics;

@@ -7,15 +7,16 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cqrs_es::Aggregate;
 use domain::patient::{Patient, PatientCommand, PatientId, Reason};
 use domain::FieldErrors;
 use event_store::command::CommandMetadata;
-use event_store::idempotency::Recorded;
+use event_store::idempotency::Reservation;
+use futures::future::BoxFuture;
 use serde::Serialize;
 use std::collections::HashMap;
 
 use crate::auth::{AuthUser, Authorized, Permission};
+use crate::http::idempotency::{idempotent, Stored};
 use crate::http::json::{Fields, JsonObject};
 use crate::http::reach::changeable_by;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
@@ -143,7 +144,6 @@ pub(super) fn respond(
     status: StatusCode,
     patient: &Patient,
     version: u64,
-    replayed: bool,
 ) -> Result<Response, ApiError> {
     if let Some(forgotten) = patient.forgotten() {
         // What is left of an erased patient: the fact, without any of their data.
@@ -170,9 +170,6 @@ pub(super) fn respond(
             headers.insert(header::LOCATION, value);
         }
     }
-    if replayed {
-        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
     Ok(response)
 }
 
@@ -180,147 +177,38 @@ pub(super) fn patient_id(raw: &str) -> Result<PatientId, ApiError> {
     PatientId::parse("id", raw).map_err(|e| ApiError::InvalidParameters(e.into()))
 }
 
+/// Who issued a command, and the `Idempotency-Key` to reserve in its transaction (kept in the
+/// events' metadata too, for the audit trail).
 pub(super) fn metadata(
     user: &AuthUser,
     ctx: &RequestContext,
-    key: Option<String>,
+    reservation: Option<Reservation>,
 ) -> CommandMetadata {
     CommandMetadata {
         user_id: user.id.clone(),
         request_id: Some(ctx.request_id.clone()),
         traceparent: Some(ctx.traceparent.clone()),
-        idempotency_key: key,
+        idempotency_key: reservation.as_ref().map(|r| r.key.clone()),
         data_key_owner: None,
+        reservation,
     }
 }
 
-/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
-pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| {
-            ApiError::invalid_parameter(
-                "Idempotency-Key",
-                "must be 1 to 255 visible ASCII characters",
-            )
-        })?;
-    Ok(Some(key.to_owned()))
-}
-
-/// The first answer for a repeated key: the aggregate as it was at the recorded version.
-pub(super) async fn replay(
-    state: &AppState,
-    recorded: &Recorded,
-    hash: &str,
-) -> Result<Response, ApiError> {
-    if recorded.request_hash != hash || recorded.aggregate_type != Patient::TYPE {
-        return Err(ApiError::IdempotencyKeyReused);
-    }
-    let id = patient_id(&recorded.aggregate_id)?;
-    let patient = state
-        .store
-        .load_version(id, recorded.version)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let status = StatusCode::from_u16(recorded.response_status).unwrap_or(StatusCode::OK);
-    respond(status, &patient, recorded.version, true)
-}
-
-/// Runs a POST under its `Idempotency-Key` (if any): a repeat gets the first answer, a
-/// different request under the same key gets 422.
-pub(super) async fn idempotent<F, Fut>(
-    state: &AppState,
-    user: &AuthUser,
-    headers: &HeaderMap,
-    (method, path): (&str, &str),
-    body: &[u8],
-    target: Option<PatientId>,
-    run: F,
-) -> Result<Response, ApiError>
-where
-    F: FnOnce(Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<Outcome, ApiError>>,
-{
-    let key = idempotency_key(headers)?;
-    let hash = event_store::idempotency::request_hash(
-        &state.store.keys().request_hash_key(),
-        method,
-        path,
-        body,
-    );
-    let now = (state.clock)();
-    if let Some(key) = &key {
-        if let Some(recorded) = state.idempotency.find(&user.id, key, now).await? {
-            return replay(state, &recorded, &hash).await;
-        }
-        // The first attempt may have committed and then died before recording its answer:
-        // its events carry the key.
-        if let Some(id) = target {
-            if let Some(version) = state.store.version_written_by(id, &user.id, key).await? {
-                let recorded = Recorded {
-                    request_hash: hash.clone(),
-                    aggregate_type: Patient::TYPE.to_owned(),
-                    aggregate_id: id.to_string(),
-                    version,
-                    response_status: StatusCode::OK.as_u16(),
-                };
-                state
-                    .idempotency
-                    .record(&user.id, key, &recorded, now)
-                    .await?;
-                return replay(state, &recorded, &hash).await;
-            }
-        }
-    }
-    let Outcome {
-        status,
-        id,
-        version,
-        patient,
-    } = run(key.clone()).await?;
-    if let Some(key) = &key {
-        let recorded = Recorded {
-            request_hash: hash.clone(),
-            aggregate_type: Patient::TYPE.to_owned(),
-            aggregate_id: id.to_string(),
-            version,
-            response_status: status.as_u16(),
-        };
-        // A concurrent first request may have recorded its answer before us: answer as it did.
-        if !state
-            .idempotency
-            .record(&user.id, key, &recorded, now)
-            .await?
-        {
-            if let Some(first) = state.idempotency.find(&user.id, key, now).await? {
-                return replay(state, &first, &hash).await;
-            }
-        }
-    }
-    let patient = match patient {
-        Some(patient) => patient,
-        None => state
+/// The first answer of a keyed command on a patient, rebuilt: the patient at the version it
+/// left them.
+pub(super) fn replay<'a>(
+    state: &'a AppState,
+    stored: Stored<'a>,
+) -> BoxFuture<'a, Result<Response, ApiError>> {
+    Box::pin(async move {
+        let id = patient_id(stored.aggregate_id)?;
+        let patient = state
             .store
-            .load_version(id, version)
+            .load_version(id, stored.version)
             .await?
-            .ok_or(ApiError::NotFound)?,
-    };
-    respond(status, &patient, version, false)
-}
-
-/// What a command produced: the answer's status, and the patient at the version it left.
-pub(super) struct Outcome {
-    pub(super) status: StatusCode,
-    pub(super) id: PatientId,
-    pub(super) version: u64,
-    /// `None` when the answer must be rebuilt from the store.
-    pub(super) patient: Option<Patient>,
+            .ok_or(ApiError::NotFound)?;
+        respond(stored.status, &patient, stored.version)
+    })
 }
 
 /// Everything a command on an existing patient arrives with. Extracted in the order that
@@ -348,6 +236,10 @@ impl<P> CommandRequest<P> {
 
     pub(super) fn ctx(&self) -> &RequestContext {
         &self.ctx
+    }
+
+    pub(super) fn method(&self) -> &str {
+        self.method.as_str()
     }
 }
 
@@ -400,28 +292,23 @@ pub(super) async fn change<P: Permission>(
         state,
         &req.user,
         &req.headers,
-        (req.method.as_str(), &path),
-        &req.body.raw,
-        Some(id),
+        (req.method.as_str(), &path, &req.body.raw),
+        replay,
         |key| async {
             let expected = if_match(&req.headers)?;
             let command = command?;
+            let reservation = key.map(|k| k.answering(StatusCode::OK));
             let (patient, version) = state
                 .store
                 .execute(
                     id,
                     Some(expected),
                     command,
-                    metadata(&req.user, &req.ctx, key),
+                    metadata(&req.user, &req.ctx, reservation),
                 )
                 .await?;
             tracing::info!(version, "patient changed");
-            Ok(Outcome {
-                status: StatusCode::OK,
-                id,
-                version,
-                patient: Some(patient),
-            })
+            respond(StatusCode::OK, &patient, version)
         },
     )
     .await

@@ -22,10 +22,11 @@ use std::collections::HashMap;
 
 use crate::auth::{access, permission, Action, Authorized};
 use crate::http::history::verified_history;
+use crate::http::idempotency::idempotent;
 use crate::http::json::{Fields, JsonObject};
 use crate::http::params::{url_encode, whole_number};
 use crate::http::patient_commands::{
-    change, idempotent, metadata, patient_id, reason_only, respond, CommandRequest, Outcome,
+    change, metadata, patient_id, reason_only, replay, respond, CommandRequest,
 };
 use crate::http::patient_input;
 use crate::http::reach::{changeable_by, checked_access};
@@ -63,43 +64,20 @@ async fn register(
 ) -> Result<Response, ApiError> {
     let now = (state.clock)();
     let input = patient_input::registration(&body.object, now.date_naive());
-    let (state_ref, user_ref, ctx_ref) = (&state, &user, &ctx);
     idempotent(
         &state,
         &user,
         &headers,
-        ("POST", "/v1/patients"),
-        &body.raw,
-        None,
-        |key| async move {
-            let (state, user, ctx) = (state_ref, user_ref, ctx_ref);
+        ("POST", "/v1/patients", &body.raw),
+        replay,
+        |key| async {
             let input = input?;
-            // With a key, the id is derived from it, so even a retry racing the first request, or
-            // one after a crash between commit and answer, cannot register the patient twice.
-            let id = PatientId::new(match &key {
-                Some(key) => uuid::Uuid::new_v5(
-                    &IDEMPOTENT_ID_NAMESPACE,
-                    format!("{}\n{key}", user.id).as_bytes(),
-                ),
-                None => uuid::Uuid::new_v4(),
-            });
+            let id = PatientId::new(uuid::Uuid::new_v4());
+            let reservation = key.map(|k| k.answering(StatusCode::CREATED));
             let (patient, version) =
-                match register_patient(state, id, input, metadata(user, ctx, key.clone()), now)
-                    .await
-                {
-                    Ok((patient, version)) => (Some(patient), version),
-                    // A repeat of this key that raced the first request: answer as the first.
-                    Err(ApiError::Rule(PatientError::AlreadyRegistered)) if key.is_some() => {
-                        (None, 1)
-                    }
-                    Err(e) => return Err(e),
-                };
-            Ok(Outcome {
-                status: StatusCode::CREATED,
-                id,
-                version,
-                patient,
-            })
+                register_patient(&state, id, input, metadata(&user, &ctx, reservation), now)
+                    .await?;
+            respond(StatusCode::CREATED, &patient, version)
         },
     )
     .await
@@ -119,12 +97,14 @@ pub async fn register_patient(
     metadata: CommandMetadata,
     now: DateTime<Utc>,
 ) -> Result<(Patient, u64), ApiError> {
-    let matches = matching::find_matches(&state.pool, &input.match_record()).await?;
-    // A keyed retry racing its first request finds that request's patient, under this very
-    // id: not a duplicate, the same registration (the store then answers AlreadyRegistered).
+    let record = input.match_record();
+    // A reason lets the registration pass likely duplicates the read model does not know yet
+    // too ([`event_store::registration_guard`]).
+    let may_pass = input.duplicate_override.is_some();
+    let matches = matching::find_matches(&state.pool, &record).await?;
     let likely: Vec<_> = matches
         .into_iter()
-        .filter(|m| m.grade.blocks_registration() && m.id != id.as_uuid())
+        .filter(|m| m.grade.blocks_registration())
         .collect();
     let duplicate_override = match (likely.is_empty(), input.duplicate_override) {
         (true, _) => None,
@@ -149,7 +129,10 @@ pub async fn register_patient(
         duplicate_override,
         at: now,
     });
-    let registered = state.store.execute(id, None, command, metadata).await?;
+    let registered = state
+        .store
+        .register(id, command, (record, may_pass), metadata, now)
+        .await?;
     tracing::info!(patient_id = %id, overridden, "patient registered");
     Ok(registered)
 }
@@ -192,9 +175,6 @@ async fn match_candidates(
     tracing::info!(results = candidates.len(), "patient match");
     Ok(Json(serde_json::json!({ "candidates": candidates })).into_response())
 }
-
-const IDEMPOTENT_ID_NAMESPACE: uuid::Uuid =
-    uuid::Uuid::from_u128(0x3d5e_1b7a_92c4_4f0e_8d61_5a0b_c2e9_7f14);
 
 /// `GET /v1/patients/{id}`: the current record, from the event store, with its `ETag`.
 /// `?as_of=2026-11-27T12:00:00Z` answers the record as it was at that instant, rebuilt from
@@ -239,7 +219,7 @@ async fn read(
     .await?;
     let Some(as_of) = as_of else {
         let (patient, version) = loaded.ok_or(ApiError::NotFound)?;
-        return respond(StatusCode::OK, &patient, version, false);
+        return respond(StatusCode::OK, &patient, version);
     };
     let history = verified_history(&state, Patient::TYPE, id).await?;
     let mut patient = Patient::default();
@@ -253,7 +233,7 @@ async fn read(
     if version == 0 {
         return Err(ApiError::NotFound);
     }
-    respond(StatusCode::OK, &patient, version, false)
+    respond(StatusCode::OK, &patient, version)
 }
 
 fn correction(body: &JsonObject, now: DateTime<Utc>) -> Result<PatientCommand, ApiError> {
@@ -551,9 +531,8 @@ async fn merge(
         &state,
         &req.user,
         req.headers(),
-        ("POST", &path),
-        &req.body.raw,
-        Some(source),
+        ("POST", &path, &req.body.raw),
+        replay,
         |key| async {
             let expected = if_match(req.headers())?;
             let (Some(target), Some(reason)) = input? else {
@@ -561,50 +540,48 @@ async fn merge(
             };
             // The survivor changes too: the same check for it.
             changeable_by(&state, &req.user, Action::MergePatients, target).await?;
-            let meta = metadata(&req.user, req.ctx(), key);
+            let meta = metadata(
+                &req.user,
+                req.ctx(),
+                key.map(|k| k.answering(StatusCode::OK)),
+            );
             let (source_patient, _) = state.store.load(source).await?.ok_or(ApiError::NotFound)?;
-            let Some((target_patient, _)) = state.store.load(target).await? else {
+            if state.store.load(target).await?.is_none() {
                 return Err(ApiError::Validation(
                     domain::FieldError::new("target_id", "no patient has this id").into(),
                 ));
-            };
-            // Refuse before changing anything when the survivor cannot take the merge.
+            }
             let absorb = PatientCommand::Absorb {
                 source,
-                identifiers: source_patient.record().map(|r| r.identifiers.clone()).unwrap_or_default(),
-                contact: source_patient.record().map(|r| r.contact.clone()).unwrap_or_default(),
+                identifiers: source_patient
+                    .record()
+                    .map(|r| r.identifiers.clone())
+                    .unwrap_or_default(),
+                contact: source_patient
+                    .record()
+                    .map(|r| r.contact.clone())
+                    .unwrap_or_default(),
                 reason: reason.clone(),
                 at: now,
             };
-            target_patient.decide(absorb.clone()).map_err(ApiError::Rule)?;
             let merge = PatientCommand::MergeInto {
                 target,
-                reason: reason.clone(),
+                reason,
                 at: now,
             };
-            let store = state.store.clone();
-            // Both writes run in a task of their own: a client that disconnects or a timeout
-            // cannot stop the request between them.
-            let (merged, version) = run_to_completion(async move {
-                let merged = store.execute(source, Some(expected), merge, meta.clone()).await?;
-                if let Err(error) = store.execute(target, None, absorb, meta.clone()).await {
-                    tracing::warn!(%source, %target, error.message = %error, "survivor refused the merge; unmerging");
-                    let undo = PatientCommand::Unmerge { reason, at: now };
-                    if let Err(undo_error) = store.execute(source, None, undo, meta).await {
-                        tracing::error!(%source, %target, error.message = %undo_error, "could not unmerge after a refused merge");
-                    }
-                    return Err(error);
-                }
-                Ok(merged)
-            })
-            .await?;
+            // One unit of work: the duplicate is merged exactly when the survivor absorbs it.
+            // The source's expected version makes the absorbed identifiers and contact points
+            // the ones it still has.
+            let mut changed = state
+                .store
+                .execute_together(
+                    vec![(source, Some(expected), merge), (target, None, absorb)],
+                    meta,
+                )
+                .await?;
+            let (merged, version) = changed.swap_remove(0);
             tracing::info!(%target, "patient merged");
-            Ok(Outcome {
-                status: StatusCode::OK,
-                id: source,
-                version,
-                patient: Some(merged),
-            })
+            respond(StatusCode::OK, &merged, version)
         },
     )
     .await
@@ -627,13 +604,16 @@ async fn unmerge(
         &state,
         &req.user,
         req.headers(),
-        ("POST", &path),
-        &req.body.raw,
-        Some(source),
+        ("POST", &path, &req.body.raw),
+        replay,
         |key| async {
             let expected = if_match(req.headers())?;
             let reason = reason?;
-            let meta = metadata(&req.user, req.ctx(), key);
+            let meta = metadata(
+                &req.user,
+                req.ctx(),
+                key.map(|k| k.answering(StatusCode::OK)),
+            );
             let (before, _) = state.store.load(source).await?.ok_or(ApiError::NotFound)?;
             let target = before
                 .record()
@@ -649,26 +629,17 @@ async fn unmerge(
                 reason,
                 at: now,
             };
-            // Refuse before changing anything when the survivor cannot give back.
-            let (survivor, _) = state.store.load(target).await?.ok_or(ApiError::NotFound)?;
-            survivor.decide(revert.clone()).map_err(ApiError::Rule)?;
-            let store = state.store.clone();
-            let (unmerged, version) = run_to_completion(async move {
-                let unmerged = store.execute(source, Some(expected), undo, meta.clone()).await?;
-                if let Err(error) = store.execute(target, None, revert, meta).await {
-                    tracing::error!(%source, %target, error.message = %error, "source unmerged but the survivor kept what it gained");
-                    return Err(error);
-                }
-                Ok(unmerged)
-            })
-            .await?;
+            // One unit of work, as the merge: both records change or neither does.
+            let mut changed = state
+                .store
+                .execute_together(
+                    vec![(source, Some(expected), undo), (target, None, revert)],
+                    meta,
+                )
+                .await?;
+            let (unmerged, version) = changed.swap_remove(0);
             tracing::info!(%target, "patient unmerged");
-            Ok(Outcome {
-                status: StatusCode::OK,
-                id: source,
-                version,
-                patient: Some(unmerged),
-            })
+            respond(StatusCode::OK, &unmerged, version)
         },
     )
     .await
@@ -719,17 +690,4 @@ async fn retention_candidates(
         "next": next,
     }))
     .into_response())
-}
-
-/// Runs a multi-step change in a task of its own, so dropping the request (a disconnect, the
-/// request timeout) cannot stop it halfway.
-async fn run_to_completion<T: Send + 'static>(
-    work: impl std::future::Future<Output = Result<T, event_store::command::CommandError>>
-        + Send
-        + 'static,
-) -> Result<T, ApiError> {
-    match tokio::spawn(work).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(join) => Err(ApiError::Internal(Box::new(join))),
-    }
 }

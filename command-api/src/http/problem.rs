@@ -80,6 +80,25 @@ impl ApiError {
     pub fn invalid_parameter(field: &str, message: &str) -> Self {
         Self::InvalidParameters(FieldError::new(field, message).into())
     }
+
+    /// Whether this is a refusal the command itself gave on what it found (not the caller's
+    /// credentials, a malformed request, a passing conflict or a failure): the answer a
+    /// repeat of the same keyed request gets again. An allergy warning is not one: its
+    /// document quotes the order, which is clinical data the idempotency table must not hold.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::NotFound
+                | Self::Gone
+                | Self::Validation(_)
+                | Self::PreconditionFailed { .. }
+                | Self::Rule(_)
+                | Self::Record(_)
+                | Self::Schedule(_)
+                | Self::TimeTaken { .. }
+                | Self::PossibleDuplicate(_)
+        )
+    }
 }
 
 impl From<CommandError> for ApiError {
@@ -89,7 +108,20 @@ impl From<CommandError> for ApiError {
             CommandError::Rule(PatientError::Forgotten) => Self::Gone,
             CommandError::Rule(rule) => Self::Rule(rule),
             CommandError::VersionMismatch { current, .. } => Self::PreconditionFailed { current },
-            CommandError::Conflict | CommandError::Busy => Self::Conflict,
+            // A keyed repeat that lost its key to the first request: the idempotency wrapper
+            // answers with the first answer; only without one is this the answer.
+            CommandError::Conflict | CommandError::Busy | CommandError::KeyTaken => Self::Conflict,
+            CommandError::LikelyDuplicates(likely) => Self::PossibleDuplicate(
+                likely
+                    .into_iter()
+                    .map(|(id, grade, score)| application::matching::Match {
+                        id,
+                        grade,
+                        score,
+                        status: "active".to_owned(),
+                    })
+                    .collect(),
+            ),
             CommandError::Unavailable(e) => Self::Unavailable(e),
             CommandError::Internal(e) => Self::Internal(e),
         }
@@ -106,9 +138,11 @@ impl From<CommandError<MedicalRecordError>> for ApiError {
                 }
             }
             CommandError::Rule(rule) => Self::Record(rule),
-            CommandError::VersionMismatch { .. } | CommandError::Conflict | CommandError::Busy => {
-                Self::Conflict
-            }
+            CommandError::VersionMismatch { .. }
+            | CommandError::Conflict
+            | CommandError::Busy
+            | CommandError::KeyTaken
+            | CommandError::LikelyDuplicates(_) => Self::Conflict,
             CommandError::Unavailable(e) => Self::Unavailable(e),
             CommandError::Internal(e) => Self::Internal(e),
         }
@@ -125,7 +159,12 @@ impl From<CommandError<SchedulingError>> for ApiError {
             },
             CommandError::Rule(rule) => Self::Schedule(rule),
             CommandError::VersionMismatch { current, .. } => Self::PreconditionFailed { current },
-            CommandError::Conflict | CommandError::Busy => Self::Conflict,
+            // A keyed repeat that lost its key to the first request: the idempotency wrapper
+            // answers with the first answer; only without one is this the answer.
+            CommandError::Conflict
+            | CommandError::Busy
+            | CommandError::KeyTaken
+            | CommandError::LikelyDuplicates(_) => Self::Conflict,
             CommandError::Unavailable(e) => Self::Unavailable(e),
             CommandError::Internal(e) => Self::Internal(e),
         }
@@ -212,6 +251,15 @@ impl Problem {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let (problem, extra) = self.into_problem();
+        problem.into_response_with(&extra)
+    }
+}
+
+impl ApiError {
+    /// The problem document of this error, and the headers that go with it. Internal detail
+    /// is logged here, once, and never put in the document.
+    pub fn into_problem(self) -> (Problem, Vec<(header::HeaderName, HeaderValue)>) {
         use StatusCode as S;
         let mut extra = Vec::new();
         let problem = match self {
@@ -427,6 +475,6 @@ impl IntoResponse for ApiError {
                 Problem::new(S::INTERNAL_SERVER_ERROR, "internal", "Internal error")
             }
         };
-        problem.into_response_with(&extra)
+        (problem, extra)
     }
 }

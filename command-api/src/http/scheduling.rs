@@ -35,10 +35,12 @@ use domain::{FieldError, FieldErrors};
 use event_store::schedule::{
     self, Claim, ClaimChange, PlannedReminder, Resource, Service, WaitlistChange,
 };
+use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::auth::{access, permission, Action, AuthUser, Authorized};
+use crate::http::idempotency::{idempotent, Keyed, Stored};
 use crate::http::json::{Fields, JsonObject};
 use crate::http::params::whole_number;
 use crate::http::patient_commands::metadata;
@@ -544,6 +546,23 @@ fn appointment_body(id: Uuid, version: u64, state: &AppointmentState) -> Value {
     body
 }
 
+/// The first answer of a keyed command on an appointment, rebuilt: the appointment at the
+/// version the command left it.
+fn replay<'a>(
+    state: &'a AppState,
+    stored: Stored<'a>,
+) -> BoxFuture<'a, Result<Response, ApiError>> {
+    Box::pin(async move {
+        let id = appointment_id(stored.aggregate_id)?;
+        let appointment = state
+            .appointments
+            .load_version(id, stored.version)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        appointment_response(stored.status, id, &appointment, stored.version)
+    })
+}
+
 fn appointment_response(
     status: StatusCode,
     id: Uuid,
@@ -590,8 +609,27 @@ async fn book(
     State(state): State<AppState>,
     Authorized(user, _): Authorized<permission::BookAppointments>,
     ctx: RequestContext,
+    headers: HeaderMap,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
+    idempotent(
+        &state,
+        &user,
+        &headers,
+        ("POST", "/v1/appointments", &body.raw),
+        replay,
+        |key| book_appointment(&state, (&user, &ctx), &body, key),
+    )
+    .await
+}
+
+async fn book_appointment(
+    state: &AppState,
+    (user, ctx): (&AuthUser, &RequestContext),
+    body: &JsonObject,
+    key: Option<Keyed>,
+) -> Result<Response, ApiError> {
+    let reservation = key.map(|k| k.answering(StatusCode::CREATED));
     let mut f = Fields::new(
         &body.object,
         "",
@@ -629,10 +667,10 @@ async fn book(
     let (Some(patient), Some(service_code), Some(start)) = (patient, service_code, start) else {
         return Err(ApiError::Validation(FieldErrors::new()));
     };
-    let service = service_named(&state, &service_code, "service").await?;
+    let service = service_named(state, &service_code, "service").await?;
     patient_reach(
-        &state,
-        &user,
+        state,
+        user,
         Action::BookAppointments,
         "appointment-book",
         patient,
@@ -648,8 +686,8 @@ async fn book(
         duration,
         priority,
         now,
-        release_lead: release_lead(&state),
-        strategy: strategy(&state),
+        release_lead: release_lead(state),
+        strategy: strategy(state),
         ignoring: None,
         patient: Some(patient),
         salt: rand_salt(),
@@ -658,7 +696,7 @@ async fn book(
     tracing::Span::current().record("appointment_id", tracing::field::display(id));
     // Which appointment holds the time is told only to callers of this organization: it is
     // another patient's.
-    let external = access::is_external(&user, state.home_organization.as_deref());
+    let external = access::is_external(user, state.home_organization.as_deref());
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -672,7 +710,7 @@ async fn book(
                 .filter(|_| !external);
             return Err(ApiError::TimeTaken {
                 conflicting,
-                alternatives: alternatives(&state, &ask, start).await,
+                alternatives: alternatives(state, &ask, start).await,
             });
         };
         let booking = Booking {
@@ -716,7 +754,7 @@ async fn book(
         let reminders = if hold || propose {
             None
         } else {
-            Some(plan_reminders(&state, id, patient, &booking).await?)
+            Some(plan_reminders(state, id, patient, &booking).await?)
         };
         // A proposal claims nothing: its time is claimed when it is confirmed, if still free.
         let claims = ClaimChange {
@@ -740,7 +778,7 @@ async fn book(
                 None,
                 command,
                 Some(claims),
-                metadata(&user, &ctx, None),
+                metadata(user, ctx, reservation.clone()),
             )
             .await
         {
@@ -772,7 +810,7 @@ async fn book(
                     .filter(|_| !external);
                 return Err(ApiError::TimeTaken {
                     conflicting,
-                    alternatives: alternatives(&state, &ask, start).await,
+                    alternatives: alternatives(state, &ask, start).await,
                 });
             }
             Err(other) => return Err(other.into()),
@@ -831,7 +869,25 @@ async fn join_waitlist(
     State(state): State<AppState>,
     Authorized(user, _): Authorized<permission::BookAppointments>,
     ctx: RequestContext,
+    headers: HeaderMap,
     body: JsonObject,
+) -> Result<Response, ApiError> {
+    idempotent(
+        &state,
+        &user,
+        &headers,
+        ("POST", "/v1/waitlist", &body.raw),
+        replay,
+        |key| join(&state, (&user, &ctx), &body, key),
+    )
+    .await
+}
+
+async fn join(
+    state: &AppState,
+    (user, ctx): (&AuthUser, &RequestContext),
+    body: &JsonObject,
+    key: Option<Keyed>,
 ) -> Result<Response, ApiError> {
     let mut f = Fields::new(
         &body.object,
@@ -873,10 +929,10 @@ async fn join_waitlist(
     else {
         return Err(ApiError::Validation(FieldErrors::new()));
     };
-    let service = service_named(&state, &service_code, "service").await?;
+    let service = service_named(state, &service_code, "service").await?;
     patient_reach(
-        &state,
-        &user,
+        state,
+        user,
         Action::BookAppointments,
         "waitlist-join",
         patient,
@@ -922,7 +978,7 @@ async fn join_waitlist(
             None,
             command,
             Some(change),
-            metadata(&user, &ctx, None),
+            metadata(user, ctx, key.map(|k| k.answering(StatusCode::CREATED))),
         )
         .await?;
     tracing::info!("wait list joined");
@@ -1014,7 +1070,34 @@ async fn act(
     headers: HeaderMap,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
-    let id = appointment_id(&raw)?;
+    let path = format!("/v1/appointments/{raw}/{action}");
+    idempotent(
+        &state,
+        &user,
+        &headers,
+        ("POST", &path, &body.raw),
+        replay,
+        |key| {
+            change(
+                &state,
+                (&user, &ctx),
+                (&raw, &action),
+                (&headers, &body),
+                key,
+            )
+        },
+    )
+    .await
+}
+
+async fn change(
+    state: &AppState,
+    (user, ctx): (&AuthUser, &RequestContext),
+    (raw, action): (&str, &str),
+    (headers, body): (&HeaderMap, &JsonObject),
+    key: Option<Keyed>,
+) -> Result<Response, ApiError> {
+    let id = appointment_id(raw)?;
     tracing::Span::current().record("appointment_id", tracing::field::display(id));
     let actions = [
         "confirm",
@@ -1026,26 +1109,26 @@ async fn act(
         "entered-in-error",
         "reschedule",
     ];
-    if !actions.contains(&action.as_str()) {
+    if !actions.contains(&action) {
         return Err(ApiError::NotFound);
     }
-    let (_, loaded_version, current) = match load(&state, id).await {
+    let (_, loaded_version, current) = match load(state, id).await {
         Err(ApiError::NotFound) => {
-            return Err(unknown_appointment(&state, &user, Action::BookAppointments))
+            return Err(unknown_appointment(state, user, Action::BookAppointments))
         }
         other => other?,
     };
-    let starts_something = matches!(action.as_str(), "confirm" | "reschedule");
+    let starts_something = matches!(action, "confirm" | "reschedule");
     patient_reach(
-        &state,
-        &user,
+        state,
+        user,
         Action::BookAppointments,
         "appointment-change",
         current.patient_id,
         starts_something,
     )
     .await?;
-    let expected = if_match(&headers)?;
+    let expected = if_match(headers)?;
     // The claims below are computed from this version: it must be the one the caller saw, or
     // a concurrent change would have them written for a booking that no longer stands.
     if expected != loaded_version {
@@ -1092,14 +1175,14 @@ async fn act(
             c
         })
     };
-    let (command, claims) = match action.as_str() {
+    let (command, claims) = match action {
         "confirm" => {
             // The hold's claim stays, without its expiry; the reminders are planned.
             let booking = current.booking.clone().ok_or(ApiError::Schedule(
                 domain::scheduling::SchedulingError::NoTimeYet,
             ))?;
             let keys = schedule::claim_keys(&booking.resources, current.patient_id);
-            let reminders = plan_reminders(&state, id, current.patient_id, &booking).await?;
+            let reminders = plan_reminders(state, id, current.patient_id, &booking).await?;
             let claim = Claim {
                 keys,
                 interval: booking.interval,
@@ -1162,7 +1245,7 @@ async fn act(
             let (Some(start), Some(why)) = (start, why) else {
                 return Err(ApiError::Validation(FieldErrors::new()));
             };
-            let service = service_named(&state, &current.service, "service").await?;
+            let service = service_named(state, &current.service, "service").await?;
             let duration = Duration::minutes(i64::from(service.minutes));
             let ask = Ask {
                 service: &service,
@@ -1171,8 +1254,8 @@ async fn act(
                 duration,
                 priority: current.priority,
                 now,
-                release_lead: release_lead(&state),
-                strategy: strategy(&state),
+                release_lead: release_lead(state),
+                strategy: strategy(state),
                 ignoring: Some(id),
                 patient: Some(current.patient_id),
                 salt: rand_salt(),
@@ -1180,7 +1263,7 @@ async fn act(
             let Some(placement) = planner::place(&state.pool, &ask).await? else {
                 return Err(ApiError::TimeTaken {
                     conflicting: None,
-                    alternatives: alternatives(&state, &ask, start).await,
+                    alternatives: alternatives(state, &ask, start).await,
                 });
             };
             let booking = Booking {
@@ -1193,7 +1276,7 @@ async fn act(
                 .flatten();
             // A booked appointment's reminders move with it.
             let reminders = if current.status == AppointmentStatus::Booked {
-                Some(plan_reminders(&state, id, current.patient_id, &booking).await?)
+                Some(plan_reminders(state, id, current.patient_id, &booking).await?)
             } else {
                 None
             };
@@ -1220,7 +1303,7 @@ async fn act(
             Some(expected),
             command,
             claims,
-            metadata(&user, &ctx, None),
+            metadata(user, ctx, key.map(|k| k.answering(StatusCode::OK))),
         )
         .await?;
     tracing::info!(action, version, "appointment changed");

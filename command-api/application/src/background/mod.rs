@@ -48,12 +48,16 @@ pub async fn run(
     );
     let mut swept_at: Option<std::time::Instant> = None;
     loop {
-        // Expired idempotency records go, about once a minute.
+        // Expired idempotency records and registration guards go, about once a minute.
         if swept_at.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
-            match idempotency.sweep(clock()).await {
+            let swept = async {
+                idempotency.sweep(clock()).await?;
+                event_store::registration_guard::sweep(store.pool(), clock()).await
+            };
+            match swept.await {
                 Ok(_) => swept_at = Some(std::time::Instant::now()),
                 Err(e) => {
-                    tracing::warn!(error.message = %e, "expired idempotency records stay for now")
+                    tracing::warn!(error.message = %e, "expired idempotency records and registration guards stay for now")
                 }
             }
         }
