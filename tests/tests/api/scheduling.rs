@@ -1409,3 +1409,47 @@ async fn joining_the_wait_list_twice_under_one_key_joins_once() {
     assert_eq!(appointments_stored(&app).await, 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_block_added_five_times_at_once_under_one_key_is_added_once() {
+    let app = TestApp::without_kafka().await;
+    clinic(&app).await;
+    let body = json!({ "from": at("08:00"), "to": at("10:00"), "reason": "leave" });
+    let add = |body: Value| {
+        let app = &app;
+        async move {
+            let response = app
+                .post(
+                    "/v1/resources/dr-valve/blocks",
+                    &scheduler(app),
+                    &body,
+                    &[("idempotency-key", "leave-1")],
+                )
+                .await;
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+
+    let answers = futures::future::join_all((0..5).map(|_| add(body.clone()))).await;
+    let mut other = body.clone();
+    other["reason"] = json!("holiday");
+    let (other_status, problem) = add(other).await;
+
+    let ids: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 201, "{body}");
+            body["block_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM scheduling_blocks")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    assert_eq!(other_status, 422, "{problem}");
+    assert_eq!(problem["type"], "/problems/idempotency-key-reused");
+    app.stop().await;
+}
