@@ -813,12 +813,25 @@ pub async fn resources(
 pub async fn add_block(
     pool: &PgPool,
     block_id: Uuid,
-    resource_id: &str,
-    interval: &Interval,
-    reason: &str,
+    (resource_id, interval, reason): (&str, &Interval, &str),
     user: &str,
     at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+    reservation: Option<&crate::idempotency::Reservation>,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if let Some(reservation) = reservation {
+        let id = block_id.to_string();
+        match crate::idempotency::reserve(&mut tx, reservation, (BLOCK, &id, 1)).await {
+            Ok(()) => {}
+            Err(e) if e.is::<crate::idempotency::KeyTaken>() => return Ok(false),
+            Err(e) => {
+                return Err(match e.downcast::<sqlx::Error>() {
+                    Ok(sqlx) => *sqlx,
+                    Err(other) => sqlx::Error::Protocol(other.to_string()),
+                })
+            }
+        }
+    }
     sqlx::query(
         "INSERT INTO scheduling_blocks (block_id, resource_id, during, reason, created_by, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -829,9 +842,32 @@ pub async fn add_block(
     .bind(reason)
     .bind(user)
     .bind(at)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// What idempotency records name a block by.
+pub const BLOCK: &str = "SchedulingBlock";
+
+/// Block `block_id`: its resource, interval and reason.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn block(
+    pool: &PgPool,
+    block_id: Uuid,
+) -> Result<Option<(String, Interval, String)>, sqlx::Error> {
+    let row: Option<(String, DateTime<Utc>, DateTime<Utc>, String)> = sqlx::query_as(
+        "SELECT resource_id, lower(during), upper(during), reason
+           FROM scheduling_blocks WHERE block_id = $1",
+    )
+    .bind(block_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(resource, from, to, reason)| (resource, Interval::new(from, to), reason)))
 }
 
 /// The blocks of `resource_ids` overlapping `within`.

@@ -306,9 +306,64 @@ async fn add_block(
     State(state): State<AppState>,
     Authorized(user, _): Authorized<permission::BlockResources>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     let id = slug("id", &id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
+    let path = format!("/v1/resources/{id}/blocks");
+    idempotent(
+        &state,
+        &user,
+        &headers,
+        ("POST", &path, &body.raw),
+        replay_block,
+        |key| block_resource(&state, &user, &id, &body, key),
+    )
+    .await
+}
+
+/// The first answer of a keyed block, rebuilt from the block.
+fn replay_block<'a>(
+    state: &'a AppState,
+    stored: Stored<'a>,
+) -> BoxFuture<'a, Result<Response, ApiError>> {
+    Box::pin(async move {
+        let block_id = appointment_id(stored.aggregate_id)?;
+        let (resource, during, reason) = schedule::block(&state.pool, block_id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        Ok(block_response(
+            stored.status,
+            block_id,
+            &resource,
+            &during,
+            &reason,
+        ))
+    })
+}
+
+fn block_response(
+    status: StatusCode,
+    block_id: Uuid,
+    resource: &str,
+    during: &Interval,
+    reason: &str,
+) -> Response {
+    let body = json!({
+        "block_id": block_id, "resource_id": resource,
+        "from": during.start, "to": during.end, "reason": reason,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn block_resource(
+    state: &AppState,
+    user: &AuthUser,
+    id: &str,
+    body: &JsonObject,
+    key: Option<Keyed>,
+) -> Result<Response, ApiError> {
+    let id = id.to_owned();
     let mut f = Fields::new(&body.object, "", &["from", "to", "reason"]);
     let from = instant_field(&mut f, "from");
     let to = instant_field(&mut f, "to");
@@ -345,17 +400,28 @@ async fn add_block(
         return Err(ApiError::NotFound);
     }
     let block_id = Uuid::new_v4();
-    schedule::add_block(
+    let reservation = key.map(|k| k.answering(StatusCode::CREATED));
+    let during = Interval::new(from, to);
+    let added = schedule::add_block(
         &state.pool,
         block_id,
-        &id,
-        &Interval::new(from, to),
-        &reason,
+        (&id, &during, &reason),
         &user.id,
         (state.clock)(),
+        reservation.as_ref(),
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(json!({ "block_id": block_id, "resource_id": id, "from": from, "to": to, "reason": reason }))).into_response())
+    if !added {
+        // A repeat that lost the key to the first request: the wrapper answers as it did.
+        return Err(ApiError::Conflict);
+    }
+    Ok(block_response(
+        StatusCode::CREATED,
+        block_id,
+        &id,
+        &during,
+        &reason,
+    ))
 }
 
 /// `PUT /v1/services/{code}`: `{name, minutes, specialty?, room_type?, capabilities?}`.
