@@ -39,8 +39,13 @@ pub enum Command {
     Api,
     /// The relay alone: publishes committed events to Kafka (needs DATABASE_URL and KAFKA_BROKERS).
     Relay,
-    /// The projectors alone: a Kafka consumer group, or the event store's stream without Kafka.
+    /// The projectors (a Kafka consumer group, or the event store's stream without Kafka) and
+    /// the background work.
     Project,
+    /// The background work alone: process managers, reminders, the wait list, the notification
+    /// outbox and sweeps (needs DATABASE_URL). One instance is active at a time; others stand
+    /// by and take over when it stops.
+    Background,
     /// Applies the database migrations and exits.
     Migrate,
     /// Empties the read models and rebuilds them from the event store, then exits.
@@ -142,10 +147,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if !matches!(cli.command, Command::Token { .. }) {
         telemetry::init_subscriber(telemetry::get_subscriber(&settings.log, std::io::stderr));
     }
-    let roles = |api, relay, projectors| Roles {
+    let roles = |api, relay, projectors, background| Roles {
         api,
         relay,
         projectors,
+        background,
     };
     match cli.command {
         Command::Serve => {
@@ -155,19 +161,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
         }
         Command::Api => {
-            Service::start(&settings, roles(true, false, false), system_clock())
+            Service::start(&settings, roles(true, false, false, false), system_clock())
                 .await?
                 .run_until_stopped()
                 .await
         }
         Command::Relay => {
-            Service::start(&settings, roles(false, true, false), system_clock())
+            Service::start(&settings, roles(false, true, false, false), system_clock())
                 .await?
                 .run_until_stopped()
                 .await
         }
         Command::Project => {
-            Service::start(&settings, roles(false, false, true), system_clock())
+            Service::start(&settings, roles(false, false, true, true), system_clock())
+                .await?
+                .run_until_stopped()
+                .await
+        }
+        Command::Background => {
+            Service::start(&settings, roles(false, false, false, true), system_clock())
                 .await?
                 .run_until_stopped()
                 .await

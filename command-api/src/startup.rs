@@ -30,6 +30,9 @@ pub struct Roles {
     pub api: bool,
     pub relay: bool,
     pub projectors: bool,
+    /// The process managers, reminders, wait list and notification outbox
+    /// ([`application::background`]): one instance active at a time, the others standing by.
+    pub background: bool,
 }
 
 impl Roles {
@@ -37,6 +40,7 @@ impl Roles {
         api: true,
         relay: true,
         projectors: true,
+        background: true,
     };
 }
 
@@ -268,7 +272,8 @@ impl Service {
                     shutdown: &shutdown,
                 })
                 .await?;
-            // Reminders and the wait list run with the projectors: the background role.
+        }
+        if roles.background {
             tasks.spawn(application::background::run(
                 PatientStore::new(pool.clone(), secrets.keys.clone(), secrets.chain.clone()),
                 AppointmentStore::new(pool.clone(), secrets.keys.clone(), secrets.chain.clone()),

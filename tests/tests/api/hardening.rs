@@ -230,6 +230,7 @@ async fn outside_the_embedded_default_a_public_or_short_secret_stops_the_start()
         api: true,
         relay: false,
         projectors: false,
+        background: false,
     };
 
     for (case, secret) in [

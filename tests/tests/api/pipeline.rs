@@ -262,6 +262,7 @@ async fn a_relay_killed_mid_stream_and_restarted_loses_nothing_and_repeats_are_a
             api: true,
             relay: false,
             projectors: true,
+            background: true,
         },
         brokers: Some(broker.address()),
         ..AppOptions::default()

@@ -370,6 +370,7 @@ async fn a_hundred_concurrent_bookings_of_one_slot_at_two_api_processes_book_it_
             api: true,
             relay: false,
             projectors: false,
+            background: false,
         },
     )
     .await;
@@ -1228,6 +1229,7 @@ async fn appointments_of_a_patient_archived_while_the_background_was_killed_are_
             api: true,
             relay: false,
             projectors: false,
+            background: false,
         },
         ..AppOptions::default()
     })
@@ -1451,5 +1453,75 @@ async fn a_block_added_five_times_at_once_under_one_key_is_added_once() {
     assert_eq!(rows, 1);
     assert_eq!(other_status, 422, "{problem}");
     assert_eq!(problem["type"], "/problems/idempotency-key-reused");
+    app.stop().await;
+}
+
+/// The backend holding the background runner's advisory lock, if any.
+async fn background_lock_holder(app: &TestApp) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks
+          WHERE locktype = 'advisory' AND granted AND objsubid = 1
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_optional(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn one_background_runner_is_active_and_another_takes_over_when_it_dies() {
+    // Arrange: the API alone in this process; the background role in one process.
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        roles: Roles {
+            api: true,
+            relay: false,
+            projectors: false,
+            background: false,
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+            .arg("background")
+            .env("DATABASE_URL", &app.database_url)
+            .envs(crate::helpers::SECURITY_ENV)
+            .env_remove("KAFKA_BROKERS")
+            .env("APP_LOG__LEVEL", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = start();
+    eventually("the first runner to take the lock", || async {
+        background_lock_holder(&app).await.is_some()
+    })
+    .await;
+    let holder = background_lock_holder(&app).await;
+    let mut second = start();
+
+    // Act: the active runner dies.
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // Assert: the one standing by takes over, and works: an archive cancels the appointment.
+    eventually("the second runner to take the lock", || async {
+        let now = background_lock_holder(&app).await;
+        now.is_some() && now != holder
+    })
+    .await;
+    clinic(&app).await;
+    let ada = id_of(&app.register_person(601, None).await);
+    let (status, visit) = book(&app, &ada, &at("08:00"), json!({})).await;
+    assert_eq!(status, 201, "{visit}");
+    let archived = app
+        .command(&ada, "archive", 1, &json!({ "reason": "moved abroad" }))
+        .await;
+    assert_eq!(archived.status(), 200);
+    let id = visit["appointment_id"].as_str().unwrap();
+    until_status(&app, id, "cancelled").await;
+    second.kill().unwrap();
+    second.wait().unwrap();
     app.stop().await;
 }

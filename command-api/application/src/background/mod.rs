@@ -2,10 +2,12 @@
 //! dispatcher ([`reminders`]), wait-list offers ([`waitlist`]), the notification outbox
 //! ([`outbox`]), the process managers that follow the event stream ([`follower`]: an
 //! archived patient's appointments cancelled, [`archived`]), and the sweep of expired
-//! idempotency records. `serve` and `project` run it;
-//! each step is retried on the next round when it fails, and every step is safe to repeat
+//! idempotency records and registration guards. `serve`, `project` and `background` run it;
+//! one runner is active at a time across processes (it holds a PostgreSQL advisory lock,
+//! [`Leadership`]); the others stand by and take over within a second of its stopping. Each
+//! step is retried on the next round when it fails, and every step is safe to repeat
 //! (reminders and notifications have derived ids, offers are claims under the exclusion
-//! constraint).
+//! constraint, process managers use expected versions).
 
 pub mod archived;
 pub mod follower;
@@ -23,6 +25,68 @@ use crate::clock::Clock;
 
 /// How often due reminders are looked for.
 const POLL: Duration = Duration::from_millis(200);
+
+/// How often a standing-by runner tries to become the active one.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+
+/// The advisory lock the active runner holds: a fixed key ("patientb" in ASCII), so every
+/// version of the service agrees on it.
+const LOCK_KEY: i64 = 0x7061_7469_656e_7462;
+
+/// The active runner's hold on [`LOCK_KEY`]: a session-level advisory lock on a connection of
+/// its own, so it goes when the process (or its connection) dies.
+pub struct Leadership {
+    pool: sqlx::PgPool,
+    connection: Option<sqlx::PgConnection>,
+}
+
+impl std::fmt::Debug for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leadership")
+            .field("held", &self.connection.is_some())
+            .finish()
+    }
+}
+
+impl Leadership {
+    pub fn new(pool: sqlx::PgPool) -> Self {
+        Self {
+            pool,
+            connection: None,
+        }
+    }
+
+    /// Whether this runner holds the lock: checks that its connection still lives, or tries
+    /// to take the lock on a new one.
+    pub async fn hold(&mut self) -> bool {
+        if let Some(connection) = &mut self.connection {
+            if sqlx::query("SELECT 1")
+                .execute(&mut *connection)
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            tracing::warn!("lost the connection holding the background lock; standing by");
+            self.connection = None;
+        }
+        let Ok(pooled) = self.pool.acquire().await else {
+            return false;
+        };
+        let mut connection = pooled.detach();
+        let taken: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LOCK_KEY)
+            .fetch_one(&mut connection)
+            .await;
+        if matches!(taken, Ok(true)) {
+            tracing::info!("this process runs the background work");
+            self.connection = Some(connection);
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// How often expired idempotency records are deleted.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -47,7 +111,15 @@ pub async fn run(
         },
     );
     let mut swept_at: Option<std::time::Instant> = None;
+    let mut leadership = Leadership::new(store.pool().clone());
     loop {
+        // Only the runner holding the lock works; the others wait their turn.
+        if !leadership.hold().await {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(STANDBY_POLL) => continue,
+            }
+        }
         // Expired idempotency records and registration guards go, about once a minute.
         if swept_at.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
             let swept = async {
