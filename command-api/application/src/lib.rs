@@ -10,6 +10,7 @@
 //! - [`access`]: per-patient decisions (care team, consent, organization, purpose,
 //!   break-the-glass) and the access log every read leaves behind.
 //! - [`matching`]: duplicate detection against the `patient_match` read model.
+//! - [`registration`]: registering a patient, duplicate detection included.
 //! - [`planner`]: availability and placement of appointments on resources.
 //! - [`background`]: reminders, wait-list offers, the notification outbox, under one runner.
 //! - [`settings`]: the policies configuration gives the use cases.
@@ -22,4 +23,5 @@ pub mod clock;
 pub mod matching;
 pub mod planner;
 pub mod policy;
+pub mod registration;
 pub mod settings;

@@ -44,7 +44,6 @@ use crate::auth::access::AccessLog;
 use crate::auth::Authenticator;
 use crate::configuration::Secrets;
 pub use audit::mask_national_identifiers;
-pub use patients::register_patient;
 pub use problem::{ApiError, Problem, PROBLEM_JSON};
 
 pub use application::clock::{system_clock, Clock};

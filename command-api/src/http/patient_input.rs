@@ -1,6 +1,7 @@
 //! Parsing patient JSON (registrations and `$match` candidates) into domain values, naming
 //! every bad field.
 
+use application::registration::Registration;
 use chrono::NaiveDate;
 use domain::matching::MatchRecord;
 use domain::patient::contact::{
@@ -34,60 +35,6 @@ const REGISTRATION_FIELDS: &[&str] = &[
     "contact",
     "duplicate_override",
 ];
-
-/// A registration as the caller sent it, parsed.
-#[derive(Debug, Clone)]
-pub struct Registration {
-    pub name: PersonName,
-    pub birth_date: Option<BirthDate>,
-    pub gender: AdministrativeGender,
-    pub marital_status: Option<MaritalStatus>,
-    pub languages: Vec<LanguageTag>,
-    pub identifiers: Vec<Identifier>,
-    pub contact: ContactInformation,
-    /// The reason to register despite likely duplicates, if the caller gave one.
-    pub duplicate_override: Option<Reason>,
-}
-
-impl Registration {
-    /// What the matcher compares of this registration.
-    pub fn match_record(&self) -> MatchRecord {
-        match_record(
-            Some(&self.name),
-            self.birth_date.map(|d| d.date()),
-            &self.identifiers,
-            &self.contact,
-        )
-    }
-}
-
-fn match_record(
-    name: Option<&PersonName>,
-    birth_date: Option<NaiveDate>,
-    identifiers: &[Identifier],
-    contact: &ContactInformation,
-) -> MatchRecord {
-    let (given, family) = name.map_or((&[][..], ""), |n| (n.given(), n.family()));
-    let mut record = MatchRecord::new(given, family, birth_date);
-    for id in identifiers {
-        record = record.with_identifier(&id.system, &id.value, id.national);
-    }
-    for phone in &contact.phones {
-        record = record.with_phone(phone.number.as_str());
-    }
-    for email in &contact.emails {
-        record = record.with_email(email.address.as_str());
-    }
-    if let Some(address) = contact.addresses.iter().find(|a| a.preferred) {
-        record = record.with_address(
-            &address.lines,
-            address.city.as_deref().unwrap_or_default(),
-            address.postal_code.as_deref().unwrap_or_default(),
-            address.state.as_deref().unwrap_or_default(),
-        );
-    }
-    record
-}
 
 /// Parses a registration body.
 ///
@@ -163,7 +110,7 @@ pub fn candidate(object: &Map<String, Value>, today: NaiveDate) -> Result<MatchR
         ));
     }
     fields.finish()?;
-    Ok(match_record(
+    Ok(application::registration::match_record(
         name.as_ref(),
         birth_date.map(|d| d.date()),
         &identifiers,

@@ -11,8 +11,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::patient::{
-    AdministrativeGender, ArchivePatient, BirthDate, CorrectDemographics, DuplicateOverride,
-    Patient, PatientCommand, PatientError, PatientId, Reason, RegisterPatient, RestorePatient,
+    AdministrativeGender, ArchivePatient, BirthDate, CorrectDemographics, Patient, PatientCommand,
+    PatientError, PatientId, Reason, RestorePatient,
 };
 use domain::FieldErrors;
 use event_store::command::CommandMetadata;
@@ -32,6 +32,7 @@ use crate::http::patient_input;
 use crate::http::reach::{changeable_by, checked_access};
 use crate::http::{if_match, ApiError, AppState, RequestContext};
 use application::matching;
+use application::registration::Registration;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -83,58 +84,27 @@ async fn register(
     .await
 }
 
-/// Registers `input` as patient `id`, unless the matcher finds them `certain`ly or
-/// `probable` registered already and the caller gave no override reason. The HTTP API and
-/// `patient-service-tools match-eval` both register through here.
+/// Registers `input` as patient `id` through the use case
+/// ([`application::registration::register`]), answering its refusals as problems.
 ///
 /// # Errors
 ///
 /// [`ApiError::PossibleDuplicate`] with the candidates, or the command's error.
-pub async fn register_patient(
+async fn register_patient(
     state: &AppState,
     id: PatientId,
-    input: patient_input::Registration,
+    input: Registration,
     metadata: CommandMetadata,
     now: DateTime<Utc>,
 ) -> Result<(Patient, u64), ApiError> {
-    let record = input.match_record();
-    // A reason lets the registration pass likely duplicates the read model does not know yet
-    // too ([`event_store::registration_guard`]).
-    let may_pass = input.duplicate_override.is_some();
-    let matches = matching::find_matches(&state.pool, &record).await?;
-    let likely: Vec<_> = matches
-        .into_iter()
-        .filter(|m| m.grade.blocks_registration())
-        .collect();
-    let duplicate_override = match (likely.is_empty(), input.duplicate_override) {
-        (true, _) => None,
-        (false, Some(reason)) => Some(DuplicateOverride {
-            reason,
-            candidates: likely.iter().map(|m| PatientId::new(m.id)).collect(),
-        }),
-        (false, None) => return Err(ApiError::PossibleDuplicate(likely)),
-    };
-    let overridden = duplicate_override.is_some();
-    let mrn = state.store.next_mrn().await?;
-    let command = PatientCommand::Register(RegisterPatient {
-        patient_id: id,
-        mrn,
-        name: input.name,
-        birth_date: input.birth_date,
-        gender: input.gender,
-        marital_status: input.marital_status,
-        languages: input.languages,
-        identifiers: input.identifiers,
-        contact: input.contact,
-        duplicate_override,
-        at: now,
-    });
-    let registered = state
-        .store
-        .register(id, command, (record, may_pass), metadata, now)
-        .await?;
-    tracing::info!(patient_id = %id, overridden, "patient registered");
-    Ok(registered)
+    use application::registration::{register, RegistrationError};
+    register((&state.store, &state.pool), id, input, metadata, now)
+        .await
+        .map_err(|e| match e {
+            RegistrationError::PossibleDuplicate(likely) => ApiError::PossibleDuplicate(likely),
+            RegistrationError::Command(e) => e.into(),
+            RegistrationError::Database(e) => e.into(),
+        })
 }
 
 /// `POST /v1/patients/$match`: the registered patients a candidate may be, graded `certain`,

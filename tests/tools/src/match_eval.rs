@@ -21,6 +21,7 @@ use chrono::{NaiveDate, Utc};
 use clap::Args;
 use domain::patient::{PatientId, Reason};
 use event_store::command::CommandMetadata;
+use event_store::store::PatientStore;
 use projections::patient_match::PatientMatch;
 use projections::Projector;
 use serde_json::{json, Map, Value};
@@ -28,10 +29,9 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use application::matching;
-use command_api::auth::Authenticator;
+use application::registration::{register, Registration};
 use command_api::configuration::Settings;
-use command_api::http::patient_input::{self, Registration};
-use command_api::http::{register_patient, system_clock, AppState};
+use command_api::http::patient_input;
 use command_api::startup;
 
 #[derive(Debug, Clone, Args)]
@@ -230,12 +230,7 @@ async fn evaluate(
     startup::migrate(pool).await?;
     let secrets = settings.secrets()?;
     let projector = Projector::new(pool.clone(), secrets.keys.clone(), PatientMatch);
-    let state = AppState::new(
-        pool.clone(),
-        Authenticator::new(&settings.auth),
-        system_clock(),
-        secrets,
-    );
+    let store = PatientStore::new(pool.clone(), secrets.keys.clone(), secrets.chain.clone());
     let reason = Reason::parse("reason", "match-eval registers every record")
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let metadata = CommandMetadata {
@@ -253,8 +248,8 @@ async fn evaluate(
             continue;
         };
         input.duplicate_override = Some(reason.clone());
-        register_patient(
-            &state,
+        register(
+            (&store, pool),
             PatientId::new(uuid::Uuid::new_v4()),
             input,
             metadata.clone(),
@@ -262,11 +257,11 @@ async fn evaluate(
         )
         .await?;
         if n % 1000 == 999 {
-            startup::project_all(&projector, state.store.chain()).await?;
+            startup::project_all(&projector, store.chain()).await?;
             eprintln!("population: {} registered", n + 1);
         }
     }
-    startup::project_all(&projector, state.store.chain()).await?;
+    startup::project_all(&projector, store.chain()).await?;
     if population > 0 {
         eprintln!(
             "population of {population} registered in {:.0?}",
@@ -295,15 +290,15 @@ async fn evaluate(
         }
         input.duplicate_override = Some(reason.clone());
         let id = uuid::Uuid::new_v4();
-        register_patient(
-            &state,
+        register(
+            (&store, pool),
             PatientId::new(id),
             input,
             metadata.clone(),
             Utc::now(),
         )
         .await?;
-        startup::project_all(&projector, state.store.chain()).await?;
+        startup::project_all(&projector, store.chain()).await?;
         person_of.insert(id, index);
         persons.push(&row.person);
     }
