@@ -110,9 +110,11 @@ impl RegistrationGuard {
                 likely,
             ))));
         }
+        // The registration's events were sealed with this key a moment ago, in this
+        // transaction: it is there.
         let KeyState::Active(key) = self
             .keys
-            .data_key_for_writing(&mut *tx, &id)
+            .data_key(&mut *tx, &id)
             .await
             .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?
         else {
