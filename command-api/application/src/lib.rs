@@ -10,6 +10,9 @@
 //! - [`access`]: per-patient decisions (care team, consent, organization, purpose,
 //!   break-the-glass) and the access log every read leaves behind.
 //! - [`matching`]: duplicate detection against the `patient_match` read model.
+//! - [`services`]: what the use cases reach, and the error they refuse with.
+//! - [`reach`]: a patient's data reached only through the access decision, recorded.
+//! - [`merging`]: merging a duplicate into its survivor, and undoing it.
 //! - [`registration`]: registering a patient, duplicate detection included.
 //! - [`planner`]: availability and placement of appointments on resources.
 //! - [`background`]: reminders, wait-list offers, the notification outbox, under one runner.
@@ -21,7 +24,10 @@ pub mod background;
 pub mod caller;
 pub mod clock;
 pub mod matching;
+pub mod merging;
 pub mod planner;
 pub mod policy;
+pub mod reach;
 pub mod registration;
+pub mod services;
 pub mod settings;

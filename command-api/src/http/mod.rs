@@ -110,6 +110,17 @@ impl AppState {
         }
     }
 
+    /// What the use cases of the application layer reach.
+    pub fn services(&self) -> application::services::Services {
+        application::services::Services {
+            pool: self.pool.clone(),
+            store: self.store.clone(),
+            access: self.access.clone(),
+            home_organization: self.home_organization.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
     /// Lets one user open at most `limit` patients an hour under break-the-glass.
     #[must_use]
     pub fn with_emergency_limit(mut self, limit: u32) -> Self {

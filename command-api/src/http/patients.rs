@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::patient::{
     AdministrativeGender, ArchivePatient, BirthDate, CorrectDemographics, Patient, PatientCommand,
-    PatientError, PatientId, Reason, RestorePatient,
+    PatientId, Reason, RestorePatient,
 };
 use domain::FieldErrors;
 use event_store::command::CommandMetadata;
@@ -508,49 +508,19 @@ async fn merge(
             let (Some(target), Some(reason)) = input? else {
                 return Err(ApiError::Validation(FieldErrors::new()));
             };
-            // The survivor changes too: the same check for it.
-            changeable_by(&state, &req.user, Action::MergePatients, target).await?;
             let meta = metadata(
                 &req.user,
                 req.ctx(),
                 key.map(|k| k.answering(StatusCode::OK)),
             );
-            let (source_patient, _) = state.store.load(source).await?.ok_or(ApiError::NotFound)?;
-            if state.store.load(target).await?.is_none() {
-                return Err(ApiError::Validation(
-                    domain::FieldError::new("target_id", "no patient has this id").into(),
-                ));
-            }
-            let absorb = PatientCommand::Absorb {
+            let merge = application::merging::Merge {
                 source,
-                identifiers: source_patient
-                    .record()
-                    .map(|r| r.identifiers.clone())
-                    .unwrap_or_default(),
-                contact: source_patient
-                    .record()
-                    .map(|r| r.contact.clone())
-                    .unwrap_or_default(),
-                reason: reason.clone(),
-                at: now,
-            };
-            let merge = PatientCommand::MergeInto {
+                expected_version: expected,
                 target,
                 reason,
-                at: now,
             };
-            // One unit of work: the duplicate is merged exactly when the survivor absorbs it.
-            // The source's expected version makes the absorbed identifiers and contact points
-            // the ones it still has.
-            let mut changed = state
-                .store
-                .execute_together(
-                    vec![(source, Some(expected), merge), (target, None, absorb)],
-                    meta,
-                )
-                .await?;
-            let (merged, version) = changed.swap_remove(0);
-            tracing::info!(%target, "patient merged");
+            let (merged, version) =
+                application::merging::merge(&state.services(), &req.user, merge, meta, now).await?;
             respond(StatusCode::OK, &merged, version)
         },
     )
@@ -584,31 +554,15 @@ async fn unmerge(
                 req.ctx(),
                 key.map(|k| k.answering(StatusCode::OK)),
             );
-            let (before, _) = state.store.load(source).await?.ok_or(ApiError::NotFound)?;
-            let target = before
-                .record()
-                .and_then(|r| r.merged_into)
-                .ok_or(ApiError::Rule(PatientError::NotMerged))?;
-            changeable_by(&state, &req.user, Action::MergePatients, target).await?;
-            let undo = PatientCommand::Unmerge {
-                reason: reason.clone(),
-                at: now,
-            };
-            let revert = PatientCommand::RevertAbsorption {
-                source,
+            let (unmerged, version) = application::merging::unmerge(
+                &state.services(),
+                &req.user,
+                (source, expected),
                 reason,
-                at: now,
-            };
-            // One unit of work, as the merge: both records change or neither does.
-            let mut changed = state
-                .store
-                .execute_together(
-                    vec![(source, Some(expected), undo), (target, None, revert)],
-                    meta,
-                )
-                .await?;
-            let (unmerged, version) = changed.swap_remove(0);
-            tracing::info!(%target, "patient unmerged");
+                meta,
+                now,
+            )
+            .await?;
             respond(StatusCode::OK, &unmerged, version)
         },
     )

@@ -190,6 +190,20 @@ impl From<crate::auth::Refused> for ApiError {
     }
 }
 
+impl From<application::services::UseCaseError> for ApiError {
+    fn from(error: application::services::UseCaseError) -> Self {
+        use application::services::UseCaseError as E;
+        match error {
+            E::Refused(refused) => refused.into(),
+            E::EmergencyAccessLimit => Self::EmergencyAccessLimit,
+            E::Invalid(errors) => Self::Validation(errors),
+            E::Rule(rule) => Self::Rule(rule),
+            E::Command(command) => command.into(),
+            E::Database(database) => database.into(),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         if event_store::is_unavailable(&error) {

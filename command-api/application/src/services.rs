@@ -1,0 +1,51 @@
+//! What the use cases reach: the patient store, the access log, this service's organization
+//! and the clock; and the one error a use case refuses with.
+
+use domain::patient::PatientError;
+use domain::FieldErrors;
+use event_store::command::CommandError;
+use event_store::store::PatientStore;
+use sqlx::PgPool;
+
+use crate::access::AccessLog;
+use crate::caller::Refused;
+use crate::clock::Clock;
+
+/// The stores and logs a use case works with. Cheap to clone (pools and keys are shared).
+#[derive(Clone)]
+pub struct Services {
+    pub pool: PgPool,
+    pub store: PatientStore,
+    /// Where access entries go.
+    pub access: AccessLog,
+    /// This service's organization: users of others reach only patients who consented.
+    pub home_organization: Option<String>,
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").finish_non_exhaustive()
+    }
+}
+
+/// Why a use case did not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum UseCaseError {
+    /// The caller may not, or the patient is unknown or erased (as the access decision says).
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// Break-the-glass asked for more patients than the hourly limit.
+    #[error("emergency access limit reached")]
+    EmergencyAccessLimit,
+    /// Well-formed input naming something that does not hold (a patient that does not exist).
+    #[error("invalid fields")]
+    Invalid(FieldErrors),
+    /// A rule of the patient refuses it before any command runs.
+    #[error(transparent)]
+    Rule(PatientError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("the database failed")]
+    Database(#[from] sqlx::Error),
+}
