@@ -14,6 +14,7 @@
 //! - [`reach`]: a patient's data reached only through the access decision, recorded.
 //! - [`merging`]: merging a duplicate into its survivor, and undoing it.
 //! - [`registration`]: registering a patient, duplicate detection included.
+//! - [`booking`]: booking an appointment, and the planning the scheduling commands share.
 //! - [`planner`]: availability and placement of appointments on resources.
 //! - [`background`]: reminders, wait-list offers, the notification outbox, under one runner.
 //! - [`settings`]: the policies configuration gives the use cases.
@@ -21,6 +22,7 @@
 
 pub mod access;
 pub mod background;
+pub mod booking;
 pub mod caller;
 pub mod clock;
 pub mod matching;

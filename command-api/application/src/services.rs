@@ -4,12 +4,15 @@
 use domain::patient::PatientError;
 use domain::FieldErrors;
 use event_store::command::CommandError;
+use event_store::schedule::AppointmentStore;
 use event_store::store::PatientStore;
 use sqlx::PgPool;
 
 use crate::access::AccessLog;
 use crate::caller::Refused;
 use crate::clock::Clock;
+use crate::planner::Placement;
+use crate::settings::SchedulingSettings;
 
 /// The stores and logs a use case works with. Cheap to clone (pools and keys are shared).
 #[derive(Clone)]
@@ -21,6 +24,8 @@ pub struct Services {
     /// This service's organization: users of others reach only patients who consented.
     pub home_organization: Option<String>,
     pub clock: Clock,
+    pub appointments: AppointmentStore,
+    pub scheduling: SchedulingSettings,
 }
 
 impl std::fmt::Debug for Services {
@@ -46,6 +51,16 @@ pub enum UseCaseError {
     Rule(PatientError),
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// The time is taken: by which appointment (when the caller may know), and where it could
+    /// go instead.
+    #[error("time taken")]
+    TimeTaken {
+        conflicting: Option<uuid::Uuid>,
+        alternatives: Vec<Placement>,
+    },
+    /// A scheduling command refused or failed.
+    #[error(transparent)]
+    Scheduling(CommandError<domain::scheduling::SchedulingError>),
     #[error("the database failed")]
     Database(#[from] sqlx::Error),
 }

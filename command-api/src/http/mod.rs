@@ -118,6 +118,8 @@ impl AppState {
             access: self.access.clone(),
             home_organization: self.home_organization.clone(),
             clock: self.clock.clone(),
+            appointments: self.appointments.clone(),
+            scheduling: self.scheduling.clone(),
         }
     }
 

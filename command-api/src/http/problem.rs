@@ -199,6 +199,14 @@ impl From<application::services::UseCaseError> for ApiError {
             E::Invalid(errors) => Self::Validation(errors),
             E::Rule(rule) => Self::Rule(rule),
             E::Command(command) => command.into(),
+            E::TimeTaken {
+                conflicting,
+                alternatives,
+            } => Self::TimeTaken {
+                conflicting,
+                alternatives,
+            },
+            E::Scheduling(command) => command.into(),
             E::Database(database) => database.into(),
         }
     }

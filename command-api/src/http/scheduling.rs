@@ -63,11 +63,8 @@ pub fn router() -> Router<AppState> {
 
 /// A per-request tie-break for placement.
 fn rand_salt() -> u64 {
-    Uuid::new_v4().as_u64_pair().0
+    application::booking::salt()
 }
-
-/// How many times a booking is placed again when a concurrent one took a resource it chose.
-const PLACEMENT_ATTEMPTS: usize = 8;
 
 /// The longest range availability is computed over.
 const MAX_RANGE_DAYS: i64 = 31;
@@ -493,11 +490,11 @@ fn instant_field(f: &mut Fields<'_>, key: &str) -> Option<DateTime<Utc>> {
 }
 
 fn strategy(state: &AppState) -> Strategy {
-    Strategy::parse("strategy", &state.scheduling.strategy).unwrap_or(Strategy::BestFit)
+    application::booking::strategy(&state.scheduling)
 }
 
 fn release_lead(state: &AppState) -> Duration {
-    Duration::minutes(i64::from(state.scheduling.reserved_release_minutes))
+    application::booking::release_lead(&state.scheduling)
 }
 
 async fn service_named(state: &AppState, code: &str, field: &str) -> Result<Service, ApiError> {
@@ -591,17 +588,7 @@ async fn availability(
 
 /// The nearest free places around `at` (the same day either side), for a refusal.
 async fn alternatives(state: &AppState, ask: &Ask<'_>, at: DateTime<Utc>) -> Vec<Placement> {
-    let range = Interval::new(at - Duration::hours(12), at + Duration::hours(36));
-    let around = Ask {
-        range,
-        ..ask.clone()
-    };
-    let mut slots = planner::availability(&state.pool, &around, 500)
-        .await
-        .unwrap_or_default();
-    slots.sort_by_key(|p| (p.start - at).num_seconds().abs());
-    slots.truncate(5);
-    slots
+    application::booking::alternatives(&state.pool, ask, at).await
 }
 
 fn appointment_body(id: Uuid, version: u64, state: &AppointmentState) -> Value {
@@ -734,197 +721,36 @@ async fn book_appointment(
         return Err(ApiError::Validation(FieldErrors::new()));
     };
     let service = service_named(state, &service_code, "service").await?;
-    patient_reach(
-        state,
-        user,
-        Action::BookAppointments,
-        "appointment-book",
+    let request = application::booking::BookingRequest {
         patient,
-        true,
+        service,
+        start,
+        practitioner,
+        priority,
+        hold,
+        propose,
+    };
+    let (id, appointment, version) = application::booking::book(
+        &state.services(),
+        user,
+        request,
+        metadata(user, ctx, reservation),
     )
     .await?;
-    let now = (state.clock)();
-    let duration = Duration::minutes(i64::from(service.minutes));
-    let ask = Ask {
-        service: &service,
-        practitioner: practitioner.as_deref(),
-        range: Interval::new(start, start + duration),
-        duration,
-        priority,
-        now,
-        release_lead: release_lead(state),
-        strategy: strategy(state),
-        ignoring: None,
-        patient: Some(patient),
-        salt: rand_salt(),
-    };
-    let id = Uuid::new_v4();
-    tracing::Span::current().record("appointment_id", tracing::field::display(id));
-    // Which appointment holds the time is told only to callers of this organization: it is
-    // another patient's.
-    let external = access::is_external(user, state.home_organization.as_deref());
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let Some(placement) = planner::place(&state.pool, &ask).await? else {
-            let keys: Vec<String> = practitioner
-                .iter()
-                .map(|p| schedule::resource_key(p))
-                .collect();
-            let conflicting = schedule::holder(&state.pool, &keys, &ask.range, now)
-                .await?
-                .filter(|_| !external);
-            return Err(ApiError::TimeTaken {
-                conflicting,
-                alternatives: alternatives(state, &ask, start).await,
-            });
-        };
-        let booking = Booking {
-            interval: placement.interval(),
-            resources: placement.resources(),
-        };
-        let keys = schedule::claim_keys(&booking.resources, patient);
-        let new = NewAppointment {
-            patient_id: patient,
-            service: service.code.clone(),
-            priority,
-            at: now,
-        };
-        let (command, expires_at) = if propose {
-            (
-                AppointmentCommand::Propose {
-                    new,
-                    booking: Some(booking.clone()),
-                },
-                None,
-            )
-        } else if hold {
-            let expires_at = now + Duration::minutes(i64::from(state.scheduling.hold_minutes));
-            (
-                AppointmentCommand::Hold {
-                    new,
-                    booking: booking.clone(),
-                    expires_at,
-                },
-                Some(expires_at),
-            )
-        } else {
-            (
-                AppointmentCommand::Book {
-                    new,
-                    booking: booking.clone(),
-                },
-                None,
-            )
-        };
-        let reminders = if hold || propose {
-            None
-        } else {
-            Some(plan_reminders(state, id, patient, &booking).await?)
-        };
-        // A proposal claims nothing: its time is claimed when it is confirmed, if still free.
-        let claims = ClaimChange {
-            appointment_id: id,
-            release: false,
-            claim: (!propose).then(|| Claim {
-                keys: keys.clone(),
-                interval: booking.interval,
-                expires_at,
-            }),
-            now,
-            reminders,
-            waitlist: None,
-            notification: None,
-        };
-        match state
-            .appointments
-            .execute(
-                id,
-                patient,
-                None,
-                command,
-                Some(claims),
-                metadata(user, ctx, reservation.clone()),
-            )
-            .await
-        {
-            Ok((appointment, version)) => {
-                tracing::info!(
-                    status = if propose {
-                        "proposed"
-                    } else if hold {
-                        "pending"
-                    } else {
-                        "booked"
-                    },
-                    "appointment created"
-                );
-                return appointment_response(StatusCode::CREATED, id, &appointment, version);
-            }
-            Err(event_store::command::CommandError::Rule(
-                domain::scheduling::SchedulingError::TimeTaken,
-            )) if attempt < PLACEMENT_ATTEMPTS => {
-                // A concurrent booking took a resource chosen for this one (two requests picking
-                // the same free room): place again on what is left.
-                tracing::debug!(attempt, "placement taken meanwhile; placing again");
-            }
-            Err(event_store::command::CommandError::Rule(
-                domain::scheduling::SchedulingError::TimeTaken,
-            )) => {
-                let conflicting = schedule::holder(&state.pool, &keys, &booking.interval, now)
-                    .await?
-                    .filter(|_| !external);
-                return Err(ApiError::TimeTaken {
-                    conflicting,
-                    alternatives: alternatives(state, &ask, start).await,
-                });
-            }
-            Err(other) => return Err(other.into()),
-        }
-    }
+    appointment_response(StatusCode::CREATED, id, &appointment, version)
 }
 
-/// The reminders of a booked appointment: one per configured offset still in the future, in
-/// the practitioner's time zone (for quiet hours).
+/// The reminders of a booked appointment ([`application::booking::plan_reminders`]).
 async fn plan_reminders(
     state: &AppState,
     appointment: Uuid,
     patient: PatientId,
     booking: &Booking,
 ) -> Result<Vec<PlannedReminder>, ApiError> {
-    let practitioner = booking.resources.first().cloned().unwrap_or_default();
-    let time_zone = schedule::resources(
-        &state.pool,
-        None,
-        None,
-        None,
-        Some(std::slice::from_ref(&practitioner)),
+    Ok(
+        application::booking::plan_reminders(&state.services(), appointment, patient, booking)
+            .await?,
     )
-    .await?
-    .into_iter()
-    .find_map(|r| r.template.map(|t| t.time_zone.name().to_owned()))
-    .unwrap_or_else(|| "UTC".to_owned());
-    let now = (state.clock)();
-    let starts_at = booking.interval.start;
-    Ok(state
-        .scheduling
-        .reminder_offsets_minutes
-        .iter()
-        .map(|&offset| (offset, starts_at - Duration::minutes(i64::from(offset))))
-        .filter(|(_, due_at)| *due_at > now)
-        .map(|(offset, due_at)| PlannedReminder {
-            reminder_id: domain::scheduling::notification::reminder_id(
-                appointment,
-                starts_at,
-                offset,
-            ),
-            patient_id: patient.as_uuid(),
-            starts_at,
-            offset_minutes: offset,
-            due_at,
-            time_zone: time_zone.clone(),
-        })
-        .collect())
 }
 
 /// `POST /v1/waitlist`: `{patient_id, service, from, to, practitioner?, priority?}`: the
