@@ -1460,7 +1460,7 @@ async fn a_block_added_five_times_at_once_under_one_key_is_added_once() {
 async fn background_lock_holder(app: &TestApp) -> Option<i32> {
     sqlx::query_scalar(
         "SELECT pid FROM pg_locks
-          WHERE locktype = 'advisory' AND granted AND objsubid = 1
+          WHERE locktype = 'advisory' AND granted AND objsubid = 2
             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .fetch_optional(&app.pool)

@@ -29,9 +29,10 @@ const POLL: Duration = Duration::from_millis(200);
 /// How often a standing-by runner tries to become the active one.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
 
-/// The advisory lock the active runner holds: a fixed key ("patientb" in ASCII), so every
-/// version of the service agrees on it.
-const LOCK_KEY: i64 = 0x7061_7469_656e_7462;
+/// The advisory lock the active runner holds: a fixed pair of keys ("pati", "bgnd" in ASCII),
+/// so every version of the service agrees on it. Two 32-bit keys are a key space apart from
+/// the 64-bit ones the registration guard locks (`pg_locks.objsubid` 2, not 1).
+const LOCK_KEY: (i32, i32) = (0x7061_7469, 0x6267_6e64);
 
 /// The active runner's hold on [`LOCK_KEY`]: a session-level advisory lock on a connection of
 /// its own, so it goes when the process (or its connection) dies.
@@ -74,8 +75,9 @@ impl Leadership {
             return false;
         };
         let mut connection = pooled.detach();
-        let taken: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LOCK_KEY)
+        let taken: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(LOCK_KEY.0)
+            .bind(LOCK_KEY.1)
             .fetch_one(&mut connection)
             .await;
         if matches!(taken, Ok(true)) {
