@@ -279,3 +279,83 @@ pub async fn book(
         }
     }
 }
+
+/// What a patient waits for on the wait list.
+#[derive(Debug, Clone)]
+pub struct Wish {
+    pub patient: PatientId,
+    pub service: Service,
+    /// When the patient could come.
+    pub window: Interval,
+    pub practitioner: Option<String>,
+    pub priority: Priority,
+}
+
+/// Puts `wish` on the wait list for `user`: decides access to the patient (who must be
+/// active) and stores the entry with its row in one transaction; the best entry is offered
+/// each place that frees ([`crate::background::waitlist`]). Returns the entry's id (an
+/// appointment in status `waitlist`), the appointment and its version.
+///
+/// # Errors
+///
+/// The access refusal, the patient's rule, or the store's error.
+pub async fn join_waitlist(
+    services: &Services,
+    user: &AuthUser,
+    wish: Wish,
+    metadata: CommandMetadata,
+) -> Result<(Uuid, Appointment, u64), UseCaseError> {
+    let Wish {
+        patient,
+        service,
+        window,
+        practitioner,
+        priority,
+    } = wish;
+    let found = reach(
+        services,
+        user,
+        (Action::BookAppointments, "waitlist-join"),
+        patient,
+    )
+    .await?;
+    changeable(&found)?;
+    let now = (services.clock)();
+    let id = Uuid::new_v4();
+    tracing::Span::current().record("appointment_id", tracing::field::display(id));
+    let command = AppointmentCommand::JoinWaitlist {
+        new: NewAppointment {
+            patient_id: patient,
+            service: service.code.clone(),
+            priority,
+            at: now,
+        },
+        wish: domain::scheduling::appointment::WaitlistWish {
+            window,
+            practitioner: practitioner.clone(),
+        },
+    };
+    let change = ClaimChange {
+        appointment_id: id,
+        release: false,
+        claim: None,
+        now,
+        reminders: None,
+        waitlist: Some(schedule::WaitlistChange::Join {
+            patient_id: patient.as_uuid(),
+            service: service.code.clone(),
+            practitioner,
+            wish: window,
+            priority_rank: crate::background::waitlist::rank(priority),
+            joined_at: now,
+        }),
+        notification: None,
+    };
+    let (appointment, version) = services
+        .appointments
+        .execute(id, patient, None, command, Some(change), metadata)
+        .await
+        .map_err(UseCaseError::Scheduling)?;
+    tracing::info!("wait list joined");
+    Ok((id, appointment, version))
+}

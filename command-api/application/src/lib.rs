@@ -12,6 +12,7 @@
 //! - [`matching`]: duplicate detection against the `patient_match` read model.
 //! - [`services`]: what the use cases reach, and the error they refuse with.
 //! - [`reach`]: a patient's data reached only through the access decision, recorded.
+//! - [`patients`]: every command on one existing patient.
 //! - [`merging`]: merging a duplicate into its survivor, and undoing it.
 //! - [`registration`]: registering a patient, duplicate detection included.
 //! - [`booking`]: booking an appointment, and the planning the scheduling commands share.
@@ -27,6 +28,7 @@ pub mod caller;
 pub mod clock;
 pub mod matching;
 pub mod merging;
+pub mod patients;
 pub mod planner;
 pub mod policy;
 pub mod reach;

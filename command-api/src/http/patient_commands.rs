@@ -298,16 +298,14 @@ pub(super) async fn change<P: Permission>(
             let expected = if_match(&req.headers)?;
             let command = command?;
             let reservation = key.map(|k| k.answering(StatusCode::OK));
-            let (patient, version) = state
-                .store
-                .execute(
-                    id,
-                    Some(expected),
-                    command,
-                    metadata(&req.user, &req.ctx, reservation),
-                )
-                .await?;
-            tracing::info!(version, "patient changed");
+            let (patient, version) = application::patients::change(
+                &state.services(),
+                &req.user,
+                (P::ACTION, command),
+                (id, expected),
+                metadata(&req.user, &req.ctx, reservation),
+            )
+            .await?;
             respond(StatusCode::OK, &patient, version)
         },
     )

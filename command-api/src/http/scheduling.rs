@@ -24,9 +24,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Duration, NaiveTime, Utc, Weekday};
 use domain::patient::governance::Principal;
 use domain::patient::{PatientId, Reason};
-use domain::scheduling::appointment::{
-    AppointmentState, Booking, CancellationReason, NewAppointment,
-};
+use domain::scheduling::appointment::{AppointmentState, Booking, CancellationReason};
 use domain::scheduling::assignment::Strategy;
 use domain::scheduling::{
     Appointment, AppointmentCommand, AppointmentStatus, Interval, Priority, WeeklyTemplate, Window,
@@ -822,58 +820,20 @@ async fn join(
         return Err(ApiError::Validation(FieldErrors::new()));
     };
     let service = service_named(state, &service_code, "service").await?;
-    patient_reach(
-        state,
-        user,
-        Action::BookAppointments,
-        "waitlist-join",
+    let wish = application::booking::Wish {
         patient,
-        true,
+        service,
+        window: Interval::new(from, to),
+        practitioner,
+        priority,
+    };
+    let (id, appointment, version) = application::booking::join_waitlist(
+        &state.services(),
+        user,
+        wish,
+        metadata(user, ctx, key.map(|k| k.answering(StatusCode::CREATED))),
     )
     .await?;
-    let id = Uuid::new_v4();
-    tracing::Span::current().record("appointment_id", tracing::field::display(id));
-    let wish = Interval::new(from, to);
-    let command = AppointmentCommand::JoinWaitlist {
-        new: NewAppointment {
-            patient_id: patient,
-            service: service.code.clone(),
-            priority,
-            at: now,
-        },
-        wish: domain::scheduling::appointment::WaitlistWish {
-            window: wish,
-            practitioner: practitioner.clone(),
-        },
-    };
-    let change = ClaimChange {
-        appointment_id: id,
-        release: false,
-        claim: None,
-        now,
-        reminders: None,
-        waitlist: Some(WaitlistChange::Join {
-            patient_id: patient.as_uuid(),
-            service: service.code.clone(),
-            practitioner,
-            wish,
-            priority_rank: application::background::waitlist::rank(priority),
-            joined_at: now,
-        }),
-        notification: None,
-    };
-    let (appointment, version) = state
-        .appointments
-        .execute(
-            id,
-            patient,
-            None,
-            command,
-            Some(change),
-            metadata(user, ctx, key.map(|k| k.answering(StatusCode::CREATED))),
-        )
-        .await?;
-    tracing::info!("wait list joined");
     appointment_response(StatusCode::CREATED, id, &appointment, version)
 }
 
