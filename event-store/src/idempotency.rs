@@ -34,16 +34,28 @@ pub fn request_hash(key: &ChainKey, method: &str, path: &str, body: &[u8]) -> St
     ))
 }
 
-/// Deletes the idempotency records of requests on `aggregate_id`, inside `tx` (the erasure's).
+/// Deletes the idempotency records of requests on `aggregate_id`, inside `tx` (the erasure's),
+/// except the erasure's own (`keeping`: its user and key), which a repeat of it must still
+/// find. That record holds an id and a keyed hash, nothing of the patient.
 ///
 /// # Errors
 ///
 /// The database error.
-pub async fn forget(tx: &mut sqlx::PgConnection, aggregate_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE aggregate_id = $1")
-        .bind(aggregate_id)
-        .execute(tx)
-        .await?;
+pub async fn forget(
+    tx: &mut sqlx::PgConnection,
+    aggregate_id: &str,
+    keeping: Option<(&str, &str)>,
+) -> Result<(), sqlx::Error> {
+    let (user_id, key) = keeping.unwrap_or_default();
+    sqlx::query(
+        "DELETE FROM idempotency_keys
+          WHERE aggregate_id = $1 AND NOT (user_id = $2 AND key = $3)",
+    )
+    .bind(aggregate_id)
+    .bind(user_id)
+    .bind(key)
+    .execute(tx)
+    .await?;
     Ok(())
 }
 

@@ -118,7 +118,10 @@ impl RegistrationGuard {
             .await
             .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?
         else {
-            return Ok(());
+            // Without its key the registration could leave no guard for those after it.
+            return Err(PersistenceError::UnknownError(
+                format!("{id} has no data key to seal its registration guard with").into(),
+            ));
         };
         let plain = serde_json::to_vec(&self.record)?;
         let sealed = serde_json::to_value(sealed::seal(&key, id.as_bytes(), &plain))?;

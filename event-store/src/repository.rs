@@ -444,7 +444,15 @@ impl SealedRepository {
                     Err(other) => PersistenceError::UnknownError(other),
                 })?;
         }
-        for events in streams {
+        // In the order of the aggregates' ids, whatever the caller's order: two units of work
+        // on the same aggregates (a merge and its mirror image in another process) then take
+        // their sequences in one order and cannot wait on each other.
+        let mut ordered: Vec<&[SerializedEvent]> = streams.to_vec();
+        ordered.sort_by(|a, b| {
+            let id = |s: &[SerializedEvent]| s.first().map(|e| e.aggregate_id.clone());
+            id(a).cmp(&id(b))
+        });
+        for events in ordered {
             self.insert_events::<A>(&mut tx, events).await?;
         }
         for &events in streams {

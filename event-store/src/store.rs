@@ -46,8 +46,10 @@ impl TransactionEffect for Erasure {
                 return Ok(());
             };
             let id = forgotten.aggregate_id.as_str();
+            let field = |name: &str| forgotten.metadata.get(name).and_then(|v| v.as_str());
+            let keeping = field("user_id").zip(field("idempotency_key"));
             let erased = async {
-                crate::idempotency::forget(&mut *tx, id).await?;
+                crate::idempotency::forget(&mut *tx, id, keeping).await?;
                 crate::documents::forget_stored(&mut *tx, id).await?;
                 crate::registration_guard::forget(&mut *tx, id).await?;
                 if let Ok(patient) = PatientId::parse("id", id) {

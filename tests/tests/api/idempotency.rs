@@ -200,3 +200,24 @@ async fn a_keys_record_commits_with_the_commands_events() {
     assert_eq!((version, same_transaction), (2, true));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_repeated_erasure_with_the_same_key_answers_as_the_first() {
+    let app = TestApp::without_kafka().await;
+    let id = id_of(&app.register_ok("Ada", "Lovelace", "1990-12-10").await);
+    let path = format!("/v1/patients/{id}/forget");
+    let body = serde_json::json!({ "reason": "patient-request" });
+    let headers = [("if-match", "\"1\""), ("idempotency-key", "forget-1")];
+    let admin = app.token("admin-1", &["admin"]);
+
+    let first = app.post(&path, &admin, &body, &headers).await;
+    let again = app.post(&path, &admin, &body, &headers).await;
+
+    assert_eq!(first.status(), 200, "{:?}", first.text().await);
+    assert_eq!(again.status(), 200, "the erasure kept its own key's record");
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let replayed: Value = again.json().await.unwrap();
+    assert_eq!(replayed["status"], "forgotten");
+    assert_eq!(app.event_count().await, 2);
+    app.stop().await;
+}

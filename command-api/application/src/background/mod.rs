@@ -39,6 +39,8 @@ const LOCK_KEY: (i32, i32) = (0x7061_7469, 0x6267_6e64);
 pub struct Leadership {
     pool: sqlx::PgPool,
     connection: Option<sqlx::PgConnection>,
+    /// A standby's connection, kept between its tries.
+    standby: Option<sqlx::PgConnection>,
 }
 
 impl std::fmt::Debug for Leadership {
@@ -54,6 +56,7 @@ impl Leadership {
         Self {
             pool,
             connection: None,
+            standby: None,
         }
     }
 
@@ -71,21 +74,31 @@ impl Leadership {
             tracing::warn!("lost the connection holding the background lock; standing by");
             self.connection = None;
         }
-        let Ok(pooled) = self.pool.acquire().await else {
-            return false;
+        let mut connection = match self.standby.take() {
+            Some(connection) => connection,
+            None => match self.pool.acquire().await {
+                Ok(pooled) => pooled.detach(),
+                Err(_) => return false,
+            },
         };
-        let mut connection = pooled.detach();
         let taken: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
             .bind(LOCK_KEY.0)
             .bind(LOCK_KEY.1)
             .fetch_one(&mut connection)
             .await;
-        if matches!(taken, Ok(true)) {
-            tracing::info!("this process runs the background work");
-            self.connection = Some(connection);
-            true
-        } else {
-            false
+        match taken {
+            Ok(true) => {
+                tracing::info!("this process runs the background work");
+                self.connection = Some(connection);
+                true
+            }
+            // Another runner is active: try again on this connection next time.
+            Ok(false) => {
+                self.standby = Some(connection);
+                false
+            }
+            // A broken connection is dropped; the next try takes a new one.
+            Err(_) => false,
         }
     }
 }
