@@ -32,7 +32,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// API, relay and projectors in one process. With no database configured, runs a private
+    /// API, relay, projectors and the background work in one process. With no database configured, runs a private
     /// PostgreSQL cluster in the data folder; with no Kafka, projectors read the event store.
     Serve,
     /// The HTTP API alone (needs DATABASE_URL).
