@@ -105,16 +105,16 @@ pub struct KeyTaken;
 
 /// Reserves `reservation`'s key in `tx` for the events of `aggregate_type`/`aggregate_id` that
 /// leave it at `version`. Waits while a concurrent transaction holds the key; an expired record
-/// of the key gives way.
+/// of the key gives way. Returns whether the key was reserved (false: it is [`KeyTaken`]).
 ///
 /// # Errors
 ///
-/// [`KeyTaken`] (as a boxed error) when the key has a live record, or the database error.
+/// The database error.
 pub async fn reserve(
     tx: &mut sqlx::PgConnection,
     reservation: &Reservation,
     (aggregate_type, aggregate_id, version): (&str, &str, u64),
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<bool, sqlx::Error> {
     let result = sqlx::query(
         "INSERT INTO idempotency_keys (user_id, key, request_hash, aggregate_type, aggregate_id,
                                        version, item_id, response_status, created_at)
@@ -138,11 +138,7 @@ pub async fn reserve(
     .bind(interval(KEY_LIFETIME))
     .execute(tx)
     .await?;
-    if result.rows_affected() == 1 {
-        Ok(())
-    } else {
-        Err(Box::new(KeyTaken))
-    }
+    Ok(result.rows_affected() == 1)
 }
 
 #[derive(Debug, Clone)]

@@ -92,11 +92,19 @@ impl RegistrationGuard {
         .fetch_all(&mut *tx)
         .await
         .map_err(persistence_error)?;
+        // Their data keys in one read; an erased patient's is gone, and so is its guard.
+        let ids: Vec<String> = others.iter().map(|(id, _)| id.clone()).collect();
+        let keys = self
+            .keys
+            .data_keys(&mut *tx, &ids)
+            .await
+            .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
         let mut likely = Vec::new();
         for (other, sealed_record) in others {
-            let Some(record) = self.open(&mut *tx, &other, &sealed_record).await? else {
+            let Some(key) = keys.get(&other) else {
                 continue;
             };
+            let record = open(key, &other, sealed_record)?;
             let comparison = compare(&self.record, &record);
             if let Some(grade) = comparison.grade.filter(Grade::blocks_registration) {
                 if let Ok(other) = uuid::Uuid::parse_str(&other) {
@@ -139,30 +147,21 @@ impl RegistrationGuard {
         .map_err(persistence_error)?;
         Ok(())
     }
+}
 
-    /// The matcher's record of registration `patient_id`, or `None` once its key is gone.
-    async fn open(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        patient_id: &str,
-        sealed_record: &serde_json::Value,
-    ) -> Result<Option<MatchRecord>, PersistenceError> {
-        let KeyState::Active(key) = self
-            .keys
-            .data_key(&mut *tx, patient_id)
-            .await
-            .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?
-        else {
-            return Ok(None);
-        };
-        let sealed: sealed::Sealed = serde_json::from_value(sealed_record.clone())?;
-        let plain = sealed::open(&key, patient_id.as_bytes(), &sealed).map_err(|_| {
-            PersistenceError::UnknownError(
-                format!("the guard row of {patient_id} does not open").into(),
-            )
-        })?;
-        Ok(Some(serde_json::from_slice(&plain)?))
-    }
+/// The matcher's record of registration `patient_id`, opened with its data key.
+fn open(
+    key: &sealed::DataKey,
+    patient_id: &str,
+    sealed_record: serde_json::Value,
+) -> Result<MatchRecord, PersistenceError> {
+    let sealed: sealed::Sealed = serde_json::from_value(sealed_record)?;
+    let plain = sealed::open(key, patient_id.as_bytes(), &sealed).map_err(|_| {
+        PersistenceError::UnknownError(
+            format!("the guard row of {patient_id} does not open").into(),
+        )
+    })?;
+    Ok(serde_json::from_slice(&plain)?)
 }
 
 impl TransactionEffect for RegistrationGuard {

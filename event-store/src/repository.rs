@@ -437,12 +437,15 @@ impl SealedRepository {
         if let Some(reservation) = &self.reservation {
             let version = answered.last().map_or(0, |e| e.sequence as u64);
             let aggregate_id = answered[0].aggregate_id.as_str();
-            crate::idempotency::reserve(&mut tx, reservation, (A::TYPE, aggregate_id, version))
-                .await
-                .map_err(|e| match e.downcast::<sqlx::Error>() {
-                    Ok(sqlx) => persistence_error(*sqlx),
-                    Err(other) => PersistenceError::UnknownError(other),
-                })?;
+            let reserved =
+                crate::idempotency::reserve(&mut tx, reservation, (A::TYPE, aggregate_id, version))
+                    .await
+                    .map_err(persistence_error)?;
+            if !reserved {
+                return Err(PersistenceError::UnknownError(Box::new(
+                    crate::idempotency::KeyTaken,
+                )));
+            }
         }
         // In the order of the aggregates' ids, whatever the caller's order: two units of work
         // on the same aggregates (a merge and its mirror image in another process) then take

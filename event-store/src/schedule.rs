@@ -821,15 +821,8 @@ pub async fn add_block(
     let mut tx = pool.begin().await?;
     if let Some(reservation) = reservation {
         let id = block_id.to_string();
-        match crate::idempotency::reserve(&mut tx, reservation, (BLOCK, &id, 1)).await {
-            Ok(()) => {}
-            Err(e) if e.is::<crate::idempotency::KeyTaken>() => return Ok(false),
-            Err(e) => {
-                return Err(match e.downcast::<sqlx::Error>() {
-                    Ok(sqlx) => *sqlx,
-                    Err(other) => sqlx::Error::Protocol(other.to_string()),
-                })
-            }
+        if !crate::idempotency::reserve(&mut tx, reservation, (BLOCK, &id, 1)).await? {
+            return Ok(false);
         }
     }
     sqlx::query(

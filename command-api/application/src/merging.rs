@@ -71,18 +71,15 @@ pub async fn merge(
     };
     // The source's expected version makes the absorbed identifiers and contact points the
     // ones it still has.
-    let mut changed = services
-        .store
-        .execute_together(
-            vec![
-                (source, Some(expected_version), merge),
-                (target, None, absorb),
-            ],
-            metadata,
-        )
-        .await?;
+    let merged = together(
+        services,
+        (source, expected_version, merge),
+        (target, absorb),
+        metadata,
+    )
+    .await?;
     tracing::info!(%target, "patient merged");
-    Ok(changed.swap_remove(0))
+    Ok(merged)
 }
 
 /// Undoes the merge of `source` (at `expected_version`): the survivor gives back what it
@@ -118,16 +115,34 @@ pub async fn unmerge(
         reason,
         at: now,
     };
+    let unmerged = together(
+        services,
+        (source, expected_version, undo),
+        (target, revert),
+        metadata,
+    )
+    .await?;
+    tracing::info!(%target, "patient unmerged");
+    Ok(unmerged)
+}
+
+/// Runs the source's command (at its expected version) and the survivor's as one unit of
+/// work; returns the source and its version after it.
+async fn together(
+    services: &Services,
+    (source, expected_version, on_source): (PatientId, u64, PatientCommand),
+    (target, on_target): (PatientId, PatientCommand),
+    metadata: CommandMetadata,
+) -> Result<(Patient, u64), UseCaseError> {
     let mut changed = services
         .store
         .execute_together(
             vec![
-                (source, Some(expected_version), undo),
-                (target, None, revert),
+                (source, Some(expected_version), on_source),
+                (target, None, on_target),
             ],
             metadata,
         )
         .await?;
-    tracing::info!(%target, "patient unmerged");
     Ok(changed.swap_remove(0))
 }

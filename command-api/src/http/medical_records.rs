@@ -326,17 +326,34 @@ async fn create(
     .await
 }
 
-/// What a change to an existing item starts with: the patient (reachable and changeable),
-/// the item's id and the version named by `If-Match`.
-async fn item_change(
+/// A change to an existing item: the patient (reachable and changeable), the item's id and
+/// the version named by `If-Match` are checked, then `run` changes it under the request's
+/// `Idempotency-Key` (`path_suffix` after the item's path, for the request's hash).
+async fn item_change<F, Fut>(
     state: &AppState,
     req: &CommandRequest<permission::WriteMedicalRecord>,
-) -> Result<(PatientId, ItemId, u64), ApiError> {
+    (kind, path_suffix): (ItemKind, &str),
+    run: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce((PatientId, ItemId, u64), Option<Keyed>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
     let id = patient_id(req.raw_id())?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let item_id = item_id(req.item.as_deref().unwrap_or_default())?;
     writable(state, &req.user, id).await?;
-    Ok((id, item_id, if_match(req.headers())?))
+    let expected = if_match(req.headers())?;
+    let path = format!("/v1/patients/{id}/{}/{item_id}{path_suffix}", segment(kind));
+    idempotent(
+        state,
+        &req.user,
+        req.headers(),
+        (req.method(), &path, &req.body.raw),
+        replay,
+        |key| run((id, item_id, expected), key),
+    )
+    .await
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
@@ -345,16 +362,9 @@ async fn revise(
     req: CommandRequest<permission::WriteMedicalRecord>,
     kind: ItemKind,
 ) -> Result<Response, ApiError> {
-    let (id, item_id, expected) = item_change(&state, &req).await?;
-    let path = format!("/v1/patients/{id}/{}/{item_id}", segment(kind));
-    idempotent(
-        &state,
-        &req.user,
-        req.headers(),
-        (req.method(), &path, &req.body.raw),
-        replay,
-        |key| revise_item(&state, &req, kind, (id, item_id, expected), key),
-    )
+    item_change(&state, &req, (kind, ""), |item, key| {
+        revise_item(&state, &req, kind, item, key)
+    })
     .await
 }
 
@@ -434,19 +444,9 @@ async fn enter_in_error(
     req: CommandRequest<permission::WriteMedicalRecord>,
     kind: ItemKind,
 ) -> Result<Response, ApiError> {
-    let (id, item_id, expected) = item_change(&state, &req).await?;
-    let path = format!(
-        "/v1/patients/{id}/{}/{item_id}/entered-in-error",
-        segment(kind)
-    );
-    idempotent(
-        &state,
-        &req.user,
-        req.headers(),
-        (req.method(), &path, &req.body.raw),
-        replay,
-        |key| enter_item_in_error(&state, &req, kind, (id, item_id, expected), key),
-    )
+    item_change(&state, &req, (kind, "/entered-in-error"), |item, key| {
+        enter_item_in_error(&state, &req, kind, item, key)
+    })
     .await
 }
 

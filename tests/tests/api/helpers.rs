@@ -578,3 +578,36 @@ pub fn error_fields(problem: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Starts `patient-service api` (the API role alone) on `app`'s database in a process of its
+/// own, with `envs` besides the test keys; returns it and its base URL once it is ready.
+pub async fn api_process(app: &TestApp, envs: &[(&str, String)]) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+        .arg("api")
+        .env("DATABASE_URL", &app.database_url)
+        .envs(SECURITY_ENV)
+        .env("APP_AUTH__JWT_SECRET", SECRET)
+        .env("APP_HTTP__PORT", port.to_string())
+        .env("APP_LOG__LEVEL", "warn")
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("KAFKA_BROKERS")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let ready = app.client.get(format!("{base}/health/ready")).send().await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            return (child, base);
+        }
+        assert!(Instant::now() < deadline, "the API did not become ready");
+        assert!(child.try_wait().unwrap().is_none(), "the API exited early");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

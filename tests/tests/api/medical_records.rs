@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{
     assert_matches_schema_in, consume_until, consumer_for, error_fields, eventually, fixed_now,
-    header, id_of, key, AppOptions, TestApp, SECRET, SECURITY_ENV,
+    header, id_of, key, AppOptions, TestApp,
 };
 
 const CARE: &str = "dr-care";
@@ -1254,47 +1254,16 @@ async fn a_document_past_its_extraction_time_limit_is_refused_and_costs_no_more_
     let id = patient_in_care(&app, 12).await;
     let token = clinician(&app);
     let limit = Duration::from_secs(2);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut service = Running(
-        std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
-            .arg("api")
-            .env("DATABASE_URL", &app.database_url)
-            .envs(SECURITY_ENV)
-            .env("APP_AUTH__JWT_SECRET", SECRET)
-            .env("APP_HTTP__PORT", port.to_string())
-            .env(
-                "APP_DOCUMENTS__EXTRACTION_TIMEOUT_MS",
-                limit.as_millis().to_string(),
-            )
-            .env("APP_LOG__LEVEL", "warn")
-            .env_remove("KAFKA_BROKERS")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (child, address) = crate::helpers::api_process(
+        &app,
+        &[(
+            "APP_DOCUMENTS__EXTRACTION_TIMEOUT_MS",
+            limit.as_millis().to_string(),
+        )],
+    )
+    .await;
+    let mut service = Running(child);
     let pid = service.0.id();
-    let address = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + crate::helpers::DEADLINE;
-    loop {
-        let ready = app
-            .client
-            .get(format!("{address}/health/ready"))
-            .send()
-            .await;
-        if ready.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the API did not become ready");
-        assert!(
-            service.0.try_wait().unwrap().is_none(),
-            "the API exited early"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let nested = "<div>".repeat(400_000);
     let hostile = |title: &'static str| {
         upload_to(

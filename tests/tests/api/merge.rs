@@ -226,41 +226,6 @@ async fn a_survivor_of_a_merge_is_not_merged_away_until_that_merge_is_undone() {
     app.stop().await;
 }
 
-/// Starts `patient-service api` (the API role alone) in a process of its own on `app`'s database;
-/// returns it and its base URL once it is ready.
-async fn start_api_process(app: &TestApp) -> (std::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
-        .arg("api")
-        .env("DATABASE_URL", &app.database_url)
-        .envs(SECURITY_ENV)
-        .env("APP_AUTH__JWT_SECRET", SECRET)
-        .env_remove("KAFKA_BROKERS")
-        .env("APP_HTTP__PORT", port.to_string())
-        .env("APP_LOG__LEVEL", "error")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let ready = app.client.get(format!("{base}/health/ready")).send().await;
-        if ready.is_ok_and(|r| r.status() == 200) {
-            return (child, base);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "serve did not become ready"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "serve exited early");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn merges_killed_midway_are_whole_or_absent_never_half_done() {
     // Arrange: pairs of a survivor and its duplicate, and an API process of its own to kill.
@@ -275,7 +240,7 @@ async fn merges_killed_midway_are_whole_or_absent_never_half_done() {
     // session was last seen at the tests' fixed time.
     let token = app.token("merger-1", &["registrar"]);
     for round in pairs.chunks(20) {
-        let (mut serve, base) = start_api_process(&app).await;
+        let (mut serve, base) = api_process(&app, &[]).await;
 
         // Act: twenty merges at once; the process dies with SIGKILL once some have committed.
         let merges = round.iter().map(|(duplicate, survivor)| {

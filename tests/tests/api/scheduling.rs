@@ -1205,10 +1205,29 @@ async fn an_archive_however_written_cancels_the_patients_appointments_ahead() {
     app.stop().await;
 }
 
+/// Options for a test service running the API alone: the background work runs elsewhere.
+fn api_alone() -> AppOptions {
+    AppOptions {
+        kafka: false,
+        roles: Roles {
+            api: true,
+            relay: false,
+            projectors: false,
+            background: false,
+        },
+        ..AppOptions::default()
+    }
+}
+
 /// Starts `patient-service project` (projectors and background work) on `app`'s database.
 fn start_background(app: &TestApp) -> std::process::Child {
+    start_role(app, "project")
+}
+
+/// Starts `patient-service <role>` on `app`'s database.
+fn start_role(app: &TestApp, role: &str) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
-        .arg("project")
+        .arg(role)
         .env("DATABASE_URL", &app.database_url)
         .envs(crate::helpers::SECURITY_ENV)
         .env_remove("KAFKA_BROKERS")
@@ -1223,17 +1242,7 @@ async fn appointments_of_a_patient_archived_while_the_background_was_killed_are_
 ) {
     // Arrange: the API alone in this process; the background work in another, which has
     // started following the stream.
-    let app = TestApp::spawn_with(AppOptions {
-        kafka: false,
-        roles: Roles {
-            api: true,
-            relay: false,
-            projectors: false,
-            background: false,
-        },
-        ..AppOptions::default()
-    })
-    .await;
+    let app = TestApp::spawn_with(api_alone()).await;
     clinic(&app).await;
     let ada = id_of(&app.register_person(403, None).await);
     let (status, visit) = book(&app, &ada, &at("08:00"), json!({})).await;
@@ -1471,28 +1480,8 @@ async fn background_lock_holder(app: &TestApp) -> Option<i32> {
 #[tokio::test]
 async fn one_background_runner_is_active_and_another_takes_over_when_it_dies() {
     // Arrange: the API alone in this process; the background role in one process.
-    let app = TestApp::spawn_with(AppOptions {
-        kafka: false,
-        roles: Roles {
-            api: true,
-            relay: false,
-            projectors: false,
-            background: false,
-        },
-        ..AppOptions::default()
-    })
-    .await;
-    let start = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
-            .arg("background")
-            .env("DATABASE_URL", &app.database_url)
-            .envs(crate::helpers::SECURITY_ENV)
-            .env_remove("KAFKA_BROKERS")
-            .env("APP_LOG__LEVEL", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let app = TestApp::spawn_with(api_alone()).await;
+    let start = || start_role(&app, "background");
     let mut first = start();
     eventually("the first runner to take the lock", || async {
         background_lock_holder(&app).await.is_some()
