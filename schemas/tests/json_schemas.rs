@@ -5,7 +5,11 @@
 use std::path::PathBuf;
 
 fn json_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("json")
+    // At run time: a binary built in another checkout sharing the target folder still looks
+    // at this one's files.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("json")
 }
 
 fn render(schema: &schemars::Schema) -> String {
