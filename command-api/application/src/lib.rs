@@ -13,6 +13,7 @@
 //! - [`services`]: what the use cases reach, and the error they refuse with.
 //! - [`reach`]: a patient's data reached only through the access decision, recorded.
 //! - [`patients`]: every command on one existing patient.
+//! - [`records`]: the medical record: its items and documents, changed and read.
 //! - [`merging`]: merging a duplicate into its survivor, and undoing it.
 //! - [`registration`]: registering a patient, duplicate detection included.
 //! - [`booking`]: booking an appointment, and the planning the scheduling commands share.
@@ -32,6 +33,7 @@ pub mod patients;
 pub mod planner;
 pub mod policy;
 pub mod reach;
+pub mod records;
 pub mod registration;
 pub mod services;
 pub mod settings;

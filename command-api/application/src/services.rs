@@ -1,9 +1,14 @@
 //! What the use cases reach: the patient store, the access log, this service's organization
 //! and the clock; and the one error a use case refuses with.
 
+use std::sync::Arc;
+
+use domain::medical_record::{AllergyWarning, MedicalRecordError};
 use domain::patient::PatientError;
 use domain::FieldErrors;
 use event_store::command::CommandError;
+use event_store::documents::DocumentStore;
+use event_store::records::MedicalRecordStore;
 use event_store::schedule::AppointmentStore;
 use event_store::store::PatientStore;
 use sqlx::PgPool;
@@ -12,6 +17,7 @@ use crate::access::AccessLog;
 use crate::caller::Refused;
 use crate::clock::Clock;
 use crate::planner::Placement;
+use crate::records::TextExtractor;
 use crate::settings::SchedulingSettings;
 
 /// The stores and logs a use case works with. Cheap to clone (pools and keys are shared).
@@ -26,6 +32,10 @@ pub struct Services {
     pub clock: Clock,
     pub appointments: AppointmentStore,
     pub scheduling: SchedulingSettings,
+    pub records: MedicalRecordStore,
+    /// Uploaded documents and their text, sealed with their patients' keys.
+    pub documents: DocumentStore,
+    pub extractor: Arc<dyn TextExtractor>,
 }
 
 impl std::fmt::Debug for Services {
@@ -51,6 +61,19 @@ pub enum UseCaseError {
     Rule(PatientError),
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// A medical record command refused or failed.
+    #[error(transparent)]
+    Record(#[from] CommandError<MedicalRecordError>),
+    /// A medication meets active allergies: the warnings to acknowledge, and the order as
+    /// given (clinical data: for the caller's answer only, never a log).
+    #[error("allergy warning")]
+    AllergyWarning {
+        warnings: Vec<AllergyWarning>,
+        order: serde_json::Value,
+    },
+    /// Too busy to do it now: try again shortly.
+    #[error("busy")]
+    Busy,
     /// The time is taken: by which appointment (when the caller may know), and where it could
     /// go instead.
     #[error("time taken")]
@@ -63,4 +86,6 @@ pub enum UseCaseError {
     Scheduling(CommandError<domain::scheduling::SchedulingError>),
     #[error("the database failed")]
     Database(#[from] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

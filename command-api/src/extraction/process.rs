@@ -323,6 +323,23 @@ fn lower(resource: Resource, soft: u64, hard: u64) -> nix::Result<()> {
     setrlimit(resource, soft.min(current), hard.min(current))
 }
 
+#[async_trait::async_trait]
+impl application::records::TextExtractor for Extractor {
+    async fn extract(
+        &self,
+        media_type: &'static str,
+        bytes: Vec<u8>,
+    ) -> Result<Option<String>, application::records::Extraction> {
+        use application::records::Extraction;
+        Extractor::extract(self, media_type, bytes)
+            .await
+            .map_err(|e| match e {
+                ExtractionError::Busy => Extraction::Busy,
+                refused => Extraction::Refused(refused.to_string()),
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
 

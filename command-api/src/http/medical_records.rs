@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 
+use application::records;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,25 +29,20 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::medical_record::items::DocumentContent;
-use domain::medical_record::{
-    Acknowledgement, Item, ItemContent, ItemId, ItemKind, MedicalRecord, MedicalRecordCommand,
-    MedicalRecordError,
-};
-use domain::patient::governance::Principal;
+use domain::medical_record::{Item, ItemContent, ItemId, ItemKind, MedicalRecord};
 use domain::patient::PatientId;
 use domain::{FieldError, FieldErrors};
-use event_store::command::CommandError;
+use event_store::command::CommandMetadata;
 use futures::future::BoxFuture;
 use projections::medical_records::{self as read_model, Criteria};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::auth::{access, permission, Action, AuthUser, Authorized};
+use crate::auth::{permission, AuthUser, Authorized};
 use crate::extraction;
-use crate::http::idempotency::{idempotency_key, idempotent, Keyed, Stored};
+use crate::http::idempotency::{idempotency_key, idempotent, Stored};
 use crate::http::params::{url_encode, whole_number};
 use crate::http::patient_commands::{metadata, CommandRequest};
-use crate::http::reach::{changeable, reach};
 use crate::http::record_input;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
 
@@ -120,20 +116,6 @@ fn item_id(raw: &str) -> Result<ItemId, ApiError> {
 
 fn path_param<'a>(params: &'a HashMap<String, String>, key: &str) -> &'a str {
     params.get(key).map_or("", String::as_str)
-}
-
-/// Checks that `user` may write patient `id`'s medical record (recording the attempt) and
-/// that the patient is active.
-async fn writable(state: &AppState, user: &AuthUser, id: PatientId) -> Result<(), ApiError> {
-    let patient = reach(
-        state,
-        user,
-        Action::WriteMedicalRecord,
-        "medical-record-write",
-        id,
-    )
-    .await?;
-    changeable(&patient)
 }
 
 /// An item as the API answers it: its data, with id, kind, version and marks.
@@ -240,55 +222,20 @@ fn with_medication_warnings(
     (parts, Json(body)).into_response()
 }
 
-fn principal(user: &AuthUser) -> Result<Principal, ApiError> {
-    Principal::parse("sub", &user.id).map_err(|_| ApiError::Forbidden)
-}
-
-/// Records a new item, reserving the request's `Idempotency-Key` (if any) with it.
-#[allow(clippy::too_many_arguments)]
-async fn record_item(
-    state: &AppState,
-    user: &AuthUser,
-    ctx: &RequestContext,
+/// Answers a change of item `item_id`: the item as the record has it after the change.
+fn changed(
+    status: StatusCode,
     id: PatientId,
-    key: Option<Keyed>,
-    content: ItemContent,
-    reason: Option<domain::patient::Reason>,
-    acknowledged: Vec<ItemId>,
+    record: &MedicalRecord,
+    item_id: ItemId,
 ) -> Result<Response, ApiError> {
-    let item_id = ItemId::new(Uuid::new_v4());
-    let reservation = key.map(|k| k.answering_item(StatusCode::CREATED, item_id));
-    let command = MedicalRecordCommand::Record {
-        item_id,
-        content: content.clone(),
-        reason,
-        acknowledgement: Acknowledgement {
-            by: principal(user)?,
-            allergies: acknowledged,
-        },
-        at: (state.clock)(),
-    };
-    match state
-        .records
-        .execute(id, command, metadata(user, ctx, reservation))
-        .await
-    {
-        Ok((record, _)) => {
-            let item = record.item(item_id).ok_or(ApiError::NotFound)?;
-            tracing::info!(item_id = %item_id, kind = item.content.kind().code(), "medical record item recorded");
-            Ok(with_medication_warnings(
-                item_response(StatusCode::CREATED, id, item),
-                id,
-                &record,
-                item,
-            ))
-        }
-        Err(CommandError::Rule(MedicalRecordError::UnacknowledgedAllergyWarnings(warnings))) => {
-            let order = serde_json::to_value(&content).unwrap_or_default();
-            Err(ApiError::AllergyWarning { warnings, order })
-        }
-        Err(other) => Err(other.into()),
-    }
+    let item = record.item(item_id).ok_or(ApiError::NotFound)?;
+    Ok(with_medication_warnings(
+        item_response(status, id, item),
+        id,
+        record,
+        item,
+    ))
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
@@ -299,8 +246,8 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let id = patient_id(req.raw_id())?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    writable(&state, &req.user, id).await?;
-    let today = (state.clock)().date_naive();
+    let services = state.services();
+    let writer = records::writer(&services, &req.user, id).await?;
     let path = format!("/v1/patients/{id}/{}", segment(kind));
     idempotent(
         &state,
@@ -309,18 +256,13 @@ async fn create(
         ("POST", &path, &req.body.raw),
         replay,
         |key| async {
-            let (content, extras) = record_input::item(kind, &req.body.object, false, today)?;
-            record_item(
-                &state,
-                &req.user,
-                req.ctx(),
-                id,
-                key,
-                content,
-                extras.reason,
-                extras.acknowledged,
-            )
-            .await
+            let item = record_input::new_item(kind, &req.body.object, writer.today())?;
+            let item_id = ItemId::new(Uuid::new_v4());
+            let reservation = key.map(|k| k.answering_item(StatusCode::CREATED, item_id));
+            let record = writer
+                .record(item_id, item, metadata(&req.user, req.ctx(), reservation))
+                .await?;
+            changed(StatusCode::CREATED, id, &record, item_id)
         },
     )
     .await
@@ -328,7 +270,8 @@ async fn create(
 
 /// A change to an existing item: the patient (reachable and changeable), the item's id and
 /// the version named by `If-Match` are checked, then `run` changes it under the request's
-/// `Idempotency-Key` (`path_suffix` after the item's path, for the request's hash).
+/// `Idempotency-Key` (`path_suffix` after the item's path, for the request's hash) with the
+/// metadata to give the command.
 async fn item_change<F, Fut>(
     state: &AppState,
     req: &CommandRequest<permission::WriteMedicalRecord>,
@@ -336,13 +279,14 @@ async fn item_change<F, Fut>(
     run: F,
 ) -> Result<Response, ApiError>
 where
-    F: FnOnce((PatientId, ItemId, u64), Option<Keyed>) -> Fut,
-    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+    F: FnOnce(records::Writer, (ItemId, u64), CommandMetadata) -> Fut,
+    Fut: std::future::Future<Output = Result<MedicalRecord, ApiError>>,
 {
     let id = patient_id(req.raw_id())?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let item_id = item_id(req.item.as_deref().unwrap_or_default())?;
-    writable(state, &req.user, id).await?;
+    let services = state.services();
+    let writer = records::writer(&services, &req.user, id).await?;
     let expected = if_match(req.headers())?;
     let path = format!("/v1/patients/{id}/{}/{item_id}{path_suffix}", segment(kind));
     idempotent(
@@ -351,7 +295,16 @@ where
         req.headers(),
         (req.method(), &path, &req.body.raw),
         replay,
-        |key| run((id, item_id, expected), key),
+        |key| async {
+            let reservation = key.map(|k| k.answering_item(StatusCode::OK, item_id));
+            let record = run(
+                writer,
+                (item_id, expected),
+                metadata(&req.user, req.ctx(), reservation),
+            )
+            .await?;
+            changed(StatusCode::OK, id, &record, item_id)
+        },
     )
     .await
 }
@@ -362,80 +315,25 @@ async fn revise(
     req: CommandRequest<permission::WriteMedicalRecord>,
     kind: ItemKind,
 ) -> Result<Response, ApiError> {
-    item_change(&state, &req, (kind, ""), |item, key| {
-        revise_item(&state, &req, kind, item, key)
-    })
-    .await
-}
-
-async fn revise_item(
-    state: &AppState,
-    req: &CommandRequest<permission::WriteMedicalRecord>,
-    kind: ItemKind,
-    (id, item_id, expected): (PatientId, ItemId, u64),
-    key: Option<Keyed>,
-) -> Result<Response, ApiError> {
-    let today = (state.clock)().date_naive();
-    let (content, extras) = if kind == ItemKind::Document {
-        // The content stays: only what describes the document is revised.
-        let (record, _) = state.records.load(id).await?;
-        let current = match record.item(item_id).map(|i| &i.content) {
-            Some(ItemContent::Document(d)) => d.content.clone(),
-            _ => return Err(ApiError::NotFound),
-        };
-        let (document, extras) = record_input::document(&req.body.object, "", current, today)?;
-        if extras.reason.is_none() {
-            return Err(ApiError::Validation(
-                FieldError::new("reason", "is required").into(),
-            ));
-        }
-        (ItemContent::Document(document), extras)
-    } else {
-        record_input::item(kind, &req.body.object, true, today)?
-    };
-    let reason = extras
-        .reason
-        .ok_or_else(|| ApiError::Validation(FieldErrors::new()))?;
-    let command = MedicalRecordCommand::Revise {
-        item_id,
-        expected_version: u32::try_from(expected).unwrap_or(u32::MAX),
-        content: content.clone(),
-        reason,
-        acknowledgement: Acknowledgement {
-            by: principal(&req.user)?,
-            allergies: extras.acknowledged,
+    let body = &req.body.object;
+    item_change(
+        &state,
+        &req,
+        (kind, ""),
+        |writer, (item_id, expected), metadata| async move {
+            let revision = if kind == ItemKind::Document {
+                // The content stays: only what describes the document is revised.
+                let current = writer.document_content(item_id).await?;
+                record_input::document_revision(body, current, writer.today())?
+            } else {
+                record_input::revision(kind, body, writer.today())?
+            };
+            Ok(writer
+                .revise((item_id, expected), revision, metadata)
+                .await?)
         },
-        at: (state.clock)(),
-    };
-    match state
-        .records
-        .execute(
-            id,
-            command,
-            metadata(
-                &req.user,
-                req.ctx(),
-                key.map(|k| k.answering_item(StatusCode::OK, item_id)),
-            ),
-        )
-        .await
-    {
-        Ok((record, _)) => {
-            let item = record.item(item_id).ok_or(ApiError::NotFound)?;
-            tracing::info!(item_id = %item_id, version = item.version, "medical record item revised");
-            Ok(with_medication_warnings(
-                item_response(StatusCode::OK, id, item),
-                id,
-                &record,
-                item,
-            ))
-        }
-        Err(CommandError::Rule(MedicalRecordError::UnacknowledgedAllergyWarnings(warnings))) => {
-            let order = serde_json::to_value(&content).unwrap_or_default();
-            Err(ApiError::AllergyWarning { warnings, order })
-        }
-        Err(other) => Err(other.into()),
-    }
+    )
+    .await
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
@@ -444,44 +342,19 @@ async fn enter_in_error(
     req: CommandRequest<permission::WriteMedicalRecord>,
     kind: ItemKind,
 ) -> Result<Response, ApiError> {
-    item_change(&state, &req, (kind, "/entered-in-error"), |item, key| {
-        enter_item_in_error(&state, &req, kind, item, key)
-    })
+    let body = &req.body;
+    item_change(
+        &state,
+        &req,
+        (kind, "/entered-in-error"),
+        |writer, (item_id, expected), metadata| async move {
+            let reason = crate::http::patient_commands::reason_only(body)?;
+            Ok(writer
+                .enter_in_error((kind, item_id, expected), reason, metadata)
+                .await?)
+        },
+    )
     .await
-}
-
-async fn enter_item_in_error(
-    state: &AppState,
-    req: &CommandRequest<permission::WriteMedicalRecord>,
-    kind: ItemKind,
-    (id, item_id, expected): (PatientId, ItemId, u64),
-    key: Option<Keyed>,
-) -> Result<Response, ApiError> {
-    let reason = crate::http::patient_commands::reason_only(&req.body)?;
-    let (record, _) = state.records.load(id).await?;
-    if record.item(item_id).map(|i| i.content.kind()) != Some(kind) {
-        return Err(ApiError::NotFound);
-    }
-    let (record, _) = state
-        .records
-        .execute(
-            id,
-            MedicalRecordCommand::EnterInError {
-                item_id,
-                expected_version: u32::try_from(expected).unwrap_or(u32::MAX),
-                reason,
-                at: (state.clock)(),
-            },
-            metadata(
-                &req.user,
-                req.ctx(),
-                key.map(|k| k.answering_item(StatusCode::OK, item_id)),
-            ),
-        )
-        .await?;
-    let item = record.item(item_id).ok_or(ApiError::NotFound)?;
-    tracing::info!(item_id = %item_id, "medical record item entered in error");
-    Ok(item_response(StatusCode::OK, id, item))
 }
 
 /// `POST /v1/patients/{id}/documents`: `multipart/form-data` with a `metadata` part (JSON:
@@ -499,9 +372,9 @@ async fn upload(
     let id = patient_id(path_param(&params, "id"))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     idempotency_key(&headers)?;
-    writable(&state, &user, id).await?;
+    let services = state.services();
     // Whatever can refuse the upload is checked before anything is stored.
-    principal(&user)?;
+    let writer = records::writer(&services, &user, id).await?;
     let mut multipart = multipart.map_err(|_| ApiError::UnsupportedMediaType)?;
     let mut metadata_part: Option<serde_json::Map<String, Value>> = None;
     // What a repeat under the same `Idempotency-Key` must send again: both parts.
@@ -565,7 +438,7 @@ async fn upload(
         errors.push(FieldError::new("file", "must not be empty"));
     }
     errors.into_result().map_err(ApiError::Validation)?;
-    let today = (state.clock)().date_naive();
+    let today = writer.today();
     // Check the metadata before the work of extraction and storage.
     let placeholder = DocumentContent {
         media_type: media_type.to_owned(),
@@ -574,7 +447,8 @@ async fn upload(
         text_sha256: None,
         text_length: 0,
     };
-    record_input::document(&metadata_part, "metadata", placeholder, today)?;
+    record_input::document(&metadata_part, "metadata", placeholder, today)
+        .map_err(ApiError::Validation)?;
     request.extend_from_slice(media_type.as_bytes());
     request.push(0);
     request.extend_from_slice(&bytes);
@@ -586,85 +460,23 @@ async fn upload(
         ("POST", &path, &request),
         replay,
         |key| async {
-            store_document(
-                &state,
-                (&user, &ctx),
-                id,
-                key,
-                &metadata_part,
-                (media_type, bytes),
-            )
-            .await
+            let item_id = ItemId::new(Uuid::new_v4());
+            let reservation = key.map(|k| k.answering_item(StatusCode::CREATED, item_id));
+            let upload = records::Upload {
+                media_type,
+                bytes,
+                describe: |content| {
+                    record_input::document(&metadata_part, "metadata", content, today)
+                        .map(|(document, extras)| (document, extras.reason))
+                },
+            };
+            let record = writer
+                .store_document(item_id, upload, metadata(&user, &ctx, reservation))
+                .await?;
+            changed(StatusCode::CREATED, id, &record, item_id)
         },
     )
     .await
-}
-
-/// Extracts the text of an uploaded document, stores both, and records the document.
-async fn store_document(
-    state: &AppState,
-    (user, ctx): (&AuthUser, &RequestContext),
-    id: PatientId,
-    key: Option<Keyed>,
-    metadata_part: &serde_json::Map<String, Value>,
-    (media_type, bytes): (&'static str, Vec<u8>),
-) -> Result<Response, ApiError> {
-    let today = (state.clock)().date_naive();
-    let text = state
-        .extractor
-        .extract(media_type, bytes.clone())
-        .await
-        .map_err(|e| match e {
-            extraction::ExtractionError::Busy => ApiError::Unavailable(Box::new(e)),
-            e => ApiError::Validation(FieldError::new("file", e.to_string()).into()),
-        })?;
-    let patient_key = id.to_string();
-    let sha256 = state
-        .documents
-        .put(&patient_key, &bytes)
-        .await
-        .map_err(document_error)?;
-    let (text_sha256, text_length) = match &text {
-        Some(text) => (
-            Some(
-                state
-                    .documents
-                    .put(&patient_key, text.as_bytes())
-                    .await
-                    .map_err(document_error)?,
-            ),
-            text.chars().count() as u64,
-        ),
-        None => (None, 0),
-    };
-    let content = DocumentContent {
-        media_type: media_type.to_owned(),
-        size: bytes.len() as u64,
-        sha256,
-        text_sha256,
-        text_length,
-    };
-    let (document, extras) = record_input::document(metadata_part, "metadata", content, today)?;
-    record_item(
-        state,
-        user,
-        ctx,
-        id,
-        key,
-        ItemContent::Document(document),
-        extras.reason,
-        Vec::new(),
-    )
-    .await
-}
-
-fn document_error(error: event_store::documents::DocumentError) -> ApiError {
-    use event_store::documents::DocumentError as E;
-    match error {
-        E::Database(e) => e.into(),
-        E::KeyDestroyed => ApiError::Gone,
-        other => ApiError::Internal(Box::new(other)),
-    }
 }
 
 /// `GET /v1/patients/{id}/documents/{item}/content`: the bytes, as uploaded.
@@ -677,27 +489,10 @@ async fn content(
     let id = patient_id(path_param(&params, "id"))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let item_id = item_id(path_param(&params, "item"))?;
-    reach(
-        &state,
-        &user,
-        Action::ReadMedicalRecord,
-        "document-content",
-        id,
-    )
-    .await?;
-    let (record, _) = state.records.load(id).await?;
-    let Some(item) = record.item(item_id) else {
-        return Err(ApiError::NotFound);
-    };
+    let (item, bytes) = records::document(&state.services(), &user, (id, item_id)).await?;
     let ItemContent::Document(document) = &item.content else {
         return Err(ApiError::NotFound);
     };
-    let bytes = state
-        .documents
-        .get(&id.to_string(), &document.content.sha256)
-        .await
-        .map_err(document_error)?
-        .ok_or(ApiError::NotFound)?;
     let mut response = bytes.into_response();
     let headers = response.headers_mut();
     if let Ok(media_type) = HeaderValue::from_str(&document.content.media_type) {
@@ -776,18 +571,9 @@ async fn list(
         }
     };
     errors.into_result().map_err(ApiError::InvalidParameters)?;
-    reach(
-        &state,
-        &user,
-        Action::ReadMedicalRecord,
-        "medical-record-list",
-        id,
-    )
-    .await?;
-    let (record, _) = state.records.load(id).await?;
-    let items: Vec<Value> = record
-        .items()
-        .filter(|i| i.content.kind() == kind && (include_errors || i.entered_in_error.is_none()))
+    let items: Vec<Value> = records::list(&state.services(), &user, (id, kind), include_errors)
+        .await?
+        .iter()
         .map(|i| resource(id, i))
         .collect();
     Ok(Json(json!({ "items": items })).into_response())
@@ -802,15 +588,7 @@ async fn summary(
 ) -> Result<Response, ApiError> {
     let id = patient_id(path_param(&params, "id"))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    reach(
-        &state,
-        &user,
-        Action::ReadMedicalRecord,
-        "medical-record-read",
-        id,
-    )
-    .await?;
-    let (record, version): (MedicalRecord, u64) = state.records.load(id).await?;
+    let (record, version) = records::summary(&state.services(), &user, id).await?;
     let mut body = serde_json::Map::new();
     for (segment, kind) in KINDS {
         let items: Vec<Value> = record
@@ -842,32 +620,15 @@ async fn read(
     unknown_params(&query, &["as_of"], &mut errors);
     let as_of = instant(&query, "as_of", &mut errors);
     errors.into_result().map_err(ApiError::InvalidParameters)?;
-    let what = if as_of.is_some() {
-        "medical-record-read-as-of"
-    } else {
-        "medical-record-read"
-    };
-    reach(&state, &user, Action::ReadMedicalRecord, what, id).await?;
+    let services = state.services();
     if let Some(as_of) = as_of {
-        let version = read_model::version_as_of(
-            &state.pool,
-            id.as_uuid(),
-            kind.code(),
-            item_id.as_uuid(),
-            as_of,
-        )
-        .await?
-        .ok_or(ApiError::NotFound)?;
+        let version = records::item_as_of(&services, &user, (id, kind, item_id), as_of).await?;
         let mut body = version_body(id, kind, item_id, version);
         body["as_of"] = json!(as_of);
         return Ok(Json(body).into_response());
     }
-    let (record, _) = state.records.load(id).await?;
-    let item = record
-        .item(item_id)
-        .filter(|i| i.content.kind() == kind)
-        .ok_or(ApiError::NotFound)?;
-    Ok(item_response(StatusCode::OK, id, item))
+    let item = records::item(&services, &user, (id, kind, item_id)).await?;
+    Ok(item_response(StatusCode::OK, id, &item))
 }
 
 fn version_body(
@@ -899,12 +660,7 @@ async fn load_versions(
     let id = patient_id(path_param(params, "id"))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let item_id = item_id(path_param(params, "item"))?;
-    reach(state, user, Action::ReadMedicalRecord, what, id).await?;
-    let versions =
-        read_model::versions(&state.pool, id.as_uuid(), kind.code(), item_id.as_uuid()).await?;
-    if versions.is_empty() {
-        return Err(ApiError::NotFound);
-    }
+    let versions = records::versions(&state.services(), user, (id, kind, item_id), what).await?;
     Ok((id, item_id, versions))
 }
 
@@ -1002,11 +758,6 @@ fn status_codes(kind: ItemKind) -> &'static [&'static str] {
     }
 }
 
-/// Rows read at a time by a structured search, and how many such reads one request may make
-/// looking for rows the caller may see.
-const SCAN_BATCH: i64 = 200;
-const MAX_SCAN_BATCHES: usize = 25;
-
 /// `GET /v1/patients/{id}/medical-record/search?q=...`: full-text search over the patient's
 /// items and documents, best first, with highlighted fragments. `kind` narrows it. Each
 /// result row is recorded as an access.
@@ -1030,30 +781,7 @@ async fn search_text(
         .and_then(|k| errors.check(ItemKind::parse("kind", k)));
     let limit: i64 = whole_number(&query, "limit", 20, 1..=MAX_LIMIT, &mut errors);
     errors.into_result().map_err(ApiError::InvalidParameters)?;
-    reach(
-        &state,
-        &user,
-        Action::ReadMedicalRecord,
-        "medical-record-search",
-        id,
-    )
-    .await?;
-    let hits = read_model::search_text(&state.pool, id.as_uuid(), q, kind.map(|k| k.code()), limit)
-        .await?;
-    let rows: Vec<Uuid> = hits.iter().map(|h| h.patient_id).collect();
-    if !rows.is_empty() {
-        state
-            .access
-            .record(
-                &user,
-                "medical-record-search-result",
-                &rows,
-                access::Decision::Granted,
-                (state.clock)(),
-            )
-            .await?;
-    }
-    tracing::info!(results = hits.len(), "medical record text search");
+    let hits = records::search_text(&state.services(), &user, id, (q, kind, limit)).await?;
     let items: Vec<Value> = hits
         .into_iter()
         .map(|h| {
@@ -1160,80 +888,12 @@ async fn search_items(
         after,
         limit,
     };
-    // Only rows of patients this caller may read, decided per patient on their record. A page
-    // is filled from such rows only and its cursor names the last row shown, so neither a
-    // page nor a cursor tells of patients out of the caller's reach.
-    let mut criteria = Criteria {
-        limit: SCAN_BATCH,
-        ..criteria
-    };
-    let mut allowed: HashMap<Uuid, bool> = HashMap::new();
-    let mut hits = Vec::new();
-    let mut incomplete = true;
-    'scan: for _ in 0..MAX_SCAN_BATCHES {
-        let batch = read_model::search_items(&state.pool, &criteria).await?;
-        let exhausted = (batch.len() as i64) < criteria.limit;
-        for hit in batch {
-            criteria.after = Some((hit.patient_id, hit.item_id));
-            let granted = match allowed.get(&hit.patient_id) {
-                Some(&granted) => granted,
-                None => {
-                    let pid = PatientId::new(hit.patient_id);
-                    let patient = match state.store.load(pid).await {
-                        Ok(loaded) => loaded.map(|(p, _)| p),
-                        // A patient whose stream does not verify is left out (the load
-                        // alerted), rather than failing everyone's search.
-                        Err(CommandError::Internal(e))
-                            if e.is::<event_store::repository::Unverified>() =>
-                        {
-                            None
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    let granted = access::decide(
-                        &user,
-                        Action::SearchMedicalRecords,
-                        pid,
-                        patient.as_ref(),
-                        state.home_organization.as_deref(),
-                    ) == access::Decision::Granted;
-                    allowed.insert(hit.patient_id, granted);
-                    granted
-                }
-            };
-            if granted {
-                hits.push(hit);
-                if hits.len() as i64 == limit {
-                    incomplete = false;
-                    break 'scan;
-                }
-            }
-        }
-        if exhausted {
-            incomplete = false;
-            break;
-        }
-    }
-    let next = (hits.len() as i64 == limit)
-        .then(|| {
-            hits.last()
-                .map(|h| format!("{},{}", h.patient_id, h.item_id))
-        })
-        .flatten();
-    let rows: Vec<Uuid> = hits.iter().map(|h| h.patient_id).collect();
-    if !rows.is_empty() {
-        state
-            .access
-            .record(
-                &user,
-                "medical-record-search-result",
-                &rows,
-                access::Decision::Granted,
-                (state.clock)(),
-            )
-            .await?;
-    }
-    tracing::info!(results = hits.len(), "medical record structured search");
+    let records::ItemPage {
+        hits,
+        next,
+        incomplete,
+    } = records::search_items(&state.services(), &user, criteria).await?;
+    let next = next.map(|(patient, item)| format!("{patient},{item}"));
     let mut body = json!({ "items": hits });
     if incomplete {
         // Scanned as far as one request may without filling the page: narrow the criteria.

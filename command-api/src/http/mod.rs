@@ -120,6 +120,9 @@ impl AppState {
             clock: self.clock.clone(),
             appointments: self.appointments.clone(),
             scheduling: self.scheduling.clone(),
+            records: self.records.clone(),
+            documents: self.documents.clone(),
+            extractor: self.extractor.clone(),
         }
     }
 

@@ -207,7 +207,11 @@ impl From<application::services::UseCaseError> for ApiError {
                 alternatives,
             },
             E::Scheduling(command) => command.into(),
+            E::Record(command) => command.into(),
+            E::AllergyWarning { warnings, order } => Self::AllergyWarning { warnings, order },
+            E::Busy => Self::Unavailable("busy".into()),
             E::Database(database) => database.into(),
+            E::Internal(error) => Self::Internal(error),
         }
     }
 }

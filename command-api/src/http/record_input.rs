@@ -1,6 +1,7 @@
 //! Reading medical record items from JSON bodies, field by field, into the domain's types. Every
 //! bad field is reported by its path; unknown fields are refused.
 
+use application::records::{NewItem, Revision};
 use chrono::NaiveDate;
 use domain::medical_record::items::{
     Allergy, AllergyCategory, AllergyClinicalStatus, AllergyCriticality, BodySite, Document,
@@ -357,7 +358,7 @@ pub fn document(
     prefix: &str,
     content: DocumentContent,
     today: NaiveDate,
-) -> Result<(Document, Extras), ApiError> {
+) -> Result<(Document, Extras), FieldErrors> {
     let mut f = Fields::new(object, prefix, known(ItemKind::Document));
     let title = code(&mut f, "title", Label::parse);
     let document_type = concept(&mut f, "document_type", true);
@@ -366,8 +367,8 @@ pub fn document(
     not_in_future(&mut f, "date", date_value, today);
     let note = note(&mut f);
     let extras = extras(&mut f, false, false);
-    f.finish()?;
-    let missing = || ApiError::Validation(FieldErrors::new());
+    f.errors.into_result()?;
+    let missing = FieldErrors::new;
     Ok((
         Document {
             title: title.ok_or_else(missing)?,
@@ -440,6 +441,66 @@ pub fn item(
     f.finish()?;
     let content = content.ok_or_else(|| ApiError::Validation(FieldErrors::new()))?;
     Ok((content, extras))
+}
+
+/// A new item of `kind` (not a document).
+///
+/// # Errors
+///
+/// [`ApiError::Validation`] naming every bad field.
+pub fn new_item(
+    kind: ItemKind,
+    object: &Map<String, Value>,
+    today: NaiveDate,
+) -> Result<NewItem, ApiError> {
+    let (content, extras) = item(kind, object, false, today)?;
+    Ok(NewItem {
+        content,
+        reason: extras.reason,
+        acknowledged: extras.acknowledged,
+    })
+}
+
+/// A revision of an item of `kind` (not a document): its new content and why.
+///
+/// # Errors
+///
+/// [`ApiError::Validation`] naming every bad field.
+pub fn revision(
+    kind: ItemKind,
+    object: &Map<String, Value>,
+    today: NaiveDate,
+) -> Result<Revision, ApiError> {
+    let (content, extras) = item(kind, object, true, today)?;
+    let reason = extras
+        .reason
+        .ok_or_else(|| ApiError::Validation(FieldErrors::new()))?;
+    Ok(Revision {
+        content,
+        reason,
+        acknowledged: extras.acknowledged,
+    })
+}
+
+/// A revision of what describes a document whose content is `current`; it needs a reason.
+///
+/// # Errors
+///
+/// [`ApiError::Validation`] naming every bad field.
+pub fn document_revision(
+    object: &Map<String, Value>,
+    current: DocumentContent,
+    today: NaiveDate,
+) -> Result<Revision, ApiError> {
+    let (document, extras) = document(object, "", current, today).map_err(ApiError::Validation)?;
+    let reason = extras
+        .reason
+        .ok_or_else(|| ApiError::Validation(FieldError::new("reason", "is required").into()))?;
+    Ok(Revision {
+        content: ItemContent::Document(document),
+        reason,
+        acknowledged: extras.acknowledged,
+    })
 }
 
 #[cfg(test)]
