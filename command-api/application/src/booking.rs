@@ -10,6 +10,7 @@ use domain::patient::PatientId;
 use domain::scheduling::appointment::{Booking, NewAppointment};
 use domain::scheduling::assignment::Strategy;
 use domain::scheduling::{Appointment, AppointmentCommand, Interval, Priority, SchedulingError};
+use domain::FieldError;
 use event_store::command::{CommandError, CommandMetadata};
 use event_store::schedule::{self, Claim, ClaimChange, PlannedReminder, Service};
 use sqlx::PgPool;
@@ -39,6 +40,21 @@ pub fn release_lead(settings: &SchedulingSettings) -> Duration {
 /// A tie-breaker for placements of equal cost, fresh for each request.
 pub fn salt() -> u64 {
     Uuid::new_v4().as_u64_pair().0
+}
+
+/// The service of code `code` (named in `field`).
+///
+/// # Errors
+///
+/// [`UseCaseError::Unknown`] naming `field` when there is none.
+pub async fn service_named(
+    services: &Services,
+    code: &str,
+    field: &str,
+) -> Result<Service, UseCaseError> {
+    schedule::service(&services.pool, code)
+        .await?
+        .ok_or_else(|| UseCaseError::Unknown(FieldError::new(field, "names no service").into()))
 }
 
 /// The five free places nearest `at` for what `ask` asks, for an answer that the time is
@@ -108,7 +124,8 @@ pub async fn plan_reminders(
 #[derive(Debug, Clone)]
 pub struct BookingRequest {
     pub patient: PatientId,
-    pub service: Service,
+    /// The code of the service booked.
+    pub service: String,
     pub start: DateTime<Utc>,
     /// The practitioner asked for; without one, any of the service's specialty.
     pub practitioner: Option<String>,
@@ -142,6 +159,7 @@ pub async fn book(
         hold,
         propose,
     } = request;
+    let service = service_named(services, &service, "service").await?;
     let found = reach(
         services,
         user,
@@ -284,7 +302,8 @@ pub async fn book(
 #[derive(Debug, Clone)]
 pub struct Wish {
     pub patient: PatientId,
-    pub service: Service,
+    /// The code of the service waited for.
+    pub service: String,
     /// When the patient could come.
     pub window: Interval,
     pub practitioner: Option<String>,
@@ -312,6 +331,7 @@ pub async fn join_waitlist(
         practitioner,
         priority,
     } = wish;
+    let service = service_named(services, &service, "service").await?;
     let found = reach(
         services,
         user,

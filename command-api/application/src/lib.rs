@@ -17,12 +17,15 @@
 //! - [`merging`]: merging a duplicate into its survivor, and undoing it.
 //! - [`registration`]: registering a patient, duplicate detection included.
 //! - [`booking`]: booking an appointment, and the planning the scheduling commands share.
+//! - [`appointments`]: an appointment read, and moved through its statuses.
+//! - [`resources`]: resources, their blocks, services, and the free places they leave.
 //! - [`planner`]: availability and placement of appointments on resources.
 //! - [`background`]: reminders, wait-list offers, the notification outbox, under one runner.
 //! - [`settings`]: the policies configuration gives the use cases.
 //! - [`clock`]: where the current time comes from.
 
 pub mod access;
+pub mod appointments;
 pub mod background;
 pub mod booking;
 pub mod caller;
@@ -35,5 +38,6 @@ pub mod policy;
 pub mod reach;
 pub mod records;
 pub mod registration;
+pub mod resources;
 pub mod services;
 pub mod settings;

@@ -56,6 +56,9 @@ pub enum UseCaseError {
     /// Well-formed input naming something that does not hold (a patient that does not exist).
     #[error("invalid fields")]
     Invalid(FieldErrors),
+    /// A parameter naming nothing there is (a service code no service has).
+    #[error("unknown names")]
+    Unknown(FieldErrors),
     /// A rule of the patient refuses it before any command runs.
     #[error(transparent)]
     Rule(PatientError),

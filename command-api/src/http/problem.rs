@@ -197,6 +197,7 @@ impl From<application::services::UseCaseError> for ApiError {
             E::Refused(refused) => refused.into(),
             E::EmergencyAccessLimit => Self::EmergencyAccessLimit,
             E::Invalid(errors) => Self::Validation(errors),
+            E::Unknown(errors) => Self::InvalidParameters(errors),
             E::Rule(rule) => Self::Rule(rule),
             E::Command(command) => command.into(),
             E::TimeTaken {

@@ -21,22 +21,6 @@ pub(super) async fn checked_access(
     )
 }
 
-/// [`application::reach::reach`], answered as a problem.
-pub(super) async fn reach(
-    state: &AppState,
-    user: &AuthUser,
-    action: Action,
-    what: &str,
-    id: PatientId,
-) -> Result<Patient, ApiError> {
-    Ok(application::reach::reach(&state.services(), user, (action, what), id).await?)
-}
-
-/// [`application::reach::changeable`], answered as a problem.
-pub(super) fn changeable(patient: &Patient) -> Result<(), ApiError> {
-    Ok(application::reach::changeable(patient)?)
-}
-
 /// [`application::reach::changeable_by`], answered as a problem.
 pub(super) async fn changeable_by(
     state: &AppState,

@@ -22,29 +22,22 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Duration, NaiveTime, Utc, Weekday};
-use domain::patient::governance::Principal;
 use domain::patient::{PatientId, Reason};
-use domain::scheduling::appointment::{AppointmentState, Booking, CancellationReason};
-use domain::scheduling::assignment::Strategy;
-use domain::scheduling::{
-    Appointment, AppointmentCommand, AppointmentStatus, Interval, Priority, WeeklyTemplate, Window,
-};
+use domain::scheduling::appointment::{AppointmentState, CancellationReason};
+use domain::scheduling::{Appointment, Interval, Priority, WeeklyTemplate, Window};
 use domain::{FieldError, FieldErrors};
-use event_store::schedule::{
-    self, Claim, ClaimChange, PlannedReminder, Resource, Service, WaitlistChange,
-};
+use event_store::schedule::{Resource, Service};
 use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::auth::{access, permission, Action, AuthUser, Authorized};
+use crate::auth::{permission, AuthUser, Authorized};
 use crate::http::idempotency::{idempotent, Keyed, Stored};
 use crate::http::json::{Fields, JsonObject};
 use crate::http::params::whole_number;
 use crate::http::patient_commands::metadata;
-use crate::http::reach::{changeable, checked_access, reach};
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
-use application::planner::{self, Ask, Placement};
+use application::appointments::{self, Step, StepInput};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -57,11 +50,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/waitlist", post(join_waitlist))
         .route("/v1/appointments/{id}", get(read))
         .route("/v1/appointments/{id}/{action}", post(act))
-}
-
-/// A per-request tie-break for placement.
-fn rand_salt() -> u64 {
-    application::booking::salt()
 }
 
 /// The longest range availability is computed over.
@@ -264,8 +252,7 @@ async fn put_resource(
         version: 0,
     };
     let (stored, created) =
-        schedule::put_resource(&state.pool, &resource, &user.id, (state.clock)()).await?;
-    tracing::info!(resource_id = %stored.id, version = stored.version, "resource stored");
+        application::resources::put_resource(&state.services(), &user, &resource).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -283,14 +270,12 @@ async fn list_resources(
     let mut errors = FieldErrors::new();
     unknown(&query, &["kind", "specialty", "room_type"], &mut errors);
     errors.into_result().map_err(ApiError::InvalidParameters)?;
-    let items = schedule::resources(
-        &state.pool,
-        query.get("kind").map(String::as_str),
-        query.get("specialty").map(String::as_str),
-        query.get("room_type").map(String::as_str),
-        None,
-    )
-    .await?;
+    let filter = application::resources::ResourceFilter {
+        kind: query.get("kind").map(String::as_str),
+        specialty: query.get("specialty").map(String::as_str),
+        room_type: query.get("room_type").map(String::as_str),
+    };
+    let items = application::resources::resources(&state.services(), filter).await?;
     Ok(Json(json!({ "items": items })).into_response())
 }
 
@@ -324,9 +309,8 @@ fn replay_block<'a>(
 ) -> BoxFuture<'a, Result<Response, ApiError>> {
     Box::pin(async move {
         let block_id = appointment_id(stored.aggregate_id)?;
-        let (resource, during, reason) = schedule::block(&state.pool, block_id)
-            .await?
-            .ok_or(ApiError::NotFound)?;
+        let (resource, during, reason) =
+            application::resources::read_block(&state.services(), block_id).await?;
         Ok(block_response(
             stored.status,
             block_id,
@@ -382,40 +366,21 @@ async fn block_resource(
     let (Some(from), Some(to), Some(reason)) = (from, to, reason) else {
         return Err(ApiError::Validation(FieldErrors::new()));
     };
-    if schedule::resources(
-        &state.pool,
-        None,
-        None,
-        None,
-        Some(std::slice::from_ref(&id)),
-    )
-    .await?
-    .is_empty()
-    {
-        return Err(ApiError::NotFound);
-    }
-    let block_id = Uuid::new_v4();
+    let block = application::resources::Block {
+        resource: id,
+        during: Interval::new(from, to),
+        reason,
+    };
     let reservation = key.map(|k| k.answering(StatusCode::CREATED));
-    let during = Interval::new(from, to);
-    let added = schedule::add_block(
-        &state.pool,
-        block_id,
-        (&id, &during, &reason),
-        &user.id,
-        (state.clock)(),
-        reservation.as_ref(),
-    )
-    .await?;
-    if !added {
-        // A repeat that lost the key to the first request: the wrapper answers as it did.
-        return Err(ApiError::Conflict);
-    }
+    let block_id =
+        application::resources::block(&state.services(), user, &block, reservation.as_ref())
+            .await?;
     Ok(block_response(
         StatusCode::CREATED,
         block_id,
-        &id,
-        &during,
-        &reason,
+        &block.resource,
+        &block.during,
+        &block.reason,
     ))
 }
 
@@ -456,7 +421,7 @@ async fn put_service(
         version: 0,
     };
     let (stored, created) =
-        schedule::put_service(&state.pool, &service, &user.id, (state.clock)()).await?;
+        application::resources::put_service(&state.services(), &user, &service).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -485,20 +450,6 @@ fn instant(value: &str, field: &str) -> Result<DateTime<Utc>, FieldError> {
 fn instant_field(f: &mut Fields<'_>, key: &str) -> Option<DateTime<Utc>> {
     let path = f.path(key);
     f.string(key).and_then(|v| f.check(instant(v, &path)))
-}
-
-fn strategy(state: &AppState) -> Strategy {
-    application::booking::strategy(&state.scheduling)
-}
-
-fn release_lead(state: &AppState) -> Duration {
-    application::booking::release_lead(&state.scheduling)
-}
-
-async fn service_named(state: &AppState, code: &str, field: &str) -> Result<Service, ApiError> {
-    schedule::service(&state.pool, code)
-        .await?
-        .ok_or_else(|| ApiError::invalid_parameter(field, "names no service"))
 }
 
 /// `GET /v1/availability?service=&practitioner=&from=&to=&duration=&priority=&limit=`: free
@@ -550,43 +501,23 @@ async fn availability(
         .get("practitioner")
         .and_then(|p| errors.check(slug("practitioner", p)));
     errors.into_result().map_err(ApiError::InvalidParameters)?;
-    let service = service_named(
-        &state,
-        query.get("service").map_or("", String::as_str),
-        "service",
-    )
-    .await?;
     let (Some(from), Some(to)) = (from, to) else {
         return Err(ApiError::InvalidParameters(FieldErrors::new()));
     };
-    let minutes = if duration == 0 {
-        service.minutes as u32
-    } else {
-        duration
-    };
-    let ask = Ask {
-        service: &service,
-        practitioner: practitioner.as_deref(),
+    let wanted = application::resources::Wanted {
+        service: query.get("service").cloned().unwrap_or_default(),
+        practitioner,
         range: Interval::new(from, to),
-        duration: Duration::minutes(i64::from(minutes)),
+        minutes: (duration != 0).then_some(duration),
         priority,
-        now: (state.clock)(),
-        release_lead: release_lead(&state),
-        strategy: strategy(&state),
-        ignoring: None,
-        patient: None,
-        salt: 0,
+        limit,
     };
-    let slots = planner::availability(&state.pool, &ask, limit).await?;
+    let (service, minutes, slots) =
+        application::resources::availability(&state.services(), &wanted).await?;
     Ok(
         Json(json!({ "service": service.code, "duration_minutes": minutes, "slots": slots }))
             .into_response(),
     )
-}
-
-/// The nearest free places around `at` (the same day either side), for a refusal.
-async fn alternatives(state: &AppState, ask: &Ask<'_>, at: DateTime<Utc>) -> Vec<Placement> {
-    application::booking::alternatives(&state.pool, ask, at).await
 }
 
 fn appointment_body(id: Uuid, version: u64, state: &AppointmentState) -> Value {
@@ -632,23 +563,6 @@ fn appointment_response(
         }
     }
     Ok(response)
-}
-
-/// Loads the patient and records the scheduler's access to them.
-async fn patient_reach(
-    state: &AppState,
-    user: &AuthUser,
-    action: Action,
-    what: &str,
-    id: PatientId,
-    must_be_active: bool,
-) -> Result<(), ApiError> {
-    let patient = reach(state, user, action, what, id).await?;
-    // Winding down (cancel, no-show, mark a mistake) stays possible for anyone on record.
-    if must_be_active {
-        changeable(&patient)?;
-    }
-    Ok(())
 }
 
 /// `POST /v1/appointments`: `{patient_id, service, start, practitioner?, priority?, hold?}`.
@@ -718,10 +632,9 @@ async fn book_appointment(
     let (Some(patient), Some(service_code), Some(start)) = (patient, service_code, start) else {
         return Err(ApiError::Validation(FieldErrors::new()));
     };
-    let service = service_named(state, &service_code, "service").await?;
     let request = application::booking::BookingRequest {
         patient,
-        service,
+        service: service_code,
         start,
         practitioner,
         priority,
@@ -736,19 +649,6 @@ async fn book_appointment(
     )
     .await?;
     appointment_response(StatusCode::CREATED, id, &appointment, version)
-}
-
-/// The reminders of a booked appointment ([`application::booking::plan_reminders`]).
-async fn plan_reminders(
-    state: &AppState,
-    appointment: Uuid,
-    patient: PatientId,
-    booking: &Booking,
-) -> Result<Vec<PlannedReminder>, ApiError> {
-    Ok(
-        application::booking::plan_reminders(&state.services(), appointment, patient, booking)
-            .await?,
-    )
 }
 
 /// `POST /v1/waitlist`: `{patient_id, service, from, to, practitioner?, priority?}`: the
@@ -819,10 +719,9 @@ async fn join(
     else {
         return Err(ApiError::Validation(FieldErrors::new()));
     };
-    let service = service_named(state, &service_code, "service").await?;
     let wish = application::booking::Wish {
         patient,
-        service,
+        service: service_code,
         window: Interval::new(from, to),
         practitioner,
         priority,
@@ -837,36 +736,6 @@ async fn join(
     appointment_response(StatusCode::CREATED, id, &appointment, version)
 }
 
-async fn load(
-    state: &AppState,
-    id: Uuid,
-) -> Result<(Appointment, u64, AppointmentState), ApiError> {
-    let (appointment, version) = state
-        .appointments
-        .load(id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let appointment_state = appointment.state().cloned().ok_or(ApiError::NotFound)?;
-    Ok((appointment, version, appointment_state))
-}
-
-/// The answer for an appointment nobody booked: as for an unknown patient, only a caller who
-/// reaches any patient learns that it does not exist (404); everyone else gets the 403 they
-/// would get for one that does.
-fn unknown_appointment(state: &AppState, user: &AuthUser, action: Action) -> ApiError {
-    let nobody = PatientId::new(Uuid::nil());
-    match access::decide(
-        user,
-        action,
-        nobody,
-        None,
-        state.home_organization.as_deref(),
-    ) {
-        access::Decision::NotFound => ApiError::NotFound,
-        _ => ApiError::Forbidden,
-    }
-}
-
 fn appointment_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::invalid_parameter("id", "must be a UUID"))
 }
@@ -879,25 +748,8 @@ async fn read(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = appointment_id(&raw)?;
-    let loaded = state.appointments.load(id).await?;
-    let patient = loaded
-        .as_ref()
-        .and_then(|(a, _)| a.state())
-        .map(|s| s.patient_id);
-    let Some(patient) = patient else {
-        return Err(unknown_appointment(&state, &user, Action::ReadAppointments));
-    };
-    let loaded_patient = state.store.load(patient).await?;
-    checked_access(
-        &state,
-        &user,
-        Action::ReadAppointments,
-        "appointment-read",
-        patient,
-        loaded_patient.as_ref().map(|(p, _)| p),
-    )
-    .await?;
-    let (appointment, version) = loaded.ok_or(ApiError::NotFound)?;
+    let (appointment, version) =
+        application::appointments::read(&state.services(), &user, id).await?;
     appointment_response(StatusCode::OK, id, &appointment, version)
 }
 
@@ -951,141 +803,34 @@ async fn change(
 ) -> Result<Response, ApiError> {
     let id = appointment_id(raw)?;
     tracing::Span::current().record("appointment_id", tracing::field::display(id));
-    let actions = [
-        "confirm",
-        "arrive",
-        "check-in",
-        "fulfil",
-        "no-show",
-        "cancel",
-        "entered-in-error",
-        "reschedule",
-    ];
-    if !actions.contains(&action) {
-        return Err(ApiError::NotFound);
-    }
-    let (_, loaded_version, current) = match load(state, id).await {
-        Err(ApiError::NotFound) => {
-            return Err(unknown_appointment(state, user, Action::BookAppointments))
-        }
-        other => other?,
-    };
-    let starts_something = matches!(action, "confirm" | "reschedule");
-    patient_reach(
-        state,
-        user,
-        Action::BookAppointments,
-        "appointment-change",
-        current.patient_id,
-        starts_something,
-    )
-    .await?;
+    let step = Step::parse(action).ok_or(ApiError::NotFound)?;
+    let opened = appointments::open(&state.services(), user, id, step).await?;
     let expected = if_match(headers)?;
-    // The claims below are computed from this version: it must be the one the caller saw, or
-    // a concurrent change would have them written for a booking that no longer stands.
-    if expected != loaded_version {
-        return Err(ApiError::PreconditionFailed {
-            current: loaded_version,
-        });
-    }
-    if action == "reschedule" && current.waitlist.is_some() {
-        // An offer is taken or let go; another place is a new offer.
-        return Err(ApiError::Schedule(
-            domain::scheduling::SchedulingError::TransitionNotAllowed {
-                from: current.status,
-                to: current.status,
-            },
-        ));
-    }
-    let now = (state.clock)();
-    let release = |claim: Option<Claim>, reminders: Option<Vec<PlannedReminder>>| ClaimChange {
-        appointment_id: id,
-        release: true,
-        claim,
-        now,
-        reminders,
-        waitlist: None,
-        notification: None,
+    let metadata = metadata(user, ctx, key.map(|k| k.answering(StatusCode::OK)));
+    let (appointment, version) = opened
+        .take(expected, |step| step_input(step, &body.object), metadata)
+        .await?;
+    appointment_response(StatusCode::OK, id, &appointment, version)
+}
+
+/// What the body of a step gives it.
+fn step_input(step: Step, body: &Map<String, Value>) -> Result<StepInput, FieldErrors> {
+    let validation = |e: ApiError| match e {
+        ApiError::Validation(errors) => errors,
+        _ => FieldErrors::new(),
     };
-    let no_more_reminders = ClaimChange {
-        appointment_id: id,
-        release: false,
-        claim: None,
-        now,
-        reminders: Some(Vec::new()),
-        waitlist: None,
-        notification: None,
-    };
-    // A wait-list entry's row follows the appointment: booked once confirmed, gone once
-    // cancelled.
-    let on_list = current.waitlist.is_some();
-    let with_waitlist = |change: Option<ClaimChange>, status: WaitlistChange| {
-        change.map(|mut c| {
-            if on_list {
-                c.waitlist = Some(status);
-            }
-            c
-        })
-    };
-    let (command, claims) = match action {
-        "confirm" => {
-            // The hold's claim stays, without its expiry; the reminders are planned.
-            let booking = current.booking.clone().ok_or(ApiError::Schedule(
-                domain::scheduling::SchedulingError::NoTimeYet,
-            ))?;
-            let keys = schedule::claim_keys(&booking.resources, current.patient_id);
-            let reminders = plan_reminders(state, id, current.patient_id, &booking).await?;
-            let claim = Claim {
-                keys,
-                interval: booking.interval,
-                expires_at: None,
-            };
-            (
-                AppointmentCommand::Confirm { at: now },
-                with_waitlist(
-                    Some(release(Some(claim), Some(reminders))),
-                    WaitlistChange::Booked,
-                ),
-            )
-        }
-        "arrive" => (
-            AppointmentCommand::Arrive { at: now },
-            Some(no_more_reminders),
-        ),
-        "check-in" => (AppointmentCommand::CheckIn { at: now }, None),
-        "fulfil" => (AppointmentCommand::Fulfil { at: now }, None),
-        "no-show" => (
-            AppointmentCommand::NoShow { at: now },
-            Some(release(None, Some(Vec::new()))),
-        ),
-        "cancel" => {
-            let mut f = Fields::new(&body.object, "", &["reason"]);
+    Ok(match step {
+        Step::Cancel => {
+            let mut f = Fields::new(body, "", &["reason"]);
             let code = f
                 .string("reason")
                 .and_then(|r| f.check(CancellationReason::parse("reason", r)));
-            f.finish()?;
-            let by = Principal::parse("sub", &user.id).map_err(|_| ApiError::Forbidden)?;
-            (
-                AppointmentCommand::Cancel {
-                    reason: code.ok_or_else(|| ApiError::Validation(FieldErrors::new()))?,
-                    by,
-                    late_within: Duration::hours(i64::from(
-                        state.scheduling.late_cancellation_hours,
-                    )),
-                    at: now,
-                },
-                with_waitlist(Some(release(None, Some(Vec::new()))), WaitlistChange::Left),
-            )
+            f.errors.into_result()?;
+            StepInput::Cancel(code.ok_or_else(FieldErrors::new)?)
         }
-        "entered-in-error" => (
-            AppointmentCommand::EnterInError {
-                reason: reason(&body.object)?,
-                at: now,
-            },
-            with_waitlist(Some(release(None, Some(Vec::new()))), WaitlistChange::Left),
-        ),
-        _ => {
-            let mut f = Fields::new(&body.object, "", &["start", "practitioner", "reason"]);
+        Step::EnterInError => StepInput::EnterInError(reason(body).map_err(validation)?),
+        Step::Reschedule => {
+            let mut f = Fields::new(body, "", &["start", "practitioner", "reason"]);
             let start = instant_field(&mut f, "start");
             let practitioner = f
                 .optional_string("practitioner")
@@ -1093,71 +838,16 @@ async fn change(
             let why = f
                 .string("reason")
                 .and_then(|v| f.check(Reason::parse("reason", v)));
-            f.finish()?;
-            let (Some(start), Some(why)) = (start, why) else {
-                return Err(ApiError::Validation(FieldErrors::new()));
+            f.errors.into_result()?;
+            let (Some(start), Some(reason)) = (start, why) else {
+                return Err(FieldErrors::new());
             };
-            let service = service_named(state, &current.service, "service").await?;
-            let duration = Duration::minutes(i64::from(service.minutes));
-            let ask = Ask {
-                service: &service,
-                practitioner: practitioner.as_deref(),
-                range: Interval::new(start, start + duration),
-                duration,
-                priority: current.priority,
-                now,
-                release_lead: release_lead(state),
-                strategy: strategy(state),
-                ignoring: Some(id),
-                patient: Some(current.patient_id),
-                salt: rand_salt(),
-            };
-            let Some(placement) = planner::place(&state.pool, &ask).await? else {
-                return Err(ApiError::TimeTaken {
-                    conflicting: None,
-                    alternatives: alternatives(state, &ask, start).await,
-                });
-            };
-            let booking = Booking {
-                interval: placement.interval(),
-                resources: placement.resources(),
-            };
-            let keys = schedule::claim_keys(&booking.resources, current.patient_id);
-            let expires_at = (current.status == AppointmentStatus::Pending)
-                .then_some(current.hold_expires_at)
-                .flatten();
-            // A booked appointment's reminders move with it.
-            let reminders = if current.status == AppointmentStatus::Booked {
-                Some(plan_reminders(state, id, current.patient_id, &booking).await?)
-            } else {
-                None
-            };
-            let claim = Claim {
-                keys,
-                interval: booking.interval,
-                expires_at,
-            };
-            (
-                AppointmentCommand::Reschedule {
-                    booking: booking.clone(),
-                    reason: why,
-                    at: now,
-                },
-                Some(release(Some(claim), reminders)),
-            )
+            StepInput::Reschedule {
+                start,
+                practitioner,
+                reason,
+            }
         }
-    };
-    let (appointment, version) = state
-        .appointments
-        .execute(
-            id,
-            current.patient_id,
-            Some(expected),
-            command,
-            claims,
-            metadata(user, ctx, key.map(|k| k.answering(StatusCode::OK))),
-        )
-        .await?;
-    tracing::info!(action, version, "appointment changed");
-    appointment_response(StatusCode::OK, id, &appointment, version)
+        _ => StepInput::None,
+    })
 }
