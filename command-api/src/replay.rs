@@ -104,7 +104,7 @@ async fn replay(pool: &PgPool, keys: &KeyStore, args: &ReplayArgs) -> anyhow::Re
                 Value::Null
             } else {
                 let mut data: Value = serde_json::from_slice(&published.data)?;
-                crate::http::mask_national_identifiers(&mut data);
+                application::audit::mask_national_identifiers(&mut data);
                 data
             };
             let line = json!({

@@ -19,6 +19,8 @@
 //! - [`booking`]: booking an appointment, and the planning the scheduling commands share.
 //! - [`appointments`]: an appointment read, and moved through its statuses.
 //! - [`resources`]: resources, their blocks, services, and the free places they leave.
+//! - [`finding`]: patients read by id, search, likeness and retention; their data keys.
+//! - [`audit`]: the audit log, disclosures and verified histories.
 //! - [`planner`]: availability and placement of appointments on resources.
 //! - [`background`]: reminders, wait-list offers, the notification outbox, under one runner.
 //! - [`settings`]: the policies configuration gives the use cases.
@@ -26,10 +28,12 @@
 
 pub mod access;
 pub mod appointments;
+pub mod audit;
 pub mod background;
 pub mod booking;
 pub mod caller;
 pub mod clock;
+pub mod finding;
 pub mod matching;
 pub mod merging;
 pub mod patients;

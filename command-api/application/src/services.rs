@@ -36,6 +36,8 @@ pub struct Services {
     /// Uploaded documents and their text, sealed with their patients' keys.
     pub documents: DocumentStore,
     pub extractor: Arc<dyn TextExtractor>,
+    /// Days an archived patient is kept before the retention policy lists them for purge.
+    pub retention_days: u32,
 }
 
 impl std::fmt::Debug for Services {
@@ -91,4 +93,13 @@ pub enum UseCaseError {
     Database(#[from] sqlx::Error),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<event_store::keys::KeyError> for UseCaseError {
+    fn from(error: event_store::keys::KeyError) -> Self {
+        match error {
+            event_store::keys::KeyError::Database(e) => Self::Database(e),
+            other => Self::Internal(Box::new(other)),
+        }
+    }
 }

@@ -18,12 +18,9 @@ use chrono::{DateTime, Utc};
 use domain::{FieldError, FieldErrors};
 use projections::audit_log;
 
-use crate::auth::access::{self, Decision};
-use crate::auth::{permission, Action, AuthUser, Authorized};
+use crate::auth::{permission, Authorized};
 use crate::http::governance::page;
-use crate::http::history::verified_history;
 use crate::http::params::{url_encode, whole_number};
-use crate::http::reach::checked_access;
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
@@ -74,29 +71,17 @@ async fn entries(
         )
     });
     errors.into_result().map_err(ApiError::InvalidParameters)?;
-    match patient_id {
-        // One patient's trail: the same per-patient decision as any read of their data.
-        Some(id) => audit_reach(&state, &user, "audit-entries", PatientId::new(id)).await?,
-        // Across patients: for this organization's auditors only.
-        None if access::is_external(&user, state.home_organization.as_deref()) => {
-            return Err(ApiError::Forbidden)
-        }
-        None => {}
-    }
-    let found = audit_log::query(
-        &state.pool,
-        &audit_log::Criteria {
-            patient_id,
-            user_id: params.get("user").cloned(),
-            action: params.get("action").cloned(),
-            kind,
-            from,
-            to,
-            after: Some(after),
-            limit: limit as i64 + 1,
-        },
-    )
-    .await?;
+    let criteria = audit_log::Criteria {
+        patient_id,
+        user_id: params.get("user").cloned(),
+        action: params.get("action").cloned(),
+        kind,
+        from,
+        to,
+        after: Some(after),
+        limit: limit as i64 + 1,
+    };
+    let found = application::audit::entries(&state.services(), &user, &criteria).await?;
     let mut query: Vec<(String, String)> = params
         .iter()
         .filter(|(k, _)| !["after", "limit"].contains(&k.as_str()))
@@ -115,55 +100,6 @@ async fn entries(
     .into_response())
 }
 
-/// Decides whether `user` may read patient `id`'s audit trail, as any read of their data
-/// ([`checked_access`]: another organization needs the patient's consent), and records it.
-/// The trail of a forgotten patient (the fact of the erasure, and who did what before it)
-/// stays open to this organization's auditors.
-async fn audit_reach(
-    state: &AppState,
-    user: &AuthUser,
-    what: &str,
-    id: PatientId,
-) -> Result<(), ApiError> {
-    let loaded = state.store.load(id).await?;
-    let patient = loaded.as_ref().map(|(p, _)| p);
-    let home = state.home_organization.as_deref();
-    if patient.is_some_and(|p| p.forgotten().is_some())
-        && access::may_change(user, Action::ReadAuditTrail, id, home)
-    {
-        let at = (state.clock)();
-        return Ok(state
-            .access
-            .record(user, what, &[id.as_uuid()], Decision::Granted, at)
-            .await?);
-    }
-    checked_access(state, user, Action::ReadAuditTrail, what, id, patient)
-        .await
-        .map(|_| ())
-}
-
-/// Replaces the value of every national identifier in `data` by its masked form.
-pub fn mask_national_identifiers(data: &mut Value) {
-    match data {
-        Value::Object(map) => {
-            if map.get("national") == Some(&Value::Bool(true)) {
-                if let Some(Value::String(value)) = map.get("value") {
-                    let masked = domain::patient::contact::Identifier {
-                        system: String::new(),
-                        value: value.clone(),
-                        national: true,
-                    }
-                    .display_value();
-                    map.insert("value".into(), Value::String(masked));
-                }
-            }
-            map.values_mut().for_each(mask_national_identifiers);
-        }
-        Value::Array(items) => items.iter_mut().for_each(mask_national_identifiers),
-        _ => {}
-    }
-}
-
 #[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
 async fn stream(
     State(state): State<AppState>,
@@ -177,11 +113,7 @@ async fn stream(
     };
     let id = PatientId::parse("id", &raw_id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    audit_reach(&state, &user, "history", id).await?;
-    let events = verified_history(&state, stored_type, id).await?;
-    if events.is_empty() {
-        return Err(ApiError::NotFound);
-    }
+    let events = application::audit::history(&state.services(), &user, (stored_type, id)).await?;
     let mut items = Vec::with_capacity(events.len());
     for event in &events {
         let (_, published) = event_store::wire::to_published(event, None)
@@ -198,7 +130,7 @@ async fn stream(
         } else {
             let mut data: Value = serde_json::from_slice(&published.data)
                 .map_err(|_| ApiError::Internal("a published event is not JSON".into()))?;
-            mask_national_identifiers(&mut data);
+            application::audit::mask_national_identifiers(&mut data);
             data
         };
         items.push(json!({

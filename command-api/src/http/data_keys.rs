@@ -10,11 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use domain::patient::PatientId;
-use event_store::keys::KeyState;
 use serde_json::json;
 
-use crate::auth::{permission, Action, Authorized};
-use crate::http::reach::checked_access;
+use crate::auth::{permission, Authorized};
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
@@ -29,29 +27,7 @@ async fn data_key(
 ) -> Result<Response, ApiError> {
     let id = PatientId::parse("id", &raw_id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    // The same reach as any read: another organization's service needs the patient's consent,
-    // a research purpose the patient's not having opted out; the access is recorded.
-    let loaded = state.store.load(id).await?;
-    checked_access(
-        &state,
-        &user,
-        Action::ReadDataKey,
-        "data-key",
-        id,
-        loaded.as_ref().map(|(p, _)| p),
-    )
-    .await?;
-    let key = match state
-        .store
-        .keys()
-        .data_key(&state.pool, &id.to_string())
-        .await?
-    {
-        KeyState::Active(key) => key,
-        KeyState::Destroyed => return Err(ApiError::Gone),
-        KeyState::Absent => return Err(ApiError::NotFound),
-    };
-    tracing::info!("data key handed out");
+    let key = application::finding::data_key(&state.services(), &user, id).await?;
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
         Json(json!({

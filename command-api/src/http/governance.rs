@@ -25,11 +25,10 @@ use domain::FieldErrors;
 use projections::audit_log;
 use uuid::Uuid;
 
-use crate::auth::{permission, Action, Authorized, Role};
+use crate::auth::{permission, Authorized, Role};
 use crate::http::json::Fields;
 use crate::http::params::whole_number;
 use crate::http::patient_commands::{change, reason_only, CommandRequest};
-use crate::http::reach::checked_access;
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
@@ -273,27 +272,9 @@ async fn disclosures(
         errors.push(domain::FieldError::new(key.clone(), "unknown parameter"));
     }
     errors.into_result().map_err(ApiError::InvalidParameters)?;
-    let loaded = state.store.load(id).await?;
-    checked_access(
-        &state,
-        &user,
-        Action::ReadDisclosures,
-        "disclosures",
-        id,
-        loaded.as_ref().map(|(p, _)| p),
-    )
-    .await?;
-    let entries = audit_log::query(
-        &state.pool,
-        &audit_log::Criteria {
-            patient_id: Some(id.as_uuid()),
-            kind: Some("access".into()),
-            after: Some(after),
-            limit: limit as i64 + 1,
-            ..audit_log::Criteria::default()
-        },
-    )
-    .await?;
+    let entries =
+        application::audit::disclosures(&state.services(), &user, id, (after, limit as i64 + 1))
+            .await?;
     Ok(Json(page(entries, limit, |seq| {
         format!("/v1/patients/{id}/disclosures?limit={limit}&after={seq}")
     }))

@@ -6,7 +6,6 @@ mod data_keys;
 mod extractors;
 mod governance;
 mod health;
-mod history;
 mod idempotency;
 pub mod json;
 mod medical_records;
@@ -16,7 +15,6 @@ mod patient_commands;
 pub mod patient_input;
 mod patients;
 mod problem;
-mod reach;
 mod record;
 pub mod record_input;
 mod scheduling;
@@ -43,7 +41,6 @@ use tower_http::trace::TraceLayer;
 use crate::auth::access::AccessLog;
 use crate::auth::Authenticator;
 use crate::configuration::Secrets;
-pub use audit::mask_national_identifiers;
 pub use problem::{ApiError, Problem, PROBLEM_JSON};
 
 pub use application::clock::{system_clock, Clock};
@@ -123,6 +120,7 @@ impl AppState {
             records: self.records.clone(),
             documents: self.documents.clone(),
             extractor: self.extractor.clone(),
+            retention_days: self.retention_days,
         }
     }
 

@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use crate::auth::{AuthUser, Authorized, Permission};
 use crate::http::idempotency::{idempotent, Stored};
 use crate::http::json::{Fields, JsonObject};
-use crate::http::reach::changeable_by;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
+use application::reach::changeable_by;
 
 /// A patient as the API shows them.
 #[derive(Serialize)]
@@ -286,7 +286,7 @@ pub(super) async fn change<P: Permission>(
 ) -> Result<Response, ApiError> {
     let id = patient_id(&req.raw_id)?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    changeable_by(state, &req.user, P::ACTION, id).await?;
+    changeable_by(&state.services(), &req.user, P::ACTION, id).await?;
     let path = format!("/v1/patients/{id}/{path_suffix}");
     idempotent(
         state,

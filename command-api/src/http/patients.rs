@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use cqrs_es::Aggregate;
 use domain::patient::{
     AdministrativeGender, ArchivePatient, BirthDate, CorrectDemographics, Patient, PatientCommand,
     PatientId, Reason, RestorePatient,
@@ -21,7 +20,6 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 use crate::auth::{access, permission, Action, Authorized};
-use crate::http::history::verified_history;
 use crate::http::idempotency::idempotent;
 use crate::http::json::{Fields, JsonObject};
 use crate::http::params::{url_encode, whole_number};
@@ -29,9 +27,9 @@ use crate::http::patient_commands::{
     change, metadata, patient_id, reason_only, replay, respond, CommandRequest,
 };
 use crate::http::patient_input;
-use crate::http::reach::{changeable_by, checked_access};
 use crate::http::{if_match, ApiError, AppState, RequestContext};
-use application::matching;
+use application::finding;
+use application::reach::changeable_by;
 use application::registration::Registration;
 
 pub fn router() -> Router<AppState> {
@@ -116,33 +114,19 @@ async fn match_candidates(
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     let record = patient_input::candidate(&body.object, (state.clock)().date_naive())?;
-    let matches = matching::find_matches(&state.pool, &record).await?;
-    let ids: Vec<uuid::Uuid> = matches.iter().map(|m| m.id).collect();
-    let summaries = patient_search::by_ids(&state.pool, &ids).await?;
-    let shown: Vec<uuid::Uuid> = summaries.iter().map(|s| s.id).collect();
-    state
-        .access
-        .record(
-            &user,
-            "match-result",
-            &shown,
-            access::Decision::Granted,
-            (state.clock)(),
-        )
-        .await?;
-    let candidates: Vec<serde_json::Value> = matches
+    let found = finding::matches(&state.services(), &user, &record).await?;
+    let candidates: Vec<serde_json::Value> = found
         .iter()
-        .map(|m| {
+        .map(|(m, summary)| {
             serde_json::json!({
                 "grade": m.grade.code(),
                 "score": m.score,
                 "status": m.status,
-                "patient": summaries.iter().find(|s| s.id == m.id),
+                "patient": summary,
                 "href": format!("/v1/patients/{}", m.id),
             })
         })
         .collect();
-    tracing::info!(results = candidates.len(), "patient match");
     Ok(Json(serde_json::json!({ "candidates": candidates })).into_response())
 }
 
@@ -172,37 +156,11 @@ async fn read(
         }))
     });
     errors.into_result().map_err(ApiError::InvalidParameters)?;
-    let loaded = state.store.load(id).await?;
-    let what = if as_of.is_some() {
-        "read-as-of"
-    } else {
-        "read"
+    let services = state.services();
+    let (patient, version) = match as_of {
+        Some(as_of) => finding::read_as_of(&services, &user, id, as_of).await?,
+        None => finding::read(&services, &user, id).await?,
     };
-    checked_access(
-        &state,
-        &user,
-        Action::ReadPatient,
-        what,
-        id,
-        loaded.as_ref().map(|(p, _)| p),
-    )
-    .await?;
-    let Some(as_of) = as_of else {
-        let (patient, version) = loaded.ok_or(ApiError::NotFound)?;
-        return respond(StatusCode::OK, &patient, version);
-    };
-    let history = verified_history(&state, Patient::TYPE, id).await?;
-    let mut patient = Patient::default();
-    let mut version = 0;
-    for event in history.into_iter().take_while(|e| e.recorded_at <= as_of) {
-        let event: domain::patient::PatientEvent = serde_json::from_value(event.payload)
-            .map_err(|_| ApiError::Internal("a stored event does not deserialize".into()))?;
-        patient.apply(event);
-        version += 1;
-    }
-    if version == 0 {
-        return Err(ApiError::NotFound);
-    }
     respond(StatusCode::OK, &patient, version)
 }
 
@@ -337,23 +295,13 @@ async fn search(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     if access::is_external(&user, state.home_organization.as_deref()) {
-        // Other organizations reach patients one by one, through their consent.
+        // Other organizations reach patients one by one, through their consent (refused
+        // before their parameters are looked at).
         return Err(ApiError::Forbidden);
     }
-    let mut criteria = parse_criteria(&params, (state.clock)().date_naive())?;
-    criteria.exclude_research_opt_outs = user.purpose == access::Purpose::Research;
-    let page = patient_search::search(&state.pool, &criteria).await?;
-    let ids: Vec<uuid::Uuid> = page.items.iter().map(|p| p.id).collect();
-    state
-        .access
-        .record(
-            &user,
-            "search-result",
-            &ids,
-            access::Decision::Granted,
-            (state.clock)(),
-        )
-        .await?;
+    let criteria = parse_criteria(&params, (state.clock)().date_naive())?;
+    let (limit, offset) = (criteria.limit, criteria.offset);
+    let page = finding::search(&state.services(), &user, criteria).await?;
     let next = page.has_more.then(|| {
         let mut query: Vec<(String, String)> = params
             .iter()
@@ -361,18 +309,14 @@ async fn search(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         query.sort();
-        query.push(("limit".into(), criteria.limit.to_string()));
-        query.push((
-            "offset".into(),
-            (criteria.offset + criteria.limit).to_string(),
-        ));
+        query.push(("limit".into(), limit.to_string()));
+        query.push(("offset".into(), (offset + limit).to_string()));
         let encoded: Vec<String> = query
             .iter()
             .map(|(k, v)| format!("{k}={}", url_encode(v)))
             .collect();
         format!("/v1/patients?{}", encoded.join("&"))
     });
-    tracing::info!(results = page.items.len(), "patient search");
     Ok(Json(SearchPage {
         items: page.items,
         next,
@@ -486,7 +430,7 @@ async fn merge(
 ) -> Result<Response, ApiError> {
     let source = patient_id(req.raw_id())?;
     tracing::Span::current().record("patient_id", tracing::field::display(source));
-    changeable_by(&state, &req.user, Action::MergePatients, source).await?;
+    changeable_by(&state.services(), &req.user, Action::MergePatients, source).await?;
     let now = (state.clock)();
     let mut fields = Fields::new(&req.body.object, "", &["target_id", "reason"]);
     let target = fields
@@ -536,7 +480,7 @@ async fn unmerge(
 ) -> Result<Response, ApiError> {
     let source = patient_id(req.raw_id())?;
     tracing::Span::current().record("patient_id", tracing::field::display(source));
-    changeable_by(&state, &req.user, Action::MergePatients, source).await?;
+    changeable_by(&state.services(), &req.user, Action::MergePatients, source).await?;
     let now = (state.clock)();
     let reason = reason_only(&req.body);
     let path = format!("/v1/patients/{source}/unmerge");
@@ -588,26 +532,14 @@ async fn retention_candidates(
         errors.push(domain::FieldError::new(key.clone(), "unknown parameter"));
     }
     errors.into_result().map_err(ApiError::InvalidParameters)?;
-    let cutoff = (state.clock)() - chrono::Duration::days(i64::from(state.retention_days));
-    let mut items = patient_search::archived_before(&state.pool, cutoff, limit, offset).await?;
-    let next = (items.len() > limit as usize).then(|| {
+    let (items, more, cutoff) =
+        finding::retention_candidates(&state.services(), &user, (limit, offset)).await?;
+    let next = more.then(|| {
         format!(
             "/v1/patients/retention-candidates?limit={limit}&offset={}",
             offset + limit
         )
     });
-    items.truncate(limit as usize);
-    let ids: Vec<uuid::Uuid> = items.iter().map(|c| c.id).collect();
-    state
-        .access
-        .record(
-            &user,
-            "retention-candidate",
-            &ids,
-            access::Decision::Granted,
-            (state.clock)(),
-        )
-        .await?;
     Ok(Json(serde_json::json!({
         "policy": { "archived_days": state.retention_days, "cutoff": cutoff },
         "items": items,
