@@ -19,6 +19,7 @@
 //! - [`booking`]: booking an appointment, and the planning the scheduling commands share.
 //! - [`appointments`]: an appointment read, and moved through its statuses.
 //! - [`resources`]: resources, their blocks, services, and the free places they leave.
+//! - [`extraction`]: what a document text extractor offers the use cases.
 //! - [`finding`]: patients read by id, search, likeness and retention; their data keys.
 //! - [`audit`]: the audit log, disclosures and verified histories.
 //! - [`planner`]: availability and placement of appointments on resources.
@@ -33,6 +34,7 @@ pub mod background;
 pub mod booking;
 pub mod caller;
 pub mod clock;
+pub mod extraction;
 pub mod finding;
 pub mod matching;
 pub mod merging;

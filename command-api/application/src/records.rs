@@ -21,36 +21,10 @@ use uuid::Uuid;
 
 use crate::access::{self, Decision};
 use crate::caller::{AuthUser, Refused};
+use crate::extraction::Extraction;
 use crate::policy::Action;
 use crate::reach::{changeable, reach};
 use crate::services::{Services, UseCaseError};
-
-/// Extracts the text of an uploaded document (in a sandbox: documents are untrusted).
-#[async_trait::async_trait]
-pub trait TextExtractor: Send + Sync {
-    /// The text of `bytes` of `media_type`, or `None` for a type without text (an image).
-    ///
-    /// # Errors
-    ///
-    /// [`Extraction::Busy`] when every extraction slot is taken; [`Extraction::Refused`] when
-    /// the document cannot be read.
-    async fn extract(
-        &self,
-        media_type: &'static str,
-        bytes: Vec<u8>,
-    ) -> Result<Option<String>, Extraction>;
-}
-
-/// Why a document's text could not be extracted.
-#[derive(Debug, thiserror::Error)]
-pub enum Extraction {
-    /// Every extraction slot is busy: try again shortly.
-    #[error("document extraction is busy")]
-    Busy,
-    /// The document cannot be read, and why (no content of it).
-    #[error("{0}")]
-    Refused(String),
-}
 
 /// A new item, as the caller gave it.
 #[derive(Debug, Clone)]
@@ -261,7 +235,8 @@ impl Writer {
     ///
     /// # Errors
     ///
-    /// [`UseCaseError::Extraction`] when the text cannot be extracted; the fields `describe`
+    /// [`UseCaseError::Busy`] when no extraction slot frees, or the `file` field when the text
+    /// cannot be extracted; the fields `describe`
     /// names; as [`Writer::record`].
     pub async fn store_document<F>(
         &self,

@@ -16,8 +16,8 @@ use sqlx::PgPool;
 use crate::access::AccessLog;
 use crate::caller::Refused;
 use crate::clock::Clock;
+use crate::extraction::TextExtractor;
 use crate::planner::Placement;
-use crate::records::TextExtractor;
 use crate::settings::SchedulingSettings;
 
 /// The stores and logs a use case works with. Cheap to clone (pools and keys are shared).

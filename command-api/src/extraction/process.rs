@@ -324,13 +324,13 @@ fn lower(resource: Resource, soft: u64, hard: u64) -> nix::Result<()> {
 }
 
 #[async_trait::async_trait]
-impl application::records::TextExtractor for Extractor {
+impl application::extraction::TextExtractor for Extractor {
     async fn extract(
         &self,
         media_type: &'static str,
         bytes: Vec<u8>,
-    ) -> Result<Option<String>, application::records::Extraction> {
-        use application::records::Extraction;
+    ) -> Result<Option<String>, application::extraction::Extraction> {
+        use application::extraction::Extraction;
         Extractor::extract(self, media_type, bytes)
             .await
             .map_err(|e| match e {
