@@ -236,8 +236,7 @@ impl Writer {
     /// # Errors
     ///
     /// [`UseCaseError::Busy`] when no extraction slot frees, or the `file` field when the text
-    /// cannot be extracted; the fields `describe`
-    /// names; as [`Writer::record`].
+    /// cannot be extracted; the fields `describe` names; as [`Writer::record`].
     pub async fn store_document<F>(
         &self,
         item_id: ItemId,
