@@ -48,6 +48,11 @@ impl FieldErrors {
         self.0.push(error);
     }
 
+    /// Adds every error of `other`, after these.
+    pub fn extend(&mut self, other: FieldErrors) {
+        self.0.extend(other.0);
+    }
+
     /// Keeps the value of a successful parse, records the error of a failed one.
     pub fn check<T>(&mut self, result: Result<T, FieldError>) -> Option<T> {
         match result {

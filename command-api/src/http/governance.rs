@@ -17,16 +17,14 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use domain::patient::governance::{
-    CareRole, ConsentDirective, ErasureReason, GovernanceChange, Principal,
-};
+use domain::patient::governance::{GovernanceChange, Principal};
 use domain::patient::{PatientCommand, PatientId};
 use domain::FieldErrors;
 use projections::audit_log;
 use uuid::Uuid;
 
-use crate::auth::{permission, Authorized, Role};
-use crate::http::json::Fields;
+use crate::auth::{permission, Authorized};
+use crate::http::input;
 use crate::http::params::whole_number;
 use crate::http::patient_commands::{change, reason_only, CommandRequest};
 use crate::http::{ApiError, AppState};
@@ -65,27 +63,16 @@ async fn govern<P: crate::auth::Permission>(
     change(state, req, path, command).await
 }
 
-fn missing() -> ApiError {
-    ApiError::Validation(FieldErrors::new())
-}
-
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
 async fn start_care_relationship(
     State(state): State<AppState>,
     req: CommandRequest<permission::ManageCareRelationships>,
 ) -> Result<Response, ApiError> {
     govern(&state, &req, "care-relationships", |at| {
-        let mut fields = Fields::new(&req.body.object, "", &["practitioner", "role"]);
-        let practitioner = fields
-            .string("practitioner")
-            .and_then(|v| fields.check(Principal::parse("practitioner", v)));
-        let role = fields
-            .string("role")
-            .and_then(|v| fields.check(CareRole::parse("role", v)));
-        fields.finish()?;
+        let (practitioner, role) = input::governance::care_relationship(&req.body.object)?;
         Ok(GovernanceChange::StartCareRelationship {
-            practitioner: practitioner.ok_or_else(missing)?,
-            role: role.ok_or_else(missing)?,
+            practitioner,
+            role,
             at,
         })
     })
@@ -111,66 +98,15 @@ async fn end_care_relationship(
     .await
 }
 
-/// `{"kind": "share-with-organization", "organization": "..."}`,
-/// `{"kind": "share-with-role", "role": "clinician"}` or `{"kind": "research-opt-out"}`.
-fn directive(fields: &mut Fields<'_>) -> Option<ConsentDirective> {
-    let object = fields.object("directive")?;
-    let mut inner = Fields::new(object, "directive", &["kind", "organization", "role"]);
-    let kinds = [
-        "share-with-organization",
-        "share-with-role",
-        "research-opt-out",
-    ];
-    let kind = inner.string("kind");
-    let directive = match kind {
-        Some("share-with-organization") => inner
-            .string("organization")
-            .and_then(|v| inner.check(Principal::parse("directive.organization", v)))
-            .map(|organization| ConsentDirective::ShareWithOrganization { organization }),
-        Some("share-with-role") => {
-            let role = inner.string("role");
-            let parsed = role.and_then(|r| {
-                inner.check(
-                    Role::parse(r)
-                        .filter(|r| *r == Role::Clinician)
-                        .map(|r| r.as_str().to_owned())
-                        .ok_or_else(|| {
-                            domain::FieldError::new(
-                                "directive.role",
-                                "must be clinician: the only role that needs consent to read",
-                            )
-                        }),
-                )
-            });
-            parsed.map(|role| ConsentDirective::ShareWithRole { role })
-        }
-        Some("research-opt-out") => Some(ConsentDirective::ResearchOptOut),
-        Some(_) => {
-            inner.errors.push(domain::FieldError::new(
-                "directive.kind",
-                format!("must be one of {}", kinds.join(", ")),
-            ));
-            None
-        }
-        None => None,
-    };
-    let errors = std::mem::take(&mut inner.errors);
-    fields.absorb(errors);
-    directive
-}
-
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
 async fn grant_consent(
     State(state): State<AppState>,
     req: CommandRequest<permission::ManageConsents>,
 ) -> Result<Response, ApiError> {
     govern(&state, &req, "consents", |at| {
-        let mut fields = Fields::new(&req.body.object, "", &["directive"]);
-        let directive = directive(&mut fields);
-        fields.finish()?;
         Ok(GovernanceChange::GrantConsent {
             consent_id: Uuid::new_v4(),
-            directive: directive.ok_or_else(missing)?,
+            directive: input::governance::consent(&req.body.object)?,
             at,
         })
     })
@@ -233,16 +169,9 @@ async fn forget(
     // Everything kept beside the events (scheduling rows, idempotency records, document
     // contents) goes in the erasure's transaction: see `event_store::repository`.
     govern(&state, &req, "forget", |at| {
-        let mut fields = Fields::new(&req.body.object, "", &["reason", "reference"]);
-        let reason = fields
-            .string("reason")
-            .and_then(|v| fields.check(ErasureReason::parse("reason", v)));
-        let reference = fields
-            .optional_string("reference")
-            .and_then(|v| fields.check(Principal::parse("reference", v)));
-        fields.finish()?;
+        let (reason, reference) = input::governance::forget(&req.body.object)?;
         Ok(GovernanceChange::Forget {
-            reason: reason.ok_or_else(missing)?,
+            reason,
             reference,
             at,
         })

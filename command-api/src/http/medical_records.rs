@@ -41,9 +41,9 @@ use uuid::Uuid;
 use crate::auth::{permission, AuthUser, Authorized};
 use crate::extraction;
 use crate::http::idempotency::{idempotency_key, idempotent, Stored};
+use crate::http::input;
 use crate::http::params::{url_encode, whole_number};
 use crate::http::patient_commands::{metadata, CommandRequest};
-use crate::http::record_input;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
 
 /// The path segment of each kind.
@@ -256,7 +256,7 @@ async fn create(
         ("POST", &path, &req.body.raw),
         replay,
         |key| async {
-            let item = record_input::new_item(kind, &req.body.object, writer.today())?;
+            let item = input::record::new_item(kind, &req.body.object, writer.today())?;
             let item_id = ItemId::new(Uuid::new_v4());
             let reservation = key.map(|k| k.answering_item(StatusCode::CREATED, item_id));
             let record = writer
@@ -324,9 +324,9 @@ async fn revise(
             let revision = if kind == ItemKind::Document {
                 // The content stays: only what describes the document is revised.
                 let current = writer.document_content(item_id).await?;
-                record_input::document_revision(body, current, writer.today())?
+                input::record::document_revision(body, current, writer.today())?
             } else {
-                record_input::revision(kind, body, writer.today())?
+                input::record::revision(kind, body, writer.today())?
             };
             Ok(writer
                 .revise((item_id, expected), revision, metadata)
@@ -447,8 +447,7 @@ async fn upload(
         text_sha256: None,
         text_length: 0,
     };
-    record_input::document(&metadata_part, "metadata", placeholder, today)
-        .map_err(ApiError::Validation)?;
+    input::record::document(&metadata_part, "metadata", placeholder, today)?;
     request.extend_from_slice(media_type.as_bytes());
     request.push(0);
     request.extend_from_slice(&bytes);
@@ -466,8 +465,7 @@ async fn upload(
                 media_type,
                 bytes,
                 describe: |content| {
-                    record_input::document(&metadata_part, "metadata", content, today)
-                        .map(|(document, extras)| (document, extras.reason))
+                    input::record::document(&metadata_part, "metadata", content, today)
                 },
             };
             let record = writer

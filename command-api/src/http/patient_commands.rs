@@ -8,7 +8,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::patient::{Patient, PatientCommand, PatientId, Reason};
-use domain::FieldErrors;
 use event_store::command::CommandMetadata;
 use event_store::idempotency::Reservation;
 use futures::future::BoxFuture;
@@ -17,7 +16,7 @@ use std::collections::HashMap;
 
 use crate::auth::{AuthUser, Authorized, Permission};
 use crate::http::idempotency::{idempotent, Stored};
-use crate::http::json::{Fields, JsonObject};
+use crate::http::json::JsonObject;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
 use application::reach::changeable_by;
 
@@ -313,10 +312,5 @@ pub(super) async fn change<P: Permission>(
 }
 
 pub(super) fn reason_only(body: &JsonObject) -> Result<Reason, ApiError> {
-    let mut fields = Fields::new(&body.object, "", &["reason"]);
-    let reason = fields
-        .string("reason")
-        .and_then(|v| fields.check(Reason::parse("reason", v)));
-    fields.finish()?;
-    reason.ok_or_else(|| ApiError::Validation(FieldErrors::new()))
+    Ok(crate::http::input::patient::reason_body(&body.object)?)
 }

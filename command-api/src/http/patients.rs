@@ -10,8 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::patient::{
-    AdministrativeGender, ArchivePatient, BirthDate, CorrectDemographics, Patient, PatientCommand,
-    PatientId, Reason, RestorePatient,
+    ArchivePatient, BirthDate, Patient, PatientCommand, PatientId, RestorePatient,
 };
 use domain::FieldErrors;
 use event_store::command::CommandMetadata;
@@ -21,12 +20,12 @@ use std::collections::HashMap;
 
 use crate::auth::{access, permission, Action, Authorized};
 use crate::http::idempotency::idempotent;
-use crate::http::json::{Fields, JsonObject};
+use crate::http::input;
+use crate::http::json::JsonObject;
 use crate::http::params::{url_encode, whole_number};
 use crate::http::patient_commands::{
     change, metadata, patient_id, reason_only, replay, respond, CommandRequest,
 };
-use crate::http::patient_input;
 use crate::http::{if_match, ApiError, AppState, RequestContext};
 use application::finding;
 use application::reach::changeable_by;
@@ -62,7 +61,7 @@ async fn register(
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     let now = (state.clock)();
-    let input = patient_input::registration(&body.object, now.date_naive());
+    let input = input::patient::registration(&body.object, now.date_naive());
     idempotent(
         &state,
         &user,
@@ -113,7 +112,7 @@ async fn match_candidates(
     Authorized(user, _): Authorized<permission::MatchPatients>,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
-    let record = patient_input::candidate(&body.object, (state.clock)().date_naive())?;
+    let record = input::patient::candidate(&body.object, (state.clock)().date_naive())?;
     let found = finding::matches(&state.services(), &user, &record).await?;
     let candidates: Vec<serde_json::Value> = found
         .iter()
@@ -165,53 +164,9 @@ async fn read(
 }
 
 fn correction(body: &JsonObject, now: DateTime<Utc>) -> Result<PatientCommand, ApiError> {
-    let mut fields = Fields::new(
-        &body.object,
-        "",
-        &[
-            "name",
-            "birth_date",
-            "gender",
-            "marital_status",
-            "languages",
-            "reason",
-        ],
-    );
-    let name = patient_input::name(&mut fields, false);
-    let birth_date = fields
-        .optional_string("birth_date")
-        .and_then(|v| fields.check(BirthDate::parse("birth_date", v, now.date_naive())));
-    let gender = fields
-        .optional_string("gender")
-        .and_then(|v| fields.check(AdministrativeGender::parse("gender", v)));
-    let marital_status = patient_input::marital_status(&mut fields);
-    let languages = patient_input::languages(&mut fields);
-    let reason = fields
-        .string("reason")
-        .and_then(|v| fields.check(Reason::parse("reason", v)));
-    let correctable = [
-        "name",
-        "birth_date",
-        "gender",
-        "marital_status",
-        "languages",
-    ];
-    if !correctable.iter().any(|f| fields.present(f)) {
-        fields.errors.push(domain::FieldError::new(
-            "",
-            "give at least one of name, birth_date, gender, marital_status, languages",
-        ));
-    }
-    fields.finish()?;
-    Ok(PatientCommand::CorrectDemographics(CorrectDemographics {
-        name,
-        birth_date,
-        gender,
-        marital_status,
-        languages,
-        reason: reason.ok_or_else(|| ApiError::Validation(FieldErrors::new()))?,
-        at: now,
-    }))
+    Ok(PatientCommand::CorrectDemographics(
+        input::patient::correction(&body.object, now)?,
+    ))
 }
 
 /// `POST /v1/patients/{id}/correct-demographics` with `If-Match`: corrects name, birth date or
@@ -432,14 +387,7 @@ async fn merge(
     tracing::Span::current().record("patient_id", tracing::field::display(source));
     changeable_by(&state.services(), &req.user, Action::MergePatients, source).await?;
     let now = (state.clock)();
-    let mut fields = Fields::new(&req.body.object, "", &["target_id", "reason"]);
-    let target = fields
-        .string("target_id")
-        .and_then(|v| fields.check(PatientId::parse("target_id", v)));
-    let reason = fields
-        .string("reason")
-        .and_then(|v| fields.check(Reason::parse("reason", v)));
-    let input = fields.finish().map(|()| (target, reason));
+    let input = input::governance::merge(&req.body.object);
     let path = format!("/v1/patients/{source}/merge");
     idempotent(
         &state,
@@ -449,9 +397,7 @@ async fn merge(
         replay,
         |key| async {
             let expected = if_match(req.headers())?;
-            let (Some(target), Some(reason)) = input? else {
-                return Err(ApiError::Validation(FieldErrors::new()));
-            };
+            let (target, reason) = input?;
             let meta = metadata(
                 &req.user,
                 req.ctx(),

@@ -101,6 +101,13 @@ impl ApiError {
     }
 }
 
+/// A body's bad fields.
+impl From<FieldErrors> for ApiError {
+    fn from(errors: FieldErrors) -> Self {
+        Self::Validation(errors)
+    }
+}
+
 impl From<CommandError> for ApiError {
     fn from(error: CommandError) -> Self {
         match error {

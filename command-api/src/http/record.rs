@@ -19,8 +19,8 @@ use domain::patient::{EndCoverage, PatientCommand, RecordChange, RemoveIdentifie
 use uuid::Uuid;
 
 use crate::auth::permission;
+use crate::http::input;
 use crate::http::patient_commands::{change, CommandRequest};
-use crate::http::patient_input;
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
@@ -71,7 +71,7 @@ async fn contact(
     req: CommandRequest<permission::ChangeContactInformation>,
 ) -> Result<Response, ApiError> {
     record_change(&state, &req, "contact", |at| {
-        let contact = patient_input::contact_body(&req.body.object)?;
+        let contact = input::patient::contact_body(&req.body.object)?;
         Ok(RecordChange::ChangeContactInformation { contact, at })
     })
     .await
@@ -83,7 +83,7 @@ async fn add_identifier(
     req: CommandRequest<permission::ChangeIdentifiers>,
 ) -> Result<Response, ApiError> {
     record_change(&state, &req, "identifiers", |at| {
-        let identifier = patient_input::identifier_body(&req.body.object)?;
+        let identifier = input::patient::identifier_body(&req.body.object)?;
         Ok(RecordChange::AddIdentifier { identifier, at })
     })
     .await
@@ -95,7 +95,7 @@ async fn remove_identifier(
     req: CommandRequest<permission::ChangeIdentifiers>,
 ) -> Result<Response, ApiError> {
     record_change(&state, &req, "identifiers/remove", |at| {
-        let (system, value, reason) = patient_input::identifier_removal(&req.body.object)?;
+        let (system, value, reason) = input::patient::identifier_removal(&req.body.object)?;
         Ok(RecordChange::RemoveIdentifier(RemoveIdentifier {
             system,
             value,
@@ -112,7 +112,7 @@ async fn preferences(
     req: CommandRequest<permission::ChangePreferences>,
 ) -> Result<Response, ApiError> {
     record_change(&state, &req, "preferences", |at| {
-        let preferences = patient_input::preferences_body(&req.body.object)?;
+        let preferences = input::patient::preferences_body(&req.body.object)?;
         Ok(RecordChange::UpdatePreferences { preferences, at })
     })
     .await
@@ -124,7 +124,7 @@ async fn add_emergency_contact(
     req: CommandRequest<permission::ChangeEmergencyContacts>,
 ) -> Result<Response, ApiError> {
     record_change(&state, &req, "emergency-contacts", |at| {
-        let contact = patient_input::emergency_contact_body(&req.body.object, Uuid::new_v4())?;
+        let contact = input::patient::emergency_contact_body(&req.body.object, Uuid::new_v4())?;
         Ok(RecordChange::AddEmergencyContact { contact, at })
     })
     .await
@@ -140,7 +140,7 @@ async fn change_emergency_contact(
         req.item.as_deref().unwrap_or_default()
     );
     record_change(&state, &req, &path, |at| {
-        let contact = patient_input::emergency_contact_body(&req.body.object, item(&req)?)?;
+        let contact = input::patient::emergency_contact_body(&req.body.object, item(&req)?)?;
         Ok(RecordChange::ChangeEmergencyContact { contact, at })
     })
     .await
@@ -170,7 +170,7 @@ async fn add_coverage(
     req: CommandRequest<permission::ChangeCoverages>,
 ) -> Result<Response, ApiError> {
     record_change(&state, &req, "coverages", |at| {
-        let coverage = patient_input::coverage_body(&req.body.object, Uuid::new_v4())?;
+        let coverage = input::patient::coverage_body(&req.body.object, Uuid::new_v4())?;
         Ok(RecordChange::AddCoverage { coverage, at })
     })
     .await
@@ -183,7 +183,7 @@ async fn change_coverage(
 ) -> Result<Response, ApiError> {
     let path = format!("coverages/{}", req.item.as_deref().unwrap_or_default());
     record_change(&state, &req, &path, |at| {
-        let coverage = patient_input::coverage_body(&req.body.object, item(&req)?)?;
+        let coverage = input::patient::coverage_body(&req.body.object, item(&req)?)?;
         Ok(RecordChange::ChangeCoverage { coverage, at })
     })
     .await
@@ -196,7 +196,7 @@ async fn end_coverage(
 ) -> Result<Response, ApiError> {
     let path = format!("coverages/{}/end", req.item.as_deref().unwrap_or_default());
     record_change(&state, &req, &path, |at| {
-        let (end, reason) = patient_input::coverage_end_body(&req.body.object)?;
+        let (end, reason) = input::patient::coverage_end_body(&req.body.object)?;
         Ok(RecordChange::EndCoverage(EndCoverage {
             coverage_id: item(&req)?,
             end,

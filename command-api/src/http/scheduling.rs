@@ -21,23 +21,23 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use chrono::{DateTime, Duration, NaiveTime, Utc, Weekday};
-use domain::patient::{PatientId, Reason};
-use domain::scheduling::appointment::{AppointmentState, CancellationReason};
-use domain::scheduling::{Appointment, Interval, Priority, WeeklyTemplate, Window};
+use chrono::Duration;
+use domain::scheduling::appointment::AppointmentState;
+use domain::scheduling::{Appointment, Interval, Priority};
 use domain::{FieldError, FieldErrors};
-use event_store::schedule::{Resource, Service};
 use futures::future::BoxFuture;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::auth::{permission, AuthUser, Authorized};
 use crate::http::idempotency::{idempotent, Keyed, Stored};
-use crate::http::json::{Fields, JsonObject};
+use crate::http::input;
+use crate::http::input::scheduling::{instant, slug};
+use crate::http::json::JsonObject;
 use crate::http::params::whole_number;
 use crate::http::patient_commands::metadata;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
-use application::appointments::{self, Step, StepInput};
+use application::appointments::{self, Step};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -55,144 +55,6 @@ pub fn router() -> Router<AppState> {
 /// The longest range availability is computed over.
 const MAX_RANGE_DAYS: i64 = 31;
 
-fn slug(field: &str, value: &str) -> Result<String, FieldError> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-');
-    if ok {
-        Ok(value.to_owned())
-    } else {
-        Err(FieldError::new(
-            field,
-            "must be 1 to 64 lowercase letters, digits or hyphens",
-        ))
-    }
-}
-
-fn label(f: &mut Fields<'_>, key: &str, required: bool) -> Option<String> {
-    let value = if required {
-        f.string(key)
-    } else {
-        f.optional_string(key)
-    }?;
-    let path = f.path(key);
-    let trimmed = value.trim();
-    if trimmed.is_empty()
-        || trimmed.chars().count() > 100
-        || trimmed.chars().any(domain::validation::is_hidden)
-    {
-        f.errors.push(FieldError::new(
-            path,
-            "must be 1 to 100 characters without control characters",
-        ));
-        return None;
-    }
-    Some(trimmed.to_owned())
-}
-
-fn slugs(f: &mut Fields<'_>, key: &str) -> Vec<String> {
-    let path = f.path(key);
-    let values = f.optional_string_array(key).unwrap_or_default();
-    let mut out = Vec::new();
-    for (i, v) in values.iter().enumerate() {
-        if let Some(s) = f.check(slug(&format!("{path}[{i}]"), v)) {
-            out.push(s);
-        }
-    }
-    out
-}
-
-fn weekday(value: &str) -> Option<Weekday> {
-    Some(match value {
-        "mon" => Weekday::Mon,
-        "tue" => Weekday::Tue,
-        "wed" => Weekday::Wed,
-        "thu" => Weekday::Thu,
-        "fri" => Weekday::Fri,
-        "sat" => Weekday::Sat,
-        "sun" => Weekday::Sun,
-        _ => return None,
-    })
-}
-
-fn windows(f: &mut Fields<'_>, key: &str) -> Vec<Window> {
-    let mut out = Vec::new();
-    let Some(items) = f.optional_array(key) else {
-        return out;
-    };
-    let path = f.path(key);
-    for (i, item) in items.iter().enumerate() {
-        let at = format!("{path}[{i}]");
-        let Some(object) = item.as_object() else {
-            f.errors.push(FieldError::new(at, "must be an object"));
-            continue;
-        };
-        let mut w = Fields::new(object, &at, &["weekday", "start", "end"]);
-        let day = w.string("weekday").and_then(|d| {
-            let parsed = weekday(d).ok_or_else(|| {
-                FieldError::new(
-                    format!("{at}.weekday"),
-                    "must be one of mon, tue, wed, thu, fri, sat, sun",
-                )
-            });
-            w.check(parsed)
-        });
-        let time = |w: &mut Fields<'_>, k: &str| {
-            w.string(k).and_then(|t| {
-                let parsed = NaiveTime::parse_from_str(t, "%H:%M").map_err(|_| {
-                    FieldError::new(format!("{at}.{k}"), "must be a time such as 08:30")
-                });
-                w.check(parsed)
-            })
-        };
-        let start = time(&mut w, "start");
-        let end = time(&mut w, "end");
-        f.absorb(w.errors);
-        if let (Some(weekday), Some(start), Some(end)) = (day, start, end) {
-            out.push(Window {
-                weekday,
-                start,
-                end,
-            });
-        }
-    }
-    out
-}
-
-fn template(f: &mut Fields<'_>) -> Option<WeeklyTemplate> {
-    let object = f.optional_object("template")?;
-    let mut t = Fields::new(
-        object,
-        "template",
-        &["time_zone", "slot_minutes", "hours", "breaks", "reserved"],
-    );
-    let zone = t.string("time_zone").map(str::to_owned);
-    let slot = t.optional_whole("slot_minutes", 1..=1440);
-    if slot.is_none() && !t.present("slot_minutes") {
-        t.errors
-            .push(FieldError::new("template.slot_minutes", "is required"));
-    }
-    let hours = windows(&mut t, "hours");
-    let breaks = windows(&mut t, "breaks");
-    let reserved = windows(&mut t, "reserved");
-    let parsed = match (zone, slot) {
-        (Some(zone), Some(slot)) => WeeklyTemplate::new(&zone, slot, hours, breaks, reserved)
-            .map_err(|errors| {
-                let mut prefixed = FieldErrors::new();
-                for e in errors.into_vec() {
-                    prefixed.push(FieldError::new(format!("template.{}", e.field), e.message));
-                }
-                prefixed
-            }),
-        _ => Err(FieldErrors::new()),
-    };
-    f.absorb(t.errors);
-    f.errors.check_all(parsed)
-}
-
 /// `PUT /v1/resources/{id}`: `{kind, name, specialty?, room_type?, capabilities?, template?}`.
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
 async fn put_resource(
@@ -202,55 +64,7 @@ async fn put_resource(
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     let id = slug("id", &id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
-    let mut f = Fields::new(
-        &body.object,
-        "",
-        &[
-            "kind",
-            "name",
-            "specialty",
-            "room_type",
-            "capabilities",
-            "template",
-        ],
-    );
-    let kind = f.string("kind").and_then(|k| {
-        let ok = ["practitioner", "room", "equipment"].contains(&k);
-        f.check(if ok {
-            Ok(k.to_owned())
-        } else {
-            Err(FieldError::new(
-                "kind",
-                "must be one of practitioner, room, equipment",
-            ))
-        })
-    });
-    let name = label(&mut f, "name", true);
-    let specialty = f
-        .optional_string("specialty")
-        .and_then(|s| f.check(slug("specialty", s)));
-    let room_type = f
-        .optional_string("room_type")
-        .and_then(|s| f.check(slug("room_type", s)));
-    let capabilities = slugs(&mut f, "capabilities");
-    let template = template(&mut f);
-    if kind.as_deref() == Some("practitioner") && template.is_none() && !f.present("template") {
-        f.errors.push(FieldError::new(
-            "template",
-            "is required for a practitioner",
-        ));
-    }
-    f.finish()?;
-    let resource = Resource {
-        id,
-        kind: kind.unwrap_or_default(),
-        name: name.unwrap_or_default(),
-        specialty,
-        room_type,
-        capabilities,
-        template,
-        version: 0,
-    };
+    let resource = input::scheduling::resource(id, &body.object)?;
     let (stored, created) =
         application::resources::put_resource(&state.services(), &user, &resource).await?;
     let status = if created {
@@ -342,35 +156,7 @@ async fn block_resource(
     body: &JsonObject,
     key: Option<Keyed>,
 ) -> Result<Response, ApiError> {
-    let id = id.to_owned();
-    let mut f = Fields::new(&body.object, "", &["from", "to", "reason"]);
-    let from = instant_field(&mut f, "from");
-    let to = instant_field(&mut f, "to");
-    let reason = f.string("reason").and_then(|r| {
-        let ok = ["holiday", "leave", "one-off"].contains(&r);
-        f.check(if ok {
-            Ok(r.to_owned())
-        } else {
-            Err(FieldError::new(
-                "reason",
-                "must be one of holiday, leave, one-off",
-            ))
-        })
-    });
-    if let (Some(from), Some(to)) = (from, to) {
-        if to <= from {
-            f.errors.push(FieldError::new("to", "must be after from"));
-        }
-    }
-    f.finish()?;
-    let (Some(from), Some(to), Some(reason)) = (from, to, reason) else {
-        return Err(ApiError::Validation(FieldErrors::new()));
-    };
-    let block = application::resources::Block {
-        resource: id,
-        during: Interval::new(from, to),
-        reason,
-    };
+    let block = input::scheduling::block(id.to_owned(), &body.object)?;
     let reservation = key.map(|k| k.answering(StatusCode::CREATED));
     let block_id =
         application::resources::block(&state.services(), user, &block, reservation.as_ref())
@@ -393,33 +179,7 @@ async fn put_service(
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     let code = slug("code", &code).map_err(|e| ApiError::InvalidParameters(e.into()))?;
-    let mut f = Fields::new(
-        &body.object,
-        "",
-        &["name", "minutes", "specialty", "room_type", "capabilities"],
-    );
-    let name = label(&mut f, "name", true);
-    let minutes = f.optional_whole("minutes", 5..=480);
-    if minutes.is_none() && !f.present("minutes") {
-        f.errors.push(FieldError::new("minutes", "is required"));
-    }
-    let specialty = f
-        .optional_string("specialty")
-        .and_then(|s| f.check(slug("specialty", s)));
-    let room_type = f
-        .optional_string("room_type")
-        .and_then(|s| f.check(slug("room_type", s)));
-    let capabilities = slugs(&mut f, "capabilities");
-    f.finish()?;
-    let service = Service {
-        code,
-        name: name.unwrap_or_default(),
-        minutes: minutes.map_or(0, |m| m as i32),
-        specialty,
-        room_type,
-        capabilities,
-        version: 0,
-    };
+    let service = input::scheduling::service(code, &body.object)?;
     let (stored, created) =
         application::resources::put_service(&state.services(), &user, &service).await?;
     let status = if created {
@@ -434,22 +194,6 @@ fn unknown(params: &HashMap<String, String>, known: &[&str], errors: &mut FieldE
     for key in params.keys().filter(|k| !known.contains(&k.as_str())) {
         errors.push(FieldError::new(key.clone(), "unknown parameter"));
     }
-}
-
-fn instant(value: &str, field: &str) -> Result<DateTime<Utc>, FieldError> {
-    DateTime::parse_from_rfc3339(value)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| {
-            FieldError::new(
-                field,
-                "must be an RFC 3339 instant such as 2026-11-30T09:00:00Z",
-            )
-        })
-}
-
-fn instant_field(f: &mut Fields<'_>, key: &str) -> Option<DateTime<Utc>> {
-    let path = f.path(key);
-    f.string(key).and_then(|v| f.check(instant(v, &path)))
 }
 
 /// `GET /v1/availability?service=&practitioner=&from=&to=&duration=&priority=&limit=`: free
@@ -501,13 +245,15 @@ async fn availability(
         .get("practitioner")
         .and_then(|p| errors.check(slug("practitioner", p)));
     errors.into_result().map_err(ApiError::InvalidParameters)?;
+    // Both were checked above; a missing one was named there.
     let (Some(from), Some(to)) = (from, to) else {
-        return Err(ApiError::InvalidParameters(FieldErrors::new()));
+        return Err(ApiError::invalid_parameter("from", "is required"));
     };
+    let range = Interval::new(from, to);
     let wanted = application::resources::Wanted {
         service: query.get("service").cloned().unwrap_or_default(),
         practitioner,
-        range: Interval::new(from, to),
+        range,
         minutes: (duration != 0).then_some(duration),
         priority,
         limit,
@@ -595,52 +341,7 @@ async fn book_appointment(
     key: Option<Keyed>,
 ) -> Result<Response, ApiError> {
     let reservation = key.map(|k| k.answering(StatusCode::CREATED));
-    let mut f = Fields::new(
-        &body.object,
-        "",
-        &[
-            "patient_id",
-            "service",
-            "start",
-            "practitioner",
-            "priority",
-            "hold",
-            "propose",
-        ],
-    );
-    let patient = f
-        .string("patient_id")
-        .and_then(|p| f.check(PatientId::parse("patient_id", p)));
-    let service_code = f.string("service").map(str::to_owned);
-    let start = instant_field(&mut f, "start");
-    let practitioner = f
-        .optional_string("practitioner")
-        .and_then(|p| f.check(slug("practitioner", p)));
-    let priority = f
-        .optional_string("priority")
-        .and_then(|p| f.check(Priority::parse("priority", p)))
-        .unwrap_or(Priority::Routine);
-    let hold = f.optional_bool("hold").unwrap_or(false);
-    let propose = f.optional_bool("propose").unwrap_or(false);
-    if hold && propose {
-        f.errors.push(FieldError::new(
-            "propose",
-            "a proposal holds nothing: send hold or propose, not both",
-        ));
-    }
-    f.finish()?;
-    let (Some(patient), Some(service_code), Some(start)) = (patient, service_code, start) else {
-        return Err(ApiError::Validation(FieldErrors::new()));
-    };
-    let request = application::booking::BookingRequest {
-        patient,
-        service: service_code,
-        start,
-        practitioner,
-        priority,
-        hold,
-        propose,
-    };
+    let request = input::scheduling::booking(&body.object)?;
     let (id, appointment, version) = application::booking::book(
         &state.services(),
         user,
@@ -679,53 +380,7 @@ async fn join(
     body: &JsonObject,
     key: Option<Keyed>,
 ) -> Result<Response, ApiError> {
-    let mut f = Fields::new(
-        &body.object,
-        "",
-        &[
-            "patient_id",
-            "service",
-            "from",
-            "to",
-            "practitioner",
-            "priority",
-        ],
-    );
-    let patient = f
-        .string("patient_id")
-        .and_then(|p| f.check(PatientId::parse("patient_id", p)));
-    let service_code = f.string("service").map(str::to_owned);
-    let from = instant_field(&mut f, "from");
-    let to = instant_field(&mut f, "to");
-    let practitioner = f
-        .optional_string("practitioner")
-        .and_then(|p| f.check(slug("practitioner", p)));
-    let priority = f
-        .optional_string("priority")
-        .and_then(|p| f.check(Priority::parse("priority", p)))
-        .unwrap_or(Priority::Routine);
-    let now = (state.clock)();
-    if let (Some(from), Some(to)) = (from, to) {
-        if to <= from || to <= now {
-            f.errors.push(FieldError::new(
-                "to",
-                "must be after from and in the future",
-            ));
-        }
-    }
-    f.finish()?;
-    let (Some(patient), Some(service_code), Some(from), Some(to)) =
-        (patient, service_code, from, to)
-    else {
-        return Err(ApiError::Validation(FieldErrors::new()));
-    };
-    let wish = application::booking::Wish {
-        patient,
-        service: service_code,
-        window: Interval::new(from, to),
-        practitioner,
-        priority,
-    };
+    let wish = input::scheduling::wish(&body.object, (state.clock)())?;
     let (id, appointment, version) = application::booking::join_waitlist(
         &state.services(),
         user,
@@ -751,15 +406,6 @@ async fn read(
     let (appointment, version) =
         application::appointments::read(&state.services(), &user, id).await?;
     appointment_response(StatusCode::OK, id, &appointment, version)
-}
-
-fn reason(body: &Map<String, Value>) -> Result<Reason, ApiError> {
-    let mut f = Fields::new(body, "", &["reason"]);
-    let reason = f
-        .string("reason")
-        .and_then(|v| f.check(Reason::parse("reason", v)));
-    f.finish()?;
-    reason.ok_or_else(|| ApiError::Validation(FieldErrors::new()))
 }
 
 /// `POST /v1/appointments/{id}/{action}` with `If-Match`: `confirm`, `arrive`, `check-in`,
@@ -808,46 +454,11 @@ async fn change(
     let expected = if_match(headers)?;
     let metadata = metadata(user, ctx, key.map(|k| k.answering(StatusCode::OK)));
     let (appointment, version) = opened
-        .take(expected, |step| step_input(step, &body.object), metadata)
+        .take(
+            expected,
+            |step| input::scheduling::step(step, &body.object),
+            metadata,
+        )
         .await?;
     appointment_response(StatusCode::OK, id, &appointment, version)
-}
-
-/// What the body of a step gives it.
-fn step_input(step: Step, body: &Map<String, Value>) -> Result<StepInput, FieldErrors> {
-    let validation = |e: ApiError| match e {
-        ApiError::Validation(errors) => errors,
-        _ => FieldErrors::new(),
-    };
-    Ok(match step {
-        Step::Cancel => {
-            let mut f = Fields::new(body, "", &["reason"]);
-            let code = f
-                .string("reason")
-                .and_then(|r| f.check(CancellationReason::parse("reason", r)));
-            f.errors.into_result()?;
-            StepInput::Cancel(code.ok_or_else(FieldErrors::new)?)
-        }
-        Step::EnterInError => StepInput::EnterInError(reason(body).map_err(validation)?),
-        Step::Reschedule => {
-            let mut f = Fields::new(body, "", &["start", "practitioner", "reason"]);
-            let start = instant_field(&mut f, "start");
-            let practitioner = f
-                .optional_string("practitioner")
-                .and_then(|p| f.check(slug("practitioner", p)));
-            let why = f
-                .string("reason")
-                .and_then(|v| f.check(Reason::parse("reason", v)));
-            f.errors.into_result()?;
-            let (Some(start), Some(reason)) = (start, why) else {
-                return Err(FieldErrors::new());
-            };
-            StepInput::Reschedule {
-                start,
-                practitioner,
-                reason,
-            }
-        }
-        _ => StepInput::None,
-    })
 }

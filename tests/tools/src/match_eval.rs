@@ -31,7 +31,7 @@ use sqlx::PgPool;
 use application::matching;
 use application::registration::{register, Registration};
 use command_api::configuration::Settings;
-use command_api::http::patient_input;
+use command_api::http::input;
 use command_api::startup;
 
 #[derive(Debug, Clone, Args)]
@@ -170,9 +170,9 @@ fn body(f: [&str; 10], today: NaiveDate) -> Map<String, Value> {
 /// Parses a row as the API would, dropping the fields it refuses one at a time.
 fn registration(mut body: Map<String, Value>, today: NaiveDate) -> Option<Registration> {
     loop {
-        match patient_input::registration(&body, today) {
+        match input::patient::registration(&body, today) {
             Ok(registration) => return Some(registration),
-            Err(command_api::http::ApiError::Validation(errors)) => {
+            Err(errors) => {
                 let field = errors.iter().next()?.field.clone();
                 let top = field
                     .split(['.', '['])
@@ -183,7 +183,6 @@ fn registration(mut body: Map<String, Value>, today: NaiveDate) -> Option<Regist
                     return None;
                 }
             }
-            Err(_) => return None,
         }
     }
 }

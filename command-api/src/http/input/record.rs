@@ -1,0 +1,782 @@
+//! The bodies of medical record items: allergies, medications, immunizations, problems,
+//! history entries and what describes a document. A revision sends the whole item again, with
+//! a reason.
+
+use application::records::{NewItem, Revision};
+use chrono::NaiveDate;
+use domain::medical_record::items::{
+    Allergy, AllergyCategory, AllergyClinicalStatus, AllergyCriticality, BodySite, Document,
+    DocumentContent, HistoryCategory, HistoryEntry, Immunization, ImmunizationStatus, ItemKind,
+    Medication, MedicationStatus, Problem, ProblemStatus, Reaction, Route, Severity,
+    VerificationStatus,
+};
+use domain::medical_record::values::{
+    ordered_dates, systems, Concept, Frequency, Label, Note, PeriodUnit, Quantity,
+};
+use domain::medical_record::{ItemContent, ItemId};
+use domain::patient::governance::Principal;
+use domain::patient::Reason;
+use domain::{FieldError, FieldErrors};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::patient::{date, optional_text, reason, text, Strings};
+use super::{objects, one, optional, parse, AllOk, Body, Field};
+
+/// A coded concept: `text` always; `system` and `code` together.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ConceptBody {
+    #[serde(default)]
+    pub system: Field<String>,
+    #[serde(default)]
+    pub code: Field<String>,
+    #[serde(default)]
+    pub text: Field<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ReactionBody {
+    pub manifestation: Field<ConceptBody>,
+    /// `mild`, `moderate` or `severe`.
+    #[serde(default)]
+    pub severity: Field<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct AllergyBody {
+    pub substance: Field<ConceptBody>,
+    pub category: Field<String>,
+    pub criticality: Field<String>,
+    #[serde(default)]
+    pub reactions: Field<Vec<Field<ReactionBody>>>,
+    pub clinical_status: Field<String>,
+    pub verification_status: Field<String>,
+    /// `YYYY-MM-DD`, not in the future.
+    #[serde(default)]
+    pub onset: Field<String>,
+    #[serde(default)]
+    pub note: Field<String>,
+    /// Why (required on a revision).
+    #[serde(default)]
+    pub reason: Field<String>,
+}
+
+/// A dose: a decimal `value` and a UCUM `unit`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct DoseBody {
+    #[serde(default)]
+    pub value: Field<String>,
+    #[serde(default)]
+    pub unit: Field<String>,
+}
+
+/// `count` times per `period` `period_unit`s, `as_needed` or not.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct FrequencyBody {
+    /// 1 to 1000.
+    pub count: Field<i64>,
+    /// 1 to 1000.
+    pub period: Field<i64>,
+    pub period_unit: Field<String>,
+    #[serde(default)]
+    pub as_needed: Field<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct MedicationBody {
+    pub medication: Field<ConceptBody>,
+    pub dose: Field<DoseBody>,
+    pub route: Field<String>,
+    pub frequency: Field<FrequencyBody>,
+    pub start: Field<String>,
+    #[serde(default)]
+    pub end: Field<String>,
+    pub status: Field<String>,
+    pub prescriber: Field<String>,
+    #[serde(default)]
+    pub reason_for_use: Field<ConceptBody>,
+    #[serde(default)]
+    pub note: Field<String>,
+    #[serde(default)]
+    pub reason: Field<String>,
+    /// Ids of the allergies whose warnings the prescriber acknowledges.
+    #[serde(default)]
+    pub acknowledge_allergy_warnings: Strings,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ImmunizationBody {
+    /// Coded in CVX.
+    pub vaccine: Field<ConceptBody>,
+    pub occurred_on: Field<String>,
+    #[serde(default)]
+    pub lot_number: Field<String>,
+    #[serde(default)]
+    pub site: Field<String>,
+    #[serde(default)]
+    pub route: Field<String>,
+    #[serde(default)]
+    pub performer: Field<String>,
+    pub status: Field<String>,
+    #[serde(default)]
+    pub note: Field<String>,
+    #[serde(default)]
+    pub reason: Field<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ProblemBody {
+    /// Coded in ICD-10 or SNOMED CT.
+    pub condition: Field<ConceptBody>,
+    #[serde(default)]
+    pub onset: Field<String>,
+    #[serde(default)]
+    pub abatement: Field<String>,
+    pub clinical_status: Field<String>,
+    #[serde(default)]
+    pub severity: Field<String>,
+    #[serde(default)]
+    pub note: Field<String>,
+    #[serde(default)]
+    pub reason: Field<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct HistoryBody {
+    pub category: Field<String>,
+    pub description: Field<ConceptBody>,
+    /// Who in the family (required for family history).
+    #[serde(default)]
+    pub relationship: Field<String>,
+    #[serde(default)]
+    pub occurred_on: Field<String>,
+    #[serde(default)]
+    pub note: Field<String>,
+    #[serde(default)]
+    pub reason: Field<String>,
+}
+
+/// What describes an uploaded document (the `metadata` part of the upload).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct DocumentBody {
+    pub title: Field<String>,
+    pub document_type: Field<ConceptBody>,
+    pub author: Field<String>,
+    pub date: Field<String>,
+    #[serde(default)]
+    pub note: Field<String>,
+    #[serde(default)]
+    pub reason: Field<String>,
+}
+
+objects!(ConceptBody, ReactionBody, DoseBody, FrequencyBody);
+
+type Parse<T> = fn(&str, &str) -> Result<T, FieldError>;
+
+fn path(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// A required code at `field`, as `parse` reads it.
+fn code<T>(value: &Field<String>, field: &str, parse: Parse<T>) -> Result<T, FieldErrors> {
+    text(value, field, |v| one(parse(field, v)))
+}
+
+fn optional_code<T>(
+    value: &Field<String>,
+    field: &str,
+    parse: Parse<T>,
+) -> Result<Option<T>, FieldErrors> {
+    optional_text(value, field, |v| one(parse(field, v)))
+}
+
+/// A concept at `field`: each part of the right shape, then the rules of a concept.
+fn concept(body: &ConceptBody, field: &str) -> Result<Concept, FieldErrors> {
+    let (system, code, text) = (
+        body.system.optional(&path(field, "system")),
+        body.code.optional(&path(field, "code")),
+        body.text.optional(&path(field, "text")),
+    )
+        .all_ok()?;
+    Concept::parse(
+        field,
+        system.map(String::as_str),
+        code.map(String::as_str),
+        text.map(String::as_str),
+    )
+}
+
+fn required_concept(value: &Field<ConceptBody>, field: &str) -> Result<Concept, FieldErrors> {
+    value.required(field).and_then(|c| concept(c, field))
+}
+
+fn optional_concept(
+    value: &Field<ConceptBody>,
+    field: &str,
+) -> Result<Option<Concept>, FieldErrors> {
+    value
+        .optional(field)
+        .and_then(|c| optional(c, |c| concept(c, field)))
+}
+
+fn note(value: &Field<String>, prefix: &str) -> Result<Option<Note>, FieldErrors> {
+    optional_code(value, &path(prefix, "note"), Note::parse)
+}
+
+/// A date at `field`, not after `today`.
+fn past_date(value: &str, field: &str, today: NaiveDate) -> Result<NaiveDate, FieldErrors> {
+    let date = date(value, field)?;
+    if date > today {
+        return Err(FieldError::new(field, "must not be in the future").into());
+    }
+    Ok(date)
+}
+
+fn required_past_date(
+    value: &Field<String>,
+    field: &str,
+    today: NaiveDate,
+) -> Result<NaiveDate, FieldErrors> {
+    text(value, field, |v| past_date(v, field, today))
+}
+
+fn optional_past_date(
+    value: &Field<String>,
+    field: &str,
+    today: NaiveDate,
+) -> Result<Option<NaiveDate>, FieldErrors> {
+    optional_text(value, field, |v| past_date(v, field, today))
+}
+
+fn allergy(body: &AllergyBody, today: NaiveDate) -> Result<Allergy, FieldErrors> {
+    let reactions = body.reactions.each("reactions", |r, at| {
+        let (manifestation, severity) = (
+            required_concept(&r.manifestation, &path(at, "manifestation")),
+            optional_code(&r.severity, &path(at, "severity"), Severity::parse),
+        )
+            .all_ok()?;
+        Ok(Reaction {
+            manifestation,
+            severity,
+        })
+    });
+    let (
+        substance,
+        category,
+        criticality,
+        clinical_status,
+        verification_status,
+        onset,
+        reactions,
+        note,
+    ) = (
+        required_concept(&body.substance, "substance"),
+        code(&body.category, "category", AllergyCategory::parse),
+        code(&body.criticality, "criticality", AllergyCriticality::parse),
+        code(
+            &body.clinical_status,
+            "clinical_status",
+            AllergyClinicalStatus::parse,
+        ),
+        code(
+            &body.verification_status,
+            "verification_status",
+            VerificationStatus::parse,
+        ),
+        optional_past_date(&body.onset, "onset", today),
+        reactions,
+        note(&body.note, ""),
+    )
+        .all_ok()?;
+    Ok(Allergy {
+        substance,
+        category,
+        criticality,
+        reactions,
+        clinical_status,
+        verification_status,
+        onset,
+        note,
+    })
+}
+
+fn dose(body: &DoseBody) -> Result<Quantity, FieldErrors> {
+    let (value, unit) = (
+        body.value.optional("dose.value"),
+        body.unit.optional("dose.unit"),
+    )
+        .all_ok()?;
+    Quantity::parse("dose", value.map(String::as_str), unit.map(String::as_str))
+}
+
+fn frequency(body: &FrequencyBody) -> Result<Frequency, FieldErrors> {
+    let (count, period, unit, as_needed) = (
+        body.count.required("frequency.count"),
+        body.period.required("frequency.period"),
+        code(
+            &body.period_unit,
+            "frequency.period_unit",
+            PeriodUnit::parse,
+        ),
+        body.as_needed.optional("frequency.as_needed"),
+    )
+        .all_ok()?;
+    // Out of `u32`, a count is out of 1 to 1000 too: the domain says so.
+    let whole = |n: &i64| u32::try_from(*n).unwrap_or(0);
+    Frequency::new(
+        "frequency",
+        whole(count),
+        whole(period),
+        unit,
+        as_needed.copied().unwrap_or(false),
+    )
+}
+
+fn medication(body: &MedicationBody) -> Result<Medication, FieldErrors> {
+    let dates = (
+        text(&body.start, "start", |v| date(v, "start")),
+        optional_text(&body.end, "end", |v| date(v, "end")),
+    )
+        .all_ok()
+        .and_then(|(start, end)| {
+            one(ordered_dates("end", Some(start), end))?;
+            Ok((start, end))
+        });
+    let (
+        medication,
+        dose,
+        route,
+        frequency,
+        (start, end),
+        status,
+        prescriber,
+        reason_for_use,
+        note,
+    ) = (
+        required_concept(&body.medication, "medication"),
+        body.dose.required("dose").and_then(dose),
+        code(&body.route, "route", Route::parse),
+        body.frequency.required("frequency").and_then(frequency),
+        dates,
+        code(&body.status, "status", MedicationStatus::parse),
+        code(&body.prescriber, "prescriber", Principal::parse),
+        optional_concept(&body.reason_for_use, "reason_for_use"),
+        note(&body.note, ""),
+    )
+        .all_ok()?;
+    Ok(Medication {
+        medication,
+        dose,
+        route,
+        frequency,
+        start,
+        end,
+        status,
+        prescriber,
+        reason_for_use,
+        note,
+    })
+}
+
+fn immunization(body: &ImmunizationBody, today: NaiveDate) -> Result<Immunization, FieldErrors> {
+    let vaccine = required_concept(&body.vaccine, "vaccine").and_then(|v| {
+        let cvx = v.system.as_deref() == Some(systems::CVX)
+            && v.code.as_deref().is_some_and(|c| {
+                (1..=4).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_digit())
+            });
+        if !cvx {
+            return Err(FieldError::new(
+                "vaccine",
+                format!(
+                    "must be coded in CVX: system {} and a code of 1 to 4 digits",
+                    systems::CVX
+                ),
+            )
+            .into());
+        }
+        Ok(v)
+    });
+    let (vaccine, occurred_on, lot_number, site, route, performer, status, note) = (
+        vaccine,
+        required_past_date(&body.occurred_on, "occurred_on", today),
+        optional_code(&body.lot_number, "lot_number", Label::parse),
+        optional_code(&body.site, "site", BodySite::parse),
+        optional_code(&body.route, "route", Route::parse),
+        optional_code(&body.performer, "performer", Principal::parse),
+        code(&body.status, "status", ImmunizationStatus::parse),
+        note(&body.note, ""),
+    )
+        .all_ok()?;
+    Ok(Immunization {
+        vaccine,
+        occurred_on,
+        lot_number,
+        site,
+        route,
+        performer,
+        status,
+        note,
+    })
+}
+
+fn problem(body: &ProblemBody, today: NaiveDate) -> Result<Problem, FieldErrors> {
+    let condition = required_concept(&body.condition, "condition").and_then(|c| {
+        let coded = c.code.is_some()
+            && [systems::ICD_10, systems::ICD_10_CM, systems::SNOMED_CT]
+                .contains(&c.system.as_deref().unwrap_or_default());
+        if !coded {
+            return Err(FieldError::new(
+                "condition",
+                format!(
+                    "must be coded in ICD-10 ({} or {}) or SNOMED CT ({})",
+                    systems::ICD_10,
+                    systems::ICD_10_CM,
+                    systems::SNOMED_CT
+                ),
+            )
+            .into());
+        }
+        Ok(c)
+    });
+    let dates = (
+        optional_past_date(&body.onset, "onset", today),
+        optional_past_date(&body.abatement, "abatement", today),
+    )
+        .all_ok()
+        .and_then(|(onset, abatement)| {
+            one(ordered_dates("abatement", onset, abatement))?;
+            Ok((onset, abatement))
+        });
+    let (condition, (onset, abatement), clinical_status, severity, note) = (
+        condition,
+        dates,
+        code(
+            &body.clinical_status,
+            "clinical_status",
+            ProblemStatus::parse,
+        ),
+        optional_code(&body.severity, "severity", Severity::parse),
+        note(&body.note, ""),
+    )
+        .all_ok()?;
+    Ok(Problem {
+        condition,
+        onset,
+        abatement,
+        clinical_status,
+        severity,
+        note,
+    })
+}
+
+fn history(body: &HistoryBody, today: NaiveDate) -> Result<HistoryEntry, FieldErrors> {
+    let (category, description, relationship, occurred_on, note) = (
+        code(&body.category, "category", HistoryCategory::parse),
+        required_concept(&body.description, "description"),
+        optional_code(&body.relationship, "relationship", Label::parse),
+        optional_past_date(&body.occurred_on, "occurred_on", today),
+        note(&body.note, ""),
+    )
+        .all_ok()?;
+    if category == HistoryCategory::Family && relationship.is_none() {
+        return Err(FieldError::new("relationship", "is required for family history").into());
+    }
+    Ok(HistoryEntry {
+        category,
+        description,
+        relationship,
+        occurred_on,
+        note,
+    })
+}
+
+/// The allergies whose warnings a medication's prescriber acknowledges.
+fn acknowledged(ids: &Strings) -> Result<Vec<ItemId>, FieldErrors> {
+    ids.each("acknowledge_allergy_warnings", |id, at| {
+        one(ItemId::parse(at, id))
+    })
+}
+
+/// The reason of a body, required on a revision.
+fn why(value: &Field<String>, required: bool) -> Result<Option<Reason>, FieldErrors> {
+    if required {
+        text(value, "reason", |v| reason(v, "reason")).map(Some)
+    } else {
+        optional_text(value, "reason", |v| reason(v, "reason"))
+    }
+}
+
+/// An item of `kind` with its reason and acknowledgements, `today` the day it arrives.
+fn item(
+    kind: ItemKind,
+    object: &Map<String, Value>,
+    revision: bool,
+    today: NaiveDate,
+) -> Result<(ItemContent, Option<Reason>, Vec<ItemId>), FieldErrors> {
+    fn with<B: Body, T>(
+        object: &Map<String, Value>,
+        revision: bool,
+        reason_of: fn(&B) -> &Field<String>,
+        content: impl FnOnce(&B) -> Result<T, FieldErrors>,
+    ) -> Result<(T, Option<Reason>), FieldErrors> {
+        parse(object, "")?
+            .then(|body: B| (content(&body), why(reason_of(&body), revision)).all_ok())
+    }
+    Ok(match kind {
+        ItemKind::Allergy => {
+            let (a, r) = with(
+                object,
+                revision,
+                |b: &AllergyBody| &b.reason,
+                |b| allergy(b, today),
+            )?;
+            (ItemContent::Allergy(a), r, Vec::new())
+        }
+        ItemKind::Medication => {
+            let (m, r, ids) = parse(object, "")?.then(|body: MedicationBody| {
+                (
+                    medication(&body),
+                    why(&body.reason, revision),
+                    acknowledged(&body.acknowledge_allergy_warnings),
+                )
+                    .all_ok()
+            })?;
+            (ItemContent::Medication(m), r, ids)
+        }
+        ItemKind::Immunization => {
+            let (i, r) = with(
+                object,
+                revision,
+                |b: &ImmunizationBody| &b.reason,
+                |b| immunization(b, today),
+            )?;
+            (ItemContent::Immunization(i), r, Vec::new())
+        }
+        ItemKind::Problem => {
+            let (p, r) = with(
+                object,
+                revision,
+                |b: &ProblemBody| &b.reason,
+                |b| problem(b, today),
+            )?;
+            (ItemContent::Problem(p), r, Vec::new())
+        }
+        ItemKind::History => {
+            let (h, r) = with(
+                object,
+                revision,
+                |b: &HistoryBody| &b.reason,
+                |b| history(b, today),
+            )?;
+            (ItemContent::History(h), r, Vec::new())
+        }
+        ItemKind::Document => {
+            return Err(FieldError::new("", "documents are uploaded as multipart/form-data").into())
+        }
+    })
+}
+
+/// A new item of `kind` (not a document).
+///
+/// # Errors
+///
+/// Every bad field, by its path.
+pub fn new_item(
+    kind: ItemKind,
+    object: &Map<String, Value>,
+    today: NaiveDate,
+) -> Result<NewItem, FieldErrors> {
+    let (content, reason, acknowledged) = item(kind, object, false, today)?;
+    Ok(NewItem {
+        content,
+        reason,
+        acknowledged,
+    })
+}
+
+/// A revision of an item of `kind` (not a document): its new content and why.
+///
+/// # Errors
+///
+/// Every bad field, by its path; a missing reason.
+pub fn revision(
+    kind: ItemKind,
+    object: &Map<String, Value>,
+    today: NaiveDate,
+) -> Result<Revision, FieldErrors> {
+    let (content, reason, acknowledged) = item(kind, object, true, today)?;
+    let reason =
+        reason.ok_or_else(|| FieldErrors::from(FieldError::new("reason", "is required")))?;
+    Ok(Revision {
+        content,
+        reason,
+        acknowledged,
+    })
+}
+
+/// What describes a document (under `prefix`: `metadata` in an upload), its content being
+/// `content`; and the reason given, if any.
+///
+/// # Errors
+///
+/// Every bad field, by its path.
+pub fn document(
+    object: &Map<String, Value>,
+    prefix: &str,
+    content: DocumentContent,
+    today: NaiveDate,
+) -> Result<(Document, Option<Reason>), FieldErrors> {
+    parse(object, prefix)?.then(|body: DocumentBody| {
+        let at = |key: &str| path(prefix, key);
+        let (title, document_type, author, date, note, reason) = (
+            code(&body.title, &at("title"), Label::parse),
+            required_concept(&body.document_type, &at("document_type")),
+            code(&body.author, &at("author"), Principal::parse),
+            required_past_date(&body.date, &at("date"), today),
+            note(&body.note, prefix),
+            optional_text(&body.reason, &at("reason"), |v| reason(v, &at("reason"))),
+        )
+            .all_ok()?;
+        Ok((
+            Document {
+                title,
+                document_type,
+                author,
+                date,
+                content,
+                note,
+            },
+            reason,
+        ))
+    })
+}
+
+/// A revision of what describes a document whose content is `current`; it needs a reason.
+///
+/// # Errors
+///
+/// Every bad field, by its path; a missing reason.
+pub fn document_revision(
+    object: &Map<String, Value>,
+    current: DocumentContent,
+    today: NaiveDate,
+) -> Result<Revision, FieldErrors> {
+    let (document, reason) = document(object, "", current, today)?;
+    let reason =
+        reason.ok_or_else(|| FieldErrors::from(FieldError::new("reason", "is required")))?;
+    Ok(Revision {
+        content: ItemContent::Document(document),
+        reason,
+        acknowledged: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 27).unwrap()
+    }
+
+    fn fields_of<T: std::fmt::Debug>(result: Result<T, FieldErrors>) -> Vec<String> {
+        match result {
+            Err(errors) => errors.iter().map(|e| e.field.clone()).collect(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_bad_field_of_a_medication_is_named() {
+        let body = json!({
+            "medication": {"text": ""},
+            "dose": {"value": "-5", "unit": "mg"},
+            "route": "by-mouth",
+            "frequency": {"count": 0, "period": 1, "period_unit": "d"},
+            "start": "2026-11-02",
+            "end": "2026-11-01",
+            "status": "running",
+            "prescriber": "dr who",
+            "colour": "red",
+        });
+        let fields = fields_of(item(
+            ItemKind::Medication,
+            body.as_object().unwrap(),
+            false,
+            today(),
+        ));
+        for expected in [
+            "colour",
+            "medication.text",
+            "dose.value",
+            "route",
+            "frequency.count",
+            "end",
+            "status",
+            "prescriber",
+        ] {
+            assert!(
+                fields.iter().any(|f| f == expected),
+                "{expected} not in {fields:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn problems_need_icd_10_or_snomed_and_immunizations_cvx() {
+        let problem = json!({"condition": {"system": "http://loinc.org", "code": "1", "text": "x"},
+                             "clinical_status": "active"});
+        assert_eq!(
+            fields_of(item(
+                ItemKind::Problem,
+                problem.as_object().unwrap(),
+                false,
+                today()
+            )),
+            ["condition"]
+        );
+        let vaccine =
+            json!({"vaccine": {"text": "flu"}, "occurred_on": "2030-01-01", "status": "completed"});
+        assert_eq!(
+            fields_of(item(
+                ItemKind::Immunization,
+                vaccine.as_object().unwrap(),
+                false,
+                today()
+            )),
+            ["vaccine", "occurred_on"]
+        );
+    }
+
+    #[test]
+    fn a_revision_needs_a_reason() {
+        let body = json!({"category": "social", "description": {"text": "Non-smoker"}});
+        assert!(item(ItemKind::History, body.as_object().unwrap(), false, today()).is_ok());
+        assert_eq!(
+            fields_of(item(
+                ItemKind::History,
+                body.as_object().unwrap(),
+                true,
+                today()
+            )),
+            ["reason"]
+        );
+    }
+}
