@@ -1,34 +1,17 @@
 //! `patient-service retention purge`: erases every archived patient whose retention period
-//! (`retention.archived_days` after archiving) has passed, as `forget` with the reason
-//! `retention-expired`. Patients on legal hold are left alone and counted.
+//! (`retention.archived_days` after archiving) has passed ([`application::retention`]).
 
-use chrono::Utc;
 use clap::Args;
-use domain::patient::governance::{ErasureReason, GovernanceChange};
-use domain::patient::{PatientCommand, PatientError, PatientId};
-use event_store::command::{CommandError, CommandMetadata};
 use event_store::store::PatientStore;
-use projections::patient_search;
 
 use crate::configuration::Settings;
 use crate::startup;
-
-/// The user id the purge's events are recorded under.
-const PURGE_USER: &str = "retention-policy";
 
 #[derive(Debug, Clone, Args)]
 pub struct PurgeArgs {
     /// List who would be erased, erase nobody.
     #[arg(long)]
     pub dry_run: bool,
-}
-
-/// What a purge did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Purged {
-    pub candidates: usize,
-    pub forgotten: usize,
-    pub on_legal_hold: usize,
 }
 
 /// Runs the purge against the configured (or embedded) database and prints what it did.
@@ -40,13 +23,13 @@ pub async fn run(settings: &Settings, args: PurgeArgs) -> anyhow::Result<()> {
     let secrets = settings.secrets()?;
     let purged = startup::with_database(settings, |pool| async move {
         let store = PatientStore::new(pool.clone(), secrets.keys, secrets.chain);
-        purge(
-            &pool,
-            &store,
+        Ok(application::retention::purge(
+            (&pool, &store),
             settings.retention.archived_days,
+            chrono::Utc::now(),
             args.dry_run,
         )
-        .await
+        .await?)
     })
     .await?;
     println!(
@@ -57,63 +40,4 @@ pub async fn run(settings: &Settings, args: PurgeArgs) -> anyhow::Result<()> {
         if args.dry_run { " (dry run)" } else { "" }
     );
     Ok(())
-}
-
-async fn purge(
-    pool: &sqlx::PgPool,
-    store: &PatientStore,
-    archived_days: u32,
-    dry_run: bool,
-) -> anyhow::Result<Purged> {
-    let now = Utc::now();
-    let cutoff = now - chrono::Duration::days(i64::from(archived_days));
-    // Listed first, then erased: erasing empties the read model being paged through.
-    let mut candidates = Vec::new();
-    loop {
-        let page =
-            patient_search::archived_before(pool, cutoff, 1000, candidates.len() as u32).await?;
-        let more = page.len() > 1000;
-        candidates.extend(page.into_iter().take(1000).map(|c| c.id));
-        if !more {
-            break;
-        }
-    }
-    let mut purged = Purged {
-        candidates: candidates.len(),
-        ..Purged::default()
-    };
-    if dry_run {
-        return Ok(purged);
-    }
-    for id in candidates {
-        let command = PatientCommand::Govern(GovernanceChange::Forget {
-            reason: ErasureReason::RetentionExpired,
-            reference: None,
-            at: now,
-        });
-        let metadata = CommandMetadata {
-            user_id: PURGE_USER.to_owned(),
-            ..CommandMetadata::default()
-        };
-        match store
-            .execute(PatientId::new(id), None, command, metadata)
-            .await
-        {
-            Ok(_) => purged.forgotten += 1,
-            Err(CommandError::Rule(PatientError::LegalHoldPreventsErasure)) => {
-                purged.on_legal_hold += 1;
-            }
-            // Forgotten meanwhile, or restored and merged since the read model saw it.
-            Err(CommandError::Rule(rule)) => {
-                tracing::info!(patient_id = %id, code = rule.code(), "not purged");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    tracing::info!(
-        forgotten = purged.forgotten,
-        on_legal_hold = purged.on_legal_hold,
-        "retention purge done"
-    );
-    Ok(purged)
 }

@@ -22,6 +22,7 @@
 //! - [`extraction`]: what a document text extractor offers the use cases.
 //! - [`finding`]: patients read by id, search, likeness and retention; their data keys.
 //! - [`audit`]: the audit log, disclosures and verified histories.
+//! - [`retention`]: the retention policy's purge.
 //! - [`planner`]: availability and placement of appointments on resources.
 //! - [`background`]: reminders, wait-list offers, the notification outbox, under one runner.
 //! - [`settings`]: the policies configuration gives the use cases.
@@ -45,5 +46,6 @@ pub mod reach;
 pub mod records;
 pub mod registration;
 pub mod resources;
+pub mod retention;
 pub mod services;
 pub mod settings;
