@@ -82,8 +82,6 @@ pub async fn writer(
     )
     .await?;
     changeable(&patient)?;
-    // Whoever writes is named in the events: a subject that cannot be one is refused here.
-    principal(user)?;
     Ok(Writer {
         services: services.clone(),
         user: user.clone(),
@@ -110,8 +108,14 @@ fn warned(error: CommandError<MedicalRecordError>, content: &ItemContent) -> Use
 }
 
 impl Writer {
-    pub fn patient(&self) -> PatientId {
-        self.id
+    /// Refuses a caller whose subject cannot name the author of an item (the events name
+    /// who wrote them), for a change that must be refused before any work is done.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Forbidden`].
+    pub fn may_author(&self) -> Result<(), UseCaseError> {
+        principal(&self.user).map(|_| ())
     }
 
     /// The day it is, for input that is checked against it (a date in the future).

@@ -76,8 +76,8 @@ pub enum UseCaseError {
         warnings: Vec<AllergyWarning>,
         order: serde_json::Value,
     },
-    /// Too busy to do it now: try again shortly.
-    #[error("busy")]
+    /// Too busy to do it now (every text extraction slot is taken): try again shortly.
+    #[error("text extraction is busy")]
     Busy,
     /// The time is taken: by which appointment (when the caller may know), and where it could
     /// go instead.

@@ -205,7 +205,7 @@ fn with_medication_warnings(
     let ItemContent::Allergy(allergy) = &item.content else {
         return response;
     };
-    if !allergy.is_active() {
+    if !allergy.is_active() || item.entered_in_error.is_some() {
         return response;
     }
     let named = record.medications_named_by(allergy);
@@ -375,6 +375,7 @@ async fn upload(
     let services = state.services();
     // Whatever can refuse the upload is checked before anything is stored.
     let writer = records::writer(&services, &user, id).await?;
+    writer.may_author()?;
     let mut multipart = multipart.map_err(|_| ApiError::UnsupportedMediaType)?;
     let mut metadata_part: Option<serde_json::Map<String, Value>> = None;
     // What a repeat under the same `Idempotency-Key` must send again: both parts.

@@ -217,7 +217,7 @@ impl From<application::services::UseCaseError> for ApiError {
             E::Scheduling(command) => command.into(),
             E::Record(command) => command.into(),
             E::AllergyWarning { warnings, order } => Self::AllergyWarning { warnings, order },
-            E::Busy => Self::Unavailable("busy".into()),
+            E::Busy => Self::Unavailable("text extraction is busy".into()),
             E::Database(database) => database.into(),
             E::Internal(error) => Self::Internal(error),
         }

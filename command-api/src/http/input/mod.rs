@@ -74,7 +74,7 @@ fn strip_nulls(value: &mut Value) {
 
 /// A body field as it arrived: absent (or `null`), present with the wrong shape (the wrong
 /// JSON type), or given.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub enum Field<T> {
     #[default]
     Absent,
@@ -82,16 +82,30 @@ pub enum Field<T> {
     Given(T),
 }
 
+impl<T> std::fmt::Debug for Field<T> {
+    // A field holds patient data: only whether it arrived is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Absent => "Absent",
+            Self::Misshapen => "Misshapen",
+            Self::Given(_) => "Given(..)",
+        })
+    }
+}
+
 /// What a field's JSON must look like, and what a caller is told when it does not.
 pub trait Shape: DeserializeOwned {
     /// `must be a string`, ...
     const MUST_BE: &'static str;
+    /// What an array of these must be.
+    const ARRAY_MUST_BE: &'static str = "must be an array";
 
     fn fits(value: &Value) -> bool;
 }
 
 impl Shape for String {
     const MUST_BE: &'static str = "must be a string";
+    const ARRAY_MUST_BE: &'static str = "must be an array of strings";
 
     fn fits(value: &Value) -> bool {
         value.is_string()
@@ -115,7 +129,7 @@ impl Shape for i64 {
 }
 
 impl<T: Shape> Shape for Vec<T> {
-    const MUST_BE: &'static str = "must be an array";
+    const MUST_BE: &'static str = T::ARRAY_MUST_BE;
 
     fn fits(value: &Value) -> bool {
         value.is_array()
@@ -125,6 +139,7 @@ impl<T: Shape> Shape for Vec<T> {
 /// An item of an array: any value reads (as given or misshapen).
 impl<T: Shape> Shape for Field<T> {
     const MUST_BE: &'static str = T::MUST_BE;
+    const ARRAY_MUST_BE: &'static str = T::ARRAY_MUST_BE;
 
     fn fits(_: &Value) -> bool {
         true
@@ -227,7 +242,11 @@ impl<T: Shape> Field<Vec<Field<T>>> {
         let items = self.optional(path)?.map_or(&[][..], Vec::as_slice);
         each(items, |i, item| {
             let at = format!("{path}[{i}]");
-            item.required(&at).and_then(|value| check(value, &at))
+            match item {
+                Field::Given(value) => check(value, &at),
+                // A `null` item is an item of the wrong shape, not a missing field.
+                _ => Err(FieldError::new(at, T::MUST_BE).into()),
+            }
         })
     }
 
@@ -276,8 +295,8 @@ impl<T> Parsed<T> {
 ///
 /// # Errors
 ///
-/// None today: a body whose fields are [`Field`]s always reads. The `Result` is for bodies
-/// that cannot.
+/// Only for a body type that has a field other than a [`Field`] (which reads whatever
+/// arrives) and cannot read what arrived: "is not valid" at `prefix`, logged as a defect.
 pub fn parse<T: Body>(object: &Map<String, Value>, prefix: &str) -> Result<Parsed<T>, FieldErrors> {
     let mut value = Value::Object(object.clone());
     strip_nulls(&mut value);
@@ -335,7 +354,8 @@ fn field_path(prefix: &str, pointer: &str) -> String {
     path
 }
 
-fn join(path: &str, key: &str) -> String {
+/// `key` under `path`, as the API names fields.
+pub fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_owned()
     } else {
@@ -549,6 +569,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_array_item_of_null_is_misshapen_and_an_array_of_strings_says_so() {
+        assert_eq!(
+            read(json!({ "name": { "family": "L" }, "tags": ["a", null] })).unwrap_err(),
+            [("tags[1]".to_owned(), "must be a string".to_owned())]
+        );
+        assert_eq!(
+            read(json!({ "name": { "family": "L" }, "tags": "a" })).unwrap_err(),
+            [("tags".to_owned(), "must be an array of strings".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_field_shows_whether_it_arrived_never_what() {
+        let given: Field<String> = Field::Given("Ada Lovelace".to_owned());
+        assert_eq!(format!("{given:?}"), "Given(..)");
+    }
+
     /// Every body's schema compiles (a failure would otherwise surface on a request) and
     /// says what the body requires and that nothing else is accepted.
     #[test]
@@ -617,7 +655,6 @@ mod tests {
         check::<WaitlistBody>(&["patient_id", "service", "from", "to"]);
         check::<CancelBody>(&["reason"]);
         check::<RescheduleBody>(&["start", "reason"]);
-        check::<NoBody>(&[]);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{objects, one, optional, parse, AllOk, Field};
+use super::{join as path, objects, one, optional, parse, AllOk, Field};
 
 const MAX_IDENTIFIERS: usize = 20;
 const MAX_LANGUAGES: usize = 10;
@@ -265,14 +265,6 @@ objects!(
     OverrideBody,
     QuietHoursBody,
 );
-
-fn path(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{prefix}.{key}")
-    }
-}
 
 /// The strings of an optional array at `field`, each of which must be a string.
 ///
@@ -656,12 +648,9 @@ pub fn candidate(
     object: &Map<String, Value>,
     today: NaiveDate,
 ) -> Result<MatchRecord, FieldErrors> {
+    // Anything sent counts as given (an unknown field is refused as such).
+    let given = object.values().any(|v| !v.is_null());
     parse(object, "")?.then(|body: CandidateBody| {
-        let given = body.name.is_sent()
-            || body.birth_date.is_sent()
-            || body.gender.is_sent()
-            || body.identifiers.is_sent()
-            || body.contact.is_sent();
         let at_least_one = if given {
             Ok(())
         } else {

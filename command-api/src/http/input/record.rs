@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::patient::{date, optional_text, reason, text, Strings};
-use super::{objects, one, optional, parse, AllOk, Body, Field};
+use super::{join as path, objects, one, optional, parse, AllOk, Body, Field};
 
 /// A coded concept: `text` always; `system` and `code` together.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -184,14 +184,6 @@ objects!(ConceptBody, ReactionBody, DoseBody, FrequencyBody);
 
 type Parse<T> = fn(&str, &str) -> Result<T, FieldError>;
 
-fn path(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{prefix}.{key}")
-    }
-}
-
 /// A required code at `field`, as `parse` reads it.
 fn code<T>(value: &Field<String>, field: &str, parse: Parse<T>) -> Result<T, FieldErrors> {
     text(value, field, |v| one(parse(field, v)))
@@ -325,9 +317,16 @@ fn dose(body: &DoseBody) -> Result<Quantity, FieldErrors> {
 }
 
 fn frequency(body: &FrequencyBody) -> Result<Frequency, FieldErrors> {
+    // A count that is not a whole number, or out of `u32`, is out of 1 to 1000 too: the
+    // domain says so.
+    let whole = |value: &Field<i64>, field: &str| match value {
+        Field::Absent => Err(FieldErrors::from(FieldError::new(field, "is required"))),
+        Field::Misshapen => Ok(0),
+        Field::Given(n) => Ok(u32::try_from(*n).unwrap_or(0)),
+    };
     let (count, period, unit, as_needed) = (
-        body.count.required("frequency.count"),
-        body.period.required("frequency.period"),
+        whole(&body.count, "frequency.count"),
+        whole(&body.period, "frequency.period"),
         code(
             &body.period_unit,
             "frequency.period_unit",
@@ -336,12 +335,10 @@ fn frequency(body: &FrequencyBody) -> Result<Frequency, FieldErrors> {
         body.as_needed.optional("frequency.as_needed"),
     )
         .all_ok()?;
-    // Out of `u32`, a count is out of 1 to 1000 too: the domain says so.
-    let whole = |n: &i64| u32::try_from(*n).unwrap_or(0);
     Frequency::new(
         "frequency",
-        whole(count),
-        whole(period),
+        count,
+        period,
         unit,
         as_needed.copied().unwrap_or(false),
     )

@@ -138,11 +138,6 @@ pub struct RescheduleBody {
     pub reason: Field<String>,
 }
 
-/// Confirm, arrive, check in, fulfil, no-show: no fields.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
-pub struct NoBody {}
-
 objects!(WindowBody, TemplateBody);
 
 /// A slug (an id or code): 1 to 64 lowercase letters, digits or hyphens.
@@ -261,18 +256,23 @@ fn minutes(
     field: &str,
     range: std::ops::RangeInclusive<u32>,
 ) -> Result<u32, FieldErrors> {
-    let value = value.required(field)?;
-    match u32::try_from(*value) {
-        Ok(n) if range.contains(&n) => Ok(n),
-        _ => Err(FieldError::new(
+    let refused = || {
+        FieldErrors::from(FieldError::new(
             field,
             format!(
                 "must be a whole number from {} to {}",
                 range.start(),
                 range.end()
             ),
-        )
-        .into()),
+        ))
+    };
+    match value {
+        Field::Given(n) => u32::try_from(*n)
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(refused),
+        Field::Absent => Err(FieldError::new(field, "is required").into()),
+        Field::Misshapen => Err(refused()),
     }
 }
 
@@ -510,8 +510,9 @@ pub fn step(step: Step, object: &Map<String, Value>) -> Result<StepInput, FieldE
                 reason,
             })
         }),
+        // These steps take nothing from the body, and have never looked at it.
         Step::Confirm | Step::Arrive | Step::CheckIn | Step::Fulfil | Step::NoShow => {
-            parse(object, "")?.then(|_: NoBody| Ok(StepInput::None))
+            Ok(StepInput::None)
         }
     }
 }
