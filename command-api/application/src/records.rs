@@ -145,13 +145,24 @@ impl Writer {
             },
             at: (self.services.clock)(),
         };
+        let record = self.execute(command, &item.content, metadata).await?;
+        tracing::info!(item_id = %item_id, kind = item.content.kind().code(), "medical record item recorded");
+        Ok(record)
+    }
+
+    /// Runs `command`, which records or revises `content`.
+    async fn execute(
+        &self,
+        command: MedicalRecordCommand,
+        content: &ItemContent,
+        metadata: CommandMetadata,
+    ) -> Result<MedicalRecord, UseCaseError> {
         let (record, _) = self
             .services
             .records
             .execute(self.id, command, metadata)
             .await
-            .map_err(|e| warned(e, &item.content))?;
-        tracing::info!(item_id = %item_id, kind = item.content.kind().code(), "medical record item recorded");
+            .map_err(|e| warned(e, content))?;
         Ok(record)
     }
 
@@ -190,12 +201,7 @@ impl Writer {
             },
             at: (self.services.clock)(),
         };
-        let (record, _) = self
-            .services
-            .records
-            .execute(self.id, command, metadata)
-            .await
-            .map_err(|e| warned(e, &revision.content))?;
+        let record = self.execute(command, &revision.content, metadata).await?;
         tracing::info!(item_id = %item_id, "medical record item revised");
         Ok(record)
     }

@@ -525,25 +525,26 @@ fn item(
     revision: bool,
     today: NaiveDate,
 ) -> Result<(ItemContent, Option<Reason>, Vec<ItemId>), FieldErrors> {
+    /// A body of type `B` whose content `content` reads, with its reason.
     fn with<B: Body, T>(
         object: &Map<String, Value>,
         revision: bool,
         reason_of: fn(&B) -> &Field<String>,
         content: impl FnOnce(&B) -> Result<T, FieldErrors>,
-    ) -> Result<(T, Option<Reason>), FieldErrors> {
-        parse(object, "")?
-            .then(|body: B| (content(&body), why(reason_of(&body), revision)).all_ok())
+        kind: fn(T) -> ItemContent,
+    ) -> Result<(ItemContent, Option<Reason>, Vec<ItemId>), FieldErrors> {
+        let (content, reason) = parse(object, "")?
+            .then(|body: B| (content(&body), why(reason_of(&body), revision)).all_ok())?;
+        Ok((kind(content), reason, Vec::new()))
     }
     Ok(match kind {
-        ItemKind::Allergy => {
-            let (a, r) = with(
-                object,
-                revision,
-                |b: &AllergyBody| &b.reason,
-                |b| allergy(b, today),
-            )?;
-            (ItemContent::Allergy(a), r, Vec::new())
-        }
+        ItemKind::Allergy => with(
+            object,
+            revision,
+            |b: &AllergyBody| &b.reason,
+            |b| allergy(b, today),
+            ItemContent::Allergy,
+        )?,
         ItemKind::Medication => {
             let (m, r, ids) = parse(object, "")?.then(|body: MedicationBody| {
                 (
@@ -555,33 +556,27 @@ fn item(
             })?;
             (ItemContent::Medication(m), r, ids)
         }
-        ItemKind::Immunization => {
-            let (i, r) = with(
-                object,
-                revision,
-                |b: &ImmunizationBody| &b.reason,
-                |b| immunization(b, today),
-            )?;
-            (ItemContent::Immunization(i), r, Vec::new())
-        }
-        ItemKind::Problem => {
-            let (p, r) = with(
-                object,
-                revision,
-                |b: &ProblemBody| &b.reason,
-                |b| problem(b, today),
-            )?;
-            (ItemContent::Problem(p), r, Vec::new())
-        }
-        ItemKind::History => {
-            let (h, r) = with(
-                object,
-                revision,
-                |b: &HistoryBody| &b.reason,
-                |b| history(b, today),
-            )?;
-            (ItemContent::History(h), r, Vec::new())
-        }
+        ItemKind::Immunization => with(
+            object,
+            revision,
+            |b: &ImmunizationBody| &b.reason,
+            |b| immunization(b, today),
+            ItemContent::Immunization,
+        )?,
+        ItemKind::Problem => with(
+            object,
+            revision,
+            |b: &ProblemBody| &b.reason,
+            |b| problem(b, today),
+            ItemContent::Problem,
+        )?,
+        ItemKind::History => with(
+            object,
+            revision,
+            |b: &HistoryBody| &b.reason,
+            |b| history(b, today),
+            ItemContent::History,
+        )?,
         ItemKind::Document => {
             return Err(FieldError::new("", "documents are uploaded as multipart/form-data").into())
         }
