@@ -102,6 +102,19 @@ impl EmbeddedPostgres {
         self.port
     }
 
+    /// A client program of the cluster's PostgreSQL (`psql`, `pgbench`), run as this process's
+    /// user and connecting to `database` of this cluster as its superuser.
+    pub fn client(&self, program: &str, database: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(self.bindir.join(program));
+        command
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", SUPERUSER)
+            .env("PGPASSWORD", &self.password)
+            .env("PGDATABASE", database);
+        command
+    }
+
     /// Options connecting to the service's database.
     pub fn connect_options(&self) -> PgConnectOptions {
         self.server_options().database(DATABASE)

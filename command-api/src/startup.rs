@@ -169,6 +169,11 @@ async fn latest_applied(
 }
 
 impl Service {
+    /// The embedded cluster this service runs on, if it does.
+    pub fn embedded(&self) -> Option<&EmbeddedPostgres> {
+        self.embedded.as_ref()
+    }
+
     /// Starts `roles` against the configured (or embedded) database.
     ///
     /// # Errors

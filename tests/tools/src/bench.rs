@@ -1,8 +1,9 @@
 //! `patient-service-tools bench`: in one run, on one database,
 //!
 //! - registrations per second over real HTTP at each concurrency (default 1 and 16);
-//! - raw single-row insert transactions per second into a table shaped like `events`, at the
-//!   same concurrencies (the ceiling the database sets, the baseline to compare with);
+//! - the baseline: `pgbench` inserting one ~500-byte JSON event per transaction into an
+//!   events-shaped table in a scratch database on the same cluster, at the same concurrencies,
+//!   before and after the service's run at each level ([`crate::pgbench`]);
 //! - projection lag: from the moment a registration's 201 arrives (after its commit) to the
 //!   moment the patient is visible in the search read model, p50 and p99.
 //!
@@ -32,6 +33,9 @@ pub struct BenchArgs {
     /// Registrations timed for projection lag, one at a time.
     #[arg(long, default_value_t = 200)]
     pub lag_samples: usize,
+    /// Seconds each pgbench baseline run lasts (`-T`).
+    #[arg(long, default_value_t = 10)]
+    pub pgbench_seconds: u32,
 }
 
 /// Runs the benchmark and prints its figures on stdout.
@@ -68,22 +72,24 @@ async fn measure(settings: &Settings, service: &Service, args: &BenchArgs) -> an
         args.requests
     );
     println!(
-        "{:<44} {:>12} {:>12} {:>10}",
-        "", "HTTP reg/s", "raw tx/s", "HTTP/raw"
+        "{:<28} {:>12} {:>16} {:>16} {:>10}",
+        "", "HTTP reg/s", "pgbench before", "pgbench after", "HTTP/pgb"
     );
     for (level, &concurrency) in args.concurrency.iter().enumerate() {
         // Every level registers people of its own: the same people again would be duplicates.
         let first = level * args.requests;
+        let before = crate::pgbench::tps(service, concurrency, args.pgbench_seconds).await?;
         let http =
             registrations_per_second(&client, &base, &token, first, args.requests, concurrency)
                 .await?;
-        let raw = raw_inserts_per_second(&service.pool, args.requests, concurrency).await?;
+        let after = crate::pgbench::tps(service, concurrency, args.pgbench_seconds).await?;
         println!(
-            "{:<44} {:>12.0} {:>12.0} {:>10.3}",
+            "{:<28} {:>12.0} {:>16.0} {:>16.0} {:>10.3}",
             format!("concurrency {concurrency}"),
             http,
-            raw,
-            http / raw
+            before,
+            after,
+            http / ((before + after) / 2.0)
         );
     }
     let mut lags = projection_lags(&client, &base, &token, &service.pool, args.lag_samples).await?;
@@ -129,52 +135,6 @@ async fn registrations_per_second(
         result??;
     }
     Ok(requests as f64 / started.elapsed().as_secs_f64())
-}
-
-async fn raw_inserts_per_second(
-    pool: &PgPool,
-    requests: usize,
-    concurrency: usize,
-) -> anyhow::Result<f64> {
-    sqlx::query("DROP TABLE IF EXISTS bench_raw_events")
-        .execute(pool)
-        .await?;
-    sqlx::query("CREATE TABLE bench_raw_events (LIKE events INCLUDING ALL)")
-        .execute(pool)
-        .await?;
-    let payload = serde_json::to_value(crate::population::registration(0))?;
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let (pool, payload, next) = (pool.clone(), payload.clone(), next.clone());
-        workers.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= requests {
-                    return Ok::<_, sqlx::Error>(());
-                }
-                let mut tx = pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO bench_raw_events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-                     VALUES ('Bench', $1, 1, 'BenchEvent', '1.0', $2, '{}')",
-                )
-                .bind(uuid::Uuid::new_v4().to_string())
-                .bind(&payload)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-            }
-        });
-    }
-    while let Some(result) = workers.join_next().await {
-        result??;
-    }
-    let rate = requests as f64 / started.elapsed().as_secs_f64();
-    sqlx::query("DROP TABLE bench_raw_events")
-        .execute(pool)
-        .await?;
-    Ok(rate)
 }
 
 async fn projection_lags(

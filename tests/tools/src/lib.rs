@@ -4,11 +4,12 @@
 //! # Layout
 //!
 //! - [`cli`]: the `patient-service-tools` subcommands.
-//! - [`bench`]: registrations per second against PostgreSQL's own insert rate, and projection lag.
+//! - [`bench`]: registrations per second against pgbench on the same cluster, and projection lag.
 //! - [`bench_records`]: medical records: items and documents per second, search latency.
 //! - [`bench_schedule`]: availability latency and bookings per second.
 //! - [`match_eval`]: duplicate detection on a FEBRL data set: precision, recall, F1.
 //! - [`simulate_week`]: best-fit against first-fit assignment on generated clinic weeks.
+//! - [`pgbench`]: the baseline, PostgreSQL's own `pgbench` on the same cluster.
 //! - [`measure`]: what every benchmark reports the same way (percentiles).
 //! - [`population`]: the synthetic patients a benchmark registers through the API.
 
@@ -18,5 +19,6 @@ pub mod bench_schedule;
 pub mod cli;
 pub mod match_eval;
 pub mod measure;
+pub mod pgbench;
 pub mod population;
 pub mod simulate_week;
