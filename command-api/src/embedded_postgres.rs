@@ -325,7 +325,13 @@ impl EmbeddedPostgres {
 
 /// The newest `/usr/lib/postgresql/<version>/bin`, or the folder of `initdb` on `PATH`, or
 /// `PG_BINDIR`.
-fn find_bindir() -> anyhow::Result<PathBuf> {
+/// The folder of the PostgreSQL binaries: `PG_BINDIR`, else the newest under
+/// `/usr/lib/postgresql`, else the one `initdb` is found in on the `PATH`.
+///
+/// # Errors
+///
+/// When none is found.
+pub fn find_bindir() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("PG_BINDIR") {
         return Ok(PathBuf::from(dir));
     }

@@ -278,6 +278,11 @@ impl Service {
                 })
                 .await?;
         }
+        // Commits of this process wake the readers of other processes (the relay, projectors
+        // elsewhere) by one notification sent outside the writing transactions.
+        if roles.api || roles.background {
+            tasks.spawn(event_store::bell::forward(pool.clone(), shutdown.clone()));
+        }
         if roles.background {
             tasks.spawn(application::background::run(
                 PatientStore::new(pool.clone(), secrets.keys.clone(), secrets.chain.clone()),
@@ -520,6 +525,8 @@ pub async fn run_stream_projector<M: ReadModel>(
     let mut listener = None;
     let mut delay = Duration::from_millis(100);
     let mut held_back_wait = stream::HELD_BACK_POLL;
+    // Commits of this process ring at once; other processes' arrive by notification.
+    let mut rung = event_store::bell::subscribe();
     while !shutdown.is_cancelled() {
         if listener.is_none() {
             match PgListener::connect_with(projector.pool()).await {
@@ -531,6 +538,8 @@ pub async fn run_stream_projector<M: ReadModel>(
                 Err(e) => tracing::warn!(error.message = %e, "cannot listen for commits; polling"),
             }
         }
+        // Rung from here on means committed after this read began: read again.
+        rung.mark_unchanged();
         match project_available(&projector, &chain).await {
             Ok(n) if n > 0 => {
                 delay = Duration::from_millis(100);
@@ -572,6 +581,7 @@ pub async fn run_stream_projector<M: ReadModel>(
                 tokio::select! {
                     () = shutdown.cancelled() => {}
                     _ = tokio::time::timeout(timeout, wait) => {}
+                    _ = rung.changed() => {}
                 }
             }
             Err(e) => {

@@ -70,6 +70,7 @@ pub async fn record(
         },
     );
     insert.build().execute(pool).await?;
+    crate::bell::ring();
     Ok(())
 }
 

@@ -6,6 +6,8 @@
 //! - [`MIGRATOR`]: this crate's tables (`events`, `snapshots`, relay checkpoints, MRN serials,
 //!   idempotency keys, data keys, document contents). Run it before anything else touches the database.
 //! - [`access`]: appends access entries (who read which patient's data) to the store.
+//! - [`bell`]: wakes the store's readers when events commit, in process and (by one
+//!   notification outside the writing transactions) in other processes.
 //! - [`keys`]: one data key per patient, wrapped by the master key; rotation and destruction.
 //! - [`repository`]: the cqrs-es repository that seals payloads and hash-chains rows on the
 //!   way in and opens them on the way out.
@@ -26,6 +28,7 @@
 //! - [`registration_guard`]: likely duplicates registered at once do not both pass.
 
 pub mod access;
+pub mod bell;
 pub mod chain;
 pub mod command;
 pub mod documents;

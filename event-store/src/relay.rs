@@ -186,6 +186,8 @@ impl Relay {
         tracing::info!(relay = %self.settings.name, "relay active");
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(COMMIT_CHANNEL).await?;
+        // Commits of this process ring at once; other processes' arrive by notification.
+        let mut rung = crate::bell::subscribe();
         let mut backoff = Backoff::default();
         let mut held_back = stream::HELD_BACK_POLL;
         while !shutdown.is_cancelled() {
@@ -193,6 +195,8 @@ impl Relay {
                 // Step down: the caller replaces the producer.
                 return Ok(());
             }
+            // Rung from here on means committed after this read began: read again.
+            rung.mark_unchanged();
             match self.publish_batch(&mut conn).await {
                 Ok(sent) if sent as i64 >= self.settings.batch_size => {
                     backoff.reset();
@@ -213,6 +217,7 @@ impl Relay {
                     tokio::select! {
                         () = shutdown.cancelled() => {}
                         _ = tokio::time::timeout(wait, listener.recv()) => {}
+                        _ = rung.changed() => {}
                     }
                 }
                 Err(RelayError::Database(e)) => return Err(RelayError::Database(e)),

@@ -464,6 +464,7 @@ impl SealedRepository {
             }
         }
         tx.commit().await.map_err(persistence_error)?;
+        crate::bell::ring();
         Ok(())
     }
 

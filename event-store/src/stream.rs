@@ -388,8 +388,8 @@ pub async fn open<'e>(
     Ok(found)
 }
 
-/// The channel the `events` table notifies at every commit that inserted events.
-pub const COMMIT_CHANNEL: &str = "events_committed";
+/// The channel commits of events are notified on ([`crate::bell`]).
+pub use crate::bell::COMMIT_CHANNEL;
 
 /// How soon a reader held back by an older transaction looks again.
 pub const HELD_BACK_POLL: std::time::Duration = std::time::Duration::from_millis(5);

@@ -35,6 +35,8 @@ async fn the_registration_benchmark_prints_its_ratios() {
         "1,4",
         "--lag-samples",
         "3",
+        "--pgbench-seconds",
+        "1",
     ])
     .await;
     assert!(out.contains("HTTP/raw"), "{out}");

@@ -73,7 +73,7 @@ async fn measure(settings: &Settings, service: &Service, args: &BenchArgs) -> an
     );
     println!(
         "{:<28} {:>12} {:>16} {:>16} {:>10}",
-        "", "HTTP reg/s", "pgbench before", "pgbench after", "HTTP/pgb"
+        "", "HTTP reg/s", "pgbench before", "pgbench after", "HTTP/raw"
     );
     for (level, &concurrency) in args.concurrency.iter().enumerate() {
         // Every level registers people of its own: the same people again would be duplicates.

@@ -6,6 +6,9 @@
 use std::io::Write;
 
 use anyhow::Context;
+use std::process::Command;
+
+use command_api::embedded_postgres::find_bindir;
 use command_api::startup::Service;
 
 /// The scratch database the baseline runs in.
@@ -20,21 +23,36 @@ const INSERT: &str = include_str!("../sql/raw_insert.sql");
 ///
 /// When the service runs on a database other than its embedded cluster, or `pgbench` fails.
 pub async fn tps(service: &Service, clients: usize, seconds: u32) -> anyhow::Result<f64> {
-    let cluster = service
-        .embedded()
-        .context("the pgbench baseline runs on the embedded cluster: unset DATABASE_URL")?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS {SCRATCH}"))
         .execute(&service.pool)
         .await?;
     sqlx::query(&format!("CREATE DATABASE {SCRATCH}"))
         .execute(&service.pool)
         .await?;
+    // A client of the scratch database, and its connection string when it is not the
+    // embedded cluster's (given last, as the program's database argument).
+    let client = |program: &str| -> anyhow::Result<(Command, Option<String>)> {
+        Ok(match service.embedded() {
+            Some(cluster) => (cluster.client(program, SCRATCH), None),
+            None => {
+                // The configured database's server, the scratch database on it.
+                let url = std::env::var("DATABASE_URL")
+                    .or_else(|_| std::env::var("APP_DATABASE__URL"))
+                    .context("the pgbench baseline needs the embedded cluster or DATABASE_URL")?;
+                (
+                    Command::new(find_bindir()?.join(program)),
+                    Some(on_database(&url, SCRATCH)?),
+                )
+            }
+        })
+    };
     let dir = tempfile_dir()?;
     let script = dir.join("raw_insert.sql");
     std::fs::File::create(&script)?.write_all(INSERT.as_bytes())?;
-    let schema = cluster
-        .client("psql", SCRATCH)
+    let (mut psql, database) = client("psql")?;
+    let schema = psql
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", SCHEMA])
+        .args(database)
         .output()?;
     anyhow::ensure!(
         schema.status.success(),
@@ -42,16 +60,21 @@ pub async fn tps(service: &Service, clients: usize, seconds: u32) -> anyhow::Res
         String::from_utf8_lossy(&schema.stderr)
     );
     let output = tokio::task::spawn_blocking({
-        let mut command = cluster.client("pgbench", SCRATCH);
+        let (mut command, database) = client("pgbench")?;
         command
             .args(["-n", "-M", "prepared", "-f"])
             .arg(&script)
-            .args(["-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string()]);
+            .args(["-c", &clients.to_string(), "-j", "2"])
+            .args(["-T", &seconds.to_string()])
+            .args(database);
         move || command.output()
     })
     .await??;
     if let Err(e) = std::fs::remove_dir_all(&dir) {
-        eprintln!("the pgbench script folder {} stays behind: {e}", dir.display());
+        eprintln!(
+            "the pgbench script folder {} stays behind: {e}",
+            dir.display()
+        );
     }
     sqlx::query(&format!("DROP DATABASE IF EXISTS {SCRATCH}"))
         .execute(&service.pool)
@@ -62,6 +85,17 @@ pub async fn tps(service: &Service, clients: usize, seconds: u32) -> anyhow::Res
         String::from_utf8_lossy(&output.stderr)
     );
     parse_tps(&String::from_utf8_lossy(&output.stdout)).context("pgbench printed no tps")
+}
+
+/// `url` (a `postgres://` URL) naming `database` instead of its own.
+fn on_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let (scheme, rest) = url.split_once("://").context("DATABASE_URL is not a URL")?;
+    let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let query = tail
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    Ok(format!("{scheme}://{authority}/{database}{query}"))
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
@@ -84,6 +118,19 @@ fn parse_tps(report: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::parse_tps;
+
+    #[test]
+    fn the_scratch_database_replaces_the_configured_one() {
+        assert_eq!(
+            super::on_database("postgres://u:p@h:5432/service?sslmode=disable", "bench_raw")
+                .unwrap(),
+            "postgres://u:p@h:5432/bench_raw?sslmode=disable"
+        );
+        assert_eq!(
+            super::on_database("postgresql://h/db", "x").unwrap(),
+            "postgresql://h/x"
+        );
+    }
 
     #[test]
     fn the_tps_without_connection_time_is_read_from_the_report() {
