@@ -77,8 +77,10 @@ impl Cursor {
 /// The database error.
 pub async fn newest<'e>(executor: impl PgExecutor<'e>) -> Result<Option<Cursor>, sqlx::Error> {
     let row: Option<(String, i64)> = sqlx::query_as(
-        "SELECT transaction_id::text, position FROM events
-          ORDER BY transaction_id DESC, position DESC LIMIT 1",
+        // Ordered by the column, not by its text (an output column named like it would be
+        // sorted as text: '9994' after '10000').
+        "SELECT transaction_id::text AS xid, position FROM events
+          ORDER BY events.transaction_id DESC, events.position DESC LIMIT 1",
     )
     .fetch_optional(executor)
     .await?;

@@ -390,3 +390,30 @@ async fn the_stream_orders_by_transaction_id_as_a_number_across_a_digit_boundary
     assert_eq!(rest, ["b", "c"]);
     app.stop().await;
 }
+
+/// The newest event is the one with the greatest transaction id as a number, not as text: a
+/// rebuild reads up to it, and stopped at the first ten-thousandth transaction when '9999'
+/// sorted after '10000'.
+#[tokio::test]
+async fn the_newest_event_is_found_by_transaction_number_not_by_its_text() {
+    let app = TestApp::without_kafka().await;
+    // Transaction ids far beyond any this cluster has used: the text order puts the smaller
+    // one last.
+    for (xid, id) in [("99999999990", "newest-a"), ("100000000000", "newest-b")] {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                                 payload, metadata, transaction_id)
+             VALUES ('Probe', $1, 1, 'Probe', '1.0', '{}', '{}', $2::text::xid8)",
+        )
+        .bind(id)
+        .bind(xid)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+
+    let newest = event_store::stream::newest(&app.pool).await.unwrap().unwrap();
+
+    assert_eq!(newest.transaction_id, 100_000_000_000);
+    app.stop().await;
+}
