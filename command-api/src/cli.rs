@@ -5,16 +5,14 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use event_store::documents::DocumentStore;
-use projections::{Projector, ReadModel};
 use sqlx::PgPool;
 
 use crate::auth::{Authenticator, Role, TokenExtras};
 use crate::configuration::Settings;
 use crate::http::system_clock;
-use crate::read_models::{ReadModelVisitor, ReadModels};
+use crate::read_models::ReadModels;
 use crate::startup::{self, Roles, Service};
 use crate::telemetry;
-use event_store::chain::ChainKey;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -199,12 +197,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     secrets.chain.clone(),
                     DocumentStore::new(pool, secrets.keys, storage),
                 );
-                let mut rebuilder = Rebuilder {
-                    chain: secrets.chain,
-                    events: 0,
-                };
-                read_models.visit_each(&mut rebuilder).await?;
-                Ok(rebuilder.events)
+                read_models.rebuild_all(&secrets.chain).await
             })
             .await?;
             tracing::info!(events, "read models rebuilt");
@@ -306,29 +299,4 @@ async fn verify(pool: &PgPool, chain: &event_store::chain::ChainKey) -> anyhow::
         }
     );
     Ok(problems == 0)
-}
-
-/// Rebuilds every read model it visits, counting the events applied.
-struct Rebuilder {
-    chain: ChainKey,
-    events: usize,
-}
-
-impl ReadModelVisitor for Rebuilder {
-    async fn visit<M: ReadModel>(&mut self, projector: Projector<M>) -> anyhow::Result<()> {
-        self.events += rebuild(projector, &self.chain).await?;
-        Ok(())
-    }
-}
-
-/// Empties one read model and replays the whole event store into it; returns the events read.
-async fn rebuild<M: ReadModel>(projector: Projector<M>, chain: &ChainKey) -> anyhow::Result<usize> {
-    let _lock = projector.try_lock_stream().await?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "a projector is feeding {} from the event store; stop serve/project first",
-            projector.model().name()
-        )
-    })?;
-    projector.reset().await?;
-    startup::project_all(&projector, chain).await
 }

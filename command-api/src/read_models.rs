@@ -63,4 +63,81 @@ impl ReadModels {
             .visit(self.projector(AuditLog::new(self.chain.clone())))
             .await
     }
+
+    /// Empties every read model and replays the whole event store into each; returns the
+    /// events read (each model reads the store once).
+    ///
+    /// # Errors
+    ///
+    /// When a projector is feeding a model from the event store (stop serve/project first),
+    /// or the database fails.
+    pub async fn rebuild_all(&self, chain: &ChainKey) -> anyhow::Result<usize> {
+        let mut rebuilder = Rebuilder {
+            chain: chain.clone(),
+            events: 0,
+        };
+        self.visit_each(&mut rebuilder).await?;
+        Ok(rebuilder.events)
+    }
+
+    /// Brings every read model up to the newest event stored when this starts, all models at
+    /// once (as `serve` feeds them); returns the events applied over all models.
+    ///
+    /// # Errors
+    ///
+    /// The first projector's failure.
+    pub async fn catch_up_all(&self, chain: &ChainKey) -> anyhow::Result<usize> {
+        let mut catcher = CatchUp {
+            chain: chain.clone(),
+            tasks: tokio::task::JoinSet::new(),
+        };
+        self.visit_each(&mut catcher).await?;
+        let mut applied = 0;
+        while let Some(done) = catcher.tasks.join_next().await {
+            applied += done??;
+        }
+        Ok(applied)
+    }
+}
+
+/// Rebuilds every read model it visits, counting the events applied.
+struct Rebuilder {
+    chain: ChainKey,
+    events: usize,
+}
+
+impl ReadModelVisitor for Rebuilder {
+    async fn visit<M: ReadModel>(&mut self, projector: Projector<M>) -> anyhow::Result<()> {
+        let _lock = projector.try_lock_stream().await?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "a projector is feeding {} from the event store; stop serve/project first",
+                projector.model().name()
+            )
+        })?;
+        projector.reset().await?;
+        self.events += crate::startup::project_all(&projector, &self.chain).await?;
+        Ok(())
+    }
+}
+
+/// Starts bringing each read model it visits up to date, each in a task of its own.
+struct CatchUp {
+    chain: ChainKey,
+    tasks: tokio::task::JoinSet<anyhow::Result<usize>>,
+}
+
+impl ReadModelVisitor for CatchUp {
+    async fn visit<M: ReadModel>(&mut self, projector: Projector<M>) -> anyhow::Result<()> {
+        let chain = self.chain.clone();
+        self.tasks.spawn(async move {
+            let _lock = projector.try_lock_stream().await?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "a projector is feeding {} already",
+                    projector.model().name()
+                )
+            })?;
+            crate::startup::project_all(&projector, &chain).await
+        });
+        Ok(())
+    }
 }

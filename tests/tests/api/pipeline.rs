@@ -412,7 +412,10 @@ async fn the_newest_event_is_found_by_transaction_number_not_by_its_text() {
         .unwrap();
     }
 
-    let newest = event_store::stream::newest(&app.pool).await.unwrap().unwrap();
+    let newest = event_store::stream::newest(&app.pool)
+        .await
+        .unwrap()
+        .unwrap();
 
     assert_eq!(newest.transaction_id, 100_000_000_000);
     app.stop().await;

@@ -103,7 +103,7 @@ async fn measure(settings: &Settings, service: &Service, args: &BenchArgs) -> an
     Ok(())
 }
 
-async fn registrations_per_second(
+pub(crate) async fn registrations_per_second(
     client: &reqwest::Client,
     base: &str,
     token: &str,

@@ -51,7 +51,7 @@ pub struct BenchRecordsArgs {
     pub concurrency: usize,
 }
 
-const CLINICIAN: &str = "bench-clinician";
+pub(crate) const CLINICIAN: &str = "bench-clinician";
 
 /// Words documents are made of: a clinical vocabulary, so searches hit ranked subsets.
 const WORDS: &[&str] = &[
@@ -124,7 +124,7 @@ fn concept(text: &str) -> Concept {
 
 /// Item `i` of a chart: allergies with distinct substances, medications none of them names,
 /// immunizations, problems and history.
-fn item(i: usize, patient: usize) -> ItemContent {
+pub(crate) fn item(i: usize, patient: usize) -> ItemContent {
     let day = NaiveDate::from_ymd_opt(2020, 1, 1).unwrap_or_default()
         + chrono::Duration::days((synthetic::mix((patient * 1000 + i) as u64) % 2000) as i64);
     let prescriber = Principal::parse("p", CLINICIAN).unwrap_or_else(|_| unreachable!());

@@ -44,14 +44,25 @@ pub async fn run(settings: &Settings, args: BenchScheduleArgs) -> anyhow::Result
     let service = Service::start(&settings, Roles::ALL, system_clock()).await?;
     let result = measure(&settings, &service, &args).await;
     service.stop().await?;
-    result
+    result.map(|_| ())
 }
 
-async fn measure(
+/// What the scheduling benchmark found.
+#[derive(Debug, Default)]
+pub struct ScheduleFigures {
+    /// Availability p99 once the bookings are in, in milliseconds.
+    pub availability_after_p99_ms: f64,
+    /// Bookings made (201) per second at each concurrency.
+    pub bookings_per_s: Vec<(usize, f64)>,
+}
+
+/// Sets up the resources, times availability and bookings, prints the figures and returns
+/// them.
+pub(crate) async fn measure(
     settings: &Settings,
     service: &Service,
     args: &BenchScheduleArgs,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ScheduleFigures> {
     let base = format!("http://127.0.0.1:{}", service.port.context("no API")?);
     let auth = Authenticator::new(&settings.auth);
     let admin = auth.mint("bench-admin", &[Role::Admin], Utc::now())?;
@@ -138,13 +149,14 @@ async fn measure(
                 slots = body["slots"].as_array().map_or(0, Vec::len);
             }
             times.sort();
+            let p99 = crate::measure::percentile_ms(&times, 0.99);
             println!(
                 "{:<58} p50 {:>7.1} ms  p99 {:>7.1} ms ({slots} slots answered, limit 2000)",
                 label,
                 crate::measure::percentile_ms(&times, 0.5),
-                crate::measure::percentile_ms(&times, 0.99)
+                p99
             );
-            Ok::<_, anyhow::Error>(())
+            Ok::<_, anyhow::Error>(p99)
         }
     };
     println!(
@@ -169,6 +181,7 @@ async fn measure(
         out
     };
     let patients = Arc::new(patients);
+    let mut figures = ScheduleFigures::default();
     let mut offset = 0;
     for &concurrency in &args.concurrency {
         let next = Arc::new(AtomicUsize::new(0));
@@ -217,6 +230,9 @@ async fn measure(
             conflicts += result??;
         }
         let elapsed = started.elapsed().as_secs_f64();
+        figures
+            .bookings_per_s
+            .push((concurrency, (args.bookings - conflicts) as f64 / elapsed));
         println!(
             "{:<58} {:>8.0} bookings/s ({} requests, {conflicts} refused as taken)",
             format!("bookings, concurrency {concurrency}"),
@@ -225,6 +241,7 @@ async fn measure(
         );
         offset += args.bookings;
     }
-    time_availability("availability, after the bookings").await?;
-    Ok(())
+    figures.availability_after_p99_ms =
+        time_availability("availability, after the bookings").await?;
+    Ok(figures)
 }

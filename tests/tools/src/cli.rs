@@ -23,9 +23,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Measures registrations per second, raw insert transactions per second and projection
-    /// lag on one database, and prints the figures.
+    /// Measures registrations per second against pgbench on the same cluster, and projection
+    /// lag, on one database, and prints the figures.
     Bench(crate::bench::BenchArgs),
+    /// Measures the whole pipeline in one run (registrations against pgbench, lag under load,
+    /// scheduling, long charts, projector catch-up, rebuild, relay) and ends with one
+    /// `summary:` line for comparing runs.
+    BenchPipeline(crate::bench_pipeline::BenchPipelineArgs),
     /// Measures medical records: clinical items recorded per second, documents uploaded and
     /// indexed per second, and search latency (p50, p99), and prints the figures.
     BenchRecords(crate::bench_records::BenchRecordsArgs),
@@ -69,6 +73,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init_subscriber(telemetry::get_subscriber(&settings.log, std::io::stderr));
     match cli.command {
         Command::Bench(args) => crate::bench::run(&settings, args).await,
+        Command::BenchPipeline(args) => crate::bench_pipeline::run(&settings, args).await,
         Command::BenchRecords(args) => crate::bench_records::run(&settings, args).await,
         Command::BenchSchedule(args) => crate::bench_schedule::run(&settings, args).await,
         Command::MatchEval(args) => crate::match_eval::run(&settings, args).await,

@@ -5,6 +5,7 @@
 //!
 //! - [`cli`]: the `patient-service-tools` subcommands.
 //! - [`bench`]: registrations per second against pgbench on the same cluster, and projection lag.
+//! - [`bench_pipeline`]: the whole pipeline in one run, ending with the `summary:` line.
 //! - [`bench_records`]: medical records: items and documents per second, search latency.
 //! - [`bench_schedule`]: availability latency and bookings per second.
 //! - [`match_eval`]: duplicate detection on a FEBRL data set: precision, recall, F1.
@@ -14,6 +15,7 @@
 //! - [`population`]: the synthetic patients a benchmark registers through the API.
 
 pub mod bench;
+pub mod bench_pipeline;
 pub mod bench_records;
 pub mod bench_schedule;
 pub mod cli;

@@ -1,0 +1,472 @@
+//! `patient-service-tools bench-pipeline`: the whole pipeline in one run on one database, ending
+//! with one `summary:` line of fixed form so that runs can be compared over time:
+//!
+//! 1. registrations per second over HTTP at 1 and 16 clients, each against `pgbench` on the
+//!    same cluster before and after ([`crate::pgbench`]);
+//! 2. projection lag p99 (201 to visible in search) while writers run at 80% of the 16-client
+//!    rate;
+//! 3. availability p99 after the bookings, and bookings per second at 8 clients
+//!    ([`crate::bench_schedule`]);
+//! 4. one clinical item on a long chart against one on an empty chart (p99 ratio);
+//! 5. projectors catching up on a backlog left while they were off, from the event-store
+//!    stream;
+//! 6. `rebuild` of every read model from the whole store;
+//! 7. the relay publishing a backlog to Kafka (only with brokers configured; otherwise 0 and
+//!    a note on stderr).
+//!
+//! `--scale small` runs it in about two minutes; the default sizes are those of the
+//! performance goals.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Args, ValueEnum};
+use domain::medical_record::{Acknowledgement, ItemId, MedicalRecordCommand};
+use domain::patient::governance::Principal;
+use domain::patient::PatientId;
+use event_store::command::CommandMetadata;
+use event_store::documents::DocumentStore;
+use event_store::records::MedicalRecordStore;
+
+use command_api::auth::{Authenticator, Role};
+use command_api::configuration::Settings;
+use command_api::http::system_clock;
+use command_api::read_models::ReadModels;
+use command_api::startup::{Roles, Service};
+
+use crate::bench_records::{item, CLINICIAN};
+use crate::bench_schedule::BenchScheduleArgs;
+use crate::measure::percentile_ms;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scale {
+    /// A quick run (about two minutes).
+    Small,
+    /// The sizes of the performance goals.
+    Full,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchPipelineArgs {
+    #[arg(long, value_enum, default_value = "full")]
+    pub scale: Scale,
+}
+
+/// The sizes of one run.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    registrations: usize,
+    lag_samples: usize,
+    pgbench_seconds: u32,
+    practitioners: usize,
+    days: i64,
+    bookings: usize,
+    chart: usize,
+    backlog_items: usize,
+    backlog_patients: usize,
+}
+
+impl Sizes {
+    fn of(scale: Scale) -> Self {
+        match scale {
+            Scale::Small => Self {
+                registrations: 300,
+                lag_samples: 50,
+                pgbench_seconds: 3,
+                practitioners: 10,
+                days: 7,
+                bookings: 400,
+                chart: 200,
+                backlog_items: 5_000,
+                backlog_patients: 50,
+            },
+            Scale::Full => Self {
+                registrations: 2_000,
+                lag_samples: 200,
+                pgbench_seconds: 10,
+                practitioners: 50,
+                days: 30,
+                bookings: 4_000,
+                chart: 1_000,
+                backlog_items: 100_000,
+                backlog_patients: 1_000,
+            },
+        }
+    }
+}
+
+/// The figures of the summary line.
+#[derive(Debug, Default)]
+struct Summary {
+    reg_ratio_c1: f64,
+    reg_ratio_c16: f64,
+    lag_p99_ms: f64,
+    catchup_events_per_s: f64,
+    relay_events_per_s: f64,
+    rebuild_events_per_s: f64,
+    availability_p99_ms: f64,
+    bookings_per_s_c8: f64,
+    chart1000_p99_ratio: f64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "summary: reg_ratio_c1={:.2} reg_ratio_c16={:.2} lag_p99_ms={:.0} catchup_events_per_s={:.0} relay_events_per_s={:.0} rebuild_events_per_s={:.0} availability_p99_ms={:.0} bookings_per_s_c8={:.0} chart1000_p99_ratio={:.2}",
+            self.reg_ratio_c1,
+            self.reg_ratio_c16,
+            self.lag_p99_ms,
+            self.catchup_events_per_s,
+            self.relay_events_per_s,
+            self.rebuild_events_per_s,
+            self.availability_p99_ms,
+            self.bookings_per_s_c8,
+            self.chart1000_p99_ratio,
+        )
+    }
+}
+
+/// Runs every measure and prints the figures, then the summary line.
+///
+/// # Errors
+///
+/// When the service cannot start or a measure fails.
+pub async fn run(settings: &Settings, args: BenchPipelineArgs) -> anyhow::Result<()> {
+    let sizes = Sizes::of(args.scale);
+    let mut settings = settings.clone();
+    settings.http.port = 0;
+    settings.database.max_connections = settings.database.max_connections.max(48);
+    let mut summary = Summary::default();
+    println!("patient-service-tools bench-pipeline: {sizes:?}");
+
+    // The service as deployed in one process: API, projectors, background work.
+    let service = Service::start(&settings, Roles::ALL, system_clock()).await?;
+    let live = live_measures(&settings, &service, sizes, &mut summary).await;
+    service.stop().await?;
+    live?;
+
+    // The service stopped: a backlog piles up through the store, then the projectors catch up
+    // on it; then everything is rebuilt.
+    let (pool, embedded) = command_api::startup::connect(&settings, true).await?;
+    let offline = offline_measures(&settings, &pool, sizes, &mut summary).await;
+    pool.close().await;
+    if let Some(cluster) = embedded {
+        cluster.stop()?;
+    }
+    offline?;
+
+    if settings.kafka.client_config().is_none() {
+        eprintln!("relay: not measured, no Kafka brokers configured (set KAFKA_BROKERS)");
+    }
+    println!("{summary}");
+    Ok(())
+}
+
+/// Registrations, lag under load, scheduling and the long chart, with everything running.
+async fn live_measures(
+    settings: &Settings,
+    service: &Service,
+    sizes: Sizes,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let base = format!("http://127.0.0.1:{}", service.port.context("no API")?);
+    let auth = Authenticator::new(&settings.auth);
+    let registrar = auth.mint("bench-registrar", &[Role::Registrar], Utc::now())?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+
+    let mut c16_rate = 0.0;
+    for (level, clients) in [1_usize, 16].into_iter().enumerate() {
+        let before = crate::pgbench::tps(service, clients, sizes.pgbench_seconds).await?;
+        let rate = crate::bench::registrations_per_second(
+            &client,
+            &base,
+            &registrar,
+            level * sizes.registrations,
+            sizes.registrations,
+            clients,
+        )
+        .await?;
+        let after = crate::pgbench::tps(service, clients, sizes.pgbench_seconds).await?;
+        let ratio = rate / ((before + after) / 2.0);
+        println!(
+            "registrations, {clients:>2} clients: {rate:.0}/s; pgbench {before:.0} before, {after:.0} after; ratio {ratio:.3}"
+        );
+        if clients == 1 {
+            summary.reg_ratio_c1 = ratio;
+        } else {
+            summary.reg_ratio_c16 = ratio;
+            c16_rate = rate;
+        }
+    }
+
+    // Writers at 80% of the 16-client rate while the lag is sampled.
+    let target = c16_rate * 0.8;
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicUsize::new(10_000_000));
+    let mut writers = tokio::task::JoinSet::new();
+    let per_writer = Duration::from_secs_f64(15.0 / target.max(1.0));
+    for _ in 0..15 {
+        let (client, base, token, stop, next) = (
+            client.clone(),
+            base.clone(),
+            registrar.clone(),
+            stop.clone(),
+            next.clone(),
+        );
+        writers.spawn(async move {
+            let mut tick = tokio::time::interval(per_writer);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                crate::population::register(&client, &base, &token, i).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    let lags = lags_within(
+        &client,
+        (&base, &registrar),
+        &service.pool,
+        sizes.lag_samples,
+        Duration::from_secs(u64::from(sizes.pgbench_seconds) * 5),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(done) = writers.join_next().await {
+        done??;
+    }
+    let mut lags = lags?;
+    lags.sort();
+    summary.lag_p99_ms = percentile_ms(&lags, 0.99);
+    println!(
+        "projection lag with writers at {target:.0}/s: p50 {:.1} ms, p99 {:.1} ms",
+        percentile_ms(&lags, 0.5),
+        summary.lag_p99_ms
+    );
+
+    let schedule = crate::bench_schedule::measure(
+        settings,
+        service,
+        &BenchScheduleArgs {
+            practitioners: sizes.practitioners,
+            days: sizes.days,
+            samples: 50,
+            bookings: sizes.bookings,
+            concurrency: vec![8],
+        },
+    )
+    .await?;
+    summary.availability_p99_ms = schedule.availability_after_p99_ms;
+    summary.bookings_per_s_c8 = schedule
+        .bookings_per_s
+        .iter()
+        .find(|(c, _)| *c == 8)
+        .map_or(0.0, |(_, rate)| *rate);
+
+    summary.chart1000_p99_ratio =
+        long_chart(settings, service, &client, &base, &registrar, sizes).await?;
+    Ok(())
+}
+
+/// Projection lags of registrations made one after another, for at most `window` (or
+/// `samples` of them): a registration not yet visible when the window ends counts with the
+/// lag it has then, so projectors that fall behind show as a large lag, not an error.
+async fn lags_within(
+    client: &reqwest::Client,
+    (base, token): (&str, &str),
+    pool: &sqlx::PgPool,
+    samples: usize,
+    window: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    let started = Instant::now();
+    let mut lags = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let id = crate::population::register(client, base, token, 40_000_000 + i).await?;
+        let id = uuid::Uuid::parse_str(&id)?;
+        let committed = Instant::now();
+        loop {
+            let visible: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM projections.patient_search WHERE patient_id = $1)",
+            )
+            .bind(id)
+            .fetch_one(pool)
+            .await?;
+            if visible || started.elapsed() > window {
+                lags.push(committed.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        if started.elapsed() > window {
+            break;
+        }
+    }
+    Ok(lags)
+}
+
+/// Items recorded one after another on one chart: p99 of the last tenth against the first.
+async fn long_chart(
+    settings: &Settings,
+    service: &Service,
+    client: &reqwest::Client,
+    base: &str,
+    registrar: &str,
+    sizes: Sizes,
+) -> anyhow::Result<f64> {
+    let id = crate::population::register(client, base, registrar, 20_000_000).await?;
+    let id = PatientId::parse("id", &id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secrets = settings.secrets()?;
+    let store = MedicalRecordStore::new(service.pool.clone(), secrets.keys, secrets.chain);
+    let mut times = Vec::with_capacity(sizes.chart);
+    for i in 0..sizes.chart {
+        let one = Instant::now();
+        record(&store, id, i).await?;
+        times.push(one.elapsed());
+    }
+    let tenth = (sizes.chart / 10).max(1);
+    let mut first = times[..tenth].to_vec();
+    let mut last = times[times.len() - tenth..].to_vec();
+    first.sort();
+    last.sort();
+    let (empty, long) = (percentile_ms(&first, 0.99), percentile_ms(&last, 0.99));
+    println!(
+        "one item: p99 {empty:.2} ms on a chart of 0-{tenth} items, {long:.2} ms on one of {}-{} items",
+        sizes.chart - tenth,
+        sizes.chart
+    );
+    Ok(long / empty.max(f64::EPSILON))
+}
+
+/// Records item `i` (of the benchmark's kinds) on patient `id`'s chart.
+async fn record(store: &MedicalRecordStore, id: PatientId, i: usize) -> anyhow::Result<()> {
+    let command = MedicalRecordCommand::Record {
+        item_id: ItemId::new(uuid::Uuid::new_v4()),
+        content: item(i, 0),
+        reason: None,
+        acknowledgement: Acknowledgement {
+            by: Principal::parse("p", CLINICIAN).map_err(|e| anyhow::anyhow!("{e}"))?,
+            allergies: vec![],
+        },
+        at: Utc::now(),
+    };
+    store
+        .execute(
+            id,
+            command,
+            CommandMetadata {
+                user_id: CLINICIAN.into(),
+                ..CommandMetadata::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("item {i}: {e}"))?;
+    Ok(())
+}
+
+/// With the projectors off: a backlog of items, the projectors catching up on it, then a
+/// rebuild of everything.
+async fn offline_measures(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+    sizes: Sizes,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let secrets = settings.secrets()?;
+    let store = MedicalRecordStore::new(pool.clone(), secrets.keys.clone(), secrets.chain.clone());
+    // Patients registered by the live measures, their charts the backlog.
+    let patients: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT patient_id FROM projections.patient_search ORDER BY patient_id LIMIT $1",
+    )
+    .bind(i64::try_from(sizes.backlog_patients).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await?;
+    anyhow::ensure!(!patients.is_empty(), "no patients to record items for");
+    let patients: Arc<Vec<PatientId>> =
+        Arc::new(patients.into_iter().map(PatientId::new).collect());
+    let per_patient = sizes.backlog_items.div_ceil(patients.len());
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (store, patients, next) = (store.clone(), patients.clone(), next.clone());
+        writers.spawn(async move {
+            loop {
+                let p = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&id) = patients.get(p) else {
+                    return Ok::<_, anyhow::Error>(());
+                };
+                for i in 0..per_patient {
+                    record(&store, id, i).await?;
+                }
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done??;
+    }
+
+    let read_models = ReadModels::new(
+        pool.clone(),
+        secrets.keys.clone(),
+        secrets.chain.clone(),
+        DocumentStore::new(
+            pool.clone(),
+            secrets.keys.clone(),
+            settings.documents.storage()?,
+        ),
+    );
+    let started = Instant::now();
+    let applied = read_models.catch_up_all(&secrets.chain).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    // Each model reads the whole backlog, side by side: the rate of one.
+    let models = 4.0;
+    summary.catchup_events_per_s = applied as f64 / models / seconds;
+    println!(
+        "projectors catching up: {applied} events over the 4 read models in {seconds:.1} s ({:.0} events/s each)",
+        summary.catchup_events_per_s
+    );
+
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await?;
+    let started = Instant::now();
+    let read = read_models.rebuild_all(&secrets.chain).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    summary.rebuild_events_per_s = stored as f64 / seconds;
+    println!(
+        "rebuild of every read model: {stored} events stored ({read} reads over the models) in {seconds:.1} s ({:.0} events/s)",
+        summary.rebuild_events_per_s
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Summary;
+
+    #[test]
+    fn the_summary_line_has_the_form_runs_are_compared_by() {
+        let line = Summary {
+            reg_ratio_c1: 0.034,
+            reg_ratio_c16: 0.039,
+            lag_p99_ms: 56.4,
+            catchup_events_per_s: 450.0,
+            relay_events_per_s: 0.0,
+            rebuild_events_per_s: 470.0,
+            availability_p99_ms: 161.0,
+            bookings_per_s_c8: 123.0,
+            chart1000_p99_ratio: 1.234,
+        }
+        .to_string();
+        assert_eq!(
+            line,
+            "summary: reg_ratio_c1=0.03 reg_ratio_c16=0.04 lag_p99_ms=56 catchup_events_per_s=450 relay_events_per_s=0 rebuild_events_per_s=470 availability_p99_ms=161 bookings_per_s_c8=123 chart1000_p99_ratio=1.23"
+        );
+    }
+}
