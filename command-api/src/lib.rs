@@ -26,4 +26,5 @@ pub mod read_models;
 pub mod replay;
 pub mod retention;
 pub mod startup;
+pub mod stream_feed;
 pub mod telemetry;

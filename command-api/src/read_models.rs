@@ -115,7 +115,7 @@ impl ReadModelVisitor for Rebuilder {
             )
         })?;
         projector.reset().await?;
-        self.events += crate::startup::project_all(&projector, &self.chain).await?;
+        self.events += crate::stream_feed::project_all(&projector, &self.chain).await?;
         Ok(())
     }
 }
@@ -136,7 +136,7 @@ impl ReadModelVisitor for CatchUp {
                     projector.model().name()
                 )
             })?;
-            crate::startup::project_all(&projector, &chain).await
+            crate::stream_feed::project_all(&projector, &chain).await
         });
         Ok(())
     }

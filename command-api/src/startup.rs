@@ -1,18 +1,17 @@
 //! Wires the roles of the service together: database (configured or embedded), migrations,
 //! the HTTP API, the relay and the projectors, and their orderly shutdown.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use event_store::chain::{ChainKey, Finding};
+use event_store::chain::ChainKey;
 use event_store::documents::DocumentStore;
 use event_store::relay::{Relay, RelaySettings};
 use event_store::schedule::AppointmentStore;
 use event_store::store::PatientStore;
-use event_store::stream::{self, Cursor, StoredEvent, COMMIT_CHANNEL};
-use projections::{ProjectionError, Projector, ReadModel, StreamPosition};
+use event_store::stream::{self, Cursor, COMMIT_CHANNEL};
+use projections::{Projector, ReadModel};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -540,7 +539,7 @@ pub async fn run_stream_projector<M: ReadModel>(
         }
         // Rung from here on means committed after this read began: read again.
         rung.mark_unchanged();
-        match project_available(&projector, &chain).await {
+        match crate::stream_feed::project_available(&projector, &chain).await {
             Ok(n) if n > 0 => {
                 delay = Duration::from_millis(100);
                 continue;
@@ -594,110 +593,4 @@ pub async fn run_stream_projector<M: ReadModel>(
             }
         }
     }
-}
-
-/// Applies every event committed so far, waiting out transactions still running that hold the
-/// stream back (one in any database of the cluster can, for a moment); returns how many were
-/// applied. What `rebuild` and the tools use to be sure a read model holds everything.
-///
-/// # Errors
-///
-/// As [`project_available`].
-pub async fn project_all<M: ReadModel>(
-    projector: &Projector<M>,
-    chain: &ChainKey,
-) -> anyhow::Result<usize> {
-    // Everything stored when this starts, and no more: writers that go on meanwhile must not
-    // keep it from finishing.
-    let Some(end) = stream::newest(projector.pool()).await? else {
-        return Ok(0);
-    };
-    let mut total = 0;
-    loop {
-        let applied = project_available(projector, chain).await?;
-        total += applied;
-        let at = projector.stream_position().await?;
-        let cursor = Cursor {
-            transaction_id: at.transaction_id,
-            position: at.position,
-        };
-        if cursor >= end {
-            return Ok(total);
-        }
-        if applied == 0 {
-            // An older transaction still running holds the stream back: wait it out.
-            tokio::time::sleep(stream::HELD_BACK_POLL).await;
-        }
-    }
-}
-
-/// Applies every event committed after the projector's stream position; returns how many.
-/// An event the service did not write ([`stream::unverified`] under `chain`) is parked, never
-/// opened or applied.
-///
-/// # Errors
-///
-/// The first failure; events before it are applied and checkpointed.
-pub async fn project_available<M: ReadModel>(
-    projector: &Projector<M>,
-    chain: &ChainKey,
-) -> anyhow::Result<usize> {
-    let at = projector.stream_position().await?;
-    let cursor = Cursor {
-        transaction_id: at.transaction_id,
-        position: at.position,
-    };
-    let events = stream::read_after(projector.pool(), cursor, 500).await?;
-    let mut rejected: HashMap<usize, Finding> =
-        stream::unverified(projector.pool(), chain, &events)
-            .await?
-            .into_iter()
-            .collect();
-    let mut verified: Vec<StoredEvent> = events
-        .iter()
-        .enumerate()
-        .filter(|(index, _)| !rejected.contains_key(index))
-        .map(|(_, event)| event.clone())
-        .collect();
-    let keys = stream::open(projector.keys(), projector.pool(), &mut verified).await?;
-    let mut verified = verified.iter();
-    for (index, stored) in events.iter().enumerate() {
-        let at = StreamPosition {
-            transaction_id: stored.transaction_id,
-            position: stored.position,
-        };
-        // Events of aggregate types this read model does not read are passed over before
-        // mapping, so a new aggregate type never stalls it.
-        let wanted = schemas::topics::for_aggregate_type(&stored.aggregate_type)
-            .is_some_and(|topic| projector.model().topics().contains(&topic));
-        if let Some(finding) = rejected.remove(&index) {
-            tracing::error!(
-                alert = "event-store-tampering",
-                projector = projector.model().name(),
-                position = stored.position,
-                finding = %finding,
-                "a stored event does not verify; parked"
-            );
-            if wanted {
-                let error = ProjectionError::Unverified(finding.to_string());
-                projector
-                    .park_in_stream(&stored.event_type, at, &error)
-                    .await?;
-            } else {
-                projector.skip_in_stream(at).await?;
-            }
-            continue;
-        }
-        let Some(event) = verified.next() else {
-            break;
-        };
-        if wanted {
-            let (_, published) =
-                event_store::wire::to_published(event, keys.get(event.key_owner()))?;
-            projector.apply_from_stream(&published, at).await?;
-        } else {
-            projector.skip_in_stream(at).await?;
-        }
-    }
-    Ok(events.len())
 }

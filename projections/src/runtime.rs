@@ -347,6 +347,39 @@ impl<M: ReadModel> Projector<M> {
         Ok(locked.then_some(StreamLock { _conn: conn }))
     }
 
+    /// Applies a batch read from the event store's stream in one transaction: each event
+    /// (`None` for one this model passes over) with its bookkeeping, and the stream checkpoint
+    /// once, at the last position. Returns `false`, changing nothing, when an event of the
+    /// batch is unusable: the caller then applies the batch event by event
+    /// ([`Projector::apply_from_stream`]), which parks that one.
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Database`] and the other errors that are not
+    /// [`ProjectionError::is_unusable`] (nothing is changed; retry).
+    pub async fn apply_batch_from_stream(
+        &self,
+        batch: &[(Option<PublishedEvent>, StreamPosition)],
+    ) -> Result<bool, ProjectionError> {
+        let Some(&(_, last)) = batch.last() else {
+            return Ok(true);
+        };
+        let mut tx = self.pool.begin().await?;
+        for event in batch.iter().filter_map(|(event, _)| event.as_ref()) {
+            match self.apply_in(&mut tx, event).await {
+                Ok(_) => {}
+                Err(e) if e.is_unusable() => {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        save_stream_position(&mut tx, self.model.name(), last).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Moves the stream checkpoint past `at` without applying anything (the event there is
     /// for other read models).
     ///

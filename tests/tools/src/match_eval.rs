@@ -256,11 +256,11 @@ async fn evaluate(
         )
         .await?;
         if n % 1000 == 999 {
-            startup::project_all(&projector, store.chain()).await?;
+            command_api::stream_feed::project_all(&projector, store.chain()).await?;
             eprintln!("population: {} registered", n + 1);
         }
     }
-    startup::project_all(&projector, store.chain()).await?;
+    command_api::stream_feed::project_all(&projector, store.chain()).await?;
     if population > 0 {
         eprintln!(
             "population of {population} registered in {:.0?}",
@@ -297,7 +297,7 @@ async fn evaluate(
             Utc::now(),
         )
         .await?;
-        startup::project_all(&projector, store.chain()).await?;
+        command_api::stream_feed::project_all(&projector, store.chain()).await?;
         person_of.insert(id, index);
         persons.push(&row.person);
     }
