@@ -21,11 +21,12 @@
 //! does not verify is parked in `projections.parked_messages` with its reason, never applied
 //! and never retried; [`parked_counts`] counts them.
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use event_store::keys::{KeyError, KeyState, KeyStore};
 use event_store::repository::SHREDDING_EVENT_TYPE;
-use schemas::sealed::OpenError;
+use schemas::sealed::{DataKey, OpenError};
 use schemas::{DecodeError, PublishedEvent};
 use sqlx::{PgConnection, PgPool};
 
@@ -364,9 +365,14 @@ impl<M: ReadModel> Projector<M> {
         let Some(&(_, last)) = batch.last() else {
             return Ok(true);
         };
+        let events: Vec<&PublishedEvent> = batch
+            .iter()
+            .filter_map(|(event, _)| event.as_ref())
+            .collect();
         let mut tx = self.pool.begin().await?;
-        for event in batch.iter().filter_map(|(event, _)| event.as_ref()) {
-            match self.apply_in(&mut tx, event).await {
+        let mut books = self.books(&mut tx, &events).await?;
+        for event in events {
+            match self.apply_with(&mut tx, event, &mut books).await {
                 Ok(_) => {}
                 Err(e) if e.is_unusable() => {
                     tx.rollback().await?;
@@ -375,9 +381,118 @@ impl<M: ReadModel> Projector<M> {
                 Err(e) => return Err(e),
             }
         }
+        books.save(&mut tx, self.model.name()).await?;
         save_stream_position(&mut tx, self.model.name(), last).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The bookkeeping of a batch, read (and locked) once: the last applied sequence of each
+    /// of its aggregates, and the data keys of the patients its sealed events belong to.
+    async fn books(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&PublishedEvent],
+    ) -> Result<Books, ProjectionError> {
+        let mut books = Books::default();
+        if self.model.ordered_per_aggregate() {
+            let mut aggregates: Vec<String> = events.iter().map(|e| aggregate_of(e)).collect();
+            aggregates.sort_unstable();
+            aggregates.dedup();
+            // Created at 0 and locked, so two consumers cannot both apply one sequence.
+            sqlx::query(
+                "INSERT INTO projections.applied_sequences (projector, aggregate_id, last_sequence)
+                 SELECT $1, a, 0 FROM unnest($2::text[]) AS a ON CONFLICT DO NOTHING",
+            )
+            .bind(self.model.name())
+            .bind(&aggregates)
+            .execute(&mut *tx)
+            .await?;
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT aggregate_id, last_sequence FROM projections.applied_sequences
+                  WHERE projector = $1 AND aggregate_id = ANY($2)
+                  ORDER BY aggregate_id FOR UPDATE",
+            )
+            .bind(self.model.name())
+            .bind(&aggregates)
+            .fetch_all(&mut *tx)
+            .await?;
+            books.last = rows.into_iter().collect();
+        }
+        if self.model.opens_sealed_data() {
+            let mut owners: Vec<String> = events
+                .iter()
+                .filter(|e| e.sealed)
+                .map(|e| e.key_id().unwrap_or_else(|| e.subject.clone()))
+                .collect();
+            owners.sort_unstable();
+            owners.dedup();
+            if !owners.is_empty() {
+                books.keys = self.keys.data_keys(&mut *tx, &owners).await?;
+            }
+        }
+        Ok(books)
+    }
+
+    /// [`Projector::apply_in`] with the batch's bookkeeping in `books` instead of the table.
+    async fn apply_with(
+        &self,
+        tx: &mut PgConnection,
+        event: &PublishedEvent,
+        books: &mut Books,
+    ) -> Result<Applied, ProjectionError> {
+        self.verify(tx, event).await?;
+        if !self.model.ordered_per_aggregate() {
+            self.model.apply(tx, event).await?;
+            return Ok(Applied::Applied);
+        }
+        let aggregate = aggregate_of(event);
+        let last = books.last.get(&aggregate).copied().unwrap_or(0) as u64;
+        if event.sequence <= last {
+            return Ok(Applied::Duplicate);
+        }
+        if event.sequence > last + 1 {
+            tracing::warn!(
+                expected = last + 1,
+                "event arrived before an earlier one; skipped"
+            );
+            return Ok(Applied::Early { expected: last + 1 });
+        }
+        self.open_and_apply(tx, event, &books.keys).await?;
+        books.applied(aggregate, event.sequence as i64);
+        Ok(Applied::Applied)
+    }
+
+    /// Applies `event`, opened first when sealed (with its key from `keys`, else the store).
+    async fn open_and_apply(
+        &self,
+        tx: &mut PgConnection,
+        event: &PublishedEvent,
+        keys: &HashMap<String, DataKey>,
+    ) -> Result<(), ProjectionError> {
+        if !(event.sealed && self.model.opens_sealed_data()) {
+            return self.model.apply(tx, event).await;
+        }
+        // The key that sealed it names its owner (the patient), whatever the aggregate.
+        let owner = event.key_id().unwrap_or_else(|| event.subject.clone());
+        let state = match keys.get(&owner) {
+            Some(key) => KeyState::Active(key.clone()),
+            None => self.keys.data_key(&mut *tx, &owner).await?,
+        };
+        match state {
+            // Bound to the identity recomputed from type, subject and sequence, not to the
+            // `ce_id` header: a sealed value replayed elsewhere does not open.
+            KeyState::Active(key) => Ok(self
+                .model
+                .apply(tx, &event.clone().opened_with(&key)?)
+                .await?),
+            // Forgotten: the event can never be read; its `PatientForgotten` purges.
+            KeyState::Destroyed => Ok(()),
+            // Sealed without any key record: the key store was tampered with; park it.
+            KeyState::Absent => Err(ProjectionError::Unopenable(
+                schemas::sealed::OpenError::WrongKey,
+            )),
+        }
     }
 
     /// Moves the stream checkpoint past `at` without applying anything (the event there is
@@ -490,14 +605,7 @@ impl<M: ReadModel> Projector<M> {
             self.model.apply(tx, event).await?;
             return Ok(Applied::Applied);
         }
-        // A patient's record and medical record share the patient's id as subject: keep
-        // their sequences apart by topic (patient events keep the bare id they always had).
-        let topic = schemas::topics::for_event_type(&event.event_type);
-        let aggregate = if topic == schemas::topics::PATIENT {
-            event.subject.clone()
-        } else {
-            format!("{topic}/{}", event.subject)
-        };
+        let aggregate = aggregate_of(event);
         // Lock the aggregate's bookkeeping row (creating it at 0) so two consumers of the same
         // aggregate cannot both apply the same sequence.
         sqlx::query(
@@ -527,29 +635,7 @@ impl<M: ReadModel> Projector<M> {
             );
             return Ok(Applied::Early { expected: last + 1 });
         }
-        if event.sealed && self.model.opens_sealed_data() {
-            // The key that sealed it names its owner (the patient), whatever the aggregate.
-            let owner = event.key_id().unwrap_or_else(|| event.subject.clone());
-            match self.keys.data_key(&mut *tx, &owner).await? {
-                KeyState::Active(key) => {
-                    // Bound to the identity recomputed from type, subject and sequence, not
-                    // to the `ce_id` header: a sealed value replayed elsewhere does not open.
-                    self.model
-                        .apply(tx, &event.clone().opened_with(&key)?)
-                        .await?;
-                }
-                // Forgotten: the event can never be read; its `PatientForgotten` purges.
-                KeyState::Destroyed => {}
-                // Sealed without any key record: the key store was tampered with; park it.
-                KeyState::Absent => {
-                    return Err(ProjectionError::Unopenable(
-                        schemas::sealed::OpenError::WrongKey,
-                    ))
-                }
-            }
-        } else {
-            self.model.apply(tx, event).await?;
-        }
+        self.open_and_apply(tx, event, &HashMap::new()).await?;
         sqlx::query(
             "UPDATE projections.applied_sequences SET last_sequence = $3
               WHERE projector = $1 AND aggregate_id = $2",
@@ -560,6 +646,54 @@ impl<M: ReadModel> Projector<M> {
         .execute(&mut *tx)
         .await?;
         Ok(Applied::Applied)
+    }
+}
+
+/// A batch's bookkeeping: the last applied sequence of each aggregate (read once, written
+/// once) and the data keys its sealed events are opened with.
+#[derive(Default)]
+struct Books {
+    last: HashMap<String, i64>,
+    changed: HashMap<String, i64>,
+    keys: HashMap<String, DataKey>,
+}
+
+impl Books {
+    fn applied(&mut self, aggregate: String, sequence: i64) {
+        self.last.insert(aggregate.clone(), sequence);
+        self.changed.insert(aggregate, sequence);
+    }
+
+    /// Writes the last applied sequences that moved, in one statement.
+    async fn save(&self, tx: &mut PgConnection, projector: &str) -> Result<(), sqlx::Error> {
+        if self.changed.is_empty() {
+            return Ok(());
+        }
+        let (aggregates, sequences): (Vec<&String>, Vec<i64>) =
+            self.changed.iter().map(|(a, s)| (a, *s)).unzip();
+        sqlx::query(
+            "UPDATE projections.applied_sequences AS s SET last_sequence = v.last
+               FROM unnest($2::text[], $3::bigint[]) AS v(aggregate_id, last)
+              WHERE s.projector = $1 AND s.aggregate_id = v.aggregate_id",
+        )
+        .bind(projector)
+        .bind(aggregates)
+        .bind(sequences)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The aggregate `event`'s sequence counts in: a patient's record and medical record share the
+/// patient's id as subject, so they are kept apart by topic (patient events keep the bare id
+/// they always had).
+fn aggregate_of(event: &PublishedEvent) -> String {
+    let topic = schemas::topics::for_event_type(&event.event_type);
+    if topic == schemas::topics::PATIENT {
+        event.subject.clone()
+    } else {
+        format!("{topic}/{}", event.subject)
     }
 }
 
