@@ -90,3 +90,36 @@ async fn the_week_simulation_compares_best_and_first_fit() {
     let out = tools(&["simulate-week", "--weeks", "1"]).await;
     assert!(out.contains("best fit / first fit utilization"), "{out}");
 }
+
+#[tokio::test]
+async fn the_pipeline_benchmark_ends_with_the_summary_line_runs_are_compared_by() {
+    let out = tools(&["bench-pipeline", "--scale", "tiny"]).await;
+    let summary = out
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .strip_prefix("summary: ")
+        .unwrap_or_else(|| panic!("no summary line last: {out}"));
+    let keys: Vec<&str> = summary
+        .split(' ')
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{pair}");
+            key
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "reg_ratio_c1",
+            "reg_ratio_c16",
+            "lag_p99_ms",
+            "catchup_events_per_s",
+            "relay_events_per_s",
+            "rebuild_events_per_s",
+            "availability_p99_ms",
+            "bookings_per_s_c8",
+            "chart1000_p99_ratio"
+        ]
+    );
+}

@@ -43,6 +43,8 @@ use crate::measure::percentile_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scale {
+    /// A smoke run for the test suite (seconds; its figures mean little).
+    Tiny,
     /// A quick run (about two minutes).
     Small,
     /// The sizes of the performance goals.
@@ -72,6 +74,17 @@ struct Sizes {
 impl Sizes {
     fn of(scale: Scale) -> Self {
         match scale {
+            Scale::Tiny => Self {
+                registrations: 20,
+                lag_samples: 5,
+                pgbench_seconds: 1,
+                practitioners: 2,
+                days: 2,
+                bookings: 10,
+                chart: 20,
+                backlog_items: 200,
+                backlog_patients: 5,
+            },
             Scale::Small => Self {
                 registrations: 300,
                 lag_samples: 50,
