@@ -154,13 +154,18 @@ pub async fn is_held_back<'e>(
     executor: impl PgExecutor<'e>,
     after: Cursor,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM events WHERE (transaction_id, position) > ($1::text::xid8, $2))",
+    // Ordered and limited as the commit-order index is: within `EXISTS` the planner drops the
+    // order and scans the whole table, which costs in proportion to the store on every idle
+    // poll of every reader.
+    let found: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM events WHERE (transaction_id, position) > ($1::text::xid8, $2)
+          ORDER BY transaction_id, position LIMIT 1",
     )
     .bind(after.transaction_id.to_string())
     .bind(after.position)
-    .fetch_one(executor)
-    .await
+    .fetch_optional(executor)
+    .await?;
+    Ok(found.is_some())
 }
 
 /// Every committed event of one aggregate, in sequence order: its history, for auditors and

@@ -11,8 +11,14 @@ use std::process::Command;
 use command_api::embedded_postgres::find_bindir;
 use command_api::startup::Service;
 
-/// The scratch database the baseline runs in.
-const SCRATCH: &str = "bench_raw";
+/// The scratch database the baseline runs in, one per run (runs on one cluster at once, as the
+/// test suite's, do not meet).
+fn scratch() -> String {
+    format!(
+        "bench_raw_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
 const SCHEMA: &str = include_str!("../sql/raw_schema.sql");
 const INSERT: &str = include_str!("../sql/raw_insert.sql");
 
@@ -23,17 +29,19 @@ const INSERT: &str = include_str!("../sql/raw_insert.sql");
 ///
 /// When the service runs on a database other than its embedded cluster, or `pgbench` fails.
 pub async fn tps(service: &Service, clients: usize, seconds: u32) -> anyhow::Result<f64> {
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {SCRATCH}"))
+    let scratch = scratch();
+    let scratch = scratch.as_str();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {scratch}"))
         .execute(&service.pool)
         .await?;
-    sqlx::query(&format!("CREATE DATABASE {SCRATCH}"))
+    sqlx::query(&format!("CREATE DATABASE {scratch}"))
         .execute(&service.pool)
         .await?;
     // A client of the scratch database, and its connection string when it is not the
     // embedded cluster's (given last, as the program's database argument).
     let client = |program: &str| -> anyhow::Result<(Command, Option<String>)> {
         Ok(match service.embedded() {
-            Some(cluster) => (cluster.client(program, SCRATCH), None),
+            Some(cluster) => (cluster.client(program, scratch), None),
             None => {
                 // The configured database's server, the scratch database on it.
                 let url = std::env::var("DATABASE_URL")
@@ -41,7 +49,7 @@ pub async fn tps(service: &Service, clients: usize, seconds: u32) -> anyhow::Res
                     .context("the pgbench baseline needs the embedded cluster or DATABASE_URL")?;
                 (
                     Command::new(find_bindir()?.join(program)),
-                    Some(on_database(&url, SCRATCH)?),
+                    Some(on_database(&url, scratch)?),
                 )
             }
         })
@@ -76,7 +84,7 @@ pub async fn tps(service: &Service, clients: usize, seconds: u32) -> anyhow::Res
             dir.display()
         );
     }
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {SCRATCH}"))
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {scratch}"))
         .execute(&service.pool)
         .await?;
     anyhow::ensure!(
