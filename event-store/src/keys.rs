@@ -186,19 +186,27 @@ impl KeyStore {
         tx: &mut sqlx::PgConnection,
         patient_id: &str,
     ) -> Result<KeyState, KeyError> {
+        // Most writes are to patients who have a key: one read. Only a first write makes one.
+        match self.data_key(&mut *tx, patient_id).await? {
+            KeyState::Absent => {}
+            known => return Ok(known),
+        }
         let fresh = DataKey::generate(patient_id);
         let (master_key_id, wrapped) = self.wrap(&fresh);
         // Two first commands racing: one key wins, the other command's events then conflict
         // on their sequence and retry with it.
-        sqlx::query(
+        let inserted: Option<bool> = sqlx::query_scalar(
             "INSERT INTO patient_data_keys (patient_id, master_key_id, wrapped_key)
-             VALUES ($1, $2, $3) ON CONFLICT (patient_id) DO NOTHING",
+             VALUES ($1, $2, $3) ON CONFLICT (patient_id) DO NOTHING RETURNING true",
         )
         .bind(patient_id)
         .bind(master_key_id)
         .bind(wrapped)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        if inserted.is_some() {
+            return Ok(KeyState::Active(fresh));
+        }
         self.data_key(&mut *tx, patient_id).await
     }
 
