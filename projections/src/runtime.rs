@@ -448,15 +448,8 @@ impl<M: ReadModel> Projector<M> {
         }
         let aggregate = aggregate_of(event);
         let last = books.last.get(&aggregate).copied().unwrap_or(0) as u64;
-        if event.sequence <= last {
-            return Ok(Applied::Duplicate);
-        }
-        if event.sequence > last + 1 {
-            tracing::warn!(
-                expected = last + 1,
-                "event arrived before an earlier one; skipped"
-            );
-            return Ok(Applied::Early { expected: last + 1 });
+        if let Some(passed_over) = out_of_turn(event.sequence, last) {
+            return Ok(passed_over);
         }
         self.open_and_apply(tx, event, &books.keys).await?;
         books.applied(aggregate, event.sequence as i64);
@@ -625,15 +618,8 @@ impl<M: ReadModel> Projector<M> {
         .fetch_one(&mut *tx)
         .await?;
         let last = last as u64;
-        if event.sequence <= last {
-            return Ok(Applied::Duplicate);
-        }
-        if event.sequence > last + 1 {
-            tracing::warn!(
-                expected = last + 1,
-                "event arrived before an earlier one; skipped"
-            );
-            return Ok(Applied::Early { expected: last + 1 });
+        if let Some(passed_over) = out_of_turn(event.sequence, last) {
+            return Ok(passed_over);
         }
         self.open_and_apply(tx, event, &HashMap::new()).await?;
         sqlx::query(
@@ -683,6 +669,23 @@ impl Books {
         .await?;
         Ok(())
     }
+}
+
+/// What becomes of an event of sequence `sequence` when its aggregate's last applied one is
+/// `last`: `None` when it is next; a repeat is a duplicate, one past a gap waits for the
+/// re-send.
+fn out_of_turn(sequence: u64, last: u64) -> Option<Applied> {
+    if sequence <= last {
+        return Some(Applied::Duplicate);
+    }
+    if sequence > last + 1 {
+        tracing::warn!(
+            expected = last + 1,
+            "event arrived before an earlier one; skipped"
+        );
+        return Some(Applied::Early { expected: last + 1 });
+    }
+    None
 }
 
 /// The aggregate `event`'s sequence counts in: a patient's record and medical record share the
