@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use event_store::documents::DocumentStore;
 use sqlx::PgPool;
 
 use crate::auth::{Authenticator, Role, TokenExtras};
@@ -191,13 +190,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let secrets = settings.secrets()?;
             let storage = settings.documents.storage()?;
             let events = startup::with_database(&settings, |pool| async move {
-                let read_models = ReadModels::new(
-                    pool.clone(),
-                    secrets.keys.clone(),
-                    secrets.chain.clone(),
-                    DocumentStore::new(pool, secrets.keys, storage),
-                );
-                read_models.rebuild_all(&secrets.chain).await
+                ReadModels::new(pool, &secrets, storage).rebuild_all().await
             })
             .await?;
             tracing::info!(events, "read models rebuilt");

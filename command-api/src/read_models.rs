@@ -3,7 +3,9 @@
 //! nowhere else.
 
 use event_store::chain::ChainKey;
-use event_store::documents::DocumentStore;
+use event_store::documents::{DocumentStorage, DocumentStore};
+
+use crate::configuration::Secrets;
 use event_store::keys::KeyStore;
 use projections::audit_log::AuditLog;
 use projections::medical_records::MedicalRecords;
@@ -35,12 +37,14 @@ pub struct ReadModels {
 }
 
 impl ReadModels {
-    pub fn new(pool: PgPool, keys: KeyStore, chain: ChainKey, documents: DocumentStore) -> Self {
+    /// The read models of the database behind `pool`, opening events with `secrets` and
+    /// reading documents from `storage`.
+    pub fn new(pool: PgPool, secrets: &Secrets, storage: DocumentStorage) -> Self {
         Self {
+            documents: DocumentStore::new(pool.clone(), secrets.keys.clone(), storage),
             pool,
-            keys,
-            chain,
-            documents,
+            keys: secrets.keys.clone(),
+            chain: secrets.chain.clone(),
         }
     }
 
@@ -71,9 +75,9 @@ impl ReadModels {
     ///
     /// When a projector is feeding a model from the event store (stop serve/project first),
     /// or the database fails.
-    pub async fn rebuild_all(&self, chain: &ChainKey) -> anyhow::Result<usize> {
+    pub async fn rebuild_all(&self) -> anyhow::Result<usize> {
         let mut rebuilder = Rebuilder {
-            chain: chain.clone(),
+            chain: self.chain.clone(),
             events: 0,
         };
         self.visit_each(&mut rebuilder).await?;
@@ -86,9 +90,9 @@ impl ReadModels {
     /// # Errors
     ///
     /// The first projector's failure.
-    pub async fn catch_up_all(&self, chain: &ChainKey) -> anyhow::Result<usize> {
+    pub async fn catch_up_all(&self) -> anyhow::Result<usize> {
         let mut catcher = CatchUp {
-            chain: chain.clone(),
+            chain: self.chain.clone(),
             tasks: tokio::task::JoinSet::new(),
         };
         self.visit_each(&mut catcher).await?;

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use event_store::chain::ChainKey;
-use event_store::documents::DocumentStore;
 use event_store::relay::{Relay, RelaySettings};
 use event_store::schedule::AppointmentStore;
 use event_store::store::PatientStore;
@@ -258,16 +257,8 @@ impl Service {
             }
         }
         if roles.projectors {
-            let read_models = ReadModels::new(
-                pool.clone(),
-                secrets.keys.clone(),
-                secrets.chain.clone(),
-                DocumentStore::new(
-                    pool.clone(),
-                    secrets.keys.clone(),
-                    settings.documents.storage()?,
-                ),
-            );
+            let read_models =
+                ReadModels::new(pool.clone(), &secrets, settings.documents.storage()?);
             read_models
                 .visit_each(&mut Spawner {
                     tasks: &mut tasks,

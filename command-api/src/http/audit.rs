@@ -81,7 +81,7 @@ async fn entries(
         after: Some(after),
         limit: limit as i64 + 1,
     };
-    let found = application::audit::entries(&state.services(), &user, &criteria).await?;
+    let found = application::audit::entries(state.services(), &user, &criteria).await?;
     let mut query: Vec<(String, String)> = params
         .iter()
         .filter(|(k, _)| !["after", "limit"].contains(&k.as_str()))
@@ -113,7 +113,7 @@ async fn stream(
     };
     let id = PatientId::parse("id", &raw_id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    let events = application::audit::history(&state.services(), &user, (stored_type, id)).await?;
+    let events = application::audit::history(state.services(), &user, (stored_type, id)).await?;
     let mut items = Vec::with_capacity(events.len());
     for event in &events {
         let (_, published) = event_store::wire::to_published(event, None)

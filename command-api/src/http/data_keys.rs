@@ -27,7 +27,7 @@ async fn data_key(
 ) -> Result<Response, ApiError> {
     let id = PatientId::parse("id", &raw_id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    let key = application::finding::data_key(&state.services(), &user, id).await?;
+    let key = application::finding::data_key(state.services(), &user, id).await?;
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
         Json(json!({

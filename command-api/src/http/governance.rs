@@ -202,7 +202,7 @@ async fn disclosures(
     }
     errors.into_result().map_err(ApiError::InvalidParameters)?;
     let entries =
-        application::audit::disclosures(&state.services(), &user, id, (after, limit as i64 + 1))
+        application::audit::disclosures(state.services(), &user, id, (after, limit as i64 + 1))
             .await?;
     Ok(Json(page(entries, limit, |seq| {
         format!("/v1/patients/{id}/disclosures?limit={limit}&after={seq}")

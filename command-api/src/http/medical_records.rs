@@ -247,7 +247,7 @@ async fn create(
     let id = patient_id(req.raw_id())?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let services = state.services();
-    let writer = records::writer(&services, &req.user, id).await?;
+    let writer = records::writer(services, &req.user, id).await?;
     let path = format!("/v1/patients/{id}/{}", segment(kind));
     idempotent(
         &state,
@@ -286,7 +286,7 @@ where
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let item_id = item_id(req.item.as_deref().unwrap_or_default())?;
     let services = state.services();
-    let writer = records::writer(&services, &req.user, id).await?;
+    let writer = records::writer(services, &req.user, id).await?;
     let expected = if_match(req.headers())?;
     let path = format!("/v1/patients/{id}/{}/{item_id}{path_suffix}", segment(kind));
     idempotent(
@@ -374,7 +374,7 @@ async fn upload(
     idempotency_key(&headers)?;
     let services = state.services();
     // Whatever can refuse the upload is checked before anything is stored.
-    let writer = records::writer(&services, &user, id).await?;
+    let writer = records::writer(services, &user, id).await?;
     writer.may_author()?;
     let mut multipart = multipart.map_err(|_| ApiError::UnsupportedMediaType)?;
     let mut metadata_part: Option<serde_json::Map<String, Value>> = None;
@@ -488,7 +488,7 @@ async fn content(
     let id = patient_id(path_param(&params, "id"))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let item_id = item_id(path_param(&params, "item"))?;
-    let (item, bytes) = records::document(&state.services(), &user, (id, item_id)).await?;
+    let (item, bytes) = records::document(state.services(), &user, (id, item_id)).await?;
     let ItemContent::Document(document) = &item.content else {
         return Err(ApiError::NotFound);
     };
@@ -570,7 +570,7 @@ async fn list(
         }
     };
     errors.into_result().map_err(ApiError::InvalidParameters)?;
-    let items: Vec<Value> = records::list(&state.services(), &user, (id, kind), include_errors)
+    let items: Vec<Value> = records::list(state.services(), &user, (id, kind), include_errors)
         .await?
         .iter()
         .map(|i| resource(id, i))
@@ -587,7 +587,7 @@ async fn summary(
 ) -> Result<Response, ApiError> {
     let id = patient_id(path_param(&params, "id"))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    let (record, version) = records::summary(&state.services(), &user, id).await?;
+    let (record, version) = records::summary(state.services(), &user, id).await?;
     let mut body = serde_json::Map::new();
     for (segment, kind) in KINDS {
         let items: Vec<Value> = record
@@ -621,12 +621,12 @@ async fn read(
     errors.into_result().map_err(ApiError::InvalidParameters)?;
     let services = state.services();
     if let Some(as_of) = as_of {
-        let version = records::item_as_of(&services, &user, (id, kind, item_id), as_of).await?;
+        let version = records::item_as_of(services, &user, (id, kind, item_id), as_of).await?;
         let mut body = version_body(id, kind, item_id, version);
         body["as_of"] = json!(as_of);
         return Ok(Json(body).into_response());
     }
-    let item = records::item(&services, &user, (id, kind, item_id)).await?;
+    let item = records::item(services, &user, (id, kind, item_id)).await?;
     Ok(item_response(StatusCode::OK, id, &item))
 }
 
@@ -659,7 +659,7 @@ async fn load_versions(
     let id = patient_id(path_param(params, "id"))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let item_id = item_id(path_param(params, "item"))?;
-    let versions = records::versions(&state.services(), user, (id, kind, item_id), what).await?;
+    let versions = records::versions(state.services(), user, (id, kind, item_id), what).await?;
     Ok((id, item_id, versions))
 }
 
@@ -780,7 +780,7 @@ async fn search_text(
         .and_then(|k| errors.check(ItemKind::parse("kind", k)));
     let limit: i64 = whole_number(&query, "limit", 20, 1..=MAX_LIMIT, &mut errors);
     errors.into_result().map_err(ApiError::InvalidParameters)?;
-    let hits = records::search_text(&state.services(), &user, id, (q, kind, limit)).await?;
+    let hits = records::search_text(state.services(), &user, id, (q, kind, limit)).await?;
     let items: Vec<Value> = hits
         .into_iter()
         .map(|h| {
@@ -891,7 +891,7 @@ async fn search_items(
         hits,
         next,
         incomplete,
-    } = records::search_items(&state.services(), &user, criteria).await?;
+    } = records::search_items(state.services(), &user, criteria).await?;
     let next = next.map(|(patient, item)| format!("{patient},{item}"));
     let mut body = json!({ "items": hits });
     if incomplete {

@@ -43,29 +43,17 @@ use crate::configuration::Secrets;
 pub use problem::{ApiError, Problem, PROBLEM_JSON};
 
 pub use application::clock::{system_clock, Clock};
+use application::services::Services;
 
-/// What every handler can reach.
+/// What every handler can reach: the application layer's [`Services`] (reached through
+/// `Deref`: `state.pool`, `state.store`, ...), and what only the transport needs.
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: PgPool,
-    pub store: PatientStore,
+    services: Services,
     pub idempotency: IdempotencyKeys,
     pub auth: Arc<Authenticator>,
-    /// Where access entries go.
-    pub access: AccessLog,
-    /// This service's organization: users of others reach only patients who consented.
-    pub home_organization: Option<String>,
-    pub clock: Clock,
-    /// Days an archived patient is kept before the retention policy lists them for purge.
-    pub retention_days: u32,
-    pub records: MedicalRecordStore,
-    pub documents: DocumentStore,
     /// The largest document accepted, in bytes.
     pub document_max_bytes: usize,
-    pub appointments: AppointmentStore,
-    pub scheduling: crate::configuration::SchedulingSettings,
-    /// Extracts documents' text in child processes.
-    pub extractor: Arc<crate::extraction::Extractor>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -74,9 +62,17 @@ impl std::fmt::Debug for AppState {
     }
 }
 
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.services
+    }
+}
+
 impl AppState {
     pub fn new(pool: PgPool, auth: Authenticator, clock: Clock, secrets: Secrets) -> Self {
-        Self {
+        let services = Services {
             home_organization: auth.organization().map(str::to_owned),
             access: AccessLog::new(pool.clone(), secrets.chain.clone()),
             records: MedicalRecordStore::new(
@@ -89,55 +85,46 @@ impl AppState {
                 secrets.keys.clone(),
                 DocumentStorage::Database,
             ),
-            document_max_bytes: crate::configuration::DEFAULT_DOCUMENT_MAX_BYTES,
             appointments: AppointmentStore::new(
                 pool.clone(),
                 secrets.keys.clone(),
                 secrets.chain.clone(),
             ),
             scheduling: crate::configuration::SchedulingSettings::default(),
-            extractor: Arc::default(),
+            extractor: Arc::new(crate::extraction::Extractor::default()),
             store: PatientStore::new(pool.clone(), secrets.keys, secrets.chain),
-            idempotency: IdempotencyKeys::new(pool.clone()),
-            pool,
-            auth: Arc::new(auth),
+            pool: pool.clone(),
             clock,
             retention_days: crate::configuration::DEFAULT_RETENTION_DAYS,
+        };
+        Self {
+            services,
+            idempotency: IdempotencyKeys::new(pool),
+            auth: Arc::new(auth),
+            document_max_bytes: crate::configuration::DEFAULT_DOCUMENT_MAX_BYTES,
         }
     }
 
     /// What the use cases of the application layer reach.
-    pub fn services(&self) -> application::services::Services {
-        application::services::Services {
-            pool: self.pool.clone(),
-            store: self.store.clone(),
-            access: self.access.clone(),
-            home_organization: self.home_organization.clone(),
-            clock: self.clock.clone(),
-            appointments: self.appointments.clone(),
-            scheduling: self.scheduling.clone(),
-            records: self.records.clone(),
-            documents: self.documents.clone(),
-            extractor: self.extractor.clone(),
-            retention_days: self.retention_days,
-        }
+    pub fn services(&self) -> &Services {
+        &self.services
     }
 
     /// Lets one user open at most `limit` patients an hour under break-the-glass.
     #[must_use]
     pub fn with_emergency_limit(mut self, limit: u32) -> Self {
-        self.access = self.access.with_emergency_limit(limit);
+        self.services.access = self.services.access.with_emergency_limit(limit);
         self
     }
 
     pub fn with_retention_days(mut self, days: u32) -> Self {
-        self.retention_days = days;
+        self.services.retention_days = days;
         self
     }
 
     /// The scheduling policy.
     pub fn with_scheduling(mut self, scheduling: crate::configuration::SchedulingSettings) -> Self {
-        self.scheduling = scheduling;
+        self.services.scheduling = scheduling;
         self
     }
 
@@ -146,13 +133,13 @@ impl AppState {
         mut self,
         settings: &crate::configuration::DocumentSettings,
     ) -> anyhow::Result<Self> {
-        self.documents = DocumentStore::new(
-            self.pool.clone(),
-            self.store.keys().clone(),
+        self.services.documents = DocumentStore::new(
+            self.services.pool.clone(),
+            self.services.store.keys().clone(),
             settings.storage()?,
         );
         self.document_max_bytes = settings.max_bytes;
-        self.extractor = Arc::new(crate::extraction::Extractor::new(settings));
+        self.services.extractor = Arc::new(crate::extraction::Extractor::new(settings));
         Ok(self)
     }
 }

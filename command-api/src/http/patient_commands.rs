@@ -285,7 +285,7 @@ pub(super) async fn change<P: Permission>(
 ) -> Result<Response, ApiError> {
     let id = patient_id(&req.raw_id)?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
-    changeable_by(&state.services(), &req.user, P::ACTION, id).await?;
+    changeable_by(state.services(), &req.user, P::ACTION, id).await?;
     let path = format!("/v1/patients/{id}/{path_suffix}");
     idempotent(
         state,
@@ -298,7 +298,7 @@ pub(super) async fn change<P: Permission>(
             let command = command?;
             let reservation = key.map(|k| k.answering(StatusCode::OK));
             let (patient, version) = application::patients::change(
-                &state.services(),
+                state.services(),
                 &req.user,
                 (P::ACTION, command),
                 (id, expected),

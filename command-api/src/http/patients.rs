@@ -113,7 +113,7 @@ async fn match_candidates(
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     let record = input::patient::candidate(&body.object, (state.clock)().date_naive())?;
-    let found = finding::matches(&state.services(), &user, &record).await?;
+    let found = finding::matches(state.services(), &user, &record).await?;
     let candidates: Vec<serde_json::Value> = found
         .iter()
         .map(|(m, summary)| {
@@ -157,8 +157,8 @@ async fn read(
     errors.into_result().map_err(ApiError::InvalidParameters)?;
     let services = state.services();
     let (patient, version) = match as_of {
-        Some(as_of) => finding::read_as_of(&services, &user, id, as_of).await?,
-        None => finding::read(&services, &user, id).await?,
+        Some(as_of) => finding::read_as_of(services, &user, id, as_of).await?,
+        None => finding::read(services, &user, id).await?,
     };
     respond(StatusCode::OK, &patient, version)
 }
@@ -256,7 +256,7 @@ async fn search(
     }
     let criteria = parse_criteria(&params, (state.clock)().date_naive())?;
     let (limit, offset) = (criteria.limit, criteria.offset);
-    let page = finding::search(&state.services(), &user, criteria).await?;
+    let page = finding::search(state.services(), &user, criteria).await?;
     let next = page.has_more.then(|| {
         let mut query: Vec<(String, String)> = params
             .iter()
@@ -385,7 +385,7 @@ async fn merge(
 ) -> Result<Response, ApiError> {
     let source = patient_id(req.raw_id())?;
     tracing::Span::current().record("patient_id", tracing::field::display(source));
-    changeable_by(&state.services(), &req.user, Action::MergePatients, source).await?;
+    changeable_by(state.services(), &req.user, Action::MergePatients, source).await?;
     let now = (state.clock)();
     let input = input::governance::merge(&req.body.object);
     let path = format!("/v1/patients/{source}/merge");
@@ -410,7 +410,7 @@ async fn merge(
                 reason,
             };
             let (merged, version) =
-                application::merging::merge(&state.services(), &req.user, merge, meta, now).await?;
+                application::merging::merge(state.services(), &req.user, merge, meta, now).await?;
             respond(StatusCode::OK, &merged, version)
         },
     )
@@ -426,7 +426,7 @@ async fn unmerge(
 ) -> Result<Response, ApiError> {
     let source = patient_id(req.raw_id())?;
     tracing::Span::current().record("patient_id", tracing::field::display(source));
-    changeable_by(&state.services(), &req.user, Action::MergePatients, source).await?;
+    changeable_by(state.services(), &req.user, Action::MergePatients, source).await?;
     let now = (state.clock)();
     let reason = reason_only(&req.body);
     let path = format!("/v1/patients/{source}/unmerge");
@@ -445,7 +445,7 @@ async fn unmerge(
                 key.map(|k| k.answering(StatusCode::OK)),
             );
             let (unmerged, version) = application::merging::unmerge(
-                &state.services(),
+                state.services(),
                 &req.user,
                 (source, expected),
                 reason,
@@ -479,7 +479,7 @@ async fn retention_candidates(
     }
     errors.into_result().map_err(ApiError::InvalidParameters)?;
     let (items, more, cutoff) =
-        finding::retention_candidates(&state.services(), &user, (limit, offset)).await?;
+        finding::retention_candidates(state.services(), &user, (limit, offset)).await?;
     let next = more.then(|| {
         format!(
             "/v1/patients/retention-candidates?limit={limit}&offset={}",

@@ -66,7 +66,7 @@ async fn put_resource(
     let id = slug("id", &id).map_err(|e| ApiError::InvalidParameters(e.into()))?;
     let resource = input::scheduling::resource(id, &body.object)?;
     let (stored, created) =
-        application::resources::put_resource(&state.services(), &user, &resource).await?;
+        application::resources::put_resource(state.services(), &user, &resource).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -89,7 +89,7 @@ async fn list_resources(
         specialty: query.get("specialty").map(String::as_str),
         room_type: query.get("room_type").map(String::as_str),
     };
-    let items = application::resources::resources(&state.services(), filter).await?;
+    let items = application::resources::resources(state.services(), filter).await?;
     Ok(Json(json!({ "items": items })).into_response())
 }
 
@@ -124,7 +124,7 @@ fn replay_block<'a>(
     Box::pin(async move {
         let block_id = appointment_id(stored.aggregate_id)?;
         let (resource, during, reason) =
-            application::resources::read_block(&state.services(), block_id).await?;
+            application::resources::read_block(state.services(), block_id).await?;
         Ok(block_response(
             stored.status,
             block_id,
@@ -159,8 +159,7 @@ async fn block_resource(
     let block = input::scheduling::block(id.to_owned(), &body.object)?;
     let reservation = key.map(|k| k.answering(StatusCode::CREATED));
     let block_id =
-        application::resources::block(&state.services(), user, &block, reservation.as_ref())
-            .await?;
+        application::resources::block(state.services(), user, &block, reservation.as_ref()).await?;
     Ok(block_response(
         StatusCode::CREATED,
         block_id,
@@ -181,7 +180,7 @@ async fn put_service(
     let code = slug("code", &code).map_err(|e| ApiError::InvalidParameters(e.into()))?;
     let service = input::scheduling::service(code, &body.object)?;
     let (stored, created) =
-        application::resources::put_service(&state.services(), &user, &service).await?;
+        application::resources::put_service(state.services(), &user, &service).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -259,7 +258,7 @@ async fn availability(
         limit,
     };
     let (service, minutes, slots) =
-        application::resources::availability(&state.services(), &wanted).await?;
+        application::resources::availability(state.services(), &wanted).await?;
     Ok(
         Json(json!({ "service": service.code, "duration_minutes": minutes, "slots": slots }))
             .into_response(),
@@ -343,7 +342,7 @@ async fn book_appointment(
     let reservation = key.map(|k| k.answering(StatusCode::CREATED));
     let request = input::scheduling::booking(&body.object)?;
     let (id, appointment, version) = application::booking::book(
-        &state.services(),
+        state.services(),
         user,
         request,
         metadata(user, ctx, reservation),
@@ -382,7 +381,7 @@ async fn join(
 ) -> Result<Response, ApiError> {
     let wish = input::scheduling::wish(&body.object, (state.clock)())?;
     let (id, appointment, version) = application::booking::join_waitlist(
-        &state.services(),
+        state.services(),
         user,
         wish,
         metadata(user, ctx, key.map(|k| k.answering(StatusCode::CREATED))),
@@ -404,7 +403,7 @@ async fn read(
 ) -> Result<Response, ApiError> {
     let id = appointment_id(&raw)?;
     let (appointment, version) =
-        application::appointments::read(&state.services(), &user, id).await?;
+        application::appointments::read(state.services(), &user, id).await?;
     appointment_response(StatusCode::OK, id, &appointment, version)
 }
 
@@ -450,7 +449,7 @@ async fn change(
     let id = appointment_id(raw)?;
     tracing::Span::current().record("appointment_id", tracing::field::display(id));
     let step = Step::parse(action).ok_or(ApiError::NotFound)?;
-    let opened = appointments::open(&state.services(), user, id, step).await?;
+    let opened = appointments::open(state.services(), user, id, step).await?;
     let expected = if_match(headers)?;
     let metadata = metadata(user, ctx, key.map(|k| k.answering(StatusCode::OK)));
     let (appointment, version) = opened

@@ -24,11 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::Utc;
 use clap::{Args, ValueEnum};
-use domain::medical_record::{Acknowledgement, ItemId, MedicalRecordCommand};
-use domain::patient::governance::Principal;
 use domain::patient::PatientId;
-use event_store::command::CommandMetadata;
-use event_store::documents::DocumentStore;
 use event_store::records::MedicalRecordStore;
 
 use command_api::auth::{Authenticator, Role};
@@ -37,7 +33,7 @@ use command_api::http::system_clock;
 use command_api::read_models::ReadModels;
 use command_api::startup::{Roles, Service};
 
-use crate::bench_records::{item, CLINICIAN};
+use crate::bench_records::record;
 use crate::bench_schedule::BenchScheduleArgs;
 use crate::measure::percentile_ms;
 
@@ -340,7 +336,7 @@ async fn long_chart(
     let mut times = Vec::with_capacity(sizes.chart);
     for i in 0..sizes.chart {
         let one = Instant::now();
-        record(&store, id, i).await?;
+        record(&store, id, (i, 0)).await?;
         times.push(one.elapsed());
     }
     let tenth = (sizes.chart / 10).max(1);
@@ -355,32 +351,6 @@ async fn long_chart(
         sizes.chart
     );
     Ok(long / empty.max(f64::EPSILON))
-}
-
-/// Records item `i` (of the benchmark's kinds) on patient `id`'s chart.
-async fn record(store: &MedicalRecordStore, id: PatientId, i: usize) -> anyhow::Result<()> {
-    let command = MedicalRecordCommand::Record {
-        item_id: ItemId::new(uuid::Uuid::new_v4()),
-        content: item(i, 0),
-        reason: None,
-        acknowledgement: Acknowledgement {
-            by: Principal::parse("p", CLINICIAN).map_err(|e| anyhow::anyhow!("{e}"))?,
-            allergies: vec![],
-        },
-        at: Utc::now(),
-    };
-    store
-        .execute(
-            id,
-            command,
-            CommandMetadata {
-                user_id: CLINICIAN.into(),
-                ..CommandMetadata::default()
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("item {i}: {e}"))?;
-    Ok(())
 }
 
 /// With the projectors off: a backlog of items, the projectors catching up on it, then a
@@ -415,7 +385,7 @@ async fn offline_measures(
                     return Ok::<_, anyhow::Error>(());
                 };
                 for i in 0..per_patient {
-                    record(&store, id, i).await?;
+                    record(&store, id, (i, 0)).await?;
                 }
             }
         });
@@ -424,18 +394,9 @@ async fn offline_measures(
         done??;
     }
 
-    let read_models = ReadModels::new(
-        pool.clone(),
-        secrets.keys.clone(),
-        secrets.chain.clone(),
-        DocumentStore::new(
-            pool.clone(),
-            secrets.keys.clone(),
-            settings.documents.storage()?,
-        ),
-    );
+    let read_models = ReadModels::new(pool.clone(), &secrets, settings.documents.storage()?);
     let started = Instant::now();
-    let applied = read_models.catch_up_all(&secrets.chain).await?;
+    let applied = read_models.catch_up_all().await?;
     let seconds = started.elapsed().as_secs_f64();
     // Each model reads the whole backlog, side by side: the rate of one.
     let models = 4.0;
@@ -449,7 +410,7 @@ async fn offline_measures(
         .fetch_one(pool)
         .await?;
     let started = Instant::now();
-    let read = read_models.rebuild_all(&secrets.chain).await?;
+    let read = read_models.rebuild_all().await?;
     let seconds = started.elapsed().as_secs_f64();
     summary.rebuild_events_per_s = stored as f64 / seconds;
     println!(

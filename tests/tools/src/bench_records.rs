@@ -124,6 +124,41 @@ fn concept(text: &str) -> Concept {
 
 /// Item `i` of a chart: allergies with distinct substances, medications none of them names,
 /// immunizations, problems and history.
+/// Records item `i` of the benchmark's kinds (varied by `patient`) on patient `id`'s chart,
+/// through the store, as the bench clinician.
+///
+/// # Errors
+///
+/// The store's error.
+pub(crate) async fn record(
+    store: &MedicalRecordStore,
+    id: PatientId,
+    (i, patient): (usize, usize),
+) -> anyhow::Result<()> {
+    let command = MedicalRecordCommand::Record {
+        item_id: ItemId::new(uuid::Uuid::new_v4()),
+        content: item(i, patient),
+        reason: None,
+        acknowledgement: Acknowledgement {
+            by: Principal::parse("p", CLINICIAN).map_err(|e| anyhow::anyhow!("{e}"))?,
+            allergies: vec![],
+        },
+        at: Utc::now(),
+    };
+    store
+        .execute(
+            id,
+            command,
+            CommandMetadata {
+                user_id: CLINICIAN.into(),
+                ..CommandMetadata::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
 pub(crate) fn item(i: usize, patient: usize) -> ItemContent {
     let day = NaiveDate::from_ymd_opt(2020, 1, 1).unwrap_or_default()
         + chrono::Duration::days((synthetic::mix((patient * 1000 + i) as u64) % 2000) as i64);
@@ -271,27 +306,8 @@ async fn measure(
                 let id =
                     PatientId::parse("id", &patients[p]).map_err(|e| anyhow::anyhow!("{e}"))?;
                 for i in 0..per_patient.min(items.saturating_sub(p * per_patient)) {
-                    let command = MedicalRecordCommand::Record {
-                        item_id: ItemId::new(uuid::Uuid::new_v4()),
-                        content: item(i, p),
-                        reason: None,
-                        acknowledgement: Acknowledgement {
-                            by: Principal::parse("p", CLINICIAN)
-                                .map_err(|e| anyhow::anyhow!("{e}"))?,
-                            allergies: vec![],
-                        },
-                        at: Utc::now(),
-                    };
                     let one = Instant::now();
-                    store
-                        .execute(
-                            id,
-                            command,
-                            CommandMetadata {
-                                user_id: CLINICIAN.into(),
-                                ..Default::default()
-                            },
-                        )
+                    record(&store, id, (i, p))
                         .await
                         .map_err(|e| anyhow::anyhow!("item {i} of patient {p}: {e}"))?;
                     let bucket = (i * 4 / per_patient.max(1)).min(3);
