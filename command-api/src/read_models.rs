@@ -6,6 +6,7 @@ use event_store::chain::ChainKey;
 use event_store::documents::{DocumentStorage, DocumentStore};
 
 use crate::configuration::Secrets;
+use crate::stream_feed::{Fed, Feed};
 use event_store::keys::KeyStore;
 use projections::audit_log::AuditLog;
 use projections::medical_records::MedicalRecords;
@@ -48,6 +49,11 @@ impl ReadModels {
         }
     }
 
+    /// The database the read models are in.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     fn projector<M: ReadModel>(&self, model: M) -> Projector<M> {
         Projector::new(self.pool.clone(), self.keys.clone(), model)
     }
@@ -68,80 +74,67 @@ impl ReadModels {
             .await
     }
 
-    /// Empties every read model and replays the whole event store into each; returns the
-    /// events read (each model reads the store once).
+    /// Every read model's projector, as one stream feed drives them
+    /// ([`crate::stream_feed::Feed`]).
+    ///
+    /// # Errors
+    ///
+    /// None today; visiting is fallible in general.
+    pub async fn fed(&self) -> anyhow::Result<Vec<Box<dyn Fed>>> {
+        let mut collect = Collect(Vec::new());
+        self.visit_each(&mut collect).await?;
+        Ok(collect.0)
+    }
+
+    /// The stream feed of every read model, or `None` while another process feeds one.
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    pub async fn feed(&self) -> anyhow::Result<Option<Feed<'static>>> {
+        let parts = (self.pool.clone(), self.keys.clone(), self.chain.clone());
+        Ok(Feed::lock(parts, self.fed().await?).await?)
+    }
+
+    async fn feed_or_fail(&self) -> anyhow::Result<Feed<'static>> {
+        self.feed().await?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "a projector is feeding a read model from the event store; stop serve/project first"
+            )
+        })
+    }
+
+    /// Empties every read model and replays the whole event store into all of them in one
+    /// pass; returns the events read (each once).
     ///
     /// # Errors
     ///
     /// When a projector is feeding a model from the event store (stop serve/project first),
     /// or the database fails.
     pub async fn rebuild_all(&self) -> anyhow::Result<usize> {
-        let mut rebuilder = Rebuilder {
-            chain: self.chain.clone(),
-            events: 0,
-        };
-        self.visit_each(&mut rebuilder).await?;
-        Ok(rebuilder.events)
+        let mut feed = self.feed_or_fail().await?;
+        feed.reset().await?;
+        feed.feed_all().await
     }
 
-    /// Brings every read model up to the newest event stored when this starts, all models at
-    /// once (as `serve` feeds them); returns the events applied over all models.
+    /// Brings every read model up to the newest event stored when this starts, all models
+    /// from one reader (as `serve` feeds them); returns the events read (each once, for every
+    /// model).
     ///
     /// # Errors
     ///
-    /// The first projector's failure.
+    /// When another process feeds a model, or a projector fails.
     pub async fn catch_up_all(&self) -> anyhow::Result<usize> {
-        let mut catcher = CatchUp {
-            chain: self.chain.clone(),
-            tasks: tokio::task::JoinSet::new(),
-        };
-        self.visit_each(&mut catcher).await?;
-        let mut applied = 0;
-        while let Some(done) = catcher.tasks.join_next().await {
-            applied += done??;
-        }
-        Ok(applied)
+        self.feed_or_fail().await?.feed_all().await
     }
 }
 
-/// Rebuilds every read model it visits, counting the events applied.
-struct Rebuilder {
-    chain: ChainKey,
-    events: usize,
-}
+/// Collects the projector of each read model it visits.
+struct Collect(Vec<Box<dyn Fed>>);
 
-impl ReadModelVisitor for Rebuilder {
+impl ReadModelVisitor for Collect {
     async fn visit<M: ReadModel>(&mut self, projector: Projector<M>) -> anyhow::Result<()> {
-        let _lock = projector.try_lock_stream().await?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "a projector is feeding {} from the event store; stop serve/project first",
-                projector.model().name()
-            )
-        })?;
-        projector.reset().await?;
-        self.events += crate::stream_feed::project_all(&projector, &self.chain).await?;
-        Ok(())
-    }
-}
-
-/// Starts bringing each read model it visits up to date, each in a task of its own.
-struct CatchUp {
-    chain: ChainKey,
-    tasks: tokio::task::JoinSet<anyhow::Result<usize>>,
-}
-
-impl ReadModelVisitor for CatchUp {
-    async fn visit<M: ReadModel>(&mut self, projector: Projector<M>) -> anyhow::Result<()> {
-        let chain = self.chain.clone();
-        self.tasks.spawn(async move {
-            let _lock = projector.try_lock_stream().await?.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "a projector is feeding {} already",
-                    projector.model().name()
-                )
-            })?;
-            crate::stream_feed::project_all(&projector, &chain).await
-        });
+        self.0.push(Box::new(projector));
         Ok(())
     }
 }

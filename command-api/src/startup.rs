@@ -5,11 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use event_store::chain::ChainKey;
 use event_store::relay::{Relay, RelaySettings};
 use event_store::schedule::AppointmentStore;
 use event_store::store::PatientStore;
-use event_store::stream::{self, Cursor, COMMIT_CHANNEL};
+use event_store::stream::{self, COMMIT_CHANNEL};
 use projections::{Projector, ReadModel};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
@@ -17,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
-use crate::configuration::{Secrets, Settings};
+use crate::configuration::Settings;
 use crate::embedded_postgres::EmbeddedPostgres;
 use crate::http::{self, AppState, Clock};
 use crate::read_models::{ReadModelVisitor, ReadModels};
@@ -259,14 +258,17 @@ impl Service {
         if roles.projectors {
             let read_models =
                 ReadModels::new(pool.clone(), &secrets, settings.documents.storage()?);
-            read_models
-                .visit_each(&mut Spawner {
-                    tasks: &mut tasks,
-                    secrets: &secrets,
-                    settings,
-                    shutdown: &shutdown,
-                })
-                .await?;
+            if settings.kafka.client_config().is_some() {
+                read_models
+                    .visit_each(&mut Spawner {
+                        tasks: &mut tasks,
+                        settings,
+                        shutdown: &shutdown,
+                    })
+                    .await?;
+            } else {
+                tasks.spawn(run_stream_feed(read_models, shutdown.clone()));
+            }
         }
         // Commits of this process wake the readers of other processes (the relay, projectors
         // elsewhere) by one notification sent outside the writing transactions.
@@ -390,43 +392,29 @@ impl Service {
     }
 }
 
-/// Starts every read model's projector (see [`spawn_projector`]).
+/// Starts every read model's Kafka-fed projector (see [`spawn_projector`]).
 struct Spawner<'a> {
     tasks: &'a mut JoinSet<()>,
-    secrets: &'a Secrets,
     settings: &'a Settings,
     shutdown: &'a CancellationToken,
 }
 
 impl ReadModelVisitor for Spawner<'_> {
     async fn visit<M: ReadModel>(&mut self, projector: Projector<M>) -> anyhow::Result<()> {
-        spawn_projector(
-            self.tasks,
-            projector,
-            self.secrets,
-            self.settings,
-            self.shutdown,
-        );
+        spawn_projector(self.tasks, projector, self.settings, self.shutdown);
         Ok(())
     }
 }
 
-/// Runs a projector as a member of its Kafka consumer group when brokers are configured, or
-/// on the event store's stream when not.
+/// Runs a projector as a member of its Kafka consumer group.
 fn spawn_projector<M: ReadModel>(
     tasks: &mut JoinSet<()>,
     projector: Projector<M>,
-    secrets: &Secrets,
     settings: &Settings,
     shutdown: &CancellationToken,
 ) {
     let token = shutdown.clone();
     let Some(mut kafka) = settings.kafka.client_config() else {
-        tasks.spawn(run_stream_projector(
-            projector,
-            secrets.chain.clone(),
-            token,
-        ));
         return;
     };
     // How long the broker may hold an empty fetch: an upper bound on projection lag with
@@ -488,23 +476,23 @@ async fn ensure_topics(
     .await
 }
 
-/// Feeds a projector from the event store's ordered stream (no Kafka): the embedded default,
-/// and the way read models are rebuilt.
-pub async fn run_stream_projector<M: ReadModel>(
-    projector: Projector<M>,
-    chain: ChainKey,
-    shutdown: CancellationToken,
-) {
-    // One feeder per read model: a second process (or a rebuild) stands by.
-    let _lock = loop {
-        match projector.try_lock_stream().await {
-            Ok(Some(lock)) => break lock,
-            Ok(None) => tracing::debug!(
-                projector = projector.model().name(),
-                "another process feeds this read model; standing by"
-            ),
+/// How long the feed gathers commits before it reads them, once it is woken: under load a
+/// round then applies many events in each read model's transaction instead of one, at the
+/// cost of this much projection lag.
+const GATHER: Duration = Duration::from_millis(5);
+
+/// Feeds every read model from the event store's ordered stream (no Kafka), from one reader
+/// ([`crate::stream_feed::Feed`]): the embedded default. Stands by while another process (a
+/// running `serve` or `project`, a rebuild) feeds them.
+pub async fn run_stream_feed(read_models: ReadModels, shutdown: CancellationToken) {
+    let mut feed = loop {
+        match read_models.feed().await {
+            Ok(Some(feed)) => break feed,
+            Ok(None) => {
+                tracing::debug!("another process feeds the read models; standing by");
+            }
             Err(e) => {
-                tracing::warn!(error.message = %e, "cannot take the projector lock; retrying")
+                tracing::warn!(error.message = %e, "cannot take the projector locks; retrying");
             }
         }
         tokio::select! {
@@ -519,7 +507,7 @@ pub async fn run_stream_projector<M: ReadModel>(
     let mut rung = event_store::bell::subscribe();
     while !shutdown.is_cancelled() {
         if listener.is_none() {
-            match PgListener::connect_with(projector.pool()).await {
+            match PgListener::connect_with(read_models.pool()).await {
                 Ok(mut l) => {
                     if l.listen(COMMIT_CHANNEL).await.is_ok() {
                         listener = Some(l);
@@ -530,25 +518,14 @@ pub async fn run_stream_projector<M: ReadModel>(
         }
         // Rung from here on means committed after this read began: read again.
         rung.mark_unchanged();
-        match crate::stream_feed::project_available(&projector, &chain).await {
+        match feed.feed_available().await {
             Ok(n) if n > 0 => {
                 delay = Duration::from_millis(100);
                 continue;
             }
             Ok(_) => {
                 delay = Duration::from_millis(100);
-                let held_back = match projector.stream_position().await {
-                    Ok(at) => stream::is_held_back(
-                        projector.pool(),
-                        Cursor {
-                            transaction_id: at.transaction_id,
-                            position: at.position,
-                        },
-                    )
-                    .await
-                    .unwrap_or(false),
-                    Err(_) => false,
-                };
+                let held_back = feed.is_held_back().await.unwrap_or(false);
                 // Held back by an older transaction: look again soon, then less often the
                 // longer it stays open.
                 let timeout = if held_back {
@@ -559,19 +536,31 @@ pub async fn run_stream_projector<M: ReadModel>(
                     Duration::from_millis(500)
                 };
                 let wait = async {
-                    match listener.as_mut() {
-                        Some(l) => {
-                            if l.recv().await.is_err() {
-                                listener = None;
+                    loop {
+                        match listener.as_mut() {
+                            Some(l) => match l.recv().await {
+                                // This process's own commits ring the bell already.
+                                Ok(n) if n.payload() == event_store::bell::this_process() => {}
+                                Ok(_) => return,
+                                Err(_) => {
+                                    listener = None;
+                                    return;
+                                }
+                            },
+                            None => {
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                                return;
                             }
                         }
-                        None => tokio::time::sleep(Duration::from_millis(500)).await,
                     }
                 };
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    _ = tokio::time::timeout(timeout, wait) => {}
-                    _ = rung.changed() => {}
+                let woken = tokio::select! {
+                    () = shutdown.cancelled() => false,
+                    _ = tokio::time::timeout(timeout, wait) => true,
+                    _ = rung.changed() => true,
+                };
+                if woken && !held_back {
+                    tokio::time::sleep(GATHER).await;
                 }
             }
             Err(e) => {

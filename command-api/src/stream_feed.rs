@@ -1,140 +1,444 @@
-//! Feeding a read model from the event store's own stream (without Kafka): the events
-//! committed after the projector's checkpoint, verified, opened once, and applied a batch per
-//! transaction. `serve` without brokers, `rebuild` and the tools feed read models this way.
+//! Feeding the read models from the event store's own stream (without Kafka): one reader for
+//! all of them ([`Feed`]). Each round reads the events committed after the read model furthest
+//! behind once, verifies their chain once, opens them with one read of the data keys, maps them
+//! to their wire form once, and hands every read model the part it has not applied yet, each in
+//! one transaction of its own (side by side). `serve` without brokers, `rebuild` and the tools
+//! feed read models this way.
+//!
+//! Each read model's place in the stream is its checkpoint, written in the transaction that
+//! applies its events; the feed keeps a copy in memory, which is exact because it holds every
+//! model's stream lock ([`Projector::try_lock_stream`]) while it feeds.
 
 use std::collections::HashMap;
 
-use event_store::chain::{ChainKey, Finding};
-use event_store::stream::{self, Cursor, StoredEvent};
-use projections::{ProjectionError, StreamPosition};
-use projections::{Projector, ReadModel};
+use futures::future::BoxFuture;
 
-/// Applies every event committed so far, waiting out transactions still running that hold the
-/// stream back (one in any database of the cluster can, for a moment); returns how many were
-/// applied. What `rebuild` and the tools use to be sure a read model holds everything.
-///
-/// # Errors
-///
-/// As [`project_available`].
-pub async fn project_all<M: ReadModel>(
-    projector: &Projector<M>,
-    chain: &ChainKey,
-) -> anyhow::Result<usize> {
-    // Everything stored when this starts, and no more: writers that go on meanwhile must not
-    // keep it from finishing.
-    let Some(end) = stream::newest(projector.pool()).await? else {
-        return Ok(0);
-    };
-    let mut total = 0;
-    loop {
-        let applied = project_available(projector, chain).await?;
-        total += applied;
-        let at = projector.stream_position().await?;
-        let cursor = Cursor {
-            transaction_id: at.transaction_id,
-            position: at.position,
-        };
-        if cursor >= end {
-            return Ok(total);
-        }
-        if applied == 0 {
-            // An older transaction still running holds the stream back: wait it out.
-            tokio::time::sleep(stream::HELD_BACK_POLL).await;
+use event_store::chain::{ChainKey, Finding};
+use event_store::keys::KeyStore;
+use event_store::stream::{self, Cursor, StoredEvent};
+use projections::{Applied, ProjectionError, StreamLock, StreamPosition};
+use projections::{Projector, ReadModel};
+use schemas::sealed::DataKey;
+use schemas::PublishedEvent;
+use sqlx::PgPool;
+
+/// The most events one round reads.
+const ROUND: i64 = 1000;
+
+/// A read model's projector as the feed drives it, whatever the read model's type.
+pub trait Fed: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Whether the read model reads the events of `aggregate_type`.
+    fn wants(&self, aggregate_type: &str) -> bool;
+    fn lock(&self) -> BoxFuture<'_, Result<Option<StreamLock>, sqlx::Error>>;
+    fn position(&self) -> BoxFuture<'_, Result<StreamPosition, sqlx::Error>>;
+    fn reset(&self) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+    /// [`Projector::apply_batch_from_stream`].
+    fn apply_batch<'a>(
+        &'a self,
+        batch: &'a [(Option<&'a PublishedEvent>, StreamPosition)],
+        keys: &'a HashMap<String, DataKey>,
+    ) -> BoxFuture<'a, Result<bool, ProjectionError>>;
+    /// [`Projector::apply_from_stream`].
+    fn apply_one<'a>(
+        &'a self,
+        event: &'a PublishedEvent,
+        at: StreamPosition,
+    ) -> BoxFuture<'a, Result<Applied, ProjectionError>>;
+    /// [`Projector::park_in_stream`].
+    fn park<'a>(
+        &'a self,
+        event_type: &'a str,
+        at: StreamPosition,
+        error: &'a ProjectionError,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+    /// [`Projector::skip_in_stream`].
+    fn skip(&self, at: StreamPosition) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+}
+
+impl<M: ReadModel> Fed for Projector<M> {
+    fn name(&self) -> &'static str {
+        self.model().name()
+    }
+
+    fn wants(&self, aggregate_type: &str) -> bool {
+        schemas::topics::for_aggregate_type(aggregate_type)
+            .is_some_and(|topic| self.model().topics().contains(&topic))
+    }
+
+    fn lock(&self) -> BoxFuture<'_, Result<Option<StreamLock>, sqlx::Error>> {
+        Box::pin(self.try_lock_stream())
+    }
+
+    fn position(&self) -> BoxFuture<'_, Result<StreamPosition, sqlx::Error>> {
+        Box::pin(self.stream_position())
+    }
+
+    fn reset(&self) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(Projector::reset(self))
+    }
+
+    fn apply_batch<'a>(
+        &'a self,
+        batch: &'a [(Option<&'a PublishedEvent>, StreamPosition)],
+        keys: &'a HashMap<String, DataKey>,
+    ) -> BoxFuture<'a, Result<bool, ProjectionError>> {
+        Box::pin(self.apply_batch_from_stream(batch, keys))
+    }
+
+    fn apply_one<'a>(
+        &'a self,
+        event: &'a PublishedEvent,
+        at: StreamPosition,
+    ) -> BoxFuture<'a, Result<Applied, ProjectionError>> {
+        Box::pin(self.apply_from_stream(event, at))
+    }
+
+    fn park<'a>(
+        &'a self,
+        event_type: &'a str,
+        at: StreamPosition,
+        error: &'a ProjectionError,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(self.park_in_stream(event_type, at, error))
+    }
+
+    fn skip(&self, at: StreamPosition) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(self.skip_in_stream(at))
+    }
+}
+
+impl<F: Fed + ?Sized> Fed for &F {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn wants(&self, aggregate_type: &str) -> bool {
+        (**self).wants(aggregate_type)
+    }
+    fn lock(&self) -> BoxFuture<'_, Result<Option<StreamLock>, sqlx::Error>> {
+        (**self).lock()
+    }
+    fn position(&self) -> BoxFuture<'_, Result<StreamPosition, sqlx::Error>> {
+        (**self).position()
+    }
+    fn reset(&self) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        (**self).reset()
+    }
+    fn apply_batch<'a>(
+        &'a self,
+        batch: &'a [(Option<&'a PublishedEvent>, StreamPosition)],
+        keys: &'a HashMap<String, DataKey>,
+    ) -> BoxFuture<'a, Result<bool, ProjectionError>> {
+        (**self).apply_batch(batch, keys)
+    }
+    fn apply_one<'a>(
+        &'a self,
+        event: &'a PublishedEvent,
+        at: StreamPosition,
+    ) -> BoxFuture<'a, Result<Applied, ProjectionError>> {
+        (**self).apply_one(event, at)
+    }
+    fn park<'a>(
+        &'a self,
+        event_type: &'a str,
+        at: StreamPosition,
+        error: &'a ProjectionError,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        (**self).park(event_type, at, error)
+    }
+    fn skip(&self, at: StreamPosition) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        (**self).skip(at)
+    }
+}
+
+/// The events of one round, read, verified and opened once for every read model.
+struct Round {
+    events: Vec<StoredEvent>,
+    /// The events that do not verify, by index: parked, never opened or applied.
+    rejected: HashMap<usize, Finding>,
+    /// The wire form of each verified event, by index.
+    published: Vec<Option<PublishedEvent>>,
+    keys: HashMap<String, DataKey>,
+}
+
+impl Round {
+    fn at(&self, index: usize) -> StreamPosition {
+        let event = &self.events[index];
+        StreamPosition {
+            transaction_id: event.transaction_id,
+            position: event.position,
         }
     }
 }
 
-/// Applies every event committed after the projector's stream position; returns how many.
-/// An event the service did not write ([`stream::unverified`] under `chain`) is parked, never
-/// opened or applied.
-///
-/// # Errors
-///
-/// The first failure; events before it are applied and checkpointed.
-pub async fn project_available<M: ReadModel>(
-    projector: &Projector<M>,
-    chain: &ChainKey,
-) -> anyhow::Result<usize> {
-    let at = projector.stream_position().await?;
-    let cursor = Cursor {
+fn cursor(at: StreamPosition) -> Cursor {
+    Cursor {
         transaction_id: at.transaction_id,
         position: at.position,
-    };
-    let events = stream::read_after(projector.pool(), cursor, 500).await?;
-    let mut rejected: HashMap<usize, Finding> =
-        stream::unverified(projector.pool(), chain, &events)
-            .await?
-            .into_iter()
+    }
+}
+
+/// One reader of the event store's stream feeding read models (see the module docs).
+pub struct Feed<'a> {
+    pool: PgPool,
+    keys: KeyStore,
+    chain: ChainKey,
+    models: Vec<Box<dyn Fed + 'a>>,
+    /// Each model's checkpoint, as written in its last transaction.
+    positions: Vec<StreamPosition>,
+    _locks: Vec<StreamLock>,
+}
+
+impl std::fmt::Debug for Feed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed")
+            .field("models", &self.names())
+            .field("positions", &self.positions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Feed<'a> {
+    /// A feed of `models`, holding their stream locks; `None` while another process (a
+    /// running projector, a rebuild) feeds one of them. Locks are taken in the order given,
+    /// so two processes asking for the same models cannot each hold some of them for long.
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    pub async fn lock(
+        (pool, keys, chain): (PgPool, KeyStore, ChainKey),
+        models: Vec<Box<dyn Fed + 'a>>,
+    ) -> Result<Option<Self>, sqlx::Error> {
+        let mut locks = Vec::with_capacity(models.len());
+        for model in &models {
+            match model.lock().await? {
+                Some(lock) => locks.push(lock),
+                None => return Ok(None),
+            }
+        }
+        let mut positions = Vec::with_capacity(models.len());
+        for model in &models {
+            positions.push(model.position().await?);
+        }
+        Ok(Some(Self {
+            pool,
+            keys,
+            chain,
+            models,
+            positions,
+            _locks: locks,
+        }))
+    }
+
+    /// The names of the models fed.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.models.iter().map(|m| m.name()).collect()
+    }
+
+    /// Empties every model and its bookkeeping, so it is rebuilt from the start of the stream.
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    pub async fn reset(&mut self) -> Result<(), sqlx::Error> {
+        for model in &self.models {
+            model.reset().await?;
+        }
+        self.positions.fill(StreamPosition::default());
+        Ok(())
+    }
+
+    /// Where the model furthest behind stands.
+    pub fn behind(&self) -> Cursor {
+        self.positions
+            .iter()
+            .copied()
+            .map(cursor)
+            .min()
+            .unwrap_or_default()
+    }
+
+    /// Applies every event committed so far, waiting out transactions still running that
+    /// hold the stream back (one in any database of the cluster can, for a moment); returns
+    /// how many events were read (each once, for every model). What `rebuild` and the tools
+    /// use to be sure the read models hold everything.
+    ///
+    /// # Errors
+    ///
+    /// As [`Feed::feed_available`].
+    pub async fn feed_all(&mut self) -> anyhow::Result<usize> {
+        // Everything stored when this starts, and no more: writers that go on meanwhile must
+        // not keep it from finishing.
+        let Some(end) = stream::newest(&self.pool).await? else {
+            return Ok(0);
+        };
+        let mut total = 0;
+        while self.behind() < end {
+            let read = self.feed_available().await?;
+            total += read;
+            if read == 0 {
+                // An older transaction still running holds the stream back: wait it out.
+                tokio::time::sleep(stream::HELD_BACK_POLL).await;
+            }
+        }
+        Ok(total)
+    }
+
+    /// One round: the events committed after the model furthest behind (at most [`ROUND`]),
+    /// applied to every model that has not applied them; returns how many were read.
+    ///
+    /// # Errors
+    ///
+    /// The first failure; the models that did not fail keep what they applied.
+    pub async fn feed_available(&mut self) -> anyhow::Result<usize> {
+        let round = self.read(self.behind()).await?;
+        if round.events.is_empty() {
+            return Ok(0);
+        }
+        let results = futures::future::join_all(
+            self.models
+                .iter()
+                .zip(&self.positions)
+                .map(|(model, &from)| apply(model.as_ref(), &round, from)),
+        )
+        .await;
+        let mut failure = None;
+        for (position, result) in self.positions.iter_mut().zip(results) {
+            match result {
+                Ok(at) => *position = at,
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(round.events.len()),
+        }
+    }
+
+    /// Whether events are committed after the model furthest behind that cannot be read yet
+    /// ([`stream::is_held_back`]).
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    pub async fn is_held_back(&self) -> Result<bool, sqlx::Error> {
+        stream::is_held_back(&self.pool, self.behind()).await
+    }
+
+    async fn read(&self, after: Cursor) -> anyhow::Result<Round> {
+        let events = stream::read_after(&self.pool, after, ROUND).await?;
+        let rejected: HashMap<usize, Finding> =
+            stream::unverified(&self.pool, &self.chain, &events)
+                .await?
+                .into_iter()
+                .collect();
+        let mut verified: Vec<StoredEvent> = events
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| !rejected.contains_key(index))
+            .map(|(_, event)| event.clone())
             .collect();
-    let mut verified: Vec<StoredEvent> = events
-        .iter()
-        .enumerate()
-        .filter(|(index, _)| !rejected.contains_key(index))
-        .map(|(_, event)| event.clone())
-        .collect();
-    let keys = stream::open(projector.keys(), projector.pool(), &mut verified).await?;
-    // Usually the whole batch is applied in one transaction; a batch holding a row that does
-    // not verify, or an event the model cannot use, goes event by event, parking that one.
-    if rejected.is_empty() {
-        let mut batch = Vec::with_capacity(events.len());
-        for event in &verified {
-            let at = StreamPosition {
-                transaction_id: event.transaction_id,
-                position: event.position,
-            };
-            // Events of aggregate types this read model does not read are passed over before
-            // mapping, so a new aggregate type never stalls it.
-            let wanted = schemas::topics::for_aggregate_type(&event.aggregate_type)
-                .is_some_and(|topic| projector.model().topics().contains(&topic));
-            let published = if wanted {
+        let keys = stream::open(&self.keys, &self.pool, &mut verified).await?;
+        let mut opened = verified.iter();
+        let mut published = Vec::with_capacity(events.len());
+        for index in 0..events.len() {
+            if rejected.contains_key(&index) {
+                published.push(None);
+                continue;
+            }
+            let Some(event) = opened.next() else { break };
+            let wanted = self.models.iter().any(|m| m.wants(&event.aggregate_type));
+            published.push(if wanted {
                 Some(event_store::wire::to_published(event, keys.get(event.key_owner()))?.1)
             } else {
                 None
-            };
-            batch.push((published, at));
+            });
         }
-        if projector.apply_batch_from_stream(&batch).await? {
-            return Ok(events.len());
+        Ok(Round {
+            events,
+            rejected,
+            published,
+            keys,
+        })
+    }
+}
+
+/// Applies the events of `round` after `from` to `model`; returns where the model stands
+/// then. Usually in one transaction; a round holding a row that does not verify, or an event
+/// the model cannot use, goes event by event, parking that one.
+async fn apply(
+    model: &dyn Fed,
+    round: &Round,
+    from: StreamPosition,
+) -> anyhow::Result<StreamPosition> {
+    let first = round.events.partition_point(|e| e.cursor() <= cursor(from));
+    if first == round.events.len() {
+        return Ok(from);
+    }
+    let wanted = |index: usize| model.wants(&round.events[index].aggregate_type);
+    let last = round.at(round.events.len() - 1);
+    if !(first..round.events.len()).any(|i| round.rejected.contains_key(&i)) {
+        let batch: Vec<(Option<&PublishedEvent>, StreamPosition)> = (first..round.events.len())
+            .map(|i| {
+                let event = if wanted(i) {
+                    round.published[i].as_ref()
+                } else {
+                    None
+                };
+                (event, round.at(i))
+            })
+            .collect();
+        if model.apply_batch(&batch, &round.keys).await? {
+            return Ok(last);
         }
     }
-    let mut verified = verified.iter();
-    for (index, stored) in events.iter().enumerate() {
-        let at = StreamPosition {
-            transaction_id: stored.transaction_id,
-            position: stored.position,
-        };
-        // Events of aggregate types this read model does not read are passed over before
-        // mapping, so a new aggregate type never stalls it.
-        let wanted = schemas::topics::for_aggregate_type(&stored.aggregate_type)
-            .is_some_and(|topic| projector.model().topics().contains(&topic));
-        if let Some(finding) = rejected.remove(&index) {
+    for index in first..round.events.len() {
+        let at = round.at(index);
+        let stored = &round.events[index];
+        if let Some(finding) = round.rejected.get(&index) {
             tracing::error!(
                 alert = "event-store-tampering",
-                projector = projector.model().name(),
+                projector = model.name(),
                 position = stored.position,
                 finding = %finding,
                 "a stored event does not verify; parked"
             );
-            if wanted {
+            if wanted(index) {
                 let error = ProjectionError::Unverified(finding.to_string());
-                projector
-                    .park_in_stream(&stored.event_type, at, &error)
-                    .await?;
+                model.park(&stored.event_type, at, &error).await?;
             } else {
-                projector.skip_in_stream(at).await?;
+                model.skip(at).await?;
             }
             continue;
         }
-        let Some(event) = verified.next() else {
-            break;
-        };
-        if wanted {
-            let (_, published) =
-                event_store::wire::to_published(event, keys.get(event.key_owner()))?;
-            projector.apply_from_stream(&published, at).await?;
-        } else {
-            projector.skip_in_stream(at).await?;
+        match round.published[index].as_ref() {
+            Some(event) if wanted(index) => {
+                model.apply_one(event, at).await?;
+            }
+            _ => model.skip(at).await?,
         }
     }
-    Ok(events.len())
+    Ok(last)
+}
+
+/// Applies every event committed so far to one read model (see [`Feed::feed_all`]); returns
+/// how many were read.
+///
+/// # Errors
+///
+/// When another process feeds the model, or as [`Feed::feed_all`].
+pub async fn project_all<M: ReadModel>(
+    projector: &Projector<M>,
+    chain: &ChainKey,
+) -> anyhow::Result<usize> {
+    let parts = (
+        projector.pool().clone(),
+        projector.keys().clone(),
+        chain.clone(),
+    );
+    let mut feed = Feed::lock(parts, vec![Box::new(projector)])
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("another process feeds {}", projector.model().name()))?;
+    feed.feed_all().await
 }

@@ -20,6 +20,13 @@ fn bell() -> &'static watch::Sender<u64> {
     BELL.get_or_init(|| watch::channel(0).0)
 }
 
+/// This process's name on [`COMMIT_CHANNEL`]: the payload of its notifications, so its own
+/// readers, woken by the bell already, can pass over them.
+pub fn this_process() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
 /// Says that events committed in this process.
 pub fn ring() {
     bell().send_modify(|rung| *rung = rung.wrapping_add(1));
@@ -45,8 +52,9 @@ pub async fn forward(pool: PgPool, shutdown: CancellationToken) {
             }
         }
         rung.mark_unchanged();
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(COMMIT_CHANNEL)
+            .bind(this_process())
             .execute(&pool)
             .await
         {

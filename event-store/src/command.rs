@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use domain::patient::PatientError;
 use sqlx::PgPool;
@@ -139,6 +139,16 @@ pub(crate) fn repository(pool: &PgPool, keys: &KeyStore, chain: &ChainKey) -> Se
     SealedRepository::new(pool.clone(), keys.clone(), chain.clone())
 }
 
+/// Whether the aggregate a command acts on is new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fresh {
+    /// It may hold events: they are read first.
+    Unknown,
+    /// Its id was just made for it (a registration, a booking): its first load is skipped,
+    /// a round trip that would find nothing.
+    Expected,
+}
+
 /// Loads aggregate `aggregate_id`, lets `precheck` refuse the command on what it finds (before
 /// the version is compared, so "nobody here" wins over "stale version"), compares the version
 /// with `expected_version`, decides, and commits. Writers of one aggregate in this process
@@ -146,7 +156,7 @@ pub(crate) fn repository(pool: &PgPool, keys: &KeyStore, chain: &ChainKey) -> Se
 /// Returns the aggregate and its version after the command.
 pub(crate) async fn execute_on<A, D>(
     repository: SealedRepository,
-    aggregate_id: &str,
+    (aggregate_id, fresh): (&str, Fresh),
     expected_version: Option<u64>,
     precheck: impl Fn(&A, u64) -> Result<(), A::Error>,
     decide: D,
@@ -164,7 +174,18 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut context = store.load_aggregate(aggregate_id).await.map_err(classify)?;
+        let mut context = if attempt == 1 && fresh == Fresh::Expected {
+            // Nothing to read: the first event's sequence being taken (a unique violation)
+            // is a lost race like any other, retried from a load.
+            EventStoreAggregateContext {
+                aggregate_id: aggregate_id.to_owned(),
+                aggregate: A::default(),
+                current_sequence: 0,
+                current_snapshot: None,
+            }
+        } else {
+            store.load_aggregate(aggregate_id).await.map_err(classify)?
+        };
         let current = context.current_sequence as u64;
         precheck(context.aggregate(), current).map_err(CommandError::Rule)?;
         if let Some(expected) = expected_version {

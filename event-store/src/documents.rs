@@ -80,7 +80,11 @@ impl DocumentStore {
     pub async fn put(&self, patient_id: &str, bytes: &[u8]) -> Result<String, DocumentError> {
         let sha256 = sha256_hex(bytes);
         let mut tx = self.pool.begin().await?;
-        let key = match self.keys.data_key_for_writing(&mut tx, patient_id).await? {
+        let key = match self
+            .keys
+            .data_key_for_writing(&mut tx, patient_id, false)
+            .await?
+        {
             KeyState::Active(key) => key,
             KeyState::Absent | KeyState::Destroyed => return Err(DocumentError::KeyDestroyed),
         };

@@ -158,6 +158,9 @@ impl KeyStore {
         executor: impl PgExecutor<'e>,
         patient_ids: &[String],
     ) -> Result<HashMap<String, DataKey>, KeyError> {
+        if patient_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
         let rows = sqlx::query(
             "SELECT patient_id, master_key_id, wrapped_key FROM patient_data_keys
               WHERE patient_id = ANY($1) AND wrapped_key IS NOT NULL",
@@ -176,7 +179,9 @@ impl KeyStore {
     }
 
     /// The data key of `patient_id`, created (and stored wrapped) inside `tx` when the patient
-    /// has none yet.
+    /// has none yet. `likely_new` says the patient probably has none (their registration):
+    /// the key is then made and inserted before any is looked for, one round trip instead of
+    /// two; otherwise it is looked for first.
     ///
     /// # Errors
     ///
@@ -185,11 +190,14 @@ impl KeyStore {
         &self,
         tx: &mut sqlx::PgConnection,
         patient_id: &str,
+        likely_new: bool,
     ) -> Result<KeyState, KeyError> {
         // Most writes are to patients who have a key: one read. Only a first write makes one.
-        match self.data_key(&mut *tx, patient_id).await? {
-            KeyState::Absent => {}
-            known => return Ok(known),
+        if !likely_new {
+            match self.data_key(&mut *tx, patient_id).await? {
+                KeyState::Absent => {}
+                known => return Ok(known),
+            }
         }
         let fresh = DataKey::generate(patient_id);
         let (master_key_id, wrapped) = self.wrap(&fresh);

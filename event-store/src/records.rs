@@ -8,7 +8,7 @@ use domain::patient::PatientId;
 use sqlx::PgPool;
 
 use crate::chain::ChainKey;
-use crate::command::{event_store, execute_on, CommandError, CommandMetadata};
+use crate::command::{event_store, execute_on, CommandError, CommandMetadata, Fresh};
 use crate::keys::KeyStore;
 use crate::repository::SealedRepository;
 
@@ -50,7 +50,7 @@ impl MedicalRecordStore {
     ) -> Result<(MedicalRecord, u64), CommandError<MedicalRecordError>> {
         execute_on(
             crate::command::repository(&self.pool, &self.keys, &self.chain),
-            &id.to_string(),
+            (&id.to_string(), Fresh::Unknown),
             None,
             |_, _| Ok(()),
             |record: &MedicalRecord| record.decide(command.clone()),

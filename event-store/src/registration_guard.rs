@@ -17,8 +17,8 @@ use futures::future::BoxFuture;
 use schemas::sealed;
 use sqlx::PgPool;
 
-use crate::keys::{KeyState, KeyStore};
-use crate::repository::{persistence_error, TransactionEffect};
+use crate::keys::KeyStore;
+use crate::repository::{persistence_error, SealingKeys, TransactionEffect};
 
 /// How long a registration's guard rows are kept: the match read model knows the patient long
 /// before.
@@ -62,7 +62,11 @@ impl RegistrationGuard {
         hashes
     }
 
-    async fn guard(&self, tx: &mut sqlx::PgConnection) -> Result<(), PersistenceError> {
+    async fn guard(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        keys: &SealingKeys,
+    ) -> Result<(), PersistenceError> {
         let hashes = self.key_hashes();
         if hashes.is_empty() {
             return Ok(());
@@ -94,14 +98,14 @@ impl RegistrationGuard {
         .map_err(persistence_error)?;
         // Their data keys in one read; an erased patient's is gone, and so is its guard.
         let ids: Vec<String> = others.iter().map(|(id, _)| id.clone()).collect();
-        let keys = self
+        let their_keys = self
             .keys
             .data_keys(&mut *tx, &ids)
             .await
             .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
         let mut likely = Vec::new();
         for (other, sealed_record) in others {
-            let Some(key) = keys.get(&other) else {
+            let Some(key) = their_keys.get(&other) else {
                 continue;
             };
             let record = open(key, &other, sealed_record)?;
@@ -119,20 +123,15 @@ impl RegistrationGuard {
             ))));
         }
         // The registration's events were sealed with this key a moment ago, in this
-        // transaction: it is there.
-        let KeyState::Active(key) = self
-            .keys
-            .data_key(&mut *tx, &id)
-            .await
-            .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?
-        else {
+        // transaction.
+        let Some(key) = keys.get(&id) else {
             // Without its key the registration could leave no guard for those after it.
             return Err(PersistenceError::UnknownError(
                 format!("{id} has no data key to seal its registration guard with").into(),
             ));
         };
         let plain = serde_json::to_vec(&self.record)?;
-        let sealed = serde_json::to_value(sealed::seal(&key, id.as_bytes(), &plain))?;
+        let sealed = serde_json::to_value(sealed::seal(key, id.as_bytes(), &plain))?;
         sqlx::query(
             "INSERT INTO registration_guard (key_hash, patient_id, sealed_record, registered_at)
              SELECT h, $2, $3, $4 FROM unnest($1::bytea[]) AS h
@@ -169,8 +168,9 @@ impl TransactionEffect for RegistrationGuard {
         &'a self,
         tx: &'a mut sqlx::PgConnection,
         _events: &'a [SerializedEvent],
+        keys: &'a SealingKeys,
     ) -> BoxFuture<'a, Result<(), PersistenceError>> {
-        Box::pin(self.guard(tx))
+        Box::pin(self.guard(tx, keys))
     }
 }
 

@@ -53,7 +53,8 @@ const SEALED_FIELD: &str = "sealed";
 /// ([`crate::schedule::ClaimChange`]), erasing what is kept beside a forgotten patient's events
 /// another ([`crate::store::Erasure`]); the repository knows nothing of what an effect does.
 pub trait TransactionEffect: Send + Sync {
-    /// Does the work in `tx`, for `events` (as the command produced them, not yet sealed).
+    /// Does the work in `tx`, for `events` (as the command produced them, not yet sealed),
+    /// which were sealed with `keys` (by owner).
     ///
     /// # Errors
     ///
@@ -62,8 +63,12 @@ pub trait TransactionEffect: Send + Sync {
         &'a self,
         tx: &'a mut sqlx::PgConnection,
         events: &'a [SerializedEvent],
+        keys: &'a SealingKeys,
     ) -> BoxFuture<'a, Result<(), PersistenceError>>;
 }
+
+/// The data keys the events of one transaction were sealed with, by owner.
+pub type SealingKeys = std::collections::HashMap<String, DataKey>;
 
 /// Sealing, chaining event repository.
 pub struct SealedRepository {
@@ -455,12 +460,15 @@ impl SealedRepository {
             let id = |s: &[SerializedEvent]| s.first().map(|e| e.aggregate_id.clone());
             id(a).cmp(&id(b))
         });
+        let mut keys = SealingKeys::new();
         for events in ordered {
-            self.insert_events::<A>(&mut tx, events).await?;
+            if let Some((owner, key)) = self.insert_events::<A>(&mut tx, events).await? {
+                keys.insert(owner, key);
+            }
         }
         for &events in streams {
             for effect in &self.effects {
-                effect.apply(&mut tx, events).await?;
+                effect.apply(&mut tx, events, &keys).await?;
             }
         }
         tx.commit().await.map_err(persistence_error)?;
@@ -468,14 +476,15 @@ impl SealedRepository {
         Ok(())
     }
 
-    /// Seals, chains and inserts the events of one aggregate in `tx`.
+    /// Seals, chains and inserts the events of one aggregate in `tx`; returns the owner and
+    /// data key they were sealed with, if any was.
     async fn insert_events<A: Aggregate>(
         &self,
         tx: &mut sqlx::PgConnection,
         events: &[SerializedEvent],
-    ) -> Result<(), PersistenceError> {
+    ) -> Result<Option<(String, DataKey)>, PersistenceError> {
         let Some(first) = events.first() else {
-            return Ok(());
+            return Ok(None);
         };
         let aggregate_id = first.aggregate_id.as_str();
         let owner = first
@@ -488,9 +497,12 @@ impl SealedRepository {
             .iter()
             .any(|e| !CLEAR_EVENT_TYPES.contains(&e.event_type.as_str()))
         {
+            // An aggregate's first events, sealed with its own key, are usually a patient's
+            // first: their key is made before it is looked for.
+            let likely_new = first.sequence == 1 && owner == aggregate_id;
             match self
                 .keys
-                .data_key_for_writing(&mut *tx, owner)
+                .data_key_for_writing(&mut *tx, owner, likely_new)
                 .await
                 .map_err(key_error)?
             {
@@ -569,7 +581,7 @@ impl SealedRepository {
             }
             previous = hash;
         }
-        Ok(())
+        Ok(key.map(|key| (owner.to_owned(), key)))
     }
 }
 

@@ -12,7 +12,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::chain::ChainKey;
-use crate::command::{execute_on, CommandError, CommandMetadata};
+use crate::command::{execute_on, CommandError, CommandMetadata, Fresh};
 use crate::keys::KeyStore;
 use crate::repository::SealedRepository;
 
@@ -52,6 +52,7 @@ impl crate::repository::TransactionEffect for ClaimChange {
         &'a self,
         tx: &'a mut PgConnection,
         _events: &'a [cqrs_es::persist::SerializedEvent],
+        _keys: &'a crate::repository::SealingKeys,
     ) -> futures::future::BoxFuture<'a, Result<(), cqrs_es::persist::PersistenceError>> {
         Box::pin(async move {
             apply_claims(tx, self).await.map_err(|e| {
@@ -615,9 +616,17 @@ impl AppointmentStore {
         mut metadata: CommandMetadata,
     ) -> Result<(Appointment, u64), CommandError<SchedulingError>> {
         metadata.data_key_owner = Some(patient.to_string());
+        // The commands that open an appointment act on an id made for it.
+        let fresh = match command {
+            AppointmentCommand::Book { .. }
+            | AppointmentCommand::Hold { .. }
+            | AppointmentCommand::Propose { .. }
+            | AppointmentCommand::JoinWaitlist { .. } => Fresh::Expected,
+            _ => Fresh::Unknown,
+        };
         let result = execute_on(
             self.repository(claims),
-            &id.to_string(),
+            (&id.to_string(), fresh),
             expected_version,
             |_, _| Ok(()),
             |appointment: &Appointment| appointment.decide(command.clone()),
@@ -650,7 +659,7 @@ impl AppointmentStore {
         };
         match execute_on(
             self.repository(None),
-            &id.to_string(),
+            (&id.to_string(), Fresh::Unknown),
             None,
             |_, _| Ok(()),
             |n: &domain::scheduling::notification::Notification| n.decide(event.clone()),

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 
 use crate::chain::ChainKey;
-use crate::command::{classify, execute_on, sqlx_error, CommandError, CommandMetadata};
+use crate::command::{classify, execute_on, sqlx_error, CommandError, CommandMetadata, Fresh};
 use crate::keys::KeyStore;
 use crate::repository::{SealedRepository, TransactionEffect, SHREDDING_EVENT_TYPE};
 
@@ -18,7 +18,12 @@ pub struct PatientStore {
     pool: PgPool,
     keys: KeyStore,
     chain: ChainKey,
+    /// Medical record numbers reserved for this process and not yet given out.
+    mrns: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
 }
+
+/// How many medical record numbers one read of their sequence reserves.
+const MRN_BLOCK: i64 = 32;
 
 impl std::fmt::Debug for PatientStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -39,6 +44,7 @@ impl TransactionEffect for Erasure {
         &'a self,
         tx: &'a mut sqlx::PgConnection,
         events: &'a [SerializedEvent],
+        _keys: &'a crate::repository::SealingKeys,
     ) -> BoxFuture<'a, Result<(), PersistenceError>> {
         Box::pin(async move {
             let Some(forgotten) = events.iter().find(|e| e.event_type == SHREDDING_EVENT_TYPE)
@@ -64,7 +70,12 @@ impl TransactionEffect for Erasure {
 
 impl PatientStore {
     pub fn new(pool: PgPool, keys: KeyStore, chain: ChainKey) -> Self {
-        Self { pool, keys, chain }
+        Self {
+            pool,
+            keys,
+            chain,
+            mrns: std::sync::Arc::default(),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -108,7 +119,7 @@ impl PatientStore {
         let is_registration = matches!(command, PatientCommand::Register(_));
         execute_on(
             self.repository(),
-            &id.to_string(),
+            (&id.to_string(), Fresh::Unknown),
             expected_version,
             |patient: &Patient, current| {
                 if current == 0 && !is_registration {
@@ -153,7 +164,7 @@ impl PatientStore {
         };
         execute_on(
             self.repository().with_effect(guard),
-            &id.to_string(),
+            (&id.to_string(), Fresh::Expected),
             None,
             |_, _| Ok(()),
             |patient: &Patient| patient.decide(command.clone()),
@@ -227,16 +238,38 @@ impl PatientStore {
         crate::command::load_version(self.repository(), &id.to_string(), version).await
     }
 
-    /// Reserves the next medical record number.
+    /// Reserves the next medical record number: unique, though not in the order of
+    /// registration (each process reserves a block of them at a time, one read of the
+    /// sequence for [`MRN_BLOCK`] registrations; the unused rest of a block is skipped when the
+    /// process stops, as a failed registration skips its own).
     ///
     /// # Errors
     ///
     /// [`CommandError`] when the database fails or the MRN serials are exhausted.
     pub async fn next_mrn(&self) -> Result<domain::patient::Mrn, CommandError> {
-        let serial: i64 = sqlx::query_scalar("SELECT nextval('patient_mrn_serial')")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(sqlx_error)?;
+        let reserved = self.mrns.lock().ok().and_then(|mut mrns| mrns.pop());
+        let serial = match reserved {
+            Some(serial) => serial,
+            None => {
+                let mut block: Vec<i64> = sqlx::query_scalar(
+                    "SELECT nextval('patient_mrn_serial') FROM generate_series(1, $1)",
+                )
+                .bind(MRN_BLOCK)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(sqlx_error)?;
+                // Given out lowest first.
+                block.sort_unstable_by(|a, b| b.cmp(a));
+                let serial = block.pop().ok_or_else(|| {
+                    CommandError::Internal("the MRN sequence returned nothing".into())
+                })?;
+                if let Ok(mut mrns) = self.mrns.lock() {
+                    mrns.extend(block);
+                    mrns.sort_unstable_by(|a, b| b.cmp(a));
+                }
+                serial
+            }
+        };
         domain::patient::Mrn::from_serial(serial as u64)
             .map_err(|e| CommandError::Internal(e.to_string().into()))
     }

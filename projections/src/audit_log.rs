@@ -105,32 +105,99 @@ fn carried_event_hash(event: &PublishedEvent) -> Result<Vec<u8>, ProjectionError
     hex::decode(hash).map_err(|_| unverified(event, "ce_eventhash is malformed"))
 }
 
-/// The stored row's hash that `event` carries, checked against the event store.
+/// The stored rows' hashes that `events` carry, each checked against the event store (in one
+/// read).
 ///
 /// # Errors
 ///
-/// [`ProjectionError::Unverified`] when the event carries none, or not the hash of the stored
-/// row at its aggregate and sequence (or there is no such row); the database error.
-async fn checked_event_hash(
+/// [`ProjectionError::Unverified`] for the first event that carries none, or not the hash of
+/// the stored row at its aggregate and sequence (or there is no such row); the database error.
+async fn checked_event_hashes(
     tx: &mut PgConnection,
-    event: &PublishedEvent,
-) -> Result<Vec<u8>, ProjectionError> {
-    let hash = carried_event_hash(event)?;
-    let stored: Option<Option<Vec<u8>>> = sqlx::query_scalar(
-        "SELECT hash FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+    events: &[&PublishedEvent],
+) -> Result<Vec<Vec<u8>>, ProjectionError> {
+    let carried = events
+        .iter()
+        .map(|e| carried_event_hash(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let types: Vec<&str> = events.iter().map(|e| e.aggregate_type()).collect();
+    let subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
+    let sequences: Vec<i64> = events.iter().map(|e| e.sequence as i64).collect();
+    let stored: Vec<(i64, Option<Vec<u8>>, bool)> = sqlx::query_as(
+        "SELECT k.n, e.hash, e.sequence IS NOT NULL
+           FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS k(t, i, s, n)
+           LEFT JOIN events e
+             ON e.aggregate_type = k.t AND e.aggregate_id = k.i AND e.sequence = k.s
+          ORDER BY k.n",
     )
-    .bind(event.aggregate_type())
-    .bind(&event.subject)
-    .bind(event.sequence as i64)
-    .fetch_optional(&mut *tx)
+    .bind(&types)
+    .bind(&subjects)
+    .bind(&sequences)
+    .fetch_all(&mut *tx)
     .await?;
-    match stored {
-        None => Err(unverified(event, "not in the event store")),
-        Some(stored) if stored.as_deref() != Some(hash.as_slice()) => Err(unverified(
-            event,
-            "ce_eventhash is not the stored event's hash",
-        )),
-        Some(_) => Ok(hash),
+    for ((event, hash), (_, stored, found)) in events.iter().zip(&carried).zip(&stored) {
+        if !found {
+            return Err(unverified(event, "not in the event store"));
+        }
+        if stored.as_deref() != Some(hash.as_slice()) {
+            return Err(unverified(
+                event,
+                "ce_eventhash is not the stored event's hash",
+            ));
+        }
+    }
+    Ok(carried)
+}
+
+impl AuditLog {
+    /// The entry `event` makes, before it has a place in the chain (`seq` and `hash` unset).
+    fn entry(event: &PublishedEvent, event_hash: Vec<u8>) -> Result<AuditEntry, ProjectionError> {
+        let (kind, patient_id, user_id, action, detail) = if event.event_type
+            == schemas::access::v1::ACCESS_RECORDED
+            || event.event_type == schemas::access::v1::EMERGENCY_ACCESS_GRANTED
+        {
+            let entry = AccessEntry::from_published(event)?;
+            (
+                "access",
+                Some(entry.patient_id),
+                Some(entry.user_id.clone()),
+                entry.action.clone(),
+                serde_json::to_value(&entry).unwrap_or_default(),
+            )
+        } else {
+            (
+                "event",
+                // The patient the event is about: the owner of the key that seals it (an
+                // appointment's or a notification's patient), else its subject.
+                event
+                    .key_id()
+                    .and_then(|owner| Uuid::parse_str(&owner).ok())
+                    .or_else(|| Uuid::parse_str(&event.subject).ok()),
+                event.user_id.clone(),
+                event.event_type.clone(),
+                serde_json::json!({
+                    "aggregate_type": event.aggregate_type(),
+                    "aggregate_id": event.subject,
+                    "sequence": event.sequence,
+                    "position": event.position,
+                    "request_id": event.request_id,
+                }),
+            )
+        };
+        Ok(AuditEntry {
+            seq: 0,
+            entry_id: event.id,
+            kind: kind.to_owned(),
+            // Microseconds, as PostgreSQL keeps them, so the hash recomputes from the row.
+            recorded_at: DateTime::from_timestamp_micros(event.time.timestamp_micros())
+                .unwrap_or(event.time),
+            patient_id,
+            user_id,
+            action,
+            detail,
+            event_hash: Some(event_hash),
+            hash: Vec::new(),
+        })
     }
 }
 
@@ -160,91 +227,94 @@ impl ReadModel for AuditLog {
         tx: &mut PgConnection,
         event: &PublishedEvent,
     ) -> Result<(), ProjectionError> {
-        // The runtime has checked that `ce_id` is the identity of type, subject and sequence.
-        let event_hash = checked_event_hash(tx, event).await?;
-        let (kind, patient_id, user_id, action, detail, entry_id) = if event.event_type
-            == schemas::access::v1::ACCESS_RECORDED
-            || event.event_type == schemas::access::v1::EMERGENCY_ACCESS_GRANTED
-        {
-            let entry = AccessEntry::from_published(event)?;
-            (
-                "access",
-                Some(entry.patient_id),
-                Some(entry.user_id.clone()),
-                entry.action.clone(),
-                serde_json::to_value(&entry).unwrap_or_default(),
-                event.id,
-            )
-        } else {
-            (
-                "event",
-                // The patient the event is about: the owner of the key that seals it (an
-                // appointment's or a notification's patient), else its subject.
-                event
-                    .key_id()
-                    .and_then(|owner| Uuid::parse_str(&owner).ok())
-                    .or_else(|| Uuid::parse_str(&event.subject).ok()),
-                event.user_id.clone(),
-                event.event_type.clone(),
-                serde_json::json!({
-                    "aggregate_type": event.aggregate_type(),
-                    "aggregate_id": event.subject,
-                    "sequence": event.sequence,
-                    "position": event.position,
-                    "request_id": event.request_id,
-                }),
-                event.id,
-            )
-        };
-        let (head_seq, head_hash): (i64, Vec<u8>) = sqlx::query_as(
+        self.apply_many(tx, &[event]).await
+    }
+
+    /// The entries of a batch: their stored hashes checked in one read, the chain head locked
+    /// once, the entries written in one statement and the head moved once.
+    async fn apply_many(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&PublishedEvent],
+    ) -> Result<(), ProjectionError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // The runtime has checked that each `ce_id` is the identity of type, subject and
+        // sequence.
+        let hashes = checked_event_hashes(tx, events).await?;
+        let mut entries = events
+            .iter()
+            .zip(hashes)
+            .map(|(event, hash)| Self::entry(event, hash))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (mut seq, mut hash): (i64, Vec<u8>) = sqlx::query_as(
             "SELECT seq, hash FROM projections.audit_chain_head WHERE only_row FOR UPDATE",
         )
         .fetch_one(&mut *tx)
         .await?;
-        let seen: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM projections.audit_log WHERE entry_id = $1)",
+        let ids: Vec<Uuid> = entries.iter().map(|e| e.entry_id).collect();
+        let mut seen: std::collections::HashSet<Uuid> = sqlx::query_scalar(
+            "SELECT entry_id FROM projections.audit_log WHERE entry_id = ANY($1)",
         )
-        .bind(entry_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if seen {
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        // Repeats (recorded before, or twice in the batch) are passed over.
+        entries.retain(|e| seen.insert(e.entry_id));
+        if entries.is_empty() {
             return Ok(());
         }
-        let mut entry = AuditEntry {
-            seq: head_seq + 1,
-            entry_id,
-            kind: kind.to_owned(),
-            // Microseconds, as PostgreSQL keeps them, so the hash recomputes from the row.
-            recorded_at: DateTime::from_timestamp_micros(event.time.timestamp_micros())
-                .unwrap_or(event.time),
-            patient_id,
-            user_id,
-            action,
-            detail,
-            event_hash: Some(event_hash),
-            hash: Vec::new(),
-        };
-        entry.hash = entry.link(&self.chain, &head_hash);
+        for entry in &mut entries {
+            seq += 1;
+            entry.seq = seq;
+            entry.hash = entry.link(&self.chain, &hash);
+            hash.clone_from(&entry.hash);
+        }
         sqlx::query(
             "INSERT INTO projections.audit_log (seq, entry_id, kind, recorded_at, patient_id,
                                                 user_id, action, detail, event_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[],
+                                  $5::uuid[], $6::text[], $7::text[], $8::jsonb[], $9::bytea[],
+                                  $10::bytea[])",
         )
-        .bind(entry.seq)
-        .bind(entry.entry_id)
-        .bind(&entry.kind)
-        .bind(entry.recorded_at)
-        .bind(entry.patient_id)
-        .bind(&entry.user_id)
-        .bind(&entry.action)
-        .bind(&entry.detail)
-        .bind(&entry.event_hash)
-        .bind(&entry.hash)
+        .bind(entries.iter().map(|e| e.seq).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.entry_id).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.recorded_at).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.patient_id).collect::<Vec<_>>())
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.user_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.action.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(entries.iter().map(|e| &e.detail).collect::<Vec<_>>())
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.event_hash.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.hash.as_slice())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE projections.audit_chain_head SET seq = $1, hash = $2")
-            .bind(entry.seq)
-            .bind(&entry.hash)
+            .bind(seq)
+            .bind(&hash)
             .execute(&mut *tx)
             .await?;
         Ok(())

@@ -33,178 +33,186 @@ impl ReadModel for PatientSearch {
         event: &PublishedEvent,
     ) -> Result<(), ProjectionError> {
         let version = event.sequence as i64;
-        match v1::PatientEvent::from_published(event)? {
-            v1::PatientEvent::Registered(e) => {
-                sqlx::query(
-                    "INSERT INTO projections.patient_search
-                        (patient_id, mrn, given, family, given_search, family_search, birth_date,
-                         gender, status, version, updated_at, identifiers)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $10, $11)
-                     ON CONFLICT (patient_id) DO NOTHING",
-                )
-                .bind(e.patient_id)
-                .bind(&e.mrn)
-                .bind(&e.name.given)
-                .bind(&e.name.family)
-                .bind(e.name.given.iter().map(|g| fold(g)).collect::<Vec<_>>())
-                .bind(fold(&e.name.family))
-                .bind(e.birth_date)
-                .bind(gender_code(e.gender))
-                .bind(version)
-                .bind(e.registered_at)
-                .bind(
-                    e.identifiers
-                        .iter()
-                        .map(|i| identifier_key(&i.system, &i.value))
-                        .collect::<Vec<_>>(),
-                )
-                .execute(&mut *tx)
-                .await?;
-                set_contact(tx, e.patient_id, &e.contact).await?;
+        apply_event(tx, v1::PatientEvent::from_published(event)?, version).await
+    }
+
+    /// Runs of registrations are inserted in one statement whatever their length; other
+    /// events one by one, in order.
+    async fn apply_many(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&PublishedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut registered = Vec::new();
+        for event in events {
+            let version = event.sequence as i64;
+            match v1::PatientEvent::from_published(event)? {
+                v1::PatientEvent::Registered(e) => registered.push((e, version)),
+                other => {
+                    register_all(tx, &std::mem::take(&mut registered)).await?;
+                    apply_event(tx, other, version).await?;
+                }
             }
-            v1::PatientEvent::DemographicsCorrected(e) => {
-                sqlx::query(
-                    "UPDATE projections.patient_search
+        }
+        register_all(tx, &registered).await?;
+        Ok(())
+    }
+
+    async fn clear(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM projections.patient_search")
+            .execute(&mut *tx)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Applies one decoded patient event that brought the patient to `version`.
+async fn apply_event(
+    tx: &mut PgConnection,
+    event: v1::PatientEvent,
+    version: i64,
+) -> Result<(), ProjectionError> {
+    match event {
+        v1::PatientEvent::Registered(e) => register_all(tx, &[(e, version)]).await?,
+        v1::PatientEvent::DemographicsCorrected(e) => {
+            sqlx::query(
+                "UPDATE projections.patient_search
                         SET given = $2, family = $3, given_search = $4, family_search = $5,
                             birth_date = $6, gender = $7, version = $8, updated_at = $9
                       WHERE patient_id = $1",
-                )
-                .bind(e.patient_id)
-                .bind(&e.name.given)
-                .bind(&e.name.family)
-                .bind(e.name.given.iter().map(|g| fold(g)).collect::<Vec<_>>())
-                .bind(fold(&e.name.family))
-                .bind(e.birth_date)
-                .bind(gender_code(e.gender))
-                .bind(version)
-                .bind(e.corrected_at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            v1::PatientEvent::Archived(e) => {
-                set_status(tx, e.patient_id, "archived", version, e.archived_at).await?;
-            }
-            v1::PatientEvent::Restored(e) => {
-                set_status(tx, e.patient_id, "active", version, e.restored_at).await?;
-            }
-            v1::PatientEvent::ContactInformationChanged(e) => {
-                set_contact(tx, e.patient_id, &e.contact).await?;
-                touch(tx, e.patient_id, version, e.changed_at).await?;
-            }
-            v1::PatientEvent::IdentifierAdded(e) => {
-                sqlx::query(
-                    "UPDATE projections.patient_search SET identifiers = array_append(identifiers, $2)
+            )
+            .bind(e.patient_id)
+            .bind(&e.name.given)
+            .bind(&e.name.family)
+            .bind(e.name.given.iter().map(|g| fold(g)).collect::<Vec<_>>())
+            .bind(fold(&e.name.family))
+            .bind(e.birth_date)
+            .bind(gender_code(e.gender))
+            .bind(version)
+            .bind(e.corrected_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        v1::PatientEvent::Archived(e) => {
+            set_status(tx, e.patient_id, "archived", version, e.archived_at).await?;
+        }
+        v1::PatientEvent::Restored(e) => {
+            set_status(tx, e.patient_id, "active", version, e.restored_at).await?;
+        }
+        v1::PatientEvent::ContactInformationChanged(e) => {
+            set_contact(tx, e.patient_id, &e.contact).await?;
+            touch(tx, e.patient_id, version, e.changed_at).await?;
+        }
+        v1::PatientEvent::IdentifierAdded(e) => {
+            sqlx::query(
+                "UPDATE projections.patient_search SET identifiers = array_append(identifiers, $2)
                       WHERE patient_id = $1",
-                )
-                .bind(e.patient_id)
-                .bind(identifier_key(&e.identifier.system, &e.identifier.value))
-                .execute(&mut *tx)
-                .await?;
-                touch(tx, e.patient_id, version, e.added_at).await?;
-            }
-            v1::PatientEvent::IdentifierRemoved(e) => {
-                sqlx::query(
-                    "UPDATE projections.patient_search SET identifiers = array_remove(identifiers, $2)
+            )
+            .bind(e.patient_id)
+            .bind(identifier_key(&e.identifier.system, &e.identifier.value))
+            .execute(&mut *tx)
+            .await?;
+            touch(tx, e.patient_id, version, e.added_at).await?;
+        }
+        v1::PatientEvent::IdentifierRemoved(e) => {
+            sqlx::query(
+                "UPDATE projections.patient_search SET identifiers = array_remove(identifiers, $2)
                       WHERE patient_id = $1",
-                )
-                .bind(e.patient_id)
-                .bind(identifier_key(&e.identifier.system, &e.identifier.value))
-                .execute(&mut *tx)
-                .await?;
-                touch(tx, e.patient_id, version, e.removed_at).await?;
-            }
-            v1::PatientEvent::PreferencesUpdated(e) => {
-                touch(tx, e.patient_id, version, e.updated_at).await?
-            }
-            v1::PatientEvent::EmergencyContactAdded(e) => {
-                touch(tx, e.patient_id, version, e.added_at).await?
-            }
-            v1::PatientEvent::EmergencyContactChanged(e) => {
-                touch(tx, e.patient_id, version, e.changed_at).await?
-            }
-            v1::PatientEvent::EmergencyContactRemoved(e) => {
-                touch(tx, e.patient_id, version, e.removed_at).await?
-            }
-            v1::PatientEvent::CoverageAdded(e) => {
-                touch(tx, e.patient_id, version, e.added_at).await?
-            }
-            v1::PatientEvent::CoverageChanged(e) => {
-                touch(tx, e.patient_id, version, e.changed_at).await?
-            }
-            v1::PatientEvent::CoverageEnded(e) => {
-                touch(tx, e.patient_id, version, e.ended_at).await?
-            }
-            v1::PatientEvent::CareRelationshipStarted(e) => {
-                touch(tx, e.patient_id, version, e.started_at).await?
-            }
-            v1::PatientEvent::CareRelationshipEnded(e) => {
-                touch(tx, e.patient_id, version, e.ended_at).await?
-            }
-            v1::PatientEvent::ConsentGranted(e) => {
-                if e.directive == v1::ConsentDirective::ResearchOptOut {
-                    sqlx::query(
-                        "UPDATE projections.patient_search SET research_opt_out = $2
+            )
+            .bind(e.patient_id)
+            .bind(identifier_key(&e.identifier.system, &e.identifier.value))
+            .execute(&mut *tx)
+            .await?;
+            touch(tx, e.patient_id, version, e.removed_at).await?;
+        }
+        v1::PatientEvent::PreferencesUpdated(e) => {
+            touch(tx, e.patient_id, version, e.updated_at).await?
+        }
+        v1::PatientEvent::EmergencyContactAdded(e) => {
+            touch(tx, e.patient_id, version, e.added_at).await?
+        }
+        v1::PatientEvent::EmergencyContactChanged(e) => {
+            touch(tx, e.patient_id, version, e.changed_at).await?
+        }
+        v1::PatientEvent::EmergencyContactRemoved(e) => {
+            touch(tx, e.patient_id, version, e.removed_at).await?
+        }
+        v1::PatientEvent::CoverageAdded(e) => touch(tx, e.patient_id, version, e.added_at).await?,
+        v1::PatientEvent::CoverageChanged(e) => {
+            touch(tx, e.patient_id, version, e.changed_at).await?
+        }
+        v1::PatientEvent::CoverageEnded(e) => touch(tx, e.patient_id, version, e.ended_at).await?,
+        v1::PatientEvent::CareRelationshipStarted(e) => {
+            touch(tx, e.patient_id, version, e.started_at).await?
+        }
+        v1::PatientEvent::CareRelationshipEnded(e) => {
+            touch(tx, e.patient_id, version, e.ended_at).await?
+        }
+        v1::PatientEvent::ConsentGranted(e) => {
+            if e.directive == v1::ConsentDirective::ResearchOptOut {
+                sqlx::query(
+                    "UPDATE projections.patient_search SET research_opt_out = $2
                           WHERE patient_id = $1",
-                    )
-                    .bind(e.patient_id)
-                    .bind(e.consent_id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                touch(tx, e.patient_id, version, e.granted_at).await?
-            }
-            v1::PatientEvent::ConsentWithdrawn(e) => {
-                sqlx::query(
-                    "UPDATE projections.patient_search SET research_opt_out = NULL
-                      WHERE patient_id = $1 AND research_opt_out = $2",
                 )
                 .bind(e.patient_id)
                 .bind(e.consent_id)
                 .execute(&mut *tx)
                 .await?;
-                touch(tx, e.patient_id, version, e.withdrawn_at).await?
             }
-            v1::PatientEvent::LegalHoldPlaced(e) => {
-                touch(tx, e.patient_id, version, e.placed_at).await?
-            }
-            v1::PatientEvent::LegalHoldReleased(e) => {
-                touch(tx, e.patient_id, version, e.released_at).await?
-            }
-            // Erased: nothing of the patient stays searchable.
-            v1::PatientEvent::Forgotten(e) => {
-                sqlx::query("DELETE FROM projections.patient_search WHERE patient_id = $1")
-                    .bind(e.patient_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            v1::PatientEvent::Merged(e) => {
-                set_status(tx, e.patient_id, "merged", version, e.merged_at).await?;
-            }
-            v1::PatientEvent::Unmerged(e) => {
-                set_status(tx, e.patient_id, &e.status, version, e.unmerged_at).await?;
-            }
-            v1::PatientEvent::Absorbed(e) => {
-                let (phones, emails, postal_codes, identifiers) =
-                    contact_arrays(&e.gained_contact, &e.gained_identifiers);
-                sqlx::query(
-                    "UPDATE projections.patient_search
+            touch(tx, e.patient_id, version, e.granted_at).await?
+        }
+        v1::PatientEvent::ConsentWithdrawn(e) => {
+            sqlx::query(
+                "UPDATE projections.patient_search SET research_opt_out = NULL
+                      WHERE patient_id = $1 AND research_opt_out = $2",
+            )
+            .bind(e.patient_id)
+            .bind(e.consent_id)
+            .execute(&mut *tx)
+            .await?;
+            touch(tx, e.patient_id, version, e.withdrawn_at).await?
+        }
+        v1::PatientEvent::LegalHoldPlaced(e) => {
+            touch(tx, e.patient_id, version, e.placed_at).await?
+        }
+        v1::PatientEvent::LegalHoldReleased(e) => {
+            touch(tx, e.patient_id, version, e.released_at).await?
+        }
+        // Erased: nothing of the patient stays searchable.
+        v1::PatientEvent::Forgotten(e) => {
+            sqlx::query("DELETE FROM projections.patient_search WHERE patient_id = $1")
+                .bind(e.patient_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        v1::PatientEvent::Merged(e) => {
+            set_status(tx, e.patient_id, "merged", version, e.merged_at).await?;
+        }
+        v1::PatientEvent::Unmerged(e) => {
+            set_status(tx, e.patient_id, &e.status, version, e.unmerged_at).await?;
+        }
+        v1::PatientEvent::Absorbed(e) => {
+            let (phones, emails, postal_codes, identifiers) =
+                contact_arrays(&e.gained_contact, &e.gained_identifiers);
+            sqlx::query(
+                "UPDATE projections.patient_search
                         SET phones = phones || $2, emails = emails || $3,
                             postal_codes = postal_codes || $4, identifiers = identifiers || $5
                       WHERE patient_id = $1",
-                )
-                .bind(e.patient_id)
-                .bind(phones)
-                .bind(emails)
-                .bind(postal_codes)
-                .bind(identifiers)
-                .execute(&mut *tx)
-                .await?;
-                touch(tx, e.patient_id, version, e.absorbed_at).await?;
-            }
-            v1::PatientEvent::AbsorptionReverted(e) => {
-                let (phones, emails, postal_codes, identifiers) =
-                    contact_arrays(&e.removed_contact, &e.removed_identifiers);
-                sqlx::query(
+            )
+            .bind(e.patient_id)
+            .bind(phones)
+            .bind(emails)
+            .bind(postal_codes)
+            .bind(identifiers)
+            .execute(&mut *tx)
+            .await?;
+            touch(tx, e.patient_id, version, e.absorbed_at).await?;
+        }
+        v1::PatientEvent::AbsorptionReverted(e) => {
+            let (phones, emails, postal_codes, identifiers) =
+                contact_arrays(&e.removed_contact, &e.removed_identifiers);
+            sqlx::query(
                     "UPDATE projections.patient_search
                         SET phones = ARRAY(SELECT unnest(phones) EXCEPT SELECT unnest($2::text[])),
                             emails = ARRAY(SELECT unnest(emails) EXCEPT SELECT unnest($3::text[])),
@@ -219,18 +227,61 @@ impl ReadModel for PatientSearch {
                 .bind(identifiers)
                 .execute(&mut *tx)
                 .await?;
-                touch(tx, e.patient_id, version, e.reverted_at).await?;
-            }
+            touch(tx, e.patient_id, version, e.reverted_at).await?;
         }
-        Ok(())
     }
+    Ok(())
+}
 
-    async fn clear(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM projections.patient_search")
-            .execute(&mut *tx)
-            .await
-            .map(|_| ())
+/// Inserts the search rows of registrations (of different patients), with their contact
+/// points, in one statement.
+async fn register_all(
+    tx: &mut PgConnection,
+    registered: &[(v1::PatientRegistered, i64)],
+) -> Result<(), sqlx::Error> {
+    if registered.is_empty() {
+        return Ok(());
     }
+    let rows: Vec<serde_json::Value> = registered
+        .iter()
+        .map(|(e, version)| {
+            let (phones, emails, postal_codes, identifiers) =
+                contact_arrays(&e.contact, &e.identifiers);
+            serde_json::json!({
+                "patient_id": e.patient_id,
+                "mrn": e.mrn,
+                "given": e.name.given,
+                "family": e.name.family,
+                "given_search": e.name.given.iter().map(|g| fold(g)).collect::<Vec<_>>(),
+                "family_search": fold(&e.name.family),
+                "birth_date": e.birth_date,
+                "gender": gender_code(e.gender),
+                "version": version,
+                "updated_at": e.registered_at,
+                "identifiers": identifiers,
+                "phones": phones,
+                "emails": emails,
+                "postal_codes": postal_codes,
+            })
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO projections.patient_search
+            (patient_id, mrn, given, family, given_search, family_search, birth_date, gender,
+             status, version, updated_at, identifiers, phones, emails, postal_codes)
+         SELECT patient_id, mrn, given, family, given_search, family_search, birth_date, gender,
+                'active', version, updated_at, identifiers, phones, emails, postal_codes
+           FROM jsonb_to_recordset($1) AS r(
+                patient_id uuid, mrn text, given text[], family text, given_search text[],
+                family_search text, birth_date date, gender text, version bigint,
+                updated_at timestamptz, identifiers text[], phones text[], emails text[],
+                postal_codes text[])
+         ON CONFLICT (patient_id) DO NOTHING",
+    )
+    .bind(serde_json::Value::Array(rows))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// The searchable form of an identifier: `system|value`, the value in lowercase letters and

@@ -21,6 +21,7 @@
 //! does not verify is parked in `projections.parked_messages` with its reason, never applied
 //! and never retried; [`parked_counts`] counts them.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 
@@ -44,6 +45,22 @@ pub trait ReadModel: Send + Sync + 'static {
         tx: &mut PgConnection,
         event: &PublishedEvent,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+
+    /// Applies a batch of events, in order, inside the projector's transaction, each verified,
+    /// in its turn and opened already. A model able to write a batch in fewer statements than
+    /// one apply per event overrides this; the result must be the same.
+    fn apply_many(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&PublishedEvent],
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send {
+        async move {
+            for event in events {
+                self.apply(tx, event).await?;
+            }
+            Ok(())
+        }
+    }
 
     /// Whether sealed events are opened before [`ReadModel::apply`] (and events of forgotten
     /// patients, which no longer open, passed over). A model that only records that events
@@ -350,7 +367,9 @@ impl<M: ReadModel> Projector<M> {
 
     /// Applies a batch read from the event store's stream in one transaction: each event
     /// (`None` for one this model passes over) with its bookkeeping, and the stream checkpoint
-    /// once, at the last position. Returns `false`, changing nothing, when an event of the
+    /// once, at the last position. `keys` holds data keys the reader opened already; only
+    /// those of other patients are read from the key store. Returns `false`, changing
+    /// nothing, when an event of the
     /// batch is unusable: the caller then applies the batch event by event
     /// ([`Projector::apply_from_stream`]), which parks that one.
     ///
@@ -360,26 +379,38 @@ impl<M: ReadModel> Projector<M> {
     /// [`ProjectionError::is_unusable`] (nothing is changed; retry).
     pub async fn apply_batch_from_stream(
         &self,
-        batch: &[(Option<PublishedEvent>, StreamPosition)],
+        batch: &[(Option<&PublishedEvent>, StreamPosition)],
+        keys: &HashMap<String, DataKey>,
     ) -> Result<bool, ProjectionError> {
         let Some(&(_, last)) = batch.last() else {
             return Ok(true);
         };
-        let events: Vec<&PublishedEvent> = batch
-            .iter()
-            .filter_map(|(event, _)| event.as_ref())
-            .collect();
+        let events: Vec<&PublishedEvent> = batch.iter().filter_map(|(event, _)| *event).collect();
         let mut tx = self.pool.begin().await?;
-        let mut books = self.books(&mut tx, &events).await?;
+        let mut books = self.books(&mut tx, &events, keys).await?;
+        let mut ready = Vec::with_capacity(events.len());
+        let mut prepared = Ok(());
         for event in events {
-            match self.apply_with(&mut tx, event, &mut books).await {
-                Ok(_) => {}
-                Err(e) if e.is_unusable() => {
-                    tx.rollback().await?;
-                    return Ok(false);
+            match self.prepare(&mut tx, event, &mut books).await {
+                Ok(Some(event)) => ready.push(event),
+                Ok(None) => {}
+                Err(e) => {
+                    prepared = Err(e);
+                    break;
                 }
-                Err(e) => return Err(e),
             }
+        }
+        if prepared.is_ok() {
+            let events: Vec<&PublishedEvent> = ready.iter().map(|event| &**event).collect();
+            prepared = self.model.apply_many(&mut tx, &events).await;
+        }
+        match prepared {
+            Ok(()) => {}
+            Err(e) if e.is_unusable() => {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
         }
         books.save(&mut tx, self.model.name()).await?;
         save_stream_position(&mut tx, self.model.name(), last).await?;
@@ -393,6 +424,7 @@ impl<M: ReadModel> Projector<M> {
         &self,
         tx: &mut PgConnection,
         events: &[&PublishedEvent],
+        known: &HashMap<String, DataKey>,
     ) -> Result<Books, ProjectionError> {
         let mut books = Books::default();
         if self.model.ordered_per_aggregate() {
@@ -420,51 +452,62 @@ impl<M: ReadModel> Projector<M> {
             books.last = rows.into_iter().collect();
         }
         if self.model.opens_sealed_data() {
-            let mut owners: Vec<String> = events
+            let mut owners: Vec<String> = Vec::new();
+            for owner in events
                 .iter()
                 .filter(|e| e.sealed)
                 .map(|e| e.key_id().unwrap_or_else(|| e.subject.clone()))
-                .collect();
+            {
+                match known.get(&owner) {
+                    Some(key) => {
+                        books.keys.insert(owner, key.clone());
+                    }
+                    None => owners.push(owner),
+                }
+            }
             owners.sort_unstable();
             owners.dedup();
             if !owners.is_empty() {
-                books.keys = self.keys.data_keys(&mut *tx, &owners).await?;
+                books
+                    .keys
+                    .extend(self.keys.data_keys(&mut *tx, &owners).await?);
             }
         }
         Ok(books)
     }
 
-    /// [`Projector::apply_in`] with the batch's bookkeeping in `books` instead of the table.
-    async fn apply_with(
+    /// What of `event` is to be applied in a batch, with the batch's bookkeeping in `books`
+    /// instead of the table: `None` for a repeat, an early event or one of a forgotten patient.
+    async fn prepare<'e>(
         &self,
         tx: &mut PgConnection,
-        event: &PublishedEvent,
+        event: &'e PublishedEvent,
         books: &mut Books,
-    ) -> Result<Applied, ProjectionError> {
+    ) -> Result<Option<Cow<'e, PublishedEvent>>, ProjectionError> {
         self.verify(tx, event).await?;
         if !self.model.ordered_per_aggregate() {
-            self.model.apply(tx, event).await?;
-            return Ok(Applied::Applied);
+            return Ok(Some(Cow::Borrowed(event)));
         }
         let aggregate = aggregate_of(event);
         let last = books.last.get(&aggregate).copied().unwrap_or(0) as u64;
-        if let Some(passed_over) = out_of_turn(event.sequence, last) {
-            return Ok(passed_over);
+        if out_of_turn(event.sequence, last).is_some() {
+            return Ok(None);
         }
-        self.open_and_apply(tx, event, &books.keys).await?;
+        let ready = self.open(tx, event, &books.keys).await?;
         books.applied(aggregate, event.sequence as i64);
-        Ok(Applied::Applied)
+        Ok(ready)
     }
 
-    /// Applies `event`, opened first when sealed (with its key from `keys`, else the store).
-    async fn open_and_apply(
+    /// `event`, opened when sealed (with its key from `keys`, else the store); `None` when it
+    /// can never be read (its patient was forgotten: their `PatientForgotten` purges).
+    async fn open<'e>(
         &self,
         tx: &mut PgConnection,
-        event: &PublishedEvent,
+        event: &'e PublishedEvent,
         keys: &HashMap<String, DataKey>,
-    ) -> Result<(), ProjectionError> {
+    ) -> Result<Option<Cow<'e, PublishedEvent>>, ProjectionError> {
         if !(event.sealed && self.model.opens_sealed_data()) {
-            return self.model.apply(tx, event).await;
+            return Ok(Some(Cow::Borrowed(event)));
         }
         // The key that sealed it names its owner (the patient), whatever the aggregate.
         let owner = event.key_id().unwrap_or_else(|| event.subject.clone());
@@ -475,12 +518,8 @@ impl<M: ReadModel> Projector<M> {
         match state {
             // Bound to the identity recomputed from type, subject and sequence, not to the
             // `ce_id` header: a sealed value replayed elsewhere does not open.
-            KeyState::Active(key) => Ok(self
-                .model
-                .apply(tx, &event.clone().opened_with(&key)?)
-                .await?),
-            // Forgotten: the event can never be read; its `PatientForgotten` purges.
-            KeyState::Destroyed => Ok(()),
+            KeyState::Active(key) => Ok(Some(Cow::Owned(event.clone().opened_with(&key)?))),
+            KeyState::Destroyed => Ok(None),
             // Sealed without any key record: the key store was tampered with; park it.
             KeyState::Absent => Err(ProjectionError::Unopenable(
                 schemas::sealed::OpenError::WrongKey,
@@ -621,7 +660,9 @@ impl<M: ReadModel> Projector<M> {
         if let Some(passed_over) = out_of_turn(event.sequence, last) {
             return Ok(passed_over);
         }
-        self.open_and_apply(tx, event, &HashMap::new()).await?;
+        if let Some(ready) = self.open(tx, event, &HashMap::new()).await? {
+            self.model.apply(tx, &ready).await?;
+        }
         sqlx::query(
             "UPDATE projections.applied_sequences SET last_sequence = $3
               WHERE projector = $1 AND aggregate_id = $2",

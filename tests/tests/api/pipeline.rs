@@ -54,7 +54,7 @@ async fn concurrent_writers_and_a_transaction_held_open_lose_nothing_and_repeat_
     let aggregate_id = held_id.to_string();
     let event_store::keys::KeyState::Active(data_key) = secrets
         .keys
-        .data_key_for_writing(&mut held, &aggregate_id)
+        .data_key_for_writing(&mut held, &aggregate_id, true)
         .await
         .unwrap()
     else {

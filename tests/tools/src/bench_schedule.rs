@@ -16,6 +16,8 @@ use command_api::configuration::Settings;
 use command_api::http::system_clock;
 use command_api::startup::{Roles, Service};
 
+use crate::idp::Tokens;
+
 #[derive(Debug, Clone, Args)]
 pub struct BenchScheduleArgs {
     #[arg(long, default_value_t = 50)]
@@ -42,7 +44,8 @@ pub async fn run(settings: &Settings, args: BenchScheduleArgs) -> anyhow::Result
     settings.http.port = 0;
     settings.database.max_connections = settings.database.max_connections.max(32);
     let service = Service::start(&settings, Roles::ALL, system_clock()).await?;
-    let result = measure(&settings, &service, &args).await;
+    let tokens = Tokens::Development(Box::new(Authenticator::new(&settings.auth)));
+    let result = measure(&tokens, &service, &args).await;
     service.stop().await?;
     result.map(|_| ())
 }
@@ -59,15 +62,14 @@ pub struct ScheduleFigures {
 /// Sets up the resources, times availability and bookings, prints the figures and returns
 /// them.
 pub(crate) async fn measure(
-    settings: &Settings,
+    tokens: &Tokens,
     service: &Service,
     args: &BenchScheduleArgs,
 ) -> anyhow::Result<ScheduleFigures> {
     let base = format!("http://127.0.0.1:{}", service.port.context("no API")?);
-    let auth = Authenticator::new(&settings.auth);
-    let admin = auth.mint("bench-admin", &[Role::Admin], Utc::now())?;
-    let registrar = auth.mint("bench-registrar", &[Role::Registrar], Utc::now())?;
-    let scheduler = auth.mint("bench-scheduler", &[Role::Scheduler], Utc::now())?;
+    let admin = tokens.mint("bench-admin", &[Role::Admin])?;
+    let registrar = tokens.mint("bench-registrar", &[Role::Registrar])?;
+    let scheduler = tokens.mint("bench-scheduler", &[Role::Scheduler])?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;

@@ -19,6 +19,7 @@ pub mod bench_pipeline;
 pub mod bench_records;
 pub mod bench_schedule;
 pub mod cli;
+pub mod idp;
 pub mod match_eval;
 pub mod measure;
 pub mod pgbench;

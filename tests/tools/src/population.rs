@@ -9,7 +9,8 @@ pub fn registration(i: usize) -> serde_json::Value {
     body
 }
 
-/// Registers synthetic person `i` over HTTP; returns their id.
+/// Registers synthetic person `i` over HTTP, as a front desk does (with an `Idempotency-Key`,
+/// so a retry could not register them twice); returns their id.
 ///
 /// # Errors
 ///
@@ -23,6 +24,7 @@ pub async fn register(
     let response = client
         .post(format!("{base}/v1/patients"))
         .bearer_auth(token)
+        .header("idempotency-key", uuid::Uuid::new_v4().to_string())
         .json(&registration(i))
         .send()
         .await?;
