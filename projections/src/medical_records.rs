@@ -10,8 +10,10 @@ use event_store::documents::DocumentStore;
 use schemas::medical_record::v1;
 use schemas::patient::v1 as patient_v1;
 use schemas::{DecodeError, PublishedEvent};
+use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool, Row};
+use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::{ProjectionError, ReadModel};
@@ -189,132 +191,28 @@ impl ReadModel for MedicalRecords {
             }
             return Ok(());
         }
-        // Checks the data against the event type's schema.
         let decoded = v1::MedicalRecordEvent::from_published(event)?;
-        let (kind, change) = kind_and_change(&event.event_type)
-            .ok_or_else(|| DecodeError::UnknownType(event.event_type.clone()))?;
-        let data: Value = serde_json::from_slice(&event.data)
-            .map_err(|_| DecodeError::MalformedData(event.event_type.clone()))?;
-        let patient_id = decoded.patient_id();
-        let item_id = decoded.item_id();
-        if forgotten(tx, patient_id).await? {
-            return Ok(());
-        }
-        let previous: Option<(i32, Value)> = sqlx::query_as(
-            "SELECT version, state FROM projections.medical_record_versions
-              WHERE item_id = $1 ORDER BY version DESC LIMIT 1",
-        )
-        .bind(item_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let version = previous.as_ref().map_or(1, |(v, _)| v + 1);
-        let reason = data.get("reason").and_then(Value::as_str);
-        let (state, at) = match change {
-            Change::Recorded | Change::Revised => {
-                let mut state = data["item"].clone();
-                let mut acknowledged: Vec<Value> = previous
-                    .as_ref()
-                    .and_then(|(_, s)| s.get("acknowledged_warnings"))
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                if let Some(new) = data.get("acknowledged_warnings").and_then(Value::as_array) {
-                    acknowledged.extend(new.iter().cloned());
-                }
-                if !acknowledged.is_empty() {
-                    state["acknowledged_warnings"] = Value::Array(acknowledged);
-                }
-                let at = if change == Change::Recorded {
-                    &data["recorded_at"]
-                } else {
-                    &data["revised_at"]
-                };
-                (state, at.clone())
+        self.apply_items(tx, &[(event, decoded)]).await
+    }
+
+    /// Runs of item changes are written in a few statements whatever their length (the
+    /// patients locked, the forgotten and the items' latest versions read, versions inserted
+    /// and items upserted once each); an erasure between them is applied on its own, in order.
+    async fn apply_many(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&PublishedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut run = Vec::new();
+        for &event in events {
+            if v1::EVENT_TYPES.contains(&event.event_type.as_str()) {
+                run.push((event, v1::MedicalRecordEvent::from_published(event)?));
+            } else {
+                self.apply_items(tx, &std::mem::take(&mut run)).await?;
+                self.apply(tx, event).await?;
             }
-            Change::EnteredInError => {
-                let mut state = previous.map(|(_, s)| s).unwrap_or_else(|| json!({}));
-                state["entered_in_error"] =
-                    json!({ "reason": reason, "at": data["entered_at"].clone() });
-                (state, data["entered_at"].clone())
-            }
-        };
-        let at: DateTime<Utc> = serde_json::from_value(at)
-            .map_err(|_| DecodeError::MalformedData(event.event_type.clone()))?;
-        sqlx::query(
-            "INSERT INTO projections.medical_record_versions
-                (item_id, version, patient_id, kind, event_type, state, reason, changed_by, changed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (item_id, version) DO NOTHING",
-        )
-        .bind(item_id)
-        .bind(version)
-        .bind(patient_id)
-        .bind(kind)
-        .bind(&event.event_type)
-        .bind(&state)
-        .bind(reason)
-        .bind(event.user_id.as_deref())
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-        if change == Change::EnteredInError {
-            sqlx::query(
-                "UPDATE projections.medical_record_items
-                    SET entered_in_error = true, active = false, version = $2, updated_at = $3
-                  WHERE item_id = $1",
-            )
-            .bind(item_id)
-            .bind(version)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            return Ok(());
         }
-        let document_text = match state
-            .pointer("/content/text_sha256")
-            .and_then(Value::as_str)
-        {
-            Some(sha) if kind == "document" => self
-                .documents
-                .get(&patient_id.to_string(), sha)
-                .await
-                .map_err(|e| match e {
-                    event_store::documents::DocumentError::Altered(_) => {
-                        ProjectionError::Unopenable(schemas::sealed::OpenError::Tampered)
-                    }
-                    other => ProjectionError::Documents(other.to_string()),
-                })?
-                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
-            _ => None,
-        };
-        let facts = facts(kind, &state, document_text.as_deref());
-        sqlx::query(
-            "INSERT INTO projections.medical_record_items
-                (item_id, patient_id, kind, version, status, active, code_system, code,
-                 concept_text, title, body, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-             ON CONFLICT (item_id) DO UPDATE
-                SET version = EXCLUDED.version, status = EXCLUDED.status,
-                    active = EXCLUDED.active, code_system = EXCLUDED.code_system,
-                    code = EXCLUDED.code, concept_text = EXCLUDED.concept_text,
-                    title = EXCLUDED.title, body = EXCLUDED.body,
-                    updated_at = EXCLUDED.updated_at",
-        )
-        .bind(item_id)
-        .bind(patient_id)
-        .bind(kind)
-        .bind(version)
-        .bind(&facts.status)
-        .bind(facts.active)
-        .bind(&facts.system)
-        .bind(&facts.code)
-        .bind(&facts.concept_text)
-        .bind(&facts.title)
-        .bind(&facts.body)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
+        self.apply_items(tx, &run).await
     }
 
     async fn clear(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
@@ -326,6 +224,332 @@ impl ReadModel for MedicalRecords {
         .await?;
         Ok(())
     }
+}
+
+/// A version row to insert.
+#[derive(Serialize)]
+struct VersionRow<'a> {
+    item_id: Uuid,
+    version: i32,
+    patient_id: Uuid,
+    kind: &'static str,
+    event_type: &'a str,
+    state: Value,
+    reason: Option<String>,
+    changed_by: Option<&'a str>,
+    changed_at: DateTime<Utc>,
+}
+
+/// An item row as it stands after a run of changes.
+#[derive(Serialize)]
+struct ItemRow {
+    item_id: Uuid,
+    patient_id: Uuid,
+    kind: &'static str,
+    version: i32,
+    status: String,
+    active: bool,
+    entered_in_error: bool,
+    code_system: Option<String>,
+    code: Option<String>,
+    concept_text: String,
+    title: String,
+    body: String,
+    updated_at: DateTime<Utc>,
+}
+
+/// An item entered in error by a run that did not otherwise change it.
+#[derive(Serialize)]
+struct EnteredInError {
+    item_id: Uuid,
+    version: i32,
+    updated_at: DateTime<Utc>,
+}
+
+impl MedicalRecords {
+    /// Applies a run of item changes, in order (see [`ReadModel::apply_many`]).
+    async fn apply_items(
+        &self,
+        tx: &mut PgConnection,
+        run: &[(&PublishedEvent, v1::MedicalRecordEvent)],
+    ) -> Result<(), ProjectionError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let mut patients: Vec<Uuid> = run.iter().map(|(_, d)| d.patient_id()).collect();
+        patients.sort_unstable();
+        patients.dedup();
+        let forgotten = lock_and_find_forgotten(tx, &patients).await?;
+        let items: Vec<Uuid> = run.iter().map(|(_, d)| d.item_id()).collect();
+        let latest: Vec<(Uuid, i32, Value)> = sqlx::query_as(
+            "SELECT DISTINCT ON (item_id) item_id, version, state
+               FROM projections.medical_record_versions
+              WHERE item_id = ANY($1) ORDER BY item_id, version DESC",
+        )
+        .bind(&items)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut previous: HashMap<Uuid, (i32, Value)> = latest
+            .into_iter()
+            .map(|(item, version, state)| (item, (version, state)))
+            .collect();
+        let mut versions = Vec::with_capacity(run.len());
+        let mut upserts: Vec<ItemRow> = Vec::new();
+        let mut upserted: HashMap<Uuid, usize> = HashMap::new();
+        let mut entered: HashMap<Uuid, EnteredInError> = HashMap::new();
+        for (event, decoded) in run {
+            let (patient_id, item_id) = (decoded.patient_id(), decoded.item_id());
+            if forgotten.contains(&patient_id) {
+                continue;
+            }
+            let (kind, change) = kind_and_change(&event.event_type)
+                .ok_or_else(|| DecodeError::UnknownType(event.event_type.clone()))?;
+            let data: Value = serde_json::from_slice(&event.data)
+                .map_err(|_| DecodeError::MalformedData(event.event_type.clone()))?;
+            let before = previous.get(&item_id);
+            let version = before.map_or(1, |(v, _)| v + 1);
+            let reason = data
+                .get("reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let (state, at) = next_state(change, before.map(|(_, s)| s), &data, reason.as_deref());
+            let at: DateTime<Utc> = serde_json::from_value(at)
+                .map_err(|_| DecodeError::MalformedData(event.event_type.clone()))?;
+            versions.push(VersionRow {
+                item_id,
+                version,
+                patient_id,
+                kind,
+                event_type: &event.event_type,
+                state: state.clone(),
+                reason,
+                changed_by: event.user_id.as_deref(),
+                changed_at: at,
+            });
+            if change == Change::EnteredInError {
+                match upserted.get(&item_id) {
+                    Some(&row) => {
+                        let row = &mut upserts[row];
+                        (row.entered_in_error, row.active) = (true, false);
+                        (row.version, row.updated_at) = (version, at);
+                    }
+                    None => {
+                        entered.insert(
+                            item_id,
+                            EnteredInError {
+                                item_id,
+                                version,
+                                updated_at: at,
+                            },
+                        );
+                    }
+                }
+            } else {
+                let facts = facts(
+                    kind,
+                    &state,
+                    self.document_text(kind, patient_id, &state)
+                        .await?
+                        .as_deref(),
+                );
+                let row = ItemRow {
+                    item_id,
+                    patient_id,
+                    kind,
+                    version,
+                    status: facts.status,
+                    active: facts.active,
+                    // An item entered in error stays so whatever follows.
+                    entered_in_error: entered.remove(&item_id).is_some(),
+                    code_system: facts.system,
+                    code: facts.code,
+                    concept_text: facts.concept_text,
+                    title: facts.title,
+                    body: facts.body,
+                    updated_at: at,
+                };
+                match upserted.get(&item_id) {
+                    Some(&index) => {
+                        let entered_in_error =
+                            upserts[index].entered_in_error || row.entered_in_error;
+                        upserts[index] = ItemRow {
+                            entered_in_error,
+                            ..row
+                        };
+                    }
+                    None => {
+                        upserted.insert(item_id, upserts.len());
+                        upserts.push(row);
+                    }
+                }
+            }
+            previous.insert(item_id, (version, state));
+        }
+        write_rows(tx, &versions, &upserts, entered.values()).await?;
+        Ok(())
+    }
+
+    /// The extracted text of a document item, from document storage.
+    async fn document_text(
+        &self,
+        kind: &str,
+        patient_id: Uuid,
+        state: &Value,
+    ) -> Result<Option<String>, ProjectionError> {
+        let Some(sha) = state
+            .pointer("/content/text_sha256")
+            .and_then(Value::as_str)
+        else {
+            return Ok(None);
+        };
+        if kind != "document" {
+            return Ok(None);
+        }
+        Ok(self
+            .documents
+            .get(&patient_id.to_string(), sha)
+            .await
+            .map_err(|e| match e {
+                event_store::documents::DocumentError::Altered(_) => {
+                    ProjectionError::Unopenable(schemas::sealed::OpenError::Tampered)
+                }
+                other => ProjectionError::Documents(other.to_string()),
+            })?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+}
+
+/// The item as it stands after a change, and when the change was made (as sent).
+fn next_state(
+    change: Change,
+    previous: Option<&Value>,
+    data: &Value,
+    reason: Option<&str>,
+) -> (Value, Value) {
+    match change {
+        Change::Recorded | Change::Revised => {
+            let mut state = data["item"].clone();
+            let mut acknowledged: Vec<Value> = previous
+                .and_then(|s| s.get("acknowledged_warnings"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if let Some(new) = data.get("acknowledged_warnings").and_then(Value::as_array) {
+                acknowledged.extend(new.iter().cloned());
+            }
+            if !acknowledged.is_empty() {
+                state["acknowledged_warnings"] = Value::Array(acknowledged);
+            }
+            let at = if change == Change::Recorded {
+                &data["recorded_at"]
+            } else {
+                &data["revised_at"]
+            };
+            (state, at.clone())
+        }
+        Change::EnteredInError => {
+            let mut state = previous.cloned().unwrap_or_else(|| json!({}));
+            state["entered_in_error"] =
+                json!({ "reason": reason, "at": data["entered_at"].clone() });
+            (state, data["entered_at"].clone())
+        }
+    }
+}
+
+/// Writes a run's versions, its items as they stand, and the entries in error of items it did
+/// not otherwise change: one statement each.
+async fn write_rows(
+    tx: &mut PgConnection,
+    versions: &[VersionRow<'_>],
+    items: &[ItemRow],
+    entered: impl Iterator<Item = &EnteredInError>,
+) -> Result<(), sqlx::Error> {
+    let as_json = |rows: Vec<Value>| Value::Array(rows);
+    let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
+    if !versions.is_empty() {
+        let rows = versions
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()
+            .map_err(encode)?;
+        sqlx::query(
+            "INSERT INTO projections.medical_record_versions
+                (item_id, version, patient_id, kind, event_type, state, reason, changed_by,
+                 changed_at)
+             SELECT * FROM jsonb_to_recordset($1) AS r(
+                item_id uuid, version integer, patient_id uuid, kind text, event_type text,
+                state jsonb, reason text, changed_by text, changed_at timestamptz)
+             ON CONFLICT (item_id, version) DO NOTHING",
+        )
+        .bind(as_json(rows))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !items.is_empty() {
+        let rows = items
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()
+            .map_err(encode)?;
+        sqlx::query(
+            "INSERT INTO projections.medical_record_items AS i
+                (item_id, patient_id, kind, version, status, active, entered_in_error,
+                 code_system, code, concept_text, title, body, updated_at)
+             SELECT * FROM jsonb_to_recordset($1) AS r(
+                item_id uuid, patient_id uuid, kind text, version integer, status text,
+                active boolean, entered_in_error boolean, code_system text, code text,
+                concept_text text, title text, body text, updated_at timestamptz)
+             ON CONFLICT (item_id) DO UPDATE
+                SET version = EXCLUDED.version, status = EXCLUDED.status,
+                    active = EXCLUDED.active,
+                    entered_in_error = i.entered_in_error OR EXCLUDED.entered_in_error,
+                    code_system = EXCLUDED.code_system, code = EXCLUDED.code,
+                    concept_text = EXCLUDED.concept_text, title = EXCLUDED.title,
+                    body = EXCLUDED.body, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(as_json(rows))
+        .execute(&mut *tx)
+        .await?;
+    }
+    let entered: Vec<Value> = entered
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()
+        .map_err(encode)?;
+    if !entered.is_empty() {
+        sqlx::query(
+            "UPDATE projections.medical_record_items AS i
+                SET entered_in_error = true, active = false, version = r.version,
+                    updated_at = r.updated_at
+               FROM jsonb_to_recordset($1) AS r(item_id uuid, version integer, updated_at timestamptz)
+              WHERE i.item_id = r.item_id",
+        )
+        .bind(as_json(entered))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Takes the locks of `patients` (sorted) for this transaction, as [`forgotten`] does for one,
+/// and returns those of them who were forgotten.
+async fn lock_and_find_forgotten(
+    tx: &mut PgConnection,
+    patients: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('medical_records ' || p::text, 0))
+           FROM unnest($1::uuid[]) WITH ORDINALITY AS k(p, n) ORDER BY n",
+    )
+    .bind(patients)
+    .execute(&mut *tx)
+    .await?;
+    let found: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT patient_id FROM projections.medical_record_forgotten WHERE patient_id = ANY($1)",
+    )
+    .bind(patients)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(found.into_iter().collect())
 }
 
 /// Takes the patient's lock for this transaction (the purge takes it too, so a purge and an
