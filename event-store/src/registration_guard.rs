@@ -86,16 +86,28 @@ impl RegistrationGuard {
         .await
         .map_err(persistence_error)?;
         let id = self.patient_id.to_string();
-        let others: Vec<(String, serde_json::Value)> = sqlx::query_as(
-            "SELECT DISTINCT ON (patient_id) patient_id, sealed_record FROM registration_guard
-              WHERE key_hash = ANY($1) AND patient_id <> $2 AND registered_at > $3",
+        // Each key read through the primary key, and the rows' age and owner checked here:
+        // given to PostgreSQL as conditions, the planner came to scan the day's rows by time
+        // (or to intersect with that index) and compare every hash, in proportion to the
+        // registrations of the last day. The `LIMIT` keeps it from flattening the lookup.
+        let rows: Vec<(String, serde_json::Value, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "SELECT g.patient_id, g.sealed_record, g.registered_at
+               FROM unnest($1::bytea[]) AS h(key_hash)
+               CROSS JOIN LATERAL (
+                    SELECT patient_id, sealed_record, registered_at FROM registration_guard
+                     WHERE key_hash = h.key_hash LIMIT 1000) AS g",
         )
         .bind(&hashes)
-        .bind(&id)
-        .bind(self.at - GUARD_LIFETIME)
         .fetch_all(&mut *tx)
         .await
         .map_err(persistence_error)?;
+        let since = self.at - GUARD_LIFETIME;
+        let mut others: Vec<(String, serde_json::Value)> = Vec::new();
+        for (other, sealed_record, registered_at) in rows {
+            if other != id && registered_at > since && !others.iter().any(|(o, _)| *o == other) {
+                others.push((other, sealed_record));
+            }
+        }
         // Their data keys in one read; an erased patient's is gone, and so is its guard.
         let ids: Vec<String> = others.iter().map(|(id, _)| id.clone()).collect();
         let their_keys = self

@@ -355,14 +355,17 @@ pub async fn candidates(
     record: &MatchRecord,
 ) -> Result<Vec<(Uuid, MatchRecord, String)>, sqlx::Error> {
     let rows: Vec<(Uuid, serde_json::Value, String)> = sqlx::query_as(
-        // The keys drive, each candidate read by its primary key: asked as `IN (...)` the
-        // planner hashed the keys' few patients and scanned the whole model for them, which
-        // costs in proportion to the population on every registration.
+        // The keys drive, each candidate read by its primary key. Asked as a join (or as
+        // `IN (...)`), the planner may hash the keys' few patients and scan the whole model
+        // for them, which costs in proportion to the population on every registration; the
+        // `LIMIT 1` (one row per patient in any case) keeps it from flattening the lookup into
+        // such a join.
         "SELECT m.patient_id, m.record, m.status
            FROM (SELECT DISTINCT patient_id FROM projections.patient_match_keys
                   WHERE key = ANY($1) LIMIT 2000) AS k
            CROSS JOIN LATERAL (SELECT patient_id, record, status FROM projections.patient_match
-                                WHERE patient_id = k.patient_id AND status <> 'merged') AS m",
+                                WHERE patient_id = k.patient_id AND status <> 'merged'
+                                LIMIT 1) AS m",
     )
     .bind(record.blocking_keys())
     .fetch_all(pool)
