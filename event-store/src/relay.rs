@@ -8,6 +8,7 @@
 //! One relay is active per database: it holds a PostgreSQL advisory lock on the connection it
 //! reads with, so a standby takes over when the active relay's connection dies.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -67,6 +68,52 @@ pub enum RelayError {
     Mapping(#[from] wire::MappingError),
     #[error(transparent)]
     Keys(#[from] crate::keys::KeyError),
+}
+
+/// Batches sent and not yet acknowledged at once.
+const PIPELINE_DEPTH: usize = 3;
+
+/// How often, at most, the checkpoint is stored while batches keep coming (and always when
+/// the relay catches up or stops): a crash repeats at most this much, never loses any.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// A batch handed to the producer: each event's place in the stream with its delivery
+/// (`None` for a row that does not verify, passed over), and how far it goes.
+struct InFlight {
+    sent: Vec<(Cursor, Option<rdkafka::producer::DeliveryFuture>)>,
+    last: Cursor,
+    /// Why sending stopped before the end of what was read, if it did.
+    failure: Option<RelayError>,
+}
+
+impl InFlight {
+    /// Waits for the broker's answers; returns the place after the acknowledged (or passed
+    /// over) prefix of the batch, and the first failure.
+    async fn settle(self) -> (Option<Cursor>, Option<RelayError>) {
+        let results = join_all(self.sent.into_iter().map(|(at, delivery)| async move {
+            match delivery {
+                Some(delivery) => (at, Some(delivery.await)),
+                None => (at, None),
+            }
+        }))
+        .await;
+        let mut done = None;
+        let mut failure = self.failure;
+        for (at, result) in results {
+            match result {
+                None | Some(Ok(Ok(_))) => done = Some(at),
+                Some(Ok(Err((e, _)))) => {
+                    failure = Some(e.into());
+                    break;
+                }
+                Some(Err(_canceled)) => {
+                    failure = Some(KafkaError::Canceled.into());
+                    break;
+                }
+            }
+        }
+        (done, failure)
+    }
 }
 
 pub struct Relay {
@@ -190,58 +237,117 @@ impl Relay {
         let mut rung = crate::bell::subscribe();
         let mut backoff = Backoff::default();
         let mut held_back = stream::HELD_BACK_POLL;
+        // Where the broker acknowledged everything before (and the stored checkpoint, which
+        // may lag it by up to `CHECKPOINT_EVERY`), and where reading goes on.
+        let mut acknowledged = self.checkpoint(&mut conn).await?;
+        let mut saved = acknowledged;
+        let mut saved_at = tokio::time::Instant::now();
+        let mut read_at = acknowledged;
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         while !shutdown.is_cancelled() {
             if self.fatal_error().is_some() {
                 // Step down: the caller replaces the producer.
-                return Ok(());
+                break;
             }
             // Rung from here on means committed after this read began: read again.
             rung.mark_unchanged();
-            match self.publish_batch(&mut conn).await {
-                Ok(sent) if sent as i64 >= self.settings.batch_size => {
-                    backoff.reset();
-                    continue;
-                }
-                Ok(_) => {
-                    backoff.reset();
-                    let checkpoint = self.checkpoint(&mut conn).await?;
-                    // Held back by an older transaction: look again soon, then less often
-                    // the longer it stays open.
-                    let wait = if stream::is_held_back(&mut conn, checkpoint).await? {
-                        held_back = (held_back * 2).min(self.settings.idle_poll);
-                        held_back
-                    } else {
-                        held_back = stream::HELD_BACK_POLL;
-                        self.settings.idle_poll
-                    };
-                    tokio::select! {
-                        () = shutdown.cancelled() => {}
-                        _ = tokio::time::timeout(wait, listener.recv()) => {}
-                        _ = rung.changed() => {}
+            // Batches in flight side by side: the next is read and sent while the broker
+            // acknowledges the one before.
+            let mut failure = None;
+            while in_flight.len() < PIPELINE_DEPTH {
+                match self.send_batch(&mut conn, read_at).await {
+                    Ok(Some(batch)) => {
+                        read_at = batch.last;
+                        // Cut short: nothing after it is sent before it is sent again.
+                        let cut_short = batch.failure.is_some();
+                        in_flight.push_back(batch);
+                        if cut_short {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(RelayError::Database(e)) => return Err(RelayError::Database(e)),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
                     }
                 }
-                Err(RelayError::Database(e)) => return Err(RelayError::Database(e)),
-                Err(e) => {
-                    tracing::warn!(error.message = %e, "publishing failed; will resend from the checkpoint");
-                    backoff.wait(shutdown).await;
-                }
             }
+            if let Some(batch) = in_flight.pop_front() {
+                let (done, error) = batch.settle().await;
+                if let Some(done) = done {
+                    acknowledged = done;
+                }
+                failure = failure.or(error);
+            }
+            if failure.is_none()
+                && acknowledged != saved
+                && (in_flight.is_empty() || saved_at.elapsed() >= CHECKPOINT_EVERY)
+            {
+                self.save_checkpoint(&mut conn, acknowledged).await?;
+                (saved, saved_at) = (acknowledged, tokio::time::Instant::now());
+            }
+            if let Some(e) = failure {
+                // Everything after the acknowledged prefix is sent again: repeats, never gaps.
+                in_flight.clear();
+                self.save_checkpoint(&mut conn, acknowledged).await?;
+                (saved, saved_at, read_at) =
+                    (acknowledged, tokio::time::Instant::now(), acknowledged);
+                tracing::warn!(error.message = %e, "publishing failed; will resend from the checkpoint");
+                backoff.wait(shutdown).await;
+                continue;
+            }
+            backoff.reset();
+            if !in_flight.is_empty() {
+                continue;
+            }
+            // Caught up: wait for a commit.
+            let wait = if stream::is_held_back(&mut conn, read_at).await? {
+                // Held back by an older transaction: look again soon, then less often the
+                // longer it stays open.
+                held_back = (held_back * 2).min(self.settings.idle_poll);
+                held_back
+            } else {
+                held_back = stream::HELD_BACK_POLL;
+                self.settings.idle_poll
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                _ = tokio::time::timeout(wait, listener.recv()) => {}
+                _ = rung.changed() => {}
+            }
+        }
+        // Stopping: what was sent is waited for, so the checkpoint passes all that arrived.
+        while let Some(batch) = in_flight.pop_front() {
+            let (done, error) = batch.settle().await;
+            if let Some(done) = done {
+                acknowledged = done;
+            }
+            if error.is_some() {
+                break;
+            }
+        }
+        if acknowledged != saved {
+            self.save_checkpoint(&mut conn, acknowledged).await?;
         }
         Ok(())
     }
 
-    /// Publishes one batch after the checkpoint and advances the checkpoint past the events
-    /// the broker acknowledged, in order. Returns how many events were acknowledged.
+    /// Reads the batch after `after`, checks and opens it, and hands every event of it to the
+    /// producer; returns it in flight, or `None` when nothing is committed after `after`.
     ///
     /// # Errors
     ///
-    /// The first failure; the checkpoint then stands before the failed event.
-    pub async fn publish_batch(&self, conn: &mut PgConnection) -> Result<usize, RelayError> {
-        let checkpoint = self.checkpoint(conn).await?;
-        let events = stream::read_after(&mut *conn, checkpoint, self.settings.batch_size).await?;
-        if events.is_empty() {
-            return Ok(0);
-        }
+    /// A database, key or mapping failure, or the producer refusing the first event.
+    async fn send_batch(
+        &self,
+        conn: &mut PgConnection,
+        after: Cursor,
+    ) -> Result<Option<InFlight>, RelayError> {
+        let events = stream::read_after(&mut *conn, after, self.settings.batch_size).await?;
+        let Some(last) = events.last().map(StoredEvent::cursor) else {
+            return Ok(None);
+        };
         // A row the service did not write is never published (nor opened): the checkpoint
         // passes it, the operator is alerted, and `audit verify` names it.
         let mut rejected = vec![false; events.len()];
@@ -261,13 +367,14 @@ impl Relay {
             .map(|(event, _)| event.clone())
             .collect();
         let keys = stream::open(&self.keys, &mut *conn, &mut verified).await?;
-        // In stream order: `None` for a rejected event, else its delivery.
+        // In stream order: the event's place, and `None` for a rejected event, else its
+        // delivery.
         let mut sent = Vec::with_capacity(events.len());
         let mut failure: Option<RelayError> = None;
         let mut verified = verified.iter();
-        for is_rejected in &rejected {
+        for (stored, is_rejected) in events.iter().zip(&rejected) {
             if *is_rejected {
-                sent.push(None);
+                sent.push((stored.cursor(), None));
                 continue;
             }
             let Some(event) = verified.next() else {
@@ -294,50 +401,28 @@ impl Relay {
                 .payload(published.data.as_slice())
                 .headers(headers);
             match self.producer.send_result(record) {
-                Ok(delivery) => sent.push(Some(delivery)),
+                Ok(delivery) => sent.push((stored.cursor(), Some(delivery))),
                 Err((e, _)) => {
                     failure = Some(e.into());
                     break;
                 }
             }
         }
-        // The checkpoint may pass the acknowledged (or rejected) prefix of what was sent, even
-        // when sending stopped early (a queue-full or unmappable event): those are done.
-        let results = join_all(sent.into_iter().map(|delivery| async move {
-            match delivery {
-                Some(delivery) => Some(delivery.await),
-                None => None,
-            }
+        if sent.is_empty() {
+            return Err(failure.unwrap_or(RelayError::Broker(KafkaError::Canceled)));
+        }
+        // A batch cut short (a full queue, an unmappable event) is in flight up to there; the
+        // failure shows when it settles, and everything after is sent again.
+        let last = if failure.is_none() {
+            last
+        } else {
+            sent[sent.len() - 1].0
+        };
+        Ok(Some(InFlight {
+            sent,
+            last,
+            failure,
         }))
-        .await;
-        let mut done = 0;
-        let mut acknowledged = 0;
-        for result in results {
-            match result {
-                None => done += 1,
-                Some(Ok(Ok(_))) => {
-                    done += 1;
-                    acknowledged += 1;
-                }
-                Some(Ok(Err((e, _)))) => {
-                    failure.get_or_insert(e.into());
-                    break;
-                }
-                Some(Err(_canceled)) => {
-                    failure.get_or_insert(KafkaError::Canceled.into());
-                    break;
-                }
-            }
-        }
-        if done > 0 {
-            self.save_checkpoint(conn, events[done - 1].cursor())
-                .await?;
-        }
-        tracing::debug!(acknowledged, "published");
-        match failure {
-            None => Ok(acknowledged),
-            Some(e) => Err(e),
-        }
     }
 
     async fn checkpoint(&self, conn: &mut PgConnection) -> Result<Cursor, sqlx::Error> {

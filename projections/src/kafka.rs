@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -66,11 +67,26 @@ pub async fn run<M: ReadModel>(
                 continue;
             }
         };
-        if !handle(&projector, &message, &shutdown).await {
+        // With it, whatever else has arrived already (without waiting): one transaction for
+        // all of them.
+        let mut batch = vec![message];
+        while batch.len() < BATCH {
+            match consumer.recv().now_or_never() {
+                Some(Ok(message)) => batch.push(message),
+                Some(Err(e)) => {
+                    tracing::warn!(error.message = %e, "consumer error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !handle_batch(&projector, &batch, &shutdown).await {
             break;
         }
-        if let Err(e) = consumer.store_offset_from_message(&message) {
-            tracing::warn!(error.message = %e, "could not store offset; the event will be re-read");
+        for message in &batch {
+            if let Err(e) = consumer.store_offset_from_message(message) {
+                tracing::warn!(error.message = %e, "could not store offset; the event will be re-read");
+            }
         }
     }
     // Commit what was stored so a restart resumes exactly here.
@@ -81,6 +97,61 @@ pub async fn run<M: ReadModel>(
     Ok(())
 }
 
+/// The most records applied in one transaction.
+const BATCH: usize = 500;
+
+/// The headers of a record, as name and value.
+fn headers_of<'m>(message: &'m BorrowedMessage<'_>) -> Vec<(&'m str, &'m [u8])> {
+    message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .filter_map(|h| h.value.map(|v| (h.key, v)))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+}
+
+/// Applies records in one transaction ([`Projector::apply_batch`]), retrying database
+/// failures until they pass or `shutdown`; a batch holding a record that cannot be used is
+/// applied record by record instead ([`handle`]), which parks that one. Returns false when
+/// interrupted by shutdown before the batch was handled.
+async fn handle_batch<M: ReadModel>(
+    projector: &Projector<M>,
+    batch: &[BorrowedMessage<'_>],
+    shutdown: &CancellationToken,
+) -> bool {
+    let decoded: Result<Vec<PublishedEvent>, _> = batch
+        .iter()
+        .map(|m| PublishedEvent::from_headers(headers_of(m), m.payload().unwrap_or_default()))
+        .collect();
+    if let Ok(events) = decoded {
+        let events: Vec<&PublishedEvent> = events.iter().collect();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match projector.apply_batch(&events).await {
+                Ok(true) => return true,
+                Ok(false) => break,
+                Err(e) if e.is_unusable() => break,
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "read model store failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+    for message in batch {
+        if !handle(projector, message, shutdown).await {
+            return false;
+        }
+    }
+    true
+}
+
 /// Applies one record, retrying database failures until they pass or `shutdown`. Returns false
 /// when interrupted by shutdown before the record was handled.
 async fn handle<M: ReadModel>(
@@ -88,14 +159,7 @@ async fn handle<M: ReadModel>(
     message: &BorrowedMessage<'_>,
     shutdown: &CancellationToken,
 ) -> bool {
-    let headers = message
-        .headers()
-        .map(|h| {
-            h.iter()
-                .filter_map(|h| h.value.map(|v| (h.key, v)))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
+    let headers = headers_of(message);
     let mut delay = Duration::from_millis(100);
     loop {
         let result = match PublishedEvent::from_headers(

@@ -387,24 +387,7 @@ impl<M: ReadModel> Projector<M> {
         };
         let events: Vec<&PublishedEvent> = batch.iter().filter_map(|(event, _)| *event).collect();
         let mut tx = self.pool.begin().await?;
-        let mut books = self.books(&mut tx, &events, keys).await?;
-        let mut ready = Vec::with_capacity(events.len());
-        let mut prepared = Ok(());
-        for event in events {
-            match self.prepare(&mut tx, event, &mut books).await {
-                Ok(Some(event)) => ready.push(event),
-                Ok(None) => {}
-                Err(e) => {
-                    prepared = Err(e);
-                    break;
-                }
-            }
-        }
-        if prepared.is_ok() {
-            let events: Vec<&PublishedEvent> = ready.iter().map(|event| &**event).collect();
-            prepared = self.model.apply_many(&mut tx, &events).await;
-        }
-        match prepared {
+        match self.apply_all(&mut tx, &events, keys).await {
             Ok(()) => {}
             Err(e) if e.is_unusable() => {
                 tx.rollback().await?;
@@ -412,10 +395,53 @@ impl<M: ReadModel> Projector<M> {
             }
             Err(e) => return Err(e),
         }
-        books.save(&mut tx, self.model.name()).await?;
         save_stream_position(&mut tx, self.model.name(), last).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Applies a batch of events (records of a Kafka topic) in one transaction, each with its
+    /// bookkeeping, as [`Projector::apply`] applies one. Returns `false`, changing nothing,
+    /// when an event of the batch is unusable: the caller then applies the batch event by
+    /// event, which parks that one.
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Database`] and the other errors that are not
+    /// [`ProjectionError::is_unusable`] (nothing is changed; retry).
+    pub async fn apply_batch(&self, events: &[&PublishedEvent]) -> Result<bool, ProjectionError> {
+        let mut tx = self.pool.begin().await?;
+        match self.apply_all(&mut tx, events, &HashMap::new()).await {
+            Ok(()) => {}
+            Err(e) if e.is_unusable() => {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Applies `events` in `tx`: their bookkeeping read and locked once, each verified, put in
+    /// turn and opened, all handed to the model at once, the bookkeeping written once.
+    async fn apply_all(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&PublishedEvent],
+        keys: &HashMap<String, DataKey>,
+    ) -> Result<(), ProjectionError> {
+        let mut books = self.books(tx, events, keys).await?;
+        let mut ready = Vec::with_capacity(events.len());
+        for event in events {
+            if let Some(event) = self.prepare(tx, event, &mut books).await? {
+                ready.push(event);
+            }
+        }
+        let ready: Vec<&PublishedEvent> = ready.iter().map(|event| &**event).collect();
+        self.model.apply_many(tx, &ready).await?;
+        books.save(tx, self.model.name()).await?;
+        Ok(())
     }
 
     /// The bookkeeping of a batch, read (and locked) once: the last applied sequence of each

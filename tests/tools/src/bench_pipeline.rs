@@ -172,9 +172,6 @@ pub async fn run(settings: &Settings, args: BenchPipelineArgs) -> anyhow::Result
     }
     offline?;
 
-    if settings.kafka.client_config().is_none() {
-        eprintln!("relay: not measured, no Kafka brokers configured (set KAFKA_BROKERS)");
-    }
     println!("{summary}");
     Ok(())
 }
@@ -408,6 +405,13 @@ async fn offline_measures(
         summary.catchup_events_per_s
     );
 
+    match settings.kafka.client_config() {
+        Some(kafka) => {
+            summary.relay_events_per_s = relay_rate(settings, pool, &kafka).await?;
+        }
+        None => eprintln!("relay: not measured, no Kafka brokers configured (set KAFKA_BROKERS)"),
+    }
+
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
         .await?;
@@ -420,6 +424,74 @@ async fn offline_measures(
         summary.rebuild_events_per_s
     );
     Ok(())
+}
+
+/// A relay of its own (a new name, so a checkpoint at the start) publishing everything stored
+/// to topics of their own: events acknowledged by the broker per second.
+async fn relay_rate(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+    kafka: &rdkafka::ClientConfig,
+) -> anyhow::Result<f64> {
+    use event_store::relay::{Relay, RelaySettings};
+    let secrets = settings.secrets()?;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let relay_settings = RelaySettings {
+        name: format!("bench-{run}"),
+        topic_prefix: format!("bench-{run}."),
+        ..RelaySettings::default()
+    };
+    event_store::relay::ensure_topics(
+        kafka,
+        &relay_settings.topic_prefix,
+        settings.kafka.partitions,
+        settings.kafka.replication,
+    )
+    .await?;
+    let newest = event_store::stream::newest(pool)
+        .await?
+        .context("nothing stored to relay")?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await?;
+    let relay = Relay::new(
+        pool.clone(),
+        secrets.keys,
+        secrets.chain,
+        kafka,
+        relay_settings.clone(),
+    )?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let running = tokio::spawn(relay.run(stop.clone()));
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let at: Option<(String, i64)> = sqlx::query_as(
+            "SELECT transaction_id::text, position FROM relay_checkpoints WHERE relay = $1",
+        )
+        .bind(&relay_settings.name)
+        .fetch_optional(pool)
+        .await?;
+        let at = at
+            .map(|(x, p)| event_store::stream::Cursor::parse(&x, p))
+            .transpose()?;
+        if at.is_some_and(|at| at >= newest) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the relay did not catch up in time"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop.cancel();
+    running.await?;
+    let rate = stored as f64 / seconds;
+    println!(
+        "relay: {stored} events published and acknowledged in {seconds:.1} s ({rate:.0} events/s)"
+    );
+    Ok(rate)
 }
 
 #[cfg(test)]
