@@ -123,17 +123,6 @@ impl From<PatientError> for CommandError {
     }
 }
 
-/// The cqrs-es event store of aggregate `A` over the sealing repository, with no transaction
-/// effect. The patient store adds [`crate::store::Erasure`] to its own: patient events go
-/// through it, never through this.
-pub(crate) fn event_store<A: Aggregate>(
-    pool: &PgPool,
-    keys: &KeyStore,
-    chain: &ChainKey,
-) -> PersistedEventStore<SealedRepository, A> {
-    PersistedEventStore::new_event_store(repository(pool, keys, chain))
-}
-
 /// The sealing repository, with no transaction effect.
 pub(crate) fn repository(pool: &PgPool, keys: &KeyStore, chain: &ChainKey) -> SealedRepository {
     SealedRepository::new(pool.clone(), keys.clone(), chain.clone())
@@ -169,8 +158,9 @@ where
     let Some(_turn) = turn(format!("{}/{aggregate_id}", A::TYPE)).await else {
         return Err(CommandError::Busy);
     };
-    let store: PersistedEventStore<SealedRepository, A> =
-        PersistedEventStore::new_event_store(repository.reserving(metadata.reservation.clone()));
+    let store: PersistedEventStore<SealedRepository, A> = repository
+        .reserving(metadata.reservation.clone())
+        .into_store();
     let mut attempt = 0;
     loop {
         attempt += 1;

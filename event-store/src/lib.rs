@@ -14,6 +14,8 @@
 //! - [`chain`]: the hash chains that make tampering with stored events evident, and their
 //!   verification.
 //! - [`records`]: executes medical record commands (one record per patient).
+//! - [`snapshots`]: sealed snapshots of medical records, so a command's cost does not grow
+//!   with the length of the chart.
 //! - [`documents`]: document contents, sealed, in PostgreSQL or a directory.
 //! - [`schedule`]: resources, service types, appointments and the time they claim.
 //! - [`command`]: executes commands on any aggregate through cqrs-es with optimistic
@@ -39,6 +41,7 @@ pub mod registration_guard;
 pub mod relay;
 pub mod repository;
 pub mod schedule;
+pub mod snapshots;
 pub mod store;
 pub mod stream;
 pub mod wire;

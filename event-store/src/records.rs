@@ -8,9 +8,13 @@ use domain::patient::PatientId;
 use sqlx::PgPool;
 
 use crate::chain::ChainKey;
-use crate::command::{event_store, execute_on, CommandError, CommandMetadata, Fresh};
+use crate::command::{execute_on, CommandError, CommandMetadata, Fresh};
 use crate::keys::KeyStore;
 use crate::repository::SealedRepository;
+
+/// Every how many events a medical record's sealed snapshot is taken: a command reads at most
+/// this many events after the latest one, however long the chart.
+pub const SNAPSHOT_EVERY: usize = 50;
 
 /// The medical record event store.
 #[derive(Clone)]
@@ -31,8 +35,15 @@ impl MedicalRecordStore {
         Self { pool, keys, chain }
     }
 
+    /// The sealing repository of medical records, with a sealed snapshot every
+    /// [`SNAPSHOT_EVERY`] events.
+    fn repository(&self) -> SealedRepository {
+        crate::command::repository(&self.pool, &self.keys, &self.chain)
+            .with_snapshots(SNAPSHOT_EVERY)
+    }
+
     fn event_store(&self) -> PersistedEventStore<SealedRepository, MedicalRecord> {
-        event_store(&self.pool, &self.keys, &self.chain)
+        self.repository().into_store()
     }
 
     /// Executes `command` on the medical record of patient `id` (who must be registered: the
@@ -49,7 +60,7 @@ impl MedicalRecordStore {
         metadata: CommandMetadata,
     ) -> Result<(MedicalRecord, u64), CommandError<MedicalRecordError>> {
         execute_on(
-            crate::command::repository(&self.pool, &self.keys, &self.chain),
+            self.repository(),
             (&id.to_string(), Fresh::Unknown),
             None,
             |_, _| Ok(()),

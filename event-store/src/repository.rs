@@ -72,13 +72,18 @@ pub type SealingKeys = std::collections::HashMap<String, DataKey>;
 
 /// Sealing, chaining event repository.
 pub struct SealedRepository {
-    pool: PgPool,
-    keys: KeyStore,
+    pub(crate) pool: PgPool,
+    pub(crate) keys: KeyStore,
     chain: ChainKey,
     /// Work that commits in the transaction of the events.
     effects: Vec<Box<dyn TransactionEffect>>,
     /// The `Idempotency-Key` the events are stored under, reserved before them.
     reservation: Option<crate::idempotency::Reservation>,
+    /// Every how many events a sealed snapshot of the aggregate is stored, if at all.
+    snapshots: Option<usize>,
+    /// The snapshot last read: aggregate id, sequence and the hash of its event, the anchor
+    /// the events after it must chain from.
+    pub(crate) anchor: std::sync::Mutex<Option<(String, usize, Vec<u8>)>>,
 }
 
 impl std::fmt::Debug for SealedRepository {
@@ -95,6 +100,26 @@ impl SealedRepository {
             chain,
             effects: Vec::new(),
             reservation: None,
+            snapshots: None,
+            anchor: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Stores a sealed snapshot of the aggregate every `every` events, and loads from the
+    /// latest one: a load then reads (and verifies, opens and applies) at most `every` events
+    /// after it, however long the stream. The snapshot is sealed with the aggregate's data key
+    /// and bound to the hash of the event it stands after; erasure destroys the key.
+    #[must_use]
+    pub fn with_snapshots(mut self, every: usize) -> Self {
+        self.snapshots = Some(every.max(1));
+        self
+    }
+
+    /// The cqrs-es event store over this repository: snapshot-sourced when snapshots are on.
+    pub(crate) fn into_store<A: Aggregate>(self) -> cqrs_es::persist::PersistedEventStore<Self, A> {
+        match self.snapshots {
+            Some(every) => cqrs_es::persist::PersistedEventStore::new_snapshot_store(self, every),
+            None => cqrs_es::persist::PersistedEventStore::new_event_store(self),
         }
     }
 
@@ -195,8 +220,22 @@ pub fn check_stream<'a>(
     key: &ChainKey,
     rows: impl IntoIterator<Item = (EventFields<'a>, Option<&'a [u8]>)>,
 ) -> Result<(), Finding> {
-    let mut previous: &[u8] = &[];
-    for (expected, (fields, hash)) in (1_u64..).zip(rows) {
+    check_stream_after(key, (0, &[]), rows)
+}
+
+/// [`check_stream`] for the rows after sequence `after`, whose stored hash is `previous`
+/// (checked by the caller: a snapshot's anchor).
+///
+/// # Errors
+///
+/// The [`Finding`] naming the first row that fails.
+pub fn check_stream_after<'a>(
+    key: &ChainKey,
+    (after, previous): (u64, &'a [u8]),
+    rows: impl IntoIterator<Item = (EventFields<'a>, Option<&'a [u8]>)>,
+) -> Result<(), Finding> {
+    let mut previous: &[u8] = previous;
+    for (expected, (fields, hash)) in (after + 1..).zip(rows) {
         let finding = |tampering| Finding {
             aggregate_type: fields.aggregate_type.to_owned(),
             aggregate_id: fields.aggregate_id.to_owned(),
@@ -300,20 +339,50 @@ impl SealedRepository {
     async fn verified_events<A: Aggregate>(
         &self,
         aggregate_id: &str,
+        anchor: Option<(usize, &[u8])>,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        let rows: Vec<StoredRow> = sqlx::query_as(
+        let after = anchor.map_or(0, |(sequence, _)| sequence);
+        let mut rows: Vec<StoredRow> = sqlx::query_as(
             "SELECT sequence, event_type, event_version, payload, metadata, hash
                FROM events
-              WHERE aggregate_type = $1 AND aggregate_id = $2
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3
               ORDER BY sequence",
         )
         .bind(A::TYPE)
         .bind(aggregate_id)
+        .bind(after as i64)
         .fetch_all(&self.pool)
         .await
         .map_err(persistence_error)?;
-        let checked = check_stream(
+        let mut previous: &[u8] = &[];
+        let anchored;
+        if let Some((sequence, hash)) = anchor {
+            // The snapshot's own event must be the one it was taken after.
+            let first = rows.first().map(|r| (r.0, r.5.clone()));
+            if first != Some((sequence as i64, Some(hash.to_vec()))) {
+                tracing::error!(
+                    alert = "event-store-tampering",
+                    aggregate_type = A::TYPE,
+                    aggregate_id,
+                    sequence,
+                    "a snapshot's event is not the one it was taken after"
+                );
+                return Err(PersistenceError::UnknownError(Box::new(Unverified(
+                    Finding {
+                        aggregate_type: A::TYPE.to_owned(),
+                        aggregate_id: aggregate_id.to_owned(),
+                        sequence: sequence as u64,
+                        tampering: crate::chain::Tampering::AlteredOrInserted,
+                    },
+                ))));
+            }
+            rows.remove(0);
+            anchored = hash.to_vec();
+            previous = &anchored;
+        }
+        let checked = check_stream_after(
             &self.chain,
+            (after as u64, previous),
             rows.iter().map(
                 |(sequence, event_type, event_version, payload, metadata, hash)| {
                     (
@@ -367,7 +436,7 @@ impl PersistedEventRepository for SealedRepository {
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        let events = self.verified_events::<A>(aggregate_id).await?;
+        let events = self.verified_events::<A>(aggregate_id, None).await?;
         self.open_all::<A>(aggregate_id, events).await
     }
 
@@ -376,18 +445,33 @@ impl PersistedEventRepository for SealedRepository {
         aggregate_id: &str,
         last_sequence: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        // The chain is checked from the stream's first row, so the whole stream is read.
-        let mut events = self.verified_events::<A>(aggregate_id).await?;
+        // After a snapshot just read: the events after it, chained from its anchor. Otherwise
+        // the chain is checked from the stream's first row, so the whole stream is read.
+        let anchor = self
+            .anchor
+            .lock()
+            .ok()
+            .and_then(|mut a| a.take())
+            .filter(|(id, sequence, _)| id == aggregate_id && *sequence == last_sequence);
+        let mut events = match &anchor {
+            Some((_, sequence, hash)) if last_sequence > 0 => {
+                self.verified_events::<A>(aggregate_id, Some((*sequence, hash)))
+                    .await?
+            }
+            _ => self.verified_events::<A>(aggregate_id, None).await?,
+        };
         events.retain(|e| e.sequence > last_sequence);
         self.open_all::<A>(aggregate_id, events).await
     }
 
     async fn get_snapshot<A: Aggregate>(
         &self,
-        _aggregate_id: &str,
+        aggregate_id: &str,
     ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        // Snapshots would hold patient data in the clear; aggregates are rebuilt from events.
-        Ok(None)
+        if self.snapshots.is_none() {
+            return Ok(None);
+        }
+        crate::snapshots::read::<A>(self, aggregate_id).await
     }
 
     async fn persist<A: Aggregate>(
@@ -395,12 +479,18 @@ impl PersistedEventRepository for SealedRepository {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        if snapshot_update.is_some() {
-            return Err(PersistenceError::UnknownError(
-                "snapshots are not supported: they would hold patient data in the clear".into(),
-            ));
-        }
-        self.persist_together::<A>(&[events]).await
+        let snapshot = match (snapshot_update, self.snapshots) {
+            (Some((_, state, version)), Some(every)) => {
+                let last = events.last().map_or(0, |e| e.sequence);
+                Some(crate::snapshots::Taken {
+                    sequence: last / every * every,
+                    version,
+                    state,
+                })
+            }
+            _ => None,
+        };
+        self.persist_all::<A>(&[events], snapshot).await
     }
 
     async fn stream_events<A: Aggregate>(
@@ -435,6 +525,16 @@ impl SealedRepository {
         &self,
         streams: &[&[SerializedEvent]],
     ) -> Result<(), PersistenceError> {
+        self.persist_all::<A>(streams, None).await
+    }
+
+    /// [`Self::persist_together`], storing `snapshot` of the first stream's aggregate with
+    /// its events.
+    async fn persist_all<A: Aggregate>(
+        &self,
+        streams: &[&[SerializedEvent]],
+        snapshot: Option<crate::snapshots::Taken>,
+    ) -> Result<(), PersistenceError> {
         let Some(answered) = streams.iter().find(|s| !s.is_empty()) else {
             return Ok(());
         };
@@ -461,9 +561,29 @@ impl SealedRepository {
             id(a).cmp(&id(b))
         });
         let mut keys = SealingKeys::new();
+        let mut hashes: Vec<(String, usize, Vec<u8>)> = Vec::new();
         for events in ordered {
-            if let Some((owner, key)) = self.insert_events::<A>(&mut tx, events).await? {
+            let (sealing, inserted) = self.insert_events::<A>(&mut tx, events).await?;
+            if let Some((owner, key)) = sealing {
                 keys.insert(owner, key);
+            }
+            hashes.extend(inserted);
+        }
+        if let Some(snapshot) = snapshot {
+            let aggregate_id = answered[0].aggregate_id.as_str();
+            let anchor = hashes
+                .iter()
+                .find(|(id, sequence, _)| id == aggregate_id && *sequence == snapshot.sequence);
+            let owner = answered[0]
+                .metadata
+                .get(DATA_KEY_OWNER)
+                .and_then(Value::as_str)
+                .unwrap_or(aggregate_id);
+            // Only a snapshot of sealed state, after an event of this commit, is kept.
+            if let (Some((_, _, anchor)), Some(key)) = (anchor, keys.get(owner)) {
+                crate::snapshots::write::<A>(&mut tx, key, aggregate_id, anchor, snapshot)
+                    .await
+                    .map_err(persistence_error)?;
             }
         }
         for &events in streams {
@@ -477,15 +597,17 @@ impl SealedRepository {
     }
 
     /// Seals, chains and inserts the events of one aggregate in `tx`; returns the owner and
-    /// data key they were sealed with, if any was.
+    /// data key they were sealed with, if any was, and each event's hash.
+    #[allow(clippy::type_complexity)]
     async fn insert_events<A: Aggregate>(
         &self,
         tx: &mut sqlx::PgConnection,
         events: &[SerializedEvent],
-    ) -> Result<Option<(String, DataKey)>, PersistenceError> {
+    ) -> Result<(Option<(String, DataKey)>, Vec<(String, usize, Vec<u8>)>), PersistenceError> {
         let Some(first) = events.first() else {
-            return Ok(None);
+            return Ok((None, Vec::new()));
         };
+        let mut hashes = Vec::with_capacity(events.len());
         let aggregate_id = first.aggregate_id.as_str();
         let owner = first
             .metadata
@@ -579,9 +701,10 @@ impl SealedRepository {
                     .await
                     .map_err(persistence_error)?;
             }
+            hashes.push((aggregate_id.to_owned(), event.sequence, hash.clone()));
             previous = hash;
         }
-        Ok(key.map(|key| (owner.to_owned(), key)))
+        Ok((key.map(|key| (owner.to_owned(), key)), hashes))
     }
 }
 

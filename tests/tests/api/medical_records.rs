@@ -1548,3 +1548,99 @@ async fn every_read_model_rebuilt_in_one_pass_equals_the_one_projected_as_events
     }
     assert_eq!(read_model_digests(&pool).await, projected);
 }
+
+fn history(text: &str) -> Value {
+    json!({
+        "category": "family",
+        "description": { "text": text },
+        "relationship": "mother",
+        "occurred_on": "2001-06-01"
+    })
+}
+
+#[tokio::test]
+async fn a_long_chart_is_loaded_from_a_sealed_snapshot_that_goes_with_the_patients_erasure() {
+    // Arrange: a chart past its first snapshot.
+    let app = TestApp::without_kafka().await;
+    let id = patient_in_care(&app, 60).await;
+    let token = clinician(&app);
+    let every = event_store::records::SNAPSHOT_EVERY;
+    let mut first = String::new();
+    for n in 0..every + 3 {
+        let (status, created, _) = send(
+            &app,
+            reqwest::Method::POST,
+            &format!("/v1/patients/{id}/history"),
+            &token,
+            Some(&history(&format!("Walks daily {n}"))),
+            None,
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        if n == 0 {
+            first = created["item_id"].as_str().unwrap().to_owned();
+        }
+    }
+
+    // Assert: one snapshot, after the last multiple of its interval, sealed.
+    let (sequence, sealed): (i64, String) = sqlx::query_as(
+        "SELECT sequence, sealed::text FROM aggregate_snapshots
+          WHERE aggregate_type = 'MedicalRecord' AND aggregate_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(sequence, every as i64);
+    assert!(!sealed.contains("Walks daily"), "the snapshot is sealed");
+
+    // Act: change an item recorded before the snapshot, and one after it; read the chart.
+    let revised = with(
+        &history("Walks daily 0"),
+        "/relationship",
+        json!("father"),
+        "corrected",
+    );
+    let (status, body, _) = send(
+        &app,
+        reqwest::Method::PUT,
+        &format!("/v1/patients/{id}/history/{first}"),
+        &token,
+        Some(&revised),
+        Some(1),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 2);
+    let (status, stale, _) = send(
+        &app,
+        reqwest::Method::PUT,
+        &format!("/v1/patients/{id}/history/{first}"),
+        &token,
+        Some(&revised),
+        Some(1),
+    )
+    .await;
+    assert_eq!(
+        status, 412,
+        "the snapshot knows the item's version: {stale}"
+    );
+
+    // Erasure takes the snapshot with the key.
+    let forgotten = app
+        .post(
+            &format!("/v1/patients/{id}/forget"),
+            &app.token("admin-1", &["admin"]),
+            &json!({ "reason": "patient-request" }),
+            &[("if-match", "\"2\"")],
+        )
+        .await;
+    assert_eq!(forgotten.status(), 200, "{:?}", forgotten.text().await);
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM aggregate_snapshots WHERE aggregate_id = $1")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(left, 0);
+}
