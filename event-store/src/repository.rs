@@ -72,8 +72,8 @@ pub type SealingKeys = std::collections::HashMap<String, DataKey>;
 
 /// Sealing, chaining event repository.
 pub struct SealedRepository {
-    pub(crate) pool: PgPool,
-    pub(crate) keys: KeyStore,
+    pool: PgPool,
+    keys: KeyStore,
     chain: ChainKey,
     /// Work that commits in the transaction of the events.
     effects: Vec<Box<dyn TransactionEffect>>,
@@ -83,7 +83,7 @@ pub struct SealedRepository {
     snapshots: Option<usize>,
     /// The snapshot last read: aggregate id, sequence and the hash of its event, the anchor
     /// the events after it must chain from.
-    pub(crate) anchor: std::sync::Mutex<Option<(String, usize, Vec<u8>)>>,
+    anchor: std::sync::Mutex<Option<(String, usize, Vec<u8>)>>,
 }
 
 impl std::fmt::Debug for SealedRepository {
@@ -471,7 +471,17 @@ impl PersistedEventRepository for SealedRepository {
         if self.snapshots.is_none() {
             return Ok(None);
         }
-        crate::snapshots::read::<A>(self, aggregate_id).await
+        let Some((snapshot, anchor)) =
+            crate::snapshots::read::<A>(&self.pool, &self.keys, aggregate_id)
+                .await
+                .map_err(key_error)?
+        else {
+            return Ok(None);
+        };
+        if let Ok(mut kept) = self.anchor.lock() {
+            *kept = Some((aggregate_id.to_owned(), snapshot.current_sequence, anchor));
+        }
+        Ok(Some(snapshot))
     }
 
     async fn persist<A: Aggregate>(

@@ -1,4 +1,4 @@
-//! Sealed snapshots of long-lived aggregates ([`crate::repository::SealedRepository::with_snapshots`]):
+//! Sealed snapshots of long-lived aggregates (the repository's `with_snapshots`):
 //! a patient's medical record is loaded from its latest snapshot and the events after it, so a
 //! command's cost does not grow with the length of the chart.
 //!
@@ -9,13 +9,12 @@
 //! (and deletes the row), so a snapshot never outlives its events. One that does not open or
 //! no longer decodes is passed over: the aggregate is loaded from all its events.
 
-use cqrs_es::persist::{PersistenceError, SerializedSnapshot};
+use cqrs_es::persist::SerializedSnapshot;
 use cqrs_es::Aggregate;
 use schemas::sealed::{self, DataKey, Sealed};
 use serde_json::Value;
 
-use crate::keys::KeyState;
-use crate::repository::SealedRepository;
+use crate::keys::{KeyError, KeyState, KeyStore};
 
 /// A snapshot cqrs-es asks to store with a commit: the state after event `sequence`.
 #[derive(Debug)]
@@ -74,34 +73,28 @@ pub(crate) async fn write<A: Aggregate>(
     Ok(())
 }
 
-/// The latest snapshot of `aggregate_id`, opened, with its anchor kept in `repository` for
-/// the events read after it; `None` when there is none or it cannot be used.
+/// The latest snapshot of `aggregate_id`, opened, with its anchor (the hash of its event, which
+/// the events read after it must chain from); `None` when there is none or it cannot be used.
 pub(crate) async fn read<A: Aggregate>(
-    repository: &SealedRepository,
+    pool: &sqlx::PgPool,
+    keys: &KeyStore,
     aggregate_id: &str,
-) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+) -> Result<Option<(SerializedSnapshot, Vec<u8>)>, KeyError> {
     let row: Option<(i64, i32, Vec<u8>, Value)> = sqlx::query_as(
         "SELECT sequence, version, anchor_hash, sealed FROM aggregate_snapshots
           WHERE aggregate_type = $1 AND aggregate_id = $2",
     )
     .bind(A::TYPE)
     .bind(aggregate_id)
-    .fetch_optional(&repository.pool)
-    .await
-    .map_err(crate::repository::persistence_error)?;
+    .fetch_optional(pool)
+    .await?;
     let Some((sequence, version, anchor, sealed)) = row else {
         return Ok(None);
     };
     let sequence = usize::try_from(sequence).unwrap_or_default();
-    let key = match repository
-        .keys
-        .data_key(&repository.pool, aggregate_id)
-        .await
-    {
-        Ok(KeyState::Active(key)) => key,
+    let KeyState::Active(key) = keys.data_key(pool, aggregate_id).await? else {
         // Forgotten (or never sealed): nothing to open.
-        Ok(KeyState::Destroyed | KeyState::Absent) => return Ok(None),
-        Err(e) => return Err(PersistenceError::UnknownError(Box::new(e))),
+        return Ok(None);
     };
     let opened = serde_json::from_value::<Sealed>(sealed)
         .ok()
@@ -124,15 +117,13 @@ pub(crate) async fn read<A: Aggregate>(
         );
         return Ok(None);
     };
-    if let Ok(mut kept) = repository.anchor.lock() {
-        *kept = Some((aggregate_id.to_owned(), sequence, anchor));
-    }
-    Ok(Some(SerializedSnapshot {
+    let snapshot = SerializedSnapshot {
         aggregate_id: aggregate_id.to_owned(),
         aggregate: state,
         current_sequence: sequence,
         current_snapshot: usize::try_from(version).unwrap_or_default(),
-    }))
+    };
+    Ok(Some((snapshot, anchor)))
 }
 
 /// Deletes the snapshots of the aggregates sealed with `patient_id`'s key, inside `tx` (the
