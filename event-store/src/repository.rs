@@ -579,23 +579,22 @@ impl SealedRepository {
             }
             hashes.extend(inserted);
         }
-        if let Some(snapshot) = snapshot {
-            let aggregate_id = answered[0].aggregate_id.as_str();
-            let anchor = hashes
+        // Only a snapshot of sealed state, after an event of this commit, is kept: the
+        // aggregate id, the owner of the key, the key and the event's hash.
+        let snapshot = snapshot.and_then(|snapshot| {
+            let aggregate_id = answered[0].aggregate_id.clone();
+            let (_, _, anchor) = hashes
                 .iter()
-                .find(|(id, sequence, _)| id == aggregate_id && *sequence == snapshot.sequence);
+                .find(|(id, sequence, _)| *id == aggregate_id && *sequence == snapshot.sequence)?;
             let owner = answered[0]
                 .metadata
                 .get(DATA_KEY_OWNER)
                 .and_then(Value::as_str)
-                .unwrap_or(aggregate_id);
-            // Only a snapshot of sealed state, after an event of this commit, is kept.
-            if let (Some((_, _, anchor)), Some(key)) = (anchor, keys.get(owner)) {
-                crate::snapshots::write::<A>(&mut tx, key, aggregate_id, anchor, snapshot)
-                    .await
-                    .map_err(persistence_error)?;
-            }
-        }
+                .unwrap_or(&aggregate_id)
+                .to_owned();
+            let key = keys.get(&owner)?.clone();
+            Some((aggregate_id, owner, key, anchor.clone(), snapshot))
+        });
         for &events in streams {
             for effect in &self.effects {
                 effect.apply(&mut tx, events, &keys).await?;
@@ -603,6 +602,24 @@ impl SealedRepository {
         }
         tx.commit().await.map_err(persistence_error)?;
         crate::bell::ring();
+        if let Some((aggregate_id, owner, key, anchor, snapshot)) = snapshot {
+            // Sealed and stored beside the command, not in its way: the next load uses it
+            // once it is there, and one lost with a crash is taken again later.
+            let pool = self.pool.clone();
+            tokio::spawn(async move {
+                let written = crate::snapshots::write::<A>(
+                    &pool,
+                    (&key, &owner),
+                    &aggregate_id,
+                    &anchor,
+                    snapshot,
+                )
+                .await;
+                if let Err(e) = written {
+                    tracing::warn!(aggregate_id, error.message = %e, "a snapshot could not be stored");
+                }
+            });
+        }
         Ok(())
     }
 

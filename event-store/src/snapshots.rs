@@ -38,11 +38,13 @@ fn associated_data(
     .into_bytes()
 }
 
-/// Stores `taken` as the snapshot of `aggregate_id`, sealed with `key`, in `tx`, unless a
-/// later one is stored already.
+/// Stores `taken` as the snapshot of `aggregate_id`, sealed with `key` (the data key of
+/// `owner`), unless a later one is stored already, or the key was destroyed: the statement
+/// locks the key's row, so an erasure either waits for it (and then deletes the snapshot) or
+/// has destroyed the key first (and nothing is stored).
 pub(crate) async fn write<A: Aggregate>(
-    tx: &mut sqlx::PgConnection,
-    key: &DataKey,
+    pool: &sqlx::PgPool,
+    (key, owner): (&DataKey, &str),
     aggregate_id: &str,
     anchor: &[u8],
     taken: Taken,
@@ -54,9 +56,11 @@ pub(crate) async fn write<A: Aggregate>(
         &plain,
     );
     sqlx::query(
-        "INSERT INTO aggregate_snapshots
+        "WITH live AS (SELECT 1 FROM patient_data_keys
+                        WHERE patient_id = $7 AND wrapped_key IS NOT NULL FOR SHARE)
+         INSERT INTO aggregate_snapshots
             (aggregate_type, aggregate_id, sequence, version, anchor_hash, sealed)
-         VALUES ($1, $2, $3, $4, $5, $6)
+         SELECT $1, $2, $3, $4, $5, $6 FROM live
          ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
             SET sequence = EXCLUDED.sequence, version = EXCLUDED.version,
                 anchor_hash = EXCLUDED.anchor_hash, sealed = EXCLUDED.sealed, taken_at = now()
@@ -68,7 +72,8 @@ pub(crate) async fn write<A: Aggregate>(
     .bind(i32::try_from(taken.version).unwrap_or(i32::MAX))
     .bind(anchor)
     .bind(serde_json::to_value(&sealed).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
-    .execute(&mut *tx)
+    .bind(owner)
+    .execute(pool)
     .await?;
     Ok(())
 }

@@ -1582,15 +1582,23 @@ async fn a_long_chart_is_loaded_from_a_sealed_snapshot_that_goes_with_the_patien
         }
     }
 
-    // Assert: one snapshot, after the last multiple of its interval, sealed.
-    let (sequence, sealed): (i64, String) = sqlx::query_as(
-        "SELECT sequence, sealed::text FROM aggregate_snapshots
-          WHERE aggregate_type = 'MedicalRecord' AND aggregate_id = $1",
-    )
-    .bind(&id)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    // Assert: one snapshot (stored beside the command), after the last multiple of its
+    // interval, sealed.
+    let snapshot = || async {
+        sqlx::query_as::<_, (i64, String)>(
+            "SELECT sequence, sealed::text FROM aggregate_snapshots
+              WHERE aggregate_type = 'MedicalRecord' AND aggregate_id = $1",
+        )
+        .bind(&id)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap()
+    };
+    eventually("the snapshot stored", || async {
+        snapshot().await.is_some()
+    })
+    .await;
+    let (sequence, sealed) = snapshot().await.unwrap();
     assert_eq!(sequence, every as i64);
     assert!(!sealed.contains("Walks daily"), "the snapshot is sealed");
 
