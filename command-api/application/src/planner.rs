@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use domain::scheduling::assignment::{choose, Candidate, Strategy};
-use domain::scheduling::calendar::{free_slots, subtract, SlotQuery};
+use domain::scheduling::calendar::{free_slots, SlotQuery};
 use domain::scheduling::{Interval, Priority, WeeklyTemplate};
 use event_store::schedule::{self, Resource, Service};
 use serde::Serialize;
@@ -69,6 +69,63 @@ struct Pool {
     /// Per capability needed, the equipment that has it.
     equipment: Vec<Vec<Resource>>,
     busy: HashMap<String, Vec<Interval>>,
+    /// The calendars of the rooms and equipment, over the asked range.
+    calendars: HashMap<String, Calendar>,
+}
+
+/// A room's or equipment's working intervals and busy times over the asked range, sorted and
+/// (the busy times) merged, so the free gap around a slot is found by binary search: working
+/// hours are not worked out again, and the busy list not walked, for every slot asked about.
+struct Calendar {
+    /// `None`: no template, any time is working time.
+    working: Option<Vec<Interval>>,
+    busy: Vec<Interval>,
+}
+
+impl Calendar {
+    fn new(template: Option<&WeeklyTemplate>, busy: &[Interval], range: Interval) -> Self {
+        let mut sorted = busy.to_vec();
+        sorted.sort_by_key(|b| b.start);
+        let mut merged: Vec<Interval> = Vec::with_capacity(sorted.len());
+        for b in sorted {
+            match merged.last_mut() {
+                Some(last) if b.start <= last.end => last.end = last.end.max(b.end),
+                _ => merged.push(b),
+            }
+        }
+        Self {
+            working: template.map(|t| t.working(range)),
+            busy: merged,
+        }
+    }
+
+    /// The free gap (minutes) around `interval`, if it is free then: inside working hours
+    /// (within half a day either side without a template) and clear of what keeps it busy.
+    fn gap(&self, interval: Interval) -> Option<i64> {
+        let open = match &self.working {
+            Some(working) => {
+                let after = working.partition_point(|w| w.start <= interval.start);
+                *working[..after].last().filter(|w| w.contains(&interval))?
+            }
+            None => Interval::new(
+                interval.start - Duration::hours(12),
+                interval.end + Duration::hours(12),
+            ),
+        };
+        let next = self.busy.partition_point(|b| b.end <= interval.start);
+        if self.busy.get(next).is_some_and(|b| b.start < interval.end) {
+            return None;
+        }
+        let start = match next.checked_sub(1).map(|i| self.busy[i].end) {
+            Some(end) => end.max(open.start),
+            None => open.start,
+        };
+        let end = self
+            .busy
+            .get(next)
+            .map_or(open.end, |b| b.start.min(open.end));
+        Some((end - start).num_minutes())
+    }
 }
 
 async fn pool_for(db: &PgPool, ask: &Ask<'_>) -> Result<Pool, sqlx::Error> {
@@ -144,30 +201,24 @@ async fn pool_for(db: &PgPool, ask: &Ask<'_>) -> Result<Pool, sqlx::Error> {
                 .extend(patient_busy.iter().copied());
         }
     }
+    let calendars = rooms
+        .iter()
+        .chain(equipment.iter().flatten())
+        .map(|r| {
+            let blocked = busy.get(&r.id).map_or(&[][..], Vec::as_slice);
+            (
+                r.id.clone(),
+                Calendar::new(r.template.as_ref(), blocked, wide),
+            )
+        })
+        .collect();
     Ok(Pool {
         practitioners,
         rooms,
         equipment,
         busy,
+        calendars,
     })
-}
-
-/// The free gap (minutes) around `interval` on a resource, if it is free then: inside its
-/// working hours (any time without a template) and clear of what keeps it busy.
-fn gap(template: Option<&WeeklyTemplate>, busy: &[Interval], interval: Interval) -> Option<i64> {
-    let day = Interval::new(
-        interval.start - Duration::hours(12),
-        interval.end + Duration::hours(12),
-    );
-    let working = match template {
-        Some(t) => t.working(day),
-        None => vec![day],
-    };
-    let open = working.into_iter().find(|w| w.contains(&interval))?;
-    subtract(open, busy)
-        .into_iter()
-        .find(|g| g.contains(&interval))
-        .map(|g| g.duration().num_minutes())
 }
 
 /// The resource of `candidates` (rooms, or equipment with one capability) `strategy` picks
@@ -188,8 +239,8 @@ fn pick(
         .iter()
         .enumerate()
         .filter_map(|(i, r)| {
-            let busy = pool.busy.get(&r.id).map_or(&[][..], Vec::as_slice);
-            gap(r.template.as_ref(), busy, interval).map(|gap_minutes| Candidate {
+            let calendar = pool.calendars.get(&r.id)?;
+            calendar.gap(interval).map(|gap_minutes| Candidate {
                 // Rotated: the order ties are broken in.
                 resource: (i + candidates.len() - rotation) % candidates.len(),
                 start: 0,
@@ -337,4 +388,75 @@ pub async fn place(db: &PgPool, ask: &Ask<'_>) -> Result<Option<Placement>, sqlx
         }
     }
     Ok(choose(ask.strategy, &candidates).map(|c| placements[c.resource].clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use domain::scheduling::calendar::{subtract, weekdays};
+
+    fn at(day: u32, h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, day, h, m, 0).unwrap()
+    }
+
+    /// The gap as worked out before calendars: the day's working hours, minus every busy time.
+    fn walked(
+        template: Option<&WeeklyTemplate>,
+        busy: &[Interval],
+        interval: Interval,
+    ) -> Option<i64> {
+        let day = Interval::new(
+            interval.start - Duration::hours(12),
+            interval.end + Duration::hours(12),
+        );
+        let working = template.map_or_else(|| vec![day], |t| t.working(day));
+        let open = working.into_iter().find(|w| w.contains(&interval))?;
+        subtract(open, busy)
+            .into_iter()
+            .find(|g| g.contains(&interval))
+            .map(|g| g.duration().num_minutes())
+    }
+
+    #[test]
+    fn a_calendars_gap_is_the_gap_of_the_working_day_minus_every_busy_time() {
+        let template = WeeklyTemplate {
+            time_zone: chrono_tz::Europe::Zurich,
+            slot_minutes: 15,
+            hours: weekdays(
+                chrono::NaiveTime::from_hms_opt(8, 0, 0).unwrap(),
+                chrono::NaiveTime::from_hms_opt(17, 0, 0).unwrap(),
+            ),
+            breaks: weekdays(
+                chrono::NaiveTime::from_hms_opt(12, 0, 0).unwrap(),
+                chrono::NaiveTime::from_hms_opt(13, 0, 0).unwrap(),
+            ),
+            reserved: Vec::new(),
+        };
+        // Overlapping, touching and out-of-order busy times over a week.
+        let busy = vec![
+            Interval::new(at(24, 9, 0), at(24, 9, 30)),
+            Interval::new(at(24, 8, 15), at(24, 8, 45)),
+            Interval::new(at(24, 9, 30), at(24, 10, 0)),
+            Interval::new(at(24, 9, 15), at(24, 9, 45)),
+            Interval::new(at(25, 14, 0), at(25, 15, 0)),
+            Interval::new(at(26, 6, 0), at(26, 20, 0)),
+        ];
+        let range = Interval::new(at(22, 0, 0), at(29, 0, 0));
+        for template in [Some(&template), None] {
+            let calendar = Calendar::new(template, &busy, range);
+            for day in 23..28 {
+                for quarter in 0..96 {
+                    let start = at(day, 0, 0) + Duration::minutes(15 * quarter);
+                    let interval = Interval::new(start, start + Duration::minutes(30));
+                    assert_eq!(
+                        calendar.gap(interval),
+                        walked(template, &busy, interval),
+                        "{interval:?}, template {}",
+                        template.is_some()
+                    );
+                }
+            }
+        }
+    }
 }

@@ -222,6 +222,10 @@ impl WeeklyTemplate {
 
     /// Whether `slot` overlaps a window reserved for urgent requests.
     pub fn is_reserved(&self, slot: &Interval) -> bool {
+        // Asked for every candidate slot: without reserved windows, no time zone arithmetic.
+        if self.reserved.is_empty() {
+            return false;
+        }
         self.instances(&self.reserved, *slot)
             .iter()
             .any(|r| r.overlaps(slot))
