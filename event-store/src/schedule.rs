@@ -547,10 +547,18 @@ pub async fn claimed_by(
     within: &Interval,
     now: DateTime<Utc>,
 ) -> Result<Vec<(String, Interval, Uuid)>, sqlx::Error> {
+    // One index search per resource: the exclusion constraint's index (resource, during)
+    // cannot serve `resource = ANY($1)`, which scanned every claim overlapping the range
+    // (all resources', growing with the bookings). `OFFSET 0` keeps the planner from turning
+    // the lookups back into one join.
     let rows = sqlx::query(
-        "SELECT resource, lower(during) AS start, upper(during) AS end, appointment_id
-           FROM schedule_claims
-          WHERE resource = ANY($1) AND during && $2 AND (expires_at IS NULL OR expires_at > $3)",
+        "SELECT c.resource, lower(c.during) AS start, upper(c.during) AS end, c.appointment_id
+           FROM unnest($1::text[]) AS k(resource)
+           CROSS JOIN LATERAL (
+                SELECT resource, during, appointment_id FROM schedule_claims
+                 WHERE resource = k.resource AND during && $2
+                   AND (expires_at IS NULL OR expires_at > $3)
+                OFFSET 0) AS c",
     )
     .bind(keys)
     .bind(range(within))
