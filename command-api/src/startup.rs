@@ -487,7 +487,7 @@ const GATHER: Duration = Duration::from_millis(5);
 pub async fn run_stream_feed(read_models: ReadModels, shutdown: CancellationToken) {
     let mut feed = loop {
         match read_models.feed().await {
-            Ok(Some(feed)) => break feed,
+            Ok(Some(feed)) => break feed.isolating_failures(),
             Ok(None) => {
                 tracing::debug!("another process feeds the read models; standing by");
             }
@@ -535,6 +535,10 @@ pub async fn run_stream_feed(read_models: ReadModels, shutdown: CancellationToke
                     held_back_wait = stream::HELD_BACK_POLL;
                     Duration::from_millis(500)
                 };
+                // A model waiting out a failure is tried again when its wait ends.
+                let timeout = feed
+                    .next_retry()
+                    .map_or(timeout, |retry| timeout.min(retry));
                 let wait = async {
                     loop {
                         match listener.as_mut() {

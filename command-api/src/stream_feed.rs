@@ -186,8 +186,18 @@ pub struct Feed<'a> {
     models: Vec<Box<dyn Fed + 'a>>,
     /// Each model's checkpoint, as written in its last transaction.
     positions: Vec<StreamPosition>,
+    /// Per model, when it may be tried again after a failure, and how long it waits the next
+    /// time: a model that keeps failing (its store or document storage down) waits apart, so
+    /// the others go on.
+    retry: Vec<(Option<tokio::time::Instant>, std::time::Duration)>,
+    /// Whether a model's failure is waited out apart (`serve`) rather than returned (`rebuild`).
+    isolate_failures: bool,
     _locks: Vec<StreamLock>,
 }
+
+/// The first wait of a model after a failure; it doubles up to [`MAX_RETRY_WAIT`].
+const FIRST_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+const MAX_RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl std::fmt::Debug for Feed<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,14 +231,41 @@ impl<'a> Feed<'a> {
         for model in &models {
             positions.push(model.position().await?);
         }
+        let retry = vec![(None, FIRST_RETRY_WAIT); models.len()];
         Ok(Some(Self {
             pool,
             keys,
             chain,
             models,
             positions,
+            retry,
+            isolate_failures: false,
             _locks: locks,
         }))
+    }
+
+    /// A feed on which a model's failure is logged and waited out apart, with backoff, while
+    /// the other models go on (what `serve` wants), rather than returned.
+    #[must_use]
+    pub fn isolating_failures(mut self) -> Self {
+        self.isolate_failures = true;
+        self
+    }
+
+    /// Whether model `index` is waiting out a failure now.
+    fn waiting(&self, index: usize) -> bool {
+        self.retry[index]
+            .0
+            .is_some_and(|at| tokio::time::Instant::now() < at)
+    }
+
+    /// How long until a model waiting out a failure is tried again, if one is.
+    pub fn next_retry(&self) -> Option<std::time::Duration> {
+        self.retry
+            .iter()
+            .filter_map(|(at, _)| *at)
+            .map(|at| at.saturating_duration_since(tokio::time::Instant::now()))
+            .min()
     }
 
     /// The names of the models fed.
@@ -249,13 +286,15 @@ impl<'a> Feed<'a> {
         Ok(())
     }
 
-    /// Where the model furthest behind stands.
+    /// Where the model furthest behind stands (of those not waiting out a failure, unless all
+    /// are).
     pub fn behind(&self) -> Cursor {
-        self.positions
-            .iter()
-            .copied()
-            .map(cursor)
-            .min()
+        let ready = (0..self.models.len())
+            .filter(|&i| !self.waiting(i))
+            .map(|i| cursor(self.positions[i]))
+            .min();
+        ready
+            .or_else(|| self.positions.iter().copied().map(cursor).min())
             .unwrap_or_default()
     }
 
@@ -296,23 +335,51 @@ impl<'a> Feed<'a> {
         if round.events.is_empty() {
             return Ok(0);
         }
-        let results = futures::future::join_all(
-            self.models
-                .iter()
-                .zip(&self.positions)
-                .map(|(model, &from)| apply(model.as_ref(), &round, from)),
-        )
-        .await;
+        let round = &round;
+        let skip: Vec<bool> = (0..self.models.len())
+            .map(|i| self.isolate_failures && self.waiting(i))
+            .collect();
+        let results =
+            futures::future::join_all(self.models.iter().zip(&self.positions).zip(&skip).map(
+                |((model, &from), &skip)| async move {
+                    if skip {
+                        return Ok(from);
+                    }
+                    apply(model.as_ref(), round, from).await
+                },
+            ))
+            .await;
         let mut failure = None;
-        for (position, result) in self.positions.iter_mut().zip(results) {
+        let mut failed = 0;
+        for (index, result) in results.into_iter().enumerate() {
             match result {
-                Ok(at) => *position = at,
-                Err(e) => failure = failure.or(Some(e)),
+                Ok(at) => {
+                    self.positions[index] = at;
+                    if !skip[index] {
+                        self.retry[index] = (None, FIRST_RETRY_WAIT);
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    let (_, wait) = self.retry[index];
+                    tracing::warn!(
+                        projector = self.models[index].name(),
+                        retry_in_ms = wait.as_millis() as u64,
+                        error.message = %e,
+                        "a read model failed; the others go on"
+                    );
+                    self.retry[index] = (
+                        Some(tokio::time::Instant::now() + wait),
+                        (wait * 2).min(MAX_RETRY_WAIT),
+                    );
+                    failure = failure.or(Some(e));
+                }
             }
         }
+        let tried = skip.iter().filter(|s| !**s).count();
         match failure {
-            Some(e) => Err(e),
-            None => Ok(round.events.len()),
+            Some(e) if !self.isolate_failures || failed == tried => Err(e),
+            _ => Ok(round.events.len()),
         }
     }
 

@@ -89,13 +89,14 @@ impl RegistrationGuard {
         // Each key read through the primary key, and the rows' age and owner checked here:
         // given to PostgreSQL as conditions, the planner came to scan the day's rows by time
         // (or to intersect with that index) and compare every hash, in proportion to the
-        // registrations of the last day. The `LIMIT` keeps it from flattening the lookup.
+        // registrations of the last day. `OFFSET 0` keeps it from flattening the lookup; every
+        // row of a key is read, however many share it.
         let rows: Vec<(String, serde_json::Value, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
             "SELECT g.patient_id, g.sealed_record, g.registered_at
                FROM unnest($1::bytea[]) AS h(key_hash)
                CROSS JOIN LATERAL (
                     SELECT patient_id, sealed_record, registered_at FROM registration_guard
-                     WHERE key_hash = h.key_hash LIMIT 1000) AS g",
+                     WHERE key_hash = h.key_hash OFFSET 0) AS g",
         )
         .bind(&hashes)
         .fetch_all(&mut *tx)

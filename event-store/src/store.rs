@@ -252,13 +252,22 @@ impl PatientStore {
         let serial = match reserved {
             Some(serial) => serial,
             None => {
-                let mut block: Vec<i64> = sqlx::query_scalar(
+                let block = sqlx::query_scalar(
                     "SELECT nextval('patient_mrn_serial') FROM generate_series(1, $1)",
                 )
                 .bind(MRN_BLOCK)
                 .fetch_all(&self.pool)
-                .await
-                .map_err(sqlx_error)?;
+                .await;
+                let mut block: Vec<i64> = match block {
+                    // Fewer than a block left: the last ones one at a time, until none is.
+                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("2200H") => {
+                        sqlx::query_scalar("SELECT nextval('patient_mrn_serial')")
+                            .fetch_all(&self.pool)
+                            .await
+                            .map_err(sqlx_error)?
+                    }
+                    other => other.map_err(sqlx_error)?,
+                };
                 // Given out lowest first.
                 block.sort_unstable_by(|a, b| b.cmp(a));
                 let serial = block.pop().ok_or_else(|| {

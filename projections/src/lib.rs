@@ -47,3 +47,28 @@ pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateEr
     sqlx::query("RESET search_path").execute(&mut *conn).await?;
     result
 }
+
+/// `at` cut to the microsecond, as PostgreSQL keeps it and as sqlx binds it (by truncation):
+/// what a row written through JSON must hold too, since PostgreSQL would round the nanoseconds
+/// it parses from text (half the time a microsecond later than the same time bound directly).
+pub(crate) fn in_microseconds(at: chrono::DateTime<chrono::Utc>) -> String {
+    let cut = chrono::DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at);
+    cut.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Serializes a time for a row written through JSON ([`in_microseconds`]).
+pub(crate) fn microseconds<S: serde::Serializer>(
+    at: &chrono::DateTime<chrono::Utc>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&in_microseconds(*at))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_time_written_through_json_is_cut_to_the_microsecond_not_rounded() {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap();
+        assert_eq!(super::in_microseconds(at), "2023-11-14T22:13:20.123456Z");
+    }
+}

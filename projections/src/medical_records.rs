@@ -237,6 +237,7 @@ struct VersionRow<'a> {
     state: Value,
     reason: Option<String>,
     changed_by: Option<&'a str>,
+    #[serde(serialize_with = "crate::microseconds")]
     changed_at: DateTime<Utc>,
 }
 
@@ -255,6 +256,7 @@ struct ItemRow {
     concept_text: String,
     title: String,
     body: String,
+    #[serde(serialize_with = "crate::microseconds")]
     updated_at: DateTime<Utc>,
 }
 
@@ -263,6 +265,7 @@ struct ItemRow {
 struct EnteredInError {
     item_id: Uuid,
     version: i32,
+    #[serde(serialize_with = "crate::microseconds")]
     updated_at: DateTime<Utc>,
 }
 

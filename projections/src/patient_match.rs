@@ -359,13 +359,14 @@ pub async fn candidates(
         // `IN (...)`), the planner may hash the keys' few patients and scan the whole model
         // for them, which costs in proportion to the population on every registration; the
         // `LIMIT 1` (one row per patient in any case) keeps it from flattening the lookup into
-        // such a join.
+        // such a join. At most 2,000 candidates, none of them merged.
         "SELECT m.patient_id, m.record, m.status
            FROM (SELECT DISTINCT patient_id FROM projections.patient_match_keys
-                  WHERE key = ANY($1) LIMIT 2000) AS k
+                  WHERE key = ANY($1)) AS k
            CROSS JOIN LATERAL (SELECT patient_id, record, status FROM projections.patient_match
                                 WHERE patient_id = k.patient_id AND status <> 'merged'
-                                LIMIT 1) AS m",
+                                LIMIT 1) AS m
+          LIMIT 2000",
     )
     .bind(record.blocking_keys())
     .fetch_all(pool)

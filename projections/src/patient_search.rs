@@ -257,7 +257,7 @@ async fn register_all(
                 "birth_date": e.birth_date,
                 "gender": gender_code(e.gender),
                 "version": version,
-                "updated_at": e.registered_at,
+                "updated_at": crate::in_microseconds(e.registered_at),
                 "identifiers": identifiers,
                 "phones": phones,
                 "emails": emails,

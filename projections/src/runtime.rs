@@ -498,6 +498,25 @@ impl<M: ReadModel> Projector<M> {
                     .keys
                     .extend(self.keys.data_keys(&mut *tx, &owners).await?);
             }
+            // Keys handed in were read before this transaction: one destroyed since (the
+            // patient forgotten meanwhile) no longer opens anything.
+            let handed: Vec<&String> = books
+                .keys
+                .keys()
+                .filter(|k| known.contains_key(*k))
+                .collect();
+            if !handed.is_empty() {
+                let destroyed: Vec<String> = sqlx::query_scalar(
+                    "SELECT patient_id FROM patient_data_keys
+                      WHERE patient_id = ANY($1) AND wrapped_key IS NULL",
+                )
+                .bind(handed)
+                .fetch_all(&mut *tx)
+                .await?;
+                for patient in destroyed {
+                    books.keys.remove(&patient);
+                }
+            }
         }
         Ok(books)
     }
