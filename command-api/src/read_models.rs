@@ -114,7 +114,9 @@ impl ReadModels {
     pub async fn rebuild_all(&self) -> anyhow::Result<usize> {
         let mut feed = self.feed_or_fail().await?;
         feed.reset().await?;
-        feed.feed_all().await
+        let fed = feed.feed_all().await;
+        feed.release().await?;
+        fed
     }
 
     /// Brings every read model up to the newest event stored when this starts, all models
@@ -125,7 +127,10 @@ impl ReadModels {
     ///
     /// When another process feeds a model, or a projector fails.
     pub async fn catch_up_all(&self) -> anyhow::Result<usize> {
-        self.feed_or_fail().await?.feed_all().await
+        let mut feed = self.feed_or_fail().await?;
+        let fed = feed.feed_all().await;
+        feed.release().await?;
+        fed
     }
 }
 

@@ -192,7 +192,7 @@ pub struct Feed<'a> {
     retry: Vec<(Option<tokio::time::Instant>, std::time::Duration)>,
     /// Whether a model's failure is waited out apart (`serve`) rather than returned (`rebuild`).
     isolate_failures: bool,
-    _locks: Vec<StreamLock>,
+    locks: Vec<StreamLock>,
 }
 
 /// The first wait of a model after a failure; it doubles up to [`MAX_RETRY_WAIT`].
@@ -240,7 +240,7 @@ impl<'a> Feed<'a> {
             positions,
             retry,
             isolate_failures: false,
-            _locks: locks,
+            locks,
         }))
     }
 
@@ -266,6 +266,19 @@ impl<'a> Feed<'a> {
             .filter_map(|(at, _)| *at)
             .map(|at| at.saturating_duration_since(tokio::time::Instant::now()))
             .min()
+    }
+
+    /// Releases the models' stream locks now, for the next feeder (a rebuild after a
+    /// catch-up) to take at once.
+    ///
+    /// # Errors
+    ///
+    /// The database error while closing a lock's connection.
+    pub async fn release(self) -> Result<(), sqlx::Error> {
+        for lock in self.locks {
+            lock.release().await?;
+        }
+        Ok(())
     }
 
     /// The names of the models fed.
@@ -507,5 +520,7 @@ pub async fn project_all<M: ReadModel>(
     let mut feed = Feed::lock(parts, vec![Box::new(projector)])
         .await?
         .ok_or_else(|| anyhow::anyhow!("another process feeds {}", projector.model().name()))?;
-    feed.feed_all().await
+    let fed = feed.feed_all().await;
+    feed.release().await?;
+    fed
 }

@@ -82,7 +82,21 @@ pub trait ReadModel: Send + Sync + 'static {
 /// Held by the one process feeding a read model from the event store's stream.
 #[derive(Debug)]
 pub struct StreamLock {
-    _conn: PgConnection,
+    conn: PgConnection,
+}
+
+impl StreamLock {
+    /// Releases the lock now: closes its connection and waits for the server to end the
+    /// session (dropping it closes the connection too, but the server may notice a moment
+    /// later, and another feeder asking at once would be refused).
+    ///
+    /// # Errors
+    ///
+    /// The database error while closing.
+    pub async fn release(self) -> Result<(), sqlx::Error> {
+        use sqlx::Connection as _;
+        self.conn.close().await
+    }
 }
 
 /// The advisory lock key of a read model's stream feed.
@@ -362,7 +376,7 @@ impl<M: ReadModel> Projector<M> {
             .bind(advisory_key(self.model.name()))
             .fetch_one(&mut conn)
             .await?;
-        Ok(locked.then_some(StreamLock { _conn: conn }))
+        Ok(locked.then_some(StreamLock { conn }))
     }
 
     /// Applies a batch read from the event store's stream in one transaction: each event
