@@ -420,3 +420,139 @@ async fn the_newest_event_is_found_by_transaction_number_not_by_its_text() {
     assert_eq!(newest.transaction_id, 100_000_000_000);
     app.stop().await;
 }
+
+/// A read model whose store is down: every batch fails, as one would while, say, document
+/// storage cannot be reached. Its lock and place are the match model's.
+struct Broken(projections::Projector<projections::patient_match::PatientMatch>);
+
+impl command_api::stream_feed::Fed for Broken {
+    fn name(&self) -> &'static str {
+        "broken"
+    }
+    fn wants(&self, _aggregate_type: &str) -> bool {
+        true
+    }
+    fn lock(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Option<projections::StreamLock>, sqlx::Error>> {
+        Box::pin(self.0.try_lock_stream())
+    }
+    fn position(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<projections::StreamPosition, sqlx::Error>> {
+        Box::pin(self.0.stream_position())
+    }
+    fn reset(&self) -> futures::future::BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn apply_batch<'a>(
+        &'a self,
+        _batch: &'a [(
+            Option<&'a schemas::PublishedEvent>,
+            projections::StreamPosition,
+        )],
+        _keys: &'a HashMap<String, schemas::sealed::DataKey>,
+    ) -> futures::future::BoxFuture<'a, Result<bool, projections::ProjectionError>> {
+        Box::pin(async {
+            Err(projections::ProjectionError::Documents(
+                "storage down".into(),
+            ))
+        })
+    }
+    fn apply_one<'a>(
+        &'a self,
+        _event: &'a schemas::PublishedEvent,
+        _at: projections::StreamPosition,
+    ) -> futures::future::BoxFuture<'a, Result<projections::Applied, projections::ProjectionError>>
+    {
+        Box::pin(async {
+            Err(projections::ProjectionError::Documents(
+                "storage down".into(),
+            ))
+        })
+    }
+    fn park<'a>(
+        &'a self,
+        _event_type: &'a str,
+        _at: projections::StreamPosition,
+        _error: &'a projections::ProjectionError,
+    ) -> futures::future::BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn skip(
+        &self,
+        _at: projections::StreamPosition,
+    ) -> futures::future::BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn a_read_model_that_keeps_failing_does_not_hold_back_the_others() {
+    // Arrange: patients registered with no projector running; a feed of search beside a read
+    // model whose store is down.
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        roles: Roles {
+            api: true,
+            relay: false,
+            projectors: false,
+            background: true,
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    for n in 0..3 {
+        app.register_person(n, Some("Isolated")).await;
+    }
+    let secrets = app.settings.secrets().unwrap();
+    let search = projections::Projector::new(
+        app.pool.clone(),
+        secrets.keys.clone(),
+        projections::patient_search::PatientSearch,
+    );
+    let broken = || {
+        Broken(projections::Projector::new(
+            app.pool.clone(),
+            secrets.keys.clone(),
+            projections::patient_match::PatientMatch,
+        ))
+    };
+    let parts = (
+        app.pool.clone(),
+        secrets.keys.clone(),
+        secrets.chain.clone(),
+    );
+    let mut strict = command_api::stream_feed::Feed::lock(
+        parts.clone(),
+        vec![Box::new(broken()), Box::new(&search)],
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    // Act and assert: `rebuild` and the tools stop at the first failure.
+    assert!(strict.feed_available().await.is_err());
+    strict.release().await.unwrap();
+
+    // Act: `serve` waits the failing model out apart.
+    let mut serving =
+        command_api::stream_feed::Feed::lock(parts, vec![Box::new(broken()), Box::new(&search)])
+            .await
+            .unwrap()
+            .unwrap()
+            .isolating_failures();
+    let read = serving.feed_available().await;
+
+    // Assert: search took in every registration; the broken model waits to be tried again.
+    assert!(read.is_ok(), "{read:?}");
+    let found: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM projections.patient_search WHERE family = 'Isolated'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(found, 3);
+    assert!(serving.next_retry().is_some());
+    app.stop().await;
+}
