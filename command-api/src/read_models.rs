@@ -119,6 +119,19 @@ impl ReadModels {
         fed
     }
 
+    /// Empties every read model and its bookkeeping, as a rebuild starts (for a feeder that is
+    /// not the event store's stream, such as Kafka consumers, to fill them again).
+    ///
+    /// # Errors
+    ///
+    /// When a projector is feeding a model from the event store, or the database fails.
+    pub async fn reset_all(&self) -> anyhow::Result<()> {
+        let mut feed = self.feed_or_fail().await?;
+        feed.reset().await?;
+        feed.release().await?;
+        Ok(())
+    }
+
     /// Brings every read model up to the newest event stored when this starts, all models
     /// from one reader (as `serve` feeds them); returns the events read (each once, for every
     /// model).

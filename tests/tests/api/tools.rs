@@ -7,9 +7,15 @@ use crate::helpers::*;
 
 /// Runs the tools binary with `args` on a fresh database; returns its stdout.
 async fn tools(args: &[&str]) -> String {
+    tools_with(args, &[]).await
+}
+
+/// [`tools`] with more environment.
+async fn tools_with(args: &[&str], envs: &[(&str, String)]) -> String {
     let (_, database_url) = create_database().await;
     let output = Command::new(env!("CARGO_BIN_EXE_patient-service-tools-under-test"))
         .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .env("DATABASE_URL", database_url)
         .env("APP_AUTH__JWT_SECRET", SECRET)
         .envs(SECURITY_ENV)
@@ -122,4 +128,24 @@ async fn the_pipeline_benchmark_ends_with_the_summary_line_runs_are_compared_by(
             "chart1000_p99_ratio"
         ]
     );
+}
+
+#[tokio::test]
+async fn with_a_broker_the_pipeline_benchmark_measures_the_relay_and_the_catch_up_from_kafka() {
+    let out = tools_with(
+        &["bench-pipeline", "--scale", "tiny"],
+        &[("KAFKA_BROKERS", brokers())],
+    )
+    .await;
+    assert!(out.contains("projectors catching up from Kafka"), "{out}");
+    let relay: f64 = out
+        .lines()
+        .last()
+        .and_then(|l| {
+            l.split(' ')
+                .find_map(|p| p.strip_prefix("relay_events_per_s="))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no relay figure: {out}"));
+    assert!(relay > 0.0, "{out}");
 }
