@@ -97,6 +97,17 @@ pub async fn run<M: ReadModel>(
     Ok(())
 }
 
+/// Waits `delay` before a retry (doubling it for the next, up to 5 s); false when shut down
+/// first.
+async fn wait_to_retry(delay: &mut Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => return false,
+        () = tokio::time::sleep(*delay) => {}
+    }
+    *delay = (*delay * 2).min(Duration::from_secs(5));
+    true
+}
+
 /// The most records applied in one transaction.
 const BATCH: usize = 500;
 
@@ -137,11 +148,9 @@ async fn handle_batch<M: ReadModel>(
                     tracing::warn!(error.message = %e, "read model store failed; retrying");
                 }
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return false,
-                () = tokio::time::sleep(delay) => {}
+            if !wait_to_retry(&mut delay, shutdown).await {
+                return false;
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
     for message in batch {
@@ -196,10 +205,8 @@ async fn handle<M: ReadModel>(
                 tracing::warn!(error.message = %e, "read model store failed; retrying");
             }
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(delay) => {}
+        if !wait_to_retry(&mut delay, shutdown).await {
+            return false;
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

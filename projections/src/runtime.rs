@@ -400,18 +400,7 @@ impl<M: ReadModel> Projector<M> {
             return Ok(true);
         };
         let events: Vec<&PublishedEvent> = batch.iter().filter_map(|(event, _)| *event).collect();
-        let mut tx = self.pool.begin().await?;
-        match self.apply_all(&mut tx, &events, keys).await {
-            Ok(()) => {}
-            Err(e) if e.is_unusable() => {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            Err(e) => return Err(e),
-        }
-        save_stream_position(&mut tx, self.model.name(), last).await?;
-        tx.commit().await?;
-        Ok(true)
+        self.apply_batch_in_one(&events, keys, Some(last)).await
     }
 
     /// Applies a batch of events (records of a Kafka topic) in one transaction, each with its
@@ -424,38 +413,54 @@ impl<M: ReadModel> Projector<M> {
     /// [`ProjectionError::Database`] and the other errors that are not
     /// [`ProjectionError::is_unusable`] (nothing is changed; retry).
     pub async fn apply_batch(&self, events: &[&PublishedEvent]) -> Result<bool, ProjectionError> {
+        self.apply_batch_in_one(events, &HashMap::new(), None).await
+    }
+
+    /// One transaction for `events` ([`Projector::apply_all`]), moving the stream checkpoint
+    /// to `at` when given; `false`, changing nothing, when an event is unusable.
+    async fn apply_batch_in_one(
+        &self,
+        events: &[&PublishedEvent],
+        keys: &HashMap<String, DataKey>,
+        at: Option<StreamPosition>,
+    ) -> Result<bool, ProjectionError> {
         let mut tx = self.pool.begin().await?;
-        match self.apply_all(&mut tx, events, &HashMap::new()).await {
-            Ok(()) => {}
+        match self.apply_all(&mut tx, events, keys).await {
+            Ok(_) => {}
             Err(e) if e.is_unusable() => {
                 tx.rollback().await?;
                 return Ok(false);
             }
             Err(e) => return Err(e),
         }
+        if let Some(at) = at {
+            save_stream_position(&mut tx, self.model.name(), at).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
 
     /// Applies `events` in `tx`: their bookkeeping read and locked once, each verified, put in
-    /// turn and opened, all handed to the model at once, the bookkeeping written once.
+    /// turn and opened, all handed to the model at once, the bookkeeping written once. Returns
+    /// what became of each.
     async fn apply_all(
         &self,
         tx: &mut PgConnection,
         events: &[&PublishedEvent],
         keys: &HashMap<String, DataKey>,
-    ) -> Result<(), ProjectionError> {
+    ) -> Result<Vec<Applied>, ProjectionError> {
         let mut books = self.books(tx, events, keys).await?;
+        let mut outcomes = Vec::with_capacity(events.len());
         let mut ready = Vec::with_capacity(events.len());
         for event in events {
-            if let Some(event) = self.prepare(tx, event, &mut books).await? {
-                ready.push(event);
-            }
+            let (outcome, event) = self.prepare(tx, event, &mut books).await?;
+            outcomes.push(outcome);
+            ready.extend(event);
         }
         let ready: Vec<&PublishedEvent> = ready.iter().map(|event| &**event).collect();
         self.model.apply_many(tx, &ready).await?;
         books.save(tx, self.model.name()).await?;
-        Ok(())
+        Ok(outcomes)
     }
 
     /// The bookkeeping of a batch, read (and locked) once: the last applied sequence of each
@@ -542,19 +547,19 @@ impl<M: ReadModel> Projector<M> {
         tx: &mut PgConnection,
         event: &'e PublishedEvent,
         books: &mut Books,
-    ) -> Result<Option<Cow<'e, PublishedEvent>>, ProjectionError> {
+    ) -> Result<(Applied, Option<Cow<'e, PublishedEvent>>), ProjectionError> {
         self.verify(tx, event).await?;
         if !self.model.ordered_per_aggregate() {
-            return Ok(Some(Cow::Borrowed(event)));
+            return Ok((Applied::Applied, Some(Cow::Borrowed(event))));
         }
         let aggregate = aggregate_of(event);
         let last = books.last.get(&aggregate).copied().unwrap_or(0) as u64;
-        if out_of_turn(event.sequence, last).is_some() {
-            return Ok(None);
+        if let Some(passed_over) = out_of_turn(event.sequence, last) {
+            return Ok((passed_over, None));
         }
         let ready = self.open(tx, event, &books.keys).await?;
         books.applied(aggregate, event.sequence as i64);
-        Ok(ready)
+        Ok((Applied::Applied, ready))
     }
 
     /// `event`, opened when sealed (with its key from `keys`, else the store); `None` when it
@@ -686,52 +691,14 @@ impl<M: ReadModel> Projector<M> {
         Ok(())
     }
 
+    /// One event with its bookkeeping in `tx`: a batch of one ([`Projector::apply_all`]).
     async fn apply_in(
         &self,
         tx: &mut PgConnection,
         event: &PublishedEvent,
     ) -> Result<Applied, ProjectionError> {
-        self.verify(tx, event).await?;
-        if !self.model.ordered_per_aggregate() {
-            self.model.apply(tx, event).await?;
-            return Ok(Applied::Applied);
-        }
-        let aggregate = aggregate_of(event);
-        // Lock the aggregate's bookkeeping row (creating it at 0) so two consumers of the same
-        // aggregate cannot both apply the same sequence.
-        sqlx::query(
-            "INSERT INTO projections.applied_sequences (projector, aggregate_id, last_sequence)
-             VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
-        )
-        .bind(self.model.name())
-        .bind(&aggregate)
-        .execute(&mut *tx)
-        .await?;
-        let last: i64 = sqlx::query_scalar(
-            "SELECT last_sequence FROM projections.applied_sequences
-              WHERE projector = $1 AND aggregate_id = $2 FOR UPDATE",
-        )
-        .bind(self.model.name())
-        .bind(&aggregate)
-        .fetch_one(&mut *tx)
-        .await?;
-        let last = last as u64;
-        if let Some(passed_over) = out_of_turn(event.sequence, last) {
-            return Ok(passed_over);
-        }
-        if let Some(ready) = self.open(tx, event, &HashMap::new()).await? {
-            self.model.apply(tx, &ready).await?;
-        }
-        sqlx::query(
-            "UPDATE projections.applied_sequences SET last_sequence = $3
-              WHERE projector = $1 AND aggregate_id = $2",
-        )
-        .bind(self.model.name())
-        .bind(&aggregate)
-        .bind(event.sequence as i64)
-        .execute(&mut *tx)
-        .await?;
-        Ok(Applied::Applied)
+        let outcomes = self.apply_all(tx, &[event], &HashMap::new()).await?;
+        Ok(outcomes.first().copied().unwrap_or(Applied::Applied))
     }
 }
 
