@@ -45,7 +45,7 @@ pub enum Command {
     Background,
     /// Applies the database migrations and exits.
     Migrate,
-    /// Empties the read models and rebuilds them from the event store, then exits.
+    /// Rebuilds the read models into fresh tables and swaps them in, then exits.
     Rebuild,
     /// Mints a development token signed with the configured secret.
     Token {

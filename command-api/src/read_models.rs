@@ -6,13 +6,14 @@ use event_store::chain::ChainKey;
 use event_store::documents::{DocumentStorage, DocumentStore};
 
 use crate::configuration::Secrets;
-use crate::stream_feed::{Fed, Feed};
+use crate::stream_feed::{self, Fed, Feed};
 use event_store::keys::KeyStore;
 use projections::audit_log::AuditLog;
 use projections::medical_records::MedicalRecords;
 use projections::patient_match::PatientMatch;
 use projections::patient_search::PatientSearch;
-use projections::{Projector, ReadModel};
+use projections::rebuild::Rebuild;
+use projections::{Projector, ReadModel, Tables};
 use sqlx::PgPool;
 
 /// What is done with each read model's projector.
@@ -35,6 +36,7 @@ pub struct ReadModels {
     keys: KeyStore,
     chain: ChainKey,
     documents: DocumentStore,
+    tables: Tables,
 }
 
 impl ReadModels {
@@ -46,6 +48,16 @@ impl ReadModels {
             pool,
             keys: secrets.keys.clone(),
             chain: secrets.chain.clone(),
+            tables: Tables::Live,
+        }
+    }
+
+    /// These read models with their projectors writing `tables`.
+    #[must_use]
+    pub fn writing(&self, tables: Tables) -> Self {
+        Self {
+            tables,
+            ..self.clone()
         }
     }
 
@@ -55,7 +67,7 @@ impl ReadModels {
     }
 
     fn projector<M: ReadModel>(&self, model: M) -> Projector<M> {
-        Projector::new(self.pool.clone(), self.keys.clone(), model)
+        Projector::new(self.pool.clone(), self.keys.clone(), model).writing(self.tables)
     }
 
     /// Visits the projector of every read model, in turn.
@@ -104,19 +116,16 @@ impl ReadModels {
         })
     }
 
-    /// Empties every read model and replays the whole event store into all of them in one
-    /// pass; returns the events read (each once).
+    /// Rebuilds every read model from the whole event store, in one pass, into fresh tables
+    /// swapped in when whole ([`rebuild`]); returns the events read (each once).
     ///
     /// # Errors
     ///
     /// When a projector is feeding a model from the event store (stop serve/project first),
-    /// or the database fails.
+    /// or the database fails; the live read models are then as they were.
     pub async fn rebuild_all(&self) -> anyhow::Result<usize> {
-        let mut feed = self.feed_or_fail().await?;
-        feed.reset().await?;
-        let fed = feed.feed_all().await;
-        feed.release().await?;
-        fed
+        let parts = (self.pool.clone(), self.keys.clone(), self.chain.clone());
+        rebuild(parts, self.writing(Tables::Rebuild).fed().await?).await
     }
 
     /// Empties every read model and its bookkeeping, as a rebuild starts (for a feeder that is
@@ -145,6 +154,45 @@ impl ReadModels {
         feed.release().await?;
         fed
     }
+}
+
+/// Rebuilds `models` (projectors writing [`Tables::Rebuild`]) from the whole event store in one
+/// pass: fresh tables, filled by one feed, indexed and swapped in whole
+/// ([`projections::rebuild`]), all under the models' stream locks. Returns the events read.
+///
+/// # Errors
+///
+/// When another process feeds one of the models, or feeding or swapping fails; the live
+/// read models are then as they were and the fresh tables are dropped.
+pub async fn rebuild(
+    parts: (PgPool, KeyStore, ChainKey),
+    models: Vec<Box<dyn Fed>>,
+) -> anyhow::Result<usize> {
+    let Some(locks) = stream_feed::lock_all(&models).await? else {
+        anyhow::bail!(
+            "a projector is feeding a read model from the event store; stop serve/project first"
+        );
+    };
+    let names = models.iter().map(|m| m.name()).collect();
+    let tables = models.iter().flat_map(|m| m.tables()).copied().collect();
+    let pool = parts.0.clone();
+    let fresh = Rebuild::prepare(&pool, names, tables).await?;
+    let mut feed = Feed::with_locks(parts, models, locks).await?;
+    // Each model's tables as a fresh model's (rows a migration put in, such as the audit
+    // chain's head).
+    let outcome = match feed.reset().await {
+        Ok(()) => feed.feed_all().await,
+        Err(e) => Err(e.into()),
+    };
+    let outcome = match outcome {
+        Ok(read) => fresh.swap_in().await.map(|()| read).map_err(Into::into),
+        Err(e) => {
+            fresh.abandon().await?;
+            Err(e)
+        }
+    };
+    feed.release().await?;
+    outcome
 }
 
 /// Collects the projector of each read model it visits.

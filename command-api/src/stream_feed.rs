@@ -28,6 +28,8 @@ const ROUND: i64 = 1000;
 /// A read model's projector as the feed drives it, whatever the read model's type.
 pub trait Fed: Send + Sync {
     fn name(&self) -> &'static str;
+    /// [`ReadModel::tables`].
+    fn tables(&self) -> &'static [&'static str];
     /// Whether the read model reads the events of `aggregate_type`.
     fn wants(&self, aggregate_type: &str) -> bool;
     fn lock(&self) -> BoxFuture<'_, Result<Option<StreamLock>, sqlx::Error>>;
@@ -59,6 +61,10 @@ pub trait Fed: Send + Sync {
 impl<M: ReadModel> Fed for Projector<M> {
     fn name(&self) -> &'static str {
         self.model().name()
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        self.model().tables()
     }
 
     fn wants(&self, aggregate_type: &str) -> bool {
@@ -111,6 +117,9 @@ impl<M: ReadModel> Fed for Projector<M> {
 impl<F: Fed + ?Sized> Fed for &F {
     fn name(&self) -> &'static str {
         (**self).name()
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        (**self).tables()
     }
     fn wants(&self, aggregate_type: &str) -> bool {
         (**self).wants(aggregate_type)
@@ -209,30 +218,38 @@ impl std::fmt::Debug for Feed<'_> {
 }
 
 impl<'a> Feed<'a> {
-    /// A feed of `models`, holding their stream locks; `None` while another process (a
-    /// running projector, a rebuild) feeds one of them. Locks are taken in the order given,
-    /// so two processes asking for the same models cannot each hold some of them for long.
+    /// A feed of `models`, holding their stream locks ([`lock_all`]); `None` while another
+    /// process (a running projector, a rebuild) feeds one of them.
     ///
     /// # Errors
     ///
     /// The database error.
     pub async fn lock(
-        (pool, keys, chain): (PgPool, KeyStore, ChainKey),
+        parts: (PgPool, KeyStore, ChainKey),
         models: Vec<Box<dyn Fed + 'a>>,
     ) -> Result<Option<Self>, sqlx::Error> {
-        let mut locks = Vec::with_capacity(models.len());
-        for model in &models {
-            match model.lock().await? {
-                Some(lock) => locks.push(lock),
-                None => return Ok(None),
-            }
+        match lock_all(&models).await? {
+            Some(locks) => Ok(Some(Self::with_locks(parts, models, locks).await?)),
+            None => Ok(None),
         }
+    }
+
+    /// A feed of `models` whose stream `locks` the caller took ([`lock_all`]).
+    ///
+    /// # Errors
+    ///
+    /// The database error reading where the models stand.
+    pub async fn with_locks(
+        (pool, keys, chain): (PgPool, KeyStore, ChainKey),
+        models: Vec<Box<dyn Fed + 'a>>,
+        locks: Vec<StreamLock>,
+    ) -> Result<Self, sqlx::Error> {
         let mut positions = Vec::with_capacity(models.len());
         for model in &models {
             positions.push(model.position().await?);
         }
         let retry = vec![(None, FIRST_RETRY_WAIT); models.len()];
-        Ok(Some(Self {
+        Ok(Self {
             pool,
             keys,
             chain,
@@ -241,7 +258,7 @@ impl<'a> Feed<'a> {
             retry,
             isolate_failures: false,
             locks,
-        }))
+        })
     }
 
     /// A feed on which a model's failure is logged and waited out apart, with backoff, while
@@ -442,6 +459,26 @@ impl<'a> Feed<'a> {
             keys,
         })
     }
+}
+
+/// The stream locks of `models`, taken in the order given (so two processes asking for the
+/// same models cannot each hold some of them for long); `None` while another process (a
+/// running projector, a rebuild) feeds one of them.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn lock_all(
+    models: &[Box<dyn Fed + '_>],
+) -> Result<Option<Vec<StreamLock>>, sqlx::Error> {
+    let mut locks = Vec::with_capacity(models.len());
+    for model in models {
+        match model.lock().await? {
+            Some(lock) => locks.push(lock),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(locks))
 }
 
 /// Applies the events of `round` after `from` to `model`; returns where the model stands

@@ -211,6 +211,10 @@ impl ReadModel for AuditLog {
         &schemas::topics::ALL
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["audit_log", "audit_chain_head"]
+    }
+
     /// The log records that an event happened, not what it says: sealed data stays sealed,
     /// and events of forgotten patients are recorded all the same.
     fn opens_sealed_data(&self) -> bool {
@@ -248,20 +252,18 @@ impl ReadModel for AuditLog {
             .zip(hashes)
             .map(|(event, hash)| Self::entry(event, hash))
             .collect::<Result<Vec<_>, _>>()?;
-        let (mut seq, mut hash): (i64, Vec<u8>) = sqlx::query_as(
-            "SELECT seq, hash FROM projections.audit_chain_head WHERE only_row FOR UPDATE",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
+        let (mut seq, mut hash): (i64, Vec<u8>) =
+            sqlx::query_as("SELECT seq, hash FROM audit_chain_head WHERE only_row FOR UPDATE")
+                .fetch_one(&mut *tx)
+                .await?;
         let ids: Vec<Uuid> = entries.iter().map(|e| e.entry_id).collect();
-        let mut seen: std::collections::HashSet<Uuid> = sqlx::query_scalar(
-            "SELECT entry_id FROM projections.audit_log WHERE entry_id = ANY($1)",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+        let mut seen: std::collections::HashSet<Uuid> =
+            sqlx::query_scalar("SELECT entry_id FROM audit_log WHERE entry_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
         // Repeats (recorded before, or twice in the batch) are passed over.
         entries.retain(|e| seen.insert(e.entry_id));
         if entries.is_empty() {
@@ -274,7 +276,7 @@ impl ReadModel for AuditLog {
             hash.clone_from(&entry.hash);
         }
         sqlx::query(
-            "INSERT INTO projections.audit_log (seq, entry_id, kind, recorded_at, patient_id,
+            "INSERT INTO audit_log (seq, entry_id, kind, recorded_at, patient_id,
                                                 user_id, action, detail, event_hash, hash)
              SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[],
                                   $5::uuid[], $6::text[], $7::text[], $8::jsonb[], $9::bytea[],
@@ -312,7 +314,7 @@ impl ReadModel for AuditLog {
         )
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE projections.audit_chain_head SET seq = $1, hash = $2")
+        sqlx::query("UPDATE audit_chain_head SET seq = $1, hash = $2")
             .bind(seq)
             .bind(&hash)
             .execute(&mut *tx)
@@ -321,10 +323,14 @@ impl ReadModel for AuditLog {
     }
 
     async fn clear(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM projections.audit_log")
+        sqlx::query("DELETE FROM audit_log")
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE projections.audit_chain_head SET seq = 0, hash = ''::bytea")
+        // The head's one row, as the migration leaves it (a rebuild's fresh copy has none).
+        sqlx::query("DELETE FROM audit_chain_head")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO audit_chain_head (seq, hash) VALUES (0, ''::bytea)")
             .execute(&mut *tx)
             .await
             .map(|_| ())

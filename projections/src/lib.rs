@@ -15,15 +15,19 @@
 //! - [`patient_match`]: the matcher's view of every patient, for duplicate detection.
 //! - [`medical_records`]: every version of every medical record item, and their search.
 //! - [`audit_log`]: every event and access entry, hash-chained, with its verification.
+//! - [`rebuild`]: fresh tables a rebuild fills, swapped in whole.
 
 pub mod audit_log;
 pub mod kafka;
 pub mod medical_records;
 pub mod patient_match;
 pub mod patient_search;
+pub mod rebuild;
 pub mod runtime;
 
-pub use runtime::{Applied, ProjectionError, Projector, ReadModel, StreamLock, StreamPosition};
+pub use runtime::{
+    Applied, ProjectionError, Projector, ReadModel, StreamLock, StreamPosition, Tables,
+};
 
 /// The migrations of the read-model tables.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -171,6 +171,14 @@ impl ReadModel for MedicalRecords {
         &[schemas::topics::MEDICAL_RECORD, schemas::topics::PATIENT]
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &[
+            "medical_record_versions",
+            "medical_record_items",
+            "medical_record_forgotten",
+        ]
+    }
+
     async fn apply(
         &self,
         tx: &mut PgConnection,
@@ -217,8 +225,8 @@ impl ReadModel for MedicalRecords {
 
     async fn clear(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "TRUNCATE projections.medical_record_versions, projections.medical_record_items,
-                      projections.medical_record_forgotten",
+            "TRUNCATE medical_record_versions, medical_record_items,
+                      medical_record_forgotten",
         )
         .execute(&mut *tx)
         .await?;
@@ -286,7 +294,7 @@ impl MedicalRecords {
         let items: Vec<Uuid> = run.iter().map(|(_, d)| d.item_id()).collect();
         let latest: Vec<(Uuid, i32, Value)> = sqlx::query_as(
             "SELECT DISTINCT ON (item_id) item_id, version, state
-               FROM projections.medical_record_versions
+               FROM medical_record_versions
               WHERE item_id = ANY($1) ORDER BY item_id, version DESC",
         )
         .bind(&items)
@@ -476,7 +484,7 @@ async fn write_rows(
             .collect::<Result<_, _>>()
             .map_err(encode)?;
         sqlx::query(
-            "INSERT INTO projections.medical_record_versions
+            "INSERT INTO medical_record_versions
                 (item_id, version, patient_id, kind, event_type, state, reason, changed_by,
                  changed_at)
              SELECT * FROM jsonb_to_recordset($1) AS r(
@@ -495,7 +503,7 @@ async fn write_rows(
             .collect::<Result<_, _>>()
             .map_err(encode)?;
         sqlx::query(
-            "INSERT INTO projections.medical_record_items AS i
+            "INSERT INTO medical_record_items AS i
                 (item_id, patient_id, kind, version, status, active, entered_in_error,
                  code_system, code, concept_text, title, body, updated_at)
              SELECT * FROM jsonb_to_recordset($1) AS r(
@@ -520,7 +528,7 @@ async fn write_rows(
         .map_err(encode)?;
     if !entered.is_empty() {
         sqlx::query(
-            "UPDATE projections.medical_record_items AS i
+            "UPDATE medical_record_items AS i
                 SET entered_in_error = true, active = false, version = r.version,
                     updated_at = r.updated_at
                FROM jsonb_to_recordset($1) AS r(item_id uuid, version integer, updated_at timestamptz)
@@ -547,7 +555,7 @@ async fn lock_and_find_forgotten(
     .execute(&mut *tx)
     .await?;
     let found: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT patient_id FROM projections.medical_record_forgotten WHERE patient_id = ANY($1)",
+        "SELECT patient_id FROM medical_record_forgotten WHERE patient_id = ANY($1)",
     )
     .bind(patients)
     .fetch_all(&mut *tx)
@@ -565,7 +573,7 @@ async fn forgotten(tx: &mut PgConnection, patient_id: Uuid) -> Result<bool, sqlx
     .execute(&mut *tx)
     .await?;
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM projections.medical_record_forgotten WHERE patient_id = $1)",
+        "SELECT EXISTS (SELECT 1 FROM medical_record_forgotten WHERE patient_id = $1)",
     )
     .bind(patient_id)
     .fetch_one(&mut *tx)
@@ -575,19 +583,17 @@ async fn forgotten(tx: &mut PgConnection, patient_id: Uuid) -> Result<bool, sqlx
 async fn purge(tx: &mut PgConnection, patient_id: Uuid) -> Result<(), sqlx::Error> {
     forgotten(tx, patient_id).await?;
     sqlx::query(
-        "INSERT INTO projections.medical_record_forgotten (patient_id) VALUES ($1)
+        "INSERT INTO medical_record_forgotten (patient_id) VALUES ($1)
          ON CONFLICT DO NOTHING",
     )
     .bind(patient_id)
     .execute(&mut *tx)
     .await?;
     for table in ["medical_record_versions", "medical_record_items"] {
-        sqlx::query(&format!(
-            "DELETE FROM projections.{table} WHERE patient_id = $1"
-        ))
-        .bind(patient_id)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(&format!("DELETE FROM {table} WHERE patient_id = $1"))
+            .bind(patient_id)
+            .execute(&mut *tx)
+            .await?;
     }
     Ok(())
 }

@@ -66,7 +66,7 @@ async fn store(
     let json = serde_json::to_value(record)
         .map_err(|_| sqlx::Error::Encode("a match record does not encode".into()))?;
     sqlx::query(
-        "INSERT INTO projections.patient_match (patient_id, record, status, updated_at)
+        "INSERT INTO patient_match (patient_id, record, status, updated_at)
          VALUES ($1, $2, $3, $4)
          ON CONFLICT (patient_id) DO UPDATE
             SET record = EXCLUDED.record, status = EXCLUDED.status, updated_at = EXCLUDED.updated_at",
@@ -77,12 +77,12 @@ async fn store(
     .bind(at)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM projections.patient_match_keys WHERE patient_id = $1")
+    sqlx::query("DELETE FROM patient_match_keys WHERE patient_id = $1")
         .bind(patient_id)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "INSERT INTO projections.patient_match_keys (key, patient_id)
+        "INSERT INTO patient_match_keys (key, patient_id)
          SELECT key, $2 FROM unnest($1::text[]) AS key ON CONFLICT DO NOTHING",
     )
     .bind(record.blocking_keys())
@@ -96,12 +96,11 @@ async fn load(
     tx: &mut PgConnection,
     patient_id: Uuid,
 ) -> Result<Option<(MatchRecord, String)>, sqlx::Error> {
-    let row: Option<(serde_json::Value, String)> = sqlx::query_as(
-        "SELECT record, status FROM projections.patient_match WHERE patient_id = $1",
-    )
-    .bind(patient_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let row: Option<(serde_json::Value, String)> =
+        sqlx::query_as("SELECT record, status FROM patient_match WHERE patient_id = $1")
+            .bind(patient_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     row.map(|(json, status)| {
         serde_json::from_value(json)
             .map(|record| (record, status))
@@ -117,6 +116,10 @@ impl ReadModel for PatientMatch {
 
     fn topics(&self) -> &'static [&'static str] {
         &[schemas::topics::PATIENT]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["patient_match", "patient_match_keys"]
     }
 
     async fn apply(
@@ -149,10 +152,10 @@ impl ReadModel for PatientMatch {
     }
 
     async fn clear(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM projections.patient_match_keys")
+        sqlx::query("DELETE FROM patient_match_keys")
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM projections.patient_match")
+        sqlx::query("DELETE FROM patient_match")
             .execute(&mut *tx)
             .await?;
         Ok(())
@@ -177,7 +180,7 @@ async fn register_all(
         .map_err(|_| sqlx::Error::Encode("a match record does not encode".into()))?;
     let at: Vec<DateTime<Utc>> = registered.iter().map(|e| e.registered_at).collect();
     sqlx::query(
-        "INSERT INTO projections.patient_match (patient_id, record, status, updated_at)
+        "INSERT INTO patient_match (patient_id, record, status, updated_at)
          SELECT id, record, 'active', at FROM unnest($1::uuid[], $2::jsonb[], $3::timestamptz[])
              AS r(id, record, at)
          ON CONFLICT (patient_id) DO UPDATE
@@ -188,7 +191,7 @@ async fn register_all(
     .bind(&at)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM projections.patient_match_keys WHERE patient_id = ANY($1)")
+    sqlx::query("DELETE FROM patient_match_keys WHERE patient_id = ANY($1)")
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
@@ -198,7 +201,7 @@ async fn register_all(
         .flat_map(|(record, id)| record.blocking_keys().into_iter().map(move |k| (k, *id)))
         .unzip();
     sqlx::query(
-        "INSERT INTO projections.patient_match_keys (key, patient_id)
+        "INSERT INTO patient_match_keys (key, patient_id)
          SELECT * FROM unnest($1::text[], $2::uuid[]) ON CONFLICT DO NOTHING",
     )
     .bind(keys)
@@ -320,12 +323,10 @@ async fn apply_event(
         // Erased: the patient can no longer be anyone's duplicate.
         v1::PatientEvent::Forgotten(e) => {
             for table in ["patient_match_keys", "patient_match"] {
-                sqlx::query(&format!(
-                    "DELETE FROM projections.{table} WHERE patient_id = $1"
-                ))
-                .bind(e.patient_id)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(&format!("DELETE FROM {table} WHERE patient_id = $1"))
+                    .bind(e.patient_id)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
     }
@@ -337,7 +338,7 @@ async fn set_status(
     patient_id: Uuid,
     status: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE projections.patient_match SET status = $2 WHERE patient_id = $1")
+    sqlx::query("UPDATE patient_match SET status = $2 WHERE patient_id = $1")
         .bind(patient_id)
         .bind(status)
         .execute(&mut *tx)

@@ -27,6 +27,10 @@ impl ReadModel for PatientSearch {
         &[schemas::topics::PATIENT]
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["patient_search"]
+    }
+
     async fn apply(
         &self,
         tx: &mut PgConnection,
@@ -59,7 +63,7 @@ impl ReadModel for PatientSearch {
     }
 
     async fn clear(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM projections.patient_search")
+        sqlx::query("DELETE FROM patient_search")
             .execute(&mut *tx)
             .await
             .map(|_| ())
@@ -76,7 +80,7 @@ async fn apply_event(
         v1::PatientEvent::Registered(e) => register_all(tx, &[(e, version)]).await?,
         v1::PatientEvent::DemographicsCorrected(e) => {
             sqlx::query(
-                "UPDATE projections.patient_search
+                "UPDATE patient_search
                         SET given = $2, family = $3, given_search = $4, family_search = $5,
                             birth_date = $6, gender = $7, version = $8, updated_at = $9
                       WHERE patient_id = $1",
@@ -105,7 +109,7 @@ async fn apply_event(
         }
         v1::PatientEvent::IdentifierAdded(e) => {
             sqlx::query(
-                "UPDATE projections.patient_search SET identifiers = array_append(identifiers, $2)
+                "UPDATE patient_search SET identifiers = array_append(identifiers, $2)
                       WHERE patient_id = $1",
             )
             .bind(e.patient_id)
@@ -116,7 +120,7 @@ async fn apply_event(
         }
         v1::PatientEvent::IdentifierRemoved(e) => {
             sqlx::query(
-                "UPDATE projections.patient_search SET identifiers = array_remove(identifiers, $2)
+                "UPDATE patient_search SET identifiers = array_remove(identifiers, $2)
                       WHERE patient_id = $1",
             )
             .bind(e.patient_id)
@@ -151,7 +155,7 @@ async fn apply_event(
         v1::PatientEvent::ConsentGranted(e) => {
             if e.directive == v1::ConsentDirective::ResearchOptOut {
                 sqlx::query(
-                    "UPDATE projections.patient_search SET research_opt_out = $2
+                    "UPDATE patient_search SET research_opt_out = $2
                           WHERE patient_id = $1",
                 )
                 .bind(e.patient_id)
@@ -163,7 +167,7 @@ async fn apply_event(
         }
         v1::PatientEvent::ConsentWithdrawn(e) => {
             sqlx::query(
-                "UPDATE projections.patient_search SET research_opt_out = NULL
+                "UPDATE patient_search SET research_opt_out = NULL
                       WHERE patient_id = $1 AND research_opt_out = $2",
             )
             .bind(e.patient_id)
@@ -180,7 +184,7 @@ async fn apply_event(
         }
         // Erased: nothing of the patient stays searchable.
         v1::PatientEvent::Forgotten(e) => {
-            sqlx::query("DELETE FROM projections.patient_search WHERE patient_id = $1")
+            sqlx::query("DELETE FROM patient_search WHERE patient_id = $1")
                 .bind(e.patient_id)
                 .execute(&mut *tx)
                 .await?;
@@ -195,7 +199,7 @@ async fn apply_event(
             let (phones, emails, postal_codes, identifiers) =
                 contact_arrays(&e.gained_contact, &e.gained_identifiers);
             sqlx::query(
-                "UPDATE projections.patient_search
+                "UPDATE patient_search
                         SET phones = phones || $2, emails = emails || $3,
                             postal_codes = postal_codes || $4, identifiers = identifiers || $5
                       WHERE patient_id = $1",
@@ -213,7 +217,7 @@ async fn apply_event(
             let (phones, emails, postal_codes, identifiers) =
                 contact_arrays(&e.removed_contact, &e.removed_identifiers);
             sqlx::query(
-                    "UPDATE projections.patient_search
+                    "UPDATE patient_search
                         SET phones = ARRAY(SELECT unnest(phones) EXCEPT SELECT unnest($2::text[])),
                             emails = ARRAY(SELECT unnest(emails) EXCEPT SELECT unnest($3::text[])),
                             postal_codes = ARRAY(SELECT unnest(postal_codes) EXCEPT SELECT unnest($4::text[])),
@@ -266,7 +270,7 @@ async fn register_all(
         })
         .collect();
     sqlx::query(
-        "INSERT INTO projections.patient_search
+        "INSERT INTO patient_search
             (patient_id, mrn, given, family, given_search, family_search, birth_date, gender,
              status, version, updated_at, identifiers, phones, emails, postal_codes)
          SELECT patient_id, mrn, given, family, given_search, family_search, birth_date, gender,
@@ -326,7 +330,7 @@ async fn set_contact(
 ) -> Result<(), sqlx::Error> {
     let (phones, emails, postal_codes, _) = contact_arrays(contact, &[]);
     sqlx::query(
-        "UPDATE projections.patient_search SET phones = $2, emails = $3, postal_codes = $4
+        "UPDATE patient_search SET phones = $2, emails = $3, postal_codes = $4
           WHERE patient_id = $1",
     )
     .bind(patient_id)
@@ -345,15 +349,13 @@ async fn touch(
     version: i64,
     at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE projections.patient_search SET version = $2, updated_at = $3 WHERE patient_id = $1",
-    )
-    .bind(patient_id)
-    .bind(version)
-    .bind(at)
-    .execute(&mut *tx)
-    .await
-    .map(|_| ())
+    sqlx::query("UPDATE patient_search SET version = $2, updated_at = $3 WHERE patient_id = $1")
+        .bind(patient_id)
+        .bind(version)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map(|_| ())
 }
 
 async fn set_status(
@@ -364,7 +366,7 @@ async fn set_status(
     at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE projections.patient_search
+        "UPDATE patient_search
             SET status = $2, version = $3, updated_at = $4,
                 archived_at = CASE $2
                     WHEN 'archived' THEN COALESCE(archived_at, $4)

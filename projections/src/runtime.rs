@@ -75,7 +75,12 @@ pub trait ReadModel: Send + Sync + 'static {
         true
     }
 
-    /// Empties the read model (before a rebuild).
+    /// The tables the read model writes (in `projections`), which a rebuild fills afresh
+    /// ([`crate::rebuild`]).
+    fn tables(&self) -> &'static [&'static str];
+
+    /// Empties the read model, leaving its tables as a fresh model's (before it is fed from
+    /// the start again).
     fn clear(&self, tx: &mut PgConnection) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
@@ -240,18 +245,69 @@ async fn park_in(
     Ok(())
 }
 
+/// The tables a projector writes: the live read models, or the fresh ones a rebuild fills
+/// before swapping them in ([`crate::rebuild`]).
+///
+/// The read models' write statements name their tables without a schema; each projector
+/// transaction begins by setting the schema they resolve in. The read side (search, versions,
+/// the audit trail) names `projections` itself, so it always reads the live tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Tables {
+    #[default]
+    Live,
+    Rebuild,
+}
+
+impl Tables {
+    /// The schema the tables are in.
+    pub fn schema(self) -> &'static str {
+        match self {
+            Self::Live => "projections",
+            Self::Rebuild => crate::rebuild::SCHEMA,
+        }
+    }
+
+    /// The statement beginning a projector transaction on these tables. A rebuild's path
+    /// leaves the live schema out, so a table it forgot to copy fails loudly instead of
+    /// being written live. (A prepared statement is analysed again when the path changes.)
+    fn begin(self) -> &'static str {
+        match self {
+            Self::Live => "BEGIN; SET LOCAL search_path TO projections, public",
+            Self::Rebuild => "BEGIN; SET LOCAL search_path TO projections_rebuild, public",
+        }
+    }
+}
+
 /// Applies events to one read model.
 #[derive(Debug, Clone)]
 pub struct Projector<M> {
     pool: PgPool,
     keys: KeyStore,
     model: M,
+    tables: Tables,
 }
 
 impl<M: ReadModel> Projector<M> {
     /// A projector opening sealed events with the data keys of `keys`.
     pub fn new(pool: PgPool, keys: KeyStore, model: M) -> Self {
-        Self { pool, keys, model }
+        Self {
+            pool,
+            keys,
+            model,
+            tables: Tables::Live,
+        }
+    }
+
+    /// This projector writing `tables` instead of the live ones.
+    #[must_use]
+    pub fn writing(mut self, tables: Tables) -> Self {
+        self.tables = tables;
+        self
+    }
+
+    /// A transaction on this projector's tables ([`Tables`]).
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.pool.begin_with(self.tables.begin()).await
     }
 
     pub fn model(&self) -> &M {
@@ -280,7 +336,7 @@ impl<M: ReadModel> Projector<M> {
         request_id = event.request_id.as_deref().unwrap_or_default(),
     ))]
     pub async fn apply(&self, event: &PublishedEvent) -> Result<Applied, ProjectionError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let applied = self.apply_in(&mut tx, event).await?;
         tx.commit().await?;
         Ok(applied)
@@ -300,7 +356,7 @@ impl<M: ReadModel> Projector<M> {
         event: &PublishedEvent,
         at: StreamPosition,
     ) -> Result<Applied, ProjectionError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let applied = match self.apply_in(&mut tx, event).await {
             Ok(applied) => applied,
             Err(e) if e.is_unusable() => {
@@ -315,7 +371,7 @@ impl<M: ReadModel> Projector<M> {
                     error.message = %e,
                     "unusable event parked"
                 );
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin().await?;
                 park_in(
                     &mut tx,
                     self.model.name(),
@@ -348,7 +404,7 @@ impl<M: ReadModel> Projector<M> {
         at: StreamPosition,
         error: &ProjectionError,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         park_in(
             &mut tx,
             self.model.name(),
@@ -424,7 +480,7 @@ impl<M: ReadModel> Projector<M> {
         keys: &HashMap<String, DataKey>,
         at: Option<StreamPosition>,
     ) -> Result<bool, ProjectionError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         match self.apply_all(&mut tx, events, keys).await {
             Ok(_) => {}
             Err(e) if e.is_unusable() => {
@@ -478,7 +534,7 @@ impl<M: ReadModel> Projector<M> {
             aggregates.dedup();
             // Created at 0 and locked, so two consumers cannot both apply one sequence.
             sqlx::query(
-                "INSERT INTO projections.applied_sequences (projector, aggregate_id, last_sequence)
+                "INSERT INTO applied_sequences (projector, aggregate_id, last_sequence)
                  SELECT $1, a, 0 FROM unnest($2::text[]) AS a ON CONFLICT DO NOTHING",
             )
             .bind(self.model.name())
@@ -486,7 +542,7 @@ impl<M: ReadModel> Projector<M> {
             .execute(&mut *tx)
             .await?;
             let rows: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT aggregate_id, last_sequence FROM projections.applied_sequences
+                "SELECT aggregate_id, last_sequence FROM applied_sequences
                   WHERE projector = $1 AND aggregate_id = ANY($2)
                   ORDER BY aggregate_id FOR UPDATE",
             )
@@ -598,7 +654,7 @@ impl<M: ReadModel> Projector<M> {
     ///
     /// The database error.
     pub async fn skip_in_stream(&self, at: StreamPosition) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         save_stream_position(&mut tx, self.model.name(), at).await?;
         tx.commit().await
     }
@@ -609,12 +665,14 @@ impl<M: ReadModel> Projector<M> {
     ///
     /// The database error.
     pub async fn stream_position(&self) -> Result<StreamPosition, sqlx::Error> {
+        let mut tx = self.begin().await?;
         let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT transaction_id, position FROM projections.stream_checkpoints WHERE projector = $1",
+            "SELECT transaction_id, position FROM stream_checkpoints WHERE projector = $1",
         )
         .bind(self.model.name())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(row
             .map(|(transaction_id, position)| StreamPosition {
                 transaction_id: transaction_id as u64,
@@ -629,15 +687,13 @@ impl<M: ReadModel> Projector<M> {
     ///
     /// The database error.
     pub async fn reset(&self) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         self.model.clear(&mut tx).await?;
         for table in ["applied_sequences", "stream_checkpoints"] {
-            sqlx::query(&format!(
-                "DELETE FROM projections.{table} WHERE projector = $1"
-            ))
-            .bind(self.model.name())
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(&format!("DELETE FROM {table} WHERE projector = $1"))
+                .bind(self.model.name())
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await
     }
@@ -725,7 +781,7 @@ impl Books {
         let (aggregates, sequences): (Vec<&String>, Vec<i64>) =
             self.changed.iter().map(|(a, s)| (a, *s)).unzip();
         sqlx::query(
-            "UPDATE projections.applied_sequences AS s SET last_sequence = v.last
+            "UPDATE applied_sequences AS s SET last_sequence = v.last
                FROM unnest($2::text[], $3::bigint[]) AS v(aggregate_id, last)
               WHERE s.projector = $1 AND s.aggregate_id = v.aggregate_id",
         )
@@ -773,7 +829,7 @@ async fn save_stream_position(
     at: StreamPosition,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO projections.stream_checkpoints (projector, transaction_id, position, updated_at)
+        "INSERT INTO stream_checkpoints (projector, transaction_id, position, updated_at)
          VALUES ($1, $2, $3, now())
          ON CONFLICT (projector) DO UPDATE
             SET transaction_id = EXCLUDED.transaction_id, position = EXCLUDED.position,
@@ -810,6 +866,15 @@ mod tests {
             sealed: false,
             data: br#"{"family":"Doe"}"#.to_vec(),
         }
+    }
+
+    #[test]
+    fn a_rebuilding_projector_writes_into_the_rebuild_schema() {
+        assert_eq!(Tables::Rebuild.schema(), crate::rebuild::SCHEMA);
+        assert!(Tables::Rebuild.begin().contains(&format!(
+            "search_path TO {}, public",
+            crate::rebuild::SCHEMA
+        )));
     }
 
     #[test]

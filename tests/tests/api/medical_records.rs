@@ -1449,6 +1449,29 @@ async fn read_model_digests(pool: &sqlx::PgPool) -> Vec<(String, Option<String>)
     digests
 }
 
+/// Every index and constraint of the read model tables, by name with its definition: what
+/// later migrations rely on.
+async fn read_model_catalog(pool: &sqlx::PgPool) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT c.relname::text, i.relname::text, pg_get_indexdef(i.oid)
+           FROM pg_index x
+           JOIN pg_class c ON c.oid = x.indrelid
+           JOIN pg_class i ON i.oid = x.indexrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'projections'
+         UNION ALL
+         SELECT c.relname::text, k.conname::text, pg_get_constraintdef(k.oid)
+           FROM pg_constraint k
+           JOIN pg_class c ON c.oid = k.conrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'projections'
+          ORDER BY 1, 2, 3",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn every_read_model_rebuilt_in_one_pass_equals_the_one_projected_as_events_came() {
     // Arrange: patients, every kind of item recorded, revised and some entered in error, a
@@ -1519,6 +1542,7 @@ async fn every_read_model_rebuilt_in_one_pass_equals_the_one_projected_as_events
     })
     .await;
     let projected = read_model_digests(&app.pool).await;
+    let catalog = read_model_catalog(&app.pool).await;
     let database_url = app.database_url.clone();
     app.stop().await;
 
@@ -1547,6 +1571,16 @@ async fn every_read_model_rebuilt_in_one_pass_equals_the_one_projected_as_events
         );
     }
     assert_eq!(read_model_digests(&pool).await, projected);
+    // The fresh tables were swapped in with the live ones' indexes and constraints, under
+    // their names, and nothing of the rebuild is left beside them.
+    assert_eq!(read_model_catalog(&pool).await, catalog);
+    let leftover: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'projections_rebuild')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!leftover);
 }
 
 fn history(text: &str) -> Value {

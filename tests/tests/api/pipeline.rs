@@ -429,6 +429,9 @@ impl command_api::stream_feed::Fed for Broken {
     fn name(&self) -> &'static str {
         "broken"
     }
+    fn tables(&self) -> &'static [&'static str] {
+        projections::ReadModel::tables(self.0.model())
+    }
     fn wants(&self, _aggregate_type: &str) -> bool {
         true
     }
@@ -571,5 +574,86 @@ async fn a_read_model_that_keeps_failing_does_not_hold_back_the_others() {
     // Assert: search took in every registration; the broken model waits to be tried again.
     assert_eq!(found, 3);
     assert!(serving.next_retry().is_some());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_rebuild_that_fails_leaves_the_live_read_models_as_they_were() {
+    // Arrange: patients projected into search, with no projector of the service running.
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        roles: Roles {
+            api: true,
+            relay: false,
+            projectors: false,
+            background: true,
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    for n in 0..3 {
+        app.register_person(n, Some("Kept")).await;
+    }
+    let secrets = app.settings.secrets().unwrap();
+    let search = || {
+        projections::Projector::new(
+            app.pool.clone(),
+            secrets.keys.clone(),
+            projections::patient_search::PatientSearch,
+        )
+    };
+    command_api::stream_feed::project_all(&search(), &secrets.chain)
+        .await
+        .unwrap();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM projections.patient_search WHERE family = 'Kept'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(count().await, 3);
+    let checkpoints = || async {
+        sqlx::query_as::<_, (String, i64, i64)>(
+            "SELECT projector, transaction_id, position FROM projections.stream_checkpoints
+              ORDER BY projector",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+    };
+    let before = checkpoints().await;
+    let fresh = search().writing(projections::Tables::Rebuild);
+    let broken = Broken(
+        projections::Projector::new(
+            app.pool.clone(),
+            secrets.keys.clone(),
+            projections::patient_match::PatientMatch,
+        )
+        .writing(projections::Tables::Rebuild),
+    );
+    let parts = (
+        app.pool.clone(),
+        secrets.keys.clone(),
+        secrets.chain.clone(),
+    );
+
+    // Act: a rebuild of search beside a model whose store is down.
+    let rebuilt =
+        command_api::read_models::rebuild(parts, vec![Box::new(fresh), Box::new(broken)]).await;
+
+    // Assert: refused; search still serves what it held, from where it stood, and the fresh
+    // tables are gone.
+    assert!(rebuilt.is_err(), "{rebuilt:?}");
+    assert_eq!(count().await, 3);
+    assert_eq!(checkpoints().await, before);
+    let leftover: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'projections_rebuild')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(!leftover);
     app.stop().await;
 }
