@@ -10,7 +10,9 @@
 //! 4. one clinical item on a long chart against one on an empty chart (p99 ratio);
 //! 5. projectors catching up on a backlog left while they were off, from the event-store
 //!    stream;
-//! 6. `rebuild` of every read model from the whole store;
+//! 6. `rebuild` of every read model from the whole store, after a mixed store of about 100
+//!    events per patient is added to it ([`crate::mixed_store`]; over a million events in
+//!    all at the default sizes), with the process's peak RSS;
 //! 7. the relay publishing a backlog to Kafka (only with brokers configured; otherwise 0 and
 //!    a note on stderr).
 //!
@@ -65,6 +67,8 @@ struct Sizes {
     chart: usize,
     backlog_items: usize,
     backlog_patients: usize,
+    /// Patients of the mixed store added before the rebuild ([`crate::mixed_store`]).
+    mixed_patients: usize,
 }
 
 impl Sizes {
@@ -80,6 +84,7 @@ impl Sizes {
                 chart: 20,
                 backlog_items: 200,
                 backlog_patients: 5,
+                mixed_patients: 2,
             },
             Scale::Small => Self {
                 registrations: 300,
@@ -91,6 +96,7 @@ impl Sizes {
                 chart: 200,
                 backlog_items: 5_000,
                 backlog_patients: 50,
+                mixed_patients: 150,
             },
             Scale::Full => Self {
                 registrations: 2_000,
@@ -102,6 +108,8 @@ impl Sizes {
                 chart: 1_000,
                 backlog_items: 100_000,
                 backlog_patients: 1_000,
+                // With what the other measures stored, over a million events.
+                mixed_patients: 10_000,
             },
         }
     }
@@ -431,18 +439,47 @@ async fn offline_measures(
         None => eprintln!("relay: not measured, no Kafka brokers configured (set KAFKA_BROKERS)"),
     }
 
+    // The store the rebuild reads: what the measures left, and patients with the whole
+    // history a clinic gives them.
+    let started = Instant::now();
+    let appended =
+        crate::mixed_store::generate(pool, &secrets, (1_000_000, sizes.mixed_patients)).await?;
+    println!(
+        "mixed store: {} patients, {appended} events appended through the stores in {:.1} s",
+        sizes.mixed_patients,
+        started.elapsed().as_secs_f64()
+    );
+
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
         .await?;
+    reset_peak_rss();
     let started = Instant::now();
     let read = read_models.rebuild_all().await?;
     let seconds = started.elapsed().as_secs_f64();
     summary.rebuild_events_per_s = stored as f64 / seconds;
     println!(
-        "rebuild of every read model: {stored} events stored, {read} read in one pass, in {seconds:.1} s ({:.0} events/s)",
-        summary.rebuild_events_per_s
+        "rebuild of every read model: {stored} events stored, {read} read in one pass, in {seconds:.1} s ({:.0} events/s); peak RSS of this process {}",
+        summary.rebuild_events_per_s,
+        peak_rss().map_or_else(|| "unknown".to_owned(), |kib| format!("{} MiB", kib / 1024)),
     );
     Ok(())
+}
+
+/// Starts this process's peak resident set size again from its current size (Linux).
+fn reset_peak_rss() {
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        eprintln!("peak RSS: not reset ({e}); the figure covers the whole run");
+    }
+}
+
+/// This process's peak resident set size since [`reset_peak_rss`], in KiB (Linux).
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// A relay of its own (a new name, so a checkpoint at the start) publishing everything stored

@@ -22,6 +22,7 @@ pub mod cli;
 pub mod idp;
 pub mod match_eval;
 pub mod measure;
+pub mod mixed_store;
 pub mod pgbench;
 pub mod population;
 pub mod simulate_week;
