@@ -246,8 +246,11 @@ impl Stores {
                 .map_err(failed)?;
             recorded.push(item_id);
         }
-        for (i, &item_id) in recorded.iter().enumerate().take(REVISIONS) {
-            // The same kind of item (every tenth is), with a concept no other item has.
+        // Allergies and medications, whose concepts are named by their number: each revision
+        // is an item of the same kind (every tenth is) with a concept no other item has.
+        let revised = (0..ITEMS).filter(|i| i % 10 < 4).take(REVISIONS);
+        for i in revised {
+            let item_id = recorded[i];
             let command = MedicalRecordCommand::Revise {
                 item_id,
                 expected_version: 1,
@@ -341,6 +344,15 @@ mod tests {
                         || other_interval.end <= interval.start
                 );
             }
+        }
+    }
+
+    #[test]
+    fn every_revision_changes_its_item() {
+        let revised: Vec<usize> = (0..ITEMS).filter(|i| i % 10 < 4).take(REVISIONS).collect();
+        assert_eq!(revised.len(), REVISIONS);
+        for i in revised {
+            assert_ne!(item(i, 7), item(i + 100 * ITEMS, 7), "item {i}");
         }
     }
 
