@@ -175,15 +175,28 @@ pub async fn rebuild(
     };
     let names = models.iter().map(|m| m.name()).collect();
     let tables = models.iter().flat_map(|m| m.tables()).copied().collect();
+    let for_writes = models
+        .iter()
+        .flat_map(|m| m.indexes_for_writes())
+        .copied()
+        .collect();
     let pool = parts.0.clone();
-    let fresh = Rebuild::prepare(&pool, names, tables).await?;
+    let fresh = Rebuild::prepare(&pool, names, (tables, for_writes)).await?;
     let mut feed = Feed::with_locks(parts, models, locks).await?;
     // Each model's tables as a fresh model's (rows a migration put in, such as the audit
     // chain's head).
+    let started = std::time::Instant::now();
     let outcome = match feed.reset().await {
         Ok(()) => feed.feed_all().await,
         Err(e) => Err(e.into()),
     };
+    if let Ok(read) = &outcome {
+        tracing::info!(
+            events = read,
+            feed_ms = started.elapsed().as_millis() as u64,
+            "the store replayed into fresh read models"
+        );
+    }
     let outcome = match outcome {
         Ok(read) => fresh.swap_in().await.map(|()| read).map_err(Into::into),
         Err(e) => {

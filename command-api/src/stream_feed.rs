@@ -30,6 +30,8 @@ pub trait Fed: Send + Sync {
     fn name(&self) -> &'static str;
     /// [`ReadModel::tables`].
     fn tables(&self) -> &'static [&'static str];
+    /// [`ReadModel::indexes_for_writes`].
+    fn indexes_for_writes(&self) -> &'static [&'static str];
     /// Whether the read model reads the events of `aggregate_type`.
     fn wants(&self, aggregate_type: &str) -> bool;
     fn lock(&self) -> BoxFuture<'_, Result<Option<StreamLock>, sqlx::Error>>;
@@ -65,6 +67,10 @@ impl<M: ReadModel> Fed for Projector<M> {
 
     fn tables(&self) -> &'static [&'static str] {
         self.model().tables()
+    }
+
+    fn indexes_for_writes(&self) -> &'static [&'static str] {
+        self.model().indexes_for_writes()
     }
 
     fn wants(&self, aggregate_type: &str) -> bool {
@@ -120,6 +126,9 @@ impl<F: Fed + ?Sized> Fed for &F {
     }
     fn tables(&self) -> &'static [&'static str] {
         (**self).tables()
+    }
+    fn indexes_for_writes(&self) -> &'static [&'static str] {
+        (**self).indexes_for_writes()
     }
     fn wants(&self, aggregate_type: &str) -> bool {
         (**self).wants(aggregate_type)
@@ -343,13 +352,30 @@ impl<'a> Feed<'a> {
             return Ok(0);
         };
         let mut total = 0;
+        let mut ahead: Option<(Cursor, Round)> = None;
         while self.behind() < end {
-            let read = self.feed_available().await?;
-            total += read;
-            if read == 0 {
+            let from = self.behind();
+            let round = match ahead.take() {
+                // Read from where every model stands now (not so after a model failed apart).
+                Some((after, round)) if after == from => round,
+                _ => self.read(from).await?,
+            };
+            let Some(last) = round.events.last().map(StoredEvent::cursor) else {
                 // An older transaction still running holds the stream back: wait it out.
                 tokio::time::sleep(stream::HELD_BACK_POLL).await;
-            }
+                continue;
+            };
+            // The next round is read, verified and opened while the models apply this one.
+            let read_ahead = async {
+                if last < end {
+                    self.read(last).await.map(|round| Some((last, round)))
+                } else {
+                    Ok(None)
+                }
+            };
+            let (results, next) = tokio::join!(self.apply_round(&round), read_ahead);
+            total += self.settle(&round, results)?;
+            ahead = next?;
         }
         Ok(total)
     }
@@ -365,29 +391,42 @@ impl<'a> Feed<'a> {
         if round.events.is_empty() {
             return Ok(0);
         }
-        let round = &round;
-        let skip: Vec<bool> = (0..self.models.len())
-            .map(|i| self.isolate_failures && self.waiting(i))
-            .collect();
-        let results =
-            futures::future::join_all(self.models.iter().zip(&self.positions).zip(&skip).map(
-                |((model, &from), &skip)| async move {
-                    if skip {
-                        return Ok(from);
-                    }
-                    apply(model.as_ref(), round, from).await
-                },
-            ))
-            .await;
+        let results = self.apply_round(&round).await;
+        self.settle(&round, results)
+    }
+
+    /// Applies `round` to every model not waiting out a failure, side by side: where each
+    /// stands then, `None` for one passed over.
+    async fn apply_round(&self, round: &Round) -> Vec<Option<anyhow::Result<StreamPosition>>> {
+        futures::future::join_all(self.models.iter().zip(&self.positions).enumerate().map(
+            |(index, (model, &from))| async move {
+                if self.isolate_failures && self.waiting(index) {
+                    return None;
+                }
+                Some(apply(model.as_ref(), round, from).await)
+            },
+        ))
+        .await
+    }
+
+    /// Takes in what [`Feed::apply_round`] did with `round`: the models' new places, and the
+    /// failures, waited out apart when failures are isolated; returns how many events the
+    /// round read.
+    fn settle(
+        &mut self,
+        round: &Round,
+        results: Vec<Option<anyhow::Result<StreamPosition>>>,
+    ) -> anyhow::Result<usize> {
         let mut failure = None;
         let mut failed = 0;
+        let mut tried = 0;
         for (index, result) in results.into_iter().enumerate() {
+            let Some(result) = result else { continue };
+            tried += 1;
             match result {
                 Ok(at) => {
                     self.positions[index] = at;
-                    if !skip[index] {
-                        self.retry[index] = (None, FIRST_RETRY_WAIT);
-                    }
+                    self.retry[index] = (None, FIRST_RETRY_WAIT);
                 }
                 Err(e) => {
                     failed += 1;
@@ -406,7 +445,6 @@ impl<'a> Feed<'a> {
                 }
             }
         }
-        let tried = skip.iter().filter(|s| !**s).count();
         match failure {
             Some(e) if !self.isolate_failures || failed == tried => Err(e),
             _ => Ok(round.events.len()),

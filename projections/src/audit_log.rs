@@ -150,6 +150,90 @@ async fn checked_event_hashes(
 }
 
 impl AuditLog {
+    /// Writes the entries of `events`, whose stored rows have the hashes `hashes`: the chain
+    /// head locked once, repeats passed over, the entries inserted in one statement and the
+    /// head moved once.
+    async fn write(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&PublishedEvent],
+        hashes: Vec<Vec<u8>>,
+    ) -> Result<(), ProjectionError> {
+        let mut entries = events
+            .iter()
+            .zip(hashes)
+            .map(|(event, hash)| Self::entry(event, hash))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (mut seq, mut hash): (i64, Vec<u8>) =
+            sqlx::query_as("SELECT seq, hash FROM audit_chain_head WHERE only_row FOR UPDATE")
+                .fetch_one(&mut *tx)
+                .await?;
+        let ids: Vec<Uuid> = entries.iter().map(|e| e.entry_id).collect();
+        let mut seen: std::collections::HashSet<Uuid> =
+            sqlx::query_scalar("SELECT entry_id FROM audit_log WHERE entry_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+        // Repeats (recorded before, or twice in the batch) are passed over.
+        entries.retain(|e| seen.insert(e.entry_id));
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for entry in &mut entries {
+            seq += 1;
+            entry.seq = seq;
+            entry.hash = entry.link(&self.chain, &hash);
+            hash.clone_from(&entry.hash);
+        }
+        sqlx::query(
+            "INSERT INTO audit_log (seq, entry_id, kind, recorded_at, patient_id,
+                                                user_id, action, detail, event_hash, hash)
+             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[],
+                                  $5::uuid[], $6::text[], $7::text[], $8::jsonb[], $9::bytea[],
+                                  $10::bytea[])",
+        )
+        .bind(entries.iter().map(|e| e.seq).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.entry_id).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.recorded_at).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.patient_id).collect::<Vec<_>>())
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.user_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.action.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(entries.iter().map(|e| &e.detail).collect::<Vec<_>>())
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.event_hash.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.hash.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE audit_chain_head SET seq = $1, hash = $2")
+            .bind(seq)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
     /// The entry `event` makes, before it has a place in the chain (`seq` and `hash` unset).
     fn entry(event: &PublishedEvent, event_hash: Vec<u8>) -> Result<AuditEntry, ProjectionError> {
         let (kind, patient_id, user_id, action, detail) = if event.event_type
@@ -247,79 +331,24 @@ impl ReadModel for AuditLog {
         // The runtime has checked that each `ce_id` is the identity of type, subject and
         // sequence.
         let hashes = checked_event_hashes(tx, events).await?;
-        let mut entries = events
-            .iter()
-            .zip(hashes)
-            .map(|(event, hash)| Self::entry(event, hash))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (mut seq, mut hash): (i64, Vec<u8>) =
-            sqlx::query_as("SELECT seq, hash FROM audit_chain_head WHERE only_row FOR UPDATE")
-                .fetch_one(&mut *tx)
-                .await?;
-        let ids: Vec<Uuid> = entries.iter().map(|e| e.entry_id).collect();
-        let mut seen: std::collections::HashSet<Uuid> =
-            sqlx::query_scalar("SELECT entry_id FROM audit_log WHERE entry_id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect();
-        // Repeats (recorded before, or twice in the batch) are passed over.
-        entries.retain(|e| seen.insert(e.entry_id));
-        if entries.is_empty() {
+        self.write(tx, events, hashes).await
+    }
+
+    /// As [`AuditLog::apply_many`], with each entry's hash as the event store holds it (the
+    /// stream feed read it from there and checked the chain): no second read to check it.
+    async fn apply_many_from_store(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&PublishedEvent],
+    ) -> Result<(), ProjectionError> {
+        if events.is_empty() {
             return Ok(());
         }
-        for entry in &mut entries {
-            seq += 1;
-            entry.seq = seq;
-            entry.hash = entry.link(&self.chain, &hash);
-            hash.clone_from(&entry.hash);
-        }
-        sqlx::query(
-            "INSERT INTO audit_log (seq, entry_id, kind, recorded_at, patient_id,
-                                                user_id, action, detail, event_hash, hash)
-             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[],
-                                  $5::uuid[], $6::text[], $7::text[], $8::jsonb[], $9::bytea[],
-                                  $10::bytea[])",
-        )
-        .bind(entries.iter().map(|e| e.seq).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.entry_id).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.recorded_at).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.patient_id).collect::<Vec<_>>())
-        .bind(
-            entries
-                .iter()
-                .map(|e| e.user_id.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            entries
-                .iter()
-                .map(|e| e.action.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(entries.iter().map(|e| &e.detail).collect::<Vec<_>>())
-        .bind(
-            entries
-                .iter()
-                .map(|e| e.event_hash.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            entries
-                .iter()
-                .map(|e| e.hash.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE audit_chain_head SET seq = $1, hash = $2")
-            .bind(seq)
-            .bind(&hash)
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
+        let hashes = events
+            .iter()
+            .map(|e| carried_event_hash(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write(tx, events, hashes).await
     }
 
     async fn clear(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {

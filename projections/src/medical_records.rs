@@ -7,6 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use event_store::documents::DocumentStore;
+use event_store::repository::SHREDDING_EVENT_TYPE;
 use schemas::medical_record::v1;
 use schemas::patient::v1 as patient_v1;
 use schemas::{DecodeError, PublishedEvent};
@@ -179,6 +180,14 @@ impl ReadModel for MedicalRecords {
         ]
     }
 
+    fn indexes_for_writes(&self) -> &'static [&'static str] {
+        // By patient: a forgotten patient's rows are purged.
+        &[
+            "medical_record_versions_patient",
+            "medical_record_items_patient",
+        ]
+    }
+
     async fn apply(
         &self,
         tx: &mut PgConnection,
@@ -206,6 +215,7 @@ impl ReadModel for MedicalRecords {
     /// Runs of item changes are written in a few statements whatever their length (the
     /// patients locked, the forgotten and the items' latest versions read, versions inserted
     /// and items upserted once each); an erasure between them is applied on its own, in order.
+    /// The other patient events concern this model not at all and do not break a run.
     async fn apply_many(
         &self,
         tx: &mut PgConnection,
@@ -215,7 +225,7 @@ impl ReadModel for MedicalRecords {
         for &event in events {
             if v1::EVENT_TYPES.contains(&event.event_type.as_str()) {
                 run.push((event, v1::MedicalRecordEvent::from_published(event)?));
-            } else {
+            } else if event.event_type == SHREDDING_EVENT_TYPE {
                 self.apply_items(tx, &std::mem::take(&mut run)).await?;
                 self.apply(tx, event).await?;
             }

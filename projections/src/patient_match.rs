@@ -122,6 +122,11 @@ impl ReadModel for PatientMatch {
         &["patient_match", "patient_match_keys"]
     }
 
+    fn indexes_for_writes(&self) -> &'static [&'static str] {
+        // By patient: a patient's keys are replaced on every change.
+        &["patient_match_keys_patient"]
+    }
+
     async fn apply(
         &self,
         tx: &mut PgConnection,

@@ -43,7 +43,9 @@ pub struct Rebuild {
 
 impl Rebuild {
     /// Empty copies, in [`SCHEMA`], of `tables` (those of the read models of `projectors`) and
-    /// of the bookkeeping, replacing what an abandoned rebuild left there.
+    /// of the bookkeeping, replacing what an abandoned rebuild left there. The indexes named in
+    /// `for_writes` (the models' writes look rows up by them) are built at once, the others
+    /// when the tables are loaded.
     ///
     /// # Errors
     ///
@@ -51,7 +53,7 @@ impl Rebuild {
     pub async fn prepare(
         pool: &PgPool,
         projectors: Vec<&'static str>,
-        tables: Vec<&'static str>,
+        (tables, for_writes): (Vec<&'static str>, Vec<&'static str>),
     ) -> Result<Self, sqlx::Error> {
         let mut tx = pool.begin().await?;
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
@@ -62,7 +64,7 @@ impl Rebuild {
             .await?;
         let mut indexes = Vec::new();
         for table in tables.iter().copied().chain(BOOKKEEPING) {
-            indexes.extend(copy_table(&mut tx, table).await?);
+            indexes.extend(copy_table(&mut tx, table, &for_writes).await?);
         }
         tx.commit().await?;
         Ok(Self {
@@ -89,6 +91,7 @@ impl Rebuild {
 
     async fn index_and_swap(&self) -> Result<(), sqlx::Error> {
         let pool = &self.pool;
+        let started = std::time::Instant::now();
         futures::stream::iter(self.indexes.iter())
             .map(|create| async move {
                 let mut conn = pool.acquire().await?;
@@ -104,11 +107,13 @@ impl Rebuild {
             .buffer_unordered(INDEX_BUILDS_AT_ONCE)
             .try_collect::<()>()
             .await?;
+        let indexed = started.elapsed();
         for table in self.tables.iter().chain(&BOOKKEEPING) {
             sqlx::query(&format!("ANALYZE {SCHEMA}.{table}"))
                 .execute(pool)
                 .await?;
         }
+        let analysed = started.elapsed();
 
         let mut tx = pool.begin().await?;
         // Readers queue behind the swap's locks: give up rather than hold them all for long
@@ -142,7 +147,15 @@ impl Rebuild {
         sqlx::query(&format!("DROP SCHEMA {SCHEMA} CASCADE"))
             .execute(&mut *tx)
             .await?;
-        tx.commit().await
+        tx.commit().await?;
+        tracing::info!(
+            indexes = self.indexes.len(),
+            index_ms = indexed.as_millis() as u64,
+            analyse_ms = (analysed - indexed).as_millis() as u64,
+            swap_ms = (started.elapsed() - analysed).as_millis() as u64,
+            "rebuilt read models swapped in"
+        );
+        Ok(())
     }
 
     /// Drops the fresh tables; the live ones were never touched.
@@ -160,7 +173,11 @@ impl Rebuild {
 
 /// Creates `SCHEMA.table` like `projections.table` with its constraints under their own names;
 /// returns the `CREATE INDEX` statements of its other indexes, for the fresh table.
-async fn copy_table(tx: &mut PgConnection, table: &str) -> Result<Vec<String>, sqlx::Error> {
+async fn copy_table(
+    tx: &mut PgConnection,
+    table: &str,
+    for_writes: &[&str],
+) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query(&format!(
         "CREATE TABLE {SCHEMA}.{table} (LIKE projections.{table}
              INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING IDENTITY INCLUDING STORAGE)"
@@ -184,21 +201,23 @@ async fn copy_table(tx: &mut PgConnection, table: &str) -> Result<Vec<String>, s
         .await?;
     }
     let indexes: Vec<(String, bool)> = sqlx::query_as(
-        "SELECT pg_get_indexdef(i.indexrelid), i.indisunique FROM pg_index i
+        "SELECT pg_get_indexdef(i.indexrelid), i.indisunique OR c.relname = ANY($2)
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
           WHERE i.indrelid = $1::regclass
             AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
           ORDER BY i.indexrelid",
     )
     .bind(&live)
+    .bind(for_writes)
     .fetch_all(&mut *tx)
     .await?;
     let on_live = format!(" ON {live} ");
     let on_fresh = format!(" ON {SCHEMA}.{table} ");
     let mut later = Vec::new();
-    for (create, unique) in indexes {
+    for (create, now) in indexes {
         let create = create.replacen(&on_live, &on_fresh, 1);
-        if unique {
-            // A write's `ON CONFLICT` may need it: built before the load.
+        if now {
+            // A write's `ON CONFLICT` or lookup needs it: built before the load.
             sqlx::query(&create).execute(&mut *tx).await?;
         } else {
             later.push(create);

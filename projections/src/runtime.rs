@@ -62,6 +62,18 @@ pub trait ReadModel: Send + Sync + 'static {
         }
     }
 
+    /// [`ReadModel::apply_many`] for events the stream feed read from the event store itself
+    /// and whose hash chain it checked as it read them: a model that cross-checks what a
+    /// topic carries against the store may take these as they are. The result must be the
+    /// same.
+    fn apply_many_from_store(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&PublishedEvent],
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send {
+        self.apply_many(tx, events)
+    }
+
     /// Whether sealed events are opened before [`ReadModel::apply`] (and events of forgotten
     /// patients, which no longer open, passed over). A model that only records that events
     /// happened says no.
@@ -78,6 +90,12 @@ pub trait ReadModel: Send + Sync + 'static {
     /// The tables the read model writes (in `projections`), which a rebuild fills afresh
     /// ([`crate::rebuild`]).
     fn tables(&self) -> &'static [&'static str];
+
+    /// The indexes (beyond primary and unique keys) its writes look rows up by: a rebuild
+    /// builds these before loading the fresh tables, the others after.
+    fn indexes_for_writes(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     /// Empties the read model, leaving its tables as a fresh model's (before it is fed from
     /// the start again).
@@ -337,7 +355,7 @@ impl<M: ReadModel> Projector<M> {
     ))]
     pub async fn apply(&self, event: &PublishedEvent) -> Result<Applied, ProjectionError> {
         let mut tx = self.begin().await?;
-        let applied = self.apply_in(&mut tx, event).await?;
+        let applied = self.apply_in(&mut tx, event, Source::Topic).await?;
         tx.commit().await?;
         Ok(applied)
     }
@@ -357,7 +375,7 @@ impl<M: ReadModel> Projector<M> {
         at: StreamPosition,
     ) -> Result<Applied, ProjectionError> {
         let mut tx = self.begin().await?;
-        let applied = match self.apply_in(&mut tx, event).await {
+        let applied = match self.apply_in(&mut tx, event, Source::Store).await {
             Ok(applied) => applied,
             Err(e) if e.is_unusable() => {
                 tx.rollback().await?;
@@ -481,7 +499,12 @@ impl<M: ReadModel> Projector<M> {
         at: Option<StreamPosition>,
     ) -> Result<bool, ProjectionError> {
         let mut tx = self.begin().await?;
-        match self.apply_all(&mut tx, events, keys).await {
+        let source = if at.is_some() {
+            Source::Store
+        } else {
+            Source::Topic
+        };
+        match self.apply_all(&mut tx, events, keys, source).await {
             Ok(_) => {}
             Err(e) if e.is_unusable() => {
                 tx.rollback().await?;
@@ -504,6 +527,7 @@ impl<M: ReadModel> Projector<M> {
         tx: &mut PgConnection,
         events: &[&PublishedEvent],
         keys: &HashMap<String, DataKey>,
+        source: Source,
     ) -> Result<Vec<Applied>, ProjectionError> {
         let mut books = self.books(tx, events, keys).await?;
         let mut outcomes = Vec::with_capacity(events.len());
@@ -514,7 +538,10 @@ impl<M: ReadModel> Projector<M> {
             ready.extend(event);
         }
         let ready: Vec<&PublishedEvent> = ready.iter().map(|event| &**event).collect();
-        self.model.apply_many(tx, &ready).await?;
+        match source {
+            Source::Store => self.model.apply_many_from_store(tx, &ready).await?,
+            Source::Topic => self.model.apply_many(tx, &ready).await?,
+        }
         books.save(tx, self.model.name()).await?;
         Ok(outcomes)
     }
@@ -752,10 +779,21 @@ impl<M: ReadModel> Projector<M> {
         &self,
         tx: &mut PgConnection,
         event: &PublishedEvent,
+        source: Source,
     ) -> Result<Applied, ProjectionError> {
-        let outcomes = self.apply_all(tx, &[event], &HashMap::new()).await?;
+        let outcomes = self
+            .apply_all(tx, &[event], &HashMap::new(), source)
+            .await?;
         Ok(outcomes.first().copied().unwrap_or(Applied::Applied))
     }
+}
+
+/// Where a batch was read: from the event store by the stream feed (which checked the hash
+/// chain), or from a topic, which anyone allowed to produce to could have written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Store,
+    Topic,
 }
 
 /// A batch's bookkeeping: the last applied sequence of each aggregate (read once, written

@@ -432,6 +432,9 @@ impl command_api::stream_feed::Fed for Broken {
     fn tables(&self) -> &'static [&'static str] {
         projections::ReadModel::tables(self.0.model())
     }
+    fn indexes_for_writes(&self) -> &'static [&'static str] {
+        projections::ReadModel::indexes_for_writes(self.0.model())
+    }
     fn wants(&self, _aggregate_type: &str) -> bool {
         true
     }
@@ -655,5 +658,50 @@ async fn a_rebuild_that_fails_leaves_the_live_read_models_as_they_were() {
     .await
     .unwrap();
     assert!(!leftover);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_indexes_read_models_name_for_their_writes_exist() {
+    // Arrange
+    let app = TestApp::without_kafka().await;
+    let secrets = app.settings.secrets().unwrap();
+    let storage = app.settings.documents.storage().unwrap();
+    let read_models =
+        command_api::read_models::ReadModels::new(app.pool.clone(), &secrets, storage);
+
+    // Act
+    let named: Vec<(&str, &str)> = read_models
+        .fed()
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|m| {
+            m.indexes_for_writes()
+                .iter()
+                .map(|index| (m.name(), *index))
+        })
+        .collect();
+
+    // Assert: a rebuild builds each before loading (a name that matches nothing would leave
+    // the writes scanning the fresh tables).
+    assert!(!named.is_empty());
+    for (model, index) in named {
+        let table: Option<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_indexes
+              WHERE schemaname = 'projections' AND indexname = $1",
+        )
+        .bind(index)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap();
+        let table = table.unwrap_or_else(|| panic!("{model} names {index}, which is no index"));
+        let models = read_models.fed().await.unwrap();
+        let own = models.iter().find(|m| m.name() == model).unwrap();
+        assert!(
+            own.tables().contains(&table.as_str()),
+            "{index} is on {table}"
+        );
+    }
     app.stop().await;
 }
