@@ -180,6 +180,10 @@ impl ReadModel for MedicalRecords {
         ]
     }
 
+    fn partitions_by_patient(&self) -> bool {
+        true
+    }
+
     fn indexes_for_writes(&self) -> &'static [&'static str] {
         // By patient: a forgotten patient's rows are purged.
         &[

@@ -122,6 +122,10 @@ impl ReadModel for PatientMatch {
         &["patient_match", "patient_match_keys"]
     }
 
+    fn partitions_by_patient(&self) -> bool {
+        true
+    }
+
     fn indexes_for_writes(&self) -> &'static [&'static str] {
         // By patient: a patient's keys are replaced on every change.
         &["patient_match_keys_patient"]

@@ -31,6 +31,10 @@ impl ReadModel for PatientSearch {
         &["patient_search"]
     }
 
+    fn partitions_by_patient(&self) -> bool {
+        true
+    }
+
     async fn apply(
         &self,
         tx: &mut PgConnection,

@@ -74,6 +74,13 @@ pub trait ReadModel: Send + Sync + 'static {
         self.apply_many(tx, events)
     }
 
+    /// Whether a rebuild may write the model's batches split by patient (the events'
+    /// subject), in transactions side by side: no write of one patient's events reads or
+    /// orders against another's. The audit log says no: its chain has one writer.
+    fn partitions_by_patient(&self) -> bool {
+        false
+    }
+
     /// Whether sealed events are opened before [`ReadModel::apply`] (and events of forgotten
     /// patients, which no longer open, passed over). A model that only records that events
     /// happened says no.
@@ -124,13 +131,17 @@ impl StreamLock {
 
 /// The advisory lock key of a read model's stream feed.
 fn advisory_key(model: &str) -> i64 {
-    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    fnv1a("patient-service projector ".bytes().chain(model.bytes())) as i64
+}
+
+/// FNV-1a of `bytes`: stable across builds and platforms, unlike std's hasher.
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in "patient-service projector ".bytes().chain(model.bytes()) {
+    for b in bytes {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    hash as i64
+    hash
 }
 
 /// Where a stream-fed projector stands in the event store's stream.
@@ -474,7 +485,50 @@ impl<M: ReadModel> Projector<M> {
             return Ok(true);
         };
         let events: Vec<&PublishedEvent> = batch.iter().filter_map(|(event, _)| *event).collect();
+        if self.tables == Tables::Rebuild && self.model.partitions_by_patient() && events.len() > 1
+        {
+            return self.apply_in_partitions(&events, keys, last).await;
+        }
         self.apply_batch_in_one(&events, keys, Some(last)).await
+    }
+
+    /// A rebuild's batch for a model that allows it, split by patient (the events' subject)
+    /// into [`REBUILD_PARTITIONS`] transactions side by side. They need not commit together:
+    /// a rebuild that fails is dropped whole. Should one fail (two patients' merge events
+    /// locking each other's rows can deadlock), the batch is applied again in one transaction,
+    /// where what the others committed counts as repeats.
+    async fn apply_in_partitions(
+        &self,
+        events: &[&PublishedEvent],
+        keys: &HashMap<String, DataKey>,
+        last: StreamPosition,
+    ) -> Result<bool, ProjectionError> {
+        let mut parts: Vec<Vec<&PublishedEvent>> = vec![Vec::new(); REBUILD_PARTITIONS];
+        for &event in events {
+            parts[partition_of(&event.subject)].push(event);
+        }
+        let outcomes = futures::future::join_all(
+            parts
+                .iter()
+                .map(|part| self.apply_batch_in_one(part, keys, Some(last))),
+        )
+        .await;
+        let mut whole = true;
+        for outcome in outcomes {
+            match outcome {
+                Ok(applied) => whole &= applied,
+                Err(e) if e.is_unusable() => return Err(e),
+                Err(e) => {
+                    tracing::debug!(
+                        projector = self.model.name(),
+                        error.message = %e,
+                        "a partition of a rebuild's batch failed; applied in one transaction"
+                    );
+                    return self.apply_batch_in_one(events, keys, Some(last)).await;
+                }
+            }
+        }
+        Ok(whole)
     }
 
     /// Applies a batch of events (records of a Kafka topic) in one transaction, each with its
@@ -786,6 +840,16 @@ impl<M: ReadModel> Projector<M> {
             .await?;
         Ok(outcomes.first().copied().unwrap_or(Applied::Applied))
     }
+}
+
+/// How many transactions side by side a rebuild writes a batch of a model partitioned by
+/// patient in ([`ReadModel::partitions_by_patient`]): one per core of the machine this was
+/// tuned on.
+const REBUILD_PARTITIONS: usize = 2;
+
+/// The partition of a rebuild's batch that events about `subject` go to.
+fn partition_of(subject: &str) -> usize {
+    (fnv1a(subject.bytes()) % REBUILD_PARTITIONS as u64) as usize
 }
 
 /// Where a batch was read: from the event store by the stream feed (which checked the hash
