@@ -333,6 +333,18 @@ pub async fn apply_claims(tx: &mut PgConnection, change: &ClaimChange) -> Result
         let mut keys = claim.keys.clone();
         keys.sort_unstable();
         keys.dedup();
+        // One claim writer per key at a time, taken in that order. Without it, two bookings
+        // inserting the same key at once each find the other's uncommitted row under the
+        // exclusion constraint and wait on each other: a deadlock, retried with the same
+        // claims, over and over (two bookings of eight under load hung 30 s). With it, the
+        // second waits for the first to commit and then meets its row: the time is taken.
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('schedule_claims ' || k, 0))
+               FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) AS keys",
+        )
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "DELETE FROM schedule_claims
               WHERE resource = ANY($1) AND during && $2 AND expires_at <= $3",
