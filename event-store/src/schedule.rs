@@ -322,29 +322,36 @@ fn range(interval: &Interval) -> PgRange<DateTime<Utc>> {
 ///
 /// The database error; an exclusion violation ([`is_claim_conflict`]) when the time is taken.
 pub async fn apply_claims(tx: &mut PgConnection, change: &ClaimChange) -> Result<(), sqlx::Error> {
+    // Every writer claims in the same order, so two cannot wait on each other.
+    let keys = change.claim.as_ref().map(|claim| {
+        let mut keys = claim.keys.clone();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    });
+    if let Some(keys) = &keys {
+        // One claim writer per key at a time, taken in that order and before anything is
+        // deleted (a move gives its old time back first: a writer waiting on that deleted row
+        // while holding the key would wait on this one). Without it, two bookings inserting
+        // the same key at once each find the other's uncommitted row under the exclusion
+        // constraint and wait on each other: a deadlock, retried with the same claims, over
+        // and over (two bookings of eight under load hung 30 s). With it, the second waits
+        // for the first to commit and then meets its row: the time is taken.
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('schedule_claims ' || k, 0))
+               FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) AS keys",
+        )
+        .bind(keys)
+        .execute(&mut *tx)
+        .await?;
+    }
     if change.release {
         sqlx::query("DELETE FROM schedule_claims WHERE appointment_id = $1")
             .bind(change.appointment_id)
             .execute(&mut *tx)
             .await?;
     }
-    if let Some(claim) = &change.claim {
-        // Every writer claims in the same order, so two cannot wait on each other.
-        let mut keys = claim.keys.clone();
-        keys.sort_unstable();
-        keys.dedup();
-        // One claim writer per key at a time, taken in that order. Without it, two bookings
-        // inserting the same key at once each find the other's uncommitted row under the
-        // exclusion constraint and wait on each other: a deadlock, retried with the same
-        // claims, over and over (two bookings of eight under load hung 30 s). With it, the
-        // second waits for the first to commit and then meets its row: the time is taken.
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended('schedule_claims ' || k, 0))
-               FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) AS keys",
-        )
-        .bind(&keys)
-        .execute(&mut *tx)
-        .await?;
+    if let (Some(claim), Some(keys)) = (&change.claim, &keys) {
         sqlx::query(
             "DELETE FROM schedule_claims
               WHERE resource = ANY($1) AND during && $2 AND expires_at <= $3",
@@ -359,7 +366,7 @@ pub async fn apply_claims(tx: &mut PgConnection, change: &ClaimChange) -> Result
              SELECT $1, key, $3, $4 FROM unnest($2::text[]) AS key",
         )
         .bind(change.appointment_id)
-        .bind(&keys)
+        .bind(keys)
         .bind(range(&claim.interval))
         .bind(claim.expires_at)
         .execute(&mut *tx)

@@ -33,6 +33,37 @@ pub async fn run<M: ReadModel>(
     topic_prefix: &str,
     shutdown: CancellationToken,
 ) -> Result<(), KafkaError> {
+    // Held while consuming: a rebuild is refused meanwhile, and this waits while one runs.
+    let feeding = loop {
+        match projector.try_lock_shared().await {
+            Ok(Some(lock)) => break lock,
+            Ok(None) => tracing::info!(
+                projector = projector.model().name(),
+                "the read model is being rebuilt or fed from the stream; consuming once it is not"
+            ),
+            Err(e) => tracing::warn!(error.message = %e, "the projector lock cannot be taken now"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(LOCK_RETRY) => {}
+        }
+    };
+    let consumed = consume(&projector, kafka, (group_id, topic_prefix), shutdown).await;
+    if let Err(e) = feeding.release().await {
+        tracing::warn!(error.message = %e, "the projector lock's connection did not close cleanly");
+    }
+    consumed
+}
+
+/// How soon a consumer waiting for a rebuild to end asks again.
+const LOCK_RETRY: Duration = Duration::from_secs(1);
+
+async fn consume<M: ReadModel>(
+    projector: &Projector<M>,
+    kafka: &ClientConfig,
+    (group_id, topic_prefix): (&str, &str),
+    shutdown: CancellationToken,
+) -> Result<(), KafkaError> {
     let consumer: StreamConsumer = kafka
         .clone()
         .set("group.id", group_id)
@@ -80,7 +111,7 @@ pub async fn run<M: ReadModel>(
                 None => break,
             }
         }
-        if !handle_batch(&projector, &batch, &shutdown).await {
+        if !handle_batch(projector, &batch, &shutdown).await {
             break;
         }
         for message in &batch {

@@ -109,7 +109,8 @@ pub trait ReadModel: Send + Sync + 'static {
     fn clear(&self, tx: &mut PgConnection) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
-/// Held by the one process feeding a read model from the event store's stream.
+/// Held by the one process feeding a read model from the event store's stream or rebuilding
+/// it, alone; or shared, by each of its Kafka consumers ([`Projector::try_lock_shared`]).
 #[derive(Debug)]
 pub struct StreamLock {
     conn: PgConnection,
@@ -456,8 +457,26 @@ impl<M: ReadModel> Projector<M> {
     ///
     /// The database error.
     pub async fn try_lock_stream(&self) -> Result<Option<StreamLock>, sqlx::Error> {
+        self.try_lock("SELECT pg_try_advisory_lock($1)").await
+    }
+
+    /// The same lock, shared: held by each Kafka consumer of the read model while it
+    /// consumes, so that a rebuild or a stream feed (which take it alone) is refused
+    /// meanwhile, and consumers wait while one runs. A rebuild swaps the live tables out:
+    /// what a consumer wrote to them meanwhile would be lost with offsets already committed.
+    /// `None` while a rebuild or stream feed holds it.
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    pub async fn try_lock_shared(&self) -> Result<Option<StreamLock>, sqlx::Error> {
+        self.try_lock("SELECT pg_try_advisory_lock_shared($1)")
+            .await
+    }
+
+    async fn try_lock(&self, statement: &'static str) -> Result<Option<StreamLock>, sqlx::Error> {
         let mut conn = self.pool.acquire().await?.detach();
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        let locked: bool = sqlx::query_scalar(statement)
             .bind(advisory_key(self.model.name()))
             .fetch_one(&mut conn)
             .await?;

@@ -705,3 +705,36 @@ async fn the_indexes_read_models_name_for_their_writes_exist() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_rebuild_is_refused_while_kafka_projectors_consume() {
+    // Arrange: the service with its Kafka-fed projectors.
+    let app = TestApp::spawn().await;
+    let secrets = app.settings.secrets().unwrap();
+    let storage = app.settings.documents.storage().unwrap();
+    let read_models =
+        command_api::read_models::ReadModels::new(app.pool.clone(), &secrets, storage);
+    let search = projections::Projector::new(
+        app.pool.clone(),
+        secrets.keys.clone(),
+        projections::patient_search::PatientSearch,
+    );
+    eventually("the search consumers hold their lock", || async {
+        match search.try_lock_stream().await.unwrap() {
+            Some(lock) => {
+                lock.release().await.unwrap();
+                false
+            }
+            None => true,
+        }
+    })
+    .await;
+
+    // Act: a rebuild would swap out tables the consumers write, with their offsets committed.
+    let rebuilt = read_models.rebuild_all().await;
+
+    // Assert
+    let error = rebuilt.unwrap_err().to_string();
+    assert!(error.contains("stop serve/project first"), "{error}");
+    app.stop().await;
+}
