@@ -171,6 +171,8 @@ impl<F: Fed + ?Sized> Fed for &F {
 
 /// The events of one round, read, verified and opened once for every read model.
 struct Round {
+    /// Where the round was read from: it holds the events committed after this.
+    after: Cursor,
     events: Vec<StoredEvent>,
     /// The events that do not verify, by index: parked, never opened or applied.
     rejected: HashMap<usize, Finding>,
@@ -400,7 +402,9 @@ impl<'a> Feed<'a> {
     async fn apply_round(&self, round: &Round) -> Vec<Option<anyhow::Result<StreamPosition>>> {
         futures::future::join_all(self.models.iter().zip(&self.positions).enumerate().map(
             |(index, (model, &from))| async move {
-                if self.isolate_failures && self.waiting(index) {
+                // A model waiting out a failure, or one whose wait ended after the round was
+                // read past it, takes no part: it would miss the events before the round.
+                if (self.isolate_failures && self.waiting(index)) || cursor(from) < round.after {
                     return None;
                 }
                 Some(apply(model.as_ref(), round, from).await)
@@ -491,6 +495,7 @@ impl<'a> Feed<'a> {
             });
         }
         Ok(Round {
+            after,
             events,
             rejected,
             published,
