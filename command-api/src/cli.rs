@@ -8,7 +8,7 @@ use sqlx::PgPool;
 
 use crate::auth::{Authenticator, Role, TokenExtras};
 use crate::configuration::Settings;
-use crate::http::system_clock;
+use crate::http::{system_clock, Clock};
 use crate::read_models::ReadModels;
 use crate::startup::{self, Roles, Service};
 use crate::telemetry;
@@ -116,11 +116,21 @@ pub enum KeysCommand {
 ///
 /// Whatever the chosen command fails with.
 pub fn main() -> anyhow::Result<()> {
+    main_with_clock(system_clock())
+}
+
+/// [`main`] with the service's time taken from `clock`: the end-to-end tests start the binary
+/// on the same fixed clock as the service they run in their own process.
+///
+/// # Errors
+///
+/// Whatever the chosen command fails with.
+pub fn main_with_clock(clock: Clock) -> anyhow::Result<()> {
     if let Some(child) = crate::extraction::run_child_if_asked() {
         return child;
     }
     let cli = Cli::parse();
-    runtime()?.block_on(run(cli))
+    runtime()?.block_on(run(cli, clock))
 }
 
 /// The multi-threaded tokio runtime every command of the service's binaries runs on.
@@ -134,12 +144,12 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Runs the command line.
+/// Runs the command line, the service roles on `clock`.
 ///
 /// # Errors
 ///
 /// Whatever the chosen command fails with.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+pub async fn run(cli: Cli, clock: Clock) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config_dir.as_deref())?;
     if !matches!(cli.command, Command::Token { .. }) {
         telemetry::init_subscriber(telemetry::get_subscriber(&settings.log, std::io::stderr));
@@ -152,31 +162,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Serve => {
-            Service::start(&settings, Roles::ALL, system_clock())
+            Service::start(&settings, Roles::ALL, clock)
                 .await?
                 .run_until_stopped()
                 .await
         }
         Command::Api => {
-            Service::start(&settings, roles(true, false, false, false), system_clock())
+            Service::start(&settings, roles(true, false, false, false), clock)
                 .await?
                 .run_until_stopped()
                 .await
         }
         Command::Relay => {
-            Service::start(&settings, roles(false, true, false, false), system_clock())
+            Service::start(&settings, roles(false, true, false, false), clock)
                 .await?
                 .run_until_stopped()
                 .await
         }
         Command::Project => {
-            Service::start(&settings, roles(false, false, true, true), system_clock())
+            Service::start(&settings, roles(false, false, true, true), clock)
                 .await?
                 .run_until_stopped()
                 .await
         }
         Command::Background => {
-            Service::start(&settings, roles(false, false, false, true), system_clock())
+            Service::start(&settings, roles(false, false, false, true), clock)
                 .await?
                 .run_until_stopped()
                 .await

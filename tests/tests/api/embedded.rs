@@ -57,22 +57,24 @@ async fn the_embedded_cluster_initialises_keeps_its_data_and_stops_cleanly() {
 
 /// Starts `serve` with no configuration in `dir` and waits until it is ready; returns the
 /// process and the API's base URL.
-async fn start_serve(dir: &TempDir) -> (std::process::Child, String) {
+async fn start_serve(dir: &TempDir) -> (Running, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
-        .arg("serve")
-        .current_dir(&dir.0)
-        .env_remove("DATABASE_URL")
-        .env_remove("KAFKA_BROKERS")
-        .env("APP_HTTP__PORT", port.to_string())
-        .env("APP_LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut serve = Running(
+        Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+            .arg("serve")
+            .current_dir(&dir.0)
+            .env_remove("DATABASE_URL")
+            .env_remove("KAFKA_BROKERS")
+            .env("APP_HTTP__PORT", port.to_string())
+            .env("APP_LOG__LEVEL", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let deadline = Instant::now() + DEADLINE;

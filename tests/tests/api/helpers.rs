@@ -579,26 +579,62 @@ pub fn error_fields(problem: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A process a test started, killed and reaped when the test ends, also when it fails: a
+/// service left running would hold the test run's output open (and its harness waiting).
+pub struct Running(pub std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _killed = self.0.kill();
+        let _reaped = self.0.wait();
+    }
+}
+
+/// `patient-service <role>` for a process of its own beside the test's service: on the same
+/// fixed clock ([`fixed_now`]), quiet but for warnings.
+pub fn service_command(role: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"));
+    command
+        .arg(role)
+        .env("PATIENT_SERVICE_UNDER_TEST_NOW", fixed_now().to_rfc3339())
+        .env("APP_LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null());
+    command
+}
+
 /// Starts `patient-service api` (the API role alone) on `app`'s database in a process of its
 /// own, with `envs` besides the test keys; returns it and its base URL once it is ready.
-pub async fn api_process(app: &TestApp, envs: &[(&str, String)]) -> (std::process::Child, String) {
+pub async fn api_process(app: &TestApp, envs: &[(&str, String)]) -> (Running, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
-        .arg("api")
-        .env("DATABASE_URL", &app.database_url)
-        .envs(SECURITY_ENV)
-        .env("APP_AUTH__JWT_SECRET", SECRET)
-        .env("APP_HTTP__PORT", port.to_string())
-        .env("APP_LOG__LEVEL", "warn")
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .env_remove("KAFKA_BROKERS")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        service_command("api")
+            .env("DATABASE_URL", &app.database_url)
+            .envs(SECURITY_ENV)
+            .env("APP_AUTH__JWT_SECRET", SECRET)
+            .env("APP_HTTP__PORT", port.to_string())
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .env_remove("KAFKA_BROKERS")
+            .spawn()
+            .unwrap(),
+    );
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + DEADLINE;
     loop {

@@ -1235,16 +1235,6 @@ fn children_of(parent: u32) -> Vec<(u32, String)> {
     children
 }
 
-/// A service process, killed should the test end early.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _killed = self.0.kill();
-        let _reaped = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_document_past_its_extraction_time_limit_is_refused_and_costs_no_more_than_its_limit() {
     // Arrange: the API as a process of its own (extraction is configured per process) with a
@@ -1254,7 +1244,7 @@ async fn a_document_past_its_extraction_time_limit_is_refused_and_costs_no_more_
     let id = patient_in_care(&app, 12).await;
     let token = clinician(&app);
     let limit = Duration::from_secs(2);
-    let (child, address) = crate::helpers::api_process(
+    let (mut service, address) = crate::helpers::api_process(
         &app,
         &[(
             "APP_DOCUMENTS__EXTRACTION_TIMEOUT_MS",
@@ -1262,7 +1252,6 @@ async fn a_document_past_its_extraction_time_limit_is_refused_and_costs_no_more_
         )],
     )
     .await;
-    let mut service = Running(child);
     let pid = service.0.id();
     let nested = "<div>".repeat(400_000);
     let hostile = |title: &'static str| {

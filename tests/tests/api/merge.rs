@@ -236,8 +236,7 @@ async fn merges_killed_midway_are_whole_or_absent_never_half_done() {
         let duplicate = id_of(&app.register_person(7001 + 2 * n, None).await);
         pairs.push((duplicate, survivor));
     }
-    // A user of its own: the other process's clock is the system's, and the registrar's
-    // session was last seen at the tests' fixed time.
+    // A user of its own, whose session only these merges use.
     let token = app.token("merger-1", &["registrar"]);
     for round in pairs.chunks(20) {
         let (mut serve, base) = api_process(&app, &[]).await;

@@ -290,17 +290,16 @@ async fn a_relay_killed_mid_stream_and_restarted_loses_nothing_and_repeats_are_a
 
     // Act: a relay process publishes in small batches and is killed once some arrived.
     let relay = |app: &TestApp| {
-        Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
-            .arg("relay")
-            .env("DATABASE_URL", &app.database_url)
-            .envs(SECURITY_ENV)
-            .env("KAFKA_BROKERS", broker.address())
-            .env("APP_KAFKA__TOPIC_PREFIX", &app.settings.kafka.topic_prefix)
-            .env("APP_KAFKA__RELAY_BATCH_SIZE", "5")
-            .env("APP_LOG__LEVEL", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap()
+        Running(
+            service_command("relay")
+                .env("DATABASE_URL", &app.database_url)
+                .envs(SECURITY_ENV)
+                .env("KAFKA_BROKERS", broker.address())
+                .env("APP_KAFKA__TOPIC_PREFIX", &app.settings.kafka.topic_prefix)
+                .env("APP_KAFKA__RELAY_BATCH_SIZE", "5")
+                .spawn()
+                .unwrap(),
+        )
     };
     let mut first = relay(&app);
     let before_kill = consume(&consumer, 10).await;

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{
     assert_matches_schema_in, consume_until, consumer_for, error_fields, eventually, id_of,
-    published, AppOptions, TestApp,
+    published, AppOptions, Running, TestApp,
 };
 
 /// Monday after the tests' fixed now (Friday 2026-11-27 12:00 UTC); Zurich is UTC+1.
@@ -1220,21 +1220,20 @@ fn api_alone() -> AppOptions {
 }
 
 /// Starts `patient-service project` (projectors and background work) on `app`'s database.
-fn start_background(app: &TestApp) -> std::process::Child {
+fn start_background(app: &TestApp) -> Running {
     start_role(app, "project")
 }
 
 /// Starts `patient-service <role>` on `app`'s database.
-fn start_role(app: &TestApp, role: &str) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
-        .arg(role)
-        .env("DATABASE_URL", &app.database_url)
-        .envs(crate::helpers::SECURITY_ENV)
-        .env_remove("KAFKA_BROKERS")
-        .env("APP_LOG__LEVEL", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+fn start_role(app: &TestApp, role: &str) -> Running {
+    Running(
+        crate::helpers::service_command(role)
+            .env("DATABASE_URL", &app.database_url)
+            .envs(crate::helpers::SECURITY_ENV)
+            .env_remove("KAFKA_BROKERS")
+            .spawn()
+            .unwrap(),
+    )
 }
 
 #[tokio::test]
