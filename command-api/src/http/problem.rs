@@ -405,11 +405,14 @@ impl ApiError {
                 let warnings: Vec<serde_json::Value> = warnings
                     .iter()
                     .map(|w| {
-                        serde_json::json!({
+                        let mut warning = serde_json::json!({
                             "allergy_id": w.allergy_id,
                             "allergy_version": w.allergy_version,
-                            "criticality": w.criticality.code(),
-                        })
+                        });
+                        if let Some(criticality) = w.criticality {
+                            warning["criticality"] = criticality.code().into();
+                        }
+                        warning
                     })
                     .collect();
                 problem

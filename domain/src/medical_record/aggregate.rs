@@ -55,7 +55,8 @@ pub struct AcknowledgedWarning {
 pub struct AllergyWarning {
     pub allergy_id: ItemId,
     pub allergy_version: u32,
-    pub criticality: AllergyCriticality,
+    /// When the allergy states it.
+    pub criticality: Option<AllergyCriticality>,
 }
 
 /// The warnings a caller acknowledges with a command, and who they are.
@@ -393,7 +394,7 @@ impl MedicalRecord {
 fn revision_allowed(before: &ItemContent, after: &ItemContent) -> Result<(), MedicalRecordError> {
     match (before, after) {
         (ItemContent::Medication(before), ItemContent::Medication(after))
-            if !before.status.is_current() && after.status.is_current() =>
+            if before.status.has_ended() && after.status.is_current() =>
         {
             Err(MedicalRecordError::MedicationEnded)
         }

@@ -49,16 +49,20 @@ pub struct Reaction {
     pub severity: Option<Severity>,
 }
 
-/// An allergy or intolerance.
+/// An allergy or intolerance. As in FHIR's AllergyIntolerance, only what it is to and whether
+/// it stands are required: many sources know neither its category nor its criticality.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allergy {
     pub substance: Concept,
-    pub category: AllergyCategory,
-    pub criticality: AllergyCriticality,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<AllergyCategory>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub criticality: Option<AllergyCriticality>,
     #[serde(default)]
     pub reactions: Vec<Reaction>,
     pub clinical_status: AllergyClinicalStatus,
-    pub verification_status: VerificationStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_status: Option<VerificationStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onset: Option<NaiveDate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,12 +73,28 @@ impl Allergy {
     /// Whether the allergy stands: active and not refuted.
     pub fn is_active(&self) -> bool {
         self.clinical_status == AllergyClinicalStatus::Active
-            && self.verification_status != VerificationStatus::Refuted
+            && self.verification_status != Some(VerificationStatus::Refuted)
     }
 }
 
 crate::code_enum!(
-    MedicationStatus { Active = "active", OnHold = "on-hold", Stopped = "stopped", Completed = "completed" }
+    /// FHIR MedicationStatement's statuses but `entered-in-error`, which is the item's own
+    /// lifecycle here.
+    MedicationStatus {
+        Active = "active",
+        OnHold = "on-hold",
+        Intended = "intended",
+        Stopped = "stopped",
+        Completed = "completed",
+        NotTaken = "not-taken",
+        Unknown = "unknown",
+    }
+);
+crate::code_enum!(
+    /// Where what is known of a medication comes from: an `order` of a prescriber here (FHIR
+    /// MedicationRequest), the patient's (or a relative's) own account, or another record
+    /// (a referral letter, another system's medication list).
+    MedicationSource { Order = "order", PatientReported = "patient-reported", OtherRecord = "other-record" }
 );
 crate::code_enum!(
     /// Routes of administration (SNOMED CT route concepts, by name).
@@ -97,29 +117,54 @@ crate::code_enum!(
 );
 
 impl MedicationStatus {
-    /// Whether the patient is (or will again be) taking it.
+    /// Whether the patient is, will be or may be taking it: what the allergy check guards.
+    /// `unknown` counts, for safety.
     pub fn is_current(&self) -> bool {
-        matches!(self, Self::Active | Self::OnHold)
+        matches!(
+            self,
+            Self::Active | Self::OnHold | Self::Intended | Self::Unknown
+        )
+    }
+
+    /// Whether it has ended for good: a later revision cannot make it current again.
+    pub fn has_ended(&self) -> bool {
+        matches!(self, Self::Stopped | Self::Completed)
     }
 }
 
-/// A medication the patient takes or took, as prescribed.
+/// A medication the patient takes, took or is to take, with what is known of it. As in FHIR's
+/// MedicationStatement, only the medication and its status are required: a list from another
+/// system, or what a patient reports, seldom knows the dose, route, frequency or prescriber.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Medication {
     pub medication: Concept,
-    pub dose: Quantity,
-    pub route: Route,
-    pub frequency: Frequency,
-    pub start: NaiveDate,
+    /// `order` for the medications recorded before the source was (they all were orders).
+    #[serde(default = "MedicationSource::order")]
+    pub source: MedicationSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dose: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency: Option<Frequency>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<NaiveDate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<NaiveDate>,
     pub status: MedicationStatus,
-    pub prescriber: Principal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prescriber: Option<Principal>,
     /// Why it is taken: the condition treated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason_for_use: Option<Concept>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<Note>,
+}
+
+impl MedicationSource {
+    fn order() -> Self {
+        Self::Order
+    }
 }
 
 crate::code_enum!(

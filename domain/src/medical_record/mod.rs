@@ -91,11 +91,11 @@ mod tests {
     fn allergy(substance: &str) -> ItemContent {
         ItemContent::Allergy(Allergy {
             substance: concept(substance),
-            category: AllergyCategory::Medication,
-            criticality: AllergyCriticality::High,
+            category: Some(AllergyCategory::Medication),
+            criticality: Some(AllergyCriticality::High),
             reactions: vec![],
             clinical_status: AllergyClinicalStatus::Active,
-            verification_status: VerificationStatus::Confirmed,
+            verification_status: Some(VerificationStatus::Confirmed),
             onset: None,
             note: None,
         })
@@ -104,13 +104,14 @@ mod tests {
     fn medication(name: &str, status: MedicationStatus) -> ItemContent {
         ItemContent::Medication(Medication {
             medication: concept(name),
-            dose: Quantity::parse("d", Some("500"), Some("mg")).unwrap(),
-            route: Route::Oral,
-            frequency: Frequency::new("f", 3, 1, PeriodUnit::Day, false).unwrap(),
-            start: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+            source: MedicationSource::Order,
+            dose: Some(Quantity::parse("d", Some("500"), Some("mg")).unwrap()),
+            route: Some(Route::Oral),
+            frequency: Some(Frequency::new("f", 3, 1, PeriodUnit::Day, false).unwrap()),
+            start: Some(NaiveDate::from_ymd_opt(2026, 11, 1).unwrap()),
             end: None,
             status,
-            prescriber: Principal::parse("p", "dr-who").unwrap(),
+            prescriber: Some(Principal::parse("p", "dr-who").unwrap()),
             reason_for_use: None,
             note: None,
         })
@@ -174,7 +175,7 @@ mod tests {
         match record(&mut r, id(2), med.clone(), &[]) {
             Err(MedicalRecordError::UnacknowledgedAllergyWarnings(w)) => {
                 assert_eq!(w[0].allergy_id, id(1));
-                assert_eq!(w[0].criticality, AllergyCriticality::High);
+                assert_eq!(w[0].criticality, Some(AllergyCriticality::High));
             }
             other => panic!("{other:?}"),
         }
@@ -225,6 +226,63 @@ mod tests {
             &[],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn what_a_patient_reports_and_an_allergy_of_unknown_criticality_still_meet_the_allergy_check() {
+        let mut r = MedicalRecord::default();
+        let mut allergy = allergy("Penicillin");
+        if let ItemContent::Allergy(a) = &mut allergy {
+            (a.category, a.criticality, a.verification_status) = (None, None, None);
+        }
+        record(&mut r, id(1), allergy, &[]).unwrap();
+        let reported = ItemContent::Medication(Medication {
+            medication: concept("Penicillin V potassium 250 MG"),
+            source: MedicationSource::PatientReported,
+            dose: None,
+            route: None,
+            frequency: None,
+            start: None,
+            end: None,
+            status: MedicationStatus::Unknown,
+            prescriber: None,
+            reason_for_use: None,
+            note: None,
+        });
+        match record(&mut r, id(2), reported.clone(), &[]) {
+            Err(MedicalRecordError::UnacknowledgedAllergyWarnings(w)) => {
+                assert_eq!((w[0].allergy_id, w[0].criticality), (id(1), None));
+            }
+            other => panic!("{other:?}"),
+        }
+        record(&mut r, id(2), reported, &[id(1)]).unwrap();
+    }
+
+    #[test]
+    fn medications_and_allergies_stored_before_fields_became_optional_read_as_they_were() {
+        let medication: Medication = serde_json::from_value(serde_json::json!({
+            "medication": {"text": "Metformin"},
+            "dose": {"value": "500", "unit": "mg"},
+            "route": "oral",
+            "frequency": {"count": 2, "period": 1, "period_unit": "d", "as_needed": false},
+            "start": "2026-01-01",
+            "status": "active",
+            "prescriber": "dr-who",
+        }))
+        .unwrap();
+        assert_eq!(medication.source, MedicationSource::Order);
+        assert_eq!(medication.route, Some(Route::Oral));
+        assert_eq!(medication.prescriber.unwrap().as_str(), "dr-who");
+        let allergy: Allergy = serde_json::from_value(serde_json::json!({
+            "substance": {"text": "Peanut"},
+            "category": "food",
+            "criticality": "high",
+            "clinical_status": "active",
+            "verification_status": "refuted",
+        }))
+        .unwrap();
+        assert_eq!(allergy.criticality, Some(AllergyCriticality::High));
+        assert!(!allergy.is_active());
     }
 
     #[test]

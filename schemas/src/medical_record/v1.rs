@@ -42,16 +42,19 @@ pub struct Reaction {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Allergy {
     pub substance: Concept,
-    /// `food`, `medication`, `environment` or `biologic`.
-    pub category: String,
-    /// `low`, `high` or `unable-to-assess`.
-    pub criticality: String,
+    /// `food`, `medication`, `environment` or `biologic`; absent when the source did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// `low`, `high` or `unable-to-assess`; absent when the source did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub criticality: Option<String>,
     #[serde(default)]
     pub reactions: Vec<Reaction>,
     /// `active`, `inactive` or `resolved`.
     pub clinical_status: String,
-    /// `unconfirmed`, `presumed`, `confirmed` or `refuted`.
-    pub verification_status: String,
+    /// `unconfirmed`, `presumed`, `confirmed` or `refuted`; absent when the source did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onset: Option<NaiveDate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,26 +78,40 @@ pub struct Frequency {
     pub as_needed: bool,
 }
 
-/// A medication taken or prescribed (FHIR MedicationStatement).
+/// A medication taken, prescribed or reported (FHIR MedicationStatement), with what is known of
+/// it: only the medication, its status and its source are always there.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Medication {
     pub medication: Concept,
-    pub dose: Quantity,
+    /// `order` (prescribed here), `patient-reported` or `other-record`. Events written before
+    /// the field existed have none: they were all orders.
+    #[serde(default = "order")]
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dose: Option<Quantity>,
     /// `oral`, `intravenous`, `intramuscular`, `subcutaneous`, ...
-    pub route: String,
-    pub frequency: Frequency,
-    pub start: NaiveDate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency: Option<Frequency>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<NaiveDate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<NaiveDate>,
-    /// `active`, `on-hold`, `stopped` or `completed`.
+    /// `active`, `on-hold`, `intended`, `stopped`, `completed`, `not-taken` or `unknown`.
     pub status: String,
-    /// The prescriber's user id.
-    pub prescriber: String,
+    /// The prescriber's user id, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prescriber: Option<String>,
     /// Why it is taken: the condition treated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason_for_use: Option<Concept>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+fn order() -> String {
+    "order".to_owned()
 }
 
 /// A vaccine given or recorded as not given; the vaccine coded in CVX.

@@ -432,6 +432,88 @@ async fn bad_items_are_refused_naming_every_field_and_nothing_is_written() {
 }
 
 #[tokio::test]
+async fn items_are_recorded_with_what_is_known_as_fhir_allows_and_still_meet_the_allergy_check() {
+    // Arrange: what another system's lists and a patient's own account usually hold.
+    let app = TestApp::spawn().await;
+    let id = patient_in_care(&app, 4).await;
+    let token = clinician(&app);
+    let post = |segment: &'static str, body: Value| {
+        let (app, token, id) = (&app, token.clone(), id.clone());
+        async move {
+            send(
+                app,
+                reqwest::Method::POST,
+                &format!("/v1/patients/{id}/{segment}"),
+                &token,
+                Some(&body),
+                None,
+            )
+            .await
+        }
+    };
+
+    // Act
+    let (status, allergy, _) = post(
+        "allergies",
+        json!({ "substance": { "text": "Penicillin" }, "clinical_status": "active" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{allergy}");
+    let reported = json!({
+        "medication": { "text": "Ibuprofen 200 MG Oral Tablet" },
+        "status": "active",
+        "source": "patient-reported",
+    });
+    let (status, ibuprofen, _) = post("medications", reported).await;
+    let named = json!({
+        "medication": { "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                        "code": "308182", "text": "Amoxicillin and penicillin 250 MG" },
+        "status": "unknown",
+        "source": "other-record",
+    });
+    let (warned, warning, _) = post("medications", named).await;
+
+    // Assert: recorded as sent, nothing invented; the allergy check still applies.
+    assert_eq!(status, 201, "{ibuprofen}");
+    assert_eq!(ibuprofen["source"], "patient-reported");
+    for absent in ["dose", "route", "frequency", "start", "prescriber"] {
+        assert!(ibuprofen.get(absent).is_none(), "{absent}");
+    }
+    for absent in ["category", "criticality", "verification_status"] {
+        assert!(allergy.get(absent).is_none(), "{absent}");
+    }
+    assert_eq!(warned, 409, "{warning}");
+    assert_eq!(
+        warning["warnings"],
+        json!([{ "allergy_id": allergy["item_id"], "allergy_version": 1 }]),
+        "no criticality where the allergy states none"
+    );
+    let topic = format!(
+        "{}{}",
+        app.settings.kafka.topic_prefix,
+        schemas::topics::MEDICAL_RECORD
+    );
+    let consumer = consumer_for(app.settings.kafka.brokers.as_deref().unwrap(), &topic);
+    let records = consume_until(&consumer, |r| {
+        r.iter()
+            .filter(|r| key(r) == id && r.payload().is_some())
+            .count()
+            >= 2
+    })
+    .await;
+    for record in records.iter().filter(|r| key(r) == id) {
+        let event_type = crate::helpers::published(record).event_type;
+        let data = app.open(record).await;
+        assert_matches_schema_in("medical-record/v1", &event_type, &data);
+        let data: Value = serde_json::from_slice(&data).unwrap();
+        if event_type == "MedicationRecorded" {
+            assert_eq!(data["item"]["source"], "patient-reported", "{event_type}");
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_second_active_allergy_is_refused_and_a_matching_medication_needs_its_warning_acknowledged(
 ) {
     let app = TestApp::without_kafka().await;

@@ -166,24 +166,29 @@ pub(crate) fn item(i: usize, patient: usize) -> ItemContent {
     match i % 10 {
         0 => ItemContent::Allergy(Allergy {
             substance: concept(&format!("substance-{i}")),
-            category: AllergyCategory::Medication,
-            criticality: AllergyCriticality::Low,
+            category: Some(AllergyCategory::Medication),
+            criticality: Some(AllergyCriticality::Low),
             reactions: vec![],
             clinical_status: AllergyClinicalStatus::Active,
-            verification_status: VerificationStatus::Confirmed,
+            verification_status: Some(VerificationStatus::Confirmed),
             onset: Some(day),
             note: None,
         }),
         1..=3 => ItemContent::Medication(Medication {
             medication: concept(&format!("medication-{i} 10 MG oral tablet")),
-            dose: Quantity::parse("d", Some("10"), Some("mg")).unwrap_or_else(|_| unreachable!()),
-            route: Route::Oral,
-            frequency: Frequency::new("f", 1, 1, PeriodUnit::Day, false)
-                .unwrap_or_else(|_| unreachable!()),
-            start: day,
+            source: MedicationSource::Order,
+            dose: Some(
+                Quantity::parse("d", Some("10"), Some("mg")).unwrap_or_else(|_| unreachable!()),
+            ),
+            route: Some(Route::Oral),
+            frequency: Some(
+                Frequency::new("f", 1, 1, PeriodUnit::Day, false)
+                    .unwrap_or_else(|_| unreachable!()),
+            ),
+            start: Some(day),
             end: None,
             status: MedicationStatus::Active,
-            prescriber,
+            prescriber: Some(prescriber),
             reason_for_use: None,
             note: None,
         }),

@@ -624,22 +624,10 @@ mod tests {
         check::<CoverageBody>(&["payer", "member_id", "start", "priority"]);
         check::<CoverageEndBody>(&["end", "reason"]);
         check::<ReasonBody>(&["reason"]);
-        check::<AllergyBody>(&[
-            "substance",
-            "category",
-            "criticality",
-            "clinical_status",
-            "verification_status",
-        ]);
-        check::<MedicationBody>(&[
-            "medication",
-            "dose",
-            "route",
-            "frequency",
-            "start",
-            "status",
-            "prescriber",
-        ]);
+        // As in FHIR's AllergyIntolerance and MedicationStatement: what it is and whether it
+        // stands; everything else when known.
+        check::<AllergyBody>(&["substance", "clinical_status"]);
+        check::<MedicationBody>(&["medication", "status"]);
         check::<ImmunizationBody>(&["vaccine", "occurred_on", "status"]);
         check::<ProblemBody>(&["condition", "clinical_status"]);
         check::<HistoryBody>(&["category", "description"]);

@@ -7,8 +7,8 @@ use chrono::NaiveDate;
 use domain::medical_record::items::{
     Allergy, AllergyCategory, AllergyClinicalStatus, AllergyCriticality, BodySite, Document,
     DocumentContent, HistoryCategory, HistoryEntry, Immunization, ImmunizationStatus, ItemKind,
-    Medication, MedicationStatus, Problem, ProblemStatus, Reaction, Route, Severity,
-    VerificationStatus,
+    Medication, MedicationSource, MedicationStatus, Problem, ProblemStatus, Reaction, Route,
+    Severity, VerificationStatus,
 };
 use domain::medical_record::values::{
     ordered_dates, systems, Concept, Frequency, Label, Note, PeriodUnit, Quantity,
@@ -49,11 +49,17 @@ pub struct ReactionBody {
 #[schemars(deny_unknown_fields)]
 pub struct AllergyBody {
     pub substance: Field<ConceptBody>,
+    /// `food`, `medication`, `environment` or `biologic`, when known.
+    #[serde(default)]
     pub category: Field<String>,
+    /// `low`, `high` or `unable-to-assess`, when known.
+    #[serde(default)]
     pub criticality: Field<String>,
     #[serde(default)]
     pub reactions: Field<Vec<Field<ReactionBody>>>,
     pub clinical_status: Field<String>,
+    /// `unconfirmed`, `presumed`, `confirmed` or `refuted`, when known.
+    #[serde(default)]
     pub verification_status: Field<String>,
     /// `YYYY-MM-DD`, not in the future.
     #[serde(default)]
@@ -92,13 +98,24 @@ pub struct FrequencyBody {
 #[schemars(deny_unknown_fields)]
 pub struct MedicationBody {
     pub medication: Field<ConceptBody>,
+    /// `order` (the default: prescribed here), `patient-reported` or `other-record`.
+    #[serde(default)]
+    pub source: Field<String>,
+    #[serde(default)]
     pub dose: Field<DoseBody>,
+    #[serde(default)]
     pub route: Field<String>,
+    #[serde(default)]
     pub frequency: Field<FrequencyBody>,
+    /// `YYYY-MM-DD`, when known.
+    #[serde(default)]
     pub start: Field<String>,
     #[serde(default)]
     pub end: Field<String>,
+    /// `active`, `on-hold`, `intended`, `stopped`, `completed`, `not-taken` or `unknown`.
     pub status: Field<String>,
+    /// The prescriber's user id, when known.
+    #[serde(default)]
     pub prescriber: Field<String>,
     #[serde(default)]
     pub reason_for_use: Field<ConceptBody>,
@@ -278,14 +295,14 @@ fn allergy(body: &AllergyBody, today: NaiveDate) -> Result<Allergy, FieldErrors>
         note,
     ) = (
         required_concept(&body.substance, "substance"),
-        code(&body.category, "category", AllergyCategory::parse),
-        code(&body.criticality, "criticality", AllergyCriticality::parse),
+        optional_code(&body.category, "category", AllergyCategory::parse),
+        optional_code(&body.criticality, "criticality", AllergyCriticality::parse),
         code(
             &body.clinical_status,
             "clinical_status",
             AllergyClinicalStatus::parse,
         ),
-        code(
+        optional_code(
             &body.verification_status,
             "verification_status",
             VerificationStatus::parse,
@@ -346,16 +363,17 @@ fn frequency(body: &FrequencyBody) -> Result<Frequency, FieldErrors> {
 
 fn medication(body: &MedicationBody) -> Result<Medication, FieldErrors> {
     let dates = (
-        text(&body.start, "start", |v| date(v, "start")),
+        optional_text(&body.start, "start", |v| date(v, "start")),
         optional_text(&body.end, "end", |v| date(v, "end")),
     )
         .all_ok()
         .and_then(|(start, end)| {
-            one(ordered_dates("end", Some(start), end))?;
+            one(ordered_dates("end", start, end))?;
             Ok((start, end))
         });
     let (
         medication,
+        source,
         dose,
         route,
         frequency,
@@ -366,18 +384,22 @@ fn medication(body: &MedicationBody) -> Result<Medication, FieldErrors> {
         note,
     ) = (
         required_concept(&body.medication, "medication"),
-        body.dose.required("dose").and_then(dose),
-        code(&body.route, "route", Route::parse),
-        body.frequency.required("frequency").and_then(frequency),
+        optional_code(&body.source, "source", MedicationSource::parse),
+        body.dose.optional("dose").and_then(|d| optional(d, dose)),
+        optional_code(&body.route, "route", Route::parse),
+        body.frequency
+            .optional("frequency")
+            .and_then(|f| optional(f, frequency)),
         dates,
         code(&body.status, "status", MedicationStatus::parse),
-        code(&body.prescriber, "prescriber", Principal::parse),
+        optional_code(&body.prescriber, "prescriber", Principal::parse),
         optional_concept(&body.reason_for_use, "reason_for_use"),
         note(&body.note, ""),
     )
         .all_ok()?;
     Ok(Medication {
         medication,
+        source: source.unwrap_or(MedicationSource::Order),
         dose,
         route,
         frequency,
@@ -705,6 +727,7 @@ mod tests {
             "start": "2026-11-02",
             "end": "2026-11-01",
             "status": "running",
+            "source": "hearsay",
             "prescriber": "dr who",
             "colour": "red",
         });
@@ -722,6 +745,7 @@ mod tests {
             "frequency.count",
             "end",
             "status",
+            "source",
             "prescriber",
         ] {
             assert!(
@@ -729,6 +753,57 @@ mod tests {
                 "{expected} not in {fields:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_medication_needs_only_what_it_is_and_its_status_and_an_allergy_its_substance() {
+        let reported = json!({
+            "medication": {"text": "Ibuprofen 200 MG Oral Tablet"},
+            "status": "active",
+            "source": "patient-reported",
+        });
+        let (content, ..) = item(
+            ItemKind::Medication,
+            reported.as_object().unwrap(),
+            false,
+            today(),
+        )
+        .unwrap();
+        let ItemContent::Medication(m) = content else {
+            panic!("not a medication")
+        };
+        assert_eq!(m.source, MedicationSource::PatientReported);
+        assert_eq!(
+            (m.dose, m.route, m.frequency, m.start, m.prescriber),
+            (None, None, None, None, None)
+        );
+        let order = json!({"medication": {"text": "Metformin"}, "status": "intended"});
+        let (content, ..) = item(
+            ItemKind::Medication,
+            order.as_object().unwrap(),
+            false,
+            today(),
+        )
+        .unwrap();
+        assert!(
+            matches!(content, ItemContent::Medication(m) if m.source == MedicationSource::Order)
+        );
+        let allergy = json!({"substance": {"text": "Peanut"}, "clinical_status": "active"});
+        let (content, ..) = item(
+            ItemKind::Allergy,
+            allergy.as_object().unwrap(),
+            false,
+            today(),
+        )
+        .unwrap();
+        let ItemContent::Allergy(a) = content else {
+            panic!("not an allergy")
+        };
+        assert_eq!(
+            (a.category, a.criticality, a.verification_status),
+            (None, None, None)
+        );
+        assert!(a.is_active());
     }
 
     #[test]
