@@ -310,7 +310,8 @@ impl Service {
                 .with_retention_days(settings.retention.archived_days)
                 .with_emergency_limit(settings.auth.break_glass_patients_per_hour)
                 .with_documents(&settings.documents)?
-                .with_scheduling(settings.scheduling.clone());
+                .with_scheduling(settings.scheduling.clone())
+                .with_https(settings.http.tls_cert_path.is_some());
             let router = http::router(
                 state,
                 Duration::from_secs(settings.http.request_timeout_secs),

@@ -4,6 +4,7 @@
 mod audit;
 mod data_keys;
 mod extractors;
+pub mod fhir;
 mod governance;
 mod health;
 mod idempotency;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// The largest document accepted, in bytes.
     pub document_max_bytes: usize,
+    /// Whether the API is served over HTTPS: absolute URLs (FHIR's) name the scheme.
+    pub https: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -102,6 +105,7 @@ impl AppState {
             idempotency: IdempotencyKeys::new(pool),
             auth: Arc::new(auth),
             document_max_bytes: crate::configuration::DEFAULT_DOCUMENT_MAX_BYTES,
+            https: false,
         }
     }
 
@@ -114,6 +118,12 @@ impl AppState {
     #[must_use]
     pub fn with_emergency_limit(mut self, limit: u32) -> Self {
         self.services.access = self.services.access.with_emergency_limit(limit);
+        self
+    }
+
+    #[must_use]
+    pub fn with_https(mut self, https: bool) -> Self {
+        self.https = https;
         self
     }
 
@@ -161,6 +171,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .merge(sessions::router())
         .merge(health::router())
         .merge(metrics::router())
+        .merge(fhir::router())
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -281,12 +292,15 @@ async fn request_context(mut req: Request, next: Next) -> Response {
 async fn problem_for_plain_errors(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status();
-    // Our own errors are problem+json already; health answers are plain JSON on purpose.
+    // Our own errors are problem+json already (FHIR's are OperationOutcomes); health answers
+    // are plain JSON on purpose.
     let is_problem = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| {
-            v.as_bytes() == PROBLEM_JSON.as_bytes() || v.as_bytes() == b"application/json"
+            v.as_bytes() == PROBLEM_JSON.as_bytes()
+                || v.as_bytes() == b"application/json"
+                || v.as_bytes() == fhir::FHIR_JSON.as_bytes()
         });
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
         return response;

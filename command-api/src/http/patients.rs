@@ -279,7 +279,7 @@ async fn search(
     .into_response())
 }
 
-fn parse_criteria(
+pub(super) fn parse_criteria(
     params: &HashMap<String, String>,
     today: chrono::NaiveDate,
 ) -> Result<Criteria, ApiError> {

@@ -2,6 +2,7 @@
 //! helpers, and an independent Kafka consumer. Time is fixed through the service's clock; waits
 //! poll with a deadline.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -646,4 +647,44 @@ pub async fn api_process(app: &TestApp, envs: &[(&str, String)]) -> (Running, St
         assert!(child.try_wait().unwrap().is_none(), "the API exited early");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Validators of HL7's FHIR R4 JSON schema (`tests/data/fhir/fhir.schema.json`), one per
+/// resource type, compiled once per test binary.
+static FHIR_VALIDATORS: std::sync::LazyLock<
+    std::sync::Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
+> = std::sync::LazyLock::new(|| std::sync::Mutex::new(HashMap::new()));
+
+/// Panics unless `resource` is valid against HL7's FHIR R4 JSON schema for its
+/// `resourceType` (a Bundle's entries are checked by the schema too).
+pub fn assert_valid_fhir(resource: &Value) {
+    let kind = resource["resourceType"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no resourceType: {resource}"))
+        .to_owned();
+    let validator = {
+        let mut validators = FHIR_VALIDATORS.lock().unwrap();
+        validators
+            .entry(kind.clone())
+            .or_insert_with(|| {
+                let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("data/fhir/fhir.schema.json");
+                let mut schema: Value =
+                    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+                let object = schema.as_object_mut().unwrap();
+                object.remove("oneOf");
+                object.remove("discriminator");
+                object.insert("$ref".into(), json!(format!("#/definitions/{kind}")));
+                Arc::new(jsonschema::validator_for(&schema).unwrap())
+            })
+            .clone()
+    };
+    let errors: Vec<String> = validator
+        .iter_errors(resource)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{kind} is not valid FHIR R4: {errors:?}\n{resource}"
+    );
 }

@@ -304,8 +304,8 @@ pub fn parse<T: Body>(object: &Map<String, Value>, prefix: &str) -> Result<Parse
     let mut unknown = FieldErrors::new();
     let mut extra: Vec<(String, Vec<String>)> = Vec::new();
     for error in validator.iter_errors(&value) {
-        if let ValidationErrorKind::AdditionalProperties { unexpected } = &error.kind {
-            let pointer = error.instance_path.as_str().to_owned();
+        if let ValidationErrorKind::AdditionalProperties { unexpected } = error.kind() {
+            let pointer = error.instance_path().as_str().to_owned();
             let path = field_path(prefix, &pointer);
             for key in unexpected {
                 unknown.push(FieldError::new(join(&path, key), "unknown field"));

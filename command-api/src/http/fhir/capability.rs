@@ -1,0 +1,63 @@
+//! `GET /metadata`: the CapabilityStatement, listing exactly what this server supports.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::patient::{base_url, SEARCH_PARAMS};
+use super::resource;
+use crate::http::AppState;
+
+/// The resources served, each with its interactions and search parameters.
+fn resources() -> Vec<Value> {
+    let patient_params: Vec<Value> = SEARCH_PARAMS
+        .iter()
+        .map(|(name, kind, documentation)| {
+            json!({ "name": name, "type": kind, "documentation": documentation })
+        })
+        .collect();
+    vec![json!({
+        "type": "Patient",
+        "profile": "http://hl7.org/fhir/StructureDefinition/Patient",
+        "interaction": [{ "code": "read" }, { "code": "search-type" }],
+        "versioning": "versioned",
+        "readHistory": false,
+        "searchParam": patient_params,
+    })]
+}
+
+/// The CapabilityStatement of this server, at `base`.
+pub fn capability_statement(base: &str, date: &str) -> Value {
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date,
+        "publisher": "patient-service",
+        "kind": "instance",
+        "software": { "name": "patient-service", "version": env!("CARGO_PKG_VERSION") },
+        "implementation": {
+            "description": "Event-sourced patient service: FHIR R4 over the same use cases as its native API",
+            "url": base,
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "JSON only (application/fhir+json); XML answers 415. Every error is an OperationOutcome. Results page with _count (1 to 100) and _offset.",
+            "security": {
+                "description": "OAuth 2 bearer tokens (JWT) checked against the identity provider's keys; roles and per-patient access rules as in the native API; every read is recorded.",
+            },
+            "resource": resources(),
+            "interaction": [],
+        }],
+    })
+}
+
+pub(super) async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let date = (state.clock)().format("%Y-%m-%d").to_string();
+    resource(
+        StatusCode::OK,
+        &capability_statement(&base_url(&state, &headers), &date),
+    )
+}

@@ -1,0 +1,291 @@
+//! The HL7 FHIR R4 (4.0.1) REST API under `/fhir/R4`, over the same use cases, access rules and
+//! access log as the native API.
+//!
+//! JSON only: a request for XML (`_format`, `Accept` or `Content-Type`) answers 415. Every error
+//! is an `OperationOutcome`: the native API's problem+json answers (which its extractors and use
+//! cases produce) are turned into one here, one issue per bad field, the field in `expression`.
+
+mod capability;
+mod patient;
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::{AppState, PROBLEM_JSON};
+
+/// The media type of every FHIR answer.
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+/// Where the FHIR API is served.
+pub const BASE: &str = "/fhir/R4";
+
+/// The largest error body turned into an `OperationOutcome`; problem+json answers are small.
+const MAX_PROBLEM_BYTES: usize = 64 * 1024;
+
+pub fn router() -> Router<AppState> {
+    let api = Router::new()
+        .route("/metadata", get(capability::metadata))
+        .merge(patient::router())
+        .fallback(unknown)
+        .layer(axum::middleware::from_fn(operation_outcomes))
+        .layer(axum::middleware::from_fn(json_only));
+    Router::new().nest(BASE, api)
+}
+
+async fn unknown() -> Response {
+    outcome(
+        StatusCode::NOT_FOUND,
+        &[Issue::new(
+            "not-found",
+            "no such resource type or interaction",
+        )],
+    )
+}
+
+/// One issue of an `OperationOutcome`.
+#[derive(Debug, Clone)]
+pub struct Issue {
+    code: &'static str,
+    diagnostics: String,
+    expression: Option<String>,
+}
+
+impl Issue {
+    pub fn new(code: &'static str, diagnostics: impl Into<String>) -> Self {
+        Self {
+            code,
+            diagnostics: diagnostics.into(),
+            expression: None,
+        }
+    }
+
+    #[must_use]
+    pub fn at(mut self, expression: impl Into<String>) -> Self {
+        self.expression = Some(expression.into());
+        self
+    }
+
+    fn to_json(&self, severity: &str) -> Value {
+        let mut issue = json!({
+            "severity": severity,
+            "code": self.code,
+            "diagnostics": self.diagnostics,
+        });
+        if let Some(expression) = &self.expression {
+            issue["expression"] = json!([expression]);
+        }
+        issue
+    }
+}
+
+/// An `OperationOutcome` answer with `issues` (errors).
+pub fn outcome(status: StatusCode, issues: &[Issue]) -> Response {
+    let severity = if status.is_server_error() {
+        "fatal"
+    } else {
+        "error"
+    };
+    let body = json!({
+        "resourceType": "OperationOutcome",
+        "issue": issues.iter().map(|i| i.to_json(severity)).collect::<Vec<_>>(),
+    });
+    resource(status, &body)
+}
+
+/// `body` as a FHIR answer.
+pub fn resource(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON))],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// A version's weak ETag, as FHIR writes it: `W/"3"`.
+pub fn weak_etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("W/\"{version}\""))
+        .unwrap_or(HeaderValue::from_static("W/\"0\""))
+}
+
+/// The issue type for an HTTP status (FHIR's `IssueType` value set).
+fn issue_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "invalid",
+        401 => "login",
+        403 => "forbidden",
+        404 | 410 => "not-found",
+        405 | 406 | 415 | 501 => "not-supported",
+        409 | 412 | 428 => "conflict",
+        413 => "too-costly",
+        422 => "business-rule",
+        429 | 503 => "throttled",
+        504 => "timeout",
+        _ => "exception",
+    }
+}
+
+/// Turns the native API's problem+json answers (and any other error without a FHIR body)
+/// into `OperationOutcome`s: one issue per field error, its field as `expression`; else one
+/// issue with the problem's detail or title.
+async fn operation_outcomes(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_fhir = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/fhir+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_fhir {
+        return response;
+    }
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
+    let (parts, body) = response.into_parts();
+    let problem: Value = if is_problem {
+        axum::body::to_bytes(body, MAX_PROBLEM_BYTES)
+            .await
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
+    let code = issue_code(status);
+    let mut issues: Vec<Issue> = problem["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| {
+                    let field = e["field"].as_str().unwrap_or_default();
+                    let issue = Issue::new(code, e["message"].as_str().unwrap_or("invalid"));
+                    if field.is_empty() {
+                        issue
+                    } else {
+                        issue.at(field)
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if issues.is_empty() {
+        let text = problem["detail"]
+            .as_str()
+            .or_else(|| problem["title"].as_str())
+            .or_else(|| status.canonical_reason())
+            .unwrap_or("error");
+        let mut issue = Issue::new(code, text);
+        if let Some(rule) = problem["code"].as_str() {
+            // The native rule's code, for a client to act on (e.g. `allergy-warning`).
+            issue.diagnostics = format!("{rule}: {}", issue.diagnostics);
+        }
+        issues.push(issue);
+    }
+    let mut answer = outcome(status, &issues);
+    for name in [
+        header::ALLOW,
+        header::RETRY_AFTER,
+        header::WWW_AUTHENTICATE,
+        header::ETAG,
+    ] {
+        if let Some(value) = parts.headers.get(&name) {
+            answer.headers_mut().insert(name, value.clone());
+        }
+    }
+    answer
+}
+
+/// Whether a `_format` value, `Accept` or `Content-Type` names XML.
+fn names_xml(value: &str) -> bool {
+    let value = value.to_ascii_lowercase();
+    value == "xml" || value.contains("/xml") || value.contains("+xml")
+}
+
+/// Whether a `_format` value names FHIR JSON.
+fn names_json(value: &str) -> bool {
+    matches!(
+        value.to_ascii_lowercase().split(';').next().map(str::trim),
+        Some("json" | "application/json" | "application/fhir+json")
+    )
+}
+
+/// JSON only: XML asked for in `_format`, `Accept` (with no JSON alternative) or sent as
+/// `Content-Type` answers 415; `_format` is taken off the query once honoured.
+async fn json_only(mut req: Request, next: Next) -> Response {
+    let refused = |what: &str| {
+        outcome(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &[Issue::new(
+                "not-supported",
+                format!("{what}: this server speaks FHIR JSON only (application/fhir+json)"),
+            )
+            .at(what)],
+        )
+    };
+    let headers = req.headers();
+    let header_text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let accept = header_text(header::ACCEPT);
+    if names_xml(&accept)
+        && !accept.to_ascii_lowercase().contains("json")
+        && !accept.contains("*/*")
+    {
+        return refused("Accept");
+    }
+    if names_xml(&header_text(header::CONTENT_TYPE)) {
+        return refused("Content-Type");
+    }
+    if let Some(query) = req.uri().query() {
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        if let Some((_, format)) = pairs.iter().find(|(k, _)| k == "_format") {
+            if !names_json(format) {
+                return refused("_format");
+            }
+            let kept: Vec<(String, String)> =
+                pairs.into_iter().filter(|(k, _)| k != "_format").collect();
+            let query = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(kept)
+                .finish();
+            let path = req.uri().path();
+            let rebuilt = if query.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{path}?{query}")
+            };
+            if let Ok(uri) = rebuilt.parse::<Uri>() {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_told_apart() {
+        assert!(names_xml("xml"));
+        assert!(names_xml("application/fhir+xml"));
+        assert!(names_xml("text/xml"));
+        assert!(!names_xml("application/fhir+json"));
+        assert!(names_json("json"));
+        assert!(names_json("application/fhir+json; fhirVersion=4.0"));
+        assert!(!names_json("turtle"));
+    }
+}

@@ -1,0 +1,496 @@
+//! `Patient`: read and search, from the same patient aggregate and search read model as
+//! `/v1/patients`, each read and each search hit recorded as an access.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use domain::patient::contact::{Address, Phone};
+use domain::patient::record::EmergencyContact;
+use domain::patient::{PatientId, PatientRecord, PatientStatus, PersonName};
+use domain::{FieldError, FieldErrors};
+use serde_json::{json, Map, Value};
+
+use super::{outcome, resource, weak_etag, Issue, BASE};
+use crate::auth::{access, permission, Authorized};
+use crate::http::{ApiError, AppState};
+use application::finding;
+
+/// The system of the medical record numbers this service assigns.
+pub const MRN_SYSTEM: &str = "urn:patient-service:mrn";
+
+/// The search parameters of `Patient`, as the CapabilityStatement lists them: (name, type,
+/// what it matches).
+pub const SEARCH_PARAMS: &[(&str, &str, &str)] = &[
+    ("_id", "token", "the patient's id"),
+    (
+        "identifier",
+        "token",
+        "system|value of an identifier; the MRN under urn:patient-service:mrn",
+    ),
+    (
+        "name",
+        "string",
+        "words of a name, matched fuzzily against family and given names",
+    ),
+    (
+        "family",
+        "string",
+        "start of the family name, ignoring case and accents",
+    ),
+    (
+        "given",
+        "string",
+        "start of a given name, ignoring case and accents",
+    ),
+    ("birthdate", "date", "the birth date (eq only: YYYY-MM-DD)"),
+    (
+        "telecom",
+        "token",
+        "a phone number (E.164) or email address, with or without phone| or email|",
+    ),
+    ("address-postalcode", "string", "the postal code"),
+];
+
+/// `_count` and `_offset`, the paging parameters.
+const PAGING: &[(&str, &str)] = &[("_count", "limit"), ("_offset", "offset")];
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/Patient", get(search))
+        .route("/Patient/{id}", get(read))
+}
+
+/// The scheme and host the caller reached: the start of absolute URLs.
+pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        })
+        .unwrap_or("localhost");
+    let scheme = if state.https { "https" } else { "http" };
+    format!("{scheme}://{host}{BASE}")
+}
+
+/// `GET /Patient/{id}`.
+async fn read(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadPatient>,
+    Path(raw_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Ok(id) = PatientId::parse("id", &raw_id) else {
+        return Ok(outcome(
+            StatusCode::NOT_FOUND,
+            &[Issue::new("not-found", "no Patient has this id").at("id")],
+        ));
+    };
+    let (patient, version) = finding::read(state.services(), &user, id).await?;
+    let Some(record) = patient.record() else {
+        // Forgotten: only the fact of erasure is left.
+        return Ok(outcome(
+            StatusCode::GONE,
+            &[Issue::new("deleted", "this patient was erased")],
+        ));
+    };
+    let mut answer = resource(StatusCode::OK, &to_fhir(record, version));
+    answer
+        .headers_mut()
+        .insert(header::ETAG, weak_etag(version));
+    Ok(answer)
+}
+
+/// `GET /Patient?...`: a searchset Bundle, paged by `_count` and `_offset`.
+async fn search(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::SearchPatients>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    if access::is_external(&user, state.home_organization.as_deref()) {
+        return Err(ApiError::Forbidden);
+    }
+    let base = base_url(&state, &headers);
+    let mut self_query: Vec<(String, String)> =
+        params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    self_query.sort();
+    if let Some(raw) = params.get("_id") {
+        return by_id(&state, &user, &params, raw, &base, &self_query).await;
+    }
+    let native = native_params(&params)?;
+    let criteria = super::super::patients::parse_criteria(&native, (state.clock)().date_naive())
+        .map_err(fhir_names)?;
+    let (limit, offset) = (criteria.limit, criteria.offset);
+    let page = finding::search(state.services(), &user, criteria).await?;
+    let mut entries = Vec::with_capacity(page.items.len());
+    for hit in &page.items {
+        // The search recorded each hit as an access; the whole record is read from the store.
+        if let Some((patient, version)) = state.store.load(PatientId::new(hit.id)).await? {
+            if let Some(record) = patient.record() {
+                entries.push(entry(&base, to_fhir(record, version)));
+            }
+        }
+    }
+    let link = |offset: u32| {
+        let mut query: Vec<(String, String)> = self_query
+            .iter()
+            .filter(|(k, _)| k != "_count" && k != "_offset")
+            .cloned()
+            .collect();
+        query.push(("_count".into(), limit.to_string()));
+        query.push(("_offset".into(), offset.to_string()));
+        let encoded = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(query)
+            .finish();
+        format!("{base}/Patient?{encoded}")
+    };
+    let mut links = vec![json!({ "relation": "self", "url": link(offset) })];
+    if offset > 0 {
+        links.push(json!({ "relation": "previous", "url": link(offset.saturating_sub(limit)) }));
+    }
+    if page.has_more {
+        links.push(json!({ "relation": "next", "url": link(offset + limit) }));
+    }
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": links,
+        "entry": entries,
+    });
+    if !page.has_more {
+        // Known exactly on the last page; elsewhere the search does not count its matches.
+        let total = offset as usize + page.items.len();
+        bundle["total"] = json!(total);
+    }
+    Ok(resource(StatusCode::OK, &bundle))
+}
+
+/// `_id` (alone, or with `_count`): the patient as a one-entry searchset, or none.
+async fn by_id(
+    state: &AppState,
+    user: &crate::auth::AuthUser,
+    params: &HashMap<String, String>,
+    raw: &str,
+    base: &str,
+    self_query: &[(String, String)],
+) -> Result<Response, ApiError> {
+    let mut errors = FieldErrors::new();
+    for key in params
+        .keys()
+        .filter(|k| !matches!(k.as_str(), "_id" | "_count"))
+    {
+        errors.push(FieldError::new(key.clone(), "cannot be combined with _id"));
+    }
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    let mut entries = Vec::new();
+    if let Ok(id) = PatientId::parse("_id", raw) {
+        match finding::read(state.services(), user, id).await {
+            Ok((patient, version)) => {
+                if let Some(record) = patient.record() {
+                    entries.push(entry(base, to_fhir(record, version)));
+                }
+            }
+            Err(application::services::UseCaseError::Refused(
+                application::caller::Refused::NotFound,
+            )) => {}
+            Err(other) => return Err(other.into()),
+        }
+    }
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(self_query.iter().cloned())
+        .finish();
+    Ok(resource(
+        StatusCode::OK,
+        &json!({
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": entries.len(),
+            "link": [{ "relation": "self", "url": format!("{base}/Patient?{query}") }],
+            "entry": entries,
+        }),
+    ))
+}
+
+fn entry(base: &str, patient: Value) -> Value {
+    json!({
+        "fullUrl": format!("{base}/Patient/{}", patient["id"].as_str().unwrap_or_default()),
+        "resource": patient,
+        "search": { "mode": "match" },
+    })
+}
+
+/// FHIR's search parameters as the native search's; an unknown one is refused by name.
+fn native_params(params: &HashMap<String, String>) -> Result<HashMap<String, String>, ApiError> {
+    let mut errors = FieldErrors::new();
+    let mut native = HashMap::new();
+    for (key, value) in params {
+        let renamed = match key.as_str() {
+            "family" | "given" | "name" => Some((key.clone(), value.clone())),
+            "birthdate" => match value.strip_prefix("eq").unwrap_or(value) {
+                v if v.len() > 2 && v.as_bytes()[..2].iter().all(u8::is_ascii_lowercase) => {
+                    errors.push(FieldError::new(
+                        key.clone(),
+                        "only the eq prefix is supported (YYYY-MM-DD or eqYYYY-MM-DD)",
+                    ));
+                    None
+                }
+                v => Some(("birth_date".into(), v.to_owned())),
+            },
+            "identifier" => match value.split_once('|') {
+                Some((MRN_SYSTEM, mrn)) => Some(("mrn".into(), mrn.to_owned())),
+                _ => Some(("identifier".into(), value.clone())),
+            },
+            "telecom" => {
+                let (system, number) = match value.split_once('|') {
+                    Some((system, number)) => (Some(system), number),
+                    None => (None, value.as_str()),
+                };
+                match system {
+                    Some("email") => Some(("email".into(), number.to_owned())),
+                    Some("phone") => Some(("phone".into(), number.to_owned())),
+                    None if number.contains('@') => Some(("email".into(), number.to_owned())),
+                    None => Some(("phone".into(), number.to_owned())),
+                    Some(_) => {
+                        errors.push(FieldError::new(
+                            key.clone(),
+                            "the system must be phone or email",
+                        ));
+                        None
+                    }
+                }
+            }
+            "address-postalcode" => Some(("postal_code".into(), value.clone())),
+            other => match PAGING.iter().find(|(fhir, _)| *fhir == other) {
+                Some((_, native)) => Some(((*native).to_owned(), value.clone())),
+                None => {
+                    errors.push(FieldError::new(
+                        key.clone(),
+                        "is not a search parameter of Patient here (see /fhir/R4/metadata)",
+                    ));
+                    None
+                }
+            },
+        };
+        if let Some((k, v)) = renamed {
+            native.insert(k, v);
+        }
+    }
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    Ok(native)
+}
+
+/// The native search's parameter names in its errors, back as FHIR's.
+fn fhir_names(error: ApiError) -> ApiError {
+    let ApiError::InvalidParameters(errors) = error else {
+        return error;
+    };
+    let mut renamed = FieldErrors::new();
+    for e in errors.iter() {
+        let field = match e.field.as_str() {
+            "birth_date" => "birthdate",
+            "mrn" => "identifier",
+            "phone" | "email" => "telecom",
+            "postal_code" => "address-postalcode",
+            "limit" => "_count",
+            "offset" => "_offset",
+            other => other,
+        };
+        let message = if e.field.is_empty() {
+            "give at least one of name, family, given, birthdate, identifier, telecom, address-postalcode".to_owned()
+        } else {
+            e.message.clone()
+        };
+        renamed.push(FieldError::new(field, message));
+    }
+    ApiError::InvalidParameters(renamed)
+}
+
+fn human_name(name: &PersonName, name_use: &str) -> Value {
+    let mut value = json!({ "use": name_use, "family": name.family() });
+    if !name.given().is_empty() {
+        value["given"] = json!(name.given());
+    }
+    if !name.prefix().is_empty() {
+        value["prefix"] = json!(name.prefix());
+    }
+    if !name.suffix().is_empty() {
+        value["suffix"] = json!(name.suffix());
+    }
+    value
+}
+
+fn phone(phone: &Phone) -> Value {
+    let mut value = json!({
+        "system": "phone",
+        "value": phone.number.as_str(),
+        "use": phone.phone_use.code(),
+    });
+    if phone.preferred {
+        value["rank"] = json!(1);
+    }
+    value
+}
+
+fn address(address: &Address) -> Value {
+    let mut value = Map::new();
+    value.insert("use".into(), json!(address.address_use.code()));
+    if !address.lines.is_empty() {
+        value.insert("line".into(), json!(address.lines));
+    }
+    for (key, part) in [
+        ("city", address.city.as_deref()),
+        ("state", address.state.as_deref()),
+        ("postalCode", address.postal_code.as_deref()),
+        ("country", address.country.as_ref().map(|c| c.as_str())),
+    ] {
+        if let Some(part) = part {
+            value.insert(key.into(), json!(part));
+        }
+    }
+    Value::Object(value)
+}
+
+fn emergency_contact(contact: &EmergencyContact) -> Value {
+    let mut value = json!({
+        "relationship": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v2-0131",
+                "code": "C",
+                "display": "Emergency Contact",
+            }],
+            "text": contact.relationship.code(),
+        }],
+        "name": human_name(&contact.name, "usual"),
+    });
+    if !contact.phones.is_empty() {
+        value["telecom"] = Value::Array(contact.phones.iter().map(phone).collect());
+    }
+    value
+}
+
+/// A patient's record as a FHIR R4 `Patient`.
+pub fn to_fhir(record: &PatientRecord, version: u64) -> Value {
+    let mut patient = Map::new();
+    patient.insert("resourceType".into(), json!("Patient"));
+    patient.insert("id".into(), json!(record.patient_id.to_string()));
+    patient.insert("meta".into(), json!({ "versionId": version.to_string() }));
+    let mut identifiers = vec![json!({
+        "use": "usual",
+        "type": { "coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+            "code": "MR",
+            "display": "Medical record number",
+        }] },
+        "system": MRN_SYSTEM,
+        "value": record.mrn.as_str(),
+    })];
+    identifiers.extend(
+        record
+            .identifiers
+            .iter()
+            // National identifiers masked but for their end, as the native API shows them.
+            .map(|i| json!({ "system": i.system, "value": i.display_value() })),
+    );
+    patient.insert("identifier".into(), Value::Array(identifiers));
+    patient.insert(
+        "active".into(),
+        json!(record.status == PatientStatus::Active),
+    );
+    let mut names = vec![human_name(&record.name, "official")];
+    if let Some(preferred) = record.name.preferred() {
+        names.push(json!({ "use": "usual", "given": [preferred] }));
+    }
+    patient.insert("name".into(), Value::Array(names));
+    let mut telecom: Vec<Value> = record.contact.phones.iter().map(phone).collect();
+    telecom.extend(record.contact.emails.iter().map(|e| {
+        let mut value = json!({ "system": "email", "value": e.address.as_str() });
+        if e.preferred {
+            value["rank"] = json!(1);
+        }
+        value
+    }));
+    if !telecom.is_empty() {
+        patient.insert("telecom".into(), Value::Array(telecom));
+    }
+    patient.insert("gender".into(), json!(record.gender.code()));
+    if let Some(birth_date) = &record.birth_date {
+        patient.insert(
+            "birthDate".into(),
+            json!(birth_date.date().format("%Y-%m-%d").to_string()),
+        );
+    }
+    if !record.contact.addresses.is_empty() {
+        patient.insert(
+            "address".into(),
+            Value::Array(record.contact.addresses.iter().map(address).collect()),
+        );
+    }
+    if let Some(marital) = &record.marital_status {
+        patient.insert(
+            "maritalStatus".into(),
+            json!({ "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus",
+                "code": marital.code(),
+            }] }),
+        );
+    }
+    if !record.emergency_contacts.is_empty() {
+        patient.insert(
+            "contact".into(),
+            Value::Array(
+                record
+                    .emergency_contacts
+                    .iter()
+                    .map(emergency_contact)
+                    .collect(),
+            ),
+        );
+    }
+    let preferred_language = record
+        .preferences
+        .communication_language
+        .as_ref()
+        .map(|l| l.as_str());
+    let mut languages: Vec<&str> = record.languages.iter().map(|l| l.as_str()).collect();
+    if let Some(preferred) = preferred_language {
+        if !languages.contains(&preferred) {
+            languages.insert(0, preferred);
+        }
+    }
+    if !languages.is_empty() {
+        patient.insert(
+            "communication".into(),
+            Value::Array(
+                languages
+                    .iter()
+                    .map(|tag| {
+                        json!({
+                            "language": { "coding": [{ "system": "urn:ietf:bcp:47", "code": tag }] },
+                            "preferred": Some(*tag) == preferred_language,
+                        })
+                    })
+                    .collect(),
+            ),
+        );
+    }
+    // Merges: a merged-away duplicate is replaced by its survivor, which replaces it.
+    let mut links: Vec<Value> = record
+        .merged_into
+        .iter()
+        .map(|survivor| {
+            json!({ "other": { "reference": format!("Patient/{survivor}") }, "type": "replaced-by" })
+        })
+        .collect();
+    links.extend(record.absorptions.iter().map(|a| {
+        json!({ "other": { "reference": format!("Patient/{}", a.source_id) }, "type": "replaces" })
+    }));
+    if !links.is_empty() {
+        patient.insert("link".into(), Value::Array(links));
+    }
+    Value::Object(patient)
+}

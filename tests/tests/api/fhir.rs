@@ -1,0 +1,308 @@
+//! The FHIR R4 API under `/fhir/R4`: every answer, errors included, valid against HL7's FHIR R4
+//! JSON schema; the same access rules and access log as the native API.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_valid_fhir, id_of, TestApp};
+
+const FHIR_JSON: &str = "application/fhir+json";
+
+/// GETs `path` under `/fhir/R4`; returns the status, the headers and the body, after checking
+/// that the body is FHIR JSON valid against the schema.
+async fn fhir_get(
+    app: &TestApp,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = app.client.get(format!("{}/fhir/R4{path}", app.address));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let content_type = headers[reqwest::header::CONTENT_TYPE].to_str().unwrap();
+    assert!(
+        content_type.starts_with(FHIR_JSON),
+        "{path}: {content_type}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_valid_fhir(&body);
+    (status, headers, body)
+}
+
+fn ada() -> Value {
+    json!({
+        "name": { "given": ["Augusta", "Ada"], "family": "Lovelace-Fhir", "prefix": ["Dr."], "preferred": "Ada" },
+        "birth_date": "1990-12-10",
+        "gender": "female",
+        "marital_status": "M",
+        "languages": ["en-GB", "fr"],
+        "identifiers": [{ "system": "urn:oid:2.16.840.1.113883.4.1", "value": "123-45-6789", "national": true }],
+        "contact": {
+            "phones": [{ "number": "+41 79 123 45 67", "use": "mobile" }],
+            "emails": [{ "address": "ada@example.org" }],
+            "addresses": [{ "use": "home", "lines": ["Bahnhofstrasse 1"], "city": "Zürich",
+                            "postal_code": "8001", "country": "CH" }]
+        }
+    })
+}
+
+/// The issues of an OperationOutcome as (code, expression) pairs.
+fn issues(outcome: &Value) -> Vec<(String, String)> {
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
+    outcome["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["code"].as_str().unwrap().to_owned(),
+                i["expression"][0].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_capability_statement_lists_patient_read_and_search_and_is_valid_fhir() {
+    let app = TestApp::without_kafka().await;
+
+    let (status, _, statement) = fhir_get(&app, "/metadata", None, &[]).await;
+
+    assert_eq!(status, 200);
+    assert_eq!(statement["fhirVersion"], "4.0.1");
+    assert_eq!(statement["format"], json!(["json"]));
+    let resources = statement["rest"][0]["resource"].as_array().unwrap();
+    let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
+    let interactions: Vec<&str> = patient["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(interactions, ["read", "search-type"]);
+    let params: Vec<&str> = patient["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for expected in ["_id", "identifier", "name", "family", "given", "birthdate"] {
+        assert!(params.contains(&expected), "{expected} not in {params:?}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_patient_reads_as_a_valid_fhir_patient_with_its_version_and_the_read_is_recorded() {
+    // Arrange
+    let app = TestApp::without_kafka().await;
+    let registered = app.register(&ada()).await;
+    assert_eq!(registered.status(), 201);
+    let id = id_of(&registered.json().await.unwrap());
+    let token = app.token("registrar-fhir", &["registrar"]);
+
+    // Act
+    let (status, headers, patient) =
+        fhir_get(&app, &format!("/Patient/{id}"), Some(&token), &[]).await;
+
+    // Assert
+    assert_eq!(status, 200, "{patient}");
+    assert_eq!(headers["etag"], "W/\"1\"");
+    assert_eq!(patient["id"], id.as_str());
+    assert_eq!(patient["meta"]["versionId"], "1");
+    assert_eq!(patient["active"], true);
+    assert_eq!(patient["gender"], "female");
+    assert_eq!(patient["birthDate"], "1990-12-10");
+    assert_eq!(patient["name"][0]["family"], "Lovelace-Fhir");
+    assert_eq!(patient["name"][0]["given"], json!(["Augusta", "Ada"]));
+    assert_eq!(patient["name"][0]["prefix"], json!(["Dr."]));
+    assert_eq!(
+        patient["name"][1],
+        json!({ "use": "usual", "given": ["Ada"] })
+    );
+    assert_eq!(patient["address"][0]["postalCode"], "8001");
+    assert_eq!(patient["address"][0]["city"], "Zürich");
+    let telecom = patient["telecom"].as_array().unwrap();
+    assert!(telecom
+        .iter()
+        .any(|t| t["system"] == "phone" && t["use"] == "mobile"));
+    assert!(telecom
+        .iter()
+        .any(|t| t["system"] == "email" && t["value"] == "ada@example.org"));
+    assert_eq!(
+        patient["maritalStatus"]["coding"][0]["code"], "M",
+        "{patient}"
+    );
+    let identifiers = patient["identifier"].as_array().unwrap();
+    assert_eq!(identifiers[0]["system"], "urn:patient-service:mrn");
+    assert_eq!(identifiers[0]["type"]["coding"][0]["code"], "MR");
+    let national = identifiers
+        .iter()
+        .find(|i| i["system"] == "urn:oid:2.16.840.1.113883.4.1")
+        .unwrap();
+    assert_eq!(
+        national["value"], "*******6789",
+        "masked as the native API shows it"
+    );
+    let languages: Vec<&str> = patient["communication"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["language"]["coding"][0]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(languages, ["en-GB", "fr"]);
+    let own = app.patient_token(&id);
+    crate::helpers::eventually("the FHIR read to be listed in the disclosures", || async {
+        let body: Value = app
+            .get(&format!("/v1/patients/{id}/disclosures"), &own)
+            .await
+            .json()
+            .await
+            .unwrap();
+        body["items"].as_array().unwrap().iter().any(|i| {
+            i["action"] == "read" && i["user_id"] == "registrar-fhir" && i["outcome"] == "granted"
+        })
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn patients_are_searched_and_paged_in_valid_searchset_bundles() {
+    // Arrange: three patients of one family, one other.
+    let app = TestApp::without_kafka().await;
+    for n in 0..3 {
+        app.register_person(9100 + n, Some("Fhirsearch")).await;
+    }
+    let other = id_of(&app.register_person(9200, None).await);
+    let token = app.token("registrar-fhir", &["registrar"]);
+    let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+    loop {
+        // The search read model follows the events within moments.
+        let (_, _, all) = fhir_get(&app, "/Patient?family=fhirsearch", Some(&token), &[]).await;
+        if all["total"] == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{all}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Act: a page of two of the three.
+    let (status, _, first) = fhir_get(
+        &app,
+        "/Patient?family=fhirsearch&_count=2",
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Assert
+    assert_eq!(first["type"], "searchset");
+    assert_eq!(first["entry"].as_array().unwrap().len(), 2, "{first}");
+    for entry in first["entry"].as_array().unwrap() {
+        assert_eq!(entry["resource"]["resourceType"], "Patient");
+        assert_eq!(entry["search"]["mode"], "match");
+        let full_url = entry["fullUrl"].as_str().unwrap();
+        assert!(full_url.starts_with("http://"), "{full_url}");
+        assert!(full_url.ends_with(&format!(
+            "/fhir/R4/Patient/{}",
+            entry["resource"]["id"].as_str().unwrap()
+        )));
+    }
+    let next = first["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .unwrap_or_else(|| panic!("no next link: {first}"))["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = next.split_once("/fhir/R4").unwrap().1.to_owned();
+    let (status, _, second) = fhir_get(&app, &path, Some(&token), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(second["entry"].as_array().unwrap().len(), 1, "{second}");
+    assert_eq!(second["total"], 3, "the last page knows the total");
+
+    // _id, and _format=json honoured.
+    let (status, _, by_id) = fhir_get(
+        &app,
+        &format!("/Patient?_id={other}&_format=json"),
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(by_id["total"], 1);
+    assert_eq!(by_id["entry"][0]["resource"]["id"], other.as_str());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn errors_are_operation_outcomes_naming_what_was_wrong() {
+    let app = TestApp::without_kafka().await;
+    let token = app.token("registrar-fhir", &["registrar"]);
+    let id = id_of(&app.register_person(9300, None).await);
+
+    // An unsupported search parameter is refused, never ignored.
+    let (status, _, outcome) =
+        fhir_get(&app, "/Patient?family=x&shoe-size=42", Some(&token), &[]).await;
+    assert_eq!(status, 400);
+    assert_eq!(issues(&outcome), [("invalid".into(), "shoe-size".into())]);
+    // A bad value names its parameter as FHIR calls it.
+    let (status, _, outcome) =
+        fhir_get(&app, "/Patient?birthdate=yesterday", Some(&token), &[]).await;
+    assert_eq!(status, 400);
+    assert_eq!(issues(&outcome)[0].1, "birthdate");
+    // XML, asked for in any way, is 415.
+    for (path, headers) in [
+        (format!("/Patient/{id}?_format=xml"), vec![]),
+        (
+            format!("/Patient/{id}"),
+            vec![("accept", "application/fhir+xml")],
+        ),
+        ("/metadata?_format=application/fhir+xml".to_owned(), vec![]),
+    ] {
+        let (status, _, outcome) = fhir_get(&app, &path, Some(&token), &headers).await;
+        assert_eq!(status, 415, "{path}");
+        assert_eq!(issues(&outcome)[0].0, "not-supported");
+    }
+    // No token, an unknown patient, an unknown resource type.
+    let (status, _, outcome) = fhir_get(&app, &format!("/Patient/{id}"), None, &[]).await;
+    assert_eq!((status, issues(&outcome)[0].0.as_str()), (401, "login"));
+    let unknown = uuid::Uuid::new_v4();
+    let (status, _, outcome) =
+        fhir_get(&app, &format!("/Patient/{unknown}"), Some(&token), &[]).await;
+    assert_eq!((status, issues(&outcome)[0].0.as_str()), (404, "not-found"));
+    let (status, _, _) = fhir_get(&app, "/Spaceship/1", Some(&token), &[]).await;
+    assert_eq!(status, 404);
+    // A role the native API keeps from a record is kept from it here too.
+    let stranger = app.token("dr-stranger", &["clinician"]);
+    let (status, _, outcome) =
+        fhir_get(&app, &format!("/Patient/{id}"), Some(&stranger), &[]).await;
+    assert_eq!((status, issues(&outcome)[0].0.as_str()), (403, "forbidden"));
+    app.stop().await;
+}
+
+#[test]
+fn the_schema_check_refuses_what_fhir_forbids() {
+    // The check the tests above rely on is not vacuous: an unknown element, a code outside its
+    // value set and a missing required element each fail it. (Cardinalities such as an empty
+    // `issue` array are beyond a JSON schema.)
+    for bad in [
+        json!({ "resourceType": "Patient", "gender": "robot" }),
+        json!({ "resourceType": "Patient", "shoeSize": 42 }),
+        json!({ "resourceType": "OperationOutcome" }),
+    ] {
+        let refused = std::panic::catch_unwind(|| assert_valid_fhir(&bad));
+        assert!(refused.is_err(), "accepted: {bad}");
+    }
+    assert_valid_fhir(&json!({ "resourceType": "Patient", "gender": "female" }));
+}
