@@ -306,3 +306,207 @@ fn the_schema_check_refuses_what_fhir_forbids() {
     }
     assert_valid_fhir(&json!({ "resourceType": "Patient", "gender": "female" }));
 }
+
+/// The FHIR resource type of each native item segment served.
+const CLINICAL: [(&str, &str); 4] = [
+    ("allergies", "AllergyIntolerance"),
+    ("medications", "MedicationStatement"),
+    ("immunizations", "Immunization"),
+    ("problems", "Condition"),
+];
+
+#[tokio::test]
+async fn medical_record_items_read_and_search_as_valid_fhir_resources() {
+    use crate::medical_records::{bodies, clinician, patient_in_care};
+    // Arrange: one item of each kind, recorded through the native API, and a medication
+    // reported by the patient with nothing but its name and status.
+    let app = TestApp::without_kafka().await;
+    let id = patient_in_care(&app, 9400).await;
+    let token = clinician(&app);
+    let mut hrefs = Vec::new();
+    for (segment, body, _) in bodies() {
+        let response = app
+            .post(&format!("/v1/patients/{id}/{segment}"), &token, &body, &[])
+            .await;
+        assert_eq!(response.status(), 201, "{segment}");
+        let created: Value = response.json().await.unwrap();
+        hrefs.push((segment, created["item_id"].as_str().unwrap().to_owned()));
+    }
+    let reported = json!({ "medication": { "text": "Ibuprofen 200 MG" }, "status": "active",
+                           "source": "patient-reported" });
+    let response = app
+        .post(
+            &format!("/v1/patients/{id}/medications"),
+            &token,
+            &reported,
+            &[],
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+
+    for (segment, kind) in CLINICAL {
+        // Act
+        let (status, _, bundle) = fhir_get(
+            &app,
+            &format!("/{kind}?patient=Patient/{id}"),
+            Some(&token),
+            &[],
+        )
+        .await;
+
+        // Assert: the items, each valid and readable by its id.
+        assert_eq!(status, 200, "{kind}: {bundle}");
+        let expected = if segment == "medications" { 2 } else { 1 };
+        assert_eq!(bundle["total"], expected, "{kind}");
+        for entry in bundle["entry"].as_array().unwrap() {
+            let resource = &entry["resource"];
+            assert_eq!(resource["resourceType"], kind);
+            let subject = if kind == "AllergyIntolerance" || kind == "Immunization" {
+                &resource["patient"]
+            } else {
+                &resource["subject"]
+            };
+            assert_eq!(subject["reference"], format!("Patient/{id}"));
+            let fhir_id = resource["id"].as_str().unwrap();
+            let (status, headers, read) =
+                fhir_get(&app, &format!("/{kind}/{fhir_id}"), Some(&token), &[]).await;
+            assert_eq!(status, 200, "{kind}");
+            assert_eq!(&read, resource);
+            assert_eq!(headers["etag"], "W/\"1\"");
+        }
+    }
+    // What was stored, in FHIR's words.
+    let (_, _, medications) = fhir_get(
+        &app,
+        &format!("/MedicationStatement?patient={id}&code=ibuprofen"),
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!(medications["total"], 0, "code matches codes, not text");
+    let (_, _, allergies) = fhir_get(
+        &app,
+        &format!("/AllergyIntolerance?patient={id}&code=http://snomed.info/sct|764146007&clinical-status=active&category=medication"),
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!(allergies["total"], 1, "{allergies}");
+    let allergy = &allergies["entry"][0]["resource"];
+    assert_eq!(allergy["criticality"], "high");
+    assert_eq!(allergy["code"]["coding"][0]["code"], "764146007");
+    assert_eq!(allergy["reaction"][0]["severity"], "moderate");
+    let (_, _, conditions) = fhir_get(
+        &app,
+        &format!("/Condition?patient={id}&date=ge2018-01-01&clinical-status=active"),
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!(conditions["total"], 1);
+    assert_eq!(
+        conditions["entry"][0]["resource"]["code"]["coding"][0]["code"],
+        "E11.9"
+    );
+    let (_, _, later) = fhir_get(
+        &app,
+        &format!("/Condition?patient={id}&date=gt2018-03-01"),
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!(later["total"], 0);
+    let (_, _, reported) = fhir_get(
+        &app,
+        &format!("/MedicationStatement?patient={id}&status=active"),
+        Some(&token),
+        &[],
+    )
+    .await;
+    let reported = reported["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r["medicationCodeableConcept"]["text"] == "Ibuprofen 200 MG")
+        .unwrap();
+    assert_eq!(
+        reported["informationSource"]["reference"],
+        format!("Patient/{id}"),
+        "told by the patient"
+    );
+    assert!(reported.get("dosage").is_none(), "nothing invented");
+
+    // An item entered in error keeps its place, with that status.
+    let (segment, item) = &hrefs[0];
+    let response = app
+        .client
+        .post(format!(
+            "{}/v1/patients/{id}/{segment}/{item}/entered-in-error",
+            app.address
+        ))
+        .bearer_auth(&token)
+        .header("if-match", "\"1\"")
+        .json(&json!({ "reason": "wrong chart" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (_, _, allergies) = fhir_get(
+        &app,
+        &format!("/AllergyIntolerance?patient={id}"),
+        Some(&token),
+        &[],
+    )
+    .await;
+    let marked = &allergies["entry"][0]["resource"];
+    assert_eq!(
+        marked["verificationStatus"]["coding"][0]["code"],
+        "entered-in-error"
+    );
+    assert!(marked.get("clinicalStatus").is_none(), "ait-2");
+    assert_eq!(marked["meta"]["versionId"], "2");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn clinical_searches_need_a_patient_and_keep_to_the_callers_reach() {
+    let app = TestApp::without_kafka().await;
+    let id = crate::medical_records::patient_in_care(&app, 9500).await;
+    let token = crate::medical_records::clinician(&app);
+
+    let (status, _, outcome) = fhir_get(&app, "/Condition?code=E11.9", Some(&token), &[]).await;
+    assert_eq!(status, 400);
+    assert_eq!(issues(&outcome), [("invalid".into(), "patient".into())]);
+    let (status, _, outcome) = fhir_get(
+        &app,
+        &format!("/Condition?patient={id}&category=food"),
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 400, "category is an AllergyIntolerance parameter");
+    assert_eq!(issues(&outcome)[0].1, "category");
+    let (status, _, _) = fhir_get(
+        &app,
+        &format!(
+            "/Condition/{}{}",
+            id.replace('-', ""),
+            uuid::Uuid::new_v4().simple()
+        ),
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 404);
+    let stranger = app.token("dr-stranger", &["clinician"]);
+    let (status, _, outcome) = fhir_get(
+        &app,
+        &format!("/AllergyIntolerance?patient={id}"),
+        Some(&stranger),
+        &[],
+    )
+    .await;
+    assert_eq!((status, issues(&outcome)[0].0.as_str()), (403, "forbidden"));
+    app.stop().await;
+}

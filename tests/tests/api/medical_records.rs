@@ -17,7 +17,7 @@ use crate::helpers::{
 const CARE: &str = "dr-care";
 
 /// Registers a patient whose care team includes [`CARE`]; returns the patient id.
-async fn patient_in_care(app: &TestApp, n: u64) -> String {
+pub(crate) async fn patient_in_care(app: &TestApp, n: u64) -> String {
     let id = id_of(&app.register_person(n, None).await);
     let care = app
         .command(
@@ -31,7 +31,7 @@ async fn patient_in_care(app: &TestApp, n: u64) -> String {
     id
 }
 
-fn clinician(app: &TestApp) -> String {
+pub(crate) fn clinician(app: &TestApp) -> String {
     app.token(CARE, &["clinician"])
 }
 
@@ -77,7 +77,7 @@ async fn poll(app: &TestApp, path: &str, token: &str, done: impl Fn(&Value) -> b
     }
 }
 
-fn allergy(substance: &str) -> Value {
+pub(crate) fn allergy(substance: &str) -> Value {
     json!({
         "substance": { "system": "http://snomed.info/sct", "code": "764146007", "text": substance },
         "category": "medication",
@@ -90,7 +90,7 @@ fn allergy(substance: &str) -> Value {
     })
 }
 
-fn medication(text: &str) -> Value {
+pub(crate) fn medication(text: &str) -> Value {
     json!({
         "medication": { "text": text },
         "dose": { "value": "500", "unit": "mg" },
@@ -104,7 +104,7 @@ fn medication(text: &str) -> Value {
 }
 
 /// A body for each JSON kind, and the change its revision makes.
-fn bodies() -> Vec<(&'static str, Value, (&'static str, Value))> {
+pub(crate) fn bodies() -> Vec<(&'static str, Value, (&'static str, Value))> {
     vec![
         (
             "allergies",

@@ -6,7 +6,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::patient::{base_url, SEARCH_PARAMS};
-use super::resource;
+use super::{clinical, resource};
 use crate::http::AppState;
 
 /// The resources served, each with its interactions and search parameters.
@@ -17,14 +17,34 @@ fn resources() -> Vec<Value> {
             json!({ "name": name, "type": kind, "documentation": documentation })
         })
         .collect();
-    vec![json!({
+    let clinical_params = |kind| -> Vec<Value> {
+        clinical::SEARCH_PARAMS
+            .iter()
+            .filter(|(name, _, _)| clinical::applies(kind, name))
+            .map(|(name, kind, documentation)| {
+                json!({ "name": name, "type": kind, "documentation": documentation })
+            })
+            .collect()
+    };
+    let mut resources = vec![json!({
         "type": "Patient",
         "profile": "http://hl7.org/fhir/StructureDefinition/Patient",
         "interaction": [{ "code": "read" }, { "code": "search-type" }],
         "versioning": "versioned",
         "readHistory": false,
         "searchParam": patient_params,
-    })]
+    })];
+    resources.extend(clinical::RESOURCES.iter().map(|(name, kind)| {
+        json!({
+            "type": name,
+            "profile": format!("http://hl7.org/fhir/StructureDefinition/{name}"),
+            "interaction": [{ "code": "read" }, { "code": "search-type" }],
+            "versioning": "versioned",
+            "readHistory": false,
+            "searchParam": clinical_params(*kind),
+        })
+    }));
+    resources
 }
 
 /// The CapabilityStatement of this server, at `base`.

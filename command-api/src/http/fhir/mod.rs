@@ -6,6 +6,7 @@
 //! cases produce) are turned into one here, one issue per bad field, the field in `expression`.
 
 mod capability;
+mod clinical;
 mod patient;
 
 use axum::extract::Request;
@@ -31,6 +32,7 @@ pub fn router() -> Router<AppState> {
     let api = Router::new()
         .route("/metadata", get(capability::metadata))
         .merge(patient::router())
+        .merge(clinical::router())
         .fallback(unknown)
         .layer(axum::middleware::from_fn(operation_outcomes))
         .layer(axum::middleware::from_fn(json_only));

@@ -1,0 +1,682 @@
+//! The medical record's items as FHIR resources: `AllergyIntolerance`, `MedicationStatement`,
+//! `Immunization` and `Condition`, read and searched per patient through the same use cases as
+//! `/v1/patients/{id}/{kind}` (access-checked and recorded).
+//!
+//! An item lives in its patient's medical record, so its FHIR id names both: the patient's
+//! UUID and the item's, as 64 hexadecimal digits (FHIR's longest id). A read then needs no
+//! lookup, and a resource created a moment ago reads at once.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use chrono::NaiveDate;
+use domain::medical_record::items::{
+    Allergy, Immunization, Medication, MedicationSource, Problem, Route,
+};
+use domain::medical_record::values::Concept;
+use domain::medical_record::{Item, ItemContent, ItemId, ItemKind};
+use domain::patient::PatientId;
+use domain::{FieldError, FieldErrors};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::patient::base_url;
+use super::{outcome, resource, weak_etag, Issue};
+use crate::auth::{permission, Authorized};
+use crate::http::{ApiError, AppState};
+use application::records;
+
+/// The FHIR resource type of each kind served, with its search parameters: (name, type, what
+/// it matches).
+pub const RESOURCES: &[(&str, ItemKind)] = &[
+    ("AllergyIntolerance", ItemKind::Allergy),
+    ("MedicationStatement", ItemKind::Medication),
+    ("Immunization", ItemKind::Immunization),
+    ("Condition", ItemKind::Problem),
+];
+
+pub const SEARCH_PARAMS: &[(&str, &str, &str)] = &[
+    (
+        "patient",
+        "reference",
+        "the patient (required): Patient/<id> or <id>",
+    ),
+    (
+        "code",
+        "token",
+        "system|code, code or |code of the substance, medication, vaccine or condition",
+    ),
+    (
+        "clinical-status",
+        "token",
+        "AllergyIntolerance and Condition: the clinical status",
+    ),
+    (
+        "status",
+        "token",
+        "MedicationStatement and Immunization: the status",
+    ),
+    (
+        "category",
+        "token",
+        "AllergyIntolerance: food, medication, environment or biologic",
+    ),
+    (
+        "date",
+        "date",
+        "the item's date (onset, start or occurrence) with eq, ge, le, gt or lt",
+    ),
+];
+
+pub fn router() -> Router<AppState> {
+    let mut router = Router::new();
+    for (name, kind) in RESOURCES {
+        let kind = *kind;
+        router = router
+            .route(
+                &format!("/{name}"),
+                get(move |s, u, h, q| search(s, u, h, q, kind)),
+            )
+            .route(
+                &format!("/{name}/{{id}}"),
+                get(move |s, u, p| read(s, u, p, kind)),
+            );
+    }
+    router
+}
+
+/// The FHIR resource type of `kind`.
+pub fn resource_type(kind: ItemKind) -> Option<&'static str> {
+    RESOURCES
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map(|(name, _)| *name)
+}
+
+/// The FHIR id of item `item` of patient `patient`.
+pub fn fhir_id(patient: PatientId, item: ItemId) -> String {
+    format!("{}{}", patient.as_uuid().simple(), item.as_uuid().simple())
+}
+
+/// The patient and item a FHIR id names, if it is one of ours.
+pub fn parse_fhir_id(id: &str) -> Option<(PatientId, ItemId)> {
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let patient = Uuid::parse_str(&id[..32]).ok()?;
+    let item = Uuid::parse_str(&id[32..]).ok()?;
+    Some((PatientId::new(patient), ItemId::new(item)))
+}
+
+/// `GET /{Type}/{id}`.
+async fn read(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadMedicalRecord>,
+    Path(raw): Path<String>,
+    kind: ItemKind,
+) -> Result<Response, ApiError> {
+    let not_found = || {
+        outcome(
+            StatusCode::NOT_FOUND,
+            &[Issue::new("not-found", "no such resource").at("id")],
+        )
+    };
+    let Some((patient, item_id)) = parse_fhir_id(&raw) else {
+        return Ok(not_found());
+    };
+    let item = match records::item(state.services(), &user, (patient, kind, item_id)).await {
+        Ok(item) => item,
+        Err(application::services::UseCaseError::Refused(
+            application::caller::Refused::NotFound,
+        )) => return Ok(not_found()),
+        Err(other) => return Err(other.into()),
+    };
+    let mut answer = resource(StatusCode::OK, &to_fhir(patient, &item));
+    answer
+        .headers_mut()
+        .insert(header::ETAG, weak_etag(u64::from(item.version)));
+    Ok(answer)
+}
+
+/// What a clinical search asks for, parsed.
+struct Criteria {
+    patient: PatientId,
+    code: Option<(Option<String>, String)>,
+    clinical_status: Option<String>,
+    status: Option<String>,
+    category: Option<String>,
+    dates: Vec<(&'static str, NaiveDate)>,
+    count: usize,
+    offset: usize,
+}
+
+/// Whether search parameter `name` applies to the resource type of `kind`.
+pub fn applies(kind: ItemKind, name: &str) -> bool {
+    match name {
+        "clinical-status" => matches!(kind, ItemKind::Allergy | ItemKind::Problem),
+        "status" => matches!(kind, ItemKind::Medication | ItemKind::Immunization),
+        "category" => kind == ItemKind::Allergy,
+        _ => true,
+    }
+}
+
+fn criteria(params: &HashMap<String, String>, kind: ItemKind) -> Result<Criteria, FieldErrors> {
+    let mut errors = FieldErrors::new();
+    for key in params.keys() {
+        let known = SEARCH_PARAMS.iter().any(|(name, _, _)| name == key)
+            || matches!(key.as_str(), "_count" | "_offset");
+        if !known || !applies(kind, key) {
+            errors.push(FieldError::new(
+                key.clone(),
+                "is not a search parameter of this resource here (see /fhir/R4/metadata)",
+            ));
+        }
+    }
+    let patient = match params.get("patient") {
+        None => {
+            errors.push(FieldError::new(
+                "patient",
+                "is required: searches are per patient",
+            ));
+            None
+        }
+        Some(raw) => {
+            let raw = raw.strip_prefix("Patient/").unwrap_or(raw);
+            errors.check(PatientId::parse("patient", raw))
+        }
+    };
+    let code = params.get("code").and_then(|raw| {
+        let parsed = match raw.split_once('|') {
+            Some(("", code)) => Some((None, code.to_owned())),
+            Some((system, code)) => Some((Some(system.to_owned()), code.to_owned())),
+            None => Some((None, raw.clone())),
+        };
+        let ok = parsed.as_ref().is_some_and(|(_, code)| {
+            !code.is_empty() && code.len() <= 64 && !code.chars().any(char::is_control)
+        });
+        if !ok {
+            errors.push(FieldError::new(
+                "code",
+                "must be system|code, |code or code",
+            ));
+        }
+        parsed.filter(|_| ok)
+    });
+    let mut dates = Vec::new();
+    if let Some(raw) = params.get("date") {
+        let (prefix, value) = match raw.get(..2) {
+            Some(p @ ("eq" | "ge" | "le" | "gt" | "lt")) => (p, &raw[2..]),
+            _ => ("eq", raw.as_str()),
+        };
+        let prefix: &'static str = match prefix {
+            "ge" => "ge",
+            "le" => "le",
+            "gt" => "gt",
+            "lt" => "lt",
+            _ => "eq",
+        };
+        match NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+            Ok(date) => dates.push((prefix, date)),
+            Err(_) => errors.push(FieldError::new(
+                "date",
+                "must be YYYY-MM-DD, with eq, ge, le, gt or lt before it",
+            )),
+        }
+    }
+    let whole =
+        |key: &str, default: usize, max: usize, errors: &mut FieldErrors| match params.get(key) {
+            None => default,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if n <= max && (key != "_count" || n >= 1) => n,
+                _ => {
+                    errors.push(FieldError::new(
+                        key,
+                        format!("must be a whole number up to {max}"),
+                    ));
+                    default
+                }
+            },
+        };
+    let count = whole("_count", 50, 100, &mut errors);
+    let offset = whole("_offset", 0, 100_000, &mut errors);
+    let status = |key: &str| params.get(key).cloned();
+    let (clinical_status, status_value, category) = (
+        status("clinical-status"),
+        status("status"),
+        status("category"),
+    );
+    errors.into_result()?;
+    Ok(Criteria {
+        patient: patient.unwrap_or_else(|| PatientId::new(Uuid::nil())),
+        code,
+        clinical_status,
+        status: status_value,
+        category,
+        dates,
+        count,
+        offset,
+    })
+}
+
+/// The date a `date` search compares: an allergy's or problem's onset, a medication's start,
+/// an immunization's day.
+fn item_date(content: &ItemContent) -> Option<NaiveDate> {
+    match content {
+        ItemContent::Allergy(a) => a.onset,
+        ItemContent::Medication(m) => m.start,
+        ItemContent::Immunization(i) => Some(i.occurred_on),
+        ItemContent::Problem(p) => p.onset,
+        _ => None,
+    }
+}
+
+fn matches(item: &Item, criteria: &Criteria) -> bool {
+    let concept = match &item.content {
+        ItemContent::Allergy(a) => Some(&a.substance),
+        ItemContent::Medication(m) => Some(&m.medication),
+        ItemContent::Immunization(i) => Some(&i.vaccine),
+        ItemContent::Problem(p) => Some(&p.condition),
+        _ => None,
+    };
+    let code_ok = criteria.code.as_ref().is_none_or(|(system, code)| {
+        concept.is_some_and(|c| {
+            c.code
+                .as_deref()
+                .is_some_and(|own| own.eq_ignore_ascii_case(code))
+                && system
+                    .as_deref()
+                    .is_none_or(|s| c.system.as_deref() == Some(s))
+        })
+    });
+    let resource = to_fhir(criteria.patient, item);
+    let token = |element: &str| {
+        resource[element]["coding"][0]["code"]
+            .as_str()
+            .or_else(|| resource[element].as_str())
+            .map(str::to_owned)
+    };
+    let clinical_ok = criteria
+        .clinical_status
+        .as_ref()
+        .is_none_or(|s| token("clinicalStatus").as_deref() == Some(s.as_str()));
+    let status_ok = criteria
+        .status
+        .as_ref()
+        .is_none_or(|s| token("status").as_deref() == Some(s.as_str()));
+    let category_ok = criteria.category.as_ref().is_none_or(|c| {
+        resource["category"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|v| v == c.as_str()))
+    });
+    let date_ok = criteria.dates.iter().all(|(prefix, date)| {
+        item_date(&item.content).is_some_and(|own| match *prefix {
+            "ge" => own >= *date,
+            "le" => own <= *date,
+            "gt" => own > *date,
+            "lt" => own < *date,
+            _ => own == *date,
+        })
+    });
+    code_ok && clinical_ok && status_ok && category_ok && date_ok
+}
+
+/// `GET /{Type}?patient=...`: a searchset Bundle of the patient's items of that type (marked
+/// entered-in-error ones too, with that status, as FHIR keeps them).
+async fn search(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadMedicalRecord>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+    kind: ItemKind,
+) -> Result<Response, ApiError> {
+    let criteria = criteria(&params, kind).map_err(ApiError::InvalidParameters)?;
+    let items = records::list(state.services(), &user, (criteria.patient, kind), true).await?;
+    let matched: Vec<&Item> = items.iter().filter(|i| matches(i, &criteria)).collect();
+    let base = base_url(&state, &headers);
+    let name = resource_type(kind).unwrap_or("Basic");
+    let entries: Vec<Value> = matched
+        .iter()
+        .skip(criteria.offset)
+        .take(criteria.count)
+        .map(|item| {
+            let resource = to_fhir(criteria.patient, item);
+            json!({
+                "fullUrl": format!("{base}/{name}/{}", resource["id"].as_str().unwrap_or_default()),
+                "resource": resource,
+                "search": { "mode": "match" },
+            })
+        })
+        .collect();
+    let mut query: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k.as_str() != "_count" && k.as_str() != "_offset")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    query.sort();
+    let link = |offset: usize| {
+        let mut query = query.clone();
+        query.push(("_count".into(), criteria.count.to_string()));
+        query.push(("_offset".into(), offset.to_string()));
+        let encoded = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(query)
+            .finish();
+        format!("{base}/{name}?{encoded}")
+    };
+    let mut links = vec![json!({ "relation": "self", "url": link(criteria.offset) })];
+    if criteria.offset > 0 {
+        links.push(json!({
+            "relation": "previous",
+            "url": link(criteria.offset.saturating_sub(criteria.count)),
+        }));
+    }
+    if criteria.offset + criteria.count < matched.len() {
+        links.push(json!({ "relation": "next", "url": link(criteria.offset + criteria.count) }));
+    }
+    Ok(resource(
+        StatusCode::OK,
+        &json!({
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": matched.len(),
+            "link": links,
+            "entry": entries,
+        }),
+    ))
+}
+
+/// A concept as a CodeableConcept.
+pub fn codeable(concept: &Concept) -> Value {
+    let mut value = json!({ "text": concept.text });
+    if let (Some(system), Some(code)) = (&concept.system, &concept.code) {
+        value["coding"] = json!([{ "system": system, "code": code }]);
+    }
+    value
+}
+
+/// A code of one of FHIR's code systems as a CodeableConcept.
+fn coded(system: &str, code: &str) -> Value {
+    json!({ "coding": [{ "system": system, "code": code }] })
+}
+
+fn note(object: &mut Map<String, Value>, note: Option<&str>) {
+    if let Some(text) = note {
+        object.insert("note".into(), json!([{ "text": text }]));
+    }
+}
+
+fn day(date: NaiveDate) -> Value {
+    json!(date.format("%Y-%m-%d").to_string())
+}
+
+/// Item `item` of patient `patient` as its FHIR resource.
+pub fn to_fhir(patient: PatientId, item: &Item) -> Value {
+    let mut object = Map::new();
+    let kind = item.content.kind();
+    object.insert(
+        "resourceType".into(),
+        json!(resource_type(kind).unwrap_or("Basic")),
+    );
+    object.insert("id".into(), json!(fhir_id(patient, item.item_id)));
+    object.insert(
+        "meta".into(),
+        json!({
+            "versionId": item.version.to_string(),
+            "lastUpdated": item.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }),
+    );
+    let subject = json!({ "reference": format!("Patient/{patient}") });
+    let in_error = item.entered_in_error.is_some();
+    match &item.content {
+        ItemContent::Allergy(a) => allergy(&mut object, a, subject, in_error),
+        ItemContent::Medication(m) => medication(&mut object, m, subject, in_error),
+        ItemContent::Immunization(i) => immunization(&mut object, i, subject, in_error),
+        ItemContent::Problem(p) => condition(&mut object, p, subject, in_error),
+        ItemContent::History(_) | ItemContent::Document(_) => {}
+    }
+    match kind {
+        ItemKind::Allergy | ItemKind::Problem => {
+            object.insert("recordedDate".into(), json!(item.recorded_at.to_rfc3339()));
+        }
+        ItemKind::Medication => {
+            object.insert("dateAsserted".into(), json!(item.recorded_at.to_rfc3339()));
+        }
+        ItemKind::Immunization => {
+            object.insert("recorded".into(), json!(item.recorded_at.to_rfc3339()));
+        }
+        ItemKind::History | ItemKind::Document => {}
+    }
+    Value::Object(object)
+}
+
+fn allergy(object: &mut Map<String, Value>, a: &Allergy, patient: Value, in_error: bool) {
+    const CLINICAL: &str = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical";
+    const VERIFICATION: &str =
+        "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification";
+    if in_error {
+        // ait-2: no clinical status on an entry in error.
+        object.insert(
+            "verificationStatus".into(),
+            coded(VERIFICATION, "entered-in-error"),
+        );
+    } else {
+        object.insert(
+            "clinicalStatus".into(),
+            coded(CLINICAL, a.clinical_status.code()),
+        );
+        if let Some(verification) = a.verification_status {
+            object.insert(
+                "verificationStatus".into(),
+                coded(VERIFICATION, verification.code()),
+            );
+        }
+    }
+    if let Some(category) = a.category {
+        object.insert("category".into(), json!([category.code()]));
+    }
+    if let Some(criticality) = a.criticality {
+        object.insert("criticality".into(), json!(criticality.code()));
+    }
+    object.insert("code".into(), codeable(&a.substance));
+    object.insert("patient".into(), patient);
+    if let Some(onset) = a.onset {
+        object.insert("onsetDateTime".into(), day(onset));
+    }
+    if !a.reactions.is_empty() {
+        let reactions: Vec<Value> = a
+            .reactions
+            .iter()
+            .map(|r| {
+                let mut reaction = json!({ "manifestation": [codeable(&r.manifestation)] });
+                if let Some(severity) = r.severity {
+                    reaction["severity"] = json!(severity.code());
+                }
+                reaction
+            })
+            .collect();
+        object.insert("reaction".into(), Value::Array(reactions));
+    }
+    note(object, a.note.as_ref().map(|n| n.as_str()));
+}
+
+/// SNOMED CT's concepts of the routes served.
+fn route_concept(route: Route) -> Value {
+    let snomed = match route {
+        Route::Oral => ("26643006", "Oral route"),
+        Route::Sublingual => ("37839007", "Sublingual route"),
+        Route::Intravenous => ("47625008", "Intravenous route"),
+        Route::Intramuscular => ("78421000", "Intramuscular route"),
+        Route::Subcutaneous => ("34206005", "Subcutaneous route"),
+        Route::Intradermal => ("372464004", "Intradermal route"),
+        Route::Topical => ("6064005", "Topical route"),
+        Route::Transdermal => ("45890007", "Transdermal route"),
+        Route::Inhalation => ("447694001", "Respiratory tract route"),
+        Route::Intranasal => ("46713006", "Nasal route"),
+        Route::Rectal => ("37161004", "Rectal route"),
+        Route::Vaginal => ("16857009", "Vaginal route"),
+        Route::Ophthalmic => ("54485002", "Ophthalmic route"),
+        Route::Otic => ("10547007", "Otic route"),
+    };
+    json!({
+        "coding": [{ "system": "http://snomed.info/sct", "code": snomed.0, "display": snomed.1 }],
+        "text": route.code(),
+    })
+}
+
+fn medication(object: &mut Map<String, Value>, m: &Medication, patient: Value, in_error: bool) {
+    let status = if in_error {
+        "entered-in-error"
+    } else {
+        m.status.code()
+    };
+    object.insert("status".into(), json!(status));
+    object.insert("medicationCodeableConcept".into(), codeable(&m.medication));
+    object.insert("subject".into(), patient.clone());
+    match (m.start, m.end) {
+        (None, None) => {}
+        (start, end) => {
+            let mut period = Map::new();
+            if let Some(start) = start {
+                period.insert("start".into(), day(start));
+            }
+            if let Some(end) = end {
+                period.insert("end".into(), day(end));
+            }
+            object.insert("effectivePeriod".into(), Value::Object(period));
+        }
+    }
+    match m.source {
+        MedicationSource::PatientReported => {
+            object.insert("informationSource".into(), patient);
+        }
+        MedicationSource::Order => {
+            if let Some(prescriber) = &m.prescriber {
+                object.insert(
+                    "informationSource".into(),
+                    json!({ "display": prescriber.as_str() }),
+                );
+            }
+        }
+        MedicationSource::OtherRecord => {}
+    }
+    if let Some(reason) = &m.reason_for_use {
+        object.insert("reasonCode".into(), json!([codeable(reason)]));
+    }
+    note(object, m.note.as_ref().map(|n| n.as_str()));
+    let mut dosage = Map::new();
+    if let Some(frequency) = &m.frequency {
+        dosage.insert(
+            "timing".into(),
+            json!({ "repeat": {
+                "frequency": frequency.count,
+                "period": frequency.period,
+                "periodUnit": frequency.period_unit.code(),
+            } }),
+        );
+        dosage.insert("asNeededBoolean".into(), json!(frequency.as_needed));
+    }
+    if let Some(route) = m.route {
+        dosage.insert("route".into(), route_concept(route));
+    }
+    if let Some(dose) = &m.dose {
+        let value: serde_json::Number = dose
+            .value
+            .parse()
+            .unwrap_or_else(|_| serde_json::Number::from(0));
+        dosage.insert(
+            "doseAndRate".into(),
+            json!([{ "doseQuantity": {
+                "value": value,
+                "unit": dose.unit,
+                "system": "http://unitsofmeasure.org",
+                "code": dose.unit,
+            } }]),
+        );
+    }
+    if !dosage.is_empty() {
+        object.insert("dosage".into(), json!([dosage]));
+    }
+}
+
+fn immunization(object: &mut Map<String, Value>, i: &Immunization, patient: Value, in_error: bool) {
+    let status = if in_error {
+        "entered-in-error"
+    } else {
+        i.status.code()
+    };
+    object.insert("status".into(), json!(status));
+    object.insert("vaccineCode".into(), codeable(&i.vaccine));
+    object.insert("patient".into(), patient);
+    object.insert("occurrenceDateTime".into(), day(i.occurred_on));
+    if let Some(lot) = &i.lot_number {
+        object.insert("lotNumber".into(), json!(lot.as_str()));
+    }
+    if let Some(site) = i.site {
+        object.insert("site".into(), json!({ "text": site.code() }));
+    }
+    if let Some(route) = i.route {
+        object.insert("route".into(), route_concept(route));
+    }
+    if let Some(performer) = &i.performer {
+        object.insert(
+            "performer".into(),
+            json!([{ "actor": { "display": performer.as_str() } }]),
+        );
+    }
+    note(object, i.note.as_ref().map(|n| n.as_str()));
+}
+
+fn condition(object: &mut Map<String, Value>, p: &Problem, patient: Value, in_error: bool) {
+    const CLINICAL: &str = "http://terminology.hl7.org/CodeSystem/condition-clinical";
+    const VERIFICATION: &str = "http://terminology.hl7.org/CodeSystem/condition-ver-status";
+    if in_error {
+        // con-5: no clinical status on an entry in error.
+        object.insert(
+            "verificationStatus".into(),
+            coded(VERIFICATION, "entered-in-error"),
+        );
+    } else {
+        object.insert(
+            "clinicalStatus".into(),
+            coded(CLINICAL, p.clinical_status.code()),
+        );
+    }
+    object.insert(
+        "category".into(),
+        json!([coded(
+            "http://terminology.hl7.org/CodeSystem/condition-category",
+            "problem-list-item"
+        )]),
+    );
+    if let Some(severity) = p.severity {
+        object.insert("severity".into(), json!({ "text": severity.code() }));
+    }
+    object.insert("code".into(), codeable(&p.condition));
+    object.insert("subject".into(), patient);
+    if let Some(onset) = p.onset {
+        object.insert("onsetDateTime".into(), day(onset));
+    }
+    if let Some(abatement) = p.abatement {
+        object.insert("abatementDateTime".into(), day(abatement));
+    }
+    note(object, p.note.as_ref().map(|n| n.as_str()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_the_patient_and_the_item_and_nothing_else_parses() {
+        let patient = PatientId::new(Uuid::from_u128(7));
+        let item = ItemId::new(Uuid::from_u128(9));
+        let id = fhir_id(patient, item);
+        assert_eq!(id.len(), 64);
+        assert_eq!(parse_fhir_id(&id), Some((patient, item)));
+        assert_eq!(parse_fhir_id(&id[1..]), None);
+        assert_eq!(parse_fhir_id(&format!("{}-", &id[1..])), None);
+    }
+}
