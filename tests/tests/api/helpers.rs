@@ -687,4 +687,14 @@ pub fn assert_valid_fhir(resource: &Value) {
         errors.is_empty(),
         "{kind} is not valid FHIR R4: {errors:?}\n{resource}"
     );
+    // scripts/test has Medplum's validator check every one of them after the run.
+    if let Ok(dir) = std::env::var("FHIR_DUMP_DIR") {
+        static SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::path::Path::new(&dir).join(format!(
+            "{}-{n:05}-{kind}.json",
+            std::process::id()
+        ));
+        std::fs::write(path, resource.to_string()).unwrap();
+    }
 }
