@@ -510,3 +510,207 @@ async fn clinical_searches_need_a_patient_and_keep_to_the_callers_reach() {
     assert_eq!((status, issues(&outcome)[0].0.as_str()), (403, "forbidden"));
     app.stop().await;
 }
+
+/// Sends `resource` to `path` under `/fhir/R4` as FHIR JSON; returns status, headers and the
+/// (schema-checked) body.
+async fn fhir_send(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    resource: &Value,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = app
+        .client
+        .request(method, format!("{}/fhir/R4{path}", app.address))
+        .bearer_auth(token)
+        .header("content-type", FHIR_JSON)
+        .body(resource.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body: Value = response.json().await.unwrap();
+    assert_valid_fhir(&body);
+    (status, headers, body)
+}
+
+#[tokio::test]
+async fn clinical_resources_are_created_and_updated_through_the_use_cases_and_published() {
+    use crate::helpers::{assert_matches_schema_in, consume_until, consumer_for, key, published};
+    // Arrange
+    let app = TestApp::spawn().await;
+    let id = crate::medical_records::patient_in_care(&app, 9600).await;
+    let token = crate::medical_records::clinician(&app);
+    let post = reqwest::Method::POST;
+    let allergy = json!({
+        "resourceType": "AllergyIntolerance",
+        "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active" }] },
+        "code": { "coding": [{ "system": "http://snomed.info/sct", "code": "764146007", "display": "Penicillin" }] },
+        "patient": { "reference": format!("Patient/{id}") },
+        "reaction": [{ "manifestation": [{ "text": "Hives" }], "severity": "moderate" }]
+    });
+
+    // Act + assert: created, with a Location of its first version, and read back.
+    let (status, headers, created) = fhir_send(
+        &app,
+        post.clone(),
+        "/AllergyIntolerance",
+        &token,
+        &allergy,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let allergy_id = created["id"].as_str().unwrap().to_owned();
+    assert!(headers["location"].to_str().unwrap().ends_with(&format!(
+        "/fhir/R4/AllergyIntolerance/{allergy_id}/_history/1"
+    )));
+    assert_eq!(headers["etag"], "W/\"1\"");
+    assert_eq!(created["code"]["coding"][0]["code"], "764146007");
+    assert_eq!(
+        created["code"]["text"], "Penicillin",
+        "the display names it"
+    );
+    assert_eq!(created["reaction"][0]["severity"], "moderate");
+    assert!(created.get("criticality").is_none());
+
+    // Conditional create: the same allergy again is the one there.
+    let (status, _, again) = fhir_send(
+        &app,
+        post.clone(),
+        "/AllergyIntolerance",
+        &token,
+        &allergy,
+        &[("if-none-exist", "code=http://snomed.info/sct|764146007")],
+    )
+    .await;
+    assert_eq!((status, &again["id"]), (200, &created["id"]));
+
+    // A medication order the allergy names is refused, naming the allergy, then acknowledged.
+    let order = json!({
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "intent": "order",
+        "medicationCodeableConcept": { "coding": [{ "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "834061",
+            "display": "Penicillin V Potassium 250 MG Oral Tablet" }] },
+        "subject": { "reference": format!("Patient/{id}") },
+        "authoredOn": "2026-11-20",
+        "dosageInstruction": [{ "timing": { "repeat": { "frequency": 2, "period": 1, "periodUnit": "d" } },
+            "doseAndRate": [{ "doseQuantity": { "value": 250, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg" } }] }]
+    });
+    let (status, _, refused) = fhir_send(
+        &app,
+        post.clone(),
+        "/MedicationRequest",
+        &token,
+        &order,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    let issues = refused["issue"].as_array().unwrap();
+    assert_eq!(issues[0]["code"], "business-rule");
+    assert!(issues[0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .starts_with("allergy-warning"));
+    assert_eq!(issues[1]["severity"], "warning");
+    assert!(issues[1]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("AllergyIntolerance/{allergy_id}")));
+    let (status, _, statement) = fhir_send(
+        &app,
+        post.clone(),
+        "/MedicationRequest",
+        &token,
+        &order,
+        &[("x-acknowledge-allergy-warnings", &allergy_id)],
+    )
+    .await;
+    assert_eq!(status, 201, "{statement}");
+    assert_eq!(statement["resourceType"], "MedicationStatement");
+    assert_eq!(statement["status"], "active");
+    assert_eq!(
+        statement["dosage"][0]["doseAndRate"][0]["doseQuantity"]["value"],
+        250
+    );
+    assert_eq!(statement["effectivePeriod"]["start"], "2026-11-20");
+
+    // Updated with If-Match: stale is 412, current is a new version.
+    let statement_id = statement["id"].as_str().unwrap().to_owned();
+    let mut stopped = statement.clone();
+    stopped["status"] = json!("stopped");
+    let path = format!("/MedicationStatement/{statement_id}");
+    let put = reqwest::Method::PUT;
+    let (status, _, stale) = fhir_send(
+        &app,
+        put.clone(),
+        &path,
+        &token,
+        &stopped,
+        &[("if-match", "W/\"7\"")],
+    )
+    .await;
+    assert_eq!(status, 412, "{stale}");
+    let (status, headers, updated) = fhir_send(
+        &app,
+        put.clone(),
+        &path,
+        &token,
+        &stopped,
+        &[
+            ("if-match", "W/\"1\""),
+            ("x-change-reason", "course finished early"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(headers["etag"], "W/\"2\"");
+    assert_eq!(updated["status"], "stopped");
+
+    // A resource that lacks what the service needs is refused, naming the FHIR element.
+    let (status, _, outcome) = fhir_send(
+        &app,
+        post.clone(),
+        "/AllergyIntolerance",
+        &token,
+        &json!({ "resourceType": "AllergyIntolerance", "patient": { "reference": format!("Patient/{id}") },
+                 "clinicalStatus": { "coding": [{ "code": "active" }] } }),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 422, "{outcome}");
+    assert_eq!(
+        outcome["issue"][0]["expression"][0], "AllergyIntolerance.code",
+        "{outcome}"
+    );
+
+    // The writes are the native events, on the native topic, matching their schemas.
+    let topic = format!(
+        "{}{}",
+        app.settings.kafka.topic_prefix,
+        schemas::topics::MEDICAL_RECORD
+    );
+    let consumer = consumer_for(app.settings.kafka.brokers.as_deref().unwrap(), &topic);
+    let records = consume_until(&consumer, |r| {
+        r.iter().filter(|r| key(r) == id).count() >= 3
+    })
+    .await;
+    let mut types = Vec::new();
+    for record in records.iter().filter(|r| key(r) == id) {
+        let event_type = published(record).event_type;
+        let data = app.open(record).await;
+        assert_matches_schema_in("medical-record/v1", &event_type, &data);
+        types.push(event_type);
+    }
+    assert_eq!(
+        types,
+        ["AllergyRecorded", "MedicationRecorded", "MedicationRevised"]
+    );
+    app.stop().await;
+}

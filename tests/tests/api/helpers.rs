@@ -691,10 +691,8 @@ pub fn assert_valid_fhir(resource: &Value) {
     if let Ok(dir) = std::env::var("FHIR_DUMP_DIR") {
         static SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::path::Path::new(&dir).join(format!(
-            "{}-{n:05}-{kind}.json",
-            std::process::id()
-        ));
+        let path =
+            std::path::Path::new(&dir).join(format!("{}-{n:05}-{kind}.json", std::process::id()));
         std::fs::write(path, resource.to_string()).unwrap();
     }
 }

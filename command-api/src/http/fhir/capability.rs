@@ -38,11 +38,26 @@ fn resources() -> Vec<Value> {
         json!({
             "type": name,
             "profile": format!("http://hl7.org/fhir/StructureDefinition/{name}"),
-            "interaction": [{ "code": "read" }, { "code": "search-type" }],
+            "interaction": [
+                { "code": "read" },
+                { "code": "search-type" },
+                { "code": "create" },
+                { "code": "update" },
+            ],
             "versioning": "versioned",
             "readHistory": false,
+            "updateCreate": false,
+            "conditionalCreate": true,
+            "conditionalUpdate": false,
             "searchParam": clinical_params(*kind),
         })
+    }));
+    resources.push(json!({
+        "type": "MedicationRequest",
+        "profile": "http://hl7.org/fhir/StructureDefinition/MedicationRequest",
+        "documentation": "Accepted on create and held as the MedicationStatement it amounts to (an order)",
+        "interaction": [{ "code": "create" }],
+        "conditionalCreate": true,
     }));
     resources
 }
@@ -64,7 +79,7 @@ pub fn capability_statement(base: &str, date: &str) -> Value {
         "format": ["json"],
         "rest": [{
             "mode": "server",
-            "documentation": "JSON only (application/fhir+json); XML answers 415. Every error is an OperationOutcome. Results page with _count (1 to 100) and _offset.",
+            "documentation": "JSON only (application/fhir+json); XML answers 415. Every error is an OperationOutcome. Results page with _count (1 to 100) and _offset. Updates need If-Match: W/\"n\" (412 when stale) and may give their reason in X-Change-Reason. A medication refused by an allergy warning (409, issue code business-rule, diagnostics starting allergy-warning, one warning issue per allergy) is recorded when sent again with X-Acknowledge-Allergy-Warnings listing those allergies' ids.",
             "security": {
                 "description": "OAuth 2 bearer tokens (JWT) checked against the identity provider's keys; roles and per-patient access rules as in the native API; every read is recorded.",
             },

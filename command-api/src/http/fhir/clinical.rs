@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use chrono::NaiveDate;
 use domain::medical_record::items::{
@@ -24,10 +25,13 @@ use domain::{FieldError, FieldErrors};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use super::clinical_input;
 use super::patient::base_url;
 use super::{outcome, resource, weak_etag, Issue};
-use crate::auth::{permission, Authorized};
-use crate::http::{ApiError, AppState};
+use crate::auth::{permission, AuthUser, Authorized};
+use crate::http::input;
+use crate::http::patient_commands::metadata;
+use crate::http::{ApiError, AppState, RequestContext};
 use application::records;
 
 /// The FHIR resource type of each kind served, with its search parameters: (name, type, what
@@ -79,14 +83,352 @@ pub fn router() -> Router<AppState> {
         router = router
             .route(
                 &format!("/{name}"),
-                get(move |s, u, h, q| search(s, u, h, q, kind)),
+                get(move |s, u, h, q| search(s, u, h, q, kind))
+                    .post(move |s, w| create(s, w, name)),
             )
             .route(
                 &format!("/{name}/{{id}}"),
-                get(move |s, u, p| read(s, u, p, kind)),
+                get(move |s, u, p| read(s, u, p, kind)).put(move |s, p, w| update(s, p, w, name)),
             );
     }
-    router
+    // Accepted on write, and held as the MedicationStatement it amounts to.
+    router.route(
+        "/MedicationRequest",
+        post(|s, w| create(s, w, "MedicationRequest")),
+    )
+}
+
+/// A FHIR write: who sends it, and what.
+pub struct Write {
+    user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    resource: Value,
+}
+
+impl FromRequest<AppState> for Write {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let Authorized(user, _) =
+            Authorized::<permission::WriteMedicalRecord>::from_request_parts(&mut parts, state)
+                .await?;
+        let ctx = RequestContext::from_request_parts(&mut parts, state)
+            .await
+            .unwrap_or_else(|never| match never {});
+        let json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                let v = v.to_ascii_lowercase();
+                v.starts_with("application/fhir+json") || v.starts_with("application/json")
+            });
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = axum::body::to_bytes(Body::new(body), MAX_RESOURCE_BYTES)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge)?;
+        let resource: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| ApiError::MalformedJson("the body is not JSON".into()))?;
+        if !resource.is_object() {
+            return Err(ApiError::MalformedJson(
+                "the body must be a resource".into(),
+            ));
+        }
+        Ok(Self {
+            user,
+            ctx,
+            headers: parts.headers,
+            resource,
+        })
+    }
+}
+
+/// The largest resource accepted.
+const MAX_RESOURCE_BYTES: usize = 1024 * 1024;
+
+/// The header a client names the allergies whose warnings it acknowledges in: their FHIR ids
+/// (or item ids), comma-separated.
+pub const ACKNOWLEDGE: &str = "x-acknowledge-allergy-warnings";
+
+/// The header a client may give an update's reason in; else [`DEFAULT_REASON`].
+pub const CHANGE_REASON: &str = "x-change-reason";
+const DEFAULT_REASON: &str = "updated through the FHIR API";
+
+/// The allergies acknowledged in [`ACKNOWLEDGE`], as the native body's item ids.
+fn acknowledged(headers: &HeaderMap) -> Option<Value> {
+    let raw = headers.get(ACKNOWLEDGE)?.to_str().ok()?;
+    let ids: Vec<Value> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(|id| {
+            let id = id.strip_prefix("AllergyIntolerance/").unwrap_or(id);
+            parse_fhir_id(id).map_or_else(|| json!(id), |(_, item)| json!(item.to_string()))
+        })
+        .collect();
+    Some(Value::Array(ids))
+}
+
+/// The resource as its native item, its patient and type checked against `resource_type`.
+fn native_item(
+    resource_type: &str,
+    write: &Write,
+) -> Result<(clinical_input::NativeItem, PatientId), ApiError> {
+    if write.resource["resourceType"] != resource_type {
+        return Err(ApiError::Validation(
+            FieldError::new(
+                "resourceType",
+                format!("must be {resource_type} at this address"),
+            )
+            .into(),
+        ));
+    }
+    let mut native = clinical_input::native(&write.resource).map_err(ApiError::Validation)?;
+    let patient = PatientId::parse("patient", &native.patient).map_err(|_| {
+        ApiError::Validation(
+            FieldError::new(
+                format!("{resource_type}.subject"),
+                "must reference a patient of this server: Patient/<id>",
+            )
+            .into(),
+        )
+    })?;
+    if let Some(ids) = acknowledged(&write.headers) {
+        if native.kind == ItemKind::Medication {
+            native
+                .body
+                .insert("acknowledge_allergy_warnings".into(), ids);
+        }
+    }
+    Ok((native, patient))
+}
+
+/// The FHIR answer of a write refused by an allergy warning: what to acknowledge, by id.
+fn allergy_warning(
+    patient: PatientId,
+    resource_type: &str,
+    warnings: &[domain::medical_record::AllergyWarning],
+) -> Response {
+    let mut issues = vec![Issue::new(
+        "business-rule",
+        format!(
+            "allergy-warning: the medication matches active allergies of the patient; nothing \
+             was recorded. Send it again with the header {ACKNOWLEDGE} listing each allergy's id \
+             to record it anyway"
+        ),
+    )
+    .at(format!("{resource_type}.medicationCodeableConcept"))];
+    issues.extend(warnings.iter().map(|w| {
+        let criticality = w
+            .criticality
+            .map_or(String::new(), |c| format!(", criticality {}", c.code()));
+        Issue::warning(
+            "business-rule",
+            format!(
+                "allergy-warning: AllergyIntolerance/{} (version {}{criticality})",
+                fhir_id(patient, w.allergy_id),
+                w.allergy_version
+            ),
+        )
+    }));
+    outcome(StatusCode::CONFLICT, &issues)
+}
+
+/// An item's answer: the resource, its version's ETag and, on a create, its Location.
+fn written(
+    state: &AppState,
+    headers: &HeaderMap,
+    (patient, item): (PatientId, &Item),
+    status: StatusCode,
+) -> Response {
+    let resource_value = to_fhir(patient, item);
+    let mut answer = resource(status, &resource_value);
+    answer
+        .headers_mut()
+        .insert(header::ETAG, weak_etag(u64::from(item.version)));
+    if status == StatusCode::CREATED {
+        let location = format!(
+            "{}/{}/{}/_history/{}",
+            base_url(state, headers),
+            resource_value["resourceType"].as_str().unwrap_or_default(),
+            resource_value["id"].as_str().unwrap_or_default(),
+            item.version
+        );
+        if let Ok(location) = header::HeaderValue::from_str(&location) {
+            answer.headers_mut().insert(header::LOCATION, location);
+        }
+    }
+    answer
+}
+
+/// `POST /{Type}`: records the item, through the same use case as the native API. With
+/// `If-None-Exist` (search parameters), an item already matching them answers instead.
+async fn create(
+    State(state): State<AppState>,
+    write: Write,
+    resource_type: &'static str,
+) -> Result<Response, ApiError> {
+    let (native, patient) = native_item(resource_type, &write)?;
+    let services = state.services();
+    let writer = records::writer(services, &write.user, patient).await?;
+    writer.may_author()?;
+    if let Some(condition) = write.headers.get("if-none-exist") {
+        let query = condition.to_str().unwrap_or_default();
+        let mut params: HashMap<String, String> =
+            form_urlencoded::parse(query.trim_start_matches('?').as_bytes())
+                .into_owned()
+                .collect();
+        params.insert("patient".into(), patient.to_string());
+        let criteria = criteria(&params, native.kind)
+            .map_err(|errors| ApiError::InvalidParameters(rename(errors, "If-None-Exist")))?;
+        let items = records::list(services, &write.user, (patient, native.kind), false).await?;
+        let found: Vec<&Item> = items.iter().filter(|i| matches(i, &criteria)).collect();
+        match found.as_slice() {
+            [] => {}
+            [one] => {
+                return Ok(written(
+                    &state,
+                    &write.headers,
+                    (patient, one),
+                    StatusCode::OK,
+                ))
+            }
+            _ => {
+                return Ok(outcome(
+                    StatusCode::PRECONDITION_FAILED,
+                    &[Issue::new(
+                        "multiple-matches",
+                        "If-None-Exist matches more than one resource",
+                    )
+                    .at("If-None-Exist")],
+                ))
+            }
+        }
+    }
+    let item =
+        input::record::new_item(native.kind, &native.body, writer.today()).map_err(|errors| {
+            ApiError::Validation(clinical_input::fhir_paths(resource_type, &errors))
+        })?;
+    let item_id = ItemId::new(Uuid::new_v4());
+    let shown = if resource_type == "MedicationRequest" {
+        "MedicationStatement"
+    } else {
+        resource_type
+    };
+    let record = match writer
+        .record(item_id, item, metadata(&write.user, &write.ctx, None))
+        .await
+    {
+        Ok(record) => record,
+        Err(application::services::UseCaseError::AllergyWarning { warnings, .. }) => {
+            return Ok(allergy_warning(patient, shown, &warnings))
+        }
+        Err(other) => return Err(other.into()),
+    };
+    let item = record.item(item_id).ok_or(ApiError::NotFound)?;
+    Ok(written(
+        &state,
+        &write.headers,
+        (patient, item),
+        StatusCode::CREATED,
+    ))
+}
+
+/// Field errors renamed to one `name` (a header's), keeping their messages.
+fn rename(errors: FieldErrors, name: &str) -> FieldErrors {
+    let mut renamed = FieldErrors::new();
+    for e in errors.iter() {
+        renamed.push(FieldError::new(name, format!("{}: {}", e.field, e.message)));
+    }
+    renamed
+}
+
+/// The version an `If-Match` names: `W/"3"` (FHIR's) or `"3"`.
+fn expected_version(headers: &HeaderMap) -> Result<u64, ApiError> {
+    let value = headers
+        .get(header::IF_MATCH)
+        .ok_or(ApiError::PreconditionRequired)?
+        .to_str()
+        .unwrap_or_default()
+        .trim();
+    value
+        .strip_prefix("W/")
+        .unwrap_or(value)
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ApiError::invalid_parameter("If-Match", "must be an ETag such as W/\"3\""))
+}
+
+/// `PUT /{Type}/{id}` with `If-Match`: revises the item to the resource sent (412 when the
+/// version is stale), for the reason in `X-Change-Reason`.
+async fn update(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    write: Write,
+    resource_type: &'static str,
+) -> Result<Response, ApiError> {
+    let expected = expected_version(&write.headers)?;
+    let Some((patient, item_id)) = parse_fhir_id(&raw) else {
+        return Err(ApiError::NotFound);
+    };
+    if write.resource["id"].as_str() != Some(raw.as_str()) {
+        return Err(ApiError::Validation(
+            FieldError::new(
+                format!("{resource_type}.id"),
+                "must be the id in the address",
+            )
+            .into(),
+        ));
+    }
+    let (mut native, named) = native_item(resource_type, &write)?;
+    if named != patient {
+        return Err(ApiError::Validation(
+            FieldError::new(
+                format!("{resource_type}.subject"),
+                "cannot move the resource to another patient",
+            )
+            .into(),
+        ));
+    }
+    let reason = write
+        .headers
+        .get(CHANGE_REASON)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(DEFAULT_REASON);
+    native.body.insert("reason".into(), json!(reason));
+    let services = state.services();
+    let writer = records::writer(services, &write.user, patient).await?;
+    writer.may_author()?;
+    let revision =
+        input::record::revision(native.kind, &native.body, writer.today()).map_err(|errors| {
+            ApiError::Validation(clinical_input::fhir_paths(resource_type, &errors))
+        })?;
+    let record = match writer
+        .revise(
+            (item_id, expected),
+            revision,
+            metadata(&write.user, &write.ctx, None),
+        )
+        .await
+    {
+        Ok(record) => record,
+        Err(application::services::UseCaseError::AllergyWarning { warnings, .. }) => {
+            return Ok(allergy_warning(patient, resource_type, &warnings))
+        }
+        Err(other) => return Err(other.into()),
+    };
+    let item = record.item(item_id).ok_or(ApiError::NotFound)?;
+    Ok(written(
+        &state,
+        &write.headers,
+        (patient, item),
+        StatusCode::OK,
+    ))
 }
 
 /// The FHIR resource type of `kind`.

@@ -7,6 +7,7 @@
 
 mod capability;
 mod clinical;
+mod clinical_input;
 mod patient;
 
 use axum::extract::Request;
@@ -55,6 +56,8 @@ pub struct Issue {
     code: &'static str,
     diagnostics: String,
     expression: Option<String>,
+    /// `warning` for an issue that is not itself the error (the answer's status says that).
+    warning: bool,
 }
 
 impl Issue {
@@ -63,6 +66,15 @@ impl Issue {
             code,
             diagnostics: diagnostics.into(),
             expression: None,
+            warning: false,
+        }
+    }
+
+    /// An issue of severity `warning`.
+    pub fn warning(code: &'static str, diagnostics: impl Into<String>) -> Self {
+        Self {
+            warning: true,
+            ..Self::new(code, diagnostics)
         }
     }
 
@@ -73,6 +85,7 @@ impl Issue {
     }
 
     fn to_json(&self, severity: &str) -> Value {
+        let severity = if self.warning { "warning" } else { severity };
         let mut issue = json!({
             "severity": severity,
             "code": self.code,
