@@ -69,7 +69,7 @@ fn issues(outcome: &Value) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn the_capability_statement_lists_patient_read_and_search_and_is_valid_fhir() {
+async fn the_capability_statement_lists_what_is_served_and_is_valid_fhir() {
     let app = TestApp::without_kafka().await;
 
     let (status, _, statement) = fhir_get(&app, "/metadata", None, &[]).await;
@@ -85,7 +85,7 @@ async fn the_capability_statement_lists_patient_read_and_search_and_is_valid_fhi
         .iter()
         .map(|i| i["code"].as_str().unwrap())
         .collect();
-    assert_eq!(interactions, ["read", "search-type"]);
+    assert_eq!(interactions, ["read", "search-type", "create"]);
     let params: Vec<&str> = patient["searchParam"]
         .as_array()
         .unwrap()
@@ -712,5 +712,111 @@ async fn clinical_resources_are_created_and_updated_through_the_use_cases_and_pu
         types,
         ["AllergyRecorded", "MedicationRecorded", "MedicationRevised"]
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_patient_is_registered_through_fhir_with_the_matcher_and_reads_back_as_sent() {
+    // Arrange: a Patient as another system sends it (after HL7's example `pat1`).
+    let app = TestApp::without_kafka().await;
+    let token = app.registrar();
+    let patient = json!({
+        "resourceType": "Patient",
+        "identifier": [{ "use": "usual", "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR" }] },
+                         "system": "urn:oid:0.1.2.3.4.5.6.7", "value": "654321" }],
+        "active": true,
+        "name": [{ "use": "official", "family": "Donald-Fhir", "given": ["Duck", "D"] }],
+        "telecom": [{ "system": "phone", "value": "+31 20 123 4567", "use": "work" },
+                    { "system": "email", "value": "duck@example.org", "rank": 1 }],
+        "gender": "male",
+        "birthDate": "1974-12-25",
+        "address": [{ "use": "home", "line": ["Kerkstraat 1"], "city": "Amsterdam", "postalCode": "1017 GA", "country": "NL" }],
+        "communication": [{ "language": { "coding": [{ "system": "urn:ietf:bcp:47", "code": "nl" }] } }],
+        "photo": [{ "contentType": "image/gif", "data": "R0lGODlhEwARAPcAAAAAAAAA/+9aAO+1AP/WAP/eAP/eCP/eEP/eGP/nAP/nCP/nEP/nIf/nKf/nUv/nWv/vAP/vCP/vEP/vGP/vIf/vKf/vMf/vOf/vWv/vY//va//vjP/3c//3lP/3nP//tf//vf///wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACH5BAEAAAAALAAAAAATABEAAAi+AAMIDDCgYMGBCBMSvMCQ4QCFCQcwDBGCA4cLDyEGECDxAoAQHjxwyKhQAMeGIUOSJJjRpMAPGxuXWHfg6UXYgQBcYCr7QGEjwMGNbEMGkGTZj8SBH0wt4HHB0YgBmr8sXiCwFAEw59mBFBsoQEBX44n0oaLbYAVG2EOuM6XDa5v8D7c6ARW9h3gRkUgDr4hfgnKiH4k8d2zVYx/C5oxhg0A7" }]
+    });
+
+    // Act
+    let (status, headers, created) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Patient",
+        &token,
+        &patient,
+        &[],
+    )
+    .await;
+
+    // Assert: registered; what the service holds reads back as sent; the MRN assigned.
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(headers["location"]
+        .to_str()
+        .unwrap()
+        .ends_with(&format!("/fhir/R4/Patient/{id}/_history/1")));
+    let (_, _, read) = fhir_get(&app, &format!("/Patient/{id}"), Some(&token), &[]).await;
+    assert_eq!(read, created);
+    for element in ["gender", "birthDate", "address"] {
+        assert_eq!(read[element], patient[element], "{element}");
+    }
+    assert_eq!(read["name"][0]["family"], "Donald-Fhir");
+    assert_eq!(read["name"][0]["given"], json!(["Duck", "D"]));
+    assert_eq!(read["identifier"][0]["system"], "urn:patient-service:mrn");
+    assert_eq!(read["identifier"][1]["value"], "654321");
+    assert_eq!(
+        read["communication"][0]["language"]["coding"][0]["code"],
+        "nl"
+    );
+    assert!(read.get("photo").is_none(), "not held, so not invented");
+
+    // The same person again: the matcher's likely duplicate, named; then an override.
+    let (status, _, refused) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Patient",
+        &token,
+        &patient,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["issue"][0]["code"], "duplicate", "{refused}");
+    assert!(refused["issue"][1]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("Patient/{id}")));
+    let (status, _, twin) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Patient",
+        &token,
+        &patient,
+        &[(
+            "x-duplicate-override-reason",
+            "twin brother, checked in person",
+        )],
+    )
+    .await;
+    assert_eq!(status, 201, "{twin}");
+    assert_ne!(twin["id"], created["id"]);
+
+    // Bad input names the FHIR element.
+    let mut bad = patient.clone();
+    bad["birthDate"] = json!("2999-01-01");
+    let (status, _, outcome) =
+        fhir_send(&app, reqwest::Method::POST, "/Patient", &token, &bad, &[]).await;
+    assert_eq!(status, 422, "{outcome}");
+    assert_eq!(outcome["issue"][0]["expression"][0], "Patient.birthDate");
+    // A role that may not register may not register here either.
+    let clinician = app.token("dr-who", &["clinician"]);
+    let (status, _, _) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Patient",
+        &clinician,
+        &patient,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403);
     app.stop().await;
 }

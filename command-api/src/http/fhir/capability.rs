@@ -29,9 +29,10 @@ fn resources() -> Vec<Value> {
     let mut resources = vec![json!({
         "type": "Patient",
         "profile": "http://hl7.org/fhir/StructureDefinition/Patient",
-        "interaction": [{ "code": "read" }, { "code": "search-type" }],
+        "interaction": [{ "code": "read" }, { "code": "search-type" }, { "code": "create" }],
         "versioning": "versioned",
         "readHistory": false,
+        "conditionalCreate": false,
         "searchParam": patient_params,
     })];
     resources.extend(clinical::RESOURCES.iter().map(|(name, kind)| {

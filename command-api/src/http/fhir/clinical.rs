@@ -8,8 +8,7 @@
 
 use std::collections::HashMap;
 
-use axum::body::Body;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -27,11 +26,11 @@ use uuid::Uuid;
 
 use super::clinical_input;
 use super::patient::base_url;
-use super::{outcome, resource, weak_etag, Issue};
-use crate::auth::{permission, AuthUser, Authorized};
+use super::{outcome, resource, weak_etag, Issue, Write};
+use crate::auth::{permission, Authorized};
 use crate::http::input;
 use crate::http::patient_commands::metadata;
-use crate::http::{ApiError, AppState, RequestContext};
+use crate::http::{ApiError, AppState};
 use application::records;
 
 /// The FHIR resource type of each kind served, with its search parameters: (name, type, what
@@ -98,58 +97,6 @@ pub fn router() -> Router<AppState> {
     )
 }
 
-/// A FHIR write: who sends it, and what.
-pub struct Write {
-    user: AuthUser,
-    ctx: RequestContext,
-    headers: HeaderMap,
-    resource: Value,
-}
-
-impl FromRequest<AppState> for Write {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (mut parts, body) = req.into_parts();
-        let Authorized(user, _) =
-            Authorized::<permission::WriteMedicalRecord>::from_request_parts(&mut parts, state)
-                .await?;
-        let ctx = RequestContext::from_request_parts(&mut parts, state)
-            .await
-            .unwrap_or_else(|never| match never {});
-        let json = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                let v = v.to_ascii_lowercase();
-                v.starts_with("application/fhir+json") || v.starts_with("application/json")
-            });
-        if !json {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let bytes = axum::body::to_bytes(Body::new(body), MAX_RESOURCE_BYTES)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge)?;
-        let resource: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| ApiError::MalformedJson("the body is not JSON".into()))?;
-        if !resource.is_object() {
-            return Err(ApiError::MalformedJson(
-                "the body must be a resource".into(),
-            ));
-        }
-        Ok(Self {
-            user,
-            ctx,
-            headers: parts.headers,
-            resource,
-        })
-    }
-}
-
-/// The largest resource accepted.
-const MAX_RESOURCE_BYTES: usize = 1024 * 1024;
-
 /// The header a client names the allergies whose warnings it acknowledges in: their FHIR ids
 /// (or item ids), comma-separated.
 pub const ACKNOWLEDGE: &str = "x-acknowledge-allergy-warnings";
@@ -176,7 +123,7 @@ fn acknowledged(headers: &HeaderMap) -> Option<Value> {
 /// The resource as its native item, its patient and type checked against `resource_type`.
 fn native_item(
     resource_type: &str,
-    write: &Write,
+    write: &Write<permission::WriteMedicalRecord>,
 ) -> Result<(clinical_input::NativeItem, PatientId), ApiError> {
     if write.resource["resourceType"] != resource_type {
         return Err(ApiError::Validation(
@@ -269,7 +216,7 @@ fn written(
 /// `If-None-Exist` (search parameters), an item already matching them answers instead.
 async fn create(
     State(state): State<AppState>,
-    write: Write,
+    write: Write<permission::WriteMedicalRecord>,
     resource_type: &'static str,
 ) -> Result<Response, ApiError> {
     let (native, patient) = native_item(resource_type, &write)?;
@@ -369,7 +316,7 @@ fn expected_version(headers: &HeaderMap) -> Result<u64, ApiError> {
 async fn update(
     State(state): State<AppState>,
     Path(raw): Path<String>,
-    write: Write,
+    write: Write<permission::WriteMedicalRecord>,
     resource_type: &'static str,
 ) -> Result<Response, ApiError> {
     let expected = expected_version(&write.headers)?;

@@ -10,7 +10,8 @@ mod clinical;
 mod clinical_input;
 mod patient;
 
-use axum::extract::Request;
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -18,7 +19,9 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::{AppState, PROBLEM_JSON};
+use super::{ApiError, AppState, RequestContext, PROBLEM_JSON};
+use crate::auth::{AuthUser, Authorized, Permission};
+use axum::http::HeaderMap;
 
 /// The media type of every FHIR answer.
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
@@ -127,6 +130,67 @@ pub fn weak_etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("W/\"{version}\""))
         .unwrap_or(HeaderValue::from_static("W/\"0\""))
 }
+
+/// A FHIR write: who sends it, and what.
+pub struct Write<P> {
+    pub user: AuthUser,
+    pub ctx: RequestContext,
+    pub headers: HeaderMap,
+    pub resource: Value,
+    permission: std::marker::PhantomData<P>,
+}
+
+impl<P> std::fmt::Debug for Write<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The resource holds patient data: never in a log.
+        f.debug_struct("Write")
+            .field("user", &self.user.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Permission + Send> FromRequest<AppState> for Write<P> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let Authorized(user, _) = Authorized::<P>::from_request_parts(&mut parts, state).await?;
+        let ctx = RequestContext::from_request_parts(&mut parts, state)
+            .await
+            .unwrap_or_else(|never| match never {});
+        let json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                let v = v.to_ascii_lowercase();
+                v.starts_with("application/fhir+json") || v.starts_with("application/json")
+            });
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = axum::body::to_bytes(Body::new(body), MAX_RESOURCE_BYTES)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge)?;
+        let resource: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| ApiError::MalformedJson("the body is not JSON".into()))?;
+        if !resource.is_object() {
+            return Err(ApiError::MalformedJson(
+                "the body must be a resource".into(),
+            ));
+        }
+        Ok(Self {
+            user,
+            ctx,
+            headers: parts.headers,
+            resource,
+            permission: std::marker::PhantomData,
+        })
+    }
+}
+
+/// The largest resource accepted.
+pub const MAX_RESOURCE_BYTES: usize = 1024 * 1024;
 
 /// The issue type for an HTTP status (FHIR's `IssueType` value set).
 fn issue_code(status: StatusCode) -> &'static str {

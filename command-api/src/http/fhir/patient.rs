@@ -14,8 +14,9 @@ use domain::patient::{PatientId, PatientRecord, PatientStatus, PersonName};
 use domain::{FieldError, FieldErrors};
 use serde_json::{json, Map, Value};
 
-use super::{outcome, resource, weak_etag, Issue, BASE};
+use super::{outcome, resource, weak_etag, Issue, Write, BASE};
 use crate::auth::{access, permission, Authorized};
+use crate::http::patient_commands::metadata;
 use crate::http::{ApiError, AppState};
 use application::finding;
 
@@ -60,8 +61,263 @@ const PAGING: &[(&str, &str)] = &[("_count", "limit"), ("_offset", "offset")];
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/Patient", get(search))
+        .route("/Patient", get(search).post(create))
         .route("/Patient/{id}", get(read))
+}
+
+/// The header a registrar gives the reason in when the patient is not the likely duplicate
+/// the matcher found.
+pub const DUPLICATE_OVERRIDE: &str = "x-duplicate-override-reason";
+
+/// A FHIR Patient as the native registration body. Elements the registration does not hold
+/// (contacts, links, photos, ...) are left out; the MRN is assigned here, never taken.
+fn registration(patient: &Value) -> Map<String, Value> {
+    let mut body = Map::new();
+    let names = patient["name"].as_array().cloned().unwrap_or_default();
+    let official = names
+        .iter()
+        .find(|n| n["use"] == "official")
+        .or_else(|| names.first());
+    if let Some(official) = official {
+        let mut name = Map::new();
+        for key in ["given", "prefix", "suffix"] {
+            if let Some(parts) = official.get(key) {
+                name.insert(key.into(), parts.clone());
+            }
+        }
+        if let Some(family) = official.get("family") {
+            name.insert("family".into(), family.clone());
+        }
+        let preferred = names
+            .iter()
+            .find(|n| n["use"] == "usual")
+            .and_then(|n| n["given"][0].as_str());
+        if let Some(preferred) = preferred {
+            name.insert("preferred".into(), json!(preferred));
+        }
+        body.insert("name".into(), Value::Object(name));
+    }
+    for (fhir, native) in [("birthDate", "birth_date"), ("gender", "gender")] {
+        if let Some(value) = patient.get(fhir) {
+            body.insert(native.into(), value.clone());
+        }
+    }
+    if let Some(code) = patient["maritalStatus"]["coding"][0]["code"].as_str() {
+        body.insert("marital_status".into(), json!(code));
+    }
+    let languages: Vec<Value> = patient["communication"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|c| c["language"]["coding"][0]["code"].as_str())
+                .map(|code| json!(code))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !languages.is_empty() {
+        body.insert("languages".into(), Value::Array(languages));
+    }
+    let identifiers: Vec<Value> = patient["identifier"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|i| i["system"] != MRN_SYSTEM)
+                .map(|i| {
+                    let kind = i["type"]["coding"][0]["code"].as_str();
+                    json!({
+                        "system": i["system"],
+                        "value": i["value"],
+                        // Social security and national person numbers are shown masked.
+                        "national": matches!(kind, Some("SS" | "NI" | "NN" | "SB")),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !identifiers.is_empty() {
+        body.insert("identifiers".into(), Value::Array(identifiers));
+    }
+    let mut contact = Map::new();
+    let telecom = patient["telecom"].as_array().cloned().unwrap_or_default();
+    // The native record has one preferred entry per list: the one ranked first, else the
+    // first given.
+    let of = |systems: &[&str]| -> (Vec<Value>, usize) {
+        let chosen: Vec<Value> = telecom
+            .iter()
+            .filter(|t| systems.iter().any(|s| t["system"] == *s))
+            .cloned()
+            .collect();
+        let preferred = chosen.iter().position(|t| t["rank"] == 1).unwrap_or(0);
+        (chosen, preferred)
+    };
+    let (phone_points, preferred_phone) = of(&["phone", "sms"]);
+    let phones: Vec<Value> = phone_points
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut phone = json!({ "number": t["value"], "preferred": i == preferred_phone });
+            if let Some(phone_use @ ("home" | "work" | "mobile")) = t["use"].as_str() {
+                phone["use"] = json!(phone_use);
+            }
+            phone
+        })
+        .collect();
+    let (email_points, preferred_email) = of(&["email"]);
+    let emails: Vec<Value> = email_points
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({ "address": t["value"], "preferred": i == preferred_email }))
+        .collect();
+    let addresses: Vec<Value> = patient["address"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|a| {
+                    let mut address = Map::new();
+                    if let Some(address_use @ ("home" | "work" | "temp" | "billing")) =
+                        a["use"].as_str()
+                    {
+                        address.insert("use".into(), json!(address_use));
+                    }
+                    for (fhir, native) in [
+                        ("line", "lines"),
+                        ("city", "city"),
+                        ("state", "state"),
+                        ("postalCode", "postal_code"),
+                        ("country", "country"),
+                    ] {
+                        if let Some(value) = a.get(fhir) {
+                            address.insert(native.into(), value.clone());
+                        }
+                    }
+                    Value::Object(address)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for (key, list) in [
+        ("phones", phones),
+        ("emails", emails),
+        ("addresses", addresses),
+    ] {
+        if !list.is_empty() {
+            contact.insert(key.into(), Value::Array(list));
+        }
+    }
+    if !contact.is_empty() {
+        body.insert("contact".into(), Value::Object(contact));
+    }
+    body
+}
+
+/// The native registration's field names as FHIRPath, for errors.
+fn patient_paths(errors: &FieldErrors) -> FieldErrors {
+    let mut renamed = FieldErrors::new();
+    for e in errors.iter() {
+        let field = e.field.as_str();
+        let path = if let Some(rest) = field.strip_prefix("name.") {
+            format!("Patient.name.{}", rest.replace("preferred", "given"))
+        } else if field == "birth_date" {
+            "Patient.birthDate".to_owned()
+        } else if field == "marital_status" {
+            "Patient.maritalStatus".to_owned()
+        } else if field.starts_with("languages") {
+            "Patient.communication.language".to_owned()
+        } else if let Some(rest) = field.strip_prefix("identifiers") {
+            format!("Patient.identifier{rest}")
+        } else if field.starts_with("contact.phones") || field.starts_with("contact.emails") {
+            "Patient.telecom".to_owned()
+        } else if let Some(rest) = field.strip_prefix("contact.addresses") {
+            format!(
+                "Patient.address{}",
+                rest.replace("postal_code", "postalCode")
+                    .replace("lines", "line")
+            )
+        } else if field.is_empty() {
+            "Patient".to_owned()
+        } else {
+            format!("Patient.{field}")
+        };
+        renamed.push(FieldError::new(path, e.message.clone()));
+    }
+    renamed
+}
+
+/// `POST /Patient`: registers the patient through the native registration (the matcher
+/// included: a likely duplicate is 409 naming it, unless `X-Duplicate-Override-Reason` says
+/// why not).
+async fn create(
+    State(state): State<AppState>,
+    write: Write<permission::RegisterPatient>,
+) -> Result<Response, ApiError> {
+    if write.resource["resourceType"] != "Patient" {
+        return Err(ApiError::Validation(
+            FieldError::new("resourceType", "must be Patient at this address").into(),
+        ));
+    }
+    let mut body = registration(&write.resource);
+    if let Some(reason) = write
+        .headers
+        .get(DUPLICATE_OVERRIDE)
+        .and_then(|v| v.to_str().ok())
+    {
+        body.insert("duplicate_override".into(), json!({ "reason": reason }));
+    }
+    let now = (state.clock)();
+    let input = crate::http::input::patient::registration(&body, now.date_naive())
+        .map_err(|errors| ApiError::Validation(patient_paths(&errors)))?;
+    let id = PatientId::new(uuid::Uuid::new_v4());
+    let registered = application::registration::register(
+        (&state.store, &state.pool),
+        id,
+        input,
+        metadata(&write.user, &write.ctx, None),
+        now,
+    )
+    .await;
+    let refused = match registered {
+        Ok(registered) => Ok(registered),
+        Err(application::registration::RegistrationError::PossibleDuplicate(likely)) => {
+            Err(ApiError::PossibleDuplicate(likely))
+        }
+        Err(application::registration::RegistrationError::Command(e)) => Err(e.into()),
+        Err(application::registration::RegistrationError::Database(e)) => Err(e.into()),
+    };
+    let (patient, version) = match refused {
+        Ok(registered) => registered,
+        // Found by the matcher before the command, or by the store's guard during it.
+        Err(ApiError::PossibleDuplicate(likely)) => {
+            let mut issues = vec![Issue::new(
+                "duplicate",
+                format!(
+                    "possible-duplicate: the patient may be registered already; nothing was \
+                     recorded. Send it again with the header {DUPLICATE_OVERRIDE} saying why it \
+                     is another person to register it anyway"
+                ),
+            )];
+            issues.extend(likely.iter().map(|m| {
+                Issue::warning(
+                    "duplicate",
+                    format!("possible-duplicate: Patient/{} ({})", m.id, m.grade.code()),
+                )
+            }));
+            return Ok(outcome(StatusCode::CONFLICT, &issues));
+        }
+        Err(other) => return Err(other),
+    };
+    let record = patient.record().ok_or(ApiError::NotFound)?;
+    let mut answer = resource(StatusCode::CREATED, &to_fhir(record, version));
+    answer
+        .headers_mut()
+        .insert(header::ETAG, weak_etag(version));
+    let location = format!(
+        "{}/Patient/{id}/_history/{version}",
+        base_url(&state, &write.headers)
+    );
+    if let Ok(location) = header::HeaderValue::from_str(&location) {
+        answer.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(answer)
 }
 
 /// The scheme and host the caller reached: the start of absolute URLs.
