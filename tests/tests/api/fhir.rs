@@ -85,7 +85,10 @@ async fn the_capability_statement_lists_what_is_served_and_is_valid_fhir() {
         .iter()
         .map(|i| i["code"].as_str().unwrap())
         .collect();
-    assert_eq!(interactions, ["read", "search-type", "create"]);
+    assert_eq!(
+        interactions,
+        ["read", "vread", "history-instance", "search-type", "create"]
+    );
     let params: Vec<&str> = patient["searchParam"]
         .as_array()
         .unwrap()
@@ -673,6 +676,29 @@ async fn clinical_resources_are_created_and_updated_through_the_use_cases_and_pu
     assert_eq!(headers["etag"], "W/\"2\"");
     assert_eq!(updated["status"], "stopped");
 
+    // Every version is an event: vread and the instance history show them.
+    let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+    let history = loop {
+        let (status, _, history) =
+            fhir_get(&app, &format!("{path}/_history"), Some(&token), &[]).await;
+        assert_eq!(status, 200, "{history}");
+        if history["total"] == 2 {
+            break history;
+        }
+        assert!(std::time::Instant::now() < deadline, "{history}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(history["type"], "history");
+    assert_eq!(history["entry"][0]["resource"]["status"], "stopped");
+    assert_eq!(history["entry"][0]["request"]["method"], "PUT");
+    assert_eq!(history["entry"][1]["resource"]["status"], "active");
+    assert_eq!(history["entry"][1]["response"]["etag"], "W/\"1\"");
+    let (status, _, first) = fhir_get(&app, &format!("{path}/_history/1"), Some(&token), &[]).await;
+    assert_eq!((status, &first["status"]), (200, &json!("active")));
+    assert_eq!(first["meta"]["versionId"], "1");
+    let (status, _, _) = fhir_get(&app, &format!("{path}/_history/3"), Some(&token), &[]).await;
+    assert_eq!(status, 404);
+
     // A resource that lacks what the service needs is refused, naming the FHIR element.
     let (status, _, outcome) = fhir_send(
         &app,
@@ -755,6 +781,18 @@ async fn a_patient_is_registered_through_fhir_with_the_matcher_and_reads_back_as
         .ends_with(&format!("/fhir/R4/Patient/{id}/_history/1")));
     let (_, _, read) = fhir_get(&app, &format!("/Patient/{id}"), Some(&token), &[]).await;
     assert_eq!(read, created);
+    let (_, _, first) = fhir_get(
+        &app,
+        &format!("/Patient/{id}/_history/1"),
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!(first, created);
+    let (_, _, history) =
+        fhir_get(&app, &format!("/Patient/{id}/_history"), Some(&token), &[]).await;
+    assert_eq!(history["total"], 1);
+    assert_eq!(history["entry"][0]["resource"], created);
     for element in ["gender", "birthDate", "address"] {
         assert_eq!(read[element], patient[element], "{element}");
     }

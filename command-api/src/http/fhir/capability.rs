@@ -29,9 +29,15 @@ fn resources() -> Vec<Value> {
     let mut resources = vec![json!({
         "type": "Patient",
         "profile": "http://hl7.org/fhir/StructureDefinition/Patient",
-        "interaction": [{ "code": "read" }, { "code": "search-type" }, { "code": "create" }],
+        "interaction": [
+            { "code": "read" },
+            { "code": "vread" },
+            { "code": "history-instance" },
+            { "code": "search-type" },
+            { "code": "create" },
+        ],
         "versioning": "versioned",
-        "readHistory": false,
+        "readHistory": true,
         "conditionalCreate": false,
         "searchParam": patient_params,
     })];
@@ -41,12 +47,14 @@ fn resources() -> Vec<Value> {
             "profile": format!("http://hl7.org/fhir/StructureDefinition/{name}"),
             "interaction": [
                 { "code": "read" },
+                { "code": "vread" },
+                { "code": "history-instance" },
                 { "code": "search-type" },
                 { "code": "create" },
                 { "code": "update" },
             ],
             "versioning": "versioned",
-            "readHistory": false,
+            "readHistory": true,
             "updateCreate": false,
             "conditionalCreate": true,
             "conditionalUpdate": false,

@@ -88,6 +88,14 @@ pub fn router() -> Router<AppState> {
             .route(
                 &format!("/{name}/{{id}}"),
                 get(move |s, u, p| read(s, u, p, kind)).put(move |s, p, w| update(s, p, w, name)),
+            )
+            .route(
+                &format!("/{name}/{{id}}/_history"),
+                get(move |s, u, h, p| history(s, u, h, p, kind)),
+            )
+            .route(
+                &format!("/{name}/{{id}}/_history/{{vid}}"),
+                get(move |s, u, p| vread(s, u, p, kind)),
             );
     }
     // Accepted on write, and held as the MedicationStatement it amounts to.
@@ -952,6 +960,129 @@ fn condition(object: &mut Map<String, Value>, p: &Problem, patient: Value, in_er
         object.insert("abatementDateTime".into(), day(abatement));
     }
     note(object, p.note.as_ref().map(|n| n.as_str()));
+}
+
+/// Every version of item `item_id` of `kind`, oldest first, as items: from the versions read
+/// model (which follows the store within moments), the current version from the store itself.
+async fn item_versions(
+    state: &AppState,
+    user: &crate::auth::AuthUser,
+    (patient, kind, item_id): (PatientId, ItemKind, ItemId),
+) -> Result<Vec<Item>, application::services::UseCaseError> {
+    let current = records::item(state.services(), user, (patient, kind, item_id)).await?;
+    let versions = records::versions(
+        state.services(),
+        user,
+        (patient, kind, item_id),
+        "medical-record-versions",
+    )
+    .await
+    .unwrap_or_default();
+    let recorded_at = versions
+        .first()
+        .map_or(current.recorded_at, |v| v.changed_at);
+    let mut items: Vec<Item> = versions
+        .iter()
+        .filter(|v| u32::try_from(v.version).is_ok_and(|n| n < current.version))
+        .filter_map(|v| {
+            let mut content = v.item.clone();
+            content["kind"] = json!(kind.code());
+            let content: ItemContent = serde_json::from_value(content).ok()?;
+            let entered_in_error = v.item.get("entered_in_error").and_then(|mark| {
+                Some(domain::medical_record::ErrorMark {
+                    reason: domain::patient::Reason::parse("reason", mark["reason"].as_str()?)
+                        .ok()?,
+                    at: v.changed_at,
+                })
+            });
+            Some(Item {
+                item_id,
+                content,
+                version: u32::try_from(v.version).ok()?,
+                entered_in_error,
+                acknowledged_warnings: Vec::new(),
+                recorded_at,
+                updated_at: v.changed_at,
+            })
+        })
+        .collect();
+    items.push(current);
+    Ok(items)
+}
+
+/// `GET /{Type}/{id}/_history/{vid}`: the item as it stood at that version.
+async fn vread(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadMedicalRecord>,
+    Path((raw, vid)): Path<(String, String)>,
+    kind: ItemKind,
+) -> Result<Response, ApiError> {
+    let not_found = |what: &str| {
+        outcome(
+            StatusCode::NOT_FOUND,
+            &[Issue::new("not-found", format!("no such {what}"))],
+        )
+    };
+    let (Some((patient, item_id)), Ok(vid)) = (parse_fhir_id(&raw), vid.parse::<u32>()) else {
+        return Ok(not_found("version"));
+    };
+    let items = match item_versions(&state, &user, (patient, kind, item_id)).await {
+        Ok(items) => items,
+        Err(application::services::UseCaseError::Refused(
+            application::caller::Refused::NotFound,
+        )) => return Ok(not_found("resource")),
+        Err(other) => return Err(other.into()),
+    };
+    let Some(item) = items.iter().find(|i| i.version == vid) else {
+        return Ok(not_found("version"));
+    };
+    let mut answer = resource(StatusCode::OK, &to_fhir(patient, item));
+    answer
+        .headers_mut()
+        .insert(header::ETAG, weak_etag(u64::from(item.version)));
+    Ok(answer)
+}
+
+/// `GET /{Type}/{id}/_history`: a history Bundle of every version, newest first.
+async fn history(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadMedicalRecord>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    kind: ItemKind,
+) -> Result<Response, ApiError> {
+    let Some((patient, item_id)) = parse_fhir_id(&raw) else {
+        return Ok(outcome(
+            StatusCode::NOT_FOUND,
+            &[Issue::new("not-found", "no such resource")],
+        ));
+    };
+    let items = match item_versions(&state, &user, (patient, kind, item_id)).await {
+        Ok(items) => items,
+        Err(application::services::UseCaseError::Refused(
+            application::caller::Refused::NotFound,
+        )) => {
+            return Ok(outcome(
+                StatusCode::NOT_FOUND,
+                &[Issue::new("not-found", "no such resource")],
+            ))
+        }
+        Err(other) => return Err(other.into()),
+    };
+    let base = base_url(&state, &headers);
+    let name = resource_type(kind).unwrap_or("Basic");
+    Ok(resource(
+        StatusCode::OK,
+        &super::history_bundle(
+            &base,
+            name,
+            &raw,
+            items
+                .iter()
+                .rev()
+                .map(|i| (to_fhir(patient, i), i.version, Some(i.updated_at))),
+        ),
+    ))
 }
 
 #[cfg(test)]

@@ -192,6 +192,42 @@ impl<P: Permission + Send> FromRequest<AppState> for Write<P> {
 /// The largest resource accepted.
 pub const MAX_RESOURCE_BYTES: usize = 1024 * 1024;
 
+/// A history Bundle of `versions` (newest first) of resource `name/id`.
+pub fn history_bundle(
+    base: &str,
+    name: &str,
+    id: &str,
+    versions: impl Iterator<Item = (Value, u32, Option<chrono::DateTime<chrono::Utc>>)>,
+) -> Value {
+    let entries: Vec<Value> = versions
+        .map(|(resource, version, at)| {
+            let (method, url, status) = if version == 1 {
+                ("POST", name.to_owned(), "201 Created")
+            } else {
+                ("PUT", format!("{name}/{id}"), "200 OK")
+            };
+            let mut response = json!({ "status": status, "etag": format!("W/\"{version}\"") });
+            if let Some(at) = at {
+                response["lastModified"] =
+                    json!(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            }
+            json!({
+                "fullUrl": format!("{base}/{name}/{id}"),
+                "resource": resource,
+                "request": { "method": method, "url": url },
+                "response": response,
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "Bundle",
+        "type": "history",
+        "total": entries.len(),
+        "link": [{ "relation": "self", "url": format!("{base}/{name}/{id}/_history") }],
+        "entry": entries,
+    })
+}
+
 /// The issue type for an HTTP status (FHIR's `IssueType` value set).
 fn issue_code(status: StatusCode) -> &'static str {
     match status.as_u16() {

@@ -63,6 +63,96 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/Patient", get(search).post(create))
         .route("/Patient/{id}", get(read))
+        .route("/Patient/{id}/_history", get(history))
+        .route("/Patient/{id}/_history/{vid}", get(vread))
+}
+
+/// The most versions a patient's history lists (newest first).
+const MAX_HISTORY: u64 = 100;
+
+/// Patient `raw` checked (and the read recorded), with its current version; or the answer
+/// that it cannot be read.
+async fn readable(
+    state: &AppState,
+    user: &crate::auth::AuthUser,
+    raw: &str,
+) -> Result<Result<(PatientId, u64), Response>, ApiError> {
+    let not_found = || {
+        outcome(
+            StatusCode::NOT_FOUND,
+            &[Issue::new("not-found", "no Patient has this id").at("id")],
+        )
+    };
+    let Ok(id) = PatientId::parse("id", raw) else {
+        return Ok(Err(not_found()));
+    };
+    let (patient, version) = finding::read(state.services(), user, id).await?;
+    if patient.record().is_none() {
+        return Ok(Err(outcome(
+            StatusCode::GONE,
+            &[Issue::new("deleted", "this patient was erased")],
+        )));
+    }
+    Ok(Ok((id, version)))
+}
+
+/// `GET /Patient/{id}/_history/{vid}`: the patient as they were at that version.
+async fn vread(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadPatient>,
+    Path((raw, vid)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (id, current) = match readable(&state, &user, &raw).await? {
+        Ok(found) => found,
+        Err(answer) => return Ok(answer),
+    };
+    let version = vid
+        .parse::<u64>()
+        .ok()
+        .filter(|v| (1..=current).contains(v));
+    let then = match version {
+        Some(version) => state.store.load_version(id, version).await?,
+        None => None,
+    };
+    let (Some(version), Some(record)) = (version, then.as_ref().and_then(|p| p.record())) else {
+        return Ok(outcome(
+            StatusCode::NOT_FOUND,
+            &[Issue::new("not-found", "no such version")],
+        ));
+    };
+    let mut answer = resource(StatusCode::OK, &to_fhir(record, version));
+    answer
+        .headers_mut()
+        .insert(header::ETAG, weak_etag(version));
+    Ok(answer)
+}
+
+/// `GET /Patient/{id}/_history`: a history Bundle of the patient's versions, newest first
+/// (the latest [`MAX_HISTORY`]).
+async fn history(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadPatient>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let (id, current) = match readable(&state, &user, &raw).await? {
+        Ok(found) => found,
+        Err(answer) => return Ok(answer),
+    };
+    let mut versions = Vec::new();
+    for version in (1..=current).rev().take(MAX_HISTORY as usize) {
+        if let Some(patient) = state.store.load_version(id, version).await? {
+            if let Some(record) = patient.record() {
+                let version_number = u32::try_from(version).unwrap_or(u32::MAX);
+                versions.push((to_fhir(record, version), version_number, None));
+            }
+        }
+    }
+    let base = base_url(&state, &headers);
+    Ok(resource(
+        StatusCode::OK,
+        &super::history_bundle(&base, "Patient", &id.to_string(), versions.into_iter()),
+    ))
 }
 
 /// The header a registrar gives the reason in when the patient is not the likely duplicate
