@@ -858,3 +858,221 @@ async fn a_patient_is_registered_through_fhir_with_the_matcher_and_reads_back_as
     assert_eq!(status, 403);
     app.stop().await;
 }
+
+/// The first coding of what an example resource is about, as (system, code): its code, vaccine
+/// or medication (a contained Medication's, when it names one).
+fn coding_of(resource: &Value) -> Option<(String, String)> {
+    let concept = ["code", "vaccineCode", "medicationCodeableConcept"]
+        .iter()
+        .map(|k| &resource[*k])
+        .find(|c| !c.is_null())
+        .cloned()
+        .or_else(|| {
+            let id = resource["medicationReference"]["reference"]
+                .as_str()?
+                .strip_prefix('#')?;
+            resource["contained"]
+                .as_array()?
+                .iter()
+                .find(|c| c["id"] == id)
+                .map(|m| m["code"].clone())
+        })?;
+    let coding = &concept["coding"][0];
+    Some((
+        coding["system"].as_str()?.to_owned(),
+        coding["code"].as_str()?.to_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn hl7s_examples_of_the_supported_types_are_created_or_refused_for_a_named_reason() {
+    // Arrange: HL7's own R4 examples (npm hl7.fhir.r4.examples, installed by scripts/test).
+    let dir = std::path::PathBuf::from(
+        std::env::var("HL7_EXAMPLES_DIR").expect("HL7_EXAMPLES_DIR: run with scripts/test"),
+    );
+    let types = [
+        "Patient",
+        "AllergyIntolerance",
+        "Condition",
+        "Immunization",
+        "MedicationStatement",
+        "MedicationRequest",
+    ];
+    let mut files: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.unwrap().path();
+            let name = path.file_name()?.to_str()?.to_owned();
+            let kind = name.split_once('-')?.0.to_owned();
+            (types.contains(&kind.as_str()) && name.ends_with(".json")).then_some((kind, path))
+        })
+        .collect();
+    files.sort();
+    assert!(files.len() > 80, "{} examples", files.len());
+    let app = TestApp::without_kafka().await;
+    let registrar = app.registrar();
+    let clinician = crate::medical_records::clinician(&app);
+
+    // Act: each through the API, clinical ones on a patient of their own.
+    let mut created: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut refused: Vec<(String, u16, String)> = Vec::new();
+    for (n, (kind, path)) in files.iter().enumerate() {
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let mut example: Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let (token, headers) = if kind == "Patient" {
+            (
+                registrar.clone(),
+                vec![("x-duplicate-override-reason", "HL7 example")],
+            )
+        } else {
+            let patient = crate::medical_records::patient_in_care(&app, 20_000 + n as u64).await;
+            let subject = if example.get("patient").is_some() {
+                "patient"
+            } else {
+                "subject"
+            };
+            example[subject] = json!({ "reference": format!("Patient/{patient}") });
+            (clinician.clone(), vec![])
+        };
+        let (status, _, answer) = fhir_send(
+            &app,
+            reqwest::Method::POST,
+            &format!("/{kind}"),
+            &token,
+            &example,
+            &headers,
+        )
+        .await;
+        assert!(status < 500, "{name}: {status} {answer}");
+        if status != 201 {
+            let issue = &answer["issue"][0];
+            let reason = format!(
+                "{} {}",
+                issue["expression"][0].as_str().unwrap_or_default(),
+                issue["diagnostics"].as_str().unwrap_or_default()
+            );
+            assert!(!reason.trim().is_empty(), "{name}: {answer}");
+            refused.push((name, status, reason));
+            continue;
+        }
+        // Assert: read back equal in the elements the service stores.
+        let shown = answer["resourceType"].as_str().unwrap().to_owned();
+        let (status, _, read) = fhir_get(
+            &app,
+            &format!("/{shown}/{}", answer["id"].as_str().unwrap()),
+            Some(&token),
+            &[],
+        )
+        .await;
+        assert_eq!((status, &read), (200, &answer), "{name}");
+        if kind == "Patient" {
+            for element in ["gender", "birthDate"] {
+                assert_eq!(read.get(element), example.get(element), "{name}: {element}");
+            }
+        } else {
+            assert_eq!(coding_of(&read), coding_of(&example), "{name}: code");
+            for element in [
+                "status",
+                "onsetDateTime",
+                "occurrenceDateTime",
+                "lotNumber",
+                "criticality",
+            ] {
+                if let Some(value) = read.get(element) {
+                    let sent = &example[element];
+                    let same = value == sent
+                        || value
+                            .as_str()
+                            .zip(sent.as_str())
+                            .is_some_and(|(v, s)| s.starts_with(v));
+                    assert!(same, "{name}: {element} {value} vs {sent}");
+                }
+            }
+        }
+        *created.entry(kind.clone()).or_default() += 1;
+    }
+    println!("HL7 R4 examples created: {created:?}");
+    for (name, status, reason) in &refused {
+        println!("refused {name}: {status} {reason}");
+    }
+    // What is refused, and why (the README lists the rules): each a 422 naming the element.
+    let expected_refusals = [
+        // a partial date ("2004") where the service keeps days
+        ("AllergyIntolerance-example.json", "onsetDateTime"),
+        // problems coded in ICD-10 or SNOMED CT only; severities mild, moderate, severe
+        ("Condition-example2.json", "Condition.code"),
+        ("Condition-f003.json", "Condition.severity"),
+        ("Condition-f203.json", "Condition.severity"),
+        // vaccines coded in CVX only; the routes the service names
+        ("Immunization-example.json", "Immunization.vaccineCode"),
+        ("Immunization-historical.json", "Immunization.vaccineCode"),
+        ("Immunization-protocol.json", "Immunization.route"),
+        ("Immunization-subpotent.json", "Immunization.vaccineCode"),
+        // a Medication held elsewhere, or with no code (a compound); periods in minutes;
+        // routes outside the service's list; a timing by count of doses
+        ("MedicationRequest-medrx002.json", "medicationReference"),
+        ("MedicationRequest-medrx0315.json", "period_unit"),
+        ("MedicationRequest-medrx0320.json", "dosage.route"),
+        (
+            "MedicationRequest-medrx0322.json",
+            "medicationCodeableConcept",
+        ),
+        (
+            "MedicationRequest-medrx0323.json",
+            "medicationCodeableConcept",
+        ),
+        (
+            "MedicationRequest-medrx0329.json",
+            "medicationCodeableConcept",
+        ),
+        ("MedicationRequest-medrx0332.json", "dosage.route"),
+        ("MedicationRequest-medrx0335.json", "repeat.count"),
+        (
+            "MedicationRequest-medrx0336.json",
+            "medicationCodeableConcept",
+        ),
+        (
+            "MedicationRequest-medrx0337.json",
+            "medicationCodeableConcept",
+        ),
+        (
+            "MedicationRequest-medrx0338.json",
+            "medicationCodeableConcept",
+        ),
+        // created as entered-in-error: a mistake is marked on an item, never created as one
+        ("MedicationStatement-example005.json", "status"),
+        // a registration needs a family name and a gender; phones in E.164; countries in
+        // ISO 3166-1 alpha-2; every identifier a value; marital status in HL7 v3's codes
+        ("Patient-animal.json", "name.family"),
+        ("Patient-ch-example.json", "name.family"),
+        ("Patient-example.json", "Patient.telecom"),
+        ("Patient-f001.json", "identifier[1].value"),
+        ("Patient-f201.json", "Patient.maritalStatus"),
+        ("Patient-genetics-example1.json", "Patient.telecom"),
+        ("Patient-ihe-pcd.json", "Patient.gender"),
+        ("Patient-infant-fetal.json", "Patient.name"),
+        ("Patient-mom.json", "Patient.telecom"),
+        ("Patient-newborn.json", "Patient.name"),
+        ("Patient-proband.json", "Patient.name"),
+        ("Patient-xds.json", "country"),
+    ];
+    let names: Vec<&str> = refused.iter().map(|(n, _, _)| n.as_str()).collect();
+    let expected: Vec<&str> = expected_refusals.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, expected);
+    for ((name, status, reason), (_, element)) in refused.iter().zip(expected_refusals) {
+        assert_eq!(*status, 422, "{name}");
+        assert!(reason.contains(element), "{name}: {reason}");
+    }
+    let created_expected = [
+        ("AllergyIntolerance", 5),
+        ("Condition", 9),
+        ("Immunization", 1),
+        ("MedicationRequest", 29),
+        ("MedicationStatement", 6),
+        ("Patient", 10),
+    ];
+    let created: Vec<(&str, usize)> = created.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(created, created_expected);
+    app.stop().await;
+}

@@ -310,18 +310,33 @@ fn medication(
     } else {
         "MedicationStatement"
     };
-    if !resource["medicationReference"].is_null() {
-        return Err(FieldError::new(
-            format!("{resource_type}.medicationReference"),
-            "is not held here: send medicationCodeableConcept",
-        )
-        .into());
-    }
-    insert(
-        body,
-        "medication",
-        concept(&resource["medicationCodeableConcept"]),
-    );
+    let medication = if resource["medicationReference"].is_null() {
+        concept(&resource["medicationCodeableConcept"])
+    } else {
+        // A Medication contained in the resource (`#id`) is read for its code; one held
+        // elsewhere cannot be.
+        let contained = resource["medicationReference"]["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix('#'))
+            .and_then(|id| {
+                resource["contained"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["resourceType"] == "Medication" && c["id"] == id)
+            });
+        match contained {
+            Some(medication) => concept(&medication["code"]),
+            None => {
+                return Err(FieldError::new(
+                    format!("{resource_type}.medicationReference"),
+                    "must name a Medication contained in the resource (#id); send \
+                     medicationCodeableConcept otherwise",
+                )
+                .into())
+            }
+        }
+    };
+    insert(body, "medication", medication);
     let status = resource["status"].as_str().map(|s| match (request, s) {
         // A request's statuses in MedicationStatement's words.
         (true, "cancelled") => "stopped",
