@@ -1076,3 +1076,71 @@ async fn hl7s_examples_of_the_supported_types_are_created_or_refused_for_a_named
     assert_eq!(created, created_expected);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_fhir_client_library_searches_pages_reads_creates_and_updates() {
+    // Arrange: three patients of one family, one in a clinician's care.
+    let app = TestApp::without_kafka().await;
+    for n in 0..3 {
+        app.register_person(9700 + n, Some("Kitclient")).await;
+    }
+    let patient = crate::medical_records::patient_in_care(&app, 9710).await;
+    let token = crate::medical_records::clinician(&app);
+    let registrar = app.token("registrar-kit", &["registrar"]);
+    let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+    while fhir_get(&app, "/Patient?family=kitclient", Some(&registrar), &[])
+        .await
+        .2["total"]
+        != 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the search model did not catch up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let dir = std::env::var("FHIR_NODE_DIR").expect("FHIR_NODE_DIR: run with scripts/test");
+
+    // Act: fhir-kit-client (npm) against the running service: the registrar searches, the
+    // clinician in care writes.
+    let output = tokio::process::Command::new("node")
+        .arg(format!("{dir}/client.mjs"))
+        .args([
+            &format!("{}/fhir/R4", app.address),
+            &registrar,
+            &token,
+            "kitclient",
+            &patient,
+        ])
+        .output()
+        .await
+        .unwrap();
+
+    // Assert
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let pages = seen["pages"].as_array().unwrap();
+    assert_eq!(
+        (
+            pages[0].as_array().unwrap().len(),
+            pages[1].as_array().unwrap().len()
+        ),
+        (2, 1),
+        "{seen}"
+    );
+    assert_eq!(seen["total"], 3);
+    assert_eq!(seen["read"], patient.as_str());
+    assert_eq!(seen["created"]["version"], "1");
+    assert_eq!(
+        seen["updated"],
+        json!({ "version": "2", "criticality": "high" })
+    );
+    assert_eq!(seen["stale"], 412);
+    assert_eq!(seen["staleOutcome"], "OperationOutcome");
+    app.stop().await;
+}
