@@ -3,7 +3,9 @@
 //! forgetting the patient erases it too.
 
 use cqrs_es::persist::PersistedEventStore;
-use domain::medical_record::{MedicalRecord, MedicalRecordCommand, MedicalRecordError};
+use domain::medical_record::{
+    ClinicalEntry, ClinicalEntryCommand, MedicalRecord, MedicalRecordCommand, MedicalRecordError,
+};
 use domain::patient::PatientId;
 use sqlx::PgPool;
 
@@ -101,6 +103,103 @@ impl MedicalRecordStore {
         use cqrs_es::EventStore;
         let context = self
             .event_store()
+            .load_aggregate(&id.to_string())
+            .await
+            .map_err(crate::command::classify)?;
+        let version = context.current_sequence as u64;
+        Ok((context.aggregate, version))
+    }
+}
+
+/// The clinical entry event store: observations, procedures and encounters, each a stream of
+/// its own under the entry's id, sealed with its patient's data key (so forgetting the patient
+/// erases them too). No snapshots: a stream holds one item's few versions.
+#[derive(Clone)]
+pub struct ClinicalEntryStore {
+    pool: PgPool,
+    keys: KeyStore,
+    chain: ChainKey,
+}
+
+impl std::fmt::Debug for ClinicalEntryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClinicalEntryStore").finish_non_exhaustive()
+    }
+}
+
+impl ClinicalEntryStore {
+    pub fn new(pool: PgPool, keys: KeyStore, chain: ChainKey) -> Self {
+        Self { pool, keys, chain }
+    }
+
+    fn repository(&self) -> SealedRepository {
+        crate::command::repository(&self.pool, &self.keys, &self.chain)
+    }
+
+    /// Executes `command` on entry `id` of patient `patient` (who must be registered: the
+    /// caller checks); its events are sealed with the patient's data key. Returns the entry
+    /// and its version after the command.
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError`]: the broken rule (another patient's entry among them), a lost race
+    /// after retries, or the store failing.
+    #[tracing::instrument(skip_all, fields(patient_id = %patient, entry_id = %id))]
+    pub async fn execute(
+        &self,
+        id: uuid::Uuid,
+        patient: PatientId,
+        command: MedicalRecordCommand,
+        mut metadata: CommandMetadata,
+    ) -> Result<(ClinicalEntry, u64), CommandError<MedicalRecordError>> {
+        metadata.data_key_owner = Some(patient.to_string());
+        // A new entry is made under an id made for it.
+        let fresh = match command {
+            MedicalRecordCommand::Record { .. } => Fresh::Expected,
+            _ => Fresh::Unknown,
+        };
+        let command = ClinicalEntryCommand {
+            patient_id: patient,
+            command,
+        };
+        execute_on(
+            self.repository(),
+            (&id.to_string(), fresh),
+            None,
+            |_, _| Ok(()),
+            |entry: &ClinicalEntry| entry.decide(command.clone()),
+            metadata,
+        )
+        .await
+    }
+
+    /// Entry `id` as its first `version` events left it.
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError::Unavailable`] or [`CommandError::Internal`] when the store fails.
+    pub async fn load_version(
+        &self,
+        id: uuid::Uuid,
+        version: u64,
+    ) -> Result<Option<ClinicalEntry>, CommandError<MedicalRecordError>> {
+        crate::command::load_version(self.repository(), &id.to_string(), version).await
+    }
+
+    /// Entry `id` and its version (empty and 0 when nothing was recorded under it, or its
+    /// patient was forgotten).
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError::Unavailable`] or [`CommandError::Internal`] when the store fails.
+    pub async fn load(
+        &self,
+        id: uuid::Uuid,
+    ) -> Result<(ClinicalEntry, u64), CommandError<MedicalRecordError>> {
+        use cqrs_es::EventStore;
+        let store: PersistedEventStore<SealedRepository, ClinicalEntry> =
+            self.repository().into_store();
+        let context = store
             .load_aggregate(&id.to_string())
             .await
             .map_err(crate::command::classify)?;

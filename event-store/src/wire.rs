@@ -88,6 +88,13 @@ pub fn to_published(
             let wire = medical_record_to_v1(patient_id, &domain_event).ok_or_else(undecodable)?;
             (wire.event_type(), wire.to_json())
         }
+        domain::medical_record::ClinicalEntry::TYPE => {
+            let domain_event: MedicalRecordEvent =
+                serde_json::from_value(event.payload.clone()).map_err(|_| undecodable())?;
+            let patient_id = uuid::Uuid::parse_str(event.key_owner()).map_err(|_| undecodable())?;
+            let wire = clinical_entry_to_v1(patient_id, &domain_event).ok_or_else(undecodable)?;
+            (wire.event_type(), wire.to_json())
+        }
         domain::scheduling::Appointment::TYPE => {
             let domain_event: domain::scheduling::AppointmentEvent =
                 serde_json::from_value(event.payload.clone()).map_err(|_| undecodable())?;
@@ -132,7 +139,8 @@ pub fn to_published(
 pub fn record_key(event: &StoredEvent) -> String {
     match event.aggregate_type.as_str() {
         domain::scheduling::Appointment::TYPE
-        | domain::scheduling::notification::Notification::TYPE => event.key_owner().to_owned(),
+        | domain::scheduling::notification::Notification::TYPE
+        | domain::medical_record::ClinicalEntry::TYPE => event.key_owner().to_owned(),
         crate::access::ACCESS_TYPE => event
             .payload
             .get("patient_id")
@@ -150,6 +158,31 @@ pub fn medical_record_to_v1(
     patient_id: uuid::Uuid,
     event: &MedicalRecordEvent,
 ) -> Option<schemas::medical_record::v1::MedicalRecordEvent> {
+    schemas::medical_record::v1::MedicalRecordEvent::from_value(
+        &event.event_type(),
+        item_event_data(patient_id, event)?,
+    )
+    .ok()
+}
+
+/// The published form of a clinical entry's event (an observation, procedure or encounter):
+/// shaped as the medical record's, on its own topic.
+pub fn clinical_entry_to_v1(
+    patient_id: uuid::Uuid,
+    event: &MedicalRecordEvent,
+) -> Option<schemas::clinical_entry::v1::ClinicalEntryEvent> {
+    schemas::clinical_entry::v1::ClinicalEntryEvent::from_value(
+        &event.event_type(),
+        item_event_data(patient_id, event)?,
+    )
+    .ok()
+}
+
+/// The published JSON of an item event of patient `patient_id`.
+fn item_event_data(
+    patient_id: uuid::Uuid,
+    event: &MedicalRecordEvent,
+) -> Option<serde_json::Value> {
     use serde_json::{json, Value};
     let item = |content: &domain::medical_record::ItemContent| -> Option<Value> {
         let mut value = serde_json::to_value(content).ok()?;
@@ -181,7 +214,7 @@ pub fn medical_record_to_v1(
             "entered_at": e.entered_at,
         }),
     };
-    schemas::medical_record::v1::MedicalRecordEvent::from_value(&event.event_type(), data).ok()
+    Some(data)
 }
 
 /// The published form of an appointment event: the domain's JSON (the contract mirrors it
@@ -566,6 +599,7 @@ mod tests {
             let kind = content.kind();
             let events = [
                 MedicalRecordEvent::ItemRecorded(ItemRecorded {
+                    patient_id: None,
                     item_id,
                     content: content.clone(),
                     reason: Some(Clone::clone(&reason)),

@@ -61,9 +61,42 @@ fn kind_and_change(event_type: &str) -> Option<(&'static str, Change)> {
         "Problem" => "problem",
         "HistoryEntry" => "history",
         "Document" => "document",
+        "Observation" => "observation",
+        "Procedure" => "procedure",
+        "Encounter" => "encounter",
         _ => return None,
     };
     Some((kind, change))
+}
+
+/// Whether an event type is an item's: of the medical record or of a clinical entry.
+fn is_item_event(event_type: &str) -> bool {
+    v1::EVENT_TYPES.contains(&event_type)
+        || schemas::clinical_entry::v1::EVENT_TYPES.contains(&event_type)
+}
+
+/// The patient and item an item event is about.
+#[derive(Debug, Clone, Copy)]
+struct ItemIds {
+    patient_id: Uuid,
+    item_id: Uuid,
+}
+
+/// The ids of an item event, decoded by its topic's contract.
+fn item_ids(event: &PublishedEvent) -> Result<ItemIds, DecodeError> {
+    if v1::EVENT_TYPES.contains(&event.event_type.as_str()) {
+        let decoded = v1::MedicalRecordEvent::from_published(event)?;
+        Ok(ItemIds {
+            patient_id: decoded.patient_id(),
+            item_id: decoded.item_id(),
+        })
+    } else {
+        let decoded = schemas::clinical_entry::v1::ClinicalEntryEvent::from_published(event)?;
+        Ok(ItemIds {
+            patient_id: decoded.patient_id(),
+            item_id: decoded.item_id(),
+        })
+    }
 }
 
 /// The search facts of an item: its concept, status, whether it stands, its title and text.
@@ -100,6 +133,8 @@ fn facts(kind: &str, item: &Value, document_text: Option<&str>) -> Facts {
         "immunization" => "vaccine",
         "problem" => "condition",
         "history" => "description",
+        "observation" | "procedure" => "code",
+        "encounter" => "encounter_type",
         _ => "document_type",
     };
     let concept = &item[concept_field];
@@ -127,18 +162,35 @@ fn facts(kind: &str, item: &Value, document_text: Option<&str>) -> Facts {
             )
         }
         "history" => (status_of("/category"), true),
+        // Results, procedures and encounters stand unless called off.
+        "observation" | "encounter" => {
+            let s = status_of("/status");
+            (s.clone(), s != "cancelled")
+        }
+        "procedure" => {
+            let s = status_of("/status");
+            (s.clone(), s != "not-done")
+        }
         _ => ("current".to_owned(), true),
     };
-    let title = if kind == "document" {
-        status_of("/title")
-    } else {
-        concept_text.clone()
+    let title = match kind {
+        "document" => status_of("/title"),
+        "encounter" if concept_text.is_empty() => status_of("/class"),
+        _ => concept_text.clone(),
     };
     let mut parts: Vec<String> = Vec::new();
     if kind == "document" {
         parts.push(concept_text.clone());
     }
-    for pointer in ["/reason_for_use/text", "/relationship", "/lot_number"] {
+    for pointer in [
+        "/reason_for_use/text",
+        "/relationship",
+        "/lot_number",
+        "/reason/text",
+        "/value/text",
+        "/interpretation/text",
+        "/location",
+    ] {
         parts.extend(text_of(item, pointer));
     }
     if let Some(reactions) = item.get("reactions").and_then(Value::as_array) {
@@ -169,7 +221,11 @@ impl ReadModel for MedicalRecords {
     }
 
     fn topics(&self) -> &'static [&'static str] {
-        &[schemas::topics::MEDICAL_RECORD, schemas::topics::PATIENT]
+        &[
+            schemas::topics::MEDICAL_RECORD,
+            schemas::topics::CLINICAL_ENTRY,
+            schemas::topics::PATIENT,
+        ]
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -197,7 +253,7 @@ impl ReadModel for MedicalRecords {
         tx: &mut PgConnection,
         event: &PublishedEvent,
     ) -> Result<(), ProjectionError> {
-        if !v1::EVENT_TYPES.contains(&event.event_type.as_str()) {
+        if !is_item_event(&event.event_type) {
             // A patient event: only erasure concerns this model.
             if let Ok(patient_v1::PatientEvent::Forgotten(e)) =
                 patient_v1::PatientEvent::from_published(event)
@@ -212,8 +268,8 @@ impl ReadModel for MedicalRecords {
             }
             return Ok(());
         }
-        let decoded = v1::MedicalRecordEvent::from_published(event)?;
-        self.apply_items(tx, &[(event, decoded)]).await
+        let ids = item_ids(event)?;
+        self.apply_items(tx, &[(event, ids)]).await
     }
 
     /// Runs of item changes are written in a few statements whatever their length (the
@@ -227,8 +283,8 @@ impl ReadModel for MedicalRecords {
     ) -> Result<(), ProjectionError> {
         let mut run = Vec::new();
         for &event in events {
-            if v1::EVENT_TYPES.contains(&event.event_type.as_str()) {
-                run.push((event, v1::MedicalRecordEvent::from_published(event)?));
+            if is_item_event(&event.event_type) {
+                run.push((event, item_ids(event)?));
             } else if event.event_type == SHREDDING_EVENT_TYPE {
                 self.apply_items(tx, &std::mem::take(&mut run)).await?;
                 self.apply(tx, event).await?;
@@ -296,16 +352,16 @@ impl MedicalRecords {
     async fn apply_items(
         &self,
         tx: &mut PgConnection,
-        run: &[(&PublishedEvent, v1::MedicalRecordEvent)],
+        run: &[(&PublishedEvent, ItemIds)],
     ) -> Result<(), ProjectionError> {
         if run.is_empty() {
             return Ok(());
         }
-        let mut patients: Vec<Uuid> = run.iter().map(|(_, d)| d.patient_id()).collect();
+        let mut patients: Vec<Uuid> = run.iter().map(|(_, d)| d.patient_id).collect();
         patients.sort_unstable();
         patients.dedup();
         let forgotten = lock_and_find_forgotten(tx, &patients).await?;
-        let items: Vec<Uuid> = run.iter().map(|(_, d)| d.item_id()).collect();
+        let items: Vec<Uuid> = run.iter().map(|(_, d)| d.item_id).collect();
         let latest: Vec<(Uuid, i32, Value)> = sqlx::query_as(
             "SELECT DISTINCT ON (item_id) item_id, version, state
                FROM medical_record_versions
@@ -323,7 +379,7 @@ impl MedicalRecords {
         let mut upserted: HashMap<Uuid, usize> = HashMap::new();
         let mut entered: HashMap<Uuid, EnteredInError> = HashMap::new();
         for (event, decoded) in run {
-            let (patient_id, item_id) = (decoded.patient_id(), decoded.item_id());
+            let (patient_id, item_id) = (decoded.patient_id, decoded.item_id);
             if forgotten.contains(&patient_id) {
                 continue;
             }
@@ -658,6 +714,44 @@ pub async fn versions(
     .fetch_all(pool)
     .await?;
     rows.iter().map(version_of).collect()
+}
+
+/// An item's latest version, as a list shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ItemVersion {
+    pub item_id: Uuid,
+    pub version: i32,
+    /// The item as it stands, with its error mark.
+    pub state: Value,
+    pub recorded_at: DateTime<Utc>,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// The latest version of every item of `kind` of patient `patient_id`, oldest first: how the
+/// items kept apart (each a stream of its own) are listed.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn latest_of(
+    pool: &PgPool,
+    patient_id: Uuid,
+    kind: &str,
+) -> Result<Vec<ItemVersion>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT i.item_id, v.version, v.state, first.changed_at AS recorded_at, v.changed_at
+           FROM projections.medical_record_items i
+           JOIN projections.medical_record_versions v
+             ON v.item_id = i.item_id AND v.version = i.version
+           JOIN projections.medical_record_versions first
+             ON first.item_id = i.item_id AND first.version = 1
+          WHERE i.patient_id = $1 AND i.kind = $2
+          ORDER BY first.changed_at, i.item_id",
+    )
+    .bind(patient_id)
+    .bind(kind)
+    .fetch_all(pool)
+    .await
 }
 
 /// The version of an item current at `as_of`, if it existed then.

@@ -511,7 +511,7 @@ impl<M: ReadModel> Projector<M> {
         self.apply_batch_in_one(&events, keys, Some(last)).await
     }
 
-    /// A rebuild's batch for a model that allows it, split by patient (the events' subject)
+    /// A rebuild's batch for a model that allows it, split by patient
     /// into [`REBUILD_PARTITIONS`] transactions side by side. They need not commit together:
     /// a rebuild that fails is dropped whole. Should one fail (two patients' merge events
     /// locking each other's rows can deadlock), the batch is applied again in one transaction,
@@ -524,7 +524,10 @@ impl<M: ReadModel> Projector<M> {
     ) -> Result<bool, ProjectionError> {
         let mut parts: Vec<Vec<&PublishedEvent>> = vec![Vec::new(); REBUILD_PARTITIONS];
         for &event in events {
-            parts[partition_of(&event.subject)].push(event);
+            // By patient: a sealed event's key names its patient (a clinical entry's or an
+            // appointment's subject is its own id); a clear one's subject is the patient.
+            let patient = event.key_id().unwrap_or_else(|| event.subject.clone());
+            parts[partition_of(&patient)].push(event);
         }
         let outcomes = futures::future::join_all(
             parts

@@ -9,6 +9,8 @@
 //! - [`access`]: the wire types of the access topic (who read which patient's data).
 //! - [`patient`]: the wire types of the patient topic, one module per major version.
 //! - [`medical_record`]: the wire types of the medical record topic.
+//! - [`clinical_entry`]: the wire types of the clinical entry topic (observations,
+//!   procedures, encounters).
 //! - [`appointment`]: the wire types of the appointment topic.
 //! - [`notification`]: the wire types of the notifications topic.
 //! - [`json_schemas`]: the JSON Schema of every wire type; the checked-in files under `json/`
@@ -18,6 +20,7 @@
 
 pub mod access;
 pub mod appointment;
+pub mod clinical_entry;
 pub mod envelope;
 pub mod medical_record;
 pub mod notification;
@@ -32,6 +35,7 @@ pub use envelope::{DecodeError, PublishedEvent};
 pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
     let mut schemas = patient::v1::json_schemas();
     schemas.extend(medical_record::v1::json_schemas());
+    schemas.extend(clinical_entry::v1::json_schemas());
     schemas.extend(appointment::v1::json_schemas());
     schemas.extend(notification::v1::json_schemas());
     schemas.extend(access::v1::json_schemas());

@@ -7,6 +7,10 @@ pub const PATIENT: &str = "patients.patient.v1";
 /// Every event of the `MedicalRecord` aggregate, keyed by patient id.
 pub const MEDICAL_RECORD: &str = "patients.medical-record.v1";
 
+/// Every event of the `ClinicalEntry` aggregate (observations, procedures, encounters, each a
+/// stream of its own), keyed by patient id.
+pub const CLINICAL_ENTRY: &str = "patients.clinical-entry.v1";
+
 /// Every event of the `Appointment` aggregate, keyed by patient id.
 pub const APPOINTMENT: &str = "patients.appointment.v1";
 
@@ -17,13 +21,21 @@ pub const NOTIFICATIONS: &str = "patients.notifications.v1";
 pub const ACCESS: &str = "patients.access.v1";
 
 /// Every topic the service publishes to.
-pub const ALL: [&str; 5] = [PATIENT, MEDICAL_RECORD, APPOINTMENT, NOTIFICATIONS, ACCESS];
+pub const ALL: [&str; 6] = [
+    PATIENT,
+    MEDICAL_RECORD,
+    CLINICAL_ENTRY,
+    APPOINTMENT,
+    NOTIFICATIONS,
+    ACCESS,
+];
 
 /// The topic of an aggregate type, if it has one.
 pub fn for_aggregate_type(aggregate_type: &str) -> Option<&'static str> {
     match aggregate_type {
         "Patient" => Some(PATIENT),
         "MedicalRecord" => Some(MEDICAL_RECORD),
+        "ClinicalEntry" => Some(CLINICAL_ENTRY),
         "Appointment" => Some(APPOINTMENT),
         "Notification" => Some(NOTIFICATIONS),
         "Access" => Some(ACCESS),
@@ -36,6 +48,7 @@ pub fn aggregate_type(topic: &str) -> Option<&'static str> {
     match topic {
         PATIENT => Some("Patient"),
         MEDICAL_RECORD => Some("MedicalRecord"),
+        CLINICAL_ENTRY => Some("ClinicalEntry"),
         APPOINTMENT => Some("Appointment"),
         NOTIFICATIONS => Some("Notification"),
         ACCESS => Some("Access"),
@@ -48,6 +61,7 @@ pub fn aggregate_type(topic: &str) -> Option<&'static str> {
 pub fn aggregate_type_of_event_type(event_type: &str) -> &'static str {
     match for_event_type(event_type) {
         MEDICAL_RECORD => "MedicalRecord",
+        CLINICAL_ENTRY => "ClinicalEntry",
         APPOINTMENT => "Appointment",
         NOTIFICATIONS => "Notification",
         ACCESS => "Access",
@@ -59,6 +73,8 @@ pub fn aggregate_type_of_event_type(event_type: &str) -> &'static str {
 pub fn for_event_type(event_type: &str) -> &'static str {
     if crate::medical_record::v1::EVENT_TYPES.contains(&event_type) {
         MEDICAL_RECORD
+    } else if crate::clinical_entry::v1::EVENT_TYPES.contains(&event_type) {
+        CLINICAL_ENTRY
     } else if crate::appointment::v1::EVENT_TYPES.contains(&event_type) {
         APPOINTMENT
     } else if crate::notification::v1::EVENT_TYPES.contains(&event_type) {
@@ -94,6 +110,8 @@ mod tests {
             ("PatientRegistered", "Patient"),
             ("PatientForgotten", "Patient"),
             ("AllergyRecorded", "MedicalRecord"),
+            ("ObservationRecorded", "ClinicalEntry"),
+            ("EncounterEnteredInError", "ClinicalEntry"),
             ("AppointmentCreated", "Appointment"),
             ("AppointmentReminder", "Notification"),
             (crate::access::v1::ACCESS_RECORDED, "Access"),

@@ -150,13 +150,18 @@ impl Writer {
         Ok(record)
     }
 
-    /// Runs `command`, which records or revises `content`.
+    /// Runs `command`, which records or revises `content`: on the patient's medical record,
+    /// or on the item's own stream for a kind kept apart (then the record answered holds that
+    /// item alone).
     async fn execute(
         &self,
         command: MedicalRecordCommand,
         content: &ItemContent,
         metadata: CommandMetadata,
     ) -> Result<MedicalRecord, UseCaseError> {
+        if content.kind().has_own_stream() {
+            return self.execute_entry(command, metadata).await;
+        }
         let (record, _) = self
             .services
             .records
@@ -164,6 +169,32 @@ impl Writer {
             .await
             .map_err(|e| warned(e, content))?;
         Ok(record)
+    }
+
+    /// Runs `command` on the clinical entry it names (an observation, procedure or
+    /// encounter); another patient's entry is not found.
+    async fn execute_entry(
+        &self,
+        command: MedicalRecordCommand,
+        metadata: CommandMetadata,
+    ) -> Result<MedicalRecord, UseCaseError> {
+        let item_id = match &command {
+            MedicalRecordCommand::Record { item_id, .. }
+            | MedicalRecordCommand::Revise { item_id, .. }
+            | MedicalRecordCommand::EnterInError { item_id, .. } => *item_id,
+        };
+        let (entry, _) = self
+            .services
+            .entries
+            .execute(item_id.as_uuid(), self.id, command, metadata)
+            .await
+            .map_err(|e| match e {
+                CommandError::Rule(MedicalRecordError::OtherPatient) => {
+                    UseCaseError::Refused(Refused::NotFound)
+                }
+                other => UseCaseError::Record(other),
+            })?;
+        Ok(entry.as_record().clone())
     }
 
     /// The document `item_id` describes now (its content stays through revisions).
@@ -217,6 +248,18 @@ impl Writer {
         reason: Reason,
         metadata: CommandMetadata,
     ) -> Result<MedicalRecord, UseCaseError> {
+        let command = MedicalRecordCommand::EnterInError {
+            item_id,
+            expected_version: u32::try_from(expected_version).unwrap_or(u32::MAX),
+            reason: reason.clone(),
+            at: (self.services.clock)(),
+        };
+        if kind.has_own_stream() {
+            entry_of(self.services.clone(), self.id, (kind, item_id)).await?;
+            let record = self.execute_entry(command, metadata).await?;
+            tracing::info!(item_id = %item_id, "clinical entry entered in error");
+            return Ok(record);
+        }
         let (record, _) = self.services.records.load(self.id).await?;
         if record.item(item_id).map(|i| i.content.kind()) != Some(kind) {
             return Err(UseCaseError::Refused(Refused::NotFound));
@@ -316,12 +359,59 @@ pub async fn list(
         id,
     )
     .await?;
+    if kind.has_own_stream() {
+        // Kept apart, each in its own stream: listed from the read model, which follows the
+        // store within moments.
+        let latest = read_model::latest_of(&services.pool, id.as_uuid(), kind.code()).await?;
+        return Ok(latest
+            .into_iter()
+            .filter_map(|v| item_of_version(kind, &v))
+            .filter(|i| include_errors || i.entered_in_error.is_none())
+            .collect());
+    }
     let (record, _) = services.records.load(id).await?;
     Ok(record
         .items()
         .filter(|i| i.content.kind() == kind && (include_errors || i.entered_in_error.is_none()))
         .cloned()
         .collect())
+}
+
+/// An item as a version of the read model shows it (its JSON is the published item, with its
+/// error mark), or `None` should the two ever part.
+pub fn item_of_version(kind: ItemKind, version: &read_model::ItemVersion) -> Option<Item> {
+    let mut content = version.state.clone();
+    content["kind"] = serde_json::json!(kind.code());
+    let content: ItemContent = serde_json::from_value(content).ok()?;
+    let entered_in_error = version.state.get("entered_in_error").and_then(|mark| {
+        Some(domain::medical_record::ErrorMark {
+            reason: Reason::parse("reason", mark["reason"].as_str()?).ok()?,
+            at: version.changed_at,
+        })
+    });
+    Some(Item {
+        item_id: ItemId::new(version.item_id),
+        content,
+        version: u32::try_from(version.version).ok()?,
+        entered_in_error,
+        acknowledged_warnings: Vec::new(),
+        recorded_at: version.recorded_at,
+        updated_at: version.changed_at,
+    })
+}
+
+/// Clinical entry `item_id` of patient `id`, if it is one of theirs and of `kind`.
+async fn entry_of(
+    services: Services,
+    id: PatientId,
+    (kind, item_id): (ItemKind, ItemId),
+) -> Result<Item, UseCaseError> {
+    let (entry, _) = services.entries.load(item_id.as_uuid()).await?;
+    entry
+        .item()
+        .filter(|i| entry.patient_id() == Some(id) && i.content.kind() == kind)
+        .cloned()
+        .ok_or(UseCaseError::Refused(Refused::NotFound))
 }
 
 /// Patient `id`'s whole medical record and its version.
@@ -361,6 +451,9 @@ pub async fn item(
         id,
     )
     .await?;
+    if kind.has_own_stream() {
+        return entry_of(services.clone(), id, (kind, item_id)).await;
+    }
     let (record, _) = services.records.load(id).await?;
     record
         .item(item_id)

@@ -8,7 +8,7 @@ use domain::patient::PatientError;
 use domain::FieldErrors;
 use event_store::command::CommandError;
 use event_store::documents::DocumentStore;
-use event_store::records::MedicalRecordStore;
+use event_store::records::{ClinicalEntryStore, MedicalRecordStore};
 use event_store::schedule::AppointmentStore;
 use event_store::store::PatientStore;
 use sqlx::PgPool;
@@ -33,6 +33,8 @@ pub struct Services {
     pub appointments: AppointmentStore,
     pub scheduling: SchedulingSettings,
     pub records: MedicalRecordStore,
+    /// Observations, procedures and encounters: each a stream of its own.
+    pub entries: ClinicalEntryStore,
     /// Uploaded documents and their text, sealed with their patients' keys.
     pub documents: DocumentStore,
     pub extractor: Arc<dyn TextExtractor>,

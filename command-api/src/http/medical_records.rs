@@ -47,13 +47,16 @@ use crate::http::patient_commands::{metadata, CommandRequest};
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
 
 /// The path segment of each kind.
-const KINDS: [(&str, ItemKind); 6] = [
+const KINDS: [(&str, ItemKind); 9] = [
     ("allergies", ItemKind::Allergy),
     ("medications", ItemKind::Medication),
     ("immunizations", ItemKind::Immunization),
     ("problems", ItemKind::Problem),
     ("history", ItemKind::History),
     ("documents", ItemKind::Document),
+    ("observations", ItemKind::Observation),
+    ("procedures", ItemKind::Procedure),
+    ("encounters", ItemKind::Encounter),
 ];
 
 fn segment(kind: ItemKind) -> &'static str {
@@ -176,6 +179,19 @@ fn replay<'a>(
     stored: Stored<'a>,
 ) -> BoxFuture<'a, Result<Response, ApiError>> {
     Box::pin(async move {
+        if stored.item_id == Some(stored.aggregate_id) {
+            // A clinical entry: a stream of its own, under the item's id.
+            let entry_id = item_id(stored.aggregate_id)?;
+            let entry = state
+                .entries
+                .load_version(entry_id.as_uuid(), stored.version)
+                .await?
+                .ok_or(ApiError::NotFound)?;
+            let (Some(id), Some(item)) = (entry.patient_id(), entry.item()) else {
+                return Err(ApiError::NotFound);
+            };
+            return Ok(item_response(stored.status, id, item));
+        }
         let id = patient_id(stored.aggregate_id)?;
         let record = state
             .records
@@ -754,6 +770,9 @@ fn status_codes(kind: ItemKind) -> &'static [&'static str] {
         ItemKind::Problem => i::ProblemStatus::CODES,
         ItemKind::History => i::HistoryCategory::CODES,
         ItemKind::Document => &["current"],
+        ItemKind::Observation => i::ObservationStatus::CODES,
+        ItemKind::Procedure => i::ProcedureStatus::CODES,
+        ItemKind::Encounter => i::EncounterStatus::CODES,
     }
 }
 

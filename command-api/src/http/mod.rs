@@ -32,7 +32,7 @@ use axum::response::Response;
 use axum::Router;
 use event_store::documents::{DocumentStorage, DocumentStore};
 use event_store::idempotency::IdempotencyKeys;
-use event_store::records::MedicalRecordStore;
+use event_store::records::{ClinicalEntryStore, MedicalRecordStore};
 use event_store::schedule::AppointmentStore;
 use event_store::store::PatientStore;
 use sqlx::PgPool;
@@ -79,6 +79,11 @@ impl AppState {
             home_organization: auth.organization().map(str::to_owned),
             access: AccessLog::new(pool.clone(), secrets.chain.clone()),
             records: MedicalRecordStore::new(
+                pool.clone(),
+                secrets.keys.clone(),
+                secrets.chain.clone(),
+            ),
+            entries: ClinicalEntryStore::new(
                 pool.clone(),
                 secrets.keys.clone(),
                 secrets.chain.clone(),

@@ -15,7 +15,7 @@ use super::items::{Allergy, AllergyCriticality, ItemContent, ItemKind, Medicatio
 use super::values::ItemId;
 use super::MedicalRecordError;
 use crate::patient::governance::Principal;
-use crate::patient::Reason;
+use crate::patient::{PatientId, Reason};
 
 /// One item as it stands now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +101,10 @@ pub enum MedicalRecordCommand {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemRecorded {
+    /// The patient, on an item kept in a stream of its own ([`super::ClinicalEntry`]); a
+    /// medical record's stream is the patient's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_id: Option<PatientId>,
     pub item_id: ItemId,
     pub content: ItemContent,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,6 +193,22 @@ impl MedicalRecord {
         &self,
         command: MedicalRecordCommand,
     ) -> Result<Vec<MedicalRecordEvent>, MedicalRecordError> {
+        let kind = match &command {
+            MedicalRecordCommand::Record { content, .. }
+            | MedicalRecordCommand::Revise { content, .. } => Some(content.kind()),
+            MedicalRecordCommand::EnterInError { .. } => None,
+        };
+        if kind.is_some_and(|k| k.has_own_stream()) {
+            return Err(MedicalRecordError::KeptApart);
+        }
+        self.decide_any(command)
+    }
+
+    /// [`Self::decide`] for items of any kind: what a [`super::ClinicalEntry`] decides with.
+    pub(super) fn decide_any(
+        &self,
+        command: MedicalRecordCommand,
+    ) -> Result<Vec<MedicalRecordEvent>, MedicalRecordError> {
         let event = match command {
             MedicalRecordCommand::Record {
                 item_id,
@@ -203,6 +223,7 @@ impl MedicalRecord {
                 let acknowledged_warnings =
                     self.check_safety(item_id, &content, &[], &acknowledgement)?;
                 MedicalRecordEvent::ItemRecorded(ItemRecorded {
+                    patient_id: None,
                     item_id,
                     content,
                     reason,

@@ -2,10 +2,11 @@
 //! MedicationStatement, Immunization, Condition, and DocumentReference, simplified to what
 //! the service checks and searches.
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-use super::values::{Concept, Frequency, Label, Note, Quantity};
+use super::values::{Concept, Frequency, Label, Measurement, Note, Quantity};
 use crate::patient::governance::Principal;
 
 crate::code_enum!(
@@ -17,8 +18,20 @@ crate::code_enum!(
         Problem = "problem",
         History = "history",
         Document = "document",
+        Observation = "observation",
+        Procedure = "procedure",
+        Encounter = "encounter",
     }
 );
+
+impl ItemKind {
+    /// Whether items of this kind live in a stream of their own (a [`super::ClinicalEntry`])
+    /// rather than in the patient's [`super::MedicalRecord`]: they take part in no rule
+    /// between items, so a chart of thousands of them never slows the record's decisions.
+    pub fn has_own_stream(&self) -> bool {
+        matches!(self, Self::Observation | Self::Procedure | Self::Encounter)
+    }
+}
 
 crate::code_enum!(
     AllergyCategory { Food = "food", Medication = "medication", Environment = "environment", Biologic = "biologic" }
@@ -285,6 +298,177 @@ pub struct DocumentContent {
     pub text_length: u64,
 }
 
+crate::code_enum!(
+    /// FHIR Observation's statuses (`entered-in-error` is the item's own lifecycle here).
+    ObservationStatus {
+        Registered = "registered",
+        Preliminary = "preliminary",
+        Final = "final",
+        Amended = "amended",
+        Corrected = "corrected",
+        Cancelled = "cancelled",
+        Unknown = "unknown",
+    }
+);
+crate::code_enum!(
+    /// FHIR's observation categories.
+    ObservationCategory {
+        VitalSigns = "vital-signs",
+        Laboratory = "laboratory",
+        SocialHistory = "social-history",
+        Survey = "survey",
+        Exam = "exam",
+        Imaging = "imaging",
+        Procedure = "procedure",
+        Therapy = "therapy",
+        Activity = "activity",
+    }
+);
+
+/// What an observation found: a measured quantity (UCUM unit), text, a coded answer, or a
+/// range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ObservationValue {
+    Quantity(Measurement),
+    Text {
+        text: Note,
+    },
+    Coded(Concept),
+    Range {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        low: Option<Measurement>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        high: Option<Measurement>,
+    },
+}
+
+/// The values a result is judged against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferenceRange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low: Option<Measurement>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high: Option<Measurement>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<Label>,
+}
+
+/// One part of an observation measured together with others (a blood pressure's systolic and
+/// diastolic).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservationComponent {
+    pub code: Concept,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ObservationValue>,
+}
+
+/// A laboratory result, vital sign or other measurement (FHIR Observation), coded in LOINC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    pub code: Concept,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<ObservationCategory>,
+    pub status: ObservationStatus,
+    /// When it was observed (taken, for a specimen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ObservationValue>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<ObservationComponent>,
+    /// High, low, normal, abnormal... (HL7 v3 ObservationInterpretation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpretation: Option<Concept>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_range: Option<ReferenceRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<Note>,
+}
+
+crate::code_enum!(
+    /// FHIR Procedure's statuses (`entered-in-error` is the item's own lifecycle here).
+    ProcedureStatus {
+        Preparation = "preparation",
+        InProgress = "in-progress",
+        NotDone = "not-done",
+        OnHold = "on-hold",
+        Stopped = "stopped",
+        Completed = "completed",
+        Unknown = "unknown",
+    }
+);
+
+/// A procedure performed (FHIR Procedure), coded in SNOMED CT or CPT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Procedure {
+    pub code: Concept,
+    pub status: ProcedureStatus,
+    /// When it was performed: a moment (start alone) or a period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub performed_start: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub performed_end: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub performer: Option<Principal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Concept>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<Note>,
+}
+
+crate::code_enum!(
+    /// FHIR Encounter's statuses (`entered-in-error` is the item's own lifecycle here).
+    EncounterStatus {
+        Planned = "planned",
+        Arrived = "arrived",
+        Triaged = "triaged",
+        InProgress = "in-progress",
+        OnLeave = "onleave",
+        Finished = "finished",
+        Cancelled = "cancelled",
+        Unknown = "unknown",
+    }
+);
+crate::code_enum!(
+    /// HL7 v3 ActEncounterCode: what setting the encounter was in.
+    EncounterClass {
+        Ambulatory = "AMB",
+        Emergency = "EMER",
+        Inpatient = "IMP",
+        ShortStay = "SS",
+        HomeHealth = "HH",
+        Virtual = "VR",
+        Field = "FLD",
+        PreAdmission = "PRENC",
+        ObservationStay = "OBSENC",
+    }
+);
+
+/// A contact between the patient and care (FHIR Encounter): a visit, a stay, a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encounter {
+    pub status: EncounterStatus,
+    pub class: EncounterClass,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encounter_type: Option<Concept>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub practitioner: Option<Principal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Label>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Concept>,
+    /// The appointment this encounter fulfilled, when it came from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appointment_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<Note>,
+}
+
 /// What one item is, with its data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -295,6 +479,9 @@ pub enum ItemContent {
     Problem(Problem),
     History(HistoryEntry),
     Document(Document),
+    Observation(Observation),
+    Procedure(Procedure),
+    Encounter(Encounter),
 }
 
 impl ItemContent {
@@ -306,6 +493,9 @@ impl ItemContent {
             Self::Problem(_) => ItemKind::Problem,
             Self::History(_) => ItemKind::History,
             Self::Document(_) => ItemKind::Document,
+            Self::Observation(_) => ItemKind::Observation,
+            Self::Procedure(_) => ItemKind::Procedure,
+            Self::Encounter(_) => ItemKind::Encounter,
         }
     }
 }
@@ -320,6 +510,9 @@ impl ItemKind {
             Self::Problem => "Problem",
             Self::History => "HistoryEntry",
             Self::Document => "Document",
+            Self::Observation => "Observation",
+            Self::Procedure => "Procedure",
+            Self::Encounter => "Encounter",
         }
     }
 }

@@ -9,8 +9,12 @@
 //! - a second active allergy to the same substance is refused;
 //! - a current medication whose substance an active allergy names needs every such warning
 //!   acknowledged; the acknowledgement (who, which allergy) is stored with the medication.
+//!
+//! Observations, procedures and encounters take part in no such rule: each is a
+//! [`ClinicalEntry`], a stream of its own, with the same lifecycle and the same events.
 
 mod aggregate;
+mod entry;
 pub mod items;
 pub mod values;
 
@@ -18,6 +22,7 @@ pub use aggregate::{
     AcknowledgedWarning, Acknowledgement, AllergyWarning, ErrorMark, Item, ItemEnteredInError,
     ItemRecorded, ItemRevised, MedicalRecord, MedicalRecordCommand, MedicalRecordEvent,
 };
+pub use entry::{ClinicalEntry, ClinicalEntryCommand};
 pub use items::{ItemContent, ItemKind};
 pub use values::ItemId;
 
@@ -44,6 +49,10 @@ pub enum MedicalRecordError {
     MedicationEnded,
     #[error("a document's content cannot be replaced; add a new document")]
     DocumentContentIsFixed,
+    #[error("observations, procedures and encounters are kept apart from the medical record")]
+    KeptApart,
+    #[error("the item belongs to another patient")]
+    OtherPatient,
 }
 
 impl MedicalRecordError {
@@ -60,6 +69,8 @@ impl MedicalRecordError {
             Self::AcknowledgedWarningDoesNotApply { .. } => "acknowledged-warning-does-not-apply",
             Self::MedicationEnded => "medication-ended",
             Self::DocumentContentIsFixed => "document-content-is-fixed",
+            Self::KeptApart => "kept-apart",
+            Self::OtherPatient => "item-not-found",
         }
     }
 }

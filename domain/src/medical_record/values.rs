@@ -77,6 +77,8 @@ pub mod systems {
     pub const ICD_10_CM: &str = "http://hl7.org/fhir/sid/icd-10-cm";
     pub const CVX: &str = "http://hl7.org/fhir/sid/cvx";
     pub const RXNORM: &str = "http://www.nlm.nih.gov/research/umls/rxnorm";
+    pub const LOINC: &str = "http://loinc.org";
+    pub const CPT: &str = "http://www.ama-assn.org/go/cpt";
 }
 
 /// A clinical concept: what a person reads (`text`) and, optionally, the code a system
@@ -342,6 +344,60 @@ crate::code_enum!(
     /// The unit of a dosing period.
     PeriodUnit { Hour = "h", Day = "d", Week = "wk", Month = "mo" }
 );
+
+/// A measured value: a decimal as written (a sign and zero allowed, as results have them) and
+/// its UCUM unit, when it has one.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Measurement {
+    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
+impl fmt::Debug for Measurement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Measurement(<redacted>)")
+    }
+}
+
+impl Measurement {
+    /// # Errors
+    ///
+    /// `{field}.value` unless a decimal of at most 18 digits (`-2.5`, `0`, `120`);
+    /// `{field}.unit` unless 1 to 30 visible ASCII characters.
+    pub fn parse(field: &str, value: &str, unit: Option<&str>) -> Result<Self, FieldErrors> {
+        let mut errors = FieldErrors::new();
+        let digits = value.trim_start_matches(['-', '+']);
+        let well_formed = !digits.is_empty()
+            && digits.bytes().filter(u8::is_ascii_digit).count() <= 18
+            && digits.bytes().filter(|b| *b == b'.').count() <= 1
+            && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            && !digits.starts_with('.')
+            && !digits.ends_with('.');
+        if !well_formed {
+            errors.push(FieldError::new(
+                format!("{field}.value"),
+                "must be a decimal such as \"120\", \"-2.5\" or \"0\"",
+            ));
+        }
+        let unit = unit.and_then(|u| {
+            if !u.is_empty() && u.len() <= 30 && u.bytes().all(|b| b.is_ascii_graphic()) {
+                Some(u.to_owned())
+            } else {
+                errors.push(FieldError::new(
+                    format!("{field}.unit"),
+                    "must be 1 to 30 visible ASCII characters (a UCUM code such as mg/dL)",
+                ));
+                None
+            }
+        });
+        errors.into_result()?;
+        Ok(Self {
+            value: value.to_owned(),
+            unit,
+        })
+    }
+}
 
 /// How often a dose is taken: `count` times per `period` `period_unit` (FHIR `Timing.repeat`),
 /// or only when needed.

@@ -287,18 +287,20 @@ redacted!(
     Document
 );
 
-macro_rules! medical_record_events {
-    ($($variant:ident($t:ty)),+ $(,)?) => {
-        /// Any v1 medical record event, tagged by its event type (`ce_type`).
+/// The events of a topic of clinical items (this one, and the clinical entries'): the enum
+/// `$name` of every event type, its decoding and the JSON Schema of each under `$path`.
+macro_rules! item_events {
+    ($name:ident, $path:literal; $($variant:ident($t:ty)),+ $(,)?) => {
+        /// Any v1 event of the topic, tagged by its event type (`ce_type`).
         #[derive(Debug, Clone, PartialEq)]
-        pub enum MedicalRecordEvent {
+        pub enum $name {
             $($variant($t)),+
         }
 
         /// Every v1 event type.
         pub const EVENT_TYPES: &[&str] = &[$(stringify!($variant)),+];
 
-        impl MedicalRecordEvent {
+        impl $name {
             /// The stable event type string, as in `ce_type`.
             pub fn event_type(&self) -> &'static str {
                 match self {
@@ -346,7 +348,7 @@ macro_rules! medical_record_events {
             ///
             /// # Errors
             ///
-            /// As [`MedicalRecordEvent::from_published`].
+            /// As [`Self::from_published`].
             pub fn decode(event_type: &str, data: &[u8]) -> Result<Self, DecodeError> {
                 match event_type {
                     $(stringify!($variant) => serde_json::from_slice(data)
@@ -360,13 +362,15 @@ macro_rules! medical_record_events {
         /// The JSON Schema of each v1 event type, with its path under `json/`.
         pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
             vec![
-                $((concat!("medical-record/v1/", stringify!($variant), ".schema.json"), schemars::schema_for!($t))),+
+                $((concat!($path, stringify!($variant), ".schema.json"), schemars::schema_for!($t))),+
             ]
         }
     };
 }
 
-medical_record_events!(
+pub(crate) use item_events;
+
+item_events!(MedicalRecordEvent, "medical-record/v1/";
     AllergyRecorded(Recorded<Allergy>),
     AllergyRevised(Revised<Allergy>),
     AllergyEnteredInError(EnteredInError),

@@ -1757,3 +1757,207 @@ async fn a_long_chart_is_loaded_from_a_sealed_snapshot_that_goes_with_the_patien
             .unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn observations_procedures_and_encounters_live_in_streams_of_their_own_with_the_item_lifecycle(
+) {
+    // Arrange
+    let app = TestApp::spawn().await;
+    let id = patient_in_care(&app, 31).await;
+    let other = patient_in_care(&app, 32).await;
+    let token = clinician(&app);
+    let post = |segment: &'static str, body: Value| {
+        let (app, token, id) = (&app, token.clone(), id.clone());
+        async move {
+            send(
+                app,
+                reqwest::Method::POST,
+                &format!("/v1/patients/{id}/{segment}"),
+                &token,
+                Some(&body),
+                None,
+            )
+            .await
+        }
+    };
+    let glucose = json!({
+        "code": { "system": "http://loinc.org", "code": "2339-0", "text": "Glucose [Mass/volume] in Blood" },
+        "category": "laboratory",
+        "status": "final",
+        "effective": "2026-11-26T08:15:00+01:00",
+        "value_quantity": { "value": "95", "unit": "mg/dL" },
+        "interpretation": { "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "N", "text": "Normal" },
+        "reference_range": { "low": { "value": "70", "unit": "mg/dL" }, "high": { "value": "99", "unit": "mg/dL" } }
+    });
+    let pressure = json!({
+        "code": { "system": "http://loinc.org", "code": "85354-9", "text": "Blood pressure panel" },
+        "category": "vital-signs",
+        "status": "final",
+        "effective": "2026-11-26",
+        "components": [
+            { "code": { "system": "http://loinc.org", "code": "8480-6", "text": "Systolic" },
+              "value_quantity": { "value": "118", "unit": "mm[Hg]" } },
+            { "code": { "system": "http://loinc.org", "code": "8462-4", "text": "Diastolic" },
+              "value_quantity": { "value": "76", "unit": "mm[Hg]" } }
+        ]
+    });
+    let procedure = json!({
+        "code": { "system": "http://snomed.info/sct", "code": "73761001", "text": "Colonoscopy" },
+        "status": "completed",
+        "performed_start": "2026-11-20T09:00:00Z",
+        "performed_end": "2026-11-20T09:40:00Z",
+        "performer": "dr-gastro"
+    });
+    let encounter = json!({
+        "status": "finished",
+        "class": "AMB",
+        "encounter_type": { "system": "http://snomed.info/sct", "code": "185349003", "text": "Check up" },
+        "start": "2026-11-26T08:00:00Z",
+        "end": "2026-11-26T08:30:00Z",
+        "practitioner": CARE,
+        "location": "Room 4"
+    });
+
+    // Act
+    let (status, observation, headers) = post("observations", glucose.clone()).await;
+    let (bp_status, bp, _) = post("observations", pressure).await;
+    let (p_status, performed, _) = post("procedures", procedure).await;
+    let (e_status, visit, _) = post("encounters", encounter).await;
+
+    // Assert: recorded, each in a stream of its own (never in the medical record's).
+    assert_eq!(
+        (status, bp_status, p_status, e_status),
+        (201, 201, 201, 201),
+        "{observation} {bp} {performed} {visit}"
+    );
+    assert_eq!(headers["etag"], "\"1\"");
+    assert_eq!(
+        observation["value"],
+        json!({ "type": "quantity", "value": "95", "unit": "mg/dL" })
+    );
+    assert_eq!(observation["effective"], "2026-11-26T07:15:00Z", "in UTC");
+    assert_eq!(bp["components"][1]["value"]["value"], "76");
+    let streams: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT aggregate_type, count(*) FROM events
+          WHERE aggregate_type IN ('MedicalRecord', 'ClinicalEntry')
+          GROUP BY aggregate_type ORDER BY aggregate_type",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(streams, [("ClinicalEntry".to_owned(), 4)]);
+    let entries: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT aggregate_id) FROM events WHERE aggregate_type = 'ClinicalEntry'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(entries, 4, "one stream each");
+
+    // Read, listed, revised with a reason, entered in error, versioned.
+    let href = observation["href"].as_str().unwrap().to_owned();
+    let (status, read, _) = send(&app, reqwest::Method::GET, &href, &token, None, None).await;
+    assert_eq!((status, &read), (200, &observation));
+    let listed = poll(
+        &app,
+        &format!("/v1/patients/{id}/observations"),
+        &token,
+        |b| b["items"].as_array().is_some_and(|items| items.len() == 2),
+    )
+    .await;
+    let mut listed: Vec<&Value> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["item_id"])
+        .collect();
+    listed.sort_by_key(|v| v.to_string());
+    let mut expected = vec![&observation["item_id"], &bp["item_id"]];
+    expected.sort_by_key(|v| v.to_string());
+    assert_eq!(listed, expected);
+    let amended = with(&glucose, "/status", json!("amended"), "wrong sample");
+    let (status, _, _) = send(
+        &app,
+        reqwest::Method::PUT,
+        &href,
+        &token,
+        Some(&amended),
+        Some(3),
+    )
+    .await;
+    assert_eq!(status, 412);
+    let (status, revised, _) = send(
+        &app,
+        reqwest::Method::PUT,
+        &href,
+        &token,
+        Some(&amended),
+        Some(1),
+    )
+    .await;
+    assert_eq!((status, &revised["version"]), (200, &json!(2)), "{revised}");
+    assert_eq!(revised["status"], "amended");
+    let procedure_href = performed["href"].as_str().unwrap().to_owned();
+    let (status, struck, _) = send(
+        &app,
+        reqwest::Method::POST,
+        &format!("{procedure_href}/entered-in-error"),
+        &token,
+        Some(&json!({ "reason": "wrong patient" })),
+        Some(1),
+    )
+    .await;
+    assert_eq!(status, 200, "{struck}");
+    assert_eq!(struck["entered_in_error"]["reason"], "wrong patient");
+    let versions = poll(&app, &format!("{href}/versions"), &token, |b| {
+        b["versions"].as_array().is_some_and(|v| v.len() == 2)
+    })
+    .await;
+    assert_eq!(versions["versions"][1]["reason"], "wrong sample");
+
+    // Another patient's path does not reach it.
+    let elsewhere = href.replace(&id, &other);
+    let (status, _, _) = send(&app, reqwest::Method::GET, &elsewhere, &token, None, None).await;
+    assert_eq!(status, 404);
+    let (status, _, _) = send(
+        &app,
+        reqwest::Method::PUT,
+        &elsewhere,
+        &token,
+        Some(&amended),
+        Some(2),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Published on their own topic, keyed by patient, sealed, matching their schemas.
+    let topic = format!(
+        "{}{}",
+        app.settings.kafka.topic_prefix,
+        schemas::topics::CLINICAL_ENTRY
+    );
+    let consumer = consumer_for(app.settings.kafka.brokers.as_deref().unwrap(), &topic);
+    let records = consume_until(&consumer, |r| r.len() >= 6).await;
+    let mut types = Vec::new();
+    for record in &records {
+        assert_eq!(key(record), id, "keyed by patient");
+        let event = crate::helpers::published(record);
+        assert!(event.sealed);
+        let data = app.open(record).await;
+        assert_matches_schema_in("clinical-entry/v1", &event.event_type, &data);
+        types.push(event.event_type);
+    }
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "EncounterRecorded",
+            "ObservationRecorded",
+            "ObservationRecorded",
+            "ObservationRevised",
+            "ProcedureEnteredInError",
+            "ProcedureRecorded"
+        ]
+    );
+    app.stop().await;
+}

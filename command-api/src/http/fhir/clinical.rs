@@ -732,7 +732,11 @@ pub fn to_fhir(patient: PatientId, item: &Item) -> Value {
         ItemContent::Medication(m) => medication(&mut object, m, subject, in_error),
         ItemContent::Immunization(i) => immunization(&mut object, i, subject, in_error),
         ItemContent::Problem(p) => condition(&mut object, p, subject, in_error),
-        ItemContent::History(_) | ItemContent::Document(_) => {}
+        ItemContent::History(_)
+        | ItemContent::Document(_)
+        | ItemContent::Observation(_)
+        | ItemContent::Procedure(_)
+        | ItemContent::Encounter(_) => {}
     }
     match kind {
         ItemKind::Allergy | ItemKind::Problem => {
@@ -744,7 +748,11 @@ pub fn to_fhir(patient: PatientId, item: &Item) -> Value {
         ItemKind::Immunization => {
             object.insert("recorded".into(), json!(item.recorded_at.to_rfc3339()));
         }
-        ItemKind::History | ItemKind::Document => {}
+        ItemKind::History
+        | ItemKind::Document
+        | ItemKind::Observation
+        | ItemKind::Procedure
+        | ItemKind::Encounter => {}
     }
     Value::Object(object)
 }

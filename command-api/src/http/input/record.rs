@@ -3,15 +3,17 @@
 //! a reason.
 
 use application::records::{NewItem, Revision};
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use domain::medical_record::items::{
     Allergy, AllergyCategory, AllergyClinicalStatus, AllergyCriticality, BodySite, Document,
-    DocumentContent, HistoryCategory, HistoryEntry, Immunization, ImmunizationStatus, ItemKind,
-    Medication, MedicationSource, MedicationStatus, Problem, ProblemStatus, Reaction, Route,
-    Severity, VerificationStatus,
+    DocumentContent, Encounter, EncounterClass, EncounterStatus, HistoryCategory, HistoryEntry,
+    Immunization, ImmunizationStatus, ItemKind, Medication, MedicationSource, MedicationStatus,
+    Observation, ObservationCategory, ObservationComponent, ObservationStatus, ObservationValue,
+    Problem, ProblemStatus, Procedure, ProcedureStatus, Reaction, ReferenceRange, Route, Severity,
+    VerificationStatus,
 };
 use domain::medical_record::values::{
-    ordered_dates, systems, Concept, Frequency, Label, Note, PeriodUnit, Quantity,
+    ordered_dates, systems, Concept, Frequency, Label, Measurement, Note, PeriodUnit, Quantity,
 };
 use domain::medical_record::{ItemContent, ItemId};
 use domain::patient::governance::Principal;
@@ -197,7 +199,144 @@ pub struct DocumentBody {
     pub reason: Field<String>,
 }
 
-objects!(ConceptBody, ReactionBody, DoseBody, FrequencyBody);
+/// A measured value: a decimal `value` (a sign and zero allowed) and its UCUM `unit`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct MeasurementBody {
+    pub value: Field<String>,
+    #[serde(default)]
+    pub unit: Field<String>,
+}
+
+/// A range of measured values: `low`, `high` or both.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RangeBody {
+    #[serde(default)]
+    pub low: Field<MeasurementBody>,
+    #[serde(default)]
+    pub high: Field<MeasurementBody>,
+    /// A reference range's words (`normal for age`).
+    #[serde(default)]
+    pub text: Field<String>,
+}
+
+/// One part of an observation: its code and at most one value.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ComponentBody {
+    pub code: Field<ConceptBody>,
+    #[serde(default)]
+    pub value_quantity: Field<MeasurementBody>,
+    #[serde(default)]
+    pub value_text: Field<String>,
+    #[serde(default)]
+    pub value_coded: Field<ConceptBody>,
+    #[serde(default)]
+    pub value_range: Field<RangeBody>,
+}
+
+/// A laboratory result, vital sign or other measurement: at most one of the `value_*`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ObservationBody {
+    /// Coded in LOINC as a rule.
+    pub code: Field<ConceptBody>,
+    /// `vital-signs`, `laboratory`, `social-history`, `survey`, `exam`, `imaging`,
+    /// `procedure`, `therapy` or `activity`.
+    #[serde(default)]
+    pub category: Field<String>,
+    /// `registered`, `preliminary`, `final`, `amended`, `corrected`, `cancelled` or `unknown`.
+    pub status: Field<String>,
+    /// When it was observed: an RFC 3339 instant or a `YYYY-MM-DD` day, not in the future.
+    #[serde(default)]
+    pub effective: Field<String>,
+    #[serde(default)]
+    pub value_quantity: Field<MeasurementBody>,
+    #[serde(default)]
+    pub value_text: Field<String>,
+    #[serde(default)]
+    pub value_coded: Field<ConceptBody>,
+    #[serde(default)]
+    pub value_range: Field<RangeBody>,
+    #[serde(default)]
+    pub components: Field<Vec<Field<ComponentBody>>>,
+    /// `H`, `L`, `N`, `A`... (HL7 v3 ObservationInterpretation).
+    #[serde(default)]
+    pub interpretation: Field<ConceptBody>,
+    #[serde(default)]
+    pub reference_range: Field<RangeBody>,
+    #[serde(default)]
+    pub note: Field<String>,
+    /// Why (required on a revision).
+    #[serde(default)]
+    pub reason: Field<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ProcedureBody {
+    /// Coded in SNOMED CT or CPT as a rule.
+    pub code: Field<ConceptBody>,
+    /// `preparation`, `in-progress`, `not-done`, `on-hold`, `stopped`, `completed` or
+    /// `unknown`.
+    pub status: Field<String>,
+    /// When it was performed (an instant or a day), or began.
+    #[serde(default)]
+    pub performed_start: Field<String>,
+    #[serde(default)]
+    pub performed_end: Field<String>,
+    /// The user id of who performed it.
+    #[serde(default)]
+    pub performer: Field<String>,
+    /// Why it was performed.
+    #[serde(default)]
+    pub reason_code: Field<ConceptBody>,
+    #[serde(default)]
+    pub note: Field<String>,
+    #[serde(default)]
+    pub reason: Field<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct EncounterBody {
+    /// `planned`, `arrived`, `triaged`, `in-progress`, `onleave`, `finished`, `cancelled` or
+    /// `unknown`.
+    pub status: Field<String>,
+    /// `AMB`, `EMER`, `IMP`, `SS`, `HH`, `VR`, `FLD`, `PRENC` or `OBSENC`.
+    pub class: Field<String>,
+    #[serde(default)]
+    pub encounter_type: Field<ConceptBody>,
+    #[serde(default)]
+    pub start: Field<String>,
+    #[serde(default)]
+    pub end: Field<String>,
+    /// The user id of the practitioner seen.
+    #[serde(default)]
+    pub practitioner: Field<String>,
+    #[serde(default)]
+    pub location: Field<String>,
+    #[serde(default)]
+    pub reason_code: Field<ConceptBody>,
+    /// The appointment it fulfilled.
+    #[serde(default)]
+    pub appointment_id: Field<String>,
+    #[serde(default)]
+    pub note: Field<String>,
+    #[serde(default)]
+    pub reason: Field<String>,
+}
+
+objects!(
+    ConceptBody,
+    ReactionBody,
+    DoseBody,
+    FrequencyBody,
+    MeasurementBody,
+    RangeBody,
+    ComponentBody
+);
 
 type Parse<T> = fn(&str, &str) -> Result<T, FieldError>;
 
@@ -602,6 +741,293 @@ fn item(
         ItemKind::Document => {
             return Err(FieldError::new("", "documents are uploaded as multipart/form-data").into())
         }
+        ItemKind::Observation => with(
+            object,
+            revision,
+            |b: &ObservationBody| &b.reason,
+            |b| observation(b, today),
+            ItemContent::Observation,
+        )?,
+        ItemKind::Procedure => with(
+            object,
+            revision,
+            |b: &ProcedureBody| &b.reason,
+            |b| procedure(b, today),
+            ItemContent::Procedure,
+        )?,
+        ItemKind::Encounter => with(
+            object,
+            revision,
+            |b: &EncounterBody| &b.reason,
+            |b| encounter(b, today),
+            ItemContent::Encounter,
+        )?,
+    })
+}
+
+/// An instant (RFC 3339, any offset) or a day (its start, UTC) at `field`, not after `today`.
+fn moment(value: &str, field: &str, today: NaiveDate) -> Result<DateTime<Utc>, FieldErrors> {
+    let parsed = DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| {
+            NaiveDate::parse_from_str(value, "%Y-%m-%d")
+                .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        })
+        .map_err(|_| {
+            FieldError::new(
+                field,
+                "must be an RFC 3339 instant such as 2026-11-27T09:30:00Z, or a day YYYY-MM-DD",
+            )
+        })?;
+    if parsed.date_naive() > today {
+        return Err(FieldError::new(field, "must not be in the future").into());
+    }
+    Ok(parsed)
+}
+
+fn optional_moment(
+    value: &Field<String>,
+    field: &str,
+    today: NaiveDate,
+) -> Result<Option<DateTime<Utc>>, FieldErrors> {
+    optional_text(value, field, |v| moment(v, field, today))
+}
+
+/// A period's start and end, either open.
+type Period = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// A period's start and end, the end not before the start.
+fn period(
+    (start, start_field): (&Field<String>, &str),
+    (end, end_field): (&Field<String>, &str),
+    today: NaiveDate,
+) -> Result<Period, FieldErrors> {
+    let (start, end) = (
+        optional_moment(start, start_field, today),
+        optional_moment(end, end_field, today),
+    )
+        .all_ok()?;
+    if let (Some(start), Some(end)) = (start, end) {
+        if end < start {
+            return Err(FieldError::new(end_field, "must not be before the start").into());
+        }
+    }
+    Ok((start, end))
+}
+
+fn measurement(body: &MeasurementBody, field: &str) -> Result<Measurement, FieldErrors> {
+    let (value, unit) = (
+        body.value.required(&path(field, "value")),
+        body.unit.optional(&path(field, "unit")),
+    )
+        .all_ok()?;
+    Measurement::parse(field, value, unit.map(String::as_str))
+}
+
+fn optional_measurement(
+    value: &Field<MeasurementBody>,
+    field: &str,
+) -> Result<Option<Measurement>, FieldErrors> {
+    value
+        .optional(field)
+        .and_then(|m| optional(m, |m| measurement(m, field)))
+}
+
+/// At most one value, from the `value_*` fields under `prefix`.
+fn observation_value(
+    (quantity, text_value, coded, range): (
+        &Field<MeasurementBody>,
+        &Field<String>,
+        &Field<ConceptBody>,
+        &Field<RangeBody>,
+    ),
+    prefix: &str,
+) -> Result<Option<ObservationValue>, FieldErrors> {
+    let (quantity, text_value, coded, range) = (
+        optional_measurement(quantity, &path(prefix, "value_quantity")),
+        optional_code(text_value, &path(prefix, "value_text"), Note::parse),
+        optional_concept(coded, &path(prefix, "value_coded")),
+        range.optional(&path(prefix, "value_range")).and_then(|r| {
+            optional(r, |r| {
+                let field = path(prefix, "value_range");
+                let (low, high) = (
+                    optional_measurement(&r.low, &path(&field, "low")),
+                    optional_measurement(&r.high, &path(&field, "high")),
+                )
+                    .all_ok()?;
+                if low.is_none() && high.is_none() {
+                    return Err(FieldError::new(field, "needs low, high or both").into());
+                }
+                Ok(ObservationValue::Range { low, high })
+            })
+        }),
+    )
+        .all_ok()?;
+    let mut values: Vec<ObservationValue> = Vec::new();
+    values.extend(quantity.map(ObservationValue::Quantity));
+    values.extend(text_value.map(|text| ObservationValue::Text { text }));
+    values.extend(coded.map(ObservationValue::Coded));
+    values.extend(range);
+    if values.len() > 1 {
+        return Err(FieldError::new(
+            path(prefix, "value_quantity"),
+            "give one of value_quantity, value_text, value_coded and value_range",
+        )
+        .into());
+    }
+    Ok(values.pop())
+}
+
+fn observation(body: &ObservationBody, today: NaiveDate) -> Result<Observation, FieldErrors> {
+    let components = body.components.each("components", |c, at| {
+        let (code, value) = (
+            required_concept(&c.code, &path(at, "code")),
+            observation_value(
+                (
+                    &c.value_quantity,
+                    &c.value_text,
+                    &c.value_coded,
+                    &c.value_range,
+                ),
+                at,
+            ),
+        )
+            .all_ok()?;
+        Ok(ObservationComponent { code, value })
+    });
+    let reference_range = body
+        .reference_range
+        .optional("reference_range")
+        .and_then(|r| {
+            optional(r, |r| {
+                let (low, high, text) = (
+                    optional_measurement(&r.low, "reference_range.low"),
+                    optional_measurement(&r.high, "reference_range.high"),
+                    optional_code(&r.text, "reference_range.text", Label::parse),
+                )
+                    .all_ok()?;
+                Ok(ReferenceRange { low, high, text })
+            })
+        });
+    let (
+        code,
+        category,
+        status,
+        effective,
+        value,
+        components,
+        interpretation,
+        reference_range,
+        note,
+    ) = (
+        required_concept(&body.code, "code"),
+        optional_code(&body.category, "category", ObservationCategory::parse),
+        code(&body.status, "status", ObservationStatus::parse),
+        optional_moment(&body.effective, "effective", today),
+        observation_value(
+            (
+                &body.value_quantity,
+                &body.value_text,
+                &body.value_coded,
+                &body.value_range,
+            ),
+            "",
+        ),
+        components,
+        optional_concept(&body.interpretation, "interpretation"),
+        reference_range,
+        note(&body.note, ""),
+    )
+        .all_ok()?;
+    Ok(Observation {
+        code,
+        category,
+        status,
+        effective,
+        value,
+        components,
+        interpretation,
+        reference_range,
+        note,
+    })
+}
+
+fn procedure(body: &ProcedureBody, today: NaiveDate) -> Result<Procedure, FieldErrors> {
+    let (code, status, (performed_start, performed_end), performer, reason, note) = (
+        required_concept(&body.code, "code"),
+        code(&body.status, "status", ProcedureStatus::parse),
+        period(
+            (&body.performed_start, "performed_start"),
+            (&body.performed_end, "performed_end"),
+            today,
+        ),
+        optional_code(&body.performer, "performer", Principal::parse),
+        optional_concept(&body.reason_code, "reason_code"),
+        note(&body.note, ""),
+    )
+        .all_ok()?;
+    Ok(Procedure {
+        code,
+        status,
+        performed_start,
+        performed_end,
+        performer,
+        reason,
+        note,
+    })
+}
+
+fn encounter(body: &EncounterBody, today: NaiveDate) -> Result<Encounter, FieldErrors> {
+    let appointment = optional_text(&body.appointment_id, "appointment_id", |v| {
+        uuid::Uuid::parse_str(v)
+            .map_err(|_| FieldError::new("appointment_id", "must be a UUID").into())
+    });
+    // A planned encounter may lie ahead: only its times are not checked against today.
+    let horizon = if body
+        .status
+        .optional("status")
+        .ok()
+        .flatten()
+        .map(String::as_str)
+        == Some("planned")
+    {
+        NaiveDate::MAX
+    } else {
+        today
+    };
+    let (
+        status,
+        class,
+        encounter_type,
+        (start, end),
+        practitioner,
+        location,
+        reason,
+        appointment_id,
+        note,
+    ) = (
+        code(&body.status, "status", EncounterStatus::parse),
+        code(&body.class, "class", EncounterClass::parse),
+        optional_concept(&body.encounter_type, "encounter_type"),
+        period((&body.start, "start"), (&body.end, "end"), horizon),
+        optional_code(&body.practitioner, "practitioner", Principal::parse),
+        optional_code(&body.location, "location", Label::parse),
+        optional_concept(&body.reason_code, "reason_code"),
+        appointment,
+        note(&body.note, ""),
+    )
+        .all_ok()?;
+    Ok(Encounter {
+        status,
+        class,
+        encounter_type,
+        start,
+        end,
+        practitioner,
+        location,
+        reason,
+        appointment_id,
+        note,
     })
 }
 
