@@ -1144,3 +1144,134 @@ async fn a_fhir_client_library_searches_pages_reads_creates_and_updates() {
     assert_eq!(seen["staleOutcome"], "OperationOutcome");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn observations_procedures_and_encounters_are_written_read_and_searched_as_fhir() {
+    // Arrange
+    let app = TestApp::without_kafka().await;
+    let id = crate::medical_records::patient_in_care(&app, 9800).await;
+    let token = crate::medical_records::clinician(&app);
+    let subject = json!({ "reference": format!("Patient/{id}") });
+    let glucose = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory" }] }],
+        "code": { "coding": [{ "system": "http://loinc.org", "code": "2339-0", "display": "Glucose [Mass/volume] in Blood" }] },
+        "subject": subject,
+        "effectiveDateTime": "2026-11-26T08:15:00+01:00",
+        "valueQuantity": { "value": 6.3, "unit": "mmol/l", "system": "http://unitsofmeasure.org", "code": "mmol/L" },
+        "interpretation": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "H", "display": "High" }] }],
+        "referenceRange": [{ "low": { "value": 3.1, "unit": "mmol/l", "system": "http://unitsofmeasure.org", "code": "mmol/L" },
+                             "high": { "value": 6.2, "unit": "mmol/l", "system": "http://unitsofmeasure.org", "code": "mmol/L" } }]
+    });
+    let pressure = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs" }] }],
+        "code": { "coding": [{ "system": "http://loinc.org", "code": "85354-9", "display": "Blood pressure panel" }] },
+        "subject": subject,
+        "effectiveDateTime": "2026-11-26",
+        "component": [
+            { "code": { "coding": [{ "system": "http://loinc.org", "code": "8480-6", "display": "Systolic" }] },
+              "valueQuantity": { "value": 109, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]" } },
+            { "code": { "coding": [{ "system": "http://loinc.org", "code": "8462-4", "display": "Diastolic" }] },
+              "valueQuantity": { "value": 44, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]" } }
+        ]
+    });
+    let procedure = json!({
+        "resourceType": "Procedure",
+        "status": "completed",
+        "code": { "coding": [{ "system": "http://snomed.info/sct", "code": "80146002", "display": "Appendectomy" }] },
+        "subject": subject,
+        "performedPeriod": { "start": "2026-11-20T09:00:00Z", "end": "2026-11-20T10:10:00Z" }
+    });
+    let encounter = json!({
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB" },
+        "type": [{ "coding": [{ "system": "http://snomed.info/sct", "code": "185349003", "display": "Encounter for check up" }] }],
+        "subject": subject,
+        "period": { "start": "2026-11-26T08:00:00Z", "end": "2026-11-26T08:30:00Z" }
+    });
+
+    // Act
+    let mut created = Vec::new();
+    for resource in [&glucose, &pressure, &procedure, &encounter] {
+        let kind = resource["resourceType"].as_str().unwrap();
+        let (status, _, answer) = fhir_send(
+            &app,
+            reqwest::Method::POST,
+            &format!("/{kind}"),
+            &token,
+            resource,
+            &[],
+        )
+        .await;
+        assert_eq!(status, 201, "{kind}: {answer}");
+        created.push(answer);
+    }
+
+    // Assert: read back as sent, in what the service stores.
+    let [glucose_read, pressure_read, procedure_read, encounter_read] = created.as_slice() else {
+        unreachable!()
+    };
+    assert_eq!(glucose_read["valueQuantity"]["value"], 6.3);
+    assert_eq!(glucose_read["valueQuantity"]["code"], "mmol/L");
+    assert_eq!(glucose_read["effectiveDateTime"], "2026-11-26T07:15:00Z");
+    assert_eq!(glucose_read["interpretation"][0]["coding"][0]["code"], "H");
+    assert_eq!(glucose_read["referenceRange"][0]["high"]["value"], 6.2);
+    assert_eq!(pressure_read["component"][1]["valueQuantity"]["value"], 44);
+    assert_eq!(
+        procedure_read["performedPeriod"]["end"],
+        "2026-11-20T10:10:00Z"
+    );
+    assert_eq!(encounter_read["class"]["code"], "AMB");
+    assert_eq!(encounter_read["period"]["start"], "2026-11-26T08:00:00Z");
+    for resource in &created {
+        let kind = resource["resourceType"].as_str().unwrap();
+        let (status, _, read) = fhir_get(
+            &app,
+            &format!("/{kind}/{}", resource["id"].as_str().unwrap()),
+            Some(&token),
+            &[],
+        )
+        .await;
+        assert_eq!((status, &read), (200, resource), "{kind}");
+    }
+    // Searched (the lists of entries follow the store within moments).
+    let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+    loop {
+        let (_, _, all) = fhir_get(
+            &app,
+            &format!("/Observation?patient={id}"),
+            Some(&token),
+            &[],
+        )
+        .await;
+        if all["total"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{all}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for (query, expected) in [
+        ("code=http://loinc.org|2339-0", 1),
+        ("category=vital-signs", 1),
+        ("status=final&date=ge2026-11-26", 2),
+        ("date=lt2026-11-26", 0),
+    ] {
+        let (status, _, found) = fhir_get(
+            &app,
+            &format!("/Observation?patient={id}&{query}"),
+            Some(&token),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (status, &found["total"]),
+            (200, &json!(expected)),
+            "{query}"
+        );
+    }
+    app.stop().await;
+}

@@ -1513,3 +1513,57 @@ async fn one_background_runner_is_active_and_another_takes_over_when_it_dies() {
     second.wait().unwrap();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_fulfilled_appointment_becomes_an_encounter_in_the_patients_chart_once() {
+    // Arrange: a visit booked, then the patient arrives, is checked in and seen.
+    let app = TestApp::without_kafka().await;
+    clinic(&app).await;
+    let ada = id_of(&app.register_person(701, None).await);
+    let (status, visit) = book(
+        &app,
+        &ada,
+        &at("08:00"),
+        json!({ "practitioner": "dr-heart" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{visit}");
+    let id = visit["appointment_id"].as_str().unwrap().to_owned();
+
+    // Act
+    for (version, step) in [(1, "arrive"), (2, "check-in"), (3, "fulfil")] {
+        let (status, moved) = act(&app, &id, step, version, json!({})).await;
+        assert_eq!(status, 200, "{step}: {moved}");
+    }
+
+    // Assert: the process manager records the encounter, naming the appointment.
+    let own = app.patient_token(&ada);
+    let list = || async {
+        let response = app
+            .get(&format!("/v1/patients/{ada}/encounters"), &own)
+            .await;
+        response.json::<Value>().await.unwrap_or(Value::Null)
+    };
+    eventually("the encounter of the fulfilled appointment", || async {
+        list().await["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty())
+    })
+    .await;
+    let encounters = list().await;
+    let encounter = &encounters["items"][0];
+    assert_eq!(encounter["appointment_id"], id.as_str());
+    assert_eq!(encounter["status"], "finished");
+    assert_eq!(encounter["class"], "AMB");
+    assert_eq!(encounter["encounter_type"]["text"], "cardiology-consult");
+    assert_eq!(encounter["practitioner"], "dr-heart");
+    assert_eq!(encounter["location"], "exam-1");
+    assert_eq!(encounter["start"], visit["booking"]["interval"]["start"]);
+    let streams: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'ClinicalEntry'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(streams, 1, "recorded once");
+    app.stop().await;
+}

@@ -1,7 +1,8 @@
 //! The background work of the service, in one place, under one runner: the reminder
 //! dispatcher ([`reminders`]), wait-list offers ([`waitlist`]), the notification outbox
 //! ([`outbox`]), the process managers that follow the event stream ([`follower`]: an
-//! archived patient's appointments cancelled, [`archived`]), and the sweep of expired
+//! archived patient's appointments cancelled, [`archived`]; a fulfilled appointment's
+//! encounter recorded, [`encounters`]), and the sweep of expired
 //! idempotency records and registration guards. `serve`, `project` and `background` run it;
 //! one runner is active at a time across processes (it holds a PostgreSQL advisory lock,
 //! [`Leadership`]); the others stand by and take over within a second of its stopping. Each
@@ -10,6 +11,7 @@
 //! constraint, process managers use expected versions).
 
 pub mod archived;
+pub mod encounters;
 pub mod follower;
 pub mod outbox;
 pub mod reminders;
@@ -125,6 +127,19 @@ pub async fn run(
             appointments: appointments.clone(),
         },
     );
+    let encounters = follower::Follower::new(
+        store.pool().clone(),
+        store.keys().clone(),
+        store.chain().clone(),
+        encounters::EncounterOfFulfilledAppointment {
+            appointments: appointments.clone(),
+            entries: event_store::records::ClinicalEntryStore::new(
+                store.pool().clone(),
+                store.keys().clone(),
+                store.chain().clone(),
+            ),
+        },
+    );
     let mut swept_at: Option<std::time::Instant> = None;
     let mut leadership = Leadership::new(store.pool().clone());
     loop {
@@ -149,6 +164,9 @@ pub async fn run(
             }
         }
         if let Err(e) = archived.step(clock()).await {
+            tracing::warn!(error.message = %e, "process managers could not run now; retrying");
+        }
+        if let Err(e) = encounters.step(clock()).await {
             tracing::warn!(error.message = %e, "process managers could not run now; retrying");
         }
         if let Err(e) = reminders::dispatch_due(&store, &appointments, clock()).await {

@@ -13,11 +13,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use domain::medical_record::items::{
-    Allergy, Immunization, Medication, MedicationSource, Problem, Route,
+    Allergy, Encounter, Immunization, Medication, MedicationSource, Observation, ObservationValue,
+    Problem, Procedure, Route,
 };
-use domain::medical_record::values::Concept;
+use domain::medical_record::values::{Concept, Measurement};
 use domain::medical_record::{Item, ItemContent, ItemId, ItemKind};
 use domain::patient::PatientId;
 use domain::{FieldError, FieldErrors};
@@ -40,6 +41,9 @@ pub const RESOURCES: &[(&str, ItemKind)] = &[
     ("MedicationStatement", ItemKind::Medication),
     ("Immunization", ItemKind::Immunization),
     ("Condition", ItemKind::Problem),
+    ("Observation", ItemKind::Observation),
+    ("Procedure", ItemKind::Procedure),
+    ("Encounter", ItemKind::Encounter),
 ];
 
 pub const SEARCH_PARAMS: &[(&str, &str, &str)] = &[
@@ -61,17 +65,17 @@ pub const SEARCH_PARAMS: &[(&str, &str, &str)] = &[
     (
         "status",
         "token",
-        "MedicationStatement and Immunization: the status",
+        "MedicationStatement, Immunization, Observation, Procedure and Encounter: the status",
     ),
     (
         "category",
         "token",
-        "AllergyIntolerance: food, medication, environment or biologic",
+        "AllergyIntolerance: food, medication, environment or biologic; Observation: its category (vital-signs, laboratory, ...)",
     ),
     (
         "date",
         "date",
-        "the item's date (onset, start or occurrence) with eq, ge, le, gt or lt",
+        "the item's date (onset, start, occurrence, effective or performed time, the encounter's start) with eq, ge, le, gt or lt",
     ),
 ];
 
@@ -455,8 +459,8 @@ struct Criteria {
 pub fn applies(kind: ItemKind, name: &str) -> bool {
     match name {
         "clinical-status" => matches!(kind, ItemKind::Allergy | ItemKind::Problem),
-        "status" => matches!(kind, ItemKind::Medication | ItemKind::Immunization),
-        "category" => kind == ItemKind::Allergy,
+        "status" => !matches!(kind, ItemKind::Allergy | ItemKind::Problem),
+        "category" => matches!(kind, ItemKind::Allergy | ItemKind::Observation),
         _ => true,
     }
 }
@@ -567,6 +571,9 @@ fn item_date(content: &ItemContent) -> Option<NaiveDate> {
         ItemContent::Medication(m) => m.start,
         ItemContent::Immunization(i) => Some(i.occurred_on),
         ItemContent::Problem(p) => p.onset,
+        ItemContent::Observation(o) => o.effective.map(|t| t.date_naive()),
+        ItemContent::Procedure(p) => p.performed_start.map(|t| t.date_naive()),
+        ItemContent::Encounter(e) => e.start.map(|t| t.date_naive()),
         _ => None,
     }
 }
@@ -577,6 +584,9 @@ fn matches(item: &Item, criteria: &Criteria) -> bool {
         ItemContent::Medication(m) => Some(&m.medication),
         ItemContent::Immunization(i) => Some(&i.vaccine),
         ItemContent::Problem(p) => Some(&p.condition),
+        ItemContent::Observation(o) => Some(&o.code),
+        ItemContent::Procedure(p) => Some(&p.code),
+        ItemContent::Encounter(e) => e.encounter_type.as_ref(),
         _ => None,
     };
     let code_ok = criteria.code.as_ref().is_none_or(|(system, code)| {
@@ -605,9 +615,11 @@ fn matches(item: &Item, criteria: &Criteria) -> bool {
         .as_ref()
         .is_none_or(|s| token("status").as_deref() == Some(s.as_str()));
     let category_ok = criteria.category.as_ref().is_none_or(|c| {
-        resource["category"]
-            .as_array()
-            .is_some_and(|all| all.iter().any(|v| v == c.as_str()))
+        // A code (AllergyIntolerance) or CodeableConcepts (Observation).
+        resource["category"].as_array().is_some_and(|all| {
+            all.iter()
+                .any(|v| v == c.as_str() || v["coding"][0]["code"] == c.as_str())
+        })
     });
     let date_ok = criteria.dates.iter().all(|(prefix, date)| {
         item_date(&item.content).is_some_and(|own| match *prefix {
@@ -732,11 +744,10 @@ pub fn to_fhir(patient: PatientId, item: &Item) -> Value {
         ItemContent::Medication(m) => medication(&mut object, m, subject, in_error),
         ItemContent::Immunization(i) => immunization(&mut object, i, subject, in_error),
         ItemContent::Problem(p) => condition(&mut object, p, subject, in_error),
-        ItemContent::History(_)
-        | ItemContent::Document(_)
-        | ItemContent::Observation(_)
-        | ItemContent::Procedure(_)
-        | ItemContent::Encounter(_) => {}
+        ItemContent::Observation(o) => observation(&mut object, o, subject, in_error),
+        ItemContent::Procedure(p) => procedure(&mut object, p, subject, in_error),
+        ItemContent::Encounter(e) => encounter(&mut object, e, subject, in_error),
+        ItemContent::History(_) | ItemContent::Document(_) => {}
     }
     match kind {
         ItemKind::Allergy | ItemKind::Problem => {
@@ -748,11 +759,10 @@ pub fn to_fhir(patient: PatientId, item: &Item) -> Value {
         ItemKind::Immunization => {
             object.insert("recorded".into(), json!(item.recorded_at.to_rfc3339()));
         }
-        ItemKind::History
-        | ItemKind::Document
-        | ItemKind::Observation
-        | ItemKind::Procedure
-        | ItemKind::Encounter => {}
+        ItemKind::Observation => {
+            object.insert("issued".into(), json!(item.recorded_at.to_rfc3339()));
+        }
+        ItemKind::History | ItemKind::Document | ItemKind::Procedure | ItemKind::Encounter => {}
     }
     Value::Object(object)
 }
@@ -932,6 +942,188 @@ fn immunization(object: &mut Map<String, Value>, i: &Immunization, patient: Valu
         );
     }
     note(object, i.note.as_ref().map(|n| n.as_str()));
+}
+
+/// A measured value as a FHIR Quantity (UCUM).
+fn quantity(m: &Measurement) -> Value {
+    let value: serde_json::Number = m
+        .value
+        .parse()
+        .unwrap_or_else(|_| serde_json::Number::from(0));
+    let mut quantity = json!({ "value": value });
+    if let Some(unit) = &m.unit {
+        quantity["unit"] = json!(unit);
+        quantity["system"] = json!("http://unitsofmeasure.org");
+        quantity["code"] = json!(unit);
+    }
+    quantity
+}
+
+/// An observation's (or component's) value as its `value[x]` element.
+fn value_element(object: &mut Map<String, Value>, value: &ObservationValue) {
+    let (key, element) = match value {
+        ObservationValue::Quantity(m) => ("valueQuantity", quantity(m)),
+        ObservationValue::Text { text } => ("valueString", json!(text.as_str())),
+        ObservationValue::Coded(c) => ("valueCodeableConcept", codeable(c)),
+        ObservationValue::Range { low, high } => {
+            let mut range = Map::new();
+            if let Some(low) = low {
+                range.insert("low".into(), quantity(low));
+            }
+            if let Some(high) = high {
+                range.insert("high".into(), quantity(high));
+            }
+            ("valueRange", Value::Object(range))
+        }
+    };
+    object.insert(key.into(), element);
+}
+
+fn instant(at: DateTime<Utc>) -> Value {
+    json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+fn observation(object: &mut Map<String, Value>, o: &Observation, patient: Value, in_error: bool) {
+    let status = if in_error {
+        "entered-in-error"
+    } else {
+        o.status.code()
+    };
+    object.insert("status".into(), json!(status));
+    if let Some(category) = o.category {
+        object.insert(
+            "category".into(),
+            json!([coded(
+                "http://terminology.hl7.org/CodeSystem/observation-category",
+                category.code()
+            )]),
+        );
+    }
+    object.insert("code".into(), codeable(&o.code));
+    object.insert("subject".into(), patient);
+    if let Some(at) = o.effective {
+        object.insert("effectiveDateTime".into(), instant(at));
+    }
+    if let Some(value) = &o.value {
+        value_element(object, value);
+    }
+    if let Some(interpretation) = &o.interpretation {
+        object.insert("interpretation".into(), json!([codeable(interpretation)]));
+    }
+    note(object, o.note.as_ref().map(|n| n.as_str()));
+    if let Some(range) = &o.reference_range {
+        let mut element = Map::new();
+        if let Some(low) = &range.low {
+            element.insert("low".into(), quantity(low));
+        }
+        if let Some(high) = &range.high {
+            element.insert("high".into(), quantity(high));
+        }
+        if let Some(text) = &range.text {
+            element.insert("text".into(), json!(text.as_str()));
+        }
+        object.insert("referenceRange".into(), json!([element]));
+    }
+    if !o.components.is_empty() {
+        let components: Vec<Value> = o
+            .components
+            .iter()
+            .map(|c| {
+                let mut component = Map::new();
+                component.insert("code".into(), codeable(&c.code));
+                if let Some(value) = &c.value {
+                    value_element(&mut component, value);
+                }
+                Value::Object(component)
+            })
+            .collect();
+        object.insert("component".into(), Value::Array(components));
+    }
+}
+
+fn procedure(object: &mut Map<String, Value>, p: &Procedure, patient: Value, in_error: bool) {
+    let status = if in_error {
+        "entered-in-error"
+    } else {
+        p.status.code()
+    };
+    object.insert("status".into(), json!(status));
+    object.insert("code".into(), codeable(&p.code));
+    object.insert("subject".into(), patient);
+    match (p.performed_start, p.performed_end) {
+        (Some(start), None) => {
+            object.insert("performedDateTime".into(), instant(start));
+        }
+        (None, None) => {}
+        (start, end) => {
+            let mut period = Map::new();
+            if let Some(start) = start {
+                period.insert("start".into(), instant(start));
+            }
+            if let Some(end) = end {
+                period.insert("end".into(), instant(end));
+            }
+            object.insert("performedPeriod".into(), Value::Object(period));
+        }
+    }
+    if let Some(performer) = &p.performer {
+        object.insert(
+            "performer".into(),
+            json!([{ "actor": { "display": performer.as_str() } }]),
+        );
+    }
+    if let Some(reason) = &p.reason {
+        object.insert("reasonCode".into(), json!([codeable(reason)]));
+    }
+    note(object, p.note.as_ref().map(|n| n.as_str()));
+}
+
+fn encounter(object: &mut Map<String, Value>, e: &Encounter, patient: Value, in_error: bool) {
+    let status = if in_error {
+        "entered-in-error"
+    } else {
+        e.status.code()
+    };
+    object.insert("status".into(), json!(status));
+    object.insert(
+        "class".into(),
+        json!({ "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": e.class.code() }),
+    );
+    if let Some(kind) = &e.encounter_type {
+        object.insert("type".into(), json!([codeable(kind)]));
+    }
+    object.insert("subject".into(), patient);
+    if let Some(practitioner) = &e.practitioner {
+        object.insert(
+            "participant".into(),
+            json!([{ "individual": { "display": practitioner.as_str() } }]),
+        );
+    }
+    if let Some(appointment) = e.appointment_id {
+        object.insert(
+            "appointment".into(),
+            json!([{ "reference": format!("Appointment/{appointment}") }]),
+        );
+    }
+    if e.start.is_some() || e.end.is_some() {
+        let mut period = Map::new();
+        if let Some(start) = e.start {
+            period.insert("start".into(), instant(start));
+        }
+        if let Some(end) = e.end {
+            period.insert("end".into(), instant(end));
+        }
+        object.insert("period".into(), Value::Object(period));
+    }
+    if let Some(reason) = &e.reason {
+        object.insert("reasonCode".into(), json!([codeable(reason)]));
+    }
+    if let Some(location) = &e.location {
+        object.insert(
+            "location".into(),
+            json!([{ "location": { "display": location.as_str() } }]),
+        );
+    }
 }
 
 fn condition(object: &mut Map<String, Value>, p: &Problem, patient: Value, in_error: bool) {

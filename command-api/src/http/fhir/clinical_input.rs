@@ -73,6 +73,18 @@ const PATHS: &[(&str, &str)] = &[
     ("end", "effectivePeriod.end"),
     ("prescriber", "informationSource"),
     ("source", "informationSource"),
+    ("effective", "effectiveDateTime"),
+    ("value_quantity", "valueQuantity"),
+    ("value_text", "valueString"),
+    ("value_coded", "valueCodeableConcept"),
+    ("value_range", "valueRange"),
+    ("components", "component"),
+    ("reference_range", "referenceRange"),
+    ("performed_start", "performed"),
+    ("performed_end", "performedPeriod.end"),
+    ("reason_code", "reasonCode"),
+    ("encounter_type", "type"),
+    ("appointment_id", "appointment"),
 ];
 
 /// Native field errors of a `resource_type` write as FHIRPath expressions.
@@ -84,8 +96,12 @@ pub fn fhir_paths(resource_type: &str, errors: &FieldErrors) -> FieldErrors {
             .split_once('.')
             .map_or((e.field.as_str(), None), |(h, r)| (h, Some(r)));
         let mapped = match (resource_type, head) {
-            // An immunization's route is its own element, not a dosage's.
+            // An immunization's route is its own element, not a dosage's; an observation's
+            // code is its code, an encounter's period its own.
             ("Immunization", "route") => "route",
+            ("Observation" | "Procedure", "code") => "code",
+            ("Encounter", "start") => "period.start",
+            ("Encounter", "end") => "period.end",
             _ => PATHS
                 .iter()
                 .find(|(native, _)| *native == head)
@@ -273,10 +289,58 @@ pub fn native(resource: &Value) -> Result<NativeItem, FieldErrors> {
             note(&mut body, resource);
             (ItemKind::Problem, &resource["subject"])
         }
+        "Observation" => {
+            observation(&mut body, resource);
+            (ItemKind::Observation, &resource["subject"])
+        }
+        "Procedure" => {
+            insert(&mut body, "code", concept(&resource["code"]));
+            insert(&mut body, "status", resource.get("status").cloned());
+            if resource["performedPeriod"].is_object() {
+                insert(&mut body, "performed_start", resource["performedPeriod"].get("start").cloned());
+                insert(&mut body, "performed_end", resource["performedPeriod"].get("end").cloned());
+            } else {
+                insert(&mut body, "performed_start", resource.get("performedDateTime").cloned());
+            }
+            insert(
+                &mut body,
+                "performer",
+                first(resource, "performer").and_then(|p| user_of(&p["actor"])),
+            );
+            insert(&mut body, "reason_code", first(resource, "reasonCode").and_then(concept));
+            note(&mut body, resource);
+            (ItemKind::Procedure, &resource["subject"])
+        }
+        "Encounter" => {
+            insert(&mut body, "status", resource.get("status").cloned());
+            insert(&mut body, "class", resource["class"].get("code").cloned());
+            insert(&mut body, "encounter_type", first(resource, "type").and_then(concept));
+            insert(&mut body, "start", resource["period"].get("start").cloned());
+            insert(&mut body, "end", resource["period"].get("end").cloned());
+            insert(
+                &mut body,
+                "practitioner",
+                first(resource, "participant").and_then(|p| user_of(&p["individual"])),
+            );
+            insert(
+                &mut body,
+                "location",
+                first(resource, "location")
+                    .and_then(|l| l["location"]["display"].as_str().map(|d| json!(d))),
+            );
+            insert(&mut body, "reason_code", first(resource, "reasonCode").and_then(concept));
+            insert(
+                &mut body,
+                "appointment_id",
+                first(resource, "appointment")
+                    .and_then(|a| a["reference"].as_str()?.strip_prefix("Appointment/").map(|id| json!(id))),
+            );
+            (ItemKind::Encounter, &resource["subject"])
+        }
         _ => {
             return Err(FieldError::new(
                 "resourceType",
-                "must be AllergyIntolerance, MedicationStatement, MedicationRequest, Immunization or Condition here",
+                "must be AllergyIntolerance, MedicationStatement, MedicationRequest, Immunization, Condition, Observation, Procedure or Encounter here",
             )
             .into())
         }
@@ -297,6 +361,99 @@ pub fn native(resource: &Value) -> Result<NativeItem, FieldErrors> {
         patient,
         body,
     })
+}
+
+/// A FHIR Quantity as a native measurement (its UCUM code, else its unit).
+fn measurement(quantity: &Value) -> Option<Value> {
+    if !quantity.is_object() {
+        return None;
+    }
+    let mut measured = Map::new();
+    let value = match &quantity["value"] {
+        Value::Number(n) => Some(json!(n.to_string())),
+        _ => None,
+    };
+    insert(&mut measured, "value", value);
+    insert(
+        &mut measured,
+        "unit",
+        quantity["code"]
+            .as_str()
+            .or(quantity["unit"].as_str())
+            .map(|u| json!(u)),
+    );
+    Some(Value::Object(measured))
+}
+
+/// An element's `value[x]` as the native `value_*` fields.
+fn values(body: &mut Map<String, Value>, element: &Value) {
+    insert(
+        body,
+        "value_quantity",
+        measurement(&element["valueQuantity"]),
+    );
+    insert(body, "value_text", element.get("valueString").cloned());
+    insert(
+        body,
+        "value_coded",
+        concept(&element["valueCodeableConcept"]),
+    );
+    if element["valueRange"].is_object() {
+        let mut range = Map::new();
+        insert(
+            &mut range,
+            "low",
+            measurement(&element["valueRange"]["low"]),
+        );
+        insert(
+            &mut range,
+            "high",
+            measurement(&element["valueRange"]["high"]),
+        );
+        body.insert("value_range".into(), Value::Object(range));
+    }
+}
+
+fn observation(body: &mut Map<String, Value>, resource: &Value) {
+    insert(body, "code", concept(&resource["code"]));
+    insert(
+        body,
+        "category",
+        first(resource, "category").and_then(|c| code_of(c).map(|code| json!(code))),
+    );
+    insert(body, "status", resource.get("status").cloned());
+    let effective = resource
+        .get("effectiveDateTime")
+        .or_else(|| resource.get("effectiveInstant"))
+        .or_else(|| resource["effectivePeriod"].get("start"))
+        .cloned();
+    insert(body, "effective", effective);
+    values(body, resource);
+    insert(
+        body,
+        "interpretation",
+        first(resource, "interpretation").and_then(concept),
+    );
+    if let Some(range) = first(resource, "referenceRange") {
+        let mut reference = Map::new();
+        insert(&mut reference, "low", measurement(&range["low"]));
+        insert(&mut reference, "high", measurement(&range["high"]));
+        insert(&mut reference, "text", range.get("text").cloned());
+        body.insert("reference_range".into(), Value::Object(reference));
+    }
+    if let Some(components) = resource["component"].as_array() {
+        let components: Vec<Value> = components
+            .iter()
+            .map(|c| {
+                let mut component = Map::new();
+                insert(&mut component, "code", concept(&c["code"]));
+                values(&mut component, c);
+                Value::Object(component)
+            })
+            .collect();
+        body.insert("components".into(), Value::Array(components));
+    }
+    note(body, resource);
 }
 
 /// A MedicationStatement's (or MedicationRequest's) elements as a native medication.
