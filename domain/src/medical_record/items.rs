@@ -350,8 +350,9 @@ pub struct ReferenceRange {
     pub low: Option<Measurement>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub high: Option<Measurement>,
+    /// In words: `normal for age`, or a laboratory's table of ranges.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<Label>,
+    pub text: Option<Note>,
 }
 
 /// One part of an observation measured together with others (a blood pressure's systolic and

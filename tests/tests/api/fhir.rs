@@ -897,6 +897,9 @@ async fn hl7s_examples_of_the_supported_types_are_created_or_refused_for_a_named
         "Immunization",
         "MedicationStatement",
         "MedicationRequest",
+        "Observation",
+        "Procedure",
+        "Encounter",
     ];
     let mut files: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(&dir)
         .unwrap()
@@ -908,7 +911,7 @@ async fn hl7s_examples_of_the_supported_types_are_created_or_refused_for_a_named
         })
         .collect();
     files.sort();
-    assert!(files.len() > 80, "{} examples", files.len());
+    assert!(files.len() > 150, "{} examples", files.len());
     let app = TestApp::without_kafka().await;
     let registrar = app.registrar();
     let clinician = crate::medical_records::clinician(&app);
@@ -1042,6 +1045,18 @@ async fn hl7s_examples_of_the_supported_types_are_created_or_refused_for_a_named
         ),
         // created as entered-in-error: a mistake is marked on an item, never created as one
         ("MedicationStatement-example005.json", "status"),
+        // a code system that is not an absolute URI; a decimal of more than 18 digits; a
+        // coding without its system; created as entered-in-error
+        ("Observation-656.json", "Observation.code.system"),
+        (
+            "Observation-decimal.json",
+            "component[3].valueQuantity.value",
+        ),
+        (
+            "Observation-example-genetics-2.json",
+            "component[1].valueCodeableConcept.system",
+        ),
+        ("Observation-f202.json", "Observation.status"),
         // a registration needs a family name and a gender; phones in E.164; countries in
         // ISO 3166-1 alpha-2; every identifier a value; marital status in HL7 v3's codes
         ("Patient-animal.json", "name.family"),
@@ -1056,6 +1071,8 @@ async fn hl7s_examples_of_the_supported_types_are_created_or_refused_for_a_named
         ("Patient-newborn.json", "Patient.name"),
         ("Patient-proband.json", "Patient.name"),
         ("Patient-xds.json", "country"),
+        // a procedure known only by its narrative
+        ("Procedure-appendectomy-narrative.json", "Procedure.code"),
     ];
     let names: Vec<&str> = refused.iter().map(|(n, _, _)| n.as_str()).collect();
     let expected: Vec<&str> = expected_refusals.iter().map(|(n, _)| *n).collect();
@@ -1067,10 +1084,13 @@ async fn hl7s_examples_of_the_supported_types_are_created_or_refused_for_a_named
     let created_expected = [
         ("AllergyIntolerance", 5),
         ("Condition", 9),
+        ("Encounter", 10),
         ("Immunization", 1),
         ("MedicationRequest", 29),
         ("MedicationStatement", 6),
+        ("Observation", 60),
         ("Patient", 10),
+        ("Procedure", 15),
     ];
     let created: Vec<(&str, usize)> = created.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     assert_eq!(created, created_expected);

@@ -95,6 +95,8 @@ pub fn fhir_paths(resource_type: &str, errors: &FieldErrors) -> FieldErrors {
             .field
             .split_once('.')
             .map_or((e.field.as_str(), None), |(h, r)| (h, Some(r)));
+        // `components[3]`: the name is renamed, the index kept.
+        let (head, index) = head.split_at(head.find('[').unwrap_or(head.len()));
         let mapped = match (resource_type, head) {
             // An immunization's route is its own element, not a dosage's; an observation's
             // code is its code, an encounter's period its own.
@@ -107,10 +109,25 @@ pub fn fhir_paths(resource_type: &str, errors: &FieldErrors) -> FieldErrors {
                 .find(|(native, _)| *native == head)
                 .map_or(head, |(_, fhir)| *fhir),
         };
+        // The parts below the first named as FHIR names them too (`value_coded` inside a
+        // component is its `valueCodeableConcept`).
+        let rest = rest.map(|rest| {
+            rest.split('.')
+                .map(|part| {
+                    let (name, index) = part.split_at(part.find('[').unwrap_or(part.len()));
+                    let name = PATHS
+                        .iter()
+                        .find(|(native, _)| *native == name && name.starts_with("value_"))
+                        .map_or(name, |(_, fhir)| *fhir);
+                    format!("{name}{index}")
+                })
+                .collect::<Vec<_>>()
+                .join(".")
+        });
         let path = match rest {
-            Some(rest) => format!("{resource_type}.{mapped}.{rest}"),
+            Some(rest) => format!("{resource_type}.{mapped}{index}.{rest}"),
             None if mapped.is_empty() => resource_type.to_owned(),
-            None => format!("{resource_type}.{mapped}"),
+            None => format!("{resource_type}.{mapped}{index}"),
         };
         renamed.push(FieldError::new(path, e.message.clone()));
     }
@@ -200,12 +217,14 @@ fn patient_of(reference: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The user id a Practitioner reference or display names.
+/// The user id a Practitioner reference names, or a display that is one (a display that is
+/// a person's name, `Dr Cecil Surgeon`, names no user and is left out).
 fn user_of(reference: &Value) -> Option<Value> {
     reference["reference"]
         .as_str()
         .and_then(|r| r.strip_prefix("Practitioner/"))
         .or_else(|| reference["display"].as_str())
+        .filter(|u| domain::patient::governance::Principal::parse("user", u).is_ok())
         .map(|u| json!(u))
 }
 
@@ -332,8 +351,11 @@ pub fn native(resource: &Value) -> Result<NativeItem, FieldErrors> {
             insert(
                 &mut body,
                 "appointment_id",
-                first(resource, "appointment")
-                    .and_then(|a| a["reference"].as_str()?.strip_prefix("Appointment/").map(|id| json!(id))),
+                // One of this service's appointments; another system's is not kept.
+                first(resource, "appointment").and_then(|a| {
+                    let id = a["reference"].as_str()?.strip_prefix("Appointment/")?;
+                    uuid::Uuid::parse_str(id).ok().map(|id| json!(id))
+                }),
             );
             (ItemKind::Encounter, &resource["subject"])
         }

@@ -903,7 +903,7 @@ fn observation(body: &ObservationBody, today: NaiveDate) -> Result<Observation, 
                 let (low, high, text) = (
                     optional_measurement(&r.low, "reference_range.low"),
                     optional_measurement(&r.high, "reference_range.high"),
-                    optional_code(&r.text, "reference_range.text", Label::parse),
+                    optional_code(&r.text, "reference_range.text", Note::parse),
                 )
                     .all_ok()?;
                 Ok(ReferenceRange { low, high, text })
