@@ -1295,3 +1295,100 @@ async fn observations_procedures_and_encounters_are_written_read_and_searched_as
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn patient_match_answers_graded_candidates_with_their_scores() {
+    // Arrange: Ada registered; someone who looks like her arrives.
+    let app = TestApp::without_kafka().await;
+    let token = app.registrar();
+    let registered = app.register(&ada()).await;
+    assert_eq!(registered.status(), 201);
+    let id = id_of(&registered.json().await.unwrap());
+    let candidate = json!({
+        "resourceType": "Patient",
+        "name": [{ "family": "Lovelace-Fhir", "given": ["Augusta", "Ada"] }],
+        "gender": "female",
+        "birthDate": "1990-12-10",
+        "telecom": [{ "system": "phone", "value": "+41 79 123 45 67" }]
+    });
+    let parameters = |extra: Value| {
+        let mut parameters = json!({
+            "resourceType": "Parameters",
+            "parameter": [{ "name": "resource", "resource": candidate }]
+        });
+        if let Some(extra) = extra.as_object() {
+            parameters["parameter"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!(extra));
+        }
+        parameters
+    };
+
+    // Act (the matcher's read model follows the registration within moments)
+    let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+    let found = loop {
+        let (status, _, found) = fhir_send(
+            &app,
+            reqwest::Method::POST,
+            "/Patient/$match",
+            &token,
+            &parameters(Value::Null),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200, "{found}");
+        if found["total"] != 0 {
+            break found;
+        }
+        assert!(std::time::Instant::now() < deadline, "no candidate found");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+
+    // Assert
+    assert_eq!(found["type"], "searchset");
+    let best = &found["entry"][0];
+    assert_eq!(best["resource"]["id"], id.as_str());
+    assert_eq!(best["search"]["mode"], "match");
+    let score = best["search"]["score"].as_f64().unwrap();
+    assert!(score > 0.9 && score <= 1.0, "{score}");
+    assert_eq!(
+        best["search"]["extension"][0]["url"],
+        "http://hl7.org/fhir/StructureDefinition/match-grade"
+    );
+    assert_eq!(best["search"]["extension"][0]["valueCode"], "certain");
+    let (_, _, certain) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Patient/$match",
+        &token,
+        &parameters(json!({ "name": "onlyCertainMatches", "valueBoolean": true })),
+        &[],
+    )
+    .await;
+    assert_eq!(certain["total"], 1);
+    let (status, _, outcome) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Patient/$match",
+        &token,
+        &json!({ "resourceType": "Parameters", "parameter": [{ "name": "count", "valueInteger": 0 }] }),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 400, "{outcome}");
+    let expressions: Vec<&str> = outcome["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["expression"][0].as_str())
+        .collect();
+    assert_eq!(
+        expressions,
+        [
+            "Parameters.parameter.resource",
+            "Parameters.parameter.count"
+        ]
+    );
+    app.stop().await;
+}

@@ -40,6 +40,11 @@ fn resources() -> Vec<Value> {
         "readHistory": true,
         "conditionalCreate": false,
         "searchParam": patient_params,
+        "operation": [{
+            "name": "match",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
+            "documentation": "The service's matcher: candidates graded certain, probable or possible (match-grade extension), search.score the probability from the matcher's weight",
+        }],
     })];
     resources.extend(clinical::RESOURCES.iter().map(|(name, kind)| {
         json!({

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use domain::patient::contact::{Address, Phone};
 use domain::patient::record::EmergencyContact;
@@ -62,6 +62,7 @@ const PAGING: &[(&str, &str)] = &[("_count", "limit"), ("_offset", "offset")];
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/Patient", get(search).post(create))
+        .route("/Patient/$match", post(match_patients))
         .route("/Patient/{id}", get(read))
         .route("/Patient/{id}/_history", get(history))
         .route("/Patient/{id}/_history/{vid}", get(vread))
@@ -839,4 +840,96 @@ pub fn to_fhir(record: &PatientRecord, version: u64) -> Value {
         patient.insert("link".into(), Value::Array(links));
     }
     Value::Object(patient)
+}
+
+/// The match-grade extension of a `$match` result.
+const MATCH_GRADE: &str = "http://hl7.org/fhir/StructureDefinition/match-grade";
+
+/// The matcher's weight (a log-likelihood ratio, in bits) as a probability that the two are
+/// one person, from even odds: 0.8 at the `possible` threshold, 0.99 at `probable`.
+fn match_probability(weight: f64) -> f64 {
+    let probability = 1.0 / (1.0 + (-weight).exp2());
+    (probability * 1000.0).round() / 1000.0
+}
+
+/// `POST /Patient/$match`: the registered patients a Patient (in a Parameters `resource`) may
+/// be, best first, graded by the matcher; `count` (1 to 100, 10 by default) and
+/// `onlyCertainMatches`. Each one shown is recorded as an access.
+async fn match_patients(
+    State(state): State<AppState>,
+    write: Write<permission::MatchPatients>,
+) -> Result<Response, ApiError> {
+    let parameters = &write.resource;
+    if parameters["resourceType"] != "Parameters" {
+        return Err(ApiError::Validation(
+            FieldError::new("resourceType", "must be Parameters").into(),
+        ));
+    }
+    let parameter = |name: &str| {
+        parameters["parameter"]
+            .as_array()
+            .and_then(|all| all.iter().find(|p| p["name"] == name))
+    };
+    let mut errors = FieldErrors::new();
+    let patient = parameter("resource")
+        .map(|p| &p["resource"])
+        .filter(|r| r["resourceType"] == "Patient");
+    if patient.is_none() {
+        errors.push(FieldError::new(
+            "Parameters.parameter.resource",
+            "is required: the Patient to match",
+        ));
+    }
+    let count = match parameter("count").map(|p| &p["valueInteger"]) {
+        None => 10,
+        Some(n) => match n.as_u64().filter(|n| (1..=100).contains(n)) {
+            Some(n) => n as usize,
+            None => {
+                errors.push(FieldError::new(
+                    "Parameters.parameter.count",
+                    "must be a valueInteger from 1 to 100",
+                ));
+                10
+            }
+        },
+    };
+    let only_certain = parameter("onlyCertainMatches")
+        .and_then(|p| p["valueBoolean"].as_bool())
+        .unwrap_or(false);
+    errors.into_result().map_err(ApiError::InvalidParameters)?;
+    let mut body = registration(patient.unwrap_or(&Value::Null));
+    // A candidate is described, not registered: its identifiers are not compared.
+    body.remove("identifiers");
+    let today = (state.clock)().date_naive();
+    let candidate = crate::http::input::patient::candidate(&body, today)
+        .map_err(|errors| ApiError::Validation(patient_paths(&errors)))?;
+    let found = finding::matches(state.services(), &write.user, &candidate).await?;
+    let base = base_url(&state, &write.headers);
+    let mut entries = Vec::new();
+    for (found, _) in found
+        .iter()
+        .filter(|(m, _)| !only_certain || m.grade.code() == "certain")
+        .take(count)
+    {
+        if let Some((patient, version)) = state.store.load(PatientId::new(found.id)).await? {
+            if let Some(record) = patient.record() {
+                let mut entry = entry(&base, to_fhir(record, version));
+                entry["search"] = json!({
+                    "mode": "match",
+                    "score": match_probability(found.score),
+                    "extension": [{ "url": MATCH_GRADE, "valueCode": found.grade.code() }],
+                });
+                entries.push(entry);
+            }
+        }
+    }
+    Ok(resource(
+        StatusCode::OK,
+        &json!({
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": entries.len(),
+            "entry": entries,
+        }),
+    ))
 }
