@@ -9,7 +9,7 @@ const FHIR_JSON: &str = "application/fhir+json";
 
 /// GETs `path` under `/fhir/R4`; returns the status, the headers and the body, after checking
 /// that the body is FHIR JSON valid against the schema.
-async fn fhir_get(
+pub(crate) async fn fhir_get(
     app: &TestApp,
     path: &str,
     token: Option<&str>,
@@ -516,7 +516,7 @@ async fn clinical_searches_need_a_patient_and_keep_to_the_callers_reach() {
 
 /// Sends `resource` to `path` under `/fhir/R4` as FHIR JSON; returns status, headers and the
 /// (schema-checked) body.
-async fn fhir_send(
+pub(crate) async fn fhir_send(
     app: &TestApp,
     method: reqwest::Method,
     path: &str,

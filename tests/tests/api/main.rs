@@ -5,7 +5,7 @@ mod audit;
 mod auth;
 mod changes;
 mod embedded;
-mod fhir;
+pub(crate) mod fhir;
 mod hardening;
 mod health;
 mod helpers;

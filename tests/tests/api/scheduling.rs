@@ -1567,3 +1567,69 @@ async fn a_fulfilled_appointment_becomes_an_encounter_in_the_patients_chart_once
     assert_eq!(streams, 1, "recorded once");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_appointment_is_booked_and_read_through_fhir_and_a_taken_time_answers_409() {
+    use crate::fhir::{fhir_get, fhir_send};
+    // Arrange
+    let app = TestApp::without_kafka().await;
+    clinic(&app).await;
+    let ada = id_of(&app.register_person(801, None).await);
+    let bob = id_of(&app.register_person(802, None).await);
+    let token = scheduler(&app);
+    let appointment = |patient: &str| {
+        json!({
+            "resourceType": "Appointment",
+            "status": "booked",
+            "serviceType": [{ "coding": [{ "system": "urn:patient-service:service", "code": "cardiology-consult" }] }],
+            "start": at("08:00"),
+            "participant": [
+                { "actor": { "reference": format!("Patient/{patient}") }, "status": "accepted" },
+                { "actor": { "reference": "Practitioner/dr-heart" }, "status": "accepted" }
+            ]
+        })
+    };
+
+    // Act
+    let (status, headers, booked) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Appointment",
+        &token,
+        &appointment(&ada),
+        &[],
+    )
+    .await;
+
+    // Assert: booked through the native booking, read back the same.
+    assert_eq!(status, 201, "{booked}");
+    assert_eq!(headers["etag"], "W/\"1\"");
+    assert_eq!(booked["status"], "booked");
+    assert_eq!(
+        booked["participant"][1]["actor"]["reference"],
+        "Practitioner/dr-heart"
+    );
+    assert_eq!(booked["participant"][2]["actor"]["display"], "exam-1");
+    let id = booked["id"].as_str().unwrap();
+    let (_, native) = get(&app, &format!("/v1/appointments/{id}")).await;
+    assert_eq!(native["booking"]["interval"]["start"], booked["start"]);
+    let (status, _, read) = fhir_get(&app, &format!("/Appointment/{id}"), Some(&token), &[]).await;
+    assert_eq!((status, &read), (200, &booked));
+    // The same practitioner at the same time for another patient: 409, naming why.
+    let (status, _, conflict) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Appointment",
+        &token,
+        &appointment(&bob),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 409, "{conflict}");
+    assert_eq!(conflict["issue"][0]["code"], "conflict");
+    assert!(conflict["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .starts_with("time-taken"));
+    app.stop().await;
+}

@@ -67,6 +67,14 @@ fn resources() -> Vec<Value> {
         })
     }));
     resources.push(json!({
+        "type": "Appointment",
+        "profile": "http://hl7.org/fhir/StructureDefinition/Appointment",
+        "documentation": "Created as a booking through the native booking (a time taken answers 409 with an OperationOutcome whose diagnostics start with time-taken); the patient and the practitioner as participants, the service as serviceType",
+        "interaction": [{ "code": "read" }, { "code": "create" }],
+        "versioning": "versioned",
+        "readHistory": false,
+    }));
+    resources.push(json!({
         "type": "MedicationRequest",
         "profile": "http://hl7.org/fhir/StructureDefinition/MedicationRequest",
         "documentation": "Accepted on create and held as the MedicationStatement it amounts to (an order)",

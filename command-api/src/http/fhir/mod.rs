@@ -5,6 +5,7 @@
 //! is an `OperationOutcome`: the native API's problem+json answers (which its extractors and use
 //! cases produce) are turned into one here, one issue per bad field, the field in `expression`.
 
+mod appointment;
 mod capability;
 mod clinical;
 mod clinical_input;
@@ -37,6 +38,7 @@ pub fn router() -> Router<AppState> {
         .route("/metadata", get(capability::metadata))
         .merge(patient::router())
         .merge(clinical::router())
+        .merge(appointment::router())
         .fallback(unknown)
         .layer(axum::middleware::from_fn(operation_outcomes))
         .layer(axum::middleware::from_fn(json_only));
