@@ -1633,3 +1633,44 @@ async fn an_appointment_is_booked_and_read_through_fhir_and_a_taken_time_answers
         .starts_with("time-taken"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_scheduling_resources_read_as_fhir_practitioners_and_locations() {
+    use crate::fhir::fhir_get;
+    let app = TestApp::without_kafka().await;
+    clinic(&app).await;
+    let token = scheduler(&app);
+
+    let (status, _, practitioners) = fhir_get(&app, "/Practitioner", Some(&token), &[]).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = practitioners["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"dr-heart"), "{ids:?}");
+    let (status, _, heart) = fhir_get(&app, "/Practitioner/dr-heart", Some(&token), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(heart["qualification"][0]["code"]["text"], "cardiology");
+    let (status, _, rooms) = fhir_get(&app, "/Location?name=exam", Some(&token), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(rooms["total"], 1);
+    assert_eq!(rooms["entry"][0]["resource"]["id"], "exam-1");
+    assert_eq!(rooms["entry"][0]["resource"]["type"][0]["text"], "exam");
+    let (status, _, _) = fhir_get(&app, "/Location/dr-heart", Some(&token), &[]).await;
+    assert_eq!(status, 404, "a practitioner is no location");
+    let (status, body) = put(
+        &app,
+        "/v1/resources/ecg-1",
+        &json!({ "kind": "equipment", "name": "ECG cart", "capabilities": ["ecg"] }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _, devices) = fhir_get(&app, "/Device", Some(&token), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(devices["entry"][0]["resource"]["deviceName"][0]["name"], "ECG cart");
+    let (status, _, _) = fhir_get(&app, "/Device?colour=red", Some(&token), &[]).await;
+    assert_eq!(status, 400);
+    app.stop().await;
+}

@@ -6,7 +6,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::patient::{base_url, SEARCH_PARAMS};
-use super::{clinical, resource};
+use super::{clinical, reference, resource};
 use crate::http::AppState;
 
 /// The resources served, each with its interactions and search parameters.
@@ -73,6 +73,22 @@ fn resources() -> Vec<Value> {
         "interaction": [{ "code": "read" }, { "code": "create" }],
         "versioning": "versioned",
         "readHistory": false,
+    }));
+    let reference_params: Vec<Value> = reference::SEARCH_PARAMS
+        .iter()
+        .map(|(name, kind, documentation)| {
+            json!({ "name": name, "type": kind, "documentation": documentation })
+        })
+        .collect();
+    resources.extend(reference::TYPES.iter().map(|(name, kind)| {
+        json!({
+            "type": name,
+            "profile": format!("http://hl7.org/fhir/StructureDefinition/{name}"),
+            "documentation": format!("Read-only: the scheduling resources of kind {kind}"),
+            "interaction": [{ "code": "read" }, { "code": "search-type" }],
+            "versioning": "no-version",
+            "searchParam": reference_params,
+        })
     }));
     resources.push(json!({
         "type": "MedicationRequest",

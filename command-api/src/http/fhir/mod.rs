@@ -10,6 +10,7 @@ mod capability;
 mod clinical;
 mod clinical_input;
 mod patient;
+mod reference;
 
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -39,6 +40,7 @@ pub fn router() -> Router<AppState> {
         .merge(patient::router())
         .merge(clinical::router())
         .merge(appointment::router())
+        .merge(reference::router())
         .fallback(unknown)
         .layer(axum::middleware::from_fn(operation_outcomes))
         .layer(axum::middleware::from_fn(json_only));
