@@ -1392,3 +1392,52 @@ async fn patient_match_answers_graded_candidates_with_their_scores() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_patients_coverages_read_as_fhir_coverage() {
+    let app = TestApp::without_kafka().await;
+    let id = id_of(&app.register_person(9900, None).await);
+    let added = app
+        .command(
+            &id,
+            "coverages",
+            1,
+            &json!({ "payer": "Helsana", "plan": "Basic", "member_id": "80756-01", "group": "G-7",
+                     "relationship": "self", "start": "2026-01-01", "priority": "primary" }),
+        )
+        .await;
+    assert_eq!(added.status(), 200, "{:?}", added.text().await);
+    let token = app.registrar();
+
+    let (status, _, found) = fhir_get(
+        &app,
+        &format!("/Coverage?patient=Patient/{id}"),
+        Some(&token),
+        &[],
+    )
+    .await;
+
+    assert_eq!(status, 200);
+    assert_eq!(found["total"], 1);
+    let coverage = &found["entry"][0]["resource"];
+    assert_eq!(coverage["status"], "active");
+    assert_eq!(coverage["subscriberId"], "80756-01");
+    assert_eq!(coverage["payor"][0]["display"], "Helsana");
+    assert_eq!(
+        coverage["beneficiary"]["reference"],
+        format!("Patient/{id}")
+    );
+    assert_eq!(coverage["order"], 1);
+    let (status, _, read) = fhir_get(
+        &app,
+        &format!("/Coverage/{}", coverage["id"].as_str().unwrap()),
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!((status, &read), (200, coverage));
+    let (status, _, outcome) = fhir_get(&app, "/Coverage", Some(&token), &[]).await;
+    assert_eq!(status, 400);
+    assert_eq!(issues(&outcome)[0].1, "patient");
+    app.stop().await;
+}

@@ -1669,7 +1669,10 @@ async fn the_scheduling_resources_read_as_fhir_practitioners_and_locations() {
     assert_eq!(status, 201, "{body}");
     let (status, _, devices) = fhir_get(&app, "/Device", Some(&token), &[]).await;
     assert_eq!(status, 200);
-    assert_eq!(devices["entry"][0]["resource"]["deviceName"][0]["name"], "ECG cart");
+    assert_eq!(
+        devices["entry"][0]["resource"]["deviceName"][0]["name"],
+        "ECG cart"
+    );
     let (status, _, _) = fhir_get(&app, "/Device?colour=red", Some(&token), &[]).await;
     assert_eq!(status, 400);
     app.stop().await;

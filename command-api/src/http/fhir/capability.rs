@@ -91,6 +91,17 @@ fn resources() -> Vec<Value> {
         })
     }));
     resources.push(json!({
+        "type": "Coverage",
+        "profile": "http://hl7.org/fhir/StructureDefinition/Coverage",
+        "documentation": "Read-only here: a patient's coverages from the patient record (written through /v1/patients/{id}/coverages)",
+        "interaction": [{ "code": "read" }, { "code": "search-type" }],
+        "searchParam": [
+            { "name": "patient", "type": "reference", "documentation": "the patient (required): Patient/<id> or <id>" },
+            { "name": "beneficiary", "type": "reference", "documentation": "as patient" },
+            { "name": "status", "type": "token", "documentation": "active, or cancelled once ended" },
+        ],
+    }));
+    resources.push(json!({
         "type": "MedicationRequest",
         "profile": "http://hl7.org/fhir/StructureDefinition/MedicationRequest",
         "documentation": "Accepted on create and held as the MedicationStatement it amounts to (an order)",

@@ -9,6 +9,7 @@ mod appointment;
 mod capability;
 mod clinical;
 mod clinical_input;
+mod coverage;
 mod patient;
 mod reference;
 
@@ -41,6 +42,7 @@ pub fn router() -> Router<AppState> {
         .merge(clinical::router())
         .merge(appointment::router())
         .merge(reference::router())
+        .merge(coverage::router())
         .fallback(unknown)
         .layer(axum::middleware::from_fn(operation_outcomes))
         .layer(axum::middleware::from_fn(json_only));
