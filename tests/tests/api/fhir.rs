@@ -1441,3 +1441,43 @@ async fn a_patients_coverages_read_as_fhir_coverage() {
     assert_eq!(issues(&outcome)[0].1, "patient");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_consent_directives_in_force_read_as_fhir_consents() {
+    let app = TestApp::without_kafka().await;
+    let id = id_of(&app.register_person(9950, None).await);
+    for (version, directive) in [
+        (1, json!({ "kind": "research-opt-out" })),
+        (2, json!({ "kind": "share-with-role", "role": "clinician" })),
+    ] {
+        let granted = app
+            .command(&id, "consents", version, &json!({ "directive": directive }))
+            .await;
+        assert_eq!(granted.status(), 200, "{:?}", granted.text().await);
+    }
+    let token = app.registrar();
+
+    let (status, _, found) =
+        fhir_get(&app, &format!("/Consent?patient={id}"), Some(&token), &[]).await;
+
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["total"], 2);
+    let provisions: Vec<&str> = found["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["provision"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(provisions, ["deny", "permit"]);
+    let consent = &found["entry"][0]["resource"];
+    assert_eq!(consent["scope"]["coding"][0]["code"], "research");
+    let (status, _, read) = fhir_get(
+        &app,
+        &format!("/Consent/{}", consent["id"].as_str().unwrap()),
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!((status, &read), (200, consent));
+    app.stop().await;
+}

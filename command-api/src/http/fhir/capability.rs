@@ -102,6 +102,15 @@ fn resources() -> Vec<Value> {
         ],
     }));
     resources.push(json!({
+        "type": "Consent",
+        "profile": "http://hl7.org/fhir/StructureDefinition/Consent",
+        "documentation": "Read-only here: the consent directives in force on a patient's record (granted and withdrawn through /v1/patients/{id}/consents)",
+        "interaction": [{ "code": "read" }, { "code": "search-type" }],
+        "searchParam": [
+            { "name": "patient", "type": "reference", "documentation": "the patient (required): Patient/<id> or <id>" },
+        ],
+    }));
+    resources.push(json!({
         "type": "MedicationRequest",
         "profile": "http://hl7.org/fhir/StructureDefinition/MedicationRequest",
         "documentation": "Accepted on create and held as the MedicationStatement it amounts to (an order)",

@@ -9,6 +9,7 @@ mod appointment;
 mod capability;
 mod clinical;
 mod clinical_input;
+mod consent;
 mod coverage;
 mod patient;
 mod reference;
@@ -43,6 +44,7 @@ pub fn router() -> Router<AppState> {
         .merge(appointment::router())
         .merge(reference::router())
         .merge(coverage::router())
+        .merge(consent::router())
         .fallback(unknown)
         .layer(axum::middleware::from_fn(operation_outcomes))
         .layer(axum::middleware::from_fn(json_only));
