@@ -1677,3 +1677,50 @@ async fn the_scheduling_resources_read_as_fhir_practitioners_and_locations() {
     assert_eq!(status, 400);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn free_slots_are_searched_as_fhir_slots_of_each_practitioners_schedule() {
+    use crate::fhir::fhir_get;
+    let app = TestApp::without_kafka().await;
+    clinic(&app).await;
+    let token = scheduler(&app);
+
+    let (status, _, schedules) = fhir_get(&app, "/Schedule", Some(&token), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(schedules["total"], 2, "one per practitioner");
+    let (status, _, heart) = fhir_get(&app, "/Schedule/dr-heart", Some(&token), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(heart["actor"][0]["reference"], "Practitioner/dr-heart");
+
+    let query = format!(
+        "/Slot?service-type=cardiology-consult&schedule=Schedule/dr-heart&start=ge{MONDAY}&start=lt{MONDAY}T23:59:00Z&_count=5"
+    );
+    let (status, _, slots) = fhir_get(&app, &query, Some(&token), &[]).await;
+    assert_eq!(status, 200, "{slots}");
+    let entries = slots["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 5, "{slots}");
+    for entry in entries {
+        let slot = &entry["resource"];
+        assert_eq!(slot["status"], "free");
+        assert_eq!(slot["schedule"]["reference"], "Schedule/dr-heart");
+        assert!(slot["start"].as_str().unwrap().starts_with(MONDAY));
+    }
+    // Booking the first takes it out of the next search.
+    let first = entries[0]["resource"]["start"].as_str().unwrap().to_owned();
+    let ada = id_of(&app.register_person(901, None).await);
+    let booked = app
+        .post(
+            "/v1/appointments",
+            &token,
+            &json!({ "patient_id": ada, "service": "cardiology-consult", "start": first, "practitioner": "dr-heart" }),
+            &[],
+        )
+        .await;
+    assert_eq!(booked.status(), 201);
+    let (_, _, after) = fhir_get(&app, &query, Some(&token), &[]).await;
+    assert_ne!(after["entry"][0]["resource"]["start"], first.as_str());
+    let (status, _, outcome) = fhir_get(&app, "/Slot?start=ge2026-12-01", Some(&token), &[]).await;
+    assert_eq!(status, 400);
+    assert_eq!(outcome["issue"][0]["expression"][0], "service-type");
+    app.stop().await;
+}

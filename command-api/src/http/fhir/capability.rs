@@ -6,7 +6,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::patient::{base_url, SEARCH_PARAMS};
-use super::{clinical, reference, resource};
+use super::{clinical, reference, resource, schedule};
 use crate::http::AppState;
 
 /// The resources served, each with its interactions and search parameters.
@@ -109,6 +109,25 @@ fn resources() -> Vec<Value> {
         "searchParam": [
             { "name": "patient", "type": "reference", "documentation": "the patient (required): Patient/<id> or <id>" },
         ],
+    }));
+    resources.push(json!({
+        "type": "Schedule",
+        "profile": "http://hl7.org/fhir/StructureDefinition/Schedule",
+        "documentation": "Read-only: one per practitioner of the scheduling resources (its id the practitioner's)",
+        "interaction": [{ "code": "read" }, { "code": "search-type" }],
+        "searchParam": [{ "name": "actor", "type": "reference", "documentation": "Practitioner/<id>" }],
+    }));
+    resources.push(json!({
+        "type": "Slot",
+        "profile": "http://hl7.org/fhir/StructureDefinition/Slot",
+        "documentation": "Computed: the free places of a service from availability (templates minus blocks and claimed time); searched only, never stored, so no read by id and no history",
+        "interaction": [{ "code": "search-type" }],
+        "searchParam": schedule::SLOT_PARAMS
+            .iter()
+            .map(|(name, kind, documentation)| {
+                json!({ "name": name, "type": kind, "documentation": documentation })
+            })
+            .collect::<Vec<_>>(),
     }));
     resources.push(json!({
         "type": "MedicationRequest",

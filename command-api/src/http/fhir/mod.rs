@@ -13,6 +13,7 @@ mod consent;
 mod coverage;
 mod patient;
 mod reference;
+mod schedule;
 
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -45,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .merge(reference::router())
         .merge(coverage::router())
         .merge(consent::router())
+        .merge(schedule::router())
         .fallback(unknown)
         .layer(axum::middleware::from_fn(operation_outcomes))
         .layer(axum::middleware::from_fn(json_only));
