@@ -1481,3 +1481,94 @@ async fn the_consent_directives_in_force_read_as_fhir_consents() {
     assert_eq!((status, &read), (200, consent));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn reads_of_a_patient_are_audit_events_and_changes_to_them_provenances() {
+    // Arrange: a registration, a change, and a read of the record by someone.
+    let app = TestApp::without_kafka().await;
+    let id = id_of(&app.register_person(9960, None).await);
+    let changed = app
+        .command(&id, "archive", 1, &json!({ "reason": "moved abroad" }))
+        .await;
+    assert_eq!(changed.status(), 200);
+    let reader = app.token("registrar-audit", &["registrar"]);
+    let (status, _, _) = fhir_get(&app, &format!("/Patient/{id}"), Some(&reader), &[]).await;
+    assert_eq!(status, 200);
+
+    // Act + assert: the patient sees the read as an AuditEvent.
+    let own = app.patient_token(&id);
+    let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+    let events = loop {
+        let (status, _, events) =
+            fhir_get(&app, &format!("/AuditEvent?patient={id}"), Some(&own), &[]).await;
+        assert_eq!(status, 200, "{events}");
+        let by_reader = events["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["resource"]["agent"][0]["who"]["display"] == "registrar-audit");
+        if by_reader {
+            break events;
+        }
+        assert!(std::time::Instant::now() < deadline, "{events}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let read = events["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r["agent"][0]["who"]["display"] == "registrar-audit")
+        .unwrap();
+    assert_eq!(read["action"], "R");
+    assert_eq!(read["outcome"], "0");
+    assert_eq!(
+        read["entity"][0]["what"]["reference"],
+        format!("Patient/{id}")
+    );
+
+    // An auditor sees who made each version.
+    let auditor = app.token("auditor-1", &["auditor"]);
+    let (status, _, provenances) = fhir_get(
+        &app,
+        &format!("/Provenance?target=Patient/{id}"),
+        Some(&auditor),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{provenances}");
+    let activities: Vec<(&str, &str)> = provenances["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["resource"]["activity"]["coding"][0]["code"]
+                    .as_str()
+                    .unwrap(),
+                e["resource"]["activity"]["text"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        activities,
+        [
+            ("CREATE", "PatientRegistered"),
+            ("UPDATE", "PatientArchived")
+        ]
+    );
+    assert_eq!(
+        provenances["entry"][1]["resource"]["target"][0]["reference"],
+        format!("Patient/{id}/_history/2")
+    );
+    // The patient may not read the audit trail itself.
+    let (status, _, _) = fhir_get(
+        &app,
+        &format!("/Provenance?target=Patient/{id}"),
+        Some(&own),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403);
+    app.stop().await;
+}

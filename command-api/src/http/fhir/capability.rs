@@ -130,6 +130,28 @@ fn resources() -> Vec<Value> {
             .collect::<Vec<_>>(),
     }));
     resources.push(json!({
+        "type": "AuditEvent",
+        "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+        "documentation": "Read-only: a patient's accounting of disclosures (every read of their data, granted or denied), after IHE Basic Audit Log Patterns; admin or the patient themself",
+        "interaction": [{ "code": "search-type" }],
+        "searchParam": [
+            { "name": "patient", "type": "reference", "documentation": "the patient (required)" },
+            { "name": "entity", "type": "reference", "documentation": "as patient" },
+            { "name": "_count", "type": "number", "documentation": "1 to 1000, 100 by default" },
+        ],
+    }));
+    resources.push(json!({
+        "type": "Provenance",
+        "profile": "http://hl7.org/fhir/StructureDefinition/Provenance",
+        "documentation": "Read-only: who made each version of a patient's record, from the verified event history; admin or auditor",
+        "interaction": [{ "code": "search-type" }],
+        "searchParam": [
+            { "name": "target", "type": "reference", "documentation": "Patient/<id> (required)" },
+            { "name": "patient", "type": "reference", "documentation": "as target" },
+            { "name": "_count", "type": "number", "documentation": "1 to 1000, 100 by default" },
+        ],
+    }));
+    resources.push(json!({
         "type": "MedicationRequest",
         "profile": "http://hl7.org/fhir/StructureDefinition/MedicationRequest",
         "documentation": "Accepted on create and held as the MedicationStatement it amounts to (an order)",

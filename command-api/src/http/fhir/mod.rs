@@ -6,6 +6,7 @@
 //! cases produce) are turned into one here, one issue per bad field, the field in `expression`.
 
 mod appointment;
+mod audit;
 mod capability;
 mod clinical;
 mod clinical_input;
@@ -47,6 +48,7 @@ pub fn router() -> Router<AppState> {
         .merge(coverage::router())
         .merge(consent::router())
         .merge(schedule::router())
+        .merge(audit::router())
         .fallback(unknown)
         .layer(axum::middleware::from_fn(operation_outcomes))
         .layer(axum::middleware::from_fn(json_only));
