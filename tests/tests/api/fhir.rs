@@ -1572,3 +1572,68 @@ async fn reads_of_a_patient_are_audit_events_and_changes_to_them_provenances() {
     assert_eq!(status, 403);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_runs_each_entry_on_its_own_and_a_transaction_is_refused_as_not_supported() {
+    let app = TestApp::without_kafka().await;
+    let id = crate::medical_records::patient_in_care(&app, 9970).await;
+    let token = crate::medical_records::clinician(&app);
+    let allergy = json!({
+        "resourceType": "AllergyIntolerance",
+        "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active" }] },
+        "code": { "text": "Latex" },
+        "patient": { "reference": format!("Patient/{id}") }
+    });
+    let batch = json!({
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            { "resource": allergy, "request": { "method": "POST", "url": "AllergyIntolerance" } },
+            { "resource": { "resourceType": "AllergyIntolerance", "patient": { "reference": format!("Patient/{id}") } },
+              "request": { "method": "POST", "url": "AllergyIntolerance" } },
+            { "request": { "method": "GET", "url": format!("Patient/{id}") } },
+            { "request": { "method": "GET", "url": format!("AllergyIntolerance?patient={id}") } }
+        ]
+    });
+
+    let (status, _, answer) = fhir_send(&app, reqwest::Method::POST, "", &token, &batch, &[]).await;
+
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["type"], "batch-response");
+    let statuses: Vec<&str> = answer["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "201 Created",
+            "422 Unprocessable Entity",
+            "200 OK",
+            "200 OK"
+        ]
+    );
+    assert_eq!(answer["entry"][0]["resource"]["code"]["text"], "Latex");
+    assert!(answer["entry"][0]["response"]["location"]
+        .as_str()
+        .unwrap()
+        .contains("/AllergyIntolerance/"));
+    assert_eq!(
+        answer["entry"][1]["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
+    assert_eq!(answer["entry"][2]["resource"]["id"], id.as_str());
+    assert_eq!(
+        answer["entry"][3]["resource"]["total"], 1,
+        "the first entry's write is seen"
+    );
+    let mut transaction = batch.clone();
+    transaction["type"] = json!("transaction");
+    let (status, _, refused) =
+        fhir_send(&app, reqwest::Method::POST, "", &token, &transaction, &[]).await;
+    assert_eq!(status, 422);
+    assert_eq!(refused["issue"][0]["code"], "not-supported");
+    app.stop().await;
+}

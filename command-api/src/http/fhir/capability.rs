@@ -183,7 +183,10 @@ pub fn capability_statement(base: &str, date: &str) -> Value {
                 "description": "OAuth 2 bearer tokens (JWT) checked against the identity provider's keys; roles and per-patient access rules as in the native API; every read is recorded.",
             },
             "resource": resources(),
-            "interaction": [],
+            "interaction": [{
+                "code": "batch",
+                "documentation": "POST a batch Bundle to the base: each entry run on its own; transaction Bundles are not supported yet",
+            }],
         }],
     })
 }

@@ -7,6 +7,7 @@
 
 mod appointment;
 mod audit;
+mod batch;
 mod capability;
 mod clinical;
 mod clinical_input;
@@ -40,6 +41,7 @@ const MAX_PROBLEM_BYTES: usize = 64 * 1024;
 
 pub fn router() -> Router<AppState> {
     let api = Router::new()
+        .route("/", axum::routing::post(batch::batch))
         .route("/metadata", get(capability::metadata))
         .merge(patient::router())
         .merge(clinical::router())
