@@ -635,10 +635,26 @@ async fn until_status(app: &TestApp, id: &str, status: &str) -> Value {
         if code == 200 && body["status"] == status {
             return body;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{id} never became {status}: {body}"
-        );
+        if std::time::Instant::now() >= deadline {
+            // What the wait list and the process managers made of it, to tell why.
+            let waitlist: Vec<(String, i16)> = sqlx::query_as(
+                "SELECT status, priority_rank FROM scheduling_waitlist
+                  WHERE appointment_id = $1::uuid",
+            )
+            .bind(id)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap_or_default();
+            let refusals: Vec<(String, String)> = sqlx::query_as(
+                "SELECT name, reason FROM process_manager_refusals ORDER BY refused_at",
+            )
+            .fetch_all(&app.pool)
+            .await
+            .unwrap_or_default();
+            panic!(
+                "{id} never became {status}: {body}; wait list {waitlist:?}; refusals {refusals:?}"
+            );
+        }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -12,7 +12,9 @@ use domain::scheduling::assignment::Strategy;
 use domain::scheduling::notification::{offer_id, NotificationEvent};
 use domain::scheduling::{AppointmentCommand, Interval, Priority, SchedulingError};
 use event_store::command::{CommandError, CommandMetadata};
-use event_store::schedule::{self, AppointmentStore, Claim, ClaimChange, WaitlistChange};
+use event_store::schedule::{
+    self, AppointmentStore, Claim, ClaimChange, Service, WaitlistChange, WaitlistEntry,
+};
 use event_store::store::PatientStore;
 
 use crate::planner::{self, Ask};
@@ -40,6 +42,36 @@ pub fn rank(priority: Priority) -> i16 {
         Priority::Urgent => 1,
         Priority::Routine => 2,
     }
+}
+
+/// The earliest free place in `entry`'s window, but the start it declined.
+async fn place_for(
+    pool: &sqlx::PgPool,
+    (entry, service): (&WaitlistEntry, &Service),
+    now: DateTime<Utc>,
+    (settings, strategy): (&SchedulingSettings, Strategy),
+) -> Result<Option<planner::Placement>, Box<dyn std::error::Error + Send + Sync>> {
+    let start = entry.wish.start.max(now);
+    if start >= entry.wish.end {
+        return Ok(None);
+    }
+    let ask = Ask {
+        service,
+        practitioner: entry.practitioner.as_deref(),
+        range: Interval::new(start, entry.wish.end),
+        duration: Duration::minutes(i64::from(service.minutes)),
+        priority: priority(entry.priority_rank),
+        now,
+        release_lead: Duration::minutes(i64::from(settings.reserved_release_minutes)),
+        strategy,
+        ignoring: None,
+        patient: Some(PatientId::new(entry.patient_id)),
+        salt: entry.appointment_id.as_u64_pair().1,
+    };
+    Ok(planner::availability(pool, &ask, 20)
+        .await?
+        .into_iter()
+        .find(|p| Some(p.start) != entry.declined_start))
 }
 
 /// One pass at `now`; returns how many offers were made.
@@ -84,7 +116,7 @@ pub async fn process(
             Err(CommandError::Rule(SchedulingError::OfferStillOpen)) => {}
             // Gone, or moved on (entered in error, erased): it waits for nothing any more.
             Err(CommandError::Rule(rule)) => {
-                tracing::debug!(appointment_id = %entry.appointment_id, code = rule.code(), "entry leaves the list");
+                tracing::warn!(appointment_id = %entry.appointment_id, code = rule.code(), "entry leaves the wait list");
                 schedule::leave_waitlist(pool, entry.appointment_id).await?;
             }
             // One entry failing must not hold up the others.
@@ -95,7 +127,12 @@ pub async fn process(
     }
     let strategy = Strategy::parse("strategy", &settings.strategy).unwrap_or(Strategy::BestFit);
     let mut offers = 0;
-    for entry in schedule::waiting(pool, now, 100).await? {
+    // The entries of this pass that found no place. A place freed while the pass runs (a
+    // cancellation committing between two entries) must not go to a later, lesser entry
+    // before them: before each offer they look again, and if one now finds a place the pass
+    // ends, for the next to serve them first.
+    let mut unplaced: Vec<(WaitlistEntry, Service)> = Vec::new();
+    'pass: for entry in schedule::waiting(pool, now, 100).await? {
         let Some(service) = schedule::service(pool, &entry.service).await? else {
             continue;
         };
@@ -114,30 +151,19 @@ pub async fn process(
             }
             continue;
         };
-        let start = entry.wish.start.max(now);
-        if start >= entry.wish.end {
-            continue;
-        }
-        let ask = Ask {
-            service: &service,
-            practitioner: entry.practitioner.as_deref(),
-            range: Interval::new(start, entry.wish.end),
-            duration: Duration::minutes(i64::from(service.minutes)),
-            priority: priority(entry.priority_rank),
-            now,
-            release_lead: Duration::minutes(i64::from(settings.reserved_release_minutes)),
-            strategy,
-            ignoring: None,
-            patient: Some(PatientId::new(entry.patient_id)),
-            salt: entry.appointment_id.as_u64_pair().1,
-        };
-        let places = planner::availability(pool, &ask, 20).await?;
-        let Some(place) = places
-            .into_iter()
-            .find(|p| Some(p.start) != entry.declined_start)
+        let Some(place) = place_for(pool, (&entry, &service), now, (settings, strategy)).await?
         else {
+            unplaced.push((entry, service));
             continue;
         };
+        for (earlier, earlier_service) in &unplaced {
+            if place_for(pool, (earlier, earlier_service), now, (settings, strategy))
+                .await?
+                .is_some()
+            {
+                break 'pass;
+            }
+        }
         let patient = PatientId::new(entry.patient_id);
         let booking = Booking {
             interval: place.interval(),
@@ -197,7 +223,7 @@ pub async fn process(
                 continue
             }
             Err(CommandError::Rule(rule)) => {
-                tracing::debug!(appointment_id = %entry.appointment_id, code = rule.code(), "entry leaves the list");
+                tracing::warn!(appointment_id = %entry.appointment_id, code = rule.code(), "entry leaves the wait list");
                 schedule::leave_waitlist(pool, entry.appointment_id).await?;
                 continue;
             }
