@@ -1637,3 +1637,57 @@ async fn a_batch_runs_each_entry_on_its_own_and_a_transaction_is_refused_as_not_
     assert_eq!(refused["issue"][0]["code"], "not-supported");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn documents_read_as_fhir_document_references_with_their_bytes_as_binary() {
+    use base64::Engine as _;
+    // Arrange: a letter uploaded through the native API.
+    let app = TestApp::without_kafka().await;
+    let id = crate::medical_records::patient_in_care(&app, 9980).await;
+    let token = crate::medical_records::clinician(&app);
+    let letter = b"Discharge letter: seen and well.";
+    let (status, uploaded) =
+        crate::medical_records::upload(&app, &token, &id, "Discharge letter", "text/plain", letter)
+            .await;
+    assert_eq!(status, 201, "{uploaded}");
+
+    // Act
+    let (status, _, found) = fhir_get(
+        &app,
+        &format!("/DocumentReference?patient={id}"),
+        Some(&token),
+        &[],
+    )
+    .await;
+
+    // Assert: the reference, and its bytes through the attachment's url.
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["total"], 1);
+    let reference = &found["entry"][0]["resource"];
+    assert_eq!(reference["status"], "current");
+    assert_eq!(reference["description"], "Discharge letter");
+    let attachment = &reference["content"][0]["attachment"];
+    assert_eq!(attachment["contentType"], "text/plain");
+    assert_eq!(attachment["size"], letter.len());
+    let url = attachment["url"].as_str().unwrap();
+    let (status, _, binary) = fhir_get(&app, &format!("/{url}"), Some(&token), &[]).await;
+    assert_eq!(status, 200, "{binary}");
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(binary["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(data, letter);
+    // Written through the native API only, for now.
+    let mut copy = reference.clone();
+    copy.as_object_mut().unwrap().remove("id");
+    let (status, _, refused) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/DocumentReference",
+        &token,
+        &copy,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    app.stop().await;
+}

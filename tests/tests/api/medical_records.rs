@@ -683,7 +683,7 @@ fn multipart(metadata: &Value, media_type: &str, bytes: &[u8]) -> (String, Vec<u
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-async fn upload(
+pub(crate) async fn upload(
     app: &TestApp,
     token: &str,
     id: &str,

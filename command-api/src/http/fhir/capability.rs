@@ -47,6 +47,22 @@ fn resources() -> Vec<Value> {
         }],
     })];
     resources.extend(clinical::RESOURCES.iter().map(|(name, kind)| {
+        if *kind == domain::medical_record::ItemKind::Document {
+            return json!({
+                "type": name,
+                "profile": format!("http://hl7.org/fhir/StructureDefinition/{name}"),
+                "documentation": "Read-only here: documents are uploaded through /v1/patients/{id}/documents; the bytes are the Binary the attachment's url names",
+                "interaction": [
+                    { "code": "read" },
+                    { "code": "vread" },
+                    { "code": "history-instance" },
+                    { "code": "search-type" },
+                ],
+                "versioning": "versioned",
+                "readHistory": true,
+                "searchParam": clinical_params(*kind),
+            });
+        }
         json!({
             "type": name,
             "profile": format!("http://hl7.org/fhir/StructureDefinition/{name}"),
@@ -65,6 +81,12 @@ fn resources() -> Vec<Value> {
             "conditionalUpdate": false,
             "searchParam": clinical_params(*kind),
         })
+    }));
+    resources.push(json!({
+        "type": "Binary",
+        "profile": "http://hl7.org/fhir/StructureDefinition/Binary",
+        "documentation": "Read-only: a document's bytes (base64), its id the DocumentReference's; read as the document is",
+        "interaction": [{ "code": "read" }],
     }));
     resources.push(json!({
         "type": "Appointment",

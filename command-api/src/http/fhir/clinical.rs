@@ -15,8 +15,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, NaiveDate, Utc};
 use domain::medical_record::items::{
-    Allergy, Encounter, Immunization, Medication, MedicationSource, Observation, ObservationValue,
-    Problem, Procedure, Route,
+    Allergy, Document, Encounter, Immunization, Medication, MedicationSource, Observation,
+    ObservationValue, Problem, Procedure, Route,
 };
 use domain::medical_record::values::{Concept, Measurement};
 use domain::medical_record::{Item, ItemContent, ItemId, ItemKind};
@@ -44,6 +44,7 @@ pub const RESOURCES: &[(&str, ItemKind)] = &[
     ("Observation", ItemKind::Observation),
     ("Procedure", ItemKind::Procedure),
     ("Encounter", ItemKind::Encounter),
+    ("DocumentReference", ItemKind::Document),
 ];
 
 pub const SEARCH_PARAMS: &[(&str, &str, &str)] = &[
@@ -103,10 +104,51 @@ pub fn router() -> Router<AppState> {
             );
     }
     // Accepted on write, and held as the MedicationStatement it amounts to.
-    router.route(
-        "/MedicationRequest",
-        post(|s, w| create(s, w, "MedicationRequest")),
-    )
+    router
+        .route(
+            "/MedicationRequest",
+            post(|s, w| create(s, w, "MedicationRequest")),
+        )
+        .route("/Binary/{id}", get(binary))
+}
+
+/// `GET /Binary/{id}`: a document's bytes as a FHIR Binary (base64), its id the
+/// DocumentReference's; read as the document is (access checked and recorded).
+async fn binary(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadMedicalRecord>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    use base64::Engine as _;
+    let not_found = || {
+        outcome(
+            StatusCode::NOT_FOUND,
+            &[Issue::new("not-found", "no such Binary").at("id")],
+        )
+    };
+    let Some((patient, item_id)) = parse_fhir_id(&raw) else {
+        return Ok(not_found());
+    };
+    let (item, bytes) = match records::document(state.services(), &user, (patient, item_id)).await {
+        Ok(found) => found,
+        Err(application::services::UseCaseError::Refused(
+            application::caller::Refused::NotFound,
+        )) => return Ok(not_found()),
+        Err(other) => return Err(other.into()),
+    };
+    let ItemContent::Document(document) = &item.content else {
+        return Ok(not_found());
+    };
+    Ok(resource(
+        StatusCode::OK,
+        &json!({
+            "resourceType": "Binary",
+            "id": raw,
+            "contentType": document.content.media_type,
+            "securityContext": { "reference": format!("Patient/{patient}") },
+            "data": base64::engine::general_purpose::STANDARD.encode(&bytes),
+        }),
+    ))
 }
 
 /// The header a client names the allergies whose warnings it acknowledges in: their FHIR ids
@@ -574,7 +616,8 @@ fn item_date(content: &ItemContent) -> Option<NaiveDate> {
         ItemContent::Observation(o) => o.effective.map(|t| t.date_naive()),
         ItemContent::Procedure(p) => p.performed_start.map(|t| t.date_naive()),
         ItemContent::Encounter(e) => e.start.map(|t| t.date_naive()),
-        _ => None,
+        ItemContent::Document(d) => Some(d.date),
+        ItemContent::History(_) => None,
     }
 }
 
@@ -587,7 +630,8 @@ fn matches(item: &Item, criteria: &Criteria) -> bool {
         ItemContent::Observation(o) => Some(&o.code),
         ItemContent::Procedure(p) => Some(&p.code),
         ItemContent::Encounter(e) => e.encounter_type.as_ref(),
-        _ => None,
+        ItemContent::Document(d) => Some(&d.document_type),
+        ItemContent::History(_) => None,
     };
     let code_ok = criteria.code.as_ref().is_none_or(|(system, code)| {
         concept.is_some_and(|c| {
@@ -747,7 +791,10 @@ pub fn to_fhir(patient: PatientId, item: &Item) -> Value {
         ItemContent::Observation(o) => observation(&mut object, o, subject, in_error),
         ItemContent::Procedure(p) => procedure(&mut object, p, subject, in_error),
         ItemContent::Encounter(e) => encounter(&mut object, e, subject, in_error),
-        ItemContent::History(_) | ItemContent::Document(_) => {}
+        ItemContent::Document(d) => {
+            document(&mut object, d, subject, (in_error, &item.recorded_at))
+        }
+        ItemContent::History(_) => {}
     }
     match kind {
         ItemKind::Allergy | ItemKind::Problem => {
@@ -1124,6 +1171,38 @@ fn encounter(object: &mut Map<String, Value>, e: &Encounter, patient: Value, in_
             json!([{ "location": { "display": location.as_str() } }]),
         );
     }
+}
+
+fn document(
+    object: &mut Map<String, Value>,
+    d: &Document,
+    patient: Value,
+    (in_error, recorded_at): (bool, &DateTime<Utc>),
+) {
+    object.insert(
+        "status".into(),
+        json!(if in_error {
+            "entered-in-error"
+        } else {
+            "current"
+        }),
+    );
+    object.insert("type".into(), codeable(&d.document_type));
+    object.insert("subject".into(), patient);
+    object.insert("date".into(), instant(*recorded_at));
+    object.insert("author".into(), json!([{ "display": d.author.as_str() }]));
+    object.insert("description".into(), json!(d.title.as_str()));
+    let id = object["id"].as_str().unwrap_or_default().to_owned();
+    object.insert(
+        "content".into(),
+        json!([{ "attachment": {
+            "contentType": d.content.media_type,
+            "size": d.content.size,
+            "url": format!("Binary/{id}"),
+            "title": d.title.as_str(),
+            "creation": d.date.format("%Y-%m-%d").to_string(),
+        } }]),
+    );
 }
 
 fn condition(object: &mut Map<String, Value>, p: &Problem, patient: Value, in_error: bool) {

@@ -359,6 +359,13 @@ pub fn native(resource: &Value) -> Result<NativeItem, FieldErrors> {
             );
             (ItemKind::Encounter, &resource["subject"])
         }
+        "DocumentReference" => {
+            return Err(FieldError::new(
+                "DocumentReference",
+                "documents are uploaded through /v1/patients/{id}/documents (multipart, so their text is extracted and their bytes sealed); DocumentReference is read-only here",
+            )
+            .into())
+        }
         _ => {
             return Err(FieldError::new(
                 "resourceType",
