@@ -365,7 +365,14 @@ pub async fn list(
         let latest = read_model::latest_of(&services.pool, id.as_uuid(), kind.code()).await?;
         return Ok(latest
             .into_iter()
-            .filter_map(|v| item_of_version(kind, &v))
+            .filter_map(|v| {
+                item_at(
+                    (kind, ItemId::new(v.item_id)),
+                    v.version,
+                    &v.state,
+                    (v.recorded_at, v.changed_at),
+                )
+            })
             .filter(|i| include_errors || i.entered_in_error.is_none())
             .collect());
     }
@@ -377,26 +384,31 @@ pub async fn list(
         .collect())
 }
 
-/// An item as a version of the read model shows it (its JSON is the published item, with its
-/// error mark), or `None` should the two ever part.
-pub fn item_of_version(kind: ItemKind, version: &read_model::ItemVersion) -> Option<Item> {
-    let mut content = version.state.clone();
+/// An item as a version of the versions read model shows it (its JSON is the published item,
+/// with its error mark), or `None` should the two ever part.
+pub fn item_at(
+    (kind, item_id): (ItemKind, ItemId),
+    version: i32,
+    state: &serde_json::Value,
+    (recorded_at, changed_at): (DateTime<Utc>, DateTime<Utc>),
+) -> Option<Item> {
+    let mut content = state.clone();
     content["kind"] = serde_json::json!(kind.code());
     let content: ItemContent = serde_json::from_value(content).ok()?;
-    let entered_in_error = version.state.get("entered_in_error").and_then(|mark| {
+    let entered_in_error = state.get("entered_in_error").and_then(|mark| {
         Some(domain::medical_record::ErrorMark {
             reason: Reason::parse("reason", mark["reason"].as_str()?).ok()?,
-            at: version.changed_at,
+            at: changed_at,
         })
     });
     Some(Item {
-        item_id: ItemId::new(version.item_id),
+        item_id,
         content,
-        version: u32::try_from(version.version).ok()?,
+        version: u32::try_from(version).ok()?,
         entered_in_error,
         acknowledged_warnings: Vec::new(),
-        recorded_at: version.recorded_at,
-        updated_at: version.changed_at,
+        recorded_at,
+        updated_at: changed_at,
     })
 }
 

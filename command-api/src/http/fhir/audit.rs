@@ -19,7 +19,7 @@ use projections::audit_log::AuditEntry;
 use serde_json::{json, Value};
 
 use super::patient::base_url;
-use super::resource;
+use super::{match_entry, patient_param, refuse_unknown, resource, searchset};
 use crate::auth::{permission, Authorized};
 use crate::http::{ApiError, AppState};
 
@@ -39,25 +39,9 @@ fn patient_and_count(
     name: &str,
 ) -> Result<(PatientId, i64), ApiError> {
     let mut errors = FieldErrors::new();
-    for key in params.keys() {
-        if !keys.contains(&key.as_str()) && key != "_count" {
-            errors.push(FieldError::new(
-                key.clone(),
-                format!("is not a search parameter of {name} here (see /fhir/R4/metadata)"),
-            ));
-        }
-    }
-    let raw = keys.iter().find_map(|k| params.get(*k));
-    let patient = match raw {
-        Some(raw) => errors.check(PatientId::parse(
-            keys[0],
-            raw.strip_prefix("Patient/").unwrap_or(raw),
-        )),
-        None => {
-            errors.push(FieldError::new(keys[0], "is required: the patient"));
-            None
-        }
-    };
+    let known: Vec<&str> = keys.iter().copied().chain(["_count"]).collect();
+    refuse_unknown(params.keys(), &known, name, &mut errors);
+    let patient = patient_param(params, keys, &mut errors);
     let count = match params.get("_count") {
         None => 100,
         Some(raw) => match raw.parse::<i64>() {
@@ -73,15 +57,6 @@ fn patient_and_count(
     };
     errors.into_result().map_err(ApiError::InvalidParameters)?;
     Ok((patient.ok_or(ApiError::NotFound)?, count))
-}
-
-fn bundle(entries: Vec<Value>) -> Value {
-    json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": entries.len(),
-        "entry": entries,
-    })
 }
 
 /// An access entry as an `AuditEvent`.
@@ -134,15 +109,9 @@ async fn audit_events(
     let entries = entries
         .iter()
         .filter(|e| e.kind == "access")
-        .map(|e| {
-            json!({
-                "fullUrl": format!("{base}/AuditEvent/{}", e.entry_id),
-                "resource": audit_event(patient, e),
-                "search": { "mode": "match" },
-            })
-        })
+        .map(|e| match_entry(&base, audit_event(patient, e)))
         .collect();
-    Ok(resource(StatusCode::OK, &bundle(entries)))
+    Ok(resource(StatusCode::OK, &searchset(entries)))
 }
 
 /// `GET /Provenance?target=Patient/<id>` (or `patient=`): one Provenance per version of the
@@ -182,12 +151,8 @@ async fn provenances(
                 provenance["entity"] = json!([{ "role": "source",
                     "what": { "identifier": { "system": "urn:patient-service:request-id", "value": request } } }]);
             }
-            json!({
-                "fullUrl": format!("{base}/Provenance/{id}"),
-                "resource": provenance,
-                "search": { "mode": "match" },
-            })
+            match_entry(&base, provenance)
         })
         .collect();
-    Ok(resource(StatusCode::OK, &bundle(entries)))
+    Ok(resource(StatusCode::OK, &searchset(entries)))
 }

@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use super::clinical_input;
 use super::patient::base_url;
-use super::{outcome, resource, weak_etag, Issue, Write};
+use super::{found, match_entry, outcome, patient_param, resource, weak_etag, Issue, Write};
 use crate::auth::{permission, Authorized};
 use crate::http::input;
 use crate::http::patient_commands::metadata;
@@ -129,12 +129,10 @@ async fn binary(
     let Some((patient, item_id)) = parse_fhir_id(&raw) else {
         return Ok(not_found());
     };
-    let (item, bytes) = match records::document(state.services(), &user, (patient, item_id)).await {
-        Ok(found) => found,
-        Err(application::services::UseCaseError::Refused(
-            application::caller::Refused::NotFound,
-        )) => return Ok(not_found()),
-        Err(other) => return Err(other.into()),
+    let Some((item, bytes)) =
+        found(records::document(state.services(), &user, (patient, item_id)).await)?
+    else {
+        return Ok(not_found());
     };
     let ItemContent::Document(document) = &item.content else {
         return Ok(not_found());
@@ -287,7 +285,10 @@ async fn create(
         let criteria = criteria(&params, native.kind)
             .map_err(|errors| ApiError::InvalidParameters(rename(errors, "If-None-Exist")))?;
         let items = records::list(services, &write.user, (patient, native.kind), false).await?;
-        let found: Vec<&Item> = items.iter().filter(|i| matches(i, &criteria)).collect();
+        let found: Vec<&Item> = items
+            .iter()
+            .filter(|i| matches(i, &to_fhir(patient, i), &criteria))
+            .collect();
         match found.as_slice() {
             [] => {}
             [one] => {
@@ -440,7 +441,8 @@ pub fn resource_type(kind: ItemKind) -> Option<&'static str> {
         .map(|(name, _)| *name)
 }
 
-/// The FHIR id of item `item` of patient `patient`.
+/// The FHIR id of item `item` of patient `patient` (and of what else is held per patient under
+/// an id of its own: coverages, consents).
 pub fn fhir_id(patient: PatientId, item: ItemId) -> String {
     format!("{}{}", patient.as_uuid().simple(), item.as_uuid().simple())
 }
@@ -471,12 +473,9 @@ async fn read(
     let Some((patient, item_id)) = parse_fhir_id(&raw) else {
         return Ok(not_found());
     };
-    let item = match records::item(state.services(), &user, (patient, kind, item_id)).await {
-        Ok(item) => item,
-        Err(application::services::UseCaseError::Refused(
-            application::caller::Refused::NotFound,
-        )) => return Ok(not_found()),
-        Err(other) => return Err(other.into()),
+    let Some(item) = found(records::item(state.services(), &user, (patient, kind, item_id)).await)?
+    else {
+        return Ok(not_found());
     };
     let mut answer = resource(StatusCode::OK, &to_fhir(patient, &item));
     answer
@@ -519,19 +518,7 @@ fn criteria(params: &HashMap<String, String>, kind: ItemKind) -> Result<Criteria
             ));
         }
     }
-    let patient = match params.get("patient") {
-        None => {
-            errors.push(FieldError::new(
-                "patient",
-                "is required: searches are per patient",
-            ));
-            None
-        }
-        Some(raw) => {
-            let raw = raw.strip_prefix("Patient/").unwrap_or(raw);
-            errors.check(PatientId::parse("patient", raw))
-        }
-    };
+    let patient = patient_param(params, &["patient"], &mut errors);
     let code = params.get("code").and_then(|raw| {
         let parsed = match raw.split_once('|') {
             Some(("", code)) => Some((None, code.to_owned())),
@@ -621,7 +608,8 @@ fn item_date(content: &ItemContent) -> Option<NaiveDate> {
     }
 }
 
-fn matches(item: &Item, criteria: &Criteria) -> bool {
+/// Whether `item`, shown as `resource`, is one `criteria` asks for.
+fn matches(item: &Item, resource: &Value, criteria: &Criteria) -> bool {
     let concept = match &item.content {
         ItemContent::Allergy(a) => Some(&a.substance),
         ItemContent::Medication(m) => Some(&m.medication),
@@ -643,7 +631,6 @@ fn matches(item: &Item, criteria: &Criteria) -> bool {
                     .is_none_or(|s| c.system.as_deref() == Some(s))
         })
     });
-    let resource = to_fhir(criteria.patient, item);
     let token = |element: &str| {
         resource[element]["coding"][0]["code"]
             .as_str()
@@ -688,21 +675,21 @@ async fn search(
 ) -> Result<Response, ApiError> {
     let criteria = criteria(&params, kind).map_err(ApiError::InvalidParameters)?;
     let items = records::list(state.services(), &user, (criteria.patient, kind), true).await?;
-    let matched: Vec<&Item> = items.iter().filter(|i| matches(i, &criteria)).collect();
+    // Each item is shown once: the search reads the resource it would answer.
+    let matched: Vec<Value> = items
+        .iter()
+        .map(|item| (item, to_fhir(criteria.patient, item)))
+        .filter(|(item, resource)| matches(item, resource, &criteria))
+        .map(|(_, resource)| resource)
+        .collect();
     let base = base_url(&state, &headers);
     let name = resource_type(kind).unwrap_or("Basic");
+    let total = matched.len();
     let entries: Vec<Value> = matched
-        .iter()
+        .into_iter()
         .skip(criteria.offset)
         .take(criteria.count)
-        .map(|item| {
-            let resource = to_fhir(criteria.patient, item);
-            json!({
-                "fullUrl": format!("{base}/{name}/{}", resource["id"].as_str().unwrap_or_default()),
-                "resource": resource,
-                "search": { "mode": "match" },
-            })
-        })
+        .map(|resource| match_entry(&base, resource))
         .collect();
     let mut query: Vec<(String, String)> = params
         .iter()
@@ -726,7 +713,7 @@ async fn search(
             "url": link(criteria.offset.saturating_sub(criteria.count)),
         }));
     }
-    if criteria.offset + criteria.count < matched.len() {
+    if criteria.offset + criteria.count < total {
         links.push(json!({ "relation": "next", "url": link(criteria.offset + criteria.count) }));
     }
     Ok(resource(
@@ -734,7 +721,7 @@ async fn search(
         &json!({
             "resourceType": "Bundle",
             "type": "searchset",
-            "total": matched.len(),
+            "total": total,
             "link": links,
             "entry": entries,
         }),
@@ -1264,25 +1251,12 @@ async fn item_versions(
         .iter()
         .filter(|v| u32::try_from(v.version).is_ok_and(|n| n < current.version))
         .filter_map(|v| {
-            let mut content = v.item.clone();
-            content["kind"] = json!(kind.code());
-            let content: ItemContent = serde_json::from_value(content).ok()?;
-            let entered_in_error = v.item.get("entered_in_error").and_then(|mark| {
-                Some(domain::medical_record::ErrorMark {
-                    reason: domain::patient::Reason::parse("reason", mark["reason"].as_str()?)
-                        .ok()?,
-                    at: v.changed_at,
-                })
-            });
-            Some(Item {
-                item_id,
-                content,
-                version: u32::try_from(v.version).ok()?,
-                entered_in_error,
-                acknowledged_warnings: Vec::new(),
-                recorded_at,
-                updated_at: v.changed_at,
-            })
+            records::item_at(
+                (kind, item_id),
+                v.version,
+                &v.item,
+                (recorded_at, v.changed_at),
+            )
         })
         .collect();
     items.push(current);
@@ -1305,12 +1279,8 @@ async fn vread(
     let (Some((patient, item_id)), Ok(vid)) = (parse_fhir_id(&raw), vid.parse::<u32>()) else {
         return Ok(not_found("version"));
     };
-    let items = match item_versions(&state, &user, (patient, kind, item_id)).await {
-        Ok(items) => items,
-        Err(application::services::UseCaseError::Refused(
-            application::caller::Refused::NotFound,
-        )) => return Ok(not_found("resource")),
-        Err(other) => return Err(other.into()),
+    let Some(items) = found(item_versions(&state, &user, (patient, kind, item_id)).await)? else {
+        return Ok(not_found("resource"));
     };
     let Some(item) = items.iter().find(|i| i.version == vid) else {
         return Ok(not_found("version"));
@@ -1336,17 +1306,11 @@ async fn history(
             &[Issue::new("not-found", "no such resource")],
         ));
     };
-    let items = match item_versions(&state, &user, (patient, kind, item_id)).await {
-        Ok(items) => items,
-        Err(application::services::UseCaseError::Refused(
-            application::caller::Refused::NotFound,
-        )) => {
-            return Ok(outcome(
-                StatusCode::NOT_FOUND,
-                &[Issue::new("not-found", "no such resource")],
-            ))
-        }
-        Err(other) => return Err(other.into()),
+    let Some(items) = found(item_versions(&state, &user, (patient, kind, item_id)).await)? else {
+        return Ok(outcome(
+            StatusCode::NOT_FOUND,
+            &[Issue::new("not-found", "no such resource")],
+        ));
     };
     let base = base_url(&state, &headers);
     let name = resource_type(kind).unwrap_or("Basic");

@@ -11,15 +11,16 @@ use axum::routing::get;
 use axum::Router;
 use domain::patient::governance::{Consent, ConsentDirective};
 use domain::patient::PatientId;
-use domain::{FieldError, FieldErrors};
+use domain::FieldErrors;
 use serde_json::{json, Value};
 
-use super::clinical::parse_fhir_id;
+use super::clinical::{fhir_id, parse_fhir_id};
 use super::patient::base_url;
-use super::{outcome, resource, Issue};
+use super::{match_entry, outcome, patient_param, refuse_unknown, resource, searchset, Issue};
 use crate::auth::{permission, Authorized};
 use crate::http::{ApiError, AppState};
 use application::finding;
+use domain::medical_record::ItemId;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -66,7 +67,7 @@ pub fn to_fhir(patient: PatientId, c: &Consent) -> Value {
     };
     json!({
         "resourceType": "Consent",
-        "id": format!("{}{}", patient.as_uuid().simple(), c.consent_id.simple()),
+        "id": fhir_id(patient, ItemId::new(c.consent_id)),
         "status": "active",
         "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": scope }] },
         "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent" }] }],
@@ -122,49 +123,15 @@ async fn search(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::new();
-    for key in params.keys() {
-        if key != "patient" {
-            errors.push(FieldError::new(
-                key.clone(),
-                "is not a search parameter of Consent here (see /fhir/R4/metadata)",
-            ));
-        }
-    }
-    let patient = match params.get("patient") {
-        Some(raw) => errors.check(PatientId::parse(
-            "patient",
-            raw.strip_prefix("Patient/").unwrap_or(raw),
-        )),
-        None => {
-            errors.push(FieldError::new(
-                "patient",
-                "is required: searches are per patient",
-            ));
-            None
-        }
-    };
+    refuse_unknown(params.keys(), &["patient"], "Consent", &mut errors);
+    let patient = patient_param(&params, &["patient"], &mut errors);
     errors.into_result().map_err(ApiError::InvalidParameters)?;
     let patient = patient.ok_or(ApiError::NotFound)?;
     let base = base_url(&state, &headers);
     let entries: Vec<Value> = consents_of(&state, &user, patient)
         .await?
         .iter()
-        .map(|c| to_fhir(patient, c))
-        .map(|c| {
-            json!({
-                "fullUrl": format!("{base}/Consent/{}", c["id"].as_str().unwrap_or_default()),
-                "resource": c,
-                "search": { "mode": "match" },
-            })
-        })
+        .map(|c| match_entry(&base, to_fhir(patient, c)))
         .collect();
-    Ok(resource(
-        StatusCode::OK,
-        &json!({
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": entries.len(),
-            "entry": entries,
-        }),
-    ))
+    Ok(resource(StatusCode::OK, &searchset(entries)))
 }

@@ -11,15 +11,16 @@ use axum::routing::get;
 use axum::Router;
 use domain::patient::record::{Coverage, CoveragePriority};
 use domain::patient::PatientId;
-use domain::{FieldError, FieldErrors};
+use domain::FieldErrors;
 use serde_json::{json, Value};
 
-use super::clinical::parse_fhir_id;
+use super::clinical::{fhir_id, parse_fhir_id};
 use super::patient::base_url;
-use super::{outcome, resource, Issue};
+use super::{match_entry, outcome, patient_param, refuse_unknown, resource, searchset, Issue};
 use crate::auth::{permission, Authorized};
 use crate::http::{ApiError, AppState};
 use application::finding;
+use domain::medical_record::ItemId;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -27,20 +28,11 @@ pub fn router() -> Router<AppState> {
         .route("/Coverage/{id}", get(read))
 }
 
-/// The FHIR id of coverage `coverage` of patient `patient`.
-fn coverage_id(patient: PatientId, coverage: &Coverage) -> String {
-    format!(
-        "{}{}",
-        patient.as_uuid().simple(),
-        coverage.coverage_id.simple()
-    )
-}
-
 /// A coverage as a FHIR `Coverage`.
 pub fn to_fhir(patient: PatientId, c: &Coverage) -> Value {
     let mut coverage = json!({
         "resourceType": "Coverage",
-        "id": coverage_id(patient, c),
+        "id": fhir_id(patient, ItemId::new(c.coverage_id)),
         "status": if c.ended { "cancelled" } else { "active" },
         "subscriberId": c.member_id,
         "beneficiary": { "reference": format!("Patient/{patient}") },
@@ -122,28 +114,13 @@ async fn search(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::new();
-    for key in params.keys() {
-        if !matches!(key.as_str(), "patient" | "beneficiary" | "status") {
-            errors.push(FieldError::new(
-                key.clone(),
-                "is not a search parameter of Coverage here (see /fhir/R4/metadata)",
-            ));
-        }
-    }
-    let patient = params
-        .get("patient")
-        .or_else(|| params.get("beneficiary"))
-        .map(|raw| raw.strip_prefix("Patient/").unwrap_or(raw));
-    let patient = match patient {
-        Some(raw) => errors.check(PatientId::parse("patient", raw)),
-        None => {
-            errors.push(FieldError::new(
-                "patient",
-                "is required: searches are per patient",
-            ));
-            None
-        }
-    };
+    refuse_unknown(
+        params.keys(),
+        &["patient", "beneficiary", "status"],
+        "Coverage",
+        &mut errors,
+    );
+    let patient = patient_param(&params, &["patient", "beneficiary"], &mut errors);
     errors.into_result().map_err(ApiError::InvalidParameters)?;
     let patient = patient.ok_or(ApiError::NotFound)?;
     let base = base_url(&state, &headers);
@@ -156,21 +133,7 @@ async fn search(
                 .get("status")
                 .is_none_or(|s| c["status"] == s.as_str())
         })
-        .map(|c| {
-            json!({
-                "fullUrl": format!("{base}/Coverage/{}", c["id"].as_str().unwrap_or_default()),
-                "resource": c,
-                "search": { "mode": "match" },
-            })
-        })
+        .map(|c| match_entry(&base, c))
         .collect();
-    Ok(resource(
-        StatusCode::OK,
-        &json!({
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": entries.len(),
-            "entry": entries,
-        }),
-    ))
+    Ok(resource(StatusCode::OK, &searchset(entries)))
 }

@@ -29,6 +29,8 @@ use serde_json::{json, Value};
 use super::{ApiError, AppState, RequestContext, PROBLEM_JSON};
 use crate::auth::{AuthUser, Authorized, Permission};
 use axum::http::HeaderMap;
+use domain::patient::PatientId;
+use domain::{FieldError, FieldErrors};
 
 /// The media type of every FHIR answer.
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
@@ -240,6 +242,83 @@ pub fn history_bundle(
         "link": [{ "relation": "self", "url": format!("{base}/{name}/{id}/_history") }],
         "entry": entries,
     })
+}
+
+/// A search's match: `resource` under its absolute URL (`{base}/{type}/{id}`).
+pub fn match_entry(base: &str, resource: Value) -> Value {
+    json!({
+        "fullUrl": format!(
+            "{base}/{}/{}",
+            resource["resourceType"].as_str().unwrap_or_default(),
+            resource["id"].as_str().unwrap_or_default()
+        ),
+        "resource": resource,
+        "search": { "mode": "match" },
+    })
+}
+
+/// A `searchset` Bundle of `entries`, all the matches there are (`total` their count).
+pub fn searchset(entries: Vec<Value>) -> Value {
+    json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": entries.len(),
+        "entry": entries,
+    })
+}
+
+/// The search parameters of `resource_type` in `params` that are not among `known`, refused
+/// by name.
+pub fn refuse_unknown<'a>(
+    params: impl IntoIterator<Item = &'a String>,
+    known: &[&str],
+    resource_type: &str,
+    errors: &mut FieldErrors,
+) {
+    for key in params {
+        if !known.contains(&key.as_str()) {
+            errors.push(FieldError::new(
+                key.clone(),
+                format!(
+                    "is not a search parameter of {resource_type} here (see /fhir/R4/metadata)"
+                ),
+            ));
+        }
+    }
+}
+
+/// The patient a per-patient search names under the first of `keys` given (`Patient/<id>` or
+/// `<id>`); none given is an error on the first key.
+pub fn patient_param(
+    params: &std::collections::HashMap<String, String>,
+    keys: &[&str],
+    errors: &mut FieldErrors,
+) -> Option<PatientId> {
+    let Some(raw) = keys.iter().find_map(|k| params.get(*k)) else {
+        errors.push(FieldError::new(
+            keys.first().copied().unwrap_or("patient"),
+            "is required: searches are per patient",
+        ));
+        return None;
+    };
+    errors.check(PatientId::parse(
+        keys.first().copied().unwrap_or("patient"),
+        raw.strip_prefix("Patient/").unwrap_or(raw),
+    ))
+}
+
+/// What a use case found, or `None` where it found nothing (answered as FHIR's 404 by the
+/// caller, with its own words).
+pub fn found<T>(
+    result: Result<T, application::services::UseCaseError>,
+) -> Result<Option<T>, ApiError> {
+    match result {
+        Ok(found) => Ok(Some(found)),
+        Err(application::services::UseCaseError::Refused(
+            application::caller::Refused::NotFound,
+        )) => Ok(None),
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// The issue type for an HTTP status (FHIR's `IssueType` value set).

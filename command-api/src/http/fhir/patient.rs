@@ -14,7 +14,7 @@ use domain::patient::{PatientId, PatientRecord, PatientStatus, PersonName};
 use domain::{FieldError, FieldErrors};
 use serde_json::{json, Map, Value};
 
-use super::{outcome, resource, weak_etag, Issue, Write, BASE};
+use super::{found, match_entry, outcome, resource, weak_etag, Issue, Write, BASE};
 use crate::auth::{access, permission, Authorized};
 use crate::http::patient_commands::metadata;
 use crate::http::{ApiError, AppState};
@@ -479,7 +479,7 @@ async fn search(
         // The search recorded each hit as an access; the whole record is read from the store.
         if let Some((patient, version)) = state.store.load(PatientId::new(hit.id)).await? {
             if let Some(record) = patient.record() {
-                entries.push(entry(&base, to_fhir(record, version)));
+                entries.push(match_entry(&base, to_fhir(record, version)));
             }
         }
     }
@@ -536,16 +536,10 @@ async fn by_id(
     errors.into_result().map_err(ApiError::InvalidParameters)?;
     let mut entries = Vec::new();
     if let Ok(id) = PatientId::parse("_id", raw) {
-        match finding::read(state.services(), user, id).await {
-            Ok((patient, version)) => {
-                if let Some(record) = patient.record() {
-                    entries.push(entry(base, to_fhir(record, version)));
-                }
+        if let Some((patient, version)) = found(finding::read(state.services(), user, id).await)? {
+            if let Some(record) = patient.record() {
+                entries.push(match_entry(base, to_fhir(record, version)));
             }
-            Err(application::services::UseCaseError::Refused(
-                application::caller::Refused::NotFound,
-            )) => {}
-            Err(other) => return Err(other.into()),
         }
     }
     let query = form_urlencoded::Serializer::new(String::new())
@@ -561,14 +555,6 @@ async fn by_id(
             "entry": entries,
         }),
     ))
-}
-
-fn entry(base: &str, patient: Value) -> Value {
-    json!({
-        "fullUrl": format!("{base}/Patient/{}", patient["id"].as_str().unwrap_or_default()),
-        "resource": patient,
-        "search": { "mode": "match" },
-    })
 }
 
 /// FHIR's search parameters as the native search's; an unknown one is refused by name.
@@ -913,7 +899,7 @@ async fn match_patients(
     {
         if let Some((patient, version)) = state.store.load(PatientId::new(found.id)).await? {
             if let Some(record) = patient.record() {
-                let mut entry = entry(&base, to_fhir(record, version));
+                let mut entry = match_entry(&base, to_fhir(record, version));
                 entry["search"] = json!({
                     "mode": "match",
                     "score": match_probability(found.score),

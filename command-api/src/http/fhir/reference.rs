@@ -9,12 +9,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use domain::{FieldError, FieldErrors};
+use domain::FieldErrors;
 use event_store::schedule::Resource;
 use serde_json::{json, Value};
 
 use super::patient::base_url;
-use super::{outcome, resource, Issue};
+use super::{match_entry, outcome, refuse_unknown, resource, searchset, Issue};
 use crate::auth::{permission, Authorized};
 use crate::http::{ApiError, AppState};
 
@@ -132,14 +132,8 @@ async fn search(
     (name, kind): (&'static str, &'static str),
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::new();
-    for key in params.keys() {
-        if !SEARCH_PARAMS.iter().any(|(p, _, _)| p == key) {
-            errors.push(FieldError::new(
-                key.clone(),
-                format!("is not a search parameter of {name} here (see /fhir/R4/metadata)"),
-            ));
-        }
-    }
+    let known: Vec<&str> = SEARCH_PARAMS.iter().map(|(p, _, _)| *p).collect();
+    refuse_unknown(params.keys(), &known, name, &mut errors);
     errors.into_result().map_err(ApiError::InvalidParameters)?;
     let wanted = params.get("name").map(|n| n.to_lowercase());
     let base = base_url(&state, &headers);
@@ -152,21 +146,7 @@ async fn search(
                 .as_deref()
                 .is_none_or(|n| r.name.to_lowercase().contains(n))
         })
-        .map(|r| {
-            json!({
-                "fullUrl": format!("{base}/{name}/{}", r.id),
-                "resource": to_fhir(r),
-                "search": { "mode": "match" },
-            })
-        })
+        .map(|r| match_entry(&base, to_fhir(r)))
         .collect();
-    Ok(resource(
-        StatusCode::OK,
-        &json!({
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": entries.len(),
-            "entry": entries,
-        }),
-    ))
+    Ok(resource(StatusCode::OK, &searchset(entries)))
 }

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::appointment::SERVICE_SYSTEM;
 use super::patient::base_url;
-use super::{outcome, resource, Issue};
+use super::{match_entry, outcome, refuse_unknown, resource, searchset, Issue};
 use crate::auth::{permission, Authorized};
 use crate::http::{ApiError, AppState};
 
@@ -80,15 +80,6 @@ async fn practitioners(state: &AppState) -> Result<Vec<Resource>, ApiError> {
     .await?)
 }
 
-fn bundle(entries: Vec<Value>) -> Value {
-    json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": entries.len(),
-        "entry": entries,
-    })
-}
-
 /// `GET /Schedule/{id}`: the schedule of practitioner `id`.
 async fn schedule(
     State(state): State<AppState>,
@@ -114,12 +105,7 @@ async fn schedules(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::new();
-    for key in params.keys().filter(|k| k.as_str() != "actor") {
-        errors.push(FieldError::new(
-            key.clone(),
-            "is not a search parameter of Schedule here (see /fhir/R4/metadata)",
-        ));
-    }
+    refuse_unknown(params.keys(), &["actor"], "Schedule", &mut errors);
     errors.into_result().map_err(ApiError::InvalidParameters)?;
     let actor = params
         .get("actor")
@@ -129,15 +115,9 @@ async fn schedules(
         .await?
         .iter()
         .filter(|r| actor.as_deref().is_none_or(|a| a == r.id))
-        .map(|r| {
-            json!({
-                "fullUrl": format!("{base}/Schedule/{}", r.id),
-                "resource": to_schedule(r),
-                "search": { "mode": "match" },
-            })
-        })
+        .map(|r| match_entry(&base, to_schedule(r)))
         .collect();
-    Ok(resource(StatusCode::OK, &bundle(entries)))
+    Ok(resource(StatusCode::OK, &searchset(entries)))
 }
 
 /// An instant or a day (its start) of a `start` search parameter.
@@ -268,12 +248,8 @@ async fn slots(
             if let Some(room) = &p.room {
                 slot["comment"] = json!(format!("room {room}"));
             }
-            json!({
-                "fullUrl": format!("{base}/Slot/{id}"),
-                "resource": slot,
-                "search": { "mode": "match" },
-            })
+            match_entry(&base, slot)
         })
         .collect();
-    Ok(resource(StatusCode::OK, &bundle(entries)))
+    Ok(resource(StatusCode::OK, &searchset(entries)))
 }
