@@ -33,7 +33,7 @@ static WRITERS: std::sync::LazyLock<
 > = std::sync::LazyLock::new(Default::default);
 
 /// Waits (at most [`TURN_WAIT`]) for this process's turn to write aggregate `key`.
-async fn turn(key: String) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+pub(crate) async fn turn(key: String) -> Option<tokio::sync::OwnedMutexGuard<()>> {
     let lock = {
         // The map holds no invariant a panic elsewhere could break: recover it.
         let mut writers = WRITERS
@@ -74,7 +74,7 @@ pub struct CommandMetadata {
 }
 
 impl CommandMetadata {
-    fn into_map(self) -> HashMap<String, String> {
+    pub(crate) fn into_map(self) -> HashMap<String, String> {
         let mut map = HashMap::from([("user_id".to_owned(), self.user_id)]);
         if let Some(id) = self.request_id {
             map.insert("request_id".to_owned(), id);
@@ -141,7 +141,8 @@ pub(crate) enum Fresh {
 /// Loads aggregate `aggregate_id`, lets `precheck` refuse the command on what it finds (before
 /// the version is compared, so "nobody here" wins over "stale version"), compares the version
 /// with `expected_version`, decides, and commits. Writers of one aggregate in this process
-/// take turns; a race lost to another process is retried from the load.
+/// take turns; a race lost to another process is retried from the load. A repository bound
+/// to a unit of work stages the command there instead ([`crate::unit`]).
 /// Returns the aggregate and its version after the command.
 pub(crate) async fn execute_on<A, D>(
     repository: SealedRepository,
@@ -152,9 +153,21 @@ pub(crate) async fn execute_on<A, D>(
     metadata: CommandMetadata,
 ) -> Result<(A, u64), CommandError<A::Error>>
 where
-    A: Aggregate + Clone,
+    A: Aggregate + Clone + 'static,
     D: Fn(&A) -> Result<Vec<A::Event>, A::Error>,
 {
+    if let Some(unit) = repository.unit().cloned() {
+        return unit
+            .stage(
+                repository,
+                (aggregate_id, fresh),
+                expected_version,
+                precheck,
+                decide,
+                metadata,
+            )
+            .await;
+    }
     let Some(_turn) = turn(format!("{}/{aggregate_id}", A::TYPE)).await else {
         return Err(CommandError::Busy);
     };
@@ -230,9 +243,28 @@ pub(crate) async fn execute_together<A>(
     metadata: CommandMetadata,
 ) -> Result<Vec<(A, u64)>, CommandError<A::Error>>
 where
-    A: Aggregate + Clone,
+    A: Aggregate + Clone + 'static,
 {
     use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
+    if let Some(unit) = repository.unit().cloned() {
+        // Inside a larger unit of work: each part staged there, on the aggregate as the unit
+        // holds it (the repository's effects concern erasure, which no unit stages).
+        let mut after = Vec::with_capacity(parts.len());
+        for part in parts {
+            let staged = unit
+                .stage(
+                    repository.bare().in_unit(Some(unit.clone())),
+                    (&part.aggregate_id, Fresh::Unknown),
+                    part.expected_version,
+                    |aggregate: &A, current| (part.precheck)(aggregate, current),
+                    |aggregate: &A| (part.decide)(aggregate),
+                    metadata.clone(),
+                )
+                .await?;
+            after.push(staged);
+        }
+        return Ok(after);
+    }
     use cqrs_es::DomainEvent;
     let mut keys: Vec<String> = parts
         .iter()

@@ -13,6 +13,7 @@ use crate::chain::ChainKey;
 use crate::command::{execute_on, CommandError, CommandMetadata, Fresh};
 use crate::keys::KeyStore;
 use crate::repository::SealedRepository;
+use crate::unit::UnitOfWork;
 
 /// Every how many events a medical record's sealed snapshot is taken: a command reads at most
 /// this many events after the latest one, however long the chart.
@@ -24,6 +25,8 @@ pub struct MedicalRecordStore {
     pool: PgPool,
     keys: KeyStore,
     chain: ChainKey,
+    /// The unit of work commands are staged in, when bound to one.
+    unit: Option<UnitOfWork>,
 }
 
 impl std::fmt::Debug for MedicalRecordStore {
@@ -34,7 +37,22 @@ impl std::fmt::Debug for MedicalRecordStore {
 
 impl MedicalRecordStore {
     pub fn new(pool: PgPool, keys: KeyStore, chain: ChainKey) -> Self {
-        Self { pool, keys, chain }
+        Self {
+            pool,
+            keys,
+            chain,
+            unit: None,
+        }
+    }
+
+    /// This store, staging its commands in `unit` instead of storing them, and loading what
+    /// the unit holds as staged.
+    #[must_use]
+    pub fn in_unit(&self, unit: &UnitOfWork) -> Self {
+        Self {
+            unit: Some(unit.clone()),
+            ..self.clone()
+        }
     }
 
     /// The sealing repository of medical records, with a sealed snapshot every
@@ -42,6 +60,7 @@ impl MedicalRecordStore {
     fn repository(&self) -> SealedRepository {
         crate::command::repository(&self.pool, &self.keys, &self.chain)
             .with_snapshots(SNAPSHOT_EVERY)
+            .in_unit(self.unit.clone())
     }
 
     fn event_store(&self) -> PersistedEventStore<SealedRepository, MedicalRecord> {
@@ -101,6 +120,11 @@ impl MedicalRecordStore {
         id: PatientId,
     ) -> Result<(MedicalRecord, u64), CommandError<MedicalRecordError>> {
         use cqrs_es::EventStore;
+        if let Some(unit) = &self.unit {
+            if let Some(staged) = unit.staged(&id.to_string()).await {
+                return Ok(staged);
+            }
+        }
         let context = self
             .event_store()
             .load_aggregate(&id.to_string())
@@ -119,6 +143,8 @@ pub struct ClinicalEntryStore {
     pool: PgPool,
     keys: KeyStore,
     chain: ChainKey,
+    /// The unit of work commands are staged in, when bound to one.
+    unit: Option<UnitOfWork>,
 }
 
 impl std::fmt::Debug for ClinicalEntryStore {
@@ -129,11 +155,26 @@ impl std::fmt::Debug for ClinicalEntryStore {
 
 impl ClinicalEntryStore {
     pub fn new(pool: PgPool, keys: KeyStore, chain: ChainKey) -> Self {
-        Self { pool, keys, chain }
+        Self {
+            pool,
+            keys,
+            chain,
+            unit: None,
+        }
+    }
+
+    /// This store, staging its commands in `unit` instead of storing them, and loading what
+    /// the unit holds as staged.
+    #[must_use]
+    pub fn in_unit(&self, unit: &UnitOfWork) -> Self {
+        Self {
+            unit: Some(unit.clone()),
+            ..self.clone()
+        }
     }
 
     fn repository(&self) -> SealedRepository {
-        crate::command::repository(&self.pool, &self.keys, &self.chain)
+        crate::command::repository(&self.pool, &self.keys, &self.chain).in_unit(self.unit.clone())
     }
 
     /// Executes `command` on entry `id` of patient `patient` (who must be registered: the
@@ -197,6 +238,11 @@ impl ClinicalEntryStore {
         id: uuid::Uuid,
     ) -> Result<(ClinicalEntry, u64), CommandError<MedicalRecordError>> {
         use cqrs_es::EventStore;
+        if let Some(unit) = &self.unit {
+            if let Some(staged) = unit.staged(&id.to_string()).await {
+                return Ok(staged);
+            }
+        }
         let store: PersistedEventStore<SealedRepository, ClinicalEntry> =
             self.repository().into_store();
         let context = store

@@ -28,6 +28,7 @@ use sqlx::PgPool;
 
 use crate::chain::{ChainKey, EventFields, Finding, Tampering};
 use crate::keys::{KeyError, KeyState, KeyStore};
+use crate::unit::UnitOfWork;
 
 /// Event types stored and published in the clear: the contract's list, so what is stored in
 /// the clear and what consumers accept in the clear cannot drift apart.
@@ -84,6 +85,8 @@ pub struct SealedRepository {
     /// The snapshot last read: aggregate id, sequence and the hash of its event, the anchor
     /// the events after it must chain from.
     anchor: std::sync::Mutex<Option<(String, usize, Vec<u8>)>>,
+    /// The unit of work commands stage their events in instead of committing them, if any.
+    unit: Option<UnitOfWork>,
 }
 
 impl std::fmt::Debug for SealedRepository {
@@ -102,7 +105,34 @@ impl SealedRepository {
             reservation: None,
             snapshots: None,
             anchor: std::sync::Mutex::new(None),
+            unit: None,
         }
+    }
+
+    /// A repository over the same database, keys and snapshots, with no effects or unit.
+    pub(crate) fn bare(&self) -> Self {
+        let mut bare = Self::new(self.pool.clone(), self.keys.clone(), self.chain.clone());
+        bare.snapshots = self.snapshots;
+        bare
+    }
+
+    /// Stages the events of the commands executed through this repository in `unit` (when
+    /// given), to be stored with the rest of it ([`UnitOfWork::commit`]), instead of storing
+    /// them at once.
+    #[must_use]
+    pub fn in_unit(mut self, unit: Option<UnitOfWork>) -> Self {
+        self.unit = unit;
+        self
+    }
+
+    /// The unit of work this repository stages events in, if any.
+    pub(crate) fn unit(&self) -> Option<&UnitOfWork> {
+        self.unit.as_ref()
+    }
+
+    /// Takes this repository's effects (to run them in a unit of work's transaction).
+    pub(crate) fn take_effects(&mut self) -> Vec<Box<dyn TransactionEffect>> {
+        std::mem::take(&mut self.effects)
     }
 
     /// Stores a sealed snapshot of the aggregate every `every` events, and loads from the
@@ -538,6 +568,61 @@ impl SealedRepository {
         self.persist_all::<A>(streams, None).await
     }
 
+    /// Stores the staged events of a unit of work, of aggregates of any type, in one
+    /// transaction: each stream under its own optimistic-concurrency check, sealed and chained
+    /// as when stored alone, each with the effects of the commands that staged it. The streams
+    /// whose aggregate owns its data key (a patient) go first, so that the entries sealed with
+    /// a new patient's key find it; then in the order of type and id. All commit, or none.
+    ///
+    /// # Errors
+    ///
+    /// [`PersistenceError::OptimisticLockError`] when another writer took a sequence first;
+    /// what an effect or the database refuses.
+    pub(crate) async fn persist_unit(
+        &self,
+        streams: &[crate::unit::StagedStream<'_>],
+    ) -> Result<(), PersistenceError> {
+        let mut ordered: Vec<&crate::unit::StagedStream<'_>> =
+            streams.iter().filter(|s| !s.events.is_empty()).collect();
+        if ordered.is_empty() {
+            return Ok(());
+        }
+        let borrows_key = |s: &crate::unit::StagedStream<'_>| {
+            s.events[0]
+                .metadata
+                .get(DATA_KEY_OWNER)
+                .and_then(Value::as_str)
+                .is_some_and(|owner| owner != s.events[0].aggregate_id)
+        };
+        ordered.sort_by(|a, b| {
+            (borrows_key(a), a.aggregate_type, &a.events[0].aggregate_id).cmp(&(
+                borrows_key(b),
+                b.aggregate_type,
+                &b.events[0].aggregate_id,
+            ))
+        });
+        let mut tx = self.pool.begin().await.map_err(persistence_error)?;
+        let mut keys = SealingKeys::new();
+        for stream in &ordered {
+            let (sealing, _) = self
+                .insert_events(&mut tx, stream.aggregate_type, stream.events)
+                .await?;
+            if let Some((owner, key)) = sealing {
+                keys.insert(owner, key);
+            }
+        }
+        for stream in &ordered {
+            for (effect, events) in stream.effects {
+                effect
+                    .apply(&mut tx, &stream.events[events.clone()], &keys)
+                    .await?;
+            }
+        }
+        tx.commit().await.map_err(persistence_error)?;
+        crate::bell::ring();
+        Ok(())
+    }
+
     /// [`Self::persist_together`], storing `snapshot` of the first stream's aggregate with
     /// its events.
     async fn persist_all<A: Aggregate>(
@@ -573,7 +658,7 @@ impl SealedRepository {
         let mut keys = SealingKeys::new();
         let mut hashes: Vec<(String, usize, Vec<u8>)> = Vec::new();
         for events in ordered {
-            let (sealing, inserted) = self.insert_events::<A>(&mut tx, events).await?;
+            let (sealing, inserted) = self.insert_events(&mut tx, A::TYPE, events).await?;
             if let Some((owner, key)) = sealing {
                 keys.insert(owner, key);
             }
@@ -626,9 +711,10 @@ impl SealedRepository {
     /// Seals, chains and inserts the events of one aggregate in `tx`; returns the owner and
     /// data key they were sealed with, if any was, and each event's hash.
     #[allow(clippy::type_complexity)]
-    async fn insert_events<A: Aggregate>(
+    async fn insert_events(
         &self,
         tx: &mut sqlx::PgConnection,
+        aggregate_type: &str,
         events: &[SerializedEvent],
     ) -> Result<(Option<(String, DataKey)>, Vec<(String, usize, Vec<u8>)>), PersistenceError> {
         let Some(first) = events.first() else {
@@ -668,7 +754,7 @@ impl SealedRepository {
                 "SELECT hash FROM events
                   WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
             )
-            .bind(A::TYPE)
+            .bind(aggregate_type)
             .bind(aggregate_id)
             .bind(first.sequence as i64 - 1)
             .fetch_optional(&mut *tx)
@@ -683,8 +769,11 @@ impl SealedRepository {
             let metadata = serde_json::to_value(&event.metadata)?;
             let payload = match &key {
                 Some(key) if !CLEAR_EVENT_TYPES.contains(&event.event_type.as_str()) => {
-                    let event_id =
-                        schemas::envelope::event_id(A::TYPE, aggregate_id, event.sequence as u64);
+                    let event_id = schemas::envelope::event_id(
+                        aggregate_type,
+                        aggregate_id,
+                        event.sequence as u64,
+                    );
                     let sealed = sealed::seal(
                         key,
                         event_id.as_bytes(),
@@ -697,7 +786,7 @@ impl SealedRepository {
             let hash = self.chain.event_hash(
                 &previous,
                 EventFields {
-                    aggregate_type: A::TYPE,
+                    aggregate_type,
                     aggregate_id,
                     sequence: event.sequence as u64,
                     event_type: &event.event_type,
@@ -711,7 +800,7 @@ impl SealedRepository {
                                      event_version, payload, metadata, hash)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
-            .bind(A::TYPE)
+            .bind(aggregate_type)
             .bind(aggregate_id)
             .bind(event.sequence as i64)
             .bind(&event.event_type)

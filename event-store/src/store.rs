@@ -11,6 +11,7 @@ use crate::chain::ChainKey;
 use crate::command::{classify, execute_on, sqlx_error, CommandError, CommandMetadata, Fresh};
 use crate::keys::KeyStore;
 use crate::repository::{SealedRepository, TransactionEffect, SHREDDING_EVENT_TYPE};
+use crate::unit::UnitOfWork;
 
 /// The patient event store.
 #[derive(Clone)]
@@ -20,6 +21,8 @@ pub struct PatientStore {
     chain: ChainKey,
     /// Medical record numbers reserved for this process and not yet given out.
     mrns: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+    /// The unit of work commands are staged in, when bound to one ([`Self::in_unit`]).
+    unit: Option<UnitOfWork>,
 }
 
 /// How many medical record numbers one read of their sequence reserves.
@@ -76,6 +79,17 @@ impl PatientStore {
             keys,
             chain,
             mrns: std::sync::Arc::default(),
+            unit: None,
+        }
+    }
+
+    /// This store, staging its commands in `unit` instead of storing them, and loading the
+    /// patients the unit holds as staged.
+    #[must_use]
+    pub fn in_unit(&self, unit: &UnitOfWork) -> Self {
+        Self {
+            unit: Some(unit.clone()),
+            ..self.clone()
         }
     }
 
@@ -95,6 +109,7 @@ impl PatientStore {
     fn repository(&self) -> SealedRepository {
         SealedRepository::new(self.pool.clone(), self.keys.clone(), self.chain.clone())
             .with_effect(Erasure)
+            .in_unit(self.unit.clone())
     }
 
     fn event_store(&self) -> PersistedEventStore<SealedRepository, Patient> {
@@ -215,6 +230,11 @@ impl PatientStore {
     /// [`CommandError::Unavailable`] or [`CommandError::Internal`] when the store fails.
     #[tracing::instrument(skip_all, fields(patient_id = %id))]
     pub async fn load(&self, id: PatientId) -> Result<Option<(Patient, u64)>, CommandError> {
+        if let Some(unit) = &self.unit {
+            if let Some(staged) = unit.staged::<Patient>(&id.to_string()).await {
+                return Ok(Some(staged));
+            }
+        }
         let context = self
             .event_store()
             .load_aggregate(&id.to_string())

@@ -11,7 +11,7 @@ use crate::reach::changeable_by;
 use crate::services::{Services, UseCaseError};
 
 /// Runs `command` (the caller's `action`) on patient `id`, refused unless the patient is at
-/// `expected_version` (`If-Match`). Returns the patient and their version after it.
+/// `expected_version` (`If-Match`), when given. Returns the patient and their version after it.
 ///
 /// # Errors
 ///
@@ -21,13 +21,13 @@ pub async fn change(
     services: &Services,
     user: &AuthUser,
     (action, command): (Action, PatientCommand),
-    (id, expected_version): (PatientId, u64),
+    (id, expected_version): (PatientId, Option<u64>),
     metadata: CommandMetadata,
 ) -> Result<(Patient, u64), UseCaseError> {
     changeable_by(services, user, action, id).await?;
     let (patient, version) = services
         .store
-        .execute(id, Some(expected_version), command, metadata)
+        .execute(id, expected_version, command, metadata)
         .await?;
     tracing::info!(version, "patient changed");
     Ok((patient, version))

@@ -11,6 +11,7 @@ use event_store::documents::DocumentStore;
 use event_store::records::{ClinicalEntryStore, MedicalRecordStore};
 use event_store::schedule::AppointmentStore;
 use event_store::store::PatientStore;
+use event_store::unit::UnitOfWork;
 use sqlx::PgPool;
 
 use crate::access::AccessLog;
@@ -40,6 +41,23 @@ pub struct Services {
     pub extractor: Arc<dyn TextExtractor>,
     /// Days an archived patient is kept before the retention policy lists them for purge.
     pub retention_days: u32,
+}
+
+impl Services {
+    /// These services with the patient, medical record and clinical entry stores staging their
+    /// commands in `unit` (stored together by [`UnitOfWork::commit`], or not at all). The
+    /// access log is not bound: an access is recorded whether or not the unit commits.
+    /// Appointments are not bound either: a use case on them commits on its own, so a unit's
+    /// caller must keep them out of it.
+    #[must_use]
+    pub fn in_unit(&self, unit: &UnitOfWork) -> Self {
+        Self {
+            store: self.store.in_unit(unit),
+            records: self.records.in_unit(unit),
+            entries: self.entries.in_unit(unit),
+            ..self.clone()
+        }
+    }
 }
 
 impl std::fmt::Debug for Services {

@@ -74,6 +74,15 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// This state with its stores staging their commands in `unit` ([`Services::in_unit`]).
+    #[must_use]
+    pub fn in_unit(&self, unit: &event_store::unit::UnitOfWork) -> Self {
+        Self {
+            services: self.services.in_unit(unit),
+            ..self.clone()
+        }
+    }
+
     pub fn new(pool: PgPool, auth: Authenticator, clock: Clock, secrets: Secrets) -> Self {
         let services = Services {
             home_organization: auth.organization().map(str::to_owned),

@@ -301,7 +301,7 @@ pub(super) async fn change<P: Permission>(
                 state.services(),
                 &req.user,
                 (P::ACTION, command),
-                (id, expected),
+                (id, Some(expected)),
                 metadata(&req.user, &req.ctx, reservation),
             )
             .await?;

@@ -1574,7 +1574,7 @@ async fn reads_of_a_patient_are_audit_events_and_changes_to_them_provenances() {
 }
 
 #[tokio::test]
-async fn a_batch_runs_each_entry_on_its_own_and_a_transaction_is_refused_as_not_supported() {
+async fn a_batch_runs_each_entry_on_its_own() {
     let app = TestApp::without_kafka().await;
     let id = crate::medical_records::patient_in_care(&app, 9970).await;
     let token = crate::medical_records::clinician(&app);
@@ -1629,12 +1629,6 @@ async fn a_batch_runs_each_entry_on_its_own_and_a_transaction_is_refused_as_not_
         answer["entry"][3]["resource"]["total"], 1,
         "the first entry's write is seen"
     );
-    let mut transaction = batch.clone();
-    transaction["type"] = json!("transaction");
-    let (status, _, refused) =
-        fhir_send(&app, reqwest::Method::POST, "", &token, &transaction, &[]).await;
-    assert_eq!(status, 422);
-    assert_eq!(refused["issue"][0]["code"], "not-supported");
     app.stop().await;
 }
 
@@ -1689,5 +1683,340 @@ async fn documents_read_as_fhir_document_references_with_their_bytes_as_binary()
     )
     .await;
     assert_eq!(status, 422, "{refused}");
+    app.stop().await;
+}
+
+/// How many events of the patient's data are stored (access entries left out).
+async fn data_events(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type <> 'Access'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// The statuses of a transaction or batch response's entries.
+fn statuses(answer: &Value) -> Vec<String> {
+    answer["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_transaction_stores_every_entry_or_none() {
+    // Arrange
+    let app = TestApp::without_kafka().await;
+    let id = crate::medical_records::patient_in_care(&app, 9990).await;
+    let token = crate::medical_records::clinician(&app);
+    let patient = json!({ "reference": format!("Patient/{id}") });
+    let allergy = json!({
+        "resourceType": "AllergyIntolerance",
+        "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active" }] },
+        "code": { "coding": [{ "system": "http://snomed.info/sct", "code": "764146007", "display": "Penicillin" }] },
+        "patient": patient
+    });
+    let observation = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": { "coding": [{ "system": "http://loinc.org", "code": "8867-4", "display": "Heart rate" }] },
+        "subject": patient,
+        "effectiveDateTime": "2026-11-26T09:30:00Z",
+        "valueQuantity": { "value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min" }
+    });
+    let condition = json!({
+        "resourceType": "Condition",
+        "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active" }] },
+        "code": { "coding": [{ "system": "http://snomed.info/sct", "code": "38341003", "display": "Hypertension" }] },
+        "subject": patient
+    });
+    let medication = |drug: &str, code: &str| {
+        json!({
+            "resourceType": "MedicationStatement",
+            "status": "active",
+            "medicationCodeableConcept": { "coding": [{ "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": code, "display": drug }] },
+            "subject": patient
+        })
+    };
+    let entry = |resource: &Value, url: &str| {
+        json!({ "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": resource,
+                "request": { "method": "POST", "url": url } })
+    };
+    let mut broken = observation.clone();
+    broken.as_object_mut().unwrap().remove("code");
+    let failing = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(&allergy, "AllergyIntolerance"),
+        entry(&broken, "Observation"),
+        entry(&condition, "Condition"),
+    ] });
+    let before = data_events(&app).await;
+
+    // Act: one entry is invalid.
+    let (status, _, refused) =
+        fhir_send(&app, reqwest::Method::POST, "", &token, &failing, &[]).await;
+
+    // Assert: refused, the entry named, and nothing stored.
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        issues(&refused)
+            .iter()
+            .any(|(_, at)| at == "Bundle.entry[1].resource.code"),
+        "{refused}"
+    );
+    assert_eq!(
+        data_events(&app).await,
+        before,
+        "the allergy before it was not stored"
+    );
+
+    // Act: every entry valid, and a read after the writes.
+    let transaction = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(&allergy, "AllergyIntolerance"),
+        entry(&observation, "Observation"),
+        entry(&condition, "Condition"),
+        { "request": { "method": "GET", "url": format!("Patient/{id}") } },
+    ] });
+    let (status, _, answer) =
+        fhir_send(&app, reqwest::Method::POST, "", &token, &transaction, &[]).await;
+
+    // Assert: all stored, in one commit, each readable where its Location says.
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["type"], "transaction-response");
+    assert_eq!(
+        statuses(&answer),
+        ["201 Created", "201 Created", "201 Created", "200 OK"]
+    );
+    assert_eq!(data_events(&app).await, before + 3);
+    for (i, resource_type) in ["AllergyIntolerance", "Observation", "Condition"]
+        .iter()
+        .enumerate()
+    {
+        let location = answer["entry"][i]["response"]["location"].as_str().unwrap();
+        let path = location.split("/fhir/R4").nth(1).unwrap();
+        let (status, _, read) = fhir_get(&app, path, Some(&token), &[]).await;
+        assert_eq!(status, 200, "{path}: {read}");
+        assert_eq!(read["resourceType"], *resource_type);
+    }
+
+    // Act: a medication against the allergy the same transaction records, unacknowledged.
+    let against = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(&json!({
+            "resourceType": "AllergyIntolerance",
+            "clinicalStatus": allergy["clinicalStatus"],
+            "code": { "coding": [{ "system": "http://snomed.info/sct", "code": "387207008", "display": "Ibuprofen" }] },
+            "patient": patient
+        }), "AllergyIntolerance"),
+        entry(&medication("Ibuprofen", "5640"), "MedicationStatement"),
+    ] });
+    let (status, _, warned) =
+        fhir_send(&app, reqwest::Method::POST, "", &token, &against, &[]).await;
+
+    // Assert: the second entry's check saw the first entry's allergy; nothing stored.
+    assert_eq!(status, 409, "{warned}");
+    assert_eq!(warned["issue"][0]["code"], "business-rule", "{warned}");
+    assert_eq!(data_events(&app).await, before + 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_transaction_registers_a_patient_with_a_coverage_resolving_urn_uuid_references() {
+    // Arrange: the coverage comes first and names the patient by the patient's fullUrl.
+    let app = TestApp::without_kafka().await;
+    let token = app.registrar();
+    let patient_url = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+    let patient = json!({
+        "resourceType": "Patient",
+        "name": [{ "use": "official", "family": "Transact", "given": ["Tilda"] }],
+        "gender": "female",
+        "birthDate": "1984-03-02",
+        "identifier": [{ "system": "urn:example:hospital-a", "value": "TX-1" }]
+    });
+    let coverage = json!({
+        "resourceType": "Coverage",
+        "status": "active",
+        "beneficiary": { "reference": patient_url },
+        "payor": [{ "display": "Helvetia Health" }],
+        "subscriberId": "HH-884",
+        "relationship": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/subscriber-relationship", "code": "self" }] },
+        "period": { "start": "2026-01-01" },
+        "class": [{ "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/coverage-class", "code": "plan" }] }, "value": "Basic" }],
+        "order": 1
+    });
+    let bundle = |coverage: &Value| {
+        json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        { "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": coverage,
+          "request": { "method": "POST", "url": "Coverage" } },
+        { "fullUrl": patient_url, "resource": patient, "request": { "method": "POST", "url": "Patient" } },
+    ] })
+    };
+    let mut bad_coverage = coverage.clone();
+    bad_coverage["period"]["start"] = json!("not a date");
+    let before = data_events(&app).await;
+
+    // Act: the coverage is invalid.
+    let (status, _, refused) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "",
+        &token,
+        &bundle(&bad_coverage),
+        &[],
+    )
+    .await;
+
+    // Assert: nobody registered.
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        issues(&refused)
+            .iter()
+            .any(|(_, at)| at == "Bundle.entry[0].resource.period.start"),
+        "{refused}"
+    );
+    assert_eq!(data_events(&app).await, before);
+
+    // Act
+    let (status, _, answer) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "",
+        &token,
+        &bundle(&coverage),
+        &[],
+    )
+    .await;
+
+    // Assert: the patient, then the coverage naming the patient's new id.
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(statuses(&answer), ["201 Created", "201 Created"]);
+    let registered = answer["entry"][1]["resource"]["id"].as_str().unwrap();
+    assert_eq!(
+        answer["entry"][0]["resource"]["beneficiary"]["reference"],
+        format!("Patient/{registered}")
+    );
+    assert_eq!(
+        data_events(&app).await,
+        before + 2,
+        "a registration and a coverage"
+    );
+    let (status, _, covered) = fhir_get(
+        &app,
+        &format!("/Coverage?patient={registered}"),
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(covered["total"], 1);
+    assert_eq!(covered["entry"][0]["resource"]["subscriberId"], "HH-884");
+    assert_eq!(
+        covered["entry"][0]["resource"]["class"][0]["value"],
+        "Basic"
+    );
+
+    // A reference to no entry, and a booking, are refused before anything runs.
+    let mut dangling = bundle(&coverage);
+    dangling["entry"][0]["resource"]["beneficiary"]["reference"] =
+        json!(format!("urn:uuid:{}", uuid::Uuid::new_v4()));
+    dangling["entry"].as_array_mut().unwrap().truncate(1);
+    let (status, _, refused) =
+        fhir_send(&app, reqwest::Method::POST, "", &token, &dangling, &[]).await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(issues(&refused)[0].1, "Bundle.entry[0].resource");
+    let booking = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        { "resource": { "resourceType": "Appointment", "status": "booked", "participant": [] },
+          "request": { "method": "POST", "url": "Appointment" } },
+    ] });
+    let (status, _, refused) =
+        fhir_send(&app, reqwest::Method::POST, "", &token, &booking, &[]).await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(
+        issues(&refused)[0],
+        (
+            "not-supported".to_owned(),
+            "Bundle.entry[0].request.url".to_owned()
+        )
+    );
+    assert_eq!(data_events(&app).await, before + 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_coverage_is_created_and_updated_with_if_match_on_the_patient_record() {
+    // Arrange
+    let app = TestApp::without_kafka().await;
+    let id = id_of(&app.register_person(9995, None).await);
+    let token = app.registrar();
+    let coverage = json!({
+        "resourceType": "Coverage",
+        "status": "active",
+        "beneficiary": { "reference": format!("Patient/{id}") },
+        "payor": [{ "display": "Helvetia Health" }],
+        "subscriberId": "HH-1",
+        "period": { "start": "2026-01-01" }
+    });
+
+    // Act
+    let (status, headers, created) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Coverage",
+        &token,
+        &coverage,
+        &[],
+    )
+    .await;
+
+    // Assert: the record's version is the coverage's.
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["meta"]["versionId"], "2");
+    assert_eq!(headers["etag"], "W/\"2\"");
+    assert_eq!(created["order"], 1);
+
+    // Act: update it, then again with the old version.
+    let path = format!("/Coverage/{}", created["id"].as_str().unwrap());
+    let mut changed = created.clone();
+    changed["subscriberId"] = json!("HH-2");
+    changed["period"]["end"] = json!("2026-12-31");
+    let (status, _, updated) = fhir_send(
+        &app,
+        reqwest::Method::PUT,
+        &path,
+        &token,
+        &changed,
+        &[("if-match", "W/\"2\"")],
+    )
+    .await;
+    let (stale, _, outcome) = fhir_send(
+        &app,
+        reqwest::Method::PUT,
+        &path,
+        &token,
+        &changed,
+        &[("if-match", "W/\"2\"")],
+    )
+    .await;
+
+    // Assert
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["subscriberId"], "HH-2");
+    assert_eq!(updated["period"]["end"], "2026-12-31");
+    assert_eq!(updated["meta"]["versionId"], "3");
+    assert_eq!(stale, 412, "{outcome}");
+    let (_, headers, read) = fhir_get(&app, &path, Some(&token), &[]).await;
+    assert_eq!(read["subscriberId"], "HH-2");
+    assert_eq!(headers["etag"], "W/\"3\"");
+    // A clinician may not write coverages.
+    let clinician = app.token("clinician-1", &["clinician"]);
+    let (status, _, _) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Coverage",
+        &clinician,
+        &coverage,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403);
     app.stop().await;
 }

@@ -115,8 +115,9 @@ fn resources() -> Vec<Value> {
     resources.push(json!({
         "type": "Coverage",
         "profile": "http://hl7.org/fhir/StructureDefinition/Coverage",
-        "documentation": "Read-only here: a patient's coverages from the patient record (written through /v1/patients/{id}/coverages)",
-        "interaction": [{ "code": "read" }, { "code": "search-type" }],
+        "documentation": "A patient's coverages, held in the patient record: create and update (If-Match: the record's version, which is the coverage's versionId) as a registrar; status must be active (a coverage ends with period.end). Stored: beneficiary, payor (display), subscriberId, class group and plan, relationship, period, order.",
+        "interaction": [{ "code": "read" }, { "code": "search-type" }, { "code": "create" }, { "code": "update" }],
+        "versioning": "versioned-update",
         "searchParam": [
             { "name": "patient", "type": "reference", "documentation": "the patient (required): Patient/<id> or <id>" },
             { "name": "beneficiary", "type": "reference", "documentation": "as patient" },
@@ -207,7 +208,10 @@ pub fn capability_statement(base: &str, date: &str) -> Value {
             "resource": resources(),
             "interaction": [{
                 "code": "batch",
-                "documentation": "POST a batch Bundle to the base: each entry run on its own; transaction Bundles are not supported yet",
+                "documentation": "POST a batch Bundle to the base: each entry run on its own, answered in order",
+            }, {
+                "code": "transaction",
+                "documentation": "POST a transaction Bundle to the base: all or nothing, in one database transaction. Creates run first (urn:uuid: fullUrls resolved in references), then updates, then reads. Writes Patient, Coverage, Consent and the clinical resources; an Appointment is booked on its own. The first entry to fail fails the Bundle with its OperationOutcome (expressions located in the Bundle).",
             }],
         }],
     })

@@ -350,7 +350,7 @@ fn rename(errors: FieldErrors, name: &str) -> FieldErrors {
 }
 
 /// The version an `If-Match` names: `W/"3"` (FHIR's) or `"3"`.
-fn expected_version(headers: &HeaderMap) -> Result<u64, ApiError> {
+pub(super) fn expected_version(headers: &HeaderMap) -> Result<u64, ApiError> {
     let value = headers
         .get(header::IF_MATCH)
         .ok_or(ApiError::PreconditionRequired)?

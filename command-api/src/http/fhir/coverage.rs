@@ -1,31 +1,39 @@
-//! `Coverage`: a patient's insurance coverages, from the patient record (read and search by
-//! patient, access-checked and recorded as a read of the patient). A coverage's id is the
-//! patient's UUID and its own, as 64 hex digits.
+//! `Coverage`: a patient's insurance coverages, held in the patient record. Read and search by
+//! patient (access-checked and recorded as a read of the patient); create and update as the
+//! native coverage commands (a registrar's). A coverage's id is the patient's UUID and its own,
+//! as 64 hex digits; its version is the patient record's (a coverage has no history of its own:
+//! the patient's `_history` holds it).
 
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use domain::patient::record::{Coverage, CoveragePriority};
 use domain::patient::PatientId;
-use domain::FieldErrors;
-use serde_json::{json, Value};
+use domain::patient::{PatientCommand, RecordChange};
+use domain::{FieldError, FieldErrors};
+use serde_json::{json, Map, Value};
 
 use super::clinical::{fhir_id, parse_fhir_id};
 use super::patient::base_url;
-use super::{match_entry, outcome, patient_param, refuse_unknown, resource, searchset, Issue};
+use super::{
+    match_entry, outcome, patient_param, refuse_unknown, resource, searchset, weak_etag, Issue,
+    Write,
+};
 use crate::auth::{permission, Authorized};
+use crate::http::patient_commands::metadata;
 use crate::http::{ApiError, AppState};
 use application::finding;
+use application::policy::Action;
 use domain::medical_record::ItemId;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/Coverage", get(search))
-        .route("/Coverage/{id}", get(read))
+        .route("/Coverage", get(search).post(create))
+        .route("/Coverage/{id}", get(read).put(update))
 }
 
 /// A coverage as a FHIR `Coverage`.
@@ -69,17 +77,226 @@ pub fn to_fhir(patient: PatientId, c: &Coverage) -> Value {
     coverage
 }
 
-/// The patient's coverages, the patient read as `user` (access-checked and recorded).
+/// A FHIR `Coverage` as the native coverage body, and the patient it covers (its
+/// `beneficiary`). Elements the record does not hold are left out.
+fn native(resource: &Value) -> Result<(PatientId, Map<String, Value>), ApiError> {
+    let mut errors = FieldErrors::new();
+    if resource["resourceType"] != "Coverage" {
+        errors.push(FieldError::new(
+            "Coverage.resourceType",
+            "must be Coverage at this address",
+        ));
+    }
+    let patient = resource["beneficiary"]["reference"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("Patient/"))
+        .and_then(|id| PatientId::parse("beneficiary", id).ok());
+    if patient.is_none() {
+        errors.push(FieldError::new(
+            "Coverage.beneficiary",
+            "must reference the patient: Patient/<id>",
+        ));
+    }
+    if !matches!(resource["status"].as_str(), Some("active")) {
+        errors.push(FieldError::new(
+            "Coverage.status",
+            "must be active (a coverage ends through period.end, which stays on record)",
+        ));
+    }
+    let mut body = Map::new();
+    let payor = &resource["payor"][0];
+    if let Some(payer) = payor["display"].as_str().or(payor["reference"].as_str()) {
+        body.insert("payer".into(), json!(payer));
+    }
+    if let Some(member) = resource["subscriberId"].as_str() {
+        body.insert("member_id".into(), json!(member));
+    }
+    for class in resource["class"].as_array().into_iter().flatten() {
+        if let Some(code @ ("group" | "plan")) = class["type"]["coding"][0]["code"].as_str() {
+            body.insert(code.into(), class["value"].clone());
+        }
+    }
+    if let Some(code) = resource["relationship"]["coding"][0]["code"].as_str() {
+        body.insert("relationship".into(), json!(code));
+    }
+    for (fhir, native) in [("start", "start"), ("end", "end")] {
+        if let Some(date) = resource["period"][fhir].as_str() {
+            body.insert(native.into(), json!(date));
+        }
+    }
+    let priority = match resource["order"].as_u64() {
+        None | Some(1) => "primary",
+        Some(2) => "secondary",
+        Some(3) => "tertiary",
+        Some(_) => {
+            errors.push(FieldError::new(
+                "Coverage.order",
+                "must be 1, 2 or 3 (primary, secondary, tertiary)",
+            ));
+            "primary"
+        }
+    };
+    body.insert("priority".into(), json!(priority));
+    errors.into_result().map_err(ApiError::Validation)?;
+    Ok((patient.ok_or(ApiError::NotFound)?, body))
+}
+
+/// The native coverage fields as FHIRPath, for errors.
+fn coverage_paths(errors: &FieldErrors) -> FieldErrors {
+    let mut renamed = FieldErrors::new();
+    for e in errors.iter() {
+        let path = match e.field.as_str() {
+            "payer" => "Coverage.payor",
+            "member_id" => "Coverage.subscriberId",
+            "plan" | "group" => "Coverage.class",
+            "relationship" => "Coverage.relationship",
+            "start" => "Coverage.period.start",
+            "end" => "Coverage.period.end",
+            "priority" => "Coverage.order",
+            field if field.starts_with("subscriber_name") => "Coverage.subscriber",
+            _ => "Coverage",
+        };
+        renamed.push(FieldError::new(path, e.message.clone()));
+    }
+    renamed
+}
+
+/// A coverage written: `status`, the resource with the patient record's version, its `ETag`
+/// and `Location`.
+fn written(
+    state: &AppState,
+    headers: &HeaderMap,
+    (patient, version): (PatientId, u64),
+    coverage: &Coverage,
+    status: StatusCode,
+) -> Response {
+    let mut answer = resource(status, &versioned(patient, coverage, version));
+    answer
+        .headers_mut()
+        .insert(header::ETAG, weak_etag(version));
+    let location = format!(
+        "{}/Coverage/{}",
+        base_url(state, headers),
+        fhir_id(patient, ItemId::new(coverage.coverage_id))
+    );
+    if let Ok(location) = header::HeaderValue::from_str(&location) {
+        answer.headers_mut().insert(header::LOCATION, location);
+    }
+    answer
+}
+
+/// Runs a coverage change on the patient; answers the coverage as it is after it.
+async fn change_coverage(
+    state: &AppState,
+    write: &Write<permission::ChangeCoverages>,
+    (patient, expected): (PatientId, Option<u64>),
+    change: RecordChange,
+    coverage_id: uuid::Uuid,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let (changed, version) = application::patients::change(
+        state.services(),
+        &write.user,
+        (Action::ChangeCoverages, PatientCommand::Change(change)),
+        (patient, expected),
+        metadata(&write.user, &write.ctx, None),
+    )
+    .await?;
+    let coverage = changed
+        .record()
+        .and_then(|r| r.coverages.iter().find(|c| c.coverage_id == coverage_id))
+        .ok_or(ApiError::NotFound)?;
+    Ok(written(
+        state,
+        &write.headers,
+        (patient, version),
+        coverage,
+        status,
+    ))
+}
+
+/// `POST /Coverage`: adds the coverage to its beneficiary's record.
+async fn create(
+    State(state): State<AppState>,
+    write: Write<permission::ChangeCoverages>,
+) -> Result<Response, ApiError> {
+    let (patient, body) = native(&write.resource)?;
+    let coverage_id = uuid::Uuid::new_v4();
+    let coverage = crate::http::input::patient::coverage_body(&body, coverage_id)
+        .map_err(|errors| ApiError::Validation(coverage_paths(&errors)))?;
+    let at = (state.clock)();
+    let change = RecordChange::AddCoverage { coverage, at };
+    change_coverage(
+        &state,
+        &write,
+        (patient, None),
+        change,
+        coverage_id,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+/// `PUT /Coverage/{id}` with `If-Match` (the patient record's version): replaces the coverage.
+async fn update(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    write: Write<permission::ChangeCoverages>,
+) -> Result<Response, ApiError> {
+    let expected = super::clinical::expected_version(&write.headers)?;
+    let Some((patient, item)) = parse_fhir_id(&raw) else {
+        return Err(ApiError::NotFound);
+    };
+    if write.resource["id"].as_str() != Some(raw.as_str()) {
+        return Err(ApiError::Validation(
+            FieldError::new("Coverage.id", "must be the id in the address").into(),
+        ));
+    }
+    let (named, body) = native(&write.resource)?;
+    if named != patient {
+        return Err(ApiError::Validation(
+            FieldError::new(
+                "Coverage.beneficiary",
+                "cannot move the coverage to another patient",
+            )
+            .into(),
+        ));
+    }
+    let coverage = crate::http::input::patient::coverage_body(&body, item.as_uuid())
+        .map_err(|errors| ApiError::Validation(coverage_paths(&errors)))?;
+    let at = (state.clock)();
+    let change = RecordChange::ChangeCoverage { coverage, at };
+    change_coverage(
+        &state,
+        &write,
+        (patient, Some(expected)),
+        change,
+        item.as_uuid(),
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// The patient's coverages and the record's version, the patient read as `user`
+/// (access-checked and recorded).
 async fn coverages_of(
     state: &AppState,
     user: &crate::auth::AuthUser,
     patient: PatientId,
-) -> Result<Vec<Coverage>, ApiError> {
-    let (found, _) = finding::read(state.services(), user, patient).await?;
-    Ok(found
+) -> Result<(Vec<Coverage>, u64), ApiError> {
+    let (found, version) = finding::read(state.services(), user, patient).await?;
+    let coverages = found
         .record()
         .map(|r| r.coverages.clone())
-        .unwrap_or_default())
+        .unwrap_or_default();
+    Ok((coverages, version))
+}
+
+/// A coverage as a FHIR `Coverage` at the patient record's `version`.
+fn versioned(patient: PatientId, coverage: &Coverage, version: u64) -> Value {
+    let mut body = to_fhir(patient, coverage);
+    body["meta"] = json!({ "versionId": version.to_string() });
+    body
 }
 
 /// `GET /Coverage/{id}`.
@@ -97,10 +314,16 @@ async fn read(
     let Some((patient, wanted)) = parse_fhir_id(&raw) else {
         return Ok(not_found());
     };
-    let coverages = coverages_of(&state, &user, patient).await?;
+    let (coverages, version) = coverages_of(&state, &user, patient).await?;
     Ok(
         match coverages.iter().find(|c| c.coverage_id == wanted.as_uuid()) {
-            Some(c) => resource(StatusCode::OK, &to_fhir(patient, c)),
+            Some(c) => {
+                let mut answer = resource(StatusCode::OK, &versioned(patient, c, version));
+                answer
+                    .headers_mut()
+                    .insert(header::ETAG, weak_etag(version));
+                answer
+            }
             None => not_found(),
         },
     )
@@ -124,10 +347,10 @@ async fn search(
     errors.into_result().map_err(ApiError::InvalidParameters)?;
     let patient = patient.ok_or(ApiError::NotFound)?;
     let base = base_url(&state, &headers);
-    let entries: Vec<Value> = coverages_of(&state, &user, patient)
-        .await?
+    let (coverages, version) = coverages_of(&state, &user, patient).await?;
+    let entries: Vec<Value> = coverages
         .iter()
-        .map(|c| to_fhir(patient, c))
+        .map(|c| versioned(patient, c, version))
         .filter(|c| {
             params
                 .get("status")

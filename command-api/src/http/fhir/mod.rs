@@ -43,7 +43,7 @@ const MAX_PROBLEM_BYTES: usize = 64 * 1024;
 
 pub fn router() -> Router<AppState> {
     let api = Router::new()
-        .route("/", axum::routing::post(batch::batch))
+        .route("/", axum::routing::post(batch::bundle))
         .route("/metadata", get(capability::metadata))
         .merge(patient::router())
         .merge(clinical::router())
