@@ -83,6 +83,11 @@ impl PatientStore {
         }
     }
 
+    /// The unit of work this store stages its commands in, if bound to one.
+    pub fn unit(&self) -> Option<&UnitOfWork> {
+        self.unit.as_ref()
+    }
+
     /// This store, staging its commands in `unit` instead of storing them, and loading the
     /// patients the unit holds as staged.
     #[must_use]

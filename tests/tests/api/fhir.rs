@@ -87,8 +87,22 @@ async fn the_capability_statement_lists_what_is_served_and_is_valid_fhir() {
         .collect();
     assert_eq!(
         interactions,
-        ["read", "vread", "history-instance", "search-type", "create"]
+        [
+            "read",
+            "vread",
+            "history-instance",
+            "search-type",
+            "create",
+            "update"
+        ]
     );
+    let system: Vec<&str> = statement["rest"][0]["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(system, ["batch", "transaction"]);
     let params: Vec<&str> = patient["searchParam"]
         .as_array()
         .unwrap()
@@ -2015,6 +2029,150 @@ async fn a_coverage_is_created_and_updated_with_if_match_on_the_patient_record()
         &clinician,
         &coverage,
         &[],
+    )
+    .await;
+    assert_eq!(status, 403);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_patient_is_updated_with_if_match_as_one_unit_of_the_native_commands() {
+    // Arrange: Ada, with a national identifier shown masked and a second identifier.
+    let app = TestApp::without_kafka().await;
+    let mut body = ada();
+    body["identifiers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "system": "urn:example:hospital-a", "value": "A-77" }));
+    let registered = app.register(&body).await;
+    assert_eq!(registered.status(), 201);
+    let id = id_of(&registered.json().await.unwrap());
+    let token = app.registrar();
+    let path = format!("/Patient/{id}");
+    let (_, _, shown) = fhir_get(&app, &path, Some(&token), &[]).await;
+    assert_eq!(shown["meta"]["versionId"], "1");
+    let mut changed = shown.clone();
+    changed["name"][0]["family"] = json!("King");
+    changed["telecom"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "system": "phone", "value": "+41 44 123 45 67", "use": "work" }));
+    // The masked national identifier stays as shown; hospital A's goes.
+    changed["identifier"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|i| i["system"] != "urn:example:hospital-a");
+
+    // Act
+    let (status, headers, updated) = fhir_send(
+        &app,
+        reqwest::Method::PUT,
+        &path,
+        &token,
+        &changed,
+        &[
+            ("if-match", "W/\"1\""),
+            ("x-change-reason", "married; new work phone"),
+        ],
+    )
+    .await;
+
+    // Assert: three commands (demographics, contact, identifier), one answer.
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["meta"]["versionId"], "4");
+    assert_eq!(headers["etag"], "W/\"4\"");
+    assert_eq!(updated["name"][0]["family"], "King");
+    assert_eq!(updated["telecom"].as_array().unwrap().len(), 3);
+    let systems: Vec<&str> = updated["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["system"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        systems,
+        ["urn:patient-service:mrn", "urn:oid:2.16.840.1.113883.4.1"]
+    );
+    let native: Value = app
+        .get(&format!("/v1/patients/{id}"), &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        native["identifiers"].as_array().unwrap().len(),
+        1,
+        "{native}"
+    );
+    let (_, _, history) = fhir_get(&app, &format!("{path}/_history"), Some(&token), &[]).await;
+    assert_eq!(history["total"], 4);
+
+    // Stale, unchanged, and what changes through other commands.
+    let (status, _, _) = fhir_send(
+        &app,
+        reqwest::Method::PUT,
+        &path,
+        &token,
+        &changed,
+        &[("if-match", "W/\"1\"")],
+    )
+    .await;
+    assert_eq!(status, 412);
+    let (status, _, same) = fhir_send(
+        &app,
+        reqwest::Method::PUT,
+        &path,
+        &token,
+        &updated,
+        &[("if-match", "W/\"4\"")],
+    )
+    .await;
+    assert_eq!(status, 200, "{same}");
+    assert_eq!(
+        same["meta"]["versionId"], "4",
+        "nothing to change, nothing stored"
+    );
+    let mut archived = updated.clone();
+    archived["active"] = json!(false);
+    let (status, _, refused) = fhir_send(
+        &app,
+        reqwest::Method::PUT,
+        &path,
+        &token,
+        &archived,
+        &[("if-match", "W/\"4\"")],
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(issues(&refused)[0].1, "Patient.active");
+    let mut bad = updated.clone();
+    bad["birthDate"] = json!("2999-01-01");
+    bad["name"][0]["family"] = json!("Byron");
+    let (status, _, refused) = fhir_send(
+        &app,
+        reqwest::Method::PUT,
+        &path,
+        &token,
+        &bad,
+        &[("if-match", "W/\"4\"")],
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(issues(&refused)[0].1, "Patient.birthDate");
+    let (_, _, after) = fhir_get(&app, &path, Some(&token), &[]).await;
+    assert_eq!(
+        after["name"][0]["family"], "King",
+        "nothing of a refused update is stored"
+    );
+    // A clinician may not update a patient.
+    let clinician = app.token("clinician-1", &["clinician"]);
+    let (status, _, _) = fhir_send(
+        &app,
+        reqwest::Method::PUT,
+        &path,
+        &clinician,
+        &updated,
+        &[("if-match", "W/\"4\"")],
     )
     .await;
     assert_eq!(status, 403);

@@ -35,9 +35,11 @@ fn resources() -> Vec<Value> {
             { "code": "history-instance" },
             { "code": "search-type" },
             { "code": "create" },
+            { "code": "update" },
         ],
-        "versioning": "versioned",
+        "versioning": "versioned-update",
         "readHistory": true,
+        "updateCreate": false,
         "conditionalCreate": false,
         "searchParam": patient_params,
         "operation": [{

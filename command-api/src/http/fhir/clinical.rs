@@ -155,7 +155,7 @@ pub const ACKNOWLEDGE: &str = "x-acknowledge-allergy-warnings";
 
 /// The header a client may give an update's reason in; else [`DEFAULT_REASON`].
 pub const CHANGE_REASON: &str = "x-change-reason";
-const DEFAULT_REASON: &str = "updated through the FHIR API";
+pub(super) const DEFAULT_REASON: &str = "updated through the FHIR API";
 
 /// The allergies acknowledged in [`ACKNOWLEDGE`], as the native body's item ids.
 fn acknowledged(headers: &HeaderMap) -> Option<Value> {

@@ -14,6 +14,7 @@ mod clinical_input;
 mod consent;
 mod coverage;
 mod patient;
+mod patient_update;
 mod reference;
 mod schedule;
 

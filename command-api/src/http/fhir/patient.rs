@@ -63,7 +63,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/Patient", get(search).post(create))
         .route("/Patient/$match", post(match_patients))
-        .route("/Patient/{id}", get(read))
+        .route(
+            "/Patient/{id}",
+            get(read).put(super::patient_update::update),
+        )
         .route("/Patient/{id}/_history", get(history))
         .route("/Patient/{id}/_history/{vid}", get(vread))
 }
@@ -162,7 +165,7 @@ pub const DUPLICATE_OVERRIDE: &str = "x-duplicate-override-reason";
 
 /// A FHIR Patient as the native registration body. Elements the registration does not hold
 /// (contacts, links, photos, ...) are left out; the MRN is assigned here, never taken.
-fn registration(patient: &Value) -> Map<String, Value> {
+pub(super) fn registration(patient: &Value) -> Map<String, Value> {
     let mut body = Map::new();
     let names = patient["name"].as_array().cloned().unwrap_or_default();
     let official = names
@@ -302,7 +305,7 @@ fn registration(patient: &Value) -> Map<String, Value> {
 }
 
 /// The native registration's field names as FHIRPath, for errors.
-fn patient_paths(errors: &FieldErrors) -> FieldErrors {
+pub(super) fn patient_paths(errors: &FieldErrors) -> FieldErrors {
     let mut renamed = FieldErrors::new();
     for e in errors.iter() {
         let field = e.field.as_str();
