@@ -441,11 +441,13 @@ impl std::fmt::Debug for PatientSummary {
     }
 }
 
-/// One page of hits, and whether there are more after it.
+/// One page of hits, whether there are more after it, and how many match in all (unknown
+/// only on a page past the last).
 #[derive(Debug, Clone)]
 pub struct Page {
     pub items: Vec<PatientSummary>,
     pub has_more: bool,
+    pub total: Option<u64>,
 }
 
 fn like_prefix(text: &str) -> String {
@@ -542,7 +544,8 @@ pub async fn archived_before(
 #[tracing::instrument(skip_all)]
 pub async fn search(pool: &PgPool, criteria: &Criteria) -> Result<Page, sqlx::Error> {
     let mut query = QueryBuilder::new(
-        "SELECT patient_id, mrn, given, family, birth_date, gender, status, version",
+        "SELECT patient_id, mrn, given, family, birth_date, gender, status, version,
+                count(*) OVER () AS total",
     );
     let words: Vec<String> = criteria
         .name
@@ -636,9 +639,19 @@ pub async fn search(pool: &PgPool, criteria: &Criteria) -> Result<Page, sqlx::Er
         .iter()
         .map(summary)
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    // Counted before the page is cut; a page past the last has no row to say.
+    let total = match rows.first() {
+        Some(row) => Some(u64::try_from(row.try_get::<i64, _>("total")?).unwrap_or_default()),
+        None if criteria.offset == 0 => Some(0),
+        None => None,
+    };
     let has_more = items.len() > criteria.limit as usize;
     items.truncate(criteria.limit as usize);
-    Ok(Page { items, has_more })
+    Ok(Page {
+        items,
+        has_more,
+        total,
+    })
 }
 
 #[cfg(test)]

@@ -1112,7 +1112,7 @@ async fn hl7s_examples_of_the_supported_types_are_created_or_refused_for_a_named
 }
 
 #[tokio::test]
-async fn a_fhir_client_library_searches_pages_reads_creates_and_updates() {
+async fn a_fhir_client_library_searches_pages_reads_creates_updates_and_sends_a_transaction() {
     // Arrange: three patients of one family, one in a clinician's care.
     let app = TestApp::without_kafka().await;
     for n in 0..3 {
@@ -1167,7 +1167,7 @@ async fn a_fhir_client_library_searches_pages_reads_creates_and_updates() {
         (2, 1),
         "{seen}"
     );
-    assert_eq!(seen["total"], 3);
+    assert_eq!(seen["totals"], json!([3, 3]), "the total on every page");
     assert_eq!(seen["read"], patient.as_str());
     assert_eq!(seen["created"]["version"], "1");
     assert_eq!(
@@ -1176,6 +1176,11 @@ async fn a_fhir_client_library_searches_pages_reads_creates_and_updates() {
     );
     assert_eq!(seen["stale"], 412);
     assert_eq!(seen["staleOutcome"], "OperationOutcome");
+    assert_eq!(
+        seen["transaction"],
+        json!({ "type": "transaction-response", "statuses": ["201 Created", "201 Created"],
+                "types": ["Observation", "Condition"] })
+    );
     app.stop().await;
 }
 

@@ -57,7 +57,12 @@ pub fn router() -> Router<AppState> {
         .fallback(unknown)
         .layer(axum::middleware::from_fn(operation_outcomes))
         .layer(axum::middleware::from_fn(json_only));
-    Router::new().nest(BASE, api)
+    // Clients post Bundles to the base with a trailing slash too (fhir-kit-client does).
+    let base_with_slash = Router::new()
+        .route(&format!("{BASE}/"), axum::routing::post(batch::bundle))
+        .layer(axum::middleware::from_fn(operation_outcomes))
+        .layer(axum::middleware::from_fn(json_only));
+    Router::new().nest(BASE, api).merge(base_with_slash)
 }
 
 async fn unknown() -> Response {

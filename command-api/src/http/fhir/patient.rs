@@ -512,9 +512,7 @@ async fn search(
         "link": links,
         "entry": entries,
     });
-    if !page.has_more {
-        // Known exactly on the last page; elsewhere the search does not count its matches.
-        let total = offset as usize + page.items.len();
+    if let Some(total) = page.total {
         bundle["total"] = json!(total);
     }
     Ok(resource(StatusCode::OK, &bundle))
