@@ -8,6 +8,7 @@ use event_store::documents::{DocumentStorage, DocumentStore};
 use crate::configuration::Secrets;
 use crate::stream_feed::{self, Fed, Feed};
 use event_store::keys::KeyStore;
+use projections::appointments::Appointments;
 use projections::audit_log::AuditLog;
 use projections::medical_records::MedicalRecords;
 use projections::patient_match::PatientMatch;
@@ -81,6 +82,7 @@ impl ReadModels {
         visitor
             .visit(self.projector(MedicalRecords::new(self.documents.clone())))
             .await?;
+        visitor.visit(self.projector(Appointments)).await?;
         visitor
             .visit(self.projector(AuditLog::new(self.chain.clone())))
             .await

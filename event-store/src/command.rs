@@ -7,6 +7,7 @@
 //! [`crate::schedule`]) builds on it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
@@ -15,7 +16,7 @@ use sqlx::PgPool;
 
 use crate::chain::ChainKey;
 use crate::keys::KeyStore;
-use crate::repository::SealedRepository;
+use crate::repository::{SealedRepository, TransactionEffect};
 
 /// How many times a command that lost a race for the same aggregate to another process is
 /// retried (writers in this process wait their turn instead, see [`turn`]).
@@ -141,11 +142,11 @@ pub(crate) enum Fresh {
 /// Loads aggregate `aggregate_id`, lets `precheck` refuse the command on what it finds (before
 /// the version is compared, so "nobody here" wins over "stale version"), compares the version
 /// with `expected_version`, decides, and commits. Writers of one aggregate in this process
-/// take turns; a race lost to another process is retried from the load. A repository bound
-/// to a unit of work stages the command there instead ([`crate::unit`]).
+/// take turns; a race lost to another process is retried from the load. Given a `unit` of
+/// work, the command is staged there instead ([`UnitOfWork`]).
 /// Returns the aggregate and its version after the command.
 pub(crate) async fn execute_on<A, D>(
-    repository: SealedRepository,
+    (repository, unit): (SealedRepository, Option<&UnitOfWork>),
     (aggregate_id, fresh): (&str, Fresh),
     expected_version: Option<u64>,
     precheck: impl Fn(&A, u64) -> Result<(), A::Error>,
@@ -156,7 +157,7 @@ where
     A: Aggregate + Clone + 'static,
     D: Fn(&A) -> Result<Vec<A::Event>, A::Error>,
 {
-    if let Some(unit) = repository.unit().cloned() {
+    if let Some(unit) = unit {
         return unit
             .stage(
                 repository,
@@ -238,7 +239,7 @@ pub(crate) struct Part<'a, A: Aggregate> {
 /// aggregates in one order, so two units of work on the same aggregates cannot wait on each
 /// other. Returns each aggregate and its version after the commands, in the order of `parts`.
 pub(crate) async fn execute_together<A>(
-    repository: SealedRepository,
+    (repository, unit): (SealedRepository, Option<&UnitOfWork>),
     parts: Vec<Part<'_, A>>,
     metadata: CommandMetadata,
 ) -> Result<Vec<(A, u64)>, CommandError<A::Error>>
@@ -246,14 +247,14 @@ where
     A: Aggregate + Clone + 'static,
 {
     use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
-    if let Some(unit) = repository.unit().cloned() {
+    if let Some(unit) = unit {
         // Inside a larger unit of work: each part staged there, on the aggregate as the unit
         // holds it (the repository's effects concern erasure, which no unit stages).
         let mut after = Vec::with_capacity(parts.len());
         for part in parts {
             let staged = unit
                 .stage(
-                    repository.bare().in_unit(Some(unit.clone())),
+                    repository.bare(),
                     (&part.aggregate_id, Fresh::Unknown),
                     part.expected_version,
                     |aggregate: &A, current| (part.precheck)(aggregate, current),
@@ -394,4 +395,206 @@ pub(crate) fn classify<E: std::error::Error>(error: AggregateError<E>) -> Comman
             Err(e) => CommandError::Internal(e),
         },
     }
+}
+
+/// A unit of work across aggregates of any type: the commands of one request (a FHIR
+/// `transaction` Bundle registering a patient and recording their allergies and observations)
+/// are decided one after another, each on the aggregate as the commands before it left it, and
+/// their events are stored in one transaction ([`UnitOfWork::commit`]): all of them, or none.
+///
+/// A store bound to a unit (`in_unit`) stages the events of the commands executed through it
+/// instead of storing them, and loads an aggregate the unit holds as staged. The unit holds
+/// this process's turn at each aggregate it staged until it is committed or dropped, so no
+/// other writer here decides on a state the unit is about to change; a writer elsewhere that
+/// takes a sequence first makes the commit fail as a lost race ([`CommandError::Conflict`]),
+/// and nothing is stored. Cheap to clone: clones share what is staged.
+#[derive(Clone, Default)]
+pub struct UnitOfWork(Arc<tokio::sync::Mutex<Staging>>);
+
+impl std::fmt::Debug for UnitOfWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnitOfWork").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Staging {
+    streams: Vec<Stream>,
+    /// This process's turns at the staged aggregates, held until the unit ends.
+    turns: Vec<tokio::sync::OwnedMutexGuard<()>>,
+    /// The database and keys to store with (those of the first store that staged).
+    repository: Option<SealedRepository>,
+    over: bool,
+}
+
+/// One aggregate's staged change.
+struct Stream {
+    aggregate_type: &'static str,
+    aggregate_id: String,
+    /// The aggregate as the staged events leave it (of the type named).
+    aggregate: Box<dyn std::any::Any + Send>,
+    version: u64,
+    events: Vec<cqrs_es::persist::SerializedEvent>,
+    /// The effects of the commands that staged events, each with the range of its events.
+    effects: Vec<(Box<dyn TransactionEffect>, std::ops::Range<usize>)>,
+}
+
+fn over<E>() -> CommandError<E> {
+    CommandError::Internal("the unit of work is over".into())
+}
+
+impl UnitOfWork {
+    /// Decides a command on aggregate `aggregate_id` as [`crate::command::execute_on`] does,
+    /// on the aggregate as this unit holds it (loaded on first use), and stages its events and
+    /// the repository's effects. Returns the aggregate and its version after the command, as
+    /// they will be once the unit is committed.
+    pub(crate) async fn stage<A, D>(
+        &self,
+        mut repository: SealedRepository,
+        (aggregate_id, fresh): (&str, Fresh),
+        expected_version: Option<u64>,
+        precheck: impl Fn(&A, u64) -> Result<(), A::Error>,
+        decide: D,
+        metadata: CommandMetadata,
+    ) -> Result<(A, u64), CommandError<A::Error>>
+    where
+        A: Aggregate + Clone + 'static,
+        D: Fn(&A) -> Result<Vec<A::Event>, A::Error>,
+    {
+        let mut staging = self.0.lock().await;
+        if staging.over {
+            return Err(over());
+        }
+        let index = match staging.position(A::TYPE, aggregate_id) {
+            Some(index) => index,
+            None => {
+                let turn = turn(format!("{}/{aggregate_id}", A::TYPE))
+                    .await
+                    .ok_or(CommandError::Busy)?;
+                staging.turns.push(turn);
+                let (aggregate, version) = if fresh == Fresh::Expected {
+                    (A::default(), 0)
+                } else {
+                    load_current::<A>(repository.bare(), aggregate_id).await?
+                };
+                staging.streams.push(Stream {
+                    aggregate_type: A::TYPE,
+                    aggregate_id: aggregate_id.to_owned(),
+                    aggregate: Box::new(aggregate),
+                    version,
+                    events: Vec::new(),
+                    effects: Vec::new(),
+                });
+                staging.streams.len() - 1
+            }
+        };
+        if staging.repository.is_none() {
+            staging.repository = Some(repository.bare());
+        }
+        let stream = &mut staging.streams[index];
+        let Some(aggregate) = stream.aggregate.downcast_ref::<A>() else {
+            return Err(over());
+        };
+        let current = stream.version;
+        precheck(aggregate, current).map_err(CommandError::Rule)?;
+        if let Some(expected) = expected_version {
+            if expected != current {
+                return Err(CommandError::VersionMismatch { expected, current });
+            }
+        }
+        let events = decide(aggregate).map_err(CommandError::Rule)?;
+        let stored_metadata = serde_json::to_value(metadata.into_map())
+            .map_err(|e| CommandError::Internal(Box::new(e)))?;
+        let mut after = aggregate.clone();
+        let first = stream.events.len();
+        for (event, sequence) in events.into_iter().zip(current + 1..) {
+            stream.events.push(cqrs_es::persist::SerializedEvent::new(
+                aggregate_id.to_owned(),
+                sequence as usize,
+                A::TYPE.to_owned(),
+                cqrs_es::DomainEvent::event_type(&event),
+                cqrs_es::DomainEvent::event_version(&event),
+                serde_json::to_value(&event).map_err(|e| CommandError::Internal(Box::new(e)))?,
+                stored_metadata.clone(),
+            ));
+            after.apply(event);
+        }
+        let added = first..stream.events.len();
+        stream.version += added.len() as u64;
+        stream.aggregate = Box::new(after.clone());
+        for effect in repository.take_effects() {
+            stream.effects.push((effect, added.clone()));
+        }
+        Ok((after, stream.version))
+    }
+
+    /// Aggregate `aggregate_id` of type `A` and its version as this unit holds it, if it
+    /// staged a command on it.
+    pub(crate) async fn staged<A: Aggregate + Clone + 'static>(
+        &self,
+        aggregate_id: &str,
+    ) -> Option<(A, u64)> {
+        let staging = self.0.lock().await;
+        let stream = &staging.streams[staging.position(A::TYPE, aggregate_id)?];
+        let aggregate = stream.aggregate.downcast_ref::<A>()?;
+        Some((aggregate.clone(), stream.version))
+    }
+
+    /// Stores every staged event in one transaction, with the staging commands' effects; the
+    /// unit is over afterwards, whatever the outcome, and its turns are released. Returns how
+    /// many events were stored.
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError::Conflict`] when another writer took a sequence first (nothing is
+    /// stored); [`CommandError::LikelyDuplicates`] from a registration's guard; the store
+    /// failing.
+    pub async fn commit(&self) -> Result<usize, CommandError> {
+        let mut staging = self.0.lock().await;
+        if staging.over {
+            return Err(over());
+        }
+        staging.over = true;
+        let Some(repository) = staging.repository.take() else {
+            return Ok(0);
+        };
+        let streams: Vec<crate::repository::StagedStream<'_>> = staging
+            .streams
+            .iter()
+            .map(|s| crate::repository::StagedStream {
+                aggregate_type: s.aggregate_type,
+                events: &s.events,
+                effects: &s.effects,
+            })
+            .collect();
+        let count = streams.iter().map(|s| s.events.len()).sum();
+        let stored = repository.persist_unit(&streams).await;
+        drop(streams);
+        staging.turns.clear();
+        match stored {
+            Ok(()) => Ok(count),
+            Err(cqrs_es::persist::PersistenceError::OptimisticLockError) => {
+                Err(CommandError::Conflict)
+            }
+            Err(other) => Err(classify(AggregateError::from(other))),
+        }
+    }
+}
+
+impl Staging {
+    fn position(&self, aggregate_type: &str, aggregate_id: &str) -> Option<usize> {
+        self.streams
+            .iter()
+            .position(|s| s.aggregate_type == aggregate_type && s.aggregate_id == aggregate_id)
+    }
+}
+
+/// Aggregate `aggregate_id` as stored, and its version.
+async fn load_current<A: Aggregate>(
+    repository: SealedRepository,
+    aggregate_id: &str,
+) -> Result<(A, u64), CommandError<A::Error>> {
+    let store: PersistedEventStore<SealedRepository, A> = repository.into_store();
+    let context = store.load_aggregate(aggregate_id).await.map_err(classify)?;
+    Ok((context.aggregate, context.current_sequence as u64))
 }

@@ -19,10 +19,10 @@
 //! - [`documents`]: document contents, sealed, in PostgreSQL or a directory.
 //! - [`schedule`]: resources, service types, appointments and the time they claim.
 //! - [`command`]: executes commands on any aggregate through cqrs-es with optimistic
-//!   concurrency (bounded retries of lost races), and the errors and metadata of a command.
+//!   concurrency (bounded retries of lost races), and the errors and metadata of a command;
+//!   a unit of work across aggregates of any type (a FHIR transaction), stored in one
+//!   transaction.
 //! - [`store`]: the patient store: executes patient commands and loads patients.
-//! - [`unit`]: a unit of work across aggregates of any type (a FHIR transaction): commands
-//!   staged one after another, their events stored in one transaction.
 //! - [`stream`]: reads committed events in a gap-free global order; the relay and every replay
 //!   use it.
 //! - [`wire`]: maps stored domain events to the published contract in `schemas`.
@@ -46,7 +46,6 @@ pub mod schedule;
 pub mod snapshots;
 pub mod store;
 pub mod stream;
-pub mod unit;
 pub mod wire;
 
 /// The migrations of this crate's tables.

@@ -10,10 +10,10 @@ use domain::patient::PatientId;
 use sqlx::PgPool;
 
 use crate::chain::ChainKey;
+use crate::command::UnitOfWork;
 use crate::command::{execute_on, CommandError, CommandMetadata, Fresh};
 use crate::keys::KeyStore;
 use crate::repository::SealedRepository;
-use crate::unit::UnitOfWork;
 
 /// Every how many events a medical record's sealed snapshot is taken: a command reads at most
 /// this many events after the latest one, however long the chart.
@@ -60,7 +60,6 @@ impl MedicalRecordStore {
     fn repository(&self) -> SealedRepository {
         crate::command::repository(&self.pool, &self.keys, &self.chain)
             .with_snapshots(SNAPSHOT_EVERY)
-            .in_unit(self.unit.clone())
     }
 
     fn event_store(&self) -> PersistedEventStore<SealedRepository, MedicalRecord> {
@@ -81,7 +80,7 @@ impl MedicalRecordStore {
         metadata: CommandMetadata,
     ) -> Result<(MedicalRecord, u64), CommandError<MedicalRecordError>> {
         execute_on(
-            self.repository(),
+            (self.repository(), self.unit.as_ref()),
             (&id.to_string(), Fresh::Unknown),
             None,
             |_, _| Ok(()),
@@ -174,7 +173,7 @@ impl ClinicalEntryStore {
     }
 
     fn repository(&self) -> SealedRepository {
-        crate::command::repository(&self.pool, &self.keys, &self.chain).in_unit(self.unit.clone())
+        crate::command::repository(&self.pool, &self.keys, &self.chain)
     }
 
     /// Executes `command` on entry `id` of patient `patient` (who must be registered: the
@@ -204,7 +203,7 @@ impl ClinicalEntryStore {
             command,
         };
         execute_on(
-            self.repository(),
+            (self.repository(), self.unit.as_ref()),
             (&id.to_string(), fresh),
             None,
             |_, _| Ok(()),

@@ -28,7 +28,6 @@ use sqlx::PgPool;
 
 use crate::chain::{ChainKey, EventFields, Finding, Tampering};
 use crate::keys::{KeyError, KeyState, KeyStore};
-use crate::unit::UnitOfWork;
 
 /// Event types stored and published in the clear: the contract's list, so what is stored in
 /// the clear and what consumers accept in the clear cannot drift apart.
@@ -71,6 +70,15 @@ pub trait TransactionEffect: Send + Sync {
 /// The data keys the events of one transaction were sealed with, by owner.
 pub type SealingKeys = std::collections::HashMap<String, DataKey>;
 
+/// The staged events of one aggregate in a unit of work, as [`SealedRepository::persist_unit`]
+/// stores them: with the effects of the commands that staged them, each with the range of its
+/// events.
+pub(crate) struct StagedStream<'a> {
+    pub aggregate_type: &'static str,
+    pub events: &'a [SerializedEvent],
+    pub effects: &'a [(Box<dyn TransactionEffect>, std::ops::Range<usize>)],
+}
+
 /// Sealing, chaining event repository.
 pub struct SealedRepository {
     pool: PgPool,
@@ -85,8 +93,6 @@ pub struct SealedRepository {
     /// The snapshot last read: aggregate id, sequence and the hash of its event, the anchor
     /// the events after it must chain from.
     anchor: std::sync::Mutex<Option<(String, usize, Vec<u8>)>>,
-    /// The unit of work commands stage their events in instead of committing them, if any.
-    unit: Option<UnitOfWork>,
 }
 
 impl std::fmt::Debug for SealedRepository {
@@ -105,29 +111,14 @@ impl SealedRepository {
             reservation: None,
             snapshots: None,
             anchor: std::sync::Mutex::new(None),
-            unit: None,
         }
     }
 
-    /// A repository over the same database, keys and snapshots, with no effects or unit.
+    /// A repository over the same database, keys and snapshots, with no effects.
     pub(crate) fn bare(&self) -> Self {
         let mut bare = Self::new(self.pool.clone(), self.keys.clone(), self.chain.clone());
         bare.snapshots = self.snapshots;
         bare
-    }
-
-    /// Stages the events of the commands executed through this repository in `unit` (when
-    /// given), to be stored with the rest of it ([`UnitOfWork::commit`]), instead of storing
-    /// them at once.
-    #[must_use]
-    pub fn in_unit(mut self, unit: Option<UnitOfWork>) -> Self {
-        self.unit = unit;
-        self
-    }
-
-    /// The unit of work this repository stages events in, if any.
-    pub(crate) fn unit(&self) -> Option<&UnitOfWork> {
-        self.unit.as_ref()
     }
 
     /// Takes this repository's effects (to run them in a unit of work's transaction).
@@ -580,14 +571,14 @@ impl SealedRepository {
     /// what an effect or the database refuses.
     pub(crate) async fn persist_unit(
         &self,
-        streams: &[crate::unit::StagedStream<'_>],
+        streams: &[StagedStream<'_>],
     ) -> Result<(), PersistenceError> {
-        let mut ordered: Vec<&crate::unit::StagedStream<'_>> =
+        let mut ordered: Vec<&StagedStream<'_>> =
             streams.iter().filter(|s| !s.events.is_empty()).collect();
         if ordered.is_empty() {
             return Ok(());
         }
-        let borrows_key = |s: &crate::unit::StagedStream<'_>| {
+        let borrows_key = |s: &StagedStream<'_>| {
             s.events[0]
                 .metadata
                 .get(DATA_KEY_OWNER)

@@ -652,7 +652,7 @@ impl AppointmentStore {
             _ => Fresh::Unknown,
         };
         let result = execute_on(
-            self.repository(claims),
+            (self.repository(claims), None),
             (&id.to_string(), fresh),
             expected_version,
             |_, _| Ok(()),
@@ -685,7 +685,7 @@ impl AppointmentStore {
             ..CommandMetadata::default()
         };
         match execute_on(
-            self.repository(None),
+            (self.repository(None), None),
             (&id.to_string(), Fresh::Unknown),
             None,
             |_, _| Ok(()),

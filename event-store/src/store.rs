@@ -8,10 +8,10 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 
 use crate::chain::ChainKey;
+use crate::command::UnitOfWork;
 use crate::command::{classify, execute_on, sqlx_error, CommandError, CommandMetadata, Fresh};
 use crate::keys::KeyStore;
 use crate::repository::{SealedRepository, TransactionEffect, SHREDDING_EVENT_TYPE};
-use crate::unit::UnitOfWork;
 
 /// The patient event store.
 #[derive(Clone)]
@@ -114,7 +114,6 @@ impl PatientStore {
     fn repository(&self) -> SealedRepository {
         SealedRepository::new(self.pool.clone(), self.keys.clone(), self.chain.clone())
             .with_effect(Erasure)
-            .in_unit(self.unit.clone())
     }
 
     fn event_store(&self) -> PersistedEventStore<SealedRepository, Patient> {
@@ -139,7 +138,7 @@ impl PatientStore {
     ) -> Result<(Patient, u64), CommandError> {
         let is_registration = matches!(command, PatientCommand::Register(_));
         execute_on(
-            self.repository(),
+            (self.repository(), self.unit.as_ref()),
             (&id.to_string(), Fresh::Unknown),
             expected_version,
             |patient: &Patient, current| {
@@ -184,7 +183,7 @@ impl PatientStore {
             at,
         };
         execute_on(
-            self.repository().with_effect(guard),
+            (self.repository().with_effect(guard), self.unit.as_ref()),
             (&id.to_string(), Fresh::Expected),
             None,
             |_, _| Ok(()),
@@ -225,7 +224,8 @@ impl PatientStore {
                 decide: Box::new(move |patient: &Patient| patient.decide(command.clone())),
             })
             .collect();
-        crate::command::execute_together(self.repository(), parts, metadata).await
+        crate::command::execute_together((self.repository(), self.unit.as_ref()), parts, metadata)
+            .await
     }
 
     /// The patient and their version, or `None` if nobody is registered under `id`.

@@ -7,11 +7,11 @@ use domain::medical_record::{AllergyWarning, MedicalRecordError};
 use domain::patient::PatientError;
 use domain::FieldErrors;
 use event_store::command::CommandError;
+use event_store::command::UnitOfWork;
 use event_store::documents::DocumentStore;
 use event_store::records::{ClinicalEntryStore, MedicalRecordStore};
 use event_store::schedule::AppointmentStore;
 use event_store::store::PatientStore;
-use event_store::unit::UnitOfWork;
 use sqlx::PgPool;
 
 use crate::access::AccessLog;

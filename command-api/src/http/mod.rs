@@ -76,7 +76,7 @@ impl std::ops::Deref for AppState {
 impl AppState {
     /// This state with its stores staging their commands in `unit` ([`Services::in_unit`]).
     #[must_use]
-    pub fn in_unit(&self, unit: &event_store::unit::UnitOfWork) -> Self {
+    pub fn in_unit(&self, unit: &event_store::command::UnitOfWork) -> Self {
         Self {
             services: self.services.in_unit(unit),
             ..self.clone()

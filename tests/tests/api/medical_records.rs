@@ -1504,6 +1504,7 @@ async fn read_model_digests(pool: &sqlx::PgPool) -> Vec<(String, Option<String>)
         "medical_record_versions",
         "medical_record_items",
         "medical_record_forgotten",
+        "appointments",
         "audit_log",
         "audit_chain_head",
         "applied_sequences",
@@ -1594,6 +1595,57 @@ async fn every_read_model_rebuilt_in_one_pass_equals_the_one_projected_as_events
         }
         last = id;
     }
+    // An appointment booked and one booked and cancelled, for the appointments model.
+    let admin = app.token("admin-1", &["admin"]);
+    let template = json!({ "time_zone": "Europe/Zurich", "slot_minutes": 30,
+        "hours": [{ "weekday": "mon", "start": "08:00", "end": "12:00" }] });
+    for (path, body) in [
+        (
+            "/v1/resources/dr-rebuild",
+            json!({ "kind": "practitioner", "name": "Dr Rebuild", "specialty": "general", "template": template }),
+        ),
+        (
+            "/v1/services/checkup",
+            json!({ "name": "Checkup", "minutes": 30, "specialty": "general" }),
+        ),
+    ] {
+        let response = app
+            .client
+            .put(format!("{}{path}", app.address))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{path}");
+    }
+    let scheduler = app.token("scheduler-1", &["scheduler"]);
+    for (start, cancel) in [
+        ("2026-11-30T07:00:00Z", false),
+        ("2026-11-30T07:30:00Z", true),
+    ] {
+        let booking = json!({ "patient_id": last, "service": "checkup", "start": start });
+        let response = app
+            .post("/v1/appointments", &scheduler, &booking, &[])
+            .await;
+        assert_eq!(response.status(), 201);
+        let booked: Value = response.json().await.unwrap();
+        if cancel {
+            let path = format!(
+                "/v1/appointments/{}/cancel",
+                booked["appointment_id"].as_str().unwrap()
+            );
+            let response = app
+                .post(
+                    &path,
+                    &scheduler,
+                    &json!({ "reason": "patient-sick" }),
+                    &[("if-match", "\"1\"")],
+                )
+                .await;
+            assert_eq!(response.status(), 200);
+        }
+    }
     let archived = app
         .command(&last, "archive", 2, &json!({ "reason": "moved away" }))
         .await;
@@ -1609,7 +1661,7 @@ async fn every_read_model_rebuilt_in_one_pass_equals_the_one_projected_as_events
         .fetch_one(&app.pool)
         .await
         .unwrap();
-        current == 4
+        current == 5
     })
     .await;
     let projected = read_model_digests(&app.pool).await;
@@ -1633,7 +1685,12 @@ async fn every_read_model_rebuilt_in_one_pass_equals_the_one_projected_as_events
         String::from_utf8_lossy(&rebuilt.stderr)
     );
     let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
-    for table in ["patient_search", "medical_record_items", "audit_log"] {
+    for table in [
+        "patient_search",
+        "medical_record_items",
+        "appointments",
+        "audit_log",
+    ] {
         assert!(
             projected
                 .iter()

@@ -1651,6 +1651,122 @@ async fn an_appointment_is_booked_and_read_through_fhir_and_a_taken_time_answers
 }
 
 #[tokio::test]
+async fn fhir_appointments_are_searched_by_patient_practitioner_date_and_status_with_history() {
+    use crate::fhir::fhir_get;
+    // Arrange: Ada at 08:00 with dr-heart, Bob at 09:00 with dr-valve, Ada at 09:30 with
+    // dr-heart, then cancelled.
+    let app = TestApp::without_kafka().await;
+    clinic(&app).await;
+    let ada = id_of(&app.register_person(811, None).await);
+    let bob = id_of(&app.register_person(812, None).await);
+    let token = scheduler(&app);
+    let with = |practitioner: &str| json!({ "practitioner": practitioner });
+    let (status, first) = book(&app, &ada, &at("08:00"), with("dr-heart")).await;
+    assert_eq!(status, 201, "{first}");
+    let (status, booked) = book(&app, &bob, &at("09:00"), with("dr-valve")).await;
+    assert_eq!(status, 201, "{booked}");
+    let (status, later) = book(&app, &ada, &at("09:30"), with("dr-heart")).await;
+    assert_eq!(status, 201, "{later}");
+    let later_id = later["appointment_id"].as_str().unwrap().to_owned();
+    let (status, cancelled) = act(
+        &app,
+        &later_id,
+        "cancel",
+        1,
+        json!({ "reason": "patient-sick" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{cancelled}");
+    let search = |query: String| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            fhir_get(app, &format!("/Appointment?{query}"), Some(&token), &[])
+                .await
+                .2
+        }
+    };
+    crate::helpers::eventually("the appointments read model", || async {
+        search(format!("patient={ada}&status=cancelled")).await["total"] == 1
+    })
+    .await;
+
+    // Act + assert: by patient, by start.
+    let found = search(format!("patient=Patient/{ada}")).await;
+    assert_eq!(found["total"], 2, "{found}");
+    assert_eq!(found["entry"][0]["resource"]["id"], first["appointment_id"]);
+    assert_eq!(found["entry"][1]["resource"]["status"], "cancelled");
+    // By practitioner and a date range; by status.
+    let monday = MONDAY;
+    let found = search(format!(
+        "practitioner=Practitioner/dr-heart&date=ge{monday}&date=lt{monday}T08:30:00Z"
+    ))
+    .await;
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(found["entry"][0]["resource"]["id"], first["appointment_id"]);
+    let found = search(format!("date={monday}&status=booked&_count=1")).await;
+    assert_eq!(found["total"], 2, "{found}");
+    assert_eq!(found["entry"].as_array().unwrap().len(), 1);
+    assert!(found["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["relation"] == "next"));
+    // An unknown parameter or status is refused, naming it.
+    let (status, _, refused) =
+        fhir_get(&app, "/Appointment?actor=Patient/x", Some(&token), &[]).await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["issue"][0]["expression"][0], "actor");
+    let (status, _, _) = fhir_get(&app, "/Appointment?status=sleeping", Some(&token), &[]).await;
+    assert_eq!(status, 400);
+
+    // History and vread: booked, then cancelled.
+    let (status, _, history) = fhir_get(
+        &app,
+        &format!("/Appointment/{later_id}/_history"),
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["total"], 2);
+    assert_eq!(history["entry"][0]["resource"]["status"], "cancelled");
+    let (status, _, first_version) = fhir_get(
+        &app,
+        &format!("/Appointment/{later_id}/_history/1"),
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(first_version["status"], "booked");
+    assert_eq!(first_version["meta"]["versionId"], "1");
+
+    // A patient searches their own appointments only.
+    let own = app.patient_token(&ada);
+    let (status, _, _) = fhir_get(&app, "/Appointment", Some(&own), &[]).await;
+    assert_eq!(status, 400, "a patient names themselves");
+    let (status, _, theirs) = fhir_get(
+        &app,
+        &format!("/Appointment?patient={ada}"),
+        Some(&own),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(theirs["total"], 2);
+    let (status, _, _) = fhir_get(
+        &app,
+        &format!("/Appointment?patient={bob}"),
+        Some(&own),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_scheduling_resources_read_as_fhir_practitioners_and_locations() {
     use crate::fhir::fhir_get;
     let app = TestApp::without_kafka().await;

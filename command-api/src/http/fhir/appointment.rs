@@ -1,13 +1,18 @@
-//! `Appointment`: read, and create as a booking through the native booking use case (the same
-//! slot rules, claims and reminders); a time already taken answers 409 naming the conflict.
+//! `Appointment`: read, vread and history (every version is an event), search (by patient,
+//! practitioner, date and status, through the appointments read model, each hit read from the
+//! store access-checked), and create as a booking through the native booking use case (the
+//! same slot rules, claims and reminders); a time already taken answers 409 naming the
+//! conflict.
 
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use chrono::{DateTime, Utc};
 use domain::scheduling::appointment::AppointmentState;
 use domain::{FieldError, FieldErrors};
+use projections::appointments::Criteria;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -22,8 +27,10 @@ pub const SERVICE_SYSTEM: &str = "urn:patient-service:service";
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/Appointment", axum::routing::post(create))
+        .route("/Appointment", get(search).post(create))
         .route("/Appointment/{id}", get(read))
+        .route("/Appointment/{id}/_history", get(history))
+        .route("/Appointment/{id}/_history/{vid}", get(vread))
 }
 
 /// An appointment as a FHIR `Appointment`.
@@ -112,6 +119,300 @@ async fn read(
         .headers_mut()
         .insert(header::ETAG, weak_etag(version));
     Ok(answer)
+}
+
+/// The most versions an appointment's history lists (newest first).
+const MAX_HISTORY: u64 = 100;
+
+/// Appointment `raw`, read as `user` (access-checked and recorded against its patient), with
+/// its current version; or the answer that there is none.
+async fn readable(
+    state: &AppState,
+    user: &crate::auth::AuthUser,
+    raw: &str,
+) -> Result<Result<(Uuid, u64), Response>, ApiError> {
+    let not_found = || {
+        outcome(
+            StatusCode::NOT_FOUND,
+            &[Issue::new("not-found", "no such Appointment").at("id")],
+        )
+    };
+    let Ok(id) = Uuid::parse_str(raw) else {
+        return Ok(Err(not_found()));
+    };
+    let (appointment, version) =
+        application::appointments::read(state.services(), user, id).await?;
+    if appointment.state().is_none() {
+        return Ok(Err(not_found()));
+    }
+    Ok(Ok((id, version)))
+}
+
+/// The appointment as its first `version` events left it, as FHIR.
+async fn at_version(state: &AppState, id: Uuid, version: u64) -> Result<Option<Value>, ApiError> {
+    let then = state
+        .appointments
+        .load_version(id, version)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(then
+        .as_ref()
+        .and_then(|a| a.state())
+        .map(|s| to_fhir(id, version, s)))
+}
+
+/// `GET /Appointment/{id}/_history/{vid}`.
+async fn vread(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadAppointments>,
+    Path((raw, vid)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (id, current) = match readable(&state, &user, &raw).await? {
+        Ok(found) => found,
+        Err(answer) => return Ok(answer),
+    };
+    let version = vid
+        .parse::<u64>()
+        .ok()
+        .filter(|v| (1..=current).contains(v));
+    let then = match version {
+        Some(version) => at_version(&state, id, version).await?,
+        None => None,
+    };
+    let (Some(version), Some(body)) = (version, then) else {
+        return Ok(outcome(
+            StatusCode::NOT_FOUND,
+            &[Issue::new("not-found", "no such version")],
+        ));
+    };
+    let mut answer = resource(StatusCode::OK, &body);
+    answer
+        .headers_mut()
+        .insert(header::ETAG, weak_etag(version));
+    Ok(answer)
+}
+
+/// `GET /Appointment/{id}/_history`: its versions, newest first (the latest [`MAX_HISTORY`]).
+async fn history(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadAppointments>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let (id, current) = match readable(&state, &user, &raw).await? {
+        Ok(found) => found,
+        Err(answer) => return Ok(answer),
+    };
+    let mut versions = Vec::new();
+    for version in (1..=current).rev().take(MAX_HISTORY as usize) {
+        if let Some(body) = at_version(&state, id, version).await? {
+            versions.push((body, u32::try_from(version).unwrap_or(u32::MAX), None));
+        }
+    }
+    Ok(resource(
+        StatusCode::OK,
+        &super::history_bundle(
+            &base_url(&state, &headers),
+            "Appointment",
+            &id.to_string(),
+            versions.into_iter(),
+        ),
+    ))
+}
+
+/// The search parameters of `Appointment`, with what each does (the CapabilityStatement
+/// lists them).
+pub const SEARCH_PARAMS: &[(&str, &str, &str)] = &[
+    ("patient", "reference", "the patient: Patient/<id> or <id>"),
+    (
+        "practitioner",
+        "reference",
+        "a resource of the booking: Practitioner/<id> or <id>",
+    ),
+    (
+        "date",
+        "date",
+        "the start: YYYY-MM-DD or an instant, with eq (a whole day), ge, gt, le or lt; repeat for a range",
+    ),
+    (
+        "status",
+        "token",
+        "proposed, pending, booked, arrived, fulfilled, cancelled, noshow, entered-in-error, checked-in, waitlist; several comma-separated",
+    ),
+    ("_count", "number", "1 to 100, 50 by default"),
+    ("_offset", "number", "results to skip"),
+];
+
+/// The statuses an appointment may have.
+const STATUSES: &[&str] = &[
+    "proposed",
+    "pending",
+    "booked",
+    "arrived",
+    "fulfilled",
+    "cancelled",
+    "noshow",
+    "entered-in-error",
+    "checked-in",
+    "waitlist",
+];
+
+/// One `date` value as the instants it spans: `[start, end)` (a day, or one second).
+fn date_span(value: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        let start = day.and_hms_opt(0, 0, 0)?.and_utc();
+        return Some((start, start + chrono::Duration::days(1)));
+    }
+    let instant = DateTime::parse_from_rfc3339(value)
+        .ok()?
+        .with_timezone(&Utc);
+    Some((instant, instant + chrono::Duration::seconds(1)))
+}
+
+/// The search's criteria, or every bad parameter.
+fn criteria(query: &[(String, String)]) -> Result<Criteria, FieldErrors> {
+    let mut errors = FieldErrors::new();
+    let keys: Vec<String> = query.iter().map(|(k, _)| k.clone()).collect();
+    let known: Vec<&str> = SEARCH_PARAMS.iter().map(|(name, _, _)| *name).collect();
+    super::refuse_unknown(&keys, &known, "Appointment", &mut errors);
+    let mut criteria = Criteria {
+        limit: 50,
+        ..Criteria::default()
+    };
+    for (key, raw) in query {
+        match key.as_str() {
+            "patient" => {
+                let id = raw.strip_prefix("Patient/").unwrap_or(raw);
+                match Uuid::parse_str(id) {
+                    Ok(id) => criteria.patient = Some(id),
+                    Err(_) => errors.push(FieldError::new("patient", "must be Patient/<id>")),
+                }
+            }
+            "practitioner" => {
+                let id = raw.strip_prefix("Practitioner/").unwrap_or(raw);
+                if id.is_empty() || id.len() > 100 || id.chars().any(char::is_control) {
+                    errors.push(FieldError::new("practitioner", "must be Practitioner/<id>"));
+                } else {
+                    criteria.practitioner = Some(id.to_owned());
+                }
+            }
+            "status" => {
+                for status in raw.split(',') {
+                    if STATUSES.contains(&status) {
+                        criteria.statuses.push(status.to_owned());
+                    } else {
+                        errors.push(FieldError::new(
+                            "status",
+                            format!("must be among {}", STATUSES.join(", ")),
+                        ));
+                    }
+                }
+            }
+            "date" => {
+                let (prefix, value) = match raw.get(..2) {
+                    Some(p @ ("eq" | "ge" | "gt" | "le" | "lt")) => (p, &raw[2..]),
+                    _ => ("eq", raw.as_str()),
+                };
+                let Some((start, end)) = date_span(value) else {
+                    errors.push(FieldError::new(
+                        "date",
+                        "must be YYYY-MM-DD or an instant, with eq, ge, gt, le or lt before it",
+                    ));
+                    continue;
+                };
+                let later =
+                    |a: Option<DateTime<Utc>>, b| Some(a.map_or(b, |a: DateTime<Utc>| a.max(b)));
+                let earlier =
+                    |a: Option<DateTime<Utc>>, b| Some(a.map_or(b, |a: DateTime<Utc>| a.min(b)));
+                match prefix {
+                    "ge" => criteria.from = later(criteria.from, start),
+                    "gt" => criteria.from = later(criteria.from, end),
+                    "lt" => criteria.before = earlier(criteria.before, start),
+                    "le" => criteria.before = earlier(criteria.before, end),
+                    _ => {
+                        criteria.from = later(criteria.from, start);
+                        criteria.before = earlier(criteria.before, end);
+                    }
+                }
+            }
+            "_count" => match raw.parse::<u32>() {
+                Ok(n @ 1..=100) => criteria.limit = n,
+                _ => errors.push(FieldError::new(
+                    "_count",
+                    "must be a whole number from 1 to 100",
+                )),
+            },
+            "_offset" => match raw.parse::<u32>() {
+                Ok(n @ 0..=100_000) => criteria.offset = n,
+                _ => errors.push(FieldError::new(
+                    "_offset",
+                    "must be a whole number up to 100000",
+                )),
+            },
+            _ => {}
+        }
+    }
+    errors.into_result()?;
+    Ok(criteria)
+}
+
+/// `GET /Appointment?...`: a searchset Bundle, by start time. Each hit is read from the store
+/// as the caller, access-checked and recorded; one the caller may not read is left out.
+async fn search(
+    State(state): State<AppState>,
+    Authorized(user, _): Authorized<permission::ReadAppointments>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect();
+    let criteria = criteria(&query).map_err(ApiError::InvalidParameters)?;
+    // A patient, or a user of another organization, reaches some patients only: their
+    // searches name one (and are refused when they may not read it).
+    let narrow = user.roles.iter().all(|r| *r == crate::auth::Role::Patient)
+        || crate::auth::access::is_external(&user, state.home_organization.as_deref());
+    if narrow && criteria.patient.is_none() {
+        return Err(ApiError::InvalidParameters(
+            FieldError::new(
+                "patient",
+                "is required: you may search your own appointments",
+            )
+            .into(),
+        ));
+    }
+    let page = projections::appointments::search(&state.pool, &criteria).await?;
+    let base = base_url(&state, &headers);
+    let mut entries = Vec::with_capacity(page.ids.len());
+    let mut left_out = false;
+    for id in page.ids {
+        match application::appointments::read(state.services(), &user, id).await {
+            Ok((appointment, version)) => {
+                if let Some(current) = appointment.state() {
+                    entries.push(super::match_entry(&base, to_fhir(id, version, current)));
+                }
+            }
+            // Named patient not readable: refused whole, as a read of it would be.
+            Err(refused @ application::services::UseCaseError::Refused(_))
+                if criteria.patient.is_some() =>
+            {
+                return Err(refused.into())
+            }
+            Err(application::services::UseCaseError::Refused(_)) => left_out = true,
+            Err(other) => return Err(other.into()),
+        }
+    }
+    // What the caller may not read is not counted either.
+    let total = if left_out { None } else { page.total };
+    let paging = super::Paging {
+        count: criteria.limit as usize,
+        offset: criteria.offset as usize,
+        has_more: page.has_more,
+    };
+    Ok(resource(
+        StatusCode::OK,
+        &super::page_bundle((&base, "Appointment"), &query, paging, total, entries),
+    ))
 }
 
 /// The native booking body of a FHIR Appointment: its patient and practitioner participants,

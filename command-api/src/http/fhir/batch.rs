@@ -3,7 +3,7 @@
 //! Each entry is a request (read, search, create, update) run through this same API under the
 //! caller's credentials. In a `batch` each entry stands alone: it is answered in order in a
 //! `batch-response`, one failing fails only itself. A `transaction` is all or nothing: its
-//! entries run against stores bound to one unit of work ([`event_store::unit`]), creates first
+//! entries run against stores bound to one unit of work ([`event_store::command::UnitOfWork`]), creates first
 //! (each after the creates its `urn:uuid:` references name), then updates, then reads; the
 //! first entry to fail fails the whole Bundle with its `OperationOutcome`, and nothing is
 //! stored; otherwise every event of every entry is stored in one database transaction and the
@@ -355,7 +355,7 @@ async fn transaction(
         Ok(order) => order,
         Err(issue) => return Ok(Err(outcome(StatusCode::BAD_REQUEST, &[issue]))),
     };
-    let unit = event_store::unit::UnitOfWork::default();
+    let unit = event_store::command::UnitOfWork::default();
     let scoped = state.in_unit(&unit);
     let mut resolved: HashMap<String, String> = HashMap::new();
     let mut answers: Vec<Value> = vec![Value::Null; entries.len()];

@@ -6,7 +6,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::patient::{base_url, SEARCH_PARAMS};
-use super::{clinical, reference, resource, schedule};
+use super::{appointment, clinical, reference, resource, schedule};
 use crate::http::AppState;
 
 /// The resources served, each with its interactions and search parameters.
@@ -94,9 +94,21 @@ fn resources() -> Vec<Value> {
         "type": "Appointment",
         "profile": "http://hl7.org/fhir/StructureDefinition/Appointment",
         "documentation": "Created as a booking through the native booking (a time taken answers 409 with an OperationOutcome whose diagnostics start with time-taken); the patient and the practitioner as participants, the service as serviceType",
-        "interaction": [{ "code": "read" }, { "code": "create" }],
+        "interaction": [
+            { "code": "read" },
+            { "code": "vread" },
+            { "code": "history-instance" },
+            { "code": "search-type" },
+            { "code": "create" },
+        ],
         "versioning": "versioned",
-        "readHistory": false,
+        "readHistory": true,
+        "searchParam": appointment::SEARCH_PARAMS
+            .iter()
+            .map(|(name, kind, documentation)| {
+                json!({ "name": name, "type": kind, "documentation": documentation })
+            })
+            .collect::<Vec<Value>>(),
     }));
     let reference_params: Vec<Value> = reference::SEARCH_PARAMS
         .iter()

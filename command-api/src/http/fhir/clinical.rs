@@ -27,7 +27,10 @@ use uuid::Uuid;
 
 use super::clinical_input;
 use super::patient::base_url;
-use super::{found, match_entry, outcome, patient_param, resource, weak_etag, Issue, Write};
+use super::{
+    expected_version, found, match_entry, outcome, patient_param, resource, weak_etag, Issue,
+    Write, CHANGE_REASON, DEFAULT_REASON,
+};
 use crate::auth::{permission, Authorized};
 use crate::http::input;
 use crate::http::patient_commands::metadata;
@@ -152,10 +155,6 @@ async fn binary(
 /// The header a client names the allergies whose warnings it acknowledges in: their FHIR ids
 /// (or item ids), comma-separated.
 pub const ACKNOWLEDGE: &str = "x-acknowledge-allergy-warnings";
-
-/// The header a client may give an update's reason in; else [`DEFAULT_REASON`].
-pub const CHANGE_REASON: &str = "x-change-reason";
-pub(super) const DEFAULT_REASON: &str = "updated through the FHIR API";
 
 /// The allergies acknowledged in [`ACKNOWLEDGE`], as the native body's item ids.
 fn acknowledged(headers: &HeaderMap) -> Option<Value> {
@@ -347,23 +346,6 @@ fn rename(errors: FieldErrors, name: &str) -> FieldErrors {
         renamed.push(FieldError::new(name, format!("{}: {}", e.field, e.message)));
     }
     renamed
-}
-
-/// The version an `If-Match` names: `W/"3"` (FHIR's) or `"3"`.
-pub(super) fn expected_version(headers: &HeaderMap) -> Result<u64, ApiError> {
-    let value = headers
-        .get(header::IF_MATCH)
-        .ok_or(ApiError::PreconditionRequired)?
-        .to_str()
-        .unwrap_or_default()
-        .trim();
-    value
-        .strip_prefix("W/")
-        .unwrap_or(value)
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| ApiError::invalid_parameter("If-Match", "must be an ETag such as W/\"3\""))
 }
 
 /// `PUT /{Type}/{id}` with `If-Match`: revises the item to the resource sent (412 when the
@@ -691,40 +673,15 @@ async fn search(
         .take(criteria.count)
         .map(|resource| match_entry(&base, resource))
         .collect();
-    let mut query: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| k.as_str() != "_count" && k.as_str() != "_offset")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    query.sort();
-    let link = |offset: usize| {
-        let mut query = query.clone();
-        query.push(("_count".into(), criteria.count.to_string()));
-        query.push(("_offset".into(), offset.to_string()));
-        let encoded = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(query)
-            .finish();
-        format!("{base}/{name}?{encoded}")
+    let query: Vec<(String, String)> = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let paging = super::Paging {
+        count: criteria.count,
+        offset: criteria.offset,
+        has_more: criteria.offset + criteria.count < total,
     };
-    let mut links = vec![json!({ "relation": "self", "url": link(criteria.offset) })];
-    if criteria.offset > 0 {
-        links.push(json!({
-            "relation": "previous",
-            "url": link(criteria.offset.saturating_sub(criteria.count)),
-        }));
-    }
-    if criteria.offset + criteria.count < total {
-        links.push(json!({ "relation": "next", "url": link(criteria.offset + criteria.count) }));
-    }
     Ok(resource(
         StatusCode::OK,
-        &json!({
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": total,
-            "link": links,
-            "entry": entries,
-        }),
+        &super::page_bundle((&base, name), &query, paging, Some(total as u64), entries),
     ))
 }
 

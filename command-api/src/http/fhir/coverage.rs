@@ -243,7 +243,7 @@ async fn update(
     Path(raw): Path<String>,
     write: Write<permission::ChangeCoverages>,
 ) -> Result<Response, ApiError> {
-    let expected = super::clinical::expected_version(&write.headers)?;
+    let expected = super::expected_version(&write.headers)?;
     let Some((patient, item)) = parse_fhir_id(&raw) else {
         return Err(ApiError::NotFound);
     };

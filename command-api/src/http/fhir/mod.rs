@@ -47,6 +47,7 @@ pub fn router() -> Router<AppState> {
         .route("/", axum::routing::post(batch::bundle))
         .route("/metadata", get(capability::metadata))
         .merge(patient::router())
+        .merge(patient_update::router())
         .merge(clinical::router())
         .merge(appointment::router())
         .merge(reference::router())
@@ -151,6 +152,27 @@ pub fn resource(status: StatusCode, body: &Value) -> Response {
 pub fn weak_etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("W/\"{version}\""))
         .unwrap_or(HeaderValue::from_static("W/\"0\""))
+}
+
+/// The header a client may give an update's reason in; else [`DEFAULT_REASON`].
+pub const CHANGE_REASON: &str = "x-change-reason";
+pub const DEFAULT_REASON: &str = "updated through the FHIR API";
+
+/// The version an `If-Match` names: `W/"3"` (FHIR's) or `"3"`.
+pub fn expected_version(headers: &HeaderMap) -> Result<u64, ApiError> {
+    let value = headers
+        .get(header::IF_MATCH)
+        .ok_or(ApiError::PreconditionRequired)?
+        .to_str()
+        .unwrap_or_default()
+        .trim();
+    value
+        .strip_prefix("W/")
+        .unwrap_or(value)
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ApiError::invalid_parameter("If-Match", "must be an ETag such as W/\"3\""))
 }
 
 /// A FHIR write: who sends it, and what.
@@ -271,6 +293,59 @@ pub fn searchset(entries: Vec<Value>) -> Value {
         "total": entries.len(),
         "entry": entries,
     })
+}
+
+/// Where a page of search results stands: its size (`_count`), its start (`_offset`), and
+/// whether results follow it.
+#[derive(Debug, Clone, Copy)]
+pub struct Paging {
+    pub count: usize,
+    pub offset: usize,
+    pub has_more: bool,
+}
+
+/// A searchset Bundle of one page of `name` results: `entries`, the `total` when known, and
+/// `self`, `previous` and `next` links repeating the search's `query` (its paging left out).
+pub fn page_bundle(
+    (base, name): (&str, &str),
+    query: &[(String, String)],
+    paging: Paging,
+    total: Option<u64>,
+    entries: Vec<Value>,
+) -> Value {
+    let mut query: Vec<(String, String)> = query
+        .iter()
+        .filter(|(k, _)| k != "_count" && k != "_offset")
+        .cloned()
+        .collect();
+    query.sort();
+    let link = |offset: usize| {
+        let mut query = query.clone();
+        query.push(("_count".into(), paging.count.to_string()));
+        query.push(("_offset".into(), offset.to_string()));
+        let encoded = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(query)
+            .finish();
+        format!("{base}/{name}?{encoded}")
+    };
+    let mut links = vec![json!({ "relation": "self", "url": link(paging.offset) })];
+    if paging.offset > 0 {
+        let previous = paging.offset.saturating_sub(paging.count);
+        links.push(json!({ "relation": "previous", "url": link(previous) }));
+    }
+    if paging.has_more {
+        links.push(json!({ "relation": "next", "url": link(paging.offset + paging.count) }));
+    }
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": links,
+        "entry": entries,
+    });
+    if let Some(total) = total {
+        bundle["total"] = json!(total);
+    }
+    bundle
 }
 
 /// The search parameters of `resource_type` in `params` that are not among `known`, refused

@@ -63,10 +63,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/Patient", get(search).post(create))
         .route("/Patient/$match", post(match_patients))
-        .route(
-            "/Patient/{id}",
-            get(read).put(super::patient_update::update),
-        )
+        .route("/Patient/{id}", get(read))
         .route("/Patient/{id}/_history", get(history))
         .route("/Patient/{id}/_history/{vid}", get(vread))
 }
@@ -486,36 +483,15 @@ async fn search(
             }
         }
     }
-    let link = |offset: u32| {
-        let mut query: Vec<(String, String)> = self_query
-            .iter()
-            .filter(|(k, _)| k != "_count" && k != "_offset")
-            .cloned()
-            .collect();
-        query.push(("_count".into(), limit.to_string()));
-        query.push(("_offset".into(), offset.to_string()));
-        let encoded = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(query)
-            .finish();
-        format!("{base}/Patient?{encoded}")
+    let paging = super::Paging {
+        count: limit as usize,
+        offset: offset as usize,
+        has_more: page.has_more,
     };
-    let mut links = vec![json!({ "relation": "self", "url": link(offset) })];
-    if offset > 0 {
-        links.push(json!({ "relation": "previous", "url": link(offset.saturating_sub(limit)) }));
-    }
-    if page.has_more {
-        links.push(json!({ "relation": "next", "url": link(offset + limit) }));
-    }
-    let mut bundle = json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "link": links,
-        "entry": entries,
-    });
-    if let Some(total) = page.total {
-        bundle["total"] = json!(total);
-    }
-    Ok(resource(StatusCode::OK, &bundle))
+    Ok(resource(
+        StatusCode::OK,
+        &super::page_bundle((&base, "Patient"), &self_query, paging, page.total, entries),
+    ))
 }
 
 /// `_id` (alone, or with `_count`): the patient as a one-entry searchset, or none.

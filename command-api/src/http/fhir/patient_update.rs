@@ -18,9 +18,8 @@ use domain::patient::{
 use domain::FieldError;
 use serde_json::Value;
 
-use super::clinical::{expected_version, CHANGE_REASON, DEFAULT_REASON};
 use super::patient::{patient_paths, registration, to_fhir, MRN_SYSTEM};
-use super::{resource, weak_etag, Write};
+use super::{expected_version, resource, weak_etag, Write, CHANGE_REASON, DEFAULT_REASON};
 use crate::auth::permission;
 use crate::http::patient_commands::metadata;
 use crate::http::{ApiError, AppState};
@@ -181,8 +180,12 @@ fn commands(
     Ok(commands)
 }
 
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/Patient/{id}", axum::routing::put(update))
+}
+
 /// `PUT /Patient/{id}`.
-pub(super) async fn update(
+async fn update(
     State(state): State<AppState>,
     Path(raw): Path<String>,
     write: Write<permission::CorrectDemographics>,
@@ -207,7 +210,7 @@ pub(super) async fn update(
         .store
         .unit()
         .is_none()
-        .then(event_store::unit::UnitOfWork::default);
+        .then(event_store::command::UnitOfWork::default);
     let scoped = match &own {
         Some(unit) => state.in_unit(unit),
         None => state.clone(),
