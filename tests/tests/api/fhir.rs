@@ -1502,6 +1502,126 @@ async fn the_consent_directives_in_force_read_as_fhir_consents() {
 }
 
 #[tokio::test]
+async fn consents_are_granted_by_fhir_create_and_withdrawn_by_update_and_they_govern_access() {
+    // Arrange: a patient; a registrar of hospital B, which may not read them yet.
+    let app = TestApp::spawn_with(crate::helpers::AppOptions {
+        kafka: false,
+        organization: Some("general-hospital".into()),
+        ..crate::helpers::AppOptions::default()
+    })
+    .await;
+    let id = id_of(&app.register_person(9955, None).await);
+    let own = app.patient_token(&id);
+    let partner = app.token_with(
+        "partner-1",
+        &["registrar"],
+        &command_api::auth::TokenExtras {
+            organization: Some("hospital-b".into()),
+            ..Default::default()
+        },
+    );
+    let partner_reads = || async {
+        fhir_get(&app, &format!("/Patient/{id}"), Some(&partner), &[])
+            .await
+            .0
+    };
+    assert_eq!(partner_reads().await, 403);
+    let sharing = json!({
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+        "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
+        "patient": { "reference": format!("Patient/{id}") },
+        "policyRule": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN" }] },
+        "provision": { "type": "permit", "actor": [{
+            "role": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP" }] },
+            "reference": { "reference": "Organization/hospital-b" }
+        }] }
+    });
+
+    // Act: the patient grants sharing with hospital B.
+    let (status, headers, granted) =
+        fhir_send(&app, reqwest::Method::POST, "/Consent", &own, &sharing, &[]).await;
+
+    // Assert
+    assert_eq!(status, 201, "{granted}");
+    assert_eq!(
+        granted["provision"]["actor"][0]["reference"]["reference"],
+        "Organization/hospital-b"
+    );
+    assert_eq!(granted["meta"]["versionId"], "2");
+    assert_eq!(headers["etag"], "W/\"2\"");
+    let native: Value = app
+        .get(&format!("/v1/patients/{id}"), &app.registrar())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        native["consents"][0]["directive"],
+        json!({ "kind": "share-with-organization", "organization": "hospital-b" }),
+        "{native}"
+    );
+    assert_eq!(
+        partner_reads().await,
+        200,
+        "the consent lets hospital B read"
+    );
+    // The same directive twice, and one the service does not hold, are refused.
+    let (status, _, _) =
+        fhir_send(&app, reqwest::Method::POST, "/Consent", &own, &sharing, &[]).await;
+    assert_eq!(status, 409);
+    let mut unheld = sharing.clone();
+    unheld["provision"] = json!({ "type": "permit", "actor": [{ "role": { "text": "friend" },
+        "reference": { "reference": "RelatedPerson/x" } }] });
+    let (status, _, refused) =
+        fhir_send(&app, reqwest::Method::POST, "/Consent", &own, &unheld, &[]).await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(issues(&refused)[0].1, "Consent.provision");
+
+    // Act: withdrawn by an update to inactive.
+    let path = format!("/Consent/{}", granted["id"].as_str().unwrap());
+    let mut withdrawn = granted.clone();
+    withdrawn["status"] = json!("inactive");
+    let (status, _, answer) = fhir_send(
+        &app,
+        reqwest::Method::PUT,
+        &path,
+        &own,
+        &withdrawn,
+        &[("if-match", "W/\"2\""), ("x-change-reason", "moved back")],
+    )
+    .await;
+
+    // Assert: no longer in force.
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "inactive");
+    assert_eq!(answer["meta"]["versionId"], "3");
+    let (status, _, _) = fhir_get(&app, &path, Some(&own), &[]).await;
+    assert_eq!(status, 404);
+    let (_, _, found) = fhir_get(&app, &format!("/Consent?patient={id}"), Some(&own), &[]).await;
+    assert_eq!(found["total"], 0);
+    assert_eq!(
+        partner_reads().await,
+        403,
+        "withdrawn, hospital B may not read"
+    );
+    // A clinician manages no consents.
+    let clinician = app.token("clinician-1", &["clinician"]);
+    let (status, _, _) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Consent",
+        &clinician,
+        &sharing,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn reads_of_a_patient_are_audit_events_and_changes_to_them_provenances() {
     // Arrange: a registration, a change, and a read of the record by someone.
     let app = TestApp::without_kafka().await;

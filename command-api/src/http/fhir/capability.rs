@@ -141,8 +141,9 @@ fn resources() -> Vec<Value> {
     resources.push(json!({
         "type": "Consent",
         "profile": "http://hl7.org/fhir/StructureDefinition/Consent",
-        "documentation": "Read-only here: the consent directives in force on a patient's record (granted and withdrawn through /v1/patients/{id}/consents)",
-        "interaction": [{ "code": "read" }, { "code": "search-type" }],
+        "documentation": "The consent directives in force on a patient's record. Create grants one (admin, registrar or the patient): a research opt-out (provision.type deny, purpose HRESCH), sharing with an organization (permit, actor Organization/<id>) or with every clinician (permit, actor shown as every clinician). An update to status inactive (If-Match: the record's version) withdraws it.",
+        "interaction": [{ "code": "read" }, { "code": "search-type" }, { "code": "create" }, { "code": "update" }],
+        "versioning": "versioned-update",
         "searchParam": [
             { "name": "patient", "type": "reference", "documentation": "the patient (required): Patient/<id> or <id>" },
         ],

@@ -1,31 +1,43 @@
-//! `Consent`: the consent directives in force on a patient's record, from the patient record
-//! (read and search by patient, access-checked and recorded as a read of the patient). A
-//! directive's id is the patient's UUID and its own, as 64 hex digits.
+//! `Consent`: the consent directives in force on a patient's record, held in the patient
+//! record. Read and search by patient (access-checked and recorded as a read of the patient);
+//! create grants a directive and an update to `status: inactive` withdraws it, as the native
+//! consent commands (admin, registrar, or the patient). A directive's id is the patient's UUID
+//! and its own, as 64 hex digits; its version is the patient record's.
+//!
+//! The directives the service holds, as FHIR: a research opt-out (`provision.type` deny with
+//! purpose `HRESCH`, or scope `research`), sharing with another organization (`permit`, an
+//! actor `Organization/<id>`), and sharing with every clinician (`permit`, an actor shown as
+//! `every clinician`). Any other Consent is refused naming `Consent.provision`.
 
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use domain::patient::governance::{Consent, ConsentDirective};
-use domain::patient::PatientId;
-use domain::FieldErrors;
+use domain::patient::governance::{Consent, ConsentDirective, GovernanceChange, Principal};
+use domain::patient::{PatientCommand, PatientId, Reason};
+use domain::{FieldError, FieldErrors};
 use serde_json::{json, Value};
 
 use super::clinical::{fhir_id, parse_fhir_id};
 use super::patient::base_url;
-use super::{match_entry, outcome, patient_param, refuse_unknown, resource, searchset, Issue};
+use super::{
+    expected_version, match_entry, outcome, patient_param, refuse_unknown, resource, searchset,
+    weak_etag, Issue, Write, CHANGE_REASON, DEFAULT_REASON,
+};
 use crate::auth::{permission, Authorized};
+use crate::http::patient_commands::metadata;
 use crate::http::{ApiError, AppState};
 use application::finding;
+use application::policy::Action;
 use domain::medical_record::ItemId;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/Consent", get(search))
-        .route("/Consent/{id}", get(read))
+        .route("/Consent", get(search).post(create))
+        .route("/Consent/{id}", get(read).put(update))
 }
 
 /// A directive in force as a FHIR `Consent`: sharing as an opt-in permitting access to the
@@ -39,7 +51,7 @@ pub fn to_fhir(patient: PatientId, c: &Consent) -> Value {
                 "type": "permit",
                 "actor": [{
                     "role": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP" }] },
-                    "reference": { "display": format!("organization {}", organization.as_str()) },
+                    "reference": organization_reference(organization.as_str()),
                 }],
                 "action": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access" }] }],
             }),
@@ -78,17 +90,253 @@ pub fn to_fhir(patient: PatientId, c: &Consent) -> Value {
     })
 }
 
-/// The directives in force on the patient's record, the patient read as `user`.
+/// An organization as a FHIR reference: `Organization/<id>` when its name is a FHIR id,
+/// else by display.
+fn organization_reference(organization: &str) -> Value {
+    let is_id = (1..=64).contains(&organization.len())
+        && organization
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if is_id {
+        json!({ "reference": format!("Organization/{organization}"), "display": format!("organization {organization}") })
+    } else {
+        json!({ "display": format!("organization {organization}") })
+    }
+}
+
+/// A directive as a FHIR `Consent` at the patient record's `version`.
+fn versioned(patient: PatientId, consent: &Consent, version: u64) -> Value {
+    let mut body = to_fhir(patient, consent);
+    body["meta"] = json!({ "versionId": version.to_string() });
+    body
+}
+
+/// The directives in force on the patient's record and the record's version, the patient read
+/// as `user`.
 async fn consents_of(
     state: &AppState,
     user: &crate::auth::AuthUser,
     patient: PatientId,
-) -> Result<Vec<Consent>, ApiError> {
-    let (found, _) = finding::read(state.services(), user, patient).await?;
-    Ok(found
+) -> Result<(Vec<Consent>, u64), ApiError> {
+    let (found, version) = finding::read(state.services(), user, patient).await?;
+    let consents = found
         .record()
         .map(|r| r.governance.consents.clone())
-        .unwrap_or_default())
+        .unwrap_or_default();
+    Ok((consents, version))
+}
+
+/// The patient a FHIR Consent is about, and the directive it states; every bad element named.
+fn directive(resource: &Value) -> Result<(PatientId, ConsentDirective), ApiError> {
+    let mut errors = FieldErrors::new();
+    if resource["resourceType"] != "Consent" {
+        errors.push(FieldError::new(
+            "Consent.resourceType",
+            "must be Consent at this address",
+        ));
+    }
+    let patient = resource["patient"]["reference"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("Patient/"))
+        .and_then(|id| PatientId::parse("patient", id).ok());
+    if patient.is_none() {
+        errors.push(FieldError::new(
+            "Consent.patient",
+            "must reference the patient: Patient/<id>",
+        ));
+    }
+    if resource["status"] != "active" {
+        errors.push(FieldError::new(
+            "Consent.status",
+            "must be active: a directive is granted in force",
+        ));
+    }
+    let provision = &resource["provision"];
+    let scope = resource["scope"]["coding"][0]["code"].as_str();
+    let research = provision["purpose"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| p["code"] == "HRESCH")
+        || scope == Some("research");
+    let actors: Vec<&Value> = provision["actor"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let organization = actors.iter().find_map(|a| {
+        a["reference"]["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("Organization/"))
+    });
+    let clinicians = actors
+        .iter()
+        .any(|a| a["reference"]["display"] == "every clinician");
+    let directive = match (
+        provision["type"].as_str(),
+        research,
+        organization,
+        clinicians,
+    ) {
+        (Some("deny"), true, None, false) => Some(ConsentDirective::ResearchOptOut),
+        (Some("permit"), false, Some(organization), false) => {
+            match Principal::parse("Consent.provision.actor", organization) {
+                Ok(organization) => Some(ConsentDirective::ShareWithOrganization { organization }),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            }
+        }
+        (Some("permit"), false, None, true) => Some(ConsentDirective::ShareWithRole {
+            role: "clinician".to_owned(),
+        }),
+        _ => {
+            errors.push(FieldError::new(
+                "Consent.provision",
+                "must state a directive the service holds: a research opt-out (type deny, \
+                 purpose HRESCH), sharing with an organization (type permit, an actor \
+                 Organization/<id>) or with every clinician (type permit, an actor shown as \
+                 every clinician)",
+            ));
+            None
+        }
+    };
+    errors.into_result().map_err(ApiError::Validation)?;
+    match (patient, directive) {
+        (Some(patient), Some(directive)) => Ok((patient, directive)),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// A directive written: `status`, the resource with the patient record's version (withdrawn,
+/// `inactive`, when answering an update), its `ETag` and `Location`.
+fn written(
+    state: &AppState,
+    headers: &HeaderMap,
+    (patient, version): (PatientId, u64),
+    consent: &Consent,
+    status: StatusCode,
+) -> Response {
+    let mut body = versioned(patient, consent, version);
+    if status == StatusCode::OK {
+        body["status"] = json!("inactive");
+    }
+    let mut answer = resource(status, &body);
+    answer
+        .headers_mut()
+        .insert(header::ETAG, weak_etag(version));
+    let location = format!(
+        "{}/Consent/{}",
+        base_url(state, headers),
+        fhir_id(patient, ItemId::new(consent.consent_id))
+    );
+    if let Ok(location) = header::HeaderValue::from_str(&location) {
+        answer.headers_mut().insert(header::LOCATION, location);
+    }
+    answer
+}
+
+/// `POST /Consent`: grants the directive on the patient's record.
+async fn create(
+    State(state): State<AppState>,
+    write: Write<permission::ManageConsents>,
+) -> Result<Response, ApiError> {
+    let (patient, directive) = directive(&write.resource)?;
+    let consent_id = uuid::Uuid::new_v4();
+    let change = GovernanceChange::GrantConsent {
+        consent_id,
+        directive,
+        at: (state.clock)(),
+    };
+    let (changed, version) = application::patients::change(
+        state.services(),
+        &write.user,
+        (Action::ManageConsents, PatientCommand::Govern(change)),
+        (patient, None),
+        metadata(&write.user, &write.ctx, None),
+    )
+    .await?;
+    let consent = changed
+        .record()
+        .and_then(|r| {
+            r.governance
+                .consents
+                .iter()
+                .find(|c| c.consent_id == consent_id)
+        })
+        .ok_or(ApiError::NotFound)?;
+    Ok(written(
+        &state,
+        &write.headers,
+        (patient, version),
+        consent,
+        StatusCode::CREATED,
+    ))
+}
+
+/// `PUT /Consent/{id}` with `If-Match` (the patient record's version): `status: inactive`
+/// withdraws the directive, for the reason in `X-Change-Reason`. A directive is not otherwise
+/// changed: it is withdrawn and another granted.
+async fn update(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    write: Write<permission::ManageConsents>,
+) -> Result<Response, ApiError> {
+    let expected = expected_version(&write.headers)?;
+    let Some((patient, item)) = parse_fhir_id(&raw) else {
+        return Err(ApiError::NotFound);
+    };
+    if write.resource["id"].as_str() != Some(raw.as_str()) {
+        return Err(ApiError::Validation(
+            FieldError::new("Consent.id", "must be the id in the address").into(),
+        ));
+    }
+    if write.resource["status"] != "inactive" {
+        return Err(ApiError::Validation(
+            FieldError::new(
+                "Consent.status",
+                "must be inactive: an update withdraws the directive (grant another to change it)",
+            )
+            .into(),
+        ));
+    }
+    let (consents, _) = consents_of(&state, &write.user, patient).await?;
+    let Some(withdrawn) = consents
+        .into_iter()
+        .find(|c| c.consent_id == item.as_uuid())
+    else {
+        return Err(ApiError::NotFound);
+    };
+    let reason = write
+        .headers
+        .get(CHANGE_REASON)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(DEFAULT_REASON);
+    let reason = Reason::parse(CHANGE_REASON, reason)
+        .map_err(|e| ApiError::invalid_parameter("X-Change-Reason", &e.message))?;
+    let change = GovernanceChange::WithdrawConsent {
+        consent_id: item.as_uuid(),
+        reason,
+        at: (state.clock)(),
+    };
+    let (_, version) = application::patients::change(
+        state.services(),
+        &write.user,
+        (Action::ManageConsents, PatientCommand::Govern(change)),
+        (patient, Some(expected)),
+        metadata(&write.user, &write.ctx, None),
+    )
+    .await?;
+    let mut answer = written(
+        &state,
+        &write.headers,
+        (patient, version),
+        &withdrawn,
+        StatusCode::OK,
+    );
+    answer.headers_mut().remove(header::LOCATION);
+    Ok(answer)
 }
 
 /// `GET /Consent/{id}`.
@@ -106,10 +354,16 @@ async fn read(
     let Some((patient, wanted)) = parse_fhir_id(&raw) else {
         return Ok(not_found());
     };
-    let consents = consents_of(&state, &user, patient).await?;
+    let (consents, version) = consents_of(&state, &user, patient).await?;
     Ok(
         match consents.iter().find(|c| c.consent_id == wanted.as_uuid()) {
-            Some(c) => resource(StatusCode::OK, &to_fhir(patient, c)),
+            Some(c) => {
+                let mut answer = resource(StatusCode::OK, &versioned(patient, c, version));
+                answer
+                    .headers_mut()
+                    .insert(header::ETAG, weak_etag(version));
+                answer
+            }
             None => not_found(),
         },
     )
@@ -128,10 +382,10 @@ async fn search(
     errors.into_result().map_err(ApiError::InvalidParameters)?;
     let patient = patient.ok_or(ApiError::NotFound)?;
     let base = base_url(&state, &headers);
-    let entries: Vec<Value> = consents_of(&state, &user, patient)
-        .await?
+    let (consents, version) = consents_of(&state, &user, patient).await?;
+    let entries: Vec<Value> = consents
         .iter()
-        .map(|c| match_entry(&base, to_fhir(patient, c)))
+        .map(|c| match_entry(&base, versioned(patient, c, version)))
         .collect();
     Ok(resource(StatusCode::OK, &searchset(entries)))
 }
