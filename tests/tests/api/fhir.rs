@@ -1809,7 +1809,7 @@ async fn documents_read_as_fhir_document_references_with_their_bytes_as_binary()
         .decode(binary["data"].as_str().unwrap())
         .unwrap();
     assert_eq!(data, letter);
-    // Written through the native API only, for now.
+    // A copy naming its bytes by url only is refused: the service stores the bytes.
     let mut copy = reference.clone();
     copy.as_object_mut().unwrap().remove("id");
     let (status, _, refused) = fhir_send(
@@ -1822,6 +1822,125 @@ async fn documents_read_as_fhir_document_references_with_their_bytes_as_binary()
     )
     .await;
     assert_eq!(status, 422, "{refused}");
+    assert_eq!(
+        issues(&refused)[0].1,
+        "DocumentReference.content[0].attachment.data"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_document_reference_is_created_with_its_bytes_and_revised_by_update() {
+    use base64::Engine as _;
+    // Arrange
+    let app = TestApp::without_kafka().await;
+    let id = crate::medical_records::patient_in_care(&app, 9985).await;
+    let token = crate::medical_records::clinician(&app);
+    let letter = b"Referral letter: chest pain on exertion, please assess.";
+    let encoded = base64::engine::general_purpose::STANDARD.encode(letter);
+    let document = json!({
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "type": { "coding": [{ "system": "http://loinc.org", "code": "57133-1", "display": "Referral note" }] },
+        "subject": { "reference": format!("Patient/{id}") },
+        "description": "Referral to cardiology",
+        "content": [{ "attachment": { "contentType": "text/plain", "data": encoded, "creation": "2026-11-25" } }]
+    });
+
+    // Act
+    let (status, _, created) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/DocumentReference",
+        &token,
+        &document,
+        &[],
+    )
+    .await;
+
+    // Assert: stored as the native upload stores it; the bytes read back as a Binary.
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["description"], "Referral to cardiology");
+    assert_eq!(created["type"]["coding"][0]["code"], "57133-1");
+    assert_eq!(created["content"][0]["attachment"]["size"], letter.len());
+    assert_eq!(
+        created["content"][0]["attachment"]["creation"],
+        "2026-11-25"
+    );
+    let doc_id = created["id"].as_str().unwrap();
+    let (status, _, binary) = fhir_get(&app, &format!("/Binary/{doc_id}"), Some(&token), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(binary["data"], encoded.as_str());
+    crate::helpers::eventually("the document's text found by full-text search", || async {
+        let found: Value = app
+            .get(
+                &format!("/v1/patients/{id}/medical-record/search?q=exertion"),
+                &token,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        found.to_string().contains("Referral to cardiology")
+    })
+    .await;
+
+    // Act: retitled; then its bytes changed.
+    let path = format!("/DocumentReference/{doc_id}");
+    let mut retitled = created.clone();
+    retitled["description"] = json!("Referral to cardiology (urgent)");
+    let (status, _, revised) = fhir_send(
+        &app,
+        reqwest::Method::PUT,
+        &path,
+        &token,
+        &retitled,
+        &[
+            ("if-match", "W/\"1\""),
+            ("x-change-reason", "marked urgent"),
+        ],
+    )
+    .await;
+    let mut other_bytes = revised.clone();
+    other_bytes["content"][0]["attachment"]["data"] =
+        json!(base64::engine::general_purpose::STANDARD.encode(b"something else"));
+    let (refused, _, outcome) = fhir_send(
+        &app,
+        reqwest::Method::PUT,
+        &path,
+        &token,
+        &other_bytes,
+        &[("if-match", "W/\"2\"")],
+    )
+    .await;
+
+    // Assert
+    assert_eq!(status, 200, "{revised}");
+    assert_eq!(revised["description"], "Referral to cardiology (urgent)");
+    assert_eq!(revised["meta"]["versionId"], "2");
+    assert_eq!(revised["content"][0]["attachment"]["size"], letter.len());
+    assert_eq!(refused, 422, "{outcome}");
+    assert_eq!(
+        issues(&outcome)[0].1,
+        "DocumentReference.content[0].attachment.data"
+    );
+    // Bytes of a type the service does not read are refused, naming the element.
+    let mut unreadable = document.clone();
+    unreadable["content"][0]["attachment"]["contentType"] = json!("application/x-msdownload");
+    let (status, _, outcome) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/DocumentReference",
+        &token,
+        &unreadable,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 422, "{outcome}");
+    assert_eq!(
+        issues(&outcome)[0].1,
+        "DocumentReference.content[0].attachment.contentType"
+    );
     app.stop().await;
 }
 

@@ -53,14 +53,16 @@ fn resources() -> Vec<Value> {
             return json!({
                 "type": name,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{name}"),
-                "documentation": "Read-only here: documents are uploaded through /v1/patients/{id}/documents; the bytes are the Binary the attachment's url names",
+                "documentation": "Created with its bytes inline (content[0].attachment.data in base64, contentType one the service extracts text from; a url elsewhere is not fetched), as the native upload: text extracted, bytes sealed. An update (If-Match, reason in X-Change-Reason) revises what describes it; the bytes stay. The bytes read back as the Binary the attachment's url names.",
                 "interaction": [
                     { "code": "read" },
                     { "code": "vread" },
                     { "code": "history-instance" },
                     { "code": "search-type" },
+                    { "code": "create" },
+                    { "code": "update" },
                 ],
-                "versioning": "versioned",
+                "versioning": "versioned-update",
                 "readHistory": true,
                 "searchParam": clinical_params(*kind),
             });

@@ -87,16 +87,22 @@ pub fn router() -> Router<AppState> {
     let mut router = Router::new();
     for (name, kind) in RESOURCES {
         let kind = *kind;
-        router = router
-            .route(
-                &format!("/{name}"),
+        // A document's writes carry its bytes ([`super::document`]).
+        let (collection, instance) = if kind == ItemKind::Document {
+            (
+                get(move |s, u, h, q| search(s, u, h, q, kind)),
+                get(move |s, u, p| read(s, u, p, kind)),
+            )
+        } else {
+            (
                 get(move |s, u, h, q| search(s, u, h, q, kind))
                     .post(move |s, w| create(s, w, name)),
-            )
-            .route(
-                &format!("/{name}/{{id}}"),
                 get(move |s, u, p| read(s, u, p, kind)).put(move |s, p, w| update(s, p, w, name)),
             )
+        };
+        router = router
+            .route(&format!("/{name}"), collection)
+            .route(&format!("/{name}/{{id}}"), instance)
             .route(
                 &format!("/{name}/{{id}}/_history"),
                 get(move |s, u, h, p| history(s, u, h, p, kind)),
@@ -237,7 +243,7 @@ fn allergy_warning(
 }
 
 /// An item's answer: the resource, its version's ETag and, on a create, its Location.
-fn written(
+pub(super) fn written(
     state: &AppState,
     headers: &HeaderMap,
     (patient, item): (PatientId, &Item),

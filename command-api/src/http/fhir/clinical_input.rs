@@ -362,7 +362,7 @@ pub fn native(resource: &Value) -> Result<NativeItem, FieldErrors> {
         "DocumentReference" => {
             return Err(FieldError::new(
                 "DocumentReference",
-                "documents are uploaded through /v1/patients/{id}/documents (multipart, so their text is extracted and their bytes sealed); DocumentReference is read-only here",
+                "a DocumentReference carries its bytes: it is written through its own create and update",
             )
             .into())
         }

@@ -13,6 +13,7 @@ mod clinical;
 mod clinical_input;
 mod consent;
 mod coverage;
+mod document;
 mod patient;
 mod patient_update;
 mod reference;
@@ -49,6 +50,7 @@ pub fn router() -> Router<AppState> {
         .merge(patient::router())
         .merge(patient_update::router())
         .merge(clinical::router())
+        .merge(document::router())
         .merge(appointment::router())
         .merge(reference::router())
         .merge(coverage::router())
