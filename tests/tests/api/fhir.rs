@@ -914,6 +914,10 @@ async fn hl7s_examples_of_the_supported_types_are_created_or_refused_for_a_named
         "Observation",
         "Procedure",
         "Encounter",
+        "Coverage",
+        "Consent",
+        "DocumentReference",
+        "Appointment",
     ];
     let mut files: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(&dir)
         .unwrap()
@@ -929,8 +933,9 @@ async fn hl7s_examples_of_the_supported_types_are_created_or_refused_for_a_named
     let app = TestApp::without_kafka().await;
     let registrar = app.registrar();
     let clinician = crate::medical_records::clinician(&app);
+    let scheduler = app.token("scheduler-1", &["scheduler"]);
 
-    // Act: each through the API, clinical ones on a patient of their own.
+    // Act: each through the API, all but patients on a patient of their own.
     let mut created: std::collections::BTreeMap<String, usize> = Default::default();
     let mut refused: Vec<(String, u16, String)> = Vec::new();
     for (n, (kind, path)) in files.iter().enumerate() {
@@ -944,13 +949,28 @@ async fn hl7s_examples_of_the_supported_types_are_created_or_refused_for_a_named
             )
         } else {
             let patient = crate::medical_records::patient_in_care(&app, 20_000 + n as u64).await;
-            let subject = if example.get("patient").is_some() {
-                "patient"
-            } else {
-                "subject"
+            let reference = json!({ "reference": format!("Patient/{patient}") });
+            match kind.as_str() {
+                "Coverage" => example["beneficiary"] = reference,
+                "Consent" => example["patient"] = reference,
+                "Appointment" => {
+                    let participants = example["participant"].as_array_mut().unwrap();
+                    participants.retain(|p| {
+                        !p["actor"]["reference"]
+                            .as_str()
+                            .is_some_and(|r| r.starts_with("Patient/"))
+                    });
+                    participants.push(json!({ "actor": reference, "status": "accepted" }));
+                }
+                _ if example.get("patient").is_some() => example["patient"] = reference,
+                _ => example["subject"] = reference,
+            }
+            let token = match kind.as_str() {
+                "Coverage" | "Consent" => &registrar,
+                "Appointment" => &scheduler,
+                _ => &clinician,
             };
-            example[subject] = json!({ "reference": format!("Patient/{patient}") });
-            (clinician.clone(), vec![])
+            (token.clone(), vec![])
         };
         let (status, _, answer) = fhir_send(
             &app,
@@ -987,6 +1007,12 @@ async fn hl7s_examples_of_the_supported_types_are_created_or_refused_for_a_named
             for element in ["gender", "birthDate"] {
                 assert_eq!(read.get(element), example.get(element), "{name}: {element}");
             }
+        } else if kind == "Coverage" {
+            let member = example
+                .get("subscriberId")
+                .unwrap_or(&example["identifier"][0]["value"]);
+            assert_eq!(&read["subscriberId"], member, "{name}: subscriberId");
+            assert_eq!(read["period"], example["period"], "{name}: period");
         } else {
             assert_eq!(coding_of(&read), coding_of(&example), "{name}: code");
             for element in [
@@ -1017,10 +1043,48 @@ async fn hl7s_examples_of_the_supported_types_are_created_or_refused_for_a_named
     let expected_refusals = [
         // a partial date ("2004") where the service keeps days
         ("AllergyIntolerance-example.json", "onsetDateTime"),
+        // bookings of services this service's scheduling does not offer (or none named)
+        ("Appointment-2docs.json", "Appointment.serviceType"),
+        ("Appointment-example.json", "Appointment.serviceType"),
+        ("Appointment-examplereq.json", "Appointment.serviceType"),
         // problems coded in ICD-10 or SNOMED CT only; severities mild, moderate, severe
         ("Condition-example2.json", "Condition.code"),
         ("Condition-f003.json", "Condition.severity"),
         ("Condition-f203.json", "Condition.severity"),
+        // directives the service does not hold (it holds a research opt-out and sharing with
+        // an organization or with every clinician)
+        (
+            "Consent-consent-example-Emergency.json",
+            "Consent.provision",
+        ),
+        ("Consent-consent-example-Out.json", "Consent.provision"),
+        ("Consent-consent-example-basic.json", "Consent.provision"),
+        ("Consent-consent-example-grantor.json", "Consent.provision"),
+        (
+            "Consent-consent-example-notAuthor.json",
+            "Consent.provision",
+        ),
+        ("Consent-consent-example-notOrg.json", "Consent.provision"),
+        ("Consent-consent-example-notThem.json", "Consent.provision"),
+        ("Consent-consent-example-notThis.json", "Consent.provision"),
+        ("Consent-consent-example-notTime.json", "Consent.provision"),
+        ("Consent-consent-example-pkb.json", "Consent.provision"),
+        (
+            "Consent-consent-example-signature.json",
+            "Consent.provision",
+        ),
+        (
+            "Consent-consent-example-smartonfhir.json",
+            "Consent.provision",
+        ),
+        // coverages with no start
+        ("Coverage-7547E.json", "Coverage.period.start"),
+        ("Coverage-SP1234.json", "Coverage.period.start"),
+        // a document held elsewhere (by url) in a type the service cannot read
+        (
+            "DocumentReference-example.json",
+            "DocumentReference.content[0].attachment.contentType",
+        ),
         // vaccines coded in CVX only; the routes the service names
         ("Immunization-example.json", "Immunization.vaccineCode"),
         ("Immunization-historical.json", "Immunization.vaccineCode"),
@@ -1098,6 +1162,7 @@ async fn hl7s_examples_of_the_supported_types_are_created_or_refused_for_a_named
     let created_expected = [
         ("AllergyIntolerance", 5),
         ("Condition", 9),
+        ("Coverage", 2),
         ("Encounter", 10),
         ("Immunization", 1),
         ("MedicationRequest", 29),

@@ -486,7 +486,7 @@ async fn create(
         ));
     }
     let body = booking_body(&write.resource).map_err(ApiError::Validation)?;
-    let request = crate::http::input::scheduling::booking(&body).map_err(|errors| {
+    let fhir_paths = |errors: FieldErrors| {
         let mut renamed = FieldErrors::new();
         for e in errors.iter() {
             let field = match e.field.as_str() {
@@ -497,14 +497,21 @@ async fn create(
             renamed.push(FieldError::new(field, e.message.clone()));
         }
         ApiError::Validation(renamed)
-    })?;
+    };
+    let request = crate::http::input::scheduling::booking(&body).map_err(fhir_paths)?;
     let (id, appointment, version) = application::booking::book(
         state.services(),
         &write.user,
         request,
         metadata(&write.user, &write.ctx, None),
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        // A service or practitioner the resource names that this service does not have: an
+        // element of the resource, not a query parameter.
+        application::services::UseCaseError::Unknown(errors) => fhir_paths(errors),
+        other => other.into(),
+    })?;
     let current = appointment.state().ok_or(ApiError::NotFound)?;
     let mut answer = resource(StatusCode::CREATED, &to_fhir(id, version, current));
     answer

@@ -104,11 +104,20 @@ fn native(resource: &Value) -> Result<(PatientId, Map<String, Value>), ApiError>
         ));
     }
     let mut body = Map::new();
+    // The payer by name, else by reference or identifier; the member by subscriberId, else by
+    // the coverage's identifier (the insurer's number for it).
     let payor = &resource["payor"][0];
-    if let Some(payer) = payor["display"].as_str().or(payor["reference"].as_str()) {
+    let payer = payor["display"]
+        .as_str()
+        .or(payor["reference"].as_str())
+        .or(payor["identifier"]["value"].as_str());
+    if let Some(payer) = payer {
         body.insert("payer".into(), json!(payer));
     }
-    if let Some(member) = resource["subscriberId"].as_str() {
+    let member = resource["subscriberId"]
+        .as_str()
+        .or(resource["identifier"][0]["value"].as_str());
+    if let Some(member) = member {
         body.insert("member_id".into(), json!(member));
     }
     for class in resource["class"].as_array().into_iter().flatten() {
