@@ -772,6 +772,9 @@ async fn a_patient_is_registered_through_fhir_with_the_matcher_and_reads_back_as
         "birthDate": "1974-12-25",
         "address": [{ "use": "home", "line": ["Kerkstraat 1"], "city": "Amsterdam", "postalCode": "1017 GA", "country": "NL" }],
         "communication": [{ "language": { "coding": [{ "system": "urn:ietf:bcp:47", "code": "nl" }] } }],
+        "contact": [{ "relationship": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "WIFE" }] }],
+                      "name": { "family": "Duck", "given": ["Daisy"] },
+                      "telecom": [{ "system": "phone", "value": "+31 20 765 4321" }] }],
         "photo": [{ "contentType": "image/gif", "data": "R0lGODlhEwARAPcAAAAAAAAA/+9aAO+1AP/WAP/eAP/eCP/eEP/eGP/nAP/nCP/nEP/nIf/nKf/nUv/nWv/vAP/vCP/vEP/vGP/vIf/vKf/vMf/vOf/vWv/vY//va//vjP/3c//3lP/3nP//tf//vf///wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACH5BAEAAAAALAAAAAATABEAAAi+AAMIDDCgYMGBCBMSvMCQ4QCFCQcwDBGCA4cLDyEGECDxAoAQHjxwyKhQAMeGIUOSJJjRpMAPGxuXWHfg6UXYgQBcYCr7QGEjwMGNbEMGkGTZj8SBH0wt4HHB0YgBmr8sXiCwFAEw59mBFBsoQEBX44n0oaLbYAVG2EOuM6XDa5v8D7c6ARW9h3gRkUgDr4hfgnKiH4k8d2zVYx/C5oxhg0A7" }]
     });
 
@@ -786,13 +789,16 @@ async fn a_patient_is_registered_through_fhir_with_the_matcher_and_reads_back_as
     )
     .await;
 
-    // Assert: registered; what the service holds reads back as sent; the MRN assigned.
+    // Assert: registered with the emergency contact (two events, stored together); what the
+    // service holds reads back as sent; the MRN assigned.
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
     assert!(headers["location"]
         .to_str()
         .unwrap()
-        .ends_with(&format!("/fhir/R4/Patient/{id}/_history/1")));
+        .ends_with(&format!("/fhir/R4/Patient/{id}/_history/2")));
+    assert_eq!(created["contact"][0]["relationship"][0]["text"], "spouse");
+    assert_eq!(created["contact"][0]["name"]["given"], json!(["Daisy"]));
     let (_, _, read) = fhir_get(&app, &format!("/Patient/{id}"), Some(&token), &[]).await;
     assert_eq!(read, created);
     let (_, _, first) = fhir_get(
@@ -802,10 +808,11 @@ async fn a_patient_is_registered_through_fhir_with_the_matcher_and_reads_back_as
         &[],
     )
     .await;
-    assert_eq!(first, created);
+    assert_eq!(first["name"], created["name"]);
+    assert!(first.get("contact").is_none());
     let (_, _, history) =
         fhir_get(&app, &format!("/Patient/{id}/_history"), Some(&token), &[]).await;
-    assert_eq!(history["total"], 1);
+    assert_eq!(history["total"], 2);
     assert_eq!(history["entry"][0]["resource"], created);
     for element in ["gender", "birthDate", "address"] {
         assert_eq!(read[element], patient[element], "{element}");
@@ -2371,6 +2378,9 @@ async fn a_patient_is_updated_with_if_match_as_one_unit_of_the_native_commands()
         .as_array_mut()
         .unwrap()
         .retain(|i| i["system"] != "urn:example:hospital-a");
+    changed["contact"] = json!([{ "relationship": [{ "text": "friend" }],
+        "name": { "family": "Somerville", "given": ["Mary"] },
+        "telecom": [{ "system": "phone", "value": "+44 20 7946 0000" }] }]);
 
     // Act
     let (status, headers, updated) = fhir_send(
@@ -2386,10 +2396,12 @@ async fn a_patient_is_updated_with_if_match_as_one_unit_of_the_native_commands()
     )
     .await;
 
-    // Assert: three commands (demographics, contact, identifier), one answer.
+    // Assert: four commands (demographics, contact, identifier, emergency contact), one answer.
     assert_eq!(status, 200, "{updated}");
-    assert_eq!(updated["meta"]["versionId"], "4");
-    assert_eq!(headers["etag"], "W/\"4\"");
+    assert_eq!(updated["meta"]["versionId"], "5");
+    assert_eq!(headers["etag"], "W/\"5\"");
+    assert_eq!(updated["contact"][0]["name"]["family"], "Somerville");
+    assert_eq!(updated["contact"][0]["relationship"][0]["text"], "friend");
     assert_eq!(updated["name"][0]["family"], "King");
     assert_eq!(updated["telecom"].as_array().unwrap().len(), 3);
     let systems: Vec<&str> = updated["identifier"]
@@ -2414,7 +2426,7 @@ async fn a_patient_is_updated_with_if_match_as_one_unit_of_the_native_commands()
         "{native}"
     );
     let (_, _, history) = fhir_get(&app, &format!("{path}/_history"), Some(&token), &[]).await;
-    assert_eq!(history["total"], 4);
+    assert_eq!(history["total"], 5);
 
     // Stale, unchanged, and what changes through other commands.
     let (status, _, _) = fhir_send(
@@ -2433,12 +2445,12 @@ async fn a_patient_is_updated_with_if_match_as_one_unit_of_the_native_commands()
         &path,
         &token,
         &updated,
-        &[("if-match", "W/\"4\"")],
+        &[("if-match", "W/\"5\"")],
     )
     .await;
     assert_eq!(status, 200, "{same}");
     assert_eq!(
-        same["meta"]["versionId"], "4",
+        same["meta"]["versionId"], "5",
         "nothing to change, nothing stored"
     );
     let mut archived = updated.clone();
@@ -2449,7 +2461,7 @@ async fn a_patient_is_updated_with_if_match_as_one_unit_of_the_native_commands()
         &path,
         &token,
         &archived,
-        &[("if-match", "W/\"4\"")],
+        &[("if-match", "W/\"5\"")],
     )
     .await;
     assert_eq!(status, 422, "{refused}");
@@ -2463,7 +2475,7 @@ async fn a_patient_is_updated_with_if_match_as_one_unit_of_the_native_commands()
         &path,
         &token,
         &bad,
-        &[("if-match", "W/\"4\"")],
+        &[("if-match", "W/\"5\"")],
     )
     .await;
     assert_eq!(status, 422, "{refused}");
@@ -2481,7 +2493,7 @@ async fn a_patient_is_updated_with_if_match_as_one_unit_of_the_native_commands()
         &path,
         &clinician,
         &updated,
-        &[("if-match", "W/\"4\"")],
+        &[("if-match", "W/\"5\"")],
     )
     .await;
     assert_eq!(status, 403);

@@ -15,6 +15,7 @@ mod consent;
 mod coverage;
 mod document;
 mod patient;
+mod patient_contacts;
 mod patient_update;
 mod reference;
 mod schedule;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use application::policy::Action;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
@@ -10,7 +11,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use domain::patient::contact::{Address, Phone};
 use domain::patient::record::EmergencyContact;
-use domain::patient::{PatientId, PatientRecord, PatientStatus, PersonName};
+use domain::patient::{
+    PatientCommand, PatientId, PatientRecord, PatientStatus, PersonName, RecordChange,
+};
 use domain::{FieldError, FieldErrors};
 use serde_json::{json, Map, Value};
 
@@ -334,6 +337,26 @@ pub(super) fn patient_paths(errors: &FieldErrors) -> FieldErrors {
     renamed
 }
 
+/// The answer to a registration the matcher holds back: 409, and a warning per likely
+/// duplicate.
+fn possible_duplicate(likely: &[application::matching::Match]) -> Response {
+    let mut issues = vec![Issue::new(
+        "duplicate",
+        format!(
+            "possible-duplicate: the patient may be registered already; nothing was \
+             recorded. Send it again with the header {DUPLICATE_OVERRIDE} saying why it \
+             is another person to register it anyway"
+        ),
+    )];
+    issues.extend(likely.iter().map(|m| {
+        Issue::warning(
+            "duplicate",
+            format!("possible-duplicate: Patient/{} ({})", m.id, m.grade.code()),
+        )
+    }));
+    outcome(StatusCode::CONFLICT, &issues)
+}
+
 /// `POST /Patient`: registers the patient through the native registration (the matcher
 /// included: a likely duplicate is 409 naming it, unless `X-Duplicate-Override-Reason` says
 /// why not).
@@ -356,10 +379,34 @@ async fn create(
     }
     let now = (state.clock)();
     let input = crate::http::input::patient::registration(&body, now.date_naive())
-        .map_err(|errors| ApiError::Validation(patient_paths(&errors)))?;
+        .map_err(|errors| patient_paths(&errors));
+    let contacts = super::patient_contacts::emergency_contacts(&write.resource);
+    let (input, contacts) = match (input, contacts) {
+        (Ok(input), Ok(contacts)) => (input, contacts),
+        (input, contacts) => {
+            let mut errors = FieldErrors::new();
+            for bad in [input.err(), contacts.err()].into_iter().flatten() {
+                for e in bad.iter() {
+                    errors.push(e.clone());
+                }
+            }
+            return Err(ApiError::Validation(errors));
+        }
+    };
     let id = PatientId::new(uuid::Uuid::new_v4());
+    // The registration and its emergency contacts are stored together: in the transaction
+    // the request is part of, or in a unit of their own.
+    let own = state
+        .store
+        .unit()
+        .is_none()
+        .then(event_store::command::UnitOfWork::default);
+    let scoped = match &own {
+        Some(unit) => state.in_unit(unit),
+        None => state.clone(),
+    };
     let registered = application::registration::register(
-        (&state.store, &state.pool),
+        (&scoped.store, &scoped.pool),
         id,
         input,
         metadata(&write.user, &write.ctx, None),
@@ -377,25 +424,30 @@ async fn create(
     let (patient, version) = match refused {
         Ok(registered) => registered,
         // Found by the matcher before the command, or by the store's guard during it.
-        Err(ApiError::PossibleDuplicate(likely)) => {
-            let mut issues = vec![Issue::new(
-                "duplicate",
-                format!(
-                    "possible-duplicate: the patient may be registered already; nothing was \
-                     recorded. Send it again with the header {DUPLICATE_OVERRIDE} saying why it \
-                     is another person to register it anyway"
-                ),
-            )];
-            issues.extend(likely.iter().map(|m| {
-                Issue::warning(
-                    "duplicate",
-                    format!("possible-duplicate: Patient/{} ({})", m.id, m.grade.code()),
-                )
-            }));
-            return Ok(outcome(StatusCode::CONFLICT, &issues));
-        }
+        Err(ApiError::PossibleDuplicate(likely)) => return Ok(possible_duplicate(&likely)),
         Err(other) => return Err(other),
     };
+    let (mut patient, mut version) = (patient, version);
+    for contact in contacts {
+        (patient, version) = application::patients::change(
+            scoped.services(),
+            &write.user,
+            (
+                Action::ChangeEmergencyContacts,
+                PatientCommand::Change(RecordChange::AddEmergencyContact { contact, at: now }),
+            ),
+            (id, Some(version)),
+            metadata(&write.user, &write.ctx, None),
+        )
+        .await?;
+    }
+    if let Some(unit) = own {
+        match unit.commit().await.map_err(ApiError::from) {
+            Ok(_) => {}
+            Err(ApiError::PossibleDuplicate(likely)) => return Ok(possible_duplicate(&likely)),
+            Err(other) => return Err(other),
+        }
+    }
     let record = patient.record().ok_or(ApiError::NotFound)?;
     let mut answer = resource(StatusCode::CREATED, &to_fhir(record, version));
     answer

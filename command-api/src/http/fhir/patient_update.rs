@@ -1,10 +1,11 @@
 //! `PUT /Patient/{id}` with `If-Match: W/"n"`: the patient record brought to the resource sent,
 //! as the native commands a registrar would send (corrected demographics, changed contact
-//! information, identifiers added and removed), all of them or none, in one unit of work.
+//! information, identifiers added and removed, emergency contacts added, changed and removed),
+//! all of them or none, in one unit of work.
 //!
 //! What the service does not hold is ignored, as on create. What it holds but changes only
-//! through other commands is refused when it differs from the record: emergency contacts
-//! (`contact`), the status (`active`) and merges (`link`). Identifiers shown masked (national
+//! through other commands is refused when it differs from the record: the status (`active`)
+//! and merges (`link`). Identifiers shown masked (national
 //! ones) count as unchanged when sent back as shown; the MRN is the service's and cannot change.
 
 use axum::extract::{Path, State};
@@ -19,11 +20,13 @@ use domain::FieldError;
 use serde_json::Value;
 
 use super::patient::{patient_paths, registration, to_fhir, MRN_SYSTEM};
+use super::patient_contacts::{emergency_contacts, same};
 use super::{expected_version, resource, weak_etag, Write, CHANGE_REASON, DEFAULT_REASON};
 use crate::auth::permission;
 use crate::http::patient_commands::metadata;
 use crate::http::{ApiError, AppState};
 use application::policy::Action;
+use domain::patient::record::EmergencyContact;
 
 /// The identifiers of a FHIR Patient (the MRN left out), as `(system, value)`.
 fn identifiers_of(patient: &Value) -> Vec<(String, String)> {
@@ -63,7 +66,6 @@ fn commands(
 ) -> Result<Vec<(Action, PatientCommand)>, ApiError> {
     let shown = to_fhir(record, 0);
     for (element, how) in [
-        ("contact", "through /v1/patients/{id}/emergency-contacts"),
         ("active", "by archiving or restoring the patient"),
         ("link", "by merging or unmerging patients"),
     ] {
@@ -175,6 +177,35 @@ fn commands(
         commands.push((
             Action::ChangeIdentifiers,
             PatientCommand::Change(RecordChange::AddIdentifier { identifier, at }),
+        ));
+    }
+    // Emergency contacts by position: one that differs is changed, one more is added, one
+    // fewer is removed.
+    let contacts = emergency_contacts(sent).map_err(ApiError::Validation)?;
+    let held = &record.emergency_contacts;
+    for i in 0..contacts.len().max(held.len()) {
+        let change = match (held.get(i), contacts.get(i)) {
+            (Some(old), Some(new)) if same(old, new) => continue,
+            (Some(old), Some(new)) => RecordChange::ChangeEmergencyContact {
+                contact: EmergencyContact {
+                    contact_id: old.contact_id,
+                    ..new.clone()
+                },
+                at,
+            },
+            (Some(old), None) => RecordChange::RemoveEmergencyContact {
+                contact_id: old.contact_id,
+                at,
+            },
+            (None, Some(new)) => RecordChange::AddEmergencyContact {
+                contact: new.clone(),
+                at,
+            },
+            (None, None) => continue,
+        };
+        commands.push((
+            Action::ChangeEmergencyContacts,
+            PatientCommand::Change(change),
         ));
     }
     Ok(commands)
