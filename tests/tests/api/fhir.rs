@@ -2151,8 +2151,9 @@ async fn a_transaction_stores_every_entry_or_none() {
 
 #[tokio::test]
 async fn a_transaction_registers_a_patient_with_a_coverage_resolving_urn_uuid_references() {
+    use crate::helpers::{assert_matches_schema, consume_until, consumer_for, key, published};
     // Arrange: the coverage comes first and names the patient by the patient's fullUrl.
-    let app = TestApp::without_kafka().await;
+    let app = TestApp::spawn().await;
     let token = app.registrar();
     let patient_url = format!("urn:uuid:{}", uuid::Uuid::new_v4());
     let patient = json!({
@@ -2268,6 +2269,25 @@ async fn a_transaction_registers_a_patient_with_a_coverage_resolving_urn_uuid_re
         )
     );
     assert_eq!(data_events(&app).await, before + 2);
+
+    // The transaction's events are the native ones, on the native topic, in order.
+    let topic = format!(
+        "{}{}",
+        app.settings.kafka.topic_prefix,
+        schemas::topics::PATIENT
+    );
+    let consumer = consumer_for(app.settings.kafka.brokers.as_deref().unwrap(), &topic);
+    let records = consume_until(&consumer, |r| {
+        r.iter().filter(|r| key(r) == registered).count() >= 2
+    })
+    .await;
+    let mut types = Vec::new();
+    for record in records.iter().filter(|r| key(r) == registered) {
+        let event_type = published(record).event_type;
+        assert_matches_schema(&event_type, &app.open(record).await);
+        types.push(event_type);
+    }
+    assert_eq!(types, ["PatientRegistered", "CoverageAdded"]);
     app.stop().await;
 }
 
