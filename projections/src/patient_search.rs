@@ -404,6 +404,12 @@ pub struct Criteria {
     /// Prefix of any given name, matched case- and accent-insensitively.
     pub given: Option<String>,
     pub birth_date: Option<NaiveDate>,
+    /// Born on or after this day.
+    pub born_from: Option<NaiveDate>,
+    /// Born on or before this day.
+    pub born_to: Option<NaiveDate>,
+    /// An administrative gender code.
+    pub gender: Option<String>,
     pub mrn: Option<String>,
     /// Words of a name, matched fuzzily (typos, transpositions) against family and given
     /// names; results are ranked by similarity.
@@ -592,6 +598,15 @@ pub async fn search(pool: &PgPool, criteria: &Criteria) -> Result<Page, sqlx::Er
     }
     if let Some(date) = criteria.birth_date {
         query.push(" AND birth_date = ").push_bind(date);
+    }
+    if let Some(date) = criteria.born_from {
+        query.push(" AND birth_date >= ").push_bind(date);
+    }
+    if let Some(date) = criteria.born_to {
+        query.push(" AND birth_date <= ").push_bind(date);
+    }
+    if let Some(gender) = &criteria.gender {
+        query.push(" AND gender = ").push_bind(gender.clone());
     }
     if let Some(mrn) = &criteria.mrn {
         query.push(" AND mrn = ").push_bind(mrn.clone());

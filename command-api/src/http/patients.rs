@@ -212,6 +212,9 @@ const CRITERIA: &[&str] = &[
     "family",
     "given",
     "birth_date",
+    "born_from",
+    "born_to",
+    "gender",
     "mrn",
     "name",
     "phone",
@@ -229,6 +232,9 @@ const SEARCH_PARAMS: &[&str] = &[
     "family",
     "given",
     "birth_date",
+    "born_from",
+    "born_to",
+    "gender",
     "mrn",
     "include_archived",
     "limit",
@@ -303,6 +309,20 @@ pub(super) fn parse_criteria(
         .get("birth_date")
         .and_then(|v| errors.check(BirthDate::parse("birth_date", v, today)))
         .map(|d| d.date());
+    let day = |key: &str, errors: &mut FieldErrors| -> Option<chrono::NaiveDate> {
+        let value = params.get(key)?;
+        let parsed = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d").ok();
+        if parsed.is_none() {
+            errors.push(domain::FieldError::new(key, "must be a date: YYYY-MM-DD"));
+        }
+        parsed
+    };
+    let (born_from, born_to) = (day("born_from", &mut errors), day("born_to", &mut errors));
+    let gender = params.get("gender").and_then(|v| {
+        errors
+            .check(domain::patient::AdministrativeGender::parse("gender", v))
+            .map(|g| g.code().to_owned())
+    });
     let mrn = params
         .get("mrn")
         .and_then(|v| errors.check(domain::patient::Mrn::parse("mrn", v)))
@@ -359,6 +379,9 @@ pub(super) fn parse_criteria(
         family,
         given,
         birth_date,
+        born_from,
+        born_to,
+        gender,
         mrn,
         name,
         phone,

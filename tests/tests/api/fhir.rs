@@ -222,6 +222,7 @@ async fn patients_are_searched_and_paged_in_valid_searchset_bundles() {
 
     // Assert
     assert_eq!(first["type"], "searchset");
+    assert_eq!(first["total"], 3, "the total on the first page too");
     assert_eq!(first["entry"].as_array().unwrap().len(), 2, "{first}");
     for entry in first["entry"].as_array().unwrap() {
         assert_eq!(entry["resource"]["resourceType"], "Patient");
@@ -246,7 +247,7 @@ async fn patients_are_searched_and_paged_in_valid_searchset_bundles() {
     let (status, _, second) = fhir_get(&app, &path, Some(&token), &[]).await;
     assert_eq!(status, 200);
     assert_eq!(second["entry"].as_array().unwrap().len(), 1, "{second}");
-    assert_eq!(second["total"], 3, "the last page knows the total");
+    assert_eq!(second["total"], 3);
 
     // _id, and _format=json honoured.
     let (status, _, by_id) = fhir_get(
@@ -259,6 +260,47 @@ async fn patients_are_searched_and_paged_in_valid_searchset_bundles() {
     assert_eq!(status, 200);
     assert_eq!(by_id["total"], 1);
     assert_eq!(by_id["entry"][0]["resource"]["id"], other.as_str());
+
+    // Birth dates by range (both ends as two birthdate parameters) and gender.
+    for (given, born, gender) in [
+        ("Ann", "1970-05-01", "female"),
+        ("Ben", "1985-06-15", "male"),
+        ("Cat", "1999-12-31", "female"),
+    ] {
+        let mut body = crate::helpers::patient(given, "Agefhir", born);
+        body["gender"] = json!(gender);
+        assert_eq!(app.register(&body).await.status(), 201);
+    }
+    let count = |query: &'static str| {
+        let (app, token) = (&app, token.clone());
+        async move {
+            let (status, _, found) = fhir_get(
+                app,
+                &format!("/Patient?family=agefhir&{query}"),
+                Some(&token),
+                &[],
+            )
+            .await;
+            assert_eq!(status, 200, "{query}: {found}");
+            found["total"].as_u64().unwrap()
+        }
+    };
+    crate::helpers::eventually("the three in the search model", || async {
+        count("_count=10").await == 3
+    })
+    .await;
+    assert_eq!(
+        count("birthdate=ge1980-01-01&birthdate=lt2000-01-01").await,
+        2
+    );
+    assert_eq!(count("birthdate=le1985-06-15").await, 2);
+    assert_eq!(count("birthdate=gt1999-12-31").await, 0);
+    assert_eq!(count("birthdate=1985-06-15").await, 1);
+    assert_eq!(count("gender=female").await, 2);
+    assert_eq!(count("gender=female&birthdate=ge1980-01-01").await, 1);
+    let (status, _, outcome) = fhir_get(&app, "/Patient?gender=sometimes", Some(&token), &[]).await;
+    assert_eq!(status, 400);
+    assert_eq!(issues(&outcome)[0].1, "gender");
     app.stop().await;
 }
 

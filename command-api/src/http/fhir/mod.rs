@@ -62,10 +62,14 @@ pub fn router() -> Router<AppState> {
         .layer(axum::middleware::from_fn(operation_outcomes))
         .layer(axum::middleware::from_fn(json_only));
     // Clients post Bundles to the base with a trailing slash too (fhir-kit-client does).
-    let base_with_slash = Router::new()
-        .route(&format!("{BASE}/"), axum::routing::post(batch::bundle))
-        .layer(axum::middleware::from_fn(operation_outcomes))
-        .layer(axum::middleware::from_fn(json_only));
+    // The layers go on this one route: on a router they would reach every unknown path of
+    // the service through its fallback once merged.
+    let base_with_slash = Router::new().route(
+        &format!("{BASE}/"),
+        axum::routing::post(batch::bundle)
+            .layer(axum::middleware::from_fn(operation_outcomes))
+            .layer(axum::middleware::from_fn(json_only)),
+    );
     Router::new().nest(BASE, api).merge(base_with_slash)
 }
 

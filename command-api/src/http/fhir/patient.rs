@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use application::policy::Action;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -50,7 +50,16 @@ pub const SEARCH_PARAMS: &[(&str, &str, &str)] = &[
         "string",
         "start of a given name, ignoring case and accents",
     ),
-    ("birthdate", "date", "the birth date (eq only: YYYY-MM-DD)"),
+    (
+        "birthdate",
+        "date",
+        "the birth date, YYYY-MM-DD: a day (eq), or an end of a range (ge, gt, le, lt; give both ends as two birthdate parameters)",
+    ),
+    (
+        "gender",
+        "token",
+        "the administrative gender: male, female, other or unknown",
+    ),
     (
         "telecom",
         "token",
@@ -509,19 +518,38 @@ async fn search(
     State(state): State<AppState>,
     Authorized(user, _): Authorized<permission::SearchPatients>,
     headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     if access::is_external(&user, state.home_organization.as_deref()) {
         return Err(ApiError::Forbidden);
     }
     let base = base_url(&state, &headers);
     let mut self_query: Vec<(String, String)> =
-        params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
     self_query.sort();
+    // `birthdate` may be given twice (a range); every other parameter once.
+    let mut params: HashMap<String, String> = HashMap::new();
+    let mut birthdates: Vec<String> = Vec::new();
+    let mut repeated = FieldErrors::new();
+    for (key, value) in &self_query {
+        if key == "birthdate" {
+            birthdates.push(value.clone());
+        } else if params.insert(key.clone(), value.clone()).is_some() {
+            repeated.push(FieldError::new(key.clone(), "may be given once"));
+        }
+    }
+    repeated
+        .into_result()
+        .map_err(ApiError::InvalidParameters)?;
+    if let Some(first) = birthdates.first() {
+        params.insert("birthdate".into(), first.clone());
+    }
     if let Some(raw) = params.get("_id") {
         return by_id(&state, &user, &params, raw, &base, &self_query).await;
     }
-    let native = native_params(&params)?;
+    let native = native_params(&params, &birthdates)?;
     let criteria = super::super::patients::parse_criteria(&native, (state.clock)().date_naive())
         .map_err(fhir_names)?;
     let (limit, offset) = (criteria.limit, criteria.offset);
@@ -587,22 +615,48 @@ async fn by_id(
 }
 
 /// FHIR's search parameters as the native search's; an unknown one is refused by name.
-fn native_params(params: &HashMap<String, String>) -> Result<HashMap<String, String>, ApiError> {
+fn native_params(
+    params: &HashMap<String, String>,
+    birthdates: &[String],
+) -> Result<HashMap<String, String>, ApiError> {
     let mut errors = FieldErrors::new();
     let mut native = HashMap::new();
+    // Each `birthdate`: a day (`eq`, or no prefix), or one end of a range.
+    for value in birthdates {
+        let (prefix, day) = match value.get(..2) {
+            Some(p @ ("eq" | "ge" | "gt" | "le" | "lt")) => (p, &value[2..]),
+            _ => ("eq", value.as_str()),
+        };
+        let Ok(date) = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d") else {
+            errors.push(FieldError::new(
+                "birthdate",
+                "must be YYYY-MM-DD, with eq, ge, gt, le or lt before it",
+            ));
+            continue;
+        };
+        let (key, date) = match prefix {
+            "ge" => ("born_from", Some(date)),
+            "gt" => ("born_from", date.succ_opt()),
+            "le" => ("born_to", Some(date)),
+            "lt" => ("born_to", date.pred_opt()),
+            _ => ("birth_date", Some(date)),
+        };
+        if let Some(date) = date {
+            if native
+                .insert(key.to_owned(), date.format("%Y-%m-%d").to_string())
+                .is_some()
+            {
+                errors.push(FieldError::new(
+                    "birthdate",
+                    "names each end of the range once",
+                ));
+            }
+        }
+    }
     for (key, value) in params {
         let renamed = match key.as_str() {
-            "family" | "given" | "name" => Some((key.clone(), value.clone())),
-            "birthdate" => match value.strip_prefix("eq").unwrap_or(value) {
-                v if v.len() > 2 && v.as_bytes()[..2].iter().all(u8::is_ascii_lowercase) => {
-                    errors.push(FieldError::new(
-                        key.clone(),
-                        "only the eq prefix is supported (YYYY-MM-DD or eqYYYY-MM-DD)",
-                    ));
-                    None
-                }
-                v => Some(("birth_date".into(), v.to_owned())),
-            },
+            "family" | "given" | "name" | "gender" => Some((key.clone(), value.clone())),
+            "birthdate" => None,
             "identifier" => match value.split_once('|') {
                 Some((MRN_SYSTEM, mrn)) => Some(("mrn".into(), mrn.to_owned())),
                 _ => Some(("identifier".into(), value.clone())),
@@ -654,7 +708,7 @@ fn fhir_names(error: ApiError) -> ApiError {
     let mut renamed = FieldErrors::new();
     for e in errors.iter() {
         let field = match e.field.as_str() {
-            "birth_date" => "birthdate",
+            "birth_date" | "born_from" | "born_to" => "birthdate",
             "mrn" => "identifier",
             "phone" | "email" => "telecom",
             "postal_code" => "address-postalcode",
@@ -663,7 +717,7 @@ fn fhir_names(error: ApiError) -> ApiError {
             other => other,
         };
         let message = if e.field.is_empty() {
-            "give at least one of name, family, given, birthdate, identifier, telecom, address-postalcode".to_owned()
+            "give at least one of name, family, given, birthdate, gender, identifier, telecom, address-postalcode".to_owned()
         } else {
             e.message.clone()
         };
