@@ -1767,6 +1767,109 @@ async fn fhir_appointments_are_searched_by_patient_practitioner_date_and_status_
 }
 
 #[tokio::test]
+async fn a_fhir_appointment_update_is_the_native_step_it_amounts_to() {
+    use crate::fhir::fhir_send;
+    // Arrange: a hold at 08:00 with dr-heart, through FHIR.
+    let app = TestApp::without_kafka().await;
+    clinic(&app).await;
+    let ada = id_of(&app.register_person(821, None).await);
+    let token = scheduler(&app);
+    let held = json!({
+        "resourceType": "Appointment",
+        "status": "pending",
+        "serviceType": [{ "coding": [{ "system": "urn:patient-service:service", "code": "cardiology-consult" }] }],
+        "start": at("08:00"),
+        "participant": [
+            { "actor": { "reference": format!("Patient/{ada}") }, "status": "accepted" },
+            { "actor": { "reference": "Practitioner/dr-heart" }, "status": "accepted" }
+        ]
+    });
+    let (status, _, created) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Appointment",
+        &token,
+        &held,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let path = format!("/Appointment/{}", created["id"].as_str().unwrap());
+    let put = |body: Value, version: &'static str| {
+        let (app, token, path) = (&app, token.clone(), path.clone());
+        async move {
+            let etag = format!("W/\"{version}\"");
+            let (status, _, answer) = fhir_send(
+                app,
+                reqwest::Method::PUT,
+                &path,
+                &token,
+                &body,
+                &[
+                    ("if-match", &etag),
+                    ("x-change-reason", "as the patient asked"),
+                ],
+            )
+            .await;
+            (status, answer)
+        }
+    };
+
+    // Act + assert: booked confirms the hold.
+    let mut confirmed = created.clone();
+    confirmed["status"] = json!("booked");
+    let (status, answer) = put(confirmed, "1").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "booked");
+    assert_eq!(answer["meta"]["versionId"], "2");
+    // A new start is a reschedule; a new status with it is refused.
+    let mut moved = answer.clone();
+    moved["start"] = json!(at("09:00"));
+    let mut both = moved.clone();
+    both["status"] = json!("arrived");
+    let (status, refused) = put(both, "2").await;
+    assert_eq!(status, 422, "{refused}");
+    let (status, answer) = put(moved, "2").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["start"], at("09:00"));
+    let (_, native) = get(
+        &app,
+        &format!("/v1/appointments/{}", created["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(
+        native["booking"]["interval"]["start"],
+        at("09:00"),
+        "{native}"
+    );
+    // Stale, then cancelled with HL7's reason "patient: sick".
+    let mut cancelled = answer.clone();
+    cancelled["status"] = json!("cancelled");
+    cancelled["cancelationReason"] = json!({ "coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/appointment-cancellation-reason", "code": "pat-swl" }] });
+    let (status, _) = put(cancelled.clone(), "2").await;
+    assert_eq!(status, 412);
+    let (status, answer) = put(cancelled, "3").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "cancelled");
+    assert_eq!(
+        answer["cancelationReason"]["coding"][0]["code"],
+        "patient-sick"
+    );
+    // The time is free again: another patient books it.
+    let bob = id_of(&app.register_person(822, None).await);
+    let (status, rebooked) = book(
+        &app,
+        &bob,
+        &at("09:00"),
+        json!({ "practitioner": "dr-heart" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{rebooked}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_scheduling_resources_read_as_fhir_practitioners_and_locations() {
     use crate::fhir::fhir_get;
     let app = TestApp::without_kafka().await;

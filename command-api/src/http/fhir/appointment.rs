@@ -1,8 +1,9 @@
 //! `Appointment`: read, vread and history (every version is an event), search (by patient,
 //! practitioner, date and status, through the appointments read model, each hit read from the
-//! store access-checked), and create as a booking through the native booking use case (the
-//! same slot rules, claims and reminders); a time already taken answers 409 naming the
-//! conflict.
+//! store access-checked), create as a booking through the native booking use case (the
+//! same slot rules, claims and reminders; a time already taken answers 409 naming the
+//! conflict), and update as the native step the change amounts to (a new status, or a new
+//! start: one at a time).
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -28,7 +29,7 @@ pub const SERVICE_SYSTEM: &str = "urn:patient-service:service";
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/Appointment", get(search).post(create))
-        .route("/Appointment/{id}", get(read))
+        .route("/Appointment/{id}", get(read).put(update))
         .route("/Appointment/{id}/_history", get(history))
         .route("/Appointment/{id}/_history/{vid}", get(vread))
 }
@@ -524,5 +525,168 @@ async fn create(
     if let Ok(location) = header::HeaderValue::from_str(&location) {
         answer.headers_mut().insert(header::LOCATION, location);
     }
+    Ok(answer)
+}
+
+/// The native cancellation reason of a FHIR `cancelationReason`: the service's own code, or
+/// HL7's appointment-cancellation-reason by its group (patient, provider, facility, weather);
+/// `other` when none is given.
+fn cancellation_reason(sent: &Value) -> String {
+    let coding = &sent["cancelationReason"]["coding"][0];
+    let code = coding["code"].as_str().unwrap_or("other");
+    if coding["system"] == "urn:patient-service:cancellation-reason" {
+        return code.to_owned();
+    }
+    match code {
+        "pat-swl" => "patient-sick",
+        c if c.starts_with("pat") => "patient",
+        c if c.starts_with("prov") => "practitioner",
+        "maint" | "oth-room" => "facility",
+        "oth-weath" => "weather",
+        _ => "other",
+    }
+    .to_owned()
+}
+
+/// The native step a PUT asks for, and its body: from the status sent when it differs from
+/// the appointment's, else from the start. `None`: nothing to change.
+fn step_of(
+    current: &Value,
+    sent: &Value,
+    reason: &str,
+) -> Result<Option<(application::appointments::Step, Map<String, Value>)>, ApiError> {
+    use application::appointments::Step;
+    let refuse = |element: &str, message: &str| {
+        Err(ApiError::Validation(
+            FieldError::new(format!("Appointment.{element}"), message).into(),
+        ))
+    };
+    let status_changed = sent["status"] != current["status"];
+    let start_changed = sent["start"] != current["start"];
+    let mut body = Map::new();
+    if status_changed && start_changed {
+        return refuse(
+            "start",
+            "one change at a time: a new status, or a new start (a reschedule)",
+        );
+    }
+    if start_changed {
+        let Some(start) = sent["start"].as_str() else {
+            return refuse("start", "is required: the new start");
+        };
+        body.insert("start".into(), json!(start));
+        let practitioner = sent["participant"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|p| {
+                p["actor"]["reference"]
+                    .as_str()?
+                    .strip_prefix("Practitioner/")
+            });
+        if let Some(practitioner) = practitioner {
+            body.insert("practitioner".into(), json!(practitioner));
+        }
+        body.insert("reason".into(), json!(reason));
+        return Ok(Some((Step::Reschedule, body)));
+    }
+    if !status_changed {
+        return Ok(None);
+    }
+    let step = match sent["status"].as_str() {
+        Some("booked") => Step::Confirm,
+        Some("arrived") => Step::Arrive,
+        Some("checked-in") => Step::CheckIn,
+        Some("fulfilled") => Step::Fulfil,
+        Some("noshow") => Step::NoShow,
+        Some("cancelled") => {
+            body.insert("reason".into(), json!(cancellation_reason(sent)));
+            Step::Cancel
+        }
+        Some("entered-in-error") => {
+            body.insert("reason".into(), json!(reason));
+            Step::EnterInError
+        }
+        _ => {
+            return refuse(
+                "status",
+                "must be booked (confirming a hold or proposal), arrived, checked-in, fulfilled, noshow, cancelled or entered-in-error",
+            )
+        }
+    };
+    Ok(Some((step, body)))
+}
+
+/// `PUT /Appointment/{id}` with `If-Match`: the native step the change amounts to (confirm,
+/// arrive, check in, fulfil, no-show, cancel with `cancelationReason`, mark entered in error,
+/// or reschedule to a new `start`), for the reason in `X-Change-Reason`.
+async fn update(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    write: Write<permission::BookAppointments>,
+) -> Result<Response, ApiError> {
+    let expected = super::expected_version(&write.headers)?;
+    let Ok(id) = Uuid::parse_str(&raw) else {
+        return Err(ApiError::NotFound);
+    };
+    if write.resource["resourceType"] != "Appointment"
+        || write.resource["id"].as_str() != Some(&raw)
+    {
+        return Err(ApiError::Validation(
+            FieldError::new(
+                "Appointment.id",
+                "must be an Appointment with the id in the address",
+            )
+            .into(),
+        ));
+    }
+    let services = state.services();
+    let (appointment, version) = application::appointments::read(services, &write.user, id).await?;
+    let current = appointment.state().ok_or(ApiError::NotFound)?;
+    let shown = to_fhir(id, version, current);
+    let reason = write
+        .headers
+        .get(super::CHANGE_REASON)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(super::DEFAULT_REASON);
+    let Some((step, body)) = step_of(&shown, &write.resource, reason)? else {
+        if version != expected {
+            return Err(ApiError::PreconditionFailed { current: version });
+        }
+        let mut answer = resource(StatusCode::OK, &shown);
+        answer
+            .headers_mut()
+            .insert(header::ETAG, weak_etag(version));
+        return Ok(answer);
+    };
+    let opened = application::appointments::open(services, &write.user, id, step).await?;
+    let (appointment, version) = opened
+        .take(
+            expected,
+            |step| {
+                crate::http::input::scheduling::step(step, &body).map_err(|errors| {
+                    let mut renamed = FieldErrors::new();
+                    for e in errors.iter() {
+                        let field = match e.field.as_str() {
+                            "reason" if step == application::appointments::Step::Cancel => {
+                                "Appointment.cancelationReason".to_owned()
+                            }
+                            "reason" => super::CHANGE_REASON.to_owned(),
+                            "practitioner" => "Appointment.participant".to_owned(),
+                            other => format!("Appointment.{other}"),
+                        };
+                        renamed.push(FieldError::new(field, e.message.clone()));
+                    }
+                    renamed
+                })
+            },
+            metadata(&write.user, &write.ctx, None),
+        )
+        .await?;
+    let current = appointment.state().ok_or(ApiError::NotFound)?;
+    let mut answer = resource(StatusCode::OK, &to_fhir(id, version, current));
+    answer
+        .headers_mut()
+        .insert(header::ETAG, weak_etag(version));
     Ok(answer)
 }

@@ -95,15 +95,16 @@ fn resources() -> Vec<Value> {
     resources.push(json!({
         "type": "Appointment",
         "profile": "http://hl7.org/fhir/StructureDefinition/Appointment",
-        "documentation": "Created as a booking through the native booking (a time taken answers 409 with an OperationOutcome whose diagnostics start with time-taken); the patient and the practitioner as participants, the service as serviceType",
+        "documentation": "Created as a booking through the native booking (a time taken answers 409 with an OperationOutcome whose diagnostics start with time-taken); the patient and the practitioner as participants, the service as serviceType. An update (If-Match) is the native step it amounts to: a new status (booked confirms a hold, arrived, checked-in, fulfilled, noshow, cancelled with cancelationReason, entered-in-error) or a new start (a reschedule), one at a time; the reason in X-Change-Reason",
         "interaction": [
             { "code": "read" },
             { "code": "vread" },
             { "code": "history-instance" },
             { "code": "search-type" },
             { "code": "create" },
+            { "code": "update" },
         ],
-        "versioning": "versioned",
+        "versioning": "versioned-update",
         "readHistory": true,
         "searchParam": appointment::SEARCH_PARAMS
             .iter()
