@@ -548,13 +548,12 @@ fn cancellation_reason(sent: &Value) -> String {
     .to_owned()
 }
 
+/// A native appointment step and the body it takes.
+type StepRequest = (application::appointments::Step, Map<String, Value>);
+
 /// The native step a PUT asks for, and its body: from the status sent when it differs from
 /// the appointment's, else from the start. `None`: nothing to change.
-fn step_of(
-    current: &Value,
-    sent: &Value,
-    reason: &str,
-) -> Result<Option<(application::appointments::Step, Map<String, Value>)>, ApiError> {
+fn step_of(current: &Value, sent: &Value, reason: &str) -> Result<Option<StepRequest>, ApiError> {
     use application::appointments::Step;
     let refuse = |element: &str, message: &str| {
         Err(ApiError::Validation(
