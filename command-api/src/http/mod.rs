@@ -74,6 +74,18 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// This state bound to a unit of work, so that the commands of one request are stored
+    /// together: the unit it is bound to already (a FHIR transaction's, committed with the
+    /// transaction), or a new one, returned for the caller to commit.
+    #[must_use]
+    pub fn in_some_unit(&self) -> (Self, Option<event_store::command::UnitOfWork>) {
+        if self.services.store.unit().is_some() {
+            return (self.clone(), None);
+        }
+        let unit = event_store::command::UnitOfWork::default();
+        (self.in_unit(&unit), Some(unit))
+    }
+
     /// This state with its stores staging their commands in `unit` ([`Services::in_unit`]).
     #[must_use]
     pub fn in_unit(&self, unit: &event_store::command::UnitOfWork) -> Self {

@@ -6,7 +6,7 @@
 //! start: one at a time).
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::patient::base_url;
-use super::{outcome, resource, weak_etag, Issue, Write};
+use super::{outcome, resource, Issue, Write};
 use crate::auth::{permission, Authorized};
 use crate::http::patient_commands::metadata;
 use crate::http::{ApiError, AppState};
@@ -115,10 +115,7 @@ async fn read(
     let Some(current) = appointment.state() else {
         return Ok(not_found());
     };
-    let mut answer = resource(StatusCode::OK, &to_fhir(id, version, current));
-    answer
-        .headers_mut()
-        .insert(header::ETAG, weak_etag(version));
+    let answer = super::versioned(StatusCode::OK, &to_fhir(id, version, current), version);
     Ok(answer)
 }
 
@@ -186,10 +183,7 @@ async fn vread(
             &[Issue::new("not-found", "no such version")],
         ));
     };
-    let mut answer = resource(StatusCode::OK, &body);
-    answer
-        .headers_mut()
-        .insert(header::ETAG, weak_etag(version));
+    let answer = super::versioned(StatusCode::OK, &body, version);
     Ok(answer)
 }
 
@@ -514,17 +508,12 @@ async fn create(
         other => other.into(),
     })?;
     let current = appointment.state().ok_or(ApiError::NotFound)?;
-    let mut answer = resource(StatusCode::CREATED, &to_fhir(id, version, current));
-    answer
-        .headers_mut()
-        .insert(header::ETAG, weak_etag(version));
+    let mut answer = super::versioned(StatusCode::CREATED, &to_fhir(id, version, current), version);
     let location = format!(
         "{}/Appointment/{id}/_history/{version}",
         base_url(&state, &write.headers)
     );
-    if let Ok(location) = header::HeaderValue::from_str(&location) {
-        answer.headers_mut().insert(header::LOCATION, location);
-    }
+    super::locate(&mut answer, &location);
     Ok(answer)
 }
 
@@ -652,10 +641,7 @@ async fn update(
         if version != expected {
             return Err(ApiError::PreconditionFailed { current: version });
         }
-        let mut answer = resource(StatusCode::OK, &shown);
-        answer
-            .headers_mut()
-            .insert(header::ETAG, weak_etag(version));
+        let answer = super::versioned(StatusCode::OK, &shown, version);
         return Ok(answer);
     };
     let opened = application::appointments::open(services, &write.user, id, step).await?;
@@ -683,9 +669,6 @@ async fn update(
         )
         .await?;
     let current = appointment.state().ok_or(ApiError::NotFound)?;
-    let mut answer = resource(StatusCode::OK, &to_fhir(id, version, current));
-    answer
-        .headers_mut()
-        .insert(header::ETAG, weak_etag(version));
+    let answer = super::versioned(StatusCode::OK, &to_fhir(id, version, current), version);
     Ok(answer)
 }

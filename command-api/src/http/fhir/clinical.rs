@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -28,8 +28,8 @@ use uuid::Uuid;
 use super::clinical_input;
 use super::patient::base_url;
 use super::{
-    expected_version, found, match_entry, outcome, patient_param, resource, weak_etag, Issue,
-    Write, CHANGE_REASON, DEFAULT_REASON,
+    expected_version, found, match_entry, outcome, patient_param, resource, Issue, Write,
+    CHANGE_REASON, DEFAULT_REASON,
 };
 use crate::auth::{permission, Authorized};
 use crate::http::input;
@@ -250,10 +250,7 @@ pub(super) fn written(
     status: StatusCode,
 ) -> Response {
     let resource_value = to_fhir(patient, item);
-    let mut answer = resource(status, &resource_value);
-    answer
-        .headers_mut()
-        .insert(header::ETAG, weak_etag(u64::from(item.version)));
+    let mut answer = super::versioned(status, &resource_value, u64::from(item.version));
     if status == StatusCode::CREATED {
         let location = format!(
             "{}/{}/{}/_history/{}",
@@ -262,9 +259,7 @@ pub(super) fn written(
             resource_value["id"].as_str().unwrap_or_default(),
             item.version
         );
-        if let Ok(location) = header::HeaderValue::from_str(&location) {
-            answer.headers_mut().insert(header::LOCATION, location);
-        }
+        super::locate(&mut answer, &location);
     }
     answer
 }
@@ -465,10 +460,11 @@ async fn read(
     else {
         return Ok(not_found());
     };
-    let mut answer = resource(StatusCode::OK, &to_fhir(patient, &item));
-    answer
-        .headers_mut()
-        .insert(header::ETAG, weak_etag(u64::from(item.version)));
+    let answer = super::versioned(
+        StatusCode::OK,
+        &to_fhir(patient, &item),
+        u64::from(item.version),
+    );
     Ok(answer)
 }
 
@@ -1248,10 +1244,11 @@ async fn vread(
     let Some(item) = items.iter().find(|i| i.version == vid) else {
         return Ok(not_found("version"));
     };
-    let mut answer = resource(StatusCode::OK, &to_fhir(patient, item));
-    answer
-        .headers_mut()
-        .insert(header::ETAG, weak_etag(u64::from(item.version)));
+    let answer = super::versioned(
+        StatusCode::OK,
+        &to_fhir(patient, item),
+        u64::from(item.version),
+    );
     Ok(answer)
 }
 

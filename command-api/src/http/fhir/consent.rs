@@ -25,7 +25,7 @@ use super::clinical::{fhir_id, parse_fhir_id};
 use super::patient::base_url;
 use super::{
     expected_version, match_entry, outcome, patient_param, refuse_unknown, resource, searchset,
-    weak_etag, Issue, Write, CHANGE_REASON, DEFAULT_REASON,
+    Issue, Write, CHANGE_REASON, DEFAULT_REASON,
 };
 use crate::auth::{permission, Authorized};
 use crate::http::patient_commands::metadata;
@@ -222,18 +222,13 @@ fn written(
     if status == StatusCode::OK {
         body["status"] = json!("inactive");
     }
-    let mut answer = resource(status, &body);
-    answer
-        .headers_mut()
-        .insert(header::ETAG, weak_etag(version));
+    let mut answer = super::versioned(status, &body, version);
     let location = format!(
         "{}/Consent/{}",
         base_url(state, headers),
         fhir_id(patient, ItemId::new(consent.consent_id))
     );
-    if let Ok(location) = header::HeaderValue::from_str(&location) {
-        answer.headers_mut().insert(header::LOCATION, location);
-    }
+    super::locate(&mut answer, &location);
     answer
 }
 
@@ -357,13 +352,7 @@ async fn read(
     let (consents, version) = consents_of(&state, &user, patient).await?;
     Ok(
         match consents.iter().find(|c| c.consent_id == wanted.as_uuid()) {
-            Some(c) => {
-                let mut answer = resource(StatusCode::OK, &versioned(patient, c, version));
-                answer
-                    .headers_mut()
-                    .insert(header::ETAG, weak_etag(version));
-                answer
-            }
+            Some(c) => super::versioned(StatusCode::OK, &versioned(patient, c, version), version),
             None => not_found(),
         },
     )

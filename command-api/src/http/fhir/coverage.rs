@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -20,8 +20,7 @@ use serde_json::{json, Map, Value};
 use super::clinical::{fhir_id, parse_fhir_id};
 use super::patient::base_url;
 use super::{
-    match_entry, outcome, patient_param, refuse_unknown, resource, searchset, weak_etag, Issue,
-    Write,
+    match_entry, outcome, patient_param, refuse_unknown, resource, searchset, Issue, Write,
 };
 use crate::auth::{permission, Authorized};
 use crate::http::patient_commands::metadata;
@@ -179,18 +178,13 @@ fn written(
     coverage: &Coverage,
     status: StatusCode,
 ) -> Response {
-    let mut answer = resource(status, &versioned(patient, coverage, version));
-    answer
-        .headers_mut()
-        .insert(header::ETAG, weak_etag(version));
+    let mut answer = super::versioned(status, &versioned(patient, coverage, version), version);
     let location = format!(
         "{}/Coverage/{}",
         base_url(state, headers),
         fhir_id(patient, ItemId::new(coverage.coverage_id))
     );
-    if let Ok(location) = header::HeaderValue::from_str(&location) {
-        answer.headers_mut().insert(header::LOCATION, location);
-    }
+    super::locate(&mut answer, &location);
     answer
 }
 
@@ -326,13 +320,7 @@ async fn read(
     let (coverages, version) = coverages_of(&state, &user, patient).await?;
     Ok(
         match coverages.iter().find(|c| c.coverage_id == wanted.as_uuid()) {
-            Some(c) => {
-                let mut answer = resource(StatusCode::OK, &versioned(patient, c, version));
-                answer
-                    .headers_mut()
-                    .insert(header::ETAG, weak_etag(version));
-                answer
-            }
+            Some(c) => super::versioned(StatusCode::OK, &versioned(patient, c, version), version),
             None => not_found(),
         },
     )

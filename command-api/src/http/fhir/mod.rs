@@ -182,6 +182,22 @@ pub fn expected_version(headers: &HeaderMap) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::invalid_parameter("If-Match", "must be an ETag such as W/\"3\""))
 }
 
+/// `body` as a FHIR answer at `version`: its `ETag` is `W/"version"`.
+pub fn versioned(status: StatusCode, body: &Value, version: u64) -> Response {
+    let mut answer = resource(status, body);
+    answer
+        .headers_mut()
+        .insert(header::ETAG, weak_etag(version));
+    answer
+}
+
+/// Names where the answer's resource is (`Location`).
+pub fn locate(answer: &mut Response, url: &str) {
+    if let Ok(location) = HeaderValue::from_str(url) {
+        answer.headers_mut().insert(header::LOCATION, location);
+    }
+}
+
 /// A FHIR write: who sends it, and what.
 pub struct Write<P> {
     pub user: AuthUser,

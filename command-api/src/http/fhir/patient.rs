@@ -17,7 +17,7 @@ use domain::patient::{
 use domain::{FieldError, FieldErrors};
 use serde_json::{json, Map, Value};
 
-use super::{found, match_entry, outcome, resource, weak_etag, Issue, Write, BASE};
+use super::{found, match_entry, outcome, resource, Issue, Write, BASE};
 use crate::auth::{access, permission, Authorized};
 use crate::http::patient_commands::metadata;
 use crate::http::{ApiError, AppState};
@@ -133,10 +133,7 @@ async fn vread(
             &[Issue::new("not-found", "no such version")],
         ));
     };
-    let mut answer = resource(StatusCode::OK, &to_fhir(record, version));
-    answer
-        .headers_mut()
-        .insert(header::ETAG, weak_etag(version));
+    let answer = super::versioned(StatusCode::OK, &to_fhir(record, version), version);
     Ok(answer)
 }
 
@@ -405,15 +402,7 @@ async fn create(
     let id = PatientId::new(uuid::Uuid::new_v4());
     // The registration and its emergency contacts are stored together: in the transaction
     // the request is part of, or in a unit of their own.
-    let own = state
-        .store
-        .unit()
-        .is_none()
-        .then(event_store::command::UnitOfWork::default);
-    let scoped = match &own {
-        Some(unit) => state.in_unit(unit),
-        None => state.clone(),
-    };
+    let (scoped, own) = state.in_some_unit();
     let registered = application::registration::register(
         (&scoped.store, &scoped.pool),
         id,
@@ -458,17 +447,12 @@ async fn create(
         }
     }
     let record = patient.record().ok_or(ApiError::NotFound)?;
-    let mut answer = resource(StatusCode::CREATED, &to_fhir(record, version));
-    answer
-        .headers_mut()
-        .insert(header::ETAG, weak_etag(version));
+    let mut answer = super::versioned(StatusCode::CREATED, &to_fhir(record, version), version);
     let location = format!(
         "{}/Patient/{id}/_history/{version}",
         base_url(&state, &write.headers)
     );
-    if let Ok(location) = header::HeaderValue::from_str(&location) {
-        answer.headers_mut().insert(header::LOCATION, location);
-    }
+    super::locate(&mut answer, &location);
     Ok(answer)
 }
 
@@ -506,10 +490,7 @@ async fn read(
             &[Issue::new("deleted", "this patient was erased")],
         ));
     };
-    let mut answer = resource(StatusCode::OK, &to_fhir(record, version));
-    answer
-        .headers_mut()
-        .insert(header::ETAG, weak_etag(version));
+    let answer = super::versioned(StatusCode::OK, &to_fhir(record, version), version);
     Ok(answer)
 }
 

@@ -9,7 +9,7 @@
 //! ones) count as unchanged when sent back as shown; the MRN is the service's and cannot change.
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use domain::patient::contact::Identifier;
 use domain::patient::{
@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::patient::{patient_paths, registration, to_fhir, MRN_SYSTEM};
 use super::patient_contacts::{emergency_contacts, same};
-use super::{expected_version, resource, weak_etag, Write, CHANGE_REASON, DEFAULT_REASON};
+use super::{expected_version, Write, CHANGE_REASON, DEFAULT_REASON};
 use crate::auth::permission;
 use crate::http::patient_commands::metadata;
 use crate::http::{ApiError, AppState};
@@ -237,15 +237,7 @@ async fn update(
         .map_err(|e| ApiError::invalid_parameter("X-Change-Reason", &e.message))?;
     // Inside a transaction, its unit; otherwise one of its own, so that the commands of one
     // update are stored together or not at all.
-    let own = state
-        .store
-        .unit()
-        .is_none()
-        .then(event_store::command::UnitOfWork::default);
-    let scoped = match &own {
-        Some(unit) => state.in_unit(unit),
-        None => state.clone(),
-    };
+    let (scoped, own) = state.in_some_unit();
     let services = scoped.services();
     application::reach::changeable_by(services, &write.user, Action::CorrectDemographics, id)
         .await?;
@@ -282,9 +274,6 @@ async fn update(
     }
     let (patient, version) = after;
     let record = patient.record().ok_or(ApiError::NotFound)?;
-    let mut answer = resource(StatusCode::OK, &to_fhir(record, version));
-    answer
-        .headers_mut()
-        .insert(header::ETAG, weak_etag(version));
+    let answer = super::versioned(StatusCode::OK, &to_fhir(record, version), version);
     Ok(answer)
 }
