@@ -869,6 +869,33 @@ async fn a_patient_is_registered_through_fhir_with_the_matcher_and_reads_back_as
     );
     assert!(read.get("photo").is_none(), "not held, so not invented");
 
+    // A conditional create finds them by their identifier (once the search model has them)
+    // and answers them instead of registering anyone.
+    let condition = [("if-none-exist", "identifier=urn:oid:0.1.2.3.4.5.6.7|654321")];
+    crate::helpers::eventually("the patient in the search model", || async {
+        let (_, _, found) = fhir_get(
+            &app,
+            "/Patient?identifier=urn:oid:0.1.2.3.4.5.6.7|654321",
+            Some(&token),
+            &[],
+        )
+        .await;
+        found["total"] == 1
+    })
+    .await;
+    let (status, headers, existing) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Patient",
+        &token,
+        &patient,
+        &condition,
+    )
+    .await;
+    assert_eq!(status, 200, "{existing}");
+    assert_eq!(existing["id"], created["id"]);
+    assert_eq!(headers["etag"], "W/\"2\"");
+
     // The same person again: the matcher's likely duplicate, named; then an override.
     let (status, _, refused) = fhir_send(
         &app,
@@ -899,6 +926,29 @@ async fn a_patient_is_registered_through_fhir_with_the_matcher_and_reads_back_as
     .await;
     assert_eq!(status, 201, "{twin}");
     assert_ne!(twin["id"], created["id"]);
+    // Now two have that identifier: a conditional create is refused as ambiguous.
+    crate::helpers::eventually("the twin in the search model", || async {
+        let (_, _, found) = fhir_get(
+            &app,
+            "/Patient?identifier=urn:oid:0.1.2.3.4.5.6.7|654321",
+            Some(&token),
+            &[],
+        )
+        .await;
+        found["total"] == 2
+    })
+    .await;
+    let (status, _, ambiguous) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Patient",
+        &token,
+        &patient,
+        &condition,
+    )
+    .await;
+    assert_eq!(status, 412, "{ambiguous}");
+    assert_eq!(issues(&ambiguous)[0].0, "multiple-matches");
 
     // Bad input names the FHIR element.
     let mut bad = patient.clone();

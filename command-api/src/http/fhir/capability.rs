@@ -40,7 +40,7 @@ fn resources() -> Vec<Value> {
         "versioning": "versioned-update",
         "readHistory": true,
         "updateCreate": false,
-        "conditionalCreate": false,
+        "conditionalCreate": true,
         "searchParam": patient_params,
         "operation": [{
             "name": "match",

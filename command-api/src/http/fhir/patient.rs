@@ -375,6 +375,13 @@ async fn create(
             FieldError::new("resourceType", "must be Patient at this address").into(),
         ));
     }
+    // A conditional create: the patient its search finds answers instead.
+    if let Some(condition) = write.headers.get("if-none-exist") {
+        let condition = condition.to_str().unwrap_or_default();
+        if let Some(found) = already_there(&state, &write.user, condition).await? {
+            return Ok(found);
+        }
+    }
     let mut body = registration(&write.resource);
     if let Some(reason) = write
         .headers
@@ -494,6 +501,89 @@ async fn read(
     Ok(answer)
 }
 
+/// A search's parameters: `birthdate` may be given twice (a range), every other parameter
+/// once.
+fn search_params(
+    query: &[(String, String)],
+) -> Result<(HashMap<String, String>, Vec<String>), ApiError> {
+    let mut params: HashMap<String, String> = HashMap::new();
+    let mut birthdates: Vec<String> = Vec::new();
+    let mut repeated = FieldErrors::new();
+    for (key, value) in query {
+        if key == "birthdate" {
+            birthdates.push(value.clone());
+        } else if params.insert(key.clone(), value.clone()).is_some() {
+            repeated.push(FieldError::new(key.clone(), "may be given once"));
+        }
+    }
+    repeated
+        .into_result()
+        .map_err(ApiError::InvalidParameters)?;
+    if let Some(first) = birthdates.first() {
+        params.insert("birthdate".into(), first.clone());
+    }
+    Ok((params, birthdates))
+}
+
+/// The search read model's criteria of a FHIR Patient search.
+fn criteria_of(
+    state: &AppState,
+    (params, birthdates): (&HashMap<String, String>, &[String]),
+) -> Result<projections::patient_search::Criteria, ApiError> {
+    let native = native_params(params, birthdates)?;
+    super::super::patients::parse_criteria(&native, (state.clock)().date_naive())
+        .map_err(fhir_names)
+}
+
+/// The patient a conditional create's `If-None-Exist` (Patient search parameters) finds:
+/// `Ok(None)` when none does, the answer (the one found, or 412 when several are) otherwise.
+async fn already_there(
+    state: &AppState,
+    user: &crate::auth::AuthUser,
+    condition: &str,
+) -> Result<Option<Response>, ApiError> {
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(condition.trim_start_matches('?').as_bytes())
+            .into_owned()
+            .collect();
+    let (params, birthdates) = search_params(&query)?;
+    let criteria = criteria_of(state, (&params, &birthdates)).map_err(|e| match e {
+        ApiError::InvalidParameters(errors) => {
+            let mut named = FieldErrors::new();
+            for e in errors.iter() {
+                named.push(FieldError::new(
+                    format!("If-None-Exist: {}", e.field),
+                    e.message.clone(),
+                ));
+            }
+            ApiError::InvalidParameters(named)
+        }
+        other => other,
+    })?;
+    let page = finding::search(state.services(), user, criteria).await?;
+    match page.items.as_slice() {
+        [] => Ok(None),
+        [one] if !page.has_more => {
+            let (patient, version) =
+                finding::read(state.services(), user, PatientId::new(one.id)).await?;
+            let record = patient.record().ok_or(ApiError::Gone)?;
+            Ok(Some(super::versioned(
+                StatusCode::OK,
+                &to_fhir(record, version),
+                version,
+            )))
+        }
+        _ => Ok(Some(outcome(
+            StatusCode::PRECONDITION_FAILED,
+            &[Issue::new(
+                "multiple-matches",
+                "If-None-Exist matches more than one patient",
+            )
+            .at("If-None-Exist")],
+        ))),
+    }
+}
+
 /// `GET /Patient?...`: a searchset Bundle, paged by `_count` and `_offset`.
 async fn search(
     State(state): State<AppState>,
@@ -510,29 +600,11 @@ async fn search(
             .into_owned()
             .collect();
     self_query.sort();
-    // `birthdate` may be given twice (a range); every other parameter once.
-    let mut params: HashMap<String, String> = HashMap::new();
-    let mut birthdates: Vec<String> = Vec::new();
-    let mut repeated = FieldErrors::new();
-    for (key, value) in &self_query {
-        if key == "birthdate" {
-            birthdates.push(value.clone());
-        } else if params.insert(key.clone(), value.clone()).is_some() {
-            repeated.push(FieldError::new(key.clone(), "may be given once"));
-        }
-    }
-    repeated
-        .into_result()
-        .map_err(ApiError::InvalidParameters)?;
-    if let Some(first) = birthdates.first() {
-        params.insert("birthdate".into(), first.clone());
-    }
+    let (params, birthdates) = search_params(&self_query)?;
     if let Some(raw) = params.get("_id") {
         return by_id(&state, &user, &params, raw, &base, &self_query).await;
     }
-    let native = native_params(&params, &birthdates)?;
-    let criteria = super::super::patients::parse_criteria(&native, (state.clock)().date_naive())
-        .map_err(fhir_names)?;
+    let criteria = criteria_of(&state, (&params, &birthdates))?;
     let (limit, offset) = (criteria.limit, criteria.offset);
     let page = finding::search(state.services(), &user, criteria).await?;
     let mut entries = Vec::with_capacity(page.items.len());
