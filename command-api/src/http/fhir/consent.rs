@@ -22,17 +22,22 @@ use domain::{FieldError, FieldErrors};
 use serde_json::{json, Value};
 
 use super::clinical::{fhir_id, parse_fhir_id};
-use super::patient::base_url;
-use super::{
-    expected_version, match_entry, outcome, patient_param, refuse_unknown, resource, searchset,
-    Issue, Write, CHANGE_REASON, DEFAULT_REASON,
-};
+use super::record_part::Part;
+use super::{expected_version, Write, CHANGE_REASON, DEFAULT_REASON};
 use crate::auth::{permission, Authorized};
 use crate::http::patient_commands::metadata;
 use crate::http::{ApiError, AppState};
-use application::finding;
 use application::policy::Action;
 use domain::medical_record::ItemId;
+
+/// The directives in force, as parts of the patient record.
+const CONSENT: Part<Consent> = Part {
+    name: "Consent",
+    missing: "no such Consent in force",
+    of: |record| record.governance.consents.as_slice(),
+    id: |consent| consent.consent_id,
+    to_fhir,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -102,28 +107,6 @@ fn organization_reference(organization: &str) -> Value {
     } else {
         json!({ "display": format!("organization {organization}") })
     }
-}
-
-/// A directive as a FHIR `Consent` at the patient record's `version`.
-fn versioned(patient: PatientId, consent: &Consent, version: u64) -> Value {
-    let mut body = to_fhir(patient, consent);
-    body["meta"] = json!({ "versionId": version.to_string() });
-    body
-}
-
-/// The directives in force on the patient's record and the record's version, the patient read
-/// as `user`.
-async fn consents_of(
-    state: &AppState,
-    user: &crate::auth::AuthUser,
-    patient: PatientId,
-) -> Result<(Vec<Consent>, u64), ApiError> {
-    let (found, version) = finding::read(state.services(), user, patient).await?;
-    let consents = found
-        .record()
-        .map(|r| r.governance.consents.clone())
-        .unwrap_or_default();
-    Ok((consents, version))
 }
 
 /// The patient a FHIR Consent is about, and the directive it states; every bad element named.
@@ -209,29 +192,6 @@ fn directive(resource: &Value) -> Result<(PatientId, ConsentDirective), ApiError
     }
 }
 
-/// A directive written: `status`, the resource with the patient record's version (withdrawn,
-/// `inactive`, when answering an update), its `ETag` and `Location`.
-fn written(
-    state: &AppState,
-    headers: &HeaderMap,
-    (patient, version): (PatientId, u64),
-    consent: &Consent,
-    status: StatusCode,
-) -> Response {
-    let mut body = versioned(patient, consent, version);
-    if status == StatusCode::OK {
-        body["status"] = json!("inactive");
-    }
-    let mut answer = super::versioned(status, &body, version);
-    let location = format!(
-        "{}/Consent/{}",
-        base_url(state, headers),
-        fhir_id(patient, ItemId::new(consent.consent_id))
-    );
-    super::locate(&mut answer, &location);
-    answer
-}
-
 /// `POST /Consent`: grants the directive on the patient's record.
 async fn create(
     State(state): State<AppState>,
@@ -252,21 +212,11 @@ async fn create(
         metadata(&write.user, &write.ctx, None),
     )
     .await?;
-    let consent = changed
-        .record()
-        .and_then(|r| {
-            r.governance
-                .consents
-                .iter()
-                .find(|c| c.consent_id == consent_id)
-        })
-        .ok_or(ApiError::NotFound)?;
-    Ok(written(
-        &state,
-        &write.headers,
+    Ok(CONSENT.written(
+        (&state, &write.headers),
         (patient, version),
-        consent,
-        StatusCode::CREATED,
+        CONSENT.after(&changed, consent_id)?,
+        (StatusCode::CREATED, |_| {}),
     ))
 }
 
@@ -296,7 +246,7 @@ async fn update(
             .into(),
         ));
     }
-    let (consents, _) = consents_of(&state, &write.user, patient).await?;
+    let (consents, _) = CONSENT.all(&state, &write.user, patient).await?;
     let Some(withdrawn) = consents
         .into_iter()
         .find(|c| c.consent_id == item.as_uuid())
@@ -323,12 +273,12 @@ async fn update(
         metadata(&write.user, &write.ctx, None),
     )
     .await?;
-    let mut answer = written(
-        &state,
-        &write.headers,
+    // Answered as it stood, withdrawn: it is no longer anywhere to be read.
+    let mut answer = CONSENT.written(
+        (&state, &write.headers),
         (patient, version),
         &withdrawn,
-        StatusCode::OK,
+        (StatusCode::OK, |body| body["status"] = json!("inactive")),
     );
     answer.headers_mut().remove(header::LOCATION);
     Ok(answer)
@@ -340,22 +290,7 @@ async fn read(
     Authorized(user, _): Authorized<permission::ReadPatient>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
-    let not_found = || {
-        outcome(
-            StatusCode::NOT_FOUND,
-            &[Issue::new("not-found", "no such Consent in force").at("id")],
-        )
-    };
-    let Some((patient, wanted)) = parse_fhir_id(&raw) else {
-        return Ok(not_found());
-    };
-    let (consents, version) = consents_of(&state, &user, patient).await?;
-    Ok(
-        match consents.iter().find(|c| c.consent_id == wanted.as_uuid()) {
-            Some(c) => super::versioned(StatusCode::OK, &versioned(patient, c, version), version),
-            None => not_found(),
-        },
-    )
+    CONSENT.read(&state, &user, &raw).await
 }
 
 /// `GET /Consent?patient=...`: the directives in force.
@@ -365,16 +300,12 @@ async fn search(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let mut errors = FieldErrors::new();
-    refuse_unknown(params.keys(), &["patient"], "Consent", &mut errors);
-    let patient = patient_param(&params, &["patient"], &mut errors);
-    errors.into_result().map_err(ApiError::InvalidParameters)?;
-    let patient = patient.ok_or(ApiError::NotFound)?;
-    let base = base_url(&state, &headers);
-    let (consents, version) = consents_of(&state, &user, patient).await?;
-    let entries: Vec<Value> = consents
-        .iter()
-        .map(|c| match_entry(&base, versioned(patient, c, version)))
-        .collect();
-    Ok(resource(StatusCode::OK, &searchset(entries)))
+    CONSENT
+        .search(
+            (&state, &user, &headers),
+            &params,
+            (&["patient"], &[]),
+            |_| true,
+        )
+        .await
 }

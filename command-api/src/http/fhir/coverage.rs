@@ -18,16 +18,22 @@ use domain::{FieldError, FieldErrors};
 use serde_json::{json, Map, Value};
 
 use super::clinical::{fhir_id, parse_fhir_id};
-use super::patient::base_url;
-use super::{
-    match_entry, outcome, patient_param, refuse_unknown, resource, searchset, Issue, Write,
-};
+use super::record_part::Part;
+use super::Write;
 use crate::auth::{permission, Authorized};
 use crate::http::patient_commands::metadata;
 use crate::http::{ApiError, AppState};
-use application::finding;
 use application::policy::Action;
 use domain::medical_record::ItemId;
+
+/// Coverages, as parts of the patient record.
+const COVERAGE: Part<Coverage> = Part {
+    name: "Coverage",
+    missing: "no such Coverage",
+    of: |record| record.coverages.as_slice(),
+    id: |coverage| coverage.coverage_id,
+    to_fhir,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -169,25 +175,6 @@ fn coverage_paths(errors: &FieldErrors) -> FieldErrors {
     renamed
 }
 
-/// A coverage written: `status`, the resource with the patient record's version, its `ETag`
-/// and `Location`.
-fn written(
-    state: &AppState,
-    headers: &HeaderMap,
-    (patient, version): (PatientId, u64),
-    coverage: &Coverage,
-    status: StatusCode,
-) -> Response {
-    let mut answer = super::versioned(status, &versioned(patient, coverage, version), version);
-    let location = format!(
-        "{}/Coverage/{}",
-        base_url(state, headers),
-        fhir_id(patient, ItemId::new(coverage.coverage_id))
-    );
-    super::locate(&mut answer, &location);
-    answer
-}
-
 /// Runs a coverage change on the patient; answers the coverage as it is after it.
 async fn change_coverage(
     state: &AppState,
@@ -205,16 +192,11 @@ async fn change_coverage(
         metadata(&write.user, &write.ctx, None),
     )
     .await?;
-    let coverage = changed
-        .record()
-        .and_then(|r| r.coverages.iter().find(|c| c.coverage_id == coverage_id))
-        .ok_or(ApiError::NotFound)?;
-    Ok(written(
-        state,
-        &write.headers,
+    Ok(COVERAGE.written(
+        (state, &write.headers),
         (patient, version),
-        coverage,
-        status,
+        COVERAGE.after(&changed, coverage_id)?,
+        (status, |_| {}),
     ))
 }
 
@@ -280,50 +262,13 @@ async fn update(
     .await
 }
 
-/// The patient's coverages and the record's version, the patient read as `user`
-/// (access-checked and recorded).
-async fn coverages_of(
-    state: &AppState,
-    user: &crate::auth::AuthUser,
-    patient: PatientId,
-) -> Result<(Vec<Coverage>, u64), ApiError> {
-    let (found, version) = finding::read(state.services(), user, patient).await?;
-    let coverages = found
-        .record()
-        .map(|r| r.coverages.clone())
-        .unwrap_or_default();
-    Ok((coverages, version))
-}
-
-/// A coverage as a FHIR `Coverage` at the patient record's `version`.
-fn versioned(patient: PatientId, coverage: &Coverage, version: u64) -> Value {
-    let mut body = to_fhir(patient, coverage);
-    body["meta"] = json!({ "versionId": version.to_string() });
-    body
-}
-
 /// `GET /Coverage/{id}`.
 async fn read(
     State(state): State<AppState>,
     Authorized(user, _): Authorized<permission::ReadPatient>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
-    let not_found = || {
-        outcome(
-            StatusCode::NOT_FOUND,
-            &[Issue::new("not-found", "no such Coverage").at("id")],
-        )
-    };
-    let Some((patient, wanted)) = parse_fhir_id(&raw) else {
-        return Ok(not_found());
-    };
-    let (coverages, version) = coverages_of(&state, &user, patient).await?;
-    Ok(
-        match coverages.iter().find(|c| c.coverage_id == wanted.as_uuid()) {
-            Some(c) => super::versioned(StatusCode::OK, &versioned(patient, c, version), version),
-            None => not_found(),
-        },
-    )
+    COVERAGE.read(&state, &user, &raw).await
 }
 
 /// `GET /Coverage?patient=...` (or `beneficiary=`): the patient's coverages, ended ones too.
@@ -333,27 +278,13 @@ async fn search(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let mut errors = FieldErrors::new();
-    refuse_unknown(
-        params.keys(),
-        &["patient", "beneficiary", "status"],
-        "Coverage",
-        &mut errors,
-    );
-    let patient = patient_param(&params, &["patient", "beneficiary"], &mut errors);
-    errors.into_result().map_err(ApiError::InvalidParameters)?;
-    let patient = patient.ok_or(ApiError::NotFound)?;
-    let base = base_url(&state, &headers);
-    let (coverages, version) = coverages_of(&state, &user, patient).await?;
-    let entries: Vec<Value> = coverages
-        .iter()
-        .map(|c| versioned(patient, c, version))
-        .filter(|c| {
-            params
-                .get("status")
-                .is_none_or(|s| c["status"] == s.as_str())
-        })
-        .map(|c| match_entry(&base, c))
-        .collect();
-    Ok(resource(StatusCode::OK, &searchset(entries)))
+    let status = params.get("status").cloned();
+    COVERAGE
+        .search(
+            (&state, &user, &headers),
+            &params,
+            (&["patient", "beneficiary"], &["status"]),
+            |c| status.as_ref().is_none_or(|s| c["status"] == s.as_str()),
+        )
+        .await
 }

@@ -17,6 +17,7 @@ mod document;
 mod patient;
 mod patient_contacts;
 mod patient_update;
+mod record_part;
 mod reference;
 mod schedule;
 
