@@ -10,21 +10,23 @@ use super::{appointment, clinical, reference, resource, schedule};
 use crate::http::AppState;
 
 /// The resources served, each with its interactions and search parameters.
-fn resources() -> Vec<Value> {
-    let patient_params: Vec<Value> = SEARCH_PARAMS
-        .iter()
+/// Search parameters, `(name, type, what it matches)`, as the statement lists them.
+fn search_params<'a>(params: impl Iterator<Item = &'a (&'a str, &'a str, &'a str)>) -> Vec<Value> {
+    params
         .map(|(name, kind, documentation)| {
             json!({ "name": name, "type": kind, "documentation": documentation })
         })
-        .collect();
+        .collect()
+}
+
+fn resources() -> Vec<Value> {
+    let patient_params = search_params(SEARCH_PARAMS.iter());
     let clinical_params = |kind| -> Vec<Value> {
-        clinical::SEARCH_PARAMS
-            .iter()
-            .filter(|(name, _, _)| clinical::applies(kind, name))
-            .map(|(name, kind, documentation)| {
-                json!({ "name": name, "type": kind, "documentation": documentation })
-            })
-            .collect()
+        search_params(
+            clinical::SEARCH_PARAMS
+                .iter()
+                .filter(|(name, _, _)| clinical::applies(kind, name)),
+        )
     };
     let mut resources = vec![json!({
         "type": "Patient",
@@ -106,19 +108,9 @@ fn resources() -> Vec<Value> {
         ],
         "versioning": "versioned-update",
         "readHistory": true,
-        "searchParam": appointment::SEARCH_PARAMS
-            .iter()
-            .map(|(name, kind, documentation)| {
-                json!({ "name": name, "type": kind, "documentation": documentation })
-            })
-            .collect::<Vec<Value>>(),
+        "searchParam": search_params(appointment::SEARCH_PARAMS.iter()),
     }));
-    let reference_params: Vec<Value> = reference::SEARCH_PARAMS
-        .iter()
-        .map(|(name, kind, documentation)| {
-            json!({ "name": name, "type": kind, "documentation": documentation })
-        })
-        .collect();
+    let reference_params = search_params(reference::SEARCH_PARAMS.iter());
     resources.extend(reference::TYPES.iter().map(|(name, kind)| {
         json!({
             "type": name,
@@ -163,12 +155,7 @@ fn resources() -> Vec<Value> {
         "profile": "http://hl7.org/fhir/StructureDefinition/Slot",
         "documentation": "Computed: the free places of a service from availability (templates minus blocks and claimed time); searched only, never stored, so no read by id and no history",
         "interaction": [{ "code": "search-type" }],
-        "searchParam": schedule::SLOT_PARAMS
-            .iter()
-            .map(|(name, kind, documentation)| {
-                json!({ "name": name, "type": kind, "documentation": documentation })
-            })
-            .collect::<Vec<_>>(),
+        "searchParam": search_params(schedule::SLOT_PARAMS.iter()),
     }));
     resources.push(json!({
         "type": "AuditEvent",
