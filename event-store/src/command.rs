@@ -361,6 +361,31 @@ pub(crate) async fn load_version<A: Aggregate>(
     Ok(Some(aggregate))
 }
 
+/// Aggregate `aggregate_id` as each of its latest `newest` versions left it, newest first:
+/// its stream read and applied once (versions whose events are gone with a forgotten patient
+/// are left out).
+pub(crate) async fn load_versions<A: Aggregate + Clone>(
+    repository: SealedRepository,
+    aggregate_id: &str,
+    newest: usize,
+) -> Result<Vec<(u64, A)>, CommandError<A::Error>> {
+    let store: PersistedEventStore<SealedRepository, A> =
+        PersistedEventStore::new_event_store(repository);
+    let events = store.load_events(aggregate_id).await.map_err(classify)?;
+    let first_kept = events.len().saturating_sub(newest);
+    let mut aggregate = A::default();
+    let mut versions = Vec::with_capacity(events.len() - first_kept);
+    for (i, envelope) in events.into_iter().enumerate() {
+        let sequence = envelope.sequence as u64;
+        aggregate.apply(envelope.payload);
+        if i >= first_kept {
+            versions.push((sequence, aggregate.clone()));
+        }
+    }
+    versions.reverse();
+    Ok(versions)
+}
+
 /// Maps a sqlx error to unavailable (the database could not be reached) or internal.
 pub fn sqlx_error<E>(error: sqlx::Error) -> CommandError<E> {
     if crate::is_unavailable(&error) {

@@ -715,6 +715,20 @@ impl AppointmentStore {
         crate::command::load_version(self.repository(None), &id.to_string(), version).await
     }
 
+    /// The appointment as each of its latest `newest` versions left it, newest first (the
+    /// events read once).
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError`] when the store fails.
+    pub async fn versions(
+        &self,
+        id: Uuid,
+        newest: usize,
+    ) -> Result<Vec<(u64, Appointment)>, CommandError<SchedulingError>> {
+        crate::command::load_versions(self.repository(None), &id.to_string(), newest).await
+    }
+
     /// The appointment and its version (`None` if there is none with this id).
     ///
     /// # Errors

@@ -264,6 +264,20 @@ impl PatientStore {
         crate::command::load_version(self.repository(), &id.to_string(), version).await
     }
 
+    /// The patient as each of their latest `newest` versions left them, newest first (the
+    /// events read once).
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError::Unavailable`] or [`CommandError::Internal`] when the store fails.
+    pub async fn versions(
+        &self,
+        id: PatientId,
+        newest: usize,
+    ) -> Result<Vec<(u64, Patient)>, CommandError> {
+        crate::command::load_versions(self.repository(), &id.to_string(), newest).await
+    }
+
     /// Reserves the next medical record number: unique, though not in the order of
     /// registration (each process reserves a block of them at a time, one read of the
     /// sequence for [`MRN_BLOCK`] registrations; the unused rest of a block is skipped when the

@@ -146,19 +146,6 @@ async fn readable(
     Ok(Ok((id, version)))
 }
 
-/// The appointment as its first `version` events left it, as FHIR.
-async fn at_version(state: &AppState, id: Uuid, version: u64) -> Result<Option<Value>, ApiError> {
-    let then = state
-        .appointments
-        .load_version(id, version)
-        .await
-        .map_err(ApiError::from)?;
-    Ok(then
-        .as_ref()
-        .and_then(|a| a.state())
-        .map(|s| to_fhir(id, version, s)))
-}
-
 /// `GET /Appointment/{id}/_history/{vid}`.
 async fn vread(
     State(state): State<AppState>,
@@ -169,22 +156,18 @@ async fn vread(
         Ok(found) => found,
         Err(answer) => return Ok(answer),
     };
-    let version = vid
-        .parse::<u64>()
-        .ok()
-        .filter(|v| (1..=current).contains(v));
-    let then = match version {
-        Some(version) => at_version(&state, id, version).await?,
-        None => None,
-    };
-    let (Some(version), Some(body)) = (version, then) else {
-        return Ok(outcome(
-            StatusCode::NOT_FOUND,
-            &[Issue::new("not-found", "no such version")],
-        ));
-    };
-    let answer = super::versioned(StatusCode::OK, &body, version);
-    Ok(answer)
+    super::vread(&vid, current, |version| async move {
+        let then = state
+            .appointments
+            .load_version(id, version)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(then
+            .as_ref()
+            .and_then(|a| a.state())
+            .map(|s| to_fhir(id, version, s)))
+    })
+    .await
 }
 
 /// `GET /Appointment/{id}/_history`: its versions, newest first (the latest [`MAX_HISTORY`]).
@@ -199,8 +182,14 @@ async fn history(
         Err(answer) => return Ok(answer),
     };
     let mut versions = Vec::new();
-    for version in (1..=current).rev().take(MAX_HISTORY as usize) {
-        if let Some(body) = at_version(&state, id, version).await? {
+    let stored = state
+        .appointments
+        .versions(id, MAX_HISTORY as usize)
+        .await
+        .map_err(ApiError::from)?;
+    for (version, appointment) in stored {
+        if let Some(then) = appointment.state().filter(|_| version <= current) {
+            let body = to_fhir(id, version, then);
             versions.push((body, u32::try_from(version).unwrap_or(u32::MAX), None));
         }
     }

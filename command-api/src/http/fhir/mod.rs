@@ -192,6 +192,37 @@ pub fn versioned(status: StatusCode, body: &Value, version: u64) -> Response {
     answer
 }
 
+/// The answer to a vread of version `vid` of a resource now at `current`: the resource as
+/// `at` gives it for that version, or 404 when the version is not one of it (or is gone).
+///
+/// # Errors
+///
+/// What `at` fails with.
+pub async fn vread<Fut>(
+    vid: &str,
+    current: u64,
+    at: impl FnOnce(u64) -> Fut,
+) -> Result<Response, ApiError>
+where
+    Fut: std::future::Future<Output = Result<Option<Value>, ApiError>>,
+{
+    let version = vid
+        .parse::<u64>()
+        .ok()
+        .filter(|v| (1..=current).contains(v));
+    let then = match version {
+        Some(version) => at(version).await?,
+        None => None,
+    };
+    Ok(match (version, then) {
+        (Some(version), Some(body)) => versioned(StatusCode::OK, &body, version),
+        _ => outcome(
+            StatusCode::NOT_FOUND,
+            &[Issue::new("not-found", "no such version")],
+        ),
+    })
+}
+
 /// Names where the answer's resource is (`Location`).
 pub fn locate(answer: &mut Response, url: &str) {
     if let Ok(location) = HeaderValue::from_str(url) {

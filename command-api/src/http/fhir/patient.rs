@@ -119,22 +119,14 @@ async fn vread(
         Ok(found) => found,
         Err(answer) => return Ok(answer),
     };
-    let version = vid
-        .parse::<u64>()
-        .ok()
-        .filter(|v| (1..=current).contains(v));
-    let then = match version {
-        Some(version) => state.store.load_version(id, version).await?,
-        None => None,
-    };
-    let (Some(version), Some(record)) = (version, then.as_ref().and_then(|p| p.record())) else {
-        return Ok(outcome(
-            StatusCode::NOT_FOUND,
-            &[Issue::new("not-found", "no such version")],
-        ));
-    };
-    let answer = super::versioned(StatusCode::OK, &to_fhir(record, version), version);
-    Ok(answer)
+    super::vread(&vid, current, |version| async move {
+        let then = state.store.load_version(id, version).await?;
+        Ok(then
+            .as_ref()
+            .and_then(|p| p.record())
+            .map(|record| to_fhir(record, version)))
+    })
+    .await
 }
 
 /// `GET /Patient/{id}/_history`: a history Bundle of the patient's versions, newest first
@@ -150,12 +142,10 @@ async fn history(
         Err(answer) => return Ok(answer),
     };
     let mut versions = Vec::new();
-    for version in (1..=current).rev().take(MAX_HISTORY as usize) {
-        if let Some(patient) = state.store.load_version(id, version).await? {
-            if let Some(record) = patient.record() {
-                let version_number = u32::try_from(version).unwrap_or(u32::MAX);
-                versions.push((to_fhir(record, version), version_number, None));
-            }
+    for (version, patient) in state.store.versions(id, MAX_HISTORY as usize).await? {
+        if let Some(record) = patient.record().filter(|_| version <= current) {
+            let version_number = u32::try_from(version).unwrap_or(u32::MAX);
+            versions.push((to_fhir(record, version), version_number, None));
         }
     }
     let base = base_url(&state, &headers);
