@@ -172,6 +172,8 @@ where
     let Some(_turn) = turn(format!("{}/{aggregate_id}", A::TYPE)).await else {
         return Err(CommandError::Busy);
     };
+    // A long stream's state is loaded through the states kept between loads.
+    let reader = repository.keeps_states().then(|| repository.bare());
     let store: PersistedEventStore<SealedRepository, A> = repository
         .reserving(metadata.reservation.clone())
         .into_store();
@@ -187,6 +189,10 @@ where
                 current_sequence: 0,
                 current_snapshot: None,
             }
+        } else if let Some(reader) = &reader {
+            crate::states::load(reader, aggregate_id)
+                .await
+                .map_err(classify)?
         } else {
             store.load_aggregate(aggregate_id).await.map_err(classify)?
         };

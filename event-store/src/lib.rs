@@ -44,6 +44,7 @@ pub mod relay;
 pub mod repository;
 pub mod schedule;
 pub mod snapshots;
+pub mod states;
 pub mod store;
 pub mod stream;
 pub mod wire;

@@ -62,10 +62,6 @@ impl MedicalRecordStore {
             .with_snapshots(SNAPSHOT_EVERY)
     }
 
-    fn event_store(&self) -> PersistedEventStore<SealedRepository, MedicalRecord> {
-        self.repository().into_store()
-    }
-
     /// Executes `command` on the medical record of patient `id` (who must be registered: the
     /// caller checks). Returns the record and its version after the command.
     ///
@@ -118,15 +114,12 @@ impl MedicalRecordStore {
         &self,
         id: PatientId,
     ) -> Result<(MedicalRecord, u64), CommandError<MedicalRecordError>> {
-        use cqrs_es::EventStore;
         if let Some(unit) = &self.unit {
             if let Some(staged) = unit.staged(&id.to_string()).await {
                 return Ok(staged);
             }
         }
-        let context = self
-            .event_store()
-            .load_aggregate(&id.to_string())
+        let context = crate::states::load(&self.repository(), &id.to_string())
             .await
             .map_err(crate::command::classify)?;
         let version = context.current_sequence as u64;

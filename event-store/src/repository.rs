@@ -93,6 +93,8 @@ pub struct SealedRepository {
     /// The snapshot last read: aggregate id, sequence and the hash of its event, the anchor
     /// the events after it must chain from.
     anchor: std::sync::Mutex<Option<(String, usize, Vec<u8>)>>,
+    /// The newest event the last load verified: its sequence and hash.
+    tip: std::sync::Mutex<Option<(usize, Vec<u8>)>>,
 }
 
 impl std::fmt::Debug for SealedRepository {
@@ -111,7 +113,28 @@ impl SealedRepository {
             reservation: None,
             snapshots: None,
             anchor: std::sync::Mutex::new(None),
+            tip: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether the aggregate's state is worth keeping between loads: its stream grows long
+    /// (it has snapshots).
+    pub(crate) fn keeps_states(&self) -> bool {
+        self.snapshots.is_some()
+    }
+
+    /// Has the next load of `aggregate_id` after `sequence` chain its events from `hash`, the
+    /// hash of the event at `sequence` (as after reading a snapshot taken there).
+    pub(crate) fn anchor_at(&self, aggregate_id: &str, sequence: usize, hash: Vec<u8>) {
+        if let Ok(mut anchor) = self.anchor.lock() {
+            *anchor = Some((aggregate_id.to_owned(), sequence, hash));
+        }
+    }
+
+    /// The sequence and hash of the newest event the last load read and verified (the anchor
+    /// when none came after it).
+    pub(crate) fn tip(&self) -> Option<(usize, Vec<u8>)> {
+        self.tip.lock().ok().and_then(|tip| tip.clone())
     }
 
     /// A repository over the same database, keys and snapshots, with no effects.
@@ -421,6 +444,13 @@ impl SealedRepository {
                 },
             ),
         );
+        let newest = rows
+            .last()
+            .and_then(|row| Some((usize::try_from(row.0).ok()?, row.5.clone()?)))
+            .or_else(|| anchor.map(|(sequence, hash)| (sequence, hash.to_vec())));
+        if let Ok(mut tip) = self.tip.lock() {
+            *tip = newest.filter(|_| checked.is_ok());
+        }
         if let Err(finding) = checked {
             // Ids and the kind of tampering only: the row's content is not to be trusted or shown.
             tracing::error!(

@@ -62,6 +62,7 @@ impl TransactionEffect for Erasure {
                 crate::documents::forget_stored(&mut *tx, id).await?;
                 crate::registration_guard::forget(&mut *tx, id).await?;
                 crate::snapshots::forget(&mut *tx, id).await?;
+                crate::states::forget(id);
                 if let Ok(patient) = PatientId::parse("id", id) {
                     crate::schedule::forget_patient(&mut *tx, patient).await?;
                 }

@@ -1772,6 +1772,9 @@ async fn a_long_chart_is_loaded_from_a_sealed_snapshot_that_goes_with_the_patien
     assert!(!sealed.contains("Walks daily"), "the snapshot is sealed");
 
     // Act: change an item recorded before the snapshot, and one after it; read the chart.
+    // (This process keeps the chart's state between loads: dropped, so the load is the
+    // snapshot's, as in a process that has not loaded this chart lately.)
+    event_store::states::forget(&id);
     let revised = with(
         &history("Walks daily 0"),
         "/relationship",
@@ -1803,7 +1806,17 @@ async fn a_long_chart_is_loaded_from_a_sealed_snapshot_that_goes_with_the_patien
         "the snapshot knows the item's version: {stale}"
     );
 
-    // Erasure takes the snapshot with the key.
+    // Erasure takes the snapshot with the key, and the state kept in memory.
+    let (status, _, _) = send(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/patients/{id}/history"),
+        &token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
     let forgotten = app
         .post(
             &format!("/v1/patients/{id}/forget"),
@@ -1820,6 +1833,10 @@ async fn a_long_chart_is_loaded_from_a_sealed_snapshot_that_goes_with_the_patien
             .await
             .unwrap();
     assert_eq!(left, 0);
+    assert!(
+        !event_store::states::holds(&id),
+        "the chart's opened state went with the key"
+    );
 }
 
 #[tokio::test]

@@ -65,6 +65,8 @@ struct Sizes {
     days: i64,
     bookings: usize,
     chart: usize,
+    /// Items timed on the long chart, and as many on empty charts.
+    chart_samples: usize,
     backlog_items: usize,
     backlog_patients: usize,
     /// Patients of the mixed store added before the rebuild ([`crate::mixed_store`]).
@@ -82,6 +84,7 @@ impl Sizes {
                 days: 2,
                 bookings: 10,
                 chart: 20,
+                chart_samples: 5,
                 backlog_items: 200,
                 backlog_patients: 5,
                 mixed_patients: 2,
@@ -94,6 +97,7 @@ impl Sizes {
                 days: 7,
                 bookings: 400,
                 chart: 200,
+                chart_samples: 100,
                 backlog_items: 5_000,
                 backlog_patients: 50,
                 mixed_patients: 150,
@@ -106,6 +110,7 @@ impl Sizes {
                 days: 30,
                 bookings: 4_000,
                 chart: 1_000,
+                chart_samples: 400,
                 backlog_items: 100_000,
                 backlog_patients: 1_000,
                 // With what the other measures stored, over a million events.
@@ -337,7 +342,10 @@ async fn lags_within(
     Ok(lags)
 }
 
-/// Items recorded one after another on one chart: p99 of the last tenth against the first.
+/// One clinical item on a chart of `sizes.chart` items against one on an empty chart: the
+/// chart is filled first, then items go alternately to it and to a fresh patient's empty chart,
+/// so both sides of the ratio see the same moments of a noisy machine. Returns p99 long / p99
+/// empty.
 async fn long_chart(
     settings: &Settings,
     service: &Service,
@@ -346,28 +354,42 @@ async fn long_chart(
     registrar: &str,
     sizes: Sizes,
 ) -> anyhow::Result<f64> {
-    let id = crate::population::register(client, base, registrar, 20_000_000).await?;
-    let id = PatientId::parse("id", &id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let parse = |id: String| PatientId::parse("id", &id).map_err(|e| anyhow::anyhow!("{e}"));
+    let long = parse(crate::population::register(client, base, registrar, 20_000_000).await?)?;
     let secrets = settings.secrets()?;
     let store = MedicalRecordStore::new(service.pool.clone(), secrets.keys, secrets.chain);
-    let mut times = Vec::with_capacity(sizes.chart);
     for i in 0..sizes.chart {
-        let one = Instant::now();
-        record(&store, id, (i, 0)).await?;
-        times.push(one.elapsed());
+        record(&store, long, (i, 0)).await?;
     }
-    let tenth = (sizes.chart / 10).max(1);
-    let mut first = times[..tenth].to_vec();
-    let mut last = times[times.len() - tenth..].to_vec();
-    first.sort();
-    last.sort();
-    let (empty, long) = (percentile_ms(&first, 0.99), percentile_ms(&last, 0.99));
+    let samples = sizes.chart_samples;
+    let mut empty_charts = Vec::with_capacity(samples);
+    for k in 0..samples {
+        let id = crate::population::register(client, base, registrar, 20_000_001 + k).await?;
+        empty_charts.push(parse(id)?);
+    }
+    let (mut on_empty, mut on_long) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    for (k, &empty) in empty_charts.iter().enumerate() {
+        // The same kind of item on both: item `chart + k` of the benchmark's mix.
+        let i = sizes.chart + k;
+        let one = Instant::now();
+        record(&store, empty, (i, k + 1)).await?;
+        on_empty.push(one.elapsed());
+        let one = Instant::now();
+        record(&store, long, (i, 0)).await?;
+        on_long.push(one.elapsed());
+    }
+    on_empty.sort();
+    on_long.sort();
+    let p = |times: &[Duration], q| percentile_ms(times, q);
     println!(
-        "one item: p99 {empty:.2} ms on a chart of 0-{tenth} items, {long:.2} ms on one of {}-{} items",
-        sizes.chart - tenth,
-        sizes.chart
+        "one item, {samples} of each, alternating: on an empty chart p50 {:.2} ms p99 {:.2} ms; on a chart of {}+ items p50 {:.2} ms p99 {:.2} ms",
+        p(&on_empty, 0.5),
+        p(&on_empty, 0.99),
+        sizes.chart,
+        p(&on_long, 0.5),
+        p(&on_long, 0.99),
     );
-    Ok(long / empty.max(f64::EPSILON))
+    Ok(p(&on_long, 0.99) / p(&on_empty, 0.99).max(f64::EPSILON))
 }
 
 /// With the projectors off: a backlog of items, the projectors catching up on it, then a
