@@ -22,6 +22,7 @@
 //! - [`extraction`]: what a document text extractor offers the use cases.
 //! - [`finding`]: patients read by id, search, likeness and retention; their data keys.
 //! - [`audit`]: the audit log, disclosures and verified histories.
+//! - [`compartment`]: everything held of one patient, read under one access decision.
 //! - [`retention`]: the retention policy's purge.
 //! - [`planner`]: availability and placement of appointments on resources.
 //! - [`background`]: reminders, wait-list offers, the notification outbox, under one runner.
@@ -35,6 +36,7 @@ pub mod background;
 pub mod booking;
 pub mod caller;
 pub mod clock;
+pub mod compartment;
 pub mod extraction;
 pub mod finding;
 pub mod matching;

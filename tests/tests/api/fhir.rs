@@ -2611,3 +2611,211 @@ async fn a_patient_is_updated_with_if_match_as_one_unit_of_the_native_commands()
     assert_eq!(status, 403);
     app.stop().await;
 }
+
+/// The resource types of a Bundle's entries, each with how many.
+fn types_in(bundle: &Value) -> std::collections::BTreeMap<String, usize> {
+    let mut types = std::collections::BTreeMap::new();
+    for entry in bundle["entry"].as_array().unwrap() {
+        let kind = entry["resource"]["resourceType"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        *types.entry(kind).or_default() += 1;
+    }
+    types
+}
+
+#[tokio::test]
+async fn patient_everything_pages_the_whole_compartment_and_the_patients_own_call_is_a_disclosure()
+{
+    use crate::medical_records::{bodies, clinician, patient_in_care};
+    // Arrange: a patient in care with a coverage, an item of each kind the chart holds, an
+    // observation (a stream of its own) and an appointment.
+    let app = TestApp::without_kafka().await;
+    crate::scheduling::clinic(&app).await;
+    let id = patient_in_care(&app, 9950).await;
+    let other = id_of(&app.register_person(9951, None).await);
+    let added = app
+        .command(
+            &id,
+            "coverages",
+            2,
+            &json!({ "payer": "Helsana", "plan": "Basic", "member_id": "80756-01",
+                     "relationship": "self", "start": "2026-01-01", "priority": "primary" }),
+        )
+        .await;
+    assert_eq!(added.status(), 200, "{:?}", added.text().await);
+    let token = clinician(&app);
+    for (segment, body, _) in bodies() {
+        let response = app
+            .post(&format!("/v1/patients/{id}/{segment}"), &token, &body, &[])
+            .await;
+        assert_eq!(response.status(), 201, "{segment}");
+    }
+    let glucose = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": { "coding": [{ "system": "http://loinc.org", "code": "2339-0", "display": "Glucose [Mass/volume] in Blood" }] },
+        "subject": { "reference": format!("Patient/{id}") },
+        "effectiveDateTime": "2026-11-26T08:15:00+01:00",
+        "valueQuantity": { "value": 6.3, "unit": "mmol/l", "system": "http://unitsofmeasure.org", "code": "mmol/L" }
+    });
+    let (status, _, created) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/Observation",
+        &token,
+        &glucose,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, booked) =
+        crate::scheduling::book(&app, &id, &crate::scheduling::at("08:00"), json!({})).await;
+    assert_eq!(status, 201, "{booked}");
+    let everything = format!("/Patient/{id}/$everything");
+    let expected: std::collections::BTreeMap<String, usize> = [
+        ("Patient", 1),
+        ("Coverage", 1),
+        ("AllergyIntolerance", 1),
+        ("MedicationStatement", 1),
+        ("Immunization", 1),
+        ("Condition", 1),
+        ("Observation", 1),
+    ]
+    .into_iter()
+    .map(|(k, n)| (k.to_owned(), n))
+    .collect();
+
+    // Act: the clinician's call (the observation's read model follows within moments).
+    crate::helpers::eventually("the observation in the compartment", || async {
+        let (status, _, bundle) = fhir_get(&app, &everything, Some(&token), &[]).await;
+        assert_eq!(status, 200, "{bundle}");
+        types_in(&bundle).contains_key("Observation")
+    })
+    .await;
+    let (_, _, whole) = fhir_get(&app, &everything, Some(&token), &[]).await;
+
+    // Assert: everything, the Patient first; no appointments for a caller who may not read
+    // them (a clinician may).
+    let mut with_appointment = expected.clone();
+    with_appointment.insert("Appointment".into(), 1);
+    assert_eq!(types_in(&whole), with_appointment, "{whole}");
+    assert_eq!(whole["total"], 8);
+    assert_eq!(whole["entry"][0]["resource"]["resourceType"], "Patient");
+    assert_eq!(whole["entry"][0]["resource"]["id"], id.as_str());
+
+    // Paged: pages of three, followed by their next links, hold the same resources once each.
+    let mut seen = Vec::new();
+    let mut next = Some(format!("{everything}?_count=3"));
+    while let Some(path) = next.take() {
+        let (status, _, page) = fhir_get(&app, &path, Some(&token), &[]).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["total"], 8);
+        assert!(page["entry"].as_array().unwrap().len() <= 3);
+        for entry in page["entry"].as_array().unwrap() {
+            seen.push(entry["fullUrl"].as_str().unwrap().to_owned());
+        }
+        next = page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| {
+                let url = l["url"].as_str().unwrap();
+                url[url.find("/Patient/").unwrap()..].to_owned()
+            });
+    }
+    let all: Vec<String> = whole["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["fullUrl"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen, all);
+
+    // _type keeps the types named; _since the resources changed at or after the instant.
+    let (_, _, conditions) = fhir_get(
+        &app,
+        &format!("{everything}?_type=Condition,Patient"),
+        Some(&token),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        types_in(&conditions).into_iter().collect::<Vec<_>>(),
+        [("Condition".to_owned(), 1), ("Patient".to_owned(), 1)]
+    );
+    let newest = whole["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["resource"]["meta"]["lastUpdated"].as_str())
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap())
+        .max()
+        .unwrap();
+    let since = |at: chrono::DateTime<chrono::FixedOffset>| {
+        let at = at.with_timezone(&chrono::Utc);
+        let instant = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        format!("{everything}?_since={instant}")
+    };
+    let (_, _, latest) = fhir_get(&app, &since(newest), Some(&token), &[]).await;
+    assert!(latest["total"].as_u64().unwrap() >= 1, "{latest}");
+    assert!(latest["total"].as_u64().unwrap() < 8, "{latest}");
+    let later = newest + chrono::Duration::milliseconds(1);
+    let (_, _, none) = fhir_get(&app, &since(later), Some(&token), &[]).await;
+    assert_eq!(none["total"], 0, "{none}");
+
+    // Bad parameters are refused by name, as OperationOutcomes.
+    for (query, field) in [
+        ("_count=0", "_count"),
+        ("_type=Claim", "_type"),
+        ("_since=yesterday", "_since"),
+        ("name=Ada", "name"),
+    ] {
+        let (status, _, outcome) =
+            fhir_get(&app, &format!("{everything}?{query}"), Some(&token), &[]).await;
+        assert_eq!(status, 400, "{query}: {outcome}");
+        assert_eq!(issues(&outcome)[0].1, field, "{query}");
+    }
+
+    // A scheduler may not read the medical record; the patient reaches only themself.
+    let (status, _, _) = fhir_get(
+        &app,
+        &everything,
+        Some(&app.token("scheduler-1", &["scheduler"])),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403);
+    let own = app.patient_token(&id);
+    let (status, _, _) = fhir_get(
+        &app,
+        &format!("/Patient/{other}/$everything"),
+        Some(&own),
+        &[],
+    )
+    .await;
+    assert!(status == 403 || status == 404, "{status}");
+
+    // The patient's own call: their whole compartment, appointments included (their right of
+    // access), listed among their disclosures as given to them.
+    let (status, _, theirs) = fhir_get(&app, &everything, Some(&own), &[]).await;
+    assert_eq!(status, 200, "{theirs}");
+    assert_eq!(types_in(&theirs), with_appointment);
+    crate::helpers::eventually("the right of access in the disclosures", || async {
+        let body: Value = app
+            .get(&format!("/v1/patients/{id}/disclosures"), &own)
+            .await
+            .json()
+            .await
+            .unwrap();
+        body["items"].as_array().unwrap().iter().any(|i| {
+            i["action"] == "patient-everything"
+                && i["user_id"] == format!("portal-{id}")
+                && i["outcome"] == "granted"
+        })
+    })
+    .await;
+    app.stop().await;
+}

@@ -15,7 +15,7 @@ use crate::helpers::{
 /// Monday after the tests' fixed now (Friday 2026-11-27 12:00 UTC); Zurich is UTC+1.
 const MONDAY: &str = "2026-11-30";
 
-fn at(local: &str) -> String {
+pub(crate) fn at(local: &str) -> String {
     // Local Zurich time on Monday as UTC.
     let (h, m) = local.split_once(':').unwrap();
     let h: u32 = h.parse::<u32>().unwrap() - 1;
@@ -47,7 +47,7 @@ async fn put(app: &TestApp, path: &str, body: &Value) -> (u16, Value) {
 }
 
 /// Two cardiologists, one examination room, and a 30-minute consultation needing both.
-async fn clinic(app: &TestApp) {
+pub(crate) async fn clinic(app: &TestApp) {
     for id in ["dr-heart", "dr-valve"] {
         let (status, body) = put(
             app,
@@ -83,7 +83,7 @@ async fn get(app: &TestApp, path: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn book(app: &TestApp, patient: &str, start: &str, extra: Value) -> (u16, Value) {
+pub(crate) async fn book(app: &TestApp, patient: &str, start: &str, extra: Value) -> (u16, Value) {
     let mut body =
         json!({ "patient_id": patient, "service": "cardiology-consult", "start": start });
     for (k, v) in extra.as_object().cloned().unwrap_or_default() {

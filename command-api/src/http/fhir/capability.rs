@@ -6,7 +6,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::patient::{base_url, SEARCH_PARAMS};
-use super::{appointment, clinical, reference, resource, schedule};
+use super::{appointment, clinical, everything, reference, resource, schedule};
 use crate::http::AppState;
 
 /// The resources served, each with its interactions and search parameters.
@@ -48,6 +48,14 @@ fn resources() -> Vec<Value> {
             "name": "match",
             "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
             "documentation": "The service's matcher: candidates graded certain, probable or possible (match-grade extension), search.score the probability from the matcher's weight",
+        }, {
+            "name": "everything",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+            "documentation": format!(
+                "GET only: the patient's compartment ({}), paged, under one access decision; appointments when the caller may read them or is the patient. Parameters: {}",
+                everything::TYPES.join(", "),
+                everything::PARAMS.iter().map(|(name, _, what)| format!("{name} ({what})")).collect::<Vec<_>>().join("; "),
+            ),
         }],
     })];
     resources.extend(clinical::RESOURCES.iter().map(|(name, kind)| {

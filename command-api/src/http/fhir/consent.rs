@@ -31,7 +31,7 @@ use application::policy::Action;
 use domain::medical_record::ItemId;
 
 /// The directives in force, as parts of the patient record.
-const CONSENT: Part<Consent> = Part {
+pub(super) const CONSENT: Part<Consent> = Part {
     name: "Consent",
     missing: "no such Consent in force",
     of: |record| record.governance.consents.as_slice(),

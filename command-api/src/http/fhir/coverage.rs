@@ -27,7 +27,7 @@ use application::policy::Action;
 use domain::medical_record::ItemId;
 
 /// Coverages, as parts of the patient record.
-const COVERAGE: Part<Coverage> = Part {
+pub(super) const COVERAGE: Part<Coverage> = Part {
     name: "Coverage",
     missing: "no such Coverage",
     of: |record| record.coverages.as_slice(),

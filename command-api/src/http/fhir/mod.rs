@@ -14,6 +14,7 @@ mod clinical_input;
 mod consent;
 mod coverage;
 mod document;
+mod everything;
 mod patient;
 mod patient_contacts;
 mod patient_update;
@@ -50,6 +51,7 @@ pub fn router() -> Router<AppState> {
         .route("/", axum::routing::post(batch::bundle))
         .route("/metadata", get(capability::metadata))
         .merge(patient::router())
+        .route("/Patient/{id}/$everything", get(everything::everything))
         .merge(patient_update::router())
         .merge(clinical::router())
         .merge(document::router())
