@@ -417,7 +417,7 @@ async fn rescheduled(
         patient: Some(current.patient_id),
         salt: salt(),
     };
-    let Some(placement) = planner::place(&services.pool, &ask).await? else {
+    let Some((placement, _held)) = planner::place_held(&services.pool, &ask).await? else {
         return Err(UseCaseError::TimeTaken {
             conflicting: None,
             alternatives: alternatives(&services.pool, &ask, start).await,

@@ -191,7 +191,9 @@ pub async fn book(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let Some(placement) = planner::place(&services.pool, &ask).await? else {
+        // Held until this attempt's command is stored or refused: this process's concurrent
+        // bookings steer clear of it.
+        let Some((placement, _held)) = planner::place_held(&services.pool, &ask).await? else {
             let keys: Vec<String> = practitioner
                 .iter()
                 .map(|p| schedule::resource_key(p))

@@ -128,7 +128,7 @@ impl Calendar {
     }
 }
 
-async fn pool_for(db: &PgPool, ask: &Ask<'_>) -> Result<Pool, sqlx::Error> {
+async fn load(db: &PgPool, ask: &Ask<'_>) -> Result<Loaded, sqlx::Error> {
     let explicit = ask.practitioner.map(|p| vec![p.to_owned()]);
     let practitioners = schedule::resources(
         db,
@@ -201,24 +201,61 @@ async fn pool_for(db: &PgPool, ask: &Ask<'_>) -> Result<Pool, sqlx::Error> {
                 .extend(patient_busy.iter().copied());
         }
     }
-    let calendars = rooms
-        .iter()
-        .chain(equipment.iter().flatten())
-        .map(|r| {
-            let blocked = busy.get(&r.id).map_or(&[][..], Vec::as_slice);
-            (
-                r.id.clone(),
-                Calendar::new(r.template.as_ref(), blocked, wide),
-            )
-        })
-        .collect();
-    Ok(Pool {
+    Ok(Loaded {
         practitioners,
         rooms,
         equipment,
         busy,
-        calendars,
+        wide,
     })
+}
+
+/// What [`load`] read for an ask: the resources and what keeps each busy over `wide`.
+#[derive(Clone)]
+struct Loaded {
+    practitioners: Vec<Resource>,
+    rooms: Vec<Resource>,
+    equipment: Vec<Vec<Resource>>,
+    busy: HashMap<String, Vec<Interval>>,
+    wide: Interval,
+}
+
+impl Loaded {
+    /// The pool, with `also` (resource, interval) counted busy too.
+    fn pool(mut self, also: &[(String, Interval)]) -> Pool {
+        for (id, interval) in also {
+            if interval.start < self.wide.end && self.wide.start < interval.end {
+                if let Some(busy) = self.busy.get_mut(id) {
+                    busy.push(*interval);
+                } else {
+                    self.busy.insert(id.clone(), vec![*interval]);
+                }
+            }
+        }
+        let calendars = self
+            .rooms
+            .iter()
+            .chain(self.equipment.iter().flatten())
+            .map(|r| {
+                let blocked = self.busy.get(&r.id).map_or(&[][..], Vec::as_slice);
+                (
+                    r.id.clone(),
+                    Calendar::new(r.template.as_ref(), blocked, self.wide),
+                )
+            })
+            .collect();
+        Pool {
+            practitioners: self.practitioners,
+            rooms: self.rooms,
+            equipment: self.equipment,
+            busy: self.busy,
+            calendars,
+        }
+    }
+}
+
+async fn pool_for(db: &PgPool, ask: &Ask<'_>) -> Result<Pool, sqlx::Error> {
+    Ok(load(db, ask).await?.pool(&[]))
 }
 
 /// The resource of `candidates` (rooms, or equipment with one capability) `strategy` picks
@@ -346,7 +383,69 @@ pub async fn availability(
 ///
 /// The database error.
 pub async fn place(db: &PgPool, ask: &Ask<'_>) -> Result<Option<Placement>, sqlx::Error> {
-    let pool = pool_for(db, ask).await?;
+    Ok(place_in(&pool_for(db, ask).await?, ask))
+}
+
+/// Placements this process is booking now: their resources and time, counted busy by the
+/// next placements until their booking commits or fails.
+static IN_FLIGHT: std::sync::LazyLock<std::sync::Mutex<Vec<Flight>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A placement in flight: its hold's token, its resources and its time.
+type Flight = (u64, Vec<String>, Interval);
+
+/// A placement being booked: counted busy by this process's other placements while held.
+#[derive(Debug)]
+#[must_use = "the placement is held only while this lives"]
+pub struct Held {
+    token: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut flights = IN_FLIGHT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        flights.retain(|(token, _, _)| *token != self.token);
+    }
+}
+
+/// [`place`], steered clear of the placements this process is booking at the same time: the
+/// resources they chose count as busy when any other would do, so concurrent bookings of one
+/// time (which the database lets only one of win per resource) do not reach for the same
+/// room and have to place again. The placement is held until the returned [`Held`] drops (the
+/// booking stored or refused). Only a choice is steered: the claims' exclusion constraint
+/// still decides, across processes too.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn place_held(
+    db: &PgPool,
+    ask: &Ask<'_>,
+) -> Result<Option<(Placement, Held)>, sqlx::Error> {
+    Ok(hold(load(db, ask).await?, ask))
+}
+
+/// The placement [`place_held`] chooses on what `loaded` read, held.
+fn hold(loaded: Loaded, ask: &Ask<'_>) -> Option<(Placement, Held)> {
+    static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut flights = IN_FLIGHT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let others: Vec<(String, Interval)> = flights
+        .iter()
+        .flat_map(|(_, resources, interval)| resources.iter().map(|r| (r.clone(), *interval)))
+        .collect();
+    let steered = place_in(&loaded.clone().pool(&others), ask);
+    let placement = steered.or_else(|| place_in(&loaded.pool(&[]), ask))?;
+    let token = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    flights.push((token, placement.resources(), placement.interval()));
+    Some((placement, Held { token }))
+}
+
+/// Where `ask` goes among `pool`'s free resources, if anywhere.
+fn place_in(pool: &Pool, ask: &Ask<'_>) -> Option<Placement> {
     let interval = Interval::new(ask.range.start, ask.range.start + ask.duration);
     let query = SlotQuery {
         range: interval,
@@ -372,7 +471,7 @@ pub async fn place(db: &PgPool, ask: &Ask<'_>) -> Result<Option<Placement>, sqlx
             continue;
         };
         if let Some(p) = complete(
-            &pool,
+            pool,
             &practitioner.id,
             interval,
             slot.reserved,
@@ -387,7 +486,7 @@ pub async fn place(db: &PgPool, ask: &Ask<'_>) -> Result<Option<Placement>, sqlx
             placements.push(p);
         }
     }
-    Ok(choose(ask.strategy, &candidates).map(|c| placements[c.resource].clone()))
+    choose(ask.strategy, &candidates).map(|c| placements[c.resource].clone())
 }
 
 #[cfg(test)]
@@ -416,6 +515,85 @@ mod tests {
             .into_iter()
             .find(|g| g.contains(&interval))
             .map(|g| g.duration().num_minutes())
+    }
+
+    fn zurich_office_hours() -> WeeklyTemplate {
+        WeeklyTemplate {
+            time_zone: chrono_tz::Europe::Zurich,
+            slot_minutes: 15,
+            hours: weekdays(
+                chrono::NaiveTime::from_hms_opt(8, 0, 0).unwrap(),
+                chrono::NaiveTime::from_hms_opt(17, 0, 0).unwrap(),
+            ),
+            breaks: Vec::new(),
+            reserved: Vec::new(),
+        }
+    }
+
+    fn resource(id: &str, kind: &str) -> Resource {
+        Resource {
+            id: id.into(),
+            kind: kind.into(),
+            name: id.into(),
+            specialty: (kind == "practitioner").then(|| "general".into()),
+            room_type: (kind == "room").then(|| "exam".into()),
+            capabilities: Vec::new(),
+            template: (kind == "practitioner").then(zurich_office_hours),
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn placements_booked_at_once_in_one_process_steer_clear_of_each_others_rooms() {
+        // Two practitioners and two rooms; two bookings of one time, one per practitioner,
+        // that would reach for the same room (the same tie-breaking salt).
+        let service = Service {
+            code: "consult".into(),
+            name: "Consultation".into(),
+            minutes: 30,
+            specialty: Some("general".into()),
+            room_type: Some("exam".into()),
+            capabilities: Vec::new(),
+            version: 1,
+        };
+        let start = at(23, 9, 0);
+        let ask = |practitioner| Ask {
+            service: &service,
+            practitioner: Some(practitioner),
+            range: Interval::new(start, start + Duration::minutes(30)),
+            duration: Duration::minutes(30),
+            priority: Priority::Routine,
+            now: at(20, 8, 0),
+            release_lead: Duration::zero(),
+            strategy: Strategy::BestFit,
+            ignoring: None,
+            patient: None,
+            salt: 7,
+        };
+        let loaded = |practitioner: &str| Loaded {
+            practitioners: vec![resource(practitioner, "practitioner")],
+            rooms: vec![resource("room-1", "room"), resource("room-2", "room")],
+            equipment: Vec::new(),
+            busy: HashMap::new(),
+            wide: Interval::new(at(22, 0, 0), at(25, 0, 0)),
+        };
+
+        let (first, first_held) = hold(loaded("dr-a"), &ask("dr-a")).unwrap();
+        let (second, second_held) = hold(loaded("dr-b"), &ask("dr-b")).unwrap();
+
+        assert!(first.room.is_some());
+        assert_ne!(
+            first.room, second.room,
+            "the second steered clear of the first"
+        );
+        // Released (stored or refused), a placement no longer counts.
+        drop((first_held, second_held));
+        let (again, _held) = hold(loaded("dr-b"), &ask("dr-b")).unwrap();
+        assert_eq!(again.room, first.room);
+        // When every room is in flight, one is chosen anyway: the database decides.
+        let (_, _third) = hold(loaded("dr-c"), &ask("dr-c")).unwrap();
+        let (fourth, _) = hold(loaded("dr-d"), &ask("dr-d")).unwrap();
+        assert!(fourth.room.is_some());
     }
 
     #[test]
