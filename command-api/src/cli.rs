@@ -64,6 +64,12 @@ pub enum Command {
         /// The session id (the `sid` claim), for revocation and idle timeout.
         #[arg(long)]
         session: Option<String>,
+        /// SMART on FHIR scopes (the `scope` claim, space-separated), narrowing the roles.
+        #[arg(long)]
+        scope: Option<String>,
+        /// The SMART launch context's patient (the `patient` claim).
+        #[arg(long)]
+        launch_patient: Option<uuid::Uuid>,
     },
     /// Streams the event history as NDJSON on stdout (progress on stderr), in commit order.
     Replay(crate::replay::ReplayArgs),
@@ -212,6 +218,8 @@ pub async fn run(cli: Cli, clock: Clock) -> anyhow::Result<()> {
             patient_id,
             org,
             session,
+            scope,
+            launch_patient,
         } => {
             let parsed: Vec<Role> = roles
                 .iter()
@@ -221,6 +229,8 @@ pub async fn run(cli: Cli, clock: Clock) -> anyhow::Result<()> {
                 patient_id,
                 organization: org,
                 session_id: session,
+                scope,
+                launch_patient,
             };
             let token = Authenticator::new(&settings.auth).mint_with(
                 &user,

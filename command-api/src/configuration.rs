@@ -246,6 +246,48 @@ pub struct AuthSettings {
     pub idle_timeout_secs: u64,
     /// How many patients one user may open under break-the-glass in an hour; past it, 429.
     pub break_glass_patients_per_hour: u32,
+    /// SMART on FHIR: the identity provider's authorization server, which apps are sent to
+    /// (`/fhir/R4/.well-known/smart-configuration` tells them where). Unset, that document
+    /// answers 404; scopes in tokens are honoured either way.
+    #[serde(default)]
+    pub smart: Option<SmartSettings>,
+}
+
+/// Where SMART apps get their tokens: the identity provider's endpoints and what it supports.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SmartSettings {
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    /// The grant types the authorization server supports.
+    #[serde(default = "default_grant_types")]
+    pub grant_types_supported: Vec<String>,
+    /// How clients authenticate at the token endpoint.
+    #[serde(default = "default_token_auth_methods")]
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// The SMART capabilities of the authorization server (launch modes, client types); the
+    /// permission capabilities this service honours are added to them.
+    #[serde(default = "default_smart_capabilities")]
+    pub capabilities: Vec<String>,
+}
+
+fn default_grant_types() -> Vec<String> {
+    vec!["authorization_code".into()]
+}
+
+fn default_token_auth_methods() -> Vec<String> {
+    vec!["client_secret_basic".into(), "private_key_jwt".into()]
+}
+
+fn default_smart_capabilities() -> Vec<String> {
+    [
+        "launch-standalone",
+        "client-public",
+        "client-confidential-symmetric",
+        "context-standalone-patient",
+    ]
+    .into_iter()
+    .map(Into::into)
+    .collect()
 }
 
 /// The shortest HS256 secret accepted outside the embedded development default.

@@ -311,6 +311,7 @@ impl Service {
                 .with_emergency_limit(settings.auth.break_glass_patients_per_hour)
                 .with_documents(&settings.documents)?
                 .with_scheduling(settings.scheduling.clone())
+                .with_smart(&settings.auth)
                 .with_https(settings.http.tls_cert_path.is_some());
             let router = http::router(
                 state,

@@ -122,6 +122,13 @@ enum Reach {
 }
 
 fn reach(user: &AuthUser, action: Action, id: PatientId) -> Reach {
+    // A request granted by SMART patient scopes reaches the launch patient only.
+    if user
+        .confined_to
+        .is_some_and(|patient| patient != id.as_uuid())
+    {
+        return Reach::None;
+    }
     let mut reach = Reach::None;
     for &role in &user.roles {
         if !policy::allows(role, action) {

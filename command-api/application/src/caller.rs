@@ -40,6 +40,13 @@ pub struct AuthUser {
     pub break_glass: Option<BreakGlassReason>,
     /// The request id, for access entries.
     pub request_id: Option<String>,
+    /// The SMART scopes of the token, when it carries a `scope` claim: they narrow what the
+    /// roles allow ([`crate::smart`]).
+    pub scopes: Option<crate::smart::Scopes>,
+    /// The SMART launch context's patient (the token's `patient` claim).
+    pub launch_patient: Option<uuid::Uuid>,
+    /// Set when only `patient/` scopes grant the request: it reaches this patient only.
+    pub confined_to: Option<uuid::Uuid>,
 }
 
 impl AuthUser {

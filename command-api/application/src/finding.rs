@@ -89,7 +89,10 @@ pub async fn search(
     user: &AuthUser,
     mut criteria: Criteria,
 ) -> Result<Page, UseCaseError> {
-    if access::is_external(user, services.home_organization.as_deref()) {
+    // Another organization's users, and apps confined to one patient, search no one.
+    if access::is_external(user, services.home_organization.as_deref())
+        || user.confined_to.is_some()
+    {
         return Err(UseCaseError::Refused(Refused::Forbidden));
     }
     criteria.exclude_research_opt_outs = user.purpose == Purpose::Research;
@@ -111,6 +114,9 @@ pub async fn matches(
     user: &AuthUser,
     candidate: &MatchRecord,
 ) -> Result<Vec<(Match, Option<PatientSummary>)>, UseCaseError> {
+    if user.confined_to.is_some() {
+        return Err(UseCaseError::Refused(Refused::Forbidden));
+    }
     let found = matching::find_matches(&services.pool, candidate).await?;
     let ids: Vec<Uuid> = found.iter().map(|m| m.id).collect();
     let summaries = patient_search::by_ids(&services.pool, &ids).await?;

@@ -27,6 +27,7 @@
 //! - [`planner`]: availability and placement of appointments on resources.
 //! - [`background`]: reminders, wait-list offers, the notification outbox, under one runner.
 //! - [`settings`]: the policies configuration gives the use cases.
+//! - [`smart`]: SMART on FHIR scopes, which narrow what the roles allow.
 //! - [`clock`]: where the current time comes from.
 
 pub mod access;
@@ -51,3 +52,4 @@ pub mod resources;
 pub mod retention;
 pub mod services;
 pub mod settings;
+pub mod smart;

@@ -46,6 +46,29 @@ pub struct Claims {
     pub sid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// SMART on FHIR scopes (space-separated, or a list): they narrow what the roles allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<ScopeClaim>,
+    /// The SMART launch context's patient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+}
+
+/// A token's `scope`: space-separated, or a list (some identity providers send one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ScopeClaim {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl ScopeClaim {
+    fn scopes(&self) -> application::smart::Scopes {
+        match self {
+            Self::Text(text) => application::smart::Scopes::parse(text),
+            Self::List(list) => application::smart::Scopes::parse(&list.join(" ")),
+        }
+    }
 }
 
 /// A token's `aud`: one audience or a list.
@@ -63,6 +86,10 @@ pub struct TokenExtras {
     pub patient_id: Option<uuid::Uuid>,
     pub organization: Option<String>,
     pub session_id: Option<String>,
+    /// SMART scopes (the `scope` claim).
+    pub scope: Option<String>,
+    /// The SMART launch context's patient (the `patient` claim).
+    pub launch_patient: Option<uuid::Uuid>,
 }
 
 /// Verifies tokens and, for development, mints them.
@@ -102,6 +129,8 @@ pub enum TokenError {
     /// must not count as one of ours by default.
     #[error("the token has no organization claim")]
     NoOrganization,
+    #[error("the token's launch context names no patient id")]
+    BadLaunchContext,
 }
 
 impl Authenticator {
@@ -178,6 +207,12 @@ impl Authenticator {
         if self.organization.is_some() && claims.org.is_none() {
             return Err(TokenError::NoOrganization);
         }
+        // A launch context that names no patient's id is no context: the token is refused
+        // rather than read as reaching nobody or everybody.
+        let launch_patient = match &claims.patient {
+            Some(id) => Some(uuid::Uuid::parse_str(id).map_err(|_| TokenError::BadLaunchContext)?),
+            None => None,
+        };
         Ok(AuthUser {
             id: sub,
             roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
@@ -187,6 +222,9 @@ impl Authenticator {
             purpose: access::Purpose::Treatment,
             break_glass: None,
             request_id: None,
+            scopes: claims.scope.as_ref().map(ScopeClaim::scopes),
+            launch_patient,
+            confined_to: None,
         })
     }
 
@@ -231,6 +269,8 @@ impl Authenticator {
                 .or_else(|| self.organization.clone()),
             sid: extras.session_id.clone(),
             jti: None,
+            scope: extras.scope.clone().map(ScopeClaim::Text),
+            patient: extras.launch_patient.map(|p| p.to_string()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }

@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 
 use crate::auth::{access, sessions, AuthUser, Authorized, Permission, Refused, TokenError};
 use crate::http::{ApiError, AppState};
+use application::smart;
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
@@ -68,8 +69,84 @@ impl FromRequestParts<AppState> for AuthUser {
             .extensions
             .get::<crate::http::RequestContext>()
             .map(|c| c.request_id.clone());
+        if let Some(scopes) = &user.scopes {
+            // Under the FHIR API the path is the one within it (its router is nested).
+            let fhir = parts
+                .extensions
+                .get::<crate::http::fhir::FhirApi>()
+                .map(|_| parts.uri.path());
+            user.confined_to = scoped(scopes, &user, (&parts.method, fhir))?;
+        }
         Ok(user)
     }
+}
+
+/// What a token's SMART scopes let this request do: `Ok(Some(patient))` when only patient
+/// scopes grant it (it reaches the launch patient only), `Ok(None)` when a user or system
+/// scope does (as far as the roles reach).
+///
+/// # Errors
+///
+/// [`Refused::Forbidden`] when no scope grants the request's resource type and interaction,
+/// for a patient grant without a launch patient, and for the native API (the scopes name FHIR
+/// resources).
+fn scoped(
+    scopes: &smart::Scopes,
+    user: &AuthUser,
+    (method, fhir_path): (&axum::http::Method, Option<&str>),
+) -> Result<Option<uuid::Uuid>, ApiError> {
+    let refused = |why: &str| {
+        tracing::info!(user_id = %user.id, why, "refused by the token's SMART scopes");
+        ApiError::from(Refused::Forbidden)
+    };
+    let Some(path) = fhir_path else {
+        return Err(refused("outside the FHIR API"));
+    };
+    let asked = fhir_interaction(method, path);
+    let Some((resource_type, interaction)) = asked else {
+        // A Bundle: each of its entries is checked as a request of its own.
+        return Ok(None);
+    };
+    match scopes.grant(resource_type, interaction) {
+        smart::Grant::Roles => Ok(None),
+        smart::Grant::LaunchPatient => user
+            .launch_patient
+            .map(Some)
+            .ok_or_else(|| refused("patient scopes without a launch patient")),
+        smart::Grant::None => Err(refused("no scope grants it")),
+    }
+}
+
+/// The FHIR resource type and interaction of a request to `path` within the FHIR API: `None`
+/// for a Bundle posted to the base. A document's bytes (`Binary`) are read as
+/// its DocumentReference; `Patient/{id}/$everything` is a read of the Patient (the answer holds
+/// only the types the scopes let the caller read) and `$match` a search.
+fn fhir_interaction(
+    method: &axum::http::Method,
+    path: &str,
+) -> Option<(&'static str, smart::Interaction)> {
+    use axum::http::Method;
+    use smart::Interaction::{Create, Delete, Read, Search, Update};
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let &first = segments.first()?;
+    let resource_type = crate::http::fhir::RESOURCE_TYPES
+        .iter()
+        .copied()
+        .find(|t| *t == first)
+        .or((first == "Binary").then_some("DocumentReference"));
+    // An unknown type answers 404 by the FHIR API's fallback; nothing to grant.
+    let resource_type = resource_type.unwrap_or("");
+    let interaction = match (method, segments.len()) {
+        (&Method::GET, 1) => Search,
+        (&Method::POST, 1) => Create,
+        (&Method::POST, 2) if segments[1] == "$match" => Search,
+        (&Method::POST, 2) if segments[1] == "_search" => Search,
+        (&Method::GET, _) => Read,
+        (&Method::PUT | &Method::PATCH, _) => Update,
+        (&Method::DELETE, _) => Delete,
+        _ => Read,
+    };
+    Some((resource_type, interaction))
 }
 
 impl<P: Permission> FromRequestParts<AppState> for Authorized<P> {

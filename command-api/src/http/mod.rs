@@ -57,6 +57,10 @@ pub struct AppState {
     pub document_max_bytes: usize,
     /// Whether the API is served over HTTPS: absolute URLs (FHIR's) name the scheme.
     pub https: bool,
+    /// SMART on FHIR's authorization server, when configured.
+    pub smart: Option<Arc<crate::configuration::SmartSettings>>,
+    /// The identity provider's issuer and key set URL, for SMART discovery.
+    pub identity: (Option<String>, Option<String>),
 }
 
 impl std::fmt::Debug for AppState {
@@ -132,6 +136,8 @@ impl AppState {
             auth: Arc::new(auth),
             document_max_bytes: crate::configuration::DEFAULT_DOCUMENT_MAX_BYTES,
             https: false,
+            smart: None,
+            identity: (None, None),
         }
     }
 
@@ -144,6 +150,15 @@ impl AppState {
     #[must_use]
     pub fn with_emergency_limit(mut self, limit: u32) -> Self {
         self.services.access = self.services.access.with_emergency_limit(limit);
+        self
+    }
+
+    /// SMART on FHIR discovery: the authorization server, and the identity provider's issuer
+    /// and key set URL.
+    #[must_use]
+    pub fn with_smart(mut self, auth: &crate::configuration::AuthSettings) -> Self {
+        self.smart = auth.smart.clone().map(Arc::new);
+        self.identity = (auth.issuer.clone(), auth.jwks_url.clone());
         self
     }
 

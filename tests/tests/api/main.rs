@@ -19,6 +19,7 @@ mod registration;
 mod scheduling;
 mod search;
 mod security;
+mod smart;
 mod tls;
 mod tools;
 mod untrusted_records;

@@ -14,7 +14,7 @@ use crate::helpers::{
     header, id_of, key, AppOptions, TestApp,
 };
 
-const CARE: &str = "dr-care";
+pub(crate) const CARE: &str = "dr-care";
 
 /// Registers a patient whose care team includes [`CARE`]; returns the patient id.
 pub(crate) async fn patient_in_care(app: &TestApp, n: u64) -> String {

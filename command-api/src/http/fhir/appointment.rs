@@ -355,6 +355,7 @@ async fn search(
     // A patient, or a user of another organization, reaches some patients only: their
     // searches name one (and are refused when they may not read it).
     let narrow = user.roles.iter().all(|r| *r == crate::auth::Role::Patient)
+        || user.confined_to.is_some()
         || crate::auth::access::is_external(&user, state.home_organization.as_deref());
     if narrow && criteria.patient.is_none() {
         return Err(ApiError::InvalidParameters(

@@ -17,6 +17,8 @@ use domain::patient::PatientId;
 use domain::{FieldError, FieldErrors};
 use serde_json::{json, Value};
 
+use application::smart::{Grant, Interaction};
+
 use super::clinical::resource_type;
 use super::patient::base_url;
 use super::{match_entry, outcome, refuse_unknown, resource, Issue, Paging};
@@ -179,8 +181,16 @@ pub async fn everything(
         }
     }
 
+    // A SMART app sees only the types its scopes let it read.
+    let readable = |body: &Value| {
+        user.scopes.as_ref().is_none_or(|scopes| {
+            let name = body["resourceType"].as_str().unwrap_or_default();
+            scopes.grant(name, Interaction::Read) != Grant::None
+        })
+    };
     let kept: Vec<Value> = resources
         .into_iter()
+        .filter(|(body, _)| readable(body))
         .filter(|(body, _)| {
             asked.types.as_ref().is_none_or(|types| {
                 types

@@ -21,6 +21,7 @@ mod patient_update;
 mod record_part;
 mod reference;
 mod schedule;
+mod smart;
 
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -43,6 +44,30 @@ pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 /// Where the FHIR API is served.
 pub const BASE: &str = "/fhir/R4";
 
+/// Every resource type the FHIR API serves in some way (what SMART scopes can name here).
+pub const RESOURCE_TYPES: &[&str] = &[
+    "Patient",
+    "AllergyIntolerance",
+    "MedicationStatement",
+    "MedicationRequest",
+    "Immunization",
+    "Condition",
+    "Observation",
+    "Procedure",
+    "Encounter",
+    "DocumentReference",
+    "Coverage",
+    "Consent",
+    "Appointment",
+    "Schedule",
+    "Slot",
+    "Practitioner",
+    "Location",
+    "Device",
+    "AuditEvent",
+    "Provenance",
+];
+
 /// The largest error body turned into an `OperationOutcome`; problem+json answers are small.
 const MAX_PROBLEM_BYTES: usize = 64 * 1024;
 
@@ -50,6 +75,10 @@ pub fn router() -> Router<AppState> {
     let api = Router::new()
         .route("/", axum::routing::post(batch::bundle))
         .route("/metadata", get(capability::metadata))
+        .route(
+            "/.well-known/smart-configuration",
+            get(smart::configuration),
+        )
         .merge(patient::router())
         .route("/Patient/{id}/$everything", get(everything::everything))
         .merge(patient_update::router())
@@ -63,7 +92,8 @@ pub fn router() -> Router<AppState> {
         .merge(audit::router())
         .fallback(unknown)
         .layer(axum::middleware::from_fn(operation_outcomes))
-        .layer(axum::middleware::from_fn(json_only));
+        .layer(axum::middleware::from_fn(json_only))
+        .layer(axum::middleware::from_fn(mark));
     // Clients post Bundles to the base with a trailing slash too (fhir-kit-client does).
     // The layers go on this one route: on a router they would reach every unknown path of
     // the service through its fallback once merged.
@@ -74,6 +104,16 @@ pub fn router() -> Router<AppState> {
             .layer(axum::middleware::from_fn(json_only)),
     );
     Router::new().nest(BASE, api).merge(base_with_slash)
+}
+
+/// Marks a request as one to the FHIR API (whose router is nested: the path a handler sees is
+/// the one within it). The token's SMART scopes are checked against it.
+#[derive(Debug, Clone, Copy)]
+pub struct FhirApi;
+
+async fn mark(mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(FhirApi);
+    next.run(req).await
 }
 
 async fn unknown() -> Response {

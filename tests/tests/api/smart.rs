@@ -1,0 +1,274 @@
+//! SMART on FHIR: scopes narrow what the roles allow (patient scopes to the launch patient),
+//! discovery at `/fhir/R4/.well-known/smart-configuration`, and a SMART app from the npm
+//! registry (`fhirclient`) launched against a token issuer from the registry
+//! (`oauth2-mock-server`).
+
+use command_api::auth::TokenExtras;
+use serde_json::{json, Value};
+
+use crate::fhir::{fhir_get, fhir_send};
+use crate::helpers::{id_of, TestApp};
+use crate::medical_records::{allergy, patient_in_care, CARE};
+
+/// A clinician's token (the care team's) carrying `scope`, launched on `patient` if given.
+fn scoped(app: &TestApp, scope: &str, patient: Option<&str>) -> String {
+    app.token_with(
+        CARE,
+        &["clinician"],
+        &TokenExtras {
+            scope: Some(scope.into()),
+            launch_patient: patient.map(|p| p.parse().unwrap()),
+            ..TokenExtras::default()
+        },
+    )
+}
+
+async fn status_of(app: &TestApp, path: &str, token: &str) -> u16 {
+    let (status, _, _) = fhir_get(app, path, Some(token), &[]).await;
+    status
+}
+
+#[tokio::test]
+async fn scopes_narrow_the_roles_and_patient_scopes_reach_the_launch_patient_only() {
+    // Arrange: two patients in the clinician's care, each with an allergy.
+    let app = TestApp::without_kafka().await;
+    let ada = patient_in_care(&app, 9960).await;
+    let bob = patient_in_care(&app, 9961).await;
+    let clinician = app.token(CARE, &["clinician"]);
+    for id in [&ada, &bob] {
+        let response = app
+            .post(
+                &format!("/v1/patients/{id}/allergies"),
+                &clinician,
+                &allergy("Penicillin"),
+                &[],
+            )
+            .await;
+        assert_eq!(response.status(), 201);
+    }
+    let app_token = scoped(
+        &app,
+        "openid fhirUser launch/patient patient/AllergyIntolerance.rs patient/Patient.r",
+        Some(&ada),
+    );
+
+    // Act and assert: the launch patient's allergies and record, read and searched.
+    assert_eq!(
+        status_of(
+            &app,
+            &format!("/AllergyIntolerance?patient={ada}"),
+            &app_token
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status_of(&app, &format!("/Patient/{ada}"), &app_token).await,
+        200
+    );
+    // Another patient, though the role reaches them: refused.
+    assert_eq!(
+        status_of(
+            &app,
+            &format!("/AllergyIntolerance?patient={bob}"),
+            &app_token
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        status_of(&app, &format!("/Patient/{bob}"), &app_token).await,
+        403
+    );
+    // A type or an interaction no scope grants: refused.
+    assert_eq!(
+        status_of(&app, &format!("/Condition?patient={ada}"), &app_token).await,
+        403
+    );
+    let condition = json!({
+        "resourceType": "AllergyIntolerance",
+        "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active" }] },
+        "code": { "coding": [{ "system": "http://snomed.info/sct", "code": "91935009", "display": "Allergy to peanut" }] },
+        "patient": { "reference": format!("Patient/{ada}") }
+    });
+    let (status, _, _) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/AllergyIntolerance",
+        &app_token,
+        &condition,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403, "no scope grants creating");
+    // Searching across patients, and the native API, are beyond patient scopes.
+    assert_eq!(
+        status_of(&app, "/Patient?family=Smith", &app_token).await,
+        403
+    );
+    let native = app.get(&format!("/v1/patients/{ada}"), &app_token).await;
+    assert_eq!(native.status(), 403);
+    // $everything holds only the types the scopes let the app read.
+    let (status, _, everything) = fhir_get(
+        &app,
+        &format!("/Patient/{ada}/$everything"),
+        Some(&app_token),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{everything}");
+    let mut types: Vec<&str> = everything["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    types.sort_unstable();
+    assert_eq!(types, ["AllergyIntolerance", "Patient"]);
+
+    // Patient scopes without a launch patient reach no one.
+    let unlaunched = scoped(&app, "patient/*.rs", None);
+    assert_eq!(
+        status_of(&app, &format!("/Patient/{ada}"), &unlaunched).await,
+        403
+    );
+
+    // User scopes reach as far as the roles: both patients, and writing when granted.
+    let user_token = scoped(&app, "user/*.cruds", None);
+    assert_eq!(
+        status_of(&app, &format!("/Patient/{bob}"), &user_token).await,
+        200
+    );
+    let (status, _, created) = fhir_send(
+        &app,
+        reqwest::Method::POST,
+        "/AllergyIntolerance",
+        &user_token,
+        &condition,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+
+    // A scope never widens a role: a scheduler reads no medical record, whatever it says.
+    let scheduler = app.token_with(
+        "scheduler-1",
+        &["scheduler"],
+        &TokenExtras {
+            scope: Some("user/*.cruds".into()),
+            ..TokenExtras::default()
+        },
+    );
+    assert_eq!(
+        status_of(
+            &app,
+            &format!("/AllergyIntolerance?patient={ada}"),
+            &scheduler
+        )
+        .await,
+        403
+    );
+
+    // A Bundle's entries are each held to the scopes.
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            { "request": { "method": "GET", "url": format!("Patient/{ada}") } },
+            { "request": { "method": "GET", "url": format!("Patient/{bob}") } }
+        ]
+    });
+    let (status, _, answer) =
+        fhir_send(&app, reqwest::Method::POST, "", &app_token, &bundle, &[]).await;
+    assert_eq!(status, 200, "{answer}");
+    let statuses: Vec<&str> = answer["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert!(statuses[0].starts_with("200"), "{answer}");
+    assert!(statuses[1].starts_with("403"), "{answer}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_whose_launch_context_names_no_patient_is_refused() {
+    let app = TestApp::without_kafka().await;
+    let id = id_of(&app.register_person(9962, None).await);
+    // Minted by hand: the claim is not a patient id.
+    let claims = json!({
+        "sub": CARE, "roles": ["clinician"], "iat": chrono::Utc::now().timestamp(),
+        "exp": chrono::Utc::now().timestamp() + 600, "scope": "patient/*.rs", "patient": "not-an-id"
+    });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(crate::helpers::SECRET.as_bytes()),
+    )
+    .unwrap();
+    let response = app.get(&format!("/v1/patients/{id}"), &token).await;
+    assert_eq!(response.status(), 401);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn smart_discovery_names_the_authorization_server_and_404s_without_one() {
+    let app = TestApp::without_kafka().await;
+    let response = app
+        .client
+        .get(format!(
+            "{}/fhir/R4/.well-known/smart-configuration",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    app.stop().await;
+
+    let app = TestApp::spawn_with(crate::helpers::AppOptions {
+        kafka: false,
+        configure: Some(std::sync::Arc::new(|settings| {
+            settings.auth.issuer = Some("https://idp.test".into());
+            settings.auth.smart = Some(command_api::configuration::SmartSettings {
+                authorization_endpoint: "https://idp.test/authorize".into(),
+                token_endpoint: "https://idp.test/token".into(),
+                grant_types_supported: vec!["authorization_code".into()],
+                token_endpoint_auth_methods_supported: vec!["private_key_jwt".into()],
+                capabilities: vec!["launch-standalone".into(), "client-public".into()],
+            });
+        })),
+        ..crate::helpers::AppOptions::default()
+    })
+    .await;
+    let response = app
+        .client
+        .get(format!(
+            "{}/fhir/R4/.well-known/smart-configuration",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["authorization_endpoint"], "https://idp.test/authorize");
+    assert_eq!(body["token_endpoint"], "https://idp.test/token");
+    assert_eq!(body["issuer"], "https://idp.test");
+    assert_eq!(body["code_challenge_methods_supported"], json!(["S256"]));
+    let capabilities: Vec<&str> = body["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for expected in ["launch-standalone", "permission-v2", "permission-patient"] {
+        assert!(capabilities.contains(&expected), "{capabilities:?}");
+    }
+    app.stop().await;
+}
