@@ -272,3 +272,149 @@ async fn smart_discovery_names_the_authorization_server_and_404s_without_one() {
     }
     app.stop().await;
 }
+
+/// A token from the test issuer's token endpoint (client credentials) for `sub` with `roles`.
+async fn issued(client: &reqwest::Client, issuer: &str, sub: &str, roles: &str) -> String {
+    let response = client
+        .post(format!("{issuer}/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "patient-service-tests"),
+            ("sub", sub),
+            ("roles", roles),
+            ("audience", AUDIENCE),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+const AUDIENCE: &str = "patient-service";
+
+#[tokio::test]
+async fn a_smart_app_from_the_registry_launches_against_a_registry_token_issuer() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    // Arrange: oauth2-mock-server (npm) as the identity provider, the service trusting its
+    // key set, and SMART discovery naming its endpoints.
+    let dir = std::env::var("FHIR_NODE_DIR").expect("FHIR_NODE_DIR: run with scripts/test");
+    let mut node = tokio::process::Command::new("node")
+        .arg(format!("{dir}/smart.mjs"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = node.stdin.take().unwrap();
+    let mut stdout = tokio::io::BufReader::new(node.stdout.take().unwrap()).lines();
+    let started: Value = serde_json::from_str(&stdout.next_line().await.unwrap().unwrap()).unwrap();
+    let issuer = started["issuer"].as_str().unwrap().to_owned();
+    let configured = issuer.clone();
+    let app = TestApp::spawn_with(crate::helpers::AppOptions {
+        kafka: false,
+        configure: Some(std::sync::Arc::new(move |settings| {
+            settings.auth.jwks_url = Some(format!("{configured}/jwks"));
+            settings.auth.issuer = Some(configured.clone());
+            settings.auth.audience = Some(AUDIENCE.into());
+            settings.auth.smart = Some(command_api::configuration::SmartSettings {
+                authorization_endpoint: format!("{configured}/authorize"),
+                token_endpoint: format!("{configured}/token"),
+                grant_types_supported: vec!["authorization_code".into()],
+                token_endpoint_auth_methods_supported: vec!["none".into()],
+                capabilities: vec!["launch-standalone".into(), "client-public".into()],
+            });
+        })),
+        ..crate::helpers::AppOptions::default()
+    })
+    .await;
+    // Two patients in the clinician's care, one allergy each, set up with issued tokens.
+    let registrar = issued(&app.client, &issuer, "registrar-smart", "registrar").await;
+    let clinician = issued(&app.client, &issuer, CARE, "clinician").await;
+    let mut patients = Vec::new();
+    for n in [9970, 9971] {
+        let response = app
+            .post(
+                "/v1/patients",
+                &registrar,
+                &synthetic::registration(n, None),
+                &[],
+            )
+            .await;
+        assert_eq!(response.status(), 201);
+        let id = id_of(&response.json().await.unwrap());
+        let care = app
+            .post(
+                &format!("/v1/patients/{id}/care-relationships"),
+                &registrar,
+                &json!({ "practitioner": CARE, "role": "attending" }),
+                &[("if-match", "\"1\"")],
+            )
+            .await;
+        assert_eq!(care.status(), 200, "{:?}", care.text().await);
+        let recorded = app
+            .post(
+                &format!("/v1/patients/{id}/allergies"),
+                &clinician,
+                &allergy("Penicillin"),
+                &[],
+            )
+            .await;
+        assert_eq!(recorded.status(), 201);
+        patients.push(id);
+    }
+
+    // Act: the app (fhirclient, npm) launched standalone on the first patient by the
+    // clinician, with patient scopes for the Patient and allergies.
+    let ask = json!({
+        "base": format!("{}/fhir/R4", app.address),
+        "patient": patients[0],
+        "other": patients[1],
+        "user": CARE,
+        "roles": ["clinician"],
+        "audience": AUDIENCE,
+        "scope": "openid fhirUser launch/patient patient/Patient.r patient/AllergyIntolerance.rs",
+    });
+    stdin
+        .write_all(format!("{ask}\n").as_bytes())
+        .await
+        .unwrap();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(60), stdout.next_line())
+        .await
+        .expect("the SMART app finished")
+        .unwrap()
+        .unwrap_or_default();
+    let status = node.wait().await.unwrap();
+
+    // Assert: discovery led the app to the issuer and back; the app read its patient and
+    // their allergies, and the scopes kept it from the rest.
+    assert!(status.success(), "{line}");
+    let outcome: Value = serde_json::from_str(&line).unwrap();
+    let visited: Vec<&str> = outcome["visited"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(visited, ["/launch", "/authorize", "/callback"], "{outcome}");
+    let seen = &outcome["seen"];
+    assert_eq!(seen["patient"], patients[0].as_str());
+    assert_eq!(seen["read"], patients[0].as_str());
+    assert_eq!(seen["allergies"], 1);
+    assert_eq!(
+        seen["allergyPatients"],
+        json!([format!("Patient/{}", patients[0])])
+    );
+    assert_eq!(
+        seen["everythingTypes"],
+        json!(["AllergyIntolerance", "Patient"])
+    );
+    assert_eq!(seen["other"], 403, "another patient: {outcome}");
+    assert_eq!(seen["conditions"], 403, "a type no scope names: {outcome}");
+    assert_eq!(
+        seen["create"], 403,
+        "an interaction no scope grants: {outcome}"
+    );
+    app.stop().await;
+}
