@@ -54,6 +54,14 @@ pub struct DocumentSettings {
     /// The program run as `<program> extract-text` to extract text in a process of its own;
     /// this binary when unset.
     pub extractor_path: Option<PathBuf>,
+    /// How many uploads are read at once; one more is answered 503 with `Retry-After` at once
+    /// (each holds up to `max_bytes` in memory while it is read).
+    #[serde(default = "default_concurrent_uploads")]
+    pub max_concurrent_uploads: usize,
+}
+
+fn default_concurrent_uploads() -> usize {
+    4
 }
 
 impl DocumentSettings {
@@ -187,10 +195,18 @@ pub struct HttpSettings {
     pub host: String,
     pub port: u16,
     pub request_timeout_secs: u64,
+    /// How long a client may take to send a request's head (request line and headers), and
+    /// to finish the TLS handshake; past it the connection is closed.
+    #[serde(default = "default_head_timeout_ms")]
+    pub head_timeout_ms: u64,
     pub body_limit_bytes: usize,
     /// PEM certificate chain and private key: with both, the API is served over HTTPS only.
     pub tls_cert_path: Option<PathBuf>,
     pub tls_key_path: Option<PathBuf>,
+}
+
+fn default_head_timeout_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -95,6 +95,28 @@ fn has_text(media_type: &str) -> bool {
         .any(|(t, text)| *t == media_type && *text)
 }
 
+/// The signatures (leading bytes) of the image types, one of which their files start with.
+const IMAGE_SIGNATURES: &[(&str, &str, &[&[u8]])] = &[
+    ("image/png", "a PNG image", &[b"\x89PNG\r\n\x1a\n"]),
+    ("image/jpeg", "a JPEG image", &[b"\xff\xd8\xff"]),
+    ("image/tiff", "a TIFF image", &[b"II*\0", b"MM\0*"]),
+];
+
+/// Whether `bytes` start as a file of `media_type` must (the image types, which have no text
+/// to extract and so no parser to refuse them).
+///
+/// # Errors
+///
+/// [`ExtractionError::Unreadable`] naming what the file should have been.
+fn signed_as(media_type: &str, bytes: &[u8]) -> Result<(), ExtractionError> {
+    match IMAGE_SIGNATURES.iter().find(|(t, _, _)| *t == media_type) {
+        Some((_, what, signatures)) if !signatures.iter().any(|s| bytes.starts_with(s)) => {
+            Err(ExtractionError::Unreadable(what))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What a document of `media_type` was expected to be, as `extract_now` names it when the
 /// bytes are not that.
 fn expected(media_type: &str) -> &'static str {

@@ -333,20 +333,13 @@ impl Service {
             port = Some(bound.port());
             tracing::info!(address = %bound, https = tls.is_some(), "API listening");
             let token = shutdown.clone();
-            match tls {
-                Some(config) => {
-                    tasks.spawn(http::tls::serve(listener, router, config, token));
-                }
-                None => {
-                    tasks.spawn(async move {
-                        let server = axum::serve(listener, router)
-                            .with_graceful_shutdown(token.cancelled_owned());
-                        if let Err(e) = server.await {
-                            tracing::error!(error.message = %e, "HTTP server failed");
-                        }
-                    });
-                }
-            }
+            let head_timeout = Duration::from_millis(settings.http.head_timeout_ms.max(1));
+            tasks.spawn(http::server::serve(
+                listener,
+                router,
+                (tls, head_timeout),
+                token,
+            ));
         }
         Ok(Self {
             port,

@@ -143,7 +143,7 @@ impl Jwks {
             return Err(TokenError::Algorithm);
         }
         let mut validation = Validation::new(algorithm);
-        validation.leeway = 30;
+        validation.leeway = super::CLOCK_SKEW_SECS as u64;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
         validation.set_issuer(&[&self.issuer]);

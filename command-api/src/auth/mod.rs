@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::configuration::AuthSettings;
 
+/// The clock skew allowed between the identity provider and this service, in seconds: for a
+/// token's expiry, not-before and issue times.
+pub const CLOCK_SKEW_SECS: i64 = 30;
+
 /// The claims of a token this service accepts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -131,13 +135,15 @@ pub enum TokenError {
     NoOrganization,
     #[error("the token's launch context names no patient id")]
     BadLaunchContext,
+    #[error("the token is issued later than now")]
+    IssuedInTheFuture,
 }
 
 impl Authenticator {
     pub fn new(settings: &AuthSettings) -> Self {
         let secret = settings.jwt_secret.expose_secret().as_bytes();
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 30;
+        validation.leeway = CLOCK_SKEW_SECS as u64;
         validation.validate_nbf = true;
         // A configured issuer or audience must be present in the token, not only right when
         // present: a token minted for another service sharing the key would pass otherwise.
@@ -200,6 +206,11 @@ impl Authenticator {
             Some(jwks) => jwks.decode(token).await?,
             None => jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?.claims,
         };
+        // Issued later than now (beyond the clock skew allowed for expiry): minted by a
+        // wrong clock or for later use, never good now.
+        if claims.iat > Utc::now().timestamp().saturating_add(CLOCK_SKEW_SECS) {
+            return Err(TokenError::IssuedInTheFuture);
+        }
         let sub = claims.sub.trim().to_owned();
         if sub.is_empty() || sub.len() > 200 || sub.chars().any(char::is_control) {
             return Err(TokenError::BadSubject);

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 use super::{
-    accepted, expected, extract_now, has_text, slots, ExtractionError, ANY_FILE,
+    accepted, expected, extract_now, has_text, signed_as, slots, ExtractionError, ANY_FILE,
     DEFAULT_TIME_LIMIT, MEDIA_TYPES, MEMORY_LIMIT,
 };
 use crate::configuration::DocumentSettings;
@@ -98,7 +98,8 @@ impl Extractor {
         bytes: Vec<u8>,
     ) -> Result<Option<String>, ExtractionError> {
         if !has_text(media_type) {
-            return Ok(None);
+            // No text to extract, but the bytes must still be what the type says.
+            return signed_as(media_type, &bytes).map(|()| None);
         }
         // Held until the child is gone: the slot is free again exactly when its cost ends.
         let _slot = tokio::time::timeout(self.time_limit, slots().acquire_owned())

@@ -66,16 +66,25 @@ fn segment(kind: ItemKind) -> &'static str {
         .map_or("items", |(s, _)| s)
 }
 
+/// Room for an upload's metadata part and multipart framing beside the document's bytes.
+pub const MULTIPART_OVERHEAD: usize = 64 * 1024;
+
 pub fn router(document_limit: usize) -> Router<AppState> {
     let mut router = Router::new();
     for (segment, kind) in KINDS {
         let base = format!("/v1/patients/{{id}}/{segment}");
         let collection = get(move |s, u, p, q| list(s, u, p, q, kind));
         let collection = if kind == ItemKind::Document {
-            // Multipart, so the body limit is the document limit plus room for the metadata.
-            collection.post(upload).layer(DefaultBodyLimit::max(
-                document_limit.saturating_add(64 * 1024),
-            ))
+            // Multipart, so the body limit is the document limit plus room for the metadata;
+            // a larger declared length is refused before anything is read.
+            let limit = document_limit.saturating_add(MULTIPART_OVERHEAD);
+            collection
+                .post(upload)
+                .layer(DefaultBodyLimit::max(limit))
+                .layer(axum::middleware::from_fn_with_state(
+                    limit,
+                    crate::http::refuse_declared_over,
+                ))
         } else {
             collection.post(move |s, r| create(s, r, kind))
         };
@@ -393,11 +402,16 @@ async fn upload(
     let writer = records::writer(services, &user, id).await?;
     writer.may_author()?;
     let mut multipart = multipart.map_err(|_| ApiError::UnsupportedMediaType)?;
+    // Each upload holds its document in memory while it is read: only so many at once.
+    let _reading = state.uploads.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Unavailable("too many documents are being uploaded at once".into())
+    })?;
     let mut metadata_part: Option<serde_json::Map<String, Value>> = None;
     // What a repeat under the same `Idempotency-Key` must send again: both parts.
     let mut request = Vec::new();
     let mut file: Option<(Option<String>, Vec<u8>)> = None;
     let mut errors = FieldErrors::new();
+    let mut seen = std::collections::HashSet::new();
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
@@ -412,11 +426,22 @@ async fn upload(
             }
         };
         match field.name() {
+            // One of each: which of two would count is anyone's guess.
+            Some(name @ ("metadata" | "file")) if !seen.insert(name.to_owned()) => {
+                errors.push(FieldError::new(name.to_owned(), "is sent more than once"));
+            }
             Some("metadata") => {
                 let bytes = field.bytes().await.map_err(|_| ApiError::PayloadTooLarge)?;
                 request.extend_from_slice(&bytes);
                 request.push(0);
                 match serde_json::from_slice::<Value>(&bytes) {
+                    Ok(value) if crate::http::json::nul_in(&value).is_some() => {
+                        let at = crate::http::json::nul_in(&value).unwrap_or_default();
+                        errors.push(FieldError::new(
+                            format!("metadata.{at}"),
+                            "must not contain the NUL character (U+0000)",
+                        ));
+                    }
                     Ok(Value::Object(object)) => metadata_part = Some(object),
                     _ => errors.push(FieldError::new("metadata", "must be a JSON object")),
                 }

@@ -18,6 +18,7 @@ mod patients;
 mod problem;
 mod record;
 mod scheduling;
+pub mod server;
 mod sessions;
 pub mod tls;
 
@@ -55,6 +56,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// The largest document accepted, in bytes.
     pub document_max_bytes: usize,
+    /// Uploads being read now, at most `documents.max_concurrent_uploads`.
+    pub uploads: Arc<tokio::sync::Semaphore>,
     /// Whether the API is served over HTTPS: absolute URLs (FHIR's) name the scheme.
     pub https: bool,
     /// SMART on FHIR's authorization server, when configured.
@@ -135,6 +138,7 @@ impl AppState {
             idempotency: IdempotencyKeys::new(pool),
             auth: Arc::new(auth),
             document_max_bytes: crate::configuration::DEFAULT_DOCUMENT_MAX_BYTES,
+            uploads: Arc::new(tokio::sync::Semaphore::new(4)),
             https: false,
             smart: None,
             identity: (None, None),
@@ -190,6 +194,9 @@ impl AppState {
             settings.storage()?,
         );
         self.document_max_bytes = settings.max_bytes;
+        self.uploads = Arc::new(tokio::sync::Semaphore::new(
+            settings.max_concurrent_uploads.max(1),
+        ));
         self.services.extractor = Arc::new(crate::extraction::Extractor::new(settings));
         Ok(self)
     }
@@ -198,9 +205,31 @@ impl AppState {
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// Answers 413 at once to a request whose `Content-Length` is over `limit`, before its body is
+/// read (or anything else done): a body is never read only to be refused at its end.
+pub async fn refuse_declared_over(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u128>().ok());
+    if declared.is_some_and(|length| length > limit as u128) {
+        return axum::response::IntoResponse::into_response(ApiError::PayloadTooLarge);
+    }
+    next.run(req).await
+}
+
 /// The router with every route and layer.
 pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> Router {
     let document_limit = state.document_max_bytes;
+    // The largest body any route takes: a document's upload, or a FHIR Bundle.
+    let largest = body_limit
+        .max(document_limit.saturating_add(medical_records::MULTIPART_OVERHEAD))
+        .max(fhir::MAX_BUNDLE_BYTES);
     Router::new()
         .merge(patients::router())
         .merge(record::router())
@@ -214,7 +243,12 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .merge(metrics::router())
         .merge(fhir::router())
         .with_state(state)
+        .layer(axum::middleware::from_fn(refuse_nul_in_uri))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            largest,
+            refuse_declared_over,
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
@@ -326,6 +360,36 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         response.headers_mut().insert(REQUEST_ID, id);
     }
     response
+}
+
+/// Where a request's path or query holds a NUL character (`%00`), by the parameter's name (the
+/// path: `path`): PostgreSQL's text cannot hold one, so no parameter with one goes further.
+pub fn nul_in_uri(uri: &axum::http::Uri) -> Option<String> {
+    if uri.path().to_ascii_lowercase().contains("%00") {
+        return Some("path".into());
+    }
+    form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        .map(|(name, _)| name.replace('\0', "\\0"))
+}
+
+/// Refuses a request whose path or query holds a NUL character, naming the parameter: 400
+/// problem+json, or an OperationOutcome under the FHIR API.
+async fn refuse_nul_in_uri(req: Request, next: Next) -> Response {
+    let Some(name) = nul_in_uri(req.uri()) else {
+        return next.run(req).await;
+    };
+    const WHY: &str = "must not contain the NUL character (U+0000)";
+    if req.uri().path().starts_with(fhir::BASE) {
+        fhir::outcome(
+            StatusCode::BAD_REQUEST,
+            &[fhir::Issue::new("invalid", format!("{name} {WHY}")).at(name)],
+        )
+    } else {
+        axum::response::IntoResponse::into_response(ApiError::InvalidParameters(
+            domain::FieldError::new(name, WHY).into(),
+        ))
+    }
 }
 
 /// Rewrites error answers produced outside our handlers (unknown route, wrong method, a

@@ -14,6 +14,7 @@ mod matching;
 mod medical_records;
 mod merge;
 mod pipeline;
+mod probed;
 mod record;
 mod registration;
 mod scheduling;

@@ -669,7 +669,7 @@ async fn a_second_active_allergy_is_refused_and_a_matching_medication_needs_its_
 }
 
 /// A `multipart/form-data` body with the metadata part and a file part.
-fn multipart(metadata: &Value, media_type: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+pub(crate) fn multipart(metadata: &Value, media_type: &str, bytes: &[u8]) -> (String, Vec<u8>) {
     let boundary = format!("boundary-{}", uuid::Uuid::new_v4().simple());
     let mut body = Vec::new();
     body.extend_from_slice(
@@ -1432,8 +1432,16 @@ async fn a_document_past_its_extraction_time_limit_is_refused_and_costs_no_more_
 #[tokio::test]
 async fn concurrent_writers_to_one_medical_record_all_succeed() {
     // Arrange: one patient, ten different allergies and fifty documents, all sent at once and
-    // without If-Match.
-    let app = TestApp::without_kafka().await;
+    // without If-Match (the service reading all fifty uploads at once: this is about writers
+    // racing for one record, not about the cap on uploads read at once).
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        configure: Some(Arc::new(|settings| {
+            settings.documents.max_concurrent_uploads = 64;
+        })),
+        ..AppOptions::default()
+    })
+    .await;
     let id = patient_in_care(&app, 11).await;
     let token = clinician(&app);
     let substances: Vec<String> = (0..10).map(|n| format!("Substance {n}")).collect();

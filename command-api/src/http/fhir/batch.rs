@@ -133,7 +133,7 @@ pub(super) async fn bundle(
     request: Request,
 ) -> Result<Response, ApiError> {
     let authorization = request.headers().get(header::AUTHORIZATION).cloned();
-    let bytes = axum::body::to_bytes(request.into_body(), MAX_RESOURCE_BYTES * 16)
+    let bytes = axum::body::to_bytes(request.into_body(), super::MAX_BUNDLE_BYTES)
         .await
         .map_err(|_| ApiError::PayloadTooLarge)?;
     let bundle: Value = serde_json::from_slice(&bytes)

@@ -305,7 +305,8 @@ impl<P: Permission + Send> FromRequest<AppState> for Write<P> {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| {
                 let v = v.to_ascii_lowercase();
-                v.starts_with("application/fhir+json") || v.starts_with("application/json")
+                (v.starts_with("application/fhir+json") || v.starts_with("application/json"))
+                    && crate::http::json::charset_is_utf8(&v)
             });
         if !json {
             return Err(ApiError::UnsupportedMediaType);
@@ -320,6 +321,7 @@ impl<P: Permission + Send> FromRequest<AppState> for Write<P> {
                 "the body must be a resource".into(),
             ));
         }
+        crate::http::json::refuse_nul(&resource)?;
         Ok(Self {
             user,
             ctx,
@@ -332,6 +334,9 @@ impl<P: Permission + Send> FromRequest<AppState> for Write<P> {
 
 /// The largest resource accepted.
 pub const MAX_RESOURCE_BYTES: usize = 1024 * 1024;
+
+/// The largest Bundle accepted.
+pub const MAX_BUNDLE_BYTES: usize = MAX_RESOURCE_BYTES * 16;
 
 /// A history Bundle of `versions` (newest first) of resource `name/id`.
 pub fn history_bundle(
@@ -630,7 +635,8 @@ async fn json_only(mut req: Request, next: Next) -> Response {
     {
         return refused("Accept");
     }
-    if names_xml(&header_text(header::CONTENT_TYPE)) {
+    let content_type = header_text(header::CONTENT_TYPE);
+    if names_xml(&content_type) || !crate::http::json::charset_is_utf8(&content_type) {
         return refused("Content-Type");
     }
     if let Some(query) = req.uri().query() {

@@ -60,18 +60,6 @@ fn validator<T: Body>() -> Arc<Validator> {
     built
 }
 
-/// Takes `null` members out of every object, recursively.
-fn strip_nulls(value: &mut Value) {
-    match value {
-        Value::Object(object) => {
-            object.retain(|_, v| !v.is_null());
-            object.values_mut().for_each(strip_nulls);
-        }
-        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
-        _ => {}
-    }
-}
-
 /// A body field as it arrived: absent (or `null`), present with the wrong shape (the wrong
 /// JSON type), or given.
 #[derive(Clone, Default)]
@@ -99,6 +87,9 @@ pub trait Shape: DeserializeOwned {
     const MUST_BE: &'static str;
     /// What an array of these must be.
     const ARRAY_MUST_BE: &'static str = "must be an array";
+    /// Whether `null` reads as the member left out. Not for arrays: a client sending `null`
+    /// where a list goes has a bug worth hearing about (send `[]` for none).
+    const NULL_IS_ABSENT: bool = true;
 
     fn fits(value: &Value) -> bool;
 }
@@ -130,6 +121,7 @@ impl Shape for i64 {
 
 impl<T: Shape> Shape for Vec<T> {
     const MUST_BE: &'static str = T::ARRAY_MUST_BE;
+    const NULL_IS_ABSENT: bool = false;
 
     fn fits(value: &Value) -> bool {
         value.is_array()
@@ -164,14 +156,16 @@ pub(crate) use objects;
 
 impl<'de, T: Shape> Deserialize<'de> for Field<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // A missing member arrives as `None` too (serde asks a missing field for an option).
-        Ok(match Option::<Value>::deserialize(deserializer)? {
-            None | Some(Value::Null) => Self::Absent,
-            Some(value) if T::fits(&value) => match T::deserialize(value) {
+        // Read as a value (not an option, which reads `null` as `None` too): bodies are read
+        // from a parsed JSON value, so the only error here is serde's for a member left out.
+        Ok(match Value::deserialize(deserializer) {
+            Err(_) => Self::Absent,
+            Ok(Value::Null) if T::NULL_IS_ABSENT => Self::Absent,
+            Ok(value) if T::fits(&value) => match T::deserialize(value) {
                 Ok(given) => Self::Given(given),
                 Err(_) => Self::Misshapen,
             },
-            Some(_) => Self::Misshapen,
+            Ok(_) => Self::Misshapen,
         })
     }
 }
@@ -298,8 +292,8 @@ impl<T> Parsed<T> {
 /// Only for a body type that has a field other than a [`Field`] (which reads whatever
 /// arrives) and cannot read what arrived: "is not valid" at `prefix`, logged as a defect.
 pub fn parse<T: Body>(object: &Map<String, Value>, prefix: &str) -> Result<Parsed<T>, FieldErrors> {
+    // `null` members stay: a `Field` reads one as left out, except where a list goes.
     let mut value = Value::Object(object.clone());
-    strip_nulls(&mut value);
     let validator = validator::<T>();
     let mut unknown = FieldErrors::new();
     let mut extra: Vec<(String, Vec<String>)> = Vec::new();
