@@ -199,6 +199,10 @@ pub struct HttpSettings {
     /// to finish the TLS handshake; past it the connection is closed.
     #[serde(default = "default_head_timeout_ms")]
     pub head_timeout_ms: u64,
+    /// How many requests are handled at once; one more is answered 503 with `Retry-After`
+    /// at once rather than queued into a timeout (health checks and metrics excepted).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
     pub body_limit_bytes: usize,
     /// PEM certificate chain and private key: with both, the API is served over HTTPS only.
     pub tls_cert_path: Option<PathBuf>,
@@ -207,6 +211,10 @@ pub struct HttpSettings {
 
 fn default_head_timeout_ms() -> u64 {
     10_000
+}
+
+fn default_max_in_flight() -> usize {
+    256
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -312,6 +312,7 @@ impl Service {
                 .with_documents(&settings.documents)?
                 .with_scheduling(settings.scheduling.clone())
                 .with_smart(&settings.auth)
+                .with_max_in_flight(settings.http.max_in_flight)
                 .with_https(settings.http.tls_cert_path.is_some());
             let router = http::router(
                 state,

@@ -58,6 +58,8 @@ pub struct AppState {
     pub document_max_bytes: usize,
     /// Uploads being read now, at most `documents.max_concurrent_uploads`.
     pub uploads: Arc<tokio::sync::Semaphore>,
+    /// Requests being handled now, at most `http.max_in_flight`.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Whether the API is served over HTTPS: absolute URLs (FHIR's) name the scheme.
     pub https: bool,
     /// SMART on FHIR's authorization server, when configured.
@@ -139,6 +141,7 @@ impl AppState {
             auth: Arc::new(auth),
             document_max_bytes: crate::configuration::DEFAULT_DOCUMENT_MAX_BYTES,
             uploads: Arc::new(tokio::sync::Semaphore::new(4)),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(256)),
             https: false,
             smart: None,
             identity: (None, None),
@@ -163,6 +166,13 @@ impl AppState {
     pub fn with_smart(mut self, auth: &crate::configuration::AuthSettings) -> Self {
         self.smart = auth.smart.clone().map(Arc::new);
         self.identity = (auth.issuer.clone(), auth.jwks_url.clone());
+        self
+    }
+
+    /// At most `limit` requests handled at once (`http.max_in_flight`).
+    #[must_use]
+    pub fn with_max_in_flight(mut self, limit: usize) -> Self {
+        self.in_flight = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
         self
     }
 
@@ -223,9 +233,29 @@ pub async fn refuse_declared_over(
     next.run(req).await
 }
 
+/// Answers 503 with `Retry-After` at once when `in_flight` has no place left, rather than
+/// letting requests queue into their timeouts; the health checks and `/metrics` always pass
+/// (an orchestrator must see the process alive while it sheds load).
+async fn shed_load(
+    axum::extract::State(in_flight): axum::extract::State<Arc<tokio::sync::Semaphore>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    if path.starts_with("/health") || path == "/metrics" {
+        return next.run(req).await;
+    }
+    let Ok(_place) = in_flight.try_acquire_owned() else {
+        tracing::warn!("overloaded: a request was shed");
+        return axum::response::IntoResponse::into_response(ApiError::Overloaded);
+    };
+    next.run(req).await
+}
+
 /// The router with every route and layer.
 pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> Router {
     let document_limit = state.document_max_bytes;
+    let in_flight = state.in_flight.clone();
     // The largest body any route takes: a document's upload, or a FHIR Bundle.
     let largest = body_limit
         .max(document_limit.saturating_add(medical_records::MULTIPART_OVERHEAD))
@@ -249,6 +279,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
             largest,
             refuse_declared_over,
         ))
+        .layer(axum::middleware::from_fn_with_state(in_flight, shed_load))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
@@ -267,6 +298,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         ))
         // Outside the timeout, so a timed-out request answers problem+json too.
         .layer(axum::middleware::from_fn(problem_for_plain_errors))
+        .layer(axum::middleware::from_fn(fhir_errors_in_fhir))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let request_id = req
                 .extensions()
@@ -373,22 +405,25 @@ pub fn nul_in_uri(uri: &axum::http::Uri) -> Option<String> {
         .map(|(name, _)| name.replace('\0', "\\0"))
 }
 
-/// Refuses a request whose path or query holds a NUL character, naming the parameter: 400
-/// problem+json, or an OperationOutcome under the FHIR API.
+/// Refuses a request whose path or query holds a NUL character, naming the parameter (400).
 async fn refuse_nul_in_uri(req: Request, next: Next) -> Response {
     let Some(name) = nul_in_uri(req.uri()) else {
         return next.run(req).await;
     };
-    const WHY: &str = "must not contain the NUL character (U+0000)";
-    if req.uri().path().starts_with(fhir::BASE) {
-        fhir::outcome(
-            StatusCode::BAD_REQUEST,
-            &[fhir::Issue::new("invalid", format!("{name} {WHY}")).at(name)],
-        )
+    axum::response::IntoResponse::into_response(ApiError::InvalidParameters(
+        domain::FieldError::new(name, "must not contain the NUL character (U+0000)").into(),
+    ))
+}
+
+/// Error answers to requests of the FHIR API that the outer layers gave (load shed, a length
+/// over the limit, a NUL in the query, a timeout) as OperationOutcomes, like the API's own.
+async fn fhir_errors_in_fhir(req: Request, next: Next) -> Response {
+    let fhir = req.uri().path().starts_with(fhir::BASE);
+    let response = next.run(req).await;
+    if fhir {
+        fhir::as_operation_outcome(response).await
     } else {
-        axum::response::IntoResponse::into_response(ApiError::InvalidParameters(
-            domain::FieldError::new(name, WHY).into(),
-        ))
+        response
     }
 }
 

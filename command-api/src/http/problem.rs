@@ -29,6 +29,9 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("body too large")]
     PayloadTooLarge,
+    /// More requests in flight than the service takes at once (`http.max_in_flight`).
+    #[error("overloaded")]
+    Overloaded,
     /// Bad path, query or header parameters.
     #[error("invalid parameters")]
     InvalidParameters(FieldErrors),
@@ -325,6 +328,11 @@ impl ApiError {
                 "payload-too-large",
                 "Payload too large",
             ),
+            Self::Overloaded => {
+                extra.push((header::RETRY_AFTER, HeaderValue::from_static("1")));
+                Problem::new(S::SERVICE_UNAVAILABLE, "overloaded", "Overloaded")
+                    .detail("more requests are in flight than the service takes at once; retry")
+            }
             Self::InvalidParameters(errors) => Problem {
                 errors: errors.into_vec(),
                 ..Problem::new(S::BAD_REQUEST, "invalid-parameters", "Invalid parameters")

@@ -433,3 +433,138 @@ async fn null_where_a_list_goes_is_refused_naming_the_field() {
     assert_eq!(app.register(&registration).await.status(), 201);
     app.stop().await;
 }
+
+/// Opens a connection and starts an upload whose body it holds back: the request stays in
+/// flight (reading its body) until the returned stream sends the rest.
+async fn upload_held_open(
+    app: &TestApp,
+    id: &str,
+    token: &str,
+) -> (tokio::net::TcpStream, Vec<u8>) {
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let metadata = json!({
+        "title": "Held",
+        "document_type": { "system": "http://loinc.org", "code": "18842-5", "text": "Discharge summary" },
+        "author": crate::medical_records::CARE,
+        "date": "2026-11-20"
+    });
+    let (content_type, body) = multipart(&metadata, "text/plain", b"held open");
+    let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let head = format!(
+        "POST /v1/patients/{id}/documents HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..20]).await.unwrap();
+    (stream, body[20..].to_vec())
+}
+
+#[tokio::test]
+async fn beyond_the_requests_in_flight_the_service_answers_503_at_once_and_health_still_answers() {
+    // Arrange: one request at a time, and one held in flight.
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        configure: Some(Arc::new(|settings| {
+            settings.http.max_in_flight = 1;
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = patient_in_care(&app, 9990).await;
+    let token = clinician(&app);
+    let (mut held, rest) = upload_held_open(&app, &id, &token).await;
+
+    // Act: another request while the first is in flight (tried until the first holds its
+    // place: it takes it as soon as it arrives).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shed = loop {
+        let response = app.get(&format!("/v1/patients/{id}"), &token).await;
+        if response.status() == 503 {
+            break response;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never shed: {}",
+            response.status()
+        );
+    };
+
+    // Assert: shed at once with Retry-After, as problem+json, and as an OperationOutcome in
+    // the FHIR API; the health checks still answer.
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let problem: Value = shed.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/overloaded");
+    let fhir = app.get(&format!("/fhir/R4/Patient/{id}"), &token).await;
+    assert_eq!(fhir.status(), 503);
+    let outcome: Value = fhir.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    let live = app
+        .client
+        .get(format!("{}/health/live", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    // The request in flight finishes, and the next is served.
+    held.write_all(&rest).await.unwrap();
+    let mut answer = vec![0; 512];
+    let read = tokio::time::timeout(Duration::from_secs(10), held.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 201"));
+    let after = app.get(&format!("/v1/patients/{id}"), &token).await;
+    assert_eq!(after.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_sending_its_body_slowly_or_idling_between_requests_is_cut_off() {
+    let app = TestApp::spawn_with(AppOptions {
+        kafka: false,
+        configure: Some(Arc::new(|settings| {
+            settings.http.request_timeout_secs = 1;
+            settings.http.head_timeout_ms = 500;
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = patient_in_care(&app, 9991).await;
+    let token = clinician(&app);
+
+    // A body that never finishes: the request times out (503), the connection is not held.
+    let started = Instant::now();
+    let (mut held, _) = upload_held_open(&app, &id, &token).await;
+    let mut answer = vec![0; 512];
+    let read = tokio::time::timeout(Duration::from_secs(10), held.read(&mut answer))
+        .await
+        .expect("answered before the body was sent")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 503"),
+        "{}",
+        String::from_utf8_lossy(&answer[..read])
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A kept-alive connection that sends nothing after its answer is closed.
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut idle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    idle.write_all(format!("GET /health/live HTTP/1.1\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buffer = vec![0; 1024];
+    let first = idle.read(&mut buffer).await.unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..first]).starts_with("HTTP/1.1 200"));
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match idle.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle connection was held open");
+    app.stop().await;
+}

@@ -525,7 +525,13 @@ fn issue_code(status: StatusCode) -> &'static str {
 /// into `OperationOutcome`s: one issue per field error, its field as `expression`; else one
 /// issue with the problem's detail or title.
 async fn operation_outcomes(req: Request, next: Next) -> Response {
-    let response = next.run(req).await;
+    as_operation_outcome(next.run(req).await).await
+}
+
+/// An error answer to a request of the FHIR API as an OperationOutcome (the answers of the
+/// service's outer layers, such as load shedding or a declared length over the limit, are
+/// problem+json until this): each problem field an issue at that expression.
+pub async fn as_operation_outcome(response: Response) -> Response {
     let status = response.status();
     let is_fhir = response
         .headers()
