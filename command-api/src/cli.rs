@@ -47,6 +47,18 @@ pub enum Command {
     Migrate,
     /// Rebuilds the read models into fresh tables and swaps them in, then exits.
     Rebuild,
+    /// Imports FHIR R4 Bundles and bulk NDJSON files (a file, or a folder of them) through the
+    /// API's use cases, and prints `imported=N skipped=N refused=N` and the counts per type and
+    /// reason.
+    Import {
+        /// A Bundle (.json), an NDJSON file (.ndjson), or a folder of them.
+        path: std::path::PathBuf,
+        /// The source's name: recorded as the reason of overrides and acknowledgements, and in
+        /// the identifier system its patient ids are kept under. The folder's or file's name
+        /// by default.
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Mints a development token signed with the configured secret.
     Token {
         /// The user id (the token's `sub`).
@@ -200,6 +212,35 @@ pub async fn run(cli: Cli, clock: Clock) -> anyhow::Result<()> {
         Command::Migrate => {
             startup::with_database(&settings, |_| async { Ok(()) }).await?;
             tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Import { path, source } => {
+            let source = source.unwrap_or_else(|| {
+                path.file_stem()
+                    .map_or_else(|| "import".to_owned(), |s| s.to_string_lossy().into_owned())
+            });
+            let secrets = settings.secrets()?;
+            let started = std::time::Instant::now();
+            let report = startup::with_database(&settings, |pool| {
+                let (settings, path, source) = (&settings, &path, &source);
+                async move {
+                    let router = startup::api_router(settings, pool, (clock, secrets)).await?;
+                    let home = settings.auth.organization.clone();
+                    crate::import::import(router, (path, source), home).await
+                }
+            })
+            .await?;
+            for line in report.details() {
+                println!("{line}");
+            }
+            for (id, candidates) in &report.review {
+                println!(
+                    "review: Patient/{id} registered beside {}",
+                    candidates.join(", ")
+                );
+            }
+            println!("took {:.1} s", started.elapsed().as_secs_f64());
+            println!("{}", report.line());
             Ok(())
         }
         Command::Rebuild => {

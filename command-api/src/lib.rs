@@ -22,6 +22,7 @@ pub mod configuration;
 pub mod embedded_postgres;
 pub mod extraction;
 pub mod http;
+pub mod import;
 pub mod read_models;
 pub mod replay;
 pub mod retention;

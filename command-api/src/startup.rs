@@ -58,6 +58,34 @@ pub struct Service {
 /// # Errors
 ///
 /// When the database cannot be reached or the embedded cluster cannot start.
+/// The API's router over `pool`, configured as `settings` say (what `serve` listens with, and
+/// what the import sends its requests through in its own process).
+///
+/// # Errors
+///
+/// The identity provider's key set cannot be loaded, or the document storage is misconfigured.
+pub async fn api_router(
+    settings: &Settings,
+    pool: PgPool,
+    (clock, secrets): (Clock, crate::configuration::Secrets),
+) -> anyhow::Result<axum::Router> {
+    let authenticator = Authenticator::new(&settings.auth)
+        .with_jwks(crate::auth::jwks::Jwks::load(&settings.auth).await?);
+    let state = AppState::new(pool, authenticator, clock, secrets)
+        .with_retention_days(settings.retention.archived_days)
+        .with_emergency_limit(settings.auth.break_glass_patients_per_hour)
+        .with_documents(&settings.documents)?
+        .with_scheduling(settings.scheduling.clone())
+        .with_smart(&settings.auth)
+        .with_max_in_flight(settings.http.max_in_flight)
+        .with_https(settings.http.tls_cert_path.is_some());
+    Ok(http::router(
+        state,
+        Duration::from_secs(settings.http.request_timeout_secs),
+        settings.http.body_limit_bytes,
+    ))
+}
+
 pub async fn connect(
     settings: &Settings,
     allow_embedded: bool,
@@ -304,21 +332,7 @@ impl Service {
                     tracing::warn!("HS256 tokens are accepted without an issuer and audience: set auth.issuer and auth.audience");
                 }
             }
-            let authenticator = Authenticator::new(&settings.auth)
-                .with_jwks(crate::auth::jwks::Jwks::load(&settings.auth).await?);
-            let state = AppState::new(pool.clone(), authenticator, clock, secrets)
-                .with_retention_days(settings.retention.archived_days)
-                .with_emergency_limit(settings.auth.break_glass_patients_per_hour)
-                .with_documents(&settings.documents)?
-                .with_scheduling(settings.scheduling.clone())
-                .with_smart(&settings.auth)
-                .with_max_in_flight(settings.http.max_in_flight)
-                .with_https(settings.http.tls_cert_path.is_some());
-            let router = http::router(
-                state,
-                Duration::from_secs(settings.http.request_timeout_secs),
-                settings.http.body_limit_bytes,
-            );
+            let router = api_router(settings, pool.clone(), (clock, secrets)).await?;
             let tls = match (&settings.http.tls_cert_path, &settings.http.tls_key_path) {
                 (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
                 (None, None) => None,

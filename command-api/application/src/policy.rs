@@ -29,6 +29,11 @@
 //!
 //! Every authenticated caller may end their own session (logout).
 //!
+//! The `importer` role is the import's (`patient-service import`, a trusted path run by an
+//! operator in the service's own process; no token can carry it): it registers patients, adds
+//! coverages, writes medical records (of any patient, as the source held them) and manages
+//! resources (the practitioners it brings), and reads patients.
+//!
 //! The `patient` role may read their own record and medical record, change their own preferences, manage their
 //! own consents and list their own disclosures; nothing else, and nobody else's. The `service`
 //! role (downstream services) may only fetch patients' data keys, to open the sealed events
@@ -50,6 +55,9 @@ pub enum Role {
     Auditor,
     Patient,
     Service,
+    /// The import (`patient-service import`), inside the service's own process only: no token
+    /// can name it (it is not in [`Role::ALL`], which tokens are read by).
+    Importer,
 }
 
 impl Role {
@@ -76,6 +84,7 @@ impl Role {
             Self::Auditor => "auditor",
             Self::Patient => "patient",
             Self::Service => "service",
+            Self::Importer => "importer",
         }
     }
 }
@@ -140,16 +149,18 @@ actions!(
     ReadAppointments,
 );
 
-use Role::{Admin, Auditor, Clinician, Patient, Registrar, Scheduler, Service};
+use Role::{Admin, Auditor, Clinician, Importer, Patient, Registrar, Scheduler, Service};
 
 const POLICY: &[(Action, &[Role])] = &[
-    (Action::RegisterPatient, &[Admin, Registrar]),
+    (Action::RegisterPatient, &[Admin, Registrar, Importer]),
     (Action::CorrectDemographics, &[Admin, Registrar]),
     (Action::ArchivePatient, &[Admin, Registrar]),
     (Action::RestorePatient, &[Admin, Registrar]),
     (
         Action::ReadPatient,
-        &[Admin, Registrar, Clinician, Scheduler, Auditor, Patient],
+        &[
+            Admin, Registrar, Clinician, Scheduler, Auditor, Patient, Importer,
+        ],
     ),
     (
         Action::SearchPatients,
@@ -160,7 +171,7 @@ const POLICY: &[(Action, &[Role])] = &[
     (Action::ChangeIdentifiers, &[Admin, Registrar]),
     (Action::ChangePreferences, &[Admin, Registrar, Patient]),
     (Action::ChangeEmergencyContacts, &[Admin, Registrar]),
-    (Action::ChangeCoverages, &[Admin, Registrar]),
+    (Action::ChangeCoverages, &[Admin, Registrar, Importer]),
     (Action::MergePatients, &[Admin, Registrar]),
     (Action::ReviewRetention, &[Admin]),
     (Action::ReadAuditTrail, &[Admin, Auditor]),
@@ -172,9 +183,9 @@ const POLICY: &[(Action, &[Role])] = &[
     (Action::ReadDisclosures, &[Admin, Patient]),
     (Action::RevokeSessions, &[Admin]),
     (Action::ReadMedicalRecord, &[Admin, Clinician, Patient]),
-    (Action::WriteMedicalRecord, &[Clinician]),
+    (Action::WriteMedicalRecord, &[Clinician, Importer]),
     (Action::SearchMedicalRecords, &[Admin, Clinician]),
-    (Action::ManageResources, &[Admin]),
+    (Action::ManageResources, &[Admin, Importer]),
     (Action::BlockResources, &[Admin, Scheduler]),
     (
         Action::ReadSchedule,

@@ -316,6 +316,17 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .layer(axum::middleware::from_fn(request_context))
 }
 
+/// A caller inside this process (the import, which sends its requests through the router
+/// without a network): set as a request extension, which no client can set, and taken as the
+/// authenticated caller.
+#[derive(Debug, Clone)]
+pub struct TrustedCaller(pub crate::auth::AuthUser);
+
+/// The id an in-process import gives what a create makes (derived from the source's id, so a
+/// second run finds it taken): a request extension, as [`TrustedCaller`].
+#[derive(Debug, Clone, Copy)]
+pub struct ImportedId(pub uuid::Uuid);
+
 /// The request id and W3C trace context of a request, as recorded with its events.
 #[derive(Debug, Clone)]
 pub struct RequestContext {

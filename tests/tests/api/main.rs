@@ -10,6 +10,7 @@ mod hardening;
 mod health;
 mod helpers;
 mod idempotency;
+mod import;
 mod matching;
 mod medical_records;
 mod merge;

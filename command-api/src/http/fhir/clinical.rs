@@ -315,7 +315,7 @@ async fn create(
         input::record::new_item(native.kind, &native.body, writer.today()).map_err(|errors| {
             ApiError::Validation(clinical_input::fhir_paths(resource_type, &errors))
         })?;
-    let item_id = ItemId::new(Uuid::new_v4());
+    let item_id = ItemId::new(write.imported_id.unwrap_or_else(Uuid::new_v4));
     let shown = if resource_type == "MedicationRequest" {
         "MedicationStatement"
     } else {

@@ -10,6 +10,8 @@ mod audit;
 mod batch;
 mod capability;
 mod clinical;
+pub use clinical::ACKNOWLEDGE;
+pub use patient::DUPLICATE_OVERRIDE;
 mod clinical_input;
 mod consent;
 mod coverage;
@@ -278,6 +280,8 @@ pub struct Write<P> {
     pub ctx: RequestContext,
     pub headers: HeaderMap,
     pub resource: Value,
+    /// The id an in-process import gives what this creates ([`crate::http::ImportedId`]).
+    pub imported_id: Option<uuid::Uuid>,
     permission: std::marker::PhantomData<P>,
 }
 
@@ -322,11 +326,16 @@ impl<P: Permission + Send> FromRequest<AppState> for Write<P> {
             ));
         }
         crate::http::json::refuse_nul(&resource)?;
+        let imported_id = parts
+            .extensions
+            .get::<crate::http::ImportedId>()
+            .map(|id| id.0);
         Ok(Self {
             user,
             ctx,
             headers: parts.headers,
             resource,
+            imported_id,
             permission: std::marker::PhantomData,
         })
     }

@@ -396,7 +396,7 @@ async fn create(
             return Err(ApiError::Validation(errors));
         }
     };
-    let id = PatientId::new(uuid::Uuid::new_v4());
+    let id = PatientId::new(write.imported_id.unwrap_or_else(uuid::Uuid::new_v4));
     // The registration and its emergency contacts are stored together: in the transaction
     // the request is part of, or in a unit of their own.
     let (scoped, own) = state.in_some_unit();

@@ -308,7 +308,7 @@ fn one_of(value: &Field<String>, field: &str, allowed: &[&str]) -> Result<String
 ///
 /// # Errors
 ///
-/// Every bad field, by its path; a practitioner without a template.
+/// Every bad field, by its path.
 pub fn resource(id: String, object: &Map<String, Value>) -> Result<Resource, FieldErrors> {
     parse(object, "")?.then(|body: ResourceBody| {
         let template = body
@@ -324,9 +324,8 @@ pub fn resource(id: String, object: &Map<String, Value>) -> Result<Resource, Fie
             template,
         )
             .all_ok()?;
-        if kind == "practitioner" && template.is_none() {
-            return Err(FieldError::new("template", "is required for a practitioner").into());
-        }
+        // A practitioner without a template (an imported one, or one whose hours are not
+        // known yet) is held, and cannot be booked until given one.
         Ok(Resource {
             id,
             kind,

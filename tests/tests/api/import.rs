@@ -1,0 +1,162 @@
+//! `patient-service import`: FHIR data no one on the team wrote (Synthea's R4 sample patients,
+//! `tests/data/synthea`) brought in through the API's use cases, counted, readable through
+//! the API, and not brought in twice.
+
+use serde_json::Value;
+
+use crate::fhir::fhir_get;
+use crate::helpers::{eventually, TestApp, SECURITY_ENV};
+
+/// Runs `patient-service import` on `path` against `app`'s database; its standard output.
+fn import(app: &TestApp, path: &std::path::Path) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+        .arg("import")
+        .arg(path)
+        .args(["--source", "synthea"])
+        .env("DATABASE_URL", &app.database_url)
+        .envs(SECURITY_ENV)
+        .env("APP_LOG__LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The count a line `<what> <Type> <n>` of the import's report gives.
+fn count(report: &str, what: &str, kind: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{what} {kind} ")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.trim_end_matches(':').parse().ok())
+        .unwrap_or(0)
+}
+
+/// How many resources of `kind` a bundle holds.
+fn in_bundle(bundle: &Value, kind: &str) -> usize {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == kind)
+        .count()
+}
+
+#[tokio::test]
+async fn synthea_patients_are_imported_counted_readable_and_not_imported_twice() {
+    // Arrange
+    let app = TestApp::without_kafka().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/synthea");
+
+    // Act
+    let report = import(&app, &dir);
+
+    // Assert: the closing line, and every patient, their clinical items and practitioners in.
+    let last = report.lines().last().unwrap_or_default();
+    let figures: Vec<u64> = last
+        .split_whitespace()
+        .filter_map(|pair| pair.split_once('=').and_then(|(_, n)| n.parse().ok()))
+        .collect();
+    assert!(last.starts_with("imported="), "{report}");
+    assert_eq!(figures.len(), 3, "{last}");
+    assert_eq!(count(&report, "imported", "Patient"), 18, "{report}");
+    for kind in [
+        "Encounter",
+        "Observation",
+        "Condition",
+        "Immunization",
+        "Practitioner",
+    ] {
+        assert!(count(&report, "imported", kind) > 0, "{kind}: {report}");
+    }
+    for kind in ["Claim", "ExplanationOfBenefit", "Organization"] {
+        assert!(count(&report, "skipped", kind) > 0, "{kind}: {report}");
+    }
+    // Refusals, if any, are for named reasons.
+    for line in report.lines().filter(|l| l.starts_with("refused ")) {
+        assert!(line.contains(": "), "{line}");
+    }
+
+    // One patient through the API: found by their source id, their compartment holding what
+    // the source held for them.
+    let bundle: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            dir.join("Clemente_Kreiger_1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let source_id = bundle["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let registrar = app.registrar();
+    let mut found = Value::Null;
+    eventually("the imported patient searchable by source id", || async {
+        let (status, _, bundle) = fhir_get(
+            &app,
+            &format!("/Patient?identifier=urn:patient-service:import:synthea|{source_id}"),
+            Some(&registrar),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200);
+        bundle["total"] == 1
+    })
+    .await;
+    let (_, _, searched) = fhir_get(
+        &app,
+        &format!("/Patient?identifier=urn:patient-service:import:synthea|{source_id}"),
+        Some(&registrar),
+        &[],
+    )
+    .await;
+    found.clone_from(&searched["entry"][0]["resource"]);
+    assert_eq!(found["name"][0]["family"], "Kreiger");
+    let id = found["id"].as_str().unwrap().to_owned();
+    let admin = app.token("admin-1", &["admin"]);
+    for kind in ["Observation", "Condition", "Immunization", "Encounter"] {
+        let expected = in_bundle(&bundle, kind);
+        assert!(expected > 0, "{kind}");
+        eventually("the patient's items projected", || async {
+            let (status, _, page) = fhir_get(
+                &app,
+                &format!("/Patient/{id}/$everything?_type={kind}&_count=1000"),
+                Some(&admin),
+                &[],
+            )
+            .await;
+            assert_eq!(status, 200);
+            page["total"].as_u64() == Some(expected as u64)
+        })
+        .await;
+    }
+
+    // A second run finds everything taken and creates nothing.
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type <> 'Access'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let again = import(&app, &dir);
+    assert!(
+        again
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("imported=0 "),
+        "{again}"
+    );
+    assert_eq!(count(&again, "already imported", "Patient"), 18, "{again}");
+    let after: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type <> 'Access'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(after, events, "nothing stored twice");
+    app.stop().await;
+}
