@@ -160,3 +160,123 @@ async fn synthea_patients_are_imported_counted_readable_and_not_imported_twice()
     assert_eq!(after, events, "nothing stored twice");
     app.stop().await;
 }
+
+/// Runs `patient-service import` on `path` as `source`; its standard output.
+fn import_as(app: &TestApp, path: &std::path::Path, source: &str) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+        .arg("import")
+        .arg(path)
+        .args(["--source", source])
+        .env("DATABASE_URL", &app.database_url)
+        .envs(SECURITY_ENV)
+        .env("APP_LOG__LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_import_policy_acknowledges_allergy_warnings_and_lists_likely_duplicates_for_review() {
+    // Arrange: bulk NDJSON files, one per type: a patient whose phone has no country code, an
+    // allergy, and a medication the allergy check stops.
+    let app = TestApp::without_kafka().await;
+    let dir = std::env::temp_dir().join(format!("import-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines = |resources: &[Value]| {
+        resources
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let patient = serde_json::json!({
+        "resourceType": "Patient", "id": "p-1",
+        "name": [{ "use": "official", "family": "Importwell", "given": ["Ada"] }],
+        "gender": "female", "birthDate": "1971-03-04",
+        "telecom": [{ "system": "phone", "value": "044 123 45 67", "use": "home" }],
+        "address": [{ "line": ["Bahnhofstrasse 1"], "city": "Zürich", "postalCode": "8001", "country": "CH" }]
+    });
+    std::fs::write(dir.join("Patient.ndjson"), lines(&[patient])).unwrap();
+    std::fs::write(
+        dir.join("AllergyIntolerance.ndjson"),
+        lines(&[serde_json::json!({
+            "resourceType": "AllergyIntolerance", "id": "a-1",
+            "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active" }] },
+            "code": { "text": "Penicillin" },
+            "patient": { "reference": "Patient/p-1" }
+        })]),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("MedicationRequest.ndjson"),
+        lines(&[serde_json::json!({
+            "resourceType": "MedicationRequest", "id": "m-1", "status": "active", "intent": "order",
+            "medicationCodeableConcept": { "text": "Penicillin V Potassium 250 MG Oral Tablet" },
+            "subject": { "reference": "Patient/p-1" },
+            "authoredOn": "2026-01-05"
+        })]),
+    )
+    .unwrap();
+
+    // Act
+    let first = import_as(&app, &dir, "clinic-a");
+
+    // Assert: all in; the medication recorded with its warning acknowledged for the import.
+    assert!(
+        first
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("imported=3 skipped=0 refused=0"),
+        "{first}"
+    );
+    assert!(
+        first.contains("medications recorded with allergy warnings acknowledged 1"),
+        "{first}"
+    );
+    let admin = app.token("admin-1", &["admin"]);
+    let mut id = String::new();
+    eventually("the imported patient searchable", || async {
+        let (_, _, found) = fhir_get(&app, "/Patient?family=Importwell", Some(&admin), &[]).await;
+        found["total"] == 1
+    })
+    .await;
+    let (_, _, found) = fhir_get(&app, "/Patient?family=Importwell", Some(&admin), &[]).await;
+    id.push_str(found["entry"][0]["resource"]["id"].as_str().unwrap());
+    assert_eq!(
+        found["entry"][0]["resource"]["telecom"][0]["value"], "+41441234567",
+        "read in the address's country"
+    );
+    let (_, _, medications) = fhir_get(
+        &app,
+        &format!("/MedicationStatement?patient={id}"),
+        Some(&admin),
+        &[],
+    )
+    .await;
+    assert_eq!(medications["total"], 1, "{medications}");
+
+    // The same person from another source: a likely duplicate, registered and listed.
+    let second = import_as(&app, &dir, "clinic-b");
+    let review: Vec<&str> = second
+        .lines()
+        .filter(|l| l.starts_with("review: "))
+        .collect();
+    assert_eq!(review.len(), 1, "{second}");
+    assert!(review[0].contains(&id), "{second}");
+    assert!(
+        review[0].contains("(certain)") || review[0].contains("(probable)"),
+        "{second}"
+    );
+    assert!(
+        second.lines().last().unwrap().starts_with("imported=3 "),
+        "{second}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    app.stop().await;
+}
