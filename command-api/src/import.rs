@@ -78,12 +78,6 @@ pub const CALLING_CODES: &[(&str, &str)] = &[
     ("NL", "31"),
 ];
 
-/// One resource read from the source, where from.
-#[derive(Debug, Clone)]
-struct Sourced {
-    resource: Value,
-}
-
 /// What became of the import, counted.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -144,13 +138,15 @@ impl Report {
     }
 }
 
-/// Every resource of the files at `path` (a file, or a folder's `.json` and `.ndjson` files in
-/// name order).
+/// The files at `path` (a file, or a folder's `.json` and `.ndjson` files), in the order they
+/// are imported: those holding only what others refer to (Synthea's `practitionerInformation*`
+/// and `hospitalInformation*`, bulk `Practitioner`, `Organization` and `Location` files) first,
+/// then bulk files in the order of their types, then Bundles, each group in name order.
 ///
 /// # Errors
 ///
-/// A file that cannot be read or is not JSON (nothing is imported then).
-fn read(path: &Path) -> anyhow::Result<Vec<Sourced>> {
+/// The folder cannot be read.
+fn files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = if path.is_dir() {
         std::fs::read_dir(path)
             .with_context(|| format!("reading {}", path.display()))?
@@ -161,24 +157,62 @@ fn read(path: &Path) -> anyhow::Result<Vec<Sourced>> {
     } else {
         vec![path.to_owned()]
     };
-    files.sort();
-    let mut resources = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
-        if file.extension().is_some_and(|e| e == "ndjson") {
-            for (n, line) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
-                let resource: Value = serde_json::from_str(line).with_context(|| {
-                    format!("{} line {}: not a JSON resource", file.display(), n + 1)
-                })?;
-                resources.push(Sourced { resource });
-            }
-            continue;
+    let referred = |p: &PathBuf| {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        ![
+            "practitionerInformation",
+            "hospitalInformation",
+            "Practitioner",
+            "Organization",
+            "Location",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+    };
+    // Bulk files are one type each, named by it (`Patient.ndjson`, `Observation-2.ndjson`):
+    // taken in the order of the types they hold.
+    let rank = |p: &PathBuf| {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !name.ends_with(".ndjson") {
+            return 0;
         }
+        ORDER
+            .iter()
+            .position(|kind| name.starts_with(kind))
+            .map_or(ORDER.len() + 1, |at| at + 1)
+    };
+    files.sort_by_key(|p| (referred(p), rank(p), p.clone()));
+    Ok(files)
+}
+
+/// The resources of one file, in the order they are imported ([`ORDER`]); the types the
+/// service does not hold are counted in `skipped` and left out.
+///
+/// # Errors
+///
+/// The file cannot be read or is not JSON.
+fn read(file: &Path, skipped: &mut BTreeMap<String, u64>) -> anyhow::Result<Vec<Value>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut resources = Vec::new();
+    if file.extension().is_some_and(|e| e == "ndjson") {
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let resource: Value = serde_json::from_str(line).with_context(|| {
+                format!("{} line {}: not a JSON resource", file.display(), n + 1)
+            })?;
+            resources.push(resource);
+        }
+    } else {
         let value: Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))?;
         if value["resourceType"] == "Bundle" {
@@ -194,14 +228,31 @@ fn read(path: &Path) -> anyhow::Result<Vec<Sourced>> {
                     }
                 }
                 if resource.is_object() {
-                    resources.push(Sourced { resource });
+                    resources.push(resource);
                 }
             }
         } else {
-            resources.push(Sourced { resource: value });
+            resources.push(value);
         }
     }
-    Ok(resources)
+    let mut ordered = Vec::with_capacity(resources.len());
+    for kind in ORDER {
+        ordered.extend(
+            resources
+                .iter()
+                .filter(|r| r["resourceType"] == *kind)
+                .cloned(),
+        );
+    }
+    for resource in &resources {
+        let kind = resource["resourceType"]
+            .as_str()
+            .unwrap_or("(no resourceType)");
+        if !ORDER.contains(&kind) {
+            *skipped.entry(kind.to_owned()).or_default() += 1;
+        }
+    }
+    Ok(ordered)
 }
 
 /// What the import sends through, as whom, and what it has done so far.
@@ -209,11 +260,35 @@ struct Importer {
     router: Router,
     user: AuthUser,
     source: String,
-    /// Source `(type, id)` to the id given here (a patient's, a resource's, an item's FHIR id).
-    ids: HashMap<(String, String), String>,
+    /// What the import made of each source resource, by source id.
+    ids: Ids,
     /// Source patients refused: their items go with them.
     refused_patients: std::collections::HashSet<String>,
     report: Report,
+}
+
+/// What the import made of the source's resources: by source id, the type and the id given
+/// here (a patient's, a resource's, an item's FHIR id). One entry per resource, kept for the
+/// whole import (bulk files refer across files).
+#[derive(Default)]
+struct Ids(HashMap<String, Vec<(String, String)>>);
+
+impl Ids {
+    fn remember(&mut self, kind: impl Into<String>, source_id: &str, given: impl Into<String>) {
+        self.0
+            .entry(source_id.to_owned())
+            .or_default()
+            .push((kind.into(), given.into()));
+    }
+
+    /// What a reference (`urn:uuid:<id>` or `<Type>/<id>`) names, if the import made it.
+    fn find(&self, reference: &str) -> Option<&(String, String)> {
+        if let Some(id) = reference.strip_prefix("urn:uuid:") {
+            return self.0.get(id)?.first();
+        }
+        let (kind, id) = reference.split_once('/')?;
+        self.0.get(id)?.iter().find(|(k, _)| k == kind)
+    }
 }
 
 /// The id derived from the source, type and source id.
@@ -337,8 +412,7 @@ impl Importer {
                 return Ok(());
             }
         }
-        self.ids
-            .insert(("Practitioner".into(), source_id.to_owned()), resource_id);
+        self.ids.remember("Practitioner", source_id, resource_id);
         Ok(())
     }
 
@@ -358,8 +432,7 @@ impl Importer {
             .await?;
         if found == StatusCode::OK {
             Self::count(&mut self.report.already, "Patient");
-            self.ids
-                .insert(("Patient".into(), source_id.to_owned()), id.to_string());
+            self.ids.remember("Patient", source_id, id.to_string());
             return Ok(());
         }
         let identifiers = resource["identifier"]
@@ -408,8 +481,7 @@ impl Importer {
                 return Ok(());
             }
         }
-        self.ids
-            .insert(("Patient".into(), source_id.to_owned()), id.to_string());
+        self.ids.remember("Patient", source_id, id.to_string());
         Ok(())
     }
 
@@ -447,8 +519,7 @@ impl Importer {
             201 => {
                 Self::count(&mut self.report.imported, &kind);
                 if let Some(given) = answer["id"].as_str() {
-                    self.ids
-                        .insert((kind.clone(), source_id.to_owned()), given.to_owned());
+                    self.ids.remember(kind.clone(), source_id, given.to_owned());
                 }
             }
             409 if diagnostics(&answer).starts_with("item-id-in-use") => {
@@ -462,21 +533,14 @@ impl Importer {
     /// Rewrites `resource`'s references to what the import made of their targets; one to
     /// anything else is left out, keeping its display.
     fn rewrite_references(&self, resource: &mut Value) {
-        fn walk(value: &mut Value, ids: &HashMap<(String, String), String>) {
+        fn walk(value: &mut Value, ids: &Ids) {
             match value {
                 Value::Object(object) => {
                     if let Some(reference) = object.get("reference").and_then(Value::as_str) {
-                        let target = reference
-                            .strip_prefix("urn:uuid:")
-                            .map(|id| ids.iter().find(|((_, s), _)| s == id))
-                            .unwrap_or_else(|| {
-                                reference.split_once('/').and_then(|(kind, id)| {
-                                    ids.get_key_value(&(kind.to_owned(), id.to_owned()))
-                                })
-                            });
-                        match target {
-                            Some(((kind, _), given)) => {
-                                object.insert("reference".into(), json!(format!("{kind}/{given}")));
+                        match ids.find(reference) {
+                            Some((kind, given)) => {
+                                let rewritten = format!("{kind}/{given}");
+                                object.insert("reference".into(), json!(rewritten));
                             }
                             None => {
                                 object.remove("reference");
@@ -623,7 +687,7 @@ pub async fn import(
     (path, source): (&Path, &str),
     home_organization: Option<String>,
 ) -> anyhow::Result<Report> {
-    let resources = read(path)?;
+    let files = files(path)?;
     let user = AuthUser {
         id: format!("import:{source}"),
         roles: vec![Role::Importer],
@@ -641,38 +705,24 @@ pub async fn import(
         router,
         user,
         source: source.to_owned(),
-        ids: HashMap::new(),
+        ids: Ids::default(),
         refused_patients: std::collections::HashSet::new(),
         report: Report::default(),
     };
-    let mut ordered: Vec<Sourced> = Vec::with_capacity(resources.len());
-    for kind in ORDER {
-        ordered.extend(
-            resources
-                .iter()
-                .filter(|r| r.resource["resourceType"] == *kind)
-                .cloned(),
-        );
-    }
-    for sourced in &resources {
-        let kind = sourced.resource["resourceType"]
-            .as_str()
-            .unwrap_or("(no resourceType)");
-        if !ORDER.contains(&kind) {
-            Importer::count(&mut importer.report.skipped, kind);
-        }
-    }
+    // One file at a time: memory holds the largest file, not the whole source.
     let progress = indicatif::ProgressBar::with_draw_target(
-        Some(ordered.len() as u64),
+        Some(files.len() as u64),
         indicatif::ProgressDrawTarget::stderr(),
     );
     if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} resources {per_sec} {eta}")
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} files {per_sec} {eta}")
     {
         progress.set_style(style);
     }
-    for sourced in ordered {
-        importer.import(sourced.resource).await?;
+    for file in &files {
+        for resource in read(file, &mut importer.report.skipped)? {
+            importer.import(resource).await?;
+        }
         progress.inc(1);
     }
     progress.finish_and_clear();
