@@ -612,6 +612,12 @@ fn reason(status: StatusCode, outcome: &Value) -> String {
     if !at.is_empty() {
         reason.push_str(&format!(" at {at}"));
     }
+    // A field's rule, as the API words it (never the value sent).
+    if rule.is_empty() {
+        if let Some(message) = issue["diagnostics"].as_str().filter(|m| m.len() <= 200) {
+            reason.push_str(&format!(": {message}"));
+        }
+    }
     reason
 }
 

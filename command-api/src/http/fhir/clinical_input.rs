@@ -590,14 +590,11 @@ fn medication(
                 };
                 let mut quantity = Map::new();
                 insert(&mut quantity, "value", value);
-                insert(
-                    &mut quantity,
-                    "unit",
-                    dose["code"]
-                        .as_str()
-                        .or(dose["unit"].as_str())
-                        .map(|u| json!(u)),
-                );
+                // A dose with no unit at all is a count (one tablet): UCUM's unity, `1`.
+                let unit = dose["code"].as_str().or(dose["unit"].as_str()).or_else(|| {
+                    (dose.get("value").is_some() && dose.get("system").is_none()).then_some("1")
+                });
+                insert(&mut quantity, "unit", unit.map(|u| json!(u)));
                 body.insert("dose".into(), Value::Object(quantity));
             }
         }
@@ -634,6 +631,7 @@ mod tests {
         assert_eq!(native.body["medication"]["code"], "834061");
         assert_eq!(native.body["frequency"]["count"], 2);
         assert_eq!(native.body["dose"]["value"], "1");
+        assert_eq!(native.body["dose"]["unit"], "1", "a count: UCUM's unity");
     }
 
     #[test]
