@@ -214,26 +214,26 @@ async fn uploads_beyond_the_concurrent_limit_answer_503_with_retry_after_at_once
     .await;
     let id = patient_in_care(&app, 9984).await;
     let token = clinician(&app);
-    let host = app.address.trim_start_matches("http://").to_owned();
-    let mut slow = tokio::net::TcpStream::connect(&host).await.unwrap();
-    let metadata = json!({
-        "title": "Slow",
-        "document_type": { "system": "http://loinc.org", "code": "18842-5", "text": "Discharge summary" },
-        "author": crate::medical_records::CARE,
-        "date": "2026-11-20"
-    });
-    let (content_type, body) = multipart(&metadata, "text/plain", b"a slow upload");
-    let head = format!(
-        "POST /v1/patients/{id}/documents HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
+    let (mut slow, mut rest) = upload_held_open(&app, &id, &token).await;
+    let (content_type, body) = multipart(
+        &json!({
+            "title": "Another",
+            "document_type": { "system": "http://loinc.org", "code": "18842-5", "text": "Discharge summary" },
+            "author": crate::medical_records::CARE,
+            "date": "2026-11-20"
+        }),
+        "text/plain",
+        b"another upload",
     );
-    slow.write_all(head.as_bytes()).await.unwrap();
-    slow.write_all(&body[..20]).await.unwrap();
 
-    // Act: another upload while the first holds the only place (it takes it once its
-    // request is authorized: tried until then).
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Act: another upload while the first holds the only place. The held one takes it once
+    // its request is authorized; should another get there first, the held one is the one
+    // refused, and is opened again.
+    let deadline = Instant::now() + Duration::from_secs(20);
     let refused = loop {
+        if answered(&slow) {
+            (slow, rest) = upload_held_open(&app, &id, &token).await;
+        }
         let response = app
             .client
             .post(format!("{}/v1/patients/{id}/documents", app.address))
@@ -243,7 +243,7 @@ async fn uploads_beyond_the_concurrent_limit_answer_503_with_retry_after_at_once
             .send()
             .await
             .unwrap();
-        if response.status() == 503 {
+        if response.status() == 503 && !answered(&slow) {
             break response;
         }
         assert!(
@@ -255,7 +255,7 @@ async fn uploads_beyond_the_concurrent_limit_answer_503_with_retry_after_at_once
 
     // Assert: refused at once, told when to come back; the held upload goes on when finished.
     assert!(refused.headers().contains_key("retry-after"));
-    slow.write_all(&body[20..]).await.unwrap();
+    slow.write_all(&rest).await.unwrap();
     let mut answer = vec![0; 512];
     let read = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut answer))
         .await
@@ -434,6 +434,13 @@ async fn null_where_a_list_goes_is_refused_naming_the_field() {
     app.stop().await;
 }
 
+/// Whether the server has answered on `stream` already (the request held open was refused).
+fn answered(stream: &tokio::net::TcpStream) -> bool {
+    let mut peek = [0; 1];
+    // Nothing to read yet is `WouldBlock`: the request is still in flight.
+    stream.try_read(&mut peek).is_ok()
+}
+
 /// Opens a connection and starts an upload whose body it holds back: the request stays in
 /// flight (reading its body) until the returned stream sends the rest.
 async fn upload_held_open(
@@ -472,14 +479,17 @@ async fn beyond_the_requests_in_flight_the_service_answers_503_at_once_and_healt
     .await;
     let id = patient_in_care(&app, 9990).await;
     let token = clinician(&app);
-    let (mut held, rest) = upload_held_open(&app, &id, &token).await;
+    let (mut held, mut rest) = upload_held_open(&app, &id, &token).await;
 
-    // Act: another request while the first is in flight (tried until the first holds its
-    // place: it takes it as soon as it arrives).
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Act: another request while the first is in flight. Should the other get there first,
+    // the held one is the one shed, and is opened again.
+    let deadline = Instant::now() + Duration::from_secs(20);
     let shed = loop {
+        if answered(&held) {
+            (held, rest) = upload_held_open(&app, &id, &token).await;
+        }
         let response = app.get(&format!("/v1/patients/{id}"), &token).await;
-        if response.status() == 503 {
+        if response.status() == 503 && !answered(&held) {
             break response;
         }
         assert!(
