@@ -460,7 +460,7 @@ impl Importer {
             if status != StatusCode::CONFLICT || !headers.is_empty() {
                 break;
             }
-            let candidates = candidates(&answer);
+            let candidates = warned(&answer, "possible-duplicate: Patient/");
             if candidates.iter().any(|c| c.starts_with(&id.to_string())) {
                 // The very patient, imported before.
                 status = StatusCode::OK;
@@ -502,7 +502,10 @@ impl Importer {
             )
             .await?;
         if status == StatusCode::CONFLICT && diagnostics(&answer).starts_with("allergy-warning") {
-            let allergies = allergies_warned(&answer);
+            let allergies: Vec<String> = warned(&answer, "allergy-warning: AllergyIntolerance/")
+                .iter()
+                .filter_map(|w| w.split_whitespace().next().map(str::to_owned))
+                .collect();
             headers.push((crate::http::fhir::ACKNOWLEDGE, allergies.join(",")));
             (status, answer) = self
                 .send(
@@ -621,29 +624,17 @@ fn reason(status: StatusCode, outcome: &Value) -> String {
     reason
 }
 
-/// The candidates a 409 `possible-duplicate` names: `<id> (<grade>)`.
-fn candidates(outcome: &Value) -> Vec<String> {
+/// What the warning issues of an OperationOutcome name after `prefix` (a 409's first issue
+/// says what happened, the others what it concerns): the candidates of a `possible-duplicate`
+/// (`<id> (<grade>)`) or the allergies of an `allergy-warning`.
+fn warned(outcome: &Value, prefix: &str) -> Vec<String> {
     outcome["issue"]
         .as_array()
         .into_iter()
         .flatten()
         .skip(1)
         .filter_map(|i| i["diagnostics"].as_str())
-        .filter_map(|d| d.strip_prefix("possible-duplicate: Patient/"))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// The allergies an `allergy-warning` names, by their FHIR ids.
-fn allergies_warned(outcome: &Value) -> Vec<String> {
-    outcome["issue"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .skip(1)
-        .filter_map(|i| i["diagnostics"].as_str())
-        .filter_map(|d| d.strip_prefix("allergy-warning: AllergyIntolerance/"))
-        .filter_map(|d| d.split_whitespace().next())
+        .filter_map(|d| d.strip_prefix(prefix))
         .map(str::to_owned)
         .collect()
 }

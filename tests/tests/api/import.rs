@@ -7,23 +7,9 @@ use serde_json::Value;
 use crate::fhir::fhir_get;
 use crate::helpers::{eventually, TestApp, SECURITY_ENV};
 
-/// Runs `patient-service import` on `path` against `app`'s database; its standard output.
+/// Runs `patient-service import` on `path` as the source `synthea`; its standard output.
 fn import(app: &TestApp, path: &std::path::Path) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
-        .arg("import")
-        .arg(path)
-        .args(["--source", "synthea"])
-        .env("DATABASE_URL", &app.database_url)
-        .envs(SECURITY_ENV)
-        .env("APP_LOG__LEVEL", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    import_as(app, path, "synthea")
 }
 
 /// The count a line `<what> <Type> <n>` of the import's report gives.
