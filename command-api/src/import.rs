@@ -694,6 +694,7 @@ pub async fn import(
         purpose: access::Purpose::Operations,
         break_glass: None,
         request_id: None,
+        traceparent: None,
         scopes: None,
         launch_patient: None,
         confined_to: None,

@@ -17,7 +17,8 @@ pub const ACCESS_TYPE: &str = "Access";
 /// The event version of access entries.
 const VERSION: &str = "1.0";
 
-/// Appends `entries` in one statement.
+/// Appends `entries` (of one request, whose W3C trace context is `traceparent`) in one
+/// statement.
 ///
 /// # Errors
 ///
@@ -25,7 +26,7 @@ const VERSION: &str = "1.0";
 pub async fn record(
     pool: &PgPool,
     chain: &ChainKey,
-    entries: &[AccessEntry],
+    (entries, traceparent): (&[AccessEntry], Option<&str>),
 ) -> Result<(), sqlx::Error> {
     if entries.is_empty() {
         return Ok(());
@@ -36,6 +37,9 @@ pub async fn record(
         let mut metadata = serde_json::json!({ "user_id": entry.user_id });
         if let Some(request_id) = &entry.request_id {
             metadata["request_id"] = request_id.clone().into();
+        }
+        if let Some(traceparent) = traceparent {
+            metadata["traceparent"] = traceparent.into();
         }
         let aggregate_id = entry.entry_id.to_string();
         let hash = chain.event_hash(

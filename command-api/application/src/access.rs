@@ -381,6 +381,11 @@ impl AccessLog {
                 accessed_at: at,
             })
             .collect();
-        event_store::access::record(&self.pool, &self.chain, &entries).await
+        event_store::access::record(
+            &self.pool,
+            &self.chain,
+            (&entries, user.traceparent.as_deref()),
+        )
+        .await
     }
 }

@@ -40,6 +40,8 @@ pub struct AuthUser {
     pub break_glass: Option<BreakGlassReason>,
     /// The request id, for access entries.
     pub request_id: Option<String>,
+    /// The request's W3C trace context, for access entries.
+    pub traceparent: Option<String>,
     /// The SMART scopes of the token, when it carries a `scope` claim: they narrow what the
     /// roles allow ([`crate::smart`]).
     pub scopes: Option<crate::smart::Scopes>,

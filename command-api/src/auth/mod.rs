@@ -233,6 +233,7 @@ impl Authenticator {
             purpose: access::Purpose::Treatment,
             break_glass: None,
             request_id: None,
+            traceparent: None,
             scopes: claims.scope.as_ref().map(ScopeClaim::scopes),
             launch_patient,
             confined_to: None,

@@ -69,10 +69,9 @@ impl FromRequestParts<AppState> for AuthUser {
             ));
         }
         errors.into_result().map_err(ApiError::InvalidParameters)?;
-        user.request_id = parts
-            .extensions
-            .get::<crate::http::RequestContext>()
-            .map(|c| c.request_id.clone());
+        let context = parts.extensions.get::<crate::http::RequestContext>();
+        user.request_id = context.map(|c| c.request_id.clone());
+        user.traceparent = context.map(|c| c.traceparent.clone());
         if let Some(scopes) = &user.scopes {
             // Under the FHIR API the path is the one within it (its router is nested).
             let fhir = parts

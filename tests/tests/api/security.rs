@@ -395,11 +395,13 @@ async fn every_read_is_tracked_published_and_listed_in_the_accounting_of_disclos
         .get(&format!("/v1/patients/{id}"), &app.registrar())
         .await;
     let refused = app.get(&format!("/v1/patients/{id}"), &clinician).await;
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let emergency = app
         .client
         .get(format!("{}/v1/patients/{id}", app.address))
         .bearer_auth(&clinician)
         .header("x-break-glass-reason", "patient-unable-to-consent")
+        .header("traceparent", trace)
         .send()
         .await
         .unwrap();
@@ -441,6 +443,8 @@ async fn every_read_is_tracked_published_and_listed_in_the_accounting_of_disclos
         })
         .unwrap();
     assert_eq!(key(flagged), id);
+    // The access carries the trace context of the request that made it.
+    assert_eq!(header(flagged, "traceparent").as_deref(), Some(trace));
     let data = flagged.payload().unwrap();
     let schema_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../schemas/json/access/v1/EmergencyAccessGranted.schema.json");

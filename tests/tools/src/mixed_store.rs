@@ -159,7 +159,7 @@ impl Stores {
                 accessed_at: now,
             })
             .collect();
-        event_store::access::record(&self.pool, &self.chain, &entries).await?;
+        event_store::access::record(&self.pool, &self.chain, (&entries, None)).await?;
         Ok(())
     }
 
