@@ -492,6 +492,27 @@ impl Importer {
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        // Its FHIR id here: the patient's and its own, as 64 hex digits (what a later item's
+        // reference to it is rewritten to, whether it is made now or was in an earlier run).
+        let given = subject_of(&resource)
+            .and_then(|p| Uuid::parse_str(&p).ok())
+            .map(|patient| format!("{}{}", patient.simple(), id.simple()));
+        if let (Some(given), "Coverage") = (&given, kind.as_str()) {
+            // A coverage is a part of the patient record, not an item: one added in an earlier
+            // run is found by its id.
+            let (found, _) = self
+                .send(
+                    (Method::GET, format!("/fhir/R4/Coverage/{given}")),
+                    &Value::Null,
+                    (None, &[]),
+                )
+                .await?;
+            if found == StatusCode::OK {
+                Self::count(&mut self.report.already, &kind);
+                self.ids.remember(kind, source_id, given.clone());
+                return Ok(());
+            }
+        }
         let reason_header = ("x-change-reason", format!("imported from {}", self.source));
         let mut headers = vec![reason_header];
         let (mut status, mut answer) = self
@@ -519,16 +540,17 @@ impl Importer {
             }
         }
         match status.as_u16() {
-            201 => {
-                Self::count(&mut self.report.imported, &kind);
-                if let Some(given) = answer["id"].as_str() {
-                    self.ids.remember(kind.clone(), source_id, given.to_owned());
-                }
-            }
+            201 => Self::count(&mut self.report.imported, &kind),
             409 if diagnostics(&answer).starts_with("item-id-in-use") => {
                 Self::count(&mut self.report.already, &kind);
             }
-            _ => self.refuse(&kind, reason(status, &answer)),
+            _ => {
+                self.refuse(&kind, reason(status, &answer));
+                return Ok(());
+            }
+        }
+        if let Some(given) = given.or_else(|| answer["id"].as_str().map(str::to_owned)) {
+            self.ids.remember(kind, source_id, given);
         }
         Ok(())
     }

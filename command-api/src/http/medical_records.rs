@@ -435,8 +435,7 @@ async fn upload(
                 request.extend_from_slice(&bytes);
                 request.push(0);
                 match serde_json::from_slice::<Value>(&bytes) {
-                    Ok(value) if crate::http::json::nul_in(&value).is_some() => {
-                        let at = crate::http::json::nul_in(&value).unwrap_or_default();
+                    Ok(value) if let Some(at) = crate::http::json::nul_in(&value) => {
                         errors.push(FieldError::new(
                             format!("metadata.{at}"),
                             "must not contain the NUL character (U+0000)",

@@ -266,3 +266,63 @@ async fn the_import_policy_acknowledges_allergy_warnings_and_lists_likely_duplic
     std::fs::remove_dir_all(&dir).unwrap();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_run_finds_coverages_and_items_taken_and_stores_nothing() {
+    // Arrange: a patient with a coverage and an allergy, as bulk NDJSON.
+    let app = TestApp::without_kafka().await;
+    let dir = std::env::temp_dir().join(format!("import-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let patient = serde_json::json!({
+        "resourceType": "Patient", "id": "p-9",
+        "name": [{ "use": "official", "family": "Twiceover", "given": ["Ben"] }],
+        "gender": "male", "birthDate": "1980-07-01"
+    });
+    let coverage = serde_json::json!({
+        "resourceType": "Coverage", "id": "c-9", "status": "active",
+        "beneficiary": { "reference": "Patient/p-9" },
+        "payor": [{ "display": "Helsana" }], "subscriberId": "80756-09",
+        "relationship": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/subscriber-relationship", "code": "self" }] },
+        "period": { "start": "2026-01-01" }, "order": 1
+    });
+    let allergy = serde_json::json!({
+        "resourceType": "AllergyIntolerance", "id": "a-9",
+        "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active" }] },
+        "code": { "text": "Peanut" },
+        "patient": { "reference": "Patient/p-9" }
+    });
+    std::fs::write(dir.join("Patient.ndjson"), patient.to_string()).unwrap();
+    std::fs::write(dir.join("Coverage.ndjson"), coverage.to_string()).unwrap();
+    std::fs::write(dir.join("AllergyIntolerance.ndjson"), allergy.to_string()).unwrap();
+
+    // Act
+    let first = import_as(&app, &dir, "clinic-c");
+    let again = import_as(&app, &dir, "clinic-c");
+
+    // Assert
+    assert!(
+        first
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("imported=3 skipped=0 refused=0"),
+        "{first}"
+    );
+    assert!(
+        again
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("imported=0 skipped=0 refused=0"),
+        "{again}"
+    );
+    for kind in ["Patient", "Coverage", "AllergyIntolerance"] {
+        assert_eq!(
+            count(&again, "already imported", kind),
+            1,
+            "{kind}: {again}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    app.stop().await;
+}

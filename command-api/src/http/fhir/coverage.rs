@@ -206,7 +206,7 @@ async fn create(
     write: Write<permission::ChangeCoverages>,
 ) -> Result<Response, ApiError> {
     let (patient, body) = native(&write.resource)?;
-    let coverage_id = uuid::Uuid::new_v4();
+    let coverage_id = write.imported_id.unwrap_or_else(uuid::Uuid::new_v4);
     let coverage = crate::http::input::patient::coverage_body(&body, coverage_id)
         .map_err(|errors| ApiError::Validation(coverage_paths(&errors)))?;
     let at = (state.clock)();
