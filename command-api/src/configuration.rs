@@ -34,7 +34,30 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub documents: DocumentSettings,
     pub scheduling: SchedulingSettings,
+    pub export: ExportSettings,
     pub log: LogSettings,
+}
+
+/// FHIR Bulk Data exports (`$export`): how long their files are kept and how they are cut.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExportSettings {
+    /// A completed (or failed) export is deleted, files and all, this long after it ended.
+    pub expire_after_secs: u64,
+    /// The most resources one file holds; a type with more is cut into several files.
+    pub max_resources_per_file: u32,
+    /// What `Retry-After` tells a client polling an export still running, in seconds.
+    pub retry_after_secs: u32,
+}
+
+impl Default for ExportSettings {
+    /// As `configuration/base.yaml` has them.
+    fn default() -> Self {
+        Self {
+            expire_after_secs: 86_400,
+            max_resources_per_file: 10_000,
+            retry_after_secs: 2,
+        }
+    }
 }
 
 pub use application::settings::SchedulingSettings;
@@ -275,6 +298,33 @@ pub struct AuthSettings {
     /// answers 404; scopes in tokens are honoured either way.
     #[serde(default)]
     pub smart: Option<SmartSettings>,
+    /// SMART Backend Services: the systems (an analytics service, say) allowed to get access
+    /// tokens at `POST /auth/token` by a JWT assertion signed with a key of their registered
+    /// key set.
+    #[serde(default)]
+    pub backend_clients: Vec<BackendClient>,
+    /// How long an access token issued to a backend client lasts.
+    pub backend_token_ttl_secs: u64,
+    /// The public URL of `POST /auth/token`, which backend clients' assertions must name as
+    /// their audience. Unset: the URL the request was sent to (its `Host`), which lets an
+    /// assertion made for another server that shares the client's keys be replayed here.
+    pub backend_token_url: Option<String>,
+}
+
+/// A backend client registered for SMART Backend Services.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BackendClient {
+    /// The client's id: the `iss` and `sub` of its assertions.
+    pub client_id: String,
+    /// The client's public keys (RS384 or ES384, also RS256 and ES256), as a file or a URL.
+    pub jwks_path: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    /// The most the client may be granted: `system/` scopes (space-separated).
+    pub scope: String,
+    /// The roles its tokens act with (narrowed by the scopes granted).
+    pub roles: Vec<String>,
+    /// The client's organization (required when `auth.organization` is set).
+    pub organization: Option<String>,
 }
 
 /// Where SMART apps get their tokens: the identity provider's endpoints and what it supports.

@@ -70,13 +70,15 @@ pub async fn api_router(
     (clock, secrets): (Clock, crate::configuration::Secrets),
 ) -> anyhow::Result<axum::Router> {
     let authenticator = Authenticator::new(&settings.auth)
-        .with_jwks(crate::auth::jwks::Jwks::load(&settings.auth).await?);
+        .with_jwks(crate::auth::jwks::Jwks::load(&settings.auth).await?)
+        .with_backend(crate::auth::backend::BackendServices::load(&settings.auth, pool.clone()).await?);
     let state = AppState::new(pool, authenticator, clock, secrets)
         .with_retention_days(settings.retention.archived_days)
         .with_emergency_limit(settings.auth.break_glass_patients_per_hour)
         .with_documents(&settings.documents)?
         .with_scheduling(settings.scheduling.clone())
         .with_smart(&settings.auth)
+        .with_exports(&settings.export)
         .with_max_in_flight(settings.http.max_in_flight)
         .with_https(settings.http.tls_cert_path.is_some());
     Ok(http::router(

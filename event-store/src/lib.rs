@@ -36,6 +36,7 @@ pub mod bell;
 pub mod chain;
 pub mod command;
 pub mod documents;
+pub mod exports;
 pub mod idempotency;
 pub mod keys;
 pub mod records;

@@ -37,7 +37,7 @@ impl std::fmt::Debug for PatientStore {
 /// What the service keeps beside a patient's events goes in the transaction that forgets the
 /// patient (the data key itself is destroyed by the repository there): idempotency records
 /// (keyed hashes of their requests), stored document contents (sealed, but named by the hash
-/// of the plain bytes), sealed snapshots of their medical record, and scheduling's claimed times, reminders, wait-list entries and unsent
+/// of the plain bytes), sealed snapshots of their medical record, their parts of bulk export files, and scheduling's claimed times, reminders, wait-list entries and unsent
 /// notifications.
 #[derive(Debug, Clone, Copy)]
 pub struct Erasure;
@@ -62,6 +62,7 @@ impl TransactionEffect for Erasure {
                 crate::documents::forget_stored(&mut *tx, id).await?;
                 crate::registration_guard::forget(&mut *tx, id).await?;
                 crate::snapshots::forget(&mut *tx, id).await?;
+                crate::exports::forget(&mut *tx, id).await?;
                 crate::states::forget(id);
                 if let Ok(patient) = PatientId::parse("id", id) {
                     crate::schedule::forget_patient(&mut *tx, patient).await?;

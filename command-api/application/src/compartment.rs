@@ -27,6 +27,7 @@ const MAX_APPOINTMENTS: u32 = 1_000;
 /// A patient's compartment as it stands.
 #[derive(Debug)]
 pub struct Compartment {
+    pub patient_id: PatientId,
     pub patient: Patient,
     /// The patient record's version.
     pub version: u64,
@@ -60,7 +61,23 @@ pub async fn everything(
         loaded.as_ref().map(|(p, _)| p),
     )
     .await?;
-    let (patient, version) = loaded.ok_or(UseCaseError::Refused(Refused::NotFound))?;
+    let loaded = loaded.ok_or(UseCaseError::Refused(Refused::NotFound))?;
+    gather(services, user, id, loaded).await
+}
+
+/// The compartment of patient `id`, loaded already at `version`, as `user` may see it (their
+/// appointments when `user` may read them), with no access decision nor entry: the caller
+/// has made and recorded them ([`everything`], a bulk export).
+///
+/// # Errors
+///
+/// [`UseCaseError::Database`] and store errors.
+pub async fn gather(
+    services: &Services,
+    user: &AuthUser,
+    id: PatientId,
+    (patient, version): (Patient, u64),
+) -> Result<Compartment, UseCaseError> {
     let mut items = Vec::new();
     let (record, _) = services.records.load(id).await?;
     items.extend(record.items().cloned());
@@ -121,6 +138,7 @@ pub async fn everything(
     }
     let changed = changed_at(services, "Patient", &[id.as_uuid()]).await?;
     Ok(Compartment {
+        patient_id: id,
         patient,
         version,
         changed_at: changed.get(&id.to_string()).copied(),

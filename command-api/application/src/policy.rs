@@ -26,6 +26,7 @@
 //! | read resources, availability | x  |     x     |     x     |     x     |         |
 //! | book and move appointments |   x   |     x     |           |     x     |         |
 //! | read appointments    |   x   |     x     |     x     |     x     |         |
+//! | bulk export (FHIR `$export`) | x |       |           |           |         |
 //!
 //! Every authenticated caller may end their own session (logout).
 //!
@@ -147,6 +148,7 @@ actions!(
     ReadSchedule,
     BookAppointments,
     ReadAppointments,
+    BulkExport,
 );
 
 use Role::{Admin, Auditor, Clinician, Importer, Patient, Registrar, Scheduler, Service};
@@ -196,6 +198,7 @@ const POLICY: &[(Action, &[Role])] = &[
         Action::ReadAppointments,
         &[Admin, Registrar, Clinician, Scheduler, Patient],
     ),
+    (Action::BulkExport, &[Admin]),
 ];
 
 /// Whether `role` may do `action`.

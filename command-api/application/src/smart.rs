@@ -87,6 +87,26 @@ impl Scopes {
         grant
     }
 
+    /// The `system/` scopes of `requested` (space-separated) that one of these scopes covers
+    /// (the same or every resource type, at least the same interactions), as text; the others
+    /// are left out. What a backend client is granted of what it asks.
+    pub fn system_scopes_within(&self, requested: &str) -> Vec<String> {
+        requested
+            .split_whitespace()
+            .filter(|text| {
+                scope(text).is_some_and(|asked| {
+                    asked.context == Context::System
+                        && self.0.iter().any(|allowed| {
+                            allowed.context == Context::System
+                                && allowed.interactions & asked.interactions == asked.interactions
+                                && (allowed.resource.is_none() || allowed.resource == asked.resource)
+                        })
+                })
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Whether the token holds no resource scope at all.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -212,5 +232,19 @@ mod tests {
             let scopes = Scopes::parse(text);
             assert!(scopes.is_empty(), "{text}");
         }
+    }
+
+    #[test]
+    fn a_backend_client_is_granted_the_system_scopes_its_registration_covers() {
+        let allowed = Scopes::parse("system/*.rs system/Patient.cruds");
+        assert_eq!(
+            allowed.system_scopes_within(
+                "system/Observation.rs system/Patient.cud system/*.read system/Observation.c user/*.rs patient/*.rs openid"
+            ),
+            ["system/Observation.rs", "system/Patient.cud", "system/*.read"]
+        );
+        assert!(Scopes::parse("system/Patient.rs")
+            .system_scopes_within("system/*.rs")
+            .is_empty());
     }
 }

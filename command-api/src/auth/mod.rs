@@ -4,6 +4,7 @@
 //! is the user's unique identity, recorded with every command; `roles` decide what the user may
 //! do, through [`policy::allows`] only.
 
+pub mod backend;
 pub mod jwks;
 pub mod sessions;
 
@@ -107,6 +108,8 @@ pub struct Authenticator {
     ttl_secs: i64,
     /// The identity provider's keys; when set, only its tokens are accepted.
     jwks: Option<jwks::Jwks>,
+    /// SMART backend clients, and the access tokens issued to them here.
+    backend: Option<backend::BackendServices>,
     idle_timeout: chrono::Duration,
 }
 
@@ -137,6 +140,10 @@ pub enum TokenError {
     BadLaunchContext,
     #[error("the token is issued later than now")]
     IssuedInTheFuture,
+    #[error("the access token was not issued here, or has expired")]
+    UnknownToken,
+    #[error("the token store failed: {0}")]
+    Store(String),
 }
 
 impl Authenticator {
@@ -171,6 +178,7 @@ impl Authenticator {
             audience: settings.audience.clone(),
             organization: settings.organization.clone(),
             jwks: None,
+            backend: None,
             idle_timeout: chrono::Duration::seconds(
                 i64::try_from(settings.idle_timeout_secs).unwrap_or(i64::MAX / 1000),
             ),
@@ -183,6 +191,18 @@ impl Authenticator {
     pub fn with_jwks(mut self, jwks: Option<jwks::Jwks>) -> Self {
         self.jwks = jwks;
         self
+    }
+
+    /// Accepts the access tokens issued here to SMART backend clients, when any is registered.
+    #[must_use]
+    pub fn with_backend(mut self, backend: Option<backend::BackendServices>) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The registered SMART backend clients, if any.
+    pub fn backend(&self) -> Option<&backend::BackendServices> {
+        self.backend.as_ref()
     }
 
     /// How long a session may stay unused before it ends.

@@ -5,7 +5,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
-use crate::auth::{access, sessions, AuthUser, Authorized, Permission, Refused, TokenError};
+use crate::auth::{access, backend, sessions, AuthUser, Authorized, Permission, Refused, TokenError};
 use crate::http::{ApiError, AppState};
 use application::smart;
 
@@ -30,9 +30,13 @@ impl FromRequestParts<AppState> for AuthUser {
                     .eq_ignore_ascii_case("bearer")
                     .then_some(token.trim())
             });
-        let result = match token {
-            Some(token) => state.auth.verify(token).await,
-            None => Err(TokenError::Missing),
+        let result = match (token, state.auth.backend()) {
+            // An access token issued here to a SMART backend client.
+            (Some(token), Some(backend)) if token.starts_with(backend::TOKEN_PREFIX) => {
+                backend.verify(token, (state.clock)()).await
+            }
+            (Some(token), _) => state.auth.verify(token).await,
+            (None, _) => Err(TokenError::Missing),
         };
         let mut user = result.map_err(|e| {
             tracing::info!(error.message = %e, "unauthenticated request");

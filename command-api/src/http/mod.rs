@@ -21,6 +21,7 @@ mod scheduling;
 pub mod server;
 mod sessions;
 pub mod tls;
+mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,14 @@ pub struct AppState {
     pub smart: Option<Arc<crate::configuration::SmartSettings>>,
     /// The identity provider's issuer and key set URL, for SMART discovery.
     pub identity: (Option<String>, Option<String>),
+    /// The public URL of the backend clients' token endpoint (their assertions' audience),
+    /// when configured; else the URL a request reached.
+    pub backend_token_url: Option<String>,
+    /// FHIR Bulk Data exports: where they are kept, how they are cut and kept, and the bell
+    /// that wakes this process's export runner when one is asked for.
+    pub exports: event_store::exports::ExportStore,
+    pub export_settings: crate::configuration::ExportSettings,
+    pub export_bell: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -130,12 +139,16 @@ impl AppState {
             ),
             scheduling: crate::configuration::SchedulingSettings::default(),
             extractor: Arc::new(crate::extraction::Extractor::default()),
-            store: PatientStore::new(pool.clone(), secrets.keys, secrets.chain),
+            store: PatientStore::new(pool.clone(), secrets.keys.clone(), secrets.chain),
             pool: pool.clone(),
             clock,
             retention_days: crate::configuration::DEFAULT_RETENTION_DAYS,
         };
         Self {
+            exports: event_store::exports::ExportStore::new(pool.clone(), secrets.keys),
+            export_settings: crate::configuration::ExportSettings::default(),
+            export_bell: Arc::new(tokio::sync::Notify::new()),
+            backend_token_url: None,
             services,
             idempotency: IdempotencyKeys::new(pool),
             auth: Arc::new(auth),
@@ -166,6 +179,14 @@ impl AppState {
     pub fn with_smart(mut self, auth: &crate::configuration::AuthSettings) -> Self {
         self.smart = auth.smart.clone().map(Arc::new);
         self.identity = (auth.issuer.clone(), auth.jwks_url.clone());
+        self.backend_token_url = auth.backend_token_url.clone();
+        self
+    }
+
+    /// How exports are cut and how long they are kept.
+    #[must_use]
+    pub fn with_exports(mut self, settings: &crate::configuration::ExportSettings) -> Self {
+        self.export_settings = settings.clone();
         self
     }
 
@@ -252,6 +273,20 @@ async fn shed_load(
     next.run(req).await
 }
 
+/// The scheme and authority requests reach this service at (`Host`, checked).
+pub fn origin(state: &AppState, headers: &axum::http::HeaderMap) -> String {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        })
+        .unwrap_or("localhost");
+    let scheme = if state.https { "https" } else { "http" };
+    format!("{scheme}://{host}")
+}
+
 /// The router with every route and layer.
 pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> Router {
     let document_limit = state.document_max_bytes;
@@ -269,6 +304,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .merge(data_keys::router())
         .merge(governance::router())
         .merge(sessions::router())
+        .merge(token::router())
         .merge(health::router())
         .merge(metrics::router())
         .merge(fhir::router())

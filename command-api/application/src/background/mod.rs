@@ -150,16 +150,18 @@ pub async fn run(
                 () = tokio::time::sleep(STANDBY_POLL) => continue,
             }
         }
-        // Expired idempotency records and registration guards go, about once a minute.
+        // Expired idempotency records, registration guards and bulk exports go, about once a
+        // minute.
         if swept_at.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
             let swept = async {
                 idempotency.sweep(clock()).await?;
+                event_store::exports::sweep(store.pool(), clock()).await?;
                 event_store::registration_guard::sweep(store.pool(), clock()).await
             };
             match swept.await {
                 Ok(_) => swept_at = Some(std::time::Instant::now()),
                 Err(e) => {
-                    tracing::warn!(error.message = %e, "expired idempotency records and registration guards stay for now")
+                    tracing::warn!(error.message = %e, "expired idempotency records, registration guards and exports stay for now")
                 }
             }
         }

@@ -13,7 +13,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, SecondsFormat, Utc};
-use domain::patient::PatientId;
+use application::compartment::Compartment;
+use domain::patient::{PatientId, PatientRecord};
 use domain::{FieldError, FieldErrors};
 use serde_json::{json, Value};
 
@@ -148,38 +149,7 @@ pub async fn everything(
         ));
     };
 
-    // Each resource with when it last changed (the patient record's time for what it holds).
-    let mut resources: Vec<(Value, Option<DateTime<Utc>>)> = Vec::new();
-    let version = compartment.version;
-    let record_changed = compartment.changed_at;
-    let mut patient = super::patient::to_fhir(record, version);
-    last_updated(&mut patient, record_changed);
-    resources.push((patient, record_changed));
-    for coverage in &record.coverages {
-        let body = super::coverage::COVERAGE.versioned(id, coverage, version);
-        resources.push((body, record_changed));
-    }
-    for consent in &record.governance.consents {
-        let body = super::consent::CONSENT.versioned(id, consent, version);
-        resources.push((body, record_changed));
-    }
-    let mut items: Vec<_> = compartment
-        .items
-        .iter()
-        .filter_map(|item| Some((resource_type(item.content.kind())?, item)))
-        .collect();
-    items.sort_by_key(|(name, item)| (TYPES.iter().position(|t| t == name), item.item_id));
-    for (_, item) in items {
-        let body = super::clinical::to_fhir(id, item);
-        resources.push((body, Some(item.updated_at)));
-    }
-    for (appointment_id, version, appointment, changed) in &compartment.appointments {
-        if let Some(current) = appointment.state() {
-            let mut body = super::appointment::to_fhir(*appointment_id, *version, current);
-            last_updated(&mut body, *changed);
-            resources.push((body, *changed));
-        }
-    }
+    let resources = resources_of(&compartment, record);
 
     // A SMART app sees only the types its scopes let it read.
     let readable = |body: &Value| {
@@ -228,6 +198,48 @@ pub async fn everything(
             entries,
         ),
     ))
+}
+
+/// The resources of `compartment` (whose patient's record is `record`), in the order a
+/// compartment lists them, each with when it last changed (the patient record's time for what
+/// the record holds: coverages, consents).
+pub fn resources_of(
+    compartment: &Compartment,
+    record: &PatientRecord,
+) -> Vec<(Value, Option<DateTime<Utc>>)> {
+    let id = compartment.patient_id;
+    let mut resources: Vec<(Value, Option<DateTime<Utc>>)> = Vec::new();
+    let version = compartment.version;
+    let record_changed = compartment.changed_at;
+    let mut patient = super::patient::to_fhir(record, version);
+    last_updated(&mut patient, record_changed);
+    resources.push((patient, record_changed));
+    for coverage in &record.coverages {
+        let body = super::coverage::COVERAGE.versioned(id, coverage, version);
+        resources.push((body, record_changed));
+    }
+    for consent in &record.governance.consents {
+        let body = super::consent::CONSENT.versioned(id, consent, version);
+        resources.push((body, record_changed));
+    }
+    let mut items: Vec<_> = compartment
+        .items
+        .iter()
+        .filter_map(|item| Some((resource_type(item.content.kind())?, item)))
+        .collect();
+    items.sort_by_key(|(name, item)| (TYPES.iter().position(|t| t == name), item.item_id));
+    for (_, item) in items {
+        let body = super::clinical::to_fhir(id, item);
+        resources.push((body, Some(item.updated_at)));
+    }
+    for (appointment_id, version, appointment, changed) in &compartment.appointments {
+        if let Some(current) = appointment.state() {
+            let mut body = super::appointment::to_fhir(*appointment_id, *version, current);
+            last_updated(&mut body, *changed);
+            resources.push((body, *changed));
+        }
+    }
+    resources
 }
 
 /// Sets `meta.lastUpdated` of `body` to `changed`, when known.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use application::policy::Action;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -453,19 +453,11 @@ async fn create(
     Ok(answer)
 }
 
-/// The scheme and host the caller reached: the start of absolute URLs.
+/// The FHIR base URL the caller reached: the start of absolute URLs.
 pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .filter(|h| {
-            h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-        })
-        .unwrap_or("localhost");
-    let scheme = if state.https { "https" } else { "http" };
-    format!("{scheme}://{host}{BASE}")
+    format!("{}{BASE}", crate::http::origin(state, headers))
 }
+
 
 /// `GET /Patient/{id}`.
 async fn read(
