@@ -330,7 +330,9 @@ pub struct BackendClient {
 /// Where SMART apps get their tokens: the identity provider's endpoints and what it supports.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SmartSettings {
-    pub authorization_endpoint: String,
+    /// Where apps are sent to log in (unset for an authorization server of backend clients
+    /// only).
+    pub authorization_endpoint: Option<String>,
     pub token_endpoint: String,
     /// The grant types the authorization server supports.
     #[serde(default = "default_grant_types")]

@@ -69,9 +69,29 @@ pub async fn api_router(
     pool: PgPool,
     (clock, secrets): (Clock, crate::configuration::Secrets),
 ) -> anyhow::Result<axum::Router> {
+    let state = api_state(settings, pool, (clock, secrets)).await?;
+    Ok(http::router(
+        state,
+        Duration::from_secs(settings.http.request_timeout_secs),
+        settings.http.body_limit_bytes,
+    ))
+}
+
+/// The API's state: its services, authentication and settings.
+///
+/// # Errors
+///
+/// When a key set cannot be read or the document settings are wrong.
+pub async fn api_state(
+    settings: &Settings,
+    pool: PgPool,
+    (clock, secrets): (Clock, crate::configuration::Secrets),
+) -> anyhow::Result<AppState> {
     let authenticator = Authenticator::new(&settings.auth)
         .with_jwks(crate::auth::jwks::Jwks::load(&settings.auth).await?)
-        .with_backend(crate::auth::backend::BackendServices::load(&settings.auth, pool.clone()).await?);
+        .with_backend(
+            crate::auth::backend::BackendServices::load(&settings.auth, pool.clone()).await?,
+        );
     let state = AppState::new(pool, authenticator, clock, secrets)
         .with_retention_days(settings.retention.archived_days)
         .with_emergency_limit(settings.auth.break_glass_patients_per_hour)
@@ -81,11 +101,7 @@ pub async fn api_router(
         .with_exports(&settings.export)
         .with_max_in_flight(settings.http.max_in_flight)
         .with_https(settings.http.tls_cert_path.is_some());
-    Ok(http::router(
-        state,
-        Duration::from_secs(settings.http.request_timeout_secs),
-        settings.http.body_limit_bytes,
-    ))
+    Ok(state)
 }
 
 pub async fn connect(
@@ -334,7 +350,16 @@ impl Service {
                     tracing::warn!("HS256 tokens are accepted without an issuer and audience: set auth.issuer and auth.audience");
                 }
             }
-            let router = api_router(settings, pool.clone(), (clock, secrets)).await?;
+            let state = api_state(settings, pool.clone(), (clock, secrets)).await?;
+            tasks.spawn(http::fhir::export_runner::run(
+                state.clone(),
+                shutdown.clone(),
+            ));
+            let router = http::router(
+                state,
+                Duration::from_secs(settings.http.request_timeout_secs),
+                settings.http.body_limit_bytes,
+            );
             let tls = match (&settings.http.tls_cert_path, &settings.http.tls_key_path) {
                 (Some(cert), Some(key)) => Some(http::tls::server_config(cert, key)?),
                 (None, None) => None,

@@ -434,7 +434,11 @@ impl ExportStore {
         let patients: Vec<String> = rows
             .iter()
             .filter(|row| row.try_get::<bool, _>("patient_key").unwrap_or(false))
-            .filter_map(|row| row.try_get::<Option<String>, _>("patient_id").ok().flatten())
+            .filter_map(|row| {
+                row.try_get::<Option<String>, _>("patient_id")
+                    .ok()
+                    .flatten()
+            })
             .collect();
         let keys = self.keys.data_keys(&self.pool, &patients).await?;
         let export_key = self.export_key(export_id);

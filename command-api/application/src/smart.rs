@@ -99,7 +99,8 @@ impl Scopes {
                         && self.0.iter().any(|allowed| {
                             allowed.context == Context::System
                                 && allowed.interactions & asked.interactions == asked.interactions
-                                && (allowed.resource.is_none() || allowed.resource == asked.resource)
+                                && (allowed.resource.is_none()
+                                    || allowed.resource == asked.resource)
                         })
                 })
             })

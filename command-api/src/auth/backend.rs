@@ -211,14 +211,19 @@ impl BackendServices {
         .fetch_optional(&self.pool)
         .await?;
         if first_use.is_none() {
-            return Err(OAuthError::InvalidClient("the assertion's jti was used before"));
+            return Err(OAuthError::InvalidClient(
+                "the assertion's jti was used before",
+            ));
         }
         let granted = client.allowed.system_scopes_within(requested);
         if granted.is_empty() {
             return Err(OAuthError::InvalidScope);
         }
         let scope = granted.join(" ");
-        let token = format!("{TOKEN_PREFIX}{}", B64.encode(schemas::sealed::random_key()));
+        let token = format!(
+            "{TOKEN_PREFIX}{}",
+            B64.encode(schemas::sealed::random_key())
+        );
         sqlx::query("DELETE FROM backend_access_tokens WHERE expires_at < $1")
             .bind(now)
             .execute(&self.pool)
@@ -275,7 +280,9 @@ impl BackendServices {
                 return Err(bad("the jku header is not the client's registered key set"));
             }
         }
-        let kid = header.kid.ok_or(bad("the assertion's header names no kid"))?;
+        let kid = header
+            .kid
+            .ok_or(bad("the assertion's header names no kid"))?;
         let key = client
             .keys
             .key_for(&kid, header.alg)

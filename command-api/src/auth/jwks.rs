@@ -30,7 +30,11 @@ impl Source {
     /// # Errors
     ///
     /// When both are given.
-    pub fn of(path: Option<&PathBuf>, url: Option<&String>, what: &str) -> anyhow::Result<Option<Self>> {
+    pub fn of(
+        path: Option<&PathBuf>,
+        url: Option<&String>,
+        what: &str,
+    ) -> anyhow::Result<Option<Self>> {
         match (path, url) {
             (None, None) => Ok(None),
             (Some(_), Some(_)) => anyhow::bail!("set {what}jwks_path or {what}jwks_url, not both"),
@@ -148,7 +152,11 @@ impl KeySet {
     ///
     /// [`TokenError::UnknownKey`] when the set has no such key (after fetching it again, if
     /// allowed now), [`TokenError::Algorithm`] when the key is of another kind.
-    pub async fn key_for(&self, kid: &str, algorithm: Algorithm) -> Result<DecodingKey, TokenError> {
+    pub async fn key_for(
+        &self,
+        kid: &str,
+        algorithm: Algorithm,
+    ) -> Result<DecodingKey, TokenError> {
         let mut found = self.key(kid);
         if found.is_none() && matches!(self.source, Source::Url(_)) && self.may_refetch() {
             match self.fetch().await {

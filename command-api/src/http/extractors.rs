@@ -5,7 +5,9 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
-use crate::auth::{access, backend, sessions, AuthUser, Authorized, Permission, Refused, TokenError};
+use crate::auth::{
+    access, backend, sessions, AuthUser, Authorized, Permission, Refused, TokenError,
+};
 use crate::http::{ApiError, AppState};
 use application::smart;
 
@@ -125,7 +127,7 @@ fn scoped(
 }
 
 /// The FHIR resource type and interaction of a request to `path` within the FHIR API: `None`
-/// for a Bundle posted to the base. A document's bytes (`Binary`) are read as
+/// for a Bundle posted to the base and for bulk exports (checked by their handlers). A document's bytes (`Binary`) are read as
 /// its DocumentReference; `Patient/{id}/$everything` is a read of the Patient (the answer holds
 /// only the types the scopes let the caller read) and `$match` a search.
 fn fhir_interaction(
@@ -136,6 +138,11 @@ fn fhir_interaction(
     use smart::Interaction::{Create, Delete, Read, Search, Update};
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let &first = segments.first()?;
+    // A bulk export is granted type by type by its kick-off, and its status and files are
+    // its caller's only.
+    if first == "bulk-export" || segments.contains(&"$export") {
+        return None;
+    }
     let resource_type = crate::http::fhir::RESOURCE_TYPES
         .iter()
         .copied()

@@ -21,7 +21,7 @@ mod scheduling;
 pub mod server;
 mod sessions;
 pub mod tls;
-mod token;
+pub(crate) mod token;
 
 use std::sync::Arc;
 use std::time::Duration;

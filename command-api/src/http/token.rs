@@ -43,7 +43,10 @@ async fn token(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
     if !form {
         return Ok(oauth_error(
             StatusCode::BAD_REQUEST,
@@ -82,8 +85,12 @@ async fn token(
         Err(e) => {
             tracing::info!(error.message = %e, "backend token request refused");
             let (status, code, description) = match &e {
-                OAuthError::InvalidClient(why) => (StatusCode::UNAUTHORIZED, "invalid_client", *why),
-                OAuthError::InvalidRequest(why) => (StatusCode::BAD_REQUEST, "invalid_request", *why),
+                OAuthError::InvalidClient(why) => {
+                    (StatusCode::UNAUTHORIZED, "invalid_client", *why)
+                }
+                OAuthError::InvalidRequest(why) => {
+                    (StatusCode::BAD_REQUEST, "invalid_request", *why)
+                }
                 OAuthError::UnsupportedGrantType => (
                     StatusCode::BAD_REQUEST,
                     "unsupported_grant_type",

@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod changes;
 mod embedded;
+mod export;
 pub(crate) mod fhir;
 mod hardening;
 mod health;

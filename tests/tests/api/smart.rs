@@ -232,7 +232,7 @@ async fn smart_discovery_names_the_authorization_server_and_404s_without_one() {
         configure: Some(std::sync::Arc::new(|settings| {
             settings.auth.issuer = Some("https://idp.test".into());
             settings.auth.smart = Some(command_api::configuration::SmartSettings {
-                authorization_endpoint: "https://idp.test/authorize".into(),
+                authorization_endpoint: Some("https://idp.test/authorize".into()),
                 token_endpoint: "https://idp.test/token".into(),
                 grant_types_supported: vec!["authorization_code".into()],
                 token_endpoint_auth_methods_supported: vec!["private_key_jwt".into()],
@@ -319,7 +319,7 @@ async fn a_smart_app_from_the_registry_launches_against_a_registry_token_issuer(
             settings.auth.issuer = Some(configured.clone());
             settings.auth.audience = Some(AUDIENCE.into());
             settings.auth.smart = Some(command_api::configuration::SmartSettings {
-                authorization_endpoint: format!("{configured}/authorize"),
+                authorization_endpoint: Some(format!("{configured}/authorize")),
                 token_endpoint: format!("{configured}/token"),
                 grant_types_supported: vec!["authorization_code".into()],
                 token_endpoint_auth_methods_supported: vec!["none".into()],

@@ -6,7 +6,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::patient::{base_url, SEARCH_PARAMS};
-use super::{appointment, clinical, everything, reference, resource, schedule};
+use super::{appointment, clinical, everything, export, reference, resource, schedule};
 use crate::http::AppState;
 
 /// The resources served, each with its interactions and search parameters.
@@ -48,6 +48,10 @@ fn resources() -> Vec<Value> {
             "name": "match",
             "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
             "documentation": "The service's matcher: candidates graded certain, probable or possible (match-grade extension), search.score the probability from the matcher's weight",
+        }, {
+            "name": "export",
+            "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+            "documentation": "FHIR Bulk Data export of every patient's compartment the caller may read: as the system-level $export",
         }, {
             "name": "everything",
             "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
@@ -212,6 +216,7 @@ pub fn capability_statement(base: &str, date: &str) -> Value {
         },
         "fhirVersion": "4.0.1",
         "format": ["json"],
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "rest": [{
             "mode": "server",
             "documentation": "JSON only (application/fhir+json); XML answers 415. Every error is an OperationOutcome. Results page with _count (1 to 100) and _offset. Updates need If-Match: W/\"n\" (412 when stale) and may give their reason in X-Change-Reason. A medication refused by an allergy warning (409, issue code business-rule, diagnostics starting allergy-warning, one warning issue per allergy) is recorded when sent again with X-Acknowledge-Allergy-Warnings listing those allergies' ids.",
@@ -225,6 +230,14 @@ pub fn capability_statement(base: &str, date: &str) -> Value {
             }, {
                 "code": "transaction",
                 "documentation": "POST a transaction Bundle to the base: all or nothing, in one database transaction. Creates run first (urn:uuid: fullUrls resolved in references), then updates, then reads. Writes Patient, Coverage, Consent and the clinical resources; an Appointment is booked on its own. The first entry to fail fails the Bundle with its OperationOutcome (expressions located in the Bundle).",
+            }],
+            "operation": [{
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                "documentation": format!(
+                    "FHIR Bulk Data export, system level (every patient's compartment and the practitioners, locations, devices and schedules; Patient/$export: the compartments only). Prefer: respond-async; the status URL answers 202 with Retry-After, then the manifest; DELETE cancels. Needs the admin role (a SMART backend client's token from POST /auth/token, scopes system/*.rs). Parameters: {}",
+                    export::PARAMS.iter().map(|(name, _, what)| format!("{name} ({what})")).collect::<Vec<_>>().join("; "),
+                ),
             }],
         }],
     })

@@ -9,11 +9,11 @@
 
 use std::collections::HashMap;
 
+use application::compartment::Compartment;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, SecondsFormat, Utc};
-use application::compartment::Compartment;
 use domain::patient::{PatientId, PatientRecord};
 use domain::{FieldError, FieldErrors};
 use serde_json::{json, Value};

@@ -17,6 +17,8 @@ mod consent;
 mod coverage;
 mod document;
 mod everything;
+mod export;
+pub mod export_runner;
 mod patient;
 mod patient_contacts;
 mod patient_update;
@@ -83,6 +85,7 @@ pub fn router() -> Router<AppState> {
         )
         .merge(patient::router())
         .route("/Patient/{id}/$everything", get(everything::everything))
+        .merge(export::router())
         .merge(patient_update::router())
         .merge(clinical::router())
         .merge(document::router())

@@ -458,7 +458,6 @@ pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     format!("{}{BASE}", crate::http::origin(state, headers))
 }
 
-
 /// `GET /Patient/{id}`.
 async fn read(
     State(state): State<AppState>,

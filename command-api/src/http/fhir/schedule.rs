@@ -55,7 +55,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// A practitioner's schedule.
-fn to_schedule(r: &Resource) -> Value {
+pub fn to_schedule(r: &Resource) -> Value {
     let mut schedule = json!({
         "resourceType": "Schedule",
         "id": r.id,
