@@ -291,8 +291,9 @@ impl Ids {
     }
 }
 
-/// The id derived from the source, type and source id.
-fn derived(source: &str, kind: &str, id: &str) -> Uuid {
+/// The id derived from the source, type and source id: what the import gives a resource
+/// (a patient, an item) it brings.
+pub fn derived(source: &str, kind: &str, id: &str) -> Uuid {
     Uuid::new_v5(&NAMESPACE, format!("{source}/{kind}/{id}").as_bytes())
 }
 

@@ -170,8 +170,9 @@ impl ExportStore {
         }))
     }
 
-    /// Renews the lease of `claim` and records its progress. False when the run no longer
-    /// holds the export (cancelled, or taken over): it must stop.
+    /// Renews the lease of `claim` and records its progress (`done` of `total` patients, the
+    /// total unknown yet when `None`). False when the run no longer holds the export
+    /// (cancelled, or taken over): it must stop.
     ///
     /// # Errors
     ///
@@ -179,7 +180,7 @@ impl ExportStore {
     pub async fn renew(
         &self,
         claim: &Claim,
-        (done, total): (i32, i32),
+        (done, total): (i32, Option<i32>),
         (now, lease): (DateTime<Utc>, chrono::Duration),
     ) -> Result<bool, sqlx::Error> {
         let renewed = sqlx::query(

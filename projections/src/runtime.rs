@@ -251,6 +251,48 @@ pub async fn parked_counts(pool: &PgPool) -> Result<Vec<ParkedCount>, sqlx::Erro
         .collect())
 }
 
+/// How many aggregates of `aggregate_types` have events at or before the event store's global
+/// `position` that `projector` (a read model ordered per aggregate) has not applied yet: 0
+/// once its read model holds everything the store held at `position`.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn behind(
+    pool: &PgPool,
+    projector: &str,
+    aggregate_types: &[&str],
+    position: i64,
+) -> Result<i64, sqlx::Error> {
+    // A projector knows an aggregate by its id on the patient topic, else by topic and id
+    // ([`aggregate_of`]).
+    let prefixes: Vec<String> = aggregate_types
+        .iter()
+        .map(|t| match schemas::topics::for_aggregate_type(t) {
+            Some(schemas::topics::PATIENT) | None => String::new(),
+            Some(topic) => format!("{topic}/"),
+        })
+        .collect();
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (
+            SELECT k.prefix || e.aggregate_id AS aggregate_id, max(e.sequence) AS last
+              FROM events e
+              JOIN unnest($2::text[], $3::text[]) AS k(aggregate_type, prefix)
+                ON k.aggregate_type = e.aggregate_type
+             WHERE e.position <= $4
+             GROUP BY 1) AS stored
+          LEFT JOIN projections.applied_sequences a
+            ON a.projector = $1 AND a.aggregate_id = stored.aggregate_id
+         WHERE coalesce(a.last_sequence, 0) < stored.last",
+    )
+    .bind(projector)
+    .bind(aggregate_types)
+    .bind(&prefixes)
+    .bind(position)
+    .fetch_one(pool)
+    .await
+}
+
 async fn park_in(
     conn: &mut PgConnection,
     projector: &str,

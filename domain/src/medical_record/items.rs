@@ -160,6 +160,10 @@ pub struct Medication {
     pub route: Option<Route>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequency: Option<Frequency>,
+    /// Taken as needed with no schedule (FHIR `asNeededBoolean` without a timing); with a
+    /// schedule, the frequency says it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub as_needed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<NaiveDate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -82,13 +82,16 @@ pub mod systems {
 }
 
 /// A clinical concept: what a person reads (`text`) and, optionally, the code a system
-/// assigns it (FHIR `CodeableConcept` with one coding).
+/// assigns it with the code system's display for it (FHIR `CodeableConcept` with one coding).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Concept {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// How the code system displays the code (FHIR `Coding.display`), as the source gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
     pub text: String,
 }
 
@@ -110,7 +113,34 @@ impl Concept {
         code: Option<&str>,
         text_value: Option<&str>,
     ) -> Result<Self, FieldErrors> {
+        Self::parse_displayed(field, (system, code, None), text_value)
+    }
+
+    /// As [`Concept::parse`], with the code system's `display` of the code (only with a code).
+    ///
+    /// # Errors
+    ///
+    /// Every rejected part, by its path.
+    pub fn parse_displayed(
+        field: &str,
+        (system, code, display): (Option<&str>, Option<&str>, Option<&str>),
+        text_value: Option<&str>,
+    ) -> Result<Self, FieldErrors> {
         let mut errors = FieldErrors::new();
+        let display = display.and_then(|d| {
+            errors.check(text(
+                &format!("{field}.display"),
+                d,
+                MAX_CONCEPT_TEXT,
+                false,
+            ))
+        });
+        if display.is_some() && code.is_none() {
+            errors.push(FieldError::new(
+                format!("{field}.display"),
+                "is the display of a code: give the code too",
+            ));
+        }
         let text_value = match text_value {
             Some(t) => errors.check(text(&format!("{field}.text"), t, MAX_CONCEPT_TEXT, false)),
             None => {
@@ -135,6 +165,7 @@ impl Concept {
         Ok(Self {
             system,
             code,
+            display,
             text: text_value.unwrap_or_default(),
         })
     }

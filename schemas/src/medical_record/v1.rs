@@ -26,6 +26,9 @@ pub struct Concept {
     pub system: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// How the code system displays the code, as the source gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
     pub text: String,
 }
 
@@ -94,6 +97,9 @@ pub struct Medication {
     pub route: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequency: Option<Frequency>,
+    /// Taken as needed with no schedule; with a schedule, `frequency.as_needed` says it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub as_needed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<NaiveDate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -17,7 +17,7 @@ use crate::medical_records::{allergy, clinician, patient_in_care};
 const ADMIN: &str = "admin-export";
 
 /// Kicks off `path` (under the FHIR base) as `token`: the status URL.
-async fn kick_off(app: &TestApp, token: &str, path: &str) -> String {
+pub(crate) async fn kick_off(app: &TestApp, token: &str, path: &str) -> String {
     let response = app
         .client
         .get(format!("{}/fhir/R4{path}", app.address))
@@ -35,7 +35,7 @@ async fn kick_off(app: &TestApp, token: &str, path: &str) -> String {
 }
 
 /// Polls `status_url` as `token` until the manifest comes (within the deadline).
-async fn completed(app: &TestApp, token: &str, status_url: &str) -> Value {
+pub(crate) async fn completed(app: &TestApp, token: &str, status_url: &str) -> Value {
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
         let response = app
@@ -78,7 +78,7 @@ async fn lines_of(app: &TestApp, token: &str, url: &str) -> Vec<Value> {
 }
 
 /// Every resource of a manifest, by type, each checked against HL7's schema.
-async fn exported(app: &TestApp, token: &str, manifest: &Value) -> Vec<Value> {
+pub(crate) async fn exported(app: &TestApp, token: &str, manifest: &Value) -> Vec<Value> {
     let mut all = Vec::new();
     for output in manifest["output"].as_array().unwrap() {
         let lines = lines_of(app, token, output["url"].as_str().unwrap()).await;

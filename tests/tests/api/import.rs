@@ -326,3 +326,336 @@ async fn a_second_run_finds_coverages_and_items_taken_and_stores_nothing() {
     std::fs::remove_dir_all(&dir).unwrap();
     app.stop().await;
 }
+
+/// The elements the README lists as stored, per type of the source.
+const STORED: &[(&str, &[&str])] = &[
+    (
+        "Patient",
+        &[
+            "name",
+            "telecom",
+            "gender",
+            "birthDate",
+            "address",
+            "maritalStatus",
+            "communication",
+        ],
+    ),
+    (
+        "Encounter",
+        &[
+            "status",
+            "class",
+            "type",
+            "period",
+            "participant",
+            "reasonCode",
+        ],
+    ),
+    (
+        "Observation",
+        &[
+            "status",
+            "category",
+            "code",
+            "effectiveDateTime",
+            "valueQuantity",
+            "valueString",
+            "valueCodeableConcept",
+            "interpretation",
+            "referenceRange",
+            "component",
+            "issued",
+        ],
+    ),
+    (
+        "Condition",
+        &[
+            "clinicalStatus",
+            "category",
+            "severity",
+            "code",
+            "onsetDateTime",
+            "abatementDateTime",
+            "recordedDate",
+        ],
+    ),
+    // Held as the MedicationStatement of an order: the medication, the prescriber, the
+    // order's time as the start and its dosage.
+    (
+        "MedicationRequest",
+        &[
+            "medicationCodeableConcept",
+            "authoredOn",
+            "requester",
+            "dosageInstruction",
+        ],
+    ),
+    (
+        "Immunization",
+        &[
+            "status",
+            "vaccineCode",
+            "occurrenceDateTime",
+            "lotNumber",
+            "site",
+            "route",
+            "performer",
+            "recorded",
+        ],
+    ),
+    (
+        "Procedure",
+        &[
+            "status",
+            "code",
+            "performedDateTime",
+            "performedPeriod",
+            "performer",
+            "reasonCode",
+        ],
+    ),
+];
+
+/// Whether `exported` holds all of `source`: the same values (instants as instants, a
+/// coding's `text` and other elements added are not a change), extensions aside (the README
+/// lists none as stored).
+fn holds(source: &Value, exported: &Value) -> bool {
+    match (source, exported) {
+        (Value::Object(source), Value::Object(exported)) => source
+            .iter()
+            .filter(|(key, _)| *key != "extension")
+            .all(|(key, value)| exported.get(key).is_some_and(|e| holds(value, e))),
+        (Value::Array(source), Value::Array(exported)) => {
+            source.len() == exported.len() && source.iter().zip(exported).all(|(s, e)| holds(s, e))
+        }
+        (Value::String(s), Value::String(e)) => {
+            s == e
+                || matches!(
+                    (chrono::DateTime::parse_from_rfc3339(s), chrono::DateTime::parse_from_rfc3339(e)),
+                    (Ok(s), Ok(e)) if s == e
+                )
+        }
+        (Value::Number(s), Value::Number(e)) => s.as_f64() == e.as_f64(),
+        _ => source == exported,
+    }
+}
+
+/// Whether `exported` keeps the `element` of a `kind` as the README says it is stored.
+fn kept(kind: &str, element: &str, source: &Value, exported: &Value) -> bool {
+    let digits = |v: &Value| -> String {
+        v.as_str()
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect()
+    };
+    let codes = |v: &Value| -> Vec<(Value, Value)> {
+        v["coding"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| (c["system"].clone(), c["code"].clone()))
+            .collect()
+    };
+    match (kind, element) {
+        // Kept to the day.
+        ("Condition", "onsetDateTime" | "abatementDateTime")
+        | ("Immunization", "occurrenceDateTime")
+        | ("MedicationRequest", "authoredOn") => {
+            source.as_str().and_then(|s| s.get(..10)) == exported.as_str()
+        }
+        // When the item was recorded here (the import), not in the source.
+        ("Condition", "recordedDate")
+        | ("Observation", "issued")
+        | ("Immunization", "recorded") => exported.is_string(),
+        // The official name; phones in E.164 (the number the same); the patient's codes as
+        // codes (their display is HL7's, not the source's).
+        ("Patient", "name") => {
+            let official: Vec<Value> = source
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["use"] == "official")
+                .cloned()
+                .collect();
+            holds(
+                &Value::Array(official),
+                &Value::Array(exported.as_array().unwrap()[..1].to_vec()),
+            )
+        }
+        ("Patient", "telecom") => source.as_array().unwrap().iter().all(|t| {
+            exported.as_array().unwrap().iter().any(|e| {
+                e["system"] == t["system"] && digits(&e["value"]).ends_with(&digits(&t["value"]))
+            })
+        }),
+        // Codes of HL7's own code systems, kept as codes (their display is HL7's).
+        ("Patient", "maritalStatus") => codes(source) == codes(exported),
+        ("Observation", "category") => {
+            source
+                .as_array()
+                .map(|s| s.iter().map(codes).collect::<Vec<_>>())
+                == exported.as_array().map(|e| e.iter().map(codes).collect())
+        }
+        ("Patient", "communication") => source
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(exported.as_array().unwrap())
+            .all(|(s, e)| codes(&s["language"]) == codes(&e["language"])),
+        // The practitioner as the user the reference names (the id the import gave them).
+        // The first dosage: its timing, as needed, route and dose.
+        ("MedicationRequest", "dosageInstruction") => {
+            let (source, exported) = (&source[0], &exported[0]);
+            ["timing", "asNeededBoolean", "route"]
+                .iter()
+                .all(|key| source[key].is_null() || holds(&source[key], &exported[key]))
+                && (source["doseAndRate"][0]["doseQuantity"].is_null()
+                    || holds(
+                        &source["doseAndRate"][0]["doseQuantity"],
+                        &exported["doseAndRate"][0]["doseQuantity"],
+                    ))
+        }
+        ("MedicationRequest", "requester") => {
+            let id = source["reference"].as_str().unwrap_or_default();
+            let id = id.rsplit(['/', ':']).next().unwrap_or_default();
+            exported["display"].as_str()
+                == Some(&*format!(
+                    "import-{}",
+                    command_api::import::derived("synthea", "Practitioner", id).simple()
+                ))
+        }
+        ("Encounter", "participant") | ("Immunization" | "Procedure", "performer") => {
+            let named = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| {
+                        let who = if p["individual"].is_object() {
+                            &p["individual"]
+                        } else {
+                            &p["actor"]
+                        };
+                        let reference = who["reference"].as_str()?;
+                        let id = reference.rsplit(['/', ':']).next()?;
+                        Some(format!(
+                            "import-{}",
+                            command_api::import::derived("synthea", "Practitioner", id).simple()
+                        ))
+                    })
+                    .collect()
+            };
+            let shown: Vec<String> = exported
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    let who = if p["individual"].is_object() {
+                        &p["individual"]
+                    } else {
+                        &p["actor"]
+                    };
+                    who["display"].as_str().map(str::to_owned)
+                })
+                .collect();
+            named(source) == shown
+        }
+        _ => holds(source, exported),
+    }
+}
+
+#[tokio::test]
+async fn a_bulk_export_gives_back_every_element_the_import_stored() {
+    // Arrange: Synthea's sample patients imported.
+    let app = TestApp::without_kafka().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/synthea");
+    let report = import(&app, &dir);
+
+    // Act: everything exported.
+    let admin = app.token("admin-1", &["admin"]);
+    let status_url = crate::export::kick_off(&app, &admin, "/$export").await;
+    let manifest = crate::export::completed(&app, &admin, &status_url).await;
+    let exported = crate::export::exported(&app, &admin, &manifest).await;
+
+    // Assert: each source resource of a type held is exported (unless refused), with every
+    // stored element as the source had it.
+    let by_id: std::collections::HashMap<String, &Value> = exported
+        .iter()
+        .filter_map(|r| {
+            let id = r["id"].as_str()?;
+            let key = if r["resourceType"] == "Patient" {
+                r["identifier"]
+                    .as_array()?
+                    .iter()
+                    .find(|i| i["system"] == "urn:patient-service:import:synthea")?["value"]
+                    .as_str()?
+                    .to_owned()
+            } else {
+                id.get(32..)?.to_owned()
+            };
+            Some((key, r))
+        })
+        .collect();
+    let mut differences: std::collections::BTreeMap<String, (usize, String)> =
+        std::collections::BTreeMap::new();
+    let mut compared = 0;
+    let mut missing = std::collections::BTreeMap::<String, usize>::new();
+    for file in std::fs::read_dir(&dir).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let bundle: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for entry in bundle["entry"].as_array().unwrap() {
+            let source = &entry["resource"];
+            let kind = source["resourceType"].as_str().unwrap();
+            let Some((_, elements)) = STORED.iter().find(|(t, _)| *t == kind) else {
+                continue;
+            };
+            let source_id = source["id"].as_str().unwrap();
+            let key = if kind == "Patient" {
+                source_id.to_owned()
+            } else {
+                command_api::import::derived("synthea", kind, source_id)
+                    .simple()
+                    .to_string()
+            };
+            let Some(exported) = by_id.get(&key) else {
+                *missing.entry(kind.to_owned()).or_default() += 1;
+                continue;
+            };
+            compared += 1;
+            for element in *elements {
+                let shown = match (kind, *element) {
+                    ("MedicationRequest", "authoredOn") => &exported["effectivePeriod"]["start"],
+                    ("MedicationRequest", "requester") => &exported["informationSource"],
+                    ("MedicationRequest", "dosageInstruction") => &exported["dosage"],
+                    _ => &exported[element],
+                };
+                if source[element].is_null() || kept(kind, element, &source[element], shown) {
+                    continue;
+                }
+                let slot = differences
+                    .entry(format!("{kind}.{element}"))
+                    .or_insert((0, String::new()));
+                slot.0 += 1;
+                if slot.1.is_empty() {
+                    slot.1 = format!("source {} exported {}", source[element], exported[element]);
+                }
+            }
+        }
+    }
+    for (kind, n) in &missing {
+        assert_eq!(
+            count(&report, "refused", kind) as usize,
+            *n,
+            "{kind}: only refused resources are missing from the export\n{report}"
+        );
+    }
+    assert!(compared > 1_000, "{compared}");
+    assert!(
+        differences.is_empty(),
+        "{compared} compared; differences: {differences:#?}"
+    );
+    app.stop().await;
+}

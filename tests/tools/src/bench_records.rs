@@ -118,6 +118,7 @@ fn concept(text: &str) -> Concept {
     Concept::parse("c", None, None, Some(text)).unwrap_or_else(|_| Concept {
         system: None,
         code: None,
+        display: None,
         text: "unknown".into(),
     })
 }
@@ -185,6 +186,7 @@ pub(crate) fn item(i: usize, patient: usize) -> ItemContent {
                 Frequency::new("f", 1, 1, PeriodUnit::Day, false)
                     .unwrap_or_else(|_| unreachable!()),
             ),
+            as_needed: false,
             start: Some(day),
             end: None,
             status: MedicationStatus::Active,
@@ -196,6 +198,7 @@ pub(crate) fn item(i: usize, patient: usize) -> ItemContent {
             vaccine: Concept {
                 system: Some(domain::medical_record::values::systems::CVX.into()),
                 code: Some("208".into()),
+                display: None,
                 text: "COVID-19 mRNA".into(),
             },
             occurred_on: day,
@@ -210,6 +213,7 @@ pub(crate) fn item(i: usize, patient: usize) -> ItemContent {
             condition: Concept {
                 system: Some(domain::medical_record::values::systems::ICD_10.into()),
                 code: Some(format!("E{}", 10 + i % 4)),
+                display: None,
                 text: text_of(i as u64, 3),
             },
             onset: Some(day),

@@ -691,7 +691,11 @@ async fn search(
 pub fn codeable(concept: &Concept) -> Value {
     let mut value = json!({ "text": concept.text });
     if let (Some(system), Some(code)) = (&concept.system, &concept.code) {
-        value["coding"] = json!([{ "system": system, "code": code }]);
+        let mut coding = json!({ "system": system, "code": code });
+        if let Some(display) = &concept.display {
+            coding["display"] = json!(display);
+        }
+        value["coding"] = json!([coding]);
     }
     value
 }
@@ -885,6 +889,8 @@ fn medication(object: &mut Map<String, Value>, m: &Medication, patient: Value, i
             } }),
         );
         dosage.insert("asNeededBoolean".into(), json!(frequency.as_needed));
+    } else if m.as_needed {
+        dosage.insert("asNeededBoolean".into(), json!(true));
     }
     if let Some(route) = m.route {
         dosage.insert("route".into(), route_concept(route));

@@ -142,8 +142,8 @@ fn first<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
     }
 }
 
-/// A CodeableConcept as a native concept: its first coding, its text (or the coding's
-/// display, or the code itself when nothing else names it).
+/// A CodeableConcept as a native concept: its first coding (with its display), its text (or
+/// the coding's display, or the code itself when nothing else names it).
 fn concept(value: &Value) -> Option<Value> {
     if value.is_null() {
         return None;
@@ -156,6 +156,9 @@ fn concept(value: &Value) -> Option<Value> {
         }
         if let Some(code) = coding["code"].as_str() {
             concept.insert("code".into(), json!(code));
+            if let Some(display) = coding["display"].as_str() {
+                concept.insert("display".into(), json!(display));
+            }
         }
     }
     let text = value["text"]
@@ -580,6 +583,8 @@ fn medication(
                 dosage.get("asNeededBoolean").cloned(),
             );
             body.insert("frequency".into(), Value::Object(frequency));
+        } else {
+            insert(body, "as_needed", dosage.get("asNeededBoolean").cloned());
         }
         insert(body, "route", looked_up(&dosage["route"], ROUTES));
         if let Some(dose) = first(dosage, "doseAndRate").map(|d| &d["doseQuantity"]) {

@@ -277,7 +277,7 @@ async fn status(
         Some(Progress::Running { done, total }) => {
             let progress = match total {
                 Some(total) => format!("{done} of {total} patients"),
-                None => "waiting to start".to_owned(),
+                None => "waiting for the read models to catch up".to_owned(),
             };
             let mut answer = StatusCode::ACCEPTED.into_response();
             let headers = answer.headers_mut();

@@ -172,6 +172,9 @@ async fn export(state: &AppState, claim: &Claim) -> anyhow::Result<bool> {
                 _ => true,
             }
     };
+    if !caught_up(state, claim).await? {
+        return Ok(false);
+    }
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT aggregate_id FROM events WHERE aggregate_type = 'Patient'
           ORDER BY aggregate_id",
@@ -186,7 +189,7 @@ async fn export(state: &AppState, claim: &Claim) -> anyhow::Result<bool> {
             let done = i32::try_from(done).unwrap_or(i32::MAX);
             if !state
                 .exports
-                .renew(claim, (done, total), ((state.clock)(), LEASE))
+                .renew(claim, (done, Some(total)), ((state.clock)(), LEASE))
                 .await?
             {
                 return Ok(false);
@@ -276,7 +279,7 @@ async fn export(state: &AppState, claim: &Claim) -> anyhow::Result<bool> {
     let now = (state.clock)();
     if !state
         .exports
-        .renew(claim, (total, total), (now, LEASE))
+        .renew(claim, (total, Some(total)), (now, LEASE))
         .await?
     {
         return Ok(false);
@@ -291,6 +294,49 @@ async fn export(state: &AppState, claim: &Claim) -> anyhow::Result<bool> {
         .exports
         .complete(claim, (now, now + expiry(state)))
         .await?)
+}
+
+/// The longest a run waits for the read models to hold what the store held when it started.
+const CATCH_UP: Duration = Duration::from_secs(300);
+
+/// Waits until the read models a compartment is read from (medical record items,
+/// appointments) hold every event stored before the export started: an export holds what
+/// was committed before its `transactionTime`. False when the run lost the export meanwhile.
+///
+/// # Errors
+///
+/// The database error; the read models still behind after [`CATCH_UP`].
+async fn caught_up(state: &AppState, claim: &Claim) -> anyhow::Result<bool> {
+    let position: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+        .fetch_one(&state.pool)
+        .await?;
+    let deadline = std::time::Instant::now() + CATCH_UP;
+    loop {
+        let behind = projections::runtime::behind(
+            &state.pool,
+            "medical_records",
+            &["MedicalRecord", "ClinicalEntry"],
+            position,
+        )
+        .await?
+            + projections::runtime::behind(&state.pool, "appointments", &["Appointment"], position)
+                .await?;
+        if behind == 0 {
+            return Ok(true);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the read models are {behind} aggregates behind the store"
+        );
+        if !state
+            .exports
+            .renew(claim, (0, None), ((state.clock)(), LEASE))
+            .await?
+        {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[cfg(test)]

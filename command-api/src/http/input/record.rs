@@ -34,6 +34,9 @@ pub struct ConceptBody {
     pub system: Field<String>,
     #[serde(default)]
     pub code: Field<String>,
+    /// The code system's display of the code (FHIR `Coding.display`).
+    #[serde(default)]
+    pub display: Field<String>,
     #[serde(default)]
     pub text: Field<String>,
 }
@@ -109,6 +112,9 @@ pub struct MedicationBody {
     pub route: Field<String>,
     #[serde(default)]
     pub frequency: Field<FrequencyBody>,
+    /// Taken as needed with no schedule (with one, `frequency.as_needed` says it).
+    #[serde(default)]
+    pub as_needed: Field<bool>,
     /// `YYYY-MM-DD`, when known.
     #[serde(default)]
     pub start: Field<String>,
@@ -355,16 +361,20 @@ fn optional_code<T>(
 
 /// A concept at `field`: each part of the right shape, then the rules of a concept.
 fn concept(body: &ConceptBody, field: &str) -> Result<Concept, FieldErrors> {
-    let (system, code, text) = (
+    let (system, code, display, text) = (
         body.system.optional(&path(field, "system")),
         body.code.optional(&path(field, "code")),
+        body.display.optional(&path(field, "display")),
         body.text.optional(&path(field, "text")),
     )
         .all_ok()?;
-    Concept::parse(
+    Concept::parse_displayed(
         field,
-        system.map(String::as_str),
-        code.map(String::as_str),
+        (
+            system.map(String::as_str),
+            code.map(String::as_str),
+            display.map(String::as_str),
+        ),
         text.map(String::as_str),
     )
 }
@@ -516,6 +526,7 @@ fn medication(body: &MedicationBody) -> Result<Medication, FieldErrors> {
         dose,
         route,
         frequency,
+        as_needed,
         (start, end),
         status,
         prescriber,
@@ -529,6 +540,7 @@ fn medication(body: &MedicationBody) -> Result<Medication, FieldErrors> {
         body.frequency
             .optional("frequency")
             .and_then(|f| optional(f, frequency)),
+        body.as_needed.optional("as_needed"),
         dates,
         code(&body.status, "status", MedicationStatus::parse),
         optional_code(&body.prescriber, "prescriber", Principal::parse),
@@ -542,6 +554,7 @@ fn medication(body: &MedicationBody) -> Result<Medication, FieldErrors> {
         dose,
         route,
         frequency,
+        as_needed: as_needed.copied().unwrap_or(false),
         start,
         end,
         status,
