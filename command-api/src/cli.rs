@@ -239,6 +239,11 @@ pub async fn run(cli: Cli, clock: Clock) -> anyhow::Result<()> {
                     candidates.join(", ")
                 );
             }
+            for (source_id, id) in &report.merged {
+                println!(
+                    "merged: source patient {source_id} into Patient/{id} (identifiers agree)"
+                );
+            }
             println!("took {:.1} s", started.elapsed().as_secs_f64());
             println!("{}", report.line());
             Ok(())

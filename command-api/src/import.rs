@@ -91,6 +91,9 @@ pub struct Report {
     /// Patients registered although the matcher found likely duplicates: the new id and the
     /// candidates (id and grade), for review.
     pub review: Vec<(Uuid, Vec<String>)>,
+    /// Patients merged into one registered already, whose identifiers agree with theirs: the
+    /// source id and the registered patient's id.
+    pub merged: Vec<(String, String)>,
 }
 
 impl Report {
@@ -133,6 +136,10 @@ impl Report {
         lines.push(format!(
             "patients registered despite likely duplicates, for review {}",
             self.review.len()
+        ));
+        lines.push(format!(
+            "patients merged into the one registered, their identifiers agreeing {}",
+            self.merged.len()
         ));
         lines
     }
@@ -470,6 +477,9 @@ impl Importer {
             if candidates.is_empty() {
                 break;
             }
+            if self.merged(&resource, source_id, &candidates).await? {
+                return Ok(());
+            }
             self.report.review.push((id, candidates));
             headers.push((crate::http::fhir::DUPLICATE_OVERRIDE, "import".into()));
         }
@@ -484,6 +494,84 @@ impl Importer {
         }
         self.ids.remember("Patient", source_id, id.to_string());
         Ok(())
+    }
+
+    /// Whether the patient `resource` (source id `source_id`) is one of the registered
+    /// `candidates` the matcher found: one holding this import's identifier for them (merged in
+    /// an earlier run), or an identifier of the same system and value as one of the source's.
+    /// Such a patient takes this import's identifier for them (a later run finds them by it)
+    /// and the source's items; no patient is registered.
+    async fn merged(
+        &mut self,
+        resource: &Value,
+        source_id: &str,
+        candidates: &[String],
+    ) -> anyhow::Result<bool> {
+        let ours = json!({
+            "system": format!("urn:patient-service:import:{}", self.source),
+            "value": source_id,
+        });
+        let same = |a: &Value, b: &Value| {
+            a["system"].is_string() && a["system"] == b["system"] && a["value"] == b["value"]
+        };
+        let theirs: Vec<&Value> = resource["identifier"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| !same(i, &ours))
+            .collect();
+        for candidate in candidates {
+            let Some(candidate_id) = candidate.split_whitespace().next() else {
+                continue;
+            };
+            let (status, registered) = self
+                .send(
+                    (Method::GET, format!("/fhir/R4/Patient/{candidate_id}")),
+                    &Value::Null,
+                    (None, &[]),
+                )
+                .await?;
+            if status != StatusCode::OK {
+                continue;
+            }
+            let held: Vec<&Value> = registered["identifier"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .collect();
+            if held.iter().any(|i| same(i, &ours)) {
+                Self::count(&mut self.report.already, "Patient");
+                self.ids
+                    .remember("Patient", source_id, candidate_id.to_owned());
+                return Ok(true);
+            }
+            if !held.iter().any(|h| theirs.iter().any(|t| same(h, t))) {
+                continue;
+            }
+            let version = registered["meta"]["versionId"].as_str().unwrap_or("1");
+            let (added, answer) = self
+                .send(
+                    (
+                        Method::POST,
+                        format!("/v1/patients/{candidate_id}/identifiers"),
+                    ),
+                    &ours,
+                    (None, &[("if-match", format!("\"{version}\""))]),
+                )
+                .await?;
+            if added != StatusCode::OK {
+                self.refuse("Patient", reason(added, &answer));
+                self.refused_patients.insert(source_id.to_owned());
+                return Ok(true);
+            }
+            self.report
+                .merged
+                .push((source_id.to_owned(), candidate_id.to_owned()));
+            self.ids
+                .remember("Patient", source_id, candidate_id.to_owned());
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// A clinical item or a coverage, with its allergy warnings acknowledged when the check

@@ -33,7 +33,8 @@
 //! The `importer` role is the import's (`patient-service import`, a trusted path run by an
 //! operator in the service's own process; no token can carry it): it registers patients, adds
 //! coverages, writes medical records (of any patient, as the source held them) and manages
-//! resources (the practitioners it brings), and reads patients.
+//! resources (the practitioners it brings), reads patients, and adds its identifier to a
+//! registered patient it merges an imported one into.
 //!
 //! The `patient` role may read their own record and medical record, change their own preferences, manage their
 //! own consents and list their own disclosures; nothing else, and nobody else's. The `service`
@@ -170,7 +171,7 @@ const POLICY: &[(Action, &[Role])] = &[
     ),
     (Action::MatchPatients, &[Admin, Registrar]),
     (Action::ChangeContactInformation, &[Admin, Registrar]),
-    (Action::ChangeIdentifiers, &[Admin, Registrar]),
+    (Action::ChangeIdentifiers, &[Admin, Registrar, Importer]),
     (Action::ChangePreferences, &[Admin, Registrar, Patient]),
     (Action::ChangeEmergencyContacts, &[Admin, Registrar]),
     (Action::ChangeCoverages, &[Admin, Registrar, Importer]),

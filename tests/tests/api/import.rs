@@ -659,3 +659,119 @@ async fn a_bulk_export_gives_back_every_element_the_import_stored() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_imported_patient_whose_identifiers_agree_with_a_registered_one_is_merged_into_them() {
+    // Arrange: one Synthea patient registered already by the front desk, with the source's
+    // medical record number among their identifiers.
+    let app = TestApp::without_kafka().await;
+    let file = "Clemente_Kreiger_1484a42d-0eaf-4654-9cbf-6b050a5cd73b.json";
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/synthea");
+    let bundle: Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join(file)).unwrap()).unwrap();
+    let mut patient = bundle["entry"][0]["resource"].clone();
+    let source_id = patient["id"].as_str().unwrap().to_owned();
+    let record_number = patient["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"]["coding"][0]["code"] == "MR")
+        .unwrap()
+        .clone();
+    // The phone as the front desk types it (E.164), as the import reads it too.
+    for telecom in patient["telecom"].as_array_mut().unwrap() {
+        let digits: String = telecom["value"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        telecom["value"] = Value::String(format!("+1{digits}"));
+    }
+    let object = patient.as_object_mut().unwrap();
+    for element in ["id", "extension", "text", "meta"] {
+        object.remove(element);
+    }
+    object.insert(
+        "identifier".into(),
+        serde_json::json!([{ "system": record_number["system"], "value": record_number["value"] }]),
+    );
+    let registered = app
+        .client
+        .post(format!("{}/fhir/R4/Patient", app.address))
+        .bearer_auth(app.registrar())
+        .header("content-type", "application/fhir+json")
+        .json(&patient)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201, "{:?}", registered.text().await);
+    let registered: Value = registered.json().await.unwrap();
+    let id = registered["id"].as_str().unwrap().to_owned();
+    // The matcher finds them once its read model has them.
+    let registrar = app.registrar();
+    eventually("the registered patient searchable", || async {
+        let (_, _, found) = fhir_get(&app, "/Patient?family=Kreiger", Some(&registrar), &[]).await;
+        found["total"] == 1
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("merge-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in [
+        file,
+        "hospitalInformation1559319163815.json",
+        "practitionerInformation1559319163815.json",
+    ] {
+        std::fs::copy(source.join(name), dir.join(name)).unwrap();
+    }
+
+    // Act
+    let report = import(&app, &dir);
+
+    // Assert: merged, not registered beside; the registered patient holds the import's
+    // identifier and the source's items.
+    assert_eq!(count(&report, "imported", "Patient"), 0, "{report}");
+    assert!(
+        report.contains("patients merged into the one registered, their identifiers agreeing 1"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "merged: source patient {source_id} into Patient/{id}"
+        )),
+        "{report}"
+    );
+    let admin = app.token("admin-1", &["admin"]);
+    let (_, _, read) = fhir_get(&app, &format!("/Patient/{id}"), Some(&admin), &[]).await;
+    assert!(read["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["system"] == "urn:patient-service:import:synthea"
+            && i["value"] == source_id.as_str()));
+    let expected = in_bundle(&bundle, "Observation") as u64;
+    eventually(
+        "the source's observations on the registered patient",
+        || async {
+            let (_, _, page) = fhir_get(
+                &app,
+                &format!("/Patient/{id}/$everything?_type=Observation&_count=1000"),
+                Some(&admin),
+                &[],
+            )
+            .await;
+            page["total"].as_u64() == Some(expected)
+        },
+    )
+    .await;
+
+    // A second run finds them merged already and stores nothing.
+    let again = import(&app, &dir);
+    assert_eq!(count(&again, "already imported", "Patient"), 1, "{again}");
+    assert!(
+        again.lines().last().unwrap().starts_with("imported=0 "),
+        "{again}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+    app.stop().await;
+}
