@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use crate::helpers::{assert_valid_fhir, eventually, fixed_now, AppOptions, TestApp, DEADLINE};
+use crate::helpers::{
+    assert_valid_fhir, eventually, fixed_now, AppOptions, NodeTool, TestApp, DEADLINE,
+};
 use crate::medical_records::{allergy, clinician, patient_in_care};
 
 const ADMIN: &str = "admin-export";
@@ -99,6 +101,25 @@ fn of_type<'a>(resources: &'a [Value], name: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// Patients `ns` in the care team's care, with an allergy each; their ids.
+async fn with_an_allergy(app: &TestApp, ns: &[u64]) -> Vec<String> {
+    let mut patients = Vec::new();
+    for &n in ns {
+        let id = patient_in_care(app, n).await;
+        let recorded = app
+            .post(
+                &format!("/v1/patients/{id}/allergies"),
+                &clinician(app),
+                &allergy("Penicillin"),
+                &[],
+            )
+            .await;
+        assert_eq!(recorded.status(), 201);
+        patients.push(id);
+    }
+    patients
+}
+
 async fn forget(app: &TestApp, id: &str) {
     let read = app
         .get(&format!("/v1/patients/{id}"), &app.token(ADMIN, &["admin"]))
@@ -120,20 +141,7 @@ async fn an_export_holds_what_was_asked_for_its_caller_only_and_is_disclosed() {
     // Arrange: two patients with an allergy each, and a practitioner.
     let app = TestApp::without_kafka().await;
     let admin = app.token(ADMIN, &["admin"]);
-    let mut patients = Vec::new();
-    for n in [9980, 9981] {
-        let id = patient_in_care(&app, n).await;
-        let recorded = app
-            .post(
-                &format!("/v1/patients/{id}/allergies"),
-                &clinician(&app),
-                &allergy("Penicillin"),
-                &[],
-            )
-            .await;
-        assert_eq!(recorded.status(), 201);
-        patients.push(id);
-    }
+    let patients = with_an_allergy(&app, &[9980, 9981]).await;
     crate::scheduling::clinic(&app).await;
 
     // Act: a system-level export of everything.
@@ -376,17 +384,12 @@ async fn export_files_are_sealed_lose_a_forgotten_patient_and_expire() {
 async fn a_smart_backend_services_client_exports_and_every_line_validates() {
     // Arrange: the client's key pair made by the node script (npm jose), its key set
     // registered with the service, which runs on the system clock (the client signs with it).
-    let dir = std::env::var("FHIR_NODE_DIR").expect("FHIR_NODE_DIR: run with scripts/test");
-    let mut node = tokio::process::Command::new("node")
-        .arg(format!("{dir}/bulk.mjs"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = node.stdin.take().unwrap();
-    let mut stdout = tokio::io::BufReader::new(node.stdout.take().unwrap()).lines();
-    let started: Value = serde_json::from_str(&stdout.next_line().await.unwrap().unwrap()).unwrap();
+    let NodeTool {
+        child: mut node,
+        mut stdin,
+        lines: mut stdout,
+        started,
+    } = NodeTool::start("bulk.mjs").await;
     let jwks = tempfile_with(&started["jwks"].to_string());
     let path = jwks.clone();
     let app = TestApp::spawn_with(AppOptions {
@@ -405,20 +408,7 @@ async fn a_smart_backend_services_client_exports_and_every_line_validates() {
         ..AppOptions::default()
     })
     .await;
-    let mut patients = Vec::new();
-    for n in [9984, 9985, 9986] {
-        let id = patient_in_care(&app, n).await;
-        let recorded = app
-            .post(
-                &format!("/v1/patients/{id}/allergies"),
-                &clinician(&app),
-                &allergy("Latex"),
-                &[],
-            )
-            .await;
-        assert_eq!(recorded.status(), 201);
-        patients.push(id);
-    }
+    let patients = with_an_allergy(&app, &[9984, 9985, 9986]).await;
 
     // Act: the client discovers the token endpoint, authenticates and exports.
     let ask = json!({ "base": format!("{}/fhir/R4", app.address), "clientId": "analytics" });

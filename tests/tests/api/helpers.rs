@@ -696,3 +696,36 @@ pub fn assert_valid_fhir(resource: &Value) {
         std::fs::write(path, resource.to_string()).unwrap();
     }
 }
+
+/// A node script of `tests/fhir-node` the test talks to over its stdin and stdout, one JSON
+/// object a line: the running script, its stdin, its stdout's lines, and its first line.
+pub struct NodeTool {
+    pub child: tokio::process::Child,
+    pub stdin: tokio::process::ChildStdin,
+    pub lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    pub started: Value,
+}
+
+impl NodeTool {
+    /// Starts `script` and reads its first line.
+    pub async fn start(script: &str) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let dir = std::env::var("FHIR_NODE_DIR").expect("FHIR_NODE_DIR: run with scripts/test");
+        let mut child = tokio::process::Command::new("node")
+            .arg(format!("{dir}/{script}"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let started = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        Self {
+            child,
+            stdin,
+            lines,
+            started,
+        }
+    }
+}

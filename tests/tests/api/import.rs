@@ -517,51 +517,39 @@ fn kept(kind: &str, element: &str, source: &Value, exported: &Value) -> bool {
                     ))
         }
         ("MedicationRequest", "requester") => {
-            let id = source["reference"].as_str().unwrap_or_default();
-            let id = id.rsplit(['/', ':']).next().unwrap_or_default();
-            exported["display"].as_str()
-                == Some(&*format!(
-                    "import-{}",
-                    command_api::import::derived("synthea", "Practitioner", id).simple()
-                ))
+            exported["display"].as_str().map(str::to_owned) == imported_practitioner(source)
         }
         ("Encounter", "participant") | ("Immunization" | "Procedure", "performer") => {
-            let named = |v: &Value| -> Vec<String> {
+            let each = |v: &Value, read: &dyn Fn(&Value) -> Option<String>| -> Vec<String> {
                 v.as_array()
                     .into_iter()
                     .flatten()
-                    .filter_map(|p| {
-                        let who = if p["individual"].is_object() {
-                            &p["individual"]
-                        } else {
-                            &p["actor"]
-                        };
-                        let reference = who["reference"].as_str()?;
-                        let id = reference.rsplit(['/', ':']).next()?;
-                        Some(format!(
-                            "import-{}",
-                            command_api::import::derived("synthea", "Practitioner", id).simple()
-                        ))
-                    })
+                    .filter_map(|p| read(person(p)))
                     .collect()
             };
-            let shown: Vec<String> = exported
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| {
-                    let who = if p["individual"].is_object() {
-                        &p["individual"]
-                    } else {
-                        &p["actor"]
-                    };
-                    who["display"].as_str().map(str::to_owned)
-                })
-                .collect();
-            named(source) == shown
+            each(source, &imported_practitioner)
+                == each(exported, &|who| who["display"].as_str().map(str::to_owned))
         }
         _ => holds(source, exported),
     }
+}
+
+/// Who a participant or performer names (`individual`, else `actor`).
+fn person(p: &Value) -> &Value {
+    if p["individual"].is_object() {
+        &p["individual"]
+    } else {
+        &p["actor"]
+    }
+}
+
+/// The user the import made of the practitioner a source reference names.
+fn imported_practitioner(reference: &Value) -> Option<String> {
+    let id = reference["reference"].as_str()?.rsplit(['/', ':']).next()?;
+    Some(format!(
+        "import-{}",
+        command_api::import::derived("synthea", "Practitioner", id).simple()
+    ))
 }
 
 #[tokio::test]

@@ -296,20 +296,15 @@ const AUDIENCE: &str = "patient-service";
 
 #[tokio::test]
 async fn a_smart_app_from_the_registry_launches_against_a_registry_token_issuer() {
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     // Arrange: oauth2-mock-server (npm) as the identity provider, the service trusting its
     // key set, and SMART discovery naming its endpoints.
-    let dir = std::env::var("FHIR_NODE_DIR").expect("FHIR_NODE_DIR: run with scripts/test");
-    let mut node = tokio::process::Command::new("node")
-        .arg(format!("{dir}/smart.mjs"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = node.stdin.take().unwrap();
-    let mut stdout = tokio::io::BufReader::new(node.stdout.take().unwrap()).lines();
-    let started: Value = serde_json::from_str(&stdout.next_line().await.unwrap().unwrap()).unwrap();
+    let crate::helpers::NodeTool {
+        child: mut node,
+        mut stdin,
+        lines: mut stdout,
+        started,
+    } = crate::helpers::NodeTool::start("smart.mjs").await;
     let issuer = started["issuer"].as_str().unwrap().to_owned();
     let configured = issuer.clone();
     let app = TestApp::spawn_with(crate::helpers::AppOptions {
