@@ -101,6 +101,12 @@ fn of_type<'a>(resources: &'a [Value], name: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The status `url` answers a GET with `token`.
+async fn status_of(app: &TestApp, url: &str, token: &str) -> u16 {
+    let response = app.client.get(url).bearer_auth(token).send().await.unwrap();
+    response.status().as_u16()
+}
+
 /// Patients `ns` in the care team's care, with an allergy each; their ids.
 async fn with_an_allergy(app: &TestApp, ns: &[u64]) -> Vec<String> {
     let mut patients = Vec::new();
@@ -171,23 +177,9 @@ async fn an_export_holds_what_was_asked_for_its_caller_only_and_is_disclosed() {
 
     // Another admin learns nothing of it: not its status, not its files.
     let other = app.token("admin-other", &["admin"]);
-    let peeked = app
-        .client
-        .get(&status_url)
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(peeked.status(), 404);
+    assert_eq!(status_of(&app, &status_url, &other).await, 404);
     let file = manifest["output"][0]["url"].as_str().unwrap();
-    let peeked = app
-        .client
-        .get(file)
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(peeked.status(), 404);
+    assert_eq!(status_of(&app, file, &other).await, 404);
     let anonymous = app.client.get(file).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
 
@@ -223,14 +215,7 @@ async fn an_export_holds_what_was_asked_for_its_caller_only_and_is_disclosed() {
         .await
         .unwrap();
     assert_eq!(cancelled.status(), 202);
-    let gone = app
-        .client
-        .get(&status_url)
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(gone.status(), 404);
+    assert_eq!(status_of(&app, &status_url, &admin).await, 404);
     app.stop().await;
 }
 
@@ -352,22 +337,8 @@ async fn export_files_are_sealed_lose_a_forgotten_patient_and_expire() {
             ..command_api::auth::TokenExtras::default()
         },
     );
-    let expired = app
-        .client
-        .get(&status_url)
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(expired.status(), 404);
-    let expired = app
-        .client
-        .get(url)
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(expired.status(), 404);
+    assert_eq!(status_of(&app, &status_url, &admin).await, 404);
+    assert_eq!(status_of(&app, url, &admin).await, 404);
     let swept = event_store::exports::sweep(&app.pool, fixed_now() + chrono::Duration::days(2))
         .await
         .unwrap();
