@@ -157,6 +157,32 @@ where
     A: Aggregate + Clone + 'static,
     D: Fn(&A) -> Result<Vec<A::Event>, A::Error>,
 {
+    let result = execute_once(
+        (repository, unit),
+        (aggregate_id, fresh),
+        expected_version,
+        precheck,
+        decide,
+        metadata,
+    )
+    .await;
+    crate::metrics::command(A::TYPE, crate::metrics::outcome(&result));
+    result
+}
+
+/// [`execute_on`], uncounted.
+async fn execute_once<A, D>(
+    (repository, unit): (SealedRepository, Option<&UnitOfWork>),
+    (aggregate_id, fresh): (&str, Fresh),
+    expected_version: Option<u64>,
+    precheck: impl Fn(&A, u64) -> Result<(), A::Error>,
+    decide: D,
+    metadata: CommandMetadata,
+) -> Result<(A, u64), CommandError<A::Error>>
+where
+    A: Aggregate + Clone + 'static,
+    D: Fn(&A) -> Result<Vec<A::Event>, A::Error>,
+{
     if let Some(unit) = unit {
         return unit
             .stage(
@@ -245,6 +271,20 @@ pub(crate) struct Part<'a, A: Aggregate> {
 /// aggregates in one order, so two units of work on the same aggregates cannot wait on each
 /// other. Returns each aggregate and its version after the commands, in the order of `parts`.
 pub(crate) async fn execute_together<A>(
+    (repository, unit): (SealedRepository, Option<&UnitOfWork>),
+    parts: Vec<Part<'_, A>>,
+    metadata: CommandMetadata,
+) -> Result<Vec<(A, u64)>, CommandError<A::Error>>
+where
+    A: Aggregate + Clone + 'static,
+{
+    let result = execute_parts((repository, unit), parts, metadata).await;
+    crate::metrics::command(A::TYPE, crate::metrics::outcome(&result));
+    result
+}
+
+/// [`execute_together`], uncounted.
+async fn execute_parts<A>(
     (repository, unit): (SealedRepository, Option<&UnitOfWork>),
     parts: Vec<Part<'_, A>>,
     metadata: CommandMetadata,

@@ -39,6 +39,7 @@ pub mod documents;
 pub mod exports;
 pub mod idempotency;
 pub mod keys;
+pub mod metrics;
 pub mod records;
 pub mod registration_guard;
 pub mod relay;

@@ -641,6 +641,9 @@ impl SealedRepository {
         }
         tx.commit().await.map_err(persistence_error)?;
         crate::bell::ring();
+        for stream in &ordered {
+            crate::metrics::appended(stream.aggregate_type, stream.events.len());
+        }
         Ok(())
     }
 
@@ -708,6 +711,7 @@ impl SealedRepository {
         }
         tx.commit().await.map_err(persistence_error)?;
         crate::bell::ring();
+        crate::metrics::appended(A::TYPE, streams.iter().map(|s| s.len()).sum());
         if let Some((aggregate_id, owner, key, anchor, snapshot)) = snapshot {
             // Sealed and stored beside the command, not in its way: the next load uses it
             // once it is there, and one lost with a crash is taken again later.

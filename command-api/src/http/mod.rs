@@ -75,6 +75,8 @@ pub struct AppState {
     pub exports: event_store::exports::ExportStore,
     pub export_settings: crate::configuration::ExportSettings,
     pub export_bell: Arc<tokio::sync::Notify>,
+    /// How long this process's requests took, for `/metrics`.
+    pub http_metrics: metrics::HttpMetrics,
 }
 
 impl std::fmt::Debug for AppState {
@@ -149,6 +151,7 @@ impl AppState {
             export_settings: crate::configuration::ExportSettings::default(),
             export_bell: Arc::new(tokio::sync::Notify::new()),
             backend_token_url: None,
+            http_metrics: metrics::HttpMetrics::default(),
             services,
             idempotency: IdempotencyKeys::new(pool),
             auth: Arc::new(auth),
@@ -291,6 +294,7 @@ pub fn origin(state: &AppState, headers: &axum::http::HeaderMap) -> String {
 pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> Router {
     let document_limit = state.document_max_bytes;
     let in_flight = state.in_flight.clone();
+    let http_metrics = state.http_metrics.clone();
     // The largest body any route takes: a document's upload, or a FHIR Bundle.
     let largest = body_limit
         .max(document_limit.saturating_add(medical_records::MULTIPART_OVERHEAD))
@@ -335,6 +339,10 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         // Outside the timeout, so a timed-out request answers problem+json too.
         .layer(axum::middleware::from_fn(problem_for_plain_errors))
         .layer(axum::middleware::from_fn(fhir_errors_in_fhir))
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            metrics::observe,
+        ))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let request_id = req
                 .extensions()

@@ -15,6 +15,7 @@ mod import;
 mod matching;
 mod medical_records;
 mod merge;
+mod metrics;
 mod pipeline;
 mod probed;
 mod record;
