@@ -76,6 +76,17 @@ fn put<A: Aggregate + Clone + 'static>(aggregate_id: &str, kept: Kept<A>) {
     states().insert(aggregate_id.to_owned(), entry);
 }
 
+/// Loads served from a kept state, and loads that found none (or one the stream no longer
+/// continues), since the process started.
+static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static MISSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Loads served from a kept state and loads that were not, since the process started.
+pub fn counts() -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (HITS.load(Relaxed), MISSES.load(Relaxed))
+}
+
 /// Drops the state kept of `aggregate_id` (a forgotten patient's record), if any.
 pub fn forget(aggregate_id: &str) {
     states().remove(aggregate_id);
@@ -105,12 +116,16 @@ pub(crate) async fn load<A: Aggregate + Clone + 'static>(
             current_snapshot: kept.snapshot,
         };
         match after(repository, context).await {
-            Ok(context) => return Ok(context),
+            Ok(context) => {
+                HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(context);
+            }
             // The stream no longer continues the kept state (restored from a backup, say):
             // loaded afresh, where a stream that does not verify is refused.
             Err(_) => forget(aggregate_id),
         }
     }
+    MISSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let context = match repository.get_snapshot::<A>(aggregate_id).await? {
         // One that no longer decodes is passed over: all the events are applied instead.
         Some(snapshot) => snapshot.try_into().unwrap_or_else(|_| empty(aggregate_id)),

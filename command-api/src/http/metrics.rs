@@ -13,6 +13,10 @@
 //!   `patient_service_db_pool_max_connections`.
 //! - `patient_service_emergency_access_granted_total`, `..._refused_total` (the per-user hourly
 //!   limit), `patient_service_access_denied_total`.
+//! - `patient_service_state_cache_hits_total`, `..._misses_total`: loads of a long stream (a
+//!   medical record) served from the state kept in memory, or not. (Data keys are not cached:
+//!   each command reads its one key in its transaction, each relay or projector batch its
+//!   keys in one query.)
 //!
 //! Of the pipeline, read from the database at each scrape (the same for every process):
 //! - `patient_service_relay_backlog_events{relay}` and `..._seconds`: events stored but not yet
@@ -200,6 +204,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ] {
         registry.register(name, help, counter(value.load(Ordering::Relaxed)));
     }
+    let (hits, misses) = event_store::states::counts();
+    registry.register(
+        "state_cache_hits",
+        "Loads of a long stream (a medical record) served from the state kept in memory",
+        counter(hits),
+    );
+    registry.register(
+        "state_cache_misses",
+        "Loads of a long stream that found no state kept (read from its snapshot and events)",
+        counter(misses),
+    );
     let pool = Family::<Named, Gauge>::default();
     let (size, idle) = (
         i64::from(state.pool.size()),

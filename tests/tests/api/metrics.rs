@@ -70,9 +70,28 @@ fn sample(families: &Value, family: &str, sample: &str, labels: &[(&str, &str)])
 
 #[tokio::test]
 async fn metrics_parse_as_prometheus_and_show_a_held_back_horizon() {
-    // Arrange: a registration through the API.
+    // Arrange: a registration through the API, and three allergies on another patient's chart
+    // (the second keeps the chart's state in memory, the third loads it from there).
     let app = TestApp::without_kafka().await;
     app.register_person(9990, None).await;
+    let charted = crate::medical_records::patient_in_care(&app, 9991).await;
+    for (substance, code) in [
+        ("Penicillin", "764146007"),
+        ("Latex", "111088007"),
+        ("Peanut", "256349002"),
+    ] {
+        let mut allergy = crate::medical_records::allergy(substance);
+        allergy["substance"]["code"] = code.into();
+        let recorded = app
+            .post(
+                &format!("/v1/patients/{charted}/allergies"),
+                &crate::medical_records::clinician(&app),
+                &allergy,
+                &[],
+            )
+            .await;
+        assert_eq!(recorded.status(), 201);
+    }
 
     // Act: scraped once the read models have taken the registration in (a read model fed
     // from the store is listed once it has a place in the stream).
@@ -101,7 +120,7 @@ async fn metrics_parse_as_prometheus_and_show_a_held_back_horizon() {
             ("status", "201"),
         ],
     );
-    assert_eq!(requests, Some(1.0), "{families}");
+    assert_eq!(requests, Some(2.0), "{families}");
     assert_eq!(
         families["patient_service_http_request_duration_seconds"]["type"],
         "histogram"
@@ -120,6 +139,13 @@ async fn metrics_parse_as_prometheus_and_show_a_held_back_horizon() {
         &[("name", "Patient")],
     );
     assert!(appended >= Some(1.0), "{families}");
+    let kept = sample(
+        &families,
+        "patient_service_state_cache_hits",
+        "patient_service_state_cache_hits_total",
+        &[],
+    );
+    assert!(kept >= Some(1.0), "{families}");
     assert_eq!(
         sample(
             &families,
