@@ -15,11 +15,14 @@
 //! - [`notification`]: the wire types of the notifications topic.
 //! - [`json_schemas`]: the JSON Schema of every wire type; the checked-in files under `json/`
 //!   are generated from it and a test fails when they drift.
+//! - [`asyncapi`]: the AsyncAPI 3.0 document of every topic ([`asyncapi_document`], checked in
+//!   as `asyncapi.json`).
 //!
 //! Nothing here does IO: this crate is what an outside consumer would depend on.
 
 pub mod access;
 pub mod appointment;
+pub mod asyncapi;
 pub mod clinical_entry;
 pub mod envelope;
 pub mod medical_record;
@@ -41,4 +44,18 @@ pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
     schemas.extend(access::v1::json_schemas());
     schemas.push(("sealed.schema.json", schemars::schema_for!(sealed::Sealed)));
     schemas
+}
+
+/// The AsyncAPI document of every topic, its messages' payloads referring to the checked-in
+/// JSON Schemas (paths relative to this crate's folder).
+pub fn asyncapi_document() -> serde_json::Value {
+    let events: Vec<(&str, String)> = json_schemas()
+        .into_iter()
+        .filter_map(|(path, _)| {
+            let (_, file) = path.rsplit_once('/')?;
+            let event_type = file.strip_suffix(".schema.json")?;
+            Some((event_type, format!("json/{path}")))
+        })
+        .collect();
+    asyncapi::document(&events)
 }

@@ -64,3 +64,61 @@ fn no_schema_file_is_left_without_a_wire_type() {
         "schema files with no wire type: {stale:?}"
     );
 }
+
+#[test]
+fn the_checked_in_asyncapi_document_matches_the_topics_and_wire_types() {
+    let file = json_dir().parent().unwrap().join("asyncapi.json");
+    let mut expected =
+        serde_json::to_string_pretty(&schemas::asyncapi_document()).expect("plain JSON");
+    expected.push('\n');
+    if std::env::var_os("BLESS_SCHEMAS").is_some() {
+        std::fs::write(&file, &expected).unwrap();
+        return;
+    }
+    let actual = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        actual == expected,
+        "asyncapi.json is out of date; run BLESS_SCHEMAS=1 cargo test -p schemas --test json_schemas"
+    );
+}
+
+#[test]
+fn the_asyncapi_document_has_every_event_type_once_on_its_topic() {
+    let document = schemas::asyncapi_document();
+    let messages = document["components"]["messages"].as_object().unwrap();
+    let on_channels: usize = document["channels"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["messages"].as_object().unwrap().len())
+        .sum();
+    assert_eq!(on_channels, messages.len());
+    for (event_type, message) in messages {
+        let sealed = !schemas::sealed::is_published_in_clear(event_type);
+        assert_eq!(
+            message["contentType"] == schemas::sealed::SEALED_CONTENT_TYPE,
+            sealed,
+            "{event_type}"
+        );
+        let schema = if sealed {
+            &message["x-opened-payload"]["$ref"]
+        } else {
+            &message["payload"]["$ref"]
+        };
+        let path = json_dir()
+            .parent()
+            .unwrap()
+            .join(schema.as_str().unwrap().trim_start_matches("./"));
+        assert!(path.is_file(), "{event_type}: {}", path.display());
+    }
+    for event_type in [
+        "PatientRegistered",
+        "AllergyRecorded",
+        "ObservationRecorded",
+        "AppointmentCreated",
+        "AppointmentReminder",
+        "AccessRecorded",
+    ] {
+        assert!(messages.contains_key(event_type), "{event_type}");
+    }
+}

@@ -4,6 +4,7 @@
 mod audit;
 mod auth;
 mod changes;
+mod contract;
 mod embedded;
 mod export;
 pub(crate) mod fhir;
