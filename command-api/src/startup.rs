@@ -350,6 +350,11 @@ impl Service {
                     tracing::warn!("HS256 tokens are accepted without an issuer and audience: set auth.issuer and auth.audience");
                 }
             }
+            if !settings.auth.backend_clients.is_empty()
+                && settings.auth.backend_token_url.is_none()
+            {
+                tracing::warn!("backend clients' assertions are checked against the URL each request names (its Host): set auth.backend_token_url to the token endpoint's public URL");
+            }
             let state = api_state(settings, pool.clone(), (clock, secrets)).await?;
             tasks.spawn(http::fhir::export_runner::run(
                 state.clone(),

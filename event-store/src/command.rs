@@ -166,7 +166,7 @@ where
         metadata,
     )
     .await;
-    crate::metrics::command(A::TYPE, crate::metrics::outcome(&result));
+    crate::metrics::command(A::TYPE, outcome(&result));
     result
 }
 
@@ -279,7 +279,7 @@ where
     A: Aggregate + Clone + 'static,
 {
     let result = execute_parts((repository, unit), parts, metadata).await;
-    crate::metrics::command(A::TYPE, crate::metrics::outcome(&result));
+    crate::metrics::command(A::TYPE, outcome(&result));
     result
 }
 
@@ -668,4 +668,19 @@ async fn load_current<A: Aggregate>(
     let store: PersistedEventStore<SealedRepository, A> = repository.into_store();
     let context = store.load_aggregate(aggregate_id).await.map_err(classify)?;
     Ok((context.aggregate, context.current_sequence as u64))
+}
+
+/// The outcome a command's result is counted as.
+fn outcome<T, E>(result: &Result<T, CommandError<E>>) -> &'static str {
+    match result {
+        Ok(_) => "stored",
+        Err(CommandError::Rule(_)) => "refused",
+        Err(CommandError::VersionMismatch { .. }) => "version-mismatch",
+        Err(CommandError::Conflict) => "conflict",
+        Err(CommandError::KeyTaken) => "key-taken",
+        Err(CommandError::LikelyDuplicates(_)) => "likely-duplicate",
+        Err(CommandError::Busy) => "busy",
+        Err(CommandError::Unavailable(_)) => "unavailable",
+        Err(CommandError::Internal(_)) => "failed",
+    }
 }

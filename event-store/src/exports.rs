@@ -442,6 +442,30 @@ impl ExportStore {
             })
             .collect();
         let keys = self.keys.data_keys(&self.pool, &patients).await?;
+        // Parts of patients who had no key when sealed, forgotten since (the erasure deletes
+        // them too; this covers one racing it).
+        let keyless: Vec<String> = rows
+            .iter()
+            .filter(|row| !row.try_get::<bool, _>("patient_key").unwrap_or(true))
+            .filter_map(|row| {
+                row.try_get::<Option<String>, _>("patient_id")
+                    .ok()
+                    .flatten()
+            })
+            .collect();
+        let forgotten: std::collections::HashSet<String> = if keyless.is_empty() {
+            std::collections::HashSet::new()
+        } else {
+            sqlx::query_scalar(
+                "SELECT patient_id FROM patient_data_keys
+                  WHERE patient_id = ANY($1) AND wrapped_key IS NULL",
+            )
+            .bind(&keyless)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .collect()
+        };
         let export_key = self.export_key(export_id);
         let mut out = Vec::new();
         for row in rows {
@@ -452,6 +476,8 @@ impl ExportStore {
                     Some(key) => *key.expose(),
                     None => continue,
                 }
+            } else if patient.as_ref().is_some_and(|p| forgotten.contains(p)) {
+                continue;
             } else {
                 export_key
             };

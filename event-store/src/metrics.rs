@@ -40,19 +40,3 @@ pub fn appended_events() -> Vec<(String, u64)> {
         |counts| counts.iter().map(|(t, &n)| (t.clone(), n)).collect(),
     )
 }
-
-/// The outcome a command's result is counted as.
-pub(crate) fn outcome<T, E>(result: &Result<T, crate::command::CommandError<E>>) -> &'static str {
-    use crate::command::CommandError;
-    match result {
-        Ok(_) => "stored",
-        Err(CommandError::Rule(_)) => "refused",
-        Err(CommandError::VersionMismatch { .. }) => "version-mismatch",
-        Err(CommandError::Conflict) => "conflict",
-        Err(CommandError::KeyTaken) => "key-taken",
-        Err(CommandError::LikelyDuplicates(_)) => "likely-duplicate",
-        Err(CommandError::Busy) => "busy",
-        Err(CommandError::Unavailable(_)) => "unavailable",
-        Err(CommandError::Internal(_)) => "failed",
-    }
-}

@@ -234,12 +234,14 @@ pub struct ParkedCount {
 /// # Errors
 ///
 /// The database error.
-pub async fn parked_counts(pool: &PgPool) -> Result<Vec<ParkedCount>, sqlx::Error> {
+pub async fn parked_counts(
+    executor: impl sqlx::PgExecutor<'_>,
+) -> Result<Vec<ParkedCount>, sqlx::Error> {
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT projector, reason, count(*) FROM projections.parked_messages
           GROUP BY projector, reason ORDER BY projector, reason",
     )
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
     Ok(rows
         .into_iter()

@@ -159,8 +159,9 @@ impl BackendServices {
         Ok(Some(Self {
             clients,
             pool,
+            // At most a day: a backend token is short-lived by design.
             ttl: chrono::Duration::seconds(
-                i64::try_from(settings.backend_token_ttl_secs).unwrap_or(300),
+                i64::try_from(settings.backend_token_ttl_secs.min(86_400)).unwrap_or(300),
             ),
         }))
     }
@@ -347,14 +348,20 @@ impl BackendServices {
             break_glass: None,
             request_id: None,
             traceparent: None,
-            scopes: Some(Scopes::parse(&scope)),
+            // As the registration stands now: narrowing it narrows the tokens issued before.
+            scopes: Some(Scopes::parse(
+                &client.allowed.system_scopes_within(&scope).join(" "),
+            )),
             launch_patient: None,
             confined_to: None,
         })
     }
 }
 
+/// What the user id of every backend client starts with; no user token may name one.
+pub const CLIENT_USER_PREFIX: &str = "backend-client/";
+
 /// The user id a backend client acts as: prefixed, so that audit entries tell it from users.
 pub fn client_user(client_id: &str) -> String {
-    format!("backend-client/{client_id}")
+    format!("{CLIENT_USER_PREFIX}{client_id}")
 }

@@ -232,7 +232,12 @@ impl Authenticator {
             return Err(TokenError::IssuedInTheFuture);
         }
         let sub = claims.sub.trim().to_owned();
-        if sub.is_empty() || sub.len() > 200 || sub.chars().any(char::is_control) {
+        // `backend-client/` names the SMART backend clients' tokens issued here: no user's.
+        if sub.is_empty()
+            || sub.len() > 200
+            || sub.chars().any(char::is_control)
+            || sub.starts_with(backend::CLIENT_USER_PREFIX)
+        {
             return Err(TokenError::BadSubject);
         }
         if self.organization.is_some() && claims.org.is_none() {

@@ -138,9 +138,12 @@ fn fhir_interaction(
     use smart::Interaction::{Create, Delete, Read, Search, Update};
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let &first = segments.first()?;
-    // A bulk export is granted type by type by its kick-off, and its status and files are
-    // its caller's only.
-    if first == "bulk-export" || segments.contains(&"$export") {
+    // A bulk export is granted type by type by its kick-off and its files (the handlers hold
+    // them to the scopes); its status is its caller's only.
+    if matches!(
+        segments.as_slice(),
+        ["$export"] | ["Patient", "$export"] | ["bulk-export", ..]
+    ) {
         return None;
     }
     let resource_type = crate::http::fhir::RESOURCE_TYPES

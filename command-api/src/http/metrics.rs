@@ -286,18 +286,31 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// Read in one read-only transaction whose statements the server stops after
+    /// [`DATABASE_TIMEOUT`] (a scrape that gave up must not leave them running).
     async fn read(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET TRANSACTION READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!(
+            "SET LOCAL statement_timeout = {}",
+            DATABASE_TIMEOUT.as_millis()
+        ))
+        .execute(&mut *tx)
+        .await?;
+        let conn = &mut *tx;
         Ok(Self {
-            relays: behind(pool, "relay_checkpoints", "relay").await?,
-            read_models: behind(pool, "projections.stream_checkpoints", "projector").await?,
-            process_managers: behind(pool, "process_manager_checkpoints", "name").await?,
-            parked: projections::runtime::parked_counts(pool).await?,
+            relays: behind(conn, "relay_checkpoints", "relay").await?,
+            read_models: behind(conn, "projections.stream_checkpoints", "projector").await?,
+            process_managers: behind(conn, "process_manager_checkpoints", "name").await?,
+            parked: projections::runtime::parked_counts(&mut *conn).await?,
             horizon_age: sqlx::query_scalar(
                 "SELECT coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8
                    FROM pg_stat_activity
                   WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()",
             )
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?,
         })
     }
@@ -354,7 +367,11 @@ impl Pipeline {
 /// How far behind the event store each reader of `table` (its name in `name_column`) is.
 /// (The read models keep their transaction ids as numbers, the relay and process managers as
 /// `xid8`: both are compared as `xid8`.)
-async fn behind(pool: &PgPool, table: &str, name_column: &str) -> Result<Behind, sqlx::Error> {
+async fn behind(
+    conn: &mut sqlx::PgConnection,
+    table: &str,
+    name_column: &str,
+) -> Result<Behind, sqlx::Error> {
     // The table and column names are this module's constants, never input.
     sqlx::query_as(&format!(
         "SELECT c.{name_column}, b.n, b.age
@@ -369,6 +386,6 @@ async fn behind(pool: &PgPool, table: &str, name_column: &str) -> Result<Behind,
           ORDER BY 1"
     ))
     .bind(BACKLOG_COUNTED)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }

@@ -182,6 +182,54 @@ async fn an_export_holds_what_was_asked_for_its_caller_only_and_is_disclosed() {
     assert_eq!(status_of(&app, file, &other).await, 404);
     let anonymous = app.client.get(file).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
+    // Its caller only while they hold the role, and a SMART token of theirs only for the
+    // types its scopes let it read.
+    let demoted = app.token(ADMIN, &["clinician"]);
+    assert_eq!(status_of(&app, &status_url, &demoted).await, 403);
+    let scoped = |scope: &str| {
+        app.token_with(
+            ADMIN,
+            &["admin"],
+            &command_api::auth::TokenExtras {
+                scope: Some(scope.into()),
+                ..command_api::auth::TokenExtras::default()
+            },
+        )
+    };
+    let allergies = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["type"] == "AllergyIntolerance")
+        .unwrap()["url"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        status_of(&app, allergies, &scoped("system/Patient.rs")).await,
+        403
+    );
+    assert_eq!(
+        status_of(&app, allergies, &scoped("system/*.rs")).await,
+        200
+    );
+    // A patient-scoped token finds nothing through a path that merely ends in $export.
+    let launched = app.token_with(
+        ADMIN,
+        &["admin"],
+        &command_api::auth::TokenExtras {
+            scope: Some("patient/*.rs".into()),
+            launch_patient: Some(patients[0].parse().unwrap()),
+            ..command_api::auth::TokenExtras::default()
+        },
+    );
+    let elsewhere = format!(
+        "{}/fhir/R4/Patient/{}/_history/$export",
+        app.address, patients[1]
+    );
+    assert_eq!(status_of(&app, &elsewhere, &launched).await, 403);
+    // No user's token may act as a backend client.
+    let posing = app.token("backend-client/analytics", &["admin"]);
+    assert_eq!(status_of(&app, &status_url, &posing).await, 401);
 
     // Every patient in it is disclosed to its caller.
     for id in &patients {

@@ -8,7 +8,8 @@
 //! - `GET` on the status URL: 202 with `Retry-After` and `X-Progress` while it runs, then 200
 //!   with the manifest (one `application/fhir+ndjson` file per type, several for large types),
 //!   or 500 with an `OperationOutcome` when it failed. `DELETE` cancels it and removes its files
-//!   (202). Only the caller who asked may poll, download or cancel; anyone else gets 404.
+//!   (202). Only the caller who asked may poll, download or cancel (and only while they hold
+//!   the role; a SMART token only the types its scopes let it read); anyone else gets 404.
 //! - `GET` on a file's URL: its lines, streamed, with the bearer token.
 //!
 //! Who may export: the `admin` role (a SMART backend client registered with it, or a user),
@@ -34,7 +35,7 @@ use application::smart::{Grant, Interaction};
 use super::export_runner::{requester, REFERENCE_TYPES};
 use super::patient::base_url;
 use super::{outcome, resource, Issue};
-use crate::auth::{permission, AuthUser, Authorized};
+use crate::auth::{permission, Authorized};
 use crate::http::{ApiError, AppState};
 
 /// The output formats asked for by any of their names: NDJSON only.
@@ -260,7 +261,7 @@ fn no_export() -> Response {
 /// `GET /bulk-export/{id}`: the export's status, or its manifest.
 async fn status(
     State(state): State<AppState>,
-    user: AuthUser,
+    Authorized(user, _): Authorized<permission::BulkExport>,
     headers: HeaderMap,
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -330,7 +331,7 @@ async fn status(
 /// `DELETE /bulk-export/{id}`: cancels the export and removes its files.
 async fn cancel(
     State(state): State<AppState>,
-    user: AuthUser,
+    Authorized(user, _): Authorized<permission::BulkExport>,
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let Ok(export_id) = Uuid::parse_str(&raw_id) else {
@@ -356,7 +357,7 @@ async fn cancel(
 /// `GET /bulk-export/{id}/{Type}-{n}.ndjson`: a file's lines, streamed.
 async fn file(
     State(state): State<AppState>,
-    user: AuthUser,
+    Authorized(user, _): Authorized<permission::BulkExport>,
     Path((raw_id, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let named = name
@@ -366,6 +367,12 @@ async fn file(
     let (Ok(export_id), Some((resource_type, file_no))) = (Uuid::parse_str(&raw_id), named) else {
         return Ok(no_export());
     };
+    // A SMART token reads only the types its scopes let it read across patients.
+    if let Some(scopes) = &user.scopes {
+        if scopes.grant(&resource_type, Interaction::Read) != Grant::Roles {
+            return Err(ApiError::from(application::caller::Refused::Forbidden));
+        }
+    }
     if !state
         .exports
         .has_file(
@@ -379,11 +386,26 @@ async fn file(
         return Ok(no_export());
     }
     let exports = state.exports.clone();
+    let (owner, clock) = (user.id.clone(), state.clock.clone());
     let parts = futures::stream::unfold(Some(-1), move |after| {
         let exports = exports.clone();
         let resource_type = resource_type.clone();
+        let (owner, clock) = (owner.clone(), clock.clone());
         async move {
             let after = after?;
+            // Cancelled or expired meanwhile: the download ends in an error, not as a file
+            // that looks whole.
+            if after >= 0 {
+                match exports
+                    .has_file(export_id, &owner, (&resource_type, file_no), clock())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => {
+                        return Some((Err(std::io::Error::other("the export is gone")), None))
+                    }
+                }
+            }
             match exports
                 .read(export_id, (&resource_type, file_no), after)
                 .await

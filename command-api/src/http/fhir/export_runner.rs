@@ -77,10 +77,10 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     }
 }
 
+/// How long an export is kept after it ends (at most a year).
 fn expiry(state: &AppState) -> chrono::Duration {
-    chrono::Duration::seconds(
-        i64::try_from(state.export_settings.expire_after_secs).unwrap_or(i64::MAX / 1000),
-    )
+    let secs = state.export_settings.expire_after_secs.min(366 * 86_400);
+    chrono::Duration::seconds(i64::try_from(secs).unwrap_or(86_400))
 }
 
 /// The caller an export was asked by, as recorded with it.
