@@ -55,3 +55,30 @@ async fn the_asyncapi_document_validates_with_the_asyncapi_parser() {
     assert_eq!(seen["headers"], events, "{seen}");
     assert_eq!(seen["opened"], sealed, "{seen}");
 }
+
+/// A `PatientForgotten` as the contract has it, with `extra` added.
+fn forgotten(extra: Option<(&str, Value)>) -> Vec<u8> {
+    let mut event = serde_json::json!({
+        "patient_id": "5f4c1e0a-9b7d-4c1e-8a3f-2d6b0e917c55",
+        "reason": "patient-request",
+        "forgotten_at": "2026-11-27T12:00:00Z",
+    });
+    if let Some((name, value)) = extra {
+        event[name] = value;
+    }
+    serde_json::to_vec(&event).unwrap()
+}
+
+#[test]
+fn the_producers_schema_checks_pass_what_the_contract_names() {
+    crate::helpers::assert_matches_schema("PatientForgotten", &forgotten(None));
+}
+
+#[test]
+#[should_panic(expected = "does not match its schema")]
+fn the_producers_schema_checks_refuse_a_property_the_contract_does_not_name() {
+    crate::helpers::assert_matches_schema(
+        "PatientForgotten",
+        &forgotten(Some(("family", Value::from("Doe")))),
+    );
+}

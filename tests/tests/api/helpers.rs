@@ -558,22 +558,54 @@ pub fn assert_matches_schema_in(dir: &str, event_type: &str, data: &[u8]) {
 }
 
 /// `schema` with every object that names its properties closed to others
-/// (`unevaluatedProperties: false`, which counts the properties of the branches of a `oneOf`
-/// or `allOf` as named).
+/// (`unevaluatedProperties: false`, which counts what the branches of a `oneOf` and a `$ref`
+/// beside the properties evaluate). A definition some object extends by a `$ref` beside its
+/// own properties (a tagged variant) is left open: the object extending it is closed.
 fn closed(schema: &mut Value) {
+    let mut extended = std::collections::HashSet::new();
+    extended_definitions(schema, &mut extended);
+    close(schema, &extended, None);
+}
+
+fn extended_definitions(schema: &Value, found: &mut std::collections::HashSet<String>) {
     match schema {
         Value::Object(object) => {
+            if object.contains_key("properties") {
+                if let Some(target) = object.get("$ref").and_then(Value::as_str) {
+                    found.insert(target.trim_start_matches("#/$defs/").to_owned());
+                }
+            }
+            object.values().for_each(|v| extended_definitions(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| extended_definitions(v, found)),
+        _ => {}
+    }
+}
+
+fn close(schema: &mut Value, extended: &std::collections::HashSet<String>, name: Option<&str>) {
+    match schema {
+        Value::Object(object) => {
+            let open = name.is_some_and(|n| extended.contains(n));
             if object.contains_key("properties")
+                && !open
                 && !object.contains_key("additionalProperties")
                 && !object.contains_key("unevaluatedProperties")
             {
                 object.insert("unevaluatedProperties".into(), Value::Bool(false));
             }
-            for value in object.values_mut() {
-                closed(value);
+            for (key, value) in object.iter_mut() {
+                if key == "$defs" {
+                    if let Value::Object(definitions) = value {
+                        for (definition, schema) in definitions.iter_mut() {
+                            close(schema, extended, Some(definition));
+                        }
+                    }
+                } else {
+                    close(value, extended, None);
+                }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(closed),
+        Value::Array(items) => items.iter_mut().for_each(|v| close(v, extended, None)),
         _ => {}
     }
 }
