@@ -36,11 +36,14 @@ pub struct AccessEntry {
     /// `data-key`, `disclosures`, or the command attempted when a change was denied.
     pub action: String,
     /// Purpose of use: `treatment`, `payment`, `operations`, `research` or `emergency`.
+    #[schemars(extend("enum" = ["treatment", "payment", "operations", "research", "emergency"]))]
     pub purpose: String,
     /// `granted` or `denied`.
+    #[schemars(extend("enum" = ["granted", "denied"]))]
     pub outcome: String,
     /// The break-the-glass reason code, for emergency access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["emergency-treatment", "patient-unable-to-consent", "urgent-clinical-need", "imminent-threat", null]))]
     pub emergency_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,

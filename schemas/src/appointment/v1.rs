@@ -41,7 +41,9 @@ pub struct AppointmentCreated {
     pub patient_id: Uuid,
     pub service: String,
     /// `routine`, `urgent` or `emergency`.
+    #[schemars(extend("enum" = ["routine", "urgent", "emergency"]))]
     pub priority: String,
+    #[schemars(extend("enum" = ["proposed", "pending", "booked", "arrived", "checked-in", "fulfilled", "cancelled", "noshow", "entered-in-error", "waitlist"]))]
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub booking: Option<Booking>,

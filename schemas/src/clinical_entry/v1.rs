@@ -70,8 +70,10 @@ pub struct Observation {
     /// `vital-signs`, `laboratory`, `social-history`, `survey`, `exam`, `imaging`,
     /// `procedure`, `therapy` or `activity`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["vital-signs", "laboratory", "social-history", "survey", "exam", "imaging", "procedure", "therapy", "activity", null]))]
     pub category: Option<String>,
     /// `registered`, `preliminary`, `final`, `amended`, `corrected`, `cancelled` or `unknown`.
+    #[schemars(extend("enum" = ["registered", "preliminary", "final", "amended", "corrected", "cancelled", "unknown"]))]
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective: Option<DateTime<Utc>>,
@@ -93,6 +95,7 @@ pub struct Procedure {
     pub code: Concept,
     /// `preparation`, `in-progress`, `not-done`, `on-hold`, `stopped`, `completed` or
     /// `unknown`.
+    #[schemars(extend("enum" = ["preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "unknown"]))]
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub performed_start: Option<DateTime<Utc>>,
@@ -112,9 +115,11 @@ pub struct Procedure {
 pub struct Encounter {
     /// `planned`, `arrived`, `triaged`, `in-progress`, `onleave`, `finished`, `cancelled` or
     /// `unknown`.
+    #[schemars(extend("enum" = ["planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled", "unknown"]))]
     pub status: String,
     /// HL7 v3 ActEncounterCode: `AMB`, `EMER`, `IMP`, `SS`, `HH`, `VR`, `FLD`, `PRENC` or
     /// `OBSENC`.
+    #[schemars(extend("enum" = ["AMB", "EMER", "IMP", "SS", "HH", "VR", "FLD", "PRENC", "OBSENC"]))]
     pub class: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encounter_type: Option<Concept>,

@@ -38,6 +38,7 @@ pub struct Reaction {
     pub manifestation: Concept,
     /// `mild`, `moderate` or `severe`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["mild", "moderate", "severe", null]))]
     pub severity: Option<String>,
 }
 
@@ -47,16 +48,20 @@ pub struct Allergy {
     pub substance: Concept,
     /// `food`, `medication`, `environment` or `biologic`; absent when the source did not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["food", "medication", "environment", "biologic", null]))]
     pub category: Option<String>,
     /// `low`, `high` or `unable-to-assess`; absent when the source did not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["low", "high", "unable-to-assess", null]))]
     pub criticality: Option<String>,
     #[serde(default)]
     pub reactions: Vec<Reaction>,
     /// `active`, `inactive` or `resolved`.
+    #[schemars(extend("enum" = ["active", "inactive", "resolved"]))]
     pub clinical_status: String,
     /// `unconfirmed`, `presumed`, `confirmed` or `refuted`; absent when the source did not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["unconfirmed", "presumed", "confirmed", "refuted", null]))]
     pub verification_status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onset: Option<NaiveDate>,
@@ -76,6 +81,7 @@ pub struct Quantity {
 pub struct Frequency {
     pub count: u32,
     pub period: u32,
+    #[schemars(extend("enum" = ["h", "d", "wk", "mo"]))]
     pub period_unit: String,
     #[serde(default)]
     pub as_needed: bool,
@@ -89,11 +95,13 @@ pub struct Medication {
     /// `order` (prescribed here), `patient-reported` or `other-record`. Events written before
     /// the field existed have none: they were all orders.
     #[serde(default = "order")]
+    #[schemars(extend("enum" = ["order", "patient-reported", "other-record"]))]
     pub source: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dose: Option<Quantity>,
     /// `oral`, `intravenous`, `intramuscular`, `subcutaneous`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["oral", "sublingual", "intravenous", "intramuscular", "subcutaneous", "intradermal", "topical", "transdermal", "inhalation", "intranasal", "rectal", "vaginal", "ophthalmic", "otic", null]))]
     pub route: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequency: Option<Frequency>,
@@ -105,6 +113,7 @@ pub struct Medication {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<NaiveDate>,
     /// `active`, `on-hold`, `intended`, `stopped`, `completed`, `not-taken` or `unknown`.
+    #[schemars(extend("enum" = ["active", "on-hold", "intended", "stopped", "completed", "not-taken", "unknown"]))]
     pub status: String,
     /// The prescriber's user id, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,13 +137,16 @@ pub struct Immunization {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lot_number: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["left-arm", "right-arm", "left-thigh", "right-thigh", "left-gluteus", "right-gluteus", "nose", "mouth", null]))]
     pub site: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["oral", "sublingual", "intravenous", "intramuscular", "subcutaneous", "intradermal", "topical", "transdermal", "inhalation", "intranasal", "rectal", "vaginal", "ophthalmic", "otic", null]))]
     pub route: Option<String>,
     /// The user id of who gave it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub performer: Option<String>,
     /// `completed` or `not-done`.
+    #[schemars(extend("enum" = ["completed", "not-done"]))]
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -149,8 +161,10 @@ pub struct Problem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abatement: Option<NaiveDate>,
     /// `active`, `recurrence`, `relapse`, `inactive`, `remission` or `resolved`.
+    #[schemars(extend("enum" = ["active", "recurrence", "relapse", "inactive", "remission", "resolved"]))]
     pub clinical_status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["mild", "moderate", "severe", null]))]
     pub severity: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -160,6 +174,7 @@ pub struct Problem {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryEntry {
     /// `past-medical`, `surgical`, `family` or `social`.
+    #[schemars(extend("enum" = ["past-medical", "surgical", "family", "social"]))]
     pub category: String,
     pub description: Concept,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,6 +253,7 @@ pub struct EnteredInError {
     pub patient_id: Uuid,
     pub item_id: Uuid,
     /// `allergy`, `medication`, `immunization`, `problem`, `history` or `document`.
+    #[schemars(extend("enum" = ["allergy", "medication", "immunization", "problem", "history", "document"]))]
     pub kind: String,
     pub reason: String,
     pub entered_at: DateTime<Utc>,

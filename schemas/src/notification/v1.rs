@@ -18,6 +18,7 @@ pub struct AppointmentReminder {
     pub appointment_id: Uuid,
     /// `sms`, `email`, `phone` or `post`: the patient's preferred channel, if named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["sms", "email", "phone", "post", null]))]
     pub channel: Option<String>,
     pub starts_at: DateTime<Utc>,
     /// Minutes before the start this reminder was planned for.
@@ -40,6 +41,7 @@ pub struct WaitlistOffer {
     pub patient_id: Uuid,
     pub appointment_id: Uuid,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["sms", "email", "phone", "post", null]))]
     pub channel: Option<String>,
     pub slot: Interval,
     pub expires_at: DateTime<Utc>,

@@ -46,6 +46,7 @@ pub struct Phone {
     pub number: String,
     /// `home`, `work` or `mobile`.
     #[serde(rename = "use")]
+    #[schemars(extend("enum" = ["home", "work", "mobile"]))]
     pub phone_use: String,
     pub preferred: bool,
 }
@@ -61,6 +62,7 @@ pub struct Email {
 pub struct Address {
     /// `home`, `work`, `temp` or `billing`.
     #[serde(rename = "use")]
+    #[schemars(extend("enum" = ["home", "work", "temp", "billing"]))]
     pub address_use: String,
     pub lines: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,6 +119,7 @@ pub struct PatientRegistered {
     pub gender: AdministrativeGender,
     /// HL7 v3 MaritalStatus code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["A", "D", "I", "L", "M", "C", "P", "T", "U", "S", "W", "UNK", null]))]
     pub marital_status: Option<String>,
     /// BCP 47 language tags, most preferred first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -143,6 +146,7 @@ pub struct DemographicsCorrected {
     pub gender: AdministrativeGender,
     /// HL7 v3 MaritalStatus code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["A", "D", "I", "L", "M", "C", "P", "T", "U", "S", "W", "UNK", null]))]
     pub marital_status: Option<String>,
     /// BCP 47 language tags, most preferred first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -209,6 +213,7 @@ pub struct Preferences {
     pub communication_language: Option<String>,
     /// `sms`, `email`, `phone` or `post`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["sms", "email", "phone", "post", null]))]
     pub preferred_channel: Option<String>,
     pub reminder_opt_in: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,6 +236,7 @@ pub struct EmergencyContact {
     pub name: HumanName,
     /// `spouse`, `partner`, `parent`, `child`, `sibling`, `relative`, `friend`, `guardian`,
     /// `caregiver` or `other`.
+    #[schemars(extend("enum" = ["spouse", "partner", "parent", "child", "sibling", "relative", "friend", "guardian", "caregiver", "other"]))]
     pub relationship: String,
     pub phones: Vec<Phone>,
 }
@@ -273,11 +279,13 @@ pub struct Coverage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscriber_name: Option<HumanName>,
     /// The patient to the subscriber: `self`, `spouse`, `child` or `other`.
+    #[schemars(extend("enum" = ["self", "spouse", "child", "other"]))]
     pub relationship: String,
     pub start: NaiveDate,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<NaiveDate>,
     /// `primary`, `secondary` or `tertiary`.
+    #[schemars(extend("enum" = ["primary", "secondary", "tertiary"]))]
     pub priority: String,
 }
 
@@ -335,6 +343,7 @@ pub struct PatientUnmerged {
     pub patient_id: Uuid,
     pub target_id: Uuid,
     /// `active` or `archived`: the status before the merge.
+    #[schemars(extend("enum" = ["active", "archived"]))]
     pub status: String,
     pub reason: String,
     pub unmerged_at: DateTime<Utc>,
@@ -358,6 +367,7 @@ pub struct CareRelationshipStarted {
     pub patient_id: Uuid,
     pub practitioner: String,
     /// `attending`, `primary-care`, `consulting` or `nursing`.
+    #[schemars(extend("enum" = ["attending", "primary-care", "consulting", "nursing"]))]
     pub role: String,
     pub started_at: DateTime<Utc>,
 }
@@ -424,6 +434,7 @@ pub struct LegalHoldReleased {
 pub struct PatientForgotten {
     pub patient_id: Uuid,
     /// `patient-request`, `retention-expired`, `legal-order` or `registered-in-error`.
+    #[schemars(extend("enum" = ["patient-request", "retention-expired", "legal-order", "registered-in-error"]))]
     pub reason: String,
     /// A ticket or case number.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -82,3 +82,233 @@ fn the_producers_schema_checks_refuse_a_property_the_contract_does_not_name() {
         &forgotten(Some(("family", Value::from("Doe")))),
     );
 }
+
+/// Every `enum` given to property `name` anywhere in the checked-in schema `file` (null left
+/// out), each list once.
+fn enums_of(file: &str, name: &str) -> Vec<Vec<String>> {
+    fn walk(schema: &Value, name: &str, found: &mut Vec<Vec<String>>) {
+        match schema {
+            Value::Object(object) => {
+                if let Some(Value::Object(properties)) = object.get("properties") {
+                    if let Some(Value::Array(codes)) =
+                        properties.get(name).and_then(|p| p.get("enum"))
+                    {
+                        let codes: Vec<String> = codes
+                            .iter()
+                            .filter_map(|c| c.as_str().map(str::to_owned))
+                            .collect();
+                        if !found.contains(&codes) {
+                            found.push(codes);
+                        }
+                    }
+                }
+                object.values().for_each(|v| walk(v, name, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, name, found)),
+            _ => {}
+        }
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../schemas/json")
+        .join(format!("{file}.schema.json"));
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut found = Vec::new();
+    walk(&schema, name, &mut found);
+    found
+}
+
+#[test]
+fn the_schemas_code_lists_are_the_domains() {
+    use domain::medical_record::items;
+    let owned = |codes: &[&str]| codes.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>();
+    let record_kinds: Vec<&str> = items::ItemKind::CODES
+        .iter()
+        .copied()
+        .filter(|code| {
+            !items::ItemKind::parse("kind", code)
+                .unwrap()
+                .has_own_stream()
+        })
+        .collect();
+    for (file, name, codes) in [
+        (
+            "medical-record/v1/AllergyRecorded",
+            "category",
+            items::AllergyCategory::CODES,
+        ),
+        (
+            "medical-record/v1/AllergyRecorded",
+            "criticality",
+            items::AllergyCriticality::CODES,
+        ),
+        (
+            "medical-record/v1/AllergyRecorded",
+            "clinical_status",
+            items::AllergyClinicalStatus::CODES,
+        ),
+        (
+            "medical-record/v1/AllergyRecorded",
+            "verification_status",
+            items::VerificationStatus::CODES,
+        ),
+        (
+            "medical-record/v1/AllergyRecorded",
+            "severity",
+            items::Severity::CODES,
+        ),
+        (
+            "medical-record/v1/MedicationRecorded",
+            "status",
+            items::MedicationStatus::CODES,
+        ),
+        (
+            "medical-record/v1/MedicationRecorded",
+            "source",
+            items::MedicationSource::CODES,
+        ),
+        (
+            "medical-record/v1/MedicationRecorded",
+            "route",
+            items::Route::CODES,
+        ),
+        (
+            "medical-record/v1/MedicationRecorded",
+            "period_unit",
+            domain::medical_record::values::PeriodUnit::CODES,
+        ),
+        (
+            "medical-record/v1/ImmunizationRecorded",
+            "status",
+            items::ImmunizationStatus::CODES,
+        ),
+        (
+            "medical-record/v1/ImmunizationRecorded",
+            "site",
+            items::BodySite::CODES,
+        ),
+        (
+            "medical-record/v1/ImmunizationRecorded",
+            "route",
+            items::Route::CODES,
+        ),
+        (
+            "medical-record/v1/ProblemRecorded",
+            "clinical_status",
+            items::ProblemStatus::CODES,
+        ),
+        (
+            "medical-record/v1/ProblemRecorded",
+            "severity",
+            items::Severity::CODES,
+        ),
+        (
+            "medical-record/v1/HistoryEntryRecorded",
+            "category",
+            items::HistoryCategory::CODES,
+        ),
+        (
+            "medical-record/v1/AllergyEnteredInError",
+            "kind",
+            &record_kinds,
+        ),
+        (
+            "clinical-entry/v1/ObservationRecorded",
+            "category",
+            items::ObservationCategory::CODES,
+        ),
+        (
+            "clinical-entry/v1/ObservationRecorded",
+            "status",
+            items::ObservationStatus::CODES,
+        ),
+        (
+            "clinical-entry/v1/ProcedureRecorded",
+            "status",
+            items::ProcedureStatus::CODES,
+        ),
+        (
+            "clinical-entry/v1/EncounterRecorded",
+            "status",
+            items::EncounterStatus::CODES,
+        ),
+        (
+            "clinical-entry/v1/EncounterRecorded",
+            "class",
+            items::EncounterClass::CODES,
+        ),
+        (
+            "appointment/v1/AppointmentCreated",
+            "priority",
+            domain::scheduling::Priority::CODES,
+        ),
+        (
+            "appointment/v1/AppointmentCreated",
+            "status",
+            domain::scheduling::AppointmentStatus::CODES,
+        ),
+        (
+            "notification/v1/AppointmentReminder",
+            "channel",
+            domain::patient::record::Channel::CODES,
+        ),
+        (
+            "patient/v1/PreferencesUpdated",
+            "preferred_channel",
+            domain::patient::record::Channel::CODES,
+        ),
+        (
+            "patient/v1/EmergencyContactAdded",
+            "relationship",
+            domain::patient::record::Relationship::CODES,
+        ),
+        (
+            "patient/v1/CoverageAdded",
+            "priority",
+            domain::patient::record::CoveragePriority::CODES,
+        ),
+        (
+            "patient/v1/CoverageAdded",
+            "relationship",
+            domain::patient::record::SubscriberRelationship::CODES,
+        ),
+        (
+            "patient/v1/CareRelationshipStarted",
+            "role",
+            domain::patient::governance::CareRole::CODES,
+        ),
+        (
+            "patient/v1/PatientForgotten",
+            "reason",
+            domain::patient::governance::ErasureReason::CODES,
+        ),
+    ] {
+        assert_eq!(enums_of(file, name), [owned(codes)], "{file} {name}");
+    }
+    // Codes the domain reads with a parser of its own: every one listed parses (phones' and
+    // addresses' both under `use`).
+    let parses_all =
+        |codes: &[String], parses: &dyn Fn(&str) -> bool| codes.iter().all(|c| parses(c));
+    let uses = enums_of("patient/v1/PatientRegistered", "use");
+    assert_eq!(uses.len(), 2, "{uses:?}");
+    assert!(
+        uses.iter().any(
+            |u| parses_all(u, &|c| domain::patient::contact::PhoneUse::parse("use", c)
+                .is_ok())
+        ),
+        "{uses:?}"
+    );
+    assert!(
+        uses.iter().any(
+            |u| parses_all(u, &|c| domain::patient::contact::AddressUse::parse(
+                "use", c
+            )
+            .is_ok())
+        ),
+        "{uses:?}"
+    );
+    let marital = enums_of("patient/v1/PatientRegistered", "marital_status");
+    assert_eq!(marital.len(), 1, "{marital:?}");
+    assert!(parses_all(&marital[0], &|c| {
+        domain::patient::MaritalStatus::parse("marital_status", c).is_ok()
+    }));
+}
