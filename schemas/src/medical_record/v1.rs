@@ -252,8 +252,10 @@ pub struct Revised<T> {
 pub struct EnteredInError {
     pub patient_id: Uuid,
     pub item_id: Uuid,
-    /// `allergy`, `medication`, `immunization`, `problem`, `history` or `document`.
-    #[schemars(extend("enum" = ["allergy", "medication", "immunization", "problem", "history", "document"]))]
+    /// `allergy`, `medication`, `immunization`, `problem`, `history` or `document` on the
+    /// medical record's topic; `observation`, `procedure` or `encounter` on the clinical
+    /// entries'.
+    #[schemars(extend("enum" = ["allergy", "medication", "immunization", "problem", "history", "document", "observation", "procedure", "encounter"]))]
     pub kind: String,
     pub reason: String,
     pub entered_at: DateTime<Utc>,

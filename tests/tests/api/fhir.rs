@@ -2687,12 +2687,17 @@ async fn patient_everything_pages_the_whole_compartment_and_the_patients_own_cal
     .map(|(k, n)| (k.to_owned(), n))
     .collect();
 
-    // Act: the clinician's call (the observation's read model follows within moments).
-    crate::helpers::eventually("the observation in the compartment", || async {
-        let (status, _, bundle) = fhir_get(&app, &everything, Some(&token), &[]).await;
-        assert_eq!(status, 200, "{bundle}");
-        types_in(&bundle).contains_key("Observation")
-    })
+    // Act: the clinician's call (the observation's and the appointment's read models follow
+    // within moments, each on its own).
+    crate::helpers::eventually(
+        "the observation and the appointment in the compartment",
+        || async {
+            let (status, _, bundle) = fhir_get(&app, &everything, Some(&token), &[]).await;
+            assert_eq!(status, 200, "{bundle}");
+            let types = types_in(&bundle);
+            types.contains_key("Observation") && types.contains_key("Appointment")
+        },
+    )
     .await;
     let (_, _, whole) = fhir_get(&app, &everything, Some(&token), &[]).await;
 
