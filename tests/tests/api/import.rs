@@ -696,11 +696,30 @@ async fn an_imported_patient_whose_identifiers_agree_with_a_registered_one_is_me
     assert_eq!(registered.status(), 201, "{:?}", registered.text().await);
     let registered: Value = registered.json().await.unwrap();
     let id = registered["id"].as_str().unwrap().to_owned();
-    // The matcher finds them once its read model has them.
+    // The import's matcher finds them once its read model has them.
     let registrar = app.registrar();
-    eventually("the registered patient searchable", || async {
-        let (_, _, found) = fhir_get(&app, "/Patient?family=Kreiger", Some(&registrar), &[]).await;
-        found["total"] == 1
+    let mut described = serde_json::json!({ "resourceType": "Patient" });
+    for element in ["name", "gender", "birthDate", "address", "telecom"] {
+        described[element] = patient[element].clone();
+    }
+    let asked = serde_json::json!({
+        "resourceType": "Parameters",
+        "parameter": [{ "name": "resource", "resource": described }],
+    });
+    eventually("the registered patient known to the matcher", || async {
+        let (status, _, found) = crate::fhir::fhir_send(
+            &app,
+            reqwest::Method::POST,
+            "/Patient/$match",
+            &registrar,
+            &asked,
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200, "{found}");
+        found["entry"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["resource"]["id"] == id.as_str()))
     })
     .await;
     let dir = std::env::temp_dir().join(format!("merge-{}", uuid::Uuid::new_v4()));
