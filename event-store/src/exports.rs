@@ -44,6 +44,8 @@ pub struct Claim {
     pub types: Vec<String>,
     pub since: Option<DateTime<Utc>>,
     pub transaction_time: DateTime<Utc>,
+    /// The master key the export's own key is derived from.
+    pub master_key_id: Option<String>,
 }
 
 /// One part of a file, in the clear, before it is sealed.
@@ -82,6 +84,8 @@ pub enum ReadError {
     Database(#[from] sqlx::Error),
     #[error("an export part does not open: it was altered")]
     Altered,
+    #[error("the master key the export's key came from is no longer configured")]
+    MasterKeyGone,
 }
 
 /// Exports and their sealed files.
@@ -107,8 +111,8 @@ impl ExportStore {
     pub async fn create(&self, export: &NewExport) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO bulk_exports (export_id, requested_by, requester, level, request_url,
-                                       types, since, status, requested_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'accepted', $8)",
+                                       types, since, status, requested_at, master_key_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'accepted', $8, $9)",
         )
         .bind(export.export_id)
         .bind(&export.requested_by)
@@ -118,6 +122,7 @@ impl ExportStore {
         .bind(&export.types)
         .bind(export.since)
         .bind(export.requested_at)
+        .bind(self.keys.active_master_id())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -143,7 +148,8 @@ impl ExportStore {
                                   WHERE status = 'accepted'
                                      OR (status = 'running' AND lease_until < $1)
                                   ORDER BY requested_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-             RETURNING export_id, attempt, requested_by, requester, level, types, since",
+             RETURNING export_id, attempt, requested_by, requester, level, types, since,
+                       master_key_id",
         )
         .bind(now)
         .bind(lease)
@@ -167,6 +173,7 @@ impl ExportStore {
             types: row.try_get("types")?,
             since: row.try_get("since")?,
             transaction_time: now,
+            master_key_id: row.try_get("master_key_id")?,
         }))
     }
 
@@ -225,7 +232,15 @@ impl ExportStore {
             None => None,
         };
         let patient_key = key.is_some();
-        let key = key.unwrap_or_else(|| self.export_key(claim.export_id));
+        let key = match key {
+            Some(key) => key,
+            None => self
+                .export_key(claim.export_id, claim.master_key_id.as_deref())
+                .ok_or_else(|| KeyError::UnknownMasterKey {
+                    patient_id: String::new(),
+                    master_key_id: claim.master_key_id.clone().unwrap_or_default(),
+                })?,
+        };
         let mut types = Vec::with_capacity(parts.len());
         let mut files = Vec::with_capacity(parts.len());
         let mut numbers = Vec::with_capacity(parts.len());
@@ -466,7 +481,15 @@ impl ExportStore {
             .into_iter()
             .collect()
         };
-        let export_key = self.export_key(export_id);
+        let master_key_id: Option<String> =
+            sqlx::query_scalar("SELECT master_key_id FROM bulk_exports WHERE export_id = $1")
+                .bind(export_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten();
+        // The export's key, if the master key it came from is still configured; parts that
+        // need it and cannot have it end the read in an error.
+        let export_key = self.export_key(export_id, master_key_id.as_deref());
         let mut out = Vec::new();
         for row in rows {
             let patient: Option<String> = row.try_get("patient_id")?;
@@ -479,7 +502,7 @@ impl ExportStore {
             } else if patient.as_ref().is_some_and(|p| forgotten.contains(p)) {
                 continue;
             } else {
-                export_key
+                export_key.ok_or(ReadError::MasterKeyGone)?
             };
             let part = Part {
                 resource_type: resource_type.to_owned(),
@@ -529,15 +552,18 @@ impl ExportStore {
         Ok(found.is_some())
     }
 
-    /// The key of an export's parts that are not sealed with a patient's key.
-    fn export_key(&self, export_id: Uuid) -> [u8; 32] {
+    /// The key of an export's parts that are not sealed with a patient's key, derived from
+    /// master key `master_key_id` (the active one for an export recorded without one); `None`
+    /// when that master key is no longer configured.
+    fn export_key(&self, export_id: Uuid, master_key_id: Option<&str>) -> Option<[u8; 32]> {
+        let master = master_key_id.unwrap_or_else(|| self.keys.active_master_id());
         let derived = self
             .keys
-            .derived_key(b"bulk export files v1")
+            .derived_key_of(master, b"bulk export files v1")?
             .link(export_id.as_bytes(), &[]);
         let mut key = [0_u8; 32];
         key.copy_from_slice(&derived[..32]);
-        key
+        Some(key)
     }
 }
 

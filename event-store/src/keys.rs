@@ -119,7 +119,28 @@ impl KeyStore {
 
     /// A key for `purpose`, derived from the active master key.
     pub fn derived_key(&self, purpose: &[u8]) -> crate::chain::ChainKey {
-        let derived = crate::chain::ChainKey::new(*self.master.active.bytes)
+        Self::derive(&self.master.active, purpose)
+    }
+
+    /// The id of the active master key.
+    pub fn active_master_id(&self) -> &str {
+        self.master.active.id()
+    }
+
+    /// A key for `purpose`, derived from master key `master_id` (the active one or a previous
+    /// one still configured); `None` when it is not configured.
+    pub fn derived_key_of(
+        &self,
+        master_id: &str,
+        purpose: &[u8],
+    ) -> Option<crate::chain::ChainKey> {
+        self.master
+            .find(master_id)
+            .map(|master| Self::derive(master, purpose))
+    }
+
+    fn derive(master: &MasterKey, purpose: &[u8]) -> crate::chain::ChainKey {
+        let derived = crate::chain::ChainKey::new(*master.bytes)
             .link(b"patient-service key derivation", &[purpose]);
         let mut bytes = Zeroizing::new([0_u8; 32]);
         bytes.copy_from_slice(&derived);

@@ -523,3 +523,35 @@ fn tempfile_with(text: &str) -> std::path::PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+#[tokio::test]
+async fn an_export_stays_readable_across_a_master_key_rotation() {
+    // Arrange: a system-level export (practitioners are sealed with the export's own key),
+    // then the service restarted on a new master key, the old one still configured.
+    let app = TestApp::without_kafka().await;
+    crate::scheduling::clinic(&app).await;
+    let admin = app.token(ADMIN, &["admin"]);
+    let status_url = kick_off(&app, &admin, "/$export?_type=Practitioner").await;
+    let manifest = completed(&app, &admin, &status_url).await;
+    let url = manifest["output"][0]["url"].as_str().unwrap().to_owned();
+    let mut settings = app.settings.clone();
+    app.stop().await;
+    settings.security.master_key = Some(secrecy::SecretString::from(
+        "bmV3IG1hc3RlciBrZXkgb2YgdGhpcnR5LXR3byBieXQ=",
+    ));
+    settings.security.previous_master_keys =
+        vec![secrecy::SecretString::from(crate::helpers::MASTER_KEY)];
+    let app = TestApp::start(settings, command_api::startup::Roles::ALL).await;
+    let admin = app.token(ADMIN, &["admin"]);
+    // The port changed with the restart: the same file at the new address.
+    let path = url.split_once("/fhir/R4").unwrap().1;
+    let url = format!("{}/fhir/R4{path}", app.address);
+
+    // Act
+    let lines = lines_of(&app, &admin, &url).await;
+
+    // Assert
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|l| l["resourceType"] == "Practitioner"));
+    app.stop().await;
+}
