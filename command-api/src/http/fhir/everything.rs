@@ -86,19 +86,9 @@ fn asked(params: &HashMap<String, String>) -> Result<Asked, FieldErrors> {
         };
     let count = whole("_count", 100, (1, 1_000), &mut errors);
     let offset = whole("_offset", 0, (0, 1_000_000), &mut errors);
-    let since = match params.get("_since") {
-        None => None,
-        Some(raw) => match DateTime::parse_from_rfc3339(raw) {
-            Ok(at) => Some(at.with_timezone(&Utc)),
-            Err(_) => {
-                errors.push(FieldError::new(
-                    "_since",
-                    "must be an instant with its time zone, such as 2024-01-31T08:00:00Z",
-                ));
-                None
-            }
-        },
-    };
+    let since = params
+        .get("_since")
+        .and_then(|raw| errors.check(super::instant("_since", raw)));
     let types = params.get("_type").map(|raw| {
         raw.split(',')
             .map(|t| t.trim().to_owned())

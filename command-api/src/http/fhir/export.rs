@@ -119,13 +119,10 @@ fn asked(level: &str, params: &[(String, String)]) -> Result<Asked, FieldErrors>
                     ));
                 }
             }
-            "_since" => match DateTime::parse_from_rfc3339(value) {
-                Ok(at) if since.is_none() => since = Some(at.with_timezone(&Utc)),
+            "_since" => match super::instant("_since", value) {
+                Ok(at) if since.is_none() => since = Some(at),
                 Ok(_) => errors.push(FieldError::new("_since", "is given more than once")),
-                Err(_) => errors.push(FieldError::new(
-                    "_since",
-                    "must be an instant with its time zone, such as 2024-01-31T08:00:00Z",
-                )),
+                Err(e) => errors.push(e),
             },
             "_type" => {
                 for name in value.split(',').map(str::trim) {

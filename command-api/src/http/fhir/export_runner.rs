@@ -335,7 +335,8 @@ async fn caught_up(state: &AppState, claim: &Claim) -> anyhow::Result<bool> {
         {
             return Ok(false);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Each look scans the stored events of those aggregates: not too often.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -464,6 +464,22 @@ pub fn page_bundle(
 
 /// The search parameters of `resource_type` in `params` that are not among `known`, refused
 /// by name.
+/// An instant parameter `name` (`_since`): RFC 3339 with its time zone.
+///
+/// # Errors
+///
+/// A [`FieldError`] naming `name` when `raw` is not one.
+pub fn instant(name: &str, raw: &str) -> Result<chrono::DateTime<chrono::Utc>, FieldError> {
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .map(|at| at.with_timezone(&chrono::Utc))
+        .map_err(|_| {
+            FieldError::new(
+                name,
+                "must be an instant with its time zone, such as 2024-01-31T08:00:00Z",
+            )
+        })
+}
+
 pub fn refuse_unknown<'a>(
     params: impl IntoIterator<Item = &'a String>,
     known: &[&str],
