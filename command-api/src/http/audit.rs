@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use cqrs_es::Aggregate;
 use domain::patient::{Patient, PatientId};
 use serde_json::{json, Value};
@@ -18,15 +18,46 @@ use chrono::{DateTime, Utc};
 use domain::{FieldError, FieldErrors};
 use projections::audit_log;
 
-use crate::auth::{permission, Authorized};
+use crate::auth::{permission, Action, Authorized};
 use crate::http::governance::page;
+use crate::http::openapi::{self as doc, Kind, Routes};
 use crate::http::params::{url_encode, whole_number};
 use crate::http::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/audit/streams/{aggregate_type}/{id}", get(stream))
-        .route("/v1/audit/entries", get(entries))
+pub fn router() -> Routes {
+    Routes::new()
+        .route(
+            "/v1/audit/streams/{aggregate_type}/{id}",
+            get(stream),
+            [
+                doc::get("A patient's or medical record's events, as stored")
+                    .needs(Action::ReadAuditTrail)
+                    .path_param(
+                        "aggregate_type",
+                        serde_json::json!({ "enum": ["patient", "medical-record"] }),
+                    )
+                    .answers(200, "The stream's events, oldest first"),
+            ],
+        )
+        .route(
+            "/v1/audit/entries",
+            get(entries),
+            [
+                doc::get("The audit log: every event and access, oldest first")
+                    .needs(Action::ReadAuditTrail)
+                    .query(&[
+                        ("patient", Kind::Id, false),
+                        ("user", Kind::Text, false),
+                        ("action", Kind::Text, false),
+                        ("kind", Kind::Text, false),
+                        ("from", Kind::Instant, false),
+                        ("to", Kind::Instant, false),
+                        ("after", Kind::Whole(0, i64::MAX), false),
+                        ("limit", Kind::Whole(1, 1000), false),
+                    ])
+                    .answers(200, "A page of entries"),
+            ],
+        )
 }
 
 /// `GET /v1/audit/entries?patient=&user=&action=&kind=&from=&to=&after=&limit=`: the audit log

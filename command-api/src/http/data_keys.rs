@@ -8,15 +8,38 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use domain::patient::PatientId;
 use serde_json::json;
 
-use crate::auth::{permission, Authorized};
+use crate::auth::{permission, Action, Authorized};
+use crate::http::openapi::{self as doc, Routes};
 use crate::http::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/patients/{id}/data-key", get(data_key))
+pub fn router() -> Routes {
+    Routes::new().route(
+        "/v1/patients/{id}/data-key",
+        get(data_key),
+        [
+            doc::get("A patient's data key, to open their sealed events")
+                .needs(Action::ReadDataKey)
+                .answers_as(
+                    200,
+                    "The key: `alg`, `key` (base64), `kid`, `patient_id`",
+                    "application/json",
+                    serde_json::json!({
+                        "type": "object",
+                        "required": ["alg", "key", "kid", "patient_id"],
+                        "properties": {
+                            "alg": { "type": "string" },
+                            "key": { "type": "string", "contentEncoding": "base64" },
+                            "kid": { "type": "string" },
+                            "patient_id": { "type": "string", "format": "uuid" },
+                        },
+                    }),
+                ),
+        ],
+    )
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]

@@ -16,41 +16,93 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use domain::patient::governance::{GovernanceChange, Principal};
 use domain::patient::{PatientCommand, PatientId};
 use domain::FieldErrors;
 use projections::audit_log;
 use uuid::Uuid;
 
-use crate::auth::{permission, Authorized};
+use crate::auth::{permission, Action, Authorized};
 use crate::http::input;
+use crate::http::openapi::{self as doc, Kind, Routes};
 use crate::http::params::whole_number;
 use crate::http::patient_commands::{change, reason_only, CommandRequest};
 use crate::http::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> Routes {
+    use input::governance::{CareRelationshipBody, ConsentBody, ForgetBody};
+    use input::patient::ReasonBody;
+    Routes::new()
         .route(
             "/v1/patients/{id}/care-relationships",
             post(start_care_relationship),
+            [doc::post("Start a care relationship with a practitioner")
+                .needs(Action::ManageCareRelationships)
+                .body::<CareRelationshipBody>()
+                .change()],
         )
         .route(
             "/v1/patients/{id}/care-relationships/{item}/end",
             post(end_care_relationship),
+            [doc::post("End a care relationship")
+                .needs(Action::ManageCareRelationships)
+                .body::<ReasonBody>()
+                .change()],
         )
-        .route("/v1/patients/{id}/consents", post(grant_consent))
+        .route(
+            "/v1/patients/{id}/consents",
+            post(grant_consent),
+            [doc::post("Record a consent directive")
+                .needs(Action::ManageConsents)
+                .body::<ConsentBody>()
+                .change()],
+        )
         .route(
             "/v1/patients/{id}/consents/{item}/withdraw",
             post(withdraw_consent),
+            [doc::post("Withdraw a consent directive")
+                .needs(Action::ManageConsents)
+                .body::<ReasonBody>()
+                .change()],
         )
-        .route("/v1/patients/{id}/legal-hold", post(place_legal_hold))
+        .route(
+            "/v1/patients/{id}/legal-hold",
+            post(place_legal_hold),
+            [doc::post("Place a legal hold (no erasure while it holds)")
+                .needs(Action::ManageLegalHold)
+                .body::<ReasonBody>()
+                .change()],
+        )
         .route(
             "/v1/patients/{id}/legal-hold/release",
             post(release_legal_hold),
+            [doc::post("Release a legal hold")
+                .needs(Action::ManageLegalHold)
+                .body::<ReasonBody>()
+                .change()],
         )
-        .route("/v1/patients/{id}/forget", post(forget))
-        .route("/v1/patients/{id}/disclosures", get(disclosures))
+        .route(
+            "/v1/patients/{id}/forget",
+            post(forget),
+            [
+                doc::post("Forget (erase) a patient: their data key is destroyed")
+                    .needs(Action::ForgetPatient)
+                    .body::<ForgetBody>()
+                    .change(),
+            ],
+        )
+        .route(
+            "/v1/patients/{id}/disclosures",
+            get(disclosures),
+            [doc::get("Who was shown a patient's data, and why")
+                .needs(Action::ReadDisclosures)
+                .query(&[
+                    ("limit", Kind::Whole(1, 1000), false),
+                    ("after", Kind::Whole(0, i64::MAX), false),
+                ])
+                .answers(200, "A page of disclosures, oldest first")],
+        )
 }
 
 async fn govern<P: crate::auth::Permission>(

@@ -26,7 +26,7 @@ use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use domain::medical_record::items::DocumentContent;
 use domain::medical_record::{Item, ItemContent, ItemId, ItemKind, MedicalRecord};
@@ -38,10 +38,11 @@ use projections::medical_records::{self as read_model, Criteria};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::auth::{permission, AuthUser, Authorized};
+use crate::auth::{permission, Action, AuthUser, Authorized};
 use crate::extraction;
 use crate::http::idempotency::{idempotency_key, idempotent, Stored};
 use crate::http::input;
+use crate::http::openapi::{self as doc, Kind, Routes};
 use crate::http::params::{url_encode, whole_number};
 use crate::http::patient_commands::{metadata, CommandRequest};
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
@@ -69,53 +70,158 @@ fn segment(kind: ItemKind) -> &'static str {
 /// Room for an upload's metadata part and multipart framing beside the document's bytes.
 pub const MULTIPART_OVERHEAD: usize = 64 * 1024;
 
-pub fn router(document_limit: usize) -> Router<AppState> {
-    let mut router = Router::new();
+pub fn router(document_limit: usize) -> Routes {
+    let mut routes = Routes::new();
     for (segment, kind) in KINDS {
         let base = format!("/v1/patients/{{id}}/{segment}");
+        let schema = input::record::item_schema(kind);
         let collection = get(move |s, u, p, q| list(s, u, p, q, kind));
-        let collection = if kind == ItemKind::Document {
+        let (collection, record) = if kind == ItemKind::Document {
             // Multipart, so the body limit is the document limit plus room for the metadata;
             // a larger declared length is refused before anything is read.
             let limit = document_limit.saturating_add(MULTIPART_OVERHEAD);
-            collection
+            let upload_doc = doc::post("Upload a document: its metadata, and its file").body_as(
+                "multipart/form-data",
+                json!({
+                    "type": "object",
+                    "required": ["metadata", "file"],
+                    "properties": {
+                        "metadata": schema.clone(),
+                        "file": {
+                            "type": "string",
+                            "contentMediaType": "application/octet-stream",
+                            "description": "PDF, PNG, JPEG, TIFF or plain text",
+                        },
+                    },
+                }),
+            );
+            let methods = collection
                 .post(upload)
                 .layer(DefaultBodyLimit::max(limit))
                 .layer(axum::middleware::from_fn_with_state(
                     limit,
                     crate::http::refuse_declared_over,
-                ))
+                ));
+            (methods, upload_doc)
         } else {
-            collection.post(move |s, r| create(s, r, kind))
+            let create_doc =
+                doc::post("Record an item").body_as("application/json", schema.clone());
+            (collection.post(move |s, r| create(s, r, kind)), create_doc)
         };
-        router = router
-            .route(&base, collection)
+        let item = |summary| doc::get(summary).needs(Action::ReadMedicalRecord);
+        routes = routes
+            .route(
+                &base,
+                collection,
+                [
+                    item("The patient's items of this kind")
+                        .query(&[("include_entered_in_error", Kind::Flag, false)])
+                        .answers(200, "The items"),
+                    record
+                        .needs(Action::WriteMedicalRecord)
+                        .idempotent()
+                        .answers(201, "Recorded"),
+                ],
+            )
             .route(
                 &format!("{base}/{{item}}"),
                 get(move |s, u, p, q| read(s, u, p, q, kind)).put(move |s, r| revise(s, r, kind)),
+                [
+                    item("An item, current or as it was at an instant").query(&[(
+                        "as_of",
+                        Kind::Instant,
+                        false,
+                    )]),
+                    doc::put("Revise an item (`reason` required)")
+                        .needs(Action::WriteMedicalRecord)
+                        .body_as("application/json", schema)
+                        .change(),
+                ],
             )
             .route(
                 &format!("{base}/{{item}}/entered-in-error"),
                 post(move |s, r| enter_in_error(s, r, kind)),
+                [doc::post("Mark an item entered in error")
+                    .needs(Action::WriteMedicalRecord)
+                    .body::<input::patient::ReasonBody>()
+                    .change()],
             )
             .route(
                 &format!("{base}/{{item}}/versions"),
                 get(move |s, u, p| versions(s, u, p, kind)),
+                [item("Every version of an item: who, when, why").answers(200, "The versions")],
             )
             .route(
                 &format!("{base}/{{item}}/versions/{{n}}"),
                 get(move |s, u, p| version(s, u, p, kind)),
+                [item("One version of an item")
+                    .path_param("n", json!({ "type": "integer", "minimum": 1 }))],
             )
             .route(
                 &format!("{base}/{{item}}/diff"),
                 get(move |s, u, p, q| diff(s, u, p, q, kind)),
+                [
+                    item("What changed between two versions (RFC 6902 JSON Patch)")
+                        .query(&[
+                            ("from", Kind::Whole(1, i64::from(i32::MAX)), true),
+                            ("to", Kind::Whole(1, i64::from(i32::MAX)), true),
+                        ])
+                        .answers(200, "The patch"),
+                ],
             );
     }
-    router
-        .route("/v1/patients/{id}/documents/{item}/content", get(content))
-        .route("/v1/patients/{id}/medical-record", get(summary))
-        .route("/v1/patients/{id}/medical-record/search", get(search_text))
-        .route("/v1/medical-records/search", get(search_items))
+    routes
+        .route(
+            "/v1/patients/{id}/documents/{item}/content",
+            get(content),
+            [doc::get("A document's bytes")
+                .needs(Action::ReadMedicalRecord)
+                .answers_as(
+                    200,
+                    "The document, in its own content type",
+                    "*/*",
+                    json!({ "type": "string", "contentMediaType": "application/octet-stream" }),
+                )],
+        )
+        .route(
+            "/v1/patients/{id}/medical-record",
+            get(summary),
+            [
+                doc::get("Every standing item of a patient's medical record")
+                    .needs(Action::ReadMedicalRecord),
+            ],
+        )
+        .route(
+            "/v1/patients/{id}/medical-record/search",
+            get(search_text),
+            [
+                doc::get("Full-text search of a patient's record, ranked, with highlights")
+                    .needs(Action::ReadMedicalRecord)
+                    .query(&[
+                        ("q", Kind::Text, true),
+                        ("kind", Kind::Text, false),
+                        ("limit", Kind::Whole(1, MAX_LIMIT), false),
+                    ])
+                    .answers(200, "The hits, best first"),
+            ],
+        )
+        .route(
+            "/v1/medical-records/search",
+            get(search_items),
+            [doc::get("Structured search of items across patients")
+                .needs(Action::SearchMedicalRecords)
+                .query(&[
+                    ("kind", Kind::Text, true),
+                    ("system", Kind::Text, false),
+                    ("code", Kind::Text, false),
+                    ("text", Kind::Text, false),
+                    ("status", Kind::Text, false),
+                    ("active", Kind::Flag, false),
+                    ("after", Kind::Text, false),
+                    ("limit", Kind::Whole(1, MAX_LIMIT), false),
+                ])
+                .answers(200, "A page of items")],
+        )
 }
 
 fn patient_id(raw: &str) -> Result<PatientId, ApiError> {

@@ -39,7 +39,6 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -49,6 +48,7 @@ use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::http::openapi::{self as doc, Routes};
 use crate::http::AppState;
 
 /// The longest the database is asked for the pipeline's figures at one scrape.
@@ -57,8 +57,19 @@ const DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most unpublished or unapplied events counted one by one; beyond, the figure is this.
 const BACKLOG_COUNTED: i64 = 1_000_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+pub fn router() -> Routes {
+    Routes::new().route(
+        "/metrics",
+        get(metrics),
+        [
+            doc::get("Metrics, in the OpenMetrics text format").answers_as(
+                200,
+                "The metrics",
+                "application/openmetrics-text",
+                serde_json::json!({ "type": "string" }),
+            ),
+        ],
+    )
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -12,6 +12,7 @@ pub mod input;
 pub mod json;
 mod medical_records;
 mod metrics;
+pub mod openapi;
 mod params;
 mod patient_commands;
 mod patients;
@@ -290,17 +291,9 @@ pub fn origin(state: &AppState, headers: &axum::http::HeaderMap) -> String {
     format!("{scheme}://{host}")
 }
 
-/// The router with every route and layer.
-pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> Router {
-    let document_limit = state.document_max_bytes;
-    let in_flight = state.in_flight.clone();
-    let http_metrics = state.http_metrics.clone();
-    // The largest body any route takes: a document's upload, or a FHIR Bundle.
-    let largest = body_limit
-        .max(document_limit.saturating_add(medical_records::MULTIPART_OVERHEAD))
-        .max(fhir::MAX_BUNDLE_BYTES);
-    Router::new()
-        .merge(patients::router())
+/// The native API's routes, each with what describes it.
+fn native_routes(document_limit: usize) -> openapi::Routes {
+    patients::router()
         .merge(record::router())
         .merge(medical_records::router(document_limit))
         .merge(scheduling::router())
@@ -311,6 +304,32 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .merge(token::router())
         .merge(health::router())
         .merge(metrics::router())
+}
+
+/// The OpenAPI 3.1 document of the native API, as `/openapi.json` serves it.
+pub fn openapi_document() -> serde_json::Value {
+    native_routes(crate::configuration::DEFAULT_DOCUMENT_MAX_BYTES)
+        .into_parts()
+        .1
+}
+
+/// The router with every route and layer.
+pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> Router {
+    let document_limit = state.document_max_bytes;
+    let in_flight = state.in_flight.clone();
+    let http_metrics = state.http_metrics.clone();
+    // The largest body any route takes: a document's upload, or a FHIR Bundle.
+    let largest = body_limit
+        .max(document_limit.saturating_add(medical_records::MULTIPART_OVERHEAD))
+        .max(fhir::MAX_BUNDLE_BYTES);
+    let (native, description) = native_routes(document_limit).into_parts();
+    let description = Arc::new(description);
+    Router::new()
+        .merge(native)
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move { axum::Json(description.as_ref().clone()) }),
+        )
         .merge(fhir::router())
         .with_state(state)
         .layer(axum::middleware::from_fn(refuse_nul_in_uri))

@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use domain::patient::{
     ArchivePatient, BirthDate, Patient, PatientCommand, PatientId, RestorePatient,
@@ -22,6 +22,7 @@ use crate::auth::{access, permission, Action, Authorized};
 use crate::http::idempotency::idempotent;
 use crate::http::input;
 use crate::http::json::JsonObject;
+use crate::http::openapi::{self as doc, Kind, Param, Routes};
 use crate::http::params::{url_encode, whole_number};
 use crate::http::patient_commands::{
     change, metadata, patient_id, reason_only, replay, respond, CommandRequest,
@@ -31,23 +32,119 @@ use application::finding;
 use application::reach::changeable_by;
 use application::registration::Registration;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/patients", post(register).get(search))
-        .route("/v1/patients/$match", post(match_candidates))
+const SEARCH_QUERY: &[Param] = &[
+    ("name", Kind::Text, false),
+    ("phone", Kind::Text, false),
+    ("email", Kind::Text, false),
+    ("identifier", Kind::Text, false),
+    ("postal_code", Kind::Text, false),
+    ("family", Kind::Text, false),
+    ("given", Kind::Text, false),
+    ("birth_date", Kind::Date, false),
+    ("born_from", Kind::Date, false),
+    ("born_to", Kind::Date, false),
+    ("gender", Kind::Text, false),
+    ("mrn", Kind::Text, false),
+    ("include_archived", Kind::Flag, false),
+    ("limit", Kind::Whole(1, MAX_LIMIT as i64), false),
+    ("offset", Kind::Whole(0, 10_000), false),
+];
+
+pub fn router() -> Routes {
+    use input::governance::MergeBody;
+    use input::patient::{CandidateBody, CorrectionBody, ReasonBody, RegistrationBody};
+    Routes::new()
+        .route(
+            "/v1/patients",
+            post(register).get(search),
+            [
+                doc::post("Register a patient")
+                    .needs(Action::RegisterPatient)
+                    .body::<RegistrationBody>()
+                    .idempotent(),
+                doc::get("Search patients (at least one criterion)")
+                    .needs(Action::SearchPatients)
+                    .query(SEARCH_QUERY)
+                    .answers(200, "A page of matching patients, best first"),
+            ],
+        )
+        .route(
+            "/v1/patients/$match",
+            post(match_candidates),
+            [doc::post("The registered patients a candidate may be")
+                .needs(Action::MatchPatients)
+                .body::<CandidateBody>()
+                .answers(200, "The candidates, graded and best first")],
+        )
         .route(
             "/v1/patients/retention-candidates",
             get(retention_candidates),
+            [doc::get("Patients past the retention period")
+                .needs(Action::ReviewRetention)
+                .query(&[
+                    ("limit", Kind::Whole(1, 1000), false),
+                    ("offset", Kind::Whole(0, 1_000_000), false),
+                ])],
         )
-        .route("/v1/patients/{id}", get(read))
+        .route(
+            "/v1/patients/{id}",
+            get(read),
+            [
+                doc::get("A patient's record, current or as it was at an instant")
+                    .needs(Action::ReadPatient)
+                    .query(&[("as_of", Kind::Instant, false)]),
+            ],
+        )
         .route(
             "/v1/patients/{id}/correct-demographics",
             post(correct_demographics),
+            [doc::post("Correct a patient's demographics")
+                .needs(Action::CorrectDemographics)
+                .body::<CorrectionBody>()
+                .if_match()
+                .idempotent()
+                .answers(200, "The record as corrected")],
         )
-        .route("/v1/patients/{id}/archive", post(archive))
-        .route("/v1/patients/{id}/restore", post(restore))
-        .route("/v1/patients/{id}/merge", post(merge))
-        .route("/v1/patients/{id}/unmerge", post(unmerge))
+        .route(
+            "/v1/patients/{id}/archive",
+            post(archive),
+            [doc::post("Archive a patient")
+                .needs(Action::ArchivePatient)
+                .body::<ReasonBody>()
+                .if_match()
+                .idempotent()
+                .answers(200, "The record as archived")],
+        )
+        .route(
+            "/v1/patients/{id}/restore",
+            post(restore),
+            [doc::post("Restore an archived patient")
+                .needs(Action::RestorePatient)
+                .body::<ReasonBody>()
+                .if_match()
+                .idempotent()
+                .answers(200, "The record as restored")],
+        )
+        .route(
+            "/v1/patients/{id}/merge",
+            post(merge),
+            [doc::post("Merge a duplicate into the surviving patient")
+                .needs(Action::MergePatients)
+                .body::<MergeBody>()
+                .if_match()
+                .idempotent()
+                .answers(200, "The duplicate's record, merged")],
+        )
+        .route(
+            "/v1/patients/{id}/unmerge",
+            post(unmerge),
+            [doc::post("Undo a merge")
+                .needs(Action::MergePatients)
+                .body::<ReasonBody>()
+                .if_match()
+                .idempotent()
+                .answers(200, "The record, unmerged")],
+        )
 }
 
 /// `POST /v1/patients`: registers a patient; 201 with `Location` and `ETag`; 409 with the

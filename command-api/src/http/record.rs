@@ -14,35 +14,98 @@
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{post, put};
-use axum::Router;
 use domain::patient::{EndCoverage, PatientCommand, RecordChange, RemoveIdentifier};
 use uuid::Uuid;
 
-use crate::auth::permission;
+use crate::auth::{permission, Action};
 use crate::http::input;
+use crate::http::openapi::{self as doc, Routes};
 use crate::http::patient_commands::{change, CommandRequest};
 use crate::http::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/patients/{id}/contact", put(contact))
-        .route("/v1/patients/{id}/identifiers", post(add_identifier))
+pub fn router() -> Routes {
+    use input::patient::{
+        ContactBody, CoverageBody, CoverageEndBody, EmergencyContactBody, IdentifierBody,
+        IdentifierRemovalBody, PreferencesBody,
+    };
+    Routes::new()
+        .route(
+            "/v1/patients/{id}/contact",
+            put(contact),
+            [doc::put("Replace a patient's contact information")
+                .needs(Action::ChangeContactInformation)
+                .body::<ContactBody>()
+                .change()],
+        )
+        .route(
+            "/v1/patients/{id}/identifiers",
+            post(add_identifier),
+            [doc::post("Add an identifier")
+                .needs(Action::ChangeIdentifiers)
+                .body::<IdentifierBody>()
+                .change()],
+        )
         .route(
             "/v1/patients/{id}/identifiers/remove",
             post(remove_identifier),
+            [doc::post("Remove an identifier")
+                .needs(Action::ChangeIdentifiers)
+                .body::<IdentifierRemovalBody>()
+                .change()],
         )
-        .route("/v1/patients/{id}/preferences", put(preferences))
+        .route(
+            "/v1/patients/{id}/preferences",
+            put(preferences),
+            [doc::put("Replace a patient's communication preferences")
+                .needs(Action::ChangePreferences)
+                .body::<PreferencesBody>()
+                .change()],
+        )
         .route(
             "/v1/patients/{id}/emergency-contacts",
             post(add_emergency_contact),
+            [doc::post("Add an emergency contact")
+                .needs(Action::ChangeEmergencyContacts)
+                .body::<EmergencyContactBody>()
+                .change()],
         )
         .route(
             "/v1/patients/{id}/emergency-contacts/{item}",
             put(change_emergency_contact).delete(remove_emergency_contact),
+            [
+                doc::put("Replace an emergency contact")
+                    .needs(Action::ChangeEmergencyContacts)
+                    .body::<EmergencyContactBody>()
+                    .change(),
+                doc::delete("Remove an emergency contact")
+                    .needs(Action::ChangeEmergencyContacts)
+                    .change(),
+            ],
         )
-        .route("/v1/patients/{id}/coverages", post(add_coverage))
-        .route("/v1/patients/{id}/coverages/{item}", put(change_coverage))
-        .route("/v1/patients/{id}/coverages/{item}/end", post(end_coverage))
+        .route(
+            "/v1/patients/{id}/coverages",
+            post(add_coverage),
+            [doc::post("Add an insurance coverage")
+                .needs(Action::ChangeCoverages)
+                .body::<CoverageBody>()
+                .change()],
+        )
+        .route(
+            "/v1/patients/{id}/coverages/{item}",
+            put(change_coverage),
+            [doc::put("Replace an insurance coverage")
+                .needs(Action::ChangeCoverages)
+                .body::<CoverageBody>()
+                .change()],
+        )
+        .route(
+            "/v1/patients/{id}/coverages/{item}/end",
+            post(end_coverage),
+            [doc::post("End an insurance coverage")
+                .needs(Action::ChangeCoverages)
+                .body::<CoverageEndBody>()
+                .change()],
+        )
 }
 
 /// The `{item}` of the path as a UUID.

@@ -20,7 +20,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::Duration;
 use domain::scheduling::appointment::AppointmentState;
 use domain::scheduling::{Appointment, Interval, Priority};
@@ -29,27 +29,136 @@ use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::auth::{permission, AuthUser, Authorized};
+use crate::auth::{permission, Action, AuthUser, Authorized};
 use crate::http::idempotency::{idempotent, Keyed, Stored};
 use crate::http::input;
 use crate::http::input::scheduling::{instant, slug};
 use crate::http::json::JsonObject;
+use crate::http::openapi::{self as doc, Kind, Routes};
 use crate::http::params::whole_number;
 use crate::http::patient_commands::metadata;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
 use application::appointments::{self, Step};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/resources", get(list_resources))
-        .route("/v1/resources/{id}", put(put_resource))
-        .route("/v1/resources/{id}/blocks", post(add_block))
-        .route("/v1/services/{code}", put(put_service))
-        .route("/v1/availability", get(availability))
-        .route("/v1/appointments", post(book))
-        .route("/v1/waitlist", post(join_waitlist))
-        .route("/v1/appointments/{id}", get(read))
-        .route("/v1/appointments/{id}/{action}", post(act))
+/// A resource's id or a service's code.
+fn slug_schema() -> serde_json::Value {
+    json!({ "type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,63}$" })
+}
+
+pub fn router() -> Routes {
+    use input::patient::ReasonBody;
+    use input::scheduling::{
+        BlockBody, BookingBody, CancelBody, RescheduleBody, ResourceBody, ServiceBody, WaitlistBody,
+    };
+    let step = |step: &str, summary: &'static str| {
+        doc::post(summary)
+            .at(&format!("/v1/appointments/{{id}}/{step}"))
+            .needs(Action::BookAppointments)
+            .body_as(
+                "application/json",
+                json!({ "type": "object", "description": "A JSON object; nothing is read from it" }),
+            )
+            .change()
+    };
+    Routes::new()
+        .route(
+            "/v1/resources",
+            get(list_resources),
+            [doc::get("Practitioners, rooms and equipment")
+                .needs(Action::ReadSchedule)
+                .query(&[
+                    ("kind", Kind::Text, false),
+                    ("specialty", Kind::Text, false),
+                    ("room_type", Kind::Text, false),
+                ])
+                .answers(200, "The resources that match")],
+        )
+        .route(
+            "/v1/resources/{id}",
+            put(put_resource),
+            [doc::put("Create or replace a resource")
+                .needs(Action::ManageResources)
+                .path_param("id", slug_schema())
+                .body::<ResourceBody>()
+                .answers(200, "Replaced")
+                .also_answers(201, "Created")],
+        )
+        .route(
+            "/v1/resources/{id}/blocks",
+            post(add_block),
+            [doc::post("Block a resource's time")
+                .needs(Action::BlockResources)
+                .path_param("id", slug_schema())
+                .body::<BlockBody>()
+                .idempotent()
+                .answers(201, "Blocked")],
+        )
+        .route(
+            "/v1/services/{code}",
+            put(put_service),
+            [doc::put("Create or replace a bookable service")
+                .needs(Action::ManageResources)
+                .path_param("code", slug_schema())
+                .body::<ServiceBody>()
+                .answers(200, "Replaced")
+                .also_answers(201, "Created")],
+        )
+        .route(
+            "/v1/availability",
+            get(availability),
+            [doc::get("Free times for a service")
+                .needs(Action::ReadSchedule)
+                .query(&[
+                    ("service", Kind::Text, true),
+                    ("from", Kind::Instant, true),
+                    ("to", Kind::Instant, true),
+                    ("practitioner", Kind::Text, false),
+                    ("duration", Kind::Whole(0, 480), false),
+                    ("priority", Kind::Text, false),
+                    ("limit", Kind::Whole(1, 2000), false),
+                ])
+                .answers(200, "The free times, earliest first")],
+        )
+        .route(
+            "/v1/appointments",
+            post(book),
+            [doc::post("Book an appointment")
+                .needs(Action::BookAppointments)
+                .body::<BookingBody>()
+                .idempotent()
+                .answers(201, "Booked")],
+        )
+        .route(
+            "/v1/waitlist",
+            post(join_waitlist),
+            [doc::post("Join the waitlist for a window")
+                .needs(Action::BookAppointments)
+                .body::<WaitlistBody>()
+                .idempotent()
+                .answers(201, "Waiting")],
+        )
+        .route(
+            "/v1/appointments/{id}",
+            get(read),
+            [doc::get("An appointment")
+                .needs(Action::ReadAppointments)
+                .answers(200, "The appointment, its version in `ETag`")],
+        )
+        .route(
+            "/v1/appointments/{id}/{action}",
+            post(act),
+            [
+                step("confirm", "Confirm a held or proposed appointment"),
+                step("arrive", "The patient arrived"),
+                step("check-in", "Check the patient in"),
+                step("fulfil", "The appointment took place"),
+                step("no-show", "The patient did not come"),
+                step("cancel", "Cancel an appointment").body::<CancelBody>(),
+                step("entered-in-error", "The appointment was entered in error")
+                    .body::<ReasonBody>(),
+                step("reschedule", "Move an appointment").body::<RescheduleBody>(),
+            ],
+        )
 }
 
 /// The longest range availability is computed over.

@@ -10,15 +10,31 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
 
-use crate::auth::{permission, sessions, AuthUser, Authorized};
+use crate::auth::{permission, sessions, Action, AuthUser, Authorized};
+use crate::http::openapi::{self as doc, Routes};
 use crate::http::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/sessions/current/revoke", post(logout))
-        .route("/v1/sessions/{session_id}/revoke", post(revoke))
+pub fn router() -> Routes {
+    Routes::new()
+        .route(
+            "/v1/sessions/current/revoke",
+            post(logout),
+            [doc::post("End the caller's own session (log out)")
+                .authenticated()
+                .answers_nothing(204, "Ended: its tokens are refused from now on")],
+        )
+        .route(
+            "/v1/sessions/{session_id}/revoke",
+            post(revoke),
+            [doc::post("Revoke a user's session")
+                .needs(Action::RevokeSessions)
+                .path_param(
+                    "session_id",
+                    serde_json::json!({ "type": "string", "minLength": 1, "maxLength": 200 }),
+                )
+                .answers_nothing(204, "Revoked: its tokens are refused from now on")],
+        )
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]

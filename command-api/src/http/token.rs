@@ -9,14 +9,76 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
 use serde_json::json;
 
 use crate::auth::backend::{OAuthError, TokenRequest, TOKEN_PATH};
+use crate::http::openapi::{self as doc, Routes};
 use crate::http::{origin, ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route(TOKEN_PATH, post(token))
+pub fn router() -> Routes {
+    let oauth_error = json!({
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": { "type": "string" },
+            "error_description": { "type": "string" },
+        },
+    });
+    Routes::new().route(
+        TOKEN_PATH,
+        post(token),
+        [
+            doc::post("A backend client's access token (SMART Backend Services)")
+                .body_as(
+                    "application/x-www-form-urlencoded",
+                    json!({
+                        "type": "object",
+                        "required": ["grant_type", "client_assertion_type", "client_assertion"],
+                        "properties": {
+                            "grant_type": { "const": "client_credentials" },
+                            "client_assertion_type": {
+                                "const": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                            },
+                            "client_assertion": { "type": "string" },
+                            "scope": { "type": "string" },
+                        },
+                    }),
+                )
+                .answers_as(
+                    200,
+                    "The token",
+                    "application/json",
+                    json!({
+                        "type": "object",
+                        "required": ["access_token", "token_type", "expires_in", "scope"],
+                        "properties": {
+                            "access_token": { "type": "string" },
+                            "token_type": { "const": "bearer" },
+                            "expires_in": { "type": "integer" },
+                            "scope": { "type": "string" },
+                        },
+                    }),
+                )
+                .also_answers_as(
+                    400,
+                    "An OAuth error",
+                    "application/json",
+                    oauth_error.clone(),
+                )
+                .also_answers_as(
+                    401,
+                    "The client is not known or its assertion fails",
+                    "application/json",
+                    oauth_error.clone(),
+                )
+                .also_answers_as(
+                    404,
+                    "No backend client is registered here",
+                    "application/json",
+                    oauth_error,
+                ),
+        ],
+    )
 }
 
 /// The URL assertions must name as their audience.

@@ -17,6 +17,7 @@ mod matching;
 mod medical_records;
 mod merge;
 mod metrics;
+mod openapi;
 mod pipeline;
 mod probed;
 mod record;

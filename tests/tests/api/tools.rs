@@ -149,3 +149,31 @@ async fn with_a_broker_the_pipeline_benchmark_measures_the_relay_and_the_catch_u
         .unwrap_or_else(|| panic!("no relay figure: {out}"));
     assert!(relay > 0.0, "{out}");
 }
+
+/// Schemathesis (PyPI) against the served OpenAPI document, with a token of each role, from one
+/// seed and bounded in cases and time: no 5xx, nothing that contradicts the document, no
+/// answer slower than ten seconds. `patient-service-tools fuzz` with its defaults is the
+/// longer run.
+#[tokio::test]
+async fn the_fuzzing_finds_nothing_with_any_role() {
+    let python = std::env::var("TEST_PYTHON").expect("TEST_PYTHON: run with scripts/test");
+    let schemathesis = std::path::Path::new(&python).with_file_name("schemathesis");
+    let out = tools_with(
+        &["fuzz", "--seconds-per-role", "20", "--examples", "10"],
+        &[("SCHEMATHESIS", schemathesis.display().to_string())],
+    )
+    .await;
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("fuzz: "))
+        .unwrap_or_else(|| panic!("no closing line: {out}"));
+    assert!(summary.contains(" failures=0 "), "{out}");
+    assert!(summary.starts_with("fuzz: roles=7 cases="), "{out}");
+    let cases: u64 = summary["fuzz: roles=7 cases=".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(cases > 1000, "{out}");
+}

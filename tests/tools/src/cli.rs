@@ -39,6 +39,9 @@ pub enum Command {
     /// Evaluates duplicate detection on a FEBRL-format CSV: precision, recall, F1 and match
     /// latency.
     MatchEval(crate::match_eval::MatchEvalArgs),
+    /// Fuzzes the native API with Schemathesis (PyPI) against its served OpenAPI document,
+    /// with a token of each role, and ends with one `fuzz:` line of counts.
+    Fuzz(crate::fuzz::FuzzArgs),
     /// Books generated clinic weeks with best-fit and with first-fit assignment and prints
     /// the share of requests served and the utilization of each, in one run.
     SimulateWeek {
@@ -77,6 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchRecords(args) => crate::bench_records::run(&settings, args).await,
         Command::BenchSchedule(args) => crate::bench_schedule::run(&settings, args).await,
         Command::MatchEval(args) => crate::match_eval::run(&settings, args).await,
+        Command::Fuzz(args) => crate::fuzz::run(&settings, args).await,
         Command::SimulateWeek { weeks } => {
             crate::simulate_week::run(weeks);
             Ok(())

@@ -9,6 +9,7 @@
 //! - [`bench_records`]: medical records: items and documents per second, search latency.
 //! - [`bench_schedule`]: availability latency and bookings per second.
 //! - [`match_eval`]: duplicate detection on a FEBRL data set: precision, recall, F1.
+//! - [`fuzz`]: Schemathesis against the served OpenAPI document, with each role's token.
 //! - [`simulate_week`]: best-fit against first-fit assignment on generated clinic weeks.
 //! - [`pgbench`]: the baseline, PostgreSQL's own `pgbench` on the same cluster.
 //! - [`measure`]: what every benchmark reports the same way (percentiles).
@@ -19,6 +20,7 @@ pub mod bench_pipeline;
 pub mod bench_records;
 pub mod bench_schedule;
 pub mod cli;
+pub mod fuzz;
 pub mod idp;
 pub mod match_eval;
 pub mod measure;

@@ -1062,6 +1062,22 @@ pub fn new_item(
     })
 }
 
+/// The JSON Schema of the body an item of `kind` is recorded and revised with (a document's
+/// is its upload's `metadata` part, or its revision's body).
+pub fn item_schema(kind: ItemKind) -> Value {
+    match kind {
+        ItemKind::Allergy => super::schema::<AllergyBody>(),
+        ItemKind::Medication => super::schema::<MedicationBody>(),
+        ItemKind::Immunization => super::schema::<ImmunizationBody>(),
+        ItemKind::Problem => super::schema::<ProblemBody>(),
+        ItemKind::History => super::schema::<HistoryBody>(),
+        ItemKind::Document => super::schema::<DocumentBody>(),
+        ItemKind::Observation => super::schema::<ObservationBody>(),
+        ItemKind::Procedure => super::schema::<ProcedureBody>(),
+        ItemKind::Encounter => super::schema::<EncounterBody>(),
+    }
+}
+
 /// A revision of an item of `kind` (not a document): its new content and why.
 ///
 /// # Errors
