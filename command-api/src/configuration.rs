@@ -27,6 +27,8 @@ pub const DEFAULT_RETENTION_DAYS: u32 = 3650;
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     pub http: HttpSettings,
+    #[serde(default)]
+    pub health: HealthSettings,
     pub database: DatabaseSettings,
     pub kafka: KafkaSettings,
     pub auth: AuthSettings,
@@ -36,6 +38,27 @@ pub struct Settings {
     pub scheduling: SchedulingSettings,
     pub export: ExportSettings,
     pub log: LogSettings,
+}
+
+/// The health checks of the processes without the API (`relay`, `project`, `background`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct HealthSettings {
+    /// The port such a process answers `/health/live`, `/health/ready` and `/metrics` on (at
+    /// `http.host`); unset, it answers none. A process with the API answers them on the API's.
+    pub port: Option<u16>,
+    /// Such a process reports not ready once a reader it runs (the relay, a read model fed from
+    /// the event store, a process manager) has left an event unread this long.
+    pub stuck_after_secs: u64,
+}
+
+impl Default for HealthSettings {
+    /// As `configuration/base.yaml` has them.
+    fn default() -> Self {
+        Self {
+            port: None,
+            stuck_after_secs: 300,
+        }
+    }
 }
 
 /// FHIR Bulk Data exports (`$export`): how long their files are kept and how they are cut.

@@ -21,6 +21,10 @@ use crate::embedded_postgres::EmbeddedPostgres;
 use crate::http::{self, AppState, Clock};
 use crate::read_models::{ReadModelVisitor, ReadModels};
 
+/// How long a start waits for the brokers to create the topics before going on without them
+/// (the relay and projectors keep trying).
+const TOPICS_AT_START: Duration = Duration::from_secs(3);
+
 /// Which parts of the service run in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Roles {
@@ -44,7 +48,7 @@ impl Roles {
 /// A running service.
 #[derive(Debug)]
 pub struct Service {
-    /// The port the API listens on, when it runs.
+    /// The port the API listens on, when it runs (else the health checks', on `health.port`).
     pub port: Option<u16>,
     pub pool: PgPool,
     shutdown: CancellationToken,
@@ -264,8 +268,14 @@ impl Service {
         if let (Some(kafka), true) = (&kafka, roles.relay || roles.projectors) {
             // Create the topics before anyone subscribes when the brokers are up; when they are
             // not, the relay and projector tasks keep trying (Kafka down must not stop a start).
-            if let Err(e) = ensure_topics(kafka, &settings.kafka).await {
-                tracing::warn!(error.message = %e, "cannot create topics now; will retry");
+            // A broker that does not answer within a few seconds does not hold up the start.
+            match tokio::time::timeout(TOPICS_AT_START, ensure_topics(kafka, &settings.kafka)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error.message = %e, "cannot create topics now; will retry");
+                }
+                Err(_) => tracing::warn!("the brokers do not answer; topics will be created later"),
             }
         }
         if roles.relay {
@@ -355,7 +365,7 @@ impl Service {
             {
                 tracing::warn!("backend clients' assertions are checked against the URL each request names (its Host): set auth.backend_token_url to the token endpoint's public URL");
             }
-            let state = api_state(settings, pool.clone(), (clock, secrets)).await?;
+            let state = api_state(settings, pool.clone(), (clock.clone(), secrets)).await?;
             tasks.spawn(http::fhir::export_runner::run(
                 state.clone(),
                 shutdown.clone(),
@@ -386,6 +396,39 @@ impl Service {
                 router,
                 (tls, head_timeout),
                 token,
+            ));
+        }
+        if let (false, Some(health_port)) = (roles.api, settings.health.port) {
+            // No API here: its health checks and metrics on a port of their own, readiness
+            // answering for the readers this process runs.
+            let duties = http::health::Duties {
+                relay: roles.relay,
+                read_models: roles.projectors && kafka.is_none(),
+                process_managers: roles.background,
+                stuck_after: Duration::from_secs(settings.health.stuck_after_secs),
+            };
+            // Nothing here takes a token: no key set is fetched.
+            let state = AppState::new(
+                pool.clone(),
+                Authenticator::new(&settings.auth),
+                clock,
+                settings.secrets()?,
+            );
+            let address: SocketAddr = format!("{}:{health_port}", settings.http.host)
+                .parse()
+                .context("http.host and health.port must form a socket address")?;
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding {address}"))?;
+            let bound = listener.local_addr()?;
+            port = Some(bound.port());
+            tracing::info!(address = %bound, "health checks and metrics listening");
+            let head_timeout = Duration::from_millis(settings.http.head_timeout_ms.max(1));
+            tasks.spawn(http::server::serve(
+                listener,
+                http::operations_router(state, duties),
+                (None, head_timeout),
+                shutdown.clone(),
             ));
         }
         Ok(Self {
@@ -493,7 +536,13 @@ async fn topics_ready(
 ) -> bool {
     let mut delay = Duration::from_millis(200);
     loop {
-        match ensure_topics(kafka, settings).await {
+        // An unreachable broker holds the request until the client's own timeout: a stop
+        // does not wait for it.
+        let created = tokio::select! {
+            () = shutdown.cancelled() => return false,
+            created = ensure_topics(kafka, settings) => created,
+        };
+        match created {
             Ok(()) => return true,
             Err(e) => tracing::warn!(error.message = %e, "cannot create topics yet; retrying"),
         }

@@ -1,5 +1,11 @@
 //! Liveness (the process answers) and readiness (the database answers and every migration is
-//! applied). Neither needs a token: load balancers and orchestrators call them.
+//! applied; in a process without the API, also no reader it runs is stuck). Neither needs a
+//! token: load balancers and orchestrators call them.
+//!
+//! A process with the API stays ready while the broker is down: commands go on succeeding,
+//! and the relay catches up once the broker is back. A `relay`, `project` or `background`
+//! process is not ready once a reader it runs has left an event unread longer than
+//! `health.stuck_after_secs`, so that an orchestrator restarts it.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -8,7 +14,28 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::http::openapi::{self as doc, Routes};
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::http::metrics::{Pipeline, DATABASE_TIMEOUT};
 use crate::http::AppState;
+
+/// The readers a process without the API runs, whose lag its readiness answers for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Duties {
+    pub relay: bool,
+    /// Read models fed from the event store (with Kafka, their lag is on the broker).
+    pub read_models: bool,
+    pub process_managers: bool,
+    pub stuck_after: Duration,
+}
+
+impl Duties {
+    fn any(&self) -> bool {
+        self.relay || self.read_models || self.process_managers
+    }
+}
 
 pub fn router() -> Routes {
     let report = json!({
@@ -44,7 +71,21 @@ async fn live() -> Json<Value> {
 
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     match crate::startup::migrations_applied(&state.pool).await {
-        Ok(true) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Ok(true) if !state.duties.any() => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Ok(true) => match stuck(&state.pool, &state.duties).await {
+            Ok(stuck) if stuck.is_empty() => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+            Ok(stuck) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "not ready", "reason": "stuck", "stuck": stuck })),
+            ),
+            Err(e) => {
+                tracing::warn!(error.message = %e, "readiness check failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({ "status": "not ready", "reason": "database unreachable" })),
+                )
+            }
+        },
         Ok(false) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "not ready", "reason": "migrations pending" })),
@@ -57,4 +98,48 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             )
         }
     }
+}
+
+/// The readers among `duties` that have left an event unread longer than `duties.stuck_after`:
+/// `relay default`, `read model patient_search`, `process manager ...`.
+///
+/// # Errors
+///
+/// When the figures could not be read within [`DATABASE_TIMEOUT`].
+async fn stuck(pool: &PgPool, duties: &Duties) -> Result<Vec<String>, sqlx::Error> {
+    let pipeline = tokio::time::timeout(DATABASE_TIMEOUT, Pipeline::read(pool))
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    let limit = duties.stuck_after.as_secs_f64();
+    let mut stuck = Vec::new();
+    if duties.relay && pipeline.relays.is_empty() {
+        // No relay has published yet (it has no checkpoint): it is behind by every event.
+        let oldest: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM now() - recorded_at)::float8
+               FROM events ORDER BY transaction_id, position LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await?;
+        if oldest.is_some_and(|age| age > limit) {
+            stuck.push("relay (not started)".to_owned());
+        }
+    }
+    for (duty, what, rows) in [
+        (duties.relay, "relay", pipeline.relays),
+        (duties.read_models, "read model", pipeline.read_models),
+        (
+            duties.process_managers,
+            "process manager",
+            pipeline.process_managers,
+        ),
+    ] {
+        if duty {
+            stuck.extend(
+                rows.into_iter()
+                    .filter(|(_, n, age)| *n > 0 && *age > limit)
+                    .map(|(name, _, _)| format!("{what} {name}")),
+            );
+        }
+    }
+    Ok(stuck)
 }

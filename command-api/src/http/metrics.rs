@@ -52,7 +52,7 @@ use crate::http::openapi::{self as doc, Routes};
 use crate::http::AppState;
 
 /// The longest the database is asked for the pipeline's figures at one scrape.
-const DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The most unpublished or unapplied events counted one by one; beyond, the figure is this.
 const BACKLOG_COUNTED: i64 = 1_000_000;
@@ -285,13 +285,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 /// A stream reader's distance behind the event store: its name, the events after its
 /// checkpoint (at most [`BACKLOG_COUNTED`]) and the age of the oldest of them in seconds.
-type Behind = Vec<(String, i64, f64)>;
+pub(super) type Behind = Vec<(String, i64, f64)>;
 
 /// The pipeline's figures, from the database.
-struct Pipeline {
-    relays: Behind,
-    read_models: Behind,
-    process_managers: Behind,
+pub(super) struct Pipeline {
+    pub(super) relays: Behind,
+    pub(super) read_models: Behind,
+    pub(super) process_managers: Behind,
     parked: Vec<projections::runtime::ParkedCount>,
     horizon_age: f64,
 }
@@ -299,7 +299,7 @@ struct Pipeline {
 impl Pipeline {
     /// Read in one read-only transaction whose statements the server stops after
     /// [`DATABASE_TIMEOUT`] (a scrape that gave up must not leave them running).
-    async fn read(pool: &PgPool) -> Result<Self, sqlx::Error> {
+    pub(super) async fn read(pool: &PgPool) -> Result<Self, sqlx::Error> {
         let mut tx = pool.begin().await?;
         sqlx::query("SET TRANSACTION READ ONLY")
             .execute(&mut *tx)

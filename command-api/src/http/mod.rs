@@ -6,7 +6,7 @@ mod data_keys;
 mod extractors;
 pub mod fhir;
 mod governance;
-mod health;
+pub mod health;
 mod idempotency;
 pub mod input;
 pub mod json;
@@ -78,6 +78,8 @@ pub struct AppState {
     pub export_bell: Arc<tokio::sync::Notify>,
     /// How long this process's requests took, for `/metrics`.
     pub http_metrics: metrics::HttpMetrics,
+    /// In a process without the API: the readers its readiness answers for.
+    pub duties: health::Duties,
 }
 
 impl std::fmt::Debug for AppState {
@@ -153,6 +155,7 @@ impl AppState {
             export_bell: Arc::new(tokio::sync::Notify::new()),
             backend_token_url: None,
             http_metrics: metrics::HttpMetrics::default(),
+            duties: health::Duties::default(),
             services,
             idempotency: IdempotencyKeys::new(pool),
             auth: Arc::new(auth),
@@ -304,6 +307,15 @@ fn native_routes(document_limit: usize) -> openapi::Routes {
         .merge(token::router())
         .merge(health::router())
         .merge(metrics::router())
+}
+
+/// What a process without the API serves (on `health.port`): its health checks and metrics,
+/// their readiness answering for `duties`.
+pub fn operations_router(state: AppState, duties: health::Duties) -> Router {
+    let (routes, _) = health::router().merge(metrics::router()).into_parts();
+    routes
+        .with_state(AppState { duties, ..state })
+        .layer(axum::middleware::from_fn(problem_for_plain_errors))
 }
 
 /// The OpenAPI 3.1 document of the native API, as `/openapi.json` serves it.

@@ -1,3 +1,6 @@
+use std::time::{Duration, Instant};
+
+use command_api::startup::Roles;
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -68,4 +71,117 @@ async fn every_response_carries_a_request_id_and_a_plain_one_is_echoed() {
     assert_eq!(echoed.headers()["x-request-id"], "req-42");
     assert_eq!(generated.headers()["x-request-id"].len(), 36);
     app.stop().await;
+}
+
+/// `GET /health/ready` of the process at `address`: its status and body.
+async fn readiness(client: &reqwest::Client, address: &str) -> (u16, Value) {
+    let response = client
+        .get(format!("{address}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// A broker address nothing listens on.
+const NO_BROKER: &str = "127.0.0.1:9";
+
+#[tokio::test]
+async fn an_api_stays_ready_and_takes_commands_while_the_broker_is_down() {
+    let app = TestApp::spawn_with(AppOptions {
+        brokers: Some(NO_BROKER.to_owned()),
+        message_timeout_ms: 1_000,
+        ..AppOptions::default()
+    })
+    .await;
+
+    let registered = app.register(&patient("Broker", "Down", "1980-01-02")).await;
+
+    assert_eq!(registered.status(), 201);
+    let (status, body) = readiness(&app.client, &app.address).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &Value::from("ready")),
+        "{body}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_relay_process_is_not_ready_while_stuck_and_ready_once_it_caught_up() {
+    // An API alone stores an event that no relay publishes yet.
+    let api = TestApp::spawn_with(AppOptions {
+        roles: Roles {
+            api: true,
+            relay: false,
+            projectors: false,
+            background: false,
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    assert_eq!(
+        api.register(&patient("Stuck", "Relay", "1980-01-02"))
+            .await
+            .status(),
+        201
+    );
+    let relay_alone = Roles {
+        api: false,
+        relay: true,
+        projectors: false,
+        background: false,
+    };
+    let mut settings = api.settings.clone();
+    settings.health.port = Some(0);
+    settings.health.stuck_after_secs = 1;
+
+    // A relay that cannot reach its broker: not ready once the event waits past a second.
+    let mut unreachable = settings.clone();
+    unreachable.kafka.brokers = Some(NO_BROKER.to_owned());
+    unreachable.kafka.message_timeout_ms = 1_000;
+    let stuck = TestApp::start(unreachable, relay_alone).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (status, body) = readiness(&stuck.client, &stuck.address).await;
+        if status == 503 {
+            break body;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(Instant::now() < deadline, "never reported stuck: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["reason"], "stuck", "{body}");
+    assert!(
+        body["stuck"][0].as_str().unwrap().starts_with("relay"),
+        "{body}"
+    );
+    // Its metrics are served beside it.
+    let metrics = stuck
+        .client
+        .get(format!("{}/metrics", stuck.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics
+        .text()
+        .await
+        .unwrap()
+        .contains("patient_service_xmin_horizon_age_seconds"));
+    stuck.stop().await;
+
+    // A relay with its broker publishes the event and is ready.
+    let relay = TestApp::start(settings, relay_alone).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = readiness(&relay.client, &relay.address).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.stop().await;
+    api.stop().await;
 }
