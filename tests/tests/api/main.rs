@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod changes;
 mod contract;
+mod deployment;
 mod embedded;
 mod export;
 pub(crate) mod fhir;
