@@ -102,6 +102,42 @@ impl EmbeddedPostgres {
         self.port
     }
 
+    /// The URL of `database` on this cluster, as its superuser (the password is hex).
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
+            self.password, self.port
+        )
+    }
+
+    /// The URL of the service's database.
+    pub fn database_url(&self) -> String {
+        self.url(DATABASE)
+    }
+
+    /// Restarts the server on the same port (fast: open transactions roll back, connections
+    /// are cut), as an operator's restart or a crash recovery would; for fault tests.
+    ///
+    /// # Errors
+    ///
+    /// When `pg_ctl restart` fails.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        let status = self
+            .command("pg_ctl")
+            .arg("restart")
+            .arg("-D")
+            .arg(&self.pgdata)
+            .arg("-l")
+            .arg(self.pgdata.join("postgres.log"))
+            .args(["-m", "fast", "-w", "-t", "60"])
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("pg_ctl restart failed ({status})");
+        }
+        Ok(())
+    }
+
     /// A client program of the cluster's PostgreSQL (`psql`, `pgbench`), run as this process's
     /// user and connecting to `database` of this cluster as its superuser.
     pub fn client(&self, program: &str, database: &str) -> std::process::Command {
@@ -174,6 +210,16 @@ impl EmbeddedPostgres {
                 return Ok(());
             }
         }
+        self.stop_now()
+    }
+
+    /// Stops the server (fast shutdown) whoever is connected: for a test that owns the
+    /// cluster and has stopped every process that used it.
+    ///
+    /// # Errors
+    ///
+    /// When `pg_ctl stop` fails.
+    pub fn stop_now(&self) -> anyhow::Result<()> {
         let status = self
             .command("pg_ctl")
             .arg("stop")

@@ -42,6 +42,10 @@ pub enum Command {
     /// Fuzzes the native API with Schemathesis (PyPI) against its served OpenAPI document,
     /// with a token of each role, and ends with one `fuzz:` line of counts.
     Fuzz(crate::fuzz::FuzzArgs),
+    /// Kills the service's processes under a mixed load (and restarts PostgreSQL and the
+    /// broker once), then checks that nothing acknowledged was lost; ends with one `soak:`
+    /// line of counts.
+    Soak(crate::soak::SoakArgs),
     /// Books generated clinic weeks with best-fit and with first-fit assignment and prints
     /// the share of requests served and the utilization of each, in one run.
     SimulateWeek {
@@ -81,6 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchSchedule(args) => crate::bench_schedule::run(&settings, args).await,
         Command::MatchEval(args) => crate::match_eval::run(&settings, args).await,
         Command::Fuzz(args) => crate::fuzz::run(&settings, args).await,
+        Command::Soak(args) => crate::soak::run(&settings, args).await,
         Command::SimulateWeek { weeks } => {
             crate::simulate_week::run(weeks);
             Ok(())

@@ -10,6 +10,7 @@
 //! - [`bench_schedule`]: availability latency and bookings per second.
 //! - [`match_eval`]: duplicate detection on a FEBRL data set: precision, recall, F1.
 //! - [`fuzz`]: Schemathesis against the served OpenAPI document, with each role's token.
+//! - [`soak`]: the service killed under load, then checked for anything lost.
 //! - [`simulate_week`]: best-fit against first-fit assignment on generated clinic weeks.
 //! - [`pgbench`]: the baseline, PostgreSQL's own `pgbench` on the same cluster.
 //! - [`measure`]: what every benchmark reports the same way (percentiles).
@@ -28,3 +29,4 @@ pub mod mixed_store;
 pub mod pgbench;
 pub mod population;
 pub mod simulate_week;
+pub mod soak;
