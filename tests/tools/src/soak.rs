@@ -12,8 +12,9 @@
 //!
 //! Afterwards: every process is running and ready (those not killed came back by themselves);
 //! every command answered 2xx is in the event store (its key in an event's metadata); every
-//! stored event is on its topic (its `ce_id`), repeats counted; the read models equal a fresh
-//! rebuild; `audit verify` passes; no practitioner is booked twice at one time. One closing line:
+//! stored event is on its topic (its `ce_id`), repeats counted; once every projector's
+//! consumer group has read every partition to its end (a killed member's partitions wait for
+//! the broker to expire its session), the read models equal a fresh rebuild; `audit verify` passes; no practitioner is booked twice at one time. One closing line:
 //! `soak: seed=.. seconds=.. acknowledged=.. found=.. events=.. on_topics=.. repeats=..
 //! retried=.. kills=.. restarts=.. pg_restarts=1 broker_restarts=1`.
 
@@ -747,7 +748,24 @@ async fn soak(
         );
     }
 
-    // The read models (the audit log among them) settled: nothing changed for two seconds.
+    // Every read model's consumer group has read every partition to its end (a killed
+    // member's partitions wait for the broker to expire its session, 45 s, first).
+    let brokers = format!("127.0.0.1:{broker_port}");
+    until(
+        "the read models caught up",
+        Duration::from_secs(240),
+        || {
+            let brokers = brokers.clone();
+            async move {
+                tokio::task::spawn_blocking(move || caught_up(&brokers))
+                    .await
+                    .unwrap_or(Ok(false))
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await?;
+    // And settled: nothing changed for two seconds.
     let settled = || async {
         let audit_log: anyhow::Result<i64> =
             sqlx::query_scalar("SELECT count(*) FROM projections.audit_log")
@@ -799,6 +817,72 @@ async fn soak(
         ledger.retried,
     );
     Ok(())
+}
+
+/// Whether every projector's consumer group (`soak.patient-service.<read model>`) has
+/// committed, on every partition of each topic it consumes, the partition's end.
+fn caught_up(brokers: &str) -> anyhow::Result<bool> {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::{Offset, TopicPartitionList};
+    let timeout = Duration::from_secs(5);
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let metadata = probe.fetch_metadata(None, timeout)?;
+    let topics: Vec<(String, Vec<i32>)> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name().starts_with("soak."))
+        .map(|t| {
+            (
+                t.name().to_owned(),
+                t.partitions().iter().map(|p| p.id()).collect(),
+            )
+        })
+        .collect();
+    let groups: Vec<String> = probe
+        .fetch_group_list(None, timeout)?
+        .groups()
+        .iter()
+        .map(|g| g.name().to_owned())
+        .filter(|g| g.starts_with("soak.patient-service."))
+        .collect();
+    ensure!(!groups.is_empty(), "no projector's consumer group");
+    for group in groups {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", &group)
+            .create()?;
+        let mut wanted = TopicPartitionList::new();
+        for (topic, partitions) in &topics {
+            for partition in partitions {
+                wanted.add_partition(topic, *partition);
+            }
+        }
+        let committed = consumer.committed_offsets(wanted, timeout)?;
+        for (topic, partitions) in &topics {
+            let offsets: Vec<Option<i64>> = partitions
+                .iter()
+                .map(
+                    |p| match committed.find_partition(topic, *p).map(|e| e.offset()) {
+                        Some(Offset::Offset(n)) => Some(n),
+                        _ => None,
+                    },
+                )
+                .collect();
+            // A topic this group does not consume has no committed offset at all.
+            if offsets.iter().all(Option::is_none) {
+                continue;
+            }
+            for (partition, offset) in partitions.iter().zip(offsets) {
+                let (_, end) = probe.fetch_watermarks(topic, *partition, timeout)?;
+                if offset.unwrap_or(0) < end {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// A digest of each read model table the load fills.
