@@ -85,6 +85,19 @@ pub enum Command {
     },
     /// Streams the event history as NDJSON on stdout (progress on stderr), in commit order.
     Replay(crate::replay::ReplayArgs),
+    /// Writes a backup of the database to a file (pg_dump's custom format): the event store,
+    /// the audit chain, the wrapped data keys. The master and audit keys are not in it.
+    Backup {
+        /// The file to write.
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
+    /// Restores a backup into an empty database; then run `rebuild` and `audit verify`.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: std::path::PathBuf,
+    },
     /// Audit tools.
     Audit {
         #[command(subcommand)]
@@ -298,6 +311,18 @@ pub async fn run(cli: Cli, clock: Clock) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay(args) => crate::replay::run(&settings, args).await,
+        Command::Backup { to } => {
+            crate::backup::backup(&settings, &to).await?;
+            tracing::info!(file = %to.display(), "backup written");
+            Ok(())
+        }
+        Command::Restore { from } => {
+            crate::backup::restore(&settings, &from).await?;
+            tracing::info!(
+                "restored: now run `patient-service rebuild`, then `patient-service audit verify`"
+            );
+            Ok(())
+        }
         Command::Audit {
             command: AuditCommand::Verify,
         } => {

@@ -17,6 +17,7 @@
 //! - [`retention`]: `patient-service retention purge`, erasure of patients past retention.
 
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod configuration;
 pub mod embedded_postgres;

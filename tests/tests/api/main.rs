@@ -3,6 +3,7 @@
 
 mod audit;
 mod auth;
+mod backup;
 mod changes;
 mod contract;
 mod deployment;
