@@ -98,6 +98,8 @@ pub enum Command {
         #[arg(long)]
         from: std::path::PathBuf,
     },
+    /// Compares the event store with its topics and names every difference (exit 1 if any).
+    Reconcile,
     /// Audit tools.
     Audit {
         #[command(subcommand)]
@@ -311,6 +313,13 @@ pub async fn run(cli: Cli, clock: Clock) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay(args) => crate::replay::run(&settings, args).await,
+        Command::Reconcile => {
+            let differences = crate::reconcile::run(&settings).await?;
+            if differences > 0 {
+                anyhow::bail!("the event store and its topics differ ({differences})");
+            }
+            Ok(())
+        }
         Command::Backup { to } => {
             crate::backup::backup(&settings, &to).await?;
             tracing::info!(file = %to.display(), "backup written");

@@ -25,6 +25,7 @@ pub mod extraction;
 pub mod http;
 pub mod import;
 pub mod read_models;
+pub mod reconcile;
 pub mod replay;
 pub mod retention;
 pub mod startup;

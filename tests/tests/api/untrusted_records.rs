@@ -17,7 +17,12 @@ use uuid::Uuid;
 use crate::helpers::*;
 
 /// Writes a record to the app's patient topic as any client with produce rights could.
-async fn produce(app: &TestApp, key: &str, headers: &[(String, String)], payload: &[u8]) {
+pub(crate) async fn produce(
+    app: &TestApp,
+    key: &str,
+    headers: &[(String, String)],
+    payload: &[u8],
+) {
     let producer: FutureProducer = ClientConfig::new()
         .set(
             "bootstrap.servers",

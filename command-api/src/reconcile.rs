@@ -1,0 +1,213 @@
+//! `patient-service reconcile`: the event store against its topics. Every record of every
+//! topic is read (from each partition's start to its end, by a reader outside any consumer
+//! group) and compared with the stored events the relay has passed (those after its checkpoint
+//! are reported as not yet published, not as missing). Named, for each topic: stored events
+//! not on it, records whose `ce_id` no stored event has, and records whose `ce_eventhash` is
+//! not the stored event's (another content under one identity: what publishing again after a
+//! restore to an earlier point would make). Per partition: its records and repeats.
+//!
+//! Ends with `reconcile: differences=N`; the command exits 1 when N is not 0.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::configuration::Settings;
+use crate::startup;
+
+/// The most ids named per kind of difference and topic (the count is always given).
+const NAMED: usize = 20;
+
+/// What the topics hold of each event: its `ce_eventhash` values, and per partition the
+/// records and repeats.
+#[derive(Debug, Default)]
+struct Published {
+    hashes: HashMap<String, HashSet<String>>,
+    partitions: Vec<(i32, u64, u64)>,
+}
+
+/// Compares the store with the topics, prints every difference, and answers how many.
+///
+/// # Errors
+///
+/// When the database or the brokers cannot be read.
+pub async fn run(settings: &Settings) -> anyhow::Result<usize> {
+    let Some(kafka) = settings.kafka.client_config() else {
+        bail!("reconcile compares the event store with the topics: set KAFKA_BROKERS");
+    };
+    // The stored events by topic: ce_id, hash, and whether the relay has passed them.
+    let stored: Vec<(String, String, i64, Option<Vec<u8>>, bool)> =
+        startup::with_database(settings, |pool| async move {
+            Ok(sqlx::query_as(
+                "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.hash,
+                        EXISTS (SELECT 1 FROM relay_checkpoints c
+                                 WHERE (e.transaction_id, e.position)
+                                       <= (c.transaction_id, c.position))
+                   FROM events e",
+            )
+            .fetch_all(&pool)
+            .await?)
+        })
+        .await?;
+    let prefix = settings.kafka.topic_prefix.clone();
+    let topics: Vec<String> = schemas::topics::ALL
+        .iter()
+        .map(|t| format!("{prefix}{t}"))
+        .collect();
+    let read = topics.clone();
+    let published = tokio::task::spawn_blocking(move || read_topics(&kafka, &read))
+        .await
+        .context("reading the topics")??;
+    let mut differences = 0;
+    for (topic, on_topic) in topics.iter().zip(published) {
+        let mut missing = Vec::new();
+        let mut unpublished = 0u64;
+        let mut other_content = Vec::new();
+        let mut known = HashSet::new();
+        for (aggregate_type, aggregate_id, sequence, hash, passed) in &stored {
+            if schemas::topics::for_aggregate_type(aggregate_type)
+                .is_none_or(|t| format!("{prefix}{t}") != *topic)
+            {
+                continue;
+            }
+            let id = schemas::envelope::event_id(
+                aggregate_type,
+                aggregate_id,
+                u64::try_from(*sequence).unwrap_or(0),
+            )
+            .to_string();
+            let hash = hash.as_deref().map(hex::encode).unwrap_or_default();
+            match on_topic.hashes.get(&id) {
+                None if *passed => missing.push(id.clone()),
+                None => unpublished += 1,
+                Some(seen) if seen.iter().any(|h| *h != hash) => other_content.push(id.clone()),
+                Some(_) => {}
+            }
+            known.insert(id);
+        }
+        let mut unknown: Vec<&String> = on_topic
+            .hashes
+            .keys()
+            .filter(|id| !known.contains(*id))
+            .collect();
+        unknown.sort();
+        missing.sort();
+        other_content.sort();
+        for (partition, records, repeats) in &on_topic.partitions {
+            println!("{topic} [{partition}]: {records} records, {repeats} repeats");
+        }
+        println!(
+            "{topic}: {} events published, {unpublished} not yet published (after the relay's checkpoint)",
+            known.len() as u64 - unpublished - missing.len() as u64
+        );
+        for (what, ids) in [
+            (
+                "stored and missing from the topic",
+                missing.iter().collect::<Vec<_>>(),
+            ),
+            ("on the topic, not in the store", unknown),
+            (
+                "on the topic with another content than stored (ce_eventhash)",
+                other_content.iter().collect(),
+            ),
+        ] {
+            if ids.is_empty() {
+                continue;
+            }
+            differences += ids.len();
+            println!("{topic}: {} {what}:", ids.len());
+            for id in ids.iter().take(NAMED) {
+                println!("  {id}");
+            }
+        }
+    }
+    println!("reconcile: differences={differences}");
+    Ok(differences)
+}
+
+/// Every record of `topics`, read from each partition's start to its end.
+fn read_topics(kafka: &rdkafka::ClientConfig, topics: &[String]) -> anyhow::Result<Vec<Published>> {
+    let timeout = Duration::from_secs(10);
+    let consumer: BaseConsumer = kafka
+        .clone()
+        .set("group.id", "patient-service-reconcile")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(None, timeout)?;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+    for topic in topics {
+        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            continue;
+        };
+        for partition in found.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
+            if high > low {
+                assignment.add_partition_offset(topic, partition.id(), Offset::Offset(low))?;
+                ends.insert((topic.clone(), partition.id()), high);
+            }
+        }
+    }
+    let mut published: HashMap<String, Published> = HashMap::new();
+    let mut counts: HashMap<(String, i32), (u64, u64)> = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    consumer.assign(&assignment)?;
+    let mut remaining = ends.clone();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !remaining.is_empty() {
+        if Instant::now() > deadline {
+            bail!("the topics were not read to their end within ten minutes");
+        }
+        let Some(message) = consumer.poll(Duration::from_secs(1)) else {
+            continue;
+        };
+        let message = message?;
+        let key = (message.topic().to_owned(), message.partition());
+        let header = |name: &str| {
+            message.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+        };
+        let id = header(schemas::envelope::H_ID).unwrap_or_default();
+        let hash = header(schemas::envelope::H_EVENT_HASH).unwrap_or_default();
+        let count = counts.entry(key.clone()).or_default();
+        count.0 += 1;
+        if !seen.insert(format!("{}/{id}", key.0)) {
+            count.1 += 1;
+        }
+        published
+            .entry(key.0.clone())
+            .or_default()
+            .hashes
+            .entry(id)
+            .or_default()
+            .insert(hash);
+        if remaining
+            .get(&key)
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            remaining.remove(&key);
+        }
+    }
+    Ok(topics
+        .iter()
+        .map(|topic| {
+            let mut found = published.remove(topic).unwrap_or_default();
+            let mut partitions: Vec<(i32, u64, u64)> = counts
+                .iter()
+                .filter(|((t, _), _)| t == topic)
+                .map(|((_, p), (n, r))| (*p, *n, *r))
+                .collect();
+            partitions.sort_unstable();
+            found.partitions = partitions;
+            found
+        })
+        .collect())
+}
