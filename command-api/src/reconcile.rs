@@ -30,6 +30,10 @@ struct Published {
     partitions: Vec<(i32, u64, u64)>,
 }
 
+/// A stored event: aggregate type, id and sequence, its hash, and whether the relay has passed
+/// it.
+type StoredEvent = (String, String, i64, Option<Vec<u8>>, bool);
+
 /// Compares the store with the topics, prints every difference, and answers how many.
 ///
 /// # Errors
@@ -40,19 +44,18 @@ pub async fn run(settings: &Settings) -> anyhow::Result<usize> {
         bail!("reconcile compares the event store with the topics: set KAFKA_BROKERS");
     };
     // The stored events by topic: ce_id, hash, and whether the relay has passed them.
-    let stored: Vec<(String, String, i64, Option<Vec<u8>>, bool)> =
-        startup::with_database(settings, |pool| async move {
-            Ok(sqlx::query_as(
-                "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.hash,
+    let stored: Vec<StoredEvent> = startup::with_database(settings, |pool| async move {
+        Ok(sqlx::query_as(
+            "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.hash,
                         EXISTS (SELECT 1 FROM relay_checkpoints c
                                  WHERE (e.transaction_id, e.position)
                                        <= (c.transaction_id, c.position))
                    FROM events e",
-            )
-            .fetch_all(&pool)
-            .await?)
-        })
-        .await?;
+        )
+        .fetch_all(&pool)
+        .await?)
+    })
+    .await?;
     let prefix = settings.kafka.topic_prefix.clone();
     let topics: Vec<String> = schemas::topics::ALL
         .iter()
