@@ -4,7 +4,10 @@
 //! are reported as not yet published, not as missing). Named, for each topic: stored events
 //! not on it, records whose `ce_id` no stored event has, and records whose `ce_eventhash` is
 //! not the stored event's (another content under one identity: what publishing again after a
-//! restore to an earlier point would make). Per partition: its records and repeats.
+//! restore to an earlier point would make). Per partition: its records and repeats. And the
+//! patients a `PatientForgotten` record on the patient topic says were forgotten whose data key
+//! the store still holds: erasures done after the backup a store was restored from, to be done
+//! again (`POST /v1/patients/{id}/forget`).
 //!
 //! Ends with `reconcile: differences=N`; the command exits 1 when N is not 0.
 
@@ -28,6 +31,8 @@ const NAMED: usize = 20;
 struct Published {
     hashes: HashMap<String, HashSet<String>>,
     partitions: Vec<(i32, u64, u64)>,
+    /// The subjects of `PatientForgotten` records.
+    forgotten: HashSet<String>,
 }
 
 /// A stored event: aggregate type, id and sequence, its hash, and whether the relay has passed
@@ -65,7 +70,35 @@ pub async fn run(settings: &Settings) -> anyhow::Result<usize> {
     let published = tokio::task::spawn_blocking(move || read_topics(&kafka, &read))
         .await
         .context("reading the topics")??;
+    let mut forgotten: Vec<String> = published
+        .iter()
+        .flat_map(|p| p.forgotten.iter().cloned())
+        .collect();
+    forgotten.sort();
+    forgotten.dedup();
     let mut differences = 0;
+    if !forgotten.is_empty() {
+        let kept: Vec<String> = startup::with_database(settings, |pool| async move {
+            Ok(sqlx::query_scalar(
+                "SELECT patient_id FROM patient_data_keys
+                  WHERE patient_id = ANY($1) AND wrapped_key IS NOT NULL ORDER BY 1",
+            )
+            .bind(&forgotten)
+            .fetch_all(&pool)
+            .await?)
+        })
+        .await?;
+        if !kept.is_empty() {
+            differences += kept.len();
+            println!(
+                "{} patients forgotten (on the topic) whose data the store still holds: forget them again",
+                kept.len()
+            );
+            for id in &kept {
+                println!("  {id}");
+            }
+        }
+    }
     for (topic, on_topic) in topics.iter().zip(published) {
         let mut missing = Vec::new();
         let mut unpublished = 0u64;
@@ -180,6 +213,17 @@ fn read_topics(kafka: &rdkafka::ClientConfig, topics: &[String]) -> anyhow::Resu
         };
         let id = header(schemas::envelope::H_ID).unwrap_or_default();
         let hash = header(schemas::envelope::H_EVENT_HASH).unwrap_or_default();
+        if header(schemas::envelope::H_TYPE)
+            .is_some_and(|t| t == schemas::envelope::ce_type("PatientForgotten", 1))
+        {
+            if let Some(subject) = header(schemas::envelope::H_SUBJECT) {
+                published
+                    .entry(key.0.clone())
+                    .or_default()
+                    .forgotten
+                    .insert(subject);
+            }
+        }
         let count = counts.entry(key.clone()).or_default();
         count.0 += 1;
         if !seen.insert(format!("{}/{id}", key.0)) {

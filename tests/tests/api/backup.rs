@@ -91,3 +91,61 @@ async fn a_backup_restored_into_an_empty_database_rebuilds_and_verifies() {
     }
     std::fs::remove_file(&file).ok();
 }
+
+#[tokio::test]
+async fn reconcile_flags_an_erasure_done_after_the_backup_a_store_was_restored_from() {
+    // Arrange: a backup, then a patient forgotten (the erasure published).
+    let app = TestApp::spawn().await;
+    let kept = id_of(&app.register_ok("Kim", "Kept", "1980-01-02").await);
+    let erased = id_of(&app.register_ok("Eve", "Erased", "1981-02-03").await);
+    crate::reconcile::published(&app).await;
+    let file = std::env::temp_dir().join(format!("backup-{}.dump", uuid::Uuid::new_v4().simple()));
+    assert_success(
+        &service(
+            &["backup", "--to", file.to_str().unwrap()],
+            &app.database_url,
+        ),
+        "backup",
+    );
+    let admin = app.token("admin-1", &["admin"]);
+    let forgotten = app
+        .post(
+            &format!("/v1/patients/{erased}/forget"),
+            &admin,
+            &serde_json::json!({ "reason": "patient-request" }),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(forgotten.status(), 200);
+    crate::reconcile::published(&app).await;
+
+    // Act: the store restored from before the erasure, against the same topics.
+    let (_, restored_url) = create_database().await;
+    assert_success(
+        &service(
+            &["restore", "--from", file.to_str().unwrap()],
+            &restored_url,
+        ),
+        "restore",
+    );
+    let reconciled = crate::reconcile::reconcile_on(&app, &restored_url);
+
+    // Assert: the erasure is named, to be done again; the kept patient is not.
+    let out = String::from_utf8_lossy(&reconciled.stdout).into_owned();
+    assert!(!reconciled.status.success(), "{out}");
+    let at = out
+        .find("whose data the store still holds: forget them again")
+        .unwrap_or_else(|| panic!("{out}"));
+    let named: Vec<&str> = out[at..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(named, [erased.as_str()], "{out}");
+    assert!(!named.contains(&kept.as_str()));
+    // The erasure's own event is on the topic and not in the restored store.
+    assert!(out.contains("on the topic, not in the store"), "{out}");
+    app.stop().await;
+    std::fs::remove_file(&file).ok();
+}

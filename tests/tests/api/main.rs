@@ -22,7 +22,7 @@ mod metrics;
 mod openapi;
 mod pipeline;
 mod probed;
-mod reconcile;
+pub(crate) mod reconcile;
 mod record;
 mod registration;
 mod scheduling;

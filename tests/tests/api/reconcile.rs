@@ -4,11 +4,32 @@ use std::process::{Command, Output};
 
 use crate::helpers::*;
 
+/// Waits until the relay has published every stored event of `app`.
+pub(crate) async fn published(app: &TestApp) {
+    eventually("every event published", || async {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events e WHERE NOT EXISTS (
+                SELECT 1 FROM relay_checkpoints c
+                 WHERE (e.transaction_id, e.position) <= (c.transaction_id, c.position))",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        behind == 0
+    })
+    .await;
+}
+
 /// `patient-service reconcile` on `app`'s database and topics.
 fn reconcile(app: &TestApp) -> Output {
+    reconcile_on(app, &app.database_url)
+}
+
+/// `patient-service reconcile` on the database at `database_url` and `app`'s topics.
+pub(crate) fn reconcile_on(app: &TestApp, database_url: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
         .arg("reconcile")
-        .env("DATABASE_URL", &app.database_url)
+        .env("DATABASE_URL", database_url)
         .env(
             "KAFKA_BROKERS",
             app.settings.kafka.brokers.as_deref().unwrap(),
@@ -28,18 +49,7 @@ async fn reconcile_finds_the_topics_equal_to_the_store_and_names_each_difference
     for n in 0..3 {
         ids.push(id_of(&app.register_person(n, Some("Reconciled")).await));
     }
-    eventually("every event published", || async {
-        let behind: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events e WHERE NOT EXISTS (
-                SELECT 1 FROM relay_checkpoints c
-                 WHERE (e.transaction_id, e.position) <= (c.transaction_id, c.position))",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        behind == 0
-    })
-    .await;
+    published(&app).await;
     let clean = reconcile(&app);
     let out = String::from_utf8_lossy(&clean.stdout).into_owned();
     assert!(
