@@ -99,7 +99,12 @@ pub enum Command {
         from: std::path::PathBuf,
     },
     /// Compares the event store with its topics and names every difference (exit 1 if any).
-    Reconcile,
+    Reconcile {
+        /// Also builds every read model afresh from the store and names each table that
+        /// differs from the live one (stop `project`/`serve` first).
+        #[arg(long)]
+        read_models: bool,
+    },
     /// Audit tools.
     Audit {
         #[command(subcommand)]
@@ -313,8 +318,8 @@ pub async fn run(cli: Cli, clock: Clock) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay(args) => crate::replay::run(&settings, args).await,
-        Command::Reconcile => {
-            let differences = crate::reconcile::run(&settings).await?;
+        Command::Reconcile { read_models } => {
+            let differences = crate::reconcile::run(&settings, read_models).await?;
             if differences > 0 {
                 anyhow::bail!("the event store and its topics differ ({differences})");
             }

@@ -130,6 +130,29 @@ impl ReadModels {
         rebuild(parts, self.writing(Tables::Rebuild).fed().await?).await
     }
 
+    /// Builds every read model afresh from the event store, as [`ReadModels::rebuild_all`]
+    /// does, but compares the fresh tables with the live ones instead of swapping them in;
+    /// returns the tables that differ, each with its live and fresh row counts. Bookkeeping is
+    /// not compared, nor where the audit log's entries stand in its chain (a log fed from
+    /// Kafka chains them in the order they arrived): its entries are.
+    ///
+    /// # Errors
+    ///
+    /// As [`ReadModels::rebuild_all`].
+    pub async fn compare_with_rebuild(&self) -> anyhow::Result<Vec<(String, i64, i64)>> {
+        let parts = (self.pool.clone(), self.keys.clone(), self.chain.clone());
+        let models = self.writing(Tables::Rebuild).fed().await?;
+        let tables: Vec<&'static str> = models.iter().flat_map(|m| m.tables()).copied().collect();
+        let pool = self.pool.clone();
+        rebuild_then(parts, models, |fresh| async move {
+            let differing = differing(&pool, &tables).await;
+            fresh.abandon().await?;
+            differing
+        })
+        .await
+        .map(|(differing, _)| differing)
+    }
+
     /// Empties every read model and its bookkeeping, as a rebuild starts (for a feeder that is
     /// not the event store's stream, such as Kafka consumers, to fill them again).
     ///
@@ -170,6 +193,70 @@ pub async fn rebuild(
     parts: (PgPool, KeyStore, ChainKey),
     models: Vec<Box<dyn Fed>>,
 ) -> anyhow::Result<usize> {
+    rebuild_then(parts, models, |fresh| async move {
+        fresh.swap_in().await?;
+        Ok(())
+    })
+    .await
+    .map(|((), read)| read)
+}
+
+/// The tables among `tables` whose live rows differ from the fresh ones, with both counts.
+async fn differing(
+    pool: &PgPool,
+    tables: &[&'static str],
+) -> anyhow::Result<Vec<(String, i64, i64)>> {
+    let mut differing = Vec::new();
+    for &table in tables {
+        if BOOKKEEPING.contains(&table) {
+            continue;
+        }
+        let rows = if table == "audit_log" {
+            "entry_id::text || kind || action || coalesce(patient_id::text, '') \
+             || coalesce(user_id, '') || recorded_at::text || detail::text"
+        } else {
+            "t::text"
+        };
+        let digest = |schema: &str| {
+            format!(
+                "SELECT count(*), md5(string_agg({rows}, '|' ORDER BY {rows}))
+                   FROM {schema}.{table} t"
+            )
+        };
+        let (live, live_digest): (i64, Option<String>) = sqlx::query_as(&digest("projections"))
+            .fetch_one(pool)
+            .await?;
+        let (built, built_digest): (i64, Option<String>) =
+            sqlx::query_as(&digest(projections::rebuild::SCHEMA))
+                .fetch_one(pool)
+                .await?;
+        if live_digest != built_digest {
+            differing.push((table.to_owned(), live, built));
+        }
+    }
+    Ok(differing)
+}
+
+/// The tables of a read model's bookkeeping (how far it has read), not its content.
+const BOOKKEEPING: &[&str] = &[
+    "applied_sequences",
+    "stream_checkpoints",
+    "parked_messages",
+    "audit_chain_head",
+];
+
+/// Builds `models` afresh from the whole event store into fresh tables, then hands those to
+/// `finish` (which swaps them in, or compares and abandons them); returns what `finish`
+/// answered and the events read. A failure before `finish` abandons the fresh tables.
+async fn rebuild_then<T, F, Fut>(
+    parts: (PgPool, KeyStore, ChainKey),
+    models: Vec<Box<dyn Fed>>,
+    finish: F,
+) -> anyhow::Result<(T, usize)>
+where
+    F: FnOnce(Rebuild) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     let Some(locks) = stream_feed::lock_all(&models).await? else {
         anyhow::bail!(
             "a projector is feeding a read model from the event store; stop serve/project first"
@@ -200,7 +287,7 @@ pub async fn rebuild(
         );
     }
     let outcome = match outcome {
-        Ok(read) => fresh.swap_in().await.map(|()| read).map_err(Into::into),
+        Ok(read) => finish(fresh).await.map(|done| (done, read)),
         Err(e) => {
             fresh.abandon().await?;
             Err(e)

@@ -9,6 +9,10 @@
 //! the store still holds: erasures done after the backup a store was restored from, to be done
 //! again (`POST /v1/patients/{id}/forget`).
 //!
+//! With `--read-models`, every read model is also built afresh from the store into fresh tables
+//! (as `rebuild` does) and compared with the live ones, each differing table named with both
+//! row counts; the fresh tables are then dropped.
+//!
 //! Ends with `reconcile: differences=N`; the command exits 1 when N is not 0.
 
 use std::collections::{HashMap, HashSet};
@@ -44,7 +48,7 @@ type StoredEvent = (String, String, i64, Option<Vec<u8>>, bool);
 /// # Errors
 ///
 /// When the database or the brokers cannot be read.
-pub async fn run(settings: &Settings) -> anyhow::Result<usize> {
+pub async fn run(settings: &Settings, read_models: bool) -> anyhow::Result<usize> {
     let Some(kafka) = settings.kafka.client_config() else {
         bail!("reconcile compares the event store with the topics: set KAFKA_BROKERS");
     };
@@ -160,6 +164,25 @@ pub async fn run(settings: &Settings) -> anyhow::Result<usize> {
                 println!("  {id}");
             }
         }
+    }
+    if read_models {
+        let secrets = settings.secrets()?;
+        let storage = settings.documents.storage()?;
+        let differing = startup::with_database(settings, |pool| async move {
+            crate::read_models::ReadModels::new(pool, &secrets, storage)
+                .compare_with_rebuild()
+                .await
+        })
+        .await?;
+        for (table, live, rebuilt) in &differing {
+            println!(
+                "read model table {table}: differs from a rebuild ({live} rows live, {rebuilt} rebuilt)"
+            );
+        }
+        if differing.is_empty() {
+            println!("read models: equal to a rebuild");
+        }
+        differences += differing.len();
     }
     println!("reconcile: differences={differences}");
     Ok(differences)

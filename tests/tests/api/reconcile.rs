@@ -27,8 +27,14 @@ fn reconcile(app: &TestApp) -> Output {
 
 /// `patient-service reconcile` on the database at `database_url` and `app`'s topics.
 pub(crate) fn reconcile_on(app: &TestApp, database_url: &str) -> Output {
+    reconcile_with(app, database_url, &[])
+}
+
+/// [`reconcile_on`] with more arguments.
+fn reconcile_with(app: &TestApp, database_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
         .arg("reconcile")
+        .args(args)
         .env("DATABASE_URL", database_url)
         .env(
             "KAFKA_BROKERS",
@@ -87,4 +93,69 @@ async fn reconcile_finds_the_topics_equal_to_the_store_and_names_each_difference
     assert_eq!(named("on the topic, not in the store"), stranger, "{out}");
     assert_eq!(named("with another content than stored"), taken, "{out}");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn reconcile_compares_the_read_models_with_a_rebuild_and_names_a_table_that_differs() {
+    // Arrange: patients published and projected from the topics, then the projectors stopped.
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(id_of(&app.register_person(n, Some("Projected")).await));
+    }
+    published(&app).await;
+    app.search_until("family=Projected", 3).await;
+    eventually("the audit log holds every event", || async {
+        let (events, audited): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM projections.audit_log)",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        audited >= events
+    })
+    .await;
+    let database_url = app.database_url.clone();
+    let settings = app.settings.clone();
+    let stopped = TestApp::start(
+        settings,
+        command_api::startup::Roles {
+            api: false,
+            relay: false,
+            projectors: false,
+            background: false,
+        },
+    )
+    .await;
+    app.stop().await;
+    let equal = reconcile_with(&stopped, &database_url, &["--read-models"]);
+    let out = String::from_utf8_lossy(&equal.stdout).into_owned();
+    assert!(
+        equal.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&equal.stderr)
+    );
+    assert!(out.contains("read models: equal to a rebuild"), "{out}");
+
+    // Act: a read model row changed behind the projectors' back.
+    sqlx::query(
+        "UPDATE projections.patient_search SET family = 'Tampered' WHERE patient_id::text = $1",
+    )
+    .bind(&ids[1])
+    .execute(&stopped.pool)
+    .await
+    .unwrap();
+    let differing = reconcile_with(&stopped, &database_url, &["--read-models"]);
+
+    // Assert
+    let out = String::from_utf8_lossy(&differing.stdout).into_owned();
+    assert!(!differing.status.success(), "{out}");
+    assert!(
+        out.contains(
+            "read model table patient_search: differs from a rebuild (3 rows live, 3 rebuilt)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("reconcile: differences=1"), "{out}");
+    stopped.stop().await;
 }
