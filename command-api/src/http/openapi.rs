@@ -239,11 +239,9 @@ impl Operation {
 
     /// May also answer `status` with a JSON object when it succeeds.
     #[must_use]
-    pub fn also_answers(mut self, status: u16, description: &'static str) -> Self {
+    pub fn also_answers(self, status: u16, description: &'static str) -> Self {
         let object = json!({ "type": "object" });
-        self.also
-            .push((status, description, "application/json", object));
-        self
+        self.also_answers_as(status, description, "application/json", object)
     }
 
     /// May also answer `status` with a body of `content_type` shaped as `schema` (an answer

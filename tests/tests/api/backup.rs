@@ -27,14 +27,8 @@ fn assert_success(output: &Output, what: &str) {
     );
 }
 
-#[tokio::test]
-async fn a_backup_restored_into_an_empty_database_rebuilds_and_verifies() {
-    // Arrange: two patients before the backup, one after.
-    let app = TestApp::without_kafka().await;
-    let before = [
-        id_of(&app.register_ok("Ada", "Backup", "1980-01-02").await),
-        id_of(&app.register_ok("Ben", "Backup", "1981-02-03").await),
-    ];
+/// A backup of `app`'s database, in a file of its own.
+fn back_up(app: &TestApp) -> std::path::PathBuf {
     let file = std::env::temp_dir().join(format!("backup-{}.dump", uuid::Uuid::new_v4().simple()));
     assert_success(
         &service(
@@ -43,6 +37,18 @@ async fn a_backup_restored_into_an_empty_database_rebuilds_and_verifies() {
         ),
         "backup",
     );
+    file
+}
+
+#[tokio::test]
+async fn a_backup_restored_into_an_empty_database_rebuilds_and_verifies() {
+    // Arrange: two patients before the backup, one after.
+    let app = TestApp::without_kafka().await;
+    let before = [
+        id_of(&app.register_ok("Ada", "Backup", "1980-01-02").await),
+        id_of(&app.register_ok("Ben", "Backup", "1981-02-03").await),
+    ];
+    let file = back_up(&app);
     let after = id_of(&app.register_ok("Cy", "Later", "1982-03-04").await);
     app.stop().await;
 
@@ -99,14 +105,7 @@ async fn reconcile_flags_an_erasure_done_after_the_backup_a_store_was_restored_f
     let kept = id_of(&app.register_ok("Kim", "Kept", "1980-01-02").await);
     let erased = id_of(&app.register_ok("Eve", "Erased", "1981-02-03").await);
     crate::reconcile::published(&app).await;
-    let file = std::env::temp_dir().join(format!("backup-{}.dump", uuid::Uuid::new_v4().simple()));
-    assert_success(
-        &service(
-            &["backup", "--to", file.to_str().unwrap()],
-            &app.database_url,
-        ),
-        "backup",
-    );
+    let file = back_up(&app);
     let admin = app.token("admin-1", &["admin"]);
     let forgotten = app
         .post(
