@@ -24,6 +24,7 @@ pub mod embedded_postgres;
 pub mod extraction;
 pub mod http;
 pub mod import;
+pub mod kafka_lag;
 pub mod read_models;
 pub mod reconcile;
 pub mod replay;

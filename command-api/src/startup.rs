@@ -104,6 +104,7 @@ pub async fn api_state(
         .with_smart(&settings.auth)
         .with_exports(&settings.export)
         .with_max_in_flight(settings.http.max_in_flight)
+        .with_kafka(&settings.kafka)
         .with_https(settings.http.tls_cert_path.is_some());
     Ok(state)
 }
@@ -413,7 +414,8 @@ impl Service {
                 Authenticator::new(&settings.auth),
                 clock,
                 settings.secrets()?,
-            );
+            )
+            .with_kafka(&settings.kafka);
             let address: SocketAddr = format!("{}:{health_port}", settings.http.host)
                 .parse()
                 .context("http.host and health.port must form a socket address")?;

@@ -249,6 +249,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "The most connections this process's pool opens",
         gauge(i64::from(state.pool.options().get_max_connections())),
     );
+    if let Some(kafka) = state.kafka.clone() {
+        register_kafka_lag(&mut registry, kafka).await;
+    }
     let pipeline = tokio::time::timeout(DATABASE_TIMEOUT, Pipeline::read(&state.pool)).await;
     let up = match pipeline {
         Ok(Ok(pipeline)) => {
@@ -281,6 +284,45 @@ async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Each projector's consumer group lag on the broker, in records; `kafka_lag_up` 0 when the
+/// broker did not answer within [`DATABASE_TIMEOUT`].
+async fn register_kafka_lag(registry: &mut Registry, kafka: crate::configuration::KafkaSettings) {
+    let read = tokio::task::spawn_blocking(move || {
+        let config = kafka
+            .client_config()
+            .ok_or_else(|| anyhow::anyhow!("no brokers configured"))?;
+        crate::kafka_lag::consumer_group_lags(
+            &config,
+            (&kafka.topic_prefix, &kafka.consumer_group_prefix),
+            DATABASE_TIMEOUT,
+        )
+    });
+    let up = match tokio::time::timeout(DATABASE_TIMEOUT * 2, read).await {
+        Ok(Ok(Ok(lags))) => {
+            let family = Family::<Named, Gauge>::default();
+            for (name, lag) in lags {
+                family.get_or_create(&Named { name }).set(lag);
+            }
+            registry.register(
+                "read_model_kafka_lag_events",
+                "Records not yet read by each read model's consumer group (label name), with Kafka",
+                family,
+            );
+            1
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error.message = %e, "the consumer group lag could not be read");
+            0
+        }
+        _ => 0,
+    };
+    registry.register(
+        "kafka_lag_up",
+        "1 when the consumer groups' lag was read from the broker",
+        gauge(up),
+    );
 }
 
 /// A stream reader's distance behind the event store: its name, the events after its

@@ -80,6 +80,8 @@ pub struct AppState {
     pub http_metrics: metrics::HttpMetrics,
     /// In a process without the API: the readers its readiness answers for.
     pub duties: health::Duties,
+    /// The brokers, when configured: `/metrics` reads the projectors' consumer group lag there.
+    pub kafka: Option<crate::configuration::KafkaSettings>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -156,6 +158,7 @@ impl AppState {
             backend_token_url: None,
             http_metrics: metrics::HttpMetrics::default(),
             duties: health::Duties::default(),
+            kafka: None,
             services,
             idempotency: IdempotencyKeys::new(pool),
             auth: Arc::new(auth),
@@ -194,6 +197,13 @@ impl AppState {
     #[must_use]
     pub fn with_exports(mut self, settings: &crate::configuration::ExportSettings) -> Self {
         self.export_settings = settings.clone();
+        self
+    }
+
+    /// The brokers whose consumer group lag `/metrics` reports (when configured).
+    #[must_use]
+    pub fn with_kafka(mut self, kafka: &crate::configuration::KafkaSettings) -> Self {
+        self.kafka = kafka.client_config().is_some().then(|| kafka.clone());
         self
     }
 

@@ -189,3 +189,34 @@ async fn metrics_parse_as_prometheus_and_show_a_held_back_horizon() {
     scrape_until(&app, "the horizon's age falling", |f| horizon(f) < 2.0).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn with_kafka_each_read_models_consumer_group_lag_is_read_from_the_broker() {
+    let app = TestApp::spawn().await;
+    for n in 0..2 {
+        app.register_person(n, Some("Lagging")).await;
+    }
+    app.search_until("family=Lagging", 2).await;
+
+    // Every read model's group, each at 0 once it has read everything.
+    let families = scrape_until(&app, "every consumer group caught up", |families| {
+        let samples = &families["patient_service_read_model_kafka_lag_events"]["samples"];
+        samples.as_array().is_some_and(|samples| {
+            samples.len() >= 4 && samples.iter().all(|s| s[2].as_f64() == Some(0.0))
+        })
+    })
+    .await;
+    let names: Vec<&str> = families["patient_service_read_model_kafka_lag_events"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[1]["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"patient_search"), "{names:?}");
+    assert!(names.contains(&"audit_log"), "{names:?}");
+    assert_eq!(
+        families["patient_service_kafka_lag_up"]["samples"][0][2], 1.0,
+        "{families}"
+    );
+    app.stop().await;
+}

@@ -822,67 +822,16 @@ async fn soak(
 /// Whether every projector's consumer group (`soak.patient-service.<read model>`) has
 /// committed, on every partition of each topic it consumes, the partition's end.
 fn caught_up(brokers: &str) -> anyhow::Result<bool> {
-    use rdkafka::consumer::BaseConsumer;
-    use rdkafka::{Offset, TopicPartitionList};
-    let timeout = Duration::from_secs(5);
-    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+    let config = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .create()?;
-    let metadata = probe.fetch_metadata(None, timeout)?;
-    let topics: Vec<(String, Vec<i32>)> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name().starts_with("soak."))
-        .map(|t| {
-            (
-                t.name().to_owned(),
-                t.partitions().iter().map(|p| p.id()).collect(),
-            )
-        })
-        .collect();
-    let groups: Vec<String> = probe
-        .fetch_group_list(None, timeout)?
-        .groups()
-        .iter()
-        .map(|g| g.name().to_owned())
-        .filter(|g| g.starts_with("soak.patient-service."))
-        .collect();
-    ensure!(!groups.is_empty(), "no projector's consumer group");
-    for group in groups {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", &group)
-            .create()?;
-        let mut wanted = TopicPartitionList::new();
-        for (topic, partitions) in &topics {
-            for partition in partitions {
-                wanted.add_partition(topic, *partition);
-            }
-        }
-        let committed = consumer.committed_offsets(wanted, timeout)?;
-        for (topic, partitions) in &topics {
-            let offsets: Vec<Option<i64>> = partitions
-                .iter()
-                .map(
-                    |p| match committed.find_partition(topic, *p).map(|e| e.offset()) {
-                        Some(Offset::Offset(n)) => Some(n),
-                        _ => None,
-                    },
-                )
-                .collect();
-            // A topic this group does not consume has no committed offset at all.
-            if offsets.iter().all(Option::is_none) {
-                continue;
-            }
-            for (partition, offset) in partitions.iter().zip(offsets) {
-                let (_, end) = probe.fetch_watermarks(topic, *partition, timeout)?;
-                if offset.unwrap_or(0) < end {
-                    return Ok(false);
-                }
-            }
-        }
-    }
-    Ok(true)
+        .clone();
+    let lags = command_api::kafka_lag::consumer_group_lags(
+        &config,
+        ("soak.", "patient-service"),
+        Duration::from_secs(5),
+    )?;
+    ensure!(!lags.is_empty(), "no projector's consumer group");
+    Ok(lags.iter().all(|(_, lag)| *lag == 0))
 }
 
 /// A digest of each read model table the load fills.
