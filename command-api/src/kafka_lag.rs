@@ -8,8 +8,17 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-/// The lag in records of each consumer group named `<topic_prefix><group_prefix>.<model>`,
-/// as `(model, records)`, sorted by model.
+/// A projector's consumer group: its read model, the records it has not read, and the sum of
+/// its committed offsets (which moves while it makes progress).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GroupLag {
+    pub model: String,
+    pub lag: i64,
+    pub committed: i64,
+}
+
+/// The lag of each consumer group named `<topic_prefix><group_prefix>.<model>`, sorted by
+/// model.
 ///
 /// # Errors
 ///
@@ -18,7 +27,7 @@ pub fn consumer_group_lags(
     config: &ClientConfig,
     (topic_prefix, group_prefix): (&str, &str),
     timeout: Duration,
-) -> anyhow::Result<Vec<(String, i64)>> {
+) -> anyhow::Result<Vec<GroupLag>> {
     let probe: BaseConsumer = config.create()?;
     let metadata = probe.fetch_metadata(None, timeout)?;
     let topics: Vec<(String, Vec<i32>)> = metadata
@@ -48,7 +57,7 @@ pub fn consumer_group_lags(
     for group in groups {
         let consumer: BaseConsumer = config.clone().set("group.id", &group).create()?;
         let committed = consumer.committed_offsets(wanted.clone(), timeout)?;
-        let mut lag = 0;
+        let (mut lag, mut total) = (0, 0);
         for (topic, partitions) in &topics {
             let offsets: Vec<Option<i64>> = partitions
                 .iter()
@@ -65,10 +74,16 @@ pub fn consumer_group_lags(
             }
             for (partition, offset) in partitions.iter().zip(offsets) {
                 let (low, high) = probe.fetch_watermarks(topic, *partition, timeout)?;
-                lag += high - offset.unwrap_or(low).max(low);
+                let at = offset.unwrap_or(low).max(low);
+                lag += high - at;
+                total += at;
             }
         }
-        lags.push((group[group_start.len()..].to_owned(), lag.max(0)));
+        lags.push(GroupLag {
+            model: group[group_start.len()..].to_owned(),
+            lag: lag.max(0),
+            committed: total,
+        });
     }
     lags.sort();
     Ok(lags)

@@ -405,6 +405,7 @@ impl Service {
             let duties = http::health::Duties {
                 relay: roles.relay,
                 read_models: roles.projectors && kafka.is_none(),
+                kafka_read_models: roles.projectors && kafka.is_some(),
                 process_managers: roles.background,
                 stuck_after: Duration::from_secs(settings.health.stuck_after_secs),
             };

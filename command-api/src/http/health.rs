@@ -16,8 +16,6 @@ use serde_json::{json, Value};
 use crate::http::openapi::{self as doc, Routes};
 use std::time::Duration;
 
-use sqlx::PgPool;
-
 use crate::http::metrics::{Pipeline, DATABASE_TIMEOUT};
 use crate::http::AppState;
 
@@ -25,15 +23,18 @@ use crate::http::AppState;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Duties {
     pub relay: bool,
-    /// Read models fed from the event store (with Kafka, their lag is on the broker).
+    /// Read models fed from the event store.
     pub read_models: bool,
+    /// Read models fed from Kafka: stuck when their consumer group has records to read and
+    /// its committed offsets have not moved for `stuck_after`.
+    pub kafka_read_models: bool,
     pub process_managers: bool,
     pub stuck_after: Duration,
 }
 
 impl Duties {
     fn any(&self) -> bool {
-        self.relay || self.read_models || self.process_managers
+        self.relay || self.read_models || self.kafka_read_models || self.process_managers
     }
 }
 
@@ -72,7 +73,7 @@ async fn live() -> Json<Value> {
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     match crate::startup::migrations_applied(&state.pool).await {
         Ok(true) if !state.duties.any() => (StatusCode::OK, Json(json!({ "status": "ready" }))),
-        Ok(true) => match stuck(&state.pool, &state.duties).await {
+        Ok(true) => match stuck(&state).await {
             Ok(stuck) if stuck.is_empty() => (StatusCode::OK, Json(json!({ "status": "ready" }))),
             Ok(stuck) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -106,7 +107,8 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 /// # Errors
 ///
 /// When the figures could not be read within [`DATABASE_TIMEOUT`].
-async fn stuck(pool: &PgPool, duties: &Duties) -> Result<Vec<String>, sqlx::Error> {
+async fn stuck(state: &AppState) -> Result<Vec<String>, sqlx::Error> {
+    let (pool, duties) = (&state.pool, &state.duties);
     let pipeline = tokio::time::timeout(DATABASE_TIMEOUT, Pipeline::read(pool))
         .await
         .map_err(|_| sqlx::Error::PoolTimedOut)??;
@@ -141,5 +143,47 @@ async fn stuck(pool: &PgPool, duties: &Duties) -> Result<Vec<String>, sqlx::Erro
             );
         }
     }
+    if duties.kafka_read_models {
+        stuck.extend(stuck_consumers(state).await);
+    }
     Ok(stuck)
+}
+
+/// The read models whose consumer group has had records to read while its committed offsets
+/// stood still for longer than `stuck_after` (as this process has seen them at its readiness
+/// checks; a broker that does not answer makes nothing stuck: the broker is not this process).
+async fn stuck_consumers(state: &AppState) -> Vec<String> {
+    let Some(kafka) = state.kafka.clone() else {
+        return Vec::new();
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        let config = kafka
+            .client_config()
+            .ok_or_else(|| anyhow::anyhow!("no brokers configured"))?;
+        crate::kafka_lag::consumer_group_lags(
+            &config,
+            (&kafka.topic_prefix, &kafka.consumer_group_prefix),
+            DATABASE_TIMEOUT,
+        )
+    });
+    let Ok(Ok(Ok(groups))) = tokio::time::timeout(DATABASE_TIMEOUT * 2, read).await else {
+        return Vec::new();
+    };
+    let now = std::time::Instant::now();
+    let mut seen = state
+        .consumer_progress
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut stuck = Vec::new();
+    for group in groups {
+        let entry = seen
+            .entry(group.model.clone())
+            .or_insert((group.committed, now));
+        if group.lag == 0 || entry.0 != group.committed {
+            *entry = (group.committed, now);
+        } else if now.duration_since(entry.1) > state.duties.stuck_after {
+            stuck.push(format!("read model {} (Kafka)", group.model));
+        }
+    }
+    stuck
 }

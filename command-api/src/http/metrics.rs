@@ -302,8 +302,10 @@ async fn register_kafka_lag(registry: &mut Registry, kafka: crate::configuration
     let up = match tokio::time::timeout(DATABASE_TIMEOUT * 2, read).await {
         Ok(Ok(Ok(lags))) => {
             let family = Family::<Named, Gauge>::default();
-            for (name, lag) in lags {
-                family.get_or_create(&Named { name }).set(lag);
+            for group in lags {
+                family
+                    .get_or_create(&Named { name: group.model })
+                    .set(group.lag);
             }
             registry.register(
                 "read_model_kafka_lag_events",

@@ -82,6 +82,9 @@ pub struct AppState {
     pub duties: health::Duties,
     /// The brokers, when configured: `/metrics` reads the projectors' consumer group lag there.
     pub kafka: Option<crate::configuration::KafkaSettings>,
+    /// Each Kafka-fed read model's committed offsets as readiness last saw them, and since when.
+    pub consumer_progress:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, std::time::Instant)>>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -159,6 +162,7 @@ impl AppState {
             http_metrics: metrics::HttpMetrics::default(),
             duties: health::Duties::default(),
             kafka: None,
+            consumer_progress: Arc::default(),
             services,
             idempotency: IdempotencyKeys::new(pool),
             auth: Arc::new(auth),

@@ -185,3 +185,99 @@ async fn a_relay_process_is_not_ready_while_stuck_and_ready_once_it_caught_up() 
     relay.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_project_process_is_not_ready_while_a_kafka_fed_read_model_is_stuck() {
+    // An API and a relay; the read models are fed by a `project` process alone.
+    let api = TestApp::spawn_with(AppOptions {
+        roles: Roles {
+            api: true,
+            relay: true,
+            projectors: false,
+            background: false,
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let mut settings = api.settings.clone();
+    settings.health.port = Some(0);
+    settings.health.stuck_after_secs = 1;
+    let project = TestApp::start(
+        settings,
+        Roles {
+            api: false,
+            relay: false,
+            projectors: true,
+            background: false,
+        },
+    )
+    .await;
+    api.register(&patient("First", "Projected", "1980-01-02"))
+        .await;
+    api.search_until("family=Projected", 1).await;
+    let (status, body) = readiness(&project.client, &project.address).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The search read model cannot write (a constraint its rows break: every try fails and
+    // is retried): its consumer has records and makes no progress.
+    sqlx::query(
+        "ALTER TABLE projections.patient_search
+           ADD CONSTRAINT blocked_for_the_test CHECK (family <> 'Blocked')",
+    )
+    .execute(&api.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        api.register(&patient("Second", "Blocked", "1981-02-03"))
+            .await
+            .status(),
+        201
+    );
+    // (Other read models that read the search table wait too, and may be named first.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let (status, body) = readiness(&project.client, &project.address).await;
+        let named = body["stuck"]
+            .as_array()
+            .is_some_and(|s| s.contains(&Value::from("read model patient_search (Kafka)")));
+        if status == 503 && named {
+            break body;
+        }
+        if Instant::now() > deadline {
+            let metrics = project
+                .client
+                .get(format!("{}/metrics", project.address))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let lags: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.contains("kafka_lag"))
+                .collect();
+            panic!("never reported stuck: {body} {lags:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(body["reason"], "stuck", "{body}");
+
+    // Unblocked, it catches up and is ready again.
+    sqlx::query("ALTER TABLE projections.patient_search DROP CONSTRAINT blocked_for_the_test")
+        .execute(&api.pool)
+        .await
+        .unwrap();
+    api.search_until("family=Blocked", 1).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = readiness(&project.client, &project.address).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready again: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    project.stop().await;
+    api.stop().await;
+}

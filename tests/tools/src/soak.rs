@@ -831,7 +831,7 @@ fn caught_up(brokers: &str) -> anyhow::Result<bool> {
         Duration::from_secs(5),
     )?;
     ensure!(!lags.is_empty(), "no projector's consumer group");
-    Ok(lags.iter().all(|(_, lag)| *lag == 0))
+    Ok(lags.iter().all(|group| group.lag == 0))
 }
 
 /// A digest of each read model table the load fills.
