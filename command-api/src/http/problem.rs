@@ -309,8 +309,13 @@ impl ApiError {
                 )
                 .detail("a valid bearer token is required")
             }
-            Self::Forbidden => Problem::new(S::FORBIDDEN, "forbidden", "Forbidden")
-                .detail("your roles do not allow this action"),
+            // One answer for a role that does not allow the action and for a patient out of the
+            // caller's reach (no care relationship, consent or emergency access; another
+            // organization's), so that it tells nothing of whether the patient exists.
+            Self::Forbidden => Problem::new(S::FORBIDDEN, "forbidden", "Forbidden").detail(
+                "your roles, or your reach to this patient (care team, consent, emergency \
+                 access), do not allow this action",
+            ),
             Self::NotFound => Problem::new(S::NOT_FOUND, "not-found", "Not found"),
             Self::Gone => Problem::new(S::GONE, "erased", "Erased")
                 .detail("this patient's data was erased; only the fact of erasure is kept"),
