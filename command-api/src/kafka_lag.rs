@@ -8,6 +8,32 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+/// [`consumer_group_lags`] of the brokers of `kafka`, off the async threads: each broker call
+/// bounded by `timeout`, the whole by twice that.
+///
+/// # Errors
+///
+/// When no brokers are configured, or the broker does not answer in time.
+pub async fn read(
+    kafka: &crate::configuration::KafkaSettings,
+    timeout: Duration,
+) -> anyhow::Result<Vec<GroupLag>> {
+    let kafka = kafka.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let config = kafka
+            .client_config()
+            .ok_or_else(|| anyhow::anyhow!("no brokers configured"))?;
+        consumer_group_lags(
+            &config,
+            (&kafka.topic_prefix, &kafka.consumer_group_prefix),
+            timeout,
+        )
+    });
+    tokio::time::timeout(timeout * 2, read)
+        .await
+        .map_err(|_| anyhow::anyhow!("the broker did not answer within {:?}", timeout * 2))??
+}
+
 /// A projector's consumer group: its read model, the records it has not read, and the sum of
 /// its committed offsets (which moves while it makes progress).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -43,6 +43,14 @@ impl Roles {
         projectors: true,
         background: true,
     };
+
+    /// No role: a start point for a process of some roles (`Roles { relay: true, ..NONE }`).
+    pub const NONE: Roles = Roles {
+        api: false,
+        relay: false,
+        projectors: false,
+        background: false,
+    };
 }
 
 /// A running service.

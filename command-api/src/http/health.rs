@@ -153,20 +153,10 @@ async fn stuck(state: &AppState) -> Result<Vec<String>, sqlx::Error> {
 /// stood still for longer than `stuck_after` (as this process has seen them at its readiness
 /// checks; a broker that does not answer makes nothing stuck: the broker is not this process).
 async fn stuck_consumers(state: &AppState) -> Vec<String> {
-    let Some(kafka) = state.kafka.clone() else {
+    let Some(kafka) = &state.kafka else {
         return Vec::new();
     };
-    let read = tokio::task::spawn_blocking(move || {
-        let config = kafka
-            .client_config()
-            .ok_or_else(|| anyhow::anyhow!("no brokers configured"))?;
-        crate::kafka_lag::consumer_group_lags(
-            &config,
-            (&kafka.topic_prefix, &kafka.consumer_group_prefix),
-            DATABASE_TIMEOUT,
-        )
-    });
-    let Ok(Ok(Ok(groups))) = tokio::time::timeout(DATABASE_TIMEOUT * 2, read).await else {
+    let Ok(groups) = crate::kafka_lag::read(kafka, DATABASE_TIMEOUT).await else {
         return Vec::new();
     };
     let now = std::time::Instant::now();

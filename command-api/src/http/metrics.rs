@@ -249,7 +249,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "The most connections this process's pool opens",
         gauge(i64::from(state.pool.options().get_max_connections())),
     );
-    if let Some(kafka) = state.kafka.clone() {
+    if let Some(kafka) = &state.kafka {
         register_kafka_lag(&mut registry, kafka).await;
     }
     let pipeline = tokio::time::timeout(DATABASE_TIMEOUT, Pipeline::read(&state.pool)).await;
@@ -288,19 +288,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 /// Each projector's consumer group lag on the broker, in records; `kafka_lag_up` 0 when the
 /// broker did not answer within [`DATABASE_TIMEOUT`].
-async fn register_kafka_lag(registry: &mut Registry, kafka: crate::configuration::KafkaSettings) {
-    let read = tokio::task::spawn_blocking(move || {
-        let config = kafka
-            .client_config()
-            .ok_or_else(|| anyhow::anyhow!("no brokers configured"))?;
-        crate::kafka_lag::consumer_group_lags(
-            &config,
-            (&kafka.topic_prefix, &kafka.consumer_group_prefix),
-            DATABASE_TIMEOUT,
-        )
-    });
-    let up = match tokio::time::timeout(DATABASE_TIMEOUT * 2, read).await {
-        Ok(Ok(Ok(lags))) => {
+async fn register_kafka_lag(registry: &mut Registry, kafka: &crate::configuration::KafkaSettings) {
+    let up = match crate::kafka_lag::read(kafka, DATABASE_TIMEOUT).await {
+        Ok(lags) => {
             let family = Family::<Named, Gauge>::default();
             for group in lags {
                 family
@@ -314,11 +304,10 @@ async fn register_kafka_lag(registry: &mut Registry, kafka: crate::configuration
             );
             1
         }
-        Ok(Ok(Err(e))) => {
+        Err(e) => {
             tracing::warn!(error.message = %e, "the consumer group lag could not be read");
             0
         }
-        _ => 0,
     };
     registry.register(
         "kafka_lag_up",

@@ -113,9 +113,7 @@ async fn a_relay_process_is_not_ready_while_stuck_and_ready_once_it_caught_up() 
     let api = TestApp::spawn_with(AppOptions {
         roles: Roles {
             api: true,
-            relay: false,
-            projectors: false,
-            background: false,
+            ..Roles::NONE
         },
         ..AppOptions::default()
     })
@@ -127,10 +125,8 @@ async fn a_relay_process_is_not_ready_while_stuck_and_ready_once_it_caught_up() 
         201
     );
     let relay_alone = Roles {
-        api: false,
         relay: true,
-        projectors: false,
-        background: false,
+        ..Roles::NONE
     };
     let mut settings = api.settings.clone();
     settings.health.port = Some(0);
@@ -193,8 +189,7 @@ async fn a_project_process_is_not_ready_while_a_kafka_fed_read_model_is_stuck() 
         roles: Roles {
             api: true,
             relay: true,
-            projectors: false,
-            background: false,
+            ..Roles::NONE
         },
         ..AppOptions::default()
     })
@@ -205,10 +200,8 @@ async fn a_project_process_is_not_ready_while_a_kafka_fed_read_model_is_stuck() 
     let project = TestApp::start(
         settings,
         Roles {
-            api: false,
-            relay: false,
             projectors: true,
-            background: false,
+            ..Roles::NONE
         },
     )
     .await;
@@ -243,22 +236,7 @@ async fn a_project_process_is_not_ready_while_a_kafka_fed_read_model_is_stuck() 
         if status == 503 && named {
             break body;
         }
-        if Instant::now() > deadline {
-            let metrics = project
-                .client
-                .get(format!("{}/metrics", project.address))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let lags: Vec<&str> = metrics
-                .lines()
-                .filter(|l| l.contains("kafka_lag"))
-                .collect();
-            panic!("never reported stuck: {body} {lags:?}");
-        }
+        assert!(Instant::now() < deadline, "never reported stuck: {body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(body["reason"], "stuck", "{body}");

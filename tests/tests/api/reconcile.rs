@@ -117,16 +117,7 @@ async fn reconcile_compares_the_read_models_with_a_rebuild_and_names_a_table_tha
     .await;
     let database_url = app.database_url.clone();
     let settings = app.settings.clone();
-    let stopped = TestApp::start(
-        settings,
-        command_api::startup::Roles {
-            api: false,
-            relay: false,
-            projectors: false,
-            background: false,
-        },
-    )
-    .await;
+    let stopped = TestApp::start(settings, command_api::startup::Roles::NONE).await;
     app.stop().await;
     let equal = reconcile_with(&stopped, &database_url, &["--read-models"]);
     let out = String::from_utf8_lossy(&equal.stdout).into_owned();
