@@ -4,12 +4,20 @@
 //! The master and audit keys are not in it: keep them apart, in the secret store.
 //!
 //! A restore goes only into an empty database (a restore over live data would mix two
-//! histories); then `rebuild` makes the read models from the restored events and `audit
-//! verify` checks them. What a restore does not do yet: keep the topics consistent with the
-//! restored store (events written after the restore point reuse aggregate sequences whose
-//! events were published before it, under the same `ce_id`), and apply again the erasures done
-//! since the backup. Until it does, a restore is for a new deployment of topics, and the
-//! patients forgotten since the backup must be forgotten again.
+//! histories). After `pg_restore` it
+//! - applies the migrations (a backup may be older than the binary);
+//! - starts a new epoch of the store (`store_epochs`): the events written from now on take
+//!   again sequences whose events were published before the restore, with other content, and
+//!   the epoch enters their published identity (`ce_id`, `ce_epoch`), so the topics never hold
+//!   two contents under one `ce_id`;
+//! - applies again every erasure done since the backup: with Kafka configured, it reads the
+//!   patient topic's `PatientForgotten` records and forgets again (same reason and reference,
+//!   user `restore`) each of those patients whose data key the restored store holds. A patient
+//!   on legal hold in the restored store is named and left for the operator; without Kafka the
+//!   erasures cannot be found and the restore says so. `reconcile` names any still missing.
+//!
+//! Then `rebuild` makes the read models from the restored events and `audit verify` checks
+//! them.
 
 use std::path::Path;
 use std::process::Command;
@@ -18,8 +26,18 @@ use anyhow::{bail, Context as _};
 use secrecy::ExposeSecret as _;
 use sqlx::ConnectOptions as _;
 
+use domain::patient::governance::{ErasureReason, GovernanceChange, Principal};
+use domain::patient::{PatientCommand, PatientId};
+use event_store::command::{CommandError, CommandMetadata};
+use event_store::store::PatientStore;
+use sqlx::PgPool;
+
 use crate::configuration::Settings;
 use crate::embedded_postgres::{find_bindir, EmbeddedPostgres};
+use crate::startup;
+
+/// The user id of the events a restore writes (the erasures it applies again).
+pub const RESTORE_USER: &str = "restore";
 
 /// The database's URL, and the embedded cluster started for it (without a configured one).
 async fn database(settings: &Settings) -> anyhow::Result<(String, Option<EmbeddedPostgres>)> {
@@ -79,18 +97,132 @@ pub async fn backup(settings: &Settings, to: &Path) -> anyhow::Result<()> {
     result
 }
 
-/// Restores the backup `from` into the database, which must be empty.
+/// What a restore did after `pg_restore`.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// The store's new epoch.
+    pub epoch: i32,
+    /// Whether the erasures since the backup could be looked for (Kafka is configured).
+    pub erasures_checked: bool,
+    /// The patients forgotten again.
+    pub forgotten_again: Vec<String>,
+    /// The patients forgotten since the backup who could not be forgotten again, with the
+    /// rule that refused it (a legal hold in the restored store, say).
+    pub refused: Vec<(String, &'static str)>,
+}
+
+/// Restores the backup `from` into the database, which must be empty, starts a new epoch and
+/// applies again the erasures done since the backup.
 ///
 /// # Errors
 ///
-/// When the database is not empty, cannot be reached, or `pg_restore` fails.
-pub async fn restore(settings: &Settings, from: &Path) -> anyhow::Result<()> {
+/// When the database is not empty, cannot be reached, `pg_restore` fails, or the topics or the
+/// event store fail while erasures are applied again.
+pub async fn restore(settings: &Settings, from: &Path) -> anyhow::Result<Restored> {
     let (url, cluster) = database(settings).await?;
     let result = restore_into(settings, &url, from).await;
     if let Some(cluster) = cluster {
         cluster.stop()?;
     }
-    result
+    result?;
+    let forgotten = match settings.kafka.client_config() {
+        Some(kafka) => {
+            let topic = format!(
+                "{}{}",
+                settings.kafka.topic_prefix,
+                schemas::topics::PATIENT
+            );
+            let published = tokio::task::spawn_blocking(move || {
+                crate::reconcile::read_topics(&kafka, std::slice::from_ref(&topic))
+            })
+            .await
+            .context("reading the patient topic")??;
+            Some(
+                published
+                    .into_iter()
+                    .flat_map(|p| p.forgotten.into_values().flatten())
+                    .collect::<Vec<_>>(),
+            )
+        }
+        None => None,
+    };
+    let secrets = settings.secrets()?;
+    startup::with_database(settings, |pool| async move {
+        let epoch = start_epoch(&pool).await?;
+        let mut restored = Restored {
+            epoch,
+            erasures_checked: forgotten.is_some(),
+            ..Restored::default()
+        };
+        let store = PatientStore::new(pool.clone(), secrets.keys, secrets.chain);
+        for erasure in forgotten.unwrap_or_default() {
+            forget_again(&pool, &store, &erasure, &mut restored).await?;
+        }
+        Ok(restored)
+    })
+    .await
+}
+
+/// Starts the store's next epoch at the next event position, and answers it.
+async fn start_epoch(pool: &PgPool) -> anyhow::Result<i32> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO store_epochs (epoch, from_position)
+         SELECT coalesce(max(epoch), 0) + 1,
+                nextval(pg_get_serial_sequence('events', 'position'))
+           FROM store_epochs
+         RETURNING epoch",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Forgets the patient of `erasure` again, with its reason and reference, when the restored
+/// store still holds their data key.
+async fn forget_again(
+    pool: &PgPool,
+    store: &PatientStore,
+    erasure: &schemas::patient::v1::PatientForgotten,
+    restored: &mut Restored,
+) -> anyhow::Result<()> {
+    let id = erasure.patient_id.to_string();
+    let held: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM patient_data_keys
+                         WHERE patient_id = $1 AND wrapped_key IS NOT NULL)",
+    )
+    .bind(&id)
+    .fetch_one(pool)
+    .await?;
+    if !held {
+        // Registered after the backup, or forgotten before it: nothing of theirs is here.
+        return Ok(());
+    }
+    let reason = ErasureReason::parse("reason", &erasure.reason)
+        .map_err(|e| anyhow::anyhow!("PatientForgotten of {id}: {e}"))?;
+    let reference = erasure
+        .reference
+        .as_deref()
+        .map(|r| Principal::parse("reference", r))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("PatientForgotten of {id}: {e}"))?;
+    let command = PatientCommand::Govern(GovernanceChange::Forget {
+        reason,
+        reference,
+        at: chrono::Utc::now(),
+    });
+    let metadata = CommandMetadata {
+        user_id: RESTORE_USER.to_owned(),
+        ..CommandMetadata::default()
+    };
+    match store
+        .execute(PatientId::new(erasure.patient_id), None, command, metadata)
+        .await
+    {
+        Ok(_) => restored.forgotten_again.push(id),
+        // A legal hold placed before the backup and lifted before the erasure, say.
+        Err(CommandError::Rule(rule)) => restored.refused.push((id, rule.code())),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 async fn restore_into(settings: &Settings, url: &str, from: &Path) -> anyhow::Result<()> {

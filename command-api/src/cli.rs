@@ -92,7 +92,10 @@ pub enum Command {
         #[arg(long)]
         to: std::path::PathBuf,
     },
-    /// Restores a backup into an empty database; then run `rebuild` and `audit verify`.
+    /// Restores a backup into an empty database, starts a new epoch of the store (it enters the
+    /// published identity of the events written from now on) and, with Kafka, forgets again the
+    /// patients the patient topic says were forgotten since the backup; then run `rebuild` and
+    /// `audit verify`.
     Restore {
         /// The backup file.
         #[arg(long)]
@@ -331,22 +334,53 @@ pub async fn run(cli: Cli, clock: Clock) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Restore { from } => {
-            crate::backup::restore(&settings, &from).await?;
-            tracing::info!(
-                "restored: now run `patient-service rebuild`, then `patient-service audit verify`"
-            );
+            let restored = crate::backup::restore(&settings, &from).await?;
+            println!("restored: the store is in epoch {}", restored.epoch);
+            if restored.erasures_checked {
+                println!(
+                    "erasures since the backup applied again: {}",
+                    restored.forgotten_again.len()
+                );
+                for id in &restored.forgotten_again {
+                    println!("  {id}");
+                }
+                for (id, code) in &restored.refused {
+                    println!("not forgotten again ({code}): {id}: forget this patient by hand");
+                }
+            } else {
+                println!(
+                    "no Kafka configured: the erasures done since the backup cannot be found; \
+                     forget those patients again"
+                );
+            }
+            println!("now run `patient-service rebuild`, then `patient-service audit verify`");
             Ok(())
         }
         Command::Audit {
             command: AuditCommand::Verify,
         } => {
             let chain = settings.secrets()?.chain;
-            let clean =
-                startup::with_database(
-                    &settings,
-                    |pool| async move { verify(&pool, &chain).await },
-                )
-                .await?;
+            // The heads published to the audit head topic, read before the database is.
+            let published = match settings.kafka.client_config() {
+                Some(kafka) => {
+                    let topic = format!(
+                        "{}{}",
+                        settings.kafka.topic_prefix,
+                        schemas::topics::AUDIT_HEAD
+                    );
+                    Some(
+                        tokio::task::spawn_blocking(move || {
+                            projections::audit_head::read_published(&kafka, &topic)
+                        })
+                        .await??,
+                    )
+                }
+                None => None,
+            };
+            let clean = startup::with_database(&settings, |pool| async move {
+                verify(&pool, &chain, published).await
+            })
+            .await?;
             if clean {
                 Ok(())
             } else {
@@ -373,9 +407,14 @@ pub async fn run(cli: Cli, clock: Clock) -> anyhow::Result<()> {
     }
 }
 
-/// Verifies the event store's and the audit log's chains, printing every finding and a summary
-/// on stdout. Returns whether everything verified.
-async fn verify(pool: &PgPool, chain: &event_store::chain::ChainKey) -> anyhow::Result<bool> {
+/// Verifies the event store's and the audit log's chains, and the audit log against the heads
+/// `published` to the audit head topic (when Kafka is configured), printing every finding and
+/// a summary on stdout. Returns whether everything verified.
+async fn verify(
+    pool: &PgPool,
+    chain: &event_store::chain::ChainKey,
+    published: Option<Vec<schemas::audit_head::v1::AuditChainHead>>,
+) -> anyhow::Result<bool> {
     let events = event_store::chain::verify_events(pool, chain).await?;
     let audit = projections::audit_log::verify(pool, chain).await?;
     for finding in &events.findings {
@@ -384,7 +423,30 @@ async fn verify(pool: &PgPool, chain: &event_store::chain::ChainKey) -> anyhow::
     for finding in &audit.findings {
         println!("{finding}");
     }
-    let problems = events.findings.len() + audit.findings.len();
+    let mut problems = events.findings.len() + audit.findings.len();
+    match published {
+        Some(published) => {
+            let heads = projections::audit_head::check(pool, chain, published).await?;
+            for finding in &heads.findings {
+                println!("{finding}");
+            }
+            problems += heads.findings.len();
+            match &heads.against {
+                Some(head) => println!(
+                    "audit head: the chain holds entry {} as published at {}",
+                    head.seq, head.read_at
+                ),
+                None => println!("audit head: none published for this chain yet"),
+            }
+            if heads.forged > 0 {
+                println!(
+                    "audit head: {} records on the topic without the audit key's MAC, ignored",
+                    heads.forged
+                );
+            }
+        }
+        None => println!("audit head: not checked (no Kafka configured)"),
+    }
     println!(
         "verified {} events in {} streams and {} audit log entries: {}",
         events.rows,

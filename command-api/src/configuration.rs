@@ -286,6 +286,8 @@ pub struct KafkaSettings {
     pub consumer_group_prefix: String,
     pub message_timeout_ms: u64,
     pub relay_batch_size: i64,
+    /// How often the relay's process publishes the audit chain's head (when it moved).
+    pub audit_head_interval_secs: u64,
     pub fetch_wait_max_ms: u64,
     pub security_protocol: Option<String>,
     pub ssl_ca_location: Option<String>,

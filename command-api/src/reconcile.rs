@@ -4,7 +4,9 @@
 //! are reported as not yet published, not as missing). Named, for each topic: stored events
 //! not on it, records whose `ce_id` no stored event has, and records whose `ce_eventhash` is
 //! not the stored event's (another content under one identity: what publishing again after a
-//! restore to an earlier point would make). Per partition: its records and repeats. And the
+//! restore to an earlier point would make, were the restore's epoch not in the identity).
+//! Records of an epoch before the store's current one that the store no longer has are named
+//! apart: the events lost by restoring a backup, published before the restore. Per partition: its records and repeats. And the
 //! patients a `PatientForgotten` record on the patient topic says were forgotten whose data key
 //! the store still holds: erasures done after the backup a store was restored from, to be done
 //! again (`POST /v1/patients/{id}/forget`).
@@ -22,6 +24,7 @@ use anyhow::{bail, Context as _};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use schemas::patient::v1::PatientForgotten;
 
 use crate::configuration::Settings;
 use crate::startup;
@@ -29,19 +32,22 @@ use crate::startup;
 /// The most ids named per kind of difference and topic (the count is always given).
 const NAMED: usize = 20;
 
-/// What the topics hold of each event: its `ce_eventhash` values, and per partition the
-/// records and repeats.
+/// What the topics hold of each event: its `ce_eventhash` values and epoch, and per partition
+/// the records and repeats.
 #[derive(Debug, Default)]
-struct Published {
+pub(crate) struct Published {
     hashes: HashMap<String, HashSet<String>>,
+    /// The `ce_epoch` of each `ce_id` (0 when the header is absent).
+    epochs: HashMap<String, u32>,
     partitions: Vec<(i32, u64, u64)>,
-    /// The subjects of `PatientForgotten` records.
-    forgotten: HashSet<String>,
+    /// The subjects of `PatientForgotten` records, with the record (published in the clear:
+    /// codes and ids only) when it decodes.
+    pub(crate) forgotten: HashMap<String, Option<PatientForgotten>>,
 }
 
-/// A stored event: aggregate type, id and sequence, its hash, and whether the relay has passed
-/// it.
-type StoredEvent = (String, String, i64, Option<Vec<u8>>, bool);
+/// A stored event: aggregate type, id and sequence, its hash, whether the relay has passed it,
+/// and its epoch.
+type StoredEvent = (String, String, i64, Option<Vec<u8>>, bool, i32);
 
 /// Compares the store with the topics, prints every difference, and answers how many.
 ///
@@ -53,18 +59,28 @@ pub async fn run(settings: &Settings, read_models: bool) -> anyhow::Result<usize
         bail!("reconcile compares the event store with the topics: set KAFKA_BROKERS");
     };
     // The stored events by topic: ce_id, hash, and whether the relay has passed them.
-    let stored: Vec<StoredEvent> = startup::with_database(settings, |pool| async move {
-        Ok(sqlx::query_as(
-            "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.hash,
+    let (stored, epoch): (Vec<StoredEvent>, i32) =
+        startup::with_database(settings, |pool| async move {
+            let stored = sqlx::query_as(
+                "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.hash,
                         EXISTS (SELECT 1 FROM relay_checkpoints c
                                  WHERE (e.transaction_id, e.position)
-                                       <= (c.transaction_id, c.position))
+                                       <= (c.transaction_id, c.position)),
+                        coalesce((SELECT max(s.epoch) FROM store_epochs s
+                                   WHERE s.from_position <= e.position), 0)
                    FROM events e",
-        )
-        .fetch_all(&pool)
-        .await?)
-    })
-    .await?;
+            )
+            .fetch_all(&pool)
+            .await?;
+            let epoch = sqlx::query_scalar("SELECT coalesce(max(epoch), 0) FROM store_epochs")
+                .fetch_one(&pool)
+                .await?;
+            Ok((stored, epoch))
+        })
+        .await?;
+    // Records of an earlier epoch than the store's whose event the store no longer has were
+    // lost by a restore: named apart, not counted as differences.
+    let epoch = u32::try_from(epoch).unwrap_or(0);
     let prefix = settings.kafka.topic_prefix.clone();
     let topics: Vec<String> = schemas::topics::ALL
         .iter()
@@ -76,7 +92,7 @@ pub async fn run(settings: &Settings, read_models: bool) -> anyhow::Result<usize
         .context("reading the topics")??;
     let mut forgotten: Vec<String> = published
         .iter()
-        .flat_map(|p| p.forgotten.iter().cloned())
+        .flat_map(|p| p.forgotten.keys().cloned())
         .collect();
     forgotten.sort();
     forgotten.dedup();
@@ -108,16 +124,17 @@ pub async fn run(settings: &Settings, read_models: bool) -> anyhow::Result<usize
         let mut unpublished = 0u64;
         let mut other_content = Vec::new();
         let mut known = HashSet::new();
-        for (aggregate_type, aggregate_id, sequence, hash, passed) in &stored {
+        for (aggregate_type, aggregate_id, sequence, hash, passed, event_epoch) in &stored {
             if schemas::topics::for_aggregate_type(aggregate_type)
                 .is_none_or(|t| format!("{prefix}{t}") != *topic)
             {
                 continue;
             }
-            let id = schemas::envelope::event_id(
+            let id = schemas::envelope::event_id_in_epoch(
                 aggregate_type,
                 aggregate_id,
                 u64::try_from(*sequence).unwrap_or(0),
+                u32::try_from(*event_epoch).unwrap_or(0),
             )
             .to_string();
             let hash = hash.as_deref().map(hex::encode).unwrap_or_default();
@@ -129,12 +146,22 @@ pub async fn run(settings: &Settings, read_models: bool) -> anyhow::Result<usize
             }
             known.insert(id);
         }
-        let mut unknown: Vec<&String> = on_topic
+        let (mut lost, mut unknown): (Vec<&String>, Vec<&String>) = on_topic
             .hashes
             .keys()
             .filter(|id| !known.contains(*id))
-            .collect();
+            .partition(|id| on_topic.epochs.get(*id).is_some_and(|e| *e < epoch));
         unknown.sort();
+        lost.sort();
+        if !lost.is_empty() {
+            println!(
+                "{topic}: published before the store's restore to epoch {epoch} and lost by it (not differences): {}",
+                lost.len()
+            );
+            for id in lost.iter().take(NAMED) {
+                println!("  {id}");
+            }
+        }
         missing.sort();
         other_content.sort();
         for (partition, records, repeats) in &on_topic.partitions {
@@ -189,7 +216,10 @@ pub async fn run(settings: &Settings, read_models: bool) -> anyhow::Result<usize
 }
 
 /// Every record of `topics`, read from each partition's start to its end.
-fn read_topics(kafka: &rdkafka::ClientConfig, topics: &[String]) -> anyhow::Result<Vec<Published>> {
+pub(crate) fn read_topics(
+    kafka: &rdkafka::ClientConfig,
+    topics: &[String],
+) -> anyhow::Result<Vec<Published>> {
     let timeout = Duration::from_secs(10);
     let consumer: BaseConsumer = kafka
         .clone()
@@ -236,15 +266,21 @@ fn read_topics(kafka: &rdkafka::ClientConfig, topics: &[String]) -> anyhow::Resu
         };
         let id = header(schemas::envelope::H_ID).unwrap_or_default();
         let hash = header(schemas::envelope::H_EVENT_HASH).unwrap_or_default();
+        let epoch = header(schemas::envelope::H_EPOCH)
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(0);
         if header(schemas::envelope::H_TYPE)
             .is_some_and(|t| t == schemas::envelope::ce_type("PatientForgotten", 1))
         {
             if let Some(subject) = header(schemas::envelope::H_SUBJECT) {
+                let erasure = message
+                    .payload()
+                    .and_then(|data| serde_json::from_slice(data).ok());
                 published
                     .entry(key.0.clone())
                     .or_default()
                     .forgotten
-                    .insert(subject);
+                    .insert(subject, erasure);
             }
         }
         let count = counts.entry(key.clone()).or_default();
@@ -252,13 +288,9 @@ fn read_topics(kafka: &rdkafka::ClientConfig, topics: &[String]) -> anyhow::Resu
         if !seen.insert(format!("{}/{id}", key.0)) {
             count.1 += 1;
         }
-        published
-            .entry(key.0.clone())
-            .or_default()
-            .hashes
-            .entry(id)
-            .or_default()
-            .insert(hash);
+        let found = published.entry(key.0.clone()).or_default();
+        found.epochs.insert(id.clone(), epoch);
+        found.hashes.entry(id).or_default().insert(hash);
         if remaining
             .get(&key)
             .is_some_and(|end| message.offset() + 1 >= *end)

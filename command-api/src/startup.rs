@@ -302,11 +302,22 @@ impl Service {
                             ..RelaySettings::default()
                         },
                     )?;
+                    let heads = projections::audit_head::HeadPublisher::new(
+                        pool.clone(),
+                        secrets.chain.clone(),
+                        kafka,
+                        format!(
+                            "{}{}",
+                            settings.kafka.topic_prefix,
+                            schemas::topics::AUDIT_HEAD
+                        ),
+                        Duration::from_secs(settings.kafka.audit_head_interval_secs.max(1)),
+                    )?;
                     let (kafka, kafka_settings, token) =
                         (kafka.clone(), settings.kafka.clone(), shutdown.clone());
                     tasks.spawn(async move {
                         if topics_ready(&kafka, &kafka_settings, &token).await {
-                            relay.run(token).await;
+                            tokio::join!(relay.run(token.clone()), heads.run(token));
                         }
                     });
                 }

@@ -33,6 +33,12 @@ impl ChainKey {
         self.mac(previous, fields).finalize().into_bytes().to_vec()
     }
 
+    /// Whether `mac` is [`ChainKey::link`] of `previous` and `fields`, compared in constant
+    /// time.
+    pub fn verifies_link(&self, previous: &[u8], fields: &[&[u8]], mac: &[u8]) -> bool {
+        self.mac(previous, fields).verify_slice(mac).is_ok()
+    }
+
     /// The MAC state after `previous` and `fields`, each length-prefixed.
     fn mac(&self, previous: &[u8], fields: &[&[u8]]) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_slice())

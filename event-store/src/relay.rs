@@ -459,7 +459,8 @@ impl Relay {
     }
 }
 
-/// Creates the topics of every aggregate type (with `prefix`) that do not exist yet.
+/// Creates the topics of every aggregate type (with `prefix`), and the audit head topic (one
+/// partition: its records are read whole), that do not exist yet.
 ///
 /// # Errors
 ///
@@ -475,10 +476,13 @@ pub async fn ensure_topics(
         .iter()
         .map(|t| format!("{prefix}{t}"))
         .collect();
+    let audit_head = format!("{prefix}{}", schemas::topics::AUDIT_HEAD);
     // Kept forever: a new consumer group or read model reads every event from the start.
     let topics: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|name| {
+        .map(|name| (name, partitions))
+        .chain(std::iter::once((&audit_head, 1)))
+        .map(|(name, partitions)| {
             NewTopic::new(name, partitions, TopicReplication::Fixed(replication))
                 .set("retention.ms", "-1")
         })

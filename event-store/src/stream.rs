@@ -34,6 +34,9 @@ pub struct StoredEvent {
     pub position: i64,
     pub transaction_id: u64,
     pub recorded_at: DateTime<Utc>,
+    /// The store's epoch the event was written in: 0 until the store's first restore
+    /// (`store_epochs`); it enters the published identity.
+    pub epoch: u32,
     /// The row's link in its stream's hash chain ([`crate::chain`]).
     pub hash: Option<Vec<u8>>,
 }
@@ -128,7 +131,8 @@ pub async fn read_after<'e>(
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                metadata, position, transaction_id::text AS xid, recorded_at, hash
+                metadata, position, transaction_id::text AS xid, recorded_at, hash,
+                (SELECT max(s.epoch) FROM store_epochs s WHERE s.from_position <= events.position) AS epoch
            FROM events
           WHERE (transaction_id, position) > ($1::text::xid8, $2)
             AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -182,7 +186,8 @@ pub async fn history<'e>(
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                metadata, position, transaction_id::text AS xid, recorded_at, hash
+                metadata, position, transaction_id::text AS xid, recorded_at, hash,
+                (SELECT max(s.epoch) FROM store_epochs s WHERE s.from_position <= events.position) AS epoch
            FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2
           ORDER BY sequence",
@@ -350,6 +355,9 @@ fn decode_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, sqlx::Error> {
             .parse()
             .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         recorded_at: row.try_get("recorded_at")?,
+        epoch: row
+            .try_get::<Option<i32>, _>("epoch")?
+            .map_or(0, |e| u32::try_from(e).unwrap_or(0)),
         hash: row.try_get("hash")?,
     })
 }

@@ -40,13 +40,19 @@ pub fn to_published(
     let topic = schemas::topics::for_aggregate_type(&event.aggregate_type)
         .ok_or_else(|| MappingError::NoTopic(event.aggregate_type.clone()))?;
     let envelope = |event_type: &str, sealed: bool, data: Vec<u8>| PublishedEvent {
-        id: schemas::envelope::event_id(&event.aggregate_type, &event.aggregate_id, event.sequence),
+        id: schemas::envelope::event_id_in_epoch(
+            &event.aggregate_type,
+            &event.aggregate_id,
+            event.sequence,
+            event.epoch,
+        ),
         event_type: event_type.to_owned(),
         major_version: v1::MAJOR,
         time: event.recorded_at,
         subject: event.aggregate_id.clone(),
         sequence: event.sequence,
         position: event.position,
+        epoch: event.epoch,
         request_id: event.metadata("request_id").map(str::to_owned),
         traceparent: event.metadata("traceparent").map(str::to_owned),
         user_id: event.metadata("user_id").map(str::to_owned),
@@ -713,6 +719,7 @@ mod tests {
             position: 9,
             transaction_id: 1,
             recorded_at: chrono::DateTime::UNIX_EPOCH,
+            epoch: 0,
             hash: Some(vec![1, 2, 3]),
         }
     }
@@ -791,6 +798,31 @@ mod tests {
             );
             assert!(published.opened_with(&key).is_ok(), "{event:?}");
         }
+    }
+
+    #[test]
+    fn an_event_written_after_a_restore_is_published_under_its_epochs_identity() {
+        let patient = uuid::Uuid::from_u128(7).to_string();
+        let key = DataKey::generate(&patient);
+        let mut event = stored(
+            "Patient",
+            &patient,
+            "PatientArchived",
+            json!({ "PatientArchived": { "reason": "moved", "archived_at": "2026-11-27T12:00:00Z" } }),
+        );
+        let (_, before) = to_published(&event, Some(&key)).unwrap();
+        event.epoch = 1;
+
+        let (_, after) = to_published(&event, Some(&key)).unwrap();
+
+        assert_eq!(after.epoch, 1);
+        assert_eq!(
+            after.id,
+            schemas::envelope::event_id_in_epoch("Patient", &patient, 2, 1)
+        );
+        assert_ne!(after.id, before.id);
+        assert_eq!(after.verify(), Ok(()));
+        assert!(after.opened_with(&key).is_ok());
     }
 
     #[test]

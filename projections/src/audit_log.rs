@@ -667,6 +667,7 @@ mod tests {
             subject: "e1".into(),
             sequence: 1,
             position: 1,
+            epoch: 0,
             request_id: None,
             traceparent: None,
             user_id: Some("u-1".into()),

@@ -15,10 +15,13 @@
 //! - [`patient_match`]: the matcher's view of every patient, for duplicate detection.
 //! - [`medical_records`]: every version of every medical record item, and their search.
 //! - [`audit_log`]: every event and access entry, hash-chained, with its verification.
+//! - [`audit_head`]: the audit chain's head published to a topic of its own, and checked against
+//!   it.
 //! - [`appointments`]: each appointment's patient, resources, time and status, for search.
 //! - [`rebuild`]: fresh tables a rebuild fills, swapped in whole.
 
 pub mod appointments;
+pub mod audit_head;
 pub mod audit_log;
 pub mod kafka;
 pub mod medical_records;

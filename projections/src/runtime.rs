@@ -1027,6 +1027,7 @@ mod tests {
             subject: "p1".into(),
             sequence,
             position: 1,
+            epoch: 0,
             request_id: None,
             traceparent: None,
             user_id: None,

@@ -8,9 +8,9 @@
 use serde_json::{json, Map, Value};
 
 use crate::envelope::{
-    CONTENT_TYPE, H_CONTENT_TYPE, H_EVENT_HASH, H_ID, H_POSITION, H_REQUEST_ID, H_SEQUENCE,
-    H_SOURCE, H_SPEC_VERSION, H_SUBJECT, H_TIME, H_TRACEPARENT, H_TYPE, H_USER_ID, SOURCE,
-    SPEC_VERSION,
+    CONTENT_TYPE, H_CONTENT_TYPE, H_EPOCH, H_EVENT_HASH, H_ID, H_POSITION, H_REQUEST_ID,
+    H_SEQUENCE, H_SOURCE, H_SPEC_VERSION, H_SUBJECT, H_TIME, H_TRACEPARENT, H_TYPE, H_USER_ID,
+    SOURCE, SPEC_VERSION,
 };
 use crate::sealed::{is_published_in_clear, ALGORITHM, SEALED_CONTENT_TYPE};
 use crate::topics;
@@ -51,7 +51,7 @@ fn headers() -> Value {
         (H_SPEC_VERSION, json!({ "type": "string", "const": SPEC_VERSION })),
         (
             H_ID,
-            json!({ "type": "string", "format": "uuid", "description": "UUID v5 of the aggregate type, id and sequence: the same on every re-send of the event, so a consumer drops repeats by it. A consumer recomputes it from ce_type, ce_subject and ce_sequence rather than trusting it." }),
+            json!({ "type": "string", "format": "uuid", "description": "UUID v5 of the aggregate type, id and sequence (and epoch, when ce_epoch is sent): the same on every re-send of the event, so a consumer drops repeats by it. A consumer recomputes it from ce_type, ce_subject, ce_sequence and ce_epoch rather than trusting it." }),
         ),
         (H_SOURCE, json!({ "type": "string", "const": SOURCE })),
         (
@@ -76,12 +76,16 @@ fn headers() -> Value {
             H_TRACEPARENT,
             text("W3C trace context of the request that caused the event; absent as ce_requestid is"),
         ),
+        (
+            H_EPOCH,
+            json!({ "type": "string", "pattern": "^[1-9][0-9]*$", "description": "the event store's epoch (decimal), sent only after the store was restored from a backup: each restore starts a new epoch, and events written in it take again sequences whose events were published before the restore, with other content. The epoch enters the ce_id (UUID v5 of \"<aggregate type>/<subject>/<sequence>@<epoch>\"); absent means epoch 0, whose ids have no suffix. A consumer keeping the last sequence per subject keeps the last (epoch, sequence)." }),
+        ),
     ] {
         properties.insert(name.to_owned(), schema);
     }
     json!({
         "type": "object",
-        "description": "CloudEvents 1.0 attributes in the Kafka protocol binding (binary mode), as record headers. ce_requestid and traceparent are sent only when an HTTP request caused the event; every other header is always sent.",
+        "description": "CloudEvents 1.0 attributes in the Kafka protocol binding (binary mode), as record headers. ce_requestid and traceparent are sent only when an HTTP request caused the event, ce_epoch only after a restore of the store; every other header is always sent.",
         "required": [H_SPEC_VERSION, H_ID, H_SOURCE, H_TYPE, H_TIME, H_SUBJECT, H_SEQUENCE, H_POSITION, H_USER_ID, H_EVENT_HASH, H_CONTENT_TYPE],
         "properties": properties,
     })
@@ -144,6 +148,43 @@ pub fn document(event_schemas: &[(&str, String)]) -> Value {
             }),
         );
     }
+    let name = channel_name(topics::AUDIT_HEAD);
+    messages.insert(
+        "AuditChainHead".to_owned(),
+        json!({
+            "name": "AuditChainHead",
+            "title": "AuditChainHead",
+            "contentType": CONTENT_TYPE,
+            "payload": { "$ref": "./json/audit-head/v1/AuditChainHead.schema.json" },
+            "headers": {
+                "type": "object",
+                "required": [H_CONTENT_TYPE],
+                "properties": { H_CONTENT_TYPE: { "type": "string", "const": CONTENT_TYPE } },
+            },
+            "bindings": { "kafka": {
+                "key": { "type": "string", "format": "uuid", "description": "the chain's id" },
+                "bindingVersion": "0.5.0",
+            } },
+        }),
+    );
+    channels.insert(
+        name.clone(),
+        json!({
+            "address": topics::AUDIT_HEAD,
+            "title": topics::AUDIT_HEAD,
+            "description": "The head of the audit log's hash chain (its id, last entry number and hash, and a MAC with the audit key), published by the active relay every kafka.audit_head_interval_secs while it moves. audit verify checks the database's chain against the highest head published for it: a chain rolled back, or cut short with the newest events, no longer holds it. One partition, kept forever.",
+            "messages": { "AuditChainHead": { "$ref": "#/components/messages/AuditChainHead" } },
+        }),
+    );
+    operations.insert(
+        format!("publish_{name}"),
+        json!({
+            "action": "send",
+            "channel": { "$ref": format!("#/channels/{name}") },
+            "summary": "The relay publishes the audit chain's head while it moves.",
+            "messages": [{ "$ref": format!("#/channels/{name}/messages/AuditChainHead") }],
+        }),
+    );
     json!({
         "asyncapi": "3.0.0",
         "info": {
@@ -153,7 +194,7 @@ pub fn document(event_schemas: &[(&str, String)]) -> Value {
                 "Every event the patient service commits, published by its relay. Delivery is at least once, in order per patient: drop repeats by ce_id. \
     A v1 message may grow only by added optional properties (a consumer tolerates properties it does not know); anything else is a new major version (a new topic suffix and ce_type). \
     Sealed values: the record value is a JSON object {{alg: \"{ALGORITHM}\", kid: <the patient's id>, nonce, ciphertext}}, nonce the 12-byte AES-GCM nonce and ciphertext the encrypted event JSON followed by its 16-byte tag, both standard base64 with padding; \
-    the associated data is the 16 bytes of the event's id (UUID v5 of aggregate type, subject and sequence, which a genuine ce_id equals: recompute it). \
+    the associated data is the 16 bytes of the event's id (UUID v5 of aggregate type, subject, sequence and epoch, which a genuine ce_id equals: recompute it). \
     The key is the patient's 256-bit data key, fetched by a service with the `service` role from GET /v1/patients/{{id}}/data-key (JSON: patient_id, kid, alg, key in standard base64); cache it while keeping the patient's data, drop it on PatientForgotten, after which nothing of theirs can be opened. \
     x-opened-payload names the schema of what a sealed payload opens to. PatientForgotten and the access topic are published in the clear (ids and codes only)."
             ),

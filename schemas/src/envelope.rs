@@ -4,7 +4,7 @@
 //! | header            | meaning                                                             |
 //! |-------------------|---------------------------------------------------------------------|
 //! | `ce_specversion`  | `1.0`                                                               |
-//! | `ce_id`           | UUID v5 of aggregate type, id and sequence: stable across re-sends  |
+//! | `ce_id`           | UUID v5 of aggregate type, id, sequence (and epoch): stable across re-sends |
 //! | `ce_source`       | [`SOURCE`]                                                          |
 //! | `ce_type`         | [`ce_type`] of the event type and version                           |
 //! | `ce_time`         | when the event was recorded (RFC 3339)                              |
@@ -16,8 +16,17 @@
 //! | `ce_userid`       | the user whose command or read caused it                            |
 //! | `ce_eventhash`    | hex of the stored row's hash-chain link (tamper evidence)           |
 //! | `traceparent`     | W3C trace context of the request that caused it                     |
+//! | `ce_epoch`        | the store's epoch, sent only when not 0: see below                  |
 //!
-//! A consumer drops duplicates by `ce_id`, or by keeping the last `ce_sequence` per subject.
+//! A consumer drops duplicates by `ce_id`, or by keeping the last (`ce_epoch`, `ce_sequence`)
+//! per subject.
+//!
+//! Epochs: restoring the event store from a backup loses the events written after the backup,
+//! some of them already published; the events written after the restore take their sequences
+//! again, with other content. Each restore therefore starts a new epoch (1, 2, ...), which
+//! enters the `ce_id` of every event written in it ([`event_id_in_epoch`]) and is sent in
+//! `ce_epoch`, so one `ce_id` never stands for two contents. Events of epoch 0, the store's
+//! life before its first restore, have no `ce_epoch` and keep the ids they always had.
 //!
 //! Headers are whatever the producer wrote, so a consumer does not take them on trust:
 //! [`PublishedEvent::verify`] recomputes the `ce_id` from the type, subject and sequence and
@@ -49,6 +58,7 @@ pub const H_CONTENT_TYPE: &str = "content-type";
 pub const H_TRACEPARENT: &str = "traceparent";
 pub const H_USER_ID: &str = "ce_userid";
 pub const H_EVENT_HASH: &str = "ce_eventhash";
+pub const H_EPOCH: &str = "ce_epoch";
 
 const CE_TYPE_PREFIX: &str = "org.nextgen-medtech.patients";
 
@@ -68,12 +78,26 @@ pub fn parse_ce_type(ce_type: &str) -> Option<(&str, u32)> {
     Some((event_type, version.parse().ok()?))
 }
 
-/// The `ce_id` of an event: the same for every publication of the same stored event.
+/// The `ce_id` of an event of epoch 0 (written before the store's first restore, if any): the
+/// same for every publication of the same stored event.
 pub fn event_id(aggregate_type: &str, aggregate_id: &str, sequence: u64) -> Uuid {
-    Uuid::new_v5(
-        &EVENT_ID_NAMESPACE,
-        format!("{aggregate_type}/{aggregate_id}/{sequence}").as_bytes(),
-    )
+    event_id_in_epoch(aggregate_type, aggregate_id, sequence, 0)
+}
+
+/// The `ce_id` of an event written in the store's `epoch` (see the module's documentation): the
+/// epoch enters the name for every epoch after 0.
+pub fn event_id_in_epoch(
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: u64,
+    epoch: u32,
+) -> Uuid {
+    let name = if epoch == 0 {
+        format!("{aggregate_type}/{aggregate_id}/{sequence}")
+    } else {
+        format!("{aggregate_type}/{aggregate_id}/{sequence}@{epoch}")
+    };
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes())
 }
 
 /// Why a received event is not the event its headers claim. Messages name ids, types and
@@ -120,6 +144,8 @@ pub struct PublishedEvent {
     pub subject: String,
     pub sequence: u64,
     pub position: i64,
+    /// The store's epoch the event was written in: 0 until the store's first restore.
+    pub epoch: u32,
     pub request_id: Option<String>,
     pub traceparent: Option<String>,
     /// The user whose request caused the event.
@@ -196,6 +222,9 @@ impl PublishedEvent {
         if let Some(hash) = &self.event_hash {
             headers.push((H_EVENT_HASH, hash.clone()));
         }
+        if self.epoch > 0 {
+            headers.push((H_EPOCH, self.epoch.to_string()));
+        }
         headers
     }
 
@@ -238,6 +267,14 @@ impl PublishedEvent {
             position: get(H_POSITION)?
                 .parse()
                 .map_err(|_| DecodeError::MalformedHeader(H_POSITION))?,
+            epoch: match found.get(H_EPOCH) {
+                None => 0,
+                Some(epoch) => epoch
+                    .parse()
+                    .ok()
+                    .filter(|e| *e > 0)
+                    .ok_or(DecodeError::MalformedHeader(H_EPOCH))?,
+            },
             request_id: found.get(H_REQUEST_ID).map(|s| (*s).to_owned()),
             traceparent: found.get(H_TRACEPARENT).map(|s| (*s).to_owned()),
             user_id: found.get(H_USER_ID).map(|s| (*s).to_owned()),
@@ -252,10 +289,15 @@ impl PublishedEvent {
         crate::topics::aggregate_type_of_event_type(&self.event_type)
     }
 
-    /// The id this event must have: [`event_id`] of its aggregate type, subject and sequence,
-    /// recomputed rather than read from `ce_id`.
+    /// The id this event must have: [`event_id_in_epoch`] of its aggregate type, subject,
+    /// sequence and epoch, recomputed rather than read from `ce_id`.
     pub fn expected_id(&self) -> Uuid {
-        event_id(self.aggregate_type(), &self.subject, self.sequence)
+        event_id_in_epoch(
+            self.aggregate_type(),
+            &self.subject,
+            self.sequence,
+            self.epoch,
+        )
     }
 
     /// Checks what the headers claim against the contract: the `ce_id` is the id of the type,
@@ -357,6 +399,7 @@ mod tests {
             subject: "p1".into(),
             sequence: 3,
             position: 99,
+            epoch: 0,
             request_id: Some("r-1".into()),
             traceparent: None,
             user_id: Some("u-1".into()),
@@ -382,6 +425,7 @@ mod tests {
             subject: "p1".into(),
             sequence: 1,
             position: 1,
+            epoch: 0,
             request_id: None,
             traceparent: None,
             user_id: Some("u-1".into()),
@@ -411,6 +455,7 @@ mod tests {
             subject: "p1".into(),
             sequence,
             position: 1,
+            epoch: 0,
             request_id: None,
             traceparent: None,
             user_id: None,
@@ -500,6 +545,53 @@ mod tests {
                 "{event_type}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn an_epoch_enters_the_identity_and_travels_in_ce_epoch() {
+        assert_eq!(
+            event_id_in_epoch("Patient", "p1", 2, 0),
+            event_id("Patient", "p1", 2)
+        );
+        let after_restore = event_id_in_epoch("Patient", "p1", 2, 1);
+        assert_ne!(after_restore, event_id("Patient", "p1", 2));
+        assert_ne!(after_restore, event_id_in_epoch("Patient", "p1", 2, 2));
+
+        let key = DataKey::generate("p1");
+        let event = PublishedEvent {
+            id: after_restore,
+            epoch: 1,
+            ..registered(2)
+        }
+        .sealed_with(&key);
+        let headers = event.headers();
+        assert!(headers.contains(&(H_EPOCH, "1".to_owned())));
+        let received = PublishedEvent::from_headers(
+            headers.iter().map(|(k, v)| (*k, v.as_bytes())),
+            &event.data,
+        )
+        .unwrap();
+        assert_eq!(received.epoch, 1);
+        assert_eq!(received.verify(), Ok(()));
+        assert!(received.clone().opened_with(&key).is_ok());
+        // Epoch 0 sends no header; a record claiming epoch 0 or garbage is malformed.
+        assert!(registered(2).headers().iter().all(|(k, _)| *k != H_EPOCH));
+        for bad in ["0", "x", "-1"] {
+            let mut forged = headers.clone();
+            forged.retain(|(k, _)| *k != H_EPOCH);
+            forged.push((H_EPOCH, bad.to_owned()));
+            let err = PublishedEvent::from_headers(
+                forged.iter().map(|(k, v)| (*k, v.as_bytes())),
+                &event.data,
+            )
+            .unwrap_err();
+            assert_eq!(err, DecodeError::MalformedHeader(H_EPOCH), "{bad}");
+        }
+        // The sealed value of epoch 1 does not pass as the epoch-0 event at that sequence.
+        let mut moved = received;
+        moved.epoch = 0;
+        moved.id = event_id("Patient", "p1", 2);
+        assert!(moved.opened_with(&key).is_err());
     }
 
     #[test]

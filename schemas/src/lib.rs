@@ -13,6 +13,7 @@
 //!   procedures, encounters).
 //! - [`appointment`]: the wire types of the appointment topic.
 //! - [`notification`]: the wire types of the notifications topic.
+//! - [`audit_head`]: the audit log's chain head, published to a topic of its own.
 //! - [`json_schemas`]: the JSON Schema of every wire type; the checked-in files under `json/`
 //!   are generated from it and a test fails when they drift.
 //! - [`asyncapi`]: the AsyncAPI 3.0 document of every topic ([`asyncapi_document`], checked in
@@ -23,6 +24,7 @@
 pub mod access;
 pub mod appointment;
 pub mod asyncapi;
+pub mod audit_head;
 pub mod clinical_entry;
 pub mod envelope;
 pub mod medical_record;
@@ -42,6 +44,7 @@ pub fn json_schemas() -> Vec<(&'static str, schemars::Schema)> {
     schemas.extend(appointment::v1::json_schemas());
     schemas.extend(notification::v1::json_schemas());
     schemas.extend(access::v1::json_schemas());
+    schemas.extend(audit_head::v1::json_schemas());
     schemas.push(("sealed.schema.json", schemars::schema_for!(sealed::Sealed)));
     schemas
 }
@@ -52,6 +55,9 @@ pub fn asyncapi_document() -> serde_json::Value {
     let events: Vec<(&str, String)> = json_schemas()
         .into_iter()
         .filter_map(|(path, _)| {
+            if path.starts_with("audit-head/") {
+                return None;
+            }
             let (_, file) = path.rsplit_once('/')?;
             let event_type = file.strip_suffix(".schema.json")?;
             Some((event_type, format!("json/{path}")))

@@ -20,7 +20,11 @@ pub const NOTIFICATIONS: &str = "patients.notifications.v1";
 /// Every access to patient data, keyed by patient id.
 pub const ACCESS: &str = "patients.access.v1";
 
-/// Every topic the service publishes to.
+/// The audit log's chain head ([`crate::audit_head`]), one partition, keyed by chain id. Not an
+/// event topic: not in [`ALL`].
+pub const AUDIT_HEAD: &str = "patients.audit-head.v1";
+
+/// Every event topic the service publishes to.
 pub const ALL: [&str; 6] = [
     PATIENT,
     MEDICAL_RECORD,

@@ -94,7 +94,9 @@ fn the_asyncapi_document_has_every_event_type_once_on_its_topic() {
         .sum();
     assert_eq!(on_channels, messages.len());
     for (event_type, message) in messages {
-        let sealed = !schemas::sealed::is_published_in_clear(event_type);
+        // The audit chain's head is no event: in the clear on a topic of its own.
+        let sealed =
+            event_type != "AuditChainHead" && !schemas::sealed::is_published_in_clear(event_type);
         assert_eq!(
             message["contentType"] == schemas::sealed::SEALED_CONTENT_TYPE,
             sealed,

@@ -1,6 +1,8 @@
 //! `patient-service backup` and `restore` (pg_dump and pg_restore): a backup restored into an
 //! empty database holds what was written before it and nothing after, its read models are
-//! rebuilt from it, and its audit chains verify; a restore over a database in use is refused.
+//! rebuilt from it, and its audit chains verify; a restore over a database in use is refused;
+//! a restore starts an epoch that enters the identity of the events written after it, and
+//! forgets again whoever the topic says was forgotten since the backup.
 
 use std::process::{Command, Output};
 
@@ -118,15 +120,14 @@ async fn reconcile_flags_an_erasure_done_after_the_backup_a_store_was_restored_f
     assert_eq!(forgotten.status(), 200);
     crate::reconcile::published(&app).await;
 
-    // Act: the store restored from before the erasure, against the same topics.
+    // Act: the store restored from before the erasure by a restore that cannot read the topics
+    // (no Kafka configured), so cannot forget the patient again; reconcile against the topics.
     let (_, restored_url) = create_database().await;
-    assert_success(
-        &service(
-            &["restore", "--from", file.to_str().unwrap()],
-            &restored_url,
-        ),
-        "restore",
+    let restored = service(
+        &["restore", "--from", file.to_str().unwrap()],
+        &restored_url,
     );
+    assert_success(&restored, "restore");
     let reconciled = crate::reconcile::reconcile_on(&app, &restored_url);
 
     // Assert: the erasure is named, to be done again; the kept patient is not.
@@ -143,8 +144,170 @@ async fn reconcile_flags_an_erasure_done_after_the_backup_a_store_was_restored_f
         .collect();
     assert_eq!(named, [erased.as_str()], "{out}");
     assert!(!named.contains(&kept.as_str()));
-    // The erasure's own event is on the topic and not in the restored store.
-    assert!(out.contains("on the topic, not in the store"), "{out}");
+    // The erasure's own event is on the topic, lost by the restore.
+    assert!(
+        out.contains(&format!(
+            "{}: published before the store's restore to epoch 1 and lost by it (not differences): 1\n",
+            app.topic()
+        )),
+        "{out}"
+    );
+    let restore_out = String::from_utf8_lossy(&restored.stdout).into_owned();
+    assert!(
+        restore_out
+            .contains("no Kafka configured: the erasures done since the backup cannot be found"),
+        "{restore_out}"
+    );
+    app.stop().await;
+    std::fs::remove_file(&file).ok();
+}
+
+/// `restore` of `file` into the database at `database_url`, reading the topics of `settings`.
+fn restore_with_topics(
+    settings: &command_api::configuration::Settings,
+    file: &std::path::Path,
+    database_url: &str,
+) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_patient-service-under-test"))
+        .args(["restore", "--from", file.to_str().unwrap()])
+        .env("DATABASE_URL", database_url)
+        .env("KAFKA_BROKERS", settings.kafka.brokers.as_deref().unwrap())
+        .env("APP_KAFKA__TOPIC_PREFIX", &settings.kafka.topic_prefix)
+        .envs(SECURITY_ENV)
+        .env("APP_LOG__LEVEL", "warn")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_restore_starts_an_epoch_and_forgets_again_whoever_was_forgotten_since_the_backup() {
+    // Arrange: two patients, published, then backed up. After the backup one is archived and
+    // the other forgotten, both published: their sequence 2 is on the topic and will be lost
+    // by the restore.
+    let app = TestApp::spawn().await;
+    let kept = id_of(&app.register_ok("Kim", "Kept", "1980-01-02").await);
+    let erased = id_of(&app.register_ok("Eve", "Erased", "1981-02-03").await);
+    crate::reconcile::published(&app).await;
+    let file = back_up(&app);
+    let archived = app
+        .command(
+            &kept,
+            "archive",
+            1,
+            &serde_json::json!({ "reason": "moved" }),
+        )
+        .await;
+    assert_eq!(archived.status(), 200);
+    let forgotten = app
+        .post(
+            &format!("/v1/patients/{erased}/forget"),
+            &app.token("admin-1", &["admin"]),
+            &serde_json::json!({ "reason": "legal-order", "reference": "CASE-7" }),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(forgotten.status(), 200);
+    crate::reconcile::published(&app).await;
+    let mut settings = app.settings.clone();
+    app.stop().await;
+
+    // Act: the store restored from the backup against the same topics; then the service on
+    // it archives the kept patient again, with another reason, at the same sequence.
+    let (_, restored_url) = create_database().await;
+    let restored = restore_with_topics(&settings, &file, &restored_url);
+    assert_success(&restored, "restore");
+    assert_success(&service(&["rebuild"], &restored_url), "rebuild");
+    settings.database.url = Some(restored_url.clone().into());
+    let app = TestApp::start(settings, command_api::startup::Roles::ALL).await;
+    let again = app
+        .command(
+            &kept,
+            "archive",
+            1,
+            &serde_json::json!({ "reason": "deceased" }),
+        )
+        .await;
+    assert_eq!(again.status(), 200);
+    crate::reconcile::published(&app).await;
+
+    // Assert: the restore started epoch 1 and forgot the erased patient again, with the
+    // erasure's reason and reference.
+    let out = String::from_utf8_lossy(&restored.stdout).into_owned();
+    assert!(out.contains("the store is in epoch 1"), "{out}");
+    assert!(
+        out.contains(&format!("applied again: 1\n  {erased}\n")),
+        "{out}"
+    );
+    let (user, payload): (String, serde_json::Value) = sqlx::query_as(
+        "SELECT metadata->>'user_id', payload FROM events
+          WHERE aggregate_type = 'Patient' AND aggregate_id = $1 AND sequence = 2",
+    )
+    .bind(&erased)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(user, "restore");
+    assert_eq!(payload["PatientForgotten"]["reason"], "legal-order");
+    assert_eq!(payload["PatientForgotten"]["reference"], "CASE-7");
+    let key_held: bool = sqlx::query_scalar(
+        "SELECT wrapped_key IS NOT NULL FROM patient_data_keys WHERE patient_id = $1",
+    )
+    .bind(&erased)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(!key_held, "the erased patient's data key is back");
+    // Both sequence-2 events of each patient are on the topic, under two identities.
+    let consumer = app.consumer();
+    let records = consume(&consumer, 6).await;
+    let second: Vec<(String, String, Option<String>)> = records
+        .iter()
+        .filter(|r| header(r, "ce_sequence").as_deref() == Some("2"))
+        .map(|r| {
+            (
+                header(r, "ce_subject").unwrap(),
+                header(r, "ce_id").unwrap(),
+                header(r, "ce_epoch"),
+            )
+        })
+        .collect();
+    for patient in [&kept, &erased] {
+        let mut ids: Vec<(String, Option<String>)> = second
+            .iter()
+            .filter(|(subject, _, _)| subject == patient)
+            .map(|(_, id, epoch)| (id.clone(), epoch.clone()))
+            .collect();
+        ids.sort();
+        let mut expected = vec![
+            (
+                schemas::envelope::event_id("Patient", patient, 2).to_string(),
+                None,
+            ),
+            (
+                schemas::envelope::event_id_in_epoch("Patient", patient, 2, 1).to_string(),
+                Some("1".to_owned()),
+            ),
+        ];
+        expected.sort();
+        assert_eq!(ids, expected, "patient {patient}");
+    }
+    // reconcile finds no identity with two contents; the lost events are named apart.
+    let reconciled = crate::reconcile::reconcile_on(&app, &restored_url);
+    let out = String::from_utf8_lossy(&reconciled.stdout).into_owned();
+    assert!(reconciled.status.success(), "{out}");
+    assert!(out.ends_with("reconcile: differences=0\n"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}: published before the store's restore to epoch 1 and lost by it (not differences): 2\n",
+            app.topic()
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("another content"), "{out}");
+    assert_success(
+        &service(&["audit", "verify"], &restored_url),
+        "audit verify",
+    );
     app.stop().await;
     std::fs::remove_file(&file).ok();
 }

@@ -2,6 +2,7 @@
 //! broker. Run with `scripts/test`.
 
 mod audit;
+mod audit_head;
 mod auth;
 mod backup;
 mod changes;

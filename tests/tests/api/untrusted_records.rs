@@ -129,6 +129,7 @@ async fn a_plaintext_patient_event_produced_to_the_topic_is_parked_and_never_sea
         subject: forged.to_string(),
         sequence: 1,
         position: 1,
+        epoch: 0,
         request_id: None,
         traceparent: None,
         user_id: Some("mallory".into()),

@@ -129,10 +129,11 @@ async fn provenances(
         .iter()
         .take(usize::try_from(count).unwrap_or(100))
         .map(|event| {
-            let id = schemas::envelope::event_id(
+            let id = schemas::envelope::event_id_in_epoch(
                 &event.aggregate_type,
                 &event.aggregate_id,
                 event.sequence,
+                event.epoch,
             );
             let operation = if event.sequence == 1 { "CREATE" } else { "UPDATE" };
             let mut provenance = json!({
