@@ -127,11 +127,7 @@ pub async fn restore(settings: &Settings, from: &Path) -> anyhow::Result<Restore
     result?;
     let forgotten = match settings.kafka.client_config() {
         Some(kafka) => {
-            let topic = format!(
-                "{}{}",
-                settings.kafka.topic_prefix,
-                schemas::topics::PATIENT
-            );
+            let topic = settings.kafka.topic(schemas::topics::PATIENT);
             let published = tokio::task::spawn_blocking(move || {
                 crate::reconcile::read_topics(&kafka, std::slice::from_ref(&topic))
             })

@@ -363,11 +363,7 @@ pub async fn run(cli: Cli, clock: Clock) -> anyhow::Result<()> {
             // The heads published to the audit head topic, read before the database is.
             let published = match settings.kafka.client_config() {
                 Some(kafka) => {
-                    let topic = format!(
-                        "{}{}",
-                        settings.kafka.topic_prefix,
-                        schemas::topics::AUDIT_HEAD
-                    );
+                    let topic = settings.kafka.topic(schemas::topics::AUDIT_HEAD);
                     Some(
                         tokio::task::spawn_blocking(move || {
                             projections::audit_head::read_published(&kafka, &topic)

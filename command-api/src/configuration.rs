@@ -595,6 +595,11 @@ impl KafkaSettings {
     pub fn message_timeout(&self) -> Duration {
         Duration::from_millis(self.message_timeout_ms)
     }
+
+    /// The name of the topic `name` (one of [`schemas::topics`]) with the configured prefix.
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.topic_prefix)
+    }
 }
 
 #[cfg(test)]

@@ -306,11 +306,7 @@ impl Service {
                         pool.clone(),
                         secrets.chain.clone(),
                         kafka,
-                        format!(
-                            "{}{}",
-                            settings.kafka.topic_prefix,
-                            schemas::topics::AUDIT_HEAD
-                        ),
+                        settings.kafka.topic(schemas::topics::AUDIT_HEAD),
                         Duration::from_secs(settings.kafka.audit_head_interval_secs.max(1)),
                     )?;
                     let (kafka, kafka_settings, token) =

@@ -7,8 +7,6 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 
 use command_api::configuration::Settings;
 
@@ -89,13 +87,6 @@ async fn audit_verify_catches_the_newest_events_removed_with_their_audit_entries
     assert!(second > first);
     head_published(&heads, second).await;
     // A record produced by someone without the audit key, claiming a head far ahead.
-    let producer: FutureProducer = ClientConfig::new()
-        .set(
-            "bootstrap.servers",
-            app.settings.kafka.brokers.as_deref().unwrap(),
-        )
-        .create()
-        .unwrap();
     let chain_id: uuid::Uuid =
         sqlx::query_scalar("SELECT chain_id FROM projections.audit_chain_head")
             .fetch_one(&app.pool)
@@ -106,15 +97,14 @@ async fn audit_verify_catches_the_newest_events_removed_with_their_audit_entries
         "read_at": "2026-11-30T00:00:00Z", "mac": "11".repeat(32),
     })
     .to_string();
-    producer
-        .send(
-            FutureRecord::to(&topic)
-                .key(&chain_id.to_string())
-                .payload(&forged),
-            std::time::Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    crate::untrusted_records::produce_to(
+        &app,
+        &topic,
+        &chain_id.to_string(),
+        &[],
+        forged.as_bytes(),
+    )
+    .await;
     let settings = app.settings.clone();
     app.stop().await;
     let pool = sqlx::PgPool::connect(&app_url(&settings)).await.unwrap();

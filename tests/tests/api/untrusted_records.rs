@@ -23,6 +23,17 @@ pub(crate) async fn produce(
     headers: &[(String, String)],
     payload: &[u8],
 ) {
+    produce_to(app, &app.topic(), key, headers, payload).await;
+}
+
+/// Writes a record to `topic` as any client with produce rights could.
+pub(crate) async fn produce_to(
+    app: &TestApp,
+    topic: &str,
+    key: &str,
+    headers: &[(String, String)],
+    payload: &[u8],
+) {
     let producer: FutureProducer = ClientConfig::new()
         .set(
             "bootstrap.servers",
@@ -30,7 +41,6 @@ pub(crate) async fn produce(
         )
         .create()
         .unwrap();
-    let topic = app.topic();
     let mut owned = OwnedHeaders::new();
     for (name, value) in headers {
         owned = owned.insert(Header {
@@ -40,7 +50,7 @@ pub(crate) async fn produce(
     }
     producer
         .send(
-            FutureRecord::to(&topic)
+            FutureRecord::to(topic)
                 .key(key)
                 .payload(payload)
                 .headers(owned),
