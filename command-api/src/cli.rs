@@ -147,6 +147,11 @@ pub enum KeysCommand {
     /// keys wrapped by a previous one must have it in `security.previous_master_keys`. Events
     /// are not touched.
     Rotate,
+    /// Retires each previous audit key (`security.previous_audit_keys`) after the last row it
+    /// hashed, once both hash chains verify; run it once every process hashes with the new
+    /// `security.audit_key`. Afterwards a row hashed with a retired key past that point fails
+    /// `audit verify`.
+    RotateAudit,
 }
 
 /// The binary's entry: parses the command line and runs it on a multi-threaded tokio runtime,
@@ -387,6 +392,23 @@ pub async fn run(cli: Cli, clock: Clock) -> anyhow::Result<()> {
             command: RetentionCommand::Purge(args),
         } => crate::retention::run(&settings, args).await,
         Command::Keys {
+            command: KeysCommand::RotateAudit,
+        } => {
+            let key = settings.secrets()?.chain;
+            let retired = startup::with_database(&settings, |pool| async move {
+                crate::audit_keys::rotate(&pool, &key).await
+            })
+            .await?;
+            for r in &retired {
+                println!(
+                    "retired audit key {}: it vouches for events up to position {} and audit log entries up to {}; the active key is {}",
+                    r.kid, r.last_position, r.last_audit_seq, r.successor
+                );
+            }
+            println!("{} audit keys retired", retired.len());
+            Ok(())
+        }
+        Command::Keys {
             command: KeysCommand::Rotate,
         } => {
             let keys = settings.secrets()?.keys;
@@ -411,15 +433,19 @@ async fn verify(
     chain: &event_store::chain::ChainKey,
     published: Option<Vec<schemas::audit_head::v1::AuditChainHead>>,
 ) -> anyhow::Result<bool> {
-    let events = event_store::chain::verify_events(pool, chain).await?;
-    let audit = projections::audit_log::verify(pool, chain).await?;
-    for finding in &events.findings {
+    let checked = crate::audit_keys::check(pool, chain).await?;
+    let findings = checked.findings();
+    for finding in &findings {
         println!("{finding}");
     }
-    for finding in &audit.findings {
-        println!("{finding}");
+    let (events, audit) = (&checked.events, &checked.audit);
+    let mut problems = findings.len();
+    let retired_rows = events.by_retired_keys + audit.by_retired_keys;
+    if retired_rows > 0 {
+        println!(
+            "audit keys: {retired_rows} rows verified by retired keys, each within its retirement"
+        );
     }
-    let mut problems = events.findings.len() + audit.findings.len();
     match published {
         Some(published) => {
             let heads = projections::audit_head::check(pool, chain, published).await?;

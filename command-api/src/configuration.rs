@@ -143,6 +143,10 @@ pub struct SecuritySettings {
     #[serde(default)]
     pub previous_master_keys: Vec<SecretString>,
     pub audit_key: Option<SecretString>,
+    /// Audit keys used before `audit_key`: they still verify the rows they hashed (see
+    /// `keys rotate-audit`).
+    #[serde(default)]
+    pub previous_audit_keys: Vec<SecretString>,
 }
 
 /// The keys the service runs with.
@@ -184,7 +188,13 @@ impl Settings {
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Secrets {
             keys: KeyStore::new(MasterKeys::new(master, previous)),
-            chain: ChainKey::new(resolve("audit_key", security.audit_key.as_ref())?),
+            chain: ChainKey::new(resolve("audit_key", security.audit_key.as_ref())?).with_previous(
+                security
+                    .previous_audit_keys
+                    .iter()
+                    .map(|k| decode_key("previous_audit_keys", k.expose_secret()))
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            ),
         })
     }
 }
@@ -473,15 +483,26 @@ impl Settings {
                     .prefix_separator("_")
                     .separator("__"),
             );
-        // A list from the environment: comma-separated (base64 has no commas).
-        if let Ok(keys) = std::env::var("APP_SECURITY__PREVIOUS_MASTER_KEYS") {
-            let keys: Vec<String> = keys
-                .split(',')
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(str::to_owned)
-                .collect();
-            builder = builder.set_override("security.previous_master_keys", keys)?;
+        // Lists from the environment: comma-separated (base64 has no commas).
+        for (variable, key) in [
+            (
+                "APP_SECURITY__PREVIOUS_MASTER_KEYS",
+                "security.previous_master_keys",
+            ),
+            (
+                "APP_SECURITY__PREVIOUS_AUDIT_KEYS",
+                "security.previous_audit_keys",
+            ),
+        ] {
+            if let Ok(keys) = std::env::var(variable) {
+                let keys: Vec<String> = keys
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                builder = builder.set_override(key, keys)?;
+            }
         }
         if let Ok(url) = std::env::var("DATABASE_URL") {
             builder = builder.set_override("database.url", url)?;

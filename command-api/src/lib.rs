@@ -15,7 +15,10 @@
 //! - [`read_models`]: every read model, named once for `serve`, `project` and `rebuild`.
 //! - [`replay`]: `patient-service replay`, the event history as NDJSON for auditors.
 //! - [`retention`]: `patient-service retention purge`, erasure of patients past retention.
+//! - [`audit_keys`]: `patient-service keys rotate-audit`, and both chains verified against the
+//!   audit keys' retirements.
 
+pub mod audit_keys;
 pub mod auth;
 pub mod backup;
 pub mod cli;

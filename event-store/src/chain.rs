@@ -5,6 +5,12 @@
 //! that the database never sees. Whoever can write to the database can change, remove or add a
 //! row, but cannot give it a hash that verifies: [`verify_events`] recomputes every stream and
 //! names the first row that does not fit.
+//!
+//! The audit key can be rotated: the active key hashes every new row, and the keys used before
+//! it (`security.previous_audit_keys`) still verify the rows they hashed. `keys rotate-audit`
+//! then retires each previous key after the last row it hashed ([`Retirement`], signed by the
+//! active key), so a previous key that leaks cannot vouch for a row written after its
+//! retirement: [`verify_events`] names such a row, and a previous key not retired yet.
 
 use futures::TryStreamExt;
 use hmac::{Hmac, Mac};
@@ -12,9 +18,13 @@ use sha2::Sha256;
 use sqlx::{PgPool, Row};
 use zeroize::Zeroizing;
 
-/// The secret key of the hash chains.
+/// The secret key of the hash chains: the active key, and the keys used before it, which
+/// still verify what they hashed.
 #[derive(Clone)]
-pub struct ChainKey(Zeroizing<[u8; 32]>);
+pub struct ChainKey {
+    active: Zeroizing<[u8; 32]>,
+    previous: Vec<Zeroizing<[u8; 32]>>,
+}
 
 impl std::fmt::Debug for ChainKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -24,24 +34,71 @@ impl std::fmt::Debug for ChainKey {
 
 impl ChainKey {
     pub fn new(bytes: [u8; 32]) -> Self {
-        Self(Zeroizing::new(bytes))
+        Self {
+            active: Zeroizing::new(bytes),
+            previous: Vec::new(),
+        }
+    }
+
+    /// This key with `previous` keys, which verify what they hashed but hash nothing new.
+    #[must_use]
+    pub fn with_previous(mut self, previous: impl IntoIterator<Item = [u8; 32]>) -> Self {
+        self.previous = previous.into_iter().map(Zeroizing::new).collect();
+        self
+    }
+
+    /// Every key: the active one first (index 0), then the previous ones in order.
+    fn keys(&self) -> impl Iterator<Item = &[u8; 32]> {
+        std::iter::once(&*self.active).chain(self.previous.iter().map(|k| &**k))
+    }
+
+    /// How many keys there are, the active one included.
+    pub fn len(&self) -> usize {
+        1 + self.previous.len()
+    }
+
+    /// Whether there are no keys: never, there is always the active one.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The public id of key `index` (0: the active one): hex of 8 bytes of an HMAC with it, so
+    /// the id names the key without telling anything of it.
+    pub fn key_id(&self, index: usize) -> Option<String> {
+        let key = self.keys().nth(index)?;
+        let id = Self::mac_with(key, b"patient-service audit key id", &[]).finalize();
+        Some(hex::encode(&id.into_bytes()[..8]))
     }
 
     /// The link after `previous` (empty for the first) committing to `fields`, each
-    /// length-prefixed so no two different field lists hash alike.
+    /// length-prefixed so no two different field lists hash alike, made with the active key.
     pub fn link(&self, previous: &[u8], fields: &[&[u8]]) -> Vec<u8> {
         self.mac(previous, fields).finalize().into_bytes().to_vec()
     }
 
-    /// Whether `mac` is [`ChainKey::link`] of `previous` and `fields`, compared in constant
-    /// time.
+    /// Whether `mac` is [`ChainKey::link`] of `previous` and `fields` by any of the keys,
+    /// compared in constant time.
     pub fn verifies_link(&self, previous: &[u8], fields: &[&[u8]], mac: &[u8]) -> bool {
-        self.mac(previous, fields).verify_slice(mac).is_ok()
+        self.link_made_by(previous, fields, mac).is_some()
     }
 
-    /// The MAC state after `previous` and `fields`, each length-prefixed.
+    /// The index of the key that made `mac` as the link of `previous` and `fields`, if any.
+    pub fn link_made_by(&self, previous: &[u8], fields: &[&[u8]], mac: &[u8]) -> Option<usize> {
+        self.keys().position(|key| {
+            Self::mac_with(key, previous, fields)
+                .verify_slice(mac)
+                .is_ok()
+        })
+    }
+
+    /// The MAC state of the active key after `previous` and `fields`.
     fn mac(&self, previous: &[u8], fields: &[&[u8]]) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_slice())
+        Self::mac_with(self.active.as_slice(), previous, fields)
+    }
+
+    /// The MAC state of `key` after `previous` and `fields`, each length-prefixed.
+    fn mac_with(key: &[u8], previous: &[u8], fields: &[&[u8]]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         for part in std::iter::once(previous).chain(fields.iter().copied()) {
             mac.update(&(part.len() as u64).to_be_bytes());
@@ -110,26 +167,60 @@ impl ChainKey {
             .to_vec()
     }
 
-    /// Whether `hash` is the hash of the row `event` after `previous`, compared in constant
-    /// time.
+    /// Whether `hash` is the hash of the row `event` after `previous` by any of the keys,
+    /// compared in constant time.
     pub fn verifies(&self, previous: &[u8], event: EventFields<'_>, hash: &[u8]) -> bool {
-        self.event_mac(previous, event).verify_slice(hash).is_ok()
+        self.event_hashed_by(previous, event, hash).is_some()
+    }
+
+    /// The index of the key that made `hash` as the hash of `event` after `previous`, if any.
+    pub fn event_hashed_by(
+        &self,
+        previous: &[u8],
+        event: EventFields<'_>,
+        hash: &[u8],
+    ) -> Option<usize> {
+        let (payload, metadata) = (
+            canonical_json(event.payload),
+            canonical_json(event.metadata),
+        );
+        let sequence = event.sequence.to_string();
+        self.link_made_by(
+            previous,
+            &event_fields(event, &sequence, &payload, &metadata),
+            hash,
+        )
     }
 
     fn event_mac(&self, previous: &[u8], event: EventFields<'_>) -> Hmac<Sha256> {
+        let (payload, metadata) = (
+            canonical_json(event.payload),
+            canonical_json(event.metadata),
+        );
+        let sequence = event.sequence.to_string();
         self.mac(
             previous,
-            &[
-                event.aggregate_type.as_bytes(),
-                event.aggregate_id.as_bytes(),
-                event.sequence.to_string().as_bytes(),
-                event.event_type.as_bytes(),
-                event.event_version.as_bytes(),
-                &canonical_json(event.payload),
-                &canonical_json(event.metadata),
-            ],
+            &event_fields(event, &sequence, &payload, &metadata),
         )
     }
+}
+
+/// The fields of an event row its hash commits to, in order.
+fn event_fields<'a>(
+    event: EventFields<'a>,
+    sequence: &'a str,
+    payload: &'a [u8],
+    metadata: &'a [u8],
+) -> [&'a [u8]; 7] {
+    [
+        event.aggregate_type.as_bytes(),
+        event.aggregate_id.as_bytes(),
+        sequence.as_bytes(),
+        event.event_type.as_bytes(),
+        event.event_version.as_bytes(),
+        payload,
+        metadata,
+    ]
 }
 
 /// What is wrong with a stream.
@@ -142,6 +233,9 @@ pub enum Tampering {
     Deleted { from: u64, to: u64 },
     /// The payload is in the clear where the service only ever stores sealed payloads.
     Unsealed,
+    /// The row verifies only with a previous audit key (its id given), and lies after the
+    /// last row that key hashed before it was retired.
+    RetiredKey(String),
 }
 
 /// One row that does not verify.
@@ -161,7 +255,7 @@ impl std::fmt::Display for Finding {
             sequence,
             ..
         } = self;
-        match self.tampering {
+        match &self.tampering {
             Tampering::AlteredOrInserted => write!(
                 f,
                 "events {aggregate_type}/{aggregate_id} sequence {sequence}: altered or inserted"
@@ -178,6 +272,10 @@ impl std::fmt::Display for Finding {
                 f,
                 "events {aggregate_type}/{aggregate_id} sequence {sequence}: unsealed payload"
             ),
+            Tampering::RetiredKey(kid) => write!(
+                f,
+                "events {aggregate_type}/{aggregate_id} sequence {sequence}: hashed with the audit key {kid} after its retirement"
+            ),
         }
     }
 }
@@ -188,17 +286,135 @@ pub struct Verification {
     pub rows: u64,
     pub streams: u64,
     pub findings: Vec<Finding>,
+    /// Per previous key not retired (by id): the rows it verified and the last one's position.
+    pub unretired: std::collections::BTreeMap<String, KeyUse>,
+    /// Rows verified by a previous key within its retirement.
+    pub by_retired_keys: u64,
 }
 
-/// Recomputes the hash chain of every stream in the event store.
+/// The rows one key verified.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyUse {
+    pub rows: u64,
+    /// The position (events) or number (audit log) of the last row.
+    pub last: i64,
+}
+
+/// A previous audit key retired by `keys rotate-audit`: it vouches only for the event rows up
+/// to `last_position` and the audit log entries of chain `audit_chain_id` up to
+/// `last_audit_seq`. Signed by the key active then (`successor`), so whoever holds the retired
+/// key cannot widen it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retirement {
+    pub kid: String,
+    pub successor: String,
+    pub last_position: i64,
+    pub audit_chain_id: uuid::Uuid,
+    pub last_audit_seq: i64,
+}
+
+impl Retirement {
+    fn fields(&self) -> [Vec<u8>; 5] {
+        [
+            self.kid.clone().into_bytes(),
+            self.successor.clone().into_bytes(),
+            self.last_position.to_string().into_bytes(),
+            self.audit_chain_id.as_bytes().to_vec(),
+            self.last_audit_seq.to_string().into_bytes(),
+        ]
+    }
+}
+
+const RETIREMENT_CONTEXT: &[u8] = b"patient-service audit key retirement";
+
+/// The retirements of the keys of `key`, each checked: those whose signature is not the
+/// named successor's, or that retire the successor itself, are left out and their key ids
+/// answered apart.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn retirements(
+    pool: &PgPool,
+    key: &ChainKey,
+) -> Result<(Vec<Retirement>, Vec<String>), sqlx::Error> {
+    let rows: Vec<(String, String, i64, uuid::Uuid, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT kid, successor, last_position, audit_chain_id, last_audit_seq, mac
+           FROM audit_key_retirements ORDER BY retired_at",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut valid = Vec::new();
+    let mut invalid = Vec::new();
+    for (kid, successor, last_position, audit_chain_id, last_audit_seq, mac) in rows {
+        let retirement = Retirement {
+            kid,
+            successor,
+            last_position,
+            audit_chain_id,
+            last_audit_seq,
+        };
+        let fields = retirement.fields();
+        let signer = key
+            .link_made_by(
+                RETIREMENT_CONTEXT,
+                &fields.each_ref().map(Vec::as_slice),
+                &mac,
+            )
+            .and_then(|index| key.key_id(index));
+        if retirement.kid != retirement.successor && signer.as_ref() == Some(&retirement.successor)
+        {
+            valid.push(retirement);
+        } else {
+            invalid.push(retirement.kid);
+        }
+    }
+    Ok((valid, invalid))
+}
+
+/// Records `retirement`, signed by the active key (which must be its successor).
+///
+/// # Errors
+///
+/// The database error; a key already retired is a unique violation.
+pub async fn retire(
+    pool: &PgPool,
+    key: &ChainKey,
+    retirement: &Retirement,
+) -> Result<(), sqlx::Error> {
+    let fields = retirement.fields();
+    let mac = key.link(RETIREMENT_CONTEXT, &fields.each_ref().map(Vec::as_slice));
+    sqlx::query(
+        "INSERT INTO audit_key_retirements
+                (kid, successor, last_position, audit_chain_id, last_audit_seq, mac)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&retirement.kid)
+    .bind(&retirement.successor)
+    .bind(retirement.last_position)
+    .bind(retirement.audit_chain_id)
+    .bind(retirement.last_audit_seq)
+    .bind(mac)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Recomputes the hash chain of every stream in the event store. A row verified by a previous
+/// key must lie within that key's retirement among `retired`; rows of previous keys not
+/// retired are counted per key in [`Verification::unretired`].
 ///
 /// # Errors
 ///
 /// The database error, when reading fails.
-pub async fn verify_events(pool: &PgPool, key: &ChainKey) -> Result<Verification, sqlx::Error> {
+pub async fn verify_events(
+    pool: &PgPool,
+    key: &ChainKey,
+    retired: &[Retirement],
+) -> Result<Verification, sqlx::Error> {
     let mut rows = sqlx::query(
         "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                metadata, hash
+                metadata, hash, position
            FROM events
           ORDER BY aggregate_type, aggregate_id, sequence",
     )
@@ -236,20 +452,36 @@ pub async fn verify_events(pool: &PgPool, key: &ChainKey) -> Result<Verification
             let metadata: serde_json::Value = row.try_get("metadata")?;
             let event_type: String = row.try_get("event_type")?;
             let event_version: String = row.try_get("event_version")?;
-            let recomputed = key.event_hash(
-                &previous,
-                EventFields {
-                    aggregate_type: &this_stream.0,
-                    aggregate_id: &this_stream.1,
-                    sequence,
-                    event_type: &event_type,
-                    event_version: &event_version,
-                    payload: &payload,
-                    metadata: &metadata,
-                },
-            );
-            if hash.as_deref() != Some(recomputed.as_slice()) {
-                result.findings.push(finding(Tampering::AlteredOrInserted));
+            let fields = EventFields {
+                aggregate_type: &this_stream.0,
+                aggregate_id: &this_stream.1,
+                sequence,
+                event_type: &event_type,
+                event_version: &event_version,
+                payload: &payload,
+                metadata: &metadata,
+            };
+            let position: i64 = row.try_get("position")?;
+            match hash
+                .as_deref()
+                .and_then(|hash| key.event_hashed_by(&previous, fields, hash))
+            {
+                None => result.findings.push(finding(Tampering::AlteredOrInserted)),
+                Some(0) => {}
+                Some(index) => {
+                    let kid = key.key_id(index).unwrap_or_default();
+                    match retired.iter().find(|r| r.kid == kid) {
+                        Some(r) if position > r.last_position => {
+                            result.findings.push(finding(Tampering::RetiredKey(kid)));
+                        }
+                        Some(_) => result.by_retired_keys += 1,
+                        None => {
+                            let using = result.unretired.entry(kid).or_default();
+                            using.rows += 1;
+                            using.last = using.last.max(position);
+                        }
+                    }
+                }
             }
         }
         // Later rows are checked against what is stored, so each finding is a root cause.
@@ -271,6 +503,32 @@ mod tests {
             String::from_utf8(canonical_json(&a)).unwrap(),
             r#"{"a":{"c":"é","d":[1,{"x":1,"y":2}]},"b":1}"#
         );
+    }
+
+    #[test]
+    fn a_rotated_key_hashes_with_the_new_key_and_still_verifies_what_the_old_one_hashed() {
+        let old = ChainKey::new([1; 32]);
+        let ring = ChainKey::new([2; 32]).with_previous([[1; 32]]);
+        let (payload, metadata) = (serde_json::json!({"a": 1}), serde_json::json!({}));
+        let row = |sequence| EventFields {
+            aggregate_type: "Patient",
+            aggregate_id: "p1",
+            sequence,
+            event_type: "PatientRegistered",
+            event_version: "1.0",
+            payload: &payload,
+            metadata: &metadata,
+        };
+        let first = old.event_hash(&[], row(1));
+        let second = ring.event_hash(&first, row(2));
+
+        assert_eq!(ring.event_hashed_by(&[], row(1), &first), Some(1));
+        assert_eq!(ring.event_hashed_by(&first, row(2), &second), Some(0));
+        assert_eq!(old.event_hashed_by(&first, row(2), &second), None);
+        assert_eq!(ring.key_id(1), old.key_id(0));
+        assert_ne!(ring.key_id(0), ring.key_id(1));
+        assert_eq!(ring.key_id(2), None);
+        assert_eq!(ring.key_id(0).unwrap().len(), 16);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! genuine event's entry id, and the genuine event would then be dropped as a repeat.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use event_store::chain::{canonical_json, ChainKey};
+use event_store::chain::{canonical_json, ChainKey, KeyUse, Retirement};
 use futures::TryStreamExt;
 use schemas::access::v1::AccessEntry;
 use schemas::PublishedEvent;
@@ -55,27 +55,36 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
-    /// The link after `previous` committing to this entry.
+    /// The link after `previous` committing to this entry, made with the active key.
     fn link(&self, chain: &ChainKey, previous: &[u8]) -> Vec<u8> {
-        chain.link(
-            previous,
-            &[
-                self.seq.to_string().as_bytes(),
-                self.entry_id.as_bytes(),
-                self.kind.as_bytes(),
-                self.recorded_at
-                    .to_rfc3339_opts(SecondsFormat::Micros, true)
-                    .as_bytes(),
-                self.patient_id
-                    .map(|p| p.to_string())
-                    .unwrap_or_default()
-                    .as_bytes(),
-                self.user_id.as_deref().unwrap_or_default().as_bytes(),
-                self.action.as_bytes(),
-                &canonical_json(&self.detail),
-                self.event_hash.as_deref().unwrap_or_default(),
-            ],
-        )
+        let fields = self.fields();
+        chain.link(previous, &fields.each_ref().map(Vec::as_slice))
+    }
+
+    /// The index of the key whose link after `previous` is this entry's hash, if any.
+    fn linked_by(&self, chain: &ChainKey, previous: &[u8]) -> Option<usize> {
+        let fields = self.fields();
+        chain.link_made_by(previous, &fields.each_ref().map(Vec::as_slice), &self.hash)
+    }
+
+    /// What an entry's link commits to, in order.
+    fn fields(&self) -> [Vec<u8>; 9] {
+        [
+            self.seq.to_string().into_bytes(),
+            self.entry_id.as_bytes().to_vec(),
+            self.kind.clone().into_bytes(),
+            self.recorded_at
+                .to_rfc3339_opts(SecondsFormat::Micros, true)
+                .into_bytes(),
+            self.patient_id
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+                .into_bytes(),
+            self.user_id.clone().unwrap_or_default().into_bytes(),
+            self.action.clone().into_bytes(),
+            canonical_json(&self.detail),
+            self.event_hash.clone().unwrap_or_default(),
+        ]
     }
 }
 
@@ -458,6 +467,9 @@ pub enum Finding {
     },
     /// An event the audit log has passed (at or before its checkpoint) has no entry.
     Unaudited { aggregate: String, sequence: i64 },
+    /// The entry verifies only with a previous audit key (its id), after that key's
+    /// retirement.
+    RetiredKey { seq: i64, kid: String },
 }
 
 impl std::fmt::Display for Finding {
@@ -466,6 +478,10 @@ impl std::fmt::Display for Finding {
             Self::AlteredOrInserted { seq } => {
                 write!(f, "audit_log seq {seq}: altered or inserted")
             }
+            Self::RetiredKey { seq, kid } => write!(
+                f,
+                "audit_log seq {seq}: hashed with the audit key {kid} after its retirement"
+            ),
             Self::Deleted { from, to } if from == to => write!(f, "audit_log seq {from}: deleted"),
             Self::Deleted { from, to } => write!(f, "audit_log seq {from}-{to}: deleted"),
             Self::HeadMismatch { head_seq, last_seq } => write!(
@@ -502,6 +518,10 @@ impl std::fmt::Display for Finding {
 pub struct Verification {
     pub entries: u64,
     pub findings: Vec<Finding>,
+    /// Per previous key not retired (by id): the entries it verified and the last one's seq.
+    pub unretired: std::collections::BTreeMap<String, KeyUse>,
+    /// Entries verified by a previous key within its retirement.
+    pub by_retired_keys: u64,
 }
 
 /// Recomputes the audit log's chain, and checks every audited event against the event store.
@@ -509,8 +529,16 @@ pub struct Verification {
 /// # Errors
 ///
 /// The database error.
-pub async fn verify(pool: &PgPool, chain: &ChainKey) -> Result<Verification, sqlx::Error> {
+pub async fn verify(
+    pool: &PgPool,
+    chain: &ChainKey,
+    retired: &[Retirement],
+) -> Result<Verification, sqlx::Error> {
     let mut result = Verification::default();
+    let chain_id: uuid::Uuid =
+        sqlx::query_scalar("SELECT chain_id FROM projections.audit_chain_head")
+            .fetch_one(pool)
+            .await?;
     let mut previous: Vec<u8> = Vec::new();
     let mut expected = 1_i64;
     {
@@ -538,10 +566,33 @@ pub async fn verify(pool: &PgPool, chain: &ChainKey) -> Result<Verification, sql
                     from: expected,
                     to: entry.seq - 1,
                 });
-            } else if entry.link(chain, &previous) != entry.hash {
-                result
-                    .findings
-                    .push(Finding::AlteredOrInserted { seq: entry.seq });
+            } else {
+                match entry.linked_by(chain, &previous) {
+                    None => result
+                        .findings
+                        .push(Finding::AlteredOrInserted { seq: entry.seq }),
+                    Some(0) => {}
+                    Some(index) => {
+                        let kid = chain.key_id(index).unwrap_or_default();
+                        match retired.iter().find(|r| r.kid == kid) {
+                            // A retirement vouches for the entries of the chain it was made on.
+                            Some(r)
+                                if r.audit_chain_id != chain_id || entry.seq > r.last_audit_seq =>
+                            {
+                                result.findings.push(Finding::RetiredKey {
+                                    seq: entry.seq,
+                                    kid,
+                                });
+                            }
+                            Some(_) => result.by_retired_keys += 1,
+                            None => {
+                                let using = result.unretired.entry(kid).or_default();
+                                using.rows += 1;
+                                using.last = using.last.max(entry.seq);
+                            }
+                        }
+                    }
+                }
             }
             let in_store: bool = row.try_get("in_store")?;
             let store_hash: Option<Vec<u8>> = row.try_get("store_hash")?;

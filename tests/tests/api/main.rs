@@ -3,6 +3,7 @@
 
 mod audit;
 mod audit_head;
+mod audit_keys;
 mod auth;
 mod backup;
 mod changes;
