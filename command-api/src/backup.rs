@@ -6,12 +6,12 @@
 //! A restore goes only into an empty database (a restore over live data would mix two
 //! histories). After `pg_restore` it
 //! - applies the migrations (a backup may be older than the binary);
-//! - starts a new epoch of the store (`store_epochs`): the events written from now on take
+//! - starts a new epoch of the store (`store_epochs`; past any epoch already on the topics): the events written from now on take
 //!   again sequences whose events were published before the restore, with other content, and
 //!   the epoch enters their published identity (`ce_id`, `ce_epoch`), so the topics never hold
 //!   two contents under one `ce_id`;
 //! - applies again every erasure done since the backup: with Kafka configured, it reads the
-//!   patient topic's `PatientForgotten` records and forgets again (same reason and reference,
+//!   patient topic's genuine `PatientForgotten` records (their `ce_id` recomputes) and forgets again (same reason and reference,
 //!   user `restore`) each of those patients whose data key the restored store holds. A patient
 //!   on legal hold in the restored store is named and left for the operator; without Kafka the
 //!   erasures cannot be found and the restore says so. `reconcile` names any still missing.
@@ -104,6 +104,9 @@ pub struct Restored {
     pub epoch: i32,
     /// Whether the erasures since the backup could be looked for (Kafka is configured).
     pub erasures_checked: bool,
+    /// `PatientForgotten` records that are not genuine (their `ce_id` does not recompute) or
+    /// do not name the patient they are about: not acted on.
+    pub unverified_erasures: u64,
     /// The patients forgotten again.
     pub forgotten_again: Vec<String>,
     /// The patients forgotten since the backup who could not be forgotten again, with the
@@ -125,34 +128,55 @@ pub async fn restore(settings: &Settings, from: &Path) -> anyhow::Result<Restore
         cluster.stop()?;
     }
     result?;
-    let forgotten = match settings.kafka.client_config() {
-        Some(kafka) => {
-            let topic = settings.kafka.topic(schemas::topics::PATIENT);
-            let published = tokio::task::spawn_blocking(move || {
-                crate::reconcile::read_topics(&kafka, std::slice::from_ref(&topic))
-            })
-            .await
-            .context("reading the patient topic")??;
-            Some(
-                published
-                    .into_iter()
-                    .flat_map(|p| p.forgotten.into_values().flatten())
-                    .collect::<Vec<_>>(),
-            )
-        }
-        None => None,
+    // The epoch first: whatever fails after it, the events written from now on have ids of
+    // their own.
+    let epoch =
+        startup::with_database(settings, |pool| async move { start_epoch(&pool).await }).await?;
+    let mut restored = Restored {
+        epoch,
+        ..Restored::default()
     };
+    let Some(kafka) = settings.kafka.client_config() else {
+        return Ok(restored);
+    };
+    let topics: Vec<String> = schemas::topics::ALL
+        .iter()
+        .map(|topic| settings.kafka.topic(topic))
+        .collect();
+    let published = tokio::task::spawn_blocking(move || {
+        crate::reconcile::read_topics(&kafka, &topics)
+    })
+    .await
+    .context("reading the topics")?
+    .context("reading the topics (the store is restored and in its new epoch; forget again by hand the patients `reconcile` names)")?;
+    restored.erasures_checked = true;
+    restored.unverified_erasures = published.iter().map(|p| p.unverified_erasures).sum();
+    // A restore of an older backup, or of the same one again, must not take an epoch a restore
+    // before it already published under.
+    let published_epoch = published
+        .iter()
+        .flat_map(|p| p.epochs.values().copied())
+        .max()
+        .unwrap_or(0);
+    let erasures: Vec<_> = published
+        .into_iter()
+        .flat_map(|p| p.forgotten.into_values())
+        .collect();
     let secrets = settings.secrets()?;
     startup::with_database(settings, |pool| async move {
-        let epoch = start_epoch(&pool).await?;
-        let mut restored = Restored {
-            epoch,
-            erasures_checked: forgotten.is_some(),
-            ..Restored::default()
-        };
+        if let Ok(published_epoch) = i32::try_from(published_epoch) {
+            if published_epoch >= restored.epoch {
+                sqlx::query("UPDATE store_epochs SET epoch = $1 WHERE epoch = $2")
+                    .bind(published_epoch + 1)
+                    .bind(restored.epoch)
+                    .execute(&pool)
+                    .await?;
+                restored.epoch = published_epoch + 1;
+            }
+        }
         let store = PatientStore::new(pool.clone(), secrets.keys, secrets.chain);
-        for erasure in forgotten.unwrap_or_default() {
-            forget_again(&pool, &store, &erasure, &mut restored).await?;
+        for erasure in &erasures {
+            forget_again(&pool, &store, erasure, &mut restored).await?;
         }
         Ok(restored)
     })

@@ -349,6 +349,12 @@ pub async fn run(cli: Cli, clock: Clock) -> anyhow::Result<()> {
                 for id in &restored.forgotten_again {
                     println!("  {id}");
                 }
+                if restored.unverified_erasures > 0 {
+                    println!(
+                        "{} PatientForgotten records on the topic are not genuine (their ce_id does not recompute) or do not decode: not acted on",
+                        restored.unverified_erasures
+                    );
+                }
                 for (id, code) in &restored.refused {
                     println!("not forgotten again ({code}): {id}: forget this patient by hand");
                 }

@@ -37,12 +37,15 @@ const NAMED: usize = 20;
 #[derive(Debug, Default)]
 pub(crate) struct Published {
     hashes: HashMap<String, HashSet<String>>,
-    /// The `ce_epoch` of each `ce_id` (0 when the header is absent).
-    epochs: HashMap<String, u32>,
+    /// The `ce_epoch` of each genuine record's `ce_id` (its id recomputes; 0 when the header
+    /// is absent).
+    pub(crate) epochs: HashMap<String, u32>,
     partitions: Vec<(i32, u64, u64)>,
-    /// The subjects of `PatientForgotten` records, with the record (published in the clear:
-    /// codes and ids only) when it decodes.
-    pub(crate) forgotten: HashMap<String, Option<PatientForgotten>>,
+    /// The patients genuine `PatientForgotten` records say were forgotten, with the record
+    /// (published in the clear: codes and ids only).
+    pub(crate) forgotten: HashMap<String, PatientForgotten>,
+    /// `PatientForgotten` records that are not genuine or do not decode: never acted on.
+    pub(crate) unverified_erasures: u64,
 }
 
 /// A stored event: aggregate type, id and sequence, its hash, whether the relay has passed it,
@@ -266,31 +269,47 @@ pub(crate) fn read_topics(
         };
         let id = header(schemas::envelope::H_ID).unwrap_or_default();
         let hash = header(schemas::envelope::H_EVENT_HASH).unwrap_or_default();
-        let epoch = header(schemas::envelope::H_EPOCH)
-            .and_then(|e| e.parse().ok())
-            .unwrap_or(0);
+        // Whether the record is what the relay publishes: its ce_id recomputes from its type,
+        // subject, sequence and epoch. Anyone able to produce to a topic can write the others.
+        let event = schemas::PublishedEvent::from_headers(
+            message
+                .headers()
+                .into_iter()
+                .flat_map(|h| h.iter().map(|h| (h.key, h.value.unwrap_or_default()))),
+            message.payload().unwrap_or_default(),
+        )
+        .ok()
+        .filter(|event| event.verify().is_ok());
         if header(schemas::envelope::H_TYPE)
             .is_some_and(|t| t == schemas::envelope::ce_type("PatientForgotten", 1))
         {
-            if let Some(subject) = header(schemas::envelope::H_SUBJECT) {
-                let erasure = message
-                    .payload()
-                    .and_then(|data| serde_json::from_slice(data).ok());
-                published
-                    .entry(key.0.clone())
-                    .or_default()
-                    .forgotten
-                    .insert(subject, erasure);
+            // Acted on by a restore (a patient forgotten again): only a genuine record whose
+            // data names the patient it is about.
+            let erasure = event.as_ref().and_then(|event| {
+                serde_json::from_slice::<PatientForgotten>(&event.data)
+                    .ok()
+                    .filter(|data| data.patient_id.to_string() == event.subject)
+            });
+            let found = published.entry(key.0.clone()).or_default();
+            match erasure {
+                Some(erasure) => {
+                    found
+                        .forgotten
+                        .insert(erasure.patient_id.to_string(), erasure);
+                }
+                None => found.unverified_erasures += 1,
             }
         }
+        let found = published.entry(key.0.clone()).or_default();
+        if let Some(event) = &event {
+            found.epochs.insert(id.clone(), event.epoch);
+        }
+        found.hashes.entry(id.clone()).or_default().insert(hash);
         let count = counts.entry(key.clone()).or_default();
         count.0 += 1;
         if !seen.insert(format!("{}/{id}", key.0)) {
             count.1 += 1;
         }
-        let found = published.entry(key.0.clone()).or_default();
-        found.epochs.insert(id.clone(), epoch);
-        found.hashes.entry(id).or_default().insert(hash);
         if remaining
             .get(&key)
             .is_some_and(|end| message.offset() + 1 >= *end)

@@ -1,5 +1,5 @@
-//! The audit log's chain head kept outside the database. The active relay's process publishes
-//! it to [`schemas::topics::AUDIT_HEAD`] whenever it has moved ([`HeadPublisher`]); `audit
+//! The audit log's chain head kept outside the database. Every process running the relay (a
+//! standby too: repeated heads are harmless) publishes it to [`schemas::topics::AUDIT_HEAD`] whenever it has moved ([`HeadPublisher`]); `audit
 //! verify` reads every head published ([`read_published`]) and checks the database's chain
 //! against the highest one published for it ([`check`]). The chain itself shows an entry
 //! changed, removed or slipped in, but not the newest entries removed with the head moved back
@@ -7,7 +7,9 @@
 //!
 //! Each record carries a MAC with the audit key, so a record produced by anyone without the key
 //! is told apart ([`is_authentic`]) and ignored; replaying an older genuine record does not
-//! lower the highest head.
+//! lower the highest head. The chain's id is signed too ([`chain_id_mac`], written when the log
+//! is built afresh), so a chain of one's own, under a new id, does not escape the heads
+//! published for the real one.
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +42,22 @@ pub struct Head {
     pub chain_id: Uuid,
     pub seq: u64,
     pub hash: Vec<u8>,
+    /// [`chain_id_mac`] of the id; none for the chain the migration started.
+    pub chain_mac: Option<Vec<u8>>,
+}
+
+const CHAIN_ID_CONTEXT: &[u8] = b"patient-service audit chain id";
+
+/// The MAC with the audit key that vouches for a chain's id.
+pub fn chain_id_mac(chain: &ChainKey, chain_id: Uuid) -> Vec<u8> {
+    chain.link(CHAIN_ID_CONTEXT, &[chain_id.as_bytes()])
+}
+
+/// Whether the chain's id is signed by an audit key: `None` when it carries no signature.
+fn chain_id_signed(chain: &ChainKey, head: &Head) -> Option<bool> {
+    head.chain_mac
+        .as_deref()
+        .map(|mac| chain.verifies_link(CHAIN_ID_CONTEXT, &[head.chain_id.as_bytes()], mac))
 }
 
 /// The database's chain head.
@@ -48,14 +66,15 @@ pub struct Head {
 ///
 /// The database error.
 pub async fn current(pool: &PgPool) -> Result<Head, sqlx::Error> {
-    let (chain_id, seq, hash): (Uuid, i64, Vec<u8>) =
-        sqlx::query_as("SELECT chain_id, seq, hash FROM projections.audit_chain_head")
+    let (chain_id, seq, hash, chain_mac): (Uuid, i64, Vec<u8>, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT chain_id, seq, hash, chain_mac FROM projections.audit_chain_head")
             .fetch_one(pool)
             .await?;
     Ok(Head {
         chain_id,
         seq: u64::try_from(seq).unwrap_or(0),
         hash,
+        chain_mac,
     })
 }
 
@@ -155,6 +174,11 @@ impl HeadPublisher {
     async fn publish_if_moved(&self, last: Option<&Head>) -> Result<Option<Head>, HeadError> {
         let head = current(&self.pool).await?;
         if last == Some(&head) {
+            return Ok(None);
+        }
+        if chain_id_signed(&self.chain, &head) == Some(false) {
+            // Not the service's chain: vouching for it would launder a replaced log.
+            tracing::warn!(alert = "audit-chain-tampering", chain_id = %head.chain_id, "the audit chain's id is not signed by an audit key: its head is not published");
             return Ok(None);
         }
         let value = serde_json::to_vec(&record(&self.chain, &head, Utc::now())).unwrap_or_default();
@@ -287,8 +311,18 @@ pub async fn check(
             }
         }
         Some(_) => {}
+        None => {}
+    }
+    match chain_id_signed(chain, &head) {
+        Some(true) => {}
+        Some(false) => findings.push(format!(
+            "audit chain {}: its id is not signed by an audit key: the log was replaced by someone without the key",
+            head.chain_id
+        )),
+        // The chain the migration started, before ids were signed: fine while it is the only
+        // one; once heads of other chains were published, an unsigned id is a replacement.
         None if other_chains > 0 => findings.push(format!(
-            "audit chain {}: no head of it was published, while {other_chains} heads of earlier chains were: the log was replaced since the relay last published (after a rebuild or a restore, the relay publishes the new chain's head within kafka.audit_head_interval_secs: verify again then)",
+            "audit chain {}: its id is not signed while heads of {other_chains} other chains were published: the log was replaced by someone without the key",
             head.chain_id
         )),
         None => {}

@@ -368,10 +368,17 @@ impl ReadModel for AuditLog {
         sqlx::query("DELETE FROM audit_chain_head")
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO audit_chain_head (seq, hash) VALUES (0, ''::bytea)")
-            .execute(&mut *tx)
-            .await
-            .map(|_| ())
+        // A new chain, its id signed with the audit key (`audit_head::check` holds it to that).
+        let chain_id = uuid::Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO audit_chain_head (seq, hash, chain_id, chain_mac)
+             VALUES (0, ''::bytea, $1, $2)",
+        )
+        .bind(chain_id)
+        .bind(crate::audit_head::chain_id_mac(&self.chain, chain_id))
+        .execute(&mut *tx)
+        .await
+        .map(|_| ())
     }
 }
 

@@ -157,6 +157,28 @@ async fn audit_verify_catches_the_newest_events_removed_with_their_audit_entries
         )),
         "{out}"
     );
+
+    // Act and assert: the same rollback under a chain of one's own, its id unsigned or signed
+    // by someone without the key, is named too.
+    for (change, named) in [
+        (
+            "SET chain_id = gen_random_uuid(), chain_mac = '\\x00'::bytea",
+            "its id is not signed by an audit key",
+        ),
+        (
+            "SET chain_mac = NULL",
+            "its id is not signed while heads of",
+        ),
+    ] {
+        sqlx::query(&format!("UPDATE projections.audit_chain_head {change}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        let caught = audit_verify(&settings, true);
+        let out = String::from_utf8_lossy(&caught.stdout).into_owned();
+        assert!(!caught.status.success(), "{change}: {out}");
+        assert!(out.contains(named), "{change}: {out}");
+    }
 }
 
 fn app_url(settings: &Settings) -> String {

@@ -208,6 +208,28 @@ async fn a_restore_starts_an_epoch_and_forgets_again_whoever_was_forgotten_since
         .await;
     assert_eq!(forgotten.status(), 200);
     crate::reconcile::published(&app).await;
+    // And a PatientForgotten of the kept patient produced by someone other than the relay: its
+    // ce_id is not the one its type, subject and sequence make.
+    let forged_id = uuid::Uuid::from_u128(0xf0).to_string();
+    let headers: Vec<(String, String)> = [
+        ("ce_id", forged_id.as_str()),
+        (
+            "ce_type",
+            "org.nextgen-medtech.patients.PatientForgotten.v1",
+        ),
+        ("ce_time", "2026-11-30T00:00:00Z"),
+        ("ce_subject", kept.as_str()),
+        ("ce_sequence", "3"),
+        ("ce_position", "1"),
+        ("content-type", "application/json"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let data = serde_json::json!({
+        "patient_id": kept, "reason": "patient-request", "forgotten_at": "2026-11-30T00:00:00Z",
+    });
+    crate::untrusted_records::produce(&app, &kept, &headers, data.to_string().as_bytes()).await;
     let mut settings = app.settings.clone();
     app.stop().await;
 
@@ -238,6 +260,21 @@ async fn a_restore_starts_an_epoch_and_forgets_again_whoever_was_forgotten_since
         out.contains(&format!("applied again: 1\n  {erased}\n")),
         "{out}"
     );
+    assert!(
+        out.contains("1 PatientForgotten records on the topic are not genuine"),
+        "{out}"
+    );
+    let kept_key: bool = sqlx::query_scalar(
+        "SELECT wrapped_key IS NOT NULL FROM patient_data_keys WHERE patient_id = $1",
+    )
+    .bind(&kept)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        kept_key,
+        "a forged erasure record destroyed a patient's key"
+    );
     let (user, payload): (String, serde_json::Value) = sqlx::query_as(
         "SELECT metadata->>'user_id', payload FROM events
           WHERE aggregate_type = 'Patient' AND aggregate_id = $1 AND sequence = 2",
@@ -257,9 +294,10 @@ async fn a_restore_starts_an_epoch_and_forgets_again_whoever_was_forgotten_since
     .await
     .unwrap();
     assert!(!key_held, "the erased patient's data key is back");
-    // Both sequence-2 events of each patient are on the topic, under two identities.
+    // Both sequence-2 events of each patient are on the topic, under two identities (7 records
+    // with the forged one).
     let consumer = app.consumer();
-    let records = consume(&consumer, 6).await;
+    let records = consume(&consumer, 7).await;
     let second: Vec<(String, String, Option<String>)> = records
         .iter()
         .filter(|r| header(r, "ce_sequence").as_deref() == Some("2"))
@@ -291,11 +329,17 @@ async fn a_restore_starts_an_epoch_and_forgets_again_whoever_was_forgotten_since
         expected.sort();
         assert_eq!(ids, expected, "patient {patient}");
     }
-    // reconcile finds no identity with two contents; the lost events are named apart.
+    // reconcile finds no identity with two contents; the lost events are named apart, and the
+    // forged record is not taken for one of them: it is the one difference.
     let reconciled = crate::reconcile::reconcile_on(&app, &restored_url);
     let out = String::from_utf8_lossy(&reconciled.stdout).into_owned();
-    assert!(reconciled.status.success(), "{out}");
-    assert!(out.ends_with("reconcile: differences=0\n"), "{out}");
+    assert!(out.ends_with("reconcile: differences=1\n"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "1 on the topic, not in the store:\n  {forged_id}\n"
+        )),
+        "{out}"
+    );
     assert!(
         out.contains(&format!(
             "{}: published before the store's restore to epoch 1 and lost by it (not differences): 2\n",
