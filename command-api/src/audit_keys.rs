@@ -21,6 +21,8 @@ use sqlx::PgPool;
 pub struct Checked {
     pub events: chain::Verification,
     pub audit: projections::audit_log::Verification,
+    /// The retirements whose signature holds, which both were checked against.
+    pub retired: Vec<Retirement>,
     /// Key ids of retirement records whose signature does not hold.
     pub forged_retirements: Vec<String>,
 }
@@ -49,20 +51,16 @@ impl Checked {
 
     /// The previous keys not retired, with the events and audit log entries they verified.
     fn unretired(&self) -> Vec<(String, u64, u64)> {
-        let mut kids: Vec<&String> = self
-            .events
-            .unretired
-            .keys()
-            .chain(self.audit.unretired.keys())
-            .collect();
+        let (events, audit) = (&self.events.keys.unretired, &self.audit.keys.unretired);
+        let mut kids: Vec<&String> = events.keys().chain(audit.keys()).collect();
         kids.sort();
         kids.dedup();
         kids.into_iter()
             .map(|kid| {
                 (
                     kid.clone(),
-                    self.events.unretired.get(kid).map_or(0, |u| u.rows),
-                    self.audit.unretired.get(kid).map_or(0, |u| u.rows),
+                    events.get(kid).map_or(0, |u| u.rows),
+                    audit.get(kid).map_or(0, |u| u.rows),
                 )
             })
             .collect()
@@ -79,22 +77,21 @@ pub async fn check(pool: &PgPool, key: &ChainKey) -> Result<Checked, sqlx::Error
     Ok(Checked {
         events: chain::verify_events(pool, key, &retired).await?,
         audit: projections::audit_log::verify(pool, key, &retired).await?,
+        retired,
         forged_retirements,
     })
 }
 
-/// What a rotation retired: per key, its id and the retirement recorded.
-pub type Retired = Vec<Retirement>;
-
 /// Retires every previous key not retired yet, after the last row it hashed, once both chains
-/// verify.
+/// verify; answers the retirements recorded.
 ///
 /// # Errors
 ///
 /// Without a previous key, when anything does not verify (every finding named), or the
 /// database error.
-pub async fn rotate(pool: &PgPool, key: &ChainKey) -> anyhow::Result<Retired> {
-    if key.len() < 2 {
+pub async fn rotate(pool: &PgPool, key: &ChainKey) -> anyhow::Result<Vec<Retirement>> {
+    let previous = key.previous_key_ids();
+    if previous.is_empty() {
         anyhow::bail!(
             "no previous audit key: set security.audit_key to the new key and the one before it in \
              security.previous_audit_keys (APP_SECURITY__PREVIOUS_AUDIT_KEYS), restart every process, \
@@ -115,18 +112,21 @@ pub async fn rotate(pool: &PgPool, key: &ChainKey) -> anyhow::Result<Retired> {
             blocking.join("\n")
         );
     }
-    let (already, _) = chain::retirements(pool, key).await?;
     let head = projections::audit_head::current(pool).await?;
     let successor = key.key_id(0).unwrap_or_default();
     let mut retired = Vec::new();
-    for index in 1..key.len() {
-        let kid = key.key_id(index).unwrap_or_default();
-        if already.iter().any(|r| r.kid == kid) {
+    for kid in previous {
+        if checked.retired.iter().any(|r| r.kid == kid) {
             continue;
         }
         let retirement = Retirement {
-            last_position: checked.events.unretired.get(&kid).map_or(0, |u| u.last),
-            last_audit_seq: checked.audit.unretired.get(&kid).map_or(0, |u| u.last),
+            last_position: checked
+                .events
+                .keys
+                .unretired
+                .get(&kid)
+                .map_or(0, |u| u.last),
+            last_audit_seq: checked.audit.keys.unretired.get(&kid).map_or(0, |u| u.last),
             audit_chain_id: head.chain_id,
             successor: successor.clone(),
             kid,

@@ -446,7 +446,7 @@ async fn verify(
     }
     let (events, audit) = (&checked.events, &checked.audit);
     let mut problems = findings.len();
-    let retired_rows = events.by_retired_keys + audit.by_retired_keys;
+    let retired_rows = events.keys.within_retirement + audit.keys.within_retirement;
     if retired_rows > 0 {
         println!(
             "audit keys: {retired_rows} rows verified by retired keys, each within its retirement"

@@ -18,12 +18,10 @@
 //! Ends with `reconcile: differences=N`; the command exits 1 when N is not 0.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::message::Message;
 use schemas::patient::v1::PatientForgotten;
 
 use crate::configuration::Settings;
@@ -223,100 +221,65 @@ pub(crate) fn read_topics(
     kafka: &rdkafka::ClientConfig,
     topics: &[String],
 ) -> anyhow::Result<Vec<Published>> {
-    let timeout = Duration::from_secs(10);
-    let consumer: BaseConsumer = kafka
-        .clone()
-        .set("group.id", "patient-service-reconcile")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(None, timeout)?;
-    let mut assignment = TopicPartitionList::new();
-    let mut ends: HashMap<(String, i32), i64> = HashMap::new();
-    for topic in topics {
-        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            continue;
-        };
-        for partition in found.partitions() {
-            let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
-            if high > low {
-                assignment.add_partition_offset(topic, partition.id(), Offset::Offset(low))?;
-                ends.insert((topic.clone(), partition.id()), high);
-            }
-        }
-    }
     let mut published: HashMap<String, Published> = HashMap::new();
     let mut counts: HashMap<(String, i32), (u64, u64)> = HashMap::new();
     let mut seen: HashSet<String> = HashSet::new();
-    consumer.assign(&assignment)?;
-    let mut remaining = ends.clone();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !remaining.is_empty() {
-        if Instant::now() > deadline {
-            bail!("the topics were not read to their end within ten minutes");
-        }
-        let Some(message) = consumer.poll(Duration::from_secs(1)) else {
-            continue;
-        };
-        let message = message?;
-        let key = (message.topic().to_owned(), message.partition());
-        let header = |name: &str| {
-            message.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == name)
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            })
-        };
-        let id = header(schemas::envelope::H_ID).unwrap_or_default();
-        let hash = header(schemas::envelope::H_EVENT_HASH).unwrap_or_default();
-        // Whether the record is what the relay publishes: its ce_id recomputes from its type,
-        // subject, sequence and epoch. Anyone able to produce to a topic can write the others.
-        let event = schemas::PublishedEvent::from_headers(
-            message
-                .headers()
-                .into_iter()
-                .flat_map(|h| h.iter().map(|h| (h.key, h.value.unwrap_or_default()))),
-            message.payload().unwrap_or_default(),
-        )
-        .ok()
-        .filter(|event| event.verify().is_ok());
-        if header(schemas::envelope::H_TYPE)
-            .is_some_and(|t| t == schemas::envelope::ce_type("PatientForgotten", 1))
-        {
-            // Acted on by a restore (a patient forgotten again): only a genuine record whose
-            // data names the patient it is about.
-            let erasure = event.as_ref().and_then(|event| {
-                serde_json::from_slice::<PatientForgotten>(&event.data)
-                    .ok()
-                    .filter(|data| data.patient_id.to_string() == event.subject)
-            });
-            let found = published.entry(key.0.clone()).or_default();
-            match erasure {
-                Some(erasure) => {
-                    found
-                        .forgotten
-                        .insert(erasure.patient_id.to_string(), erasure);
+    projections::kafka::read_to_end(
+        kafka,
+        "patient-service-reconcile",
+        topics,
+        Duration::from_secs(600),
+        |message| {
+            let key = (message.topic().to_owned(), message.partition());
+            let headers = projections::kafka::headers_of(message);
+            let header = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+            };
+            let id = header(schemas::envelope::H_ID).unwrap_or_default();
+            let hash = header(schemas::envelope::H_EVENT_HASH).unwrap_or_default();
+            // Whether the record is what the relay publishes: its ce_id recomputes from its type,
+            // subject, sequence and epoch. Anyone able to produce to a topic can write the others.
+            let event = schemas::PublishedEvent::from_headers(
+                headers.iter().copied(),
+                message.payload().unwrap_or_default(),
+            )
+            .ok()
+            .filter(|event| event.verify().is_ok());
+            if header(schemas::envelope::H_TYPE)
+                .is_some_and(|t| t == schemas::envelope::ce_type("PatientForgotten", 1))
+            {
+                // Acted on by a restore (a patient forgotten again): only a genuine record whose
+                // data names the patient it is about.
+                let erasure = event.as_ref().and_then(|event| {
+                    serde_json::from_slice::<PatientForgotten>(&event.data)
+                        .ok()
+                        .filter(|data| data.patient_id.to_string() == event.subject)
+                });
+                let found = published.entry(key.0.clone()).or_default();
+                match erasure {
+                    Some(erasure) => {
+                        found
+                            .forgotten
+                            .insert(erasure.patient_id.to_string(), erasure);
+                    }
+                    None => found.unverified_erasures += 1,
                 }
-                None => found.unverified_erasures += 1,
             }
-        }
-        let found = published.entry(key.0.clone()).or_default();
-        if let Some(event) = &event {
-            found.epochs.insert(id.clone(), event.epoch);
-        }
-        found.hashes.entry(id.clone()).or_default().insert(hash);
-        let count = counts.entry(key.clone()).or_default();
-        count.0 += 1;
-        if !seen.insert(format!("{}/{id}", key.0)) {
-            count.1 += 1;
-        }
-        if remaining
-            .get(&key)
-            .is_some_and(|end| message.offset() + 1 >= *end)
-        {
-            remaining.remove(&key);
-        }
-    }
+            let found = published.entry(key.0.clone()).or_default();
+            if let Some(event) = &event {
+                found.epochs.insert(id.clone(), event.epoch);
+            }
+            found.hashes.entry(id.clone()).or_default().insert(hash);
+            let count = counts.entry(key.clone()).or_default();
+            count.0 += 1;
+            if !seen.insert(format!("{}/{id}", key.0)) {
+                count.1 += 1;
+            }
+        },
+    )?;
     Ok(topics
         .iter()
         .map(|topic| {

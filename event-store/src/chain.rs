@@ -52,14 +52,11 @@ impl ChainKey {
         std::iter::once(&*self.active).chain(self.previous.iter().map(|k| &**k))
     }
 
-    /// How many keys there are, the active one included.
-    pub fn len(&self) -> usize {
-        1 + self.previous.len()
-    }
-
-    /// Whether there are no keys: never, there is always the active one.
-    pub fn is_empty(&self) -> bool {
-        false
+    /// The ids of the previous keys, in order (their indexes are 1, 2, ...).
+    pub fn previous_key_ids(&self) -> Vec<String> {
+        (1..=self.previous.len())
+            .filter_map(|index| self.key_id(index))
+            .collect()
     }
 
     /// The public id of key `index` (0: the active one): hex of 8 bytes of an HMAC with it, so
@@ -286,10 +283,48 @@ pub struct Verification {
     pub rows: u64,
     pub streams: u64,
     pub findings: Vec<Finding>,
-    /// Per previous key not retired (by id): the rows it verified and the last one's position.
+    /// The rows only a previous key verified.
+    pub keys: KeyUses,
+}
+
+/// The rows (events, or audit log entries) only a previous key verified.
+#[derive(Debug, Clone, Default)]
+pub struct KeyUses {
+    /// Per previous key not retired (by id): the rows it verified and the last one.
     pub unretired: std::collections::BTreeMap<String, KeyUse>,
     /// Rows verified by a previous key within its retirement.
-    pub by_retired_keys: u64,
+    pub within_retirement: u64,
+}
+
+impl KeyUses {
+    /// Records the row at `at` (an event's position, an entry's number) that key `index` of
+    /// `key` verified. Answers that key's id when its retirement among `retired` does not
+    /// cover the row, as `covers` judges: the row is then a finding.
+    pub fn record(
+        &mut self,
+        (key, index): (&ChainKey, usize),
+        at: i64,
+        retired: &[Retirement],
+        covers: impl Fn(&Retirement) -> bool,
+    ) -> Option<String> {
+        if index == 0 {
+            return None;
+        }
+        let kid = key.key_id(index).unwrap_or_default();
+        match retired.iter().find(|r| r.kid == kid) {
+            Some(retirement) if !covers(retirement) => Some(kid),
+            Some(_) => {
+                self.within_retirement += 1;
+                None
+            }
+            None => {
+                let using = self.unretired.entry(kid).or_default();
+                using.rows += 1;
+                using.last = using.last.max(at);
+                None
+            }
+        }
+    }
 }
 
 /// The rows one key verified.
@@ -467,19 +502,11 @@ pub async fn verify_events(
                 .and_then(|hash| key.event_hashed_by(&previous, fields, hash))
             {
                 None => result.findings.push(finding(Tampering::AlteredOrInserted)),
-                Some(0) => {}
                 Some(index) => {
-                    let kid = key.key_id(index).unwrap_or_default();
-                    match retired.iter().find(|r| r.kid == kid) {
-                        Some(r) if position > r.last_position => {
-                            result.findings.push(finding(Tampering::RetiredKey(kid)));
-                        }
-                        Some(_) => result.by_retired_keys += 1,
-                        None => {
-                            let using = result.unretired.entry(kid).or_default();
-                            using.rows += 1;
-                            using.last = using.last.max(position);
-                        }
+                    if let Some(kid) = result.keys.record((key, index), position, retired, |r| {
+                        position <= r.last_position
+                    }) {
+                        result.findings.push(finding(Tampering::RetiredKey(kid)));
                     }
                 }
             }

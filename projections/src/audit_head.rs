@@ -11,15 +11,14 @@
 //! is built afresh), so a chain of one's own, under a new id, does not escape the heads
 //! published for the real one.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use event_store::chain::ChainKey;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use schemas::audit_head::v1::AuditChainHead;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +31,8 @@ pub enum HeadError {
     Kafka(#[from] KafkaError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("the audit head topic was not read to its end within {0:?}")]
-    Timeout(Duration),
+    #[error("the audit head topic: {0}")]
+    Read(#[from] crate::kafka::ReadToEndError),
 }
 
 /// The chain head as the database holds it.
@@ -209,52 +208,21 @@ impl HeadPublisher {
 ///
 /// When the brokers cannot be read, or the topic not to its end within a minute.
 pub fn read_published(kafka: &ClientConfig, topic: &str) -> Result<Vec<AuditChainHead>, HeadError> {
-    let timeout = Duration::from_secs(10);
-    let consumer: BaseConsumer = kafka
-        .clone()
-        .set("group.id", "patient-service-audit-verify")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = std::collections::HashMap::new();
-    for found in metadata.topics().iter().filter(|t| t.name() == topic) {
-        for partition in found.partitions() {
-            let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
-            if high > low {
-                assignment.add_partition_offset(topic, partition.id(), Offset::Offset(low))?;
-                remaining.insert(partition.id(), high);
-            }
-        }
-    }
     let mut heads = Vec::new();
-    if remaining.is_empty() {
-        return Ok(heads);
-    }
-    consumer.assign(&assignment)?;
-    let limit = Duration::from_secs(60);
-    let deadline = Instant::now() + limit;
-    while !remaining.is_empty() {
-        if Instant::now() > deadline {
-            return Err(HeadError::Timeout(limit));
-        }
-        let Some(message) = consumer.poll(Duration::from_secs(1)) else {
-            continue;
-        };
-        let message = message?;
-        if let Some(head) = message
-            .payload()
-            .and_then(|value| serde_json::from_slice::<AuditChainHead>(value).ok())
-        {
-            heads.push(head);
-        }
-        if remaining
-            .get(&message.partition())
-            .is_some_and(|end| message.offset() + 1 >= *end)
-        {
-            remaining.remove(&message.partition());
-        }
-    }
+    crate::kafka::read_to_end(
+        kafka,
+        "patient-service-audit-verify",
+        &[topic.to_owned()],
+        Duration::from_secs(60),
+        |message| {
+            if let Some(head) = message
+                .payload()
+                .and_then(|value| serde_json::from_slice::<AuditChainHead>(value).ok())
+            {
+                heads.push(head);
+            }
+        },
+    )?;
     Ok(heads)
 }
 

@@ -14,7 +14,7 @@
 //! genuine event's entry id, and the genuine event would then be dropped as a repeat.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use event_store::chain::{canonical_json, ChainKey, KeyUse, Retirement};
+use event_store::chain::{canonical_json, ChainKey, KeyUses, Retirement};
 use futures::TryStreamExt;
 use schemas::access::v1::AccessEntry;
 use schemas::PublishedEvent;
@@ -525,10 +525,8 @@ impl std::fmt::Display for Finding {
 pub struct Verification {
     pub entries: u64,
     pub findings: Vec<Finding>,
-    /// Per previous key not retired (by id): the entries it verified and the last one's seq.
-    pub unretired: std::collections::BTreeMap<String, KeyUse>,
-    /// Entries verified by a previous key within its retirement.
-    pub by_retired_keys: u64,
+    /// The entries only a previous key verified.
+    pub keys: KeyUses,
 }
 
 /// Recomputes the audit log's chain, and checks every audited event against the event store.
@@ -578,25 +576,20 @@ pub async fn verify(
                     None => result
                         .findings
                         .push(Finding::AlteredOrInserted { seq: entry.seq }),
-                    Some(0) => {}
                     Some(index) => {
-                        let kid = chain.key_id(index).unwrap_or_default();
-                        match retired.iter().find(|r| r.kid == kid) {
-                            // A retirement vouches for the entries of the chain it was made on.
-                            Some(r)
-                                if r.audit_chain_id != chain_id || entry.seq > r.last_audit_seq =>
-                            {
-                                result.findings.push(Finding::RetiredKey {
-                                    seq: entry.seq,
-                                    kid,
-                                });
-                            }
-                            Some(_) => result.by_retired_keys += 1,
-                            None => {
-                                let using = result.unretired.entry(kid).or_default();
-                                using.rows += 1;
-                                using.last = using.last.max(entry.seq);
-                            }
+                        // A retirement vouches for the entries of the chain it was made on.
+                        let covers = |r: &Retirement| {
+                            r.audit_chain_id == chain_id && entry.seq <= r.last_audit_seq
+                        };
+                        if let Some(kid) =
+                            result
+                                .keys
+                                .record((chain, index), entry.seq, retired, covers)
+                        {
+                            result.findings.push(Finding::RetiredKey {
+                                seq: entry.seq,
+                                kid,
+                            });
                         }
                     }
                 }

@@ -9,13 +9,14 @@
 //! does not verify: see [`crate::runtime`]) is parked with its topic, partition, offset and
 //! reason, and its offset stored: it is never applied and never blocks the partition.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use schemas::PublishedEvent;
 use tokio_util::sync::CancellationToken;
 
@@ -143,7 +144,8 @@ async fn wait_to_retry(delay: &mut Duration, shutdown: &CancellationToken) -> bo
 const BATCH: usize = 500;
 
 /// The headers of a record, as name and value.
-fn headers_of<'m>(message: &'m BorrowedMessage<'_>) -> Vec<(&'m str, &'m [u8])> {
+/// The headers of `message` that have a value, as [`PublishedEvent::from_headers`] takes them.
+pub fn headers_of<'m>(message: &'m BorrowedMessage<'_>) -> Vec<(&'m str, &'m [u8])> {
     message
         .headers()
         .map(|h| {
@@ -240,4 +242,78 @@ async fn handle<M: ReadModel>(
             return false;
         }
     }
+}
+
+/// Why [`read_to_end`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadToEndError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the topics were not read to their end within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Hands every record of `topics` to `each`, from each partition's start to its end as it is
+/// when the read begins, read outside any consumer group (`client` names the reader to the
+/// brokers; nothing is committed). Topics that do not exist are passed over.
+///
+/// # Errors
+///
+/// When the brokers cannot be read, or the topics not to their end within `limit`.
+pub fn read_to_end(
+    kafka: &ClientConfig,
+    client: &str,
+    topics: &[String],
+    limit: Duration,
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<(), ReadToEndError> {
+    let timeout = Duration::from_secs(10);
+    let consumer: BaseConsumer = kafka
+        .clone()
+        .set("group.id", client)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(None, timeout)?;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining: HashMap<(String, i32), i64> = HashMap::new();
+    for found in metadata
+        .topics()
+        .iter()
+        .filter(|t| topics.iter().any(|name| name == t.name()))
+    {
+        for partition in found.partitions() {
+            let (low, high) = consumer.fetch_watermarks(found.name(), partition.id(), timeout)?;
+            if high > low {
+                assignment.add_partition_offset(
+                    found.name(),
+                    partition.id(),
+                    Offset::Offset(low),
+                )?;
+                remaining.insert((found.name().to_owned(), partition.id()), high);
+            }
+        }
+    }
+    if remaining.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&assignment)?;
+    let deadline = Instant::now() + limit;
+    while !remaining.is_empty() {
+        if Instant::now() > deadline {
+            return Err(ReadToEndError::Timeout(limit));
+        }
+        let Some(message) = consumer.poll(Duration::from_secs(1)) else {
+            continue;
+        };
+        let message = message?;
+        each(&message);
+        let key = (message.topic().to_owned(), message.partition());
+        if remaining
+            .get(&key)
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            remaining.remove(&key);
+        }
+    }
+    Ok(())
 }

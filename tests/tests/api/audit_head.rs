@@ -28,24 +28,6 @@ fn audit_verify(settings: &Settings, kafka: bool) -> Output {
     command.output().unwrap()
 }
 
-/// The audit log's entry count once it holds an entry for every stored event.
-async fn audited(app: &TestApp) -> i64 {
-    let counts = || async {
-        sqlx::query_as::<_, (i64, i64)>(
-            "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM projections.audit_log)",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
-    };
-    eventually("the audit log holds every event", || async {
-        let (events, logged) = counts().await;
-        events == logged
-    })
-    .await;
-    counts().await.1
-}
-
 /// Waits for a head at entry `seq` on the audit head topic; every record on the way matches
 /// the contract's schema, closed.
 async fn head_published(consumer: &rdkafka::consumer::StreamConsumer, seq: i64) {
@@ -80,10 +62,10 @@ async fn audit_verify_catches_the_newest_events_removed_with_their_audit_entries
     );
     let heads = consumer_for(app.settings.kafka.brokers.as_deref().unwrap(), &topic);
     app.register_ok("Ann", "Audited", "1980-01-02").await;
-    let first = audited(&app).await;
+    let first = audit_log_complete(&app).await;
     head_published(&heads, first).await;
     app.register_ok("Bea", "Removed", "1981-02-03").await;
-    let second = audited(&app).await;
+    let second = audit_log_complete(&app).await;
     assert!(second > first);
     head_published(&heads, second).await;
     // A record produced by someone without the audit key, claiming a head far ahead.

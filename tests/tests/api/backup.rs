@@ -42,6 +42,17 @@ fn back_up(app: &TestApp) -> std::path::PathBuf {
     file
 }
 
+/// Whether the store holds the data key of `patient` (it was not forgotten).
+async fn data_key_held(pool: &PgPool, patient: &str) -> bool {
+    sqlx::query_scalar(
+        "SELECT wrapped_key IS NOT NULL FROM patient_data_keys WHERE patient_id = $1",
+    )
+    .bind(patient)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_backup_restored_into_an_empty_database_rebuilds_and_verifies() {
     // Arrange: two patients before the backup, one after.
@@ -264,15 +275,8 @@ async fn a_restore_starts_an_epoch_and_forgets_again_whoever_was_forgotten_since
         out.contains("1 PatientForgotten records on the topic are not genuine"),
         "{out}"
     );
-    let kept_key: bool = sqlx::query_scalar(
-        "SELECT wrapped_key IS NOT NULL FROM patient_data_keys WHERE patient_id = $1",
-    )
-    .bind(&kept)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
     assert!(
-        kept_key,
+        data_key_held(&app.pool, &kept).await,
         "a forged erasure record destroyed a patient's key"
     );
     let (user, payload): (String, serde_json::Value) = sqlx::query_as(
@@ -286,14 +290,10 @@ async fn a_restore_starts_an_epoch_and_forgets_again_whoever_was_forgotten_since
     assert_eq!(user, "restore");
     assert_eq!(payload["PatientForgotten"]["reason"], "legal-order");
     assert_eq!(payload["PatientForgotten"]["reference"], "CASE-7");
-    let key_held: bool = sqlx::query_scalar(
-        "SELECT wrapped_key IS NOT NULL FROM patient_data_keys WHERE patient_id = $1",
-    )
-    .bind(&erased)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert!(!key_held, "the erased patient's data key is back");
+    assert!(
+        !data_key_held(&app.pool, &erased).await,
+        "the erased patient's data key is back"
+    );
     // Both sequence-2 events of each patient are on the topic, under two identities (7 records
     // with the forged one).
     let consumer = app.consumer();

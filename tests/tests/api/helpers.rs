@@ -610,6 +610,25 @@ fn close(schema: &mut Value, extended: &std::collections::HashSet<String>, name:
     }
 }
 
+/// Waits until the audit log holds an entry for every stored event of `app`; answers how many
+/// entries it holds then.
+pub async fn audit_log_complete(app: &TestApp) -> i64 {
+    let counts = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM projections.audit_log)",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    eventually("the audit log holds every event", || async {
+        let (events, logged) = counts().await;
+        logged >= events
+    })
+    .await;
+    counts().await.1
+}
+
 /// Polls `check` until it returns true, or panics with `what` at the deadline.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

@@ -105,16 +105,7 @@ async fn reconcile_compares_the_read_models_with_a_rebuild_and_names_a_table_tha
     }
     published(&app).await;
     app.search_until("family=Projected", 3).await;
-    eventually("the audit log holds every event", || async {
-        let (events, audited): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM projections.audit_log)",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        audited >= events
-    })
-    .await;
+    audit_log_complete(&app).await;
     let database_url = app.database_url.clone();
     let settings = app.settings.clone();
     let stopped = TestApp::start(settings, command_api::startup::Roles::NONE).await;
