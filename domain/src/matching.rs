@@ -31,7 +31,7 @@ pub fn fold(text: &str) -> String {
 
 /// What the matcher knows of a patient, in comparable (folded) form. Stored as JSON in the
 /// match read model: fields added later must default.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct MatchRecord {
     pub given: String,
@@ -58,7 +58,9 @@ impl std::fmt::Debug for MatchRecord {
 }
 
 /// The FHIR `$match` grades.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Grade {
     Possible,

@@ -751,7 +751,7 @@ impl AppointmentStore {
 }
 
 /// A practitioner, room or piece of equipment.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Resource {
     pub id: String,
     /// `practitioner`, `room` or `equipment`.
@@ -942,7 +942,7 @@ pub async fn blocks(
 }
 
 /// A service type: how long it takes and what it needs.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Service {
     pub code: String,
     pub name: String,

@@ -891,7 +891,7 @@ pub struct Criteria {
 }
 
 /// One structured-search hit.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct ItemHit {
     pub patient_id: Uuid,
     pub item_id: Uuid,

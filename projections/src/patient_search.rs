@@ -428,7 +428,7 @@ pub struct Criteria {
 }
 
 /// One search hit.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, schemars::JsonSchema)]
 pub struct PatientSummary {
     pub id: Uuid,
     pub mrn: String,
@@ -503,7 +503,7 @@ fn summary(row: &sqlx::postgres::PgRow) -> Result<PatientSummary, sqlx::Error> {
 }
 
 /// An archived patient the retention policy allows to purge.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RetentionCandidate {
     pub id: Uuid,
     pub mrn: String,

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 use tracing_subscriber::fmt::MakeWriter;
 
+#[path = "api/described.rs"]
+mod described;
 #[allow(dead_code)]
 #[path = "api/helpers.rs"]
 mod helpers;

@@ -14,7 +14,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 /// One place an appointment can go.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Placement {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,

@@ -12,6 +12,8 @@ use axum::routing::get;
 use axum::Json;
 use cqrs_es::Aggregate;
 use domain::patient::{Patient, PatientId};
+use schemars::JsonSchema;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use chrono::{DateTime, Utc};
@@ -19,7 +21,7 @@ use domain::{FieldError, FieldErrors};
 use projections::audit_log;
 
 use crate::auth::{permission, Action, Authorized};
-use crate::http::governance::page;
+use crate::http::governance::{page, AuditPage};
 use crate::http::openapi::{self as doc, Kind, Routes};
 use crate::http::params::{url_encode, whole_number};
 use crate::http::{ApiError, AppState};
@@ -36,7 +38,8 @@ pub fn router() -> Routes {
                         "aggregate_type",
                         serde_json::json!({ "enum": ["patient", "medical-record"] }),
                     )
-                    .answers(200, "The stream's events, oldest first"),
+                    .answers(200, "The stream's events, oldest first")
+                    .returns::<StreamAnswer>(),
             ],
         )
         .route(
@@ -55,7 +58,8 @@ pub fn router() -> Routes {
                         ("after", Kind::Whole(0, i64::MAX), false),
                         ("limit", Kind::Whole(1, 1000), false),
                     ])
-                    .answers(200, "A page of entries"),
+                    .answers(200, "A page of entries")
+                    .returns::<AuditPage>(),
             ],
         )
 }
@@ -127,8 +131,36 @@ async fn entries(
         parts.push(format!("limit={limit}"));
         parts.push(format!("after={seq}"));
         format!("/v1/audit/entries?{}", parts.join("&"))
-    }))
+    })?)
     .into_response())
+}
+
+/// A patient's or medical record's events, oldest first.
+#[derive(Serialize, JsonSchema)]
+struct StreamAnswer {
+    /// `patient` or `medical-record`.
+    aggregate_type: String,
+    id: uuid::Uuid,
+    events: Vec<StreamEvent>,
+}
+
+/// One stored event, as the auditor sees it.
+#[derive(Serialize, JsonSchema)]
+struct StreamEvent {
+    sequence: u64,
+    position: i64,
+    event_type: String,
+    event_version: String,
+    recorded_at: DateTime<Utc>,
+    user_id: Option<String>,
+    request_id: Option<String>,
+    /// The patient was forgotten: the event's data is gone with their key.
+    erased: bool,
+    /// The reason given for the change, when one was.
+    reason: Option<Value>,
+    /// The event's payload as published (see the AsyncAPI document's schemas), national
+    /// identifiers masked; of a medical record only the item and reason; `null` once erased.
+    data: Value,
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
@@ -164,24 +196,24 @@ async fn stream(
             application::audit::mask_national_identifiers(&mut data);
             data
         };
-        items.push(json!({
-            "sequence": event.sequence,
-            "position": event.position,
-            "event_type": event.event_type,
-            "event_version": event.event_version,
-            "recorded_at": event.recorded_at,
-            "user_id": event.metadata("user_id"),
-            "request_id": event.metadata("request_id"),
-            "erased": published.sealed,
-            "reason": data.get("reason").cloned(),
-            "data": data,
-        }));
+        items.push(StreamEvent {
+            sequence: event.sequence,
+            position: event.position,
+            event_type: event.event_type.clone(),
+            event_version: event.event_version.clone(),
+            recorded_at: event.recorded_at,
+            user_id: event.metadata("user_id").map(str::to_owned),
+            request_id: event.metadata("request_id").map(str::to_owned),
+            erased: published.sealed,
+            reason: data.get("reason").cloned(),
+            data,
+        });
     }
     tracing::info!(events = items.len(), "audit stream read");
-    Ok(Json(json!({
-        "aggregate_type": aggregate_type,
-        "id": id,
-        "events": items,
-    }))
+    Ok(Json(StreamAnswer {
+        aggregate_type,
+        id: id.as_uuid(),
+        events: items,
+    })
     .into_response())
 }

@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
 use domain::patient::PatientId;
-use serde_json::json;
+use schemars::JsonSchema;
+use serde::Serialize;
 
 use crate::auth::{permission, Action, Authorized};
 use crate::http::openapi::{self as doc, Routes};
@@ -23,23 +24,22 @@ pub fn router() -> Routes {
         [
             doc::get("A patient's data key, to open their sealed events")
                 .needs(Action::ReadDataKey)
-                .answers_as(
-                    200,
-                    "The key: `alg`, `key` (base64), `kid`, `patient_id`",
-                    "application/json",
-                    serde_json::json!({
-                        "type": "object",
-                        "required": ["alg", "key", "kid", "patient_id"],
-                        "properties": {
-                            "alg": { "type": "string" },
-                            "key": { "type": "string", "contentEncoding": "base64" },
-                            "kid": { "type": "string" },
-                            "patient_id": { "type": "string", "format": "uuid" },
-                        },
-                    }),
-                ),
+                .answers(200, "The key: `alg`, `key` (base64), `kid`, `patient_id`")
+                .returns::<DataKey>(),
         ],
     )
+}
+
+/// A patient's data key, which opens their sealed events.
+#[derive(Serialize, JsonSchema)]
+struct DataKey {
+    patient_id: uuid::Uuid,
+    /// The key's id, as sealed events name it in `ce_keyid`.
+    kid: String,
+    alg: &'static str,
+    /// The key, base64 with padding.
+    #[schemars(extend("contentEncoding" = "base64"))]
+    key: String,
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %user.id, patient_id))]
@@ -53,12 +53,12 @@ async fn data_key(
     let key = application::finding::data_key(state.services(), &user, id).await?;
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
-        Json(json!({
-            "patient_id": id,
-            "kid": key.id(),
-            "alg": schemas::sealed::ALGORITHM,
-            "key": key.to_base64(),
-        })),
+        Json(DataKey {
+            patient_id: id.as_uuid(),
+            kid: key.id().to_string(),
+            alg: schemas::sealed::ALGORITHM,
+            key: key.to_base64(),
+        }),
     )
         .into_response())
 }

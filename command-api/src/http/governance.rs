@@ -17,17 +17,20 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
+use chrono::{DateTime, Utc};
 use domain::patient::governance::{GovernanceChange, Principal};
 use domain::patient::{PatientCommand, PatientId};
 use domain::FieldErrors;
 use projections::audit_log;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::auth::{permission, Action, Authorized};
 use crate::http::input;
 use crate::http::openapi::{self as doc, Kind, Routes};
 use crate::http::params::whole_number;
-use crate::http::patient_commands::{change, reason_only, CommandRequest};
+use crate::http::patient_commands::{change, reason_only, CommandRequest, PatientAnswer};
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Routes {
@@ -40,7 +43,8 @@ pub fn router() -> Routes {
             [doc::post("Start a care relationship with a practitioner")
                 .needs(Action::ManageCareRelationships)
                 .body::<CareRelationshipBody>()
-                .change()],
+                .change()
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/care-relationships/{item}/end",
@@ -48,7 +52,8 @@ pub fn router() -> Routes {
             [doc::post("End a care relationship")
                 .needs(Action::ManageCareRelationships)
                 .body::<ReasonBody>()
-                .change()],
+                .change()
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/consents",
@@ -56,7 +61,8 @@ pub fn router() -> Routes {
             [doc::post("Record a consent directive")
                 .needs(Action::ManageConsents)
                 .body::<ConsentBody>()
-                .change()],
+                .change()
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/consents/{item}/withdraw",
@@ -64,7 +70,8 @@ pub fn router() -> Routes {
             [doc::post("Withdraw a consent directive")
                 .needs(Action::ManageConsents)
                 .body::<ReasonBody>()
-                .change()],
+                .change()
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/legal-hold",
@@ -72,7 +79,8 @@ pub fn router() -> Routes {
             [doc::post("Place a legal hold (no erasure while it holds)")
                 .needs(Action::ManageLegalHold)
                 .body::<ReasonBody>()
-                .change()],
+                .change()
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/legal-hold/release",
@@ -80,7 +88,8 @@ pub fn router() -> Routes {
             [doc::post("Release a legal hold")
                 .needs(Action::ManageLegalHold)
                 .body::<ReasonBody>()
-                .change()],
+                .change()
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/forget",
@@ -89,7 +98,8 @@ pub fn router() -> Routes {
                 doc::post("Forget (erase) a patient: their data key is destroyed")
                     .needs(Action::ForgetPatient)
                     .body::<ForgetBody>()
-                    .change(),
+                    .change()
+                    .returns::<PatientAnswer>(),
             ],
         )
         .route(
@@ -101,7 +111,8 @@ pub fn router() -> Routes {
                     ("limit", Kind::Whole(1, 1000), false),
                     ("after", Kind::Whole(0, i64::MAX), false),
                 ])
-                .answers(200, "A page of disclosures, oldest first")],
+                .answers(200, "A page of disclosures, oldest first")
+                .returns::<AuditPage>()],
         )
 }
 
@@ -258,8 +269,57 @@ async fn disclosures(
             .await?;
     Ok(Json(page(entries, limit, |seq| {
         format!("/v1/patients/{id}/disclosures?limit={limit}&after={seq}")
-    }))
+    })?)
     .into_response())
+}
+
+/// A page of audit entries, and the link to the next page while there is one.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct AuditPage {
+    items: Vec<AuditEntryAnswer>,
+    next: Option<String>,
+}
+
+/// One entry of the audit log: ids and codes only.
+#[derive(Serialize, JsonSchema)]
+struct AuditEntryAnswer {
+    seq: i64,
+    kind: EntryKind,
+    recorded_at: DateTime<Utc>,
+    patient_id: Option<uuid::Uuid>,
+    user_id: Option<String>,
+    action: String,
+    /// An access entry's caller and why: the roles, organization, purpose of use, outcome,
+    /// break-the-glass reason and request id.
+    #[serde(flatten)]
+    access: Option<AccessDetail>,
+    /// An event entry's place in the store: `aggregate_type`, `aggregate_id`, `sequence`,
+    /// `position` and `request_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<serde_json::Value>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum EntryKind {
+    Event,
+    Access,
+}
+
+/// Who accessed a patient's data, and why.
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct AccessDetail {
+    roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    organization: Option<String>,
+    /// Purpose of use: `treatment`, `payment`, `operations`, `research` or `emergency`.
+    purpose: String,
+    /// `granted` or `denied`.
+    outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    emergency_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
 }
 
 /// A page of audit entries (`limit` + 1 were asked for) with the link to the next one.
@@ -267,39 +327,31 @@ pub(super) fn page(
     mut entries: Vec<audit_log::AuditEntry>,
     limit: u64,
     next: impl Fn(i64) -> String,
-) -> serde_json::Value {
+) -> Result<AuditPage, ApiError> {
     let more = entries.len() > limit as usize;
     entries.truncate(limit as usize);
     let next = more.then(|| entries.last().map(|e| next(e.seq))).flatten();
-    let items: Vec<serde_json::Value> = entries
-        .iter()
+    let items = entries
+        .into_iter()
         .map(|e| {
-            let mut item = serde_json::json!({
-                "seq": e.seq,
-                "kind": e.kind,
-                "recorded_at": e.recorded_at,
-                "patient_id": e.patient_id,
-                "user_id": e.user_id,
-                "action": e.action,
-            });
-            if e.kind == "access" {
-                for key in [
-                    "roles",
-                    "organization",
-                    "purpose",
-                    "outcome",
-                    "emergency_reason",
-                    "request_id",
-                ] {
-                    if let Some(v) = e.detail.get(key) {
-                        item[key] = v.clone();
-                    }
-                }
+            let (kind, access, detail) = if e.kind == "access" {
+                let access = serde_json::from_value(e.detail)
+                    .map_err(|e| ApiError::Internal(Box::new(e)))?;
+                (EntryKind::Access, Some(access), None)
             } else {
-                item["detail"] = e.detail.clone();
-            }
-            item
+                (EntryKind::Event, None, Some(e.detail))
+            };
+            Ok(AuditEntryAnswer {
+                seq: e.seq,
+                kind,
+                recorded_at: e.recorded_at,
+                patient_id: e.patient_id,
+                user_id: e.user_id,
+                action: e.action,
+                access,
+                detail,
+            })
         })
-        .collect();
-    serde_json::json!({ "items": items, "next": next })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(AuditPage { items, next })
 }

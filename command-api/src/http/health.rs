@@ -11,7 +11,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Json;
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::Serialize;
 
 use crate::http::openapi::{self as doc, Routes};
 use std::time::Duration;
@@ -38,65 +39,100 @@ impl Duties {
     }
 }
 
+/// What a health check answers.
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "HealthReport")]
+struct Report {
+    status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<Reason>,
+    /// The readers that are stuck: `relay default`, `read model patient_search`, ...
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stuck: Vec<String>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+#[schemars(rename = "HealthStatus")]
+enum Status {
+    Live,
+    Ready,
+    #[serde(rename = "not ready")]
+    NotReady,
+}
+
+/// Why a process is not ready.
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "NotReadyReason")]
+enum Reason {
+    #[serde(rename = "stuck")]
+    Stuck,
+    #[serde(rename = "database unreachable")]
+    DatabaseUnreachable,
+    #[serde(rename = "migrations pending")]
+    MigrationsPending,
+}
+
+impl Report {
+    fn is(status: Status) -> Json<Self> {
+        Json(Self {
+            status,
+            reason: None,
+            stuck: Vec::new(),
+        })
+    }
+
+    fn not_ready(reason: Reason, stuck: Vec<String>) -> (StatusCode, Json<Self>) {
+        let report = Self {
+            status: Status::NotReady,
+            reason: Some(reason),
+            stuck,
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(report))
+    }
+}
+
 pub fn router() -> Routes {
-    let report = json!({
-        "type": "object",
-        "required": ["status"],
-        "properties": { "status": { "type": "string" }, "reason": { "type": "string" } },
-    });
     Routes::new()
         .route(
             "/health/live",
             get(live),
-            [doc::get("Liveness: the process answers").answers_as(
-                200,
-                "Live",
-                "application/json",
-                report.clone(),
-            )],
+            [doc::get("Liveness: the process answers")
+                .answers(200, "Live")
+                .returns::<Report>()],
         )
         .route(
             "/health/ready",
             get(ready),
             [
                 doc::get("Readiness: the database answers and every migration is applied")
-                    .answers_as(200, "Ready", "application/json", report.clone())
-                    .also_answers_as(503, "Not ready, and why", "application/json", report),
+                    .answers(200, "Ready")
+                    .returns::<Report>()
+                    .also_returns::<Report>(503, "Not ready, and why"),
             ],
         )
 }
 
-async fn live() -> Json<Value> {
-    Json(json!({ "status": "live" }))
+async fn live() -> Json<Report> {
+    Report::is(Status::Live)
 }
 
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Report>) {
+    let ready = (StatusCode::OK, Report::is(Status::Ready));
     match crate::startup::migrations_applied(&state.pool).await {
-        Ok(true) if !state.duties.any() => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Ok(true) if !state.duties.any() => ready,
         Ok(true) => match stuck(&state).await {
-            Ok(stuck) if stuck.is_empty() => (StatusCode::OK, Json(json!({ "status": "ready" }))),
-            Ok(stuck) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "not ready", "reason": "stuck", "stuck": stuck })),
-            ),
+            Ok(stuck) if stuck.is_empty() => ready,
+            Ok(stuck) => Report::not_ready(Reason::Stuck, stuck),
             Err(e) => {
                 tracing::warn!(error.message = %e, "readiness check failed");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({ "status": "not ready", "reason": "database unreachable" })),
-                )
+                Report::not_ready(Reason::DatabaseUnreachable, Vec::new())
             }
         },
-        Ok(false) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not ready", "reason": "migrations pending" })),
-        ),
+        Ok(false) => Report::not_ready(Reason::MigrationsPending, Vec::new()),
         Err(e) => {
             tracing::warn!(error.message = %e, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "not ready", "reason": "database unreachable" })),
-            )
+            Report::not_ready(Reason::DatabaseUnreachable, Vec::new())
         }
     }
 }

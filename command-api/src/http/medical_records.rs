@@ -29,12 +29,16 @@ use axum::routing::{get, post};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use domain::medical_record::items::DocumentContent;
-use domain::medical_record::{Item, ItemContent, ItemId, ItemKind, MedicalRecord};
+use domain::medical_record::{
+    AcknowledgedWarning, ErrorMark, Item, ItemContent, ItemId, ItemKind, MedicalRecord,
+};
 use domain::patient::PatientId;
 use domain::{FieldError, FieldErrors};
 use event_store::command::CommandMetadata;
 use futures::future::BoxFuture;
 use projections::medical_records::{self as read_model, Criteria};
+use schemars::JsonSchema;
+use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -45,7 +49,7 @@ use crate::http::input;
 use crate::http::openapi::{self as doc, Kind, Routes};
 use crate::http::params::{url_encode, whole_number};
 use crate::http::patient_commands::{metadata, CommandRequest};
-use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
+use crate::http::{etag, if_match, ApiError, AppState, Items, RequestContext};
 
 /// The path segment of each kind.
 const KINDS: [(&str, ItemKind); 9] = [
@@ -116,26 +120,29 @@ pub fn router(document_limit: usize) -> Routes {
                 [
                     item("The patient's items of this kind")
                         .query(&[("include_entered_in_error", Kind::Flag, false)])
-                        .answers(200, "The items"),
+                        .answers(200, "The items")
+                        .returns::<Items<ItemAnswer>>(),
                     record
                         .needs(Action::WriteMedicalRecord)
                         .idempotent()
-                        .answers(201, "Recorded"),
+                        .answers(201, "Recorded")
+                        .returns::<ItemAnswer>(),
                 ],
             )
             .route(
                 &format!("{base}/{{item}}"),
                 get(move |s, u, p, q| read(s, u, p, q, kind)).put(move |s, r| revise(s, r, kind)),
                 [
-                    item("An item, current or as it was at an instant").query(&[(
-                        "as_of",
-                        Kind::Instant,
-                        false,
-                    )]),
+                    item("An item, current or as it was at an instant")
+                        .query(&[("as_of", Kind::Instant, false)])
+                        .answers(200, "The item as it is now, its version in `ETag`")
+                        .returns::<ItemAnswer>()
+                        .also_returns::<VersionAnswer>(200, "the version it had at `as_of`"),
                     doc::put("Revise an item (`reason` required)")
                         .needs(Action::WriteMedicalRecord)
                         .body_as("application/json", schema)
-                        .change(),
+                        .change()
+                        .returns::<ItemAnswer>(),
                 ],
             )
             .route(
@@ -144,18 +151,22 @@ pub fn router(document_limit: usize) -> Routes {
                 [doc::post("Mark an item entered in error")
                     .needs(Action::WriteMedicalRecord)
                     .body::<input::patient::ReasonBody>()
-                    .change()],
+                    .change()
+                    .returns::<ItemAnswer>()],
             )
             .route(
                 &format!("{base}/{{item}}/versions"),
                 get(move |s, u, p| versions(s, u, p, kind)),
-                [item("Every version of an item: who, when, why").answers(200, "The versions")],
+                [item("Every version of an item: who, when, why")
+                    .answers(200, "The versions")
+                    .returns::<VersionsAnswer>()],
             )
             .route(
                 &format!("{base}/{{item}}/versions/{{n}}"),
                 get(move |s, u, p| version(s, u, p, kind)),
                 [item("One version of an item")
-                    .path_param("n", json!({ "type": "integer", "minimum": 1 }))],
+                    .path_param("n", json!({ "type": "integer", "minimum": 1 }))
+                    .returns::<VersionAnswer>()],
             )
             .route(
                 &format!("{base}/{{item}}/diff"),
@@ -166,7 +177,8 @@ pub fn router(document_limit: usize) -> Routes {
                             ("from", Kind::Whole(1, i64::from(i32::MAX)), true),
                             ("to", Kind::Whole(1, i64::from(i32::MAX)), true),
                         ])
-                        .answers(200, "The patch"),
+                        .answers(200, "The patch")
+                        .returns_as::<Vec<PatchOperation>>("application/json-patch+json"),
                 ],
             );
     }
@@ -188,7 +200,8 @@ pub fn router(document_limit: usize) -> Routes {
             get(summary),
             [
                 doc::get("Every standing item of a patient's medical record")
-                    .needs(Action::ReadMedicalRecord),
+                    .needs(Action::ReadMedicalRecord)
+                    .returns::<RecordSummary>(),
             ],
         )
         .route(
@@ -202,7 +215,8 @@ pub fn router(document_limit: usize) -> Routes {
                         ("kind", Kind::Text, false),
                         ("limit", Kind::Whole(1, MAX_LIMIT), false),
                     ])
-                    .answers(200, "The hits, best first"),
+                    .answers(200, "The hits, best first")
+                    .returns::<Items<TextHitAnswer>>(),
             ],
         )
         .route(
@@ -220,7 +234,8 @@ pub fn router(document_limit: usize) -> Routes {
                     ("after", Kind::Text, false),
                     ("limit", Kind::Whole(1, MAX_LIMIT), false),
                 ])
-                .answers(200, "A page of items")],
+                .answers(200, "A page of items")
+                .returns::<ItemPageAnswer>()],
         )
 }
 
@@ -236,50 +251,68 @@ fn path_param<'a>(params: &'a HashMap<String, String>, key: &str) -> &'a str {
     params.get(key).map_or("", String::as_str)
 }
 
-/// An item as the API answers it: its data, with id, kind, version and marks.
-fn resource(patient: PatientId, item: &Item) -> Value {
-    let mut value = serde_json::to_value(&item.content).unwrap_or_else(|_| json!({}));
-    if let Some(object) = value.as_object_mut() {
-        object.insert("item_id".into(), json!(item.item_id));
-        object.insert("patient_id".into(), json!(patient));
-        object.insert("version".into(), json!(item.version));
-        if !item.acknowledged_warnings.is_empty() {
-            object.insert(
-                "acknowledged_warnings".into(),
-                json!(item.acknowledged_warnings),
-            );
-        }
-        if let Some(mark) = &item.entered_in_error {
-            object.insert(
-                "entered_in_error".into(),
-                json!({ "reason": mark.reason.as_str(), "at": mark.at }),
-            );
-        }
-        object.insert("recorded_at".into(), json!(item.recorded_at));
-        object.insert("updated_at".into(), json!(item.updated_at));
-        object.insert(
-            "href".into(),
-            json!(format!(
-                "/v1/patients/{patient}/{}/{}",
-                segment(item.content.kind()),
-                item.item_id
-            )),
-        );
+/// An item as the API answers it: its data (`kind` and the kind's fields), with ids, version
+/// and marks.
+#[derive(Serialize, JsonSchema)]
+struct ItemAnswer<'a> {
+    #[serde(flatten)]
+    content: &'a ItemContent,
+    item_id: ItemId,
+    patient_id: PatientId,
+    version: u32,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    acknowledged_warnings: &'a [AcknowledgedWarning],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entered_in_error: Option<&'a ErrorMark>,
+    recorded_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    href: String,
+    /// An active allergy's answer when it is recorded or changed: the current medications its
+    /// substance is named in, for the clinician to review.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    medication_warnings: Vec<MedicationWarning>,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct MedicationWarning {
+    medication_id: ItemId,
+}
+
+fn resource(patient: PatientId, item: &Item) -> ItemAnswer<'_> {
+    ItemAnswer {
+        content: &item.content,
+        item_id: item.item_id,
+        patient_id: patient,
+        version: item.version,
+        acknowledged_warnings: &item.acknowledged_warnings,
+        entered_in_error: item.entered_in_error.as_ref(),
+        recorded_at: item.recorded_at,
+        updated_at: item.updated_at,
+        href: format!(
+            "/v1/patients/{patient}/{}/{}",
+            segment(item.content.kind()),
+            item.item_id
+        ),
+        medication_warnings: Vec::new(),
     }
-    value
 }
 
 fn item_response(status: StatusCode, patient: PatientId, item: &Item) -> Response {
-    let mut response = (status, Json(resource(patient, item))).into_response();
+    answer_item(status, resource(patient, item))
+}
+
+fn answer_item(status: StatusCode, body: ItemAnswer<'_>) -> Response {
+    let (patient, item_id, version) = (body.patient_id, body.item_id, body.version);
+    let kind = body.content.kind();
+    let mut response = (status, Json(body)).into_response();
     let headers = response.headers_mut();
-    if let Ok(tag) = HeaderValue::from_str(&etag(u64::from(item.version))) {
+    if let Ok(tag) = HeaderValue::from_str(&etag(u64::from(version))) {
         headers.insert(header::ETAG, tag);
     }
     if status == StatusCode::CREATED {
         if let Ok(location) = HeaderValue::from_str(&format!(
-            "/v1/patients/{patient}/{}/{}",
-            segment(item.content.kind()),
-            item.item_id
+            "/v1/patients/{patient}/{}/{item_id}",
+            segment(kind),
         )) {
             headers.insert(header::LOCATION, location);
         }
@@ -315,12 +348,7 @@ fn replay<'a>(
             .ok_or(ApiError::NotFound)?;
         let item_id = item_id(stored.item_id.unwrap_or_default())?;
         let item = record.item(item_id).ok_or(ApiError::NotFound)?;
-        Ok(with_medication_warnings(
-            item_response(stored.status, id, item),
-            id,
-            &record,
-            item,
-        ))
+        Ok(with_medication_warnings(stored.status, id, &record, item))
     })
 }
 
@@ -328,29 +356,22 @@ fn replay<'a>(
 /// names, in `medication_warnings`, the current medications its substance is named in, for
 /// the clinician to review.
 fn with_medication_warnings(
-    response: Response,
+    status: StatusCode,
     patient: PatientId,
     record: &MedicalRecord,
     item: &Item,
 ) -> Response {
-    let ItemContent::Allergy(allergy) = &item.content else {
-        return response;
-    };
-    if !allergy.is_active() || item.entered_in_error.is_some() {
-        return response;
-    }
-    let named = record.medications_named_by(allergy);
-    if named.is_empty() {
-        return response;
-    }
-    let (mut parts, _) = response.into_parts();
     let mut body = resource(patient, item);
-    body["medication_warnings"] = json!(named
-        .iter()
-        .map(|m| json!({ "medication_id": m }))
-        .collect::<Vec<_>>());
-    parts.headers.remove(header::CONTENT_LENGTH);
-    (parts, Json(body)).into_response()
+    if let ItemContent::Allergy(allergy) = &item.content {
+        if allergy.is_active() && item.entered_in_error.is_none() {
+            body.medication_warnings = record
+                .medications_named_by(allergy)
+                .into_iter()
+                .map(|medication_id| MedicationWarning { medication_id })
+                .collect();
+        }
+    }
+    answer_item(status, body)
 }
 
 /// Answers a change of item `item_id`: the item as the record has it after the change.
@@ -361,12 +382,7 @@ fn changed(
     item_id: ItemId,
 ) -> Result<Response, ApiError> {
     let item = record.item(item_id).ok_or(ApiError::NotFound)?;
-    Ok(with_medication_warnings(
-        item_response(status, id, item),
-        id,
-        record,
-        item,
-    ))
+    Ok(with_medication_warnings(status, id, record, item))
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %req.user.id, patient_id))]
@@ -716,12 +732,9 @@ async fn list(
         }
     };
     errors.into_result().map_err(ApiError::InvalidParameters)?;
-    let items: Vec<Value> = records::list(state.services(), &user, (id, kind), include_errors)
-        .await?
-        .iter()
-        .map(|i| resource(id, i))
-        .collect();
-    Ok(Json(json!({ "items": items })).into_response())
+    let found = records::list(state.services(), &user, (id, kind), include_errors).await?;
+    let items = found.iter().map(|i| resource(id, i)).collect();
+    Ok(Json(Items { items }).into_response())
 }
 
 /// `GET /v1/patients/{id}/medical-record`: every standing item, by kind.
@@ -734,18 +747,123 @@ async fn summary(
     let id = patient_id(path_param(&params, "id"))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let (record, version) = records::summary(state.services(), &user, id).await?;
-    let mut body = serde_json::Map::new();
-    for (segment, kind) in KINDS {
-        let items: Vec<Value> = record
+    let standing = |kind: ItemKind| -> Vec<ItemAnswer<'_>> {
+        record
             .items()
             .filter(|i| i.content.kind() == kind && i.entered_in_error.is_none())
             .map(|i| resource(id, i))
-            .collect();
-        body.insert(segment.to_owned(), Value::Array(items));
-    }
-    body.insert("patient_id".into(), json!(id));
-    body.insert("version".into(), json!(version));
-    Ok(Json(Value::Object(body)).into_response())
+            .collect()
+    };
+    Ok(Json(RecordSummary {
+        patient_id: id,
+        version,
+        allergies: standing(ItemKind::Allergy),
+        medications: standing(ItemKind::Medication),
+        immunizations: standing(ItemKind::Immunization),
+        problems: standing(ItemKind::Problem),
+        history: standing(ItemKind::History),
+        documents: standing(ItemKind::Document),
+        observations: standing(ItemKind::Observation),
+        procedures: standing(ItemKind::Procedure),
+        encounters: standing(ItemKind::Encounter),
+    })
+    .into_response())
+}
+
+/// Every standing item of a patient's medical record (none entered in error), by kind: each
+/// field is named as the kind's path segment ([`KINDS`]).
+#[derive(Serialize, JsonSchema)]
+struct RecordSummary<'a> {
+    patient_id: PatientId,
+    version: u64,
+    allergies: Vec<ItemAnswer<'a>>,
+    medications: Vec<ItemAnswer<'a>>,
+    immunizations: Vec<ItemAnswer<'a>>,
+    problems: Vec<ItemAnswer<'a>>,
+    history: Vec<ItemAnswer<'a>>,
+    documents: Vec<ItemAnswer<'a>>,
+    observations: Vec<ItemAnswer<'a>>,
+    procedures: Vec<ItemAnswer<'a>>,
+    encounters: Vec<ItemAnswer<'a>>,
+}
+
+/// One version of an item, from the versions read model.
+#[derive(Serialize, JsonSchema)]
+struct VersionAnswer {
+    patient_id: PatientId,
+    item_id: ItemId,
+    kind: ItemKind,
+    version: i32,
+    event_type: String,
+    changed_at: DateTime<Utc>,
+    changed_by: Option<String>,
+    reason: Option<String>,
+    /// The item as it stood after this version: its `kind` and the kind's fields, as the
+    /// item's own answer has them.
+    item: Value,
+    /// The instant asked for, when the version was read as it stood then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    as_of: Option<DateTime<Utc>>,
+}
+
+/// Every version of an item, oldest first.
+#[derive(Serialize, JsonSchema)]
+struct VersionsAnswer {
+    item_id: ItemId,
+    kind: ItemKind,
+    versions: Vec<VersionAnswer>,
+}
+
+/// One operation of an RFC 6902 JSON Patch, as `json_patch::diff` writes them.
+#[derive(Serialize, JsonSchema)]
+#[allow(dead_code)] // Describes the answer `json_patch` serializes; never built here.
+struct PatchOperation {
+    op: PatchOp,
+    /// A JSON Pointer (RFC 6901) into the item.
+    path: String,
+    /// The source of `move` and `copy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
+    /// The value of `add`, `replace` and `test`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<Value>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum PatchOp {
+    Add,
+    Remove,
+    Replace,
+    Move,
+    Copy,
+    Test,
+}
+
+/// A full-text hit in a patient's record.
+#[derive(Serialize, JsonSchema)]
+struct TextHitAnswer {
+    item_id: Uuid,
+    kind: String,
+    title: String,
+    rank: f32,
+    /// Fragments of the text around the matched words, each match wrapped in `<mark>`; the
+    /// rest of the text is HTML-escaped.
+    highlights: Vec<String>,
+    href: String,
+}
+
+/// A page of items across patients.
+#[derive(Serialize, JsonSchema)]
+struct ItemPageAnswer {
+    items: Vec<read_model::ItemHit>,
+    /// Scanned as far as one request may without filling the page: narrow the criteria.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    incomplete: bool,
+    /// The next page, while there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 /// `GET {kind}/{item}`: the item now, from the event store, with its `ETag`; with
@@ -769,7 +887,7 @@ async fn read(
     if let Some(as_of) = as_of {
         let version = records::item_as_of(services, &user, (id, kind, item_id), as_of).await?;
         let mut body = version_body(id, kind, item_id, version);
-        body["as_of"] = json!(as_of);
+        body.as_of = Some(as_of);
         return Ok(Json(body).into_response());
     }
     let item = records::item(services, &user, (id, kind, item_id)).await?;
@@ -781,18 +899,19 @@ fn version_body(
     kind: ItemKind,
     item_id: ItemId,
     version: read_model::Version,
-) -> Value {
-    json!({
-        "patient_id": id,
-        "item_id": item_id,
-        "kind": kind.code(),
-        "version": version.version,
-        "event_type": version.event_type,
-        "changed_at": version.changed_at,
-        "changed_by": version.changed_by,
-        "reason": version.reason,
-        "item": version.item,
-    })
+) -> VersionAnswer {
+    VersionAnswer {
+        patient_id: id,
+        item_id,
+        kind,
+        version: version.version,
+        event_type: version.event_type,
+        changed_at: version.changed_at,
+        changed_by: version.changed_by,
+        reason: version.reason,
+        item: version.item,
+        as_of: None,
+    }
 }
 
 async fn load_versions(
@@ -819,14 +938,16 @@ async fn versions(
 ) -> Result<Response, ApiError> {
     let (id, item_id, versions) =
         load_versions(&state, &user, &params, kind, "medical-record-versions").await?;
-    let versions: Vec<Value> = versions
+    let versions = versions
         .into_iter()
         .map(|v| version_body(id, kind, item_id, v))
         .collect();
-    Ok(
-        Json(json!({ "item_id": item_id, "kind": kind.code(), "versions": versions }))
-            .into_response(),
-    )
+    Ok(Json(VersionsAnswer {
+        item_id,
+        kind,
+        versions,
+    })
+    .into_response())
 }
 
 /// `GET {kind}/{item}/versions/{n}`.
@@ -930,26 +1051,23 @@ async fn search_text(
     let limit: i64 = whole_number(&query, "limit", 20, 1..=MAX_LIMIT, &mut errors);
     errors.into_result().map_err(ApiError::InvalidParameters)?;
     let hits = records::search_text(state.services(), &user, id, (q, kind, limit)).await?;
-    let items: Vec<Value> = hits
+    let items = hits
         .into_iter()
-        .map(|h| {
-            let href = format!(
+        .map(|h| TextHitAnswer {
+            href: format!(
                 "/v1/patients/{}/{}/{}",
                 h.patient_id,
                 ItemKind::parse("kind", &h.kind).map_or("items", segment),
                 h.item_id
-            );
-            json!({
-                "item_id": h.item_id,
-                "kind": h.kind,
-                "title": h.title,
-                "rank": h.rank,
-                "highlights": h.highlights,
-                "href": href,
-            })
+            ),
+            item_id: h.item_id,
+            kind: h.kind,
+            title: h.title,
+            rank: h.rank,
+            highlights: h.highlights,
         })
         .collect();
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(Items { items }).into_response())
 }
 
 /// `GET /v1/medical-records/search?kind=allergy&code=...`: items across patients by coded
@@ -1041,24 +1159,23 @@ async fn search_items(
         next,
         incomplete,
     } = records::search_items(state.services(), &user, criteria).await?;
-    let next = next.map(|(patient, item)| format!("{patient},{item}"));
-    let mut body = json!({ "items": hits });
-    if incomplete {
-        // Scanned as far as one request may without filling the page: narrow the criteria.
-        body["incomplete"] = json!(true);
-    }
-    if let Some(next) = next {
+    let next = next.map(|(patient, item)| {
         let mut query_string: Vec<String> = query
             .iter()
             .filter(|(k, _)| k.as_str() != "after")
             .map(|(k, v)| format!("{k}={}", url_encode(v)))
             .collect();
         query_string.sort();
-        query_string.push(format!("after={}", url_encode(&next)));
-        body["next"] = json!(format!(
-            "/v1/medical-records/search?{}",
-            query_string.join("&")
+        query_string.push(format!(
+            "after={}",
+            url_encode(&format!("{patient},{item}"))
         ));
-    }
-    Ok(Json(body).into_response())
+        format!("/v1/medical-records/search?{}", query_string.join("&"))
+    });
+    Ok(Json(ItemPageAnswer {
+        items: hits,
+        incomplete,
+        next,
+    })
+    .into_response())
 }

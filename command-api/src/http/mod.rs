@@ -49,6 +49,13 @@ pub use problem::{ApiError, Problem, PROBLEM_JSON};
 pub use application::clock::{system_clock, Clock};
 use application::services::Services;
 
+/// A list answered whole: `{"items": [...]}`.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+#[schemars(rename = "ItemsOf{T}")]
+pub struct Items<T> {
+    pub items: Vec<T>,
+}
+
 /// What every handler can reach: the application layer's [`Services`] (reached through
 /// `Deref`: `state.pool`, `state.store`, ...), and what only the transport needs.
 #[derive(Clone)]

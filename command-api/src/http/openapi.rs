@@ -12,6 +12,7 @@
 use axum::http::Method;
 use axum::routing::MethodRouter;
 use axum::Router;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
 use crate::auth::{policy, Action, Role};
@@ -128,11 +129,39 @@ pub struct Operation {
     body: Option<(&'static str, Value)>,
     query: Vec<Param>,
     path_params: Vec<(&'static str, Value)>,
-    answer: (u16, &'static str, Option<(&'static str, Value)>),
-    /// Other answers: status, description, content type and schema.
-    also: Vec<(u16, &'static str, &'static str, Value)>,
+    /// The answer when it succeeds: status, description and body (`None` until described).
+    answer: (u16, &'static str, Option<Shape>),
+    /// Other answers: status, description and body.
+    also: Vec<(u16, &'static str, Shape)>,
     if_match: bool,
     idempotent: bool,
+}
+
+/// The body of an answer.
+#[derive(Debug, Clone)]
+enum Shape {
+    /// No body.
+    Empty,
+    /// Of a content type, shaped as a schema.
+    Schema(&'static str, Value),
+    /// Of a content type, the type a handler serializes: its schema (its named parts in the
+    /// document's components) is generated when the document is.
+    Typed(&'static str, fn(&mut SchemaGenerator) -> Schema),
+}
+
+impl Shape {
+    fn typed<T: JsonSchema>(content_type: &'static str) -> Self {
+        Self::Typed(content_type, |generator| generator.subschema_for::<T>())
+    }
+
+    /// The content type and schema, unless there is no body.
+    fn content(&self, generator: &mut SchemaGenerator) -> Option<(&'static str, Value)> {
+        match self {
+            Self::Empty => None,
+            Self::Schema(content_type, schema) => Some((content_type, schema.clone())),
+            Self::Typed(content_type, schema) => Some((content_type, schema(generator).to_value())),
+        }
+    }
 }
 
 fn operation(method: Method, summary: &'static str) -> Operation {
@@ -217,10 +246,25 @@ impl Operation {
         self
     }
 
-    /// Answers `status` with a JSON object when it succeeds.
+    /// Answers `status` when it succeeds, with the body [`Operation::returns`] names.
     #[must_use]
     pub fn answers(mut self, status: u16, description: &'static str) -> Self {
-        self.answer = (status, description, None);
+        self.answer.0 = status;
+        self.answer.1 = description;
+        self
+    }
+
+    /// Answers with a `T` as JSON when it succeeds: the schema of the very type the handler
+    /// serializes, so the description cannot drift from the answer.
+    #[must_use]
+    pub fn returns<T: JsonSchema>(self) -> Self {
+        self.returns_as::<T>("application/json")
+    }
+
+    /// Answers with a `T` as `content_type` (a JSON type) when it succeeds.
+    #[must_use]
+    pub fn returns_as<T: JsonSchema>(mut self, content_type: &'static str) -> Self {
+        self.answer.2 = Some(Shape::typed::<T>(content_type));
         self
     }
 
@@ -233,35 +277,26 @@ impl Operation {
         content_type: &'static str,
         schema: Value,
     ) -> Self {
-        self.answer = (status, description, Some((content_type, schema)));
+        self.answer = (
+            status,
+            description,
+            Some(Shape::Schema(content_type, schema)),
+        );
         self
     }
 
-    /// May also answer `status` with a JSON object when it succeeds.
+    /// May also answer `status` with a `T` as JSON when it succeeds.
     #[must_use]
-    pub fn also_answers(self, status: u16, description: &'static str) -> Self {
-        let object = json!({ "type": "object" });
-        self.also_answers_as(status, description, "application/json", object)
-    }
-
-    /// May also answer `status` with a body of `content_type` shaped as `schema` (an answer
-    /// other than a problem: an OAuth error, a readiness report).
-    #[must_use]
-    pub fn also_answers_as(
-        mut self,
-        status: u16,
-        description: &'static str,
-        content_type: &'static str,
-        schema: Value,
-    ) -> Self {
-        self.also.push((status, description, content_type, schema));
+    pub fn also_returns<T: JsonSchema>(mut self, status: u16, description: &'static str) -> Self {
+        let shape = Shape::typed::<T>("application/json");
+        self.also.push((status, description, shape));
         self
     }
 
     /// Answers `status` with no body when it succeeds.
     #[must_use]
     pub fn answers_nothing(mut self, status: u16, description: &'static str) -> Self {
-        self.answer = (status, description, Some(("", Value::Null)));
+        self.answer = (status, description, Some(Shape::Empty));
         self
     }
 
@@ -397,6 +432,12 @@ pub const PROBLEM_TYPES: &[(u16, &str, &str)] = &[
         "break-the-glass asked for more patients than allowed an hour",
     ),
     (
+        500,
+        "internal",
+        "the service failed (a stored event it cannot trust, say): `x-request-id` names it in \
+         the logs",
+    ),
+    (
         503,
         "overloaded",
         "more requests in flight than taken at once: retry after `Retry-After`",
@@ -413,7 +454,7 @@ pub const PROBLEM_TYPES: &[(u16, &str, &str)] = &[
 fn problem_statuses(op: &Operation) -> Vec<u16> {
     let path = op.path.as_deref().unwrap_or_default();
     let writes = op.method != Method::GET;
-    let mut statuses = vec![503];
+    let mut statuses = vec![500, 503];
     if !matches!(op.caller, Caller::Anyone) {
         statuses.push(401);
     }
@@ -452,7 +493,8 @@ fn problem_description(status: u16) -> String {
 }
 
 /// Adds an answer to `responses`; a status answered already gains the content type (its
-/// descriptions joined).
+/// descriptions joined), or, answered with that content type already, the schema as another
+/// shape the body may take.
 fn add_response(
     responses: &mut Map<String, Value>,
     status: u16,
@@ -468,7 +510,11 @@ fn add_response(
     };
     response["description"] = json!(joined);
     if let Some((content_type, schema)) = content {
-        response["content"][content_type] = json!({ "schema": schema });
+        let slot = &mut response["content"][content_type]["schema"];
+        *slot = match slot.take() {
+            Value::Null => schema,
+            before => json!({ "anyOf": [before, schema] }),
+        };
     }
 }
 
@@ -489,7 +535,7 @@ fn path_parameters(op: &Operation) -> Vec<Value> {
         .collect()
 }
 
-fn describe(op: &Operation) -> Value {
+fn describe(op: &Operation, generator: &mut SchemaGenerator) -> Value {
     let mut parameters = path_parameters(op);
     parameters.extend(op.query.iter().map(|(name, kind, required)| {
         json!({ "name": name, "in": "query", "required": required, "schema": kind.schema() })
@@ -508,19 +554,16 @@ fn describe(op: &Operation) -> Value {
             "schema": { "type": "string", "minLength": 1, "maxLength": 255 },
         }));
     }
-    let (status, description, content) = &op.answer;
-    let (content_type, schema) = content
-        .clone()
-        .unwrap_or(("application/json", json!({ "type": "object" })));
+    let (status, description, shape) = &op.answer;
+    let Some(shape) = shape else {
+        let (method, path) = op.method_and_path();
+        panic!("{method} {path} answers undescribed: name its type with `returns`");
+    };
     let mut responses = Map::new();
-    add_response(
-        &mut responses,
-        *status,
-        description,
-        Some((content_type, schema)).filter(|(t, _)| !t.is_empty()),
-    );
-    for (status, description, content_type, schema) in &op.also {
-        let content = Some((*content_type, schema.clone()));
+    let content = shape.content(generator);
+    add_response(&mut responses, *status, description, content);
+    for (status, description, shape) in &op.also {
+        let content = shape.content(generator);
         add_response(&mut responses, *status, description, content);
     }
     for status in problem_statuses(op) {
@@ -621,12 +664,24 @@ fn problem_schema() -> Value {
 
 /// The OpenAPI 3.1 document of `operations`.
 fn document(operations: &[Operation]) -> Value {
+    // One generator for every answer, so that a type answered by many operations is described
+    // once, in the components, under a name of its own.
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12()
+        .for_serialize()
+        .with(|s| s.definitions_path = "/components/schemas/".into())
+        .into_generator();
     let mut paths = Map::new();
     for op in operations {
         let path = op.path.clone().unwrap_or_default();
         let item = paths.entry(path).or_insert_with(|| json!({}));
-        item[op.method.as_str().to_ascii_lowercase()] = describe(op);
+        item[op.method.as_str().to_ascii_lowercase()] = describe(op, &mut generator);
     }
+    let mut schemas: Map<String, Value> = generator.take_definitions(true);
+    let named_twice = schemas.insert("Problem".into(), problem_schema());
+    assert!(
+        named_twice.is_none(),
+        "an answer type is named Problem, as RFC 9457's problem is: rename its schema"
+    );
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -648,7 +703,7 @@ fn document(operations: &[Operation]) -> Value {
                     "description": "A JWT naming the caller's role (`role`), organization and session",
                 },
             },
-            "schemas": { "Problem": problem_schema() },
+            "schemas": schemas,
         },
     })
 }

@@ -11,6 +11,7 @@ use domain::patient::{Patient, PatientCommand, PatientId, Reason};
 use event_store::command::CommandMetadata;
 use event_store::idempotency::Reservation;
 use futures::future::BoxFuture;
+use schemars::JsonSchema;
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -20,8 +21,35 @@ use crate::http::json::JsonObject;
 use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
 use application::reach::changeable_by;
 
+/// A patient as the API answers them: their record, or what is left of them once forgotten.
+#[derive(Serialize, JsonSchema)]
+#[serde(untagged)]
+pub(super) enum PatientAnswer {
+    Record(Box<PatientResource>),
+    Forgotten(ForgottenPatient),
+}
+
+/// What is left of an erased patient: the fact, without any of their data.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct ForgottenPatient {
+    status: Forgotten,
+    /// Why they were forgotten: `erasure-request`, `retention-expired`, ...
+    reason: &'static str,
+    /// The request or decision that asked for it.
+    reference: Option<String>,
+    forgotten_at: chrono::DateTime<chrono::Utc>,
+    version: u64,
+}
+
+/// The one status of a forgotten patient.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Forgotten {
+    Forgotten,
+}
+
 /// A patient as the API shows them.
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 pub(super) struct PatientResource {
     id: uuid::Uuid,
     mrn: String,
@@ -45,15 +73,21 @@ pub(super) struct PatientResource {
     consents: Vec<domain::patient::governance::Consent>,
     /// Present while the record is on legal hold (it cannot be erased).
     #[serde(skip_serializing_if = "Option::is_none")]
-    legal_hold: Option<serde_json::Value>,
+    legal_hold: Option<LegalHold>,
     emergency_contacts: Vec<domain::patient::record::EmergencyContact>,
     coverages: Vec<domain::patient::record::Coverage>,
     status: &'static str,
     version: u64,
 }
 
+/// Why a record is on legal hold.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct LegalHold {
+    reason: String,
+}
+
 /// A link to another patient.
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 pub(super) struct Link {
     id: uuid::Uuid,
     href: String,
@@ -69,14 +103,14 @@ impl Link {
 }
 
 /// An identifier as shown: national identifiers masked but for their last four characters.
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 pub(super) struct IdentifierResource {
     system: String,
     value: String,
     national: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 pub(super) struct NameResource {
     given: Vec<String>,
     family: String,
@@ -131,7 +165,9 @@ pub(super) fn resource(patient: &Patient, version: u64) -> Result<PatientResourc
             .governance
             .legal_hold
             .as_ref()
-            .map(|reason| serde_json::json!({ "reason": reason.as_str() })),
+            .map(|reason| LegalHold {
+                reason: reason.as_str().to_owned(),
+            }),
         emergency_contacts: record.emergency_contacts.clone(),
         coverages: record.coverages.clone(),
         status: record.status.code(),
@@ -145,27 +181,24 @@ pub(super) fn respond(
     version: u64,
 ) -> Result<Response, ApiError> {
     if let Some(forgotten) = patient.forgotten() {
-        // What is left of an erased patient: the fact, without any of their data.
-        return Ok((
-            status,
-            Json(serde_json::json!({
-                "status": "forgotten",
-                "reason": forgotten.reason.code(),
-                "reference": forgotten.reference.as_ref().map(|r| r.as_str()),
-                "forgotten_at": forgotten.forgotten_at,
-                "version": version,
-            })),
-        )
-            .into_response());
+        let body = PatientAnswer::Forgotten(ForgottenPatient {
+            status: Forgotten::Forgotten,
+            reason: forgotten.reason.code(),
+            reference: forgotten.reference.as_ref().map(|r| r.as_str().to_owned()),
+            forgotten_at: forgotten.forgotten_at,
+            version,
+        });
+        return Ok((status, Json(body)).into_response());
     }
     let body = resource(patient, version)?;
-    let mut response = (status, Json(&body)).into_response();
+    let location = format!("/v1/patients/{}", body.id);
+    let mut response = (status, Json(PatientAnswer::Record(Box::new(body)))).into_response();
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&etag(version)) {
         headers.insert(header::ETAG, value);
     }
     if status == StatusCode::CREATED {
-        if let Ok(value) = HeaderValue::from_str(&format!("/v1/patients/{}", body.id)) {
+        if let Ok(value) = HeaderValue::from_str(&location) {
             headers.insert(header::LOCATION, value);
         }
     }

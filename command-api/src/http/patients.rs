@@ -15,6 +15,7 @@ use domain::patient::{
 use domain::FieldErrors;
 use event_store::command::CommandMetadata;
 use projections::patient_search::{self, Criteria};
+use schemars::JsonSchema;
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -25,7 +26,7 @@ use crate::http::json::JsonObject;
 use crate::http::openapi::{self as doc, Kind, Param, Routes};
 use crate::http::params::{url_encode, whole_number};
 use crate::http::patient_commands::{
-    change, metadata, patient_id, reason_only, replay, respond, CommandRequest,
+    change, metadata, patient_id, reason_only, replay, respond, CommandRequest, PatientAnswer,
 };
 use crate::http::{if_match, ApiError, AppState, RequestContext};
 use application::finding;
@@ -61,11 +62,13 @@ pub fn router() -> Routes {
                 doc::post("Register a patient")
                     .needs(Action::RegisterPatient)
                     .body::<RegistrationBody>()
-                    .idempotent(),
+                    .idempotent()
+                    .returns::<PatientAnswer>(),
                 doc::get("Search patients (at least one criterion)")
                     .needs(Action::SearchPatients)
                     .query(SEARCH_QUERY)
-                    .answers(200, "A page of matching patients, best first"),
+                    .answers(200, "A page of matching patients, best first")
+                    .returns::<SearchPage>(),
             ],
         )
         .route(
@@ -74,7 +77,8 @@ pub fn router() -> Routes {
             [doc::post("The registered patients a candidate may be")
                 .needs(Action::MatchPatients)
                 .body::<CandidateBody>()
-                .answers(200, "The candidates, graded and best first")],
+                .answers(200, "The candidates, graded and best first")
+                .returns::<Candidates>()],
         )
         .route(
             "/v1/patients/retention-candidates",
@@ -84,7 +88,8 @@ pub fn router() -> Routes {
                 .query(&[
                     ("limit", Kind::Whole(1, 1000), false),
                     ("offset", Kind::Whole(0, 1_000_000), false),
-                ])],
+                ])
+                .returns::<RetentionPage>()],
         )
         .route(
             "/v1/patients/{id}",
@@ -92,7 +97,8 @@ pub fn router() -> Routes {
             [
                 doc::get("A patient's record, current or as it was at an instant")
                     .needs(Action::ReadPatient)
-                    .query(&[("as_of", Kind::Instant, false)]),
+                    .query(&[("as_of", Kind::Instant, false)])
+                    .returns::<PatientAnswer>(),
             ],
         )
         .route(
@@ -103,7 +109,8 @@ pub fn router() -> Routes {
                 .body::<CorrectionBody>()
                 .if_match()
                 .idempotent()
-                .answers(200, "The record as corrected")],
+                .answers(200, "The record as corrected")
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/archive",
@@ -113,7 +120,8 @@ pub fn router() -> Routes {
                 .body::<ReasonBody>()
                 .if_match()
                 .idempotent()
-                .answers(200, "The record as archived")],
+                .answers(200, "The record as archived")
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/restore",
@@ -123,7 +131,8 @@ pub fn router() -> Routes {
                 .body::<ReasonBody>()
                 .if_match()
                 .idempotent()
-                .answers(200, "The record as restored")],
+                .answers(200, "The record as restored")
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/merge",
@@ -133,7 +142,8 @@ pub fn router() -> Routes {
                 .body::<MergeBody>()
                 .if_match()
                 .idempotent()
-                .answers(200, "The duplicate's record, merged")],
+                .answers(200, "The duplicate's record, merged")
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/unmerge",
@@ -143,7 +153,8 @@ pub fn router() -> Routes {
                 .body::<ReasonBody>()
                 .if_match()
                 .idempotent()
-                .answers(200, "The record, unmerged")],
+                .answers(200, "The record, unmerged")
+                .returns::<PatientAnswer>()],
         )
 }
 
@@ -211,19 +222,17 @@ async fn match_candidates(
 ) -> Result<Response, ApiError> {
     let record = input::patient::candidate(&body.object, (state.clock)().date_naive())?;
     let found = finding::matches(state.services(), &user, &record).await?;
-    let candidates: Vec<serde_json::Value> = found
-        .iter()
-        .map(|(m, summary)| {
-            serde_json::json!({
-                "grade": m.grade.code(),
-                "score": m.score,
-                "status": m.status,
-                "patient": summary,
-                "href": format!("/v1/patients/{}", m.id),
-            })
+    let candidates = found
+        .into_iter()
+        .map(|(m, patient)| Candidate {
+            grade: m.grade,
+            score: m.score,
+            status: m.status,
+            patient,
+            href: format!("/v1/patients/{}", m.id),
         })
         .collect();
-    Ok(Json(serde_json::json!({ "candidates": candidates })).into_response())
+    Ok(Json(Candidates { candidates }).into_response())
 }
 
 /// `GET /v1/patients/{id}`: the current record, from the event store, with its `ETag`.
@@ -339,10 +348,43 @@ const SEARCH_PARAMS: &[&str] = &[
 ];
 const MAX_LIMIT: u32 = 100;
 
-#[derive(Serialize)]
+/// A page of search hits, and the link to the next page while there is one.
+#[derive(Serialize, JsonSchema)]
 struct SearchPage {
     items: Vec<patient_search::PatientSummary>,
     next: Option<String>,
+}
+
+/// The registered patients a candidate may be, best first.
+#[derive(Serialize, JsonSchema)]
+struct Candidates {
+    candidates: Vec<Candidate>,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Candidate {
+    grade: domain::matching::Grade,
+    score: f64,
+    /// `active` or `archived`.
+    status: String,
+    /// Absent when the search model has not caught up with the patient yet.
+    patient: Option<patient_search::PatientSummary>,
+    href: String,
+}
+
+/// A page of the patients past the retention period.
+#[derive(Serialize, JsonSchema)]
+struct RetentionPage {
+    policy: RetentionPolicy,
+    items: Vec<patient_search::RetentionCandidate>,
+    next: Option<String>,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct RetentionPolicy {
+    archived_days: u32,
+    /// Archived at or before this instant.
+    cutoff: DateTime<Utc>,
 }
 
 /// `GET /v1/patients?family=&given=&birth_date=&mrn=&include_archived=&limit=&offset=`.
@@ -606,10 +648,13 @@ async fn retention_candidates(
             offset + limit
         )
     });
-    Ok(Json(serde_json::json!({
-        "policy": { "archived_days": state.retention_days, "cutoff": cutoff },
-        "items": items,
-        "next": next,
-    }))
+    Ok(Json(RetentionPage {
+        policy: RetentionPolicy {
+            archived_days: state.retention_days,
+            cutoff,
+        },
+        items,
+        next,
+    })
     .into_response())
 }

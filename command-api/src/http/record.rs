@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::auth::{permission, Action};
 use crate::http::input;
 use crate::http::openapi::{self as doc, Routes};
-use crate::http::patient_commands::{change, CommandRequest};
+use crate::http::patient_commands::{change, CommandRequest, PatientAnswer};
 use crate::http::{ApiError, AppState};
 
 pub fn router() -> Routes {
@@ -35,7 +35,8 @@ pub fn router() -> Routes {
             [doc::put("Replace a patient's contact information")
                 .needs(Action::ChangeContactInformation)
                 .body::<ContactBody>()
-                .change()],
+                .change()
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/identifiers",
@@ -43,7 +44,8 @@ pub fn router() -> Routes {
             [doc::post("Add an identifier")
                 .needs(Action::ChangeIdentifiers)
                 .body::<IdentifierBody>()
-                .change()],
+                .change()
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/identifiers/remove",
@@ -51,7 +53,8 @@ pub fn router() -> Routes {
             [doc::post("Remove an identifier")
                 .needs(Action::ChangeIdentifiers)
                 .body::<IdentifierRemovalBody>()
-                .change()],
+                .change()
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/preferences",
@@ -59,7 +62,8 @@ pub fn router() -> Routes {
             [doc::put("Replace a patient's communication preferences")
                 .needs(Action::ChangePreferences)
                 .body::<PreferencesBody>()
-                .change()],
+                .change()
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/emergency-contacts",
@@ -67,7 +71,8 @@ pub fn router() -> Routes {
             [doc::post("Add an emergency contact")
                 .needs(Action::ChangeEmergencyContacts)
                 .body::<EmergencyContactBody>()
-                .change()],
+                .change()
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/emergency-contacts/{item}",
@@ -76,10 +81,12 @@ pub fn router() -> Routes {
                 doc::put("Replace an emergency contact")
                     .needs(Action::ChangeEmergencyContacts)
                     .body::<EmergencyContactBody>()
-                    .change(),
+                    .change()
+                    .returns::<PatientAnswer>(),
                 doc::delete("Remove an emergency contact")
                     .needs(Action::ChangeEmergencyContacts)
-                    .change(),
+                    .change()
+                    .returns::<PatientAnswer>(),
             ],
         )
         .route(
@@ -88,7 +95,8 @@ pub fn router() -> Routes {
             [doc::post("Add an insurance coverage")
                 .needs(Action::ChangeCoverages)
                 .body::<CoverageBody>()
-                .change()],
+                .change()
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/coverages/{item}",
@@ -96,7 +104,8 @@ pub fn router() -> Routes {
             [doc::put("Replace an insurance coverage")
                 .needs(Action::ChangeCoverages)
                 .body::<CoverageBody>()
-                .change()],
+                .change()
+                .returns::<PatientAnswer>()],
         )
         .route(
             "/v1/patients/{id}/coverages/{item}/end",
@@ -104,7 +113,8 @@ pub fn router() -> Routes {
             [doc::post("End an insurance coverage")
                 .needs(Action::ChangeCoverages)
                 .body::<CoverageEndBody>()
-                .change()],
+                .change()
+                .returns::<PatientAnswer>()],
         )
 }
 

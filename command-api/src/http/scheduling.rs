@@ -21,12 +21,15 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Json;
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use domain::scheduling::appointment::AppointmentState;
 use domain::scheduling::{Appointment, Interval, Priority};
 use domain::{FieldError, FieldErrors};
+use event_store::schedule::{Resource, Service};
 use futures::future::BoxFuture;
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::auth::{permission, Action, AuthUser, Authorized};
@@ -37,8 +40,9 @@ use crate::http::json::JsonObject;
 use crate::http::openapi::{self as doc, Kind, Routes};
 use crate::http::params::whole_number;
 use crate::http::patient_commands::metadata;
-use crate::http::{etag, if_match, ApiError, AppState, RequestContext};
+use crate::http::{etag, if_match, ApiError, AppState, Items, RequestContext};
 use application::appointments::{self, Step};
+use application::planner::Placement;
 
 /// A resource's id or a service's code.
 fn slug_schema() -> serde_json::Value {
@@ -59,6 +63,7 @@ pub fn router() -> Routes {
                 json!({ "type": "object", "description": "A JSON object; nothing is read from it" }),
             )
             .change()
+            .returns::<AppointmentAnswer>()
     };
     Routes::new()
         .route(
@@ -71,7 +76,8 @@ pub fn router() -> Routes {
                     ("specialty", Kind::Text, false),
                     ("room_type", Kind::Text, false),
                 ])
-                .answers(200, "The resources that match")],
+                .answers(200, "The resources that match")
+                .returns::<Items<Resource>>()],
         )
         .route(
             "/v1/resources/{id}",
@@ -81,7 +87,8 @@ pub fn router() -> Routes {
                 .path_param("id", slug_schema())
                 .body::<ResourceBody>()
                 .answers(200, "Replaced")
-                .also_answers(201, "Created")],
+                .returns::<Resource>()
+                .also_returns::<Resource>(201, "Created")],
         )
         .route(
             "/v1/resources/{id}/blocks",
@@ -91,7 +98,8 @@ pub fn router() -> Routes {
                 .path_param("id", slug_schema())
                 .body::<BlockBody>()
                 .idempotent()
-                .answers(201, "Blocked")],
+                .answers(201, "Blocked")
+                .returns::<BlockAnswer>()],
         )
         .route(
             "/v1/services/{code}",
@@ -101,7 +109,8 @@ pub fn router() -> Routes {
                 .path_param("code", slug_schema())
                 .body::<ServiceBody>()
                 .answers(200, "Replaced")
-                .also_answers(201, "Created")],
+                .returns::<Service>()
+                .also_returns::<Service>(201, "Created")],
         )
         .route(
             "/v1/availability",
@@ -117,7 +126,8 @@ pub fn router() -> Routes {
                     ("priority", Kind::Text, false),
                     ("limit", Kind::Whole(1, 2000), false),
                 ])
-                .answers(200, "The free times, earliest first")],
+                .answers(200, "The free times, earliest first")
+                .returns::<Availability>()],
         )
         .route(
             "/v1/appointments",
@@ -126,7 +136,8 @@ pub fn router() -> Routes {
                 .needs(Action::BookAppointments)
                 .body::<BookingBody>()
                 .idempotent()
-                .answers(201, "Booked")],
+                .answers(201, "Booked")
+                .returns::<AppointmentAnswer>()],
         )
         .route(
             "/v1/waitlist",
@@ -135,14 +146,16 @@ pub fn router() -> Routes {
                 .needs(Action::BookAppointments)
                 .body::<WaitlistBody>()
                 .idempotent()
-                .answers(201, "Waiting")],
+                .answers(201, "Waiting")
+                .returns::<AppointmentAnswer>()],
         )
         .route(
             "/v1/appointments/{id}",
             get(read),
             [doc::get("An appointment")
                 .needs(Action::ReadAppointments)
-                .answers(200, "The appointment, its version in `ETag`")],
+                .answers(200, "The appointment, its version in `ETag`")
+                .returns::<AppointmentAnswer>()],
         )
         .route(
             "/v1/appointments/{id}/{action}",
@@ -159,6 +172,35 @@ pub fn router() -> Routes {
                 step("reschedule", "Move an appointment").body::<RescheduleBody>(),
             ],
         )
+}
+
+/// A resource's blocked time.
+#[derive(Serialize, JsonSchema)]
+struct BlockAnswer {
+    block_id: Uuid,
+    resource_id: String,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// `holiday`, `leave` or `one-off`.
+    reason: String,
+}
+
+/// The free places for a service.
+#[derive(Serialize, JsonSchema)]
+struct Availability {
+    service: String,
+    duration_minutes: u32,
+    slots: Vec<Placement>,
+}
+
+/// An appointment as the API shows it.
+#[derive(Serialize, JsonSchema)]
+struct AppointmentAnswer<'a> {
+    #[serde(flatten)]
+    state: &'a AppointmentState,
+    appointment_id: Uuid,
+    version: u64,
+    href: String,
 }
 
 /// The longest range availability is computed over.
@@ -199,7 +241,7 @@ async fn list_resources(
         room_type: query.get("room_type").map(String::as_str),
     };
     let items = application::resources::resources(state.services(), filter).await?;
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(Items { items }).into_response())
 }
 
 /// `POST /v1/resources/{id}/blocks`: `{from, to, reason}` with reason `holiday`, `leave` or
@@ -251,10 +293,13 @@ fn block_response(
     during: &Interval,
     reason: &str,
 ) -> Response {
-    let body = json!({
-        "block_id": block_id, "resource_id": resource,
-        "from": during.start, "to": during.end, "reason": reason,
-    });
+    let body = BlockAnswer {
+        block_id,
+        resource_id: resource.to_owned(),
+        from: during.start,
+        to: during.end,
+        reason: reason.to_owned(),
+    };
     (status, Json(body)).into_response()
 }
 
@@ -368,18 +413,12 @@ async fn availability(
     };
     let (service, minutes, slots) =
         application::resources::availability(state.services(), &wanted).await?;
-    Ok(
-        Json(json!({ "service": service.code, "duration_minutes": minutes, "slots": slots }))
-            .into_response(),
-    )
-}
-
-fn appointment_body(id: Uuid, version: u64, state: &AppointmentState) -> Value {
-    let mut body = serde_json::to_value(state).unwrap_or_else(|_| json!({}));
-    body["appointment_id"] = json!(id);
-    body["version"] = json!(version);
-    body["href"] = json!(format!("/v1/appointments/{id}"));
-    body
+    let body = Availability {
+        service: service.code,
+        duration_minutes: minutes,
+        slots,
+    };
+    Ok(Json(body).into_response())
 }
 
 /// The first answer of a keyed command on an appointment, rebuilt: the appointment at the
@@ -406,7 +445,13 @@ fn appointment_response(
     version: u64,
 ) -> Result<Response, ApiError> {
     let state = appointment.state().ok_or(ApiError::NotFound)?;
-    let mut response = (status, Json(appointment_body(id, version, state))).into_response();
+    let body = AppointmentAnswer {
+        state,
+        appointment_id: id,
+        version,
+        href: format!("/v1/appointments/{id}"),
+    };
+    let mut response = (status, Json(body)).into_response();
     let headers = response.headers_mut();
     if let Ok(tag) = HeaderValue::from_str(&etag(version)) {
         headers.insert(header::ETAG, tag);

@@ -9,21 +9,40 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::Json;
+use schemars::JsonSchema;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::auth::backend::{OAuthError, TokenRequest, TOKEN_PATH};
 use crate::http::openapi::{self as doc, Routes};
 use crate::http::{origin, ApiError, AppState};
 
+/// An access token (RFC 6749 section 5.1).
+#[derive(Serialize, JsonSchema)]
+struct Token<'a> {
+    access_token: &'a str,
+    token_type: Bearer,
+    /// Seconds.
+    expires_in: i64,
+    scope: &'a str,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum Bearer {
+    Bearer,
+}
+
+/// An OAuth 2.0 error (RFC 6749 section 5.2).
+#[derive(Serialize, JsonSchema)]
+struct TokenError<'a> {
+    /// `invalid_request`, `invalid_client`, `unsupported_grant_type` or `invalid_scope`.
+    error: &'a str,
+    error_description: &'a str,
+}
+
 pub fn router() -> Routes {
-    let oauth_error = json!({
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": { "type": "string" },
-            "error_description": { "type": "string" },
-        },
-    });
     Routes::new().route(
         TOKEN_PATH,
         post(token),
@@ -44,39 +63,11 @@ pub fn router() -> Routes {
                         },
                     }),
                 )
-                .answers_as(
-                    200,
-                    "The token",
-                    "application/json",
-                    json!({
-                        "type": "object",
-                        "required": ["access_token", "token_type", "expires_in", "scope"],
-                        "properties": {
-                            "access_token": { "type": "string" },
-                            "token_type": { "const": "bearer" },
-                            "expires_in": { "type": "integer" },
-                            "scope": { "type": "string" },
-                        },
-                    }),
-                )
-                .also_answers_as(
-                    400,
-                    "An OAuth error",
-                    "application/json",
-                    oauth_error.clone(),
-                )
-                .also_answers_as(
-                    401,
-                    "The client is not known or its assertion fails",
-                    "application/json",
-                    oauth_error.clone(),
-                )
-                .also_answers_as(
-                    404,
-                    "No backend client is registered here",
-                    "application/json",
-                    oauth_error,
-                ),
+                .answers(200, "The token")
+                .returns::<Token>()
+                .also_returns::<TokenError>(400, "An OAuth error")
+                .also_returns::<TokenError>(401, "The client is not known or its assertion fails")
+                .also_returns::<TokenError>(404, "No backend client is registered here"),
         ],
     )
 }
@@ -134,13 +125,12 @@ async fn token(
                 (header::CACHE_CONTROL, "no-store"),
                 (header::PRAGMA, "no-cache"),
             ],
-            json!({
-                "access_token": issued.access_token,
-                "token_type": "bearer",
-                "expires_in": issued.expires_in,
-                "scope": issued.scope,
-            })
-            .to_string(),
+            Json(Token {
+                access_token: &issued.access_token,
+                token_type: Bearer::Bearer,
+                expires_in: issued.expires_in,
+                scope: &issued.scope,
+            }),
         )
             .into_response(),
         Err(OAuthError::Database(e)) => return Err(ApiError::from(e)),
@@ -195,7 +185,10 @@ fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        json!({ "error": code, "error_description": description }).to_string(),
+        Json(TokenError {
+            error: code,
+            error_description: description,
+        }),
     )
         .into_response()
 }

@@ -18,7 +18,7 @@ use crate::patient::governance::Principal;
 use crate::patient::{PatientId, Reason};
 
 /// One item as it stands now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Item {
     pub item_id: ItemId,
     pub content: ItemContent,
@@ -34,7 +34,7 @@ pub struct Item {
 }
 
 /// Why and when an item was marked entered-in-error.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorMark {
     pub reason: Reason,
     pub at: DateTime<Utc>,
@@ -42,7 +42,7 @@ pub struct ErrorMark {
 
 /// An allergy warning the prescriber saw and overrode, for the allergy as it then stood: once
 /// the allergy is revised (say its criticality rises), the warning is raised again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AcknowledgedWarning {
     pub allergy_id: ItemId,
     #[serde(default)]
@@ -67,7 +67,7 @@ pub struct Acknowledgement {
 }
 
 /// A patient's medical record.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MedicalRecord {
     items: BTreeMap<ItemId, Item>,
 }
@@ -99,7 +99,7 @@ pub enum MedicalRecordCommand {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ItemRecorded {
     /// The patient, on an item kept in a stream of its own ([`super::ClinicalEntry`]); a
     /// medical record's stream is the patient's own.
@@ -114,7 +114,7 @@ pub struct ItemRecorded {
     pub recorded_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ItemRevised {
     pub item_id: ItemId,
     pub content: ItemContent,
@@ -124,7 +124,7 @@ pub struct ItemRevised {
     pub revised_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ItemEnteredInError {
     pub item_id: ItemId,
     pub kind: ItemKind,
@@ -134,7 +134,7 @@ pub struct ItemEnteredInError {
 
 /// The events of a medical record. Stored as these three shapes; published per kind
 /// (`AllergyRecorded`, `MedicationRevised`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum MedicalRecordEvent {
     ItemRecorded(ItemRecorded),
     ItemRevised(ItemRevised),

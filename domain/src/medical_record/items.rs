@@ -55,7 +55,7 @@ crate::code_enum!(
 );
 
 /// One reaction to an allergen: what happened and how bad it was.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Reaction {
     pub manifestation: Concept,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,7 +64,7 @@ pub struct Reaction {
 
 /// An allergy or intolerance. As in FHIR's AllergyIntolerance, only what it is to and whether
 /// it stands are required: many sources know neither its category nor its criticality.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Allergy {
     pub substance: Concept,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,7 +148,7 @@ impl MedicationStatus {
 /// A medication the patient takes, took or is to take, with what is known of it. As in FHIR's
 /// MedicationStatement, only the medication and its status are required: a list from another
 /// system, or what a patient reports, seldom knows the dose, route, frequency or prescriber.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Medication {
     pub medication: Concept,
     /// `order` for the medications recorded before the source was (they all were orders).
@@ -202,7 +202,7 @@ crate::code_enum!(
 );
 
 /// A vaccine given (or recorded as not given). The vaccine is coded in CVX.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Immunization {
     pub vaccine: Concept,
     pub occurred_on: NaiveDate,
@@ -237,7 +237,8 @@ impl ProblemStatus {
 }
 
 /// An entry of the problem list, coded in ICD-10 or SNOMED CT.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "ProblemListEntry")]
 pub struct Problem {
     pub condition: Concept,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,7 +262,7 @@ crate::code_enum!(
 );
 
 /// An entry of the health history: past illness, operation, family or social history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HistoryEntry {
     pub category: HistoryCategory,
     pub description: Concept,
@@ -276,7 +277,7 @@ pub struct HistoryEntry {
 
 /// A document on the record. Its content is stored apart, addressed by its SHA-256; so is the
 /// text extracted from it for indexing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Document {
     pub title: Label,
     pub document_type: Concept,
@@ -288,7 +289,7 @@ pub struct Document {
 }
 
 /// Where a document's bytes are and what they are. Set at upload, never revised.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DocumentContent {
     pub media_type: String,
     pub size: u64,
@@ -331,7 +332,7 @@ crate::code_enum!(
 
 /// What an observation found: a measured quantity (UCUM unit), text, a coded answer, or a
 /// range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ObservationValue {
     Quantity(Measurement),
@@ -348,7 +349,7 @@ pub enum ObservationValue {
 }
 
 /// The values a result is judged against.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReferenceRange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub low: Option<Measurement>,
@@ -361,7 +362,7 @@ pub struct ReferenceRange {
 
 /// One part of an observation measured together with others (a blood pressure's systolic and
 /// diastolic).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ObservationComponent {
     pub code: Concept,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -369,7 +370,7 @@ pub struct ObservationComponent {
 }
 
 /// A laboratory result, vital sign or other measurement (FHIR Observation), coded in LOINC.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Observation {
     pub code: Concept,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -405,7 +406,7 @@ crate::code_enum!(
 );
 
 /// A procedure performed (FHIR Procedure), coded in SNOMED CT or CPT.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Procedure {
     pub code: Concept,
     pub status: ProcedureStatus,
@@ -451,7 +452,7 @@ crate::code_enum!(
 );
 
 /// A contact between the patient and care (FHIR Encounter): a visit, a stay, a call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Encounter {
     pub status: EncounterStatus,
     pub class: EncounterClass,
@@ -475,7 +476,7 @@ pub struct Encounter {
 }
 
 /// What one item is, with its data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ItemContent {
     Allergy(Allergy),

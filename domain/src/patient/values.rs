@@ -12,7 +12,19 @@ use uuid::Uuid;
 use crate::validation::{FieldError, FieldErrors};
 
 /// The identity of a patient aggregate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct PatientId(Uuid);
 
@@ -48,7 +60,7 @@ const MAX_GIVEN_NAMES: usize = 5;
 
 /// A person's name: a family name and up to five given names. A person known by one name
 /// only (a mononym) has it as the family name and no given name.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PersonName {
     given: Vec<String>,
     family: String,
@@ -205,7 +217,7 @@ fn short_part(field: &str, raw: &str) -> Result<String, FieldError> {
 }
 
 /// Marital status, with the FHIR (HL7 v3) codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum MaritalStatus {
     #[serde(rename = "A")]
     Annulled,
@@ -271,7 +283,7 @@ impl MaritalStatus {
 }
 
 /// A birth date: not in the future, not before 1900.
-#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct BirthDate(NaiveDate);
 
@@ -314,7 +326,7 @@ impl fmt::Debug for BirthDate {
 }
 
 /// Administrative gender, with the FHIR codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AdministrativeGender {
     Male,
@@ -354,7 +366,7 @@ impl AdministrativeGender {
 
 /// A medical record number assigned by the service: nine digits of a serial number followed by
 /// a Luhn check digit, so a mistyped MRN is caught before it finds the wrong patient.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Mrn(String);
 
@@ -429,7 +441,7 @@ fn luhn_check_digit(digits: &str) -> u32 {
 const MAX_REASON: usize = 500;
 
 /// Why a change was made: required on corrections, archive and restore, for the audit trail.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Reason(String);
 

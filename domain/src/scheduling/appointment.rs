@@ -79,7 +79,7 @@ crate::code_enum!(
 
 /// The time and resources an appointment claims: a practitioner, and the rooms and equipment
 /// its service needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Booking {
     pub interval: Interval,
     /// Resource ids: the practitioner first, then rooms and equipment.
@@ -87,7 +87,7 @@ pub struct Booking {
 }
 
 /// A wait-list entry's wishes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WaitlistWish {
     /// The window the patient could come in.
     pub window: Interval,
@@ -97,7 +97,7 @@ pub struct WaitlistWish {
 }
 
 /// Who cancelled, why, and whether it was late by the policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Cancellation {
     pub reason: CancellationReason,
     pub by: Principal,
@@ -106,7 +106,7 @@ pub struct Cancellation {
 }
 
 /// An appointment as it stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AppointmentState {
     pub patient_id: PatientId,
     pub service: String,
@@ -126,7 +126,7 @@ pub struct AppointmentState {
 }
 
 /// The appointment aggregate; `None` until created.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Appointment {
     state: Option<AppointmentState>,
 }
@@ -210,7 +210,7 @@ pub enum AppointmentCommand {
 }
 
 /// The events of an appointment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum AppointmentEvent {
     AppointmentCreated {
         patient_id: PatientId,

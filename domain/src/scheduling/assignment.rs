@@ -49,7 +49,7 @@ pub struct Request {
 }
 
 /// What a strategy achieved over a scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Outcome {
     pub requests: usize,
     pub served: usize,

@@ -10,7 +10,19 @@ use serde::{Deserialize, Serialize};
 use crate::{FieldError, FieldErrors};
 
 /// A half-open interval of time `[start, end)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub struct Interval {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
@@ -35,20 +47,22 @@ impl Interval {
 }
 
 /// A weekly window in local time: `weekday` from `start` to `end`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Window {
     /// Written as the API takes it: `mon` ... `sun`.
     #[serde(with = "weekday_code")]
+    #[schemars(with = "String", regex(pattern = "^(mon|tue|wed|thu|fri|sat|sun)$"))]
     pub weekday: Weekday,
     pub start: NaiveTime,
     pub end: NaiveTime,
 }
 
 /// The week of one resource, in its time zone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WeeklyTemplate {
     /// IANA time zone name, e.g. `Europe/Zurich`.
     #[serde(with = "tz_name")]
+    #[schemars(with = "String")]
     pub time_zone: Tz,
     /// Length of one slot; bookings start on the slot grid of a working window.
     pub slot_minutes: u32,
@@ -259,7 +273,7 @@ pub fn subtract(interval: Interval, holes: &[Interval]) -> Vec<Interval> {
 }
 
 /// A free slot of a resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Slot {
     pub interval: Interval,
     /// In a window kept for urgent requests.

@@ -447,19 +447,21 @@ fn documented(caller: &str, endpoint: &str) -> bool {
 }
 
 async fn call(app: &TestApp, token: &str, endpoint: &Endpoint, id: &str) -> reqwest::Response {
-    let url = format!("{}{}", app.address, endpoint.path.replace("{id}", id));
+    let path = endpoint.path.replace("{id}", id);
+    let url = format!("{}{path}", app.address);
     let request = match endpoint.method {
         "GET" => app.client.get(url),
         "DELETE" => app.client.delete(url),
         "PUT" => app.client.put(url).json(&endpoint.body),
         _ => app.client.post(url).json(&endpoint.body),
     };
-    request
+    let response = request
         .bearer_auth(token)
         .header("if-match", "\"999\"")
         .send()
         .await
-        .unwrap()
+        .unwrap();
+    app.described(endpoint.method, &path, response).await
 }
 
 #[tokio::test]

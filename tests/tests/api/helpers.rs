@@ -14,6 +14,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::ClientConfig;
 use secrecy::SecretString;
+
+use crate::described::Description;
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgPool};
@@ -115,6 +117,8 @@ pub struct TestApp {
     service: Option<Service>,
     pub client: reqwest::Client,
     auth: Authenticator,
+    /// The served OpenAPI document, fetched at the first answer to check.
+    description: tokio::sync::OnceCell<Description>,
 }
 
 pub const SECRET: &str = "end-to-end-test-secret-of-32-bytes-or-more";
@@ -204,6 +208,7 @@ impl TestApp {
             service: Some(service),
             client: reqwest::Client::new(),
             auth,
+            description: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -300,16 +305,58 @@ impl TestApp {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        request.send().await.expect("request sent")
+        let response = request.send().await.expect("request sent");
+        self.described("POST", path, response).await
     }
 
     pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
-        self.client
+        let response = self
+            .client
             .get(format!("{}{path}", self.address))
             .bearer_auth(token)
             .send()
             .await
-            .expect("request sent")
+            .expect("request sent");
+        self.described("GET", path, response).await
+    }
+
+    /// `response` to `method path` (the path as sent, query included), once checked against
+    /// the served OpenAPI document ([`Description::check`]).
+    pub async fn described(
+        &self,
+        method: &str,
+        path: &str,
+        response: reqwest::Response,
+    ) -> reqwest::Response {
+        let description = self
+            .description
+            .get_or_init(|| async {
+                let document = self
+                    .client
+                    .get(format!("{}/openapi.json", self.address))
+                    .send()
+                    .await
+                    .expect("request sent")
+                    .json()
+                    .await
+                    .expect("the OpenAPI document is JSON");
+                Description::new(document)
+            })
+            .await;
+        let status = response.status();
+        let version = response.version();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.expect("the answer's body arrives");
+        let content_type = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        description.check(method, path, status.as_u16(), content_type, &body);
+        let mut rebuilt = http::Response::new(body);
+        *rebuilt.status_mut() = status;
+        *rebuilt.version_mut() = version;
+        *rebuilt.headers_mut() = headers;
+        reqwest::Response::from(rebuilt)
     }
 
     pub async fn register(&self, body: &Value) -> reqwest::Response {

@@ -9,6 +9,7 @@ mod backup;
 mod changes;
 mod contract;
 mod deployment;
+mod described;
 mod embedded;
 mod export;
 pub(crate) mod fhir;

@@ -45,7 +45,7 @@ async fn send(
 ) -> (u16, Value, reqwest::header::HeaderMap) {
     let mut request = app
         .client
-        .request(method, format!("{}{path}", app.address))
+        .request(method.clone(), format!("{}{path}", app.address))
         .bearer_auth(token);
     if let Some(body) = body {
         request = request.json(body);
@@ -54,6 +54,7 @@ async fn send(
         request = request.header("if-match", format!("\"{version}\""));
     }
     let response = request.send().await.unwrap();
+    let response = app.described(method.as_str(), path, response).await;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let text = response.text().await.unwrap();

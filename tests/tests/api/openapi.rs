@@ -8,6 +8,16 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
+/// The schema a `$ref` into the document's components names, or `schema` itself.
+fn named<'a>(document: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(reference) => document
+            .pointer(reference.trim_start_matches('#'))
+            .unwrap_or_else(|| panic!("{reference} names nothing")),
+        None => schema,
+    }
+}
+
 async fn served(app: &TestApp) -> Value {
     let response = app
         .client
@@ -157,6 +167,57 @@ async fn the_served_description_is_valid_openapi_3_1_by_an_outside_validator() {
         .unwrap()
         .iter()
         .any(|p| p["name"] == "If-Match" && p["required"] == true));
+
+    // Every success answer is described by the type its handler serializes, never as a bare
+    // "JSON object" (what each test reads is checked against it: `described`).
+    for (method, path, op) in &ops {
+        for (status, answer) in op["responses"].as_object().unwrap() {
+            let Some(contents) = answer["content"]
+                .as_object()
+                .filter(|_| status.starts_with('2'))
+            else {
+                continue;
+            };
+            for (media_type, content) in contents {
+                let schema = named(&document, &content["schema"]);
+                let shaped = ["properties", "anyOf", "oneOf", "items", "contentMediaType"]
+                    .iter()
+                    .any(|k| schema.get(*k).is_some())
+                    || (!media_type.ends_with("json") && schema["type"] == "string");
+                assert!(shaped, "{method} {path} {status} {media_type}: {schema}");
+            }
+        }
+    }
+    let answer = named(
+        &document,
+        &registration["responses"]["201"]["content"]["application/json"]["schema"],
+    );
+    let shapes = answer["anyOf"]
+        .as_array()
+        .expect("a record, or a forgotten patient");
+    let record = shapes
+        .iter()
+        .map(|s| named(&document, s))
+        .find(|s| s["properties"]["mrn"].is_object())
+        .expect("the record's shape");
+    for field in [
+        "id",
+        "mrn",
+        "name",
+        "gender",
+        "identifiers",
+        "contact",
+        "status",
+        "version",
+    ] {
+        assert!(
+            record["required"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from(field)),
+            "{field}: {record}"
+        );
+    }
 }
 
 #[tokio::test]

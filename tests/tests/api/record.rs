@@ -32,6 +32,7 @@ async fn send(
         None => request,
     };
     let response = request.send().await.unwrap();
+    let response = app.described(method, path, response).await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }

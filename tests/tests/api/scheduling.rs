@@ -42,6 +42,7 @@ async fn put(app: &TestApp, path: &str, body: &Value) -> (u16, Value) {
         .send()
         .await
         .unwrap();
+    let response = app.described("PUT", path, response).await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }

@@ -17,7 +17,7 @@ pub(super) mod rules;
 const MAX_PRINCIPAL: usize = 128;
 
 /// A user id (a token's `sub`) or an organization id: printable ASCII without spaces.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Principal(String);
 
@@ -67,7 +67,7 @@ crate::code_enum!(
 );
 
 /// A practitioner currently caring for the patient.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CareRelationship {
     pub practitioner: Principal,
     pub role: CareRole,
@@ -75,7 +75,7 @@ pub struct CareRelationship {
 }
 
 /// What a patient allows beyond the default policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ConsentDirective {
     /// Users of another organization may read the record (with their role's permissions).
@@ -87,7 +87,7 @@ pub enum ConsentDirective {
 }
 
 /// A consent directive in force.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Consent {
     pub consent_id: Uuid,
     pub directive: ConsentDirective,
@@ -95,7 +95,7 @@ pub struct Consent {
 }
 
 /// What the patient's governance is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Governance {
     #[serde(default)]
     pub care_team: Vec<CareRelationship>,
@@ -176,48 +176,48 @@ pub enum GovernanceChange {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CareRelationshipStarted {
     pub practitioner: Principal,
     pub role: CareRole,
     pub started_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CareRelationshipEnded {
     pub practitioner: Principal,
     pub reason: Reason,
     pub ended_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConsentGranted {
     pub consent_id: Uuid,
     pub directive: ConsentDirective,
     pub granted_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConsentWithdrawn {
     pub consent_id: Uuid,
     pub reason: Reason,
     pub withdrawn_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LegalHoldPlaced {
     pub reason: Reason,
     pub placed_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LegalHoldReleased {
     pub reason: Reason,
     pub released_at: DateTime<Utc>,
 }
 
 /// The patient's data was erased. Stored and published in the clear, holds no patient data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PatientForgotten {
     pub reason: ErasureReason,
     pub reference: Option<Principal>,
