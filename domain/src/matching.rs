@@ -31,7 +31,7 @@ pub fn fold(text: &str) -> String {
 
 /// What the matcher knows of a patient, in comparable (folded) form. Stored as JSON in the
 /// match read model: fields added later must default.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MatchRecord {
     pub given: String,

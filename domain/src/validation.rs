@@ -14,7 +14,7 @@ pub fn is_hidden(c: char) -> bool {
 }
 
 /// One rejected field: a JSON-pointer-like path (`name.family`, `name.given[1]`) and a message.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FieldError {
     pub field: String,
     pub message: String,

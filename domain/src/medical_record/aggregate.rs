@@ -18,7 +18,7 @@ use crate::patient::governance::Principal;
 use crate::patient::{PatientId, Reason};
 
 /// One item as it stands now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     pub item_id: ItemId,
     pub content: ItemContent,
@@ -67,7 +67,7 @@ pub struct Acknowledgement {
 }
 
 /// A patient's medical record.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MedicalRecord {
     items: BTreeMap<ItemId, Item>,
 }
@@ -99,7 +99,7 @@ pub enum MedicalRecordCommand {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemRecorded {
     /// The patient, on an item kept in a stream of its own ([`super::ClinicalEntry`]); a
     /// medical record's stream is the patient's own.
@@ -114,7 +114,7 @@ pub struct ItemRecorded {
     pub recorded_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemRevised {
     pub item_id: ItemId,
     pub content: ItemContent,
@@ -124,7 +124,7 @@ pub struct ItemRevised {
     pub revised_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemEnteredInError {
     pub item_id: ItemId,
     pub kind: ItemKind,
@@ -134,7 +134,7 @@ pub struct ItemEnteredInError {
 
 /// The events of a medical record. Stored as these three shapes; published per kind
 /// (`AllergyRecorded`, `MedicationRevised`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MedicalRecordEvent {
     ItemRecorded(ItemRecorded),
     ItemRevised(ItemRevised),

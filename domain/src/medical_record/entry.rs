@@ -16,7 +16,7 @@ use super::MedicalRecordError;
 use crate::patient::PatientId;
 
 /// One observation, procedure or encounter, and its patient.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClinicalEntry {
     patient_id: Option<PatientId>,
     /// The entry's one item, kept in a record of one.

@@ -23,7 +23,7 @@ use super::PatientError;
 
 /// A patient aggregate. `None` until registered: no command but registration is accepted
 /// before that, and no event but registration can start the stream.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Patient {
     record: Option<PatientRecord>,
     /// Set once the patient is forgotten: all that is left of them.

@@ -365,7 +365,7 @@ impl ContactInformation {
 }
 
 /// An identifier issued by another system: a system URI (or OID URN) and a value.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Identifier {
     pub system: String,
     pub value: String,

@@ -19,7 +19,7 @@ use super::values::{
     AdministrativeGender, BirthDate, MaritalStatus, Mrn, PatientId, PersonName, Reason,
 };
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PatientEvent {
     PatientRegistered(PatientRegistered),
     DemographicsCorrected(DemographicsCorrected),
@@ -49,7 +49,7 @@ pub enum PatientEvent {
 }
 
 /// This patient was a duplicate and now points to `target_id`, the survivor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PatientMerged {
     pub target_id: PatientId,
     /// The status to return to on unmerge.
@@ -59,7 +59,7 @@ pub struct PatientMerged {
 }
 
 /// This patient survived a merge of `source_id` and gained what it lacked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PatientAbsorbed {
     pub source_id: PatientId,
     pub gained_identifiers: Vec<Identifier>,
@@ -69,7 +69,7 @@ pub struct PatientAbsorbed {
 }
 
 /// This patient's merge was undone; it stands on its own again.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PatientUnmerged {
     pub target_id: PatientId,
     pub restored_status: PatientStatus,
@@ -78,7 +78,7 @@ pub struct PatientUnmerged {
 }
 
 /// What this patient gained from `source_id` was given back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AbsorptionReverted {
     pub source_id: PatientId,
     pub removed_identifiers: Vec<Identifier>,
@@ -88,19 +88,19 @@ pub struct AbsorptionReverted {
 }
 
 /// The contact information after the change, in full.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContactInformationChanged {
     pub contact: ContactInformation,
     pub changed_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IdentifierAdded {
     pub identifier: Identifier,
     pub added_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IdentifierRemoved {
     pub identifier: Identifier,
     pub reason: Reason,
@@ -108,46 +108,46 @@ pub struct IdentifierRemoved {
 }
 
 /// The preferences after the update, in full.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PreferencesUpdated {
     pub preferences: Preferences,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmergencyContactAdded {
     pub contact: EmergencyContact,
     pub added_at: DateTime<Utc>,
 }
 
 /// The emergency contact after the change, in full.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmergencyContactChanged {
     pub contact: EmergencyContact,
     pub changed_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmergencyContactRemoved {
     pub contact_id: Uuid,
     pub removed_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CoverageAdded {
     pub coverage: Coverage,
     pub added_at: DateTime<Utc>,
 }
 
 /// The coverage after the change, in full.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CoverageChanged {
     pub coverage: Coverage,
     pub changed_at: DateTime<Utc>,
 }
 
 /// The coverage ends on `end`; it stays on record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CoverageEnded {
     pub coverage_id: Uuid,
     pub end: NaiveDate,
@@ -155,7 +155,7 @@ pub struct CoverageEnded {
     pub ended_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PatientRegistered {
     pub patient_id: PatientId,
     pub mrn: Mrn,
@@ -178,7 +178,7 @@ pub struct PatientRegistered {
 
 /// Why a patient was registered although the matcher found them a likely duplicate, and of
 /// whom.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DuplicateOverride {
     pub reason: Reason,
     pub candidates: Vec<PatientId>,
@@ -186,7 +186,7 @@ pub struct DuplicateOverride {
 
 /// The demographics after the correction, in full, so a consumer needs no earlier event to
 /// know the current values.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DemographicsCorrected {
     pub name: PersonName,
     #[serde(default)]
@@ -200,13 +200,13 @@ pub struct DemographicsCorrected {
     pub corrected_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PatientArchived {
     pub reason: Reason,
     pub archived_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PatientRestored {
     pub reason: Reason,
     pub restored_at: DateTime<Utc>,

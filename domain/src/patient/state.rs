@@ -9,7 +9,7 @@ use super::record::LanguageTag;
 use super::record::{Coverage, EmergencyContact, Preferences};
 use super::values::{AdministrativeGender, BirthDate, MaritalStatus, Mrn, PatientId, PersonName};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PatientRecord {
     pub patient_id: PatientId,
     pub mrn: Mrn,
@@ -42,7 +42,7 @@ pub struct PatientRecord {
     pub governance: Governance,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PatientStatus {
     Active,
@@ -62,7 +62,7 @@ impl PatientStatus {
 }
 
 /// What a survivor gained from one merged duplicate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Absorption {
     pub source_id: PatientId,
     pub identifiers: Vec<Identifier>,

@@ -217,7 +217,7 @@ fn short_part(field: &str, raw: &str) -> Result<String, FieldError> {
 }
 
 /// Marital status, with the FHIR (HL7 v3) codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MaritalStatus {
     #[serde(rename = "A")]
     Annulled,
@@ -283,7 +283,7 @@ impl MaritalStatus {
 }
 
 /// A birth date: not in the future, not before 1900.
-#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct BirthDate(NaiveDate);
 
@@ -326,7 +326,7 @@ impl fmt::Debug for BirthDate {
 }
 
 /// Administrative gender, with the FHIR codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AdministrativeGender {
     Male,
@@ -366,7 +366,7 @@ impl AdministrativeGender {
 
 /// A medical record number assigned by the service: nine digits of a serial number followed by
 /// a Luhn check digit, so a mistyped MRN is caught before it finds the wrong patient.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Mrn(String);
 

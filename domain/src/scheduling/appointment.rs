@@ -126,7 +126,7 @@ pub struct AppointmentState {
 }
 
 /// The appointment aggregate; `None` until created.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Appointment {
     state: Option<AppointmentState>,
 }
@@ -210,7 +210,7 @@ pub enum AppointmentCommand {
 }
 
 /// The events of an appointment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AppointmentEvent {
     AppointmentCreated {
         patient_id: PatientId,

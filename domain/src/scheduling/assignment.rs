@@ -49,7 +49,7 @@ pub struct Request {
 }
 
 /// What a strategy achieved over a scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Outcome {
     pub requests: usize,
     pub served: usize,

@@ -273,7 +273,7 @@ pub fn subtract(interval: Interval, holes: &[Interval]) -> Vec<Interval> {
 }
 
 /// A free slot of a resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
     pub interval: Interval,
     /// In a window kept for urgent requests.

@@ -14,7 +14,7 @@ use crate::patient::record::Channel;
 use crate::patient::PatientId;
 
 /// A notification's content.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NotificationEvent {
     /// An appointment is coming up.
     AppointmentReminder {
@@ -55,7 +55,7 @@ impl DomainEvent for NotificationEvent {
 }
 
 /// A notification; sent once.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     sent: Option<NotificationEvent>,
 }

@@ -95,7 +95,7 @@ pub struct Consent {
 }
 
 /// What the patient's governance is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Governance {
     #[serde(default)]
     pub care_team: Vec<CareRelationship>,
@@ -176,48 +176,48 @@ pub enum GovernanceChange {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CareRelationshipStarted {
     pub practitioner: Principal,
     pub role: CareRole,
     pub started_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CareRelationshipEnded {
     pub practitioner: Principal,
     pub reason: Reason,
     pub ended_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsentGranted {
     pub consent_id: Uuid,
     pub directive: ConsentDirective,
     pub granted_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsentWithdrawn {
     pub consent_id: Uuid,
     pub reason: Reason,
     pub withdrawn_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LegalHoldPlaced {
     pub reason: Reason,
     pub placed_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LegalHoldReleased {
     pub reason: Reason,
     pub released_at: DateTime<Utc>,
 }
 
 /// The patient's data was erased. Stored and published in the clear, holds no patient data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PatientForgotten {
     pub reason: ErasureReason,
     pub reference: Option<Principal>,
