@@ -1,9 +1,10 @@
 //! The native API described as OpenAPI 3.1, by the routes themselves: every route is added
 //! through [`Routes::route`] together with its [`Operation`]s (a route without one stops the
-//! router being built, which every test does), and a request body is described by the very
-//! type the API reads it into and checks it against ([`input::schema`]), so the description
-//! cannot drift from what is served. The FHIR API is described by its own CapabilityStatement
-//! (`/fhir/R4/metadata`).
+//! router being built, which every test does), a request body is described by the very
+//! type the API reads it into and checks it against ([`input::schema`]), and an answer by the
+//! very type its handler serializes ([`Operation::returns`]; an answer left undescribed stops
+//! the document being built), so the description cannot drift from what is served. The FHIR
+//! API is described by its own CapabilityStatement (`/fhir/R4/metadata`).
 //!
 //! Each operation names the permission it needs (the roles come from the policy table), its
 //! parameters, the answer it gives when it succeeds, and the problem types it may answer with
