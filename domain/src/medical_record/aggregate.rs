@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::items::{Allergy, AllergyCriticality, ItemContent, ItemKind, Medication};
@@ -34,7 +35,7 @@ pub struct Item {
 }
 
 /// Why and when an item was marked entered-in-error.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorMark {
     pub reason: Reason,
     pub at: DateTime<Utc>,
@@ -42,7 +43,7 @@ pub struct ErrorMark {
 
 /// An allergy warning the prescriber saw and overrode, for the allergy as it then stood: once
 /// the allergy is revised (say its criticality rises), the warning is raised again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AcknowledgedWarning {
     pub allergy_id: ItemId,
     #[serde(default)]

@@ -3,6 +3,7 @@
 //! the service checks and searches.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -55,7 +56,7 @@ crate::code_enum!(
 );
 
 /// One reaction to an allergen: what happened and how bad it was.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Reaction {
     pub manifestation: Concept,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,7 +65,7 @@ pub struct Reaction {
 
 /// An allergy or intolerance. As in FHIR's AllergyIntolerance, only what it is to and whether
 /// it stands are required: many sources know neither its category nor its criticality.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Allergy {
     pub substance: Concept,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,7 +149,7 @@ impl MedicationStatus {
 /// A medication the patient takes, took or is to take, with what is known of it. As in FHIR's
 /// MedicationStatement, only the medication and its status are required: a list from another
 /// system, or what a patient reports, seldom knows the dose, route, frequency or prescriber.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Medication {
     pub medication: Concept,
     /// `order` for the medications recorded before the source was (they all were orders).
@@ -202,7 +203,7 @@ crate::code_enum!(
 );
 
 /// A vaccine given (or recorded as not given). The vaccine is coded in CVX.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Immunization {
     pub vaccine: Concept,
     pub occurred_on: NaiveDate,
@@ -237,7 +238,7 @@ impl ProblemStatus {
 }
 
 /// An entry of the problem list, coded in ICD-10 or SNOMED CT.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(rename = "ProblemListEntry")]
 pub struct Problem {
     pub condition: Concept,
@@ -262,7 +263,7 @@ crate::code_enum!(
 );
 
 /// An entry of the health history: past illness, operation, family or social history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryEntry {
     pub category: HistoryCategory,
     pub description: Concept,
@@ -277,7 +278,7 @@ pub struct HistoryEntry {
 
 /// A document on the record. Its content is stored apart, addressed by its SHA-256; so is the
 /// text extracted from it for indexing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Document {
     pub title: Label,
     pub document_type: Concept,
@@ -289,7 +290,7 @@ pub struct Document {
 }
 
 /// Where a document's bytes are and what they are. Set at upload, never revised.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DocumentContent {
     pub media_type: String,
     pub size: u64,
@@ -332,7 +333,7 @@ crate::code_enum!(
 
 /// What an observation found: a measured quantity (UCUM unit), text, a coded answer, or a
 /// range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ObservationValue {
     Quantity(Measurement),
@@ -349,7 +350,7 @@ pub enum ObservationValue {
 }
 
 /// The values a result is judged against.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ReferenceRange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub low: Option<Measurement>,
@@ -362,7 +363,7 @@ pub struct ReferenceRange {
 
 /// One part of an observation measured together with others (a blood pressure's systolic and
 /// diastolic).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ObservationComponent {
     pub code: Concept,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -370,7 +371,7 @@ pub struct ObservationComponent {
 }
 
 /// A laboratory result, vital sign or other measurement (FHIR Observation), coded in LOINC.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Observation {
     pub code: Concept,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -406,7 +407,7 @@ crate::code_enum!(
 );
 
 /// A procedure performed (FHIR Procedure), coded in SNOMED CT or CPT.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Procedure {
     pub code: Concept,
     pub status: ProcedureStatus,
@@ -452,7 +453,7 @@ crate::code_enum!(
 );
 
 /// A contact between the patient and care (FHIR Encounter): a visit, a stay, a call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Encounter {
     pub status: EncounterStatus,
     pub class: EncounterClass,
@@ -476,7 +477,7 @@ pub struct Encounter {
 }
 
 /// What one item is, with its data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ItemContent {
     Allergy(Allergy),

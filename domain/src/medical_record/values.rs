@@ -4,6 +4,7 @@
 use std::fmt;
 
 use chrono::NaiveDate;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -12,17 +13,7 @@ use crate::{FieldError, FieldErrors};
 
 /// The id of one item on a patient's medical record.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(transparent)]
 pub struct ItemId(Uuid);
@@ -95,7 +86,7 @@ pub mod systems {
 
 /// A clinical concept: what a person reads (`text`) and, optionally, the code a system
 /// assigns it with the code system's display for it (FHIR `CodeableConcept` with one coding).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Concept {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
@@ -260,7 +251,7 @@ fn parse_code(field: &str, value: &str) -> Result<String, FieldError> {
 }
 
 /// Clinical free text: a note on an item, up to 10,000 characters, line breaks allowed.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct Note(String);
 
@@ -284,7 +275,7 @@ impl fmt::Debug for Note {
 }
 
 /// A short label: a document title, a lot number, a relationship.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct Label(String);
 
@@ -309,7 +300,7 @@ impl fmt::Debug for Label {
 
 /// An amount with its unit: `{"value": "500", "unit": "mg"}`. The value is a positive decimal
 /// kept as written, so nothing is lost to floating point.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Quantity {
     pub value: String,
     pub unit: String,
@@ -390,7 +381,7 @@ crate::code_enum!(
 
 /// A measured value: a decimal as written (a sign and zero allowed, as results have them) and
 /// its UCUM unit, when it has one.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Measurement {
     pub value: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -444,7 +435,7 @@ impl Measurement {
 
 /// How often a dose is taken: `count` times per `period` `period_unit` (FHIR `Timing.repeat`),
 /// or only when needed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Frequency {
     pub count: u32,
     pub period: u32,

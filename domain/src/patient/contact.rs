@@ -5,6 +5,7 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::validation::{FieldError, FieldErrors};
@@ -20,7 +21,7 @@ macro_rules! redacted_debug {
 }
 
 /// A phone number in E.164 form: `+`, a country code and subscriber number, 8 to 15 digits.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct PhoneNumber(String);
 
@@ -57,7 +58,7 @@ impl PhoneNumber {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PhoneUse {
     Home,
@@ -87,7 +88,7 @@ impl PhoneUse {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Phone {
     pub number: PhoneNumber,
     #[serde(rename = "use")]
@@ -97,7 +98,7 @@ pub struct Phone {
 
 /// An e-mail address: one `@`, a local part of 1 to 64 characters, a domain with a dot. The
 /// domain is stored lowercase; the local part as given.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct EmailAddress(String);
 
@@ -138,13 +139,13 @@ impl EmailAddress {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Email {
     pub address: EmailAddress,
     pub preferred: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AddressUse {
     Home,
@@ -191,7 +192,7 @@ SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO
 UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
 
 /// An ISO 3166-1 alpha-2 country code, stored uppercase.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct CountryCode(String);
 
@@ -217,7 +218,7 @@ impl CountryCode {
 }
 
 /// A postal address.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Address {
     #[serde(rename = "use")]
     pub address_use: AddressUse,
@@ -283,7 +284,7 @@ pub fn postal_code(field: &str, value: &str) -> Result<String, FieldError> {
 
 /// A patient's phones, e-mail addresses and postal addresses, each list with exactly one
 /// preferred entry when it is not empty.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContactInformation {
     pub phones: Vec<Phone>,
     pub emails: Vec<Email>,

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use chrono::{NaiveDate, NaiveTime};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -75,7 +76,7 @@ crate::code_enum!(
 );
 
 /// A BCP 47 language tag such as `de`, `fr-CH` or `zh-Hant-TW`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct LanguageTag(String);
 
@@ -108,7 +109,7 @@ impl LanguageTag {
 }
 
 /// When the patient does not want to be contacted; may wrap midnight (22:00 to 07:00).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct QuietHours {
     pub start: NaiveTime,
     pub end: NaiveTime,
@@ -153,7 +154,7 @@ impl QuietHours {
 }
 
 /// How the patient wants to be communicated with.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Preferences {
     pub communication_language: Option<LanguageTag>,
     pub preferred_channel: Option<Channel>,
@@ -163,7 +164,7 @@ pub struct Preferences {
 }
 
 /// Someone to call in an emergency.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EmergencyContact {
     pub contact_id: Uuid,
     pub name: PersonName,
@@ -175,7 +176,7 @@ pub struct EmergencyContact {
 pub const MAX_EMERGENCY_CONTACTS: usize = 10;
 
 /// An insurance coverage.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Coverage {
     pub coverage_id: Uuid,
     pub payer: String,

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use chrono::{Datelike, NaiveDate};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
@@ -13,17 +14,7 @@ use crate::validation::{FieldError, FieldErrors};
 
 /// The identity of a patient aggregate.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(transparent)]
 pub struct PatientId(Uuid);
@@ -60,7 +51,7 @@ const MAX_GIVEN_NAMES: usize = 5;
 
 /// A person's name: a family name and up to five given names. A person known by one name
 /// only (a mononym) has it as the family name and no given name.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PersonName {
     given: Vec<String>,
     family: String,
@@ -441,7 +432,7 @@ fn luhn_check_digit(digits: &str) -> u32 {
 const MAX_REASON: usize = 500;
 
 /// Why a change was made: required on corrections, archive and restore, for the audit trail.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct Reason(String);
 

@@ -15,6 +15,7 @@
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::calendar::{Interval, Priority};
@@ -79,7 +80,7 @@ crate::code_enum!(
 
 /// The time and resources an appointment claims: a practitioner, and the rooms and equipment
 /// its service needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Booking {
     pub interval: Interval,
     /// Resource ids: the practitioner first, then rooms and equipment.
@@ -87,7 +88,7 @@ pub struct Booking {
 }
 
 /// A wait-list entry's wishes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct WaitlistWish {
     /// The window the patient could come in.
     pub window: Interval,
@@ -97,7 +98,7 @@ pub struct WaitlistWish {
 }
 
 /// Who cancelled, why, and whether it was late by the policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Cancellation {
     pub reason: CancellationReason,
     pub by: Principal,
@@ -106,7 +107,7 @@ pub struct Cancellation {
 }
 
 /// An appointment as it stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AppointmentState {
     pub patient_id: PatientId,
     pub service: String,

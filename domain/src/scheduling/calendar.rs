@@ -5,23 +5,14 @@
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{FieldError, FieldErrors};
 
 /// A half-open interval of time `[start, end)`.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
 pub struct Interval {
     pub start: DateTime<Utc>,
@@ -47,7 +38,7 @@ impl Interval {
 }
 
 /// A weekly window in local time: `weekday` from `start` to `end`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Window {
     /// Written as the API takes it: `mon` ... `sun`.
     #[serde(with = "weekday_code")]
@@ -58,7 +49,7 @@ pub struct Window {
 }
 
 /// The week of one resource, in its time zone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct WeeklyTemplate {
     /// IANA time zone name, e.g. `Europe/Zurich`.
     #[serde(with = "tz_name")]

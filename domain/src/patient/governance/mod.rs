@@ -5,6 +5,7 @@
 //! every withdrawal is in the record's history with who, when and why.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -17,7 +18,7 @@ pub(super) mod rules;
 const MAX_PRINCIPAL: usize = 128;
 
 /// A user id (a token's `sub`) or an organization id: printable ASCII without spaces.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct Principal(String);
 
@@ -67,7 +68,7 @@ crate::code_enum!(
 );
 
 /// A practitioner currently caring for the patient.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CareRelationship {
     pub practitioner: Principal,
     pub role: CareRole,
@@ -75,7 +76,7 @@ pub struct CareRelationship {
 }
 
 /// What a patient allows beyond the default policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ConsentDirective {
     /// Users of another organization may read the record (with their role's permissions).
@@ -87,7 +88,7 @@ pub enum ConsentDirective {
 }
 
 /// A consent directive in force.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Consent {
     pub consent_id: Uuid,
     pub directive: ConsentDirective,
