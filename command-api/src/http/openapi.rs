@@ -483,6 +483,17 @@ fn problem_statuses(op: &Operation) -> Vec<u16> {
     statuses
 }
 
+/// The name, in the document's components, of the problem answer of `status`.
+fn problem_response_name(status: u16) -> String {
+    format!("Problem{status}")
+}
+
+/// The problem answer of `status`: its description, content type and schema.
+fn problem_response(status: u16) -> (String, (&'static str, Value)) {
+    let schema = json!({ "$ref": "#/components/schemas/Problem" });
+    (problem_description(status), (PROBLEM_JSON, schema))
+}
+
 /// The problem types answered with `status`, and when.
 fn problem_description(status: u16) -> String {
     let types: Vec<String> = PROBLEM_TYPES
@@ -568,14 +579,15 @@ fn describe(op: &Operation, generator: &mut SchemaGenerator) -> Value {
         add_response(&mut responses, *status, description, content);
     }
     for status in problem_statuses(op) {
-        let problem = json!({ "$ref": "#/components/schemas/Problem" });
-        let description = problem_description(status);
-        add_response(
-            &mut responses,
-            status,
-            &description,
-            Some((PROBLEM_JSON, problem)),
-        );
+        let key = status.to_string();
+        if responses.contains_key(&key) {
+            // Answered otherwise too (an OAuth error): the problem joins that answer.
+            let (description, content) = problem_response(status);
+            add_response(&mut responses, status, &description, Some(content));
+        } else {
+            let shared = format!("#/components/responses/{}", problem_response_name(status));
+            responses.insert(key, json!({ "$ref": shared }));
+        }
     }
     let mut described = json!({
         "summary": op.summary,
@@ -678,6 +690,18 @@ fn document(operations: &[Operation]) -> Value {
         item[op.method.as_str().to_ascii_lowercase()] = describe(op, &mut generator);
     }
     let mut schemas: Map<String, Value> = generator.take_definitions(true);
+    // Each problem answer is described once, and the operations refer to it.
+    let mut problem_responses = Map::new();
+    for (status, _, _) in PROBLEM_TYPES {
+        let (description, (content_type, schema)) = problem_response(*status);
+        problem_responses.insert(
+            problem_response_name(*status),
+            json!({
+                "description": description,
+                "content": { content_type: { "schema": schema } },
+            }),
+        );
+    }
     let named_twice = schemas.insert("Problem".into(), problem_schema());
     assert!(
         named_twice.is_none(),
@@ -705,6 +729,7 @@ fn document(operations: &[Operation]) -> Value {
                 },
             },
             "schemas": schemas,
+            "responses": problem_responses,
         },
     })
 }

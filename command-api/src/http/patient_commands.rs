@@ -7,7 +7,10 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use domain::patient::{Patient, PatientCommand, PatientId, Reason};
+use domain::patient::governance::ErasureReason;
+use domain::patient::{
+    AdministrativeGender, MaritalStatus, Patient, PatientCommand, PatientId, PatientStatus, Reason,
+};
 use event_store::command::CommandMetadata;
 use event_store::idempotency::Reservation;
 use futures::future::BoxFuture;
@@ -33,8 +36,8 @@ pub(super) enum PatientAnswer {
 #[derive(Serialize, JsonSchema)]
 pub(super) struct ForgottenPatient {
     status: Forgotten,
-    /// Why they were forgotten: `erasure-request`, `retention-expired`, ...
-    reason: &'static str,
+    /// Why they were forgotten.
+    reason: ErasureReason,
     /// The request or decision that asked for it.
     reference: Option<String>,
     forgotten_at: chrono::DateTime<chrono::Utc>,
@@ -56,9 +59,9 @@ pub(super) struct PatientResource {
     name: NameResource,
     #[serde(skip_serializing_if = "Option::is_none")]
     birth_date: Option<chrono::NaiveDate>,
-    gender: &'static str,
+    gender: AdministrativeGender,
     #[serde(skip_serializing_if = "Option::is_none")]
-    marital_status: Option<&'static str>,
+    marital_status: Option<MaritalStatus>,
     languages: Vec<String>,
     identifiers: Vec<IdentifierResource>,
     contact: domain::patient::contact::ContactInformation,
@@ -76,7 +79,7 @@ pub(super) struct PatientResource {
     legal_hold: Option<LegalHold>,
     emergency_contacts: Vec<domain::patient::record::EmergencyContact>,
     coverages: Vec<domain::patient::record::Coverage>,
-    status: &'static str,
+    status: PatientStatus,
     version: u64,
 }
 
@@ -134,14 +137,14 @@ pub(super) fn resource(patient: &Patient, version: u64) -> Result<PatientResourc
             suffix: record.name.suffix().to_vec(),
             preferred: record.name.preferred().map(str::to_owned),
         },
-        marital_status: record.marital_status.map(|m| m.code()),
+        marital_status: record.marital_status,
         languages: record
             .languages
             .iter()
             .map(|l| l.as_str().to_owned())
             .collect(),
         birth_date: record.birth_date.map(|d| d.date()),
-        gender: record.gender.code(),
+        gender: record.gender,
         identifiers: record
             .identifiers
             .iter()
@@ -170,7 +173,7 @@ pub(super) fn resource(patient: &Patient, version: u64) -> Result<PatientResourc
             }),
         emergency_contacts: record.emergency_contacts.clone(),
         coverages: record.coverages.clone(),
-        status: record.status.code(),
+        status: record.status,
         version,
     })
 }
@@ -183,7 +186,7 @@ pub(super) fn respond(
     if let Some(forgotten) = patient.forgotten() {
         let body = PatientAnswer::Forgotten(ForgottenPatient {
             status: Forgotten::Forgotten,
-            reason: forgotten.reason.code(),
+            reason: forgotten.reason,
             reference: forgotten.reference.as_ref().map(|r| r.as_str().to_owned()),
             forgotten_at: forgotten.forgotten_at,
             version,

@@ -208,7 +208,7 @@ fn short_part(field: &str, raw: &str) -> Result<String, FieldError> {
 }
 
 /// Marital status, with the FHIR (HL7 v3) codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum MaritalStatus {
     #[serde(rename = "A")]
     Annulled,
@@ -317,7 +317,7 @@ impl fmt::Debug for BirthDate {
 }
 
 /// Administrative gender, with the FHIR codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AdministrativeGender {
     Male,

@@ -63,6 +63,14 @@ impl Description {
             return;
         };
         let answer = &self.document["paths"][template][&method]["responses"][status.to_string()];
+        // A problem answer is described once, in the components.
+        let answer = match answer["$ref"].as_str() {
+            Some(reference) => self
+                .document
+                .pointer(reference.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("{reference} names nothing")),
+            None => answer,
+        };
         assert!(
             answer.is_object(),
             "{method} {template} answered {status}, which the OpenAPI document does not list"

@@ -156,8 +156,8 @@ async fn the_served_description_is_valid_openapi_3_1_by_an_outside_validator() {
     let correction = &document["paths"]["/v1/patients/{id}/correct-demographics"]["post"];
     for status in ["412", "422", "428"] {
         assert_eq!(
-            correction["responses"][status]["content"]["application/problem+json"]["schema"]
-                ["$ref"],
+            named(&document, &correction["responses"][status])["content"]
+                ["application/problem+json"]["schema"]["$ref"],
             "#/components/schemas/Problem",
             "{status}"
         );

@@ -167,6 +167,8 @@ async fn the_fuzzing_finds_nothing_with_any_role() {
         .lines()
         .find(|l| l.starts_with("fuzz: "))
         .unwrap_or_else(|| panic!("no closing line: {out}"));
+    // Shown with `--nocapture`, for the figures of a run.
+    println!("{summary}");
     assert!(summary.contains(" failures=0 "), "{out}");
     assert!(summary.starts_with("fuzz: roles=7 cases="), "{out}");
     let cases: u64 = summary["fuzz: roles=7 cases=".len()..]
@@ -198,6 +200,7 @@ async fn the_service_killed_under_load_loses_nothing() {
         .lines()
         .find(|l| l.starts_with("soak: seed="))
         .unwrap_or_else(|| panic!("no closing line: {out}"));
+    println!("{summary}");
     let figure = |name: &str| -> u64 {
         summary
             .split(' ')
