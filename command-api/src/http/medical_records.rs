@@ -747,27 +747,13 @@ async fn summary(
     let id = patient_id(path_param(&params, "id"))?;
     tracing::Span::current().record("patient_id", tracing::field::display(id));
     let (record, version) = records::summary(state.services(), &user, id).await?;
-    let standing = |kind: ItemKind| -> Vec<ItemAnswer<'_>> {
-        record
-            .items()
-            .filter(|i| i.content.kind() == kind && i.entered_in_error.is_none())
-            .map(|i| resource(id, i))
-            .collect()
-    };
-    Ok(Json(RecordSummary {
-        patient_id: id,
-        version,
-        allergies: standing(ItemKind::Allergy),
-        medications: standing(ItemKind::Medication),
-        immunizations: standing(ItemKind::Immunization),
-        problems: standing(ItemKind::Problem),
-        history: standing(ItemKind::History),
-        documents: standing(ItemKind::Document),
-        observations: standing(ItemKind::Observation),
-        procedures: standing(ItemKind::Procedure),
-        encounters: standing(ItemKind::Encounter),
-    })
-    .into_response())
+    let mut summary = RecordSummary::new(id, version);
+    for item in record.items().filter(|i| i.entered_in_error.is_none()) {
+        summary
+            .of_kind(item.content.kind())
+            .push(resource(id, item));
+    }
+    Ok(Json(summary).into_response())
 }
 
 /// Every standing item of a patient's medical record (none entered in error), by kind: each
@@ -785,6 +771,40 @@ struct RecordSummary<'a> {
     observations: Vec<ItemAnswer<'a>>,
     procedures: Vec<ItemAnswer<'a>>,
     encounters: Vec<ItemAnswer<'a>>,
+}
+
+impl<'a> RecordSummary<'a> {
+    fn new(patient_id: PatientId, version: u64) -> Self {
+        Self {
+            patient_id,
+            version,
+            allergies: Vec::new(),
+            medications: Vec::new(),
+            immunizations: Vec::new(),
+            problems: Vec::new(),
+            history: Vec::new(),
+            documents: Vec::new(),
+            observations: Vec::new(),
+            procedures: Vec::new(),
+            encounters: Vec::new(),
+        }
+    }
+
+    /// The list of `kind`'s items: a kind added to [`ItemKind`] does not compile until it has
+    /// one.
+    fn of_kind(&mut self, kind: ItemKind) -> &mut Vec<ItemAnswer<'a>> {
+        match kind {
+            ItemKind::Allergy => &mut self.allergies,
+            ItemKind::Medication => &mut self.medications,
+            ItemKind::Immunization => &mut self.immunizations,
+            ItemKind::Problem => &mut self.problems,
+            ItemKind::History => &mut self.history,
+            ItemKind::Document => &mut self.documents,
+            ItemKind::Observation => &mut self.observations,
+            ItemKind::Procedure => &mut self.procedures,
+            ItemKind::Encounter => &mut self.encounters,
+        }
+    }
 }
 
 /// One version of an item, from the versions read model.
@@ -1178,4 +1198,19 @@ async fn search_items(
         next,
     })
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_summary_names_each_kind_by_its_path_segment() {
+        let summary = RecordSummary::new(PatientId::new(Uuid::nil()), 1);
+        let value = serde_json::to_value(&summary).unwrap();
+        for (segment, _) in KINDS {
+            assert!(value[segment].is_array(), "{segment}: {value}");
+        }
+        assert_eq!(value.as_object().unwrap().len(), KINDS.len() + 2, "{value}");
+    }
 }

@@ -10,6 +10,16 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
+/// What a `$ref` into `document` (to its components) names, or `value` itself.
+pub fn named<'a>(document: &'a Value, value: &'a Value) -> &'a Value {
+    match value["$ref"].as_str() {
+        Some(reference) => document
+            .pointer(reference.trim_start_matches('#'))
+            .unwrap_or_else(|| panic!("{reference} names nothing")),
+        None => value,
+    }
+}
+
 /// The served OpenAPI document and the validators built from it so far.
 pub struct Description {
     document: Value,
@@ -64,13 +74,7 @@ impl Description {
         };
         let answer = &self.document["paths"][template][&method]["responses"][status.to_string()];
         // A problem answer is described once, in the components.
-        let answer = match answer["$ref"].as_str() {
-            Some(reference) => self
-                .document
-                .pointer(reference.trim_start_matches('#'))
-                .unwrap_or_else(|| panic!("{reference} names nothing")),
-            None => answer,
-        };
+        let answer = named(&self.document, answer);
         assert!(
             answer.is_object(),
             "{method} {template} answered {status}, which the OpenAPI document does not list"

@@ -6,17 +6,8 @@
 use command_api::auth::Role;
 use serde_json::Value;
 
+use crate::described::named;
 use crate::helpers::*;
-
-/// The schema a `$ref` into the document's components names, or `schema` itself.
-fn named<'a>(document: &'a Value, schema: &'a Value) -> &'a Value {
-    match schema["$ref"].as_str() {
-        Some(reference) => document
-            .pointer(reference.trim_start_matches('#'))
-            .unwrap_or_else(|| panic!("{reference} names nothing")),
-        None => schema,
-    }
-}
 
 async fn served(app: &TestApp) -> Value {
     let response = app
